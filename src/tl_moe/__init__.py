@@ -1,3 +1,43 @@
-"""tl_moe: expert-level interpretability for Mixture-of-Experts models on TransformerLens."""
+"""tl_moe: expert-level interpretability for Mixture-of-Experts models on TransformerLens.
+
+Quick start::
+
+    import tl_moe
+    model = tl_moe.load("toy/moe-8x2")            # a TransformerBridge with expert hook points
+    name = tl_moe.get_act_name("expert_post", 2)   # "blocks.2.mlp.hook_expert_post"
+    logits, cache = model.run_with_cache(tokens, names_filter=name)
+"""
+
+from tl_moe.models import (
+    HOOK_KINDS,
+    HookNameError,
+    MoEConfig,
+    RoutingRule,
+    UnsupportedArchitectureError,
+    attach,
+    build_model,
+    detach,
+    get_act_name,
+    interventions,
+    load,
+    moe_config,
+    save_model,
+)
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "HOOK_KINDS",
+    "HookNameError",
+    "MoEConfig",
+    "RoutingRule",
+    "UnsupportedArchitectureError",
+    "attach",
+    "build_model",
+    "detach",
+    "get_act_name",
+    "interventions",
+    "load",
+    "moe_config",
+    "save_model",
+]

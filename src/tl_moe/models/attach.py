@@ -105,7 +105,9 @@ class _RouterHook:
         scores = routing_scores(router_logits, self.rule)
         if scores is not None and self.probs_hook is not None:
             scores = self.probs_hook(scores)
-        chosen = self.indices_hook(select_experts(router_logits, scores, self.rule, self.k, self.selection_bias))
+        chosen = self.indices_hook(
+            select_experts(router_logits, scores, self.rule, self.k, self.selection_bias)
+        )
         mix = self.weights_hook(mixing_weights(router_logits, scores, chosen, self.rule))
         return (
             router_logits.reshape(logits.shape),
@@ -175,7 +177,9 @@ def _wire_sparse_layer(
         while isinstance(getattr(down, "original_component", None), nn.Module):
             down = down.original_component
         handles.append(down.register_forward_pre_hook(_InputHook(new("hook_shared_post"), expert_hooks)))
-        handles.append(modules.shared.register_forward_hook(_OutputHook(new("hook_shared_out"), expert_hooks)))
+        handles.append(
+            modules.shared.register_forward_hook(_OutputHook(new("hook_shared_out"), expert_hooks))
+        )
     if modules.shared_gate is not None:
         handles.append(
             modules.shared_gate.register_forward_hook(_OutputHook(new("hook_shared_gate"), expert_hooks))
@@ -252,7 +256,9 @@ def _resolve_zoo_name(name: str) -> str:
     return str(checkpoint_path(name))
 
 
-def load(model, *, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32, **boot_kwargs):
+def load(
+    model, *, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32, **boot_kwargs
+):
     """Load a model as a TransformerBridge with tl_moe's hook points installed.
 
     Args:
@@ -274,7 +280,9 @@ def load(model, *, device: str | torch.device | None = None, dtype: torch.dtype 
     if isinstance(model, nn.Module):
         get_spec(hf_model_of(model).config.model_type)
         name = getattr(model.config, "name_or_path", None) or model.config.model_type
-        bridge = TransformerBridge.boot_transformers(name, hf_model=model, device=device, dtype=dtype, **boot_kwargs)
+        bridge = TransformerBridge.boot_transformers(
+            name, hf_model=model, device=device, dtype=dtype, **boot_kwargs
+        )
         return attach(bridge)
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(

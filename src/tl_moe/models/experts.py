@@ -24,9 +24,8 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import nn
-from transformers.integrations.moe import ExpertsInterface
-
 from transformer_lens.hook_points import HookPoint
+from transformers.integrations.moe import ExpertsInterface
 
 IMPLEMENTATION_NAME = "tl_moe"
 

@@ -133,7 +133,9 @@ def _check_layer(kind: str, layer: int, model) -> int:
 
     cfg = model if isinstance(model, MoEConfig) else getattr(model, "moe_cfg", None) or moe_config(model)
     if not -cfg.n_layers <= layer < cfg.n_layers:
-        raise HookNameError(f"Layer {layer} is out of range: the model has {cfg.n_layers} layers (0..{cfg.n_layers - 1}).")
+        raise HookNameError(
+            f"Layer {layer} is out of range: the model has {cfg.n_layers} layers (0..{cfg.n_layers - 1})."
+        )
     layer %= cfg.n_layers
     needs = HOOK_KINDS[kind].needs
     sparse = layer in cfg.sparse_layers
