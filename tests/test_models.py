@@ -55,8 +55,8 @@ def test_weighted_expert_outputs_recompose_the_block_output(arch, tiny_bridge):
     with torch.no_grad():
         _, cache = bridge.run_with_cache(tokens(1))
     for layer in cfg.sparse_layers:
-        name = lambda kind: tl_moe.get_act_name(kind, layer)  # noqa: E731
-        weights, outputs = cache[name("topk_weights")], cache[name("expert_out")]
+        weights = cache[tl_moe.get_act_name("topk_weights", layer)]
+        outputs = cache[tl_moe.get_act_name("expert_out", layer)]
         assert outputs.shape == (3, 9, cfg.experts_per_token, cfg.d_model)
         recomposed = (weights.unsqueeze(-1) * outputs).sum(dim=2) + _shared_contribution(cache, layer, cfg)
         torch.testing.assert_close(recomposed, cache[f"blocks.{layer}.mlp.hook_out"], atol=1e-5, rtol=0)
