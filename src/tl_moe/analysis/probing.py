@@ -1,0 +1,461 @@
+"""k-sparse probing of expert (or dense FFN) neurons for token-level concepts.
+
+For every probe *unit* (an expert of an MoE layer, or a dense layer) and every binary concept,
+:class:`KSparseProbe` samples a class-balanced set of the tokens the unit saw, splits it 75/25
+stratified (seeded), ranks the unit's neurons by ``|mean(pos) - mean(neg)|`` on the train split,
+fits an L2 logistic-regression probe with balanced class weights on the top-k neurons for each k,
+and reports F1 on the test split. All (unit, concept, k) probes are solved together in batches
+(:mod:`tl_moe.analysis.probing_math`); a unit with fewer than ``min_examples`` positive or negative
+tokens for a concept is reported with status ``"not_enough_samples"``.
+
+:func:`subsample_like_routing` builds the token subsets that make a dense model's best-of-layers
+comparable with an MoE's best-of-experts.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import pandas as pd
+import torch
+from jaxtyping import Bool, Float, Int
+
+from tl_moe.analysis.probing_math import (
+    balanced_split,
+    binary_f1,
+    fit_logistic_batched,
+    padded_indices,
+    rank_neurons_by_mean_difference,
+)
+
+__all__ = [
+    "PROBE_STATUS",
+    "STATUS_NOT_ENOUGH_SAMPLES",
+    "STATUS_OK",
+    "KSparseProbe",
+    "subsample_like_routing",
+]
+
+STATUS_OK = 0
+STATUS_NOT_ENOUGH_SAMPLES = 1
+#: Meaning of the integer codes in :attr:`KSparseProbe.status_`.
+PROBE_STATUS: dict[int, str] = {STATUS_OK: "ok", STATUS_NOT_ENOUGH_SAMPLES: "not_enough_samples"}
+
+
+class KSparseProbe:
+    """Best-k-neuron logistic probes per (unit, concept), batched over units, concepts and k.
+
+    Args:
+        ks: numbers of top-ranked neurons to probe with. A k larger than the number of neurons is
+            skipped with a warning (not clipped, which would repeat a probe); ``ks_`` lists those used.
+        C: inverse L2 strength of the logistic regression (scikit-learn's ``C``).
+        test_size: fraction of each class's sampled tokens held out for F1, in (0, 1).
+        min_examples: a (unit, concept) needs at least this many positive and negative tokens among
+            the unit's tokens; otherwise its status is ``"not_enough_samples"`` and its F1 is NaN.
+        max_examples_per_class: cap on sampled tokens per class (None: no cap beyond balance).
+        random_state: seed of the token sampling and split; the same seed gives the same result.
+        device: where the probes are solved; default the device of the activations.
+        max_batch_elements: bound on elements of the per-chunk working tensors (problems x tokens,
+            problems x sampled tokens x neurons); lower it to use less memory.
+
+    Fitted attributes (CPU tensors):
+        ks_: the ks probed (tuple). ``f1_``: ``[unit, concept, k]`` test F1, NaN unless status is ok.
+        status_: ``[unit, concept]`` codes, see :data:`PROBE_STATUS`.
+        top_neurons_: ``[unit, concept, max(ks_)]`` neuron indices by decreasing mean difference
+            (-1 unless ok). ``coef_``: ``[unit, concept, k, max(ks_)]`` probe weights on those
+            neurons (zero beyond k). ``intercept_``: ``[unit, concept, k]``.
+        n_pos_, n_neg_: ``[unit, concept]`` positive / negative tokens available to the unit.
+        n_per_class_: ``[unit, concept]`` tokens sampled per class (train + test; 0 unless ok).
+        unit_names_, concept_names_: labels used by :meth:`to_frame`.
+    """
+
+    def __init__(
+        self,
+        ks: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
+        C: float = 1.0,
+        test_size: float = 0.25,
+        min_examples: int = 50,
+        max_examples_per_class: int | None = None,
+        random_state: int = 0,
+        device: torch.device | str | None = None,
+        max_batch_elements: int = 1 << 25,
+    ) -> None:
+        self.ks = ks
+        self.C = C
+        self.test_size = test_size
+        self.min_examples = min_examples
+        self.max_examples_per_class = max_examples_per_class
+        self.random_state = random_state
+        self.device = device
+        self.max_batch_elements = max_batch_elements
+
+    # ----------------------------------------------------------------------------------------------
+    # validation and sampling plan
+    # ----------------------------------------------------------------------------------------------
+    def _validate_config(self) -> tuple[int, ...]:
+        ks = tuple(self.ks)
+        if not ks or any(not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in ks):
+            raise ValueError(f"ks must be a non-empty sequence of positive ints; got {self.ks!r}.")
+        if not (self.C > 0 and math.isfinite(self.C)):
+            raise ValueError(f"C must be a finite positive number; got {self.C}.")
+        if not 0 < self.test_size < 1:
+            raise ValueError(f"test_size must be in (0, 1); got {self.test_size}.")
+        if not isinstance(self.min_examples, int) or self.min_examples < 2:
+            raise ValueError(f"min_examples must be an int >= 2; got {self.min_examples!r}.")
+        if math.ceil(self.test_size * self.min_examples) >= self.min_examples:
+            raise ValueError(
+                f"min_examples={self.min_examples} with test_size={self.test_size} would leave no training "
+                "example for a class; raise min_examples or lower test_size."
+            )
+        cap = self.max_examples_per_class
+        if cap is not None and (not isinstance(cap, int) or cap < self.min_examples):
+            raise ValueError(
+                f"max_examples_per_class must be None or an int >= min_examples ({self.min_examples}); got {cap!r}."
+            )
+        if self.max_batch_elements < 1:
+            raise ValueError(f"max_batch_elements must be >= 1; got {self.max_batch_elements}.")
+        return tuple(sorted(set(ks)))
+
+    @staticmethod
+    def _validate_masks(labels: torch.Tensor, unit_mask: torch.Tensor, n_tokens: int | None = None) -> None:
+        if not isinstance(labels, torch.Tensor) or labels.dtype != torch.bool or labels.ndim != 2:
+            raise ValueError(
+                "labels must be a bool tensor [n_tokens, concept] (True = token shows the concept)."
+            )
+        if not isinstance(unit_mask, torch.Tensor) or unit_mask.dtype != torch.bool or unit_mask.ndim != 2:
+            raise ValueError(
+                "unit_mask must be a bool tensor [unit, n_tokens] (True = the unit saw the token)."
+            )
+        if labels.shape[0] == 0 or labels.shape[1] == 0 or unit_mask.shape[0] == 0:
+            raise ValueError(
+                f"empty input: labels {tuple(labels.shape)}, unit_mask {tuple(unit_mask.shape)}; need at "
+                "least one token, one concept and one unit."
+            )
+        if unit_mask.shape[1] != labels.shape[0] or (n_tokens is not None and labels.shape[0] != n_tokens):
+            raise ValueError(
+                f"token axes disagree: labels has {labels.shape[0]} tokens, unit_mask {unit_mask.shape[1]}"
+                + (f", activations {n_tokens}." if n_tokens is not None else ".")
+            )
+        counts = labels.sum(0)
+        for what, bad in (("positive", counts == 0), ("negative", counts == labels.shape[0])):
+            if bad.any():
+                idx = bad.nonzero().flatten()[:10].tolist()
+                raise ValueError(f"concept(s) {idx} have no {what} token at all; drop them before probing.")
+
+    def _sampling_plan(
+        self, labels: torch.Tensor, unit_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Counts per (unit, concept), the tokens per class to sample, status, sampling orders."""
+        n_pos = (unit_mask.to(torch.float64) @ labels.to(torch.float64)).round().long()
+        n_neg = unit_mask.sum(1, keepdim=True) - n_pos
+        enough = (n_pos >= self.min_examples) & (n_neg >= self.min_examples)
+        n_per_class = torch.minimum(n_pos, n_neg)
+        if self.max_examples_per_class is not None:
+            n_per_class = n_per_class.clamp(max=self.max_examples_per_class)
+        n_per_class = n_per_class.masked_fill(~enough, 0)
+        status = torch.where(enough, STATUS_OK, STATUS_NOT_ENOUGH_SAMPLES).to(torch.int8)
+        # One random token order per concept, drawn on the CPU so results do not depend on the device.
+        generator = torch.Generator().manual_seed(self.random_state)
+        keys = torch.rand(labels.shape[1], labels.shape[0], generator=generator)
+        orders = keys.argsort(dim=1).to(labels.device)
+        return n_pos, n_neg, n_per_class, status, orders
+
+    def train_test_masks(
+        self, labels: Bool[torch.Tensor, "n_tokens concept"], unit_mask: Bool[torch.Tensor, "unit n_tokens"]
+    ) -> tuple[Bool[torch.Tensor, "unit concept n_tokens"], Bool[torch.Tensor, "unit concept n_tokens"]]:
+        """The train and test tokens :meth:`fit` uses for each (unit, concept) with these inputs.
+
+        For inspection and for reproducing a probe with another tool; needs unit x concept x token
+        memory. All False where the status would be ``"not_enough_samples"``.
+        """
+        self._validate_config()
+        self._validate_masks(labels, unit_mask)
+        _, _, n_per_class, _, orders = self._sampling_plan(labels, unit_mask)
+        n_units, n_concepts = n_per_class.shape
+        unit = torch.arange(n_units).repeat_interleave(n_concepts)
+        concept = torch.arange(n_concepts).repeat(n_units)
+        train, test = balanced_split(
+            unit_mask[unit], labels.T[concept], orders[concept], n_per_class.flatten(), self.test_size
+        )
+        return train.view(n_units, n_concepts, -1), test.view(n_units, n_concepts, -1)
+
+    # ----------------------------------------------------------------------------------------------
+    # fitting
+    # ----------------------------------------------------------------------------------------------
+    def fit(
+        self,
+        activations: Float[torch.Tensor, "source n_tokens neurons"],
+        labels: Bool[torch.Tensor, "n_tokens concept"],
+        unit_mask: Bool[torch.Tensor, "unit n_tokens"] | None = None,
+        *,
+        activation_index: Int[torch.Tensor, "unit"] | None = None,  # noqa: F821 (jaxtyping shape)
+        unit_names: Sequence[str] | None = None,
+        concept_names: Sequence[str] | None = None,
+    ) -> KSparseProbe:
+        """Probe every (unit, concept) pair.
+
+        Args:
+            activations: neuron activations of each unit on every token: for an expert, the input of
+                its down-projection (values on tokens not routed to it are never read); for a dense
+                layer, its FFN neurons.
+            labels: whether each token shows each concept.
+            unit_mask: which tokens each unit saw (routed tokens for experts). Default: all tokens.
+            activation_index: the row of ``activations`` each unit reads; lets several units (e.g.
+                token subsets of one dense layer, from :func:`subsample_like_routing`) share one
+                activation tensor without copies. Default: unit i reads row i.
+            unit_names, concept_names: labels for :meth:`to_frame` (default: indices).
+        """
+        ks = self._validate_config()
+        if not isinstance(activations, torch.Tensor) or activations.ndim != 3:
+            raise ValueError("activations must be a 3-D tensor [unit, n_tokens, neurons].")
+        if not activations.dtype.is_floating_point:
+            raise ValueError(f"activations must be floating point; got {activations.dtype}.")
+        if activations.numel() == 0:
+            raise ValueError(f"activations is empty: shape {tuple(activations.shape)}.")
+        n_sources, n_tokens, n_neurons = activations.shape
+        if unit_mask is None:
+            unit_mask = torch.ones(n_sources, n_tokens, dtype=torch.bool, device=labels.device)
+        self._validate_masks(labels, unit_mask, n_tokens)
+        n_units, n_concepts = unit_mask.shape[0], labels.shape[1]
+        if activation_index is None:
+            if n_units != n_sources:
+                raise ValueError(
+                    f"unit_mask has {n_units} units but activations {n_sources}; pass activation_index "
+                    "to map units onto activation rows."
+                )
+            activation_index = torch.arange(n_units)
+        activation_index = torch.as_tensor(activation_index).long().cpu()
+        if (
+            activation_index.shape != (n_units,)
+            or not ((activation_index >= 0) & (activation_index < n_sources)).all()
+        ):
+            raise ValueError(f"activation_index must hold {n_units} row indices in [0, {n_sources}).")
+        self.unit_names_ = self._names(unit_names, n_units, "unit_names")
+        self.concept_names_ = self._names(concept_names, n_concepts, "concept_names")
+        self.ks_ = tuple(k for k in ks if k <= n_neurons)
+        if len(self.ks_) < len(ks):
+            warnings.warn(
+                f"ks {[k for k in ks if k > n_neurons]} exceed the {n_neurons} neurons per unit and are skipped.",
+                UserWarning,
+                stacklevel=2,
+            )
+
+        device = torch.device(self.device) if self.device is not None else activations.device
+        labels, unit_mask = labels.to(device), unit_mask.to(device)
+        n_pos, n_neg, n_per_class, status, orders = self._sampling_plan(labels, unit_mask)
+        max_k, n_k = max(self.ks_), len(self.ks_)
+        self.f1_ = torch.full((n_units, n_concepts, n_k), math.nan, dtype=torch.float64)
+        self.top_neurons_ = torch.full((n_units, n_concepts, max_k), -1, dtype=torch.long)
+        self.coef_ = torch.zeros(n_units, n_concepts, n_k, max_k, dtype=torch.float64)
+        self.intercept_ = torch.full((n_units, n_concepts, n_k), math.nan, dtype=torch.float64)
+
+        problems = (status == STATUS_OK).nonzero().cpu()
+        sizes = n_per_class.cpu()[problems[:, 0], problems[:, 1]]
+        problems = problems[sizes.argsort(descending=True, stable=True)]  # similar sizes share a chunk
+        start = 0
+        while start < len(problems):
+            largest = int(n_per_class[problems[start, 0], problems[start, 1]])
+            per_problem = max(6 * n_tokens, 2 * largest * (n_neurons + 2 * max_k + 2))
+            stop = start + max(1, self.max_batch_elements // per_problem)
+            chunk = problems[start:stop]
+            self._fit_chunk(
+                activations, labels, unit_mask, activation_index, orders, n_per_class, chunk, device
+            )
+            start = stop
+
+        self.status_ = status.cpu()
+        self.n_pos_, self.n_neg_, self.n_per_class_ = n_pos.cpu(), n_neg.cpu(), n_per_class.cpu()
+        return self
+
+    @staticmethod
+    def _names(names: Sequence[str] | None, n: int, what: str) -> list:
+        if names is None:
+            return list(range(n))
+        names = list(names)
+        if len(names) != n:
+            raise ValueError(f"{what} has {len(names)} entries; expected {n}.")
+        return names
+
+    def _fit_chunk(
+        self,
+        activations: torch.Tensor,
+        labels: torch.Tensor,
+        unit_mask: torch.Tensor,
+        activation_index: torch.Tensor,
+        orders: torch.Tensor,
+        n_per_class: torch.Tensor,
+        chunk: Int[torch.Tensor, "problem 2"],
+        device: torch.device,
+    ) -> None:
+        """Sample, split, rank and fit every probe of one chunk of (unit, concept) problems."""
+        unit, concept = chunk[:, 0].to(device), chunk[:, 1].to(device)
+        positive = labels.T[concept]
+        train, test = balanced_split(
+            unit_mask[unit], positive, orders[concept], n_per_class[unit, concept], self.test_size
+        )
+        train_idx, train_valid = padded_indices(train)
+        test_idx, test_valid = padded_indices(test)
+        source = activation_index[chunk[:, 0]].to(activations.device)
+        rows = activations[source[:, None], train_idx.to(activations.device)].to(device)
+        if not torch.isfinite(rows).all():
+            raise ValueError("activations hold NaN or infinite values on tokens that units saw.")
+        y_train = positive.gather(1, train_idx) & train_valid
+        y_test = positive.gather(1, test_idx) & test_valid
+        max_k = max(self.ks_)
+        top = rank_neurons_by_mean_difference(rows, y_train, train_valid)[:, :max_k]
+        x_train = rows.gather(2, top[:, None, :].expand(-1, rows.shape[1], -1)).to(torch.float64)
+        top_src = top.to(activations.device)
+        x_test = activations[
+            source[:, None, None], test_idx.to(activations.device)[:, :, None], top_src[:, None, :]
+        ]
+        x_test = x_test.to(device=device, dtype=torch.float64)
+        if not torch.isfinite(x_test).all():
+            raise ValueError("activations hold NaN or infinite values on tokens that units saw.")
+
+        f1, coefs, intercepts = [], [], []
+        for k in self.ks_:
+            coef, intercept = fit_logistic_batched(
+                x_train[..., :k], y_train.to(torch.float64), train_valid.to(torch.float64), C=self.C
+            )
+            logits = torch.einsum("bnk,bk->bn", x_test[..., :k], coef) + intercept[:, None]
+            f1.append(binary_f1(logits > 0, y_test, test_valid))
+            coefs.append(torch.nn.functional.pad(coef, (0, max_k - k)))
+            intercepts.append(intercept)
+        u, c = chunk[:, 0], chunk[:, 1]
+        self.f1_[u, c] = torch.stack(f1, dim=1).cpu()
+        self.coef_[u, c] = torch.stack(coefs, dim=1).cpu()
+        self.intercept_[u, c] = torch.stack(intercepts, dim=1).cpu()
+        self.top_neurons_[u, c] = top.cpu()
+
+    # ----------------------------------------------------------------------------------------------
+    # results
+    # ----------------------------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "f1_"):
+            raise RuntimeError(
+                "This KSparseProbe is not fitted yet; call fit(activations, labels, unit_mask)."
+            )
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (unit, concept, k): unit, concept, k, f1, status, n_pos, n_neg."""
+        self._check_fitted()
+        n_units, n_concepts, n_k = self.f1_.shape
+        unit = torch.arange(n_units)[:, None, None].expand(-1, n_concepts, n_k).flatten()
+        concept = torch.arange(n_concepts)[None, :, None].expand(n_units, -1, n_k).flatten()
+        k_index = torch.arange(n_k).repeat(n_units * n_concepts)
+        status_names = [PROBE_STATUS[int(code)] for code in self.status_.flatten()]
+        return pd.DataFrame(
+            {
+                "unit": [self.unit_names_[i] for i in unit.tolist()],
+                "concept": [self.concept_names_[i] for i in concept.tolist()],
+                "k": [self.ks_[i] for i in k_index.tolist()],
+                "f1": self.f1_.flatten().numpy(),
+                "status": [status_names[i] for i in (unit * n_concepts + concept).tolist()],
+                "n_pos": self.n_pos_[unit, concept].numpy(),
+                "n_neg": self.n_neg_[unit, concept].numpy(),
+            }
+        )
+
+    def best_f1(self) -> Float[torch.Tensor, "concept k"]:
+        """Best test F1 over units per concept and k (NaN where no unit had enough samples)."""
+        self._check_fitted()
+        best = self.f1_.nan_to_num(nan=-math.inf).amax(dim=0)
+        return best.masked_fill(best == -math.inf, math.nan)
+
+    def best_unit(self) -> Int[torch.Tensor, "concept k"]:
+        """Index of the unit with the best F1 per concept and k (lowest index on ties; -1 if none)."""
+        self._check_fitted()
+        best = self.f1_.nan_to_num(nan=-math.inf).argmax(dim=0)
+        return best.masked_fill(self.best_f1().isnan(), -1)
+
+    def n_units_near_best(self, fraction: float = 0.95) -> Int[torch.Tensor, "concept k"]:
+        """How many units reach at least ``fraction`` of the best unit's F1, per concept and k."""
+        self._check_fitted()
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1]; got {fraction}.")
+        threshold = fraction * self.best_f1()
+        return (self.f1_ >= threshold[None]).sum(dim=0)
+
+    def best_frame(self, fraction: float = 0.95) -> pd.DataFrame:
+        """Per concept and k: best_f1, best_unit (name) and n_units_near_best."""
+        best, unit, near = self.best_f1(), self.best_unit(), self.n_units_near_best(fraction)
+        rows = [
+            {
+                "concept": name,
+                "k": k,
+                "best_f1": float(best[c, j]),
+                "best_unit": self.unit_names_[int(unit[c, j])] if unit[c, j] >= 0 else None,
+                "n_units_near_best": int(near[c, j]),
+            }
+            for c, name in enumerate(self.concept_names_)
+            for j, k in enumerate(self.ks_)
+        ]
+        frame = pd.DataFrame(rows)
+        frame["best_unit"] = frame["best_unit"].astype(object)
+        return frame
+
+    def mean_best_f1(self) -> pd.Series:
+        """The paper's headline number: best F1 over units, averaged over concepts, per k.
+
+        Concepts that no unit could probe are left out of the mean.
+        """
+        best = self.best_f1()
+        return pd.Series(best.nanmean(dim=0).numpy(), index=pd.Index(self.ks_, name="k"), name="mean_best_f1")
+
+
+def subsample_like_routing(
+    unit_mask_dense: Bool[torch.Tensor, "unit n_tokens"],
+    routed_counts: Int[torch.Tensor, "..."],
+    n_draws: int | None = None,
+    seed: int = 0,
+) -> tuple[Bool[torch.Tensor, "unit_draw n_tokens"], Int[torch.Tensor, "unit_draw"]]:  # noqa: F821 (jaxtyping shape)
+    """Random token subsets of a dense model's units, sized like an MoE's routed token sets.
+
+    Why: an MoE's reported F1 per concept is a maximum over layers x experts, a dense model's a
+    maximum over layers only. A maximum over more candidates is higher by chance alone, and each
+    expert is probed on fewer tokens, which changes the variance of its F1. Probing each dense layer
+    on ``n_draws`` random subsets whose sizes are the experts' routed counts gives the dense model as
+    many candidates, of the same sizes, as the MoE: with L layers in both models, pass one MoE
+    layer's E routed counts and ``n_draws=E``. What remains is the effect of *which* tokens routing
+    picks, which is the selectivity the comparison is meant to measure.
+
+    Args:
+        unit_mask_dense: tokens each dense unit saw (usually all True).
+        routed_counts: token counts of the MoE units to imitate (any shape; flattened).
+        n_draws: subsets per dense unit; draw j has ``routed_counts.flatten()[j % len]`` tokens.
+            Default: one draw per routed count.
+        seed: seed of the random subsets.
+
+    Returns:
+        subset_mask: ``[unit * n_draws, n_tokens]``; row ``u * n_draws + j`` is draw j of dense unit u,
+            a uniformly random subset of that unit's tokens.
+        source_unit: ``[unit * n_draws]``, the dense unit of each row; pass it to
+            :meth:`KSparseProbe.fit` as ``activation_index``.
+    """
+    if unit_mask_dense.dtype != torch.bool or unit_mask_dense.ndim != 2 or unit_mask_dense.shape[0] == 0:
+        raise ValueError("unit_mask_dense must be a non-empty bool tensor [unit, n_tokens].")
+    sizes = torch.as_tensor(routed_counts).flatten().long().cpu()
+    if sizes.numel() == 0 or (sizes < 0).any():
+        raise ValueError("routed_counts must hold at least one non-negative token count.")
+    n_draws = sizes.numel() if n_draws is None else n_draws
+    if n_draws < 1:
+        raise ValueError(f"n_draws must be >= 1; got {n_draws}.")
+    draw_sizes = sizes[torch.arange(n_draws) % sizes.numel()]
+    available = unit_mask_dense.sum(1).cpu()
+    if (draw_sizes.max() > available).any():
+        raise ValueError(
+            f"a routed count ({int(draw_sizes.max())}) exceeds the tokens of a dense unit "
+            f"({int(available.min())}); the dense units must see at least as many tokens."
+        )
+    n_units, n_tokens = unit_mask_dense.shape
+    generator = torch.Generator().manual_seed(seed)
+    subsets = []
+    for unit in range(n_units):  # one [draw, token] sort per dense layer bounds the memory
+        keys = torch.rand(n_draws, n_tokens, generator=generator)
+        keys = keys.masked_fill(~unit_mask_dense[unit].cpu()[None], math.inf)
+        rank = keys.argsort(dim=1).argsort(dim=1)
+        subsets.append(rank < draw_sizes[:, None])
+    subset_mask = torch.cat(subsets).to(unit_mask_dense.device)
+    return subset_mask, torch.arange(n_units).repeat_interleave(n_draws)
