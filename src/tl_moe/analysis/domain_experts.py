@@ -1,0 +1,182 @@
+"""Domain experts: experts whose routing strongly favours one corpus domain.
+
+From routed-token counts ``c[l, e, d]`` (tokens of domain ``d`` routed to expert ``e`` of layer ``l``)
+and domain sizes ``T[d]`` (tokens of domain ``d`` seen):
+
+- routing rate ``r[l, e, d] = c[l, e, d] / T[d]``: the fraction of domain ``d``'s tokens that expert
+  ``e`` receives, so a large domain does not look favoured merely for being large;
+- domain distribution ``π[l, e, :] = r[l, e, :] / Σ_d r[l, e, d]``;
+- domain-specialization score ``1 − H(π) / log D``: 0 when the expert takes the same share of every
+  domain, 1 when it takes tokens of a single domain only;
+- favoured domain ``d* = argmax_d π``; lift ``r[d*] / mean_d r`` (how many times its average rate).
+
+Experts that received fewer than ``min_tokens`` tokens in total are flagged (``insufficient_tokens_``)
+and get NaN scores instead of noisy ones. Definitions are in ``docs/METHODS.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Bool, Float, Int
+
+__all__ = ["DomainExperts"]
+
+
+class DomainExperts:
+    """Score every expert for how strongly its routing favours one domain.
+
+    Args:
+        threshold: experts with a domain-specialization score ``>= threshold`` (and enough tokens) are
+            called domain experts (``is_domain_expert_``). In ``[0, 1]``.
+        min_tokens: experts that received fewer routed tokens than this, summed over domains, are
+            flagged and not scored.
+
+    Fitted attributes (``L`` layers, ``E`` experts, ``D`` domains):
+        rates_: ``r``, the fraction of each domain's tokens routed to each expert, ``[L, E, D]``.
+        shares_: ``π``, each expert's size-normalized routing distribution over domains, ``[L, E, D]``;
+            NaN rows for flagged experts.
+        scores_: ``1 − H(π)/log D`` per expert, ``[L, E]``; NaN when flagged.
+        favoured_domain_: index of ``argmax π`` per expert, ``[L, E]``; ``-1`` when flagged.
+        lift_: ``r[favoured] / mean_d r`` per expert, ``[L, E]``; NaN when flagged.
+        n_tokens_: routed tokens per expert summed over domains, ``[L, E]``.
+        insufficient_tokens_: True where ``n_tokens_ < min_tokens``, ``[L, E]``.
+        is_domain_expert_: ``scores_ >= threshold`` among scored experts, ``[L, E]``.
+        domain_names_: the domain names, in the order of the last axis.
+    """
+
+    def __init__(self, threshold: float = 0.5, min_tokens: int = 50):
+        self.threshold = threshold
+        self.min_tokens = min_tokens
+
+    def _validate_parameters(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(
+                f"threshold must lie in [0, 1] (a normalized entropy score); got {self.threshold}."
+            )
+        if self.min_tokens < 0:
+            raise ValueError(f"min_tokens must be >= 0; got {self.min_tokens}.")
+
+    def fit(
+        self,
+        counts: Float[torch.Tensor, "layer expert domain"] | Int[torch.Tensor, "layer expert domain"],
+        domain_tokens: Float[torch.Tensor, " domain"] | Int[torch.Tensor, " domain"],
+        domain_names: Sequence[str] | None = None,
+    ) -> DomainExperts:
+        """Compute rates, domain distributions and scores for every expert of every layer at once.
+
+        Args:
+            counts: tokens of each domain routed to each expert; with top-k routing a token counts once
+                for each of its k experts.
+            domain_tokens: number of tokens of each domain that passed through the model.
+            domain_names: one name per domain; defaults to ``"domain_0"``, ``"domain_1"``, ...
+        """
+        self._validate_parameters()
+        counts = torch.as_tensor(counts).detach().cpu().to(torch.float64)
+        domain_tokens = torch.as_tensor(domain_tokens).detach().cpu().to(torch.float64)
+        if counts.ndim != 3:
+            raise ValueError(f"counts must be 3-D [layer, expert, domain]; got shape {tuple(counts.shape)}.")
+        n_domains = counts.shape[-1]
+        if n_domains < 2:
+            raise ValueError(
+                f"at least 2 domains are needed to compare routing across them; got {n_domains}."
+            )
+        if domain_tokens.shape != (n_domains,):
+            raise ValueError(
+                f"domain_tokens must have shape [domain] = ({n_domains},); got {tuple(domain_tokens.shape)}."
+            )
+        if not torch.isfinite(counts).all() or (counts < 0).any():
+            raise ValueError("counts must hold finite non-negative values.")
+        if not torch.isfinite(domain_tokens).all() or (domain_tokens <= 0).any():
+            raise ValueError("every domain needs a positive, finite number of tokens in domain_tokens.")
+        if domain_names is None:
+            domain_names = [f"domain_{d}" for d in range(n_domains)]
+        domain_names = [str(name) for name in domain_names]
+        if len(domain_names) != n_domains:
+            raise ValueError(f"domain_names has {len(domain_names)} names for {n_domains} domains.")
+
+        rates = counts / domain_tokens
+        n_tokens = counts.sum(dim=-1)
+        insufficient = (n_tokens < self.min_tokens) | (n_tokens == 0)
+        shares = rates / rates.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(rates.dtype).tiny)
+        entropy = -torch.xlogy(shares, shares).sum(dim=-1)  # nats; 0·log 0 = 0
+        scores = (1.0 - entropy / math.log(n_domains)).clamp(0.0, 1.0)
+        favoured = shares.argmax(dim=-1)
+        lift = rates.max(dim=-1).values / rates.mean(dim=-1).clamp_min(torch.finfo(rates.dtype).tiny)
+
+        nan = float("nan")
+        self.rates_ = rates
+        self.shares_ = shares.masked_fill(insufficient.unsqueeze(-1), nan)
+        self.scores_ = scores.masked_fill(insufficient, nan)
+        self.favoured_domain_ = favoured.masked_fill(insufficient, -1)
+        self.lift_ = lift.masked_fill(insufficient, nan)
+        self.n_tokens_ = n_tokens
+        self.insufficient_tokens_: Bool[torch.Tensor, "layer expert"] = insufficient
+        self.is_domain_expert_ = (scores >= self.threshold) & ~insufficient
+        self.domain_names_ = domain_names
+        self.n_layers_, self.n_experts_, self.n_domains_ = counts.shape
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "scores_"):
+            raise RuntimeError("This DomainExperts is not fitted yet; call fit(counts, domain_tokens) first.")
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (layer, expert): score, favoured domain, lift, flags, and the share of each domain."""
+        self._check_fitted()
+        layers, experts = np.meshgrid(np.arange(self.n_layers_), np.arange(self.n_experts_), indexing="ij")
+        favoured = self.favoured_domain_.flatten().numpy()
+        names = np.array(self.domain_names_ + [None], dtype=object)  # index -1 (flagged) -> None
+        frame = pd.DataFrame(
+            {
+                "layer": layers.ravel(),
+                "expert": experts.ravel(),
+                "n_tokens": self.n_tokens_.flatten().numpy(),
+                "score": self.scores_.flatten().numpy(),
+                "favoured_domain": names[favoured],
+                "lift": self.lift_.flatten().numpy(),
+                "domain_expert": self.is_domain_expert_.flatten().numpy(),
+                "insufficient_tokens": self.insufficient_tokens_.flatten().numpy(),
+            }
+        )
+        shares = self.shares_.reshape(-1, self.n_domains_).numpy()
+        for d, name in enumerate(self.domain_names_):
+            frame[f"share_{name}"] = shares[:, d]
+        return frame
+
+    def top(self, n: int = 10, domain: str | None = None) -> pd.DataFrame:
+        """The ``n`` highest-scoring scored experts, optionally only those favouring ``domain``."""
+        frame = self.to_frame()
+        frame = frame[~frame["insufficient_tokens"]]
+        if domain is not None:
+            if domain not in self.domain_names_:
+                raise ValueError(f"unknown domain {domain!r}; fitted domains are {self.domain_names_}.")
+            frame = frame[frame["favoured_domain"] == domain]
+        return frame.sort_values(["score", "lift"], ascending=False).head(n).reset_index(drop=True)
+
+    def heatmap(self, layer: int, ax=None):
+        """Image of ``π`` for one layer: domains (rows) × experts (columns); flagged experts left blank.
+
+        Draws on ``ax`` if given, else on a new figure (no pyplot state, safe under any backend).
+        Returns the axes.
+        """
+        self._check_fitted()
+        if not 0 <= layer < self.n_layers_:
+            raise ValueError(f"layer must be in [0, {self.n_layers_}); got {layer}.")
+        if ax is None:
+            from matplotlib.figure import Figure
+
+            ax = Figure(
+                figsize=(max(4.0, 0.15 * self.n_experts_ + 2), 0.4 * self.n_domains_ + 1.5)
+            ).add_subplot()
+        shares = self.shares_[layer].T.numpy()  # [domain, expert]
+        image = ax.imshow(np.ma.masked_invalid(shares), aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0)
+        ax.set_yticks(range(self.n_domains_), self.domain_names_)
+        ax.set_xlabel("expert")
+        ax.set_title(f"layer {layer}: routing share per domain (size-normalized)")
+        ax.figure.colorbar(image, ax=ax, label="π (share of the expert's routing rate)")
+        return ax

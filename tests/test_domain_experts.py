@@ -1,0 +1,142 @@
+"""Domain experts: size-normalized routing rates, entropy score, favoured domain and lift."""
+
+import itertools
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import entropy
+
+from tl_moe.analysis.domain_experts import DomainExperts
+
+DOMAINS = ["code", "math", "prose"]
+
+
+def fit_single_expert(counts_per_domain, domain_tokens, **kwargs) -> DomainExperts:
+    counts = torch.tensor(counts_per_domain, dtype=torch.float64).reshape(1, 1, -1)
+    return DomainExperts(**kwargs).fit(counts, torch.tensor(domain_tokens), DOMAINS[: counts.shape[-1]])
+
+
+def test_expert_seeing_one_domain_only_scores_one():
+    model = fit_single_expert([0, 500, 0], [1000, 2000, 4000], min_tokens=1)
+    assert model.scores_[0, 0].item() == pytest.approx(1.0)
+    assert model.favoured_domain_[0, 0].item() == 1
+    assert model.lift_[0, 0].item() == pytest.approx(3.0)  # rates [0, .25, 0]: .25 / (.25/3)
+    assert model.is_domain_expert_[0, 0]
+
+
+def test_rate_uniform_across_unequal_domains_scores_zero():
+    # Counts proportional to domain size: the same 10% of every domain, so no preference at all,
+    # although the raw counts favour the largest domain 4:1.
+    model = fit_single_expert([100, 200, 400], [1000, 2000, 4000], min_tokens=1)
+    assert model.scores_[0, 0].item() == pytest.approx(0.0, abs=1e-12)
+    assert model.lift_[0, 0].item() == pytest.approx(1.0)
+    torch.testing.assert_close(model.shares_[0, 0], torch.full((3,), 1 / 3, dtype=torch.float64))
+    assert not model.is_domain_expert_[0, 0]
+
+
+def test_two_domain_case_by_hand():
+    # rates: 300/1000 = 0.3 and 300/3000 = 0.1  ->  π = [0.75, 0.25].
+    # H(π) = −(0.75 ln 0.75 + 0.25 ln 0.25) nats; score = 1 − H/ln 2 ≈ 0.18872; lift = 0.3 / 0.2 = 1.5.
+    model = fit_single_expert([300, 300], [1000, 3000], min_tokens=1)
+    entropy_nats = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert model.scores_[0, 0].item() == pytest.approx(1 - entropy_nats / math.log(2), abs=1e-12)
+    assert model.scores_[0, 0].item() == pytest.approx(0.188722, abs=1e-6)
+    assert model.favoured_domain_[0, 0].item() == 0
+    assert model.lift_[0, 0].item() == pytest.approx(1.5)
+    torch.testing.assert_close(model.rates_[0, 0], torch.tensor([0.3, 0.1], dtype=torch.float64))
+
+
+def test_three_domain_case_by_hand():
+    # rates [0.2, 0.1, 0.1]  ->  π = [1/2, 1/4, 1/4], H = 1.5 bits, score = 1 − 1.5 / log2 3.
+    model = fit_single_expert([200, 200, 400], [1000, 2000, 4000], min_tokens=1)
+    assert model.scores_[0, 0].item() == pytest.approx(1 - 1.5 / math.log2(3), abs=1e-12)
+    assert model.lift_[0, 0].item() == pytest.approx(0.2 / (0.4 / 3))
+    assert model.to_frame().loc[0, "favoured_domain"] == "code"
+
+
+def test_all_experts_of_all_layers_match_a_per_expert_reference():
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 300, size=(3, 7, 4)).astype(float)
+    counts[1, 2] = [0, 0, 40, 0]  # single-domain expert
+    domain_tokens = np.array([5000.0, 12000.0, 3000.0, 8000.0])
+    model = DomainExperts(threshold=0.3, min_tokens=10).fit(torch.tensor(counts), torch.tensor(domain_tokens))
+    assert model.scores_.shape == model.lift_.shape == model.favoured_domain_.shape == (3, 7)
+    assert model.shares_.shape == (3, 7, 4)
+    for layer, expert in itertools.product(range(3), range(7)):
+        rates = counts[layer, expert] / domain_tokens
+        shares = rates / rates.sum()
+        assert model.scores_[layer, expert].item() == pytest.approx(1 - entropy(shares, base=4), abs=1e-12)
+        assert model.favoured_domain_[layer, expert].item() == np.argmax(shares)
+        assert model.lift_[layer, expert].item() == pytest.approx(rates.max() / rates.mean())
+    assert model.scores_[1, 2].item() == pytest.approx(1.0)
+    assert model.domain_names_ == ["domain_0", "domain_1", "domain_2", "domain_3"]
+    expected_experts = (model.scores_ >= 0.3) & ~model.insufficient_tokens_
+    assert torch.equal(model.is_domain_expert_, expected_experts)
+
+
+def test_experts_below_min_tokens_are_flagged_not_scored():
+    counts = torch.tensor([[[0, 30, 0], [40, 40, 40], [0, 0, 0]]])
+    model = DomainExperts(min_tokens=50).fit(counts, torch.tensor([100, 100, 100]), DOMAINS)
+    assert model.insufficient_tokens_.tolist() == [[True, False, True]]
+    assert math.isnan(model.scores_[0, 0]) and math.isnan(model.lift_[0, 0])
+    assert model.favoured_domain_[0, 0].item() == -1 and not model.is_domain_expert_[0, 0]
+    assert model.n_tokens_.tolist() == [[30, 120, 0]]
+    assert model.scores_[0, 1].item() == pytest.approx(0.0, abs=1e-12)
+    top = model.top(5)
+    assert top["expert"].tolist() == [1]  # flagged experts never appear among the top experts
+
+
+def test_frame_top_and_heatmap():
+    counts = torch.tensor(
+        [
+            [[90, 5, 5], [10, 80, 10], [30, 30, 40], [0, 0, 100]],
+            [[50, 50, 0], [5, 5, 5], [1, 1, 90], [33, 33, 34]],
+        ]
+    )
+    model = DomainExperts(threshold=0.5, min_tokens=20).fit(counts, torch.tensor([1000, 1000, 1000]), DOMAINS)
+    frame = model.to_frame()
+    assert len(frame) == 8
+    for column in ["layer", "expert", "n_tokens", "score", "favoured_domain", "lift", "share_math"]:
+        assert column in frame.columns
+    assert frame.loc[frame.insufficient_tokens, "favoured_domain"].isna().all()
+    top = model.top(2)
+    assert [(row.layer, row.expert) for row in top.itertuples()] == [(0, 3), (1, 2)]
+    assert top["score"].is_monotonic_decreasing
+    assert model.top(10, domain="math")[["layer", "expert"]].values.tolist() == [[0, 1]]
+    with pytest.raises(ValueError, match="unknown domain"):
+        model.top(3, domain="poetry")
+
+    ax = model.heatmap(layer=1)
+    image = ax.images[0].get_array()
+    assert image.shape == (3, 4)  # domains × experts
+    assert image.mask[:, 1].all()  # the flagged expert is left blank
+    np.testing.assert_allclose(image[:, 0], [0.5, 0.5, 0.0])
+    with pytest.raises(ValueError, match="layer"):
+        model.heatmap(layer=2)
+
+
+@pytest.mark.parametrize(
+    ("counts", "domain_tokens", "kwargs", "message"),
+    [
+        (torch.ones(2, 3), torch.ones(3), {}, "3-D"),
+        (torch.ones(1, 2, 1), torch.ones(1), {}, "at least 2 domains"),
+        (torch.ones(1, 2, 3), torch.ones(2), {}, "domain_tokens must have shape"),
+        (torch.ones(1, 2, 3), torch.tensor([1.0, 0.0, 1.0]), {}, "positive"),
+        (-torch.ones(1, 2, 3), torch.ones(3), {}, "non-negative"),
+        (torch.ones(1, 2, 3), torch.ones(3), {"threshold": 1.5}, "threshold"),
+    ],
+)
+def test_invalid_inputs_raise_clear_errors(counts, domain_tokens, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DomainExperts(**kwargs).fit(counts, domain_tokens)
+
+
+def test_unfitted_model_says_so():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        DomainExperts().to_frame()
