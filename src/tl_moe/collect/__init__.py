@@ -1,0 +1,60 @@
+"""The collection pass: corpus -> batches -> one hooked forward per batch -> accumulators.
+
+Entry point: :func:`collect`. Analyses plug in by subclassing :class:`Accumulator`
+or by configuring one of the reusable building blocks (:class:`SumAccumulator`,
+:class:`CountAccumulator`, :class:`ReservoirSampler`, :class:`TopKTracker`).
+"""
+
+from tl_moe.collect.accumulator import Accumulator, Activations, HookedAccumulator
+from tl_moe.collect.batching import (
+    BatchBuilder,
+    ConceptLabeler,
+    PlannedBatch,
+    StreamCursor,
+    domain_names,
+    iter_windows,
+    plan_batches,
+)
+from tl_moe.collect.capture import UnknownHookError
+from tl_moe.collect.checkpoint import CheckpointMismatchError
+from tl_moe.collect.counts import BinEvents, CountAccumulator
+from tl_moe.collect.distributed import Shard, reduce_across_processes
+from tl_moe.collect.engine import collect, model_device
+from tl_moe.collect.hashing import uniform_priority
+from tl_moe.collect.meta import BatchMeta
+from tl_moe.collect.reservoir import ReservoirSample, ReservoirSampler, SampleCandidates
+from tl_moe.collect.sums import GroupedValues, SumAccumulator, SumResult
+from tl_moe.collect.topk import KeyedTopN, ScoredEvents, TopKResult, TopKTracker
+
+__all__ = [
+    "Accumulator",
+    "Activations",
+    "BatchBuilder",
+    "BatchMeta",
+    "BinEvents",
+    "CheckpointMismatchError",
+    "ConceptLabeler",
+    "CountAccumulator",
+    "GroupedValues",
+    "HookedAccumulator",
+    "KeyedTopN",
+    "PlannedBatch",
+    "ReservoirSample",
+    "ReservoirSampler",
+    "SampleCandidates",
+    "ScoredEvents",
+    "Shard",
+    "StreamCursor",
+    "SumAccumulator",
+    "SumResult",
+    "TopKResult",
+    "TopKTracker",
+    "UnknownHookError",
+    "collect",
+    "domain_names",
+    "iter_windows",
+    "model_device",
+    "plan_batches",
+    "reduce_across_processes",
+    "uniform_priority",
+]
