@@ -62,6 +62,8 @@ def read_corpus_files(path: Path) -> pd.DataFrame:
             frames.append(read_text_file(file, path))
             continue
         frame = read_table_file(file)
+        if "text" not in frame.columns:
+            raise ValueError(f"{file}: no 'text' column (columns: {sorted(map(str, frame.columns))})")
         if "source" not in frame.columns:
             frame["source"] = file.relative_to(path).as_posix() if path.is_dir() else file.name
         frames.append(frame)
