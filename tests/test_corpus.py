@@ -6,13 +6,16 @@ import ast
 import hashlib
 import json
 import time
+from pathlib import Path
 
 import datasets
 import pandas as pd
 import pytest
 
 from tl_moe.data import corpus as corpus_module
+from tl_moe.data.concepts import CONCEPTS
 from tl_moe.data.corpus import build_corpus, corpus_stats, load_corpus, split_of
+from tl_moe.data.datacard import markdown_table
 from tl_moe.data.sources.base import pack_blocks, split_paragraphs
 from tl_moe.data.sources.chat import conversations_of
 from tl_moe.data.sources.hpo import format_term, parse_obo_terms
@@ -231,3 +234,16 @@ def test_load_corpus_errors_say_what_is_wrong_and_what_is_accepted(tmp_path):
         load_corpus(tmp_path / "empty")
     with pytest.raises(TypeError, match="accepted"):
         load_corpus(42)
+
+
+def test_markdown_table_escapes_pipes_and_formats_integers():
+    frame = pd.DataFrame({"name": ["a|b", "``c``"], "count": [1234567, 3]})
+    assert markdown_table(frame) == "| name | count |\n| --- | --- |\n| a\\|b | 1,234,567 |\n| `c` | 3 |"
+
+
+def test_data_doc_lists_every_concept_and_domain():
+    text = (Path(__file__).parents[1] / "docs" / "DATA.md").read_text(encoding="utf-8")
+    for name in CONCEPTS:
+        assert f"| {name} |" in text
+    for domain in EXPECTED_DOMAINS:
+        assert f"| {domain} |" in text

@@ -73,7 +73,7 @@ def document_concept(field: str, value: str, description: str | None = None) -> 
     return Concept(
         name=f"{field}_{value}",
         group=field,
-        description=description or f"every token of a document whose {field} is {value!r}",
+        description=description or f"Every token of a document whose {field} is {value!r}",
         document_field=field,
         document_value=value,
     )
@@ -170,9 +170,9 @@ def _build_registry() -> dict[str, Concept]:
         for short_name, finder in entries:
             concepts.append(Concept(f"{prefix}_{short_name}", group, _first_line(finder), finder, applies_to))
     for code, language in EMBEDDED_LANGUAGES.items():
-        concepts.append(document_concept("language", code, f"every token of a document in {language}"))
+        concepts.append(document_concept("language", code, f"Every token of a document in {language}"))
     for domain in EMBEDDED_DOMAINS:
-        concepts.append(document_concept("domain", domain, f"every token of a {domain} document"))
+        concepts.append(document_concept("domain", domain, f"Every token of a document of domain {domain!r}"))
     return {concept.name: concept for concept in concepts}
 
 

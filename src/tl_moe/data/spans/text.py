@@ -24,6 +24,7 @@ _LINE_FIRST = re.compile(r"^[ \t]*(\S+)", re.MULTILINE)
 _SENTENCE_BREAK = re.compile(r"[.!?]+[\"'”’)\]]*\s+|\n\s*\n")
 _SENTENCE_OPENERS = "\"'“‘(¿¡[«"
 LONG_WORD_LETTERS = 10
+"""Length, in letters, from which a word counts as long."""
 
 
 def _words(text: str, accept) -> list[Span]:
@@ -46,7 +47,7 @@ def lowercase_word_spans(text: str) -> list[Span]:
 
 
 def long_word_spans(text: str) -> list[Span]:
-    """Words of at least ``LONG_WORD_LETTERS`` letters."""
+    """Words of ten letters or more (``LONG_WORD_LETTERS``)."""
     return _words(text, lambda w, _: len(w) >= LONG_WORD_LETTERS)
 
 
