@@ -139,8 +139,9 @@ class SphericalKMeans:
                 distance = torch.ones_like(distance)
                 distance[chosen[:k]] = 0.0
             candidates = torch.multinomial(distance, n_candidates, replacement=True, generator=generator)
-            candidate_closest = torch.maximum(closest_similarity[:, None], X @ X[candidates].T)
-            best = torch.argmin((1.0 - candidate_closest).sum(dim=0))
+            candidate_closest = X @ X[candidates].T
+            torch.maximum(candidate_closest, closest_similarity[:, None], out=candidate_closest)
+            best = torch.argmax(candidate_closest.sum(dim=0))  # = argmin of the total distance Σ(1 − cos)
             chosen[k] = candidates[best]
             closest_similarity = candidate_closest[:, best]
         return X[chosen].clone()
