@@ -323,6 +323,38 @@ def test_concept_labels_follow_token_text(corpus, bridge):
     assert n_checked > 300
 
 
+def test_labeler_taking_domain_and_language_receives_them(bridge):
+    rows = {
+        "text": ["x = 1", "a cat", "b dog"],
+        "domain": ["code", "prose", "code"],
+        "language": ["py", "en", "py"],
+    }
+    corpus = datasets.Dataset.from_dict(rows)
+    seen = []
+
+    def labeler(text, offsets, *, domain, language):
+        seen.append((text, domain, language))
+        return torch.full((len(offsets), 1), domain == "code")
+
+    metas = all_metas(corpus, bridge.tokenizer, concept_labeler=labeler)
+    assert seen == list(zip(rows["text"], rows["domain"], rows["language"], strict=True))
+    for meta in metas:
+        real = meta.attention_mask & (meta.position > 0)
+        is_code = meta.domain == domain_names(corpus).index("code")
+        assert torch.equal(meta.concept_labels[..., 0], real & is_code)
+
+
+def test_class_label_domains_keep_their_names(bridge):
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "domain": datasets.ClassLabel(names=["z", "a"])}
+    )
+    corpus = datasets.Dataset.from_dict({"text": ["one", "two"], "domain": [1, 0]}, features=features)
+    assert domain_names(corpus) == ("z", "a")
+    (meta,) = all_metas(corpus, bridge.tokenizer)
+    assert meta.domain[:, 0].tolist() == [1, 0]
+    assert domain_names(datasets.Dataset.from_dict({"text": ["t"]})) == ("all",)
+
+
 def test_batch_meta_aligns_flattened_tensors(corpus, bridge):
     meta = all_metas(corpus, bridge.tokenizer)[0]
     values = torch.arange(meta.batch_size * meta.seq_len * 2).reshape(meta.batch_size, meta.seq_len, 2)
@@ -383,6 +415,32 @@ def test_top_k_matches_brute_force(full_results, every_token):
         assert result.ids[code].tolist() == token_index[best].tolist()
         torch.testing.assert_close(result.scores[code], norms[best])
         assert int(result.n_seen[code]) == len(members)
+
+
+def test_top_k_streamed_with_ties_and_merges_matches_sorting():
+    generator = torch.Generator().manual_seed(1)
+    n_events, n_keys, k = 400, 5, 6
+    keys = torch.randint(0, n_keys, (n_events,), generator=generator)
+    scores = torch.randint(0, 4, (n_events,), generator=generator).double()  # many ties
+    ids = torch.randperm(n_events, generator=generator)
+    payload = torch.stack([ids * 2, ids * 3], dim=1)
+    parts = []
+    for chunks in (torch.arange(n_events).tensor_split(3), torch.arange(n_events).flip(0).tensor_split(4)):
+        tracker = TopKTracker([], None, n_keys=n_keys, k=k)
+        for i, chunk in enumerate(chunks):
+            part = TopKTracker([], None, n_keys=n_keys, k=k) if i % 2 else tracker
+            for piece in chunk.tensor_split(5):
+                part.store.offer(keys[piece], scores[piece], ids[piece], payload[piece])
+            if part is not tracker:
+                tracker.merge(part)
+        parts.append(tracker.finalize())
+    for result in parts:
+        for key in range(n_keys):
+            members = (keys == key).nonzero().flatten().tolist()
+            best = sorted(members, key=lambda i: (-float(scores[i]), int(ids[i])))[:k]
+            assert result.ids[key].tolist() == ids[best].tolist()
+            assert torch.equal(result.payload[key], payload[best])
+            assert int(result.n_seen[key]) == len(members)
 
 
 def test_reservoir_matches_brute_force(full_results, every_token):

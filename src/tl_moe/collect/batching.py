@@ -12,7 +12,8 @@ materialised beyond the batch being built.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import inspect
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,6 +24,7 @@ from tl_moe.collect.meta import BatchMeta
 
 TEXT_COLUMN = "text"
 DOMAIN_COLUMN = "domain"
+LANGUAGE_COLUMN = "language"
 DEFAULT_DOMAIN = "all"
 _DOCS_PER_TOKENIZER_CALL = 64
 
@@ -32,7 +34,10 @@ class ConceptLabeler(Protocol):
 
     Called once per document with the document's text and the character span of
     each of its tokens; returns whether each token belongs to each concept. An
-    optional ``concept_names`` attribute names the columns.
+    optional ``concept_names`` attribute names the columns. A labeler that also takes
+    keyword arguments ``domain`` and/or ``language`` receives the document's domain
+    name and its ``language`` column value (None without that column), e.g.
+    ``functools.partial(tl_moe.data.label_tokens, concepts=names)``.
     """
 
     def __call__(
@@ -71,6 +76,8 @@ class TokenizedDocument:
     token_ids: list[int]
     offsets: list[tuple[int, int]] | None
     domain_code: int
+    domain: str | None = None
+    language: str | None = None
 
 
 @dataclass(frozen=True)
@@ -119,25 +126,33 @@ def domain_names(dataset: Any) -> tuple[str, ...]:
     feature = dataset.features[DOMAIN_COLUMN]
     if hasattr(feature, "names") and hasattr(feature, "str2int"):
         return tuple(feature.names)
-    return tuple(sorted({str(value) for value in dataset[DOMAIN_COLUMN]}))
+    return tuple(sorted({str(value) for value in dataset.unique(DOMAIN_COLUMN)}))
 
 
-def _domain_coder(dataset: Any, names: Sequence[str]):
+def _domain_coder(dataset: Any) -> Callable[[Any], tuple[int, str | None]]:
+    """Maps a raw ``domain`` value to (domain code, domain name); name None without the column."""
+    names = domain_names(dataset)
     if DOMAIN_COLUMN not in dataset.column_names:
-        return lambda value: 0
+        return lambda value: (0, None)
     feature = dataset.features[DOMAIN_COLUMN]
     if hasattr(feature, "names") and hasattr(feature, "str2int"):
-        return int
+        return lambda value: (int(value), names[int(value)])
     code_of = {name: code for code, name in enumerate(names)}
-    return lambda value: code_of[str(value)]
+    return lambda value: (code_of[str(value)], str(value))
 
 
 def _tokenize_documents(
-    dataset: Any, tokenizer: Any, start: int, stop: int, encode_domain, with_offsets: bool
+    dataset: Any,
+    tokenizer: Any,
+    start: int,
+    stop: int,
+    encode_domain: Callable[[Any], tuple[int, str | None]],
+    with_offsets: bool,
 ) -> list[TokenizedDocument]:
     rows = dataset[start:stop]
     texts = ["" if text is None else str(text) for text in rows[TEXT_COLUMN]]
-    domains = rows.get(DOMAIN_COLUMN, [None] * len(texts))
+    domains = [encode_domain(value) for value in rows.get(DOMAIN_COLUMN, [None] * len(texts))]
+    languages = rows.get(LANGUAGE_COLUMN, [None] * len(texts))
     encoded = tokenizer(
         texts,
         add_special_tokens=False,
@@ -152,7 +167,9 @@ def _tokenize_documents(
             text=texts[i],
             token_ids=list(encoded["input_ids"][i]),
             offsets=None if offsets[i] is None else [tuple(span) for span in offsets[i]],
-            domain_code=encode_domain(domains[i]),
+            domain_code=domains[i][0],
+            domain=domains[i][1],
+            language=None if languages[i] is None else str(languages[i]),
         )
         for i in range(len(texts))
     ]
@@ -161,9 +178,9 @@ def _tokenize_documents(
 def _documents(
     dataset: Any, tokenizer: Any, first_doc: int, with_offsets: bool
 ) -> Iterator[TokenizedDocument]:
-    columns = [c for c in (TEXT_COLUMN, DOMAIN_COLUMN) if c in dataset.column_names]
+    columns = [c for c in (TEXT_COLUMN, DOMAIN_COLUMN, LANGUAGE_COLUMN) if c in dataset.column_names]
     view = dataset.select_columns(columns)
-    encode_domain = _domain_coder(dataset, domain_names(dataset))
+    encode_domain = _domain_coder(dataset)
     for start in range(first_doc, len(view), _DOCS_PER_TOKENIZER_CALL):
         stop = min(start + _DOCS_PER_TOKENIZER_CALL, len(view))
         yield from _tokenize_documents(view, tokenizer, start, stop, encode_domain, with_offsets)
@@ -247,6 +264,20 @@ def plan_batches(
         yield close_batch()
 
 
+def _document_keywords(labeler: Any) -> set[str]:
+    """Which of ``domain`` / ``language`` the labeler accepts as keyword arguments."""
+    if labeler is None:
+        return set()
+    try:
+        parameters = inspect.signature(labeler).parameters.values()
+    except (TypeError, ValueError):
+        return set()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return {"domain", "language"}
+    keyword_kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name for p in parameters if p.kind in keyword_kinds} & {"domain", "language"}
+
+
 class BatchBuilder:
     """Turns planned batches into model inputs + :class:`BatchMeta` (on CPU).
 
@@ -270,6 +301,7 @@ class BatchBuilder:
         self.concept_labeler = concept_labeler
         names = getattr(concept_labeler, "concept_names", None)
         self.concept_names = None if names is None else tuple(names)
+        self._labeler_keywords = _document_keywords(concept_labeler)
         self._cached_labels: tuple[int, torch.Tensor] | None = None
 
     def _document_labels(self, document: TokenizedDocument) -> Bool[torch.Tensor, "n_tokens concept"]:
@@ -277,7 +309,9 @@ class BatchBuilder:
             return self._cached_labels[1]
         assert self.concept_labeler is not None and document.offsets is not None
         offsets = torch.tensor(document.offsets, dtype=torch.long).reshape(-1, 2)
-        labels = torch.as_tensor(self.concept_labeler(document.text, offsets)).bool()
+        context = {"domain": document.domain, "language": document.language}
+        keywords = {key: value for key, value in context.items() if key in self._labeler_keywords}
+        labels = torch.as_tensor(self.concept_labeler(document.text, offsets, **keywords)).bool()
         if labels.ndim != 2 or labels.shape[0] != len(document.token_ids):
             raise ValueError(
                 f"the concept labeler returned shape {tuple(labels.shape)} for document "
