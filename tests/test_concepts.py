@@ -17,8 +17,8 @@ from tl_moe.data.concepts import (
     document_concept,
     label_text,
     label_tokens,
+    merge_spans,
     resolve_concepts,
-    spans_to_char_mask,
 )
 from tl_moe.zoo.tokenizer import load_tokenizer
 
@@ -184,12 +184,23 @@ def test_concepts_outside_their_domains_give_all_false_columns():
     assert applicable.tolist() == [[True, False, True], [False, True, True], [True, True, True]]
 
 
-def test_spans_to_char_mask_clips_and_ignores_empty_spans():
-    mask = spans_to_char_mask([[(1, 3), (2, 4)], [(5, 5), (-2, 1), (4, 99)]], n_chars=6)
-    assert mask.T.tolist() == [
-        [False, True, True, True, False, False],
-        [True, False, False, False, True, True],
+def test_merge_spans_clips_drops_empty_and_merges():
+    assert merge_spans([(4, 99), (2, 4), (5, 5), (-2, 0), (-2, 1), (7, 9)], n_chars=8) == [(0, 1), (2, 8)]
+    assert merge_spans([(6, 7), (1, 2), (3, 4)], n_chars=10) == [(1, 2), (3, 4), (6, 7)]
+
+
+def test_overlapping_spans_of_one_concept_and_many_concepts_align_like_brute_force():
+    text = "abcdefghij"
+    spans_by_concept = [[(1, 3), (2, 6)], [], [(0, 10)], [(9, 12)], [(4, 5), (5, 6)]]
+    concepts = [
+        Concept(f"c{i}", "text", "test", lambda t, spans=spans: spans)
+        for i, spans in enumerate(spans_by_concept)
     ]
+    offsets = [(0, 1), (0, 2), (3, 3), (5, 6), (6, 9), (9, 10), (0, 0)]
+    expected = [
+        [any(a < e and s < b for a, b in spans) and e > s for spans in spans_by_concept] for s, e in offsets
+    ]
+    assert label_tokens(text, offsets, concepts).tolist() == expected
 
 
 def test_unknown_concept_name_lists_the_known_ones():

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Bool, Int
@@ -195,30 +196,21 @@ def resolve_concepts(concepts: Sequence[Concept | str] | None = None) -> list[Co
     return resolved
 
 
-def spans_to_char_mask(
-    spans_per_concept: Sequence[Sequence[Span]], n_chars: int
-) -> Bool[torch.Tensor, "n_chars n_concepts"]:
-    """Which characters of a text lie inside a span of each concept.
+def merge_spans(spans: Sequence[Span], n_chars: int) -> list[Span]:
+    """``spans`` clipped to ``[0, n_chars]``, empty ones dropped, overlapping or touching ones merged, sorted.
 
-    Spans are clipped to ``[0, n_chars]``; empty spans mark nothing.
+    The merged spans cover exactly the characters that the input spans cover.
     """
-    n_concepts = len(spans_per_concept)
-    starts, ends, columns = [], [], []
-    for column, spans in enumerate(spans_per_concept):
-        for start, end in spans:
-            starts.append(start)
-            ends.append(end)
-            columns.append(column)
-    boundary_counts = torch.zeros(n_chars + 1, n_concepts, dtype=torch.int32)
-    if columns:
-        start_t = torch.tensor(starts).clamp(0, n_chars)
-        end_t = torch.tensor(ends).clamp(0, n_chars)
-        column_t = torch.tensor(columns)
-        keep = end_t > start_t
-        ones = torch.ones(int(keep.sum()), dtype=torch.int32)
-        boundary_counts.index_put_((start_t[keep], column_t[keep]), ones, accumulate=True)
-        boundary_counts.index_put_((end_t[keep], column_t[keep]), -ones, accumulate=True)
-    return boundary_counts.cumsum(0)[:-1] > 0
+    clipped = sorted(
+        (max(start, 0), min(end, n_chars)) for start, end in spans if min(end, n_chars) > max(start, 0)
+    )
+    merged: list[Span] = []
+    for start, end in clipped:
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
 
 
 def label_tokens(
@@ -243,21 +235,36 @@ def label_tokens(
         ``labels[t, c]`` is true iff token ``t``'s span overlaps a span of concept ``c``.
     """
     concept_list = resolve_concepts(concepts)
-    offsets_t = torch.as_tensor(offsets, dtype=torch.long).reshape(-1, 2)
+    offsets_t = torch.as_tensor(offsets, dtype=torch.long).reshape(-1, 2).cpu()
     spans_per_concept = [
         concept.spans(text, domain, language) if concept.applies(domain) else [] for concept in concept_list
     ]
-    n_chars = len(text)
-    inside = spans_to_char_mask(spans_per_concept, n_chars)
-    covered_before = torch.cat(
-        [
-            torch.zeros(1, len(concept_list), dtype=torch.int32),
-            inside.to(torch.int32).cumsum(0, dtype=torch.int32),
-        ]
+    return _overlaps(offsets_t, [merge_spans(spans, len(text)) for spans in spans_per_concept], len(text))
+
+
+def _overlaps(
+    offsets: Int[torch.Tensor, "n_tokens 2"], merged_spans: list[list[Span]], n_chars: int
+) -> Bool[torch.Tensor, "n_tokens n_concepts"]:
+    """Whether each token span overlaps the (disjoint, sorted) spans of each concept.
+
+    All concepts' spans are laid on one number line, concept ``c`` shifted by ``c * (n_chars + 1)``,
+    so both their starts and their ends are sorted. For a token ``[s, e)`` the spans with
+    ``start < e`` minus the spans with ``end <= s`` are exactly the spans it overlaps; both counts
+    are binary searches, done for every (token, concept) pair at once (in numpy: this small,
+    per-document CPU work runs faster without torch's intra-op threads).
+    """
+    stride = n_chars + 1
+    span_starts = np.array(
+        [c * stride + a for c, spans in enumerate(merged_spans) for a, _ in spans], np.int64
     )
-    token_start = offsets_t[:, 0].clamp(0, n_chars)
-    token_end = offsets_t[:, 1].clamp(0, n_chars)
-    return (covered_before[token_end] - covered_before[token_start]) > 0
+    span_ends = np.array([c * stride + b for c, spans in enumerate(merged_spans) for _, b in spans], np.int64)
+    concept_shift = np.arange(len(merged_spans), dtype=np.int64) * stride  # [n_concepts]
+    token_bounds = offsets.clamp(0, n_chars).numpy()
+    token_start = token_bounds[:, :1] + concept_shift  # [n_tokens, n_concepts]
+    token_end = token_bounds[:, 1:] + concept_shift
+    started_before_end = np.searchsorted(span_starts, token_end, side="left")
+    ended_by_start = np.searchsorted(span_ends, token_start, side="right")
+    return torch.from_numpy((started_before_end > ended_by_start) & (token_end > token_start))
 
 
 def applicable_concepts(

@@ -7,7 +7,9 @@ A *word* is a maximal run of Unicode letters (``[^\\W\\d_]+``), so ``naïve`` is
 from __future__ import annotations
 
 import re
+import sys
 import unicodedata
+from functools import lru_cache
 
 from tl_moe.data.spans import Span
 
@@ -27,8 +29,13 @@ LONG_WORD_LETTERS = 10
 """Length, in letters, from which a word counts as long."""
 
 
+@lru_cache(maxsize=8)
+def _word_matches(text: str) -> tuple[tuple[str, int, int], ...]:
+    return tuple((m.group(), m.start(), m.end()) for m in _WORD.finditer(text))
+
+
 def _words(text: str, accept) -> list[Span]:
-    return [m.span() for m in _WORD.finditer(text) if accept(m.group(), m.start())]
+    return [(start, end) for word, start, end in _word_matches(text) if accept(word, start)]
 
 
 def capitalized_word_spans(text: str) -> list[Span]:
@@ -95,15 +102,28 @@ def contraction_spans(text: str) -> list[Span]:
     return _pattern(_CONTRACTION, text)
 
 
-def _category_runs(text: str, prefix: str) -> list[Span]:
-    spans: list[Span] = []
-    for index, char in enumerate(text):
-        if unicodedata.category(char).startswith(prefix):
-            if spans and spans[-1][1] == index:
-                spans[-1] = (spans[-1][0], index + 1)
+@lru_cache(maxsize=4)
+def _category_pattern(prefix: str) -> re.Pattern:
+    """A regex matching runs of characters whose Unicode category starts with ``prefix``.
+
+    Built once per prefix from every code point (a fraction of a second), as ranges.
+    """
+    ranges: list[list[int]] = []
+    for code_point in range(sys.maxunicode + 1):
+        if unicodedata.category(chr(code_point)).startswith(prefix):
+            if ranges and ranges[-1][1] == code_point - 1:
+                ranges[-1][1] = code_point
             else:
-                spans.append((index, index + 1))
-    return spans
+                ranges.append([code_point, code_point])
+    char_class = "".join(
+        re.escape(chr(first)) if first == last else f"{re.escape(chr(first))}-{re.escape(chr(last))}"
+        for first, last in ranges
+    )
+    return re.compile(f"[{char_class}]+")
+
+
+def _category_runs(text: str, prefix: str) -> list[Span]:
+    return _pattern(_category_pattern(prefix), text)
 
 
 def punctuation_spans(text: str) -> list[Span]:
