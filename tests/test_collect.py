@@ -558,6 +558,17 @@ def test_early_stop_skips_later_layers_without_changing_results(bridge, corpus, 
     assert torch.equal(bridge(tokens), logits_before)
 
 
+def test_accumulators_without_hooks_skip_the_forward(bridge, corpus, full_results):
+    def domain_of_each_token(acts, meta):
+        return BinEvents(meta.tokens(meta.domain))
+
+    calls, counter = forward_counter()
+    with bridge.hooks(fwd_hooks=[("embed.hook_out", counter)]):
+        counts = run(bridge, corpus, {"n": CountAccumulator([], domain_of_each_token, shape=(3,))})["n"]
+    assert calls == []
+    assert torch.equal(counts, full_results["mean_per_domain"].counts)
+
+
 # ---------------------------------------------------------------- errors
 
 

@@ -95,7 +95,13 @@ class ActivationCapture:
         input_ids: Int[torch.Tensor, "batch pos"],
         attention_mask: Bool[torch.Tensor, "batch pos"],
     ) -> dict[str, torch.Tensor]:
-        """One forward of ``model`` (its hooks already registered); the captured tensors by name."""
+        """One forward of ``model`` (its hooks already registered); the captured tensors by name.
+
+        When no hook is requested (accumulators that only read ``BatchMeta``) the
+        forward is skipped altogether.
+        """
+        if not self.names:
+            return {}
         self._captured = {}
         try:
             model(input_ids, attention_mask=attention_mask.to(input_ids.dtype), return_type=None)

@@ -199,6 +199,7 @@ def _stream(
         tokenizer, seq_len=seq_len, domain_names=domain_names(dataset), concept_labeler=concept_labeler
     )
     capture = ActivationCapture(hook_names, device, stop_early=stop_early)
+    input_device = model_device(model)
     whole_stream = shard.count == 1
     bar = tqdm(
         total=max_tokens if whole_stream else None,
@@ -223,8 +224,9 @@ def _stream(
             cursor = planned.cursor_after
             if not shard.owns(planned.batch_index):
                 continue
-            meta = builder.build(planned).to(device)
-            acts = capture.run(model, meta.input_ids, meta.attention_mask)
+            meta = builder.build(planned)
+            acts = capture.run(model, meta.input_ids.to(input_device), meta.attention_mask.to(input_device))
+            meta = meta.to(device)
             for acc in accumulators.values():
                 acc.update(acts, meta)
             del acts
