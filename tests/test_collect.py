@@ -456,7 +456,7 @@ def test_reservoir_matches_brute_force(full_results, every_token):
 
 
 def test_reservoir_includes_every_item_with_equal_probability():
-    n_items, capacity, n_seeds = 30, 6, 2000
+    n_items, capacity, n_seeds = 30, 6, 1200
     ids = torch.arange(n_items) * 1000 + 17
     rows = torch.arange(n_items, dtype=torch.float32)[:, None]
     included = torch.zeros(n_items)
@@ -468,8 +468,8 @@ def test_reservoir_includes_every_item_with_equal_probability():
         assert kept.numel() == capacity and kept.unique().numel() == capacity
         included[kept] += 1
     frequency = included / n_seeds
-    # binomial standard error sqrt(0.2 * 0.8 / 2000) ~ 0.009; allow ~5 of them
-    assert (frequency - capacity / n_items).abs().max() < 0.045
+    # binomial standard error sqrt(0.2 * 0.8 / 1200) ~ 0.0115; allow ~5 of them
+    assert (frequency - capacity / n_items).abs().max() < 0.055
 
 
 def test_priorities_are_uniform_and_seed_dependent():
