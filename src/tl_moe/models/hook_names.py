@@ -162,3 +162,20 @@ def _check_layer(kind: str, layer: int, model) -> int:
     if needs == "shared_gate" and not cfg.shared_gated:
         raise HookNameError(f"{cfg.architecture} has no shared-expert gate.")
     return layer
+
+
+def hook_table_markdown() -> str:
+    """The hook-point table of the README, generated from :data:`HOOK_KINDS`."""
+    lines = [
+        "| kind | hook name | shape | what it is | editing it |",
+        "|---|---|---|---|---|",
+    ]
+    for kind, spec in HOOK_KINDS.items():
+        lines.append(
+            f"| `{kind}` | `blocks.{{L}}.mlp.{spec.attribute}` | `{spec.shape}` | {spec.meaning} | {spec.on_edit} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(hook_table_markdown())

@@ -1,0 +1,141 @@
+"""Cost of tl_moe's hook points: forward time relative to Hugging Face's own forward.
+
+Prints one table of median forward times and ratios, all measured in this run:
+
+- HF: ``AutoModelForCausalLM`` with its default experts implementation (eager attention,
+  as TransformerBridge forces eager attention too);
+- TransformerBridge without tl_moe;
+- tl_moe attached, hooks idle;
+- tl_moe caching every per-expert and router hook point.
+
+Usage: ``python benchmarks/bench_hooks.py [--gpu] [--olmoe-layer]``. ``--olmoe-layer`` uses an
+OLMoE-sized MoE layer (d_model 2048, 64 experts, top-8, d_expert 1024).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+import warnings
+
+import torch
+
+warnings.filterwarnings("ignore")
+
+
+def build(directory: str, olmoe_sized: bool) -> None:
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from tl_moe import MoEConfig, build_model, save_model
+
+    if olmoe_sized:
+        cfg = MoEConfig(
+            "olmoe",
+            n_layers=2,
+            d_model=2048,
+            d_vocab=8192,
+            n_heads=16,
+            num_experts=64,
+            experts_per_token=8,
+            d_expert=1024,
+            sparse_layers=(0, 1),
+            max_position_embeddings=4096,
+        )
+    else:
+        cfg = MoEConfig(
+            "olmoe",
+            n_layers=4,
+            d_model=512,
+            d_vocab=8192,
+            n_heads=8,
+            num_experts=16,
+            experts_per_token=2,
+            d_expert=1024,
+            sparse_layers=(0, 1, 2, 3),
+            max_position_embeddings=4096,
+        )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")), unk_token="<unk>"
+    )
+    save_model(build_model(cfg), tokenizer, directory)
+
+
+def median_time(fn, device: str, repeats: int) -> float:
+    times = []
+    for i in range(repeats + 1):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i:  # the first call warms up
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gpu", action="store_true", help="run on CUDA")
+    parser.add_argument(
+        "--olmoe-layer", action="store_true", help="OLMoE-sized layers instead of the small MoE"
+    )
+    parser.add_argument("--tokens", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    device = "cuda" if args.gpu else "cpu"
+    torch.set_grad_enabled(False)
+
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoModelForCausalLM
+
+    import tl_moe
+
+    with tempfile.TemporaryDirectory() as directory:
+        build(directory, args.olmoe_layer)
+        hf = AutoModelForCausalLM.from_pretrained(directory, attn_implementation="eager").to(device).eval()
+        tokens = torch.randint(0, 8192, (args.tokens // 512, 512), device=device)
+        bridge = TransformerBridge.boot_transformers(directory, device=device)
+        hooked = tl_moe.load(directory, device=device)
+        cfg = hooked.moe_cfg
+        kinds = [
+            "router_logits",
+            "router_probs",
+            "topk_indices",
+            "topk_weights",
+            "expert_pre",
+            "expert_post",
+            "expert_out",
+        ]
+        names = {tl_moe.get_act_name(kind, layer) for layer in cfg.sparse_layers for kind in kinds}
+
+        rows = [
+            (f"HF forward ({hf.config._experts_implementation} experts)", lambda: hf(tokens)),
+            ("TransformerBridge, no tl_moe", lambda: bridge(tokens)),
+            ("tl_moe attached, hooks idle", lambda: hooked(tokens)),
+            (
+                "tl_moe caching every expert/router hook",
+                lambda: hooked.run_with_cache(tokens, names_filter=lambda n: n in names),
+            ),
+        ]
+        results = [(label, median_time(fn, device, args.repeats)) for label, fn in rows]
+
+    base = results[0][1]
+    shape = (
+        "OLMoE-sized (d_model 2048, 64 experts, top-8, d_expert 1024, 2 layers)"
+        if args.olmoe_layer
+        else "d_model 512, 16 experts, top-2, d_expert 1024, 4 layers"
+    )
+    print(
+        f"\n{shape}; {args.tokens} tokens; {device}; torch {torch.__version__}; {torch.get_num_threads()} threads"
+    )
+    print(f"{'forward':45s} {'median s':>10s} {'vs HF':>7s}")
+    for label, seconds in results:
+        print(f"{label:45s} {seconds:10.4f} {seconds / base:6.2f}x")
+
+
+if __name__ == "__main__":
+    main()

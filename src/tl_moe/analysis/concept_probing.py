@@ -1,0 +1,174 @@
+"""k-sparse probing of a model's stored activations: experts of an MoE, or dense FFN layers.
+
+Turns a :class:`~tl_moe.analysis.activations.StoredTokens` into :class:`KSparseProbe` fits.
+Each concept is probed only on the tokens of documents it is defined on (a code concept on
+code, a LaTeX concept on math), so negatives are other tokens of the same kind of text, not
+tokens of another domain. Experts are probed in chunks so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import torch
+from jaxtyping import Bool, Float, Int
+
+from tl_moe.analysis.activations import StoredTokens
+from tl_moe.analysis.probing import KSparseProbe, subsample_like_routing
+from tl_moe.data.concepts import CONCEPTS
+
+
+def concept_populations(stored: StoredTokens) -> list[tuple[list[int], Bool[torch.Tensor, " token"]]]:
+    """Concept columns grouped by the tokens they are defined on: ``[(columns, token_mask), ...]``."""
+    if stored.labels is None or stored.concept_names is None:
+        raise ValueError("Probing needs concept labels: run the collection with a concept labeler.")
+    by_domains: dict[tuple[str, ...], list[int]] = {}
+    for column, name in enumerate(stored.concept_names):
+        concept = CONCEPTS.get(name)
+        by_domains.setdefault(tuple(concept.applies_to) if concept else (), []).append(column)
+    populations = []
+    for domains, columns in by_domains.items():
+        if domains:
+            codes = [i for i, d in enumerate(stored.domain_names) if d in domains]
+            mask = torch.isin(stored.domain, torch.tensor(codes, dtype=stored.domain.dtype))
+        else:
+            mask = torch.ones_like(stored.domain, dtype=torch.bool)
+        populations.append((columns, mask))
+    return populations
+
+
+def _probe(
+    activations: Float[torch.Tensor, "source token neurons"],
+    unit_mask: Bool[torch.Tensor, "unit token"],
+    stored: StoredTokens,
+    unit_names: Sequence[str],
+    probe_params: dict,
+    activation_index: Int[torch.Tensor, " unit"] | None = None,
+) -> pd.DataFrame:
+    frames = []
+    for columns, population in concept_populations(stored):
+        probe = KSparseProbe(**probe_params)
+        probe.fit(
+            activations,
+            stored.labels[:, columns],
+            unit_mask & population,
+            activation_index=activation_index,
+            unit_names=unit_names,
+            concept_names=[stored.concept_names[c] for c in columns],
+        )
+        frames.append(probe.to_frame())
+    return pd.concat(frames, ignore_index=True)
+
+
+def _usable(stored: StoredTokens, min_positives: int) -> StoredTokens:
+    """Drop concept columns with fewer than ``min_positives`` positive tokens overall."""
+    keep = [c for c in range(stored.labels.shape[1]) if int(stored.labels[:, c].sum()) >= min_positives]
+    if not keep:
+        raise ValueError(
+            f"No concept has {min_positives} positive tokens in the stored sample; collect more tokens."
+        )
+    return StoredTokens(
+        token_index=stored.token_index,
+        input_ids=stored.input_ids,
+        domain=stored.domain,
+        labels=stored.labels[:, keep],
+        rows=stored.rows,
+        domain_names=stored.domain_names,
+        concept_names=tuple(stored.concept_names[c] for c in keep),
+    )
+
+
+def expert_activation_block(
+    post: Float[torch.Tensor, "token k d_expert"],
+    indices: Int[torch.Tensor, "token k"],
+    experts: range,
+) -> tuple[Float[torch.Tensor, "expert token d_expert"], Bool[torch.Tensor, "expert token"]]:
+    """Neuron activations of ``experts`` on every token (zero where not routed) and the routed mask."""
+    n_tokens, k, width = post.shape
+    block = torch.zeros(len(experts), n_tokens, width)
+    routed = torch.zeros(len(experts), n_tokens, dtype=torch.bool)
+    tokens = torch.arange(n_tokens)
+    for slot in range(k):
+        local = indices[:, slot].long() - experts.start
+        inside = (local >= 0) & (local < len(experts))
+        block[local[inside], tokens[inside]] = post[inside, slot].float()
+        routed[local[inside], tokens[inside]] = True
+    return block, routed
+
+
+def probe_experts(
+    stored: StoredTokens,
+    sparse_layers: Sequence[int],
+    num_experts: int,
+    probe_params: dict | None = None,
+    min_positives: int = 50,
+    max_block_bytes: int = 256 << 20,
+) -> pd.DataFrame:
+    """Probe every expert of every sparse layer; one row per (layer, expert, concept, k).
+
+    ``stored.rows`` must hold ``post{L}`` (``expert_post``) and ``indices{L}`` (``topk_indices``).
+    """
+    stored = _usable(stored, min_positives)
+    params = probe_params or {}
+    frames = []
+    for layer in sparse_layers:
+        post, indices = stored.rows[f"post{layer}"], stored.rows[f"indices{layer}"]
+        per_expert_bytes = post.shape[0] * post.shape[-1] * 4
+        chunk = max(1, min(num_experts, max_block_bytes // max(1, per_expert_bytes)))
+        for start in range(0, num_experts, chunk):
+            experts = range(start, min(num_experts, start + chunk))
+            block, routed = expert_activation_block(post, indices, experts)
+            frame = _probe(block, routed, stored, [f"L{layer}E{e}" for e in experts], params)
+            frame["layer"], frame["expert"] = layer, frame["unit"].str.split("E").str[1].astype(int)
+            frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def probe_dense(
+    stored: StoredTokens,
+    layers: Sequence[int],
+    probe_params: dict | None = None,
+    min_positives: int = 50,
+    routed_counts: Int[torch.Tensor, " expert"] | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Probe the FFN neurons of dense ``layers`` (``stored.rows[f"neuron{L}"]``).
+
+    With ``routed_counts`` (tokens each expert of an MoE layer received), each dense layer is also
+    probed on random token subsets of those sizes (:func:`subsample_like_routing`), so its
+    best-of-units has as many draws, of the same sizes, as the MoE's best-of-experts; those rows
+    have ``draw >= 0``.
+    """
+    stored = _usable(stored, min_positives)
+    params = probe_params or {}
+    activations = torch.stack([stored.rows[f"neuron{layer}"].float() for layer in layers])
+    everyone = torch.ones(len(layers), activations.shape[1], dtype=torch.bool)
+    frame = _probe(activations, everyone, stored, [f"L{layer}" for layer in layers], params)
+    frame["layer"], frame["draw"] = frame["unit"].str[1:].astype(int), -1
+    if routed_counts is None:
+        return frame
+    counts = routed_counts.clamp(max=activations.shape[1])
+    subsets, source = subsample_like_routing(everyone, counts, n_draws=counts.numel(), seed=seed)
+    names = [f"L{layer}D{draw}" for layer in layers for draw in range(counts.numel())]
+    fair = _probe(activations, subsets, stored, names, params, activation_index=source)
+    fair["layer"] = fair["unit"].str[1:].str.split("D").str[0].astype(int)
+    fair["draw"] = fair["unit"].str.split("D").str[1].astype(int)
+    return pd.concat([frame, fair], ignore_index=True)
+
+
+def best_f1_by_k(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per concept and k, the best F1 over the frame's units; then the mean over concepts per k."""
+    ok = frame.dropna(subset=["f1"])
+    per_concept = ok.groupby(["concept", "k"])["f1"].max().reset_index()
+    return per_concept.groupby("k")["f1"].agg(["mean", "count"]).reset_index()
+
+
+def experts_near_best(frame: pd.DataFrame, k: int = 1, fraction: float = 0.95) -> pd.DataFrame:
+    """Per concept, the best expert's F1 at ``k`` and how many experts reach ``fraction`` of it."""
+    ok = frame[(frame["k"] == k)].dropna(subset=["f1"])
+    best = ok.groupby("concept")["f1"].transform("max")
+    ok = ok.assign(near=ok["f1"] >= fraction * best)
+    summary = ok.groupby("concept").agg(best_f1=("f1", "max"), experts_near_best=("near", "sum"))
+    top = ok.loc[ok.groupby("concept")["f1"].idxmax(), ["concept", "unit"]].set_index("concept")
+    return summary.join(top.rename(columns={"unit": "best_expert"})).reset_index()

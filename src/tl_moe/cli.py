@@ -1,0 +1,169 @@
+"""``tl-moe``: the command line. The main job is ``tl-moe analyze``.
+
+Commands:
+    tl-moe analyze [MODEL] [--dense-baseline MODEL] [--corpus SPEC] [--out DIR] ...
+    tl-moe zoo list | train [NAMES ...|--all] | losses
+    tl-moe hooks [MODEL]
+    tl-moe corpus stats [--corpus SPEC]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _cmd_zoo_list(args) -> None:
+    from tl_moe.zoo.registry import list_models
+
+    print(list_models().to_string(index=False))
+
+
+def _cmd_zoo_train(args) -> None:
+    from tl_moe.zoo.family import TOY_FAMILY, family_config
+    from tl_moe.zoo.registry import checkpoint_dir
+    from tl_moe.zoo.train import TrainConfig, train_model
+
+    names = list(TOY_FAMILY) if args.all else args.names
+    if not names:
+        raise SystemExit(f"Name the toy models to train ({', '.join(TOY_FAMILY)}) or pass --all.")
+    overrides = {
+        key: value for key, value in (("steps", args.steps), ("batch_size", args.batch_size)) if value
+    }
+    train_cfg = TrainConfig(**overrides)
+    for name in names:
+        out = args.out_root / name.removeprefix("toy/") if args.out_root else checkpoint_dir(name)
+        print(f"training {name} -> {out}")
+        train_model(family_config(name), out, train_cfg, device=args.device)
+
+
+def _cmd_zoo_losses(args) -> None:
+    from tl_moe.zoo.registry import loss_table
+
+    table = loss_table()
+    if table.empty:
+        raise SystemExit("No toy checkpoints are shipped yet: run `tl-moe zoo train --all`.")
+    print(table.round(3).to_markdown())
+
+
+def _cmd_hooks(args) -> None:
+    from tl_moe.models.hook_names import hook_table_markdown
+
+    if args.model is None:
+        print(hook_table_markdown())
+        return
+    import tl_moe
+
+    model = tl_moe.load(args.model, device=args.device)
+    ours = [
+        name
+        for name in model.hook_dict
+        if any(k in name for k in ("hook_router", "hook_topk", "hook_expert_", "hook_shared_"))
+    ]
+    print(f"{model.moe_cfg}\n")
+    print("\n".join(ours))
+
+
+def _cmd_corpus_stats(args) -> None:
+    from tl_moe.data.corpus import corpus_stats, load_corpus
+    from tl_moe.zoo.tokenizer import load_tokenizer
+
+    print(corpus_stats(load_corpus(args.corpus), load_tokenizer()).to_string(index=False))
+
+
+def _cmd_analyze(args) -> None:
+    from tl_moe.analyze import AnalyzeOptions, run_analysis
+
+    options = AnalyzeOptions(
+        model=args.model,
+        dense_baseline=None if args.dense_baseline in (None, "none") else args.dense_baseline,
+        corpus=args.corpus,
+        split=args.split,
+        out=args.out,
+        max_tokens=args.max_tokens,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        device=args.device,
+        analyses=tuple(args.analyses.split(",")),
+        seed=args.seed,
+    )
+    report = run_analysis(options)
+    print(f"Report: {report}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(
+        prog="tl-moe", description="Expert-level interpretability of MoE models."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    analyze = commands.add_parser("analyze", help="run the analyses in one pass and write an HTML report")
+    analyze.add_argument(
+        "model", nargs="?", default="toy/moe-16x2", help="MoE to analyze (default: toy/moe-16x2)"
+    )
+    analyze.add_argument(
+        "--dense-baseline", default="toy/dense", help="dense model to compare with, or 'none'"
+    )
+    analyze.add_argument(
+        "--corpus",
+        default=None,
+        help="corpus spec: 'embedded' (default), a saved datasets dir, or data files",
+    )
+    analyze.add_argument(
+        "--split", default="validation", help="corpus split to analyze (default: validation)"
+    )
+    analyze.add_argument("--out", type=Path, default=Path("tl_moe_report"), help="output directory")
+    analyze.add_argument("--max-tokens", type=int, default=60_000, help="tokens to stream (default 60k)")
+    analyze.add_argument("--batch-size", type=int, default=16)
+    analyze.add_argument("--seq-len", type=int, default=128)
+    analyze.add_argument("--device", default=None)
+    analyze.add_argument(
+        "--analyses",
+        default="probing,specialization,domains,logit_lens",
+        help="comma-separated subset of: probing, specialization, domains, logit_lens",
+    )
+    analyze.add_argument("--seed", type=int, default=0)
+    analyze.set_defaults(func=_cmd_analyze)
+
+    zoo = commands.add_parser("zoo", help="the toy model zoo").add_subparsers(
+        dest="zoo_command", required=True
+    )
+    zoo.add_parser("list", help="list toy models").set_defaults(func=_cmd_zoo_list)
+    train = zoo.add_parser("train", help="train toy models (resumable)")
+    train.add_argument("names", nargs="*")
+    train.add_argument("--all", action="store_true")
+    train.add_argument("--steps", type=int, default=None)
+    train.add_argument("--batch-size", type=int, default=None)
+    train.add_argument("--device", default=None)
+    train.add_argument(
+        "--out-root", type=Path, default=None, help="write here instead of the package's checkpoints"
+    )
+    train.set_defaults(func=_cmd_zoo_train)
+    zoo.add_parser("losses", help="validation loss per domain vs the unigram baseline").set_defaults(
+        func=_cmd_zoo_losses
+    )
+
+    hooks = commands.add_parser("hooks", help="the hook-point table, or a model's hook names")
+    hooks.add_argument("model", nargs="?", default=None)
+    hooks.add_argument("--device", default=None)
+    hooks.set_defaults(func=_cmd_hooks)
+
+    corpus = commands.add_parser("corpus", help="the corpus").add_subparsers(
+        dest="corpus_command", required=True
+    )
+    stats = corpus.add_parser("stats", help="documents, characters and tokens per domain and split")
+    stats.add_argument("--corpus", default=None)
+    stats.set_defaults(func=_cmd_corpus_stats)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``tl-moe`` command."""
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

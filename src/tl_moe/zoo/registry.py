@@ -1,0 +1,72 @@
+"""The shipped toy checkpoints: where they are, and what they scored."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from tl_moe.zoo.family import TOY_FAMILY
+
+CHECKPOINT_ROOT = Path(__file__).with_name("checkpoints")
+
+
+def checkpoint_dir(name: str) -> Path:
+    """Directory of toy model ``name`` (``"toy/moe-16x2"`` -> ``.../checkpoints/moe-16x2``)."""
+    if name not in TOY_FAMILY:
+        raise KeyError(f"Unknown toy model {name!r}. Toy models: {', '.join(TOY_FAMILY)}.")
+    return CHECKPOINT_ROOT / name.removeprefix("toy/")
+
+
+def checkpoint_path(name: str) -> Path:
+    """Directory of a trained, shipped toy model, or a clear error saying how to train it."""
+    directory = checkpoint_dir(name)
+    if not (directory / "metadata.json").exists():
+        raise FileNotFoundError(
+            f"Toy model {name!r} has no checkpoint at {directory}. Train it with `tl-moe zoo train {name}`."
+        )
+    return directory
+
+
+def metadata(name: str) -> dict:
+    """The ``metadata.json`` of a shipped toy model (config, training, validation losses)."""
+    return json.loads((checkpoint_path(name) / "metadata.json").read_text())
+
+
+def list_models() -> pd.DataFrame:
+    """One row per toy model: experts, top-k, parameters, and whether a checkpoint ships."""
+    rows = []
+    for name, cfg in TOY_FAMILY.items():
+        directory = checkpoint_dir(name)
+        trained = (directory / "metadata.json").exists()
+        meta = json.loads((directory / "metadata.json").read_text()) if trained else {}
+        losses = meta.get("validation_loss", {})
+        rows.append(
+            {
+                "name": name,
+                "architecture": cfg.architecture,
+                "experts": cfg.num_experts or "-",
+                "top_k": cfg.experts_per_token or "-",
+                "d_expert": cfg.d_expert or "-",
+                "d_mlp": cfg.d_mlp or "-",
+                "parameters": meta.get("n_parameters"),
+                "mean_val_loss": round(sum(losses.values()) / len(losses), 3) if losses else None,
+                "shipped": trained,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def loss_table() -> pd.DataFrame:
+    """Validation loss (nats/token) per domain of every shipped toy model and the unigram baseline."""
+    columns, unigram = {}, None
+    for name in TOY_FAMILY:
+        if not (checkpoint_dir(name) / "metadata.json").exists():
+            continue
+        meta = metadata(name)
+        columns[name] = meta["validation_loss"]
+        unigram = meta["unigram_validation_loss"]
+    if unigram is not None:
+        columns["unigram baseline"] = unigram
+    return pd.DataFrame(columns)
