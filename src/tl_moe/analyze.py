@@ -195,7 +195,7 @@ def run_analysis(options: AnalyzeOptions) -> Path:
             "moe_config": model.moe_cfg.to_dict(),
             "timings": timings,
             "versions": _versions(),
-            "tokens_by_domain": dict(zip(domain_names, moe_results["tokens_by_domain"].tolist())),
+            "tokens_by_domain": dict(zip(domain_names, moe_results["tokens_by_domain"].tolist(), strict=True)),
         }
     )
     path = report.write()

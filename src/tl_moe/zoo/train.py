@@ -193,7 +193,7 @@ def loss_by_domain(model, tokenizer, dataset, seq_len: int = 128, batch_size: in
     device = next(model.parameters()).device
     totals: dict[str, list[float]] = {}
     windows: list[tuple[str, torch.Tensor]] = []
-    for text, domain in zip(dataset["text"], dataset["domain"]):
+    for text, domain in zip(dataset["text"], dataset["domain"], strict=True):
         ids = [tokenizer.eos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"]
         for start in range(0, len(ids) - 1, seq_len):
             window = torch.tensor(ids[start : start + seq_len + 1])
@@ -224,7 +224,7 @@ def unigram_loss_by_domain(stream: torch.Tensor, tokenizer, dataset) -> dict[str
     counts = torch.bincount(stream, minlength=len(tokenizer)).double() + 1.0
     log_probs = torch.log(counts / counts.sum())
     totals: dict[str, list[float]] = {}
-    for text, domain in zip(dataset["text"], dataset["domain"]):
+    for text, domain in zip(dataset["text"], dataset["domain"], strict=True):
         ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
         total = totals.setdefault(domain, [0.0, 0])
         total[0] -= float(log_probs[ids].sum())
