@@ -1,0 +1,127 @@
+"""The toy zoo: the training recipe runs and resumes; shipped checkpoints load and reproduce their losses."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import tl_moe
+from tl_moe.cli import main as cli
+from tl_moe.data.corpus import load_corpus
+from tl_moe.models.config import MoEConfig
+from tl_moe.zoo import train as training
+from tl_moe.zoo.family import TOY_FAMILY
+from tl_moe.zoo.registry import checkpoint_dir, list_models, metadata
+from tl_moe.zoo.tokenizer import load_tokenizer
+
+SHIPPED = [name for name in TOY_FAMILY if (checkpoint_dir(name) / "metadata.json").exists()]
+TINY = MoEConfig(
+    "olmoe",
+    n_layers=1,
+    d_model=32,
+    d_vocab=8192,
+    n_heads=2,
+    num_experts=4,
+    experts_per_token=2,
+    d_expert=16,
+    sparse_layers=(0,),
+    max_position_embeddings=64,
+    tie_word_embeddings=True,
+)
+
+
+@pytest.fixture(scope="module")
+def small_corpus():
+    corpus = load_corpus()
+    return {split: corpus[split].select(range(0, len(corpus[split]), 25)) for split in corpus}
+
+
+def test_training_recipe_runs_and_writes_metadata(tmp_path, small_corpus):
+    cfg = training.TrainConfig(steps=3, batch_size=2, seq_len=32, warmup=1)
+    out = training.train_model(TINY, tmp_path, cfg, corpus=small_corpus, device="cpu", progress=False)
+    meta = json.loads((out / "metadata.json").read_text())
+    assert set(meta["validation_loss"]) == set(small_corpus["validation"]["domain"])
+    assert not (out / "train_state.pt").exists()
+    model = tl_moe.load(out, device="cpu")
+    assert model.moe_cfg.num_experts == 4
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path, small_corpus, monkeypatch):
+    cfg = training.TrainConfig(steps=4, batch_size=2, seq_len=32, warmup=1, checkpoint_every=2)
+    whole = training.train_model(
+        TINY, tmp_path / "whole", cfg, corpus=small_corpus, device="cpu", progress=False
+    )
+
+    real_batch, calls = training._batch, {"n": 0}
+
+    def failing_batch(*args):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real_batch(*args)
+
+    monkeypatch.setattr(training, "_batch", failing_batch)
+    with pytest.raises(KeyboardInterrupt):
+        training.train_model(
+            TINY, tmp_path / "resumed", cfg, corpus=small_corpus, device="cpu", progress=False
+        )
+    assert (tmp_path / "resumed" / "train_state.pt").exists()
+    monkeypatch.setattr(training, "_batch", real_batch)
+    resumed = training.train_model(
+        TINY, tmp_path / "resumed", cfg, corpus=small_corpus, device="cpu", progress=False
+    )
+    from safetensors.torch import load_file
+
+    a, b = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_unigram_baseline_by_hand():
+    tokenizer = load_tokenizer()
+    stream = torch.tensor([5, 5, 7])
+    dataset = {"text": [tokenizer.decode([5, 7])], "domain": ["d"]}
+    counts = torch.bincount(stream, minlength=len(tokenizer)).double() + 1
+    p = counts / counts.sum()
+    expected = -(torch.log(p[5]) + torch.log(p[7])) / 2
+    assert training.unigram_loss_by_domain(stream, tokenizer, dataset)["d"] == pytest.approx(
+        float(expected), abs=1e-4
+    )
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no toy checkpoint is shipped")
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_checkpoint_beats_unigram_on_every_domain(name):
+    meta = metadata(name)
+    for domain, loss in meta["validation_loss"].items():
+        assert loss < meta["unigram_validation_loss"][domain] - 0.5, domain
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no toy checkpoint is shipped")
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_checkpoint_reproduces_its_recorded_validation_loss(name):
+    model = tl_moe.load(name, device="cpu")
+    corpus = load_corpus()
+    domains = ["math", "legal"]
+    subset = corpus["validation"].filter(lambda row: row["domain"] in domains)
+    with torch.no_grad():
+        losses = training.loss_by_domain(model.original_model, model.tokenizer, subset, seq_len=128)
+    recorded = metadata(name)["validation_loss"]
+    for domain in domains:
+        assert losses[domain] == pytest.approx(recorded[domain], abs=0.02), domain
+
+
+def test_zoo_list_command(capsys):
+    cli(["zoo", "list"])
+    out = capsys.readouterr().out
+    for name in TOY_FAMILY:
+        assert name in out
+    assert len(list_models()) == len(TOY_FAMILY)
+
+
+def test_unknown_toy_model_is_a_clear_error():
+    with pytest.raises(KeyError, match="toy/moe-16x2"):
+        tl_moe.load("toy/moe-3x1")
