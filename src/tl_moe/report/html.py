@@ -1,0 +1,207 @@
+"""Rendering of a report to one self-contained HTML page (inline CSS, no JavaScript, no external URL).
+
+Every piece of text that reaches the page goes through :func:`~tl_moe.report.markup.escape` or the
+Markdown-subset renderer, which escapes too. Figures are referenced by relative paths to PNG files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from numbers import Integral, Real
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from tl_moe.report.blocks import Block, FigureBlock, MetricsBlock, TableBlock, TextBlock
+from tl_moe.report.files import column_label
+from tl_moe.report.markup import escape, inline_to_html, markdown_to_html
+
+if TYPE_CHECKING:
+    from tl_moe.report.report import Section
+
+__all__ = ["CSS", "format_value", "render_page"]
+
+# Longest cell text shown in an HTML table; the CSV and parquet files keep the full value.
+MAX_CELL_CHARS = 300
+SETTINGS_ANCHOR = "settings"
+SETTINGS_TITLE = "Settings and metadata"
+
+CSS = """
+body { margin: 0; color: #1f2328; background: #fff; line-height: 1.55;
+  font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
+main { max-width: 1080px; margin: 0 auto; padding: 2rem 1.25rem 4rem; }
+h1 { font-size: 1.9rem; margin: 0 0 1rem; }
+h2 { font-size: 1.4rem; margin-top: 2.5rem; padding-bottom: .3rem; border-bottom: 1px solid #d8dee4; }
+h3 { font-size: 1.1rem; margin-top: 1.5rem; }
+a { color: #0969da; }
+code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: .9em;
+  background: #eff1f3; padding: .1em .3em; border-radius: 4px; }
+nav.toc { background: #f6f8fa; border: 1px solid #d8dee4; border-radius: 6px; padding: .6rem 1.25rem; }
+nav.toc h2 { border: 0; margin: 0 0 .2rem; padding: 0; font-size: 1.05rem; }
+figure { margin: 1.5rem 0; }
+figure img { display: block; max-width: 100%; height: auto; }
+figcaption, caption { color: #57606a; font-size: .92rem; text-align: left; margin: .4rem 0; }
+caption { caption-side: top; }
+.scroll { overflow-x: auto; margin: 1.5rem 0; }
+table { border-collapse: collapse; font-size: .9rem; }
+th, td { padding: .3rem .65rem; border-bottom: 1px solid #e5e7eb; text-align: left; vertical-align: top; }
+thead th { border-bottom: 2px solid #d0d7de; }
+tbody tr:nth-child(even) { background: #f6f8fa; }
+.num { text-align: right; font-variant-numeric: tabular-nums; }
+.note { color: #57606a; font-size: .85rem; }
+""".strip()
+
+
+def format_value(value: Any) -> str:
+    """``value`` as short display text (not yet escaped): 4 significant digits for floats, '–' for missing."""
+    if isinstance(value, (bool, str)):
+        return str(value)
+    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
+        return "–"
+    if isinstance(value, Integral):
+        return str(int(value))
+    if isinstance(value, Real):
+        number = float(value)
+        magnitude = abs(number)
+        if not math.isfinite(number):
+            return str(number)
+        if magnitude == 0:
+            return "0"
+        if magnitude >= 1e6 or magnitude < 1e-3:
+            return f"{number:.3e}"
+        if magnitude >= 1e3:
+            return f"{number:.1f}"
+        return f"{number:.4g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _cell(value: Any, tag: str = "td", numeric: bool = False) -> str:
+    """One escaped table cell; long text is cut to :data:`MAX_CELL_CHARS` characters."""
+    text = format_value(value)
+    if len(text) > MAX_CELL_CHARS:
+        text = text[: MAX_CELL_CHARS - 1] + "…"
+    css = ' class="num"' if numeric else ""
+    return f"<{tag}{css}>{escape(text)}</{tag}>"
+
+
+def _data_table(frame: pd.DataFrame, show_index: bool, caption_html: str) -> str:
+    """An HTML table of all rows of ``frame``; numeric columns right-aligned."""
+    dtypes = frame.dtypes.tolist()
+    numeric = [pd.api.types.is_numeric_dtype(d) and not pd.api.types.is_bool_dtype(d) for d in dtypes]
+    index_header = [_cell(column_label(frame.index.name or ""), "th")] if show_index else []
+    header = index_header + [
+        _cell(column_label(c), "th", num) for c, num in zip(frame.columns, numeric, strict=True)
+    ]
+    rows = []
+    for label, values in zip(frame.index, frame.itertuples(index=False, name=None), strict=True):
+        index_cell = [_cell(column_label(label), "th")] if show_index else []
+        cells = [_cell(v, numeric=num) for v, num in zip(values, numeric, strict=True)]
+        rows.append(f"<tr>{''.join(index_cell + cells)}</tr>")
+    return (
+        f'<div class="scroll"><table><caption>{caption_html}</caption>'
+        f"<thead><tr>{''.join(header)}</tr></thead><tbody>\n" + "\n".join(rows) + "\n</tbody></table></div>"
+    )
+
+
+def _flatten(value: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+    """(dotted key, leaf value) pairs of nested dicts; lists of dicts are flattened with ``[i]`` keys."""
+    if isinstance(value, Mapping) and value:
+        for key, item in value.items():
+            yield from _flatten(item, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(value, list) and any(isinstance(item, Mapping) for item in value):
+        for i, item in enumerate(value):
+            yield from _flatten(item, f"{prefix}[{i}]")
+    else:
+        yield prefix, value
+
+
+def key_value_table(mapping: Mapping[str, Any]) -> str:
+    """A two-column table of ``mapping`` with nested dicts flattened to dotted keys."""
+    rows = [
+        f"<tr>{_cell(key, 'th')}{_cell(value, numeric=isinstance(value, Real) and not isinstance(value, bool))}</tr>"
+        for key, value in _flatten(mapping, "")
+    ]
+    return '<div class="scroll"><table class="kv"><tbody>\n' + "\n".join(rows) + "\n</tbody></table></div>"
+
+
+class _Numbering:
+    """Running numbers of figures and tables across the page."""
+
+    def __init__(self) -> None:
+        self.figures = 0
+        self.tables = 0
+
+
+def _block_html(block: Block, numbering: _Numbering) -> str:
+    if isinstance(block, TextBlock):
+        return markdown_to_html(block.text)
+    if isinstance(block, MetricsBlock):
+        return key_value_table(block.metrics)
+    if isinstance(block, FigureBlock):
+        numbering.figures += 1
+        caption = f"<strong>Figure {numbering.figures}.</strong> {inline_to_html(block.caption)}"
+        alt = escape(block.caption or block.name)
+        return (
+            f'<figure id="figure-{escape(block.name)}"><img src="{escape(block.src)}" alt="{alt}">'
+            f"<figcaption>{caption}</figcaption></figure>"
+        )
+    if isinstance(block, TableBlock):
+        numbering.tables += 1
+        shown = len(block.head)
+        extent = (
+            f"all {block.n_rows} rows" if shown == block.n_rows else f"first {shown} of {block.n_rows} rows"
+        )
+        files = f'<a href="{escape(block.csv)}">CSV</a>, <a href="{escape(block.parquet)}">parquet</a>'
+        caption = (
+            f"<strong>Table {numbering.tables}.</strong> {inline_to_html(block.caption)} "
+            f'<span class="note">({extent}; full table: {files})</span>'
+        )
+        return (
+            f'<div id="table-{escape(block.name)}">{_data_table(block.head, block.show_index, caption)}</div>'
+        )
+    raise TypeError(f"Unknown report block {type(block).__name__}.")
+
+
+def _settings_html(metadata: Mapping[str, Any]) -> str:
+    """The closing section: scalar metadata in one table, then one titled table per nested entry."""
+    scalars = {key: value for key, value in metadata.items() if not isinstance(value, Mapping)}
+    parts = [key_value_table(scalars)] if scalars else []
+    for key, value in metadata.items():
+        if isinstance(value, Mapping):
+            parts.append(f"<h3>{escape(key)}</h3>")
+            parts.append(key_value_table(value) if value else '<p class="note">(empty)</p>')
+    if not parts:
+        parts.append('<p class="note">No settings were recorded.</p>')
+    return "\n".join(parts)
+
+
+def render_page(title: str, sections: Sequence[Section], metadata: Mapping[str, Any]) -> str:
+    """The full HTML page: title, table of contents, the sections in order, then the settings/metadata."""
+    numbering = _Numbering()
+    toc = "".join(f'<li><a href="#section-{escape(s.key)}">{escape(s.title)}</a></li>' for s in sections)
+    toc += f'<li><a href="#{SETTINGS_ANCHOR}">{SETTINGS_TITLE}</a></li>'
+    body = []
+    for section in sections:
+        blocks = [markdown_to_html(section.intro)] if section.intro else []
+        blocks += [_block_html(block, numbering) for block in section.blocks]
+        body.append(
+            f'<section id="section-{escape(section.key)}">\n<h2>{escape(section.title)}</h2>\n'
+            + "\n".join(blocks)
+            + "\n</section>"
+        )
+    body.append(
+        f'<section id="{SETTINGS_ANCHOR}">\n<h2>{SETTINGS_TITLE}</h2>\n{_settings_html(metadata)}\n</section>'
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{escape(title)}</title>\n<style>\n{CSS}\n</style>\n</head>\n<body>\n<main>\n"
+        f"<h1>{escape(title)}</h1>\n"
+        f'<nav class="toc" aria-label="Contents"><h2>Contents</h2><ol>{toc}</ol></nav>\n'
+        + "\n".join(body)
+        + "\n</main>\n</body>\n</html>\n"
+    )

@@ -1,0 +1,79 @@
+"""A tiny Markdown subset rendered to escaped HTML.
+
+Supported, and nothing more:
+
+- paragraphs separated by blank lines (single newlines inside a paragraph join into one line),
+- bullet lists: lines starting with ``- `` or ``* ``; an indented line continues the item above,
+- inline ``code`` spans between backticks (their content is shown verbatim),
+- **bold** between double asterisks.
+
+Everything else is plain text: every character that means something in HTML is escaped, so text
+taken from a corpus or a model (``<script>``, ``&``, quotes) is shown as written and never run.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import textwrap
+
+__all__ = ["inline_to_html", "markdown_to_html"]
+
+_CODE_SPAN = re.compile(r"(`[^`\n]+`)")
+_BOLD = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*")
+_BULLET = re.compile(r"^\s*[-*]\s+(.*)$")
+
+
+def escape(text: str) -> str:
+    """``text`` with ``& < > " '`` replaced by HTML entities (safe in element content and attributes)."""
+    return html.escape(text, quote=True)
+
+
+def inline_to_html(text: str) -> str:
+    """One line (or run) of text with the inline subset (``code``, **bold**) rendered, the rest escaped."""
+    parts = []
+    for piece in _CODE_SPAN.split(text):
+        if len(piece) > 2 and piece.startswith("`") and piece.endswith("`"):
+            parts.append(f"<code>{escape(piece[1:-1])}</code>")
+        else:
+            parts.append(_BOLD.sub(r"<strong>\1</strong>", escape(piece)))
+    return "".join(parts)
+
+
+def markdown_to_html(text: str) -> str:
+    """Render ``text`` (the Markdown subset above, or plain text) as a sequence of ``<p>`` and ``<ul>``.
+
+    Common leading indentation is removed first, so triple-quoted strings from indented code render
+    as intended. Returns an empty string for blank text.
+    """
+    blocks: list[str] = []
+    paragraph: list[str] = []
+    items: list[list[str]] = []
+
+    def close_paragraph() -> None:
+        if paragraph:
+            blocks.append(f"<p>{inline_to_html(' '.join(paragraph))}</p>")
+            paragraph.clear()
+
+    def close_list() -> None:
+        if items:
+            rendered = "".join(f"<li>{inline_to_html(' '.join(item))}</li>" for item in items)
+            blocks.append(f"<ul>{rendered}</ul>")
+            items.clear()
+
+    for line in textwrap.dedent(text).splitlines():
+        bullet = _BULLET.match(line)
+        if not line.strip():
+            close_paragraph()
+            close_list()
+        elif bullet:
+            close_paragraph()
+            items.append([bullet.group(1).strip()])
+        elif items and line[:1].isspace():
+            items[-1].append(line.strip())
+        else:
+            close_list()
+            paragraph.append(line.strip())
+    close_paragraph()
+    close_list()
+    return "\n".join(blocks)
