@@ -230,3 +230,28 @@ def test_load_accepts_a_model_the_user_built(tiny_model_dir):
     with torch.no_grad():
         torch.testing.assert_close(bridge(toks), model(toks).logits, atol=1e-5, rtol=0)
     assert tl_moe.get_act_name("expert_post", 0, bridge) in bridge.hook_dict
+
+
+def test_shared_expert_hooks_fire_in_compatibility_mode(tiny_model_dir):
+    bridge = tl_moe.load(tiny_model_dir("qwen2_moe"), device="cpu")
+    bridge.enable_compatibility_mode(disable_warnings=True)
+    cfg, layer = TINY_CONFIGS["qwen2_moe"], 1
+    with torch.no_grad():
+        _, cache = bridge.run_with_cache(tokens(9))
+    assert cache[tl_moe.get_act_name("shared_post", layer)].shape[-1] == cfg.d_shared
+    weights = cache[tl_moe.get_act_name("topk_weights", layer)]
+    outputs = cache[tl_moe.get_act_name("expert_out", layer)]
+    recomposed = (weights.unsqueeze(-1) * outputs).sum(dim=2) + _shared_contribution(cache, layer, cfg)
+    torch.testing.assert_close(recomposed, cache[f"blocks.{layer}.mlp.hook_out"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["olmoe", "granitemoe", "gpt_oss"])
+def test_gradients_flow_through_the_hooked_experts(arch, tiny_model_dir):
+    bridge = tl_moe.load(tiny_model_dir(arch), device="cpu")
+    reference = hf_model(tiny_model_dir(arch))
+    toks = tokens(10)
+    bridge(toks, return_type="loss").backward()
+    reference(toks, labels=toks).loss.backward()
+    ours = hf_moe_modules(bridge.original_model, 0).experts.down_proj.grad
+    theirs = hf_moe_modules(reference, 0).experts.down_proj.grad
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)

@@ -178,8 +178,11 @@ def domain_section(report, model, moe_results, domain_names, options) -> None:
     from tl_moe.analysis.domain_experts import DomainExperts
 
     cfg = model.moe_cfg
+    present = moe_results["tokens_by_domain"] > 0  # domains the token budget reached
     experts = DomainExperts(threshold=0.5, min_tokens=50).fit(
-        moe_results["routed_by_domain"], moe_results["tokens_by_domain"], list(domain_names)
+        moe_results["routed_by_domain"][..., present],
+        moe_results["tokens_by_domain"][present],
+        [name for name, keep in zip(domain_names, present.tolist(), strict=True) if keep],
     )
     section = report.add_section(
         "Domain experts",

@@ -40,6 +40,7 @@ from tl_moe.models.introspect import (
     layer_modules,
     moe_config,
     selection_bias_of,
+    unwrap,
 )
 from tl_moe.models.routing import mixing_weights, routing_scores, select_experts
 
@@ -173,13 +174,18 @@ def _wire_sparse_layer(
     bind_expert_hooks(modules.experts, expert_hooks)
     attachment.experts_modules.append(modules.experts)
     if modules.shared is not None:
-        down = modules.shared.down_proj
-        while isinstance(getattr(down, "original_component", None), nn.Module):
-            down = down.original_component
-        handles.append(down.register_forward_pre_hook(_InputHook(new("hook_shared_post"), expert_hooks)))
-        handles.append(
-            modules.shared.register_forward_hook(_OutputHook(new("hook_shared_out"), expert_hooks))
-        )
+        # The module the MoE block calls: a TransformerBridge MLP component when the adapter wraps
+        # the shared experts (then its own hook_post fires in every mode, including compatibility
+        # mode, where the bridge computes the MLP from processed weights), else the HF MLP.
+        called = getattr(modules.ffn, spec.shared)
+        bridge_neurons = getattr(called, "hook_post", None)
+        shared_post = _OutputHook(new("hook_shared_post"), expert_hooks)
+        if isinstance(bridge_neurons, HookPoint):
+            handles.append(bridge_neurons.register_forward_hook(shared_post))
+        else:
+            down = unwrap(modules.shared.down_proj)
+            handles.append(down.register_forward_pre_hook(_InputHook(shared_post.hook, expert_hooks)))
+        handles.append(called.register_forward_hook(_OutputHook(new("hook_shared_out"), expert_hooks)))
     if modules.shared_gate is not None:
         handles.append(
             modules.shared_gate.register_forward_hook(_OutputHook(new("hook_shared_gate"), expert_hooks))

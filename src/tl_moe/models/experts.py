@@ -95,13 +95,12 @@ def grouped_linear(
     if _grouped_mm_usable(x, w):
         return F.grouped_mm(x, w, offs=offsets)
     # Fallback for unaligned shapes or dtypes: one matmul per expert that received tokens.
-    out = x.new_empty(x.shape[0], w.shape[-1])
-    start = 0
+    pieces, start = [], 0
     for expert, end in enumerate(offsets.tolist()):
         if end > start:
-            torch.mm(x[start:end], w[expert].to(x.dtype), out=out[start:end])
+            pieces.append(x[start:end] @ w[expert].to(x.dtype))
         start = end
-    return out
+    return torch.cat(pieces) if pieces else x.new_zeros(0, w.shape[-1])
 
 
 def _split_gate_up(experts: nn.Module, gate_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
