@@ -72,6 +72,7 @@ def _split(options: AnalyzeOptions):
 
 def _moe_pass(model, dataset, options: AnalyzeOptions, token_groups, checkpoints: Path) -> dict:
     from tl_moe.analysis.activations import TokenActivationStore
+    from tl_moe.analysis.logit_lens_accumulator import ExpertLogitLensAccumulator
     from tl_moe.analysis.routing_stats import (
         routed_tokens_by_domain,
         routed_tokens_by_group,
@@ -94,9 +95,9 @@ def _moe_pass(model, dataset, options: AnalyzeOptions, token_groups, checkpoints
             hooks[f"indices{layer}"] = get_act_name("topk_indices", layer)
         accumulators["store"] = TokenActivationStore(hooks, max_tokens=options.max_tokens)
     if "logit_lens" in options.analyses or "specialization" in options.analyses:
-        lens = _logit_lens_accumulator(cfg, token_groups)
-        if lens is not None:
-            accumulators["logit_lens"] = lens
+        accumulators["logit_lens"] = ExpertLogitLensAccumulator(
+            model, layers=list(cfg.sparse_layers), top_n=3, token_groups=token_groups
+        )
     return collect(
         model,
         dataset,
@@ -108,14 +109,6 @@ def _moe_pass(model, dataset, options: AnalyzeOptions, token_groups, checkpoints
         checkpoint_dir=checkpoints / "moe",
         checkpoint_every=20,
     )
-
-
-def _logit_lens_accumulator(cfg, token_groups):
-    try:
-        from tl_moe.analysis.logit_lens import ExpertLogitLensAccumulator
-    except ImportError:
-        return None
-    return ExpertLogitLensAccumulator(layers=list(cfg.sparse_layers), top_n=3, token_groups=token_groups)
 
 
 def _dense_pass(model, dataset, options: AnalyzeOptions, checkpoints: Path) -> dict:
@@ -195,7 +188,9 @@ def run_analysis(options: AnalyzeOptions) -> Path:
             "moe_config": model.moe_cfg.to_dict(),
             "timings": timings,
             "versions": _versions(),
-            "tokens_by_domain": dict(zip(domain_names, moe_results["tokens_by_domain"].tolist(), strict=True)),
+            "tokens_by_domain": dict(
+                zip(domain_names, moe_results["tokens_by_domain"].tolist(), strict=True)
+            ),
         }
     )
     path = report.write()

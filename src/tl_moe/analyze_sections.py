@@ -128,9 +128,9 @@ def specialization_section(report, model, moe_results, domain_names, token_group
         ),
     }
     lens = moe_results.get("logit_lens")
-    if lens is not None and getattr(lens, "group_counts", None) is not None:
+    if lens is not None:
         results[f"functional, {options.n_token_groups} token clusters"] = specialization_scores(
-            lens.group_counts, seed=options.seed, kind="functional"
+            lens.dense_counts(), seed=options.seed, kind="functional"
         )
     section = report.add_section(
         "Routing and functional specialization",
@@ -196,12 +196,12 @@ def domain_section(report, model, moe_results, domain_names, options) -> None:
     top = experts.top(15).copy()
     top["layer"] = [cfg.sparse_layers[int(i)] for i in top["layer"]]
     lens = moe_results.get("logit_lens")
-    if lens is not None and hasattr(lens, "top_tokens"):
-        promoted = lens.top_tokens(model.tokenizer)
-        top = top.merge(promoted, on=["layer", "expert"], how="left") if "layer" in promoted else top
+    if lens is not None:
+        top = top.merge(promoted_tokens(lens, model.tokenizer), on=["layer", "expert"], how="left")
     section.add_table(top, "domain_experts_top", "The most domain-specific experts.")
     for position in sorted({0, len(cfg.sparse_layers) - 1}):
-        fig = experts.heatmap(position)
+        drawn = experts.heatmap(position)
+        fig = getattr(drawn, "figure", drawn)  # heatmap returns its Axes
         section.add_figure(
             fig,
             f"domain_share_layer{cfg.sparse_layers[position]}",
@@ -215,6 +215,16 @@ def domain_section(report, model, moe_results, domain_names, options) -> None:
             "mean domain score": round(float(frame["score"].mean()), 4),
         }
     )
+
+
+def promoted_tokens(lens, tokenizer, n: int = 8) -> pd.DataFrame:
+    """One row per (layer, expert): its ``n`` top mean-lens tokens, joined for display."""
+    long = lens.top_tokens(tokenizer)
+    long = long[(long["rank"] < n) & long["token"].notna()]
+    joined = long.groupby(["layer", "expert"])["token"].agg(
+        lambda tokens: " · ".join(repr(t)[1:-1] for t in tokens)
+    )
+    return joined.rename("top promoted tokens").reset_index()
 
 
 def logit_lens_section(report, model, moe_results, options) -> None:
