@@ -67,7 +67,8 @@ def _split(options: AnalyzeOptions):
     corpus = load_corpus(options.corpus, require_domain=True)
     if options.split not in corpus:
         raise ValueError(f"The corpus has no split {options.split!r}; it has {list(corpus)}.")
-    return corpus[options.split]
+    # Shuffled (seeded) so that any --max-tokens budget samples every domain, not the first ones.
+    return corpus[options.split].shuffle(seed=options.seed)
 
 
 def _moe_pass(model, dataset, options: AnalyzeOptions, token_groups, checkpoints: Path) -> dict:

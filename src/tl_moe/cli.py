@@ -32,9 +32,10 @@ def _cmd_zoo_train(args) -> None:
     }
     train_cfg = TrainConfig(**overrides)
     for name in names:
-        out = args.out_root / name.removeprefix("toy/") if args.out_root else checkpoint_dir(name)
+        shipped = args.out_root is None  # shipped checkpoints share the package's tokenizer file
+        out = checkpoint_dir(name) if shipped else args.out_root / name.removeprefix("toy/")
         print(f"training {name} -> {out}")
-        train_model(family_config(name), out, train_cfg, device=args.device)
+        train_model(family_config(name), out, train_cfg, device=args.device, save_tokenizer=not shipped)
 
 
 def _cmd_zoo_losses(args) -> None:

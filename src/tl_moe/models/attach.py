@@ -297,7 +297,10 @@ def load(
         )
     name = str(model)
     if name.startswith("toy/"):
+        from tl_moe.zoo.tokenizer import load_tokenizer
+
         name = _resolve_zoo_name(name)
+        boot_kwargs.setdefault("tokenizer", load_tokenizer())
     _check_supported_before_download(name)
     bridge = TransformerBridge.boot_transformers(name, device=device, dtype=dtype, **boot_kwargs)
     return attach(bridge)

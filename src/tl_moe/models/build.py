@@ -44,8 +44,12 @@ def build_model(cfg: MoEConfig, seed: int = 0, dtype: torch.dtype = torch.float3
     return model.eval()
 
 
-def save_model(model, tokenizer, directory: str | Path) -> Path:
-    """Save ``model`` and ``tokenizer`` where ``tl_moe.load(directory)`` can boot them offline."""
+def save_model(model, tokenizer, directory: str | Path, include_tokenizer: bool = True) -> Path:
+    """Save ``model`` and ``tokenizer`` where ``tl_moe.load(directory)`` can boot them offline.
+
+    With ``include_tokenizer=False`` only the tokenizer's special-token ids are written into the
+    model config (the toy zoo shares one tokenizer file instead of a copy per checkpoint).
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if tokenizer is not None:
@@ -55,6 +59,7 @@ def save_model(model, tokenizer, directory: str | Path) -> Path:
                 setattr(model.config, name, value)
                 if getattr(model, "generation_config", None) is not None:
                     setattr(model.generation_config, name, value)
-        tokenizer.save_pretrained(directory)
+        if include_tokenizer:
+            tokenizer.save_pretrained(directory)
     model.save_pretrained(directory)
     return directory

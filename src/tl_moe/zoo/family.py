@@ -1,8 +1,9 @@
 """The toy model family: MoE models that differ only in routing sparsity, and their dense twin.
 
 Every member has the same attention, width, depth, vocabulary and data, and the same number
-of *active* FFN neurons per token (k × d_expert = d_mlp = 256), so differences between them
-come from routing alone.
+of *active* FFN neurons per token: each MoE routes every token to k = 2 experts of 128 neurons,
+the dense twin has d_mlp = 2 × 128 = 256. Only the number of experts changes (4, 8, 16, 32), so
+the active ratio k / E goes 0.5, 0.25, 0.125, 0.0625 and differences come from routing alone.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ _SHARED = dict(
 )
 
 
-def _moe(num_experts: int, k: int) -> MoEConfig:
+def _moe(num_experts: int, k: int = 2) -> MoEConfig:
     return MoEConfig(
         "olmoe",
         **_SHARED,
@@ -33,10 +34,10 @@ def _moe(num_experts: int, k: int) -> MoEConfig:
 
 
 TOY_FAMILY: dict[str, MoEConfig] = {
-    "toy/moe-8x1": _moe(8, 1),
-    "toy/moe-8x2": _moe(8, 2),
-    "toy/moe-16x2": _moe(16, 2),
-    "toy/moe-32x4": _moe(32, 4),
+    "toy/moe-4x2": _moe(4),
+    "toy/moe-8x2": _moe(8),
+    "toy/moe-16x2": _moe(16),
+    "toy/moe-32x2": _moe(32),
     "toy/dense": MoEConfig("olmo", **_SHARED, d_mlp=ACTIVE_NEURONS),
 }
 

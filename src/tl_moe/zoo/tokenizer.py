@@ -74,7 +74,11 @@ def train_tokenizer(
 
 def load_tokenizer(path: str | Path | None = None) -> PreTrainedTokenizerFast:
     """The tokenizer saved at ``path`` as a ``tokenizers`` JSON file (default: the shipped one)."""
-    path = Path(path) if path is not None else SHIPPED_TOKENIZER_PATH
+    if path is None:
+        # A saved Hugging Face tokenizer folder (tokenizer.json + tokenizer_config.json), so that
+        # TransformerLens can reload it by name (it does, to set add_bos_token).
+        return PreTrainedTokenizerFast.from_pretrained(SHIPPED_TOKENIZER_PATH.parent)
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no tokenizer file at {path}; expected a tokenizers JSON file")
     return wrap_tokenizer(Tokenizer.from_file(str(path)))

@@ -38,7 +38,7 @@ class TrainConfig:
         checkpoint_every: Steps between saved training states.
     """
 
-    steps: int = 300
+    steps: int = 1000
     batch_size: int = 8
     seq_len: int = 128
     lr: float = 3e-3
@@ -86,6 +86,7 @@ def train_model(
     tokenizer=None,
     device: str | None = None,
     progress: bool = True,
+    save_tokenizer: bool = True,
 ) -> Path:
     """Train one model of the family and save it (float16) with its evaluation metadata.
 
@@ -145,8 +146,9 @@ def train_model(
     train_seconds = time.perf_counter() - began
 
     model.config.output_router_logits = False
-    save_model(model.to("cpu").eval().half(), tokenizer, out_dir)
+    save_model(model.to("cpu").eval().half(), tokenizer, out_dir, include_tokenizer=save_tokenizer)
     saved = _reload_float32(out_dir)
+    saved.config.output_router_logits = False
     metadata = {
         "config": model_cfg.to_dict(),
         "train": asdict(train_cfg),
