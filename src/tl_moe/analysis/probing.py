@@ -25,7 +25,7 @@ from jaxtyping import Bool, Float, Int
 from tl_moe.analysis.probing_math import (
     balanced_split,
     binary_f1,
-    fit_logistic_batched,
+    fit_logistic_nested,
     padded_indices,
     rank_neurons_by_mean_difference,
 )
@@ -42,6 +42,9 @@ STATUS_OK = 0
 STATUS_NOT_ENOUGH_SAMPLES = 1
 #: Meaning of the integer codes in :attr:`KSparseProbe.status_`.
 PROBE_STATUS: dict[int, str] = {STATUS_OK: "ok", STATUS_NOT_ENOUGH_SAMPLES: "not_enough_samples"}
+
+# Problems sharing a chunk have at least this fraction of the largest one's examples (bounds padding).
+_MIN_FILL = 0.6
 
 
 class KSparseProbe:
@@ -253,21 +256,40 @@ class KSparseProbe:
 
         problems = (status == STATUS_OK).nonzero().cpu()
         sizes = n_per_class.cpu()[problems[:, 0], problems[:, 1]]
-        problems = problems[sizes.argsort(descending=True, stable=True)]  # similar sizes share a chunk
-        start = 0
-        while start < len(problems):
-            largest = int(n_per_class[problems[start, 0], problems[start, 1]])
-            per_problem = max(6 * n_tokens, 2 * largest * (n_neurons + 2 * max_k + 2))
-            stop = start + max(1, self.max_batch_elements // per_problem)
-            chunk = problems[start:stop]
+        order = sizes.argsort(descending=True, stable=True)
+        for chunk in self._chunks(sizes[order], n_tokens, n_neurons + 2 * max_k + 2):
             self._fit_chunk(
-                activations, labels, unit_mask, activation_index, orders, n_per_class, chunk, device
+                activations,
+                labels,
+                unit_mask,
+                activation_index,
+                orders,
+                n_per_class,
+                problems[order[chunk]],
+                device,
             )
-            start = stop
 
         self.status_ = status.cpu()
         self.n_pos_, self.n_neg_, self.n_per_class_ = n_pos.cpu(), n_neg.cpu(), n_per_class.cpu()
         return self
+
+    def _chunks(self, sizes: Int[torch.Tensor, "problem"], n_tokens: int, row_width: int) -> list[slice]:  # noqa: F821 (jaxtyping shape)
+        """Consecutive slices of problems sorted by decreasing size, within the memory bound.
+
+        A chunk also ends where problems get smaller than ``_MIN_FILL`` of its largest one, so that
+        padding every problem to the largest wastes little work.
+        """
+        chunks, start = [], 0
+        while start < len(sizes):
+            largest = int(sizes[start])
+            per_problem = max(6 * n_tokens, 2 * largest * row_width)
+            stop = min(len(sizes), start + max(1, self.max_batch_elements // per_problem))
+            small = (sizes[start:stop] < _MIN_FILL * largest).nonzero()
+            if len(small):
+                stop = start + max(1, int(small[0]))
+            chunks.append(slice(start, stop))
+            start = stop
+        return chunks
 
     @staticmethod
     def _names(names: Sequence[str] | None, n: int, what: str) -> list:
@@ -299,8 +321,6 @@ class KSparseProbe:
         test_idx, test_valid = padded_indices(test)
         source = activation_index[chunk[:, 0]].to(activations.device)
         rows = activations[source[:, None], train_idx.to(activations.device)].to(device)
-        if not torch.isfinite(rows).all():
-            raise ValueError("activations hold NaN or infinite values on tokens that units saw.")
         y_train = positive.gather(1, train_idx) & train_valid
         y_test = positive.gather(1, test_idx) & test_valid
         max_k = max(self.ks_)
@@ -311,14 +331,20 @@ class KSparseProbe:
             source[:, None, None], test_idx.to(activations.device)[:, :, None], top_src[:, None, :]
         ]
         x_test = x_test.to(device=device, dtype=torch.float64)
-        if not torch.isfinite(x_test).all():
+        # A non-finite activation makes its neuron's separation NaN or inf, which sorts it to the top.
+        if not (torch.isfinite(x_train).all() and torch.isfinite(x_test).all()):
             raise ValueError("activations hold NaN or infinite values on tokens that units saw.")
 
+        fits = fit_logistic_nested(
+            x_train,
+            y_train.to(torch.float64),
+            train_valid.to(torch.float64),
+            self.ks_,
+            C=self.C,
+            check_input=False,
+        )
         f1, coefs, intercepts = [], [], []
-        for k in self.ks_:
-            coef, intercept = fit_logistic_batched(
-                x_train[..., :k], y_train.to(torch.float64), train_valid.to(torch.float64), C=self.C
-            )
+        for k, (coef, intercept) in zip(self.ks_, fits, strict=True):
             logits = torch.einsum("bnk,bk->bn", x_test[..., :k], coef) + intercept[:, None]
             f1.append(binary_f1(logits > 0, y_test, test_valid))
             coefs.append(torch.nn.functional.pad(coef, (0, max_k - k)))

@@ -5,6 +5,7 @@ so thousands of small probes are solved together in a few batched tensor operati
 
 - :func:`fit_logistic_batched` — L2 logistic regression with balanced class weights by Newton's
   method; minimises exactly the objective of ``sklearn.linear_model.LogisticRegression``.
+- :func:`fit_logistic_nested` — the same on nested feature blocks ``X[..., :k]``, warm-started.
 - :func:`balanced_split` — seeded, class-balanced, stratified train/test token masks.
 - :func:`rank_neurons_by_mean_difference` — neurons ordered by ``|mean(pos) - mean(neg)|``.
 - :func:`binary_f1` — F1 of the positive class, per problem.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -25,6 +27,7 @@ __all__ = [
     "balanced_split",
     "binary_f1",
     "fit_logistic_batched",
+    "fit_logistic_nested",
     "padded_indices",
     "rank_neurons_by_mean_difference",
 ]
@@ -37,6 +40,10 @@ _ARMIJO_SLOPE = 1e-4
 # Added to the Hessian diagonal (of the objective normalised by the total sample weight) so that a
 # saturated intercept never makes the linear system singular; it changes step lengths, not the optimum.
 _HESSIAN_JITTER = 1e-10
+# The Hessian factor is reused (chord steps) once every Newton decrement is below this and the last
+# reused step shrank the decrement at least by _REUSE_RATIO; otherwise it is recomputed.
+_REUSE_HESSIAN_BELOW = 1e-2
+_REUSE_RATIO = 0.05
 
 
 def _validate_logistic_inputs(
@@ -110,19 +117,79 @@ def fit_logistic_batched(
         ValueError: on malformed shapes, non-finite values, non-binary labels, negative weights, or a
             batch element without positive weight on both classes (its optimum would be infinite).
     """
+    [(coef, intercept)] = fit_logistic_nested(
+        X, y, weight, tuple(X.shape[-1:]), C, class_weight, max_iter, tol, dtype
+    )
+    return coef, intercept
+
+
+def fit_logistic_nested(
+    X: Float[torch.Tensor, "batch n features"],
+    y: Float[torch.Tensor, "batch n"],
+    weight: Float[torch.Tensor, "batch n"] | None,
+    n_features: Sequence[int],
+    C: float = 1.0,
+    class_weight: Literal["balanced"] | None = "balanced",
+    max_iter: int = 100,
+    tol: float | None = None,
+    dtype: torch.dtype = torch.float64,
+    check_input: bool = True,
+) -> list[tuple[Float[torch.Tensor, "batch k"], Float[torch.Tensor, "batch"]]]:  # noqa: F821 (jaxtyping shape)
+    """:func:`fit_logistic_batched` on each leading block of features ``X[..., :k]``, k in ``n_features``.
+
+    The result for each k is the same as ``fit_logistic_batched(X[..., :k], ...)``; doing them together
+    standardises the features once and warm-starts each fit from the previous one (the k-sparse
+    probes of ranked neurons are exactly such nested blocks). Arguments as in
+    :func:`fit_logistic_batched`, plus ``check_input=False`` to skip the scans of the inputs for
+    non-finite values and non-binary labels (for callers that guarantee them); returns one
+    ``(coef [batch, k], intercept [batch])`` per k, in the order given.
+    """
     if weight is None:
         weight = torch.ones(X.shape[:2], dtype=dtype, device=X.device)
-    _validate_logistic_inputs(X, y, weight, C, max_iter)
+    if check_input:
+        _validate_logistic_inputs(X, y, weight, C, max_iter)
     if class_weight not in ("balanced", None):
         raise ValueError(f"class_weight must be 'balanced' or None; got {class_weight!r}.")
+    if any(not 0 <= k <= X.shape[2] for k in n_features):
+        raise ValueError(f"n_features must lie in [0, {X.shape[2]}]; got {list(n_features)}.")
     if tol is None:
         tol = 1e-12 if dtype == torch.float64 else 1e-7
 
     x = X.to(dtype)
     target = y.to(dtype)
-    w = weight.to(dtype=dtype, device=X.device)
-    pos_total = (w * target).sum(1)
-    neg_total = (w * (1 - target)).sum(1)
+    s, sum_s = _sample_weights(target, weight.to(dtype=dtype, device=X.device), class_weight)
+    mean = torch.einsum("bn,bnf->bf", s, x)
+    centered = x - mean[:, None, :]
+    std = torch.einsum("bn,bnf->bf", s, centered.square()).sqrt()
+    # Rounding leaves a constant column a standard deviation of a few ulps of its magnitude.
+    constant = std <= 1e3 * torch.finfo(dtype).eps * (1 + mean.abs())
+    safe_std = torch.where(constant, torch.ones_like(std), std)
+    z = (centered / safe_std[:, None, :]).masked_fill(constant[:, None, :], 0.0)
+    z = torch.cat([torch.ones_like(z[..., :1]), z], dim=2)  # column 0: intercept
+    # 0.5 * ||coef||^2 / (C * S) with coef = theta / std  ->  per-parameter quadratic weight.
+    l2 = torch.where(constant, torch.ones_like(std), 1.0 / (C * sum_s[:, None] * safe_std.square()))
+    l2 = torch.cat([torch.zeros_like(l2[:, :1]), l2], dim=1)
+
+    results: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    ks = sorted(set(n_features))
+    thetas, theta = [], z.new_zeros(z.shape[0], 1)
+    for k in ks:
+        start = torch.cat([theta, theta.new_zeros(theta.shape[0], k + 1 - theta.shape[1])], dim=1)
+        block = z[..., : k + 1].contiguous()  # contiguous operands keep bmm from copying every iteration
+        theta = _newton(block, target, s, l2[:, : k + 1], start, max_iter=max_iter, tol=tol)
+        thetas.append(theta)
+    for k, theta in zip(ks, thetas, strict=True):
+        coef = (theta[:, 1:] / safe_std[:, :k]).masked_fill(constant[:, :k], 0.0)
+        results[k] = coef, theta[:, 0] - (coef * mean[:, :k]).sum(1)
+    return [results[k] for k in n_features]
+
+
+def _sample_weights(
+    target: Float[torch.Tensor, "batch n"], weight: Float[torch.Tensor, "batch n"], class_weight: str | None
+) -> tuple[Float[torch.Tensor, "batch n"], Float[torch.Tensor, "batch"]]:  # noqa: F821 (jaxtyping shape)
+    """Per-row weights ``s`` (sample weight x class weight) normalised to sum 1, and their raw sum."""
+    pos_total = (weight * target).sum(1)
+    neg_total = (weight * (1 - target)).sum(1)
     one_class = (pos_total <= 0) | (neg_total <= 0)
     if one_class.any():
         bad = one_class.nonzero().flatten()[:10].tolist()
@@ -133,36 +200,17 @@ def fit_logistic_batched(
     if class_weight == "balanced":
         total = pos_total + neg_total
         per_class = torch.stack([total / (2 * neg_total), total / (2 * pos_total)], dim=1)  # [batch, 2]
-        raw_s = w * per_class.gather(1, target.long())
+        raw = weight * per_class.gather(1, target.long())
     else:
-        raw_s = w
-    sum_s = raw_s.sum(1)
-    s = raw_s / sum_s[:, None]  # the objective divided by C * sum(s): its loss is a weighted mean
-
-    mean = torch.einsum("bn,bnf->bf", s, x)
-    centered = x - mean[:, None, :]
-    std = torch.einsum("bn,bnf->bf", s, centered.square()).sqrt()
-    # Rounding leaves a constant column a standard deviation of a few ulps of its magnitude.
-    constant = std <= 1e3 * torch.finfo(dtype).eps * (1 + mean.abs())
-    safe_std = torch.where(constant, torch.ones_like(std), std)
-    z = (centered / safe_std[:, None, :]).masked_fill(constant[:, None, :], 0.0)
-    z = torch.cat([z, torch.ones_like(z[..., :1])], dim=2)  # last column: intercept
-    # 0.5 * ||coef||^2 / (C * S) with coef = theta / std  ->  per-parameter quadratic weight.
-    l2 = torch.where(constant, torch.ones_like(std), 1.0 / (C * sum_s[:, None] * safe_std.square()))
-    l2 = torch.cat([l2, torch.zeros_like(l2[:, :1])], dim=1)
-
-    theta = _newton(z, target, s, l2, max_iter=max_iter, tol=tol)
-
-    coef = (theta[:, :-1] / safe_std).masked_fill(constant, 0.0)
-    intercept = theta[:, -1] - (coef * mean).sum(1)
-    return coef, intercept
+        raw = weight
+    sum_s = raw.sum(1)
+    return raw / sum_s[:, None], sum_s
 
 
 def _objective(
-    z: torch.Tensor, target: torch.Tensor, s: torch.Tensor, l2: torch.Tensor, theta: torch.Tensor
+    logits: torch.Tensor, target: torch.Tensor, s: torch.Tensor, l2: torch.Tensor, theta: torch.Tensor
 ) -> torch.Tensor:
     """Normalised objective per problem: weighted mean log loss + 0.5 * sum(l2 * theta^2)."""
-    logits = torch.bmm(z, theta[:, :, None])[..., 0]
     loss = F.softplus(logits) - target * logits
     return (s * loss).sum(1) + 0.5 * (l2 * theta.square()).sum(1)
 
@@ -172,60 +220,75 @@ def _newton(
     target: Float[torch.Tensor, "batch n"],
     s: Float[torch.Tensor, "batch n"],
     l2: Float[torch.Tensor, "batch params"],
+    theta: Float[torch.Tensor, "batch params"],
     max_iter: int,
     tol: float,
 ) -> Float[torch.Tensor, "batch params"]:
-    """Damped Newton iterations on the normalised objective; returns the parameters per problem."""
+    """Damped Newton iterations on the normalised objective from ``theta``; returns the optimum."""
     batch, _, n_params = z.shape
-    theta = z.new_zeros(batch, n_params)
-    objective = _objective(z, target, s, l2, theta)
+    logits = torch.bmm(z, theta[:, :, None])[..., 0]
+    objective = None  # computed only when a line search needs it
     jitter = torch.diag(z.new_full((n_params,), _HESSIAN_JITTER))
     converged = torch.zeros(batch, dtype=torch.bool, device=z.device)
+    factor, refresh, previous = None, True, None
     for _ in range(max_iter):
-        prob = torch.sigmoid(torch.bmm(z, theta[:, :, None])[..., 0])
+        prob = torch.sigmoid(logits)
         grad = torch.bmm(z.transpose(1, 2), (s * (prob - target))[:, :, None])[..., 0] + l2 * theta
-        curvature = s * prob * (1 - prob)
-        hessian = torch.bmm(z.transpose(1, 2), z * curvature[:, :, None])
-        hessian = hessian + torch.diag_embed(l2) + jitter
-        step = torch.linalg.solve(hessian, grad).masked_fill(converged[:, None], 0.0)
+        if refresh:
+            curvature = s * prob * (1 - prob)
+            hessian = torch.bmm(z.transpose(1, 2), z * curvature[:, :, None])
+            factor = _cholesky(hessian + torch.diag_embed(l2) + jitter)
+        step = torch.cholesky_solve(grad[:, :, None], factor)[..., 0].masked_fill(converged[:, None], 0.0)
         decrement = (grad * step).sum(1)
-        theta, objective = _backtrack(z, target, s, l2, theta, objective, step, decrement, converged)
+        logit_step = torch.bmm(z, step[:, :, None])[..., 0]
+        exempt = converged | (decrement <= _LINE_SEARCH_ABOVE)
+        alpha = torch.ones_like(decrement)
+        if not exempt.all():
+            # Backtracking (Armijo) line search; full Newton steps near the optimum, where rounding
+            # would make the test reject good steps.
+            if objective is None:
+                objective = _objective(logits, target, s, l2, theta)
+            for _ in range(_MAX_HALVINGS):
+                candidate = _objective(
+                    logits - alpha[:, None] * logit_step, target, s, l2, theta - alpha[:, None] * step
+                )
+                accepted = exempt | (candidate <= objective - _ARMIJO_SLOPE * alpha * decrement)
+                if accepted.all():
+                    break
+                alpha = torch.where(accepted, alpha, alpha / 2)
+            objective = candidate if accepted.all() else None  # else alpha moved past `candidate`
+        else:
+            objective = None
+        theta = theta - alpha[:, None] * step
+        logits = logits - alpha[:, None] * logit_step
         # The step just taken from a point within tol is kept: it squares the remaining error.
         converged = converged | (decrement <= tol)
         if converged.all():
             break
+        # Near the optimum the Hessian barely moves: keep its factor while the steps keep shrinking fast.
+        slow = previous is not None and bool((decrement > _REUSE_RATIO * previous)[~converged].any())
+        refresh = slow or bool((decrement[~converged] > _REUSE_HESSIAN_BELOW).any())
+        previous = decrement
     if not converged.all():
         warnings.warn(
             f"fit_logistic_batched: {int((~converged).sum())} of {batch} problems did not reach "
             f"tol={tol:g} in {max_iter} Newton iterations; increase max_iter.",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     return theta
 
 
-def _backtrack(
-    z: torch.Tensor,
-    target: torch.Tensor,
-    s: torch.Tensor,
-    l2: torch.Tensor,
-    theta: torch.Tensor,
-    objective: torch.Tensor,
-    step: torch.Tensor,
-    decrement: torch.Tensor,
-    converged: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Halve each problem's step until the Armijo condition holds (full step near the optimum)."""
-    alpha = torch.ones_like(objective)
-    exempt = converged | (decrement <= _LINE_SEARCH_ABOVE)
-    for _ in range(_MAX_HALVINGS):
-        candidate = theta - alpha[:, None] * step
-        candidate_objective = _objective(z, target, s, l2, candidate)
-        accepted = exempt | (candidate_objective <= objective - _ARMIJO_SLOPE * alpha * decrement)
-        if accepted.all():
-            break
-        alpha = torch.where(accepted, alpha, alpha / 2)
-    return candidate, candidate_objective
+def _cholesky(hessian: Float[torch.Tensor, "batch p p"]) -> Float[torch.Tensor, "batch p p"]:
+    """Lower Cholesky factors; a matrix that rounding left indefinite gets a larger diagonal shift."""
+    factor, info = torch.linalg.cholesky_ex(hessian)
+    if bool((info > 0).any()):
+        scale = hessian.diagonal(dim1=1, dim2=2).abs().amax(1)[:, None, None].clamp(min=1.0)
+        shift = 1e-9 * scale * torch.eye(hessian.shape[1], dtype=hessian.dtype, device=hessian.device)
+        factor, info = torch.linalg.cholesky_ex(hessian + shift)
+        if bool((info > 0).any()):
+            raise RuntimeError("logistic regression Hessian is not positive definite; are the inputs finite?")
+    return factor
 
 
 def balanced_split(
@@ -275,14 +338,19 @@ def padded_indices(
     """The positions of each row's True entries, in increasing order, padded to the longest row.
 
     Returns:
-        index: token index of each selected entry; padding entries point at token 0.
+        index: token index of each selected entry; padding entries repeat the row's first entry (a
+            token the row selected, so gathering there reads only values the caller vouched for).
         valid: False on padding entries.
     """
     counts = mask.sum(1)
     n_max = int(counts.max()) if mask.numel() else 0
-    order = torch.sort(mask.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :n_max]
+    row, column = mask.nonzero(as_tuple=True)  # row-major, so columns increase within a row
+    row_start = counts.cumsum(0) - counts
+    position = torch.arange(len(row), device=mask.device) - row_start[row]
+    index = torch.zeros(mask.shape[0], n_max, dtype=torch.long, device=mask.device)
+    index[row, position] = column
     valid = torch.arange(n_max, device=mask.device)[None, :] < counts[:, None]
-    return order.masked_fill(~valid, 0), valid
+    return torch.where(valid, index, index[:, :1]), valid
 
 
 def rank_neurons_by_mean_difference(
@@ -292,15 +360,14 @@ def rank_neurons_by_mean_difference(
 ) -> Int[torch.Tensor, "problem neurons"]:
     """Neurons ordered by decreasing ``|mean over positives - mean over negatives|``.
 
-    Means are taken over the ``valid`` rows of each class (in float64). Ties keep the lower neuron
-    index first, so the ranking is deterministic.
+    Means are taken over the ``valid`` rows of each class, accumulated in the activations' precision
+    (at least float32). Ties keep the lower neuron index first, so the ranking is deterministic.
     """
-    acts = activations.to(torch.float64)
-    pos = (positive & valid).to(torch.float64)
-    neg = (~positive & valid).to(torch.float64)
-    pos_mean = torch.einsum("bn,bnf->bf", pos, acts) / pos.sum(1, keepdim=True).clamp(min=1)
-    neg_mean = torch.einsum("bn,bnf->bf", neg, acts) / neg.sum(1, keepdim=True).clamp(min=1)
-    separation = (pos_mean - neg_mean).abs()
+    dtype = torch.promote_types(activations.dtype, torch.float32)
+    pos = (positive & valid).to(dtype)
+    neg = (~positive & valid).to(dtype)
+    contrast = pos / pos.sum(1, keepdim=True).clamp(min=1) - neg / neg.sum(1, keepdim=True).clamp(min=1)
+    separation = torch.bmm(contrast[:, None, :], activations.to(dtype))[:, 0].abs()
     return torch.sort(separation, dim=1, descending=True, stable=True).indices
 
 

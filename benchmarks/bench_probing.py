@@ -1,0 +1,132 @@
+"""Benchmark: batched k-sparse probing vs a per-expert scikit-learn loop on a toy MoE layer.
+
+Synthetic data shaped like one MoE layer: 16 experts with 256 neurons each, 20k tokens, top-2
+routing, ~20 binary concepts. Routing prefers a few experts per concept and some expert neurons
+respond to concepts with varied strength, so F1 spans the whole range. Both sides probe the same
+(expert, concept) pairs on the same train/test split for ks (1, 2, 4, 8, 16, 32, 64); scikit-learn
+does it the usual way: for each expert and concept, rank neurons with numpy and fit one
+``LogisticRegression(class_weight='balanced')`` per k, on float64 features, once with the default
+lbfgs solver (tol 1e-4, the usual setting) and once with newton-cholesky at tol 1e-8 (converged, the
+reference for |dF1|). Their time excludes building the splits; the batched time includes it.
+
+Both sides run with the same number of CPU threads (``--threads``, default 1: on a shared machine
+multi-threaded small tensor operations mostly wait for each other).
+
+Run: ``python benchmarks/bench_probing.py [--tokens 20000] [--device cpu] [--repeats 3] [--threads 1]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
+from threadpoolctl import threadpool_limits
+
+from tl_moe.analysis.probing import STATUS_OK, KSparseProbe
+
+KS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def toy_moe_layer(n_experts=16, d_expert=256, n_tokens=20_000, n_concepts=20, top_k=2, seed=0):
+    """Activations [expert, token, neuron], concept labels [token, concept], routing mask [expert, token]."""
+    g = torch.Generator().manual_seed(seed)
+    prevalence = torch.linspace(0.03, 0.3, n_concepts)
+    labels = torch.rand(n_tokens, n_concepts, generator=g) < prevalence
+    preference = torch.randn(n_concepts, n_experts, generator=g) * 1.5
+    router_logits = torch.randn(n_tokens, n_experts, generator=g) + labels.float() @ preference
+    routed = router_logits.topk(top_k, dim=1).indices
+    unit_mask = torch.zeros(n_experts, n_tokens, dtype=torch.bool)
+    unit_mask[routed.T, torch.arange(n_tokens)] = True
+    tuning = torch.rand(n_experts, n_concepts, d_expert, generator=g) < 0.02
+    strength = torch.rand(n_experts, n_concepts, d_expert, generator=g) * 2.0 * tuning
+    activations = torch.randn(n_experts, n_tokens, d_expert, generator=g)
+    activations += torch.einsum("tc,ecn->etn", labels.float(), strength)
+    return activations, labels, unit_mask
+
+
+SKLEARN_VARIANTS = {
+    "scikit-learn loop, lbfgs (default)": {},
+    "scikit-learn loop, newton-cholesky": {"solver": "newton-cholesky", "tol": 1e-8},
+}
+
+
+def sklearn_loop(activations, labels, train, test, status, **solver_options):
+    """F1 [expert, concept, k] computed one expert, one concept, one k at a time."""
+    n_experts, n_concepts = status.shape
+    f1 = np.full((n_experts, n_concepts, len(KS)), np.nan)
+    for e in range(n_experts):
+        X = activations[e].numpy().astype(np.float64)
+        for c in range(n_concepts):
+            if status[e, c] != STATUS_OK:
+                continue
+            y = labels[:, c].numpy()
+            tr, te = train[e, c].numpy(), test[e, c].numpy()
+            X_tr, y_tr, X_te, y_te = X[tr], y[tr], X[te], y[te]
+            order = np.argsort(-np.abs(X_tr[y_tr].mean(0) - X_tr[~y_tr].mean(0)), kind="stable")
+            for j, k in enumerate(KS):
+                model = LogisticRegression(class_weight="balanced", **solver_options)
+                model.fit(X_tr[:, order[:k]], y_tr)
+                f1[e, c, j] = f1_score(y_te, model.predict(X_te[:, order[:k]]))
+    return f1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=20_000)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of the batched probe (best kept)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and for numpy's BLAS")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with threadpool_limits(limits=args.threads):
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+
+    activations, labels, unit_mask = toy_moe_layer(n_tokens=args.tokens)
+    device_acts = activations.to(args.device)
+    probe = KSparseProbe(ks=KS, device=args.device)
+    probe.fit(device_acts, labels, unit_mask)  # warm-up
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    batched_times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        probe.fit(device_acts, labels, unit_mask)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        batched_times.append(time.perf_counter() - start)
+    batched = min(batched_times)
+
+    train, test = probe.train_test_masks(labels, unit_mask)
+    ok = probe.status_ == STATUS_OK
+    n_probes = int(ok.sum()) * len(KS)
+    rows = [(f"KSparseProbe, batched ({args.device})", batched, None)]
+    for name, options in SKLEARN_VARIANTS.items():
+        start = time.perf_counter()
+        reference = sklearn_loop(activations, labels, train, test, probe.status_, **options)
+        rows.append((name, time.perf_counter() - start, np.abs(probe.f1_.numpy() - reference)[ok.numpy()]))
+
+    n_experts, _, d_expert = activations.shape
+    print(
+        f"toy MoE layer: {n_experts} experts x {d_expert} neurons, {args.tokens} tokens, top-2, "
+        f"{labels.shape[1]} concepts, ks {KS}; {args.threads} CPU thread(s)"
+    )
+    print(
+        f"(expert, concept) pairs: {int(ok.sum())} ok, {int((~ok).sum())} not_enough_samples; {n_probes} probes; "
+        f"tokens per class: median {int(probe.n_per_class_[ok].median())}, max {int(probe.n_per_class_.max())}"
+    )
+    print(f"{'method':<40}{'seconds':>9}{'probes/s':>10}{'speedup':>9}{'max|dF1|':>10}{'mean|dF1|':>11}")
+    for name, seconds, delta in rows:
+        deltas = f"{delta.max():>10.4f}{delta.mean():>11.5f}" if delta is not None else f"{'-':>10}{'-':>11}"
+        print(f"{name:<40}{seconds:>9.2f}{n_probes / seconds:>10.0f}{seconds / batched:>8.1f}x{deltas}")
+    print(f"mean best F1 over experts per k: {probe.mean_best_f1().round(3).to_dict()}")
+
+
+if __name__ == "__main__":
+    main()
