@@ -35,6 +35,7 @@ class AnalyzeOptions:
     n_token_groups: int = 50
     probe_ks: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     min_examples: int = 30
+    sparsity_family: bool = False
     extra: dict = field(default_factory=dict)
 
     def check(self) -> None:
@@ -112,6 +113,43 @@ def _moe_pass(model, dataset, options: AnalyzeOptions, token_groups, checkpoints
     )
 
 
+def _probe_family(options: AnalyzeOptions, dataset, checkpoints: Path, done: dict) -> dict:
+    """Probe every MoE of the toy family (the ones not in ``done``); name -> (config, frame)."""
+    import tl_moe
+    from tl_moe.analysis.activations import TokenActivationStore
+    from tl_moe.analysis.concept_probing import probe_experts
+    from tl_moe.collect import collect
+    from tl_moe.models.hook_names import get_act_name
+    from tl_moe.zoo.family import TOY_FAMILY
+
+    family = dict(done)
+    for name, cfg in TOY_FAMILY.items():
+        if not cfg.is_moe or name in family:
+            continue
+        model = tl_moe.load(name, device=options.device)
+        hooks = {}
+        for layer in cfg.sparse_layers:
+            hooks[f"post{layer}"] = get_act_name("expert_post", layer)
+            hooks[f"indices{layer}"] = get_act_name("topk_indices", layer)
+        stored = collect(
+            model,
+            dataset,
+            {"store": TokenActivationStore(hooks, max_tokens=options.max_tokens)},
+            batch_size=options.batch_size,
+            seq_len=options.seq_len,
+            max_tokens=options.max_tokens,
+            concept_labeler=ConceptLabeler(),
+            checkpoint_dir=checkpoints / name.replace("/", "_"),
+            checkpoint_every=20,
+        )["store"]
+        params = {"ks": options.probe_ks, "min_examples": options.min_examples, "random_state": options.seed}
+        frame = probe_experts(
+            stored, cfg.sparse_layers, cfg.num_experts, params, min_positives=options.min_examples
+        )
+        family[name] = (cfg, frame)
+    return dict(sorted(family.items(), key=lambda item: item[1][0].num_experts))
+
+
 def _dense_pass(model, dataset, options: AnalyzeOptions, checkpoints: Path) -> dict:
     from tl_moe.analysis.activations import TokenActivationStore
     from tl_moe.collect import collect
@@ -173,7 +211,12 @@ def run_analysis(options: AnalyzeOptions) -> Path:
     domain_names = moe_results["store"].domain_names if "store" in moe_results else _domain_names(dataset)
     if "probing" in options.analyses:
         tic = time.perf_counter()
-        sections.probing_section(report, model.moe_cfg, moe_results, dense_results, options)
+        moe_frame, dense_frame = sections.probing_section(
+            report, model.moe_cfg, moe_results, dense_results, options
+        )
+        if options.sparsity_family:
+            family = _probe_family(options, dataset, checkpoints, {options.model: (model.moe_cfg, moe_frame)})
+            sections.sparsity_section(report, family, dense_frame, options)
         timings["probing_s"] = round(time.perf_counter() - tic, 1)
     if "specialization" in options.analyses:
         sections.specialization_section(report, model, moe_results, domain_names, token_groups, options)

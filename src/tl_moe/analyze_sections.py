@@ -55,8 +55,13 @@ def _curve_figure(curves: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
-def probing_section(report, cfg, moe_results, dense_results, options) -> None:
-    """k-sparse probing: MoE experts vs dense FFN neurons, and the fair comparison."""
+def probing_section(
+    report, cfg, moe_results, dense_results, options
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """k-sparse probing: MoE experts vs dense FFN neurons, and the fair comparison.
+
+    Returns the per-unit probe frames of the MoE and of the dense baseline (None without one).
+    """
     stored = moe_results["store"]
     params = _probe_params(options)
     moe = probe_experts(
@@ -112,6 +117,61 @@ def probing_section(report, cfg, moe_results, dense_results, options) -> None:
     metrics["concepts compared"] = int(curves["concepts"].max())
     metrics["median experts within 95% of best (k=1)"] = float(near["experts_near_best"].median())
     section.add_metrics(metrics)
+    return moe, dense
+
+
+def sparsity_section(report, family: dict, dense: pd.DataFrame | None, options) -> None:
+    """Probing F1 against routing sparsity (active ratio k / E) across the toy family.
+
+    Args:
+        family: model name -> (MoEConfig, per-unit probe frame of that MoE).
+        dense: per-unit probe frame of the dense twin (best of layers), or None.
+    """
+    concepts = None
+    for _, frame in family.values():
+        ok = set(frame.dropna(subset=["f1"])["concept"])
+        concepts = ok if concepts is None else concepts & ok
+    if dense is not None:
+        concepts &= set(dense[dense["draw"] < 0].dropna(subset=["f1"])["concept"])
+    rows = []
+    for name, (cfg, frame) in family.items():
+        curve = best_f1_by_k(frame[frame["concept"].isin(concepts)])
+        rows.append(curve.assign(model=name, active_ratio=cfg.active_ratio, experts=cfg.num_experts))
+    if dense is not None:
+        curve = best_f1_by_k(dense[(dense["draw"] < 0) & dense["concept"].isin(concepts)])
+        rows.append(curve.assign(model="dense twin", active_ratio=1.0, experts=1))
+    table = pd.concat(rows, ignore_index=True).rename(columns={"mean": "mean_best_f1", "count": "concepts"})
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
+    for k in sorted({1, max(options.probe_ks)}):
+        points = table[table["k"] == k].sort_values("active_ratio")
+        ax.plot(points["active_ratio"], points["mean_best_f1"], marker="o", label=f"k = {k}")
+        for _, row in points.iterrows():
+            ax.annotate(
+                row["model"].removeprefix("toy/"),
+                (row["active_ratio"], row["mean_best_f1"]),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("active ratio k / E (1.0 = dense twin)")
+    ax.set_ylabel("mean over concepts of best test F1")
+    ax.set_title("Probing F1 vs routing sparsity")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    section = report.add_section(
+        "Probing F1 vs routing sparsity",
+        key="sparsity",
+        intro=(
+            "The toy family differs only in the number of experts (same data, steps, seed and active "
+            "neurons per token). Each point is the mean over the concepts probed in every model of the best "
+            "F1 over that model's layers x experts (dense twin: layers)."
+        ),
+    )
+    section.add_figure(fig, "probing_f1_vs_sparsity", "Mean best F1 vs active ratio.")
+    section.add_table(table, "probing_f1_vs_sparsity", "Mean best F1 per model and k.", max_rows=40)
 
 
 def specialization_section(report, model, moe_results, domain_names, token_groups, options) -> None:

@@ -87,6 +87,7 @@ def _cmd_analyze(args) -> None:
         device=args.device,
         analyses=tuple(args.analyses.split(",")),
         seed=args.seed,
+        sparsity_family=args.sparsity_family,
     )
     report = run_analysis(options)
     print(f"Report: {report}")
@@ -126,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated subset of: probing, specialization, domains, logit_lens",
     )
     analyze.add_argument("--seed", type=int, default=0)
+    analyze.add_argument(
+        "--sparsity-family", action="store_true", help="also probe every toy MoE and plot F1 vs active ratio"
+    )
     analyze.set_defaults(func=_cmd_analyze)
 
     zoo = commands.add_parser("zoo", help="the toy model zoo").add_subparsers(
