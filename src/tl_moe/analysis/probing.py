@@ -8,8 +8,8 @@ and reports F1 on the test split. All (unit, concept, k) probes are solved toget
 (:mod:`tl_moe.analysis.probing_math`); a unit with fewer than ``min_examples`` positive or negative
 tokens for a concept is reported with status ``"not_enough_samples"``.
 
-:func:`subsample_like_routing` builds the token subsets that make a dense model's best-of-layers
-comparable with an MoE's best-of-experts.
+:func:`subsample_like_routing` (defined in :mod:`tl_moe.analysis.probing_math`) builds the token
+subsets that make a dense model's best-of-layers comparable with an MoE's best-of-experts.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from tl_moe.analysis.probing_math import (
     fit_logistic_nested,
     padded_indices,
     rank_neurons_by_mean_difference,
+    subsample_like_routing,
 )
 
 __all__ = [
@@ -219,7 +220,7 @@ class KSparseProbe:
             raise ValueError(f"activations is empty: shape {tuple(activations.shape)}.")
         n_sources, n_tokens, n_neurons = activations.shape
         if unit_mask is None:
-            unit_mask = torch.ones(n_sources, n_tokens, dtype=torch.bool, device=labels.device)
+            unit_mask = torch.ones(n_sources, n_tokens, dtype=torch.bool, device=activations.device)
         self._validate_masks(labels, unit_mask, n_tokens)
         n_units, n_concepts = unit_mask.shape[0], labels.shape[1]
         if activation_index is None:
@@ -429,59 +430,3 @@ class KSparseProbe:
         """
         best = self.best_f1()
         return pd.Series(best.nanmean(dim=0).numpy(), index=pd.Index(self.ks_, name="k"), name="mean_best_f1")
-
-
-def subsample_like_routing(
-    unit_mask_dense: Bool[torch.Tensor, "unit n_tokens"],
-    routed_counts: Int[torch.Tensor, "..."],
-    n_draws: int | None = None,
-    seed: int = 0,
-) -> tuple[Bool[torch.Tensor, "unit_draw n_tokens"], Int[torch.Tensor, "unit_draw"]]:  # noqa: F821 (jaxtyping shape)
-    """Random token subsets of a dense model's units, sized like an MoE's routed token sets.
-
-    Why: an MoE's reported F1 per concept is a maximum over layers x experts, a dense model's a
-    maximum over layers only. A maximum over more candidates is higher by chance alone, and each
-    expert is probed on fewer tokens, which changes the variance of its F1. Probing each dense layer
-    on ``n_draws`` random subsets whose sizes are the experts' routed counts gives the dense model as
-    many candidates, of the same sizes, as the MoE: with L layers in both models, pass one MoE
-    layer's E routed counts and ``n_draws=E``. What remains is the effect of *which* tokens routing
-    picks, which is the selectivity the comparison is meant to measure.
-
-    Args:
-        unit_mask_dense: tokens each dense unit saw (usually all True).
-        routed_counts: token counts of the MoE units to imitate (any shape; flattened).
-        n_draws: subsets per dense unit; draw j has ``routed_counts.flatten()[j % len]`` tokens.
-            Default: one draw per routed count.
-        seed: seed of the random subsets.
-
-    Returns:
-        subset_mask: ``[unit * n_draws, n_tokens]``; row ``u * n_draws + j`` is draw j of dense unit u,
-            a uniformly random subset of that unit's tokens.
-        source_unit: ``[unit * n_draws]``, the dense unit of each row; pass it to
-            :meth:`KSparseProbe.fit` as ``activation_index``.
-    """
-    if unit_mask_dense.dtype != torch.bool or unit_mask_dense.ndim != 2 or unit_mask_dense.shape[0] == 0:
-        raise ValueError("unit_mask_dense must be a non-empty bool tensor [unit, n_tokens].")
-    sizes = torch.as_tensor(routed_counts).flatten().long().cpu()
-    if sizes.numel() == 0 or (sizes < 0).any():
-        raise ValueError("routed_counts must hold at least one non-negative token count.")
-    n_draws = sizes.numel() if n_draws is None else n_draws
-    if n_draws < 1:
-        raise ValueError(f"n_draws must be >= 1; got {n_draws}.")
-    draw_sizes = sizes[torch.arange(n_draws) % sizes.numel()]
-    available = unit_mask_dense.sum(1).cpu()
-    if (draw_sizes.max() > available).any():
-        raise ValueError(
-            f"a routed count ({int(draw_sizes.max())}) exceeds the tokens of a dense unit "
-            f"({int(available.min())}); the dense units must see at least as many tokens."
-        )
-    n_units, n_tokens = unit_mask_dense.shape
-    generator = torch.Generator().manual_seed(seed)
-    subsets = []
-    for unit in range(n_units):  # one [draw, token] sort per dense layer bounds the memory
-        keys = torch.rand(n_draws, n_tokens, generator=generator)
-        keys = keys.masked_fill(~unit_mask_dense[unit].cpu()[None], math.inf)
-        rank = keys.argsort(dim=1).argsort(dim=1)
-        subsets.append(rank < draw_sizes[:, None])
-    subset_mask = torch.cat(subsets).to(unit_mask_dense.device)
-    return subset_mask, torch.arange(n_units).repeat_interleave(n_draws)

@@ -10,6 +10,7 @@ so thousands of small probes are solved together in a few batched tensor operati
 - :func:`rank_neurons_by_mean_difference` — neurons ordered by ``|mean(pos) - mean(neg)|``.
 - :func:`binary_f1` — F1 of the positive class, per problem.
 - :func:`padded_indices` — ragged boolean masks to padded index lists.
+- :func:`subsample_like_routing` — random token subsets of dense units, sized like routed token sets.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "fit_logistic_nested",
     "padded_indices",
     "rank_neurons_by_mean_difference",
+    "subsample_like_routing",
 ]
 
 # Newton decrements above this take a backtracking line search; below it the full step is taken
@@ -92,7 +94,8 @@ def fit_logistic_batched(
     Features are standardised inside (weighted mean and standard deviation per batch element); the L2
     term is rescaled accordingly so the optimum is the same, and the returned coefficients are on the
     original feature scale. Newton's method with a backtracking line search then converges in a few
-    iterations, each solving a ``(features + 1)``-sized linear system per batch element. Constant
+    iterations, each solving a ``(features + 1)``-sized linear system per batch element; near the
+    optimum the Hessian's Cholesky factor is reused while the steps keep shrinking fast. Constant
     features get coefficient 0 (the free intercept absorbs them at no penalty cost, which is also the
     exact optimum). Separable data stays finite because the L2 term bounds the coefficients.
 
@@ -105,7 +108,7 @@ def fit_logistic_batched(
         max_iter: maximum Newton iterations.
         tol: a problem stops once the Newton decrement ``g^T H^-1 g`` of its objective divided by
             ``C * sum(s)`` (about twice the remaining sub-optimality) falls below it; the step computed
-            there is still taken, which squares the remaining error. Default 1e-12 in float64, 1e-7
+            there is still taken, which shrinks the error further. Default 1e-12 in float64, 1e-7
             in lower precision. Problems that do not get there in ``max_iter`` raise a RuntimeWarning.
         dtype: floating dtype of the computation and of the outputs.
 
@@ -261,7 +264,7 @@ def _newton(
             objective = None
         theta = theta - alpha[:, None] * step
         logits = logits - alpha[:, None] * logit_step
-        # The step just taken from a point within tol is kept: it squares the remaining error.
+        # The step just taken from a point within tol is kept: it shrinks the remaining error further.
         converged = converged | (decrement <= tol)
         if converged.all():
             break
@@ -382,3 +385,59 @@ def binary_f1(
     false_neg = (~predicted & target & valid).sum(1)
     denominator = 2 * true_pos + false_pos + false_neg
     return torch.where(denominator > 0, 2 * true_pos / denominator.clamp(min=1), 0.0).to(torch.float64)
+
+
+def subsample_like_routing(
+    unit_mask_dense: Bool[torch.Tensor, "unit n_tokens"],
+    routed_counts: Int[torch.Tensor, "..."],
+    n_draws: int | None = None,
+    seed: int = 0,
+) -> tuple[Bool[torch.Tensor, "unit_draw n_tokens"], Int[torch.Tensor, "unit_draw"]]:  # noqa: F821 (jaxtyping shape)
+    """Random token subsets of a dense model's units, sized like an MoE's routed token sets.
+
+    Why: an MoE's reported F1 per concept is a maximum over layers x experts, a dense model's a
+    maximum over layers only. A maximum over more candidates is higher by chance alone, and each
+    expert is probed on fewer tokens, which changes the variance of its F1. Probing each dense layer
+    on ``n_draws`` random subsets whose sizes are the experts' routed counts gives the dense model as
+    many candidates, of the same sizes, as the MoE: with L layers in both models, pass one MoE
+    layer's E routed counts and ``n_draws=E``. What remains is the effect of *which* tokens routing
+    picks, which is the selectivity the comparison is meant to measure.
+
+    Args:
+        unit_mask_dense: tokens each dense unit saw (usually all True).
+        routed_counts: token counts of the MoE units to imitate (any shape; flattened).
+        n_draws: subsets per dense unit; draw j has ``routed_counts.flatten()[j % len]`` tokens.
+            Default: one draw per routed count.
+        seed: seed of the random subsets.
+
+    Returns:
+        subset_mask: ``[unit * n_draws, n_tokens]``; row ``u * n_draws + j`` is draw j of dense unit u,
+            a uniformly random subset of that unit's tokens.
+        source_unit: ``[unit * n_draws]``, the dense unit of each row; pass it to
+            :meth:`tl_moe.analysis.probing.KSparseProbe.fit` as ``activation_index``.
+    """
+    if unit_mask_dense.dtype != torch.bool or unit_mask_dense.ndim != 2 or unit_mask_dense.shape[0] == 0:
+        raise ValueError("unit_mask_dense must be a non-empty bool tensor [unit, n_tokens].")
+    sizes = torch.as_tensor(routed_counts).flatten().long().cpu()
+    if sizes.numel() == 0 or (sizes < 0).any():
+        raise ValueError("routed_counts must hold at least one non-negative token count.")
+    n_draws = sizes.numel() if n_draws is None else n_draws
+    if n_draws < 1:
+        raise ValueError(f"n_draws must be >= 1; got {n_draws}.")
+    draw_sizes = sizes[torch.arange(n_draws) % sizes.numel()]
+    available = unit_mask_dense.sum(1).cpu()
+    if (draw_sizes.max() > available).any():
+        raise ValueError(
+            f"a routed count ({int(draw_sizes.max())}) exceeds the tokens of a dense unit "
+            f"({int(available.min())}); the dense units must see at least as many tokens."
+        )
+    n_units, n_tokens = unit_mask_dense.shape
+    generator = torch.Generator().manual_seed(seed)
+    subsets = []
+    for unit in range(n_units):  # one [draw, token] sort per dense layer bounds the memory
+        keys = torch.rand(n_draws, n_tokens, generator=generator)
+        keys = keys.masked_fill(~unit_mask_dense[unit].cpu()[None], math.inf)
+        rank = keys.argsort(dim=1).argsort(dim=1)
+        subsets.append(rank < draw_sizes[:, None])
+    subset_mask = torch.cat(subsets).to(unit_mask_dense.device)
+    return subset_mask, torch.arange(n_units).repeat_interleave(n_draws)
