@@ -1,0 +1,21 @@
+"""The README stays true: its hook table is the registry's, and CI runs its test command."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tl_moe.models.hook_names import hook_table_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_hook_table_is_generated_from_the_registry():
+    assert hook_table_markdown() in (ROOT / "README.md").read_text()
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"```bash\n(.+?)\n```", readme)
+    test_command = next(command for command in commands if "pytest" in command)
+    assert test_command in (ROOT / ".ci" / "run").read_text()
