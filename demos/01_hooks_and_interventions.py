@@ -18,7 +18,9 @@ print(cfg.architecture, f"{cfg.num_experts} experts, top-{cfg.experts_per_token}
 text = "def mean(values):\n    return sum(values) / len(values)\n"
 tokens = model.to_tokens(text)
 layer = 2
-names = [tl_moe.get_act_name(kind, layer) for kind in ("topk_indices", "topk_weights", "expert_post", "expert_out")]
+names = [
+    tl_moe.get_act_name(kind, layer) for kind in ("topk_indices", "topk_weights", "expert_post", "expert_out")
+]
 logits, cache = model.run_with_cache(tokens, names_filter=names)
 indices, weights, neurons, outputs = (cache[name] for name in names)
 print("routed experts of the first tokens:", indices[0, :6].tolist())
@@ -27,7 +29,10 @@ print("expert neuron activations:", tuple(neurons.shape), "= [batch, pos, k, d_e
 # %% The block output is the routing-weighted sum of the experts' outputs.
 _, block = model.run_with_cache(tokens, names_filter=f"blocks.{layer}.mlp.hook_out")
 recomposed = (weights.unsqueeze(-1) * outputs).sum(dim=2)
-print("max |recomposed - block output|:", (recomposed - block[f"blocks.{layer}.mlp.hook_out"]).abs().max().item())
+print(
+    "max |recomposed - block output|:",
+    (recomposed - block[f"blocks.{layer}.mlp.hook_out"]).abs().max().item(),
+)
 
 # %% Interventions are lists of (hook name, hook function): they compose and work with run_with_hooks.
 most_used = int(torch.bincount(indices.flatten(), minlength=cfg.num_experts).argmax())

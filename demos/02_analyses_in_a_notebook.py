@@ -47,7 +47,9 @@ results = collect(
 )
 
 # %% Jensen-Shannon divergence in bits: bounded by 1, symmetric, zero on identical inputs.
-print("JSD([1,0] || [0,1]) =", float(js_divergence(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))), "bit")
+print(
+    "JSD([1,0] || [0,1]) =", float(js_divergence(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))), "bit"
+)
 routing = specialization_scores(results["by_group"], kind="routing")
 functional = specialization_scores(results["lens"].dense_counts(), kind="functional")
 print(routing.layer_summary().assign(functional=functional.layer_summary()["mean_excess"]))
@@ -57,7 +59,9 @@ experts = DomainExperts(threshold=0.5).fit(results["by_domain"], results["domain
 print(experts.top(5)[["layer", "expert", "score", "favoured_domain", "lift"]])
 
 # %% k-sparse probing of expert neurons (balanced, 75/25 split, F1 on held-out tokens).
-probes = probe_experts(results["store"], cfg.sparse_layers, cfg.num_experts, {"ks": (1, 8), "min_examples": 30})
+probes = probe_experts(
+    results["store"], cfg.sparse_layers, cfg.num_experts, {"ks": (1, 8), "min_examples": 30}
+)
 print(experts_near_best(probes, k=1).sort_values("best_f1", ascending=False).head(8))
 
 # %% Exact direct logit attribution of one prompt: every component's share sums to the logits.
