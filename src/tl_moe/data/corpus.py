@@ -201,7 +201,8 @@ def corpus_stats(dataset_dict: datasets.DatasetDict, tokenizer=None) -> pd.DataF
 ACCEPTED_SPECS = (
     "None or 'embedded' (the built-in corpus); a path to a .jsonl/.json/.csv/.parquet file or a .txt file "
     "(one document); a folder of such files (a .txt file in a sub-folder takes the sub-folder's name as "
-    "its domain); a folder written by datasets' save_to_disk; or a datasets.Dataset / DatasetDict. "
+    "its domain); a folder written by datasets' save_to_disk; a Hugging Face hub dataset id ('owner/name'); "
+    "or a datasets.Dataset / DatasetDict. "
     "Rows need a string 'text' column; 'domain' is needed for domain analyses; 'language' and 'source' "
     "are optional; a 'split' column with values train/validation/test is used as the split if present."
 )
@@ -231,6 +232,14 @@ def load_corpus(spec=None, require_domain: bool = False) -> datasets.DatasetDict
         raise TypeError(f"cannot load a corpus from a {type(spec).__name__}; accepted: {ACCEPTED_SPECS}")
     path = Path(spec)
     if not path.exists():
+        if "/" in str(spec) and not str(spec).startswith((".", "/", "~")):  # looks like a hub dataset id
+            try:
+                return load_corpus(datasets.load_dataset(str(spec)), require_domain)
+            except Exception as error:  # offline, unknown id, gated...
+                raise FileNotFoundError(
+                    f"corpus path {str(path)!r} does not exist and loading it as a `datasets` hub id failed "
+                    f"({type(error).__name__}: {error}); accepted: {ACCEPTED_SPECS}"
+                ) from error
         raise FileNotFoundError(f"corpus path {str(path)!r} does not exist; accepted: {ACCEPTED_SPECS}")
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
         return load_corpus(datasets.load_from_disk(str(path)), require_domain)
