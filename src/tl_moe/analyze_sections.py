@@ -214,6 +214,7 @@ def specialization_section(report, model, moe_results, domain_names, token_group
         )
         rows.append(summary.assign(measure=name, layer=layers))
     ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xticks(list(cfg.sparse_layers))
     ax.set_xlabel("layer")
     ax.set_ylabel("JSD - sampling baseline (bits)")
     ax.set_title("Specialization per layer (mean ± sd over experts)")
