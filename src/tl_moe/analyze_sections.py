@@ -99,7 +99,7 @@ def probing_section(
     section.add_table(curves, "probing_curves", "Mean best F1 per k.")
     near = experts_near_best(moe, k=1)
     section.add_table(
-        near.sort_values("best_f1", ascending=False),
+        near.sort_values("best_f1", ascending=False).reset_index(drop=True),
         "probing_experts_near_best",
         "Per concept at k=1: best expert, its F1, and how many experts reach 95% of it.",
     )
