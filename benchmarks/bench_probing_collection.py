@@ -27,6 +27,7 @@ def main() -> None:
 
     import tl_moe
     from tl_moe.analysis.activations import TokenActivationStore
+    from tl_moe.analysis.concept_probing import expert_probing_hooks
     from tl_moe.analyze import ConceptLabeler
     from tl_moe.collect import BatchBuilder, collect, domain_names, plan_batches
     from tl_moe.data.corpus import load_corpus
@@ -34,10 +35,7 @@ def main() -> None:
     model = tl_moe.load("toy/moe-16x2", device="cpu")
     corpus = load_corpus()["validation"].shuffle(seed=0)
     cfg, batch_size, seq_len = model.moe_cfg, 16, 128
-    hooks = {}
-    for layer in cfg.sparse_layers:
-        hooks[f"post{layer}"] = tl_moe.get_act_name("expert_post", layer)
-        hooks[f"indices{layer}"] = tl_moe.get_act_name("topk_indices", layer)
+    hooks = expert_probing_hooks(cfg)
     builder = BatchBuilder(model.tokenizer, seq_len=seq_len, domain_names=domain_names(corpus))
     batches = [
         builder.build(planned)

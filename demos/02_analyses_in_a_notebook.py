@@ -12,7 +12,7 @@ import tl_moe
 from tl_moe.analysis.activations import TokenActivationStore
 from tl_moe.analysis.attribution import decompose_logits
 from tl_moe.analysis.clustering import cluster_vocabulary
-from tl_moe.analysis.concept_probing import experts_near_best, probe_experts
+from tl_moe.analysis.concept_probing import expert_probing_hooks, experts_near_best, probe_experts
 from tl_moe.analysis.domain_experts import DomainExperts
 from tl_moe.analysis.logit_lens_accumulator import ExpertLogitLensAccumulator
 from tl_moe.analysis.routing_stats import routed_tokens_by_domain, routed_tokens_by_group, tokens_by_domain
@@ -28,10 +28,6 @@ domains = domain_names(corpus)
 groups = cluster_vocabulary(unembedding(model), n_clusters=50, seed=0)  # token clusters of W_U
 
 # %% One pass, several accumulators (resumable with checkpoint_dir=..., shardable with shard=...).
-store_hooks = {}
-for layer in cfg.sparse_layers:
-    store_hooks[f"post{layer}"] = tl_moe.get_act_name("expert_post", layer)
-    store_hooks[f"indices{layer}"] = tl_moe.get_act_name("topk_indices", layer)
 results = collect(
     model,
     corpus,
@@ -40,7 +36,7 @@ results = collect(
         "by_group": routed_tokens_by_group(cfg, groups),
         "domain_tokens": tokens_by_domain(len(domains)),
         "lens": ExpertLogitLensAccumulator(model, top_n=3, token_groups=groups),
-        "store": TokenActivationStore(store_hooks),
+        "store": TokenActivationStore(expert_probing_hooks(cfg)),  # expert_post + topk_indices
     },
     max_tokens=20_000,
     concept_labeler=ConceptLabeler(),
@@ -66,5 +62,6 @@ print(experts_near_best(probes, k=1).sort_values("best_f1", ascending=False).hea
 
 # %% Exact direct logit attribution of one prompt: every component's share sums to the logits.
 tokens = model.to_tokens("The derivative of \\sin x is")
-parts = decompose_logits(model, tokens)
-print("max |sum of components - logits|:", float((parts.total() - model(tokens)).abs().max()))
+with torch.no_grad():
+    parts = decompose_logits(model, tokens)
+    print("max |sum of components - logits|:", float((parts.total() - model(tokens)).abs().max()))

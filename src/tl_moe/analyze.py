@@ -74,6 +74,7 @@ def _split(options: AnalyzeOptions):
 
 def _moe_pass(model, dataset, options: AnalyzeOptions, token_groups, checkpoints: Path) -> dict:
     from tl_moe.analysis.activations import TokenActivationStore
+    from tl_moe.analysis.concept_probing import expert_probing_hooks
     from tl_moe.analysis.logit_lens_accumulator import ExpertLogitLensAccumulator
     from tl_moe.analysis.routing_stats import (
         routed_tokens_by_domain,
@@ -81,7 +82,6 @@ def _moe_pass(model, dataset, options: AnalyzeOptions, token_groups, checkpoints
         tokens_by_domain,
     )
     from tl_moe.collect import collect, domain_names
-    from tl_moe.models.hook_names import get_act_name
 
     cfg = model.moe_cfg
     n_domains = len(domain_names(dataset))
@@ -91,10 +91,7 @@ def _moe_pass(model, dataset, options: AnalyzeOptions, token_groups, checkpoints
         "tokens_by_domain": tokens_by_domain(n_domains),
     }
     if "probing" in options.analyses:
-        hooks = {}
-        for layer in cfg.sparse_layers:
-            hooks[f"post{layer}"] = get_act_name("expert_post", layer)
-            hooks[f"indices{layer}"] = get_act_name("topk_indices", layer)
+        hooks = expert_probing_hooks(cfg)
         accumulators["store"] = TokenActivationStore(hooks, max_tokens=options.max_tokens)
     if "logit_lens" in options.analyses or "specialization" in options.analyses:
         accumulators["logit_lens"] = ExpertLogitLensAccumulator(
@@ -117,9 +114,8 @@ def _probe_family(options: AnalyzeOptions, dataset, checkpoints: Path, done: dic
     """Probe every MoE of the toy family (the ones not in ``done``); name -> (config, frame)."""
     import tl_moe
     from tl_moe.analysis.activations import TokenActivationStore
-    from tl_moe.analysis.concept_probing import probe_experts
+    from tl_moe.analysis.concept_probing import expert_probing_hooks, probe_experts
     from tl_moe.collect import collect
-    from tl_moe.models.hook_names import get_act_name
     from tl_moe.zoo.family import TOY_FAMILY
 
     family = dict(done)
@@ -127,10 +123,7 @@ def _probe_family(options: AnalyzeOptions, dataset, checkpoints: Path, done: dic
         if not cfg.is_moe or name in family:
             continue
         model = tl_moe.load(name, device=options.device)
-        hooks = {}
-        for layer in cfg.sparse_layers:
-            hooks[f"post{layer}"] = get_act_name("expert_post", layer)
-            hooks[f"indices{layer}"] = get_act_name("topk_indices", layer)
+        hooks = expert_probing_hooks(cfg)
         stored = collect(
             model,
             dataset,
