@@ -63,6 +63,8 @@ class KSparseProbe:
         device: where the probes are solved; default the device of the activations.
         max_batch_elements: bound on elements of the per-chunk working tensors (problems x tokens,
             problems x sampled tokens x neurons); lower it to use less memory.
+        dtype: precision of the Newton solver: float32 (default; about twice as fast, F1 equal to
+            scikit-learn's within 0.01) or float64 (coefficients equal to scikit-learn's to ~1e-6).
 
     Fitted attributes (CPU tensors):
         ks_: the ks probed (tuple). ``f1_``: ``[unit, concept, k]`` test F1, NaN unless status is ok.
@@ -85,6 +87,7 @@ class KSparseProbe:
         random_state: int = 0,
         device: torch.device | str | None = None,
         max_batch_elements: int = 1 << 25,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         self.ks = ks
         self.C = C
@@ -94,6 +97,7 @@ class KSparseProbe:
         self.random_state = random_state
         self.device = device
         self.max_batch_elements = max_batch_elements
+        self.dtype = dtype
 
     # ----------------------------------------------------------------------------------------------
     # validation and sampling plan
@@ -326,22 +330,23 @@ class KSparseProbe:
         y_test = positive.gather(1, test_idx) & test_valid
         max_k = max(self.ks_)
         top = rank_neurons_by_mean_difference(rows, y_train, train_valid)[:, :max_k]
-        x_train = rows.gather(2, top[:, None, :].expand(-1, rows.shape[1], -1)).to(torch.float64)
+        x_train = rows.gather(2, top[:, None, :].expand(-1, rows.shape[1], -1)).to(self.dtype)
         top_src = top.to(activations.device)
         x_test = activations[
             source[:, None, None], test_idx.to(activations.device)[:, :, None], top_src[:, None, :]
         ]
-        x_test = x_test.to(device=device, dtype=torch.float64)
+        x_test = x_test.to(device=device, dtype=self.dtype)
         # A non-finite activation makes its neuron's separation NaN or inf, which sorts it to the top.
         if not (torch.isfinite(x_train).all() and torch.isfinite(x_test).all()):
             raise ValueError("activations hold NaN or infinite values on tokens that units saw.")
 
         fits = fit_logistic_nested(
             x_train,
-            y_train.to(torch.float64),
-            train_valid.to(torch.float64),
+            y_train.to(self.dtype),
+            train_valid.to(self.dtype),
             self.ks_,
             C=self.C,
+            dtype=self.dtype,
             check_input=False,
         )
         f1, coefs, intercepts = [], [], []
@@ -352,8 +357,8 @@ class KSparseProbe:
             intercepts.append(intercept)
         u, c = chunk[:, 0], chunk[:, 1]
         self.f1_[u, c] = torch.stack(f1, dim=1).cpu()
-        self.coef_[u, c] = torch.stack(coefs, dim=1).cpu()
-        self.intercept_[u, c] = torch.stack(intercepts, dim=1).cpu()
+        self.coef_[u, c] = torch.stack(coefs, dim=1).cpu().to(self.coef_.dtype)
+        self.intercept_[u, c] = torch.stack(intercepts, dim=1).cpu().to(self.intercept_.dtype)
         self.top_neurons_[u, c] = top.cpu()
 
     # ----------------------------------------------------------------------------------------------
