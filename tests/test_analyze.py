@@ -53,3 +53,12 @@ def test_analyze_rejects_an_empty_corpus(tmp_path):
     corpus.write_text('{"text": "", "domain": "a"}\n{"text": "", "domain": "b"}\n')
     with pytest.raises(ValueError, match="zero tokens|empty"):
         run_analysis(AnalyzeOptions(corpus=str(corpus), split="train", out=tmp_path / "r"))
+
+
+def test_cli_reports_bad_input_without_a_traceback(capsys):
+    from tl_moe.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["analyze", "toy/moe-3x3"])
+    assert exit_info.value.code == 2
+    assert "Unknown toy model 'toy/moe-3x3'" in capsys.readouterr().err

@@ -36,12 +36,15 @@ class AnalyzeOptions:
     probe_ks: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     min_examples: int = 30
     sparsity_family: bool = False
+    probe_layers: tuple[int, ...] | None = None
     extra: dict = field(default_factory=dict)
 
     def check(self) -> None:
         unknown = set(self.analyses) - set(ANALYSES)
         if unknown:
             raise ValueError(f"Unknown analyses {sorted(unknown)}; choose from {', '.join(ANALYSES)}.")
+        if self.probe_layers is not None and not self.probe_layers:
+            raise ValueError("--probe-layers needs at least one layer.")
         if self.max_tokens < 1000:
             raise ValueError(
                 f"--max-tokens must be at least 1000 for meaningful statistics, got {self.max_tokens}."
@@ -108,6 +111,22 @@ def _moe_pass(model, dataset, options: AnalyzeOptions, token_groups, checkpoints
         checkpoint_dir=checkpoints / "moe",
         checkpoint_every=20,
     )
+
+
+def probed_layers(cfg, options: AnalyzeOptions) -> tuple[int, ...]:
+    """The sparse layers whose experts are probed: ``--probe-layers``, or all of them.
+
+    The probing store keeps ``k x d_expert`` float16 values per token and probed layer; choose
+    fewer layers (or fewer ``--max-tokens``) to bound memory on large models.
+    """
+    if options.probe_layers is None:
+        return tuple(cfg.sparse_layers)
+    wrong = [layer for layer in options.probe_layers if layer not in cfg.sparse_layers]
+    if wrong:
+        raise ValueError(
+            f"--probe-layers {wrong} are not sparse layers of this model; sparse layers: {list(cfg.sparse_layers)}."
+        )
+    return tuple(sorted(set(options.probe_layers)))
 
 
 def _probe_family(options: AnalyzeOptions, dataset, checkpoints: Path, done: dict) -> dict:

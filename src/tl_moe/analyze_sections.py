@@ -62,15 +62,16 @@ def probing_section(
 
     Returns the per-unit probe frames of the MoE and of the dense baseline (None without one).
     """
+    from tl_moe.analyze import probed_layers
+
     stored = moe_results["store"]
     params = _probe_params(options)
-    moe = probe_experts(
-        stored, cfg.sparse_layers, cfg.num_experts, params, min_positives=options.min_examples
-    )
+    layers = probed_layers(cfg, options)
+    moe = probe_experts(stored, layers, cfg.num_experts, params, min_positives=options.min_examples)
     dense = None
     if dense_results is not None:
         dense_store = dense_results["store"]
-        middle = cfg.sparse_layers[len(cfg.sparse_layers) // 2]
+        middle = layers[len(layers) // 2]
         dense_layers = [int(key.removeprefix("neuron")) for key in dense_store.rows]
         dense = probe_dense(
             dense_store,

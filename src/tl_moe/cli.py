@@ -88,6 +88,9 @@ def _cmd_analyze(args) -> None:
         analyses=tuple(args.analyses.split(",")),
         seed=args.seed,
         sparsity_family=args.sparsity_family,
+        probe_layers=None
+        if args.probe_layers is None
+        else tuple(int(x) for x in args.probe_layers.split(",")),
     )
     report = run_analysis(options)
     print(f"Report: {report}")
@@ -128,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     analyze.add_argument("--seed", type=int, default=0)
     analyze.add_argument(
+        "--probe-layers",
+        default=None,
+        help="comma-separated sparse layers to probe (default: all; bounds memory)",
+    )
+    analyze.add_argument(
         "--sparsity-family", action="store_true", help="also probe every toy MoE and plot F1 vs active ratio"
     )
     analyze.set_defaults(func=_cmd_analyze)
@@ -166,8 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``tl-moe`` command."""
-    args = build_parser().parse_args(argv)
-    args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, KeyError, FileNotFoundError, TypeError) as error:
+        # Bad input: say what was wrong (the message lists what is accepted) without a traceback.
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        parser.exit(2, f"tl-moe: error: {message}\n")
 
 
 if __name__ == "__main__":

@@ -79,13 +79,14 @@ def _usable(stored: StoredTokens, min_positives: int) -> StoredTokens:
     )
 
 
-def expert_probing_hooks(cfg) -> dict[str, str]:
-    """The hooks :func:`probe_experts` reads, keyed as it expects (``post{L}``, ``indices{L}``);
-    pass them to a :class:`~tl_moe.analysis.activations.TokenActivationStore`."""
+def expert_probing_hooks(cfg, layers: Sequence[int] | None = None) -> dict[str, str]:
+    """The hooks :func:`probe_experts` reads, keyed as it expects (``post{L}``, ``indices{L}``), for
+    ``layers`` (default: every sparse layer); pass them to a
+    :class:`~tl_moe.analysis.activations.TokenActivationStore`."""
     from tl_moe.models.hook_names import get_act_name
 
     hooks = {}
-    for layer in cfg.sparse_layers:
+    for layer in cfg.sparse_layers if layers is None else layers:
         hooks[f"post{layer}"] = get_act_name("expert_post", layer)
         hooks[f"indices{layer}"] = get_act_name("topk_indices", layer)
     return hooks
