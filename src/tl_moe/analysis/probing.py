@@ -45,7 +45,7 @@ STATUS_NOT_ENOUGH_SAMPLES = 1
 PROBE_STATUS: dict[int, str] = {STATUS_OK: "ok", STATUS_NOT_ENOUGH_SAMPLES: "not_enough_samples"}
 
 # Problems sharing a chunk have at least this fraction of the largest one's examples (bounds padding).
-_MIN_FILL = 0.6
+_MIN_FILL = 0.85
 
 
 class KSparseProbe:
