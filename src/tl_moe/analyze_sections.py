@@ -173,6 +173,12 @@ def sparsity_section(report, family: dict, dense: pd.DataFrame | None, options) 
     )
     section.add_figure(fig, "probing_f1_vs_sparsity", "Mean best F1 vs active ratio.")
     section.add_table(table, "probing_f1_vs_sparsity", "Mean best F1 per model and k.", max_rows=40)
+    section.add_metrics(
+        {
+            f"{row.model} (active ratio {row.active_ratio:g}) | k=1": round(float(row.mean_best_f1), 4)
+            for row in table[table["k"] == 1].itertuples()
+        }
+    )
 
 
 def specialization_section(report, model, moe_results, domain_names, token_groups, options) -> None:

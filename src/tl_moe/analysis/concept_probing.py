@@ -117,15 +117,19 @@ def probe_experts(
     probe_params: dict | None = None,
     min_positives: int = 50,
     max_block_bytes: int = 256 << 20,
+    progress: bool = True,
 ) -> pd.DataFrame:
     """Probe every expert of every sparse layer; one row per (layer, expert, concept, k).
 
     ``stored.rows`` must hold ``post{L}`` (``expert_post``) and ``indices{L}`` (``topk_indices``).
+    Experts are probed in blocks of at most ``max_block_bytes`` of activations.
     """
+    from tqdm.auto import tqdm
+
     stored = _usable(stored, min_positives)
     params = probe_params or {}
     frames = []
-    for layer in sparse_layers:
+    for layer in tqdm(sparse_layers, desc="probe experts (layers)", disable=not progress):
         post, indices = stored.rows[f"post{layer}"], stored.rows[f"indices{layer}"]
         per_expert_bytes = post.shape[0] * post.shape[-1] * 4
         chunk = max(1, min(num_experts, max_block_bytes // max(1, per_expert_bytes)))
