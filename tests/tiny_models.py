@@ -14,6 +14,26 @@ VOCAB = 96
 _COMMON = dict(n_layers=2, d_model=32, d_vocab=VOCAB, n_heads=4, max_position_embeddings=64)
 _MLA = dict(kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8)
 
+# A dense first layer, then a sparse layer with one shared expert (DeepSeek / GLM layout).
+_DENSE_THEN_SHARED = dict(
+    num_experts=8,
+    experts_per_token=2,
+    d_expert=16,
+    sparse_layers=(1,),
+    d_mlp=48,
+    n_shared_experts=1,
+    d_shared=16,
+)
+_SIGMOID_ROUTING = RoutingRule(
+    kind="sigmoid_topk",
+    renormalize=True,
+    renormalize_eps=1e-20,
+    selection_bias=True,
+    n_groups=1,
+    topk_groups=1,
+    group_score="top2_sum",
+)
+
 TINY_CONFIGS: dict[str, MoEConfig] = {
     "olmoe": MoEConfig(
         "olmoe",
@@ -71,13 +91,7 @@ TINY_CONFIGS: dict[str, MoEConfig] = {
     "deepseek_v2": MoEConfig(
         "deepseek_v2",
         **_COMMON,
-        num_experts=8,
-        experts_per_token=2,
-        d_expert=16,
-        sparse_layers=(1,),
-        d_mlp=48,
-        n_shared_experts=1,
-        d_shared=16,
+        **_DENSE_THEN_SHARED,
         routing=RoutingRule(n_groups=4, topk_groups=2, group_score="max", scaling_factor=1.5),
         n_kv_heads=4,
         extra_hf_config=_MLA,
@@ -85,47 +99,12 @@ TINY_CONFIGS: dict[str, MoEConfig] = {
     "deepseek_v3": MoEConfig(
         "deepseek_v3",
         **_COMMON,
-        num_experts=8,
-        experts_per_token=2,
-        d_expert=16,
-        sparse_layers=(1,),
-        d_mlp=48,
-        n_shared_experts=1,
-        d_shared=16,
-        routing=RoutingRule(
-            kind="sigmoid_topk",
-            renormalize=True,
-            renormalize_eps=1e-20,
-            selection_bias=True,
-            n_groups=2,
-            topk_groups=1,
-            group_score="top2_sum",
-            scaling_factor=2.0,
-        ),
+        **_DENSE_THEN_SHARED,
+        routing=_SIGMOID_ROUTING.replace(n_groups=2, scaling_factor=2.0),
         n_kv_heads=4,
         extra_hf_config=_MLA,
     ),
-    "glm4_moe": MoEConfig(
-        "glm4_moe",
-        **_COMMON,
-        num_experts=8,
-        experts_per_token=2,
-        d_expert=16,
-        sparse_layers=(1,),
-        d_mlp=48,
-        n_shared_experts=1,
-        d_shared=16,
-        routing=RoutingRule(
-            kind="sigmoid_topk",
-            renormalize=True,
-            renormalize_eps=1e-20,
-            selection_bias=True,
-            n_groups=1,
-            topk_groups=1,
-            group_score="top2_sum",
-            scaling_factor=1.0,
-        ),
-    ),
+    "glm4_moe": MoEConfig("glm4_moe", **_COMMON, **_DENSE_THEN_SHARED, routing=_SIGMOID_ROUTING),
     "gpt_oss": MoEConfig(
         "gpt_oss",
         **_COMMON,

@@ -51,6 +51,10 @@ class RoutingRule:
         """Whether the router computes scores over all experts before selection."""
         return self.kind != "topk_softmax"
 
+    def replace(self, **changes) -> RoutingRule:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
 
 @dataclass(frozen=True)
 class MoEConfig:
