@@ -126,6 +126,7 @@ TINY_CONFIGS: dict[str, MoEConfig] = {
     "olmo": MoEConfig("olmo", **_COMMON, d_mlp=64),
     "qwen3": MoEConfig("qwen3", **_COMMON, d_mlp=64),
     "llama": MoEConfig("llama", **_COMMON, d_mlp=64),
+    "olmo2": MoEConfig("olmo2", **_COMMON, d_mlp=64),
 }
 
 
