@@ -22,17 +22,17 @@ mix the group into the id to sample groups independently.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 from jaxtyping import Int
 
-from tl_moe.collect.accumulator import Activations, HookedAccumulator, HookSpec
+from tl_moe.collect.accumulator import Activations, HookSpec
 from tl_moe.collect.hashing import uniform_priority
 from tl_moe.collect.meta import BatchMeta
-from tl_moe.collect.topk import KeyedTopN
+from tl_moe.collect.topk import KeyedTopN, KeyedTopNAccumulator
 
 
 class SampleCandidates(NamedTuple):
@@ -72,7 +72,7 @@ class ReservoirSample:
         return self.rows[index, : int(self.n_kept[index])]
 
 
-class ReservoirSampler(HookedAccumulator):
+class ReservoirSampler(KeyedTopNAccumulator):
     """Keeps a seeded uniform sample of ``capacity`` rows per group (see the module docstring).
 
     Args:
@@ -115,17 +115,6 @@ class ReservoirSampler(HookedAccumulator):
             groups = torch.zeros_like(ids)
         priority = uniform_priority(ids, self.seed)
         self.store.offer(groups.to(ids.device), -priority, ids, rows)
-
-    def merge(self, other: ReservoirSampler) -> ReservoirSampler:
-        self._check_mergeable(other)
-        self.store.merge(other.store)
-        return self
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.store.state_dict()
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.store.load_state_dict(state)
 
     def finalize(self) -> ReservoirSample:
         store = self.store

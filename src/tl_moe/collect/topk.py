@@ -180,7 +180,25 @@ class TopKResult:
     n_seen: Int[torch.Tensor, " n_keys"]
 
 
-class TopKTracker(HookedAccumulator):
+class KeyedTopNAccumulator(HookedAccumulator):
+    """An accumulator whose whole state is one :class:`KeyedTopN` (``self.store``): merging and
+    saving it is merging and saving the store."""
+
+    store: KeyedTopN
+
+    def merge(self, other: KeyedTopNAccumulator) -> KeyedTopNAccumulator:
+        self._check_mergeable(other)
+        self.store.merge(other.store)
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.store.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.store.load_state_dict(state)
+
+
+class TopKTracker(KeyedTopNAccumulator):
     """Keeps the top-k (score, payload) per key, e.g. each expert's 40 strongest contexts.
 
     Args:
@@ -207,17 +225,6 @@ class TopKTracker(HookedAccumulator):
 
     def update(self, acts: Activations, meta: BatchMeta) -> None:
         self.store.offer(*self.extract(acts, meta))
-
-    def merge(self, other: TopKTracker) -> TopKTracker:
-        self._check_mergeable(other)
-        self.store.merge(other.store)
-        return self
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.store.state_dict()
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.store.load_state_dict(state)
 
     def finalize(self) -> TopKResult:
         store = self.store
