@@ -1,50 +1,80 @@
-"""The main job end to end on the shipped toy models, and its input checks."""
+"""The main job end to end on the shipped toy models: same numbers as before the pipeline, resume, input checks."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from tl_moe.analyze import AnalyzeOptions, run_analysis
+from tl_moe.errors import InputError
+from tl_moe.pipeline import RunOptions, run
 from tl_moe.zoo.registry import checkpoint_dir
 
 SHIPPED = all((checkpoint_dir(name) / "metadata.json").exists() for name in ("toy/moe-16x2", "toy/dense"))
+FIXTURE = Path(__file__).parent / "fixtures" / "analyze_before_pipeline"
+# The settings the fixture was produced with (by `tl-moe analyze` before the pipeline existed).
+FIXTURE_OPTIONS = dict(max_tokens=4000, batch_size=8, probe_ks=(1, 4), min_examples=20, progress=False)
+
+
+@pytest.fixture(scope="module")
+def family_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    return run(RunOptions(out=out, sparsity_family=True, **FIXTURE_OPTIONS)), out
 
 
 @pytest.mark.skipif(not SHIPPED, reason="toy checkpoints not shipped")
-def test_analyze_writes_a_report_with_every_section(tmp_path):
-    options = AnalyzeOptions(
-        out=tmp_path / "report", max_tokens=4000, batch_size=8, probe_ks=(1, 4), min_examples=20
-    )
-    index = run_analysis(options)
-    html = index.read_text()
-    for title in ("k-sparse probing", "specialization", "Domain experts", "logit lens"):
-        assert title.lower() in html.lower()
-    results = json.loads((tmp_path / "report" / "results.json").read_text())
-    sections = results["sections"]
-    assert {"probing", "specialization", "domains", "logit_lens"} <= set(sections)
-    for name, value in sections["probing"]["metrics"].items():
-        if "| k=" in name:
-            assert 0.0 <= value <= 1.0
-    assert (tmp_path / "report" / "figures" / "probing_f1_vs_k.png").exists()
-    assert (tmp_path / "report" / "tables" / "probing_moe_units.parquet").exists()
-    # A rerun resumes from the finished checkpoints and gives the same numbers.
-    again = run_analysis(options)
-    assert json.loads((again.parent / "results.json").read_text())["sections"] == sections
+def test_the_pipeline_writes_the_numbers_the_code_before_it_wrote(family_run):
+    """Every metric and every table of the default run and of --sparsity-family, field by field,
+    against results.json and tables written by the code before the pipeline (tests/fixtures)."""
+    results, out = family_run
+    before = json.loads((FIXTURE / "results.json").read_text())
+    after = json.loads((out / "results.json").read_text())
+    assert set(after["sections"]) == set(before["sections"])
+    for key, section in before["sections"].items():
+        assert after["sections"][key]["metrics"] == section["metrics"], key
+        assert set(after["sections"][key]["tables"]) == set(section["tables"]), key
+        for table in section["tables"]:
+            expected = pd.read_parquet(FIXTURE / f"{table}.parquet")
+            pd.testing.assert_frame_equal(pd.read_parquet(out / "tables" / f"{table}.parquet"), expected)
+    assert after["metadata"]["tokens_by_domain"] == before["metadata"]["tokens_by_domain"]
+    assert after["metadata"]["versions"]["transformer-lens"] is not None
+
+
+@pytest.mark.skipif(not SHIPPED, reason="toy checkpoints not shipped")
+def test_results_are_typed_and_the_report_has_every_section(family_run):
+    results, out = family_run
+    assert list(results.results) == ["probing", "sparsity", "specialization", "domains", "logit_lens"]
+    probing = results["probing"]
+    assert {"layer", "expert"} <= set(probing.moe_units.columns)
+    assert probing.moe_units["layer"].dtype.kind == "i" and probing.moe_units["expert"].dtype.kind == "i"
+    html = (out / "index.html").read_text().lower()
+    for title in ("k-sparse probing", "specialization", "domain experts", "logit lens", "routing sparsity"):
+        assert title in html
+    assert (out / "figures" / "probing_f1_vs_k.png").exists()
+    assert (out / "tables" / "probing_moe_units.parquet").exists()
+
+
+@pytest.mark.skipif(not SHIPPED, reason="toy checkpoints not shipped")
+def test_a_rerun_resumes_from_the_checkpoints_with_the_same_numbers(tmp_path):
+    options = RunOptions(out=tmp_path, analyses=("domains", "specialization"), **FIXTURE_OPTIONS)
+    first = json.loads((run(options).report.parent / "results.json").read_text())
+    again = json.loads((run(options).report.parent / "results.json").read_text())
+    assert again["sections"] == first["sections"]
 
 
 @pytest.mark.skipif(not SHIPPED, reason="toy checkpoints not shipped")
 def test_analyze_refuses_a_dense_model(tmp_path):
-    with pytest.raises(ValueError, match="dense"):
-        run_analysis(AnalyzeOptions(model="toy/dense", out=tmp_path))
+    with pytest.raises(InputError, match="dense"):
+        run(RunOptions(model="toy/dense", out=tmp_path))
 
 
 def test_analyze_rejects_unknown_analyses_and_tiny_budgets(tmp_path):
-    with pytest.raises(ValueError, match="probing"):
-        run_analysis(AnalyzeOptions(analyses=("probing", "vibes"), out=tmp_path))
-    with pytest.raises(ValueError, match="max-tokens"):
-        run_analysis(AnalyzeOptions(max_tokens=10, out=tmp_path))
+    with pytest.raises(InputError, match="probing"):
+        run(RunOptions(analyses=("probing", "vibes"), out=tmp_path))
+    with pytest.raises(InputError, match="max-tokens"):
+        run(RunOptions(max_tokens=10, out=tmp_path))
 
 
 @pytest.mark.skipif(not SHIPPED, reason="toy checkpoints not shipped")
@@ -52,7 +82,7 @@ def test_analyze_rejects_an_empty_corpus(tmp_path):
     corpus = tmp_path / "empty.jsonl"
     corpus.write_text('{"text": "", "domain": "a"}\n{"text": "", "domain": "b"}\n')
     with pytest.raises(ValueError, match="zero tokens|empty"):
-        run_analysis(AnalyzeOptions(corpus=str(corpus), split="train", out=tmp_path / "r"))
+        run(RunOptions(corpus=str(corpus), split="train", out=tmp_path / "r"))
 
 
 def test_cli_reports_bad_input_without_a_traceback(capsys):
@@ -62,3 +92,35 @@ def test_cli_reports_bad_input_without_a_traceback(capsys):
         main(["analyze", "toy/moe-3x3"])
     assert exit_info.value.code == 2
     assert "Unknown toy model 'toy/moe-3x3'" in capsys.readouterr().err
+
+
+def test_cli_flags_and_defaults_come_from_run_options():
+    from tl_moe.cli import build_parser
+    from tl_moe.pipeline.options import options_from_arguments
+
+    parser = build_parser()
+    assert options_from_arguments(parser.parse_args(["analyze"])) == RunOptions()
+    parsed = options_from_arguments(
+        parser.parse_args(["analyze", "toy/moe-8x2", "--max-tokens", "5000", "--probe-layers", "1,3"])
+    )
+    assert parsed == RunOptions(model="toy/moe-8x2", max_tokens=5000, probe_layers=(1, 3))
+    assert (
+        options_from_arguments(parser.parse_args(["analyze", "--dense-baseline", "none"])).dense_baseline
+        is None
+    )
+    with pytest.raises(InputError, match="--probe-layers"):
+        options_from_arguments(parser.parse_args(["analyze", "--probe-layers", "a,b"]))
+    help_text = parser._subparsers._group_actions[0].choices["analyze"].format_help()
+    for name in ("probing", "sparsity", "specialization", "domains", "logit_lens"):
+        assert name in help_text
+
+
+def test_cli_lets_real_bugs_keep_their_traceback(monkeypatch):
+    from tl_moe import cli
+
+    def broken(args):
+        raise TypeError("a bug, not bad input")
+
+    monkeypatch.setattr(cli, "_cmd_analyze", broken)
+    with pytest.raises(TypeError, match="a bug"):
+        cli.main(["analyze"])

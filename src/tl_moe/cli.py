@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tl_moe.errors import InputError
+
 
 def _cmd_zoo_list(args) -> None:
     from tl_moe.zoo.registry import list_models
@@ -76,27 +78,11 @@ def _cmd_corpus_stats(args) -> None:
 
 
 def _cmd_analyze(args) -> None:
-    from tl_moe.analyze import AnalyzeOptions, run_analysis
+    from tl_moe.pipeline import run
+    from tl_moe.pipeline.options import options_from_arguments
 
-    options = AnalyzeOptions(
-        model=args.model,
-        dense_baseline=None if args.dense_baseline in (None, "none") else args.dense_baseline,
-        corpus=args.corpus,
-        split=args.split,
-        out=args.out,
-        max_tokens=args.max_tokens,
-        batch_size=args.batch_size,
-        seq_len=args.seq_len,
-        device=args.device,
-        analyses=tuple(args.analyses.split(",")),
-        seed=args.seed,
-        sparsity_family=args.sparsity_family,
-        probe_layers=None
-        if args.probe_layers is None
-        else tuple(int(x) for x in args.probe_layers.split(",")),
-    )
-    report = run_analysis(options)
-    print(f"Report: {report}")
+    results = run(options_from_arguments(args))
+    print(f"Report: {results.report.resolve()}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,40 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
+    from tl_moe.pipeline import registry
+    from tl_moe.pipeline.options import add_option_arguments
+
     analyze = commands.add_parser("analyze", help="run the analyses in one pass and write an HTML report")
-    analyze.add_argument(
-        "model", nargs="?", default="toy/moe-16x2", help="MoE to analyze (default: toy/moe-16x2)"
-    )
-    analyze.add_argument(
-        "--dense-baseline", default="toy/dense", help="dense model to compare with, or 'none'"
-    )
-    analyze.add_argument(
-        "--corpus",
-        default=None,
-        help="corpus spec: 'embedded' (default), a saved datasets dir, or data files",
-    )
-    analyze.add_argument(
-        "--split", default="validation", help="corpus split to analyze (default: validation)"
-    )
-    analyze.add_argument("--out", type=Path, default=Path("tl_moe_report"), help="output directory")
-    analyze.add_argument("--max-tokens", type=int, default=60_000, help="tokens to stream (default 60k)")
-    analyze.add_argument("--batch-size", type=int, default=16)
-    analyze.add_argument("--seq-len", type=int, default=128)
-    analyze.add_argument("--device", default=None)
-    analyze.add_argument(
-        "--analyses",
-        default="probing,specialization,domains,logit_lens",
-        help="comma-separated subset of: probing, specialization, domains, logit_lens",
-    )
-    analyze.add_argument("--seed", type=int, default=0)
-    analyze.add_argument(
-        "--probe-layers",
-        default=None,
-        help="comma-separated sparse layers to probe (default: all; bounds memory)",
-    )
-    analyze.add_argument(
-        "--sparsity-family", action="store_true", help="also probe every toy MoE and plot F1 vs active ratio"
-    )
+    add_option_arguments(analyze, analysis_help=registry.help_text())
     analyze.set_defaults(func=_cmd_analyze)
 
     zoo = commands.add_parser("zoo", help="the toy model zoo").add_subparsers(
@@ -181,10 +138,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, TypeError) as error:
-        # Bad input: say what was wrong (the message lists what is accepted) without a traceback.
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        parser.exit(2, f"tl-moe: error: {message}\n")
+    except InputError as error:
+        # Known bad input: the message names the input and what is accepted; no traceback.
+        # Anything else is a bug and keeps its traceback.
+        parser.exit(2, f"tl-moe: error: {error}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, "tl-moe: interrupted; rerun the same command to resume.\n")
 
 
 if __name__ == "__main__":

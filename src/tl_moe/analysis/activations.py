@@ -8,7 +8,7 @@ by their stream-wide token index, so merging shards gives exactly the single-pas
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,14 +44,17 @@ class TokenActivationStore(Accumulator):
     """Keep hooked rows of the first ``max_tokens`` real tokens (BOS excluded).
 
     Args:
-        hooks: key -> hook name; ``finalize().rows[key]`` holds that hook's rows.
+        hooks: the hook names to keep (``finalize().rows[name]`` holds that hook's rows), or a
+            mapping key -> hook name to store them under other keys.
         max_tokens: keep at most this many tokens (by stream order); None keeps all.
     """
 
-    def __init__(self, hooks: Mapping[str, str], max_tokens: int | None = None) -> None:
+    def __init__(self, hooks: Sequence[str] | Mapping[str, str], max_tokens: int | None = None) -> None:
+        if isinstance(hooks, str):
+            raise TypeError(f"hooks must be a list of hook names, got the single string {hooks!r}.")
         if not hooks:
             raise ValueError("TokenActivationStore needs at least one hook to keep.")
-        self.hooks = dict(hooks)
+        self.hooks = dict(hooks) if isinstance(hooks, Mapping) else {name: name for name in hooks}
         self.max_tokens = max_tokens
         self._parts: list[dict[str, Any]] = []
         self._names: tuple[tuple[str, ...], tuple[str, ...] | None] = ((), None)

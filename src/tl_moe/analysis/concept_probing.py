@@ -17,6 +17,7 @@ from jaxtyping import Bool, Float, Int
 from tl_moe.analysis.activations import StoredTokens
 from tl_moe.analysis.probing import KSparseProbe, subsample_like_routing
 from tl_moe.data.concepts import CONCEPTS
+from tl_moe.models.hook_names import get_act_name
 
 
 def concept_populations(stored: StoredTokens) -> list[tuple[list[int], Bool[torch.Tensor, " token"]]]:
@@ -79,17 +80,21 @@ def _usable(stored: StoredTokens, min_positives: int) -> StoredTokens:
     )
 
 
-def expert_probing_hooks(cfg, layers: Sequence[int] | None = None) -> dict[str, str]:
-    """The hooks :func:`probe_experts` reads, keyed as it expects (``post{L}``, ``indices{L}``), for
-    ``layers`` (default: every sparse layer); pass them to a
+def expert_probing_hooks(cfg, layers: Sequence[int] | None = None) -> list[str]:
+    """The hooks :func:`probe_experts` reads for ``layers`` (default: every sparse layer): each layer's
+    ``expert_post`` and ``topk_indices``; pass them to a
     :class:`~tl_moe.analysis.activations.TokenActivationStore`."""
-    from tl_moe.models.hook_names import get_act_name
+    return [
+        name
+        for layer in (cfg.sparse_layers if layers is None else layers)
+        for name in (get_act_name("expert_post", layer), get_act_name("topk_indices", layer))
+    ]
 
-    hooks = {}
-    for layer in cfg.sparse_layers if layers is None else layers:
-        hooks[f"post{layer}"] = get_act_name("expert_post", layer)
-        hooks[f"indices{layer}"] = get_act_name("topk_indices", layer)
-    return hooks
+
+def routed_counts(stored: StoredTokens, layer: int, num_experts: int) -> Int[torch.Tensor, " expert"]:
+    """Tokens (slots) each expert of ``layer`` received in the stored sample."""
+    indices = stored.rows[get_act_name("topk_indices", layer)].long()
+    return torch.bincount(indices.reshape(-1), minlength=num_experts)
 
 
 def expert_activation_block(
@@ -121,8 +126,9 @@ def probe_experts(
 ) -> pd.DataFrame:
     """Probe every expert of every sparse layer; one row per (layer, expert, concept, k).
 
-    ``stored.rows`` must hold ``post{L}`` (``expert_post``) and ``indices{L}`` (``topk_indices``).
-    Experts are probed in blocks of at most ``max_block_bytes`` of activations.
+    ``stored.rows`` must hold the hooks of :func:`expert_probing_hooks` for ``sparse_layers``.
+    Experts are probed in blocks of at most ``max_block_bytes`` of activations. Units are named
+    ``L{layer}E{expert}`` for display; the ``layer`` and ``expert`` columns hold the integers.
     """
     from tqdm.auto import tqdm
 
@@ -130,14 +136,16 @@ def probe_experts(
     params = probe_params or {}
     frames = []
     for layer in tqdm(sparse_layers, desc="probe experts (layers)", disable=not progress):
-        post, indices = stored.rows[f"post{layer}"], stored.rows[f"indices{layer}"]
+        post = stored.rows[get_act_name("expert_post", layer)]
+        indices = stored.rows[get_act_name("topk_indices", layer)]
         per_expert_bytes = post.shape[0] * post.shape[-1] * 4
         chunk = max(1, min(num_experts, max_block_bytes // max(1, per_expert_bytes)))
         for start in range(0, num_experts, chunk):
             experts = range(start, min(num_experts, start + chunk))
             block, routed = expert_activation_block(post, indices, experts)
-            frame = _probe(block, routed, stored, [f"L{layer}E{e}" for e in experts], params)
-            frame["layer"], frame["expert"] = layer, frame["unit"].str.split("E").str[1].astype(int)
+            names = {f"L{layer}E{e}": e for e in experts}
+            frame = _probe(block, routed, stored, list(names), params)
+            frame["layer"], frame["expert"] = layer, frame["unit"].map(names).astype(int)
             frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
@@ -150,7 +158,7 @@ def probe_dense(
     routed_counts: Int[torch.Tensor, " expert"] | None = None,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Probe the FFN neurons of dense ``layers`` (``stored.rows[f"neuron{L}"]``).
+    """Probe the FFN neurons of dense ``layers`` (``stored.rows`` holds each layer's ``neuron`` hook).
 
     With ``routed_counts`` (tokens each expert of an MoE layer received), each dense layer is also
     probed on random token subsets of those sizes (:func:`subsample_like_routing`), so its
@@ -159,18 +167,19 @@ def probe_dense(
     """
     stored = _usable(stored, min_positives)
     params = probe_params or {}
-    activations = torch.stack([stored.rows[f"neuron{layer}"].float() for layer in layers])
+    activations = torch.stack([stored.rows[get_act_name("neuron", layer)].float() for layer in layers])
     everyone = torch.ones(len(layers), activations.shape[1], dtype=torch.bool)
-    frame = _probe(activations, everyone, stored, [f"L{layer}" for layer in layers], params)
-    frame["layer"], frame["draw"] = frame["unit"].str[1:].astype(int), -1
+    layer_of = {f"L{layer}": layer for layer in layers}
+    frame = _probe(activations, everyone, stored, list(layer_of), params)
+    frame["layer"], frame["draw"] = frame["unit"].map(layer_of).astype(int), -1
     if routed_counts is None:
         return frame
     counts = routed_counts.clamp(max=activations.shape[1])
     subsets, source = subsample_like_routing(everyone, counts, n_draws=counts.numel(), seed=seed)
-    names = [f"L{layer}D{draw}" for layer in layers for draw in range(counts.numel())]
-    fair = _probe(activations, subsets, stored, names, params, activation_index=source)
-    fair["layer"] = fair["unit"].str[1:].str.split("D").str[0].astype(int)
-    fair["draw"] = fair["unit"].str.split("D").str[1].astype(int)
+    unit_of = {f"L{layer}D{draw}": (layer, draw) for layer in layers for draw in range(counts.numel())}
+    fair = _probe(activations, subsets, stored, list(unit_of), params, activation_index=source)
+    fair["layer"] = fair["unit"].map(lambda unit: unit_of[unit][0]).astype(int)
+    fair["draw"] = fair["unit"].map(lambda unit: unit_of[unit][1]).astype(int)
     return pd.concat([frame, fair], ignore_index=True)
 
 

@@ -47,6 +47,7 @@ class DomainExperts:
         insufficient_tokens_: True where ``n_tokens_ < min_tokens``, ``[L, E]``.
         is_domain_expert_: ``scores_ >= threshold`` among scored experts, ``[L, E]``.
         domain_names_: the domain names, in the order of the last axis.
+        layers_: the block index of each row of the ``layer`` axis.
     """
 
     def __init__(self, threshold: float = 0.5, min_tokens: int = 50):
@@ -66,6 +67,7 @@ class DomainExperts:
         counts: Float[torch.Tensor, "layer expert domain"] | Int[torch.Tensor, "layer expert domain"],
         domain_tokens: Float[torch.Tensor, " domain"] | Int[torch.Tensor, " domain"],
         domain_names: Sequence[str] | None = None,
+        layers: Sequence[int] | None = None,
     ) -> DomainExperts:
         """Compute rates, domain distributions and scores for every expert of every layer at once.
 
@@ -74,6 +76,8 @@ class DomainExperts:
                 for each of its k experts.
             domain_tokens: number of tokens of each domain that passed through the model.
             domain_names: one name per domain; defaults to ``"domain_0"``, ``"domain_1"``, ...
+            layers: the block index of each row of ``counts`` (default ``0, 1, ...``); frames,
+                :meth:`heatmap` and titles use it.
         """
         self._validate_parameters()
         counts = torch.as_tensor(counts).detach().cpu().to(torch.float64)
@@ -99,6 +103,10 @@ class DomainExperts:
         if len(domain_names) != n_domains:
             raise ValueError(f"domain_names has {len(domain_names)} names for {n_domains} domains.")
 
+        layers = tuple(range(counts.shape[0])) if layers is None else tuple(int(x) for x in layers)
+        if len(layers) != counts.shape[0]:
+            raise ValueError(f"layers names {len(layers)} blocks for {counts.shape[0]} rows of counts.")
+
         rates = counts / domain_tokens
         n_tokens = counts.sum(dim=-1)
         insufficient = (n_tokens < self.min_tokens) | (n_tokens == 0)
@@ -118,6 +126,7 @@ class DomainExperts:
         self.insufficient_tokens_: Bool[torch.Tensor, "layer expert"] = insufficient
         self.is_domain_expert_ = (scores >= self.threshold) & ~insufficient
         self.domain_names_ = domain_names
+        self.layers_ = layers
         self.n_layers_, self.n_experts_, self.n_domains_ = counts.shape
         return self
 
@@ -128,7 +137,7 @@ class DomainExperts:
     def to_frame(self) -> pd.DataFrame:
         """One row per (layer, expert): score, favoured domain, lift, flags, and the share of each domain."""
         self._check_fitted()
-        layers, experts = np.meshgrid(np.arange(self.n_layers_), np.arange(self.n_experts_), indexing="ij")
+        layers, experts = np.meshgrid(np.array(self.layers_), np.arange(self.n_experts_), indexing="ij")
         favoured = self.favoured_domain_.flatten().numpy()
         names = np.array(self.domain_names_ + [None], dtype=object)  # index -1 (flagged) -> None
         frame = pd.DataFrame(
@@ -159,21 +168,21 @@ class DomainExperts:
         return frame.sort_values(["score", "lift"], ascending=False).head(n).reset_index(drop=True)
 
     def heatmap(self, layer: int, ax=None):
-        """Image of ``π`` for one layer: domains (rows) × experts (columns); flagged experts left blank.
+        """Image of ``π`` for block ``layer``: domains (rows) × experts (columns); flagged experts blank.
 
         Draws on ``ax`` if given, else on a new figure (no pyplot state, safe under any backend).
         Returns the axes.
         """
         self._check_fitted()
-        if not 0 <= layer < self.n_layers_:
-            raise ValueError(f"layer must be in [0, {self.n_layers_}); got {layer}.")
+        if layer not in self.layers_:
+            raise ValueError(f"layer must be one of the fitted layers {list(self.layers_)}; got {layer}.")
         if ax is None:
             from matplotlib.figure import Figure
 
             ax = Figure(
                 figsize=(max(4.0, 0.15 * self.n_experts_ + 2), 0.4 * self.n_domains_ + 1.5)
             ).add_subplot()
-        shares = self.shares_[layer].T.numpy()  # [domain, expert]
+        shares = self.shares_[self.layers_.index(layer)].T.numpy()  # [domain, expert]
         image = ax.imshow(np.ma.masked_invalid(shares), aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0)
         ax.set_yticks(range(self.n_domains_), self.domain_names_)
         ax.set_xlabel("expert")

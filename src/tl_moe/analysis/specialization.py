@@ -221,7 +221,7 @@ def sampling_baseline(
     return baseline.masked_fill(empty, float("nan")).to(_float_dtype(q))
 
 
-@dataclass
+@dataclass(frozen=True)
 class SpecializationResult:
     """Specialization of every expert of every layer, in bits.
 
@@ -233,6 +233,8 @@ class SpecializationResult:
         n_groups: number of groups (vocabulary clusters or domains) the distributions range over.
         n_samples: Monte-Carlo samples behind each baseline.
         kind: what the counts were (e.g. ``"routing"`` or ``"functional"``), used in labels.
+        layers: the block index of each row of the ``layer`` axis (default ``0, 1, ...``); frames
+            and figures report these, so a model whose first blocks are dense is labelled right.
     """
 
     score: Float[torch.Tensor, "layer expert"]
@@ -243,6 +245,15 @@ class SpecializationResult:
     n_samples: int
     kind: str = "routing"
     metadata: dict = field(default_factory=dict)
+    layers: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        layers = range(self.score.shape[0]) if self.layers is None else self.layers
+        object.__setattr__(self, "layers", tuple(int(layer) for layer in layers))
+        if len(self.layers) != self.score.shape[0]:
+            raise ValueError(
+                f"layers names {len(self.layers)} blocks for {self.score.shape[0]} rows of scores."
+            )
 
     @property
     def excess(self) -> Float[torch.Tensor, "layer expert"]:
@@ -269,7 +280,7 @@ class SpecializationResult:
         std = std.masked_fill(n_valid < 2, float("nan"))
         return pd.DataFrame(
             {
-                "layer": range(self.n_layers),
+                "layer": list(self.layers),
                 "mean_excess": mean.numpy(),
                 "std_excess": std.numpy(),
                 "n_experts": n_valid.numpy(),
@@ -283,7 +294,7 @@ class SpecializationResult:
         )
         return pd.DataFrame(
             {
-                "layer": layers.flatten().numpy(),
+                "layer": torch.tensor(self.layers)[layers.flatten()].numpy(),
                 "expert": experts.flatten().numpy(),
                 "score": self.score.flatten().double().cpu().numpy(),
                 "baseline": self.baseline.flatten().double().cpu().numpy(),
@@ -314,6 +325,7 @@ class SpecializationResult:
             alpha=0.2,
         )
         ax.axhline(0.0, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_xticks(list(self.layers))
         ax.set_xlabel("layer")
         ax.set_ylabel("JSD − baseline (bits)")
         ax.set_title(f"{self.kind} specialization ({self.n_groups} groups)")
@@ -331,6 +343,7 @@ class SpecializationResult:
                 "n_samples": self.n_samples,
                 "kind": self.kind,
                 "metadata": self.metadata,
+                "layers": list(self.layers),
             },
             Path(path),
         )
@@ -347,6 +360,7 @@ def specialization_scores(
     n_samples: int = 16,
     seed: int = 0,
     kind: str = "routing",
+    layers: tuple[int, ...] | None = None,
 ) -> SpecializationResult:
     """Jensen–Shannon specialization of every expert against its layer's pooled distribution.
 
@@ -364,6 +378,7 @@ def specialization_scores(
         n_samples: Monte-Carlo samples per baseline.
         seed: seed of the baseline's sampling.
         kind: label stored on the result (``"routing"``, ``"functional"``, ...).
+        layers: block index of each row of ``counts`` (default ``0, 1, ...``).
 
     Returns:
         A :class:`SpecializationResult`; experts with zero counts get NaN score/baseline and ``empty``.
@@ -405,4 +420,5 @@ def specialization_scores(
         n_groups=counts.shape[-1],
         n_samples=n_samples,
         kind=kind,
+        layers=layers,
     )

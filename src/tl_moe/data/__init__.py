@@ -1,6 +1,7 @@
 from tl_moe.data.concepts import (
     CONCEPTS,
     Concept,
+    TokenConceptLabeler,
     applicable_concepts,
     concepts_table,
     document_concept,
@@ -12,6 +13,7 @@ from tl_moe.data.corpus import build_corpus, corpus_stats, load_corpus, split_of
 __all__ = [
     "CONCEPTS",
     "Concept",
+    "TokenConceptLabeler",
     "applicable_concepts",
     "build_corpus",
     "concepts_table",

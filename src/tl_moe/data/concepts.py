@@ -306,3 +306,30 @@ def concepts_table(concepts: Sequence[Concept | str] | None = None) -> pd.DataFr
             for concept in resolve_concepts(concepts)
         ]
     )
+
+
+class TokenConceptLabeler:
+    """Labels every token of a document with the given concepts (default: all of :data:`CONCEPTS`).
+
+    The labeler the collection pass calls once per document (``collect(..., concept_labeler=...)``):
+    ``labeler(text, offsets, domain=..., language=...)`` is :func:`label_tokens` with these concepts.
+
+    Args:
+        concepts: concept objects or names, in column order; None for every built-in concept.
+    """
+
+    def __init__(self, concepts: Sequence[Concept | str] | None = None) -> None:
+        self.concepts = resolve_concepts(concepts)
+        self.concept_names = tuple(concept.name for concept in self.concepts)
+
+    def __call__(
+        self,
+        text: str,
+        offsets: Int[torch.Tensor, "n_tokens 2"] | Sequence[tuple[int, int]],
+        domain: str | None = None,
+        language: str | None = None,
+    ) -> Bool[torch.Tensor, "n_tokens n_concepts"]:
+        return label_tokens(text, offsets, self.concepts, domain=domain, language=language)
+
+    def __repr__(self) -> str:
+        return f"TokenConceptLabeler({len(self.concept_names)} concepts)"

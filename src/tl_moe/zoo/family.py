@@ -8,7 +8,16 @@ the active ratio k / E goes 0.5, 0.25, 0.125, 0.0625 and differences come from r
 
 from __future__ import annotations
 
+from tl_moe.errors import InputError
 from tl_moe.models.config import MoEConfig, RoutingRule
+
+
+class UnknownToyModelError(InputError, KeyError):
+    """A ``toy/...`` name that is not in the toy family (the message lists the toy models)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
 
 ACTIVE_NEURONS = 256
 _SHARED = dict(
@@ -41,13 +50,12 @@ TOY_FAMILY: dict[str, MoEConfig] = {
     "toy/dense": MoEConfig("olmo", **_SHARED, d_mlp=ACTIVE_NEURONS),
 }
 
-DEFAULT_MOE = "toy/moe-16x2"
-DEFAULT_DENSE = "toy/dense"
-
 
 def family_config(name: str) -> MoEConfig:
     """The :class:`MoEConfig` of a toy model, or a clear error listing the toy models."""
     try:
         return TOY_FAMILY[name]
     except KeyError:
-        raise KeyError(f"Unknown toy model {name!r}. Toy models: {', '.join(TOY_FAMILY)}.") from None
+        raise UnknownToyModelError(
+            f"Unknown toy model {name!r}. Toy models: {', '.join(TOY_FAMILY)}."
+        ) from None

@@ -7,15 +7,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from tl_moe.zoo.family import TOY_FAMILY
+from tl_moe.errors import InputError
+from tl_moe.zoo.family import TOY_FAMILY, UnknownToyModelError
 
 CHECKPOINT_ROOT = Path(__file__).with_name("checkpoints")
+
+
+class MissingToyCheckpointError(InputError, FileNotFoundError):
+    """A toy model is known but its checkpoint is not on disk (train it with ``tl-moe zoo train``)."""
 
 
 def checkpoint_dir(name: str) -> Path:
     """Directory of toy model ``name`` (``"toy/moe-16x2"`` -> ``.../checkpoints/moe-16x2``)."""
     if name not in TOY_FAMILY:
-        raise KeyError(f"Unknown toy model {name!r}. Toy models: {', '.join(TOY_FAMILY)}.")
+        raise UnknownToyModelError(f"Unknown toy model {name!r}. Toy models: {', '.join(TOY_FAMILY)}.")
     return CHECKPOINT_ROOT / name.removeprefix("toy/")
 
 
@@ -23,7 +28,7 @@ def checkpoint_path(name: str) -> Path:
     """Directory of a trained, shipped toy model, or a clear error saying how to train it."""
     directory = checkpoint_dir(name)
     if not (directory / "metadata.json").exists():
-        raise FileNotFoundError(
+        raise MissingToyCheckpointError(
             f"Toy model {name!r} has no checkpoint at {directory}. Train it with `tl-moe zoo train {name}`."
         )
     return directory

@@ -1,0 +1,108 @@
+"""What every analysis of a run can read: the options, the corpus split, the models, shared inputs.
+
+Models are loaded on first use and kept for the run; the vocabulary clustering is computed once,
+from the analyzed model's unembedding, only if some analysis asks for it.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+import torch
+from jaxtyping import Int
+
+from tl_moe.errors import InputError
+from tl_moe.models.config import MoEConfig
+from tl_moe.pipeline.options import RunOptions
+
+__all__ = ["RunContext", "unembedding"]
+
+
+def unembedding(model: Any) -> torch.Tensor:
+    """The unembedding matrix ``[d_model, d_vocab]`` of a bridge's Hugging Face model."""
+    return model.original_model.get_output_embeddings().weight.detach().float().T
+
+
+class RunContext:
+    """The shared state of one run.
+
+    Args:
+        options: the run's settings.
+        dataset: the corpus split to analyze (a ``datasets.Dataset`` with ``text`` and ``domain``);
+            loaded from ``options.corpus`` when None.
+        models: already loaded models by name (e.g. a model a notebook holds); others are loaded
+            with :func:`tl_moe.load` when first needed.
+    """
+
+    def __init__(self, options: RunOptions, dataset: Any = None, models: dict[str, Any] | None = None):
+        self.options = options
+        self._dataset = dataset
+        self._models: dict[str, Any] = dict(models or {})
+
+    @cached_property
+    def dataset(self) -> Any:
+        """The analyzed corpus split, shuffled with the seed so any token budget samples every domain."""
+        if self._dataset is not None:
+            return self._dataset
+        from tl_moe.data.corpus import load_corpus
+
+        corpus = load_corpus(self.options.corpus, require_domain=True)
+        if self.options.split not in corpus:
+            raise InputError(f"The corpus has no split {self.options.split!r}; it has {list(corpus)}.")
+        return corpus[self.options.split].shuffle(seed=self.options.seed)
+
+    @cached_property
+    def domain_names(self) -> tuple[str, ...]:
+        """Names of the corpus domains, in the order of every domain axis."""
+        from tl_moe.collect import domain_names
+
+        return tuple(domain_names(self.dataset))
+
+    def model(self, name: str) -> Any:
+        """The loaded model called ``name`` (loaded with :func:`tl_moe.load` on first use)."""
+        if name not in self._models:
+            from tl_moe.models import load
+
+            self._models[name] = load(name, device=self.options.device)
+        return self._models[name]
+
+    def release(self, name: str) -> None:
+        """Forget the loaded model ``name`` (its pass is done; frees its memory)."""
+        self._models.pop(name, None)
+
+    def config(self, name: str) -> MoEConfig:
+        """The :class:`MoEConfig` of the model called ``name``."""
+        return self.model(name).moe_cfg
+
+    @property
+    def main(self) -> str:
+        """Name of the analyzed MoE."""
+        return self.options.model
+
+    @property
+    def dense(self) -> str | None:
+        """Name of the dense baseline, or None."""
+        return self.options.dense_baseline
+
+    @cached_property
+    def token_groups(self) -> Int[torch.Tensor, " vocab"]:
+        """Spherical k-means cluster of every vocabulary token (the analyzed model's unembedding)."""
+        from tl_moe.analysis.clustering import cluster_vocabulary
+
+        return cluster_vocabulary(
+            unembedding(self.model(self.main)), self.options.n_token_groups, seed=self.options.seed
+        )
+
+    def probed_layers(self) -> tuple[int, ...]:
+        """The sparse layers whose experts are probed: ``--probe-layers``, or all of them."""
+        cfg = self.config(self.main)
+        if self.options.probe_layers is None:
+            return tuple(cfg.sparse_layers)
+        wrong = [layer for layer in self.options.probe_layers if layer not in cfg.sparse_layers]
+        if wrong:
+            raise InputError(
+                f"--probe-layers {wrong} are not sparse layers of {self.main}; "
+                f"its sparse layers: {list(cfg.sparse_layers)}."
+            )
+        return tuple(sorted(set(self.options.probe_layers)))

@@ -1,0 +1,97 @@
+"""The accumulator specs the built-in analyses share (typed keys, never strings).
+
+Two analyses asking for an equal spec on the same model share one accumulator in the model's single
+collection pass: domain experts and specialization both read :class:`RoutedByDomain`; the logit-lens
+and specialization analyses both read :class:`ExpertLens`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tl_moe.analysis.activations import TokenActivationStore
+from tl_moe.analysis.concept_probing import expert_probing_hooks
+from tl_moe.analysis.logit_lens_accumulator import ExpertLogitLensAccumulator
+from tl_moe.analysis.routing_stats import routed_tokens_by_domain, routed_tokens_by_group, tokens_by_domain
+from tl_moe.collect.accumulator import Accumulator
+from tl_moe.models.hook_names import get_act_name
+from tl_moe.pipeline.context import RunContext
+from tl_moe.pipeline.protocol import AccumulatorSpec
+
+__all__ = [
+    "DenseNeurons",
+    "ExpertLens",
+    "ExpertNeurons",
+    "RoutedByDomain",
+    "RoutedByTokenGroup",
+    "TokensByDomain",
+]
+
+
+@dataclass(frozen=True)
+class TokensByDomain(AccumulatorSpec):
+    """Counts ``[domain]`` of real, non-BOS tokens streamed."""
+
+    def build(self, model: Any, run: RunContext) -> Accumulator:
+        return tokens_by_domain(len(run.domain_names))
+
+
+@dataclass(frozen=True)
+class RoutedByDomain(AccumulatorSpec):
+    """Counts ``[sparse layer, expert, domain]`` of routed (token, slot) pairs."""
+
+    def build(self, model: Any, run: RunContext) -> Accumulator:
+        return routed_tokens_by_domain(model.moe_cfg, len(run.domain_names))
+
+
+@dataclass(frozen=True)
+class RoutedByTokenGroup(AccumulatorSpec):
+    """Counts ``[sparse layer, expert, vocabulary cluster]`` of routed tokens (cluster of the input token)."""
+
+    def build(self, model: Any, run: RunContext) -> Accumulator:
+        return routed_tokens_by_group(model.moe_cfg, run.token_groups)
+
+
+@dataclass(frozen=True)
+class ExpertLens(AccumulatorSpec):
+    """Corpus logit lens of every expert of every sparse layer, binned by vocabulary cluster."""
+
+    top_n: int = 3
+
+    def build(self, model: Any, run: RunContext) -> Accumulator:
+        return ExpertLogitLensAccumulator(
+            model, layers=list(model.moe_cfg.sparse_layers), top_n=self.top_n, token_groups=run.token_groups
+        )
+
+
+@dataclass(frozen=True)
+class ExpertNeurons(AccumulatorSpec):
+    """Stored expert neurons (``expert_post``) and routing (``topk_indices``) of ``layers``, per token.
+
+    ``layers=None``: every sparse layer of the model the pass runs on.
+    """
+
+    layers: tuple[int, ...] | None = None
+
+    def build(self, model: Any, run: RunContext) -> Accumulator:
+        layers = tuple(model.moe_cfg.sparse_layers) if self.layers is None else self.layers
+        return TokenActivationStore(
+            expert_probing_hooks(model.moe_cfg, layers), max_tokens=run.options.max_tokens
+        )
+
+
+@dataclass(frozen=True)
+class DenseNeurons(AccumulatorSpec):
+    """Stored FFN neurons (``blocks.L.mlp.hook_post``) of every dense layer, per token."""
+
+    def build(self, model: Any, run: RunContext) -> Accumulator:
+        cfg = model.moe_cfg
+        if cfg.is_moe and not cfg.dense_layers:
+            from tl_moe.errors import InputError
+
+            raise InputError(
+                f"--dense-baseline {run.dense} is an MoE with no dense FFN layer; pass a dense model or 'none'."
+            )
+        hooks = [get_act_name("neuron", layer, model) for layer in cfg.dense_layers]
+        return TokenActivationStore(hooks, max_tokens=run.options.max_tokens)

@@ -1,0 +1,159 @@
+"""The settings of an analysis run: one dataclass, the single source of every default.
+
+The ``tl-moe analyze`` command line is built from the fields of :class:`RunOptions` (their help
+text, flag names and parsers live in the field metadata), and the Python API takes the same
+object, so a default is written exactly once::
+
+    options = RunOptions(max_tokens=20_000, analyses=("domains", "specialization"))
+    results = tl_moe.pipeline.run(options)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tl_moe.errors import InputError
+
+__all__ = ["RunOptions", "add_option_arguments", "options_from_arguments"]
+
+
+def _int_list(flag: str) -> Callable[[str], tuple[int, ...]]:
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(part) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise InputError(f"{flag} takes comma-separated integers (e.g. 1,3), got {text!r}.") from None
+        if not values:
+            raise InputError(f"{flag} needs at least one integer, got {text!r}.")
+        return values
+
+    return parse
+
+
+def _name_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _optional_model(text: str) -> str | None:
+    return None if text.lower() == "none" else text
+
+
+def option(default: Any, help: str, *, parse: Callable[[str], Any] | None = None, cli: bool = True, **extra):
+    """A :class:`RunOptions` field: its default, its ``--help`` text, and how the CLI parses it."""
+    return field(default=default, metadata={"help": help, "parse": parse, "cli": cli, **extra})
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything that configures a run of the analyses (the flags of ``tl-moe analyze``)."""
+
+    model: str = option(
+        "toy/moe-16x2", "MoE to analyze: toy-zoo name, hub id or local directory", positional=True
+    )
+    dense_baseline: str | None = option(
+        "toy/dense", "dense model to compare with, or 'none'", parse=_optional_model
+    )
+    corpus: str | None = option(
+        None, "corpus: 'embedded' (default), a saved datasets dir, a hub dataset id, or data files"
+    )
+    split: str = option("validation", "corpus split to analyze")
+    out: Path = option(Path("tl_moe_report"), "output directory of the report", parse=Path)
+    max_tokens: int = option(60_000, "tokens to stream through each model", parse=int)
+    batch_size: int = option(16, "windows per forward pass", parse=int)
+    seq_len: int = option(128, "tokens per window, BOS included", parse=int)
+    device: str | None = option(None, "device to run on (default: the model's)")
+    analyses: tuple[str, ...] | None = option(
+        None, "comma-separated analyses to run (default: every default analysis)", parse=_name_list
+    )
+    seed: int = option(0, "seed of every random choice (clustering, probe splits, baselines)", parse=int)
+    n_token_groups: int = option(50, "spherical k-means clusters of the unembedding", parse=int)
+    probe_ks: tuple[int, ...] = option(
+        (1, 2, 4, 8, 16, 32, 64), "neurons per probe (comma-separated)", parse=_int_list("--probe-ks")
+    )
+    min_examples: int = option(30, "least positives / negatives a unit needs to be probed", parse=int)
+    probe_layers: tuple[int, ...] | None = option(
+        None,
+        "comma-separated sparse layers to probe (default: all; bounds memory)",
+        parse=_int_list("--probe-layers"),
+    )
+    sparsity_family: bool = option(
+        False, "also probe every toy MoE and plot F1 vs active ratio (adds the 'sparsity' analysis)"
+    )
+    checkpoint_every: int = option(20, "batches between checkpoints", parse=int, cli=False)
+    progress: bool = option(True, "show progress bars", cli=False)
+
+    def replace(self, **changes: Any) -> RunOptions:
+        """A copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+    def check(self) -> None:
+        """Refuse settings no run can use, each with one line naming the option (before any pass)."""
+        if self.max_tokens < 1000:
+            raise InputError(
+                f"--max-tokens must be at least 1000 for meaningful statistics, got {self.max_tokens}."
+            )
+        for name in ("batch_size", "seq_len", "n_token_groups", "min_examples", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}.")
+        if self.seq_len < 2:
+            raise InputError(f"--seq-len must be at least 2 (BOS and one token), got {self.seq_len}.")
+        if not self.probe_ks or any(k < 1 for k in self.probe_ks):
+            raise InputError(f"--probe-ks must be positive integers, got {self.probe_ks}.")
+        if self.probe_layers is not None and not self.probe_layers:
+            raise InputError("--probe-layers needs at least one layer.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON-able values (for the report's metadata)."""
+        return {
+            f.name: str(value) if isinstance(value := getattr(self, f.name), Path) else value
+            for f in dataclasses.fields(self)
+        }
+
+
+def add_option_arguments(parser: argparse.ArgumentParser, analysis_help: str = "") -> None:
+    """Add one command-line argument per :class:`RunOptions` field, with its default and help."""
+    for spec in dataclasses.fields(RunOptions):
+        meta = spec.metadata
+        if not meta.get("cli", True):
+            continue
+        flag = "--" + spec.name.replace("_", "-")
+        help_text = meta["help"] + (f": {analysis_help}" if spec.name == "analyses" and analysis_help else "")
+        if spec.default is not None and not isinstance(spec.default, bool):
+            shown = ",".join(map(str, spec.default)) if isinstance(spec.default, tuple) else spec.default
+            help_text += f" (default: {shown})"
+        if meta.get("positional"):
+            parser.add_argument(spec.name, nargs="?", default=argparse.SUPPRESS, help=help_text)
+        elif isinstance(spec.default, bool):
+            parser.add_argument(
+                flag, dest=spec.name, action="store_true", default=argparse.SUPPRESS, help=help_text
+            )
+        else:
+            parser.add_argument(
+                flag, dest=spec.name, default=argparse.SUPPRESS, help=help_text, metavar=spec.name.upper()
+            )
+
+
+def options_from_arguments(arguments: argparse.Namespace) -> RunOptions:
+    """The :class:`RunOptions` of parsed command-line arguments (unset flags keep their defaults)."""
+    values = {}
+    for spec in dataclasses.fields(RunOptions):
+        if spec.name not in vars(arguments):
+            continue
+        raw = getattr(arguments, spec.name)
+        parse = spec.metadata.get("parse")
+        if parse is not None and isinstance(raw, str):
+            try:
+                raw = parse(raw)
+            except InputError:
+                raise
+            except ValueError:
+                flag = "--" + spec.name.replace("_", "-")
+                raise InputError(f"{flag} takes {parse.__name__} values, got {raw!r}.") from None
+        values[spec.name] = raw
+    return RunOptions(**values)

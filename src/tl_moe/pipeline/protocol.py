@@ -1,0 +1,165 @@
+"""The Analysis protocol: what every analysis of a run declares, computes and shows.
+
+An analysis is a small class with three steps, which the pipeline calls in order:
+
+1. :meth:`Analysis.needs` — the accumulators it wants filled, each a :class:`Need` naming the model
+   it runs on and a hashable *spec* that builds the accumulator. The pipeline takes the union of all
+   analyses' needs, so two analyses asking for the same spec on the same model share one accumulator,
+   and every model gets exactly ONE collection pass.
+2. :meth:`Analysis.finalize` — turns the finished accumulators (and the results of the analyses it
+   ``depends_on``) into a typed, frozen :class:`Result`. Pure: no model forward happens here except
+   what the analysis itself documents.
+3. :meth:`Analysis.render` — writes its report section from the result (figures, tables, metrics).
+
+Register an analysis with :func:`tl_moe.pipeline.register` and it is selectable with
+``tl-moe analyze --analyses NAME``, listed in the command's help, and rendered in the report —
+without editing any tl_moe file. See docs/ARCHITECTURE.md for a worked example.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from tl_moe.collect.accumulator import Accumulator
+
+if TYPE_CHECKING:  # annotations only: the context module imports nothing from here at run time
+    from tl_moe.pipeline.context import RunContext
+    from tl_moe.report import Section
+
+__all__ = ["Analysis", "AccumulatorSpec", "FigureItem", "Inputs", "Need", "Result", "TableItem"]
+
+
+class AccumulatorSpec(ABC, Hashable):
+    """A hashable recipe for one accumulator (subclass as a frozen dataclass).
+
+    Equal specs on the same model are built once and shared by every analysis that asks for them;
+    :meth:`build` makes the accumulator for the model the pass runs on.
+    """
+
+    @abstractmethod
+    def build(self, model: Any, run: RunContext) -> Accumulator:
+        """A fresh accumulator for ``model`` (the pass's model, already loaded)."""
+
+
+@dataclass(frozen=True)
+class Need:
+    """One accumulator an analysis wants filled: ``spec`` on the model named ``model``."""
+
+    model: str
+    spec: AccumulatorSpec
+
+
+class Inputs:
+    """What :meth:`Analysis.finalize` receives: finished accumulators and earlier results."""
+
+    def __init__(
+        self, collected: Mapping[tuple[str, AccumulatorSpec], Any], results: Mapping[str, Result]
+    ) -> None:
+        self._collected = collected
+        self._results = results
+
+    def __getitem__(self, need: Need) -> Any:
+        """The finalized value of the accumulator ``need`` asked for."""
+        key = (need.model, need.spec)
+        if key not in self._collected:
+            raise LookupError(f"{need} was not collected: return it from the analysis's needs().")
+        return self._collected[key]
+
+    def get(self, need: Need, default: Any = None) -> Any:
+        return self._collected.get((need.model, need.spec), default)
+
+    def result(self, name: str) -> Result:
+        """The result of the analysis ``name`` (it must be in ``depends_on``)."""
+        if name not in self._results:
+            raise LookupError(f"No result of analysis {name!r} yet: list it in depends_on.")
+        return self._results[name]
+
+
+@dataclass(frozen=True)
+class TableItem:
+    """A table of a result as the report shows it."""
+
+    name: str
+    frame: pd.DataFrame
+    caption: str
+    max_rows: int = 30
+
+
+@dataclass(frozen=True)
+class FigureItem:
+    """A figure of a result as the report shows it."""
+
+    name: str
+    figure: Figure
+    caption: str
+
+
+class Result(ABC):
+    """The typed, frozen outcome of one analysis (subclass as a frozen dataclass).
+
+    ``to_frame()`` is the main table, ``metrics()`` the headline numbers (JSON values, recorded in
+    ``results.json``), ``tables()`` and ``figures()`` what the report shows.
+    """
+
+    @abstractmethod
+    def to_frame(self) -> pd.DataFrame:
+        """The main table of the result."""
+
+    def metrics(self) -> dict[str, Any]:
+        """Headline numbers, as JSON values."""
+        return {}
+
+    def tables(self) -> Sequence[TableItem]:
+        """Tables the report shows (default: the main table)."""
+        return [TableItem(type(self).__name__, self.to_frame(), "")]
+
+    def figures(self) -> Sequence[FigureItem]:
+        """Figures the report shows (made fresh on every call)."""
+        return []
+
+
+class Analysis(ABC):
+    """Base class of every analysis a run can include (see the module docstring).
+
+    Class attributes:
+        name: identifier: the ``--analyses`` value and the section key in ``results.json``.
+        title: the report section's heading.
+        summary: one line for ``tl-moe analyze --help``.
+        intro: the report section's opening paragraph (what was computed, exactly).
+        depends_on: analyses whose results :meth:`finalize` reads (they run first).
+        default: included when ``--analyses`` is not given.
+    """
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    summary: ClassVar[str]
+    intro: ClassVar[str] = ""
+    depends_on: ClassVar[tuple[str, ...]] = ()
+    default: ClassVar[bool] = True
+
+    def check(self, run: RunContext) -> None:  # noqa: B027 (optional hook)
+        """Refuse bad options or models with an :class:`~tl_moe.errors.InputError` before any pass."""
+
+    @abstractmethod
+    def needs(self, run: RunContext) -> Sequence[Need]:
+        """The accumulators this analysis reads (one pass per model fills all analyses' needs)."""
+
+    @abstractmethod
+    def finalize(self, run: RunContext, inputs: Inputs) -> Result:
+        """The result, from the finished accumulators and the results it depends on."""
+
+    def render(self, result: Result, section: Section, run: RunContext) -> None:
+        """Fill the report section: every figure, every table, then the metrics."""
+        for item in result.figures():
+            section.add_figure(item.figure, item.name, item.caption)
+        for item in result.tables():
+            section.add_table(item.frame, item.name, item.caption, max_rows=item.max_rows)
+        metrics = result.metrics()
+        if metrics:
+            section.add_metrics(metrics)

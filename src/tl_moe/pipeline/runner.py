@@ -1,0 +1,227 @@
+"""The pipeline: analyses' needs -> ONE collection pass per model -> finalize -> report.
+
+:func:`run` is what ``tl-moe analyze`` calls; :func:`analyze` is the notebook entry point on a model
+already loaded. Both validate every input before the first pass starts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tl_moe.collect import collect
+from tl_moe.collect.accumulator import Accumulator
+from tl_moe.data.concepts import TokenConceptLabeler
+from tl_moe.errors import InputError
+from tl_moe.pipeline.context import RunContext
+from tl_moe.pipeline.needs import TokensByDomain
+from tl_moe.pipeline.options import RunOptions
+from tl_moe.pipeline.protocol import AccumulatorSpec, Analysis, Inputs, Result
+from tl_moe.pipeline.registry import resolve
+from tl_moe.report import Report, package_versions
+
+__all__ = ["RunResults", "analyze", "run"]
+
+
+@dataclass(frozen=True)
+class RunResults:
+    """What a run produced.
+
+    Attributes:
+        options: the settings it ran with.
+        results: analysis name -> its :class:`~tl_moe.pipeline.protocol.Result`, in report order.
+        report: path of the written ``index.html`` (None when no report was written).
+        timings: seconds per phase (one entry per model pass, ``finalize``, ``total``).
+        tokens_by_domain: real tokens of each domain streamed through the analyzed model.
+    """
+
+    options: RunOptions
+    results: dict[str, Result]
+    report: Path | None
+    timings: dict[str, float] = field(default_factory=dict)
+    tokens_by_domain: dict[str, int] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Result:
+        if name not in self.results:
+            raise KeyError(f"No result of analysis {name!r}; this run has {list(self.results)}.")
+        return self.results[name]
+
+
+def _chosen_analyses(options: RunOptions, analyses: Sequence[str | Analysis] | None) -> list[Analysis]:
+    if analyses is not None and all(isinstance(a, Analysis) for a in analyses):
+        return list(analyses)
+    names = options.analyses if analyses is None else tuple(analyses)
+    if options.sparsity_family:
+        names = (*(names if names is not None else _default_names()), "sparsity")
+    return resolve(names)
+
+
+def _default_names() -> tuple[str, ...]:
+    from tl_moe.pipeline.registry import default_analyses
+
+    return default_analyses()
+
+
+def _pass_name(spec: AccumulatorSpec) -> str:
+    """The accumulator's name inside its model's pass (and checkpoint): the spec's own repr."""
+    return repr(spec)
+
+
+def _checkpoint_dir(out: Path, model_name: str) -> Path:
+    return out / "checkpoints" / re.sub(r"[^A-Za-z0-9._-]+", "_", model_name)
+
+
+def _needs_by_model(run_context: RunContext, analyses: list[Analysis]) -> dict[str, list[AccumulatorSpec]]:
+    """The union of every analysis's needs, grouped by model (main model first), without repeats."""
+    by_model: dict[str, list[AccumulatorSpec]] = {run_context.main: [TokensByDomain()]}
+    for analysis in analyses:
+        for need in analysis.needs(run_context):
+            specs = by_model.setdefault(need.model, [])
+            if need.spec not in specs:
+                specs.append(need.spec)
+    return by_model
+
+
+def _collect_model(
+    run_context: RunContext, model_name: str, specs: list[AccumulatorSpec], out: Path | None
+) -> dict[AccumulatorSpec, Any]:
+    """One collection pass of ``model_name`` filling every spec's accumulator; spec -> finalized value."""
+    options = run_context.options
+    model = run_context.model(model_name)
+    accumulators: dict[str, Accumulator] = {
+        _pass_name(spec): spec.build(model, run_context) for spec in specs
+    }
+    finished = collect(
+        model,
+        run_context.dataset,
+        accumulators,
+        batch_size=options.batch_size,
+        seq_len=options.seq_len,
+        max_tokens=options.max_tokens,
+        concept_labeler=TokenConceptLabeler(),
+        checkpoint_dir=None if out is None else _checkpoint_dir(out, model_name),
+        checkpoint_every=options.checkpoint_every,
+        progress=options.progress,
+    )
+    return {spec: finished[_pass_name(spec)] for spec in specs}
+
+
+def run(
+    options: RunOptions | None = None,
+    *,
+    analyses: Sequence[str | Analysis] | None = None,
+    dataset: Any = None,
+    models: dict[str, Any] | None = None,
+    write_report: bool = True,
+) -> RunResults:
+    """Run the analyses: one collection pass per model, then every analysis, then the report.
+
+    Args:
+        options: the settings (default: :class:`RunOptions` defaults, i.e. ``tl-moe analyze``).
+        analyses: analysis names or instances (default: ``options.analyses``, else the defaults).
+        dataset: the corpus split to analyze (default: ``options.corpus`` / ``options.split``).
+        models: already loaded models by name; any other model named in the options is loaded.
+        write_report: write ``index.html``, ``results.json``, figures and tables to ``options.out``.
+
+    Returns:
+        :class:`RunResults` with every analysis's typed result.
+    """
+    started = time.perf_counter()
+    options = options or RunOptions()
+    options.check()
+    chosen = _chosen_analyses(options, analyses)
+    run_context = RunContext(options, dataset=dataset, models=models)
+    out = Path(options.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a directory for the report.")
+    if not run_context.config(run_context.main).is_moe:
+        raise InputError(
+            f"{run_context.main} is a dense model; the analyses need an MoE (pass the dense one as --dense-baseline)."
+        )
+    if not run_context.domain_names:  # loads and checks the corpus before any pass
+        raise InputError(f"The corpus split {options.split!r} has no documents.")
+    for analysis in chosen:
+        analysis.check(run_context)
+    needs = _needs_by_model(run_context, chosen)
+
+    timings: dict[str, float] = {}
+    collected: dict[tuple[str, AccumulatorSpec], Any] = {}
+    for model_name, specs in needs.items():
+        tic = time.perf_counter()
+        checkpoints = out if write_report else None  # a notebook run without a report writes nothing
+        for spec, value in _collect_model(run_context, model_name, specs, checkpoints).items():
+            collected[(model_name, spec)] = value
+        timings[f"pass {model_name} (s)"] = round(time.perf_counter() - tic, 1)
+        if model_name not in (run_context.main, run_context.dense):
+            run_context.release(model_name)
+
+    tic = time.perf_counter()
+    results: dict[str, Result] = {}
+    for analysis in chosen:
+        results[analysis.name] = analysis.finalize(run_context, Inputs(collected, results))
+    timings["finalize (s)"] = round(time.perf_counter() - tic, 1)
+    tokens = collected[(run_context.main, TokensByDomain())]
+    tokens_by_domain = dict(zip(run_context.domain_names, (int(n) for n in tokens.tolist()), strict=True))
+
+    report_path = None
+    if write_report:
+        report = Report(f"tl_moe analysis of {options.model}", out)
+        for analysis in chosen:
+            section = report.add_section(analysis.title, key=analysis.name, intro=analysis.intro)
+            analysis.render(results[analysis.name], section, run_context)
+        timings["total (s)"] = round(time.perf_counter() - started, 1)
+        report.add_metadata(
+            {
+                "options": options.to_dict(),
+                "analyses": [analysis.name for analysis in chosen],
+                "moe_config": run_context.config(run_context.main).to_dict(),
+                "timings": timings,
+                "versions": package_versions(),
+                "tokens_by_domain": tokens_by_domain,
+            }
+        )
+        report_path = report.write()
+        (out / "run.json").write_text(json.dumps({"timings": timings}, indent=2))
+    else:
+        timings["total (s)"] = round(time.perf_counter() - started, 1)
+    return RunResults(options, results, report_path, timings, tokens_by_domain)
+
+
+def analyze(
+    model: Any,
+    *,
+    analyses: Sequence[str] | None = None,
+    dataset: Any = None,
+    dense_baseline: Any = None,
+    out: str | Path | None = None,
+    **settings: Any,
+) -> RunResults:
+    """Run analyses on a model a notebook already holds (or a model name); returns typed results.
+
+    ``tl_moe.pipeline.analyze(model, analyses=["domains"], max_tokens=20_000)`` runs one pass and
+    returns ``results["domains"]``; give ``out=`` to also write the report there. ``settings`` are
+    :class:`RunOptions` fields (``max_tokens``, ``seq_len``, ``seed``, ...).
+    """
+    models: dict[str, Any] = {}
+
+    def named(value: Any, default_name: str) -> str | None:
+        if value is None or isinstance(value, str):
+            return value
+        name = str(getattr(getattr(value, "cfg", None), "model_name", None) or default_name)
+        models[name] = value
+        return name
+
+    main = named(model, "model")
+    dense = named(dense_baseline, "dense baseline")
+    options = RunOptions(
+        model=main,
+        dense_baseline=dense,
+        out=Path(out) if out is not None else Path("tl_moe_report"),
+        **settings,
+    )
+    return run(options, analyses=analyses, dataset=dataset, models=models, write_report=out is not None)

@@ -1,0 +1,219 @@
+"""The pipeline: an analysis registered from outside the package, one pass per model, one layer axis."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+import pandas as pd
+import pytest
+import torch
+
+import tl_moe
+from tl_moe.collect import Accumulator
+from tl_moe.errors import InputError
+from tl_moe.pipeline import (
+    AccumulatorSpec,
+    Analysis,
+    Inputs,
+    Need,
+    Result,
+    RunContext,
+    RunOptions,
+    TableItem,
+    register,
+    run,
+    unregister,
+)
+from tl_moe.pipeline.needs import RoutedByDomain
+
+
+@pytest.fixture(scope="module")
+def word_corpus():
+    generator = torch.Generator().manual_seed(0)
+    texts, domains = [], []
+    for doc in range(60):
+        length = int(torch.randint(20, 60, (1,), generator=generator))
+        offset = 3 + 30 * (doc % 3)  # each domain uses its own words, so routing differs by domain
+        words = torch.randint(offset, offset + 30, (length,), generator=generator).tolist()
+        texts.append(" ".join(f"w{w}" for w in words))
+        domains.append(["alpha", "beta", "gamma"][doc % 3])
+    return datasets.Dataset.from_dict({"text": texts, "domain": domains})
+
+
+class FirstSlotCounts(Accumulator):
+    """Counts how often each expert of one layer is the first choice (a user's own accumulator)."""
+
+    def __init__(self, layer: int, n_experts: int) -> None:
+        self.layer, self.n_experts = layer, n_experts
+        self.counts = torch.zeros(n_experts, dtype=torch.long)
+
+    def hook_names(self, model: Any) -> list[str]:
+        return [tl_moe.get_act_name("topk_indices", self.layer)]
+
+    def update(self, acts, meta) -> None:
+        first = meta.tokens(acts[tl_moe.get_act_name("topk_indices", self.layer)])[:, 0]
+        not_bos = meta.tokens(meta.doc_position) >= 0
+        self.counts = self.counts + torch.bincount(first[not_bos].long().cpu(), minlength=self.n_experts)
+
+    def merge(self, other):
+        self._check_mergeable(other)
+        self.counts = self.counts + other.counts
+        return self
+
+    def state_dict(self):
+        return {"counts": self.counts}
+
+    def load_state_dict(self, state):
+        self.counts = state["counts"]
+
+    def finalize(self):
+        return self.counts.clone()
+
+    def config(self):
+        return {"layer": self.layer}
+
+
+@dataclass(frozen=True)
+class FirstSlotSpec(AccumulatorSpec):
+    layer: int
+
+    def build(self, model, run: RunContext) -> Accumulator:
+        return FirstSlotCounts(self.layer, model.moe_cfg.num_experts)
+
+
+@dataclass(frozen=True)
+class FirstSlotResult(Result):
+    counts: torch.Tensor
+    routed_total: int
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame({"expert": range(len(self.counts)), "first_choice": self.counts.tolist()})
+
+    def metrics(self):
+        return {"first-choice tokens": int(self.counts.sum()), "routed slots": self.routed_total}
+
+    def tables(self):
+        return [TableItem("first_slot_counts", self.to_frame(), "First-choice counts per expert.")]
+
+
+class FirstSlot(Analysis):
+    name = "first_slot"
+    title = "First-choice experts"
+    summary = "how often each expert of the last sparse layer is a token's first choice"
+    default = False
+
+    def needs(self, run):
+        layer = run.config(run.main).sparse_layers[-1]
+        return [Need(run.main, FirstSlotSpec(layer)), Need(run.main, RoutedByDomain())]
+
+    def finalize(self, run, inputs: Inputs):
+        layer = run.config(run.main).sparse_layers[-1]
+        routed = inputs[Need(run.main, RoutedByDomain())]  # shared with the domains analysis
+        return FirstSlotResult(inputs[Need(run.main, FirstSlotSpec(layer))], int(routed[-1].sum()))
+
+
+@pytest.fixture
+def first_slot():
+    register(FirstSlot)
+    yield FirstSlot
+    unregister(FirstSlot.name)
+
+
+def _options(tmp_path, model_dir, **changes) -> RunOptions:
+    settings = dict(
+        model=str(model_dir),
+        dense_baseline=None,
+        out=tmp_path,
+        max_tokens=1000,
+        seq_len=16,
+        batch_size=4,
+        n_token_groups=4,
+        progress=False,
+    )
+    return RunOptions(**{**settings, **changes})
+
+
+def test_an_analysis_registered_from_outside_runs_in_the_same_pass_and_is_reported(
+    first_slot, tiny_model_dir, tiny_bridge, word_corpus, tmp_path, monkeypatch
+):
+    from tl_moe.pipeline import runner as run_module
+
+    passes = []
+    real_collect = run_module.collect
+    monkeypatch.setattr(
+        run_module, "collect", lambda model, *a, **kw: passes.append(model) or real_collect(model, *a, **kw)
+    )
+    model_dir = tiny_model_dir("olmoe")
+    options = _options(tmp_path, model_dir, analyses=("domains", "first_slot"))
+    results = run(options, dataset=word_corpus, models={str(model_dir): tiny_bridge("olmoe")})
+    assert len(passes) == 1  # both analyses, and the shared RoutedByDomain, in one pass
+    counts = results["first_slot"].counts
+    cfg = tiny_bridge("olmoe").moe_cfg
+    assert int(counts.sum()) * cfg.experts_per_token == results["first_slot"].routed_total
+    assert int(counts.sum()) == sum(results.tokens_by_domain.values())
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["sections"]["first_slot"]["metrics"]["first-choice tokens"] == int(counts.sum())
+    assert "First-choice experts" in (tmp_path / "index.html").read_text()
+    assert (tmp_path / "tables" / "first_slot_counts.csv").exists()
+
+
+def test_every_layer_axis_is_the_block_index(tiny_model_dir, tiny_bridge, word_corpus, tmp_path):
+    """deepseek_v2's tiny model has a dense block 0 and its only sparse block at 1."""
+    model_dir = tiny_model_dir("deepseek_v2")
+    bridge = tiny_bridge("deepseek_v2")
+    assert bridge.moe_cfg.sparse_layers == (1,)
+    options = _options(tmp_path, model_dir, analyses=("domains", "specialization", "logit_lens"))
+    results = run(options, dataset=word_corpus, models={str(model_dir): bridge})
+    assert set(results["domains"].to_frame()["layer"]) == {1}
+    assert set(results["specialization"].to_frame()["layer"]) == {1}
+    assert set(results["specialization"].experts_frame()["layer"]) == {1}
+    assert set(results["logit_lens"].to_frame()["layer"]) == {1}
+    assert results["domains"].shown_layers == (1,)
+    assert (tmp_path / "figures" / "domain_share_layer1.png").exists()
+
+
+def test_notebook_entry_point_runs_on_a_loaded_model_without_writing(
+    tiny_bridge, word_corpus, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    results = tl_moe.pipeline.analyze(
+        tiny_bridge("olmoe"),
+        analyses=["domains"],
+        dataset=word_corpus,
+        max_tokens=1000,
+        seq_len=16,
+        n_token_groups=4,
+        progress=False,
+    )
+    assert results.report is None and not any(tmp_path.iterdir())
+    cfg = tiny_bridge("olmoe").moe_cfg  # every token is routed to k experts in every sparse layer
+    expected = len(cfg.sparse_layers) * cfg.experts_per_token * sum(results.tokens_by_domain.values())
+    assert results["domains"].to_frame()["n_tokens"].sum() == expected
+
+
+def test_dependencies_are_added_and_ordered():
+    from tl_moe.pipeline.registry import resolve
+
+    assert [a.name for a in resolve(("sparsity",))] == ["probing", "sparsity"]
+    assert [a.name for a in resolve(("logit_lens", "probing"))] == ["probing", "logit_lens"]
+    with pytest.raises(InputError, match="Unknown analysis 'vibes'"):
+        resolve(("vibes",))
+
+
+def test_registering_a_different_class_under_a_taken_name_is_refused():
+    class Impostor(Analysis):
+        name = "probing"
+        title = "x"
+        summary = "x"
+
+        def needs(self, run):
+            return []
+
+        def finalize(self, run, inputs):
+            return None
+
+    with pytest.raises(ValueError, match="already registered"):
+        register(Impostor)
