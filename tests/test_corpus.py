@@ -15,7 +15,7 @@ import pytest
 from tl_moe.data import corpus as corpus_module
 from tl_moe.data.concepts import CONCEPTS
 from tl_moe.data.corpus import build_corpus, corpus_stats, load_corpus, split_of
-from tl_moe.data.datacard import markdown_table
+from tl_moe.zoo.datacard import markdown_table
 from tl_moe.data.sources.base import pack_blocks, split_paragraphs
 from tl_moe.data.sources.chat import conversations_of
 from tl_moe.data.sources.hpo import format_term, parse_obo_terms

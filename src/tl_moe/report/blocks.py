@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 
-__all__ = ["Block", "FigureBlock", "MetricsBlock", "TableBlock", "TextBlock"]
+__all__ = ["Block", "FigureBlock", "MetricsBlock", "SectionContent", "TableBlock", "TextBlock"]
 
 
 @dataclass(frozen=True)
@@ -50,3 +51,12 @@ class MetricsBlock:
 
 
 Block = TextBlock | FigureBlock | TableBlock | MetricsBlock
+
+
+class SectionContent(Protocol):
+    """What the page renderer reads of a section (a :class:`~tl_moe.report.report.Section`)."""
+
+    title: str
+    key: str
+    intro: str
+    blocks: Sequence[Block]

@@ -10,16 +10,13 @@ import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from numbers import Integral, Real
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
-from tl_moe.report.blocks import Block, FigureBlock, MetricsBlock, TableBlock, TextBlock
+from tl_moe.report.blocks import Block, FigureBlock, MetricsBlock, SectionContent, TableBlock, TextBlock
 from tl_moe.report.files import column_label
 from tl_moe.report.markup import escape, inline_to_html, markdown_to_html
-
-if TYPE_CHECKING:
-    from tl_moe.report.report import Section
 
 __all__ = ["CSS", "format_value", "render_page"]
 
@@ -179,7 +176,7 @@ def _settings_html(metadata: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def render_page(title: str, sections: Sequence[Section], metadata: Mapping[str, Any]) -> str:
+def render_page(title: str, sections: Sequence[SectionContent], metadata: Mapping[str, Any]) -> str:
     """The full HTML page: title, table of contents, the sections in order, then the settings/metadata."""
     numbering = _Numbering()
     toc = "".join(f'<li><a href="#section-{escape(s.key)}">{escape(s.title)}</a></li>' for s in sections)
