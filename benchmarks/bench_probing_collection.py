@@ -28,8 +28,8 @@ def main() -> None:
     import tl_moe
     from tl_moe.analysis.activations import TokenActivationStore
     from tl_moe.analysis.concept_probing import expert_probing_hooks
-    from tl_moe.analyze import ConceptLabeler
     from tl_moe.collect import BatchBuilder, collect, domain_names, plan_batches
+    from tl_moe.data import TokenConceptLabeler
     from tl_moe.data.corpus import load_corpus
 
     model = tl_moe.load("toy/moe-16x2", device="cpu")
@@ -59,7 +59,7 @@ def main() -> None:
                 batch_size=batch_size,
                 seq_len=seq_len,
                 max_tokens=args.tokens,
-                concept_labeler=ConceptLabeler() if labels else None,
+                concept_labeler=TokenConceptLabeler() if labels else None,
                 progress=False,
                 stop_early=stop_early,
             )

@@ -15,12 +15,12 @@ import pytest
 from tl_moe.data import corpus as corpus_module
 from tl_moe.data.concepts import CONCEPTS
 from tl_moe.data.corpus import build_corpus, corpus_stats, load_corpus, split_of
-from tl_moe.zoo.datacard import markdown_table
 from tl_moe.data.sources.base import pack_blocks, split_paragraphs
 from tl_moe.data.sources.chat import conversations_of
 from tl_moe.data.sources.hpo import format_term, parse_obo_terms
 from tl_moe.data.sources.licenses import parse_license_file
 from tl_moe.data.sources.python_code import python_chunks
+from tl_moe.zoo.datacard import markdown_table
 
 EXPECTED_DOMAINS = {"python", "c", "legal", "biomedical", "chat", "math", "prose"}
 SMALL = {"max_docs_per_domain": 12, "max_chars_per_domain": 15_000}

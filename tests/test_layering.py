@@ -48,7 +48,9 @@ def _imports(module: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             names = [f"{base}.{alias.name}" for alias in node.names] + [base]
         else:
             continue
@@ -75,10 +77,14 @@ def test_the_import_graph_has_no_cycle():
     def visit(module: str, stack: list[str]) -> None:
         state[module] = 1
         for target in sorted(GRAPH[module]):
-            if target == "tl_moe" or (module.startswith(target + ".") and MODULES[target].name == "__init__.py"):
+            if target == "tl_moe" or (
+                module.startswith(target + ".") and MODULES[target].name == "__init__.py"
+            ):
                 continue  # a module importing its own package's __init__ runs after it; not a cycle here
             if state.get(target) == 1:
-                cycles.append(stack[stack.index(target) :] + [target] if target in stack else [module, target])
+                cycles.append(
+                    stack[stack.index(target) :] + [target] if target in stack else [module, target]
+                )
             elif target not in state:
                 visit(target, [*stack, target])
         state[module] = 2
