@@ -19,3 +19,13 @@ def test_ci_runs_the_readme_test_command():
     commands = re.findall(r"```bash\n(.+?)\n```", readme)
     test_command = next(command for command in commands if "pytest" in command)
     assert test_command in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_analysis_and_option_tables_are_generated_from_the_pipeline():
+    import tl_moe.pipeline  # noqa: F401 (registers the built-in analyses)
+    from tl_moe.pipeline.options import options_table_markdown
+    from tl_moe.pipeline.registry import analyses_table_markdown
+
+    readme = (ROOT / "README.md").read_text()
+    assert options_table_markdown() in readme
+    assert analyses_table_markdown() in readme

@@ -157,3 +157,19 @@ def options_from_arguments(arguments: argparse.Namespace) -> RunOptions:
                 raise InputError(f"{flag} takes {parse.__name__} values, got {raw!r}.") from None
         values[spec.name] = raw
     return RunOptions(**values)
+
+
+def options_table_markdown() -> str:
+    """The README's table of ``tl-moe analyze`` options, generated from :class:`RunOptions`."""
+    rows = ["| flag | default | what it sets |", "|---|---|---|"]
+    for spec in dataclasses.fields(RunOptions):
+        if not spec.metadata.get("cli", True):
+            continue
+        flag = spec.name if spec.metadata.get("positional") else "--" + spec.name.replace("_", "-")
+        default = spec.default
+        if isinstance(default, bool) or default is None:
+            shown = "off" if default is False else "–"
+        else:
+            shown = f"`{','.join(map(str, default)) if isinstance(default, tuple) else default}`"
+        rows.append(f"| `{flag}` | {shown} | {spec.metadata['help']} |")
+    return "\n".join(rows)

@@ -96,3 +96,12 @@ def help_text() -> str:
         f"{name}{'' if analysis.default else ' (not by default)'}: {analysis.summary}"
         for name, analysis in _REGISTRY.items()
     )
+
+
+def analyses_table_markdown() -> str:
+    """The README's table of registered analyses (name, default or not, what it computes)."""
+    rows = ["| `--analyses` name | by default | what it computes |", "|---|---|---|"]
+    for name, analysis in _REGISTRY.items():
+        after = f" (runs after {', '.join(analysis.depends_on)})" if analysis.depends_on else ""
+        rows.append(f"| `{name}` | {'yes' if analysis.default else 'no'} | {analysis.summary}{after} |")
+    return "\n".join(rows)
