@@ -332,3 +332,28 @@ def test_bar_plot_heights_and_gaps():
     assert widths[:3] == [0.2, 0.4, 0.6]
     with pytest.raises(ValueError, match="one row per"):
         bar_plot(pd.concat([frame, frame]), "concept", "f1", "model")
+
+
+def test_whitespace_tokens_are_visible_and_integral_floats_read_as_counts(tmp_path):
+    import pandas as pd
+
+    from tl_moe.report import Report
+    from tl_moe.report.html import format_value
+
+    assert format_value("\n") == "⏎"
+    assert format_value(" the") == "·the"
+    assert format_value("  ") == "··"
+    assert format_value("") == "∅"
+    assert format_value("a b") == "a b"
+    assert format_value(12220.0) == "12220" and format_value(126) == "126" and format_value(0.5) == "0.5"
+    report = Report("t", tmp_path)
+    section = report.add_section("Tokens", key="tokens")
+    section.add_table(pd.DataFrame({"token": ["\n", " the"], "n": [126.0, 12220.0]}), "tokens")
+    report.add_findings(["**Headline** with `code`"])
+    html = report.write().read_text()
+    assert "<td>⏎</td>" in html and "<td>·the</td>" in html and ">12220<" in html
+    assert 'class="findings"' in html and "<strong>Headline</strong>" in html
+    assert html.index('class="findings"') < html.index('class="toc"')
+    import json
+
+    assert json.loads((tmp_path / "results.json").read_text())["findings"] == ["**Headline** with `code`"]

@@ -82,7 +82,10 @@ def _cmd_analyze(args) -> None:
     from tl_moe.pipeline.options import options_from_arguments
 
     results = run(options_from_arguments(args))
-    print(f"Report: {results.report.resolve()}")
+    print("\nWhat this run found:")
+    for finding in results.findings:
+        print(f"- {finding.replace('**', '')}")
+    print(f"\nReport: {results.report.resolve()}")
 
 
 def build_parser() -> argparse.ArgumentParser:

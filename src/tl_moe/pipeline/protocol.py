@@ -115,6 +115,11 @@ class Result(ABC):
         """Headline numbers, as JSON values."""
         return {}
 
+    def findings(self) -> list[str]:
+        """One-sentence headlines for the top of the report and the end-of-run summary (with their
+        control and interval where the analysis has them; Markdown subset)."""
+        return []
+
     def tables(self) -> Sequence[TableItem]:
         """Tables the report shows (default: the main table)."""
         return [TableItem(type(self).__name__, self.to_frame(), "")]

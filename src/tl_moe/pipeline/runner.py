@@ -45,6 +45,7 @@ class RunResults:
     report: Path | None
     timings: dict[str, float] = field(default_factory=dict)
     tokens_by_domain: dict[str, int] = field(default_factory=dict)
+    findings: list[str] = field(default_factory=list)
 
     def __getitem__(self, name: str) -> Result:
         if name not in self.results:
@@ -168,9 +169,11 @@ def run(
     tokens = collected[(run_context.main, TokensByDomain())]
     tokens_by_domain = dict(zip(run_context.domain_names, (int(n) for n in tokens.tolist()), strict=True))
 
+    findings = [finding for result in results.values() for finding in result.findings()]
     report_path = None
     if write_report:
         report = Report(f"tl_moe analysis of {options.model}", out)
+        report.add_findings(findings)
         for analysis in chosen:
             section = report.add_section(analysis.title, key=analysis.name, intro=analysis.intro)
             analysis.render(results[analysis.name], section, run_context)
@@ -189,7 +192,7 @@ def run(
         (out / "run.json").write_text(json.dumps({"timings": timings}, indent=2))
     else:
         timings["total (s)"] = round(time.perf_counter() - started, 1)
-    return RunResults(options, results, report_path, timings, tokens_by_domain)
+    return RunResults(options, results, report_path, timings, tokens_by_domain, findings)
 
 
 def analyze(

@@ -48,13 +48,36 @@ thead th { border-bottom: 2px solid #d0d7de; }
 tbody tr:nth-child(even) { background: #f6f8fa; }
 .num { text-align: right; font-variant-numeric: tabular-nums; }
 .note { color: #57606a; font-size: .85rem; }
+aside.findings { background: #fff8e6; border: 1px solid #e3c16f; border-radius: 6px; padding: .5rem 1.25rem;
+  margin: 1rem 0 1.5rem; }
+aside.findings h2 { border: 0; margin: .2rem 0; padding: 0; font-size: 1.1rem; }
+aside.findings li { margin: .25rem 0; }
 """.strip()
+
+# Whitespace that a table cell would otherwise swallow (tokens such as "\n" or " the").
+_VISIBLE = {"\n": "⏎", "\t": "⇥", "\r": "␍"}
+
+
+def visible_whitespace(text: str) -> str:
+    """``text`` with newlines, tabs and leading/trailing spaces drawn (``⏎ ⇥ ·``); ``∅`` if empty."""
+    if text == "":
+        return "∅"
+    for raw, shown in _VISIBLE.items():
+        text = text.replace(raw, shown)
+    stripped = text.strip(" ")
+    if stripped != text:
+        lead = len(text) - len(text.lstrip(" "))
+        trail = len(text) - len(text.rstrip(" "))
+        text = "·" * lead + stripped + "·" * trail if stripped else "·" * len(text)
+    return text
 
 
 def format_value(value: Any) -> str:
     """``value`` as short display text (not yet escaped): 4 significant digits for floats, '–' for missing."""
-    if isinstance(value, (bool, str)):
+    if isinstance(value, bool):
         return str(value)
+    if isinstance(value, str):
+        return visible_whitespace(value)
     if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
         return "–"
     if isinstance(value, Integral):
@@ -66,6 +89,8 @@ def format_value(value: Any) -> str:
             return str(number)
         if magnitude == 0:
             return "0"
+        if number.is_integer() and magnitude < 1e15:
+            return str(int(number))  # counts stored as floats read as counts
         if magnitude >= 1e6 or magnitude < 1e-3:
             return f"{number:.3e}"
         if magnitude >= 1e3:
@@ -176,8 +201,18 @@ def _settings_html(metadata: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def render_page(title: str, sections: Sequence[SectionContent], metadata: Mapping[str, Any]) -> str:
-    """The full HTML page: title, table of contents, the sections in order, then the settings/metadata."""
+def _findings_html(findings: Sequence[str]) -> str:
+    items = "".join(f"<li>{inline_to_html(finding)}</li>" for finding in findings)
+    return f'<aside class="findings" aria-label="Findings"><h2>What this run found</h2><ul>{items}</ul></aside>\n'
+
+
+def render_page(
+    title: str,
+    sections: Sequence[SectionContent],
+    metadata: Mapping[str, Any],
+    findings: Sequence[str] = (),
+) -> str:
+    """The full HTML page: title, findings box, table of contents, the sections, the settings/metadata."""
     numbering = _Numbering()
     toc = "".join(f'<li><a href="#section-{escape(s.key)}">{escape(s.title)}</a></li>' for s in sections)
     toc += f'<li><a href="#{SETTINGS_ANCHOR}">{SETTINGS_TITLE}</a></li>'
@@ -198,7 +233,8 @@ def render_page(title: str, sections: Sequence[SectionContent], metadata: Mappin
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{escape(title)}</title>\n<style>\n{CSS}\n</style>\n</head>\n<body>\n<main>\n"
         f"<h1>{escape(title)}</h1>\n"
-        f'<nav class="toc" aria-label="Contents"><h2>Contents</h2><ol>{toc}</ol></nav>\n'
+        + (_findings_html(findings) if findings else "")
+        + f'<nav class="toc" aria-label="Contents"><h2>Contents</h2><ol>{toc}</ol></nav>\n'
         + "\n".join(body)
         + "\n</main>\n</body>\n</html>\n"
     )

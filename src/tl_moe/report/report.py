@@ -165,6 +165,7 @@ class Report:
         self.title = title
         self.out_dir = Path(out_dir)
         self.metadata: dict[str, Any] = {}
+        self.findings: list[str] = []
         self._sections: dict[str, Section] = {}
 
     @property
@@ -197,6 +198,13 @@ class Report:
         self._sections[key] = section
         return section
 
+    def add_findings(self, findings: list[str]) -> None:
+        """Headline sentences (Markdown subset) shown in a box at the top of the page and saved under
+        ``"findings"`` in ``results.json``."""
+        for finding in findings:
+            _check_text(finding, "finding")
+        self.findings.extend(findings)
+
     def add_metadata(self, metadata: Mapping[str, Any]) -> None:
         """Record run settings, model configs, versions, timings...: shown at the end of the page and
         saved under ``"metadata"`` in ``results.json``. Top-level keys added again replace earlier values."""
@@ -208,6 +216,7 @@ class Report:
         """The content of ``results.json``: title, per-section metrics and files, and the metadata."""
         return {
             "title": self.title,
+            "findings": list(self.findings),
             "sections": {key: section.results() for key, section in self._sections.items()},
             "metadata": dict(self.metadata),
         }
@@ -220,7 +229,7 @@ class Report:
         results = json.dumps(self.results(), indent=2, ensure_ascii=False, allow_nan=False)
         write_text(self.out_dir / RESULTS_FILE, results + "\n")
         index = self.out_dir / INDEX_FILE
-        write_text(index, render_page(self.title, self.sections, self.metadata))
+        write_text(index, render_page(self.title, self.sections, self.metadata, self.findings))
         return index
 
     def _check_new_name(self, name: str, kind: type[FigureBlock] | type[TableBlock]) -> str:

@@ -52,6 +52,18 @@ class DomainExpertsResult(Result):
             "mean domain score": round(float(frame["score"].mean()), 4),
         }
 
+    def findings(self) -> list[str]:
+        scored = int((~self.experts.insufficient_tokens_).sum())
+        called = int(self.experts.is_domain_expert_.sum())
+        text = f"**Domain experts**: {called} of {scored} scored experts have a domain score ≥ 0.5"
+        if len(self.top):
+            best = self.top.iloc[0]
+            text += (
+                f"; the most specific is layer {int(best['layer'])} expert {int(best['expert'])} "
+                f"({best['favoured_domain']}, score {best['score']:.2f}, {best['lift']:.1f}× its mean rate)"
+            )
+        return [text + " (no significance test)."]
+
     def tables(self) -> list[TableItem]:
         return [TableItem("domain_experts_top", self.top, "The most domain-specific experts.")]
 

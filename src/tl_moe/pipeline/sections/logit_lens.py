@@ -33,6 +33,17 @@ class LogitLensResult(Result):
     def metrics(self) -> dict[str, Any]:
         return {}
 
+    def findings(self) -> list[str]:
+        first = self.top_tokens[(self.top_tokens["rank"] == 0) & self.top_tokens["token"].notna()]
+        if first.empty:
+            return []
+        counts = first["token"].value_counts()
+        token = counts.index[0].replace("\n", "⏎").replace(" ", "·")
+        return [
+            f"**Expert logit lens**: the most common top promoted token is `{token}` "
+            f"(top-1 of {int(counts.iloc[0])} of {len(first)} experts)."
+        ]
+
     def tables(self) -> list[TableItem]:
         return [TableItem("logit_lens_top_tokens", self.top_tokens, "Top promoted tokens per expert.")]
 

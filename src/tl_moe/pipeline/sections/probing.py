@@ -90,6 +90,18 @@ class ProbingResult(Result):
         )
         return metrics
 
+    def findings(self) -> list[str]:
+        at_k1 = self.curves[self.curves["k"] == 1].set_index("model")["mean_best_f1"]
+        if MOE_CURVE not in at_k1:
+            return []
+        text = f"**Probing, the paper's protocol** (best unit picked on the split it is scored on): at k = 1 the MoE's best expert reaches mean F1 {at_k1[MOE_CURVE]:.3f}"
+        if DENSE_CURVE in at_k1:
+            text += f" vs {at_k1[DENSE_CURVE]:.3f} for the dense model's best layer"
+        if MATCHED_CURVE in at_k1:
+            text += f" and {at_k1[MATCHED_CURVE]:.3f} for its neurons on routing-matched random token subsets"
+        concepts = int(self.curves["concepts"].max())
+        return [text + f", over {concepts} concepts; single split, no interval."]
+
     def figures(self) -> list[FigureItem]:
         figure = line_plot(
             self.curves,

@@ -43,6 +43,11 @@ class SparsityResult(Result):
             for row in self.table[self.table["k"] == 1].itertuples()
         }
 
+    def findings(self) -> list[str]:
+        points = self.table[self.table["k"] == 1].sort_values("active_ratio")
+        trend = ", ".join(f"{row.mean_best_f1:.3f} at {row.active_ratio:g}" for row in points.itertuples())
+        return [f"**Sparsity family** (paper's protocol, k = 1): mean best F1 by active ratio: {trend}."]
+
     def figures(self) -> list[FigureItem]:
         return [FigureItem("probing_f1_vs_sparsity", self.figure(), "Mean best F1 vs active ratio.")]
 

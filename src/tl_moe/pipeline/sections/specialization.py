@@ -45,6 +45,17 @@ class SpecializationSummary(Result):
             for name, result in self.measures.items()
         }
 
+    def findings(self) -> list[str]:
+        parts = []
+        for name, result in self.measures.items():
+            last = result.layer_summary().iloc[-1]
+            parts.append(f"{name} {last['mean_excess']:.3f} ± {last['std_excess']:.3f}")
+        layer = next(iter(self.measures.values())).layers[-1]
+        return [
+            f"**Specialization** in the last sparse layer ({layer}), bits above the sampling baseline "
+            f"(mean ± sd over experts): " + "; ".join(parts) + "."
+        ]
+
     def figures(self) -> list[FigureItem]:
         fig, ax = new_figure(6.4, 4.2)
         for name, result in self.measures.items():
