@@ -2,6 +2,7 @@
 
 Commands:
     tl-moe analyze [MODEL] [--dense-baseline MODEL] [--corpus SPEC] [--out DIR] ...
+    tl-moe plan [MODEL] [the flags of analyze]
     tl-moe zoo list | train [NAMES ...|--all] | losses
     tl-moe hooks [MODEL]
     tl-moe corpus stats [--corpus SPEC]
@@ -88,6 +89,16 @@ def _cmd_analyze(args) -> None:
     print(f"\nReport: {results.report.resolve()}")
 
 
+def _cmd_plan(args) -> None:
+    from tl_moe.pipeline.options import options_from_arguments
+    from tl_moe.pipeline.plan import check_fits, plan_run
+
+    plan = plan_run(options_from_arguments(args))
+    print(plan.summary())
+    check_fits(plan)
+    print("It fits in the memory available.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pathlib import Path
 
@@ -102,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = commands.add_parser("analyze", help="run the analyses in one pass and write an HTML report")
     add_option_arguments(analyze, analysis_help=registry.help_text())
     analyze.set_defaults(func=_cmd_analyze)
+
+    plan = commands.add_parser(
+        "plan", help="estimate a run's memory and compute from the models' configs alone (no weights)"
+    )
+    add_option_arguments(plan, analysis_help=registry.help_text())
+    plan.set_defaults(func=_cmd_plan)
 
     zoo = commands.add_parser("zoo", help="the toy model zoo").add_subparsers(
         dest="zoo_command", required=True

@@ -33,12 +33,20 @@ class RunContext:
             loaded from ``options.corpus`` when None.
         models: already loaded models by name (e.g. a model a notebook holds); others are loaded
             with :func:`tl_moe.load` when first needed.
+        configs: model configs by name, for planning a run without loading any weights.
     """
 
-    def __init__(self, options: RunOptions, dataset: Any = None, models: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        options: RunOptions,
+        dataset: Any = None,
+        models: dict[str, Any] | None = None,
+        configs: dict[str, MoEConfig] | None = None,
+    ):
         self.options = options
         self._dataset = dataset
         self._models: dict[str, Any] = dict(models or {})
+        self._configs: dict[str, MoEConfig] = dict(configs or {})
 
     @cached_property
     def dataset(self) -> Any:
@@ -72,7 +80,9 @@ class RunContext:
         self._models.pop(name, None)
 
     def config(self, name: str) -> MoEConfig:
-        """The :class:`MoEConfig` of the model called ``name``."""
+        """The :class:`MoEConfig` of the model called ``name`` (the planner gives configs without weights)."""
+        if name in self._configs:
+            return self._configs[name]
         return self.model(name).moe_cfg
 
     @property

@@ -15,6 +15,7 @@ from tl_moe.analysis.concept_probing import expert_probing_hooks
 from tl_moe.analysis.logit_lens_accumulator import ExpertLogitLensAccumulator
 from tl_moe.analysis.routing_stats import routed_tokens_by_domain, routed_tokens_by_group, tokens_by_domain
 from tl_moe.collect.accumulator import Accumulator
+from tl_moe.models.config import MoEConfig
 from tl_moe.models.hook_names import get_act_name
 from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.protocol import AccumulatorSpec
@@ -44,6 +45,9 @@ class RoutedByDomain(AccumulatorSpec):
     def build(self, model: Any, run: RunContext) -> Accumulator:
         return routed_tokens_by_domain(model.moe_cfg, len(run.domain_names))
 
+    def estimate_bytes(self, cfg: MoEConfig, run: RunContext) -> int:
+        return len(cfg.sparse_layers) * cfg.num_experts * len(run.domain_names) * 8
+
 
 @dataclass(frozen=True)
 class RoutedByTokenGroup(AccumulatorSpec):
@@ -51,6 +55,9 @@ class RoutedByTokenGroup(AccumulatorSpec):
 
     def build(self, model: Any, run: RunContext) -> Accumulator:
         return routed_tokens_by_group(model.moe_cfg, run.token_groups)
+
+    def estimate_bytes(self, cfg: MoEConfig, run: RunContext) -> int:
+        return len(cfg.sparse_layers) * cfg.num_experts * run.options.n_token_groups * 8
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,11 @@ class ExpertLens(AccumulatorSpec):
         return ExpertLogitLensAccumulator(
             model, layers=list(model.moe_cfg.sparse_layers), top_n=self.top_n, token_groups=run.token_groups
         )
+
+    def estimate_bytes(self, cfg: MoEConfig, run: RunContext) -> int:
+        cells = len(cfg.sparse_layers) * cfg.num_experts
+        # per-expert output sums (float64) + sparse (key, count) pairs over expert x cluster
+        return cells * (cfg.d_model * 8 + run.options.n_token_groups * 16 + 64)
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,12 @@ class ExpertNeurons(AccumulatorSpec):
             expert_probing_hooks(model.moe_cfg, layers), max_tokens=run.options.max_tokens
         )
 
+    def estimate_bytes(self, cfg: MoEConfig, run: RunContext) -> int:
+        layers = len(cfg.sparse_layers) if self.layers is None else len(self.layers)
+        k = cfg.experts_per_token
+        per_token = layers * k * (cfg.d_expert * 2 + 8) + 64  # float16 neurons, int64 indices, ids+labels
+        return run.options.max_tokens * per_token
+
 
 @dataclass(frozen=True)
 class DenseNeurons(AccumulatorSpec):
@@ -95,3 +113,6 @@ class DenseNeurons(AccumulatorSpec):
             )
         hooks = [get_act_name("neuron", layer, model) for layer in cfg.dense_layers]
         return TokenActivationStore(hooks, max_tokens=run.options.max_tokens)
+
+    def estimate_bytes(self, cfg: MoEConfig, run: RunContext) -> int:
+        return run.options.max_tokens * (len(cfg.dense_layers) * (cfg.d_mlp or 0) * 2 + 64)

@@ -27,6 +27,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from tl_moe.collect.accumulator import Accumulator
+from tl_moe.models.config import MoEConfig
 
 if TYPE_CHECKING:  # annotations only: the context module imports nothing from here at run time
     from tl_moe.pipeline.context import RunContext
@@ -45,6 +46,11 @@ class AccumulatorSpec(ABC, Hashable):
     @abstractmethod
     def build(self, model: Any, run: RunContext) -> Accumulator:
         """A fresh accumulator for ``model`` (the pass's model, already loaded)."""
+
+    def estimate_bytes(self, cfg: MoEConfig, run: RunContext) -> int:
+        """Upper estimate of the accumulator's memory at the end of a pass, from the model's
+        config alone (the planner's input; 0 when negligible or unknown)."""
+        return 0
 
 
 @dataclass(frozen=True)

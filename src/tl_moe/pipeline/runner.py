@@ -88,6 +88,28 @@ def _needs_by_model(run_context: RunContext, analyses: list[Analysis]) -> dict[s
     return by_model
 
 
+def _check_memory(run_context: RunContext, needs: dict[str, list[AccumulatorSpec]]) -> None:
+    """Refuse, before any pass, a run whose accumulators and batch activations cannot fit."""
+    from tl_moe.pipeline.plan import _activation_bytes, available_memory
+
+    options = run_context.options
+    kept, peak, worst = 0, 0, ""
+    for model_name, specs in needs.items():
+        cfg = run_context.config(model_name)
+        accumulators = sum(spec.estimate_bytes(cfg, run_context) for spec in specs)
+        this_pass = kept + accumulators + _activation_bytes(cfg, options, dtype_bytes=4)
+        if this_pass > peak:
+            peak, worst = this_pass, model_name
+        kept += accumulators
+    available = available_memory(options.device)
+    if peak > available:
+        raise InputError(
+            f"the pass over {worst} needs about {peak / 2**30:.1f} GiB for accumulators and activations, but "
+            f"{available / 2**30:.1f} GiB are free; lower --max-tokens or --batch-size, or choose --probe-layers "
+            "(`tl-moe plan` shows the breakdown)."
+        )
+
+
 def _collect_model(
     run_context: RunContext, model_name: str, specs: list[AccumulatorSpec], out: Path | None
 ) -> dict[AccumulatorSpec, Any]:
@@ -149,6 +171,7 @@ def run(
     for analysis in chosen:
         analysis.check(run_context)
     needs = _needs_by_model(run_context, chosen)
+    _check_memory(run_context, needs)
 
     timings: dict[str, float] = {}
     collected: dict[tuple[str, AccumulatorSpec], Any] = {}

@@ -1,0 +1,117 @@
+"""The planner: parameter counts of the published flagship shapes (meta device, offline), memory
+estimates that match what a run really stores, and one-line refusals of runs that cannot fit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoConfig
+
+import tl_moe.pipeline  # noqa: F401 (registers the analyses)
+from tl_moe.errors import InputError
+from tl_moe.pipeline import RunOptions
+from tl_moe.pipeline.plan import check_fits, plan_run
+
+# Published shapes (model cards): total / active parameters in billions.
+FLAGSHIPS = {
+    "OLMoE-1B-7B": (
+        dict(
+            model_type="olmoe",
+            vocab_size=50304,
+            hidden_size=2048,
+            intermediate_size=1024,
+            num_hidden_layers=16,
+            num_attention_heads=16,
+            num_key_value_heads=16,
+            num_experts=64,
+            num_experts_per_tok=8,
+            tie_word_embeddings=False,
+        ),
+        6.9,
+        1.3,
+    ),
+    "Qwen3-30B-A3B": (
+        dict(
+            model_type="qwen3_moe",
+            vocab_size=151936,
+            hidden_size=2048,
+            num_hidden_layers=48,
+            num_attention_heads=32,
+            num_key_value_heads=4,
+            head_dim=128,
+            moe_intermediate_size=768,
+            num_experts=128,
+            num_experts_per_tok=8,
+            intermediate_size=6144,
+            tie_word_embeddings=False,
+        ),
+        30.5,
+        3.3,
+    ),
+    "DeepSeek-V3": (dict(model_type="deepseek_v3"), 671.0, 37.0),  # transformers' default config
+}
+
+
+def _config(settings: dict):
+    settings = dict(settings)
+    return AutoConfig.for_model(settings.pop("model_type"), **settings)
+
+
+@pytest.mark.parametrize("name", list(FLAGSHIPS))
+def test_planned_parameters_match_the_published_sizes(name):
+    settings, total, active = FLAGSHIPS[name]
+    plan = plan_run(
+        RunOptions(model=name, dense_baseline=None, analyses=("domains",)), configs={name: _config(settings)}
+    )
+    model = plan.models[0]
+    assert model.n_parameters / 1e9 == pytest.approx(total, rel=0.02)
+    assert model.n_active_parameters / 1e9 == pytest.approx(active, rel=0.05)
+    assert model.weight_bytes == 4 * model.n_parameters
+
+
+def test_olmoe_probing_store_is_sixteen_kilobytes_per_token_and_layer():
+    settings, _, _ = FLAGSHIPS["OLMoE-1B-7B"]
+    options = RunOptions(model="olmoe", dense_baseline=None, analyses=("probing",), max_tokens=10_000)
+    plan = plan_run(options, configs={"olmoe": _config(settings)})
+    store = next(size for spec, size in plan.models[0].accumulator_bytes.items() if "ExpertNeurons" in spec)
+    per_token_layer = store / 10_000 / 16
+    assert 16 * 1024 <= per_token_layer <= 17 * 1024  # k=8 x d_expert=1024 float16 + indices
+
+
+def test_the_probing_store_estimate_matches_the_bytes_a_real_pass_stores():
+    import tl_moe
+    from tl_moe.collect import collect
+    from tl_moe.data import TokenConceptLabeler
+    from tl_moe.pipeline.context import RunContext
+    from tl_moe.pipeline.needs import ExpertNeurons
+
+    options = RunOptions(analyses=("probing",), max_tokens=2000)
+    model = tl_moe.load("toy/moe-16x2")
+    run_context = RunContext(options, models={"toy/moe-16x2": model})
+    spec = ExpertNeurons(tuple(model.moe_cfg.sparse_layers))
+    stored = collect(
+        model,
+        run_context.dataset,
+        {"store": spec.build(model, run_context)},
+        max_tokens=2000,
+        concept_labeler=TokenConceptLabeler(),
+        progress=False,
+    )["store"]
+    tensors = [stored.token_index, stored.input_ids, stored.domain, stored.labels, *stored.rows.values()]
+    actual = sum(t.numel() * t.element_size() for t in tensors)
+    assert spec.estimate_bytes(model.moe_cfg, run_context) == pytest.approx(actual, rel=0.15)
+
+
+def test_a_run_that_cannot_fit_is_refused_in_one_line():
+    plan = plan_run(RunOptions(analyses=("domains",)))
+    with pytest.raises(InputError, match="GiB") as error:
+        check_fits(plan, available=1024)
+    assert "\n" not in str(error.value)
+    check_fits(plan, available=64 << 30)
+
+
+def test_meta_models_allocate_nothing():
+    from tl_moe.pipeline.plan import meta_model
+
+    model = meta_model(_config(FLAGSHIPS["DeepSeek-V3"][0]))
+    assert all(p.device == torch.device("meta") for p in model.parameters())
