@@ -83,6 +83,8 @@ def _cmd_analyze(args) -> None:
     from tl_moe.pipeline.options import options_from_arguments
 
     results = run(options_from_arguments(args))
+    if results.report is None:  # a torchrun rank other than 0: rank 0 reports
+        return
     print("\nWhat this run found:")
     for finding in results.findings:
         print(f"- {finding.replace('**', '')}")

@@ -157,6 +157,44 @@ def run(
     started = time.perf_counter()
     options = options or RunOptions()
     options.check()
+    created_group = _join_process_group_from_environment()
+    if not created_group:
+        return _run(options, analyses, dataset, models, write_report, started)
+    import torch.distributed as dist
+
+    try:
+        results = _run(options, analyses, dataset, models, write_report, started)
+        dist.barrier()  # rank 0 has written the report when every rank leaves
+        return results
+    finally:
+        dist.destroy_process_group()
+
+
+def _join_process_group_from_environment() -> bool:
+    """Under ``torchrun`` (WORLD_SIZE > 1 in the environment) start the default process group if the
+    caller has not; returns whether this call started it. Each rank then collects its shard of the
+    corpus, the accumulators reduce exactly across ranks, and rank 0 alone finalizes and writes."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available() or dist.is_initialized():
+        return False
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)
+    return True
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _run(options, analyses, dataset, models, write_report, started) -> RunResults:
     chosen = _chosen_analyses(options, analyses)
     run_context = RunContext(options, dataset=dataset, models=models)
     out = Path(options.out)
@@ -183,6 +221,9 @@ def run(
         timings[f"pass {model_name} (s)"] = round(time.perf_counter() - tic, 1)
         if model_name not in (run_context.main, run_context.dense):
             run_context.release(model_name)
+
+    if _rank() != 0:  # every rank holds the reduced accumulators; rank 0 alone finalizes and writes
+        return RunResults(options, {}, None, timings)
 
     tic = time.perf_counter()
     results: dict[str, Result] = {}
