@@ -217,3 +217,19 @@ def test_registering_a_different_class_under_a_taken_name_is_refused():
 
     with pytest.raises(ValueError, match="already registered"):
         register(Impostor)
+
+
+def test_dtype_and_device_map_options_are_checked_before_any_pass(tmp_path):
+    with pytest.raises(InputError, match="--dtype must be one of float32, bfloat16, float16"):
+        run(RunOptions(out=tmp_path, dtype="float8"))
+    with pytest.raises(InputError, match="--device or --device-map"):
+        run(RunOptions(out=tmp_path, device="cpu", device_map="auto"))
+
+
+def test_a_bfloat16_run_through_accelerate_device_map(tiny_model_dir, word_corpus, tmp_path):
+    model_dir = tiny_model_dir("olmoe")
+    options = _options(tmp_path, model_dir, analyses=("domains",), dtype="bfloat16", device_map="cpu")
+    results = run(options, dataset=word_corpus)
+    frame = results["domains"].to_frame()
+    assert frame["n_tokens"].sum() > 0
+    assert len(frame) == 2 * 8  # every expert of both sparse layers scored or flagged

@@ -72,7 +72,9 @@ class RunContext:
         if name not in self._models:
             from tl_moe.models import load
 
-            self._models[name] = load(name, device=self.options.device)
+            extra = {} if self.options.device_map is None else {"device_map": self.options.device_map}
+            dtype = getattr(torch, self.options.dtype)
+            self._models[name] = load(name, device=self.options.device, dtype=dtype, **extra)
         return self._models[name]
 
     def release(self, name: str) -> None:

@@ -22,6 +22,9 @@ from tl_moe.errors import InputError
 __all__ = ["RunOptions", "add_option_arguments", "options_from_arguments"]
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
 def _int_list(flag: str) -> Callable[[str], tuple[int, ...]]:
     def parse(text: str) -> tuple[int, ...]:
         try:
@@ -67,6 +70,10 @@ class RunOptions:
     batch_size: int = option(16, "windows per forward pass", parse=int)
     seq_len: int = option(128, "tokens per window, BOS included", parse=int)
     device: str | None = option(None, "device to run on (default: the model's)")
+    dtype: str = option("float32", "parameter dtype: float32, bfloat16 or float16")
+    device_map: str | None = option(
+        None, "spread a large model over devices with accelerate (e.g. 'auto'); hooked tensors are gathered"
+    )
     analyses: tuple[str, ...] | None = option(
         None, "comma-separated analyses to run (default: every default analysis)", parse=_name_list
     )
@@ -105,6 +112,10 @@ class RunOptions:
             raise InputError(f"--seq-len must be at least 2 (BOS and one token), got {self.seq_len}.")
         if not self.probe_ks or any(k < 1 for k in self.probe_ks):
             raise InputError(f"--probe-ks must be positive integers, got {self.probe_ks}.")
+        if self.dtype not in DTYPES:
+            raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}.")
+        if self.device_map is not None and self.device is not None:
+            raise InputError("give --device or --device-map, not both.")
         if self.probe_layers is not None and not self.probe_layers:
             raise InputError("--probe-layers needs at least one layer.")
 
