@@ -16,11 +16,18 @@ from tl_moe.collect.batching import (
     plan_batches,
 )
 from tl_moe.collect.capture import UnknownHookError
-from tl_moe.collect.checkpoint import CheckpointMismatchError
+from tl_moe.collect.checkpoint import (
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointMismatchError,
+    read_verified,
+    remove_checkpoints,
+    write_verified,
+)
 from tl_moe.collect.counts import BinEvents, CountAccumulator
 from tl_moe.collect.distributed import Shard, reduce_across_processes
 from tl_moe.collect.engine import collect, model_device
-from tl_moe.collect.hashing import uniform_priority
+from tl_moe.collect.hashing import corpus_digest, uniform_priority, weights_digest
 from tl_moe.collect.meta import BatchMeta
 from tl_moe.collect.reservoir import ReservoirSample, ReservoirSampler, SampleCandidates
 from tl_moe.collect.sums import GroupedValues, SumAccumulator, SumResult
@@ -32,6 +39,8 @@ __all__ = [
     "BatchBuilder",
     "BatchMeta",
     "BinEvents",
+    "CheckpointCorruptError",
+    "CheckpointError",
     "CheckpointMismatchError",
     "ConceptLabeler",
     "CountAccumulator",
@@ -51,10 +60,15 @@ __all__ = [
     "TopKTracker",
     "UnknownHookError",
     "collect",
+    "corpus_digest",
     "domain_names",
     "iter_windows",
     "model_device",
     "plan_batches",
+    "read_verified",
     "reduce_across_processes",
+    "remove_checkpoints",
     "uniform_priority",
+    "weights_digest",
+    "write_verified",
 ]
