@@ -380,3 +380,44 @@ def test_every_torch_load_in_src_is_weights_only():
                 if not safe:
                     offenders.append(f"{path.relative_to(SRC)}:{node.lineno}")
     assert offenders == []
+
+
+@pytest.mark.parametrize("framing", ["plain_torch_save", "valid_checksum"])
+def test_a_planted_pickle_in_train_state_is_refused_and_runs_nothing(tmp_path, framing):
+    from tl_moe.models.config import MoEConfig
+    from tl_moe.zoo import train as training
+    from tl_moe.zoo.tokenizer import load_tokenizer
+
+    marker = tmp_path / "pwned"
+    state_path = tmp_path / "run" / "train_state.pt"
+    state_path.parent.mkdir()
+    planted = {"model": PlantedPickle(marker), "step": 1}
+    if framing == "plain_torch_save":
+        torch.save(planted, state_path)  # what `tl-moe zoo train --out-root ROOT` used to execute
+    else:
+        ckpt.write_verified(state_path, planted)
+    cfg = MoEConfig(
+        "olmoe",
+        n_layers=1,
+        d_model=16,
+        d_vocab=8192,
+        n_heads=2,
+        num_experts=2,
+        experts_per_token=1,
+        d_expert=8,
+        sparse_layers=(0,),
+        max_position_embeddings=32,
+    )
+    texts = {"train": {"text": ["def f(x):\n    return x + 1\n" * 20] * 4}}
+    with pytest.raises(ValueError, match="train_state.pt") as refused:
+        training.train_model(
+            cfg,
+            state_path.parent,
+            training.TrainConfig(steps=1, batch_size=1, seq_len=8),
+            corpus=texts,
+            tokenizer=load_tokenizer(),
+            device="cpu",
+            progress=False,
+        )
+    assert not marker.exists()
+    assert "\n" not in str(refused.value) and "restart training" in str(refused.value)

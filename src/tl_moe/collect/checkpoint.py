@@ -279,16 +279,15 @@ def write_verified(path: str | os.PathLike, payload: Any) -> None:
     os.replace(temporary, path)
 
 
-def _corrupt(path: Path, reason: str, what: str) -> CheckpointCorruptError:
-    return CheckpointCorruptError(
-        f"checkpoint at {path} {what}; {START_OVER_HINT}.", path=path, reason=reason
-    )
+def _corrupt(path: Path, reason: str, what: str, hint: str = START_OVER_HINT) -> CheckpointCorruptError:
+    return CheckpointCorruptError(f"checkpoint at {path} {what}; {hint}.", path=path, reason=reason)
 
 
-def read_verified(path: str | os.PathLike, *, map_location: Any = "cpu") -> Any:
+def read_verified(path: str | os.PathLike, *, map_location: Any = "cpu", hint: str = START_OVER_HINT) -> Any:
     """The payload of a file written by :func:`write_verified`, after checking its length and checksum.
 
-    Loads with ``torch.load(weights_only=True)``: no code in the file can run.
+    Loads with ``torch.load(weights_only=True)``: no code in the file can run. ``hint`` ends
+    every refusal message (how to start over).
 
     Raises:
         FileNotFoundError: there is no file at ``path``.
@@ -299,7 +298,7 @@ def read_verified(path: str | os.PathLike, *, map_location: Any = "cpu") -> Any:
     with open(path, "rb") as handle:
         head = handle.read(_MAX_HEADER)
         if not head:
-            raise _corrupt(path, "empty", "is empty (0 bytes)")
+            raise _corrupt(path, "empty", "is empty (0 bytes)", hint)
         match = _HEADER.match(head)
         if match is None:
             raise _corrupt(
@@ -307,6 +306,7 @@ def read_verified(path: str | os.PathLike, *, map_location: Any = "cpu") -> Any:
                 "foreign",
                 "is not a tl_moe checkpoint (no checksum header; garbage, another program's file, "
                 "or written by a tl_moe version before checksums)",
+                hint,
             )
         handle.seek(match.end())
         body = handle.read()
@@ -316,14 +316,23 @@ def read_verified(path: str | os.PathLike, *, map_location: Any = "cpu") -> Any:
             path,
             "truncated",
             f"is truncated or overlong ({len(body)} of {expected_bytes} payload bytes)",
+            hint,
         )
     if hashlib.sha256(body).hexdigest() != expected_sha:
-        raise _corrupt(path, "checksum", "is damaged: its checksum does not match its contents")
+        raise _corrupt(path, "checksum", "is damaged: its checksum does not match its contents", hint)
     try:
         return torch.load(io.BytesIO(body), map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError) as error:
+    except pickle.UnpicklingError as error:
+        raise _corrupt(
+            path,
+            "unsafe",
+            "could not be read: it holds objects other than tensors and plain values, "
+            "refused because loading them could run code",
+            hint,
+        ) from error
+    except (RuntimeError, EOFError, ValueError, KeyError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise _corrupt(path, "unreadable", f"could not be read ({first_line[:120]})") from error
+        raise _corrupt(path, "unreadable", f"could not be read ({first_line[:120]})", hint) from error
 
 
 def is_checkpoint_file(path: str | os.PathLike) -> bool:
