@@ -421,3 +421,21 @@ def test_a_planted_pickle_in_train_state_is_refused_and_runs_nothing(tmp_path, f
         )
     assert not marker.exists()
     assert "\n" not in str(refused.value) and "restart training" in str(refused.value)
+
+
+def test_a_pass_without_checkpoints_computes_no_digest(olmoe, monkeypatch, tmp_path):
+    def refuse(*args):
+        raise AssertionError("digest computed without a checkpoint_dir")
+
+    monkeypatch.setattr(ckpt, "weights_digest", refuse)
+    monkeypatch.setattr(ckpt, "corpus_digest", refuse)
+    collect(olmoe, corpus(10), {"tokens": tokens_by_domain(3)}, seq_len=16, progress=False)
+    with pytest.raises(AssertionError, match="digest computed"):
+        collect(
+            olmoe,
+            corpus(10),
+            {"tokens": tokens_by_domain(3)},
+            seq_len=16,
+            progress=False,
+            checkpoint_dir=tmp_path,
+        )

@@ -133,16 +133,20 @@ def collect(
             f"the corpus yields zero tokens: all {len(dataset)} texts are empty after tokenization."
         )
 
-    fields = fingerprint(
-        model=model,
-        dataset=dataset,
-        tokenizer=tokenizer,
-        accumulators=accumulators,
-        batch_size=batch_size,
-        seq_len=seq_len,
-        max_tokens=max_tokens,
-        concept_labeler=concept_labeler,
-        shard=(this_shard.position, this_shard.count),
+    fields = (
+        {}
+        if checkpoint_dir is None
+        else fingerprint(  # content digests only when resumable
+            model=model,
+            dataset=dataset,
+            tokenizer=tokenizer,
+            accumulators=accumulators,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            max_tokens=max_tokens,
+            concept_labeler=concept_labeler,
+            shard=(this_shard.position, this_shard.count),
+        )
     )
     path = (
         None
