@@ -257,25 +257,46 @@ def _as_tuple(value: Any) -> Any:
     return value
 
 
+class _HashingWriter:
+    """A write-only file object that hashes and counts what passes through it."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.sha256 = hashlib.sha256()
+        self.n_bytes = 0
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self.sha256.update(view)
+        self.n_bytes += view.nbytes
+        return self.handle.write(view)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def _header(sha256_hex: str, n_bytes: int) -> bytes:
+    return _MAGIC + f"sha256={sha256_hex} bytes={n_bytes:020d}\n".encode()
+
+
 def write_verified(path: str | os.PathLike, payload: Any) -> None:
     """Write ``payload`` (tensors, containers, numbers, strings) as a checksummed file, atomically.
 
-    Temporary file in the same folder, fsync, rename: a reader sees the old file or the new
+    The payload is streamed once to a temporary file in the same folder while being hashed,
+    the header is written last, then fsync and rename: a reader sees the old file or the new
     one, never a torn one. Read it back with :func:`read_verified`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    body = buffer.getbuffer()
-    header = _MAGIC + f"sha256={hashlib.sha256(body).hexdigest()} bytes={body.nbytes}\n".encode()
     temporary = path.with_name(path.name + ".tmp")
     with open(temporary, "wb") as handle:
-        handle.write(header)
-        handle.write(body)
+        handle.write(_header("0" * 64, 0))  # placeholder of the same length
+        writer = _HashingWriter(handle)
+        torch.save(payload, writer)
+        handle.seek(0)
+        handle.write(_header(writer.sha256.hexdigest(), writer.n_bytes))
         handle.flush()
         os.fsync(handle.fileno())
-    del body
     os.replace(temporary, path)
 
 
