@@ -244,7 +244,7 @@ def test_verified_files_round_trip_and_never_run_code(tmp_path):
     ckpt.write_verified(tmp_path / "state.pt", payload)
     loaded = ckpt.read_verified(tmp_path / "state.pt")
     assert torch.equal(loaded["a"], payload["a"]) and loaded["b"] == payload["b"]
-    assert not (tmp_path / "state.pt.tmp").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]  # no temporary file left
 
     marker = tmp_path / "pwned"
     planted = PlantedPickle(marker)
@@ -291,11 +291,11 @@ def test_remove_checkpoints_removes_only_checkpoint_files(olmoe, tmp_path):
     run(olmoe, corpus(20), root / "dense")
     ckpt.write_verified(root / "probing" / "layer0.pt", {"done": True})
     (root / "probing" / "notes.txt").write_text("keep me")
-    (root / "moe" / "collect-shard0-of-1.pt.tmp").write_bytes(ckpt._MAGIC + b"half-written")
+    (root / "moe" / "collect-shard0-of-1.pt.x1y2.tmp").write_bytes(ckpt._MAGIC + b"half-written")
     removed = ckpt.remove_checkpoints(root)
     assert {p.relative_to(root).as_posix() for p in removed} == {
         "moe/collect-shard0-of-1.pt",
-        "moe/collect-shard0-of-1.pt.tmp",
+        "moe/collect-shard0-of-1.pt.x1y2.tmp",
         "dense/collect-shard0-of-1.pt",
         "probing/layer0.pt",
     }
@@ -439,3 +439,15 @@ def test_a_pass_without_checkpoints_computes_no_digest(olmoe, monkeypatch, tmp_p
             progress=False,
             checkpoint_dir=tmp_path,
         )
+
+
+def test_concurrent_writers_of_one_checkpoint_leave_a_whole_one(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "collect-shard0-of-1.pt"
+    payloads = [{"writer": i, "data": torch.full((200_000,), float(i))} for i in range(6)]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        list(pool.map(lambda payload: ckpt.write_verified(path, payload), payloads))
+    loaded = ckpt.read_verified(path)
+    assert torch.equal(loaded["data"], payloads[loaded["writer"]]["data"])
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]

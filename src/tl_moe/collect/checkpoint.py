@@ -23,6 +23,7 @@ whose one-line message names the first differing field. See docs/RUNS.md.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import json
@@ -30,6 +31,7 @@ import os
 import pickle
 import random
 import re
+import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -282,22 +284,27 @@ def _header(sha256_hex: str, n_bytes: int) -> bytes:
 def write_verified(path: str | os.PathLike, payload: Any) -> None:
     """Write ``payload`` (tensors, containers, numbers, strings) as a checksummed file, atomically.
 
-    The payload is streamed once to a temporary file in the same folder while being hashed,
-    the header is written last, then fsync and rename: a reader sees the old file or the new
-    one, never a torn one. Read it back with :func:`read_verified`.
+    The payload is streamed once to a temporary file of its own in the same folder
+    (``<name>.<random>.tmp``, so concurrent writers never share one) while being hashed, the
+    header is written last, then fsync and rename: a reader sees the old file or a new one,
+    never a torn one. Read it back with :func:`read_verified`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(_header("0" * 64, 0))  # placeholder of the same length
-        writer = _HashingWriter(handle)
-        torch.save(payload, writer)
-        handle.seek(0)
-        handle.write(_header(writer.sha256.hexdigest(), writer.n_bytes))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(_header("0" * 64, 0))  # placeholder of the same length
+            writer = _HashingWriter(handle)
+            torch.save(payload, writer)
+            handle.seek(0)
+            handle.write(_header(writer.sha256.hexdigest(), writer.n_bytes))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def _corrupt(path: Path, reason: str, what: str, hint: str = START_OVER_HINT) -> CheckpointCorruptError:
@@ -394,7 +401,9 @@ def discard_checkpoint(path: str | os.PathLike) -> None:
     """Delete one checkpoint file and its ``.tmp`` leftover (if any), then its folder if left empty."""
     path = Path(path)
     path.unlink(missing_ok=True)
-    path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+    for leftover in path.parent.glob(f"{glob.escape(path.name)}.*.tmp"):
+        if is_checkpoint_file(leftover):
+            leftover.unlink(missing_ok=True)
     try:
         path.parent.rmdir()
     except OSError:
