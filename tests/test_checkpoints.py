@@ -9,6 +9,7 @@ without a word) rather than on an import.
 from __future__ import annotations
 
 import ast
+import json
 import os
 from pathlib import Path
 
@@ -451,3 +452,25 @@ def test_concurrent_writers_of_one_checkpoint_leave_a_whole_one(tmp_path):
     loaded = ckpt.read_verified(path)
     assert torch.equal(loaded["data"], payloads[loaded["writer"]]["data"])
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_a_moved_model_resumes_and_a_changed_config_does_not(tmp_path):
+    import shutil
+
+    save_tiny_model("olmoe", tmp_path / "here", seed=0)
+    dataset = corpus(30)
+    first = run_marked(tl_moe.load(tmp_path / "here", device="cpu"), dataset, tmp_path / "out")
+    shutil.move(tmp_path / "here", tmp_path / "there")  # same content, another path: resumes
+    moved = tl_moe.load(tmp_path / "there", device="cpu")
+    calls = []
+    with moved.hooks(fwd_hooks=[("embed.hook_out", lambda act, hook: calls.append(1))]):
+        assert run_marked(moved, dataset, tmp_path / "out") == first
+    assert calls == []
+
+    config_path = tmp_path / "there" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["norm_topk_prob"] = not config.get("norm_topk_prob", False)  # routing changes, weights do not
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ckpt.CheckpointMismatchError) as refused:
+        run_marked(tl_moe.load(tmp_path / "there", device="cpu"), dataset, tmp_path / "out")
+    assert refused.value.field == "model.config"

@@ -106,22 +106,48 @@ def checkpoint_path(directory: str | os.PathLike, shard_index: int, shard_count:
     return Path(directory) / f"collect-shard{shard_index}-of-{shard_count}.pt"
 
 
+_CONFIG_KEYS_IGNORED = ("_name_or_path", "name_or_path", "transformers_version", "_commit_hash")
+"""Where a model was loaded from and which library wrote it: no effect on a pass's result."""
+
+
+def _digest_of(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
 def _tokenizer_summary(tokenizer: Any) -> dict[str, Any]:
+    """The tokenizer by content: its whole definition for fast tokenizers, else vocabulary and specials."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "to_str"):
+        content = backend.to_str()
+    else:
+        vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+        content = json.dumps(sorted(vocab.items()), default=str)
+    specials = getattr(tokenizer, "special_tokens_map", {})
     return {
         "class": type(tokenizer).__name__,
-        "name_or_path": str(getattr(tokenizer, "name_or_path", "")),
         "vocab_size": len(tokenizer),
         "bos_token_id": tokenizer.bos_token_id,
+        "content": _digest_of([content, specials]),
         "probe": list(tokenizer(_TOKENIZER_PROBE, add_special_tokens=False)["input_ids"]),
     }
 
 
+def _config_digest(model: Any) -> str | None:
+    """Digest of the Hugging Face config (routing flags, rope, norms...), without path and version."""
+    config = getattr(getattr(model, "original_model", model), "config", None)
+    if config is None or not hasattr(config, "to_dict"):
+        return None
+    values = {key: value for key, value in config.to_dict().items() if key not in _CONFIG_KEYS_IGNORED}
+    return _digest_of(values)
+
+
 def _model_summary(model: Any) -> dict[str, Any]:
-    cfg = getattr(model, "cfg", None)
+    """The model by content (class, size, config, weights), not by the path it was loaded from."""
     return {
-        "name": str(getattr(cfg, "model_name", "")),
         "class": type(model).__name__,
         "n_parameters": sum(p.numel() for p in model.parameters()) if hasattr(model, "parameters") else 0,
+        "config": _config_digest(model),
         "weights": weights_digest(model),
     }
 
