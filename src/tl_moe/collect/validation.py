@@ -264,7 +264,7 @@ def resolve_device(spec: str | torch.device | None = None, *, input_name: str = 
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        device = torch.device(spec.strip() if isinstance(spec, str) else spec)
+        device = torch.device(spec.strip().lower() if isinstance(spec, str) else spec)
     except (RuntimeError, TypeError, ValueError):
         raise DeviceError(
             input_name, f"{input_name} {str(spec)!r} is not a device; {_DEVICES_ACCEPTED}."
