@@ -29,6 +29,7 @@ from tl_moe.collect.batching import (
 from tl_moe.collect.capture import ActivationCapture, check_hook_names
 from tl_moe.collect.checkpoint import (
     checkpoint_path,
+    discard_checkpoint,
     fingerprint,
     load_checkpoint,
     restore_rng_state,
@@ -62,6 +63,8 @@ def collect(
     stop_early: bool = True,
     tokenizer: Any = None,
     shard: tuple[int, int] | None = None,
+    fresh: bool = False,
+    keep_checkpoint: bool = True,
 ) -> dict[str, Any]:
     """Run ``model`` over ``dataset`` once and return each accumulator's finalized result.
 
@@ -81,7 +84,9 @@ def collect(
             document; fills ``BatchMeta.concept_labels``. Needs a fast tokenizer.
         checkpoint_dir: where to checkpoint; a rerun with the same arguments resumes
             from the last checkpoint there and gives exactly the uninterrupted result.
-            A rerun with different arguments raises ``CheckpointMismatchError``.
+            A rerun with different arguments, model weights or corpus content raises
+            ``CheckpointMismatchError`` (``.field`` names what differs); an empty,
+            truncated or damaged checkpoint file raises ``CheckpointCorruptError``.
         checkpoint_every: checkpoint after every this many batches of this process.
         device: where hooked tensors are gathered and accumulators compute; defaults
             to the model's device. For models split over devices (accelerate
@@ -93,6 +98,12 @@ def collect(
             ``count`` and return unreduced results, for independent jobs merged later
             with ``Accumulator.merge``. When None and ``torch.distributed`` is
             initialized, each rank takes its shard and results are reduced over ranks.
+        fresh: ignore any checkpoint in ``checkpoint_dir`` (mismatching or damaged
+            ones included) and start over, overwriting it.
+        keep_checkpoint: False to delete this process's checkpoint once the pass has
+            finished and its results are finalized. A multi-pass job that wants to
+            resume after a later step fails should keep them and call
+            ``remove_checkpoints(directory)`` when the whole job is done.
 
     Returns:
         name -> ``accumulator.finalize()``.
@@ -122,16 +133,20 @@ def collect(
             f"the corpus yields zero tokens: all {len(dataset)} texts are empty after tokenization."
         )
 
-    fields = fingerprint(
-        model=model,
-        dataset=dataset,
-        tokenizer=tokenizer,
-        accumulators=accumulators,
-        batch_size=batch_size,
-        seq_len=seq_len,
-        max_tokens=max_tokens,
-        concept_labeler=concept_labeler,
-        shard=(this_shard.position, this_shard.count),
+    fields = (
+        {}
+        if checkpoint_dir is None
+        else fingerprint(  # content digests only when resumable
+            model=model,
+            dataset=dataset,
+            tokenizer=tokenizer,
+            accumulators=accumulators,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            max_tokens=max_tokens,
+            concept_labeler=concept_labeler,
+            shard=(this_shard.position, this_shard.count),
+        )
     )
     path = (
         None
@@ -140,7 +155,7 @@ def collect(
     )
     cursor, complete = StreamCursor(), False
     if path is not None:
-        saved = load_checkpoint(path, fields=fields, device=device)
+        saved = None if fresh else load_checkpoint(path, fields=fields, device=device)
         if saved is None:
             save_checkpoint(path, fields=fields, cursor=cursor, states=_states(accumulators), complete=False)
         else:
@@ -169,7 +184,10 @@ def collect(
         )
     if reduce:
         reduce_across_processes(accumulators)
-    return {name: acc.finalize() for name, acc in accumulators.items()}
+    results = {name: acc.finalize() for name, acc in accumulators.items()}
+    if path is not None and not keep_checkpoint:
+        discard_checkpoint(path)
+    return results
 
 
 def _states(accumulators: Mapping[str, Accumulator]) -> dict[str, dict[str, Any]]:

@@ -90,7 +90,9 @@ def train_model(
 ) -> Path:
     """Train one model of the family and save it (float16) with its evaluation metadata.
 
-    Resumes from ``out_dir/train_state.pt`` when an earlier run was interrupted.
+    Resumes from ``out_dir/train_state.pt`` when an earlier run was interrupted. That file is
+    checksummed and loaded with ``weights_only=True``: a damaged or planted file is refused
+    with one line (delete it to restart), and no code in it can run.
 
     Returns:
         ``out_dir``, loadable with ``tl_moe.load(out_dir)``.
@@ -114,7 +116,7 @@ def train_model(
     start_step, elapsed = 0, 0.0
     state_path = out_dir / "train_state.pt"
     if state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=False)
+        state = _load_state(state_path, device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
@@ -165,8 +167,11 @@ def train_model(
 
 
 def _save_state(path: Path, model, optimizer, generator, step: int, elapsed: float) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(
+    """Atomic, checksummed training state (see :func:`tl_moe.collect.checkpoint.write_verified`)."""
+    from tl_moe.collect.checkpoint import write_verified
+
+    write_verified(
+        path,
         {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -174,9 +179,24 @@ def _save_state(path: Path, model, optimizer, generator, step: int, elapsed: flo
             "step": step,
             "elapsed": elapsed,
         },
-        tmp,
     )
-    tmp.replace(path)
+
+
+def _load_state(path: Path, device: str) -> dict:
+    """The training state at ``path``: checksum verified, loaded with ``weights_only=True`` (no code runs).
+
+    Raises ``CheckpointCorruptError`` (a ValueError, one line) for an empty, truncated, damaged,
+    foreign or code-carrying file; deleting it restarts training from step 0.
+    """
+    from tl_moe.collect.checkpoint import read_verified
+
+    hint = f"delete {path} to restart training from step 0"
+    state = read_verified(path, map_location=device, hint=hint)
+    keys = set(state) if isinstance(state, dict) else set()
+    missing = {"model", "optimizer", "generator", "step", "elapsed"} - keys
+    if missing:
+        raise ValueError(f"training state at {path} lacks {sorted(missing)}; {hint}.")
+    return state
 
 
 def _reload_float32(directory: Path):

@@ -1,0 +1,308 @@
+"""Input checks that run before any pass: each bad input is one line naming it and what is accepted."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import datasets
+import pytest
+import torch
+
+from tl_moe.collect import validation as v
+from tl_moe.models.config import MoEConfig
+
+TOY = MoEConfig(
+    "olmoe",
+    n_layers=2,
+    d_model=64,
+    d_vocab=8192,
+    n_heads=4,
+    num_experts=8,
+    experts_per_token=2,
+    d_expert=32,
+    sparse_layers=(0, 1),
+    max_position_embeddings=256,
+)
+
+
+def one_line(error: pytest.ExceptionInfo, input_name: str) -> str:
+    message = str(error.value)
+    assert "\n" not in message and len(message) < 400, message
+    assert isinstance(error.value, ValueError) and error.value.input == input_name
+    assert message.startswith(input_name) or input_name in message
+    return message
+
+
+# ----------------------------------------------------------------------------- seq_len
+
+
+def test_seq_len_within_the_models_positions_passes():
+    assert v.check_seq_len(128, TOY, memory_bytes=10**12) == 128
+    assert v.check_seq_len(256, TOY, memory_bytes=10**12) == 256
+
+
+def test_seq_len_beyond_the_models_positions_is_refused():
+    with pytest.raises(v.SeqLenError) as refused:
+        v.check_seq_len(1024, TOY, memory_bytes=10**12)
+    assert "longer than the model's 256 positions" in one_line(refused, "--seq-len")
+    assert "accepted: 2..256" in str(refused.value)
+
+
+@pytest.mark.parametrize("bad", [0, 1, -5, "128", 12.0, True, None])
+def test_seq_len_that_is_not_a_length_is_refused(bad):
+    with pytest.raises(v.SeqLenError) as refused:
+        v.check_seq_len(bad, TOY)
+    assert "accepted: an integer >= 2" in one_line(refused, "--seq-len")
+
+
+def test_seq_len_too_large_for_memory_is_refused_with_what_fits():
+    long_context = {
+        "max_position_embeddings": 131072,
+        "hidden_size": 2048,
+        "num_attention_heads": 16,
+        "vocab_size": 50304,
+        "intermediate_size": 1024,
+        "num_experts_per_tok": 8,
+    }
+    with pytest.raises(v.SeqLenError) as refused:
+        v.check_seq_len(100_000, long_context, batch_size=8, memory_bytes=16 * 10**9)
+    message = one_line(refused, "--seq-len")
+    assert "needs about" in message and "16.0 GB free" in message
+    fits = int(message.split("up to ")[1].split()[0])
+    assert 2 <= fits < 100_000
+    assert v.check_seq_len(fits, long_context, batch_size=8, memory_bytes=16 * 10**9) == fits
+    with pytest.raises(v.SeqLenError):
+        v.check_seq_len(fits + 1, long_context, batch_size=8, memory_bytes=16 * 10**9)
+
+
+def test_memory_estimate_grows_with_batch_and_quadratically_with_length():
+    small = v.estimate_forward_bytes(TOY, 64, 1)
+    assert v.estimate_forward_bytes(TOY, 64, 4) == 4 * small
+    assert v.estimate_forward_bytes(TOY, 128, 1) > 2 * small
+    assert v.available_memory_bytes("cpu") > 0
+    flash = {**TOY.to_dict(), "_attn_implementation": "sdpa"}
+    assert v.estimate_forward_bytes(flash, 8192, 1) < v.estimate_forward_bytes(TOY, 8192, 1)
+
+
+def test_seq_len_is_read_off_a_loaded_bridge(tiny_bridge):
+    bridge = tiny_bridge("olmoe")
+    assert v.max_positions(bridge) == 64
+    with pytest.raises(v.SeqLenError, match="64 positions"):
+        v.check_seq_len(65, bridge)
+    assert v.check_seq_len(64, bridge) == 64
+
+
+# ----------------------------------------------------------------------------- device
+
+
+def test_cpu_and_auto_resolve():
+    assert v.resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert v.resolve_device(None).type in (expected, "mps")
+    assert v.resolve_device("auto") == v.resolve_device(None)
+
+
+@pytest.mark.parametrize("spec", ["banana", "cuda:x", "", "gpu"])
+def test_a_string_that_is_not_a_device_is_refused(spec):
+    if spec == "":
+        assert v.resolve_device(spec) == v.resolve_device(None)
+        return
+    with pytest.raises(v.DeviceError) as refused:
+        v.resolve_device(spec)
+    assert "accepted: auto, cpu, cuda, cuda:N, mps" in one_line(refused, "--device")
+
+
+def test_cuda_without_cuda_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for spec in ("cuda", "cuda:0"):
+        with pytest.raises(v.DeviceError) as refused:
+            v.resolve_device(spec)
+        assert "CUDA is not available here" in one_line(refused, "--device")
+
+
+def test_a_missing_gpu_index_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert v.resolve_device("cuda") == torch.device("cuda", 0)
+    with pytest.raises(v.DeviceError) as refused:
+        v.resolve_device("cuda:3")
+    assert "has 1 CUDA device(s); accepted: cuda:0..cuda:0" in one_line(refused, "--device")
+
+
+def test_the_input_name_is_the_callers(monkeypatch):
+    with pytest.raises(v.DeviceError, match="^device= 'banana'") as refused:
+        v.resolve_device("banana", input_name="device=")
+    assert refused.value.input == "device="
+
+
+# ---------------------------------------------------------------------------- model source
+
+
+def test_existing_sources_are_classified(tiny_model_dir):
+    assert v.check_model_source("toy/moe-16x2") == "toy"
+    assert v.check_model_source(tiny_model_dir("olmoe")) == "local"
+    assert v.check_model_source("allenai/OLMoE-1B-7B-0924", offline=False) == "hub"
+    assert v.check_model_source(torch.nn.Linear(2, 2)) == "object"
+
+
+@pytest.mark.parametrize("spec", ["/no/such/model", "./missing-model", "~/nope/", "a/b/c", "C:\\models\\x"])
+def test_a_path_that_does_not_exist_is_refused(spec):
+    with pytest.raises(v.ModelSourceError) as refused:
+        v.check_model_source(spec, offline=False)
+    assert "does not exist" in one_line(refused, "--model")
+
+
+@pytest.mark.parametrize("spec", ["not a model", "org/na me", "bad--name", "-leading", "x" * 200])
+def test_a_name_that_is_neither_a_folder_nor_a_hub_id_is_refused(spec):
+    with pytest.raises(v.ModelSourceError) as refused:
+        v.check_model_source(spec, offline=False)
+    assert "neither an existing local folder nor a valid hub id" in one_line(refused, "--model")
+
+
+def test_an_uncached_hub_id_offline_is_refused_at_once(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(v.ModelSourceError) as refused:
+        v.check_model_source("someone/never-downloaded-moe")
+    assert "not in the Hugging Face cache" in one_line(refused, "--model")
+
+
+def test_a_file_or_a_folder_without_config_is_refused(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(v.ModelSourceError, match="is a file"):
+        v.check_model_source(tmp_path / "weights.bin")
+    with pytest.raises(v.ModelSourceError, match="without config.json"):
+        v.check_model_source(tmp_path)
+
+
+def test_unknown_and_untrained_toys_are_refused(monkeypatch, tmp_path):
+    with pytest.raises(v.ModelSourceError) as refused:
+        v.check_model_source("toy/moe-999x9")
+    assert "accepted: toy/" in one_line(refused, "--model")
+    from tl_moe.zoo import registry
+
+    monkeypatch.setattr(registry, "CHECKPOINT_ROOT", tmp_path)
+    with pytest.raises(v.ModelSourceError, match="tl-moe zoo train toy/moe-16x2"):
+        v.check_model_source("toy/moe-16x2")
+
+
+def test_an_moe_given_as_the_dense_baseline_is_refused(tiny_model_dir):
+    with pytest.raises(v.ModelSourceError) as refused:
+        v.check_model_source("toy/moe-16x2", expect_moe=False, input_name="--dense-baseline")
+    assert "is an MoE (olmoe); accepted: a dense model" in one_line(refused, "--dense-baseline")
+    assert v.check_model_source("toy/dense", expect_moe=False) == "toy"
+    with pytest.raises(v.ModelSourceError, match="accepted: an MoE model"):
+        v.check_model_source(tiny_model_dir("llama"), expect_moe=True)
+
+
+def test_an_unsupported_architecture_is_refused_before_loading(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(v.ModelSourceError, match="does not support model_type 'bert'"):
+        v.check_model_source(tmp_path, expect_moe=True)
+
+
+# ---------------------------------------------------------------------------- output folder
+
+
+def test_writable_folders_existing_or_not_pass_and_nothing_is_created(tmp_path):
+    assert v.check_output_dir(tmp_path) == tmp_path
+    assert v.check_output_dir(tmp_path / "new" / "report") == tmp_path / "new" / "report"
+    assert not (tmp_path / "new").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_out_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "report.html").write_text("x")
+    with pytest.raises(v.OutputDirError) as refused:
+        v.check_output_dir(tmp_path / "report.html")
+    assert "is a file, not a folder" in one_line(refused, "--out")
+    with pytest.raises(v.OutputDirError) as refused:
+        v.check_output_dir(tmp_path / "report.html" / "sub")
+    assert "cannot be created" in one_line(refused, "--out")
+
+
+def test_an_unwritable_out_is_refused(tmp_path, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if os.geteuid() == 0:  # root writes anywhere: simulate a read-only mount instead
+
+        def refuse(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(v.tempfile, "mkstemp", refuse)
+    else:
+        locked.chmod(0o500)
+    try:
+        for target in (locked, locked / "report"):
+            with pytest.raises(v.OutputDirError) as refused:
+                v.check_output_dir(target)
+            assert "Permission denied" in one_line(refused, "--out")
+    finally:
+        locked.chmod(0o700)
+
+
+# ---------------------------------------------------------------------------------- corpus
+
+
+def corpus_dict():
+    return datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"text": ["a b", "c d"], "domain": ["code", "prose"]}),
+            "validation": datasets.Dataset.from_dict({"text": [], "domain": []}),
+            "test": datasets.Dataset.from_dict({"text": ["", "  "], "domain": ["code", "code"]}),
+        }
+    )
+
+
+def test_a_split_with_documents_passes():
+    assert len(v.check_corpus_split(corpus_dict(), "train")) == 2
+    assert len(v.check_corpus_split(corpus_dict()["train"])) == 2
+
+
+@pytest.mark.parametrize("split", ["validation", "test"])
+def test_a_split_without_documents_is_refused(split):
+    with pytest.raises(v.CorpusSplitError) as refused:
+        v.check_corpus_split(corpus_dict(), split)
+    assert f"--split {split!r} has no documents" in one_line(refused, "--split")
+
+
+def test_a_missing_split_or_text_column_is_refused():
+    with pytest.raises(v.CorpusSplitError, match="accepted: train, validation, test"):
+        v.check_corpus_split(corpus_dict(), "dev")
+    with pytest.raises(v.CorpusSplitError, match="no 'text' column"):
+        v.check_corpus_split(datasets.Dataset.from_dict({"body": ["x"]}))
+
+
+def test_domain_coverage_flags_a_single_domain_without_raising():
+    two = v.domain_coverage(corpus_dict()["train"])
+    assert two.usable and two.warning is None and two.documents == {"code": 1, "prose": 1}
+    single = v.domain_coverage(
+        datasets.Dataset.from_dict({"text": ["x", "y", ""], "domain": ["a", "a", "b"]})
+    )
+    assert not single.usable and single.documents == {"a": 2, "b": 0}
+    assert "one domain ('a')" in single.warning and "\n" not in single.warning
+    none = v.domain_coverage(datasets.Dataset.from_dict({"text": ["x"]}))
+    assert not none.usable and "no 'domain' column" in none.warning
+    labelled = datasets.Dataset.from_dict(
+        {"text": ["x", "y"], "domain": [0, 1]},
+        features=datasets.Features(
+            {"text": datasets.Value("string"), "domain": datasets.ClassLabel(names=["m", "n"])}
+        ),
+    )
+    assert v.domain_coverage(labelled).documents == {"m": 1, "n": 1}
+
+
+# ----------------------------------------------------------------------------------- layers
+
+
+def test_layers_are_checked_against_the_sparse_layers():
+    assert v.check_layers(None, (1, 3)) == (1, 3)
+    assert v.check_layers([3, 1, 3], (1, 3)) == (1, 3)
+    with pytest.raises(v.LayersError) as refused:
+        v.check_layers([7], (1, 3))
+    assert "[7] are not among the model's layers [1, 3]" in one_line(refused, "--probe-layers")
+    with pytest.raises(v.LayersError, match="not layer numbers"):
+        v.check_layers(["a", 1], (1, 3))
+    with pytest.raises(v.LayersError, match="is empty"):
+        v.check_layers([], (1, 3))
