@@ -57,11 +57,27 @@ def test_results_are_typed_and_the_report_has_every_section(family_run):
 
 
 @pytest.mark.skipif(not SHIPPED, reason="toy checkpoints not shipped")
-def test_a_rerun_resumes_from_the_checkpoints_with_the_same_numbers(tmp_path):
-    options = RunOptions(out=tmp_path, analyses=("domains", "specialization"), **FIXTURE_OPTIONS)
+def test_a_rerun_resumes_from_the_checkpoints_with_the_same_numbers(tmp_path, monkeypatch):
+    options = RunOptions(
+        out=tmp_path, analyses=("domains", "specialization"), keep_checkpoints=True, **FIXTURE_OPTIONS
+    )
     first = json.loads((run(options).report.parent / "results.json").read_text())
-    again = json.loads((run(options).report.parent / "results.json").read_text())
-    assert again["sections"] == first["sections"]
+    assert any((tmp_path / "checkpoints").rglob("*.pt"))
+    from tl_moe.collect import engine
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("a finished checkpoint must not stream the corpus again")
+
+    monkeypatch.setattr(engine, "_stream", no_forward)
+    again = run(options)
+    assert json.loads((again.report.parent / "results.json").read_text())["sections"] == first["sections"]
+
+
+@pytest.mark.skipif(not SHIPPED, reason="toy checkpoints not shipped")
+def test_a_finished_run_removes_its_checkpoints_unless_asked_to_keep_them(tmp_path):
+    run(RunOptions(out=tmp_path, analyses=("domains",), **FIXTURE_OPTIONS))
+    assert not any((tmp_path / "checkpoints").rglob("*.pt"))
+    assert (tmp_path / "results.json").exists()
 
 
 @pytest.mark.skipif(not SHIPPED, reason="toy checkpoints not shipped")
@@ -91,7 +107,8 @@ def test_cli_reports_bad_input_without_a_traceback(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["analyze", "toy/moe-3x3"])
     assert exit_info.value.code == 2
-    assert "Unknown toy model 'toy/moe-3x3'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "'toy/moe-3x3' is not a toy model" in err and "toy/moe-16x2" in err and len(err.strip().splitlines()) == 1
 
 
 def test_cli_flags_and_defaults_come_from_run_options():

@@ -16,7 +16,7 @@ FORBIDDEN = {
     "data": set(LAYERS) - {"data"},
     "collect": {"analysis", "explain", "zoo", "report", "pipeline", "cli"},
     "analysis": {"explain", "zoo", "report", "pipeline", "cli"},
-    "zoo": {"collect", "analysis", "explain", "report", "pipeline", "cli"},
+    "zoo": {"explain", "report", "pipeline", "cli"},
     "report": {"models", "data", "collect", "analysis", "explain", "zoo", "pipeline", "cli"},
     "pipeline": {"cli"},
 }

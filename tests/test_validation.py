@@ -9,7 +9,7 @@ import datasets
 import pytest
 import torch
 
-from tl_moe.collect import validation as v
+from tl_moe.pipeline import validation as v
 from tl_moe.models.config import MoEConfig
 
 TOY = MoEConfig(

@@ -81,8 +81,11 @@ def _cmd_corpus_stats(args) -> None:
 def _cmd_analyze(args) -> None:
     from tl_moe.pipeline import run
     from tl_moe.pipeline.options import options_from_arguments
+    from tl_moe.runtime import set_threads
 
-    results = run(options_from_arguments(args))
+    options = options_from_arguments(args)
+    set_threads(options.threads)  # one budget for torch and BLAS, below the cores other processes use
+    results = run(options)
     if results.report is None:  # a torchrun rank other than 0: rank 0 reports
         return
     print("\nWhat this run found:")

@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tl_moe.errors import InputError
+
 THREADS_ENV = "TL_MOE_THREADS"
 """Environment variable naming the thread budget of tl_moe runs (before ``OMP_NUM_THREADS``)."""
 
@@ -39,7 +41,7 @@ POOL_ENV_VARS = (
 """Variables read by native pools loaded later and by child processes (joblib workers)."""
 
 
-class ThreadsError(ValueError):
+class ThreadsError(InputError):
     """A thread count that is not a positive integer or ``"auto"``."""
 
 

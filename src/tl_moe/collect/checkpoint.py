@@ -42,6 +42,7 @@ import torch
 
 from tl_moe.collect.batching import TEXT_COLUMN, StreamCursor
 from tl_moe.collect.hashing import corpus_digest, weights_digest
+from tl_moe.errors import InputError
 
 _TOKENIZER_PROBE = "The quick brown fox, 42 {x_1} über."
 FINGERPRINT_VERSION = 2
@@ -55,7 +56,7 @@ _HEADER = re.compile(rb"tl_moe-checkpoint v1 sha256=([0-9a-f]{64}) bytes=([0-9]+
 _MAX_HEADER = 128
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint cannot be used; ``.path`` is the file. Messages are one line."""
 
     def __init__(self, message: str, *, path: str | os.PathLike) -> None:

@@ -54,11 +54,10 @@ class RunContext:
         if self._dataset is not None:
             return self._dataset
         from tl_moe.data.corpus import load_corpus
+        from tl_moe.pipeline.validation import check_corpus_split
 
         corpus = load_corpus(self.options.corpus, require_domain=True)
-        if self.options.split not in corpus:
-            raise InputError(f"The corpus has no split {self.options.split!r}; it has {list(corpus)}.")
-        return corpus[self.options.split].shuffle(seed=self.options.seed)
+        return check_corpus_split(corpus, self.options.split).shuffle(seed=self.options.seed)
 
     @cached_property
     def domain_names(self) -> tuple[str, ...]:

@@ -91,6 +91,13 @@ class RunOptions:
     sparsity_family: bool = option(
         False, "also probe every toy MoE and plot F1 vs active ratio (adds the 'sparsity' analysis)"
     )
+    fresh: bool = option(False, "ignore (and overwrite) checkpoints of an earlier run in --out")
+    keep_checkpoints: bool = option(False, "keep OUT/checkpoints after the run succeeds (default: removed)")
+    threads: int | None = option(
+        None,
+        "CPU threads for torch and BLAS (default: TL_MOE_THREADS, OMP_NUM_THREADS, else the idle cores)",
+        parse=int,
+    )
     checkpoint_every: int = option(20, "batches between checkpoints", parse=int, cli=False)
     progress: bool = option(True, "show progress bars", cli=False)
 

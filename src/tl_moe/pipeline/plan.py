@@ -8,7 +8,6 @@ batch's activations and of every accumulator the chosen analyses fill, and the c
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch
 from tl_moe.errors import InputError
 from tl_moe.models.config import MoEConfig
 from tl_moe.pipeline.context import RunContext
+from tl_moe.pipeline.memory import activation_bytes, available_memory
 from tl_moe.pipeline.options import RunOptions
 
 __all__ = ["ModelPlan", "RunPlan", "available_memory", "check_fits", "meta_model", "plan_run"]
@@ -135,18 +135,6 @@ def _parameter_counts(model: torch.nn.Module, cfg: MoEConfig) -> tuple[int, int]
     return total, total - unused
 
 
-def _activation_bytes(cfg: MoEConfig, options: RunOptions, dtype_bytes: int) -> int:
-    """One batch's peak activations: float32 logits, a few residual-width tensors per layer,
-    the routed experts' intermediate activations, and the hooked tensors kept for accumulators."""
-    tokens = options.batch_size * options.seq_len
-    logits = tokens * cfg.d_vocab * 4
-    hidden = tokens * cfg.d_model * dtype_bytes * 6
-    width = (cfg.d_expert or 0) * cfg.experts_per_token if cfg.is_moe else (cfg.d_mlp or 0)
-    ffn = tokens * width * dtype_bytes * 3
-    hooked = tokens * width * 4 * max(1, len(cfg.sparse_layers) if cfg.is_moe else len(cfg.dense_layers))
-    return logits + hidden + ffn + hooked
-
-
 def plan_run(
     options: RunOptions | None = None,
     *,
@@ -197,26 +185,12 @@ def plan_run(
                 n_parameters=total,
                 n_active_parameters=active,
                 weight_bytes=total * dtype_bytes,
-                activation_bytes=_activation_bytes(cfg, options, dtype_bytes),
+                activation_bytes=activation_bytes(cfg, options, dtype_bytes),
                 accumulator_bytes={repr(spec): spec.estimate_bytes(cfg, run_context) for spec in specs},
                 tokens=options.max_tokens,
             )
         )
     return RunPlan(options, tuple(a.name for a in chosen), plans)
-
-
-def available_memory(device: str | None = None) -> int:
-    """Bytes free for a run: the GPU's free memory for a CUDA device, else the host's MemAvailable."""
-    if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():
-        return int(torch.cuda.mem_get_info(torch.device(device))[0])
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
 def check_fits(plan: RunPlan, available: int | None = None) -> None:

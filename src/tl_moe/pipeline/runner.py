@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tl_moe.collect import collect
+from tl_moe.collect import collect, remove_checkpoints
 from tl_moe.collect.accumulator import Accumulator
 from tl_moe.data.concepts import TokenConceptLabeler
 from tl_moe.errors import InputError
@@ -23,6 +23,7 @@ from tl_moe.pipeline.needs import TokensByDomain
 from tl_moe.pipeline.options import RunOptions
 from tl_moe.pipeline.protocol import AccumulatorSpec, Analysis, Inputs, Result
 from tl_moe.pipeline.registry import resolve
+from tl_moe.pipeline.validation import check_model_source, check_output_dir, check_seq_len, resolve_device
 from tl_moe.report import Report, package_versions
 
 __all__ = ["RunResults", "analyze", "run"]
@@ -90,14 +91,14 @@ def _needs_by_model(run_context: RunContext, analyses: list[Analysis]) -> dict[s
 
 def _check_memory(run_context: RunContext, needs: dict[str, list[AccumulatorSpec]]) -> None:
     """Refuse, before any pass, a run whose accumulators and batch activations cannot fit."""
-    from tl_moe.pipeline.plan import _activation_bytes, available_memory
+    from tl_moe.pipeline.memory import activation_bytes, available_memory
 
     options = run_context.options
     kept, peak, worst = 0, 0, ""
     for model_name, specs in needs.items():
         cfg = run_context.config(model_name)
         accumulators = sum(spec.estimate_bytes(cfg, run_context) for spec in specs)
-        this_pass = kept + accumulators + _activation_bytes(cfg, options, dtype_bytes=4)
+        this_pass = kept + accumulators + activation_bytes(cfg, options, dtype_bytes=4)
         if this_pass > peak:
             peak, worst = this_pass, model_name
         kept += accumulators
@@ -130,6 +131,7 @@ def _collect_model(
         checkpoint_dir=None if out is None else _checkpoint_dir(out, model_name),
         checkpoint_every=options.checkpoint_every,
         progress=options.progress,
+        fresh=options.fresh,
     )
     return {spec: finished[_pass_name(spec)] for spec in specs}
 
@@ -196,16 +198,24 @@ def _rank() -> int:
 
 def _run(options, analyses, dataset, models, write_report, started) -> RunResults:
     chosen = _chosen_analyses(options, analyses)
-    run_context = RunContext(options, dataset=dataset, models=models)
+    models = dict(models or {})
+    # Inputs that need no weights are checked first, in one line each, before anything loads.
+    resolve_device(options.device)
+    if options.model not in models:
+        check_model_source(options.model, expect_moe=True)
+    if options.dense_baseline is not None and options.dense_baseline not in models:
+        check_model_source(options.dense_baseline, expect_moe=False, input_name="--dense-baseline")
     out = Path(options.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file; give a directory for the report.")
+    if write_report:
+        check_output_dir(out)
+    run_context = RunContext(options, dataset=dataset, models=models)
     if not run_context.config(run_context.main).is_moe:
         raise InputError(
             f"{run_context.main} is a dense model; the analyses need an MoE (pass the dense one as --dense-baseline)."
         )
     if not run_context.domain_names:  # loads and checks the corpus before any pass
         raise InputError(f"The corpus split {options.split!r} has no documents.")
+    check_seq_len(options.seq_len, run_context.model(run_context.main), batch_size=options.batch_size)
     for analysis in chosen:
         analysis.check(run_context)
     needs = _needs_by_model(run_context, chosen)
@@ -254,6 +264,8 @@ def _run(options, analyses, dataset, models, write_report, started) -> RunResult
         )
         report_path = report.write()
         (out / "run.json").write_text(json.dumps({"timings": timings}, indent=2))
+        if not options.keep_checkpoints:  # the report is self-contained; resume data is no longer needed
+            remove_checkpoints(out / "checkpoints")
     else:
         timings["total (s)"] = round(time.perf_counter() - started, 1)
     return RunResults(options, results, report_path, timings, tokens_by_domain, findings)

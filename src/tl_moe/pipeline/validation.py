@@ -37,10 +37,11 @@ from typing import Any
 
 import torch
 
+from tl_moe import errors
 from tl_moe.collect.batching import DOMAIN_COLUMN, TEXT_COLUMN, domain_names
 
 
-class InputError(ValueError):
+class InputError(errors.InputError):
     """An input that cannot work; ``.input`` names it (``"--seq-len"``). The message is one line."""
 
     def __init__(self, input_name: str, message: str) -> None:
@@ -403,7 +404,7 @@ def check_model_source(
         return "object"
     name = os.fspath(spec)
     if name.startswith("toy/"):
-        from tl_moe.zoo.family import TOY_FAMILY  # the zoo sits above collect; imported only here
+        from tl_moe.zoo.family import TOY_FAMILY
 
         if name not in TOY_FAMILY:
             raise ModelSourceError(
