@@ -9,8 +9,8 @@ import datasets
 import pytest
 import torch
 
-from tl_moe.pipeline import validation as v
 from tl_moe.models.config import MoEConfig
+from tl_moe.pipeline import validation as v
 
 TOY = MoEConfig(
     "olmoe",
