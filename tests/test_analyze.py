@@ -108,7 +108,11 @@ def test_cli_reports_bad_input_without_a_traceback(capsys):
         main(["analyze", "toy/moe-3x3"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "'toy/moe-3x3' is not a toy model" in err and "toy/moe-16x2" in err and len(err.strip().splitlines()) == 1
+    assert (
+        "'toy/moe-3x3' is not a toy model" in err
+        and "toy/moe-16x2" in err
+        and len(err.strip().splitlines()) == 1
+    )
 
 
 def test_cli_flags_and_defaults_come_from_run_options():

@@ -172,7 +172,10 @@ def options_from_arguments(arguments: argparse.Namespace) -> RunOptions:
                 raise
             except ValueError:
                 flag = "--" + spec.name.replace("_", "-")
-                raise InputError(f"{flag} takes {parse.__name__} values, got {raw!r}.") from None
+                kind = {"int": "an integer", "Path": "a path"}.get(
+                    parse.__name__, f"a {parse.__name__} value"
+                )
+                raise InputError(f"{flag} takes {kind}, got {raw!r}.") from None
         values[spec.name] = raw
     return RunOptions(**values)
 

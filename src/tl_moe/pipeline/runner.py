@@ -209,12 +209,12 @@ def _run(options, analyses, dataset, models, write_report, started) -> RunResult
     if write_report:
         check_output_dir(out)
     run_context = RunContext(options, dataset=dataset, models=models)
+    if not run_context.domain_names:  # loads and checks the corpus before any model
+        raise InputError(f"The corpus split {options.split!r} has no documents.")
     if not run_context.config(run_context.main).is_moe:
         raise InputError(
             f"{run_context.main} is a dense model; the analyses need an MoE (pass the dense one as --dense-baseline)."
         )
-    if not run_context.domain_names:  # loads and checks the corpus before any pass
-        raise InputError(f"The corpus split {options.split!r} has no documents.")
     check_seq_len(options.seq_len, run_context.model(run_context.main), batch_size=options.batch_size)
     for analysis in chosen:
         analysis.check(run_context)
