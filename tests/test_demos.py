@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import runpy
 from pathlib import Path
 
 import pytest
 
-DEMOS = sorted((Path(__file__).resolve().parents[1] / "demos").glob("*.py"))
+DEMO_DIR = Path(__file__).resolve().parents[1] / "demos"
+DEMOS = sorted(DEMO_DIR.glob("[0-9][0-9]_*.py"))
 
 
 @pytest.mark.parametrize("demo", DEMOS, ids=[demo.stem for demo in DEMOS])
-def test_demo_runs(demo, capsys):
-    runpy.run_path(str(demo), run_name="__main__")
+def test_demo_notebook_matches_its_script_and_runs_cell_by_cell(demo, capsys):
+    """Each demo ships as a notebook generated from its percent-format script (demos/make_notebooks.py);
+    the notebook's code cells, run in order in one namespace as a kernel would, print results."""
+    make = runpy.run_path(str(DEMO_DIR / "make_notebooks.py"))
+    notebook = demo.with_suffix(".ipynb")
+    assert notebook.read_text() == make["notebook_of"](demo), (
+        f"rerun python demos/make_notebooks.py ({notebook.name})"
+    )
+    cells = [cell for cell in json.loads(notebook.read_text())["cells"] if cell["cell_type"] == "code"]
+    assert len(cells) >= 3
+    namespace: dict = {"__name__": "__main__"}
+    for number, cell in enumerate(cells):
+        exec(compile("".join(cell["source"]), f"{notebook.name}[cell {number}]", "exec"), namespace)
     assert capsys.readouterr().out.strip()
 
 
