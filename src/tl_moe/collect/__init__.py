@@ -20,7 +20,9 @@ from tl_moe.collect.checkpoint import CheckpointMismatchError
 from tl_moe.collect.counts import BinEvents, CountAccumulator
 from tl_moe.collect.distributed import Shard, reduce_across_processes
 from tl_moe.collect.engine import collect, model_device
+from tl_moe.collect.expert_effects import ExpertEffects, ExpertEffectsResult
 from tl_moe.collect.hashing import uniform_priority
+from tl_moe.collect.interventional import InterventionalAccumulator, InterventionEffects, InterventionRunner
 from tl_moe.collect.meta import BatchMeta
 from tl_moe.collect.reservoir import ReservoirSample, ReservoirSampler, SampleCandidates
 from tl_moe.collect.sums import GroupedValues, SumAccumulator, SumResult
@@ -35,8 +37,13 @@ __all__ = [
     "CheckpointMismatchError",
     "ConceptLabeler",
     "CountAccumulator",
+    "ExpertEffects",
+    "ExpertEffectsResult",
     "GroupedValues",
     "HookedAccumulator",
+    "InterventionEffects",
+    "InterventionRunner",
+    "InterventionalAccumulator",
     "KeyedTopN",
     "PlannedBatch",
     "ReservoirSample",

@@ -1,0 +1,308 @@
+"""Interventional passes: extra forwards of the same batch under expert interventions.
+
+An accumulator that subclasses :class:`InterventionalAccumulator` lists the
+:class:`~tl_moe.models.interventions.Intervention` s it wants (``interventions(model)``);
+for every batch of ``collect`` the engine runs them and hands the accumulator an
+:class:`InterventionEffects`: the next-token loss of every position under every
+intervention, next to the clean one, laid out ``[batch, pos]`` like :class:`BatchMeta`.
+
+Why it is cheap (see docs/INTERVENTIONS.md):
+
+1. **Reuse below the layer.** The clean forward records the residual stream entering every
+   layer an intervention edits. An intervention at layer L resumes from there and runs only
+   blocks L.. (the decoder's layer list is temporarily cut to its suffix; TransformerBridge's
+   ``start_at_layer`` injects the residual).
+2. **Many ablations per forward.** The batch is replicated, one copy per intervention, and
+   edited per row (:func:`~tl_moe.models.interventions.batched_hooks`), as many copies per
+   forward as ``memory_budget`` allows.
+3. **Readout only where something changed.** The forward stops at the final residual; the
+   final norm, unembedding and log-softmax (which dominate small models) are recomputed only at
+   positions whose final residual differs from the clean one, in chunks. E.g. zeroing an expert
+   of the last layer changes only the tokens routed to it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Float
+from torch import nn
+
+from tl_moe.collect.accumulator import Accumulator, Activations
+from tl_moe.collect.meta import BatchMeta
+from tl_moe.models.interventions import Intervention, batched_hooks
+from tl_moe.models.introspect import hf_model_of, moe_config
+
+FINAL_RESIDUAL = "ln_final.hook_in"
+"""Hook of the final residual stream (the input of the final norm)."""
+
+Edit = Intervention | tuple[Intervention, ...]
+"""One intervention, or several applied together in the same forward."""
+
+
+def _as_edit(edit: Any) -> Edit:
+    if isinstance(edit, Intervention):
+        return edit
+    if isinstance(edit, Sequence) and edit and all(isinstance(e, Intervention) for e in edit):
+        return tuple(edit)
+    raise TypeError(f"interventions(model) must return Interventions or tuples of them; got {edit!r}.")
+
+
+def _start_layer(edit: Edit, n_layers: int) -> int:
+    edits = (edit,) if isinstance(edit, Intervention) else edit
+    return min(e.layer % n_layers for e in edits)
+
+
+def describe(edit: Edit) -> Any:
+    """JSON-able form of an edit (for ``config()`` and fingerprints)."""
+    return edit.as_dict() if isinstance(edit, Intervention) else [e.as_dict() for e in edit]
+
+
+@dataclass(frozen=True)
+class InterventionEffects:
+    """What one batch's interventional forwards give an accumulator.
+
+    Positions follow :class:`BatchMeta`: ``[batch, pos]``; the value at ``(b, p)`` is the loss
+    of predicting token ``p + 1`` from position ``p`` (TransformerLens's ``loss_per_token``
+    convention, padded to ``pos`` columns). Positions without a real next token (the last one,
+    padding) are ``valid == False`` and hold 0.
+
+    Attributes:
+        interventions: the edits, in the order the accumulator listed them.
+        clean_loss: next-token loss without intervention.
+        loss: next-token loss under each edit.
+        valid: positions whose token and next token are real.
+        changed: positions whose final residual differs from the clean forward (the others
+            have ``loss == clean_loss`` exactly, without recomputation).
+        acts: the clean forward's hooked tensors (those in ``hook_names``), as ``update`` got.
+        clean_logits / logits: ``[batch, pos, vocab]`` / ``[n, batch, pos, vocab]`` when the
+            accumulator sets ``needs_logits``; else None.
+    """
+
+    interventions: tuple[Edit, ...]
+    clean_loss: Float[torch.Tensor, "batch pos"]
+    loss: Float[torch.Tensor, "n batch pos"]
+    valid: Bool[torch.Tensor, "batch pos"]
+    changed: Bool[torch.Tensor, "n batch pos"]
+    acts: Activations
+    clean_logits: Float[torch.Tensor, "batch pos vocab"] | None = None
+    logits: Float[torch.Tensor, "n batch pos vocab"] | None = None
+
+    @property
+    def loss_change(self) -> Float[torch.Tensor, "n batch pos"]:
+        """``loss - clean_loss`` (0 at invalid positions)."""
+        return self.loss - self.clean_loss
+
+
+class InterventionalAccumulator(Accumulator, ABC):
+    """An accumulator that also receives forwards of each batch under interventions.
+
+    Implement ``interventions(model)`` (what to run; fixed for a run, part of ``config()``)
+    and ``update_effects(effects, meta)``; plus ``merge``/``state_dict``/``load_state_dict``/
+    ``finalize`` as for any :class:`Accumulator`. ``hook_names`` (default: none) names clean
+    hooks wanted in ``effects.acts``; ``update`` (default: nothing) still receives the clean
+    batch first. Set ``needs_logits = True`` to receive full logits (costly: no readout is
+    skipped).
+    """
+
+    needs_logits: bool = False
+
+    @abstractmethod
+    def interventions(self, model: Any) -> Sequence[Edit]:
+        """The edits to run on every batch, each an Intervention or a tuple applied together."""
+
+    @abstractmethod
+    def update_effects(self, effects: InterventionEffects, meta: BatchMeta) -> None:
+        """Fold in one batch's effects (``effects.loss[i]`` is under ``effects.interventions[i]``)."""
+
+    def hook_names(self, model: Any) -> list[str]:
+        return []
+
+    def update(self, acts: Activations, meta: BatchMeta) -> None:
+        return None
+
+
+class _ReachedFinalResidual(Exception):
+    pass
+
+
+@contextmanager
+def only_blocks_from(model: Any, layer: int) -> Iterator[None]:
+    """Run only decoder blocks ``layer..`` while inside (the HF layer list is cut to its suffix).
+
+    Combined with ``model(resid, start_at_layer=layer)``, blocks below ``layer`` are not
+    computed at all (``start_at_layer`` alone computes and discards them).
+    """
+    base = getattr(hf_model_of(model), "model", None)
+    layers = getattr(base, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise TypeError("interventional passes need a decoder with a `model.layers` ModuleList.")
+    if layer == 0:
+        yield
+        return
+    base.layers = nn.ModuleList(list(layers)[layer:])
+    try:
+        yield
+    finally:
+        base.layers = layers
+
+
+def readout_loss(
+    model: Any,
+    final_residual: Float[torch.Tensor, "n d_model"],
+    targets: torch.Tensor,
+) -> Float[torch.Tensor, " n"]:
+    """Next-token loss from final residuals: final norm, unembedding, log-softmax, gather."""
+    logits = model.unembed(model.ln_final(final_residual.unsqueeze(0)))[0]
+    return -torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[:, None].long())[:, 0]
+
+
+def _readout_logits(model: Any, final_residual: torch.Tensor) -> torch.Tensor:
+    return model.unembed(model.ln_final(final_residual))
+
+
+class InterventionRunner:
+    """Runs the edits of a set of interventional accumulators on one batch (used by ``collect``).
+
+    Args:
+        model: the bridge.
+        accumulators: name -> InterventionalAccumulator.
+        memory_budget: bytes of activations one suffix forward may use (rough estimate); sets
+            how many replicated copies of the batch run per forward, and the readout chunk.
+    """
+
+    def __init__(
+        self, model: Any, accumulators: Mapping[str, InterventionalAccumulator], memory_budget: int = 1 << 30
+    ) -> None:
+        if memory_budget < 1:
+            raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}.")
+        self.model = model
+        self.cfg = getattr(model, "moe_cfg", None) or moe_config(model)
+        self.memory_budget = int(memory_budget)
+        self.accumulators = dict(accumulators)
+        self.edits: list[Edit] = []
+        self.positions: dict[str, list[int]] = {}
+        index: dict[Edit, int] = {}
+        for name, acc in self.accumulators.items():
+            own = [_as_edit(e) for e in acc.interventions(model)]
+            for edit in own:
+                if edit not in index:
+                    index[edit] = len(self.edits)
+                    self.edits.append(edit)
+            self.positions[name] = [index[edit] for edit in own]
+        self.needs_logits = any(acc.needs_logits for acc in self.accumulators.values())
+        self.start_layers = sorted({_start_layer(e, self.cfg.n_layers) for e in self.edits})
+
+    def hook_names(self) -> list[str]:
+        """Clean hooks the runner needs: the residual entering each edited layer, the final one."""
+        return [f"blocks.{layer}.hook_resid_pre" for layer in self.start_layers] + [FINAL_RESIDUAL]
+
+    # -- sizes --------------------------------------------------------------------------------
+
+    def _rows_per_forward(self, seq_len: int) -> int:
+        cfg = self.cfg
+        per_token = 4 * (
+            16 * cfg.d_model + 4 * cfg.experts_per_token * cfg.d_expert + 3 * cfg.n_heads * seq_len
+        )
+        return max(1, self.memory_budget // max(1, seq_len * per_token))
+
+    def _readout_chunk(self) -> int:
+        return max(1, self.memory_budget // (3 * 4 * self.cfg.d_vocab))
+
+    # -- the pass -----------------------------------------------------------------------------
+
+    def run(self, acts: Activations, meta: BatchMeta, input_device: torch.device) -> None:
+        """Compute every edit's per-token loss on this batch and feed the accumulators."""
+        model = self.model
+        mask = meta.attention_mask.to(input_device)
+        targets = torch.zeros_like(meta.input_ids)
+        targets[:, :-1] = meta.input_ids[:, 1:]
+        targets = targets.to(input_device)
+        valid = torch.zeros_like(mask)
+        valid[:, :-1] = mask[:, :-1] & mask[:, 1:]
+        clean_final = acts[FINAL_RESIDUAL].to(input_device)
+        batch, pos = mask.shape
+
+        clean_loss = torch.zeros(batch, pos, device=input_device)
+        clean_loss[valid] = self._loss_at(clean_final[valid], targets[valid])
+        clean_logits = _readout_logits(model, clean_final) if self.needs_logits else None
+
+        n = len(self.edits)
+        loss = clean_loss.expand(n, batch, pos).clone()
+        changed = torch.zeros(n, batch, pos, dtype=torch.bool, device=input_device)
+        logits = None
+        if self.needs_logits:
+            logits = clean_logits.expand(n, *clean_logits.shape).clone()
+        per_forward = max(1, self._rows_per_forward(pos) // batch)
+        attention = mask.to(meta.input_ids.dtype)
+        for layer in self.start_layers:
+            members = [i for i, e in enumerate(self.edits) if _start_layer(e, self.cfg.n_layers) == layer]
+            resid = acts[f"blocks.{layer}.hook_resid_pre"].to(input_device)
+            for start in range(0, len(members), per_forward):
+                chunk = members[start : start + per_forward]
+                rows = [self.edits[i] for i in chunk for _ in range(batch)]
+                final = self._final_residual(
+                    resid.repeat(len(chunk), 1, 1), attention.repeat(len(chunk), 1), layer, rows
+                ).reshape(len(chunk), batch, pos, -1)
+                differs = (final != clean_final.unsqueeze(0)).any(-1)
+                redo = differs & valid.unsqueeze(0)
+                if bool(redo.any()):
+                    expanded_targets = targets.expand(len(chunk), batch, pos)
+                    loss[chunk] = loss[chunk].index_put(
+                        torch.nonzero(redo, as_tuple=True), self._loss_at(final[redo], expanded_targets[redo])
+                    )
+                changed[chunk] = differs
+                if logits is not None:
+                    logits[chunk] = _readout_logits(model, final.flatten(0, 1)).reshape(
+                        len(chunk), batch, pos, -1
+                    )
+                del final
+
+        device = meta.input_ids.device
+        for name, acc in self.accumulators.items():
+            chosen = self.positions[name]
+            effects = InterventionEffects(
+                interventions=tuple(self.edits[i] for i in chosen),
+                clean_loss=clean_loss.to(device),
+                loss=loss[chosen].to(device),
+                valid=valid.to(device),
+                changed=changed[chosen].to(device),
+                acts=acts,
+                clean_logits=None if clean_logits is None else clean_logits.to(device),
+                logits=None if logits is None else logits[chosen].to(device),
+            )
+            acc.update_effects(effects, meta)
+
+    def _loss_at(self, final: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Readout loss of ``[m, d_model]`` final residuals, ``readout_chunk`` rows at a time."""
+        step = self._readout_chunk()
+        pieces = [
+            readout_loss(self.model, final[i : i + step], targets[i : i + step])
+            for i in range(0, final.shape[0], step)
+        ]
+        return torch.cat(pieces) if pieces else final.new_zeros(0)
+
+    def _final_residual(
+        self, resid: torch.Tensor, attention_mask: torch.Tensor, layer: int, rows: list[Edit]
+    ) -> torch.Tensor:
+        """Run blocks ``layer..`` on ``resid`` with per-row edits; the final residual stream."""
+        captured: dict[str, torch.Tensor] = {}
+
+        def grab(x, hook):
+            captured["final"] = x
+            raise _ReachedFinalResidual
+
+        hooks = batched_hooks(self.model, rows) + [(FINAL_RESIDUAL, grab)]
+        with only_blocks_from(self.model, layer), self.model.hooks(fwd_hooks=hooks):
+            try:
+                self.model(resid, start_at_layer=layer, attention_mask=attention_mask, return_type=None)
+            except _ReachedFinalResidual:
+                pass
+        if "final" not in captured:
+            raise RuntimeError(f"the final residual hook {FINAL_RESIDUAL!r} did not fire.")
+        return captured["final"]
