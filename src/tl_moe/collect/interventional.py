@@ -17,8 +17,9 @@ Why it is cheap (see docs/INTERVENTIONS.md):
    forward as ``memory_budget`` allows.
 3. **Readout only where something changed.** The forward stops at the final residual; the
    final norm, unembedding and log-softmax (which dominate small models) are recomputed only at
-   positions whose final residual differs from the clean one, in chunks. E.g. zeroing an expert
-   of the last layer changes only the tokens routed to it.
+   positions whose final residual differs (by more than one rounding step) from that of a clean
+   copy of the batch run in the same forward; in chunks. E.g. zeroing an expert of the last layer changes only
+   the tokens routed to it.
 """
 
 from __future__ import annotations
@@ -77,8 +78,8 @@ class InterventionEffects:
         clean_loss: next-token loss without intervention.
         loss: next-token loss under each edit.
         valid: positions whose token and next token are real.
-        changed: positions whose final residual differs from the clean forward (the others
-            have ``loss == clean_loss`` exactly, without recomputation).
+        changed: positions whose final residual differs from the clean one (the others have
+            ``loss == clean_loss`` exactly, without recomputation).
         acts: the clean forward's hooked tensors (those in ``hook_names``), as ``update`` got.
         clean_logits / logits: ``[batch, pos, vocab]`` / ``[n, batch, pos, vocab]`` when the
             accumulator sets ``needs_logits``; else None.
@@ -238,18 +239,25 @@ class InterventionRunner:
         logits = None
         if self.needs_logits:
             logits = clean_logits.expand(n, *clean_logits.shape).clone()
-        per_forward = max(1, self._rows_per_forward(pos) // batch)
+        # Each forward holds one clean copy of the batch next to the edited copies: positions
+        # whose final residual equals the clean copy's to within one rounding step of the
+        # position's largest component keep the clean loss. (The clean forward itself is not a
+        # reference at that precision: kernels round differently at another batch size.)
+        per_forward = max(1, self._rows_per_forward(pos) // batch - 1)
         attention = mask.to(meta.input_ids.dtype)
         for layer in self.start_layers:
             members = [i for i, e in enumerate(self.edits) if _start_layer(e, self.cfg.n_layers) == layer]
             resid = acts[f"blocks.{layer}.hook_resid_pre"].to(input_device)
             for start in range(0, len(members), per_forward):
                 chunk = members[start : start + per_forward]
-                rows = [self.edits[i] for i in chunk for _ in range(batch)]
+                rows = [None] * batch + [self.edits[i] for i in chunk for _ in range(batch)]
+                copies = len(chunk) + 1
                 final = self._final_residual(
-                    resid.repeat(len(chunk), 1, 1), attention.repeat(len(chunk), 1), layer, rows
-                ).reshape(len(chunk), batch, pos, -1)
-                differs = (final != clean_final.unsqueeze(0)).any(-1)
+                    resid.repeat(copies, 1, 1), attention.repeat(copies, 1), layer, rows
+                ).reshape(copies, batch, pos, -1)
+                reference, final = final[0], final[1:]
+                step = torch.finfo(final.dtype).eps * reference.abs().amax(-1, keepdim=True)
+                differs = ((final - reference.unsqueeze(0)).abs() > step).any(-1)
                 redo = differs & valid.unsqueeze(0)
                 if bool(redo.any()):
                     expanded_targets = targets.expand(len(chunk), batch, pos)
@@ -261,7 +269,7 @@ class InterventionRunner:
                     logits[chunk] = _readout_logits(model, final.flatten(0, 1)).reshape(
                         len(chunk), batch, pos, -1
                     )
-                del final
+                del final, reference
 
         device = meta.input_ids.device
         for name, acc in self.accumulators.items():

@@ -74,6 +74,8 @@ def _expert_list(cfg: MoEConfig, experts, name: str = "experts") -> list[int]:
     accepted = f"an expert index or a non-empty list of expert indices (integers in 0..{cfg.num_experts - 1})"
     if isinstance(experts, (str, bytes)):
         raise TypeError(f"{name} must be {accepted}; got the string {experts!r}.")
+    if isinstance(experts, bool):
+        raise TypeError(f"{name} must be {accepted}; got non-integer {experts!r}.")
     if _is_integer(experts):
         values = [experts]
     elif isinstance(experts, torch.Tensor):
