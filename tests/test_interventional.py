@@ -221,7 +221,7 @@ def test_expert_effects_sums_equal_the_per_token_effects(bridges):
                 attention_mask=meta.attention_mask.long(),
                 names_filter=lambda n: "topk_ind" in n,
             )
-        for b, p in zip(*torch.nonzero(effects.valid, as_tuple=True)):
+        for b, p in zip(*torch.nonzero(effects.valid, as_tuple=True), strict=True):
             d = int(meta.domain[b, p])
             n_tokens[d] += 1
             for i, edit in enumerate(edits):
