@@ -14,7 +14,7 @@ import torch
 
 import tl_moe
 from tiny_models import TINY_CONFIGS, tiny_tokenizer
-from tl_moe.collect import ExpertEffects, InterventionalAccumulator, collect
+from tl_moe.collect import ExpertEffects, InterventionalAccumulator, collect, run_interventions
 from tl_moe.interventions import (
     Intervention,
     remove_experts,
@@ -300,3 +300,28 @@ def test_expert_effects_arguments_are_checked(bridges):
         ExpertEffects(kinds=("scale",), factor=float("nan"))
     with pytest.raises(ValueError, match="not sparse layers"):
         ExpertEffects(layers=[0]).hook_names(bridges("qwen2_moe"))
+
+
+def test_run_interventions_on_a_batch_equals_separate_forwards(bridges):
+    bridge = bridges("olmoe")
+    toks = torch.randint(3, 96, (2, 8), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(toks, dtype=torch.bool)
+    mask[1, 5:] = False
+    edits = [Intervention("remove", 1, e) for e in range(8)]
+    effects = run_interventions(
+        bridge, toks, edits, attention_mask=mask, hook_names=["blocks.1.mlp.hook_topk_indices"]
+    )
+    assert effects.acts["blocks.1.mlp.hook_topk_indices"].shape == (2, 8, 2)
+    with torch.no_grad():
+        for i, edit in enumerate(edits):
+            expected = bridge.run_with_hooks(
+                toks,
+                attention_mask=mask.long(),
+                return_type="loss",
+                loss_per_token=True,
+                fwd_hooks=edit.hooks(bridge),
+            )
+            expected = torch.nn.functional.pad(expected, (0, 1))
+            torch.testing.assert_close(
+                effects.loss[i][effects.valid], expected[effects.valid], atol=1e-5, rtol=0
+            )

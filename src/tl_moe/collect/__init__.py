@@ -22,7 +22,12 @@ from tl_moe.collect.distributed import Shard, reduce_across_processes
 from tl_moe.collect.engine import collect, model_device
 from tl_moe.collect.expert_effects import ExpertEffects, ExpertEffectsResult
 from tl_moe.collect.hashing import uniform_priority
-from tl_moe.collect.interventional import InterventionalAccumulator, InterventionEffects, InterventionRunner
+from tl_moe.collect.interventional import (
+    InterventionalAccumulator,
+    InterventionEffects,
+    InterventionRunner,
+    run_interventions,
+)
 from tl_moe.collect.meta import BatchMeta
 from tl_moe.collect.reservoir import ReservoirSample, ReservoirSampler, SampleCandidates
 from tl_moe.collect.sums import GroupedValues, SumAccumulator, SumResult
@@ -63,5 +68,6 @@ __all__ = [
     "model_device",
     "plan_batches",
     "reduce_across_processes",
+    "run_interventions",
     "uniform_priority",
 ]

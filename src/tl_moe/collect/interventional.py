@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import nn
 
 from tl_moe.collect.accumulator import Accumulator, Activations
@@ -172,31 +172,44 @@ class InterventionRunner:
 
     Args:
         model: the bridge.
-        accumulators: name -> InterventionalAccumulator.
+        accumulators: name -> InterventionalAccumulator (their edits are deduplicated: an edit
+            two accumulators ask for runs once).
         memory_budget: bytes of activations one suffix forward may use (rough estimate); sets
             how many replicated copies of the batch run per forward, and the readout chunk.
+        edits: extra edits to run (what :func:`run_interventions` uses, without accumulators).
+        needs_logits: also compute full logits (else only if an accumulator asks).
     """
 
     def __init__(
-        self, model: Any, accumulators: Mapping[str, InterventionalAccumulator], memory_budget: int = 1 << 30
+        self,
+        model: Any,
+        accumulators: Mapping[str, InterventionalAccumulator] | None = None,
+        memory_budget: int = 1 << 30,
+        *,
+        edits: Sequence[Edit] = (),
+        needs_logits: bool = False,
     ) -> None:
-        if memory_budget < 1:
-            raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}.")
+        if isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget < 1:
+            raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}.")
         self.model = model
         self.cfg = getattr(model, "moe_cfg", None) or moe_config(model)
         self.memory_budget = int(memory_budget)
-        self.accumulators = dict(accumulators)
+        self.accumulators = dict(accumulators or {})
         self.edits: list[Edit] = []
         self.positions: dict[str, list[int]] = {}
         index: dict[Edit, int] = {}
+
+        def add(edit: Edit) -> int:
+            if edit not in index:
+                index[edit] = len(self.edits)
+                self.edits.append(edit)
+            return index[edit]
+
+        for edit in edits:
+            add(_as_edit(edit))
         for name, acc in self.accumulators.items():
-            own = [_as_edit(e) for e in acc.interventions(model)]
-            for edit in own:
-                if edit not in index:
-                    index[edit] = len(self.edits)
-                    self.edits.append(edit)
-            self.positions[name] = [index[edit] for edit in own]
-        self.needs_logits = any(acc.needs_logits for acc in self.accumulators.values())
+            self.positions[name] = [add(_as_edit(e)) for e in acc.interventions(model)]
+        self.needs_logits = needs_logits or any(acc.needs_logits for acc in self.accumulators.values())
         self.start_layers = sorted({_start_layer(e, self.cfg.n_layers) for e in self.edits})
 
     def hook_names(self) -> list[str]:
@@ -219,10 +232,35 @@ class InterventionRunner:
 
     def run(self, acts: Activations, meta: BatchMeta, input_device: torch.device) -> None:
         """Compute every edit's per-token loss on this batch and feed the accumulators."""
+        every = self.effects(acts, meta.input_ids, meta.attention_mask, input_device)
+        device = meta.input_ids.device
+        for name, acc in self.accumulators.items():
+            chosen = self.positions[name]
+            effects = InterventionEffects(
+                interventions=tuple(self.edits[i] for i in chosen),
+                clean_loss=every.clean_loss.to(device),
+                loss=every.loss[chosen].to(device),
+                valid=every.valid.to(device),
+                changed=every.changed[chosen].to(device),
+                acts=acts,
+                clean_logits=None if every.clean_logits is None else every.clean_logits.to(device),
+                logits=None if every.logits is None else every.logits[chosen].to(device),
+            )
+            acc.update_effects(effects, meta)
+
+    def effects(
+        self,
+        acts: Activations,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        input_device: torch.device,
+    ) -> InterventionEffects:
+        """Every edit's per-token loss on one batch, from the clean forward's ``acts``
+        (which hold at least :meth:`hook_names`)."""
         model = self.model
-        mask = meta.attention_mask.to(input_device)
-        targets = torch.zeros_like(meta.input_ids)
-        targets[:, :-1] = meta.input_ids[:, 1:]
+        mask = attention_mask.to(input_device).bool()
+        targets = torch.zeros_like(input_ids)
+        targets[:, :-1] = input_ids[:, 1:]
         targets = targets.to(input_device)
         valid = torch.zeros_like(mask)
         valid[:, :-1] = mask[:, :-1] & mask[:, 1:]
@@ -244,7 +282,7 @@ class InterventionRunner:
         # position's largest component keep the clean loss. (The clean forward itself is not a
         # reference at that precision: kernels round differently at another batch size.)
         per_forward = max(1, self._rows_per_forward(pos) // batch - 1)
-        attention = mask.to(meta.input_ids.dtype)
+        attention = mask.to(input_ids.dtype)
         for layer in self.start_layers:
             members = [i for i, e in enumerate(self.edits) if _start_layer(e, self.cfg.n_layers) == layer]
             resid = acts[f"blocks.{layer}.hook_resid_pre"].to(input_device)
@@ -271,20 +309,16 @@ class InterventionRunner:
                     )
                 del final, reference
 
-        device = meta.input_ids.device
-        for name, acc in self.accumulators.items():
-            chosen = self.positions[name]
-            effects = InterventionEffects(
-                interventions=tuple(self.edits[i] for i in chosen),
-                clean_loss=clean_loss.to(device),
-                loss=loss[chosen].to(device),
-                valid=valid.to(device),
-                changed=changed[chosen].to(device),
-                acts=acts,
-                clean_logits=None if clean_logits is None else clean_logits.to(device),
-                logits=None if logits is None else logits[chosen].to(device),
-            )
-            acc.update_effects(effects, meta)
+        return InterventionEffects(
+            interventions=tuple(self.edits),
+            clean_loss=clean_loss,
+            loss=loss,
+            valid=valid,
+            changed=changed,
+            acts=acts,
+            clean_logits=clean_logits,
+            logits=logits,
+        )
 
     def _loss_at(self, final: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Readout loss of ``[m, d_model]`` final residuals, ``readout_chunk`` rows at a time."""
@@ -314,3 +348,62 @@ class InterventionRunner:
         if "final" not in captured:
             raise RuntimeError(f"the final residual hook {FINAL_RESIDUAL!r} did not fire.")
         return captured["final"]
+
+
+def run_interventions(
+    model: Any,
+    input_ids: Int[torch.Tensor, "batch pos"],
+    interventions: Sequence[Edit],
+    *,
+    attention_mask: Bool[torch.Tensor, "batch pos"] | None = None,
+    hook_names: Sequence[str] = (),
+    logits: bool = False,
+    memory_budget: int = 1 << 30,
+) -> InterventionEffects:
+    """Per-token loss of one batch under each intervention, with the reuse of :func:`collect`.
+
+    The same computation as an :class:`InterventionalAccumulator` gets inside ``collect``, for a
+    notebook or a script: one clean forward (stopped at the final residual), then each
+    intervention resumed from the layer it edits, many per forward, read out only where the
+    final residual changed.
+
+    Args:
+        model: a tl_moe-loaded bridge.
+        input_ids: the batch.
+        interventions: Interventions (or tuples of them applied together).
+        attention_mask: True on real tokens (default: all real).
+        hook_names: clean hooks to return in ``effects.acts``.
+        logits: also return full logits (memory: ``n × batch × pos × vocab``).
+        memory_budget: rough activation bytes per forward.
+
+    Example::
+
+        edits = [Intervention("remove", 3, e) for e in range(16)]
+        effects = run_interventions(model, tokens, edits)
+        effects.loss_change[effects.valid.expand_as(effects.loss)]  # per-token effect of each removal
+    """
+    runner = InterventionRunner(model, edits=interventions, memory_budget=memory_budget, needs_logits=logits)
+    device = input_ids.device
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+    names = list(dict.fromkeys([*hook_names, *runner.hook_names()]))
+    acts: dict[str, torch.Tensor] = {}
+
+    def stash_as(name: str):
+        def stash(x, hook):
+            acts[name] = x
+            if len(acts) == len(names):
+                raise _ReachedFinalResidual
+
+        return stash
+
+    with torch.inference_mode(), model.hooks(fwd_hooks=[(name, stash_as(name)) for name in names]):
+        try:
+            model(input_ids, attention_mask=attention_mask.to(input_ids.dtype), return_type=None)
+        except _ReachedFinalResidual:
+            pass
+    missing = [name for name in names if name not in acts]
+    if missing:
+        raise RuntimeError(f"these hooks did not fire during the clean forward: {missing}.")
+    with torch.inference_mode():
+        return runner.effects(acts, input_ids, attention_mask, device)
