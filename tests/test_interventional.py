@@ -125,7 +125,7 @@ def test_every_expert_of_a_layer_equals_a_separate_forward(bridges, arch, which,
     factor = 2.5 if kind == "scale" else None
     edits = [Intervention(kind, layer, (e,), factor) for e in range(cfg.num_experts)]
     # A small budget forces several forwards per layer (chunks of replicated rows).
-    seen = run_recorder(bridge, edits, intervention_memory=200_000)
+    seen = run_recorder(bridge, edits, intervention_memory=200_000, max_tokens=50)
     assert len(seen) >= 2
     padded = 0
     for effects, meta in seen:
