@@ -325,3 +325,8 @@ def test_run_interventions_on_a_batch_equals_separate_forwards(bridges):
             torch.testing.assert_close(
                 effects.loss[i][effects.valid], expected[effects.valid], atol=1e-5, rtol=0
             )
+
+
+def test_an_edit_of_a_dense_layer_is_refused_before_the_pass(bridges):
+    with pytest.raises(tl_moe.HookNameError, match="dense FFN"):
+        run_recorder(bridges("qwen2_moe"), [Intervention("zero", 0, (1,))])

@@ -158,9 +158,10 @@ def readout_loss(
     final_residual: Float[torch.Tensor, "n d_model"],
     targets: torch.Tensor,
 ) -> Float[torch.Tensor, " n"]:
-    """Next-token loss from final residuals: final norm, unembedding, log-softmax, gather."""
-    logits = model.unembed(model.ln_final(final_residual.unsqueeze(0)))[0]
-    return -torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[:, None].long())[:, 0]
+    """Next-token loss from final residuals: final norm, unembedding, ``logsumexp - target logit``
+    (the log-softmax at the target, without materializing it over the vocabulary)."""
+    logits = model.unembed(model.ln_final(final_residual.unsqueeze(0)))[0].float()
+    return torch.logsumexp(logits, dim=-1) - logits.gather(-1, targets[:, None].long())[:, 0]
 
 
 def _readout_logits(model: Any, final_residual: torch.Tensor) -> torch.Tensor:
@@ -211,6 +212,9 @@ class InterventionRunner:
             self.positions[name] = [add(_as_edit(e)) for e in acc.interventions(model)]
         self.needs_logits = needs_logits or any(acc.needs_logits for acc in self.accumulators.values())
         self.start_layers = sorted({_start_layer(e, self.cfg.n_layers) for e in self.edits})
+        batched_hooks(
+            model, self.edits
+        )  # every edit is valid for this model (layers, experts), before any pass
 
     def hook_names(self) -> list[str]:
         """Clean hooks the runner needs: the residual entering each edited layer, the final one."""
