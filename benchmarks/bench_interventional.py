@@ -13,7 +13,7 @@ and prints the ratio, the max abs difference of the per-token losses, and the pe
 memory added by each (sampled from ``/proc/self/statm``).
 
 Usage: ``python benchmarks/bench_interventional.py [--model toy|deep] [--tokens 8192]
-[--threads N] [--repeats 3]``. ``toy`` is ``toy/moe-16x2`` (d_model 128, vocab 8192, 4 layers:
+[--threads N] [--repeats 3] [--layers both|last|first]``. ``toy`` is ``toy/moe-16x2`` (d_model 128, vocab 8192, 4 layers:
 the unembedding dominates a forward); ``deep`` is a random OLMoE-shaped model where the layers
 dominate (16 layers, d_model 256, 16 experts top-4, d_expert 256, vocab 8192).
 """
@@ -133,6 +133,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory-budget", type=int, default=1 << 30, help="bytes per interventional forward")
+    parser.add_argument(
+        "--layers", choices=["both", "last", "first"], default="both", help="which sparse layer(s) to edit"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -170,6 +173,7 @@ def main() -> None:
             ("remove", cfg.sparse_layers[0], "first"),
             ("zero", cfg.sparse_layers[0], "first"),
         ]
+        cases = [case for case in cases if args.layers in ("both", case[2])]
         for kind, layer, where in cases:
             edits = [Intervention(kind, layer, (e,)) for e in range(cfg.num_experts)]
 
