@@ -159,3 +159,169 @@ def test_intervention_arguments_are_checked(tiny_bridge):
         force_routing(bridge, 0, [1, 2, 3])
     with pytest.raises(ValueError, match="0..15"):
         ablate_expert_neurons(bridge, 0, 1, [16])
+
+
+# --- per-row interventions, typed interventions, order independence (issue 13) -------------
+
+from tl_moe.interventions import (  # noqa: E402
+    Intervention,
+    batched_hooks,
+    force_routing_per_row,
+    remove_experts_per_row,
+    scale_expert_weights_per_row,
+    zero_expert_outputs_per_row,
+)
+
+
+def per_row_tokens(rows: int, pos: int = 9) -> torch.Tensor:
+    return torch.randint(3, VOCAB, (rows, pos), generator=torch.Generator().manual_seed(rows))
+
+
+@pytest.mark.parametrize("arch", ["olmoe", "deepseek_v3", "gpt_oss", "qwen2_moe"])
+def test_per_row_interventions_equal_the_per_call_ones_row_by_row(arch, tiny_bridge):
+    bridge = tiny_bridge(arch)
+    layer = bridge.moe_cfg.sparse_layers[-1]
+    per_row = [[1], [2, 3], None, [0]]
+    toks = per_row_tokens(len(per_row))
+    tensor_form = torch.tensor([[1, -1], [2, 3], [-1, -1], [0, -1]])
+    factors = torch.tensor([2.0, 0.5, 3.0, -1.0])
+    cases = [
+        (remove_experts_per_row(bridge, layer, per_row), lambda e, b: remove_experts(bridge, layer, e)),
+        (remove_experts_per_row(bridge, layer, tensor_form), lambda e, b: remove_experts(bridge, layer, e)),
+        (
+            zero_expert_outputs_per_row(bridge, layer, per_row),
+            lambda e, b: zero_expert_outputs(bridge, layer, e),
+        ),
+        (
+            scale_expert_weights_per_row(bridge, layer, per_row, factors),
+            lambda e, b: scale_expert_weights(bridge, layer, e, float(factors[b])),
+        ),
+    ]
+    for hooks, single in cases:
+        batched = run(bridge, hooks, toks)
+        for b, experts in enumerate(per_row):
+            expected = run(bridge, [] if experts is None else single(experts, b), toks[b : b + 1])
+            torch.testing.assert_close(batched[b : b + 1], expected, atol=1e-5, rtol=0)
+    forced = torch.tensor([[0, 1], [2, 3], [1, 0], [3, 2]])
+    which = torch.tensor([True, True, False, True])
+    batched = run(bridge, force_routing_per_row(bridge, layer, forced, which), toks)
+    for b in range(len(forced)):
+        hooks = force_routing(bridge, layer, forced[b].tolist()) if which[b] else []
+        torch.testing.assert_close(batched[b : b + 1], run(bridge, hooks, toks[b : b + 1]), atol=1e-5, rtol=0)
+
+
+def test_batched_hooks_apply_one_intervention_per_row(tiny_bridge):
+    bridge = tiny_bridge("olmoe")
+    rows = [
+        Intervention("remove", 1, 3),
+        None,
+        Intervention("zero", 0, (2, 4)),
+        (Intervention("force", 1, (5, 6)), Intervention("scale", 1, (5,), 2.0)),
+        Intervention("scale", 0, [1, 7], factor=0.25),
+    ]
+    toks = per_row_tokens(len(rows))
+    batched = run(bridge, batched_hooks(bridge, rows), toks)
+    for b, edits in enumerate(rows):
+        edits = () if edits is None else (edits,) if isinstance(edits, Intervention) else edits
+        hooks = [h for edit in edits for h in edit.hooks(bridge)]
+        torch.testing.assert_close(batched[b : b + 1], run(bridge, hooks, toks[b : b + 1]), atol=1e-5, rtol=0)
+    assert Intervention("remove", 1, 3).hooks(bridge)[0][0] == remove_experts(bridge, 1, [3])[0][0]
+
+
+@pytest.mark.parametrize("arch", ["olmoe", "deepseek_v3"])
+def test_interventions_compose_independently_of_order(arch, tiny_bridge):
+    bridge = tiny_bridge(arch)
+    layer = bridge.moe_cfg.sparse_layers[-1]
+    toks = tokens(15)
+    force = force_routing(bridge, layer, [0, 1])
+    contributions = [
+        zero_expert_outputs(bridge, layer, [0]),
+        scale_expert_weights(bridge, layer, [1], 3.0),
+        ablate_expert_neurons(bridge, layer, 0, [1, 2]),
+        zero_expert_outputs(bridge, layer, [2]) + scale_expert_weights(bridge, layer, [0], 0.5),
+    ]
+    for edit in contributions:
+        before, after = run(bridge, force + edit, toks), run(bridge, edit + force, toks)
+        assert torch.equal(before, after)
+        assert not torch.allclose(before, run(bridge, force, toks))  # the edit acts on forced slots
+    removal = remove_experts(bridge, layer, [0])
+    zero = zero_expert_outputs(bridge, layer, [1])
+    assert torch.equal(run(bridge, removal + zero, toks), run(bridge, zero + removal, toks))
+    scale_then_zero = scale_expert_weights(bridge, layer, [2], 2.0) + zero_expert_outputs(bridge, layer, [3])
+    zero_then_scale = zero_expert_outputs(bridge, layer, [3]) + scale_expert_weights(bridge, layer, [2], 2.0)
+    assert torch.equal(run(bridge, scale_then_zero, toks), run(bridge, zero_then_scale, toks))
+
+
+@pytest.mark.parametrize(
+    "bad, error, message",
+    [
+        ([1.7], TypeError, "non-integer 1.7"),
+        ([1.0], TypeError, "non-integer"),
+        ([True], TypeError, "non-integer True"),
+        (True, TypeError, "non-integer True"),
+        ("12", TypeError, "the string '12'"),
+        (["1"], TypeError, "non-integer '1'"),
+        ([8], ValueError, "0..7"),
+        ([-1], ValueError, "0..7"),
+        ([], ValueError, "non-empty"),
+        (torch.tensor([1.5]), TypeError, "float32 tensor"),
+        (None, TypeError, "experts must be"),
+    ],
+)
+def test_expert_indices_must_be_integers_in_range(bad, error, message, tiny_bridge):
+    bridge = tiny_bridge("olmoe")
+    for make in (
+        lambda: remove_experts(bridge, 1, bad),
+        lambda: zero_expert_outputs(bridge, 1, bad),
+        lambda: scale_expert_weights(bridge, 1, bad, 2.0),
+    ):
+        with pytest.raises(error, match=message):
+            make()
+
+
+def test_integer_like_indices_are_accepted(tiny_bridge):
+    bridge = tiny_bridge("olmoe")
+    import numpy as np
+
+    reference = run(bridge, remove_experts(bridge, 1, [3]), tokens(8))
+    for same in (3, [np.int64(3)], torch.tensor([3]), np.array([3]), (3,)):
+        assert torch.equal(run(bridge, remove_experts(bridge, 1, same), tokens(8)), reference)
+
+
+@pytest.mark.parametrize("factor", [float("nan"), float("inf"), -float("inf")])
+def test_factors_must_be_finite(factor, tiny_bridge):
+    bridge = tiny_bridge("olmoe")
+    with pytest.raises(ValueError, match="factor must be a finite"):
+        scale_expert_weights(bridge, 1, [0], factor)
+    with pytest.raises(ValueError, match="finite"):
+        scale_expert_weights_per_row(bridge, 1, [[0], [1]], torch.tensor([1.0, factor]))
+    with pytest.raises(ValueError, match="finite"):
+        Intervention("scale", 1, (0,), factor)
+    with pytest.raises(ValueError, match="value must be a finite"):
+        ablate_expert_neurons(bridge, 1, 0, [1], value=factor)
+
+
+def test_other_intervention_arguments_are_checked(tiny_bridge):
+    bridge = tiny_bridge("olmoe")
+    with pytest.raises(TypeError, match="factor must be a finite real number; got str"):
+        scale_expert_weights(bridge, 1, [0], "2")
+    with pytest.raises(TypeError, match="factor must be a finite real number; got bool"):
+        scale_expert_weights(bridge, 1, [0], True)
+    with pytest.raises(TypeError, match="layer must be an integer"):
+        remove_experts(bridge, 1.0, [0])
+    with pytest.raises(TypeError, match="expert must be one integer"):
+        ablate_expert_neurons(bridge, 1, 1.5, [0])
+    with pytest.raises(TypeError, match="neurons must be a list of integer"):
+        ablate_expert_neurons(bridge, 1, 1, [0.5])
+    with pytest.raises(ValueError, match="kind must be one of"):
+        Intervention("ablate", 1, (0,))
+    with pytest.raises(ValueError, match="factor is only used by 'scale'"):
+        Intervention("remove", 1, (0,), 2.0)
+    with pytest.raises(TypeError, match="one entry per row"):
+        remove_experts_per_row(bridge, 1, 3)
+    with pytest.raises(ValueError, match="outside -1..7"):
+        remove_experts_per_row(bridge, 1, torch.tensor([8]))
+    with pytest.raises(ValueError, match="run it on a batch of 3 rows"):
+        run(bridge, remove_experts_per_row(bridge, 1, [[0], [1], [2]]), tokens(5, batch=2))
+    with pytest.raises(ValueError, match="Cannot remove 7 of 8"):
+        remove_experts_per_row(bridge, 1, [list(range(7))])

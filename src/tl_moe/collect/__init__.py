@@ -33,7 +33,14 @@ from tl_moe.collect.checkpoint import (
 from tl_moe.collect.counts import BinEvents, CountAccumulator
 from tl_moe.collect.distributed import Shard, reduce_across_processes
 from tl_moe.collect.engine import collect, model_device
+from tl_moe.collect.expert_effects import ExpertEffects, ExpertEffectsResult
 from tl_moe.collect.hashing import corpus_digest, uniform_priority, weights_digest
+from tl_moe.collect.interventional import (
+    InterventionalAccumulator,
+    InterventionEffects,
+    InterventionRunner,
+    run_interventions,
+)
 from tl_moe.collect.meta import BatchMeta
 from tl_moe.collect.reservoir import ReservoirSample, ReservoirSampler, SampleCandidates
 from tl_moe.collect.sums import GroupedValues, SumAccumulator, SumResult
@@ -50,8 +57,13 @@ __all__ = [
     "CheckpointMismatchError",
     "ConceptLabeler",
     "CountAccumulator",
+    "ExpertEffects",
+    "ExpertEffectsResult",
     "GroupedValues",
     "HookedAccumulator",
+    "InterventionEffects",
+    "InterventionRunner",
+    "InterventionalAccumulator",
     "KeyedTopN",
     "PlannedBatch",
     "ReservoirSample",
@@ -74,6 +86,7 @@ __all__ = [
     "read_verified",
     "reduce_across_processes",
     "remove_checkpoints",
+    "run_interventions",
     "uniform_priority",
     "weights_digest",
     "write_verified",

@@ -68,6 +68,7 @@ class ActivationCapture:
         self.names = tuple(dict.fromkeys(names))
         self.device = device
         self.stop_early = stop_early
+        self.paused = False
         self._captured: dict[str, torch.Tensor] = {}
 
     def fwd_hooks(self) -> list[tuple[str, Callable[..., None]]]:
@@ -76,6 +77,8 @@ class ActivationCapture:
 
     def _stash_as(self, name: str) -> Callable[..., None]:
         def stash(activation: torch.Tensor, hook: Any = None) -> None:
+            if self.paused:  # an extra (interventional) forward of the same batch
+                return
             if name in self._captured:
                 raise RuntimeError(
                     f"hook {name!r} fired twice in one forward; the collection pass needs "

@@ -36,6 +36,7 @@ from tl_moe.collect.checkpoint import (
     save_checkpoint,
 )
 from tl_moe.collect.distributed import Shard, distributed_is_active, process_shard, reduce_across_processes
+from tl_moe.collect.interventional import InterventionalAccumulator, InterventionRunner
 
 
 def model_device(model: Any) -> torch.device:
@@ -65,6 +66,7 @@ def collect(
     shard: tuple[int, int] | None = None,
     fresh: bool = False,
     keep_checkpoint: bool = True,
+    intervention_memory: int = 1 << 30,
 ) -> dict[str, Any]:
     """Run ``model`` over ``dataset`` once and return each accumulator's finalized result.
 
@@ -104,6 +106,9 @@ def collect(
             finished and its results are finalized. A multi-pass job that wants to
             resume after a later step fails should keep them and call
             ``remove_checkpoints(directory)`` when the whole job is done.
+        intervention_memory: activation bytes one interventional forward may use (a rough
+            budget): how many edited copies of a batch run per forward for
+            :class:`~tl_moe.collect.interventional.InterventionalAccumulator` s.
 
     Returns:
         name -> ``accumulator.finalize()``.
@@ -125,6 +130,10 @@ def collect(
         raise ValueError("concept labels need character offsets, which only fast tokenizers provide.")
     device = torch.device(device) if device is not None else model_device(model)
     hook_names = [name for acc in accumulators.values() for name in acc.hook_names(model)]
+    interventional = {n: a for n, a in accumulators.items() if isinstance(a, InterventionalAccumulator)}
+    runner = InterventionRunner(model, interventional, intervention_memory) if interventional else None
+    if runner is not None:
+        hook_names += runner.hook_names()
     check_hook_names(model, hook_names)
     reduce = shard is None and distributed_is_active()
     this_shard = process_shard() if shard is None else Shard(*shard)
@@ -171,6 +180,7 @@ def collect(
             tokenizer,
             accumulators,
             hook_names=hook_names,
+            runner=runner,
             cursor=cursor,
             shard=this_shard,
             batch_size=batch_size,
@@ -201,6 +211,7 @@ def _stream(
     accumulators: Mapping[str, Accumulator],
     *,
     hook_names: list[str],
+    runner: InterventionRunner | None,
     cursor: StreamCursor,
     shard: Shard,
     batch_size: int,
@@ -247,6 +258,12 @@ def _stream(
             meta = meta.to(device)
             for acc in accumulators.values():
                 acc.update(acts, meta)
+            if runner is not None:
+                capture.paused = True
+                try:
+                    runner.run(acts, meta, input_device)
+                finally:
+                    capture.paused = False
             del acts
             bar.update(meta.n_tokens)
             processed += 1

@@ -15,54 +15,263 @@ function                   what changes                                         
 ``force_routing``          every token is sent to the given experts                    yes (forced)
 ``ablate_expert_neurons``  chosen neurons of an expert are set to a value (0 default)  no
 =========================  ==========================================================  ===========
+
+**Per-row versions** (``remove_experts_per_row``, ``zero_expert_outputs_per_row``,
+``scale_expert_weights_per_row``, ``force_routing_per_row``) edit a different expert (or set
+of experts) in each row of the batch, so many ablations run as one batched forward. A typed
+:class:`Intervention` describes one edit; :func:`batched_hooks` turns one intervention per row
+(or None for a clean row) into the hooks of such a forward.
+
+**Order rule.** Edits compose independently of the order their hook lists are concatenated
+in. Routing edits decide which experts each token uses: ``remove`` edits the router logits
+(scores), ``force`` the top-k indices. Contribution edits (``zero``, ``scale``,
+``ablate_expert_neurons``) then act on the slots that hold their experts in the *final* top-k
+indices of the layer, i.e. after every routing edit made with this module, whichever came
+first in the list. (A routing edit written by hand on ``hook_topk_indices`` is only seen by
+contribution edits listed after it.) Contribution edits commute with each other: zeroing and
+scaling multiply.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
+import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Bool, Float, Int
 
 from tl_moe.models.config import MoEConfig
 from tl_moe.models.hook_names import get_act_name
 from tl_moe.models.introspect import moe_config
 
 FwdHooks = list[tuple[str, Callable]]
+InterventionKind = Literal["remove", "zero", "scale", "force"]
+INTERVENTION_KINDS: tuple[str, ...] = ("remove", "zero", "scale", "force")
 
 
 def _config(model) -> MoEConfig:
     return model if isinstance(model, MoEConfig) else getattr(model, "moe_cfg", None) or moe_config(model)
 
 
-def _check_experts(cfg: MoEConfig, experts: Sequence[int]) -> list[int]:
-    experts = [int(e) for e in experts]
-    bad = [e for e in experts if not 0 <= e < cfg.num_experts]
-    if not experts or bad:
-        raise ValueError(
-            f"Experts must be a non-empty list of indices in 0..{cfg.num_experts - 1}; got {experts}."
-        )
-    return experts
+# --- input validation -------------------------------------------------------------------------
+
+
+def _is_integer(value) -> bool:
+    """A Python/NumPy integer or a 0-d integer tensor; never a bool, float or string."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, torch.Tensor):
+        return value.ndim == 0 and not value.is_floating_point() and value.dtype != torch.bool
+    return isinstance(value, numbers.Integral) and type(value).__name__ != "bool_"
+
+
+def _expert_list(cfg: MoEConfig, experts, name: str = "experts") -> list[int]:
+    """Validate expert indices: an integer or a non-empty sequence of integers in range."""
+    accepted = f"an expert index or a non-empty list of expert indices (integers in 0..{cfg.num_experts - 1})"
+    if isinstance(experts, (str, bytes)):
+        raise TypeError(f"{name} must be {accepted}; got the string {experts!r}.")
+    if isinstance(experts, bool):
+        raise TypeError(f"{name} must be {accepted}; got non-integer {experts!r}.")
+    if _is_integer(experts):
+        values = [experts]
+    elif isinstance(experts, torch.Tensor):
+        if experts.is_floating_point() or experts.dtype == torch.bool or experts.is_complex():
+            raise TypeError(f"{name} must be {accepted}; got a {experts.dtype} tensor.")
+        values = experts.reshape(-1).tolist()
+    elif isinstance(experts, Sequence) or hasattr(experts, "__array__"):
+        values = list(experts.tolist() if hasattr(experts, "tolist") else experts)
+    else:
+        raise TypeError(f"{name} must be {accepted}; got {type(experts).__name__} {experts!r}.")
+    bad_type = [v for v in values if not _is_integer(v)]
+    if bad_type:
+        raise TypeError(f"{name} must be {accepted}; got non-integer {bad_type[0]!r} in {values!r}.")
+    values = [int(v) for v in values]
+    if not values or any(not 0 <= v < cfg.num_experts for v in values):
+        raise ValueError(f"{name} must be {accepted}; got {values}.")
+    return values
+
+
+def _check_factor(factor, name: str = "factor") -> float:
+    if isinstance(factor, bool) or not isinstance(factor, numbers.Real):
+        raise TypeError(f"{name} must be a finite real number; got {type(factor).__name__} {factor!r}.")
+    if not math.isfinite(float(factor)):
+        raise ValueError(f"{name} must be a finite real number; got {factor!r}.")
+    return float(factor)
+
+
+def _check_layer(cfg: MoEConfig, layer) -> int:
+    if not _is_integer(layer):
+        raise TypeError(f"layer must be an integer block index; got {type(layer).__name__} {layer!r}.")
+    return int(layer) % cfg.n_layers if -cfg.n_layers <= int(layer) < cfg.n_layers else int(layer)
+
+
+def _row_mask(cfg: MoEConfig, experts, name: str = "experts") -> Bool[torch.Tensor, "rows n_experts"]:
+    """Per-row experts -> ``[rows, n_experts]`` bool mask of the experts edited in each row.
+
+    Accepts an integer tensor ``[batch]`` (one expert per row) or ``[batch, m]`` (m per row,
+    ``-1`` for "no expert"), or a sequence with one entry per row: an expert index, a list of
+    them, or None / an empty list for a row left unedited.
+    """
+    n = cfg.num_experts
+    accepted = (
+        f"one entry per row: an integer tensor [batch] or [batch, m] of expert indices in 0..{n - 1} "
+        "(-1 = none), or a list of per-row expert lists"
+    )
+    if isinstance(experts, (str, bytes)) or _is_integer(experts):
+        raise TypeError(f"{name} must have {accepted}; got {experts!r}.")
+    if isinstance(experts, torch.Tensor):
+        if experts.is_floating_point() or experts.dtype == torch.bool or experts.ndim not in (1, 2):
+            raise TypeError(
+                f"{name} must have {accepted}; got a {experts.dtype} tensor of shape {tuple(experts.shape)}."
+            )
+        table = experts.long().reshape(experts.shape[0], -1)
+        if table.numel() and (table.min() < -1 or table.max() >= n):
+            raise ValueError(f"{name} must have {accepted}; got values outside -1..{n - 1}.")
+        mask = torch.zeros(table.shape[0], n + 1, dtype=torch.bool, device=experts.device)
+        mask.scatter_(1, torch.where(table < 0, n, table), True)
+        return mask[:, :n]
+    if not isinstance(experts, Sequence):
+        raise TypeError(f"{name} must have {accepted}; got {type(experts).__name__}.")
+    mask = torch.zeros(len(experts), n, dtype=torch.bool)
+    for row, entry in enumerate(experts):
+        if entry is None or (isinstance(entry, Sequence) and not isinstance(entry, str) and len(entry) == 0):
+            continue
+        mask[row, _expert_list(cfg, entry, f"{name}[{row}]")] = True
+    return mask
+
+
+def _row_factors(factor, rows: int, name: str = "factor") -> Float[torch.Tensor, " rows"] | float:
+    """A finite factor per row (a ``[rows]`` tensor) or one finite factor for all rows."""
+    if isinstance(factor, torch.Tensor) and factor.ndim > 0:
+        if factor.shape != (rows,):
+            raise ValueError(
+                f"{name} must be a number or a [{rows}] tensor; got shape {tuple(factor.shape)}."
+            )
+        if not bool(torch.isfinite(factor).all()):
+            raise ValueError(f"{name} must be finite; got {factor.tolist()}.")
+        return factor.float()
+    if isinstance(factor, torch.Tensor):
+        factor = factor.item()
+    return _check_factor(factor, name)
+
+
+# --- shared per-forward state: the final top-k indices of a layer -----------------------------
+
+# The ``hook_topk_indices`` hook point of a layer -> the top-k indices after the latest tl_moe hook
+# on it (recording or forcing) in the current forward. Contribution edits read it when they act,
+# which is after every hook on that hook point has fired: that is what makes order irrelevant.
+_FINAL_INDICES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class _SlotSelection:
-    """Remembers, within one forward, which slots hold the chosen experts.
+    """Which slots of a forward hold the chosen experts, read from the layer's final top-k indices.
 
-    Its first hook (on ``hook_topk_indices``, which fires before the expert hooks of the same
-    layer) records a ``[batch, pos, k]`` mask of slots routed to the chosen experts.
+    ``record`` (a ``hook_topk_indices`` hook) remembers the hook point; :meth:`slots` is called by
+    the contribution edit's own hook, later in the forward, when every routing edit has run.
     """
 
-    def __init__(self, experts: list[int]):
-        self.experts = experts
-        self.mask: torch.Tensor | None = None
+    def __init__(self, chosen: Bool[torch.Tensor, "rows n_experts"]):
+        self.chosen = chosen
+        self.point = None
 
     def record(self, indices, hook):
-        chosen = torch.tensor(self.experts, device=indices.device)
-        self.mask = torch.isin(indices, chosen)
+        self.point = hook
+        _FINAL_INDICES[hook] = indices
         return indices
 
+    def at_slots(self, table: torch.Tensor) -> torch.Tensor:
+        """``table[row, expert]`` (``[rows, n_experts]``) read at each slot's final expert."""
+        indices = _FINAL_INDICES[self.point].long()
+        return torch.gather(_rows_like(table.to(indices.device), indices), -1, indices)
 
-def remove_experts(model, layer: int, experts: Sequence[int]) -> FwdHooks:
+    def slots(self) -> Bool[torch.Tensor, "batch pos k"]:
+        """Whether each slot ``[batch, pos, k]`` holds a chosen expert."""
+        return self.at_slots(self.chosen)
+
+
+def _rows_like(per_row: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``[rows, X]`` broadcast to ``target``'s leading token dims ``[batch, pos, X]``."""
+    rows = per_row.shape[0]
+    if rows == 1:
+        return per_row.reshape(1, *([1] * (target.ndim - 2)), -1).expand(
+            *target.shape[:-1], per_row.shape[-1]
+        )
+    if target.ndim < 3 or target.shape[0] != rows:
+        raise ValueError(
+            f"a per-row intervention for {rows} rows met a tensor of shape {tuple(target.shape)}; "
+            f"run it on a batch of {rows} rows."
+        )
+    return per_row.reshape(rows, *([1] * (target.ndim - 2)), -1).expand(*target.shape[:-1], per_row.shape[-1])
+
+
+# --- the edits, per row (the per-call functions are the one-row, broadcast case) --------------
+
+
+def _remove_hooks(cfg: MoEConfig, layer: int, chosen: Bool[torch.Tensor, "rows n_experts"]) -> FwdHooks:
+    most = int(chosen.sum(-1).max()) if chosen.numel() else 0
+    if most > cfg.num_experts - cfg.experts_per_token:
+        raise ValueError(
+            f"Cannot remove {most} of {cfg.num_experts} experts when each token needs {cfg.experts_per_token}."
+        )
+
+    def mask(tensor, hook):
+        return tensor.masked_fill(_rows_like(chosen.to(tensor.device), tensor), float("-inf"))
+
+    kind = "router_probs" if cfg.routing.selection_bias else "router_logits"
+    return [(get_act_name(kind, layer, cfg), mask)]
+
+
+def _zero_hooks(cfg: MoEConfig, layer: int, chosen: Bool[torch.Tensor, "rows n_experts"]) -> FwdHooks:
+    selection = _SlotSelection(chosen)
+
+    def zero(out, hook):
+        return out * (~selection.slots()).unsqueeze(-1).to(out.dtype)
+
+    return [
+        (get_act_name("topk_indices", layer, cfg), selection.record),
+        (get_act_name("expert_out", layer, cfg), zero),
+    ]
+
+
+def _scale_hooks(cfg: MoEConfig, layer: int, factors: Float[torch.Tensor, "rows n_experts"]) -> FwdHooks:
+    """Mixing weights × ``factors[row, expert]`` (1 where an expert is not scaled: exact no-op)."""
+    selection = _SlotSelection(factors != 1.0)
+
+    def scale(weights, hook):
+        return weights * selection.at_slots(factors.to(weights.dtype))
+
+    return [
+        (get_act_name("topk_indices", layer, cfg), selection.record),
+        (get_act_name("topk_weights", layer, cfg), scale),
+    ]
+
+
+def _force_hooks(
+    cfg: MoEConfig,
+    layer: int,
+    forced: Int[torch.Tensor, "... k"],
+    rows: Bool[torch.Tensor, " rows"] | None = None,
+) -> FwdHooks:
+    def force(indices, hook):
+        target = forced.to(indices.device, indices.dtype)
+        if rows is None:
+            edited = target.expand_as(indices).clone()
+        else:
+            which = rows.to(indices.device).reshape(-1, *([1] * (indices.ndim - 1)))
+            edited = torch.where(
+                which, target.reshape(target.shape[0], *([1] * (indices.ndim - 2)), -1), indices
+            )
+        _FINAL_INDICES[hook] = edited
+        return edited
+
+    return [(get_act_name("topk_indices", layer, cfg), force)]
+
+
+def remove_experts(model, layer: int, experts: int | Sequence[int]) -> FwdHooks:
     """Remove experts from routing: tokens re-route to the next best experts.
 
     The layer then computes what the model would with those experts deleted: a softmax
@@ -72,48 +281,28 @@ def remove_experts(model, layer: int, experts: Sequence[int]) -> FwdHooks:
     ``-inf``; the other experts' scores are unchanged.
     """
     cfg = _config(model)
-    experts = _check_experts(cfg, experts)
-    if len(experts) > cfg.num_experts - cfg.experts_per_token:
-        raise ValueError(
-            f"Cannot remove {len(experts)} of {cfg.num_experts} experts when each token needs "
-            f"{cfg.experts_per_token}."
-        )
-
-    def mask(tensor, hook):
-        tensor = tensor.clone()
-        tensor[..., experts] = float("-inf")
-        return tensor
-
-    kind = "router_probs" if cfg.routing.selection_bias else "router_logits"
-    return [(get_act_name(kind, layer, cfg), mask)]
+    layer = _check_layer(cfg, layer)
+    chosen = torch.zeros(1, cfg.num_experts, dtype=torch.bool)
+    chosen[0, _expert_list(cfg, experts)] = True
+    return _remove_hooks(cfg, layer, chosen)
 
 
-def zero_expert_outputs(model, layer: int, experts: Sequence[int]) -> FwdHooks:
+def zero_expert_outputs(model, layer: int, experts: int | Sequence[int]) -> FwdHooks:
     """Zero the experts' outputs wherever they are selected, without re-routing."""
     cfg = _config(model)
-    selection = _SlotSelection(_check_experts(cfg, experts))
-
-    def zero(out, hook):
-        return out * (~selection.mask).unsqueeze(-1).to(out.dtype)
-
-    return [
-        (get_act_name("topk_indices", layer, cfg), selection.record),
-        (get_act_name("expert_out", layer, cfg), zero),
-    ]
+    layer = _check_layer(cfg, layer)
+    chosen = torch.zeros(1, cfg.num_experts, dtype=torch.bool)
+    chosen[0, _expert_list(cfg, experts)] = True
+    return _zero_hooks(cfg, layer, chosen)
 
 
-def scale_expert_weights(model, layer: int, experts: Sequence[int], factor: float) -> FwdHooks:
+def scale_expert_weights(model, layer: int, experts: int | Sequence[int], factor: float) -> FwdHooks:
     """Multiply the experts' mixing weights by ``factor`` (no renormalization, no re-routing)."""
     cfg = _config(model)
-    selection = _SlotSelection(_check_experts(cfg, experts))
-
-    def scale(weights, hook):
-        return torch.where(selection.mask, weights * factor, weights)
-
-    return [
-        (get_act_name("topk_indices", layer, cfg), selection.record),
-        (get_act_name("topk_weights", layer, cfg), scale),
-    ]
+    layer = _check_layer(cfg, layer)
+    factors = torch.ones(1, cfg.num_experts)
+    factors[0, _expert_list(cfg, experts)] = _check_factor(factor)
+    return _scale_hooks(cfg, layer, factors)
 
 
 def force_routing(model, layer: int, experts: Sequence[int] | Int[torch.Tensor, "batch pos k"]) -> FwdHooks:
@@ -123,7 +312,10 @@ def force_routing(model, layer: int, experts: Sequence[int] | Int[torch.Tensor, 
     experts (renormalized and scaled where the model does so).
     """
     cfg = _config(model)
-    if isinstance(experts, torch.Tensor):
+    layer = _check_layer(cfg, layer)
+    if isinstance(experts, torch.Tensor) and experts.ndim > 1:
+        if experts.is_floating_point() or experts.dtype == torch.bool:
+            raise TypeError(f"experts must be an integer tensor of expert indices; got {experts.dtype}.")
         forced = experts.long()
         if forced.shape[-1] != cfg.experts_per_token:
             raise ValueError(
@@ -132,17 +324,71 @@ def force_routing(model, layer: int, experts: Sequence[int] | Int[torch.Tensor, 
         if forced.min() < 0 or forced.max() >= cfg.num_experts:
             raise ValueError(f"Forced experts must lie in 0..{cfg.num_experts - 1}.")
     else:
-        listed = _check_experts(cfg, experts)
+        listed = _expert_list(cfg, experts)
         if len(listed) != cfg.experts_per_token:
             raise ValueError(
                 f"Forced routing needs exactly k={cfg.experts_per_token} experts per token, got {listed}."
             )
         forced = torch.tensor(listed)
+    return _force_hooks(cfg, layer, forced)
 
-    def force(indices, hook):
-        return forced.to(indices.device, indices.dtype).expand_as(indices).clone()
 
-    return [(get_act_name("topk_indices", layer, cfg), force)]
+def remove_experts_per_row(model, layer: int, experts) -> FwdHooks:
+    """:func:`remove_experts` with a different expert (or set of experts) in each row.
+
+    Args:
+        experts: ``Int[Tensor, "batch"]`` (one expert per row), ``Int[Tensor, "batch m"]``
+            (``-1`` pads a row with fewer), or a list with one entry per row (an index, a list
+            of indices, or None for a row left as it is).
+
+    Row ``b`` of the batch then equals ``remove_experts(model, layer, experts[b])`` run on
+    that row alone.
+    """
+    cfg = _config(model)
+    return _remove_hooks(cfg, _check_layer(cfg, layer), _row_mask(cfg, experts))
+
+
+def zero_expert_outputs_per_row(model, layer: int, experts) -> FwdHooks:
+    """:func:`zero_expert_outputs` with different experts per row (``experts`` as in
+    :func:`remove_experts_per_row`)."""
+    cfg = _config(model)
+    return _zero_hooks(cfg, _check_layer(cfg, layer), _row_mask(cfg, experts))
+
+
+def scale_expert_weights_per_row(
+    model, layer: int, experts, factor: float | Float[torch.Tensor, " batch"]
+) -> FwdHooks:
+    """:func:`scale_expert_weights` with different experts (and optionally factors) per row.
+
+    Args:
+        experts: as in :func:`remove_experts_per_row`.
+        factor: one finite factor, or a ``[batch]`` tensor of finite factors.
+    """
+    cfg = _config(model)
+    chosen = _row_mask(cfg, experts)
+    per_row = _row_factors(factor, chosen.shape[0])
+    if isinstance(per_row, torch.Tensor):
+        per_row = per_row[:, None].to(torch.float32)
+    factors = torch.where(chosen, torch.as_tensor(per_row, dtype=torch.float32), torch.ones(()))
+    return _scale_hooks(cfg, _check_layer(cfg, layer), factors)
+
+
+def force_routing_per_row(
+    model, layer: int, experts: Int[torch.Tensor, "batch k"], rows: Bool[torch.Tensor, " batch"] | None = None
+) -> FwdHooks:
+    """Route every token of row ``b`` to ``experts[b]`` (k indices per row).
+
+    Args:
+        rows: optional ``[batch]`` mask; rows where it is False keep their own routing.
+    """
+    cfg = _config(model)
+    if not isinstance(experts, torch.Tensor) or experts.ndim != 2 or experts.is_floating_point():
+        raise TypeError("experts must be an integer tensor [batch, k] of expert indices.")
+    if experts.dtype == torch.bool or experts.shape[-1] != cfg.experts_per_token:
+        raise ValueError(f"Forced routing needs k={cfg.experts_per_token} expert indices per row.")
+    if experts.min() < 0 or experts.max() >= cfg.num_experts:
+        raise ValueError(f"Forced experts must lie in 0..{cfg.num_experts - 1}.")
+    return _force_hooks(cfg, _check_layer(cfg, layer), experts.long(), rows)
 
 
 def ablate_expert_neurons(
@@ -151,17 +397,33 @@ def ablate_expert_neurons(
     """Set neurons of one expert to ``value`` (0: zero-ablation; a ``[len(neurons)]`` tensor,
     e.g. their mean activation: mean-ablation) wherever the expert is selected."""
     cfg = _config(model)
-    selection = _SlotSelection(_check_experts(cfg, [expert]))
+    layer = _check_layer(cfg, layer)
+    if not _is_integer(expert):
+        raise TypeError(f"expert must be one integer expert index; got {expert!r}.")
+    chosen = torch.zeros(1, cfg.num_experts, dtype=torch.bool)
+    chosen[0, _expert_list(cfg, [expert], "expert")] = True
+    selection = _SlotSelection(chosen)
+    bad = (
+        isinstance(neurons, (str, bytes))
+        or not isinstance(neurons, Sequence)
+        or not all(_is_integer(n) for n in neurons)
+    )
+    if bad:
+        raise TypeError(f"neurons must be a list of integer neuron indices; got {neurons!r}.")
     neurons = [int(n) for n in neurons]
     if not neurons or min(neurons) < 0 or max(neurons) >= cfg.d_expert:
         raise ValueError(
             f"Neurons must be a non-empty list of indices in 0..{cfg.d_expert - 1}; got {neurons}."
         )
+    if not isinstance(value, torch.Tensor):
+        value = _check_factor(value, "value")
+    elif not bool(torch.isfinite(value).all()):
+        raise ValueError("value must be finite.")
 
     def ablate(post, hook):
         replacement = torch.as_tensor(value, dtype=post.dtype, device=post.device).expand(len(neurons))
         edited = post.clone()
-        slots = selection.mask  # [batch, pos, k]
+        slots = selection.slots()  # [batch, pos, k]
         current = edited[..., neurons]
         edited[..., neurons] = torch.where(slots.unsqueeze(-1), replacement, current)
         return edited
@@ -170,3 +432,116 @@ def ablate_expert_neurons(
         (get_act_name("topk_indices", layer, cfg), selection.record),
         (get_act_name("expert_post", layer, cfg), ablate),
     ]
+
+
+# --- typed interventions ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """One edit of one layer's experts, as a value (hashable, comparable, JSON-able).
+
+    Attributes:
+        kind: ``"remove"`` (cannot be selected; tokens re-route), ``"zero"`` (selected, output
+            zeroed), ``"scale"`` (mixing weight × ``factor``) or ``"force"`` (every token routed
+            to ``experts``, exactly k of them).
+        layer: block index (negative counts from the end).
+        experts: expert indices (an int is accepted and stored as a 1-tuple).
+        factor: the scale factor (``"scale"`` only; finite).
+
+    ``Intervention("remove", 3, 5).hooks(model)`` equals ``remove_experts(model, 3, [5])``.
+    """
+
+    kind: InterventionKind
+    layer: int
+    experts: tuple[int, ...]
+    factor: float | None = None
+
+    def __post_init__(self):
+        if self.kind not in INTERVENTION_KINDS:
+            raise ValueError(f"kind must be one of {INTERVENTION_KINDS}; got {self.kind!r}.")
+        if not _is_integer(self.layer):
+            raise TypeError(f"layer must be an integer block index; got {self.layer!r}.")
+        experts = self.experts
+        if isinstance(experts, (str, bytes)):
+            raise TypeError(f"experts must be integer expert indices; got the string {experts!r}.")
+        if _is_integer(experts):
+            experts = (experts,)
+        if isinstance(experts, torch.Tensor):
+            experts = tuple(experts.reshape(-1).tolist())
+        experts = tuple(experts)
+        bad = [e for e in experts if not _is_integer(e)]
+        if bad or not experts:
+            raise TypeError(
+                f"experts must be a non-empty list of integer expert indices; got {self.experts!r}."
+            )
+        object.__setattr__(self, "experts", tuple(int(e) for e in experts))
+        object.__setattr__(self, "layer", int(self.layer))
+        if self.kind == "scale":
+            object.__setattr__(self, "factor", _check_factor(self.factor))
+        elif self.factor is not None:
+            raise ValueError(f"factor is only used by 'scale' interventions; got factor={self.factor!r}.")
+
+    def hooks(self, model) -> FwdHooks:
+        """The hook functions of this intervention, applied to every row."""
+        if self.kind == "remove":
+            return remove_experts(model, self.layer, list(self.experts))
+        if self.kind == "zero":
+            return zero_expert_outputs(model, self.layer, list(self.experts))
+        if self.kind == "scale":
+            return scale_expert_weights(model, self.layer, list(self.experts), self.factor)
+        return force_routing(model, self.layer, list(self.experts))
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "layer": self.layer, "experts": list(self.experts), "factor": self.factor}
+
+
+RowEdits = Intervention | Sequence[Intervention] | None
+
+
+def batched_hooks(model, rows: Sequence[RowEdits]) -> FwdHooks:
+    """Hooks for one forward whose row ``b`` is edited by ``rows[b]``.
+
+    Args:
+        rows: per row of the batch, an :class:`Intervention`, a list of them (applied
+            together) or None (the row is left as it is).
+
+    Row ``b`` of the result equals a forward of that row alone with the hooks of ``rows[b]``.
+    """
+    cfg = _config(model)
+    n_rows = len(rows)
+    per_row = [() if r is None else (r,) if isinstance(r, Intervention) else tuple(r) for r in rows]
+    for edits in per_row:
+        for edit in edits:
+            if not isinstance(edit, Intervention):
+                raise TypeError(f"rows must hold Interventions (or lists of them, or None); got {edit!r}.")
+    groups: dict[tuple[str, int], list[tuple[int, Intervention]]] = {}
+    for row, edits in enumerate(per_row):
+        for edit in edits:
+            groups.setdefault((edit.kind, _check_layer(cfg, edit.layer)), []).append((row, edit))
+    hooks: FwdHooks = []
+    for (kind, layer), members in groups.items():
+        if kind == "force":
+            forced = torch.zeros(n_rows, cfg.experts_per_token, dtype=torch.long)
+            which = torch.zeros(n_rows, dtype=torch.bool)
+            for row, edit in members:
+                if which[row]:
+                    raise ValueError(f"row {row} has two 'force' interventions at layer {layer}.")
+                forced[row] = torch.tensor(edit.experts)
+                which[row] = True
+            hooks += force_routing_per_row(cfg, layer, forced, which)
+            continue
+        chosen = torch.zeros(n_rows, cfg.num_experts, dtype=torch.bool)
+        factors = torch.ones(n_rows, cfg.num_experts)
+        for row, edit in members:
+            experts = _expert_list(cfg, list(edit.experts))
+            chosen[row, experts] = True
+            if kind == "scale":
+                factors[row, experts] = factors[row, experts] * edit.factor
+        if kind == "remove":
+            hooks += _remove_hooks(cfg, layer, chosen)
+        elif kind == "zero":
+            hooks += _zero_hooks(cfg, layer, chosen)
+        else:
+            hooks += _scale_hooks(cfg, layer, factors)
+    return hooks
