@@ -124,6 +124,11 @@ class InterventionalAccumulator(Accumulator, ABC):
     def hook_names(self, model: Any) -> list[str]:
         return []
 
+    def wants_effects(self, meta: BatchMeta) -> bool:
+        """Whether this batch's edits should run for this accumulator (e.g. False once a token
+        budget is spent); when no accumulator wants them, the batch runs no edited forward."""
+        return True
+
     def update(self, acts: Activations, meta: BatchMeta) -> None:
         return None
 
@@ -236,9 +241,12 @@ class InterventionRunner:
 
     def run(self, acts: Activations, meta: BatchMeta, input_device: torch.device) -> None:
         """Compute every edit's per-token loss on this batch and feed the accumulators."""
+        wanting = {name: acc for name, acc in self.accumulators.items() if acc.wants_effects(meta)}
+        if not wanting:
+            return
         every = self.effects(acts, meta.input_ids, meta.attention_mask, input_device)
         device = meta.input_ids.device
-        for name, acc in self.accumulators.items():
+        for name, acc in wanting.items():
             chosen = self.positions[name]
             effects = InterventionEffects(
                 interventions=tuple(self.edits[i] for i in chosen),

@@ -91,6 +91,12 @@ class RunOptions:
     sparsity_family: bool = option(
         False, "also probe every toy MoE and plot F1 vs active ratio (adds the 'sparsity' analysis)"
     )
+    driver_tokens: int = option(
+        8000, "tokens on which the drivers analysis runs its edited forwards", parse=int
+    )
+    n_drivers: int = option(
+        8, "driver experts reported (largest removal effects on the selection half)", parse=int
+    )
     fresh: bool = option(False, "ignore (and overwrite) checkpoints of an earlier run in --out")
     keep_checkpoints: bool = option(False, "keep OUT/checkpoints after the run succeeds (default: removed)")
     threads: int | None = option(
@@ -111,7 +117,15 @@ class RunOptions:
             raise InputError(
                 f"--max-tokens must be at least 1000 for meaningful statistics, got {self.max_tokens}."
             )
-        for name in ("batch_size", "seq_len", "n_token_groups", "min_examples", "checkpoint_every"):
+        for name in (
+            "batch_size",
+            "seq_len",
+            "n_token_groups",
+            "min_examples",
+            "checkpoint_every",
+            "driver_tokens",
+            "n_drivers",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}.")

@@ -1,0 +1,338 @@
+"""Driver experts: experts whose removal most raises next-token loss, chosen and reported on disjoint documents.
+
+Definitions (docs/METHODS.md, "Driver experts"):
+
+- **Causal effect** of an edit ``κ`` (``remove``: the expert cannot be selected, tokens re-route;
+  ``zero``: selected as usual, output zeroed) of expert ``e`` in block ``L`` on a set of documents
+  ``D``: ``Δ = Σ_{d∈D} S[d] / Σ_{d∈D} N[d]``, where ``S[d]`` sums ``loss(edited) − loss(clean)`` over
+  the next-token positions of document ``d`` that the interventional pass saw and ``N[d]`` counts them
+  (nats per token). Exact: every position's edited loss is a real forward (``collect``'s
+  interventional pass), not an approximation.
+- **Saliency** (REAP, a data-only score): mean over the tokens routed to ``e`` of its mixing weight ×
+  ‖expert output‖.
+- Documents are split by a hash of their corpus row into a *selection* half and a *report* half.
+  Driver experts are the ``n`` largest removal effects on the selection half; their effects are
+  reported on the report half with a document-level bootstrap interval, beside **control experts**:
+  for each driver, the non-driver expert of the same block whose routing frequency (selection half)
+  is closest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+
+from tl_moe.collect.accumulator import Accumulator, Activations
+from tl_moe.collect.interventional import InterventionalAccumulator, InterventionEffects
+from tl_moe.collect.meta import BatchMeta
+from tl_moe.models.hook_names import get_act_name
+from tl_moe.models.interventions import Intervention
+
+__all__ = [
+    "DocumentEffects",
+    "ExpertSaliency",
+    "document_half",
+    "driver_report",
+]
+
+EDIT_KINDS = ("remove", "zero")
+
+
+def document_half(doc_index: Int[torch.Tensor, "..."]) -> Int[torch.Tensor, "..."]:
+    """0 (selection half) or 1 (report half) for each corpus row, from a multiplicative hash."""
+    return ((doc_index.long() * 2654435761) % (1 << 32) >= (1 << 31)).long()
+
+
+def _grow(tensor: torch.Tensor, size: int) -> torch.Tensor:
+    if tensor.shape[-1] >= size:
+        return tensor
+    pad = torch.zeros(*tensor.shape[:-1], size - tensor.shape[-1], dtype=tensor.dtype, device=tensor.device)
+    return torch.cat([tensor, pad], dim=-1)
+
+
+class DocumentEffects(InterventionalAccumulator):
+    """Per-document sums of the loss change of removing / zeroing each expert of ``layers``.
+
+    Args:
+        layers: sparse blocks whose experts are edited, one at a time.
+        n_experts: experts per block.
+        kinds: edits to run (``"remove"``, ``"zero"``).
+        max_tokens: run the edits on the first this many real tokens of the stream (later batches
+            only feed the clean statistics): interventional forwards cost one suffix forward each.
+    """
+
+    def __init__(
+        self, layers: Sequence[int], n_experts: int, kinds: Sequence[str] = EDIT_KINDS, max_tokens: int = 8000
+    ) -> None:
+        self.layers = tuple(int(layer) for layer in layers)
+        self.n_experts = int(n_experts)
+        self.kinds = tuple(kinds)
+        self.max_tokens = int(max_tokens)
+        self.seen = 0
+        n_edits = len(self.kinds) * len(self.layers) * self.n_experts
+        self.sums = torch.zeros(n_edits, 0, dtype=torch.float64)  # [edit, document]
+        self.counts = torch.zeros(0, dtype=torch.long)  # [document] positions with an edited loss
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "layers": list(self.layers),
+            "n_experts": self.n_experts,
+            "kinds": list(self.kinds),
+            "max_tokens": self.max_tokens,
+        }
+
+    def interventions(self, model: Any) -> list[Intervention]:
+        return [
+            Intervention(kind, layer, (expert,))
+            for kind in self.kinds
+            for layer in self.layers
+            for expert in range(self.n_experts)
+        ]
+
+    def wants_effects(self, meta: BatchMeta) -> bool:
+        return self.seen < self.max_tokens
+
+    def update_effects(self, effects: InterventionEffects, meta: BatchMeta) -> None:
+        self.seen += int(meta.n_tokens)
+        valid = effects.valid
+        docs = meta.doc_index[valid].long().cpu()
+        size = int(docs.max()) + 1 if docs.numel() else 0
+        self.sums, self.counts = _grow(self.sums, size), _grow(self.counts, size)
+        change = effects.loss_change[:, valid].double().cpu()  # [edit, positions]
+        self.sums = self.sums.index_add(1, docs, change)
+        self.counts = self.counts.index_add(0, docs, torch.ones_like(docs))
+
+    def merge(self, other: DocumentEffects) -> DocumentEffects:
+        self._check_mergeable(other)
+        size = max(self.counts.numel(), other.counts.numel())
+        self.sums = _grow(self.sums, size) + _grow(other.sums, size)
+        self.counts = _grow(self.counts, size) + _grow(other.counts, size)
+        self.seen += other.seen
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": self.sums, "counts": self.counts, "seen": self.seen}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.sums, self.counts, self.seen = state["sums"], state["counts"], int(state["seen"])
+
+    def finalize(self) -> DocumentEffectsResult:
+        shape = (len(self.kinds), len(self.layers), self.n_experts, -1)
+        return DocumentEffectsResult(
+            kinds=self.kinds,
+            layers=self.layers,
+            sums=self.sums.reshape(shape).clone(),
+            counts=self.counts.clone(),
+        )
+
+
+@dataclass(frozen=True)
+class DocumentEffectsResult:
+    """``sums[kind, layer, expert, document]`` of loss changes over ``counts[document]`` positions."""
+
+    kinds: tuple[str, ...]
+    layers: tuple[int, ...]
+    sums: Float[torch.Tensor, "kind layer expert document"]
+    counts: Int[torch.Tensor, " document"]
+
+
+class ExpertSaliency(Accumulator):
+    """Per expert of ``layers``: routed tokens, Σ weight × ‖output‖ (REAP), Σ position in document,
+    on each document half."""
+
+    def __init__(self, layers: Sequence[int], n_experts: int) -> None:
+        self.layers = tuple(int(layer) for layer in layers)
+        self.n_experts = int(n_experts)
+        shape = (2, len(self.layers), self.n_experts)
+        self.routed = torch.zeros(shape, dtype=torch.long)
+        self.saliency = torch.zeros(shape, dtype=torch.float64)
+        self.position = torch.zeros(shape, dtype=torch.float64)
+
+    def config(self) -> dict[str, Any]:
+        return {"layers": list(self.layers), "n_experts": self.n_experts}
+
+    def hook_names(self, model: Any) -> list[str]:
+        kinds = ("topk_indices", "topk_weights", "expert_out")
+        return [get_act_name(kind, layer) for layer in self.layers for kind in kinds]
+
+    def update(self, acts: Activations, meta: BatchMeta) -> None:
+        real = meta.tokens(meta.doc_position) >= 0
+        half = document_half(meta.tokens(meta.doc_index)[real]).cpu()
+        where = meta.tokens(meta.doc_position)[real].double().cpu()
+        for row, layer in enumerate(self.layers):
+            indices = meta.tokens(acts[get_act_name("topk_indices", layer)])[real].long().cpu()
+            weights = meta.tokens(acts[get_act_name("topk_weights", layer)])[real].double().cpu()
+            norms = meta.tokens(acts[get_act_name("expert_out", layer)])[real].double().norm(dim=-1).cpu()
+            k = indices.shape[-1]
+            flat = half.repeat_interleave(k) * self.n_experts + indices.reshape(-1)
+            size = 2 * self.n_experts
+            routed = torch.bincount(flat, minlength=size).reshape(2, -1)
+            salient = torch.zeros(size, dtype=torch.float64).index_add(0, flat, (weights * norms).reshape(-1))
+            positions = torch.zeros(size, dtype=torch.float64).index_add(0, flat, where.repeat_interleave(k))
+            self.routed = self.routed.index_add(1, torch.tensor([row]), routed.unsqueeze(1))
+            self.saliency = self.saliency.index_add(1, torch.tensor([row]), salient.reshape(2, 1, -1))
+            self.position = self.position.index_add(1, torch.tensor([row]), positions.reshape(2, 1, -1))
+
+    def merge(self, other: ExpertSaliency) -> ExpertSaliency:
+        self._check_mergeable(other)
+        self.routed = self.routed + other.routed
+        self.saliency = self.saliency + other.saliency
+        self.position = self.position + other.position
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"routed": self.routed, "saliency": self.saliency, "position": self.position}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.routed, self.saliency, self.position = state["routed"], state["saliency"], state["position"]
+
+    def finalize(self) -> ExpertSaliencyResult:
+        return ExpertSaliencyResult(
+            self.layers, self.routed.clone(), self.saliency.clone(), self.position.clone()
+        )
+
+
+@dataclass(frozen=True)
+class ExpertSaliencyResult:
+    """``[half, layer, expert]`` routed counts, Σ weight × ‖output‖ and Σ document position."""
+
+    layers: tuple[int, ...]
+    routed: Int[torch.Tensor, "half layer expert"]
+    saliency: Float[torch.Tensor, "half layer expert"]
+    position: Float[torch.Tensor, "half layer expert"]
+
+    def mean_saliency(self, half: int) -> Float[torch.Tensor, "layer expert"]:
+        return torch.where(
+            self.routed[half] > 0, self.saliency[half] / self.routed[half].clamp(min=1), torch.nan
+        )
+
+    def mean_position(self, half: int) -> Float[torch.Tensor, "layer expert"]:
+        return torch.where(
+            self.routed[half] > 0, self.position[half] / self.routed[half].clamp(min=1), torch.nan
+        )
+
+
+def _bootstrap_ratio(
+    sums: np.ndarray, counts: np.ndarray, n_resamples: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ratio estimate Σ sums / Σ counts per row of ``sums [rows, docs]`` and its 95% document-bootstrap
+    percentile interval (documents resampled with replacement; vectorized by Poisson-free multinomial
+    weights)."""
+    rng = np.random.default_rng(seed)
+    n_docs = counts.shape[0]
+    estimate = sums.sum(1) / max(counts.sum(), 1)
+    weights = rng.multinomial(n_docs, np.full(n_docs, 1.0 / n_docs), size=n_resamples)  # [resample, doc]
+    resampled = (weights @ sums.T) / np.maximum(weights @ counts, 1)[:, None]  # [resample, rows]
+    low, high = np.percentile(resampled, [2.5, 97.5], axis=0)
+    return estimate, low, high
+
+
+def driver_report(
+    effects: DocumentEffectsResult,
+    saliency: ExpertSaliencyResult,
+    n_drivers: int = 8,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    min_documents: int = 10,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Driver experts selected on the selection half, reported on the report half.
+
+    Returns:
+        ``experts``: one row per (layer, expert): routed share, REAP saliency, mean document position,
+        and for each edit kind its effect on each half with the report half's 95% interval.
+        ``comparison``: per edit kind, the mean effect on the report half of the drivers, of their
+        frequency-matched controls, and the paired difference, each with a 95% document-bootstrap
+        interval, and the number of report documents.
+    """
+    from scipy.stats import spearmanr
+
+    counts = effects.counts.numpy()
+    docs = np.nonzero(counts > 0)[0]
+    half = document_half(torch.from_numpy(docs)).numpy()
+    report_docs, selection_docs = docs[half == 1], docs[half == 0]
+    if min(len(report_docs), len(selection_docs)) < min_documents:
+        from tl_moe.errors import InputError
+
+        raise InputError(
+            f"driver experts need at least {min_documents} documents in each half, got "
+            f"{len(selection_docs)} (selection) and {len(report_docs)} (report); raise --driver-tokens."
+        )
+    n_kinds, n_layers, n_experts, _ = effects.sums.shape
+    rows = []
+    flat = effects.sums.numpy().reshape(n_kinds, n_layers * n_experts, -1)
+    selected_effect, report = {}, {}
+    for k, kind in enumerate(effects.kinds):
+        select = flat[k][:, selection_docs].sum(1) / max(counts[selection_docs].sum(), 1)
+        estimate, low, high = _bootstrap_ratio(
+            flat[k][:, report_docs], counts[report_docs], n_resamples, seed
+        )
+        selected_effect[kind], report[kind] = select, (estimate, low, high)
+    routed_share = saliency.routed[0].double() / saliency.routed[0].sum(-1, keepdim=True).clamp(min=1)
+    for li, layer in enumerate(effects.layers):
+        for e in range(n_experts):
+            i = li * n_experts + e
+            row = {
+                "layer": layer,
+                "expert": e,
+                "routed share (selection)": float(routed_share[li, e]),
+                "saliency (REAP)": float(saliency.mean_saliency(0)[li, e]),
+                "mean document position": float(saliency.mean_position(1)[li, e]),
+            }
+            for kind in effects.kinds:
+                estimate, low, high = report[kind]
+                row[f"{kind}: effect (selection)"] = float(selected_effect[kind][i])
+                row[f"{kind}: effect (report)"] = float(estimate[i])
+                row[f"{kind}: report ci low"] = float(low[i])
+                row[f"{kind}: report ci high"] = float(high[i])
+            rows.append(row)
+    experts = pd.DataFrame(rows)
+    main_kind = effects.kinds[0]
+    order = np.argsort(-selected_effect[main_kind])
+    drivers = order[: min(n_drivers, len(order))]
+    share = routed_share.reshape(-1).numpy()
+    controls = []
+    for d in drivers:
+        layer_of = d // n_experts
+        candidates = [
+            c
+            for c in range(layer_of * n_experts, (layer_of + 1) * n_experts)
+            if c not in drivers and c not in controls
+        ]
+        controls.append(min(candidates, key=lambda c: abs(share[c] - share[d])))
+    experts["driver"] = False
+    experts.loc[drivers, "driver"] = True
+    experts["control for"] = ""
+    for d, c in zip(drivers, controls, strict=True):
+        experts.loc[c, "control for"] = f"L{effects.layers[d // n_experts]}E{d % n_experts}"
+    comparisons = []
+    for k, kind in enumerate(effects.kinds):
+        group = np.stack(
+            [
+                flat[k][drivers][:, report_docs].mean(0),
+                flat[k][controls][:, report_docs].mean(0),
+            ]
+        )
+        paired = np.concatenate([group, (group[0] - group[1])[None]])
+        estimate, low, high = _bootstrap_ratio(paired, counts[report_docs], n_resamples, seed + 1)
+        for name, j in (("driver experts", 0), ("matched controls", 1), ("driver − control", 2)):
+            comparisons.append(
+                {
+                    "edit": kind,
+                    "group": name,
+                    "mean effect (nats/token, report half)": float(estimate[j]),
+                    "ci low": float(low[j]),
+                    "ci high": float(high[j]),
+                    "experts": len(drivers),
+                    "report documents": len(report_docs),
+                }
+            )
+    rho = spearmanr(experts["saliency (REAP)"], experts[f"{main_kind}: effect (report)"], nan_policy="omit")
+    comparison = pd.DataFrame(comparisons)
+    comparison.attrs["saliency_spearman"] = float(rho.statistic)
+    return experts, comparison
