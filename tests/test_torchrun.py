@@ -14,7 +14,15 @@ import pytest
 from tl_moe.zoo.registry import checkpoint_dir
 
 SHIPPED = (checkpoint_dir("toy/moe-16x2") / "metadata.json").exists()
-FLAGS = ["--analyses", "domains,specialization", "--max-tokens", "3000", "--batch-size", "4", "--keep-checkpoints"]
+FLAGS = [
+    "--analyses",
+    "domains,specialization",
+    "--max-tokens",
+    "3000",
+    "--batch-size",
+    "4",
+    "--keep-checkpoints",
+]
 
 
 def _tl_moe(out: Path, launcher: list[str]) -> None:

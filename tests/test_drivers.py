@@ -1,0 +1,142 @@
+"""Driver experts: per-document effects agree with ExpertEffects, a planted harmful expert ranks last,
+controls are frequency-matched, intervals agree with scipy, shards merge exactly."""
+
+from __future__ import annotations
+
+import datasets
+import numpy as np
+import pytest
+import torch
+
+import tl_moe
+from tl_moe.analysis.drivers import (
+    DocumentEffects,
+    ExpertSaliency,
+    _bootstrap_ratio,
+    document_half,
+    driver_report,
+)
+from tl_moe.collect import ExpertEffects, collect
+
+PLANTED_LAYER, PLANTED_EXPERT = 1, 3
+
+
+@pytest.fixture(scope="module")
+def short_docs():
+    generator = torch.Generator().manual_seed(1)
+    texts = []
+    for _ in range(64):
+        words = torch.randint(
+            3, 90, (int(torch.randint(6, 14, (1,), generator=generator)),), generator=generator
+        )
+        texts.append(" ".join(f"w{w}" for w in words.tolist()))
+    return datasets.Dataset.from_dict({"text": texts, "domain": ["a", "b"] * 32})
+
+
+@pytest.fixture(scope="module")
+def planted(tiny_model_dir):
+    """The tiny OLMoE made sensitive (unembedding x 10, so logits are far from uniform) with one expert
+    whose output is blown up 3000x: zeroing that expert must move the loss most, on both halves."""
+    model = tl_moe.load(tiny_model_dir("olmoe"), device="cpu")
+    hf = model.original_model
+    experts = hf.model.layers[PLANTED_LAYER].mlp.experts
+    with torch.no_grad():
+        hf.lm_head.weight.mul_(10.0)
+        experts.down_proj[PLANTED_EXPERT] *= 3000.0
+    return model
+
+
+def _pass(model, corpus, **kwargs):
+    cfg = model.moe_cfg
+    accumulators = {
+        "docs": DocumentEffects(cfg.sparse_layers, cfg.num_experts, ("remove", "zero"), max_tokens=10_000),
+        "saliency": ExpertSaliency(cfg.sparse_layers, cfg.num_experts),
+        "reference": ExpertEffects(layers=list(cfg.sparse_layers), kinds=("remove", "zero")),
+    }
+    return collect(model, corpus, accumulators, batch_size=8, seq_len=16, progress=False, **kwargs)
+
+
+def test_document_sums_equal_expert_effects_and_the_planted_expert_ranks_last(planted, short_docs):
+    results = _pass(planted, short_docs)
+    docs, reference = results["docs"], results["reference"]
+    assert torch.allclose(docs.sums.sum(-1), reference.loss_change.sum(-1), atol=1e-9)
+    assert int(docs.counts.sum()) == int(reference.n_tokens.sum())
+    experts, comparison = driver_report(
+        docs, results["saliency"], n_drivers=3, n_resamples=200, min_documents=5
+    )
+    row = experts.set_index(["layer", "expert"]).loc[(PLANTED_LAYER, PLANTED_EXPERT)]
+    # zeroing touches only the expert's own tokens (removal also re-weights the others, which on a
+    # softmax router without renormalization amplifies the planted expert when a neighbour goes)
+    for half in ("selection", "report"):
+        effects = experts[f"zero: effect ({half})"].abs()
+        assert abs(row[f"zero: effect ({half})"]) == effects.max()
+        assert abs(row[f"zero: effect ({half})"]) > 5 * effects.median()
+    # drivers are the largest removal effects on the selection half
+    selection = experts["remove: effect (selection)"]
+    assert set(experts.index[experts["driver"]]) == set(selection.nlargest(3).index)
+    assert row["driver"] == (row["remove: effect (selection)"] >= selection.nlargest(3).min())
+    # each driver (strongest first) gets the closest-share non-driver of its layer not taken yet
+    taken = set()
+    for _, driver in (
+        experts[experts["driver"]].sort_values("remove: effect (selection)", ascending=False).iterrows()
+    ):
+        control = experts[experts["control for"] == f"L{driver['layer']}E{driver['expert']}"]
+        assert len(control) == 1 and int(control["layer"].iloc[0]) == driver["layer"]
+        free = experts[
+            (experts["layer"] == driver["layer"]) & ~experts["driver"] & ~experts.index.isin(taken)
+        ]
+        gap = (free["routed share (selection)"] - driver["routed share (selection)"]).abs()
+        assert control.index[0] == gap.idxmin()
+        taken.add(control.index[0])
+    assert set(comparison["group"]) == {"driver experts", "matched controls", "driver − control"}
+    assert (comparison["ci low"] <= comparison["mean effect (nats/token, report half)"]).all()
+
+
+def test_shards_merge_to_the_single_pass(planted, short_docs):
+    whole = _pass(planted, short_docs)["docs"]
+    cfg = planted.moe_cfg
+    parts = []
+    for position in range(2):
+        acc = DocumentEffects(cfg.sparse_layers, cfg.num_experts, ("remove", "zero"), max_tokens=10_000)
+        collect(
+            planted, short_docs, {"d": acc}, batch_size=8, seq_len=16, progress=False, shard=(position, 2)
+        )
+        parts.append(acc)
+    merged = parts[0].merge(parts[1]).finalize()
+    assert torch.allclose(merged.sums, whole.sums, atol=1e-9) and torch.equal(merged.counts, whole.counts)
+
+
+def test_the_token_budget_stops_the_edited_forwards(planted, short_docs):
+    cfg = planted.moe_cfg
+    capped = DocumentEffects(cfg.sparse_layers, cfg.num_experts, ("remove",), max_tokens=100)
+    collect(planted, short_docs, {"d": capped}, batch_size=8, seq_len=16, progress=False)
+    assert 100 <= capped.seen < 100 + 8 * 16  # stops after the batch that crosses the budget
+    assert int(capped.counts.sum()) < int(_pass(planted, short_docs)["docs"].counts.sum())
+
+
+def test_the_document_bootstrap_matches_scipy():
+    from scipy.stats import bootstrap
+
+    rng = np.random.default_rng(0)
+    counts = rng.integers(5, 30, size=40).astype(float)
+    sums = (rng.normal(0.1, 0.3, size=40) * counts)[None]
+    estimate, low, high = _bootstrap_ratio(sums, counts, n_resamples=4000, seed=1)
+    reference = bootstrap(
+        (sums[0], counts),
+        lambda s, c: s.sum() / c.sum(),
+        paired=True,
+        vectorized=False,
+        n_resamples=4000,
+        method="percentile",
+        random_state=2,
+    ).confidence_interval
+    assert estimate[0] == pytest.approx(sums.sum() / counts.sum())
+    assert low[0] == pytest.approx(reference.low, abs=0.02) and high[0] == pytest.approx(
+        reference.high, abs=0.02
+    )
+
+
+def test_document_halves_are_balanced_and_stable():
+    halves = document_half(torch.arange(10_000))
+    assert abs(float(halves.float().mean()) - 0.5) < 0.02
+    assert torch.equal(document_half(torch.tensor([7, 7, 123])), document_half(torch.tensor([7, 7, 123])))
