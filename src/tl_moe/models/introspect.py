@@ -133,12 +133,18 @@ def moe_config(model) -> MoEConfig:
     )
 
 
-def selection_bias_of(router: nn.Module, spec: ArchitectureSpec) -> torch.Tensor | None:
-    """The router's per-expert selection bias tensor, if the architecture has one."""
-    if spec.selection_bias is None:
+def selection_bias_of(router: nn.Module, path: str | ArchitectureSpec | None) -> torch.Tensor | None:
+    """The router's per-expert selection bias tensor at ``path`` (dotted, from the router), if any.
+
+    Read from the module each time it is asked for, so a reassigned buffer or a moved model is
+    followed.
+    """
+    if isinstance(path, ArchitectureSpec):
+        path = path.selection_bias
+    if path is None:
         return None
     target = router
-    for part in spec.selection_bias.split("."):
+    for part in path.split("."):
         target = getattr(target, part, None)
         if target is None:
             return None
