@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 
-from tl_moe.models.architectures import ArchitectureSpec, get_spec
+from tl_moe.models.architectures import UnsupportedArchitectureError
 from tl_moe.models.config import MoEConfig, RoutingRule
 from tl_moe.models.experts import (
     IMPLEMENTATION_NAME,
@@ -39,11 +39,10 @@ from tl_moe.models.experts import (
 )
 from tl_moe.models.introspect import (
     LayerModules,
-    decoder_layers,
     hf_model_of,
-    layer_modules,
     moe_config,
     selection_bias_of,
+    sparse_layer_modules,
     unwrap,
 )
 from tl_moe.models.routing import mixing_weights, routing_scores, select_experts
@@ -129,6 +128,7 @@ class _RouterHook:
         k: int,
         token_shape: ExpertHookPoints,
         bias_path: str | None,
+        bias_argument: bool,
         logits_hook: HookPoint,
         probs_hook: HookPoint | None,
         indices_hook: HookPoint,
@@ -138,18 +138,26 @@ class _RouterHook:
         self.k = k
         self.token_shape = token_shape
         self.bias_path = bias_path
+        self.bias_argument = bias_argument
         self.logits_hook = logits_hook
         self.probs_hook = probs_hook
         self.indices_hook = indices_hook
         self.weights_hook = weights_hook
 
-    def __call__(self, module, args, output):
+    def _bias(self, module, args, kwargs) -> torch.Tensor | None:
+        if not self.bias_argument:
+            return selection_bias_of(module, self.bias_path)
+        if len(args) > 1:
+            return args[1]
+        return next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
+
+    def __call__(self, module, args, kwargs, output):
         logits, weights, indices = output[0], output[1], output[2]
         router_logits = self.logits_hook(unflatten_tokens(logits, self.token_shape.token_shape))
         scores = routing_scores(router_logits, self.rule)
         if scores is not None and self.probs_hook is not None:
             scores = self.probs_hook(scores)
-        bias = selection_bias_of(module, self.bias_path)
+        bias = self._bias(module, args, kwargs)
         chosen = self.indices_hook(select_experts(router_logits, scores, self.rule, self.k, bias))
         mix = self.weights_hook(mixing_weights(router_logits, scores, chosen, self.rule))
         return (
@@ -186,7 +194,6 @@ def _wire_sparse_layer(
     component: nn.Module,
     prefix: str,
     modules: LayerModules,
-    spec: ArchitectureSpec,
     config: MoEConfig,
     attachment: _Attachment,
 ) -> None:
@@ -197,23 +204,24 @@ def _wire_sparse_layer(
     )
     router_hook = _RouterHook(
         rule=config.routing,
-        k=int(modules.router.top_k),
+        k=config.experts_per_token,
         token_shape=expert_hooks,
-        bias_path=spec.selection_bias,
+        bias_path=modules.bias_path,
+        bias_argument=modules.bias_argument,
         logits_hook=new("hook_router_logits"),
         probs_hook=new("hook_router_probs") if config.routing.has_scores else None,
         indices_hook=new("hook_topk_indices"),
         weights_hook=new("hook_topk_weights"),
     )
     _install(attachment, modules.ffn, _TokenShape(expert_hooks), pre=True, with_kwargs=True)
-    _install(attachment, modules.router, router_hook)
+    _install(attachment, modules.router, router_hook, with_kwargs=True)
     bind_expert_hooks(modules.experts, expert_hooks)
     attachment.experts_modules.append(modules.experts)
     if modules.shared is not None:
         # The module the MoE block calls: a TransformerBridge MLP component when the adapter wraps
         # the shared experts (then its own hook_post fires in every mode, including compatibility
         # mode, where the bridge computes the MLP from processed weights), else the HF MLP.
-        called = getattr(modules.ffn, spec.shared)
+        called = getattr(modules.ffn, modules.shared_name)
         bridge_neurons = getattr(called, "hook_post", None)
         shared_post = _OutputHook(new("hook_shared_post"), expert_hooks)
         if isinstance(bridge_neurons, HookPoint):
@@ -243,6 +251,80 @@ def _experts_configs(hf: nn.Module) -> list:
     return configs
 
 
+def _bridge_component(bridge, layer_index: int, modules: LayerModules) -> nn.Module:
+    """The TransformerBridge component that wraps this layer's MoE block (it holds the hook points)."""
+    block = bridge.blocks[layer_index]
+    for name, child in block.named_children():
+        if name not in ("original_component", "_original_component") and unwrap(child) is modules.ffn:
+            return child
+    raise UnsupportedArchitectureError(
+        f"TransformerBridge does not wrap the MoE block of layer {layer_index} "
+        f"({type(modules.ffn).__name__} at `{modules.ffn_path}`) as a component of blocks.{layer_index}, so "
+        "there is no bridge component to hold its hook points."
+    )
+
+
+def check_block_output(modules: LayerModules, where: str, n_tokens: int = 8) -> None:
+    """Refuse a block whose output is not Σ_k weight·expert output (+ (gated) shared experts).
+
+    Runs the HF block once on random hidden states, before anything is installed.
+    """
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        def hook(module, args, output):
+            seen[name] = output[0] if isinstance(output, tuple) else output
+
+        return hook
+
+    watched = [(modules.experts, "experts"), (modules.shared, "shared"), (modules.shared_gate, "gate")]
+    param = next(modules.experts.parameters())
+    d_model = int(modules.experts.down_proj.shape[2 if modules.experts.is_transposed else 1])
+    x = torch.randn(1, n_tokens, d_model, generator=torch.Generator().manual_seed(0)).to(
+        param.device, param.dtype
+    )
+    handles = [module.register_forward_hook(keep(name)) for module, name in watched if module is not None]
+    try:
+        with torch.no_grad():
+            out = modules.ffn(x)
+    except Exception as error:
+        raise UnsupportedArchitectureError(
+            f"{where}: the MoE block {type(modules.ffn).__name__} cannot be run on hidden states alone ({error!r})."
+        ) from error
+    finally:
+        for handle in handles:
+            handle.remove()
+    out = (out[0] if isinstance(out, tuple) else out).reshape(n_tokens, d_model).float()
+    if "experts" not in seen:
+        raise UnsupportedArchitectureError(
+            f"{where}: the MoE block {type(modules.ffn).__name__} never calls its experts."
+        )
+    want = seen["experts"].reshape(n_tokens, d_model).float()
+    if "shared" in seen:
+        shared = seen["shared"].reshape(n_tokens, d_model).float()
+        if "gate" in seen:
+            shared = torch.sigmoid(seen["gate"].reshape(n_tokens, 1).float()) * shared
+        want = want + shared
+    tolerance = 1e-4 if param.dtype == torch.float32 else 3e-2
+    if not torch.allclose(
+        out, want, rtol=tolerance, atol=tolerance * float(want.abs().max().clamp(min=1e-6))
+    ):
+        parts = "weighted expert outputs" + (" + shared experts" if modules.shared is not None else "")
+        raise UnsupportedArchitectureError(
+            f"{where}: the output of {type(modules.ffn).__name__} is not the sum of its {parts} (largest "
+            f"difference {float((out - want).abs().max()):.3g}); the block post-processes the experts in a way "
+            "tl_moe's hook points would not describe."
+        )
+
+
+def _restore_experts_implementations(attachment: _Attachment) -> None:
+    for cfg, previous in attachment.previous_experts_implementations:
+        if previous is _MISSING:
+            cfg.__dict__.pop("_experts_implementation_internal", None)
+        else:
+            cfg.__dict__["_experts_implementation_internal"] = previous
+
+
 def is_attached(bridge) -> bool:
     """Whether tl_moe hook points are installed on ``bridge``."""
     return getattr(bridge, "_tl_moe_attachment", None) is not None
@@ -265,10 +347,10 @@ def attach(bridge):
             "Use tl_moe.load(...) to boot one from a name, a local directory or a Hugging Face model."
         )
     hf = hf_model_of(bridge)
-    spec = get_spec(hf.config.model_type)
     config = moe_config(bridge)
     attachment = _Attachment(config=config, previous_moe_cfg=bridge.__dict__.get("moe_cfg", _MISSING))
     if config.is_moe:
+        layers = sparse_layer_modules(hf)
         register_experts_implementation()
         attachment.previous_experts_implementations = [
             (cfg, cfg.__dict__.get("_experts_implementation_internal", _MISSING))
@@ -277,11 +359,18 @@ def attach(bridge):
         hf.set_experts_implementation(IMPLEMENTATION_NAME)
         for cfg, _ in attachment.previous_experts_implementations:
             cfg.__dict__["_experts_implementation_internal"] = IMPLEMENTATION_NAME
-        for layer_index, layer in enumerate(decoder_layers(hf)):
-            modules = layer_modules(layer, spec)
+        try:  # refuse before installing anything; the check runs tl_moe's experts without hooks
+            for layer_index, modules in enumerate(layers):
+                if modules.is_sparse:
+                    _bridge_component(bridge, layer_index, modules)
+                    check_block_output(modules, f"{hf.config.model_type} layer {layer_index}")
+        except UnsupportedArchitectureError:
+            _restore_experts_implementations(attachment)
+            raise
+        for layer_index, modules in enumerate(layers):
             if modules.is_sparse:
-                prefix = f"blocks.{layer_index}.mlp"
-                _wire_sparse_layer(bridge.blocks[layer_index].mlp, prefix, modules, spec, config, attachment)
+                component = _bridge_component(bridge, layer_index, modules)
+                _wire_sparse_layer(component, f"blocks.{layer_index}.mlp", modules, config, attachment)
     bridge._tl_moe_attachment = attachment
     bridge.moe_cfg = config
     registry = bridge._hook_registry
@@ -310,11 +399,7 @@ def detach(bridge):
         if isinstance(getattr(component, "_hook_registry", None), dict):
             component._hook_registry.pop(attribute, None)
         delattr(component, attribute)
-    for cfg, previous in attachment.previous_experts_implementations:
-        if previous is _MISSING:
-            cfg.__dict__.pop("_experts_implementation_internal", None)
-        else:
-            cfg.__dict__["_experts_implementation_internal"] = previous
+    _restore_experts_implementations(attachment)
     if attachment.previous_moe_cfg is _MISSING:
         bridge.__dict__.pop("moe_cfg", None)
     else:
@@ -414,7 +499,6 @@ def load(
         return attach(model)
     if isinstance(model, nn.Module):
         hf = hf_model_of(model)
-        get_spec(hf.config.model_type)
         source = getattr(hf.config, "name_or_path", None) or ""
         if "tokenizer" not in boot_kwargs and not os.path.isdir(source):
             raise ValueError(
@@ -444,17 +528,5 @@ def load(
     name, defaults = _resolve_name(str(model), resolver)
     for key, value in defaults.items():
         boot_kwargs.setdefault(key, value)
-    _check_supported_before_download(name)
     bridge = TransformerBridge.boot_transformers(name, device=device, dtype=dtype, **boot_kwargs)
     return attach(bridge)
-
-
-def _check_supported_before_download(name: str) -> None:
-    """Fail fast, before loading weights, on an architecture tl_moe does not support."""
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(name)
-    except (OSError, ValueError):
-        return  # let TransformerBridge report what is wrong with the name
-    get_spec(config.model_type)
