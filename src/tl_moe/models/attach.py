@@ -72,6 +72,7 @@ class _Attachment:
     torch_hooks: list = field(default_factory=list)  # (module, hook object)
     hook_owners: list = field(default_factory=list)  # (component, attribute, registry name)
     experts_modules: list = field(default_factory=list)
+    components: dict = field(default_factory=dict)  # layer -> bridge path of its MoE component
 
 
 def _install(attachment: _Attachment, module: nn.Module, hook, *, pre: bool = False, **kwargs) -> None:
@@ -325,6 +326,19 @@ def _restore_experts_implementations(attachment: _Attachment) -> None:
             cfg.__dict__["_experts_implementation_internal"] = previous
 
 
+def moe_component_name(bridge, layer: int) -> str:
+    """The bridge path of layer ``layer``'s MoE component, e.g. ``"blocks.3.mlp"``.
+
+    TransformerLens's own hooks of the block (``hook_in``/``hook_out``) live under it. tl_moe's
+    hook points are always named ``blocks.{L}.mlp.hook_*`` (:func:`~tl_moe.models.hook_names.get_act_name`),
+    also where the bridge calls this component ``moe`` (GraniteMoE-Hybrid) or ``mixer`` (Nemotron-H).
+    """
+    attachment = getattr(bridge, "_tl_moe_attachment", None)
+    if attachment is None or layer not in attachment.components:
+        raise KeyError(f"layer {layer} has no tl_moe MoE component (is tl_moe attached? is it a sparse layer?)")
+    return attachment.components[layer]
+
+
 def is_attached(bridge) -> bool:
     """Whether tl_moe hook points are installed on ``bridge``."""
     return getattr(bridge, "_tl_moe_attachment", None) is not None
@@ -370,6 +384,9 @@ def attach(bridge):
         for layer_index, modules in enumerate(layers):
             if modules.is_sparse:
                 component = _bridge_component(bridge, layer_index, modules)
+                attachment.components[layer_index] = f"blocks.{layer_index}." + next(
+                    name for name, child in bridge.blocks[layer_index].named_children() if child is component
+                )
                 _wire_sparse_layer(component, f"blocks.{layer_index}.mlp", modules, config, attachment)
     bridge._tl_moe_attachment = attachment
     bridge.moe_cfg = config
