@@ -191,3 +191,48 @@ def test_a_reference_model_is_unchanged_by_loading_another_copy(tiny_model_dir):
     reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir("olmoe"), attn_implementation="eager")
     tl_moe.load(tiny_model_dir("olmoe"), device="cpu")
     assert reference.config._experts_implementation == "grouped_mm"
+
+
+def _patch_routers(model, change):
+    for layer in decoder_layers(model):
+        router = layer_modules(layer).router
+        if router is not None:
+            original = router.forward
+            router.forward = lambda *args, _original=original, **kwargs: change(*_original(*args, **kwargs))
+
+
+def test_a_router_whose_rule_tl_moe_does_not_know_is_refused():
+    model = built("olmoe")
+    _patch_routers(model, lambda logits, weights, indices: (logits, weights**2, indices))
+    with pytest.raises(tl_moe.UnsupportedArchitectureError, match="mixing weights differ"):
+        tl_moe.load(model, tokenizer=tiny_tokenizer(), device="cpu")
+    assert model.config._experts_implementation == "grouped_mm"
+
+
+def test_a_router_whose_selection_tl_moe_cannot_recompute_is_refused():
+    model = built("mixtral")
+    _patch_routers(model, lambda logits, weights, indices: (logits, weights, indices.flip(0)))
+    with pytest.raises(tl_moe.UnsupportedArchitectureError, match="selected experts differ"):
+        tl_moe.load(model, tokenizer=tiny_tokenizer(), device="cpu")
+
+
+def _comparable(rule):
+    """Softmax over all experts then renormalized top-k is top-k of the logits then softmax."""
+    kind, renormalize = rule.kind, rule.renormalize
+    if kind == "topk_softmax":
+        kind, renormalize = "softmax_topk", True
+    return kind, renormalize, rule.selection_bias, rule.n_groups, rule.topk_groups
+
+
+@pytest.mark.parametrize(
+    "arch", ["olmoe", "mixtral", "deepseek_v2", "deepseek_v3", "gpt_oss", "ernie4_5_moe"]
+)
+def test_the_routing_rule_read_from_config_and_verified_equals_the_declared_one(arch, monkeypatch):
+    from tl_moe.models import architectures
+
+    model = built(arch)
+    declared = tl_moe.moe_config(model).routing
+    monkeypatch.setitem(architectures.ARCHITECTURES, arch, architectures.ArchitectureSpec(arch))
+    found = tl_moe.moe_config(model).routing
+    assert _comparable(found) == _comparable(declared)
+    assert found.scaling_factor == pytest.approx(declared.scaling_factor, rel=1e-5)

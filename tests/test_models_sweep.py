@@ -11,12 +11,12 @@ import copy
 
 import pytest
 import torch
+from transformers.integrations.moe import _default_apply_gate
 
 import tl_moe
 from tl_moe.models.architectures import UnsupportedArchitectureError
 from tl_moe.models.attach import moe_component_name
 from tl_moe.models.catalog import build_tiny, registry_architectures, word_tokenizer
-from transformers.integrations.moe import _default_apply_gate
 from tl_moe.models.hook_names import HOOK_KINDS
 from tl_moe.models.introspect import decoder_layers, layer_modules
 
@@ -50,8 +50,10 @@ def pair():
 
 
 def test_sweep_covers_every_enumerated_architecture():
-    print(f"\ntl_moe sweep: {len(ARCHITECTURES)} architectures enumerated, {len(SUPPORTED)} supported, "
-          f"{len(REFUSED)} refused ({', '.join(sorted(REFUSED))})")
+    print(
+        f"\ntl_moe sweep: {len(ARCHITECTURES)} architectures enumerated, {len(SUPPORTED)} supported, "
+        f"{len(REFUSED)} refused ({', '.join(sorted(REFUSED))})"
+    )
     assert len(SUPPORTED) >= 20
     assert set(REFUSED) <= set(ARCHITECTURES)
     for arch in ("olmoe", "mixtral", "qwen3_next", "jamba", "nemotron_h", "granitemoehybrid"):
@@ -76,7 +78,14 @@ def test_logits_equal_hugging_face_with_every_hook_cached(arch, pair):
         got, cache = bridge.run_with_cache(tokens(), names_filter=lambda n: n in names)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     for layer in _sparse(bridge):
-        for kind in ("router_logits", "topk_indices", "topk_weights", "expert_pre", "expert_post", "expert_out"):
+        for kind in (
+            "router_logits",
+            "topk_indices",
+            "topk_weights",
+            "expert_pre",
+            "expert_post",
+            "expert_out",
+        ):
             assert tl_moe.get_act_name(kind, layer) in cache, kind
 
 
@@ -87,7 +96,7 @@ def test_weighted_expert_outputs_recompose_the_block_output(arch, pair):
     with torch.no_grad():
         _, cache = bridge.run_with_cache(tokens(1))
     for layer in cfg.sparse_layers:
-        name = lambda kind: tl_moe.get_act_name(kind, layer)  # noqa: E731
+        name = lambda kind, layer=layer: tl_moe.get_act_name(kind, layer)  # noqa: E731
         total = (cache[name("topk_weights")].unsqueeze(-1) * cache[name("expert_out")]).sum(dim=2)
         if cfg.n_shared_experts:
             shared = cache[name("shared_out")]
@@ -109,7 +118,9 @@ def _by_hand(experts, expert: int, x: torch.Tensor) -> tuple[torch.Tensor, torch
         gate_up = linear(experts.gate_up_proj, getattr(experts, "gate_up_proj_bias", None))
         if type(experts)._apply_gate is _default_apply_gate:
             gate, up = (
-                gate_up.chunk(2, dim=-1) if experts.is_concatenated else (gate_up[..., ::2], gate_up[..., 1::2])
+                gate_up.chunk(2, dim=-1)
+                if experts.is_concatenated
+                else (gate_up[..., ::2], gate_up[..., 1::2])
             )
             post = experts.act_fn(gate) * up
         else:  # an architecture's own GLU (GPT-OSS: clamped, interleaved)
@@ -159,7 +170,10 @@ def test_topk_equals_hugging_face_router(arch, pair):
     assert torch.equal(ours, theirs)
     weights = cache[tl_moe.get_act_name("topk_weights", layer)].reshape(theirs.shape)
     torch.testing.assert_close(
-        weights.gather(-1, order), seen["weights"].reshape(theirs.shape).float().gather(-1, their_order), atol=1e-6, rtol=0
+        weights.gather(-1, order),
+        seen["weights"].reshape(theirs.shape).float().gather(-1, their_order),
+        atol=1e-6,
+        rtol=0,
     )
 
 

@@ -23,7 +23,6 @@ from tl_moe.models import (
     moe_config,
     save_model,
 )
-
 from tl_moe.models.attach import register_name_resolver
 
 

@@ -335,7 +335,9 @@ def moe_component_name(bridge, layer: int) -> str:
     """
     attachment = getattr(bridge, "_tl_moe_attachment", None)
     if attachment is None or layer not in attachment.components:
-        raise KeyError(f"layer {layer} has no tl_moe MoE component (is tl_moe attached? is it a sparse layer?)")
+        raise KeyError(
+            f"layer {layer} has no tl_moe MoE component (is tl_moe attached? is it a sparse layer?)"
+        )
     return attachment.components[layer]
 
 

@@ -156,7 +156,9 @@ def not_booted_architectures() -> dict[str, str]:
             continue
         hf_class = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
         if _is_multimodal(model_type):
-            reasons[model_type] = "multimodal wrapper (its text tower, where booted, is swept as its own model type)"
+            reasons[model_type] = (
+                "multimodal wrapper (its text tower, where booted, is swept as its own model type)"
+            )
         elif hf_class is None:
             reasons[model_type] = "no causal LM class (a sub-model config)"
         elif hf_class in SUPPORTED_ARCHITECTURES:

@@ -61,7 +61,15 @@ def decoder_layers(hf_model: nn.Module) -> list[nn.Module]:
     if layers is None:
         layers = getattr(getattr(base, "language_model", None), "layers", None)
     if layers is None:
-        raise TypeError(f"Cannot find decoder layers (`model.layers`) on {type(hf_model).__name__}.")
+        from tl_moe.models.architectures import ARCHITECTURES
+
+        model_type = getattr(getattr(hf_model, "config", None), "model_type", "?")
+        raise UnsupportedArchitectureError(
+            f"tl_moe does not support model_type {model_type!r}: it cannot find the decoder layers "
+            f"(`model.layers`) of {type(hf_model).__name__}. tl_moe hooks any MoE whose experts transformers "
+            "dispatches through its experts registry (see tl_moe.models.registry_architectures()) and dense "
+            f"decoders with `model.layers`; declared architectures: {', '.join(sorted(ARCHITECTURES))}."
+        )
     return [unwrap(layer) for layer in layers]
 
 
