@@ -236,3 +236,23 @@ def test_the_routing_rule_read_from_config_and_verified_equals_the_declared_one(
     found = tl_moe.moe_config(model).routing
     assert _comparable(found) == _comparable(declared)
     assert found.scaling_factor == pytest.approx(declared.scaling_factor, rel=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["olmoe", "qwen2_moe", "llama"])
+def test_cached_generation_equals_uncached_and_hugging_face(arch):
+    model = built(arch)
+    reference = copy.deepcopy(model)
+    bridge = tl_moe.load(model, tokenizer=tiny_tokenizer(), device="cpu")
+    prompt = tokens(5, batch=1, pos=6)
+    with torch.no_grad():
+        cached = bridge.generate(
+            prompt, max_new_tokens=8, do_sample=False, use_past_kv_cache=True, verbose=False
+        )
+        uncached = bridge.generate(
+            prompt, max_new_tokens=8, do_sample=False, use_past_kv_cache=False, verbose=False
+        )
+        hf = reference.generate(prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    assert torch.equal(cached, uncached)
+    assert torch.equal(cached, hf)
+    tl_moe.detach(bridge)
+    assert not any("_update_kv_cache" in module.__dict__ for module in bridge.modules())

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 
+from tl_moe.models import generation
 from tl_moe.models.architectures import UnsupportedArchitectureError
 from tl_moe.models.config import MoEConfig, RoutingRule
 from tl_moe.models.experts import (
@@ -73,6 +74,7 @@ class _Attachment:
     hook_owners: list = field(default_factory=list)  # (component, attribute, registry name)
     experts_modules: list = field(default_factory=list)
     components: dict = field(default_factory=dict)  # layer -> bridge path of its MoE component
+    cache_compat: list = field(default_factory=list)  # attention components given the cache= workaround
 
 
 def _install(attachment: _Attachment, module: nn.Module, hook, *, pre: bool = False, **kwargs) -> None:
@@ -390,6 +392,7 @@ def attach(bridge):
                     name for name, child in bridge.blocks[layer_index].named_children() if child is component
                 )
                 _wire_sparse_layer(component, f"blocks.{layer_index}.mlp", modules, config, attachment)
+    attachment.cache_compat = generation.install(bridge)
     bridge._tl_moe_attachment = attachment
     bridge.moe_cfg = config
     registry = bridge._hook_registry
@@ -409,6 +412,7 @@ def detach(bridge):
         return bridge
     for module, hook in attachment.torch_hooks:
         _uninstall(module, hook)
+    generation.uninstall(attachment.cache_compat)
     for experts in attachment.experts_modules:
         unbind_expert_hooks(experts)
     registry = bridge._hook_registry
