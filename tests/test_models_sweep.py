@@ -210,3 +210,26 @@ def test_unsupported_architectures_are_refused_with_the_reason(arch):
     reason_words = REFUSED[arch].split()
     assert any(word in message for word in reason_words)
     assert model.config._experts_implementation == implementation
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("arch", SUPPORTED)
+def test_low_precision_logits_are_bit_identical_to_hugging_face(arch, dtype):
+    model = build_tiny(arch).to(dtype)
+    reference = copy.deepcopy(model)
+    try:
+        with torch.no_grad():
+            want = reference(tokens()).logits
+    except (RuntimeError, NotImplementedError) as error:
+        pytest.skip(f"Hugging Face's own {arch} forward does not run on CPU in {dtype}: {error}")
+    bridge = tl_moe.load(model, tokenizer=word_tokenizer(), device="cpu", dtype=dtype)
+    try:
+        with torch.no_grad():
+            got = bridge(tokens())
+    except RuntimeError as error:
+        tl_moe.detach(bridge)
+        with pytest.raises(RuntimeError):  # then it is TransformerLens's bridge, not tl_moe, that fails
+            with torch.no_grad():
+                bridge(tokens())
+        pytest.skip(f"TransformerLens's bridge of {arch} does not run in {dtype} on CPU: {error}")
+    assert torch.equal(got, want), float((got.float() - want.float()).abs().max())

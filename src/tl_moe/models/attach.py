@@ -155,14 +155,37 @@ class _RouterHook:
         return next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
 
     def __call__(self, module, args, kwargs, output):
+        """Fire the routing hook points; recompute a stage only downstream of an edit.
+
+        Unedited stages carry the router's own tensors, so the block computes exactly what
+        Hugging Face computes (in every dtype); an edited stage (a hook that returns a new
+        tensor) re-routes the later ones with the verified rule.
+        """
         logits, weights, indices = output[0], output[1], output[2]
-        router_logits = self.logits_hook(unflatten_tokens(logits, self.token_shape.token_shape))
-        scores = routing_scores(router_logits, self.rule)
-        if scores is not None and self.probs_hook is not None:
-            scores = self.probs_hook(scores)
-        bias = self._bias(module, args, kwargs)
-        chosen = self.indices_hook(select_experts(router_logits, scores, self.rule, self.k, bias))
-        mix = self.weights_hook(mixing_weights(router_logits, scores, chosen, self.rule))
+        token_shape = self.token_shape.token_shape
+        shaped = unflatten_tokens(logits, token_shape)
+        router_logits = self.logits_hook(shaped)
+        edited = router_logits is not shaped
+        scores = None
+        if self.probs_hook is not None:
+            computed = routing_scores(router_logits, self.rule)
+            scores = self.probs_hook(computed)
+            edited = edited or scores is not computed
+        if edited:
+            scores = scores if scores is not None else routing_scores(router_logits, self.rule)
+            bias = self._bias(module, args, kwargs)
+            proposed = select_experts(router_logits, scores, self.rule, self.k, bias)
+        else:
+            proposed = unflatten_tokens(indices, token_shape)
+        chosen = self.indices_hook(proposed)
+        edited = edited or chosen is not proposed
+        if edited:
+            if scores is None:
+                scores = routing_scores(router_logits, self.rule)
+            proposed = mixing_weights(router_logits, scores, chosen, self.rule)
+        else:
+            proposed = unflatten_tokens(weights, token_shape)
+        mix = self.weights_hook(proposed)
         return (
             router_logits.reshape(logits.shape),
             mix.reshape(weights.shape).to(weights.dtype),
