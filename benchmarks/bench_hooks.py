@@ -8,8 +8,10 @@ Prints one table of median forward times and ratios, all measured in this run:
 - tl_moe attached, hooks idle;
 - tl_moe caching every per-expert and router hook point.
 
-Usage: ``python benchmarks/bench_hooks.py [--gpu] [--olmoe-layer]``. ``--olmoe-layer`` uses an
-OLMoE-sized MoE layer (d_model 2048, 64 experts, top-8, d_expert 1024).
+Usage: ``python benchmarks/bench_hooks.py [--gpu] [--olmoe-layer] [--arch olmoe|qwen3_next|all]``.
+``--olmoe-layer`` uses an OLMoE-sized MoE layer (d_model 2048, 64 experts, top-8, d_expert 1024).
+``--arch qwen3_next`` benchmarks a hybrid (linear-attention + MoE with a gated shared expert) model:
+4 layers, d_model 512, 16 experts, top-2, d_expert 512.
 """
 
 from __future__ import annotations
@@ -25,11 +27,42 @@ import torch
 warnings.filterwarnings("ignore")
 
 
-def build(directory: str, olmoe_sized: bool) -> None:
+def build(directory: str, olmoe_sized: bool, arch: str = "olmoe") -> None:
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
     from tl_moe import MoEConfig, build_model, save_model
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")), unk_token="<unk>"
+    )
+    if arch == "qwen3_next":
+        from transformers import AutoModelForCausalLM
+
+        from tl_moe.models.catalog import tiny_hf_config
+
+        config = tiny_hf_config(
+            "qwen3_next",
+            hidden_size=512,
+            num_hidden_layers=4,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            head_dim=64,
+            vocab_size=8192,
+            num_experts=16,
+            num_experts_per_tok=2,
+            moe_intermediate_size=512,
+            shared_expert_intermediate_size=512,
+            linear_num_key_heads=4,
+            linear_num_value_heads=8,
+            linear_key_head_dim=64,
+            linear_value_head_dim=64,
+            max_position_embeddings=4096,
+            layer_types=["linear_attention", "linear_attention", "linear_attention", "full_attention"],
+        )
+        torch.manual_seed(0)
+        save_model(AutoModelForCausalLM.from_config(config).eval(), tokenizer, directory)
+        return
 
     if olmoe_sized:
         cfg = MoEConfig(
@@ -57,9 +90,6 @@ def build(directory: str, olmoe_sized: bool) -> None:
             sparse_layers=(0, 1, 2, 3),
             max_position_embeddings=4096,
         )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")), unk_token="<unk>"
-    )
     save_model(build_model(cfg), tokenizer, directory)
 
 
@@ -83,19 +113,24 @@ def main() -> None:
     parser.add_argument(
         "--olmoe-layer", action="store_true", help="OLMoE-sized layers instead of the small MoE"
     )
+    parser.add_argument("--arch", choices=["olmoe", "qwen3_next", "all"], default="all")
     parser.add_argument("--tokens", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     device = "cuda" if args.gpu else "cpu"
     torch.set_grad_enabled(False)
+    for arch in ["olmoe", "qwen3_next"] if args.arch == "all" else [args.arch]:
+        run(arch, args, device)
 
+
+def run(arch: str, args, device: str) -> None:
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoModelForCausalLM
 
     import tl_moe
 
     with tempfile.TemporaryDirectory() as directory:
-        build(directory, args.olmoe_layer)
+        build(directory, args.olmoe_layer, arch)
         hf = AutoModelForCausalLM.from_pretrained(directory, attn_implementation="eager").to(device).eval()
         tokens = torch.randint(0, 8192, (args.tokens // 512, 512), device=device)
         bridge = TransformerBridge.boot_transformers(directory, device=device)
@@ -109,8 +144,12 @@ def main() -> None:
             "expert_pre",
             "expert_post",
             "expert_out",
+            "shared_post",
+            "shared_out",
+            "shared_gate",
         ]
         names = {tl_moe.get_act_name(kind, layer) for layer in cfg.sparse_layers for kind in kinds}
+        names &= set(hooked.hook_dict)
 
         rows = [
             (f"HF forward ({hf.config._experts_implementation} experts)", lambda: hf(tokens)),
@@ -125,9 +164,12 @@ def main() -> None:
 
     base = results[0][1]
     shape = (
-        "OLMoE-sized (d_model 2048, 64 experts, top-8, d_expert 1024, 2 layers)"
+        "qwen3_next hybrid (3 linear-attention + 1 attention layers; d_model 512, 16 experts, top-2, "
+        "d_expert 512, gated shared expert)"
+        if arch == "qwen3_next"
+        else "OLMoE-sized (d_model 2048, 64 experts, top-8, d_expert 1024, 2 layers)"
         if args.olmoe_layer
-        else "d_model 512, 16 experts, top-2, d_expert 1024, 4 layers"
+        else "olmoe: d_model 512, 16 experts, top-2, d_expert 1024, 4 layers"
     )
     print(
         f"\n{shape}; {args.tokens} tokens; {device}; torch {torch.__version__}; {torch.get_num_threads()} threads"

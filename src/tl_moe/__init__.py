@@ -23,6 +23,21 @@ from tl_moe.models import (
     moe_config,
     save_model,
 )
+from tl_moe.models.attach import register_name_resolver
+
+
+def _resolve_toy_name(name: str) -> tuple[str, dict]:
+    """``"toy/..."`` -> the shipped checkpoint's directory and the zoo's tokenizer.
+
+    Registered here, above ``models/``, so that ``models/`` never imports the zoo.
+    """
+    from tl_moe.zoo.registry import checkpoint_path
+    from tl_moe.zoo.tokenizer import load_tokenizer
+
+    return str(checkpoint_path(name)), {"tokenizer": load_tokenizer()}
+
+
+register_name_resolver("toy/", _resolve_toy_name)
 
 __version__ = "0.1.0"
 

@@ -248,13 +248,24 @@ class UnsupportedArchitectureError(ValueError):
 
 
 def get_spec(model_type: str) -> ArchitectureSpec:
-    """The spec of ``model_type``, or a clear error listing the supported architectures."""
-    try:
-        return ARCHITECTURES[model_type]
-    except KeyError:
+    """The declarative overrides of ``model_type``; a bare spec for an architecture without any.
+
+    Module discovery and the routing rule do not need a spec (see
+    :mod:`tl_moe.models.introspect` and :mod:`tl_moe.models.discovery`); building a model from
+    a :class:`MoEConfig` does (:func:`require_spec`).
+    """
+    return ARCHITECTURES.get(model_type) or ArchitectureSpec(model_type)
+
+
+def require_spec(model_type: str) -> ArchitectureSpec:
+    """The spec of ``model_type`` with its ``to_hf`` writer, or a clear error listing those that have one."""
+    spec = ARCHITECTURES.get(model_type)
+    if spec is None or spec.to_hf is None:
         moe = sorted(t for t, s in ARCHITECTURES.items() if s.is_moe)
         dense = sorted(t for t, s in ARCHITECTURES.items() if not s.is_moe)
         raise UnsupportedArchitectureError(
-            f"tl_moe does not support model_type {model_type!r}. Supported MoE architectures: "
-            f"{', '.join(moe)}; dense baselines: {', '.join(dense)}."
-        ) from None
+            f"tl_moe cannot build a {model_type!r} model from a MoEConfig (no config writer). It can build MoE "
+            f"architectures {', '.join(moe)} and dense baselines {', '.join(dense)}; any architecture can be "
+            "loaded and hooked (build it with transformers and pass it to tl_moe.load)."
+        )
+    return spec

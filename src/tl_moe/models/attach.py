@@ -17,14 +17,18 @@ driven by three mechanisms, none of which rewrites a model's ``forward``:
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 
-from tl_moe.models.architectures import ArchitectureSpec, get_spec
+from tl_moe.models import generation
+from tl_moe.models.architectures import UnsupportedArchitectureError
 from tl_moe.models.config import MoEConfig, RoutingRule
 from tl_moe.models.experts import (
     IMPLEMENTATION_NAME,
@@ -32,34 +36,74 @@ from tl_moe.models.experts import (
     bind_expert_hooks,
     register_experts_implementation,
     unbind_expert_hooks,
+    unflatten_tokens,
 )
 from tl_moe.models.introspect import (
     LayerModules,
-    decoder_layers,
     hf_model_of,
-    layer_modules,
     moe_config,
     selection_bias_of,
+    sparse_layer_modules,
     unwrap,
 )
 from tl_moe.models.routing import mixing_weights, routing_scores, select_experts
 
+_MISSING = object()
+_TORCH_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+)
+
 
 @dataclass
 class _Attachment:
-    """What :func:`attach` installed on one bridge, so :func:`detach` can undo it."""
+    """What :func:`attach` installed on one bridge, so :func:`detach` can undo it.
+
+    Everything is held by reference to modules and hook objects (no ``RemovableHandle``s,
+    whose weak references a ``copy.deepcopy`` of the bridge would keep pointing at the
+    original), so a deep copy of an attached bridge detaches independently.
+    """
 
     config: MoEConfig
-    previous_experts_implementation: str | None
-    handles: list = field(default_factory=list)
-    hook_owners: list = field(default_factory=list)  # (component, attribute name)
+    previous_moe_cfg: object = _MISSING
+    previous_experts_implementations: list = field(default_factory=list)  # (config, __dict__ value)
+    torch_hooks: list = field(default_factory=list)  # (module, hook object)
+    hook_owners: list = field(default_factory=list)  # (component, attribute, registry name)
     experts_modules: list = field(default_factory=list)
+    components: dict = field(default_factory=dict)  # layer -> bridge path of its MoE component
+    cache_compat: list = field(default_factory=list)  # attention components given the cache= workaround
 
 
-def _new_hook(component: nn.Module, attachment: _Attachment, name: str) -> HookPoint:
+def _install(attachment: _Attachment, module: nn.Module, hook, *, pre: bool = False, **kwargs) -> None:
+    """Register ``hook`` on ``module`` (a forward hook, or a pre-hook with ``pre``) and record it."""
+    if pre:
+        module.register_forward_pre_hook(hook, **kwargs)
+    else:
+        module.register_forward_hook(hook, **kwargs)
+    attachment.torch_hooks.append((module, hook))
+
+
+def _uninstall(module: nn.Module, hook) -> None:
+    """Remove every registration of ``hook`` (by identity) from ``module``'s torch hook dicts."""
+    ids = [key for key, value in module._forward_hooks.items() if value is hook]
+    ids += [key for key, value in module._forward_pre_hooks.items() if value is hook]
+    for name in _TORCH_HOOK_DICTS:
+        table = getattr(module, name, None)
+        if isinstance(table, dict):
+            for key in ids:
+                table.pop(key, None)
+        elif isinstance(table, set):
+            table.difference_update(ids)
+
+
+def _new_hook(component: nn.Module, attachment: _Attachment, attribute: str, prefix: str) -> HookPoint:
     hook = HookPoint()
-    setattr(component, name, hook)
-    attachment.hook_owners.append((component, name))
+    setattr(component, attribute, hook)
+    hook.name = f"{prefix}.{attribute}"
+    attachment.hook_owners.append((component, attribute, hook.name))
     return hook
 
 
@@ -75,14 +119,19 @@ class _TokenShape:
 
 
 class _RouterHook:
-    """Forward hook on an HF router: recompute routing from the logits, firing hook points."""
+    """Forward hook on an HF router: recompute routing from the logits, firing hook points.
+
+    The selection bias is read from the router module being called (``bias_path``), at call
+    time: reassigning the buffer, ``.to(device)`` and ``copy.deepcopy`` are all followed.
+    """
 
     def __init__(
         self,
         rule: RoutingRule,
         k: int,
         token_shape: ExpertHookPoints,
-        selection_bias: torch.Tensor | None,
+        bias_path: str | None,
+        bias_argument: bool,
         logits_hook: HookPoint,
         probs_hook: HookPoint | None,
         indices_hook: HookPoint,
@@ -91,37 +140,57 @@ class _RouterHook:
         self.rule = rule
         self.k = k
         self.token_shape = token_shape
-        self.selection_bias = selection_bias
+        self.bias_path = bias_path
+        self.bias_argument = bias_argument
         self.logits_hook = logits_hook
         self.probs_hook = probs_hook
         self.indices_hook = indices_hook
         self.weights_hook = weights_hook
 
-    def __call__(self, module, args, output):
+    def _bias(self, module, args, kwargs) -> torch.Tensor | None:
+        if not self.bias_argument:
+            return selection_bias_of(module, self.bias_path)
+        if len(args) > 1:
+            return args[1]
+        return next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
+
+    def __call__(self, module, args, kwargs, output):
+        """Fire the routing hook points; recompute a stage only downstream of an edit.
+
+        Unedited stages carry the router's own tensors, so the block computes exactly what
+        Hugging Face computes (in every dtype); an edited stage (a hook that returns a new
+        tensor) re-routes the later ones with the verified rule.
+        """
         logits, weights, indices = output[0], output[1], output[2]
-        shape = self.token_shape.token_shape or logits.shape[:-1]
-        if int(torch.tensor(shape).prod()) != logits.shape[:-1].numel():
-            shape = logits.shape[:-1]
-        router_logits = self.logits_hook(logits.reshape(*shape, logits.shape[-1]))
-        scores = routing_scores(router_logits, self.rule)
-        if scores is not None and self.probs_hook is not None:
-            scores = self.probs_hook(scores)
-        chosen = self.indices_hook(
-            select_experts(router_logits, scores, self.rule, self.k, self.selection_bias)
-        )
-        mix = self.weights_hook(mixing_weights(router_logits, scores, chosen, self.rule))
+        token_shape = self.token_shape.token_shape
+        shaped = unflatten_tokens(logits, token_shape)
+        router_logits = self.logits_hook(shaped)
+        edited = router_logits is not shaped
+        scores = None
+        if self.probs_hook is not None:
+            computed = routing_scores(router_logits, self.rule)
+            scores = self.probs_hook(computed)
+            edited = edited or scores is not computed
+        if edited:
+            scores = scores if scores is not None else routing_scores(router_logits, self.rule)
+            bias = self._bias(module, args, kwargs)
+            proposed = select_experts(router_logits, scores, self.rule, self.k, bias)
+        else:
+            proposed = unflatten_tokens(indices, token_shape)
+        chosen = self.indices_hook(proposed)
+        edited = edited or chosen is not proposed
+        if edited:
+            if scores is None:
+                scores = routing_scores(router_logits, self.rule)
+            proposed = mixing_weights(router_logits, scores, chosen, self.rule)
+        else:
+            proposed = unflatten_tokens(weights, token_shape)
+        mix = self.weights_hook(proposed)
         return (
             router_logits.reshape(logits.shape),
             mix.reshape(weights.shape).to(weights.dtype),
             chosen.reshape(indices.shape).to(indices.dtype),
         ) + tuple(output[3:])
-
-
-def _reshape_to(shape_source: ExpertHookPoints, tensor: torch.Tensor) -> tuple[torch.Tensor, tuple]:
-    shape = shape_source.token_shape
-    if shape and int(torch.tensor(shape).prod()) == tensor.shape[:-1].numel():
-        return tensor.reshape(*shape, tensor.shape[-1]), tensor.shape
-    return tensor, tensor.shape
 
 
 class _InputHook:
@@ -131,8 +200,10 @@ class _InputHook:
         self.hook, self.token_shape = hook, token_shape
 
     def __call__(self, module, args):
-        shaped, original = _reshape_to(self.token_shape, args[0])
-        return (self.hook(shaped).reshape(original),) + tuple(args[1:])
+        x = args[0]
+        return (self.hook(unflatten_tokens(x, self.token_shape.token_shape)).reshape(x.shape),) + tuple(
+            args[1:]
+        )
 
 
 class _OutputHook:
@@ -142,60 +213,157 @@ class _OutputHook:
         self.hook, self.token_shape = hook, token_shape
 
     def __call__(self, module, args, output):
-        shaped, original = _reshape_to(self.token_shape, output)
-        return self.hook(shaped).reshape(original)
+        return self.hook(unflatten_tokens(output, self.token_shape.token_shape)).reshape(output.shape)
 
 
 def _wire_sparse_layer(
     component: nn.Module,
+    prefix: str,
     modules: LayerModules,
-    spec: ArchitectureSpec,
     config: MoEConfig,
     attachment: _Attachment,
 ) -> None:
     """Create the hook points of one sparse layer on ``component`` and connect them."""
-    new = lambda name: _new_hook(component, attachment, name)  # noqa: E731
+    new = lambda name: _new_hook(component, attachment, name, prefix)  # noqa: E731
     expert_hooks = ExpertHookPoints(
         pre=new("hook_expert_pre"), post=new("hook_expert_post"), out=new("hook_expert_out")
     )
     router_hook = _RouterHook(
         rule=config.routing,
-        k=int(modules.router.top_k),
+        k=config.experts_per_token,
         token_shape=expert_hooks,
-        selection_bias=selection_bias_of(modules.router, spec),
+        bias_path=modules.bias_path,
+        bias_argument=modules.bias_argument,
         logits_hook=new("hook_router_logits"),
         probs_hook=new("hook_router_probs") if config.routing.has_scores else None,
         indices_hook=new("hook_topk_indices"),
         weights_hook=new("hook_topk_weights"),
     )
-    handles = attachment.handles
-    handles.append(modules.ffn.register_forward_pre_hook(_TokenShape(expert_hooks), with_kwargs=True))
-    handles.append(modules.router.register_forward_hook(router_hook))
+    _install(attachment, modules.ffn, _TokenShape(expert_hooks), pre=True, with_kwargs=True)
+    _install(attachment, modules.router, router_hook, with_kwargs=True)
     bind_expert_hooks(modules.experts, expert_hooks)
     attachment.experts_modules.append(modules.experts)
     if modules.shared is not None:
         # The module the MoE block calls: a TransformerBridge MLP component when the adapter wraps
         # the shared experts (then its own hook_post fires in every mode, including compatibility
         # mode, where the bridge computes the MLP from processed weights), else the HF MLP.
-        called = getattr(modules.ffn, spec.shared)
+        called = getattr(modules.ffn, modules.shared_name)
         bridge_neurons = getattr(called, "hook_post", None)
         shared_post = _OutputHook(new("hook_shared_post"), expert_hooks)
         if isinstance(bridge_neurons, HookPoint):
-            handles.append(bridge_neurons.register_forward_hook(shared_post))
+            _install(attachment, bridge_neurons, shared_post)
         else:
             down = unwrap(modules.shared.down_proj)
-            handles.append(down.register_forward_pre_hook(_InputHook(shared_post.hook, expert_hooks)))
-        handles.append(called.register_forward_hook(_OutputHook(new("hook_shared_out"), expert_hooks)))
+            _install(attachment, down, _InputHook(shared_post.hook, expert_hooks), pre=True)
+        _install(attachment, called, _OutputHook(new("hook_shared_out"), expert_hooks))
     if modules.shared_gate is not None:
-        handles.append(
-            modules.shared_gate.register_forward_hook(_OutputHook(new("hook_shared_gate"), expert_hooks))
+        _install(attachment, modules.shared_gate, _OutputHook(new("hook_shared_gate"), expert_hooks))
+
+
+def _experts_configs(hf: nn.Module) -> list:
+    """Every config object whose ``_experts_implementation`` a fused experts module may read."""
+    from transformers import PreTrainedModel
+
+    configs, seen = [], set()
+    for module in hf.modules():
+        config = getattr(module, "config", None)
+        if (
+            isinstance(module, PreTrainedModel)
+            or hasattr(module, "gate_up_proj")
+            or hasattr(module, "up_proj")
+        ) and (config is not None and hasattr(config, "_experts_implementation") and id(config) not in seen):
+            seen.add(id(config))
+            configs.append(config)
+    return configs
+
+
+def _bridge_component(bridge, layer_index: int, modules: LayerModules) -> nn.Module:
+    """The TransformerBridge component that wraps this layer's MoE block (it holds the hook points)."""
+    block = bridge.blocks[layer_index]
+    for name, child in block.named_children():
+        if name not in ("original_component", "_original_component") and unwrap(child) is modules.ffn:
+            return child
+    raise UnsupportedArchitectureError(
+        f"TransformerBridge does not wrap the MoE block of layer {layer_index} "
+        f"({type(modules.ffn).__name__} at `{modules.ffn_path}`) as a component of blocks.{layer_index}, so "
+        "there is no bridge component to hold its hook points."
+    )
+
+
+def check_block_output(modules: LayerModules, where: str, n_tokens: int = 8) -> None:
+    """Refuse a block whose output is not Σ_k weight·expert output (+ (gated) shared experts).
+
+    Runs the HF block once on random hidden states, before anything is installed.
+    """
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        def hook(module, args, output):
+            seen[name] = output[0] if isinstance(output, tuple) else output
+
+        return hook
+
+    watched = [(modules.experts, "experts"), (modules.shared, "shared"), (modules.shared_gate, "gate")]
+    param = next(modules.experts.parameters())
+    d_model = int(modules.experts.down_proj.shape[2 if modules.experts.is_transposed else 1])
+    x = torch.randn(1, n_tokens, d_model, generator=torch.Generator().manual_seed(0)).to(
+        param.device, param.dtype
+    )
+    handles = [module.register_forward_hook(keep(name)) for module, name in watched if module is not None]
+    try:
+        with torch.no_grad():
+            out = modules.ffn(x)
+    except Exception as error:
+        raise UnsupportedArchitectureError(
+            f"{where}: the MoE block {type(modules.ffn).__name__} cannot be run on hidden states alone ({error!r})."
+        ) from error
+    finally:
+        for handle in handles:
+            handle.remove()
+    out = (out[0] if isinstance(out, tuple) else out).reshape(n_tokens, d_model).float()
+    if "experts" not in seen:
+        raise UnsupportedArchitectureError(
+            f"{where}: the MoE block {type(modules.ffn).__name__} never calls its experts."
+        )
+    want = seen["experts"].reshape(n_tokens, d_model).float()
+    if "shared" in seen:
+        shared = seen["shared"].reshape(n_tokens, d_model).float()
+        if "gate" in seen:
+            shared = torch.sigmoid(seen["gate"].reshape(n_tokens, 1).float()) * shared
+        want = want + shared
+    tolerance = 1e-4 if param.dtype == torch.float32 else 3e-2
+    if not torch.allclose(
+        out, want, rtol=tolerance, atol=tolerance * float(want.abs().max().clamp(min=1e-6))
+    ):
+        parts = "weighted expert outputs" + (" + shared experts" if modules.shared is not None else "")
+        raise UnsupportedArchitectureError(
+            f"{where}: the output of {type(modules.ffn).__name__} is not the sum of its {parts} (largest "
+            f"difference {float((out - want).abs().max()):.3g}); the block post-processes the experts in a way "
+            "tl_moe's hook points would not describe."
         )
 
 
-def _refresh_hook_registry(bridge) -> None:
-    """Make the bridge's ``hook_dict`` (and so ``run_with_cache``/``hooks``) see new hook points."""
-    bridge.clear_hook_registry()
-    bridge._initialize_hook_registry()
+def _restore_experts_implementations(attachment: _Attachment) -> None:
+    for cfg, previous in attachment.previous_experts_implementations:
+        if previous is _MISSING:
+            cfg.__dict__.pop("_experts_implementation_internal", None)
+        else:
+            cfg.__dict__["_experts_implementation_internal"] = previous
+
+
+def moe_component_name(bridge, layer: int) -> str:
+    """The bridge path of layer ``layer``'s MoE component, e.g. ``"blocks.3.mlp"``.
+
+    TransformerLens's own hooks of the block (``hook_in``/``hook_out``) live under it. tl_moe's
+    hook points are always named ``blocks.{L}.mlp.hook_*`` (:func:`~tl_moe.models.hook_names.get_act_name`),
+    also where the bridge calls this component ``moe`` (GraniteMoE-Hybrid) or ``mixer`` (Nemotron-H).
+    """
+    attachment = getattr(bridge, "_tl_moe_attachment", None)
+    if attachment is None or layer not in attachment.components:
+        raise KeyError(
+            f"layer {layer} has no tl_moe MoE component (is tl_moe attached? is it a sparse layer?)"
+        )
+    return attachment.components[layer]
 
 
 def is_attached(bridge) -> bool:
@@ -208,7 +376,9 @@ def attach(bridge):
 
     Works before or after ``bridge.enable_compatibility_mode()``. Dense models are accepted
     (they get no expert hook points; their neurons are TransformerLens's
-    ``blocks.{L}.mlp.hook_post``). Calling it twice is a no-op.
+    ``blocks.{L}.mlp.hook_post``). Calling it twice is a no-op. TransformerLens's own hook
+    points are left exactly as they were (same objects, same ``.name``); the new ones are added
+    to the bridge's hook registry by name.
     """
     if is_attached(bridge):
         return bridge
@@ -218,100 +388,191 @@ def attach(bridge):
             "Use tl_moe.load(...) to boot one from a name, a local directory or a Hugging Face model."
         )
     hf = hf_model_of(bridge)
-    spec = get_spec(hf.config.model_type)
     config = moe_config(bridge)
-    attachment = _Attachment(
-        config=config,
-        previous_experts_implementation=getattr(hf.config, "_experts_implementation", None),
-    )
+    attachment = _Attachment(config=config, previous_moe_cfg=bridge.__dict__.get("moe_cfg", _MISSING))
     if config.is_moe:
+        layers = sparse_layer_modules(hf)
         register_experts_implementation()
+        attachment.previous_experts_implementations = [
+            (cfg, cfg.__dict__.get("_experts_implementation_internal", _MISSING))
+            for cfg in _experts_configs(hf)
+        ]
         hf.set_experts_implementation(IMPLEMENTATION_NAME)
-        for layer_index, layer in enumerate(decoder_layers(hf)):
-            modules = layer_modules(layer, spec)
+        for cfg, _ in attachment.previous_experts_implementations:
+            cfg.__dict__["_experts_implementation_internal"] = IMPLEMENTATION_NAME
+        try:  # refuse before installing anything; the check runs tl_moe's experts without hooks
+            for layer_index, modules in enumerate(layers):
+                if modules.is_sparse:
+                    _bridge_component(bridge, layer_index, modules)
+                    check_block_output(modules, f"{hf.config.model_type} layer {layer_index}")
+        except UnsupportedArchitectureError:
+            _restore_experts_implementations(attachment)
+            raise
+        for layer_index, modules in enumerate(layers):
             if modules.is_sparse:
-                _wire_sparse_layer(bridge.blocks[layer_index].mlp, modules, spec, config, attachment)
+                component = _bridge_component(bridge, layer_index, modules)
+                attachment.components[layer_index] = f"blocks.{layer_index}." + next(
+                    name for name, child in bridge.blocks[layer_index].named_children() if child is component
+                )
+                _wire_sparse_layer(component, f"blocks.{layer_index}.mlp", modules, config, attachment)
+    attachment.cache_compat = generation.install(bridge)
     bridge._tl_moe_attachment = attachment
     bridge.moe_cfg = config
-    _refresh_hook_registry(bridge)
+    registry = bridge._hook_registry
+    for component, attribute, name in attachment.hook_owners:
+        registry[name] = getattr(component, attribute)
     return bridge
 
 
 def detach(bridge):
-    """Remove everything :func:`attach` installed; the bridge behaves as before. Returns it."""
+    """Remove everything :func:`attach` installed; the bridge behaves as before. Returns it.
+
+    Restores the experts implementation of every config :func:`attach` changed, and
+    ``bridge.moe_cfg`` (removed, or the value it had before).
+    """
     attachment = getattr(bridge, "_tl_moe_attachment", None)
     if attachment is None:
         return bridge
-    for handle in attachment.handles:
-        handle.remove()
+    for module, hook in attachment.torch_hooks:
+        _uninstall(module, hook)
+    generation.uninstall(attachment.cache_compat)
     for experts in attachment.experts_modules:
         unbind_expert_hooks(experts)
-    for component, name in attachment.hook_owners:
-        component._hook_registry.pop(name, None)
-        delattr(component, name)
-    if attachment.previous_experts_implementation is not None:
-        hf_model_of(bridge).set_experts_implementation(attachment.previous_experts_implementation)
-    bridge._tl_moe_attachment = None
-    _refresh_hook_registry(bridge)
+    registry = bridge._hook_registry
+    for component, attribute, name in attachment.hook_owners:
+        if registry.get(name) is getattr(component, attribute, None):
+            registry.pop(name)
+        if isinstance(getattr(component, "_hook_registry", None), dict):
+            component._hook_registry.pop(attribute, None)
+        delattr(component, attribute)
+    _restore_experts_implementations(attachment)
+    if attachment.previous_moe_cfg is _MISSING:
+        bridge.__dict__.pop("moe_cfg", None)
+    else:
+        bridge.moe_cfg = attachment.previous_moe_cfg
+    del bridge._tl_moe_attachment
     return bridge
 
 
-def _resolve_zoo_name(name: str) -> str:
-    from tl_moe.zoo.registry import checkpoint_path  # the zoo sits above models in the layering
+# --- loading ------------------------------------------------------------------------------
 
-    return str(checkpoint_path(name))
+NameResolver = Callable[[str], "tuple[str, dict]"]
+_NAME_RESOLVERS: dict[str, NameResolver] = {}
+
+
+def register_name_resolver(prefix: str, resolver: NameResolver) -> None:
+    """Let :func:`load` accept names starting with ``prefix`` (e.g. ``"toy/"``).
+
+    ``resolver(name)`` returns ``(local directory, default boot kwargs)`` — for example the
+    toy zoo returns its checkpoint directory and ``{"tokenizer": <its tokenizer>}``. The
+    package above ``models/`` registers its resolvers; ``models/`` knows none of them.
+    """
+    _NAME_RESOLVERS[prefix] = resolver
+
+
+def _resolve_name(name: str, resolver: NameResolver | None) -> tuple[str, dict]:
+    if resolver is not None:
+        return resolver(name)
+    for prefix, registered in _NAME_RESOLVERS.items():
+        if name.startswith(prefix):
+            return registered(name)
+    return name, {}
+
+
+def _causal_lm_architecture(model: nn.Module) -> list[str]:
+    """``config.architectures`` for the adapter lookup: as saved, else the model's own class."""
+    architectures = list(getattr(model.config, "architectures", None) or [])
+    return architectures or [type(model).__name__]
+
+
+@contextlib.contextmanager
+def _reloadable(tokenizer):
+    """``tokenizer``, or, for one built in memory, the same tokenizer saved to a temporary folder.
+
+    TransformerBridge reloads the tokenizer by ``name_or_path`` (to set ``add_bos_token``); an
+    in-memory tokenizer has none, so it is saved and reloaded from a folder that exists while
+    the bridge boots.
+    """
+    if (
+        tokenizer is None
+        or "name_or_path" in getattr(tokenizer, "init_kwargs", {})
+        and os.path.isdir(tokenizer.init_kwargs["name_or_path"] or "")
+    ):
+        yield tokenizer
+        return
+    if "name_or_path" in getattr(tokenizer, "init_kwargs", {}) and tokenizer.init_kwargs["name_or_path"]:
+        yield tokenizer  # a hub tokenizer the user chose
+        return
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory(prefix="tl_moe_tokenizer_") as directory:
+        tokenizer.save_pretrained(directory)
+        yield AutoTokenizer.from_pretrained(directory)
 
 
 def load(
-    model, *, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32, **boot_kwargs
+    model,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    tokenizer=None,
+    resolver: NameResolver | None = None,
+    **boot_kwargs,
 ):
     """Load a model as a TransformerBridge with tl_moe's hook points installed.
 
     Args:
         model: A Hugging Face hub id, a local directory holding a saved model and tokenizer,
-            a toy-zoo name such as ``"toy/moe-8x2"``, an already built Hugging Face
-            ``PreTrainedModel``, or a TransformerBridge.
+            a name a registered resolver knows (the toy zoo's ``"toy/moe-8x2"``), an already
+            built Hugging Face ``PreTrainedModel`` (``from_pretrained``, ``from_config`` or
+            :func:`~tl_moe.models.build.build_model`), or a TransformerBridge.
         device: Device to load onto (default: TransformerBridge's choice).
         dtype: Parameter dtype.
-        **boot_kwargs: Passed to ``TransformerBridge.boot_transformers`` (e.g. ``tokenizer``,
-            ``device_map``).
+        tokenizer: The tokenizer to use. Required for a model built in memory that was not
+            loaded from a directory (nothing else says which tokenizer it was trained with;
+            tl_moe never guesses one from the hub).
+        resolver: ``name -> (directory, boot kwargs)``, used instead of the registered ones.
+        **boot_kwargs: Passed to ``TransformerBridge.boot_transformers`` (e.g. ``device_map``).
 
     Returns:
         The bridge, with :func:`attach` applied and ``bridge.moe_cfg`` set.
     """
     from transformer_lens.model_bridge import TransformerBridge
 
+    if tokenizer is not None:
+        boot_kwargs["tokenizer"] = tokenizer
     if isinstance(model, TransformerBridge):
         return attach(model)
     if isinstance(model, nn.Module):
-        get_spec(hf_model_of(model).config.model_type)
-        name = getattr(model.config, "name_or_path", None) or model.config.model_type
-        bridge = TransformerBridge.boot_transformers(
-            name, hf_model=model, device=device, dtype=dtype, **boot_kwargs
-        )
+        hf = hf_model_of(model)
+        source = getattr(hf.config, "name_or_path", None) or ""
+        if "tokenizer" not in boot_kwargs and not os.path.isdir(source):
+            raise ValueError(
+                f"This {type(hf).__name__} was built in memory (config.name_or_path={source!r} is not a local "
+                "directory), so nothing says which tokenizer goes with it. Pass tokenizer=... to tl_moe.load; "
+                "tl_moe does not fetch a tokenizer from the hub by model type."
+            )
+        overrides = dict(boot_kwargs.pop("hf_config_overrides", None) or {})
+        overrides.setdefault("architectures", _causal_lm_architecture(hf))
+        with _reloadable(boot_kwargs.get("tokenizer")) as reloadable:
+            if reloadable is not None:
+                boot_kwargs["tokenizer"] = reloadable
+            bridge = TransformerBridge.boot_transformers(
+                source or type(hf).__name__,
+                hf_model=hf,
+                device=device,
+                dtype=dtype,
+                hf_config_overrides=overrides,
+                **boot_kwargs,
+            )
         return attach(bridge)
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(
-            f"load() accepts a hub id, a local directory, a toy-zoo name, a PreTrainedModel or a "
-            f"TransformerBridge; got {type(model).__name__}."
+            f"load() accepts a hub id, a local directory, a registered name (e.g. a toy-zoo name), a "
+            f"PreTrainedModel or a TransformerBridge; got {type(model).__name__}."
         )
-    name = str(model)
-    if name.startswith("toy/"):
-        from tl_moe.zoo.tokenizer import load_tokenizer
-
-        name = _resolve_zoo_name(name)
-        boot_kwargs.setdefault("tokenizer", load_tokenizer())
-    _check_supported_before_download(name)
+    name, defaults = _resolve_name(str(model), resolver)
+    for key, value in defaults.items():
+        boot_kwargs.setdefault(key, value)
     bridge = TransformerBridge.boot_transformers(name, device=device, dtype=dtype, **boot_kwargs)
     return attach(bridge)
-
-
-def _check_supported_before_download(name: str) -> None:
-    """Fail fast, before loading weights, on an architecture tl_moe does not support."""
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(name)
-    except (OSError, ValueError):
-        return  # let TransformerBridge report what is wrong with the name
-    get_spec(config.model_type)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from tl_moe.models.architectures import get_spec
+from tl_moe.models.architectures import require_spec
 from tl_moe.models.config import MoEConfig
 
 
@@ -14,7 +14,7 @@ def hf_config_from(cfg: MoEConfig):
     """The Hugging Face config of ``cfg``'s architecture with ``cfg``'s sizes."""
     from transformers import AutoConfig
 
-    spec = get_spec(cfg.architecture)
+    spec = require_spec(cfg.architecture)
     head_dim = cfg.d_model // cfg.n_heads
     kwargs = dict(
         vocab_size=cfg.d_vocab,

@@ -17,7 +17,7 @@ flows downstream.
 
 from __future__ import annotations
 
-import weakref
+import math
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +28,7 @@ from transformer_lens.hook_points import HookPoint
 from transformers.integrations.moe import ExpertsInterface
 
 IMPLEMENTATION_NAME = "tl_moe"
+_GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @dataclass
@@ -44,18 +45,42 @@ class ExpertHookPoints:
     token_shape: tuple[int, ...] = ()
 
 
-# experts module -> its hook points; weak so a deleted model frees its entry.
-_HOOKS_BY_EXPERTS: weakref.WeakKeyDictionary[nn.Module, ExpertHookPoints] = weakref.WeakKeyDictionary()
+_HOOKS_ATTRIBUTE = "_tl_moe_expert_hooks"
 
 
 def bind_expert_hooks(experts: nn.Module, hooks: ExpertHookPoints) -> None:
-    """Make ``experts`` fire ``hooks`` when it runs under the ``"tl_moe"`` implementation."""
-    _HOOKS_BY_EXPERTS[experts] = hooks
+    """Make ``experts`` fire ``hooks`` when it runs under the ``"tl_moe"`` implementation.
+
+    The hook points are kept in the module's own ``__dict__`` (not a side table keyed by
+    identity), so a ``copy.deepcopy`` of the model carries them, memo-shared with the copied
+    bridge's hook points.
+    """
+    object.__setattr__(experts, _HOOKS_ATTRIBUTE, hooks)
 
 
 def unbind_expert_hooks(experts: nn.Module) -> None:
     """Stop ``experts`` from firing tl_moe hook points."""
-    _HOOKS_BY_EXPERTS.pop(experts, None)
+    experts.__dict__.pop(_HOOKS_ATTRIBUTE, None)
+
+
+def expert_hooks_of(experts: nn.Module) -> ExpertHookPoints | None:
+    """The hook points bound to ``experts``, if any."""
+    return experts.__dict__.get(_HOOKS_ATTRIBUTE)
+
+
+def token_layout(token_shape: tuple[int, ...], n_tokens: int) -> tuple[int, ...]:
+    """``token_shape`` (the ``[batch, pos]`` layout recorded on the MoE block) if it holds
+    ``n_tokens`` tokens, else the flat ``(n_tokens,)``: the one place tensors of flattened
+    tokens get their layout back."""
+    if token_shape and math.prod(token_shape) == n_tokens:
+        return tuple(token_shape)
+    return (n_tokens,)
+
+
+def unflatten_tokens(tensor: torch.Tensor, token_shape: tuple[int, ...]) -> torch.Tensor:
+    """``tensor`` of shape ``[*any, d]`` reshaped to ``[*token_layout, d]``."""
+    n_tokens = tensor.shape[:-1].numel()
+    return tensor.reshape(*token_layout(token_shape, n_tokens), tensor.shape[-1])
 
 
 def _is_listening(hook: HookPoint | None) -> bool:
@@ -64,7 +89,7 @@ def _is_listening(hook: HookPoint | None) -> bool:
 
 def _grouped_mm_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether ``F.grouped_mm`` accepts these operands (it needs 16-byte aligned strides)."""
-    if not hasattr(F, "grouped_mm") or x.dtype != weight.dtype:
+    if not hasattr(F, "grouped_mm") or x.dtype != weight.dtype or x.dtype not in _GROUPED_MM_DTYPES:
         return False
     if x.device.type == "cuda" and torch.cuda.get_device_capability(x.device) < (8, 0):
         return False
@@ -76,6 +101,53 @@ def _grouped_mm_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return True
 
 
+def _grouped_mm(
+    x: Float[torch.Tensor, "routed d_in"],
+    w: Float[torch.Tensor, "n_experts d_in d_out"],
+    offsets: Int[torch.Tensor, " n_experts"],
+) -> Float[torch.Tensor, "routed d_out"]:
+    """``F.grouped_mm`` where its alignment rules allow, else one matmul per expert with tokens."""
+    if _grouped_mm_usable(x, w):
+        return F.grouped_mm(x, w, offs=offsets)
+    pieces, start = [], 0
+    for expert, end in enumerate(offsets.tolist()):
+        if end > start:
+            pieces.append(x[start:end] @ w[expert])
+        start = end
+    return torch.cat(pieces) if pieces else x.new_zeros(0, w.shape[-1])
+
+
+class _GroupedMatmul(torch.autograd.Function):
+    """Grouped matmul whose backward re-checks alignment on its own operands.
+
+    ``F.grouped_mm``'s backward needs aligned, non-expanded gradients and transposed operands;
+    a forward that was aligned can still have a backward that is not (``intermediate_size=37``,
+    or the expanded gradient of ``.sum()``). The backward here makes the gradient contiguous
+    and takes the per-expert fallback wherever the grouped kernel would refuse.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, offsets):
+        ctx.save_for_backward(x, w, offsets)
+        return _grouped_mm(x, w, offsets)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w, offsets = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _grouped_mm(grad, w.transpose(-2, -1), offsets)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.zeros_like(w)
+            start = 0
+            for expert, end in enumerate(offsets.tolist()):
+                if end > start:
+                    grad_w[expert] = x[start:end].transpose(0, 1) @ grad[start:end]
+                start = end
+        return grad_x, grad_w, None
+
+
 def grouped_linear(
     x: Float[torch.Tensor, "routed d_in"],
     weight: Float[torch.Tensor, "n_experts ..."],
@@ -83,6 +155,8 @@ def grouped_linear(
     transposed: bool,
 ) -> Float[torch.Tensor, "routed d_out"]:
     """Apply expert ``e``'s linear map to rows ``offsets[e-1]:offsets[e]`` of ``x``.
+
+    Like transformers' ``grouped_mm`` implementation, the input is cast to the weights' dtype.
 
     Args:
         x: Inputs sorted by expert.
@@ -92,15 +166,10 @@ def grouped_linear(
         transposed: Layout flag of the experts module.
     """
     w = weight if transposed else weight.transpose(-2, -1)  # [E, d_in, d_out]
-    if _grouped_mm_usable(x, w):
-        return F.grouped_mm(x, w, offs=offsets)
-    # Fallback for unaligned shapes or dtypes: one matmul per expert that received tokens.
-    pieces, start = [], 0
-    for expert, end in enumerate(offsets.tolist()):
-        if end > start:
-            pieces.append(x[start:end] @ w[expert].to(x.dtype))
-        start = end
-    return torch.cat(pieces) if pieces else x.new_zeros(0, w.shape[-1])
+    x = x.to(w.dtype)
+    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+        return _GroupedMatmul.apply(x, w, offsets)
+    return _grouped_mm(x, w, offsets)
 
 
 def _split_gate_up(experts: nn.Module, gate_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,11 +227,9 @@ def hooked_experts_forward(
     """
     if getattr(self, "_is_expert_parallel", False):
         raise NotImplementedError("tl_moe's experts implementation does not support expert parallelism.")
-    hooks = _HOOKS_BY_EXPERTS.get(self)
+    hooks = expert_hooks_of(self)
     n_tokens, k = top_k_index.shape
-    token_shape = hooks.token_shape if hooks is not None and hooks.token_shape else (n_tokens,)
-    if int(torch.tensor(token_shape).prod()) != n_tokens:
-        token_shape = (n_tokens,)
+    token_shape = token_layout(hooks.token_shape if hooks is not None else (), n_tokens)
 
     expert_ids = top_k_index.reshape(-1)
     sorted_ids, order = torch.sort(expert_ids, stable=True)
@@ -196,7 +263,9 @@ def hooked_experts_forward(
         out = self.post_expert_norm(out)
     out = layout.fire(hooks and hooks.out, out)
 
-    weighted = out * top_k_weights.reshape(-1)[order].unsqueeze(-1).to(out.dtype)
+    # As transformers does: the (float32) routing weights multiply the expert outputs by type
+    # promotion, and the k slots are summed in that precision before the cast back.
+    weighted = out * top_k_weights.reshape(-1)[order].unsqueeze(-1)
     per_slot = weighted[layout.inverse].view(n_tokens, k, -1)
     return per_slot.sum(dim=1).to(hidden_states.dtype)
 

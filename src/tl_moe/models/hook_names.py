@@ -128,10 +128,9 @@ def get_act_name(kind: str, layer: int, model=None) -> str:
 
 
 def _check_layer(kind: str, layer: int, model) -> int:
-    from tl_moe.models.config import MoEConfig
-    from tl_moe.models.introspect import moe_config
+    from tl_moe.models.introspect import config_of
 
-    cfg = model if isinstance(model, MoEConfig) else getattr(model, "moe_cfg", None) or moe_config(model)
+    cfg = config_of(model)
     if not -cfg.n_layers <= layer < cfg.n_layers:
         raise HookNameError(
             f"Layer {layer} is out of range: the model has {cfg.n_layers} layers (0..{cfg.n_layers - 1})."
