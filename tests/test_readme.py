@@ -29,3 +29,9 @@ def test_readme_analysis_and_option_tables_are_generated_from_the_pipeline():
     readme = (ROOT / "README.md").read_text()
     assert options_table_markdown() in readme
     assert analyses_table_markdown() in readme
+
+
+def test_readme_architecture_table_is_generated_from_the_sweep():
+    from tl_moe.models.catalog import architecture_table_markdown
+
+    assert architecture_table_markdown() in (ROOT / "README.md").read_text()

@@ -26,7 +26,7 @@ import torch
 from jaxtyping import Float, Int
 
 from tl_moe.analysis.readout import LogitReadout
-from tl_moe.models.introspect import decoder_layers, hf_model_of, moe_config
+from tl_moe.models.introspect import config_of, decoder_layers, hf_model_of
 
 __all__ = ["LogitDecomposition", "decompose_logits"]
 
@@ -148,7 +148,7 @@ def decompose_logits(
         A :class:`LogitDecomposition`; its :meth:`~LogitDecomposition.total` reproduces the logits.
     """
     readout = readout or LogitReadout.from_model(model)
-    cfg = getattr(model, "moe_cfg", None) or moe_config(model)
+    cfg = config_of(model)
     _check_sparse_blocks_are_plain_sums(model, cfg.sparse_layers)
     if target_ids is not None:
         target_ids = target_ids[..., None] if target_ids.ndim == 2 else target_ids

@@ -27,7 +27,7 @@ from jaxtyping import Float, Int
 
 from tl_moe.analysis.readout import LogitReadout
 from tl_moe.models.architectures import get_spec
-from tl_moe.models.introspect import decoder_layers, hf_model_of, layer_modules, moe_config, unwrap
+from tl_moe.models.introspect import config_of, decoder_layers, hf_model_of, layer_modules, unwrap
 
 __all__ = [
     "ExpertLens",
@@ -140,7 +140,7 @@ def top_tokens_static(
     final norm's gain γ (and centering, for a LayerNorm) when ``through_final_norm``.
     """
     readout = readout or LogitReadout.from_model(model)
-    cfg = getattr(model, "moe_cfg", None) or moe_config(model)
+    cfg = config_of(model)
     layer %= cfg.n_layers
     if layer in cfg.sparse_layers:
         directions = [down_projection(model, layer).mean(dim=-1)]

@@ -30,7 +30,7 @@ from tl_moe.analysis.readout import LogitReadout
 from tl_moe.collect.accumulator import Accumulator, Activations, same_device
 from tl_moe.collect.meta import BatchMeta
 from tl_moe.models.hook_names import get_act_name
-from tl_moe.models.introspect import moe_config
+from tl_moe.models.introspect import config_of
 
 __all__ = ["ExpertLogitLensAccumulator", "ExpertLogitLensResult"]
 
@@ -145,7 +145,7 @@ class ExpertLogitLensAccumulator(Accumulator):
         token_groups: Int[torch.Tensor, " vocab"] | None = None,
         n_top_tokens: int = 10,
     ) -> None:
-        cfg = getattr(model, "moe_cfg", None) or moe_config(model)
+        cfg = config_of(model)
         if not cfg.is_moe:
             raise ValueError(
                 f"{cfg.architecture} is a dense model; the expert logit lens needs routed experts."

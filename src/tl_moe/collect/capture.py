@@ -21,13 +21,18 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Int
 
+from tl_moe.errors import InputError
+
 
 class _AllHooksCaptured(Exception):
     """Raised from inside the forward once nothing more is needed from it."""
 
 
-class UnknownHookError(KeyError):
+class UnknownHookError(InputError, KeyError):
     """An accumulator asked for a hook point the model does not have."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
     def __str__(self) -> str:
         return str(self.args[0])

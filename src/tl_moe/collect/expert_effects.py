@@ -20,7 +20,7 @@ from tl_moe.collect.accumulator import same_device
 from tl_moe.collect.interventional import InterventionalAccumulator, InterventionEffects
 from tl_moe.collect.meta import BatchMeta
 from tl_moe.models.interventions import Intervention, _check_factor
-from tl_moe.models.introspect import moe_config
+from tl_moe.models.introspect import config_of
 
 EFFECT_KINDS = ("remove", "zero", "scale")
 
@@ -147,7 +147,7 @@ class ExpertEffects(InterventionalAccumulator):
         }
 
     def _resolve(self, model: Any) -> tuple[int, ...]:
-        cfg = getattr(model, "moe_cfg", None) or moe_config(model)
+        cfg = config_of(model)
         if self.requested_layers is None:
             layers = tuple(cfg.sparse_layers)
         else:

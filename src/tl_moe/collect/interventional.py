@@ -37,7 +37,7 @@ from torch import nn
 from tl_moe.collect.accumulator import Accumulator, Activations
 from tl_moe.collect.meta import BatchMeta
 from tl_moe.models.interventions import Intervention, batched_hooks
-from tl_moe.models.introspect import hf_model_of, moe_config
+from tl_moe.models.introspect import config_of, hf_model_of
 
 FINAL_RESIDUAL = "ln_final.hook_in"
 """Hook of the final residual stream (the input of the final norm)."""
@@ -198,7 +198,7 @@ class InterventionRunner:
         if isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget < 1:
             raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}.")
         self.model = model
-        self.cfg = getattr(model, "moe_cfg", None) or moe_config(model)
+        self.cfg = config_of(model)
         self.memory_budget = int(memory_budget)
         self.accumulators = dict(accumulators or {})
         self.edits: list[Edit] = []

@@ -10,6 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+from torch import nn
+
+from tl_moe.errors import InputError
 from tl_moe.models.config import MoEConfig, RoutingRule
 
 
@@ -243,7 +247,7 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
 }
 
 
-class UnsupportedArchitectureError(ValueError):
+class UnsupportedArchitectureError(InputError):
     """Raised for a model whose architecture tl_moe does not know."""
 
 
@@ -269,3 +273,21 @@ def require_spec(model_type: str) -> ArchitectureSpec:
             "loaded and hooked (build it with transformers and pass it to tl_moe.load)."
         )
     return spec
+
+
+def selection_bias_of(router: nn.Module, path: str | ArchitectureSpec | None) -> torch.Tensor | None:
+    """The router's per-expert selection bias tensor at ``path`` (dotted, from the router), if any.
+
+    Read from the module each time it is asked for, so a reassigned buffer or a moved model is
+    followed.
+    """
+    if isinstance(path, ArchitectureSpec):
+        path = path.selection_bias
+    if path is None:
+        return None
+    target = router
+    for part in path.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            return None
+    return target

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tl_moe.models.architectures import ARCHITECTURES, UnsupportedArchitectureError
+from tl_moe.models.architectures import ARCHITECTURES, UnsupportedArchitectureError, selection_bias_of
 from tl_moe.models.config import RoutingRule
 from tl_moe.models.routing import mixing_weights, routing_scores, select_experts
 
@@ -91,7 +91,6 @@ class RouterSample:
 
 def sample_router(mods, n_tokens: int = 64, seed: int = 0) -> RouterSample:
     """Run ``mods.router`` on random hidden states, with a random selection bias if it uses one."""
-    from tl_moe.models.introspect import selection_bias_of
 
     router: nn.Module = mods.router
     param = next(router.parameters(), None)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tl_moe.errors import InputError
+
 
 @dataclass(frozen=True)
 class HookKind:
@@ -103,7 +105,7 @@ HOOK_KINDS: dict[str, HookKind] = {
 }
 
 
-class HookNameError(ValueError):
+class HookNameError(InputError):
     """Raised for a hook kind or layer that does not exist on a model."""
 
 

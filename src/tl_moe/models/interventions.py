@@ -46,7 +46,7 @@ from jaxtyping import Bool, Float, Int
 
 from tl_moe.models.config import MoEConfig
 from tl_moe.models.hook_names import get_act_name
-from tl_moe.models.introspect import moe_config
+from tl_moe.models.introspect import config_of
 
 FwdHooks = list[tuple[str, Callable]]
 InterventionKind = Literal["remove", "zero", "scale", "force"]
@@ -54,7 +54,7 @@ INTERVENTION_KINDS: tuple[str, ...] = ("remove", "zero", "scale", "force")
 
 
 def _config(model) -> MoEConfig:
-    return model if isinstance(model, MoEConfig) else getattr(model, "moe_cfg", None) or moe_config(model)
+    return config_of(model)
 
 
 # --- input validation -------------------------------------------------------------------------

@@ -13,10 +13,14 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
-from tl_moe.models.architectures import ArchitectureSpec, UnsupportedArchitectureError, get_spec
+from tl_moe.models.architectures import (
+    ArchitectureSpec,
+    UnsupportedArchitectureError,
+    get_spec,
+    selection_bias_of,
+)
 from tl_moe.models.config import MoEConfig
 
 
@@ -297,24 +301,6 @@ def moe_config(model) -> MoEConfig:
         shared_gated=first.shared_gate is not None,
         routing=rule,
     )
-
-
-def selection_bias_of(router: nn.Module, path: str | ArchitectureSpec | None) -> torch.Tensor | None:
-    """The router's per-expert selection bias tensor at ``path`` (dotted, from the router), if any.
-
-    Read from the module each time it is asked for, so a reassigned buffer or a moved model is
-    followed.
-    """
-    if isinstance(path, ArchitectureSpec):
-        path = path.selection_bias
-    if path is None:
-        return None
-    target = router
-    for part in path.split("."):
-        target = getattr(target, part, None)
-        if target is None:
-            return None
-    return target
 
 
 __all__ = [
