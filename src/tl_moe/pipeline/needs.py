@@ -25,6 +25,7 @@ __all__ = [
     "ExpertNeurons",
     "RoutedByDomain",
     "RoutedByTokenGroup",
+    "RoutingPerToken",
     "TokensByDomain",
 ]
 
@@ -94,4 +95,16 @@ class DenseNeurons(AccumulatorSpec):
                 f"--dense-baseline {run.dense} is an MoE with no dense FFN layer; pass a dense model or 'none'."
             )
         hooks = [get_act_name("neuron", layer, model) for layer in cfg.dense_layers]
+        return TokenActivationStore(hooks, max_tokens=run.options.max_tokens)
+
+
+@dataclass(frozen=True)
+class RoutingPerToken(AccumulatorSpec):
+    """Stored top-k expert indices of every sparse layer, per token, with the token's document.
+
+    What document-level permutation tests need (e.g. of domain experts): routing per document.
+    """
+
+    def build(self, model: Any, run: RunContext) -> Accumulator:
+        hooks = [get_act_name("topk_indices", layer) for layer in model.moe_cfg.sparse_layers]
         return TokenActivationStore(hooks, max_tokens=run.options.max_tokens)

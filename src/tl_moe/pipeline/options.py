@@ -89,6 +89,13 @@ class RunOptions:
     bootstrap_resamples: int = option(
         2000, "document-level bootstrap resamples behind every interval", parse=int
     )
+    fdr: float = option(
+        0.05, "false-discovery rate of the Benjamini–Hochberg tests (domain experts)", parse=float
+    )
+    permutations: int = option(999, "document-level permutations behind every permutation p-value", parse=int)
+    min_expert_tokens: int = option(
+        50, "experts with fewer routed tokens are listed, not averaged (specialization, domains)", parse=int
+    )
     skip_untrained_null: bool = option(
         False, "leave out the untrained-model null of probing (saves one collection pass)"
     )
@@ -120,11 +127,15 @@ class RunOptions:
             "min_examples",
             "held_out_min_examples",
             "bootstrap_resamples",
+            "permutations",
+            "min_expert_tokens",
             "checkpoint_every",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}.")
+        if not 0 < self.fdr < 1:
+            raise InputError(f"--fdr must lie in (0, 1), got {self.fdr}.")
         if not 0 < self.selection_fraction < 1:
             raise InputError(f"--selection-fraction must lie in (0, 1), got {self.selection_fraction}.")
         if self.seq_len < 2:
