@@ -154,7 +154,7 @@ def _documents(seed: int, domain_effect: float, n_docs: int = 120, n_layers: int
     counts = torch.stack(
         [
             torch.distributions.Multinomial(int(t), probs=p.reshape(-1, n_experts)).sample()
-            for t, p in zip(tokens, probs)
+            for t, p in zip(tokens, probs, strict=True)
         ]
     )
     return counts.reshape(n_docs, n_layers, n_experts), tokens, domain
