@@ -576,6 +576,7 @@ def _comparison_frame(records: list[dict]) -> pd.DataFrame:
         "protocol",
         "comparison",
         "k",
+        "metric",
         "estimate",
         "ci_low",
         "ci_high",
