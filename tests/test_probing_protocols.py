@@ -121,7 +121,9 @@ def test_an_moe_computing_the_dense_function_shows_no_expert_advantage_on_routed
 
 
 def test_untrained_moe_vs_untrained_dense_differs_little_under_the_held_out_protocol(tmp_path):
-    """Measured (seed 0, 10k tokens, k=1): held-out F1 difference +0.0xx; bound asserted: |d| < 0.06."""
+    """Measured (seed 0, 10k tokens, k=1, 23 concepts, 23 test documents): held-out F1 difference
+    +0.044 [+0.022, +0.080] against the paper protocol's +0.159. Asserted with margin: |d| < 0.08
+    and less than half the paper protocol's gap."""
     import sys
     from pathlib import Path
 
@@ -149,4 +151,5 @@ def test_untrained_moe_vs_untrained_dense_differs_little_under_the_held_out_prot
     held = probing.comparison("held_out", "moe_vs_dense", 1)
     paper = probing.comparison("paper", "moe_vs_dense", 1)
     print("untrained pair: held-out", held, "paper", paper)
-    assert abs(held["estimate"]) < 0.06 and held["ci_low"] < 0.06, held
+    assert abs(held["estimate"]) < 0.08 and held["ci_low"] < 0.06, held
+    assert held["estimate"] < 0.5 * paper["estimate"], (held, paper)
