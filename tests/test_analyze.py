@@ -21,25 +21,78 @@ FIXTURE_OPTIONS = dict(max_tokens=4000, batch_size=8, probe_ks=(1, 4), min_examp
 @pytest.fixture(scope="module")
 def family_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    return run(RunOptions(out=out, sparsity_family=True, **FIXTURE_OPTIONS)), out
+    # 4k tokens reach 16 documents: too few for the held-out protocol (reported as unavailable), so
+    # the untrained null's pass would be wasted.
+    return run(RunOptions(out=out, sparsity_family=True, skip_untrained_null=True, **FIXTURE_OPTIONS)), out
+
+
+# How the metrics of the code before the statistics change (issue 9) map onto today's, per section:
+# the paper protocol's probing metrics are the same numbers under a "paper protocol | " prefix; the
+# domain-expert count without a test keeps its number under a name that says so. NOT compared, on
+# purpose: the functional specialization measure (its baseline now draws tokens, not top-3 entries,
+# so its excess is smaller), the domain table's `domain_expert` column (now: score > 0.5 AND BH
+# q <= 0.05). Sections and tables may only be added to.
+RENAMED_METRICS = {
+    "probing": {
+        key: "paper protocol | " + key
+        for key in (
+            "MoE: best of layers x experts | k=1",
+            "MoE: best of layers x experts | k=4",
+            "dense: best of layers | k=1",
+            "dense: best of layers | k=4",
+            "dense, routing-matched subsets: best of layers x draws | k=1",
+            "dense, routing-matched subsets: best of layers x draws | k=4",
+            "concepts compared",
+            "median experts within 95% of best (k=1)",
+        )
+    },
+    "domains": {"domain experts (score > 0.5)": "experts with score > 0.5 (no significance test)"},
+}
+CHANGED_METRICS = {"specialization": ("functional, 50 token clusters | mean excess, last layer",)}
+CHANGED_COLUMNS = {"domain_experts_top": ("domain_expert",)}
+CHANGED_ROWS = {"specialization_per_layer": ("measure", "functional, 50 token clusters")}
 
 
 @pytest.mark.skipif(not SHIPPED, reason="toy checkpoints not shipped")
 def test_the_pipeline_writes_the_numbers_the_code_before_it_wrote(family_run):
     """Every metric and every table of the default run and of --sparsity-family, field by field,
-    against results.json and tables written by the code before the pipeline (tests/fixtures)."""
+    against results.json and tables written by the code before the pipeline (tests/fixtures), through
+    the documented mapping above."""
     results, out = family_run
     before = json.loads((FIXTURE / "results.json").read_text())
     after = json.loads((out / "results.json").read_text())
     assert set(after["sections"]) == set(before["sections"])
     for key, section in before["sections"].items():
-        assert after["sections"][key]["metrics"] == section["metrics"], key
-        assert set(after["sections"][key]["tables"]) == set(section["tables"]), key
+        renamed = RENAMED_METRICS.get(key, {})
+        for name, value in section["metrics"].items():
+            if name in CHANGED_METRICS.get(key, ()):
+                assert after["sections"][key]["metrics"][name] < value, (key, name)  # a larger baseline
+                continue
+            assert after["sections"][key]["metrics"][renamed.get(name, name)] == value, (key, name)
+        assert set(section["tables"]) <= set(after["sections"][key]["tables"]), key
         for table in section["tables"]:
             expected = pd.read_parquet(FIXTURE / f"{table}.parquet")
-            pd.testing.assert_frame_equal(pd.read_parquet(out / "tables" / f"{table}.parquet"), expected)
+            got = pd.read_parquet(out / "tables" / f"{table}.parquet")
+            columns = [c for c in expected.columns if c not in CHANGED_COLUMNS.get(table, ())]
+            if table in CHANGED_ROWS:
+                column, value = CHANGED_ROWS[table]
+                expected = expected[expected[column] != value].reset_index(drop=True)
+                got = got[got[column] != value].reset_index(drop=True)
+            pd.testing.assert_frame_equal(got[columns], expected[columns])
     assert after["metadata"]["tokens_by_domain"] == before["metadata"]["tokens_by_domain"]
     assert after["metadata"]["versions"]["transformer-lens"] is not None
+    probing = after["sections"]["probing"]
+    assert any("held-out protocol unavailable" in str(v) for v in probing["metrics"].values())
+    assert {r["comparison"] for r in probing["comparisons"] if r["protocol"] == "held_out"} >= {
+        "moe_vs_dense_on_routed_tokens"
+    }
+    assert all(
+        r["interval_available"] is False for r in probing["comparisons"] if r["protocol"] == "held_out"
+    )
+    assert {r["comparison"] for r in probing["comparisons"] if r["protocol"] == "paper"} == {
+        "moe_vs_dense",
+        "moe_vs_matched_subsets",
+    }
 
 
 @pytest.mark.skipif(not SHIPPED, reason="toy checkpoints not shipped")

@@ -349,3 +349,36 @@ def test_cluster_vocabulary_ignores_an_offset_shared_by_every_token():
     raw = SphericalKMeans(n_clusters=8, random_state=0).fit(points).labels_
     raw_shifted = SphericalKMeans(n_clusters=8, random_state=0).fit(points + offset).labels_
     assert adjusted_rand_score(raw.numpy(), raw_shifted.numpy()) < 0.9
+
+
+def test_layer_means_are_token_weighted_and_small_experts_are_listed_not_averaged():
+    import torch
+
+    from tl_moe.analysis.specialization import SpecializationResult
+
+    result = SpecializationResult(
+        score=torch.tensor([[0.5, 0.2, 0.9, float("nan")]], dtype=torch.float64),
+        baseline=torch.tensor([[0.1, 0.1, 0.1, float("nan")]], dtype=torch.float64),
+        n=torch.tensor([[300.0, 100.0, 10.0, 0.0]], dtype=torch.float64),
+        empty=torch.tensor([[False, False, False, True]]),
+        n_groups=5,
+        n_samples=4,
+    )
+    row = result.layer_summary(min_n=50).iloc[0]
+    assert row["mean_excess"] == pytest.approx((0.4 + 0.1 + 0.8) / 3)  # unweighted, every expert
+    assert row["token_weighted_mean_excess"] == pytest.approx((0.4 * 300 + 0.1 * 100) / 400)
+    assert (row["n_experts_min_size"], row["n_small_experts"]) == (2, 1)
+    small = result.small_experts(50)
+    assert small["expert"].tolist() == [2] and small["n"].tolist() == [10.0]
+
+
+def test_the_functional_baseline_draws_tokens_not_top_k_entries():
+    """Three top-3 entries per token are not three independent draws: with the token count as the
+    sample size the baseline is larger (fewer draws, more noise) than with the entry count."""
+    import torch
+
+    counts = torch.tensor([[[30.0, 10.0, 20.0, 0.0], [5.0, 25.0, 10.0, 20.0]]])
+    entries = specialization_scores(counts, seed=0)
+    tokens = specialization_scores(counts, counts.sum(-1) / 3, seed=0)
+    assert (tokens.baseline > entries.baseline).all()
+    assert torch.equal(tokens.n, counts.sum(-1) / 3)

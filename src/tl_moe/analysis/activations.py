@@ -2,7 +2,7 @@
 
 :class:`TokenActivationStore` is an :class:`~tl_moe.collect.Accumulator`: it keeps, for every real
 token of the stream (BOS and padding dropped) up to ``max_tokens``, the rows of the hooks it was
-asked for, stored in float16, plus the token's id, domain and concept labels. Rows are ordered
+asked for, stored in float16, plus the token's id, document, domain and concept labels. Rows are ordered
 by their stream-wide token index, so merging shards gives exactly the single-pass store.
 """
 
@@ -29,6 +29,8 @@ class StoredTokens:
         domain: domain code of the token's document (names in ``domain_names``).
         labels: concept labels ``[token, concept]`` (None without a concept labeler).
         rows: hooked tensors by key, each ``[token, ...]`` (float16 for float hooks).
+        doc_index: the dataset row (document) of each token: the cluster of document-level splits
+            and bootstraps (None only for stores saved before it was kept).
     """
 
     token_index: Int[torch.Tensor, " token"]
@@ -38,6 +40,7 @@ class StoredTokens:
     rows: dict[str, torch.Tensor]
     domain_names: tuple[str, ...]
     concept_names: tuple[str, ...] | None
+    doc_index: Int[torch.Tensor, " token"] | None = None
 
 
 class TokenActivationStore(Accumulator):
@@ -60,7 +63,8 @@ class TokenActivationStore(Accumulator):
         self._names: tuple[tuple[str, ...], tuple[str, ...] | None] = ((), None)
 
     def config(self) -> dict[str, Any]:
-        return {"hooks": self.hooks, "max_tokens": self.max_tokens}
+        # "doc_index": stores since it was kept do not resume from checkpoints without it.
+        return {"hooks": self.hooks, "max_tokens": self.max_tokens, "doc_index": True}
 
     def hook_names(self, model: Any) -> list[str]:
         return sorted(set(self.hooks.values()))
@@ -80,6 +84,7 @@ class TokenActivationStore(Accumulator):
             "token_index": rows_of(meta.token_index),
             "input_ids": rows_of(meta.input_ids),
             "domain": rows_of(meta.domain),
+            "doc_index": rows_of(meta.doc_index),
         }
         if meta.concept_labels is not None:
             part["labels"] = rows_of(meta.concept_labels)
@@ -130,4 +135,5 @@ class TokenActivationStore(Accumulator):
             rows={key: merged[key] for key in self.hooks},
             domain_names=self._names[0],
             concept_names=self._names[1],
+            doc_index=merged.get("doc_index"),
         )

@@ -17,6 +17,7 @@ from jaxtyping import Bool, Float, Int
 from tl_moe.analysis.activations import StoredTokens
 from tl_moe.analysis.probing import KSparseProbe, subsample_like_routing
 from tl_moe.data.concepts import CONCEPTS
+from tl_moe.errors import InputError
 from tl_moe.models.hook_names import get_act_name
 
 
@@ -66,7 +67,7 @@ def _usable(stored: StoredTokens, min_positives: int) -> StoredTokens:
     """Drop concept columns with fewer than ``min_positives`` positive tokens overall."""
     keep = [c for c in range(stored.labels.shape[1]) if int(stored.labels[:, c].sum()) >= min_positives]
     if not keep:
-        raise ValueError(
+        raise InputError(
             f"No concept has {min_positives} positive tokens in the stored sample; collect more tokens."
         )
     return StoredTokens(
@@ -77,6 +78,7 @@ def _usable(stored: StoredTokens, min_positives: int) -> StoredTokens:
         rows=stored.rows,
         domain_names=stored.domain_names,
         concept_names=tuple(stored.concept_names[c] for c in keep),
+        doc_index=stored.doc_index,
     )
 
 

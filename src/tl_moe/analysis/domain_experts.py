@@ -12,6 +12,12 @@ and domain sizes ``T[d]`` (tokens of domain ``d`` seen):
 
 Experts that received fewer than ``min_tokens`` tokens in total are flagged (``insufficient_tokens_``)
 and get NaN scores instead of noisy ones. Definitions are in ``docs/METHODS.md``.
+
+Significance (:meth:`DomainExperts.permutation_test`): tokens of one document arrive together, so a
+small expert can score high by chance. The null shuffles the domain labels of DOCUMENTS (each
+document keeps its tokens and its routing), recomputes every expert's score, and gives each expert a
+permutation p-value; Benjamini–Hochberg over the scored experts gives q-values. With a test, only
+experts with ``score >= threshold`` AND ``q <= alpha`` are called domain experts.
 """
 
 from __future__ import annotations
@@ -24,7 +30,17 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
 
-__all__ = ["DomainExperts"]
+__all__ = ["DomainExperts", "domain_scores"]
+
+
+def domain_scores(
+    counts: Float[torch.Tensor, "... expert domain"], domain_tokens: Float[torch.Tensor, "... domain"]
+) -> Float[torch.Tensor, "... expert"]:
+    """``1 − H(π)/log D`` of every expert, for counts with any leading batch axes (see the module)."""
+    rates = counts / domain_tokens.unsqueeze(-2)
+    shares = rates / rates.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(rates.dtype).tiny)
+    entropy = -torch.xlogy(shares, shares).sum(dim=-1)
+    return (1.0 - entropy / math.log(counts.shape[-1])).clamp(0.0, 1.0)
 
 
 class DomainExperts:
@@ -45,7 +61,10 @@ class DomainExperts:
         lift_: ``r[favoured] / mean_d r`` per expert, ``[L, E]``; NaN when flagged.
         n_tokens_: routed tokens per expert summed over domains, ``[L, E]``.
         insufficient_tokens_: True where ``n_tokens_ < min_tokens``, ``[L, E]``.
-        is_domain_expert_: ``scores_ >= threshold`` among scored experts, ``[L, E]``.
+        is_domain_expert_: ``scores_ >= threshold`` among scored experts, ``[L, E]``; after
+            :meth:`permutation_test`, also ``q_values_ <= alpha``.
+        p_values_, q_values_: after :meth:`permutation_test`: document-level permutation p-values and
+            their Benjamini–Hochberg adjustment, ``[L, E]`` (NaN for flagged experts); None before.
         domain_names_: the domain names, in the order of the last axis.
         layers_: the block index of each row of the ``layer`` axis.
     """
@@ -125,9 +144,64 @@ class DomainExperts:
         self.n_tokens_ = n_tokens
         self.insufficient_tokens_: Bool[torch.Tensor, "layer expert"] = insufficient
         self.is_domain_expert_ = (scores >= self.threshold) & ~insufficient
+        self.p_values_ = self.q_values_ = None
+        self.alpha_ = None
         self.domain_names_ = domain_names
         self.layers_ = layers
         self.n_layers_, self.n_experts_, self.n_domains_ = counts.shape
+        return self
+
+    def permutation_test(
+        self,
+        doc_counts: Float[torch.Tensor, "document layer expert"],
+        doc_tokens: Float[torch.Tensor, " document"],
+        doc_domain: Int[torch.Tensor, " document"],
+        *,
+        n_permutations: int = 999,
+        alpha: float = 0.05,
+        seed: int = 0,
+    ) -> DomainExperts:
+        """Document-level permutation p-values of every scored expert's score, then BH at ``alpha``.
+
+        Args:
+            doc_counts: routed tokens of each document per (layer, expert).
+            doc_tokens: tokens of each document that passed through the model.
+            doc_domain: domain index of each document (into the fitted domain axis).
+            n_permutations: random relabellings of the documents' domains.
+            alpha: the false-discovery rate of the Benjamini–Hochberg procedure.
+        """
+        from tl_moe.analysis.stats import MIN_DOCUMENTS, benjamini_hochberg, permutation_pvalues
+        from tl_moe.errors import InputError
+
+        self._check_fitted()
+        doc_counts = torch.as_tensor(doc_counts).double().reshape(len(doc_tokens), -1)
+        doc_tokens = torch.as_tensor(doc_tokens).double()
+        doc_domain = torch.as_tensor(doc_domain).long()
+        if len(doc_tokens) < MIN_DOCUMENTS:
+            raise InputError(
+                f"{len(doc_tokens)} documents: the domain permutation test needs at least {MIN_DOCUMENTS}; "
+                "raise --max-tokens."
+            )
+        n_domains = self.n_domains_
+        onehot_eye = torch.eye(n_domains, dtype=torch.float64)
+
+        def statistic(labels: np.ndarray) -> np.ndarray:
+            onehot = onehot_eye[torch.from_numpy(np.asarray(labels)).long()]  # [batch, doc, domain]
+            counts = torch.einsum("bdk,dm->bmk", onehot, doc_counts)
+            tokens = torch.einsum("bdk,d->bk", onehot, doc_tokens).clamp_min(1.0)
+            return domain_scores(counts, tokens).numpy()
+
+        _, p_values = permutation_pvalues(
+            statistic, doc_domain.numpy(), n_resamples=n_permutations, seed=seed
+        )
+        p_values = torch.from_numpy(p_values).reshape(self.n_layers_, self.n_experts_)
+        p_values = p_values.masked_fill(self.insufficient_tokens_, float("nan"))
+        q_values, discovered = benjamini_hochberg(p_values.numpy(), alpha)
+        self.p_values_, self.q_values_ = p_values, torch.from_numpy(q_values)
+        self.alpha_ = alpha
+        self.is_domain_expert_ = (
+            (self.scores_ >= self.threshold) & ~self.insufficient_tokens_ & torch.from_numpy(discovered)
+        )
         return self
 
     def _check_fitted(self) -> None:
@@ -152,6 +226,9 @@ class DomainExperts:
                 "insufficient_tokens": self.insufficient_tokens_.flatten().numpy(),
             }
         )
+        if self.p_values_ is not None:
+            frame["p_value"] = self.p_values_.flatten().numpy()
+            frame["q_value"] = self.q_values_.flatten().numpy()
         shares = self.shares_.reshape(-1, self.n_domains_).numpy()
         for d, name in enumerate(self.domain_names_):
             frame[f"share_{name}"] = shares[:, d]

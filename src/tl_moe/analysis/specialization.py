@@ -268,8 +268,14 @@ class SpecializationResult:
     def n_experts(self) -> int:
         return self.score.shape[1]
 
-    def layer_summary(self) -> pd.DataFrame:
-        """Per layer: mean, standard deviation and count of the excess over non-empty experts."""
+    def layer_summary(self, min_n: float = 0) -> pd.DataFrame:
+        """Per layer: mean, standard deviation and count of the excess over non-empty experts.
+
+        Also, over experts with at least ``min_n`` draws: the mean excess weighted by each expert's
+        draws (``token_weighted_mean_excess``: a tiny or dead expert weighs by its size, not as much as
+        a large one), how many experts it averages (``n_experts_min_size``) and how many are below the
+        minimum (``n_small_experts``; listed by :meth:`small_experts`, not averaged).
+        """
         excess = self.excess.double()
         valid = ~self.empty
         n_valid = valid.sum(dim=1)
@@ -278,14 +284,28 @@ class SpecializationResult:
         std = (squared_deviation / (n_valid - 1).clamp_min(1)).sqrt()
         mean = mean.masked_fill(n_valid == 0, float("nan"))
         std = std.masked_fill(n_valid < 2, float("nan"))
+        large = valid & (self.n.double() >= min_n)
+        weights = torch.where(large, self.n.double(), 0.0)
+        weighted = torch.where(large, excess, 0.0).mul(weights).sum(dim=1) / weights.sum(dim=1).clamp_min(
+            1e-300
+        )
+        weighted = weighted.masked_fill(weights.sum(dim=1) == 0, float("nan"))
         return pd.DataFrame(
             {
                 "layer": list(self.layers),
                 "mean_excess": mean.numpy(),
                 "std_excess": std.numpy(),
                 "n_experts": n_valid.numpy(),
+                "token_weighted_mean_excess": weighted.numpy(),
+                "n_experts_min_size": large.sum(dim=1).numpy(),
+                "n_small_experts": (valid & ~large).sum(dim=1).numpy(),
             }
         )
+
+    def small_experts(self, min_n: float) -> pd.DataFrame:
+        """The non-empty experts with fewer than ``min_n`` draws (left out of the weighted means)."""
+        frame = self.to_frame()
+        return frame[~frame["empty_expert"] & (frame["n"] < min_n)].reset_index(drop=True)
 
     def to_frame(self) -> pd.DataFrame:
         """One row per (layer, expert): layer, expert, score, baseline, excess, n, empty_expert."""

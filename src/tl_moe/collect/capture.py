@@ -31,9 +31,6 @@ class _AllHooksCaptured(Exception):
 class UnknownHookError(InputError, KeyError):
     """An accumulator asked for a hook point the model does not have."""
 
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
-
     def __str__(self) -> str:
         return str(self.args[0])
 

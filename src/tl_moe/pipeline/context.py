@@ -16,7 +16,15 @@ from tl_moe.errors import InputError
 from tl_moe.models.config import MoEConfig
 from tl_moe.pipeline.options import RunOptions
 
-__all__ = ["RunContext", "unembedding"]
+__all__ = ["UNTRAINED", "RunContext", "untrained_name", "unembedding"]
+
+#: Prefix of a model name that means "the same architecture and config, random init (seeded)".
+UNTRAINED = "untrained:"
+
+
+def untrained_name(name: str) -> str:
+    """The run's name of the untrained null of model ``name`` (see :meth:`RunContext.model`)."""
+    return UNTRAINED + name
 
 
 def unembedding(model: Any) -> torch.Tensor:
@@ -67,14 +75,33 @@ class RunContext:
         return tuple(domain_names(self.dataset))
 
     def model(self, name: str) -> Any:
-        """The loaded model called ``name`` (loaded with :func:`tl_moe.load` on first use)."""
+        """The loaded model called ``name`` (loaded with :func:`tl_moe.load` on first use).
+
+        ``"untrained:NAME"`` is the untrained null of NAME: the same config, randomly initialised with
+        the run's seed (:func:`tl_moe.models.build_model`), with NAME's tokenizer, booted through the
+        same loading path as every other model.
+        """
         if name not in self._models:
             from tl_moe.models import load
 
-            extra = {} if self.options.device_map is None else {"device_map": self.options.device_map}
-            dtype = getattr(torch, self.options.dtype)
-            self._models[name] = load(name, device=self.options.device, dtype=dtype, **extra)
+            if name.startswith(UNTRAINED):
+                self._models[name] = self._untrained(name[len(UNTRAINED) :])
+            else:
+                extra = {} if self.options.device_map is None else {"device_map": self.options.device_map}
+                dtype = getattr(torch, self.options.dtype)
+                self._models[name] = load(name, device=self.options.device, dtype=dtype, **extra)
         return self._models[name]
+
+    def _untrained(self, base: str) -> Any:
+        import tempfile
+
+        from tl_moe.models import build_model, load, save_model
+
+        trained = self.model(base)
+        hf_model = build_model(trained.moe_cfg, seed=self.options.seed)
+        with tempfile.TemporaryDirectory(prefix="tl_moe_untrained_") as directory:
+            save_model(hf_model, trained.tokenizer, directory)
+            return load(directory, device=self.options.device)
 
     def release(self, name: str) -> None:
         """Forget the loaded model ``name`` (its pass is done; frees its memory)."""

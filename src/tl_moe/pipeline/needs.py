@@ -26,6 +26,7 @@ __all__ = [
     "ExpertNeurons",
     "RoutedByDomain",
     "RoutedByTokenGroup",
+    "RoutingPerToken",
     "TokensByDomain",
 ]
 
@@ -116,3 +117,15 @@ class DenseNeurons(AccumulatorSpec):
 
     def estimate_bytes(self, cfg: MoEConfig, run: RunContext) -> int:
         return run.options.max_tokens * (len(cfg.dense_layers) * (cfg.d_mlp or 0) * 2 + 64)
+
+
+@dataclass(frozen=True)
+class RoutingPerToken(AccumulatorSpec):
+    """Stored top-k expert indices of every sparse layer, per token, with the token's document.
+
+    What document-level permutation tests need (e.g. of domain experts): routing per document.
+    """
+
+    def build(self, model: Any, run: RunContext) -> Accumulator:
+        hooks = [get_act_name("topk_indices", layer) for layer in model.moe_cfg.sparse_layers]
+        return TokenActivationStore(hooks, max_tokens=run.options.max_tokens)

@@ -82,7 +82,30 @@ class RunOptions:
     probe_ks: tuple[int, ...] = option(
         (1, 2, 4, 8, 16, 32, 64), "neurons per probe (comma-separated)", parse=_int_list("--probe-ks")
     )
-    min_examples: int = option(30, "least positives / negatives a unit needs to be probed", parse=int)
+    min_examples: int = option(
+        30, "paper protocol: least positives / negatives a unit needs to be probed", parse=int
+    )
+    held_out_min_examples: int = option(
+        50,
+        "held-out protocol: least positives / negatives a unit needs on each side of the document split",
+        parse=int,
+    )
+    selection_fraction: float = option(
+        0.5, "held-out protocol: fraction of documents that select the unit (the rest report it)", parse=float
+    )
+    bootstrap_resamples: int = option(
+        2000, "document-level bootstrap resamples behind every interval", parse=int
+    )
+    fdr: float = option(
+        0.05, "false-discovery rate of the Benjamini–Hochberg tests (domain experts)", parse=float
+    )
+    permutations: int = option(999, "document-level permutations behind every permutation p-value", parse=int)
+    min_expert_tokens: int = option(
+        50, "experts with fewer routed tokens are listed, not averaged (specialization, domains)", parse=int
+    )
+    skip_untrained_null: bool = option(
+        False, "leave out the untrained-model null of probing (saves one collection pass)"
+    )
     probe_layers: tuple[int, ...] | None = option(
         None,
         "comma-separated sparse layers to probe (default: all; bounds memory)",
@@ -125,10 +148,19 @@ class RunOptions:
             "checkpoint_every",
             "driver_tokens",
             "n_drivers",
+            "held_out_min_examples",
+            "bootstrap_resamples",
+            "permutations",
+            "min_expert_tokens",
+            "checkpoint_every",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}.")
+        if not 0 < self.fdr < 1:
+            raise InputError(f"--fdr must lie in (0, 1), got {self.fdr}.")
+        if not 0 < self.selection_fraction < 1:
+            raise InputError(f"--selection-fraction must lie in (0, 1), got {self.selection_fraction}.")
         if self.seq_len < 2:
             raise InputError(f"--seq-len must be at least 2 (BOS and one token), got {self.seq_len}.")
         if not self.probe_ks or any(k < 1 for k in self.probe_ks):

@@ -134,6 +134,10 @@ class Result(ABC):
         """Figures the report shows (made fresh on every call)."""
         return []
 
+    def records(self) -> dict[str, Any]:
+        """Extra JSON entries of the section in ``results.json`` (e.g. ``probing.comparisons``)."""
+        return {}
+
 
 class Analysis(ABC):
     """Base class of every analysis a run can include (see the module docstring).
@@ -174,3 +178,5 @@ class Analysis(ABC):
         metrics = result.metrics()
         if metrics:
             section.add_metrics(metrics)
+        for key, value in result.records().items():
+            section.add_record(key, value)

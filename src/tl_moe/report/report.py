@@ -55,6 +55,7 @@ class Section:
         intro: Markdown-subset text shown under the heading.
         blocks: the content added so far, in order.
         metrics: every metric added so far (later values of a key replace earlier ones), as JSON values.
+        records: extra ``results.json`` entries of the section (:meth:`add_record`).
     """
 
     def __init__(self, report: Report, title: str, key: str, intro: str) -> None:
@@ -64,6 +65,7 @@ class Section:
         self.intro = intro
         self.blocks: list[Block] = []
         self.metrics: dict[str, Any] = {}
+        self.records: dict[str, Any] = {}
 
     def add_text(self, text: str) -> None:
         """Add a paragraph block: plain text or the Markdown subset (paragraphs, `code`, **bold**, bullets)."""
@@ -129,9 +131,19 @@ class Section:
         self.metrics.update(converted)
         self.blocks.append(MetricsBlock(converted))
 
+    def add_record(self, key: str, value: Any) -> None:
+        """Record ``value`` (JSON-able: e.g. a list of dicts) in ``results.json`` as this section's ``key``.
+
+        Not shown on the page (show it with :meth:`add_table`); for data users script against.
+        """
+        if key in ("title", "metrics", "figures", "tables"):
+            raise ValueError(f"{key!r} is a reserved entry of a section in results.json.")
+        self.records[key] = to_jsonable(value, where=f"record {key!r} of section {self.key!r}")
+
     def results(self) -> dict[str, Any]:
         """This section's entry in ``results.json``: title, metrics, and the files of its figures and tables."""
         return {
+            **self.records,
             "title": self.title,
             "metrics": dict(self.metrics),
             "figures": {b.name: b.src for b in self.blocks if isinstance(b, FigureBlock)},

@@ -6,12 +6,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+import torch
 
 from tl_moe.analysis.domain_experts import DomainExperts
 from tl_moe.analysis.logit_lens_accumulator import ExpertLogitLensResult
 from tl_moe.errors import InputError
 from tl_moe.pipeline.context import RunContext
-from tl_moe.pipeline.needs import ExpertLens, RoutedByDomain, TokensByDomain
+from tl_moe.pipeline.needs import ExpertLens, RoutedByDomain, RoutingPerToken, TokensByDomain
 from tl_moe.pipeline.protocol import Analysis, FigureItem, Inputs, Need, Result, TableItem
 
 __all__ = ["DomainExpertsResult", "Domains", "promoted_tokens"]
@@ -40,17 +41,29 @@ class DomainExpertsResult(Result):
     experts: DomainExperts
     top: pd.DataFrame
     shown_layers: tuple[int, ...]
+    notes: tuple[str, ...] = ()
 
     def to_frame(self) -> pd.DataFrame:
         return self.experts.to_frame()
 
     def metrics(self) -> dict[str, Any]:
         frame = self.experts.to_frame()
-        return {
-            "domain experts (score > 0.5)": int(self.experts.is_domain_expert_.sum()),
-            "experts scored": int((~self.experts.insufficient_tokens_).sum()),
+        scored = ~self.experts.insufficient_tokens_
+        metrics = {
+            "domain experts (score > 0.5 and BH q <= fdr)": (
+                int(self.experts.is_domain_expert_.sum()) if self.experts.q_values_ is not None else None
+            ),
+            "experts with score > 0.5 (no significance test)": int(
+                ((self.experts.scores_ >= self.experts.threshold) & scored).sum()
+            ),
+            "experts scored": int(scored.sum()),
             "mean domain score": round(float(frame["score"].mean()), 4),
         }
+        if self.experts.q_values_ is not None:
+            metrics["false-discovery rate"] = self.experts.alpha_
+        for i, note in enumerate(self.notes):
+            metrics[f"note {i + 1}"] = note
+        return metrics
 
     def findings(self) -> list[str]:
         scored = int((~self.experts.insufficient_tokens_).sum())
@@ -87,7 +100,10 @@ class Domains(Analysis):
     intro = (
         "Rate r[l,e,d] = tokens of domain d routed to expert e / tokens of domain d; share π = r / Σ_d r; "
         "score = 1 - H(π)/log(n_domains) (0: uniform over domains, 1: one domain only); lift = r[favoured] / "
-        "mean_d r. Experts with a score above 0.5 are called domain experts."
+        "mean_d r. p-value: the fraction of document-level relabellings (each document keeps its tokens "
+        "and routing, domains shuffled across documents) whose score reaches the expert's; q: Benjamini–"
+        "Hochberg over the scored experts. Only experts with a score above 0.5 AND q <= --fdr are called "
+        "domain experts."
     )
 
     def check(self, run: RunContext) -> None:
@@ -98,7 +114,10 @@ class Domains(Analysis):
             )
 
     def needs(self, run: RunContext) -> list[Need]:
-        return [Need(run.main, spec) for spec in (RoutedByDomain(), TokensByDomain(), ExpertLens())]
+        return [
+            Need(run.main, spec)
+            for spec in (RoutedByDomain(), TokensByDomain(), ExpertLens(), RoutingPerToken())
+        ]
 
     def finalize(self, run: RunContext, inputs: Inputs) -> DomainExpertsResult:
         cfg = run.config(run.main)
@@ -115,6 +134,22 @@ class Domains(Analysis):
             [name for name, keep in zip(run.domain_names, present.tolist(), strict=True) if keep],
             layers=cfg.sparse_layers,
         )
+        notes = []
+        try:
+            doc_counts, doc_tokens, doc_domain = per_document_routing(
+                inputs[Need(run.main, RoutingPerToken())], cfg, present
+            )
+            experts.permutation_test(
+                doc_counts,
+                doc_tokens,
+                doc_domain,
+                n_permutations=run.options.permutations,
+                alpha=run.options.fdr,
+                seed=run.options.seed,
+            )
+        except InputError as error:
+            notes.append(f"no significance test, so no expert is called a domain expert: {error}")
+            experts.is_domain_expert_ = experts.is_domain_expert_ & False
         top = experts.top(15).copy()
         lens = inputs[Need(run.main, ExpertLens())]
         top = top.merge(
@@ -124,4 +159,28 @@ class Domains(Analysis):
             experts=experts,
             top=top,
             shown_layers=tuple(sorted({cfg.sparse_layers[0], cfg.sparse_layers[-1]})),
+            notes=tuple(notes),
         )
+
+
+def per_document_routing(stored, cfg, present: torch.Tensor):
+    """``(doc_counts [doc, layer, expert], doc_tokens [doc], doc_domain [doc])`` from stored routing.
+
+    Documents of domains outside ``present`` are dropped; domain indices count present domains only.
+    """
+    from tl_moe.models.hook_names import get_act_name
+
+    docs, doc_of_token = torch.unique(stored.doc_index, return_inverse=True)
+    n_docs, n_experts = len(docs), cfg.num_experts
+    counts = torch.zeros(n_docs, len(cfg.sparse_layers), n_experts, dtype=torch.float64)
+    for i, layer in enumerate(cfg.sparse_layers):
+        indices = stored.rows[get_act_name("topk_indices", layer)].long()
+        flat = doc_of_token[:, None] * n_experts + indices
+        counts[:, i] = (
+            torch.bincount(flat.flatten(), minlength=n_docs * n_experts).reshape(n_docs, n_experts).double()
+        )
+    tokens = torch.bincount(doc_of_token, minlength=n_docs).double()
+    domain = torch.zeros(n_docs, dtype=torch.long).scatter_(0, doc_of_token, stored.domain.long())
+    new_code = torch.cumsum(present.long(), 0) - 1
+    keep = present[domain]
+    return counts[keep], tokens[keep], new_code[domain[keep]]

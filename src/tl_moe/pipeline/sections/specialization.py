@@ -26,10 +26,23 @@ class SpecializationSummary(Result):
     """
 
     measures: dict[str, SpecializationResult]
+    min_tokens: int = 0
 
     def to_frame(self) -> pd.DataFrame:
-        """Per (measure, layer): mean and standard deviation over experts of JSD − baseline (bits)."""
-        rows = [result.layer_summary().assign(measure=name) for name, result in self.measures.items()]
+        """Per (measure, layer): mean and standard deviation over experts of JSD − baseline (bits), and
+        the token-weighted mean over experts of at least ``min_tokens`` tokens."""
+        rows = [
+            result.layer_summary(self.min_tokens).assign(measure=name)
+            for name, result in self.measures.items()
+        ]
+        return pd.concat(rows, ignore_index=True)
+
+    def small_experts(self) -> pd.DataFrame:
+        """Experts below the minimum size, per measure (listed, not averaged)."""
+        rows = [
+            result.small_experts(self.min_tokens).assign(measure=name)
+            for name, result in self.measures.items()
+        ]
         return pd.concat(rows, ignore_index=True)
 
     def experts_frame(self) -> pd.DataFrame:
@@ -38,12 +51,17 @@ class SpecializationSummary(Result):
         return pd.concat(rows, ignore_index=True)
 
     def metrics(self) -> dict[str, Any]:
-        return {
-            f"{name} | mean excess, last layer": round(
-                float(result.layer_summary()["mean_excess"].iloc[-1]), 4
+        metrics = {}
+        for name, result in self.measures.items():
+            summary = result.layer_summary(self.min_tokens).iloc[-1]
+            metrics[
+                f"{name} | token-weighted mean excess (experts >= {self.min_tokens} tokens), last layer"
+            ] = round(float(summary["token_weighted_mean_excess"]), 4)
+            metrics[f"{name} | mean excess, last layer"] = round(float(summary["mean_excess"]), 4)
+            metrics[f"{name} | experts below {self.min_tokens} tokens, last layer"] = int(
+                summary["n_small_experts"]
             )
-            for name, result in self.measures.items()
-        }
+        return metrics
 
     def findings(self) -> list[str]:
         parts = []
@@ -71,7 +89,14 @@ class SpecializationSummary(Result):
         ]
 
     def tables(self) -> list[TableItem]:
-        return [TableItem("specialization_per_layer", self.to_frame(), "Per layer and measure.")]
+        return [
+            TableItem("specialization_per_layer", self.to_frame(), "Per layer and measure."),
+            TableItem(
+                "specialization_small_experts",
+                self.small_experts(),
+                f"Experts with fewer than {self.min_tokens} tokens: listed, left out of the token-weighted means.",
+            ),
+        ]
 
 
 class Specialization(Analysis):
@@ -85,7 +110,10 @@ class Specialization(Analysis):
         "distribution, minus the mean JSD of multinomial samples of the same size from the pooled "
         "distribution (the sampling baseline). Groups: spherical k-means clusters of the unembedding "
         "(input tokens routed to the expert: routing specialization; tokens in its logit-lens top-3: "
-        "functional specialization), or corpus domains."
+        "functional specialization), or corpus domains. The baseline's sample size is the expert's number "
+        "of TOKENS (a token's top-3 logit-lens entries are not independent draws). Layer means: "
+        "token-weighted over experts with at least --min-expert-tokens tokens (smaller experts are listed "
+        "in their own table); the unweighted mean over all experts is kept beside it."
     )
 
     def needs(self, run: RunContext) -> list[Need]:
@@ -95,16 +123,20 @@ class Specialization(Analysis):
         layers = tuple(run.config(run.main).sparse_layers)
         seed, groups = run.options.seed, run.options.n_token_groups
 
-        def scores(counts, kind: str) -> SpecializationResult:
-            return specialization_scores(counts, seed=seed, kind=kind, layers=layers)
+        def scores(counts, kind: str, sample_sizes=None) -> SpecializationResult:
+            return specialization_scores(counts, sample_sizes, seed=seed, kind=kind, layers=layers)
 
         lens = inputs[Need(run.main, ExpertLens())]
+        lens_counts = lens.dense_counts()
+        routed_by_group = inputs[Need(run.main, RoutedByTokenGroup())]
+        # Each routed token adds up to top_n entries to its expert's lens counts: the baseline's draws
+        # are the expert's routed tokens, not its entries.
+        lens_tokens = routed_by_group.sum(-1).double()
         return SpecializationSummary(
             {
-                f"routing, {groups} token clusters": scores(
-                    inputs[Need(run.main, RoutedByTokenGroup())], "routing"
-                ),
+                f"routing, {groups} token clusters": scores(routed_by_group, "routing"),
                 "routing, domains": scores(inputs[Need(run.main, RoutedByDomain())], "routing"),
-                f"functional, {groups} token clusters": scores(lens.dense_counts(), "functional"),
-            }
+                f"functional, {groups} token clusters": scores(lens_counts, "functional", lens_tokens),
+            },
+            min_tokens=run.options.min_expert_tokens,
         )

@@ -1,0 +1,76 @@
+"""Benchmark: what the held-out protocol and its controls cost in the default ``tl-moe analyze``.
+
+Runs the default analyses on toy/moe-16x2 vs toy/dense twice, in one process, on the same tokens:
+
+1. **paper protocol only** — the run as it was before the held-out protocol: the held-out arms are
+   switched off (``held_out_probing`` replaced by a no-op) and so is the untrained null's pass;
+2. **full** — the default: both protocols, every control (dense on routed tokens, matched subsets,
+   permuted labels, the untrained null with its extra collection pass), document-level bootstraps.
+
+Prints both wall times and their ratio (the issue's bound: at most 2x), then the held-out and paper
+comparisons of the full run (the numbers the report quotes).
+
+Run: ``python benchmarks/bench_analyze_statistics.py [--max-tokens 20000] [--out /tmp/bench_stats]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from tl_moe.pipeline import RunOptions, run
+from tl_moe.pipeline.sections import probing as probing_section
+
+
+def timed(options: RunOptions) -> tuple[float, object]:
+    tic = time.perf_counter()
+    results = run(options)
+    return time.perf_counter() - tic, results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-tokens", type=int, default=20_000)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    out = args.out or Path(tempfile.mkdtemp(prefix="bench_stats_"))
+    base = RunOptions(max_tokens=args.max_tokens, progress=False)
+
+    original = probing_section.held_out_probing
+    probing_section.held_out_probing = lambda *a, **k: ({}, [], ["held-out protocol switched off"])
+    try:
+        old_s, _ = timed(base.replace(out=out / "paper_only", skip_untrained_null=True))
+    finally:
+        probing_section.held_out_probing = original
+    full_s, full = timed(base.replace(out=out / "full"))
+    print(f"max_tokens={args.max_tokens}")
+    print(f"paper protocol only: {old_s:.1f} s")
+    print(f"full (both protocols, all controls, untrained null): {full_s:.1f} s")
+    print(f"ratio full / paper-only: {full_s / old_s:.2f}x")
+    print("timings of the full run:", full.timings)
+    pd.set_option("display.width", 250)
+    pd.set_option("display.max_columns", 20)
+    columns = [
+        "protocol",
+        "comparison",
+        "metric",
+        "k",
+        "estimate",
+        "ci_low",
+        "ci_high",
+        "n_concepts",
+        "n_documents",
+        "a_mean",
+        "b_mean",
+    ]
+    print(full["probing"].comparisons[columns].to_string())
+    print("notes:", full["probing"].notes)
+    print("results:", out / "full" / "results.json")
+
+
+if __name__ == "__main__":
+    main()

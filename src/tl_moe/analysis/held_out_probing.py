@@ -1,0 +1,494 @@
+"""k-sparse probing with held-out selection: choose the unit on some documents, report it on others.
+
+The paper's protocol reports, per concept, the best test F1 over units: the maximum is taken on the
+split whose score is reported, so it favours the many small, noisy units of an MoE. Here:
+
+1. documents are split (seeded, by document id) into a *selection* and a *test* side
+   (:func:`tl_moe.analysis.stats.document_split`);
+2. every unit's probe is fitted exactly as in the paper's protocol (:class:`KSparseProbe`: class-
+   balanced sample, 75/25 token split, neurons ranked on train, logistic regression) but on the
+   selection documents only; its F1 on the selection side's own held-out 25% is its *selection score*;
+3. per concept and k, the unit with the best selection score (among units with ``min_examples``
+   positives and negatives on both sides) is chosen, and its fitted probe is applied, unchanged, to
+   every token of the test documents routed to that unit;
+4. the reported numbers are that probe's class-balanced F1 (negatives weighted so that both classes
+   weigh the same, as on the paper's balanced test sets) and balanced accuracy on the test documents.
+
+Each chosen probe keeps its confusion counts per test document, so any mean over concepts, and any
+paired difference of two such means (two models, or a model and a control on the same documents),
+gets a document-level bootstrap interval (:func:`compare`).
+
+A *probe arm* is one family of units on one model's stored tokens: the experts of an MoE, the layers
+of a dense model, the dense neurons on each expert's routed tokens, routing-matched random subsets.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Bool, Float, Int
+
+from tl_moe.analysis.activations import StoredTokens
+from tl_moe.analysis.concept_probing import concept_populations, expert_activation_block
+from tl_moe.analysis.probing import STATUS_OK, KSparseProbe
+from tl_moe.analysis.stats import cluster_bootstrap
+from tl_moe.data.concepts import CONCEPTS
+from tl_moe.models.hook_names import get_act_name
+
+__all__ = [
+    "HeldOutArm",
+    "UnitBlock",
+    "compare",
+    "dense_layer_blocks",
+    "dense_matched_blocks",
+    "dense_routed_blocks",
+    "expert_blocks",
+    "held_out_arm",
+    "is_document_concept",
+    "layer_map",
+    "permuted_labels",
+]
+
+# Confusion counts kept per (k, concept, test document): true pos, false neg, false pos, true neg.
+TP, FN, FP, TN = range(4)
+
+
+def is_document_concept(name: str) -> bool:
+    """Whether a concept labels whole documents (``domain_*``, ``language_*``), not tokens."""
+    concept = CONCEPTS.get(name)
+    if concept is not None:
+        return concept.document_field is not None
+    return name.startswith(("domain_", "language_"))
+
+
+@dataclass
+class UnitBlock:
+    """A chunk of probe units sharing one activation tensor.
+
+    Attributes:
+        activations: ``[source, token, neurons]`` neuron activations.
+        unit_mask: ``[unit, token]`` tokens each unit sees (already restricted to the population).
+        activation_index: the row of ``activations`` each unit reads (None: unit i reads row i).
+        names: display name per unit; layers: block index per unit.
+    """
+
+    activations: Float[torch.Tensor, "source token neurons"]
+    unit_mask: Bool[torch.Tensor, "unit token"]
+    activation_index: Int[torch.Tensor, " unit"] | None
+    names: list[str]
+    layers: list[int]
+
+
+#: A probe arm's units for one concept population: population mask -> chunks of units.
+BlockFactory = Callable[[Bool[torch.Tensor, " token"]], Iterator[UnitBlock]]
+
+
+@dataclass(frozen=True)
+class HeldOutArm:
+    """The held-out probes of one arm.
+
+    Attributes:
+        name: the arm (e.g. ``"moe"``, ``"dense_on_routed_tokens"``).
+        units: one row per (unit, concept, k): selection F1 (NaN unless the unit has ``min_examples``
+            positives and negatives on both sides), example counts on both sides.
+        chosen: one row per (concept, k): the chosen unit, its selection F1, and its test numbers.
+        doc_counts: ``[k, concept, test document, 4]`` confusion counts (TP, FN, FP, TN) of the chosen
+            probe on each test document (zeros where no unit was chosen).
+        concepts: concept names of axis 1; ks: k values of axis 0; test_docs: document ids of axis 2.
+    """
+
+    name: str
+    units: pd.DataFrame
+    chosen: pd.DataFrame
+    doc_counts: np.ndarray
+    concepts: tuple[str, ...]
+    ks: tuple[int, ...]
+    test_docs: np.ndarray
+
+    def has(self) -> np.ndarray:
+        """``[k, concept]``: whether a unit was chosen."""
+        return self.doc_counts.sum(axis=(2, 3)) > 0
+
+
+def balanced_f1(counts: np.ndarray) -> np.ndarray:
+    """Class-balanced F1 from ``[..., 4]`` confusion counts (false positives scaled by P / N)."""
+    tp, fn, fp, tn = (counts[..., i] for i in range(4))
+    positives, negatives = tp + fn, fp + tn
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scaled_fp = fp * positives / negatives
+        f1 = 2 * tp / (2 * tp + fn + scaled_fp)
+    return np.where((positives > 0) & (negatives > 0), np.nan_to_num(f1, nan=0.0), np.nan)
+
+
+def balanced_accuracy(counts: np.ndarray) -> np.ndarray:
+    tp, fn, fp, tn = (counts[..., i] for i in range(4))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 0.5 * (tp / (tp + fn) + tn / (fp + tn))
+
+
+def held_out_arm(
+    name: str,
+    stored: StoredTokens,
+    blocks: BlockFactory,
+    selection: Bool[torch.Tensor, " token"],
+    test_docs: np.ndarray,
+    probe_params: dict,
+    min_examples: int = 50,
+    labels: Bool[torch.Tensor, "token concept"] | None = None,
+) -> HeldOutArm:
+    """Fit every unit's probes on the selection documents, choose per concept and k, score on test.
+
+    Args:
+        stored: the model's stored tokens (labels, domains, document ids).
+        blocks: the arm's units for a population mask (see :func:`expert_blocks` and siblings).
+        selection: ``[token]`` True on tokens of selection documents.
+        test_docs: sorted ids of the test documents (the bootstrap's clusters; shared by the arms
+            that are compared, so their confusion counts line up).
+        probe_params: :class:`KSparseProbe` settings (``ks``, ``random_state``, ...).
+        min_examples: positives and negatives a unit needs on EACH side to be probed / chosen.
+        labels: labels to probe instead of ``stored.labels`` (e.g. :func:`permuted_labels`).
+    """
+    labels = stored.labels if labels is None else labels
+    ks = tuple(sorted(set(probe_params.get("ks", (1,)))))
+    params = {**probe_params, "min_examples": min_examples}
+    doc_code = torch.from_numpy(np.searchsorted(test_docs, stored.doc_index.numpy())).long()
+    doc_code = doc_code.clamp(max=max(0, len(test_docs) - 1))
+    test = ~selection
+    concepts = tuple(stored.concept_names)
+    n_docs = len(test_docs)
+    frames: list[pd.DataFrame] = []
+    fitted: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    populations = concept_populations(stored)
+    # Pass 1: fit every unit on the selection documents; count its test-side examples.
+    for columns, population in populations:
+        for block in blocks(population):
+            unit_mask = block.unit_mask & population
+            probe = KSparseProbe(**params)
+            probe.fit(
+                block.activations,
+                labels[:, columns],
+                unit_mask & selection,
+                activation_index=block.activation_index,
+                unit_names=block.names,
+                concept_names=[concepts[c] for c in columns],
+            )
+            k_index = [probe.ks_.index(k) for k in ks if k in probe.ks_]
+            test_mask = unit_mask & test
+            n_pos = (test_mask.double() @ labels[:, columns].double()).round().long()
+            n_neg = test_mask.sum(1, keepdim=True) - n_pos
+            ok = (probe.status_ == STATUS_OK) & (n_pos >= min_examples) & (n_neg >= min_examples)
+            n_units, n_cols = ok.shape
+            for u, j in ok.nonzero().tolist():
+                fitted[(columns[j], block.names[u])] = (
+                    probe.top_neurons_[u, j],
+                    probe.coef_[u, j][k_index],
+                    probe.intercept_[u, j][k_index],
+                )
+            grid = {
+                "unit": np.repeat(np.array(block.names, dtype=object), n_cols * len(ks)),
+                "layer": np.repeat(np.array(block.layers), n_cols * len(ks)),
+                "concept": np.tile(
+                    np.repeat(np.array([concepts[c] for c in columns], dtype=object), len(ks)), n_units
+                ),
+                "k": np.tile(np.array(ks), n_units * n_cols),
+            }
+            f1 = probe.f1_[:, :, k_index].masked_fill(~ok[:, :, None], math.nan)
+            grid["selection_f1"] = f1.flatten().numpy()
+            for key, values in (
+                ("n_pos_selection", probe.n_pos_),
+                ("n_neg_selection", probe.n_neg_),
+                ("n_pos_test", n_pos),
+                ("n_neg_test", n_neg),
+            ):
+                grid[key] = values[:, :, None].expand(-1, -1, len(ks)).flatten().numpy()
+            frames.append(pd.DataFrame(grid))
+    units = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    # Choose per concept and k on the selection score only (first unit of ties).
+    scored = units.dropna(subset=["selection_f1"])
+    best_rows = scored.loc[scored.groupby(["concept", "k"], sort=False)["selection_f1"].idxmax()]
+    wanted: dict[tuple[int, str], list[int]] = {}
+    for row in best_rows.itertuples():
+        wanted.setdefault((concepts.index(row.concept), row.unit), []).append(ks.index(row.k))
+    # Pass 2: apply each chosen probe, unchanged, to the unit's tokens of the test documents.
+    doc_counts = np.zeros((len(ks), len(concepts), n_docs, 4))
+    for columns, population in populations:
+        chosen_here = {unit for (column, unit) in wanted if column in columns}
+        if not chosen_here:
+            continue
+        for block in blocks(population):
+            source = (
+                torch.arange(len(block.names))
+                if block.activation_index is None
+                else torch.as_tensor(block.activation_index).long()
+            )
+            for u, unit in enumerate(block.names):
+                if unit not in chosen_here:
+                    continue
+                tokens = (block.unit_mask[u] & population & test).nonzero().flatten()
+                docs = doc_code[tokens].numpy()
+                for column in columns:
+                    if (column, unit) not in wanted:
+                        continue
+                    top, coef, intercept = fitted[(column, unit)]
+                    x = block.activations[source[u]][tokens[:, None], top[None, :]].double()
+                    predicted = (x @ coef.T + intercept[None] > 0).numpy()  # [n, K]
+                    truth = labels[tokens, column].numpy()[:, None]
+                    category = np.where(truth, np.where(predicted, TP, FN), np.where(predicted, FP, TN))
+                    for i in wanted[(column, unit)]:
+                        doc_counts[i, column] = np.bincount(
+                            docs * 4 + category[:, i], minlength=n_docs * 4
+                        ).reshape(n_docs, 4)
+    chosen_rows = []
+    for row in best_rows.itertuples():
+        c, i = concepts.index(row.concept), ks.index(row.k)
+        totals = doc_counts[i, c].sum(0)
+        chosen_rows.append(
+            {
+                "concept": row.concept,
+                "level": "document" if is_document_concept(row.concept) else "token",
+                "k": row.k,
+                "unit": row.unit,
+                "layer": int(row.layer),
+                "selection_f1": row.selection_f1,
+                "test_f1": float(balanced_f1(totals)),
+                "test_balanced_accuracy": float(balanced_accuracy(totals)),
+                "n_pos_test": int(row.n_pos_test),
+                "n_neg_test": int(row.n_neg_test),
+                "n_test_docs": int((doc_counts[i, c].sum(1) > 0).sum()),
+                "units_eligible": int(((scored["concept"] == row.concept) & (scored["k"] == row.k)).sum()),
+            }
+        )
+    chosen = pd.DataFrame(chosen_rows)
+    if len(chosen):
+        chosen = chosen.sort_values(["concept", "k"]).reset_index(drop=True)
+    return HeldOutArm(name, units, chosen, doc_counts, concepts, ks, np.asarray(test_docs))
+
+
+def compare(
+    a: HeldOutArm,
+    b: HeldOutArm,
+    *,
+    level: str = "token",
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> list[dict]:
+    """Paired difference ``mean score(a) - mean score(b)`` per k over the concepts both arms probed.
+
+    Scores: class-balanced F1 (``metric="f1"``, the paper's measure; its chance level depends on how
+    often a probe says "positive", between 0 and 2/3) and balanced accuracy (chance level 0.5 always).
+
+    The interval resamples test documents (the same documents on both sides). Concepts of the other
+    ``level`` (token vs document) are left out. One record per k: ``estimate``, ``ci_low``,
+    ``ci_high``, ``n_concepts``, ``n_documents``, ``a_mean``, ``b_mean`` (+ interval metadata).
+    """
+    if a.ks != b.ks or not np.array_equal(a.test_docs, b.test_docs):
+        raise ValueError(f"arms {a.name} and {b.name} were not probed on the same ks and test documents.")
+    index_b = {name: i for i, name in enumerate(b.concepts)}
+    keep = [
+        (i, index_b[name])
+        for i, name in enumerate(a.concepts)
+        if name in index_b and (is_document_concept(name) == (level == "document"))
+    ]
+    records = []
+    for ki, k in enumerate(a.ks):
+        pairs = [(i, j) for i, j in keep if a.has()[ki, i] and b.has()[ki, j]]
+        if not pairs:
+            records.append(
+                {
+                    "k": k,
+                    "metric": "f1",
+                    "estimate": None,
+                    "ci_low": None,
+                    "ci_high": None,
+                    "n_concepts": 0,
+                    "n_documents": len(a.test_docs),
+                    "interval_available": False,
+                    "interval_unavailable_reason": "no concept was probed in both arms",
+                }
+            )
+            continue
+        counts_a = a.doc_counts[ki, [i for i, _ in pairs]]  # [concept, doc, 4]
+        counts_b = b.doc_counts[ki, [j for _, j in pairs]]
+        for metric, score in (("f1", balanced_f1), ("balanced_accuracy", balanced_accuracy)):
+
+            def mean_of(counts: np.ndarray, score=score) -> Callable[[np.ndarray], np.ndarray]:
+                def statistic(weights: np.ndarray) -> np.ndarray:
+                    totals = np.einsum("bd,cdq->bcq", weights, counts)
+                    with np.errstate(all="ignore"), warnings.catch_warnings():
+                        warnings.simplefilter("ignore", RuntimeWarning)
+                        return np.nanmean(score(totals), axis=1)
+
+                return statistic
+
+            stat_a, stat_b = mean_of(counts_a), mean_of(counts_b)
+            interval = cluster_bootstrap(
+                lambda w, sa=stat_a, sb=stat_b: sa(w) - sb(w),
+                len(a.test_docs),
+                n_resamples=n_resamples,
+                seed=seed,
+                on_too_few="unavailable",
+                what=f"{a.name} - {b.name} at k={k}",
+            )
+            ones = np.ones((1, len(a.test_docs)))
+            record = {"k": k, "metric": metric, **interval.to_dict(), "n_concepts": len(pairs)}
+            record["a_mean"] = float(stat_a(ones)[0])
+            record["b_mean"] = float(stat_b(ones)[0])
+            records.append(record)
+    return records
+
+
+def permuted_labels(stored: StoredTokens, seed: int = 0) -> Bool[torch.Tensor, "token concept"]:
+    """Concept labels shuffled across the tokens of each concept's population (counts kept)."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = stored.labels.clone()
+    for columns, population in concept_populations(stored):
+        rows = population.nonzero().flatten()
+        order = rows[torch.randperm(len(rows), generator=generator)]
+        labels[rows[:, None], torch.tensor(columns)[None, :]] = stored.labels[order][:, columns]
+    return labels
+
+
+# --------------------------------------------------------------------------------------------------
+# the arms' units
+# --------------------------------------------------------------------------------------------------
+def _chunk(num_experts: int, n_tokens: int, width: int, max_block_bytes: int) -> int:
+    return max(1, min(num_experts, max_block_bytes // max(1, n_tokens * width * 4)))
+
+
+def expert_blocks(
+    stored: StoredTokens, layers: Sequence[int], num_experts: int, max_block_bytes: int = 256 << 20
+) -> BlockFactory:
+    """Each expert of each layer on its routed tokens (its own neurons): the MoE arm."""
+
+    def factory(population: torch.Tensor) -> Iterator[UnitBlock]:
+        for layer in layers:
+            post = stored.rows[get_act_name("expert_post", layer)]
+            indices = stored.rows[get_act_name("topk_indices", layer)]
+            chunk = _chunk(num_experts, post.shape[0], post.shape[-1], max_block_bytes)
+            for start in range(0, num_experts, chunk):
+                experts = range(start, min(num_experts, start + chunk))
+                block, routed = expert_activation_block(post, indices, experts)
+                yield UnitBlock(
+                    block, routed, None, [f"L{layer}E{e}" for e in experts], [layer] * len(experts)
+                )
+
+    return factory
+
+
+def routed_masks(stored: StoredTokens, layer: int, num_experts: int) -> Bool[torch.Tensor, "expert token"]:
+    """Which tokens each expert of ``layer`` was routed (any of its top-k slots)."""
+    indices = stored.rows[get_act_name("topk_indices", layer)].long()
+    routed = torch.zeros(num_experts, indices.shape[0], dtype=torch.bool)
+    tokens = torch.arange(indices.shape[0])
+    for slot in range(indices.shape[1]):
+        routed[indices[:, slot], tokens] = True
+    return routed
+
+
+def layer_map(moe_layers: Sequence[int], dense_layers: Sequence[int], moe_n_layers: int, dense_n_layers: int):
+    """The dense layer at the same relative depth as each MoE layer (the same block when depths agree)."""
+    mapping = {}
+    for layer in moe_layers:
+        depth = (layer + 0.5) / moe_n_layers * dense_n_layers - 0.5
+        mapping[layer] = min(dense_layers, key=lambda d: (abs(d - depth), d))
+    return mapping
+
+
+def _dense_activations(dense: StoredTokens, layer: int) -> torch.Tensor:
+    return dense.rows[get_act_name("neuron", layer)][None]  # float16 [1, token, d_mlp]
+
+
+def dense_layer_blocks(dense: StoredTokens, layers: Sequence[int]) -> BlockFactory:
+    """Each dense layer on all of the population's tokens: the dense arm."""
+
+    def factory(population: torch.Tensor) -> Iterator[UnitBlock]:
+        for layer in layers:
+            acts = _dense_activations(dense, layer).float()
+            yield UnitBlock(acts, population[None].clone(), None, [f"L{layer}"], [layer])
+
+    return factory
+
+
+def _check_aligned(moe: StoredTokens, dense: StoredTokens) -> None:
+    if not (
+        moe.token_index.shape == dense.token_index.shape
+        and torch.equal(moe.token_index, dense.token_index)
+        and torch.equal(moe.input_ids, dense.input_ids)
+    ):
+        raise ValueError(
+            "the dense-on-routed-tokens control needs the MoE and the dense model to see the same tokens "
+            "(same tokenizer, corpus and --max-tokens)."
+        )
+
+
+def dense_routed_blocks(
+    moe: StoredTokens,
+    dense: StoredTokens,
+    moe_layers: Sequence[int],
+    num_experts: int,
+    mapping: dict[int, int],
+) -> BlockFactory:
+    """Dense neurons (layer at the same depth) on exactly the tokens each expert was routed.
+
+    Same units, same tokens, same positives as the MoE arm: only the neurons differ. The key control:
+    it separates "expert neurons are less polysemantic" from "routing pre-filters the tokens".
+    """
+    _check_aligned(moe, dense)
+
+    def factory(population: torch.Tensor) -> Iterator[UnitBlock]:
+        for layer in moe_layers:
+            acts = _dense_activations(dense, mapping[layer]).float()
+            routed = routed_masks(moe, layer, num_experts)
+            yield UnitBlock(
+                acts,
+                routed,
+                torch.zeros(num_experts, dtype=torch.long),
+                [f"L{layer}E{e}~dense L{mapping[layer]}" for e in range(num_experts)],
+                [layer] * num_experts,
+            )
+
+    return factory
+
+
+def dense_matched_blocks(
+    moe: StoredTokens,
+    dense: StoredTokens,
+    moe_layers: Sequence[int],
+    num_experts: int,
+    mapping: dict[int, int],
+    seed: int = 0,
+) -> BlockFactory:
+    """Dense neurons on random token subsets sized like each expert's routed set, per layer and concept.
+
+    For expert e of layer L and a concept's population P, the subset has ``|routed(L, e) ∩ P|`` tokens
+    drawn uniformly from P (so sizes and the domain intersection are matched per layer and concept),
+    probed with the neurons of the dense layer at L's depth. What it controls: the number and the
+    sizes of the units a maximum runs over; what it keeps out: WHICH tokens routing picks.
+    """
+    _check_aligned(moe, dense)
+
+    def factory(population: torch.Tensor) -> Iterator[UnitBlock]:
+        generator = torch.Generator().manual_seed(seed + int(population.sum()))
+        members = population.nonzero().flatten()
+        for layer in moe_layers:
+            acts = _dense_activations(dense, mapping[layer]).float()
+            sizes = (routed_masks(moe, layer, num_experts) & population).sum(1)
+            subsets = torch.zeros(num_experts, population.shape[0], dtype=torch.bool)
+            for e in range(num_experts):
+                pick = members[torch.randperm(len(members), generator=generator)[: int(sizes[e])]]
+                subsets[e, pick] = True
+            yield UnitBlock(
+                acts,
+                subsets,
+                torch.zeros(num_experts, dtype=torch.long),
+                [f"L{layer}D{e}~dense L{mapping[layer]}" for e in range(num_experts)],
+                [layer] * num_experts,
+            )
+
+    return factory

@@ -1,0 +1,311 @@
+"""Statistics every analysis reports with: document-level intervals, paired differences, nulls, FDR.
+
+Built on :mod:`scipy.stats` (``bootstrap``, ``permutation_test``, ``false_discovery_control``):
+
+- :func:`cluster_bootstrap` — a bootstrap over *documents* (clusters), not tokens: tokens of one
+  document are not independent draws, so resampling tokens gives intervals that are too narrow.
+  The statistic is a function of per-document weights (how often each document is drawn), which
+  keeps it vectorized: one matrix product per batch of resamples, whatever the statistic.
+- :func:`paired_difference` — the same bootstrap of ``statistic_a - statistic_b`` with the SAME
+  resampled documents on both sides (a paired comparison of two models / units on one corpus).
+- :func:`permutation_pvalues` — one-sided permutation p-values of many statistics at once, from
+  permutations of a label vector (e.g. the domain of each document); exact when feasible.
+- :func:`benjamini_hochberg` — BH-adjusted p-values (``scipy.stats.false_discovery_control``) and
+  the discoveries at a false-discovery rate.
+- :func:`document_split` — a seeded split of documents into a selection and a test side.
+
+Bad input never becomes a silent number: too few documents raises :class:`~tl_moe.errors.InputError`
+naming the minimum, or (``on_too_few="unavailable"``) returns an :class:`Interval` whose
+``available`` is False and whose ``reason`` says why.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import scipy.stats
+
+from tl_moe.errors import InputError
+
+__all__ = [
+    "MIN_DOCUMENTS",
+    "Interval",
+    "benjamini_hochberg",
+    "cluster_bootstrap",
+    "document_split",
+    "paired_difference",
+    "permutation_pvalues",
+    "resample_weights",
+]
+
+#: Fewest documents (clusters) a bootstrap interval is computed from.
+MIN_DOCUMENTS = 10
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its bootstrap interval.
+
+    Attributes:
+        estimate: the statistic on the observed data (every document weighted once).
+        low, high: the interval's bounds (NaN when not ``available``).
+        n: documents (clusters) the interval resamples.
+        confidence: e.g. 0.95.
+        method: the scipy bootstrap method ("percentile", "BCa", "basic").
+        available: False when no interval could be computed; ``reason`` says why.
+        reason: why the interval is unavailable (None when available).
+    """
+
+    estimate: float
+    low: float
+    high: float
+    n: int
+    confidence: float = 0.95
+    method: str = "percentile"
+    available: bool = True
+    reason: str | None = None
+
+    def covers(self, value: float) -> bool:
+        """Whether ``value`` lies inside the interval (False when unavailable)."""
+        return self.available and self.low <= value <= self.high
+
+    def to_dict(self) -> dict:
+        return {
+            "estimate": _json_float(self.estimate),
+            "ci_low": _json_float(self.low),
+            "ci_high": _json_float(self.high),
+            "n_documents": self.n,
+            "confidence": self.confidence,
+            "interval_method": self.method,
+            "interval_available": self.available,
+            "interval_unavailable_reason": self.reason,
+        }
+
+
+def _json_float(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def resample_weights(indices: np.ndarray, n_clusters: int) -> np.ndarray:
+    """How often each cluster occurs in each resample: ``[..., n] indices -> [..., n_clusters]`` counts."""
+    indices = np.asarray(indices).astype(np.int64)
+    lead = indices.shape[:-1]
+    flat = indices.reshape(-1, indices.shape[-1])
+    offsets = np.arange(flat.shape[0])[:, None] * n_clusters
+    counts = np.bincount((flat + offsets).ravel(), minlength=flat.shape[0] * n_clusters)
+    return counts.reshape(*lead, n_clusters).astype(np.float64)
+
+
+def _too_few(n: int, min_clusters: int, what: str, on_too_few: str, estimate: float, confidence: float):
+    reason = f"{n} document(s) behind {what}; a document-level interval needs at least {min_clusters}"
+    if on_too_few == "error":
+        raise InputError(reason + ": analyze more documents (raise --max-tokens).")
+    return Interval(estimate, math.nan, math.nan, n, confidence, "none", False, reason)
+
+
+def cluster_bootstrap(
+    statistic: Callable[[np.ndarray], np.ndarray],
+    n_clusters: int,
+    *,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    method: Literal["percentile", "BCa", "basic"] = "percentile",
+    seed: int = 0,
+    min_clusters: int = MIN_DOCUMENTS,
+    on_too_few: Literal["error", "unavailable"] = "error",
+    what: str = "the statistic",
+) -> Interval | list[Interval]:
+    """Bootstrap interval of a statistic over clusters (documents), via ``scipy.stats.bootstrap``.
+
+    Args:
+        statistic: maps cluster weights ``[batch, n_clusters]`` (how many times each cluster is drawn;
+            all ones for the observed data) to the statistic ``[batch]`` or ``[batch, m]`` for ``m``
+            statistics at once (one interval each). Write it as weighted sums over clusters, e.g.
+            ``lambda w: (w @ sums) / (w @ counts)`` for a token-level mean with documents as clusters.
+        n_clusters: number of clusters.
+        n_resamples, confidence, method, seed: as in ``scipy.stats.bootstrap``.
+        min_clusters: fewer clusters than this -> error or unavailable interval (``on_too_few``).
+        what: names the statistic in the too-few message.
+
+    Returns:
+        one :class:`Interval`, or a list of ``m`` when the statistic returns ``[batch, m]``.
+    """
+    ones = np.ones((1, n_clusters))
+    observed = np.asarray(statistic(ones), dtype=np.float64)[0]
+    multi = observed.ndim == 1
+    estimates = np.atleast_1d(observed)
+    if n_clusters < min_clusters:
+        out = [_too_few(n_clusters, min_clusters, what, on_too_few, float(e), confidence) for e in estimates]
+        return out if multi else out[0]
+
+    def resampled(indices: np.ndarray, axis: int = -1) -> np.ndarray:
+        values = np.asarray(statistic(resample_weights(np.moveaxis(indices, axis, -1), n_clusters)))
+        return np.moveaxis(values, 0, -1) if multi else values  # scipy wants the outputs first
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # degenerate (constant) distributions: scipy warns, we report
+        result = scipy.stats.bootstrap(
+            (np.arange(n_clusters),),
+            resampled,
+            vectorized=True,
+            n_resamples=n_resamples,
+            confidence_level=confidence,
+            method=method,
+            rng=np.random.default_rng(seed),
+            batch=max(1, min(n_resamples, int(2e7 // max(1, n_clusters * estimates.size)))),
+        )
+    lows = np.atleast_1d(result.confidence_interval.low)
+    highs = np.atleast_1d(result.confidence_interval.high)
+    distribution = np.atleast_2d(result.bootstrap_distribution)
+    out = []
+    for i, estimate in enumerate(estimates):
+        low, high = float(lows[i]), float(highs[i])
+        if not math.isfinite(estimate):
+            out.append(
+                Interval(
+                    float(estimate),
+                    math.nan,
+                    math.nan,
+                    n_clusters,
+                    confidence,
+                    method,
+                    False,
+                    f"{what} is undefined on the observed data",
+                )
+            )
+        elif np.ptp(distribution[i]) == 0:  # every resample gives the same value: a zero-width interval
+            value = float(distribution[i][0])
+            out.append(Interval(float(estimate), value, value, n_clusters, confidence, method))
+        elif not (math.isfinite(low) and math.isfinite(high)):
+            out.append(
+                Interval(
+                    float(estimate),
+                    math.nan,
+                    math.nan,
+                    n_clusters,
+                    confidence,
+                    method,
+                    False,
+                    f"the {method} interval of {what} is undefined (degenerate resamples)",
+                )
+            )
+        else:
+            out.append(Interval(float(estimate), low, high, n_clusters, confidence, method))
+    return out if multi else out[0]
+
+
+def paired_difference(
+    statistic_a: Callable[[np.ndarray], np.ndarray],
+    statistic_b: Callable[[np.ndarray], np.ndarray],
+    n_clusters: int,
+    **bootstrap_options,
+) -> Interval | list[Interval]:
+    """Interval of ``statistic_a - statistic_b``, both evaluated on the same resampled documents.
+
+    Pairing is what makes the comparison tight: both sides see the same documents in every resample,
+    so variation shared by the two (an easy document is easy for both) cancels.
+    """
+    return cluster_bootstrap(
+        lambda w: np.asarray(statistic_a(w)) - np.asarray(statistic_b(w)), n_clusters, **bootstrap_options
+    )
+
+
+def permutation_pvalues(
+    statistic: Callable[[np.ndarray], np.ndarray],
+    labels: np.ndarray,
+    *,
+    n_resamples: int = 999,
+    alternative: Literal["greater", "less"] = "greater",
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One-sided permutation p-values of ``m`` statistics under random relabelling of ``labels``.
+
+    Args:
+        statistic: maps label arrays ``[batch, n]`` (each row a permutation of ``labels``) to the
+            statistics ``[batch, m]`` (or ``[batch]`` for one).
+        labels: the observed label of each unit of permutation (e.g. the domain of each DOCUMENT, so
+            tokens of a document move together).
+        n_resamples: random permutations; when ``n!`` is at most this, every permutation is used
+            (an exact test, like ``scipy.stats.permutation_test``).
+        alternative: "greater": large statistics are evidence against the null.
+
+    Returns:
+        ``(observed [m], pvalues [m])``. Randomized: ``(1 + #{null >= observed}) / (1 + n_resamples)``
+        (never 0); exact: the fraction of all permutations with ``null >= observed`` (the identity
+        included). Ties within a relative 1e-12 count as ``>=``, as in scipy.
+    """
+    labels = np.asarray(labels)
+    n = labels.shape[0]
+    observed = np.asarray(statistic(labels[None]), dtype=np.float64)[0]
+    scalar = observed.ndim == 0
+    observed = np.atleast_1d(observed)
+    exact = math.factorial(n) <= n_resamples
+    if exact:
+        orders = np.array(list(itertools.permutations(range(n))), dtype=np.int64)
+    else:
+        rng = np.random.default_rng(seed)
+        orders = rng.permuted(np.tile(np.arange(n), (n_resamples, 1)), axis=1)
+    count = np.zeros(observed.shape, dtype=np.int64)
+    sign = 1.0 if alternative == "greater" else -1.0
+    tolerance = 1e-12 * np.maximum(1.0, np.abs(observed))
+    for start in range(0, len(orders), 256):
+        null = np.asarray(statistic(labels[orders[start : start + 256]]), dtype=np.float64)
+        null = null.reshape(null.shape[0], -1)
+        count += (sign * (null - observed) >= -tolerance).sum(0)
+    pvalues = count / len(orders) if exact else (count + 1) / (n_resamples + 1)
+    pvalues = np.where(np.isfinite(observed), pvalues, np.nan)
+    return (observed[0], pvalues[0]) if scalar else (observed, pvalues)
+
+
+def benjamini_hochberg(pvalues: np.ndarray, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Benjamini–Hochberg adjusted p-values and discoveries at false-discovery rate ``alpha``.
+
+    NaN p-values (untested units) stay NaN and are not counted among the tests. Returns
+    ``(adjusted, discovered)``; ``discovered`` is ``adjusted <= alpha``.
+    """
+    if not 0 < alpha < 1:
+        raise InputError(f"the false-discovery rate must lie in (0, 1), got {alpha}.")
+    pvalues = np.asarray(pvalues, dtype=np.float64)
+    adjusted = np.full(pvalues.shape, np.nan)
+    tested = np.isfinite(pvalues)
+    if tested.any():
+        adjusted[tested] = scipy.stats.false_discovery_control(pvalues[tested], method="bh")
+    return adjusted, np.where(tested, adjusted <= alpha, False)
+
+
+def document_split(
+    doc_ids: np.ndarray, *, selection_fraction: float = 0.5, seed: int = 0, min_per_side: int = MIN_DOCUMENTS
+) -> np.ndarray:
+    """Whether each document id falls on the selection side (True) or the test side (False).
+
+    The side of a document depends only on its id and the seed (not on which other documents a
+    model reached), so two models streamed over one corpus split the same documents the same way.
+    Raises :class:`~tl_moe.errors.InputError` when either side would hold fewer than ``min_per_side``
+    documents.
+    """
+    doc_ids = np.asarray(doc_ids).astype(np.int64)
+    if not 0 < selection_fraction < 1:
+        raise InputError(f"selection_fraction must lie in (0, 1), got {selection_fraction}.")
+    unique = np.unique(doc_ids)
+    # A seeded pseudo-random key per id (splitmix64), so the side does not depend on the other ids.
+    with np.errstate(over="ignore"):
+        z = unique.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    side = (z >> np.uint64(11)).astype(np.float64) / float(2**53) < selection_fraction
+    n_selection, n_test = int(side.sum()), int((~side).sum())
+    if min(n_selection, n_test) < min_per_side:
+        raise InputError(
+            f"{len(unique)} documents split into {n_selection} selection / {n_test} test documents; "
+            f"held-out selection needs at least {min_per_side} on each side (about {2 * min_per_side + 4} "
+            "documents): raise --max-tokens or use a corpus with more documents."
+        )
+    return side[np.searchsorted(unique, doc_ids)]
