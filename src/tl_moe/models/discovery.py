@@ -193,6 +193,10 @@ def routing_rule_of(hf: nn.Module, sparse: list, text_config) -> tuple[RoutingRu
     spec = ARCHITECTURES.get(model_type)
     known = spec.routing(text_config) if spec is not None and spec.routing is not None else None
     candidates = ([known] if known is not None else []) + _candidates(generic, open_fields)
+    if any(parameter.is_meta for mods in sparse for parameter in mods.router.parameters()):
+        # Shapes only (the planner's meta-device models): nothing to run, so nothing to verify.
+        k = int(getattr(first.router, "top_k", None) or getattr(text_config, "num_experts_per_tok", 1))
+        return candidates[0], k
     # One sample per distinct router class (a model may mix router kinds across layers).
     samples, seen = [], set()
     for mods in sparse:

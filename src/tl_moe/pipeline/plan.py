@@ -16,7 +16,7 @@ import torch
 
 from tl_moe.errors import InputError
 from tl_moe.models.config import MoEConfig
-from tl_moe.pipeline.context import RunContext
+from tl_moe.pipeline.context import UNTRAINED, RunContext
 from tl_moe.pipeline.memory import activation_bytes, available_memory
 from tl_moe.pipeline.options import RunOptions
 
@@ -161,7 +161,8 @@ def plan_run(
 
     def describe(name: str) -> MoEConfig:
         if name not in moe_configs:
-            metas[name] = meta_model(hf_configs.get(name) or _hf_config(name))
+            base = name.removeprefix(UNTRAINED)  # the untrained null has its model's config
+            metas[name] = meta_model(hf_configs.get(base) or _hf_config(base))
             moe_configs[name] = moe_config(metas[name])
         return moe_configs[name]
 

@@ -1,0 +1,114 @@
+"""The README's results section, generated from a run's ``results.json`` (never typed by hand).
+
+    python -m tl_moe.pipeline.readme_results docs/results/toy_default.json   # prints the Markdown
+    python -m tl_moe.pipeline.readme_results docs/results/toy_default.json --write README.md
+
+``--write`` replaces the text between ``<!-- results:start -->`` and ``<!-- results:end -->``;
+``tests/test_readme.py`` checks that the README equals what the committed results file generates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+_COMPARISONS = {
+    "moe_vs_dense": "MoE expert − dense layer",
+    "moe_vs_dense_on_routed_tokens": "MoE expert − dense neurons on the expert's routed tokens",
+    "moe_vs_matched_subsets": "MoE expert − dense neurons on routing-matched token subsets",
+    "moe_vs_untrained": "MoE expert − untrained MoE expert",
+    "permuted_labels": "MoE expert − MoE expert with permuted labels",
+}
+
+
+def _interval(record: dict[str, Any]) -> str:
+    if record.get("estimate") is None:
+        return f"unavailable ({record.get('interval_unavailable_reason') or 'not computed'})"
+    text = f"{record['estimate']:+.3f}"
+    if record.get("interval_available") and record.get("ci_low") is not None:
+        text += f" [{record['ci_low']:+.3f}, {record['ci_high']:+.3f}]"
+    return text
+
+
+def _held_out_table(records: list[dict[str, Any]], ks: list[int]) -> list[str]:
+    lines = [
+        "| held-out comparison (F1, class-balanced) | " + " | ".join(f"k = {k}" for k in ks) + " | concepts |"
+    ]
+    lines.append("|---|" + "---|" * len(ks) + "---|")
+    for name, label in _COMPARISONS.items():
+        row = [
+            r
+            for r in records
+            if r["protocol"] == "held_out" and r["comparison"] == name and r.get("metric", "f1") == "f1"
+        ]
+        if not row:
+            continue
+        by_k = {r["k"]: r for r in row}
+        cells = [_interval(by_k[k]) if k in by_k else "–" for k in ks]
+        concepts = max(int(r.get("n_concepts") or 0) for r in row)
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {concepts} |")
+    return lines
+
+
+def results_markdown(results: dict[str, Any], source: str) -> str:
+    """The results section for ``results`` (a parsed ``results.json``) written at ``source``."""
+    meta = results["metadata"]
+    options = meta["options"]
+    sections = results["sections"]
+    lines = [
+        f"Generated from [`{source}`]({source}) by `python -m tl_moe.pipeline.readme_results`: "
+        f"`tl-moe analyze` on `{options['model']}` vs `{options['dense_baseline']}`, "
+        f"{options['max_tokens']:,} tokens of the `{options['split']}` split per model, seed {options['seed']}. "
+        "Every difference carries a 95% document-level bootstrap interval; numbers are the toys' own.",
+        "",
+        "**What the run found** (the report's findings box):",
+        "",
+    ]
+    lines += [f"- {finding}" for finding in results.get("findings", [])]
+    probing = sections.get("probing", {})
+    records = probing.get("records", {}).get("comparisons") or probing.get("comparisons") or []
+    if records:
+        ks = sorted({r["k"] for r in records if r["protocol"] == "held_out"})
+        ks = [k for k in ks if k in (1, max(ks))] if ks else []
+        if ks:
+            lines += ["", *_held_out_table(records, ks)]
+        paper = [
+            r
+            for r in records
+            if r["protocol"] == "paper" and r["comparison"] == "moe_vs_dense" and r["k"] == 1
+        ]
+        if paper:
+            lines += [
+                "",
+                "For comparison with the published numbers, the paper's protocol (best unit picked on the split "
+                f"it is scored on) gives MoE − dense {_interval(paper[0])} at k = 1 on the same run: the "
+                "held-out protocol and its controls above are what to quote.",
+            ]
+    return "\n".join(lines)
+
+
+def replace_block(readme: str, block: str) -> str:
+    """``readme`` with the text between the results markers replaced by ``block``."""
+    start, end = readme.index(START) + len(START), readme.index(END)
+    return readme[:start] + "\n" + block + "\n" + readme[end:]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Print (or write into the README) the results section.")
+    parser.add_argument("results", type=Path)
+    parser.add_argument("--write", type=Path, default=None)
+    args = parser.parse_args(argv)
+    block = results_markdown(json.loads(args.results.read_text()), str(args.results))
+    if args.write is None:
+        print(block)
+    else:
+        args.write.write_text(replace_block(args.write.read_text(), block))
+        print(f"wrote the results section of {args.write}")
+
+
+if __name__ == "__main__":
+    main()
