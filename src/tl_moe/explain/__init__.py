@@ -1,0 +1,1 @@
+"""Automatic labeling of experts: examples, explainers, scorers, controls, a resumable runner."""
