@@ -1,0 +1,143 @@
+"""Automatic labeling: examples, explainers, scorers, controls, and the runner against a loopback server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from explain_fixtures import LoopbackServer, word_records
+from tl_moe.explain.clients import CachedChatClient, OpenAIChatClient
+from tl_moe.explain.explainers import LMExplainer, parse_label
+from tl_moe.explain.runner import label_experts, shuffled_partners
+from tl_moe.explain.scorers import DetectionScorer, detection_metrics, parse_verdicts
+
+pytest.importorskip("openai")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _by_expert(result):
+    return {int(row.expert): row for row in result.frame.itertuples()}
+
+
+def test_parsers_accept_json_and_refuse_malformed_answers():
+    assert parse_label('{"label": "closing brackets in LaTeX"}') == "closing brackets in LaTeX"
+    assert parse_label("Sure.\nLabel: the word cat") == "the word cat"
+    with pytest.raises(ValueError, match="malformed"):
+        parse_label("I am not sure what this is.")
+    assert parse_verdicts("answer: [1, 0, 1]", 3) == ([1, 0, 1], None)
+    assert parse_verdicts("[0.9, 0.2]", 2) == ([1, 0], [0.9, 0.2])
+    with pytest.raises(ValueError, match="malformed"):
+        parse_verdicts("[1, 0]", 3)
+
+
+def test_detection_metrics_and_chance_levels():
+    m = detection_metrics([1, 1, 0, 0], [1, 0, 1, 0], [0.9, 0.4, 0.6, 0.1])
+    assert m["precision"] == m["recall"] == m["f1"] == m["balanced_accuracy"] == 0.5
+    assert m["auc"] == 0.75
+    assert m["chance_f1"] == pytest.approx(2 / 3)
+    assert detection_metrics([1, 0], [1, 1])["f1"] == pytest.approx(2 / 3)  # answering yes = chance
+
+
+def test_shuffled_partners_are_a_derangement_within_each_layer():
+    keys = [(layer, e) for layer in (0, 1) for e in range(7)]
+    partners = shuffled_partners(keys, seed=3)
+    assert set(partners) == set(keys)
+    assert all(partners[k] != k and partners[k][0] == k[0] for k in keys)
+    assert sorted(partners.values()) == sorted(keys)
+
+
+def test_loopback_server_labels_scores_and_records_failures():
+    words = ["cat", "dog", "fish", "zzz", "slow", "busy"]
+    records = word_records(words)
+    with LoopbackServer(slow_s=1.5, busy_failures=2) as server:
+        client = OpenAIChatClient(server.url, "canned", timeout=0.4, max_retries=2)
+        result = label_experts(
+            records, LMExplainer(client), [DetectionScorer(client)], concurrency=4, progress=False
+        )
+        requests = list(server.requests)
+    rows = _by_expert(result)
+    for expert, word in enumerate(words):
+        if word in ("cat", "dog", "fish", "busy"):
+            assert rows[expert].label == f"the word {word}"
+            assert rows[expert].detection_f1 == 1.0  # own label: every positive, no negative
+            assert rows[expert].detection_shuffled_f1 == 0.0  # another expert's label: no positive
+            assert rows[expert].detection_chance_f1 == pytest.approx(2 / 3)
+    assert "malformed" in rows[3].label_error  # recorded, not fatal
+    assert "request failed" in rows[4].label_error and "Timeout" in rows[4].label_error
+
+    def explain_requests(word):
+        return [r for r in requests if r["messages"][0]["content"].startswith("You explain")
+                and f"<<{' ' + word}>>" in r["messages"][1]["content"]]  # fmt: skip
+
+    assert len(explain_requests("slow")) == 3  # 1 + max_retries attempts, then given up
+    assert len(explain_requests("busy")) == 3  # two 429s, then the answer
+    summary = result.summary.set_index("layer").loc["all"]
+    assert summary["mean"] == 1.0 and summary["shuffled mean"] == 0.0
+    assert summary["chance"] == pytest.approx(2 / 3)
+    assert summary["experts scored"] == 4 and summary["experts not scored"] == 2
+    assert set(result.failures["expert"]) == {3, 4}
+
+
+def test_rate_limit_retries_are_bounded():
+    records = word_records(["busy", "cat"])
+    with LoopbackServer(busy_failures=-1) as server:  # always 429
+        client = OpenAIChatClient(server.url, "canned", timeout=2, max_retries=2)
+        tic = time.perf_counter()
+        result = label_experts(records, LMExplainer(client), [], concurrency=2, progress=False)
+        elapsed = time.perf_counter() - tic
+        n_busy = sum("<< busy>>" in r["messages"][1]["content"] for r in server.requests)
+    assert n_busy == 3 and elapsed < 10
+    assert "RateLimit" in _by_expert(result)[0].label_error
+    assert _by_expert(result)[1].label == "the word cat"
+
+
+def test_a_killed_run_resumes_without_repeating_a_finished_request(tmp_path):
+    words = ["cat", "dog", "fish", "bird", "frog", "mole", "newt"]
+    cache = tmp_path / "cache.sqlite"
+    script = tmp_path / "run.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sys
+            sys.path.insert(0, {str(ROOT / "tests")!r})
+            from explain_fixtures import word_records
+            from tl_moe.explain.clients import CachedChatClient, OpenAIChatClient
+            from tl_moe.explain.explainers import LMExplainer
+            from tl_moe.explain.runner import label_experts
+            from tl_moe.explain.scorers import DetectionScorer
+            client = CachedChatClient(OpenAIChatClient(sys.argv[1], "canned", max_retries=0), {str(cache)!r})
+            label_experts(word_records({words!r}), LMExplainer(client), [DetectionScorer(client)],
+                          concurrency=1, progress=False)
+            """
+        )
+    )
+    with LoopbackServer(delay_s=0.05) as server:
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        process = subprocess.Popen([sys.executable, str(script), server.url], env=env)
+        deadline = time.time() + 120
+        while len(server.answered) < 6 and time.time() < deadline and process.poll() is None:
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)  # a crash mid-run, no cleanup
+        process.wait()
+        first_run = [json.dumps(r["messages"]) for r in server.answered]
+        assert 6 <= len(first_run) < 3 * len(words)  # killed before the end
+        server.requests.clear()
+        client = CachedChatClient(OpenAIChatClient(server.url, "canned", max_retries=0), cache)
+        resumed = label_experts(
+            word_records(words), LMExplainer(client), [DetectionScorer(client)], concurrency=2, progress=False
+        )
+        second_run = [json.dumps(r["messages"]) for r in server.requests]
+    committed = len(first_run) - 1  # the answer in flight at the kill may not have been stored
+    assert len(set(first_run[:committed]) & set(second_run)) == 0  # nothing paid twice
+    assert client.hits >= committed
+    assert (resumed.frame["detection_f1"] == 1.0).all()
+    assert (resumed.frame["label"] == [f"the word {w}" for w in words]).all()
