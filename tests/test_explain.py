@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from explain_fixtures import LoopbackServer, word_records
 from tl_moe.explain.clients import CachedChatClient, OpenAIChatClient
@@ -141,3 +142,92 @@ def test_a_killed_run_resumes_without_repeating_a_finished_request(tmp_path):
     assert client.hits >= committed
     assert (resumed.frame["detection_f1"] == 1.0).all()
     assert (resumed.frame["label"] == [f"the word {w}" for w in words]).all()
+
+
+# ---------------------------------------------------------------- planted expert, offline labeler
+
+
+PLANTED = {5: "latex_command", 9: "text_newline", 12: "text_digit"}  # no token is in all three
+
+
+def _planted_examples(planted: dict[int, str] = PLANTED, planted_layer: int = 1, max_tokens: int = 40_000):
+    """Expert examples of a 4-layer, 16-expert, top-2 routing over the embedded corpus in which each
+    expert of ``planted`` (in ``planted_layer``) is chosen exactly on its concept's tokens; every other
+    choice is a pseudo-random non-planted expert (a hash of the token id)."""
+    from types import SimpleNamespace
+
+    from tl_moe.collect import domain_names, uniform_priority
+    from tl_moe.collect.batching import BatchBuilder, plan_batches
+    from tl_moe.data.concepts import TokenConceptLabeler
+    from tl_moe.data.corpus import load_corpus
+    from tl_moe.explain.examples import ExpertExamplesAccumulator
+    from tl_moe.models.config import MoEConfig
+    from tl_moe.zoo.tokenizer import load_tokenizer
+
+    cfg = MoEConfig(architecture="olmoe", n_layers=4, d_model=8, d_vocab=8192, num_experts=16,
+                    experts_per_token=2, d_expert=8, sparse_layers=(0, 1, 2, 3))  # fmt: skip
+    tokenizer = load_tokenizer()
+    dataset = load_corpus(None, require_domain=True)["validation"].shuffle(seed=0)
+    labeler = TokenConceptLabeler()
+    names = domain_names(dataset)
+    accumulator = ExpertExamplesAccumulator(SimpleNamespace(moe_cfg=cfg), names, labeler.concept_names)
+    builder = BatchBuilder(tokenizer, seq_len=128, domain_names=names, concept_labeler=labeler)
+    batches = plan_batches(
+        dataset, tokenizer, batch_size=16, seq_len=128, max_tokens=max_tokens, with_offsets=True
+    )
+    for planned in batches:
+        meta = builder.build(planned)
+        token = meta.token_index
+        acts = {}
+        for layer in cfg.sparse_layers:
+            free = torch.tensor([e for e in range(16) if layer != planted_layer or e not in planted])
+            first = (uniform_priority(token, 10 + layer) * len(free)).long()
+            second = (first + 1 + (uniform_priority(token, 20 + layer) * (len(free) - 1)).long()) % len(free)
+            first, second = free[first], free[second]
+            if layer == planted_layer:
+                taken = torch.zeros_like(first, dtype=torch.bool)
+                for (
+                    expert,
+                    concept,
+                ) in planted.items():  # slot 0 for the first concept a token has, slot 1 next
+                    positive = meta.concept_labels[..., labeler.concept_names.index(concept)]
+                    second = torch.where(positive & taken, expert, second)
+                    first = torch.where(positive & ~taken, expert, first)
+                    taken |= positive
+            acts[f"blocks.{layer}.mlp.hook_topk_indices"] = torch.stack([first, second], -1)
+            weights = 0.3 + 0.4 * uniform_priority(token, 30 + layer).float()
+            acts[f"blocks.{layer}.mlp.hook_topk_weights"] = torch.stack([weights, 1 - weights], -1)
+            acts[f"blocks.{layer}.mlp.hook_expert_out"] = torch.ones(*token.shape, 2, 8)
+        accumulator.update(acts, meta)
+    return accumulator.finalize(), tokenizer
+
+
+def test_planted_experts_get_their_concepts_and_other_labels_score_at_or_below_chance():
+    from tl_moe.explain.explainers import DissectionExplainer
+    from tl_moe.explain.scorers import ConceptScorer
+
+    examples, tokenizer = _planted_examples()
+    records = [examples.record(1, e, tokenizer) for e in range(16)]
+    scorer = ConceptScorer(examples.concept_names)
+    result = label_experts(records, DissectionExplainer(examples), [scorer], progress=False)
+    rows = _by_expert(result)
+    for expert, concept in PLANTED.items():
+        planted = rows[expert]
+        assert planted.concept == concept and planted.domain is None
+        assert planted.concept_f1 >= 0.95
+        assert planted.concept_chance_f1 == pytest.approx(2 / 3)
+        # the shuffled control (another expert's label): no better than chance
+        assert planted.concept_shuffled_f1 <= planted.concept_chance_f1
+        assert planted.concept_shuffled_balanced_accuracy <= 0.5 + 0.05
+        # the other planted concepts on this expert's contexts: at chance (balanced accuracy 0.5)
+        for other in set(PLANTED) - {expert}:
+            score = scorer(records[expert], result.explanations[(1, other)])
+            assert score.metrics["balanced_accuracy"] == pytest.approx(0.5, abs=0.1)
+    assert {c.source for c in records[5].negatives} == {"random", "contrastive"}
+    assert all(not c.marks[c.target] for c in records[5].negatives)  # routed elsewhere
+    # disjoint documents: no explanation context shares a document with a scoring context
+    for record in records:
+        explain_docs = {c.doc_index for c in record.explanation}
+        assert not explain_docs & {c.doc_index for c in record.positives + record.negatives}
+    summary = result.summary.set_index("layer").loc[1]
+    assert summary["share own > shuffled"] >= 3 / 16
