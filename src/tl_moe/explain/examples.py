@@ -195,6 +195,7 @@ class ExpertExamples:
         routed_total: ``[split, layer, expert, domain]`` routed tokens.
         concept_total: ``[split, concept, domain]`` tokens positive per concept.
         token_total: ``[split, domain]`` tokens (BOS excluded).
+        out_sum: ``[layer, expert, d_model]`` sum of the expert's outputs over its routed tokens (all splits).
     """
 
     layers: tuple[int, ...]
@@ -214,6 +215,7 @@ class ExpertExamples:
     routed_total: Float[torch.Tensor, "split layer expert domain"]
     concept_total: Float[torch.Tensor, "split concept domain"]
     token_total: Float[torch.Tensor, "split domain"]
+    out_sum: Float[torch.Tensor, "layer expert d_model"] | None = None
     n_words: int = 1
     _decoded: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -388,18 +390,32 @@ class ExpertExamples:
             return None
         return self._context(event, tokenizer, lambda r: self._routing_marks(r, None, expert), "contrastive")
 
-    def records(self, tokenizer: Any, lens: Any = None, **options: Any) -> list[ExpertRecord]:
-        """:meth:`record` of every expert of every accumulated layer (``lens``: an
-        :class:`~tl_moe.analysis.logit_lens_accumulator.ExpertLogitLensResult` for logit-lens tokens)."""
-        out = []
-        for layer in self.layers:
-            for expert in range(self.n_experts):
-                tokens: tuple[str, ...] = ()
-                if lens is not None and layer in lens.layers:
-                    ids = lens.top_token_ids[lens.layers.index(layer), expert].tolist()
-                    tokens = tuple(tokenizer.decode([t]) for t in ids[:8] if t >= 0)
-                out.append(self.record(layer, expert, tokenizer, lens_tokens=tokens, **options))
-        return out
+    def lens_tokens(self, readout: Any, tokenizer: Any, n: int = 8) -> dict[tuple[int, int], tuple[str, ...]]:
+        """Each expert's top ``n`` tokens of the logit lens of its mean routed output (the lens is
+        linear, so this is the mean lens), through ``readout`` (an
+        :class:`~tl_moe.analysis.readout.LogitReadout`); empty for an expert that received no token."""
+        if self.out_sum is None:
+            return {}
+        routed = self.routed_total.sum((0, 3))  # [L, E]
+        mean = self.out_sum / routed.clamp(min=1)[..., None]
+        top = readout.vocab_logits(mean.to(torch.float32)).topk(n, dim=-1).indices
+        return {
+            (layer, e): tuple(tokenizer.decode([t]) for t in top[row, e].tolist())
+            if routed[row, e] > 0
+            else ()
+            for row, layer in enumerate(self.layers)
+            for e in range(self.n_experts)
+        }
+
+    def records(self, tokenizer: Any, readout: Any = None, **options: Any) -> list[ExpertRecord]:
+        """:meth:`record` of every expert of every accumulated layer, with its logit-lens tokens when
+        a ``readout`` (:class:`~tl_moe.analysis.readout.LogitReadout`) is given."""
+        lens = self.lens_tokens(readout, tokenizer) if readout is not None else {}
+        return [
+            self.record(layer, expert, tokenizer, lens_tokens=lens.get((layer, expert), ()), **options)
+            for layer in self.layers
+            for expert in range(self.n_experts)
+        ]
 
 
 class ExpertExamplesAccumulator(Accumulator):
@@ -471,6 +487,7 @@ class ExpertExamplesAccumulator(Accumulator):
         self.routed_total = torch.zeros(S, L, E, D, dtype=torch.float64)
         self.concept_total = torch.zeros(S, C, D, dtype=torch.float64)
         self.token_total = torch.zeros(S, D, dtype=torch.float64)
+        self.out_sum = torch.zeros(L, E, cfg.d_model, dtype=torch.float64)  # routed outputs, for the lens
 
     def config(self) -> dict[str, Any]:
         return {
@@ -552,10 +569,16 @@ class ExpertExamplesAccumulator(Accumulator):
         offers: dict[int, list] = {id(self.top): [], id(self.sample): []}
         b, p, slot = real[..., None].expand(-1, -1, k).nonzero(as_tuple=True)
         token = token_index[b, p]
+        out_sums = []
         for row, layer in enumerate(self.layers):
             weights = acts[get_act_name("topk_weights", layer)].reshape(batch, pos, k)
             out = acts[get_act_name("expert_out", layer)].reshape(batch, pos, k, -1)
             saliency = weights.double() * out.double().norm(dim=-1)  # [B, P, k]
+            out_sums.append(
+                torch.zeros(E, out.shape[-1], dtype=torch.float64, device=device).index_add(
+                    0, topk[:, :, row][real].reshape(-1), out[real].reshape(-1, out.shape[-1]).double()
+                )
+            )
             expert = topk[:, :, row][b, p, slot]
             keys = (split[b, p] * L + row) * E + expert
             score = saliency[b, p, slot]
@@ -576,6 +599,7 @@ class ExpertExamplesAccumulator(Accumulator):
                         rows(eb, ep, marks, score[enter], routing.reshape(len(eb), -1)),
                     )
                 )
+        self.out_sum = same_device(self.out_sum, out_sums[0]) + torch.stack(out_sums)
         for store in (self.top, self.sample):  # one offer per store and batch: the merge is the cost
             if offers[id(store)]:
                 store.offer(*(torch.cat(parts) for parts in zip(*offers[id(store)], strict=True)))
@@ -612,7 +636,7 @@ class ExpertExamplesAccumulator(Accumulator):
         self.top.merge(other.top)
         self.sample.merge(other.sample)
         self.random.merge(other.random)
-        for name in ("routed_concept", "routed_total", "concept_total", "token_total"):
+        for name in ("routed_concept", "routed_total", "concept_total", "token_total", "out_sum"):
             mine = getattr(self, name)
             setattr(self, name, mine + getattr(other, name).to(mine.device))
         return self
@@ -626,13 +650,14 @@ class ExpertExamplesAccumulator(Accumulator):
             "routed_total": self.routed_total,
             "concept_total": self.concept_total,
             "token_total": self.token_total,
+            "out_sum": self.out_sum,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.top.load_state_dict(state["top"])
         self.sample.load_state_dict(state["sample"])
         self.random.load_state_dict(state["random"])
-        for name in ("routed_concept", "routed_total", "concept_total", "token_total"):
+        for name in ("routed_concept", "routed_total", "concept_total", "token_total", "out_sum"):
             setattr(self, name, state[name])
 
     def finalize(self) -> ExpertExamples:
@@ -669,5 +694,6 @@ class ExpertExamplesAccumulator(Accumulator):
             routed_total=self.routed_total.cpu(),
             concept_total=self.concept_total.cpu(),
             token_total=self.token_total.cpu(),
+            out_sum=self.out_sum.cpu(),
             n_words=self.n_words,
         )

@@ -94,10 +94,13 @@ def detection_metrics(
 
         auc = float(roc_auc_score(y, np.asarray(probabilities, float)))
     positive_rate = float(y.mean()) if len(y) else 0.0
+    low, high = _f1_interval(y, p)
     return {
         "precision": precision,
         "recall": recall,
         "f1": f1,
+        "f1_ci_low": low,
+        "f1_ci_high": high,
         "balanced_accuracy": (recall + tnr) / 2,
         "auc": auc,
         "chance_f1": 2 * positive_rate / (1 + positive_rate) if positive_rate else 0.0,
@@ -105,6 +108,18 @@ def detection_metrics(
         "n_positive": int(y.sum()),
         "n_negative": int((~y).sum()),
     }
+
+
+def _f1_interval(y: np.ndarray, p: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of F1 over the scored items (NaN for fewer than 2 items)."""
+    if len(y) < 2:
+        return float("nan"), float("nan")
+    index = np.random.default_rng(seed).integers(len(y), size=(n_resamples, len(y)))
+    yb, pb = y[index], p[index]
+    tp, fp, fn = (yb & pb).sum(1), (~yb & pb).sum(1), (yb & ~pb).sum(1)
+    denominator = 2 * tp + fp + fn
+    f1 = np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
+    return float(np.percentile(f1, 2.5)), float(np.percentile(f1, 97.5))
 
 
 def _items(record: ExpertRecord, seed: int) -> tuple[list[Context], list[int]]:

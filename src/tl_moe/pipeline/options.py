@@ -84,6 +84,25 @@ class RunOptions:
     sparsity_family: bool = option(
         False, "also probe every toy MoE and plot F1 vs active ratio (adds the 'sparsity' analysis)"
     )
+    explainer: str = option(
+        "offline", "labeler of the 'explain' analysis: offline (concept dissection), openai:URL or local:PATH"
+    )
+    explain_model: str | None = option(
+        None, "model name at an openai: endpoint (default: TL_MOE_OPENAI_MODEL, else the server's first)"
+    )
+    explain_scorers: tuple[str, ...] | None = option(
+        None,
+        "comma-separated scorers of the labels: concept, detection, fuzzing, intruder "
+        "(default: concept offline, detection with a language model)",
+        parse=_name_list,
+    )
+    explain_concurrency: int = option(
+        8, "requests in flight at once when labeling with a language model", parse=int
+    )
+    explain_timeout: float = option(60.0, "seconds per language-model request attempt", parse=float)
+    explain_retries: int = option(
+        4, "retries of a rate-limited or failed request (capped exponential backoff)", parse=int
+    )
     checkpoint_every: int = option(20, "batches between checkpoints", parse=int, cli=False)
     progress: bool = option(True, "show progress bars", cli=False)
 

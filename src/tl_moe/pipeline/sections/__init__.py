@@ -1,18 +1,21 @@
 """The built-in analyses of a run, one module each: what it needs, its Result, its report section."""
 
 from tl_moe.pipeline.sections.domains import DomainExpertsResult, Domains
+from tl_moe.pipeline.sections.explain import Explain, ExplainResult
 from tl_moe.pipeline.sections.logit_lens import LogitLens, LogitLensResult
 from tl_moe.pipeline.sections.probing import Probing, ProbingResult
 from tl_moe.pipeline.sections.sparsity import Sparsity, SparsityResult
 from tl_moe.pipeline.sections.specialization import Specialization, SpecializationSummary
 
-BUILT_IN = (Probing, Sparsity, Specialization, Domains, LogitLens)
+BUILT_IN = (Probing, Sparsity, Specialization, Domains, LogitLens, Explain)
 """The built-in analyses in report order."""
 
 __all__ = [
     "BUILT_IN",
     "DomainExpertsResult",
     "Domains",
+    "Explain",
+    "ExplainResult",
     "LogitLens",
     "LogitLensResult",
     "Probing",
