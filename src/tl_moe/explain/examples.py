@@ -217,6 +217,8 @@ class ExpertExamples:
     token_total: Float[torch.Tensor, "split domain"]
     out_sum: Float[torch.Tensor, "layer expert d_model"] | None = None
     n_words: int = 1
+    seed: int = 0
+    split_fractions: tuple[float, ...] = (0.5, 0.3, 0.2)
     _decoded: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -696,4 +698,6 @@ class ExpertExamplesAccumulator(Accumulator):
             token_total=self.token_total.cpu(),
             out_sum=self.out_sum.cpu(),
             n_words=self.n_words,
+            seed=self.seed,
+            split_fractions=self.split_fractions,
         )
