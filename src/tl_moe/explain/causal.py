@@ -103,6 +103,16 @@ def _token_loss(model: Any, ids: torch.Tensor, hooks: list, batch: int = 8) -> t
     return torch.cat(losses)  # [window, pos - 1]: loss of predicting pos + 1 from pos
 
 
+def _keeper(cache: dict[str, torch.Tensor], name: str):
+    """A hook storing its tensor in ``cache`` under the name it was asked by (aliases resolve)."""
+
+    def keep(tensor, hook):
+        cache[name] = tensor.detach()
+        return tensor
+
+    return keep
+
+
 def _baseline_dla(model: Any, ids: torch.Tensor, layers: Sequence[int], batch: int = 8) -> dict[int, tuple]:
     """Per layer: routed experts ``[window, pos, k]`` and each slot's exact DLA on the next token."""
     readout = LogitReadout.from_model(model)
@@ -115,12 +125,7 @@ def _baseline_dla(model: Any, ids: torch.Tensor, layers: Sequence[int], batch: i
     out: dict[int, list] = {layer: [] for layer in layers}
     for part in ids.split(batch):
         cache: dict[str, torch.Tensor] = {}
-
-        def keep(tensor, hook):
-            cache[hook.name] = tensor.detach()
-            return tensor
-
-        model.run_with_hooks(part, fwd_hooks=[(name, keep) for name in [*names, final]])
+        model.run_with_hooks(part, fwd_hooks=[(name, _keeper(cache, name)) for name in [*names, final]])
         b, p = part.shape
         inverse_rms = readout.inverse_rms(cache[final])
         next_ids = part.roll(-1, dims=1).to(inverse_rms.device)
