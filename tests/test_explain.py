@@ -259,3 +259,48 @@ def test_offline_labeler_labels_every_expert_of_the_toy_moe_through_the_pipeline
     page = (tmp_path / "index.html").read_text()
     assert "Automatic expert labels" in page and "explain_f1_histograms" in page
     assert json.loads((tmp_path / "results.json").read_text())["sections"]["explain"]
+
+
+def test_causal_checks_on_held_out_documents_report_matched_vs_control():
+    import tl_moe
+    from tl_moe.collect import collect, domain_names
+    from tl_moe.data.concepts import TokenConceptLabeler
+    from tl_moe.data.corpus import load_corpus
+    from tl_moe.explain import DissectionExplainer, ExpertExamplesAccumulator
+    from tl_moe.explain.causal import causal_checks, causal_windows
+    from tl_moe.explain.examples import SPLITS, document_split
+
+    model = tl_moe.load("toy/moe-16x2", device="cpu")
+    dataset = load_corpus(None, require_domain=True)["validation"].shuffle(seed=0)
+    labeler = TokenConceptLabeler()
+    accumulator = ExpertExamplesAccumulator(model, domain_names(dataset), labeler.concept_names)
+    examples = collect(
+        model, dataset, {"ex": accumulator}, max_tokens=8_000, concept_labeler=labeler, progress=False
+    )["ex"]
+    explainer = DissectionExplainer(examples)
+    plain = [
+        e
+        for e in (explainer(examples.record(0, x, model.tokenizer)) for x in range(16))
+        if e.ok and e.domain is None
+    ]
+    ids, labels, _ = causal_windows(dataset, model.tokenizer, examples, max_windows=4)
+    assert ids.shape == (4, 128) and labels.shape[:2] == (4, 128)
+    causal_rows = torch.arange(len(dataset))[
+        document_split(torch.arange(len(dataset))) == SPLITS.index("causal")
+    ]
+    assert len(causal_rows) > 0  # windows come only from these documents (by construction of the split)
+    result = causal_checks(model, dataset, examples, plain[:3], max_windows=4, progress=False)
+    frame = result.frame
+    assert len(frame) == 3 and (frame["status"].eq("ok") | frame["status"].str.startswith("too few")).all()
+    ok = frame[frame["status"] == "ok"]
+    assert len(ok) >= 1
+    assert (ok["control_expert"] != ok["expert"]).all()
+    assert (ok["remove_described"] >= 0).all() and ok["remove_described"].gt(
+        0
+    ).any()  # removal changes the loss
+    assert ok["dla_rank1_rate"].between(0, 1).all()
+    summary = result.summary.set_index("quantity")
+    assert {"remove_effect", "boost_effect", "remove_matched_minus_control", "dla_rank1_rate"} <= set(
+        summary.index
+    )
+    assert summary.loc["dla_rank1 chance (1/k)", "mean"] == 0.5

@@ -53,10 +53,16 @@ class CausalResult:
 
 
 def causal_windows(
-    dataset: Any, tokenizer: Any, examples: ExpertExamples, *, seq_len: int = 128, max_windows: int = 32
+    dataset: Any,
+    tokenizer: Any,
+    examples: ExpertExamples,
+    *,
+    seq_len: int = 128,
+    max_windows: int = 32,
+    per_document: int = 2,
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Full windows ``[BOS, tokens...]`` of ``causal``-split documents, their concept labels
-    ``[window, pos, concept]`` and each window's domain."""
+    """Full windows ``[BOS, tokens...]`` of ``causal``-split documents (at most ``per_document`` each, so
+    many documents and domains are seen), their concept labels ``[window, pos, concept]`` and domains."""
     labeler = TokenConceptLabeler(examples.concept_names)
     causal = SPLITS.index("causal")
     rows = torch.arange(len(dataset))
@@ -73,7 +79,7 @@ def causal_windows(
             document["text"], encoding["offset_mapping"], domain=domain, language=document.get("language")
         )
         tokens = torch.tensor(encoding["input_ids"])
-        for start in range(0, len(tokens) - chunk + 1, chunk):
+        for start in list(range(0, len(tokens) - chunk + 1, chunk))[:per_document]:
             window = tokens[start : start + chunk]
             window_labels = doc_labels[start : start + chunk]
             if lead:

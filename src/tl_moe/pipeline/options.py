@@ -103,6 +103,11 @@ class RunOptions:
     explain_retries: int = option(
         4, "retries of a rate-limited or failed request (capped exponential backoff)", parse=int
     )
+    explain_causal_windows: int = option(
+        0,
+        "windows of held-out documents for the causal checks of the labels (0: no causal checks)",
+        parse=int,
+    )
     checkpoint_every: int = option(20, "batches between checkpoints", parse=int, cli=False)
     progress: bool = option(True, "show progress bars", cli=False)
 
