@@ -259,6 +259,8 @@ def test_offline_labeler_labels_every_expert_of_the_toy_moe_through_the_pipeline
     page = (tmp_path / "index.html").read_text()
     assert "Automatic expert labels" in page and "explain_f1_histograms" in page
     assert json.loads((tmp_path / "results.json").read_text())["sections"]["explain"]
+    cards = explained.cards
+    assert len(cards) == 64 and "«" in cards.loc[cards["status"] == "ok", "top contexts"].iloc[0]
 
 
 def test_causal_checks_on_held_out_documents_report_matched_vs_control():

@@ -62,6 +62,7 @@ class ExplainResult(Result):
     explainer: str
     main_scorer: str
     causal: CausalResult | None = None
+    cards: pd.DataFrame | None = None
 
     def label_table(self) -> pd.DataFrame:
         frame, s = self.labeling.frame, self.main_scorer
@@ -122,7 +123,9 @@ class ExplainResult(Result):
                       "on the same items, and chance (answering 'yes' to every item).", max_rows=200),
             TableItem("explain_summary", self.labeling.summary.round(4), "Per layer: mean score over experts with a "
                       "bootstrap interval over experts, the shuffled-label control, the paired difference, chance."),
-        ] + ([TableItem("explain_causal", self.causal.summary.round(4), "Causal checks on held-out documents: "
+        ] + ([TableItem("explain_cards", self.cards, "Expert cards: label and F1, top contexts with the routed "
+              "tokens in «», logit-lens tokens, most over-represented routed tokens, routing share per domain.",
+              max_rows=200)] if self.cards is not None else []) + ([TableItem("explain_causal", self.causal.summary.round(4), "Causal checks on held-out documents: "
               "mean over experts of |Δloss| on label-described minus other tokens, removing or boosting the "
               "expert, and the same minus a routing-frequency-matched control expert; bootstrap intervals over "
               "experts, sign-flip permutation p-values. DLA rank-1 rate: the paper's check, for comparison.")]
@@ -131,6 +134,42 @@ class ExplainResult(Result):
     def figures(self) -> list[FigureItem]:
         return [FigureItem("explain_f1_histograms", f1_histograms(self.labeling, self.main_scorer),
                            "F1 of each expert's own label vs another expert's label, per layer; dashed: chance.")]  # fmt: skip
+
+
+def expert_cards(
+    records: list, labeling: LabelingResult, examples: Any, scorer: str, n_contexts: int = 3
+) -> pd.DataFrame:
+    """One row per expert: what a researcher browses (label, scores, contexts, lens, domains)."""
+    from tl_moe.explain.explainers import over_represented_tokens
+
+    frame = labeling.frame.set_index(["layer", "expert"])
+    routed = examples.routed_total.sum(0)  # [layer, expert, domain]
+    rows = []
+    for record in records:
+        row = (
+            frame.loc[(record.layer, record.expert)] if (record.layer, record.expert) in frame.index else None
+        )
+        share = routed[examples.layer_row(record.layer), record.expert]
+        total = float(share.sum())
+        domains = ", ".join(
+            f"{name} {float(v) / total:.0%}"
+            for name, v in sorted(
+                zip(examples.domain_names, share.tolist(), strict=True), key=lambda x: -x[1]
+            )
+            if total and v / total >= 0.05
+        )
+        rows.append({
+            "layer": record.layer,
+            "expert": record.expert,
+            "label": None if row is None else row["label"],
+            "F1": None if row is None or f"{scorer}_f1" not in row else row[f"{scorer}_f1"],
+            "top contexts": " ‖ ".join(c.text(left="«", right="»") for c in record.explanation[:n_contexts]),
+            "logit-lens tokens": " · ".join(record.lens_tokens),
+            "over-represented routed tokens": " · ".join(over_represented_tokens(record)),
+            "routing share per domain": domains,
+            "status": record.status,
+        })  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def _interval(mean: float, low: float, high: float) -> str | None:
@@ -245,4 +284,7 @@ class Explain(Analysis):
                 seq_len=options.seq_len, max_windows=options.explain_causal_windows, seed=options.seed,
                 progress=options.progress,
             )  # fmt: skip
-        return ExplainResult(labeling=labeling, explainer=explainer.name, main_scorer=main, causal=causal)
+        cards = expert_cards(records, labeling, examples, main)
+        return ExplainResult(
+            labeling=labeling, explainer=explainer.name, main_scorer=main, causal=causal, cards=cards
+        )
