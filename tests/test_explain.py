@@ -150,7 +150,13 @@ def test_a_killed_run_resumes_without_repeating_a_finished_request(tmp_path):
 PLANTED = {5: "latex_command", 9: "text_newline", 12: "text_digit"}  # no token is in all three
 
 
-def _planted_examples(planted: dict[int, str] = PLANTED, planted_layer: int = 1, max_tokens: int = 40_000):
+def _planted_examples(
+    planted: dict[int, str] = PLANTED,
+    planted_layer: int = 1,
+    max_tokens: int = 40_000,
+    split_to=None,
+    make=None,
+):
     """Expert examples of a 4-layer, 16-expert, top-2 routing over the embedded corpus in which each
     expert of ``planted`` (in ``planted_layer``) is chosen exactly on its concept's tokens; every other
     choice is a pseudo-random non-planted expert (a hash of the token id)."""
@@ -164,13 +170,14 @@ def _planted_examples(planted: dict[int, str] = PLANTED, planted_layer: int = 1,
     from tl_moe.models.config import MoEConfig
     from tl_moe.zoo.tokenizer import load_tokenizer
 
+    make = make or ExpertExamplesAccumulator
     cfg = MoEConfig(architecture="olmoe", n_layers=4, d_model=8, d_vocab=8192, num_experts=16,
                     experts_per_token=2, d_expert=8, sparse_layers=(0, 1, 2, 3))  # fmt: skip
     tokenizer = load_tokenizer()
     dataset = load_corpus(None, require_domain=True)["validation"].shuffle(seed=0)
     labeler = TokenConceptLabeler()
     names = domain_names(dataset)
-    accumulator = ExpertExamplesAccumulator(SimpleNamespace(moe_cfg=cfg), names, labeler.concept_names)
+    accumulator = make(SimpleNamespace(moe_cfg=cfg), names, labeler.concept_names)
     builder = BatchBuilder(tokenizer, seq_len=128, domain_names=names, concept_labeler=labeler)
     batches = plan_batches(
         dataset, tokenizer, batch_size=16, seq_len=128, max_tokens=max_tokens, with_offsets=True
@@ -198,7 +205,7 @@ def _planted_examples(planted: dict[int, str] = PLANTED, planted_layer: int = 1,
             weights = 0.3 + 0.4 * uniform_priority(token, 30 + layer).float()
             acts[f"blocks.{layer}.mlp.hook_topk_weights"] = torch.stack([weights, 1 - weights], -1)
             acts[f"blocks.{layer}.mlp.hook_expert_out"] = torch.ones(*token.shape, 2, 8)
-        accumulator.update(acts, meta)
+        (accumulator if split_to is None else split_to[meta.batch_index % len(split_to)]).update(acts, meta)
     return accumulator.finalize(), tokenizer
 
 
@@ -306,3 +313,40 @@ def test_causal_checks_on_held_out_documents_report_matched_vs_control():
         summary.index
     )
     assert summary.loc["dla_rank1 chance (1/k)", "mean"] == 0.5
+
+
+def test_examples_merge_exactly_like_one_pass():
+    """Batches split over two accumulators (alternating), one saved and restored, merged: equal to the
+    single pass in every kept context, sample, random context and count (what makes resume and
+    sharding exact)."""
+    from tl_moe.explain import ExpertExamplesAccumulator
+
+    single, _ = _planted_examples(max_tokens=6_000)
+    holder: list = []
+
+    def make_split(*args):
+        holder.extend([ExpertExamplesAccumulator(*args), ExpertExamplesAccumulator(*args)])
+        holder[1]._args = args
+        return holder[0]
+
+    _planted_examples(max_tokens=6_000, make=make_split, split_to=_Lazy(holder))
+    first, second = holder
+    restored = ExpertExamplesAccumulator(*second._args)
+    restored.load_state_dict(second.state_dict())
+    merged = first.merge(restored).finalize()
+    for name in ("top_scores", "top_payload", "sample_scores", "sample_payload", "random_payload",
+                 "routed_concept", "routed_total", "concept_total", "token_total", "out_sum"):  # fmt: skip
+        assert torch.equal(getattr(merged, name), getattr(single, name)), name
+
+
+class _Lazy:
+    """A two-element sequence view of a list that is filled once the accumulators are built."""
+
+    def __init__(self, holder: list) -> None:
+        self.holder = holder
+
+    def __len__(self) -> int:
+        return len(self.holder)
+
+    def __getitem__(self, i: int):
+        return self.holder[i]
