@@ -86,6 +86,12 @@ class OpenAIChatClient:
     def name(self) -> str:
         return f"openai:{self.base_url}#{self.model}"
 
+    @property
+    def identity(self) -> str:
+        """What the cache keys answers by: the model, not the URL (a restarted server on another port
+        serving the same model answers the same requests)."""
+        return f"openai#{self._model()}#t={self.temperature}"
+
     def _model(self) -> str:
         if self.model is None:
             listed = self._client.models.list()
@@ -135,6 +141,10 @@ class TransformersChatClient:
     def name(self) -> str:
         return f"local:{self.path}"
 
+    @property
+    def identity(self) -> str:
+        return self.name
+
     def complete(self, messages: Messages, *, max_tokens: int = 256) -> str:
         import torch
 
@@ -155,7 +165,7 @@ class TransformersChatClient:
 class CachedChatClient:
     """Every request and its answer in an sqlite file, in front of another client (thread-safe).
 
-    A request is keyed by the client's name, the messages and ``max_tokens``; a cached answer is
+    A request is keyed by the client's identity (its model, not its URL), the messages and ``max_tokens``; a cached answer is
     returned without asking. ``hits`` and ``misses`` count this process's lookups.
     """
 
@@ -180,7 +190,12 @@ class CachedChatClient:
 
     def complete(self, messages: Messages, *, max_tokens: int = 256) -> str:
         request = json.dumps(
-            {"client": self.client.name, "messages": messages, "max_tokens": max_tokens}, sort_keys=True
+            {
+                "client": getattr(self.client, "identity", self.client.name),
+                "messages": messages,
+                "max_tokens": max_tokens,
+            },
+            sort_keys=True,
         )
         key = self._key(request)
         with self._lock:
