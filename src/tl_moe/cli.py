@@ -3,6 +3,7 @@
 Commands:
     tl-moe analyze [MODEL] [--dense-baseline MODEL] [--corpus SPEC] [--out DIR] ...
     tl-moe plan [MODEL] [the flags of analyze]
+    tl-moe explain [MODEL] [--explainer offline|openai:URL|local:PATH] ...
     tl-moe zoo list | train [NAMES ...|--all] | losses
     tl-moe hooks [MODEL]
     tl-moe corpus stats [--corpus SPEC]
@@ -104,6 +105,15 @@ def _cmd_plan(args) -> None:
     print("It fits in the memory available.")
 
 
+def _cmd_explain(args) -> None:
+    from tl_moe.pipeline import run
+    from tl_moe.pipeline.options import options_from_arguments
+
+    results = run(options_from_arguments(args).replace(analyses=("explain",)))
+    print(results["explain"].labeling.summary.round(3).to_string(index=False))
+    print(f"Report: {results.report.resolve()}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pathlib import Path
 
@@ -118,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = commands.add_parser("analyze", help="run the analyses in one pass and write an HTML report")
     add_option_arguments(analyze, analysis_help=registry.help_text())
     analyze.set_defaults(func=_cmd_analyze)
+    explain = commands.add_parser("explain", help="label every expert and score the labels against controls")
+    add_option_arguments(explain, analysis_help="ignored: this command runs the 'explain' analysis")
+    explain.set_defaults(func=_cmd_explain)
 
     plan = commands.add_parser(
         "plan", help="estimate a run's memory and compute from the models' configs alone (no weights)"

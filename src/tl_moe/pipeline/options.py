@@ -127,6 +127,30 @@ class RunOptions:
         "CPU threads for torch and BLAS (default: TL_MOE_THREADS, OMP_NUM_THREADS, else the idle cores)",
         parse=int,
     )
+    explainer: str = option(
+        "offline", "labeler of the 'explain' analysis: offline (concept dissection), openai:URL or local:PATH"
+    )
+    explain_model: str | None = option(
+        None, "model name at an openai: endpoint (default: TL_MOE_OPENAI_MODEL, else the server's first)"
+    )
+    explain_scorers: tuple[str, ...] | None = option(
+        None,
+        "comma-separated scorers of the labels: concept, detection, fuzzing, intruder "
+        "(default: concept offline, detection with a language model)",
+        parse=_name_list,
+    )
+    explain_concurrency: int = option(
+        8, "requests in flight at once when labeling with a language model", parse=int
+    )
+    explain_timeout: float = option(60.0, "seconds per language-model request attempt", parse=float)
+    explain_retries: int = option(
+        4, "retries of a rate-limited or failed request (capped exponential backoff)", parse=int
+    )
+    explain_causal_windows: int = option(
+        0,
+        "windows of held-out documents for the causal checks of the labels (0: no causal checks)",
+        parse=int,
+    )
     checkpoint_every: int = option(20, "batches between checkpoints", parse=int, cli=False)
     progress: bool = option(True, "show progress bars", cli=False)
 

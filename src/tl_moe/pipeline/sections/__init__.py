@@ -2,12 +2,13 @@
 
 from tl_moe.pipeline.sections.domains import DomainExpertsResult, Domains
 from tl_moe.pipeline.sections.drivers import Drivers, DriversResult
+from tl_moe.pipeline.sections.explain import Explain, ExplainResult
 from tl_moe.pipeline.sections.logit_lens import LogitLens, LogitLensResult
 from tl_moe.pipeline.sections.probing import Probing, ProbingResult
 from tl_moe.pipeline.sections.sparsity import Sparsity, SparsityResult
 from tl_moe.pipeline.sections.specialization import Specialization, SpecializationSummary
 
-BUILT_IN = (Probing, Sparsity, Specialization, Domains, Drivers, LogitLens)
+BUILT_IN = (Probing, Sparsity, Specialization, Domains, Drivers, LogitLens, Explain)
 """The built-in analyses in report order."""
 
 __all__ = [
@@ -16,6 +17,8 @@ __all__ = [
     "Domains",
     "Drivers",
     "DriversResult",
+    "Explain",
+    "ExplainResult",
     "LogitLens",
     "LogitLensResult",
     "Probing",

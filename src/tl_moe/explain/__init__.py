@@ -1,0 +1,65 @@
+"""Automatic labeling of experts: examples from the collection pass, explainers, scorers with controls,
+and a concurrent, cached, resumable runner.
+
+    acc = ExpertExamplesAccumulator(model, domain_names(ds), TokenConceptLabeler().concept_names)
+    examples = collect(model, ds, {"ex": acc}, concept_labeler=TokenConceptLabeler())["ex"]
+    records = examples.records(model.tokenizer, LogitReadout.from_model(model))
+    result = label_experts(records, DissectionExplainer(examples), [ConceptScorer(examples.concept_names)])
+    result.frame      # one row per expert: label, F1 (with interval), shuffled-label F1, chance
+    result.summary    # per layer: mean F1 [CI] vs shuffled control [CI] vs chance
+
+With a language model: ``client = CachedChatClient(OpenAIChatClient(url, model), "cache.sqlite")``,
+``LMExplainer(client)`` and ``DetectionScorer(client)`` / ``FuzzingScorer`` / ``IntruderScorer``.
+"""
+
+from tl_moe.explain.clients import (
+    CachedChatClient,
+    ChatClient,
+    OpenAIChatClient,
+    TransformersChatClient,
+    client_from_spec,
+)
+from tl_moe.explain.examples import SPLITS, Context, ExpertExamples, ExpertExamplesAccumulator, ExpertRecord
+from tl_moe.explain.explainers import DissectionExplainer, Explainer, Explanation, LMExplainer, parse_label
+from tl_moe.explain.runner import LabelingResult, bootstrap_mean, label_experts, shuffled_partners, summarize
+from tl_moe.explain.scorers import (
+    ConceptScorer,
+    DetectionScorer,
+    FuzzingScorer,
+    IntruderScorer,
+    Score,
+    Scorer,
+    detection_metrics,
+    parse_verdicts,
+)
+
+__all__ = [
+    "SPLITS",
+    "CachedChatClient",
+    "ChatClient",
+    "ConceptScorer",
+    "Context",
+    "DetectionScorer",
+    "DissectionExplainer",
+    "ExpertExamples",
+    "ExpertExamplesAccumulator",
+    "ExpertRecord",
+    "Explainer",
+    "Explanation",
+    "FuzzingScorer",
+    "IntruderScorer",
+    "LMExplainer",
+    "LabelingResult",
+    "OpenAIChatClient",
+    "Score",
+    "Scorer",
+    "TransformersChatClient",
+    "bootstrap_mean",
+    "client_from_spec",
+    "detection_metrics",
+    "label_experts",
+    "parse_label",
+    "parse_verdicts",
+    "shuffled_partners",
+    "summarize",
+]

@@ -1,0 +1,280 @@
+"""Label and score hundreds of experts: bounded concurrency, recorded failures, controls, JSONL results.
+
+:func:`label_experts` runs an explainer on every record (experts with too few contexts are reported,
+never fatal), then each scorer on every labeled expert twice: with its own label and with the label
+of another expert of the same layer (a seeded derangement: the shuffled-label control). Requests run
+on a thread pool of ``concurrency`` workers; the client's own timeout and capped retries bound each,
+and a :class:`~tl_moe.explain.clients.CachedChatClient` makes a rerun pay for nothing twice. Every
+finished expert is appended to ``results_path`` (JSONL) as soon as it is done.
+
+:class:`LabelingResult` holds one row per expert and the per-layer summary: mean score with a
+bootstrap interval over experts (``scipy.stats.bootstrap``), the same for the shuffled control and
+for the paired difference own − shuffled, the chance level, and the share of experts whose own label
+beats the shuffled one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from tl_moe.explain.examples import ExpertRecord
+from tl_moe.explain.explainers import Explainer, Explanation
+from tl_moe.explain.scorers import Score, Scorer
+
+__all__ = ["LabelingResult", "bootstrap_mean", "label_experts", "shuffled_partners"]
+
+
+def bootstrap_mean(
+    values: Sequence[float], *, seed: int = 0, n_resamples: int = 2000
+) -> tuple[float, float, float]:
+    """Mean and 95% percentile-bootstrap interval over units (NaN interval for fewer than 2 values)."""
+    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], float)
+    if len(x) == 0:
+        return (float("nan"),) * 3
+    if len(x) < 2:
+        return float(x.mean()), float("nan"), float("nan")
+    if np.ptp(x) == 0:
+        return float(x.mean()), float(x.mean()), float(x.mean())
+    from scipy.stats import bootstrap
+
+    ci = bootstrap(
+        (x,), np.mean, n_resamples=n_resamples, method="percentile", random_state=seed
+    ).confidence_interval
+    return float(x.mean()), float(ci.low), float(ci.high)
+
+
+def shuffled_partners(
+    keys: Sequence[tuple[int, int]], seed: int = 0
+) -> dict[tuple[int, int], tuple[int, int]]:
+    """For each (layer, expert), another expert of the same layer whose label it gets in the control
+    (a seeded derangement within each layer; a layer with one labeled expert gets none)."""
+    partners: dict[tuple[int, int], tuple[int, int]] = {}
+    by_layer: dict[int, list[tuple[int, int]]] = {}
+    for key in keys:
+        by_layer.setdefault(key[0], []).append(key)
+    for layer, members in by_layer.items():
+        if len(members) < 2:
+            continue
+        rng = np.random.default_rng([seed, layer])
+        shift = int(rng.integers(1, len(members)))
+        order = [members[i] for i in rng.permutation(len(members))]
+        for i, key in enumerate(order):
+            partners[key] = order[(i + shift) % len(order)]
+    return partners
+
+
+@dataclass(frozen=True)
+class LabelingResult:
+    """One row per expert (``frame``) and the per-layer summary with controls (``summary``).
+
+    ``frame`` columns: layer, expert, status, label, explainer, label error, n_positive, n_negative,
+    and per scorer ``{scorer}_{metric}`` for the own label and ``{scorer}_shuffled_{metric}`` for the
+    shuffled-label control, ``{scorer}_shuffled_label_of`` and ``{scorer}_error``.
+    """
+
+    frame: pd.DataFrame
+    summary: pd.DataFrame
+    explanations: dict[tuple[int, int], Explanation]
+    scores: dict[tuple[int, int], dict[str, Score]]
+    shuffled: dict[tuple[int, int], dict[str, Score]]
+    failures: pd.DataFrame
+
+
+def _metric_columns(prefix: str, score: Score | None) -> dict[str, Any]:
+    if score is None:
+        return {}
+    row = {f"{prefix}_{name}": value for name, value in score.metrics.items()}
+    row[f"{prefix}_error"] = score.error
+    return row
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    return str(value)
+
+
+def summarize(frame: pd.DataFrame, scorer: str, metric: str = "f1", seed: int = 0) -> pd.DataFrame:
+    """Per layer (and ``all``): mean own score, shuffled control and difference, with bootstrap intervals."""
+    own, control = f"{scorer}_{metric}", f"{scorer}_shuffled_{metric}"
+    chance = f"{scorer}_chance_{metric}"
+    rows = []
+    if own not in frame:
+        return pd.DataFrame()
+    groups = [(layer, part) for layer, part in frame.groupby("layer")] + [("all", frame)]
+    for layer, part in groups:
+        scored = part[part[own].notna()]
+        paired = scored[scored[control].notna()] if control in scored else scored.iloc[:0]
+        mean, low, high = bootstrap_mean(scored[own], seed=seed)
+        s_mean, s_low, s_high = bootstrap_mean(paired[control], seed=seed) if len(paired) else (np.nan,) * 3
+        d_mean, d_low, d_high = (
+            bootstrap_mean(paired[own] - paired[control], seed=seed) if len(paired) else (np.nan,) * 3
+        )
+        rows.append(
+            {
+                "layer": layer,
+                "scorer": scorer,
+                "metric": metric,
+                "experts scored": len(scored),
+                "experts not scored": len(part) - len(scored),
+                "mean": mean,
+                "ci low": low,
+                "ci high": high,
+                "shuffled mean": s_mean,
+                "shuffled ci low": s_low,
+                "shuffled ci high": s_high,
+                "own - shuffled": d_mean,
+                "diff ci low": d_low,
+                "diff ci high": d_high,
+                "share own > shuffled": float((paired[own] > paired[control]).mean())
+                if len(paired)
+                else np.nan,
+                "chance": float(scored[chance].mean()) if chance in scored and len(scored) else np.nan,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def label_experts(
+    records: Sequence[ExpertRecord],
+    explainer: Explainer,
+    scorers: Sequence[Scorer],
+    *,
+    concurrency: int = 8,
+    results_path: str | os.PathLike | None = None,
+    shuffle_seed: int = 0,
+    progress: bool = True,
+    metric: str = "f1",
+) -> LabelingResult:
+    """Label every record with ``explainer`` and score each label with every scorer, with controls.
+
+    Args:
+        records: the experts' records (:meth:`ExpertExamples.records`); those whose status is not
+            ``ok`` are reported with their status and not sent to the explainer.
+        explainer: ``explainer(record) -> Explanation``.
+        scorers: each ``scorer(record, explanation) -> Score``.
+        concurrency: worker threads (requests in flight at once).
+        results_path: JSONL file, one line per finished expert (appended as experts finish).
+        shuffle_seed: seed of the shuffled-label derangement.
+        progress: tqdm bars (experts and experts/s).
+        metric: the metric of the summary (``f1``; ``accuracy`` for the intruder scorer is added).
+    """
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be a positive number of workers, got {concurrency}.")
+    by_key = {r.key: r for r in records}
+    ready = [r for r in records if r.ok]
+    out = None
+    if results_path is not None:
+        Path(results_path).parent.mkdir(parents=True, exist_ok=True)
+        out = open(results_path, "w")  # noqa: SIM115 (kept open while workers finish)
+
+    def explain(record: ExpertRecord) -> Explanation:
+        try:
+            return explainer(record)
+        except Exception as error:  # an explainer bug on one expert is recorded, not fatal
+            return Explanation(record.layer, record.expert, "", error=f"{type(error).__name__}: {error}")
+
+    explanations: dict[tuple[int, int], Explanation] = {}
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        bar = tqdm(total=len(ready), desc="explain", unit="expert", disable=not progress)
+        for explanation in pool.map(explain, ready):
+            explanations[(explanation.layer, explanation.expert)] = explanation
+            bar.update()
+        bar.close()
+        labeled = [key for key, e in explanations.items() if e.ok]
+        partners = shuffled_partners(labeled, shuffle_seed)
+
+        def score(key: tuple[int, int]) -> tuple[tuple[int, int], dict[str, Score], dict[str, Score]]:
+            record, own = by_key[key], explanations[key]
+            mine, control = {}, {}
+            for scorer in scorers:
+                mine[scorer.name] = _safe(scorer, record, own)
+                if key in partners and scorer.name != "intruder":
+                    control[scorer.name] = _safe(scorer, record, explanations[partners[key]])
+            return key, mine, control
+
+        scores: dict[tuple[int, int], dict[str, Score]] = {}
+        shuffled: dict[tuple[int, int], dict[str, Score]] = {}
+        rows: dict[tuple[int, int], dict[str, Any]] = {}
+        bar = tqdm(total=len(labeled), desc="score", unit="expert", disable=not progress)
+        for key, mine, control in pool.map(score, labeled):
+            scores[key], shuffled[key] = mine, control
+            bar.update()
+            rows[key] = _row(by_key[key], explanations[key], mine, control, partners.get(key))
+            if out is not None:
+                out.write(json.dumps(rows[key], default=_json_default) + "\n")
+                out.flush()
+        bar.close()
+    for record in records:
+        if record.key not in rows:
+            rows[record.key] = _row(record, explanations.get(record.key), {}, {}, None)
+            if out is not None:
+                out.write(json.dumps(rows[record.key], default=_json_default) + "\n")
+    if out is not None:
+        out.close()
+    frame = pd.DataFrame([rows[r.key] for r in records])
+    summaries = []
+    for scorer in scorers:
+        summaries.append(summarize(frame, scorer.name, "accuracy" if scorer.name == "intruder" else metric))
+    summary = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame()
+    failed = frame[(frame["status"] != "ok") | frame["label_error"].notna()]
+    failures = failed[["layer", "expert", "status", "label_error"]].reset_index(drop=True)
+    return LabelingResult(frame, summary, explanations, scores, shuffled, failures)
+
+
+def _safe(scorer: Scorer, record: ExpertRecord, explanation: Explanation) -> Score:
+    try:
+        return scorer(record, explanation)
+    except Exception as error:
+        return Score(record.layer, record.expert, scorer.name, explanation.label,
+                     (explanation.layer, explanation.expert), error=f"{type(error).__name__}: {error}")  # fmt: skip
+
+
+def _row(
+    record: ExpertRecord,
+    explanation: Explanation | None,
+    mine: dict[str, Score],
+    control: dict[str, Score],
+    partner: tuple[int, int] | None,
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "layer": record.layer,
+        "expert": record.expert,
+        "status": record.status,
+        "label": explanation.label if explanation is not None else "",
+        "label_error": explanation.error if explanation is not None else None,
+        "concept": explanation.concept if explanation is not None else None,
+        "domain": explanation.domain if explanation is not None else None,
+        "n_routed_explain": record.n_routed[0],
+        "n_positive": len(record.positives),
+        "n_negative": len(record.negatives),
+    }
+    if explanation is not None and explanation.details:
+        row["details"] = json.loads(json.dumps(explanation.details, default=_json_default))
+    for name, score in mine.items():
+        row.update(_metric_columns(name, score))
+    for name, score in control.items():
+        row.update(_metric_columns(f"{name}_shuffled", score))
+        row[f"{name}_shuffled_label_of"] = list(partner) if partner else None
+    return row
+
+
+def result_rows(result: LabelingResult) -> list[dict[str, Any]]:
+    """The frame as JSON-able dicts."""
+    return json.loads(result.frame.to_json(orient="records"))
+
+
+def explanation_dict(explanation: Explanation) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(explanation), default=_json_default))
