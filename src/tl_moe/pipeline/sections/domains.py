@@ -66,16 +66,26 @@ class DomainExpertsResult(Result):
         return metrics
 
     def findings(self) -> list[str]:
-        scored = int((~self.experts.insufficient_tokens_).sum())
-        called = int(self.experts.is_domain_expert_.sum())
-        text = f"**Domain experts**: {called} of {scored} scored experts have a domain score ≥ 0.5"
+        experts = self.experts
+        scored = ~experts.insufficient_tokens_
+        high = int(((experts.scores_ >= experts.threshold) & scored).sum())
+        text = f"**Domain experts**: {high} of {int(scored.sum())} scored experts have a domain score ≥ {experts.threshold}"
+        if experts.q_values_ is not None:
+            text += (
+                f"; {int(experts.is_domain_expert_.sum())} of them survive a document-level permutation test "
+                f"at false-discovery rate {experts.alpha_} (Benjamini–Hochberg)"
+            )
+        else:
+            text += " (no significance test: too few documents)"
         if len(self.top):
             best = self.top.iloc[0]
             text += (
                 f"; the most specific is layer {int(best['layer'])} expert {int(best['expert'])} "
-                f"({best['favoured_domain']}, score {best['score']:.2f}, {best['lift']:.1f}× its mean rate)"
+                f"({best['favoured_domain']}, score {best['score']:.2f}, {best['lift']:.1f}× its mean rate"
+                + (f", q = {best['q_value']:.3g}" if "q_value" in self.top.columns else "")
+                + ")"
             )
-        return [text + " (no significance test)."]
+        return [text + "."]
 
     def tables(self) -> list[TableItem]:
         return [TableItem("domain_experts_top", self.top, "The most domain-specific experts.")]

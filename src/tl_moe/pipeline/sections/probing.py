@@ -179,7 +179,7 @@ class ProbingResult(Result):
             "moe_vs_dense_on_routed_tokens": "vs dense neurons on each expert's routed tokens",
             "moe_vs_matched_subsets": "vs dense neurons on routing-matched token subsets",
             "moe_vs_untrained": "vs the untrained MoE",
-            "permuted_labels": "vs permuted labels",
+            "permuted_labels": "and with labels permuted (the protocol's own bias, ≈ 0 expected)",
         }
         parts, documents = [], None
         for name, label in names.items():
@@ -189,7 +189,7 @@ class ProbingResult(Result):
                 continue
             if not record.get("available", True) or record.get("estimate") is None:
                 continue
-            documents = record.get("n_documents", documents)
+            documents = int(record["n_documents"]) if record.get("n_documents") is not None else documents
             parts.append(f"{label} {_interval_text(record)}")
         if not parts:
             return ["**Probing, held-out protocol**: not available in this run (see the probing notes)."]
