@@ -35,3 +35,14 @@ def test_readme_architecture_table_is_generated_from_the_sweep():
     from tl_moe.models.catalog import architecture_table_markdown
 
     assert architecture_table_markdown() in (ROOT / "README.md").read_text()
+
+
+def test_readme_results_are_generated_from_the_committed_results_file():
+    import json
+
+    from tl_moe.pipeline.readme_results import END, START, results_markdown
+
+    source = "docs/results/toy_default.json"
+    block = results_markdown(json.loads((ROOT / source).read_text()), source)
+    readme = (ROOT / "README.md").read_text()
+    assert readme[readme.index(START) + len(START) : readme.index(END)].strip() == block.strip()
