@@ -255,3 +255,16 @@ def test_gradients_flow_through_the_hooked_experts(arch, tiny_model_dir):
     ours = hf_moe_modules(bridge.original_model, 0).experts.down_proj.grad
     theirs = hf_moe_modules(reference, 0).experts.down_proj.grad
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+
+
+def test_hook_names_lists_each_layers_own_hooks(tiny_bridge):
+    import tl_moe
+
+    bridge = tiny_bridge("deepseek_v2")  # dense block 0, sparse block 1 with a shared expert
+    names = tl_moe.hook_names(bridge)
+    assert names["blocks.0.mlp.hook_post"] == "neuron"
+    assert names["blocks.1.mlp.hook_expert_post"] == "expert_post"
+    assert names["blocks.1.mlp.hook_shared_out"] == "shared_out"
+    assert "blocks.0.mlp.hook_expert_post" not in names and "blocks.1.mlp.hook_post" not in names
+    for name in names:  # every listed name is a real hook point of the bridge
+        assert bridge.get_hook_point(name) is not None, name

@@ -8,6 +8,7 @@ Quick start::
     logits, cache = model.run_with_cache(tokens, names_filter=name)
 """
 
+from tl_moe.models.hook_names import hook_names  # noqa: I001 (the function, not the module)
 from tl_moe.models import (
     HOOK_KINDS,
     HookNameError,
@@ -51,6 +52,7 @@ __all__ = [
     "build_model",
     "detach",
     "get_act_name",
+    "hook_names",
     "interventions",
     "load",
     "moe_config",

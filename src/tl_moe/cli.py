@@ -60,16 +60,9 @@ def _cmd_hooks(args) -> None:
     import tl_moe
 
     model = tl_moe.load(args.model, device=args.device)
-    from tl_moe.models.hook_names import HOOK_KINDS, HookNameError
-
     print(f"{model.moe_cfg}\n")
-    for layer in range(model.moe_cfg.n_layers):
-        for kind in HOOK_KINDS:
-            try:
-                name = tl_moe.get_act_name(kind, layer, model)
-            except HookNameError:
-                continue  # this layer has no such hook (dense layer, no shared experts, ...)
-            print(f"{name:45s} {kind}")
+    for name, kind in tl_moe.hook_names(model).items():
+        print(f"{name:45s} {kind}")
 
 
 def _cmd_corpus_stats(args) -> None:

@@ -165,6 +165,27 @@ def _check_layer(kind: str, layer: int, model) -> int:
     return layer
 
 
+def hook_names(model) -> dict[str, str]:
+    """Every tl_moe hook point ``model`` has, name -> kind, in layer order (``tl-moe hooks MODEL``).
+
+    A layer lists only the hooks it has: dense layers their ``neuron`` hook, sparse layers the router
+    and expert hooks, and the shared-expert hooks where there are shared experts.
+    """
+    cfg = getattr(model, "moe_cfg", None)
+    if cfg is None:
+        raise HookNameError(
+            "hook_names needs a model loaded with tl_moe.load (or attached with tl_moe.attach)."
+        )
+    names = {}
+    for layer in range(cfg.n_layers):
+        for kind in HOOK_KINDS:
+            try:
+                names[get_act_name(kind, layer, model)] = kind
+            except HookNameError:
+                continue  # this layer has no such hook (dense layer, no shared experts, ...)
+    return names
+
+
 def hook_table_markdown() -> str:
     """The hook-point table of the README, generated from :data:`HOOK_KINDS`."""
     lines = [
