@@ -140,3 +140,31 @@ def test_document_halves_are_balanced_and_stable():
     halves = document_half(torch.arange(10_000))
     assert abs(float(halves.float().mean()) - 0.5) < 0.02
     assert torch.equal(document_half(torch.tensor([7, 7, 123])), document_half(torch.tensor([7, 7, 123])))
+
+
+def test_the_drivers_analysis_runs_through_the_pipeline_and_reports(tiny_model_dir, short_docs, tmp_path):
+    import json
+
+    from tl_moe.pipeline import RunOptions, run
+
+    options = RunOptions(
+        model=str(tiny_model_dir("olmoe")),
+        dense_baseline=None,
+        analyses=("drivers",),
+        out=tmp_path,
+        max_tokens=1000,
+        driver_tokens=1000,
+        n_drivers=3,
+        seq_len=16,
+        batch_size=8,
+        n_token_groups=4,
+        progress=False,
+    )
+    results = run(options, dataset=short_docs)
+    drivers = results["drivers"]
+    assert int(drivers.experts["driver"].sum()) == 3
+    assert set(drivers.comparison["group"]) == {"driver experts", "matched controls", "driver − control"}
+    saved = json.loads((tmp_path / "results.json").read_text())["sections"]["drivers"]["metrics"]
+    assert "remove | driver − control | 95% CI" in saved and saved["report documents"] >= 10
+    assert any("Driver experts" in finding for finding in results.findings)
+    assert (tmp_path / "figures" / "drivers_effect_vs_saliency.png").exists()
