@@ -221,15 +221,20 @@ class ExpertSaliencyResult:
 def _bootstrap_ratio(
     sums: np.ndarray, counts: np.ndarray, n_resamples: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ratio estimate Σ sums / Σ counts per row of ``sums [rows, docs]`` and its 95% document-bootstrap
-    percentile interval (documents resampled with replacement; vectorized by Poisson-free multinomial
-    weights)."""
-    rng = np.random.default_rng(seed)
-    n_docs = counts.shape[0]
-    estimate = sums.sum(1) / max(counts.sum(), 1)
-    weights = rng.multinomial(n_docs, np.full(n_docs, 1.0 / n_docs), size=n_resamples)  # [resample, doc]
-    resampled = (weights @ sums.T) / np.maximum(weights @ counts, 1)[:, None]  # [resample, rows]
-    low, high = np.percentile(resampled, [2.5, 97.5], axis=0)
+    """Ratio estimate Σ sums / Σ counts per row of ``sums [rows, docs]`` and its 95% percentile
+    document-bootstrap interval (:func:`tl_moe.analysis.stats.cluster_bootstrap`, documents as clusters)."""
+    from tl_moe.analysis.stats import cluster_bootstrap
+
+    def ratio(weights: np.ndarray) -> np.ndarray:  # [batch, docs] -> [batch, rows]
+        return (weights @ sums.T) / np.maximum(weights @ counts, 1)[:, None]
+
+    intervals = cluster_bootstrap(
+        ratio, counts.shape[0], n_resamples=n_resamples, seed=seed, min_clusters=2, what="the effect"
+    )
+    intervals = intervals if isinstance(intervals, list) else [intervals]
+    estimate, low, high = (
+        np.array([getattr(i, name) for i in intervals]) for name in ("estimate", "low", "high")
+    )
     return estimate, low, high
 
 
