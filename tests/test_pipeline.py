@@ -233,3 +233,38 @@ def test_a_bfloat16_run_through_accelerate_device_map(tiny_model_dir, word_corpu
     frame = results["domains"].to_frame()
     assert frame["n_tokens"].sum() > 0
     assert len(frame) == 2 * 8  # every expert of both sparse layers scored or flagged
+
+
+def test_results_show_their_first_figure_in_a_notebook_and_captions_name_blank_experts(
+    tiny_bridge, word_corpus, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    results = tl_moe.pipeline.analyze(
+        tiny_bridge("olmoe"),
+        analyses=["domains"],
+        dataset=word_corpus,
+        max_tokens=1000,
+        seq_len=16,
+        n_token_groups=4,
+        progress=False,
+    )
+    png = results["domains"]._repr_png_()
+    assert png.startswith(b"\x89PNG")
+    domains = results["domains"]
+    small = domains.experts.insufficient_tokens_
+    for item, layer in zip(domains.figures(), domains.shown_layers, strict=True):
+        row = domains.experts.layers_.index(layer)
+        assert ("Blank columns" in item.caption) == bool(small[row].any())
+
+
+def test_the_heatmap_caption_names_the_experts_too_small_to_score():
+    import pandas as pd
+
+    from tl_moe.analysis.domain_experts import DomainExperts
+    from tl_moe.pipeline.sections.domains import DomainExpertsResult
+
+    counts = torch.tensor([[[40.0, 40.0], [3.0, 1.0], [60.0, 10.0]]])  # block 5: expert 1 has 4 tokens
+    experts = DomainExperts(min_tokens=10).fit(counts, torch.tensor([100.0, 100.0]), ["a", "b"], layers=(5,))
+    result = DomainExpertsResult(experts=experts, top=pd.DataFrame(), shown_layers=(5,))
+    caption = result.figures()[0].caption
+    assert "fewer than 10 routed tokens" in caption and "1 (4 tokens)" in caption and "0 (" not in caption

@@ -134,6 +134,17 @@ class Result(ABC):
         """Figures the report shows (made fresh on every call)."""
         return []
 
+    def _repr_png_(self) -> bytes | None:
+        """Jupyter shows a result as its first figure (a cell ending in ``results["domains"]``)."""
+        import io
+
+        figures = self.figures()
+        if not figures:
+            return None
+        buffer = io.BytesIO()
+        figures[0].figure.savefig(buffer, format="png", dpi=100)
+        return buffer.getvalue()
+
     def records(self) -> dict[str, Any]:
         """Extra JSON entries of the section in ``results.json`` (e.g. ``probing.comparisons``)."""
         return {}

@@ -95,10 +95,20 @@ class DomainExpertsResult(Result):
             FigureItem(
                 f"domain_share_layer{layer}",
                 self.experts.heatmap(layer).figure,
-                f"Routing share per domain × expert, layer {layer}.",
+                f"Routing share per domain × expert, layer {layer}.{self._blank_columns(layer)}",
             )
             for layer in self.shown_layers
         ]
+
+    def _blank_columns(self, layer: int) -> str:
+        """The caption's note on blank heatmap columns: experts too small to score."""
+        row = self.experts.layers_.index(layer)
+        small = torch.nonzero(self.experts.insufficient_tokens_[row]).flatten().tolist()
+        if not small:
+            return ""
+        tokens = self.experts.n_tokens_[row]
+        listed = ", ".join(f"{e} ({int(tokens[e])} tokens)" for e in small)
+        return f" Blank columns: experts with fewer than {self.experts.min_tokens} routed tokens, not scored: {listed}."
 
 
 class Domains(Analysis):
