@@ -175,19 +175,24 @@ def test_every_layer_axis_is_the_block_index(tiny_model_dir, tiny_bridge, word_c
     assert (tmp_path / "figures" / "domain_share_layer1.png").exists()
 
 
-def test_notebook_entry_point_runs_on_a_loaded_model_without_writing(
-    tiny_bridge, word_corpus, tmp_path, monkeypatch
-):
-    monkeypatch.chdir(tmp_path)
-    results = tl_moe.pipeline.analyze(
-        tiny_bridge("olmoe"),
+def _domains_in_a_notebook(model, corpus):
+    """The domains analysis through the notebook entry point, on a small budget, writing nothing."""
+    return tl_moe.pipeline.analyze(
+        model,
         analyses=["domains"],
-        dataset=word_corpus,
+        dataset=corpus,
         max_tokens=1000,
         seq_len=16,
         n_token_groups=4,
         progress=False,
     )
+
+
+def test_notebook_entry_point_runs_on_a_loaded_model_without_writing(
+    tiny_bridge, word_corpus, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    results = _domains_in_a_notebook(tiny_bridge("olmoe"), word_corpus)
     assert results.report is None and not any(tmp_path.iterdir())
     cfg = tiny_bridge("olmoe").moe_cfg  # every token is routed to k experts in every sparse layer
     expected = len(cfg.sparse_layers) * cfg.experts_per_token * sum(results.tokens_by_domain.values())
@@ -239,15 +244,7 @@ def test_results_show_their_first_figure_in_a_notebook_and_captions_name_blank_e
     tiny_bridge, word_corpus, tmp_path, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
-    results = tl_moe.pipeline.analyze(
-        tiny_bridge("olmoe"),
-        analyses=["domains"],
-        dataset=word_corpus,
-        max_tokens=1000,
-        seq_len=16,
-        n_token_groups=4,
-        progress=False,
-    )
+    results = _domains_in_a_notebook(tiny_bridge("olmoe"), word_corpus)
     png = results["domains"]._repr_png_()
     assert png.startswith(b"\x89PNG")
     domains = results["domains"]

@@ -165,36 +165,18 @@ def cluster_bootstrap(
     distribution = np.atleast_2d(result.bootstrap_distribution)
     out = []
     for i, estimate in enumerate(estimates):
+
+        def unavailable(reason: str, estimate: float = float(estimate)) -> Interval:
+            return Interval(estimate, math.nan, math.nan, n_clusters, confidence, method, False, reason)
+
         low, high = float(lows[i]), float(highs[i])
         if not math.isfinite(estimate):
-            out.append(
-                Interval(
-                    float(estimate),
-                    math.nan,
-                    math.nan,
-                    n_clusters,
-                    confidence,
-                    method,
-                    False,
-                    f"{what} is undefined on the observed data",
-                )
-            )
+            out.append(unavailable(f"{what} is undefined on the observed data"))
         elif np.ptp(distribution[i]) == 0:  # every resample gives the same value: a zero-width interval
             value = float(distribution[i][0])
             out.append(Interval(float(estimate), value, value, n_clusters, confidence, method))
         elif not (math.isfinite(low) and math.isfinite(high)):
-            out.append(
-                Interval(
-                    float(estimate),
-                    math.nan,
-                    math.nan,
-                    n_clusters,
-                    confidence,
-                    method,
-                    False,
-                    f"the {method} interval of {what} is undefined (degenerate resamples)",
-                )
-            )
+            out.append(unavailable(f"the {method} interval of {what} is undefined (degenerate resamples)"))
         else:
             out.append(Interval(float(estimate), low, high, n_clusters, confidence, method))
     return out if multi else out[0]
