@@ -405,3 +405,21 @@ def test_the_associations_analysis_runs_after_drivers_and_renders(tiny_model_dir
     assert "position | drivers − controls: early − late | 95% CI" in saved["metrics"]
     assert (tmp_path / "figures" / "associations_position_curve.png").exists()
     assert any("Position effect" in finding for finding in results.findings)
+
+
+def test_the_normal_approximation_of_frequent_tokens_agrees_with_the_exact_law(monkeypatch):
+    import tl_moe.analysis.token_association as module
+
+    rng = np.random.default_rng(8)
+    slots = rng.integers(-1, 1, size=3000)
+    documents = np.sort(rng.integers(0, 30, size=3000))
+    experts = _random_routing(rng, 3000, n_layers=1)
+    experts[(slots == 0) & (rng.random(3000) < 0.12), 0, 0] = 2
+    experts[..., 1] = np.where(experts[..., 1] == experts[..., 0], (experts[..., 0] + 1) % E, experts[..., 1])
+    observed = cooccurrence_counts(slots, experts, 1, E).reshape(1, -1)
+    tables = _document_tables(slots, experts, documents, 1)
+    exact = within_document_pvalues(observed, *tables)
+    monkeypatch.setattr(module, "EXACT_MAX_COUNT", 10)
+    normal = within_document_pvalues(observed, *tables)
+    np.testing.assert_allclose(normal, exact, atol=0.02)
+    assert exact.min() < 0.05  # the enriched cell is in the comparison

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from jaxtyping import Bool, Int
 
-from tl_moe.analysis.stats import cluster_bootstrap
+from tl_moe.analysis.stats import Interval, cluster_bootstrap
 
 __all__ = ["DEFAULT_BINS", "PositionEffect", "expert_set_hits", "position_effect"]
 
@@ -171,6 +171,11 @@ def position_effect(
         what="the position effect",
     )
     curve_iv, effect_iv = intervals[: 3 * n_bins], intervals[3 * n_bins :]
+    if n_strata == 0:  # no token id seen both early and late: the within-token effects do not exist
+        reason = "no token id occurs both early and late"
+        effect_iv = effect_iv[:3] + [
+            Interval(np.nan, np.nan, np.nan, n_docs, available=False, reason=reason) for _ in range(3)
+        ]
     tokens_per_bin = curve_n.sum(0)
     rows = []
     for b in range(n_bins):

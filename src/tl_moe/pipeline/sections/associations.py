@@ -148,9 +148,7 @@ class AssociationsResult(Result):
             }
             for row in self.positions.effects.itertuples(index=False)
         ]
-        summary = {
-            key: value for key, value in self.associations.summary.items() if not isinstance(value, float)
-        }
+        summary = dict(self.associations.summary)
         return {
             "position_effects": effects,
             "association_summary": summary,
