@@ -297,11 +297,13 @@ def test_token_identity_control_removes_an_effect_carried_by_which_tokens_come_f
     assert within["ci low"] <= 0 <= within["ci high"]  # ... because token 3 comes first
 
 
-def test_expert_set_hits_look_at_every_block():
-    experts = np.array([[[0, 1], [2, 3]], [[4, 5], [6, 7]]])
-    members = np.zeros((2, E), dtype=bool)
-    members[1, 3] = True
-    np.testing.assert_array_equal(expert_set_hits(experts, members), [True, False])
+def test_hit_rates_average_over_the_blocks_that_hold_a_member():
+    experts = np.array([[[0, 1], [2, 3], [4, 5]], [[4, 5], [6, 7], [0, 1]]])  # 2 tokens, 3 blocks
+    members = np.zeros((3, E), dtype=bool)
+    members[1, 3], members[2, 1] = True, True  # blocks 1 and 2 hold members, block 0 none
+    np.testing.assert_allclose(expert_set_hits(experts, members), [0.5, 0.5])
+    members[0, 4] = True
+    np.testing.assert_allclose(expert_set_hits(experts, members), [1 / 3, 2 / 3])
 
 
 def test_records_merge_to_the_single_pass():

@@ -1,9 +1,11 @@
 """The position effect: how often a token's routed set holds a driver expert, by its position in its sentence.
 
 Definitions (docs/METHODS.md, "Position effect"). A token *hits* an expert set ``X`` (pairs
-``(block, expert)``) when, in some sparse block, one of its routed experts is in ``X``. For the driver
-experts ``D`` and their routing-frequency-matched controls ``C`` (same blocks, same number, chosen on
-the selection half by the drivers analysis), over the report-half documents:
+``(block, expert)``) in block ``L`` when one of its routed experts of ``L`` is in ``X``; its *hit rate*
+is the mean of those hits over the blocks that hold a member of ``X`` (a union over all blocks would
+be near 1 for every token once a few blocks hold drivers). For the driver experts ``D`` and their
+routing-frequency-matched controls ``C`` (same blocks, same number per block, chosen on the selection
+half by the drivers analysis), over the report-half documents:
 
 - **position curve**: the hit rate of ``D`` and of ``C`` per bin of segment position (0-based
   position of the token in its sentence / statement / line);
@@ -27,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from jaxtyping import Bool, Int
+from jaxtyping import Bool, Float, Int
 
 from tl_moe.analysis.stats import Interval, cluster_bootstrap
 
@@ -48,10 +50,15 @@ EFFECTS = (
 
 def expert_set_hits(
     experts: Int[np.ndarray, "token layer k"], members: Bool[np.ndarray, "layer expert"]
-) -> Bool[np.ndarray, " token"]:
-    """Whether each token's routed set (any block) holds one of the ``members`` experts."""
+) -> Float[np.ndarray, " token"]:
+    """Each token's hit rate of the ``members``: the fraction of the blocks holding a member in which one
+    of the token's routed experts is a member (NaN when no block holds one)."""
     layer = np.arange(experts.shape[1])[None, :, None]
-    return members[layer, experts].any(axis=(1, 2))
+    per_block = members[layer, experts].any(axis=2)  # [token, layer]
+    blocks = members.any(axis=1)  # [layer]
+    if not blocks.any():
+        return np.full(experts.shape[0], np.nan)
+    return per_block[:, blocks].mean(axis=1)
 
 
 @dataclass(frozen=True)
@@ -107,8 +114,12 @@ def position_effect(
     keep = positions >= 0
     experts, positions = experts[keep], positions[keep]
     token_id, documents = token_id[keep], documents[keep]
-    hit_d = expert_set_hits(experts, drivers).astype(float)
-    hit_c = expert_set_hits(experts, controls).astype(float)
+    if not (drivers.any() and controls.any()):
+        from tl_moe.errors import InputError
+
+        raise InputError("the position effect needs at least one driver expert and one control expert.")
+    hit_d = expert_set_hits(experts, drivers)
+    hit_c = expert_set_hits(experts, controls)
     _, block = np.unique(documents, return_inverse=True)
     n_docs = int(block.max()) + 1 if block.size else 0
     n_bins = len(bins)

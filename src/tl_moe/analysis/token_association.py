@@ -352,8 +352,8 @@ def token_expert_associations(
         observed.reshape(n_slots, -1), t_doc, e_doc, size, progress=progress
     ).reshape(observed.shape)
 
-    lift = (observed / n_t[:, None, None]) / (n_e[None] / n_sel)
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):  # an expert no token reached: NaN lift
+        lift = (observed / n_t[:, None, None]) / (n_e[None] / n_sel)
         pmi = np.log2(lift)
     qvalues, discovered = benjamini_hochberg(pvalues.ravel(), fdr)
     qvalues, discovered = qvalues.reshape(pvalues.shape), discovered.reshape(pvalues.shape)
