@@ -425,3 +425,22 @@ def test_the_normal_approximation_of_frequent_tokens_agrees_with_the_exact_law(m
     normal = within_document_pvalues(observed, *tables)
     np.testing.assert_allclose(normal, exact, atol=0.02)
     assert exact.min() < 0.05  # the enriched cell is in the comparison
+
+
+def test_selection_never_sees_report_documents():
+    """An association planted only in report-half documents is never selected; one planted only in
+    selection-half documents is selected and then fails to replicate on the report half."""
+    rng, lengths, tokens = _corpus(6)
+    doc = np.repeat(np.arange(len(lengths)), lengths)
+    report = document_half(torch.as_tensor(doc)).numpy() == 1
+    experts = _random_routing(rng, len(tokens))
+    for token, expert, where in ((5, 6, report), (8, 7, ~report)):
+        force = (tokens == token) & where
+        experts[force, 0, 0] = expert
+        experts[force, 0, 1] = np.where(experts[force, 0, 1] == expert, 0, experts[force, 0, 1])
+    out = token_expert_associations(_stream_records(lengths, tokens, experts).finalize(), E, n_resamples=300)
+    rows = out.tested.set_index(["token id", "layer", "expert"])
+    hidden, selected = rows.loc[(5, LAYERS[0], 6)], rows.loc[(8, LAYERS[0], 7)]
+    assert not hidden["discovered"] and hidden["report lift"] > 2  # strong, but only where selection is blind
+    assert selected["discovered"] and not selected["confirmed"]
+    assert selected["report ci low"] <= 1 <= selected["report ci high"]

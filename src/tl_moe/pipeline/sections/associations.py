@@ -129,24 +129,29 @@ class AssociationsResult(Result):
             if key.startswith("mean report lift"):
                 metrics[key] = _round(value["estimate"])
                 metrics[f"{key} | 95% CI"] = [_round(value["ci_low"]), _round(value["ci_high"])]
-        for row in self.positions.effects.itertuples(index=False):
-            metrics[f"position | {row.effect}"] = _round(row.estimate)
-            metrics[f"position | {row.effect} | 95% CI"] = [_round(row[2]), _round(row[3])]
+        for row in self.positions.effects.to_dict("records"):
+            metrics[f"position | {row['effect']}"] = _round(row["estimate"])
+            metrics[f"position | {row['effect']} | 95% CI"] = [_round(row["ci low"]), _round(row["ci high"])]
         metrics["position | report documents"] = self.positions.n_documents
+        effects = self.positions.effects
+        if len(effects):
+            metrics["position | early tokens"] = int(effects["early tokens"].iloc[0])
+            metrics["position | late tokens"] = int(effects["late tokens"].iloc[0])
+        metrics["association | report documents"] = summary.get("report documents", 0)
         return metrics
 
     def records(self) -> dict[str, Any]:
         effects = [
             {
-                "effect": row.effect,
-                "estimate": _round(row.estimate),
-                "ci_low": _round(row[2]),
-                "ci_high": _round(row[3]),
-                "n": int(row.documents),
-                "early_tokens": int(row[5]),
-                "late_tokens": int(row[6]),
+                "effect": row["effect"],
+                "estimate": _round(row["estimate"]),
+                "ci_low": _round(row["ci low"]),
+                "ci_high": _round(row["ci high"]),
+                "n": int(row["documents"]),
+                "early_tokens": int(row["early tokens"]),
+                "late_tokens": int(row["late tokens"]),
             }
-            for row in self.positions.effects.itertuples(index=False)
+            for row in self.positions.effects.to_dict("records")
         ]
         summary = dict(self.associations.summary)
         return {
