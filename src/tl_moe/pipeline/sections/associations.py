@@ -169,9 +169,9 @@ class AssociationsResult(Result):
 
         early = self.positions.early
         return [
-            f"**Position effect**: a token among the first {early} of its sentence/statement has a routed set "
-            f"holding a driver expert {show('drivers: early − late')} more often than a later token "
-            f"(matched controls {show('controls: early − late')}; difference "
+            f"**Position effect**: the driver experts' hit rate (share of their blocks that route the token to "
+            f"one) is {show('drivers: early − late')} higher on the first {early} tokens of a sentence / statement / "
+            f"line than on later ones (matched controls {show('controls: early − late')}; difference "
             f"{show('drivers − controls: early − late')}; within token id "
             f"{show('drivers − controls: early − late, within token id')}; 95% bootstrap over "
             f"{self.positions.n_documents} report-half documents).",
@@ -192,7 +192,7 @@ class AssociationsResult(Result):
         ax.set_xticks(x, curve["position"])
         ax.axvline(self.positions.early - 0.5, color="grey", lw=0.8, ls="--")
         ax.set_xlabel("position of the token in its sentence / statement / line")
-        ax.set_ylabel("share of tokens whose routed set holds one")
+        ax.set_ylabel("hit rate: share of the blocks routing the token to one")
         ax.set_title("Driver experts by position (report half)")
         ax.legend(fontsize=8)
         figures = [
