@@ -16,26 +16,39 @@ from jaxtyping import Bool, Float, Int
 
 from tl_moe.analysis.activations import StoredTokens
 from tl_moe.analysis.probing import KSparseProbe, subsample_like_routing
-from tl_moe.data.concepts import CONCEPTS
+from tl_moe.data.concepts import KNOWN_CONCEPTS
 from tl_moe.errors import InputError
 from tl_moe.models.hook_names import get_act_name
 
 
 def concept_populations(stored: StoredTokens) -> list[tuple[list[int], Bool[torch.Tensor, " token"]]]:
-    """Concept columns grouped by the tokens they are defined on: ``[(columns, token_mask), ...]``."""
+    """Concept columns grouped by the tokens they are defined on: ``[(columns, token_mask), ...]``.
+
+    A concept's tokens are those of its ``applies_to`` domains and, for a concept restricted to
+    ``languages`` (the part-of-speech group), of documents whose ``language_<code>`` column is set
+    (when the stored labels have those columns; without them the language is unknown and not used).
+    """
     if stored.labels is None or stored.concept_names is None:
         raise ValueError("Probing needs concept labels: run the collection with a concept labeler.")
-    by_domains: dict[tuple[str, ...], list[int]] = {}
+    by_scope: dict[tuple[tuple[str, ...], tuple[str, ...]], list[int]] = {}
     for column, name in enumerate(stored.concept_names):
-        concept = CONCEPTS.get(name)
-        by_domains.setdefault(tuple(concept.applies_to) if concept else (), []).append(column)
+        concept = KNOWN_CONCEPTS.get(name)
+        scope = (tuple(concept.applies_to), tuple(concept.languages)) if concept else ((), ())
+        by_scope.setdefault(scope, []).append(column)
     populations = []
-    for domains, columns in by_domains.items():
+    for (domains, languages), columns in by_scope.items():
         if domains:
             codes = [i for i, d in enumerate(stored.domain_names) if d in domains]
             mask = torch.isin(stored.domain, torch.tensor(codes, dtype=stored.domain.dtype))
         else:
             mask = torch.ones_like(stored.domain, dtype=torch.bool)
+        language_columns = [
+            stored.concept_names.index(f"language_{code}")
+            for code in languages
+            if f"language_{code}" in stored.concept_names
+        ]
+        if language_columns:
+            mask = mask & stored.labels[:, language_columns].any(dim=1)
         populations.append((columns, mask))
     return populations
 

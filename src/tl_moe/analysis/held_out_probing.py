@@ -38,7 +38,7 @@ from tl_moe.analysis.activations import StoredTokens
 from tl_moe.analysis.concept_probing import concept_populations, expert_activation_block
 from tl_moe.analysis.probing import STATUS_OK, KSparseProbe
 from tl_moe.analysis.stats import cluster_bootstrap
-from tl_moe.data.concepts import CONCEPTS
+from tl_moe.data.concepts import KNOWN_CONCEPTS
 from tl_moe.models.hook_names import get_act_name
 
 __all__ = [
@@ -61,7 +61,7 @@ TP, FN, FP, TN = range(4)
 
 def is_document_concept(name: str) -> bool:
     """Whether a concept labels whole documents (``domain_*``, ``language_*``), not tokens."""
-    concept = CONCEPTS.get(name)
+    concept = KNOWN_CONCEPTS.get(name)
     if concept is not None:
         return concept.document_field is not None
     return name.startswith(("domain_", "language_"))

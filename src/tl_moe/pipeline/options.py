@@ -62,7 +62,9 @@ class RunOptions:
         "toy/dense", "dense model to compare with, or 'none'", parse=_optional_model
     )
     corpus: str | None = option(
-        None, "corpus: 'embedded' (default), a saved datasets dir, a hub dataset id, or data files"
+        None,
+        "corpus: 'embedded' (default), 'embedded:v2' (larger; adds part-of-speech concepts), a saved "
+        "datasets dir, a hub dataset id, or data files",
     )
     split: str = option("validation", "corpus split to analyze")
     out: Path = option(Path("tl_moe_report"), "output directory of the report", parse=Path)

@@ -16,7 +16,7 @@ from typing import Any
 
 from tl_moe.collect import collect, remove_checkpoints
 from tl_moe.collect.accumulator import Accumulator
-from tl_moe.data.concepts import TokenConceptLabeler
+from tl_moe.data.concepts import TokenConceptLabeler, concepts_for_corpus
 from tl_moe.errors import InputError
 from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.needs import TokensByDomain
@@ -127,7 +127,7 @@ def _collect_model(
         batch_size=options.batch_size,
         seq_len=options.seq_len,
         max_tokens=options.max_tokens,
-        concept_labeler=TokenConceptLabeler(),
+        concept_labeler=TokenConceptLabeler(concepts_for_corpus(options.corpus)),
         checkpoint_dir=None if out is None else _checkpoint_dir(out, model_name),
         checkpoint_every=options.checkpoint_every,
         progress=options.progress,
@@ -208,6 +208,7 @@ def _run(options, analyses, dataset, models, write_report, started) -> RunResult
     out = Path(options.out)
     if write_report:
         check_output_dir(out)
+    concepts_for_corpus(options.corpus)  # '--corpus embedded:v2' needs the tagger of its concepts
     run_context = RunContext(options, dataset=dataset, models=models)
     if not run_context.domain_names:  # loads and checks the corpus before any model
         raise InputError(f"The corpus split {options.split!r} has no documents.")
