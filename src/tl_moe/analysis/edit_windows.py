@@ -215,7 +215,7 @@ def by_document(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(sums [..., document], document rows)``: ``values`` summed over each document's windows."""
     rows, inverse = torch.unique(doc, return_inverse=True)
-    values = torch.as_tensor(values).double()
+    values = torch.as_tensor(values).detach().double()
     out = values.new_zeros(*values.shape[:-1], len(rows)).index_add(-1, inverse, values)
     return out.numpy(), rows.numpy()
 
