@@ -323,9 +323,12 @@ def test_the_analysis_runs_through_the_pipeline_and_refuses_bad_options(
     result = results["reweighting"]
     assert set(result.study.gains["domain"]) == {"a", "b"}
     saved = json.loads((tmp_path / "results.json").read_text())["sections"]["reweighting"]
-    headline = next(
-        v for k, v in saved["metrics"].items() if k.startswith("a |") and k.endswith("| chosen − control")
-    )
+    headline = saved["metrics"]["a | chosen − control"]
+    assert saved["metrics"]["a | chosen"].split(" × ")[0] in {
+        "domain experts",
+        "driver experts",
+        "domain + driver experts",
+    }
     assert set(headline) == {"estimate", "ci_low", "ci_high", "n"} and headline["n"] >= 10
     assert len(saved["matrix"]) == 4 and saved["steering"]
     for name in ("reweighting_gains", "reweighting_matrix", "steering_switches"):

@@ -195,7 +195,7 @@ def reweighting_study(
                 }
             )
         best = int(np.argmin(mean))
-        chosen[d] = options[best]
+        chosen[d] = (*options[best], float(mean[best]))
         rates = _rates(routed_selection[:, :, torch.tensor(windows_d, dtype=torch.bool)], sel, layers)
         controls[d] = matched_random_sets(options[best][1], rates, n_draws, pool=pool, seed=seed)
 
@@ -225,7 +225,7 @@ def reweighting_study(
             )
         if d_eval not in chosen:
             continue
-        name, s, f = chosen[d_eval]
+        name, s, f, selected = chosen[d_eval]
         j = domains.index(d_eval)
         control = sums[len(main) :].mean(0) if own else np.full(n_docs, np.nan)
         stacked = np.stack([sums[j], control, sums[j] - control, clean])
@@ -239,16 +239,11 @@ def reweighting_study(
                 "experts": _describe(s),
                 "n experts": len(s),
                 "factor": f,
-                "loss change (selection)": float(
-                    next(
-                        r["loss change (selection)"]
-                        for r in grid_rows
-                        if r["domain"] == d_eval and r["expert set"] == name and r["factor"] == f
-                    )
-                ),
+                "loss change (selection)": selected,
                 **_interval_columns("loss change", mine),
                 **_interval_columns("control loss change", ctrl),
                 **_interval_columns("chosen − control", diff),
+                "helps on selection": selected < 0,
                 "clean loss": base.estimate,
                 "control draws": len(own),
                 "documents": n_docs,

@@ -48,8 +48,12 @@ def held_out_windows(
     )
 
 
-def _row(frame: pd.DataFrame, prefix: str) -> str:
-    return f"{frame[prefix]:+.4f} [{frame[prefix + ' ci low']:+.4f}, {frame[prefix + ' ci high']:+.4f}]"
+def _row(frame: pd.Series, prefix: str) -> str:
+    """``estimate [low, high]``, or the estimate alone where no interval could be computed."""
+    low, high = frame[prefix + " ci low"], frame[prefix + " ci high"]
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return f"{frame[prefix]:+.4f} (no interval)"
+    return f"{frame[prefix]:+.4f} [{low:+.4f}, {high:+.4f}]"
 
 
 def _interval_record(row: pd.Series, prefix: str, n: int) -> dict[str, Any]:
@@ -82,7 +86,8 @@ class ReweightingResult(Result):
     def metrics(self) -> dict[str, Any]:
         metrics: dict[str, Any] = {}
         for _, row in self.study.gains.iterrows():
-            key = f"{row['domain']} | {row['expert set']} × {row['factor']:g}"
+            key = row["domain"]
+            metrics[f"{key} | chosen"] = f"{row['expert set']} × {row['factor']:g} ({row['experts']})"
             for prefix in ("loss change", "control loss change", "chosen − control"):
                 metrics[f"{key} | {prefix}"] = _interval_record(row, prefix, row["documents"])
         if self.steering is not None:
@@ -106,21 +111,40 @@ class ReweightingResult(Result):
         gains = self.study.gains
         if gains.empty:
             return ["**Re-weighting**: no domain had a candidate expert set."]
-        better = gains[gains["chosen − control ci high"] < 0]
-        worse = gains[gains["chosen − control ci low"] > 0]
+        helps = int((gains["loss change (selection)"] < 0).sum())
+        rated = gains[np.isfinite(gains["chosen − control ci low"].to_numpy(dtype=float))]
+        better = int((rated["chosen − control ci high"] < 0).sum())
+        worse = int((rated["chosen − control ci low"] > 0).sum())
         text = (
             f"**Re-weighting experts** (set and factor chosen on half the documents, measured on the other "
-            f"half): on {len(better)} of {len(gains)} domains the chosen re-weighting lowers held-out loss "
-            f"more than re-weighting routing-rate-matched random experts (95% document-bootstrap interval of "
-            f"the difference below 0); on {len(worse)} it does worse."
+            f"half): on {helps} of {len(gains)} domains some re-weighting of the grid lowered the selection-half "
+            f"loss; held out, the chosen one beats routing-rate-matched random experts with the same factor on "
+            f"{better} and does worse on {worse} of the {len(rated)} domains with at least 10 held-out "
+            "documents (95% paired document-bootstrap interval of the difference excluding 0)."
         )
-        best = gains.sort_values("chosen − control").iloc[0]
-        text += (
-            f" Largest: {best['domain']} ({best['expert set']} × {best['factor']:g}): "
-            f"{_row(best, 'loss change')} nats/token vs {_row(best, 'control loss change')} for the control "
-            f"({int(best['documents'])} documents)."
-        )
-        return [text]
+        if len(rated):
+            best = rated.sort_values("chosen − control").iloc[0]
+            text += (
+                f" Best: {best['domain']} ({best['expert set']} × {best['factor']:g}): "
+                f"{_row(best, 'loss change')} nats/token vs {_row(best, 'control loss change')} for the control "
+                f"({int(best['documents'])} documents)."
+            )
+        findings = [text]
+        if self.steering is not None:
+            table = self.steering.switches
+            own = table[(table["experts of"] == table["evaluated on"]) & (table["switch"] == "off")]
+            parts = [
+                f"{r['experts of']}-experts off on {r['evaluated on']}: {_row(r, 'loss change')} vs "
+                f"{_row(r, 'random sets')} for matched random experts"
+                for _, r in own.iterrows()
+            ]
+            a, b = self.steering.contrast
+            findings.append(
+                f"**Steering** ({a} vs {b}, experts chosen by routing-rate difference on the selection half): "
+                + "; ".join(parts)
+                + " (nats/token, held out)."
+            )
+        return findings
 
     def figures(self) -> list[FigureItem]:
         items = [self._gains_figure(), self._matrix_figure()]
