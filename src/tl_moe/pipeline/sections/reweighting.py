@@ -168,7 +168,7 @@ class ReweightingResult(Result):
         ax.set_xticks(
             x,
             [
-                f"{d}\n{s} × {f:g}"
+                f"{d}\n{s.removesuffix(' experts')}\n× {f:g}"
                 for d, s, f in zip(gains["domain"], gains["expert set"], gains["factor"], strict=True)
             ],
             fontsize=7,
