@@ -337,3 +337,29 @@ def test_the_analysis_runs_through_the_pipeline_and_refuses_bad_options(
         run(options.replace(steer_contrast=("a", "zz")), dataset=tagged_corpus)
     with pytest.raises(InputError, match="--reweight-factors"):
         run(options.replace(reweight_factors=(1.0, float("inf"))), dataset=tagged_corpus)
+
+
+def test_steering_can_contrast_two_languages_of_one_domain(model, tagged_corpus):
+    from tl_moe.pipeline import RunOptions
+    from tl_moe.pipeline.context import RunContext
+    from tl_moe.pipeline.sections.reweighting import Reweighting
+
+    corpus = tagged_corpus.add_column("language", [["x", "x", "y", "y"][row % 4] for row in range(80)])
+    options = RunOptions(
+        model="tiny",
+        seq_len=16,
+        reweight_tokens=10_000,
+        reweight_draws=2,
+        bootstrap_resamples=50,
+        steer_contrast=("a:x", "y"),
+        progress=False,
+    )
+    run = RunContext(options, dataset=corpus, models={"tiny": model})
+    Reweighting().check(run)
+    study = Reweighting()._steering(run, model, None, None)
+    assert study.contrast == ("x", "y")
+    rows_of_a = {row for row in range(80) if corpus[row]["domain"] == "a"}
+    assert study.selection_docs | study.evaluation_docs <= rows_of_a
+    assert {corpus[row]["language"] for row in study.evaluation_docs} == {"x", "y"}
+    with pytest.raises(InputError, match="needs domain 'zz'"):
+        Reweighting().check(RunContext(options.replace(steer_contrast=("zz:x", "y")), dataset=corpus))
