@@ -276,7 +276,7 @@ def score_agreement(
         the ``n`` highest by score with the ``n`` highest by exact effect (count, Jaccard, and the
         count expected by chance, ``n² / experts``).
     """
-    from tl_moe.analysis.stats import cluster_bootstrap
+    from tl_moe.analysis.stats import MIN_DOCUMENTS, cluster_bootstrap
 
     rows = []
     for score_name, score in scores.items():
@@ -310,7 +310,9 @@ def score_agreement(
                         "spearman": interval.estimate,
                         "ci low": interval.low,
                         "ci high": interval.high,
-                        "interval": "" if interval.available else interval.reason,
+                        "interval": ""
+                        if interval.available
+                        else f"{n} experts: the bootstrap over experts needs at least {MIN_DOCUMENTS}",
                         "top n": top,
                         "top-n overlap": overlap,
                         "top-n jaccard": overlap / (2 * top - overlap) if top else float("nan"),

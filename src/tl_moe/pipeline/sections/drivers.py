@@ -212,6 +212,8 @@ class DriversResult(Result):
             ax.set_xlabel("exact loss change when zeroed, nats/token")
             ax.set_ylabel(name)
             ax.set_title(f"Spearman ρ = {row['spearman']:.2f} over {int(row['experts'])} experts", fontsize=9)
+            ax.ticklabel_format(style="sci", scilimits=(-2, 3))
+            ax.axvline(0, color="grey", lw=0.5)
         if len(layers) <= 12:
             left.legend(fontsize=7)
         return fig
