@@ -227,6 +227,16 @@ def test_a_planted_driver_ranks_first(tiny_model_dir, short_docs):
             assert float(estimate[flat]) > 3 * float(others)  # by a clear margin
 
 
+def test_a_dense_layer_is_refused_before_any_pass(tiny_model_dir, short_docs):
+    from tl_moe.errors import InputError
+
+    model = tl_moe.load(tiny_model_dir("qwen2_moe"), device="cpu")  # block 0 is dense
+    recorder = _Recorder([0])
+    with pytest.raises(InputError, match="dense layers \\[0\\]"):
+        collect(model, short_docs, {"e": recorder}, batch_size=8, seq_len=16, progress=False)
+    assert recorder.batches == []
+
+
 def test_weighted_spearman_equals_scipy_on_the_expanded_sample():
     from scipy.stats import spearmanr
 

@@ -32,6 +32,7 @@ from jaxtyping import Bool, Float, Int
 from tl_moe.collect.accumulator import Accumulator, Activations
 from tl_moe.collect.interventional import FINAL_RESIDUAL
 from tl_moe.collect.meta import BatchMeta
+from tl_moe.errors import InputError
 from tl_moe.models.hook_names import get_act_name
 from tl_moe.models.introspect import config_of
 
@@ -208,7 +209,7 @@ class GradientRunner:
             layers = tuple(int(layer) % cfg.n_layers for layer in acc.gradient_layers(model))
             dense = [layer for layer in layers if layer not in cfg.sparse_layers]
             if dense:
-                raise ValueError(
+                raise InputError(
                     f"accumulator {name!r} asks for gradients at dense layers {dense}; sparse layers are "
                     f"{list(cfg.sparse_layers)}."
                 )
