@@ -80,6 +80,11 @@ class Inputs:
     def get(self, need: Need, default: Any = None) -> Any:
         return self._collected.get((need.model, need.spec), default)
 
+    def optional_result(self, name: str) -> Result | None:
+        """The result of the analysis ``name`` if it ran earlier in this run (None otherwise): for
+        comparisons an analysis adds when another analysis happens to be chosen too."""
+        return self._results.get(name)
+
     def result(self, name: str) -> Result:
         """The result of the analysis ``name`` (it must be in ``depends_on``)."""
         if name not in self._results:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from tl_moe.analysis.driver_domain import DriverDomainComparison, compare_drivers_with_domain_experts
 from tl_moe.analysis.drivers import DocumentEffects, ExpertSaliency, driver_report
 from tl_moe.analysis.effect_estimate import FirstOrderEffects, estimate_report
 from tl_moe.collect.accumulator import Accumulator
@@ -70,6 +71,8 @@ class DriversResult(Result):
         REAP saliency (:func:`~tl_moe.analysis.effect_estimate.estimate_report`).
     agreement: Spearman ρ (95% bootstrap over experts) and top-n overlap of the estimate and of REAP
         saliency with each exact effect, per layer and over all layers.
+    domain_overlap: driver experts vs the domains analysis' domain experts (when it ran too): overlap
+        against hypergeometric chance and Spearman ρ of domain score vs removal effect, per layer.
     """
 
     experts: pd.DataFrame
@@ -77,6 +80,7 @@ class DriversResult(Result):
     saliency_spearman: float
     estimates: pd.DataFrame | None = None
     agreement: pd.DataFrame | None = None
+    domain_overlap: DriverDomainComparison | None = None
 
     def _agreement_row(self, score: str, kind: str = "zero", layer: str = "all") -> Any:
         frame = self.agreement
@@ -104,6 +108,18 @@ class DriversResult(Result):
                 top = f"top-{int(row['top n'])} overlap({score}, exact zeroing effect)"
                 metrics[top] = int(row["top-n overlap"])
                 metrics[f"{top} | chance"] = round(float(row["chance overlap"]), 3)
+        if self.domain_overlap is not None:
+            total = self.domain_overlap.table.set_index("layer").loc["all"]
+            metrics["drivers that are domain experts"] = int(total["both"])
+            metrics["drivers that are domain experts | expected by chance"] = round(
+                float(total["expected both"]), 3
+            )
+            metrics["drivers that are domain experts | hypergeometric p"] = _rounded(total["overlap p"])
+            metrics["Spearman(domain score, removal effect) | all layers"] = _rounded(total["spearman"])
+            metrics["Spearman(domain score, removal effect) | all layers | 95% CI"] = [
+                _rounded(total["spearman ci low"]),
+                _rounded(total["spearman ci high"]),
+            ]
         return metrics
 
     def records(self) -> dict[str, Any]:
@@ -153,6 +169,16 @@ class DriversResult(Result):
                 f"{int(first['top-n overlap'])} experts with the exact top {int(first['top n'])} "
                 f"(chance {first['chance overlap']:.1f}; REAP: {int(reap['top-n overlap'])})."
             )
+        if self.domain_overlap is not None:
+            total = self.domain_overlap.table.set_index("layer").loc["all"]
+            findings.append(
+                f"**Drivers vs domain experts**: {int(total['both'])} of the {int(total['drivers'])} driver experts "
+                f"are domain experts (expected by chance {total['expected both']:.1f} of "
+                f"{int(total['experts'])} scored experts with {int(total['domain experts'])} domain experts; "
+                f"hypergeometric p = {total['overlap p']:.3g}); domain score vs removal effect: Spearman ρ = "
+                f"{total['spearman']:+.2f} [{total['spearman ci low']:+.2f}, {total['spearman ci high']:+.2f}] "
+                "(95% bootstrap over experts)."
+            )
         return findings
 
     def figures(self) -> list[FigureItem]:
@@ -185,6 +211,15 @@ class DriversResult(Result):
                     "Each dot is an expert (all documents of the edited forwards); colour: layer. Left: the "
                     "first-order estimate against the exact zeroing effect (dashed: y = x). Right: REAP "
                     "saliency against the same exact effect.",
+                )
+            )
+        if self.domain_overlap is not None:
+            items.append(
+                FigureItem(
+                    "drivers_vs_domain_experts",
+                    self.domain_overlap.figure(),
+                    "Each dot is a scored expert: its domain score (domains analysis) against the loss change "
+                    "when it is removed (report half); drivers and domain experts marked, one panel per layer.",
                 )
             )
         return items
@@ -220,27 +255,45 @@ class DriversResult(Result):
 
     def tables(self) -> list[TableItem]:
         top = self.experts.sort_values(self.experts.columns[5], ascending=False)
-        return [
-            TableItem(
-                "drivers_comparison", self.comparison, "Drivers vs frequency-matched controls (report half)."
-            ),
-            TableItem(
-                "drivers_experts",
-                top,
-                "Every expert's effects (sorted by the removal effect on the selection half).",
-            ),
-        ] + (
-            []
-            if self.agreement is None
-            else [
+        return (
+            [
                 TableItem(
-                    "drivers_estimate_agreement",
-                    self.agreement,
-                    "How well the first-order estimate and REAP saliency rank experts by their exact effect: "
-                    "Spearman ρ (95% percentile bootstrap over experts) and overlap of the top n, against the "
-                    "overlap expected by chance.",
-                )
+                    "drivers_comparison",
+                    self.comparison,
+                    "Drivers vs frequency-matched controls (report half).",
+                ),
+                TableItem(
+                    "drivers_experts",
+                    top,
+                    "Every expert's effects (sorted by the removal effect on the selection half).",
+                ),
             ]
+            + (
+                []
+                if self.agreement is None
+                else [
+                    TableItem(
+                        "drivers_estimate_agreement",
+                        self.agreement,
+                        "How well the first-order estimate and REAP saliency rank experts by their exact effect: "
+                        "Spearman ρ (95% percentile bootstrap over experts) and overlap of the top n, against the "
+                        "overlap expected by chance.",
+                    )
+                ]
+            )
+            + (
+                []
+                if self.domain_overlap is None
+                else [
+                    TableItem(
+                        "drivers_vs_domain_experts",
+                        self.domain_overlap.table,
+                        "Driver experts vs domain experts per layer: overlap against the overlap of independent "
+                        "sets (hypergeometric p of an overlap at least as large), and Spearman ρ of domain score "
+                        "vs removal effect with a 95% bootstrap over experts.",
+                    )
+                ]
+            )
         )
 
 
@@ -270,6 +323,8 @@ class Drivers(Analysis):
         ]
 
     def finalize(self, run: RunContext, inputs: Inputs) -> DriversResult:
+        """Drivers on the selection half, reported on the other; the first-order estimate beside the
+        exact effects; and, when the domains analysis ran too, drivers against domain experts."""
         effects = inputs[Need(run.main, DriverEffects(max_tokens=run.options.driver_tokens))]
         saliency = inputs[Need(run.main, DriverSaliency())]
         experts, comparison = driver_report(
@@ -279,12 +334,19 @@ class Drivers(Analysis):
         estimates, agreement = estimate_report(
             effects, saliency, estimate, n_top=run.options.n_drivers, seed=run.options.seed
         )
+        domains = inputs.optional_result("domains")
+        overlap = None
+        if domains is not None:
+            overlap = compare_drivers_with_domain_experts(
+                experts, domains.experts.to_frame(), effect="remove: effect (report)", seed=run.options.seed
+            )
         return DriversResult(
             experts,
             comparison,
             comparison.attrs["saliency_spearman"],
             estimates=estimates,
             agreement=agreement,
+            domain_overlap=overlap,
         )
 
 
