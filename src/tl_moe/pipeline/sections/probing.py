@@ -39,6 +39,7 @@ from tl_moe.analysis.held_out_probing import (
     permuted_labels,
 )
 from tl_moe.analysis.stats import MIN_DOCUMENTS, cluster_bootstrap, document_split
+from tl_moe.collect.steps import Step, run_now
 from tl_moe.errors import InputError
 from tl_moe.pipeline.context import RunContext, untrained_name
 from tl_moe.pipeline.needs import DenseNeurons, ExpertNeurons
@@ -75,6 +76,22 @@ def probe_settings(run: RunContext) -> dict[str, Any]:
     """Keyword arguments of :class:`~tl_moe.analysis.probing.KSparseProbe` for this run."""
     options = run.options
     return {"ks": options.probe_ks, "min_examples": options.min_examples, "random_state": options.seed}
+
+
+def probing_steps(run: RunContext, analysis: str, models: list[str]) -> Step:
+    """The resumable steps of probing ``models``: each finished layer / arm saved in ``OUT/checkpoints``.
+
+    Keyed by the probing options and the pass identities of ``models``, so a rerun resumes after the
+    last finished unit and a changed model, corpus or option recomputes (docs/RUNS.md).
+    """
+    options = run.options
+    settings = {
+        "probe": probe_settings(run),
+        "probe_layers": list(run.probed_layers()),
+        "held_out_min_examples": options.held_out_min_examples,
+        "selection_fraction": options.selection_fraction,
+    }
+    return run.steps(analysis, settings, models)
 
 
 def probing_curves(moe: pd.DataFrame, dense: pd.DataFrame | None) -> pd.DataFrame:
@@ -397,8 +414,11 @@ def held_out_probing(
     dense: StoredTokens | None,
     untrained: StoredTokens | None,
     layers: tuple[int, ...],
+    step: Step = run_now,
 ) -> tuple[dict[str, HeldOutArm], list[dict], list[str]]:
-    """The held-out protocol's arms and their comparisons (records), plus notes on what is missing."""
+    """The held-out protocol's arms and their comparisons (records), plus notes on what is missing.
+
+    Each arm, and each block of units inside it, is a ``step`` (see :func:`probing_steps`)."""
     options = run.options
     cfg = run.config(run.main)
     params = probe_settings(run)
@@ -430,7 +450,7 @@ def held_out_probing(
     docs = np.unique(np.concatenate(test_docs))
 
     def arm(name, stored, blocks, side, labels=None) -> HeldOutArm:
-        return held_out_arm(name, stored, blocks, side, docs, params, minimum, labels=labels)
+        return held_out_arm(name, stored, blocks, side, docs, params, minimum, labels=labels, step=step)
 
     arms = {"moe": arm("moe", moe, expert_blocks(moe, layers, cfg.num_experts), selection)}
     if dense is not None:
@@ -552,6 +572,12 @@ class Probing(Analysis):
         settings = probe_settings(run)
         min_examples = run.options.min_examples
         stored = inputs[Need(run.main, ExpertNeurons(layers))]
+        models = [run.main]
+        if run.dense is not None:
+            models.append(run.dense)
+        if not run.options.skip_untrained_null:
+            models.append(untrained_name(run.main))
+        step = probing_steps(run, self.name, models)
         moe = probe_experts(
             stored,
             layers,
@@ -559,6 +585,7 @@ class Probing(Analysis):
             settings,
             min_positives=min_examples,
             progress=run.options.progress,
+            step=step,
         )
         dense = None
         if run.dense is not None:
@@ -571,6 +598,7 @@ class Probing(Analysis):
                 min_positives=min_examples,
                 routed_counts=routed_counts(stored, middle, cfg.num_experts),
                 seed=run.options.seed,
+                step=step,
             )
         untrained = None
         if not run.options.skip_untrained_null:
@@ -582,6 +610,7 @@ class Probing(Analysis):
                 None if run.dense is None else inputs[Need(run.dense, DenseNeurons())],
                 untrained,
                 layers,
+                step=step,
             )
         except InputError as error:  # too few documents / examples: say so, never a silent number
             arms, notes = {}, [f"held-out protocol unavailable: {error}"]
