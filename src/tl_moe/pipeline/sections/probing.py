@@ -44,6 +44,7 @@ from tl_moe.errors import InputError
 from tl_moe.pipeline.context import RunContext, untrained_name
 from tl_moe.pipeline.needs import DenseNeurons, ExpertNeurons
 from tl_moe.pipeline.protocol import Analysis, FigureItem, Inputs, Need, Result, TableItem
+from tl_moe.report import TableSummary
 from tl_moe.report.figures import line_plot
 
 __all__ = [
@@ -269,7 +270,7 @@ class ProbingResult(Result):
                     "probing_comparisons",
                     self.comparisons,
                     "Every comparison: mean F1 difference (first minus second arm) with its 95% interval.",
-                    max_rows=80,
+                    max_rows=160,  # shown in full: 2 metrics x 5 held-out + 2 paper comparisons x every k
                 )
             )
         held = self.held_out_frame()
@@ -281,6 +282,13 @@ class ProbingResult(Result):
                     "Held-out protocol: per arm, concept and k, the unit chosen on the selection documents "
                     "and its F1 / balanced accuracy on the test documents.",
                     max_rows=40,
+                    summary=TableSummary(
+                        score="test_f1",
+                        by=("arm", "k"),
+                        counts=("arm",),
+                        columns=("arm", "concept", "k", "unit", "selection_f1", "test_f1", "n_pos_test"),
+                        top=20,
+                    ),
                 )
             )
         tables += [
@@ -295,6 +303,7 @@ class ProbingResult(Result):
                 self.moe_units,
                 "Paper protocol: every (expert, concept, k) probe.",
                 max_rows=20,
+                summary=_UNITS_SUMMARY,
             ),
         ]
         if self.dense_units is not None:
@@ -304,9 +313,24 @@ class ProbingResult(Result):
                     self.dense_units,
                     "Paper protocol: every dense (layer or draw, concept, k) probe.",
                     max_rows=20,
+                    summary=TableSummary(
+                        score="f1",
+                        by=("layer", "k"),
+                        columns=("unit", "layer", "draw", "concept", "k", "f1", "n_pos", "n_neg"),
+                        top=20,
+                    ),
                 )
             )
         return tables
+
+
+#: How the page summarizes the per-unit probe tables (tens of thousands of rows, mostly too small to probe).
+_UNITS_SUMMARY = TableSummary(
+    score="f1",
+    by=("layer", "k"),
+    columns=("unit", "layer", "expert", "concept", "k", "f1", "n_pos", "n_neg"),
+    top=20,
+)
 
 
 def _interval_text(record: dict) -> str:
