@@ -123,6 +123,18 @@ def test_without_a_summary_every_numeric_column_is_described_and_the_first_rows_
     pd.testing.assert_frame_equal(parts["First 25 rows (in the table's order)"], frame.head(25))
 
 
+def test_missing_values_are_counted_by_name(tmp_path):
+    frame = pd.DataFrame({"token": ["a", None, "a", None, None, "b"] * 10, "logit": np.arange(60.0)})
+    section = Report("x", tmp_path).add_section("s")
+    section.add_table(frame, "tokens", max_rows=5, summary=TableSummary(score="logit", counts=("token",)))
+    counts = dict(section.blocks[0].summary)["Rows by token"]
+    assert counts.to_dict("list") == {
+        "token": ["(missing)", "a", "b"],
+        "rows": [30, 20, 10],
+        "share": [0.5, 1 / 3, 1 / 6],
+    }
+
+
 def test_a_summary_naming_a_missing_or_text_column_is_refused(tmp_path):
     section = Report("x", tmp_path).add_section("s")
     with pytest.raises(ValueError, match="'units'.*\\['score'\\]"):

@@ -29,8 +29,8 @@ class TableSummary:
         score: the column whose distribution and top rows are shown (None: the quantiles of every
             numeric column, and the table's first rows in its own order).
         by: columns the score's quantiles are grouped by (e.g. ``("layer", "k")``; empty: one row).
-        counts: columns whose rows are counted per value, most frequent first (None: a column named
-            ``status`` if the table has one).
+        counts: columns whose rows are counted per value, most frequent first, missing values as
+            ``(missing)`` (None: a column named ``status`` if the table has one).
         columns: the columns shown of the top rows (None: all).
         top: how many top rows are shown (None: the table's ``max_rows``).
         largest: top rows are the largest scores (False: the smallest).
@@ -75,7 +75,10 @@ def _quantile_row(values: pd.Series) -> dict[str, float | int]:
 def _counts(frame: pd.DataFrame, column: str, max_values: int) -> pd.DataFrame:
     counts = frame[column].value_counts(dropna=False)
     shown = counts.iloc[:max_values]
-    rows = [{column: value, "rows": int(n), "share": n / len(frame)} for value, n in shown.items()]
+    rows = [
+        {column: "(missing)" if pd.isna(value) else value, "rows": int(n), "share": n / len(frame)}
+        for value, n in shown.items()
+    ]
     rest = int(counts.iloc[max_values:].sum())
     if rest:
         rows.append(

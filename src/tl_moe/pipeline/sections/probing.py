@@ -297,6 +297,7 @@ class ProbingResult(Result):
                 "probing_experts_near_best",
                 self.near_best.sort_values("best_f1", ascending=False).reset_index(drop=True),
                 "Paper protocol, per concept at k=1: best expert, its F1, and how many experts reach 95% of it.",
+                max_rows=100,  # one row per concept: shown in full
             ),
             TableItem(
                 "probing_moe_units",
