@@ -1,5 +1,5 @@
 """Open a tl_moe report in headless Chromium, offline: it renders, the findings box is there, no token
-cell is blank, every figure loads. Writes a screenshot next to the report.
+cell is blank, every figure loads, every linked table file exists. Writes a screenshot next to the report.
 
     python benchmarks/check_report_in_browser.py                  # runs a small analysis first
     python benchmarks/check_report_in_browser.py --report DIR     # checks an existing report
@@ -37,6 +37,7 @@ class _Cells(HTMLParser):
         super().__init__()
         self.cells: list[str] = []
         self.images: list[str] = []
+        self.links: list[str] = []
         self._in_cell = False
 
     def handle_starttag(self, tag, attrs):
@@ -45,6 +46,8 @@ class _Cells(HTMLParser):
             self.cells.append("")
         if tag == "img":
             self.images.append(dict(attrs).get("src", ""))
+        if tag == "a" and not dict(attrs).get("href", "#").startswith("#"):
+            self.links.append(dict(attrs).get("href", ""))
 
     def handle_endtag(self, tag):
         if tag == "td":
@@ -92,8 +95,12 @@ def check(report: Path) -> list[str]:
             problems.append(f"figure {source} is missing")
     if re.search(r"https?://", "".join(parser.images)):
         problems.append("a figure is loaded from the network")
+    for link in parser.links:
+        if re.match(r"[a-z]+:", link) or not (report / link).is_file():
+            problems.append(f"link {link} does not lead to a file of the report")
     print(
-        f"{len(parser.cells)} table cells, {len(parser.images)} figures, screenshot: {report / 'screenshot.png'}"
+        f"{len(parser.cells)} table cells, {len(parser.images)} figures, {len(parser.links)} table links, "
+        f"screenshot: {report / 'screenshot.png'}"
     )
     return problems
 

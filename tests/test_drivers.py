@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datasets
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -168,3 +169,35 @@ def test_the_drivers_analysis_runs_through_the_pipeline_and_reports(tiny_model_d
     assert "remove | driver − control | 95% CI" in saved and saved["report documents"] >= 10
     assert any("Driver experts" in finding for finding in results.findings)
     assert (tmp_path / "figures" / "drivers_effect_vs_saliency.png").exists()
+
+
+def test_with_the_domains_analysis_drivers_are_compared_with_domain_experts(
+    tiny_model_dir, short_docs, tmp_path
+):
+    from tl_moe.analysis.driver_domain import compare_drivers_with_domain_experts
+    from tl_moe.pipeline import RunOptions, run
+
+    options = RunOptions(
+        model=str(tiny_model_dir("olmoe")),
+        dense_baseline=None,
+        analyses=("domains", "drivers"),
+        out=tmp_path,
+        max_tokens=1000,
+        driver_tokens=1000,
+        n_drivers=3,
+        seq_len=16,
+        batch_size=8,
+        n_token_groups=4,
+        progress=False,
+    )
+    results = run(options, dataset=short_docs)
+    drivers, domains = results["drivers"], results["domains"]
+    expected = compare_drivers_with_domain_experts(drivers.experts, domains.experts.to_frame(), seed=0)
+    pd.testing.assert_frame_equal(drivers.domain_overlap.table, expected.table)
+    scored = domains.experts.to_frame()
+    scored = scored[~scored["insufficient_tokens"]]
+    total = drivers.domain_overlap.table.set_index("layer").loc["all"]
+    assert total["experts"] == len(scored)
+    assert total["domain experts"] == int(scored["domain_expert"].sum())
+    assert any("Drivers vs domain experts" in finding for finding in results.findings)
+    assert (tmp_path / "figures" / "drivers_vs_domain_experts.png").exists()

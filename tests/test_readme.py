@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from tl_moe.models.hook_names import hook_table_markdown
+from tl_moe.pipeline.readme_results import BLOCKS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,12 +40,25 @@ def test_readme_architecture_table_is_generated_from_the_sweep():
     assert architecture_table_markdown() in (ROOT / "README.md").read_text()
 
 
-def test_readme_results_are_generated_from_the_committed_results_file():
-    import json
-
-    from tl_moe.pipeline.readme_results import END, START, results_markdown
-
-    source = "docs/results/toy_default.json"
-    block = results_markdown(json.loads((ROOT / source).read_text()), source)
+@pytest.mark.parametrize("name", [block.name for block in BLOCKS])
+def test_readme_results_are_generated_from_the_committed_results_file(name):
+    block = next(block for block in BLOCKS if block.name == name)
     readme = (ROOT / "README.md").read_text()
-    assert readme[readme.index(START) + len(START) : readme.index(END)].strip() == block.strip()
+    start, end = block.markers
+    assert start in readme and end in readme, f"README.md has no {name} results block"
+    assert (
+        readme[readme.index(start) + len(start) : readme.index(end)].strip() == block.markdown(ROOT).strip()
+    )
+
+
+def test_the_command_line_of_a_run_reproduces_its_options():
+    from tl_moe.pipeline.options import RunOptions
+    from tl_moe.pipeline.readme_results import command_line
+
+    options = RunOptions(
+        model="toy/moe-8x2", analyses=("drivers",), max_tokens=6000, skip_untrained_null=True, out=Path("x")
+    )
+    assert command_line(options.to_dict()) == (
+        "tl-moe analyze toy/moe-8x2 --max-tokens 6000 --analyses drivers --skip-untrained-null"
+    )
+    assert command_line(RunOptions().to_dict()) == "tl-moe analyze"

@@ -16,26 +16,40 @@ from jaxtyping import Bool, Float, Int
 
 from tl_moe.analysis.activations import StoredTokens
 from tl_moe.analysis.probing import KSparseProbe, subsample_like_routing
-from tl_moe.data.concepts import CONCEPTS
+from tl_moe.collect.steps import Step, run_now
+from tl_moe.data.concepts import KNOWN_CONCEPTS
 from tl_moe.errors import InputError
 from tl_moe.models.hook_names import get_act_name
 
 
 def concept_populations(stored: StoredTokens) -> list[tuple[list[int], Bool[torch.Tensor, " token"]]]:
-    """Concept columns grouped by the tokens they are defined on: ``[(columns, token_mask), ...]``."""
+    """Concept columns grouped by the tokens they are defined on: ``[(columns, token_mask), ...]``.
+
+    A concept's tokens are those of its ``applies_to`` domains and, for a concept restricted to
+    ``languages`` (the part-of-speech group), of documents whose ``language_<code>`` column is set
+    (when the stored labels have those columns; without them the language is unknown and not used).
+    """
     if stored.labels is None or stored.concept_names is None:
         raise ValueError("Probing needs concept labels: run the collection with a concept labeler.")
-    by_domains: dict[tuple[str, ...], list[int]] = {}
+    by_scope: dict[tuple[tuple[str, ...], tuple[str, ...]], list[int]] = {}
     for column, name in enumerate(stored.concept_names):
-        concept = CONCEPTS.get(name)
-        by_domains.setdefault(tuple(concept.applies_to) if concept else (), []).append(column)
+        concept = KNOWN_CONCEPTS.get(name)
+        scope = (tuple(concept.applies_to), tuple(concept.languages)) if concept else ((), ())
+        by_scope.setdefault(scope, []).append(column)
     populations = []
-    for domains, columns in by_domains.items():
+    for (domains, languages), columns in by_scope.items():
         if domains:
             codes = [i for i, d in enumerate(stored.domain_names) if d in domains]
             mask = torch.isin(stored.domain, torch.tensor(codes, dtype=stored.domain.dtype))
         else:
             mask = torch.ones_like(stored.domain, dtype=torch.bool)
+        language_columns = [
+            stored.concept_names.index(f"language_{code}")
+            for code in languages
+            if f"language_{code}" in stored.concept_names
+        ]
+        if language_columns:
+            mask = mask & stored.labels[:, language_columns].any(dim=1)
         populations.append((columns, mask))
     return populations
 
@@ -117,6 +131,32 @@ def expert_activation_block(
     return block, routed
 
 
+def probe_expert_layer(
+    stored: StoredTokens,
+    layer: int,
+    num_experts: int,
+    probe_params: dict,
+    max_block_bytes: int = 256 << 20,
+) -> pd.DataFrame:
+    """Probe every expert of one sparse ``layer`` (``stored`` already restricted by :func:`_usable`).
+
+    One row per (expert, concept, k); the unit of work :func:`probe_experts` checkpoints.
+    """
+    post = stored.rows[get_act_name("expert_post", layer)]
+    indices = stored.rows[get_act_name("topk_indices", layer)]
+    per_expert_bytes = post.shape[0] * post.shape[-1] * 4
+    chunk = max(1, min(num_experts, max_block_bytes // max(1, per_expert_bytes)))
+    frames = []
+    for start in range(0, num_experts, chunk):
+        experts = range(start, min(num_experts, start + chunk))
+        block, routed = expert_activation_block(post, indices, experts)
+        names = {f"L{layer}E{e}": e for e in experts}
+        frame = _probe(block, routed, stored, list(names), probe_params)
+        frame["layer"], frame["expert"] = layer, frame["unit"].map(names).astype(int)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
 def probe_experts(
     stored: StoredTokens,
     sparse_layers: Sequence[int],
@@ -125,12 +165,17 @@ def probe_experts(
     min_positives: int = 50,
     max_block_bytes: int = 256 << 20,
     progress: bool = True,
+    step: Step = run_now,
+    step_prefix: str = "paper-moe",
 ) -> pd.DataFrame:
     """Probe every expert of every sparse layer; one row per (layer, expert, concept, k).
 
     ``stored.rows`` must hold the hooks of :func:`expert_probing_hooks` for ``sparse_layers``.
     Experts are probed in blocks of at most ``max_block_bytes`` of activations. Units are named
     ``L{layer}E{expert}`` for display; the ``layer`` and ``expert`` columns hold the integers.
+    Each layer is one ``step`` (key ``{step_prefix}-L{layer}``): with a
+    :class:`~tl_moe.collect.steps.ResumableSteps`, an interrupted call resumes after the last
+    finished layer.
     """
     from tqdm.auto import tqdm
 
@@ -138,17 +183,12 @@ def probe_experts(
     params = probe_params or {}
     frames = []
     for layer in tqdm(sparse_layers, desc="probe experts (layers)", disable=not progress):
-        post = stored.rows[get_act_name("expert_post", layer)]
-        indices = stored.rows[get_act_name("topk_indices", layer)]
-        per_expert_bytes = post.shape[0] * post.shape[-1] * 4
-        chunk = max(1, min(num_experts, max_block_bytes // max(1, per_expert_bytes)))
-        for start in range(0, num_experts, chunk):
-            experts = range(start, min(num_experts, start + chunk))
-            block, routed = expert_activation_block(post, indices, experts)
-            names = {f"L{layer}E{e}": e for e in experts}
-            frame = _probe(block, routed, stored, list(names), params)
-            frame["layer"], frame["expert"] = layer, frame["unit"].map(names).astype(int)
-            frames.append(frame)
+        frames.append(
+            step(
+                f"{step_prefix}-L{layer}",
+                lambda layer=layer: probe_expert_layer(stored, layer, num_experts, params, max_block_bytes),
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -159,30 +199,47 @@ def probe_dense(
     min_positives: int = 50,
     routed_counts: Int[torch.Tensor, " expert"] | None = None,
     seed: int = 0,
+    step: Step = run_now,
+    step_prefix: str = "paper-dense",
 ) -> pd.DataFrame:
     """Probe the FFN neurons of dense ``layers`` (``stored.rows`` holds each layer's ``neuron`` hook).
 
     With ``routed_counts`` (tokens each expert of an MoE layer received), each dense layer is also
     probed on random token subsets of those sizes (:func:`subsample_like_routing`), so its
     best-of-units has as many draws, of the same sizes, as the MoE's best-of-experts; those rows
-    have ``draw >= 0``.
+    have ``draw >= 0``. Two ``step`` s: the whole layers (``{step_prefix}-layers``), then the draws
+    (``{step_prefix}-draws``); each fits all ``layers`` at once.
     """
     stored = _usable(stored, min_positives)
     params = probe_params or {}
-    activations = torch.stack([stored.rows[get_act_name("neuron", layer)].float() for layer in layers])
-    everyone = torch.ones(len(layers), activations.shape[1], dtype=torch.bool)
     layer_of = {f"L{layer}": layer for layer in layers}
-    frame = _probe(activations, everyone, stored, list(layer_of), params)
-    frame["layer"], frame["draw"] = frame["unit"].map(layer_of).astype(int), -1
+
+    def activations() -> torch.Tensor:
+        return torch.stack([stored.rows[get_act_name("neuron", layer)].float() for layer in layers])
+
+    def whole_layers() -> pd.DataFrame:
+        acts = activations()
+        everyone = torch.ones(len(layers), acts.shape[1], dtype=torch.bool)
+        frame = _probe(acts, everyone, stored, list(layer_of), params)
+        frame["layer"], frame["draw"] = frame["unit"].map(layer_of).astype(int), -1
+        return frame
+
+    frame = step(f"{step_prefix}-layers", whole_layers)
     if routed_counts is None:
         return frame
-    counts = routed_counts.clamp(max=activations.shape[1])
-    subsets, source = subsample_like_routing(everyone, counts, n_draws=counts.numel(), seed=seed)
-    unit_of = {f"L{layer}D{draw}": (layer, draw) for layer in layers for draw in range(counts.numel())}
-    fair = _probe(activations, subsets, stored, list(unit_of), params, activation_index=source)
-    fair["layer"] = fair["unit"].map(lambda unit: unit_of[unit][0]).astype(int)
-    fair["draw"] = fair["unit"].map(lambda unit: unit_of[unit][1]).astype(int)
-    return pd.concat([frame, fair], ignore_index=True)
+
+    def draws() -> pd.DataFrame:
+        acts = activations()
+        everyone = torch.ones(len(layers), acts.shape[1], dtype=torch.bool)
+        counts = routed_counts.clamp(max=acts.shape[1])
+        subsets, source = subsample_like_routing(everyone, counts, n_draws=counts.numel(), seed=seed)
+        unit_of = {f"L{layer}D{draw}": (layer, draw) for layer in layers for draw in range(counts.numel())}
+        fair = _probe(acts, subsets, stored, list(unit_of), params, activation_index=source)
+        fair["layer"] = fair["unit"].map(lambda unit: unit_of[unit][0]).astype(int)
+        fair["draw"] = fair["unit"].map(lambda unit: unit_of[unit][1]).astype(int)
+        return fair
+
+    return pd.concat([frame, step(f"{step_prefix}-draws", draws)], ignore_index=True)
 
 
 def best_f1_by_k(frame: pd.DataFrame) -> pd.DataFrame:

@@ -38,7 +38,8 @@ from tl_moe.analysis.activations import StoredTokens
 from tl_moe.analysis.concept_probing import concept_populations, expert_activation_block
 from tl_moe.analysis.probing import STATUS_OK, KSparseProbe
 from tl_moe.analysis.stats import cluster_bootstrap
-from tl_moe.data.concepts import CONCEPTS
+from tl_moe.collect.steps import Step, run_now
+from tl_moe.data.concepts import KNOWN_CONCEPTS
 from tl_moe.models.hook_names import get_act_name
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "dense_matched_blocks",
     "dense_routed_blocks",
     "expert_blocks",
+    "fit_selection_block",
     "held_out_arm",
     "is_document_concept",
     "layer_map",
@@ -61,7 +63,7 @@ TP, FN, FP, TN = range(4)
 
 def is_document_concept(name: str) -> bool:
     """Whether a concept labels whole documents (``domain_*``, ``language_*``), not tokens."""
-    concept = CONCEPTS.get(name)
+    concept = KNOWN_CONCEPTS.get(name)
     if concept is not None:
         return concept.document_field is not None
     return name.startswith(("domain_", "language_"))
@@ -141,6 +143,7 @@ def held_out_arm(
     probe_params: dict,
     min_examples: int = 50,
     labels: Bool[torch.Tensor, "token concept"] | None = None,
+    step: Step = run_now,
 ) -> HeldOutArm:
     """Fit every unit's probes on the selection documents, choose per concept and k, score on test.
 
@@ -153,7 +156,101 @@ def held_out_arm(
         probe_params: :class:`KSparseProbe` settings (``ks``, ``random_state``, ...).
         min_examples: positives and negatives a unit needs on EACH side to be probed / chosen.
         labels: labels to probe instead of ``stored.labels`` (e.g. :func:`permuted_labels`).
+        step: how each unit of work runs (:class:`~tl_moe.collect.steps.ResumableSteps` to resume an
+            interrupted arm): the whole arm is step ``held_out-{name}``, and inside it each block of
+            units (at most one layer's) of each concept population is step
+            ``held_out-{name}-p{population}-b{block}``.
     """
+    units, chosen, doc_counts = step(
+        f"held_out-{name}",
+        lambda: _held_out_tables(
+            name, stored, blocks, selection, test_docs, probe_params, min_examples, labels, step
+        ),
+    )
+    return HeldOutArm(
+        name, units, chosen, doc_counts, tuple(stored.concept_names), _ks(probe_params), np.asarray(test_docs)
+    )
+
+
+def _ks(probe_params: dict) -> tuple[int, ...]:
+    return tuple(sorted(set(probe_params.get("ks", (1,)))))
+
+
+def fit_selection_block(
+    block: UnitBlock,
+    labels: Bool[torch.Tensor, "token concept"],
+    columns: list[int],
+    population: Bool[torch.Tensor, " token"],
+    selection: Bool[torch.Tensor, " token"],
+    concepts: tuple[str, ...],
+    params: dict,
+    min_examples: int,
+) -> tuple[pd.DataFrame, list[tuple[int, str, torch.Tensor, torch.Tensor, torch.Tensor]]]:
+    """Pass 1 of :func:`held_out_arm` for one block: fit its units on the selection documents.
+
+    Returns the units' rows (selection F1, example counts on both sides) and, for every unit and
+    concept column it may be chosen for, ``(column, unit name, top neurons, coef, intercept)``.
+    """
+    ks = _ks(params)
+    test = ~selection
+    unit_mask = block.unit_mask & population
+    probe = KSparseProbe(**params)
+    probe.fit(
+        block.activations,
+        labels[:, columns],
+        unit_mask & selection,
+        activation_index=block.activation_index,
+        unit_names=block.names,
+        concept_names=[concepts[c] for c in columns],
+    )
+    k_index = [probe.ks_.index(k) for k in ks if k in probe.ks_]
+    test_mask = unit_mask & test
+    n_pos = (test_mask.double() @ labels[:, columns].double()).round().long()
+    n_neg = test_mask.sum(1, keepdim=True) - n_pos
+    ok = (probe.status_ == STATUS_OK) & (n_pos >= min_examples) & (n_neg >= min_examples)
+    n_units, n_cols = ok.shape
+    fitted = [
+        (
+            columns[j],
+            block.names[u],
+            probe.top_neurons_[u, j],
+            probe.coef_[u, j][k_index],
+            probe.intercept_[u, j][k_index],
+        )
+        for u, j in ok.nonzero().tolist()
+    ]
+    grid = {
+        "unit": np.repeat(np.array(block.names, dtype=object), n_cols * len(ks)),
+        "layer": np.repeat(np.array(block.layers), n_cols * len(ks)),
+        "concept": np.tile(
+            np.repeat(np.array([concepts[c] for c in columns], dtype=object), len(ks)), n_units
+        ),
+        "k": np.tile(np.array(ks), n_units * n_cols),
+    }
+    f1 = probe.f1_[:, :, k_index].masked_fill(~ok[:, :, None], math.nan)
+    grid["selection_f1"] = f1.flatten().numpy()
+    for key, values in (
+        ("n_pos_selection", probe.n_pos_),
+        ("n_neg_selection", probe.n_neg_),
+        ("n_pos_test", n_pos),
+        ("n_neg_test", n_neg),
+    ):
+        grid[key] = values[:, :, None].expand(-1, -1, len(ks)).flatten().numpy()
+    return pd.DataFrame(grid), fitted
+
+
+def _held_out_tables(
+    name: str,
+    stored: StoredTokens,
+    blocks: BlockFactory,
+    selection: Bool[torch.Tensor, " token"],
+    test_docs: np.ndarray,
+    probe_params: dict,
+    min_examples: int,
+    labels: Bool[torch.Tensor, "token concept"] | None,
+    step: Step,
+) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """:func:`held_out_arm`'s work: the arm's ``units``, ``chosen`` and ``doc_counts``."""
     labels = stored.labels if labels is None else labels
     ks = tuple(sorted(set(probe_params.get("ks", (1,)))))
     params = {**probe_params, "min_examples": min_examples}
@@ -165,49 +262,19 @@ def held_out_arm(
     frames: list[pd.DataFrame] = []
     fitted: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
     populations = concept_populations(stored)
-    # Pass 1: fit every unit on the selection documents; count its test-side examples.
-    for columns, population in populations:
-        for block in blocks(population):
-            unit_mask = block.unit_mask & population
-            probe = KSparseProbe(**params)
-            probe.fit(
-                block.activations,
-                labels[:, columns],
-                unit_mask & selection,
-                activation_index=block.activation_index,
-                unit_names=block.names,
-                concept_names=[concepts[c] for c in columns],
-            )
-            k_index = [probe.ks_.index(k) for k in ks if k in probe.ks_]
-            test_mask = unit_mask & test
-            n_pos = (test_mask.double() @ labels[:, columns].double()).round().long()
-            n_neg = test_mask.sum(1, keepdim=True) - n_pos
-            ok = (probe.status_ == STATUS_OK) & (n_pos >= min_examples) & (n_neg >= min_examples)
-            n_units, n_cols = ok.shape
-            for u, j in ok.nonzero().tolist():
-                fitted[(columns[j], block.names[u])] = (
-                    probe.top_neurons_[u, j],
-                    probe.coef_[u, j][k_index],
-                    probe.intercept_[u, j][k_index],
-                )
-            grid = {
-                "unit": np.repeat(np.array(block.names, dtype=object), n_cols * len(ks)),
-                "layer": np.repeat(np.array(block.layers), n_cols * len(ks)),
-                "concept": np.tile(
-                    np.repeat(np.array([concepts[c] for c in columns], dtype=object), len(ks)), n_units
+    # Pass 1: fit every unit on the selection documents; count its test-side examples. The blocks
+    # are built even where a step is saved: a factory may draw random subsets in sequence.
+    for p, (columns, population) in enumerate(populations):
+        for b, block in enumerate(blocks(population)):
+            frame, entries = step(
+                f"held_out-{name}-p{p}-b{b}",
+                lambda block=block, columns=columns, population=population: fit_selection_block(
+                    block, labels, columns, population, selection, concepts, params, min_examples
                 ),
-                "k": np.tile(np.array(ks), n_units * n_cols),
-            }
-            f1 = probe.f1_[:, :, k_index].masked_fill(~ok[:, :, None], math.nan)
-            grid["selection_f1"] = f1.flatten().numpy()
-            for key, values in (
-                ("n_pos_selection", probe.n_pos_),
-                ("n_neg_selection", probe.n_neg_),
-                ("n_pos_test", n_pos),
-                ("n_neg_test", n_neg),
-            ):
-                grid[key] = values[:, :, None].expand(-1, -1, len(ks)).flatten().numpy()
-            frames.append(pd.DataFrame(grid))
+            )
+            for column, unit, top, coef, intercept in entries:
+                fitted[(column, unit)] = (top, coef, intercept)
+            frames.append(frame)
     units = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     # Choose per concept and k on the selection score only (first unit of ties).
     scored = units.dropna(subset=["selection_f1"])
@@ -267,7 +334,7 @@ def held_out_arm(
     chosen = pd.DataFrame(chosen_rows)
     if len(chosen):
         chosen = chosen.sort_values(["concept", "k"]).reset_index(drop=True)
-    return HeldOutArm(name, units, chosen, doc_counts, concepts, ks, np.asarray(test_docs))
+    return units, chosen, doc_counts
 
 
 def compare(

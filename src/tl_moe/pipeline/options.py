@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,19 @@ def _int_list(flag: str) -> Callable[[str], tuple[int, ...]]:
             raise InputError(f"{flag} takes comma-separated integers (e.g. 1,3), got {text!r}.") from None
         if not values:
             raise InputError(f"{flag} needs at least one integer, got {text!r}.")
+        return values
+
+    return parse
+
+
+def _float_list(flag: str) -> Callable[[str], tuple[float, ...]]:
+    def parse(text: str) -> tuple[float, ...]:
+        try:
+            values = tuple(float(part) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise InputError(f"{flag} takes comma-separated numbers (e.g. 0.5,2), got {text!r}.") from None
+        if not values:
+            raise InputError(f"{flag} needs at least one number, got {text!r}.")
         return values
 
     return parse
@@ -62,7 +76,9 @@ class RunOptions:
         "toy/dense", "dense model to compare with, or 'none'", parse=_optional_model
     )
     corpus: str | None = option(
-        None, "corpus: 'embedded' (default), a saved datasets dir, a hub dataset id, or data files"
+        None,
+        "corpus: 'embedded' (default), 'embedded:v2' (larger; adds part-of-speech concepts), a saved "
+        "datasets dir, a hub dataset id, or data files",
     )
     split: str = option("validation", "corpus split to analyze")
     out: Path = option(Path("tl_moe_report"), "output directory of the report", parse=Path)
@@ -151,6 +167,25 @@ class RunOptions:
         "windows of held-out documents for the causal checks of the labels (0: no causal checks)",
         parse=int,
     )
+    reweight_tokens: int = option(
+        3000,
+        "re-weighting / steering: tokens of each domain on each document half (selection, held out)",
+        parse=int,
+    )
+    reweight_factors: tuple[float, ...] = option(
+        (0.5, 0.8, 1.25, 1.5, 2.0),
+        "re-weighting: mixing-weight factors tried on the selection half (comma-separated)",
+        parse=_float_list("--reweight-factors"),
+    )
+    reweight_draws: int = option(
+        5, "re-weighting / steering: random routing-rate-matched expert sets behind each control", parse=int
+    )
+    steer_contrast: tuple[str, ...] | None = option(
+        None,
+        "steering: two domains to contrast (A,B), or two languages of one domain (DOMAIN:A,B); "
+        "default: the two domains with the most documents",
+        parse=_name_list,
+    )
     checkpoint_every: int = option(20, "batches between checkpoints", parse=int, cli=False)
     progress: bool = option(True, "show progress bars", cli=False)
 
@@ -177,6 +212,8 @@ class RunOptions:
             "permutations",
             "min_expert_tokens",
             "checkpoint_every",
+            "reweight_tokens",
+            "reweight_draws",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -193,6 +230,15 @@ class RunOptions:
             raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}.")
         if self.device_map is not None and self.device is not None:
             raise InputError("give --device or --device-map, not both.")
+        factors = self.reweight_factors
+        if not factors or any(not isinstance(f, (int, float)) or not math.isfinite(f) for f in factors):
+            raise InputError(f"--reweight-factors must be finite numbers, got {factors!r}.")
+        if self.steer_contrast is not None and (
+            len(self.steer_contrast) != 2 or len(set(self.steer_contrast)) != 2
+        ):
+            raise InputError(
+                f"--steer-contrast takes two different names (A,B or DOMAIN:A,B), got {self.steer_contrast!r}."
+            )
         if self.probe_layers is not None and not self.probe_layers:
             raise InputError("--probe-layers needs at least one layer.")
 

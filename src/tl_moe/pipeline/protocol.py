@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 
 from tl_moe.collect.accumulator import Accumulator
 from tl_moe.models.config import MoEConfig
+from tl_moe.report.summary import TableSummary
 
 if TYPE_CHECKING:  # annotations only: the context module imports nothing from here at run time
     from tl_moe.pipeline.context import RunContext
@@ -80,6 +81,11 @@ class Inputs:
     def get(self, need: Need, default: Any = None) -> Any:
         return self._collected.get((need.model, need.spec), default)
 
+    def optional_result(self, name: str) -> Result | None:
+        """The result of the analysis ``name`` if it ran earlier in this run (None otherwise): for
+        comparisons an analysis adds when another analysis happens to be chosen too."""
+        return self._results.get(name)
+
     def result(self, name: str) -> Result:
         """The result of the analysis ``name`` (it must be in ``depends_on``)."""
         if name not in self._results:
@@ -89,12 +95,18 @@ class Inputs:
 
 @dataclass(frozen=True)
 class TableItem:
-    """A table of a result as the report shows it."""
+    """A table of a result as the report shows it.
+
+    A table longer than ``max_rows`` is summarized on the page (counts by status, quantiles of the
+    score per group, top rows) and linked in full; ``summary`` says which columns those are
+    (:class:`~tl_moe.report.TableSummary`; default: every numeric column, the first rows).
+    """
 
     name: str
     frame: pd.DataFrame
     caption: str
     max_rows: int = 30
+    summary: TableSummary | None = None
 
 
 @dataclass(frozen=True)
@@ -185,7 +197,9 @@ class Analysis(ABC):
         for item in result.figures():
             section.add_figure(item.figure, item.name, item.caption)
         for item in result.tables():
-            section.add_table(item.frame, item.name, item.caption, max_rows=item.max_rows)
+            section.add_table(
+                item.frame, item.name, item.caption, max_rows=item.max_rows, summary=item.summary
+            )
         metrics = result.metrics()
         if metrics:
             section.add_metrics(metrics)

@@ -1,16 +1,22 @@
-"""The README's results section, generated from a run's ``results.json`` (never typed by hand).
+"""The README's results sections, generated from runs' ``results.json`` files (never typed by hand).
 
     python -m tl_moe.pipeline.readme_results docs/results/toy_default.json   # prints the Markdown
-    python -m tl_moe.pipeline.readme_results docs/results/toy_default.json --write README.md
+    python -m tl_moe.pipeline.readme_results --write README.md               # rewrites every block
 
-``--write`` replaces the text between ``<!-- results:start -->`` and ``<!-- results:end -->``;
-``tests/test_readme.py`` checks that the README equals what the committed results file generates.
+Each block of :data:`BLOCKS` has its committed results file and its markers in the README:
+``<!-- results:start -->`` / ``<!-- results:end -->`` for the default run, and
+``<!-- results:NAME:start -->`` / ``<!-- results:NAME:end -->`` for the others. ``--write`` replaces
+the text between each pair; ``tests/test_readme.py`` checks that the README equals what the committed
+results files generate.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -137,23 +143,93 @@ def results_markdown(results: dict[str, Any], source: str) -> str:
     return "\n".join(lines)
 
 
-def replace_block(readme: str, block: str) -> str:
-    """``readme`` with the text between the results markers replaced by ``block``."""
-    start, end = readme.index(START) + len(START), readme.index(END)
+_NOT_A_SETTING = {"out", "progress", "fresh", "keep_checkpoints", "threads", "checkpoint_every"}
+
+
+def command_line(options: dict[str, Any]) -> str:
+    """The ``tl-moe analyze`` command that reproduces a run's ``options`` (its ``--out`` left out)."""
+    from tl_moe.pipeline.options import RunOptions
+
+    words = ["tl-moe", "analyze"]
+    for spec in dataclasses.fields(RunOptions):
+        if spec.name in _NOT_A_SETTING or spec.name not in options:
+            continue
+        value, default = options[spec.name], spec.default
+        if isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)
+        if value == default or (isinstance(default, Path) and value == str(default)):
+            continue
+        if spec.metadata.get("positional"):
+            words.insert(2, str(value))
+        elif isinstance(default, bool):
+            words.append("--" + spec.name.replace("_", "-"))
+        else:
+            shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+            words += ["--" + spec.name.replace("_", "-"), "none" if value is None else shown]
+    return " ".join(words)
+
+
+def findings_markdown(results: dict[str, Any], source: str) -> str:
+    """A results block that quotes a run's findings (each with its control and interval) and its command."""
+    options = results["metadata"]["options"]
+    lines = [
+        f"Generated from [`{source}`]({source}) by `python -m tl_moe.pipeline.readme_results`; the run: "
+        f"`{command_line(options)}` ({options['split']} split, seed {options['seed']}). Numbers are the "
+        "toys' own; intervals are 95% document-level bootstraps.",
+        "",
+    ]
+    lines += [f"- {finding}" for finding in results.get("findings", [])]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Block:
+    """A generated README block: the committed results file it is made from and how it is written."""
+
+    name: str
+    source: str
+    render: Callable[[dict[str, Any], str], str]
+
+    @property
+    def markers(self) -> tuple[str, str]:
+        if self.name == "default":
+            return START, END
+        return f"<!-- results:{self.name}:start -->", f"<!-- results:{self.name}:end -->"
+
+    def markdown(self, root: Path = Path(".")) -> str:
+        return self.render(json.loads((root / self.source).read_text()), self.source)
+
+
+BLOCKS = (
+    Block("default", "docs/results/toy_default.json", results_markdown),
+    Block("drivers", "docs/results/toy_drivers.json", findings_markdown),
+)
+
+
+def replace_block(readme: str, block: str, markers: tuple[str, str] = (START, END)) -> str:
+    """``readme`` with the text between the ``markers`` replaced by ``block``."""
+    start_marker, end_marker = markers
+    start, end = readme.index(start_marker) + len(start_marker), readme.index(end_marker)
     return readme[:start] + "\n" + block + "\n" + readme[end:]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Print (or write into the README) the results section.")
-    parser.add_argument("results", type=Path)
-    parser.add_argument("--write", type=Path, default=None)
+    parser = argparse.ArgumentParser(description="Print (or write into the README) the results sections.")
+    parser.add_argument("results", type=Path, nargs="?", help="print the block of this results file")
+    parser.add_argument("--write", type=Path, default=None, help="rewrite every block of this README")
     args = parser.parse_args(argv)
-    block = results_markdown(json.loads(args.results.read_text()), str(args.results))
     if args.write is None:
-        print(block)
-    else:
-        args.write.write_text(replace_block(args.write.read_text(), block))
-        print(f"wrote the results section of {args.write}")
+        if args.results is None:
+            parser.error("give a results file to print, or --write README.md")
+        render = next((b.render for b in BLOCKS if Path(b.source) == args.results), findings_markdown)
+        print(render(json.loads(args.results.read_text()), str(args.results)))
+        return
+    readme = args.write.read_text()
+    for block in BLOCKS:
+        if block.markers[0] in readme and (Path(block.source)).exists():
+            readme = replace_block(readme, block.markdown(), block.markers)
+            print(f"wrote the {block.name} results block of {args.write} from {block.source}")
+    args.write.write_text(readme)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Any
 
 from tl_moe.collect import collect, remove_checkpoints
 from tl_moe.collect.accumulator import Accumulator
-from tl_moe.data.concepts import TokenConceptLabeler
+from tl_moe.data.concepts import TokenConceptLabeler, concepts_for_corpus
 from tl_moe.errors import InputError
 from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.needs import TokensByDomain
@@ -120,6 +120,9 @@ def _collect_model(
     accumulators: dict[str, Accumulator] = {
         _pass_name(spec): spec.build(model, run_context) for spec in specs
     }
+    labeler = TokenConceptLabeler(concepts_for_corpus(options.corpus))
+    if out is not None:
+        run_context.pass_identities[model_name] = _pass_identity(model, run_context, accumulators, labeler)
     finished = collect(
         model,
         run_context.dataset,
@@ -127,13 +130,38 @@ def _collect_model(
         batch_size=options.batch_size,
         seq_len=options.seq_len,
         max_tokens=options.max_tokens,
-        concept_labeler=TokenConceptLabeler(),
+        concept_labeler=labeler,
         checkpoint_dir=None if out is None else _checkpoint_dir(out, model_name),
         checkpoint_every=options.checkpoint_every,
         progress=options.progress,
         fresh=options.fresh,
     )
     return {spec: finished[_pass_name(spec)] for spec in specs}
+
+
+def _pass_identity(
+    model: Any, run_context: RunContext, accumulators: dict[str, Accumulator], labeler: Any
+) -> str:
+    """Digest of the content fingerprint :func:`~tl_moe.collect.collect` keys this pass's checkpoint
+    with (weights, corpus, tokenizer, pass arguments, accumulators): what later resumable steps of
+    the analyses that read the pass are keyed by."""
+    from tl_moe.collect.checkpoint import fingerprint, fingerprint_digest
+    from tl_moe.collect.distributed import process_shard
+
+    options = run_context.options
+    shard = process_shard()
+    fields = fingerprint(
+        model=model,
+        dataset=run_context.dataset,
+        tokenizer=model.tokenizer,
+        accumulators=accumulators,
+        batch_size=options.batch_size,
+        seq_len=options.seq_len,
+        max_tokens=options.max_tokens,
+        concept_labeler=labeler,
+        shard=(shard.position, shard.count),
+    )
+    return fingerprint_digest(fields)
 
 
 def run(
@@ -208,7 +236,10 @@ def _run(options, analyses, dataset, models, write_report, started) -> RunResult
     out = Path(options.out)
     if write_report:
         check_output_dir(out)
+    concepts_for_corpus(options.corpus)  # '--corpus embedded:v2' needs the tagger of its concepts
     run_context = RunContext(options, dataset=dataset, models=models)
+    if write_report:  # a notebook run without a report writes nothing, checkpoints included
+        run_context.checkpoint_dir = out / "checkpoints"
     if not run_context.domain_names:  # loads and checks the corpus before any model
         raise InputError(f"The corpus split {options.split!r} has no documents.")
     if not run_context.config(run_context.main).is_moe:

@@ -13,10 +13,12 @@ from tl_moe.report.figures import bar_plot, heatmap, line_plot, new_figure
 from tl_moe.report.jsonable import to_jsonable
 from tl_moe.report.markup import markdown_to_html
 from tl_moe.report.report import Report, Section
+from tl_moe.report.summary import TableSummary
 
 __all__ = [
     "Report",
     "Section",
+    "TableSummary",
     "bar_plot",
     "heatmap",
     "line_plot",

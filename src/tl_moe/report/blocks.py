@@ -29,9 +29,11 @@ class FigureBlock:
 
 @dataclass(frozen=True)
 class TableBlock:
-    """A table shown by its first rows (``head``); the full table lives in the ``csv`` and ``parquet`` files.
+    """A table shown in full (``head``), or, when longer than the page may show, by its ``summary``.
 
-    ``csv`` and ``parquet`` are paths relative to ``index.html``; ``n_rows`` counts the full table's rows.
+    ``csv`` and ``parquet`` (paths relative to ``index.html``) hold the full table; ``n_rows`` counts
+    its rows. ``summary``: ``(title, small table)`` parts (:func:`tl_moe.report.summary.summarize`)
+    shown instead of the rows, or None when ``head`` is the whole table.
     """
 
     name: str
@@ -41,6 +43,7 @@ class TableBlock:
     csv: str
     parquet: str
     show_index: bool
+    summary: tuple[tuple[str, pd.DataFrame], ...] | None = None
 
 
 @dataclass(frozen=True)

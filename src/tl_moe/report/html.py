@@ -48,6 +48,9 @@ thead th { border-bottom: 2px solid #d0d7de; }
 tbody tr:nth-child(even) { background: #f6f8fa; }
 .num { text-align: right; font-variant-numeric: tabular-nums; }
 .note { color: #57606a; font-size: .85rem; }
+div.summary { border-left: 3px solid #d0d7de; padding-left: .75rem; margin: 1.5rem 0; }
+div.summary .scroll { margin: .6rem 0; }
+p.table-title { color: #57606a; font-size: .92rem; margin: .4rem 0; }
 aside.findings { background: #fff8e6; border: 1px solid #e3c16f; border-radius: 6px; padding: .5rem 1.25rem;
   margin: 1rem 0 1.5rem; }
 aside.findings h2 { border: 0; margin: .2rem 0; padding: 0; font-size: 1.1rem; }
@@ -173,19 +176,29 @@ def _block_html(block: Block, numbering: _Numbering) -> str:
         )
     if isinstance(block, TableBlock):
         numbering.tables += 1
-        shown = len(block.head)
-        extent = (
-            f"all {block.n_rows} rows" if shown == block.n_rows else f"first {shown} of {block.n_rows} rows"
-        )
         files = f'<a href="{escape(block.csv)}">CSV</a>, <a href="{escape(block.parquet)}">parquet</a>'
-        caption = (
-            f"<strong>Table {numbering.tables}.</strong> {inline_to_html(block.caption)} "
-            f'<span class="note">({extent}; full table: {files})</span>'
-        )
-        return (
-            f'<div id="table-{escape(block.name)}">{_data_table(block.head, block.show_index, caption)}</div>'
-        )
+        title = f"<strong>Table {numbering.tables}.</strong> {inline_to_html(block.caption)}"
+        if block.summary is None:
+            caption = f'{title} <span class="note">(all {block.n_rows} rows; full table: {files})</span>'
+            return (
+                f'<div id="table-{escape(block.name)}">'
+                f"{_data_table(block.head, block.show_index, caption)}</div>"
+            )
+        return _summary_html(block, title, files)
     raise TypeError(f"Unknown report block {type(block).__name__}.")
+
+
+def _summary_html(block: TableBlock, title: str, files: str) -> str:
+    """A long table as its summary parts, each a small table, under one numbered caption."""
+    note = f"{block.n_rows} rows, summarized below; full table: {files}"
+    parts = [
+        _data_table(part.reset_index(drop=True), False, f"{escape(part_title)} ({len(part)} rows)")
+        for part_title, part in block.summary or ()
+    ]
+    return (
+        f'<div id="table-{escape(block.name)}" class="summary"><p class="table-title">{title} '
+        f'<span class="note">({note})</span></p>\n' + "\n".join(parts) + "</div>"
+    )
 
 
 def _settings_html(metadata: Mapping[str, Any]) -> str:

@@ -37,6 +37,7 @@ from tl_moe.report.files import (
 )
 from tl_moe.report.html import render_page
 from tl_moe.report.jsonable import to_jsonable
+from tl_moe.report.summary import TableSummary, summarize
 
 __all__ = ["Report", "Section"]
 
@@ -86,11 +87,21 @@ class Section:
         self.blocks.append(FigureBlock(name=name, caption=caption, src=src))
         return path
 
-    def add_table(self, frame: pd.DataFrame, name: str, caption: str = "", max_rows: int = 30) -> Path:
-        """Show the first ``max_rows`` rows of ``frame`` here; save all of it as ``tables/<name>.csv`` / ``.parquet``.
+    def add_table(
+        self,
+        frame: pd.DataFrame,
+        name: str,
+        caption: str = "",
+        max_rows: int = 30,
+        summary: TableSummary | None = None,
+    ) -> Path:
+        """Show ``frame`` here; save all of it as ``tables/<name>.csv`` / ``.parquet``, linked from the page.
 
-        The index is shown and saved unless it is the default ``0..n-1`` range. ``name`` must be
-        unique among the report's tables. Returns the CSV path.
+        A table of at most ``max_rows`` rows is shown in full. A longer one is summarized instead
+        (:func:`~tl_moe.report.summary.summarize`): rows per status, the score's quantiles per group
+        and its top rows as ``summary`` says (default: every numeric column's quantiles and the
+        first ``max_rows`` rows). The index is shown and saved unless it is the default ``0..n-1``
+        range. ``name`` must be unique among the report's tables. Returns the CSV path.
         """
         if not isinstance(frame, pd.DataFrame):
             raise TypeError(f"add_table expects a pandas.DataFrame, got {type(frame).__name__}.")
@@ -103,6 +114,13 @@ class Section:
                 f"Table {name!r} has duplicate column labels {duplicates}; column labels must be unique."
             )
         _check_text(caption, "caption")
+        if summary is not None:
+            if not isinstance(summary, TableSummary):
+                raise TypeError(f"summary must be a TableSummary, got {type(summary).__name__}.")
+            summary.check(frame, name)
+        parts = None
+        if len(frame) > max_rows:
+            parts = tuple(summarize(frame, summary or TableSummary(top=None), max_rows))
         stem = f"{TABLES_DIR}/{self._report._check_new_name(name, TableBlock)}"
         csv, parquet = f"{stem}.csv", f"{stem}.parquet"
         save_table(frame, self._report.out_dir / csv, self._report.out_dir / parquet)
@@ -115,6 +133,7 @@ class Section:
                 csv=csv,
                 parquet=parquet,
                 show_index=not has_default_index(frame),
+                summary=parts,
             )
         )
         return self._report.out_dir / csv
@@ -152,6 +171,7 @@ class Section:
                     "csv": b.csv,
                     "parquet": b.parquet,
                     "n_rows": b.n_rows,
+                    "summarized": b.summary is not None,
                     "columns": [column_label(c) for c in b.head.columns],
                 }
                 for b in self.blocks

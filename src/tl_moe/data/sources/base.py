@@ -25,13 +25,15 @@ class DomainSource:
     ``iter_documents(rng)`` yields documents in a random order decided by ``rng`` so that a
     caller can stop after a budget of documents or characters and still get a varied sample.
     ``packages`` are the distributions the texts are read from: their versions enter the corpus
-    cache key so that an upgrade rebuilds the corpus.
+    cache key so that an upgrade rebuilds the corpus. ``licence`` says under which terms the texts
+    are distributed (for docs/DATA.md).
     """
 
     domain: str
     description: str
     iter_documents: Callable[[random.Random], Iterator[Document]]
     packages: tuple[str, ...] = ()
+    licence: str = ""
 
     def package_versions(self) -> dict[str, str]:
         """Installed version of each package this source reads (``"missing"`` if not installed)."""

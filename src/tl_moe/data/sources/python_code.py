@@ -116,4 +116,5 @@ PYTHON_SOURCE = DomainSource(
     domain="python",
     description="Python standard-library source files, cut at statement boundaries (each chunk parses).",
     iter_documents=iter_python_documents,
+    licence="PSF License 2.0 (the Python standard library)",
 )

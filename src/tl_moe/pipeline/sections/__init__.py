@@ -6,10 +6,11 @@ from tl_moe.pipeline.sections.drivers import Drivers, DriversResult
 from tl_moe.pipeline.sections.explain import Explain, ExplainResult
 from tl_moe.pipeline.sections.logit_lens import LogitLens, LogitLensResult
 from tl_moe.pipeline.sections.probing import Probing, ProbingResult
+from tl_moe.pipeline.sections.reweighting import Reweighting, ReweightingResult
 from tl_moe.pipeline.sections.sparsity import Sparsity, SparsityResult
 from tl_moe.pipeline.sections.specialization import Specialization, SpecializationSummary
 
-BUILT_IN = (Probing, Sparsity, Specialization, Domains, Drivers, Associations, LogitLens, Explain)
+BUILT_IN = (Probing, Sparsity, Specialization, Domains, Drivers, Associations, Reweighting, LogitLens, Explain)
 """The built-in analyses in report order."""
 
 __all__ = [
@@ -26,6 +27,8 @@ __all__ = [
     "LogitLensResult",
     "Probing",
     "ProbingResult",
+    "Reweighting",
+    "ReweightingResult",
     "Sparsity",
     "SparsityResult",
     "Specialization",

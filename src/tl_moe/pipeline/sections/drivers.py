@@ -1,5 +1,6 @@
 """Driver experts: the exact causal effect of removing (and zeroing) each expert, selected on one half
-of the documents and reported on the other, against routing-frequency-matched control experts."""
+of the documents and reported on the other, against routing-frequency-matched control experts; beside
+it, the first-order (attribution-patching) estimate and REAP saliency, scored against the exact effect."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ from typing import Any
 
 import pandas as pd
 
+from tl_moe.analysis.driver_domain import DriverDomainComparison, compare_drivers_with_domain_experts
 from tl_moe.analysis.drivers import DocumentEffects, ExpertSaliency, driver_report
+from tl_moe.analysis.effect_estimate import FirstOrderEffects, estimate_report
 from tl_moe.collect.accumulator import Accumulator
 from tl_moe.models.config import MoEConfig
 from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.protocol import AccumulatorSpec, Analysis, FigureItem, Inputs, Need, Result, TableItem
 from tl_moe.report.figures import new_figure
 
-__all__ = ["DriverEffects", "DriverSaliency", "Drivers", "DriversResult"]
+__all__ = ["DriverEffects", "DriverEstimate", "DriverSaliency", "Drivers", "DriversResult"]
 
 
 @dataclass(frozen=True)
@@ -44,17 +47,45 @@ class DriverSaliency(AccumulatorSpec):
 
 
 @dataclass(frozen=True)
+class DriverEstimate(AccumulatorSpec):
+    """First-order zeroing estimate of every expert (one backward per batch), on the same batches."""
+
+    max_tokens: int = 8000
+
+    def build(self, model: Any, run: RunContext) -> Accumulator:
+        cfg = model.moe_cfg
+        return FirstOrderEffects(cfg.sparse_layers, cfg.num_experts, self.max_tokens)
+
+    def estimate_bytes(self, cfg: MoEConfig, run: RunContext) -> int:
+        return 2 * len(cfg.sparse_layers) * cfg.num_experts * len(run.dataset) * 8
+
+
+@dataclass(frozen=True)
 class DriversResult(Result):
     """Attributes:
     experts: one row per (layer, expert): routed share, REAP saliency, effects per edit and half.
     comparison: drivers vs matched controls on the report half, with 95% document-bootstrap intervals.
     saliency_spearman: Spearman ρ between REAP saliency (selection half) and the removal effect
         (report half), over all experts.
+    estimates: one row per (layer, expert) over all documents: exact effects, first-order estimate,
+        REAP saliency (:func:`~tl_moe.analysis.effect_estimate.estimate_report`).
+    agreement: Spearman ρ (95% bootstrap over experts) and top-n overlap of the estimate and of REAP
+        saliency with each exact effect, per layer and over all layers.
+    domain_overlap: driver experts vs the domains analysis' domain experts (when it ran too): overlap
+        against hypergeometric chance and Spearman ρ of domain score vs removal effect, per layer.
     """
 
     experts: pd.DataFrame
     comparison: pd.DataFrame
     saliency_spearman: float
+    estimates: pd.DataFrame | None = None
+    agreement: pd.DataFrame | None = None
+    domain_overlap: DriverDomainComparison | None = None
+
+    def _agreement_row(self, score: str, kind: str = "zero", layer: str = "all") -> Any:
+        frame = self.agreement
+        pick = (frame["score"] == score) & (frame["exact effect"] == kind) & (frame["layer"] == layer)
+        return frame[pick].iloc[0]
 
     def to_frame(self) -> pd.DataFrame:
         return self.experts
@@ -67,7 +98,45 @@ class DriversResult(Result):
             metrics[f"{key} | 95% CI"] = [round(row[3], 5), round(row[4], 5)]
         metrics["report documents"] = int(self.comparison["report documents"].iloc[0])
         metrics["Spearman(REAP saliency, removal effect)"] = round(self.saliency_spearman, 4)
+        if self.agreement is not None:
+            for score in ("first-order estimate", "REAP saliency"):
+                row = self._agreement_row(score)
+                key = f"Spearman({score}, exact zeroing effect) | all layers"
+                metrics[key] = _rounded(row["spearman"])
+                metrics[f"{key} | 95% CI"] = [_rounded(row["ci low"]), _rounded(row["ci high"])]
+                metrics[f"{key} | experts"] = int(row["experts"])
+                top = f"top-{int(row['top n'])} overlap({score}, exact zeroing effect)"
+                metrics[top] = int(row["top-n overlap"])
+                metrics[f"{top} | chance"] = round(float(row["chance overlap"]), 3)
+        if self.domain_overlap is not None:
+            total = self.domain_overlap.table.set_index("layer").loc["all"]
+            metrics["drivers that are domain experts"] = int(total["both"])
+            metrics["drivers that are domain experts | expected by chance"] = round(
+                float(total["expected both"]), 3
+            )
+            metrics["drivers that are domain experts | hypergeometric p"] = _rounded(total["overlap p"])
+            metrics["Spearman(domain score, removal effect) | all layers"] = _rounded(total["spearman"])
+            metrics["Spearman(domain score, removal effect) | all layers | 95% CI"] = [
+                _rounded(total["spearman ci low"]),
+                _rounded(total["spearman ci high"]),
+            ]
         return metrics
+
+    def records(self) -> dict[str, Any]:
+        if self.agreement is None:
+            return {}
+
+        def plain(frame: pd.DataFrame) -> list[dict[str, Any]]:
+            return frame.astype(object).where(frame.notna(), None).to_dict("records")
+
+        return {
+            "first_order_estimate": {
+                "agreement": plain(self.agreement),
+                "experts": plain(self.estimates),
+                "exact positions": int(self.agreement.attrs.get("exact positions", 0)),
+                "estimate positions": int(self.agreement.attrs.get("estimate positions", 0)),
+            }
+        }
 
     def findings(self) -> list[str]:
         rows = self.comparison.set_index(["edit", "group"])
@@ -78,7 +147,7 @@ class DriversResult(Result):
             return f"{row.iloc[0]:+.4f} [{row['ci low']:+.4f}, {row['ci high']:+.4f}]"
 
         n = int(self.comparison["experts"].iloc[0])
-        return [
+        findings = [
             f"**Driver experts** (chosen on half the documents, measured on the other "
             f"{int(self.comparison['report documents'].iloc[0])}): removing one of the {n} strongest changes "
             f"next-token loss by {show('driver experts')} nats/token vs {show('matched controls')} for "
@@ -86,6 +155,31 @@ class DriversResult(Result):
             f"bootstrap); REAP saliency ranks experts with Spearman ρ = {self.saliency_spearman:.2f} "
             "against the exact removal effect."
         ]
+        if self.agreement is not None:
+            first, reap = self._agreement_row("first-order estimate"), self._agreement_row("REAP saliency")
+
+            def rho(row: Any) -> str:
+                interval = f" [{row['ci low']:.2f}, {row['ci high']:.2f}]" if not row["interval"] else ""
+                return f"{row['spearman']:.2f}{interval}"
+
+            findings.append(
+                f"**First-order estimate** (one backward per batch) of the zeroing effect: Spearman ρ = "
+                f"{rho(first)} with the exact zeroing effect over {int(first['experts'])} experts (REAP "
+                f"saliency: {rho(reap)}; 95% bootstrap over experts); its top {int(first['top n'])} share "
+                f"{int(first['top-n overlap'])} experts with the exact top {int(first['top n'])} "
+                f"(chance {first['chance overlap']:.1f}; REAP: {int(reap['top-n overlap'])})."
+            )
+        if self.domain_overlap is not None:
+            total = self.domain_overlap.table.set_index("layer").loc["all"]
+            findings.append(
+                f"**Drivers vs domain experts**: {int(total['both'])} of the {int(total['drivers'])} driver experts "
+                f"are domain experts (expected by chance {total['expected both']:.1f} of "
+                f"{int(total['experts'])} scored experts with {int(total['domain experts'])} domain experts; "
+                f"hypergeometric p = {total['overlap p']:.3g}); domain score vs removal effect: Spearman ρ = "
+                f"{total['spearman']:+.2f} [{total['spearman ci low']:+.2f}, {total['spearman ci high']:+.2f}] "
+                "(95% bootstrap over experts)."
+            )
+        return findings
 
     def figures(self) -> list[FigureItem]:
         fig, ax = new_figure(6.4, 4.2)
@@ -104,24 +198,103 @@ class DriversResult(Result):
         ax.set_ylabel("loss change when removed, nats/token (report half)")
         ax.set_title("Exact causal effect vs data-only saliency")
         ax.legend(fontsize=8)
-        return [
+        items = [
             FigureItem(
                 "drivers_effect_vs_saliency", fig, "Each dot is an expert; drivers chosen on the other half."
             )
         ]
+        if self.estimates is not None:
+            items.append(
+                FigureItem(
+                    "drivers_estimate_vs_exact",
+                    self._estimate_figure(),
+                    "Each dot is an expert (all documents of the edited forwards); colour: layer. Left: the "
+                    "first-order estimate against the exact zeroing effect (dashed: y = x). Right: REAP "
+                    "saliency against the same exact effect.",
+                )
+            )
+        if self.domain_overlap is not None:
+            items.append(
+                FigureItem(
+                    "drivers_vs_domain_experts",
+                    self.domain_overlap.figure(),
+                    "Each dot is a scored expert: its domain score (domains analysis) against the loss change "
+                    "when it is removed (report half); drivers and domain experts marked, one panel per layer.",
+                )
+            )
+        return items
+
+    def _estimate_figure(self) -> Any:
+        fig, left = new_figure(10.0, 4.2)
+        left.remove()
+        left, right = fig.subplots(1, 2)
+        exact = self.estimates["zero: exact"]
+        layers = sorted(self.estimates["layer"].unique())
+        for layer in layers:
+            rows = self.estimates["layer"] == layer
+            left.scatter(
+                exact[rows], self.estimates.loc[rows, "first-order estimate"], s=16, label=f"L{layer}"
+            )
+            right.scatter(exact[rows], self.estimates.loc[rows, "saliency (REAP)"], s=16, label=f"L{layer}")
+        low = float(min(exact.min(), self.estimates["first-order estimate"].min()))
+        high = float(max(exact.max(), self.estimates["first-order estimate"].max()))
+        left.plot([low, high], [low, high], color="grey", lw=0.8, ls="--")
+        for ax, score, name in (
+            (left, "first-order estimate", "first-order estimate, nats/token"),
+            (right, "REAP saliency", "REAP saliency: mean weight × ‖expert output‖"),
+        ):
+            row = self._agreement_row(score)
+            ax.set_xlabel("exact loss change when zeroed, nats/token")
+            ax.set_ylabel(name)
+            ax.set_title(f"Spearman ρ = {row['spearman']:.2f} over {int(row['experts'])} experts", fontsize=9)
+            ax.ticklabel_format(style="sci", scilimits=(-2, 3))
+            ax.axvline(0, color="grey", lw=0.5)
+        if len(layers) <= 12:
+            left.legend(fontsize=7)
+        return fig
 
     def tables(self) -> list[TableItem]:
         top = self.experts.sort_values(self.experts.columns[5], ascending=False)
-        return [
-            TableItem(
-                "drivers_comparison", self.comparison, "Drivers vs frequency-matched controls (report half)."
-            ),
-            TableItem(
-                "drivers_experts",
-                top,
-                "Every expert's effects (sorted by the removal effect on the selection half).",
-            ),
-        ]
+        return (
+            [
+                TableItem(
+                    "drivers_comparison",
+                    self.comparison,
+                    "Drivers vs frequency-matched controls (report half).",
+                ),
+                TableItem(
+                    "drivers_experts",
+                    top,
+                    "Every expert's effects (sorted by the removal effect on the selection half).",
+                ),
+            ]
+            + (
+                []
+                if self.agreement is None
+                else [
+                    TableItem(
+                        "drivers_estimate_agreement",
+                        self.agreement,
+                        "How well the first-order estimate and REAP saliency rank experts by their exact effect: "
+                        "Spearman ρ (95% percentile bootstrap over experts) and overlap of the top n, against the "
+                        "overlap expected by chance.",
+                    )
+                ]
+            )
+            + (
+                []
+                if self.domain_overlap is None
+                else [
+                    TableItem(
+                        "drivers_vs_domain_experts",
+                        self.domain_overlap.table,
+                        "Driver experts vs domain experts per layer: overlap against the overlap of independent "
+                        "sets (hypergeometric p of an overlap at least as large), and Spearman ρ of domain score "
+                        "vs removal effect with a 95% bootstrap over experts.",
+                    )
+                ]
+            )
+        )
 
 
 class Drivers(Analysis):
@@ -136,7 +309,9 @@ class Drivers(Analysis):
         "interventional forwards on the first --driver-tokens tokens. Documents are split in two halves by a "
         "hash; driver experts are the largest removal effects on the selection half and are reported on the "
         "other half against, for each driver, the expert of the same layer with the closest routing frequency. "
-        "Intervals: 95% percentile bootstrap over report-half documents."
+        "Intervals: 95% percentile bootstrap over report-half documents. Beside the exact effects: the first-order "
+        "(attribution-patching) estimate of every zeroing effect from one backward per batch, −w·∂L/∂w summed over "
+        "the expert's slots, and REAP saliency, each scored by its rank correlation with the exact zeroing effect."
     )
     default = False
 
@@ -144,12 +319,37 @@ class Drivers(Analysis):
         return [
             Need(run.main, DriverEffects(max_tokens=run.options.driver_tokens)),
             Need(run.main, DriverSaliency()),
+            Need(run.main, DriverEstimate(max_tokens=run.options.driver_tokens)),
         ]
 
     def finalize(self, run: RunContext, inputs: Inputs) -> DriversResult:
+        """Drivers on the selection half, reported on the other; the first-order estimate beside the
+        exact effects; and, when the domains analysis ran too, drivers against domain experts."""
         effects = inputs[Need(run.main, DriverEffects(max_tokens=run.options.driver_tokens))]
         saliency = inputs[Need(run.main, DriverSaliency())]
         experts, comparison = driver_report(
             effects, saliency, n_drivers=run.options.n_drivers, seed=run.options.seed
         )
-        return DriversResult(experts, comparison, comparison.attrs["saliency_spearman"])
+        estimate = inputs[Need(run.main, DriverEstimate(max_tokens=run.options.driver_tokens))]
+        estimates, agreement = estimate_report(
+            effects, saliency, estimate, n_top=run.options.n_drivers, seed=run.options.seed
+        )
+        domains = inputs.optional_result("domains")
+        overlap = None
+        if domains is not None:
+            overlap = compare_drivers_with_domain_experts(
+                experts, domains.experts.to_frame(), effect="remove: effect (report)", seed=run.options.seed
+            )
+        return DriversResult(
+            experts,
+            comparison,
+            comparison.attrs["saliency_spearman"],
+            estimates=estimates,
+            agreement=agreement,
+            domain_overlap=overlap,
+        )
+
+
+def _rounded(value: Any, digits: int = 4) -> float | None:
+    value = float(value)
+    return round(value, digits) if value == value else None

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from tl_moe.analysis.readout import LogitReadout
 from tl_moe.collect.accumulator import Accumulator
-from tl_moe.data.concepts import TokenConceptLabeler
+from tl_moe.data.concepts import TokenConceptLabeler, concepts_for_corpus
 from tl_moe.errors import InputError
 from tl_moe.explain import (
     CachedChatClient,
@@ -44,7 +44,10 @@ class ExpertExamplesSpec(AccumulatorSpec):
 
     def build(self, model: Any, run: RunContext) -> Accumulator:
         return ExpertExamplesAccumulator(
-            model, run.domain_names, TokenConceptLabeler().concept_names, seed=self.seed
+            model,
+            run.domain_names,
+            TokenConceptLabeler(concepts_for_corpus(run.options.corpus)).concept_names,
+            seed=self.seed,
         )
 
 

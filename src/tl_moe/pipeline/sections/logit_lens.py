@@ -11,6 +11,7 @@ from tl_moe.analysis.logit_lens_accumulator import ExpertLogitLensResult
 from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.needs import ExpertLens
 from tl_moe.pipeline.protocol import Analysis, Inputs, Need, Result, TableItem
+from tl_moe.report import TableSummary
 
 __all__ = ["LogitLens", "LogitLensResult"]
 
@@ -45,7 +46,18 @@ class LogitLensResult(Result):
         ]
 
     def tables(self) -> list[TableItem]:
-        return [TableItem("logit_lens_top_tokens", self.top_tokens, "Top promoted tokens per expert.")]
+        summary = TableSummary(
+            score="mean_logit",
+            by=("layer",),
+            counts=("token",),
+            columns=("layer", "expert", "rank", "token", "mean_logit"),
+            top=20,
+        )
+        return [
+            TableItem(
+                "logit_lens_top_tokens", self.top_tokens, "Top promoted tokens per expert.", summary=summary
+            )
+        ]
 
 
 class LogitLens(Analysis):

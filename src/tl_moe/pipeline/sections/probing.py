@@ -39,10 +39,12 @@ from tl_moe.analysis.held_out_probing import (
     permuted_labels,
 )
 from tl_moe.analysis.stats import MIN_DOCUMENTS, cluster_bootstrap, document_split
+from tl_moe.collect.steps import Step, run_now
 from tl_moe.errors import InputError
 from tl_moe.pipeline.context import RunContext, untrained_name
 from tl_moe.pipeline.needs import DenseNeurons, ExpertNeurons
 from tl_moe.pipeline.protocol import Analysis, FigureItem, Inputs, Need, Result, TableItem
+from tl_moe.report import TableSummary
 from tl_moe.report.figures import line_plot
 
 __all__ = [
@@ -75,6 +77,22 @@ def probe_settings(run: RunContext) -> dict[str, Any]:
     """Keyword arguments of :class:`~tl_moe.analysis.probing.KSparseProbe` for this run."""
     options = run.options
     return {"ks": options.probe_ks, "min_examples": options.min_examples, "random_state": options.seed}
+
+
+def probing_steps(run: RunContext, analysis: str, models: list[str]) -> Step:
+    """The resumable steps of probing ``models``: each finished layer / arm saved in ``OUT/checkpoints``.
+
+    Keyed by the probing options and the pass identities of ``models``, so a rerun resumes after the
+    last finished unit and a changed model, corpus or option recomputes (docs/RUNS.md).
+    """
+    options = run.options
+    settings = {
+        "probe": probe_settings(run),
+        "probe_layers": list(run.probed_layers()),
+        "held_out_min_examples": options.held_out_min_examples,
+        "selection_fraction": options.selection_fraction,
+    }
+    return run.steps(analysis, settings, models)
 
 
 def probing_curves(moe: pd.DataFrame, dense: pd.DataFrame | None) -> pd.DataFrame:
@@ -252,7 +270,7 @@ class ProbingResult(Result):
                     "probing_comparisons",
                     self.comparisons,
                     "Every comparison: mean F1 difference (first minus second arm) with its 95% interval.",
-                    max_rows=80,
+                    max_rows=160,  # shown in full: 2 metrics x 5 held-out + 2 paper comparisons x every k
                 )
             )
         held = self.held_out_frame()
@@ -264,6 +282,13 @@ class ProbingResult(Result):
                     "Held-out protocol: per arm, concept and k, the unit chosen on the selection documents "
                     "and its F1 / balanced accuracy on the test documents.",
                     max_rows=40,
+                    summary=TableSummary(
+                        score="test_f1",
+                        by=("arm", "k"),
+                        counts=("arm",),
+                        columns=("arm", "concept", "k", "unit", "selection_f1", "test_f1", "n_pos_test"),
+                        top=20,
+                    ),
                 )
             )
         tables += [
@@ -272,12 +297,14 @@ class ProbingResult(Result):
                 "probing_experts_near_best",
                 self.near_best.sort_values("best_f1", ascending=False).reset_index(drop=True),
                 "Paper protocol, per concept at k=1: best expert, its F1, and how many experts reach 95% of it.",
+                max_rows=100,  # one row per concept: shown in full
             ),
             TableItem(
                 "probing_moe_units",
                 self.moe_units,
                 "Paper protocol: every (expert, concept, k) probe.",
                 max_rows=20,
+                summary=_UNITS_SUMMARY,
             ),
         ]
         if self.dense_units is not None:
@@ -287,9 +314,24 @@ class ProbingResult(Result):
                     self.dense_units,
                     "Paper protocol: every dense (layer or draw, concept, k) probe.",
                     max_rows=20,
+                    summary=TableSummary(
+                        score="f1",
+                        by=("layer", "k"),
+                        columns=("unit", "layer", "draw", "concept", "k", "f1", "n_pos", "n_neg"),
+                        top=20,
+                    ),
                 )
             )
         return tables
+
+
+#: How the page summarizes the per-unit probe tables (tens of thousands of rows, mostly too small to probe).
+_UNITS_SUMMARY = TableSummary(
+    score="f1",
+    by=("layer", "k"),
+    columns=("unit", "layer", "expert", "concept", "k", "f1", "n_pos", "n_neg"),
+    top=20,
+)
 
 
 def _interval_text(record: dict) -> str:
@@ -397,8 +439,11 @@ def held_out_probing(
     dense: StoredTokens | None,
     untrained: StoredTokens | None,
     layers: tuple[int, ...],
+    step: Step = run_now,
 ) -> tuple[dict[str, HeldOutArm], list[dict], list[str]]:
-    """The held-out protocol's arms and their comparisons (records), plus notes on what is missing."""
+    """The held-out protocol's arms and their comparisons (records), plus notes on what is missing.
+
+    Each arm, and each block of units inside it, is a ``step`` (see :func:`probing_steps`)."""
     options = run.options
     cfg = run.config(run.main)
     params = probe_settings(run)
@@ -430,7 +475,7 @@ def held_out_probing(
     docs = np.unique(np.concatenate(test_docs))
 
     def arm(name, stored, blocks, side, labels=None) -> HeldOutArm:
-        return held_out_arm(name, stored, blocks, side, docs, params, minimum, labels=labels)
+        return held_out_arm(name, stored, blocks, side, docs, params, minimum, labels=labels, step=step)
 
     arms = {"moe": arm("moe", moe, expert_blocks(moe, layers, cfg.num_experts), selection)}
     if dense is not None:
@@ -552,6 +597,12 @@ class Probing(Analysis):
         settings = probe_settings(run)
         min_examples = run.options.min_examples
         stored = inputs[Need(run.main, ExpertNeurons(layers))]
+        models = [run.main]
+        if run.dense is not None:
+            models.append(run.dense)
+        if not run.options.skip_untrained_null:
+            models.append(untrained_name(run.main))
+        step = probing_steps(run, self.name, models)
         moe = probe_experts(
             stored,
             layers,
@@ -559,6 +610,7 @@ class Probing(Analysis):
             settings,
             min_positives=min_examples,
             progress=run.options.progress,
+            step=step,
         )
         dense = None
         if run.dense is not None:
@@ -571,6 +623,7 @@ class Probing(Analysis):
                 min_positives=min_examples,
                 routed_counts=routed_counts(stored, middle, cfg.num_experts),
                 seed=run.options.seed,
+                step=step,
             )
         untrained = None
         if not run.options.skip_untrained_null:
@@ -582,6 +635,7 @@ class Probing(Analysis):
                 None if run.dense is None else inputs[Need(run.dense, DenseNeurons())],
                 untrained,
                 layers,
+                step=step,
             )
         except InputError as error:  # too few documents / examples: say so, never a silent number
             arms, notes = {}, [f"held-out protocol unavailable: {error}"]

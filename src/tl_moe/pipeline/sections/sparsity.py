@@ -112,6 +112,8 @@ class Sparsity(Analysis):
                     probe_settings(run),
                     min_positives=run.options.min_examples,
                     progress=run.options.progress,
+                    # each layer saved as it finishes, keyed by the probe options and this model's pass
+                    step=run.steps(self.name, {"probe": probe_settings(run)}, [name]),
                 ),
             )
         frames = dict(sorted(frames.items(), key=lambda item: item[1][0].num_experts))

@@ -1,0 +1,318 @@
+"""Re-weighting experts: scale chosen experts' mixing weights on a domain's text, chosen on one half
+of the documents and reported on the other.
+
+Definitions (docs/METHODS.md, "Re-weighting and steering experts"):
+
+- A **re-weighting** ``(S, f)`` multiplies the mixing weight of every expert of the set ``S``
+  (``(layer, expert)`` pairs, any layers) by the factor ``f`` wherever it is routed
+  (:func:`~tl_moe.models.interventions.scale_expert_weights`; no re-routing, no renormalization).
+- Its **loss change** on a set of documents is ``Σ_d S[d] / Σ_d N[d]``: ``S[d]`` sums
+  ``loss(edited) − loss(clean)`` over document ``d``'s next-token positions, ``N[d]`` counts them
+  (nats/token; negative = the re-weighting helps).
+- **Selection** (documents with :func:`~tl_moe.analysis.drivers.document_half` 0): for each domain
+  ``D``, every candidate set (its domain experts, the driver experts, both) × every factor of the
+  grid is run on ``D``'s selection documents; the pair with the lowest loss change is chosen.
+- **Report** (half 1, disjoint): the chosen pair's loss change on ``D``'s held-out documents, beside
+  the **control**: ``n_draws`` random sets that replace each chosen expert by one drawn uniformly
+  from the ``pool`` non-chosen experts of its layer whose routing rate on ``D``'s selection
+  documents is closest, re-weighted with the same factor (their loss changes averaged over draws).
+  The difference chosen − control is paired (same documents in every bootstrap resample).
+- The **matrix** ``M[D, D']``: ``D``'s chosen re-weighting applied to ``D'``'s held-out documents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tl_moe.analysis.edit_windows import EditLosses, Windows, by_document, edit_losses, ratio_intervals
+from tl_moe.models.interventions import Intervention
+
+__all__ = [
+    "DEFAULT_FACTORS",
+    "ExpertSet",
+    "ReweightingStudy",
+    "matched_random_sets",
+    "reweighting_study",
+    "scale_edit",
+]
+
+DEFAULT_FACTORS = (0.5, 0.8, 1.25, 1.5, 2.0)
+"""Factors tried on the selection half."""
+
+ExpertSet = tuple[tuple[int, int], ...]
+"""``((layer, expert), ...)``, sorted."""
+
+
+def scale_edit(experts: ExpertSet, factor: float) -> tuple[Intervention, ...]:
+    """The edit that multiplies the mixing weights of ``experts`` by ``factor`` (one ``scale``
+    intervention per layer, applied together)."""
+    layers = sorted({layer for layer, _ in experts})
+    return tuple(
+        Intervention("scale", layer, tuple(sorted(e for l2, e in experts if l2 == layer)), float(factor))
+        for layer in layers
+    )
+
+
+def matched_random_sets(
+    chosen: ExpertSet,
+    rates: Mapping[int, np.ndarray],
+    n_draws: int,
+    *,
+    pool: int = 3,
+    seed: int = 0,
+) -> list[ExpertSet]:
+    """``n_draws`` random sets matched to ``chosen`` on routing rate, layer by layer.
+
+    Args:
+        chosen: the set to match.
+        rates: layer -> routing rate of each of its experts ``[expert]`` (selection documents).
+        pool: each chosen expert is replaced by one of the ``pool`` non-chosen experts of its layer
+            with the closest rate, drawn uniformly (without repeats within a draw).
+    """
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_draws):
+        picked: list[tuple[int, int]] = []
+        for layer, expert in chosen:
+            taken = {e for lay, e in chosen if lay == layer} | {e for lay, e in picked if lay == layer}
+            free = [e for e in range(len(rates[layer])) if e not in taken]
+            if not free:
+                continue
+            free.sort(key=lambda e: abs(rates[layer][e] - rates[layer][expert]))
+            picked.append((layer, int(rng.choice(free[:pool]))))
+        draws.append(tuple(sorted(picked)))
+    return draws
+
+
+@dataclass(frozen=True)
+class ReweightingStudy:
+    """What :func:`reweighting_study` returns (every loss change in nats/token).
+
+    Attributes:
+        grid: one row per (domain, candidate set, factor): the selection-half loss change.
+        gains: one row per domain: the chosen set and factor, and on the domain's held-out documents
+            the loss change of the chosen re-weighting, of the matched random control (mean of the
+            draws), and chosen − control, each with its 95% interval, ``n`` documents.
+        matrix: one row per (re-weighted domain, evaluated domain) with the loss change and interval.
+        controls: the random sets drawn per domain.
+        selection_docs / evaluation_docs: the corpus rows each side used (disjoint).
+    """
+
+    grid: pd.DataFrame
+    gains: pd.DataFrame
+    matrix: pd.DataFrame
+    controls: dict[str, list[ExpertSet]]
+    selection_docs: frozenset[int]
+    evaluation_docs: frozenset[int]
+
+
+def _rates(routed: torch.Tensor, windows: Windows, layers: Sequence[int]) -> dict[int, np.ndarray]:
+    """layer -> routed tokens / real tokens of each expert over ``windows``."""
+    tokens = max(int(windows.attention_mask.sum()), 1)
+    total = routed.sum(-1).double().numpy() / tokens  # [layer, expert]
+    return {layer: total[i] for i, layer in enumerate(layers)}
+
+
+def _interval_columns(prefix: str, interval) -> dict[str, float]:
+    return {
+        prefix: interval.estimate,
+        f"{prefix} ci low": interval.low,
+        f"{prefix} ci high": interval.high,
+    }
+
+
+def _describe(experts: ExpertSet) -> str:
+    return " ".join(f"L{layer}E{expert}" for layer, expert in experts)
+
+
+def reweighting_study(
+    model,
+    selection: Windows,
+    evaluation: Windows,
+    candidates: Mapping[str, Mapping[str, ExpertSet]],
+    *,
+    factors: Sequence[float] = DEFAULT_FACTORS,
+    n_draws: int = 5,
+    pool: int = 3,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    batch_size: int = 16,
+    routed_selection: torch.Tensor | None = None,
+    layers: Sequence[int] | None = None,
+    progress: bool = False,
+) -> ReweightingStudy:
+    """Choose a re-weighting per domain on ``selection`` and report it on ``evaluation``.
+
+    Args:
+        selection / evaluation: windows of disjoint documents (the caller splits them); a window's
+            group is its domain.
+        candidates: domain -> {set name: experts}; empty sets are skipped.
+        factors: the grid of factors.
+        n_draws, pool: the random control (:func:`matched_random_sets`).
+        routed_selection: clean routing counts ``[layer, expert, window]`` of ``selection`` (computed
+            when None) for the frequency matching.
+    """
+    from tl_moe.analysis.edit_windows import routed_counts
+
+    overlap = set(selection.doc.tolist()) & set(evaluation.doc.tolist())
+    if overlap:
+        raise ValueError(f"selection and evaluation windows share documents {sorted(overlap)[:5]}.")
+    layers = tuple(model.moe_cfg.sparse_layers if layers is None else layers)
+    if routed_selection is None:
+        routed_selection = routed_counts(model, selection, layers, batch_size=batch_size)
+    domains = [d for d in candidates if any(candidates[d].values())]
+    grid_rows, chosen, controls = [], {}, {}
+    for d in domains:
+        windows_d = [g == d for g in selection.group]
+        sel = selection.select(windows_d)
+        options = [(name, tuple(sorted(s)), f) for name, s in candidates[d].items() if s for f in factors]
+        losses = edit_losses(
+            model,
+            sel,
+            [scale_edit(s, f) for _, s, f in options],
+            batch_size=batch_size,
+            progress=progress,
+            description=f"re-weighting grid, {d}",
+        )
+        sums, _ = by_document(losses.change, sel.doc)
+        counts, _ = by_document(losses.count, sel.doc)
+        mean = sums.sum(-1) / max(counts.sum(), 1)
+        for (name, s, f), value in zip(options, mean, strict=True):
+            grid_rows.append(
+                {
+                    "domain": d,
+                    "expert set": name,
+                    "experts": _describe(s),
+                    "n experts": len(s),
+                    "factor": f,
+                    "loss change (selection)": float(value),
+                    "selection documents": len(counts),
+                }
+            )
+        best = int(np.argmin(mean))
+        chosen[d] = (*options[best], float(mean[best]))
+        rates = _rates(routed_selection[:, :, torch.tensor(windows_d, dtype=torch.bool)], sel, layers)
+        controls[d] = matched_random_sets(options[best][1], rates, n_draws, pool=pool, seed=seed)
+
+    # Report half: every domain's text gets every chosen re-weighting (the matrix), and its own
+    # domain's controls.
+    gains_rows, matrix_rows = [], []
+    for d_eval in sorted({g for g in evaluation.group}):
+        ev = evaluation.of_group(d_eval)
+        main = [scale_edit(chosen[d][1], chosen[d][2]) for d in domains]
+        own = [scale_edit(c, chosen[d_eval][2]) for c in controls.get(d_eval, []) if c]
+        losses: EditLosses = edit_losses(
+            model, ev, main + own, batch_size=batch_size, progress=progress, description=f"held out, {d_eval}"
+        )
+        sums, _ = by_document(losses.change, ev.doc)
+        counts, _ = by_document(losses.count, ev.doc)
+        clean, _ = by_document(losses.clean, ev.doc)
+        n_docs = len(counts)
+        intervals = ratio_intervals(sums[: len(main)], counts, n_resamples=n_resamples, seed=seed)
+        for d, interval in zip(domains, intervals, strict=True):
+            matrix_rows.append(
+                {
+                    "re-weighted domain": d,
+                    "evaluated on": d_eval,
+                    **_interval_columns("loss change", interval),
+                    "documents": n_docs,
+                }
+            )
+        if d_eval not in chosen:
+            continue
+        name, s, f, selected = chosen[d_eval]
+        j = domains.index(d_eval)
+        control = sums[len(main) :].mean(0) if own else np.full(n_docs, np.nan)
+        stacked = np.stack([sums[j], control, sums[j] - control, clean])
+        mine, ctrl, diff, base = ratio_intervals(
+            stacked, counts, n_resamples=n_resamples, seed=seed + 1, what=f"the loss change on {d_eval}"
+        )
+        gains_rows.append(
+            {
+                "domain": d_eval,
+                "expert set": name,
+                "experts": _describe(s),
+                "n experts": len(s),
+                "factor": f,
+                "loss change (selection)": selected,
+                **_interval_columns("loss change", mine),
+                **_interval_columns("control loss change", ctrl),
+                **_interval_columns("chosen − control", diff),
+                "helps on selection": selected < 0,
+                "clean loss": base.estimate,
+                "control draws": len(own),
+                "documents": n_docs,
+            }
+        )
+    return ReweightingStudy(
+        grid=pd.DataFrame(grid_rows),
+        gains=pd.DataFrame(gains_rows),
+        matrix=pd.DataFrame(matrix_rows),
+        controls=controls,
+        selection_docs=frozenset(selection.doc.tolist()),
+        evaluation_docs=frozenset(evaluation.doc.tolist()),
+    )
+
+
+def selection_domain_experts(
+    routed: torch.Tensor,
+    windows: Windows,
+    layers: Sequence[int],
+    *,
+    threshold: float = 0.5,
+    min_tokens: int = 50,
+    fdr: float = 0.05,
+    n_permutations: int = 999,
+    seed: int = 0,
+    max_experts: int = 8,
+):
+    """Domain experts of each domain from the selection windows alone: the domains analysis's rule
+    (:class:`~tl_moe.analysis.domain_experts.DomainExperts`: score ≥ ``threshold`` and
+    Benjamini–Hochberg q ≤ ``fdr`` under document-level relabelling), at most ``max_experts`` per
+    domain (highest score first).
+
+    Args:
+        routed: clean routing counts ``[layer, expert, window]`` of ``windows``.
+
+    Returns:
+        ``(domain -> ExpertSet, the fitted DomainExperts)``; no domain experts (empty dict) when the
+        permutation test cannot run (fewer than 10 documents).
+    """
+    from tl_moe.analysis.domain_experts import DomainExperts
+    from tl_moe.errors import InputError
+
+    names = sorted(set(windows.group))
+    code = torch.tensor([names.index(g) for g in windows.group], dtype=torch.long)
+    onehot = torch.nn.functional.one_hot(code, len(names)).double()  # [window, domain]
+    tokens = windows.attention_mask.sum(-1).double()
+    counts = routed.double() @ onehot  # [layer, expert, domain]
+    experts = DomainExperts(threshold=threshold, min_tokens=min_tokens).fit(
+        counts, tokens @ onehot, names, layers=layers
+    )
+    doc_counts, rows = by_document(routed.double(), windows.doc)  # [layer, expert, doc]
+    doc_tokens, _ = by_document(tokens, windows.doc)
+    doc_code, _ = by_document(code.double(), windows.doc)
+    windows_per_doc, _ = by_document(torch.ones(len(windows)), windows.doc)
+    try:
+        experts.permutation_test(
+            torch.from_numpy(doc_counts).permute(2, 0, 1),
+            torch.from_numpy(doc_tokens),
+            torch.from_numpy(np.rint(doc_code / windows_per_doc)).long(),
+            n_permutations=n_permutations,
+            alpha=fdr,
+            seed=seed,
+        )
+    except InputError:
+        return {}, experts
+    frame = experts.to_frame()
+    frame = frame[frame["domain_expert"]].sort_values("score", ascending=False)
+    out: dict[str, ExpertSet] = {}
+    for name, group in frame.groupby("favoured_domain"):
+        top = group.head(max_experts)
+        out[str(name)] = tuple(sorted((int(r.layer), int(r.expert)) for r in top.itertuples(index=False)))
+    return out, experts

@@ -1,0 +1,410 @@
+"""Re-weighting and steering experts: chosen on the selection half of the documents, reported on the
+held-out half against routing-rate-matched random experts (docs/METHODS.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tl_moe.analysis.drivers import document_half
+from tl_moe.analysis.edit_windows import Windows, document_windows, routed_counts
+from tl_moe.analysis.reweighting import ReweightingStudy, reweighting_study, selection_domain_experts
+from tl_moe.analysis.steering import SteeringStudy, steering_study
+from tl_moe.errors import InputError
+from tl_moe.pipeline.context import RunContext
+from tl_moe.pipeline.protocol import Analysis, FigureItem, Inputs, Need, Result, TableItem
+from tl_moe.report.figures import new_figure
+
+__all__ = ["Reweighting", "ReweightingResult", "held_out_windows"]
+
+
+def held_out_windows(
+    dataset: Any,
+    tokenizer: Any,
+    *,
+    seq_len: int,
+    tokens_per_group: int,
+    group_column: str = "domain",
+    rows: Any = None,
+) -> tuple[Windows, Windows]:
+    """``(selection, evaluation)`` windows: documents of :func:`document_half` 0 and 1 (the drivers
+    rule), each group filled to ``tokens_per_group`` tokens."""
+    rows = torch.arange(len(dataset)) if rows is None else torch.as_tensor(rows)
+    half = document_half(rows)
+    return tuple(
+        document_windows(
+            dataset,
+            tokenizer,
+            rows[half == side].tolist(),
+            seq_len=seq_len,
+            tokens_per_group=tokens_per_group,
+            group_column=group_column,
+        )
+        for side in (0, 1)
+    )
+
+
+def _row(frame: pd.Series, prefix: str) -> str:
+    """``estimate [low, high]``, or the estimate alone where no interval could be computed."""
+    low, high = frame[prefix + " ci low"], frame[prefix + " ci high"]
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return f"{frame[prefix]:+.4f} (no interval)"
+    return f"{frame[prefix]:+.4f} [{low:+.4f}, {high:+.4f}]"
+
+
+def _interval_record(row: pd.Series, prefix: str, n: int) -> dict[str, Any]:
+    def clean(value: float) -> float | None:
+        return None if not np.isfinite(value) else round(float(value), 6)
+
+    return {
+        "estimate": clean(row[prefix]),
+        "ci_low": clean(row[f"{prefix} ci low"]),
+        "ci_high": clean(row[f"{prefix} ci high"]),
+        "n": int(n),
+    }
+
+
+@dataclass(frozen=True)
+class ReweightingResult(Result):
+    """Attributes:
+    study: the re-weighting study (grid, gains, matrix, controls).
+    steering: the SteerMoE-style switching study, or None (one group only).
+    candidates: one row per (domain, candidate set): its experts and where they came from.
+    """
+
+    study: ReweightingStudy
+    steering: SteeringStudy | None
+    candidates: pd.DataFrame
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.study.gains
+
+    def metrics(self) -> dict[str, Any]:
+        metrics: dict[str, Any] = {}
+        for _, row in self.study.gains.iterrows():
+            key = row["domain"]
+            metrics[f"{key} | chosen"] = f"{row['expert set']} × {row['factor']:g} ({row['experts']})"
+            for prefix in ("loss change", "control loss change", "chosen − control"):
+                metrics[f"{key} | {prefix}"] = _interval_record(row, prefix, row["documents"])
+        if self.steering is not None:
+            for _, row in self.steering.switches.iterrows():
+                key = f"steer {row['experts of']}-experts {row['switch']} | on {row['evaluated on']}"
+                for prefix in ("loss change", "detected − random"):
+                    metrics[f"{key} | {prefix}"] = _interval_record(row, prefix, row["documents"])
+        return metrics
+
+    def records(self) -> dict[str, Any]:
+        out = {
+            "gains": self.study.gains.to_dict(orient="records"),
+            "matrix": self.study.matrix.to_dict(orient="records"),
+        }
+        if self.steering is not None:
+            out["steering"] = self.steering.switches.to_dict(orient="records")
+            out["steering_replication"] = self.steering.replication.to_dict(orient="records")
+        return out
+
+    def findings(self) -> list[str]:
+        gains = self.study.gains
+        if gains.empty:
+            return ["**Re-weighting**: no domain had a candidate expert set."]
+        helps = int((gains["loss change (selection)"] < 0).sum())
+        rated = gains[np.isfinite(gains["chosen − control ci low"].to_numpy(dtype=float))]
+        better = int((rated["chosen − control ci high"] < 0).sum())
+        worse = int((rated["chosen − control ci low"] > 0).sum())
+        text = (
+            f"**Re-weighting experts** (set and factor chosen on half the documents, measured on the other "
+            f"half): on {helps} of {len(gains)} domains some re-weighting of the grid lowered the selection-half "
+            f"loss; held out, the chosen one beats routing-rate-matched random experts with the same factor on "
+            f"{better} and does worse on {worse} of the {len(rated)} domains with at least 10 held-out "
+            "documents (95% paired document-bootstrap interval of the difference excluding 0)."
+        )
+        if len(rated):
+            best = rated.sort_values("chosen − control").iloc[0]
+            text += (
+                f" Best: {best['domain']} ({best['expert set']} × {best['factor']:g}): "
+                f"{_row(best, 'loss change')} nats/token vs {_row(best, 'control loss change')} for the control "
+                f"({int(best['documents'])} documents)."
+            )
+        findings = [text]
+        if self.steering is not None:
+            table = self.steering.switches
+            own = table[(table["experts of"] == table["evaluated on"]) & (table["switch"] == "off")]
+            parts = [
+                f"{r['experts of']}-experts off on {r['evaluated on']}: {_row(r, 'loss change')} vs "
+                f"{_row(r, 'random sets')} for matched random experts"
+                for _, r in own.iterrows()
+            ]
+            a, b = self.steering.contrast
+            findings.append(
+                f"**Steering** ({a} vs {b}, experts chosen by routing-rate difference on the selection half): "
+                + "; ".join(parts)
+                + " (nats/token, held out)."
+            )
+        return findings
+
+    def figures(self) -> list[FigureItem]:
+        items = [self._gains_figure(), self._matrix_figure()]
+        if self.steering is not None:
+            items.append(self._steering_figure())
+        return items
+
+    def _gains_figure(self) -> FigureItem:
+        gains = self.study.gains
+        fig, ax = new_figure(max(6.4, 0.9 * len(gains) + 2), 4.2)
+        x = np.arange(len(gains))
+        for offset, prefix, label, color in (
+            (-0.12, "loss change", "chosen re-weighting", "tab:red"),
+            (0.12, "control loss change", "matched random experts, same factor", "tab:blue"),
+        ):
+            values = gains[prefix].to_numpy(dtype=float)
+            low = values - gains[f"{prefix} ci low"].to_numpy(dtype=float)
+            high = gains[f"{prefix} ci high"].to_numpy(dtype=float) - values
+            ax.errorbar(x + offset, values, yerr=[low, high], fmt="o", color=color, label=label, capsize=3)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xticks(
+            x,
+            [
+                f"{d}\n{s.removesuffix(' experts')}\n× {f:g}"
+                for d, s, f in zip(gains["domain"], gains["expert set"], gains["factor"], strict=True)
+            ],
+            fontsize=7,
+        )
+        ax.set_ylabel("held-out loss change, nats/token (< 0: better)")
+        ax.set_title("Re-weighting chosen experts vs matched random experts")
+        ax.legend(fontsize=8)
+        return FigureItem(
+            "reweighting_gains",
+            fig,
+            "Per domain: the re-weighting chosen on the selection half, on the domain's held-out documents, "
+            "and the same factor on routing-rate-matched random experts (mean of the draws); 95% "
+            "document-bootstrap intervals (missing where a domain has fewer than 10 held-out documents).",
+        )
+
+    def _matrix_figure(self) -> FigureItem:
+        matrix = self.study.matrix.pivot(
+            index="re-weighted domain", columns="evaluated on", values="loss change"
+        )
+        fig, ax = new_figure(1.0 * matrix.shape[1] + 3, 0.6 * matrix.shape[0] + 2.5)
+        values = matrix.to_numpy(dtype=float)
+        bound = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
+        image = ax.imshow(values, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
+        ax.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(matrix.shape[0]), matrix.index, fontsize=8)
+        for i in range(values.shape[0]):
+            for j in range(values.shape[1]):
+                ax.text(j, i, f"{values[i, j]:+.3f}", ha="center", va="center", fontsize=6)
+        ax.set_xlabel("held-out text of domain")
+        ax.set_ylabel("re-weighting chosen for domain")
+        fig.colorbar(image, ax=ax, label="loss change, nats/token")
+        ax.set_title("What each domain's re-weighting does on every domain")
+        return FigureItem(
+            "reweighting_matrix", fig, "Row D, column D': D's chosen re-weighting on D''s held-out documents."
+        )
+
+    def _steering_figure(self) -> FigureItem:
+        table = self.steering.switches
+        fig, ax = new_figure(6.8, 4.2)
+        labels = [
+            f"{s}-experts {w}\non {g}"
+            for s, w, g in zip(table["experts of"], table["switch"], table["evaluated on"], strict=True)
+        ]
+        x = np.arange(len(table))
+        for offset, prefix, label, color in (
+            (-0.12, "loss change", "detected experts", "tab:red"),
+            (0.12, "random sets", "matched random experts", "tab:blue"),
+        ):
+            values = table[prefix].to_numpy(dtype=float)
+            err = [
+                values - table[f"{prefix} ci low"].to_numpy(dtype=float),
+                table[f"{prefix} ci high"].to_numpy(dtype=float) - values,
+            ]
+            ax.errorbar(x + offset, values, yerr=err, fmt="o", color=color, label=label, capsize=3)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xticks(x, labels, fontsize=6)
+        ax.set_ylabel("held-out loss change, nats/token")
+        a, b = self.steering.contrast
+        ax.set_title(f"Switching experts found from {a} vs {b} routing rates")
+        ax.legend(fontsize=8)
+        return FigureItem(
+            "steering_switches",
+            fig,
+            "Experts with the largest routing-rate difference (selection half) switched on (activated) or "
+            "off (removed) on each group's held-out documents, vs matched random experts; 95% intervals.",
+        )
+
+    def tables(self) -> list[TableItem]:
+        items = [
+            TableItem("reweighting_gains", self.study.gains, "Chosen re-weighting per domain, held out."),
+            TableItem(
+                "reweighting_matrix", self.study.matrix, "Every domain's re-weighting on every domain.", 60
+            ),
+            TableItem("reweighting_candidates", self.candidates, "Candidate expert sets per domain."),
+            TableItem("reweighting_grid", self.study.grid, "The selection grid (selection half only).", 60),
+        ]
+        if self.steering is not None:
+            items += [
+                TableItem("steering_switches", self.steering.switches, "Switching on / off, held out."),
+                TableItem(
+                    "steering_replication", self.steering.replication, "Held-out routing-rate difference."
+                ),
+                TableItem("steering_detected", self.steering.detected, "Detected experts."),
+            ]
+        return items
+
+
+def _contrast(run: RunContext) -> tuple[str | None, str, str]:
+    """``(domain or None, A, B)``: the steering contrast (languages of ``domain`` when not None)."""
+    given = run.options.steer_contrast
+    if given is None:
+        counts = pd.Series(run.dataset["domain"]).astype(str).value_counts()
+        if len(counts) < 2:
+            raise InputError(
+                "steering needs two domains; give --steer-contrast DOMAIN:A,B for two languages."
+            )
+        return None, str(counts.index[0]), str(counts.index[1])
+    first, second = given
+    if ":" in first:
+        domain, first = first.split(":", 1)
+        return domain, first, second
+    return None, first, second
+
+
+class Reweighting(Analysis):
+    """Re-weighting domain / driver experts and SteerMoE-style switching, evaluated on held-out documents."""
+
+    name = "reweighting"
+    title = "Re-weighting and steering experts"
+    summary = (
+        "scale domain/driver experts' weights, switch contrast experts on/off; held out vs random experts"
+    )
+    intro = (
+        "Documents are split by the drivers' hash into a selection half and a held-out half. For each domain D, "
+        "candidate expert sets are its domain experts (entropy score > 0.5 and BH q <= --fdr on the selection "
+        "half's routing), the driver experts (drivers analysis, chosen on the same selection half) and their "
+        "union; every set × factor of --reweight-factors scales those experts' mixing weights on D's selection "
+        "documents, and the pair with the lowest loss is chosen. It is reported on D's held-out documents beside "
+        "--reweight-draws random sets (each expert replaced by one of the 3 experts of its layer with the closest "
+        "routing rate on D) with the same factor, and applied to every other domain's held-out text (the "
+        "matrix). Steering: the expert of each sparse layer with the largest routing-rate difference between two "
+        "contrasting groups (selection half) is switched on (router logit raised above the token's largest) or "
+        "off (removed) on held-out text of both groups, against matched random experts. Each domain gets "
+        "--reweight-tokens tokens per half. Intervals: 95% percentile bootstrap over held-out documents, paired."
+    )
+    depends_on = ("domains", "drivers")
+    default = False
+
+    def check(self, run: RunContext) -> None:
+        if len(run.domain_names) < 2:
+            raise InputError("the 'reweighting' analysis needs a corpus with at least two domains.")
+        domain, a, b = _contrast(run)
+        if domain is None:
+            unknown = [name for name in (a, b) if name not in run.domain_names]
+            if unknown:
+                raise InputError(
+                    f"--steer-contrast names unknown domains {unknown}; domains: {list(run.domain_names)}."
+                )
+        else:
+            if domain not in run.domain_names or "language" not in run.dataset.column_names:
+                raise InputError(
+                    f"--steer-contrast {domain}:{a},{b} needs domain {domain!r} and a 'language' column; "
+                    f"domains: {list(run.domain_names)}."
+                )
+        if run.options.seq_len < 2:
+            raise InputError("--seq-len must be at least 2.")
+
+    def needs(self, run: RunContext) -> list[Need]:
+        return []
+
+    def finalize(self, run: RunContext, inputs: Inputs) -> ReweightingResult:
+        options = run.options
+        model = run.model(run.main)
+        cfg = model.moe_cfg
+        layers = tuple(cfg.sparse_layers)
+        selection, evaluation = held_out_windows(
+            run.dataset, model.tokenizer, seq_len=options.seq_len, tokens_per_group=options.reweight_tokens
+        )
+        routed = routed_counts(model, selection, layers, batch_size=options.batch_size)
+        domains_result = inputs.result("domains")
+        domain_sets, _ = selection_domain_experts(
+            routed,
+            selection,
+            layers,
+            threshold=domains_result.experts.threshold,
+            min_tokens=domains_result.experts.min_tokens,
+            fdr=options.fdr,
+            n_permutations=options.permutations,
+            seed=options.seed,
+            max_experts=options.n_drivers,
+        )
+        experts = inputs.result("drivers").experts
+        drivers = tuple(
+            sorted((int(r.layer), int(r.expert)) for r in experts[experts["driver"]].itertuples(index=False))
+        )
+        candidates, rows = {}, []
+        for d in sorted(set(selection.group)):
+            sets = {
+                "domain experts": domain_sets.get(d, ()),
+                "driver experts": drivers,
+                "domain + driver experts": tuple(sorted(set(domain_sets.get(d, ())) | set(drivers))),
+            }
+            if not sets["domain experts"]:
+                sets.pop("domain + driver experts")
+            candidates[d] = sets
+            for name, s in sets.items():
+                rows.append(
+                    {
+                        "domain": d,
+                        "expert set": name,
+                        "experts": " ".join(f"L{la}E{e}" for la, e in s),
+                        "n experts": len(s),
+                    }
+                )
+        study = reweighting_study(
+            model,
+            selection,
+            evaluation,
+            candidates,
+            factors=options.reweight_factors,
+            n_draws=options.reweight_draws,
+            n_resamples=options.bootstrap_resamples,
+            seed=options.seed,
+            batch_size=options.batch_size,
+            routed_selection=routed,
+            layers=layers,
+            progress=options.progress,
+        )
+        steering = self._steering(run, model, selection, evaluation)
+        return ReweightingResult(study, steering, pd.DataFrame(rows))
+
+    def _steering(
+        self, run: RunContext, model: Any, selection: Windows, evaluation: Windows
+    ) -> SteeringStudy | None:
+        options = run.options
+        domain, a, b = _contrast(run)
+        if domain is not None:
+            rows = [i for i, d in enumerate(run.dataset["domain"]) if str(d) == domain]
+            selection, evaluation = held_out_windows(
+                run.dataset,
+                model.tokenizer,
+                seq_len=options.seq_len,
+                tokens_per_group=options.reweight_tokens,
+                group_column="language",
+                rows=rows,
+            )
+        if a not in selection.group or b not in selection.group:
+            return None
+        return steering_study(
+            model,
+            selection,
+            evaluation,
+            (a, b),
+            n_draws=options.reweight_draws,
+            n_resamples=options.bootstrap_resamples,
+            seed=options.seed,
+            batch_size=options.batch_size,
+            progress=options.progress,
+        )
