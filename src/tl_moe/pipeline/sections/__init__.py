@@ -10,7 +10,17 @@ from tl_moe.pipeline.sections.reweighting import Reweighting, ReweightingResult
 from tl_moe.pipeline.sections.sparsity import Sparsity, SparsityResult
 from tl_moe.pipeline.sections.specialization import Specialization, SpecializationSummary
 
-BUILT_IN = (Probing, Sparsity, Specialization, Domains, Drivers, Associations, Reweighting, LogitLens, Explain)
+BUILT_IN = (
+    Probing,
+    Sparsity,
+    Specialization,
+    Domains,
+    Drivers,
+    Associations,
+    Reweighting,
+    LogitLens,
+    Explain,
+)
 """The built-in analyses in report order."""
 
 __all__ = [
