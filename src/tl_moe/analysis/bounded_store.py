@@ -49,7 +49,7 @@ __all__ = ["BoundedStoredTokens", "BoundedTokenStore", "concept_domain_mask"]
 
 #: The pool is pruned back to the exact bottom-N union when it has grown to this multiple of its
 #: last pruned size (amortizes the pruning cost; the result does not depend on when it happens).
-_GROWTH_BEFORE_PRUNE = 2
+_GROWTH_BEFORE_PRUNE = 1.25
 _MIN_PRUNE_TOKENS = 4096
 #: Member entries (token x unit slot x concept) handled at once while pruning or filtering.
 _ENTRIES_PER_STEP = 1 << 24
@@ -345,15 +345,23 @@ class BoundedTokenStore(Accumulator):
         return {key: torch.cat([part[key] for part in self._parts]) for key in self._parts[0]}
 
     def _prune(self) -> None:
-        """Keep exactly the union of every key's N smallest (priority, token index); reset thresholds."""
+        """Keep exactly the union of every key's N smallest (priority, token index); reset thresholds.
+
+        Only keys with more than N members streamed can drop anything: the members of the others are
+        all kept, so only full keys' members are ranked (and only those at or below the key's last
+        threshold, an upper bound of its N-th smallest: thresholds only fall, and one store's bound
+        holds for any union with it).
+        """
         if self._n_seen is None:
             return
         pool = self._concatenated()
         n = self.rows_per_class
-        threshold = torch.full_like(self._threshold, torch.inf)
-        if not pool:
-            self._threshold, self._parts, self._pruned_size = threshold, [], 0
+        full_keys = self._n_seen > n
+        if not pool or not bool(full_keys.any()):
+            self._parts = [pool] if pool else []
+            self._pruned_size = self._pool_size()
             return
+        threshold = torch.full_like(self._threshold, torch.inf)
         priority = uniform_priority(pool["token_index"], self.seed)
         order = pool["token_index"].argsort(stable=True)
         order = order[priority[order].argsort(stable=True)]
@@ -362,11 +370,16 @@ class BoundedTokenStore(Accumulator):
         kept = torch.zeros(len(priority), dtype=torch.bool)
         for keys in self._member_keys(pool):
             per_token = keys[0].numel()
-            flat = keys.reshape(-1)
-            members = (flat >= 0).nonzero().flatten()  # token-major: in priority order
-            sorted_keys, perm = flat[members].sort(stable=True)
-            first = torch.searchsorted(sorted_keys, sorted_keys)
-            rank = torch.arange(len(sorted_keys)) - first
+            valid = keys >= 0
+            full = valid & full_keys[keys.clamp(min=0)]
+            kept |= (valid & ~full).flatten(1).any(1)  # a member of a key that is not full
+            low = priority.view(-1, *[1] * (keys.ndim - 1)) <= self._threshold[keys.clamp(min=0)]
+            members = (full & low).reshape(-1).nonzero().flatten()  # token-major: priority order
+            sorted_keys, perm = keys.reshape(-1)[members].sort(stable=True)
+            position = torch.arange(len(sorted_keys))
+            starts = torch.ones_like(sorted_keys, dtype=torch.bool)
+            starts[1:] = sorted_keys[1:] != sorted_keys[:-1]
+            rank = position - torch.where(starts, position, 0).cummax(0).values
             kept[members[perm[rank < n]] // per_token] = True
             last = rank == n - 1  # the N-th smallest of a full key: its threshold
             threshold[sorted_keys[last]] = priority[members[perm[last]] // per_token]

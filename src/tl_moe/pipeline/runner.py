@@ -110,7 +110,7 @@ def _check_memory(run_context: RunContext, needs: dict[str, list[AccumulatorSpec
     if peak > available:
         raise InputError(
             f"the pass over {worst} needs about {peak / 2**30:.1f} GiB for accumulators and activations, but "
-            f"{available / 2**30:.1f} GiB are free; lower --max-tokens or --batch-size, or choose --probe-layers "
+            f"{available / 2**30:.1f} GiB are free; lower --max-tokens, --batch-size or --probe-rows-per-class, or choose --probe-layers "
             "(`tl-moe plan` shows the breakdown)."
         )
 
