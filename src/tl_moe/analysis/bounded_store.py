@@ -176,12 +176,18 @@ class BoundedTokenStore(Accumulator):
         )
         batch["side"] = self._sides(batch["doc_index"])
         priority = uniform_priority(token_index, self.seed)
-        candidate = torch.zeros(len(token_index), dtype=torch.bool)
+        n_keys = self._n_seen.numel()
+        any_full = bool(torch.isfinite(self._threshold).any())
+        candidate = torch.zeros(len(token_index), dtype=torch.bool) if any_full else None
+        # thresholds of the keys, and -inf for the "no key" sentinel (never a candidate through it)
+        limits = torch.cat([self._threshold, torch.tensor([-torch.inf], dtype=torch.float64)])
         for keys in self._member_keys(batch):
-            valid = keys >= 0
-            self._n_seen = self._n_seen + torch.bincount(keys[valid], minlength=self._n_seen.numel())
-            below = valid & (priority.view(-1, *[1] * (keys.ndim - 1)) <= self._threshold[keys.clamp(min=0)])
-            candidate |= below.flatten(1).any(1)
+            self._n_seen = self._n_seen + torch.bincount(keys.reshape(-1), minlength=n_keys + 1)[:n_keys]
+            if any_full:
+                below = priority.view(-1, 1, 1) <= limits[keys]
+                candidate |= below.flatten(1).any(1)
+        if candidate is None:  # no key is full yet: every token is kept
+            candidate = torch.ones(len(token_index), dtype=torch.bool)
         if not bool(candidate.any()):
             return
         part = {key: value[candidate] for key, value in batch.items()}
@@ -265,7 +271,7 @@ class BoundedTokenStore(Accumulator):
         merged = self._concatenated()
         if merged:
             for keys in self._member_keys(merged):
-                counts = counts + torch.bincount(keys[keys >= 0], minlength=counts.numel())
+                counts = counts + torch.bincount(keys.reshape(-1), minlength=counts.numel() + 1)[:-1]
         n_concepts = 0 if self._names[1] is None else len(self._names[1])
         return counts.view(self.n_units, n_concepts + 1, 2, 2)
 
@@ -316,23 +322,26 @@ class BoundedTokenStore(Accumulator):
         return torch.where(inside, labels.long(), torch.full_like(labels, -1, dtype=torch.long))
 
     def _member_keys(self, part: Mapping[str, torch.Tensor]):
-        """Yield ``[token, slots, concept_any]`` key ids of every membership (-1: none), by slot chunk.
+        """Yield ``[token, slots, concept_any]`` key ids of every membership, by chunks of slots.
 
-        Key id: ``((unit * (concepts + 1) + concept) * 2 + class) * 2 + side``. A chunk holds whole
-        layers, so every key's members lie in one chunk.
+        Key id: ``((unit * (concepts + 1) + concept) * 2 + class) * 2 + side``; a pair that is no
+        membership (the token's domain is outside the concept's) gets the sentinel id ``n_keys``.
+        A chunk holds whole layers, so every key's members lie in one chunk.
         """
         classes = self._classes(part)
         n_tokens, n_concepts = classes.shape
+        n_keys = self._n_seen.numel()
         units, side = part["units"].long(), part["side"].long()
+        # per (token, concept): offset of the concept and class; the sentinel where not a member
+        concept_part = torch.arange(n_concepts) * 4 + classes.clamp(min=0) * 2
+        unit_part = units * (n_concepts * 4) + side[:, None]
         per_layer = max(1, units.shape[1] // max(1, len(self.routing)))
         layers_per_step = max(1, _ENTRIES_PER_STEP // max(1, n_tokens * per_layer * n_concepts))
         step = per_layer * layers_per_step
-        concept = torch.arange(n_concepts)
+        outside = (classes < 0)[:, None, :]
         for start in range(0, units.shape[1], step):
-            slots = units[:, start : start + step]
-            keys = ((slots[:, :, None] * n_concepts + concept) * 2 + classes[:, None, :].clamp(min=0)) * 2
-            keys = keys + side[:, None, None]
-            yield keys.masked_fill(classes[:, None, :] < 0, -1)
+            keys = unit_part[:, start : start + step, None] + concept_part[:, None, :]
+            yield keys.masked_fill_(outside, n_keys) if bool(outside.any()) else keys
 
     def _pool_size(self) -> int:
         return sum(int(part["token_index"].numel()) for part in self._parts)
@@ -368,21 +377,25 @@ class BoundedTokenStore(Accumulator):
         pool = {key: value[order] for key, value in pool.items()}
         priority = priority[order]
         kept = torch.zeros(len(priority), dtype=torch.bool)
+        # per key: 0 not full (its members are all kept), 1 full (members ranked), 2 the sentinel
+        state = torch.cat([full_keys.to(torch.int8), torch.tensor([2], dtype=torch.int8)])
         for keys in self._member_keys(pool):
             per_token = keys[0].numel()
-            valid = keys >= 0
-            full = valid & full_keys[keys.clamp(min=0)]
-            kept |= (valid & ~full).flatten(1).any(1)  # a member of a key that is not full
-            low = priority.view(-1, *[1] * (keys.ndim - 1)) <= self._threshold[keys.clamp(min=0)]
-            members = (full & low).reshape(-1).nonzero().flatten()  # token-major: priority order
-            sorted_keys, perm = keys.reshape(-1)[members].sort(stable=True)
+            key_state = state[keys]
+            kept |= (key_state == 0).flatten(1).any(1)  # a member of a key that is not full
+            members = (key_state == 1).reshape(-1).nonzero().flatten()  # token-major: priority order
+            member_keys = keys.reshape(-1)[members]
+            member_priority = priority[members // per_token]
+            low = member_priority <= self._threshold[member_keys]
+            members, member_keys, member_priority = members[low], member_keys[low], member_priority[low]
+            sorted_keys, perm = member_keys.sort(stable=True)
             position = torch.arange(len(sorted_keys))
             starts = torch.ones_like(sorted_keys, dtype=torch.bool)
             starts[1:] = sorted_keys[1:] != sorted_keys[:-1]
             rank = position - torch.where(starts, position, 0).cummax(0).values
             kept[members[perm[rank < n]] // per_token] = True
             last = rank == n - 1  # the N-th smallest of a full key: its threshold
-            threshold[sorted_keys[last]] = priority[members[perm[last]] // per_token]
+            threshold[sorted_keys[last]] = member_priority[perm[last]]
         self._parts = [{key: value[kept] for key, value in pool.items()}]
         self._threshold = threshold
         self._pruned_size = int(kept.sum())
