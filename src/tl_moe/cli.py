@@ -88,7 +88,7 @@ def _cmd_analyze(args) -> None:
     print("\nAccumulator memory after each pass (final / peak MiB):")
     for model_name, sizes in results.accumulator_bytes.items():
         for name, size in sizes.items():
-            print(f"- {model_name}: {name}: {size['final'] / 2**20:.1f} / {size['peak'] / 2**20:.1f}")
+            print(f"- {model_name}: {name}: {size['final'] / 2**20:.3g} / {size['peak'] / 2**20:.3g}")
     print(f"\nReport: {results.report.resolve()}")
 
 

@@ -133,11 +133,14 @@ class ExpertNeurons(AccumulatorSpec):
     def estimate_bytes(self, cfg: MoEConfig, run: RunContext) -> int:
         layers = len(cfg.sparse_layers) if self.layers is None else len(self.layers)
         k = cfg.experts_per_token
-        # float16 neurons + int64 indices per slot, ids and labels; the bounded store adds unit ids
+        # float16 neurons + int64 indices per slot, ids and labels
         per_token = layers * k * (cfg.d_expert * 2 + 8) + 64
-        if run.options.probe_rows_per_class is not None:
-            per_token += layers * k * 8 + 16 + _n_concepts()
-        return stored_tokens_estimate(run, cfg.num_experts, k) * per_token
+        if run.options.probe_rows_per_class is None:
+            return run.options.max_tokens * per_token
+        # the bounded store adds an int32 unit per slot and a side flag per token, two tables per key
+        per_token += layers * k * 4 + 1
+        key_tables = layers * cfg.num_experts * (_n_concepts() + 1) * 4 * 16
+        return stored_tokens_estimate(run, cfg.num_experts, k) * per_token + key_tables
 
 
 @dataclass(frozen=True)
@@ -160,9 +163,10 @@ class DenseNeurons(AccumulatorSpec):
 
     def estimate_bytes(self, cfg: MoEConfig, run: RunContext) -> int:
         per_token = len(cfg.dense_layers) * (cfg.d_mlp or 0) * 2 + 64
-        if run.options.probe_rows_per_class is not None:
-            per_token += 24 + _n_concepts()
-        return stored_tokens_estimate(run, 1, 1) * per_token
+        if run.options.probe_rows_per_class is None:
+            return run.options.max_tokens * per_token
+        key_tables = (_n_concepts() + 1) * 4 * 16
+        return stored_tokens_estimate(run, 1, 1) * (per_token + 5) + key_tables
 
 
 @dataclass(frozen=True)
