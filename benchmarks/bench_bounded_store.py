@@ -1,13 +1,13 @@
 """Memory of the bounded probing store vs the stream length: 20,000 vs 500,000 tokens.
 
-Feeds synthetic batches (BatchMeta + hooked tensors shaped like ``toy/moe-16x2``'s probing hooks:
-2 sparse layers, 16 experts, top-2, d_expert 64 by default) straight to a
+Feeds synthetic batches (BatchMeta + probing hooks: 2 sparse layers of 16 experts, top-2 as in
+``toy/moe-16x2``, d_expert 64 by default) straight to a
 :class:`~tl_moe.analysis.bounded_store.BoundedTokenStore` and prints the store's bytes
 (deterministic: the kept tensors, not the process's RSS) after each stream length, the growth ratio
 (target < 20%), and what the unbounded store would hold. Two scenarios:
 
-- ``full``: 6 concepts with positive rates 20–50%, N = 50 (the pipeline's smallest N): every key
-  is full by 20,000 tokens, so the store is at its bound and must stay flat;
+- ``full``: 6 concepts with positive rates 20–50%, N = 50 (the pipeline's smallest N): almost every
+  key is full by 20,000 tokens, so the store is at its bound and must stay flat;
 - ``labeler``: the labeler's 73 concept names with rates from 0.05% to 50%, N = 256: rare concepts'
   keys are not full at 20,000 tokens, so the store grows until they fill (bounded, not yet flat).
 
