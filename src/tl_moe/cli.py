@@ -85,6 +85,10 @@ def _cmd_analyze(args) -> None:
     print("\nWhat this run found:")
     for finding in results.findings:
         print(f"- {finding.replace('**', '')}")
+    print("\nAccumulator memory after each pass (final / peak MiB):")
+    for model_name, sizes in results.accumulator_bytes.items():
+        for name, size in sizes.items():
+            print(f"- {model_name}: {name}: {size['final'] / 2**20:.3g} / {size['peak'] / 2**20:.3g}")
     print(f"\nReport: {results.report.resolve()}")
 
 

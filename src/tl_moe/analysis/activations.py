@@ -94,6 +94,10 @@ class TokenActivationStore(Accumulator):
         self._parts.append(part)
         self._names = (meta.domain_names, meta.concept_names)
 
+    def nbytes(self) -> int:
+        """Bytes of the kept tensors right now (rows, ids, labels)."""
+        return sum(value.numel() * value.element_size() for part in self._parts for value in part.values())
+
     def _concatenated(self) -> dict[str, Any]:
         if not self._parts:
             return {}

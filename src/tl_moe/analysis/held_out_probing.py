@@ -490,7 +490,7 @@ def _check_aligned(moe: StoredTokens, dense: StoredTokens) -> None:
     ):
         raise ValueError(
             "the dense-on-routed-tokens control needs the MoE and the dense model to see the same tokens "
-            "(same tokenizer, corpus and --max-tokens)."
+            "(same tokenizer, corpus and --max-tokens, and a --probe-rows-per-class neither store reached)."
         )
 
 

@@ -92,6 +92,27 @@ class HookedAccumulator(Accumulator, ABC):
         return list(names)
 
 
+def _tensor_bytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, Mapping):
+        return sum(_tensor_bytes(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_tensor_bytes(item) for item in value)
+    return 0
+
+
+def state_nbytes(accumulator: Accumulator) -> dict[str, int]:
+    """Memory of an accumulator's state: ``{"final": bytes now, "peak": most bytes it held}``.
+
+    Uses the accumulator's ``nbytes()`` / ``peak_nbytes`` when it has them (stores), else the bytes
+    of the tensors of its ``state_dict()``; ``peak`` is ``final`` for accumulators that only grow.
+    """
+    nbytes = getattr(accumulator, "nbytes", None)
+    final = int(nbytes()) if callable(nbytes) else _tensor_bytes(accumulator.state_dict())
+    return {"final": final, "peak": max(final, int(getattr(accumulator, "peak_nbytes", 0)))}
+
+
 def same_device(state: torch.Tensor, incoming: torch.Tensor) -> torch.Tensor:
     """``state`` moved to the device of ``incoming`` when they differ."""
     return state if state.device == incoming.device else state.to(incoming.device)

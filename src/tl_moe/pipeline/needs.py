@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tl_moe.analysis.activations import TokenActivationStore
+from tl_moe.analysis.bounded_store import BoundedTokenStore
 from tl_moe.analysis.concept_probing import expert_probing_hooks
 from tl_moe.analysis.logit_lens_accumulator import ExpertLogitLensAccumulator
 from tl_moe.analysis.routing_stats import routed_tokens_by_domain, routed_tokens_by_group, tokens_by_domain
@@ -78,31 +79,76 @@ class ExpertLens(AccumulatorSpec):
         return cells * (cfg.d_model * 8 + run.options.n_token_groups * 16 + 64)
 
 
+def _bounded(hooks: list[str], run: RunContext, routing: list[str] = (), num_experts: int = 1) -> Accumulator:
+    """The probing store of ``run``: bounded per (unit, concept, class, side) unless
+    ``--probe-rows-per-class none`` asks for every token."""
+    options = run.options
+    if options.probe_rows_per_class is None:
+        return TokenActivationStore(hooks, max_tokens=options.max_tokens)
+    return BoundedTokenStore(
+        hooks,
+        rows_per_class=options.probe_rows_per_class,
+        routing=routing,
+        num_experts=num_experts,
+        seed=options.seed,
+        selection_fraction=options.selection_fraction,
+        split_seed=options.seed,
+    )
+
+
+def _n_concepts() -> int:
+    from tl_moe.data.concepts import TokenConceptLabeler
+
+    return len(TokenConceptLabeler().concept_names)
+
+
+def stored_tokens_estimate(run: RunContext, units_per_layer: int, experts_per_token: int) -> int:
+    """Tokens a probing store is expected to keep: every token streamed when unbounded, else
+    ``min(max_tokens, 2 sides x N x units / k x (concepts + 1))`` — each (concept, side) keeps about
+    N x units / k distinct positives (a token counts for k units), the negatives and the catch-all
+    share theirs through the common priority — independent of ``max_tokens`` once it is larger."""
+    options = run.options
+    if options.probe_rows_per_class is None:
+        return options.max_tokens
+    per_slice = options.probe_rows_per_class * -(-units_per_layer // experts_per_token)
+    return min(options.max_tokens, 2 * per_slice * (_n_concepts() + 1))
+
+
 @dataclass(frozen=True)
 class ExpertNeurons(AccumulatorSpec):
     """Stored expert neurons (``expert_post``) and routing (``topk_indices``) of ``layers``, per token.
 
-    ``layers=None``: every sparse layer of the model the pass runs on.
+    ``layers=None``: every sparse layer of the model the pass runs on. Bounded by
+    ``--probe-rows-per-class`` (:class:`~tl_moe.analysis.bounded_store.BoundedTokenStore`).
     """
 
     layers: tuple[int, ...] | None = None
 
     def build(self, model: Any, run: RunContext) -> Accumulator:
-        layers = tuple(model.moe_cfg.sparse_layers) if self.layers is None else self.layers
-        return TokenActivationStore(
-            expert_probing_hooks(model.moe_cfg, layers), max_tokens=run.options.max_tokens
-        )
+        cfg = model.moe_cfg
+        layers = tuple(cfg.sparse_layers) if self.layers is None else self.layers
+        routing = [get_act_name("topk_indices", layer) for layer in layers]
+        return _bounded(expert_probing_hooks(cfg, layers), run, routing, cfg.num_experts)
 
     def estimate_bytes(self, cfg: MoEConfig, run: RunContext) -> int:
         layers = len(cfg.sparse_layers) if self.layers is None else len(self.layers)
         k = cfg.experts_per_token
-        per_token = layers * k * (cfg.d_expert * 2 + 8) + 64  # float16 neurons, int64 indices, ids+labels
-        return run.options.max_tokens * per_token
+        # float16 neurons + int64 indices per slot, ids and labels
+        per_token = layers * k * (cfg.d_expert * 2 + 8) + 64
+        if run.options.probe_rows_per_class is None:
+            return run.options.max_tokens * per_token
+        # the bounded store adds an int32 unit per slot and a side flag per token, two tables per key
+        per_token += layers * k * 4 + 1
+        key_tables = layers * cfg.num_experts * (_n_concepts() + 1) * 4 * 16
+        return stored_tokens_estimate(run, cfg.num_experts, k) * per_token + key_tables
 
 
 @dataclass(frozen=True)
 class DenseNeurons(AccumulatorSpec):
-    """Stored FFN neurons (``blocks.L.mlp.hook_post``) of every dense layer, per token."""
+    """Stored FFN neurons (``blocks.L.mlp.hook_post``) of every dense layer, per token.
+
+    Bounded by ``--probe-rows-per-class``: every dense layer sees every token, so they share one unit.
+    """
 
     def build(self, model: Any, run: RunContext) -> Accumulator:
         cfg = model.moe_cfg
@@ -113,10 +159,14 @@ class DenseNeurons(AccumulatorSpec):
                 f"--dense-baseline {run.dense} is an MoE with no dense FFN layer; pass a dense model or 'none'."
             )
         hooks = [get_act_name("neuron", layer, model) for layer in cfg.dense_layers]
-        return TokenActivationStore(hooks, max_tokens=run.options.max_tokens)
+        return _bounded(hooks, run)
 
     def estimate_bytes(self, cfg: MoEConfig, run: RunContext) -> int:
-        return run.options.max_tokens * (len(cfg.dense_layers) * (cfg.d_mlp or 0) * 2 + 64)
+        per_token = len(cfg.dense_layers) * (cfg.d_mlp or 0) * 2 + 64
+        if run.options.probe_rows_per_class is None:
+            return run.options.max_tokens * per_token
+        key_tables = (_n_concepts() + 1) * 4 * 16
+        return stored_tokens_estimate(run, 1, 1) * (per_token + 5) + key_tables
 
 
 @dataclass(frozen=True)

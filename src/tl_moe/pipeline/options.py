@@ -24,6 +24,8 @@ __all__ = ["RunOptions", "add_option_arguments", "options_from_arguments"]
 
 
 DTYPES = ("float32", "bfloat16", "float16")
+#: Default of ``--probe-rows-per-class`` (see docs/METHODS.md, "Bounded probing store").
+PROBE_ROWS_PER_CLASS = 65_536
 
 
 def _int_list(flag: str) -> Callable[[str], tuple[int, ...]]:
@@ -58,6 +60,10 @@ def _name_list(text: str) -> tuple[str, ...]:
 
 def _optional_model(text: str) -> str | None:
     return None if text.lower() == "none" else text
+
+
+def _optional_int(text: str) -> int | None:
+    return None if text.lower() == "none" else int(text)
 
 
 def option(default: Any, help: str, *, parse: Callable[[str], Any] | None = None, cli: bool = True, **extra):
@@ -126,6 +132,12 @@ class RunOptions:
         None,
         "comma-separated sparse layers to probe (default: all; bounds memory)",
         parse=_int_list("--probe-layers"),
+    )
+    probe_rows_per_class: int | None = option(
+        PROBE_ROWS_PER_CLASS,
+        "probing store: tokens kept per (unit, concept, class, document side), so its memory does not grow "
+        "with --max-tokens; 'none' keeps every token",
+        parse=_optional_int,
     )
     sparsity_family: bool = option(
         False, "also probe every toy MoE and plot F1 vs active ratio (adds the 'sparsity' analysis)"
@@ -238,6 +250,13 @@ class RunOptions:
         ):
             raise InputError(
                 f"--steer-contrast takes two different names (A,B or DOMAIN:A,B), got {self.steer_contrast!r}."
+            )
+        rows = self.probe_rows_per_class
+        needed = max(self.min_examples, self.held_out_min_examples)
+        if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < needed):
+            raise InputError(
+                f"--probe-rows-per-class must be 'none' or an integer of at least --min-examples and "
+                f"--held-out-min-examples ({needed}), got {rows!r}."
             )
         if self.probe_layers is not None and not self.probe_layers:
             raise InputError("--probe-layers needs at least one layer.")

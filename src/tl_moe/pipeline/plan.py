@@ -203,6 +203,6 @@ def check_fits(plan: RunPlan, available: int | None = None) -> None:
             f"this run needs about {plan.peak_bytes / _GIB:.1f} GiB ({largest.name}: weights "
             f"{largest.weight_bytes / _GIB:.1f} GiB, accumulators "
             f"{sum(largest.accumulator_bytes.values()) / _GIB:.1f} GiB) but {available / _GIB:.1f} GiB are "
-            "available; lower --max-tokens, choose --probe-layers, or use a larger machine "
+            "available; lower --max-tokens or --probe-rows-per-class, choose --probe-layers, or use a larger machine "
             "(`tl-moe plan` shows the breakdown)."
         )

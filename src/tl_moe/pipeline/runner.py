@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tl_moe.collect import collect, remove_checkpoints
-from tl_moe.collect.accumulator import Accumulator
+from tl_moe.collect.accumulator import Accumulator, state_nbytes
 from tl_moe.data.concepts import TokenConceptLabeler, concepts_for_corpus
 from tl_moe.errors import InputError
 from tl_moe.pipeline.context import RunContext
@@ -39,6 +39,9 @@ class RunResults:
         report: path of the written ``index.html`` (None when no report was written).
         timings: seconds per phase (one entry per model pass, ``finalize``, ``total``).
         tokens_by_domain: real tokens of each domain streamed through the analyzed model.
+        findings: the one-line findings of every analysis.
+        accumulator_bytes: model -> accumulator (its spec's repr) -> ``{"final", "peak"}`` bytes of
+            its state after the pass (:func:`~tl_moe.collect.accumulator.state_nbytes`).
     """
 
     options: RunOptions
@@ -47,6 +50,7 @@ class RunResults:
     timings: dict[str, float] = field(default_factory=dict)
     tokens_by_domain: dict[str, int] = field(default_factory=dict)
     findings: list[str] = field(default_factory=list)
+    accumulator_bytes: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> Result:
         if name not in self.results:
@@ -106,15 +110,22 @@ def _check_memory(run_context: RunContext, needs: dict[str, list[AccumulatorSpec
     if peak > available:
         raise InputError(
             f"the pass over {worst} needs about {peak / 2**30:.1f} GiB for accumulators and activations, but "
-            f"{available / 2**30:.1f} GiB are free; lower --max-tokens or --batch-size, or choose --probe-layers "
+            f"{available / 2**30:.1f} GiB are free; lower --max-tokens, --batch-size or --probe-rows-per-class, or choose --probe-layers "
             "(`tl-moe plan` shows the breakdown)."
         )
 
 
 def _collect_model(
-    run_context: RunContext, model_name: str, specs: list[AccumulatorSpec], out: Path | None
+    run_context: RunContext,
+    model_name: str,
+    specs: list[AccumulatorSpec],
+    out: Path | None,
+    memory: dict[str, dict[str, int]] | None = None,
 ) -> dict[AccumulatorSpec, Any]:
-    """One collection pass of ``model_name`` filling every spec's accumulator; spec -> finalized value."""
+    """One collection pass of ``model_name`` filling every spec's accumulator; spec -> finalized value.
+
+    ``memory``, when given, receives each accumulator's state bytes after the pass (by pass name).
+    """
     options = run_context.options
     model = run_context.model(model_name)
     accumulators: dict[str, Accumulator] = {
@@ -136,6 +147,8 @@ def _collect_model(
         progress=options.progress,
         fresh=options.fresh,
     )
+    if memory is not None:
+        memory.update({name: state_nbytes(accumulator) for name, accumulator in accumulators.items()})
     return {spec: finished[_pass_name(spec)] for spec in specs}
 
 
@@ -254,10 +267,13 @@ def _run(options, analyses, dataset, models, write_report, started) -> RunResult
 
     timings: dict[str, float] = {}
     collected: dict[tuple[str, AccumulatorSpec], Any] = {}
+    memory: dict[str, dict[str, dict[str, int]]] = {}
     for model_name, specs in needs.items():
         tic = time.perf_counter()
         checkpoints = out if write_report else None  # a notebook run without a report writes nothing
-        for spec, value in _collect_model(run_context, model_name, specs, checkpoints).items():
+        memory[model_name] = {}
+        passed = _collect_model(run_context, model_name, specs, checkpoints, memory[model_name])
+        for spec, value in passed.items():
             collected[(model_name, spec)] = value
         timings[f"pass {model_name} (s)"] = round(time.perf_counter() - tic, 1)
         if model_name not in (run_context.main, run_context.dense):
@@ -291,6 +307,7 @@ def _run(options, analyses, dataset, models, write_report, started) -> RunResult
                 "timings": timings,
                 "versions": package_versions(),
                 "tokens_by_domain": tokens_by_domain,
+                "accumulator_bytes": memory,
             }
         )
         report_path = report.write()
@@ -299,7 +316,7 @@ def _run(options, analyses, dataset, models, write_report, started) -> RunResult
             remove_checkpoints(out / "checkpoints")
     else:
         timings["total (s)"] = round(time.perf_counter() - started, 1)
-    return RunResults(options, results, report_path, timings, tokens_by_domain, findings)
+    return RunResults(options, results, report_path, timings, tokens_by_domain, findings, memory)
 
 
 def analyze(

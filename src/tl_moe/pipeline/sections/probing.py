@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from tl_moe.analysis.activations import StoredTokens
+from tl_moe.analysis.bounded_store import BoundedStoredTokens
 from tl_moe.analysis.concept_probing import (
     _usable,
     best_f1_by_k,
@@ -513,7 +514,8 @@ def held_out_probing(
             )
         else:
             notes.append(
-                "the dense model saw other tokens than the MoE (another tokenizer?): the dense-on-routed-"
+                "the dense model's stored tokens differ from the MoE's (another tokenizer, or a probing "
+                "store full at --probe-rows-per-class keeps different tokens per model): the dense-on-routed-"
                 "tokens and matched-subset controls need the same tokens and were not computed."
             )
         arms["moe_permuted_labels"] = arm(
@@ -654,6 +656,7 @@ class Probing(Analysis):
         records += paper_comparisons(
             moe, dense, n_resamples=run.options.bootstrap_resamples, seed=run.options.seed
         )
+        notes = [*notes, *_store_notes(run, inputs, layers)]
         return ProbingResult(
             moe_units=moe,
             dense_units=dense,
@@ -664,6 +667,25 @@ class Probing(Analysis):
             comparisons=_comparison_frame(records),
             notes=tuple(notes),
         )
+
+
+def _store_notes(run: RunContext, inputs: Inputs, layers: tuple[int, ...]) -> list[str]:
+    """One note per model whose bounded probing store dropped rows (some key had more than N)."""
+    needs = [(run.main, ExpertNeurons(layers))]
+    if run.dense is not None:
+        needs.append((run.dense, DenseNeurons()))
+    if not run.options.skip_untrained_null:
+        needs.append((untrained_name(run.main), ExpertNeurons(layers)))
+    notes = []
+    for model, spec in needs:
+        stored = inputs.get(Need(model, spec))
+        if isinstance(stored, BoundedStoredTokens) and stored.n_capped:
+            notes.append(
+                f"the probing store of {model} kept {stored.rows_per_class} tokens per (unit, concept, class, "
+                f"document side) where more were streamed ({stored.n_capped} of {stored.n_seen.numel()} keys): "
+                f"{len(stored.token_index)} tokens stored (--probe-rows-per-class)."
+            )
+    return notes
 
 
 def _comparison_frame(records: list[dict]) -> pd.DataFrame:
