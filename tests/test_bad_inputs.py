@@ -47,6 +47,17 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("an unknown analysis", ["analyze", "--analyses", "probing,vibes"], "vibes"),
         ("--dtype float8", ["analyze", "--dtype", "float8"], "--dtype"),
         ("--threads 0", ["analyze", "--threads", "0"], "thread"),
+        ("an unknown embedded corpus version", ["analyze", "--corpus", "embedded:v9"], "embedded"),
+        (
+            "--probe-rows-per-class below --min-examples",
+            ["analyze", "--probe-rows-per-class", "5"],
+            "--probe-rows",
+        ),
+        (
+            "--reweight-factors that are not numbers",
+            ["analyze", "--reweight-factors", "a,b"],
+            "--reweight-factors",
+        ),
         (
             "a corpus whose documents are all empty",
             ["analyze", "--corpus", str(tmp / "empty.jsonl"), "--split", "train"],
