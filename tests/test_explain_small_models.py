@@ -11,9 +11,9 @@ from tl_moe.errors import InputError
 from tl_moe.explain.clients import OpenAIChatClient
 from tl_moe.explain.examples import ExpertRecord
 from tl_moe.explain.explainers import EXPLAIN_EXAMPLES, LMExplainer, explain_prompt, parse_label
-from tl_moe.explain.gguf import servable_copy
 from tl_moe.explain.runner import label_experts
 from tl_moe.explain.scorers import DetectionScorer, FuzzingScorer, parse_verdicts
+from tl_moe.explain.serving import servable_copy
 
 pytest.importorskip("openai")
 
@@ -138,7 +138,7 @@ def test_servable_copy_refuses_other_files_and_keys_copies_by_content(tmp_path, 
         servable_copy(tmp_path / "weights.bin", cache_dir=tmp_path)
     import transformers
 
-    import tl_moe.explain.gguf as gguf_module
+    import tl_moe.explain.serving as serving_module
 
     made = []
 
@@ -147,7 +147,7 @@ def test_servable_copy_refuses_other_files_and_keys_copies_by_content(tmp_path, 
         (out / "config.json").write_text("{}")
         made.append(path)
 
-    monkeypatch.setattr(gguf_module, "_convert", convert)
+    monkeypatch.setattr(serving_module, "_convert", convert)
     model = tmp_path / "m.gguf"
     model.write_bytes(b"first")
     first = servable_copy(model, cache_dir=tmp_path / "cache")
