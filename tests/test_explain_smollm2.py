@@ -43,7 +43,8 @@ def _needs(*modules: str) -> None:
 @pytest.fixture(scope="module")
 def smol_dir() -> Path:
     """A plain saved copy of SmolLM2 (``transformers serve`` cannot serve the GGUF file itself)."""
-    _needs("gguf", "transformers")
+    _gguf()
+    _needs("gguf", "transformers", "openai", "fastapi", "uvicorn")  # before minutes of conversion
     from tl_moe.explain.serving import servable_copy
 
     return servable_copy(_gguf())
@@ -51,7 +52,6 @@ def smol_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def served(smol_dir, tmp_path_factory):
-    _needs("openai", "fastapi", "uvicorn")
     from tl_moe.explain.serving import TransformersServer, serve_command
 
     if serve_command() is None:
@@ -133,7 +133,6 @@ def test_two_toy_experts_labeled_and_scored_through_transformers_serve(served, t
 
 
 def test_the_gguf_file_as_a_local_chat_model_answers_like_its_served_copy(served, two_records):
-    _needs("gguf", "transformers")
     from tl_moe.explain import LMExplainer, OpenAIChatClient, TransformersChatClient
 
     url, model_name = served
