@@ -36,7 +36,7 @@ class TimedClient:
         tic = time.perf_counter()
         answer = self.client.complete(messages, max_tokens=max_tokens)
         seconds = time.perf_counter() - tic
-        prompt = len(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+        prompt = len(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"])
         kind = "explain" if messages[0]["content"].startswith("You explain") else "detect"
         with self._lock:
             self.log.append(
@@ -121,7 +121,7 @@ def main() -> None:
         tic = time.perf_counter()
         result = label_experts(
             ready,
-            LMExplainer(client, n_contexts=6, max_tokens=12),
+            LMExplainer(client, n_contexts=6, max_tokens=12, lens=False),
             [DetectionScorer(client, chunk=1, max_tokens=3)],
             concurrency=args.concurrency,
             progress=True,

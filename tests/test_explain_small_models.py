@@ -40,6 +40,7 @@ def test_a_label_line_is_read_leniently(answer, label):
         "I am not sure what this is.",
         "Sorry, these excerpts share nothing.",
         "optimization (like<< \">>python -'",  # an echoed excerpt with its marks
+        "The output is:",  # an introduction to nothing
         "The component is a Python module that allows the user to compile and execute Python code",
         '{"name": "cats"}',  # JSON, but no label in it
     ],
@@ -67,12 +68,14 @@ def test_the_explain_prompt_marks_targets_and_shows_worked_examples():
     messages = explain_prompt(record, mark="target")
     assert messages[0]["role"] == "system"
     assert [m["role"] for m in messages[1:-1]] == ["user", "assistant"] * len(EXPLAIN_EXAMPLES)
-    assert [m["content"] for m in messages[2:-1:2]] == [a for _, a in EXPLAIN_EXAMPLES]
+    assert [m["content"] for m in messages[2:-1:2]] == [a for *_, a in EXPLAIN_EXAMPLES]
     last = messages[-1]["content"]
     assert last.count("<<") == 1 and "<< cat>>" in last and "Marked tokens: ' cat'" in last
-    assert "'purr'" in last
+    assert "'purr'" in last and all("promotes in the output" in m["content"] for m in messages[1:-1:2])
     assert explain_prompt(record, mark="routed")[-1]["content"].count("<<") == 2
     assert len(explain_prompt(record, examples=False)) == 2
+    without = explain_prompt(record, lens=False)  # no lens line, in the examples either
+    assert not any("promotes" in m["content"] for m in without)
 
 
 def test_an_answer_that_echoes_an_excerpt_is_malformed():
@@ -85,6 +88,13 @@ def test_an_answer_that_echoes_an_excerpt_is_malformed():
     record = word_records(["cat", "dog"])[0]
     explanation = LMExplainer(Echo())(record)
     assert not explanation.ok and "echoed" in explanation.error
+
+    class Lens(Echo):
+        def complete(self, messages, *, max_tokens=256):
+            return "The component promotes in the output: 'purr'"  # the prompt's lens line
+
+    lensed = ExpertRecord(0, 0, record.explanation, (), (), lens_tokens=("purr",))
+    assert "echoed" in LMExplainer(Lens())(lensed).error
 
 
 @pytest.mark.parametrize("scorer", [DetectionScorer, FuzzingScorer])

@@ -92,7 +92,7 @@ def _label(client, records, **options):
 
     return label_experts(
         records,
-        LMExplainer(client, n_contexts=6, max_tokens=12),
+        LMExplainer(client, n_contexts=6, max_tokens=12, lens=False),
         [DetectionScorer(client, chunk=1, max_tokens=3)],
         concurrency=2,
         progress=False,
@@ -136,9 +136,11 @@ def test_the_gguf_file_as_a_local_chat_model_answers_like_its_served_copy(served
     from tl_moe.explain import LMExplainer, OpenAIChatClient, TransformersChatClient
 
     url, model_name = served
-    local = LMExplainer(TransformersChatClient(_gguf()), n_contexts=4, max_tokens=12)(two_records[0])
+    local = LMExplainer(TransformersChatClient(_gguf()), n_contexts=4, max_tokens=12, lens=False)(
+        two_records[0]
+    )
     remote = OpenAIChatClient(url, model_name, timeout=300, max_retries=1)
-    served_answer = LMExplainer(remote, n_contexts=4, max_tokens=12)(two_records[0])
+    served_answer = LMExplainer(remote, n_contexts=4, max_tokens=12, lens=False)(two_records[0])
     assert local.details.get("answer")  # the model answered
     assert local.ok or "malformed" in local.error
     # the same weights (the GGUF file, and its plain copy behind the server), greedy: the same answer

@@ -163,32 +163,41 @@ EXPLAIN_SYSTEM = (
 
 # Worked examples shown before the expert's excerpts (chat turns): a small chat model copies their
 # format, one short label line. Three different labels, so that none of them is copied as the answer.
-EXPLAIN_EXAMPLES: tuple[tuple[str, str], ...] = (
+# (question, its logit-lens line, answer); the lens line is shown when the expert's own is.
+EXPLAIN_EXAMPLES: tuple[tuple[str, str, str], ...] = (
     (
         "Marked tokens: ' if', ' when', ' unless'\n"
         "Excerpt 1: 'return x<< if>> y else'\nExcerpt 2: 'do it<< when>> ready'\nExcerpt 3: 'stop<< unless>> told'",
+        "' then', ' else', ':'",
         "conditional words",
     ),
     (
-        "Marked tokens: '3', '42', '7'\n"
-        "Excerpt 1: 'page <<3>> of'\nExcerpt 2: 'has <<42>> items'\nExcerpt 3: 'x = <<7>>;'",
+        "Marked tokens: '3', '42', '7'\nExcerpt 1: 'page <<3>> of'\nExcerpt 2: 'has <<42>> items'\nExcerpt 3: 'x = <<7>>;'",
+        "'0', '5', '%'",
         "numbers",
     ),
     (
         "Marked tokens: ' Paris', ' London', ' Rome'\n"
         "Excerpt 1: 'flew to<< Paris>> on'\nExcerpt 2: 'in<< London>>,'\nExcerpt 3: 'visit<< Rome>> in'",
+        "' France', ' city', ','",
         "city names",
     ),
 )
+_LENS_LINE = "Tokens the component promotes in the output: "
 
 
 def explain_prompt(
-    record: ExpertRecord, n_contexts: int = 20, *, mark: str = "target", examples: bool = True
+    record: ExpertRecord,
+    n_contexts: int = 20,
+    *,
+    mark: str = "target",
+    examples: bool = True,
+    lens: bool = True,
 ) -> list[dict[str, str]]:
     """The chat of an explanation request: system prompt, worked examples (``examples``), then the
     expert's first ``n_contexts`` explanation contexts, each with its target token marked
     (``mark="target"``) or every token routed to the expert (``mark="routed"``), a line listing the
-    targets, and the expert's logit-lens tokens."""
+    targets, and the expert's logit-lens tokens (``lens``, when the record has them)."""
     if mark not in ("target", "routed"):
         raise ValueError(f"mark must be 'target' or 'routed', got {mark!r}.")
     contexts = record.explanation[:n_contexts]
@@ -196,12 +205,12 @@ def explain_prompt(
     for i, c in enumerate(contexts):
         shown = c if mark == "routed" else c.with_marks([j == c.target for j in range(len(c.tokens))])
         lines.append(f"Excerpt {i + 1}: {shown.text()!r}")
-    if record.lens_tokens:
-        lines.append(
-            "Tokens the component promotes in the output: " + ", ".join(repr(t) for t in record.lens_tokens)
-        )
+    show_lens = lens and bool(record.lens_tokens)
+    if show_lens:
+        lines.append(_LENS_LINE + ", ".join(repr(t) for t in record.lens_tokens))
     messages = [{"role": "system", "content": EXPLAIN_SYSTEM}]
-    for question, answer in EXPLAIN_EXAMPLES if examples else ():
+    for question, lens_line, answer in EXPLAIN_EXAMPLES if examples else ():
+        question += f"\n{_LENS_LINE}{lens_line}" if show_lens else ""
         messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
     return messages + [{"role": "user", "content": "\n".join(lines)}]
 
@@ -220,7 +229,8 @@ def parse_label(answer: str) -> str:
 
     Accepted, in this order: JSON ``{"label": ...}``; a ``Label: ...`` line; else the answer's first
     non-empty line when it reads as a label (at most 12 words after stripping quotes, markdown and a
-    final period; not an echoed excerpt with ``<< >>`` marks; not a refusal such as "I am not sure").
+    final period; not an echoed excerpt with ``<< >>`` marks, nor a line ending in a colon; not a
+    refusal such as "I am not sure").
     Raises ValueError on a malformed answer.
     """
     text = answer.strip()
@@ -243,7 +253,7 @@ def parse_label(answer: str) -> str:
     if not isinstance(label, str) or not label.strip():
         raise ValueError(f"malformed answer (no label): {answer[:200]!r}")
     label = _clean(label)
-    if not label or "<<" in label or ">>" in label:
+    if not label or "<<" in label or ">>" in label or label.endswith(":"):
         raise ValueError(f"malformed answer (an excerpt, not a label): {answer[:200]!r}")
     if _REFUSAL.match(label):
         raise ValueError(f"malformed answer (no label given): {answer[:200]!r}")
@@ -268,6 +278,8 @@ class LMExplainer:
         max_tokens: cap on the answer (one label line needs few).
         mark: ``target`` marks each context's target token; ``routed`` every token routed to the expert.
         examples: show the worked examples first (small chat models need them to answer in form).
+        lens: show the expert's logit-lens tokens (a small model may copy that line instead of naming
+            what the marked tokens share).
     """
 
     def __init__(
@@ -278,11 +290,12 @@ class LMExplainer:
         max_tokens: int = 32,
         mark: str = "target",
         examples: bool = True,
+        lens: bool = True,
     ) -> None:
         if mark not in ("target", "routed"):
             raise ValueError(f"mark must be 'target' or 'routed', got {mark!r}.")
         self.client, self.n_contexts, self.max_tokens = client, n_contexts, max_tokens
-        self.mark, self.examples = mark, examples
+        self.mark, self.examples, self.lens = mark, examples, lens
 
     @property
     def name(self) -> str:
@@ -290,7 +303,9 @@ class LMExplainer:
 
     def __call__(self, record: ExpertRecord) -> Explanation:
         try:
-            messages = explain_prompt(record, self.n_contexts, mark=self.mark, examples=self.examples)
+            messages = explain_prompt(
+                record, self.n_contexts, mark=self.mark, examples=self.examples, lens=self.lens
+            )
             answer = self.client.complete(messages, max_tokens=self.max_tokens)
         except Exception as error:  # a failed request is a recorded failure, never fatal
             return Explanation(
@@ -298,8 +313,11 @@ class LMExplainer:
             )
         try:
             label = parse_label(answer)
-            if len(label.split()) >= 3 and any(label in c.text(mark=False) for c in record.explanation):
-                raise ValueError(f"malformed answer (an excerpt echoed, not a label): {answer[:200]!r}")
+            shown = messages[-1]["content"].lower()
+            if len(label.split()) >= 3 and (
+                label.lower() in shown or any(label in c.text(mark=False) for c in record.explanation)
+            ):
+                raise ValueError(f"malformed answer (the prompt echoed, not a label): {answer[:200]!r}")
         except ValueError as error:
             return Explanation(record.layer, record.expert, "", details={"answer": answer}, error=str(error))
         return Explanation(record.layer, record.expert, label, details={"answer": answer})
