@@ -7,7 +7,9 @@ contrastive contexts (see :mod:`tl_moe.explain.examples`).
 - :class:`ConceptScorer` (offline): a concept label's own labeler decides — a context matches when
   its target token is positive for the concept (and, for a concept ∧ domain label, the document is
   of that domain). Exact, free, deterministic.
-- :class:`DetectionScorer`: a chat model reads the label and unmarked contexts and says which match.
+- :class:`DetectionScorer`: a chat model reads the label and unmarked contexts and says which match
+  (``chunk`` contexts a request as a JSON list; ``chunk=1``: one yes/no question a context, the form a
+  small chat model answers in).
 - :class:`FuzzingScorer`: a chat model reads the label and contexts with marked tokens and says
   whether the marks are the tokens the label describes (half the items have the expert's true
   marks, half the same contexts with as many other tokens marked).
