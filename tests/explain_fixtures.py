@@ -53,9 +53,10 @@ class LoopbackServer:
     """An OpenAI-compatible chat server on 127.0.0.1, in a thread, with canned behaviours.
 
     Explanation requests (system prompt "You explain") are answered ``{"label": "the word W"}`` for the
-    marked word W; detection requests get 1 for each excerpt containing the label's word. Words with
-    behaviours: ``zzz`` -> a malformed answer; ``slow`` -> sleeps ``slow_s`` first; ``busy`` -> 429
-    (with ``retry-after-ms``) ``busy_failures`` times before answering. ``delay_s`` delays every answer.
+    marked word W; detection requests get 1 for each excerpt containing the label's word (a question
+    about one excerpt gets "Yes." / "No"). Words with behaviours: ``zzz`` -> a malformed answer;
+    ``slow`` -> sleeps ``slow_s`` first; ``busy`` -> 429 (with ``retry-after-ms``) ``busy_failures``
+    times before answering. ``delay_s`` delays every answer.
     Every request body is logged in ``requests``; ``answered`` logs the ones answered 200.
     """
 
@@ -158,4 +159,7 @@ class LoopbackServer:
                 return 200, "I am not sure what this is.", {}
             return 200, json.dumps({"label": f"the word {word}"}), {}
         excerpts = re.findall(r"(?m)^\d+\. (.*)$", user)
+        single = re.search(r"(?m)^Excerpt: (.*)$", user)
+        if not excerpts and single:  # one yes/no question per item
+            return 200, "Yes." if word is not None and f" {word}" in single.group(1) else "No", {}
         return 200, json.dumps([int(word is not None and f" {word}" in e) for e in excerpts]), {}

@@ -77,7 +77,7 @@ def test_loopback_server_labels_scores_and_records_failures():
 
     def explain_requests(word):
         return [r for r in requests if r["messages"][0]["content"].startswith("You explain")
-                and f"<<{' ' + word}>>" in r["messages"][1]["content"]]  # fmt: skip
+                and f"<<{' ' + word}>>" in r["messages"][-1]["content"]]  # fmt: skip
 
     assert len(explain_requests("slow")) == 3  # 1 + max_retries attempts, then given up
     assert len(explain_requests("busy")) == 3  # two 429s, then the answer
@@ -95,7 +95,7 @@ def test_rate_limit_retries_are_bounded():
         tic = time.perf_counter()
         result = label_experts(records, LMExplainer(client), [], concurrency=2, progress=False)
         elapsed = time.perf_counter() - tic
-        n_busy = sum("<< busy>>" in r["messages"][1]["content"] for r in server.requests)
+        n_busy = sum("<< busy>>" in r["messages"][-1]["content"] for r in server.requests)
     assert n_busy == 3 and elapsed < 10
     assert "RateLimit" in _by_expert(result)[0].label_error
     assert _by_expert(result)[1].label == "the word cat"

@@ -156,51 +156,146 @@ def over_represented_tokens(record: ExpertRecord, n: int = 8) -> list[str]:
 
 
 EXPLAIN_SYSTEM = (
-    "You explain what a component of a language model responds to. You see text excerpts; the tokens "
-    "where the component is active are wrapped in << >>. Answer with one label of 3 to 12 words that "
-    'describes the marked tokens and their context. Reply with JSON only: {"label": "..."}.'
+    "You explain what a component of a language model responds to. In each excerpt the token it is "
+    "active on is wrapped in << >>. Reply with one short label (2 to 8 words) naming what the marked "
+    "tokens have in common, on one line, and nothing else."
 )
 
+# Worked examples shown before the expert's excerpts (chat turns): a small chat model copies their
+# format, one short label line. Three different labels, so that none of them is copied as the answer.
+# (question, its logit-lens line, answer); the lens line is shown when the expert's own is.
+EXPLAIN_EXAMPLES: tuple[tuple[str, str, str], ...] = (
+    (
+        "Marked tokens: ' if', ' when', ' unless'\n"
+        "Excerpt 1: 'return x<< if>> y else'\nExcerpt 2: 'do it<< when>> ready'\nExcerpt 3: 'stop<< unless>> told'",
+        "' then', ' else', ':'",
+        "conditional words",
+    ),
+    (
+        "Marked tokens: '3', '42', '7'\nExcerpt 1: 'page <<3>> of'\nExcerpt 2: 'has <<42>> items'\nExcerpt 3: 'x = <<7>>;'",
+        "'0', '5', '%'",
+        "numbers",
+    ),
+    (
+        "Marked tokens: ' Paris', ' London', ' Rome'\n"
+        "Excerpt 1: 'flew to<< Paris>> on'\nExcerpt 2: 'in<< London>>,'\nExcerpt 3: 'visit<< Rome>> in'",
+        "' France', ' city', ','",
+        "city names",
+    ),
+)
+_LENS_LINE = "Tokens the component promotes in the output: "
 
-def explain_prompt(record: ExpertRecord, n_contexts: int = 20) -> list[dict[str, str]]:
-    lines = [f"Excerpt {i + 1}: {c.text()!r}" for i, c in enumerate(record.explanation[:n_contexts])]
-    if record.lens_tokens:
-        lines.append(
-            "Tokens the component promotes in the output: " + ", ".join(repr(t) for t in record.lens_tokens)
-        )
-    return [{"role": "system", "content": EXPLAIN_SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
+
+def explain_prompt(
+    record: ExpertRecord,
+    n_contexts: int = 20,
+    *,
+    mark: str = "target",
+    examples: bool = True,
+    lens: bool = True,
+) -> list[dict[str, str]]:
+    """The chat of an explanation request: system prompt, worked examples (``examples``), then the
+    expert's first ``n_contexts`` explanation contexts, each with its target token marked
+    (``mark="target"``) or every token routed to the expert (``mark="routed"``), a line listing the
+    targets, and the expert's logit-lens tokens (``lens``, when the record has them)."""
+    if mark not in ("target", "routed"):
+        raise ValueError(f"mark must be 'target' or 'routed', got {mark!r}.")
+    contexts = record.explanation[:n_contexts]
+    lines = ["Marked tokens: " + ", ".join(repr(c.tokens[c.target]) for c in contexts)]
+    for i, c in enumerate(contexts):
+        shown = c if mark == "routed" else c.with_marks([j == c.target for j in range(len(c.tokens))])
+        lines.append(f"Excerpt {i + 1}: {shown.text()!r}")
+    show_lens = lens and bool(record.lens_tokens)
+    if show_lens:
+        lines.append(_LENS_LINE + ", ".join(repr(t) for t in record.lens_tokens))
+    messages = [{"role": "system", "content": EXPLAIN_SYSTEM}]
+    for question, lens_line, answer in EXPLAIN_EXAMPLES if examples else ():
+        question += f"\n{_LENS_LINE}{lens_line}" if show_lens else ""
+        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return messages + [{"role": "user", "content": "\n".join(lines)}]
+
+
+# An answer that declines or hedges instead of naming something is not a label.
+_REFUSAL = re.compile(
+    r"^(i\s+(am|cannot|can't|don't|do not|could|would|think)\b|i'm\b|sorry\b|as an ai\b|unfortunately\b"
+    r"|there is no\b|no (clear |obvious )?pattern\b)",
+    re.I,
+)
+_MAX_LINE_WORDS = 12  # a bare first line longer than this is prose, not a label
 
 
 def parse_label(answer: str) -> str:
-    """The label of an explainer's answer: JSON ``{"label": ...}``, else a lone ``Label: ...`` line.
+    """The label of an explainer's answer.
 
-    Raises ValueError on a malformed answer (no label, or a label outside 1–20 words).
+    Accepted, in this order: JSON ``{"label": ...}``; a ``Label: ...`` line; else the answer's first
+    non-empty line when it reads as a label (at most 12 words after stripping quotes, markdown and a
+    final period; not an echoed excerpt with ``<< >>`` marks, nor a line ending in a colon; not a
+    refusal such as "I am not sure").
+    Raises ValueError on a malformed answer.
     """
     text = answer.strip()
-    label = None
+    label, structured = None, False
     match = re.search(r"\{.*\}", text, flags=re.S)
     if match:
         try:
             value = json.loads(match.group(0))
-            label = value.get("label") if isinstance(value, dict) else None
         except json.JSONDecodeError:
-            label = None
-    if label is None:
-        found = re.search(r"(?im)^\s*label\s*[:=]\s*(.+)$", text)
-        label = found.group(1) if found else None
+            value = None
+        if isinstance(value, dict):
+            label, structured = value.get("label"), True
+    if not structured:
+        found = re.search(r"(?im)^\s*\**label\**\s*[:=]\s*(.+)$", text)
+        label, structured = (found.group(1), True) if found else (None, False)
+    limit = 20
+    if not structured:
+        lines = [line for line in text.splitlines() if line.strip()]
+        label, limit = (lines[0] if lines else None), _MAX_LINE_WORDS
     if not isinstance(label, str) or not label.strip():
         raise ValueError(f"malformed answer (no label): {answer[:200]!r}")
-    label = label.strip().strip('"').strip()
-    if not 1 <= len(label.split()) <= 20:
+    label = _clean(label)
+    if not label or "<<" in label or ">>" in label or label.endswith(":"):
+        raise ValueError(f"malformed answer (an excerpt, not a label): {answer[:200]!r}")
+    if _REFUSAL.match(label):
+        raise ValueError(f"malformed answer (no label given): {answer[:200]!r}")
+    if not 1 <= len(label.split()) <= limit:
         raise ValueError(f"malformed answer (label of {len(label.split())} words): {answer[:200]!r}")
     return label
 
 
-class LMExplainer:
-    """Labels an expert by asking a chat model about its marked top contexts and logit-lens tokens."""
+def _clean(label: str) -> str:
+    label = label.strip().strip("*_`").strip()
+    label = re.sub(r"^(-|\d+[.)])\s+", "", label)  # a list bullet
+    label = label.strip().strip("\"'`").strip()
+    return label[:-1].rstrip() if label.endswith(".") and not label.endswith("..") else label
 
-    def __init__(self, client: ChatClient, *, n_contexts: int = 20, max_tokens: int = 64) -> None:
+
+class LMExplainer:
+    """Labels an expert by asking a chat model about its marked top contexts and logit-lens tokens.
+
+    Args:
+        client: the chat model.
+        n_contexts: explanation contexts shown (top first).
+        max_tokens: cap on the answer (one label line needs few).
+        mark: ``target`` marks each context's target token; ``routed`` every token routed to the expert.
+        examples: show the worked examples first (small chat models need them to answer in form).
+        lens: show the expert's logit-lens tokens (a small model may copy that line instead of naming
+            what the marked tokens share).
+    """
+
+    def __init__(
+        self,
+        client: ChatClient,
+        *,
+        n_contexts: int = 20,
+        max_tokens: int = 32,
+        mark: str = "target",
+        examples: bool = True,
+        lens: bool = True,
+    ) -> None:
+        if mark not in ("target", "routed"):
+            raise ValueError(f"mark must be 'target' or 'routed', got {mark!r}.")
         self.client, self.n_contexts, self.max_tokens = client, n_contexts, max_tokens
+        self.mark, self.examples, self.lens = mark, examples, lens
 
     @property
     def name(self) -> str:
@@ -208,13 +303,21 @@ class LMExplainer:
 
     def __call__(self, record: ExpertRecord) -> Explanation:
         try:
-            answer = self.client.complete(explain_prompt(record, self.n_contexts), max_tokens=self.max_tokens)
+            messages = explain_prompt(
+                record, self.n_contexts, mark=self.mark, examples=self.examples, lens=self.lens
+            )
+            answer = self.client.complete(messages, max_tokens=self.max_tokens)
         except Exception as error:  # a failed request is a recorded failure, never fatal
             return Explanation(
                 record.layer, record.expert, "", error=f"request failed: {type(error).__name__}: {error}"
             )
         try:
             label = parse_label(answer)
+            shown = messages[-1]["content"].lower()
+            if len(label.split()) >= 3 and (
+                label.lower() in shown or any(label in c.text(mark=False) for c in record.explanation)
+            ):
+                raise ValueError(f"malformed answer (the prompt echoed, not a label): {answer[:200]!r}")
         except ValueError as error:
             return Explanation(record.layer, record.expert, "", details={"answer": answer}, error=str(error))
         return Explanation(record.layer, record.expert, label, details={"answer": answer})

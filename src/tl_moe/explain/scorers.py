@@ -7,7 +7,9 @@ contrastive contexts (see :mod:`tl_moe.explain.examples`).
 - :class:`ConceptScorer` (offline): a concept label's own labeler decides — a context matches when
   its target token is positive for the concept (and, for a concept ∧ domain label, the document is
   of that domain). Exact, free, deterministic.
-- :class:`DetectionScorer`: a chat model reads the label and unmarked contexts and says which match.
+- :class:`DetectionScorer`: a chat model reads the label and unmarked contexts and says which match
+  (``chunk`` contexts a request as a JSON list; ``chunk=1``: one yes/no question a context, the form a
+  small chat model answers in).
 - :class:`FuzzingScorer`: a chat model reads the label and contexts with marked tokens and says
   whether the marks are the tokens the label describes (half the items have the expert's true
   marks, half the same contexts with as many other tokens marked).
@@ -158,7 +160,8 @@ _VERDICTS = re.compile(r"\[[^\[\]]*\]", re.S)
 
 
 def parse_verdicts(answer: str, n: int) -> tuple[list[int], list[float] | None]:
-    """A JSON list of ``n`` verdicts (0/1, booleans, or probabilities in [0, 1]) from an answer.
+    """A JSON list of ``n`` verdicts (0/1, booleans, or probabilities in [0, 1]) from an answer; for
+    one item (``n == 1``) also an answer whose first word is yes/no (true/false, 1/0).
 
     Returns (hard verdicts, probabilities or None). Raises ValueError on a malformed answer.
     """
@@ -173,21 +176,54 @@ def parse_verdicts(answer: str, n: int) -> tuple[list[int], list[float] | None]:
             return [int(v) for v in values], None
         if all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in values):
             return [int(v >= 0.5) for v in values], [float(v) for v in values]
+    if n == 1:
+        first = re.match(r"\W*(\w+)", answer)
+        word = first.group(1).lower() if first else ""
+        if word in _YES or word in _NO:
+            return [int(word in _YES)], None
     raise ValueError(f"malformed answer (no list of {n} verdicts): {answer[:200]!r}")
 
 
+_YES, _NO = {"yes", "true", "1"}, {"no", "false", "0"}
+
+
 class _ChatScorer:
+    """Asks a chat model about the scoring items, ``chunk`` at a time.
+
+    ``chunk > 1``: one request lists the label and ``chunk`` numbered excerpts and asks for a JSON
+    list of 0/1 verdicts. ``chunk == 1``: one request per item asks a yes/no question about one
+    excerpt, after two worked examples (a yes and a no); the answer's first word is the verdict. The
+    second form is the one small chat models answer in form; it takes ``chunk`` times the requests.
+    A malformed answer makes the expert's score a recorded failure.
+    """
+
     name = "chat"
     system = ""
+    single_system = ""
+    question = ""
+    examples: tuple[tuple[str, str, str], ...] = ()  # (label, excerpt, "yes" | "no")
     marked = False
 
     def __init__(self, client: ChatClient, *, chunk: int = 10, max_tokens: int = 128, seed: int = 0) -> None:
+        if chunk < 1:
+            raise ValueError(f"chunk must be a positive number of items per request, got {chunk}.")
         self.client, self.chunk, self.max_tokens, self.seed = client, chunk, max_tokens, seed
 
     def _prompt(self, label: str, items: list[Context]) -> list[dict[str, str]]:
+        if self.chunk == 1:
+            return self._single_prompt(label, items[0])
         lines = [f"Label: {label}"] + [f"{i + 1}. {c.text(mark=self.marked)!r}" for i, c in enumerate(items)]
         lines.append(f"Answer with a JSON list of {len(items)} numbers, 1 for a match and 0 otherwise.")
         return [{"role": "system", "content": self.system}, {"role": "user", "content": "\n".join(lines)}]
+
+    def _single_prompt(self, label: str, item: Context) -> list[dict[str, str]]:
+        def ask(label: str, excerpt: str) -> dict[str, str]:
+            return {"role": "user", "content": f"Label: {label}\nExcerpt: {excerpt!r}\n{self.question}"}
+
+        messages = [{"role": "system", "content": self.single_system}]
+        for shown_label, excerpt, verdict in self.examples:
+            messages += [ask(shown_label, excerpt), {"role": "assistant", "content": verdict}]
+        return messages + [ask(label, item.text(mark=self.marked))]
 
     def _scored_items(self, record: ExpertRecord) -> tuple[list[Context], list[int]]:
         return _items(record, self.seed)
@@ -224,6 +260,11 @@ class DetectionScorer(_ChatScorer):
         "You check whether text excerpts match a description of what a language-model component "
         "responds to. For each numbered excerpt say 1 if it contains what the label describes, else 0."
     )
+    single_system = (
+        "You check whether a text excerpt contains what a label describes. Answer with one word: yes or no."
+    )
+    question = "Does the excerpt contain what the label describes?"
+    examples = (("numbers", "page 3 of the book", "yes"), ("city names", "the cat sat on the mat", "no"))
 
 
 class FuzzingScorer(_ChatScorer):
@@ -234,6 +275,15 @@ class FuzzingScorer(_ChatScorer):
     system = (
         "You check whether the tokens wrapped in << >> in each excerpt are the ones a label describes. "
         "For each numbered excerpt say 1 if the marked tokens match the label, else 0."
+    )
+    single_system = (
+        "You check whether the tokens wrapped in << >> in an excerpt are the ones a label describes. "
+        "Answer with one word: yes or no."
+    )
+    question = "Are the marked tokens what the label describes?"
+    examples = (
+        ("numbers", "page <<3>> of the book", "yes"),
+        ("city names", "the <<cat>> sat in Paris", "no"),
     )
 
     def _scored_items(self, record: ExpertRecord) -> tuple[list[Context], list[int]]:
