@@ -47,6 +47,17 @@ RENAMED_METRICS = {
         )
     },
     "domains": {"domain experts (score > 0.5)": "experts with score > 0.5 (no significance test)"},
+    # The sparsity family's curve is the paper protocol's (held-out metrics now stand beside it).
+    "sparsity": {
+        f"{model} (active ratio {ratio}) | k=1": f"paper protocol | {model} (active ratio {ratio}) | k=1"
+        for model, ratio in (
+            ("toy/moe-4x2", "0.5"),
+            ("toy/moe-8x2", "0.25"),
+            ("toy/moe-16x2", "0.125"),
+            ("toy/moe-32x2", "0.0625"),
+            ("dense twin", "1"),
+        )
+    },
 }
 CHANGED_METRICS = {"specialization": ("functional, 50 token clusters | mean excess, last layer",)}
 CHANGED_COLUMNS = {"domain_experts_top": ("domain_expert",)}

@@ -397,10 +397,22 @@ def held_out_probing(
     dense: StoredTokens | None,
     untrained: StoredTokens | None,
     layers: tuple[int, ...],
+    *,
+    model: str | None = None,
+    permuted: bool = True,
 ) -> tuple[dict[str, HeldOutArm], list[dict], list[str]]:
-    """The held-out protocol's arms and their comparisons (records), plus notes on what is missing."""
+    """The held-out protocol's arms and their comparisons (records), plus notes on what is missing.
+
+    Args:
+        moe, dense, untrained: stored tokens of the MoE, the dense baseline and the untrained null
+            (None: that arm and its comparisons are left out).
+        layers: the MoE's probed sparse layers.
+        model: the MoE's name in the run (default: the analyzed model; the sparsity family passes
+            each of its members).
+        permuted: also probe both models with permuted labels (the protocol's own bias).
+    """
     options = run.options
-    cfg = run.config(run.main)
+    cfg = run.config(run.main if model is None else model)
     params = probe_settings(run)
     minimum = options.held_out_min_examples
     notes: list[str] = []
@@ -471,6 +483,7 @@ def held_out_probing(
                 "the dense model saw other tokens than the MoE (another tokenizer?): the dense-on-routed-"
                 "tokens and matched-subset controls need the same tokens and were not computed."
             )
+    if dense is not None and permuted:
         arms["moe_permuted_labels"] = arm(
             "moe_permuted_labels",
             moe,
@@ -489,7 +502,7 @@ def held_out_probing(
         arms["untrained_moe"] = arm(
             "untrained_moe", untrained, expert_blocks(untrained, layers, cfg.num_experts), untrained_selection
         )
-    elif not options.skip_untrained_null:
+    elif not options.skip_untrained_null and model is None:
         notes.append("the untrained null was not computed.")
 
     records = []
