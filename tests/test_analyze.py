@@ -104,6 +104,10 @@ def test_the_pipeline_writes_the_numbers_the_code_before_it_wrote(family_run):
         "moe_vs_dense",
         "moe_vs_matched_subsets",
     }
+    # The family's held-out records: one per member and comparison, unavailable (16 documents), with why.
+    family = after["sections"]["sparsity"]["comparisons"]
+    assert {r["model"] for r in family} == {"toy/moe-4x2", "toy/moe-8x2", "toy/moe-16x2", "toy/moe-32x2"}
+    assert all(r["estimate"] is None and r["interval_unavailable_reason"] for r in family)
 
 
 @pytest.mark.skipif(not SHIPPED, reason="toy checkpoints not shipped")

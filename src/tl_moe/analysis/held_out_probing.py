@@ -85,8 +85,10 @@ class UnitBlock:
     layers: list[int]
 
 
-#: A probe arm's units for one concept population: population mask -> chunks of units.
-BlockFactory = Callable[[Bool[torch.Tensor, " token"]], Iterator[UnitBlock]]
+#: A probe arm's units for one concept population: population mask -> chunks of units. A factory whose
+#: ``population_independent`` attribute is True yields the same blocks for every population (called with
+#: None); :func:`held_out_arm` then builds each block once and probes every population on it.
+BlockFactory = Callable[[Bool[torch.Tensor, " token"] | None], Iterator[UnitBlock]]
 
 
 @dataclass(frozen=True)
@@ -162,88 +164,105 @@ def held_out_arm(
     test = ~selection
     concepts = tuple(stored.concept_names)
     n_docs = len(test_docs)
-    frames: list[pd.DataFrame] = []
-    fitted: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    frames: dict[tuple[int, int], pd.DataFrame] = {}
     populations = concept_populations(stored)
-    # Pass 1: fit every unit on the selection documents; count its test-side examples.
-    for columns, population in populations:
-        for block in blocks(population):
-            unit_mask = block.unit_mask & population
-            probe = KSparseProbe(**params)
-            probe.fit(
-                block.activations,
-                labels[:, columns],
-                unit_mask & selection,
-                activation_index=block.activation_index,
-                unit_names=block.names,
-                concept_names=[concepts[c] for c in columns],
-            )
-            k_index = [probe.ks_.index(k) for k in ks if k in probe.ks_]
-            test_mask = unit_mask & test
-            n_pos = (test_mask.double() @ labels[:, columns].double()).round().long()
-            n_neg = test_mask.sum(1, keepdim=True) - n_pos
-            ok = (probe.status_ == STATUS_OK) & (n_pos >= min_examples) & (n_neg >= min_examples)
-            n_units, n_cols = ok.shape
-            for u, j in ok.nonzero().tolist():
-                fitted[(columns[j], block.names[u])] = (
-                    probe.top_neurons_[u, j],
-                    probe.coef_[u, j][k_index],
-                    probe.intercept_[u, j][k_index],
+    doc_counts = np.zeros((len(ks), len(concepts), n_docs, 4))
+    # The running choice per (concept column, k index): best selection F1 so far and its unit. Units
+    # arrive in the order of the population's blocks, so a strictly better score replaces the choice
+    # and ties keep the first unit, as an argmax over all units would.
+    best: dict[tuple[int, int], tuple[float, str]] = {}
+
+    def probe_block(block: UnitBlock, b: int, p: int, columns: list[int], population: torch.Tensor) -> None:
+        """Fit the block's units for one population on the selection side; score new choices on test."""
+        unit_mask = block.unit_mask & population
+        probe = KSparseProbe(**params)
+        probe.fit(
+            block.activations,
+            labels[:, columns],
+            unit_mask & selection,
+            activation_index=block.activation_index,
+            unit_names=block.names,
+            concept_names=[concepts[c] for c in columns],
+        )
+        k_index = [probe.ks_.index(k) for k in ks if k in probe.ks_]
+        test_mask = unit_mask & test
+        n_pos = (test_mask.double() @ labels[:, columns].double()).round().long()
+        n_neg = test_mask.sum(1, keepdim=True) - n_pos
+        ok = (probe.status_ == STATUS_OK) & (n_pos >= min_examples) & (n_neg >= min_examples)
+        n_units, n_cols = ok.shape
+        f1 = probe.f1_[:, :, k_index].masked_fill(~ok[:, :, None], math.nan)
+        grid = {
+            "unit": np.repeat(np.array(block.names, dtype=object), n_cols * len(ks)),
+            "layer": np.repeat(np.array(block.layers), n_cols * len(ks)),
+            "concept": np.tile(
+                np.repeat(np.array([concepts[c] for c in columns], dtype=object), len(ks)), n_units
+            ),
+            "k": np.tile(np.array(ks), n_units * n_cols),
+            "selection_f1": f1.flatten().numpy(),
+        }
+        for key, values in (
+            ("n_pos_selection", probe.n_pos_),
+            ("n_neg_selection", probe.n_neg_),
+            ("n_pos_test", n_pos),
+            ("n_neg_test", n_neg),
+        ):
+            grid[key] = values[:, :, None].expand(-1, -1, len(ks)).flatten().numpy()
+        frames[(p, b)] = pd.DataFrame(grid)
+        # New choices in this block: per (concept, k), its first unit with the best score, if better.
+        scores = f1.numpy()
+        updates: dict[tuple[int, int], list[int]] = {}
+        for j, column in enumerate(columns):
+            for i in range(len(ks)):
+                column_scores = scores[:, j, i]
+                if np.isnan(column_scores).all():
+                    continue
+                u = int(np.nanargmax(column_scores))
+                if (column, i) not in best or column_scores[u] > best[(column, i)][0]:
+                    best[(column, i)] = (float(column_scores[u]), block.names[u])
+                    updates.setdefault((u, j), []).append(i)
+        source = (
+            torch.arange(len(block.names))
+            if block.activation_index is None
+            else torch.as_tensor(block.activation_index).long()
+        )
+        # Apply each newly chosen probe, unchanged, to the unit's tokens of the test documents.
+        for (u, j), k_positions in updates.items():
+            column = columns[j]
+            tokens = test_mask[u].nonzero().flatten()
+            docs = doc_code[tokens].numpy()
+            top = probe.top_neurons_[u, j]
+            coef, intercept = probe.coef_[u, j][k_index], probe.intercept_[u, j][k_index]
+            x = block.activations[source[u]][tokens[:, None], top[None, :]].double()
+            predicted = (x @ coef.T + intercept[None] > 0).numpy()  # [n, K]
+            truth = labels[tokens, column].numpy()[:, None]
+            category = np.where(truth, np.where(predicted, TP, FN), np.where(predicted, FP, TN))
+            for i in k_positions:
+                doc_counts[i, column] = np.bincount(docs * 4 + category[:, i], minlength=n_docs * 4).reshape(
+                    n_docs, 4
                 )
-            grid = {
-                "unit": np.repeat(np.array(block.names, dtype=object), n_cols * len(ks)),
-                "layer": np.repeat(np.array(block.layers), n_cols * len(ks)),
-                "concept": np.tile(
-                    np.repeat(np.array([concepts[c] for c in columns], dtype=object), len(ks)), n_units
-                ),
-                "k": np.tile(np.array(ks), n_units * n_cols),
-            }
-            f1 = probe.f1_[:, :, k_index].masked_fill(~ok[:, :, None], math.nan)
-            grid["selection_f1"] = f1.flatten().numpy()
-            for key, values in (
-                ("n_pos_selection", probe.n_pos_),
-                ("n_neg_selection", probe.n_neg_),
-                ("n_pos_test", n_pos),
-                ("n_neg_test", n_neg),
-            ):
-                grid[key] = values[:, :, None].expand(-1, -1, len(ks)).flatten().numpy()
-            frames.append(pd.DataFrame(grid))
-    units = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    # Choose per concept and k on the selection score only (first unit of ties).
+
+    if getattr(blocks, "population_independent", False):
+        # The blocks do not depend on the population: build each once, probe every population on it.
+        for b, block in enumerate(blocks(None)):
+            for p, (columns, population) in enumerate(populations):
+                probe_block(block, b, p, columns, population)
+    else:
+        for p, (columns, population) in enumerate(populations):
+            for b, block in enumerate(blocks(population)):
+                probe_block(block, b, p, columns, population)
+    units = (
+        pd.concat([frames[key] for key in sorted(frames)], ignore_index=True) if frames else pd.DataFrame()
+    )
+    # The choice per concept and k on the selection score only (first unit of ties): the same as above.
     scored = units.dropna(subset=["selection_f1"])
     best_rows = scored.loc[scored.groupby(["concept", "k"], sort=False)["selection_f1"].idxmax()]
-    wanted: dict[tuple[int, str], list[int]] = {}
     for row in best_rows.itertuples():
-        wanted.setdefault((concepts.index(row.concept), row.unit), []).append(ks.index(row.k))
-    # Pass 2: apply each chosen probe, unchanged, to the unit's tokens of the test documents.
-    doc_counts = np.zeros((len(ks), len(concepts), n_docs, 4))
-    for columns, population in populations:
-        chosen_here = {unit for (column, unit) in wanted if column in columns}
-        if not chosen_here:
-            continue
-        for block in blocks(population):
-            source = (
-                torch.arange(len(block.names))
-                if block.activation_index is None
-                else torch.as_tensor(block.activation_index).long()
+        chosen_unit = best[(concepts.index(row.concept), ks.index(row.k))][1]
+        if chosen_unit != row.unit:  # an internal invariant: the running choice is the argmax
+            raise RuntimeError(
+                f"held-out choice mismatch for {row.concept} k={row.k}: {chosen_unit} != {row.unit}"
             )
-            for u, unit in enumerate(block.names):
-                if unit not in chosen_here:
-                    continue
-                tokens = (block.unit_mask[u] & population & test).nonzero().flatten()
-                docs = doc_code[tokens].numpy()
-                for column in columns:
-                    if (column, unit) not in wanted:
-                        continue
-                    top, coef, intercept = fitted[(column, unit)]
-                    x = block.activations[source[u]][tokens[:, None], top[None, :]].double()
-                    predicted = (x @ coef.T + intercept[None] > 0).numpy()  # [n, K]
-                    truth = labels[tokens, column].numpy()[:, None]
-                    category = np.where(truth, np.where(predicted, TP, FN), np.where(predicted, FP, TN))
-                    for i in wanted[(column, unit)]:
-                        doc_counts[i, column] = np.bincount(
-                            docs * 4 + category[:, i], minlength=n_docs * 4
-                        ).reshape(n_docs, 4)
+    eligible = scored.groupby(["concept", "k"]).size()
     chosen_rows = []
     for row in best_rows.itertuples():
         c, i = concepts.index(row.concept), ks.index(row.k)
@@ -261,7 +280,7 @@ def held_out_arm(
                 "n_pos_test": int(row.n_pos_test),
                 "n_neg_test": int(row.n_neg_test),
                 "n_test_docs": int((doc_counts[i, c].sum(1) > 0).sum()),
-                "units_eligible": int(((scored["concept"] == row.concept) & (scored["k"] == row.k)).sum()),
+                "units_eligible": int(eligible[(row.concept, row.k)]),
             }
         )
     chosen = pd.DataFrame(chosen_rows)
@@ -318,8 +337,11 @@ def compare(
         for metric, score in (("f1", balanced_f1), ("balanced_accuracy", balanced_accuracy)):
 
             def mean_of(counts: np.ndarray, score=score) -> Callable[[np.ndarray], np.ndarray]:
-                def statistic(weights: np.ndarray) -> np.ndarray:
-                    totals = np.einsum("bd,cdq->bcq", weights, counts)
+                flat = counts.transpose(1, 0, 2).reshape(counts.shape[1], -1)  # [doc, concept * 4]
+
+                def statistic(weights: np.ndarray, flat=flat, shape=counts.shape) -> np.ndarray:
+                    # Integer weights times integer counts: the matrix product is exact in float64.
+                    totals = (weights @ flat).reshape(len(weights), shape[0], shape[2])
                     with np.errstate(all="ignore"), warnings.catch_warnings():
                         warnings.simplefilter("ignore", RuntimeWarning)
                         return np.nanmean(score(totals), axis=1)
@@ -378,6 +400,7 @@ def expert_blocks(
                     block, routed, None, [f"L{layer}E{e}" for e in experts], [layer] * len(experts)
                 )
 
+    factory.population_independent = True  # held_out_arm builds each block once for every population
     return factory
 
 
@@ -407,11 +430,17 @@ def _dense_activations(dense: StoredTokens, layer: int) -> torch.Tensor:
 def dense_layer_blocks(dense: StoredTokens, layers: Sequence[int]) -> BlockFactory:
     """Each dense layer on all of the population's tokens: the dense arm."""
 
-    def factory(population: torch.Tensor) -> Iterator[UnitBlock]:
+    def factory(population: torch.Tensor | None) -> Iterator[UnitBlock]:
         for layer in layers:
             acts = _dense_activations(dense, layer).float()
-            yield UnitBlock(acts, population[None].clone(), None, [f"L{layer}"], [layer])
+            mask = (
+                torch.ones(1, acts.shape[1], dtype=torch.bool)
+                if population is None
+                else population[None].clone()
+            )
+            yield UnitBlock(acts, mask, None, [f"L{layer}"], [layer])
 
+    factory.population_independent = True  # the arm intersects each unit's tokens with the population
     return factory
 
 
@@ -453,6 +482,7 @@ def dense_routed_blocks(
                 [layer] * num_experts,
             )
 
+    factory.population_independent = True
     return factory
 
 
