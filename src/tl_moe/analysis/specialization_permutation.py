@@ -188,12 +188,14 @@ def document_permutation_baseline(
     rank[order] = torch.arange(n_tokens) - starts[doc_of_token[order]]  # each token's place in its document
     cell = (torch.arange(n_layers)[None, :, None] * num_experts + expert_indices) * n_groups  # [t, l, s]
     cells = n_layers * num_experts * n_groups
+    small = (n_permutations + 1) * cells < 2**31  # int32 indices: half the memory traffic
+    cell = cell.to(torch.int32 if small else torch.int64)
 
     def counts_of(token_groups: torch.Tensor) -> torch.Tensor:
         """[batch, token] groups -> [batch, layer, expert, group] routed counts."""
         batch = token_groups.shape[0]
-        flat = cell[None] + token_groups[:, :, None, None]
-        flat = flat + torch.arange(batch)[:, None, None, None] * cells
+        shifted = token_groups.to(cell.dtype) + torch.arange(batch, dtype=cell.dtype)[:, None] * cells
+        flat = cell[None] + shifted[:, :, None, None]
         counts = torch.bincount(flat.flatten(), minlength=batch * cells)
         return counts.reshape(batch, n_layers, num_experts, n_groups).double()
 
