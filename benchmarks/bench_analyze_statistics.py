@@ -9,8 +9,8 @@ Runs the default analyses on toy/moe-16x2 vs toy/dense twice, in one process, on
    permuted labels, the untrained null with its extra collection pass), document-level bootstraps.
 
 Prints both wall and CPU times and their ratios (the issue's bound: at most 2x; on a shared, loaded
-machine the CPU ratio is the one to read), then the held-out and paper
-comparisons of the full run (the numbers the report quotes).
+machine the CPU ratio is the one to read), then the held-out and paper comparisons of the full run
+(the numbers the report quotes).
 
 Run: ``python benchmarks/bench_analyze_statistics.py [--max-tokens 20000] [--out /tmp/bench_stats]``.
 """
