@@ -22,8 +22,9 @@ def _vocab() -> int:
     return len(load_tokenizer())
 
 
-def dense_copy_pair(directory: Path, seed: int = 0) -> tuple[Path, Path]:
-    """Save (mixtral_dir, llama_dir): the MoE computes the dense model's function exactly."""
+def dense_copy_pair(directory: Path, seed: int = 0, num_experts: int = 4) -> tuple[Path, Path]:
+    """Save (mixtral_dir, llama_dir): the MoE (``num_experts``, top-2) computes the dense model's function
+    exactly."""
     vocab = _vocab()
     # The two architectures' defaults differ in RoPE base and norm epsilon: pin them to the same values.
     same = {"rms_norm_eps": 1e-5, "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"}}
@@ -31,7 +32,7 @@ def dense_copy_pair(directory: Path, seed: int = 0) -> tuple[Path, Path]:
     moe_cfg = MoEConfig(
         "mixtral",
         d_vocab=vocab,
-        num_experts=4,
+        num_experts=num_experts,
         experts_per_token=2,
         d_expert=64,
         sparse_layers=(0, 1),

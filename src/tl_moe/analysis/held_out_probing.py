@@ -87,8 +87,10 @@ class UnitBlock:
     layers: list[int]
 
 
-#: A probe arm's units for one concept population: population mask -> chunks of units.
-BlockFactory = Callable[[Bool[torch.Tensor, " token"]], Iterator[UnitBlock]]
+#: A probe arm's units for one concept population: population mask -> chunks of units. A factory whose
+#: ``population_independent`` attribute is True yields the same blocks for every population (called with
+#: None); :func:`held_out_arm` then builds each block once and probes every population on it.
+BlockFactory = Callable[[Bool[torch.Tensor, " token"] | None], Iterator[UnitBlock]]
 
 
 @dataclass(frozen=True)
@@ -259,58 +261,80 @@ def _held_out_tables(
     test = ~selection
     concepts = tuple(stored.concept_names)
     n_docs = len(test_docs)
-    frames: list[pd.DataFrame] = []
-    fitted: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    frames: dict[tuple[int, int], pd.DataFrame] = {}
     populations = concept_populations(stored)
-    # Pass 1: fit every unit on the selection documents; count its test-side examples. The blocks
-    # are built even where a step is saved: a factory may draw random subsets in sequence.
-    for p, (columns, population) in enumerate(populations):
-        for b, block in enumerate(blocks(population)):
-            frame, entries = step(
-                f"held_out-{name}-p{p}-b{b}",
-                lambda block=block, columns=columns, population=population: fit_selection_block(
-                    block, labels, columns, population, selection, concepts, params, min_examples
-                ),
-            )
-            for column, unit, top, coef, intercept in entries:
-                fitted[(column, unit)] = (top, coef, intercept)
-            frames.append(frame)
-    units = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    # Choose per concept and k on the selection score only (first unit of ties).
+    doc_counts = np.zeros((len(ks), len(concepts), n_docs, 4))
+    # The running choice per (concept column, k index): best selection F1 so far and its unit. Units
+    # arrive in the order of the population's blocks, so a strictly better score replaces the choice
+    # and ties keep the first unit, as an argmax over all units would. A new choice is scored on the
+    # test documents at once, while its block is at hand (no second pass over the blocks).
+    best: dict[tuple[int, int], tuple[float, str]] = {}
+
+    def probe_block(block: UnitBlock, b: int, p: int, columns: list[int], population: torch.Tensor) -> None:
+        """Fit the block's units for one population on the selection side (a resumable step); score
+        its new choices on the test side."""
+        frame, entries = step(
+            f"held_out-{name}-p{p}-b{b}",
+            lambda: fit_selection_block(
+                block, labels, columns, population, selection, concepts, params, min_examples
+            ),
+        )
+        frames[(p, b)] = frame
+        fitted = {(column, unit): (top, coef, intercept) for column, unit, top, coef, intercept in entries}
+        n_cols = len(columns)
+        scores = frame["selection_f1"].to_numpy(float).reshape(len(block.names), n_cols, len(ks))
+        updates: dict[tuple[int, int], list[int]] = {}
+        for j, column in enumerate(columns):
+            for i in range(len(ks)):
+                column_scores = scores[:, j, i]
+                if np.isnan(column_scores).all():
+                    continue
+                u = int(np.nanargmax(column_scores))
+                if (column, i) not in best or column_scores[u] > best[(column, i)][0]:
+                    best[(column, i)] = (float(column_scores[u]), block.names[u])
+                    updates.setdefault((u, j), []).append(i)
+        source = (
+            torch.arange(len(block.names))
+            if block.activation_index is None
+            else torch.as_tensor(block.activation_index).long()
+        )
+        for (u, j), k_positions in updates.items():
+            column = columns[j]
+            top, coef, intercept = fitted[(column, block.names[u])]
+            tokens = (block.unit_mask[u] & population & test).nonzero().flatten()
+            docs = doc_code[tokens].numpy()
+            x = block.activations[source[u]][tokens[:, None], top[None, :]].double()
+            predicted = (x @ coef.T + intercept[None] > 0).numpy()  # [n, K]
+            truth = labels[tokens, column].numpy()[:, None]
+            category = np.where(truth, np.where(predicted, TP, FN), np.where(predicted, FP, TN))
+            for i in k_positions:
+                doc_counts[i, column] = np.bincount(docs * 4 + category[:, i], minlength=n_docs * 4).reshape(
+                    n_docs, 4
+                )
+
+    # The blocks are built even where a step is saved: a factory may draw random subsets in sequence.
+    if getattr(blocks, "population_independent", False):
+        # The blocks do not depend on the population: build each once, probe every population on it.
+        for b, block in enumerate(blocks(None)):
+            for p, (columns, population) in enumerate(populations):
+                probe_block(block, b, p, columns, population)
+    else:
+        for p, (columns, population) in enumerate(populations):
+            for b, block in enumerate(blocks(population)):
+                probe_block(block, b, p, columns, population)
+    units = (
+        pd.concat([frames[key] for key in sorted(frames)], ignore_index=True) if frames else pd.DataFrame()
+    )
+    # The choice per concept and k on the selection score only (first unit of ties): the same as above.
     scored = units.dropna(subset=["selection_f1"])
     best_rows = scored.loc[scored.groupby(["concept", "k"], sort=False)["selection_f1"].idxmax()]
-    wanted: dict[tuple[int, str], list[int]] = {}
     for row in best_rows.itertuples():
-        wanted.setdefault((concepts.index(row.concept), row.unit), []).append(ks.index(row.k))
-    # Pass 2: apply each chosen probe, unchanged, to the unit's tokens of the test documents.
-    doc_counts = np.zeros((len(ks), len(concepts), n_docs, 4))
-    for columns, population in populations:
-        chosen_here = {unit for (column, unit) in wanted if column in columns}
-        if not chosen_here:
-            continue
-        for block in blocks(population):
-            source = (
-                torch.arange(len(block.names))
-                if block.activation_index is None
-                else torch.as_tensor(block.activation_index).long()
+        chosen_unit = best[(concepts.index(row.concept), ks.index(row.k))][1]
+        if chosen_unit != row.unit:  # an internal invariant: the running choice is the argmax
+            raise RuntimeError(
+                f"held-out choice mismatch for {row.concept} k={row.k}: {chosen_unit} != {row.unit}"
             )
-            for u, unit in enumerate(block.names):
-                if unit not in chosen_here:
-                    continue
-                tokens = (block.unit_mask[u] & population & test).nonzero().flatten()
-                docs = doc_code[tokens].numpy()
-                for column in columns:
-                    if (column, unit) not in wanted:
-                        continue
-                    top, coef, intercept = fitted[(column, unit)]
-                    x = block.activations[source[u]][tokens[:, None], top[None, :]].double()
-                    predicted = (x @ coef.T + intercept[None] > 0).numpy()  # [n, K]
-                    truth = labels[tokens, column].numpy()[:, None]
-                    category = np.where(truth, np.where(predicted, TP, FN), np.where(predicted, FP, TN))
-                    for i in wanted[(column, unit)]:
-                        doc_counts[i, column] = np.bincount(
-                            docs * 4 + category[:, i], minlength=n_docs * 4
-                        ).reshape(n_docs, 4)
+    eligible = scored.groupby(["concept", "k"]).size()
     chosen_rows = []
     for row in best_rows.itertuples():
         c, i = concepts.index(row.concept), ks.index(row.k)
@@ -328,7 +352,7 @@ def _held_out_tables(
                 "n_pos_test": int(row.n_pos_test),
                 "n_neg_test": int(row.n_neg_test),
                 "n_test_docs": int((doc_counts[i, c].sum(1) > 0).sum()),
-                "units_eligible": int(((scored["concept"] == row.concept) & (scored["k"] == row.k)).sum()),
+                "units_eligible": int(eligible[(row.concept, row.k)]),
             }
         )
     chosen = pd.DataFrame(chosen_rows)
@@ -385,8 +409,11 @@ def compare(
         for metric, score in (("f1", balanced_f1), ("balanced_accuracy", balanced_accuracy)):
 
             def mean_of(counts: np.ndarray, score=score) -> Callable[[np.ndarray], np.ndarray]:
-                def statistic(weights: np.ndarray) -> np.ndarray:
-                    totals = np.einsum("bd,cdq->bcq", weights, counts)
+                flat = counts.transpose(1, 0, 2).reshape(counts.shape[1], -1)  # [doc, concept * 4]
+
+                def statistic(weights: np.ndarray, flat=flat, shape=counts.shape) -> np.ndarray:
+                    # Integer weights times integer counts: the matrix product is exact in float64.
+                    totals = (weights @ flat).reshape(len(weights), shape[0], shape[2])
                     with np.errstate(all="ignore"), warnings.catch_warnings():
                         warnings.simplefilter("ignore", RuntimeWarning)
                         return np.nanmean(score(totals), axis=1)
@@ -445,6 +472,7 @@ def expert_blocks(
                     block, routed, None, [f"L{layer}E{e}" for e in experts], [layer] * len(experts)
                 )
 
+    factory.population_independent = True  # held_out_arm builds each block once for every population
     return factory
 
 
@@ -474,11 +502,17 @@ def _dense_activations(dense: StoredTokens, layer: int) -> torch.Tensor:
 def dense_layer_blocks(dense: StoredTokens, layers: Sequence[int]) -> BlockFactory:
     """Each dense layer on all of the population's tokens: the dense arm."""
 
-    def factory(population: torch.Tensor) -> Iterator[UnitBlock]:
+    def factory(population: torch.Tensor | None) -> Iterator[UnitBlock]:
         for layer in layers:
             acts = _dense_activations(dense, layer).float()
-            yield UnitBlock(acts, population[None].clone(), None, [f"L{layer}"], [layer])
+            mask = (
+                torch.ones(1, acts.shape[1], dtype=torch.bool)
+                if population is None
+                else population[None].clone()
+            )
+            yield UnitBlock(acts, mask, None, [f"L{layer}"], [layer])
 
+    factory.population_independent = True  # the arm intersects each unit's tokens with the population
     return factory
 
 
@@ -520,6 +554,7 @@ def dense_routed_blocks(
                 [layer] * num_experts,
             )
 
+    factory.population_independent = True
     return factory
 
 

@@ -324,11 +324,11 @@ class SpecializationResult:
             }
         )
 
-    def plot(self, ax=None, label: str | None = None):
+    def plot(self, ax=None, label: str | None = None, **line_style):
         """Per-layer mean ± one standard deviation of ``score − baseline`` over experts.
 
-        Draws on ``ax`` if given, else on a new figure (no pyplot state, safe under any backend).
-        Returns the axes.
+        Draws on ``ax`` if given, else on a new figure (no pyplot state, safe under any backend);
+        ``line_style`` (e.g. ``linestyle="--"``, ``color="C0"``) goes to the line. Returns the axes.
         """
         if ax is None:
             from matplotlib.figure import Figure
@@ -336,7 +336,9 @@ class SpecializationResult:
             ax = Figure(figsize=(6, 3.5)).add_subplot()
         summary = self.layer_summary()
         std = summary["std_excess"].fillna(0.0)
-        line = ax.plot(summary["layer"], summary["mean_excess"], marker="o", label=label or self.kind)[0]
+        line = ax.plot(
+            summary["layer"], summary["mean_excess"], marker="o", label=label or self.kind, **line_style
+        )[0]
         ax.fill_between(
             summary["layer"],
             summary["mean_excess"] - std,

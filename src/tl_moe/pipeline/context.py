@@ -113,8 +113,10 @@ class RunContext:
             return load(directory, device=self.options.device)
 
     def release(self, name: str) -> None:
-        """Forget the loaded model ``name`` (its pass is done; frees its memory)."""
-        self._models.pop(name, None)
+        """Forget the loaded model ``name`` (its pass is done; frees its memory); its config is kept."""
+        model = self._models.pop(name, None)
+        if model is not None and hasattr(model, "moe_cfg"):
+            self._configs.setdefault(name, model.moe_cfg)
 
     def config(self, name: str) -> MoEConfig:
         """The :class:`MoEConfig` of the model called ``name`` (the planner gives configs without weights)."""

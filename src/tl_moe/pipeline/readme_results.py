@@ -63,14 +63,14 @@ def _held_out_table(records: list[dict[str, Any]], ks: list[int]) -> list[str]:
 def _reading(records: list[dict[str, Any]]) -> str:
     """One paragraph saying what the controls show, whichever way they come out."""
 
-    def at_k1(name: str) -> dict[str, Any] | None:
+    def at_k1(name: str, metric: str = "f1") -> dict[str, Any] | None:
         rows = [
             r
             for r in records
             if r["protocol"] == "held_out"
             and r["comparison"] == name
             and r["k"] == 1
-            and r.get("metric", "f1") == "f1"
+            and r.get("metric", "f1") == metric
         ]
         return rows[0] if rows and rows[0].get("estimate") is not None else None
 
@@ -103,6 +103,16 @@ def _reading(records: list[dict[str, Any]]) -> str:
             )
         else:
             text += f" The permuted-label null is {_interval(null)}."
+        chance = at_k1("permuted_labels", "balanced_accuracy")
+        excludes_zero = null.get("interval_available") and not (null["ci_low"] <= 0 <= null["ci_high"])
+        if chance is not None and excludes_zero and chance.get("interval_available"):
+            if chance["ci_low"] <= 0 <= chance["ci_high"]:
+                text += (
+                    f" In balanced accuracy (chance 0.5 for any probe) the same null is {_interval(chance)}: "
+                    "the F1 null is F1's chance level, 2q / (1 + 2q) for a probe that says positive on a "
+                    "fraction q of a balanced test set, moving with how often the chosen probes say positive, "
+                    "not a leak of labels (docs/METHODS.md)."
+                )
     return text
 
 

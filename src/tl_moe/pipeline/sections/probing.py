@@ -441,12 +441,23 @@ def held_out_probing(
     untrained: StoredTokens | None,
     layers: tuple[int, ...],
     step: Step = run_now,
+    *,
+    model: str | None = None,
+    permuted: bool = True,
 ) -> tuple[dict[str, HeldOutArm], list[dict], list[str]]:
     """The held-out protocol's arms and their comparisons (records), plus notes on what is missing.
 
-    Each arm, and each block of units inside it, is a ``step`` (see :func:`probing_steps`)."""
+    Args:
+        moe, dense, untrained: stored tokens of the MoE, the dense baseline and the untrained null
+            (None: that arm and its comparisons are left out).
+        layers: the MoE's probed sparse layers.
+        step: how each arm, and each block of units inside it, runs (see :func:`probing_steps`).
+        model: the MoE's name in the run (default: the analyzed model; the sparsity family passes
+            each of its members).
+        permuted: also probe both models with permuted labels (the protocol's own bias).
+    """
     options = run.options
-    cfg = run.config(run.main)
+    cfg = run.config(run.main if model is None else model)
     params = probe_settings(run)
     minimum = options.held_out_min_examples
     notes: list[str] = []
@@ -518,6 +529,7 @@ def held_out_probing(
                 "store full at --probe-rows-per-class keeps different tokens per model): the dense-on-routed-"
                 "tokens and matched-subset controls need the same tokens and were not computed."
             )
+    if dense is not None and permuted:
         arms["moe_permuted_labels"] = arm(
             "moe_permuted_labels",
             moe,
@@ -536,7 +548,7 @@ def held_out_probing(
         arms["untrained_moe"] = arm(
             "untrained_moe", untrained, expert_blocks(untrained, layers, cfg.num_experts), untrained_selection
         )
-    elif not options.skip_untrained_null:
+    elif not options.skip_untrained_null and model is None:
         notes.append("the untrained null was not computed.")
 
     records = []

@@ -1,57 +1,132 @@
-"""Probing F1 against routing sparsity (active ratio k / E) across the toy family."""
+"""Probing against routing sparsity (active ratio k / E) across the toy family, under both protocols.
+
+- **held-out** (the headline): per family member, the held-out protocol of the probing section
+  (:func:`tl_moe.pipeline.sections.probing.held_out_probing`, the same functions and settings) with
+  its matched controls — the dense twin's layers, dense neurons on each expert's routed tokens, and
+  routing-matched random subsets (sizes per layer and concept) — each a paired difference with a
+  document-bootstrap interval. The controls match the number and sizes of the units, so the
+  differences show what sparsity buys beyond more (and smaller) units.
+- **paper** (labelled as such): the mean best test F1 per model, the maximum taken on the split it
+  reports.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from tl_moe.analysis.concept_probing import best_f1_by_k, probe_experts
+from tl_moe.errors import InputError
 from tl_moe.pipeline.context import RunContext
-from tl_moe.pipeline.needs import ExpertNeurons
+from tl_moe.pipeline.needs import DenseNeurons, ExpertNeurons
 from tl_moe.pipeline.protocol import Analysis, FigureItem, Inputs, Need, Result, TableItem
-from tl_moe.pipeline.sections.probing import ProbingResult, probe_settings
+from tl_moe.pipeline.sections.probing import (
+    PAPER,
+    ProbingResult,
+    _comparison_frame,
+    _interval_text,
+    held_out_probing,
+    probe_settings,
+)
 from tl_moe.report.figures import new_figure
 from tl_moe.zoo.family import TOY_FAMILY
 
-__all__ = ["Sparsity", "SparsityResult"]
+__all__ = ["FAMILY_COMPARISONS", "Sparsity", "SparsityResult"]
 
 DENSE_TWIN = "dense twin"
+#: The held-out comparisons drawn per family member (names as in ``probing.comparisons``).
+FAMILY_COMPARISONS = ("moe_vs_dense", "moe_vs_dense_on_routed_tokens", "moe_vs_matched_subsets")
 
 
 @dataclass(frozen=True)
 class SparsityResult(Result):
-    """Mean best F1 per (model, k) over the concepts probed in every model of the family.
+    """Probing per member of the toy family, under both protocols.
 
     Attributes:
-        table: one row per (model, k): ``mean_best_f1``, ``concepts``, ``active_ratio``, ``experts``;
-            the dense twin has active ratio 1 and one "expert".
+        table: paper protocol: one row per (model, k): ``mean_best_f1``, ``concepts``, ``active_ratio``,
+            ``experts`` over the concepts probed in every model; the dense twin has active ratio 1 and
+            one "expert".
         ks: the k values drawn in the figure (1 and the largest).
+        held_out: held-out protocol: one row per (model, comparison, metric, k), the columns of
+            ``probing.comparisons`` plus ``model``, ``active_ratio``, ``experts`` (empty without a dense
+            twin).
+        notes: why a member's held-out numbers are missing, if they are.
     """
 
     table: pd.DataFrame
     ks: tuple[int, ...]
+    held_out: pd.DataFrame = field(default_factory=pd.DataFrame)
+    notes: tuple[str, ...] = ()
 
     def to_frame(self) -> pd.DataFrame:
         return self.table
 
     def metrics(self) -> dict[str, Any]:
-        return {
-            f"{row.model} (active ratio {row.active_ratio:g}) | k=1": round(float(row.mean_best_f1), 4)
+        metrics = {
+            f"{PAPER}{row.model} (active ratio {row.active_ratio:g}) | k=1": round(float(row.mean_best_f1), 4)
             for row in self.table[self.table["k"] == 1].itertuples()
         }
+        for record in self._held_out_records(metric="f1"):
+            if record["k"] in self.ks:
+                label = f"held-out | {record['model']} (active ratio {record['active_ratio']:g}) | "
+                metrics[label + f"{record['comparison']} | k={record['k']}"] = _interval_text(record)
+        for i, note in enumerate(self.notes):
+            metrics[f"note {i + 1}"] = note
+        return metrics
+
+    def _held_out_records(self, metric: str = "f1") -> list[dict]:
+        if not len(self.held_out):
+            return []
+        frame = self.held_out[self.held_out["metric"] == metric].sort_values(["active_ratio", "k"])
+        return frame.astype(object).where(frame.notna(), None).to_dict("records")
 
     def findings(self) -> list[str]:
         points = self.table[self.table["k"] == 1].sort_values("active_ratio")
         trend = ", ".join(f"{row.mean_best_f1:.3f} at {row.active_ratio:g}" for row in points.itertuples())
-        return [f"**Sparsity family** (paper's protocol, k = 1): mean best F1 by active ratio: {trend}."]
+        findings = [f"**Sparsity family** (paper's protocol, k = 1): mean best F1 by active ratio: {trend}."]
+        parts = [
+            f"{record['model'].removeprefix('toy/')} ({record['active_ratio']:g}): {_short(record)}"
+            for record in self._held_out_records()
+            if record["k"] == 1 and record["comparison"] == "moe_vs_matched_subsets"
+        ]
+        if parts:
+            findings.append(
+                "**Sparsity family, held-out protocol** (k = 1, MoE expert minus dense neurons on "
+                "routing-matched random subsets of the same sizes, 95% document bootstrap): "
+                + "; ".join(parts)
+                + "."
+            )
+        return findings
+
+    def records(self) -> dict[str, Any]:
+        records = self._held_out_records("f1") + self._held_out_records("balanced_accuracy")
+        return {"comparisons": records} if records else {}
 
     def figures(self) -> list[FigureItem]:
-        return [FigureItem("probing_f1_vs_sparsity", self.figure(), "Mean best F1 vs active ratio.")]
+        items = [
+            FigureItem(
+                "probing_f1_vs_sparsity",
+                self.figure(),
+                "Paper protocol: mean best F1 (unit picked on the split it is scored on) vs active ratio.",
+            )
+        ]
+        if any(r["estimate"] is not None for r in self._held_out_records()):
+            items.append(
+                FigureItem(
+                    "probing_held_out_vs_sparsity",
+                    self.held_out_figure(),
+                    "Held-out protocol: MoE expert minus each matched control vs active ratio, mean F1 "
+                    "difference with its 95% document-level bootstrap interval.",
+                )
+            )
+        return items
 
     def figure(self) -> Figure:
+        """Paper protocol: mean best F1 vs active ratio, one line per k."""
         fig, ax = new_figure(6.4, 4.2)
         for k in self.ks:
             points = self.table[self.table["k"] == k].sort_values("active_ratio")
@@ -67,13 +142,74 @@ class SparsityResult(Result):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("active ratio k / E (1.0 = dense twin)")
         ax.set_ylabel("mean over concepts of best test F1")
-        ax.set_title("Probing F1 vs routing sparsity")
+        ax.set_title("Paper protocol: probing F1 vs routing sparsity")
         ax.grid(alpha=0.3)
         ax.legend()
         return fig
 
+    def held_out_figure(self) -> Figure:
+        """Held-out protocol: MoE − control (mean F1 difference, 95% CI) vs active ratio, per k."""
+        fig, ax = new_figure(6.4, 4.2)
+        frame = pd.DataFrame(self._held_out_records())
+        frame = frame[frame["estimate"].notna()]
+        styles = {k: style for k, style in zip(self.ks, ("-", "--", ":"), strict=False)}
+        for i, name in enumerate(FAMILY_COMPARISONS):
+            for j, k in enumerate(self.ks):
+                rows = frame[(frame["comparison"] == name) & (frame["k"] == k)].sort_values("active_ratio")
+                if not len(rows):
+                    continue
+                x = rows["active_ratio"].to_numpy(dtype=float) * 2 ** ((i - 1) * 0.04 + j * 0.015)
+                estimate = rows["estimate"].to_numpy(dtype=float)
+                low = estimate - rows["ci_low"].to_numpy(dtype=float)
+                high = rows["ci_high"].to_numpy(dtype=float) - estimate
+                ax.errorbar(
+                    x,
+                    estimate,
+                    yerr=[np.nan_to_num(low), np.nan_to_num(high)],
+                    marker="o",
+                    capsize=3,
+                    linestyle=styles.get(k, "-"),
+                    color=f"C{i}",
+                    label=f"{name}, k = {k}",
+                )
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("active ratio k / E")
+        ax.set_ylabel("mean F1 difference (held-out), 95% CI")
+        ax.set_title("Held-out protocol: MoE expert minus matched control")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        return fig
+
     def tables(self) -> list[TableItem]:
-        return [TableItem("probing_f1_vs_sparsity", self.table, "Mean best F1 per model and k.", max_rows=40)]
+        tables = [
+            TableItem(
+                "probing_f1_vs_sparsity",
+                self.table,
+                "Paper protocol: mean best F1 per model and k.",
+                max_rows=40,
+            )
+        ]
+        if len(self.held_out):
+            tables.append(
+                TableItem(
+                    "probing_held_out_vs_sparsity",
+                    self.held_out,
+                    "Held-out protocol per family member: MoE expert minus each control, with its 95% "
+                    "interval over test documents.",
+                    max_rows=60,
+                )
+            )
+        return tables
+
+
+def _short(record: dict) -> str:
+    if record.get("estimate") is None:
+        return "unavailable"
+    text = f"{record['estimate']:+.3f}"
+    if record.get("interval_available"):
+        text += f" [{record['ci_low']:+.3f}, {record['ci_high']:+.3f}]"
+    return text
 
 
 class Sparsity(Analysis):
@@ -84,8 +220,14 @@ class Sparsity(Analysis):
     summary = "probe every toy MoE and plot F1 vs active ratio (also: --sparsity-family)"
     intro = (
         "The toy family differs only in the number of experts (same data, steps, seed and active "
-        "neurons per token). Each point is the mean over the concepts probed in every model of the best "
-        "F1 over that model's layers x experts (dense twin: layers)."
+        "neurons per token). **Held-out protocol (the headline):** for every member, the probing "
+        "section's held-out protocol and its matched controls on the same documents: MoE expert minus "
+        "the dense twin's layers, minus dense neurons on exactly each expert's routed tokens, and minus "
+        "dense neurons on random token subsets with the routed sizes per layer and concept (the control "
+        "for the number and sizes of units, which grow with the number of experts); paired differences "
+        "of mean class-balanced F1 with 95% bootstrap intervals over test documents. **Paper protocol "
+        "(for comparison with published numbers):** the mean over the concepts probed in every model of "
+        "the best test F1 over that model's layers x experts (dense twin: layers)."
     )
     depends_on = ("probing",)
     default = False
@@ -95,14 +237,18 @@ class Sparsity(Analysis):
         return [name for name, cfg in TOY_FAMILY.items() if cfg.is_moe and name != run.main]
 
     def needs(self, run: RunContext) -> list[Need]:
-        return [Need(name, ExpertNeurons()) for name in self.family(run)]
+        needs = [Need(name, ExpertNeurons()) for name in self.family(run)]
+        if run.dense is not None:
+            needs.append(Need(run.dense, DenseNeurons()))  # shared with probing's
+        return needs
 
     def finalize(self, run: RunContext, inputs: Inputs) -> SparsityResult:
         probing: ProbingResult = inputs.result("probing")
         frames = {run.main: (run.config(run.main), probing.moe_units)}
+        stored_by_name = {}
         for name in self.family(run):
-            cfg = TOY_FAMILY[name]
-            stored = inputs[Need(name, ExpertNeurons())]
+            cfg = TOY_FAMILY[name] if name in TOY_FAMILY else run.config(name)
+            stored = stored_by_name[name] = inputs[Need(name, ExpertNeurons())]
             frames[name] = (
                 cfg,
                 probe_experts(
@@ -134,4 +280,59 @@ class Sparsity(Analysis):
         table = pd.concat(rows, ignore_index=True).rename(
             columns={"mean": "mean_best_f1", "count": "concepts"}
         )
-        return SparsityResult(table=table, ks=tuple(sorted({1, max(run.options.probe_ks)})))
+        held_out, notes = self._held_out(run, inputs, probing, stored_by_name, frames)
+        return SparsityResult(
+            table=table,
+            ks=tuple(sorted({1, max(run.options.probe_ks)})),
+            held_out=held_out,
+            notes=tuple(notes),
+        )
+
+    def _held_out(self, run, inputs, probing, stored_by_name, frames) -> tuple[pd.DataFrame, list[str]]:
+        """Held-out records per member: the analyzed model's from probing, the others computed here."""
+        if run.dense is None:
+            return pd.DataFrame(), ["no dense twin (--dense-baseline none): no held-out comparison."]
+        dense_stored = inputs[Need(run.dense, DenseNeurons())]
+        frames_out, notes = [], []
+        for name, (cfg, _) in frames.items():
+            if name == run.main:
+                records = [
+                    r
+                    for r in probing.comparisons.to_dict("records")
+                    if r["protocol"] == "held_out" and r["comparison"] in FAMILY_COMPARISONS
+                ]
+            else:
+                try:
+                    _, records, _ = held_out_probing(
+                        run,
+                        stored_by_name[name],
+                        dense_stored,
+                        None,
+                        tuple(cfg.sparse_layers),
+                        model=name,
+                        permuted=False,
+                    )
+                except InputError as error:  # too few documents / examples: say so, never a number
+                    notes.append(f"{name}: held-out protocol unavailable: {error}")
+                    records = [
+                        {
+                            "protocol": "held_out",
+                            "comparison": comparison,
+                            "k": k,
+                            "metric": "f1",
+                            "n_concepts": 0,
+                            "interval_available": False,
+                            "interval_unavailable_reason": str(error),
+                        }
+                        for comparison in FAMILY_COMPARISONS
+                        for k in sorted(set(run.options.probe_ks))
+                    ]
+                records = [r for r in records if r["comparison"] in FAMILY_COMPARISONS]
+            frame = _comparison_frame(records) if records else pd.DataFrame()
+            if len(frame):
+                frame["metric"] = frame["metric"].fillna("f1")  # unavailable records name no metric
+                frames_out.append(
+                    frame.assign(model=name, active_ratio=cfg.active_ratio, experts=cfg.num_experts)
+                )
+        held_out = pd.concat(frames_out, ignore_index=True) if frames_out else pd.DataFrame()
+        return held_out, notes
