@@ -266,6 +266,9 @@ def test_offline_labeler_labels_every_expert_of_the_toy_moe_through_the_pipeline
     page = (tmp_path / "index.html").read_text()
     assert "Automatic expert labels" in page and "explain_f1_histograms" in page
     assert json.loads((tmp_path / "results.json").read_text())["sections"]["explain"]
+    finding = next(f for f in results.findings if f.startswith("**Automatic labels**"))
+    assert f"{summary['mean']:.3f} [{summary['ci low']:.3f}, {summary['ci high']:.3f}]" in finding
+    assert f"chance, answering yes to every item: {summary['chance']:.3f}" in finding
     cards = explained.cards
     assert len(cards) == 64 and "«" in cards.loc[cards["status"] == "ok", "top contexts"].iloc[0]
 

@@ -185,7 +185,7 @@ def findings_markdown(results: dict[str, Any], source: str) -> str:
     lines = [
         f"Generated from [`{source}`]({source}) by `python -m tl_moe.pipeline.readme_results`; the run: "
         f"`{command_line(options)}` ({options['split']} split, seed {options['seed']}). Numbers are the "
-        "toys' own; intervals are 95% document-level bootstraps.",
+        "toys' own; each interval is a 95% bootstrap over what its line names (documents or experts).",
         "",
     ]
     lines += [f"- {finding}" for finding in results.get("findings", [])]
@@ -213,6 +213,7 @@ class Block:
 BLOCKS = (
     Block("default", "docs/results/toy_default.json", results_markdown),
     Block("drivers", "docs/results/toy_drivers.json", findings_markdown),
+    Block("explain", "docs/results/toy_explain.json", findings_markdown),
 )
 
 

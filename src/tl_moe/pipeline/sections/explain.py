@@ -119,6 +119,60 @@ class ExplainResult(Result):
                 out[f"causal: {row['quantity']} [95% CI]"] = value
         return out
 
+    def findings(self) -> list[str]:
+        summary = self.labeling.summary
+        rows = summary[(summary["scorer"] == self.main_scorer) & (summary["layer"] == "all")]
+        if not len(rows):
+            return []
+        row = rows.iloc[0]
+
+        def show(mean: float, low: float, high: float) -> str:
+            return f"{mean:.3f} [{low:.3f}, {high:.3f}]" if np.isfinite(low) else f"{mean:.3f} (no interval)"
+
+        text = (
+            f"**Automatic labels** ({self.explainer} explainer, {self.main_scorer} scorer, scored on held-out "
+            f"documents): mean F1 over {row['experts scored']} experts {show(row['mean'], row['ci low'], row['ci high'])} "
+            f"vs {show(row['shuffled mean'], row['shuffled ci low'], row['shuffled ci high'])} for another expert's "
+            f"label of the same layer (own − shuffled {show(row['own - shuffled'], row['diff ci low'], row['diff ci high'])}; "
+            f"chance, answering yes to every item: {row['chance']:.3f}; 95% bootstrap over experts); "
+            f"{row['experts not scored']} experts had too few contexts to score."
+        )
+        findings = [text]
+        if self.causal is not None:
+            causal = self.causal.summary.set_index("quantity")
+
+            def quantity(name: str) -> str:
+                q = causal.loc[name]
+                p = q["p (sign-flip, > 0)"]
+                return show(q["mean"], q["ci low"], q["ci high"]) + (
+                    f", p = {p:.3g}" if np.isfinite(p) else ""
+                )
+
+            parts = []
+            if "remove_effect" in causal.index:
+                parts.append(
+                    "removing a labeled expert moves the loss (|Δloss|, nats/token) more on the tokens its label "
+                    f"describes than on other tokens: {quantity('remove_effect')}; and more than removing a "
+                    f"routing-frequency-matched control expert does: {quantity('remove_matched_minus_control')}"
+                )
+            if "boost_effect" in causal.index:
+                parts.append(
+                    f"boosting its weight: {quantity('boost_effect')}, and beyond the control expert "
+                    f"{quantity('boost_matched_minus_control')}"
+                )
+            if "dla_rank1_rate" in causal.index:
+                parts.append(
+                    f"the paper's DLA rank-1 rate: {quantity('dla_rank1_rate')} for the labeled expert vs "
+                    f"{quantity('control_dla_rank1_rate')} for the control"
+                )
+            if parts:
+                experts = int(causal["experts"].max())
+                findings.append(
+                    f"**Causal checks of the labels** (held-out documents, {experts} experts, 95% bootstrap over "
+                    "experts, sign-flip p-values): " + "; ".join(parts) + "."
+                )
+        return findings
+
     def tables(self) -> list[TableItem]:
         return [
             TableItem("explain_labels", self.label_table(), "Label, F1 with its bootstrap interval over the "
