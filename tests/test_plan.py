@@ -115,3 +115,19 @@ def test_meta_models_allocate_nothing():
 
     model = meta_model(_config(FLAGSHIPS["DeepSeek-V3"][0]))
     assert all(p.device == torch.device("meta") for p in model.parameters())
+
+
+def test_the_drivers_plan_counts_the_backward_of_the_first_order_estimate():
+    """The estimate's backward keeps every layer's activations for a batch: for OLMoE that is GiBs."""
+    from tl_moe.pipeline.memory import backward_bytes
+
+    settings, _, _ = FLAGSHIPS["OLMoE-1B-7B"]
+    options = RunOptions(model="olmoe", dense_baseline=None, analyses=("drivers",), max_tokens=10_000)
+    plan = plan_run(options, configs={"olmoe": _config(settings)})
+    sizes = plan.models[0].accumulator_bytes
+    estimate = next(size for spec, size in sizes.items() if spec.startswith("DriverEstimate"))
+    cfg = plan.models[0].config
+    tokens = options.batch_size * options.seq_len
+    kept_per_layer = tokens * cfg.d_model * 4 * 10 + tokens * cfg.d_expert * cfg.experts_per_token * 4 * 3
+    assert backward_bytes(cfg, options, 4) >= cfg.n_layers * kept_per_layer  # by hand, float32
+    assert estimate >= backward_bytes(cfg, options, 4) > 1 << 30

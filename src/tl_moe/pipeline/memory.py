@@ -9,7 +9,7 @@ import torch
 from tl_moe.models.config import MoEConfig
 from tl_moe.pipeline.options import RunOptions
 
-__all__ = ["activation_bytes", "available_memory"]
+__all__ = ["activation_bytes", "available_memory", "backward_bytes"]
 
 
 def activation_bytes(cfg: MoEConfig, options: RunOptions, dtype_bytes: int) -> int:
@@ -22,6 +22,17 @@ def activation_bytes(cfg: MoEConfig, options: RunOptions, dtype_bytes: int) -> i
     ffn = tokens * width * dtype_bytes * 3
     hooked = tokens * width * 4 * max(1, len(cfg.sparse_layers) if cfg.is_moe else len(cfg.dense_layers))
     return logits + hidden + ffn + hooked
+
+
+def backward_bytes(cfg: MoEConfig, options: RunOptions, dtype_bytes: int) -> int:
+    """What one backward pass over a batch adds (the gradient passes of the first-order estimate):
+    autograd keeps, for every layer, about ten residual-width tensors, the routed experts' three
+    intermediate tensors and the attention probabilities, plus the float32 logits' gradient."""
+    tokens = options.batch_size * options.seq_len
+    width = (cfg.d_expert or 0) * cfg.experts_per_token if cfg.is_moe else (cfg.d_mlp or 0)
+    attention = options.batch_size * cfg.n_heads * options.seq_len * options.seq_len * dtype_bytes
+    per_layer = tokens * cfg.d_model * dtype_bytes * 10 + tokens * width * dtype_bytes * 3 + attention
+    return cfg.n_layers * per_layer + tokens * cfg.d_vocab * 4
 
 
 def available_memory(device: str | None = None) -> int:

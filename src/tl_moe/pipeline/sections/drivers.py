@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+import torch
 
 from tl_moe.analysis.driver_domain import DriverDomainComparison, compare_drivers_with_domain_experts
 from tl_moe.analysis.drivers import DocumentEffects, ExpertSaliency, driver_report
@@ -15,6 +16,7 @@ from tl_moe.analysis.effect_estimate import FirstOrderEffects, estimate_report
 from tl_moe.collect.accumulator import Accumulator
 from tl_moe.models.config import MoEConfig
 from tl_moe.pipeline.context import RunContext
+from tl_moe.pipeline.memory import backward_bytes
 from tl_moe.pipeline.protocol import AccumulatorSpec, Analysis, FigureItem, Inputs, Need, Result, TableItem
 from tl_moe.report.figures import new_figure
 
@@ -57,7 +59,10 @@ class DriverEstimate(AccumulatorSpec):
         return FirstOrderEffects(cfg.sparse_layers, cfg.num_experts, self.max_tokens)
 
     def estimate_bytes(self, cfg: MoEConfig, run: RunContext) -> int:
-        return 2 * len(cfg.sparse_layers) * cfg.num_experts * len(run.dataset) * 8
+        """Its per-document sums, plus what its backward pass keeps for one batch."""
+        dtype_bytes = torch.finfo(getattr(torch, run.options.dtype)).bits // 8
+        sums = 2 * len(cfg.sparse_layers) * cfg.num_experts * len(run.dataset) * 8
+        return sums + backward_bytes(cfg, run.options, dtype_bytes)
 
 
 @dataclass(frozen=True)
