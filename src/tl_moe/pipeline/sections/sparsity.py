@@ -31,6 +31,7 @@ from tl_moe.pipeline.sections.probing import (
     _interval_text,
     held_out_probing,
     probe_settings,
+    probing_steps,
 )
 from tl_moe.report.figures import new_figure
 from tl_moe.zoo.family import TOY_FAMILY
@@ -309,6 +310,8 @@ class Sparsity(Analysis):
                         dense_stored,
                         None,
                         tuple(cfg.sparse_layers),
+                        # each arm and block saved as it finishes (keyed by this member's and the twin's passes)
+                        step=probing_steps(run, self.name, [name, run.dense]),
                         model=name,
                         permuted=False,
                     )
