@@ -41,3 +41,28 @@ def tiny_bridge(tiny_model_dir):
         return bridges[architecture]
 
     return get
+
+
+@pytest.fixture
+def tiny_run_options(tiny_model_dir, tmp_path):
+    """``tiny_run_options(analyses, **changes)`` -> RunOptions of a small pipeline run on the tiny OLMoE:
+    no dense baseline, short windows, small budgets, the report written to the test's ``tmp_path``."""
+    from tl_moe.pipeline import RunOptions
+
+    def make(analyses: tuple[str, ...], **changes) -> RunOptions:
+        settings = dict(
+            model=str(tiny_model_dir("olmoe")),
+            dense_baseline=None,
+            analyses=tuple(analyses),
+            out=tmp_path,
+            max_tokens=1000,
+            driver_tokens=1000,
+            n_drivers=3,
+            seq_len=16,
+            batch_size=8,
+            n_token_groups=4,
+            progress=False,
+        )
+        return RunOptions(**{**settings, **changes})
+
+    return make

@@ -143,24 +143,12 @@ def test_document_halves_are_balanced_and_stable():
     assert torch.equal(document_half(torch.tensor([7, 7, 123])), document_half(torch.tensor([7, 7, 123])))
 
 
-def test_the_drivers_analysis_runs_through_the_pipeline_and_reports(tiny_model_dir, short_docs, tmp_path):
+def test_the_drivers_analysis_runs_through_the_pipeline_and_reports(tiny_run_options, short_docs, tmp_path):
     import json
 
-    from tl_moe.pipeline import RunOptions, run
+    from tl_moe.pipeline import run
 
-    options = RunOptions(
-        model=str(tiny_model_dir("olmoe")),
-        dense_baseline=None,
-        analyses=("drivers",),
-        out=tmp_path,
-        max_tokens=1000,
-        driver_tokens=1000,
-        n_drivers=3,
-        seq_len=16,
-        batch_size=8,
-        n_token_groups=4,
-        progress=False,
-    )
+    options = tiny_run_options(("drivers",))
     results = run(options, dataset=short_docs)
     drivers = results["drivers"]
     assert int(drivers.experts["driver"].sum()) == 3
@@ -172,24 +160,12 @@ def test_the_drivers_analysis_runs_through_the_pipeline_and_reports(tiny_model_d
 
 
 def test_with_the_domains_analysis_drivers_are_compared_with_domain_experts(
-    tiny_model_dir, short_docs, tmp_path
+    tiny_run_options, short_docs, tmp_path
 ):
     from tl_moe.analysis.driver_domain import compare_drivers_with_domain_experts
-    from tl_moe.pipeline import RunOptions, run
+    from tl_moe.pipeline import run
 
-    options = RunOptions(
-        model=str(tiny_model_dir("olmoe")),
-        dense_baseline=None,
-        analyses=("domains", "drivers"),
-        out=tmp_path,
-        max_tokens=1000,
-        driver_tokens=1000,
-        n_drivers=3,
-        seq_len=16,
-        batch_size=8,
-        n_token_groups=4,
-        progress=False,
-    )
+    options = tiny_run_options(("domains", "drivers"))
     results = run(options, dataset=short_docs)
     drivers, domains = results["drivers"], results["domains"]
     expected = compare_drivers_with_domain_experts(drivers.experts, domains.experts.to_frame(), seed=0)

@@ -272,26 +272,14 @@ def test_score_agreement_counts_top_overlap_and_marks_small_layers():
 
 
 def test_the_drivers_analysis_reports_the_estimate_beside_the_exact_effect(
-    tiny_model_dir, short_docs, tmp_path
+    tiny_run_options, short_docs, tmp_path
 ):
     import json
 
-    from tl_moe.pipeline import RunOptions, run
+    from tl_moe.pipeline import run
 
     docs = datasets.Dataset.from_dict({"text": list(short_docs["text"]) * 2, "domain": ["a", "b"] * 48})
-    options = RunOptions(
-        model=str(tiny_model_dir("olmoe")),
-        dense_baseline=None,
-        analyses=("drivers",),
-        out=tmp_path,
-        max_tokens=1200,
-        driver_tokens=1200,
-        n_drivers=3,
-        seq_len=16,
-        batch_size=8,
-        n_token_groups=4,
-        progress=False,
-    )
+    options = tiny_run_options(("drivers",), max_tokens=1200, driver_tokens=1200)
     drivers = run(options, dataset=docs)["drivers"]
     estimates, agreement = drivers.estimates, drivers.agreement
     # the estimate sits beside the exact effect of the same documents

@@ -295,24 +295,14 @@ def test_a_planted_underweighted_expert_is_chosen_and_helps_held_out(planted):
 
 
 def test_the_analysis_runs_through_the_pipeline_and_refuses_bad_options(
-    tiny_model_dir, tagged_corpus, tmp_path
+    tiny_run_options, tagged_corpus, tmp_path
 ):
     import json
 
-    from tl_moe.pipeline import RunOptions, run
+    from tl_moe.pipeline import run
 
-    options = RunOptions(
-        model=str(tiny_model_dir("olmoe")),
-        dense_baseline=None,
-        analyses=("reweighting",),
-        out=tmp_path,
-        max_tokens=1000,
-        driver_tokens=1000,
-        n_drivers=3,
-        seq_len=16,
-        batch_size=8,
-        n_token_groups=4,
-        progress=False,
+    options = tiny_run_options(
+        ("reweighting",),
         reweight_tokens=400,
         reweight_draws=2,
         bootstrap_resamples=200,

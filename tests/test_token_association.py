@@ -369,10 +369,10 @@ def test_token_positions_count_non_whitespace_tokens_inside_each_segment():
 
 
 # ------------------------------------------------------------------------------------- pipeline section
-def test_the_associations_analysis_runs_after_drivers_and_renders(tiny_model_dir, tmp_path):
+def test_the_associations_analysis_runs_after_drivers_and_renders(tiny_run_options, tmp_path):
     import json
 
-    from tl_moe.pipeline import RunOptions, run
+    from tl_moe.pipeline import run
 
     generator = np.random.default_rng(0)
     texts, domains = [], []
@@ -384,19 +384,8 @@ def test_the_associations_analysis_runs_after_drivers_and_renders(tiny_model_dir
         texts.append("\n".join(lines))
         domains.append("c" if i % 2 else "prose")
     corpus = datasets.Dataset.from_dict({"text": texts, "domain": domains})
-    options = RunOptions(
-        model=str(tiny_model_dir("olmoe")),
-        dense_baseline=None,
-        analyses=("associations",),
-        out=tmp_path,
-        max_tokens=1500,
-        driver_tokens=1500,
-        n_drivers=3,
-        seq_len=32,
-        batch_size=8,
-        n_token_groups=4,
-        bootstrap_resamples=200,
-        progress=False,
+    options = tiny_run_options(
+        ("associations",), max_tokens=1500, driver_tokens=1500, seq_len=32, bootstrap_resamples=200
     )
     results = run(options, dataset=corpus)
     assert "drivers" in results.results  # the dependency ran first

@@ -42,6 +42,28 @@ class StoredTokens:
     concept_names: tuple[str, ...] | None
     doc_index: Int[torch.Tensor, " token"] | None = None
 
+    @classmethod
+    def from_columns(
+        cls,
+        columns: Mapping[str, torch.Tensor],
+        hook_keys: Sequence[str],
+        names: tuple[tuple[str, ...], tuple[str, ...] | None],
+        **extra: Any,
+    ) -> StoredTokens:
+        """The stored tokens of a store's merged ``columns`` (token fields and one tensor per hook key),
+        with ``names`` = (domain names, concept names); ``extra`` fills a subclass's own fields."""
+        return cls(
+            token_index=columns["token_index"],
+            input_ids=columns["input_ids"],
+            domain=columns["domain"],
+            labels=columns.get("labels"),
+            rows={key: columns[key] for key in hook_keys},
+            domain_names=names[0],
+            concept_names=names[1],
+            doc_index=columns.get("doc_index"),
+            **extra,
+        )
+
 
 class TokenActivationStore(Accumulator):
     """Keep hooked rows of the first ``max_tokens`` real tokens (BOS excluded).
@@ -131,13 +153,4 @@ class TokenActivationStore(Accumulator):
         merged = self._concatenated()
         if not merged:
             raise ValueError("TokenActivationStore saw no tokens.")
-        return StoredTokens(
-            token_index=merged["token_index"],
-            input_ids=merged["input_ids"],
-            domain=merged["domain"],
-            labels=merged.get("labels"),
-            rows={key: merged[key] for key in self.hooks},
-            domain_names=self._names[0],
-            concept_names=self._names[1],
-            doc_index=merged.get("doc_index"),
-        )
+        return StoredTokens.from_columns(merged, list(self.hooks), self._names)

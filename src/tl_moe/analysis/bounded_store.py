@@ -244,15 +244,10 @@ class BoundedTokenStore(Accumulator):
         order = merged["token_index"].argsort()
         merged = {key: value[order] for key, value in merged.items()}
         n_concepts = 0 if self._names[1] is None else len(self._names[1])
-        return BoundedStoredTokens(
-            token_index=merged["token_index"],
-            input_ids=merged["input_ids"],
-            domain=merged["domain"],
-            labels=merged.get("labels"),
-            rows={key: merged[key] for key in self.hooks},
-            domain_names=self._names[0],
-            concept_names=self._names[1],
-            doc_index=merged["doc_index"],
+        return BoundedStoredTokens.from_columns(
+            merged,
+            list(self.hooks),
+            self._names,
             rows_per_class=self.rows_per_class,
             n_seen=self._n_seen.view(self.n_units, n_concepts + 1, 2, 2).clone(),
         )
