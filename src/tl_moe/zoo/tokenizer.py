@@ -1,7 +1,7 @@
 """The project's byte-level BPE tokenizer: training it, and loading the one shipped with the package.
 
-The shipped ``tokenizer.json`` (vocabulary 8192) was trained on the ``train`` split of the embedded
-corpus (see :mod:`tl_moe.data.corpus`); regenerate it with ``python -m tl_moe.zoo.tokenizer``.
+The shipped ``tokenizer.json`` (vocabulary 4096) was trained on the ``train`` split of the embedded
+corpus v2 (see :mod:`tl_moe.data.corpus`), the corpus the toy zoo is trained on; regenerate it with ``python -m tl_moe.zoo.tokenizer``.
 Byte-level means every string round-trips exactly (no unknown token); offsets map each token to
 its characters in the input (a token that holds part of a multi-byte character maps to the whole
 character).
@@ -20,7 +20,7 @@ END_OF_TEXT = "<|endoftext|>"
 PAD = "<|pad|>"
 SPECIAL_TOKENS = (END_OF_TEXT, PAD)
 SHIPPED_TOKENIZER_PATH = Path(__file__).with_name("tokenizer.json")
-SHIPPED_VOCAB_SIZE = 8192
+SHIPPED_VOCAB_SIZE = 4096
 
 
 def wrap_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
@@ -85,10 +85,10 @@ def load_tokenizer(path: str | Path | None = None) -> PreTrainedTokenizerFast:
 
 
 def train_shipped_tokenizer(path: str | Path = SHIPPED_TOKENIZER_PATH) -> PreTrainedTokenizerFast:
-    """Train the shipped tokenizer on the embedded corpus's ``train`` split and save it to ``path``."""
+    """Train the shipped tokenizer on the ``train`` split of the embedded corpus v2 and save it to ``path``."""
     from tl_moe.data.corpus import build_corpus
 
-    tokenizer = train_tokenizer(build_corpus()["train"]["text"], vocab_size=SHIPPED_VOCAB_SIZE)
+    tokenizer = train_tokenizer(build_corpus(version="v2")["train"]["text"], vocab_size=SHIPPED_VOCAB_SIZE)
     tokenizer.backend_tokenizer.save(str(path), pretty=False)
     return tokenizer
 

@@ -1,6 +1,6 @@
 """Training recipe of the toy zoo: the same data, steps and seed for every member of the family.
 
-``tl-moe zoo train toy/moe-16x2`` (or ``--all``) trains on the embedded corpus's train split,
+``tl-moe zoo train toy/moe-16x2`` (or ``--all``) trains on the train split of the embedded corpus v2,
 checkpoints its state every few steps (an interrupted run resumes where it stopped), then
 saves the model in float16 with the tokenizer and a ``metadata.json`` holding the validation
 loss per domain of the saved weights and of a unigram baseline.
@@ -36,17 +36,19 @@ class TrainConfig:
         aux_loss_coef: Weight of the router load-balancing loss (MoE only).
         seed: Seed of the initialisation and of the batch order.
         checkpoint_every: Steps between saved training states.
+        corpus: Corpus spec (see :func:`tl_moe.data.corpus.load_corpus`) whose train split is read.
     """
 
-    steps: int = 1000
-    batch_size: int = 8
-    seq_len: int = 128
+    steps: int = 2500
+    batch_size: int = 16
+    seq_len: int = 256
     lr: float = 3e-3
-    warmup: int = 30
+    warmup: int = 100
     weight_decay: float = 0.1
     aux_loss_coef: float = 0.01
     seed: int = 0
-    checkpoint_every: int = 50
+    checkpoint_every: int = 100
+    corpus: str = "embedded:v2"
 
 
 def token_stream(texts, tokenizer) -> Int[torch.Tensor, " n_tokens"]:
@@ -98,11 +100,12 @@ def train_model(
         ``out_dir``, loadable with ``tl_moe.load(out_dir)``.
     """
     from tl_moe.data.corpus import load_corpus
+    from tl_moe.zoo.held_out_texts import held_out_text_losses
     from tl_moe.zoo.tokenizer import load_tokenizer
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    corpus = corpus if corpus is not None else load_corpus()
+    corpus = corpus if corpus is not None else load_corpus(train_cfg.corpus)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     stream = token_stream(corpus["train"]["text"], tokenizer)
@@ -160,6 +163,7 @@ def train_model(
         "n_parameters": sum(p.numel() for p in saved.parameters()),
         "validation_loss": loss_by_domain(saved, tokenizer, corpus["validation"], train_cfg.seq_len),
         "unigram_validation_loss": unigram_loss_by_domain(stream, tokenizer, corpus["validation"]),
+        "held_out_text_loss": held_out_text_losses(saved, tokenizer),
     }
     (out_dir / "metadata.json").write_text(json.dumps(metadata, indent=2))
     state_path.unlink(missing_ok=True)
