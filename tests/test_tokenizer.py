@@ -8,6 +8,7 @@ from tl_moe.zoo.tokenizer import (
     END_OF_TEXT,
     PAD,
     SHIPPED_TOKENIZER_PATH,
+    SHIPPED_VOCAB_SIZE,
     load_tokenizer,
     train_tokenizer,
 )
@@ -31,7 +32,7 @@ def shipped():
 
 def test_shipped_tokenizer_file_is_small_and_has_our_vocabulary(shipped):
     assert SHIPPED_TOKENIZER_PATH.stat().st_size < 2 * 1024 * 1024
-    assert len(shipped) == 8192
+    assert len(shipped) == SHIPPED_VOCAB_SIZE == 4096
     assert shipped.convert_tokens_to_ids([END_OF_TEXT, PAD]) == [0, 1]
     assert shipped.bos_token == shipped.eos_token == END_OF_TEXT and shipped.pad_token == PAD
     assert shipped("hello")["input_ids"] == shipped("hello", add_special_tokens=False)["input_ids"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,15 +14,17 @@ from tl_moe.data.corpus import load_corpus
 from tl_moe.models.config import MoEConfig
 from tl_moe.zoo import train as training
 from tl_moe.zoo.family import TOY_FAMILY
+from tl_moe.zoo.held_out_texts import held_out_text_losses, loss_bound
 from tl_moe.zoo.registry import checkpoint_dir, list_models, metadata
 from tl_moe.zoo.tokenizer import load_tokenizer
 
+ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = [name for name in TOY_FAMILY if (checkpoint_dir(name) / "metadata.json").exists()]
 TINY = MoEConfig(
     "olmoe",
     n_layers=1,
     d_model=32,
-    d_vocab=8192,
+    d_vocab=4096,
     n_heads=2,
     num_experts=4,
     experts_per_token=2,
@@ -104,14 +107,51 @@ def test_shipped_checkpoint_beats_unigram_on_every_domain(name):
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_checkpoint_reproduces_its_recorded_validation_loss(name):
     model = tl_moe.load(name, device="cpu")
-    corpus = load_corpus()
-    domains = ["math", "legal"]
+    meta = metadata(name)
+    corpus = load_corpus(meta["train"]["corpus"])  # validated on the corpus it was trained on
+    domains = ["math", "chat"]  # the smallest two domains of corpus v2's validation split
     subset = corpus["validation"].filter(lambda row: row["domain"] in domains)
     with torch.no_grad():
-        losses = training.loss_by_domain(model.original_model, model.tokenizer, subset, seq_len=128)
-    recorded = metadata(name)["validation_loss"]
+        losses = training.loss_by_domain(
+            model.original_model, model.tokenizer, subset, seq_len=meta["train"]["seq_len"]
+        )
     for domain in domains:
-        assert losses[domain] == pytest.approx(recorded[domain], abs=0.02), domain
+        assert losses[domain] == pytest.approx(meta["validation_loss"][domain], abs=0.02), domain
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no toy checkpoint is shipped")
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_checkpoint_models_held_out_text_within_the_bound(name):
+    """Texts written for this project (code, prose, LaTeX), recomputed from the shipped weights."""
+    model = tl_moe.load(name, device="cpu")
+    losses = held_out_text_losses(model.original_model, model.tokenizer)
+    bound = loss_bound(len(model.tokenizer))
+    recorded = metadata(name)["held_out_text_loss"]
+    for text, loss in losses.items():
+        assert loss == pytest.approx(recorded[text], abs=0.02), text
+        assert loss <= bound, f"{name} scores {loss:.2f} nats/token on {text}, above {bound:.2f}"
+
+
+@pytest.mark.skipif("toy/dense" not in SHIPPED, reason="the dense twin is not shipped")
+@pytest.mark.parametrize("name", [name for name in SHIPPED if name != "toy/dense"])
+def test_every_moe_beats_the_dense_twin_on_validation_loss(name):
+    moe, dense = metadata(name)["validation_loss"], metadata("toy/dense")["validation_loss"]
+    assert moe.keys() == dense.keys()
+    for domain in moe:
+        assert moe[domain] < dense[domain], domain
+
+
+def test_the_zoo_results_file_is_the_shipped_family_evaluated():
+    """docs/results/toy_zoo.json (the README's zoo block) recomputed each model's recorded numbers."""
+    results = json.loads((ROOT / "docs" / "results" / "toy_zoo.json").read_text())
+    assert list(results["models"]) == SHIPPED
+    for name, record in results["models"].items():
+        meta = metadata(name)
+        assert record["recorded_validation_loss"] == meta["validation_loss"]
+        for domain, loss in meta["validation_loss"].items():
+            assert record["validation_loss"][domain] == pytest.approx(loss, abs=0.005), (name, domain)
+        assert record["held_out_text_loss"] == pytest.approx(meta["held_out_text_loss"], abs=0.005)
+        assert record["parameters"] == meta["n_parameters"]
 
 
 def test_zoo_list_command(capsys):

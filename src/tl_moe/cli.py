@@ -4,7 +4,7 @@ Commands:
     tl-moe analyze [MODEL] [--dense-baseline MODEL] [--corpus SPEC] [--out DIR] ...
     tl-moe plan [MODEL] [the flags of analyze]
     tl-moe explain [MODEL] [--explainer offline|openai:URL|local:PATH] ...
-    tl-moe zoo list | train [NAMES ...|--all] | losses
+    tl-moe zoo list | train [NAMES ...|--all] | losses | evaluate
     tl-moe hooks [MODEL]
     tl-moe corpus stats [--corpus SPEC]
 """
@@ -49,6 +49,12 @@ def _cmd_zoo_losses(args) -> None:
     if table.empty:
         raise SystemExit("No toy checkpoints are shipped yet: run `tl-moe zoo train --all`.")
     print(table.round(3).to_markdown())
+
+
+def _cmd_zoo_evaluate(args) -> None:
+    from tl_moe.zoo.evaluate import main as evaluate
+
+    evaluate(["--out", str(args.out)])
 
 
 def _cmd_hooks(args) -> None:
@@ -152,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.add_parser("losses", help="validation loss per domain vs the unigram baseline").set_defaults(
         func=_cmd_zoo_losses
     )
+    evaluate = zoo.add_parser(
+        "evaluate", help="recompute the shipped family's losses from its weights (the README's zoo numbers)"
+    )
+    evaluate.add_argument("--out", type=Path, default=Path("docs/results/toy_zoo.json"))
+    evaluate.set_defaults(func=_cmd_zoo_evaluate)
 
     hooks = commands.add_parser("hooks", help="the hook-point table, or a model's hook names")
     hooks.add_argument("model", nargs="?", default=None)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,6 +193,111 @@ def findings_markdown(results: dict[str, Any], source: str) -> str:
     return "\n".join(lines)
 
 
+def _cell(record: dict[str, Any]) -> str:
+    if record.get("estimate") is None:
+        return "–"
+    if not record.get("interval_available"):
+        return f"{record['estimate']:+.3f} (no interval)"
+    return f"{record['estimate']:+.3f} [{record['ci_low']:+.3f}, {record['ci_high']:+.3f}]"
+
+
+def zoo_markdown(results: dict[str, Any], source: str) -> str:
+    """The README's toy-zoo block from ``python -m tl_moe.zoo.evaluate``'s results (losses, MoE − dense)."""
+    models, meta = results["models"], results["metadata"]
+    names = list(models)
+    short = {name: f"`{name}`" for name in names}
+    unigram = results["unigram_validation_loss"]
+    domains = sorted(unigram)
+    n_docs = sum(meta["documents_by_domain"].values())
+    lines = [
+        f"Generated from [`{source}`]({source}) by `python -m tl_moe.pipeline.readme_results`; the evaluation: "
+        f"`{meta['command']}` (the saved float16 weights; {meta['split']} split of corpus `{meta['corpus']}`, "
+        f"{n_docs:,} documents, none seen in training).",
+        "",
+        "Validation loss (nats/token) per domain:",
+        "",
+        "| domain | " + " | ".join(short[n] for n in names) + " | unigram baseline |",
+        "|:--|" + "--:|" * (len(names) + 1),
+    ]
+    for domain in domains:
+        cells = [f"{models[n]['validation_loss'][domain]:.3f}" for n in names]
+        lines.append(f"| {domain} | " + " | ".join(cells) + f" | {unigram[domain]:.3f} |")
+    overall = [f"**{models[n]['validation_loss']['all domains']:.3f}**" for n in names]
+    lines.append("| all domains | " + " | ".join(overall) + " | – |")
+
+    comparisons = results["moe_minus_dense"]
+    moes = [n for n in names if models[n]["experts"]]
+    if comparisons:
+        by = {(r["model"], r["domain"]): r for r in comparisons}
+        lines += [
+            "",
+            "Each MoE minus the dense twin with the same active neurons (nats/token; below 0: the MoE predicts "
+            "better), paired over documents, 95% bootstrap interval over documents:",
+            "",
+            "| domain | " + " | ".join(short[n] for n in moes) + " |",
+            "|:--|" + "--:|" * len(moes),
+        ]
+        for domain in [*domains, "all domains"]:
+            lines.append(f"| {domain} | " + " | ".join(_cell(by[(n, domain)]) for n in moes) + " |")
+        per_domain = [r for r in comparisons if r["domain"] != "all domains"]
+        better = sum(r["estimate"] < 0 for r in per_domain)
+        excluded = sum(r.get("interval_available") and r["ci_high"] < 0 for r in per_domain)
+        worse = sum(r.get("interval_available") and r["ci_low"] > 0 for r in per_domain)
+        margins = [unigram[d] - models[n]["validation_loss"][d] for n in names for d in domains]
+        lines += [
+            "",
+            f"Reading: across the {len(moes)} MoEs and {len(domains)} domains, the MoE has the lower loss in "
+            f"{better} of {len(per_domain)} cases, with an interval below 0 in {excluded}"
+            + (f" and above 0 in {worse}" if worse else "")
+            + f"; every model is {min(margins):.2f}–{max(margins):.2f} nats/token below the unigram baseline.",
+        ]
+
+    bound = results["held_out_bound"]
+    texts = results["held_out_texts"]["names"]
+    lines += [
+        "",
+        "Loss (nats/token) on short texts written for this project and in no corpus "
+        "([`src/tl_moe/zoo/held_out_texts.py`](src/tl_moe/zoo/held_out_texts.py)), against the bound "
+        f"{bound['fraction_of_uniform']} · ln {bound['vocab_size']:,} = {bound['nats']:.2f} "
+        f"(uniform guessing: {math.log(bound['vocab_size']):.2f}):",
+        "",
+        "| text | characters | " + " | ".join(short[n] for n in names) + " |",
+        "|:--|--:|" + "--:|" * len(names),
+    ]
+    for text in texts:
+        cells = [f"{models[n]['held_out_text_loss'][text]:.2f}" for n in names]
+        lines.append(
+            f"| {text} | {results['held_out_texts']['characters'][text]} | " + " | ".join(cells) + " |"
+        )
+    worst = max(models[n]["held_out_text_loss"][t] for n in names for t in texts)
+    verdict = "within" if worst <= bound["nats"] else "**above**"
+    lines += ["", f"The worst model on the worst text scores {worst:.2f}: {verdict} the bound.", ""]
+
+    lines += [
+        "| model | experts | top-k | d_expert / d_mlp | parameters | fp16 size |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        m = models[name]
+        lines.append(
+            f"| `{name}` | {m['experts'] or '–'} | {m['top_k'] or '–'} | {m['d_expert'] or m['d_mlp']} | "
+            f"{m['parameters'] / 1e6:.2f} M | {m['fp16_bytes'] / 1e6:.1f} MB |"
+        )
+    train = meta["train"]
+    minutes = [models[n]["train_seconds"] / 60 for n in names]
+    total_mb = sum(models[n]["fp16_bytes"] for n in names) / 1e6
+    lines += [
+        "",
+        f"Training: {train['steps']:,} AdamW steps of {train['batch_size']} × {train['seq_len']} tokens "
+        f"({models[names[0]]['train_tokens'] / 1e6:.2f} M tokens per model) on the train split of corpus "
+        f"`{train.get('corpus') or 'embedded'}`, lr {train['lr']:g} (warm-up {train['warmup']}, cosine to a "
+        f"tenth), aux load-balancing loss {train['aux_loss_coef']:g}, seed {train['seed']}; "
+        f"{min(minutes):.0f}–{max(minutes):.0f} minutes per model on {models[names[0]]['train_device']} "
+        f"(see the text for the cores). The family ships in {total_mb:.1f} MB.",
+    ]
+    return "\n".join(lines)
+
+
 @dataclass(frozen=True)
 class Block:
     """A generated README block: the committed results file it is made from and how it is written."""
@@ -214,6 +320,7 @@ BLOCKS = (
     Block("default", "docs/results/toy_default.json", results_markdown),
     Block("drivers", "docs/results/toy_drivers.json", findings_markdown),
     Block("explain", "docs/results/toy_explain.json", findings_markdown),
+    Block("zoo", "docs/results/toy_zoo.json", zoo_markdown),
 )
 
 

@@ -80,7 +80,9 @@ def held_out_text_losses(model, tokenizer) -> dict[str, float]:
     device = next(model.parameters()).device
     losses = {}
     for name, text in HELD_OUT_TEXTS.items():
-        ids = torch.tensor([[tokenizer.eos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"]])
+        ids = torch.tensor(
+            [[tokenizer.eos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"]]
+        )
         logits = model(input_ids=ids.to(device)).logits[0, :-1].float()
         losses[name] = round(float(torch.nn.functional.cross_entropy(logits, ids[0, 1:].to(device))), 4)
     return losses
