@@ -55,7 +55,7 @@ CORPUS_RECIPES: dict[str, CorpusRecipe] = {
         EMBEDDED_SOURCES,
         DEFAULT_MAX_DOCS_PER_DOMAIN,
         DEFAULT_MAX_CHARS_PER_DOMAIN,
-        "the default: 7 domains capped at 300,000 characters each (the toy zoo was trained on it)",
+        "the default: 7 domains capped at 300,000 characters each",
     ),
     "v2": CorpusRecipe(
         "v2",
@@ -63,7 +63,7 @@ CORPUS_RECIPES: dict[str, CorpusRecipe] = {
         100_000,
         6_000_000,
         "opt-in, about 12x larger: caps of 6,000,000 characters, more licence text, LaTeX written in "
-        "docstrings, the King James Bible",
+        "docstrings, the King James Bible (the toy zoo is trained on it)",
     ),
 }
 """The embedded corpus versions by name; ``"v1"`` is the default everywhere."""

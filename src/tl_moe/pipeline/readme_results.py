@@ -124,7 +124,7 @@ def results_markdown(results: dict[str, Any], source: str) -> str:
     sections = results["sections"]
     lines = [
         f"Generated from [`{source}`]({source}) by `python -m tl_moe.pipeline.readme_results`: "
-        f"`tl-moe analyze` on `{options['model']}` vs `{options['dense_baseline']}`, "
+        f"`{command_line(options)}` on `{options['model']}` vs `{options['dense_baseline']}`, "
         f"{options['max_tokens']:,} tokens of the `{options['split']}` split per model, seed {options['seed']}. "
         "Every difference carries a 95% document-level bootstrap interval; numbers are the toys' own.",
         "",

@@ -198,7 +198,7 @@ def render_data_doc(
         "`build_corpus(version='v2')`, `load_corpus('embedded:v2')` or `--corpus embedded:v2` build a "
         f"larger corpus over the same seven domains: caps of {v2.max_chars_per_domain:,} characters and "
         f"{v2.max_docs_per_domain:,} documents per domain, the same hash split, the same cache (the key adds "
-        "the version). The default stays v1, on which the toy zoo was trained. Where v2 differs: `legal` "
+        "the version). The analyses' default stays v1 (small enough for a few-minute run); the toy zoo and the shipped tokenizer are trained on v2's train split, which holds all but 10 of v1's 2,722 documents, each in the split it has in v1. Where v2 differs: `legal` "
         "takes the first twelve chunks of each licence instead of three; `math` adds LaTeX that people "
         "wrote in the docstrings of sympy and scipy (each `:math:` role becomes `$...$`, each `.. math::` "
         "equation `\\[...\\]`, doctests dropped; only chunks that hold math) to the synthetic documents; "
@@ -263,7 +263,7 @@ def render_data_doc(
         "",
         f"`tl_moe.zoo.tokenizer.load_tokenizer()` returns the shipped byte-level BPE tokenizer "
         f"(vocabulary {len(tokenizer):,}; `<|endoftext|>` = id 0 is bos/eos, `<|pad|>` = id 1), trained on "
-        "the `train` split of the embedded corpus; `train_tokenizer(texts, vocab_size)` trains another. "
+        "the `train` split of the embedded corpus v2 (the toy zoo's training data); `train_tokenizer(texts, vocab_size)` trains another. "
         "Every string round-trips exactly; offsets are supported. Regenerate the shipped file with "
         "`python -m tl_moe.zoo.tokenizer`.",
         "",
