@@ -113,7 +113,6 @@ def evaluate_zoo(names: list[str] | None = None, n_resamples: int = 2000, progre
     from transformers import AutoModelForCausalLM
 
     from tl_moe.data.corpus import load_corpus
-    from tl_moe.report import package_versions
     from tl_moe.zoo.registry import metadata
     from tl_moe.zoo.tokenizer import load_tokenizer
     from tl_moe.zoo.train import token_stream, unigram_loss_by_domain
@@ -175,9 +174,18 @@ def evaluate_zoo(names: list[str] | None = None, n_resamples: int = 2000, progre
             "documents_by_domain": losses[names[0]]["domain"].value_counts().sort_index().to_dict(),
             "train": train,
             "bootstrap_resamples": n_resamples,
-            "versions": package_versions(),
+            "versions": {package: _version(package) for package in ("tl_moe", "torch", "transformers")},
         },
     }
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> None:
