@@ -88,7 +88,13 @@ def _reading(records: list[dict[str, Any]]) -> str:
             f"Reading: at k = 1 the held-out expert advantage over the dense model ({_interval(dense)}) falls to "
             f"{_interval(routed)} when the dense neurons are probed on exactly each expert's routed tokens "
             f"({kept:.0%} of it remains): most of the gap comes with routing's pre-filtering of tokens; what "
-            "remains is what the expert neurons add on the same tokens."
+            "remains is what the expert neurons add on the same tokens"
+        )
+        covers_zero = routed.get("interval_available") and routed["ci_low"] <= 0 <= routed["ci_high"]
+        text += (
+            ", and its interval covers 0: on the same tokens the expert neurons are not shown to add anything."
+            if covers_zero
+            else "."
         )
     else:
         text = (
