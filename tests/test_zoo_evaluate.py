@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import numpy as np
@@ -10,27 +11,15 @@ import pandas as pd
 import pytest
 import torch
 
+from test_zoo import TINY as ZOO_TINY
 from tl_moe.models.build import build_model
-from tl_moe.models.config import MoEConfig
 from tl_moe.pipeline.readme_results import zoo_markdown
 from tl_moe.zoo import train as training
 from tl_moe.zoo.evaluate import ALL_DOMAINS, document_losses, domain_means, paired_loss_difference
 from tl_moe.zoo.held_out_texts import HELD_OUT_TEXTS, held_out_text_losses, loss_bound
 from tl_moe.zoo.tokenizer import load_tokenizer
 
-TINY = MoEConfig(
-    "olmoe",
-    n_layers=1,
-    d_model=32,
-    d_vocab=4096,
-    n_heads=2,
-    num_experts=4,
-    experts_per_token=2,
-    d_expert=16,
-    sparse_layers=(0,),
-    max_position_embeddings=512,
-    tie_word_embeddings=True,
-)
+TINY = dataclasses.replace(ZOO_TINY, max_position_embeddings=512)  # the held-out texts fit in one window
 DOCS = {
     "text": [
         "def add(a, b):\n    return a + b\n",
