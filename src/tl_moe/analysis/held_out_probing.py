@@ -229,7 +229,10 @@ def fit_selection_block(
         ),
         "k": np.tile(np.array(ks), n_units * n_cols),
     }
-    f1 = probe.f1_[:, :, k_index].masked_fill(~ok[:, :, None], math.nan)
+    # ks above the units' neuron count are not fitted (``probe.ks_`` is then a prefix of the sorted
+    # ks): their F1 is NaN, so no unit is chosen for them and their comparisons are unavailable.
+    f1 = torch.full((n_units, n_cols, len(ks)), math.nan, dtype=probe.f1_.dtype)
+    f1[:, :, : len(k_index)] = probe.f1_[:, :, k_index].masked_fill(~ok[:, :, None], math.nan)
     grid["selection_f1"] = f1.flatten().numpy()
     for key, values in (
         ("n_pos_selection", probe.n_pos_),

@@ -44,6 +44,18 @@ def build_model(cfg: MoEConfig, seed: int = 0, dtype: torch.dtype = torch.float3
     return model.eval()
 
 
+def build_model_from_config(hf_config, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """A randomly initialised copy of a Hugging Face causal LM's architecture, from its own config
+    (a deep copy, so the model it came from is untouched)."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(copy.deepcopy(hf_config), dtype=dtype)
+    return model.eval()
+
+
 def save_model(model, tokenizer, directory: str | Path, include_tokenizer: bool = True) -> Path:
     """Save ``model`` and ``tokenizer`` where ``tl_moe.load(directory)`` can boot them offline.
 

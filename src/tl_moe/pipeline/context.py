@@ -105,9 +105,14 @@ class RunContext:
         import tempfile
 
         from tl_moe.models import build_model, load, save_model
+        from tl_moe.models.build import build_model_from_config
 
         trained = self.model(base)
-        hf_model = build_model(trained.moe_cfg, seed=self.options.seed)
+        hf_config = getattr(getattr(trained, "original_model", None), "config", None)
+        if hf_config is None:
+            hf_model = build_model(trained.moe_cfg, seed=self.options.seed)
+        else:  # the trained model's own config: keeps what MoEConfig does not describe (e.g. MLA sizes)
+            hf_model = build_model_from_config(hf_config, seed=self.options.seed)
         with tempfile.TemporaryDirectory(prefix="tl_moe_untrained_") as directory:
             save_model(hf_model, trained.tokenizer, directory)
             return load(directory, device=self.options.device)
