@@ -161,6 +161,16 @@ def results_markdown(results: dict[str, Any], source: str) -> str:
 
 
 _NOT_A_SETTING = {"out", "progress", "fresh", "keep_checkpoints", "threads", "checkpoint_every"}
+#: Options read by one analysis only (name prefixes): left out of the command of a run without it.
+_READ_ONLY_BY = {"explain": ("explainer", "explain_")}
+
+
+def _unused(name: str, options: dict[str, Any]) -> bool:
+    """Whether option ``name`` is read by no analysis of the run (so its value changes nothing)."""
+    from tl_moe.pipeline import default_analyses
+
+    ran = options.get("analyses") or default_analyses()
+    return any(name.startswith(prefixes) and owner not in ran for owner, prefixes in _READ_ONLY_BY.items())
 
 
 def command_line(options: dict[str, Any]) -> str:
@@ -169,7 +179,7 @@ def command_line(options: dict[str, Any]) -> str:
 
     words = ["tl-moe", "analyze"]
     for spec in dataclasses.fields(RunOptions):
-        if spec.name in _NOT_A_SETTING or spec.name not in options:
+        if spec.name in _NOT_A_SETTING or spec.name not in options or _unused(spec.name, options):
             continue
         value, default = options[spec.name], spec.default
         if isinstance(default, tuple) and isinstance(value, list):

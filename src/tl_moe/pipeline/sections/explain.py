@@ -313,7 +313,10 @@ class Explain(Analysis):
         "(or concept ∧ domain) whose tokens best match the expert's routed tokens (IoU); its scorer applies "
         "the concept's own labeler to each item's target token. Controls: chance (answering 'yes' to every "
         "item), and the same scorer given another expert's label of the same layer. Intervals: bootstrap "
-        "over experts (summary) and over scoring items (per expert)."
+        "over experts (summary) and over scoring items (per expert). Causal checks ('causal' documents, "
+        "--explain-causal-windows): on the positions where the expert is routed, |Δloss| under removing or "
+        "boosting it on described minus other tokens, beside a control expert matched on routing at the "
+        "described tokens; 95% bootstrap over documents (unavailable below 30)."
     )
 
     def check(self, run: RunContext) -> None:
