@@ -13,6 +13,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -42,11 +43,16 @@ def planted(seed: int, *, n_documents: int = 40, experts: int = 4, positions: in
     return documents, described, other, routed, delta
 
 
+def mixing_weights(routed: np.ndarray, seed: int) -> np.ndarray:
+    return routed * np.random.default_rng(seed).uniform(0.1, 0.9, routed.shape)
+
+
 def run(seed: int, **kwargs):
     documents, described, other, routed, delta = planted(seed, **kwargs)
     observed, summary = label_effects(
-        documents, described, other, routed, {"remove": delta}, n_resamples=999, seed=seed
-    )
+        documents, described, other, routed, {"remove": delta}, mixing_weight=mixing_weights(routed, seed),
+        n_resamples=999, seed=seed,
+    )  # fmt: skip
     return observed, summary.set_index("quantity"), (documents, described, other, routed, delta)
 
 
@@ -62,6 +68,11 @@ def test_per_expert_effects_equal_a_direct_computation():
         assert observed["remove_matched_minus_control"][j] == pytest.approx(expected - control)
         assert observed["routing_described"][j] == pytest.approx(routed[0, j][described[j]].mean())
         assert observed["control_routing_other"][j] == pytest.approx(routed[1, j][other[j]].mean())
+        weight = mixing_weights(routed, 0)
+        assert observed["weight_described"][j] == pytest.approx(weight[0, j][on].mean())
+        assert observed["control_weight_other"][j] == pytest.approx(
+            weight[1, j][other[j] & routed[1, j]].mean()
+        )
     assert summary.loc["remove_effect", "mean"] == pytest.approx(observed["remove_effect"].mean())
     assert summary.loc["remove_effect", "documents"] == 40 and summary.loc["remove_effect", "experts"] == 4
 
@@ -135,3 +146,20 @@ def test_control_expert_is_matched_on_routing_at_the_described_tokens_not_on_fre
     assert routing_matched_control(examples, 0, 0, 0) == 2  # over both domains: 0.6 vs 0.1, 0.525, 0.29
     assert routing_matched_control(examples, 0, 0, 0, domain="a") == 2
     assert routing_matched_control(examples, 0, 0, 0, domain="b") == 3
+
+
+def test_the_finding_gives_no_interval_below_30_documents_and_names_the_unit():
+    from tl_moe.explain.causal import CausalResult
+    from tl_moe.pipeline.sections.explain import causal_finding
+
+    for n_documents, available in ((20, False), (40, True)):
+        _, summary, _ = run(0, n_documents=n_documents)
+        text = causal_finding(CausalResult(pd.DataFrame(), summary.reset_index(), n_documents, n_documents))
+        assert f"{n_documents} windows of {n_documents} documents" in text
+        effect = summary.loc["remove_effect"]
+        if available:
+            assert "95% bootstrap over documents" in text and "p =" not in text
+            assert f"{effect['mean']:.3f} [{effect['ci low']:.3f}, {effect['ci high']:.3f}]" in text
+        else:
+            assert "intervals unavailable: 20 document(s)" in text and "[" not in text
+            assert f"{effect['mean']:.3f} (no interval)" in text

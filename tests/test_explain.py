@@ -247,9 +247,16 @@ def test_offline_labeler_labels_every_expert_of_the_toy_moe_through_the_pipeline
     import tl_moe.pipeline  # noqa: F401 (registers the built-in analyses)
     from tl_moe.pipeline import RunOptions, run
 
-    options = RunOptions(analyses=("explain",), max_tokens=30_000, out=tmp_path, progress=False)
+    options = RunOptions(
+        analyses=("explain",), max_tokens=30_000, explain_causal_windows=3, out=tmp_path, progress=False
+    )
     results = run(options)
     explained = results["explain"]
+    # Three windows are three documents: the causal checks run, and say their intervals are unavailable.
+    causal = next(f for f in results.findings if f.startswith("**Causal checks"))
+    assert "3 windows of 3 documents" in causal and "intervals unavailable: 3 document(s)" in causal
+    metrics = json.loads((tmp_path / "results.json").read_text())["sections"]["explain"]["metrics"]
+    assert "interval unavailable" in metrics["causal: remove_effect [95% CI]"]
     frame = explained.labeling.frame
     assert len(frame) == 4 * 16  # every expert of every sparse layer has a row
     ok = frame["status"] == "ok"
@@ -312,7 +319,7 @@ def test_causal_checks_on_held_out_documents_report_matched_vs_control():
     ok = frame[frame["status"] == "ok"]
     assert len(ok) >= 1
     assert (ok["control_expert"] != ok["expert"]).all()
-    assert ok[["routing_described", "routing_other"]].stack().between(0, 1).all()
+    assert ok[["routing_described", "routing_other", "weight_described"]].stack().between(0, 1).all()
     routed = ok["n_described_routed"] > 0
     assert ok.loc[routed, "dla_rank1_rate"].between(0, 1).all()
     # The edited losses are real forwards: equal to a separate run_with_hooks forward of the same edit.

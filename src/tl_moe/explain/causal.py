@@ -109,11 +109,10 @@ def causal_windows(
     min_tokens: int = MIN_WINDOW_TOKENS,
 ) -> CausalWindows:
     """Windows of ``causal``-split documents: at most ``per_document`` each (documents are the unit of the
-    intervals, so many documents are worth more than many windows of one), at most ``max_windows`` in all; a document's last, shorter piece (the whole of a
-    short document) is kept when it has at least ``min_tokens`` tokens, right-padded (causal attention:
-    padding never changes an earlier position). ``max_windows`` None: ``--explain-causal-windows``'s default."""
-    if max_windows is None:
-        from tl_moe.pipeline.options import EXPLAIN_CAUSAL_WINDOWS as max_windows
+    intervals, so many documents are worth more than many windows of one) and at most ``max_windows`` in
+    all (None: every document of the split). A document's last, shorter piece (the whole of a short
+    document) is kept when it has at least ``min_tokens`` tokens, right-padded (with causal attention,
+    padding never changes an earlier position)."""
     labeler = TokenConceptLabeler(examples.concept_names)
     rows = torch.arange(len(dataset))
     split = document_split(rows, examples.split_fractions, examples.seed)
@@ -145,9 +144,9 @@ def causal_windows(
             valid.append(torch.arange(seq_len) < n)
             domains.append(domain)
             documents.append(row)
-            if len(ids) >= max_windows:
+            if max_windows is not None and len(ids) >= max_windows:
                 break
-        if len(ids) >= max_windows:
+        if max_windows is not None and len(ids) >= max_windows:
             break
     if not ids:
         raise ValueError(f"the causal split holds no document of at least {min_tokens} tokens.")
@@ -180,7 +179,8 @@ def _keeper(cache: dict[str, torch.Tensor], name: str):
 
 
 def _baseline_dla(model: Any, ids: torch.Tensor, layers: Sequence[int], batch: int = 8) -> dict[int, tuple]:
-    """Per layer: routed experts ``[window, pos, k]`` and each slot's exact DLA on the next token."""
+    """Per layer: routed experts ``[window, pos, k]``, each slot's exact DLA on the next token and its
+    mixing weight (both ``[window, pos, k]``)."""
     readout = LogitReadout.from_model(model)
     final = f"blocks.{model.moe_cfg.n_layers - 1}.hook_resid_post"
     names = [
@@ -202,7 +202,7 @@ def _baseline_dla(model: Any, ids: torch.Tensor, layers: Sequence[int], batch: i
             weights = cache[get_act_name("topk_weights", layer)].reshape(b, p, -1)
             experts = cache[get_act_name("topk_indices", layer)].reshape(b, p, -1).long()
             dla = expert_logit_lens(readout, expert_out, weights, inverse_rms, next_ids).dla[..., 0]
-            out[layer].append((experts.cpu(), dla.float().cpu()))
+            out[layer].append((experts.cpu(), dla.float().cpu(), weights.float().cpu()))
     return {layer: tuple(torch.cat(parts) for parts in zip(*out[layer], strict=True)) for layer in layers}
 
 
@@ -253,6 +253,7 @@ def label_effects(
     deltas: dict[str, Float[np.ndarray, "arm item n"]],
     *,
     rank_one: Bool[np.ndarray, "arm item n"] | None = None,
+    mixing_weight: Float[np.ndarray, "arm item n"] | None = None,
     n_resamples: int = 2000,
     seed: int = 0,
     min_documents: int = MIN_CAUSAL_DOCUMENTS,
@@ -263,7 +264,8 @@ def label_effects(
     (indices ``0 .. D - 1``). Per item (a labeled expert), arm 0 is the labeled expert and arm 1 its
     control expert: ``routed`` says where each arm's expert is routed, ``deltas[name]`` is ``|Δloss|``
     under the intervention ``name`` on that arm's expert, and ``rank_one`` where it has the highest DLA
-    among the routed experts. ``described`` / ``other``: the label's described / other positions.
+    among the routed experts, ``mixing_weight`` its mixing weight (0 where not routed). ``described`` /
+    ``other``: the label's described / other positions.
 
     Every quantity is a ratio of per-document sums (documents resampled together):
 
@@ -271,6 +273,8 @@ def label_effects(
       positions minus on other routed positions; ``{name}_matched_minus_control``: their difference;
     - ``routing_described`` / ``routing_other`` (and ``control_``): the share of described / other
       positions where the arm's expert is routed;
+    - ``weight_described`` / ``weight_other`` (and ``control_``): the mean mixing weight on described /
+      other routed positions (a larger weight where the label applies would also enlarge the effect);
     - ``dla_rank1_rate`` (and ``control_``, ``matched - control``): the rank-1 share at described routed
       positions.
 
@@ -294,6 +298,9 @@ def label_effects(
         for name, delta in deltas.items():
             add(f"{who}{name}_described", delta[arm] * on, on)
             add(f"{who}{name}_other", delta[arm] * off, off)
+        if mixing_weight is not None:
+            add(f"{who}weight_described", mixing_weight[arm] * on, on)
+            add(f"{who}weight_other", mixing_weight[arm] * off, off)
         if rank_one is not None:
             add(f"{who}dla_rank1_rate", rank_one[arm] & on, on)
 
@@ -308,6 +315,10 @@ def label_effects(
         for who in ("", "control_"):
             out[f"{who}routing_described"] = r[f"{who}routing_described"]
             out[f"{who}routing_other"] = r[f"{who}routing_other"]
+        if mixing_weight is not None:
+            for who in ("", "control_"):
+                out[f"{who}weight_described"] = r[f"{who}weight_described"]
+                out[f"{who}weight_other"] = r[f"{who}weight_other"]
         if rank_one is not None:
             out["dla_rank1_rate"] = r["dla_rank1_rate"]
             out["control_dla_rank1_rate"] = r["control_dla_rank1_rate"]
@@ -402,7 +413,7 @@ def causal_checks(
         if e.domain is not None:
             described &= torch.from_numpy(domain_of == e.domain)[:, None]
         other = scored & ~described
-        experts, slot_dla = (t[:, :-1] for t in dla[e.layer])
+        experts, slot_dla, slot_weight = (t[:, :-1] for t in dla[e.layer])
         best_slot = slot_dla.argmax(-1)  # [w, p]: the routed slot with the highest DLA on the next token
         routed = [(experts == x).any(-1) for x in (e.expert, control_expert)]
         rank_one = [
@@ -425,6 +436,8 @@ def causal_checks(
                 "row": len(rows) - 1, "described": at_scored(described), "other": at_scored(other),
                 "routed": np.stack([at_scored(r) for r in routed]),
                 "rank_one": np.stack([at_scored(r) for r in rank_one]),
+                "weight": np.stack([at_scored((slot_weight * (experts == x)).sum(-1))
+                                    for x in (e.expert, control_expert)]),
                 "deltas": {name: np.stack([at_scored(deltas[(e.layer, x, name)])
                                            for x in (e.expert, control_expert)]) for name in INTERVENTIONS},
             })  # fmt: skip
@@ -438,6 +451,7 @@ def causal_checks(
             np.stack([i["routed"] for i in items], axis=1),
             {name: np.stack([i["deltas"][name] for i in items], axis=1) for name in INTERVENTIONS},
             rank_one=np.stack([i["rank_one"] for i in items], axis=1),
+            mixing_weight=np.stack([i["weight"] for i in items], axis=1),
             n_resamples=n_resamples,
             seed=seed,
         )

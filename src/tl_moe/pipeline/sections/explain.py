@@ -96,6 +96,7 @@ class ExplainResult(Result):
             }
             effects = self.causal.frame[["layer", "expert", *(n for n in names if n in self.causal.frame)]]
             table = table.merge(effects.rename(columns=names), on=["layer", "expert"], how="left")
+            table[names["control_expert"]] = table[names["control_expert"]].astype("Int64")
         return table
 
     def to_frame(self) -> pd.DataFrame:
@@ -219,8 +220,11 @@ def causal_finding(causal: CausalResult) -> str:
     """The findings line of the causal checks: each effect with its control and its document interval."""
     summary = causal.summary.set_index("quantity")
 
-    def value(name: str) -> str:
-        return _causal_value(summary.loc[name].to_dict() | {"quantity": name}) or "undefined"
+    def value(name: str) -> str:  # the reason of a missing interval is said once, in the header
+        row = summary.loc[name].to_dict()
+        if str(row["interval"]).startswith("unavailable") and np.isfinite(row["mean"]):
+            return f"{row['mean']:.3f} (no interval)"
+        return _causal_value(row) or "undefined"
 
     unavailable = summary["interval"].astype(str).str.startswith("unavailable")
     reason = (
@@ -247,6 +251,13 @@ def causal_finding(causal: CausalResult) -> str:
             f"routing rate at described vs other positions: labeled expert {value('routing_described')} vs "
             f"{value('routing_other')}, control {value('control_routing_described')} vs "
             f"{value('control_routing_other')}"
+            + (
+                f"; mean mixing weight at described vs other routed positions: labeled expert "
+                f"{value('weight_described')} vs {value('weight_other')}, control "
+                f"{value('control_weight_described')} vs {value('control_weight_other')}"
+                if "weight_described" in summary.index
+                else ""
+            )
         )
     if "dla_rank1_rate" in summary.index:
         parts.append(
