@@ -205,8 +205,8 @@ class SpecializationSummary(Result):
         untrained_floor = bool(untrained.layer_summary(self.min_tokens).iloc[-1]["p_at_floor"])
         if trained_floor and untrained_floor:
             text += (
-                " — both p-values sit at their floor (no permutation reached either score), so they do not "
-                f"tell the two models apart: the {DIFFERENCE} difference carries the comparison"
+                " — both p-values sit at their floor (no permutation reached either score): they do not "
+                f"tell the two models apart; the {DIFFERENCE} difference does"
             )
         return text
 
@@ -360,14 +360,11 @@ def _p_text(row: pd.Series, baseline: DocumentPermutationBaseline) -> str:
     if not np.isfinite(row["p_value"]):
         return "p unavailable"
     if row["p_at_floor"]:
-        return (
-            f"p ≤ {baseline.p_floor:.3g} (the floor 1/{baseline.n_permutations + 1}: no permutation "
-            "reached the score)"
-        )
+        return f"p = {baseline.p_floor:.3g}, at its floor 1/{baseline.n_permutations + 1}"
     return f"p = {row['p_value']:.3g} ({baseline.n_permutations} permutations)"
 
 
-def _untrained_pass_runs(run: RunContext) -> bool:
+def untrained_pass_runs(run: RunContext) -> bool:
     """Whether the untrained null's pass runs in this run anyway (the probing section asks for it)."""
     if run.options.skip_untrained_null:
         return False
@@ -403,7 +400,7 @@ class Specialization(Analysis):
     def needs(self, run: RunContext) -> list[Need]:
         specs = (RoutedByTokenGroup(), RoutedByDomain(), ExpertLens(), RoutingPerToken())
         needs = [Need(run.main, spec) for spec in specs]
-        if _untrained_pass_runs(run):
+        if untrained_pass_runs(run):
             untrained = untrained_name(run.main)
             needs += [
                 Need(untrained, spec) for spec in (RoutedByTokenGroup(), RoutedByDomain(), RoutingPerToken())
@@ -433,7 +430,7 @@ class Specialization(Analysis):
         notes: list[str] = []
         permutation = self._permutations(run, inputs.get(Need(run.main, RoutingPerToken())), notes)
         untrained, untrained_permutation = {}, {}
-        if _untrained_pass_runs(run):
+        if untrained_pass_runs(run):
             name = untrained_name(run.main)
             untrained = {
                 clusters: scores(inputs[Need(name, RoutedByTokenGroup())], "routing"),
