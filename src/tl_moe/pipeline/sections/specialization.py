@@ -6,8 +6,10 @@
   content from another, permuted document (:mod:`tl_moe.analysis.specialization_permutation`), so the
   clumping of content within documents is kept.
 
-The untrained null of the analyzed model (same config, random init) is drawn in the same figures when
-its pass runs anyway (the probing section's untrained null; not with ``--skip-untrained-null``).
+The excess over the document-permutation baseline carries a document-bootstrap interval, and so does
+the trained − untrained difference (paired over the same documents). The untrained null of the
+analyzed model (same config, random init) is drawn in the same figures when its pass runs anyway (the
+probing section's untrained null; not with ``--skip-untrained-null``).
 """
 
 from __future__ import annotations
