@@ -201,22 +201,31 @@ def test_trained_minus_untrained_is_paired_over_the_same_documents():
 
 
 def test_too_few_documents_for_an_interval_gives_it_unavailable_with_the_reason():
+    import dataclasses
+
     from tl_moe.analysis.stats import MIN_DOCUMENTS
 
-    routed, content, doc = planted_stream(2, n_docs=max(MIN_DOCUMENTS - 1, 10))
-    if len(np.unique(doc)) < 10:
-        pytest.skip("needs 10 documents for the permutation baseline")
-    baseline = document_permutation_baseline(routed, content, doc, 8, 8, n_permutations=9, seed=0)
-    if baseline.n_documents >= MIN_DOCUMENTS:
-        pytest.skip("the minimum is at most 10 documents here")
-    frame = excess_intervals(baseline, n_resamples=100)
-    assert not frame["interval_available"].any()
+    routed, content, doc = planted_stream(2, n_docs=max(MIN_DOCUMENTS, 40))
+    full = document_permutation_baseline(routed, content, doc, 8, 8, n_permutations=9, seed=0)
+    k = MIN_DOCUMENTS - 1  # the per-document counts of one document fewer than the minimum
+    few = dataclasses.replace(
+        full,
+        n_documents=k,
+        doc_ids=full.doc_ids[:k],
+        doc_counts=full.doc_counts[:k],
+        doc_null_counts=full.doc_null_counts[:, :k],
+    )
+    frame = excess_intervals(few, n_resamples=100)
+    assert not frame["interval_available"].any() and frame["ci_low"].isna().all()
     assert frame["reason"].str.contains(f"at least {MIN_DOCUMENTS}").all()
+    assert excess_intervals(full, n_resamples=100)["interval_available"].all()
 
 
 def test_too_few_documents_is_refused_naming_the_minimum():
     doc = torch.arange(5).repeat_interleave(4)
-    with pytest.raises(InputError, match="at least 10"):
+    from tl_moe.analysis.stats import MIN_DOCUMENTS
+
+    with pytest.raises(InputError, match=f"at least {MIN_DOCUMENTS}"):
         document_permutation_baseline(
             torch.zeros(20, 1, 1, dtype=torch.long), doc % 2, doc, 2, 2, n_permutations=9
         )
