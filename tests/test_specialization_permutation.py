@@ -223,9 +223,9 @@ def test_too_few_documents_for_an_interval_gives_it_unavailable_with_the_reason(
 
 def test_too_few_documents_is_refused_naming_the_minimum():
     doc = torch.arange(5).repeat_interleave(4)
-    from tl_moe.analysis.stats import MIN_DOCUMENTS
+    from tl_moe.analysis.specialization_permutation import MIN_PERMUTATION_DOCUMENTS
 
-    with pytest.raises(InputError, match=f"at least {MIN_DOCUMENTS}"):
+    with pytest.raises(InputError, match=f"at least {MIN_PERMUTATION_DOCUMENTS}"):
         document_permutation_baseline(
             torch.zeros(20, 1, 1, dtype=torch.long), doc % 2, doc, 2, 2, n_permutations=9
         )
@@ -269,6 +269,14 @@ def test_the_section_scores_the_stored_routing_as_the_accumulators_and_draws_the
     # Both measures permute the same documents: every one the 4,000 tokens reached (13 with the shipped tokenizer).
     assert len({baseline.n_documents for baseline in spec.permutation.values()}) == 1
     assert next(iter(spec.permutation.values())).n_documents >= 10
+    # Fewer documents than a bootstrap interval needs: unavailable with the reason, never a number.
+    from tl_moe.analysis.stats import MIN_DOCUMENTS
+
+    frame = spec.to_frame()
+    if next(iter(spec.permutation.values())).n_documents < MIN_DOCUMENTS:
+        routing = frame[frame["measure"].str.startswith("routing")]
+        assert not routing["permutation_interval_available"].astype(bool).any()
+        assert routing["permutation_ci_low"].isna().all()
     untrained = spec.untrained_frame()
     assert set(untrained["layer"]) == {0, 1, 2, 3} and untrained["permutation_excess"].notna().all()
     assert [item.name for item in spec.figures()] == [

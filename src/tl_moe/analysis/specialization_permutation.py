@@ -47,11 +47,12 @@ import torch
 from jaxtyping import Float, Int
 
 from tl_moe.analysis.specialization import js_divergence
-from tl_moe.analysis.stats import MIN_DOCUMENTS, Interval, cluster_bootstrap
+from tl_moe.analysis.stats import Interval, cluster_bootstrap
 from tl_moe.errors import InputError
 
 __all__ = [
     "BOOTSTRAP_PERMUTATIONS",
+    "MIN_PERMUTATION_DOCUMENTS",
     "DocumentPermutationBaseline",
     "document_permutation_baseline",
     "excess_intervals",
@@ -60,6 +61,9 @@ __all__ = [
 
 # Upper bound on the (permutation x token x layer x slot) index elements built at once.
 _CHUNK_ELEMENTS = 1 << 23
+#: Fewest documents the permutation baseline permutes. Its p-value is valid with few documents (only
+#: coarser); the excess's bootstrap interval needs :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS`.
+MIN_PERMUTATION_DOCUMENTS = 10
 #: Permutations whose per-document counts are kept for the bootstrap's null mean (the first ones drawn).
 BOOTSTRAP_PERMUTATIONS = 20
 # Upper bound on the per-document null counts kept (permutation x document x layer x expert x group);
@@ -207,7 +211,7 @@ def document_permutation_baseline(
         layers: block index of each layer row (default ``0, 1, ...``).
 
     Raises:
-        InputError: fewer than :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` documents, or fewer than
+        InputError: fewer than :data:`MIN_PERMUTATION_DOCUMENTS` documents, or fewer than
             one permutation.
     """
     if int(n_permutations) < 1:
@@ -223,9 +227,10 @@ def document_permutation_baseline(
     n_tokens, n_layers, n_slots = expert_indices.shape
     docs, doc_of_token, doc_sizes = torch.unique(doc_index, return_inverse=True, return_counts=True)
     n_docs = len(docs)
-    if n_docs < MIN_DOCUMENTS:
+    if n_docs < MIN_PERMUTATION_DOCUMENTS:
         raise InputError(
-            f"{n_docs} document(s): the document-level permutation baseline needs at least {MIN_DOCUMENTS}; "
+            f"{n_docs} document(s): the document-level permutation baseline needs at least "
+            f"{MIN_PERMUTATION_DOCUMENTS}; "
             "raise --max-tokens."
         )
     order = torch.argsort(doc_of_token, stable=True)
