@@ -123,6 +123,19 @@ def _reading(records: list[dict[str, Any]]) -> str:
     return text
 
 
+#: What each interval of the main run's findings resamples (the results block's header says it).
+INTERVALS_NOTE = (
+    "Intervals are 95% percentile bootstraps, and they resample different units: the held-out probing "
+    "differences resample test documents (both arms on the same documents); the paper-protocol comparison "
+    "resamples concepts (its units are picked on the split it is scored on, so it has no document-level "
+    "interval); the specialization excess over the document-permutation baseline, and its trained − "
+    "untrained difference, resample documents (score and null mean recomputed on each resample, both "
+    "models on the same documents); the logit-lens share of experts resamples documents. Domain experts "
+    "carry document-permutation p-values, not intervals; a p-value at its floor, 1/(1 + permutations), "
+    "only says that no permutation reached the score; a mean ± sd over experts is a spread, not an interval."
+)
+
+
 def results_markdown(results: dict[str, Any], source: str) -> str:
     """The results section for ``results`` (a parsed ``results.json``) written at ``source``."""
     meta = results["metadata"]
@@ -132,7 +145,7 @@ def results_markdown(results: dict[str, Any], source: str) -> str:
         f"Generated from [`{source}`]({source}) by `python -m tl_moe.pipeline.readme_results`: "
         f"`{command_line(options)}` on `{options['model']}` vs `{options['dense_baseline']}`, "
         f"{options['max_tokens']:,} tokens of the `{options['split']}` split per model, seed {options['seed']}. "
-        "Every difference carries a 95% document-level bootstrap interval; numbers are the toys' own.",
+        f"{INTERVALS_NOTE} Numbers are the toys' own.",
         "",
         "**What the run found** (the report's findings box):",
         "",
