@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from tl_moe.analysis.concept_probing import best_f1_by_k, probe_experts
+from tl_moe.analysis.concept_probing import PAPER_PROTOCOL, best_f1_by_k, probe_experts
 from tl_moe.errors import InputError
 from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.needs import DenseNeurons, ExpertNeurons
@@ -260,7 +260,9 @@ class Sparsity(Analysis):
                     min_positives=run.options.min_examples,
                     progress=run.options.progress,
                     # each layer saved as it finishes, keyed by the probe options and this model's pass
-                    step=run.steps(self.name, {"probe": probe_settings(run)}, [name]),
+                    step=run.steps(
+                        self.name, {"probe": probe_settings(run), "paper_protocol": PAPER_PROTOCOL}, [name]
+                    ),
                 ),
             )
         frames = dict(sorted(frames.items(), key=lambda item: item[1][0].num_experts))
