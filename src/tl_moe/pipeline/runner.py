@@ -7,12 +7,15 @@ already loaded. Both validate every input before the first pass starts.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from tl_moe.collect import collect, remove_checkpoints
 from tl_moe.collect.accumulator import Accumulator, state_nbytes
@@ -339,6 +342,14 @@ def analyze(
     def named(value: Any, default_name: str) -> str | None:
         if value is None or isinstance(value, str):
             return value
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if not isinstance(value, torch.nn.Module):
+            raise InputError(
+                f"analyze() cannot analyze a {type(value).__name__} ({value!r:.60}) as its "
+                f"{default_name}; accepted: a model name (toy/..., a hub id, a local folder), a path, a "
+                "TransformerBridge or a transformers PreTrainedModel."
+            )
         name = str(getattr(getattr(value, "cfg", None), "model_name", None) or default_name)
         models[name] = value
         return name

@@ -394,7 +394,7 @@ def check_model_source(
             for either. Read from ``config.json``, so only toy and local models are checked.
         offline: whether the hub cannot be reached; default: ``HF_HUB_OFFLINE`` /
             ``TRANSFORMERS_OFFLINE``. Offline, a hub id must be in the local cache. Online, a
-            well-formed hub id is accepted without a network call (the download reports errors).
+            hub id that is not cached needs the hub to accept a connection within a few seconds.
 
     Raises:
         ModelSourceError: a missing path, a malformed name, an unknown or untrained toy, a hub id
@@ -429,6 +429,7 @@ def check_model_source(
             raise ModelSourceError(
                 input_name, f"{input_name} {name!r} is a folder without config.json; {_ACCEPTED_MODELS}."
             )
+        check_model_folder_source(path, input_name=input_name)
         _check_kind(name, _model_type_of(path), expect_moe, input_name)
         return "local"
     if _looks_like_a_path(name):
@@ -444,7 +445,29 @@ def check_model_source(
             f"{input_name} {name!r} is not a local folder and not in the Hugging Face cache, and the hub is "
             f"offline (HF_HUB_OFFLINE); accepted: a local folder, a toy name, or a cached hub id.",
         )
+    check_hub_reachable(name, input_name=input_name, offline=offline)
     return "hub"
+
+
+def check_model_folder_source(path: str | os.PathLike, *, input_name: str = "--model") -> None:
+    """A local model folder checked from its files (:func:`tl_moe.models.folder.check_model_folder`):
+    config, architecture, routing sizes, weights and tokenizer files; raises :class:`ModelSourceError`."""
+    from tl_moe.models.folder import check_model_folder
+
+    try:
+        check_model_folder(path, f"{input_name} {os.fspath(path)!r}")
+    except errors.InputError as error:
+        raise ModelSourceError(input_name, str(error)) from None
+
+
+def check_hub_reachable(name: str, *, input_name: str = "--model", offline: bool | None = None) -> None:
+    """A hub id that is cached, or whose hub answers within a few seconds (:func:`tl_moe.models.folder.check_hub_model`)."""
+    from tl_moe.models.folder import check_hub_model
+
+    try:
+        check_hub_model(name, f"{input_name} {name!r}", offline=offline)
+    except errors.InputError as error:
+        raise ModelSourceError(input_name, str(error)) from None
 
 
 # ---------------------------------------------------------------------------- output folder
