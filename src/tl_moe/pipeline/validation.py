@@ -629,3 +629,31 @@ def check_layers(
     if not layers:
         raise LayersError(input_name, f"{input_name} is empty; accepted: one or more of {list(allowed)}.")
     return tuple(sorted(set(layers)))
+
+
+# ------------------------------------------------------------------------------- probe sizes
+
+
+class ProbeSizeError(InputError):
+    """Probe sizes (k neurons) that a probed unit does not have."""
+
+
+def check_probe_ks(
+    ks: Sequence[int], n_neurons: int, *, unit: str = "expert", input_name: str = "--probe-ks"
+) -> tuple[int, ...]:
+    """``ks`` if every k is at most ``n_neurons``, the neurons of the smallest probed unit.
+
+    A k-sparse probe over more neurons than a unit has cannot be fitted: its rows would be
+    empty estimates, so such a k is refused before the pass.
+
+    Raises:
+        ProbeSizeError: a k above ``n_neurons``.
+    """
+    too_large = sorted({int(k) for k in ks if int(k) > n_neurons})
+    if too_large:
+        raise ProbeSizeError(
+            input_name,
+            f"{input_name} {too_large} exceed the {n_neurons} neurons of each {unit}; accepted: "
+            f"integers from 1 to {n_neurons}.",
+        )
+    return tuple(ks)
