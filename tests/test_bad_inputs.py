@@ -4,7 +4,9 @@ before any pass. The table in docs/BAD_INPUTS.md is generated from these runs
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,69 @@ from tl_moe.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "BAD_INPUTS.md"
+
+
+def _corpus_files(tmp: Path) -> dict[str, Path]:
+    """Broken corpus files, by what is wrong with them."""
+    folder = tmp / "corpora"
+    folder.mkdir()
+    contents = {
+        "empty.jsonl": b"",
+        "blank.jsonl": b"  \n\n   \n",
+        "no_text.jsonl": b'{"body": "words", "domain": "a"}\n',
+        "int_text.jsonl": b'{"text": 1, "domain": "a"}\n{"text": 2, "domain": "b"}\n',
+        "mixed_text.jsonl": b'{"text": "words", "domain": "a"}\n{"text": 7, "domain": "b"}\n',
+        "null_text.jsonl": b'{"text": null, "domain": "a"}\n{"text": "words", "domain": "b"}\n',
+        "latin1.jsonl": b'{"text": "caf\xe9", "domain": "a"}\n',
+        "bad_json.jsonl": b'{"text": "words", "domain": \n',
+        "no_domain.jsonl": b'{"text": "words"}\n{"text": "more words"}\n',
+    }
+    paths = {}
+    for name, data in contents.items():
+        paths[name] = folder / name
+        paths[name].write_bytes(data)
+    (tmp / "readme_only").mkdir()
+    (tmp / "readme_only" / "README.md").write_text("about the corpus\n")
+    return paths
+
+
+def _model_folders(tmp: Path) -> dict[str, Path]:
+    """Broken copies of the shipped toy/moe-4x2 checkpoint (with its tokenizer), by what is wrong."""
+    from tl_moe.zoo.registry import checkpoint_dir
+    from tl_moe.zoo.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer()
+
+    def copy(name: str, with_tokenizer: bool = True) -> Path:
+        folder = tmp / "models" / name
+        shutil.copytree(checkpoint_dir("toy/moe-4x2"), folder)
+        if with_tokenizer:
+            tokenizer.save_pretrained(folder)
+        return folder
+
+    def edit(folder: Path, **changes) -> Path:
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, **changes}))
+        return folder
+
+    folders = {
+        "truncated_config": copy("truncated_config"),
+        "binary_config": copy("binary_config"),
+        "num_experts": edit(copy("num_experts"), num_experts=8),
+        "no_weights": copy("no_weights"),
+        "truncated_weights": copy("truncated_weights"),
+        "no_tokenizer": copy("no_tokenizer", with_tokenizer=False),
+        "banana": edit(copy("banana"), model_type="banana"),
+        "top_k_99": edit(copy("top_k_99"), num_experts_per_tok=99),
+        "phimoe": edit(copy("phimoe"), model_type="phimoe", architectures=["PhimoeForCausalLM"]),
+    }
+    config = folders["truncated_config"] / "config.json"
+    config.write_text(config.read_text()[:100])
+    (folders["binary_config"] / "config.json").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    (folders["no_weights"] / "model.safetensors").unlink()
+    weights = folders["truncated_weights"] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return folders
 
 
 def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
@@ -25,6 +90,12 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
     garbage = tmp / "garbage_out" / "checkpoints" / "toy_moe-16x2"
     garbage.mkdir(parents=True)
     (garbage / "collect-shard0-of-1.pt").write_bytes(b"\x00garbage bytes, not a checkpoint")
+    corpora = _corpus_files(tmp)
+    models = _model_folders(tmp)
+
+    def corpus(name: str) -> list[str]:
+        return ["analyze", "--corpus", str(corpora[name]), "--split", "train"]
+
     return [
         ("a model path that does not exist", ["analyze", str(tmp / "no_such_model")], "no_such_model"),
         ("an unknown toy model", ["analyze", "toy/moe-3x3"], "toy/moe-3x3"),
@@ -86,6 +157,62 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
             ["analyze", "--analyses", "domains", "--out", str(tmp / "garbage_out")],
             "--fresh",
         ),
+        ("an empty corpus file", corpus("empty.jsonl"), "empty.jsonl"),
+        ("a corpus file of whitespace only", corpus("blank.jsonl"), "blank.jsonl"),
+        ("a corpus file without a text column", corpus("no_text.jsonl"), "no_text.jsonl"),
+        ("a corpus whose text is numbers", corpus("int_text.jsonl"), "int_text.jsonl"),
+        ("a corpus whose text is mixed strings and numbers", corpus("mixed_text.jsonl"), "mixed_text.jsonl"),
+        ("a corpus with a null text", corpus("null_text.jsonl"), "null_text.jsonl"),
+        ("a corpus file that is not UTF-8", corpus("latin1.jsonl"), "latin1.jsonl"),
+        ("a corpus file of invalid JSON", corpus("bad_json.jsonl"), "bad_json.jsonl"),
+        ("a corpus without a domain column", corpus("no_domain.jsonl"), "no_domain.jsonl"),
+        ("a corpus file that does not exist", ["analyze", "--corpus", str(tmp / "nope.jsonl")], "nope.jsonl"),
+        (
+            "a corpus folder with only a readme",
+            ["analyze", "--corpus", str(tmp / "readme_only")],
+            "readme_only",
+        ),
+        (
+            "`tl-moe corpus stats` of a missing file",
+            ["corpus", "stats", "--corpus", str(tmp / "nope.jsonl")],
+            "nope.jsonl",
+        ),
+        ("a model folder with a truncated config.json", ["analyze", str(models["truncated_config"])], "JSON"),
+        (
+            "a model folder with a binary config.json",
+            ["analyze", str(models["binary_config"])],
+            "config.json",
+        ),
+        (
+            "a model folder whose num_experts disagrees with its weights",
+            ["analyze", str(models["num_experts"])],
+            "num_experts=8",
+        ),
+        ("a model folder with a config but no weights", ["analyze", str(models["no_weights"])], "no weights"),
+        (
+            "a model folder with truncated safetensors",
+            ["analyze", str(models["truncated_weights"])],
+            "truncated",
+        ),
+        ("a model folder without tokenizer files", ["analyze", str(models["no_tokenizer"])], "tokenizer"),
+        ("a model folder with model_type banana", ["analyze", str(models["banana"])], "'banana'"),
+        (
+            "a model folder with num_experts_per_tok 99",
+            ["analyze", str(models["top_k_99"])],
+            "num_experts_per_tok=99",
+        ),
+        (
+            "an architecture TransformerLens cannot boot (phimoe)",
+            ["analyze", str(models["phimoe"])],
+            "tl-moe hooks --architectures",
+        ),
+        ("a hub id while the hub cannot be reached", ["analyze", "some-org/some-moe"], "some-org/some-moe"),
+        (
+            "an explainer endpoint where nothing listens",
+            ["analyze", "--analyses", "explain", "--explainer", "openai:http://127.0.0.1:9"],
+            "http://127.0.0.1:9",
+        ),
+        ("--probe-ks above the neurons of an expert", ["analyze", "--probe-ks", "1,5000"], "--probe-ks"),
     ]
 
 
@@ -104,6 +231,9 @@ def _message(arguments: list[str], capsys) -> tuple[int, str]:
 
 def test_every_bad_input_gets_one_line_and_the_table_is_current(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TL_MOE_THREADS", "1")
+    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a hub that cannot be reached
     rows = ["| input | `tl-moe` prints (exit code 2) |", "|---|---|"]
     failures = []
     for what, arguments, expected in _cases(tmp_path):
@@ -112,6 +242,7 @@ def test_every_bad_input_gets_one_line_and_the_table_is_current(tmp_path, capsys
         if (
             code != 2
             or len(lines) != 1
+            or "Traceback" in message
             or expected not in message
             or not message.startswith("tl-moe: error: ")
         ):
