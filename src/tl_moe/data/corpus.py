@@ -324,7 +324,7 @@ def load_corpus(spec=None, require_domain: bool = False) -> datasets.DatasetDict
         return _frame_to_dataset_dict(spec.to_pandas(), "the given Dataset", require_domain)
     if not isinstance(spec, str | os.PathLike):
         raise CorpusTypeError(
-            f"cannot load a corpus from a {type(spec).__name__} ({_short_repr(spec)}); accepted: {ACCEPTED_SPECS}"
+            f"cannot load a corpus from {_short_repr(spec)} (of type {type(spec).__name__}); accepted: {ACCEPTED_SPECS}"
         )
     path = Path(spec)
     if not path.exists():

@@ -387,7 +387,7 @@ def analyze(
             return os.fspath(value)
         if not isinstance(value, torch.nn.Module):
             raise InputError(
-                f"analyze() cannot analyze a {type(value).__name__} ({value!r:.60}) as its "
+                f"analyze() cannot analyze {value!r:.60} (of type {type(value).__name__}) as its "
                 f"{default_name}; accepted: a model name (toy/..., a hub id, a local folder), a path, a "
                 "TransformerBridge or a transformers PreTrainedModel."
             )
