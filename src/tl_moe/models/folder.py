@@ -27,6 +27,8 @@ __all__ = [
     "SUPPORTED_TABLE_HINT",
     "TOKENIZER_FILES",
     "check_model_folder",
+    "check_model_type",
+    "read_config",
     "expert_counts_in_weights",
     "unbootable_message",
 ]
@@ -89,9 +91,9 @@ def unbootable_message(label: str, model_type: str, architecture: str) -> str:
     )
 
 
-def _check_architecture(config: dict, label: str) -> None:
+def check_model_type(config: dict, label: str) -> str:
+    """``config``'s model type, refused when missing or unknown to the installed transformers."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     model_type = config.get("model_type")
     if not isinstance(model_type, str) or not model_type:
@@ -106,6 +108,13 @@ def _check_architecture(config: dict, label: str) -> None:
             f"has model_type {model_type!r}, which the installed transformers does not know",
             f"a transformers model type; {SUPPORTED_TABLE_HINT}",
         )
+    return model_type
+
+
+def _check_architecture(config: dict, label: str) -> None:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    model_type = check_model_type(config, label)
     from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
 
     named = [a for a in config.get("architectures") or [] if isinstance(a, str)]

@@ -361,15 +361,31 @@ def _model_type_of(directory: Path) -> str | None:
         return None
 
 
-def _check_kind(name: str, model_type: str | None, expect_moe: bool | None, input_name: str) -> None:
+def _config_has_experts(directory: Path) -> bool:
+    """Whether a folder's config.json names more than one routed expert (any architecture's key)."""
+    from tl_moe.models.folder import NUM_EXPERTS_KEYS, _config_value
+
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    found = _config_value(config, NUM_EXPERTS_KEYS) if isinstance(config, dict) else None
+    return found is not None and found[1] > 1
+
+
+def _check_kind(
+    name: str, model_type: str | None, expect_moe: bool | None, input_name: str, directory: Path | None = None
+) -> None:
     if expect_moe is None or model_type is None:
         return
-    from tl_moe.models.architectures import UnsupportedArchitectureError, get_spec
+    from tl_moe.models.architectures import ARCHITECTURES, UnsupportedArchitectureError, get_spec
 
     try:
         is_moe = get_spec(model_type).is_moe
     except UnsupportedArchitectureError as error:
         raise ModelSourceError(input_name, f"{input_name} {name!r}: {error}") from None
+    if model_type not in ARCHITECTURES and directory is not None:
+        is_moe = _config_has_experts(directory)  # no spec: the config says whether it has experts
     if is_moe != expect_moe:
         wanted = "an MoE model" if expect_moe else "a dense model (no experts)"
         found = "an MoE" if is_moe else "a dense model"
@@ -419,7 +435,7 @@ def check_model_source(
                 f"{input_name} {name!r} has no trained checkpoint at {directory}; "
                 f"accepted: a trained toy (train it with `tl-moe zoo train {name}`).",
             )
-        _check_kind(name, _model_type_of(directory), expect_moe, input_name)
+        _check_kind(name, _model_type_of(directory), expect_moe, input_name, directory)
         return "toy"
     path = Path(name).expanduser()
     if path.exists():
@@ -429,8 +445,9 @@ def check_model_source(
             raise ModelSourceError(
                 input_name, f"{input_name} {name!r} is a folder without config.json; {_ACCEPTED_MODELS}."
             )
+        _check_model_type(path, input_name)
+        _check_kind(name, _model_type_of(path), expect_moe, input_name, path)
         check_model_folder_source(path, input_name=input_name)
-        _check_kind(name, _model_type_of(path), expect_moe, input_name)
         return "local"
     if _looks_like_a_path(name):
         raise ModelSourceError(input_name, f"{input_name} {name!r} does not exist; {_ACCEPTED_MODELS}.")
@@ -447,6 +464,17 @@ def check_model_source(
         )
     check_hub_reachable(name, input_name=input_name, offline=offline)
     return "hub"
+
+
+def _check_model_type(path: Path, input_name: str) -> None:
+    """The folder's config.json readable and its model type known to transformers (before its kind)."""
+    from tl_moe.models.folder import check_model_type, read_config
+
+    label = f"{input_name} {os.fspath(path)!r}"
+    try:
+        check_model_type(read_config(path, label), label)
+    except errors.InputError as error:
+        raise ModelSourceError(input_name, str(error)) from None
 
 
 def check_model_folder_source(path: str | os.PathLike, *, input_name: str = "--model") -> None:
