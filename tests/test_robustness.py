@@ -1,5 +1,6 @@
 """Inputs that used to hang, crash after the pass or be recorded wrong: a megabytes-long document,
-an explainer whose every request failed, the provenance of a (distributed) run, ``plan --dtype``."""
+an explainer whose every request failed, the provenance of a run, ``plan --dtype``; and the model-folder
+checks letting every sound tiny model through."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import pytest
 import torch
 
 from explain_fixtures import word_records
+from tiny_models import TINY_CONFIGS
 from tl_moe.collect.batching import MAX_DOCUMENT_CHARS, iter_windows
 from tl_moe.explain.explainers import Explanation
 from tl_moe.explain.runner import label_experts
+from tl_moe.models.folder import check_model_folder, expert_counts_in_weights
 from tl_moe.network import unreachable_reason
 from tl_moe.pipeline import RunOptions
 from tl_moe.pipeline.runner import run_layout
@@ -84,3 +87,23 @@ def test_plan_sizes_the_weights_in_the_dtype_asked_for(dtype, bytes_per_paramete
     n_parameters = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
     assert model.n_parameters == n_parameters
     assert model.weight_bytes == bytes_per_parameter * n_parameters
+
+
+@pytest.mark.parametrize("architecture", sorted(TINY_CONFIGS))
+def test_a_sound_saved_model_of_every_tiny_architecture_passes_the_folder_checks(
+    tiny_model_dir, architecture
+):
+    config = check_model_folder(tiny_model_dir(architecture), f"model {architecture!r}")
+    assert config["model_type"] == architecture
+
+
+def test_experts_are_counted_by_index_and_by_fused_shape():
+    header = {
+        "model.layers.0.mlp.experts.0.up_proj.weight": {"shape": [16, 32]},
+        "model.layers.0.mlp.experts.5.up_proj.weight": {"shape": [16, 32]},
+        "model.layers.0.mlp.shared_experts.up_proj.weight": {"shape": [16, 32]},
+        "model.layers.1.mlp.experts.gate_up_proj": {"shape": [8, 32, 64]},
+        "model.layers.1.mlp.experts.gate_up_proj_bias": {"shape": [8, 64]},
+        "model.layers.1.mlp.gate.weight": {"shape": [8, 32]},
+    }
+    assert expert_counts_in_weights(header) == {"model.layers.0.mlp": 6, "model.layers.1.mlp": 8}

@@ -185,7 +185,7 @@ def _weight_files(directory: Path, label: str) -> list[Path]:
     safetensors = sorted(directory.glob("*.safetensors"))
     if safetensors:
         return safetensors
-    if any(directory.glob("pytorch_model*.bin")) or any(directory.glob("*.pt")):
+    if any(directory.glob("pytorch_model*.bin")):
         return []  # pickled weights: transformers checks them itself
     raise _refuse(
         label,
@@ -220,7 +220,7 @@ def _check_weights(directory: Path, config: dict, label: str) -> None:
         return
     key, n_experts = experts
     found = sorted(set(counts.values()))
-    if found != [n_experts]:
+    if n_experts not in found:  # no MoE block holds the configured number of experts
         raise _refuse(
             label,
             f"has {key}={n_experts} in config.json but its weights hold {' or '.join(map(str, found))} experts "
