@@ -107,3 +107,15 @@ def test_experts_are_counted_by_index_and_by_fused_shape():
         "model.layers.1.mlp.gate.weight": {"shape": [8, 32]},
     }
     assert expert_counts_in_weights(header) == {"model.layers.0.mlp": 6, "model.layers.1.mlp": 8}
+
+
+def test_a_csv_text_of_digits_is_text_and_a_json_number_is_refused(tmp_path):
+    from tl_moe.data.corpus import load_corpus
+    from tl_moe.errors import InputError
+
+    (tmp_path / "digits.csv").write_text("text,domain\n123,a\nhello,b\n")
+    texts = sorted(t for split in load_corpus(tmp_path / "digits.csv").values() for t in split["text"])
+    assert texts == ["123", "hello"]
+    (tmp_path / "digits.jsonl").write_text('{"text": 123, "domain": "a"}\n')
+    with pytest.raises(InputError, match="digits.jsonl.*1 int"):
+        load_corpus(tmp_path / "digits.jsonl")

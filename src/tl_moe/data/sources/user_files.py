@@ -63,7 +63,7 @@ def _parse_table_file(path: Path) -> pd.DataFrame:
     if suffix == ".json":
         return pd.read_json(path, dtype=False)
     if suffix == ".csv":
-        return pd.read_csv(path, keep_default_na=False)
+        return pd.read_csv(path, keep_default_na=False, dtype=str)  # every CSV cell is text
     if suffix == ".parquet":
         return pd.read_parquet(path)
     raise InputError(f"{path}: unsupported table suffix {suffix!r}; accepted: {', '.join(TABLE_SUFFIXES)}")
