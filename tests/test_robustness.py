@@ -52,6 +52,8 @@ def test_an_explain_run_whose_every_request_failed_reports_it_instead_of_crashin
     (finding,) = result.findings()
     assert "no label was scored" in finding
     assert len(result.label_table()) == 3
+    assert [table.name for table in result.tables()] == ["explain_labels", "explain_summary"]
+    assert len(result.figures()) == 1  # the report renders the (empty) histograms, no crash
 
 
 def test_the_endpoint_probe_tells_a_listening_port_from_a_closed_one():
