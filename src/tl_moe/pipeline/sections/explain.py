@@ -102,10 +102,30 @@ class ExplainResult(Result):
     def to_frame(self) -> pd.DataFrame:
         return self.label_table()
 
+    def _main_summary(self) -> pd.DataFrame:
+        """The summary rows of the main scorer; empty when nothing was scored (every request failed)."""
+        summary = self.labeling.summary
+        if "scorer" not in summary:
+            return summary.iloc[:0]
+        return summary[summary["scorer"] == self.main_scorer]
+
+    def failure(self) -> str | None:
+        """One line saying why no label was scored (every expert's label or score failed), else None."""
+        if len(self._main_summary()):
+            return None
+        frame = self.labeling.frame
+        errors = frame["label_error"].dropna() if "label_error" in frame else pd.Series(dtype=object)
+        first = f"; first error: {str(errors.iloc[0])[:200]}" if len(errors) else ""
+        return (
+            f"no label was scored: {len(errors)} of {len(frame)} experts' label requests failed and the "
+            f"others could not be scored{first}"
+        )
+
     def metrics(self) -> dict[str, Any]:
         out: dict[str, Any] = {"explainer": self.explainer, "scorer": self.main_scorer}
-        summary = self.labeling.summary
-        for row in summary[summary["scorer"] == self.main_scorer].to_dict("records"):
+        if self.failure() is not None:
+            out["failure"] = self.failure()
+        for row in self._main_summary().to_dict("records"):
             key = f"layer {row['layer']}" if row["layer"] != "all" else "all layers"
             out[f"{key}: mean F1 [95% CI]"] = _interval(row["mean"], row["ci low"], row["ci high"])
             out[f"{key}: shuffled-label F1 [95% CI]"] = _interval(
@@ -125,8 +145,10 @@ class ExplainResult(Result):
         return out
 
     def findings(self) -> list[str]:
-        summary = self.labeling.summary
-        rows = summary[(summary["scorer"] == self.main_scorer) & (summary["layer"] == "all")]
+        if self.failure() is not None:
+            return [f"**Automatic labels** ({self.explainer} explainer): {self.failure()}."]
+        summary = self._main_summary()
+        rows = summary[summary["layer"] == "all"]
         if not len(rows):
             return []
         row = rows.iloc[0]
@@ -307,6 +329,30 @@ def f1_histograms(labeling: LabelingResult, scorer: str) -> Figure:
     return figure
 
 
+def check_endpoint_answers(spec: str) -> None:
+    """Refuse ``--explainer openai:URL`` when nothing accepts a connection at URL (a probe of a few seconds)."""
+    import os
+
+    from tl_moe.network import unreachable_reason
+
+    url = (
+        spec.partition(":")[2]
+        or os.environ.get("TL_MOE_OPENAI_BASE_URL")
+        or os.environ.get("OPENAI_BASE_URL")
+    )
+    if not url:
+        raise InputError(
+            f"--explainer {spec!r} names no endpoint; accepted: openai:URL (e.g. openai:http://localhost:8000/v1), "
+            "or set TL_MOE_OPENAI_BASE_URL."
+        )
+    reason = unreachable_reason(url)
+    if reason is not None:
+        raise InputError(
+            f"--explainer {spec!r}: nothing answers at {url} ({reason}); accepted: the URL of a running "
+            "OpenAI-compatible server (start it first), local:PATH, or offline."
+        )
+
+
 class Explain(Analysis):
     """Label every expert (offline dissection, an OpenAI-compatible endpoint or a local chat model) and
     score each label on held-out documents beside chance and the shuffled-label control."""
@@ -347,6 +393,8 @@ class Explain(Analysis):
             raise InputError(
                 f"--explain-concurrency must be positive, got {run.options.explain_concurrency}."
             )
+        if spec.startswith("openai:"):
+            check_endpoint_answers(spec)
 
     def needs(self, run: RunContext) -> list[Need]:
         return [Need(run.main, ExpertExamplesSpec(seed=run.options.seed))]

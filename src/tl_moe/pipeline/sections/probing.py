@@ -607,7 +607,10 @@ class Probing(Analysis):
     )
 
     def check(self, run: RunContext) -> None:
+        from tl_moe.pipeline.validation import check_probe_ks
+
         run.probed_layers()  # refuses --probe-layers that are not sparse layers
+        check_probe_ks(run.options.probe_ks, run.config(run.main).d_expert)
 
     def needs(self, run: RunContext) -> list[Need]:
         needs = [Need(run.main, ExpertNeurons(run.probed_layers()))]

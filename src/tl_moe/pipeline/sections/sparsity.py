@@ -237,6 +237,12 @@ class Sparsity(Analysis):
         """The toy MoEs probed besides the analyzed model (whose probing result is reused)."""
         return [name for name, cfg in TOY_FAMILY.items() if cfg.is_moe and name != run.main]
 
+    def check(self, run: RunContext) -> None:
+        from tl_moe.pipeline.validation import check_probe_ks
+
+        sizes = [run.config(run.main).d_expert, *(TOY_FAMILY[name].d_expert for name in self.family(run))]
+        check_probe_ks(run.options.probe_ks, min(sizes))
+
     def needs(self, run: RunContext) -> list[Need]:
         needs = [Need(name, ExpertNeurons()) for name in self.family(run)]
         if run.dense is not None:
