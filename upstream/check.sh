@@ -55,11 +55,11 @@ echo "== TransformerLens MoE tests: ${#TESTS[@]} files" | tee -a "$LOG"
 "${PYTEST[@]}" "${TESTS[@]}" >"$WORK/patched.txt" 2>&1
 grep -E '^(FAILED|ERROR) ' "$WORK/patched.txt" | awk '{print $2}' | sort -u >"$WORK/failing.txt"
 TL_SUMMARY=$(tail -n 1 "$WORK/patched.txt" | tr -d '=' | sed 's/^ *//; s/ in [0-9.]*s.*//')
-NEW_FAILING=$(grep -c 'expert_hooks' "$WORK/failing.txt")
+NEW_FAILING=$(grep -c 'test_moe_expert_hooks' "$WORK/failing.txt")
 REGRESSIONS=0
 if [ -s "$WORK/failing.txt" ]; then
     # The same tests on the unpatched source (python -m pytest imports the package of the cwd).
-    mapfile -t FAILING < <(grep -v 'expert_hooks' "$WORK/failing.txt")
+    mapfile -t FAILING < <(grep -v 'test_moe_expert_hooks' "$WORK/failing.txt")
     if [ ${#FAILING[@]} -gt 0 ]; then
         (cd "$PRISTINE" && "${PYTEST[@]}" "${FAILING[@]}" >"$WORK/pristine.txt" 2>&1)
         grep -E '^(FAILED|ERROR) ' "$WORK/pristine.txt" | awk '{print $2}' | sort -u >"$WORK/pristine_failing.txt"
@@ -70,7 +70,7 @@ if [ -s "$WORK/failing.txt" ]; then
 fi
 echo "   $TL_SUMMARY" | tee -a "$LOG"
 if [ "$NEW_FAILING" -gt 0 ] || [ "$REGRESSIONS" -gt 0 ]; then
-    grep -h 'expert_hooks' "$WORK/failing.txt"; cat "$WORK/regressions.txt" 2>/dev/null
+    grep -h 'test_moe_expert_hooks' "$WORK/failing.txt"; cat "$WORK/regressions.txt" 2>/dev/null
     finish 1 "FAILED: $NEW_FAILING new tests fail, $REGRESSIONS TransformerLens tests regress"
 fi
 PREEXISTING=$(wc -l <"$WORK/failing.txt")

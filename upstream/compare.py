@@ -25,10 +25,12 @@ VOCAB = 96
 FP32_TOL = 1e-4
 TOKENS = torch.tensor([[5, 17, 29, 3, 11, 42, 7, 23], [1, 2, 3, 4, 5, 6, 7, 8]])
 EXPERT_HOOKS = ("hook_expert_pre", "hook_expert_post", "hook_expert_out")
-SHARED_HOOKS = {  # upstream alias -> tl_moe hook point (same values; tl_moe's are [batch, pos, ...])
-    "hook_shared_expert_post": "hook_shared_post",
-    "hook_shared_expert_out": "hook_shared_out",
-    "hook_shared_expert_gate": "hook_shared_gate",
+SHARED_HOOKS = {  # TransformerLens's own shared-expert hook -> tl_moe's (same values; tl_moe's are [batch, pos, ...])
+    "shared_expert.out.hook_in": "hook_shared_post",
+    "shared_experts.out.hook_in": "hook_shared_post",
+    "shared_expert.hook_out": "hook_shared_out",
+    "shared_experts.hook_out": "hook_shared_out",
+    "shared_expert_gate.hook_out": "hook_shared_gate",
 }
 COMMON = dict(
     vocab_size=VOCAB,
@@ -131,9 +133,10 @@ def check(architecture: str) -> tuple[bool, str]:
         patched = boot(directory)
         names = [name for name in patched.hook_dict if name.rsplit(".", 1)[-1] in EXPERT_HOOKS]
         shared = {
-            name: f"{name.rsplit('.', 1)[0]}.{SHARED_HOOKS[name.rsplit('.', 1)[-1]]}"
-            for name in patched.hook_dict
-            if name.rsplit(".", 1)[-1] in SHARED_HOOKS
+            f"blocks.{layer}.mlp.{theirs}": f"blocks.{layer}.mlp.{ours}"
+            for layer in range(COMMON["num_hidden_layers"])
+            for theirs, ours in SHARED_HOOKS.items()
+            if f"blocks.{layer}.mlp.{theirs}" in patched.hook_dict
         }
         with torch.no_grad():
             idle = patched(TOKENS)
@@ -149,7 +152,9 @@ def check(architecture: str) -> tuple[bool, str]:
     if unequal:
         failures.append(f"hooks differ from tl_moe: {unequal}")
     unequal = [
-        name for name, theirs in shared.items() if not torch.equal(cache[name].flatten(), own_cache[theirs].flatten())
+        name
+        for name, theirs in shared.items()
+        if not torch.equal(cache[name].flatten(), own_cache[theirs].flatten())
     ]
     if unequal:
         failures.append(f"shared-expert hooks differ from tl_moe: {unequal}")
