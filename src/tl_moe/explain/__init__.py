@@ -20,7 +20,15 @@ from tl_moe.explain.clients import (
     client_from_spec,
 )
 from tl_moe.explain.examples import SPLITS, Context, ExpertExamples, ExpertExamplesAccumulator, ExpertRecord
-from tl_moe.explain.explainers import DissectionExplainer, Explainer, Explanation, LMExplainer, parse_label
+from tl_moe.explain.explainers import (
+    DissectionExplainer,
+    Explainer,
+    Explanation,
+    LMExplainer,
+    TokenSetBaseline,
+    parse_label,
+)
+from tl_moe.explain.labels import LabelRule, choose_label
 from tl_moe.explain.runner import LabelingResult, bootstrap_mean, label_experts, shuffled_partners, summarize
 from tl_moe.explain.scorers import (
     ConceptScorer,
@@ -49,12 +57,15 @@ __all__ = [
     "FuzzingScorer",
     "IntruderScorer",
     "LMExplainer",
+    "LabelRule",
+    "TokenSetBaseline",
     "LabelingResult",
     "OpenAIChatClient",
     "Score",
     "Scorer",
     "TransformersChatClient",
     "bootstrap_mean",
+    "choose_label",
     "client_from_spec",
     "detection_metrics",
     "label_experts",
