@@ -315,6 +315,7 @@ class ExpertExamples:
         n_score_quantile: int = 10,
         n_random_negatives: int = 10,
         n_contrastive_negatives: int = 10,
+        n_explain_random_negatives: int = 10,
         min_contexts: int = 5,
         lens_tokens: Sequence[str] = (),
         seed: int = 0,
@@ -345,7 +346,7 @@ class ExpertExamples:
             [seed, layer, expert],
         )
         explain_negatives = self._negatives(
-            explain_split, row, expert, n_random_negatives, n_contrastive_negatives, tokenizer,
+            explain_split, row, expert, n_explain_random_negatives, n_contrastive_negatives, tokenizer,
             [seed, layer, expert, 1],
         )  # fmt: skip
         n_routed = tuple(int(self.routed_total[s, row, expert].sum()) for s in range(len(SPLITS)))
