@@ -86,7 +86,11 @@ def test_loopback_server_labels_scores_and_records_failures():
     assert summary["chance"] == pytest.approx(2 / 3)
     balanced = result.summary.set_index(["layer", "metric"]).loc[("all", "balanced_accuracy")]
     # another word says yes on none of the positives and on the 2 of 10 negatives that hold its word
-    assert balanced["mean"] == 1.0 and balanced["shuffled mean"] == pytest.approx(0.4) and balanced["chance"] == 0.5
+    assert (
+        balanced["mean"] == 1.0
+        and balanced["shuffled mean"] == pytest.approx(0.4)
+        and balanced["chance"] == 0.5
+    )
     assert summary["experts scored"] == 4 and summary["experts not scored"] == 2
     assert set(result.failures["expert"]) == {3, 4}
 
@@ -274,8 +278,18 @@ def test_offline_labeler_labels_every_expert_of_the_toy_moe_through_the_pipeline
     assert summary["diff ci low"] > 0  # a label scores higher on its own expert than another's label
     assert summary["baseline diff ci low"] > 0  # and higher than the token-set baseline
     table = explained.label_table()
-    assert {"balanced accuracy", "shuffled-label balanced accuracy", "token-set baseline balanced accuracy",
-            "F1", "F1 ci low", "F1 ci high", "chance F1", "precision", "recall", "AUC"} <= set(table.columns)
+    assert {
+        "balanced accuracy",
+        "shuffled-label balanced accuracy",
+        "token-set baseline balanced accuracy",
+        "F1",
+        "F1 ci low",
+        "F1 ci high",
+        "chance F1",
+        "precision",
+        "recall",
+        "AUC",
+    } <= set(table.columns)
     lines = (tmp_path / "explain" / "results.jsonl").read_text().splitlines()
     assert len(lines) == 64 and all(json.loads(line)["layer"] in (0, 1, 2, 3) for line in lines)
     page = (tmp_path / "index.html").read_text()

@@ -6,6 +6,7 @@ A :class:`LabelRule` is one of:
   ``domain_*`` or ``language_*`` say nothing about a token, so they are context, never a label);
 - ``tokens``: a set of token texts ("tokens ` PyObject`, ` Py`, `Call`");
 - ``concept_and_tokens``: a concept, among a set of token texts;
+- ``concept_or_tokens``: a concept, or one of a set of token texts;
 - ``concept_or_concept``: either of two concepts;
 - ``concept_and_domain``: a concept, in documents of one domain.
 
@@ -55,7 +56,7 @@ RICHER_LABEL_MARGIN = 0.02
 """A composition (two parts) replaces the best simple label (one concept or one token set) only when
 its explain-side balanced accuracy is higher by more than this."""
 
-MAX_TOKENS = 8
+MAX_TOKENS = 16
 """Most token texts in a token-set label (and in the token-set baseline)."""
 
 MIN_TOKEN_COUNT = 2
@@ -76,8 +77,8 @@ class LabelRule:
     """A label that answers yes or no for one token (see the module docstring for the kinds).
 
     Attributes:
-        kind: ``concept``, ``tokens``, ``concept_and_tokens``, ``concept_or_concept`` or
-            ``concept_and_domain``.
+        kind: ``concept``, ``tokens``, ``concept_and_tokens``, ``concept_or_tokens``,
+            ``concept_or_concept`` or ``concept_and_domain``.
         concepts: the concept names the rule uses (none for ``tokens``).
         tokens: the token texts of a token set, best first.
         weights: each token's explain-side P(t | routed) − P(t | not routed): the graded answer.
@@ -102,6 +103,7 @@ class LabelRule:
             "concept": lambda: self.concepts[0],
             "tokens": lambda: tokens,
             "concept_and_tokens": lambda: f"{self.concepts[0]} ∧ {tokens}",
+            "concept_or_tokens": lambda: f"{self.concepts[0]} ∨ {tokens}",
             "concept_or_concept": lambda: f"{self.concepts[0]} ∨ {self.concepts[1]}",
             "concept_and_domain": lambda: f"{self.concepts[0]} ∧ domain={self.domain}",
         }[self.kind]()
@@ -109,7 +111,7 @@ class LabelRule:
     @property
     def graded(self) -> bool:
         """Whether the rule gives a graded answer (token sets: each token's weight)."""
-        return self.kind in ("tokens", "concept_and_tokens")
+        return self.kind in ("tokens", "concept_and_tokens", "concept_or_tokens")
 
     def answer(self, context: Context, concept_index: dict[str, int], position: int | None = None) -> float:
         """The rule's answer for the token at ``position`` (default: the target): 0 for no, else 1 or,
@@ -124,6 +126,8 @@ class LabelRule:
             return float(has[0] and context.domain == self.domain)
         if self.kind == "concept_and_tokens" and not has[0]:
             return 0.0
+        if self.kind == "concept_or_tokens" and has[0]:
+            return 1.0
         weight = dict(zip(self.tokens, self.weights, strict=True)).get(context.tokens[i], 0.0)
         return max(float(weight), 1e-9) if context.tokens[i] in self.tokens else 0.0
 
@@ -216,6 +220,8 @@ def _evaluate(rule: LabelRule, items: ExplainItems, concept_index: dict[str, int
         "tokens": lambda: np.isin(np.asarray(items.tokens, object), list(rule.tokens)),
         "concept_and_tokens": lambda: m[:, concept_index[rule.concepts[0]]]
         & np.isin(np.asarray(items.tokens, object), list(rule.tokens)),
+        "concept_or_tokens": lambda: m[:, concept_index[rule.concepts[0]]]
+        | np.isin(np.asarray(items.tokens, object), list(rule.tokens)),
     }[rule.kind]()  # fmt: skip
     if not column.any():
         return float("nan")  # never says yes: cannot be scored per token
@@ -240,6 +246,9 @@ def candidates(items: ExplainItems, concept_names: Sequence[str], domains: Seque
         inside = _token_set(items.tokens, items.routed, items.concepts[:, c])
         if inside is not None:
             out.append(LabelRule("concept_and_tokens", (concept_names[c],), inside.tokens, inside.weights))
+        outside = _token_set(items.tokens, items.routed, ~items.concepts[:, c])
+        if outside is not None:
+            out.append(LabelRule("concept_or_tokens", (concept_names[c],), outside.tokens, outside.weights))
     for a, b in itertools.combinations(top, 2):
         out.append(LabelRule("concept_or_concept", (concept_names[a], concept_names[b])))
     for c in top:

@@ -29,6 +29,7 @@ from tl_moe.explain import (
     label_experts,
 )
 from tl_moe.explain.causal import CausalResult, causal_checks
+from tl_moe.explain.labels import RICHER_LABEL_MARGIN
 from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.protocol import AccumulatorSpec, Analysis, FigureItem, Inputs, Need, Result, TableItem
 
@@ -380,17 +381,20 @@ class Explain(Analysis):
 
     name = "explain"
     title = "Automatic expert labels"
-    summary = "label every expert and score the label (F1 vs chance and a shuffled-label control)"
+    summary = "label every expert and score the label (balanced accuracy vs a shuffled-label control and a token-set baseline)"
     default = False
     intro = (
         "Each expert's contexts come from the collection pass: top contexts by routing weight × ‖expert output‖ "
         "and contexts spread over its saliency quantiles, routed tokens marked. Documents are split by a hash "
         "of their row: labels are made from 'explain' documents and scored on 'score' documents only. Scoring "
         "items: the expert's own score-split contexts (positives) and, drawn per expert, random contexts "
-        "routed elsewhere and other experts' top contexts (negatives). The offline explainer picks the concept "
-        "(or concept ∧ domain) whose tokens best match the expert's routed tokens (IoU); its scorer applies "
-        "the concept's own labeler to each item's target token. Controls: chance (answering 'yes' to every "
-        "item), and the same scorer given another expert's label of the same layer. Intervals: bootstrap "
+        "routed elsewhere and other experts' top contexts (negatives). The offline explainer chooses among "
+        "candidate labels — a token-level concept, a token set, concept ∧ or ∨ token set, concept ∨ concept, concept ∧ "
+        "domain — by balanced accuracy on the explain documents, keeping the simpler label unless a composition "
+        f"gains more than {RICHER_LABEL_MARGIN}; its scorer applies the label's rule to each item's target token. Reported as "
+        "delphi does: balanced accuracy (headline), F1, precision, recall, AUC where graded. Controls: chance, "
+        "the same scorer given another expert's label of the same layer (shuffled), and a token-set baseline "
+        "(the expert's most over-represented routed tokens on the explain documents). Intervals: bootstrap "
         "over experts (summary) and over scoring items (per expert). Causal checks ('causal' documents, "
         "--explain-causal-windows): on the positions where the expert is routed, |Δloss| under removing or "
         "boosting it on described minus other tokens, beside a control expert matched on routing at the "
