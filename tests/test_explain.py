@@ -321,7 +321,7 @@ def test_causal_checks_on_held_out_documents_report_matched_vs_control():
     examples = collect(
         model, dataset, {"ex": accumulator}, max_tokens=8_000, concept_labeler=labeler, progress=False
     )["ex"]
-    explainer = DissectionExplainer(examples)
+    explainer = DissectionExplainer(examples, kinds=("concept",))  # the checks test concept labels
     plain = [
         e
         for e in (explainer(examples.record(0, x, model.tokenizer)) for x in range(16))

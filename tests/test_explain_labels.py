@@ -148,3 +148,12 @@ def test_auc_and_the_paired_difference_match_independent_references():
         - detection_metrics(y, graded > 2)["balanced_accuracy"]
     )
     assert point == pytest.approx(ba) and low <= point <= high
+
+
+def test_concept_only_labels_on_request_and_unknown_kinds_refused():
+    examples, tokenizer = _routed_examples(planted=True, n_layers=1, max_tokens=8_000)
+    explainer = DissectionExplainer(examples, kinds=("concept",))
+    explanation = explainer(examples.record(0, TOKEN_EXPERT, tokenizer))
+    assert explanation.rule.kind == "concept"  # the token-set expert, described by a concept only
+    with pytest.raises(ValueError, match="kinds must be among"):
+        DissectionExplainer(examples, kinds=("sentences",))

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from tl_moe.data.concepts import KNOWN_CONCEPTS
 from tl_moe.explain.clients import ChatClient
 from tl_moe.explain.examples import SPLITS, ExpertExamples, ExpertRecord
-from tl_moe.explain.labels import LabelRule, choose_label, token_set_baseline
+from tl_moe.explain.labels import KINDS, LabelRule, choose_label, token_set_baseline
 
 __all__ = [
     "DissectionExplainer",
@@ -84,12 +84,19 @@ class DissectionExplainer:
     Args:
         examples: the collected :class:`~tl_moe.explain.examples.ExpertExamples`.
         min_routed: experts with fewer routed explain-split tokens get no label.
+        kinds: the kinds of candidate labels (default: all; ``("concept",)`` for concept labels only,
+            which the causal checks can test).
     """
 
     name = "offline"
 
-    def __init__(self, examples: ExpertExamples, *, min_routed: int = 5) -> None:
-        self.examples, self.min_routed = examples, min_routed
+    def __init__(
+        self, examples: ExpertExamples, *, min_routed: int = 5, kinds: Sequence[str] = KINDS
+    ) -> None:
+        unknown = set(kinds) - set(KINDS)
+        if unknown or not kinds:
+            raise ValueError(f"kinds must be among {', '.join(KINDS)}; got {list(kinds)}.")
+        self.examples, self.min_routed, self.kinds = examples, min_routed, tuple(kinds)
         self.routed_any = examples.routed_total[SPLITS.index("explain")].sum(-1)  # [L, E]
 
     def __call__(self, record: ExpertRecord) -> Explanation:
@@ -98,14 +105,15 @@ class DissectionExplainer:
         routed = int(self.routed_any[row, record.expert])
         if routed < self.min_routed:
             return Explanation(record.layer, record.expert, "", error=f"too few routed tokens ({routed})")
-        return rule_explanation(record, ex.concept_names, ex.domain_names)
+        return rule_explanation(record, ex.concept_names, ex.domain_names, self.kinds)
 
 
 def rule_explanation(
-    record: ExpertRecord, concept_names: Sequence[str], domains: Sequence[str]
+    record: ExpertRecord, concept_names: Sequence[str], domains: Sequence[str], kinds: Sequence[str] = KINDS
 ) -> Explanation:
-    """The :class:`Explanation` of the label :func:`~tl_moe.explain.labels.choose_label` picks."""
-    rule, details = choose_label(record, concept_names, domains)
+    """The :class:`Explanation` of the label :func:`~tl_moe.explain.labels.choose_label` picks among
+    the candidates of ``kinds``."""
+    rule, details = choose_label(record, concept_names, domains, kinds)
     details = {
         **details,
         "over_represented": over_represented_tokens(record),

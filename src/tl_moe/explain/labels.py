@@ -44,6 +44,7 @@ __all__ = [
     "MAX_TOKENS",
     "MIN_TOKEN_COUNT",
     "RICHER_LABEL_MARGIN",
+    "KINDS",
     "ExplainItems",
     "LabelRule",
     "choose_label",
@@ -257,10 +258,25 @@ def candidates(items: ExplainItems, concept_names: Sequence[str], domains: Seque
     return out
 
 
+KINDS = (
+    "concept",
+    "tokens",
+    "concept_and_tokens",
+    "concept_or_tokens",
+    "concept_or_concept",
+    "concept_and_domain",
+)
+"""Every kind of candidate label, simple ones first."""
+
+
 def choose_label(
-    record: ExpertRecord, concept_names: Sequence[str], domains: Sequence[str]
+    record: ExpertRecord,
+    concept_names: Sequence[str],
+    domains: Sequence[str],
+    kinds: Sequence[str] = KINDS,
 ) -> tuple[LabelRule | None, dict]:
-    """The label of one expert and what it was chosen from (see the module docstring).
+    """The label of one expert and what it was chosen from (see the module docstring), among the
+    candidates of ``kinds``.
 
     Returns (the rule, or None when no candidate beats 0.5 on the explain side; details: the chosen
     and runner-up candidates with their explain-side balanced accuracy).
@@ -270,7 +286,7 @@ def choose_label(
         return None, {"reason": "no routed and not-routed positions on the explain side"}
     index = {name: i for i, name in enumerate(concept_names)}
     scored = [(rule, _evaluate(rule, items, index)) for rule in candidates(items, concept_names, domains)]
-    scored = [(rule, ba) for rule, ba in scored if np.isfinite(ba)]
+    scored = [(rule, ba) for rule, ba in scored if np.isfinite(ba) and rule.kind in kinds]
     simple = [s for s in scored if s[0].parts == 1]
     rich = [s for s in scored if s[0].parts > 1]
     best_simple = max(simple, key=lambda s: s[1], default=None)  # first of ties: concepts before tokens

@@ -459,9 +459,10 @@ class Explain(Analysis):
         )
         main = "concept" if "concept" in names else names[0]
         causal = None
-        if options.explain_causal_windows > 0:
+        concept_labels = [e for e in labeling.explanations.values() if e.ok and e.concept is not None]
+        if options.explain_causal_windows > 0 and concept_labels:  # the checks test concept labels
             causal = causal_checks(
-                model, run.dataset, examples, list(labeling.explanations.values()),
+                model, run.dataset, examples, concept_labels,
                 seq_len=options.seq_len, max_windows=options.explain_causal_windows,
                 n_resamples=options.bootstrap_resamples, seed=options.seed, progress=options.progress,
             )  # fmt: skip
