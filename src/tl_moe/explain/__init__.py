@@ -4,9 +4,11 @@ and a concurrent, cached, resumable runner.
     acc = ExpertExamplesAccumulator(model, domain_names(ds), TokenConceptLabeler().concept_names)
     examples = collect(model, ds, {"ex": acc}, concept_labeler=TokenConceptLabeler())["ex"]
     records = examples.records(model.tokenizer, LogitReadout.from_model(model))
-    result = label_experts(records, DissectionExplainer(examples), [ConceptScorer(examples.concept_names)])
-    result.frame      # one row per expert: label, F1 (with interval), shuffled-label F1, chance
-    result.summary    # per layer: mean F1 [CI] vs shuffled control [CI] vs chance
+    result = label_experts(records, DissectionExplainer(examples), [ConceptScorer(examples.concept_names)],
+                           baseline=TokenSetBaseline())
+    result.frame      # one row per expert: label and its rule, balanced accuracy, F1, precision, recall,
+                      # AUC; the shuffled-label control and the token-set baseline on the same items
+    result.summary    # per layer and metric: mean [CI] vs shuffled control [CI] vs baseline [CI] vs chance
 
 With a language model: ``client = CachedChatClient(OpenAIChatClient(url, model), "cache.sqlite")``,
 ``LMExplainer(client)`` and ``DetectionScorer(client)`` / ``FuzzingScorer`` / ``IntruderScorer``.

@@ -7,10 +7,16 @@ on a thread pool of ``concurrency`` workers; the client's own timeout and capped
 and a :class:`~tl_moe.explain.clients.CachedChatClient` makes a rerun pay for nothing twice. Every
 finished expert is appended to ``results_path`` (JSONL) as soon as it is done.
 
-:class:`LabelingResult` holds one row per expert and the per-layer summary: mean score with a
-bootstrap interval over experts (``scipy.stats.bootstrap``), the same for the shuffled control and
-for the paired difference own − shuffled, the chance level, and the share of experts whose own label
-beats the shuffled one.
+With a ``baseline`` explainer (offline: :class:`~tl_moe.explain.explainers.TokenSetBaseline`), each
+labeled expert's baseline label is scored on the same items too. Per expert, own − shuffled balanced
+accuracy on the same items gets a 95% bootstrap interval over items (``{scorer}_beats_shuffled`` when
+it is above 0).
+
+:class:`LabelingResult` holds one row per expert and the per-layer summary, for each metric of
+:data:`SUMMARY_METRICS` (balanced accuracy first, as delphi reports them): mean score with a bootstrap
+interval over experts (``scipy.stats.bootstrap``), the same for the shuffled control and the baseline
+and for the paired differences own − shuffled and own − baseline, the chance level, and the share of
+experts whose own label beats the shuffled one.
 """
 
 from __future__ import annotations
