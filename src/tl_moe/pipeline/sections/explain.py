@@ -455,7 +455,8 @@ class Explain(Analysis):
             results_path=out / "results.jsonl",
             shuffle_seed=options.seed,
             progress=options.progress,
-            baseline=TokenSetBaseline(),
+            # offline: the token-set baseline on the same items; with a language model it would double the requests
+            baseline=TokenSetBaseline() if options.explainer == "offline" else None,
         )
         main = "concept" if "concept" in names else names[0]
         causal = None
