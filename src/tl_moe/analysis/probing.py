@@ -30,6 +30,7 @@ from tl_moe.analysis.probing_math import (
     rank_neurons_by_mean_difference,
     subsample_like_routing,
 )
+from tl_moe.defaults import MIN_EXAMPLES
 
 __all__ = [
     "PROBE_STATUS",
@@ -82,7 +83,7 @@ class KSparseProbe:
         ks: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
         C: float = 1.0,
         test_size: float = 0.25,
-        min_examples: int = 50,
+        min_examples: int = MIN_EXAMPLES,
         max_examples_per_class: int | None = None,
         random_state: int = 0,
         device: torch.device | str | None = None,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tl_moe.defaults import MIN_EXAMPLES
 from tl_moe.errors import InputError
 
 __all__ = ["RunOptions", "add_option_arguments", "options_from_arguments"]
@@ -105,10 +106,10 @@ class RunOptions:
         (1, 2, 4, 8, 16, 32, 64), "neurons per probe (comma-separated)", parse=_int_list("--probe-ks")
     )
     min_examples: int = option(
-        30, "paper protocol: least positives / negatives a unit needs to be probed", parse=int
+        MIN_EXAMPLES, "paper protocol: least positives / negatives a unit needs to be probed", parse=int
     )
     held_out_min_examples: int = option(
-        50,
+        MIN_EXAMPLES,
         "held-out protocol: least positives / negatives a unit needs on each side of the document split",
         parse=int,
     )
