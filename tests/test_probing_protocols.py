@@ -96,6 +96,7 @@ def planted_pair_run(tmp_path_factory):
         probe_ks=(1, 4),
         min_examples=20,
         held_out_min_examples=20,
+        min_documents=10,  # a small planted run (~23 test documents) whose answer is known
         bootstrap_resamples=1000,
         skip_untrained_null=True,
         progress=False,
@@ -143,6 +144,7 @@ def test_untrained_moe_vs_untrained_dense_differs_little_under_the_held_out_prot
         probe_ks=(1,),
         min_examples=20,
         held_out_min_examples=20,
+        min_documents=10,  # a small planted run (~23 test documents) whose answer is known
         bootstrap_resamples=1000,
         skip_untrained_null=True,
         progress=False,

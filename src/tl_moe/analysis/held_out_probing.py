@@ -37,7 +37,7 @@ from jaxtyping import Bool, Float, Int
 from tl_moe.analysis.activations import StoredTokens
 from tl_moe.analysis.concept_probing import concept_populations, expert_activation_block
 from tl_moe.analysis.probing import STATUS_OK, KSparseProbe
-from tl_moe.analysis.stats import PAIRED_METHOD, cluster_bootstrap, paired_item_means
+from tl_moe.analysis.stats import MIN_DOCUMENTS, PAIRED_METHOD, cluster_bootstrap, paired_item_means
 from tl_moe.collect.steps import Step, run_now
 from tl_moe.data.concepts import KNOWN_CONCEPTS
 from tl_moe.defaults import MIN_EXAMPLES
@@ -369,6 +369,7 @@ def compare(
     level: str = "token",
     n_resamples: int = 2000,
     seed: int = 0,
+    min_clusters: int = MIN_DOCUMENTS,
 ) -> list[dict]:
     """Paired difference ``mean score(a) - mean score(b)`` per k over the concepts both arms probed.
 
@@ -381,7 +382,8 @@ def compare(
     the two means always average the same concepts. Concepts of the other ``level`` (token vs
     document) are left out. One record per k and metric: ``estimate``, ``ci_low``, ``ci_high``,
     ``bootstrap_bias``, ``n_concepts`` (defined in both arms), ``n_documents``, ``a_mean``, ``b_mean``
-    (over those concepts) + interval metadata.
+    (over those concepts) + interval metadata. Fewer than ``min_clusters`` test documents: the
+    interval is unavailable, with the reason.
     """
     if a.ks != b.ks or not np.array_equal(a.test_docs, b.test_docs):
         raise ValueError(f"arms {a.name} and {b.name} were not probed on the same ks and test documents.")
@@ -419,6 +421,7 @@ def compare(
                 n_resamples=n_resamples,
                 method=PAIRED_METHOD,
                 seed=seed,
+                min_clusters=min_clusters,
                 on_too_few="unavailable",
                 what=f"{a.name} - {b.name} at k={k}",
             )

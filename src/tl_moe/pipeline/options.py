@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tl_moe.analysis.stats import MIN_DOCUMENTS
 from tl_moe.defaults import MIN_EXAMPLES
 from tl_moe.errors import InputError
 
@@ -118,6 +119,12 @@ class RunOptions:
     )
     bootstrap_resamples: int = option(
         2000, "document-level bootstrap resamples behind every interval", parse=int
+    )
+    min_documents: int = option(
+        MIN_DOCUMENTS,
+        "held-out probing: fewest documents on each side of the split and behind each interval "
+        "(fewer: the interval is reported unavailable, with the reason)",
+        parse=int,
     )
     fdr: float = option(
         0.05, "false-discovery rate of the Benjamini–Hochberg tests (domain experts)", parse=float
@@ -231,6 +238,12 @@ class RunOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}.")
+        if (
+            isinstance(self.min_documents, bool)
+            or not isinstance(self.min_documents, int)
+            or self.min_documents < 2
+        ):
+            raise InputError(f"--min-documents must be an integer of at least 2, got {self.min_documents!r}.")
         if not 0 < self.fdr < 1:
             raise InputError(f"--fdr must lie in (0, 1), got {self.fdr}.")
         if not 0 < self.selection_fraction < 1:
