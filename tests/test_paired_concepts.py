@@ -144,3 +144,12 @@ def test_paired_differences_use_the_paired_method_and_below_the_minimum_unavaila
     assert not few.available and np.isnan(few.low) and np.isnan(few.high)
     assert f"at least {MIN_DOCUMENTS}" in few.reason and few.to_dict()["ci_low"] is None
     assert MIN_DOCUMENTS == 30
+
+
+def test_min_documents_below_two_is_refused_naming_the_option():
+    from tl_moe.errors import InputError
+    from tl_moe.pipeline import RunOptions
+
+    assert RunOptions().min_documents == MIN_DOCUMENTS
+    with pytest.raises(InputError, match="--min-documents"):
+        RunOptions(min_documents=1).check()

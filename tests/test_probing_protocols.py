@@ -21,7 +21,7 @@ from tl_moe.models.hook_names import get_act_name
 PARAMS = {"ks": (1, 4), "random_state": 0}
 
 
-def synthetic_store(n_docs=60, tokens_per_doc=40, seed=0) -> StoredTokens:
+def synthetic_store(n_docs=100, tokens_per_doc=40, seed=0) -> StoredTokens:
     """Two "dense layers" of 16 neurons: layer 1 neuron 3 equals the label of concept ``planted``."""
     g = torch.Generator().manual_seed(seed)
     n = n_docs * tokens_per_doc

@@ -724,6 +724,7 @@ def _comparison_frame(records: list[dict]) -> pd.DataFrame:
         "interval_method",
         "interval_available",
         "interval_unavailable_reason",
+        "bootstrap_bias",
     ]
     frame = pd.DataFrame.from_records(records)
     for column in columns:
