@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> None:
     )
     print(
         f"(expert, concept) pairs: {int(ok.sum())} ok, {int((~ok).sum())} not_enough_samples; {n_probes} probes; "
-        f"tokens per class: median {int(probe.n_per_class_[ok].median())}, max {int(probe.n_per_class_.max())}"
+        f"tokens per class: median {int(probe.n_examples_[ok].median()) // 2}, max {int(probe.n_examples_.max()) // 2}"
     )
     print(f"{'method':<40}{'seconds':>9}{'probes/s':>10}{'speedup':>9}{'max|dF1|':>10}{'mean|dF1|':>11}")
     for name, seconds, delta in rows:

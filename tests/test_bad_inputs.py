@@ -4,15 +4,82 @@ before any pass. The table in docs/BAD_INPUTS.md is generated from these runs
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tl_moe.cli import main
+from tl_moe.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "BAD_INPUTS.md"
+
+
+def _corpus_files(tmp: Path) -> dict[str, Path]:
+    """Broken corpus files, by what is wrong with them."""
+    folder = tmp / "corpora"
+    folder.mkdir()
+    contents = {
+        "empty.jsonl": b"",
+        "blank.jsonl": b"  \n\n   \n",
+        "no_text.jsonl": b'{"body": "words", "domain": "a"}\n',
+        "int_text.jsonl": b'{"text": 1, "domain": "a"}\n{"text": 2, "domain": "b"}\n',
+        "mixed_text.jsonl": b'{"text": "words", "domain": "a"}\n{"text": 7, "domain": "b"}\n',
+        "null_text.jsonl": b'{"text": null, "domain": "a"}\n{"text": "words", "domain": "b"}\n',
+        "latin1.jsonl": b'{"text": "caf\xe9", "domain": "a"}\n',
+        "bad_json.jsonl": b'{"text": "words", "domain": \n',
+        "no_domain.jsonl": b'{"text": "words"}\n{"text": "more words"}\n',
+    }
+    paths = {}
+    for name, data in contents.items():
+        paths[name] = folder / name
+        paths[name].write_bytes(data)
+    (tmp / "readme_only").mkdir()
+    (tmp / "readme_only" / "README.md").write_text("about the corpus\n")
+    return paths
+
+
+def _model_folders(tmp: Path) -> dict[str, Path]:
+    """Broken copies of the shipped toy/moe-4x2 checkpoint (with its tokenizer), by what is wrong."""
+    from tl_moe.zoo.registry import checkpoint_dir
+    from tl_moe.zoo.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer()
+
+    def copy(name: str, with_tokenizer: bool = True) -> Path:
+        folder = tmp / "models" / name
+        shutil.copytree(checkpoint_dir("toy/moe-4x2"), folder)
+        if with_tokenizer:
+            tokenizer.save_pretrained(folder)
+        return folder
+
+    def edit(folder: Path, **changes) -> Path:
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, **changes}))
+        return folder
+
+    folders = {
+        "truncated_config": copy("truncated_config"),
+        "binary_config": copy("binary_config"),
+        "num_experts": edit(copy("num_experts"), num_experts=8),
+        "no_weights": copy("no_weights"),
+        "truncated_weights": copy("truncated_weights"),
+        "no_tokenizer": copy("no_tokenizer", with_tokenizer=False),
+        "banana": edit(copy("banana"), model_type="banana"),
+        "top_k_99": edit(copy("top_k_99"), num_experts_per_tok=99),
+        "phimoe": edit(copy("phimoe"), model_type="phimoe", architectures=["PhimoeForCausalLM"]),
+    }
+    config = folders["truncated_config"] / "config.json"
+    config.write_text(config.read_text()[:100])
+    (folders["binary_config"] / "config.json").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    (folders["no_weights"] / "model.safetensors").unlink()
+    weights = folders["truncated_weights"] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return folders
 
 
 def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
@@ -25,6 +92,12 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
     garbage = tmp / "garbage_out" / "checkpoints" / "toy_moe-16x2"
     garbage.mkdir(parents=True)
     (garbage / "collect-shard0-of-1.pt").write_bytes(b"\x00garbage bytes, not a checkpoint")
+    corpora = _corpus_files(tmp)
+    models = _model_folders(tmp)
+
+    def corpus(name: str) -> list[str]:
+        return ["analyze", "--corpus", str(corpora[name]), "--split", "train"]
+
     return [
         ("a model path that does not exist", ["analyze", str(tmp / "no_such_model")], "no_such_model"),
         ("an unknown toy model", ["analyze", "toy/moe-3x3"], "toy/moe-3x3"),
@@ -86,7 +159,111 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
             ["analyze", "--analyses", "domains", "--out", str(tmp / "garbage_out")],
             "--fresh",
         ),
+        ("an empty corpus file", corpus("empty.jsonl"), "empty.jsonl"),
+        ("a corpus file of whitespace only", corpus("blank.jsonl"), "blank.jsonl"),
+        ("a corpus file without a text column", corpus("no_text.jsonl"), "no_text.jsonl"),
+        ("a corpus whose text is numbers", corpus("int_text.jsonl"), "int_text.jsonl"),
+        ("a corpus whose text is mixed strings and numbers", corpus("mixed_text.jsonl"), "mixed_text.jsonl"),
+        ("a corpus with a null text", corpus("null_text.jsonl"), "null_text.jsonl"),
+        ("a corpus file that is not UTF-8", corpus("latin1.jsonl"), "latin1.jsonl"),
+        ("a corpus file of invalid JSON", corpus("bad_json.jsonl"), "bad_json.jsonl"),
+        ("a corpus without a domain column", corpus("no_domain.jsonl"), "no_domain.jsonl"),
+        ("a corpus file that does not exist", ["analyze", "--corpus", str(tmp / "nope.jsonl")], "nope.jsonl"),
+        (
+            "a corpus folder with only a readme",
+            ["analyze", "--corpus", str(tmp / "readme_only")],
+            "readme_only",
+        ),
+        (
+            "`tl-moe corpus stats` of a missing file",
+            ["corpus", "stats", "--corpus", str(tmp / "nope.jsonl")],
+            "nope.jsonl",
+        ),
+        ("a model folder with a truncated config.json", ["analyze", str(models["truncated_config"])], "JSON"),
+        (
+            "a model folder with a binary config.json",
+            ["analyze", str(models["binary_config"])],
+            "config.json",
+        ),
+        (
+            "a model folder whose num_experts disagrees with its weights",
+            ["analyze", str(models["num_experts"])],
+            "num_experts=8",
+        ),
+        ("a model folder with a config but no weights", ["analyze", str(models["no_weights"])], "no weights"),
+        (
+            "a model folder with truncated safetensors",
+            ["analyze", str(models["truncated_weights"])],
+            "truncated",
+        ),
+        ("a model folder without tokenizer files", ["analyze", str(models["no_tokenizer"])], "tokenizer"),
+        ("a model folder with model_type banana", ["analyze", str(models["banana"])], "'banana'"),
+        (
+            "a model folder with num_experts_per_tok 99",
+            ["analyze", str(models["top_k_99"])],
+            "num_experts_per_tok=99",
+        ),
+        (
+            "an architecture TransformerLens cannot boot (phimoe)",
+            ["analyze", str(models["phimoe"])],
+            "tl-moe hooks --architectures",
+        ),
+        ("a hub id while the hub cannot be reached", ["analyze", "some-org/some-moe"], "some-org/some-moe"),
+        (
+            "an explainer endpoint where nothing listens",
+            ["analyze", "--analyses", "explain", "--explainer", "openai:http://127.0.0.1:9"],
+            "http://127.0.0.1:9",
+        ),
+        ("--probe-ks above the neurons of an expert", ["analyze", "--probe-ks", "1,5000"], "--probe-ks"),
     ]
+
+
+def _api_cases(tmp: Path) -> list[tuple[str, Callable[[], object], str]]:
+    """(what was called, the call, a piece the one-line InputError must contain); folders from :func:`_cases`."""
+    import tl_moe
+    from tl_moe.data.corpus import load_corpus
+    from tl_moe.models.hook_names import get_act_name
+    from tl_moe.models.interventions import force_routing
+    from tl_moe.pipeline import analyze
+    from tl_moe.zoo.family import TOY_FAMILY
+
+    cfg = TOY_FAMILY["toy/moe-4x2"]
+    models = tmp / "models"
+    return [
+        ("`get_act_name('expert_post', True, cfg)`", lambda: get_act_name("expert_post", True, cfg), "bool"),
+        ("`get_act_name('expert_post', 1.5, cfg)`", lambda: get_act_name("expert_post", 1.5, cfg), "1.5"),
+        ("`get_act_name('expert_post', 'x')`", lambda: get_act_name("expert_post", "x"), "'x'"),
+        ("`force_routing(cfg, 0, [0, 0])`", lambda: force_routing(cfg, 0, [0, 0]), "[0, 0]"),
+        ("`tl_moe.pipeline.analyze(12345)`", lambda: analyze(12345), "12345"),
+        ("`load_corpus(12345)`", lambda: load_corpus(12345), "int"),
+        (
+            "`tl_moe.load(folder without tokenizer files)`",
+            lambda: tl_moe.load(models / "no_tokenizer"),
+            "tokenizer",
+        ),
+        (
+            "`tl_moe.load(folder with truncated safetensors)`",
+            lambda: tl_moe.load(models / "truncated_weights"),
+            "truncated",
+        ),
+        ("`tl_moe.load(phimoe folder)`", lambda: tl_moe.load(models / "phimoe"), "phimoe"),
+        (
+            "`tl_moe.load('some-org/some-moe')`, hub unreachable",
+            lambda: tl_moe.load("some-org/some-moe"),
+            "hub",
+        ),
+    ]
+
+
+def _api_message(call: Callable[[], object]) -> tuple[str, str]:
+    """The class and message of the error ``call`` raises (``"none"`` if it returns)."""
+    try:
+        call()
+    except Exception as error:  # the test checks which class it is
+        return type(error).__name__ if isinstance(error, InputError) else f"not InputError: {error!r}", str(
+            error
+        )
+    return "none", ""
 
 
 def _message(arguments: list[str], capsys) -> tuple[int, str]:
@@ -104,6 +281,9 @@ def _message(arguments: list[str], capsys) -> tuple[int, str]:
 
 def test_every_bad_input_gets_one_line_and_the_table_is_current(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TL_MOE_THREADS", "1")
+    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a hub that cannot be reached
     rows = ["| input | `tl-moe` prints (exit code 2) |", "|---|---|"]
     failures = []
     for what, arguments, expected in _cases(tmp_path):
@@ -112,6 +292,7 @@ def test_every_bad_input_gets_one_line_and_the_table_is_current(tmp_path, capsys
         if (
             code != 2
             or len(lines) != 1
+            or "Traceback" in message
             or expected not in message
             or not message.startswith("tl-moe: error: ")
         ):
@@ -119,6 +300,14 @@ def test_every_bad_input_gets_one_line_and_the_table_is_current(tmp_path, capsys
             continue
         shown = lines[0].removeprefix("tl-moe: error: ").replace(str(tmp_path), "TMP").replace("|", "\\|")
         rows.append(f"| {what} | {shown} |")
+    api_rows = ["| call | raises `InputError` (a `ValueError`) with the message |", "|---|---|"]
+    for what, call, expected in _api_cases(tmp_path):
+        kind, message = _api_message(call)
+        if kind.startswith(("not", "none")) or "\n" in message or expected not in message:
+            failures.append(f"{what}: {kind}: {message[-400:]!r}")
+            continue
+        shown = message.replace(str(tmp_path), "TMP").replace("|", "\\|")
+        api_rows.append(f"| {what} | {shown} |")
     assert not failures, "\n".join(failures)
     table = "\n".join(rows)
     text = (
@@ -126,7 +315,12 @@ def test_every_bad_input_gets_one_line_and_the_table_is_current(tmp_path, capsys
         "<!-- Generated by tests/test_bad_inputs.py (TL_MOE_WRITE_DOCS=1 rewrites it); edit the test, not this file. -->\n\n"
         "Each input below was run through the command line by the test suite. Every one exits with code 2\n"
         "and one line naming the input and what is accepted, before any pass over the corpus starts\n"
-        "(`TMP` stands for the test's temporary folder).\n\n" + table + "\n"
+        "(`TMP` stands for the test's temporary folder).\n\n" + table + "\n\n"
+        "## Through the Python API\n\n"
+        "The same inputs given to the library raise `tl_moe.errors.InputError` (a `ValueError`) with a\n"
+        "one-line message (`cfg` is the `MoEConfig` of toy/moe-4x2; the folders are those above).\n\n"
+        + "\n".join(api_rows)
+        + "\n"
     )
     if os.environ.get("TL_MOE_WRITE_DOCS"):
         DOC.write_text(text)

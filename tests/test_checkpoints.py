@@ -474,3 +474,25 @@ def test_a_moved_model_resumes_and_a_changed_config_does_not(tmp_path):
     with pytest.raises(ckpt.CheckpointMismatchError) as refused:
         run_marked(tl_moe.load(tmp_path / "there", device="cpu"), dataset, tmp_path / "out")
     assert refused.value.field == "model.config"
+
+
+def test_a_resume_removes_the_temporary_files_a_kill_left_and_keeps_a_newer_writers(olmoe, tmp_path):
+    dataset = corpus(30)
+    first = counts(run(olmoe, dataset, tmp_path, max_tokens=150))
+    path = ckpt.checkpoint_path(tmp_path, 0, 1)
+    empty = path.parent / f"{path.name}.ab12cd34.tmp"  # killed right after the file was created
+    partial = path.parent / f"{path.name}.ef56gh78.tmp"  # killed halfway through the payload
+    newer = path.parent / f"{path.name}.ij90kl12.tmp"  # another writer's file, written after the resume began
+    empty.write_bytes(b"")
+    partial.write_bytes(ckpt._MAGIC + b"half-written")
+    newer.write_bytes(ckpt._MAGIC + b"in flight")
+    hour_ago = path.stat().st_mtime - 3600
+    for leftover in (empty, partial):
+        os.utime(leftover, (hour_ago, hour_ago))
+    in_an_hour = path.stat().st_mtime + 3600
+    os.utime(newer, (in_an_hour, in_an_hour))
+    resumed = counts(run(olmoe, dataset, tmp_path, max_tokens=150))
+    assert_same(first, resumed)
+    assert not empty.exists() and not partial.exists()
+    assert newer.exists()
+    assert ckpt.remove_stale_temporaries(path, older_than=path.stat().st_mtime) == []  # the newer one stays

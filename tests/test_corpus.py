@@ -20,6 +20,7 @@ from tl_moe.data.sources.chat import conversations_of
 from tl_moe.data.sources.hpo import format_term, parse_obo_terms
 from tl_moe.data.sources.licenses import parse_license_file
 from tl_moe.data.sources.python_code import python_chunks
+from tl_moe.errors import InputError
 from tl_moe.zoo.datacard import markdown_table
 
 EXPECTED_DOMAINS = {"python", "c", "legal", "biomedical", "chat", "math", "prose"}
@@ -216,23 +217,23 @@ def test_load_corpus_reads_text_folders_saved_datasets_and_explicit_splits(tmp_p
 
 def test_load_corpus_errors_say_what_is_wrong_and_what_is_accepted(tmp_path):
     pd.DataFrame({"body": ["x"]}).to_csv(tmp_path / "bad.csv", index=False)
-    with pytest.raises(ValueError, match=r"no 'text' column.*\['body'\].*Accepted"):
+    with pytest.raises(InputError, match=r"bad.csv' has no 'text' column.*\['body'\].*accepted"):
         load_corpus(tmp_path / "bad.csv")
     pd.DataFrame({"text": ["x"]}).to_csv(tmp_path / "nodomain.csv", index=False)
-    with pytest.raises(ValueError, match="no 'domain' column"):
+    with pytest.raises(InputError, match="no 'domain' column"):
         load_corpus(tmp_path / "nodomain.csv", require_domain=True)
     assert all(
         "domain" not in split.column_names for split in load_corpus(tmp_path / "nodomain.csv").values()
     )
-    with pytest.raises(FileNotFoundError, match="does not exist.*jsonl"):
+    with pytest.raises(InputError, match="does not exist.*jsonl"):
         load_corpus(tmp_path / "missing.jsonl")
     (tmp_path / "notes.md").write_text("# hi")
-    with pytest.raises(ValueError, match="unsupported file type '.md'"):
+    with pytest.raises(InputError, match="unsupported type '.md'"):
         load_corpus(tmp_path / "notes.md")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no corpus file"):
+    with pytest.raises(InputError, match="no corpus file"):
         load_corpus(tmp_path / "empty")
-    with pytest.raises(TypeError, match="accepted"):
+    with pytest.raises(TypeError, match="accepted"):  # also an InputError
         load_corpus(42)
 
 

@@ -247,9 +247,16 @@ def test_offline_labeler_labels_every_expert_of_the_toy_moe_through_the_pipeline
     import tl_moe.pipeline  # noqa: F401 (registers the built-in analyses)
     from tl_moe.pipeline import RunOptions, run
 
-    options = RunOptions(analyses=("explain",), max_tokens=30_000, out=tmp_path, progress=False)
+    options = RunOptions(
+        analyses=("explain",), max_tokens=30_000, explain_causal_windows=3, out=tmp_path, progress=False
+    )
     results = run(options)
     explained = results["explain"]
+    # Three windows are three documents: the causal checks run, and say their intervals are unavailable.
+    causal = next(f for f in results.findings if f.startswith("**Causal checks"))
+    assert "3 windows of 3 documents" in causal and "intervals unavailable: 3 document(s)" in causal
+    metrics = json.loads((tmp_path / "results.json").read_text())["sections"]["explain"]["metrics"]
+    assert "interval unavailable" in metrics["causal: remove_effect [95% CI]"]
     frame = explained.labeling.frame
     assert len(frame) == 4 * 16  # every expert of every sparse layer has a row
     ok = frame["status"] == "ok"
@@ -279,8 +286,9 @@ def test_causal_checks_on_held_out_documents_report_matched_vs_control():
     from tl_moe.data.concepts import TokenConceptLabeler
     from tl_moe.data.corpus import load_corpus
     from tl_moe.explain import DissectionExplainer, ExpertExamplesAccumulator
-    from tl_moe.explain.causal import causal_checks, causal_windows
+    from tl_moe.explain.causal import _loss_changes, causal_checks, causal_windows
     from tl_moe.explain.examples import SPLITS, document_split
+    from tl_moe.models.interventions import Intervention, remove_experts
 
     model = tl_moe.load("toy/moe-16x2", device="cpu")
     dataset = load_corpus(None, require_domain=True)["validation"].shuffle(seed=0)
@@ -295,31 +303,52 @@ def test_causal_checks_on_held_out_documents_report_matched_vs_control():
         for e in (explainer(examples.record(0, x, model.tokenizer)) for x in range(16))
         if e.ok and e.domain is None
     ]
-    ids, labels, _ = causal_windows(dataset, model.tokenizer, examples, max_windows=4)
-    assert ids.shape == (4, 128) and labels.shape[:2] == (4, 128)
-    causal_rows = torch.arange(len(dataset))[
-        document_split(torch.arange(len(dataset))) == SPLITS.index("causal")
-    ]
-    assert len(causal_rows) > 0  # windows come only from these documents (by construction of the split)
-    result = causal_checks(model, dataset, examples, plain[:3], max_windows=4, progress=False)
+    windows = causal_windows(dataset, model.tokenizer, examples, max_windows=4)
+    assert windows.ids.shape == (4, 128) and windows.labels.shape[:2] == (4, 128)
+    split = document_split(torch.arange(len(dataset)))
+    assert (split[windows.documents] == SPLITS.index("causal")).all()  # only held-out documents
+    assert windows.valid[:, :16].all()  # every window holds at least 16 real tokens, padding after them
+    result = causal_checks(
+        model, dataset, examples, plain[:4], max_windows=12, n_resamples=200, progress=False
+    )
     frame = result.frame
-    assert len(frame) == 3 and (frame["status"].eq("ok") | frame["status"].str.startswith("too few")).all()
+    assert (
+        len(frame) == len(plain[:4])
+        and (frame["status"].eq("ok") | frame["status"].str.startswith("too few")).all()
+    )
     ok = frame[frame["status"] == "ok"]
     assert len(ok) >= 1
     assert (ok["control_expert"] != ok["expert"]).all()
-    assert (ok["remove_described"] >= 0).all() and ok["remove_described"].gt(
-        0
-    ).any()  # removal changes the loss
-    routed = ok["dla_n"] > 0  # a rate where the expert is routed on a described token, NaN where it never is
-    assert (
-        ok.loc[routed, "dla_rank1_rate"].between(0, 1).all()
-        and ok.loc[~routed, "dla_rank1_rate"].isna().all()
+    assert ok[["routing_described", "routing_other", "weight_described"]].stack().between(0, 1).all()
+    routed = ok["n_described_routed"] > 0
+    assert ok.loc[routed, "dla_rank1_rate"].between(0, 1).all()
+    # The edited losses are real forwards: equal to a separate run_with_hooks forward of the same edit.
+    row = ok.iloc[0]
+    ids = windows.ids[:2]
+    changes = _loss_changes(
+        model, ids, windows.valid[:2], [Intervention("remove", int(row.layer), int(row.expert))]
     )
+    with torch.no_grad():
+        clean, edited = (
+            model(ids),
+            model.run_with_hooks(ids, fwd_hooks=remove_experts(model, int(row.layer), [int(row.expert)])),
+        )
+    loss = [
+        torch.nn.functional.cross_entropy(x[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+        for x in (clean, edited)
+    ]
+    real = windows.valid[:2, 1:]
+    torch.testing.assert_close(changes[0][real], (loss[1] - loss[0]).abs()[real], atol=1e-4, rtol=1e-4)
     summary = result.summary.set_index("quantity")
-    assert {"remove_effect", "boost_effect", "remove_matched_minus_control", "dla_rank1_rate"} <= set(
-        summary.index
-    )
+    assert {"remove_effect", "control_remove_effect", "remove_matched_minus_control", "boost_effect",
+            "routing_described", "control_routing_described", "dla_rank1_rate"} <= set(summary.index)  # fmt: skip
     assert summary.loc["dla_rank1 chance (1/k)", "mean"] == 0.5
+    # 12 windows come from at most 12 documents: no interval, the reason given, never a number.
+    assert result.n_documents <= 12 and summary["ci low"].isna().all()
+    assert (
+        summary.loc["remove_effect", "interval"].startswith("unavailable")
+        and "at least 30" in (summary.loc["remove_effect", "interval"])
+    )
 
 
 def test_examples_merge_exactly_like_one_pass():

@@ -361,6 +361,10 @@ def test_accumulated_counts_and_dla_equal_a_brute_force_loop(model_dir, bridge):
         result.top_token_logits[routed], mean.topk(4).values[routed], atol=1e-5, rtol=1e-5
     )
     assert (result.top_token_ids[~routed] == -1).all()
+    # Per-document sums (one document here) add up to the expert's sums, through the same lens.
+    assert torch.equal(result.doc_n_routed.sum(0), result.n_routed) and len(result.doc_ids) == 1
+    by_document = (result.doc_out_sum.sum(0).double() * hand.gain.double()) @ hand.weight.double().T
+    torch.testing.assert_close(by_document, out_sum, atol=1e-3, rtol=1e-4)
     frame = result.to_frame()
     assert len(frame) == n_layers * n_experts and frame["n_routed"].sum() == int(result.n_routed.sum())
     tokens_frame = result.top_tokens(model.tokenizer)
@@ -394,7 +398,9 @@ def _random_acts(acc, cfg, generator, batch=3, pos=6):
     )
     toks = torch.randint(0, VOCAB, (batch, pos), generator=generator)
     mask = torch.rand(batch, pos, generator=generator).argsort(-1).argsort(-1) < pos - 1  # some padding
-    return acts, _meta(toks, mask)
+    meta = _meta(toks, mask)
+    meta.doc_index[:] = torch.randint(0, 5, (batch, 1), generator=generator)  # a document per window
+    return acts, meta
 
 
 def test_merge_and_state_dict_round_trip_equal_a_single_pass(bridge, tmp_path):
@@ -418,6 +424,9 @@ def test_merge_and_state_dict_round_trip_equal_a_single_pass(bridge, tmp_path):
     assert torch.equal(merged.n_routed, want.n_routed) and torch.equal(merged.n_dla, want.n_dla)
     torch.testing.assert_close(merged.dla_sum, want.dla_sum, atol=1e-10, rtol=1e-10)
     assert torch.equal(merged.top_token_ids, want.top_token_ids)
+    assert torch.equal(merged.doc_ids, want.doc_ids) and torch.equal(merged.doc_n_routed, want.doc_n_routed)
+    torch.testing.assert_close(merged.doc_out_sum, want.doc_out_sum)
+    assert torch.equal(want.doc_n_routed.sum(0), want.n_routed) and len(want.doc_ids) > 1
     with pytest.raises(ValueError, match="configured differently"):
         make().merge(ExpertLogitLensAccumulator(model, layers=[1], top_n=3))
 
@@ -453,3 +462,17 @@ def test_clear_errors(bridge):
         )
     with pytest.raises(ValueError, match="token ids must lie"):
         decompose_logits(model, tokens(), target_ids=torch.full((2, 7), VOCAB))
+
+
+def test_per_document_sums_past_their_memory_bound_are_dropped_not_truncated(bridge, monkeypatch):
+    import tl_moe.analysis.logit_lens_accumulator as module
+
+    model = bridge("olmoe")
+    acc = ExpertLogitLensAccumulator(model, layers=[1], top_n=2)
+    per_document = model.moe_cfg.num_experts * model.moe_cfg.d_model
+    monkeypatch.setattr(module, "_DOCUMENT_ELEMENTS", 2 * per_document)  # room for two documents
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        acc.update(*_random_acts(acc, model.moe_cfg, generator))
+    result = acc.finalize()
+    assert result.doc_ids is None and result.doc_out_sum is None and int(result.n_routed.sum()) > 0

@@ -49,5 +49,10 @@ def test_two_ranks_write_the_one_process_results_once(tmp_path):
     pair = json.loads((tmp_path / "pair" / "results.json").read_text())
     assert pair["sections"] == single["sections"]
     assert pair["metadata"]["tokens_by_domain"] == single["metadata"]["tokens_by_domain"]
+    assert single["metadata"]["runtime"]["world_size"] == 1
+    runtime = pair["metadata"]["runtime"]  # the provenance says it ran on two processes, and how
+    assert runtime["world_size"] == 2 and runtime["nodes"] == 1 and runtime["backend"] == "gloo"
+    assert [(r["rank"], r["local_rank"], r["node"]) for r in runtime["ranks"]] == [(0, 0, 0), (1, 1, 0)]
+    assert runtime["device"] == "cpu" and runtime["dtype"] == "float32"
     shards = sorted(p.name for p in (tmp_path / "pair" / "checkpoints").rglob("*") if p.is_file())
     assert "collect-shard0-of-2.pt" in shards and "collect-shard1-of-2.pt" in shards  # one per rank

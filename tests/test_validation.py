@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 
 import datasets
 import pytest
@@ -139,11 +140,30 @@ def test_the_input_name_is_the_callers(monkeypatch):
 # ---------------------------------------------------------------------------- model source
 
 
-def test_existing_sources_are_classified(tiny_model_dir):
+def test_existing_sources_are_classified(tiny_model_dir, monkeypatch):
     assert v.check_model_source("toy/moe-16x2") == "toy"
     assert v.check_model_source(tiny_model_dir("olmoe")) == "local"
-    assert v.check_model_source("allenai/OLMoE-1B-7B-0924", offline=False) == "hub"
+    for variable in ("HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(variable, raising=False)
+    with socket.socket() as hub:  # a hub that accepts connections
+        hub.bind(("127.0.0.1", 0))
+        hub.listen()
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{hub.getsockname()[1]}")
+        assert v.check_model_source("allenai/OLMoE-1B-7B-0924", offline=False) == "hub"
     assert v.check_model_source(torch.nn.Linear(2, 2)) == "object"
+
+
+def test_an_uncached_hub_id_is_refused_at_once_when_the_hub_cannot_be_reached(monkeypatch, tmp_path):
+    for variable in ("HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    with pytest.raises(v.ModelSourceError) as refused:
+        v.check_model_source("someone/never-downloaded-moe", offline=False)
+    assert "the hub cannot be reached" in one_line(refused, "--model")
 
 
 @pytest.mark.parametrize("spec", ["/no/such/model", "./missing-model", "~/nope/", "a/b/c", "C:\\models\\x"])

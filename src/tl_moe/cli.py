@@ -5,7 +5,7 @@ Commands:
     tl-moe plan [MODEL] [the flags of analyze]
     tl-moe explain [MODEL] [--explainer offline|openai:URL|local:PATH] ...
     tl-moe zoo list | train [NAMES ...|--all] | losses | evaluate
-    tl-moe hooks [MODEL]
+    tl-moe hooks [MODEL] | --architectures
     tl-moe corpus stats [--corpus SPEC]
 """
 
@@ -60,6 +60,9 @@ def _cmd_zoo_evaluate(args) -> None:
 def _cmd_hooks(args) -> None:
     from tl_moe.models.hook_names import hook_table_markdown
 
+    if args.architectures:
+        _print_architectures()
+        return
     if args.model is None:
         print(hook_table_markdown())
         return
@@ -69,6 +72,17 @@ def _cmd_hooks(args) -> None:
     print(f"{model.moe_cfg}\n")
     for name, kind in tl_moe.hook_names(model).items():
         print(f"{name:45s} {kind}")
+
+
+def _print_architectures() -> None:
+    """The MoE architectures tl_moe boots and hooks (model type, causal LM class), one a line."""
+    from tl_moe.models.catalog import registry_architectures
+
+    print(
+        "MoE architectures tl_moe loads and hooks (model_type  class); see README 'Supported architectures':"
+    )
+    for architecture in registry_architectures():
+        print(f"{architecture.model_type:24s} {architecture.hf_class}")
 
 
 def _cmd_corpus_stats(args) -> None:
@@ -167,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     hooks = commands.add_parser("hooks", help="the hook-point table, or a model's hook names")
     hooks.add_argument("model", nargs="?", default=None)
     hooks.add_argument("--device", default=None)
+    hooks.add_argument(
+        "--architectures", action="store_true", help="list the MoE architectures tl_moe boots and hooks"
+    )
     hooks.set_defaults(func=_cmd_hooks)
 
     corpus = commands.add_parser("corpus", help="the corpus").add_subparsers(

@@ -4,6 +4,13 @@ Turns a :class:`~tl_moe.analysis.activations.StoredTokens` into :class:`KSparseP
 Each concept is probed only on the tokens of documents it is defined on (a code concept on
 code, a LaTeX concept on math), so negatives are other tokens of the same kind of text, not
 tokens of another domain. Experts are probed in chunks so memory stays bounded.
+
+:func:`probe_experts` and :func:`probe_dense` run the paper's protocol as its reference code
+samples, splits and scores (:data:`PAPER_PROTOCOL`): per concept, each document's positive tokens
+and as many of its negative tokens, drawn before any routing
+(:func:`~tl_moe.analysis.probing_math.balance_per_document`); each unit then probes every token of
+that sample it saw, 75/25 stratified, with a class-weighted fit, and its F1 is at the class ratio
+routing left it.
 """
 
 from __future__ import annotations
@@ -16,11 +23,18 @@ from jaxtyping import Bool, Float, Int
 
 from tl_moe.analysis.activations import StoredTokens
 from tl_moe.analysis.probing import KSparseProbe, subsample_like_routing
+from tl_moe.analysis.probing_math import balance_per_document
 from tl_moe.collect.steps import Step, run_now
 from tl_moe.data.concepts import KNOWN_CONCEPTS
 from tl_moe.defaults import MIN_EXAMPLES
 from tl_moe.errors import InputError
 from tl_moe.models.hook_names import get_act_name
+
+#: The paper protocol's sampling, in words (also part of the checkpoint key of its results).
+PAPER_PROTOCOL = (
+    "per-document balanced sample before routing; every sampled token a unit saw, 75/25 stratified; "
+    "class-weighted fit; F1 at the unit's class ratio"
+)
 
 
 def concept_populations(stored: StoredTokens) -> list[tuple[list[int], Bool[torch.Tensor, " token"]]]:
@@ -63,14 +77,24 @@ def _probe(
     probe_params: dict,
     activation_index: Int[torch.Tensor, " unit"] | None = None,
 ) -> pd.DataFrame:
+    """Paper protocol: each population's concepts probed on their per-document balanced samples."""
+    if stored.doc_index is None:
+        raise ValueError(
+            "the paper protocol balances each concept per document: the stored tokens need document ids."
+        )
+    seed = probe_params.get("random_state", 0)
     frames = []
     for columns, population in concept_populations(stored):
-        probe = KSparseProbe(**probe_params)
+        labels = stored.labels[:, columns]
+        # seed + 1: the negatives' draw is a random stream apart from the token split's (seed).
+        sample = balance_per_document(labels, stored.doc_index, population, seed=seed + 1)
+        probe = KSparseProbe(**{**probe_params, "sampling": "all"})
         probe.fit(
             activations,
-            stored.labels[:, columns],
+            labels,
             unit_mask & population,
             activation_index=activation_index,
+            token_mask=sample,
             unit_names=unit_names,
             concept_names=[stored.concept_names[c] for c in columns],
         )
@@ -169,7 +193,7 @@ def probe_experts(
     step: Step = run_now,
     step_prefix: str = "paper-moe",
 ) -> pd.DataFrame:
-    """Probe every expert of every sparse layer; one row per (layer, expert, concept, k).
+    """Probe every expert of every sparse layer (paper protocol); one row per (layer, expert, concept, k).
 
     ``stored.rows`` must hold the hooks of :func:`expert_probing_hooks` for ``sparse_layers``.
     Experts are probed in blocks of at most ``max_block_bytes`` of activations. Units are named
@@ -203,7 +227,8 @@ def probe_dense(
     step: Step = run_now,
     step_prefix: str = "paper-dense",
 ) -> pd.DataFrame:
-    """Probe the FFN neurons of dense ``layers`` (``stored.rows`` holds each layer's ``neuron`` hook).
+    """Probe the FFN neurons of dense ``layers`` (paper protocol; ``stored.rows`` holds each layer's
+    ``neuron`` hook).
 
     With ``routed_counts`` (tokens each expert of an MoE layer received), each dense layer is also
     probed on random token subsets of those sizes (:func:`subsample_like_routing`), so its

@@ -5,14 +5,15 @@ split whose score is reported, so it favours the many small, noisy units of an M
 
 1. documents are split (seeded, by document id) into a *selection* and a *test* side
    (:func:`tl_moe.analysis.stats.document_split`);
-2. every unit's probe is fitted exactly as in the paper's protocol (:class:`KSparseProbe`: class-
-   balanced sample, 75/25 token split, neurons ranked on train, logistic regression) but on the
-   selection documents only; its F1 on the selection side's own held-out 25% is its *selection score*;
+2. every unit's probe is fitted on the selection documents only (:class:`KSparseProbe` with its
+   default, class-balanced sample: 75/25 token split, neurons ranked on train, logistic regression);
+   its F1 on the selection side's own held-out 25% is its *selection score*;
 3. per concept and k, the unit with the best selection score (among units with ``min_examples``
    positives and negatives on both sides) is chosen, and its fitted probe is applied, unchanged, to
    every token of the test documents routed to that unit;
 4. the reported numbers are that probe's class-balanced F1 (negatives weighted so that both classes
-   weigh the same, as on the paper's balanced test sets) and balanced accuracy on the test documents.
+   weigh the same, whatever the class ratio routing leaves the unit; the paper's code reports F1 at
+   that ratio instead) and balanced accuracy on the test documents.
 
 Each chosen probe keeps its confusion counts per test document, so any mean over concepts, and any
 paired difference of two such means (two models, or a model and a control on the same documents),

@@ -12,11 +12,14 @@ Over all tokens routed to each (layer, expert), :class:`ExpertLogitLensAccumulat
   position ``p`` is ``input_ids[p + 1]`` of the same window, never a flattened index).
 - **mean raw lens**: the sum of expert outputs per expert; the mean raw-lens logit over routed
   tokens is the lens of the mean output (the lens is linear), so its top tokens are exact.
+- **per-document output sums** (while they fit in a fixed memory bound): the same sums split by
+  document, so the mean lens, and what it ranks first, can be recomputed on resampled documents.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +39,9 @@ __all__ = ["ExpertLogitLensAccumulator", "ExpertLogitLensResult"]
 
 # Largest number of logits materialised at once when ranking the whole vocabulary.
 _LOGITS_PER_CHUNK = 1 << 24
+# Most per-document output-sum elements kept (document x layer x expert x d_model); past it they are
+# dropped and the document bootstrap of the lens is unavailable.
+_DOCUMENT_ELEMENTS = 1 << 25
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,9 @@ class ExpertLogitLensResult:
         top_token_ids: Tokens with the highest mean raw-lens logit over routed tokens, best first
             (-1 for an expert that received no token).
         top_token_logits: Those mean logits (NaN for an expert that received no token).
+        doc_ids: Sorted ids of the documents of the per-document sums (None when they did not fit).
+        doc_out_sum: ``[document, layer, expert, d_model]`` sum of expert outputs per document.
+        doc_n_routed: ``[document, layer, expert]`` routed (token, slot) events per document.
     """
 
     layers: tuple[int, ...]
@@ -66,6 +75,9 @@ class ExpertLogitLensResult:
     n_dla: Int[torch.Tensor, "layer expert"]
     top_token_ids: Int[torch.Tensor, "layer expert k"]
     top_token_logits: Float[torch.Tensor, "layer expert k"]
+    doc_ids: Int[torch.Tensor, " document"] | None = None
+    doc_out_sum: Float[torch.Tensor, "document layer expert d_model"] | None = None
+    doc_n_routed: Int[torch.Tensor, "document layer expert"] | None = None
 
     @property
     def dla_mean(self) -> Float[torch.Tensor, "layer expert"]:
@@ -172,6 +184,30 @@ class ExpertLogitLensAccumulator(Accumulator):
         self.out_sum = torch.zeros(n_layers, self.n_experts, self.readout.d_model, dtype=torch.float64)
         self.dla_sum = torch.zeros(n_layers, self.n_experts, dtype=torch.float64)
         self.n_dla = torch.zeros(n_layers, self.n_experts, dtype=torch.long)
+        self.doc_ids: torch.Tensor | None = torch.zeros(0, dtype=torch.long)
+        self.doc_out = torch.zeros(0, n_layers, self.n_experts, self.readout.d_model)
+        self.doc_n = torch.zeros(0, n_layers, self.n_experts, dtype=torch.long)
+
+    def _add_documents(
+        self,
+        ids: Int[torch.Tensor, " d"],
+        out: Float[torch.Tensor, "d layer expert d_model"],
+        n: Int[torch.Tensor, "d layer expert"],
+    ) -> None:
+        """Add per-document sums into the kept ones; drop them all once they outgrow the bound."""
+        if self.doc_ids is None:
+            return
+        all_ids, inverse = torch.unique(
+            torch.cat([self.doc_ids, ids.cpu()]), sorted=True, return_inverse=True
+        )
+        if len(all_ids) * math.prod(self.doc_out.shape[1:]) > _DOCUMENT_ELEMENTS:
+            self.doc_ids, self.doc_out, self.doc_n = None, self.doc_out[:0], self.doc_n[:0]
+            return
+        merged_out = self.doc_out.new_zeros((len(all_ids), *self.doc_out.shape[1:]))
+        merged_n = self.doc_n.new_zeros((len(all_ids), *self.doc_n.shape[1:]))
+        merged_out.index_add_(0, inverse, torch.cat([self.doc_out, out.cpu().float()]))
+        merged_n.index_add_(0, inverse, torch.cat([self.doc_n, n.cpu().long()]))
+        self.doc_ids, self.doc_out, self.doc_n = all_ids, merged_out, merged_n
 
     def config(self) -> dict[str, Any]:
         groups = None
@@ -212,6 +248,13 @@ class ExpertLogitLensAccumulator(Accumulator):
         next_ids = meta.input_ids.to(device).roll(-1, dims=1)[has_next]  # window-relative: p -> p + 1
         inverse_rms = self.readout.inverse_rms(final)[has_next]
         n_routed, out_sum, dla_sum, n_dla, keys = [], [], [], [], []
+        batch_docs, doc_of_real = torch.unique(meta.doc_index.to(device)[real], return_inverse=True)
+        doc_out = torch.zeros(
+            len(batch_docs) * len(self.layers) * self.n_experts, self.readout.d_model, device=device
+        )
+        doc_n = torch.zeros(
+            len(batch_docs) * len(self.layers) * self.n_experts, dtype=torch.long, device=device
+        )
         for row, layer in enumerate(self.layers):
             out = acts[get_act_name("expert_out", layer)]
             weights = acts[get_act_name("topk_weights", layer)]
@@ -224,6 +267,12 @@ class ExpertLogitLensAccumulator(Accumulator):
                     0, routed_experts, rows.to(torch.float64)
                 )
             )
+            slots = experts.shape[-1]
+            cell = (
+                doc_of_real.repeat_interleave(slots) * len(self.layers) + row
+            ) * self.n_experts + routed_experts
+            doc_out.index_add_(0, cell, rows.float())
+            doc_n += torch.bincount(cell, minlength=len(doc_n))
             bins = self._top_n_bins(rows)
             keys.append((((row * self.n_experts + routed_experts) * self.n_bins)[:, None] + bins).reshape(-1))
             lens = expert_logit_lens(
@@ -234,6 +283,8 @@ class ExpertLogitLensAccumulator(Accumulator):
             dla_sum.append(dla.new_zeros(self.n_experts).index_add(0, next_experts, dla))
             n_dla.append(torch.bincount(next_experts, minlength=self.n_experts))
         self.counts.add(torch.cat(keys))
+        shape = (len(batch_docs), len(self.layers), self.n_experts)
+        self._add_documents(batch_docs, doc_out.reshape(*shape, -1), doc_n.reshape(shape))
         self.n_routed = same_device(self.n_routed, final) + torch.stack(n_routed)
         self.out_sum = same_device(self.out_sum, final) + torch.stack(out_sum)
         self.dla_sum = same_device(self.dla_sum, final) + torch.stack(dla_sum)
@@ -242,6 +293,10 @@ class ExpertLogitLensAccumulator(Accumulator):
     def merge(self, other: ExpertLogitLensAccumulator) -> ExpertLogitLensAccumulator:
         self._check_mergeable(other)
         self.counts.add(other.counts.keys.to(self.counts.keys.device), other.counts.counts)
+        if other.doc_ids is None:
+            self.doc_ids, self.doc_out, self.doc_n = None, self.doc_out[:0], self.doc_n[:0]
+        else:
+            self._add_documents(other.doc_ids, other.doc_out, other.doc_n)
         for name in ("n_routed", "out_sum", "dla_sum", "n_dla"):
             mine = getattr(self, name)
             setattr(self, name, mine + getattr(other, name).to(mine.device))
@@ -255,12 +310,21 @@ class ExpertLogitLensAccumulator(Accumulator):
             "out_sum": self.out_sum,
             "dla_sum": self.dla_sum,
             "n_dla": self.n_dla,
+            "doc_kept": self.doc_ids is not None,
+            "doc_ids": self.doc_ids if self.doc_ids is not None else torch.zeros(0, dtype=torch.long),
+            "doc_out": self.doc_out,
+            "doc_n": self.doc_n,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.counts.keys, self.counts.counts = state["count_keys"], state["counts"]
         self.n_routed, self.out_sum = state["n_routed"], state["out_sum"]
         self.dla_sum, self.n_dla = state["dla_sum"], state["n_dla"]
+        if "doc_out" in state:
+            self.doc_ids = state["doc_ids"] if state["doc_kept"] else None
+            self.doc_out, self.doc_n = state["doc_out"], state["doc_n"]
+        else:  # a checkpoint written before per-document sums were kept
+            self.doc_ids, self.doc_out, self.doc_n = None, self.doc_out[:0], self.doc_n[:0]
 
     def finalize(self) -> ExpertLogitLensResult:
         n_layers, n_experts, n_bins = len(self.layers), self.n_experts, self.n_bins
@@ -293,6 +357,9 @@ class ExpertLogitLensAccumulator(Accumulator):
             n_dla=self.n_dla.cpu(),
             top_token_ids=top_ids,
             top_token_logits=top_logits,
+            doc_ids=self.doc_ids,
+            doc_out_sum=None if self.doc_ids is None else self.doc_out,
+            doc_n_routed=None if self.doc_ids is None else self.doc_n,
         )
 
 

@@ -1,10 +1,11 @@
 """k-sparse probing of expert (or dense FFN) neurons for token-level concepts.
 
 For every probe *unit* (an expert of an MoE layer, or a dense layer) and every binary concept,
-:class:`KSparseProbe` samples a class-balanced set of the tokens the unit saw, splits it 75/25
-stratified (seeded), ranks the unit's neurons by ``|mean(pos) - mean(neg)|`` on the train split,
-fits an L2 logistic-regression probe with balanced class weights on the top-k neurons for each k,
-and reports F1 on the test split. All (unit, concept, k) probes are solved together in batches
+:class:`KSparseProbe` takes the tokens the unit saw (``sampling="balanced"``: a class-balanced
+sample of them; ``sampling="all"``: all of them, at the class ratio the unit sees), splits them
+75/25 stratified (seeded), ranks the unit's neurons by ``|mean(pos) - mean(neg)|`` on the train
+split, fits an L2 logistic-regression probe with balanced class weights on the top-k neurons for
+each k, and reports F1 on the test split. All (unit, concept, k) probes are solved together in batches
 (:mod:`tl_moe.analysis.probing_math`); a unit with fewer than ``min_examples`` positive or negative
 tokens for a concept is reported with status ``"not_enough_samples"``.
 
@@ -14,9 +15,11 @@ subsets that make a dense model's best-of-layers comparable with an MoE's best-o
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import pandas as pd
 import torch
@@ -28,12 +31,14 @@ from tl_moe.analysis.probing_math import (
     fit_logistic_nested,
     padded_indices,
     rank_neurons_by_mean_difference,
+    stratified_split,
     subsample_like_routing,
 )
 from tl_moe.defaults import MIN_EXAMPLES
 
 __all__ = [
     "PROBE_STATUS",
+    "SAMPLINGS",
     "STATUS_NOT_ENOUGH_SAMPLES",
     "STATUS_OK",
     "KSparseProbe",
@@ -44,6 +49,8 @@ STATUS_OK = 0
 STATUS_NOT_ENOUGH_SAMPLES = 1
 #: Meaning of the integer codes in :attr:`KSparseProbe.status_`.
 PROBE_STATUS: dict[int, str] = {STATUS_OK: "ok", STATUS_NOT_ENOUGH_SAMPLES: "not_enough_samples"}
+#: How :class:`KSparseProbe` picks a unit's tokens: a class-balanced sample, or every token.
+SAMPLINGS = ("balanced", "all")
 
 # Problems sharing a chunk have at least this fraction of the largest one's examples (bounds padding).
 _MIN_FILL = 0.85
@@ -59,7 +66,12 @@ class KSparseProbe:
         test_size: fraction of each class's sampled tokens held out for F1, in (0, 1).
         min_examples: a (unit, concept) needs at least this many positive and negative tokens among
             the unit's tokens; otherwise its status is ``"not_enough_samples"`` and its F1 is NaN.
-        max_examples_per_class: cap on sampled tokens per class (None: no cap beyond balance).
+        sampling: ``"balanced"`` (default): ``min(#pos, #neg)`` tokens of each class are sampled and
+            split 75/25 per class, so train and test are balanced. ``"all"``: every token the unit saw
+            is split 75/25 stratified (scikit-learn's ``train_test_split(stratify=y)`` sizes), so the
+            test F1 is at the unit's own class ratio (the reference code of the paper's protocol).
+        max_examples_per_class: cap on sampled tokens per class (None: no cap beyond balance);
+            ``sampling="balanced"`` only.
         random_state: seed of the token sampling and split; the same seed gives the same result.
         device: where the probes are solved; default the device of the activations.
         max_batch_elements: bound on elements of the per-chunk working tensors (problems x tokens,
@@ -74,7 +86,7 @@ class KSparseProbe:
             (-1 unless ok). ``coef_``: ``[unit, concept, k, max(ks_)]`` probe weights on those
             neurons (zero beyond k). ``intercept_``: ``[unit, concept, k]``.
         n_pos_, n_neg_: ``[unit, concept]`` positive / negative tokens available to the unit.
-        n_per_class_: ``[unit, concept]`` tokens sampled per class (train + test; 0 unless ok).
+        n_examples_: ``[unit, concept]`` tokens probed, both classes, train + test (0 unless ok).
         unit_names_, concept_names_: labels used by :meth:`to_frame`.
     """
 
@@ -84,6 +96,7 @@ class KSparseProbe:
         C: float = 1.0,
         test_size: float = 0.25,
         min_examples: int = MIN_EXAMPLES,
+        sampling: Literal["balanced", "all"] = "balanced",
         max_examples_per_class: int | None = None,
         random_state: int = 0,
         device: torch.device | str | None = None,
@@ -94,6 +107,7 @@ class KSparseProbe:
         self.C = C
         self.test_size = test_size
         self.min_examples = min_examples
+        self.sampling = sampling
         self.max_examples_per_class = max_examples_per_class
         self.random_state = random_state
         self.device = device
@@ -118,7 +132,11 @@ class KSparseProbe:
                 f"min_examples={self.min_examples} with test_size={self.test_size} would leave no training "
                 "example for a class; raise min_examples or lower test_size."
             )
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}; got {self.sampling!r}.")
         cap = self.max_examples_per_class
+        if cap is not None and self.sampling != "balanced":
+            raise ValueError("max_examples_per_class caps a balanced sample; it needs sampling='balanced'.")
         if cap is not None and (not isinstance(cap, int) or cap < self.min_examples):
             raise ValueError(
                 f"max_examples_per_class must be None or an int >= min_examples ({self.min_examples}); got {cap!r}."
@@ -128,7 +146,12 @@ class KSparseProbe:
         return tuple(sorted(set(ks)))
 
     @staticmethod
-    def _validate_masks(labels: torch.Tensor, unit_mask: torch.Tensor, n_tokens: int | None = None) -> None:
+    def _validate_masks(
+        labels: torch.Tensor,
+        unit_mask: torch.Tensor,
+        n_tokens: int | None = None,
+        token_mask: torch.Tensor | None = None,
+    ) -> None:
         if not isinstance(labels, torch.Tensor) or labels.dtype != torch.bool or labels.ndim != 2:
             raise ValueError(
                 "labels must be a bool tensor [n_tokens, concept] (True = token shows the concept)."
@@ -147,6 +170,15 @@ class KSparseProbe:
                 f"token axes disagree: labels has {labels.shape[0]} tokens, unit_mask {unit_mask.shape[1]}"
                 + (f", activations {n_tokens}." if n_tokens is not None else ".")
             )
+        if token_mask is not None and (
+            not isinstance(token_mask, torch.Tensor)
+            or token_mask.dtype != torch.bool
+            or token_mask.shape != labels.shape
+        ):
+            raise ValueError(
+                f"token_mask must be a bool tensor shaped like labels {tuple(labels.shape)} "
+                "(True = the concept may use the token)."
+            )
         counts = labels.sum(0)
         for what, bad in (("positive", counts == 0), ("negative", counts == labels.shape[0])):
             if bad.any():
@@ -154,11 +186,17 @@ class KSparseProbe:
                 raise ValueError(f"concept(s) {idx} have no {what} token at all; drop them before probing.")
 
     def _sampling_plan(
-        self, labels: torch.Tensor, unit_mask: torch.Tensor
+        self, labels: torch.Tensor, unit_mask: torch.Tensor, token_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Counts per (unit, concept), the tokens per class to sample, status, sampling orders."""
-        n_pos = (unit_mask.to(torch.float64) @ labels.to(torch.float64)).round().long()
-        n_neg = unit_mask.sum(1, keepdim=True) - n_pos
+        """Counts per (unit, concept), the tokens per class to sample, status, sampling orders.
+
+        The tokens per class are ``min(n_pos, n_neg)`` (capped) for balanced sampling, and unused
+        (every token is probed) otherwise.
+        """
+        units = unit_mask.to(torch.float64)
+        usable = torch.ones_like(labels) if token_mask is None else token_mask
+        n_pos = (units @ (labels & usable).to(torch.float64)).round().long()
+        n_neg = (units @ (~labels & usable).to(torch.float64)).round().long()
         enough = (n_pos >= self.min_examples) & (n_neg >= self.min_examples)
         n_per_class = torch.minimum(n_pos, n_neg)
         if self.max_examples_per_class is not None:
@@ -172,7 +210,10 @@ class KSparseProbe:
         return n_pos, n_neg, n_per_class, status, orders
 
     def train_test_masks(
-        self, labels: Bool[torch.Tensor, "n_tokens concept"], unit_mask: Bool[torch.Tensor, "unit n_tokens"]
+        self,
+        labels: Bool[torch.Tensor, "n_tokens concept"],
+        unit_mask: Bool[torch.Tensor, "unit n_tokens"],
+        token_mask: Bool[torch.Tensor, "n_tokens concept"] | None = None,
     ) -> tuple[Bool[torch.Tensor, "unit concept n_tokens"], Bool[torch.Tensor, "unit concept n_tokens"]]:
         """The train and test tokens :meth:`fit` uses for each (unit, concept) with these inputs.
 
@@ -180,15 +221,36 @@ class KSparseProbe:
         memory. All False where the status would be ``"not_enough_samples"``.
         """
         self._validate_config()
-        self._validate_masks(labels, unit_mask)
-        _, _, n_per_class, _, orders = self._sampling_plan(labels, unit_mask)
+        self._validate_masks(labels, unit_mask, token_mask=token_mask)
+        _, _, n_per_class, status, orders = self._sampling_plan(labels, unit_mask, token_mask)
         n_units, n_concepts = n_per_class.shape
         unit = torch.arange(n_units).repeat_interleave(n_concepts)
         concept = torch.arange(n_concepts).repeat(n_units)
-        train, test = balanced_split(
-            unit_mask[unit], labels.T[concept], orders[concept], n_per_class.flatten(), self.test_size
-        )
+        train, test = self._split(labels, unit_mask, token_mask, orders, n_per_class, status, unit, concept)
         return train.view(n_units, n_concepts, -1), test.view(n_units, n_concepts, -1)
+
+    def _split(
+        self,
+        labels: torch.Tensor,
+        unit_mask: torch.Tensor,
+        token_mask: torch.Tensor | None,
+        orders: torch.Tensor,
+        n_per_class: torch.Tensor,
+        status: torch.Tensor,
+        unit: Int[torch.Tensor, " problem"],
+        concept: Int[torch.Tensor, " problem"],
+    ) -> tuple[Bool[torch.Tensor, "problem n_tokens"], Bool[torch.Tensor, "problem n_tokens"]]:
+        """Train and test token masks of the (unit, concept) problems given by index."""
+        member = unit_mask[unit]
+        if token_mask is not None:
+            member = member & token_mask.T[concept]
+        positive = labels.T[concept]
+        if self.sampling == "balanced":
+            return balanced_split(
+                member, positive, orders[concept], n_per_class[unit, concept], self.test_size
+            )
+        member = member & (status[unit, concept] == STATUS_OK)[:, None]
+        return stratified_split(member, positive, orders[concept], self.test_size)
 
     # ----------------------------------------------------------------------------------------------
     # fitting
@@ -200,6 +262,7 @@ class KSparseProbe:
         unit_mask: Bool[torch.Tensor, "unit n_tokens"] | None = None,
         *,
         activation_index: Int[torch.Tensor, "unit"] | None = None,  # noqa: F821 (jaxtyping shape)
+        token_mask: Bool[torch.Tensor, "n_tokens concept"] | None = None,
         unit_names: Sequence[str] | None = None,
         concept_names: Sequence[str] | None = None,
     ) -> KSparseProbe:
@@ -214,6 +277,9 @@ class KSparseProbe:
             activation_index: the row of ``activations`` each unit reads; lets several units (e.g.
                 token subsets of one dense layer, from :func:`subsample_like_routing`) share one
                 activation tensor without copies. Default: unit i reads row i.
+            token_mask: tokens each concept may use (e.g. a per-document balanced sample, see
+                :func:`~tl_moe.analysis.probing_math.balance_per_document`); a unit probes a concept
+                on its tokens inside this mask. Default: every token.
             unit_names, concept_names: labels for :meth:`to_frame` (default: indices).
         """
         ks = self._validate_config()
@@ -226,7 +292,7 @@ class KSparseProbe:
         n_sources, n_tokens, n_neurons = activations.shape
         if unit_mask is None:
             unit_mask = torch.ones(n_sources, n_tokens, dtype=torch.bool, device=activations.device)
-        self._validate_masks(labels, unit_mask, n_tokens)
+        self._validate_masks(labels, unit_mask, n_tokens, token_mask)
         n_units, n_concepts = unit_mask.shape[0], labels.shape[1]
         if activation_index is None:
             if n_units != n_sources:
@@ -253,34 +319,29 @@ class KSparseProbe:
 
         device = torch.device(self.device) if self.device is not None else activations.device
         labels, unit_mask = labels.to(device), unit_mask.to(device)
-        n_pos, n_neg, n_per_class, status, orders = self._sampling_plan(labels, unit_mask)
+        token_mask = None if token_mask is None else token_mask.to(device)
+        n_pos, n_neg, n_per_class, status, orders = self._sampling_plan(labels, unit_mask, token_mask)
+        ok = status == STATUS_OK
+        n_examples = (2 * n_per_class if self.sampling == "balanced" else n_pos + n_neg).masked_fill(~ok, 0)
         max_k, n_k = max(self.ks_), len(self.ks_)
         self.f1_ = torch.full((n_units, n_concepts, n_k), math.nan, dtype=torch.float64)
         self.top_neurons_ = torch.full((n_units, n_concepts, max_k), -1, dtype=torch.long)
         self.coef_ = torch.zeros(n_units, n_concepts, n_k, max_k, dtype=torch.float64)
         self.intercept_ = torch.full((n_units, n_concepts, n_k), math.nan, dtype=torch.float64)
 
-        problems = (status == STATUS_OK).nonzero().cpu()
-        sizes = n_per_class.cpu()[problems[:, 0], problems[:, 1]]
+        problems = ok.nonzero().cpu()
+        sizes = n_examples.cpu()[problems[:, 0], problems[:, 1]]
         order = sizes.argsort(descending=True, stable=True)
+        split = functools.partial(self._split, labels, unit_mask, token_mask, orders, n_per_class, status)
         for chunk in self._chunks(sizes[order], n_tokens, n_neurons + 2 * max_k + 2):
-            self._fit_chunk(
-                activations,
-                labels,
-                unit_mask,
-                activation_index,
-                orders,
-                n_per_class,
-                problems[order[chunk]],
-                device,
-            )
+            self._fit_chunk(activations, labels, activation_index, split, problems[order[chunk]], device)
 
         self.status_ = status.cpu()
-        self.n_pos_, self.n_neg_, self.n_per_class_ = n_pos.cpu(), n_neg.cpu(), n_per_class.cpu()
+        self.n_pos_, self.n_neg_, self.n_examples_ = n_pos.cpu(), n_neg.cpu(), n_examples.cpu()
         return self
 
     def _chunks(self, sizes: Int[torch.Tensor, "problem"], n_tokens: int, row_width: int) -> list[slice]:  # noqa: F821 (jaxtyping shape)
-        """Consecutive slices of problems sorted by decreasing size, within the memory bound.
+        """Consecutive slices of problems sorted by decreasing size (tokens probed), within the memory bound.
 
         A chunk also ends where problems get smaller than ``_MIN_FILL`` of its largest one, so that
         padding every problem to the largest wastes little work.
@@ -288,7 +349,7 @@ class KSparseProbe:
         chunks, start = [], 0
         while start < len(sizes):
             largest = int(sizes[start])
-            per_problem = max(6 * n_tokens, 2 * largest * row_width)
+            per_problem = max(6 * n_tokens, largest * row_width)
             stop = min(len(sizes), start + max(1, self.max_batch_elements // per_problem))
             small = (sizes[start:stop] < _MIN_FILL * largest).nonzero()
             if len(small):
@@ -310,19 +371,18 @@ class KSparseProbe:
         self,
         activations: torch.Tensor,
         labels: torch.Tensor,
-        unit_mask: torch.Tensor,
         activation_index: torch.Tensor,
-        orders: torch.Tensor,
-        n_per_class: torch.Tensor,
+        split: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
         chunk: Int[torch.Tensor, "problem 2"],
         device: torch.device,
     ) -> None:
-        """Sample, split, rank and fit every probe of one chunk of (unit, concept) problems."""
+        """Sample, split, rank and fit every probe of one chunk of (unit, concept) problems.
+
+        ``split(unit, concept)`` gives the chunk's train and test token masks.
+        """
         unit, concept = chunk[:, 0].to(device), chunk[:, 1].to(device)
         positive = labels.T[concept]
-        train, test = balanced_split(
-            unit_mask[unit], positive, orders[concept], n_per_class[unit, concept], self.test_size
-        )
+        train, test = split(unit, concept)
         train_idx, train_valid = padded_indices(train)
         test_idx, test_valid = padded_indices(test)
         source = activation_index[chunk[:, 0]].to(activations.device)

@@ -7,6 +7,8 @@ so thousands of small probes are solved together in a few batched tensor operati
   method; minimises exactly the objective of ``sklearn.linear_model.LogisticRegression``.
 - :func:`fit_logistic_nested` — the same on nested feature blocks ``X[..., :k]``, warm-started.
 - :func:`balanced_split` — seeded, class-balanced, stratified train/test token masks.
+- :func:`stratified_split` — seeded train/test masks of every token, stratified at its class ratio.
+- :func:`balance_per_document` — per document, every positive and as many random negatives.
 - :func:`rank_neurons_by_mean_difference` — neurons ordered by ``|mean(pos) - mean(neg)|``.
 - :func:`binary_f1` — F1 of the positive class, per problem.
 - :func:`padded_indices` — ragged boolean masks to padded index lists.
@@ -25,12 +27,14 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 
 __all__ = [
+    "balance_per_document",
     "balanced_split",
     "binary_f1",
     "fit_logistic_batched",
     "fit_logistic_nested",
     "padded_indices",
     "rank_neurons_by_mean_difference",
+    "stratified_split",
     "subsample_like_routing",
 ]
 
@@ -333,6 +337,99 @@ def balanced_split(
     train = torch.zeros_like(member).scatter_(1, token_order, ordered_train)
     test = torch.zeros_like(member).scatter_(1, token_order, ordered_test)
     return train, test
+
+
+def stratified_split(
+    member: Bool[torch.Tensor, "problem n_tokens"],
+    positive: Bool[torch.Tensor, "problem n_tokens"],
+    token_order: Int[torch.Tensor, "problem n_tokens"],
+    test_size: float,
+) -> tuple[Bool[torch.Tensor, "problem n_tokens"], Bool[torch.Tensor, "problem n_tokens"]]:
+    """Split every token a problem may use in train and test, stratified at its class ratio.
+
+    The split sizes are scikit-learn's ``train_test_split(test_size=test_size, stratify=y)``: of
+    ``n`` tokens, ``ceil(test_size * n)`` go to test; the train split takes ``floor(n_train * n_c / n)``
+    tokens of class c, and the one token rounding leaves goes to the class with the larger
+    remainder (on a tie, where scikit-learn draws at random, to the negative class). The test split
+    takes the first tokens of each class in ``token_order`` (a random permutation, so the split is
+    uniform), the train split all the others.
+
+    Args:
+        member: tokens each problem may use (e.g. tokens routed to the expert).
+        positive: the concept label of each token, for each problem.
+        token_order: a permutation of ``range(n_tokens)`` per problem: the sampling order.
+        test_size: fraction of the tokens that goes to the test split, in (0, 1).
+
+    Returns:
+        train: tokens in each problem's train split.
+        test: tokens in each problem's test split.
+    """
+    n_pos = (member & positive).sum(1)
+    n_all = member.sum(1)
+    n_test = torch.ceil(n_all.to(torch.float64) * test_size).long()
+    n_train = n_all - n_test
+    exact_pos = (n_pos * n_train).to(torch.float64) / n_all.clamp(min=1).to(torch.float64)
+    exact_neg = ((n_all - n_pos) * n_train).to(torch.float64) / n_all.clamp(min=1).to(torch.float64)
+    train_pos = exact_pos.floor()
+    train_neg = exact_neg.floor()
+    short = (n_train - train_pos.long() - train_neg.long()) > 0
+    to_pos = short & (exact_pos - train_pos > exact_neg - train_neg)
+    train_pos = train_pos.long() + to_pos.long()
+    test_by_class = (n_pos - train_pos, n_all - n_pos - (n_train - train_pos))
+    ordered_member = member.gather(1, token_order)
+    ordered_positive = positive.gather(1, token_order)
+    ordered_test = torch.zeros_like(ordered_member)
+    for in_class, n_class_test in zip(
+        (ordered_member & ordered_positive, ordered_member & ~ordered_positive), test_by_class, strict=True
+    ):
+        rank = in_class.cumsum(1) - 1  # rank among this class's tokens, in sampling order
+        ordered_test |= in_class & (rank < n_class_test[:, None])
+    test = torch.zeros_like(member).scatter_(1, token_order, ordered_test)
+    return member & ~test, test
+
+
+def balance_per_document(
+    positive: Bool[torch.Tensor, "n_tokens concept"],
+    document: Int[torch.Tensor, " n_tokens"],
+    allowed: Bool[torch.Tensor, " n_tokens"],
+    seed: int = 0,
+) -> Bool[torch.Tensor, "n_tokens concept"]:
+    """Per concept and document: every allowed positive token, and as many allowed negatives.
+
+    Within each document, ``min(#positives, #negatives)`` of its allowed negative tokens are drawn
+    uniformly without replacement (seeded); a document without a positive contributes nothing. This
+    is the sample a probing data set draws before any token is routed, so an expert later sees the
+    class ratio routing leaves it, not a balanced one.
+
+    Args:
+        positive: the concept labels of every token.
+        document: the document (any integer id) of every token.
+        allowed: tokens that may be sampled (e.g. the concept's population).
+        seed: seed of the negative draws.
+
+    Returns:
+        ``[n_tokens, concept]``: True where the token is in the concept's sample.
+    """
+    n_tokens, n_concepts = positive.shape
+    code = torch.unique(document.cpu(), return_inverse=True)[1]
+    n_docs = int(code.max()) + 1 if n_tokens else 0
+    pos = (positive.cpu() & allowed.cpu()[:, None]).T  # [concept, token]
+    neg = (~positive.cpu() & allowed.cpu()[:, None]).T
+    generator = torch.Generator().manual_seed(seed)
+    keys = torch.rand(n_concepts, n_tokens, generator=generator, dtype=torch.float64)
+    # Sorted by document, then by the random key: each document's negatives in a random order.
+    order = (code[None, :].to(torch.float64) + keys).argsort(dim=1)
+    doc_sorted = code[order]
+    neg_sorted = neg.gather(1, order)
+    zeros = torch.zeros(n_concepts, n_docs, dtype=torch.long)
+    pos_per_doc = zeros.scatter_add(1, code.expand(n_concepts, -1), pos.long())
+    neg_per_doc = zeros.scatter_add(1, code.expand(n_concepts, -1), neg.long())
+    quota = torch.minimum(pos_per_doc, neg_per_doc)
+    before_doc = neg_per_doc.cumsum(1) - neg_per_doc
+    rank = neg_sorted.long().cumsum(1) - 1 - before_doc.gather(1, doc_sorted)
+    keep_sorted = neg_sorted & (rank < quota.gather(1, doc_sorted))
+    keep_neg = torch.zeros_like(neg).scatter_(1, order, keep_sorted)
+    return (pos | keep_neg).T.contiguous().to(positive.device)
 
 
 def padded_indices(

@@ -22,13 +22,23 @@ documents an expert draws from, and which tokens within a document. For a docume
 domain), a token drawn from ``π(d)`` has ``π(d)``'s domain, so the null is exactly the shuffle of
 domain labels over documents used by the domain-expert test.
 
-The excess over this null is ``score − mean null``; its range is ``score − [97.5%, 2.5%]`` quantiles
-of the null (the null's 95% range, not a bootstrap over documents), and the permutation p-value is
-``(1 + #{null >= score}) / (1 + n_permutations)``.
+The excess over this null is ``score − mean null``; the permutation p-value is
+``(1 + #{null >= score}) / (1 + n_permutations)``, so it cannot go below ``1 / (1 + n_permutations)``
+(its *floor*: no permutation reached the observed score). A p-value at its floor says only that the
+score is above every permutation drawn; it does not rank two models that both reach it.
+
+The excess gets a **document-level bootstrap interval** (:func:`excess_intervals`): documents are
+resampled with replacement, and both the score and the null mean are recomputed on the resampled
+documents, from per-document routed counts (observed, and under the first
+:data:`BOOTSTRAP_PERMUTATIONS` permutations, each document keeping the partner ``π(d)`` it had). The
+trained − untrained difference is bootstrapped on the same resampled documents in both models
+(paired) when both were fed the same documents.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,13 +47,30 @@ import torch
 from jaxtyping import Float, Int
 
 from tl_moe.analysis.specialization import js_divergence
-from tl_moe.analysis.stats import MIN_DOCUMENTS
+from tl_moe.analysis.stats import Interval, cluster_bootstrap
 from tl_moe.errors import InputError
 
-__all__ = ["DocumentPermutationBaseline", "document_permutation_baseline"]
+__all__ = [
+    "BOOTSTRAP_PERMUTATIONS",
+    "MIN_PERMUTATION_DOCUMENTS",
+    "DocumentPermutationBaseline",
+    "document_permutation_baseline",
+    "excess_intervals",
+    "excess_statistic",
+]
 
 # Upper bound on the (permutation x token x layer x slot) index elements built at once.
 _CHUNK_ELEMENTS = 1 << 23
+#: Fewest documents the permutation baseline permutes. Its p-value is valid with few documents (only
+#: coarser); the excess's bootstrap interval needs :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS`.
+MIN_PERMUTATION_DOCUMENTS = 10
+#: Permutations whose per-document counts are kept for the bootstrap's null mean (the first ones drawn).
+BOOTSTRAP_PERMUTATIONS = 20
+# Upper bound on the per-document null counts kept (permutation x document x layer x expert x group);
+# past it fewer permutations are kept, and below two none (the interval is then unavailable).
+_DOCUMENT_COUNT_ELEMENTS = 1 << 26
+# Upper bound on the (resample x permutation x layer x expert x group) elements of one bootstrap chunk.
+_BOOTSTRAP_CHUNK_ELEMENTS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -58,6 +85,11 @@ class DocumentPermutationBaseline:
         n: ``[layer, expert]`` routed tokens (token, slot pairs) per expert: the layer means' weights.
         layers: block index of each row of the ``layer`` axis.
         n_documents: documents permuted.
+        doc_ids: ``[document]`` the id of each document of the per-document counts (sorted).
+        doc_counts: ``[document, layer, expert, group]`` routed counts of each document.
+        doc_null_counts: ``[permutation, document, layer, expert, group]`` the same under the first
+            permutations (document ``d`` keeps its routing and takes content from ``π(d)``); an empty
+            permutation axis when they would not fit in memory.
     """
 
     score: Float[torch.Tensor, "layer expert"]
@@ -65,6 +97,9 @@ class DocumentPermutationBaseline:
     n: Float[torch.Tensor, "layer expert"]
     layers: tuple[int, ...]
     n_documents: int
+    doc_ids: Int[torch.Tensor, " document"] | None = None
+    doc_counts: Float[torch.Tensor, "document layer expert group"] | None = None
+    doc_null_counts: Float[torch.Tensor, "kept document layer expert group"] | None = None
 
     @property
     def n_permutations(self) -> int:
@@ -86,12 +121,23 @@ class DocumentPermutationBaseline:
         p = (1.0 + exceed) / (1.0 + self.n_permutations)
         return p.masked_fill(self.score.isnan(), float("nan"))
 
+    @property
+    def p_floor(self) -> float:
+        """The smallest p-value the permutations can give: ``1 / (1 + n_permutations)``."""
+        return 1.0 / (1.0 + self.n_permutations)
+
+    def kept(self, min_n: float = 0) -> torch.Tensor:
+        """``[layer, expert]`` the experts the layer means average: scored, with >= ``min_n`` tokens."""
+        return ~self.score.isnan() & (self.n >= min_n)
+
     def layer_summary(self, min_n: float = 0) -> pd.DataFrame:
         """Per layer, over experts with at least ``min_n`` routed tokens, weighted by their tokens:
-        ``permutation_excess`` (weighted score − mean weighted null), ``ci_low`` / ``ci_high`` (the
-        null's 95% range subtracted from the weighted score), ``p_value``, ``n_experts_min_size``,
-        ``n_permutations``, ``n_documents``."""
-        large = ~self.score.isnan() & (self.n >= min_n)
+        ``permutation_excess`` (weighted score − mean weighted null), ``null_low`` / ``null_high`` (the
+        null's 95% range of the weighted score: a permutation range, not a confidence interval),
+        ``p_value``, ``p_at_floor`` (no permutation reached the score: p = 1 / (1 + permutations)),
+        ``n_experts_min_size``, ``n_permutations``, ``n_documents``. The excess's confidence interval
+        over documents comes from :func:`excess_intervals`."""
+        large = self.kept(min_n)
         weights = torch.where(large, self.n.double(), 0.0)
         total = weights.sum(1)
         safe = total.clamp_min(1e-300)
@@ -107,9 +153,10 @@ class DocumentPermutationBaseline:
             {
                 "layer": list(self.layers),
                 "permutation_excess": (observed - null.mean(0)).masked_fill(none, nan).numpy(),
-                "ci_low": (observed - high_q).masked_fill(none, nan).numpy(),
-                "ci_high": (observed - low_q).masked_fill(none, nan).numpy(),
+                "null_low": low_q.masked_fill(none, nan).numpy(),
+                "null_high": high_q.masked_fill(none, nan).numpy(),
                 "p_value": ((1.0 + exceed) / (1.0 + self.n_permutations)).masked_fill(none, nan).numpy(),
+                "p_at_floor": (exceed == 0).numpy() & ~none.numpy(),
                 "n_experts_min_size": large.sum(1).numpy(),
                 "n_permutations": self.n_permutations,
                 "n_documents": self.n_documents,
@@ -148,7 +195,7 @@ def document_permutation_baseline(
     num_experts: int,
     n_groups: int,
     *,
-    n_permutations: int = 200,
+    n_permutations: int,
     seed: int = 0,
     layers: tuple[int, ...] | None = None,
 ) -> DocumentPermutationBaseline:
@@ -159,13 +206,16 @@ def document_permutation_baseline(
         groups: the group of each token (its vocabulary cluster, or its document's domain).
         doc_index: the document of each token.
         num_experts, n_groups: sizes of the expert and group axes.
-        n_permutations: document permutations drawn.
+        n_permutations: document permutations drawn (the p-values' resolution is 1 / (1 + it)).
         seed: seed of the permutations and of the within-document draws.
         layers: block index of each layer row (default ``0, 1, ...``).
 
     Raises:
-        InputError: fewer than :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` documents.
+        InputError: fewer than :data:`MIN_PERMUTATION_DOCUMENTS` documents, or fewer than
+            one permutation.
     """
+    if int(n_permutations) < 1:
+        raise InputError(f"n_permutations must be a positive integer (--permutations); got {n_permutations}.")
     expert_indices = torch.as_tensor(expert_indices).long()
     groups = torch.as_tensor(groups).long()
     doc_index = torch.as_tensor(doc_index).long()
@@ -177,9 +227,10 @@ def document_permutation_baseline(
     n_tokens, n_layers, n_slots = expert_indices.shape
     docs, doc_of_token, doc_sizes = torch.unique(doc_index, return_inverse=True, return_counts=True)
     n_docs = len(docs)
-    if n_docs < MIN_DOCUMENTS:
+    if n_docs < MIN_PERMUTATION_DOCUMENTS:
         raise InputError(
-            f"{n_docs} document(s): the document-level permutation baseline needs at least {MIN_DOCUMENTS}; "
+            f"{n_docs} document(s): the document-level permutation baseline needs at least "
+            f"{MIN_PERMUTATION_DOCUMENTS}; "
             "raise --max-tokens."
         )
     order = torch.argsort(doc_of_token, stable=True)
@@ -199,6 +250,18 @@ def document_permutation_baseline(
         counts = torch.bincount(flat.flatten(), minlength=batch * cells)
         return counts.reshape(batch, n_layers, num_experts, n_groups).double()
 
+    def document_counts_of(token_groups: torch.Tensor) -> torch.Tensor:
+        """[batch, token] groups -> [batch, document, layer, expert, group] routed counts (float32)."""
+        batch = token_groups.shape[0]
+        per_doc = (doc_of_token * cells)[:, None, None] + cell.long()  # [token, layer, slot]
+        shifted = token_groups.long() + torch.arange(batch)[:, None] * (n_docs * cells)
+        flat = per_doc[None] + shifted[:, :, None, None]
+        counts = torch.bincount(flat.flatten(), minlength=batch * n_docs * cells)
+        return counts.reshape(batch, n_docs, n_layers, num_experts, n_groups).float()
+
+    n_kept = min(BOOTSTRAP_PERMUTATIONS, n_permutations, _DOCUMENT_COUNT_ELEMENTS // (n_docs * cells))
+    n_kept = n_kept if n_kept >= 2 else 0
+    doc_null_counts = []
     observed = counts_of(groups[None])[0]
     pooled = observed.sum(1, keepdim=True)
     score = _jsd_rows(observed, pooled)
@@ -215,7 +278,10 @@ def document_permutation_baseline(
         shuffled = groups[keys.argsort(dim=1)]  # [perm, token]
         source = perms[:, doc_of_token]  # [perm, token]: the document each token takes its group from
         position = starts[source] + rank[None] % doc_sizes[source]
-        null_counts = counts_of(shuffled.gather(1, position))
+        permuted = shuffled.gather(1, position)
+        if start < n_kept:
+            doc_null_counts.append(document_counts_of(permuted[: n_kept - start]))
+        null_counts = counts_of(permuted)
         # The statistic recomputed on the permuted data: against the layer's pooled counts under the
         # same permutation (a long document relabelled changes the pooled distribution too).
         nulls.append(_jsd_rows(null_counts, null_counts.sum(-2, keepdim=True)))
@@ -225,4 +291,166 @@ def document_permutation_baseline(
         n=observed.sum(-1),
         layers=tuple(range(n_layers)) if layers is None else tuple(int(layer) for layer in layers),
         n_documents=n_docs,
+        doc_ids=docs,
+        doc_counts=document_counts_of(groups[None])[0],
+        doc_null_counts=(
+            torch.cat(doc_null_counts)
+            if doc_null_counts
+            else torch.zeros(0, n_docs, n_layers, num_experts, n_groups)
+        ),
     )
+
+
+def _layer_weighted_jsd(
+    counts: Float[torch.Tensor, "... layer expert group"], kept: torch.Tensor
+) -> Float[torch.Tensor, "... layer"]:
+    """Token-weighted mean over the ``kept`` experts of each expert's JSD (bits) vs its layer's pooled
+    counts; an expert without counts weighs 0, a layer without any kept token is NaN."""
+    n = counts.sum(-1)
+    pooled = counts.sum(-2, keepdim=True)
+    p = counts / n.clamp_min(1e-300)[..., None]
+    q = pooled / pooled.sum(-1, keepdim=True).clamp_min(1e-300)
+    m = 0.5 * (p + q)
+    kl_p = (torch.xlogy(p, p) - torch.xlogy(p, m)).sum(-1)
+    kl_q = (torch.xlogy(q, q) - torch.xlogy(q, m)).sum(-1)
+    jsd = (0.5 * (kl_p + kl_q) / math.log(2.0)).clamp_min(0.0)
+    weights = torch.where(kept, n, 0.0)
+    total = weights.sum(-1)
+    return (jsd * weights).sum(-1) / total.where(total > 0, float("nan"))
+
+
+def excess_statistic(
+    baseline: DocumentPermutationBaseline, min_n: float = 0
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The layer excess as a function of document weights, for :func:`~tl_moe.analysis.stats.cluster_bootstrap`.
+
+    Maps ``[batch, document]`` weights (how often each document is drawn; all ones: the observed
+    corpus) to ``[batch, layer]``: the token-weighted mean JSD of the experts kept on the observed data
+    (scored, >= ``min_n`` tokens), recomputed on the weighted counts, minus the mean over the kept
+    permutations of the same on the weighted null counts. With all-ones weights it is the excess of
+    :meth:`DocumentPermutationBaseline.layer_summary` over the kept permutations.
+    """
+    if baseline.doc_counts is None or baseline.doc_null_counts is None or not len(baseline.doc_null_counts):
+        raise InputError("no per-document null counts were kept: the excess cannot be bootstrapped.")
+    kept = baseline.kept(min_n)
+    observed = baseline.doc_counts.double()
+    null = baseline.doc_null_counts.double()
+    n_kept, n_docs = null.shape[:2]
+    cell_shape = observed.shape[1:]
+    observed_flat, null_flat = observed.reshape(n_docs, -1), null.reshape(n_kept, n_docs, -1)
+    chunk = max(1, _BOOTSTRAP_CHUNK_ELEMENTS // (n_kept * observed_flat.shape[1]))
+
+    def statistic(weights: np.ndarray) -> np.ndarray:
+        w = torch.as_tensor(np.asarray(weights), dtype=torch.float64).reshape(-1, n_docs)
+        out = []
+        for part in w.split(chunk):
+            counts = (part @ observed_flat).reshape(len(part), *cell_shape)
+            null_counts = torch.einsum("bd,kdx->bkx", part, null_flat).reshape(len(part), n_kept, *cell_shape)
+            out.append(_layer_weighted_jsd(counts, kept) - _layer_weighted_jsd(null_counts, kept).mean(1))
+        return torch.cat(out).numpy()
+
+    return statistic
+
+
+def _same_documents(a: DocumentPermutationBaseline, b: DocumentPermutationBaseline) -> bool:
+    return a.doc_ids is not None and b.doc_ids is not None and torch.equal(a.doc_ids, b.doc_ids)
+
+
+def excess_intervals(
+    baseline: DocumentPermutationBaseline,
+    untrained: DocumentPermutationBaseline | None = None,
+    *,
+    min_n: float = 0,
+    n_resamples: int,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Document-bootstrap intervals of the layer excess, and of trained − untrained (paired).
+
+    Every resample draws documents with replacement and recomputes score and null mean on them
+    (:func:`excess_statistic`). With an ``untrained`` baseline fed the same documents, both models see the
+    same resampled documents in every resample and their difference gets a paired interval; fed other
+    documents, each model is bootstrapped on its own and the difference is unavailable.
+
+    Returns:
+        One row per (model, layer), ``model`` in ``"trained"``, ``"untrained"``,
+        ``"trained − untrained"``: ``estimate``, ``ci_low``, ``ci_high``, ``interval_available``,
+        ``reason`` (why unavailable), ``n_documents``, ``confidence``.
+    """
+
+    def rows(model: str, layers, intervals: list[Interval]) -> list[dict]:
+        return [
+            {
+                "model": model,
+                "layer": layer,
+                "estimate": interval.estimate,
+                "ci_low": interval.low,
+                "ci_high": interval.high,
+                "interval_available": interval.available,
+                "reason": interval.reason,
+                "n_documents": interval.n,
+                "confidence": interval.confidence,
+            }
+            for layer, interval in zip(layers, intervals, strict=True)
+        ]
+
+    def unavailable(model: str, source: DocumentPermutationBaseline, reason: str) -> list[dict]:
+        nan = float("nan")
+        n_docs = source.n_documents
+        return rows(
+            model,
+            source.layers,
+            [Interval(nan, nan, nan, n_docs, confidence, "none", False, reason) for _ in source.layers],
+        )
+
+    def bootstrap(statistic, n_docs: int, what: str) -> list[Interval]:
+        return cluster_bootstrap(
+            statistic,
+            n_docs,
+            n_resamples=n_resamples,
+            confidence=confidence,
+            seed=seed,
+            on_too_few="unavailable",
+            what=what,
+        )
+
+    def statistic_or_reason(source: DocumentPermutationBaseline):
+        try:
+            return excess_statistic(source, min_n), None
+        except InputError as error:
+            return None, str(error)
+
+    out = []
+    trained, reason = statistic_or_reason(baseline)
+    n_layers = len(baseline.layers)
+    if trained is None:
+        out += unavailable("trained", baseline, reason)
+    if untrained is None:
+        if trained is not None:
+            out += rows("trained", baseline.layers, bootstrap(trained, baseline.n_documents, "the excess"))
+        return pd.DataFrame(out)
+    other, other_reason = statistic_or_reason(untrained)
+    if other is None:
+        out += unavailable("untrained", untrained, other_reason)
+    if trained is not None and other is not None and _same_documents(baseline, untrained):
+
+        def joint(weights: np.ndarray) -> np.ndarray:
+            a, b = trained(weights), other(weights)
+            return np.concatenate([a, b, a - b], axis=1)
+
+        intervals = bootstrap(joint, baseline.n_documents, "the excess")
+        out += rows("trained", baseline.layers, intervals[:n_layers])
+        out += rows("untrained", untrained.layers, intervals[n_layers : 2 * n_layers])
+        out += rows("trained − untrained", baseline.layers, intervals[2 * n_layers :])
+        return pd.DataFrame(out)
+    if trained is not None:
+        out += rows("trained", baseline.layers, bootstrap(trained, baseline.n_documents, "the excess"))
+    if other is not None:
+        out += rows("untrained", untrained.layers, bootstrap(other, untrained.n_documents, "the excess"))
+    why = (
+        "the two models were not fed the same documents, so no paired difference"
+        if trained is not None and other is not None
+        else "one model's excess has no interval"
+    )
+    out += unavailable("trained − untrained", baseline, why)
+    return pd.DataFrame(out)

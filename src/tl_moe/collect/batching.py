@@ -7,7 +7,10 @@ documents. Windows are grouped ``batch_size`` at a time in dataset order, so the
 stream is a pure function of (dataset, tokenizer, batch_size, seq_len, max_tokens).
 
 Only a small chunk of documents is tokenized at a time; nothing about the corpus is
-materialised beyond the batch being built.
+materialised beyond the batch being built. A document longer than :data:`MAX_DOCUMENT_CHARS`
+characters is cut to its first ``MAX_DOCUMENT_CHARS`` before it is tokenized (and labelled),
+so one pathological document (megabytes on one line) costs a bounded time; the embedded
+corpora's documents are far shorter (a few thousand characters).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ DOMAIN_COLUMN = "domain"
 LANGUAGE_COLUMN = "language"
 DEFAULT_DOMAIN = "all"
 _DOCS_PER_TOKENIZER_CALL = 64
+MAX_DOCUMENT_CHARS = 100_000
+"""Characters of a document that are tokenized; the rest of a longer document is not read."""
 
 
 class ConceptLabeler(Protocol):
@@ -150,7 +155,7 @@ def _tokenize_documents(
     with_offsets: bool,
 ) -> list[TokenizedDocument]:
     rows = dataset[start:stop]
-    texts = ["" if text is None else str(text) for text in rows[TEXT_COLUMN]]
+    texts = ["" if text is None else str(text)[:MAX_DOCUMENT_CHARS] for text in rows[TEXT_COLUMN]]
     domains = [encode_domain(value) for value in rows.get(DOMAIN_COLUMN, [None] * len(texts))]
     languages = rows.get(LANGUAGE_COLUMN, [None] * len(texts))
     encoded = tokenizer(

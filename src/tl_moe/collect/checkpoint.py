@@ -433,7 +433,10 @@ def remove_checkpoints(directory: str | os.PathLike) -> list[Path]:
         return []
     removed = []
     for path in sorted(root.rglob("*")):
-        if path.is_file() and not path.is_symlink() and is_checkpoint_file(path):
+        leftover = (
+            _TEMPORARY.match(path.name) is not None and (path.parent / path.name.rsplit(".", 2)[0]).exists()
+        )
+        if path.is_file() and not path.is_symlink() and (is_checkpoint_file(path) or leftover):
             path.unlink()
             removed.append(path)
     for folder in sorted(
@@ -443,6 +446,29 @@ def remove_checkpoints(directory: str | os.PathLike) -> list[Path]:
             folder.rmdir()
     if not any(root.iterdir()):
         root.rmdir()
+    return removed
+
+
+_TEMPORARY = re.compile(r"^.+\.[A-Za-z0-9_]{8}\.tmp$")
+"""Names :func:`write_verified` gives its temporary files (``<name>.<8 random characters>.tmp``)."""
+
+
+def remove_stale_temporaries(path: str | os.PathLike, *, older_than: float) -> list[Path]:
+    """Delete the temporary files of checkpoint ``path`` last modified before ``older_than`` (a time.time()).
+
+    A process killed while :func:`write_verified` wrote ``path`` leaves ``<name>.<random>.tmp``
+    behind (empty, or a partial checkpoint). A resumed run removes those its own writes cannot own:
+    the ones older than its start (a concurrent writer's file is newer, and is kept).
+    """
+    path = Path(path)
+    removed = []
+    for leftover in path.parent.glob(f"{glob.escape(path.name)}.*.tmp"):
+        try:
+            if leftover.is_file() and not leftover.is_symlink() and leftover.stat().st_mtime < older_than:
+                leftover.unlink()
+                removed.append(leftover)
+        except FileNotFoundError:
+            continue
     return removed
 
 

@@ -9,6 +9,7 @@ any time, so memory does not grow with the corpus.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from tl_moe.collect.checkpoint import (
     discard_checkpoint,
     fingerprint,
     load_checkpoint,
+    remove_stale_temporaries,
     restore_rng_state,
     save_checkpoint,
 )
@@ -167,7 +169,9 @@ def collect(
     )
     cursor, complete = StreamCursor(), False
     if path is not None:
+        started = time.time()
         saved = None if fresh else load_checkpoint(path, fields=fields, device=device)
+        remove_stale_temporaries(path, older_than=started)  # a kill during a write left them
         if saved is None:
             save_checkpoint(path, fields=fields, cursor=cursor, states=_states(accumulators), complete=False)
         else:

@@ -15,6 +15,7 @@ import random
 import shutil
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -322,40 +323,60 @@ def load_corpus(spec=None, require_domain: bool = False) -> datasets.DatasetDict
     if isinstance(spec, datasets.Dataset):
         return _frame_to_dataset_dict(spec.to_pandas(), "the given Dataset", require_domain)
     if not isinstance(spec, str | os.PathLike):
-        raise TypeError(f"cannot load a corpus from a {type(spec).__name__}; accepted: {ACCEPTED_SPECS}")
+        raise CorpusTypeError(
+            f"cannot load a corpus from {_short_repr(spec)} (of type {type(spec).__name__}); accepted: {ACCEPTED_SPECS}"
+        )
     path = Path(spec)
     if not path.exists():
         if "/" in str(spec) and not str(spec).startswith((".", "/", "~")):  # looks like a hub dataset id
             try:
                 return load_corpus(datasets.load_dataset(str(spec)), require_domain)
             except Exception as error:  # offline, unknown id, gated...
-                raise FileNotFoundError(
+                reason = " ".join(str(error).split())[:200]
+                raise InputError(
                     f"corpus path {str(path)!r} does not exist and loading it as a `datasets` hub id failed "
-                    f"({type(error).__name__}: {error}); accepted: {ACCEPTED_SPECS}"
-                ) from error
-        raise FileNotFoundError(f"corpus path {str(path)!r} does not exist; accepted: {ACCEPTED_SPECS}")
+                    f"({type(error).__name__}: {reason}); accepted: {ACCEPTED_SPECS}"
+                ) from None
+        raise InputError(f"corpus path {str(path)!r} does not exist; accepted: {ACCEPTED_SPECS}")
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
         return load_corpus(datasets.load_from_disk(str(path)), require_domain)
     from tl_moe.data.sources.user_files import read_corpus_files
 
-    try:
-        frame = read_corpus_files(path)
-    except ValueError as error:
-        raise ValueError(f"{error}. Accepted: {ACCEPTED_SPECS}") from error
-    return _frame_to_dataset_dict(frame, str(path), require_domain)
+    return _frame_to_dataset_dict(read_corpus_files(path), repr(str(path)), require_domain)
+
+
+class CorpusTypeError(InputError, TypeError):
+    """A corpus given as an object :func:`load_corpus` does not accept (an int, a list, ...)."""
+
+
+def _short_repr(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _kind_of(value) -> str:
+    """``null`` for a missing value (None, NaN), else the value's type name, for error messages."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "null"
+    return type(value).__name__
 
 
 def _frame_to_dataset_dict(frame: pd.DataFrame, origin: str, require_domain: bool) -> datasets.DatasetDict:
     """Validate a table of documents, fill optional columns, and split it into a ``DatasetDict``."""
     if "text" not in frame.columns:
-        raise ValueError(
+        raise InputError(
             f"corpus from {origin} has no 'text' column (columns: {sorted(map(str, frame.columns))}); "
             f"accepted: {ACCEPTED_SPECS}"
         )
     not_text = ~frame["text"].map(lambda value: isinstance(value, str))
     if not_text.any():
-        raise ValueError(
-            f"corpus from {origin}: {int(not_text.sum())} rows have a 'text' that is not a string"
+        kinds = Counter(_kind_of(value) for value in frame["text"][not_text])
+        found = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
+        first = int(not_text.to_numpy().nonzero()[0][0])
+        raise InputError(
+            f"corpus from {origin}: {int(not_text.sum())} of {len(frame)} rows have a 'text' that is not a "
+            f"string ({found}; first at row {first}); accepted: a string in every row's 'text' "
+            f"(an empty string for a document without text)"
         )
     has_domain = "domain" in frame.columns
     missing_domain = frame["domain"].isna() | (frame["domain"] == "") if has_domain else None
@@ -365,9 +386,10 @@ def _frame_to_dataset_dict(frame: pd.DataFrame, origin: str, require_domain: boo
             if not has_domain
             else f"has {int(missing_domain.sum())} rows without one"
         )
-        raise ValueError(
+        raise InputError(
             f"corpus from {origin} {detail}, which domain analyses need "
-            f"(columns present: {sorted(map(str, frame.columns))}); accepted: {ACCEPTED_SPECS}"
+            f"(columns present: {sorted(map(str, frame.columns))}); accepted: a 'domain' column naming "
+            f"every row's domain, or a folder of .txt files with one sub-folder per domain"
         )
     if has_domain:
         frame["domain"] = frame["domain"].where(~missing_domain, "unknown").astype(str)
@@ -376,7 +398,7 @@ def _frame_to_dataset_dict(frame: pd.DataFrame, origin: str, require_domain: boo
     if "split" in frame.columns:
         unknown = set(frame["split"].dropna().unique()) - set(SPLITS)
         if unknown:
-            raise ValueError(
+            raise InputError(
                 f"corpus from {origin}: unknown split names {sorted(unknown)}; accepted: {SPLITS}"
             )
         splits = frame["split"].fillna("").astype(str)

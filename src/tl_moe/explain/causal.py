@@ -3,17 +3,25 @@
 For each expert with a concept label (offline dissection), on windows of ``causal``-split documents:
 
 - **described** positions are those whose input token the label describes (the concept's own labeler;
-  for a concept ∧ domain label, only in documents of that domain); **control** positions are the rest;
+  for a concept ∧ domain label, only in documents of that domain); **other** positions are the rest;
 - the loss of the next-token prediction is computed unchanged and under two interventions on the
   expert (:mod:`tl_moe.models.interventions`, applied with ``run_with_hooks``): **remove** (it cannot
   be selected; tokens re-route) and **boost** (its mixing weight × ``boost``);
-- the **effect** of an intervention is ``mean |Δloss|`` on described positions minus on control
-  positions (does it change the loss more where the label says the expert works?);
-- the **control expert** is the expert of the same layer whose routing frequency (``explain`` split)
-  is closest; the same intervention on it, read on the same positions, gives the control effect.
+- the comparison is made **on the positions where the expert is routed** (its baseline top-k): the
+  **effect** of an intervention is ``mean |Δloss|`` on described routed positions minus on the other
+  routed positions. An expert changes the loss mostly where it is routed, and a labeled expert is
+  routed more often on described tokens than elsewhere (that is how dissection chose its label), so a
+  comparison over all positions would credit the label with routing alone;
+- the **control expert** is the expert of the same layer whose routing rate *at the described tokens*
+  (on the ``explain`` split, where the label was chosen) is closest to the labeled expert's; the same
+  intervention on it, read on ITS routed positions, gives the control effect. The routing rates of
+  both experts at described and other positions of the causal windows are reported beside.
 
-Reported per expert and summarized over experts: mean effect with a bootstrap interval and a
-sign-flip permutation p-value (effect > 0), and matched − control with the same.
+The summary is a mean over labeled experts, and its interval a bootstrap over *documents* (every
+window of a document moves together; :func:`~tl_moe.analysis.stats.cluster_bootstrap`): experts that
+share documents are not independent. Fewer than :data:`MIN_CAUSAL_DOCUMENTS` documents: the interval
+is unavailable, with the reason. An expert enters a resample's mean only where its ratio is defined in
+that resample (matched − control: where both are). There is no p-value: the interval is the test.
 
 The paper's check is reported beside it, labelled as such: at described positions where the expert
 is routed, its rank by exact direct logit attribution on the actual next token among the routed
@@ -23,6 +31,7 @@ routed (chance with top-k routing: 1 / k).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,26 +39,63 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import Bool, Float, Int
 
 from tl_moe.analysis.logit_lens import expert_logit_lens
 from tl_moe.analysis.readout import LogitReadout
+from tl_moe.analysis.stats import cluster_bootstrap
+from tl_moe.collect.interventional import run_interventions
 from tl_moe.data.concepts import TokenConceptLabeler
 from tl_moe.explain.examples import SPLITS, ExpertExamples, document_split
 from tl_moe.explain.explainers import Explanation
-from tl_moe.explain.runner import bootstrap_mean
 from tl_moe.models.hook_names import get_act_name
-from tl_moe.models.interventions import remove_experts, scale_expert_weights
+from tl_moe.models.interventions import Intervention
 
-__all__ = ["CausalResult", "causal_checks", "causal_windows"]
+__all__ = [
+    "MIN_CAUSAL_DOCUMENTS",
+    "CausalResult",
+    "CausalWindows",
+    "causal_checks",
+    "causal_windows",
+    "label_effects",
+    "routing_matched_control",
+]
+
+#: Fewest documents behind a causal-check interval (fewer: the interval is unavailable, with the reason).
+MIN_CAUSAL_DOCUMENTS = 30
+#: Fewest real tokens a window of a short document needs to be used.
+MIN_WINDOW_TOKENS = 16
+INTERVENTIONS = ("remove", "boost")
 
 
 @dataclass(frozen=True)
 class CausalResult:
-    """Per-expert causal effects (``frame``) and their summary over experts (``summary``)."""
+    """Per-expert causal effects (``frame``), their summary over experts (``summary``), and the windows'
+    size: ``n_windows`` windows from ``n_documents`` documents."""
 
     frame: pd.DataFrame
     summary: pd.DataFrame
     n_windows: int
+    n_documents: int = 0
+
+
+@dataclass(frozen=True)
+class CausalWindows:
+    """Windows ``[BOS, tokens...]`` of ``causal``-split documents, right-padded when a document is short.
+
+    Attributes:
+        ids: token ids ``[window, pos]``.
+        labels: the concept labels of each input token ``[window, pos, concept]``.
+        valid: whether each position holds a real token (False: padding or nothing).
+        domains: each window's document domain.
+        documents: each window's document (its corpus row).
+    """
+
+    ids: Int[torch.Tensor, "window pos"]
+    labels: Bool[torch.Tensor, "window pos concept"]
+    valid: Bool[torch.Tensor, "window pos"]
+    domains: list[str | None]
+    documents: Int[torch.Tensor, " window"]
 
 
 def causal_windows(
@@ -58,55 +104,68 @@ def causal_windows(
     examples: ExpertExamples,
     *,
     seq_len: int = 128,
-    max_windows: int = 32,
-    per_document: int = 2,
-) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Full windows ``[BOS, tokens...]`` of ``causal``-split documents (at most ``per_document`` each, so
-    many documents and domains are seen), their concept labels ``[window, pos, concept]`` and domains."""
+    max_windows: int | None = None,
+    per_document: int = 1,
+    min_tokens: int = MIN_WINDOW_TOKENS,
+) -> CausalWindows:
+    """Windows of ``causal``-split documents: at most ``per_document`` each (documents are the unit of the
+    intervals, so many documents are worth more than many windows of one) and at most ``max_windows`` in
+    all (None: every document of the split). A document's last, shorter piece (the whole of a short
+    document) is kept when it has at least ``min_tokens`` tokens, right-padded (with causal attention,
+    padding never changes an earlier position)."""
     labeler = TokenConceptLabeler(examples.concept_names)
-    causal = SPLITS.index("causal")
     rows = torch.arange(len(dataset))
     split = document_split(rows, examples.split_fractions, examples.seed)
     bos = tokenizer.bos_token_id
+    pad = next(t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, bos, 0) if t is not None)
     lead = int(bos is not None)
     chunk = seq_len - lead
-    ids, labels, domains = [], [], []
-    for row in rows[split == causal].tolist():
+    ids, labels, valid, domains, documents = [], [], [], [], []
+    for row in rows[split == SPLITS.index("causal")].tolist():
         document = dataset[row]
         encoding = tokenizer(document["text"], add_special_tokens=False, return_offsets_mapping=True)
         domain = document.get("domain")
         doc_labels = labeler(
             document["text"], encoding["offset_mapping"], domain=domain, language=document.get("language")
         )
-        tokens = torch.tensor(encoding["input_ids"])
-        for start in list(range(0, len(tokens) - chunk + 1, chunk))[:per_document]:
-            window = tokens[start : start + chunk]
-            window_labels = doc_labels[start : start + chunk]
+        tokens = torch.tensor(encoding["input_ids"], dtype=torch.long)
+        for start in list(range(0, len(tokens), chunk))[:per_document]:
+            window, window_labels = tokens[start : start + chunk], doc_labels[start : start + chunk]
+            if len(window) < min_tokens:
+                break
             if lead:
                 window = torch.cat([torch.tensor([bos]), window])
-                window_labels = torch.cat(
-                    [torch.zeros(1, window_labels.shape[1], dtype=torch.bool), window_labels]
-                )
-            ids.append(window)
-            labels.append(window_labels)
+                window_labels = torch.cat([window_labels.new_zeros(1, window_labels.shape[1]), window_labels])
+            n = len(window)
+            ids.append(torch.cat([window, window.new_full((seq_len - n,), pad)]))
+            labels.append(
+                torch.cat([window_labels, window_labels.new_zeros(seq_len - n, window_labels.shape[1])])
+            )
+            valid.append(torch.arange(seq_len) < n)
             domains.append(domain)
-            if len(ids) >= max_windows:
-                return torch.stack(ids), torch.stack(labels), domains
+            documents.append(row)
+            if max_windows is not None and len(ids) >= max_windows:
+                break
+        if max_windows is not None and len(ids) >= max_windows:
+            break
     if not ids:
-        raise ValueError(f"the causal split holds no document of at least {chunk} tokens.")
-    return torch.stack(ids), torch.stack(labels), domains
+        raise ValueError(f"the causal split holds no document of at least {min_tokens} tokens.")
+    return CausalWindows(
+        torch.stack(ids), torch.stack(labels), torch.stack(valid), domains, torch.tensor(documents)
+    )
 
 
-def _token_loss(model: Any, ids: torch.Tensor, hooks: list, batch: int = 8) -> torch.Tensor:
-    losses = []
-    for part in ids.split(batch):
-        logits = model.run_with_hooks(part, fwd_hooks=hooks) if hooks else model(part)
-        losses.append(
-            torch.nn.functional.cross_entropy(
-                logits[:, :-1].float().transpose(1, 2), part[:, 1:].to(logits.device), reduction="none"
-            ).cpu()
-        )
-    return torch.cat(losses)  # [window, pos - 1]: loss of predicting pos + 1 from pos
+def _loss_changes(
+    model: Any, ids: Int[torch.Tensor, "window pos"], valid: Bool[torch.Tensor, "window pos"],
+    edits: Sequence[Intervention], batch: int = 16,
+) -> Float[torch.Tensor, "edit window pos_1"]:  # fmt: skip
+    """``|loss(edited) − loss(clean)|`` of predicting ``pos + 1`` from ``pos`` under each edit (each one a
+    real forward, resumed from the layer it edits: :func:`~tl_moe.collect.interventional.run_interventions`)."""
+    changes = []
+    for part, mask in zip(ids.split(batch), valid.split(batch), strict=True):
+        effects = run_interventions(model, part, list(edits), attention_mask=mask.to(part.device))
+        changes.append(effects.loss_change[:, :, :-1].abs().float().cpu())
+    return torch.cat(changes, dim=1)
 
 
 def _keeper(cache: dict[str, torch.Tensor], name: str):
@@ -120,7 +179,8 @@ def _keeper(cache: dict[str, torch.Tensor], name: str):
 
 
 def _baseline_dla(model: Any, ids: torch.Tensor, layers: Sequence[int], batch: int = 8) -> dict[int, tuple]:
-    """Per layer: routed experts ``[window, pos, k]`` and each slot's exact DLA on the next token."""
+    """Per layer: routed experts ``[window, pos, k]``, each slot's exact DLA on the next token and its
+    mixing weight (both ``[window, pos, k]``)."""
     readout = LogitReadout.from_model(model)
     final = f"blocks.{model.moe_cfg.n_layers - 1}.hook_resid_post"
     names = [
@@ -142,26 +202,153 @@ def _baseline_dla(model: Any, ids: torch.Tensor, layers: Sequence[int], batch: i
             weights = cache[get_act_name("topk_weights", layer)].reshape(b, p, -1)
             experts = cache[get_act_name("topk_indices", layer)].reshape(b, p, -1).long()
             dla = expert_logit_lens(readout, expert_out, weights, inverse_rms, next_ids).dla[..., 0]
-            out[layer].append((experts.cpu(), dla.float().cpu()))
+            out[layer].append((experts.cpu(), dla.float().cpu(), weights.float().cpu()))
     return {layer: tuple(torch.cat(parts) for parts in zip(*out[layer], strict=True)) for layer in layers}
 
 
-def _sign_flip_p(values: np.ndarray, seed: int = 0) -> float:
-    """One-sided sign-flip permutation p-value of mean > 0."""
-    values = values[np.isfinite(values)]
-    if len(values) < 2 or np.all(values == 0):
-        return float("nan")
-    from scipy.stats import permutation_test
+def routing_matched_control(
+    examples: ExpertExamples, layer: int, expert: int, concept: int, domain: str | None = None
+) -> int:
+    """The expert of ``layer`` (not ``expert``) whose routing rate at the tokens a label describes — the
+    ``concept``'s tokens, of ``domain`` only when given — is closest to ``expert``'s, on the ``explain``
+    split (where the label was chosen, not where it is checked). Ties: closest overall routing frequency."""
+    explain, row = SPLITS.index("explain"), examples.layer_row(layer)
+    routed = examples.routed_concept[explain, row, :, concept]  # [expert, domain]
+    total = examples.concept_total[explain, concept]  # [domain]
+    if domain is not None and domain in examples.domain_names:
+        d = examples.domain_names.index(domain)
+        routed, total = routed[:, d], total[d]
+    else:
+        routed, total = routed.sum(-1), total.sum()
+    rate = routed.double() / max(float(total), 1.0)
+    frequency = examples.routed_total[explain, row].sum(-1).double()
+    frequency = frequency / max(float(frequency.sum()), 1.0)
+    gaps = (rate - rate[expert]).abs()
+    gaps[expert] = float("inf")
+    ties = (frequency - frequency[expert]).abs()
+    order = sorted(range(len(gaps)), key=lambda x: (round(float(gaps[x]), 12), float(ties[x])))
+    return int(order[0])
 
-    test = permutation_test(
-        (values,),
-        np.mean,
-        permutation_type="samples",
-        alternative="greater",
-        n_resamples=9999,
-        random_state=seed,
-    )
-    return float(test.pvalue)
+
+def _per_document(
+    values: Float[np.ndarray, "item n"], documents: Int[np.ndarray, " n"], n_documents: int
+) -> Float[np.ndarray, "item document"]:
+    """Sums of ``values`` over each document's positions."""
+    onehot = np.zeros((values.shape[-1], n_documents))
+    onehot[np.arange(values.shape[-1]), documents] = 1.0
+    return values @ onehot
+
+
+def _nanmean(values: np.ndarray) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample where no expert is defined: NaN
+        return np.nanmean(values, axis=-1)
+
+
+def label_effects(
+    documents: Int[np.ndarray, " n"],
+    described: Bool[np.ndarray, "item n"],
+    other: Bool[np.ndarray, "item n"],
+    routed: Bool[np.ndarray, "arm item n"],
+    deltas: dict[str, Float[np.ndarray, "arm item n"]],
+    *,
+    rank_one: Bool[np.ndarray, "arm item n"] | None = None,
+    mixing_weight: Float[np.ndarray, "arm item n"] | None = None,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    min_documents: int = MIN_CAUSAL_DOCUMENTS,
+) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+    """Per-item effects and their means over items with document-bootstrap intervals.
+
+    Positions ``n`` are the loss positions of all windows, each in one of the documents ``documents``
+    (indices ``0 .. D - 1``). Per item (a labeled expert), arm 0 is the labeled expert and arm 1 its
+    control expert: ``routed`` says where each arm's expert is routed, ``deltas[name]`` is ``|Δloss|``
+    under the intervention ``name`` on that arm's expert, and ``rank_one`` where it has the highest DLA
+    among the routed experts, ``mixing_weight`` its mixing weight (0 where not routed). ``described`` /
+    ``other``: the label's described / other positions.
+
+    Every quantity is a ratio of per-document sums (documents resampled together):
+
+    - ``{name}_effect`` (arm 0) / ``{name}_control_effect`` (arm 1): ``mean |Δ|`` on described routed
+      positions minus on other routed positions; ``{name}_matched_minus_control``: their difference;
+    - ``routing_described`` / ``routing_other`` (and ``control_``): the share of described / other
+      positions where the arm's expert is routed;
+    - ``weight_described`` / ``weight_other`` (and ``control_``): the mean mixing weight on described /
+      other routed positions (a larger weight where the label applies would also enlarge the effect);
+    - ``dla_rank1_rate`` (and ``control_``, ``matched - control``): the rank-1 share at described routed
+      positions.
+
+    Returns ``(per_item, summary)``: ``per_item[quantity]`` ``[item]`` on the observed documents, and a
+    frame with the mean over items, its interval (``available`` False with a ``reason`` when fewer than
+    ``min_documents`` documents), and the number of items and documents.
+    """
+    n_documents = int(documents.max()) + 1 if len(documents) else 0
+    ratios: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # name -> (numerators, denominators) [item, D]
+
+    def add(name: str, numerator: np.ndarray, denominator: np.ndarray) -> None:
+        ratios[name] = (
+            _per_document(numerator.astype(np.float64), documents, n_documents),
+            _per_document(denominator.astype(np.float64), documents, n_documents),
+        )
+
+    for arm, who in enumerate(("", "control_")):
+        on, off = described & routed[arm], other & routed[arm]
+        add(f"{who}routing_described", on, described)
+        add(f"{who}routing_other", off, other)
+        for name, delta in deltas.items():
+            add(f"{who}{name}_described", delta[arm] * on, on)
+            add(f"{who}{name}_other", delta[arm] * off, off)
+        if mixing_weight is not None:
+            add(f"{who}weight_described", mixing_weight[arm] * on, on)
+            add(f"{who}weight_other", mixing_weight[arm] * off, off)
+        if rank_one is not None:
+            add(f"{who}dla_rank1_rate", rank_one[arm] & on, on)
+
+    def per_item(weights: np.ndarray) -> dict[str, np.ndarray]:  # [batch, D] -> quantity: [batch, item]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = {k: (weights @ num.T) / (weights @ den.T) for k, (num, den) in ratios.items()}
+        out = {}
+        for name in deltas:
+            for who in ("", "control_"):
+                out[f"{who}{name}_effect"] = r[f"{who}{name}_described"] - r[f"{who}{name}_other"]
+            out[f"{name}_matched_minus_control"] = out[f"{name}_effect"] - out[f"control_{name}_effect"]
+        for who in ("", "control_"):
+            out[f"{who}routing_described"] = r[f"{who}routing_described"]
+            out[f"{who}routing_other"] = r[f"{who}routing_other"]
+        if mixing_weight is not None:
+            for who in ("", "control_"):
+                out[f"{who}weight_described"] = r[f"{who}weight_described"]
+                out[f"{who}weight_other"] = r[f"{who}weight_other"]
+        if rank_one is not None:
+            out["dla_rank1_rate"] = r["dla_rank1_rate"]
+            out["control_dla_rank1_rate"] = r["control_dla_rank1_rate"]
+            out["dla_rank1_rate matched - control"] = r["dla_rank1_rate"] - r["control_dla_rank1_rate"]
+        return out
+
+    observed = {k: v[0] for k, v in per_item(np.ones((1, n_documents))).items()}
+    names = list(observed)
+
+    def statistic(weights: np.ndarray) -> np.ndarray:  # [batch, D] -> [batch, quantity]
+        values = per_item(weights)
+        return np.stack([_nanmean(values[k]) for k in names], axis=-1)
+
+    intervals = cluster_bootstrap(
+        statistic, n_documents, n_resamples=n_resamples, seed=seed, min_clusters=min_documents,
+        on_too_few="unavailable", what="the causal checks",
+    )  # fmt: skip
+    rows = [
+        {
+            "quantity": name,
+            "experts": int(np.isfinite(observed[name]).sum()),
+            "documents": n_documents,
+            "mean": interval.estimate,
+            "ci low": interval.low,
+            "ci high": interval.high,
+            "interval": "available" if interval.available else f"unavailable: {interval.reason}",
+        }  # fmt: skip
+        for name, interval in zip(names, intervals, strict=True)
+    ]
+    return observed, pd.DataFrame(rows)
 
 
 def causal_checks(
@@ -171,94 +358,108 @@ def causal_checks(
     explanations: Sequence[Explanation],
     *,
     seq_len: int = 128,
-    max_windows: int = 32,
+    max_windows: int | None = None,
     boost: float = 2.0,
     min_described: int = 5,
+    n_resamples: int = 2000,
     seed: int = 0,
     progress: bool = True,
 ) -> CausalResult:
-    """The causal checks of every concept label in ``explanations`` (see the module docstring)."""
+    """The causal checks of every concept label in ``explanations`` (see the module docstring).
+
+    An expert is checked when it is routed on at least ``min_described`` described positions and as
+    many other positions of the windows; the others are listed with the reason."""
     from tqdm.auto import tqdm
 
-    ids, labels, domains = causal_windows(
-        dataset, model.tokenizer, examples, seq_len=seq_len, max_windows=max_windows
-    )
+    windows = causal_windows(dataset, model.tokenizer, examples, seq_len=seq_len, max_windows=max_windows)
     device = next(model.parameters()).device
-    ids = ids.to(device)
+    ids = windows.ids.to(device)
     concept_index = {name: i for i, name in enumerate(examples.concept_names)}
     labeled = [e for e in explanations if e.ok and e.concept in concept_index]
+    controls = [
+        routing_matched_control(examples, e.layer, e.expert, concept_index[e.concept], e.domain)
+        for e in labeled
+    ]
     layers = sorted({e.layer for e in labeled})
-    k = model.moe_cfg.experts_per_token
-    frequency = examples.routed_total[SPLITS.index("explain")].sum(-1)  # [L, E]
-
-    def control_of(layer: int, expert: int) -> int:
-        row = examples.layer_row(layer)
-        gaps = (frequency[row] - frequency[row, expert]).abs()
-        gaps[expert] = float("inf")
-        return int(gaps.argmin())
-
+    needed = sorted({(e.layer, x) for e, c in zip(labeled, controls, strict=True) for x in (e.expert, c)})
+    edits = {(layer, x, name): Intervention("remove", layer, x) if name == "remove"
+             else Intervention("scale", layer, x, factor=boost)
+             for layer, x in needed for name in INTERVENTIONS}  # fmt: skip
     with torch.no_grad():
-        base = _token_loss(model, ids, [])
         dla = _baseline_dla(model, ids, layers)
-        needed = sorted({(e.layer, x) for e in labeled for x in (e.expert, control_of(e.layer, e.expert))})
-        deltas: dict[tuple[int, int, str], torch.Tensor] = {}
-        for layer, expert in tqdm(needed, desc="causal", unit="expert", disable=not progress):
-            for name, hooks in (
-                ("remove", remove_experts(model, layer, [expert])),
-                ("boost", scale_expert_weights(model, layer, [expert], boost)),
-            ):
-                deltas[(layer, expert, name)] = (_token_loss(model, ids, hooks) - base).abs()
-    domain_of = np.array(domains, dtype=object)
-    rows = []
-    for e in labeled:
-        described = labels[:, :-1, concept_index[e.concept]].clone()  # input token at pos, loss of pos + 1
+        listed, step = (
+            list(edits.values()),
+            32,
+        )  # edits per call (each call: all windows, many edits per forward)
+        changes = torch.cat([
+            _loss_changes(model, ids, windows.valid, listed[start : start + step])
+            for start in tqdm(range(0, len(listed), step), desc="causal", unit="edit group", disable=not progress)
+        ])  # fmt: skip
+    deltas = dict(zip(edits, changes, strict=True))
+    # Loss position i predicts token i + 1 from token i: both must be real tokens; position 0 (BOS) is left out.
+    scored = windows.valid[:, 1:].clone()
+    scored[:, 0] = False
+    domain_of = np.array(windows.domains, dtype=object)
+    _, document_of_window = np.unique(windows.documents.numpy(), return_inverse=True)
+    documents = np.repeat(document_of_window, scored.shape[1]).reshape(scored.shape)[scored.numpy()]
+    k = model.moe_cfg.experts_per_token
+
+    def at_scored(tensor: torch.Tensor) -> np.ndarray:
+        return tensor[scored].numpy()
+
+    rows, items = [], []
+    for e, control_expert in zip(labeled, controls, strict=True):
+        described = windows.labels[:, :-1, concept_index[e.concept]].clone() & scored
         if e.domain is not None:
             described &= torch.from_numpy(domain_of == e.domain)[:, None]
-        described[:, 0] = False  # BOS
-        control = ~described
-        control[:, 0] = False
-        control_expert = control_of(e.layer, e.expert)
-        row: dict[str, Any] = {"layer": e.layer, "expert": e.expert, "label": e.label, "control_expert": control_expert,
-                               "n_described": int(described.sum()), "n_control": int(control.sum())}  # fmt: skip
-        if row["n_described"] < min_described:
-            row["status"] = f"too few described tokens ({row['n_described']})"
-            rows.append(row)
-            continue
-        row["status"] = "ok"
-        for name in ("remove", "boost"):
-            for who, x in (("", e.expert), ("control_", control_expert)):
-                d = deltas[(e.layer, x, name)]
-                row[f"{who}{name}_described"] = float(d[described].mean())
-                row[f"{who}{name}_other"] = float(d[control].mean())
-                row[f"{who}{name}_effect"] = row[f"{who}{name}_described"] - row[f"{who}{name}_other"]
-            row[f"{name}_matched_minus_control"] = row[f"{name}_effect"] - row[f"control_{name}_effect"]
-        experts, slot_dla = dla[e.layer]
-        experts, slot_dla = experts[:, :-1], slot_dla[:, :-1]
-        rank_one = slot_dla.argmax(-1, keepdim=True)  # [w, p, 1]: the slot with the highest DLA
-        for who, x in (("", e.expert), ("control_", control_expert)):
-            routed = (experts == x) & described[..., None]
-            top = (rank_one == torch.arange(k)[None, None, :]) & routed
-            n = int(routed.sum())
-            row[f"{who}dla_rank1_rate"] = float(top.sum()) / n if n else float("nan")
-            row[f"{who}dla_n"] = n
+        other = scored & ~described
+        experts, slot_dla, slot_weight = (t[:, :-1] for t in dla[e.layer])
+        best_slot = slot_dla.argmax(-1)  # [w, p]: the routed slot with the highest DLA on the next token
+        routed = [(experts == x).any(-1) for x in (e.expert, control_expert)]
+        rank_one = [
+            (experts.gather(-1, best_slot[..., None])[..., 0] == x) for x in (e.expert, control_expert)
+        ]
+        row: dict[str, Any] = {
+            "layer": e.layer, "expert": e.expert, "label": e.label, "control_expert": control_expert,
+            "n_described": int(described.sum()), "n_other": int(other.sum()),
+            "n_described_routed": int((described & routed[0]).sum()),
+            "n_other_routed": int((other & routed[0]).sum()),
+            "control_n_described_routed": int((described & routed[1]).sum()),
+        }  # fmt: skip
+        least = min(row["n_described_routed"], row["n_other_routed"])
+        row["status"] = (
+            "ok" if least >= min_described else f"too few routed described/other positions ({least})"
+        )
         rows.append(row)
+        if row["status"] == "ok":
+            items.append({
+                "row": len(rows) - 1, "described": at_scored(described), "other": at_scored(other),
+                "routed": np.stack([at_scored(r) for r in routed]),
+                "rank_one": np.stack([at_scored(r) for r in rank_one]),
+                "weight": np.stack([at_scored((slot_weight * (experts == x)).sum(-1))
+                                    for x in (e.expert, control_expert)]),
+                "deltas": {name: np.stack([at_scored(deltas[(e.layer, x, name)])
+                                           for x in (e.expert, control_expert)]) for name in INTERVENTIONS},
+            })  # fmt: skip
     frame = pd.DataFrame(rows)
-    summary = []
-    ok = frame[frame["status"] == "ok"] if len(frame) else frame
-    for column in ("remove_effect", "boost_effect", "remove_matched_minus_control", "boost_matched_minus_control",
-                   "dla_rank1_rate", "control_dla_rank1_rate"):  # fmt: skip
-        if column not in ok:
-            continue
-        values = ok[column].to_numpy(float)
-        mean, low, high = bootstrap_mean(values, seed=seed)
-        p = _sign_flip_p(values, seed) if "rank1" not in column else float("nan")
-        summary.append({"quantity": column, "experts": int(np.isfinite(values).sum()), "mean": mean,
-                        "ci low": low, "ci high": high, "p (sign-flip, > 0)": p})  # fmt: skip
-    if "dla_rank1_rate" in ok:
-        diff = (ok["dla_rank1_rate"] - ok["control_dla_rank1_rate"]).to_numpy(float)
-        mean, low, high = bootstrap_mean(diff, seed=seed)
-        summary.append({"quantity": "dla_rank1_rate matched - control", "experts": int(np.isfinite(diff).sum()),
-                        "mean": mean, "ci low": low, "ci high": high, "p (sign-flip, > 0)": _sign_flip_p(diff, seed)})  # fmt: skip
-        summary.append({"quantity": "dla_rank1 chance (1/k)", "experts": 0, "mean": 1 / k, "ci low": np.nan,
-                        "ci high": np.nan, "p (sign-flip, > 0)": np.nan})  # fmt: skip
-    return CausalResult(frame, pd.DataFrame(summary), int(ids.shape[0]))
+    summary = pd.DataFrame()
+    if items:
+        observed, summary = label_effects(
+            documents,
+            np.stack([i["described"] for i in items]),
+            np.stack([i["other"] for i in items]),
+            np.stack([i["routed"] for i in items], axis=1),
+            {name: np.stack([i["deltas"][name] for i in items], axis=1) for name in INTERVENTIONS},
+            rank_one=np.stack([i["rank_one"] for i in items], axis=1),
+            mixing_weight=np.stack([i["weight"] for i in items], axis=1),
+            n_resamples=n_resamples,
+            seed=seed,
+        )
+        at = [i["row"] for i in items]
+        for name, values in observed.items():
+            frame.loc[at, name] = values
+        chance = {"quantity": "dla_rank1 chance (1/k)", "experts": 0, "documents": summary["documents"].iloc[0],
+                  "mean": 1 / k, "ci low": np.nan, "ci high": np.nan, "interval": "none (a constant)"}  # fmt: skip
+        summary = pd.concat([summary, pd.DataFrame([chance])], ignore_index=True)
+    n_documents = int(len(np.unique(windows.documents.numpy())))
+    return CausalResult(frame, summary, int(ids.shape[0]), n_documents)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 
+from tl_moe.errors import InputError
 from tl_moe.models import generation
 from tl_moe.models.architectures import UnsupportedArchitectureError
 from tl_moe.models.config import MoEConfig, RoutingRule
@@ -38,6 +39,7 @@ from tl_moe.models.experts import (
     unbind_expert_hooks,
     unflatten_tokens,
 )
+from tl_moe.models.folder import check_hub_model, check_model_folder, unbootable_message
 from tl_moe.models.introspect import (
     LayerModules,
     hf_model_of,
@@ -571,8 +573,20 @@ def load(
             f"load() accepts a hub id, a local directory, a registered name (e.g. a toy-zoo name), a "
             f"PreTrainedModel or a TransformerBridge; got {type(model).__name__}."
         )
-    name, defaults = _resolve_name(str(model), resolver)
+    name, defaults = _resolve_name(os.fspath(model), resolver)
     for key, value in defaults.items():
         boot_kwargs.setdefault(key, value)
-    bridge = TransformerBridge.boot_transformers(name, device=device, dtype=dtype, **boot_kwargs)
+    label = f"model {os.fspath(model)!r}"
+    if os.path.isdir(name):
+        config = check_model_folder(name, label, needs_tokenizer="tokenizer" not in boot_kwargs)
+    else:
+        check_hub_model(name, label)
+        config = {}
+    try:
+        bridge = TransformerBridge.boot_transformers(name, device=device, dtype=dtype, **boot_kwargs)
+    except ValueError as error:
+        if not str(error).startswith("Unsupported architecture"):
+            raise
+        architecture = str(error).removeprefix("Unsupported architecture:").strip()[:80]
+        raise InputError(unbootable_message(label, config.get("model_type", "?"), architecture)) from None
     return attach(bridge)

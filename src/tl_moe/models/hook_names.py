@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 from tl_moe.errors import InputError
@@ -120,8 +121,14 @@ def get_act_name(kind: str, layer: int, model=None) -> str:
         model: Optional bridge or :class:`~tl_moe.models.config.MoEConfig`; when given, the
             layer range and whether the layer has this hook are checked.
     """
-    if kind not in HOOK_KINDS:
+    if not isinstance(kind, str) or kind not in HOOK_KINDS:
         raise HookNameError(f"Unknown hook kind {kind!r}. Known kinds: {', '.join(HOOK_KINDS)}.")
+    if isinstance(layer, bool) or not hasattr(type(layer), "__index__"):
+        raise HookNameError(
+            f"layer {layer!r} is a {type(layer).__name__}, not a layer number; accepted: an int "
+            "(negative counts from the end when model= is given)."
+        )
+    layer = operator.index(layer)
     if model is not None:
         layer = _check_layer(kind, layer, model)
     elif layer < 0:

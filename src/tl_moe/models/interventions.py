@@ -45,6 +45,7 @@ from typing import Literal
 import torch
 from jaxtyping import Bool, Float, Int
 
+from tl_moe.errors import InputError
 from tl_moe.models.config import MoEConfig
 from tl_moe.models.hook_names import get_act_name
 from tl_moe.models.introspect import config_of
@@ -348,11 +349,21 @@ def force_routing(model, layer: int, experts: Sequence[int] | Int[torch.Tensor, 
             )
         if forced.min() < 0 or forced.max() >= cfg.num_experts:
             raise ValueError(f"Forced experts must lie in 0..{cfg.num_experts - 1}.")
+        if (forced.sort(dim=-1).values.diff(dim=-1) == 0).any():
+            raise InputError(
+                f"force_routing experts repeat an expert within a token's k={cfg.experts_per_token}; "
+                "accepted: k distinct expert indices per token."
+            )
     else:
         listed = _expert_list(cfg, experts)
         if len(listed) != cfg.experts_per_token:
             raise ValueError(
                 f"Forced routing needs exactly k={cfg.experts_per_token} experts per token, got {listed}."
+            )
+        if len(set(listed)) != len(listed):
+            raise InputError(
+                f"force_routing experts {listed} repeat an expert; accepted: "
+                f"k={cfg.experts_per_token} distinct expert indices in 0..{cfg.num_experts - 1}."
             )
         forced = torch.tensor(listed)
     return _force_hooks(cfg, layer, forced)

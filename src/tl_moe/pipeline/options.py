@@ -28,6 +28,10 @@ __all__ = ["RunOptions", "add_option_arguments", "options_from_arguments"]
 DTYPES = ("float32", "bfloat16", "float16")
 #: Default of ``--probe-rows-per-class`` (see docs/METHODS.md, "Bounded probing store").
 PROBE_ROWS_PER_CLASS = 65_536
+#: Default of ``--explain-causal-windows``: one window per document, enough to reach every document of
+#: the embedded corpus's ``causal`` split (56 of the validation split), so that the causal checks'
+#: document bootstrap has at least 30 documents (docs/EXPLAIN.md, "Causal checks").
+EXPLAIN_CAUSAL_WINDOWS = 64
 
 
 def _int_list(flag: str) -> Callable[[str], tuple[int, ...]]:
@@ -183,8 +187,9 @@ class RunOptions:
         4, "retries of a rate-limited or failed request (capped exponential backoff)", parse=int
     )
     explain_causal_windows: int = option(
-        0,
-        "windows of held-out documents for the causal checks of the labels (0: no causal checks)",
+        EXPLAIN_CAUSAL_WINDOWS,
+        "windows (one per document) of held-out documents for the causal checks of the labels "
+        "(0: no causal checks)",
         parse=int,
     )
     reweight_tokens: int = option(

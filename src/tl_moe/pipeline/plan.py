@@ -139,7 +139,7 @@ def plan_run(
     options: RunOptions | None = None,
     *,
     configs: dict[str, Any] | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
 ) -> RunPlan:
     """The cost of ``run(options)``, from configs alone.
 
@@ -147,13 +147,14 @@ def plan_run(
         options: the run's settings (default: the defaults of ``tl-moe analyze``).
         configs: Hugging Face configs by model name, to plan models that are not on disk (e.g. the
             published shapes of large MoEs); other names are read with ``AutoConfig`` offline.
-        dtype: the dtype the weights will be loaded in.
+        dtype: the dtype the weights will be loaded in (default: ``options.dtype``, i.e. ``--dtype``).
     """
     from tl_moe.models.introspect import moe_config
     from tl_moe.pipeline.runner import _chosen_analyses, _needs_by_model
 
     options = options or RunOptions()
     options.check()
+    dtype = getattr(torch, options.dtype) if dtype is None else dtype
     chosen = _chosen_analyses(options, None)
     hf_configs = dict(configs or {})
     metas: dict[str, torch.nn.Module] = {}

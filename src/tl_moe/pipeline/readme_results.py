@@ -123,6 +123,19 @@ def _reading(records: list[dict[str, Any]]) -> str:
     return text
 
 
+#: What each interval of the main run's findings resamples (the results block's header says it).
+INTERVALS_NOTE = (
+    "Intervals are 95% percentile bootstraps, and they resample different units: the held-out probing "
+    "differences resample test documents (both arms on the same documents); the paper-protocol comparison "
+    "resamples concepts (its units are picked on the split it is scored on, so it has no document-level "
+    "interval); the specialization excess over the document-permutation baseline, and its trained − "
+    "untrained difference, resample documents (score and null mean recomputed on each resample, both "
+    "models on the same documents); the logit-lens share of experts resamples documents. Domain experts "
+    "carry document-permutation p-values, not intervals; a p-value at its floor, 1/(1 + permutations), "
+    "only says that no permutation reached the score; a mean ± sd over experts is a spread, not an interval."
+)
+
+
 def results_markdown(results: dict[str, Any], source: str) -> str:
     """The results section for ``results`` (a parsed ``results.json``) written at ``source``."""
     meta = results["metadata"]
@@ -132,7 +145,7 @@ def results_markdown(results: dict[str, Any], source: str) -> str:
         f"Generated from [`{source}`]({source}) by `python -m tl_moe.pipeline.readme_results`: "
         f"`{command_line(options)}` on `{options['model']}` vs `{options['dense_baseline']}`, "
         f"{options['max_tokens']:,} tokens of the `{options['split']}` split per model, seed {options['seed']}. "
-        "Every difference carries a 95% document-level bootstrap interval; numbers are the toys' own.",
+        f"{INTERVALS_NOTE} Numbers are the toys' own.",
         "",
         "**What the run found** (the report's findings box):",
         "",
@@ -153,14 +166,26 @@ def results_markdown(results: dict[str, Any], source: str) -> str:
         if paper:
             lines += [
                 "",
-                "For comparison with the published numbers, the paper's protocol (best unit picked on the split "
-                f"it is scored on) gives MoE − dense {_interval(paper[0])} at k = 1 on the same run: the "
-                "held-out protocol and its controls above are what to quote.",
+                "For comparison with the published numbers, the paper's protocol as its reference code "
+                "samples and scores (per-document balanced sample, F1 at each unit's routed class ratio, best "
+                f"unit picked on the split it is scored on) gives MoE − dense {_interval(paper[0])} at k = 1 on "
+                "the same run (interval over concepts): the held-out protocol and its controls above are what "
+                "to quote.",
             ]
     return "\n".join(lines)
 
 
 _NOT_A_SETTING = {"out", "progress", "fresh", "keep_checkpoints", "threads", "checkpoint_every"}
+#: Options read by one analysis only (name prefixes): left out of the command of a run without it.
+_READ_ONLY_BY = {"explain": ("explainer", "explain_")}
+
+
+def _unused(name: str, options: dict[str, Any]) -> bool:
+    """Whether option ``name`` is read by no analysis of the run (so its value changes nothing)."""
+    from tl_moe.pipeline import default_analyses
+
+    ran = options.get("analyses") or default_analyses()
+    return any(name.startswith(prefixes) and owner not in ran for owner, prefixes in _READ_ONLY_BY.items())
 
 
 def command_line(options: dict[str, Any]) -> str:
@@ -169,7 +194,7 @@ def command_line(options: dict[str, Any]) -> str:
 
     words = ["tl-moe", "analyze"]
     for spec in dataclasses.fields(RunOptions):
-        if spec.name in _NOT_A_SETTING or spec.name not in options:
+        if spec.name in _NOT_A_SETTING or spec.name not in options or _unused(spec.name, options):
             continue
         value, default = options[spec.name], spec.default
         if isinstance(default, tuple) and isinstance(value, list):

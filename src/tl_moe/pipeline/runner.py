@@ -7,12 +7,15 @@ already loaded. Both validate every input before the first pass starts.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from tl_moe.collect import collect, remove_checkpoints
 from tl_moe.collect.accumulator import Accumulator, state_nbytes
@@ -237,6 +240,45 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+def run_layout(options: RunOptions, model: Any) -> dict[str, Any]:
+    """Where and how the run ran: world size, each rank's node, local rank and device, dtype, device.
+
+    Under ``torchrun`` every rank must call this (the layout is gathered from all of them); nodes are
+    numbered in the order their first rank appears, so no host name is written.
+    """
+    import socket
+
+    import torch.distributed as dist
+
+    parameter = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    device = str(parameter.device) if parameter is not None else str(options.device)
+    dtype = str(parameter.dtype).removeprefix("torch.") if parameter is not None else options.dtype
+    entry = {
+        "rank": _rank(),
+        "local_rank": int(os.environ.get("LOCAL_RANK", "0")),
+        "host": socket.gethostname(),
+        "device": device,
+    }
+    distributed = dist.is_available() and dist.is_initialized()
+    entries = [entry]
+    if distributed:
+        entries = [None] * dist.get_world_size()
+        dist.all_gather_object(entries, entry)
+    nodes: dict[str, int] = {}
+    for item in entries:
+        item["node"] = nodes.setdefault(item.pop("host"), len(nodes))
+    return {
+        "world_size": len(entries),
+        "nodes": len(nodes),
+        "backend": dist.get_backend() if distributed else None,
+        "ranks": entries,
+        "device": device,
+        "dtype": dtype,
+        "device_requested": options.device,
+        "dtype_requested": options.dtype,
+    }
+
+
 def _run(options, analyses, dataset, models, write_report, started) -> RunResults:
     chosen = _chosen_analyses(options, analyses)
     models = dict(models or {})
@@ -279,6 +321,7 @@ def _run(options, analyses, dataset, models, write_report, started) -> RunResult
         if model_name not in (run_context.main, run_context.dense):
             run_context.release(model_name)
 
+    runtime = run_layout(options, run_context.model(run_context.main))  # every rank takes part
     if _rank() != 0:  # every rank holds the reduced accumulators; rank 0 alone finalizes and writes
         return RunResults(options, {}, None, timings)
 
@@ -308,6 +351,7 @@ def _run(options, analyses, dataset, models, write_report, started) -> RunResult
                 "versions": package_versions(),
                 "tokens_by_domain": tokens_by_domain,
                 "accumulator_bytes": memory,
+                "runtime": runtime,
             }
         )
         report_path = report.write()
@@ -339,6 +383,14 @@ def analyze(
     def named(value: Any, default_name: str) -> str | None:
         if value is None or isinstance(value, str):
             return value
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if not isinstance(value, torch.nn.Module):
+            raise InputError(
+                f"analyze() cannot analyze {value!r:.60} (of type {type(value).__name__}) as its "
+                f"{default_name}; accepted: a model name (toy/..., a hub id, a local folder), a path, a "
+                "TransformerBridge or a transformers PreTrainedModel."
+            )
         name = str(getattr(getattr(value, "cfg", None), "model_name", None) or default_name)
         models[name] = value
         return name

@@ -361,15 +361,31 @@ def _model_type_of(directory: Path) -> str | None:
         return None
 
 
-def _check_kind(name: str, model_type: str | None, expect_moe: bool | None, input_name: str) -> None:
+def _config_has_experts(directory: Path) -> bool:
+    """Whether a folder's config.json names more than one routed expert (any architecture's key)."""
+    from tl_moe.models.folder import NUM_EXPERTS_KEYS, _config_value
+
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    found = _config_value(config, NUM_EXPERTS_KEYS) if isinstance(config, dict) else None
+    return found is not None and found[1] > 1
+
+
+def _check_kind(
+    name: str, model_type: str | None, expect_moe: bool | None, input_name: str, directory: Path | None = None
+) -> None:
     if expect_moe is None or model_type is None:
         return
-    from tl_moe.models.architectures import UnsupportedArchitectureError, get_spec
+    from tl_moe.models.architectures import ARCHITECTURES, UnsupportedArchitectureError, get_spec
 
     try:
         is_moe = get_spec(model_type).is_moe
     except UnsupportedArchitectureError as error:
         raise ModelSourceError(input_name, f"{input_name} {name!r}: {error}") from None
+    if model_type not in ARCHITECTURES and directory is not None:
+        is_moe = _config_has_experts(directory)  # no spec: the config says whether it has experts
     if is_moe != expect_moe:
         wanted = "an MoE model" if expect_moe else "a dense model (no experts)"
         found = "an MoE" if is_moe else "a dense model"
@@ -394,7 +410,7 @@ def check_model_source(
             for either. Read from ``config.json``, so only toy and local models are checked.
         offline: whether the hub cannot be reached; default: ``HF_HUB_OFFLINE`` /
             ``TRANSFORMERS_OFFLINE``. Offline, a hub id must be in the local cache. Online, a
-            well-formed hub id is accepted without a network call (the download reports errors).
+            hub id that is not cached needs the hub to accept a connection within a few seconds.
 
     Raises:
         ModelSourceError: a missing path, a malformed name, an unknown or untrained toy, a hub id
@@ -419,7 +435,7 @@ def check_model_source(
                 f"{input_name} {name!r} has no trained checkpoint at {directory}; "
                 f"accepted: a trained toy (train it with `tl-moe zoo train {name}`).",
             )
-        _check_kind(name, _model_type_of(directory), expect_moe, input_name)
+        _check_kind(name, _model_type_of(directory), expect_moe, input_name, directory)
         return "toy"
     path = Path(name).expanduser()
     if path.exists():
@@ -429,7 +445,9 @@ def check_model_source(
             raise ModelSourceError(
                 input_name, f"{input_name} {name!r} is a folder without config.json; {_ACCEPTED_MODELS}."
             )
-        _check_kind(name, _model_type_of(path), expect_moe, input_name)
+        _check_model_type(path, input_name)
+        _check_kind(name, _model_type_of(path), expect_moe, input_name, path)
+        check_model_folder_source(path, input_name=input_name)
         return "local"
     if _looks_like_a_path(name):
         raise ModelSourceError(input_name, f"{input_name} {name!r} does not exist; {_ACCEPTED_MODELS}.")
@@ -444,7 +462,40 @@ def check_model_source(
             f"{input_name} {name!r} is not a local folder and not in the Hugging Face cache, and the hub is "
             f"offline (HF_HUB_OFFLINE); accepted: a local folder, a toy name, or a cached hub id.",
         )
+    check_hub_reachable(name, input_name=input_name, offline=offline)
     return "hub"
+
+
+def _check_model_type(path: Path, input_name: str) -> None:
+    """The folder's config.json readable and its model type known to transformers (before its kind)."""
+    from tl_moe.models.folder import check_model_type, read_config
+
+    label = f"{input_name} {os.fspath(path)!r}"
+    try:
+        check_model_type(read_config(path, label), label)
+    except errors.InputError as error:
+        raise ModelSourceError(input_name, str(error)) from None
+
+
+def check_model_folder_source(path: str | os.PathLike, *, input_name: str = "--model") -> None:
+    """A local model folder checked from its files (:func:`tl_moe.models.folder.check_model_folder`):
+    config, architecture, routing sizes, weights and tokenizer files; raises :class:`ModelSourceError`."""
+    from tl_moe.models.folder import check_model_folder
+
+    try:
+        check_model_folder(path, f"{input_name} {os.fspath(path)!r}")
+    except errors.InputError as error:
+        raise ModelSourceError(input_name, str(error)) from None
+
+
+def check_hub_reachable(name: str, *, input_name: str = "--model", offline: bool | None = None) -> None:
+    """A hub id that is cached, or whose hub answers within a few seconds (:func:`tl_moe.models.folder.check_hub_model`)."""
+    from tl_moe.models.folder import check_hub_model
+
+    try:
+        check_hub_model(name, f"{input_name} {name!r}", offline=offline)
+    except errors.InputError as error:
+        raise ModelSourceError(input_name, str(error)) from None
 
 
 # ---------------------------------------------------------------------------- output folder
@@ -606,3 +657,31 @@ def check_layers(
     if not layers:
         raise LayersError(input_name, f"{input_name} is empty; accepted: one or more of {list(allowed)}.")
     return tuple(sorted(set(layers)))
+
+
+# ------------------------------------------------------------------------------- probe sizes
+
+
+class ProbeSizeError(InputError):
+    """Probe sizes (k neurons) that a probed unit does not have."""
+
+
+def check_probe_ks(
+    ks: Sequence[int], n_neurons: int, *, unit: str = "expert", input_name: str = "--probe-ks"
+) -> tuple[int, ...]:
+    """``ks`` if every k is at most ``n_neurons``, the neurons of the smallest probed unit.
+
+    A k-sparse probe over more neurons than a unit has cannot be fitted: its rows would be
+    empty estimates, so such a k is refused before the pass.
+
+    Raises:
+        ProbeSizeError: a k above ``n_neurons``.
+    """
+    too_large = sorted({int(k) for k in ks if int(k) > n_neurons})
+    if too_large:
+        raise ProbeSizeError(
+            input_name,
+            f"{input_name} {too_large} exceed the {n_neurons} neurons of each {unit}; accepted: "
+            f"integers from 1 to {n_neurons}.",
+        )
+    return tuple(ks)

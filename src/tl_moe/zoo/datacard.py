@@ -11,6 +11,7 @@ from pathlib import Path
 import datasets
 import pandas as pd
 
+from tl_moe.collect.batching import MAX_DOCUMENT_CHARS
 from tl_moe.data.concepts import POS_CONCEPTS, concepts_table
 from tl_moe.data.corpus import (
     CORPUS_RECIPES,
@@ -222,7 +223,12 @@ def render_data_doc(
         "`.parquet` file, a `.txt` file (one document), a folder of such files (a `.txt` file in a sub-folder "
         "gets the sub-folder's name as its domain), a folder written by `save_to_disk`, or a "
         "`datasets.Dataset` / `DatasetDict`. A string `text` column is required; `domain` is required by "
-        "domain analyses (`require_domain=True`); a `split` column is honoured, else the hash split applies.",
+        "domain analyses (`require_domain=True`); a `split` column is honoured, else the hash split applies. "
+        "Files must be UTF-8; a file that cannot be read, an empty file, a missing `text` column or a "
+        "`text` that is not a string (a number, a null) is refused in one line naming the file. A "
+        f"document longer than {MAX_DOCUMENT_CHARS:,} characters is cut to its first {MAX_DOCUMENT_CHARS:,} "
+        "before it is tokenized (`tl_moe.collect.batching.MAX_DOCUMENT_CHARS`), so one huge document "
+        "costs a bounded time.",
         "",
         "## Token-level concepts",
         "",

@@ -6,23 +6,67 @@ from pathlib import Path
 
 import pandas as pd
 
+from tl_moe.errors import InputError
+
 TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 TEXT_SUFFIXES = (".txt",)
 ACCEPTED_SUFFIXES = TABLE_SUFFIXES + TEXT_SUFFIXES
 
 
+FORMATS = {
+    ".jsonl": "UTF-8 JSON Lines, one object per line with a string 'text'",
+    ".json": "a UTF-8 JSON array of objects with a string 'text'",
+    ".csv": "a UTF-8 CSV file with a header row and a 'text' column",
+    ".parquet": "a Parquet file with a string 'text' column",
+    ".txt": "a UTF-8 text file (one document)",
+}
+"""What each accepted suffix must hold, for one-line errors about a file."""
+
+
+def _format_of(path: Path) -> str:
+    return FORMATS.get(path.suffix.lower(), ", ".join(ACCEPTED_SUFFIXES))
+
+
 def read_table_file(path: Path) -> pd.DataFrame:
-    """One file as a table: JSON Lines, a JSON array of records, CSV, or Parquet."""
+    """One file as a table: JSON Lines, a JSON array of records, CSV, or Parquet.
+
+    Raises:
+        InputError: the file cannot be decoded or parsed (not UTF-8, invalid JSON, ...), or is empty.
+    """
+    try:
+        frame = _parse_table_file(path)
+    except UnicodeDecodeError as error:
+        raise InputError(
+            f"corpus file {str(path)!r} is not UTF-8 (byte {error.object[error.start]:#04x} at offset "
+            f"{error.start}); accepted: {_format_of(path)}"
+        ) from None
+    except (ValueError, OSError, ImportError) as error:
+        if isinstance(error, InputError):
+            raise
+        reason = " ".join(str(error).split())[:200] or type(error).__name__
+        raise InputError(
+            f"corpus file {str(path)!r} cannot be read ({type(error).__name__}: {reason}); "
+            f"accepted: {_format_of(path)}"
+        ) from None
+    if len(frame) == 0:
+        raise InputError(f"corpus file {str(path)!r} holds no rows (empty); accepted: {_format_of(path)}")
+    return frame
+
+
+def _parse_table_file(path: Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".csv"):
+        # pandas reads some encodings leniently: insist on UTF-8, strictly, first.
+        path.read_bytes().decode("utf-8")
     if suffix == ".jsonl":
         return pd.read_json(path, lines=True, dtype=False)
     if suffix == ".json":
         return pd.read_json(path, dtype=False)
     if suffix == ".csv":
-        return pd.read_csv(path, keep_default_na=False)
+        return pd.read_csv(path, keep_default_na=False, dtype=str)  # every CSV cell is text
     if suffix == ".parquet":
         return pd.read_parquet(path)
-    raise ValueError(f"{path}: unsupported table suffix {suffix!r}; accepted: {', '.join(TABLE_SUFFIXES)}")
+    raise InputError(f"{path}: unsupported table suffix {suffix!r}; accepted: {', '.join(TABLE_SUFFIXES)}")
 
 
 def read_text_file(path: Path, root: Path) -> pd.DataFrame:
@@ -31,7 +75,14 @@ def read_text_file(path: Path, root: Path) -> pd.DataFrame:
     ``root/python/a.txt`` gets domain ``python``; a file directly in ``root`` (or given alone)
     gets no domain.
     """
-    row = {"text": path.read_text(encoding="utf-8"), "source": path.name}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise InputError(
+            f"corpus file {str(path)!r} is not UTF-8 (byte {error.object[error.start]:#04x} at offset "
+            f"{error.start}); accepted: {_format_of(path)}"
+        ) from None
+    row = {"text": text, "source": path.name}
     if root.is_dir() and path.parent != root:
         row["domain"] = path.relative_to(root).parts[0]
         row["source"] = path.relative_to(root).as_posix()
@@ -42,14 +93,18 @@ def corpus_files(path: Path) -> list[Path]:
     """The accepted files at ``path``: the file itself, or every accepted file below a folder, sorted."""
     if path.is_file():
         if path.suffix.lower() not in ACCEPTED_SUFFIXES:
-            raise ValueError(
-                f"{path}: unsupported file type {path.suffix!r}; accepted: {', '.join(ACCEPTED_SUFFIXES)}"
+            raise InputError(
+                f"corpus file {str(path)!r} has an unsupported type {path.suffix!r}; accepted: "
+                f"{', '.join(ACCEPTED_SUFFIXES)}"
             )
         return [path]
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in ACCEPTED_SUFFIXES)
     if not files:
-        raise ValueError(
-            f"{path}: folder holds no corpus file; accepted suffixes: {', '.join(ACCEPTED_SUFFIXES)}"
+        others = sorted(p.name for p in path.rglob("*") if p.is_file())[:3]
+        found = f" (it holds {', '.join(others)})" if others else " (it is empty)"
+        raise InputError(
+            f"corpus folder {str(path)!r} holds no corpus file{found}; accepted: files ending in "
+            f"{', '.join(ACCEPTED_SUFFIXES)}, or a folder written by datasets' save_to_disk"
         )
     return files
 
@@ -63,7 +118,10 @@ def read_corpus_files(path: Path) -> pd.DataFrame:
             continue
         frame = read_table_file(file)
         if "text" not in frame.columns:
-            raise ValueError(f"{file}: no 'text' column (columns: {sorted(map(str, frame.columns))})")
+            raise InputError(
+                f"corpus file {str(file)!r} has no 'text' column (columns: {sorted(map(str, frame.columns))}); "
+                f"accepted: {_format_of(file)}"
+            )
         if "source" not in frame.columns:
             frame["source"] = file.relative_to(path).as_posix() if path.is_dir() else file.name
         frames.append(frame)

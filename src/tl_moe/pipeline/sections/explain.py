@@ -86,19 +86,46 @@ class ExplainResult(Result):
         if "label_error" in frame:
             table["status"] = np.where(frame["label_error"].notna(), frame["label_error"], table["status"])
         if self.causal is not None and "remove_effect" in self.causal.frame:
-            effects = self.causal.frame[["layer", "expert", "remove_effect", "remove_matched_minus_control"]]
-            table = table.merge(effects.rename(columns={
-                "remove_effect": "causal effect (remove)",
-                "remove_matched_minus_control": "causal: matched - control expert"}), on=["layer", "expert"], how="left")  # fmt: skip
+            names = {
+                "remove_effect": "causal effect (remove; routed positions)",
+                "remove_matched_minus_control": "causal: labeled - control expert",
+                "control_expert": "causal control expert",
+                "routing_described": "routing rate, described",
+                "routing_other": "routing rate, other",
+                "control_routing_described": "control routing rate, described",
+            }
+            effects = self.causal.frame[["layer", "expert", *(n for n in names if n in self.causal.frame)]]
+            table = table.merge(effects.rename(columns=names), on=["layer", "expert"], how="left")
+            table[names["control_expert"]] = table[names["control_expert"]].astype("Int64")
         return table
 
     def to_frame(self) -> pd.DataFrame:
         return self.label_table()
 
+    def _main_summary(self) -> pd.DataFrame:
+        """The summary rows of the main scorer; empty when nothing was scored (every request failed)."""
+        summary = self.labeling.summary
+        if "scorer" not in summary:
+            return summary.iloc[:0]
+        return summary[summary["scorer"] == self.main_scorer]
+
+    def failure(self) -> str | None:
+        """One line saying why no label was scored (every expert's label or score failed), else None."""
+        if len(self._main_summary()):
+            return None
+        frame = self.labeling.frame
+        errors = frame["label_error"].dropna() if "label_error" in frame else pd.Series(dtype=object)
+        first = f"; first error: {str(errors.iloc[0])[:200]}" if len(errors) else ""
+        return (
+            f"no label was scored: {len(errors)} of {len(frame)} experts' label requests failed and the "
+            f"others could not be scored{first}"
+        )
+
     def metrics(self) -> dict[str, Any]:
         out: dict[str, Any] = {"explainer": self.explainer, "scorer": self.main_scorer}
-        summary = self.labeling.summary
-        for row in summary[summary["scorer"] == self.main_scorer].to_dict("records"):
+        if self.failure() is not None:
+            out["failure"] = self.failure()
+        for row in self._main_summary().to_dict("records"):
             key = f"layer {row['layer']}" if row["layer"] != "all" else "all layers"
             out[f"{key}: mean F1 [95% CI]"] = _interval(row["mean"], row["ci low"], row["ci high"])
             out[f"{key}: shuffled-label F1 [95% CI]"] = _interval(
@@ -113,15 +140,15 @@ class ExplainResult(Result):
             )
         if self.causal is not None:
             for row in self.causal.summary.to_dict("records"):
-                value = _interval(row["mean"], row["ci low"], row["ci high"])
-                if value is not None and np.isfinite(row["p (sign-flip, > 0)"]):
-                    value += f", p = {row['p (sign-flip, > 0)']:.4f}"
-                out[f"causal: {row['quantity']} [95% CI]"] = value
+                out[f"causal: {row['quantity']} [95% CI]"] = _causal_value(row)
+            out["causal: windows / documents"] = f"{self.causal.n_windows} / {self.causal.n_documents}"
         return out
 
     def findings(self) -> list[str]:
-        summary = self.labeling.summary
-        rows = summary[(summary["scorer"] == self.main_scorer) & (summary["layer"] == "all")]
+        if self.failure() is not None:
+            return [f"**Automatic labels** ({self.explainer} explainer): {self.failure()}."]
+        summary = self._main_summary()
+        rows = summary[summary["layer"] == "all"]
         if not len(rows):
             return []
         row = rows.iloc[0]
@@ -138,39 +165,8 @@ class ExplainResult(Result):
             f"{row['experts not scored']} experts had too few contexts to score."
         )
         findings = [text]
-        if self.causal is not None:
-            causal = self.causal.summary.set_index("quantity")
-
-            def quantity(name: str) -> str:
-                q = causal.loc[name]
-                p = q["p (sign-flip, > 0)"]
-                return show(q["mean"], q["ci low"], q["ci high"]) + (
-                    f", p = {p:.3g}" if np.isfinite(p) else ""
-                )
-
-            parts = []
-            if "remove_effect" in causal.index:
-                parts.append(
-                    "removing a labeled expert moves the loss (|Δloss|, nats/token) more on the tokens its label "
-                    f"describes than on other tokens: {quantity('remove_effect')}; and more than removing a "
-                    f"routing-frequency-matched control expert does: {quantity('remove_matched_minus_control')}"
-                )
-            if "boost_effect" in causal.index:
-                parts.append(
-                    f"boosting its weight: {quantity('boost_effect')}, and beyond the control expert "
-                    f"{quantity('boost_matched_minus_control')}"
-                )
-            if "dla_rank1_rate" in causal.index:
-                parts.append(
-                    f"the paper's DLA rank-1 rate: {quantity('dla_rank1_rate')} for the labeled expert vs "
-                    f"{quantity('control_dla_rank1_rate')} for the control"
-                )
-            if parts:
-                experts = int(causal["experts"].max())
-                findings.append(
-                    f"**Causal checks of the labels** (held-out documents, {experts} experts, 95% bootstrap over "
-                    "experts, sign-flip p-values): " + "; ".join(parts) + "."
-                )
+        if self.causal is not None and len(self.causal.summary):
+            findings.append(causal_finding(self.causal))
         return findings
 
     def tables(self) -> list[TableItem]:
@@ -182,10 +178,12 @@ class ExplainResult(Result):
                       "bootstrap interval over experts, the shuffled-label control, the paired difference, chance."),
         ] + ([TableItem("explain_cards", self.cards, "Expert cards: label and F1, top contexts with the routed "
               "tokens in «», logit-lens tokens, most over-represented routed tokens, routing share per domain.",
-              max_rows=200)] if self.cards is not None else []) + ([TableItem("explain_causal", self.causal.summary.round(4), "Causal checks on held-out documents: "
-              "mean over experts of |Δloss| on label-described minus other tokens, removing or boosting the "
-              "expert, and the same minus a routing-frequency-matched control expert; bootstrap intervals over "
-              "experts, sign-flip permutation p-values. DLA rank-1 rate: the paper's check, for comparison.")]
+              max_rows=200)] if self.cards is not None else []) + ([TableItem("explain_causal", self.causal.summary.round(4), "Causal checks on held-out documents, on "
+              "the positions where each expert is routed: mean over experts of |Δloss| on label-described minus "
+              "other routed positions, removing or boosting the expert; the same for a control expert of the "
+              "layer matched on routing at the described tokens, and their difference; routing rates at "
+              "described and other positions; 95% bootstrap intervals over documents (unavailable, with the "
+              "reason, below 30 documents). DLA rank-1 rate: the paper's check, for comparison.")]
              if self.causal is not None else [])  # fmt: skip
 
     def figures(self) -> list[FigureItem]:
@@ -229,6 +227,76 @@ def expert_cards(
     return pd.DataFrame(rows)
 
 
+def _causal_value(row: dict[str, Any]) -> str | None:
+    """A causal summary row as ``mean [low, high]``, or ``mean (interval unavailable: reason)``."""
+    if row["mean"] is None or not np.isfinite(row["mean"]):
+        return None
+    if str(row["interval"]).startswith("unavailable"):
+        return f"{row['mean']:.3f} (interval {row['interval']})"
+    if not np.isfinite(row["ci low"]):
+        return f"{row['mean']:.3f}"
+    return f"{row['mean']:.3f} [{row['ci low']:.3f}, {row['ci high']:.3f}]"
+
+
+def causal_finding(causal: CausalResult) -> str:
+    """The findings line of the causal checks: each effect with its control and its document interval."""
+    summary = causal.summary.set_index("quantity")
+
+    def value(name: str) -> str:  # the reason of a missing interval is said once, in the header
+        row = summary.loc[name].to_dict()
+        if str(row["interval"]).startswith("unavailable") and np.isfinite(row["mean"]):
+            return f"{row['mean']:.3f} (no interval)"
+        return _causal_value(row) or "undefined"
+
+    unavailable = summary["interval"].astype(str).str.startswith("unavailable")
+    reason = (
+        summary.loc[unavailable, "interval"].iloc[0].removeprefix("unavailable: ")
+        if unavailable.any()
+        else ""
+    )
+    parts = []
+    if "remove_effect" in summary.index:
+        parts.append(
+            "on the positions where the expert is routed, removing a labeled expert moves the loss (|Δloss|, "
+            f"nats/token) on the tokens its label describes minus on its other routed tokens by "
+            f"{value('remove_effect')}; removing a control expert of the same layer, matched on routing at the "
+            f"described tokens: {value('control_remove_effect')}; labeled − control "
+            f"{value('remove_matched_minus_control')}"
+        )
+    if "boost_effect" in summary.index:
+        parts.append(
+            f"boosting its weight: {value('boost_effect')} vs the control's {value('control_boost_effect')} "
+            f"(labeled − control {value('boost_matched_minus_control')})"
+        )
+    if "routing_described" in summary.index:
+        parts.append(
+            f"routing rate at described vs other positions: labeled expert {value('routing_described')} vs "
+            f"{value('routing_other')}, control {value('control_routing_described')} vs "
+            f"{value('control_routing_other')}"
+            + (
+                f"; mean mixing weight at described vs other routed positions: labeled expert "
+                f"{value('weight_described')} vs {value('weight_other')}, control "
+                f"{value('control_weight_described')} vs {value('control_weight_other')}"
+                if "weight_described" in summary.index
+                else ""
+            )
+        )
+    if "dla_rank1_rate" in summary.index:
+        parts.append(
+            f"the paper's DLA rank-1 rate: {value('dla_rank1_rate')} for the labeled expert vs "
+            f"{value('control_dla_rank1_rate')} for the control (chance 1/k = "
+            f"{summary.loc['dla_rank1 chance (1/k)', 'mean']:.3f})"
+            if "dla_rank1 chance (1/k)" in summary.index
+            else f"the paper's DLA rank-1 rate: {value('dla_rank1_rate')}"
+        )
+    experts = int(summary["experts"].max())
+    interval = f"intervals unavailable: {reason}" if reason else "95% bootstrap over documents"
+    return (
+        f"**Causal checks of the labels** (held-out documents: {causal.n_windows} windows of "
+        f"{causal.n_documents} documents, {experts} experts; {interval}): " + "; ".join(parts) + "."
+    )
+
+
 def _interval(mean: float, low: float, high: float) -> str | None:
     if mean is None or np.isnan(mean):
         return None
@@ -261,6 +329,30 @@ def f1_histograms(labeling: LabelingResult, scorer: str) -> Figure:
     return figure
 
 
+def check_endpoint_answers(spec: str) -> None:
+    """Refuse ``--explainer openai:URL`` when nothing accepts a connection at URL (a probe of a few seconds)."""
+    import os
+
+    from tl_moe.network import unreachable_reason
+
+    url = (
+        spec.partition(":")[2]
+        or os.environ.get("TL_MOE_OPENAI_BASE_URL")
+        or os.environ.get("OPENAI_BASE_URL")
+    )
+    if not url:
+        raise InputError(
+            f"--explainer {spec!r} names no endpoint; accepted: openai:URL (e.g. openai:http://localhost:8000/v1), "
+            "or set TL_MOE_OPENAI_BASE_URL."
+        )
+    reason = unreachable_reason(url)
+    if reason is not None:
+        raise InputError(
+            f"--explainer {spec!r}: nothing answers at {url} ({reason}); accepted: the URL of a running "
+            "OpenAI-compatible server (start it first), local:PATH, or offline."
+        )
+
+
 class Explain(Analysis):
     """Label every expert (offline dissection, an OpenAI-compatible endpoint or a local chat model) and
     score each label on held-out documents beside chance and the shuffled-label control."""
@@ -278,7 +370,10 @@ class Explain(Analysis):
         "(or concept ∧ domain) whose tokens best match the expert's routed tokens (IoU); its scorer applies "
         "the concept's own labeler to each item's target token. Controls: chance (answering 'yes' to every "
         "item), and the same scorer given another expert's label of the same layer. Intervals: bootstrap "
-        "over experts (summary) and over scoring items (per expert)."
+        "over experts (summary) and over scoring items (per expert). Causal checks ('causal' documents, "
+        "--explain-causal-windows): on the positions where the expert is routed, |Δloss| under removing or "
+        "boosting it on described minus other tokens, beside a control expert matched on routing at the "
+        "described tokens; 95% bootstrap over documents (unavailable below 30)."
     )
 
     def check(self, run: RunContext) -> None:
@@ -291,10 +386,15 @@ class Explain(Analysis):
         if spec == "offline" and set(run.options.explain_scorers or ()) - {"concept"}:
             raise InputError("the offline explainer's labels are scored by the concept scorer only "
                              "(the detection, fuzzing and intruder scorers need a language model).")  # fmt: skip
+        if run.options.explain_causal_windows < 0:
+            raise InputError(f"--explain-causal-windows must be 0 (no causal checks) or positive, got "
+                             f"{run.options.explain_causal_windows}.")  # fmt: skip
         if run.options.explain_concurrency < 1:
             raise InputError(
                 f"--explain-concurrency must be positive, got {run.options.explain_concurrency}."
             )
+        if spec.startswith("openai:"):
+            check_endpoint_answers(spec)
 
     def needs(self, run: RunContext) -> list[Need]:
         return [Need(run.main, ExpertExamplesSpec(seed=run.options.seed))]
@@ -338,8 +438,8 @@ class Explain(Analysis):
         if options.explain_causal_windows > 0:
             causal = causal_checks(
                 model, run.dataset, examples, list(labeling.explanations.values()),
-                seq_len=options.seq_len, max_windows=options.explain_causal_windows, seed=options.seed,
-                progress=options.progress,
+                seq_len=options.seq_len, max_windows=options.explain_causal_windows,
+                n_resamples=options.bootstrap_resamples, seed=options.seed, progress=options.progress,
             )  # fmt: skip
         cards = expert_cards(records, labeling, examples, main)
         return ExplainResult(

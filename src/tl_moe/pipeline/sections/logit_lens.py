@@ -1,16 +1,25 @@
-"""The corpus logit lens of every expert: the tokens its output promotes most on average."""
+"""The corpus logit lens of every expert: the tokens its output promotes most on average.
+
+The finding (the token most experts rank first) is controlled by the untrained model of the same
+config, when its pass runs anyway, with document-bootstrap intervals
+(:mod:`tl_moe.analysis.logit_lens_null`)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
 from tl_moe.analysis.logit_lens_accumulator import ExpertLogitLensResult
-from tl_moe.pipeline.context import RunContext
+from tl_moe.analysis.logit_lens_null import TopTokenShare, top_token_share
+from tl_moe.analysis.readout import LogitReadout
+from tl_moe.analysis.stats import Interval
+from tl_moe.pipeline.context import RunContext, untrained_name
 from tl_moe.pipeline.needs import ExpertLens
 from tl_moe.pipeline.protocol import Analysis, Inputs, Need, Result, TableItem
+from tl_moe.pipeline.sections.specialization import untrained_pass_runs
 from tl_moe.report import TableSummary
 
 __all__ = ["LogitLens", "LogitLensResult"]
@@ -27,25 +36,94 @@ class LogitLensResult(Result):
 
     lens: ExpertLogitLensResult
     top_tokens: pd.DataFrame
+    share: TopTokenShare | None = None
+    token_text: str | None = None
 
     def to_frame(self) -> pd.DataFrame:
         return self.top_tokens
 
+    def share_frame(self) -> pd.DataFrame:
+        """The most common top-1 token's share of experts: trained, untrained, trained − untrained."""
+        if self.share is None:
+            return pd.DataFrame()
+        rows = [("trained", self.share.trained), ("untrained", self.share.untrained)]
+        rows.append(("trained − untrained", self.share.difference))
+        return pd.DataFrame(
+            [
+                {"model": model, "token_id": self.share.token, "token": self.token_text, **interval.to_dict()}
+                for model, interval in rows
+                if interval is not None
+            ]
+        )
+
     def metrics(self) -> dict[str, Any]:
-        return {}
+        if self.share is None:
+            return {}
+        metrics = {
+            f"share of experts ranking `{self._shown()}` first | trained": _share_text(self.share.trained)
+        }
+        if self.share.untrained is not None:
+            metrics[f"share of experts ranking `{self._shown()}` first | untrained"] = _share_text(
+                self.share.untrained
+            )
+            metrics[f"share of experts ranking `{self._shown()}` first | trained − untrained"] = _share_text(
+                self.share.difference, signed=True
+            )
+            metrics["untrained | share of experts ranking its own most common top-1 first"] = round(
+                self.share.untrained_own_top_share, 4
+            )
+        return metrics
+
+    def _shown(self) -> str:
+        return (self.token_text or "").replace("\n", "⏎").replace(" ", "·")
 
     def findings(self) -> list[str]:
         first = self.top_tokens[(self.top_tokens["rank"] == 0) & self.top_tokens["token"].notna()]
-        if first.empty:
+        if first.empty or self.share is None:
             return []
-        counts = first["token"].value_counts()
-        token = counts.index[0].replace("\n", "⏎").replace(" ", "·")
-        return [
-            f"**Expert logit lens**: the most common top promoted token is `{token}` "
-            f"(top-1 of {int(counts.iloc[0])} of {len(first)} experts)."
-        ]
+        share = self.share
+        count = round(share.trained.estimate * share.n_experts)
+        head = (
+            f"**Expert logit lens**: the token most experts' mean output promotes first is `{self._shown()}` "
+            f"(top-1 of {count} of {share.n_experts} experts, share {_share_text(share.trained)}"
+        )
+        if share.untrained is None:
+            return [head + "; no untrained null in this run, so no claim that training put it there)."]
+        untrained = round(share.untrained.estimate * share.n_experts_untrained)
+        head += (
+            f"; untrained model of the same config: {untrained} of {share.n_experts_untrained}, "
+            f"{_share_text(share.untrained)}; trained − untrained {_share_text(share.difference, signed=True)}, "
+            "95% document bootstrap"
+        )
+        difference = share.difference
+        if difference.available and difference.low > 0:
+            verdict = f"training makes `{self._shown()}` the top-1 of more experts than random weights do"
+        elif difference.available and difference.high < 0:
+            verdict = f"random weights rank `{self._shown()}` first more often than training does"
+        elif difference.available:
+            verdict = f"the untrained model ranks `{self._shown()}` first as often: training is not shown to favour it"
+        else:
+            verdict = "the comparison with the untrained model has no interval"
+        chance = (
+            f"; picking the most common token, the untrained model's own reaches a share of "
+            f"{share.untrained_own_top_share:.2f}"
+        )
+        return [head + chance + "): " + verdict + "."]
 
     def tables(self) -> list[TableItem]:
+        share = self.share_frame()
+        extra = (
+            [
+                TableItem(
+                    "logit_lens_top1_share",
+                    share,
+                    "Share of experts whose mean-lens top-1 is the trained model's most common top-1 token: "
+                    "trained, untrained, trained − untrained (95% document bootstrap).",
+                )
+            ]
+            if len(share)
+            else []
+        )
         summary = TableSummary(
             score="mean_logit",
             by=("layer",),
@@ -56,8 +134,19 @@ class LogitLensResult(Result):
         return [
             TableItem(
                 "logit_lens_top_tokens", self.top_tokens, "Top promoted tokens per expert.", summary=summary
-            )
+            ),
+            *extra,
         ]
+
+
+def _share_text(interval: Interval, signed: bool = False) -> str:
+    number = "{:+.2f}" if signed else "{:.2f}"
+    if not math.isfinite(interval.estimate):
+        return f"unavailable ({interval.reason})"
+    if not interval.available:
+        return number.format(interval.estimate) + f" (interval unavailable: {interval.reason})"
+    low, high = (number.format(value) for value in (interval.low, interval.high))
+    return number.format(interval.estimate) + f" [{low}, {high}]"
 
 
 class LogitLens(Analysis):
@@ -68,12 +157,45 @@ class LogitLens(Analysis):
     summary = "the tokens each expert's output promotes most, over the corpus"
     intro = (
         "Per expert, the tokens its output (before the routing weight, through the final norm's gain) "
-        "promotes most on average over the tokens routed to it."
+        "promotes most on average over the tokens routed to it. The token most experts rank first is "
+        "compared with the untrained model of the same config (the probing section's untrained null; not "
+        "with --skip-untrained-null): the share of experts ranking it first in each model and their "
+        "difference, with 95% document-bootstrap intervals (documents resampled, each expert's mean "
+        "output and its top-1 recomputed; paired over the same documents), beside the share the "
+        "untrained model's own most common top-1 reaches (what picking the most common token gives "
+        "without training)."
     )
 
     def needs(self, run: RunContext) -> list[Need]:
-        return [Need(run.main, ExpertLens())]
+        needs = [Need(run.main, ExpertLens())]
+        if untrained_pass_runs(run):
+            needs.append(Need(untrained_name(run.main), ExpertLens()))
+        return needs
 
     def finalize(self, run: RunContext, inputs: Inputs) -> LogitLensResult:
+        model = run.model(run.main)
         lens = inputs[Need(run.main, ExpertLens())]
-        return LogitLensResult(lens=lens, top_tokens=lens.top_tokens(run.model(run.main).tokenizer))
+        top_tokens = lens.top_tokens(model.tokenizer)
+        if not (lens.n_routed > 0).any():
+            return LogitLensResult(lens=lens, top_tokens=top_tokens)
+        untrained, untrained_logits = None, None
+        if untrained_pass_runs(run):
+            name = untrained_name(run.main)
+            untrained = inputs[Need(name, ExpertLens())]
+            untrained_logits = LogitReadout.from_model(run.model(name)).vocab_logits
+        share = top_token_share(
+            lens,
+            _cpu_lens(LogitReadout.from_model(model).vocab_logits),
+            untrained,
+            None if untrained_logits is None else _cpu_lens(untrained_logits),
+            n_resamples=run.options.bootstrap_resamples,
+            seed=run.options.seed,
+        )
+        return LogitLensResult(
+            lens=lens, top_tokens=top_tokens, share=share, token_text=model.tokenizer.decode([share.token])
+        )
+
+
+def _cpu_lens(vocab_logits):
+    """The readout's lens on CPU float64 outputs (the per-document sums live on the CPU)."""
+    return lambda x: vocab_logits(x).cpu()

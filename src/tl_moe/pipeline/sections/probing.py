@@ -4,8 +4,10 @@
   documents (:mod:`tl_moe.analysis.held_out_probing`), every comparison a paired difference with a
   document-level bootstrap interval; controls in the same run: dense neurons on each expert's routed
   tokens, routing-matched random subsets, an untrained MoE of the same config, permuted labels.
-- **paper** (for comparison with published numbers, labelled as such): best test F1 over units,
-  averaged over concepts (arXiv 2604.02178); its maximum is taken on the split it reports.
+- **paper** (for comparison with published numbers, labelled as such): sampled, split and scored as
+  the paper's reference code does (:data:`~tl_moe.analysis.concept_probing.PAPER_PROTOCOL`); best
+  test F1 over units, averaged over concepts (arXiv 2604.02178); its maximum is taken on the split
+  it reports.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from tl_moe.analysis.activations import StoredTokens
 from tl_moe.analysis.bounded_store import BoundedStoredTokens
 from tl_moe.analysis.concept_probing import (
+    PAPER_PROTOCOL,
     _usable,
     best_f1_by_k,
     experts_near_best,
@@ -89,6 +92,7 @@ def probing_steps(run: RunContext, analysis: str, models: list[str]) -> Step:
     options = run.options
     settings = {
         "probe": probe_settings(run),
+        "paper_protocol": PAPER_PROTOCOL,
         "probe_layers": list(run.probed_layers()),
         "held_out_min_examples": options.held_out_min_examples,
         "selection_fraction": options.selection_fraction,
@@ -222,7 +226,11 @@ class ProbingResult(Result):
         at_k1 = self.curves[self.curves["k"] == 1].set_index("model")["mean_best_f1"]
         if MOE_CURVE not in at_k1:
             return []
-        text = f"**Probing, the paper's protocol** (best unit picked on the split it is scored on): at k = 1 the MoE's best expert reaches mean F1 {at_k1[MOE_CURVE]:.3f}"
+        text = (
+            "**Probing, the paper's protocol** (as its reference code: per-document balanced sample, F1 at "
+            "each unit's routed class ratio, best unit picked on the split it is scored on): at k = 1 the "
+            f"MoE's best expert reaches mean F1 {at_k1[MOE_CURVE]:.3f}"
+        )
         if DENSE_CURVE in at_k1:
             text += f" vs {at_k1[DENSE_CURVE]:.3f} for the dense model's best layer"
         if MATCHED_CURVE in at_k1:
@@ -582,24 +590,31 @@ class Probing(Analysis):
     title = "k-sparse probing of expert neurons"
     summary = "k-sparse probes of experts vs dense neurons: held-out selection with controls, and the paper's protocol"
     intro = (
-        "For each concept, a logistic-regression probe on the top-k neurons (ranked by |mean(pos) - "
-        "mean(neg)| on the train split) of each expert, on the tokens routed to it, balanced classes, "
-        "75/25 split. Each concept is probed only on documents of the domains it is defined on. "
+        "For each concept, a logistic-regression probe (class-weighted) on the top-k neurons (ranked by "
+        "|mean(pos) - mean(neg)| on the train split) of each expert, on the tokens routed to it, 75/25 "
+        "split. Each concept is probed only on documents of the domains it is defined on. "
         "**Held-out protocol (the headline):** documents are split in a selection and a test half; each "
-        "unit's probe is fitted on selection documents, the unit with the best selection F1 is chosen "
+        "unit's probe is fitted on a class-balanced sample of its selection-document tokens, the unit "
+        "with the best selection F1 is chosen "
         "per concept and k, and its probe's class-balanced F1 (and balanced accuracy) on the test "
         "documents is reported. Every comparison is a paired difference of mean F1 over the token-level "
         "concepts both arms probed, with a 95% bootstrap interval over test documents: MoE vs dense "
         "layers; vs dense neurons on exactly each expert's routed tokens (separates neuron selectivity "
         "from routing's pre-filtering of tokens); vs random dense subsets with the routed sizes per layer "
         "and concept; vs an untrained MoE of the same config; and MoE vs dense with permuted labels "
-        "(must be ~0). **Paper protocol (for comparison with published numbers):** best test F1 over "
-        "units, averaged over concepts — the maximum is taken on the reported split, which favours the "
-        "many small units of an MoE; its intervals resample concepts only."
+        "(must be ~0). **Paper protocol (for comparison with published numbers), as the paper's "
+        "reference code samples and scores:** per concept, each document's positives and as many of its "
+        "negatives, drawn before routing; every such token a unit saw, 75/25 stratified; F1 on the test "
+        "split at the class ratio routing left the unit; best test F1 over units, averaged over concepts "
+        "— the maximum is taken on the reported split, which favours the many small units of an MoE, "
+        "and F1 at different class ratios is not on one scale; its intervals resample concepts only."
     )
 
     def check(self, run: RunContext) -> None:
+        from tl_moe.pipeline.validation import check_probe_ks
+
         run.probed_layers()  # refuses --probe-layers that are not sparse layers
+        check_probe_ks(run.options.probe_ks, run.config(run.main).d_expert)
 
     def needs(self, run: RunContext) -> list[Need]:
         needs = [Need(run.main, ExpertNeurons(run.probed_layers()))]

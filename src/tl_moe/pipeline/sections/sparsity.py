@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from tl_moe.analysis.concept_probing import best_f1_by_k, probe_experts
+from tl_moe.analysis.concept_probing import PAPER_PROTOCOL, best_f1_by_k, probe_experts
 from tl_moe.errors import InputError
 from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.needs import DenseNeurons, ExpertNeurons
@@ -339,6 +339,12 @@ class Sparsity(Analysis):
         """The toy MoEs probed besides the analyzed model (whose probing result is reused)."""
         return [name for name, cfg in TOY_FAMILY.items() if cfg.is_moe and name != run.main]
 
+    def check(self, run: RunContext) -> None:
+        from tl_moe.pipeline.validation import check_probe_ks
+
+        sizes = [run.config(run.main).d_expert, *(TOY_FAMILY[name].d_expert for name in self.family(run))]
+        check_probe_ks(run.options.probe_ks, min(sizes))
+
     def needs(self, run: RunContext) -> list[Need]:
         needs = [Need(name, ExpertNeurons()) for name in self.family(run)]
         if run.dense is not None:
@@ -362,7 +368,9 @@ class Sparsity(Analysis):
                     min_positives=run.options.min_examples,
                     progress=run.options.progress,
                     # each layer saved as it finishes, keyed by the probe options and this model's pass
-                    step=run.steps(self.name, {"probe": probe_settings(run)}, [name]),
+                    step=run.steps(
+                        self.name, {"probe": probe_settings(run), "paper_protocol": PAPER_PROTOCOL}, [name]
+                    ),
                 ),
             )
         frames = dict(sorted(frames.items(), key=lambda item: item[1][0].num_experts))

@@ -6,8 +6,10 @@
   content from another, permuted document (:mod:`tl_moe.analysis.specialization_permutation`), so the
   clumping of content within documents is kept.
 
-The untrained null of the analyzed model (same config, random init) is drawn in the same figures when
-its pass runs anyway (the probing section's untrained null; not with ``--skip-untrained-null``).
+The excess over the document-permutation baseline carries a document-bootstrap interval, and so does
+the trained − untrained difference (paired over the same documents). The untrained null of the
+analyzed model (same config, random init) is drawn in the same figures when its pass runs anyway (the
+probing section's untrained null; not with ``--skip-untrained-null``).
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import torch
 
 from tl_moe.analysis.specialization import SpecializationResult, specialization_scores
 from tl_moe.analysis.specialization_permutation import (
+    BOOTSTRAP_PERMUTATIONS,
     DocumentPermutationBaseline,
     document_permutation_baseline,
+    excess_intervals,
 )
 from tl_moe.errors import InputError
 from tl_moe.models.hook_names import get_act_name
@@ -31,10 +35,9 @@ from tl_moe.pipeline.needs import ExpertLens, RoutedByDomain, RoutedByTokenGroup
 from tl_moe.pipeline.protocol import Analysis, FigureItem, Inputs, Need, Result, TableItem
 from tl_moe.report.figures import new_figure
 
-__all__ = ["PERMUTATIONS", "Specialization", "SpecializationSummary"]
+__all__ = ["Specialization", "SpecializationSummary"]
 
-#: Document permutations behind each permutation baseline (its mean, its 95% range, its p-values).
-PERMUTATIONS = 200
+DIFFERENCE = "trained − untrained"
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,9 @@ class SpecializationSummary(Result):
         untrained: measure name -> the untrained null model's scores (routing measures; empty when its
             pass did not run).
         untrained_permutation: the same for the untrained model's permutation baselines.
+        intervals: measure name -> per (model, layer) document-bootstrap interval of the excess over
+            the document-permutation baseline (``model``: ``"trained"``, ``"untrained"``,
+            ``"trained − untrained"``; see :func:`~tl_moe.analysis.specialization_permutation.excess_intervals`).
         notes: why a baseline or the untrained curve is missing, if one is.
     """
 
@@ -57,25 +63,57 @@ class SpecializationSummary(Result):
     permutation: dict[str, DocumentPermutationBaseline] = field(default_factory=dict)
     untrained: dict[str, SpecializationResult] = field(default_factory=dict)
     untrained_permutation: dict[str, DocumentPermutationBaseline] = field(default_factory=dict)
+    intervals: dict[str, pd.DataFrame] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+
+    def _interval_rows(self, name: str, model: str) -> pd.DataFrame | None:
+        frame = self.intervals.get(name)
+        if frame is None or not len(frame):
+            return None
+        rows = frame[frame["model"] == model]
+        return rows if len(rows) else None
 
     def to_frame(self) -> pd.DataFrame:
         """Per (measure, layer): mean and standard deviation over experts of JSD − baseline (bits), the
         token-weighted mean over experts of at least ``min_tokens`` tokens, and (routing measures) the
-        token-weighted excess over the document-permutation baseline with the null's 95% range and
-        p-value."""
+        token-weighted excess over the document-permutation baseline with its 95% document-bootstrap
+        interval, its p-value and whether the p-value is at its floor."""
         rows = []
         for name, result in self.measures.items():
             frame = result.layer_summary(self.min_tokens).assign(measure=name)
-            rows.append(_with_permutation(frame, self.permutation.get(name), self.min_tokens))
+            rows.append(
+                _with_permutation(
+                    frame,
+                    self.permutation.get(name),
+                    self.min_tokens,
+                    self._interval_rows(name, "trained"),
+                )
+            )
         return pd.concat(rows, ignore_index=True)
+
+    def difference_frame(self) -> pd.DataFrame:
+        """Per (routing measure, layer): trained − untrained excess over the document-permutation
+        baseline, with its paired 95% document-bootstrap interval (or why it is unavailable)."""
+        rows = [
+            diff.assign(measure=name)
+            for name in self.intervals
+            if (diff := self._interval_rows(name, DIFFERENCE)) is not None
+        ]
+        return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 
     def untrained_frame(self) -> pd.DataFrame:
         """The same per-layer table for the untrained null model (empty when it was not run)."""
         rows = []
         for name, result in self.untrained.items():
             frame = result.layer_summary(self.min_tokens).assign(measure=name, model="untrained")
-            rows.append(_with_permutation(frame, self.untrained_permutation.get(name), self.min_tokens))
+            rows.append(
+                _with_permutation(
+                    frame,
+                    self.untrained_permutation.get(name),
+                    self.min_tokens,
+                    self._interval_rows(name, "untrained"),
+                )
+            )
         return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 
     def small_experts(self) -> pd.DataFrame:
@@ -102,13 +140,21 @@ class SpecializationSummary(Result):
             metrics[f"{name} | experts below {self.min_tokens} tokens, last layer"] = int(
                 summary["n_small_experts"]
             )
-        for prefix, permutation in (("", self.permutation), ("untrained | ", self.untrained_permutation)):
+        for prefix, model, permutation in (
+            ("", "trained", self.permutation),
+            ("untrained | ", "untrained", self.untrained_permutation),
+        ):
             for name, baseline in permutation.items():
-                last = baseline.layer_summary(self.min_tokens).iloc[-1]
                 metrics[
                     f"{prefix}{name} | excess over the document-permutation baseline, token-weighted "
                     f"(experts >= {self.min_tokens} tokens), last layer"
-                ] = _permutation_text(last)
+                ] = self._excess_text(name, model, baseline)
+        for name in self.intervals:
+            difference = self._interval_rows(name, DIFFERENCE)
+            if difference is not None:
+                metrics[
+                    f"{name} | {DIFFERENCE} excess over the document-permutation baseline, last layer"
+                ] = _interval_text(difference.iloc[-1])
         for name, result in self.untrained.items():
             summary = result.layer_summary(self.min_tokens).iloc[-1]
             metrics[
@@ -130,20 +176,41 @@ class SpecializationSummary(Result):
             f"(mean ± sd over experts): " + "; ".join(parts) + "."
         ]
         if self.permutation:
-            parts = []
-            for name, baseline in self.permutation.items():
-                text = f"{name} {_permutation_text(baseline.layer_summary(self.min_tokens).iloc[-1])}"
-                if name in self.untrained_permutation:
-                    untrained = self.untrained_permutation[name].layer_summary(self.min_tokens).iloc[-1]
-                    text += f" (untrained model: {_permutation_text(untrained, short=True)})"
-                parts.append(text)
+            parts = [self._finding_part(name, baseline) for name, baseline in self.permutation.items()]
             findings.append(
                 f"**Specialization above the document-permutation baseline** (layer {layer}, token-weighted "
-                f"over experts of >= {self.min_tokens} tokens, bits, null's 95% range): "
+                f"over experts of >= {self.min_tokens} tokens, bits, 95% document-bootstrap intervals): "
                 + "; ".join(parts)
                 + "."
             )
         return findings
+
+    def _excess_text(self, name: str, model: str, baseline: DocumentPermutationBaseline) -> str:
+        """``estimate [low, high], p = ..., N documents`` of one model's last-layer excess."""
+        last = baseline.layer_summary(self.min_tokens).iloc[-1]
+        rows = self._interval_rows(name, model)
+        interval = _interval_text(rows.iloc[-1]) if rows is not None else "no interval"
+        return f"{interval}, {_p_text(last, baseline)}, {baseline.n_documents} documents"
+
+    def _finding_part(self, name: str, baseline: DocumentPermutationBaseline) -> str:
+        """One routing measure's finding: trained, untrained, their paired difference, and what the
+        p-values can and cannot say."""
+        text = f"{name}: trained {self._excess_text(name, 'trained', baseline)}"
+        untrained = self.untrained_permutation.get(name)
+        if untrained is None:
+            return text
+        text += f"; untrained model {self._excess_text(name, 'untrained', untrained)}"
+        difference = self._interval_rows(name, DIFFERENCE)
+        if difference is not None:
+            text += f"; {DIFFERENCE} {_interval_text(difference.iloc[-1])} (paired over documents)"
+        trained_floor = bool(baseline.layer_summary(self.min_tokens).iloc[-1]["p_at_floor"])
+        untrained_floor = bool(untrained.layer_summary(self.min_tokens).iloc[-1]["p_at_floor"])
+        if trained_floor and untrained_floor:
+            text += (
+                " — both p-values sit at their floor (no permutation reached either score): they do not "
+                f"tell the two models apart; the {DIFFERENCE} difference does"
+            )
+        return text
 
     def figures(self) -> list[FigureItem]:
         fig, ax = new_figure(6.4, 4.2)
@@ -165,8 +232,8 @@ class SpecializationSummary(Result):
                     "specialization_permutation_per_layer",
                     self._permutation_figure(),
                     "Specialization above the document-permutation baseline, token-weighted over experts "
-                    f"of at least {self.min_tokens} tokens, with the null's 95% range; dashed: the untrained "
-                    "model.",
+                    f"of at least {self.min_tokens} tokens, with its 95% document-bootstrap interval; dashed: "
+                    "the untrained model.",
                 )
             )
         return items
@@ -174,19 +241,19 @@ class SpecializationSummary(Result):
     def _permutation_figure(self):
         fig, ax = new_figure(6.4, 4.2)
         names = list(self.measures)
-        for source, style, suffix in (
-            (self.permutation, "-", ""),
-            (self.untrained_permutation, "--", " (untrained)"),
-        ):
-            for name, baseline in source.items():
+        for model, style, suffix in (("trained", "-", ""), ("untrained", "--", " (untrained)")):
+            for name in self.intervals:
+                summary = self._interval_rows(name, model)
+                if summary is None:
+                    continue
                 i = names.index(name)
-                summary = baseline.layer_summary(self.min_tokens)
                 x = np.asarray(summary["layer"], dtype=float) + (0.05 if suffix else 0.0)
-                y = summary["permutation_excess"].to_numpy()
+                y = summary["estimate"].to_numpy(dtype=float)
+                low, high = summary["ci_low"].to_numpy(dtype=float), summary["ci_high"].to_numpy(dtype=float)
                 ax.errorbar(
                     x,
                     y,
-                    yerr=[np.nan_to_num(y - summary["ci_low"]), np.nan_to_num(summary["ci_high"] - y)],
+                    yerr=[np.nan_to_num(y - low), np.nan_to_num(high - y)],
                     marker="o",
                     capsize=3,
                     linestyle=style,
@@ -220,30 +287,86 @@ class SpecializationSummary(Result):
                     "The untrained model of the same config: per layer and routing measure.",
                 )
             )
+        difference = self.difference_frame()
+        if len(difference):
+            tables.append(
+                TableItem(
+                    "specialization_trained_minus_untrained",
+                    difference,
+                    "Trained − untrained excess over the document-permutation baseline per layer and routing "
+                    "measure, with its paired 95% document-bootstrap interval.",
+                )
+            )
         return tables
 
 
+_PERMUTATION_COLUMNS = (
+    "permutation_excess",
+    "permutation_ci_low",
+    "permutation_ci_high",
+    "permutation_interval_available",
+    "permutation_interval_unavailable_reason",
+    "permutation_p_value",
+    "permutation_p_at_floor",
+    "permutation_n_permutations",
+    "permutation_n_documents",
+)
+
+
 def _with_permutation(
-    frame: pd.DataFrame, baseline: DocumentPermutationBaseline | None, min_tokens: int
+    frame: pd.DataFrame,
+    baseline: DocumentPermutationBaseline | None,
+    min_tokens: int,
+    intervals: pd.DataFrame | None,
 ) -> pd.DataFrame:
-    columns = ["permutation_excess", "ci_low", "ci_high", "p_value", "n_documents"]
-    names = {c: "permutation_" + c for c in columns if c != "permutation_excess"}
+    """``frame`` with the permutation excess (the bootstrap statistic's estimate), its document-bootstrap
+    interval, p-value and floor flag per layer (NaN where there is no permutation baseline)."""
     if baseline is None:
-        return frame.assign(**{names.get(c, c): np.nan for c in columns})
-    summary = baseline.layer_summary(min_tokens)[["layer", *columns]].rename(columns=names)
+        return frame.assign(**{c: np.nan for c in _PERMUTATION_COLUMNS})
+    summary = baseline.layer_summary(min_tokens)
+    summary = pd.DataFrame(
+        {
+            "layer": summary["layer"],
+            "permutation_excess": summary["permutation_excess"],
+            "permutation_ci_low": np.nan,
+            "permutation_ci_high": np.nan,
+            "permutation_interval_available": False,
+            "permutation_interval_unavailable_reason": "not computed",
+            "permutation_p_value": summary["p_value"],
+            "permutation_p_at_floor": summary["p_at_floor"],
+            "permutation_n_permutations": summary["n_permutations"],
+            "permutation_n_documents": summary["n_documents"],
+        }
+    )
+    if intervals is not None:
+        by_layer = intervals.set_index("layer").reindex(summary["layer"])
+        summary["permutation_excess"] = by_layer["estimate"].to_numpy()
+        summary["permutation_ci_low"] = by_layer["ci_low"].to_numpy()
+        summary["permutation_ci_high"] = by_layer["ci_high"].to_numpy()
+        summary["permutation_interval_available"] = by_layer["interval_available"].to_numpy()
+        summary["permutation_interval_unavailable_reason"] = by_layer["reason"].to_numpy()
     return frame.merge(summary, on="layer", how="left")
 
 
-def _permutation_text(row: pd.Series, short: bool = False) -> str:
-    if not np.isfinite(row["permutation_excess"]):
-        return "unavailable"
-    text = f"{row['permutation_excess']:+.4f} [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]"
-    if short:
-        return text
-    return text + f", p = {row['p_value']:.3g}, {int(row['n_documents'])} documents"
+def _interval_text(row: pd.Series) -> str:
+    """``+0.0660 [+0.0600, +0.0720]``, or the estimate with why its interval is unavailable."""
+    if not np.isfinite(row["estimate"]):
+        return f"unavailable ({row['reason']})"
+    if not row["interval_available"]:
+        return f"{row['estimate']:+.4f} (interval unavailable: {row['reason']})"
+    return f"{row['estimate']:+.4f} [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]"
 
 
-def _untrained_pass_runs(run: RunContext) -> bool:
+def _p_text(row: pd.Series, baseline: DocumentPermutationBaseline) -> str:
+    """The permutation p-value; at its floor, said as such (``p <= 1/(1 + permutations)``)."""
+    if not np.isfinite(row["p_value"]):
+        return "p unavailable"
+    if row["p_at_floor"]:
+        return f"p = {baseline.p_floor:.3g}, at its floor 1/{baseline.n_permutations + 1}"
+    return f"p = {row['p_value']:.3g} ({baseline.n_permutations} permutations)"
+
+
+def untrained_pass_runs(run: RunContext) -> bool:
     """Whether the untrained null's pass runs in this run anyway (the probing section asks for it)."""
     if run.options.skip_untrained_null:
         return False
@@ -268,15 +391,18 @@ class Specialization(Analysis):
         "measures, a second, **document-permutation** baseline: every token keeps its routing but takes "
         "the group of a token of another document (documents permuted, a document's tokens drawn without "
         "replacement), so content clumped within documents is not mistaken for specialization; its "
-        f"excess is given with the null's 95% range and a permutation p-value ({PERMUTATIONS} "
-        "permutations). Dashed curves: the untrained model of the same config (random init, the run's "
+        "excess is given with a 95% document-bootstrap interval (documents resampled, score and null mean "
+        f"recomputed on them; the null mean over the first {BOOTSTRAP_PERMUTATIONS} permutations) and a "
+        "permutation p-value (--permutations permutations; its floor, 1/(1 + permutations), means no "
+        "permutation reached the score, and two models at the floor are not told apart by it: their "
+        "trained − untrained difference, with a paired document-bootstrap interval, is). Dashed curves: the untrained model of the same config (random init, the run's "
         "seed), whose pass the probing section's untrained null runs (not with --skip-untrained-null)."
     )
 
     def needs(self, run: RunContext) -> list[Need]:
         specs = (RoutedByTokenGroup(), RoutedByDomain(), ExpertLens(), RoutingPerToken())
         needs = [Need(run.main, spec) for spec in specs]
-        if _untrained_pass_runs(run):
+        if untrained_pass_runs(run):
             untrained = untrained_name(run.main)
             needs += [
                 Need(untrained, spec) for spec in (RoutedByTokenGroup(), RoutedByDomain(), RoutingPerToken())
@@ -306,19 +432,30 @@ class Specialization(Analysis):
         notes: list[str] = []
         permutation = self._permutations(run, inputs.get(Need(run.main, RoutingPerToken())), notes)
         untrained, untrained_permutation = {}, {}
-        if _untrained_pass_runs(run):
+        if untrained_pass_runs(run):
             name = untrained_name(run.main)
             untrained = {
                 clusters: scores(inputs[Need(name, RoutedByTokenGroup())], "routing"),
                 domains: scores(inputs[Need(name, RoutedByDomain())], "routing"),
             }
             untrained_permutation = self._permutations(run, inputs.get(Need(name, RoutingPerToken())), notes)
+        intervals = {
+            name: excess_intervals(
+                baseline,
+                untrained_permutation.get(name),
+                min_n=run.options.min_expert_tokens,
+                n_resamples=run.options.bootstrap_resamples,
+                seed=seed,
+            )
+            for name, baseline in permutation.items()
+        }
         return SpecializationSummary(
             measures,
             min_tokens=run.options.min_expert_tokens,
             permutation=permutation,
             untrained=untrained,
             untrained_permutation=untrained_permutation,
+            intervals=intervals,
             notes=tuple(dict.fromkeys(notes)),
         )
 
@@ -350,7 +487,7 @@ class Specialization(Analysis):
                     stored.doc_index,
                     cfg.num_experts,
                     n_groups,
-                    n_permutations=PERMUTATIONS,
+                    n_permutations=run.options.permutations,
                     seed=run.options.seed,
                     layers=layers,
                 )
