@@ -339,10 +339,18 @@ class Sparsity(Analysis):
         """The toy MoEs probed besides the analyzed model (whose probing result is reused)."""
         return [name for name, cfg in TOY_FAMILY.items() if cfg.is_moe and name != run.main]
 
+    @staticmethod
+    def _config(run: RunContext, name: str):
+        """A family member's config: the toy zoo's, or the run's for a model given by the caller."""
+        return TOY_FAMILY[name] if name in TOY_FAMILY else run.config(name)
+
     def check(self, run: RunContext) -> None:
         from tl_moe.pipeline.validation import check_probe_ks
 
-        sizes = [run.config(run.main).d_expert, *(TOY_FAMILY[name].d_expert for name in self.family(run))]
+        sizes = [
+            run.config(run.main).d_expert,
+            *(self._config(run, name).d_expert for name in self.family(run)),
+        ]
         check_probe_ks(run.options.probe_ks, min(sizes))
 
     def needs(self, run: RunContext) -> list[Need]:
@@ -356,7 +364,7 @@ class Sparsity(Analysis):
         frames = {run.main: (run.config(run.main), probing.moe_units)}
         stored_by_name = {}
         for name in self.family(run):
-            cfg = TOY_FAMILY[name] if name in TOY_FAMILY else run.config(name)
+            cfg = self._config(run, name)
             stored = stored_by_name[name] = inputs[Need(name, ExpertNeurons())]
             frames[name] = (
                 cfg,
