@@ -127,7 +127,7 @@ class SparsityResult(Result):
             "**Sparsity family, held-out protocol** (k = 1, class-balanced F1, 95% document bootstrap). "
             "Headline, the strongest control: MoE expert minus dense neurons on exactly the tokens routed to "
             "the expert (same tokens, only the neurons differ), with MoE minus dense neurons on "
-            "routing-matched random subsets (which leaves routing's choice of tokens to the MoE) in brackets: "
+            "routing-matched random subsets (which leaves routing's choice of tokens to the MoE) in parentheses: "
             + "; ".join(parts)
             + "."
         )
@@ -291,7 +291,8 @@ def _verdict(record: dict) -> str:
 
 def _confound(parameters: dict[str, int]) -> str:
     """The confound the family's design cannot remove, with the members' parameter counts."""
-    counts = ", ".join(f"{name.removeprefix('toy/')} {n / 1e6:.2f} M" for name, n in parameters.items())
+    ordered = sorted(parameters.items(), key=lambda item: item[1])
+    counts = ", ".join(f"{name.removeprefix('toy/')} {n / 1e6:.2f} M" for name, n in ordered)
     return (
         "**Sparsity family: what it cannot separate.** The members keep the active FFN neurons per token "
         f"fixed but not the total parameters ({counts}), and each is one training run with one seed: "
