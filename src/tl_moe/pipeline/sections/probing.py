@@ -42,7 +42,7 @@ from tl_moe.analysis.held_out_probing import (
     layer_map,
     permuted_labels,
 )
-from tl_moe.analysis.stats import MIN_DOCUMENTS, cluster_bootstrap, document_split
+from tl_moe.analysis.stats import cluster_bootstrap, document_split
 from tl_moe.collect.steps import Step, run_now
 from tl_moe.errors import InputError
 from tl_moe.pipeline.context import RunContext, untrained_name
@@ -478,7 +478,7 @@ def held_out_probing(
             stored.doc_index.numpy(),
             selection_fraction=options.selection_fraction,
             seed=options.seed,
-            min_per_side=MIN_DOCUMENTS,
+            min_per_side=options.min_documents,
         )
         return torch.from_numpy(side)
 
@@ -564,7 +564,11 @@ def held_out_probing(
         if first not in arms or second not in arms:
             continue
         for record in compare(
-            arms[first], arms[second], n_resamples=options.bootstrap_resamples, seed=options.seed
+            arms[first],
+            arms[second],
+            n_resamples=options.bootstrap_resamples,
+            seed=options.seed,
+            min_clusters=options.min_documents,
         ):
             records.append(
                 {
@@ -735,6 +739,7 @@ def _comparison_frame(records: list[dict]) -> pd.DataFrame:
         "interval_method",
         "interval_available",
         "interval_unavailable_reason",
+        "bootstrap_bias",
     ]
     frame = pd.DataFrame.from_records(records)
     for column in columns:
