@@ -103,8 +103,9 @@ def probing_steps(run: RunContext, analysis: str, models: list[str]) -> Step:
 def probing_curves(moe: pd.DataFrame, dense: pd.DataFrame | None) -> pd.DataFrame:
     """Mean over concepts of the best F1 per k, for the MoE and (if given) the dense baselines.
 
-    Only concepts probed successfully in every compared model are averaged, so the curves
-    average the same concepts.
+    Only token-level concepts probed successfully in every compared model are averaged, so the curves
+    average the same concepts (document-level ``domain_*`` / ``language_*`` concepts are left out, as
+    in every comparison).
     """
     frames = {MOE_CURVE: moe}
     if dense is not None:
@@ -113,7 +114,7 @@ def probing_curves(moe: pd.DataFrame, dense: pd.DataFrame | None) -> pd.DataFram
             frames[MATCHED_CURVE] = dense[dense["draw"] >= 0]
     concepts = None
     for frame in frames.values():
-        ok = set(frame.dropna(subset=["f1"])["concept"])
+        ok = {c for c in frame.dropna(subset=["f1"])["concept"] if not is_document_concept(c)}
         concepts = ok if concepts is None else concepts & ok
     rows = []
     for name, frame in frames.items():
