@@ -254,7 +254,8 @@ def test_weighted_spearman_equals_scipy_on_the_expanded_sample():
 
 
 def test_score_agreement_counts_top_overlap_and_marks_small_layers():
-    exact = {"zero": np.array([[5.0, 4, 3, 2, 1, 0, -1, -2], [1.0, 2, 3, 4, 5, 6, 7, 8]])}
+    first = 5.0 - np.arange(16.0)  # 2 layers x 16 experts: 32 pooled (an interval), 16 per layer (none)
+    exact = {"zero": np.stack([first, -first + 0.5])}
     scores = {"perfect": exact["zero"].copy(), "reversed": -exact["zero"]}
     table = score_agreement(exact, scores, layers=(0, 1), n_top=2, n_resamples=200).set_index(
         ["score", "layer"]
@@ -265,10 +266,10 @@ def test_score_agreement_counts_top_overlap_and_marks_small_layers():
         table.loc[("perfect", "all"), "top-n overlap"] == 2
         and table.loc[("reversed", "0"), "top-n overlap"] == 0
     )
-    assert table.loc[("perfect", "all"), "chance overlap"] == pytest.approx(4 / 16)
-    # 16 experts pooled get an interval; 8 per layer are too few to resample
+    assert table.loc[("perfect", "all"), "chance overlap"] == pytest.approx(4 / 32)
+    # 32 experts pooled get an interval; 16 per layer are too few (MIN_DOCUMENTS = 30) to resample
     assert table.loc[("perfect", "all"), "interval"] == ""
-    assert "at least 10" in table.loc[("perfect", "0"), "interval"]
+    assert "at least 30" in table.loc[("perfect", "0"), "interval"]
 
 
 def test_the_drivers_analysis_reports_the_estimate_beside_the_exact_effect(

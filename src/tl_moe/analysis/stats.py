@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 #: Fewest documents (clusters) a bootstrap interval is computed from.
-MIN_DOCUMENTS = 10
+MIN_DOCUMENTS = 30
 
 
 @dataclass(frozen=True)
