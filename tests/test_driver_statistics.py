@@ -262,3 +262,81 @@ def test_the_overlap_with_no_domain_experts_is_not_testable_rather_than_p_one():
     table = compare_drivers_with_domain_experts(drivers, domains, n_resamples=100).table.set_index("layer")
     assert table.loc["all", "overlap not testable"] == "no domain experts"
     assert np.isnan(table.loc["all", "overlap p"])
+
+
+def test_the_reweighting_finding_lists_every_domain_with_its_holm_interval_and_no_best():
+    from tl_moe.analysis.reweighting import ReweightingStudy, _with_holm
+    from tl_moe.pipeline.sections.reweighting import ReweightingResult
+
+    rng = np.random.default_rng(3)
+    family = _null_family(rng, n_domains=3)
+    family["d3"] = (rng.normal(0, 1, 12), np.ones(12))  # too few held-out documents
+    gains = pd.DataFrame(
+        [
+            {
+                "domain": name,
+                "expert set": "domain experts",
+                "factor": 1.25,
+                "loss change (selection)": -0.01,
+                "chosen − control": float(sums.sum() / counts.sum()),
+            }
+            for name, (sums, counts) in family.items()
+        ]
+    )
+    gains = _with_holm(gains, family, n_resamples=300, seed=0)
+    study = ReweightingStudy(pd.DataFrame(), gains, pd.DataFrame(), {}, frozenset(), frozenset())
+    (finding,) = ReweightingResult(study, None, pd.DataFrame()).findings()
+    assert "Best" not in finding and "Holm" in finding
+    for name in family:
+        assert f"{name} " in finding or f"{name} (" in finding
+    assert "not tested: 12 documents" in finding
+
+
+def _interval_row(**values):
+    row = {}
+    for prefix, value in values.items():
+        name = prefix.replace("_", " ")
+        row.update({name: value, f"{name} ci low": value - 0.1, f"{name} ci high": value + 0.1})
+    return row
+
+
+def test_the_steering_finding_reports_switching_on_and_off():
+    from types import SimpleNamespace
+
+    from tl_moe.pipeline.sections.reweighting import _steering_finding
+
+    rows = [
+        {"experts of": g, "switch": s, "evaluated on": e, **_interval_row(loss_change=v, random_sets=0.01)}
+        for g, s, e, v in (
+            ("math", "off", "math", 1.3),
+            ("math", "on", "math", 0.8),
+            ("math", "off", "prose", 0.2),
+            ("prose", "on", "prose", 0.5),
+            ("prose", "off", "prose", 0.4),
+        )
+    ]
+    steering = SimpleNamespace(switches=pd.DataFrame(rows), contrast=("math", "prose"))
+    finding = _steering_finding(steering)
+    for text in ("math-experts off on math: +1.3000", "math-experts on on math: +0.8000", "prose-experts on"):
+        assert text in finding
+    assert "on prose: +0.2000" not in finding  # only each group's own text
+
+
+def test_the_position_finding_states_the_drivers_own_within_token_effect():
+    from types import SimpleNamespace
+
+    from tl_moe.analysis.positions import EFFECTS
+    from tl_moe.pipeline.sections.associations import AssociationsResult
+
+    effects = pd.DataFrame(
+        [
+            {"effect": name, "estimate": 0.01 * (i + 1), "ci low": 0.0, "ci high": 0.1}
+            for i, name in enumerate(EFFECTS)
+        ]
+    )
+    positions = SimpleNamespace(effects=effects, early=3, n_documents=40)
+    associations = SimpleNamespace(summary={"discoveries": 7, "discoveries (Benjamini–Yekutieli)": 4})
+    position, association = AssociationsResult(associations, positions, pd.DataFrame()).findings()
+    own = effects.set_index("effect").loc["drivers: early − late, within token id", "estimate"]
+    assert f"drivers {own:+.3f}" in position
+    assert "7 of" in association and "4 by Benjamini–Yekutieli" in association

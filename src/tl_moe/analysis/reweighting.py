@@ -383,7 +383,7 @@ def selection_domain_experts(
 
     Returns:
         ``(domain -> ExpertSet, the fitted DomainExperts)``; no domain experts (empty dict) when the
-        permutation test cannot run (fewer than 10 documents).
+        permutation test cannot run (fewer than :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` documents).
     """
     from tl_moe.analysis.domain_experts import DomainExperts
     from tl_moe.errors import InputError
