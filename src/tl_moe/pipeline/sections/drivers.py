@@ -13,6 +13,7 @@ import torch
 from tl_moe.analysis.driver_domain import DriverDomainComparison, compare_drivers_with_domain_experts
 from tl_moe.analysis.drivers import DocumentEffects, ExpertSaliency, driver_report
 from tl_moe.analysis.effect_estimate import FirstOrderEffects, estimate_report, estimate_vs_reap
+from tl_moe.analysis.stats import MIN_DOCUMENTS
 from tl_moe.collect.accumulator import Accumulator
 from tl_moe.models.config import MoEConfig
 from tl_moe.pipeline.context import RunContext
@@ -392,7 +393,7 @@ class Drivers(Analysis):
         "hash; driver experts are the largest removal effects on the selection half and are reported on the "
         "other half against, for each driver, the expert of the same layer with the closest routing frequency "
         "(of another layer when the driver's layer has no non-driver expert left; the tables say which). "
-        "Intervals: 95% percentile bootstrap over report-half documents, unavailable below 30 documents. Beside the exact effects: the first-order "
+        f"Intervals: 95% percentile bootstrap over report-half documents, unavailable below {MIN_DOCUMENTS} documents. Beside the exact effects: the first-order "
         "(attribution-patching) estimate of every zeroing effect from one backward per batch, −w·∂L/∂w summed over "
         "the expert's slots, and REAP saliency, each scored by its rank correlation with the exact zeroing effect, "
         "and the two compared on the same experts by a paired document bootstrap of the difference of ρ."

@@ -13,6 +13,7 @@ import torch
 from tl_moe.analysis.drivers import document_half
 from tl_moe.analysis.edit_windows import Windows, document_windows, routed_counts
 from tl_moe.analysis.reweighting import ReweightingStudy, reweighting_study, selection_domain_experts
+from tl_moe.analysis.stats import MIN_DOCUMENTS
 from tl_moe.analysis.steering import SteeringStudy, steering_study
 from tl_moe.errors import InputError
 from tl_moe.pipeline.context import RunContext
@@ -168,7 +169,7 @@ class ReweightingResult(Result):
             fig,
             "Per domain: the re-weighting chosen on the selection half, on the domain's held-out documents, "
             "and the same factor on routing-rate-matched random experts (mean of the draws); 95% "
-            "document-bootstrap intervals (missing where a domain has fewer than 30 held-out documents).",
+            f"document-bootstrap intervals (missing where a domain has fewer than {MIN_DOCUMENTS} held-out documents).",
         )
 
     def _matrix_figure(self) -> FigureItem:
@@ -326,7 +327,7 @@ class Reweighting(Analysis):
         "contrasting groups (selection half) is switched on (router logit raised above the token's largest) or "
         "off (removed) on held-out text of both groups, against matched random experts. Each domain gets "
         "--reweight-tokens tokens per half. Intervals: 95% percentile bootstrap over held-out documents, paired "
-        "(unavailable below 30 documents); every domain's chosen − control is reported with a Holm-adjusted "
+        f"(unavailable below {MIN_DOCUMENTS} documents); every domain's chosen − control is reported with a Holm-adjusted "
         "interval over the domains, none singled out."
     )
     depends_on = ("domains", "drivers")
