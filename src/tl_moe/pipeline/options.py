@@ -155,7 +155,7 @@ class RunOptions:
         False, "also probe every toy MoE and plot F1 vs active ratio (adds the 'sparsity' analysis)"
     )
     driver_tokens: int = option(
-        8000, "tokens on which the drivers analysis runs its edited forwards", parse=int
+        20_000, "tokens on which the drivers analysis runs its edited forwards", parse=int
     )
     n_drivers: int = option(
         8, "driver experts reported (largest removal effects on the selection half)", parse=int
@@ -193,7 +193,7 @@ class RunOptions:
         parse=int,
     )
     reweight_tokens: int = option(
-        3000,
+        6000,
         "re-weighting / steering: tokens of each domain on each document half (selection, held out)",
         parse=int,
     )
