@@ -286,7 +286,10 @@ def _steering_finding(steering: SteeringStudy) -> str:
     a, b = steering.contrast
     return (
         f"**Steering** ({a} vs {b}, experts chosen by routing-rate difference on the selection half), switched "
-        "off and on: " + "; ".join(parts) + " (nats/token, held out)."
+        f"{' and '.join(sorted(set(own['switch']), reverse=True))}: "
+        + "; ".join(parts)
+        + " (nats/token, held out)."
+        + "".join(f" Note: {note}." for note in steering.notes)
     )
 
 
