@@ -6,9 +6,12 @@ Prints one table of median forward times and ratios, all measured in this run:
   as TransformerBridge forces eager attention too);
 - TransformerBridge without tl_moe;
 - tl_moe attached, hooks idle;
-- tl_moe caching every per-expert and router hook point.
+- tl_moe caching every per-expert and router hook point;
+- on a TransformerLens that declares ``hook_expert_pre/post/out`` itself (the patch in
+  ``upstream/``), the bridge caching those, without tl_moe.
 
-Usage: ``python benchmarks/bench_hooks.py [--gpu] [--olmoe-layer] [--arch olmoe|qwen3_next|all]``.
+Usage: ``python benchmarks/bench_hooks.py [--gpu] [--olmoe-layer] [--arch olmoe|qwen3_next|all]
+[--threads N] [--tokens N]``.
 ``--olmoe-layer`` uses an OLMoE-sized MoE layer (d_model 2048, 64 experts, top-8, d_expert 1024).
 ``--arch qwen3_next`` benchmarks a hybrid (linear-attention + MoE with a gated shared expert) model:
 4 layers, d_model 512, 16 experts, top-2, d_expert 512.
@@ -116,7 +119,10 @@ def main() -> None:
     parser.add_argument("--arch", choices=["olmoe", "qwen3_next", "all"], default="all")
     parser.add_argument("--tokens", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = "cuda" if args.gpu else "cpu"
     torch.set_grad_enabled(False)
     for arch in ["olmoe", "qwen3_next"] if args.arch == "all" else [args.arch]:
@@ -160,6 +166,15 @@ def run(arch: str, args, device: str) -> None:
                 lambda: hooked.run_with_cache(tokens, names_filter=lambda n: n in names),
             ),
         ]
+        expert_hooks = ("hook_expert_pre", "hook_expert_post", "hook_expert_out")
+        upstream = [name for name in bridge.hook_dict if name.rsplit(".", 1)[-1] in expert_hooks]
+        if upstream:  # TransformerLens fires the expert hooks itself
+            rows.append(
+                (
+                    "TransformerBridge caching its hook_expert_*",
+                    lambda: bridge.run_with_cache(tokens, names_filter=lambda n: n in upstream),
+                )
+            )
         results = [(label, median_time(fn, device, args.repeats)) for label, fn in rows]
 
     base = results[0][1]

@@ -121,7 +121,7 @@ def test_the_document_bootstrap_matches_scipy():
     rng = np.random.default_rng(0)
     counts = rng.integers(5, 30, size=40).astype(float)
     sums = (rng.normal(0.1, 0.3, size=40) * counts)[None]
-    estimate, low, high = _bootstrap_ratio(sums, counts, n_resamples=4000, seed=1)
+    estimate, low, high, _ = _bootstrap_ratio(sums, counts, n_resamples=4000, seed=1)
     reference = bootstrap(
         (sums[0], counts),
         lambda s, c: s.sum() / c.sum(),

@@ -254,7 +254,8 @@ def test_weighted_spearman_equals_scipy_on_the_expanded_sample():
 
 
 def test_score_agreement_counts_top_overlap_and_marks_small_layers():
-    exact = {"zero": np.array([[5.0, 4, 3, 2, 1, 0, -1, -2], [1.0, 2, 3, 4, 5, 6, 7, 8]])}
+    first = 5.0 - np.arange(16.0)  # 2 layers x 16 experts: 32 pooled (an interval), 16 per layer (none)
+    exact = {"zero": np.stack([first, -first + 0.5])}
     scores = {"perfect": exact["zero"].copy(), "reversed": -exact["zero"]}
     table = score_agreement(exact, scores, layers=(0, 1), n_top=2, n_resamples=200).set_index(
         ["score", "layer"]
@@ -265,10 +266,10 @@ def test_score_agreement_counts_top_overlap_and_marks_small_layers():
         table.loc[("perfect", "all"), "top-n overlap"] == 2
         and table.loc[("reversed", "0"), "top-n overlap"] == 0
     )
-    assert table.loc[("perfect", "all"), "chance overlap"] == pytest.approx(4 / 16)
-    # 16 experts pooled get an interval; 8 per layer are too few to resample
+    assert table.loc[("perfect", "all"), "chance overlap"] == pytest.approx(4 / 32)
+    # 32 experts pooled get an interval; 16 per layer are too few (MIN_DOCUMENTS = 30) to resample
     assert table.loc[("perfect", "all"), "interval"] == ""
-    assert "at least 10" in table.loc[("perfect", "0"), "interval"]
+    assert "at least 30" in table.loc[("perfect", "0"), "interval"]
 
 
 def test_the_drivers_analysis_reports_the_estimate_beside_the_exact_effect(
@@ -291,7 +292,15 @@ def test_the_drivers_analysis_reports_the_estimate_beside_the_exact_effect(
         estimates["first-order estimate"].to_numpy(), estimates["zero: exact"].to_numpy(), np.ones((1, 16))
     )[0]
     assert pooled.loc["first-order estimate", "spearman"] == pytest.approx(expected)
-    assert pooled.loc["first-order estimate", "ci low"] <= pooled.loc["first-order estimate", "ci high"]
+    # 16 experts: too few for the bootstrap over experts (MIN_DOCUMENTS = 30); the paired document
+    # bootstrap compares the estimate with REAP on the same experts
+    assert "at least 30" in pooled.loc["first-order estimate", "interval"]
+    paired = drivers.paired.set_index("score")
+    column = "spearman with exact zeroing effect"
+    assert paired.loc["first-order estimate", column] == pytest.approx(expected)
+    assert paired.loc["estimate − REAP", column] == pytest.approx(
+        expected - pooled.loc["REAP saliency", "spearman"]
+    )
     saved = json.loads((tmp_path / "results.json").read_text())["sections"]["drivers"]
     key = "Spearman(first-order estimate, exact zeroing effect) | all layers"
     assert saved["metrics"][key] == pytest.approx(round(expected, 4))

@@ -81,9 +81,16 @@ def test_loopback_server_labels_scores_and_records_failures():
 
     assert len(explain_requests("slow")) == 3  # 1 + max_retries attempts, then given up
     assert len(explain_requests("busy")) == 3  # two 429s, then the answer
-    summary = result.summary.set_index("layer").loc["all"]
+    summary = result.summary.set_index(["layer", "metric"]).loc[("all", "f1")]
     assert summary["mean"] == 1.0 and summary["shuffled mean"] == 0.0
     assert summary["chance"] == pytest.approx(2 / 3)
+    balanced = result.summary.set_index(["layer", "metric"]).loc[("all", "balanced_accuracy")]
+    # another word says yes on none of the positives and on the 2 of 10 negatives that hold its word
+    assert (
+        balanced["mean"] == 1.0
+        and balanced["shuffled mean"] == pytest.approx(0.4)
+        and balanced["chance"] == 0.5
+    )
     assert summary["experts scored"] == 4 and summary["experts not scored"] == 2
     assert set(result.failures["expert"]) == {3, 4}
 
@@ -236,7 +243,7 @@ def test_planted_experts_get_their_concepts_and_other_labels_score_at_or_below_c
     for record in records:
         explain_docs = {c.doc_index for c in record.explanation}
         assert not explain_docs & {c.doc_index for c in record.positives + record.negatives}
-    summary = result.summary.set_index("layer").loc[1]
+    summary = result.summary.set_index(["layer", "metric"]).loc[(1, "f1")]
     assert summary["share own > shuffled"] >= 3 / 16
 
 
@@ -262,12 +269,27 @@ def test_offline_labeler_labels_every_expert_of_the_toy_moe_through_the_pipeline
     ok = frame["status"] == "ok"
     assert (frame.loc[ok, "label"] != "").all()  # every expert with enough contexts is labeled
     assert frame.loc[~ok, "status"].str.startswith("too few").all()  # the others say why
-    summary = explained.labeling.summary.set_index("layer").loc["all"]
+    summary = explained.labeling.summary.set_index(["layer", "metric"])
+    f1 = summary.loc[("all", "f1")]
+    assert f1["chance"] == pytest.approx(2 / 3, abs=0.05)
+    summary = summary.loc[("all", "balanced_accuracy")]
     assert summary["experts scored"] >= 40
-    assert summary["chance"] == pytest.approx(2 / 3, abs=0.05)
+    assert summary["chance"] == 0.5
     assert summary["diff ci low"] > 0  # a label scores higher on its own expert than another's label
+    assert summary["baseline diff ci low"] > 0  # and higher than the token-set baseline
     table = explained.label_table()
-    assert {"F1", "F1 ci low", "F1 ci high", "shuffled-label F1", "chance F1"} <= set(table.columns)
+    assert {
+        "balanced accuracy",
+        "shuffled-label balanced accuracy",
+        "token-set baseline balanced accuracy",
+        "F1",
+        "F1 ci low",
+        "F1 ci high",
+        "chance F1",
+        "precision",
+        "recall",
+        "AUC",
+    } <= set(table.columns)
     lines = (tmp_path / "explain" / "results.jsonl").read_text().splitlines()
     assert len(lines) == 64 and all(json.loads(line)["layer"] in (0, 1, 2, 3) for line in lines)
     page = (tmp_path / "index.html").read_text()
@@ -275,7 +297,9 @@ def test_offline_labeler_labels_every_expert_of_the_toy_moe_through_the_pipeline
     assert json.loads((tmp_path / "results.json").read_text())["sections"]["explain"]
     finding = next(f for f in results.findings if f.startswith("**Automatic labels**"))
     assert f"{summary['mean']:.3f} [{summary['ci low']:.3f}, {summary['ci high']:.3f}]" in finding
-    assert f"chance, answering yes to every item: {summary['chance']:.3f}" in finding
+    assert "better than its shuffled control" in finding and "token-set baseline" in finding
+    assert "below chance" not in finding
+    assert f"F1 of answering yes to every item: {f1['chance']:.3f}" in finding
     cards = explained.cards
     assert len(cards) == 64 and "«" in cards.loc[cards["status"] == "ok", "top contexts"].iloc[0]
 
@@ -297,7 +321,7 @@ def test_causal_checks_on_held_out_documents_report_matched_vs_control():
     examples = collect(
         model, dataset, {"ex": accumulator}, max_tokens=8_000, concept_labeler=labeler, progress=False
     )["ex"]
-    explainer = DissectionExplainer(examples)
+    explainer = DissectionExplainer(examples, kinds=("concept",))  # the checks test concept labels
     plain = [
         e
         for e in (explainer(examples.record(0, x, model.tokenizer)) for x in range(16))

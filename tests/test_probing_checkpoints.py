@@ -56,6 +56,7 @@ def options(out: Path, **changes) -> RunOptions:
         probe_ks=(1,),
         min_examples=20,
         held_out_min_examples=20,
+        min_documents=10,  # a small planted run (~23 test documents) whose answer is known
         bootstrap_resamples=200,
         skip_untrained_null=True,
         progress=False,

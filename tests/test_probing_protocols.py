@@ -21,7 +21,7 @@ from tl_moe.models.hook_names import get_act_name
 PARAMS = {"ks": (1, 4), "random_state": 0}
 
 
-def synthetic_store(n_docs=60, tokens_per_doc=40, seed=0) -> StoredTokens:
+def synthetic_store(n_docs=100, tokens_per_doc=40, seed=0) -> StoredTokens:
     """Two "dense layers" of 16 neurons: layer 1 neuron 3 equals the label of concept ``planted``."""
     g = torch.Generator().manual_seed(seed)
     n = n_docs * tokens_per_doc
@@ -96,6 +96,7 @@ def planted_pair_run(tmp_path_factory):
         probe_ks=(1, 4),
         min_examples=20,
         held_out_min_examples=20,
+        min_documents=10,  # a small planted run (~23 test documents) whose answer is known
         bootstrap_resamples=1000,
         skip_untrained_null=True,
         progress=False,
@@ -143,6 +144,7 @@ def test_untrained_moe_vs_untrained_dense_differs_little_under_the_held_out_prot
         probe_ks=(1,),
         min_examples=20,
         held_out_min_examples=20,
+        min_documents=10,  # a small planted run (~23 test documents) whose answer is known
         bootstrap_resamples=1000,
         skip_untrained_null=True,
         progress=False,

@@ -262,12 +262,12 @@ def planted(tiny_model_dir):
                 ids = torch.cat([ids, torch.multinomial(probs, 1, generator=generator)], 1)
         return ids
 
-    a = sample(48, 32)
+    a = sample(80, 32)
     with torch.no_grad():
         experts.down_proj[PLANTED_EXPERT] *= SHRINK
-    b = sample(48, 32)
+    b = sample(80, 32)
     ids = torch.stack([x for pair in zip(a, b, strict=True) for x in pair])
-    windows = Windows(ids, torch.ones_like(ids, dtype=torch.bool), torch.arange(len(ids)), tuple("ab" * 48))
+    windows = Windows(ids, torch.ones_like(ids, dtype=torch.bool), torch.arange(len(ids)), tuple("ab" * 80))
     half = document_half(windows.doc)
     return bridge, windows.select(half == 0), windows.select(half == 1)
 
@@ -282,6 +282,8 @@ def test_a_planted_underweighted_expert_is_chosen_and_helps_held_out(planted):
     control = (row["control loss change ci low"], row["control loss change ci high"])
     assert control[0] <= 0 <= control[1] or abs(row["control loss change"]) < abs(row["loss change"]) / 5
     assert row["chosen − control ci high"] < 0
+    assert row["documents"] >= 30  # enough held-out documents for an interval (MIN_DOCUMENTS)
+    assert row["improved (Holm)"] and row["Holm ci high"] < 0 and row["Holm level"] == pytest.approx(0.95)
     assert row["documents"] == len(set(evaluation.doc[[g == "a" for g in evaluation.group]].tolist()))
     matrix = study.matrix.set_index(["re-weighted domain", "evaluated on"])["loss change"]
     assert matrix[("a", "b")] > 0  # restoring M costs on text of M'

@@ -48,6 +48,7 @@ def family_result(tmp_path_factory):
         probe_ks=(1, 4),
         min_examples=20,
         held_out_min_examples=20,
+        min_documents=10,  # a small planted run (~23 test documents) whose answer is known
         bootstrap_resamples=500,
         skip_untrained_null=True,
         progress=False,

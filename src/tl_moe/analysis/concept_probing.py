@@ -26,6 +26,7 @@ from tl_moe.analysis.probing import KSparseProbe, subsample_like_routing
 from tl_moe.analysis.probing_math import balance_per_document
 from tl_moe.collect.steps import Step, run_now
 from tl_moe.data.concepts import KNOWN_CONCEPTS
+from tl_moe.defaults import MIN_EXAMPLES
 from tl_moe.errors import InputError
 from tl_moe.models.hook_names import get_act_name
 
@@ -186,7 +187,7 @@ def probe_experts(
     sparse_layers: Sequence[int],
     num_experts: int,
     probe_params: dict | None = None,
-    min_positives: int = 50,
+    min_positives: int = MIN_EXAMPLES,
     max_block_bytes: int = 256 << 20,
     progress: bool = True,
     step: Step = run_now,
@@ -220,7 +221,7 @@ def probe_dense(
     stored: StoredTokens,
     layers: Sequence[int],
     probe_params: dict | None = None,
-    min_positives: int = 50,
+    min_positives: int = MIN_EXAMPLES,
     routed_counts: Int[torch.Tensor, " expert"] | None = None,
     seed: int = 0,
     step: Step = run_now,

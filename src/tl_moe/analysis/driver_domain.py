@@ -32,7 +32,8 @@ class DriverDomainComparison:
     """Attributes:
     table: one row per layer and one ``"all"`` row: ``experts`` (scored), ``drivers``,
         ``domain experts``, ``both``, ``expected both`` (independent sets), ``overlap p``
-        (hypergeometric, overlap ≥ observed), ``spearman``, ``spearman ci low`` / ``high``.
+        (hypergeometric, overlap ≥ observed; NaN with ``overlap not testable`` saying why when either set
+        is empty or covers every scored expert), ``spearman``, ``spearman ci low`` / ``high``.
     experts: one row per scored expert: layer, expert, domain score, favoured domain, effect, and the
         two flags — the points of the scatter figure.
     effect: the name of the effect column compared (e.g. ``"remove: effect (report)"``).
@@ -145,7 +146,8 @@ def compare_drivers_with_domain_experts(
         n_drivers, n_domain = int(rows_of["driver"].sum()), int(rows_of["domain expert"].sum())
         both = int((rows_of["driver"] & rows_of["domain expert"]).sum())
         # P(overlap >= both) when n_drivers experts are drawn at random among n, n_domain of them domain experts
-        p = float(scipy.stats.hypergeom(n, n_domain, n_drivers).sf(both - 1)) if n else math.nan
+        untestable = _why_untestable(n, n_drivers, n_domain)
+        p = float(scipy.stats.hypergeom(n, n_domain, n_drivers).sf(both - 1)) if not untestable else math.nan
         rho, low, high = _spearman_interval(
             rows_of["domain score"].to_numpy(float), rows_of[effect].to_numpy(float), n_resamples, seed
         )
@@ -158,9 +160,24 @@ def compare_drivers_with_domain_experts(
                 "both": both,
                 "expected both": n_drivers * n_domain / n if n else math.nan,
                 "overlap p": p,
+                "overlap not testable": untestable,
                 "spearman": rho,
                 "spearman ci low": low,
                 "spearman ci high": high,
             }
         )
     return DriverDomainComparison(pd.DataFrame(rows), scored, effect)
+
+
+def _why_untestable(n: int, n_drivers: int, n_domain: int) -> str:
+    """Why the overlap test cannot tell anything (empty when it can): an empty or full set overlaps
+    exactly as chance says, whatever the experts do (p = 1 would mean nothing)."""
+    if n == 0:
+        return "no scored experts"
+    if n_domain == 0:
+        return "no domain experts"
+    if n_drivers == 0:
+        return "no scored driver experts"
+    if n_domain == n or n_drivers == n:
+        return "a set holds every scored expert"
+    return ""

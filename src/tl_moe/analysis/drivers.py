@@ -13,8 +13,14 @@ Definitions (docs/METHODS.md, "Driver experts"):
 - Documents are split by a hash of their corpus row into a *selection* half and a *report* half.
   Driver experts are the ``n`` largest removal effects on the selection half; their effects are
   reported on the report half with a document-level bootstrap interval, beside **control experts**:
-  for each driver, the non-driver expert of the same block whose routing frequency (selection half)
-  is closest.
+  for each driver, the non-driver expert of the same block whose routing share (selection half)
+  is closest; when the block has no non-driver expert left (a block holding most of the drivers), the
+  closest routing share among the unused non-driver experts of every block (``control match``:
+  ``same layer`` / ``other layer``). Controls cannot run out while ``n ≤`` half the experts
+  (:func:`max_drivers`).
+- Intervals: 95% percentile bootstrap over report-half documents, available from
+  :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` documents on; with fewer the interval is unavailable
+  (NaN bounds) and the comparison table says why.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ __all__ = [
     "ExpertSaliency",
     "document_half",
     "driver_report",
+    "match_controls",
+    "max_drivers",
 ]
 
 EDIT_KINDS = ("remove", "zero")
@@ -218,24 +226,70 @@ class ExpertSaliencyResult:
         )
 
 
+def max_drivers(n_layers: int, n_experts: int) -> int:
+    """The most driver experts that each get a distinct control: half the experts of the sparse blocks."""
+    return (n_layers * n_experts) // 2
+
+
+def match_controls(
+    drivers: Sequence[int], share: Float[np.ndarray, " flat"], n_experts: int
+) -> tuple[list[int], list[str]]:
+    """One distinct control per driver (flat indices ``layer * n_experts + expert``) and how it was matched.
+
+    The non-driver, not yet used expert of the driver's block with the closest routing share
+    (``"same layer"``); when its block has none left, the closest routing share over every block
+    (``"other layer"``).
+
+    Raises:
+        InputError: more drivers than half the experts (no distinct control is left).
+    """
+    taken = set(int(d) for d in drivers)
+    if len(taken) > max_drivers(len(share) // n_experts, n_experts):
+        from tl_moe.errors import InputError
+
+        raise InputError(
+            f"{len(taken)} driver experts of {len(share)}: each needs a distinct control, so at most "
+            f"{max_drivers(len(share) // n_experts, n_experts)} (lower --n-drivers)."
+        )
+    controls: list[int] = []
+    how: list[str] = []
+    for d in drivers:
+        layer_of = int(d) // n_experts
+        free = [c for c in range(len(share)) if c not in taken]
+        same = [c for c in free if c // n_experts == layer_of]
+        pool, label = (same, "same layer") if same else (free, "other layer")
+        best = min(pool, key=lambda c: (abs(share[c] - share[d]), c))
+        controls.append(best)
+        how.append(label)
+        taken.add(best)
+    return controls, how
+
+
 def _bootstrap_ratio(
     sums: np.ndarray, counts: np.ndarray, n_resamples: int, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ratio estimate Σ sums / Σ counts per row of ``sums [rows, docs]`` and its 95% percentile
-    document-bootstrap interval (:func:`tl_moe.analysis.stats.cluster_bootstrap`, documents as clusters)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str | None]:
+    """Ratio estimate Σ sums / Σ counts per row of ``sums [rows, docs]``, its 95% percentile
+    document-bootstrap interval (:func:`tl_moe.analysis.stats.cluster_bootstrap`, documents as
+    clusters; NaN bounds below :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` documents) and the reason
+    the interval is unavailable (None when available)."""
     from tl_moe.analysis.stats import cluster_bootstrap
 
     def ratio(weights: np.ndarray) -> np.ndarray:  # [batch, docs] -> [batch, rows]
         return (weights @ sums.T) / np.maximum(weights @ counts, 1)[:, None]
 
     intervals = cluster_bootstrap(
-        ratio, counts.shape[0], n_resamples=n_resamples, seed=seed, min_clusters=2, what="the effect"
+        ratio,
+        counts.shape[0],
+        n_resamples=n_resamples,
+        seed=seed,
+        on_too_few="unavailable",
+        what="the effect",
     )
     intervals = intervals if isinstance(intervals, list) else [intervals]
     estimate, low, high = (
         np.array([getattr(i, name) for i in intervals]) for name in ("estimate", "low", "high")
     )
-    return estimate, low, high
+    return estimate, low, high, intervals[0].reason
 
 
 def driver_report(
@@ -244,7 +298,7 @@ def driver_report(
     n_drivers: int = 8,
     n_resamples: int = 1000,
     seed: int = 0,
-    min_documents: int = 10,
+    min_documents: int = 2,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Driver experts selected on the selection half, reported on the report half.
 
@@ -253,7 +307,12 @@ def driver_report(
         and for each edit kind its effect on each half with the report half's 95% interval.
         ``comparison``: per edit kind, the mean effect on the report half of the drivers, of their
         frequency-matched controls, and the paired difference, each with a 95% document-bootstrap
-        interval, and the number of report documents.
+        interval (NaN with ``interval unavailable`` saying why below
+        :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` report documents), the number of report
+        documents and of controls matched in another layer.
+
+    Raises:
+        InputError: fewer than ``min_documents`` documents on a half (nothing to select or report on).
     """
     from scipy.stats import spearmanr
 
@@ -266,7 +325,8 @@ def driver_report(
 
         raise InputError(
             f"driver experts need at least {min_documents} documents in each half, got "
-            f"{len(selection_docs)} (selection) and {len(report_docs)} (report); raise --driver-tokens."
+            f"{len(selection_docs)} (selection) and {len(report_docs)} (report): run the edits on more "
+            "documents (--driver-tokens, within --max-tokens)."
         )
     n_kinds, n_layers, n_experts, _ = effects.sums.shape
     rows = []
@@ -274,7 +334,7 @@ def driver_report(
     selected_effect, report = {}, {}
     for k, kind in enumerate(effects.kinds):
         select = flat[k][:, selection_docs].sum(1) / max(counts[selection_docs].sum(), 1)
-        estimate, low, high = _bootstrap_ratio(
+        estimate, low, high, _ = _bootstrap_ratio(
             flat[k][:, report_docs], counts[report_docs], n_resamples, seed
         )
         selected_effect[kind], report[kind] = select, (estimate, low, high)
@@ -301,20 +361,14 @@ def driver_report(
     order = np.argsort(-selected_effect[main_kind])
     drivers = order[: min(n_drivers, len(order))]
     share = routed_share.reshape(-1).numpy()
-    controls = []
-    for d in drivers:
-        layer_of = d // n_experts
-        candidates = [
-            c
-            for c in range(layer_of * n_experts, (layer_of + 1) * n_experts)
-            if c not in drivers and c not in controls
-        ]
-        controls.append(min(candidates, key=lambda c: abs(share[c] - share[d])))
+    controls, matched = match_controls(drivers.tolist(), share, n_experts)
     experts["driver"] = False
     experts.loc[drivers, "driver"] = True
     experts["control for"] = ""
-    for d, c in zip(drivers, controls, strict=True):
+    experts["control match"] = ""
+    for d, c, how in zip(drivers, controls, matched, strict=True):
         experts.loc[c, "control for"] = f"L{effects.layers[d // n_experts]}E{d % n_experts}"
+        experts.loc[c, "control match"] = how
     comparisons = []
     for k, kind in enumerate(effects.kinds):
         group = np.stack(
@@ -324,7 +378,7 @@ def driver_report(
             ]
         )
         paired = np.concatenate([group, (group[0] - group[1])[None]])
-        estimate, low, high = _bootstrap_ratio(paired, counts[report_docs], n_resamples, seed + 1)
+        estimate, low, high, reason = _bootstrap_ratio(paired, counts[report_docs], n_resamples, seed + 1)
         for name, j in (("driver experts", 0), ("matched controls", 1), ("driver − control", 2)):
             comparisons.append(
                 {
@@ -335,6 +389,8 @@ def driver_report(
                     "ci high": float(high[j]),
                     "experts": len(drivers),
                     "report documents": len(report_docs),
+                    "controls from another layer": matched.count("other layer"),
+                    "interval unavailable": reason or "",
                 }
             )
     rho = spearmanr(experts["saliency (REAP)"], experts[f"{main_kind}: effect (report)"], nan_policy="omit")

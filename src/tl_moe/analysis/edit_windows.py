@@ -230,7 +230,8 @@ def ratio_intervals(
 ) -> list[Interval]:
     """``Σ_doc sums[r] / Σ_doc counts`` for each row ``r`` of ``sums [rows, documents]``, each with a
     95% percentile document-bootstrap interval (all rows resampled with the same documents, so
-    differences of rows are paired). Unavailable (NaN bounds) with fewer than 10 documents."""
+    differences of rows are paired). Unavailable (NaN bounds) with fewer than
+    :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` documents."""
     sums = np.atleast_2d(np.asarray(sums, dtype=np.float64))
     counts = np.asarray(counts, dtype=np.float64)
 

@@ -39,6 +39,8 @@ from tl_moe.collect.meta import BatchMeta
 __all__ = [
     "FirstOrderEffects",
     "FirstOrderEffectsResult",
+    "estimate_vs_reap",
+    "paired_rho_difference",
     "score_agreement",
     "weighted_spearman",
 ]
@@ -322,6 +324,92 @@ def score_agreement(
     return pd.DataFrame(rows)
 
 
+def _rows_spearman(
+    a: Float[np.ndarray, "batch n"], b: Float[np.ndarray, "batch n"]
+) -> Float[np.ndarray, " batch"]:
+    """Spearman ρ of ``a[i]`` and ``b[i]`` for each row ``i`` (mid-ranks for ties)."""
+    from scipy.stats import rankdata
+
+    ra, rb = rankdata(a, axis=-1), rankdata(b, axis=-1)
+    ra, rb = ra - ra.mean(-1, keepdims=True), rb - rb.mean(-1, keepdims=True)
+    var = (ra**2).sum(-1) * (rb**2).sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(var > 0, (ra * rb).sum(-1) / np.sqrt(var), np.nan)
+
+
+def paired_rho_difference(
+    exact_sums: Float[np.ndarray, "expert document"],
+    exact_counts: Float[np.ndarray, " document"],
+    estimate_sums: Float[np.ndarray, "expert document"],
+    estimate_counts: Float[np.ndarray, " document"],
+    saliency: Float[np.ndarray, " expert"],
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Spearman ρ of the first-order estimate and of REAP saliency with the exact effect, on the same
+    experts, and their paired difference, with a 95% percentile document-bootstrap interval.
+
+    Each resample draws documents with replacement and recomputes, per expert, the exact effect
+    (``Σ exact_sums / Σ exact_counts``) and the estimate (``Σ estimate_sums / Σ estimate_counts``) on
+    the drawn documents, then both ρ over the same experts (those whose three values are finite on the
+    observed data). REAP saliency is a routing statistic kept at its all-document value (it is not
+    stored per document). Intervals are unavailable below :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS`
+    documents.
+
+    Returns:
+        Three rows (``first-order estimate``, ``REAP saliency``, ``estimate − REAP``): ρ, interval,
+        experts, documents, and why an interval is unavailable (empty when available).
+    """
+    from tl_moe.analysis.stats import cluster_bootstrap
+
+    exact_sums, estimate_sums = np.asarray(exact_sums, np.float64), np.asarray(estimate_sums, np.float64)
+    exact_counts, estimate_counts = (
+        np.asarray(exact_counts, np.float64),
+        np.asarray(estimate_counts, np.float64),
+    )
+    saliency = np.asarray(saliency, np.float64)
+    exact = exact_sums.sum(-1) / max(exact_counts.sum(), 1.0)
+    first = estimate_sums.sum(-1) / max(estimate_counts.sum(), 1.0)
+    keep = np.isfinite(exact) & np.isfinite(first) & np.isfinite(saliency)
+    docs = np.nonzero((exact_counts > 0) | (estimate_counts > 0))[0]
+    xs, xc = exact_sums[keep][:, docs], exact_counts[docs]
+    es, ec = estimate_sums[keep][:, docs], estimate_counts[docs]
+    reap = saliency[keep]
+
+    def statistic(weights: np.ndarray) -> np.ndarray:  # [batch, docs] -> [batch, 3]
+        exact_b = (weights @ xs.T) / np.maximum(weights @ xc, 1.0)[:, None]  # [batch, expert]
+        first_b = (weights @ es.T) / np.maximum(weights @ ec, 1.0)[:, None]
+        rho_first = _rows_spearman(first_b, exact_b)
+        rho_reap = _rows_spearman(np.broadcast_to(reap, exact_b.shape), exact_b)
+        return np.stack([rho_first, rho_reap, rho_first - rho_reap], axis=1)
+
+    intervals = cluster_bootstrap(
+        statistic,
+        len(docs),
+        n_resamples=n_resamples,
+        seed=seed,
+        on_too_few="unavailable",
+        what="the paired Spearman ρ",
+    )
+    return pd.DataFrame(
+        [
+            {
+                "score": name,
+                "spearman with exact zeroing effect": interval.estimate,
+                "ci low": interval.low,
+                "ci high": interval.high,
+                "experts": int(keep.sum()),
+                "documents": len(docs),
+                "interval unavailable": interval.reason or "",
+            }
+            for name, interval in zip(
+                ("first-order estimate", "REAP saliency", "estimate − REAP"), intervals, strict=True
+            )
+        ]
+    )
+
+
 def estimate_report(
     effects: Any,
     saliency: Any,
@@ -373,3 +461,27 @@ def estimate_report(
     agreement.attrs["exact positions"] = exact_positions
     agreement.attrs["estimate positions"] = estimate_positions
     return pd.DataFrame(rows), agreement
+
+
+def estimate_vs_reap(
+    effects: Any, saliency: Any, estimate: FirstOrderEffectsResult, n_resamples: int = 1000, seed: int = 0
+) -> pd.DataFrame:
+    """:func:`paired_rho_difference` of the first-order estimate and REAP saliency against the exact
+    zeroing effect, over every expert of every sparse layer and every document the edits saw."""
+    zero = list(effects.kinds).index("zero") if "zero" in effects.kinds else 0
+    size = max(effects.counts.numel(), estimate.counts.numel())
+
+    def padded(t: torch.Tensor) -> np.ndarray:
+        return torch.nn.functional.pad(t, (0, size - t.shape[-1])).double().numpy()
+
+    routed = saliency.routed.sum(0)
+    reap = torch.where(routed > 0, saliency.saliency.sum(0) / routed.clamp(min=1), torch.nan)
+    return paired_rho_difference(
+        padded(effects.sums[zero]).reshape(-1, size),
+        padded(effects.counts),
+        padded(estimate.sums).reshape(-1, size),
+        padded(estimate.counts),
+        reap.reshape(-1).numpy(),
+        n_resamples=n_resamples,
+        seed=seed,
+    )

@@ -38,9 +38,10 @@ from jaxtyping import Bool, Float, Int
 from tl_moe.analysis.activations import StoredTokens
 from tl_moe.analysis.concept_probing import concept_populations, expert_activation_block
 from tl_moe.analysis.probing import STATUS_OK, KSparseProbe
-from tl_moe.analysis.stats import cluster_bootstrap
+from tl_moe.analysis.stats import MIN_DOCUMENTS, PAIRED_METHOD, cluster_bootstrap, paired_item_means
 from tl_moe.collect.steps import Step, run_now
 from tl_moe.data.concepts import KNOWN_CONCEPTS
+from tl_moe.defaults import MIN_EXAMPLES
 from tl_moe.models.hook_names import get_act_name
 
 __all__ = [
@@ -144,7 +145,7 @@ def held_out_arm(
     selection: Bool[torch.Tensor, " token"],
     test_docs: np.ndarray,
     probe_params: dict,
-    min_examples: int = 50,
+    min_examples: int = MIN_EXAMPLES,
     labels: Bool[torch.Tensor, "token concept"] | None = None,
     step: Step = run_now,
 ) -> HeldOutArm:
@@ -372,15 +373,21 @@ def compare(
     level: str = "token",
     n_resamples: int = 2000,
     seed: int = 0,
+    min_clusters: int = MIN_DOCUMENTS,
 ) -> list[dict]:
     """Paired difference ``mean score(a) - mean score(b)`` per k over the concepts both arms probed.
 
     Scores: class-balanced F1 (``metric="f1"``, the paper's measure; its chance level depends on how
     often a probe says "positive", between 0 and 2/3) and balanced accuracy (chance level 0.5 always).
 
-    The interval resamples test documents (the same documents on both sides). Concepts of the other
-    ``level`` (token vs document) are left out. One record per k: ``estimate``, ``ci_low``,
-    ``ci_high``, ``n_concepts``, ``n_documents``, ``a_mean``, ``b_mean`` (+ interval metadata).
+    The interval resamples test documents (the same documents on both sides); its method is
+    :data:`~tl_moe.analysis.stats.PAIRED_METHOD`. In the estimate and in every resample a concept
+    counts only when it is defined in BOTH arms (positives and negatives among the drawn documents), so
+    the two means always average the same concepts. Concepts of the other ``level`` (token vs
+    document) are left out. One record per k and metric: ``estimate``, ``ci_low``, ``ci_high``,
+    ``bootstrap_bias``, ``n_concepts`` (defined in both arms), ``n_documents``, ``a_mean``, ``b_mean``
+    (over those concepts) + interval metadata. Fewer than ``min_clusters`` test documents: the
+    interval is unavailable, with the reason.
     """
     if a.ks != b.ks or not np.array_equal(a.test_docs, b.test_docs):
         raise ValueError(f"arms {a.name} and {b.name} were not probed on the same ks and test documents.")
@@ -411,34 +418,57 @@ def compare(
         counts_a = a.doc_counts[ki, [i for i, _ in pairs]]  # [concept, doc, 4]
         counts_b = b.doc_counts[ki, [j for _, j in pairs]]
         for metric, score in (("f1", balanced_f1), ("balanced_accuracy", balanced_accuracy)):
-
-            def mean_of(counts: np.ndarray, score=score) -> Callable[[np.ndarray], np.ndarray]:
-                flat = counts.transpose(1, 0, 2).reshape(counts.shape[1], -1)  # [doc, concept * 4]
-
-                def statistic(weights: np.ndarray, flat=flat, shape=counts.shape) -> np.ndarray:
-                    # Integer weights times integer counts: the matrix product is exact in float64.
-                    totals = (weights @ flat).reshape(len(weights), shape[0], shape[2])
-                    with np.errstate(all="ignore"), warnings.catch_warnings():
-                        warnings.simplefilter("ignore", RuntimeWarning)
-                        return np.nanmean(score(totals), axis=1)
-
-                return statistic
-
-            stat_a, stat_b = mean_of(counts_a), mean_of(counts_b)
+            paired = _paired_concept_means(counts_a, counts_b, score)
             interval = cluster_bootstrap(
-                lambda w, sa=stat_a, sb=stat_b: sa(w) - sb(w),
+                lambda w, paired=paired: paired(w)[0],
                 len(a.test_docs),
                 n_resamples=n_resamples,
+                method=PAIRED_METHOD,
                 seed=seed,
+                min_clusters=min_clusters,
                 on_too_few="unavailable",
                 what=f"{a.name} - {b.name} at k={k}",
             )
             ones = np.ones((1, len(a.test_docs)))
-            record = {"k": k, "metric": metric, **interval.to_dict(), "n_concepts": len(pairs)}
-            record["a_mean"] = float(stat_a(ones)[0])
-            record["b_mean"] = float(stat_b(ones)[0])
+            _, mean_a, mean_b = paired(ones)
+            defined = np.isfinite(score(counts_a.sum(1))) & np.isfinite(score(counts_b.sum(1)))
+            record = {"k": k, "metric": metric, **interval.to_dict(), "n_concepts": int(defined.sum())}
+            record["a_mean"] = _json_float(mean_a[0])
+            record["b_mean"] = _json_float(mean_b[0])
             records.append(record)
     return records
+
+
+def _concept_scores(
+    counts: Float[np.ndarray, "concept doc 4"], score: Callable[[np.ndarray], np.ndarray]
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Document weights ``[batch, doc]`` -> each concept's score on the weighted documents ``[batch, concept]``
+    (NaN where the weighted documents hold no positive or no negative of the concept)."""
+    flat = counts.transpose(1, 0, 2).reshape(counts.shape[1], -1)  # [doc, concept * 4]
+
+    def scores(weights: np.ndarray) -> np.ndarray:
+        # Integer weights times integer counts: the matrix product is exact in float64.
+        totals = (weights @ flat).reshape(len(weights), counts.shape[0], counts.shape[2])
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return score(totals)
+
+    return scores
+
+
+def _paired_concept_means(
+    counts_a: Float[np.ndarray, "concept doc 4"],
+    counts_b: Float[np.ndarray, "concept doc 4"],
+    score: Callable[[np.ndarray], np.ndarray],
+) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Document weights -> ``(mean difference, mean a, mean b)`` ``[batch]`` over the concepts defined in
+    BOTH arms on those documents (:func:`~tl_moe.analysis.stats.paired_item_means`)."""
+    scores_a, scores_b = _concept_scores(counts_a, score), _concept_scores(counts_b, score)
+    return lambda weights: paired_item_means(scores_a(weights), scores_b(weights))
+
+
+def _json_float(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
 
 
 def permuted_labels(stored: StoredTokens, seed: int = 0) -> Bool[torch.Tensor, "token concept"]:

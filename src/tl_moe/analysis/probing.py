@@ -34,6 +34,7 @@ from tl_moe.analysis.probing_math import (
     stratified_split,
     subsample_like_routing,
 )
+from tl_moe.defaults import MIN_EXAMPLES
 
 __all__ = [
     "PROBE_STATUS",
@@ -94,7 +95,7 @@ class KSparseProbe:
         ks: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
         C: float = 1.0,
         test_size: float = 0.25,
-        min_examples: int = 50,
+        min_examples: int = MIN_EXAMPLES,
         sampling: Literal["balanced", "all"] = "balanced",
         max_examples_per_class: int | None = None,
         random_state: int = 0,

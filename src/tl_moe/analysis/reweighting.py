@@ -17,6 +17,14 @@ Definitions (docs/METHODS.md, "Re-weighting and steering experts"):
   from the ``pool`` non-chosen experts of its layer whose routing rate on ``D``'s selection
   documents is closest, re-weighted with the same factor (their loss changes averaged over draws).
   The difference chosen − control is paired (same documents in every bootstrap resample).
+- **Every domain is reported; none is singled out.** Over the domains whose difference has an
+  interval (at least :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` held-out documents), the
+  two-sided bootstrap p-value of chosen − control (:func:`holm_adjusted`) is Holm-adjusted, and each
+  domain's interval is the percentile interval at Holm's step-down level: the domain with the ``j``-th
+  smallest p (from 0) gets level ``1 − α/(m − j)`` while every earlier one was rejected, and the
+  level of the first non-rejected domain from there on, so an interval excludes 0 exactly when Holm
+  rejects (family-wise error ``α`` over the ``m`` domains). A domain is *improved* when it is rejected
+  with a negative difference.
 - The **matrix** ``M[D, D']``: ``D``'s chosen re-weighting applied to ``D'``'s held-out documents.
 """
 
@@ -28,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import Float
 
 from tl_moe.analysis.edit_windows import EditLosses, Windows, by_document, edit_losses, ratio_intervals
 from tl_moe.models.interventions import Intervention
@@ -35,6 +44,7 @@ from tl_moe.models.interventions import Intervention
 __all__ = [
     "DEFAULT_FACTORS",
     "ExpertSet",
+    "holm_adjusted",
     "ReweightingStudy",
     "matched_random_sets",
     "reweighting_study",
@@ -97,7 +107,10 @@ class ReweightingStudy:
         grid: one row per (domain, candidate set, factor): the selection-half loss change.
         gains: one row per domain: the chosen set and factor, and on the domain's held-out documents
             the loss change of the chosen re-weighting, of the matched random control (mean of the
-            draws), and chosen − control, each with its 95% interval, ``n`` documents.
+            draws), and chosen − control, each with its 95% interval, ``n`` documents; beside them the
+            Holm-adjusted test over the domains (:func:`holm_adjusted`): ``chosen − control p``,
+            ``p (Holm)``, the Holm interval (``Holm level``, ``Holm ci low`` / ``high``) and
+            ``improved (Holm)`` / ``worse (Holm)``.
         matrix: one row per (re-weighted domain, evaluated domain) with the loss change and interval.
         controls: the random sets drawn per domain.
         selection_docs / evaluation_docs: the corpus rows each side used (disjoint).
@@ -109,6 +122,74 @@ class ReweightingStudy:
     controls: dict[str, list[ExpertSet]]
     selection_docs: frozenset[int]
     evaluation_docs: frozenset[int]
+
+
+def _bootstrap_ratios(
+    sums: Float[np.ndarray, " document"], counts: Float[np.ndarray, " document"], n_resamples: int, seed: int
+) -> Float[np.ndarray, " resample"]:
+    """``Σ sums / Σ counts`` on ``n_resamples`` document resamples (drawn with replacement)."""
+    from tl_moe.analysis.stats import resample_weights
+
+    rng = np.random.default_rng(seed)
+    weights = resample_weights(rng.integers(0, len(counts), (n_resamples, len(counts))), len(counts))
+    return (weights @ sums) / np.maximum(weights @ counts, 1.0)
+
+
+def holm_adjusted(
+    differences: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    alpha: float = 0.05,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Holm-adjusted tests and intervals of a per-document ratio, one per family member.
+
+    Args:
+        differences: name -> ``(sums [document], counts [document])``: the member's statistic is
+            ``Σ sums / Σ counts`` (e.g. chosen − control loss change summed per held-out document).
+        alpha: the family-wise error rate.
+
+    Returns:
+        One row per member: ``estimate``, two-sided percentile-bootstrap ``p`` (``(1 + #) / (1 + B)``
+        of the resamples on the far side of 0, doubled), ``p (Holm)``, the interval ``level`` of
+        Holm's step-down and its ``ci low`` / ``ci high``, ``rejected`` and the ``documents``. Members
+        with fewer than :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` documents or an undefined
+        statistic are not tested (``unavailable`` says why) and do not count in the family.
+    """
+    from tl_moe.analysis.stats import MIN_DOCUMENTS
+
+    rows, draws = [], {}
+    for i, (name, (sums, counts)) in enumerate(differences.items()):
+        sums, counts = np.asarray(sums, np.float64), np.asarray(counts, np.float64)
+        estimate = float(sums.sum() / max(counts.sum(), 1.0)) if len(counts) else float("nan")
+        row = {"name": name, "estimate": estimate, "documents": len(counts), "unavailable": ""}
+        if len(counts) < MIN_DOCUMENTS:
+            row["unavailable"] = f"{len(counts)} documents; a document-level interval needs {MIN_DOCUMENTS}"
+        elif not np.isfinite(sums).all():
+            row["unavailable"] = "no control was drawn"
+        else:
+            draws[name] = _bootstrap_ratios(sums, counts, n_resamples, seed + i)
+            below, above = (draws[name] <= 0).sum(), (draws[name] >= 0).sum()
+            row["p"] = min(1.0, 2 * (1 + min(below, above)) / (1 + n_resamples))
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    for column in ("p", "p (Holm)", "level", "ci low", "ci high"):
+        frame[column] = frame[column] if column in frame else np.nan
+    frame["rejected"] = False
+    tested = frame.index[frame["unavailable"] == ""]
+    order = sorted(tested, key=lambda i: frame.at[i, "p"])
+    m, running, stopped = len(order), 0.0, False
+    for j, i in enumerate(order):
+        running = max(running, min(1.0, (m - j) * frame.at[i, "p"]))
+        frame.at[i, "p (Holm)"] = running
+        if not stopped:
+            level_alpha = alpha / (m - j)
+            stopped = frame.at[i, "p"] > level_alpha
+        frame.at[i, "level"] = 1 - level_alpha
+        frame.at[i, "rejected"] = not stopped
+        low, high = np.quantile(draws[frame.at[i, "name"]], [level_alpha / 2, 1 - level_alpha / 2])
+        frame.at[i, "ci low"], frame.at[i, "ci high"] = float(low), float(high)
+    return frame
 
 
 def _rates(routed: torch.Tensor, windows: Windows, layers: Sequence[int]) -> dict[int, np.ndarray]:
@@ -201,7 +282,7 @@ def reweighting_study(
 
     # Report half: every domain's text gets every chosen re-weighting (the matrix), and its own
     # domain's controls.
-    gains_rows, matrix_rows = [], []
+    gains_rows, matrix_rows, family = [], [], {}
     for d_eval in sorted({g for g in evaluation.group}):
         ev = evaluation.of_group(d_eval)
         main = [scale_edit(chosen[d][1], chosen[d][2]) for d in domains]
@@ -229,6 +310,7 @@ def reweighting_study(
         j = domains.index(d_eval)
         control = sums[len(main) :].mean(0) if own else np.full(n_docs, np.nan)
         stacked = np.stack([sums[j], control, sums[j] - control, clean])
+        family[d_eval] = (sums[j] - control, counts)
         mine, ctrl, diff, base = ratio_intervals(
             stacked, counts, n_resamples=n_resamples, seed=seed + 1, what=f"the loss change on {d_eval}"
         )
@@ -251,12 +333,32 @@ def reweighting_study(
         )
     return ReweightingStudy(
         grid=pd.DataFrame(grid_rows),
-        gains=pd.DataFrame(gains_rows),
+        gains=_with_holm(pd.DataFrame(gains_rows), family, n_resamples, seed + 2),
         matrix=pd.DataFrame(matrix_rows),
         controls=controls,
         selection_docs=frozenset(selection.doc.tolist()),
         evaluation_docs=frozenset(evaluation.doc.tolist()),
     )
+
+
+def _with_holm(gains: pd.DataFrame, family: Mapping, n_resamples: int, seed: int) -> pd.DataFrame:
+    """``gains`` with the Holm-adjusted test of chosen − control over its domains (:func:`holm_adjusted`)."""
+    if gains.empty:
+        return gains
+    holm = holm_adjusted(family, n_resamples=n_resamples, seed=seed).set_index("name")
+    holm = holm.loc[gains["domain"]]
+    gains = gains.copy()
+    gains["chosen − control p"] = holm["p"].to_numpy(dtype=float)
+    gains["p (Holm)"] = holm["p (Holm)"].to_numpy(dtype=float)
+    gains["Holm level"] = holm["level"].to_numpy(dtype=float)
+    gains["Holm ci low"] = holm["ci low"].to_numpy(dtype=float)
+    gains["Holm ci high"] = holm["ci high"].to_numpy(dtype=float)
+    rejected = holm["rejected"].to_numpy(dtype=bool)
+    estimate = holm["estimate"].to_numpy(dtype=float)
+    gains["improved (Holm)"] = rejected & (estimate < 0)
+    gains["worse (Holm)"] = rejected & (estimate > 0)
+    gains["Holm unavailable"] = holm["unavailable"].to_numpy()
+    return gains
 
 
 def selection_domain_experts(
@@ -281,7 +383,7 @@ def selection_domain_experts(
 
     Returns:
         ``(domain -> ExpertSet, the fitted DomainExperts)``; no domain experts (empty dict) when the
-        permutation test cannot run (fewer than 10 documents).
+        permutation test cannot run (fewer than :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` documents).
     """
     from tl_moe.analysis.domain_experts import DomainExperts
     from tl_moe.errors import InputError

@@ -54,6 +54,7 @@ class SteeringStudy:
             the random sets, and their difference, with 95% document-bootstrap intervals.
         switches: per (side, switch, evaluated group): loss change of the detected set, of the random
             sets (mean over draws), and detected − random, with intervals and ``documents``.
+        notes: why a switch was not run (switching on needs a router without a selection bias).
     """
 
     contrast: tuple[str, str]
@@ -62,6 +63,7 @@ class SteeringStudy:
     switches: pd.DataFrame
     selection_docs: frozenset[int]
     evaluation_docs: frozenset[int]
+    notes: tuple[str, ...] = ()
 
 
 def _rates(routed: torch.Tensor, windows: Windows, group: str) -> np.ndarray:
@@ -172,13 +174,21 @@ def steering_study(
                 }
             )
 
-    # Switching on / off, read on each group's held-out documents.
+    # Switching on / off, read on each group's held-out documents. Switching on raises router logits
+    # above the token's largest, which a per-expert selection bias (DeepSeek-V3, GLM-4-MoE) would undo.
+    switches, notes = SWITCHES, ()
+    if model.moe_cfg.routing.selection_bias:
+        switches = tuple(s for s in SWITCHES if s != "on")
+        notes = (
+            f"switching on not run: the {model.moe_cfg.architecture} router selects with a per-expert "
+            "selection bias, which raising router logits does not overcome",
+        )
     switch_rows = []
     for group in (a, b):
         ev = evaluation.of_group(group)
         plan = []
         for side in (a, b):
-            for switch in SWITCHES:
+            for switch in switches:
                 plan.append((side, switch, switch_edit(sets[side], switch)))
                 plan += [(side, switch + " (random)", switch_edit(c, switch)) for c in controls[side] if c]
         losses = edit_losses(
@@ -192,7 +202,7 @@ def steering_study(
         sums, _ = by_document(losses.change, ev.doc)
         counts, _ = by_document(losses.count, ev.doc)
         for side in (a, b):
-            for switch in SWITCHES:
+            for switch in switches:
                 mine = [i for i, (s, w, _) in enumerate(plan) if s == side and w == switch]
                 random = [i for i, (s, w, _) in enumerate(plan) if s == side and w == switch + " (random)"]
                 control = sums[random].mean(0) if random else np.full(len(counts), np.nan)
@@ -221,4 +231,5 @@ def steering_study(
         switches=pd.DataFrame(switch_rows),
         selection_docs=frozenset(selection.doc.tolist()),
         evaluation_docs=frozenset(evaluation.doc.tolist()),
+        notes=notes,
     )

@@ -40,6 +40,7 @@ from tl_moe.models.hook_names import get_act_name
 
 __all__ = [
     "AssociationTable",
+    "benjamini_yekutieli",
     "RoutingRecords",
     "RoutingRecordsResult",
     "cooccurrence_counts",
@@ -334,7 +335,7 @@ def token_expert_associations(
     }
     if n_slots == 0:
         empty = pd.DataFrame()
-        summary.update({"discoveries": 0, "confirmed": 0})
+        summary.update({"discoveries": 0, "discoveries (Benjamini–Yekutieli)": 0, "confirmed": 0})
         return AssociationTable(empty, empty, summary)
 
     n_sel = int(sel.sum())
@@ -357,6 +358,7 @@ def token_expert_associations(
         pmi = np.log2(lift)
     qvalues, discovered = benjamini_hochberg(pvalues.ravel(), fdr)
     qvalues, discovered = qvalues.reshape(pvalues.shape), discovered.reshape(pvalues.shape)
+    by_qvalues = benjamini_yekutieli(pvalues.ravel()).reshape(pvalues.shape)
     s_idx, l_idx, e_idx = np.meshgrid(
         np.arange(n_slots), np.arange(n_layers), np.arange(n_experts), indexing="ij"
     )
@@ -373,10 +375,12 @@ def token_expert_associations(
             "O/E within documents": (observed / np.maximum(expected, 1e-300)).ravel(),
             "p": pvalues.ravel(),
             "q": qvalues.ravel(),
+            "q (BY)": by_qvalues.ravel(),
         }
     )
     chosen = discovered.ravel() & (lift.ravel() > 1)
     tested["discovered"] = chosen
+    tested["discovered (BY)"] = (by_qvalues.ravel() <= fdr) & (lift.ravel() > 1)
 
     # report half: per-document counts of every measurable tested triple
     rep = ~sel
@@ -437,10 +441,25 @@ def token_expert_associations(
         .reset_index(drop=True)
     )
     summary["discoveries"] = int(tested["discovered"].sum())
+    summary["discoveries (Benjamini–Yekutieli)"] = int(tested["discovered (BY)"].sum())
     summary["discoveries measured on the report half"] = int((tested["discovered"] & measurable).sum())
     summary["confirmed"] = int(tested["confirmed"].sum())
     summary["fdr"] = fdr
     return AssociationTable(table, tested, summary)
+
+
+def benjamini_yekutieli(pvalues: Float[np.ndarray, " test"]) -> Float[np.ndarray, " test"]:
+    """Benjamini–Yekutieli adjusted p-values (valid under any dependence between the tests; NaN stays
+    NaN and does not count). A check on Benjamini–Hochberg where tests are negatively dependent, as
+    the experts of one token are (routing to one expert is routing away from the others)."""
+    import scipy.stats
+
+    pvalues = np.asarray(pvalues, dtype=np.float64)
+    adjusted = np.full(pvalues.shape, np.nan)
+    tested = np.isfinite(pvalues)
+    if tested.any():
+        adjusted[tested] = scipy.stats.false_discovery_control(pvalues[tested], method="by")
+    return adjusted
 
 
 def _interval_record(interval: Interval) -> dict[str, Any]:

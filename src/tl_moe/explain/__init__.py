@@ -4,9 +4,11 @@ and a concurrent, cached, resumable runner.
     acc = ExpertExamplesAccumulator(model, domain_names(ds), TokenConceptLabeler().concept_names)
     examples = collect(model, ds, {"ex": acc}, concept_labeler=TokenConceptLabeler())["ex"]
     records = examples.records(model.tokenizer, LogitReadout.from_model(model))
-    result = label_experts(records, DissectionExplainer(examples), [ConceptScorer(examples.concept_names)])
-    result.frame      # one row per expert: label, F1 (with interval), shuffled-label F1, chance
-    result.summary    # per layer: mean F1 [CI] vs shuffled control [CI] vs chance
+    result = label_experts(records, DissectionExplainer(examples), [ConceptScorer(examples.concept_names)],
+                           baseline=TokenSetBaseline())
+    result.frame      # one row per expert: label and its rule, balanced accuracy, F1, precision, recall,
+                      # AUC; the shuffled-label control and the token-set baseline on the same items
+    result.summary    # per layer and metric: mean [CI] vs shuffled control [CI] vs baseline [CI] vs chance
 
 With a language model: ``client = CachedChatClient(OpenAIChatClient(url, model), "cache.sqlite")``,
 ``LMExplainer(client)`` and ``DetectionScorer(client)`` / ``FuzzingScorer`` / ``IntruderScorer``.
@@ -20,7 +22,15 @@ from tl_moe.explain.clients import (
     client_from_spec,
 )
 from tl_moe.explain.examples import SPLITS, Context, ExpertExamples, ExpertExamplesAccumulator, ExpertRecord
-from tl_moe.explain.explainers import DissectionExplainer, Explainer, Explanation, LMExplainer, parse_label
+from tl_moe.explain.explainers import (
+    DissectionExplainer,
+    Explainer,
+    Explanation,
+    LMExplainer,
+    TokenSetBaseline,
+    parse_label,
+)
+from tl_moe.explain.labels import LabelRule, choose_label
 from tl_moe.explain.runner import LabelingResult, bootstrap_mean, label_experts, shuffled_partners, summarize
 from tl_moe.explain.scorers import (
     ConceptScorer,
@@ -49,12 +59,15 @@ __all__ = [
     "FuzzingScorer",
     "IntruderScorer",
     "LMExplainer",
+    "LabelRule",
+    "TokenSetBaseline",
     "LabelingResult",
     "OpenAIChatClient",
     "Score",
     "Scorer",
     "TransformersChatClient",
     "bootstrap_mean",
+    "choose_label",
     "client_from_spec",
     "detection_metrics",
     "label_experts",

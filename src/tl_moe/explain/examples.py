@@ -159,6 +159,8 @@ class ExpertRecord:
         lens_tokens: the expert's top logit-lens tokens (texts), when a lens was given.
         n_routed: routed tokens per split.
         status: ``ok``, or why the expert cannot be labeled/scored (``too few contexts ...``).
+        explain_negatives: ``explain``-split contexts drawn like ``negatives`` (what an offline labeler
+            compares the explanation contexts with; never scored).
     """
 
     layer: int
@@ -169,6 +171,7 @@ class ExpertRecord:
     lens_tokens: tuple[str, ...] = ()
     n_routed: tuple[int, ...] = (0, 0, 0)
     status: str = "ok"
+    explain_negatives: tuple[Context, ...] = ()
 
     @property
     def key(self) -> tuple[int, int]:
@@ -307,11 +310,12 @@ class ExpertExamples:
         tokenizer: Any,
         *,
         n_explain_top: int = 20,
-        n_explain_quantile: int = 10,
+        n_explain_quantile: int = 40,
         n_score_top: int = 10,
         n_score_quantile: int = 10,
         n_random_negatives: int = 10,
         n_contrastive_negatives: int = 10,
+        n_explain_random_negatives: int = 40,
         min_contexts: int = 5,
         lens_tokens: Sequence[str] = (),
         seed: int = 0,
@@ -332,38 +336,19 @@ class ExpertExamples:
         positives = self._positive_contexts(
             score_split, row, expert, n_score_top, n_score_quantile, tokenizer
         )
-        rng = np.random.default_rng([seed, layer, expert])
-        negatives: list[Context] = []
-        pool = self.random_payload[score_split][: int(self.random_kept[score_split])]
-        if len(pool):
-            start = _HEAD + self.width * (1 + self.n_words)
-            at_target = pool[:, start:].reshape(len(pool), self.width, len(self.layers), self.k)[
-                :, self.before, row
-            ]
-            elsewhere = (~(at_target == expert).any(-1)).nonzero().flatten().tolist()
-            for i in rng.permutation(elsewhere)[:n_random_negatives]:
-                negatives.append(
-                    self._context(pool[i], tokenizer, lambda r: self._routing_marks(r, row, expert), "random")
-                )
-        # contrastive: other experts' top contexts whose target this expert did not receive
-        candidates = []
-        for other in rng.permutation(self.n_experts):
-            if other == expert:
-                continue
-            top, _ = self._expert_events(score_split, row, int(other))
-            for event in top[:3]:
-                candidates.append(event)
-        used = {c.token_index for c in negatives}
-        for event in candidates:
-            if len([n for n in negatives if n.source == "contrastive"]) >= n_contrastive_negatives:
-                break
-            token_id = int(event[3])
-            if token_id in used:
-                continue
-            context = self._contrastive(event, row, expert, tokenizer)
-            if context is not None:
-                used.add(token_id)
-                negatives.append(context)
+        negatives = self._negatives(
+            score_split,
+            row,
+            expert,
+            n_random_negatives,
+            n_contrastive_negatives,
+            tokenizer,
+            [seed, layer, expert],
+        )
+        explain_negatives = self._negatives(
+            explain_split, row, expert, n_explain_random_negatives, n_contrastive_negatives, tokenizer,
+            [seed, layer, expert, 1],
+        )  # fmt: skip
         n_routed = tuple(int(self.routed_total[s, row, expert].sum()) for s in range(len(SPLITS)))
         status = "ok"
         if len(explanation) < min_contexts or len(positives) < min_contexts:
@@ -382,7 +367,46 @@ class ExpertExamples:
             tuple(lens_tokens),
             n_routed,
             status,
+            tuple(explain_negatives),
         )
+
+    def _negatives(
+        self, split: int, row: int, expert: int, n_random: int, n_contrastive: int, tokenizer: Any, seed: list
+    ) -> list[Context]:
+        """Negatives of ``expert`` from ``split`` documents: random contexts whose target was routed
+        elsewhere, then other experts' top contexts whose target this expert did not receive."""
+        rng = np.random.default_rng(seed)
+        negatives: list[Context] = []
+        pool = self.random_payload[split][: int(self.random_kept[split])]
+        if len(pool):
+            start = _HEAD + self.width * (1 + self.n_words)
+            at_target = pool[:, start:].reshape(len(pool), self.width, len(self.layers), self.k)[
+                :, self.before, row
+            ]
+            elsewhere = (~(at_target == expert).any(-1)).nonzero().flatten().tolist()
+            for i in rng.permutation(elsewhere)[:n_random]:
+                negatives.append(
+                    self._context(pool[i], tokenizer, lambda r: self._routing_marks(r, row, expert), "random")
+                )
+        candidates = []
+        for other in rng.permutation(self.n_experts):
+            if other == expert:
+                continue
+            top, _ = self._expert_events(split, row, int(other))
+            for event in top[:3]:
+                candidates.append(event)
+        used = {c.token_index for c in negatives}
+        for event in candidates:
+            if len([n for n in negatives if n.source == "contrastive"]) >= n_contrastive:
+                break
+            token_id = int(event[3])
+            if token_id in used:
+                continue
+            context = self._contrastive(event, row, expert, tokenizer)
+            if context is not None:
+                used.add(token_id)
+                negatives.append(context)
+        return negatives
 
     def _contrastive(self, event: torch.Tensor, row: int, expert: int, tokenizer: Any) -> Context | None:
         """Another expert's top context as a negative for ``expert`` (of the same layer), marked with

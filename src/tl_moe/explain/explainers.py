@@ -1,11 +1,11 @@
 """Explainers: ``explainer(record) -> Explanation``, one contract for every way of labeling an expert.
 
-- :class:`DissectionExplainer` (the offline default, no language model): network dissection on the
-  expert's routed tokens. Among the concepts of the concept library, and every concept ∧ domain
-  conjunction, the one whose positive tokens best match the tokens routed to the expert (highest
-  IoU = |routed ∩ concept| / |routed ∪ concept| over the ``explain``-split documents) is the label;
-  the explanation also lists the routed tokens most over-represented against the corpus, and the
-  expert's logit-lens tokens.
+- :class:`DissectionExplainer` (the offline default, no language model): the best candidate label
+  of :mod:`tl_moe.explain.labels` (a token-level concept, a token set, or a composition), chosen by
+  balanced accuracy on the ``explain``-split documents; the explanation also lists the runner-up
+  candidates, the routed tokens most over-represented on the explain side, and the expert's
+  logit-lens tokens.
+- :class:`TokenSetBaseline`: the expert's most over-represented routed tokens (the baseline).
 - :class:`LMExplainer`: a chat model (any :class:`~tl_moe.explain.clients.ChatClient`) reads the
   expert's marked top contexts and logit-lens tokens and answers with one short label.
 """
@@ -15,16 +15,24 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-
-import torch
 
 from tl_moe.data.concepts import KNOWN_CONCEPTS
 from tl_moe.explain.clients import ChatClient
 from tl_moe.explain.examples import SPLITS, ExpertExamples, ExpertRecord
+from tl_moe.explain.labels import KINDS, LabelRule, choose_label, token_set_baseline
 
-__all__ = ["DissectionExplainer", "Explainer", "Explanation", "LMExplainer", "parse_label"]
+__all__ = [
+    "DissectionExplainer",
+    "Explainer",
+    "Explanation",
+    "LMExplainer",
+    "TokenSetBaseline",
+    "parse_label",
+    "rule_explanation",
+]
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,8 @@ class Explanation:
         domain: for a concept ∧ domain conjunction, the domain.
         details: what the explainer saw or computed (IoU, over-represented tokens, raw answer, ...).
         error: why it failed (a malformed answer, a request that failed), else None.
+        rule: for an offline label, the rule that says yes or no per token (what the concept scorer
+            applies); None for a label in words only.
     """
 
     layer: int
@@ -47,6 +57,7 @@ class Explanation:
     domain: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    rule: LabelRule | None = None
 
     @property
     def ok(self) -> bool:
@@ -67,84 +78,76 @@ def _concept_words(concept: str) -> str:
 
 
 class DissectionExplainer:
-    """Network dissection of each expert's routed tokens against the concept library (no LM).
+    """Offline labels (no LM): the best candidate label of :mod:`tl_moe.explain.labels` — a token-level
+    concept, a token set, or a composition — chosen on the ``explain`` side by balanced accuracy.
 
     Args:
-        examples: the collected :class:`~tl_moe.explain.examples.ExpertExamples` (its dissection counts).
-        conjunctions: also consider concept ∧ domain labels.
-        conjunction_gain: a conjunction is chosen only when its IoU beats the best plain concept's
-            by this factor (prefer the simpler label).
+        examples: the collected :class:`~tl_moe.explain.examples.ExpertExamples`.
         min_routed: experts with fewer routed explain-split tokens get no label.
+        kinds: the kinds of candidate labels (default: all; ``("concept",)`` for concept labels only,
+            which the causal checks can test).
     """
 
     name = "offline"
 
     def __init__(
-        self,
-        examples: ExpertExamples,
-        *,
-        conjunctions: bool = True,
-        conjunction_gain: float = 1.1,
-        min_routed: int = 5,
+        self, examples: ExpertExamples, *, min_routed: int = 5, kinds: Sequence[str] = KINDS
     ) -> None:
-        self.examples = examples
-        self.conjunctions, self.conjunction_gain, self.min_routed = conjunctions, conjunction_gain, min_routed
-        s = SPLITS.index("explain")
-        inter = examples.routed_concept[s]  # [L, E, C, D]
-        routed = examples.routed_total[s]  # [L, E, D]
-        positives = examples.concept_total[s]  # [C, D]
-        inter_any = inter.sum(-1)
-        routed_any = routed.sum(-1)  # [L, E]
-        union_any = routed_any[..., None] + positives.sum(-1) - inter_any
-        self.iou = torch.where(union_any > 0, inter_any / union_any.clamp(min=1e-12), 0.0)  # [L, E, C]
-        union_and = routed_any[..., None, None] + positives - inter
-        self.iou_and = torch.where(union_and > 0, inter / union_and.clamp(min=1e-12), 0.0)  # [L, E, C, D]
-        self.routed_any = routed_any
+        unknown = set(kinds) - set(KINDS)
+        if unknown or not kinds:
+            raise ValueError(f"kinds must be among {', '.join(KINDS)}; got {list(kinds)}.")
+        self.examples, self.min_routed, self.kinds = examples, min_routed, tuple(kinds)
+        self.routed_any = examples.routed_total[SPLITS.index("explain")].sum(-1)  # [L, E]
 
     def __call__(self, record: ExpertRecord) -> Explanation:
         ex = self.examples
         row = ex.layer_row(record.layer)
-        if not ex.concept_names:
-            return Explanation(record.layer, record.expert, "", error="the pass ran without concept labels")
-        if float(self.routed_any[row, record.expert]) < self.min_routed:
-            return Explanation(
-                record.layer,
-                record.expert,
-                "",
-                error=f"too few routed tokens ({int(self.routed_any[row, record.expert])})",
-            )
-        iou = self.iou[row, record.expert]
-        best = int(iou.argmax())
-        best_iou, concept, domain = float(iou[best]), ex.concept_names[best], None
-        if self.conjunctions and len(ex.domain_names) > 1:
-            both = self.iou_and[row, record.expert]
-            flat = int(both.argmax())
-            c, d = divmod(flat, both.shape[1])
-            if float(both[c, d]) > self.conjunction_gain * best_iou and not ex.concept_names[c].startswith(
-                "domain_"
-            ):
-                best_iou, concept, domain = float(both[c, d]), ex.concept_names[c], ex.domain_names[d]
-        label = concept if domain is None else f"{concept} ∧ domain={domain}"
-        ranked = torch.argsort(iou, descending=True)[:5].tolist()
-        details = {
-            "iou": round(best_iou, 4),
-            "description": _concept_words(concept) + (f", in {domain} documents" if domain else ""),
-            "runner_up": [(ex.concept_names[i], round(float(iou[i]), 4)) for i in ranked[1:4]],
-            "over_represented": over_represented_tokens(record),
-            "logit_lens": list(record.lens_tokens),
-        }
-        return Explanation(
-            record.layer, record.expert, label, concept=concept, domain=domain, details=details
-        )
+        routed = int(self.routed_any[row, record.expert])
+        if routed < self.min_routed:
+            return Explanation(record.layer, record.expert, "", error=f"too few routed tokens ({routed})")
+        return rule_explanation(record, ex.concept_names, ex.domain_names, self.kinds)
+
+
+def rule_explanation(
+    record: ExpertRecord, concept_names: Sequence[str], domains: Sequence[str], kinds: Sequence[str] = KINDS
+) -> Explanation:
+    """The :class:`Explanation` of the label :func:`~tl_moe.explain.labels.choose_label` picks among
+    the candidates of ``kinds``."""
+    rule, details = choose_label(record, concept_names, domains, kinds)
+    details = {
+        **details,
+        "over_represented": over_represented_tokens(record),
+        "logit_lens": list(record.lens_tokens),
+    }
+    if rule is None:
+        return Explanation(record.layer, record.expert, "", details=details, error=details["reason"])
+    concept = rule.concepts[0] if rule.kind in ("concept", "concept_and_domain") else None
+    description = ", ".join(_concept_words(c) for c in rule.concepts) or rule.label
+    details = {**details, "kind": rule.kind, "description": description, "rule": rule.to_dict()}
+    return Explanation(record.layer, record.expert, rule.label, concept=concept, domain=rule.domain,
+                       details=details, rule=rule)  # fmt: skip
+
+
+class TokenSetBaseline:
+    """The trivial offline labeler the chosen labels are compared with (see
+    :func:`~tl_moe.explain.labels.token_set_baseline`)."""
+
+    name = "token-set baseline"
+
+    def __call__(self, record: ExpertRecord) -> Explanation:
+        rule = token_set_baseline(record)
+        if rule is None:
+            return Explanation(record.layer, record.expert, "", error="no routed explain-side token")
+        return Explanation(record.layer, record.expert, rule.label, rule=rule)
 
 
 def over_represented_tokens(record: ExpertRecord, n: int = 8) -> list[str]:
-    """The routed tokens of the explanation contexts most over-represented against the negatives'
-    tokens (add-one smoothed log ratio of frequencies)."""
+    """The routed tokens of the explanation contexts most over-represented against the explain-side
+    negatives' tokens (add-one smoothed log ratio of frequencies)."""
     import math
 
     routed = Counter(t for c in record.explanation for t, m in zip(c.tokens, c.marks, strict=True) if m)
-    background = Counter(t for c in record.negatives for t in c.tokens)
+    background = Counter(t for c in record.explain_negatives for t in c.tokens)
     n_routed, n_background = sum(routed.values()) or 1, sum(background.values()) or 1
     vocabulary = len(set(routed) | set(background)) or 1
     score = {

@@ -7,10 +7,16 @@ on a thread pool of ``concurrency`` workers; the client's own timeout and capped
 and a :class:`~tl_moe.explain.clients.CachedChatClient` makes a rerun pay for nothing twice. Every
 finished expert is appended to ``results_path`` (JSONL) as soon as it is done.
 
-:class:`LabelingResult` holds one row per expert and the per-layer summary: mean score with a
-bootstrap interval over experts (``scipy.stats.bootstrap``), the same for the shuffled control and
-for the paired difference own − shuffled, the chance level, and the share of experts whose own label
-beats the shuffled one.
+With a ``baseline`` explainer (offline: :class:`~tl_moe.explain.explainers.TokenSetBaseline`), each
+labeled expert's baseline label is scored on the same items too. Per expert, own − shuffled balanced
+accuracy on the same items gets a 95% bootstrap interval over items (``{scorer}_beats_shuffled`` when
+it is above 0).
+
+:class:`LabelingResult` holds one row per expert and the per-layer summary, for each metric of
+:data:`SUMMARY_METRICS` (balanced accuracy first, as delphi reports them): mean score with a bootstrap
+interval over experts (``scipy.stats.bootstrap``), the same for the shuffled control and the baseline
+and for the paired differences own − shuffled and own − baseline, the chance level, and the share of
+experts whose own label beats the shuffled one.
 """
 
 from __future__ import annotations
@@ -31,7 +37,15 @@ from tl_moe.explain.examples import ExpertRecord
 from tl_moe.explain.explainers import Explainer, Explanation
 from tl_moe.explain.scorers import Score, Scorer
 
-__all__ = ["LabelingResult", "bootstrap_mean", "label_experts", "shuffled_partners"]
+__all__ = [
+    "SUMMARY_METRICS",
+    "LabelingResult",
+    "bootstrap_mean",
+    "label_experts",
+    "paired_balanced_accuracy_difference",
+    "shuffled_partners",
+    "summarize",
+]
 
 
 def bootstrap_mean(
@@ -106,45 +120,70 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def summarize(frame: pd.DataFrame, scorer: str, metric: str = "f1", seed: int = 0) -> pd.DataFrame:
-    """Per layer (and ``all``): mean own score, shuffled control and difference, with bootstrap intervals."""
-    own, control = f"{scorer}_{metric}", f"{scorer}_shuffled_{metric}"
+SUMMARY_METRICS = ("balanced_accuracy", "f1", "precision", "recall", "auc")
+"""The metrics summarized per layer, the headline first (delphi's detection metrics)."""
+
+
+def summarize(
+    frame: pd.DataFrame, scorer: str, metric: str = "balanced_accuracy", seed: int = 0
+) -> pd.DataFrame:
+    """Per layer (and ``all``): mean own score, the shuffled-label control and the baseline label, and
+    the paired differences, each with a bootstrap interval over experts."""
+    own, control, baseline = (
+        f"{scorer}_{metric}",
+        f"{scorer}_shuffled_{metric}",
+        f"{scorer}_baseline_{metric}",
+    )
     chance = f"{scorer}_chance_{metric}"
     rows = []
-    if own not in frame:
+    if own not in frame or not frame[own].notna().any():
         return pd.DataFrame()
     groups = [(layer, part) for layer, part in frame.groupby("layer")] + [("all", frame)]
     for layer, part in groups:
         scored = part[part[own].notna()]
-        paired = scored[scored[control].notna()] if control in scored else scored.iloc[:0]
-        mean, low, high = bootstrap_mean(scored[own], seed=seed)
-        s_mean, s_low, s_high = bootstrap_mean(paired[control], seed=seed) if len(paired) else (np.nan,) * 3
-        d_mean, d_low, d_high = (
-            bootstrap_mean(paired[own] - paired[control], seed=seed) if len(paired) else (np.nan,) * 3
+        row = {
+            "layer": layer,
+            "scorer": scorer,
+            "metric": metric,
+            "experts scored": len(scored),
+            "experts not scored": len(part) - len(scored),
+        }
+        row.update(
+            dict(zip(("mean", "ci low", "ci high"), bootstrap_mean(scored[own], seed=seed), strict=True))
         )
-        rows.append(
-            {
-                "layer": layer,
-                "scorer": scorer,
-                "metric": metric,
-                "experts scored": len(scored),
-                "experts not scored": len(part) - len(scored),
-                "mean": mean,
-                "ci low": low,
-                "ci high": high,
-                "shuffled mean": s_mean,
-                "shuffled ci low": s_low,
-                "shuffled ci high": s_high,
-                "own - shuffled": d_mean,
-                "diff ci low": d_low,
-                "diff ci high": d_high,
-                "share own > shuffled": float((paired[own] > paired[control]).mean())
-                if len(paired)
-                else np.nan,
-                "chance": float(scored[chance].mean()) if chance in scored and len(scored) else np.nan,
-            }
-        )
+        for name, column, short in (("shuffled", control, "diff"), ("baseline", baseline, "baseline diff")):
+            paired = scored[scored[column].notna()] if column in scored else scored.iloc[:0]
+            other = bootstrap_mean(paired[column], seed=seed) if len(paired) else (np.nan,) * 3
+            diff = bootstrap_mean(paired[own] - paired[column], seed=seed) if len(paired) else (np.nan,) * 3
+            row.update({f"{name} mean": other[0], f"{name} ci low": other[1], f"{name} ci high": other[2]})
+            row.update({f"own - {name}": diff[0], f"{short} ci low": diff[1], f"{short} ci high": diff[2]})
+            row[f"share own > {name}"] = (
+                float((paired[own] > paired[column]).mean()) if len(paired) else np.nan
+            )
+        row["chance"] = float(scored[chance].mean()) if chance in scored and len(scored) else np.nan
+        if metric == "balanced_accuracy" and f"{scorer}_beats_shuffled" in scored:
+            row["share beating shuffled (item interval)"] = float(scored[f"{scorer}_beats_shuffled"].mean())
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def paired_balanced_accuracy_difference(
+    own: Score, other: Score, *, n_resamples: int = 1000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Balanced accuracy of ``own`` minus ``other`` on the same items, with a 95% percentile bootstrap
+    interval over items (resampled within each class, so both classes stay present); NaN when the two
+    were not scored on the same items."""
+    y = np.asarray(own.truth, bool)
+    if not len(y) or own.truth != other.truth or y.all() or not y.any():
+        return (float("nan"),) * 3
+    a, b = np.asarray(own.predicted, bool), np.asarray(other.predicted, bool)
+    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+    rng = np.random.default_rng(seed)
+    p = rng.choice(pos, size=(n_resamples, len(pos)))
+    n = rng.choice(neg, size=(n_resamples, len(neg)))
+    diff = ((a[p].mean(1) - b[p].mean(1)) + (b[n].mean(1) - a[n].mean(1))) / 2
+    point = ((a[pos].mean() - b[pos].mean()) + (b[neg].mean() - a[neg].mean())) / 2
+    return float(point), float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))
 
 
 def label_experts(
@@ -156,7 +195,8 @@ def label_experts(
     results_path: str | os.PathLike | None = None,
     shuffle_seed: int = 0,
     progress: bool = True,
-    metric: str = "f1",
+    metrics: Sequence[str] = SUMMARY_METRICS,
+    baseline: Explainer | None = None,
 ) -> LabelingResult:
     """Label every record with ``explainer`` and score each label with every scorer, with controls.
 
@@ -169,7 +209,9 @@ def label_experts(
         results_path: JSONL file, one line per finished expert (appended as experts finish).
         shuffle_seed: seed of the shuffled-label derangement.
         progress: tqdm bars (experts and experts/s).
-        metric: the metric of the summary (``f1``; ``accuracy`` for the intruder scorer is added).
+        metrics: the metrics of the summary, headline first (``accuracy`` for the intruder scorer).
+        baseline: an explainer whose label of each labeled expert is scored beside the expert's own
+            (``{scorer}_baseline_{metric}`` columns), e.g. :class:`~tl_moe.explain.explainers.TokenSetBaseline`.
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be a positive number of workers, got {concurrency}.")
@@ -180,9 +222,9 @@ def label_experts(
         Path(results_path).parent.mkdir(parents=True, exist_ok=True)
         out = open(results_path, "w")  # noqa: SIM115 (kept open while workers finish)
 
-    def explain(record: ExpertRecord) -> Explanation:
+    def explain(record: ExpertRecord, labeler: Explainer | None = None) -> Explanation:
         try:
-            return explainer(record)
+            return (labeler or explainer)(record)
         except Exception as error:  # an explainer bug on one expert is recorded, not fatal
             return Explanation(record.layer, record.expert, "", error=f"{type(error).__name__}: {error}")
 
@@ -196,23 +238,28 @@ def label_experts(
         labeled = [key for key, e in explanations.items() if e.ok]
         partners = shuffled_partners(labeled, shuffle_seed)
 
-        def score(key: tuple[int, int]) -> tuple[tuple[int, int], dict[str, Score], dict[str, Score]]:
+        def score(
+            key: tuple[int, int],
+        ) -> tuple[tuple[int, int], dict[str, Score], dict[str, Score], dict[str, Score]]:
             record, own = by_key[key], explanations[key]
-            mine, control = {}, {}
+            mine, control, base = {}, {}, {}
+            reference = explain(record, baseline) if baseline is not None else None
             for scorer in scorers:
                 mine[scorer.name] = _safe(scorer, record, own)
                 if key in partners and scorer.name != "intruder":
                     control[scorer.name] = _safe(scorer, record, explanations[partners[key]])
-            return key, mine, control
+                if reference is not None and reference.ok and scorer.name != "intruder":
+                    base[scorer.name] = _safe(scorer, record, reference)
+            return key, mine, control, base
 
         scores: dict[tuple[int, int], dict[str, Score]] = {}
         shuffled: dict[tuple[int, int], dict[str, Score]] = {}
         rows: dict[tuple[int, int], dict[str, Any]] = {}
         bar = tqdm(total=len(labeled), desc="score", unit="expert", disable=not progress)
-        for key, mine, control in pool.map(score, labeled):
+        for key, mine, control, base in pool.map(score, labeled):
             scores[key], shuffled[key] = mine, control
             bar.update()
-            rows[key] = _row(by_key[key], explanations[key], mine, control, partners.get(key))
+            rows[key] = _row(by_key[key], explanations[key], mine, control, partners.get(key), base)
             if out is not None:
                 out.write(json.dumps(rows[key], default=_json_default) + "\n")
                 out.flush()
@@ -227,7 +274,8 @@ def label_experts(
     frame = pd.DataFrame([rows[r.key] for r in records])
     summaries = []
     for scorer in scorers:
-        summaries.append(summarize(frame, scorer.name, "accuracy" if scorer.name == "intruder" else metric))
+        for metric in ("accuracy",) if scorer.name == "intruder" else metrics:
+            summaries.append(summarize(frame, scorer.name, metric))
     summary = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame()
     failed = frame[(frame["status"] != "ok") | frame["label_error"].notna()]
     failures = failed[["layer", "expert", "status", "label_error"]].reset_index(drop=True)
@@ -248,6 +296,7 @@ def _row(
     mine: dict[str, Score],
     control: dict[str, Score],
     partner: tuple[int, int] | None,
+    base: dict[str, Score] | None = None,
 ) -> dict[str, Any]:
     row: dict[str, Any] = {
         "layer": record.layer,
@@ -257,6 +306,7 @@ def _row(
         "label_error": explanation.error if explanation is not None else None,
         "concept": explanation.concept if explanation is not None else None,
         "domain": explanation.domain if explanation is not None else None,
+        "kind": explanation.rule.kind if explanation is not None and explanation.rule is not None else None,
         "n_routed_explain": record.n_routed[0],
         "n_positive": len(record.positives),
         "n_negative": len(record.negatives),
@@ -268,6 +318,14 @@ def _row(
     for name, score in control.items():
         row.update(_metric_columns(f"{name}_shuffled", score))
         row[f"{name}_shuffled_label_of"] = list(partner) if partner else None
+        if name in mine and mine[name].ok and score.ok:
+            diff = paired_balanced_accuracy_difference(mine[name], score)
+            row[f"{name}_own_minus_shuffled_balanced_accuracy"] = diff[0]
+            row[f"{name}_own_minus_shuffled_ci_low"], row[f"{name}_own_minus_shuffled_ci_high"] = diff[1:]
+            row[f"{name}_beats_shuffled"] = bool(diff[1] > 0) if np.isfinite(diff[1]) else None
+    for name, score in (base or {}).items():
+        row.update(_metric_columns(f"{name}_baseline", score))
+        row[f"{name}_baseline_label"] = score.label
     return row
 
 

@@ -4,9 +4,9 @@ Every scorer is tested on the expert's ``score``-split contexts (documents the e
 positives are the expert's own contexts, negatives its per-expert random routed-elsewhere and
 contrastive contexts (see :mod:`tl_moe.explain.examples`).
 
-- :class:`ConceptScorer` (offline): a concept label's own labeler decides — a context matches when
-  its target token is positive for the concept (and, for a concept ∧ domain label, the document is
-  of that domain). Exact, free, deterministic.
+- :class:`ConceptScorer` (offline): an offline label's rule decides on each item's target token —
+  its concept's own labeler, its token set, or their composition (for a concept ∧ domain label, the
+  document must be of that domain). Exact, free, deterministic.
 - :class:`DetectionScorer`: a chat model reads the label and unmarked contexts and says which match
   (``chunk`` contexts a request as a JSON list; ``chunk=1``: one yes/no question a context, the form a
   small chat model answers in).
@@ -16,9 +16,11 @@ contrastive contexts (see :mod:`tl_moe.explain.examples`).
 - :class:`IntruderScorer` (label-free): a chat model sees a few of the expert's contexts and one
   negative and picks the intruder.
 
-Per expert: precision, recall, F1, balanced accuracy (and AUC when the model answers with
-probabilities); the chance levels beside them (F1 of answering "yes" to everything, 0.5 balanced
-accuracy, ``1 / n_choices`` for the intruder).
+Per expert: balanced accuracy (the headline), precision, recall, F1 (and AUC when the answer is
+graded: a model's probabilities, a token set's weights); beside them chance, the best a verdict
+independent of the truth reaches in expectation: balanced accuracy and AUC 0.5, precision the share
+of positives p, recall 1 and F1 ``2p/(1+p)`` (answering "yes" to everything); ``1 / n_choices`` for
+the intruder.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import numpy as np
 from tl_moe.explain.clients import ChatClient
 from tl_moe.explain.examples import Context, ExpertRecord
 from tl_moe.explain.explainers import Explanation
+from tl_moe.explain.labels import LabelRule
 
 __all__ = [
     "ConceptScorer",
@@ -58,6 +61,8 @@ class Score:
         metrics: precision, recall, f1, balanced_accuracy, auc (NaN without probabilities), chance
             levels, n_positive, n_negative (accuracy and chance for the intruder scorer).
         error: why scoring failed (malformed answer, failed request, no concept), else None.
+        truth, predicted: each scored item's truth and verdict, in the scorer's item order (the same
+            for an expert's own label and its shuffled control, so the two can be compared item by item).
     """
 
     layer: int
@@ -67,6 +72,8 @@ class Score:
     label_of: tuple[int, int]
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    truth: tuple[int, ...] = field(default=(), repr=False)
+    predicted: tuple[int, ...] = field(default=(), repr=False)
 
     @property
     def ok(self) -> bool:
@@ -92,9 +99,7 @@ def detection_metrics(
     tnr = tn / (tn + fp) if tn + fp else 0.0
     auc = float("nan")
     if probabilities is not None and 0 < y.sum() < len(y):
-        from sklearn.metrics import roc_auc_score
-
-        auc = float(roc_auc_score(y, np.asarray(probabilities, float)))
+        auc = _auc(y, np.asarray(probabilities, float))
     positive_rate = float(y.mean()) if len(y) else 0.0
     low, high = _f1_interval(y, p)
     return {
@@ -106,10 +111,22 @@ def detection_metrics(
         "balanced_accuracy": (recall + tnr) / 2,
         "auc": auc,
         "chance_f1": 2 * positive_rate / (1 + positive_rate) if positive_rate else 0.0,
+        "chance_precision": positive_rate,
+        "chance_recall": 1.0,
         "chance_balanced_accuracy": 0.5,
+        "chance_auc": 0.5,
         "n_positive": int(y.sum()),
         "n_negative": int((~y).sum()),
     }
+
+
+def _auc(y: np.ndarray, graded: np.ndarray) -> float:
+    """Area under the ROC curve: the Mann-Whitney statistic of the graded answers (ties count 1/2)."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(graded)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def _f1_interval(y: np.ndarray, p: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
@@ -132,28 +149,31 @@ def _items(record: ExpertRecord, seed: int) -> tuple[list[Context], list[int]]:
 
 
 class ConceptScorer:
-    """Offline detection of concept labels with the concept's own labeler (see the module docstring)."""
+    """Offline detection: an offline label's own rule (:class:`~tl_moe.explain.labels.LabelRule`) — or,
+    for a label that only names a concept, the concept's labeler — on each item's target token. A
+    token-set rule answers with its tokens' weights, so its AUC is reported."""
 
     name = "concept"
 
     def __init__(self, concept_names: Sequence[str]) -> None:
         self.concept_names = tuple(concept_names)
+        self.index = {name: i for i, name in enumerate(self.concept_names)}
 
     def __call__(self, record: ExpertRecord, explanation: Explanation) -> Score:
         key = (explanation.layer, explanation.expert)
-        if explanation.concept not in self.concept_names:
-            return Score(
-                record.layer, record.expert, self.name, explanation.label, key, error="label is not a concept"
-            )
-        index = self.concept_names.index(explanation.concept)
+        rule = explanation.rule
+        if rule is None and explanation.concept in self.index:
+            kind = "concept" if explanation.domain is None else "concept_and_domain"
+            rule = LabelRule(kind, (explanation.concept,), domain=explanation.domain)
+        if rule is None or any(c not in self.index for c in rule.concepts):
+            return Score(record.layer, record.expert, self.name, explanation.label, key,
+                         error="label is not a rule over this run's concepts or tokens")  # fmt: skip
         items, y = _items(record, 0)
-        predicted = [
-            int(c.has(index) and (explanation.domain is None or c.domain == explanation.domain))
-            for c in items
-        ]
-        return Score(
-            record.layer, record.expert, self.name, explanation.label, key, detection_metrics(y, predicted)
-        )
+        answers = [rule.answer(c, self.index) for c in items]
+        predicted = [int(a > 0) for a in answers]
+        metrics = detection_metrics(y, predicted, answers if rule.graded else None)
+        return Score(record.layer, record.expert, self.name, explanation.label, key, metrics,
+                     truth=tuple(y), predicted=tuple(predicted))  # fmt: skip
 
 
 _VERDICTS = re.compile(r"\[[^\[\]]*\]", re.S)
@@ -249,7 +269,8 @@ class _ChatScorer:
             verdicts += hard
             probabilities = None if soft is None or probabilities is None else probabilities + soft
         metrics = detection_metrics(y, verdicts, probabilities)
-        return Score(record.layer, record.expert, self.name, explanation.label, key, metrics)
+        return Score(record.layer, record.expert, self.name, explanation.label, key, metrics,
+                     truth=tuple(y), predicted=tuple(verdicts))  # fmt: skip
 
 
 class DetectionScorer(_ChatScorer):

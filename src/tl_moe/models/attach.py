@@ -10,7 +10,8 @@ driven by three mechanisms, none of which rewrites a model's ``forward``:
    ``hook_topk_indices`` -> ``hook_topk_weights``, so an edit at one stage re-routes the
    later ones;
 3. the ``"tl_moe"`` experts implementation (:mod:`tl_moe.models.experts`) fires
-   ``hook_expert_pre``/``hook_expert_post``/``hook_expert_out``; shared experts get torch
+   ``hook_expert_pre``/``hook_expert_post``/``hook_expert_out`` (where TransformerLens declares
+   these itself, as with the upstream expert hooks, its own are used); shared experts get torch
    hooks on their down-projection (``hook_shared_post``), output (``hook_shared_out``) and
    gate (``hook_shared_gate``).
 """
@@ -35,6 +36,7 @@ from tl_moe.models.experts import (
     IMPLEMENTATION_NAME,
     ExpertHookPoints,
     bind_expert_hooks,
+    has_upstream_expert_hooks,
     register_experts_implementation,
     unbind_expert_hooks,
     unflatten_tokens,
@@ -77,6 +79,9 @@ class _Attachment:
     experts_modules: list = field(default_factory=list)
     components: dict = field(default_factory=dict)  # layer -> bridge path of its MoE component
     cache_compat: list = field(default_factory=list)  # attention components given the cache= workaround
+    upstream_experts: bool = (
+        False  # TransformerLens fires hook_expert_* itself (see _uses_upstream_expert_hooks)
+    )
 
 
 def _install(attachment: _Attachment, module: nn.Module, hook, *, pre: bool = False, **kwargs) -> None:
@@ -227,9 +232,14 @@ def _wire_sparse_layer(
 ) -> None:
     """Create the hook points of one sparse layer on ``component`` and connect them."""
     new = lambda name: _new_hook(component, attachment, name, prefix)  # noqa: E731
-    expert_hooks = ExpertHookPoints(
-        pre=new("hook_expert_pre"), post=new("hook_expert_post"), out=new("hook_expert_out")
-    )
+    if attachment.upstream_experts:  # TransformerLens's own; here they only carry the token layout
+        expert_hooks = ExpertHookPoints(
+            pre=component.hook_expert_pre, post=component.hook_expert_post, out=component.hook_expert_out
+        )
+    else:
+        expert_hooks = ExpertHookPoints(
+            pre=new("hook_expert_pre"), post=new("hook_expert_post"), out=new("hook_expert_out")
+        )
     router_hook = _RouterHook(
         rule=config.routing,
         k=config.experts_per_token,
@@ -243,8 +253,9 @@ def _wire_sparse_layer(
     )
     _install(attachment, modules.ffn, _TokenShape(expert_hooks), pre=True, with_kwargs=True)
     _install(attachment, modules.router, router_hook, with_kwargs=True)
-    bind_expert_hooks(modules.experts, expert_hooks)
-    attachment.experts_modules.append(modules.experts)
+    if not attachment.upstream_experts:
+        bind_expert_hooks(modules.experts, expert_hooks)
+        attachment.experts_modules.append(modules.experts)
     if modules.shared is not None:
         # The module the MoE block calls: a TransformerBridge MLP component when the adapter wraps
         # the shared experts (then its own hook_post fires in every mode, including compatibility
@@ -289,6 +300,16 @@ def _bridge_component(bridge, layer_index: int, modules: LayerModules) -> nn.Mod
         f"TransformerBridge does not wrap the MoE block of layer {layer_index} "
         f"({type(modules.ffn).__name__} at `{modules.ffn_path}`) as a component of blocks.{layer_index}, so "
         "there is no bridge component to hold its hook points."
+    )
+
+
+def _uses_upstream_expert_hooks(bridge, layers: list[LayerModules]) -> bool:
+    """Whether TransformerLens itself fires ``blocks.{L}.mlp.hook_expert_*`` on every sparse layer."""
+    sparse = [(index, modules) for index, modules in enumerate(layers) if modules.is_sparse]
+    return bool(sparse) and all(
+        bridge.blocks[index]._modules.get("mlp") is _bridge_component(bridge, index, modules)
+        and has_upstream_expert_hooks(_bridge_component(bridge, index, modules))
+        for index, modules in sparse
     )
 
 
@@ -394,14 +415,16 @@ def attach(bridge):
     attachment = _Attachment(config=config, previous_moe_cfg=bridge.__dict__.get("moe_cfg", _MISSING))
     if config.is_moe:
         layers = sparse_layer_modules(hf)
-        register_experts_implementation()
-        attachment.previous_experts_implementations = [
-            (cfg, cfg.__dict__.get("_experts_implementation_internal", _MISSING))
-            for cfg in _experts_configs(hf)
-        ]
-        hf.set_experts_implementation(IMPLEMENTATION_NAME)
-        for cfg, _ in attachment.previous_experts_implementations:
-            cfg.__dict__["_experts_implementation_internal"] = IMPLEMENTATION_NAME
+        attachment.upstream_experts = _uses_upstream_expert_hooks(bridge, layers)
+        if not attachment.upstream_experts:
+            register_experts_implementation()
+            attachment.previous_experts_implementations = [
+                (cfg, cfg.__dict__.get("_experts_implementation_internal", _MISSING))
+                for cfg in _experts_configs(hf)
+            ]
+            hf.set_experts_implementation(IMPLEMENTATION_NAME)
+            for cfg, _ in attachment.previous_experts_implementations:
+                cfg.__dict__["_experts_implementation_internal"] = IMPLEMENTATION_NAME
         try:  # refuse before installing anything; the check runs tl_moe's experts without hooks
             for layer_index, modules in enumerate(layers):
                 if modules.is_sparse:

@@ -83,6 +83,20 @@ def unflatten_tokens(tensor: torch.Tensor, token_shape: tuple[int, ...]) -> torc
     return tensor.reshape(*token_layout(token_shape, n_tokens), tensor.shape[-1])
 
 
+UPSTREAM_HOOK_NAMES = ("hook_expert_pre", "hook_expert_post", "hook_expert_out")
+
+
+def has_upstream_expert_hooks(component: nn.Module) -> bool:
+    """Whether TransformerLens's own MoE component already declares the per-expert hook points.
+
+    A TransformerLens carrying the upstream expert hooks declares ``hook_expert_pre`` /
+    ``hook_expert_post`` / ``hook_expert_out`` on its MoE bridge and fires them through its own
+    experts implementation, on the same ``[batch, pos, k, ...]`` slot layout; tl_moe then uses
+    them instead of installing its own. Call it before tl_moe attaches (it would see its own).
+    """
+    return all(isinstance(component._modules.get(name), HookPoint) for name in UPSTREAM_HOOK_NAMES)
+
+
 def _is_listening(hook: HookPoint | None) -> bool:
     return hook is not None and bool(hook._forward_hooks)
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tl_moe.analysis.stats import MIN_DOCUMENTS
+from tl_moe.defaults import MIN_EXAMPLES
 from tl_moe.errors import InputError
 
 __all__ = ["RunOptions", "add_option_arguments", "options_from_arguments"]
@@ -109,10 +111,10 @@ class RunOptions:
         (1, 2, 4, 8, 16, 32, 64), "neurons per probe (comma-separated)", parse=_int_list("--probe-ks")
     )
     min_examples: int = option(
-        30, "paper protocol: least positives / negatives a unit needs to be probed", parse=int
+        MIN_EXAMPLES, "paper protocol: least positives / negatives a unit needs to be probed", parse=int
     )
     held_out_min_examples: int = option(
-        50,
+        MIN_EXAMPLES,
         "held-out protocol: least positives / negatives a unit needs on each side of the document split",
         parse=int,
     )
@@ -121,6 +123,12 @@ class RunOptions:
     )
     bootstrap_resamples: int = option(
         2000, "document-level bootstrap resamples behind every interval", parse=int
+    )
+    min_documents: int = option(
+        MIN_DOCUMENTS,
+        "held-out probing: fewest documents on each side of the split and behind each interval "
+        "(fewer: the interval is reported unavailable, with the reason)",
+        parse=int,
     )
     fdr: float = option(
         0.05, "false-discovery rate of the Benjamini–Hochberg tests (domain experts)", parse=float
@@ -147,7 +155,7 @@ class RunOptions:
         False, "also probe every toy MoE and plot F1 vs active ratio (adds the 'sparsity' analysis)"
     )
     driver_tokens: int = option(
-        8000, "tokens on which the drivers analysis runs its edited forwards", parse=int
+        20_000, "tokens on which the drivers analysis runs its edited forwards", parse=int
     )
     n_drivers: int = option(
         8, "driver experts reported (largest removal effects on the selection half)", parse=int
@@ -185,7 +193,7 @@ class RunOptions:
         parse=int,
     )
     reweight_tokens: int = option(
-        3000,
+        6000,
         "re-weighting / steering: tokens of each domain on each document half (selection, held out)",
         parse=int,
     )
@@ -235,6 +243,12 @@ class RunOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}.")
+        if (
+            isinstance(self.min_documents, bool)
+            or not isinstance(self.min_documents, int)
+            or self.min_documents < 2
+        ):
+            raise InputError(f"--min-documents must be an integer of at least 2, got {self.min_documents!r}.")
         if not 0 < self.fdr < 1:
             raise InputError(f"--fdr must lie in (0, 1), got {self.fdr}.")
         if not 0 < self.selection_fraction < 1:

@@ -1,9 +1,10 @@
-"""The toy model family: MoE models that differ only in routing sparsity, and their dense twin.
+"""The toy model family: MoE models of increasing routing sparsity, and their dense twin.
 
 Every member has the same attention, width, depth, vocabulary and data, and the same number
 of *active* FFN neurons per token: each MoE routes every token to k = 2 experts of 128 neurons,
-the dense twin has d_mlp = 2 × 128 = 256. Only the number of experts changes (4, 8, 16, 32), so
-the active ratio k / E goes 0.5, 0.25, 0.125, 0.0625 and differences come from routing alone.
+the dense twin has d_mlp = 2 × 128 = 256. The number of experts changes (4, 8, 16, 32), so the
+active ratio k / E goes 0.5, 0.25, 0.125, 0.0625 — and the total parameters grow with it, and each
+member is one seed: differences between members cannot be told apart from model size.
 """
 
 from __future__ import annotations

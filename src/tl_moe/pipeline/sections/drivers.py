@@ -12,12 +12,14 @@ import torch
 
 from tl_moe.analysis.driver_domain import DriverDomainComparison, compare_drivers_with_domain_experts
 from tl_moe.analysis.drivers import DocumentEffects, ExpertSaliency, driver_report
-from tl_moe.analysis.effect_estimate import FirstOrderEffects, estimate_report
+from tl_moe.analysis.effect_estimate import FirstOrderEffects, estimate_report, estimate_vs_reap
+from tl_moe.analysis.stats import MIN_DOCUMENTS
 from tl_moe.collect.accumulator import Accumulator
 from tl_moe.models.config import MoEConfig
 from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.memory import backward_bytes
 from tl_moe.pipeline.protocol import AccumulatorSpec, Analysis, FigureItem, Inputs, Need, Result, TableItem
+from tl_moe.pipeline.validation import check_driver_budget, check_n_drivers
 from tl_moe.report.figures import new_figure
 
 __all__ = ["DriverEffects", "DriverEstimate", "DriverSaliency", "Drivers", "DriversResult"]
@@ -78,6 +80,9 @@ class DriversResult(Result):
         saliency with each exact effect, per layer and over all layers.
     domain_overlap: driver experts vs the domains analysis' domain experts (when it ran too): overlap
         against hypergeometric chance and Spearman ρ of domain score vs removal effect, per layer.
+    paired: Spearman ρ of the first-order estimate and of REAP saliency with the exact zeroing effect
+        on the same experts, and their difference, with a 95% document-bootstrap interval
+        (:func:`~tl_moe.analysis.effect_estimate.paired_rho_difference`).
     """
 
     experts: pd.DataFrame
@@ -86,6 +91,7 @@ class DriversResult(Result):
     estimates: pd.DataFrame | None = None
     agreement: pd.DataFrame | None = None
     domain_overlap: DriverDomainComparison | None = None
+    paired: pd.DataFrame | None = None
 
     def _agreement_row(self, score: str, kind: str = "zero", layer: str = "all") -> Any:
         frame = self.agreement
@@ -100,8 +106,12 @@ class DriversResult(Result):
         for row in self.comparison.itertuples(index=False):
             key = f"{row.edit} | {row.group}"
             metrics[key] = round(row[2], 5)
-            metrics[f"{key} | 95% CI"] = [round(row[3], 5), round(row[4], 5)]
+            metrics[f"{key} | 95% CI"] = [_rounded(row[3], 5), _rounded(row[4], 5)]
         metrics["report documents"] = int(self.comparison["report documents"].iloc[0])
+        reason = self.comparison["interval unavailable"].iloc[0]
+        if reason:
+            metrics["interval unavailable"] = reason
+        metrics["controls from another layer"] = int(self.comparison["controls from another layer"].iloc[0])
         metrics["Spearman(REAP saliency, removal effect)"] = round(self.saliency_spearman, 4)
         if self.agreement is not None:
             for score in ("first-order estimate", "REAP saliency"):
@@ -113,6 +123,13 @@ class DriversResult(Result):
                 top = f"top-{int(row['top n'])} overlap({score}, exact zeroing effect)"
                 metrics[top] = int(row["top-n overlap"])
                 metrics[f"{top} | chance"] = round(float(row["chance overlap"]), 3)
+        if self.paired is not None:
+            for row in self.paired.to_dict("records"):
+                key = f"paired Spearman with exact zeroing effect | {row['score']}"
+                metrics[key] = _rounded(row["spearman with exact zeroing effect"])
+                metrics[f"{key} | 95% CI"] = [_rounded(row["ci low"]), _rounded(row["ci high"])]
+            metrics["paired Spearman | experts"] = int(self.paired["experts"].iloc[0])
+            metrics["paired Spearman | documents"] = int(self.paired["documents"].iloc[0])
         if self.domain_overlap is not None:
             total = self.domain_overlap.table.set_index("layer").loc["all"]
             metrics["drivers that are domain experts"] = int(total["both"])
@@ -120,6 +137,8 @@ class DriversResult(Result):
                 float(total["expected both"]), 3
             )
             metrics["drivers that are domain experts | hypergeometric p"] = _rounded(total["overlap p"])
+            if total["overlap not testable"]:
+                metrics["drivers that are domain experts | not testable"] = total["overlap not testable"]
             metrics["Spearman(domain score, removal effect) | all layers"] = _rounded(total["spearman"])
             metrics["Spearman(domain score, removal effect) | all layers | 95% CI"] = [
                 _rounded(total["spearman ci low"]),
@@ -140,51 +159,97 @@ class DriversResult(Result):
                 "experts": plain(self.estimates),
                 "exact positions": int(self.agreement.attrs.get("exact positions", 0)),
                 "estimate positions": int(self.agreement.attrs.get("estimate positions", 0)),
+                "paired with REAP": [] if self.paired is None else plain(self.paired),
             }
         }
 
     def findings(self) -> list[str]:
         rows = self.comparison.set_index(["edit", "group"])
         edit = self.comparison["edit"].iloc[0]
+        reason = self.comparison["interval unavailable"].iloc[0]
 
         def show(group: str) -> str:
             row = rows.loc[(edit, group)]
+            if reason:
+                return f"{row.iloc[0]:+.4f}"
             return f"{row.iloc[0]:+.4f} [{row['ci low']:+.4f}, {row['ci high']:+.4f}]"
 
         n = int(self.comparison["experts"].iloc[0])
+        moved = int(self.comparison["controls from another layer"].iloc[0])
+        matched = (
+            "routing-frequency-matched controls of the same layer"
+            if not moved
+            else f"routing-frequency-matched controls ({moved} of {n} from another layer: the driver's layer "
+            "had no non-driver expert left)"
+        )
+        interval = f"interval unavailable: {reason}" if reason else "95% document bootstrap"
         findings = [
             f"**Driver experts** (chosen on half the documents, measured on the other "
             f"{int(self.comparison['report documents'].iloc[0])}): removing one of the {n} strongest changes "
             f"next-token loss by {show('driver experts')} nats/token vs {show('matched controls')} for "
-            f"routing-frequency-matched controls (difference {show('driver − control')}, 95% document "
-            f"bootstrap); REAP saliency ranks experts with Spearman ρ = {self.saliency_spearman:.2f} "
-            "against the exact removal effect."
+            f"{matched} (difference {show('driver − control')}, {interval}); REAP saliency ranks experts "
+            f"with Spearman ρ = {self.saliency_spearman:.2f} against the exact removal effect."
         ]
         if self.agreement is not None:
-            first, reap = self._agreement_row("first-order estimate"), self._agreement_row("REAP saliency")
-
-            def rho(row: Any) -> str:
-                interval = f" [{row['ci low']:.2f}, {row['ci high']:.2f}]" if not row["interval"] else ""
-                return f"{row['spearman']:.2f}{interval}"
-
-            findings.append(
-                f"**First-order estimate** (one backward per batch) of the zeroing effect: Spearman ρ = "
-                f"{rho(first)} with the exact zeroing effect over {int(first['experts'])} experts (REAP "
-                f"saliency: {rho(reap)}; 95% bootstrap over experts); its top {int(first['top n'])} share "
-                f"{int(first['top-n overlap'])} experts with the exact top {int(first['top n'])} "
-                f"(chance {first['chance overlap']:.1f}; REAP: {int(reap['top-n overlap'])})."
-            )
+            findings.append(self._estimate_finding())
         if self.domain_overlap is not None:
-            total = self.domain_overlap.table.set_index("layer").loc["all"]
-            findings.append(
-                f"**Drivers vs domain experts**: {int(total['both'])} of the {int(total['drivers'])} driver experts "
-                f"are domain experts (expected by chance {total['expected both']:.1f} of "
-                f"{int(total['experts'])} scored experts with {int(total['domain experts'])} domain experts; "
-                f"hypergeometric p = {total['overlap p']:.3g}); domain score vs removal effect: Spearman ρ = "
-                f"{total['spearman']:+.2f} [{total['spearman ci low']:+.2f}, {total['spearman ci high']:+.2f}] "
-                "(95% bootstrap over experts)."
-            )
+            findings.append(self._domain_finding())
         return findings
+
+    def _estimate_finding(self) -> str:
+        first, reap = self._agreement_row("first-order estimate"), self._agreement_row("REAP saliency")
+        text = (
+            f"**First-order estimate** (one backward per batch) of the zeroing effect: its top "
+            f"{int(first['top n'])} share {int(first['top-n overlap'])} experts with the exact top "
+            f"{int(first['top n'])} (chance {first['chance overlap']:.1f}; REAP saliency: "
+            f"{int(reap['top-n overlap'])})."
+        )
+        if self.paired is None:
+            return text
+        rows = self.paired.set_index("score")
+        reason = rows["interval unavailable"].iloc[0]
+
+        def rho(score: str) -> str:
+            row = rows.loc[score]
+            value = row["spearman with exact zeroing effect"]
+            if reason:
+                return f"{value:+.2f}"
+            return f"{value:+.2f} [{row['ci low']:+.2f}, {row['ci high']:+.2f}]"
+
+        diff = rows.loc["estimate − REAP"]
+        if reason:
+            verdict = f"no interval ({reason})"
+        elif diff["ci high"] < 0:
+            verdict = "REAP saliency, a data-only score, ranks experts better than the estimate"
+        elif diff["ci low"] > 0:
+            verdict = "the estimate ranks experts better than REAP saliency"
+        else:
+            verdict = "the data cannot tell which of the two ranks experts better"
+        return (
+            f"{text} Spearman ρ with the exact zeroing effect on the same {int(rows['experts'].iloc[0])} experts: "
+            f"estimate {rho('first-order estimate')}, REAP saliency {rho('REAP saliency')}, difference "
+            f"{rho('estimate − REAP')} (paired 95% bootstrap over {int(rows['documents'].iloc[0])} documents): "
+            f"{verdict}."
+        )
+
+    def _domain_finding(self) -> str:
+        total = self.domain_overlap.table.set_index("layer").loc["all"]
+        rho = (
+            f"domain score vs removal effect: Spearman ρ = {total['spearman']:+.2f} "
+            f"[{total['spearman ci low']:+.2f}, {total['spearman ci high']:+.2f}] (95% bootstrap over experts)"
+        )
+        if total["overlap not testable"]:
+            return (
+                f"**Drivers vs domain experts**: the overlap is not testable ({total['overlap not testable']} "
+                f"among {int(total['experts'])} scored experts; an empty set overlaps exactly as chance says); "
+                f"{rho}."
+            )
+        return (
+            f"**Drivers vs domain experts**: {int(total['both'])} of the {int(total['drivers'])} driver experts "
+            f"are domain experts (expected by chance {total['expected both']:.1f} of "
+            f"{int(total['experts'])} scored experts with {int(total['domain experts'])} domain experts; "
+            f"hypergeometric p = {total['overlap p']:.3g}); {rho}."
+        )
 
     def figures(self) -> list[FigureItem]:
         fig, ax = new_figure(6.4, 4.2)
@@ -288,6 +353,19 @@ class DriversResult(Result):
             )
             + (
                 []
+                if self.paired is None
+                else [
+                    TableItem(
+                        "drivers_estimate_vs_reap",
+                        self.paired,
+                        "Spearman ρ of the first-order estimate and of REAP saliency with the exact zeroing effect "
+                        "on the same experts, and their paired difference (95% percentile bootstrap over documents: "
+                        "each resample recomputes the exact effects, the estimates and both ρ).",
+                    )
+                ]
+            )
+            + (
+                []
                 if self.domain_overlap is None
                 else [
                     TableItem(
@@ -313,12 +391,30 @@ class Drivers(Analysis):
         "(tokens re-route to the next best) and when its output is zeroed (no re-routing), computed exactly by "
         "interventional forwards on the first --driver-tokens tokens. Documents are split in two halves by a "
         "hash; driver experts are the largest removal effects on the selection half and are reported on the "
-        "other half against, for each driver, the expert of the same layer with the closest routing frequency. "
-        "Intervals: 95% percentile bootstrap over report-half documents. Beside the exact effects: the first-order "
+        "other half against, for each driver, the expert of the same layer with the closest routing frequency "
+        "(of another layer when the driver's layer has no non-driver expert left; the tables say which). "
+        f"Intervals: 95% percentile bootstrap over report-half documents, unavailable below {MIN_DOCUMENTS} documents. Beside the exact effects: the first-order "
         "(attribution-patching) estimate of every zeroing effect from one backward per batch, −w·∂L/∂w summed over "
-        "the expert's slots, and REAP saliency, each scored by its rank correlation with the exact zeroing effect."
+        "the expert's slots, and REAP saliency, each scored by its rank correlation with the exact zeroing effect, "
+        "and the two compared on the same experts by a paired document bootstrap of the difference of ρ."
     )
     default = False
+
+    def check(self, run: RunContext) -> None:
+        """Before the pass: at most half the experts as drivers, and edited forwards that reach documents on
+        both halves (:func:`~tl_moe.pipeline.validation.check_driver_budget`; a warning below 30 report
+        documents)."""
+        cfg = run.config(run.main)
+        options = run.options
+        check_n_drivers(options.n_drivers, len(cfg.sparse_layers), cfg.num_experts)
+        check_driver_budget(
+            run.dataset,
+            run.model(run.main).tokenizer,
+            seq_len=options.seq_len,
+            batch_size=options.batch_size,
+            max_tokens=options.max_tokens,
+            driver_tokens=options.driver_tokens,
+        )
 
     def needs(self, run: RunContext) -> list[Need]:
         return [
@@ -345,6 +441,9 @@ class Drivers(Analysis):
             overlap = compare_drivers_with_domain_experts(
                 experts, domains.experts.to_frame(), effect="remove: effect (report)", seed=run.options.seed
             )
+        paired = estimate_vs_reap(
+            effects, saliency, estimate, n_resamples=run.options.bootstrap_resamples, seed=run.options.seed
+        )
         return DriversResult(
             experts,
             comparison,
@@ -352,6 +451,7 @@ class Drivers(Analysis):
             estimates=estimates,
             agreement=agreement,
             domain_overlap=overlap,
+            paired=paired,
         )
 
 

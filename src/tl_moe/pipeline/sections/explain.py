@@ -24,10 +24,12 @@ from tl_moe.explain import (
     IntruderScorer,
     LabelingResult,
     LMExplainer,
+    TokenSetBaseline,
     client_from_spec,
     label_experts,
 )
 from tl_moe.explain.causal import CausalResult, causal_checks
+from tl_moe.explain.labels import RICHER_LABEL_MARGIN
 from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.protocol import AccumulatorSpec, Analysis, FigureItem, Inputs, Need, Result, TableItem
 
@@ -73,12 +75,20 @@ class ExplainResult(Result):
             "layer": "layer",
             "expert": "expert",
             "label": "label",
+            "kind": "kind",
+            f"{s}_balanced_accuracy": "balanced accuracy",
+            f"{s}_shuffled_balanced_accuracy": "shuffled-label balanced accuracy",
+            f"{s}_own_minus_shuffled_ci_low": "own - shuffled ci low",
+            f"{s}_own_minus_shuffled_ci_high": "own - shuffled ci high",
+            f"{s}_baseline_balanced_accuracy": "token-set baseline balanced accuracy",
             f"{s}_f1": "F1",
             f"{s}_f1_ci_low": "F1 ci low",
             f"{s}_f1_ci_high": "F1 ci high",
             f"{s}_shuffled_f1": "shuffled-label F1",
             f"{s}_chance_f1": "chance F1",
-            f"{s}_balanced_accuracy": "balanced accuracy",
+            f"{s}_precision": "precision",
+            f"{s}_recall": "recall",
+            f"{s}_auc": "AUC",
             "status": "status",
         }
         present = {k: v for k, v in columns.items() if k in frame}
@@ -127,17 +137,27 @@ class ExplainResult(Result):
             out["failure"] = self.failure()
         for row in self._main_summary().to_dict("records"):
             key = f"layer {row['layer']}" if row["layer"] != "all" else "all layers"
-            out[f"{key}: mean F1 [95% CI]"] = _interval(row["mean"], row["ci low"], row["ci high"])
-            out[f"{key}: shuffled-label F1 [95% CI]"] = _interval(
-                row["shuffled mean"], row["shuffled ci low"], row["shuffled ci high"]
-            )
-            out[f"{key}: own - shuffled [95% CI]"] = _interval(
-                row["own - shuffled"], row["diff ci low"], row["diff ci high"]
-            )
-            out[f"{key}: chance F1"] = None if np.isnan(row["chance"]) else round(float(row["chance"]), 4)
-            out[f"{key}: experts scored / not scored"] = (
-                f"{row['experts scored']} / {row['experts not scored']}"
-            )
+            m = _METRIC_NAMES.get(row["metric"], row["metric"])
+            out[f"{key}: mean {m} [95% CI]"] = _interval(row["mean"], row["ci low"], row["ci high"])
+            for name, short, words in (
+                ("shuffled", "diff", "shuffled-label"),
+                ("baseline", "baseline diff", "token-set baseline"),
+            ):
+                if f"{name} mean" in row:
+                    out[f"{key}: {words} {m} [95% CI]"] = _interval(
+                        row[f"{name} mean"], row[f"{name} ci low"], row[f"{name} ci high"]
+                    )
+                    out[f"{key}: own - {words} {m} [95% CI]"] = _interval(
+                        row[f"own - {name}"], row[f"{short} ci low"], row[f"{short} ci high"]
+                    )
+            out[f"{key}: chance {m}"] = None if np.isnan(row["chance"]) else round(float(row["chance"]), 4)
+            if row["metric"] == "balanced_accuracy" or row["metric"] == "accuracy":
+                out[f"{key}: experts scored / not scored"] = (
+                    f"{row['experts scored']} / {row['experts not scored']}"
+                )
+        kinds = self.labeling.frame.get("kind")
+        if kinds is not None and kinds.notna().any():
+            out["label kinds"] = ", ".join(f"{k} {n}" for k, n in kinds.value_counts().items())
         if self.causal is not None:
             for row in self.causal.summary.to_dict("records"):
                 out[f"causal: {row['quantity']} [95% CI]"] = _causal_value(row)
@@ -148,34 +168,28 @@ class ExplainResult(Result):
         if self.failure() is not None:
             return [f"**Automatic labels** ({self.explainer} explainer): {self.failure()}."]
         summary = self._main_summary()
-        rows = summary[summary["layer"] == "all"]
-        if not len(rows):
+        main = summary[summary["layer"] == "all"]
+        if not len(main):
             return []
-        row = rows.iloc[0]
-
-        def show(mean: float, low: float, high: float) -> str:
-            return f"{mean:.3f} [{low:.3f}, {high:.3f}]" if np.isfinite(low) else f"{mean:.3f} (no interval)"
-
-        text = (
-            f"**Automatic labels** ({self.explainer} explainer, {self.main_scorer} scorer, scored on held-out "
-            f"documents): mean F1 over {row['experts scored']} experts {show(row['mean'], row['ci low'], row['ci high'])} "
-            f"vs {show(row['shuffled mean'], row['shuffled ci low'], row['shuffled ci high'])} for another expert's "
-            f"label of the same layer (own − shuffled {show(row['own - shuffled'], row['diff ci low'], row['diff ci high'])}; "
-            f"chance, answering yes to every item: {row['chance']:.3f}; 95% bootstrap over experts); "
-            f"{row['experts not scored']} experts had too few contexts to score."
+        metric = (
+            "balanced_accuracy" if (main["metric"] == "balanced_accuracy").any() else main["metric"].iloc[0]
         )
-        findings = [text]
+        row = main[main["metric"] == metric].iloc[0]
+        rows = {r["metric"]: r for r in main.to_dict("records")}
+        findings = [labels_finding(row, rows, self.explainer, self.main_scorer, self.labeling.frame)]
         if self.causal is not None and len(self.causal.summary):
             findings.append(causal_finding(self.causal))
         return findings
 
     def tables(self) -> list[TableItem]:
         return [
-            TableItem("explain_labels", self.label_table(), "Label, F1 with its bootstrap interval over the "
-                      "expert's scoring items, the F1 of another expert's label (shuffled within the layer) "
-                      "on the same items, and chance (answering 'yes' to every item).", max_rows=200),
-            TableItem("explain_summary", self.labeling.summary.round(4), "Per layer: mean score over experts with a "
-                      "bootstrap interval over experts, the shuffled-label control, the paired difference, chance."),
+            TableItem("explain_labels", self.label_table(), "Label and its kind; balanced accuracy on held-out "
+                      "items, another expert's label (shuffled within the layer) on the same items with the "
+                      "interval of the difference over items, the token-set baseline's; F1 with its interval, "
+                      "chance F1 (answering 'yes' to every item), precision, recall, AUC where graded.", max_rows=200),
+            TableItem("explain_summary", self.labeling.summary.round(4), "Per layer and metric: mean over experts "
+                      "with a bootstrap interval over experts, the shuffled-label control and the token-set "
+                      "baseline with the paired differences, chance."),
         ] + ([TableItem("explain_cards", self.cards, "Expert cards: label and F1, top contexts with the routed "
               "tokens in «», logit-lens tokens, most over-represented routed tokens, routing share per domain.",
               max_rows=200)] if self.cards is not None else []) + ([TableItem("explain_causal", self.causal.summary.round(4), "Causal checks on held-out documents, on "
@@ -188,7 +202,8 @@ class ExplainResult(Result):
 
     def figures(self) -> list[FigureItem]:
         return [FigureItem("explain_f1_histograms", f1_histograms(self.labeling, self.main_scorer),
-                           "F1 of each expert's own label vs another expert's label, per layer; dashed: chance.")]  # fmt: skip
+                           "Balanced accuracy of each expert's own label vs another expert's label, per layer; "
+                           "dashed: chance (0.5).")]  # fmt: skip
 
 
 def expert_cards(
@@ -217,6 +232,8 @@ def expert_cards(
             "layer": record.layer,
             "expert": record.expert,
             "label": None if row is None else row["label"],
+            "balanced accuracy": None if row is None or f"{scorer}_balanced_accuracy" not in row
+            else row[f"{scorer}_balanced_accuracy"],
             "F1": None if row is None or f"{scorer}_f1" not in row else row[f"{scorer}_f1"],
             "top contexts": " ‖ ".join(c.text(left="«", right="»") for c in record.explanation[:n_contexts]),
             "logit-lens tokens": " · ".join(record.lens_tokens),
@@ -225,6 +242,55 @@ def expert_cards(
             "status": record.status,
         })  # fmt: skip
     return pd.DataFrame(rows)
+
+
+_METRIC_NAMES = {"balanced_accuracy": "balanced accuracy", "f1": "F1", "precision": "precision",
+                 "recall": "recall", "auc": "AUC", "accuracy": "accuracy"}  # fmt: skip
+
+
+def _show(mean: float, low: float, high: float) -> str:
+    return f"{mean:.3f} [{low:.3f}, {high:.3f}]" if np.isfinite(low) else f"{mean:.3f} (no interval)"
+
+
+def labels_finding(
+    row: dict[str, Any], rows: dict[str, dict[str, Any]], explainer: str, scorer: str, frame: pd.DataFrame
+) -> str:
+    """The findings line of the labels: balanced accuracy vs the shuffled control and the token-set
+    baseline (each difference with its interval over experts), then the other metrics."""
+    m = _METRIC_NAMES.get(row["metric"], row["metric"])
+    text = (
+        f"**Automatic labels** ({explainer} explainer, {scorer} scorer, scored on held-out documents): mean "
+        f"{m} over {row['experts scored']} experts {_show(row['mean'], row['ci low'], row['ci high'])} "
+        f"(chance {row['chance']:.3f}); better than its shuffled control (another expert's label of the same "
+        f"layer, {_show(row['shuffled mean'], row['shuffled ci low'], row['shuffled ci high'])}) by "
+        f"{_show(row['own - shuffled'], row['diff ci low'], row['diff ci high'])}"
+    )
+    if "baseline mean" in row and np.isfinite(row["baseline mean"]):
+        gap = row["own - baseline"]
+        text += (
+            f"; {'better' if gap > 0 else 'worse'} than the token-set baseline (the expert's most "
+            f"over-represented routed tokens, chosen on the explain documents, "
+            f"{_show(row['baseline mean'], row['baseline ci low'], row['baseline ci high'])}) by "
+            f"{_show(abs(gap), *sorted((np.sign(gap) * row['baseline diff ci low'], np.sign(gap) * row['baseline diff ci high'])))}"
+            if gap != 0
+            else "; equal to the token-set baseline"
+        )
+    share = row.get("share beating shuffled (item interval)")
+    if share is not None and np.isfinite(share):
+        text += f"; {share:.0%} of experts beat their shuffled control on their own items (95% interval over items above 0)"
+    others = [
+        f"{_METRIC_NAMES[k]} {_show(r['mean'], r['ci low'], r['ci high'])} (shuffled {r['shuffled mean']:.3f})"
+        for k, r in rows.items()
+        if k in ("f1", "precision", "recall", "auc") and np.isfinite(r["mean"])
+    ]
+    if others:
+        text += "; " + ", ".join(others)
+        if "f1" in rows:
+            text += f" (F1 of answering yes to every item: {rows['f1']['chance']:.3f})"
+    kinds = frame["kind"].value_counts() if "kind" in frame else pd.Series(dtype=int)
+    if len(kinds):
+        text += "; label kinds: " + ", ".join(f"{k} {n}" for k, n in kinds.items())
+    return text + f"; 95% bootstrap over experts; {row['experts not scored']} experts not scored."
 
 
 def _causal_value(row: dict[str, Any]) -> str | None:
@@ -303,8 +369,8 @@ def _interval(mean: float, low: float, high: float) -> str | None:
     return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
 
 
-def f1_histograms(labeling: LabelingResult, scorer: str) -> Figure:
-    """One panel per layer: histograms of own-label F1 and shuffled-label F1, chance as a dashed line."""
+def f1_histograms(labeling: LabelingResult, scorer: str, metric: str = "balanced_accuracy") -> Figure:
+    """One panel per layer: histograms of own-label and shuffled-label scores, chance as a dashed line."""
     frame = labeling.frame
     layers = sorted(frame["layer"].unique())
     figure = Figure(figsize=(3.2 * len(layers), 2.8))
@@ -313,15 +379,17 @@ def f1_histograms(labeling: LabelingResult, scorer: str) -> Figure:
         ax = figure.add_subplot(1, len(layers), i + 1)
         part = frame[frame["layer"] == layer]
         for column, name, color in (
-            (f"{scorer}_f1", "own label", "C0"),
-            (f"{scorer}_shuffled_f1", "shuffled", "C1"),
+            (f"{scorer}_{metric}", "own label", "C0"),
+            (f"{scorer}_shuffled_{metric}", "shuffled", "C1"),
         ):
             if column in part:
                 ax.hist(part[column].dropna(), bins=bins, alpha=0.6, label=name, color=color)
-        if f"{scorer}_chance_f1" in part and part[f"{scorer}_chance_f1"].notna().any():
-            ax.axvline(float(part[f"{scorer}_chance_f1"].mean()), color="k", linestyle="--", label="chance")
+        if f"{scorer}_chance_{metric}" in part and part[f"{scorer}_chance_{metric}"].notna().any():
+            ax.axvline(
+                float(part[f"{scorer}_chance_{metric}"].mean()), color="k", linestyle="--", label="chance"
+            )
         ax.set_title(f"layer {layer}")
-        ax.set_xlabel("F1")
+        ax.set_xlabel(_METRIC_NAMES.get(metric, metric))
         if i == 0:
             ax.set_ylabel("experts")
             ax.legend(fontsize=7)
@@ -359,17 +427,20 @@ class Explain(Analysis):
 
     name = "explain"
     title = "Automatic expert labels"
-    summary = "label every expert and score the label (F1 vs chance and a shuffled-label control)"
+    summary = "label every expert and score the label (balanced accuracy vs a shuffled-label control and a token-set baseline)"
     default = False
     intro = (
         "Each expert's contexts come from the collection pass: top contexts by routing weight × ‖expert output‖ "
         "and contexts spread over its saliency quantiles, routed tokens marked. Documents are split by a hash "
         "of their row: labels are made from 'explain' documents and scored on 'score' documents only. Scoring "
         "items: the expert's own score-split contexts (positives) and, drawn per expert, random contexts "
-        "routed elsewhere and other experts' top contexts (negatives). The offline explainer picks the concept "
-        "(or concept ∧ domain) whose tokens best match the expert's routed tokens (IoU); its scorer applies "
-        "the concept's own labeler to each item's target token. Controls: chance (answering 'yes' to every "
-        "item), and the same scorer given another expert's label of the same layer. Intervals: bootstrap "
+        "routed elsewhere and other experts' top contexts (negatives). The offline explainer chooses among "
+        "candidate labels — a token-level concept, a token set, concept ∧ or ∨ token set, concept ∨ concept, concept ∧ "
+        "domain — by balanced accuracy on the explain documents, keeping the simpler label unless a composition "
+        f"gains more than {RICHER_LABEL_MARGIN}; its scorer applies the label's rule to each item's target token. Reported as "
+        "delphi does: balanced accuracy (headline), F1, precision, recall, AUC where graded. Controls: chance, "
+        "the same scorer given another expert's label of the same layer (shuffled), and a token-set baseline "
+        "(the expert's most over-represented routed tokens on the explain documents). Intervals: bootstrap "
         "over experts (summary) and over scoring items (per expert). Causal checks ('causal' documents, "
         "--explain-causal-windows): on the positions where the expert is routed, |Δloss| under removing or "
         "boosting it on described minus other tokens, beside a control expert matched on routing at the "
@@ -432,12 +503,15 @@ class Explain(Analysis):
             results_path=out / "results.jsonl",
             shuffle_seed=options.seed,
             progress=options.progress,
+            # offline: the token-set baseline on the same items; with a language model it would double the requests
+            baseline=TokenSetBaseline() if options.explainer == "offline" else None,
         )
         main = "concept" if "concept" in names else names[0]
         causal = None
-        if options.explain_causal_windows > 0:
+        concept_labels = [e for e in labeling.explanations.values() if e.ok and e.concept is not None]
+        if options.explain_causal_windows > 0 and concept_labels:  # the checks test concept labels
             causal = causal_checks(
-                model, run.dataset, examples, list(labeling.explanations.values()),
+                model, run.dataset, examples, concept_labels,
                 seq_len=options.seq_len, max_windows=options.explain_causal_windows,
                 n_resamples=options.bootstrap_resamples, seed=options.seed, progress=options.progress,
             )  # fmt: skip

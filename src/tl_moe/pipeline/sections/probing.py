@@ -42,7 +42,7 @@ from tl_moe.analysis.held_out_probing import (
     layer_map,
     permuted_labels,
 )
-from tl_moe.analysis.stats import MIN_DOCUMENTS, cluster_bootstrap, document_split
+from tl_moe.analysis.stats import cluster_bootstrap, document_split
 from tl_moe.collect.steps import Step, run_now
 from tl_moe.errors import InputError
 from tl_moe.pipeline.context import RunContext, untrained_name
@@ -103,8 +103,9 @@ def probing_steps(run: RunContext, analysis: str, models: list[str]) -> Step:
 def probing_curves(moe: pd.DataFrame, dense: pd.DataFrame | None) -> pd.DataFrame:
     """Mean over concepts of the best F1 per k, for the MoE and (if given) the dense baselines.
 
-    Only concepts probed successfully in every compared model are averaged, so the curves
-    average the same concepts.
+    Only token-level concepts probed successfully in every compared model are averaged, so the curves
+    average the same concepts (document-level ``domain_*`` / ``language_*`` concepts are left out, as
+    in every comparison).
     """
     frames = {MOE_CURVE: moe}
     if dense is not None:
@@ -113,7 +114,7 @@ def probing_curves(moe: pd.DataFrame, dense: pd.DataFrame | None) -> pd.DataFram
             frames[MATCHED_CURVE] = dense[dense["draw"] >= 0]
     concepts = None
     for frame in frames.values():
-        ok = set(frame.dropna(subset=["f1"])["concept"])
+        ok = {c for c in frame.dropna(subset=["f1"])["concept"] if not is_document_concept(c)}
         concepts = ok if concepts is None else concepts & ok
     rows = []
     for name, frame in frames.items():
@@ -478,7 +479,7 @@ def held_out_probing(
             stored.doc_index.numpy(),
             selection_fraction=options.selection_fraction,
             seed=options.seed,
-            min_per_side=MIN_DOCUMENTS,
+            min_per_side=options.min_documents,
         )
         return torch.from_numpy(side)
 
@@ -564,7 +565,11 @@ def held_out_probing(
         if first not in arms or second not in arms:
             continue
         for record in compare(
-            arms[first], arms[second], n_resamples=options.bootstrap_resamples, seed=options.seed
+            arms[first],
+            arms[second],
+            n_resamples=options.bootstrap_resamples,
+            seed=options.seed,
+            min_clusters=options.min_documents,
         ):
             records.append(
                 {
@@ -735,6 +740,7 @@ def _comparison_frame(records: list[dict]) -> pd.DataFrame:
         "interval_method",
         "interval_available",
         "interval_unavailable_reason",
+        "bootstrap_bias",
     ]
     frame = pd.DataFrame.from_records(records)
     for column in columns:

@@ -13,6 +13,7 @@ import torch
 from tl_moe.analysis.drivers import document_half
 from tl_moe.analysis.edit_windows import Windows, document_windows, routed_counts
 from tl_moe.analysis.reweighting import ReweightingStudy, reweighting_study, selection_domain_experts
+from tl_moe.analysis.stats import MIN_DOCUMENTS
 from tl_moe.analysis.steering import SteeringStudy, steering_study
 from tl_moe.errors import InputError
 from tl_moe.pipeline.context import RunContext
@@ -68,6 +69,22 @@ def _interval_record(row: pd.Series, prefix: str, n: int) -> dict[str, Any]:
     }
 
 
+def _holm_record(row: pd.Series) -> dict[str, Any]:
+    def clean(value: float) -> float | None:
+        return None if not np.isfinite(value) else round(float(value), 6)
+
+    return {
+        "p": clean(row["chosen − control p"]),
+        "p_holm": clean(row["p (Holm)"]),
+        "level": clean(row["Holm level"]),
+        "ci_low": clean(row["Holm ci low"]),
+        "ci_high": clean(row["Holm ci high"]),
+        "improved": bool(row["improved (Holm)"]),
+        "worse": bool(row["worse (Holm)"]),
+        "unavailable": row["Holm unavailable"] or None,
+    }
+
+
 @dataclass(frozen=True)
 class ReweightingResult(Result):
     """Attributes:
@@ -90,6 +107,7 @@ class ReweightingResult(Result):
             metrics[f"{key} | chosen"] = f"{row['expert set']} × {row['factor']:g} ({row['experts']})"
             for prefix in ("loss change", "control loss change", "chosen − control"):
                 metrics[f"{key} | {prefix}"] = _interval_record(row, prefix, row["documents"])
+            metrics[f"{key} | chosen − control | Holm"] = _holm_record(row)
         if self.steering is not None:
             for _, row in self.steering.switches.iterrows():
                 key = f"steer {row['experts of']}-experts {row['switch']} | on {row['evaluated on']}"
@@ -111,39 +129,9 @@ class ReweightingResult(Result):
         gains = self.study.gains
         if gains.empty:
             return ["**Re-weighting**: no domain had a candidate expert set."]
-        helps = int((gains["loss change (selection)"] < 0).sum())
-        rated = gains[np.isfinite(gains["chosen − control ci low"].to_numpy(dtype=float))]
-        better = int((rated["chosen − control ci high"] < 0).sum())
-        worse = int((rated["chosen − control ci low"] > 0).sum())
-        text = (
-            f"**Re-weighting experts** (set and factor chosen on half the documents, measured on the other "
-            f"half): on {helps} of {len(gains)} domains some re-weighting of the grid lowered the selection-half "
-            f"loss; held out, the chosen one beats routing-rate-matched random experts with the same factor on "
-            f"{better} and does worse on {worse} of the {len(rated)} domains with at least 10 held-out "
-            "documents (95% paired document-bootstrap interval of the difference excluding 0)."
-        )
-        if len(rated):
-            best = rated.sort_values("chosen − control").iloc[0]
-            text += (
-                f" Best: {best['domain']} ({best['expert set']} × {best['factor']:g}): "
-                f"{_row(best, 'loss change')} nats/token vs {_row(best, 'control loss change')} for the control "
-                f"({int(best['documents'])} documents)."
-            )
-        findings = [text]
+        findings = [_reweighting_finding(gains)]
         if self.steering is not None:
-            table = self.steering.switches
-            own = table[(table["experts of"] == table["evaluated on"]) & (table["switch"] == "off")]
-            parts = [
-                f"{r['experts of']}-experts off on {r['evaluated on']}: {_row(r, 'loss change')} vs "
-                f"{_row(r, 'random sets')} for matched random experts"
-                for _, r in own.iterrows()
-            ]
-            a, b = self.steering.contrast
-            findings.append(
-                f"**Steering** ({a} vs {b}, experts chosen by routing-rate difference on the selection half): "
-                + "; ".join(parts)
-                + " (nats/token, held out)."
-            )
+            findings.append(_steering_finding(self.steering))
         return findings
 
     def figures(self) -> list[FigureItem]:
@@ -181,7 +169,7 @@ class ReweightingResult(Result):
             fig,
             "Per domain: the re-weighting chosen on the selection half, on the domain's held-out documents, "
             "and the same factor on routing-rate-matched random experts (mean of the draws); 95% "
-            "document-bootstrap intervals (missing where a domain has fewer than 10 held-out documents).",
+            f"document-bootstrap intervals (missing where a domain has fewer than {MIN_DOCUMENTS} held-out documents).",
         )
 
     def _matrix_figure(self) -> FigureItem:
@@ -256,6 +244,55 @@ class ReweightingResult(Result):
         return items
 
 
+def _holm_row(row: pd.Series) -> str:
+    """A domain's chosen − control with its Holm interval, or why it has none."""
+    if row["Holm unavailable"]:
+        return f"{row['domain']} {row['chosen − control']:+.4f} (not tested: {row['Holm unavailable']})"
+    verdict = (
+        "improved" if row["improved (Holm)"] else "worse" if row["worse (Holm)"] else "no difference shown"
+    )
+    return (
+        f"{row['domain']} ({row['expert set']} × {row['factor']:g}) {row['chosen − control']:+.4f} "
+        f"[{row['Holm ci low']:+.4f}, {row['Holm ci high']:+.4f}] at level {row['Holm level']:.4f}, "
+        f"Holm p = {row['p (Holm)']:.3g}: {verdict}"
+    )
+
+
+def _reweighting_finding(gains: pd.DataFrame) -> str:
+    """Every domain's held-out chosen − control, Holm-adjusted over the domains; none singled out."""
+    helps = int((gains["loss change (selection)"] < 0).sum())
+    tested = gains[gains["Holm unavailable"] == ""]
+    better, worse = int(tested["improved (Holm)"].sum()), int(tested["worse (Holm)"].sum())
+    return (
+        f"**Re-weighting experts** (set and factor chosen on half the documents, measured on the other half): "
+        f"on {helps} of {len(gains)} domains some re-weighting of the grid lowered the selection-half loss; held "
+        f"out, against routing-rate-matched random experts with the same factor, {better} of the {len(tested)} "
+        f"tested domains improved and {worse} got worse (Holm-adjusted over the domains, family-wise 5%). "
+        "Every domain, chosen − control in nats/token with its Holm interval (paired document bootstrap): "
+        + "; ".join(_holm_row(row) for _, row in gains.iterrows())
+        + "."
+    )
+
+
+def _steering_finding(steering: SteeringStudy) -> str:
+    """Switching each group's experts off and on, on its own held-out text, against random experts."""
+    table = steering.switches
+    own = table[table["experts of"] == table["evaluated on"]]
+    parts = [
+        f"{r['experts of']}-experts {r['switch']} on {r['evaluated on']}: {_row(r, 'loss change')} vs "
+        f"{_row(r, 'random sets')} for matched random experts"
+        for _, r in own.sort_values(["experts of", "switch"]).iterrows()
+    ]
+    a, b = steering.contrast
+    return (
+        f"**Steering** ({a} vs {b}, experts chosen by routing-rate difference on the selection half), switched "
+        f"{' and '.join(sorted(set(own['switch']), reverse=True))}: "
+        + "; ".join(parts)
+        + " (nats/token, held out)."
+        + "".join(f" Note: {note}." for note in steering.notes)
+    )
+
+
 def _contrast(run: RunContext) -> tuple[str | None, str, str]:
     """``(domain or None, A, B)``: the steering contrast (languages of ``domain`` when not None)."""
     given = run.options.steer_contrast
@@ -292,7 +329,9 @@ class Reweighting(Analysis):
         "matrix). Steering: the expert of each sparse layer with the largest routing-rate difference between two "
         "contrasting groups (selection half) is switched on (router logit raised above the token's largest) or "
         "off (removed) on held-out text of both groups, against matched random experts. Each domain gets "
-        "--reweight-tokens tokens per half. Intervals: 95% percentile bootstrap over held-out documents, paired."
+        "--reweight-tokens tokens per half. Intervals: 95% percentile bootstrap over held-out documents, paired "
+        f"(unavailable below {MIN_DOCUMENTS} documents); every domain's chosen − control is reported with a Holm-adjusted "
+        "interval over the domains, none singled out."
     )
     depends_on = ("domains", "drivers")
     default = False
@@ -315,6 +354,15 @@ class Reweighting(Analysis):
                 )
         if run.options.seq_len < 2:
             raise InputError("--seq-len must be at least 2.")
+        from tl_moe.pipeline.validation import check_reweight_budget
+
+        check_reweight_budget(
+            run.dataset,
+            run.model(run.main).tokenizer,
+            seq_len=run.options.seq_len,
+            reweight_tokens=run.options.reweight_tokens,
+            domains=run.domain_names,
+        )
 
     def needs(self, run: RunContext) -> list[Need]:
         return []

@@ -4,8 +4,10 @@
   (:func:`tl_moe.pipeline.sections.probing.held_out_probing`, the same functions and settings) with
   its matched controls — the dense twin's layers, dense neurons on each expert's routed tokens, and
   routing-matched random subsets (sizes per layer and concept) — each a paired difference with a
-  document-bootstrap interval. The controls match the number and sizes of the units, so the
-  differences show what sparsity buys beyond more (and smaller) units.
+  document-bootstrap interval. The headline per member is the strongest control, dense neurons on the
+  expert's routed tokens (same tokens, only the neurons differ), with the matched-subsets difference
+  beside it. The members differ in total parameters as well as sparsity (one seed each), which the
+  findings state: the family cannot separate the two.
 - **paper** (labelled as such): the mean best test F1 per model, the maximum taken on the split it
   reports.
 """
@@ -56,12 +58,14 @@ class SparsityResult(Result):
             ``probing.comparisons`` plus ``model``, ``active_ratio``, ``experts`` (empty without a dense
             twin).
         notes: why a member's held-out numbers are missing, if they are.
+        parameters: total parameters of each member (shipped checkpoints' metadata), for the confound.
     """
 
     table: pd.DataFrame
     ks: tuple[int, ...]
     held_out: pd.DataFrame = field(default_factory=pd.DataFrame)
     notes: tuple[str, ...] = ()
+    parameters: dict[str, int] = field(default_factory=dict)
 
     def to_frame(self) -> pd.DataFrame:
         return self.table
@@ -86,26 +90,80 @@ class SparsityResult(Result):
         return frame.astype(object).where(frame.notna(), None).to_dict("records")
 
     def findings(self) -> list[str]:
+        findings = self._held_out_findings()
         points = self.table[self.table["k"] == 1].sort_values("active_ratio")
         trend = ", ".join(f"{row.mean_best_f1:.3f} at {row.active_ratio:g}" for row in points.itertuples())
-        findings = [f"**Sparsity family** (paper's protocol, k = 1): mean best F1 by active ratio: {trend}."]
-        parts = [
-            f"{record['model'].removeprefix('toy/')} ({record['active_ratio']:g}): {_short(record)}"
-            for record in self._held_out_records()
-            if record["k"] == 1 and record["comparison"] == "moe_vs_matched_subsets"
-        ]
-        if parts:
-            findings.append(
-                "**Sparsity family, held-out protocol** (k = 1, MoE expert minus dense neurons on "
-                "routing-matched random subsets of the same sizes, 95% document bootstrap): "
-                + "; ".join(parts)
-                + "."
-            )
+        findings.append(
+            f"**Sparsity family, the paper's protocol** (for comparison with published numbers; best unit "
+            f"picked on the split it is scored on, k = 1, no interval): mean best F1 by active ratio: {trend}."
+        )
+        if self.parameters:
+            findings.append(_confound(self.parameters))
         return findings
+
+    def _held_out_findings(self) -> list[str]:
+        """The held-out headline per member: the routed-token control, with matched subsets beside it."""
+        at_k1 = {(r["model"], r["comparison"]): r for r in self._held_out_records() if r["k"] == 1}
+        members = sorted({model for model, _ in at_k1}, key=lambda m: self._ratio(m))
+        parts, changed = [], []
+        for model in members:
+            routed = at_k1.get((model, "moe_vs_dense_on_routed_tokens"))
+            matched = at_k1.get((model, "moe_vs_matched_subsets"))
+            if routed is None and matched is None:
+                continue
+            name = f"{model.removeprefix('toy/')} ({self._ratio(model):g})"
+            parts.append(
+                f"{name}: {_short(routed)} (matched subsets {_short(matched)})"
+                if routed is not None
+                else f"{name}: routed-token control missing (matched subsets {_short(matched)})"
+            )
+            if routed is not None and matched is not None and _verdict(routed) != _verdict(matched):
+                changed.append(
+                    f"{name}: {_verdict(matched)} on matched subsets, {_verdict(routed)} on routed tokens"
+                )
+        if not parts:
+            return []
+        text = (
+            "**Sparsity family, held-out protocol** (k = 1, class-balanced F1, 95% document bootstrap). "
+            "Headline, the strongest control: MoE expert minus dense neurons on exactly the tokens routed to "
+            "the expert (same tokens, only the neurons differ), with MoE minus dense neurons on "
+            "routing-matched random subsets (which leaves routing's choice of tokens to the MoE) in parentheses: "
+            + "; ".join(parts)
+            + "."
+        )
+        if changed:
+            text += (
+                " The routed-token control changes the conclusion for "
+                + "; ".join(changed)
+                + ": there, the matched-subsets advantage comes with routing's choice of tokens, and the "
+                "controlled result above is the finding."
+            )
+        counts = {
+            v: sum(
+                _verdict(at_k1[(m, "moe_vs_dense_on_routed_tokens")]) == v
+                for m in members
+                if (m, "moe_vs_dense_on_routed_tokens") in at_k1
+            )
+            for v in _VERDICTS
+        }
+        text += (
+            f" On the same tokens, expert neurons probe better than dense neurons in {counts[_ABOVE]} "
+            f"member(s), worse in {counts[_BELOW]}, and are not separated from them in {counts[_NEITHER]}"
+            + (f" (no interval in {counts[_NONE]})" if counts[_NONE] else "")
+            + "."
+        )
+        return [text]
+
+    def _ratio(self, model: str) -> float:
+        rows = self.held_out[self.held_out["model"] == model]
+        return float(rows["active_ratio"].iloc[0]) if len(rows) else float("nan")
 
     def records(self) -> dict[str, Any]:
         records = self._held_out_records("f1") + self._held_out_records("balanced_accuracy")
-        return {"comparisons": records} if records else {}
+        out: dict[str, Any] = {"comparisons": records} if records else {}
+        if self.parameters:
+            out["parameters"] = dict(self.parameters)
+        return out
 
     def figures(self) -> list[FigureItem]:
         items = [
@@ -204,13 +262,56 @@ class SparsityResult(Result):
         return tables
 
 
-def _short(record: dict) -> str:
-    if record.get("estimate") is None:
-        return "unavailable"
+def _short(record: dict | None) -> str:
+    if record is None or record.get("estimate") is None:
+        reason = (record or {}).get("interval_unavailable_reason")
+        return f"unavailable ({reason})" if reason else "unavailable"
     text = f"{record['estimate']:+.3f}"
     if record.get("interval_available"):
         text += f" [{record['ci_low']:+.3f}, {record['ci_high']:+.3f}]"
+    else:
+        text += f" (no interval: {record.get('interval_unavailable_reason') or 'not computed'})"
     return text
+
+
+_ABOVE, _BELOW, _NEITHER, _NONE = "above 0", "below 0", "not separated from 0", "no interval"
+_VERDICTS = (_ABOVE, _BELOW, _NEITHER, _NONE)
+
+
+def _verdict(record: dict) -> str:
+    """Where a difference's interval lies: above 0, below 0, across 0, or unavailable."""
+    if record.get("estimate") is None or not record.get("interval_available"):
+        return _NONE
+    if record["ci_low"] > 0:
+        return _ABOVE
+    if record["ci_high"] < 0:
+        return _BELOW
+    return _NEITHER
+
+
+def _confound(parameters: dict[str, int]) -> str:
+    """The confound the family's design cannot remove, with the members' parameter counts."""
+    ordered = sorted(parameters.items(), key=lambda item: item[1])
+    counts = ", ".join(f"{name.removeprefix('toy/')} {n / 1e6:.2f} M" for name, n in ordered)
+    return (
+        "**Sparsity family: what it cannot separate.** The members keep the active FFN neurons per token "
+        f"fixed but not the total parameters ({counts}), and each is one training run with one seed: "
+        "the family cannot separate routing sparsity from model size (nor either from seed-to-seed "
+        "variation), so no difference above is attributed to sparsity alone."
+    )
+
+
+def _parameters(names: list[str]) -> dict[str, int]:
+    """Total parameters of each shipped toy model (its checkpoint's metadata); others are left out."""
+    from tl_moe.zoo.registry import metadata
+
+    counts = {}
+    for name in names:
+        try:
+            counts[name] = int(metadata(name)["n_parameters"])
+        except (InputError, KeyError, OSError):
+            continue
+    return counts
 
 
 class Sparsity(Analysis):
@@ -220,8 +321,10 @@ class Sparsity(Analysis):
     title = "Probing F1 vs routing sparsity"
     summary = "probe every toy MoE and plot F1 vs active ratio (also: --sparsity-family)"
     intro = (
-        "The toy family differs only in the number of experts (same data, steps, seed and active "
-        "neurons per token). **Held-out protocol (the headline):** for every member, the probing "
+        "The toy family changes the number of experts at fixed active neurons per token (same data, "
+        "steps and seed), so total parameters grow with the experts and each member is one seed: the "
+        "family cannot separate routing sparsity from model size. **Held-out protocol (the headline):** "
+        "for every member, the probing "
         "section's held-out protocol and its matched controls on the same documents: MoE expert minus "
         "the dense twin's layers, minus dense neurons on exactly each expert's routed tokens, and minus "
         "dense neurons on random token subsets with the routed sizes per layer and concept (the control "
@@ -237,10 +340,18 @@ class Sparsity(Analysis):
         """The toy MoEs probed besides the analyzed model (whose probing result is reused)."""
         return [name for name, cfg in TOY_FAMILY.items() if cfg.is_moe and name != run.main]
 
+    @staticmethod
+    def _config(run: RunContext, name: str):
+        """A family member's config: the toy zoo's, or the run's for a model given by the caller."""
+        return TOY_FAMILY[name] if name in TOY_FAMILY else run.config(name)
+
     def check(self, run: RunContext) -> None:
         from tl_moe.pipeline.validation import check_probe_ks
 
-        sizes = [run.config(run.main).d_expert, *(TOY_FAMILY[name].d_expert for name in self.family(run))]
+        sizes = [
+            run.config(run.main).d_expert,
+            *(self._config(run, name).d_expert for name in self.family(run)),
+        ]
         check_probe_ks(run.options.probe_ks, min(sizes))
 
     def needs(self, run: RunContext) -> list[Need]:
@@ -254,7 +365,7 @@ class Sparsity(Analysis):
         frames = {run.main: (run.config(run.main), probing.moe_units)}
         stored_by_name = {}
         for name in self.family(run):
-            cfg = TOY_FAMILY[name] if name in TOY_FAMILY else run.config(name)
+            cfg = self._config(run, name)
             stored = stored_by_name[name] = inputs[Need(name, ExpertNeurons())]
             frames[name] = (
                 cfg,
@@ -295,6 +406,7 @@ class Sparsity(Analysis):
             ks=tuple(sorted({1, max(run.options.probe_ks)})),
             held_out=held_out,
             notes=tuple(notes),
+            parameters=_parameters([*frames, *([run.dense] if run.dense else [])]),
         )
 
     def _held_out(self, run, inputs, probing, stored_by_name, frames) -> tuple[pd.DataFrame, list[str]]:

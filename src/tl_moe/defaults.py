@@ -1,0 +1,13 @@
+"""Defaults shared by the estimators and the run options, written once (light: no heavy imports).
+
+- :data:`MIN_EXAMPLES` — positive and negative tokens a probe unit needs (the paper's "not enough
+  samples" threshold): :class:`~tl_moe.analysis.probing.KSparseProbe`, the concept-probing helpers,
+  the held-out protocol and both ``--min-examples`` options read it.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MIN_EXAMPLES"]
+
+#: Least positive and negative tokens a (unit, concept) needs to be probed.
+MIN_EXAMPLES = 50

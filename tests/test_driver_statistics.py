@@ -1,0 +1,342 @@
+"""Planted cases for the statistics of the driver-expert family: control matching that cannot run out,
+document budgets checked before the pass, intervals unavailable below MIN_DOCUMENTS, Holm-adjusted
+re-weighting, the paired estimate-vs-REAP comparison, Benjamini–Yekutieli, an untestable overlap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.stats
+import torch
+
+from tl_moe.analysis.driver_domain import compare_drivers_with_domain_experts
+from tl_moe.analysis.drivers import (
+    DocumentEffectsResult,
+    ExpertSaliencyResult,
+    document_half,
+    driver_report,
+    match_controls,
+    max_drivers,
+)
+from tl_moe.analysis.effect_estimate import paired_rho_difference
+from tl_moe.analysis.reweighting import holm_adjusted
+from tl_moe.analysis.stats import MIN_DOCUMENTS
+from tl_moe.analysis.token_association import benjamini_yekutieli
+from tl_moe.errors import InputError
+from tl_moe.pipeline.validation import BudgetError, check_n_drivers, driver_documents
+
+
+def test_min_documents_is_thirty():
+    assert MIN_DOCUMENTS == 30
+
+
+# ------------------------------------------------------------------------------ control matching
+
+
+def test_controls_come_from_another_layer_when_the_drivers_fill_theirs():
+    # 2 layers x 4 experts; every expert of layer 0 is a driver: layer 0 has no control left
+    share = np.array([0.40, 0.30, 0.20, 0.10, 0.11, 0.29, 0.21, 0.39])
+    controls, how = match_controls([0, 1, 2, 3], share, n_experts=4)
+    # by hand: 0.40 -> 0.39 (7), 0.30 -> 0.29 (5), 0.20 -> 0.21 (6), 0.10 -> 0.11 (4)
+    assert controls == [7, 5, 6, 4]
+    assert how == ["other layer"] * 4
+
+
+def test_controls_stay_in_the_layer_while_it_has_free_experts_and_are_distinct():
+    share = np.array([0.40, 0.30, 0.20, 0.10, 0.11, 0.29, 0.21, 0.39])
+    controls, how = match_controls([0, 1, 2], share, n_experts=4)
+    assert controls[:2] == [3, 7] or controls[0] == 3  # 0.40's only same-layer candidate is expert 3
+    assert how[0] == "same layer" and how[1:] == ["other layer", "other layer"]
+    assert len(set(controls)) == 3 and not set(controls) & {0, 1, 2}
+
+
+def test_more_drivers_than_half_the_experts_is_refused():
+    assert max_drivers(2, 8) == 8
+    with pytest.raises(InputError, match="at most 8"):
+        match_controls(list(range(9)), np.linspace(0, 1, 16), n_experts=8)
+    check_n_drivers(8, 2, 8)
+    for n, layers, experts in ((17, 2, 8), (1000, 2, 16)):
+        with pytest.raises(BudgetError, match=r"--n-drivers .*accepted: 1 to") as error:
+            check_n_drivers(n, layers, experts)
+        assert "\n" not in str(error.value)
+
+
+def _synthetic_effects(
+    n_docs: int, n_layers: int = 2, n_experts: int = 4, driver_layer: int = 0, seed: int = 0
+):
+    """Per-document removal / zeroing sums: the experts of ``driver_layer`` raise the loss by 0.5 per
+    position, the others by 0 (noise of sd 0.2 per position)."""
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(20, 40, n_docs)
+    mean = np.zeros((n_layers, n_experts))
+    mean[driver_layer] = 0.5
+    noise = rng.normal(0, 0.2, (2, n_layers, n_experts, n_docs)) * np.sqrt(counts)
+    sums = mean[None, :, :, None] * counts + noise
+    effects = DocumentEffectsResult(
+        ("remove", "zero"), tuple(range(n_layers)), torch.from_numpy(sums), torch.from_numpy(counts)
+    )
+    routed = torch.from_numpy(rng.integers(100, 200, (2, n_layers, n_experts)))
+    saliency = ExpertSaliencyResult(
+        tuple(range(n_layers)), routed, routed.double() * 0.1, routed.double() * 5.0
+    )
+    return effects, saliency
+
+
+def test_a_layer_full_of_drivers_reports_every_driver_with_a_control_from_another_layer():
+    effects, saliency = _synthetic_effects(n_docs=120)
+    experts, comparison = driver_report(effects, saliency, n_drivers=4, n_resamples=300)
+    assert experts["driver"].sum() == 4 and (experts["control for"] != "").sum() == 4
+    assert set(experts.loc[experts["driver"], "layer"]) == {0}
+    assert set(experts.loc[experts["control for"] != "", "control match"]) == {"other layer"}
+    assert (comparison["controls from another layer"] == 4).all()
+    diff = comparison.set_index(["edit", "group"]).loc[("remove", "driver − control")]
+    assert diff["ci low"] > 0.3 and diff["ci low"] <= 0.5 <= diff["ci high"]  # planted +0.5
+
+
+def test_below_min_documents_the_interval_is_unavailable_never_a_number():
+    effects, saliency = _synthetic_effects(n_docs=40)  # about 20 report documents
+    experts, comparison = driver_report(effects, saliency, n_drivers=2, n_resamples=200)
+    assert comparison["report documents"].iloc[0] < MIN_DOCUMENTS
+    assert comparison[["ci low", "ci high"]].isna().all().all()
+    assert (comparison["interval unavailable"].str.contains(str(MIN_DOCUMENTS))).all()
+    assert experts["remove: report ci low"].isna().all()
+    assert np.isfinite(comparison["mean effect (nats/token, report half)"]).all()
+
+
+# ------------------------------------------------------------------------------ budgets before the pass
+
+
+class _WordTokenizer:
+    """One token per word, BOS 0 (enough for the stream planner)."""
+
+    bos_token_id = 0
+
+    def __call__(self, texts, **kwargs):
+        return {"input_ids": [[1 + (hash(w) % 50) for w in t.split()] for t in texts]}
+
+
+def _corpus(n_docs: int, words: int):
+    import datasets
+
+    return datasets.Dataset.from_dict({"text": [" ".join(["w"] * words)] * n_docs, "domain": ["a"] * n_docs})
+
+
+def test_driver_documents_counts_the_edited_documents_and_names_the_flag_that_helps():
+    corpus, tokenizer = _corpus(200, 30), _WordTokenizer()  # 31 tokens per document with BOS
+    # batches of 4 windows of <= 31 tokens: 124 tokens a batch; 1000 edited tokens -> 9 batches (36 documents)
+    budget = driver_documents(
+        corpus, tokenizer, seq_len=64, batch_size=4, max_tokens=5000, driver_tokens=1000
+    )
+    assert budget.selection + budget.report == 36 and budget.flag == "--driver-tokens"
+    halves = document_half(torch.arange(36))
+    assert (budget.selection, budget.report) == (int((halves == 0).sum()), int((halves == 1).sum()))
+    capped = driver_documents(
+        corpus, tokenizer, seq_len=64, batch_size=4, max_tokens=1000, driver_tokens=5000
+    )
+    assert capped.flag == "--max-tokens"  # the stream ends first: --driver-tokens would not help
+    small = _corpus(10, 30)
+    ended = driver_documents(small, tokenizer, seq_len=64, batch_size=4, max_tokens=5000, driver_tokens=5000)
+    assert ended.flag is None and ended.selection + ended.report == 10  # only a larger corpus helps
+
+
+def test_the_driver_budget_check_refuses_with_the_helpful_flag_and_warns_below_min_documents():
+    from tl_moe.pipeline.validation import check_driver_budget
+
+    corpus, tokenizer = _corpus(200, 30), _WordTokenizer()
+    with pytest.raises(BudgetError, match="raise --max-tokens") as error:
+        check_driver_budget(corpus, tokenizer, seq_len=64, batch_size=4, max_tokens=40, driver_tokens=5000)
+    assert error.value.input == "--max-tokens"
+    with pytest.warns(UserWarning, match="raise --driver-tokens"):
+        check_driver_budget(corpus, tokenizer, seq_len=64, batch_size=4, max_tokens=5000, driver_tokens=600)
+
+
+# ------------------------------------------------------------------------------ Holm over domains
+
+
+def _null_family(rng, n_domains=5, n_docs=40):
+    family = {}
+    for d in range(n_domains):
+        counts = rng.integers(20, 60, n_docs).astype(float)
+        family[f"d{d}"] = (rng.normal(0.0, 0.3, n_docs) * np.sqrt(counts), counts)  # true ratio 0
+    return family
+
+
+def test_with_no_true_gain_no_domain_is_reported_improved_beyond_the_nominal_rate():
+    rng = np.random.default_rng(0)
+    runs, any_improved = 150, 0
+    for seed in range(runs):
+        frame = holm_adjusted(_null_family(rng), n_resamples=400, seed=seed)
+        any_improved += bool((frame["rejected"] & (frame["estimate"] < 0)).any())
+        # an interval excludes 0 exactly when Holm rejects
+        excludes = (frame["ci low"] > 0) | (frame["ci high"] < 0)
+        assert (excludes == frame["rejected"]).mean() >= 0.8
+    # family-wise rate of a false "improved" (one-sided half of a 5% two-sided family): measured <= 5%
+    assert any_improved / runs <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / runs)
+
+
+def test_holm_finds_a_planted_gain_and_leaves_the_null_domains_alone():
+    rng = np.random.default_rng(1)
+    family = _null_family(rng, n_domains=4)
+    counts = rng.integers(20, 60, 40).astype(float)
+    family["gain"] = (-0.2 * counts + rng.normal(0, 0.3, 40) * np.sqrt(counts), counts)
+    frame = holm_adjusted(family, n_resamples=2000, seed=0).set_index("name")
+    assert frame.loc["gain", "rejected"] and frame.loc["gain", "ci high"] < 0
+    assert frame.loc["gain", "level"] == pytest.approx(1 - 0.05 / 5)  # smallest p: Bonferroni level
+    assert frame["p (Holm)"].min() == pytest.approx(min(1.0, 5 * frame["p"].min()))
+
+
+def test_holm_marks_short_domains_untested():
+    rng = np.random.default_rng(2)
+    family = _null_family(rng, n_domains=2)
+    family["short"] = (rng.normal(0, 1, 10), np.ones(10))
+    frame = holm_adjusted(family, n_resamples=200).set_index("name")
+    assert "10 documents" in frame.loc["short", "unavailable"] and np.isnan(frame.loc["short", "ci low"])
+    assert not frame.loc["short", "rejected"]
+
+
+# ------------------------------------------------------------------------------ estimate vs REAP
+
+
+def _paired_case(seed: int, estimate_noise: float, reap_noise: float, n_experts=40, n_docs=60):
+    rng = np.random.default_rng(seed)
+    truth = rng.normal(0, 1, n_experts)
+    counts = rng.integers(10, 30, n_docs).astype(float)
+    exact = truth[:, None] * counts + rng.normal(0, 2, (n_experts, n_docs)) * np.sqrt(counts)
+    estimate = (truth + rng.normal(0, estimate_noise, n_experts))[:, None] * counts
+    reap = truth + rng.normal(0, reap_noise, n_experts)
+    return exact, counts, estimate, counts, reap
+
+
+def test_the_paired_rho_difference_matches_scipy_and_finds_the_better_score():
+    exact, c, estimate, ec, reap = _paired_case(0, estimate_noise=0.05, reap_noise=3.0)
+    table = paired_rho_difference(exact, c, estimate, ec, reap, n_resamples=500).set_index("score")
+    exact_effect = exact.sum(1) / c.sum()
+    rho_est = scipy.stats.spearmanr(estimate.sum(1) / ec.sum(), exact_effect).statistic
+    rho_reap = scipy.stats.spearmanr(reap, exact_effect).statistic
+    column = "spearman with exact zeroing effect"
+    assert table.loc["first-order estimate", column] == pytest.approx(rho_est)
+    assert table.loc["REAP saliency", column] == pytest.approx(rho_reap)
+    assert table.loc["estimate − REAP", column] == pytest.approx(rho_est - rho_reap)
+    assert table.loc["estimate − REAP", "ci low"] > 0  # planted: the estimate is the better score
+
+
+def test_the_paired_rho_difference_covers_zero_when_both_scores_are_equally_good():
+    covered = 0
+    for seed in range(20):
+        exact, c, estimate, ec, _ = _paired_case(seed, estimate_noise=0.5, reap_noise=0.5)
+        reap = estimate.sum(1) / ec.sum()  # the same score twice: a true difference of exactly 0
+        row = paired_rho_difference(exact, c, estimate, ec, reap, n_resamples=200, seed=seed)
+        diff = row.set_index("score").loc["estimate − REAP"]
+        covered += diff["ci low"] <= 0 <= diff["ci high"]
+    assert covered == 20
+
+
+def test_the_paired_rho_difference_is_unavailable_on_few_documents():
+    exact, c, estimate, ec, reap = _paired_case(0, 0.1, 0.1, n_docs=12)
+    table = paired_rho_difference(exact, c, estimate, ec, reap, n_resamples=100)
+    assert table[["ci low", "ci high"]].isna().all().all() and (table["interval unavailable"] != "").all()
+
+
+# ------------------------------------------------------------------------------ BY, untestable overlap
+
+
+def test_benjamini_yekutieli_is_bh_scaled_by_the_harmonic_sum():
+    p = np.array([0.001, 0.008, 0.039, 0.041, 0.042, 0.06, 0.074, 0.205, np.nan])
+    by = benjamini_yekutieli(p)
+    m = 8
+    bh = scipy.stats.false_discovery_control(p[:m], method="bh")
+    harmonic = (1 / np.arange(1, m + 1)).sum()
+    np.testing.assert_allclose(by[:m], np.minimum(1, bh * harmonic))
+    assert np.isnan(by[-1])
+
+
+def test_the_overlap_with_no_domain_experts_is_not_testable_rather_than_p_one():
+    rows = [{"layer": 0, "expert": e} for e in range(8)]
+    drivers = pd.DataFrame(rows).assign(
+        driver=[True, True] + [False] * 6, **{"remove: effect (report)": np.arange(8.0)}
+    )
+    domains = pd.DataFrame(rows).assign(
+        score=np.linspace(0, 0.4, 8), domain_expert=False, insufficient_tokens=False, favoured_domain="a"
+    )
+    table = compare_drivers_with_domain_experts(drivers, domains, n_resamples=100).table.set_index("layer")
+    assert table.loc["all", "overlap not testable"] == "no domain experts"
+    assert np.isnan(table.loc["all", "overlap p"])
+
+
+def test_the_reweighting_finding_lists_every_domain_with_its_holm_interval_and_no_best():
+    from tl_moe.analysis.reweighting import ReweightingStudy, _with_holm
+    from tl_moe.pipeline.sections.reweighting import ReweightingResult
+
+    rng = np.random.default_rng(3)
+    family = _null_family(rng, n_domains=3)
+    family["d3"] = (rng.normal(0, 1, 12), np.ones(12))  # too few held-out documents
+    gains = pd.DataFrame(
+        [
+            {
+                "domain": name,
+                "expert set": "domain experts",
+                "factor": 1.25,
+                "loss change (selection)": -0.01,
+                "chosen − control": float(sums.sum() / counts.sum()),
+            }
+            for name, (sums, counts) in family.items()
+        ]
+    )
+    gains = _with_holm(gains, family, n_resamples=300, seed=0)
+    study = ReweightingStudy(pd.DataFrame(), gains, pd.DataFrame(), {}, frozenset(), frozenset())
+    (finding,) = ReweightingResult(study, None, pd.DataFrame()).findings()
+    assert "Best" not in finding and "Holm" in finding
+    for name in family:
+        assert f"{name} " in finding or f"{name} (" in finding
+    assert "not tested: 12 documents" in finding
+
+
+def _interval_row(**values):
+    row = {}
+    for prefix, value in values.items():
+        name = prefix.replace("_", " ")
+        row.update({name: value, f"{name} ci low": value - 0.1, f"{name} ci high": value + 0.1})
+    return row
+
+
+def test_the_steering_finding_reports_switching_on_and_off():
+    from types import SimpleNamespace
+
+    from tl_moe.pipeline.sections.reweighting import _steering_finding
+
+    rows = [
+        {"experts of": g, "switch": s, "evaluated on": e, **_interval_row(loss_change=v, random_sets=0.01)}
+        for g, s, e, v in (
+            ("math", "off", "math", 1.3),
+            ("math", "on", "math", 0.8),
+            ("math", "off", "prose", 0.2),
+            ("prose", "on", "prose", 0.5),
+            ("prose", "off", "prose", 0.4),
+        )
+    ]
+    steering = SimpleNamespace(switches=pd.DataFrame(rows), contrast=("math", "prose"))
+    finding = _steering_finding(steering)
+    for text in ("math-experts off on math: +1.3000", "math-experts on on math: +0.8000", "prose-experts on"):
+        assert text in finding
+    assert "on prose: +0.2000" not in finding  # only each group's own text
+
+
+def test_the_position_finding_states_the_drivers_own_within_token_effect():
+    from types import SimpleNamespace
+
+    from tl_moe.analysis.positions import EFFECTS
+    from tl_moe.pipeline.sections.associations import AssociationsResult
+
+    effects = pd.DataFrame(
+        [
+            {"effect": name, "estimate": 0.01 * (i + 1), "ci low": 0.0, "ci high": 0.1}
+            for i, name in enumerate(EFFECTS)
+        ]
+    )
+    positions = SimpleNamespace(effects=effects, early=3, n_documents=40)
+    associations = SimpleNamespace(summary={"discoveries": 7, "discoveries (Benjamini–Yekutieli)": 4})
+    position, association = AssociationsResult(associations, positions, pd.DataFrame()).findings()
+    own = effects.set_index("effect").loc["drivers: early − late, within token id", "estimate"]
+    assert f"drivers {own:+.3f}" in position
+    assert "7 of" in association and "4 by Benjamini–Yekutieli" in association

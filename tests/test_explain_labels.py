@@ -1,0 +1,159 @@
+"""Offline candidate labels: planted token-set and concept experts are found and score >= 0.95 held
+out; on routing that depends on no token, no label beats its shuffled control beyond the nominal rate."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import binom
+
+from explain_fixtures import word_records
+from tl_moe.explain import ConceptScorer, DissectionExplainer, TokenSetBaseline, label_experts
+from tl_moe.explain.explainers import rule_explanation
+from tl_moe.explain.labels import token_level_concepts
+from tl_moe.explain.runner import paired_balanced_accuracy_difference
+from tl_moe.explain.scorers import Score, detection_metrics
+
+N_EXPERTS = 16
+TOKEN_EXPERT, CONCEPT_EXPERT, CONCEPT = 3, 7, "text_digit"
+PLANTED_TEXTS = (" the", " of", " and")
+
+
+def _routed_examples(planted: bool, n_layers: int, max_tokens: int):
+    """Expert examples of a 16-expert, top-2 routing over the embedded corpus. Every choice is a
+    pseudo-random expert (a hash of the token's stream position, so it depends on no token), except,
+    when ``planted``, in layer 0: TOKEN_EXPERT takes exactly the tokens PLANTED_TEXTS and
+    CONCEPT_EXPERT exactly the tokens of CONCEPT (first slot)."""
+    from tl_moe.collect import domain_names, uniform_priority
+    from tl_moe.collect.batching import BatchBuilder, plan_batches
+    from tl_moe.data.concepts import TokenConceptLabeler
+    from tl_moe.data.corpus import load_corpus
+    from tl_moe.explain.examples import ExpertExamplesAccumulator
+    from tl_moe.models.config import MoEConfig
+    from tl_moe.zoo.tokenizer import load_tokenizer
+
+    cfg = MoEConfig(architecture="olmoe", n_layers=n_layers, d_model=8, d_vocab=8192, num_experts=N_EXPERTS,
+                    experts_per_token=2, d_expert=8, sparse_layers=tuple(range(n_layers)))  # fmt: skip
+    tokenizer = load_tokenizer()
+    ids = [tokenizer.encode(text, add_special_tokens=False) for text in PLANTED_TEXTS]
+    assert all(len(i) == 1 for i in ids), "each planted text is one token"
+    token_ids = torch.tensor([i[0] for i in ids])
+    dataset = load_corpus(None, require_domain=True)["validation"].shuffle(seed=0)
+    labeler = TokenConceptLabeler()
+    names = domain_names(dataset)
+    accumulator = ExpertExamplesAccumulator(SimpleNamespace(moe_cfg=cfg), names, labeler.concept_names)
+    builder = BatchBuilder(tokenizer, seq_len=128, domain_names=names, concept_labeler=labeler)
+    batches = plan_batches(
+        dataset, tokenizer, batch_size=16, seq_len=128, max_tokens=max_tokens, with_offsets=True
+    )
+    for planned in batches:
+        meta = builder.build(planned)
+        token = meta.token_index
+        acts = {}
+        for layer in cfg.sparse_layers:
+            reserved = (TOKEN_EXPERT, CONCEPT_EXPERT) if planted and layer == 0 else ()
+            free = torch.tensor([e for e in range(N_EXPERTS) if e not in reserved])
+            first = (uniform_priority(token, 10 + layer) * len(free)).long()
+            second = (first + 1 + (uniform_priority(token, 20 + layer) * (len(free) - 1)).long()) % len(free)
+            first, second = free[first], free[second]
+            if reserved:
+                in_set = torch.isin(meta.input_ids, token_ids)
+                concept = meta.concept_labels[..., labeler.concept_names.index(CONCEPT)]
+                first = torch.where(in_set, TOKEN_EXPERT, first)
+                first = torch.where(concept & ~in_set, CONCEPT_EXPERT, first)
+                second = torch.where(concept & in_set, CONCEPT_EXPERT, second)
+            acts[f"blocks.{layer}.mlp.hook_topk_indices"] = torch.stack([first, second], -1)
+            weights = 0.3 + 0.4 * uniform_priority(token, 30 + layer).float()
+            acts[f"blocks.{layer}.mlp.hook_topk_weights"] = torch.stack([weights, 1 - weights], -1)
+            acts[f"blocks.{layer}.mlp.hook_expert_out"] = torch.ones(*token.shape, 2, 8)
+        accumulator.update(acts, meta)
+    return accumulator.finalize(), tokenizer
+
+
+def _label(examples, tokenizer):
+    records = [examples.record(layer, e, tokenizer) for layer in examples.layers for e in range(N_EXPERTS)]
+    result = label_experts(records, DissectionExplainer(examples), [ConceptScorer(examples.concept_names)],
+                           progress=False, concurrency=1, baseline=TokenSetBaseline())  # fmt: skip
+    return records, result
+
+
+def test_planted_token_set_and_concept_experts_get_their_labels_and_score_held_out():
+    examples, tokenizer = _routed_examples(planted=True, n_layers=1, max_tokens=30_000)
+    records, result = _label(examples, tokenizer)
+    frame = result.frame.set_index(["layer", "expert"])
+    tokens = result.explanations[(0, TOKEN_EXPERT)]
+    assert tokens.rule.kind == "tokens" and set(tokens.rule.tokens) == set(PLANTED_TEXTS)
+    concept = result.explanations[(0, CONCEPT_EXPERT)]
+    assert concept.rule.kind == "concept" and concept.concept == CONCEPT and concept.domain is None
+    for expert in (TOKEN_EXPERT, CONCEPT_EXPERT):
+        row = frame.loc[(0, expert)]
+        assert row["concept_balanced_accuracy"] >= 0.95  # held out: score documents only
+        assert row["concept_shuffled_balanced_accuracy"] <= 0.6
+        assert row["concept_beats_shuffled"]
+        assert row["concept_chance_balanced_accuracy"] == 0.5
+    assert frame.loc[(0, TOKEN_EXPERT), "concept_auc"] >= 0.95  # a token set's answer is graded
+    # the labels were chosen on explain documents and scored on others
+    record = records[TOKEN_EXPERT]
+    explain_docs = {c.doc_index for c in record.explanation + record.explain_negatives}
+    assert not explain_docs & {c.doc_index for c in record.positives + record.negatives}
+    # no document-level concept is ever a label
+    assert not result.frame["label"].str.contains("domain_|language_", regex=True).any()
+
+
+def test_on_routing_that_depends_on_no_token_no_label_beats_its_shuffled_control():
+    examples, tokenizer = _routed_examples(planted=False, n_layers=4, max_tokens=20_000)
+    _, result = _label(examples, tokenizer)
+    scored = result.frame[result.frame["concept_beats_shuffled"].notna()]
+    assert len(scored) >= 48
+    wins = int(scored["concept_beats_shuffled"].astype(bool).sum())
+    # each expert's test is one-sided at 2.5%: wins beyond the binomial's 99.9% quantile would be a leak
+    assert wins <= binom.ppf(0.999, len(scored), 0.025)
+    summary = result.summary.set_index(["layer", "metric"]).loc[("all", "balanced_accuracy")]
+    assert summary["mean"] == pytest.approx(0.5, abs=0.05)
+    assert summary["diff ci low"] <= 0 <= summary["diff ci high"]
+
+
+def test_records_without_concepts_get_token_set_labels_the_concept_scorer_scores():
+    records = word_records(["cat", "dog", "fish", "bird"])
+    record = records[0]
+    negatives = tuple(c.with_marks([False] * len(c.marks)) for c in records[1].explanation)  # not routed
+    record = type(record)(**{**record.__dict__, "explain_negatives": negatives})
+    explanation = rule_explanation(record, ("text_digit",), ("prose",))
+    assert explanation.label == "tokens ` cat`" and explanation.rule.kind == "tokens"
+    score = ConceptScorer(("text_digit",))(record, explanation)
+    assert score.metrics["balanced_accuracy"] == 1.0 and score.metrics["f1"] == 1.0
+
+
+def test_document_level_concepts_are_never_candidates():
+    names = ("text_digit", "domain_python", "language_en", "latex_command")
+    assert token_level_concepts(names) == [0, 3]
+
+
+def test_auc_and_the_paired_difference_match_independent_references():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 40)
+    graded = rng.integers(0, 4, 40).astype(float)  # with ties
+    metrics = detection_metrics(y, graded > 1, graded)
+    assert metrics["auc"] == pytest.approx(roc_auc_score(y, graded))
+    own = Score(0, 0, "concept", "a", (0, 0), truth=tuple(y), predicted=tuple(int(g > 1) for g in graded))
+    other = Score(0, 0, "concept", "b", (0, 1), truth=tuple(y), predicted=tuple(int(g > 2) for g in graded))
+    point, low, high = paired_balanced_accuracy_difference(own, other)
+    ba = (
+        detection_metrics(y, graded > 1)["balanced_accuracy"]
+        - detection_metrics(y, graded > 2)["balanced_accuracy"]
+    )
+    assert point == pytest.approx(ba) and low <= point <= high
+
+
+def test_concept_only_labels_on_request_and_unknown_kinds_refused():
+    examples, tokenizer = _routed_examples(planted=True, n_layers=1, max_tokens=8_000)
+    explainer = DissectionExplainer(examples, kinds=("concept",))
+    explanation = explainer(examples.record(0, TOKEN_EXPERT, tokenizer))
+    assert explanation.rule.kind == "concept"  # the token-set expert, described by a concept only
+    with pytest.raises(ValueError, match="kinds must be among"):
+        DissectionExplainer(examples, kinds=("sentences",))
