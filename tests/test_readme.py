@@ -43,12 +43,36 @@ def test_readme_architecture_table_is_generated_from_the_sweep():
 @pytest.mark.parametrize("name", [block.name for block in BLOCKS])
 def test_readme_results_are_generated_from_the_committed_results_file(name):
     block = next(block for block in BLOCKS if block.name == name)
-    readme = (ROOT / "README.md").read_text()
+    document = (ROOT / block.document).read_text()
     start, end = block.markers
-    assert start in readme and end in readme, f"README.md has no {name} results block"
+    assert start in document and end in document, f"{block.document} has no {name} results block"
     assert (
-        readme[readme.index(start) + len(start) : readme.index(end)].strip() == block.markdown(ROOT).strip()
+        document[document.index(start) + len(start) : document.index(end)].strip()
+        == block.markdown(ROOT).strip()
     )
+
+
+# A number with its interval, "0.42 [0.15, 0.64]": a result, which only a generated block may hold.
+_RESULT_WITH_INTERVAL = re.compile(r"[-+−]?\d*\.\d+\s*\[\s*[-+−]?\d*\.?\d+\s*,\s*[-+−]?\d*\.?\d+\s*\]")
+_GENERATED = re.compile(r"<!-- results(:\w+)?:start -->.*?<!-- results(:\w+)?:end -->", re.S)
+
+
+def _hand_typed_results(text: str) -> list[str]:
+    """Numbers with intervals outside the generated blocks (and outside code) of a Markdown text."""
+    text = re.sub(r"```.*?```", "", _GENERATED.sub("", text), flags=re.S)
+    return [m.group(0) for m in _RESULT_WITH_INTERVAL.finditer(text)]
+
+
+def test_no_result_is_typed_by_hand_in_the_readme_or_the_docs():
+    documents = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    typed = {str(d.relative_to(ROOT)): _hand_typed_results(d.read_text()) for d in documents}
+    assert not {name: found for name, found in typed.items() if found}
+
+
+def test_the_hand_typed_result_check_finds_one():
+    planted = "Spearman rho 0.42 [0.15, 0.64] over 64 experts.\n<!-- results:x:start -->\n0.1 [0.0, 0.2]\n<!-- results:x:end -->"
+    assert _hand_typed_results(planted) == ["0.42 [0.15, 0.64]"]
+    assert _hand_typed_results("default 0.5, [1, 2] tokens") == []
 
 
 def test_the_command_line_of_a_run_reproduces_its_options():

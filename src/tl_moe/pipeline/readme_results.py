@@ -346,13 +346,38 @@ def zoo_markdown(results: dict[str, Any], source: str) -> str:
     return "\n".join(lines)
 
 
+def jsd_error_markdown(results: dict[str, Any], source: str) -> str:
+    """docs/METHODS.md's table of the reference code's JSD error, from ``benchmarks/jsd_reference_error.py``."""
+    lines = [
+        f"Generated from `{source}` (`{results['command']}`, {results['model']}, "
+        f"{results['max_tokens']:,} tokens); per-layer means over the non-empty experts, in bits:",
+        "",
+        "| measure | correct JSD | inflation of the JSD | inflation of score − baseline |",
+        "|---|---|---|---|",
+    ]
+
+    def span(rows: list[dict[str, Any]], key: str, sign: str = "") -> str:
+        values = [row[key] for row in rows]
+        return f"{min(values):{sign}.2f} to {max(values):{sign}.2f}"
+
+    for name, measure in results["measures"].items():
+        rows = measure["per_layer"]
+        lines.append(
+            f"| {name} | {span(rows, 'mean_jsd_bits')} | {span(rows, 'mean_jsd_inflation_bits', '+')} "
+            f"| {span(rows, 'mean_excess_inflation_bits', '+')} |"
+        )
+    return "\n".join(lines)
+
+
 @dataclass(frozen=True)
 class Block:
-    """A generated README block: the committed results file it is made from and how it is written."""
+    """A generated block of the README or a doc: the committed results file it is made from, how it is
+    written, and the Markdown file that holds its markers."""
 
     name: str
     source: str
     render: Callable[[dict[str, Any], str], str]
+    document: str = "README.md"
 
     @property
     def markers(self) -> tuple[str, str]:
@@ -368,6 +393,7 @@ BLOCKS = (
     Block("default", "docs/results/toy_default.json", results_markdown),
     Block("drivers", "docs/results/toy_drivers.json", drivers_markdown),
     Block("explain", "docs/results/toy_explain.json", findings_markdown),
+    Block("jsd_error", "docs/results/jsd_reference_error.json", jsd_error_markdown, "docs/METHODS.md"),
     Block("zoo", "docs/results/toy_zoo.json", zoo_markdown),
 )
 
