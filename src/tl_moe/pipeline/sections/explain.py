@@ -100,6 +100,8 @@ class ExplainResult(Result):
                 "remove_effect": "causal effect (remove; routed positions)",
                 "remove_matched_minus_control": "causal: labeled - control expert",
                 "control_expert": "causal control expert",
+                "control_matched_on": "causal control matched on",
+                "status": "causal status",
                 "routing_described": "routing rate, described",
                 "routing_other": "routing rate, other",
                 "control_routing_described": "control routing rate, described",
