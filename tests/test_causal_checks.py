@@ -17,7 +17,17 @@ import pandas as pd
 import pytest
 import torch
 
-from tl_moe.explain.causal import MIN_CAUSAL_DOCUMENTS, label_effects, routing_matched_control
+from tl_moe.explain.causal import (
+    MIN_CAUSAL_DOCUMENTS,
+    RoutingPool,
+    described_positions,
+    label_effects,
+    label_rule,
+    routing_matched_control,
+    rule_routing_rates,
+)
+from tl_moe.explain.explainers import Explanation
+from tl_moe.explain.labels import ExplainItems, LabelRule
 
 ROUTED_DESCRIBED, ROUTED_OTHER = 0.35, 0.14
 
@@ -163,3 +173,102 @@ def test_the_finding_gives_no_interval_below_30_documents_and_names_the_unit():
         else:
             assert "intervals unavailable: 20 document(s)" in text and "[" not in text
             assert f"{effect['mean']:.3f} (no interval)" in text
+
+
+def test_described_positions_apply_each_rule_to_each_window_position():
+    """Two windows of three tokens, concepts ``a`` and ``b``, domains ``web`` and ``code``: each kind's
+    answer worked out by hand."""
+    tokens = [(" the", " cat", "."), (" def", " the", " x")]
+    labels = torch.tensor([[[0, 0], [1, 0], [0, 1]], [[1, 1], [0, 0], [1, 0]]], dtype=torch.bool)
+    domains, names = ["web", "code"], ("a", "b")
+    cases = {
+        LabelRule("tokens", tokens=(" the", "."), weights=(0.3, 0.1)): [[1, 0, 1], [0, 1, 0]],
+        LabelRule("concept", ("a",)): [[0, 1, 0], [1, 0, 1]],
+        LabelRule("concept_and_tokens", ("a",), (" x", " cat"), (0.2, 0.1)): [[0, 1, 0], [0, 0, 1]],
+        LabelRule("concept_or_tokens", ("b",), (" the",), (0.2,)): [[1, 0, 1], [1, 1, 0]],
+        LabelRule("concept_or_concept", ("a", "b")): [[0, 1, 1], [1, 0, 1]],
+        LabelRule("concept_and_domain", ("a",), domain="code"): [[0, 0, 0], [1, 0, 1]],
+    }
+    for rule, expected in cases.items():
+        got = described_positions(rule, tokens, labels, domains, names)
+        assert got.tolist() == torch.tensor(expected, dtype=torch.bool).tolist(), rule.label
+
+
+def test_label_rule_is_the_explanations_rule_else_its_concept():
+    rule = LabelRule("tokens", tokens=(" x",), weights=(0.5,))
+    assert label_rule(Explanation(0, 1, rule.label, rule=rule), ("a",)) == rule
+    assert label_rule(Explanation(0, 1, "a", concept="a"), ("a",)) == LabelRule("concept", ("a",))
+    assert label_rule(Explanation(0, 1, "a", concept="a", domain="web"), ("a",)) == LabelRule(
+        "concept_and_domain", ("a",), domain="web"
+    )
+    assert label_rule(Explanation(0, 1, "free text"), ("a",)) is None
+
+
+def test_rule_routing_rates_count_routing_on_the_described_pool_positions():
+    """Five pool positions, three experts, top-1 routing: a token set `x` describes positions 0, 2, 3,
+    where expert 0 is routed twice, expert 1 once, expert 2 never."""
+    items = ExplainItems(("x", "y", "x", "x", "z"), np.zeros((5, 1), bool), np.array(["d"] * 5, object),
+                         np.zeros(5, bool))  # fmt: skip
+    pool = RoutingPool(items, torch.tensor([[0], [2], [1], [0], [2]]))
+    rates, n = rule_routing_rates(pool, LabelRule("tokens", tokens=("x",), weights=(1.0,)), ("c",), 3)
+    assert n == 3 and rates.tolist() == pytest.approx([2 / 3, 1 / 3, 0.0])
+    rates, n = rule_routing_rates(pool, LabelRule("tokens", tokens=("w",), weights=(1.0,)), ("c",), 3)
+    assert n == 0 and rates.tolist() == [0.0, 0.0, 0.0]
+
+
+VOCABULARY = tuple(f" t{i}" for i in range(30))
+
+
+def planted_token_sets(
+    seed: int, *, gain: float, n_documents: int = 40, experts: int = 4, positions: int = 120
+):
+    """Token-set labels on windows of random tokens (one window per document): expert ``j``'s label is
+    the token set ``VOCABULARY[5j : 5j + 5]`` and its described positions come from applying the rule
+    to the token texts. Routed on 35% of described vs 14% of other positions (both arms); arm 0 (the
+    labeled expert) multiplies its |Δloss| on described routed positions by ``gain``."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, len(VOCABULARY), (n_documents, positions))
+    tokens = [tuple(VOCABULARY[i] for i in row) for row in ids]
+    labels = torch.zeros(n_documents, positions, 0, dtype=torch.bool)
+    rules = [
+        LabelRule("tokens", tokens=VOCABULARY[5 * j : 5 * j + 5], weights=(0.1,) * 5) for j in range(experts)
+    ]
+    described = np.stack([described_positions(r, tokens, labels, ["web"] * n_documents, ()).numpy().reshape(-1)
+                          for r in rules])  # fmt: skip
+    documents = np.repeat(np.arange(n_documents), positions)
+    n = len(documents)
+    routed = rng.random((2, experts, n)) < np.where(described, ROUTED_DESCRIBED, ROUTED_OTHER)
+    scale = rng.gamma(2.0, 0.05, (2, experts, n_documents))[..., documents]
+    delta = scale * rng.exponential(1.0, (2, experts, n)) * routed + 0.002 * rng.random((2, experts, n))
+    delta[0] *= np.where(described & routed[0], gain, 1.0)
+    return documents, described, ~described, routed, delta
+
+
+def run_token_sets(seed: int, gain: float):
+    documents, described, other, routed, delta = planted_token_sets(seed, gain=gain)
+    _, summary = label_effects(
+        documents, described, other, routed, {"remove": delta}, n_resamples=999, seed=seed
+    )
+    return summary.set_index("quantity"), (described, routed, delta)
+
+
+def test_planted_token_set_label_whose_expert_matters_on_its_tokens_is_found():
+    found = [run_token_sets(seed, 1.6)[0].loc[q, "ci low"] > 0 for seed in range(20)
+             for q in ("remove_effect", "remove_matched_minus_control")]  # fmt: skip
+    assert np.mean(found) >= 0.9
+
+
+def test_planted_token_set_label_routed_on_its_tokens_without_effect_is_not_found():
+    """Routed far more on its tokens, no effect specific to them: the interval covers 0 in most seeds
+    (measured: 37 of these 40) while the comparison over all positions (what routing alone gives) is
+    positive in every seed."""
+    covered, naive = [], []
+    for seed in range(40):
+        summary, (described, routed, delta) = run_token_sets(seed, 1.0)
+        row = summary.loc["remove_effect"]
+        covered.append(row["ci low"] <= 0 <= row["ci high"])
+        assert summary.loc["routing_described", "mean"] - summary.loc["routing_other", "mean"] > 0.1
+        naive.append(np.mean([delta[0, j][described[j]].mean() - delta[0, j][~described[j]].mean()
+                              for j in range(described.shape[0])]))  # fmt: skip
+    assert np.mean(covered) >= 0.85
+    assert min(naive) > 0

@@ -321,12 +321,9 @@ def test_causal_checks_on_held_out_documents_report_matched_vs_control():
     examples = collect(
         model, dataset, {"ex": accumulator}, max_tokens=8_000, concept_labeler=labeler, progress=False
     )["ex"]
-    explainer = DissectionExplainer(examples, kinds=("concept",))  # the checks test concept labels
-    plain = [
-        e
-        for e in (explainer(examples.record(0, x, model.tokenizer)) for x in range(16))
-        if e.ok and e.domain is None
-    ]
+    explainer = DissectionExplainer(examples)  # every kind of label
+    plain = [e for e in (explainer(examples.record(0, x, model.tokenizer)) for x in range(16)) if e.ok]
+    assert any(e.rule.kind not in ("concept", "concept_and_domain") for e in plain[:4])
     windows = causal_windows(dataset, model.tokenizer, examples, max_windows=4)
     assert windows.ids.shape == (4, 128) and windows.labels.shape[:2] == (4, 128)
     split = document_split(torch.arange(len(dataset)))
@@ -343,6 +340,20 @@ def test_causal_checks_on_held_out_documents_report_matched_vs_control():
     ok = frame[frame["status"] == "ok"]
     assert len(ok) >= 1
     assert (ok["control_expert"] != ok["expert"]).all()
+    # Described positions of a token-set rule, recounted from each window token decoded on its own.
+    windows_12, checked_tokens = causal_windows(dataset, model.tokenizer, examples, max_windows=12), False
+    for e, row in zip(plain[:4], frame.itertuples(), strict=True):
+        assert row.kind == e.rule.kind
+        if e.rule.kind != "tokens":
+            continue
+        assert row.control_matched_on in ("random explain contexts", "all stored explain contexts")
+        scored = windows_12.valid[:, 1:].clone()
+        scored[:, 0] = False
+        texts = [[model.tokenizer.decode([t]) for t in w[:-1].tolist()] for w in windows_12.ids]
+        hits = torch.tensor([[t in e.rule.tokens for t in w] for w in texts]) & scored
+        assert row.n_described == int(hits.sum())
+        checked_tokens = True
+    assert checked_tokens
     assert ok[["routing_described", "routing_other", "weight_described"]].stack().between(0, 1).all()
     routed = ok["n_described_routed"] > 0
     assert ok.loc[routed, "dla_rank1_rate"].between(0, 1).all()

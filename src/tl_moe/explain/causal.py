@@ -1,9 +1,12 @@
 """Causal checks of labels on held-out documents (the ``causal`` split, never used to label or score).
 
-For each expert with a concept label (offline dissection), on windows of ``causal``-split documents:
+For each expert whose label a rule can evaluate (every offline label: a concept, a token set, or a
+composition — :class:`~tl_moe.explain.labels.LabelRule`; a label given only as a concept is that
+concept's rule), on windows of ``causal``-split documents:
 
-- **described** positions are those whose input token the label describes (the concept's own labeler;
-  for a concept ∧ domain label, only in documents of that domain); **other** positions are the rest;
+- **described** positions are those whose input token the label's rule says yes to
+  (:func:`described_positions`: the token's text decoded alone, as the labeler saw it; its concepts
+  from the concept library's labeler; its document's domain); **other** positions are the rest;
 - the loss of the next-token prediction is computed unchanged and under two interventions on the
   expert (:mod:`tl_moe.models.interventions`, applied with ``run_with_hooks``): **remove** (it cannot
   be selected; tokens re-route) and **boost** (its mixing weight × ``boost``);
@@ -13,8 +16,14 @@ For each expert with a concept label (offline dissection), on windows of ``causa
   routed more often on described tokens than elsewhere (that is how dissection chose its label), so a
   comparison over all positions would credit the label with routing alone;
 - the **control expert** is the expert of the same layer whose routing rate *at the described tokens*
-  (on the ``explain`` split, where the label was chosen) is closest to the labeled expert's; the same
-  intervention on it, read on ITS routed positions, gives the control effect. The routing rates of
+  (on the ``explain`` split, where the label was chosen — never on the causal windows) is closest to
+  the labeled expert's; the same intervention on it, read on ITS routed positions, gives the control
+  effect. For a concept (∧ domain) rule the rates come from the exact dissection counts; for any
+  other rule they are measured on the distinct positions of the explain-split random contexts (a
+  uniform sample of explain positions that holds every layer's routing), and when these hold fewer
+  than :data:`MIN_CONTROL_POSITIONS` described positions, on every stored explain-split context of
+  the layer (a sample leaning towards each expert's routed tokens) — :func:`rule_matched_control`;
+  the frame says which (``control_matched_on``) and on how many positions. The routing rates of
   both experts at described and other positions of the causal windows are reported beside.
 
 The summary is a mean over labeled experts, and its interval a bootstrap over *documents* (every
@@ -46,8 +55,9 @@ from tl_moe.analysis.readout import LogitReadout
 from tl_moe.analysis.stats import cluster_bootstrap
 from tl_moe.collect.interventional import run_interventions
 from tl_moe.data.concepts import TokenConceptLabeler
-from tl_moe.explain.examples import SPLITS, ExpertExamples, document_split
+from tl_moe.explain.examples import _HEAD, SPLITS, ExpertExamples, document_split
 from tl_moe.explain.explainers import Explanation
+from tl_moe.explain.labels import ExplainItems, LabelRule, _unpack, described_by
 from tl_moe.models.hook_names import get_act_name
 from tl_moe.models.interventions import Intervention
 
@@ -57,8 +67,12 @@ __all__ = [
     "CausalWindows",
     "causal_checks",
     "causal_windows",
+    "described_positions",
     "label_effects",
+    "label_rule",
     "routing_matched_control",
+    "rule_matched_control",
+    "rule_routing_rates",
 ]
 
 #: Fewest documents behind a causal-check interval (fewer: the interval is unavailable, with the reason).
@@ -66,6 +80,9 @@ MIN_CAUSAL_DOCUMENTS = 30
 #: Fewest real tokens a window of a short document needs to be used.
 MIN_WINDOW_TOKENS = 16
 INTERVENTIONS = ("remove", "boost")
+#: Fewest described positions in the explain-split random contexts behind a rule's control matching
+#: (fewer: every stored explain-split context of the layer is pooled too).
+MIN_CONTROL_POSITIONS = 20
 
 
 @dataclass(frozen=True)
@@ -221,13 +238,150 @@ def routing_matched_control(
     else:
         routed, total = routed.sum(-1), total.sum()
     rate = routed.double() / max(float(total), 1.0)
-    frequency = examples.routed_total[explain, row].sum(-1).double()
-    frequency = frequency / max(float(frequency.sum()), 1.0)
+    return _closest(rate, _explain_frequency(examples, row), expert)
+
+
+def _closest(rate: torch.Tensor, frequency: torch.Tensor, expert: int) -> int:
+    """The expert (not ``expert``) whose ``rate`` is closest to ``expert``'s; ties: closest ``frequency``."""
     gaps = (rate - rate[expert]).abs()
     gaps[expert] = float("inf")
     ties = (frequency - frequency[expert]).abs()
     order = sorted(range(len(gaps)), key=lambda x: (round(float(gaps[x]), 12), float(ties[x])))
     return int(order[0])
+
+
+def _explain_frequency(examples: ExpertExamples, row: int) -> torch.Tensor:
+    """Each expert's share of the routed tokens of layer row ``row`` on the ``explain`` split."""
+    frequency = examples.routed_total[SPLITS.index("explain"), row].sum(-1).double()
+    return frequency / max(float(frequency.sum()), 1.0)
+
+
+def label_rule(explanation: Explanation, concept_names: Sequence[str]) -> LabelRule | None:
+    """The rule a causal check tests: the explanation's own rule, else its concept (∧ its domain when
+    given); None for a label no rule can evaluate (free text)."""
+    if explanation.rule is not None:
+        return explanation.rule
+    if explanation.concept not in concept_names:
+        return None
+    if explanation.domain is not None:
+        return LabelRule("concept_and_domain", (explanation.concept,), domain=explanation.domain)
+    return LabelRule("concept", (explanation.concept,))
+
+
+def described_positions(
+    rule: LabelRule,
+    tokens: Sequence[Sequence[str]],
+    labels: Bool[torch.Tensor, "window pos concept"],
+    domains: Sequence[str | None],
+    concept_names: Sequence[str],
+) -> Bool[torch.Tensor, "window pos"]:
+    """Whether ``rule`` describes each window position: ``tokens[w][p]`` is the token's text as the
+    labeler saw it (one token decoded alone), ``labels`` its concepts, ``domains[w]`` its document's
+    domain."""
+    n_windows, n_pos = labels.shape[:2]
+    items = ExplainItems(
+        tuple(t for window in tokens for t in window),
+        labels.reshape(n_windows * n_pos, labels.shape[-1]).numpy().astype(bool),
+        np.repeat(np.asarray(list(domains), object), n_pos),
+        np.zeros(n_windows * n_pos, bool),
+    )
+    index = {name: i for i, name in enumerate(concept_names)}
+    return torch.from_numpy(described_by(rule, items, index).reshape(n_windows, n_pos))
+
+
+@dataclass(frozen=True)
+class RoutingPool:
+    """Distinct explain-split positions of stored contexts with one layer's routing.
+
+    Attributes:
+        items: each position's token text, concepts and domain (``routed`` unused).
+        experts: the experts routed at each position ``[position, k]``.
+    """
+
+    items: ExplainItems
+    experts: Int[torch.Tensor, "position k"]
+
+
+def _routing_pool(
+    examples: ExpertExamples, tokenizer: Any, row: int, payloads: Sequence[tuple[torch.Tensor, int | None]]
+) -> RoutingPool:
+    """Every distinct position (by stream index) of the contexts ``payloads`` — pairs of payload rows
+    ``[n, row]`` and the layer row of their routing (None: an expert row, holding its own layer's)."""
+    width, seen = examples.width, set()
+    tokens, words, domains, experts = [], [], [], []
+    start = _HEAD + width * (1 + examples.n_words)
+    for rows, layer_row in payloads:
+        for payload in rows:
+            ids = payload[_HEAD : _HEAD + width]
+            bits = payload[_HEAD + width : start].reshape(width, examples.n_words)
+            topk = payload[start:].reshape(width, -1, examples.k)[:, 0 if layer_row is None else layer_row]
+            domain = int(payload[2])
+            name = examples.domain_names[domain] if 0 <= domain < len(examples.domain_names) else "?"
+            for j in (ids >= 0).nonzero().flatten().tolist():
+                where = int(payload[3]) - examples.before + j
+                if where in seen:
+                    continue
+                seen.add(where)
+                tokens.append(examples._decode(tokenizer, [int(ids[j])])[0])
+                words.append(bits[j].tolist())
+                domains.append(name)
+                experts.append(topk[j])
+    n_concepts = len(examples.concept_names)
+    concepts = _unpack(words, n_concepts) if words else np.zeros((0, n_concepts), bool)
+    items = ExplainItems(tuple(tokens), concepts, np.asarray(domains, object), np.zeros(len(tokens), bool))
+    return RoutingPool(
+        items, torch.stack(experts) if experts else torch.zeros(0, examples.k, dtype=torch.long)
+    )
+
+
+def rule_routing_rates(
+    pool: RoutingPool, rule: LabelRule, concept_names: Sequence[str], n_experts: int
+) -> tuple[Float[torch.Tensor, " expert"], int]:
+    """Each expert's routing rate on the positions of ``pool`` that ``rule`` describes, and how many
+    positions those are (rates 0 when none)."""
+    index = {name: i for i, name in enumerate(concept_names)}
+    described = torch.from_numpy(described_by(rule, pool.items, index))
+    routed = torch.zeros(len(described), n_experts, dtype=torch.float64)
+    if len(described):
+        routed.scatter_(1, pool.experts.long(), 1.0)
+    n = int(described.sum())
+    return routed[described].sum(0) / max(n, 1), n
+
+
+def rule_matched_control(
+    examples: ExpertExamples, tokenizer: Any, layer: int, expert: int, rule: LabelRule,
+    pools: dict | None = None,
+) -> tuple[int, int, str]:  # fmt: skip
+    """The expert of ``layer`` (not ``expert``) whose routing rate at the positions ``rule`` describes
+    is closest to ``expert``'s, on the ``explain`` split. A concept (∧ domain) rule: from the exact
+    dissection counts (:func:`routing_matched_control`). Any other rule: on the distinct positions of
+    the explain-split random contexts (a uniform sample of positions, every layer's routing); when they
+    hold fewer than :data:`MIN_CONTROL_POSITIONS` described positions, every stored explain-split
+    context of the layer (each expert's top and quantile contexts, which hold their layer's routing at
+    every position) is pooled in too. Ties: closest overall routing frequency.
+
+    Returns (the control expert, the described explain-side positions it was matched on — -1 for the
+    counts — and what it was matched on). ``pools`` caches the pools across calls."""
+    row = examples.layer_row(layer)
+    if rule.kind in ("concept", "concept_and_domain") and rule.concepts[0] in examples.concept_names:
+        concept = examples.concept_names.index(rule.concepts[0])
+        return routing_matched_control(examples, layer, expert, concept, rule.domain), -1, "dissection counts"
+    pools = {} if pools is None else pools
+    explain = SPLITS.index("explain")
+    random_rows = examples.random_payload[explain][: int(examples.random_kept[explain])]
+    if ("random", row) not in pools:
+        pools[("random", row)] = _routing_pool(examples, tokenizer, row, [(random_rows, row)])
+    rate, n = rule_routing_rates(pools[("random", row)], rule, examples.concept_names, examples.n_experts)
+    matched_on = "random explain contexts"
+    if n < MIN_CONTROL_POSITIONS:
+        if ("all", row) not in pools:
+            stored = [(random_rows, row)]
+            for x in range(examples.n_experts):
+                stored += [(rows, None) for rows in examples._expert_events(explain, row, x)]
+            pools[("all", row)] = _routing_pool(examples, tokenizer, row, stored)
+        rate, n = rule_routing_rates(pools[("all", row)], rule, examples.concept_names, examples.n_experts)
+        matched_on = "all stored explain contexts"
+    return _closest(rate, _explain_frequency(examples, row), expert), n, matched_on
 
 
 def _per_document(
@@ -365,7 +519,8 @@ def causal_checks(
     seed: int = 0,
     progress: bool = True,
 ) -> CausalResult:
-    """The causal checks of every concept label in ``explanations`` (see the module docstring).
+    """The causal checks of every label in ``explanations`` that a rule can evaluate (see the module
+    docstring).
 
     An expert is checked when it is routed on at least ``min_described`` described positions and as
     many other positions of the windows; the others are listed with the reason."""
@@ -374,12 +529,15 @@ def causal_checks(
     windows = causal_windows(dataset, model.tokenizer, examples, seq_len=seq_len, max_windows=max_windows)
     device = next(model.parameters()).device
     ids = windows.ids.to(device)
-    concept_index = {name: i for i, name in enumerate(examples.concept_names)}
-    labeled = [e for e in explanations if e.ok and e.concept in concept_index]
-    controls = [
-        routing_matched_control(examples, e.layer, e.expert, concept_index[e.concept], e.domain)
+    rules = {(e.layer, e.expert): label_rule(e, examples.concept_names) for e in explanations if e.ok}
+    labeled = [e for e in explanations if e.ok and rules[(e.layer, e.expert)] is not None]
+    pools: dict = {}
+    matching = [
+        rule_matched_control(examples, model.tokenizer, e.layer, e.expert, rules[(e.layer, e.expert)], pools)
         for e in labeled
     ]
+    controls = [control for control, _, _ in matching]
+    tokens = [examples._decode(model.tokenizer, window.tolist()) for window in windows.ids]
     layers = sorted({e.layer for e in labeled})
     needed = sorted({(e.layer, x) for e, c in zip(labeled, controls, strict=True) for x in (e.expert, c)})
     edits = {(layer, x, name): Intervention("remove", layer, x) if name == "remove"
@@ -399,7 +557,6 @@ def causal_checks(
     # Loss position i predicts token i + 1 from token i: both must be real tokens; position 0 (BOS) is left out.
     scored = windows.valid[:, 1:].clone()
     scored[:, 0] = False
-    domain_of = np.array(windows.domains, dtype=object)
     _, document_of_window = np.unique(windows.documents.numpy(), return_inverse=True)
     documents = np.repeat(document_of_window, scored.shape[1]).reshape(scored.shape)[scored.numpy()]
     k = model.moe_cfg.experts_per_token
@@ -408,10 +565,10 @@ def causal_checks(
         return tensor[scored].numpy()
 
     rows, items = [], []
-    for e, control_expert in zip(labeled, controls, strict=True):
-        described = windows.labels[:, :-1, concept_index[e.concept]].clone() & scored
-        if e.domain is not None:
-            described &= torch.from_numpy(domain_of == e.domain)[:, None]
+    for e, (control_expert, n_matched, matched_on) in zip(labeled, matching, strict=True):
+        rule = rules[(e.layer, e.expert)]
+        described = described_positions(rule, tokens, windows.labels, windows.domains, examples.concept_names)
+        described = described[:, :-1] & scored
         other = scored & ~described
         experts, slot_dla, slot_weight = (t[:, :-1] for t in dla[e.layer])
         best_slot = slot_dla.argmax(-1)  # [w, p]: the routed slot with the highest DLA on the next token
@@ -420,7 +577,9 @@ def causal_checks(
             (experts.gather(-1, best_slot[..., None])[..., 0] == x) for x in (e.expert, control_expert)
         ]
         row: dict[str, Any] = {
-            "layer": e.layer, "expert": e.expert, "label": e.label, "control_expert": control_expert,
+            "layer": e.layer, "expert": e.expert, "label": e.label, "kind": rule.kind,
+            "control_expert": control_expert, "control_matched_on": matched_on,
+            "control_matched_positions": n_matched if n_matched >= 0 else None,
             "n_described": int(described.sum()), "n_other": int(other.sum()),
             "n_described_routed": int((described & routed[0]).sum()),
             "n_other_routed": int((other & routed[0]).sum()),

@@ -48,6 +48,7 @@ __all__ = [
     "ExplainItems",
     "LabelRule",
     "choose_label",
+    "described_by",
     "explain_items",
     "token_level_concepts",
     "token_set_baseline",
@@ -212,18 +213,32 @@ def _token_set(tokens: Sequence[str], routed: np.ndarray, mask: np.ndarray | Non
     return LabelRule("tokens", tokens=tuple(best), weights=tuple(gain[t] for t in best))
 
 
-def _evaluate(rule: LabelRule, items: ExplainItems, concept_index: dict[str, int]) -> float:
-    m = items.concepts
+def described_by(
+    rule: LabelRule, items: ExplainItems, concept_index: dict[str, int]
+) -> Bool[np.ndarray, " item"]:
+    """Whether ``rule`` describes each position of ``items`` (its yes / no answer, ungraded; a concept
+    missing from ``concept_index`` says no)."""
+    m, n = items.concepts, len(items.tokens)
+
+    def concept(c: str) -> np.ndarray:
+        return m[:, concept_index[c]] if c in concept_index else np.zeros(n, bool)
+
+    def tokens() -> np.ndarray:
+        return np.isin(np.asarray(items.tokens, object), list(rule.tokens))
+
     column = {
-        "concept": lambda: m[:, concept_index[rule.concepts[0]]],
-        "concept_or_concept": lambda: m[:, concept_index[rule.concepts[0]]] | m[:, concept_index[rule.concepts[1]]],
-        "concept_and_domain": lambda: m[:, concept_index[rule.concepts[0]]] & (items.domains == rule.domain),
-        "tokens": lambda: np.isin(np.asarray(items.tokens, object), list(rule.tokens)),
-        "concept_and_tokens": lambda: m[:, concept_index[rule.concepts[0]]]
-        & np.isin(np.asarray(items.tokens, object), list(rule.tokens)),
-        "concept_or_tokens": lambda: m[:, concept_index[rule.concepts[0]]]
-        | np.isin(np.asarray(items.tokens, object), list(rule.tokens)),
+        "concept": lambda: concept(rule.concepts[0]),
+        "concept_or_concept": lambda: concept(rule.concepts[0]) | concept(rule.concepts[1]),
+        "concept_and_domain": lambda: concept(rule.concepts[0]) & (np.asarray(items.domains, object) == rule.domain),
+        "tokens": tokens,
+        "concept_and_tokens": lambda: concept(rule.concepts[0]) & tokens(),
+        "concept_or_tokens": lambda: concept(rule.concepts[0]) | tokens(),
     }[rule.kind]()  # fmt: skip
+    return np.asarray(column, bool).reshape(n)
+
+
+def _evaluate(rule: LabelRule, items: ExplainItems, concept_index: dict[str, int]) -> float:
+    column = described_by(rule, items, concept_index)
     if not column.any():
         return float("nan")  # never says yes: cannot be scored per token
     return float(_balanced_accuracy(column[:, None], items.routed)[0])

@@ -100,6 +100,8 @@ class ExplainResult(Result):
                 "remove_effect": "causal effect (remove; routed positions)",
                 "remove_matched_minus_control": "causal: labeled - control expert",
                 "control_expert": "causal control expert",
+                "control_matched_on": "causal control matched on",
+                "status": "causal status",
                 "routing_described": "routing rate, described",
                 "routing_other": "routing rate, other",
                 "control_routing_described": "control routing rate, described",
@@ -508,10 +510,10 @@ class Explain(Analysis):
         )
         main = "concept" if "concept" in names else names[0]
         causal = None
-        concept_labels = [e for e in labeling.explanations.values() if e.ok and e.concept is not None]
-        if options.explain_causal_windows > 0 and concept_labels:  # the checks test concept labels
+        labels = [e for e in labeling.explanations.values() if e.ok and (e.rule or e.concept) is not None]
+        if options.explain_causal_windows > 0 and labels:  # every label a rule can evaluate
             causal = causal_checks(
-                model, run.dataset, examples, concept_labels,
+                model, run.dataset, examples, labels,
                 seq_len=options.seq_len, max_windows=options.explain_causal_windows,
                 n_resamples=options.bootstrap_resamples, seed=options.seed, progress=options.progress,
             )  # fmt: skip
