@@ -272,3 +272,22 @@ def test_planted_token_set_label_routed_on_its_tokens_without_effect_is_not_foun
                               for j in range(described.shape[0])]))  # fmt: skip
     assert np.mean(covered) >= 0.85
     assert min(naive) > 0
+
+
+def test_causal_budget_warns_before_the_pass_and_names_what_helps():
+    import warnings
+
+    import pytest
+
+    from tl_moe.pipeline.sections.explain import check_causal_budget
+
+    small, large = [{"text": "x"}] * 40, [{"text": "x"}] * 400
+    with pytest.warns(UserWarning, match="corpus"):
+        assert check_causal_budget(small, 64) < 30  # about a fifth of 40 documents
+    with pytest.warns(UserWarning, match="raise --explain-causal-windows"):
+        assert check_causal_budget(large, 10) == 10
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reach = check_causal_budget(large, 64)
+        assert 30 <= reach <= 64
+        assert check_causal_budget(large, 0) == 0

@@ -423,6 +423,37 @@ def check_endpoint_answers(spec: str) -> None:
         )
 
 
+def check_causal_budget(dataset: Any, windows: int, seed: int = 0) -> int:
+    """Before the pass: the documents the label causal checks can reach (one window per document of the
+    ``causal`` split, at most ``windows``); warns, naming what helps, when fewer than ``MIN_DOCUMENTS``
+    (their intervals would be reported unavailable). Returns that count (0 when the checks are off)."""
+    import warnings
+
+    import torch
+
+    from tl_moe.analysis.stats import MIN_DOCUMENTS
+    from tl_moe.explain.examples import SPLITS, document_split
+
+    if windows <= 0:
+        return 0
+    rows = torch.arange(len(dataset))
+    available = int((document_split(rows, seed=seed) == SPLITS.index("causal")).sum())
+    reach = min(windows, available)
+    if reach < MIN_DOCUMENTS:
+        advice = (
+            f"raise --explain-causal-windows to at least {MIN_DOCUMENTS}"
+            if available >= MIN_DOCUMENTS
+            else f"the corpus split has only {available} documents in the causal fifth: use a corpus with "
+            f"at least {5 * MIN_DOCUMENTS} documents"
+        )
+        warnings.warn(
+            f"--explain-causal-windows {windows} reaches at most {reach} documents; the label causal checks' "
+            f"intervals need {MIN_DOCUMENTS} and will be reported unavailable ({advice}).",
+            stacklevel=2,
+        )
+    return reach
+
+
 class Explain(Analysis):
     """Label every expert (offline dissection, an OpenAI-compatible endpoint or a local chat model) and
     score each label on held-out documents beside chance and the shuffled-label control."""
@@ -468,6 +499,7 @@ class Explain(Analysis):
             )
         if spec.startswith("openai:"):
             check_endpoint_answers(spec)
+        check_causal_budget(run.dataset, run.options.explain_causal_windows, seed=run.options.seed)
 
     def needs(self, run: RunContext) -> list[Need]:
         return [Need(run.main, ExpertExamplesSpec(seed=run.options.seed))]
