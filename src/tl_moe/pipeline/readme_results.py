@@ -158,6 +158,9 @@ def results_markdown(results: dict[str, Any], source: str) -> str:
         ks = [k for k in ks if k in (1, max(ks))] if ks else []
         if ks:
             lines += ["", *_held_out_table(records, ks), "", _reading(records)]
+            lean = _interval_lean(records)
+            if lean:
+                lines += ["", lean]
         paper = [
             r
             for r in records
@@ -173,6 +176,30 @@ def results_markdown(results: dict[str, Any], source: str) -> str:
                 "to quote.",
             ]
     return "\n".join(lines)
+
+
+def _interval_lean(records: list[dict[str, Any]]) -> str:
+    """Where the held-out estimates sit inside their percentile intervals (0.5: centred), from the records."""
+    import statistics
+
+    rows = [
+        r
+        for r in records
+        if r["protocol"] == "held_out" and r.get("interval_available") and r["ci_high"] > r["ci_low"]
+    ]
+    if not rows:
+        return ""
+    position = [(r["estimate"] - r["ci_low"]) / (r["ci_high"] - r["ci_low"]) for r in rows]
+    bias = [r["bootstrap_bias"] for r in rows if r.get("bootstrap_bias") is not None]
+    text = (
+        f"How the held-out intervals sit (all {len(rows)} held-out intervals of the run, every k and metric): "
+        f"the estimate lies at a median {statistics.median(position):.2f} of the way from the low to the high "
+        f"end (0.5 = centred; {sum(p < 0.25 for p in position)} below 0.25, {sum(p > 0.75 for p in position)} "
+        "above 0.75)"
+    )
+    if bias:
+        text += f"; the bootstrap's bias (mean of the resamples − estimate) has median {statistics.median(bias):+.4f}"
+    return text + ". Percentile intervals are reported as computed; each record carries its bias."
 
 
 _NOT_A_SETTING = {"out", "progress", "fresh", "keep_checkpoints", "threads", "checkpoint_every"}
