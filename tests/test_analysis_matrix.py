@@ -56,8 +56,12 @@ def _tiny_model_dir(name: str, root: Path) -> str:
 
     import tl_moe.zoo
 
-    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(Path(tl_moe.zoo.__file__).parent / "tokenizer.json"))
-    tokenizer.add_special_tokens({"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|pad|>"})
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_file=str(Path(tl_moe.zoo.__file__).parent / "tokenizer.json")
+    )
+    tokenizer.add_special_tokens(
+        {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|pad|>"}
+    )
     model_type, changes = TINY[name]
     model = build_tiny(model_type, vocab_size=len(tokenizer), **changes)
     return str(save_model(model, tokenizer, root / name))
@@ -106,7 +110,9 @@ def test_every_analysis_on_a_shipped_toy_moe(toy, short_corpus, tmp_path):
     analyses = EVERY_ANALYSIS + (("sparsity",) if toy == "toy/moe-8x2" else ())
     results = _run(toy, analyses, short_corpus, tmp_path / "report")
     _assert_every_section(results, analyses)
-    experts = pd.read_csv(tmp_path / "report" / results["sections"]["drivers"]["tables"]["drivers_experts"]["csv"])
+    experts = pd.read_csv(
+        tmp_path / "report" / results["sections"]["drivers"]["tables"]["drivers_experts"]["csv"]
+    )
     n_drivers = int(experts["driver"].sum())
     assert n_drivers > 0
     # every driver has its own matched control (none shared, none missing)
