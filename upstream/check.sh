@@ -71,7 +71,7 @@ cd "$TL" || finish 1 "no $TL"
 NEW_TESTS=(tests/unit/model_bridge/generalized_components/test_moe_expert_hooks.py
     tests/integration/model_bridge/test_moe_expert_hooks_parity.py)
 echo "== new tests: ${NEW_TESTS[*]}" | tee -a "$LOG"
-COLLECTED=$("${PYTEST[@]}" --collect-only -q "${NEW_TESTS[@]}" 2>/dev/null | grep -c '::')
+COLLECTED=$("${PYTEST[@]}" --collect-only "${NEW_TESTS[@]}" 2>/dev/null | grep -c '::')
 "${PYTEST[@]}" "${NEW_TESTS[@]}" >"$WORK/new.txt" 2>&1
 NEW_RC=$?
 cat "$WORK/new.txt" >>"$LOG"
