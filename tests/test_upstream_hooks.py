@@ -1,10 +1,12 @@
 """tl_moe on a TransformerLens that fires the per-expert hook points itself, and on one that does not.
 
 The patched TransformerLens (``upstream/``) declares ``hook_expert_pre/post/out`` on its MoE
-bridge and fires them from its own experts implementation. Here a plain bridge is given such
-hook points by hand, fired by an experts implementation registered under another name, so the
-test sees whether tl_moe uses them (same objects, that implementation left in place, nothing
-of them removed by ``detach``) or installs its own.
+bridge and fires them from its own experts implementation once ``set_use_expert_hooks(True)``
+(off by default). Here a plain bridge is given such hook points by hand, fired by an experts
+implementation registered under another name, and a recording ``set_use_expert_hooks``, so the
+test sees whether tl_moe uses them (same objects, that implementation left in place, the flag
+turned on and restored, nothing of them removed by ``detach``) or installs its own. The tests
+marked for the patched TransformerLens run in ``upstream/check.sh``.
 """
 
 from __future__ import annotations
@@ -40,7 +42,16 @@ def _boot(directory) -> TransformerBridge:
 
 
 def _simulate_upstream(bridge: TransformerBridge, layers: list[int]) -> dict[str, HookPoint]:
-    """Declare and fire ``blocks.{L}.mlp.hook_expert_*`` as the patched TransformerLens does."""
+    """Declare and fire ``blocks.{L}.mlp.hook_expert_*`` as the patched TransformerLens does,
+    with a ``set_use_expert_hooks`` that records its calls in ``bridge.flag_calls``."""
+    bridge.flag_calls = []
+
+    def set_use_expert_hooks(value: bool) -> None:
+        bridge.flag_calls.append(value)
+        object.__setattr__(bridge.cfg, "use_expert_hooks", value)
+
+    bridge.set_use_expert_hooks = set_use_expert_hooks
+    object.__setattr__(bridge.cfg, "use_expert_hooks", False)
     ExpertsInterface.register(SIMULATED, hooked_experts_forward)
     hf = hf_model_of(bridge)
     hf.set_experts_implementation(SIMULATED)
@@ -70,6 +81,7 @@ def test_unpatched_bridge_gets_tl_moe_hooks(tiny_model_dir):
     bridge = _boot(tiny_model_dir("olmoe"))
     tl_moe.attach(bridge)
     assert not bridge._tl_moe_attachment.upstream_experts
+    assert bridge._tl_moe_attachment.previous_upstream_flag is None  # no flag to turn on here
     assert hf_model_of(bridge).config._experts_implementation == IMPLEMENTATION_NAME
     tl_moe.detach(bridge)
     assert "blocks.0.mlp.hook_expert_post" not in bridge.hook_dict
@@ -81,6 +93,7 @@ def test_upstream_hooks_are_used_not_replaced(tiny_model_dir):
     declared = _simulate_upstream(bridge, [0, 1])
     tl_moe.attach(bridge)
     assert bridge._tl_moe_attachment.upstream_experts
+    assert bridge.flag_calls == [True]
     assert hf_model_of(bridge).config._experts_implementation == SIMULATED
     for name, hook in declared.items():
         assert bridge.hook_dict[name] is hook
@@ -106,6 +119,7 @@ def test_detach_leaves_upstream_hooks_firing(tiny_model_dir):
     bridge = _boot(tiny_model_dir("olmoe"))
     declared = _simulate_upstream(bridge, [0, 1])
     tl_moe.detach(tl_moe.attach(bridge))
+    assert bridge.flag_calls == [True, False]  # turned on by attach, back off by detach
     assert hf_model_of(bridge).config._experts_implementation == SIMULATED
     assert "blocks.0.mlp.hook_topk_weights" not in bridge.hook_dict
     with torch.no_grad():
@@ -127,15 +141,37 @@ def test_upstream_hooks_on_only_some_layers_are_not_used(tiny_model_dir):
 @pytest.mark.skipif(
     not _PATCHED, reason="needs TransformerLens with the upstream expert hooks (upstream/check.sh)"
 )
+def test_patched_transformer_lens_hooks_are_turned_on_and_back_off(tiny_model_dir):
+    bridge = _boot(tiny_model_dir("qwen3_moe"))
+    hf = hf_model_of(bridge)
+    before = hf.config._experts_implementation
+    assert bridge.cfg.use_expert_hooks is False  # opt-in upstream
+    tl_moe.attach(bridge)
+    assert bridge._tl_moe_attachment.upstream_experts
+    assert bridge.cfg.use_expert_hooks is True
+    assert hf.config._experts_implementation == "transformer_lens"
+    with torch.no_grad():
+        _, cache = bridge.run_with_cache(TOKENS, names_filter=[tl_moe.get_act_name("expert_post", 1)])
+    assert cache[tl_moe.get_act_name("expert_post", 1)].shape[:3] == (*TOKENS.shape, 2)
+    tl_moe.detach(bridge)
+    assert bridge.cfg.use_expert_hooks is False
+    assert hf.config._experts_implementation == before
+
+
+@pytest.mark.skipif(
+    not _PATCHED, reason="needs TransformerLens with the upstream expert hooks (upstream/check.sh)"
+)
 def test_patched_transformer_lens_hooks_equal_tl_moe_hooks(tiny_model_dir):
     patched = tl_moe.attach(_boot(tiny_model_dir("qwen3_moe")))
     assert patched._tl_moe_attachment.upstream_experts
     own = _boot(tiny_model_dir("qwen3_moe"))
+    before = hf_model_of(own).config._experts_implementation
     for block in own.blocks:  # hide the upstream hook points so tl_moe installs its own
         for name in UPSTREAM_HOOK_NAMES:
             block.mlp._modules.pop(name, None)
     tl_moe.attach(own)
     assert not own._tl_moe_attachment.upstream_experts
+    assert hf_model_of(own).config._experts_implementation == IMPLEMENTATION_NAME
     names = [tl_moe.get_act_name(what, 1) for what in ("expert_pre", "expert_post", "expert_out")]
     with torch.no_grad():
         logits, cache = patched.run_with_cache(TOKENS, names_filter=names)
@@ -143,3 +179,6 @@ def test_patched_transformer_lens_hooks_equal_tl_moe_hooks(tiny_model_dir):
     assert torch.equal(logits, own_logits)
     for name in names:
         assert torch.equal(cache[name], own_cache[name])
+    tl_moe.detach(own)
+    assert hf_model_of(own).config._experts_implementation == before
+    assert own.cfg.use_expert_hooks is False

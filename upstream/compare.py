@@ -5,8 +5,8 @@ For each architecture: build a tiny random model (``AutoConfig.for_model`` +
 
 1. the patched bridge's ``hook_expert_pre/post/out`` equal tl_moe's own hooks bit for bit (fp32),
    and so do the two bridges' logits;
-2. the patched bridge's logits equal Hugging Face's (fp32, eager attention), hooks idle and with
-   every hook cached;
+2. the patched bridge's logits equal Hugging Face's (fp32, eager attention), with the expert hooks
+   turned on (``set_use_expert_hooks(True)``), idle and with every hook cached;
 3. ``tl_moe.attach`` on the patched bridge uses the upstream hook points.
 
 Prints one line per architecture; exits 1 if anything fails.
@@ -131,6 +131,7 @@ def check(architecture: str) -> tuple[bool, str]:
         with torch.no_grad():
             hf_logits = hf.eval()(TOKENS).logits
         patched = boot(directory)
+        patched.set_use_expert_hooks(True)  # opt-in in TransformerLens
         names = [name for name in patched.hook_dict if name.rsplit(".", 1)[-1] in EXPERT_HOOKS]
         shared = {
             f"blocks.{layer}.mlp.{theirs}": f"blocks.{layer}.mlp.{ours}"

@@ -82,6 +82,7 @@ class _Attachment:
     upstream_experts: bool = (
         False  # TransformerLens fires hook_expert_* itself (see _uses_upstream_expert_hooks)
     )
+    previous_upstream_flag: bool | None = None  # cfg.use_expert_hooks before attach turned it on
 
 
 def _install(attachment: _Attachment, module: nn.Module, hook, *, pre: bool = False, **kwargs) -> None:
@@ -313,6 +314,26 @@ def _uses_upstream_expert_hooks(bridge, layers: list[LayerModules]) -> bool:
     )
 
 
+def _enable_upstream_expert_hooks(bridge) -> bool | None:
+    """Turn on TransformerLens's own expert hook points, which it gates behind ``use_expert_hooks``.
+
+    The gate goes by name, so tl_moe's own hook points (same names) need it on too; tl_moe's
+    experts implementation, set after this, then takes precedence over TransformerLens's. Returns the flag's previous value, for :func:`detach` to restore; None where the bridge has no
+    ``set_use_expert_hooks`` (its hook points then fire without one).
+    """
+    setter = getattr(bridge, "set_use_expert_hooks", None)
+    if setter is None:
+        return None
+    previous = bool(getattr(bridge.cfg, "use_expert_hooks", False))
+    setter(True)
+    return previous
+
+
+def _restore_upstream_flag(bridge, attachment: _Attachment) -> None:
+    if attachment.previous_upstream_flag is not None:
+        bridge.set_use_expert_hooks(attachment.previous_upstream_flag)
+
+
 def check_block_output(modules: LayerModules, where: str, n_tokens: int = 8) -> None:
     """Refuse a block whose output is not Σ_k weight·expert output (+ (gated) shared experts).
 
@@ -416,6 +437,8 @@ def attach(bridge):
     if config.is_moe:
         layers = sparse_layer_modules(hf)
         attachment.upstream_experts = _uses_upstream_expert_hooks(bridge, layers)
+        # Turned on either way: TransformerLens gates every blocks.L.mlp.hook_expert_* name behind it.
+        attachment.previous_upstream_flag = _enable_upstream_expert_hooks(bridge)
         if not attachment.upstream_experts:
             register_experts_implementation()
             attachment.previous_experts_implementations = [
@@ -432,6 +455,7 @@ def attach(bridge):
                     check_block_output(modules, f"{hf.config.model_type} layer {layer_index}")
         except UnsupportedArchitectureError:
             _restore_experts_implementations(attachment)
+            _restore_upstream_flag(bridge, attachment)
             raise
         for layer_index, modules in enumerate(layers):
             if modules.is_sparse:
@@ -471,6 +495,7 @@ def detach(bridge):
             component._hook_registry.pop(attribute, None)
         delattr(component, attribute)
     _restore_experts_implementations(attachment)
+    _restore_upstream_flag(bridge, attachment)
     if attachment.previous_moe_cfg is _MISSING:
         bridge.__dict__.pop("moe_cfg", None)
     else:
