@@ -284,7 +284,9 @@ def toy_pass():
     model = tl_moe.load("toy/moe-16x2")
     cfg = model.moe_cfg
     layer = cfg.sparse_layers[-1]
-    options = RunOptions(max_tokens=8000, skip_untrained_null=True, probe_ks=(1, 4), probe_layers=(layer,))
+    options = RunOptions(
+        max_tokens=8000, skip_untrained_null=True, probe_ks=(1, 4), probe_layers=(layer,), min_documents=10
+    )
     run = RunContext(options, models={"toy/moe-16x2": model})
     hooks = expert_probing_hooks(cfg, [layer])
     routing = [get_act_name("topk_indices", layer)]

@@ -194,5 +194,5 @@ def test_the_permutation_test_needs_enough_documents():
 
     counts, tokens, domain = _documents(0, 0.0, n_docs=6)
     domain = torch.tensor([0, 1, 2, 0, 1, 2])
-    with pytest.raises(InputError, match="at least 10"):
+    with pytest.raises(InputError, match="at least 30"):
         _fit_and_test(counts, tokens, domain)

@@ -271,3 +271,33 @@ def test_hook_names_lists_each_layers_own_hooks(tiny_bridge):
     assert "blocks.0.mlp.hook_expert_post" not in names and "blocks.1.mlp.hook_post" not in names
     for name in names:  # every listed name is a real hook point of the bridge
         assert bridge.get_hook_point(name) is not None, name
+
+
+def test_a_backward_only_hook_on_an_expert_hook_fires_with_the_gradient(tiny_bridge):
+    """A ``dir="bwd"`` hook alone (no forward hook) on an expert hook point receives the gradient of
+    the loss with respect to that activation (compared with the gradient of a retained activation)."""
+    import torch
+
+    bridge = tiny_bridge("olmoe")
+    name = tl_moe.get_act_name("expert_post", bridge.moe_cfg.sparse_layers[-1])
+    tokens = torch.randint(3, 96, (2, 6), generator=torch.Generator().manual_seed(0))
+    seen = []
+    bridge.reset_hooks()
+    bridge.add_hook(name, lambda grad, hook: seen.append(grad.detach().clone()), dir="bwd")
+    try:
+        bridge(tokens, return_type="loss").backward()
+    finally:
+        bridge.reset_hooks()
+        bridge.zero_grad(set_to_none=True)
+    assert len(seen) == 1
+    kept = {}
+
+    def keep(tensor, hook):
+        tensor.retain_grad()
+        kept["act"] = tensor
+        return tensor
+
+    loss = bridge.run_with_hooks(tokens, return_type="loss", fwd_hooks=[(name, keep)])
+    loss.backward()
+    bridge.zero_grad(set_to_none=True)
+    torch.testing.assert_close(seen[0], kept["act"].grad)

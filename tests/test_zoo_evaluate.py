@@ -63,7 +63,7 @@ def test_windows_predict_every_token_once_and_domain_means_equal_the_training_ev
     assert means[ALL_DOMAINS] == pytest.approx(losses["loss_sum"].sum() / losses["n_tokens"].sum())
 
 
-def _frames(seed: int, n: int = 40, shift: float = 0.0):
+def _frames(seed: int, n: int = 80, shift: float = 0.0):
     rng = np.random.default_rng(seed)
     tokens = rng.integers(5, 200, n)
     a = pd.DataFrame(

@@ -26,11 +26,13 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 
+from tl_moe.analysis.drivers import document_half
 from tl_moe.analysis.stats import Interval, cluster_bootstrap
 from tl_moe.collect.interventional import Edit, run_interventions
 from tl_moe.models.hook_names import get_act_name
 
 __all__ = [
+    "held_out_windows",
     "Windows",
     "by_document",
     "document_windows",
@@ -242,3 +244,29 @@ def ratio_intervals(
         ratio, counts.shape[0], n_resamples=n_resamples, seed=seed, on_too_few="unavailable", what=what
     )
     return intervals if isinstance(intervals, list) else [intervals]
+
+
+def held_out_windows(
+    dataset: Any,
+    tokenizer: Any,
+    *,
+    seq_len: int,
+    tokens_per_group: int,
+    group_column: str = "domain",
+    rows: Any = None,
+) -> tuple[Windows, Windows]:
+    """``(selection, evaluation)`` windows: documents of :func:`document_half` 0 and 1 (the drivers
+    rule), each group filled to ``tokens_per_group`` tokens."""
+    rows = torch.arange(len(dataset)) if rows is None else torch.as_tensor(rows)
+    half = document_half(rows)
+    return tuple(
+        document_windows(
+            dataset,
+            tokenizer,
+            rows[half == side].tolist(),
+            seq_len=seq_len,
+            tokens_per_group=tokens_per_group,
+            group_column=group_column,
+        )
+        for side in (0, 1)
+    )

@@ -98,7 +98,11 @@ def has_upstream_expert_hooks(component: nn.Module) -> bool:
 
 
 def _is_listening(hook: HookPoint | None) -> bool:
-    return hook is not None and bool(hook._forward_hooks)
+    """Whether a hook point has a forward or a backward hook (TransformerLens registers ``dir="bwd"``
+    hooks as full backward hooks, which fire only if the hook point is called)."""
+    return hook is not None and bool(
+        hook._forward_hooks or hook._backward_hooks or getattr(hook, "_backward_pre_hooks", None)
+    )
 
 
 def _grouped_mm_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:

@@ -833,8 +833,8 @@ def reweight_documents(
     dataset: Any, tokenizer: Any, *, seq_len: int, tokens_per_group: int, group_column: str = "domain"
 ) -> dict[str, tuple[int, int]]:
     """group -> (selection, held-out) documents of the re-weighting windows
-    (:func:`~tl_moe.pipeline.sections.reweighting.held_out_windows`, same rule, no model)."""
-    from tl_moe.pipeline.sections.reweighting import held_out_windows
+    (:func:`~tl_moe.analysis.edit_windows.held_out_windows`, same rule, no model)."""
+    from tl_moe.analysis.edit_windows import held_out_windows
 
     selection, evaluation = held_out_windows(
         dataset, tokenizer, seq_len=seq_len, tokens_per_group=tokens_per_group, group_column=group_column

@@ -8,10 +8,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
-from tl_moe.analysis.drivers import document_half
-from tl_moe.analysis.edit_windows import Windows, document_windows, routed_counts
+from tl_moe.analysis.edit_windows import Windows, held_out_windows, routed_counts
 from tl_moe.analysis.reweighting import ReweightingStudy, reweighting_study, selection_domain_experts
 from tl_moe.analysis.stats import MIN_DOCUMENTS
 from tl_moe.analysis.steering import SteeringStudy, steering_study
@@ -21,32 +19,6 @@ from tl_moe.pipeline.protocol import Analysis, FigureItem, Inputs, Need, Result,
 from tl_moe.report.figures import new_figure
 
 __all__ = ["Reweighting", "ReweightingResult", "held_out_windows"]
-
-
-def held_out_windows(
-    dataset: Any,
-    tokenizer: Any,
-    *,
-    seq_len: int,
-    tokens_per_group: int,
-    group_column: str = "domain",
-    rows: Any = None,
-) -> tuple[Windows, Windows]:
-    """``(selection, evaluation)`` windows: documents of :func:`document_half` 0 and 1 (the drivers
-    rule), each group filled to ``tokens_per_group`` tokens."""
-    rows = torch.arange(len(dataset)) if rows is None else torch.as_tensor(rows)
-    half = document_half(rows)
-    return tuple(
-        document_windows(
-            dataset,
-            tokenizer,
-            rows[half == side].tolist(),
-            seq_len=seq_len,
-            tokens_per_group=tokens_per_group,
-            group_column=group_column,
-        )
-        for side in (0, 1)
-    )
 
 
 def _row(frame: pd.Series, prefix: str) -> str:
@@ -286,10 +258,10 @@ def _steering_finding(steering: SteeringStudy) -> str:
     a, b = steering.contrast
     return (
         f"**Steering** ({a} vs {b}, experts chosen by routing-rate difference on the selection half), switched "
-        f"{' and '.join(sorted(set(own['switch']), reverse=True))}: "
+        f"{' and '.join(sorted(set(own['switch'])))}: "
         + "; ".join(parts)
         + " (nats/token, held out)."
-        + "".join(f" Note: {note}." for note in steering.notes)
+        + "".join(f" Note: {note}." for note in getattr(steering, "notes", ()))
     )
 
 
