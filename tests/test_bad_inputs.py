@@ -62,6 +62,22 @@ def _model_folders(tmp: Path) -> dict[str, Path]:
         (folder / "config.json").write_text(json.dumps({**config, **changes}))
         return folder
 
+    def rewrite_weights(folder: Path, change: Callable[[dict], dict]) -> Path:
+        from safetensors.torch import load_file, save_file
+
+        path = folder / "model.safetensors"
+        save_file(change(load_file(path)), path, metadata={"format": "pt"})
+        return folder
+
+    def without_q_proj(weights: dict) -> dict:
+        return {
+            name: value for name, value in weights.items() if name != "model.layers.1.self_attn.q_proj.weight"
+        }
+
+    def with_nan(weights: dict) -> dict:
+        weights["model.layers.2.mlp.gate.weight"][0, 0] = float("nan")
+        return weights
+
     folders = {
         "truncated_config": copy("truncated_config"),
         "binary_config": copy("binary_config"),
@@ -72,7 +88,19 @@ def _model_folders(tmp: Path) -> dict[str, Path]:
         "banana": edit(copy("banana"), model_type="banana"),
         "top_k_99": edit(copy("top_k_99"), num_experts_per_tok=99),
         "phimoe": edit(copy("phimoe"), model_type="phimoe", architectures=["PhimoeForCausalLM"]),
+        "layers_3": edit(copy("layers_3"), num_hidden_layers=3),  # the weights hold 4 layers
+        "layers_5": edit(copy("layers_5"), num_hidden_layers=5),
+        "hidden_size": edit(copy("hidden_size"), hidden_size=64),  # the weights are 128 wide
+        "vocab_size": edit(copy("vocab_size"), vocab_size=4000),  # the weights hold 4096 tokens
+        "missing_tensor": rewrite_weights(copy("missing_tensor"), without_q_proj),
+        "nan_weight": rewrite_weights(copy("nan_weight"), with_nan),
+        "top_k_float": edit(copy("top_k_float"), num_experts_per_tok=1.5),
+        "top_k_string": edit(copy("top_k_string"), num_experts_per_tok="2"),
+        "one_position": edit(copy("one_position"), max_position_embeddings=1),
+        "truncated_tokenizer": copy("truncated_tokenizer"),
     }
+    tokenizer_file = folders["truncated_tokenizer"] / "tokenizer.json"
+    tokenizer_file.write_text(tokenizer_file.read_text()[: tokenizer_file.stat().st_size // 2])
     config = folders["truncated_config"] / "config.json"
     config.write_text(config.read_text()[:100])
     (folders["binary_config"] / "config.json").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
@@ -207,6 +235,56 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
             "an architecture TransformerLens cannot boot (phimoe)",
             ["analyze", str(models["phimoe"])],
             "tl-moe hooks --architectures",
+        ),
+        (
+            "a model folder whose config has fewer layers than its weights",
+            ["analyze", str(models["layers_3"])],
+            "num_hidden_layers=3 in config.json but its weights hold 4 layers",
+        ),
+        (
+            "a model folder whose config has more layers than its weights",
+            ["analyze", str(models["layers_5"])],
+            "num_hidden_layers=5 in config.json but its weights hold 4 layers",
+        ),
+        (
+            "a model folder whose hidden_size disagrees with its weights",
+            ["analyze", str(models["hidden_size"])],
+            "model.embed_tokens.weight is [4096, 128] in the weights but [4096, 64]",
+        ),
+        (
+            "a model folder whose vocab_size disagrees with its weights",
+            ["analyze", str(models["vocab_size"])],
+            "model.embed_tokens.weight is [4096, 128] in the weights but [4000, 128]",
+        ),
+        (
+            "a model folder with a tensor missing from its safetensors",
+            ["analyze", str(models["missing_tensor"])],
+            "model.layers.1.self_attn.q_proj.weight",
+        ),
+        (
+            "a model folder with a NaN weight",
+            ["analyze", str(models["nan_weight"])],
+            "model.layers.2.mlp.gate.weight holds NaN",
+        ),
+        (
+            "a model folder with num_experts_per_tok 1.5",
+            ["analyze", str(models["top_k_float"])],
+            "num_experts_per_tok=1.5",
+        ),
+        (
+            'a model folder with num_experts_per_tok "2" (a string)',
+            ["analyze", str(models["top_k_string"])],
+            "num_experts_per_tok='2'",
+        ),
+        (
+            "a model folder with max_position_embeddings 1",
+            ["analyze", str(models["one_position"])],
+            "too short to analyze",
+        ),
+        (
+            "a model folder with a truncated tokenizer.json",
+            ["analyze", str(models["truncated_tokenizer"])],
+            "tokenizer.json",
         ),
         ("a hub id while the hub cannot be reached", ["analyze", "some-org/some-moe"], "some-org/some-moe"),
         (

@@ -529,6 +529,29 @@ def _resolve_name(name: str, resolver: NameResolver | None) -> tuple[str, dict]:
     return name, {}
 
 
+_WRAPPER_NAMES = ("_original_component", "original_component")
+"""Module names TransformerBridge inserts around the HF modules it wraps (not part of a checkpoint's names)."""
+
+
+def check_finite_weights(model: nn.Module, label: str) -> None:
+    """Refuse a model with a NaN or infinite parameter (a corrupt or diverged checkpoint), naming the tensor.
+
+    Buffers are not checked (attention masks may hold ``-inf`` on purpose).
+    """
+    for name, parameter in model.named_parameters():
+        if parameter.device.type == "meta":
+            continue
+        finite = torch.isfinite(parameter.detach())
+        if not bool(finite.all()):
+            bad = parameter.detach()[~finite]
+            kind = "NaN" if bool(torch.isnan(bad).any()) else "inf"
+            tensor = ".".join(part for part in name.split(".") if part not in _WRAPPER_NAMES)
+            raise InputError(
+                f"{label} has non-finite weights: {tensor} holds {kind} ({bad.numel():,} of {parameter.numel():,} "
+                "values); accepted: a checkpoint whose weights are all finite numbers."
+            )
+
+
 def _causal_lm_architecture(model: nn.Module) -> list[str]:
     """``config.architectures`` for the adapter lookup: as saved, else the model's own class."""
     architectures = list(getattr(model.config, "architectures", None) or [])
@@ -615,6 +638,7 @@ def load(
                 hf_config_overrides=overrides,
                 **boot_kwargs,
             )
+        check_finite_weights(hf_model_of(bridge), f"model {source or type(hf).__name__!r}")
         return attach(bridge)
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(
@@ -637,4 +661,5 @@ def load(
             raise
         architecture = str(error).removeprefix("Unsupported architecture:").strip()[:80]
         raise InputError(unbootable_message(label, config.get("model_type", "?"), architecture)) from None
+    check_finite_weights(hf_model_of(bridge), label)
     return attach(bridge)

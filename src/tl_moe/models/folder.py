@@ -6,11 +6,14 @@ a traceback deep inside transformers or TransformerLens, or load silently wrong:
 - a ``config.json`` that is missing, truncated, binary or not a JSON object;
 - a ``model_type`` that is missing or that the installed transformers does not know;
 - an architecture the installed TransformerLens bridge cannot boot (e.g. ``phimoe``);
-- ``num_experts_per_tok`` larger than the number of experts;
+- ``num_experts_per_tok`` that is not a positive integer (``1.5``, ``"2"``) or is larger than the
+  number of experts;
 - no weight file, a truncated or corrupt ``.safetensors`` file, or weights holding another number
-  of experts than the config says;
+  of experts or layers than the config says;
+- weights that do not fit the model ``config.json`` describes: a parameter with no tensor in the
+  weight files, or a tensor of another shape (e.g. ``hidden_size`` or ``vocab_size`` edited);
 - no tokenizer files, when the caller gives no tokenizer (a bridge would otherwise boot with a
-  placeholder vocabulary).
+  placeholder vocabulary), or a tokenizer file that cannot be read (truncated ``tokenizer.json``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ __all__ = [
     "check_model_type",
     "read_config",
     "expert_counts_in_weights",
+    "layer_counts_in_weights",
     "unbootable_message",
 ]
 
@@ -52,10 +56,18 @@ NUM_EXPERTS_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe
 """Config keys that hold the number of routed experts, by architecture."""
 TOP_K_KEYS = ("num_experts_per_tok", "num_experts_per_token", "experts_per_token", "moe_topk")
 """Config keys that hold the number of experts each token is routed to."""
+LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+"""Config keys that hold the number of transformer blocks."""
+EXTRA_LAYER_KEYS = ("num_nextn_predict_layers", "num_mtp_layers", "mtp_num_hidden_layers")
+"""Config keys of blocks the weights may hold beyond the transformer's (multi-token prediction)."""
+TOKENIZER_JSON_FILES = ("tokenizer_config.json", "special_tokens_map.json", "vocab.json", "added_tokens.json")
+"""JSON tokenizer files that must parse when present (``tokenizer.json`` is read by ``tokenizers``)."""
 
 _SAFETENSORS_HEADER_LIMIT = 100 * 1024 * 1024
 _EXPERT_INDEX = re.compile(r"^(.*)\.experts\.(\d+)\.")
 _FUSED_EXPERTS = re.compile(r"^(.*)\.experts\.[A-Za-z_]+$")
+_LAYER_INDEX = re.compile(r"^(.*?(?:^|\.)(?:layers|h|blocks))\.(\d+)\.")
+_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 
 
 def _refuse(label: str, what: str, accepted: str) -> InputError:
@@ -132,7 +144,20 @@ def _config_value(config: dict, keys: tuple[str, ...]) -> tuple[str, int] | None
     return None
 
 
+def _check_integer_fields(config: dict, label: str) -> None:
+    """Expert counts and top-k must be integers: ``1.5`` or ``"2"`` would fail inside transformers."""
+    experts = _config_value(config, NUM_EXPERTS_KEYS)
+    bound = f" <= {experts[0]} ({experts[1]})" if experts else ""
+    for source in (config, config.get("text_config") or {}):
+        for key in NUM_EXPERTS_KEYS + TOP_K_KEYS:
+            value = source.get(key) if isinstance(source, dict) else None
+            if isinstance(value, (bool, float, str)):
+                accepted = "a positive integer" + (bound if key in TOP_K_KEYS else "")
+                raise _refuse(label, f"has {key}={value!r} ({type(value).__name__}) in config.json", accepted)
+
+
 def _check_routing_sizes(config: dict, label: str) -> None:
+    _check_integer_fields(config, label)
     experts = _config_value(config, NUM_EXPERTS_KEYS)
     top_k = _config_value(config, TOP_K_KEYS)
     if experts is None or top_k is None:
@@ -210,10 +235,125 @@ def expert_counts_in_weights(header: dict) -> dict[str, int]:
     return counts
 
 
+def layer_counts_in_weights(header: dict) -> dict[str, int]:
+    """Blocks per stack (its name prefix, e.g. ``model.layers``) found in a weight header, by block index."""
+    counts: dict[str, int] = {}
+    for name in header:
+        found = _LAYER_INDEX.match(name)
+        if found:
+            prefix, index = found.group(1), int(found.group(2))
+            counts[prefix] = max(counts.get(prefix, 0), index + 1)
+    return counts
+
+
+def _check_layer_count(header: dict, config: dict, label: str) -> None:
+    """Refuse weights holding fewer blocks than ``config.json`` says, or more (beyond MTP blocks)."""
+    layers = _config_value(config, LAYER_KEYS)
+    counts = layer_counts_in_weights(header)
+    if layers is None or not counts:
+        return
+    key, n_layers = layers
+    extra = _config_value(config, EXTRA_LAYER_KEYS)
+    allowed = range(n_layers, n_layers + (extra[1] if extra else 0) + 1)
+    if any(count in allowed for count in counts.values()):
+        return
+    stack = max(counts, key=lambda prefix: sum(name.startswith(prefix + ".") for name in header))
+    raise _refuse(
+        label,
+        f"has {key}={n_layers} in config.json but its weights hold {counts[stack]} layers "
+        f"({stack}.0 to {stack}.{counts[stack] - 1})",
+        "a config.json whose layer count matches its weights",
+    )
+
+
+def _meta_model(directory: Path):
+    """The model ``config.json`` describes, built on the meta device (no memory); None if it cannot be."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        hf_config = AutoConfig.from_pretrained(directory)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(hf_config)
+    except Exception:  # a model transformers cannot build from its config alone: the load reports it
+        return None
+
+
+def _checkpoint_names(model, header: dict) -> dict[str, tuple[str, bool]]:
+    """Each weight-file tensor's parameter name in ``model``, as transformers renames it on load,
+    and whether it is renamed only (True) or converted (fused, split: its shape changes)."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+
+    mapping = get_model_conversion_mapping(model)
+    renamings = [m for m in mapping if isinstance(m, WeightRenaming)]
+    converters = [m for m in mapping if isinstance(m, WeightConverter)]
+    state = model.state_dict()
+    names = {}
+    for name in header:
+        target, converted = rename_source_key(name, renamings, converters, model.base_model_prefix, state)
+        names[name] = (target, converted is None)
+    return names
+
+
+def _check_against_architecture(directory: Path, header: dict, config: dict, label: str) -> None:
+    """Refuse a parameter without a tensor, or a tensor of another shape than ``config.json`` implies.
+
+    transformers would otherwise initialise a missing parameter at random (silently) or end in a
+    size-mismatch traceback. Skipped for quantized checkpoints (packed shapes) and where the
+    installed transformers cannot build the model or rename its weights.
+    """
+    if "quantization_config" in config:
+        return
+    model = _meta_model(directory)
+    if model is None:
+        return
+    try:
+        names = _checkpoint_names(model, header)
+    except Exception:  # transformers' renaming machinery changed: nothing to compare against
+        return
+    parameters = dict(model.named_parameters())
+    sizes = ", ".join(
+        f"{key}={value}"
+        for key in ("hidden_size", "vocab_size")
+        for value in [config.get(key, (config.get("text_config") or {}).get(key))]
+        if value is not None
+    )
+    for name, (target, renamed_only) in names.items():
+        entry = header[name]
+        expected = parameters.get(target)
+        if not renamed_only or expected is None or entry.get("dtype") not in _FLOAT_DTYPES:
+            continue
+        if list(entry.get("shape") or []) != list(expected.shape):
+            raise _refuse(
+                label,
+                f"has weights that do not fit its config.json ({sizes}): {name} is {entry.get('shape')} in the "
+                f"weights but {list(expected.shape)} from the config",
+                "a config.json that matches its weights",
+            )
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+    found = {target for target, _ in names.values()}
+    missing = [name for name in parameters if name not in found and name not in tied]
+    if missing:
+        raise _refuse(
+            label,
+            f"has no tensor for {missing[0]} in its weights ({len(missing)} of the {len(parameters)} parameters "
+            "config.json describes are missing)",
+            "weights holding every parameter of the model config.json describes",
+        )
+
+
 def _check_weights(directory: Path, config: dict, label: str) -> None:
     header: dict = {}
     for path in _weight_files(directory, label):
         header.update(_safetensors_header(path, label))
+    _check_layer_count(header, config, label)
+    _check_experts_in_weights(header, config, label)
+    if header:
+        _check_against_architecture(directory, header, config, label)
+
+
+def _check_experts_in_weights(header: dict, config: dict, label: str) -> None:
     experts = _config_value(config, NUM_EXPERTS_KEYS)
     counts = expert_counts_in_weights(header)
     if experts is None or not counts:
@@ -229,8 +369,32 @@ def _check_weights(directory: Path, config: dict, label: str) -> None:
         )
 
 
+def _check_tokenizer_files(directory: Path, label: str) -> None:
+    """Refuse a ``tokenizer.json`` that ``tokenizers`` cannot read, or a tokenizer JSON file that does not parse."""
+    accepted = "tokenizer files as tokenizer.save_pretrained writes them (copy or download them again)"
+    for name in TOKENIZER_JSON_FILES:
+        path = directory / name
+        if path.is_file():
+            try:
+                json.loads(path.read_bytes().decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                raise _refuse(label, f"has a {name} that is not valid JSON (truncated?)", accepted) from None
+    path = directory / "tokenizer.json"
+    if path.is_file():
+        from tokenizers import Tokenizer
+
+        try:
+            Tokenizer.from_file(str(path))
+        except Exception as error:  # tokenizers raises plain Exceptions
+            reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+            raise _refuse(
+                label, f"has a tokenizer.json that cannot be read ({reason}; truncated?)", accepted
+            ) from None
+
+
 def _check_tokenizer(directory: Path, label: str) -> None:
     if any((directory / name).is_file() for name in TOKENIZER_FILES) or any(directory.glob("*.tiktoken")):
+        _check_tokenizer_files(directory, label)
         return
     raise _refuse(
         label,

@@ -220,6 +220,12 @@ def check_seq_len(
     if model_or_config is None:
         return seq_len
     positions = max_positions(model_or_config)
+    if positions is not None and positions < 2:
+        raise SeqLenError(
+            input_name,
+            f"the model's context is {positions} position (max_position_embeddings={positions}), too short to "
+            "analyze; accepted: a model with at least 2 positions (BOS + one token).",
+        )
     if positions is not None and seq_len > positions:
         raise SeqLenError(
             input_name,
