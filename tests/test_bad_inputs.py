@@ -292,6 +292,16 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
             ["analyze", "--analyses", "explain", "--explainer", "openai:http://127.0.0.1:9"],
             "http://127.0.0.1:9",
         ),
+        (
+            "a local explainer path that does not exist",
+            ["analyze", "--analyses", "explain", "--explainer", "local:/nonexistent"],
+            "local:/nonexistent",
+        ),
+        (
+            "a local explainer path that is not a model",
+            ["analyze", "--analyses", "explain", "--explainer", f"local:{tmp / 'a_file'}"],
+            ".gguf",
+        ),
         ("--probe-ks above the neurons of an expert", ["analyze", "--probe-ks", "1,5000"], "--probe-ks"),
     ]
 

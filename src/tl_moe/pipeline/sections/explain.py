@@ -423,6 +423,29 @@ def check_endpoint_answers(spec: str) -> None:
         )
 
 
+def check_local_explainer(spec: str) -> None:
+    """Refuse ``--explainer local:PATH`` unless PATH is a ``.gguf`` file or a model folder (a ``config.json``
+    beside it), before the pass rather than when the labels are due."""
+    from pathlib import Path
+
+    path = Path(spec.partition(":")[2]).expanduser()
+    accepted = (
+        "local:PATH of a chat model's folder (saved with save_pretrained) or of a .gguf file, or offline"
+    )
+    if not spec.partition(":")[2]:
+        raise InputError(f"--explainer {spec!r} names no path; accepted: {accepted}.")
+    if not path.exists():
+        raise InputError(f"--explainer {spec!r}: {str(path)!r} does not exist; accepted: {accepted}.")
+    if path.is_file() and path.suffix != ".gguf":
+        raise InputError(
+            f"--explainer {spec!r}: {str(path)!r} is a file but not a .gguf file; accepted: {accepted}."
+        )
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise InputError(
+            f"--explainer {spec!r}: {str(path)!r} is a folder without config.json; accepted: {accepted}."
+        )
+
+
 def check_causal_budget(dataset: Any, windows: int, seed: int = 0) -> int:
     """Before the pass: the documents the label causal checks can reach (one window per document of the
     ``causal`` split, at most ``windows``); warns, naming what helps, when fewer than ``MIN_DOCUMENTS``
@@ -499,6 +522,8 @@ class Explain(Analysis):
             )
         if spec.startswith("openai:"):
             check_endpoint_answers(spec)
+        if spec.startswith("local:"):
+            check_local_explainer(spec)
         check_causal_budget(run.dataset, run.options.explain_causal_windows, seed=run.options.seed)
 
     def needs(self, run: RunContext) -> list[Need]:
