@@ -33,11 +33,22 @@ def _corpus_files(tmp: Path) -> dict[str, Path]:
         "latin1.jsonl": b'{"text": "caf\xe9", "domain": "a"}\n',
         "bad_json.jsonl": b'{"text": "words", "domain": \n',
         "no_domain.jsonl": b'{"text": "words"}\n{"text": "more words"}\n',
+        "int_domain.jsonl": b'{"text": "words", "domain": "a"}\n{"text": "more words", "domain": 3}\n',
+        "float_domain.jsonl": b'{"text": "words", "domain": 1.5}\n',
+        "list_domain.jsonl": b'{"text": "words", "domain": ["a", "b"]}\n',
+        "dict_domain.jsonl": b'{"text": "words", "domain": {"name": "a"}}\n',
+        "int_split.jsonl": b'{"text": "words", "domain": "a", "split": 0}\n{"text": "more", "domain": "b", "split": 1}\n',
     }
     paths = {}
     for name, data in contents.items():
         paths[name] = folder / name
         paths[name].write_bytes(data)
+    import pandas as pd
+
+    paths["int_split.parquet"] = folder / "int_split.parquet"
+    pd.DataFrame({"text": ["words", "more"], "domain": ["a", "b"], "split": [0, 1]}).to_parquet(
+        paths["int_split.parquet"]
+    )
     (tmp / "readme_only").mkdir()
     (tmp / "readme_only" / "README.md").write_text("about the corpus\n")
     return paths
@@ -196,6 +207,24 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("a corpus file that is not UTF-8", corpus("latin1.jsonl"), "latin1.jsonl"),
         ("a corpus file of invalid JSON", corpus("bad_json.jsonl"), "bad_json.jsonl"),
         ("a corpus without a domain column", corpus("no_domain.jsonl"), "no_domain.jsonl"),
+        (
+            "a corpus whose domain is an int",
+            corpus("int_domain.jsonl"),
+            "1 of 2 rows have a 'domain' that is not a string (1 int; first at row 1 of int_domain.jsonl: 3)",
+        ),
+        ("a corpus whose domain is a float", corpus("float_domain.jsonl"), "(1 float; first at row 0"),
+        ("a corpus whose domain is a list", corpus("list_domain.jsonl"), "(1 list; first at row 0"),
+        ("a corpus whose domain is a dict", corpus("dict_domain.jsonl"), "(1 dict; first at row 0"),
+        (
+            "a JSON-lines corpus whose split is a number",
+            corpus("int_split.jsonl"),
+            "unknown split names 0, 1 in",
+        ),
+        (
+            "a Parquet corpus whose split is a number",
+            corpus("int_split.parquet"),
+            "unknown split names 0, 1 in",
+        ),
         ("a corpus file that does not exist", ["analyze", "--corpus", str(tmp / "nope.jsonl")], "nope.jsonl"),
         (
             "a corpus folder with only a readme",
@@ -308,6 +337,8 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
 
 def _api_cases(tmp: Path) -> list[tuple[str, Callable[[], object], str]]:
     """(what was called, the call, a piece the one-line InputError must contain); folders from :func:`_cases`."""
+    import numpy as np
+
     import tl_moe
     from tl_moe.data.corpus import load_corpus
     from tl_moe.models.hook_names import get_act_name
@@ -324,6 +355,16 @@ def _api_cases(tmp: Path) -> list[tuple[str, Callable[[], object], str]]:
         ("`force_routing(cfg, 0, [0, 0])`", lambda: force_routing(cfg, 0, [0, 0]), "[0, 0]"),
         ("`tl_moe.pipeline.analyze(12345)`", lambda: analyze(12345), "12345"),
         ("`load_corpus(12345)`", lambda: load_corpus(12345), "int"),
+        (
+            "`tl_moe.pipeline.analyze('toy/moe-4x2', split=0)`",
+            lambda: analyze("toy/moe-4x2", split=0, analyses=["sparsity"]),
+            "--split 0 is not a split",
+        ),
+        (
+            "`tl_moe.pipeline.analyze('toy/moe-4x2', split=numpy.int64(0))`",
+            lambda: analyze("toy/moe-4x2", split=np.int64(0), analyses=["sparsity"]),
+            "--split 0 is not a split",
+        ),
         (
             "`tl_moe.load(folder without tokenizer files)`",
             lambda: tl_moe.load(models / "no_tokenizer"),
@@ -413,3 +454,40 @@ def test_every_bad_input_gets_one_line_and_the_table_is_current(tmp_path, capsys
     if os.environ.get("TL_MOE_WRITE_DOCS"):
         DOC.write_text(text)
     assert DOC.read_text() == text, "docs/BAD_INPUTS.md is stale: rerun with TL_MOE_WRITE_DOCS=1"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "text"),
+    [
+        ("bom.jsonl", '{"text": "first words", "domain": "a"}\n', "first words"),
+        ("bom.csv", "text,domain\nfirst words,a\n", "first words"),
+        ("bom.txt", "first words", "first words"),
+    ],
+)
+def test_a_byte_order_mark_is_dropped_not_refused(tmp_path, name, content, text):
+    """Editors on Windows start UTF-8 files with U+FEFF: the file is read, and the mark is not part of the
+    text (nor of a CSV's first column name)."""
+    from tl_moe.data.corpus import load_corpus
+
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + content.encode("utf-8"))
+    corpus = load_corpus(path)
+    texts = [row for split in corpus.values() for row in split["text"]]
+    assert texts == [text]
+    if name != "bom.txt":
+        assert [row for split in corpus.values() for row in split["domain"]] == ["a"]
+
+
+def test_a_null_domain_is_unknown_and_a_string_domain_is_kept(tmp_path):
+    """Beside the refused non-string domains (the table above): null and empty mean 'unknown', as a
+    missing domain always has."""
+    from tl_moe.data.corpus import load_corpus
+
+    path = tmp_path / "domains.jsonl"
+    rows = [
+        {"text": "one", "domain": None},
+        {"text": "two", "domain": ""},
+        {"text": "three", "domain": "code"},
+    ]
+    path.write_text("".join(json.dumps({**row, "split": "train"}) + "\n" for row in rows))
+    assert load_corpus(path)["train"]["domain"] == ["unknown", "unknown", "code"]

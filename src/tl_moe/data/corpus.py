@@ -361,6 +361,33 @@ def _kind_of(value) -> str:
     return type(value).__name__
 
 
+def plain(value):
+    """``value`` as the Python scalar it stands for (``np.int64(0)`` -> ``0``), for messages."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) and getattr(value, "ndim", None) == 0 else value
+
+
+def _check_domain_strings(frame: pd.DataFrame, origin: str) -> None:
+    """Refuse a ``domain`` that is neither a string nor missing (an int, a float, a list, a dict)."""
+    present = frame["domain"].map(lambda value: not _is_missing(value))
+    not_text = present & ~frame["domain"].map(lambda value: isinstance(value, str))
+    if not not_text.any():
+        return
+    kinds = Counter(_kind_of(plain(value)) for value in frame["domain"][not_text])
+    found = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
+    first = int(not_text.to_numpy().nonzero()[0][0])
+    where = f" of {frame['source'].iloc[first]}" if "source" in frame.columns else ""
+    raise InputError(
+        f"corpus from {origin}: {int(not_text.sum())} of {len(frame)} rows have a 'domain' that is not a string "
+        f"({found}; first at row {first}{where}: {_short_repr(plain(frame['domain'].iloc[first]))}); accepted: a "
+        "string naming the row's domain, or null / an empty string (domain 'unknown')"
+    )
+
+
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
 def _frame_to_dataset_dict(frame: pd.DataFrame, origin: str, require_domain: bool) -> datasets.DatasetDict:
     """Validate a table of documents, fill optional columns, and split it into a ``DatasetDict``."""
     if "text" not in frame.columns:
@@ -379,6 +406,8 @@ def _frame_to_dataset_dict(frame: pd.DataFrame, origin: str, require_domain: boo
             f"(an empty string for a document without text)"
         )
     has_domain = "domain" in frame.columns
+    if has_domain:
+        _check_domain_strings(frame, origin)
     missing_domain = frame["domain"].isna() | (frame["domain"] == "") if has_domain else None
     if require_domain and (not has_domain or missing_domain.any()):
         detail = (
@@ -396,10 +425,12 @@ def _frame_to_dataset_dict(frame: pd.DataFrame, origin: str, require_domain: boo
     frame["language"] = frame["language"].fillna("unknown").astype(str) if "language" in frame else "unknown"
     frame["source"] = frame["source"].fillna(origin).astype(str) if "source" in frame else origin
     if "split" in frame.columns:
-        unknown = set(frame["split"].dropna().unique()) - set(SPLITS)
+        unknown = {plain(value) for value in frame["split"].dropna().unique()} - set(SPLITS)
         if unknown:
+            names = ", ".join(sorted(map(repr, unknown)))
             raise InputError(
-                f"corpus from {origin}: unknown split names {sorted(unknown)}; accepted: {SPLITS}"
+                f"corpus from {origin}: unknown split names {names} in its 'split' column; accepted: "
+                f"{', '.join(SPLITS)} (or null: split by a hash of the text)"
             )
         splits = frame["split"].fillna("").astype(str)
         splits = splits.where(splits != "", frame["text"].map(split_of))

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from tl_moe import errors
@@ -572,9 +573,10 @@ def check_corpus_split(corpus: Any, split: str | None = None, *, input_name: str
     )
     if split is not None and is_dict:
         if split not in corpus:
+            shown = split.item() if isinstance(split, np.generic) else split  # np.int64(0) -> 0
             raise CorpusSplitError(
                 input_name,
-                f"{input_name} {split!r} is not a split of the corpus; accepted: {', '.join(map(str, corpus))}.",
+                f"{input_name} {shown!r} is not a split of the corpus; accepted: {', '.join(map(str, corpus))}.",
             )
         dataset, label = corpus[split], f"{input_name} {split!r}"
     if TEXT_COLUMN not in getattr(dataset, "column_names", ()):

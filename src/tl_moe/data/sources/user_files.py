@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pandas as pd
@@ -53,20 +54,26 @@ def read_table_file(path: Path) -> pd.DataFrame:
     return frame
 
 
+def read_utf8(path: Path) -> str:
+    """A file's text, decoded strictly as UTF-8; a leading byte-order mark (as some editors write) is dropped."""
+    return path.read_bytes().decode("utf-8").removeprefix("\ufeff")
+
+
 def _parse_table_file(path: Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json", ".csv"):
-        # pandas reads some encodings leniently: insist on UTF-8, strictly, first.
-        path.read_bytes().decode("utf-8")
-    if suffix == ".jsonl":
-        return pd.read_json(path, lines=True, dtype=False)
-    if suffix == ".json":
-        return pd.read_json(path, dtype=False)
-    if suffix == ".csv":
-        return pd.read_csv(path, keep_default_na=False, dtype=str)  # every CSV cell is text
     if suffix == ".parquet":
         return pd.read_parquet(path)
-    raise InputError(f"{path}: unsupported table suffix {suffix!r}; accepted: {', '.join(TABLE_SUFFIXES)}")
+    if suffix not in (".jsonl", ".json", ".csv"):
+        raise InputError(
+            f"{path}: unsupported table suffix {suffix!r}; accepted: {', '.join(TABLE_SUFFIXES)}"
+        )
+    # pandas reads some encodings leniently: decode as UTF-8, strictly, first.
+    text = io.StringIO(read_utf8(path))
+    if suffix == ".jsonl":
+        return pd.read_json(text, lines=True, dtype=False)
+    if suffix == ".json":
+        return pd.read_json(text, dtype=False)
+    return pd.read_csv(text, keep_default_na=False, dtype=str)  # every CSV cell is text
 
 
 def read_text_file(path: Path, root: Path) -> pd.DataFrame:
@@ -76,7 +83,7 @@ def read_text_file(path: Path, root: Path) -> pd.DataFrame:
     gets no domain.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_utf8(path)
     except UnicodeDecodeError as error:
         raise InputError(
             f"corpus file {str(path)!r} is not UTF-8 (byte {error.object[error.start]:#04x} at offset "
