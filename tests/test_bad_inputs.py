@@ -377,6 +377,16 @@ def _api_cases(tmp: Path) -> list[tuple[str, Callable[[], object], str]]:
         ),
         ("`tl_moe.load(phimoe folder)`", lambda: tl_moe.load(models / "phimoe"), "phimoe"),
         (
+            "`tl_moe.load(folder whose config has 3 layers, weights 4)`",
+            lambda: tl_moe.load(models / "layers_3"),
+            "num_hidden_layers=3",
+        ),
+        (
+            "`tl_moe.load(folder with a NaN weight)`",
+            lambda: tl_moe.load(models / "nan_weight"),
+            "model.layers.2.mlp.gate.weight holds NaN",
+        ),
+        (
             "`tl_moe.load('some-org/some-moe')`, hub unreachable",
             lambda: tl_moe.load("some-org/some-moe"),
             "hub",

@@ -296,8 +296,9 @@ ACCEPTED_SPECS = (
     "(one document); a folder of such files (a .txt file in a sub-folder takes the sub-folder's name as "
     "its domain); a folder written by datasets' save_to_disk; a Hugging Face hub dataset id ('owner/name'); "
     "or a datasets.Dataset / DatasetDict. "
-    "Rows need a string 'text' column; 'domain' is needed for domain analyses; 'language' and 'source' "
-    "are optional; a 'split' column with values train/validation/test is used as the split if present."
+    "Rows need a string 'text' column; a string 'domain' is needed for domain analyses (null or empty: "
+    "'unknown'); 'language' and 'source' are optional; a 'split' column with values train/validation/test is "
+    "used as the split if present. Text files are UTF-8 (a leading byte-order mark is dropped)."
 )
 
 
