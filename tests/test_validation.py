@@ -50,6 +50,15 @@ def test_seq_len_beyond_the_models_positions_is_refused():
     assert "accepted: 2..256" in str(refused.value)
 
 
+def test_a_model_with_one_position_is_too_short_whatever_the_seq_len():
+    """No window fits in one position (BOS + one token needs two): the message says so, not "2..1"."""
+    with pytest.raises(v.SeqLenError) as refused:
+        v.check_seq_len(2, {"max_position_embeddings": 1}, memory_bytes=10**12)
+    message = one_line(refused, "--seq-len")
+    assert "too short to analyze" in message and "at least 2 positions" in message and "2..1" not in message
+    assert v.check_seq_len(2, {"max_position_embeddings": 2}, memory_bytes=10**12) == 2
+
+
 @pytest.mark.parametrize("bad", [0, 1, -5, "128", 12.0, True, None])
 def test_seq_len_that_is_not_a_length_is_refused(bad):
     with pytest.raises(v.SeqLenError) as refused:
