@@ -224,8 +224,9 @@ def check_seq_len(
     if positions is not None and positions < 2:
         raise SeqLenError(
             input_name,
-            f"the model's context is {positions} position (max_position_embeddings={positions}), too short to "
-            "analyze; accepted: a model with at least 2 positions (BOS + one token).",
+            f"{input_name} {seq_len} cannot fit: the model's context is {positions} position "
+            f"(max_position_embeddings={positions}), too short to analyze; accepted: a model with at least 2 "
+            "positions (BOS + one token).",
         )
     if positions is not None and seq_len > positions:
         raise SeqLenError(
