@@ -328,3 +328,75 @@ def test_layers_are_checked_against_the_sparse_layers():
         v.check_layers(["a", 1], (1, 3))
     with pytest.raises(v.LayersError, match="is empty"):
         v.check_layers([], (1, 3))
+
+
+# ------------------------------------------------------------------------------ run options
+
+
+def refused_option(**settings) -> str:
+    """The one-line message of ``RunOptions(**settings)``, which must refuse (options check themselves)."""
+    from tl_moe.errors import InputError
+    from tl_moe.pipeline import RunOptions
+
+    with pytest.raises(InputError) as refused:
+        RunOptions(**settings)
+    message = str(refused.value)
+    assert "\n" not in message and len(message) < 300, message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("settings", "flag", "accepted"),
+    [
+        ({"seed": -1}, "--seed", "from 0 to 2147483647"),
+        ({"seed": 2**40}, "--seed", "from 0 to 2147483647"),
+        ({"seed": 1.5}, "--seed", "from 0 to 2147483647"),
+        ({"fdr": float("nan")}, "--fdr", "a number in (0, 1)"),
+        ({"fdr": 0.0}, "--fdr", "a number in (0, 1)"),
+        ({"fdr": 1.0}, "--fdr", "a number in (0, 1)"),
+        ({"fdr": -0.1}, "--fdr", "a number in (0, 1)"),
+        ({"selection_fraction": float("nan")}, "--selection-fraction", "a number in (0, 1)"),
+        ({"probe_ks": (1, -1)}, "--probe-ks", "positive integers"),
+        ({"probe_ks": (0, 4)}, "--probe-ks", "positive integers"),
+        ({"probe_ks": ()}, "--probe-ks", "positive integers"),
+        ({"probe_ks": (1, 2.5)}, "--probe-ks", "positive integers"),
+        ({"max_tokens": 1.5}, "--max-tokens", "an integer of at least 1000"),
+        ({"max_tokens": "100"}, "--max-tokens", "an integer of at least 1000"),
+        ({"n_token_groups": 0}, "--n-token-groups", "a positive integer"),
+        ({"explain_timeout": float("nan")}, "--explain-timeout", "a positive number"),
+        ({"model": None}, "--model", "must name a model"),
+    ],
+)
+def test_run_options_refuse_values_no_run_can_use(settings, flag, accepted):
+    message = refused_option(**settings)
+    assert message.startswith(flag) and accepted in message
+
+
+@pytest.mark.parametrize(
+    ("factors", "named"),
+    [((1.0,), "[1.0]"), ((0.5, -2.0), "[-2.0]"), ((0.0, 2.0), "[0.0]"), ((2.0, 0.5, 2.0), "repeats [2.0]")],
+)
+def test_reweight_factors_must_be_positive_distinct_and_not_one(factors, named):
+    message = refused_option(reweight_factors=factors)
+    assert message.startswith("--reweight-factors") and named in message
+    assert "positive numbers other than 1" in message
+
+
+def test_good_run_options_pass_and_the_command_line_shares_the_rules():
+    from tl_moe.cli import build_parser
+    from tl_moe.errors import InputError
+    from tl_moe.pipeline import RunOptions
+    from tl_moe.pipeline.options import SEED_MAX, options_from_arguments
+
+    kept = RunOptions(seed=SEED_MAX, fdr=0.2, probe_ks=(1, 3), reweight_factors=(0.5, 3.0))
+    assert (kept.seed, kept.fdr, kept.probe_ks, kept.reweight_factors) == (SEED_MAX, 0.2, (1, 3), (0.5, 3.0))
+    assert RunOptions(analyses="domains, drivers").analyses == ("domains", "drivers")
+    parser = build_parser()
+    for argv, flag in (
+        (["--seed", "-1"], "--seed"),
+        (["--reweight-factors", "1"], "--reweight-factors"),
+        (["--probe-ks", "0,4"], "--probe-ks"),
+        (["--fdr", "nan"], "--fdr"),
+    ):
+        with pytest.raises(InputError, match=flag):
+            options_from_arguments(parser.parse_args(["analyze", *argv]))

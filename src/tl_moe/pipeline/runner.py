@@ -6,6 +6,7 @@ already loaded. Both validate every input before the first pass starts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -61,10 +62,33 @@ class RunResults:
         return self.results[name]
 
 
-def _chosen_analyses(options: RunOptions, analyses: Sequence[str | Analysis] | None) -> list[Analysis]:
-    if analyses is not None and all(isinstance(a, Analysis) for a in analyses):
+def _analysis_list(analyses: Any) -> tuple[str, ...] | list[Analysis] | None:
+    """``analyses`` as given to :func:`run` / :func:`analyze`: None, a name or comma list (as on the
+    command line), or a non-empty list of names or of :class:`Analysis` instances; else one line."""
+    if analyses is None:
+        return None
+    if isinstance(analyses, str):
+        analyses = [part.strip() for part in analyses.split(",") if part.strip()]
+    accepted = (
+        "accepted: an analysis name, a comma-separated string of names, or a non-empty list of names "
+        "or Analysis instances"
+    )
+    if not isinstance(analyses, (list, tuple)):
+        raise InputError(f"analyses={analyses!r:.60} (of type {type(analyses).__name__}); {accepted}.")
+    if not analyses:
+        raise InputError(f"analyses={analyses!r} names no analysis; {accepted}.")
+    if all(isinstance(a, Analysis) for a in analyses):
         return list(analyses)
-    names = options.analyses if analyses is None else tuple(analyses)
+    if not all(isinstance(a, str) and a for a in analyses):
+        raise InputError(f"analyses={list(analyses)!r:.80} mixes names with other values; {accepted}.")
+    return tuple(analyses)
+
+
+def _chosen_analyses(options: RunOptions, analyses: Sequence[str | Analysis] | str | None) -> list[Analysis]:
+    analyses = _analysis_list(analyses)
+    if isinstance(analyses, list):
+        return analyses
+    names = options.analyses if analyses is None else analyses
     if options.sparsity_family:
         names = (*(names if names is not None else _default_names()), "sparsity")
     return resolve(names)
@@ -183,7 +207,7 @@ def _pass_identity(
 def run(
     options: RunOptions | None = None,
     *,
-    analyses: Sequence[str | Analysis] | None = None,
+    analyses: Sequence[str | Analysis] | str | None = None,
     dataset: Any = None,
     models: dict[str, Any] | None = None,
     write_report: bool = True,
@@ -192,7 +216,8 @@ def run(
 
     Args:
         options: the settings (default: :class:`RunOptions` defaults, i.e. ``tl-moe analyze``).
-        analyses: analysis names or instances (default: ``options.analyses``, else the defaults).
+        analyses: analysis names or instances, or one name or comma-separated names as a string
+            (default: ``options.analyses``, else the defaults).
         dataset: the corpus split to analyze (default: ``options.corpus`` / ``options.split``).
         models: already loaded models by name; any other model named in the options is loaded.
         write_report: write ``index.html``, ``results.json``, figures and tables to ``options.out``.
@@ -366,7 +391,7 @@ def _run(options, analyses, dataset, models, write_report, started) -> RunResult
 def analyze(
     model: Any,
     *,
-    analyses: Sequence[str] | None = None,
+    analyses: Sequence[str] | str | None = None,
     dataset: Any = None,
     dense_baseline: Any = None,
     out: str | Path | None = None,
@@ -376,7 +401,9 @@ def analyze(
 
     ``tl_moe.pipeline.analyze(model, analyses=["domains"], max_tokens=20_000)`` runs one pass and
     returns ``results["domains"]``; give ``out=`` to also write the report there. ``settings`` are
-    :class:`RunOptions` fields (``max_tokens``, ``seq_len``, ``seed``, ...).
+    :class:`RunOptions` fields (``max_tokens``, ``seq_len``, ``seed``, ...); ``analyses`` takes a list of
+    names, one name, or comma-separated names (``"domains,drivers"``). Every setting is checked, in
+    one line each, before any model loads.
     """
     models: dict[str, Any] = {}
 
@@ -395,6 +422,18 @@ def analyze(
         models[name] = value
         return name
 
+    if model is None:
+        raise InputError(
+            "analyze() needs a model, got None; accepted: a model name (toy/..., a hub id, a local folder), "
+            "a path, a TransformerBridge or a transformers PreTrainedModel."
+        )
+    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(RunOptions)})
+    if unknown:
+        raise InputError(
+            f"analyze() has no setting {', '.join(map(repr, unknown))}; accepted: the RunOptions fields "
+            "(max_tokens, seq_len, seed, ... as in `tl-moe analyze --help`)."
+        )
+    _analysis_list(analyses)  # refused here, before any model loads
     main = named(model, "model")
     dense = named(dense_baseline, "dense baseline")
     options = RunOptions(
