@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,9 @@ from typing import Any
 from tl_moe.analysis.stats import MIN_DOCUMENTS
 from tl_moe.defaults import MIN_EXAMPLES
 from tl_moe.errors import InputError
+from tl_moe.pipeline.protocol import OptionLimit
 
-__all__ = ["RunOptions", "add_option_arguments", "options_from_arguments"]
+__all__ = ["RunOptions", "add_option_arguments", "fit_defaults", "is_default", "options_from_arguments"]
 
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -106,6 +107,31 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
 
 
+class ModelDefault:
+    """Marks an option value the user left at its default (see :func:`is_default`): a run fits such a
+    value to a model too small for it (fewer probe sizes, fewer drivers) and says so; a value given
+    explicitly, even an equal one, is never changed (a model too small for it is refused)."""
+
+
+class _DefaultInt(int, ModelDefault):
+    pass
+
+
+class _DefaultInts(tuple, ModelDefault):
+    pass
+
+
+def is_default(options: RunOptions, name: str) -> bool:
+    """Whether the option ``name`` holds its default because the user did not give it."""
+    return isinstance(getattr(options, name), ModelDefault)
+
+
+#: Default of ``--probe-ks``: fitted to the neurons of a model's experts when left unset.
+PROBE_KS = _DefaultInts((1, 2, 4, 8, 16, 32, 64))
+#: Default of ``--n-drivers``: fitted to half a model's experts when left unset.
+N_DRIVERS = _DefaultInt(8)
+
+
 def option(default: Any, help: str, *, parse: Callable[[str], Any] | None = None, cli: bool = True, **extra):
     """A :class:`RunOptions` field: its default, its ``--help`` text, and how the CLI parses it."""
     return field(default=default, metadata={"help": help, "parse": parse, "cli": cli, **extra})
@@ -142,7 +168,9 @@ class RunOptions:
     seed: int = option(0, "seed of every random choice (clustering, probe splits, baselines)", parse=int)
     n_token_groups: int = option(50, "spherical k-means clusters of the unembedding", parse=int)
     probe_ks: tuple[int, ...] = option(
-        (1, 2, 4, 8, 16, 32, 64), "neurons per probe (comma-separated)", parse=_int_list("--probe-ks")
+        PROBE_KS,
+        "neurons per probe (comma-separated); left unset, sizes above an expert's neurons are dropped",
+        parse=_int_list("--probe-ks"),
     )
     min_examples: int = option(
         MIN_EXAMPLES, "paper protocol: least positives / negatives a unit needs to be probed", parse=int
@@ -192,7 +220,10 @@ class RunOptions:
         20_000, "tokens on which the drivers analysis runs its edited forwards", parse=int
     )
     n_drivers: int = option(
-        8, "driver experts reported (largest removal effects on the selection half)", parse=int
+        N_DRIVERS,
+        "driver experts reported (largest removal effects on the selection half); left unset, at most "
+        "half the experts",
+        parse=int,
     )
     fresh: bool = option(False, "ignore (and overwrite) checkpoints of an earlier run in --out")
     keep_checkpoints: bool = option(False, "keep OUT/checkpoints after the run succeeds (default: removed)")
@@ -351,6 +382,47 @@ class RunOptions:
             f.name: str(value) if isinstance(value := getattr(self, f.name), Path) else value
             for f in dataclasses.fields(self)
         }
+
+
+def fit_defaults(options: RunOptions, limits: Mapping[str, OptionLimit]) -> tuple[RunOptions, dict[str, Any]]:
+    """``options`` with each value the user left at its default brought within ``limits`` (option name
+    -> the largest value the run's models allow), and what changed: option -> ``{"default", "used",
+    "because"}``. Explicit values are left as given (the analyses' checks refuse them). ``probe_ks``
+    keeps the default sizes up to the limit; ``n_drivers`` becomes the limit."""
+    changes: dict[str, Any] = {}
+    fitted: dict[str, Any] = {}
+    for name, limit in limits.items():
+        value = getattr(options, name)
+        if not is_default(options, name) or limit.most < 1:
+            continue
+        if name == "probe_ks" and max(value) > limit.most:
+            fitted[name] = tuple(k for k in value if k <= limit.most)
+        elif name == "n_drivers" and value > limit.most:
+            fitted[name] = limit.most
+        else:
+            continue
+        shown = list(fitted[name]) if isinstance(fitted[name], tuple) else fitted[name]
+        changes[name] = {
+            "default": list(value) if isinstance(value, tuple) else int(value),
+            "used": shown,
+            "because": limit.because,
+        }
+    return (options.replace(**fitted) if fitted else options), changes
+
+
+def fitted_defaults_note(changes: Mapping[str, Any]) -> str:
+    """One line saying which defaults were fitted to the model, to what, and why."""
+    parts = []
+    for name, change in changes.items():
+        flag = "--" + name.replace("_", "-")
+        used = ",".join(map(str, change["used"])) if isinstance(change["used"], list) else change["used"]
+        default = (
+            ",".join(map(str, change["default"]))
+            if isinstance(change["default"], list)
+            else change["default"]
+        )
+        parts.append(f"{flag} {used} instead of the default {default} ({change['because']})")
+    return "defaults fitted to the model: " + "; ".join(parts) + "; give the option to choose otherwise."
 
 
 def add_option_arguments(parser: argparse.ArgumentParser, analysis_help: str = "") -> None:

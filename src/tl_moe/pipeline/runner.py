@@ -25,7 +25,7 @@ from tl_moe.errors import InputError
 from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.needs import TokensByDomain
 from tl_moe.pipeline.options import RunOptions
-from tl_moe.pipeline.protocol import AccumulatorSpec, Analysis, Inputs, Result
+from tl_moe.pipeline.protocol import AccumulatorSpec, Analysis, Inputs, OptionLimit, Result
 from tl_moe.pipeline.registry import resolve
 from tl_moe.pipeline.validation import check_model_source, check_output_dir, check_seq_len, resolve_device
 from tl_moe.report import Report, package_versions
@@ -118,6 +118,25 @@ def _needs_by_model(run_context: RunContext, analyses: list[Analysis]) -> dict[s
             if need.spec not in specs:
                 specs.append(need.spec)
     return by_model
+
+
+def _fit_defaults(run_context: RunContext, analyses: list[Analysis]) -> dict[str, Any]:
+    """Fit the size options the user left at their defaults to the models (the tightest limit of the
+    chosen analyses, :meth:`Analysis.option_limits`), warn once in one line, and return what changed
+    (recorded in ``results.json``'s metadata; the fitted values are the run's options)."""
+    import warnings
+
+    from tl_moe.pipeline.options import fit_defaults, fitted_defaults_note
+
+    limits: dict[str, OptionLimit] = {}
+    for analysis in analyses:
+        for name, limit in analysis.option_limits(run_context).items():
+            if name not in limits or limit.most < limits[name].most:
+                limits[name] = limit
+    run_context.options, changes = fit_defaults(run_context.options, limits)
+    if changes and _rank() == 0:
+        warnings.warn(fitted_defaults_note(changes), stacklevel=3)
+    return changes
 
 
 def _check_memory(run_context: RunContext, needs: dict[str, list[AccumulatorSpec]]) -> None:
@@ -327,9 +346,13 @@ def _run(options, analyses, dataset, models, write_report, started) -> RunResult
             f"{run_context.main} is a dense model; the analyses need an MoE (pass the dense one as --dense-baseline)."
         )
     check_seq_len(options.seq_len, run_context.model(run_context.main), batch_size=options.batch_size)
+    fitted = _fit_defaults(run_context, chosen)
+    options = run_context.options
     for analysis in chosen:
         analysis.check(run_context)
     needs = _needs_by_model(run_context, chosen)
+    if any(spec.uses_token_groups for specs in needs.values() for spec in specs):
+        run_context.check_token_groups()
     _check_memory(run_context, needs)
 
     timings: dict[str, float] = {}
@@ -377,6 +400,7 @@ def _run(options, analyses, dataset, models, write_report, started) -> RunResult
                 "tokens_by_domain": tokens_by_domain,
                 "accumulator_bytes": memory,
                 "runtime": runtime,
+                "fitted_defaults": fitted,
             }
         )
         report_path = report.write()

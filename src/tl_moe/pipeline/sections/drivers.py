@@ -11,14 +11,23 @@ import pandas as pd
 import torch
 
 from tl_moe.analysis.driver_domain import DriverDomainComparison, compare_drivers_with_domain_experts
-from tl_moe.analysis.drivers import DocumentEffects, ExpertSaliency, driver_report
+from tl_moe.analysis.drivers import DocumentEffects, ExpertSaliency, driver_report, max_drivers
 from tl_moe.analysis.effect_estimate import FirstOrderEffects, estimate_report, estimate_vs_reap
 from tl_moe.analysis.stats import MIN_DOCUMENTS
 from tl_moe.collect.accumulator import Accumulator
 from tl_moe.models.config import MoEConfig
 from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.memory import backward_bytes
-from tl_moe.pipeline.protocol import AccumulatorSpec, Analysis, FigureItem, Inputs, Need, Result, TableItem
+from tl_moe.pipeline.protocol import (
+    AccumulatorSpec,
+    Analysis,
+    FigureItem,
+    Inputs,
+    Need,
+    OptionLimit,
+    Result,
+    TableItem,
+)
 from tl_moe.pipeline.validation import check_driver_budget, check_n_drivers
 from tl_moe.report.figures import new_figure
 
@@ -400,13 +409,23 @@ class Drivers(Analysis):
     )
     default = False
 
+    def option_limits(self, run: RunContext) -> dict[str, OptionLimit]:
+        cfg = run.config(run.main)
+        total = len(cfg.sparse_layers) * cfg.num_experts
+        most = max_drivers(len(cfg.sparse_layers), cfg.num_experts)
+        return {
+            "n_drivers": OptionLimit(most, f"each driver needs a distinct control: half of {total} experts")
+        }
+
     def check(self, run: RunContext) -> None:
         """Before the pass: at most half the experts as drivers, and edited forwards that reach documents on
         both halves (:func:`~tl_moe.pipeline.validation.check_driver_budget`; a warning below 30 report
         documents)."""
         cfg = run.config(run.main)
         options = run.options
-        check_n_drivers(options.n_drivers, len(cfg.sparse_layers), cfg.num_experts)
+        check_n_drivers(
+            options.n_drivers, len(cfg.sparse_layers), cfg.num_experts
+        )  # same rule as option_limits
         check_driver_budget(
             run.dataset,
             run.model(run.main).tokenizer,

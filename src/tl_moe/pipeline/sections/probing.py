@@ -47,7 +47,7 @@ from tl_moe.collect.steps import Step, run_now
 from tl_moe.errors import InputError
 from tl_moe.pipeline.context import RunContext, untrained_name
 from tl_moe.pipeline.needs import DenseNeurons, ExpertNeurons
-from tl_moe.pipeline.protocol import Analysis, FigureItem, Inputs, Need, Result, TableItem
+from tl_moe.pipeline.protocol import Analysis, FigureItem, Inputs, Need, OptionLimit, Result, TableItem
 from tl_moe.report import TableSummary
 from tl_moe.report.figures import line_plot
 
@@ -611,11 +611,15 @@ class Probing(Analysis):
         "and F1 at different class ratios is not on one scale; its intervals resample concepts only."
     )
 
+    def option_limits(self, run: RunContext) -> dict[str, OptionLimit]:
+        neurons = run.config(run.main).d_expert
+        return {"probe_ks": OptionLimit(neurons, f"{run.main}'s experts have {neurons} neurons")}
+
     def check(self, run: RunContext) -> None:
         from tl_moe.pipeline.validation import check_probe_ks
 
         run.probed_layers()  # refuses --probe-layers that are not sparse layers
-        check_probe_ks(run.options.probe_ks, run.config(run.main).d_expert)
+        check_probe_ks(run.options.probe_ks, self.option_limits(run)["probe_ks"].most)
 
     def needs(self, run: RunContext) -> list[Need]:
         needs = [Need(run.main, ExpertNeurons(run.probed_layers()))]
