@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from tl_moe.cli import main
 from tl_moe.errors import InputError
@@ -249,7 +250,7 @@ def _api_cases(tmp: Path) -> list[tuple[str, Callable[[], object], str]]:
     import tl_moe
     from tl_moe.data.corpus import load_corpus
     from tl_moe.models.hook_names import get_act_name
-    from tl_moe.models.interventions import force_routing
+    from tl_moe.models.interventions import Intervention, ablate_expert_neurons, batched_hooks, force_routing
     from tl_moe.pipeline import analyze
     from tl_moe.zoo.family import TOY_FAMILY
 
@@ -260,6 +261,16 @@ def _api_cases(tmp: Path) -> list[tuple[str, Callable[[], object], str]]:
         ("`get_act_name('expert_post', 1.5, cfg)`", lambda: get_act_name("expert_post", 1.5, cfg), "1.5"),
         ("`get_act_name('expert_post', 'x')`", lambda: get_act_name("expert_post", "x"), "'x'"),
         ("`force_routing(cfg, 0, [0, 0])`", lambda: force_routing(cfg, 0, [0, 0]), "[0, 0]"),
+        (
+            "`ablate_expert_neurons(cfg, 0, 0, [0, 1], value=torch.zeros(3))`",
+            lambda: ablate_expert_neurons(cfg, 0, 0, [0, 1], value=torch.zeros(3)),
+            "shape [3] for 2 neurons",
+        ),
+        (
+            "`batched_hooks(cfg, [[Intervention('remove', 0, 1), Intervention('force', 0, (1, 2))]])`",
+            lambda: batched_hooks(cfg, [[Intervention("remove", 0, 1), Intervention("force", 0, (1, 2))]]),
+            "both removes and forces expert(s) [1]",
+        ),
         ("`tl_moe.pipeline.analyze(12345)`", lambda: analyze(12345), "12345"),
         ("`tl_moe.pipeline.analyze(None)`", lambda: analyze(None), "None"),
         ("`analyze('toy/moe-4x2', analyses=[])`", lambda: analyze("toy/moe-4x2", analyses=[]), "analyses=[]"),
