@@ -4,6 +4,7 @@ it, the first-order (attribution-patching) estimate and REAP saliency, scored ag
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ from tl_moe.pipeline.protocol import (
 )
 from tl_moe.pipeline.validation import check_driver_budget, check_n_drivers
 from tl_moe.report.figures import new_figure
+from tl_moe.report.numbers import interval, number
 
 __all__ = ["DriverEffects", "DriverEstimate", "DriverSaliency", "Drivers", "DriversResult"]
 
@@ -179,9 +181,8 @@ class DriversResult(Result):
 
         def show(group: str) -> str:
             row = rows.loc[(edit, group)]
-            if reason:
-                return f"{row.iloc[0]:+.4f}"
-            return f"{row.iloc[0]:+.4f} [{row['ci low']:+.4f}, {row['ci high']:+.4f}]"
+            low, high = (math.nan, math.nan) if reason else (row["ci low"], row["ci high"])
+            return interval(row.iloc[0], low, high, "+.4f", reason or "no report document")
 
         n = int(self.comparison["experts"].iloc[0])
         moved = int(self.comparison["controls from another layer"].iloc[0])
@@ -197,7 +198,8 @@ class DriversResult(Result):
             f"{int(self.comparison['report documents'].iloc[0])}): removing one of the {n} strongest changes "
             f"next-token loss by {show('driver experts')} nats/token vs {show('matched controls')} for "
             f"{matched} (difference {show('driver − control')}, {interval}); REAP saliency ranks experts "
-            f"with Spearman ρ = {self.saliency_spearman:.2f} against the exact removal effect."
+            f"with Spearman ρ = {number(self.saliency_spearman, '.2f', 'constant saliency or effect')} against "
+            "the exact removal effect."
         ]
         if self.agreement is not None:
             findings.append(self._estimate_finding())
@@ -210,7 +212,7 @@ class DriversResult(Result):
         text = (
             f"**First-order estimate** (one backward per batch) of the zeroing effect: its top "
             f"{int(first['top n'])} share {int(first['top-n overlap'])} experts with the exact top "
-            f"{int(first['top n'])} (chance {first['chance overlap']:.1f}; REAP saliency: "
+            f"{int(first['top n'])} (chance {number(first['chance overlap'], '.1f', 'no expert')}; REAP saliency: "
             f"{int(reap['top-n overlap'])})."
         )
         if self.paired is None:
@@ -221,9 +223,8 @@ class DriversResult(Result):
         def rho(score: str) -> str:
             row = rows.loc[score]
             value = row["spearman with exact zeroing effect"]
-            if reason:
-                return f"{value:+.2f}"
-            return f"{value:+.2f} [{row['ci low']:+.2f}, {row['ci high']:+.2f}]"
+            low, high = (math.nan, math.nan) if reason else (row["ci low"], row["ci high"])
+            return interval(value, low, high, "+.2f", reason or "constant scores")
 
         diff = rows.loc["estimate − REAP"]
         if reason:
@@ -243,9 +244,11 @@ class DriversResult(Result):
 
     def _domain_finding(self) -> str:
         total = self.domain_overlap.table.set_index("layer").loc["all"]
-        rho = (
-            f"domain score vs removal effect: Spearman ρ = {total['spearman']:+.2f} "
-            f"[{total['spearman ci low']:+.2f}, {total['spearman ci high']:+.2f}] (95% bootstrap over experts)"
+        why = total.get("spearman unavailable") or "undefined"
+        low, high = total["spearman ci low"], total["spearman ci high"]
+        shown = interval(total["spearman"], low, high, "+.2f", why, "the bootstrap gave none")
+        rho = f"domain score vs removal effect: Spearman ρ = {shown}" + (
+            " (95% bootstrap over experts)" if "[" in shown else ""
         )
         if total["overlap not testable"]:
             return (
@@ -255,9 +258,9 @@ class DriversResult(Result):
             )
         return (
             f"**Drivers vs domain experts**: {int(total['both'])} of the {int(total['drivers'])} driver experts "
-            f"are domain experts (expected by chance {total['expected both']:.1f} of "
+            f"are domain experts (expected by chance {number(total['expected both'], '.1f', 'no scored expert')} of "
             f"{int(total['experts'])} scored experts with {int(total['domain experts'])} domain experts; "
-            f"hypergeometric p = {total['overlap p']:.3g}); {rho}."
+            f"hypergeometric p = {number(total['overlap p'], '.3g', 'not testable')}); {rho}."
         )
 
     def figures(self) -> list[FigureItem]:
@@ -325,7 +328,10 @@ class DriversResult(Result):
             row = self._agreement_row(score)
             ax.set_xlabel("exact loss change when zeroed, nats/token")
             ax.set_ylabel(name)
-            ax.set_title(f"Spearman ρ = {row['spearman']:.2f} over {int(row['experts'])} experts", fontsize=9)
+            ax.set_title(
+                f"Spearman ρ = {number(row['spearman'], '.2f', 'constant scores')} over {int(row['experts'])} experts",
+                fontsize=9,
+            )
             ax.ticklabel_format(style="sci", scilimits=(-2, 3))
             ax.axvline(0, color="grey", lw=0.5)
         if len(layers) <= 12:
