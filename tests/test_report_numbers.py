@@ -118,3 +118,15 @@ def test_explain_intervals_over_experts_need_min_documents_experts():
     text = labels_finding({**row, "layer": "all"}, {}, "offline", "detection", pd.DataFrame())
     assert f"{row['mean']:.3f} [{row['ci low']:.3f}, {row['ci high']:.3f}]" in text
     assert "95% bootstrap over experts" in text
+
+
+def test_readme_results_cells_say_why_a_number_or_interval_is_missing():
+    from tl_moe.pipeline.readme_results import _cell, _interval
+
+    full = {"estimate": 0.05, "ci_low": 0.01, "ci_high": 0.09, "interval_available": True}
+    assert _interval(full) == _cell(full) == "+0.050 [+0.010, +0.090]"
+    short = {"estimate": 0.05, "interval_available": False, "interval_unavailable_reason": "12 documents"}
+    assert _interval(short) == _cell(short) == "+0.050 (no interval: 12 documents)"
+    for estimate in (None, math.nan):
+        record = {"estimate": estimate, "interval_unavailable_reason": "no unit probed"}
+        assert _interval(record) == "unavailable (no unit probed)" and _cell(record) == "–"
