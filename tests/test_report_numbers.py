@@ -130,3 +130,17 @@ def test_readme_results_cells_say_why_a_number_or_interval_is_missing():
     for estimate in (None, math.nan):
         record = {"estimate": estimate, "interval_unavailable_reason": "no unit probed"}
         assert _interval(record) == "unavailable (no unit probed)" and _cell(record) == "–"
+
+
+def test_reweighting_rows_say_why_an_interval_or_estimate_is_missing():
+    from tl_moe.pipeline.sections.reweighting import _row
+
+    def row(estimate, low, high):
+        return pd.Series({"gain": estimate, "gain ci low": low, "gain ci high": high})
+
+    assert _row(row(0.1, 0.0, 0.2), "gain") == "+0.1000 [+0.0000, +0.2000]"
+    assert (
+        _row(row(0.1, math.nan, math.nan), "gain")
+        == f"+0.1000 (no interval: fewer than {MIN_DOCUMENTS} documents)"
+    )
+    assert _row(row(math.nan, math.nan, math.nan), "gain") == "unavailable (no held-out document)"
