@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tl_moe.analysis.stats import MIN_DOCUMENTS, too_few_units
-from tl_moe.report.numbers import interval, is_defined, mean_sd, number
+from tl_moe.report.numbers import format_interval, format_mean_sd, format_number, is_defined
 
 UNDEFINED = [None, math.nan, float("inf"), -math.inf, np.float64("nan"), torch.tensor(float("nan")), pd.NA]
 
@@ -20,19 +20,19 @@ UNDEFINED = [None, math.nan, float("inf"), -math.inf, np.float64("nan"), torch.t
 @pytest.mark.parametrize("value", UNDEFINED, ids=repr)
 def test_undefined_values_print_unavailable_with_the_reason(value):
     assert not is_defined(value)
-    assert number(value, ".3f", "no expert") == "unavailable (no expert)"
-    assert mean_sd(value, 0.1, ".3f", "no expert") == "unavailable (no expert)"
-    assert interval(value, 0.0, 1.0, "+.2f", "no expert") == "unavailable (no expert)"
-    assert interval(0.25, value, 1.0, "+.2f", "why", "4 experts") == "+0.25 (no interval: 4 experts)"
-    assert mean_sd(0.5, value, ".3f", "no expert") == "0.500 (no spread: one unit)"
+    assert format_number(value, ".3f", "no expert") == "unavailable (no expert)"
+    assert format_mean_sd(value, 0.1, ".3f", "no expert") == "unavailable (no expert)"
+    assert format_interval(value, 0.0, 1.0, "+.2f", "no expert") == "unavailable (no expert)"
+    assert format_interval(0.25, value, 1.0, "+.2f", "why", "4 experts") == "+0.25 (no interval: 4 experts)"
+    assert format_mean_sd(0.5, value, ".3f", "no expert") == "0.500 (no spread: one unit)"
 
 
 def test_defined_values_print_as_numbers():
     assert is_defined(np.float32(0.5)) and is_defined(torch.tensor(2)) and is_defined(3)
     assert not is_defined(True) and not is_defined("0.5")
-    assert number(np.float64(0.12345), ".3f", "x") == "0.123"
-    assert interval(0.2, 0.1, 0.3, "+.2f", "x") == "+0.20 [+0.10, +0.30]"
-    assert mean_sd(0.1234, 0.05, ".3f", "x") == "0.123 ± 0.050"
+    assert format_number(np.float64(0.12345), ".3f", "x") == "0.123"
+    assert format_interval(0.2, 0.1, 0.3, "+.2f", "x") == "+0.20 [+0.10, +0.30]"
+    assert format_mean_sd(0.1234, 0.05, ".3f", "x") == "0.123 ± 0.050"
 
 
 def test_specialization_finding_of_a_layer_without_a_routed_token_says_unavailable():

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tl_moe.report.numbers import interval, is_defined
+from tl_moe.report.numbers import format_interval, is_defined
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -39,7 +39,7 @@ def _interval(record: dict[str, Any]) -> str:
     why = record.get("interval_unavailable_reason") or "not computed"
     available = record.get("interval_available")
     low, high = (record.get("ci_low"), record.get("ci_high")) if available else (None, None)
-    return interval(record.get("estimate"), low, high, "+.3f", why)
+    return format_interval(record.get("estimate"), low, high, "+.3f", why)
 
 
 def _held_out_table(records: list[dict[str, Any]], ks: list[int]) -> list[str]:

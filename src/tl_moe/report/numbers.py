@@ -1,11 +1,11 @@
 """Numbers as the report's text shows them: an undefined value (None, NaN, ±inf) is never printed as
 ``nan`` but as ``unavailable (reason)``, and an interval with an undefined bound as ``no interval``.
 
-    number(0.1234, ".3f", "no scored expert")          -> '0.123'
-    number(float("nan"), ".3f", "no scored expert")    -> 'unavailable (no scored expert)'
-    interval(0.2, 0.1, 0.3, "+.2f", "too few experts") -> '+0.20 [+0.10, +0.30]'
-    interval(0.2, nan, nan, "+.2f", "too few experts") -> '+0.20 (no interval: too few experts)'
-    mean_sd(nan, nan, ".3f", "no scored expert")        -> 'unavailable (no scored expert)'
+    format_number(0.1234, ".3f", "no scored expert")          -> '0.123'
+    format_number(float("nan"), ".3f", "no scored expert")    -> 'unavailable (no scored expert)'
+    format_interval(0.2, 0.1, 0.3, "+.2f", "too few experts") -> '+0.20 [+0.10, +0.30]'
+    format_interval(0.2, nan, nan, "+.2f", "too few experts") -> '+0.20 (no interval: too few experts)'
+    format_mean_sd(nan, nan, ".3f", "no scored expert")        -> 'unavailable (no scored expert)'
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import math
 import numbers as _numbers
 from typing import Any
 
-__all__ = ["interval", "is_defined", "mean_sd", "number"]
+__all__ = ["format_interval", "format_mean_sd", "format_number", "is_defined"]
 
 
 def is_defined(value: Any) -> bool:
@@ -26,12 +26,12 @@ def is_defined(value: Any) -> bool:
     return isinstance(value, _numbers.Real) and math.isfinite(float(value))
 
 
-def number(value: Any, spec: str, reason: str) -> str:
+def format_number(value: Any, spec: str, reason: str) -> str:
     """``value`` formatted with ``spec``, or ``unavailable (reason)`` when it is undefined."""
     return format(float(value), spec) if is_defined(value) else f"unavailable ({reason})"
 
 
-def interval(
+def format_interval(
     estimate: Any, low: Any, high: Any, spec: str, reason: str, interval_reason: str | None = None
 ) -> str:
     """``estimate [low, high]``; ``estimate (no interval: why)`` when a bound is undefined; ``unavailable
@@ -44,7 +44,7 @@ def interval(
     return f"{shown} [{format(float(low), spec)}, {format(float(high), spec)}]"
 
 
-def mean_sd(mean: Any, sd: Any, spec: str, reason: str) -> str:
+def format_mean_sd(mean: Any, sd: Any, spec: str, reason: str) -> str:
     """``mean ± sd``; ``mean`` alone when the spread is undefined (one unit); ``unavailable (reason)``."""
     if not is_defined(mean):
         return f"unavailable ({reason})"

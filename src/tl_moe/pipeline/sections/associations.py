@@ -26,7 +26,7 @@ from tl_moe.models.config import MoEConfig
 from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.protocol import AccumulatorSpec, Analysis, FigureItem, Inputs, Need, Result, TableItem
 from tl_moe.report.figures import new_figure
-from tl_moe.report.numbers import interval
+from tl_moe.report.numbers import format_interval
 
 __all__ = ["Associations", "AssociationsResult", "TokenRouting", "segment_positions_of"]
 
@@ -169,7 +169,7 @@ class AssociationsResult(Result):
         def show(name: str) -> str:
             row = self._effect(name)
             why = row.get("interval unavailable") or f"fewer than {MIN_INTERVAL_DOCUMENTS} documents"
-            return interval(row["estimate"], row["ci low"], row["ci high"], "+.3f", "no document", why)
+            return format_interval(row["estimate"], row["ci low"], row["ci high"], "+.3f", "no document", why)
 
         early = self.positions.early
         return [

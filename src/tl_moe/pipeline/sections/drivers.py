@@ -31,7 +31,7 @@ from tl_moe.pipeline.protocol import (
 )
 from tl_moe.pipeline.validation import check_driver_budget, check_n_drivers
 from tl_moe.report.figures import new_figure
-from tl_moe.report.numbers import interval, number
+from tl_moe.report.numbers import format_interval, format_number
 
 __all__ = ["DriverEffects", "DriverEstimate", "DriverSaliency", "Drivers", "DriversResult"]
 
@@ -182,7 +182,7 @@ class DriversResult(Result):
         def show(group: str) -> str:
             row = rows.loc[(edit, group)]
             low, high = (math.nan, math.nan) if reason else (row["ci low"], row["ci high"])
-            return interval(row.iloc[0], low, high, "+.4f", reason or "no report document")
+            return format_interval(row.iloc[0], low, high, "+.4f", reason or "no report document")
 
         n = int(self.comparison["experts"].iloc[0])
         moved = int(self.comparison["controls from another layer"].iloc[0])
@@ -198,7 +198,7 @@ class DriversResult(Result):
             f"{int(self.comparison['report documents'].iloc[0])}): removing one of the {n} strongest changes "
             f"next-token loss by {show('driver experts')} nats/token vs {show('matched controls')} for "
             f"{matched} (difference {show('driver − control')}, {interval}); REAP saliency ranks experts "
-            f"with Spearman ρ = {number(self.saliency_spearman, '.2f', 'constant saliency or effect')} against "
+            f"with Spearman ρ = {format_number(self.saliency_spearman, '.2f', 'constant saliency or effect')} against "
             "the exact removal effect."
         ]
         if self.agreement is not None:
@@ -212,7 +212,7 @@ class DriversResult(Result):
         text = (
             f"**First-order estimate** (one backward per batch) of the zeroing effect: its top "
             f"{int(first['top n'])} share {int(first['top-n overlap'])} experts with the exact top "
-            f"{int(first['top n'])} (chance {number(first['chance overlap'], '.1f', 'no expert')}; REAP saliency: "
+            f"{int(first['top n'])} (chance {format_number(first['chance overlap'], '.1f', 'no expert')}; REAP saliency: "
             f"{int(reap['top-n overlap'])})."
         )
         if self.paired is None:
@@ -224,7 +224,7 @@ class DriversResult(Result):
             row = rows.loc[score]
             value = row["spearman with exact zeroing effect"]
             low, high = (math.nan, math.nan) if reason else (row["ci low"], row["ci high"])
-            return interval(value, low, high, "+.2f", reason or "constant scores")
+            return format_interval(value, low, high, "+.2f", reason or "constant scores")
 
         diff = rows.loc["estimate − REAP"]
         if reason:
@@ -246,7 +246,7 @@ class DriversResult(Result):
         total = self.domain_overlap.table.set_index("layer").loc["all"]
         why = total.get("spearman unavailable") or "undefined"
         low, high = total["spearman ci low"], total["spearman ci high"]
-        shown = interval(total["spearman"], low, high, "+.2f", why, "the bootstrap gave none")
+        shown = format_interval(total["spearman"], low, high, "+.2f", why, "the bootstrap gave none")
         rho = f"domain score vs removal effect: Spearman ρ = {shown}" + (
             " (95% bootstrap over experts)" if "[" in shown else ""
         )
@@ -258,9 +258,9 @@ class DriversResult(Result):
             )
         return (
             f"**Drivers vs domain experts**: {int(total['both'])} of the {int(total['drivers'])} driver experts "
-            f"are domain experts (expected by chance {number(total['expected both'], '.1f', 'no scored expert')} of "
+            f"are domain experts (expected by chance {format_number(total['expected both'], '.1f', 'no scored expert')} of "
             f"{int(total['experts'])} scored experts with {int(total['domain experts'])} domain experts; "
-            f"hypergeometric p = {number(total['overlap p'], '.3g', 'not testable')}); {rho}."
+            f"hypergeometric p = {format_number(total['overlap p'], '.3g', 'not testable')}); {rho}."
         )
 
     def figures(self) -> list[FigureItem]:
@@ -329,7 +329,7 @@ class DriversResult(Result):
             ax.set_xlabel("exact loss change when zeroed, nats/token")
             ax.set_ylabel(name)
             ax.set_title(
-                f"Spearman ρ = {number(row['spearman'], '.2f', 'constant scores')} over {int(row['experts'])} experts",
+                f"Spearman ρ = {format_number(row['spearman'], '.2f', 'constant scores')} over {int(row['experts'])} experts",
                 fontsize=9,
             )
             ax.ticklabel_format(style="sci", scilimits=(-2, 3))

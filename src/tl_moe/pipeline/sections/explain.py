@@ -33,7 +33,7 @@ from tl_moe.explain.causal import CausalResult, causal_checks
 from tl_moe.explain.labels import RICHER_LABEL_MARGIN
 from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.protocol import AccumulatorSpec, Analysis, FigureItem, Inputs, Need, Result, TableItem
-from tl_moe.report.numbers import interval, is_defined, number
+from tl_moe.report.numbers import format_interval, format_number, is_defined
 
 __all__ = ["Explain", "ExplainResult", "ExpertExamplesSpec"]
 
@@ -257,7 +257,7 @@ _METRIC_NAMES = {"balanced_accuracy": "balanced accuracy", "f1": "F1", "precisio
 
 def _show(mean: float, low: float, high: float, why: str = "") -> str:
     """``mean [low, high]``, ``mean (no interval: why)``, or ``unavailable (no expert scored)``."""
-    return interval(mean, low, high, ".3f", "no expert scored", why or "the bootstrap gave none")
+    return format_interval(mean, low, high, ".3f", "no expert scored", why or "the bootstrap gave none")
 
 
 def labels_finding(
@@ -270,7 +270,7 @@ def labels_finding(
     text = (
         f"**Automatic labels** ({explainer} explainer, {scorer} scorer, scored on held-out documents): mean "
         f"{m} over {row['experts scored']} experts {_show(row['mean'], row['ci low'], row['ci high'], why)} "
-        f"(chance {number(row['chance'], '.3f', 'no expert scored')}); better than its shuffled control "
+        f"(chance {format_number(row['chance'], '.3f', 'no expert scored')}); better than its shuffled control "
         f"(another expert's label of the same layer, "
         f"{_show(row['shuffled mean'], row['shuffled ci low'], row['shuffled ci high'], why_shuffled)}) by "
         f"{_show(row['own - shuffled'], row['diff ci low'], row['diff ci high'], why_shuffled)}"
@@ -290,14 +290,14 @@ def labels_finding(
         text += f"; {share:.0%} of experts beat their shuffled control on their own items (95% interval over items above 0)"
     others = [
         f"{_METRIC_NAMES[k]} {_show(r['mean'], r['ci low'], r['ci high'], r.get('interval unavailable', ''))} "
-        f"(shuffled {number(r['shuffled mean'], '.3f', 'no pair scored')})"
+        f"(shuffled {format_number(r['shuffled mean'], '.3f', 'no pair scored')})"
         for k, r in rows.items()
         if k in ("f1", "precision", "recall", "auc") and np.isfinite(r["mean"])
     ]
     if others:
         text += "; " + ", ".join(others)
         if "f1" in rows:
-            text += f" (F1 of answering yes to every item: {number(rows['f1']['chance'], '.3f', 'no expert scored')})"
+            text += f" (F1 of answering yes to every item: {format_number(rows['f1']['chance'], '.3f', 'no expert scored')})"
     kinds = frame["kind"].value_counts() if "kind" in frame else pd.Series(dtype=int)
     if len(kinds):
         text += "; label kinds: " + ", ".join(f"{k} {n}" for k, n in kinds.items())
@@ -379,7 +379,7 @@ def _interval(mean: float, low: float, high: float, why: str = "") -> str | None
     """A metric's ``mean [low, high]`` or ``mean (no interval: why)``; None when nothing was scored."""
     if not is_defined(mean):
         return None
-    return interval(mean, low, high, ".3f", "no expert scored", why or "the bootstrap gave none")
+    return format_interval(mean, low, high, ".3f", "no expert scored", why or "the bootstrap gave none")
 
 
 def f1_histograms(labeling: LabelingResult, scorer: str, metric: str = "balanced_accuracy") -> Figure:

@@ -50,7 +50,7 @@ from tl_moe.pipeline.needs import DenseNeurons, ExpertNeurons
 from tl_moe.pipeline.protocol import Analysis, FigureItem, Inputs, Need, OptionLimit, Result, TableItem
 from tl_moe.report import TableSummary
 from tl_moe.report.figures import line_plot
-from tl_moe.report.numbers import number
+from tl_moe.report.numbers import format_number
 
 __all__ = [
     "COMPARISONS",
@@ -231,13 +231,15 @@ class ProbingResult(Result):
         text = (
             "**Probing, the paper's protocol** (as its reference code: per-document balanced sample, F1 at "
             "each unit's routed class ratio, best unit picked on the split it is scored on): at k = 1 the "
-            f"MoE's best expert reaches mean F1 {number(at_k1[MOE_CURVE], '.3f', NO_UNIT)}"
+            f"MoE's best expert reaches mean F1 {format_number(at_k1[MOE_CURVE], '.3f', NO_UNIT)}"
         )
         if DENSE_CURVE in at_k1:
-            text += f" vs {number(at_k1[DENSE_CURVE], '.3f', NO_UNIT)} for the dense model's best layer"
+            text += (
+                f" vs {format_number(at_k1[DENSE_CURVE], '.3f', NO_UNIT)} for the dense model's best layer"
+            )
         if MATCHED_CURVE in at_k1:
             text += (
-                f" and {number(at_k1[MATCHED_CURVE], '.3f', NO_UNIT)} for its neurons on routing-matched random "
+                f" and {format_number(at_k1[MATCHED_CURVE], '.3f', NO_UNIT)} for its neurons on routing-matched random "
                 "token subsets"
             )
         concepts = int(self.curves["concepts"].max())

@@ -17,7 +17,7 @@ from tl_moe.errors import InputError
 from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.protocol import Analysis, FigureItem, Inputs, Need, Result, TableItem
 from tl_moe.report.figures import new_figure
-from tl_moe.report.numbers import interval
+from tl_moe.report.numbers import format_interval
 
 __all__ = ["Reweighting", "ReweightingResult", "held_out_windows"]
 
@@ -30,7 +30,7 @@ def _row(frame: pd.Series, prefix: str) -> str:
         or f"fewer than {MIN_DOCUMENTS} documents"
     )
     low, high = frame[prefix + " ci low"], frame[prefix + " ci high"]
-    return interval(frame[prefix], low, high, "+.4f", "no held-out document", why)
+    return format_interval(frame[prefix], low, high, "+.4f", "no held-out document", why)
 
 
 def _interval_record(row: pd.Series, prefix: str, n: int) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from tl_moe.pipeline.context import RunContext, untrained_name
 from tl_moe.pipeline.needs import ExpertLens, RoutedByDomain, RoutedByTokenGroup, RoutingPerToken
 from tl_moe.pipeline.protocol import Analysis, FigureItem, Inputs, Need, Result, TableItem
 from tl_moe.report.figures import new_figure
-from tl_moe.report.numbers import interval, mean_sd
+from tl_moe.report.numbers import format_interval, format_mean_sd
 
 __all__ = ["Specialization", "SpecializationSummary"]
 
@@ -172,7 +172,7 @@ class SpecializationSummary(Result):
         for name, result in self.measures.items():
             last = result.layer_summary().iloc[-1]
             why = f"no expert of layer {int(last['layer'])} was routed a token"
-            parts.append(f"{name} {mean_sd(last['mean_excess'], last['std_excess'], '.3f', why)}")
+            parts.append(f"{name} {format_mean_sd(last['mean_excess'], last['std_excess'], '.3f', why)}")
         layer = next(iter(self.measures.values())).layers[-1]
         findings = [
             f"**Specialization** in the last sparse layer ({layer}), bits above the sampling baseline "
@@ -354,8 +354,8 @@ def _with_permutation(
 def _interval_text(row: pd.Series) -> str:
     """``+0.0660 [+0.0600, +0.0720]``, or the estimate with why its interval is unavailable."""
     if not row["interval_available"]:
-        return interval(row["estimate"], math.nan, math.nan, "+.4f", row["reason"])
-    return interval(row["estimate"], row["ci_low"], row["ci_high"], "+.4f", row["reason"])
+        return format_interval(row["estimate"], math.nan, math.nan, "+.4f", row["reason"])
+    return format_interval(row["estimate"], row["ci_low"], row["ci_high"], "+.4f", row["reason"])
 
 
 def _p_text(row: pd.Series, baseline: DocumentPermutationBaseline) -> str:
