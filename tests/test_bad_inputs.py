@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from tl_moe.cli import main
 from tl_moe.errors import InputError
@@ -332,6 +333,32 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
             ".gguf",
         ),
         ("--probe-ks above the neurons of an expert", ["analyze", "--probe-ks", "1,5000"], "--probe-ks"),
+        (
+            "--n-token-groups above the vocabulary",
+            ["analyze", "--n-token-groups", "100000", "--analyses", "specialization"],
+            "accepted: 1 to 4096",
+        ),
+        (
+            "an explicit --n-drivers above half the experts (a left default is fitted instead)",
+            [
+                "analyze",
+                "toy/moe-4x2",
+                "--dense-baseline",
+                "none",
+                "--analyses",
+                "drivers",
+                "--n-drivers",
+                "9",
+            ],
+            "accepted: 1 to 8",
+        ),
+        ("--seed -1", ["analyze", "--seed", "-1"], "--seed"),
+        ("--fdr nan", ["analyze", "--fdr", "nan"], "--fdr"),
+        ("--probe-ks with 0", ["analyze", "--probe-ks", "0,4"], "--probe-ks"),
+        ("--reweight-factors with 1", ["analyze", "--reweight-factors", "0.5,1"], "other than 1"),
+        ("--reweight-factors with a negative", ["analyze", "--reweight-factors", "-2"], "other than 1"),
+        ("--reweight-factors with 0", ["analyze", "--reweight-factors", "0,2"], "other than 1"),
+        ("--reweight-factors with a duplicate", ["analyze", "--reweight-factors", "2,0.5,2"], "repeats"),
     ]
 
 
@@ -342,7 +369,7 @@ def _api_cases(tmp: Path) -> list[tuple[str, Callable[[], object], str]]:
     import tl_moe
     from tl_moe.data.corpus import load_corpus
     from tl_moe.models.hook_names import get_act_name
-    from tl_moe.models.interventions import force_routing
+    from tl_moe.models.interventions import Intervention, ablate_expert_neurons, batched_hooks, force_routing
     from tl_moe.pipeline import analyze
     from tl_moe.zoo.family import TOY_FAMILY
 
@@ -353,7 +380,33 @@ def _api_cases(tmp: Path) -> list[tuple[str, Callable[[], object], str]]:
         ("`get_act_name('expert_post', 1.5, cfg)`", lambda: get_act_name("expert_post", 1.5, cfg), "1.5"),
         ("`get_act_name('expert_post', 'x')`", lambda: get_act_name("expert_post", "x"), "'x'"),
         ("`force_routing(cfg, 0, [0, 0])`", lambda: force_routing(cfg, 0, [0, 0]), "[0, 0]"),
+        (
+            "`ablate_expert_neurons(cfg, 0, 0, [0, 1], value=torch.zeros(3))`",
+            lambda: ablate_expert_neurons(cfg, 0, 0, [0, 1], value=torch.zeros(3)),
+            "shape [3] for 2 neurons",
+        ),
+        (
+            "`batched_hooks(cfg, [[Intervention('remove', 0, 1), Intervention('force', 0, (1, 2))]])`",
+            lambda: batched_hooks(cfg, [[Intervention("remove", 0, 1), Intervention("force", 0, (1, 2))]]),
+            "both removes and forces expert(s) [1]",
+        ),
         ("`tl_moe.pipeline.analyze(12345)`", lambda: analyze(12345), "12345"),
+        ("`tl_moe.pipeline.analyze(None)`", lambda: analyze(None), "None"),
+        ("`analyze('toy/moe-4x2', analyses=[])`", lambda: analyze("toy/moe-4x2", analyses=[]), "analyses=[]"),
+        ("`analyze('toy/moe-4x2', analyses=5)`", lambda: analyze("toy/moe-4x2", analyses=5), "analyses=5"),
+        ("`analyze('toy/moe-4x2', max_tokens=1.5)`", lambda: analyze("toy/moe-4x2", max_tokens=1.5), "1.5"),
+        (
+            "`analyze('toy/moe-4x2', max_tokens='100')`",
+            lambda: analyze("toy/moe-4x2", max_tokens="100"),
+            "'100'",
+        ),
+        ("`analyze('toy/moe-4x2', seed=-1)`", lambda: analyze("toy/moe-4x2", seed=-1), "--seed"),
+        (
+            "`analyze('toy/moe-4x2', fdr=float('nan'))`",
+            lambda: analyze("toy/moe-4x2", fdr=float("nan")),
+            "nan",
+        ),
+        ("`analyze('toy/moe-4x2', colour='red')`", lambda: analyze("toy/moe-4x2", colour="red"), "'colour'"),
         ("`load_corpus(12345)`", lambda: load_corpus(12345), "int"),
         (
             "`tl_moe.pipeline.analyze('toy/moe-4x2', split=0)`",

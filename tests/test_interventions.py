@@ -325,3 +325,54 @@ def test_other_intervention_arguments_are_checked(tiny_bridge):
         run(bridge, remove_experts_per_row(bridge, 1, [[0], [1], [2]]), tokens(5, batch=2))
     with pytest.raises(ValueError, match="Cannot remove 7 of 8"):
         remove_experts_per_row(bridge, 1, [list(range(7))])
+
+
+def test_ablation_values_of_the_wrong_shape_are_refused_in_one_line(tiny_bridge):
+    from tl_moe.errors import InputError
+
+    bridge, layer, expert, neurons = tiny_bridge("olmoe"), 1, 4, [0, 3, 7]
+    toks = tokens(9)
+    zeroed = run(bridge, ablate_expert_neurons(bridge, layer, expert, neurons), toks)
+    # one value per neuron, or one 0-d value, both accepted: zeros equal the default zero-ablation
+    per_neuron = run(
+        bridge, ablate_expert_neurons(bridge, layer, expert, neurons, value=torch.zeros(3)), toks
+    )
+    scalar = run(bridge, ablate_expert_neurons(bridge, layer, expert, neurons, value=torch.tensor(0.0)), toks)
+    torch.testing.assert_close(per_neuron, zeroed, atol=0, rtol=0)
+    torch.testing.assert_close(scalar, zeroed, atol=0, rtol=0)
+    for value, shown in (
+        (torch.zeros(2), "[2]"),
+        (torch.zeros(3, 1), "[3, 1]"),
+        (torch.zeros(1, 3), "[1, 3]"),
+    ):
+        with pytest.raises(InputError) as refused:
+            ablate_expert_neurons(bridge, layer, expert, neurons, value=value)
+        message = str(refused.value)
+        assert "\n" not in message and f"shape {shown} for 3 neurons" in message and "shape [3]" in message
+    with pytest.raises(InputError, match="not finite"):
+        ablate_expert_neurons(bridge, layer, expert, neurons, value=torch.tensor([0.0, float("nan"), 1.0]))
+
+
+def test_a_row_that_removes_and_forces_or_activates_the_same_expert_is_refused():
+    from tl_moe.errors import InputError
+
+    cfg = TINY_CONFIGS["olmoe"]  # 8 experts, k = 2, sparse layers 0 and 1
+    remove_1 = Intervention("remove", 1, (1,))
+    # planted agreements: other experts, or the same expert on another layer or another row
+    assert batched_hooks(cfg, [[remove_1, Intervention("force", 1, (2, 3))]])
+    assert batched_hooks(cfg, [[remove_1, Intervention("force", 0, (1, 2))]])
+    assert batched_hooks(cfg, [[remove_1], [Intervention("force", 1, (1, 2))]])
+    assert batched_hooks(cfg, [[remove_1, Intervention("activate", 1, (2,))]])
+    for other, verb in (
+        (Intervention("force", 1, (1, 2)), "forces"),
+        (Intervention("activate", 1, (1,)), "activates"),
+    ):
+        for edits in ([remove_1, other], [other, remove_1]):
+            with pytest.raises(InputError) as refused:
+                batched_hooks(cfg, [None, edits])
+            message = str(refused.value)
+            assert (
+                "\n" not in message and f"row 1 both removes and {verb} expert(s) [1] at layer 1" in message
+            )
+    with pytest.raises(InputError, match="at layer 1"):  # a negative layer names the same block
+        batched_hooks(cfg, [[Intervention("remove", -1, (1,)), Intervention("force", 1, (1, 2))]])

@@ -337,3 +337,209 @@ def test_layers_are_checked_against_the_sparse_layers():
         v.check_layers(["a", 1], (1, 3))
     with pytest.raises(v.LayersError, match="is empty"):
         v.check_layers([], (1, 3))
+
+
+# ------------------------------------------------------------------------------ run options
+
+
+def refused_option(**settings) -> str:
+    """The one-line message of ``RunOptions(**settings)``, which must refuse (options check themselves)."""
+    from tl_moe.errors import InputError
+    from tl_moe.pipeline import RunOptions
+
+    with pytest.raises(InputError) as refused:
+        RunOptions(**settings)
+    message = str(refused.value)
+    assert "\n" not in message and len(message) < 300, message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("settings", "flag", "accepted"),
+    [
+        ({"seed": -1}, "--seed", "from 0 to 2147483647"),
+        ({"seed": 2**40}, "--seed", "from 0 to 2147483647"),
+        ({"seed": 1.5}, "--seed", "from 0 to 2147483647"),
+        ({"fdr": float("nan")}, "--fdr", "a number in (0, 1)"),
+        ({"fdr": 0.0}, "--fdr", "a number in (0, 1)"),
+        ({"fdr": 1.0}, "--fdr", "a number in (0, 1)"),
+        ({"fdr": -0.1}, "--fdr", "a number in (0, 1)"),
+        ({"selection_fraction": float("nan")}, "--selection-fraction", "a number in (0, 1)"),
+        ({"probe_ks": (1, -1)}, "--probe-ks", "positive integers"),
+        ({"probe_ks": (0, 4)}, "--probe-ks", "positive integers"),
+        ({"probe_ks": ()}, "--probe-ks", "positive integers"),
+        ({"probe_ks": (1, 2.5)}, "--probe-ks", "positive integers"),
+        ({"max_tokens": 1.5}, "--max-tokens", "an integer of at least 1000"),
+        ({"max_tokens": "100"}, "--max-tokens", "an integer of at least 1000"),
+        ({"n_token_groups": 0}, "--n-token-groups", "a positive integer"),
+        ({"explain_timeout": float("nan")}, "--explain-timeout", "a positive number"),
+        ({"model": None}, "--model", "must name a model"),
+    ],
+)
+def test_run_options_refuse_values_no_run_can_use(settings, flag, accepted):
+    message = refused_option(**settings)
+    assert message.startswith(flag) and accepted in message
+
+
+@pytest.mark.parametrize(
+    ("factors", "named"),
+    [((1.0,), "[1.0]"), ((0.5, -2.0), "[-2.0]"), ((0.0, 2.0), "[0.0]"), ((2.0, 0.5, 2.0), "repeats [2.0]")],
+)
+def test_reweight_factors_must_be_positive_distinct_and_not_one(factors, named):
+    message = refused_option(reweight_factors=factors)
+    assert message.startswith("--reweight-factors") and named in message
+    assert "positive numbers other than 1" in message
+
+
+def test_good_run_options_pass_and_the_command_line_shares_the_rules():
+    from tl_moe.cli import build_parser
+    from tl_moe.errors import InputError
+    from tl_moe.pipeline import RunOptions
+    from tl_moe.pipeline.options import SEED_MAX, options_from_arguments
+
+    kept = RunOptions(seed=SEED_MAX, fdr=0.2, probe_ks=(1, 3), reweight_factors=(0.5, 3.0))
+    assert (kept.seed, kept.fdr, kept.probe_ks, kept.reweight_factors) == (SEED_MAX, 0.2, (1, 3), (0.5, 3.0))
+    assert RunOptions(analyses="domains, drivers").analyses == ("domains", "drivers")
+    parser = build_parser()
+    for argv, flag in (
+        (["--seed", "-1"], "--seed"),
+        (["--reweight-factors", "1"], "--reweight-factors"),
+        (["--probe-ks", "0,4"], "--probe-ks"),
+        (["--fdr", "nan"], "--fdr"),
+    ):
+        with pytest.raises(InputError, match=flag):
+            options_from_arguments(parser.parse_args(["analyze", *argv]))
+
+
+def test_more_token_groups_than_the_vocabulary_is_refused():
+    assert v.check_n_token_groups(TOY.d_vocab, TOY.d_vocab) == TOY.d_vocab
+    with pytest.raises(v.BudgetError) as refused:
+        v.check_n_token_groups(TOY.d_vocab + 1, TOY.d_vocab, "toy")
+    message = one_line(refused, "--n-token-groups")
+    assert (
+        f"the {TOY.d_vocab} tokens of toy's vocabulary" in message
+        and f"accepted: 1 to {TOY.d_vocab}" in message
+    )
+
+
+def test_analyses_given_as_one_string_are_names_not_characters(monkeypatch):
+    from tl_moe.pipeline import RunOptions, runner
+    from tl_moe.pipeline.registry import resolve
+
+    def names(analyses):
+        return [analysis.name for analysis in runner._chosen_analyses(RunOptions(), analyses)]
+
+    assert names("probing") == [a.name for a in resolve(("probing",))] == names(["probing"])
+    assert names("domains, specialization") == names(["domains", "specialization"])
+    assert "p" not in names("probing")
+    given = {}
+    monkeypatch.setattr(runner, "run", lambda options, **kwargs: given.update(kwargs))
+    runner.analyze("toy/moe-4x2", analyses="probing")
+    assert names(given["analyses"]) == names(["probing"])
+
+
+# ------------------------------------------------------------- defaults fitted to small models
+
+
+def test_only_defaults_the_user_left_are_fitted_to_the_limits():
+    from tl_moe.pipeline import RunOptions
+    from tl_moe.pipeline.options import fit_defaults, is_default
+    from tl_moe.pipeline.protocol import OptionLimit
+
+    limits = {"probe_ks": OptionLimit(32, "32 neurons"), "n_drivers": OptionLimit(2, "4 experts")}
+    left = RunOptions()
+    assert is_default(left, "probe_ks") and is_default(left, "n_drivers")
+    fitted, changes = fit_defaults(left, limits)
+    assert fitted.probe_ks == (1, 2, 4, 8, 16, 32) and fitted.n_drivers == 2
+    assert changes["probe_ks"] == {
+        "default": [1, 2, 4, 8, 16, 32, 64],
+        "used": [1, 2, 4, 8, 16, 32],
+        "because": "32 neurons",
+    }
+    assert changes["n_drivers"] == {"default": 8, "used": 2, "because": "4 experts"}
+    assert not is_default(fitted, "probe_ks") and not is_default(fitted, "n_drivers")
+    # an explicit value equal to the default is the user's: never changed
+    given = RunOptions(probe_ks=(1, 2, 4, 8, 16, 32, 64), n_drivers=8)
+    assert given == left and not is_default(given, "probe_ks") and not is_default(given, "n_drivers")
+    assert fit_defaults(given, limits) == (given, {})
+    # a default the model allows is kept as it is (planted "no change")
+    roomy = {"probe_ks": OptionLimit(128, "128 neurons"), "n_drivers": OptionLimit(32, "64 experts")}
+    assert fit_defaults(left, roomy) == (left, {})
+    assert is_default(left.replace(seed=3), "probe_ks")  # copies keep the mark
+
+
+SMALL = MoEConfig(
+    "mixtral",
+    n_layers=2,
+    d_model=32,
+    d_vocab=96,
+    n_heads=4,
+    num_experts=4,
+    experts_per_token=2,
+    d_expert=16,
+    sparse_layers=(0, 1),
+    max_position_embeddings=64,
+)
+
+
+def test_the_run_fits_left_defaults_to_a_small_model_and_refuses_explicit_ones():
+    from tl_moe.pipeline import RunOptions
+    from tl_moe.pipeline.context import RunContext
+    from tl_moe.pipeline.runner import _fit_defaults
+    from tl_moe.pipeline.sections.drivers import Drivers
+    from tl_moe.pipeline.sections.probing import Probing
+
+    run = RunContext(RunOptions(model="small", dense_baseline=None), configs={"small": SMALL})
+    with pytest.warns(UserWarning) as notes:
+        changes = _fit_defaults(run, [Probing(), Drivers()])
+    assert len(notes) == 1
+    note = str(notes[0].message)
+    assert "\n" not in note and "--probe-ks 1,2,4,8,16 instead of the default 1,2,4,8,16,32,64" in note
+    assert "--n-drivers 4 instead of the default 8" in note and "half of 8 experts" in note
+    assert run.options.probe_ks == (1, 2, 4, 8, 16) and run.options.n_drivers == 4
+    assert changes["n_drivers"]["used"] == 4 and changes["probe_ks"]["used"] == [1, 2, 4, 8, 16]
+    Probing().check(run)  # the fitted sizes pass the check that refuses explicit ones
+    explicit = RunContext(
+        RunOptions(model="small", dense_baseline=None, probe_ks=(1, 2, 4, 8, 16, 32, 64), n_drivers=8),
+        configs={"small": SMALL},
+    )
+    assert _fit_defaults(explicit, [Probing(), Drivers()]) == {}
+    with pytest.raises(v.ProbeSizeError) as refused:
+        Probing().check(explicit)
+    assert "accepted: integers from 1 to 16" in one_line(refused, "--probe-ks")
+    with pytest.raises(v.BudgetError) as refused:
+        v.check_n_drivers(explicit.options.n_drivers, len(SMALL.sparse_layers), SMALL.num_experts)
+    assert "accepted: 1 to 4" in one_line(refused, "--n-drivers")
+
+
+def test_a_run_on_a_small_model_records_the_fitted_defaults(tiny_model_dir, tmp_path):
+    import datasets
+
+    from tl_moe.pipeline import RunOptions, run
+
+    generator = torch.Generator().manual_seed(1)
+    texts = [
+        " ".join(f"w{w}" for w in torch.randint(3, 90, (10,), generator=generator).tolist())
+        for _ in range(48)
+    ]
+    corpus = datasets.Dataset.from_dict({"text": texts, "domain": ["a", "b", "c"] * 16})
+    options = RunOptions(
+        model=str(tiny_model_dir("mixtral")),  # 4 experts x 2 sparse layers of 16 neurons
+        dense_baseline=None,
+        analyses=("drivers",),
+        out=tmp_path,
+        max_tokens=1000,
+        driver_tokens=1000,
+        seq_len=16,
+        batch_size=8,
+        n_token_groups=4,
+        bootstrap_resamples=50,
+        progress=False,
+    )
+    with pytest.warns(UserWarning, match="--n-drivers 4 instead of the default 8"):
+        results = run(options, dataset=corpus)
+    assert results.options.n_drivers == 4 and int(results["drivers"].experts["driver"].sum()) == 4
+    metadata = json.loads((tmp_path / "results.json").read_text())["metadata"]
+    assert metadata["options"]["n_drivers"] == 4
+    assert metadata["fitted_defaults"]["n_drivers"]["default"] == 8
+    assert "probe_ks" not in metadata["fitted_defaults"]  # probing did not run: nothing to fit

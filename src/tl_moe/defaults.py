@@ -3,11 +3,17 @@
 - :data:`MIN_EXAMPLES` — positive and negative tokens a probe unit needs (the paper's "not enough
   samples" threshold): :class:`~tl_moe.analysis.probing.KSparseProbe`, the concept-probing helpers,
   the held-out protocol and both ``--min-examples`` options read it.
+- :data:`MIN_DOCUMENTS` — units (documents, experts, ...) a bootstrap interval is computed from:
+  :func:`~tl_moe.analysis.stats.cluster_bootstrap`, :func:`~tl_moe.analysis.stats.too_few_units` and
+  ``--min-documents`` read it.
 """
 
 from __future__ import annotations
 
-__all__ = ["MIN_EXAMPLES"]
+__all__ = ["MIN_DOCUMENTS", "MIN_EXAMPLES"]
 
 #: Least positive and negative tokens a (unit, concept) needs to be probed.
 MIN_EXAMPLES = 50
+
+#: Fewest units (documents, or experts for an interval over experts) a bootstrap interval is computed from.
+MIN_DOCUMENTS = 30

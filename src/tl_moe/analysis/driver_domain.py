@@ -33,7 +33,8 @@ class DriverDomainComparison:
     table: one row per layer and one ``"all"`` row: ``experts`` (scored), ``drivers``,
         ``domain experts``, ``both``, ``expected both`` (independent sets), ``overlap p``
         (hypergeometric, overlap ≥ observed; NaN with ``overlap not testable`` saying why when either set
-        is empty or covers every scored expert), ``spearman``, ``spearman ci low`` / ``high``.
+        is empty or covers every scored expert), ``spearman``, ``spearman ci low`` / ``high``, and
+        ``spearman unavailable`` (why ρ is undefined, empty when it is defined).
     experts: one row per scored expert: layer, expert, domain score, favoured domain, effect, and the
         two flags — the points of the scatter figure.
     effect: the name of the effect column compared (e.g. ``"remove: effect (report)"``).
@@ -83,10 +84,19 @@ class DriverDomainComparison:
         return fig
 
 
+def _why_no_spearman(x: np.ndarray, y: np.ndarray) -> str:
+    """Why Spearman's ρ is undefined over these experts (empty when it is defined)."""
+    if len(x) < 3:
+        return f"{len(x)} scored experts, at least 3 needed"
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return "a constant domain score or effect"
+    return ""
+
+
 def _spearman_interval(
     x: np.ndarray, y: np.ndarray, n_resamples: int, seed: int
 ) -> tuple[float, float, float]:
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+    if _why_no_spearman(x, y):
         return math.nan, math.nan, math.nan
     rho = float(scipy.stats.spearmanr(x, y).statistic)
     with warnings.catch_warnings():
@@ -164,6 +174,9 @@ def compare_drivers_with_domain_experts(
                 "spearman": rho,
                 "spearman ci low": low,
                 "spearman ci high": high,
+                "spearman unavailable": _why_no_spearman(
+                    rows_of["domain score"].to_numpy(float), rows_of[effect].to_numpy(float)
+                ),
             }
         )
     return DriverDomainComparison(pd.DataFrame(rows), scored, effect)

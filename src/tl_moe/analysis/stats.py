@@ -37,6 +37,7 @@ from typing import Literal
 import numpy as np
 import scipy.stats
 
+from tl_moe.defaults import MIN_DOCUMENTS
 from tl_moe.errors import InputError
 
 __all__ = [
@@ -50,10 +51,18 @@ __all__ = [
     "paired_item_means",
     "permutation_pvalues",
     "resample_weights",
+    "too_few_units",
 ]
 
-#: Fewest documents (clusters) a bootstrap interval is computed from.
-MIN_DOCUMENTS = 30
+
+def too_few_units(n: int, units: str = "experts", least: int = MIN_DOCUMENTS) -> str | None:
+    """Why no interval is computed over ``n`` resampled units (e.g. experts), or None when there are
+    enough: an interval over units needs at least ``least`` of them, like one over documents. The
+    report prints it as ``mean (no interval: 4 experts, at least 30 needed)``."""
+    if n >= least:
+        return None
+    return f"{n} {units}, at least {least} needed"
+
 
 #: The interval of every paired difference. Percentile: once both arms average the same items in each
 #: resample (:func:`paired_item_means`) its estimate sits mid-interval and it covers a planted null at

@@ -14,7 +14,8 @@ it is above 0).
 
 :class:`LabelingResult` holds one row per expert and the per-layer summary, for each metric of
 :data:`SUMMARY_METRICS` (balanced accuracy first, as delphi reports them): mean score with a bootstrap
-interval over experts (``scipy.stats.bootstrap``), the same for the shuffled control and the baseline
+interval over experts (``scipy.stats.bootstrap``; none below ``MIN_DOCUMENTS`` experts, the reason in
+``interval unavailable``, :func:`~tl_moe.analysis.stats.too_few_units`), the same for the shuffled control and the baseline
 and for the paired differences own − shuffled and own − baseline, the chance level, and the share of
 experts whose own label beats the shuffled one.
 """
@@ -33,6 +34,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from tl_moe.analysis.stats import too_few_units
+from tl_moe.defaults import MIN_DOCUMENTS
 from tl_moe.explain.examples import ExpertRecord
 from tl_moe.explain.explainers import Explainer, Explanation
 from tl_moe.explain.scorers import Score, Scorer
@@ -49,13 +52,14 @@ __all__ = [
 
 
 def bootstrap_mean(
-    values: Sequence[float], *, seed: int = 0, n_resamples: int = 2000
+    values: Sequence[float], *, seed: int = 0, n_resamples: int = 2000, min_units: int = MIN_DOCUMENTS
 ) -> tuple[float, float, float]:
-    """Mean and 95% percentile-bootstrap interval over units (NaN interval for fewer than 2 values)."""
-    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], float)
+    """Mean and 95% percentile-bootstrap interval over units (experts); a NaN interval for fewer than
+    ``min_units`` finite values (:func:`~tl_moe.analysis.stats.too_few_units` says why)."""
+    x = finite_values(values)
     if len(x) == 0:
         return (float("nan"),) * 3
-    if len(x) < 2:
+    if too_few_units(len(x), least=min_units):
         return float(x.mean()), float("nan"), float("nan")
     if np.ptp(x) == 0:
         return float(x.mean()), float(x.mean()), float(x.mean())
@@ -65,6 +69,11 @@ def bootstrap_mean(
         (x,), np.mean, n_resamples=n_resamples, method="percentile", random_state=seed
     ).confidence_interval
     return float(x.mean()), float(ci.low), float(ci.high)
+
+
+def finite_values(values: Sequence[float]) -> np.ndarray:
+    """The finite values of ``values`` (None and NaN left out): the units a mean is taken over."""
+    return np.asarray([v for v in values if v is not None and np.isfinite(v)], float)
 
 
 def shuffled_partners(
@@ -151,12 +160,16 @@ def summarize(
         row.update(
             dict(zip(("mean", "ci low", "ci high"), bootstrap_mean(scored[own], seed=seed), strict=True))
         )
+        row["interval unavailable"] = too_few_units(len(finite_values(scored[own]))) or ""
         for name, column, short in (("shuffled", control, "diff"), ("baseline", baseline, "baseline diff")):
             paired = scored[scored[column].notna()] if column in scored else scored.iloc[:0]
             other = bootstrap_mean(paired[column], seed=seed) if len(paired) else (np.nan,) * 3
             diff = bootstrap_mean(paired[own] - paired[column], seed=seed) if len(paired) else (np.nan,) * 3
             row.update({f"{name} mean": other[0], f"{name} ci low": other[1], f"{name} ci high": other[2]})
             row.update({f"own - {name}": diff[0], f"{short} ci low": diff[1], f"{short} ci high": diff[2]})
+            row[f"{name} interval unavailable"] = (
+                too_few_units(len(finite_values(paired[own] - paired[column]) if len(paired) else [])) or ""
+            )
             row[f"share own > {name}"] = (
                 float((paired[own] > paired[column]).mean()) if len(paired) else np.nan
             )

@@ -25,7 +25,9 @@ of experts) in each row of the batch, so many ablations run as one batched forwa
 
 **Order rule.** Edits compose independently of the order their hook lists are concatenated
 in. Routing edits decide which experts each token uses: ``remove`` and ``activate`` edit the
-router logits (scores; not both on one layer's same experts), ``force`` the top-k indices. Contribution edits (``zero``, ``scale``,
+router logits (scores), ``force`` the top-k indices; a removed expert cannot also be forced or
+activated (:func:`batched_hooks` refuses such a row in one line; hook lists concatenated by hand
+are not checked). Contribution edits (``zero``, ``scale``,
 ``ablate_expert_neurons``) then act on the slots that hold their experts in the *final* top-k
 indices of the layer, i.e. after every routing edit made with this module, whichever came
 first in the list. (A routing edit written by hand on ``hook_topk_indices`` is only seen by
@@ -466,10 +468,7 @@ def ablate_expert_neurons(
         raise ValueError(
             f"Neurons must be a non-empty list of indices in 0..{cfg.d_expert - 1}; got {neurons}."
         )
-    if not isinstance(value, torch.Tensor):
-        value = _check_factor(value, "value")
-    elif not bool(torch.isfinite(value).all()):
-        raise ValueError("value must be finite.")
+    value = _ablation_value(value, len(neurons))
 
     def ablate(post, hook):
         replacement = torch.as_tensor(value, dtype=post.dtype, device=post.device).expand(len(neurons))
@@ -483,6 +482,22 @@ def ablate_expert_neurons(
         (get_act_name("topk_indices", layer, cfg), selection.record),
         (get_act_name("expert_post", layer, cfg), ablate),
     ]
+
+
+def _ablation_value(value, n_neurons: int) -> float | torch.Tensor:
+    """The value neurons are set to: one finite number, or a finite ``[n_neurons]`` tensor (one per neuron)."""
+    accepted = f"accepted: a finite number, or a finite tensor of shape [{n_neurons}] (one value per neuron)"
+    if not isinstance(value, torch.Tensor):
+        return _check_factor(value, "value")
+    if value.ndim != 0 and tuple(value.shape) != (n_neurons,):
+        raise InputError(
+            f"ablate_expert_neurons value has shape {list(value.shape)} for {n_neurons} neurons; {accepted}."
+        )
+    if value.dtype == torch.bool or value.is_complex() or not bool(torch.isfinite(value).all()):
+        raise InputError(
+            f"ablate_expert_neurons value {value.tolist()!r:.80} is not finite real numbers; {accepted}."
+        )
+    return value
 
 
 # --- typed interventions ----------------------------------------------------------------------
@@ -553,6 +568,27 @@ class Intervention:
 RowEdits = Intervention | Sequence[Intervention] | None
 
 
+#: Routing edits that contradict each other on the same expert of the same layer and row: a removed
+#: expert cannot be forced or switched on.
+_CONFLICTING_ROUTING = (("remove", "force"), ("remove", "activate"))
+
+
+def _check_routing_edits_agree(cfg: MoEConfig, row: int, edits: Sequence[Intervention]) -> None:
+    """Refuse, in one line, a row whose edits remove an expert and also force or activate it."""
+    experts: dict[tuple[str, int], set[int]] = {}
+    for edit in edits:
+        experts.setdefault((edit.kind, _check_layer(cfg, edit.layer)), set()).update(edit.experts)
+    for (kind, layer), chosen in experts.items():
+        for removed_kind, other in _CONFLICTING_ROUTING:
+            both = sorted(chosen & experts.get((other, layer), set())) if kind == removed_kind else []
+            if both:
+                raise InputError(
+                    f"row {row} both removes and {'forces' if other == 'force' else 'activates'} expert(s) "
+                    f"{both} at layer {layer}; accepted: a removed expert is neither forced nor activated "
+                    "in the same forward (run the edits as separate rows)."
+                )
+
+
 def batched_hooks(model, rows: Sequence[RowEdits]) -> FwdHooks:
     """Hooks for one forward whose row ``b`` is edited by ``rows[b]``.
 
@@ -571,6 +607,7 @@ def batched_hooks(model, rows: Sequence[RowEdits]) -> FwdHooks:
                 raise TypeError(f"rows must hold Interventions (or lists of them, or None); got {edit!r}.")
     groups: dict[tuple[str, int], list[tuple[int, Intervention]]] = {}
     for row, edits in enumerate(per_row):
+        _check_routing_edits_agree(cfg, row, edits)
         for edit in edits:
             groups.setdefault((edit.kind, _check_layer(cfg, edit.layer)), []).append((row, edit))
     hooks: FwdHooks = []

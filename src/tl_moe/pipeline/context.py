@@ -144,9 +144,17 @@ class RunContext:
         """Spherical k-means cluster of every vocabulary token (the analyzed model's unembedding)."""
         from tl_moe.analysis.clustering import cluster_vocabulary
 
+        self.check_token_groups()
         return cluster_vocabulary(
             unembedding(self.model(self.main)), self.options.n_token_groups, seed=self.options.seed
         )
+
+    def check_token_groups(self) -> None:
+        """Refuse a ``--n-token-groups`` above the analyzed model's vocabulary (the clusters partition
+        the rows of its unembedding), in one line, without clustering."""
+        from tl_moe.pipeline.validation import check_n_token_groups
+
+        check_n_token_groups(self.options.n_token_groups, self.config(self.main).d_vocab, self.main)
 
     def steps(self, analysis: str, settings: Mapping[str, Any], models: Sequence[str]) -> ResumableSteps:
         """The resumable-step runner of ``analysis`` (see :mod:`tl_moe.collect.steps`).

@@ -55,6 +55,8 @@ class RoutedByDomain(AccumulatorSpec):
 class RoutedByTokenGroup(AccumulatorSpec):
     """Counts ``[sparse layer, expert, vocabulary cluster]`` of routed tokens (cluster of the input token)."""
 
+    uses_token_groups = True
+
     def build(self, model: Any, run: RunContext) -> Accumulator:
         return routed_tokens_by_group(model.moe_cfg, run.token_groups)
 
@@ -65,6 +67,8 @@ class RoutedByTokenGroup(AccumulatorSpec):
 @dataclass(frozen=True)
 class ExpertLens(AccumulatorSpec):
     """Corpus logit lens of every expert of every sparse layer, binned by vocabulary cluster."""
+
+    uses_token_groups = True
 
     top_n: int = 3
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,9 @@ from typing import Any
 from tl_moe.analysis.stats import MIN_DOCUMENTS
 from tl_moe.defaults import MIN_EXAMPLES
 from tl_moe.errors import InputError
+from tl_moe.pipeline.protocol import OptionLimit
 
-__all__ = ["RunOptions", "add_option_arguments", "options_from_arguments"]
+__all__ = ["RunOptions", "add_option_arguments", "fit_defaults", "is_default", "options_from_arguments"]
 
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -72,6 +73,65 @@ def _optional_int(text: str) -> int | None:
     return None if text.lower() == "none" else int(text)
 
 
+#: Largest ``--seed``: every seed (and the seed + 1, + 2 of derived streams) fits numpy's and torch's seeds.
+SEED_MAX = 2**31 - 1
+
+#: Integer options and their least accepted value.
+_LEAST_INTEGERS = {
+    "max_tokens": 1000,  # fewer: no meaningful statistics
+    "batch_size": 1,
+    "seq_len": 2,  # BOS and one token
+    "n_token_groups": 1,
+    "min_examples": 1,
+    "held_out_min_examples": 1,
+    "bootstrap_resamples": 1,
+    "min_documents": 2,
+    "permutations": 1,
+    "min_expert_tokens": 1,
+    "driver_tokens": 1,
+    "n_drivers": 1,
+    "explain_concurrency": 1,
+    "explain_retries": 0,
+    "explain_causal_windows": 0,
+    "reweight_tokens": 1,
+    "reweight_draws": 1,
+    "checkpoint_every": 1,
+}
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+class ModelDefault:
+    """Marks an option value the user left at its default (see :func:`is_default`): a run fits such a
+    value to a model too small for it (fewer probe sizes, fewer drivers) and says so; a value given
+    explicitly, even an equal one, is never changed (a model too small for it is refused)."""
+
+
+class _DefaultInt(int, ModelDefault):
+    pass
+
+
+class _DefaultInts(tuple, ModelDefault):
+    pass
+
+
+def is_default(options: RunOptions, name: str) -> bool:
+    """Whether the option ``name`` holds its default because the user did not give it."""
+    return isinstance(getattr(options, name), ModelDefault)
+
+
+#: Default of ``--probe-ks``: fitted to the neurons of a model's experts when left unset.
+PROBE_KS = _DefaultInts((1, 2, 4, 8, 16, 32, 64))
+#: Default of ``--n-drivers``: fitted to half a model's experts when left unset.
+N_DRIVERS = _DefaultInt(8)
+
+
 def option(default: Any, help: str, *, parse: Callable[[str], Any] | None = None, cli: bool = True, **extra):
     """A :class:`RunOptions` field: its default, its ``--help`` text, and how the CLI parses it."""
     return field(default=default, metadata={"help": help, "parse": parse, "cli": cli, **extra})
@@ -108,7 +168,9 @@ class RunOptions:
     seed: int = option(0, "seed of every random choice (clustering, probe splits, baselines)", parse=int)
     n_token_groups: int = option(50, "spherical k-means clusters of the unembedding", parse=int)
     probe_ks: tuple[int, ...] = option(
-        (1, 2, 4, 8, 16, 32, 64), "neurons per probe (comma-separated)", parse=_int_list("--probe-ks")
+        PROBE_KS,
+        "neurons per probe (comma-separated); left unset, sizes above an expert's neurons are dropped",
+        parse=_int_list("--probe-ks"),
     )
     min_examples: int = option(
         MIN_EXAMPLES, "paper protocol: least positives / negatives a unit needs to be probed", parse=int
@@ -158,7 +220,10 @@ class RunOptions:
         20_000, "tokens on which the drivers analysis runs its edited forwards", parse=int
     )
     n_drivers: int = option(
-        8, "driver experts reported (largest removal effects on the selection half)", parse=int
+        N_DRIVERS,
+        "driver experts reported (largest removal effects on the selection half); left unset, at most "
+        "half the experts",
+        parse=int,
     )
     fresh: bool = option(False, "ignore (and overwrite) checkpoints of an earlier run in --out")
     keep_checkpoints: bool = option(False, "keep OUT/checkpoints after the run succeeds (default: removed)")
@@ -218,52 +283,26 @@ class RunOptions:
         """A copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.analyses, str):  # "probing" or "probing,drivers": names, as on the command line
+            object.__setattr__(self, "analyses", _name_list(self.analyses))
+        self.check()
+
     def check(self) -> None:
-        """Refuse settings no run can use, each with one line naming the option (before any pass)."""
-        if self.max_tokens < 1000:
-            raise InputError(
-                f"--max-tokens must be at least 1000 for meaningful statistics, got {self.max_tokens}."
-            )
-        for name in (
-            "batch_size",
-            "seq_len",
-            "n_token_groups",
-            "min_examples",
-            "checkpoint_every",
-            "driver_tokens",
-            "n_drivers",
-            "held_out_min_examples",
-            "bootstrap_resamples",
-            "permutations",
-            "min_expert_tokens",
-            "checkpoint_every",
-            "reweight_tokens",
-            "reweight_draws",
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}.")
-        if (
-            isinstance(self.min_documents, bool)
-            or not isinstance(self.min_documents, int)
-            or self.min_documents < 2
-        ):
-            raise InputError(f"--min-documents must be an integer of at least 2, got {self.min_documents!r}.")
-        if not 0 < self.fdr < 1:
-            raise InputError(f"--fdr must lie in (0, 1), got {self.fdr}.")
-        if not 0 < self.selection_fraction < 1:
-            raise InputError(f"--selection-fraction must lie in (0, 1), got {self.selection_fraction}.")
-        if self.seq_len < 2:
-            raise InputError(f"--seq-len must be at least 2 (BOS and one token), got {self.seq_len}.")
-        if not self.probe_ks or any(k < 1 for k in self.probe_ks):
-            raise InputError(f"--probe-ks must be positive integers, got {self.probe_ks}.")
+        """Refuse settings no run can use, each with one line naming the option (before any pass).
+
+        Runs when the options are made (and again by :func:`~tl_moe.pipeline.run`), so the command
+        line, :func:`~tl_moe.pipeline.run` and :func:`~tl_moe.pipeline.analyze` share every rule.
+        """
+        self._check_names()
+        self._check_integers()
+        self._check_fractions()
+        self._check_probe_ks()
         if self.dtype not in DTYPES:
             raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}.")
         if self.device_map is not None and self.device is not None:
             raise InputError("give --device or --device-map, not both.")
-        factors = self.reweight_factors
-        if not factors or any(not isinstance(f, (int, float)) or not math.isfinite(f) for f in factors):
-            raise InputError(f"--reweight-factors must be finite numbers, got {factors!r}.")
+        self._check_reweight_factors()
         if self.steer_contrast is not None and (
             len(self.steer_contrast) != 2 or len(set(self.steer_contrast)) != 2
         ):
@@ -280,12 +319,110 @@ class RunOptions:
         if self.probe_layers is not None and not self.probe_layers:
             raise InputError("--probe-layers needs at least one layer.")
 
+    def _check_names(self) -> None:
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise InputError(
+                f"--model must name a model (a toy name, a hub id or a local folder), got {self.model!r}."
+            )
+        if self.dense_baseline is not None and (
+            not isinstance(self.dense_baseline, str) or not self.dense_baseline.strip()
+        ):
+            raise InputError(
+                f"--dense-baseline must name a dense model or be None ('none'), got {self.dense_baseline!r}."
+            )
+        if self.analyses is not None and (
+            not isinstance(self.analyses, (tuple, list))
+            or not self.analyses
+            or not all(isinstance(name, str) and name for name in self.analyses)
+        ):
+            raise InputError(
+                f"--analyses takes one or more analysis names (a name, a comma list, or a list of names), "
+                f"got {self.analyses!r}."
+            )
+
+    def _check_integers(self) -> None:
+        for name, least in _LEAST_INTEGERS.items():
+            value = getattr(self, name)
+            if not _is_integer(value) or value < least:
+                what = "a positive integer" if least == 1 else f"an integer of at least {least}"
+                raise InputError(f"--{name.replace('_', '-')} must be {what}, got {value!r}.")
+        if not _is_integer(self.seed) or not 0 <= self.seed <= SEED_MAX:
+            raise InputError(f"--seed must be an integer from 0 to {SEED_MAX}, got {self.seed!r}.")
+
+    def _check_fractions(self) -> None:
+        for name in ("fdr", "selection_fraction"):
+            value = getattr(self, name)
+            if not _is_real(value) or not 0 < value < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be a number in (0, 1), got {value!r}.")
+        if not _is_real(self.explain_timeout) or not 0 < self.explain_timeout < math.inf:
+            raise InputError(
+                f"--explain-timeout must be a positive number of seconds, got {self.explain_timeout!r}."
+            )
+
+    def _check_probe_ks(self) -> None:
+        ks = self.probe_ks
+        if not isinstance(ks, (tuple, list)) or not ks or not all(_is_integer(k) and k >= 1 for k in ks):
+            raise InputError(f"--probe-ks must be one or more positive integers (e.g. 1,2,4), got {ks!r}.")
+
+    def _check_reweight_factors(self) -> None:
+        factors = self.reweight_factors
+        accepted = "accepted: positive numbers other than 1 (1 leaves the weights unchanged), each once"
+        if not isinstance(factors, (tuple, list)) or not factors:
+            raise InputError(f"--reweight-factors needs at least one factor, got {factors!r}; {accepted}.")
+        bad = [f for f in factors if not _is_real(f) or not 0 < f < math.inf or f == 1]
+        if bad:
+            raise InputError(f"--reweight-factors {bad} are not usable factors; {accepted}.")
+        repeated = sorted({f for f in factors if list(factors).count(f) > 1})
+        if repeated:
+            raise InputError(f"--reweight-factors repeats {repeated}; {accepted}.")
+
     def to_dict(self) -> dict[str, Any]:
         """The settings as JSON-able values (for the report's metadata)."""
         return {
             f.name: str(value) if isinstance(value := getattr(self, f.name), Path) else value
             for f in dataclasses.fields(self)
         }
+
+
+def fit_defaults(options: RunOptions, limits: Mapping[str, OptionLimit]) -> tuple[RunOptions, dict[str, Any]]:
+    """``options`` with each value the user left at its default brought within ``limits`` (option name
+    -> the largest value the run's models allow), and what changed: option -> ``{"default", "used",
+    "because"}``. Explicit values are left as given (the analyses' checks refuse them). ``probe_ks``
+    keeps the default sizes up to the limit; ``n_drivers`` becomes the limit."""
+    changes: dict[str, Any] = {}
+    fitted: dict[str, Any] = {}
+    for name, limit in limits.items():
+        value = getattr(options, name)
+        if not is_default(options, name) or limit.most < 1:
+            continue
+        if name == "probe_ks" and max(value) > limit.most:
+            fitted[name] = tuple(k for k in value if k <= limit.most)
+        elif name == "n_drivers" and value > limit.most:
+            fitted[name] = limit.most
+        else:
+            continue
+        shown = list(fitted[name]) if isinstance(fitted[name], tuple) else fitted[name]
+        changes[name] = {
+            "default": list(value) if isinstance(value, tuple) else int(value),
+            "used": shown,
+            "because": limit.because,
+        }
+    return (options.replace(**fitted) if fitted else options), changes
+
+
+def fitted_defaults_note(changes: Mapping[str, Any]) -> str:
+    """One line saying which defaults were fitted to the model, to what, and why."""
+    parts = []
+    for name, change in changes.items():
+        flag = "--" + name.replace("_", "-")
+        used = ",".join(map(str, change["used"])) if isinstance(change["used"], list) else change["used"]
+        default = (
+            ",".join(map(str, change["default"]))
+            if isinstance(change["default"], list)
+            else change["default"]
+        )
+        parts.append(f"{flag} {used} instead of the default {default} ({change['because']})")
+    return "defaults fitted to the model: " + "; ".join(parts) + "; give the option to choose otherwise."
 
 
 def add_option_arguments(parser: argparse.ArgumentParser, analysis_help: str = "") -> None:

@@ -34,7 +34,16 @@ if TYPE_CHECKING:  # annotations only: the context module imports nothing from h
     from tl_moe.pipeline.context import RunContext
     from tl_moe.report import Section
 
-__all__ = ["Analysis", "AccumulatorSpec", "FigureItem", "Inputs", "Need", "Result", "TableItem"]
+__all__ = [
+    "Analysis",
+    "AccumulatorSpec",
+    "FigureItem",
+    "Inputs",
+    "Need",
+    "OptionLimit",
+    "Result",
+    "TableItem",
+]
 
 
 class AccumulatorSpec(ABC, Hashable):
@@ -44,6 +53,10 @@ class AccumulatorSpec(ABC, Hashable):
     :meth:`build` makes the accumulator for the model the pass runs on.
     """
 
+    #: Whether :meth:`build` reads :attr:`RunContext.token_groups` (the vocabulary clustering): the run
+    #: then checks ``--n-token-groups`` against the vocabulary before any pass.
+    uses_token_groups: ClassVar[bool] = False
+
     @abstractmethod
     def build(self, model: Any, run: RunContext) -> Accumulator:
         """A fresh accumulator for ``model`` (the pass's model, already loaded)."""
@@ -52,6 +65,14 @@ class AccumulatorSpec(ABC, Hashable):
         """Upper estimate of the accumulator's memory at the end of a pass, from the model's
         config alone (the planner's input; 0 when negligible or unknown)."""
         return 0
+
+
+@dataclass(frozen=True)
+class OptionLimit:
+    """The largest value of an option that the run's models allow, and why (``"the 32 neurons of an expert"``)."""
+
+    most: int
+    because: str
 
 
 @dataclass(frozen=True)
@@ -183,6 +204,13 @@ class Analysis(ABC):
 
     def check(self, run: RunContext) -> None:  # noqa: B027 (optional hook)
         """Refuse bad options or models with an :class:`~tl_moe.errors.InputError` before any pass."""
+
+    def option_limits(self, run: RunContext) -> dict[str, OptionLimit]:
+        """The largest value of each size option this analysis can use on the run's models (e.g.
+        ``probe_ks`` up to the neurons of an expert). Before any pass, an option the user left at its
+        default is fitted within the limit (:func:`~tl_moe.pipeline.options.fit_defaults`); a value
+        given explicitly is refused by :meth:`check` instead."""
+        return {}
 
     @abstractmethod
     def needs(self, run: RunContext) -> Sequence[Need]:

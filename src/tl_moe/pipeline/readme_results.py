@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tl_moe.report.numbers import format_interval, is_defined
+
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 _COMPARISONS = {
@@ -33,12 +35,11 @@ _COMPARISONS = {
 
 
 def _interval(record: dict[str, Any]) -> str:
-    if record.get("estimate") is None:
-        return f"unavailable ({record.get('interval_unavailable_reason') or 'not computed'})"
-    text = f"{record['estimate']:+.3f}"
-    if record.get("interval_available") and record.get("ci_low") is not None:
-        text += f" [{record['ci_low']:+.3f}, {record['ci_high']:+.3f}]"
-    return text
+    """``estimate [low, high]``, ``estimate (no interval: why)`` or ``unavailable (why)`` of a record."""
+    why = record.get("interval_unavailable_reason") or "not computed"
+    available = record.get("interval_available")
+    low, high = (record.get("ci_low"), record.get("ci_high")) if available else (None, None)
+    return format_interval(record.get("estimate"), low, high, "+.3f", why)
 
 
 def _held_out_table(records: list[dict[str, Any]], ks: list[int]) -> list[str]:
@@ -269,11 +270,9 @@ def drivers_markdown(results: dict[str, Any], source: str) -> str:
 
 
 def _cell(record: dict[str, Any]) -> str:
-    if record.get("estimate") is None:
+    if not is_defined(record.get("estimate")):
         return "–"
-    if not record.get("interval_available"):
-        return f"{record['estimate']:+.3f} (no interval)"
-    return f"{record['estimate']:+.3f} [{record['ci_low']:+.3f}, {record['ci_high']:+.3f}]"
+    return _interval(record)
 
 
 def zoo_markdown(results: dict[str, Any], source: str) -> str:

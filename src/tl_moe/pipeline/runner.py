@@ -6,6 +6,7 @@ already loaded. Both validate every input before the first pass starts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -24,7 +25,7 @@ from tl_moe.errors import InputError
 from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.needs import TokensByDomain
 from tl_moe.pipeline.options import RunOptions
-from tl_moe.pipeline.protocol import AccumulatorSpec, Analysis, Inputs, Result
+from tl_moe.pipeline.protocol import AccumulatorSpec, Analysis, Inputs, OptionLimit, Result
 from tl_moe.pipeline.registry import resolve
 from tl_moe.pipeline.validation import check_model_source, check_output_dir, check_seq_len, resolve_device
 from tl_moe.report import Report, package_versions
@@ -61,10 +62,33 @@ class RunResults:
         return self.results[name]
 
 
-def _chosen_analyses(options: RunOptions, analyses: Sequence[str | Analysis] | None) -> list[Analysis]:
-    if analyses is not None and all(isinstance(a, Analysis) for a in analyses):
+def _analysis_list(analyses: Any) -> tuple[str, ...] | list[Analysis] | None:
+    """``analyses`` as given to :func:`run` / :func:`analyze`: None, a name or comma list (as on the
+    command line), or a non-empty list of names or of :class:`Analysis` instances; else one line."""
+    if analyses is None:
+        return None
+    if isinstance(analyses, str):
+        analyses = [part.strip() for part in analyses.split(",") if part.strip()]
+    accepted = (
+        "accepted: an analysis name, a comma-separated string of names, or a non-empty list of names "
+        "or Analysis instances"
+    )
+    if not isinstance(analyses, (list, tuple)):
+        raise InputError(f"analyses={analyses!r:.60} (of type {type(analyses).__name__}); {accepted}.")
+    if not analyses:
+        raise InputError(f"analyses={analyses!r} names no analysis; {accepted}.")
+    if all(isinstance(a, Analysis) for a in analyses):
         return list(analyses)
-    names = options.analyses if analyses is None else tuple(analyses)
+    if not all(isinstance(a, str) and a for a in analyses):
+        raise InputError(f"analyses={list(analyses)!r:.80} mixes names with other values; {accepted}.")
+    return tuple(analyses)
+
+
+def _chosen_analyses(options: RunOptions, analyses: Sequence[str | Analysis] | str | None) -> list[Analysis]:
+    analyses = _analysis_list(analyses)
+    if isinstance(analyses, list):
+        return analyses
+    names = options.analyses if analyses is None else analyses
     if options.sparsity_family:
         names = (*(names if names is not None else _default_names()), "sparsity")
     return resolve(names)
@@ -94,6 +118,25 @@ def _needs_by_model(run_context: RunContext, analyses: list[Analysis]) -> dict[s
             if need.spec not in specs:
                 specs.append(need.spec)
     return by_model
+
+
+def _fit_defaults(run_context: RunContext, analyses: list[Analysis]) -> dict[str, Any]:
+    """Fit the size options the user left at their defaults to the models (the tightest limit of the
+    chosen analyses, :meth:`Analysis.option_limits`), warn once in one line, and return what changed
+    (recorded in ``results.json``'s metadata; the fitted values are the run's options)."""
+    import warnings
+
+    from tl_moe.pipeline.options import fit_defaults, fitted_defaults_note
+
+    limits: dict[str, OptionLimit] = {}
+    for analysis in analyses:
+        for name, limit in analysis.option_limits(run_context).items():
+            if name not in limits or limit.most < limits[name].most:
+                limits[name] = limit
+    run_context.options, changes = fit_defaults(run_context.options, limits)
+    if changes and _rank() == 0:
+        warnings.warn(fitted_defaults_note(changes), stacklevel=3)
+    return changes
 
 
 def _check_memory(run_context: RunContext, needs: dict[str, list[AccumulatorSpec]]) -> None:
@@ -183,7 +226,7 @@ def _pass_identity(
 def run(
     options: RunOptions | None = None,
     *,
-    analyses: Sequence[str | Analysis] | None = None,
+    analyses: Sequence[str | Analysis] | str | None = None,
     dataset: Any = None,
     models: dict[str, Any] | None = None,
     write_report: bool = True,
@@ -192,7 +235,8 @@ def run(
 
     Args:
         options: the settings (default: :class:`RunOptions` defaults, i.e. ``tl-moe analyze``).
-        analyses: analysis names or instances (default: ``options.analyses``, else the defaults).
+        analyses: analysis names or instances, or one name or comma-separated names as a string
+            (default: ``options.analyses``, else the defaults).
         dataset: the corpus split to analyze (default: ``options.corpus`` / ``options.split``).
         models: already loaded models by name; any other model named in the options is loaded.
         write_report: write ``index.html``, ``results.json``, figures and tables to ``options.out``.
@@ -302,9 +346,13 @@ def _run(options, analyses, dataset, models, write_report, started) -> RunResult
             f"{run_context.main} is a dense model; the analyses need an MoE (pass the dense one as --dense-baseline)."
         )
     check_seq_len(options.seq_len, run_context.model(run_context.main), batch_size=options.batch_size)
+    fitted = _fit_defaults(run_context, chosen)
+    options = run_context.options
     for analysis in chosen:
         analysis.check(run_context)
     needs = _needs_by_model(run_context, chosen)
+    if any(spec.uses_token_groups for specs in needs.values() for spec in specs):
+        run_context.check_token_groups()
     _check_memory(run_context, needs)
 
     timings: dict[str, float] = {}
@@ -352,6 +400,7 @@ def _run(options, analyses, dataset, models, write_report, started) -> RunResult
                 "tokens_by_domain": tokens_by_domain,
                 "accumulator_bytes": memory,
                 "runtime": runtime,
+                "fitted_defaults": fitted,
             }
         )
         report_path = report.write()
@@ -366,7 +415,7 @@ def _run(options, analyses, dataset, models, write_report, started) -> RunResult
 def analyze(
     model: Any,
     *,
-    analyses: Sequence[str] | None = None,
+    analyses: Sequence[str] | str | None = None,
     dataset: Any = None,
     dense_baseline: Any = None,
     out: str | Path | None = None,
@@ -376,7 +425,9 @@ def analyze(
 
     ``tl_moe.pipeline.analyze(model, analyses=["domains"], max_tokens=20_000)`` runs one pass and
     returns ``results["domains"]``; give ``out=`` to also write the report there. ``settings`` are
-    :class:`RunOptions` fields (``max_tokens``, ``seq_len``, ``seed``, ...).
+    :class:`RunOptions` fields (``max_tokens``, ``seq_len``, ``seed``, ...); ``analyses`` takes a list of
+    names, one name, or comma-separated names (``"domains,drivers"``). Every setting is checked, in
+    one line each, before any model loads.
     """
     models: dict[str, Any] = {}
 
@@ -395,6 +446,18 @@ def analyze(
         models[name] = value
         return name
 
+    if model is None:
+        raise InputError(
+            "analyze() needs a model, got None; accepted: a model name (toy/..., a hub id, a local folder), "
+            "a path, a TransformerBridge or a transformers PreTrainedModel."
+        )
+    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(RunOptions)})
+    if unknown:
+        raise InputError(
+            f"analyze() has no setting {', '.join(map(repr, unknown))}; accepted: the RunOptions fields "
+            "(max_tokens, seq_len, seed, ... as in `tl-moe analyze --help`)."
+        )
+    _analysis_list(analyses)  # refused here, before any model loads
     main = named(model, "model")
     dense = named(dense_baseline, "dense baseline")
     options = RunOptions(

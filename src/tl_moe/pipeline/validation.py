@@ -20,6 +20,7 @@ check                                refuses
 :func:`check_output_dir`             a file; a folder (or parent) that cannot be written
 :func:`check_corpus_split`           a missing split; a split with no non-empty document
 :func:`check_layers`                 layers that are not sparse layers of the model
+:func:`check_n_token_groups`         more vocabulary clusters than the model has tokens
 :func:`check_n_drivers`              more driver experts than half the experts (no distinct
                                      control left for each)
 :func:`check_driver_budget`          a budget whose edited forwards reach fewer documents on
@@ -679,6 +680,23 @@ def check_layers(
     if not layers:
         raise LayersError(input_name, f"{input_name} is empty; accepted: one or more of {list(allowed)}.")
     return tuple(sorted(set(layers)))
+
+
+# ------------------------------------------------------------------------------- token groups
+
+
+def check_n_token_groups(
+    n_groups: int, vocabulary: int, model: str = "the model", *, input_name: str = "--n-token-groups"
+) -> int:
+    """``n_groups`` if the vocabulary clustering can make that many clusters of the ``vocabulary``
+    rows of the model's unembedding (one token per cluster at most); else a :class:`BudgetError`."""
+    if n_groups > vocabulary:
+        raise BudgetError(
+            input_name,
+            f"{input_name} {n_groups} is more clusters than the {vocabulary} tokens of {model}'s vocabulary "
+            f"(the clusters partition its unembedding rows); accepted: 1 to {vocabulary}.",
+        )
+    return n_groups
 
 
 # ------------------------------------------------------------------------------- probe sizes

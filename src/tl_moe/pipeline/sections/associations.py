@@ -12,6 +12,7 @@ import pandas as pd
 
 from tl_moe.analysis.drivers import document_half
 from tl_moe.analysis.positions import PositionEffect, position_effect
+from tl_moe.analysis.stats import MIN_DOCUMENTS as MIN_INTERVAL_DOCUMENTS
 from tl_moe.analysis.token_association import (
     AssociationTable,
     RoutingRecords,
@@ -25,6 +26,7 @@ from tl_moe.models.config import MoEConfig
 from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.protocol import AccumulatorSpec, Analysis, FigureItem, Inputs, Need, Result, TableItem
 from tl_moe.report.figures import new_figure
+from tl_moe.report.numbers import format_interval
 
 __all__ = ["Associations", "AssociationsResult", "TokenRouting", "segment_positions_of"]
 
@@ -166,9 +168,8 @@ class AssociationsResult(Result):
 
         def show(name: str) -> str:
             row = self._effect(name)
-            if not (np.isfinite(row["ci low"]) and np.isfinite(row["ci high"])):
-                return f"{row['estimate']:+.3f} (interval unavailable)"
-            return f"{row['estimate']:+.3f} [{row['ci low']:+.3f}, {row['ci high']:+.3f}]"
+            why = row.get("interval unavailable") or f"fewer than {MIN_INTERVAL_DOCUMENTS} documents"
+            return format_interval(row["estimate"], row["ci low"], row["ci high"], "+.3f", "no document", why)
 
         early = self.positions.early
         return [

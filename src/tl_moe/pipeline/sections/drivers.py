@@ -4,6 +4,7 @@ it, the first-order (attribution-patching) estimate and REAP saliency, scored ag
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,16 +12,26 @@ import pandas as pd
 import torch
 
 from tl_moe.analysis.driver_domain import DriverDomainComparison, compare_drivers_with_domain_experts
-from tl_moe.analysis.drivers import DocumentEffects, ExpertSaliency, driver_report
+from tl_moe.analysis.drivers import DocumentEffects, ExpertSaliency, driver_report, max_drivers
 from tl_moe.analysis.effect_estimate import FirstOrderEffects, estimate_report, estimate_vs_reap
 from tl_moe.analysis.stats import MIN_DOCUMENTS
 from tl_moe.collect.accumulator import Accumulator
 from tl_moe.models.config import MoEConfig
 from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.memory import backward_bytes
-from tl_moe.pipeline.protocol import AccumulatorSpec, Analysis, FigureItem, Inputs, Need, Result, TableItem
+from tl_moe.pipeline.protocol import (
+    AccumulatorSpec,
+    Analysis,
+    FigureItem,
+    Inputs,
+    Need,
+    OptionLimit,
+    Result,
+    TableItem,
+)
 from tl_moe.pipeline.validation import check_driver_budget, check_n_drivers
 from tl_moe.report.figures import new_figure
+from tl_moe.report.numbers import format_interval, format_number
 
 __all__ = ["DriverEffects", "DriverEstimate", "DriverSaliency", "Drivers", "DriversResult"]
 
@@ -170,9 +181,8 @@ class DriversResult(Result):
 
         def show(group: str) -> str:
             row = rows.loc[(edit, group)]
-            if reason:
-                return f"{row.iloc[0]:+.4f}"
-            return f"{row.iloc[0]:+.4f} [{row['ci low']:+.4f}, {row['ci high']:+.4f}]"
+            low, high = (math.nan, math.nan) if reason else (row["ci low"], row["ci high"])
+            return format_interval(row.iloc[0], low, high, "+.4f", reason or "no report document")
 
         n = int(self.comparison["experts"].iloc[0])
         moved = int(self.comparison["controls from another layer"].iloc[0])
@@ -188,7 +198,8 @@ class DriversResult(Result):
             f"{int(self.comparison['report documents'].iloc[0])}): removing one of the {n} strongest changes "
             f"next-token loss by {show('driver experts')} nats/token vs {show('matched controls')} for "
             f"{matched} (difference {show('driver − control')}, {interval}); REAP saliency ranks experts "
-            f"with Spearman ρ = {self.saliency_spearman:.2f} against the exact removal effect."
+            f"with Spearman ρ = {format_number(self.saliency_spearman, '.2f', 'constant saliency or effect')} against "
+            "the exact removal effect."
         ]
         if self.agreement is not None:
             findings.append(self._estimate_finding())
@@ -201,7 +212,7 @@ class DriversResult(Result):
         text = (
             f"**First-order estimate** (one backward per batch) of the zeroing effect: its top "
             f"{int(first['top n'])} share {int(first['top-n overlap'])} experts with the exact top "
-            f"{int(first['top n'])} (chance {first['chance overlap']:.1f}; REAP saliency: "
+            f"{int(first['top n'])} (chance {format_number(first['chance overlap'], '.1f', 'no expert')}; REAP saliency: "
             f"{int(reap['top-n overlap'])})."
         )
         if self.paired is None:
@@ -212,9 +223,8 @@ class DriversResult(Result):
         def rho(score: str) -> str:
             row = rows.loc[score]
             value = row["spearman with exact zeroing effect"]
-            if reason:
-                return f"{value:+.2f}"
-            return f"{value:+.2f} [{row['ci low']:+.2f}, {row['ci high']:+.2f}]"
+            low, high = (math.nan, math.nan) if reason else (row["ci low"], row["ci high"])
+            return format_interval(value, low, high, "+.2f", reason or "constant scores")
 
         diff = rows.loc["estimate − REAP"]
         if reason:
@@ -234,9 +244,11 @@ class DriversResult(Result):
 
     def _domain_finding(self) -> str:
         total = self.domain_overlap.table.set_index("layer").loc["all"]
-        rho = (
-            f"domain score vs removal effect: Spearman ρ = {total['spearman']:+.2f} "
-            f"[{total['spearman ci low']:+.2f}, {total['spearman ci high']:+.2f}] (95% bootstrap over experts)"
+        why = total.get("spearman unavailable") or "undefined"
+        low, high = total["spearman ci low"], total["spearman ci high"]
+        shown = format_interval(total["spearman"], low, high, "+.2f", why, "the bootstrap gave none")
+        rho = f"domain score vs removal effect: Spearman ρ = {shown}" + (
+            " (95% bootstrap over experts)" if "[" in shown else ""
         )
         if total["overlap not testable"]:
             return (
@@ -246,9 +258,9 @@ class DriversResult(Result):
             )
         return (
             f"**Drivers vs domain experts**: {int(total['both'])} of the {int(total['drivers'])} driver experts "
-            f"are domain experts (expected by chance {total['expected both']:.1f} of "
+            f"are domain experts (expected by chance {format_number(total['expected both'], '.1f', 'no scored expert')} of "
             f"{int(total['experts'])} scored experts with {int(total['domain experts'])} domain experts; "
-            f"hypergeometric p = {total['overlap p']:.3g}); {rho}."
+            f"hypergeometric p = {format_number(total['overlap p'], '.3g', 'not testable')}); {rho}."
         )
 
     def figures(self) -> list[FigureItem]:
@@ -316,7 +328,10 @@ class DriversResult(Result):
             row = self._agreement_row(score)
             ax.set_xlabel("exact loss change when zeroed, nats/token")
             ax.set_ylabel(name)
-            ax.set_title(f"Spearman ρ = {row['spearman']:.2f} over {int(row['experts'])} experts", fontsize=9)
+            ax.set_title(
+                f"Spearman ρ = {format_number(row['spearman'], '.2f', 'constant scores')} over {int(row['experts'])} experts",
+                fontsize=9,
+            )
             ax.ticklabel_format(style="sci", scilimits=(-2, 3))
             ax.axvline(0, color="grey", lw=0.5)
         if len(layers) <= 12:
@@ -400,13 +415,23 @@ class Drivers(Analysis):
     )
     default = False
 
+    def option_limits(self, run: RunContext) -> dict[str, OptionLimit]:
+        cfg = run.config(run.main)
+        total = len(cfg.sparse_layers) * cfg.num_experts
+        most = max_drivers(len(cfg.sparse_layers), cfg.num_experts)
+        return {
+            "n_drivers": OptionLimit(most, f"each driver needs a distinct control: half of {total} experts")
+        }
+
     def check(self, run: RunContext) -> None:
         """Before the pass: at most half the experts as drivers, and edited forwards that reach documents on
         both halves (:func:`~tl_moe.pipeline.validation.check_driver_budget`; a warning below 30 report
         documents)."""
         cfg = run.config(run.main)
         options = run.options
-        check_n_drivers(options.n_drivers, len(cfg.sparse_layers), cfg.num_experts)
+        check_n_drivers(
+            options.n_drivers, len(cfg.sparse_layers), cfg.num_experts
+        )  # same rule as option_limits
         check_driver_budget(
             run.dataset,
             run.model(run.main).tokenizer,

@@ -11,6 +11,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from tl_moe.analysis.readout import LogitReadout
+from tl_moe.analysis.stats import MIN_DOCUMENTS
 from tl_moe.collect.accumulator import Accumulator
 from tl_moe.data.concepts import TokenConceptLabeler, concepts_for_corpus
 from tl_moe.errors import InputError
@@ -32,6 +33,7 @@ from tl_moe.explain.causal import CausalResult, causal_checks
 from tl_moe.explain.labels import RICHER_LABEL_MARGIN
 from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.protocol import AccumulatorSpec, Analysis, FigureItem, Inputs, Need, Result, TableItem
+from tl_moe.report.numbers import format_interval, format_number, is_defined
 
 __all__ = ["Explain", "ExplainResult", "ExpertExamplesSpec"]
 
@@ -140,17 +142,20 @@ class ExplainResult(Result):
         for row in self._main_summary().to_dict("records"):
             key = f"layer {row['layer']}" if row["layer"] != "all" else "all layers"
             m = _METRIC_NAMES.get(row["metric"], row["metric"])
-            out[f"{key}: mean {m} [95% CI]"] = _interval(row["mean"], row["ci low"], row["ci high"])
+            out[f"{key}: mean {m} [95% CI]"] = _interval(
+                row["mean"], row["ci low"], row["ci high"], row.get("interval unavailable", "")
+            )
             for name, short, words in (
                 ("shuffled", "diff", "shuffled-label"),
                 ("baseline", "baseline diff", "token-set baseline"),
             ):
                 if f"{name} mean" in row:
+                    why = row.get(f"{name} interval unavailable", "")
                     out[f"{key}: {words} {m} [95% CI]"] = _interval(
-                        row[f"{name} mean"], row[f"{name} ci low"], row[f"{name} ci high"]
+                        row[f"{name} mean"], row[f"{name} ci low"], row[f"{name} ci high"], why
                     )
                     out[f"{key}: own - {words} {m} [95% CI]"] = _interval(
-                        row[f"own - {name}"], row[f"{short} ci low"], row[f"{short} ci high"]
+                        row[f"own - {name}"], row[f"{short} ci low"], row[f"{short} ci high"], why
                     )
             out[f"{key}: chance {m}"] = None if np.isnan(row["chance"]) else round(float(row["chance"]), 4)
             if row["metric"] == "balanced_accuracy" or row["metric"] == "accuracy":
@@ -250,8 +255,9 @@ _METRIC_NAMES = {"balanced_accuracy": "balanced accuracy", "f1": "F1", "precisio
                  "recall": "recall", "auc": "AUC", "accuracy": "accuracy"}  # fmt: skip
 
 
-def _show(mean: float, low: float, high: float) -> str:
-    return f"{mean:.3f} [{low:.3f}, {high:.3f}]" if np.isfinite(low) else f"{mean:.3f} (no interval)"
+def _show(mean: float, low: float, high: float, why: str = "") -> str:
+    """``mean [low, high]``, ``mean (no interval: why)``, or ``unavailable (no expert scored)``."""
+    return format_interval(mean, low, high, ".3f", "no expert scored", why or "the bootstrap gave none")
 
 
 def labels_finding(
@@ -260,20 +266,22 @@ def labels_finding(
     """The findings line of the labels: balanced accuracy vs the shuffled control and the token-set
     baseline (each difference with its interval over experts), then the other metrics."""
     m = _METRIC_NAMES.get(row["metric"], row["metric"])
+    why, why_shuffled = row.get("interval unavailable", ""), row.get("shuffled interval unavailable", "")
     text = (
         f"**Automatic labels** ({explainer} explainer, {scorer} scorer, scored on held-out documents): mean "
-        f"{m} over {row['experts scored']} experts {_show(row['mean'], row['ci low'], row['ci high'])} "
-        f"(chance {row['chance']:.3f}); better than its shuffled control (another expert's label of the same "
-        f"layer, {_show(row['shuffled mean'], row['shuffled ci low'], row['shuffled ci high'])}) by "
-        f"{_show(row['own - shuffled'], row['diff ci low'], row['diff ci high'])}"
+        f"{m} over {row['experts scored']} experts {_show(row['mean'], row['ci low'], row['ci high'], why)} "
+        f"(chance {format_number(row['chance'], '.3f', 'no expert scored')}); better than its shuffled control "
+        f"(another expert's label of the same layer, "
+        f"{_show(row['shuffled mean'], row['shuffled ci low'], row['shuffled ci high'], why_shuffled)}) by "
+        f"{_show(row['own - shuffled'], row['diff ci low'], row['diff ci high'], why_shuffled)}"
     )
     if "baseline mean" in row and np.isfinite(row["baseline mean"]):
-        gap = row["own - baseline"]
+        gap, why_baseline = row["own - baseline"], row.get("baseline interval unavailable", "")
         text += (
             f"; {'better' if gap > 0 else 'worse'} than the token-set baseline (the expert's most "
             f"over-represented routed tokens, chosen on the explain documents, "
-            f"{_show(row['baseline mean'], row['baseline ci low'], row['baseline ci high'])}) by "
-            f"{_show(abs(gap), *sorted((np.sign(gap) * row['baseline diff ci low'], np.sign(gap) * row['baseline diff ci high'])))}"
+            f"{_show(row['baseline mean'], row['baseline ci low'], row['baseline ci high'], why_baseline)}) by "
+            f"{_show(abs(gap), *sorted((np.sign(gap) * row['baseline diff ci low'], np.sign(gap) * row['baseline diff ci high'])), why_baseline)}"
             if gap != 0
             else "; equal to the token-set baseline"
         )
@@ -281,18 +289,20 @@ def labels_finding(
     if share is not None and np.isfinite(share):
         text += f"; {share:.0%} of experts beat their shuffled control on their own items (95% interval over items above 0)"
     others = [
-        f"{_METRIC_NAMES[k]} {_show(r['mean'], r['ci low'], r['ci high'])} (shuffled {r['shuffled mean']:.3f})"
+        f"{_METRIC_NAMES[k]} {_show(r['mean'], r['ci low'], r['ci high'], r.get('interval unavailable', ''))} "
+        f"(shuffled {format_number(r['shuffled mean'], '.3f', 'no pair scored')})"
         for k, r in rows.items()
         if k in ("f1", "precision", "recall", "auc") and np.isfinite(r["mean"])
     ]
     if others:
         text += "; " + ", ".join(others)
         if "f1" in rows:
-            text += f" (F1 of answering yes to every item: {rows['f1']['chance']:.3f})"
+            text += f" (F1 of answering yes to every item: {format_number(rows['f1']['chance'], '.3f', 'no expert scored')})"
     kinds = frame["kind"].value_counts() if "kind" in frame else pd.Series(dtype=int)
     if len(kinds):
         text += "; label kinds: " + ", ".join(f"{k} {n}" for k, n in kinds.items())
-    return text + f"; 95% bootstrap over experts; {row['experts not scored']} experts not scored."
+    over = "95% bootstrap over experts" if not why else f"intervals over experts need {MIN_DOCUMENTS}"
+    return text + f"; {over}; {row['experts not scored']} experts not scored."
 
 
 def _causal_value(row: dict[str, Any]) -> str | None:
@@ -365,10 +375,11 @@ def causal_finding(causal: CausalResult) -> str:
     )
 
 
-def _interval(mean: float, low: float, high: float) -> str | None:
-    if mean is None or np.isnan(mean):
+def _interval(mean: float, low: float, high: float, why: str = "") -> str | None:
+    """A metric's ``mean [low, high]`` or ``mean (no interval: why)``; None when nothing was scored."""
+    if not is_defined(mean):
         return None
-    return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+    return format_interval(mean, low, high, ".3f", "no expert scored", why or "the bootstrap gave none")
 
 
 def f1_histograms(labeling: LabelingResult, scorer: str, metric: str = "balanced_accuracy") -> Figure:

@@ -47,9 +47,10 @@ from tl_moe.collect.steps import Step, run_now
 from tl_moe.errors import InputError
 from tl_moe.pipeline.context import RunContext, untrained_name
 from tl_moe.pipeline.needs import DenseNeurons, ExpertNeurons
-from tl_moe.pipeline.protocol import Analysis, FigureItem, Inputs, Need, Result, TableItem
+from tl_moe.pipeline.protocol import Analysis, FigureItem, Inputs, Need, OptionLimit, Result, TableItem
 from tl_moe.report import TableSummary
 from tl_moe.report.figures import line_plot
+from tl_moe.report.numbers import format_number
 
 __all__ = [
     "COMPARISONS",
@@ -230,12 +231,17 @@ class ProbingResult(Result):
         text = (
             "**Probing, the paper's protocol** (as its reference code: per-document balanced sample, F1 at "
             "each unit's routed class ratio, best unit picked on the split it is scored on): at k = 1 the "
-            f"MoE's best expert reaches mean F1 {at_k1[MOE_CURVE]:.3f}"
+            f"MoE's best expert reaches mean F1 {format_number(at_k1[MOE_CURVE], '.3f', NO_UNIT)}"
         )
         if DENSE_CURVE in at_k1:
-            text += f" vs {at_k1[DENSE_CURVE]:.3f} for the dense model's best layer"
+            text += (
+                f" vs {format_number(at_k1[DENSE_CURVE], '.3f', NO_UNIT)} for the dense model's best layer"
+            )
         if MATCHED_CURVE in at_k1:
-            text += f" and {at_k1[MATCHED_CURVE]:.3f} for its neurons on routing-matched random token subsets"
+            text += (
+                f" and {format_number(at_k1[MATCHED_CURVE], '.3f', NO_UNIT)} for its neurons on routing-matched random "
+                "token subsets"
+            )
         concepts = int(self.curves["concepts"].max())
         return [text + f", over {concepts} concepts; single split, no interval."]
 
@@ -342,6 +348,10 @@ _UNITS_SUMMARY = TableSummary(
     columns=("unit", "layer", "expert", "concept", "k", "f1", "n_pos", "n_neg"),
     top=20,
 )
+
+
+#: Why a mean F1 is undefined: no (unit, concept) had enough positives and negatives.
+NO_UNIT = "no unit had enough examples of a concept"
 
 
 def _interval_text(record: dict) -> str:
@@ -611,11 +621,15 @@ class Probing(Analysis):
         "and F1 at different class ratios is not on one scale; its intervals resample concepts only."
     )
 
+    def option_limits(self, run: RunContext) -> dict[str, OptionLimit]:
+        neurons = run.config(run.main).d_expert
+        return {"probe_ks": OptionLimit(neurons, f"{run.main}'s experts have {neurons} neurons")}
+
     def check(self, run: RunContext) -> None:
         from tl_moe.pipeline.validation import check_probe_ks
 
         run.probed_layers()  # refuses --probe-layers that are not sparse layers
-        check_probe_ks(run.options.probe_ks, run.config(run.main).d_expert)
+        check_probe_ks(run.options.probe_ks, self.option_limits(run)["probe_ks"].most)
 
     def needs(self, run: RunContext) -> list[Need]:
         needs = [Need(run.main, ExpertNeurons(run.probed_layers()))]

@@ -17,16 +17,20 @@ from tl_moe.errors import InputError
 from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.protocol import Analysis, FigureItem, Inputs, Need, Result, TableItem
 from tl_moe.report.figures import new_figure
+from tl_moe.report.numbers import format_interval
 
 __all__ = ["Reweighting", "ReweightingResult", "held_out_windows"]
 
 
 def _row(frame: pd.Series, prefix: str) -> str:
-    """``estimate [low, high]``, or the estimate alone where no interval could be computed."""
+    """``estimate [low, high]``, the estimate with why no interval was computed, or ``unavailable``."""
+    why = (
+        frame.get(prefix + " interval unavailable")
+        or frame.get("interval unavailable")
+        or f"fewer than {MIN_DOCUMENTS} documents"
+    )
     low, high = frame[prefix + " ci low"], frame[prefix + " ci high"]
-    if not (np.isfinite(low) and np.isfinite(high)):
-        return f"{frame[prefix]:+.4f} (no interval)"
-    return f"{frame[prefix]:+.4f} [{low:+.4f}, {high:+.4f}]"
+    return format_interval(frame[prefix], low, high, "+.4f", "no held-out document", why)
 
 
 def _interval_record(row: pd.Series, prefix: str, n: int) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from tl_moe.analysis.concept_probing import PAPER_PROTOCOL, best_f1_by_k, probe_
 from tl_moe.errors import InputError
 from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.needs import DenseNeurons, ExpertNeurons
-from tl_moe.pipeline.protocol import Analysis, FigureItem, Inputs, Need, Result, TableItem
+from tl_moe.pipeline.protocol import Analysis, FigureItem, Inputs, Need, OptionLimit, Result, TableItem
 from tl_moe.pipeline.sections.probing import (
     PAPER,
     ProbingResult,
@@ -345,14 +345,20 @@ class Sparsity(Analysis):
         """A family member's config: the toy zoo's, or the run's for a model given by the caller."""
         return TOY_FAMILY[name] if name in TOY_FAMILY else run.config(name)
 
+    def option_limits(self, run: RunContext) -> dict[str, OptionLimit]:
+        sizes = {run.main: run.config(run.main).d_expert}
+        sizes.update({name: self._config(run, name).d_expert for name in self.family(run)})
+        smallest = min(sizes, key=sizes.get)
+        return {
+            "probe_ks": OptionLimit(
+                sizes[smallest], f"the smallest experts probed, {smallest}'s, have {sizes[smallest]} neurons"
+            )
+        }
+
     def check(self, run: RunContext) -> None:
         from tl_moe.pipeline.validation import check_probe_ks
 
-        sizes = [
-            run.config(run.main).d_expert,
-            *(self._config(run, name).d_expert for name in self.family(run)),
-        ]
-        check_probe_ks(run.options.probe_ks, min(sizes))
+        check_probe_ks(run.options.probe_ks, self.option_limits(run)["probe_ks"].most)
 
     def needs(self, run: RunContext) -> list[Need]:
         needs = [Need(name, ExpertNeurons()) for name in self.family(run)]

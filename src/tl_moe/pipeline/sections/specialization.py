@@ -14,6 +14,7 @@ probing section's untrained null; not with ``--skip-untrained-null``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ from tl_moe.pipeline.context import RunContext, untrained_name
 from tl_moe.pipeline.needs import ExpertLens, RoutedByDomain, RoutedByTokenGroup, RoutingPerToken
 from tl_moe.pipeline.protocol import Analysis, FigureItem, Inputs, Need, Result, TableItem
 from tl_moe.report.figures import new_figure
+from tl_moe.report.numbers import format_interval, format_mean_sd
 
 __all__ = ["Specialization", "SpecializationSummary"]
 
@@ -169,7 +171,8 @@ class SpecializationSummary(Result):
         parts = []
         for name, result in self.measures.items():
             last = result.layer_summary().iloc[-1]
-            parts.append(f"{name} {last['mean_excess']:.3f} ± {last['std_excess']:.3f}")
+            why = f"no expert of layer {int(last['layer'])} was routed a token"
+            parts.append(f"{name} {format_mean_sd(last['mean_excess'], last['std_excess'], '.3f', why)}")
         layer = next(iter(self.measures.values())).layers[-1]
         findings = [
             f"**Specialization** in the last sparse layer ({layer}), bits above the sampling baseline "
@@ -350,11 +353,9 @@ def _with_permutation(
 
 def _interval_text(row: pd.Series) -> str:
     """``+0.0660 [+0.0600, +0.0720]``, or the estimate with why its interval is unavailable."""
-    if not np.isfinite(row["estimate"]):
-        return f"unavailable ({row['reason']})"
     if not row["interval_available"]:
-        return f"{row['estimate']:+.4f} (interval unavailable: {row['reason']})"
-    return f"{row['estimate']:+.4f} [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]"
+        return format_interval(row["estimate"], math.nan, math.nan, "+.4f", row["reason"])
+    return format_interval(row["estimate"], row["ci_low"], row["ci_high"], "+.4f", row["reason"])
 
 
 def _p_text(row: pd.Series, baseline: DocumentPermutationBaseline) -> str:
