@@ -97,20 +97,7 @@ def _assert_every_section(results: dict, analyses: tuple[str, ...]) -> None:
     assert not missing, f"no section for {missing}; sections: {sorted(sections)}"
 
 
-# Known defect, kept visible: the drivers' resumed edited forwards fail inside transformers' qwen3_next
-# attention mask (the other analyses run on it). strict: the test fails once the defect is fixed.
-KNOWN_FAILURES = {"qwen3_next-hybrid": "drivers' resumed edited forwards break qwen3_next's attention mask"}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(reason=KNOWN_FAILURES[name], strict=True))
-        if name in KNOWN_FAILURES
-        else name
-        for name in sorted(TINY)
-    ],
-)
+@pytest.mark.parametrize("name", sorted(TINY))
 def test_every_analysis_on_a_tiny_random_model(name, short_corpus, tmp_path):
     model = _tiny_model_dir(name, tmp_path)
     results = _run(model, EVERY_ANALYSIS, short_corpus, tmp_path / "report")
