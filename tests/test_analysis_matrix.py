@@ -102,6 +102,9 @@ def test_every_analysis_on_a_tiny_random_model(name, short_corpus, tmp_path):
     model = _tiny_model_dir(name, tmp_path)
     results = _run(model, EVERY_ANALYSIS, short_corpus, tmp_path / "report")
     _assert_every_section(results, EVERY_ANALYSIS)
+    # every block gets its own mask (a hybrid's linear / full attention, sliding windows): the
+    # drivers' edited forwards resume from the edited layer, without the whole-model fallback
+    assert results["sections"]["drivers"]["metrics"]["edited forwards"] == "resumed from the edited layer"
 
 
 @pytest.mark.parametrize("toy", TOYS)

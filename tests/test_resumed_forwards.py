@@ -185,3 +185,23 @@ def test_the_planted_defect_is_wrong_when_resumed_and_whole_model_forwards_are_e
     monkeypatch.setattr(interventional, "only_blocks_from", cut_to_suffix)
     wrong = run_interventions(bridge, meta.input_ids, [edit], attention_mask=meta.attention_mask, resume=True)
     assert float((wrong.loss[0][valid] - expected[valid]).abs().max()) > 1e-3
+
+
+def test_the_way_the_forwards_ran_survives_checkpoints_and_merges():
+    def accumulator(resumed: bool) -> DocumentEffects:
+        acc = DocumentEffects((0, 1), 4, kinds=("remove",))
+        acc.resumed = resumed
+        return acc
+
+    restored = accumulator(True)
+    restored.load_state_dict(accumulator(False).state_dict())
+    assert not restored.resumed
+    assert restored.finalize().resumed is False
+    assert not accumulator(True).merge(accumulator(False)).resumed
+    assert not accumulator(False).merge(accumulator(True)).resumed
+    assert accumulator(True).merge(accumulator(True)).resumed
+
+
+def test_the_resume_choice_is_checked(bridges):
+    with pytest.raises(ValueError, match="resume must be True, False or None"):
+        interventional.InterventionRunner(bridges("qwen3_next"), edits=[], resume="yes")

@@ -378,6 +378,41 @@ class InterventionRunner:
             resumed=bool(self.resume),
         )
 
+    def on_batch(
+        self,
+        input_ids: Int[torch.Tensor, "batch pos"],
+        attention_mask: Bool[torch.Tensor, "batch pos"] | None = None,
+        *,
+        hook_names: Sequence[str] = (),
+    ) -> InterventionEffects:
+        """One batch outside ``collect``: its clean forward (stopped at the final residual), then
+        :meth:`effects`. A runner kept over many batches checks the resumed forward once
+        (:func:`run_interventions` builds a runner per call)."""
+        model = self.model
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        names = list(dict.fromkeys([*hook_names, *self.hook_names()]))
+        acts: dict[str, torch.Tensor] = {}
+
+        def stash_as(name: str):
+            def stash(x, hook):
+                acts[name] = x
+                if len(acts) == len(names):
+                    raise _ReachedFinalResidual
+
+            return stash
+
+        with torch.inference_mode(), model.hooks(fwd_hooks=[(name, stash_as(name)) for name in names]):
+            try:
+                model(input_ids, attention_mask=attention_mask.to(input_ids.dtype), return_type=None)
+            except _ReachedFinalResidual:
+                pass
+        missing = [name for name in names if name not in acts]
+        if missing:
+            raise RuntimeError(f"these hooks did not fire during the clean forward: {missing}.")
+        with torch.inference_mode():
+            return self.effects(acts, input_ids, attention_mask, input_ids.device)
+
     def _groups(self) -> list[tuple[int | None, list[int]]]:
         """Edits by the layer their forwards resume from (None: whole-model forwards from the tokens)."""
         if not self.resume:
@@ -483,27 +518,4 @@ def run_interventions(
     runner = InterventionRunner(
         model, edits=interventions, memory_budget=memory_budget, needs_logits=logits, resume=resume
     )
-    device = input_ids.device
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
-    names = list(dict.fromkeys([*hook_names, *runner.hook_names()]))
-    acts: dict[str, torch.Tensor] = {}
-
-    def stash_as(name: str):
-        def stash(x, hook):
-            acts[name] = x
-            if len(acts) == len(names):
-                raise _ReachedFinalResidual
-
-        return stash
-
-    with torch.inference_mode(), model.hooks(fwd_hooks=[(name, stash_as(name)) for name in names]):
-        try:
-            model(input_ids, attention_mask=attention_mask.to(input_ids.dtype), return_type=None)
-        except _ReachedFinalResidual:
-            pass
-    missing = [name for name in names if name not in acts]
-    if missing:
-        raise RuntimeError(f"these hooks did not fire during the clean forward: {missing}.")
-    with torch.inference_mode():
-        return runner.effects(acts, input_ids, attention_mask, device)
+    return runner.on_batch(input_ids, attention_mask, hook_names=hook_names)
