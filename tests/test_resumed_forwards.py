@@ -205,3 +205,18 @@ def test_the_way_the_forwards_ran_survives_checkpoints_and_merges():
 def test_the_resume_choice_is_checked(bridges):
     with pytest.raises(ValueError, match="resume must be True, False or None"):
         interventional.InterventionRunner(bridges("qwen3_next"), edits=[], resume="yes")
+
+
+@pytest.mark.parametrize("resumed", [True, False])
+def test_the_drivers_section_says_how_the_edited_forwards_ran(resumed):
+    from test_driver_statistics import _synthetic_effects
+    from tl_moe.analysis.drivers import driver_report
+    from tl_moe.pipeline.sections.drivers import DriversResult
+
+    effects, saliency = _synthetic_effects(n_docs=60)
+    experts, comparison = driver_report(effects, saliency, n_drivers=2, n_resamples=50)
+    result = DriversResult(experts, comparison, comparison.attrs["saliency_spearman"], resumed=resumed)
+    expected = "resumed from the edited layer" if resumed else "whole model"
+    assert result.metrics()["edited forwards"].startswith(expected)
+    said = [finding for finding in result.findings() if "whole model" in finding]
+    assert len(said) == (0 if resumed else 1)

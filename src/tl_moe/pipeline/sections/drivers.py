@@ -201,6 +201,11 @@ class DriversResult(Result):
             f"{matched} (difference {show('driver − control')}, {interval}); REAP saliency ranks experts "
             f"with Spearman ρ = {self.saliency_spearman:.2f} against the exact removal effect."
         ]
+        if not self.resumed:
+            findings.append(
+                "The exact effects' edited forwards ran on the whole model: a forward resumed from the edited "
+                "layer did not reproduce this model's clean forward (the same numbers, more compute)."
+            )
         if self.agreement is not None:
             findings.append(self._estimate_finding())
         if self.domain_overlap is not None:
