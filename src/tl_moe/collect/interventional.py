@@ -29,6 +29,7 @@ Why it is cheap (see docs/INTERVENTIONS.md):
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -335,6 +336,12 @@ class InterventionRunner:
                 self._resumes_exactly(acts, attention, layer, clean_final, mask)
                 for layer in self.start_layers
             )
+            if not self.resume:
+                warnings.warn(
+                    "a forward resumed from an edited layer does not reproduce this model's clean forward: "
+                    "every edited forward runs on the whole model (exact, slower).",
+                    stacklevel=2,
+                )
         for layer, members in self._groups():
             if layer is None:
                 inputs = input_ids.to(input_device)
