@@ -97,24 +97,18 @@ def _assert_every_section(results: dict, analyses: tuple[str, ...]) -> None:
     assert not missing, f"no section for {missing}; sections: {sorted(sections)}"
 
 
-# Known defect, kept visible: the drivers' resumed edited forwards fail inside transformers' qwen3_next
-# attention mask (the other analyses run on it). strict: the test fails once the defect is fixed.
-KNOWN_FAILURES = {"qwen3_next-hybrid": "drivers' resumed edited forwards break qwen3_next's attention mask"}
+def _assert_resumed(results: dict) -> None:
+    """Every block got its own mask (a hybrid's linear / full attention, sliding windows): the
+    drivers' edited forwards resumed from the edited layer, without the whole-model fallback."""
+    assert results["sections"]["drivers"]["metrics"]["edited forwards"] == "resumed from the edited layer"
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(reason=KNOWN_FAILURES[name], strict=True))
-        if name in KNOWN_FAILURES
-        else name
-        for name in sorted(TINY)
-    ],
-)
+@pytest.mark.parametrize("name", sorted(TINY))
 def test_every_analysis_on_a_tiny_random_model(name, short_corpus, tmp_path):
     model = _tiny_model_dir(name, tmp_path)
     results = _run(model, EVERY_ANALYSIS, short_corpus, tmp_path / "report")
     _assert_every_section(results, EVERY_ANALYSIS)
+    _assert_resumed(results)
 
 
 @pytest.mark.parametrize("toy", TOYS)
@@ -133,6 +127,7 @@ def test_every_analysis_on_a_shipped_toy_moe(toy, short_corpus, tmp_path):
         reweight_tokens=300,
     )
     _assert_every_section(results, analyses)
+    _assert_resumed(results)
     experts = pd.read_csv(
         tmp_path / "report" / results["sections"]["drivers"]["tables"]["drivers_experts"]["csv"]
     )

@@ -83,6 +83,7 @@ class DocumentEffects(InterventionalAccumulator):
         self.kinds = tuple(kinds)
         self.max_tokens = int(max_tokens)
         self.seen = 0
+        self.resumed = True  # False once a batch's edited forwards ran on the whole model
         n_edits = len(self.kinds) * len(self.layers) * self.n_experts
         self.sums = torch.zeros(n_edits, 0, dtype=torch.float64)  # [edit, document]
         self.counts = torch.zeros(0, dtype=torch.long)  # [document] positions with an edited loss
@@ -108,6 +109,7 @@ class DocumentEffects(InterventionalAccumulator):
 
     def update_effects(self, effects: InterventionEffects, meta: BatchMeta) -> None:
         self.seen += int(meta.n_tokens)
+        self.resumed = self.resumed and effects.resumed
         valid = effects.valid
         docs = meta.doc_index[valid].long().cpu()
         size = int(docs.max()) + 1 if docs.numel() else 0
@@ -122,13 +124,15 @@ class DocumentEffects(InterventionalAccumulator):
         self.sums = _grow(self.sums, size) + _grow(other.sums, size)
         self.counts = _grow(self.counts, size) + _grow(other.counts, size)
         self.seen += other.seen
+        self.resumed = self.resumed and other.resumed
         return self
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sums": self.sums, "counts": self.counts, "seen": self.seen}
+        return {"sums": self.sums, "counts": self.counts, "seen": self.seen, "resumed": self.resumed}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.sums, self.counts, self.seen = state["sums"], state["counts"], int(state["seen"])
+        self.resumed = bool(state.get("resumed", True))
 
     def finalize(self) -> DocumentEffectsResult:
         shape = (len(self.kinds), len(self.layers), self.n_experts, -1)
@@ -137,17 +141,21 @@ class DocumentEffects(InterventionalAccumulator):
             layers=self.layers,
             sums=self.sums.reshape(shape).clone(),
             counts=self.counts.clone(),
+            resumed=self.resumed,
         )
 
 
 @dataclass(frozen=True)
 class DocumentEffectsResult:
-    """``sums[kind, layer, expert, document]`` of loss changes over ``counts[document]`` positions."""
+    """``sums[kind, layer, expert, document]`` of loss changes over ``counts[document]`` positions;
+    ``resumed``: whether every edited forward resumed from the edited layer (False: some ran on the
+    whole model, the fallback of :class:`~tl_moe.collect.interventional.InterventionRunner`)."""
 
     kinds: tuple[str, ...]
     layers: tuple[int, ...]
     sums: Float[torch.Tensor, "kind layer expert document"]
     counts: Int[torch.Tensor, " document"]
+    resumed: bool = True
 
 
 class ExpertSaliency(Accumulator):

@@ -28,7 +28,7 @@ from jaxtyping import Bool, Float, Int
 
 from tl_moe.analysis.drivers import document_half
 from tl_moe.analysis.stats import Interval, cluster_bootstrap
-from tl_moe.collect.interventional import Edit, run_interventions
+from tl_moe.collect.interventional import Edit, InterventionRunner
 from tl_moe.models.hook_names import get_act_name
 
 __all__ = [
@@ -198,12 +198,13 @@ def edit_losses(
     device = _device(model)
     unique = list(dict.fromkeys(edits))  # the runner runs an edit listed twice once
     position = torch.tensor([unique.index(edit) for edit in edits], dtype=torch.long)
+    runner = InterventionRunner(model, edits=unique, memory_budget=memory_budget)
     starts = range(0, len(windows), batch_size)
     for start in tqdm(starts, desc=description, disable=not progress or not edits, leave=False):
         stop = start + batch_size
         ids = windows.input_ids[start:stop].to(device)
         mask = windows.attention_mask[start:stop].to(device)
-        effects = run_interventions(model, ids, unique, attention_mask=mask, memory_budget=memory_budget)
+        effects = runner.on_batch(ids, mask)
         valid = effects.valid
         change[:, start:stop] = (effects.loss_change[position] * valid).double().sum(-1).cpu()
         clean[start:stop] = (effects.clean_loss * valid).double().sum(-1).cpu()

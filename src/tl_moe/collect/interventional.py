@@ -10,8 +10,13 @@ Why it is cheap (see docs/INTERVENTIONS.md):
 
 1. **Reuse below the layer.** The clean forward records the residual stream entering every
    layer an intervention edits. An intervention at layer L resumes from there and runs only
-   blocks L.. (the decoder's layer list is temporarily cut to its suffix; TransformerBridge's
-   ``start_at_layer`` injects the residual).
+   blocks L.. (the decoder's blocks below L are temporarily replaced by pass-throughs, so every
+   later block keeps its index and gets its own kind of mask, e.g. linear- vs full-attention
+   layers of a hybrid; TransformerBridge's ``start_at_layer`` injects the residual). On the
+   first batch each resumed forward of the unedited batch is checked against the clean
+   forward's final residual; where they differ, the runner falls back to edited forwards of
+   the whole model from the tokens (slower, exact) for the rest of the run, and says so
+   (``InterventionEffects.resumed``).
 2. **Many ablations per forward.** The batch is replicated, one copy per intervention, and
    edited per row (:func:`~tl_moe.models.interventions.batched_hooks`), as many copies per
    forward as ``memory_budget`` allows.
@@ -24,6 +29,7 @@ Why it is cheap (see docs/INTERVENTIONS.md):
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -41,6 +47,10 @@ from tl_moe.models.introspect import config_of, hf_model_of
 
 FINAL_RESIDUAL = "ln_final.hook_in"
 """Hook of the final residual stream (the input of the final norm)."""
+
+RESUME_TOLERANCE = 16
+"""Rounding steps (of each position's largest component) by which a resumed forward of the
+unedited batch may differ from the clean forward before the runner stops resuming."""
 
 Edit = Intervention | tuple[Intervention, ...]
 """One intervention, or several applied together in the same forward."""
@@ -83,6 +93,9 @@ class InterventionEffects:
         acts: the clean forward's hooked tensors (those in ``hook_names``), as ``update`` got.
         clean_logits / logits: ``[batch, pos, vocab]`` / ``[n, batch, pos, vocab]`` when the
             accumulator sets ``needs_logits``; else None.
+        resumed: True when the edited forwards resumed from the layer each edit touches; False
+            when they were forwards of the whole model from the tokens (the fallback for a
+            model whose resumed forward does not reproduce its clean one).
     """
 
     interventions: tuple[Edit, ...]
@@ -93,6 +106,7 @@ class InterventionEffects:
     acts: Activations
     clean_logits: Float[torch.Tensor, "batch pos vocab"] | None = None
     logits: Float[torch.Tensor, "n batch pos vocab"] | None = None
+    resumed: bool = True
 
     @property
     def loss_change(self) -> Float[torch.Tensor, "n batch pos"]:
@@ -137,21 +151,33 @@ class _ReachedFinalResidual(Exception):
     pass
 
 
+class _SkippedBlock(nn.Module):
+    """Stands in for a decoder block below the resume layer: hands its hidden states on unchanged
+    (the resume block replaces them by the injected residual). Being in the block's place keeps
+    the index of every later block, by which decoders pick its mask and position inputs."""
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return hidden_states
+
+
 @contextmanager
 def only_blocks_from(model: Any, layer: int) -> Iterator[None]:
-    """Run only decoder blocks ``layer..`` while inside (the HF layer list is cut to its suffix).
+    """Run only decoder blocks ``layer..`` while inside (blocks below are pass-throughs).
 
     Combined with ``model(resid, start_at_layer=layer)``, blocks below ``layer`` are not
-    computed at all (``start_at_layer`` alone computes and discards them).
+    computed at all (``start_at_layer`` alone computes and discards them). The layer list keeps
+    its length, so a decoder that looks up per-layer inputs by position in the list (the
+    linear- or full-attention mask of a hybrid, sliding-window or full masks) gives every block
+    its own.
     """
-    base = getattr(hf_model_of(model), "model", None)
-    layers = getattr(base, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise TypeError("interventional passes need a decoder with a `model.layers` ModuleList.")
     if layer == 0:
         yield
         return
-    base.layers = nn.ModuleList(list(layers)[layer:])
+    base = getattr(hf_model_of(model), "model", None)
+    layers = getattr(base, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise TypeError("resumed forwards need a decoder with a `model.layers` ModuleList.")
+    base.layers = nn.ModuleList([_SkippedBlock() for _ in range(layer)] + list(layers)[layer:])
     try:
         yield
     finally:
@@ -184,6 +210,11 @@ class InterventionRunner:
             how many replicated copies of the batch run per forward, and the readout chunk.
         edits: extra edits to run (what :func:`run_interventions` uses, without accumulators).
         needs_logits: also compute full logits (else only if an accumulator asks).
+        resume: True to resume every edit from the layer it touches, False to run edited
+            forwards of the whole model from the tokens; None (default) resumes unless, on the
+            first batch, a resumed forward of the unedited batch differs from the clean forward
+            (by more than ``RESUME_TOLERANCE`` rounding steps), then runs whole-model forwards
+            from then on. ``resume`` holds the decision once made.
     """
 
     def __init__(
@@ -194,7 +225,11 @@ class InterventionRunner:
         *,
         edits: Sequence[Edit] = (),
         needs_logits: bool = False,
+        resume: bool | None = None,
     ) -> None:
+        if resume not in (None, True, False):
+            raise ValueError(f"resume must be True, False or None, got {resume!r}.")
+        self.resume = resume
         if isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget < 1:
             raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}.")
         self.model = model
@@ -257,6 +292,7 @@ class InterventionRunner:
                 acts=acts,
                 clean_logits=None if every.clean_logits is None else every.clean_logits.to(device),
                 logits=None if every.logits is None else every.logits[chosen].to(device),
+                resumed=every.resumed,
             )
             acc.update_effects(effects, meta)
 
@@ -295,15 +331,31 @@ class InterventionRunner:
         # reference at that precision: kernels round differently at another batch size.)
         per_forward = max(1, self._rows_per_forward(pos) // batch - 1)
         attention = mask.to(input_ids.dtype)
-        for layer in self.start_layers:
-            members = [i for i, e in enumerate(self.edits) if _start_layer(e, self.cfg.n_layers) == layer]
-            resid = acts[f"blocks.{layer}.hook_resid_pre"].to(input_device)
+        if self.resume is None:
+            self.resume = all(
+                self._resumes_exactly(acts, attention, layer, clean_final, mask)
+                for layer in self.start_layers
+            )
+            if not self.resume:
+                warnings.warn(
+                    "a forward resumed from an edited layer does not reproduce this model's clean forward: "
+                    "every edited forward runs on the whole model (exact, slower).",
+                    stacklevel=2,
+                )
+        for layer, members in self._groups():
+            if layer is None:
+                inputs = input_ids.to(input_device)
+            else:
+                inputs = acts[f"blocks.{layer}.hook_resid_pre"].to(input_device)
             for start in range(0, len(members), per_forward):
                 chunk = members[start : start + per_forward]
                 rows = [None] * batch + [self.edits[i] for i in chunk for _ in range(batch)]
                 copies = len(chunk) + 1
                 final = self._final_residual(
-                    resid.repeat(copies, 1, 1), attention.repeat(copies, 1), layer, rows
+                    inputs.repeat(copies, *([1] * (inputs.ndim - 1))),
+                    attention.repeat(copies, 1),
+                    layer,
+                    rows,
                 ).reshape(copies, batch, pos, -1)
                 reference, final = final[0], final[1:]
                 step = torch.finfo(final.dtype).eps * reference.abs().amax(-1, keepdim=True)
@@ -330,7 +382,76 @@ class InterventionRunner:
             acts=acts,
             clean_logits=clean_logits,
             logits=logits,
+            resumed=bool(self.resume),
         )
+
+    def on_batch(
+        self,
+        input_ids: Int[torch.Tensor, "batch pos"],
+        attention_mask: Bool[torch.Tensor, "batch pos"] | None = None,
+        *,
+        hook_names: Sequence[str] = (),
+    ) -> InterventionEffects:
+        """One batch outside ``collect``: its clean forward (stopped at the final residual), then
+        :meth:`effects`. A runner kept over many batches checks the resumed forward once
+        (:func:`run_interventions` builds a runner per call)."""
+        model = self.model
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        names = list(dict.fromkeys([*hook_names, *self.hook_names()]))
+        acts: dict[str, torch.Tensor] = {}
+
+        def stash_as(name: str):
+            def stash(x, hook):
+                acts[name] = x
+                if len(acts) == len(names):
+                    raise _ReachedFinalResidual
+
+            return stash
+
+        with torch.inference_mode(), model.hooks(fwd_hooks=[(name, stash_as(name)) for name in names]):
+            try:
+                model(input_ids, attention_mask=attention_mask.to(input_ids.dtype), return_type=None)
+            except _ReachedFinalResidual:
+                pass
+        missing = [name for name in names if name not in acts]
+        if missing:
+            raise RuntimeError(f"these hooks did not fire during the clean forward: {missing}.")
+        with torch.inference_mode():
+            return self.effects(acts, input_ids, attention_mask, input_ids.device)
+
+    def _groups(self) -> list[tuple[int | None, list[int]]]:
+        """Edits by the layer their forwards resume from (None: whole-model forwards from the tokens)."""
+        if not self.resume:
+            return [(None, list(range(len(self.edits))))]
+        n_layers = self.cfg.n_layers
+        return [
+            (layer, [i for i, e in enumerate(self.edits) if _start_layer(e, n_layers) == layer])
+            for layer in self.start_layers
+        ]
+
+    def _resumes_exactly(
+        self,
+        acts: Activations,
+        attention_mask: Int[torch.Tensor, "batch pos"],
+        layer: int,
+        clean_final: Float[torch.Tensor, "batch pos d_model"],
+        real: Bool[torch.Tensor, "batch pos"],
+    ) -> bool:
+        """Whether the unedited batch resumed at ``layer`` reproduces the clean final residual at
+        every real token, to within ``RESUME_TOLERANCE`` rounding steps of the position's largest
+        component (the same batch size as the clean forward: the same kernels). A resumed forward
+        that cannot be built for the model (an error other than running out of memory) does not."""
+        resid = acts[f"blocks.{layer}.hook_resid_pre"].to(clean_final.device)
+        try:
+            resumed = self._final_residual(resid, attention_mask, layer, [None] * resid.shape[0])
+        except torch.OutOfMemoryError:
+            raise
+        except (NotImplementedError, RuntimeError, TypeError, ValueError, IndexError, KeyError):
+            return False
+        step = RESUME_TOLERANCE * torch.finfo(clean_final.dtype).eps
+        bound = step * clean_final.abs().amax(-1, keepdim=True)
+        return bool(((resumed - clean_final).abs() <= bound).all(-1)[real].all())
 
     def _loss_at(self, final: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Readout loss of ``[m, d_model]`` final residuals, ``readout_chunk`` rows at a time."""
@@ -342,9 +463,11 @@ class InterventionRunner:
         return torch.cat(pieces) if pieces else final.new_zeros(0)
 
     def _final_residual(
-        self, resid: torch.Tensor, attention_mask: torch.Tensor, layer: int, rows: list[Edit]
-    ) -> torch.Tensor:
-        """Run blocks ``layer..`` on ``resid`` with per-row edits; the final residual stream."""
+        self, inputs: torch.Tensor, attention_mask: torch.Tensor, layer: int | None, rows: list[Edit | None]
+    ) -> Float[torch.Tensor, "rows pos d_model"]:
+        """The final residual stream under per-row edits: blocks ``layer..`` run on ``inputs``, the
+        residual entering ``layer`` (``[rows, pos, d_model]``); or, with ``layer`` None, the whole
+        model on ``inputs``, token ids (``[rows, pos]``)."""
         captured: dict[str, torch.Tensor] = {}
 
         def grab(x, hook):
@@ -352,9 +475,10 @@ class InterventionRunner:
             raise _ReachedFinalResidual
 
         hooks = batched_hooks(self.model, rows) + [(FINAL_RESIDUAL, grab)]
-        with only_blocks_from(self.model, layer), self.model.hooks(fwd_hooks=hooks):
+        resume = {} if layer is None else {"start_at_layer": layer}
+        with only_blocks_from(self.model, layer or 0), self.model.hooks(fwd_hooks=hooks):
             try:
-                self.model(resid, start_at_layer=layer, attention_mask=attention_mask, return_type=None)
+                self.model(inputs, attention_mask=attention_mask, return_type=None, **resume)
             except _ReachedFinalResidual:
                 pass
         if "final" not in captured:
@@ -371,6 +495,7 @@ def run_interventions(
     hook_names: Sequence[str] = (),
     logits: bool = False,
     memory_budget: int = 1 << 30,
+    resume: bool | None = None,
 ) -> InterventionEffects:
     """Per-token loss of one batch under each intervention, with the reuse of :func:`collect`.
 
@@ -387,6 +512,9 @@ def run_interventions(
         hook_names: clean hooks to return in ``effects.acts``.
         logits: also return full logits (memory: ``n × batch × pos × vocab``).
         memory_budget: rough activation bytes per forward.
+        resume: resume each edit from its layer (True), run the whole model (False), or resume
+            where a resumed forward reproduces the clean one (None, see :class:`InterventionRunner`);
+            ``effects.resumed`` says which ran.
 
     Example::
 
@@ -394,28 +522,7 @@ def run_interventions(
         effects = run_interventions(model, tokens, edits)
         effects.loss_change[effects.valid.expand_as(effects.loss)]  # per-token effect of each removal
     """
-    runner = InterventionRunner(model, edits=interventions, memory_budget=memory_budget, needs_logits=logits)
-    device = input_ids.device
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
-    names = list(dict.fromkeys([*hook_names, *runner.hook_names()]))
-    acts: dict[str, torch.Tensor] = {}
-
-    def stash_as(name: str):
-        def stash(x, hook):
-            acts[name] = x
-            if len(acts) == len(names):
-                raise _ReachedFinalResidual
-
-        return stash
-
-    with torch.inference_mode(), model.hooks(fwd_hooks=[(name, stash_as(name)) for name in names]):
-        try:
-            model(input_ids, attention_mask=attention_mask.to(input_ids.dtype), return_type=None)
-        except _ReachedFinalResidual:
-            pass
-    missing = [name for name in names if name not in acts]
-    if missing:
-        raise RuntimeError(f"these hooks did not fire during the clean forward: {missing}.")
-    with torch.inference_mode():
-        return runner.effects(acts, input_ids, attention_mask, device)
+    runner = InterventionRunner(
+        model, edits=interventions, memory_budget=memory_budget, needs_logits=logits, resume=resume
+    )
+    return runner.on_batch(input_ids, attention_mask, hook_names=hook_names)

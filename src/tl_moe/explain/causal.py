@@ -53,7 +53,7 @@ from jaxtyping import Bool, Float, Int
 from tl_moe.analysis.logit_lens import expert_logit_lens
 from tl_moe.analysis.readout import LogitReadout
 from tl_moe.analysis.stats import cluster_bootstrap
-from tl_moe.collect.interventional import run_interventions
+from tl_moe.collect.interventional import InterventionRunner
 from tl_moe.data.concepts import TokenConceptLabeler
 from tl_moe.explain.examples import _HEAD, SPLITS, ExpertExamples, document_split
 from tl_moe.explain.explainers import Explanation
@@ -177,10 +177,11 @@ def _loss_changes(
     edits: Sequence[Intervention], batch: int = 16,
 ) -> Float[torch.Tensor, "edit window pos_1"]:  # fmt: skip
     """``|loss(edited) − loss(clean)|`` of predicting ``pos + 1`` from ``pos`` under each edit (each one a
-    real forward, resumed from the layer it edits: :func:`~tl_moe.collect.interventional.run_interventions`)."""
+    real forward, resumed from the layer it edits: :class:`~tl_moe.collect.interventional.InterventionRunner`)."""
     changes = []
+    runner = InterventionRunner(model, edits=list(edits))
     for part, mask in zip(ids.split(batch), valid.split(batch), strict=True):
-        effects = run_interventions(model, part, list(edits), attention_mask=mask.to(part.device))
+        effects = runner.on_batch(part, mask.to(part.device))
         changes.append(effects.loss_change[:, :, :-1].abs().float().cpu())
     return torch.cat(changes, dim=1)
 

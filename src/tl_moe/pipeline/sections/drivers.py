@@ -78,6 +78,13 @@ class DriverEstimate(AccumulatorSpec):
         return sums + backward_bytes(cfg, run.options, dtype_bytes)
 
 
+EDITED_FORWARDS = {
+    True: "resumed from the edited layer",
+    False: "whole model (a resumed forward did not reproduce the clean one)",
+}
+"""How the exact effects' edited forwards ran, by ``DriversResult.resumed``."""
+
+
 @dataclass(frozen=True)
 class DriversResult(Result):
     """Attributes:
@@ -94,6 +101,8 @@ class DriversResult(Result):
     paired: Spearman ρ of the first-order estimate and of REAP saliency with the exact zeroing effect
         on the same experts, and their difference, with a 95% document-bootstrap interval
         (:func:`~tl_moe.analysis.effect_estimate.paired_rho_difference`).
+    resumed: whether the edited forwards resumed from the edited layer (False: the model's resumed
+        forward did not reproduce its clean one, and every edited forward ran on the whole model).
     """
 
     experts: pd.DataFrame
@@ -103,6 +112,7 @@ class DriversResult(Result):
     agreement: pd.DataFrame | None = None
     domain_overlap: DriverDomainComparison | None = None
     paired: pd.DataFrame | None = None
+    resumed: bool = True
 
     def _agreement_row(self, score: str, kind: str = "zero", layer: str = "all") -> Any:
         frame = self.agreement
@@ -123,6 +133,7 @@ class DriversResult(Result):
         if reason:
             metrics["interval unavailable"] = reason
         metrics["controls from another layer"] = int(self.comparison["controls from another layer"].iloc[0])
+        metrics["edited forwards"] = EDITED_FORWARDS[self.resumed]
         metrics["Spearman(REAP saliency, removal effect)"] = round(self.saliency_spearman, 4)
         if self.agreement is not None:
             for score in ("first-order estimate", "REAP saliency"):
@@ -201,6 +212,11 @@ class DriversResult(Result):
             f"with Spearman ρ = {format_number(self.saliency_spearman, '.2f', 'constant saliency or effect')} against "
             "the exact removal effect."
         ]
+        if not self.resumed:
+            findings.append(
+                "The exact effects' edited forwards ran on the whole model: a forward resumed from the edited "
+                "layer did not reproduce this model's clean forward (the same numbers, more compute)."
+            )
         if self.agreement is not None:
             findings.append(self._estimate_finding())
         if self.domain_overlap is not None:
@@ -404,7 +420,9 @@ class Drivers(Analysis):
     intro = (
         "For every expert of every sparse layer, the change in next-token loss when it is removed from routing "
         "(tokens re-route to the next best) and when its output is zeroed (no re-routing), computed exactly by "
-        "interventional forwards on the first --driver-tokens tokens. Documents are split in two halves by a "
+        "interventional forwards on the first --driver-tokens tokens (resumed from the edited layer, or of the "
+        "whole model when the first batch shows a resumed forward does not reproduce the clean one: the "
+        "'edited forwards' metric says which). Documents are split in two halves by a "
         "hash; driver experts are the largest removal effects on the selection half and are reported on the "
         "other half against, for each driver, the expert of the same layer with the closest routing frequency "
         "(of another layer when the driver's layer has no non-driver expert left; the tables say which). "
@@ -477,6 +495,7 @@ class Drivers(Analysis):
             agreement=agreement,
             domain_overlap=overlap,
             paired=paired,
+            resumed=effects.resumed,
         )
 
 
