@@ -99,6 +99,7 @@ class ExplainResult(Result):
             names = {
                 "remove_effect": "causal effect (remove; routed positions)",
                 "remove_matched_minus_control": "causal: labeled - control expert",
+                "remove_matched_minus_control_weight_adjusted": "causal: labeled - control, equal mixing weight",
                 "control_expert": "causal control expert",
                 "control_matched_on": "causal control matched on",
                 "status": "causal status",
@@ -200,7 +201,25 @@ class ExplainResult(Result):
               "layer matched on routing at the described tokens, and their difference; routing rates at "
               "described and other positions; 95% bootstrap intervals over documents (unavailable, with the "
               "reason, below 30 documents). DLA rank-1 rate: the paper's check, for comparison.")]
-             if self.causal is not None else [])  # fmt: skip
+             if self.causal is not None else []) + self._causal_tables()  # fmt: skip
+
+    def _causal_tables(self) -> list[TableItem]:
+        """The causal checks per expert and per group of label kinds (when they ran)."""
+        if self.causal is None or not len(self.causal.frame):
+            return []
+        tables = [TableItem("explain_causal_experts", causal_expert_table(self.causal), "Causal checks per "
+                            "labeled expert: its label and kind, the described and other positions of the causal "
+                            "windows (and how many the expert is routed on), |Δloss| on described minus other routed "
+                            "positions when the expert is removed (effect) and for its control expert (control "
+                            "effect), both also at equal mixing weight (adjusted), and their difference. Per-expert "
+                            "values have no interval: the intervals are over documents, for the means over experts.",
+                            max_rows=500)]  # fmt: skip
+        if len(self.causal.by_kind):
+            tables.append(TableItem("explain_causal_by_kind", self.causal.by_kind.round(4), "Causal checks per "
+                                    "group of label kinds (one concept, one token set, a composition): mean over the "
+                                    "group's experts with a 95% bootstrap interval over documents (unavailable, with "
+                                    "the reason, below 30 documents)."))  # fmt: skip
+        return tables
 
     def figures(self) -> list[FigureItem]:
         return [FigureItem("explain_f1_histograms", f1_histograms(self.labeling, self.main_scorer),
@@ -306,9 +325,45 @@ def _causal_value(row: dict[str, Any]) -> str | None:
     return f"{row['mean']:.3f} [{row['ci low']:.3f}, {row['ci high']:.3f}]"
 
 
-def causal_finding(causal: CausalResult) -> str:
-    """The findings line of the causal checks: each effect with its control and its document interval."""
-    summary = causal.summary.set_index("quantity")
+_CAUSAL_EXPERT_COLUMNS = {
+    "layer": "layer",
+    "expert": "expert",
+    "label": "label",
+    "kind": "label kind",
+    "kind group": "kind group",
+    "n_described": "n described",
+    "n_other": "n other",
+    "n_described_routed": "n described routed",
+    "n_other_routed": "n other routed",
+    "remove_effect": "effect",
+    "control_remove_effect": "control effect",
+    "remove_effect_weight_adjusted": "effect, adjusted",
+    "control_remove_effect_weight_adjusted": "control effect, adjusted",
+    "remove_matched_minus_control_weight_adjusted": "effect - control, adjusted",
+    "control_expert": "control expert",
+    "status": "status",
+}
+
+
+def causal_expert_table(causal: CausalResult) -> pd.DataFrame:
+    """One row per labeled expert of the causal checks (:data:`_CAUSAL_EXPERT_COLUMNS`), rounded."""
+    present = {k: v for k, v in _CAUSAL_EXPERT_COLUMNS.items() if k in causal.frame}
+    return causal.frame[list(present)].rename(columns=present).round(4)
+
+
+def _reading(row: dict[str, Any]) -> str:
+    """What an interval says about 0: above, below, covers (no evidence either way), or no interval."""
+    if str(row["interval"]).startswith("unavailable") or not np.isfinite(row["ci low"]):
+        return "no interval"
+    if row["ci low"] > 0:
+        return "interval above 0"
+    if row["ci high"] < 0:
+        return "interval below 0"
+    return "interval covers 0: no evidence of a difference"
+
+
+def _causal_parts(summary: pd.DataFrame) -> list[str]:
+    """The clauses of the causal finding, from a summary indexed by quantity."""
 
     def value(name: str) -> str:  # the reason of a missing interval is said once, in the header
         row = summary.loc[name].to_dict()
@@ -316,26 +371,24 @@ def causal_finding(causal: CausalResult) -> str:
             return f"{row['mean']:.3f} (no interval)"
         return _causal_value(row) or "undefined"
 
-    unavailable = summary["interval"].astype(str).str.startswith("unavailable")
-    reason = (
-        summary.loc[unavailable, "interval"].iloc[0].removeprefix("unavailable: ")
-        if unavailable.any()
-        else ""
-    )
+    def difference(name: str) -> str:
+        return f"{value(name)} ({_reading(summary.loc[name].to_dict())})"
+
     parts = []
-    if "remove_effect" in summary.index:
-        parts.append(
-            "on the positions where the expert is routed, removing a labeled expert moves the loss (|Δloss|, "
-            f"nats/token) on the tokens its label describes minus on its other routed tokens by "
-            f"{value('remove_effect')}; removing a control expert of the same layer, matched on routing at the "
-            f"described tokens: {value('control_remove_effect')}; labeled − control "
-            f"{value('remove_matched_minus_control')}"
-        )
-    if "boost_effect" in summary.index:
-        parts.append(
-            f"boosting its weight: {value('boost_effect')} vs the control's {value('control_boost_effect')} "
-            f"(labeled − control {value('boost_matched_minus_control')})"
-        )
+    for edit, verb in (("remove", "removing"), ("boost", "boosting the weight of")):
+        adjusted = f"{edit}_matched_minus_control_weight_adjusted"
+        if adjusted in summary.index:
+            parts.append(
+                f"{verb} a labeled expert, labeled − control at equal mixing weight {difference(adjusted)} "
+                f"(unadjusted {value(f'{edit}_matched_minus_control')}; labeled expert {value(f'{edit}_effect_weight_adjusted')} "
+                f"at equal weight, {value(f'{edit}_effect')} unadjusted; control {value(f'control_{edit}_effect_weight_adjusted')} "
+                f"at equal weight, {value(f'control_{edit}_effect')} unadjusted)"
+            )
+        elif f"{edit}_matched_minus_control" in summary.index:
+            parts.append(
+                f"{verb} a labeled expert: {value(f'{edit}_effect')}, control {value(f'control_{edit}_effect')}, "
+                f"labeled − control {difference(f'{edit}_matched_minus_control')}"
+            )
     if "routing_described" in summary.index:
         parts.append(
             f"routing rate at described vs other positions: labeled expert {value('routing_described')} vs "
@@ -350,18 +403,61 @@ def causal_finding(causal: CausalResult) -> str:
             )
         )
     if "dla_rank1_rate" in summary.index:
+        chance = (
+            f" (chance 1/k = {summary.loc['dla_rank1 chance (1/k)', 'mean']:.3f})"
+            if "dla_rank1 chance (1/k)" in summary.index
+            else ""
+        )
         parts.append(
             f"the paper's DLA rank-1 rate: {value('dla_rank1_rate')} for the labeled expert vs "
-            f"{value('control_dla_rank1_rate')} for the control (chance 1/k = "
-            f"{summary.loc['dla_rank1 chance (1/k)', 'mean']:.3f})"
-            if "dla_rank1 chance (1/k)" in summary.index
-            else f"the paper's DLA rank-1 rate: {value('dla_rank1_rate')}"
+            f"{value('control_dla_rank1_rate')} for the control{chance}, labeled − control "
+            f"{difference('dla_rank1_rate matched - control')}"
         )
+    return parts
+
+
+def _by_kind_part(by_kind: pd.DataFrame) -> str:
+    """The clause of the causal finding per group of label kinds (removal, labeled − control at equal
+    mixing weight; no interval below the documents an interval needs)."""
+    rows = by_kind[by_kind["quantity"] == "remove_matched_minus_control_weight_adjusted"]
+    shown = []
+    for row in rows.to_dict("records"):
+        if not np.isfinite(row["mean"]):
+            continue
+        if str(row["interval"]).startswith("unavailable") or not np.isfinite(row["ci low"]):
+            number = f"{row['mean']:.3f} (no interval: {row['interval'].removeprefix('unavailable: ')})"
+        else:
+            number = f"{row['mean']:.3f} [{row['ci low']:.3f}, {row['ci high']:.3f}]"
+        shown.append(f"{row['kind group']} {number}, {row['experts']} experts")
+    return (
+        "by label kind, removal, labeled − control at equal mixing weight: " + "; ".join(shown)
+        if shown
+        else ""
+    )
+
+
+def causal_finding(causal: CausalResult) -> str:
+    """The findings line of the causal checks: the headline is removal's labeled − control difference at
+    equal mixing weight, the unadjusted one beside it; boosting and the paper's DLA rank-1 check as their
+    own labeled − control differences; each with its document interval and what it says about 0."""
+    summary = causal.summary.set_index("quantity")
+    unavailable = summary["interval"].astype(str).str.startswith("unavailable")
+    reason = (
+        summary.loc[unavailable, "interval"].iloc[0].removeprefix("unavailable: ")
+        if unavailable.any()
+        else ""
+    )
+    parts = _causal_parts(summary)
+    if len(causal.by_kind):
+        parts.append(_by_kind_part(causal.by_kind))
     experts = int(summary["experts"].max())
     interval = f"intervals unavailable: {reason}" if reason else "95% bootstrap over documents"
     return (
         f"**Causal checks of the labels** (held-out documents: {causal.n_windows} windows of "
-        f"{causal.n_documents} documents, {experts} experts; {interval}): " + "; ".join(parts) + "."
+        f"{causal.n_documents} documents, {experts} experts; |Δloss| in nats/token on the positions where "
+        f"each expert is routed, label-described minus other tokens; {interval}): "
+        + "; ".join(p for p in parts if p)
+        + "."
     )
 
 
