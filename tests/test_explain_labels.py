@@ -157,3 +157,46 @@ def test_concept_only_labels_on_request_and_unknown_kinds_refused():
     assert explanation.rule.kind == "concept"  # the token-set expert, described by a concept only
     with pytest.raises(ValueError, match="kinds must be among"):
         DissectionExplainer(examples, kinds=("sentences",))
+
+
+def _context(tokens: list[str], marks: list[bool], doc: int):
+    from tl_moe.explain.examples import Context
+
+    return Context(tuple(range(len(tokens))), tuple(tokens), tuple(marks), 0, 1.0, doc, doc, "prose",
+                   tuple((0,) for _ in tokens), "top")  # fmt: skip
+
+
+def test_token_set_baseline_is_the_balanced_accuracy_optimal_set_the_labeler_considers():
+    """` rare` is always routed but seen twice; ` common` is routed 30 times and not routed 10 times
+    among 200 not-routed positions; ` noise` is as frequent routed as not. A log-ratio ranking prefers
+    ` rare`; balanced accuracy (0.5 + Σ (P(t | routed) − P(t | not routed)) / 2) prefers ` common`. The
+    baseline is the best set by balanced accuracy, checked against every set of at most 2 tokens, and it
+    is the labeler's own token-set candidate."""
+    import itertools
+
+    from tl_moe.explain.examples import ExpertRecord
+    from tl_moe.explain.labels import candidates, explain_items, token_set_baseline
+
+    routed = [" rare"] * 2 + [" common"] * 30 + [" noise"] * 18
+    not_routed = [" common"] * 10 + [" noise"] * 72 + [" other"] * 118
+    record = ExpertRecord(0, 0, (_context(routed, [True] * len(routed), 0),), (), (),
+                          explain_negatives=(_context(not_routed, [False] * len(not_routed), 1),))  # fmt: skip
+    tokens = routed + not_routed
+    truth = np.array([True] * len(routed) + [False] * len(not_routed))
+
+    def balanced_accuracy(chosen):
+        said = np.isin(tokens, list(chosen))
+        return 0.5 + (said[truth].mean() - said[~truth].mean()) / 2
+
+    for n in (1, 2):
+        best = max(
+            (set(c) for k in range(1, n + 1) for c in itertools.combinations(sorted(set(tokens)), k)),
+            key=balanced_accuracy,
+        )
+        rule = token_set_baseline(record, n=n)
+        assert set(rule.tokens) == best
+    assert token_set_baseline(record, n=1).tokens == (" common",)
+    offered = [
+        r for r in candidates(explain_items(record, 1), ("text_digit",), ("prose",)) if r.kind == "tokens"
+    ]
+    assert offered == [token_set_baseline(record)]
