@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,7 +180,8 @@ class ExplainResult(Result):
         )
         row = main[main["metric"] == metric].iloc[0]
         rows = {r["metric"]: r for r in main.to_dict("records")}
-        findings = [labels_finding(row, rows, self.explainer, self.main_scorer, self.labeling.frame)]
+        layers = summary[(summary["layer"] != "all") & (summary["metric"] == metric)].to_dict("records")
+        findings = [labels_finding(row, rows, self.explainer, self.main_scorer, self.labeling.frame, layers)]
         if self.causal is not None and len(self.causal.summary):
             findings.append(causal_finding(self.causal))
         return findings
@@ -188,19 +190,23 @@ class ExplainResult(Result):
         return [
             TableItem("explain_labels", self.label_table(), "Label and its kind; balanced accuracy on held-out "
                       "items, another expert's label (shuffled within the layer) on the same items with the "
-                      "interval of the difference over items, the token-set baseline's; F1 with its interval, "
+                      "interval of the difference over items, the token-set baseline's (the labeler's best token set); F1 with its interval, "
                       "chance F1 (answering 'yes' to every item), precision, recall, AUC where graded.", max_rows=200),
             TableItem("explain_summary", self.labeling.summary.round(4), "Per layer and metric: mean over experts "
-                      "with a bootstrap interval over experts, the shuffled-label control and the token-set "
-                      "baseline with the paired differences, chance."),
+                      "with a 95% bootstrap interval over the score documents ('interval over': documents for "
+                      "balanced accuracy, F1, precision, recall; experts for AUC; unavailable below 30 documents), "
+                      "the shuffled-label control and the token-set baseline with the paired differences, chance."),
         ] + ([TableItem("explain_cards", self.cards, "Expert cards: label and F1, top contexts with the routed "
               "tokens in «», logit-lens tokens, most over-represented routed tokens, routing share per domain.",
               max_rows=200)] if self.cards is not None else []) + ([TableItem("explain_causal", self.causal.summary.round(4), "Causal checks on held-out documents, on "
               "the positions where each expert is routed: mean over experts of |Δloss| on label-described minus "
-              "other routed positions, removing or boosting the expert; the same for a control expert of the "
-              "layer matched on routing at the described tokens, and their difference; routing rates at "
-              "described and other positions; 95% bootstrap intervals over documents (unavailable, with the "
-              "reason, below 30 documents). DLA rank-1 rate: the paper's check, for comparison.")]
+              "other routed positions, removing or boosting the expert, unadjusted and at equal mixing weight "
+              "(_weight_adjusted: least-squares adjustment for the expert's mixing weight); the same for a "
+              "control expert of the layer matched on routing at the described tokens, and their difference "
+              "(matched_minus_control); routing rates and mixing weights at described and other positions; "
+              "95% bootstrap intervals over documents (unavailable, with the reason, below 30 documents, or "
+              "when fewer hold a described routed position). DLA rank-1 rate: the paper's check, labeled − "
+              "control with its interval.")]
              if self.causal is not None else []) + self._causal_tables()  # fmt: skip
 
     def _causal_tables(self) -> list[TableItem]:
@@ -273,34 +279,63 @@ def _show(mean: float, low: float, high: float) -> str:
     return f"{mean:.3f} [{low:.3f}, {high:.3f}]" if np.isfinite(low) else f"{mean:.3f} (no interval)"
 
 
+def _signed(mean: float, low: float, high: float) -> str:
+    if not np.isfinite(low):
+        return f"{mean:+.3f} (no interval)"
+    reading = "above 0" if low > 0 else "below 0" if high < 0 else "covers 0"
+    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}] (interval {reading})"
+
+
+def _unit(row: dict[str, Any]) -> str:
+    """The unit of a summary row's intervals, or why it has none."""
+    if row.get("interval over") != "score documents":
+        return "95% bootstrap over experts"
+    if str(row.get("interval", "")).startswith("unavailable"):
+        return f"no interval: {str(row['interval']).removeprefix('unavailable: ')}"
+    return f"95% bootstrap over the {int(row['documents'])} score documents of the scoring items"
+
+
 def labels_finding(
-    row: dict[str, Any], rows: dict[str, dict[str, Any]], explainer: str, scorer: str, frame: pd.DataFrame
+    row: dict[str, Any],
+    rows: dict[str, dict[str, Any]],
+    explainer: str,
+    scorer: str,
+    frame: pd.DataFrame,
+    layers: Sequence[dict[str, Any]] = (),
 ) -> str:
-    """The findings line of the labels: balanced accuracy vs the shuffled control and the token-set
-    baseline (each difference with its interval over experts), then the other metrics."""
+    """The findings line of the labels: the headline metric vs the shuffled control and the token-set
+    baseline (each a paired difference with its interval and what it says about 0; the baseline
+    comparison per layer too, ``layers``: that metric's per-layer summary rows), then the other metrics,
+    and the unit of the intervals (score documents; AUC: experts)."""
     m = _METRIC_NAMES.get(row["metric"], row["metric"])
+    shuffled = (row["own - shuffled"], row["diff ci low"], row["diff ci high"])
+    verdict = "better than" if np.isfinite(shuffled[1]) and shuffled[1] > 0 else "compared with"
     text = (
         f"**Automatic labels** ({explainer} explainer, {scorer} scorer, scored on held-out documents): mean "
         f"{m} over {row['experts scored']} experts {_show(row['mean'], row['ci low'], row['ci high'])} "
-        f"(chance {row['chance']:.3f}); better than its shuffled control (another expert's label of the same "
-        f"layer, {_show(row['shuffled mean'], row['shuffled ci low'], row['shuffled ci high'])}) by "
-        f"{_show(row['own - shuffled'], row['diff ci low'], row['diff ci high'])}"
+        f"(chance {row['chance']:.3f}); {verdict} its shuffled control (another expert's label of the same "
+        f"layer, {_show(row['shuffled mean'], row['shuffled ci low'], row['shuffled ci high'])}): own − shuffled "
+        f"{_signed(*shuffled)}"
     )
     if "baseline mean" in row and np.isfinite(row["baseline mean"]):
-        gap = row["own - baseline"]
         text += (
-            f"; {'better' if gap > 0 else 'worse'} than the token-set baseline (the expert's most "
-            f"over-represented routed tokens, chosen on the explain documents, "
-            f"{_show(row['baseline mean'], row['baseline ci low'], row['baseline ci high'])}) by "
-            f"{_show(abs(gap), *sorted((np.sign(gap) * row['baseline diff ci low'], np.sign(gap) * row['baseline diff ci high'])))}"
-            if gap != 0
-            else "; equal to the token-set baseline"
+            f"; against the token-set baseline (the labeler's own best token set alone, chosen on the explain "
+            f"documents by {m}, {_show(row['baseline mean'], row['baseline ci low'], row['baseline ci high'])}): "
+            f"own − baseline {_signed(row['own - baseline'], row['baseline diff ci low'], row['baseline diff ci high'])}"
         )
+        per_layer = [
+            f"layer {r['layer']} {_signed(r['own - baseline'], r['baseline diff ci low'], r['baseline diff ci high'])}"
+            for r in layers
+            if np.isfinite(r.get("own - baseline", np.nan))
+        ]
+        if per_layer:
+            text += " — per layer: " + ", ".join(per_layer)
     share = row.get("share beating shuffled (item interval)")
     if share is not None and np.isfinite(share):
         text += f"; {share:.0%} of experts beat their shuffled control on their own items (95% interval over items above 0)"
     others = [
         f"{_METRIC_NAMES[k]} {_show(r['mean'], r['ci low'], r['ci high'])} (shuffled {r['shuffled mean']:.3f})"
+        + ("" if r.get("interval over") == row.get("interval over") else f" ({_unit(r)})")
         for k, r in rows.items()
         if k in ("f1", "precision", "recall", "auc") and np.isfinite(r["mean"])
     ]
@@ -311,7 +346,7 @@ def labels_finding(
     kinds = frame["kind"].value_counts() if "kind" in frame else pd.Series(dtype=int)
     if len(kinds):
         text += "; label kinds: " + ", ".join(f"{k} {n}" for k, n in kinds.items())
-    return text + f"; 95% bootstrap over experts; {row['experts not scored']} experts not scored."
+    return text + f"; {_unit(row)}; {row['experts not scored']} experts not scored."
 
 
 def _causal_value(row: dict[str, Any]) -> str | None:
@@ -569,11 +604,14 @@ class Explain(Analysis):
         f"gains more than {RICHER_LABEL_MARGIN}; its scorer applies the label's rule to each item's target token. Reported as "
         "delphi does: balanced accuracy (headline), F1, precision, recall, AUC where graded. Controls: chance, "
         "the same scorer given another expert's label of the same layer (shuffled), and a token-set baseline "
-        "(the expert's most over-represented routed tokens on the explain documents). Intervals: bootstrap "
-        "over experts (summary) and over scoring items (per expert). Causal checks ('causal' documents, "
-        "--explain-causal-windows): on the positions where the expert is routed, |Δloss| under removing or "
-        "boosting it on described minus other tokens, beside a control expert matched on routing at the "
-        "described tokens; 95% bootstrap over documents (unavailable below 30)."
+        "(the labeler's own best token set alone, chosen on the explain documents by balanced accuracy). "
+        "Intervals: bootstrap over the score documents (experts share them; balanced accuracy, F1, precision, "
+        "recall; AUC over experts; unavailable below 30 documents), and over scoring items per expert. Causal "
+        "checks ('causal' documents, --explain-causal-windows): on the positions where the expert is routed, "
+        "|Δloss| under removing or boosting it on described minus other tokens at equal mixing weight (a "
+        "least-squares adjustment; the unadjusted difference beside it), labeled minus a control expert "
+        "matched on routing at the described tokens, overall and per group of label kinds; 95% bootstrap "
+        "over documents (unavailable below 30)."
     )
 
     def check(self, run: RunContext) -> None:
@@ -635,6 +673,8 @@ class Explain(Analysis):
             progress=options.progress,
             # offline: the token-set baseline on the same items; with a language model it would double the requests
             baseline=TokenSetBaseline() if options.explainer == "offline" else None,
+            n_resamples=options.bootstrap_resamples,
+            min_documents=options.min_documents,
         )
         main = "concept" if "concept" in names else names[0]
         causal = None
