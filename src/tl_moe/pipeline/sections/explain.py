@@ -463,7 +463,11 @@ def _by_kind_part(by_kind: pd.DataFrame) -> str:
             number = f"{row['mean']:.3f} (no interval: {row['interval'].removeprefix('unavailable: ')})"
         else:
             number = f"{row['mean']:.3f} [{row['ci low']:.3f}, {row['ci high']:.3f}]"
-        shown.append(f"{row['kind group']} {number}, {row['experts']} experts")
+        documents = row.get("documents with described routed positions")
+        where = (
+            f", {int(documents)} documents with described routed positions" if documents is not None else ""
+        )
+        shown.append(f"{row['kind group']} {number}, {row['experts']} experts{where}")
     return (
         "by label kind, removal, labeled − control at equal mixing weight: " + "; ".join(shown)
         if shown
