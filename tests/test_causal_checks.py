@@ -383,7 +383,10 @@ def test_the_finding_leads_with_the_weight_adjusted_difference_and_says_when_an_
         return f"{row['mean']:.3f} [{row['ci low']:.3f}, {row['ci high']:.3f}]"
 
     assert f"labeled − control at equal mixing weight {shown(remove)} (interval above 0)" in text
-    assert f"(unadjusted {shown(rows.loc['remove_matched_minus_control'])};" in text
+    assert f"unadjusted {shown(rows.loc['remove_matched_minus_control'])};" in text
+    assert (
+        f"(within weight strata {shown(rows.loc['remove_matched_minus_control_weight_stratified'])};" in text
+    )
     assert f"{shown(boosted)} (interval covers 0: no evidence of a difference)" in text
     dla = rows.loc["dla_rank1_rate matched - control"]
     assert f"labeled − control {shown(dla)}" in text
@@ -407,3 +410,31 @@ def test_no_interval_when_fewer_than_30_documents_hold_a_described_routed_positi
     row = summary.set_index("quantity").loc["remove_effect"]
     assert row["documents"] == 40 and row["documents with described routed positions"] == 20
     assert row["interval"].startswith("unavailable: 20 document(s)") and np.isnan(row["ci low"])
+
+
+def test_weight_stratified_effect_equals_a_direct_computation_and_covers_a_weight_only_effect():
+    """Within 5 quantile strata of each expert's weight: described − other per stratum, averaged with the
+    described positions as weights (recomputed here per expert); on the weight-only plant it covers 0 in
+    most seeds (measured over 100 seeds: 91%; residual within-stratum weight gap: mean estimate 0.025 vs
+    0.143 unadjusted)."""
+    from tl_moe.explain.causal import WEIGHT_STRATA
+
+    observed, _, (described, other, routed, delta, weight) = run_weight_only(0, gain=1.3)
+    for arm, who in enumerate(("", "control_")):
+        for j in range(described.shape[0]):
+            at = routed[arm, j] & (described[j] | other[j])
+            edges = np.quantile(weight[arm, j][at], np.linspace(0, 1, WEIGHT_STRATA + 1)[1:-1])
+            stratum = np.searchsorted(edges, weight[arm, j], side="right")
+            gaps, shares = [], []
+            for s in range(WEIGHT_STRATA):
+                d, o = at & described[j] & (stratum == s), at & other[j] & (stratum == s)
+                if d.any() and o.any():
+                    gaps.append(delta[arm, j][d].mean() - delta[arm, j][o].mean())
+                    shares.append(d.sum())
+            expected = np.average(gaps, weights=shares)
+            assert observed[f"{who}remove_effect_weight_stratified"][j] == pytest.approx(expected)
+    covered = []
+    for seed in range(40):
+        row = run_weight_only(seed)[1].loc["remove_matched_minus_control_weight_stratified"]
+        covered.append(row["ci low"] <= 0 <= row["ci high"])
+    assert np.mean(covered) >= 0.8

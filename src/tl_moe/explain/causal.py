@@ -29,7 +29,8 @@ concept's rule), on windows of ``causal``-split documents:
   a larger mixing weight, and a larger weight alone enlarges both edits' effects. The weight-adjusted
   effect is the coefficient of "described" in the least-squares fit ``|Δloss| = a + b·weight +
   c·described`` over the expert's routed positions (refitted in every resample), for the labeled and
-  the control expert; labeled − control of it is the headline, the unadjusted difference beside it.
+  the control expert; labeled − control of it is the headline, the unadjusted difference beside it,
+  and a check that assumes no linear shape: described − other within quantile strata of the weight.
 
 The summary is a mean over labeled experts, and its interval a bootstrap over *documents* (every
 window of a document moves together; :func:`~tl_moe.analysis.stats.cluster_bootstrap`): experts that
@@ -90,6 +91,9 @@ MIN_CAUSAL_DOCUMENTS = 30
 #: Fewest real tokens a window of a short document needs to be used.
 MIN_WINDOW_TOKENS = 16
 INTERVENTIONS = ("remove", "boost")
+#: Strata of mixing weight (quantile bins of each expert's weight on its routed positions) of the
+#: stratified check of the weight adjustment.
+WEIGHT_STRATA = 5
 #: Fewest described positions in the explain-split random contexts behind a rule's control matching
 #: (fewer: every stored explain-split context of the layer is pooled too).
 MIN_CONTROL_POSITIONS = 20
@@ -435,6 +439,36 @@ def _weight_adjusted(summed: dict[str, np.ndarray], prefix: str) -> np.ndarray:
         return (y_d - y_o) - slope * (w_d - w_o)
 
 
+def _stratum_sums(
+    weight: Float[np.ndarray, "item n"], delta: Float[np.ndarray, "item n"], mask: Bool[np.ndarray, "item n"],
+    routed: Bool[np.ndarray, "item n"], documents: Int[np.ndarray, " n"], n_documents: int,
+) -> tuple[Float[np.ndarray, "item stratum document"], Float[np.ndarray, "item stratum document"]]:  # fmt: skip
+    """Per item, stratum of mixing weight (:data:`WEIGHT_STRATA` quantile bins of the weight over the
+    item's ``routed`` positions) and document: the sum of ``delta`` and the count over ``mask``."""
+    values = np.zeros((2, weight.shape[0], WEIGHT_STRATA, n_documents))
+    for i in range(weight.shape[0]):
+        if not routed[i].any():
+            continue
+        edges = np.quantile(weight[i][routed[i]], np.linspace(0, 1, WEIGHT_STRATA + 1)[1:-1])
+        stratum = np.searchsorted(edges, weight[i], side="right")
+        at = mask[i]
+        np.add.at(values[0, i], (stratum[at], documents[at]), delta[i][at].astype(np.float64))
+        np.add.at(values[1, i], (stratum[at], documents[at]), 1.0)
+    return values[0], values[1]
+
+
+def _stratified(weights: np.ndarray, strata: dict, prefix: str) -> np.ndarray:
+    """Described − other mean ``|Δloss|`` within strata of mixing weight, averaged over the strata that
+    hold both with the (resampled) described positions as weights: ``[batch, item]``."""
+    (y_d, n_d), (y_o, n_o) = strata[f"{prefix}_described"], strata[f"{prefix}_other"]
+    y_d, n_d, y_o, n_o = (np.einsum("bd,isd->bis", weights, a) for a in (y_d, n_d, y_o, n_o))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        both = (n_d > 0) & (n_o > 0)
+        gap = np.where(both, y_d / np.where(both, n_d, 1) - y_o / np.where(both, n_o, 1), 0.0)
+        share = np.where(both, n_d, 0.0)
+        return (gap * share).sum(-1) / share.sum(-1)
+
+
 def label_effects(
     documents: Int[np.ndarray, " n"],
     described: Bool[np.ndarray, "item n"],
@@ -469,6 +503,10 @@ def label_effects(
       the headline): the same comparison at equal mixing weight — the coefficient of "described" in the
       least-squares fit ``|Δ| = a + b·weight + c·described`` over the arm's routed positions
       (:func:`_weight_adjusted`), refitted in every resample; needs ``mixing_weight``;
+    - ``{name}_effect_weight_stratified`` (and ``control_``, ``{name}_matched_minus_control_weight_stratified``):
+      a check of the linear adjustment that assumes no shape: described − other within
+      :data:`WEIGHT_STRATA` quantile strata of the expert's mixing weight, averaged over the strata with
+      the described positions as weights;
     - ``dla_rank1_rate`` (and ``control_``, ``matched - control``): the rank-1 share at described routed
       positions.
 
@@ -486,6 +524,7 @@ def label_effects(
         )
 
     sums: dict[str, np.ndarray] = {}  # name -> per-document sums [item, D] of the weight adjustment
+    strata: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # name -> (Σ|Δ|, count) [item, stratum, D]
 
     for arm, who in enumerate(("", "control_")):
         on, off = described & routed[arm], other & routed[arm]
@@ -498,6 +537,9 @@ def label_effects(
                 for group, mask in (("described", on), ("other", off)):
                     for moment, values in _adjustment_moments(mixing_weight[arm], delta[arm], mask).items():
                         sums[f"{who}{name}_{group}_{moment}"] = _per_document(values, documents, n_documents)
+                    strata[f"{who}{name}_{group}"] = _stratum_sums(
+                        mixing_weight[arm], delta[arm], mask, on | off, documents, n_documents
+                    )
         if mixing_weight is not None:
             add(f"{who}weight_described", mixing_weight[arm] * on, on)
             add(f"{who}weight_other", mixing_weight[arm] * off, off)
@@ -518,6 +560,13 @@ def label_effects(
                     out[f"{who}{name}_effect_weight_adjusted"] = _weight_adjusted(summed, f"{who}{name}")
                 out[f"{name}_matched_minus_control_weight_adjusted"] = (
                     out[f"{name}_effect_weight_adjusted"] - out[f"control_{name}_effect_weight_adjusted"]
+                )
+                for who in ("", "control_"):
+                    out[f"{who}{name}_effect_weight_stratified"] = _stratified(
+                        weights, strata, f"{who}{name}"
+                    )
+                out[f"{name}_matched_minus_control_weight_stratified"] = (
+                    out[f"{name}_effect_weight_stratified"] - out[f"control_{name}_effect_weight_stratified"]
                 )
         for who in ("", "control_"):
             out[f"{who}routing_described"] = r[f"{who}routing_described"]
@@ -695,6 +744,7 @@ KIND_GROUPS = ("concept", "tokens", "composition")
 #: The quantities reported per kind group.
 BY_KIND_QUANTITIES = (
     "remove_matched_minus_control_weight_adjusted",
+    "remove_matched_minus_control_weight_stratified",
     "remove_matched_minus_control",
     "boost_matched_minus_control_weight_adjusted",
     "dla_rank1_rate matched - control",

@@ -375,6 +375,7 @@ _CAUSAL_EXPERT_COLUMNS = {
     "remove_effect_weight_adjusted": "effect, adjusted",
     "control_remove_effect_weight_adjusted": "control effect, adjusted",
     "remove_matched_minus_control_weight_adjusted": "effect - control, adjusted",
+    "remove_matched_minus_control_weight_stratified": "effect - control, weight strata",
     "control_expert": "control expert",
     "status": "status",
 }
@@ -413,9 +414,11 @@ def _causal_parts(summary: pd.DataFrame) -> list[str]:
     for edit, verb in (("remove", "removing"), ("boost", "boosting the weight of")):
         adjusted = f"{edit}_matched_minus_control_weight_adjusted"
         if adjusted in summary.index:
+            stratified = f"{edit}_matched_minus_control_weight_stratified"
+            check = f"within weight strata {value(stratified)}; " if stratified in summary.index else ""
             parts.append(
                 f"{verb} a labeled expert, labeled − control at equal mixing weight {difference(adjusted)} "
-                f"(unadjusted {value(f'{edit}_matched_minus_control')}; labeled expert {value(f'{edit}_effect_weight_adjusted')} "
+                f"({check}unadjusted {value(f'{edit}_matched_minus_control')}; labeled expert {value(f'{edit}_effect_weight_adjusted')} "
                 f"at equal weight, {value(f'{edit}_effect')} unadjusted; control {value(f'control_{edit}_effect_weight_adjusted')} "
                 f"at equal weight, {value(f'control_{edit}_effect')} unadjusted)"
             )
