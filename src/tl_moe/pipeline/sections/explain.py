@@ -470,7 +470,8 @@ def _by_kind_part(by_kind: pd.DataFrame) -> str:
         where = (
             f", {int(documents)} documents with described routed positions" if documents is not None else ""
         )
-        shown.append(f"{row['kind group']} {number}, {row['experts']} experts{where}")
+        experts = f"{row['experts']} expert" + ("s" if row["experts"] != 1 else "")
+        shown.append(f"{row['kind group']} {number}, {experts}{where}")
     return (
         "by label kind, removal, labeled − control at equal mixing weight: " + "; ".join(shown)
         if shown
