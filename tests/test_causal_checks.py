@@ -291,3 +291,150 @@ def test_causal_budget_warns_before_the_pass_and_names_what_helps():
         reach = check_causal_budget(large, 64)
         assert 30 <= reach <= 64
         assert check_causal_budget(large, 0) == 0
+
+
+def planted_weight_only(seed: int, *, n_documents: int = 40, experts: int = 4, positions: int = 120,
+                        gain: float = 1.0):  # fmt: skip
+    """The labeled expert's removal effect is proportional to its mixing weight only (times a
+    per-document scale and noise), and its mixing weight is higher on described routed positions
+    (uniform on [0.25, 0.70] vs [0.10, 0.55]); the control's weight is the same on both. ``gain``
+    multiplies the labeled expert's |Δloss| on described routed positions (1: no label-specific effect)."""
+    rng = np.random.default_rng(seed)
+    documents, described, other, routed, _ = planted(
+        seed, n_documents=n_documents, experts=experts, positions=positions
+    )
+    low = np.where(described, 0.25, 0.10)
+    weight = np.stack([rng.uniform(low, low + 0.45), rng.uniform(0.10, 0.55, described.shape)]) * routed
+    scale = rng.gamma(2.0, 0.5, (2, experts, n_documents))[..., documents]
+    noise = rng.exponential(1.0, (2, experts, len(documents)))
+    delta = scale * weight * noise + 0.002 * rng.random((2, experts, len(documents)))
+    delta[0] *= np.where(described & routed[0], gain, 1.0)
+    return documents, described, other, routed, delta, weight
+
+
+def run_weight_only(seed: int, **kwargs):
+    documents, described, other, routed, delta, weight = planted_weight_only(seed, **kwargs)
+    observed, summary = label_effects(
+        documents, described, other, routed, {"remove": delta}, mixing_weight=weight, n_resamples=999, seed=seed
+    )  # fmt: skip
+    return observed, summary.set_index("quantity"), (described, other, routed, delta, weight)
+
+
+def test_weight_adjusted_effect_equals_a_least_squares_fit_per_expert():
+    """The adjusted effect is the coefficient of 'described' in |Δ| = a + b·weight + c·described over the
+    expert's routed positions, as numpy's least squares finds it."""
+    observed, _, (described, other, routed, delta, weight) = run_weight_only(0, gain=1.3)
+    for arm, who in enumerate(("", "control_")):
+        for j in range(described.shape[0]):
+            at = routed[arm, j] & (described[j] | other[j])
+            design = np.stack([np.ones(at.sum()), weight[arm, j][at], described[j][at]], axis=1)
+            coefficients = np.linalg.lstsq(design, delta[arm, j][at], rcond=None)[0]
+            assert observed[f"{who}remove_effect_weight_adjusted"][j] == pytest.approx(coefficients[2])
+    assert observed["remove_matched_minus_control_weight_adjusted"] == pytest.approx(
+        observed["remove_effect_weight_adjusted"] - observed["control_remove_effect_weight_adjusted"]
+    )
+
+
+def test_effect_of_mixing_weight_alone_is_not_credited_to_the_label():
+    """Removal matters in proportion to the mixing weight only, and the weight is higher where the label
+    applies: the unadjusted labeled − control difference is positive (its interval covers 0 in 1 of 100
+    seeds), the weight-adjusted one covers 0 at about the nominal rate (measured over these 100 seeds:
+    94%; the labeled expert's own adjusted effect 92%)."""
+    adjusted, adjusted_own, unadjusted = [], [], []
+    for seed in range(100):
+        _, summary, _ = run_weight_only(seed)
+        for out, name in ((adjusted, "remove_matched_minus_control_weight_adjusted"),
+                          (adjusted_own, "remove_effect_weight_adjusted"),
+                          (unadjusted, "remove_matched_minus_control")):  # fmt: skip
+            out.append(summary.loc[name, "ci low"] <= 0 <= summary.loc[name, "ci high"])
+        assert summary.loc["weight_described", "mean"] > summary.loc["weight_other", "mean"] + 0.1
+    assert 0.88 <= np.mean(adjusted) <= 0.99
+    assert 0.88 <= np.mean(adjusted_own) <= 0.99
+    assert np.mean(unadjusted) <= 0.1
+
+
+def test_a_label_specific_effect_survives_the_weight_adjustment():
+    found = [run_weight_only(seed, gain=1.6)[1].loc["remove_matched_minus_control_weight_adjusted", "ci low"] > 0
+             for seed in range(20)]  # fmt: skip
+    assert np.mean(found) >= 0.9
+
+
+def test_the_finding_leads_with_the_weight_adjusted_difference_and_says_when_an_interval_covers_0():
+    """Removal has a label-specific effect (its interval is above 0); boosting has none (covers 0): the
+    finding gives each labeled − control difference with its interval and what the interval says, the
+    unadjusted difference beside the adjusted one, and the DLA rank-1 difference with its interval."""
+    from tl_moe.explain.causal import CausalResult
+    from tl_moe.pipeline.sections.explain import causal_expert_table, causal_finding
+
+    documents, described, other, routed, delta, weight = planted_weight_only(3, gain=1.8)
+    _, _, _, _, boost, _ = planted_weight_only(4)
+    rank_one = routed & (np.random.default_rng(0).random(routed.shape) < 0.5)
+    observed, summary = label_effects(documents, described, other, routed, {"remove": delta, "boost": boost},
+                                      rank_one=rank_one, mixing_weight=weight, n_resamples=999)  # fmt: skip
+    rows = summary.set_index("quantity")
+    remove, boosted = (
+        rows.loc["remove_matched_minus_control_weight_adjusted"],
+        rows.loc["boost_matched_minus_control_weight_adjusted"],
+    )
+    assert remove["ci low"] > 0 and boosted["ci low"] <= 0 <= boosted["ci high"]
+    text = causal_finding(CausalResult(pd.DataFrame(), summary, 40, 40))
+
+    def shown(row):
+        return f"{row['mean']:.3f} [{row['ci low']:.3f}, {row['ci high']:.3f}]"
+
+    assert f"labeled − control at equal mixing weight {shown(remove)} (interval above 0)" in text
+    assert f"unadjusted {shown(rows.loc['remove_matched_minus_control'])};" in text
+    assert (
+        f"(within weight strata {shown(rows.loc['remove_matched_minus_control_weight_stratified'])};" in text
+    )
+    assert f"{shown(boosted)} (interval covers 0: no evidence of a difference)" in text
+    dla = rows.loc["dla_rank1_rate matched - control"]
+    assert f"labeled − control {shown(dla)}" in text
+    frame = pd.DataFrame({"layer": [0] * 4, "expert": range(4), "label": list("abcd"),
+                          "kind": ["concept", "tokens", "concept_or_tokens", "tokens"]})  # fmt: skip
+    for name, values in observed.items():
+        frame[name] = values
+    table = causal_expert_table(CausalResult(frame, summary, 40, 40))
+    assert list(table.columns[:4]) == ["layer", "expert", "label", "label kind"]
+    assert table["effect - control, adjusted"].tolist() == pytest.approx(
+        observed["remove_matched_minus_control_weight_adjusted"].round(4).tolist()
+    )
+
+
+def test_no_interval_when_fewer_than_30_documents_hold_a_described_routed_position():
+    """40 documents, but the label describes tokens of only 20 of them: the described side rests on 20
+    independent units, so no interval, and the reason names them."""
+    documents, described, other, routed, delta = planted(0)
+    described = described & (documents < 20)
+    _, summary = label_effects(documents, described, ~described, routed, {"remove": delta}, n_resamples=99)
+    row = summary.set_index("quantity").loc["remove_effect"]
+    assert row["documents"] == 40 and row["documents with described routed positions"] == 20
+    assert row["interval"].startswith("unavailable: 20 document(s)") and np.isnan(row["ci low"])
+
+
+def test_weight_stratified_effect_equals_a_direct_computation_and_covers_a_weight_only_effect():
+    """Within 5 quantile strata of each expert's weight: described − other per stratum, averaged with the
+    described positions as weights (recomputed here per expert); on the weight-only plant it covers 0 in
+    most seeds (measured over 100 seeds: 91%; residual within-stratum weight gap: mean estimate 0.025 vs
+    0.143 unadjusted)."""
+    from tl_moe.explain.causal import WEIGHT_STRATA
+
+    observed, _, (described, other, routed, delta, weight) = run_weight_only(0, gain=1.3)
+    for arm, who in enumerate(("", "control_")):
+        for j in range(described.shape[0]):
+            at = routed[arm, j] & (described[j] | other[j])
+            edges = np.quantile(weight[arm, j][at], np.linspace(0, 1, WEIGHT_STRATA + 1)[1:-1])
+            stratum = np.searchsorted(edges, weight[arm, j], side="right")
+            gaps, shares = [], []
+            for s in range(WEIGHT_STRATA):
+                d, o = at & described[j] & (stratum == s), at & other[j] & (stratum == s)
+                if d.any() and o.any():
+                    gaps.append(delta[arm, j][d].mean() - delta[arm, j][o].mean())
+                    shares.append(d.sum())
+            expected = np.average(gaps, weights=shares)
+            assert observed[f"{who}remove_effect_weight_stratified"][j] == pytest.approx(expected)
+    covered = []
+    for seed in range(40):
+        row = run_weight_only(seed)[1].loc["remove_matched_minus_control_weight_stratified"]
+        covered.append(row["ci low"] <= 0 <= row["ci high"])
+    assert np.mean(covered) >= 0.8

@@ -104,7 +104,9 @@ def test_planted_token_set_and_concept_experts_get_their_labels_and_score_held_o
 
 
 def test_on_routing_that_depends_on_no_token_no_label_beats_its_shuffled_control():
-    examples, tokenizer = _routed_examples(planted=False, n_layers=4, max_tokens=20_000)
+    examples, tokenizer = _routed_examples(
+        planted=False, n_layers=4, max_tokens=30_000
+    )  # >= 30 score documents
     _, result = _label(examples, tokenizer)
     scored = result.frame[result.frame["concept_beats_shuffled"].notna()]
     assert len(scored) >= 48
@@ -113,6 +115,7 @@ def test_on_routing_that_depends_on_no_token_no_label_beats_its_shuffled_control
     assert wins <= binom.ppf(0.999, len(scored), 0.025)
     summary = result.summary.set_index(["layer", "metric"]).loc[("all", "balanced_accuracy")]
     assert summary["mean"] == pytest.approx(0.5, abs=0.05)
+    assert summary["interval over"] == "score documents" and summary["documents"] >= 30
     assert summary["diff ci low"] <= 0 <= summary["diff ci high"]
 
 
@@ -157,3 +160,125 @@ def test_concept_only_labels_on_request_and_unknown_kinds_refused():
     assert explanation.rule.kind == "concept"  # the token-set expert, described by a concept only
     with pytest.raises(ValueError, match="kinds must be among"):
         DissectionExplainer(examples, kinds=("sentences",))
+
+
+def _context(tokens: list[str], marks: list[bool], doc: int):
+    from tl_moe.explain.examples import Context
+
+    return Context(tuple(range(len(tokens))), tuple(tokens), tuple(marks), 0, 1.0, doc, doc, "prose",
+                   tuple((0,) for _ in tokens), "top")  # fmt: skip
+
+
+def test_token_set_baseline_is_the_balanced_accuracy_optimal_set_the_labeler_considers():
+    """` rare` is always routed but seen twice; ` common` is routed 30 times and not routed 10 times
+    among 200 not-routed positions; ` noise` is as frequent routed as not. A log-ratio ranking prefers
+    ` rare`; balanced accuracy (0.5 + Σ (P(t | routed) − P(t | not routed)) / 2) prefers ` common`. The
+    baseline is the best set by balanced accuracy, checked against every set of at most 2 tokens, and it
+    is the labeler's own token-set candidate."""
+    import itertools
+
+    from tl_moe.explain.examples import ExpertRecord
+    from tl_moe.explain.labels import candidates, explain_items, token_set_baseline
+
+    routed = [" rare"] * 2 + [" common"] * 30 + [" noise"] * 18
+    not_routed = [" common"] * 10 + [" noise"] * 72 + [" other"] * 118
+    record = ExpertRecord(0, 0, (_context(routed, [True] * len(routed), 0),), (), (),
+                          explain_negatives=(_context(not_routed, [False] * len(not_routed), 1),))  # fmt: skip
+    tokens = routed + not_routed
+    truth = np.array([True] * len(routed) + [False] * len(not_routed))
+
+    def balanced_accuracy(chosen):
+        said = np.isin(tokens, list(chosen))
+        return 0.5 + (said[truth].mean() - said[~truth].mean()) / 2
+
+    for n in (1, 2):
+        best = max(
+            (set(c) for k in range(1, n + 1) for c in itertools.combinations(sorted(set(tokens)), k)),
+            key=balanced_accuracy,
+        )
+        rule = token_set_baseline(record, n=n)
+        assert set(rule.tokens) == best
+    assert token_set_baseline(record, n=1).tokens == (" common",)
+    offered = [
+        r for r in candidates(explain_items(record, 1), ("text_digit",), ("prose",)) if r.kind == "tokens"
+    ]
+    assert offered == [token_set_baseline(record)]
+
+
+def planted_shared_documents(
+    seed: int, *, n_documents: int = 60, experts: int = 30, items: int = 40, shift=0.0
+):
+    """Two labels per expert (own, baseline) scored on the same balanced items, drawn from documents
+    that all experts share. Each document makes one label right more often and the other less (logit
+    0.8 ± u_d, u_d ~ N(0, 1)): no difference in expectation (``shift`` 0), but every expert's difference
+    moves with the same documents. ``shift`` raises the own label's logit."""
+    rng = np.random.default_rng(seed)
+    u = rng.normal(0, 1.0, n_documents)
+    own, base = {}, {}
+    for e in range(experts):
+        docs = rng.integers(0, n_documents, items)
+        y = np.arange(items) % 2
+        right = [rng.random(items) < 1 / (1 + np.exp(-(0.8 + s * u[docs] + (shift if s > 0 else 0))))
+                 for s in (1, -1)]  # fmt: skip
+        for out, ok, name in ((own, right[0], "own"), (base, right[1], "baseline")):
+            out[(0, e)] = Score(0, e, "concept", name, (0, e), truth=tuple(y), predicted=tuple(np.where(ok, y, 1 - y)),
+                                documents=tuple(docs.tolist()))  # fmt: skip
+    return own, base
+
+
+def _balanced_accuracy(score):
+    y, p = np.asarray(score.truth, bool), np.asarray(score.predicted, bool)
+    return (p[y].mean() + (~p[~y]).mean()) / 2
+
+
+def test_label_scores_resample_documents_and_cover_a_shared_document_null():
+    """No true difference between the labels, documents shared by all experts: the document interval of
+    own − baseline covers 0 at about the nominal rate (measured over these 100 seeds: 93%), where the
+    interval over experts (which treats experts as independent) covers it far less often (measured: 49%).
+    The point estimate is the mean over experts of each expert's own − baseline balanced accuracy."""
+    from tl_moe.explain.document_bootstrap import document_intervals
+
+    covered, covered_experts = [], []
+    for seed in range(100):
+        own, base = planted_shared_documents(seed)
+        row = document_intervals(
+            list(own), own, {"baseline": base}, "balanced_accuracy", n_resamples=999, seed=seed
+        )
+        covered.append(row["baseline diff ci low"] <= 0 <= row["baseline diff ci high"])
+        differences = [_balanced_accuracy(own[k]) - _balanced_accuracy(base[k]) for k in own]
+        assert row["own - baseline"] == pytest.approx(np.mean(differences))
+        assert row["mean"] == pytest.approx(np.mean([_balanced_accuracy(own[k]) for k in own]))
+        low, high = np.percentile(
+            np.random.default_rng(seed).choice(differences, (999, len(differences))).mean(1), [2.5, 97.5]
+        )
+        covered_experts.append(low <= 0 <= high)
+    assert 0.88 <= np.mean(covered) <= 0.99
+    assert np.mean(covered_experts) <= 0.75
+
+
+def test_document_interval_finds_a_real_difference_and_refuses_below_30_documents():
+    from tl_moe.explain.document_bootstrap import document_intervals
+
+    found = []
+    for seed in range(10):
+        own, base = planted_shared_documents(seed, shift=1.5)
+        row = document_intervals(
+            list(own), own, {"baseline": base}, "balanced_accuracy", n_resamples=499, seed=seed
+        )
+        found.append(row["baseline diff ci low"] > 0)
+    assert np.mean(found) >= 0.9
+    own, base = planted_shared_documents(0, n_documents=29)
+    row = document_intervals(list(own), own, {"baseline": base}, "balanced_accuracy", n_resamples=99)
+    assert row["documents"] == 29 and np.isnan(row["ci low"]) and np.isnan(row["baseline diff ci low"])
+    assert row["interval"].startswith("unavailable: 29 document(s)")
+    assert np.isfinite(row["own - baseline"])
+
+
+def test_metrics_from_counts_match_detection_metrics():
+    from tl_moe.explain.document_bootstrap import document_intervals
+
+    own, base = planted_shared_documents(1, experts=5)
+    for metric in ("balanced_accuracy", "f1", "precision", "recall"):
+        row = document_intervals(list(own), own, {"baseline": base}, metric, n_resamples=99)
+        expected = np.mean([detection_metrics(own[k].truth, own[k].predicted)[metric] for k in own])
+        assert row["mean"] == pytest.approx(expected), metric

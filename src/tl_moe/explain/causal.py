@@ -24,13 +24,21 @@ concept's rule), on windows of ``causal``-split documents:
   than :data:`MIN_CONTROL_POSITIONS` described positions, on every stored explain-split context of
   the layer (a sample leaning towards each expert's routed tokens) — :func:`rule_matched_control`;
   the frame says which (``control_matched_on``) and on how many positions. The routing rates of
-  both experts at described and other positions of the causal windows are reported beside.
+  both experts at described and other positions of the causal windows are reported beside;
+- **at equal mixing weight** (the headline): where the label applies the labeled expert tends to get
+  a larger mixing weight, and a larger weight alone enlarges both edits' effects. The weight-adjusted
+  effect is the coefficient of "described" in the least-squares fit ``|Δloss| = a + b·weight +
+  c·described`` over the expert's routed positions (refitted in every resample), for the labeled and
+  the control expert; labeled − control of it is the headline, the unadjusted difference beside it,
+  and a check that assumes no linear shape: described − other within quantile strata of the weight.
 
 The summary is a mean over labeled experts, and its interval a bootstrap over *documents* (every
 window of a document moves together; :func:`~tl_moe.analysis.stats.cluster_bootstrap`): experts that
 share documents are not independent. Fewer than :data:`MIN_CAUSAL_DOCUMENTS` documents: the interval
-is unavailable, with the reason. An expert enters a resample's mean only where its ratio is defined in
-that resample (matched − control: where both are). There is no p-value: the interval is the test.
+is unavailable, with the reason (as it is when fewer documents hold a described position where a
+labeled expert is routed). The summary is also given per group of label kinds (:data:`KIND_GROUPS`).
+An expert enters a resample's mean only where its ratio is defined in that resample (matched −
+control: where both are). There is no p-value: the interval is the test.
 
 The paper's check is reported beside it, labelled as such: at described positions where the expert
 is routed, its rank by exact direct logit attribution on the actual next token among the routed
@@ -42,7 +50,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -52,22 +60,25 @@ from jaxtyping import Bool, Float, Int
 
 from tl_moe.analysis.logit_lens import expert_logit_lens
 from tl_moe.analysis.readout import LogitReadout
-from tl_moe.analysis.stats import cluster_bootstrap
+from tl_moe.analysis.stats import _too_few, cluster_bootstrap
 from tl_moe.collect.interventional import InterventionRunner
 from tl_moe.data.concepts import TokenConceptLabeler
 from tl_moe.explain.examples import _HEAD, SPLITS, ExpertExamples, document_split
 from tl_moe.explain.explainers import Explanation
-from tl_moe.explain.labels import ExplainItems, LabelRule, _unpack, described_by
+from tl_moe.explain.labels import SIMPLE_KINDS, ExplainItems, LabelRule, _unpack, described_by
 from tl_moe.models.hook_names import get_act_name
 from tl_moe.models.interventions import Intervention
 
 __all__ = [
     "MIN_CAUSAL_DOCUMENTS",
+    "BY_KIND_QUANTITIES",
+    "KIND_GROUPS",
     "CausalResult",
     "CausalWindows",
     "causal_checks",
     "causal_windows",
     "described_positions",
+    "kind_group",
     "label_effects",
     "label_rule",
     "routing_matched_control",
@@ -80,6 +91,9 @@ MIN_CAUSAL_DOCUMENTS = 30
 #: Fewest real tokens a window of a short document needs to be used.
 MIN_WINDOW_TOKENS = 16
 INTERVENTIONS = ("remove", "boost")
+#: Strata of mixing weight (quantile bins of each expert's weight on its routed positions) of the
+#: stratified check of the weight adjustment.
+WEIGHT_STRATA = 5
 #: Fewest described positions in the explain-split random contexts behind a rule's control matching
 #: (fewer: every stored explain-split context of the layer is pooled too).
 MIN_CONTROL_POSITIONS = 20
@@ -87,13 +101,15 @@ MIN_CONTROL_POSITIONS = 20
 
 @dataclass(frozen=True)
 class CausalResult:
-    """Per-expert causal effects (``frame``), their summary over experts (``summary``), and the windows'
-    size: ``n_windows`` windows from ``n_documents`` documents."""
+    """Per-expert causal effects (``frame``), their summary over experts (``summary``) and per group of
+    label kinds (``by_kind``: :data:`KIND_GROUPS`, the quantities of :data:`BY_KIND_QUANTITIES`), and the
+    windows' size: ``n_windows`` windows from ``n_documents`` documents."""
 
     frame: pd.DataFrame
     summary: pd.DataFrame
     n_windows: int
     n_documents: int = 0
+    by_kind: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 @dataclass(frozen=True)
@@ -400,6 +416,60 @@ def _nanmean(values: np.ndarray) -> np.ndarray:
         return np.nanmean(values, axis=-1)
 
 
+def _adjustment_moments(
+    weight: Float[np.ndarray, "item n"], delta: Float[np.ndarray, "item n"], mask: Bool[np.ndarray, "item n"]
+) -> dict[str, Float[np.ndarray, "item n"]]:
+    """The per-position terms whose sums give a group's count, its sums of mixing weight ``w`` and
+    ``|Δloss|`` ``y``, and of ``w²`` and ``w·y`` (the sufficient statistics of the weight adjustment)."""
+    w, y, m = weight.astype(np.float64), delta.astype(np.float64), mask.astype(np.float64)
+    return {"n": m, "w": w * m, "y": y * m, "ww": w * w * m, "wy": w * y * m}
+
+
+def _weight_adjusted(summed: dict[str, np.ndarray], prefix: str) -> np.ndarray:
+    """Described − other mean ``|Δloss|`` at equal mixing weight: the coefficient of "described" in the
+    least-squares fit ``|Δ| = a + b·w + c·described`` over the routed positions (``c = (ȳ_D − ȳ_O) −
+    b·(w̄_D − w̄_O)``, ``b`` the slope pooled within the two groups), from the groups' (resampled) sums."""
+    stats = {}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for group in ("described", "other"):
+            n, w, y, ww, wy = (summed[f"{prefix}_{group}_{m}"] for m in ("n", "w", "y", "ww", "wy"))
+            stats[group] = (w / n, y / n, ww - w * w / n, wy - w * y / n)
+        (w_d, y_d, sxx_d, sxy_d), (w_o, y_o, sxx_o, sxy_o) = stats["described"], stats["other"]
+        sxx = sxx_d + sxx_o
+        slope = np.where(sxx > 1e-12, (sxy_d + sxy_o) / np.where(sxx > 1e-12, sxx, 1.0), np.nan)
+        return (y_d - y_o) - slope * (w_d - w_o)
+
+
+def _stratum_sums(
+    weight: Float[np.ndarray, "item n"], delta: Float[np.ndarray, "item n"], mask: Bool[np.ndarray, "item n"],
+    routed: Bool[np.ndarray, "item n"], documents: Int[np.ndarray, " n"], n_documents: int,
+) -> tuple[Float[np.ndarray, "item stratum document"], Float[np.ndarray, "item stratum document"]]:  # fmt: skip
+    """Per item, stratum of mixing weight (:data:`WEIGHT_STRATA` quantile bins of the weight over the
+    item's ``routed`` positions) and document: the sum of ``delta`` and the count over ``mask``."""
+    values = np.zeros((2, weight.shape[0], WEIGHT_STRATA, n_documents))
+    for i in range(weight.shape[0]):
+        if not routed[i].any():
+            continue
+        edges = np.quantile(weight[i][routed[i]], np.linspace(0, 1, WEIGHT_STRATA + 1)[1:-1])
+        stratum = np.searchsorted(edges, weight[i], side="right")
+        at = mask[i]
+        np.add.at(values[0, i], (stratum[at], documents[at]), delta[i][at].astype(np.float64))
+        np.add.at(values[1, i], (stratum[at], documents[at]), 1.0)
+    return values[0], values[1]
+
+
+def _stratified(weights: np.ndarray, strata: dict, prefix: str) -> np.ndarray:
+    """Described − other mean ``|Δloss|`` within strata of mixing weight, averaged over the strata that
+    hold both with the (resampled) described positions as weights: ``[batch, item]``."""
+    (y_d, n_d), (y_o, n_o) = strata[f"{prefix}_described"], strata[f"{prefix}_other"]
+    y_d, n_d, y_o, n_o = (np.einsum("bd,isd->bis", weights, a) for a in (y_d, n_d, y_o, n_o))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        both = (n_d > 0) & (n_o > 0)
+        gap = np.where(both, y_d / np.where(both, n_d, 1) - y_o / np.where(both, n_o, 1), 0.0)
+        share = np.where(both, n_d, 0.0)
+        return (gap * share).sum(-1) / share.sum(-1)
+
+
 def label_effects(
     documents: Int[np.ndarray, " n"],
     described: Bool[np.ndarray, "item n"],
@@ -430,6 +500,14 @@ def label_effects(
       positions where the arm's expert is routed;
     - ``weight_described`` / ``weight_other`` (and ``control_``): the mean mixing weight on described /
       other routed positions (a larger weight where the label applies would also enlarge the effect);
+    - ``{name}_effect_weight_adjusted`` (and ``control_``, ``{name}_matched_minus_control_weight_adjusted``,
+      the headline): the same comparison at equal mixing weight — the coefficient of "described" in the
+      least-squares fit ``|Δ| = a + b·weight + c·described`` over the arm's routed positions
+      (:func:`_weight_adjusted`), refitted in every resample; needs ``mixing_weight``;
+    - ``{name}_effect_weight_stratified`` (and ``control_``, ``{name}_matched_minus_control_weight_stratified``):
+      a check of the linear adjustment that assumes no shape: described − other within
+      :data:`WEIGHT_STRATA` quantile strata of the expert's mixing weight, averaged over the strata with
+      the described positions as weights;
     - ``dla_rank1_rate`` (and ``control_``, ``matched - control``): the rank-1 share at described routed
       positions.
 
@@ -446,6 +524,9 @@ def label_effects(
             _per_document(denominator.astype(np.float64), documents, n_documents),
         )
 
+    sums: dict[str, np.ndarray] = {}  # name -> per-document sums [item, D] of the weight adjustment
+    strata: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # name -> (Σ|Δ|, count) [item, stratum, D]
+
     for arm, who in enumerate(("", "control_")):
         on, off = described & routed[arm], other & routed[arm]
         add(f"{who}routing_described", on, described)
@@ -453,6 +534,13 @@ def label_effects(
         for name, delta in deltas.items():
             add(f"{who}{name}_described", delta[arm] * on, on)
             add(f"{who}{name}_other", delta[arm] * off, off)
+            if mixing_weight is not None:
+                for group, mask in (("described", on), ("other", off)):
+                    for moment, values in _adjustment_moments(mixing_weight[arm], delta[arm], mask).items():
+                        sums[f"{who}{name}_{group}_{moment}"] = _per_document(values, documents, n_documents)
+                    strata[f"{who}{name}_{group}"] = _stratum_sums(
+                        mixing_weight[arm], delta[arm], mask, on | off, documents, n_documents
+                    )
         if mixing_weight is not None:
             add(f"{who}weight_described", mixing_weight[arm] * on, on)
             add(f"{who}weight_other", mixing_weight[arm] * off, off)
@@ -462,11 +550,25 @@ def label_effects(
     def per_item(weights: np.ndarray) -> dict[str, np.ndarray]:  # [batch, D] -> quantity: [batch, item]
         with np.errstate(divide="ignore", invalid="ignore"):
             r = {k: (weights @ num.T) / (weights @ den.T) for k, (num, den) in ratios.items()}
+        summed = {k: weights @ v.T for k, v in sums.items()}
         out = {}
         for name in deltas:
             for who in ("", "control_"):
                 out[f"{who}{name}_effect"] = r[f"{who}{name}_described"] - r[f"{who}{name}_other"]
             out[f"{name}_matched_minus_control"] = out[f"{name}_effect"] - out[f"control_{name}_effect"]
+            if mixing_weight is not None:
+                for who in ("", "control_"):
+                    out[f"{who}{name}_effect_weight_adjusted"] = _weight_adjusted(summed, f"{who}{name}")
+                out[f"{name}_matched_minus_control_weight_adjusted"] = (
+                    out[f"{name}_effect_weight_adjusted"] - out[f"control_{name}_effect_weight_adjusted"]
+                )
+                for who in ("", "control_"):
+                    out[f"{who}{name}_effect_weight_stratified"] = _stratified(
+                        weights, strata, f"{who}{name}"
+                    )
+                out[f"{name}_matched_minus_control_weight_stratified"] = (
+                    out[f"{name}_effect_weight_stratified"] - out[f"control_{name}_effect_weight_stratified"]
+                )
         for who in ("", "control_"):
             out[f"{who}routing_described"] = r[f"{who}routing_described"]
             out[f"{who}routing_other"] = r[f"{who}routing_other"]
@@ -487,15 +589,27 @@ def label_effects(
         values = per_item(weights)
         return np.stack([_nanmean(values[k]) for k in names], axis=-1)
 
-    intervals = cluster_bootstrap(
-        statistic, n_documents, n_resamples=n_resamples, seed=seed, min_clusters=min_documents,
-        on_too_few="unavailable", what="the causal checks",
-    )  # fmt: skip
+    # Documents where some labeled expert is routed on a described position: below min_documents the
+    # described side rests on too few independent units, whatever the windows' count.
+    described_documents = int((_per_document((described & routed[0]).astype(np.float64), documents,
+                                             n_documents).sum(0) > 0).sum())  # fmt: skip
+    if described_documents < min_documents <= n_documents:
+        intervals = [
+            _too_few(described_documents, min_documents, "the causal checks' described routed positions",
+                     "unavailable", float(np.atleast_1d(e)[0]), 0.95)
+            for e in statistic(np.ones((1, n_documents)))[0]
+        ]  # fmt: skip
+    else:
+        intervals = cluster_bootstrap(
+            statistic, n_documents, n_resamples=n_resamples, seed=seed, min_clusters=min_documents,
+            on_too_few="unavailable", what="the causal checks",
+        )  # fmt: skip
     rows = [
         {
             "quantity": name,
             "experts": int(np.isfinite(observed[name]).sum()),
             "documents": n_documents,
+            "documents with described routed positions": described_documents,
             "mean": interval.estimate,
             "ci low": interval.low,
             "ci high": interval.high,
@@ -602,24 +716,59 @@ def causal_checks(
                                            for x in (e.expert, control_expert)]) for name in INTERVENTIONS},
             })  # fmt: skip
     frame = pd.DataFrame(rows)
-    summary = pd.DataFrame()
+    if len(frame):
+        frame["kind group"] = [kind_group(kind) for kind in frame["kind"]]
+    summary, by_kind = pd.DataFrame(), pd.DataFrame()
     if items:
-        observed, summary = label_effects(
-            documents,
-            np.stack([i["described"] for i in items]),
-            np.stack([i["other"] for i in items]),
-            np.stack([i["routed"] for i in items], axis=1),
-            {name: np.stack([i["deltas"][name] for i in items], axis=1) for name in INTERVENTIONS},
-            rank_one=np.stack([i["rank_one"] for i in items], axis=1),
-            mixing_weight=np.stack([i["weight"] for i in items], axis=1),
-            n_resamples=n_resamples,
-            seed=seed,
-        )
+        observed, summary = _item_effects(documents, items, n_resamples=n_resamples, seed=seed)
         at = [i["row"] for i in items]
         for name, values in observed.items():
             frame.loc[at, name] = values
         chance = {"quantity": "dla_rank1 chance (1/k)", "experts": 0, "documents": summary["documents"].iloc[0],
                   "mean": 1 / k, "ci low": np.nan, "ci high": np.nan, "interval": "none (a constant)"}  # fmt: skip
         summary = pd.concat([summary, pd.DataFrame([chance])], ignore_index=True)
+        groups = [kind_group(rows[i["row"]]["kind"]) for i in items]
+        parts = []
+        for group in KIND_GROUPS:
+            chosen = [i for i, g in zip(items, groups, strict=True) if g == group]
+            if chosen:
+                part = _item_effects(documents, chosen, n_resamples=n_resamples, seed=seed)[1]
+                parts.append(part[part["quantity"].isin(BY_KIND_QUANTITIES)].assign(**{"kind group": group}))
+        by_kind = pd.concat(parts, ignore_index=True)[["kind group", *summary.columns]]
     n_documents = int(len(np.unique(windows.documents.numpy())))
-    return CausalResult(frame, summary, int(ids.shape[0]), n_documents)
+    return CausalResult(frame, summary, int(ids.shape[0]), n_documents, by_kind)
+
+
+#: The groups of label kinds the causal checks are reported by: one concept, one token set, or a
+#: composition of two parts (concept ∧/∨ token set, concept ∨ concept, concept ∧ domain).
+KIND_GROUPS = ("concept", "tokens", "composition")
+#: The quantities reported per kind group.
+BY_KIND_QUANTITIES = (
+    "remove_matched_minus_control_weight_adjusted",
+    "remove_matched_minus_control_weight_stratified",
+    "remove_matched_minus_control",
+    "boost_matched_minus_control_weight_adjusted",
+    "dla_rank1_rate matched - control",
+)
+
+
+def kind_group(kind: str) -> str:
+    """The group of a label kind (:data:`KIND_GROUPS`)."""
+    return kind if kind in SIMPLE_KINDS else "composition"
+
+
+def _item_effects(
+    documents: np.ndarray, items: Sequence[dict], *, n_resamples: int, seed: int
+) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+    """:func:`label_effects` of the checked experts ``items`` (as :func:`causal_checks` gathers them)."""
+    return label_effects(
+        documents,
+        np.stack([i["described"] for i in items]),
+        np.stack([i["other"] for i in items]),
+        np.stack([i["routed"] for i in items], axis=1),
+        {name: np.stack([i["deltas"][name] for i in items], axis=1) for name in INTERVENTIONS},
+        rank_one=np.stack([i["rank_one"] for i in items], axis=1),
+        mixing_weight=np.stack([i["weight"] for i in items], axis=1),
+        n_resamples=n_resamples,
+        seed=seed,
+    )

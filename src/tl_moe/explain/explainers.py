@@ -129,15 +129,20 @@ def rule_explanation(
 
 
 class TokenSetBaseline:
-    """The trivial offline labeler the chosen labels are compared with (see
-    :func:`~tl_moe.explain.labels.token_set_baseline`)."""
+    """The baseline the chosen labels are compared with: the labeler's own best token set alone, chosen
+    on the explain documents by balanced accuracy (see :func:`~tl_moe.explain.labels.token_set_baseline`)."""
 
     name = "token-set baseline"
 
     def __call__(self, record: ExpertRecord) -> Explanation:
         rule = token_set_baseline(record)
         if rule is None:
-            return Explanation(record.layer, record.expert, "", error="no routed explain-side token")
+            return Explanation(
+                record.layer,
+                record.expert,
+                "",
+                error="no token over-represented on the routed explain-side positions",
+            )
         return Explanation(record.layer, record.expert, rule.label, rule=rule)
 
 

@@ -21,15 +21,14 @@ fewer than :data:`MIN_TOKEN_COUNT` times on routed positions are left out). A ca
 says yes on the explain side cannot be scored per token and is never chosen; an expert none of
 whose candidates beats balanced accuracy 0.5 gets no label.
 
-:func:`token_set_baseline` is the trivial labeler the chosen labels are compared with: the
-``MAX_TOKENS`` routed tokens most over-represented against the not-routed ones (add-one smoothed
-log ratio of frequencies), on the explain side only.
+:func:`token_set_baseline` is the baseline the chosen labels are compared with: the labeler's own
+token-set candidate alone (the balanced-accuracy-optimal set of at most ``MAX_TOKENS`` tokens on the
+explain side), so that the comparison measures what choosing among concepts and compositions adds.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -199,15 +198,17 @@ def _balanced_accuracy(predicted: np.ndarray, routed: np.ndarray) -> np.ndarray:
     return 0.5 + (tpr - fpr) / 2
 
 
-def _token_set(tokens: Sequence[str], routed: np.ndarray, mask: np.ndarray | None = None) -> LabelRule | None:
-    """The best token set (at most MAX_TOKENS) on the positions of ``mask``, by balanced accuracy over
+def _token_set(
+    tokens: Sequence[str], routed: np.ndarray, mask: np.ndarray | None = None, max_tokens: int = MAX_TOKENS
+) -> LabelRule | None:
+    """The best token set (at most ``max_tokens``) on the positions of ``mask``, by balanced accuracy over
     all positions (see the module docstring); None when no token helps."""
     n_pos, n_neg = int(routed.sum()), int((~routed).sum())
     keep = np.ones(len(tokens), bool) if mask is None else mask
     on = Counter(t for t, r, k in zip(tokens, routed, keep, strict=True) if r and k)
     off = Counter(t for t, r, k in zip(tokens, routed, keep, strict=True) if not r and k)
     gain = {t: on[t] / n_pos - off[t] / max(n_neg, 1) for t in on if on[t] >= MIN_TOKEN_COUNT}
-    best = sorted((t for t in gain if gain[t] > 0), key=lambda t: (-gain[t], t))[:MAX_TOKENS]
+    best = sorted((t for t in gain if gain[t] > 0), key=lambda t: (-gain[t], t))[:max_tokens]
     if not best:
         return None
     return LabelRule("tokens", tokens=tuple(best), weights=tuple(gain[t] for t in best))
@@ -325,19 +326,15 @@ def choose_label(
 
 
 def token_set_baseline(record: ExpertRecord, n: int = MAX_TOKENS) -> LabelRule | None:
-    """The ``n`` routed explain-side tokens most over-represented against the not-routed ones."""
-    on = Counter()
-    off = Counter()
+    """The labeler's own token-set candidate alone: the set of at most ``n`` tokens with the highest
+    explain-side balanced accuracy (the same positions, metric and exact choice as :func:`choose_label`'s
+    token sets); None when no token is over-represented on the routed positions."""
+    tokens: list[str] = []
+    routed: list[bool] = []
     for context in (*record.explanation, *record.explain_negatives):
-        for token, routed in zip(context.tokens, context.marks, strict=True):
-            (on if routed else off)[token] += 1
-    if not on:
+        tokens += context.tokens
+        routed += context.marks
+    marks = np.asarray(routed, bool)
+    if not marks.any() or marks.all():
         return None
-    n_on, n_off = sum(on.values()), sum(off.values())
-    vocabulary = len(set(on) | set(off))
-    score = {
-        t: math.log((on[t] + 1) / (n_on + vocabulary)) - math.log((off[t] + 1) / (n_off + vocabulary))
-        for t in on
-    }
-    best = sorted(score, key=lambda t: (-score[t], t))[:n]
-    return LabelRule("tokens", tokens=tuple(best), weights=tuple(max(score[t], 1e-6) for t in best))
+    return _token_set(tokens, marks, max_tokens=n)

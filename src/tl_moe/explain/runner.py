@@ -13,11 +13,13 @@ accuracy on the same items gets a 95% bootstrap interval over items (``{scorer}_
 it is above 0).
 
 :class:`LabelingResult` holds one row per expert and the per-layer summary, for each metric of
-:data:`SUMMARY_METRICS` (balanced accuracy first, as delphi reports them): mean score with a bootstrap
-interval over experts (``scipy.stats.bootstrap``; none below ``MIN_DOCUMENTS`` experts, the reason in
-``interval unavailable``, :func:`~tl_moe.analysis.stats.too_few_units`), the same for the shuffled control and the baseline
-and for the paired differences own − shuffled and own − baseline, the chance level, and the share of
-experts whose own label beats the shuffled one.
+:data:`SUMMARY_METRICS` (balanced accuracy first, as delphi reports them): mean score over experts,
+the same for the shuffled control and the baseline and for the paired differences own − shuffled and
+own − baseline, each with a 95% bootstrap interval over the score *documents* for balanced accuracy,
+F1, precision and recall (:mod:`tl_moe.explain.document_bootstrap`; unavailable below
+``min_documents``) and over experts for AUC (``interval over`` says which; none below ``MIN_DOCUMENTS``
+experts, the reason in ``interval unavailable``, :func:`~tl_moe.analysis.stats.too_few_units`), the
+chance level, and the share of experts whose own label beats the shuffled one.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import json
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ from tqdm.auto import tqdm
 
 from tl_moe.analysis.stats import too_few_units
 from tl_moe.defaults import MIN_DOCUMENTS
+from tl_moe.explain.document_bootstrap import DOCUMENT_METRICS, document_intervals
 from tl_moe.explain.examples import ExpertRecord
 from tl_moe.explain.explainers import Explainer, Explanation
 from tl_moe.explain.scorers import Score, Scorer
@@ -111,6 +114,7 @@ class LabelingResult:
     scores: dict[tuple[int, int], dict[str, Score]]
     shuffled: dict[tuple[int, int], dict[str, Score]]
     failures: pd.DataFrame
+    baseline: dict[tuple[int, int], dict[str, Score]] = field(default_factory=dict)
 
 
 def _metric_columns(prefix: str, score: Score | None) -> dict[str, Any]:
@@ -210,6 +214,8 @@ def label_experts(
     progress: bool = True,
     metrics: Sequence[str] = SUMMARY_METRICS,
     baseline: Explainer | None = None,
+    n_resamples: int = 2000,
+    min_documents: int = MIN_DOCUMENTS,
 ) -> LabelingResult:
     """Label every record with ``explainer`` and score each label with every scorer, with controls.
 
@@ -225,6 +231,8 @@ def label_experts(
         metrics: the metrics of the summary, headline first (``accuracy`` for the intruder scorer).
         baseline: an explainer whose label of each labeled expert is scored beside the expert's own
             (``{scorer}_baseline_{metric}`` columns), e.g. :class:`~tl_moe.explain.explainers.TokenSetBaseline`.
+        n_resamples, min_documents: the summary's document bootstrap (:data:`DOCUMENT_METRICS`): its
+            resamples, and the fewest score documents behind an interval (fewer: unavailable).
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be a positive number of workers, got {concurrency}.")
@@ -267,10 +275,11 @@ def label_experts(
 
         scores: dict[tuple[int, int], dict[str, Score]] = {}
         shuffled: dict[tuple[int, int], dict[str, Score]] = {}
+        baselines: dict[tuple[int, int], dict[str, Score]] = {}
         rows: dict[tuple[int, int], dict[str, Any]] = {}
         bar = tqdm(total=len(labeled), desc="score", unit="expert", disable=not progress)
         for key, mine, control, base in pool.map(score, labeled):
-            scores[key], shuffled[key] = mine, control
+            scores[key], shuffled[key], baselines[key] = mine, control, base
             bar.update()
             rows[key] = _row(by_key[key], explanations[key], mine, control, partners.get(key), base)
             if out is not None:
@@ -288,11 +297,51 @@ def label_experts(
     summaries = []
     for scorer in scorers:
         for metric in ("accuracy",) if scorer.name == "intruder" else metrics:
-            summaries.append(summarize(frame, scorer.name, metric))
+            part = summarize(frame, scorer.name, metric)
+            if len(part):
+                part["interval over"] = "experts"
+            if metric in DOCUMENT_METRICS:
+                part = with_document_intervals(
+                    part, frame, scores, {"shuffled": shuffled, "baseline": baselines}, scorer.name, metric,
+                    n_resamples=n_resamples, seed=shuffle_seed, min_documents=min_documents,
+                )  # fmt: skip
+            summaries.append(part)
     summary = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame()
     failed = frame[(frame["status"] != "ok") | frame["label_error"].notna()]
     failures = failed[["layer", "expert", "status", "label_error"]].reset_index(drop=True)
-    return LabelingResult(frame, summary, explanations, scores, shuffled, failures)
+    return LabelingResult(frame, summary, explanations, scores, shuffled, failures, baselines)
+
+
+def with_document_intervals(
+    summary: pd.DataFrame,
+    frame: pd.DataFrame,
+    scores: dict[tuple[int, int], dict[str, Score]],
+    arms: dict[str, dict[tuple[int, int], dict[str, Score]]],
+    scorer: str,
+    metric: str,
+    **options: Any,
+) -> pd.DataFrame:
+    """``summary`` (one row per layer and ``all``) with its means and intervals recomputed over the
+    score documents (:func:`~tl_moe.explain.document_bootstrap.document_intervals`) wherever the
+    scores name their items' documents; ``interval over`` says which unit each row resamples."""
+    if not len(summary):
+        return summary
+    summary = summary.copy()
+    summary["interval over"] = "experts"
+    own = {k: v[scorer] for k, v in scores.items() if scorer in v}
+    controls = {name: {k: v[scorer] for k, v in arm.items() if scorer in v} for name, arm in arms.items()}
+    for i, layer in enumerate(summary["layer"]):
+        part = frame if layer == "all" else frame[frame["layer"] == layer]
+        keys = [(int(a), int(b)) for a, b in zip(part["layer"], part["expert"], strict=True)]
+        row = document_intervals(keys, own, controls, metric, **options)
+        if row is None:
+            continue
+        for name, value in row.items():
+            if name not in summary:
+                summary[name] = np.nan if not isinstance(value, str) else None
+            summary.at[summary.index[i], name] = value
+        summary.at[summary.index[i], "interval over"] = "score documents"
+    return summary
 
 
 def _safe(scorer: Scorer, record: ExpertRecord, explanation: Explanation) -> Score:

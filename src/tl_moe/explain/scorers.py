@@ -63,6 +63,7 @@ class Score:
         error: why scoring failed (malformed answer, failed request, no concept), else None.
         truth, predicted: each scored item's truth and verdict, in the scorer's item order (the same
             for an expert's own label and its shuffled control, so the two can be compared item by item).
+        documents: each scored item's document (dataset row): the unit of the summary's intervals.
     """
 
     layer: int
@@ -74,6 +75,7 @@ class Score:
     error: str | None = None
     truth: tuple[int, ...] = field(default=(), repr=False)
     predicted: tuple[int, ...] = field(default=(), repr=False)
+    documents: tuple[int, ...] = field(default=(), repr=False)
 
     @property
     def ok(self) -> bool:
@@ -173,7 +175,8 @@ class ConceptScorer:
         predicted = [int(a > 0) for a in answers]
         metrics = detection_metrics(y, predicted, answers if rule.graded else None)
         return Score(record.layer, record.expert, self.name, explanation.label, key, metrics,
-                     truth=tuple(y), predicted=tuple(predicted))  # fmt: skip
+                     truth=tuple(y), predicted=tuple(predicted),
+                     documents=tuple(c.doc_index for c in items))  # fmt: skip
 
 
 _VERDICTS = re.compile(r"\[[^\[\]]*\]", re.S)
@@ -270,7 +273,8 @@ class _ChatScorer:
             probabilities = None if soft is None or probabilities is None else probabilities + soft
         metrics = detection_metrics(y, verdicts, probabilities)
         return Score(record.layer, record.expert, self.name, explanation.label, key, metrics,
-                     truth=tuple(y), predicted=tuple(verdicts))  # fmt: skip
+                     truth=tuple(y), predicted=tuple(verdicts),
+                     documents=tuple(c.doc_index for c in items))  # fmt: skip
 
 
 class DetectionScorer(_ChatScorer):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,7 @@ class ExplainResult(Result):
             names = {
                 "remove_effect": "causal effect (remove; routed positions)",
                 "remove_matched_minus_control": "causal: labeled - control expert",
+                "remove_matched_minus_control_weight_adjusted": "causal: labeled - control, equal mixing weight",
                 "control_expert": "causal control expert",
                 "control_matched_on": "causal control matched on",
                 "status": "causal status",
@@ -183,7 +185,8 @@ class ExplainResult(Result):
         )
         row = main[main["metric"] == metric].iloc[0]
         rows = {r["metric"]: r for r in main.to_dict("records")}
-        findings = [labels_finding(row, rows, self.explainer, self.main_scorer, self.labeling.frame)]
+        layers = summary[(summary["layer"] != "all") & (summary["metric"] == metric)].to_dict("records")
+        findings = [labels_finding(row, rows, self.explainer, self.main_scorer, self.labeling.frame, layers)]
         if self.causal is not None and len(self.causal.summary):
             findings.append(causal_finding(self.causal))
         return findings
@@ -192,20 +195,42 @@ class ExplainResult(Result):
         return [
             TableItem("explain_labels", self.label_table(), "Label and its kind; balanced accuracy on held-out "
                       "items, another expert's label (shuffled within the layer) on the same items with the "
-                      "interval of the difference over items, the token-set baseline's; F1 with its interval, "
+                      "interval of the difference over items, the token-set baseline's (the labeler's best token set); F1 with its interval, "
                       "chance F1 (answering 'yes' to every item), precision, recall, AUC where graded.", max_rows=200),
             TableItem("explain_summary", self.labeling.summary.round(4), "Per layer and metric: mean over experts "
-                      "with a bootstrap interval over experts, the shuffled-label control and the token-set "
-                      "baseline with the paired differences, chance."),
+                      "with a 95% bootstrap interval over the score documents ('interval over': documents for "
+                      "balanced accuracy, F1, precision, recall; experts for AUC; unavailable below 30 documents), "
+                      "the shuffled-label control and the token-set baseline with the paired differences, chance."),
         ] + ([TableItem("explain_cards", self.cards, "Expert cards: label and F1, top contexts with the routed "
               "tokens in «», logit-lens tokens, most over-represented routed tokens, routing share per domain.",
               max_rows=200)] if self.cards is not None else []) + ([TableItem("explain_causal", self.causal.summary.round(4), "Causal checks on held-out documents, on "
               "the positions where each expert is routed: mean over experts of |Δloss| on label-described minus "
-              "other routed positions, removing or boosting the expert; the same for a control expert of the "
-              "layer matched on routing at the described tokens, and their difference; routing rates at "
-              "described and other positions; 95% bootstrap intervals over documents (unavailable, with the "
-              "reason, below 30 documents). DLA rank-1 rate: the paper's check, for comparison.")]
-             if self.causal is not None else [])  # fmt: skip
+              "other routed positions, removing or boosting the expert, unadjusted and at equal mixing weight "
+              "(_weight_adjusted: least-squares adjustment for the expert's mixing weight); the same for a "
+              "control expert of the layer matched on routing at the described tokens, and their difference "
+              "(matched_minus_control); routing rates and mixing weights at described and other positions; "
+              "95% bootstrap intervals over documents (unavailable, with the reason, below 30 documents, or "
+              "when fewer hold a described routed position). DLA rank-1 rate: the paper's check, labeled − "
+              "control with its interval.")]
+             if self.causal is not None else []) + self._causal_tables()  # fmt: skip
+
+    def _causal_tables(self) -> list[TableItem]:
+        """The causal checks per expert and per group of label kinds (when they ran)."""
+        if self.causal is None or not len(self.causal.frame):
+            return []
+        tables = [TableItem("explain_causal_experts", causal_expert_table(self.causal), "Causal checks per "
+                            "labeled expert: its label and kind, the described and other positions of the causal "
+                            "windows (and how many the expert is routed on), |Δloss| on described minus other routed "
+                            "positions when the expert is removed (effect) and for its control expert (control "
+                            "effect), both also at equal mixing weight (adjusted), and their difference. Per-expert "
+                            "values have no interval: the intervals are over documents, for the means over experts.",
+                            max_rows=500)]  # fmt: skip
+        if len(self.causal.by_kind):
+            tables.append(TableItem("explain_causal_by_kind", self.causal.by_kind.round(4), "Causal checks per "
+                                    "group of label kinds (one concept, one token set, a composition): mean over the "
+                                    "group's experts with a 95% bootstrap interval over documents (unavailable, with "
+                                    "the reason, below 30 documents)."))  # fmt: skip
+        return tables
 
     def figures(self) -> list[FigureItem]:
         return [FigureItem("explain_f1_histograms", f1_histograms(self.labeling, self.main_scorer),
@@ -260,37 +285,76 @@ def _show(mean: float, low: float, high: float, why: str = "") -> str:
     return format_interval(mean, low, high, ".3f", "no expert scored", why or "the bootstrap gave none")
 
 
+def _signed(mean: float, low: float, high: float) -> str:
+    """A signed difference with its interval and what the interval says about 0."""
+    if not np.isfinite(mean):
+        return "unavailable (no pair scored)"
+    if not np.isfinite(low):
+        return f"{mean:+.3f} (no interval)"
+    reading = "above 0" if low > 0 else "below 0" if high < 0 else "covers 0"
+    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}] (interval {reading})"
+
+
+def _why(row: dict[str, Any], arm: str = "") -> str:
+    """Why a summary row (``arm``: its shuffled or baseline columns) has no interval, or ``""``."""
+    if row.get("interval over") == "score documents":
+        reason = str(row.get("interval", ""))
+        return reason.removeprefix("unavailable: ") if reason.startswith("unavailable") else ""
+    return str(row.get(f"{arm} interval unavailable" if arm else "interval unavailable", "") or "")
+
+
+def _unit(row: dict[str, Any]) -> str:
+    """The unit of a summary row's intervals, or why it has none."""
+    if row.get("interval over") != "score documents":
+        why = row.get("interval unavailable")
+        return f"no interval over experts: {why}" if why else "95% bootstrap over experts"
+    if str(row.get("interval", "")).startswith("unavailable"):
+        return f"no interval: {str(row['interval']).removeprefix('unavailable: ')}"
+    return f"95% bootstrap over the {int(row['documents'])} score documents of the scoring items"
+
+
 def labels_finding(
-    row: dict[str, Any], rows: dict[str, dict[str, Any]], explainer: str, scorer: str, frame: pd.DataFrame
+    row: dict[str, Any],
+    rows: dict[str, dict[str, Any]],
+    explainer: str,
+    scorer: str,
+    frame: pd.DataFrame,
+    layers: Sequence[dict[str, Any]] = (),
 ) -> str:
-    """The findings line of the labels: balanced accuracy vs the shuffled control and the token-set
-    baseline (each difference with its interval over experts), then the other metrics."""
+    """The findings line of the labels: the headline metric vs the shuffled control and the token-set
+    baseline (each a paired difference with its interval and what it says about 0; the baseline
+    comparison per layer too, ``layers``: that metric's per-layer summary rows), then the other metrics,
+    and the unit of the intervals (score documents; AUC: experts)."""
     m = _METRIC_NAMES.get(row["metric"], row["metric"])
-    why, why_shuffled = row.get("interval unavailable", ""), row.get("shuffled interval unavailable", "")
+    shuffled = (row["own - shuffled"], row["diff ci low"], row["diff ci high"])
+    verdict = "better than" if np.isfinite(shuffled[1]) and shuffled[1] > 0 else "compared with"
     text = (
         f"**Automatic labels** ({explainer} explainer, {scorer} scorer, scored on held-out documents): mean "
-        f"{m} over {row['experts scored']} experts {_show(row['mean'], row['ci low'], row['ci high'], why)} "
-        f"(chance {format_number(row['chance'], '.3f', 'no expert scored')}); better than its shuffled control "
-        f"(another expert's label of the same layer, "
-        f"{_show(row['shuffled mean'], row['shuffled ci low'], row['shuffled ci high'], why_shuffled)}) by "
-        f"{_show(row['own - shuffled'], row['diff ci low'], row['diff ci high'], why_shuffled)}"
+        f"{m} over {row['experts scored']} experts {_show(row['mean'], row['ci low'], row['ci high'], _why(row))} "
+        f"(chance {format_number(row['chance'], '.3f', 'no expert scored')}); {verdict} its shuffled control (another expert's label of the same "
+        f"layer, {_show(row['shuffled mean'], row['shuffled ci low'], row['shuffled ci high'], _why(row, 'shuffled'))}): own − shuffled "
+        f"{_signed(*shuffled)}"
     )
     if "baseline mean" in row and np.isfinite(row["baseline mean"]):
-        gap, why_baseline = row["own - baseline"], row.get("baseline interval unavailable", "")
         text += (
-            f"; {'better' if gap > 0 else 'worse'} than the token-set baseline (the expert's most "
-            f"over-represented routed tokens, chosen on the explain documents, "
-            f"{_show(row['baseline mean'], row['baseline ci low'], row['baseline ci high'], why_baseline)}) by "
-            f"{_show(abs(gap), *sorted((np.sign(gap) * row['baseline diff ci low'], np.sign(gap) * row['baseline diff ci high'])), why_baseline)}"
-            if gap != 0
-            else "; equal to the token-set baseline"
+            f"; against the token-set baseline (the labeler's own best token set alone, chosen on the explain "
+            f"documents by {m}, {_show(row['baseline mean'], row['baseline ci low'], row['baseline ci high'], _why(row, 'baseline'))}): "
+            f"own − baseline {_signed(row['own - baseline'], row['baseline diff ci low'], row['baseline diff ci high'])}"
         )
+        per_layer = [
+            f"layer {r['layer']} {_signed(r['own - baseline'], r['baseline diff ci low'], r['baseline diff ci high'])}"
+            for r in layers
+            if np.isfinite(r.get("own - baseline", np.nan))
+        ]
+        if per_layer:
+            text += " — per layer: " + ", ".join(per_layer)
     share = row.get("share beating shuffled (item interval)")
     if share is not None and np.isfinite(share):
         text += f"; {share:.0%} of experts beat their shuffled control on their own items (95% interval over items above 0)"
     others = [
-        f"{_METRIC_NAMES[k]} {_show(r['mean'], r['ci low'], r['ci high'], r.get('interval unavailable', ''))} "
+        f"{_METRIC_NAMES[k]} {_show(r['mean'], r['ci low'], r['ci high'], _why(r))} "
         f"(shuffled {format_number(r['shuffled mean'], '.3f', 'no pair scored')})"
+        + ("" if r.get("interval over") == row.get("interval over") else f" ({_unit(r)})")
         for k, r in rows.items()
         if k in ("f1", "precision", "recall", "auc") and np.isfinite(r["mean"])
     ]
@@ -301,8 +365,7 @@ def labels_finding(
     kinds = frame["kind"].value_counts() if "kind" in frame else pd.Series(dtype=int)
     if len(kinds):
         text += "; label kinds: " + ", ".join(f"{k} {n}" for k, n in kinds.items())
-    over = "95% bootstrap over experts" if not why else f"intervals over experts need {MIN_DOCUMENTS}"
-    return text + f"; {over}; {row['experts not scored']} experts not scored."
+    return text + f"; {_unit(row)}; {row['experts not scored']} experts not scored."
 
 
 def _causal_value(row: dict[str, Any]) -> str | None:
@@ -316,9 +379,46 @@ def _causal_value(row: dict[str, Any]) -> str | None:
     return f"{row['mean']:.3f} [{row['ci low']:.3f}, {row['ci high']:.3f}]"
 
 
-def causal_finding(causal: CausalResult) -> str:
-    """The findings line of the causal checks: each effect with its control and its document interval."""
-    summary = causal.summary.set_index("quantity")
+_CAUSAL_EXPERT_COLUMNS = {
+    "layer": "layer",
+    "expert": "expert",
+    "label": "label",
+    "kind": "label kind",
+    "kind group": "kind group",
+    "n_described": "n described",
+    "n_other": "n other",
+    "n_described_routed": "n described routed",
+    "n_other_routed": "n other routed",
+    "remove_effect": "effect",
+    "control_remove_effect": "control effect",
+    "remove_effect_weight_adjusted": "effect, adjusted",
+    "control_remove_effect_weight_adjusted": "control effect, adjusted",
+    "remove_matched_minus_control_weight_adjusted": "effect - control, adjusted",
+    "remove_matched_minus_control_weight_stratified": "effect - control, weight strata",
+    "control_expert": "control expert",
+    "status": "status",
+}
+
+
+def causal_expert_table(causal: CausalResult) -> pd.DataFrame:
+    """One row per labeled expert of the causal checks (:data:`_CAUSAL_EXPERT_COLUMNS`), rounded."""
+    present = {k: v for k, v in _CAUSAL_EXPERT_COLUMNS.items() if k in causal.frame}
+    return causal.frame[list(present)].rename(columns=present).round(4)
+
+
+def _reading(row: dict[str, Any]) -> str:
+    """What an interval says about 0: above, below, covers (no evidence either way), or no interval."""
+    if str(row["interval"]).startswith("unavailable") or not np.isfinite(row["ci low"]):
+        return "no interval"
+    if row["ci low"] > 0:
+        return "interval above 0"
+    if row["ci high"] < 0:
+        return "interval below 0"
+    return "interval covers 0: no evidence of a difference"
+
+
+def _causal_parts(summary: pd.DataFrame) -> list[str]:
+    """The clauses of the causal finding, from a summary indexed by quantity."""
 
     def value(name: str) -> str:  # the reason of a missing interval is said once, in the header
         row = summary.loc[name].to_dict()
@@ -326,26 +426,26 @@ def causal_finding(causal: CausalResult) -> str:
             return f"{row['mean']:.3f} (no interval)"
         return _causal_value(row) or "undefined"
 
-    unavailable = summary["interval"].astype(str).str.startswith("unavailable")
-    reason = (
-        summary.loc[unavailable, "interval"].iloc[0].removeprefix("unavailable: ")
-        if unavailable.any()
-        else ""
-    )
+    def difference(name: str) -> str:
+        return f"{value(name)} ({_reading(summary.loc[name].to_dict())})"
+
     parts = []
-    if "remove_effect" in summary.index:
-        parts.append(
-            "on the positions where the expert is routed, removing a labeled expert moves the loss (|Δloss|, "
-            f"nats/token) on the tokens its label describes minus on its other routed tokens by "
-            f"{value('remove_effect')}; removing a control expert of the same layer, matched on routing at the "
-            f"described tokens: {value('control_remove_effect')}; labeled − control "
-            f"{value('remove_matched_minus_control')}"
-        )
-    if "boost_effect" in summary.index:
-        parts.append(
-            f"boosting its weight: {value('boost_effect')} vs the control's {value('control_boost_effect')} "
-            f"(labeled − control {value('boost_matched_minus_control')})"
-        )
+    for edit, verb in (("remove", "removing"), ("boost", "boosting the weight of")):
+        adjusted = f"{edit}_matched_minus_control_weight_adjusted"
+        if adjusted in summary.index:
+            stratified = f"{edit}_matched_minus_control_weight_stratified"
+            check = f"within weight strata {value(stratified)}; " if stratified in summary.index else ""
+            parts.append(
+                f"{verb} a labeled expert, labeled − control at equal mixing weight {difference(adjusted)} "
+                f"({check}unadjusted {value(f'{edit}_matched_minus_control')}; labeled expert {value(f'{edit}_effect_weight_adjusted')} "
+                f"at equal weight, {value(f'{edit}_effect')} unadjusted; control {value(f'control_{edit}_effect_weight_adjusted')} "
+                f"at equal weight, {value(f'control_{edit}_effect')} unadjusted)"
+            )
+        elif f"{edit}_matched_minus_control" in summary.index:
+            parts.append(
+                f"{verb} a labeled expert: {value(f'{edit}_effect')}, control {value(f'control_{edit}_effect')}, "
+                f"labeled − control {difference(f'{edit}_matched_minus_control')}"
+            )
     if "routing_described" in summary.index:
         parts.append(
             f"routing rate at described vs other positions: labeled expert {value('routing_described')} vs "
@@ -360,18 +460,66 @@ def causal_finding(causal: CausalResult) -> str:
             )
         )
     if "dla_rank1_rate" in summary.index:
+        chance = (
+            f" (chance 1/k = {summary.loc['dla_rank1 chance (1/k)', 'mean']:.3f})"
+            if "dla_rank1 chance (1/k)" in summary.index
+            else ""
+        )
         parts.append(
             f"the paper's DLA rank-1 rate: {value('dla_rank1_rate')} for the labeled expert vs "
-            f"{value('control_dla_rank1_rate')} for the control (chance 1/k = "
-            f"{summary.loc['dla_rank1 chance (1/k)', 'mean']:.3f})"
-            if "dla_rank1 chance (1/k)" in summary.index
-            else f"the paper's DLA rank-1 rate: {value('dla_rank1_rate')}"
+            f"{value('control_dla_rank1_rate')} for the control{chance}, labeled − control "
+            f"{difference('dla_rank1_rate matched - control')}"
         )
+    return parts
+
+
+def _by_kind_part(by_kind: pd.DataFrame) -> str:
+    """The clause of the causal finding per group of label kinds (removal, labeled − control at equal
+    mixing weight; no interval below the documents an interval needs)."""
+    rows = by_kind[by_kind["quantity"] == "remove_matched_minus_control_weight_adjusted"]
+    shown = []
+    for row in rows.to_dict("records"):
+        if not np.isfinite(row["mean"]):
+            continue
+        if str(row["interval"]).startswith("unavailable") or not np.isfinite(row["ci low"]):
+            number = f"{row['mean']:.3f} (no interval: {row['interval'].removeprefix('unavailable: ')})"
+        else:
+            number = f"{row['mean']:.3f} [{row['ci low']:.3f}, {row['ci high']:.3f}]"
+        documents = row.get("documents with described routed positions")
+        where = (
+            f", {int(documents)} documents with described routed positions" if documents is not None else ""
+        )
+        experts = f"{row['experts']} expert" + ("s" if row["experts"] != 1 else "")
+        shown.append(f"{row['kind group']} {number}, {experts}{where}")
+    return (
+        "by label kind, removal, labeled − control at equal mixing weight: " + "; ".join(shown)
+        if shown
+        else ""
+    )
+
+
+def causal_finding(causal: CausalResult) -> str:
+    """The findings line of the causal checks: the headline is removal's labeled − control difference at
+    equal mixing weight, the unadjusted one beside it; boosting and the paper's DLA rank-1 check as their
+    own labeled − control differences; each with its document interval and what it says about 0."""
+    summary = causal.summary.set_index("quantity")
+    unavailable = summary["interval"].astype(str).str.startswith("unavailable")
+    reason = (
+        summary.loc[unavailable, "interval"].iloc[0].removeprefix("unavailable: ")
+        if unavailable.any()
+        else ""
+    )
+    parts = _causal_parts(summary)
+    if len(causal.by_kind):
+        parts.append(_by_kind_part(causal.by_kind))
     experts = int(summary["experts"].max())
     interval = f"intervals unavailable: {reason}" if reason else "95% bootstrap over documents"
     return (
         f"**Causal checks of the labels** (held-out documents: {causal.n_windows} windows of "
-        f"{causal.n_documents} documents, {experts} experts; {interval}): " + "; ".join(parts) + "."
+        f"{causal.n_documents} documents, {experts} experts; |Δloss| in nats/token on the positions where "
+        f"each expert is routed, label-described minus other tokens; {interval}): "
+        + "; ".join(p for p in parts if p)
+        + "."
     )
 
 
@@ -507,11 +655,14 @@ class Explain(Analysis):
         f"gains more than {RICHER_LABEL_MARGIN}; its scorer applies the label's rule to each item's target token. Reported as "
         "delphi does: balanced accuracy (headline), F1, precision, recall, AUC where graded. Controls: chance, "
         "the same scorer given another expert's label of the same layer (shuffled), and a token-set baseline "
-        "(the expert's most over-represented routed tokens on the explain documents). Intervals: bootstrap "
-        "over experts (summary) and over scoring items (per expert). Causal checks ('causal' documents, "
-        "--explain-causal-windows): on the positions where the expert is routed, |Δloss| under removing or "
-        "boosting it on described minus other tokens, beside a control expert matched on routing at the "
-        "described tokens; 95% bootstrap over documents (unavailable below 30)."
+        "(the labeler's own best token set alone, chosen on the explain documents by balanced accuracy). "
+        "Intervals: bootstrap over the score documents (experts share them; balanced accuracy, F1, precision, "
+        "recall; AUC over experts; unavailable below 30 documents), and over scoring items per expert. Causal "
+        "checks ('causal' documents, --explain-causal-windows): on the positions where the expert is routed, "
+        "|Δloss| under removing or boosting it on described minus other tokens at equal mixing weight (a "
+        "least-squares adjustment; the unadjusted difference beside it), labeled minus a control expert "
+        "matched on routing at the described tokens, overall and per group of label kinds; 95% bootstrap "
+        "over documents (unavailable below 30)."
     )
 
     def check(self, run: RunContext) -> None:
@@ -575,6 +726,8 @@ class Explain(Analysis):
             progress=options.progress,
             # offline: the token-set baseline on the same items; with a language model it would double the requests
             baseline=TokenSetBaseline() if options.explainer == "offline" else None,
+            n_resamples=options.bootstrap_resamples,
+            min_documents=options.min_documents,
         )
         main = "concept" if "concept" in names else names[0]
         causal = None

@@ -1,0 +1,136 @@
+"""Intervals of the label scores over *documents*: the unit the scoring items share.
+
+An expert's scoring items come from ``score``-split documents, and experts share documents (one
+document holds contexts of many experts), so neither experts nor items are independent draws. Here
+every document's items move together: per expert and arm (its own label, the shuffled-label control,
+the token-set baseline) the items' confusion counts are summed per document (``[expert, document]``);
+a resample weights the documents, each expert's metric is recomputed from its resampled counts, and
+the statistic is the mean over experts. An expert enters a resample's mean where its metric is
+defined there (both classes present); a paired difference averages the same experts in both arms
+(the arms score the same items, so they are defined together).
+
+Metrics from counts (as :func:`~tl_moe.explain.scorers.detection_metrics` computes them per expert):
+balanced accuracy, F1, precision (0 when nothing is said yes to), recall. AUC needs the graded
+answers, not counts, and keeps its interval over experts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from jaxtyping import Float
+
+from tl_moe.analysis.stats import MIN_DOCUMENTS, cluster_bootstrap
+from tl_moe.explain.scorers import Score
+
+__all__ = ["DOCUMENT_METRICS", "document_intervals", "metric_from_counts"]
+
+DOCUMENT_METRICS = ("balanced_accuracy", "f1", "precision", "recall")
+"""The metrics whose summary intervals resample documents (the others: experts)."""
+
+Key = tuple[int, int]
+
+
+def _counts(
+    scores: Sequence[Score | None], column: Mapping[int, int], n_documents: int
+) -> Float[np.ndarray, "4 expert document"]:
+    """Per expert and document: true positives, false negatives, false positives, true negatives of
+    its items (all zero for an expert with no score)."""
+    out = np.zeros((4, len(scores), n_documents))
+    for e, score in enumerate(scores):
+        if score is None:
+            continue
+        y, p = np.asarray(score.truth, bool), np.asarray(score.predicted, bool)
+        d = np.asarray([column[x] for x in score.documents], int)
+        for k, cell in enumerate((y & p, y & ~p, ~y & p, ~y & ~p)):
+            np.add.at(out[k, e], d[cell], 1.0)
+    return out
+
+
+def metric_from_counts(
+    metric: str,
+    tp: Float[np.ndarray, "*batch expert"],
+    fn: Float[np.ndarray, "*batch expert"],
+    fp: Float[np.ndarray, "*batch expert"],
+    tn: Float[np.ndarray, "*batch expert"],
+) -> Float[np.ndarray, "*batch expert"]:
+    """``metric`` of each expert from its (resampled) confusion counts; NaN where a class is absent."""
+    positives, negatives = tp + fn, fp + tn
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recall = tp / positives
+        value = {
+            "balanced_accuracy": lambda: (recall + tn / negatives) / 2,
+            "recall": lambda: recall,
+            "precision": lambda: np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1e-300), 0.0),
+            "f1": lambda: 2 * tp / (2 * tp + fp + fn),
+        }[metric]()
+    return np.where((positives > 0) & (negatives > 0), value, np.nan)
+
+
+def _nanmean(values: np.ndarray) -> np.ndarray:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample where no expert is defined: NaN
+        return np.nanmean(values, axis=-1)
+
+
+def document_intervals(
+    keys: Sequence[Key],
+    own: Mapping[Key, Score],
+    arms: Mapping[str, Mapping[Key, Score]],
+    metric: str,
+    *,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    min_documents: int = MIN_DOCUMENTS,
+) -> dict[str, float | int | str] | None:
+    """Mean over the experts ``keys`` of ``metric`` for their own labels, for each control arm
+    (``arms``: name -> scores, e.g. ``shuffled``, ``baseline``), and own − arm, each with a 95%
+    percentile bootstrap interval over the documents of the experts' scoring items.
+
+    Returns the columns of a summary row — ``mean``, ``ci low``, ``ci high``; per arm ``{arm} mean``,
+    ``{arm} ci low/high``, ``own - {arm}``, ``{arm} diff ci low/high``; ``bootstrap bias`` of the own mean
+    (mean of the resamples − estimate: a per-expert ratio of counts is skewed, so the percentile interval
+    may sit off-centre); ``documents`` and ``interval``
+    (``available``, or ``unavailable: reason`` below ``min_documents`` documents) — or None when a
+    score does not say which documents its items came from."""
+    kept = [k for k in keys if k in own and own[k].ok and own[k].truth]
+    if not kept or any(len(own[k].documents) != len(own[k].truth) for k in kept):
+        return None
+    documents = sorted({d for k in kept for d in own[k].documents})
+    column = {d: i for i, d in enumerate(documents)}
+    counts = {"own": _counts([own[k] for k in kept], column, len(documents))}
+    for name, scores in arms.items():
+        paired = [scores.get(k) for k in kept]
+        paired = [s if s is not None and s.ok and s.documents == own[k].documents else None
+                  for s, k in zip(paired, kept, strict=True)]  # fmt: skip
+        counts[name] = _counts(paired, column, len(documents))
+    present = {name: counts[name].sum((0, 2)) > 0 for name in arms}  # experts the arm scored
+
+    def statistic(weights: np.ndarray) -> np.ndarray:  # [batch, D] -> [batch, 1 + 2 * arms]
+        values = {name: metric_from_counts(metric, *(weights @ c.T for c in counts[name])) for name in counts}
+        out = [_nanmean(values["own"])]
+        for name in arms:
+            mine = np.where(present[name], values["own"], np.nan)
+            other = np.where(present[name], values[name], np.nan)
+            out += [_nanmean(other), _nanmean(mine - other)]
+        return np.stack(out, axis=-1)
+
+    intervals = cluster_bootstrap(
+        statistic, len(documents), n_resamples=n_resamples, seed=seed, min_clusters=min_documents,
+        on_too_few="unavailable", what="the label scores",
+    )  # fmt: skip
+    row: dict[str, float | int | str] = {
+        "mean": intervals[0].estimate, "ci low": intervals[0].low, "ci high": intervals[0].high,
+    }  # fmt: skip
+    for i, name in enumerate(arms):
+        short = "diff" if name == "shuffled" else f"{name} diff"
+        arm, diff = intervals[1 + 2 * i], intervals[2 + 2 * i]
+        row.update({f"{name} mean": arm.estimate, f"{name} ci low": arm.low, f"{name} ci high": arm.high,
+                    f"own - {name}": diff.estimate, f"{short} ci low": diff.low, f"{short} ci high": diff.high})  # fmt: skip
+    row["bootstrap bias"] = intervals[0].bias  # mean of the resampled means − the estimate
+    row["documents"] = len(documents)
+    row["interval"] = "available" if intervals[0].available else f"unavailable: {intervals[0].reason}"
+    return row
