@@ -109,7 +109,10 @@ def test_explain_intervals_over_experts_need_min_documents_experts():
     text = labels_finding({**row, "layer": "all"}, {}, "offline", "detection", pd.DataFrame())
     assert "nan" not in text.lower()
     assert f"{row['mean']:.3f} (no interval: 8 experts, at least 30 needed)" in text
-    assert "intervals over experts need 30" in text and "95% bootstrap over experts" not in text
+    assert (
+        "no interval over experts: 8 experts, at least 30 needed" in text
+        and "95% bootstrap over experts" not in text
+    )
     # planted: 20 experts a layer, 40 in all: the pooled row has its interval, each layer has none
     summary = summarize(labeling_frame(20), "detection").set_index("layer")
     assert summary.loc["all", "interval unavailable"] == "" and summary.loc["all", "diff ci low"] > 0.2

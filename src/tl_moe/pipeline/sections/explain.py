@@ -285,12 +285,12 @@ def _show(mean: float, low: float, high: float, why: str = "") -> str:
     return format_interval(mean, low, high, ".3f", "no expert scored", why or "the bootstrap gave none")
 
 
-def _signed(mean: float, low: float, high: float) -> str:
+def _signed(mean: float, low: float, high: float, why: str = "") -> str:
     """A signed difference with its interval and what the interval says about 0."""
     if not np.isfinite(mean):
         return "unavailable (no pair scored)"
     if not np.isfinite(low):
-        return f"{mean:+.3f} (no interval)"
+        return f"{mean:+.3f} (no interval: {why})" if why else f"{mean:+.3f} (no interval)"
     reading = "above 0" if low > 0 else "below 0" if high < 0 else "covers 0"
     return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}] (interval {reading})"
 
@@ -333,13 +333,13 @@ def labels_finding(
         f"{m} over {row['experts scored']} experts {_show(row['mean'], row['ci low'], row['ci high'], _why(row))} "
         f"(chance {format_number(row['chance'], '.3f', 'no expert scored')}); {verdict} its shuffled control (another expert's label of the same "
         f"layer, {_show(row['shuffled mean'], row['shuffled ci low'], row['shuffled ci high'], _why(row, 'shuffled'))}): own − shuffled "
-        f"{_signed(*shuffled)}"
+        f"{_signed(*shuffled, _why(row, 'shuffled'))}"
     )
     if "baseline mean" in row and np.isfinite(row["baseline mean"]):
         text += (
             f"; against the token-set baseline (the labeler's own best token set alone, chosen on the explain "
             f"documents by {m}, {_show(row['baseline mean'], row['baseline ci low'], row['baseline ci high'], _why(row, 'baseline'))}): "
-            f"own − baseline {_signed(row['own - baseline'], row['baseline diff ci low'], row['baseline diff ci high'])}"
+            f"own − baseline {_signed(row['own - baseline'], row['baseline diff ci low'], row['baseline diff ci high'], _why(row, 'baseline'))}"
         )
         per_layer = [
             f"layer {r['layer']} {_signed(r['own - baseline'], r['baseline diff ci low'], r['baseline diff ci high'])}"
@@ -613,7 +613,6 @@ def check_causal_budget(dataset: Any, windows: int, seed: int = 0) -> int:
 
     import torch
 
-    from tl_moe.analysis.stats import MIN_DOCUMENTS
     from tl_moe.explain.examples import SPLITS, document_split
 
     if windows <= 0:
