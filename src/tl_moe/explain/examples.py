@@ -254,31 +254,36 @@ class ExpertExamples:
         return tuple(out)
 
     def _context(self, row: torch.Tensor, tokenizer: Any, marks_of: Any, source: str) -> Context:
-        """A :class:`Context` from one payload row (``marks_of(row, valid) -> marks``)."""
+        """A :class:`Context` from one payload row (``marks_of(row) -> marks`` per window position).
+
+        Read through numpy: a run builds thousands of contexts, and small-tensor indexing dominated."""
         width = self.width
-        ids = row[_HEAD : _HEAD + width]
-        words = row[_HEAD + width : _HEAD + width + width * self.n_words].reshape(width, self.n_words)
+        values = row.numpy()
+        ids = values[_HEAD : _HEAD + width]
+        words = values[_HEAD + width : _HEAD + width + width * self.n_words].reshape(width, self.n_words)
         valid = ids >= 0
-        keep = valid.nonzero().flatten()
-        marks = marks_of(row)[valid]
-        target = int((keep == self.before).nonzero().flatten()[0])
-        saliency = float(row[5:6].view(torch.float64)[0])
+        keep = np.flatnonzero(valid)
+        marks = np.asarray(marks_of(row))[valid]
+        target = int(np.flatnonzero(keep == self.before)[0])
+        saliency = float(values[5:6].view(np.float64)[0])
+        token_ids = ids[valid].tolist()
+        domain = int(values[2])
         return Context(
-            token_ids=tuple(ids[valid].tolist()),
-            tokens=self._decode(tokenizer, ids[valid].tolist()),
-            marks=tuple(bool(m) for m in marks.tolist()),
+            token_ids=tuple(token_ids),
+            tokens=self._decode(tokenizer, token_ids),
+            marks=tuple(marks.tolist()),
             target=target,
             activation=saliency,
-            doc_index=int(row[0]),
-            token_index=int(row[3]),
-            domain=self.domain_names[int(row[2])] if 0 <= int(row[2]) < len(self.domain_names) else "?",
-            concept_words=tuple(tuple(w) for w in words[valid].tolist()),
+            doc_index=int(values[0]),
+            token_index=int(values[3]),
+            domain=self.domain_names[domain] if 0 <= domain < len(self.domain_names) else "?",
+            concept_words=tuple(map(tuple, words[valid].tolist())),
             source=source,
         )
 
-    def _bit_marks(self, row: torch.Tensor) -> torch.Tensor:
-        bits = int(row[4])
-        return torch.tensor([(bits >> i) & 1 for i in range(self.width)], dtype=torch.bool)
+    def _bit_marks(self, row: torch.Tensor) -> np.ndarray:
+        """Whether each window position of an expert row was routed to its expert (the marks bitmask)."""
+        return ((int(row[4]) >> np.arange(self.width)) & 1).astype(bool)
 
     def routing_of(self, row: torch.Tensor, layer_row: int | None) -> Int[torch.Tensor, "width k"]:
         """The experts chosen at each context position of a payload row: a random row's routing of

@@ -181,7 +181,9 @@ def _context_html(context: CardContext) -> str:
             continue
         classes = "tok" + (" routed" if marked else "") + (" target" if i == context.target else "")
         weight = f"routing weight {strength:.3f}" if math.isfinite(strength) else "routing weight unknown"
-        spans.append(f'<span class="{classes}" title="{weight}"{_strength_style(strength, top)}>{text}</span>')
+        spans.append(
+            f'<span class="{classes}" title="{weight}"{_strength_style(strength, top)}>{text}</span>'
+        )
     source = f"{context.domain}; saliency {context.saliency:.3g}"
     return f'<div class="ctx">{"".join(spans)}<span class="src">{escape(source)}</span></div>'
 
