@@ -56,7 +56,7 @@ svg.hist line { stroke: #57606a; stroke-width: 1; }
 .hist-axis { font-size: .72rem; color: #57606a; display: flex; justify-content: space-between; width: 220px; }
 table.domains { font-size: .8rem; }
 table.domains td { padding: .05rem .4rem; border: 0; }
-.bar { position: relative; width: 160px; height: .7rem; background: #eaeef2; border-radius: 2px; }
+.bar { position: relative; display: inline-block; vertical-align: middle; width: 160px; height: .7rem; background: #eaeef2; border-radius: 2px; }
 .bar .fill { position: absolute; left: 0; top: 0; bottom: 0; background: #8250df; border-radius: 2px; }
 .bar .base { position: absolute; top: -2px; bottom: -2px; width: 2px; background: #1f2328; }
 table.sortable th[data-sort] { cursor: pointer; }
@@ -211,9 +211,8 @@ def _domains_html(domains: Sequence[tuple[str, float, float]]) -> str:
         fill = 100 * min(max(share, 0.0), 1.0)
         mark = 100 * min(max(base, 0.0), 1.0)
         rows.append(
-            f'<tr><td>{escape(name)}</td><td><div class="bar"><div class="fill" style="width:{fill:.1f}%">'
-            f'</div><div class="base" style="left:{mark:.1f}%"></div></div></td>'
-            f'<td class="num">{share:.0%}</td></tr>'
+            f'<tr><td>{escape(name)}</td><td><span class="bar"><span class="fill" style="width:{fill:.1f}%">'
+            f'</span><span class="base" style="left:{mark:.1f}%"></span></span> {share:.0%}</td></tr>'
         )
     return '<table class="domains"><tbody>' + "".join(rows) + "</tbody></table>"
 
