@@ -256,30 +256,47 @@ class ExpertExamples:
     def _context(self, row: torch.Tensor, tokenizer: Any, marks_of: Any, source: str) -> Context:
         """A :class:`Context` from one payload row (``marks_of(row) -> marks`` per window position).
 
-        Read through numpy: a run builds thousands of contexts, and small-tensor indexing dominated."""
-        width = self.width
+        Read through numpy, and the window's tokens, concept words and document kept per target token
+        (the same window comes back as a negative of many experts): a run builds thousands of contexts."""
         values = row.numpy()
+        window = self._window(values, tokenizer)
+        marks = np.asarray(marks_of(row))[window["valid"]]
+        return Context(
+            token_ids=window["token_ids"],
+            tokens=window["tokens"],
+            marks=tuple(marks.tolist()),
+            target=window["target"],
+            activation=float(values[5:6].view(np.float64)[0]),
+            doc_index=window["doc_index"],
+            token_index=window["token_index"],
+            domain=window["domain"],
+            concept_words=window["concept_words"],
+            source=source,
+        )
+
+    def _window(self, values: np.ndarray, tokenizer: Any) -> dict[str, Any]:
+        """What every payload row of one target token shares: its window's tokens and concept words."""
+        memo = self._decoded.setdefault("windows", {})
+        key = int(values[3])
+        if key in memo:
+            return memo[key]
+        width = self.width
         ids = values[_HEAD : _HEAD + width]
         words = values[_HEAD + width : _HEAD + width + width * self.n_words].reshape(width, self.n_words)
         valid = ids >= 0
-        keep = np.flatnonzero(valid)
-        marks = np.asarray(marks_of(row))[valid]
-        target = int(np.flatnonzero(keep == self.before)[0])
-        saliency = float(values[5:6].view(np.float64)[0])
         token_ids = ids[valid].tolist()
         domain = int(values[2])
-        return Context(
-            token_ids=tuple(token_ids),
-            tokens=self._decode(tokenizer, token_ids),
-            marks=tuple(marks.tolist()),
-            target=target,
-            activation=saliency,
-            doc_index=int(values[0]),
-            token_index=int(values[3]),
-            domain=self.domain_names[domain] if 0 <= domain < len(self.domain_names) else "?",
-            concept_words=tuple(map(tuple, words[valid].tolist())),
-            source=source,
-        )
+        memo[key] = {
+            "valid": valid,
+            "token_ids": tuple(token_ids),
+            "tokens": self._decode(tokenizer, token_ids),
+            "target": int(np.flatnonzero(np.flatnonzero(valid) == self.before)[0]),
+            "doc_index": int(values[0]),
+            "token_index": key,
+            "domain": self.domain_names[domain] if 0 <= domain < len(self.domain_names) else "?",
+            "concept_words": tuple(map(tuple, words[valid].tolist())),
+        }
+        return memo[key]
 
     def _bit_marks(self, row: torch.Tensor) -> np.ndarray:
         """Whether each window position of an expert row was routed to its expert (the marks bitmask)."""
