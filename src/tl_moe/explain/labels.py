@@ -33,6 +33,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from jaxtyping import Bool
@@ -168,6 +169,22 @@ class ExplainItems:
     domains: np.ndarray
     routed: Bool[np.ndarray, " item"]
 
+    @cached_property
+    def token_codes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(distinct tokens, each position's index into them): see :func:`_token_codes`."""
+        return _token_codes(self.tokens)
+
+    @cached_property
+    def token_index(self) -> dict[str, int]:
+        """Each distinct token's index in ``token_codes[0]``."""
+        return {token: i for i, token in enumerate(self.token_codes[0].tolist())}
+
+    def has_token(self, tokens: Sequence[str]) -> Bool[np.ndarray, " item"]:
+        """Whether each position's token is one of ``tokens``."""
+        wanted = np.zeros(len(self.token_index), bool)
+        wanted[[self.token_index[t] for t in tokens if t in self.token_index]] = True
+        return wanted[self.token_codes[1]]
+
 
 def explain_items(record: ExpertRecord, n_concepts: int) -> ExplainItems:
     """Every position of ``record``'s explanation contexts and explain negatives, with its routing."""
@@ -240,7 +257,7 @@ def described_by(
         return m[:, concept_index[c]] if c in concept_index else np.zeros(n, bool)
 
     def tokens() -> np.ndarray:
-        return np.isin(np.asarray(items.tokens, object), list(rule.tokens))
+        return items.has_token(rule.tokens)
 
     column = {
         "concept": lambda: concept(rule.concepts[0]),
@@ -285,7 +302,7 @@ def candidates(items: ExplainItems, concept_names: Sequence[str], domains: Seque
         top = order[:TOP_CONCEPTS]
     else:
         top = []
-    codes = _token_codes(items.tokens)
+    codes = items.token_codes
     tokens = _token_set(items.tokens, items.routed, codes=codes)
     if tokens is not None:
         out.append(tokens)
