@@ -117,9 +117,12 @@ def _card_problems(parser: _Cells, where: str) -> list[str]:
     return problems
 
 
-def screenshot_cards(report: Path, png: Path, n_cards: int = 2, size: str = "1000,700") -> None:
-    """A screenshot of the first ``n_cards`` labeled cards of ``report``: a page with the report's
-    head (its styles) and those cards alone, rendered by Chromium at ``size``."""
+def screenshot_cards(
+    report: Path, png: Path, n_cards: int = 2, size: tuple[int, int] = (1000, 700), scale: float = 0.7
+) -> None:
+    """A screenshot of the first ``n_cards`` labeled cards of ``report``, side by side: a page with the
+    report's head (its styles) and those cards alone, rendered by Chromium into a ``size`` PNG at
+    ``scale`` (so that more of each card fits)."""
     source = (report / "index.html").read_text(encoding="utf-8")
     cards = re.findall(r'<article class="card".*?</article>', source, flags=re.S)
     if not cards:
@@ -129,16 +132,18 @@ def screenshot_cards(report: Path, png: Path, n_cards: int = 2, size: str = "100
     labeled = [card for card in cards if 'class="label"' in card] or cards
     head = source[: source.index("<main>") + len("<main>")]
     page = report / "_cards_screenshot.html"
+    columns = f'<div class="cards" style="grid-template-columns: repeat({n_cards}, 1fr)">'
     page.write_text(
-        head + '<div class="cards">' + "".join(labeled[:n_cards]) + "</div></main></body></html>",
-        encoding="utf-8",
+        head + columns + "".join(labeled[:n_cards]) + "</div></main></body></html>", encoding="utf-8"
     )
     browser = _chromium()
     png.parent.mkdir(parents=True, exist_ok=True)
+    window = f"{round(size[0] / scale)},{round(size[1] / scale)}"
     with tempfile.TemporaryDirectory() as profile:
         subprocess.run(
             [browser, *FLAGS, f"--user-data-dir={profile}", f"--screenshot={png.resolve()}",
-             f"--window-size={size}", "--hide-scrollbars", page.resolve().as_uri()],
+             f"--window-size={window}", f"--force-device-scale-factor={scale}", "--hide-scrollbars",
+             page.resolve().as_uri()],
             capture_output=True, timeout=120,
         )  # fmt: skip
     page.unlink()
