@@ -146,3 +146,26 @@ def test_dashboard_renders_in_headless_chromium(tmp_path):
     report.add_section("More", key="more").add_dashboard([blank], "blank")
     report.write()
     assert any("blank expert cards" in problem for problem in check.check(tmp_path))
+
+
+def test_card_effects_come_from_the_label_checks_and_the_drivers_tables():
+    import pandas as pd
+
+    from tl_moe.pipeline.sections.explain_dashboard import _effects
+
+    causal = pd.DataFrame(
+        {"layer": [1], "expert": [2], "remove_effect": [0.25], "remove_matched_minus_control": [0.125]}
+    )
+    drivers = pd.DataFrame({"layer": [1, 1], "expert": [2, 3], "remove: effect (report)": [0.5, 0.1],
+                            "remove: report ci low": [0.25, float("nan")], "remove: report ci high": [0.75, float("nan")]})  # fmt: skip
+    lines, sort = _effects(
+        (1, 2), causal.set_index(["layer", "expert"]), drivers.set_index(["layer", "expert"])
+    )
+    assert [value for _, value in lines] == [
+        "0.2500 nats/token; labeled − matched control 0.1250",
+        "0.5000 [0.250, 0.750]",
+    ]
+    assert sort == {"label causal effect": 0.25, "drivers effect": 0.5}
+    lines, sort = _effects((1, 3), None, drivers.set_index(["layer", "expert"]))
+    assert [value for _, value in lines] == ["0.1000 (no interval)"] and sort == {"drivers effect": 0.1}
+    assert _effects((0, 0), None, None) == ((), {})
