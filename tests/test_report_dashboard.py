@@ -169,3 +169,10 @@ def test_card_effects_come_from_the_label_checks_and_the_drivers_tables():
     lines, sort = _effects((1, 3), None, drivers.set_index(["layer", "expert"]))
     assert [value for _, value in lines] == ["0.1000 (no interval)"] and sort == {"drivers effect": 0.1}
     assert _effects((0, 0), None, None) == ((), {})
+
+
+def test_control_characters_of_tokens_are_drawn_not_written_raw(tmp_path):
+    card = ExpertCard(layer=0, expert=0, label="x", lens_tokens=("\x00", "a\x1bb", "\t"))
+    page = _report(tmp_path, [card]).read_text()
+    assert "\x00" not in page and "\x1b" not in page
+    assert "<code>␀</code><code>a␛b</code><code>⇥</code>" in page

@@ -156,8 +156,13 @@ def layer_page_path(name: str, layer: int) -> str:
     return f"{PAGES_DIR}/{name}-layer-{layer}.html"
 
 
+_CONTROL = {c: chr(0x2400 + c) for c in range(32) if chr(c) not in "\n\t\r"} | {127: "␡"}
+
+
 def _visible(token: str) -> str:
-    return token.replace("\n", "⏎\n").replace("\t", "⇥").replace("\r", "␍")
+    """``token`` as shown: newline as ⏎ (then a line break), tab ⇥, other control characters as their
+    Unicode control pictures (a NUL would otherwise reach the page raw)."""
+    return token.replace("\n", "⏎\n").replace("\t", "⇥").replace("\r", "␍").translate(_CONTROL)
 
 
 def _strength_style(strength: float, top: float) -> str:
