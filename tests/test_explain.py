@@ -432,3 +432,30 @@ class _Lazy:
 
     def __getitem__(self, i: int):
         return self.holder[i]
+
+
+def test_top_contexts_carry_each_tokens_routing_weight_recomputed_by_hand():
+    """The planted routing's weights are a hash of the stream token id, so every position of a kept
+    context can be recomputed: the expert's weight where it was chosen, 0 where it was not."""
+    from tl_moe.collect import uniform_priority
+
+    examples, tokenizer = _planted_examples(max_tokens=6_000)
+    layer, checked = 0, 0
+    for expert in (0, 7):
+        contexts = examples.top_contexts(layer, expert, tokenizer, n=3)
+        assert len(contexts) == 3
+        saliency = [c.activation for c, _ in contexts]
+        assert saliency == sorted(saliency, reverse=True)
+        for context, weights in contexts:
+            assert len(weights) == len(context.tokens)
+            tokens = torch.tensor([context.token_index - context.target + j for j in range(len(weights))])
+            first = (uniform_priority(tokens, 10) * 16).long()
+            second = (first + 1 + (uniform_priority(tokens, 20) * 15).long()) % 16
+            w = 0.3 + 0.4 * uniform_priority(tokens, 30).float()
+            expected = torch.where(first == expert, w, torch.where(second == expert, 1 - w, 0.0))
+            assert torch.allclose(torch.tensor(weights), expected, atol=1e-6)
+            assert context.marks == tuple(bool(m) for m in (expected > 0).tolist())
+            checked += int((expected > 0).sum())
+    assert checked > 6
+    sample = examples.saliency_sample(layer, 0)
+    assert len(sample) > 0 and bool((sample > 0).all())

@@ -331,7 +331,7 @@ def _routing_pool(
         for payload in rows:
             ids = payload[_HEAD : _HEAD + width]
             bits = payload[_HEAD + width : start].reshape(width, examples.n_words)
-            topk = payload[start:].reshape(width, -1, examples.k)[:, 0 if layer_row is None else layer_row]
+            topk = examples.routing_of(payload, layer_row)
             domain = int(payload[2])
             name = examples.domain_names[domain] if 0 <= domain < len(examples.domain_names) else "?"
             for j in (ids >= 0).nonzero().flatten().tolist():

@@ -56,6 +56,7 @@ SPLITS = ("explain", "score", "causal")
 
 _BITS = 62  # concept bits packed per int64 word (sign bit and one spare left alone)
 _HEAD = 6  # payload columns before the context: doc, doc position, domain, token id, marks, saliency
+_ROW_LAYOUT = 2  # expert rows: head, ids, concept words, routing, the expert's weight per position
 
 
 def document_split(
@@ -92,6 +93,17 @@ def _best_per_key(
     keep = torch.zeros_like(keys, dtype=torch.bool)
     keep[order[rank < n]] = True
     return keep
+
+
+def _packed_len(width: int) -> int:
+    """int64 columns holding ``width`` float32 weights (two per column)."""
+    return -(-width // 2)
+
+
+def _pack_weights(weights: Float[torch.Tensor, "n width"]) -> Int[torch.Tensor, "n packed"]:
+    """float32 weights ``[n, width]`` stored bit-exactly in int64 columns (two per column)."""
+    padded = F.pad(weights.to(torch.float32), (0, 2 * _packed_len(weights.shape[-1]) - weights.shape[-1]))
+    return padded.contiguous().view(torch.int64)
 
 
 def _windows(values: torch.Tensor, before: int, after: int, fill: int) -> torch.Tensor:
@@ -242,39 +254,74 @@ class ExpertExamples:
         return tuple(out)
 
     def _context(self, row: torch.Tensor, tokenizer: Any, marks_of: Any, source: str) -> Context:
-        """A :class:`Context` from one payload row (``marks_of(row, valid) -> marks``)."""
-        width = self.width
-        ids = row[_HEAD : _HEAD + width]
-        words = row[_HEAD + width : _HEAD + width + width * self.n_words].reshape(width, self.n_words)
-        valid = ids >= 0
-        keep = valid.nonzero().flatten()
-        marks = marks_of(row)[valid]
-        target = int((keep == self.before).nonzero().flatten()[0])
-        saliency = float(row[5:6].view(torch.float64)[0])
+        """A :class:`Context` from one payload row (``marks_of(row) -> marks`` per window position).
+
+        Read through numpy, and the window's tokens, concept words and document kept per target token
+        (the same window comes back as a negative of many experts): a run builds thousands of contexts."""
+        values = row.numpy()
+        window = self._window(values, tokenizer)
+        marks = np.asarray(marks_of(row))[window["valid"]]
         return Context(
-            token_ids=tuple(ids[valid].tolist()),
-            tokens=self._decode(tokenizer, ids[valid].tolist()),
-            marks=tuple(bool(m) for m in marks.tolist()),
-            target=target,
-            activation=saliency,
-            doc_index=int(row[0]),
-            token_index=int(row[3]),
-            domain=self.domain_names[int(row[2])] if 0 <= int(row[2]) < len(self.domain_names) else "?",
-            concept_words=tuple(tuple(w) for w in words[valid].tolist()),
+            token_ids=window["token_ids"],
+            tokens=window["tokens"],
+            marks=tuple(marks.tolist()),
+            target=window["target"],
+            activation=float(values[5:6].view(np.float64)[0]),
+            doc_index=window["doc_index"],
+            token_index=window["token_index"],
+            domain=window["domain"],
+            concept_words=window["concept_words"],
             source=source,
         )
 
-    def _bit_marks(self, row: torch.Tensor) -> torch.Tensor:
-        bits = int(row[4])
-        return torch.tensor([(bits >> i) & 1 for i in range(self.width)], dtype=torch.bool)
+    def _window(self, values: np.ndarray, tokenizer: Any) -> dict[str, Any]:
+        """What every payload row of one target token shares: its window's tokens and concept words."""
+        memo = self._decoded.setdefault("windows", {})
+        key = int(values[3])
+        if key in memo:
+            return memo[key]
+        width = self.width
+        ids = values[_HEAD : _HEAD + width]
+        words = values[_HEAD + width : _HEAD + width + width * self.n_words].reshape(width, self.n_words)
+        valid = ids >= 0
+        token_ids = ids[valid].tolist()
+        domain = int(values[2])
+        memo[key] = {
+            "valid": valid,
+            "token_ids": tuple(token_ids),
+            "tokens": self._decode(tokenizer, token_ids),
+            "target": int(np.flatnonzero(np.flatnonzero(valid) == self.before)[0]),
+            "doc_index": int(values[0]),
+            "token_index": key,
+            "domain": self.domain_names[domain] if 0 <= domain < len(self.domain_names) else "?",
+            "concept_words": tuple(map(tuple, words[valid].tolist())),
+        }
+        return memo[key]
+
+    def _bit_marks(self, row: torch.Tensor) -> np.ndarray:
+        """Whether each window position of an expert row was routed to its expert (the marks bitmask)."""
+        return ((int(row[4]) >> np.arange(self.width)) & 1).astype(bool)
+
+    def routing_of(self, row: torch.Tensor, layer_row: int | None) -> Int[torch.Tensor, "width k"]:
+        """The experts chosen at each context position of a payload row: a random row's routing of
+        the layer ``layer_row`` (it holds every layer's) or an expert row's routing of its own layer (None)."""
+        start = _HEAD + self.width * (1 + self.n_words)
+        n_layers = 1 if layer_row is None else len(self.layers)
+        topk = row[start : start + self.width * n_layers * self.k].reshape(self.width, n_layers, self.k)
+        return topk[:, 0 if layer_row is None else layer_row]
+
+    def context_weights(self, row: torch.Tensor) -> Float[torch.Tensor, " width"]:
+        """An expert row's routing weight of its expert at each context position (0 where not routed
+        to it, NaN outside the document): what a dashboard shows as each token's strength."""
+        start = _HEAD + self.width * (1 + self.n_words) + self.width * self.k
+        packed = row[start : start + _packed_len(self.width)].contiguous()
+        if len(packed) < _packed_len(self.width):  # rows of an older layout hold no weights
+            return torch.full((self.width,), float("nan"))
+        return packed.view(torch.float32)[: self.width].clone()
 
     def _routing_marks(self, row: torch.Tensor, layer_row: int | None, expert: int) -> torch.Tensor:
-        """Whether each context position was routed to ``expert``: from a random row's routing of
-        every layer (``layer_row`` given) or an expert row's routing of its own layer (None)."""
-        start = _HEAD + self.width * (1 + self.n_words)
-        topk = row[start:].reshape(self.width, -1, self.k)
-        topk = topk[:, 0] if layer_row is None else topk[:, layer_row]
-        return (topk == expert).any(-1)
+        """Whether each context position was routed to ``expert`` (see :meth:`routing_of`)."""
+        return (self.routing_of(row, layer_row) == expert).any(-1)
 
     def _expert_events(self, split: int, layer_row: int, expert: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Kept top rows (best first) and the quantile-ordered sample rows of one expert."""
@@ -290,6 +337,33 @@ class ExpertExamples:
             sample = sample[torch.argsort(saliency, descending=True, stable=True)]
         memo[(split, layer_row, expert)] = (top, sample)
         return top, sample
+
+    def top_contexts(
+        self, layer: int, expert: int, tokenizer: Any, n: int = 3
+    ) -> list[tuple[Context, tuple[float, ...]]]:
+        """The expert's ``n`` highest-saliency contexts over every split, each with the expert's routing
+        weight at each of its tokens (0 where not routed to it): what a dashboard card shows."""
+        row = self.layer_row(layer)
+        rows = torch.cat([self._expert_events(s, row, expert)[0] for s in range(len(SPLITS))])
+        if not len(rows):
+            return []
+        saliency = rows[:, 5].contiguous().view(torch.float64)
+        order = torch.argsort(saliency, descending=True, stable=True)[:n]
+        out = []
+        for payload in rows[order]:
+            valid = payload[_HEAD : _HEAD + self.width] >= 0
+            weights = self.context_weights(payload)[valid]
+            out.append((self._context(payload, tokenizer, self._bit_marks, "top"), tuple(weights.tolist())))
+        return out
+
+    def saliency_sample(self, layer: int, expert: int) -> Float[torch.Tensor, " n"]:
+        """Saliency (routing weight × ‖output‖) of the expert's uniform sample of routed tokens, every
+        split pooled: an unbiased picture of its saliency distribution (not only its top)."""
+        row = self.layer_row(layer)
+        rows = torch.cat([self._expert_events(s, row, expert)[1] for s in range(len(SPLITS))])
+        return (
+            rows[:, 5].contiguous().view(torch.float64) if len(rows) else torch.zeros(0, dtype=torch.float64)
+        )
 
     def _positive_contexts(
         self, split: int, layer_row: int, expert: int, n_top: int, n_quantile: int, tokenizer: Any
@@ -528,6 +602,7 @@ class ExpertExamplesAccumulator(Accumulator):
             "after": self.after,
             "split_fractions": list(self.split_fractions),
             "seed": self.seed,
+            "row_layout": _ROW_LAYOUT,
         }
 
     def hook_names(self, model: Any) -> list[str]:
@@ -600,6 +675,9 @@ class ExpertExamplesAccumulator(Accumulator):
             weights = acts[get_act_name("topk_weights", layer)].reshape(batch, pos, k)
             out = acts[get_act_name("expert_out", layer)].reshape(batch, pos, k, -1)
             saliency = weights.double() * out.double().norm(dim=-1)  # [B, P, k]
+            ctx_weights = _windows(
+                torch.where(real[..., None], weights.float(), 0.0), self.before, self.after, 0
+            )
             out_sums.append(
                 torch.zeros(E, out.shape[-1], dtype=torch.float64, device=device).index_add(
                     0, topk[:, :, row][real].reshape(-1), out[real].reshape(-1, out.shape[-1]).double()
@@ -616,13 +694,21 @@ class ExpertExamplesAccumulator(Accumulator):
                     continue
                 eb, ep, ee = b[enter], p[enter], expert[enter]
                 routing = ctx_topk[eb, ep][:, :, row]  # [n, W, k]
-                marks = (((routing == ee[:, None, None]).any(-1)).long() * bit_weights).sum(1)
+                routed_here = routing == ee[:, None, None]
+                marks = ((routed_here.any(-1)).long() * bit_weights).sum(1)
+                strength = (ctx_weights[eb, ep].transpose(1, 2) * routed_here).sum(-1)  # [n, W]
                 offers[id(store)].append(
                     (
                         keys[enter],
                         scores[enter],
                         token[enter],
-                        rows(eb, ep, marks, score[enter], routing.reshape(len(eb), -1)),
+                        rows(
+                            eb,
+                            ep,
+                            marks,
+                            score[enter],
+                            torch.cat([routing.reshape(len(eb), -1), _pack_weights(strength)], 1),
+                        ),  # fmt: skip
                     )
                 )
         self.out_sum = same_device(self.out_sum, out_sums[0]) + torch.stack(out_sums)
@@ -689,7 +775,7 @@ class ExpertExamplesAccumulator(Accumulator):
     def finalize(self) -> ExpertExamples:
         S, L, E = len(SPLITS), len(self.layers), self.n_experts
         width = self.width_
-        row_len = _HEAD + width * (1 + self.n_words) + width * self.k
+        row_len = _HEAD + width * (1 + self.n_words) + width * self.k + _packed_len(width)
 
         def payload(store: KeyedTopN, n: int) -> torch.Tensor:
             if store.payload is None:

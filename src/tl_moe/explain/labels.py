@@ -29,9 +29,9 @@ explain side), so that the comparison measures what choosing among concepts and 
 from __future__ import annotations
 
 import itertools
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from jaxtyping import Bool
@@ -167,6 +167,22 @@ class ExplainItems:
     domains: np.ndarray
     routed: Bool[np.ndarray, " item"]
 
+    @cached_property
+    def token_codes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(distinct tokens, each position's index into them): see :func:`_token_codes`."""
+        return _token_codes(self.tokens)
+
+    @cached_property
+    def token_index(self) -> dict[str, int]:
+        """Each distinct token's index in ``token_codes[0]``."""
+        return {token: i for i, token in enumerate(self.token_codes[0].tolist())}
+
+    def has_token(self, tokens: Sequence[str]) -> Bool[np.ndarray, " item"]:
+        """Whether each position's token is one of ``tokens``."""
+        wanted = np.zeros(len(self.token_index), bool)
+        wanted[[self.token_index[t] for t in tokens if t in self.token_index]] = True
+        return wanted[self.token_codes[1]]
+
 
 def explain_items(record: ExpertRecord, n_concepts: int) -> ExplainItems:
     """Every position of ``record``'s explanation contexts and explain negatives, with its routing."""
@@ -198,20 +214,35 @@ def _balanced_accuracy(predicted: np.ndarray, routed: np.ndarray) -> np.ndarray:
     return 0.5 + (tpr - fpr) / 2
 
 
+def _token_codes(tokens: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct tokens, each position's index into them): counting by code is what makes the token-set
+    search cheap (it runs several times per expert)."""
+    return np.unique(np.asarray(tokens, dtype=object), return_inverse=True)
+
+
 def _token_set(
-    tokens: Sequence[str], routed: np.ndarray, mask: np.ndarray | None = None, max_tokens: int = MAX_TOKENS
+    tokens: Sequence[str],
+    routed: np.ndarray,
+    mask: np.ndarray | None = None,
+    codes: tuple[np.ndarray, np.ndarray] | None = None,
+    max_tokens: int = MAX_TOKENS,
 ) -> LabelRule | None:
     """The best token set (at most ``max_tokens``) on the positions of ``mask``, by balanced accuracy over
-    all positions (see the module docstring); None when no token helps."""
+    all positions (see the module docstring); None when no token helps. ``codes``: :func:`_token_codes`
+    of ``tokens``, when the caller has them."""
     n_pos, n_neg = int(routed.sum()), int((~routed).sum())
-    keep = np.ones(len(tokens), bool) if mask is None else mask
-    on = Counter(t for t, r, k in zip(tokens, routed, keep, strict=True) if r and k)
-    off = Counter(t for t, r, k in zip(tokens, routed, keep, strict=True) if not r and k)
-    gain = {t: on[t] / n_pos - off[t] / max(n_neg, 1) for t in on if on[t] >= MIN_TOKEN_COUNT}
+    keep = np.ones(len(tokens), bool) if mask is None else np.asarray(mask, bool)
+    distinct, code = codes if codes is not None else _token_codes(tokens)
+    on = np.bincount(code[routed & keep], minlength=len(distinct))
+    off = np.bincount(code[~routed & keep], minlength=len(distinct))
+    gain = {
+        str(distinct[i]): on[i] / n_pos - off[i] / max(n_neg, 1)
+        for i in np.flatnonzero(on >= max(MIN_TOKEN_COUNT, 1))
+    }
     best = sorted((t for t in gain if gain[t] > 0), key=lambda t: (-gain[t], t))[:max_tokens]
     if not best:
         return None
-    return LabelRule("tokens", tokens=tuple(best), weights=tuple(gain[t] for t in best))
+    return LabelRule("tokens", tokens=tuple(best), weights=tuple(float(gain[t]) for t in best))
 
 
 def described_by(
@@ -225,7 +256,7 @@ def described_by(
         return m[:, concept_index[c]] if c in concept_index else np.zeros(n, bool)
 
     def tokens() -> np.ndarray:
-        return np.isin(np.asarray(items.tokens, object), list(rule.tokens))
+        return items.has_token(rule.tokens)
 
     column = {
         "concept": lambda: concept(rule.concepts[0]),
@@ -245,6 +276,20 @@ def _evaluate(rule: LabelRule, items: ExplainItems, concept_index: dict[str, int
     return float(_balanced_accuracy(column[:, None], items.routed)[0])
 
 
+def _evaluate_all(
+    rules: Sequence[LabelRule], items: ExplainItems, concept_index: dict[str, int]
+) -> list[float]:
+    """:func:`_evaluate` of every rule at once (one matrix of answers; the same numbers: each column's
+    rates are exact counts over the same positions)."""
+    if not rules:
+        return []
+    columns = np.stack([described_by(rule, items, concept_index) for rule in rules], 1)
+    scores = _balanced_accuracy(columns, items.routed)
+    return [
+        float(score) if said else float("nan") for score, said in zip(scores, columns.any(0), strict=True)
+    ]
+
+
 def candidates(items: ExplainItems, concept_names: Sequence[str], domains: Sequence[str]) -> list[LabelRule]:
     """Every candidate label of one expert (simple ones first, concepts before token sets)."""
     usable = token_level_concepts(concept_names)
@@ -256,14 +301,15 @@ def candidates(items: ExplainItems, concept_names: Sequence[str], domains: Seque
         top = order[:TOP_CONCEPTS]
     else:
         top = []
-    tokens = _token_set(items.tokens, items.routed)
+    codes = items.token_codes
+    tokens = _token_set(items.tokens, items.routed, codes=codes)
     if tokens is not None:
         out.append(tokens)
     for c in top[:3]:
-        inside = _token_set(items.tokens, items.routed, items.concepts[:, c])
+        inside = _token_set(items.tokens, items.routed, items.concepts[:, c], codes=codes)
         if inside is not None:
             out.append(LabelRule("concept_and_tokens", (concept_names[c],), inside.tokens, inside.weights))
-        outside = _token_set(items.tokens, items.routed, ~items.concepts[:, c])
+        outside = _token_set(items.tokens, items.routed, ~items.concepts[:, c], codes=codes)
         if outside is not None:
             out.append(LabelRule("concept_or_tokens", (concept_names[c],), outside.tokens, outside.weights))
     for a, b in itertools.combinations(top, 2):
@@ -301,7 +347,8 @@ def choose_label(
     if not items.routed.any() or items.routed.all():
         return None, {"reason": "no routed and not-routed positions on the explain side"}
     index = {name: i for i, name in enumerate(concept_names)}
-    scored = [(rule, _evaluate(rule, items, index)) for rule in candidates(items, concept_names, domains)]
+    rules = candidates(items, concept_names, domains)
+    scored = list(zip(rules, _evaluate_all(rules, items, index), strict=True))
     scored = [(rule, ba) for rule, ba in scored if np.isfinite(ba) and rule.kind in kinds]
     simple = [s for s in scored if s[0].parts == 1]
     rich = [s for s in scored if s[0].parts > 1]

@@ -395,6 +395,32 @@ def jsd_error_markdown(results: dict[str, Any], source: str) -> str:
     return "\n".join(lines)
 
 
+def labeling_cost_markdown(results: dict[str, Any], source: str) -> str:
+    """The labeling-cost benchmark (``benchmarks/bench_labeling.py``): offline labels of every expert
+    relative to the collection pass of the same run, in process CPU seconds and wall seconds."""
+    machine = results["machine"]
+    parts = ", ".join(f"{name} {value:.2f} s" for name, value in results["labeling parts (s)"].items())
+    verdict = "within" if results["labeling / pass"] <= results["target labeling / pass"] else "above"
+    text = (
+        f"Generated from `{source}` (`{results['command']}`; {machine['cpus']} CPUs shared, load average "
+        f"{machine['load average (1 min) at the end']} at the end). On `{results['model']}`, "
+        f"{results['tokens']:,} tokens, one run: the collection pass took {results['pass, CPU (s)']:.2f} s of CPU "
+        f"({results['pass (s)']:.2f} s wall) and the offline labels of all {results['experts']} experts "
+        f"({results['experts labeled']} labeled; records, candidate labels, concept scoring with the "
+        f"shuffled-label control and the token-set baseline, the summary intervals, the cards) "
+        f"{results['labeling, CPU (s)']:.2f} s of CPU ({results['labeling (s)']:.2f} s wall): "
+        f"**labeling / pass = {results['labeling / pass']:.3f}** in CPU time "
+        f"({results['labeling / pass, wall']:.3f} in wall time), {verdict} the target of "
+        f"{results['target labeling / pass']:.2f}. Wall seconds of the parts: {parts}."
+    )
+    if "causal checks (s)" in results:
+        text += (
+            f" The causal checks of the labels ({results['causal windows']} windows), not part of the ratio: "
+            f"{results['causal checks (s)']:.2f} s ({results['causal checks / pass']:.2f} × the pass)."
+        )
+    return text
+
+
 @dataclass(frozen=True)
 class Block:
     """A generated block of the README or a doc: the committed results file it is made from, how it is
@@ -421,6 +447,7 @@ BLOCKS = (
     Block("explain", "docs/results/toy_explain.json", findings_markdown),
     Block("jsd_error", "docs/results/jsd_reference_error.json", jsd_error_markdown, "docs/METHODS.md"),
     Block("zoo", "docs/results/toy_zoo.json", zoo_markdown),
+    Block("labeling_cost", "docs/results/bench_labeling.json", labeling_cost_markdown, "docs/EXPLAIN.md"),
 )
 
 

@@ -8,7 +8,17 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-__all__ = ["Block", "FigureBlock", "MetricsBlock", "SectionContent", "TableBlock", "TextBlock"]
+from tl_moe.report.dashboard import DashboardBlock
+
+__all__ = [
+    "Block",
+    "DashboardBlock",
+    "FigureBlock",
+    "MetricsBlock",
+    "SectionContent",
+    "TableBlock",
+    "TextBlock",
+]
 
 
 @dataclass(frozen=True)
@@ -53,7 +63,7 @@ class MetricsBlock:
     metrics: dict[str, Any]
 
 
-Block = TextBlock | FigureBlock | TableBlock | MetricsBlock
+Block = TextBlock | FigureBlock | TableBlock | MetricsBlock | DashboardBlock
 
 
 class SectionContent(Protocol):

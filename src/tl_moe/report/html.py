@@ -1,7 +1,9 @@
-"""Rendering of a report to one self-contained HTML page (inline CSS, no JavaScript, no external URL).
+"""Rendering of a report to self-contained HTML pages (inline CSS, no external URL).
 
 Every piece of text that reaches the page goes through :func:`~tl_moe.report.markup.escape` or the
 Markdown-subset renderer, which escapes too. Figures are referenced by relative paths to PNG files.
+A page holds no JavaScript, except a page with an expert dashboard: its one fixed inline script
+(:data:`~tl_moe.report.dashboard.SORT_SCRIPT`) sorts the experts' index.
 """
 
 from __future__ import annotations
@@ -15,10 +17,18 @@ from typing import Any
 import pandas as pd
 
 from tl_moe.report.blocks import Block, FigureBlock, MetricsBlock, SectionContent, TableBlock, TextBlock
+from tl_moe.report.dashboard import (
+    DASHBOARD_CSS,
+    SORT_SCRIPT,
+    DashboardBlock,
+    cards_html,
+    index_html,
+    layer_page_path,
+)
 from tl_moe.report.files import column_label
 from tl_moe.report.markup import escape, inline_to_html, markdown_to_html
 
-__all__ = ["CSS", "format_value", "render_page"]
+__all__ = ["CSS", "format_value", "render_layer_page", "render_page"]
 
 # Longest cell text shown in an HTML table; the CSV and parquet files keep the full value.
 MAX_CELL_CHARS = 300
@@ -185,6 +195,8 @@ def _block_html(block: Block, numbering: _Numbering) -> str:
                 f"{_data_table(block.head, block.show_index, caption)}</div>"
             )
         return _summary_html(block, title, files)
+    if isinstance(block, DashboardBlock):
+        return _dashboard_html(block)
     raise TypeError(f"Unknown report block {type(block).__name__}.")
 
 
@@ -199,6 +211,45 @@ def _summary_html(block: TableBlock, title: str, files: str) -> str:
         f'<div id="table-{escape(block.name)}" class="summary"><p class="table-title">{title} '
         f'<span class="note">({note})</span></p>\n' + "\n".join(parts) + "</div>"
     )
+
+
+def _dashboard_html(block: DashboardBlock) -> str:
+    """The index of the dashboard's experts, then their cards (or links to one page per layer)."""
+    caption = f'<p class="table-title">{inline_to_html(block.caption)}</p>' if block.caption else ""
+    if not block.paged:
+        body = index_html(block) + cards_html(block.cards)
+    else:
+        links = ", ".join(
+            f'<a href="{escape(layer_page_path(block.name, layer))}">layer {layer}</a>'
+            for layer in block.layers()
+        )
+        body = f'<p class="note">{len(block.cards)} experts: cards on one page per layer ({links}).</p>'
+        body += index_html(block)
+    return f'<div id="dashboard-{escape(block.name)}" class="dashboard">{caption}{body}</div>'
+
+
+def _page(title: str, body: str, scripted: bool) -> str:
+    css = CSS + ("\n" + DASHBOARD_CSS if scripted else "")
+    script = f"\n<script>{SORT_SCRIPT}</script>" if scripted else ""
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{escape(title)}</title>\n<style>\n{css}\n</style>\n</head>\n<body>\n<main>\n"
+        f"{body}\n</main>{script}\n</body>\n</html>\n"
+    )
+
+
+def render_layer_page(title: str, block: DashboardBlock, layer: int) -> str:
+    """The page of one layer's cards of a paged dashboard (it lies in a folder below ``index.html``)."""
+    cards = tuple(card for card in block.cards if card.layer == layer)
+    layer_block = DashboardBlock(block.name, block.caption, cards, max_inline=len(cards))
+    body = (
+        f'<h1>{escape(title)}</h1>\n<p><a href="../index.html#dashboard-{escape(block.name)}">Back to the '
+        f"report</a></p>\n<h2>Layer {layer}: {len(cards)} experts</h2>\n"
+        + index_html(layer_block)
+        + cards_html(cards)
+    )
+    return _page(f"{title} · layer {layer}", body, scripted=True)
 
 
 def _settings_html(metadata: Mapping[str, Any]) -> str:
@@ -241,13 +292,12 @@ def render_page(
     body.append(
         f'<section id="{SETTINGS_ANCHOR}">\n<h2>{SETTINGS_TITLE}</h2>\n{_settings_html(metadata)}\n</section>'
     )
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{escape(title)}</title>\n<style>\n{CSS}\n</style>\n</head>\n<body>\n<main>\n"
+    scripted = any(isinstance(b, DashboardBlock) for s in sections for b in s.blocks)
+    return _page(
+        title,
         f"<h1>{escape(title)}</h1>\n"
         + (_findings_html(findings) if findings else "")
         + f'<nav class="toc" aria-label="Contents"><h2>Contents</h2><ol>{toc}</ol></nav>\n'
-        + "\n".join(body)
-        + "\n</main>\n</body>\n</html>\n"
+        + "\n".join(body),
+        scripted,
     )

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from tl_moe.report.blocks import Block, FigureBlock, MetricsBlock, TableBlock, TextBlock
+from tl_moe.report.dashboard import MAX_INLINE_CARDS, DashboardBlock, ExpertCard, layer_page_path
 from tl_moe.report.files import (
     check_name,
     column_label,
@@ -35,7 +36,7 @@ from tl_moe.report.files import (
     save_table,
     write_text,
 )
-from tl_moe.report.html import render_page
+from tl_moe.report.html import render_layer_page, render_page
 from tl_moe.report.jsonable import to_jsonable
 from tl_moe.report.summary import TableSummary, summarize
 
@@ -138,6 +139,19 @@ class Section:
         )
         return self._report.out_dir / csv
 
+    def add_dashboard(
+        self, cards: Sequence[ExpertCard], name: str, caption: str = "", max_inline: int = MAX_INLINE_CARDS
+    ) -> None:
+        """Show an expert dashboard here: a sortable index of the experts and one card per expert
+        (:class:`~tl_moe.report.dashboard.ExpertCard`); with more than ``max_inline`` cards, the cards
+        go to one page per layer (``experts/<name>-layer-N.html``), linked from the index."""
+        cards = tuple(cards)
+        if not all(isinstance(card, ExpertCard) for card in cards):
+            raise TypeError("add_dashboard expects ExpertCard objects.")
+        _check_text(caption, "caption")
+        self._report._check_new_name(name, DashboardBlock)
+        self.blocks.append(DashboardBlock(name, caption, cards, max_inline=max_inline))
+
     def add_metrics(self, metrics: Mapping[str, Any]) -> None:
         """Show ``metrics`` as a key/value table here and record them in ``results.json`` under this section's key.
 
@@ -177,6 +191,15 @@ class Section:
                 for b in self.blocks
                 if isinstance(b, TableBlock)
             },
+            **(
+                {
+                    "dashboards": {
+                        b.name: _dashboard_files(b) for b in self.blocks if isinstance(b, DashboardBlock)
+                    }
+                }
+                if any(isinstance(b, DashboardBlock) for b in self.blocks)
+                else {}
+            ),
         }
 
     def __repr__(self) -> str:
@@ -261,12 +284,20 @@ class Report:
         results = json.dumps(self.results(), indent=2, ensure_ascii=False, allow_nan=False)
         write_text(self.out_dir / RESULTS_FILE, results + "\n")
         index = self.out_dir / INDEX_FILE
+        for section in self.sections:
+            for block in section.blocks:
+                if isinstance(block, DashboardBlock) and block.paged:
+                    for layer in block.layers():
+                        page = render_layer_page(self.title, block, layer)
+                        write_text(self.out_dir / layer_page_path(block.name, layer), page)
         write_text(index, render_page(self.title, self.sections, self.metadata, self.findings))
         return index
 
-    def _check_new_name(self, name: str, kind: type[FigureBlock] | type[TableBlock]) -> str:
+    def _check_new_name(
+        self, name: str, kind: type[FigureBlock] | type[TableBlock] | type[DashboardBlock]
+    ) -> str:
         """``name`` if it is a safe file name not yet used by a block of type ``kind``; else a ValueError."""
-        what = "figure" if kind is FigureBlock else "table"
+        what = {FigureBlock: "figure", TableBlock: "table", DashboardBlock: "dashboard"}[kind]
         check_name(name, f"The {what} name")
         taken = {b.name for s in self._sections.values() for b in s.blocks if isinstance(b, kind)}
         if name in taken:
@@ -284,6 +315,12 @@ class Report:
 
     def __repr__(self) -> str:
         return f"Report(title={self.title!r}, out_dir={str(self.out_dir)!r}, sections={list(self._sections)})"
+
+
+def _dashboard_files(block: DashboardBlock) -> dict[str, Any]:
+    """A dashboard's entry in ``results.json``: its experts and its per-layer pages (if paged)."""
+    pages = [layer_page_path(block.name, layer) for layer in block.layers()] if block.paged else []
+    return {"experts": len(block.cards), "pages": pages}
 
 
 def _slug(title: str) -> str:

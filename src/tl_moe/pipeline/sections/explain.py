@@ -34,6 +34,8 @@ from tl_moe.explain.causal import CausalResult, causal_checks
 from tl_moe.explain.labels import RICHER_LABEL_MARGIN
 from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.protocol import AccumulatorSpec, Analysis, FigureItem, Inputs, Need, Result, TableItem
+from tl_moe.pipeline.sections.explain_dashboard import dashboard_cards
+from tl_moe.report.dashboard import ExpertCard
 from tl_moe.report.numbers import format_interval, format_number, is_defined
 
 __all__ = ["Explain", "ExplainResult", "ExpertExamplesSpec"]
@@ -71,6 +73,7 @@ class ExplainResult(Result):
     main_scorer: str
     causal: CausalResult | None = None
     cards: pd.DataFrame | None = None
+    dashboard: tuple[ExpertCard, ...] = ()
 
     def label_table(self) -> pd.DataFrame:
         frame, s = self.labeling.frame, self.main_scorer
@@ -201,9 +204,7 @@ class ExplainResult(Result):
                       "with a 95% bootstrap interval over the score documents ('interval over': documents for "
                       "balanced accuracy, F1, precision, recall; experts for AUC; unavailable below 30 documents), "
                       "the shuffled-label control and the token-set baseline with the paired differences, chance."),
-        ] + ([TableItem("explain_cards", self.cards, "Expert cards: label and F1, top contexts with the routed "
-              "tokens in «», logit-lens tokens, most over-represented routed tokens, routing share per domain.",
-              max_rows=200)] if self.cards is not None else []) + ([TableItem("explain_causal", self.causal.summary.round(4), "Causal checks on held-out documents, on "
+        ] + ([TableItem("explain_causal", self.causal.summary.round(4), "Causal checks on held-out documents, on "
               "the positions where each expert is routed: mean over experts of |Δloss| on label-described minus "
               "other routed positions, removing or boosting the expert, unadjusted and at equal mixing weight "
               "(_weight_adjusted: least-squares adjustment for the expert's mixing weight); the same for a "
@@ -236,6 +237,16 @@ class ExplainResult(Result):
         return [FigureItem("explain_f1_histograms", f1_histograms(self.labeling, self.main_scorer),
                            "Balanced accuracy of each expert's own label vs another expert's label, per layer; "
                            "dashed: chance (0.5).")]  # fmt: skip
+
+
+DASHBOARD_CAPTION = (
+    "Expert dashboard. Index: click a numeric header to sort (balanced accuracy and F1 of the label on "
+    "held-out items, own − shuffled-label balanced accuracy, causal effects where measured). Cards: the "
+    "top contexts by saliency with each token's routing weight to the expert as its background (relative "
+    "to the context's highest), tokens routed to the expert underlined, the context's target outlined; "
+    "logit-lens tokens; a histogram of saliency over a uniform sample of routed tokens; routing share "
+    "per domain (bar) beside the domain's share of all tokens (mark)."
+)
 
 
 def expert_cards(
@@ -738,6 +749,18 @@ class Explain(Analysis):
                 n_resamples=options.bootstrap_resamples, seed=options.seed, progress=options.progress,
             )  # fmt: skip
         cards = expert_cards(records, labeling, examples, main)
+        lens, drivers = inputs.optional_result("logit_lens"), inputs.optional_result("drivers")
+        dashboard = dashboard_cards(
+            records, labeling, examples, model.tokenizer, main, causal=causal,
+            lens=getattr(lens, "top_tokens", None), drivers=getattr(drivers, "experts", None),
+        )  # fmt: skip
         return ExplainResult(
-            labeling=labeling, explainer=explainer.name, main_scorer=main, causal=causal, cards=cards
-        )
+            labeling=labeling, explainer=explainer.name, main_scorer=main, causal=causal, cards=cards,
+            dashboard=dashboard,
+        )  # fmt: skip
+
+    def render(self, result: Result, section: Any, run: RunContext) -> None:
+        """The default section, then the expert dashboard."""
+        super().render(result, section, run)
+        if isinstance(result, ExplainResult) and result.dashboard:
+            section.add_dashboard(result.dashboard, "experts", DASHBOARD_CAPTION)
