@@ -292,8 +292,8 @@ class Reweighting(Analysis):
     )
     intro = (
         "Documents are split by the drivers' hash into a selection half and a held-out half. For each domain D, "
-        "candidate expert sets are its domain experts (entropy score > 0.5 and BH q <= --fdr on the selection "
-        "half's routing), the driver experts (drivers analysis, chosen on the same selection half) and their "
+        "candidate expert sets are its domain experts (BH q <= --fdr of the domain-expert permutation test on the "
+        "selection half's routing), the driver experts (drivers analysis, chosen on the same selection half) and their "
         "union; every set × factor of --reweight-factors scales those experts' mixing weights on D's selection "
         "documents, and the pair with the lowest loss is chosen. It is reported on D's held-out documents beside "
         "--reweight-draws random sets (each expert replaced by one of the 3 experts of its layer with the closest "
