@@ -13,7 +13,7 @@ import torch
 from tl_moe.analysis.driver_domain import DriverDomainComparison, compare_drivers_with_domain_experts
 from tl_moe.analysis.drivers import DocumentEffects, ExpertSaliency, driver_report
 from tl_moe.analysis.effect_estimate import FirstOrderEffects, estimate_report, estimate_vs_reap
-from tl_moe.analysis.stats import MIN_DOCUMENTS
+from tl_moe.analysis.stats import MIN_DOCUMENTS, Interval
 from tl_moe.collect.accumulator import Accumulator
 from tl_moe.models.config import MoEConfig
 from tl_moe.pipeline.context import RunContext
@@ -92,6 +92,7 @@ class DriversResult(Result):
     agreement: pd.DataFrame | None = None
     domain_overlap: DriverDomainComparison | None = None
     paired: pd.DataFrame | None = None
+    saliency_interval: Interval | None = None
 
     def _agreement_row(self, score: str, kind: str = "zero", layer: str = "all") -> Any:
         frame = self.agreement
@@ -113,6 +114,14 @@ class DriversResult(Result):
             metrics["interval unavailable"] = reason
         metrics["controls from another layer"] = int(self.comparison["controls from another layer"].iloc[0])
         metrics["Spearman(REAP saliency, removal effect)"] = round(self.saliency_spearman, 4)
+        if self.saliency_interval is not None:
+            key = "Spearman(REAP saliency, removal effect) | 95% CI"
+            metrics[key] = [_rounded(self.saliency_interval.low), _rounded(self.saliency_interval.high)]
+            metrics["Spearman(REAP saliency, removal effect) | documents"] = int(self.saliency_interval.n)
+            if not self.saliency_interval.available:
+                metrics["Spearman(REAP saliency, removal effect) | interval unavailable"] = (
+                    self.saliency_interval.reason
+                )
         if self.agreement is not None:
             for score in ("first-order estimate", "REAP saliency"):
                 row = self._agreement_row(score)
@@ -122,7 +131,7 @@ class DriversResult(Result):
                 metrics[f"{key} | experts"] = int(row["experts"])
                 top = f"top-{int(row['top n'])} overlap({score}, exact zeroing effect)"
                 metrics[top] = int(row["top-n overlap"])
-                metrics[f"{top} | chance"] = round(float(row["chance overlap"]), 3)
+                metrics[f"{top} | chance"] = round(float(row["chance overlap"]), 2)
         if self.paired is not None:
             for row in self.paired.to_dict("records"):
                 key = f"paired Spearman with exact zeroing effect | {row['score']}"
@@ -187,8 +196,9 @@ class DriversResult(Result):
             f"**Driver experts** (chosen on half the documents, measured on the other "
             f"{int(self.comparison['report documents'].iloc[0])}): removing one of the {n} strongest changes "
             f"next-token loss by {show('driver experts')} nats/token vs {show('matched controls')} for "
-            f"{matched} (difference {show('driver − control')}, {interval}); REAP saliency ranks experts "
-            f"with Spearman ρ = {self.saliency_spearman:.2f} against the exact removal effect."
+            f"{matched} (difference {show('driver − control')}, {interval}); REAP saliency (selection half) "
+            f"ranks experts with Spearman ρ = {self._saliency_rho()} against the exact removal effect "
+            "(report half)."
         ]
         if self.agreement is not None:
             findings.append(self._estimate_finding())
@@ -196,12 +206,24 @@ class DriversResult(Result):
             findings.append(self._domain_finding())
         return findings
 
+    def _saliency_rho(self) -> str:
+        """REAP saliency's ρ with the removal effect, with its document-bootstrap interval or why none."""
+        interval = self.saliency_interval
+        if interval is None:
+            return f"{self.saliency_spearman:+.2f} (no interval: no per-document saliency was recorded)"
+        if not interval.available:
+            return f"{self.saliency_spearman:+.2f} (no interval: {interval.reason})"
+        return (
+            f"{self.saliency_spearman:+.2f} [{interval.low:+.2f}, {interval.high:+.2f}] (95% bootstrap over "
+            f"{interval.n} documents, both scores recomputed on each resample)"
+        )
+
     def _estimate_finding(self) -> str:
         first, reap = self._agreement_row("first-order estimate"), self._agreement_row("REAP saliency")
         text = (
             f"**First-order estimate** (one backward per batch) of the zeroing effect: its top "
             f"{int(first['top n'])} share {int(first['top-n overlap'])} experts with the exact top "
-            f"{int(first['top n'])} (chance {first['chance overlap']:.1f}; REAP saliency: "
+            f"{int(first['top n'])} (chance {first['chance overlap']:.2f}; REAP saliency: "
             f"{int(reap['top-n overlap'])})."
         )
         if self.paired is None:
@@ -228,7 +250,8 @@ class DriversResult(Result):
         return (
             f"{text} Spearman ρ with the exact zeroing effect on the same {int(rows['experts'].iloc[0])} experts: "
             f"estimate {rho('first-order estimate')}, REAP saliency {rho('REAP saliency')}, difference "
-            f"{rho('estimate − REAP')} (paired 95% bootstrap over {int(rows['documents'].iloc[0])} documents): "
+            f"{rho('estimate − REAP')} (paired 95% bootstrap over {int(rows['documents'].iloc[0])} documents, all "
+            "three scores recomputed on each resample): "
             f"{verdict}."
         )
 
@@ -452,7 +475,25 @@ class Drivers(Analysis):
             agreement=agreement,
             domain_overlap=overlap,
             paired=paired,
+            saliency_interval=_saliency_interval(comparison),
         )
+
+
+def _saliency_interval(comparison: pd.DataFrame) -> Interval | None:
+    """The REAP saliency ρ's document-bootstrap interval kept by :func:`driver_report` (None if none)."""
+    kept = comparison.attrs.get("saliency_spearman_interval")
+    if kept is None:
+        return None
+    nan = float("nan")
+    low, high = (nan if kept[k] is None else kept[k] for k in ("low", "high"))
+    return Interval(
+        comparison.attrs["saliency_spearman"],
+        low,
+        high,
+        kept["documents"],
+        available=not kept["unavailable"],
+        reason=kept["unavailable"] or None,
+    )
 
 
 def _rounded(value: Any, digits: int = 4) -> float | None:
