@@ -49,6 +49,10 @@ class DriverSaliency(AccumulatorSpec):
         cfg = model.moe_cfg
         return ExpertSaliency(cfg.sparse_layers, cfg.num_experts)
 
+    def estimate_bytes(self, cfg: MoEConfig, run: RunContext) -> int:
+        """Its per-document routed counts and saliency sums (float64, every corpus row at most)."""
+        return 2 * len(cfg.sparse_layers) * cfg.num_experts * len(run.dataset) * 8
+
 
 @dataclass(frozen=True)
 class DriverEstimate(AccumulatorSpec):
