@@ -98,7 +98,9 @@ def test_the_hand_typed_measurement_check_finds_one():
         "<!-- results:x:start -->\nit took 4.2 s (3.5×)\n<!-- results:x:end -->\n`--timeout 60 s`"
     )
     assert _hand_typed_measurements(planted) == ["10.1 s", "15.1×", "23 min"]
-    assert _hand_typed_measurements("16 experts, top-4, d_expert 256, × 300, layers 0 to 3, docs/sections") == []
+    assert (
+        _hand_typed_measurements("16 experts, top-4, d_expert 256, × 300, layers 0 to 3, docs/sections") == []
+    )
 
 
 def test_the_hand_typed_result_check_finds_one():

@@ -80,7 +80,9 @@ class DomainExpertsResult(Result):
                 f"**Domain experts**: {int(experts.is_domain_expert_.sum())} of {scored} scored experts are "
                 f"discoveries of a document-level permutation test (domain labels shuffled over documents, "
                 f"{experts.n_permutations_} permutations) at false-discovery rate {experts.alpha_} "
-                f"(Benjamini–Hochberg over all {experts.n_tested_} tested); {self._floor_text()}; "
+                f"(Benjamini–Hochberg over all {experts.n_tested_} tested; a discovery says the expert's "
+                "routing depends on the domain beyond document-level chance, however small its score); "
+                f"{self._floor_text()}; "
                 f"descriptive only, {experts.n_above_threshold()} have a domain score ≥ {experts.threshold}"
             )
         if len(self.top):
