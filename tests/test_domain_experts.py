@@ -196,3 +196,58 @@ def test_the_permutation_test_needs_enough_documents():
     domain = torch.tensor([0, 1, 2, 0, 1, 2])
     with pytest.raises(InputError, match="at least 30"):
         _fit_and_test(counts, tokens, domain)
+
+
+def test_the_permutation_count_for_a_lone_discovery_puts_the_floor_at_alpha_over_tested():
+    from tl_moe.analysis.domain_experts import permutations_for_discovery
+
+    for tested, alpha in ((50, 0.05), (64, 0.05), (16, 0.05), (45, 0.1)):
+        p = permutations_for_discovery(tested, alpha)
+        assert 1 / (1 + p) <= alpha / tested * (1 + 1e-12)  # floor at most the lone BH threshold
+        assert 1 / p > alpha / tested  # and one fewer would not do
+    assert permutations_for_discovery(50, 0.05) == 999 and permutations_for_discovery(64, 0.05) == 1279
+
+
+def test_the_test_decides_not_the_score_threshold_and_a_floor_above_alpha_over_tested_is_flagged():
+    """Planted: expert 0 of both layers prefers domain 0 (2 real of 16). With a descriptive threshold no
+    expert reaches, the test still calls them; with too few permutations the floor (1/20 > 0.05/16) makes
+    them undiscoverable and the fit says so; with the permutations the floor asks for, they are found."""
+    from tl_moe.analysis.domain_experts import permutations_for_discovery
+
+    counts, tokens, domain = _documents(0, domain_effect=3.0)
+    per_domain = torch.stack([counts[domain == d].sum(0) for d in range(3)], dim=-1)
+    domain_tokens = torch.stack([tokens[domain == d].sum() for d in range(3)])
+
+    def tested(n_permutations):
+        experts = DomainExperts(threshold=0.99, min_tokens=50).fit(per_domain, domain_tokens)
+        return experts.permutation_test(counts, tokens, domain, n_permutations=n_permutations, alpha=0.05)
+
+    coarse = tested(19)
+    assert coarse.n_tested_ == 16 and coarse.p_floor_ == pytest.approx(1 / 20)
+    assert coarse.floor_blocks_lone_discovery_ and not coarse.is_domain_expert_.any()
+    fine = tested(permutations_for_discovery(16, 0.05))
+    assert not fine.floor_blocks_lone_discovery_
+    assert fine.n_above_threshold() == 0  # no score reaches the descriptive threshold ...
+    assert fine.is_domain_expert_[:, 0].all()  # ... and the test calls the planted experts anyway
+    assert int(fine.is_domain_expert_.sum()) <= 4
+    np.testing.assert_array_equal(
+        fine.is_domain_expert_.numpy(), (fine.q_values_ <= 0.05).numpy() & ~fine.insufficient_tokens_.numpy()
+    )
+
+
+def test_the_finding_states_the_test_the_floor_and_the_threshold_as_descriptive():
+    import pandas as pd
+
+    from tl_moe.pipeline.sections.domains import DomainExpertsResult
+
+    counts, tokens, domain = _documents(0, domain_effect=3.0)
+    per_domain = torch.stack([counts[domain == d].sum(0) for d in range(3)], dim=-1)
+    domain_tokens = torch.stack([tokens[domain == d].sum() for d in range(3)])
+    experts = DomainExperts(min_tokens=50).fit(per_domain, domain_tokens)
+    experts.permutation_test(counts, tokens, domain, n_permutations=19, alpha=0.05)
+    text = DomainExpertsResult(experts, pd.DataFrame(), (0,)).findings()[0]
+    assert "0 of 16 scored experts are discoveries" in text and "19 permutations" in text
+    assert "no expert can be discovered on its own" in text and "raise --permutations" in text
+    assert f"{experts.n_above_threshold()} have a domain score ≥ 0.5" in text and "descriptive" in text
+    metrics = DomainExpertsResult(experts, pd.DataFrame(), (0,)).metrics()
+    assert metrics["experts with score >= 0.5 (descriptive, no test)"] == experts.n_above_threshold()

@@ -4,6 +4,8 @@ re-weighting, the paired estimate-vs-REAP comparison, Benjamini–Yekutieli, an 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -199,21 +201,25 @@ def test_holm_marks_short_domains_untested():
 
 
 def _paired_case(seed: int, estimate_noise: float, reap_noise: float, n_experts=40, n_docs=60):
+    """Per-document sums of the exact effect, the estimate and REAP saliency (per routed slot) of
+    experts whose true effect is ``truth``; each score sees it through its own noise."""
     rng = np.random.default_rng(seed)
     truth = rng.normal(0, 1, n_experts)
     counts = rng.integers(10, 30, n_docs).astype(float)
     exact = truth[:, None] * counts + rng.normal(0, 2, (n_experts, n_docs)) * np.sqrt(counts)
     estimate = (truth + rng.normal(0, estimate_noise, n_experts))[:, None] * counts
-    reap = truth + rng.normal(0, reap_noise, n_experts)
-    return exact, counts, estimate, counts, reap
+    routed = rng.integers(5, 15, (n_experts, n_docs)).astype(float)
+    reap = (truth + rng.normal(0, reap_noise, n_experts))[:, None] * routed
+    reap = reap + rng.normal(0, 1, (n_experts, n_docs)) * np.sqrt(routed)  # per-document variation
+    return exact, counts, estimate, counts, reap, routed
 
 
 def test_the_paired_rho_difference_matches_scipy_and_finds_the_better_score():
-    exact, c, estimate, ec, reap = _paired_case(0, estimate_noise=0.05, reap_noise=3.0)
-    table = paired_rho_difference(exact, c, estimate, ec, reap, n_resamples=500).set_index("score")
+    exact, c, estimate, ec, reap, routed = _paired_case(0, estimate_noise=0.05, reap_noise=3.0)
+    table = paired_rho_difference(exact, c, estimate, ec, reap, routed, n_resamples=500).set_index("score")
     exact_effect = exact.sum(1) / c.sum()
     rho_est = scipy.stats.spearmanr(estimate.sum(1) / ec.sum(), exact_effect).statistic
-    rho_reap = scipy.stats.spearmanr(reap, exact_effect).statistic
+    rho_reap = scipy.stats.spearmanr(reap.sum(1) / routed.sum(1), exact_effect).statistic
     column = "spearman with exact zeroing effect"
     assert table.loc["first-order estimate", column] == pytest.approx(rho_est)
     assert table.loc["REAP saliency", column] == pytest.approx(rho_reap)
@@ -224,18 +230,102 @@ def test_the_paired_rho_difference_matches_scipy_and_finds_the_better_score():
 def test_the_paired_rho_difference_covers_zero_when_both_scores_are_equally_good():
     covered = 0
     for seed in range(20):
-        exact, c, estimate, ec, _ = _paired_case(seed, estimate_noise=0.5, reap_noise=0.5)
-        reap = estimate.sum(1) / ec.sum()  # the same score twice: a true difference of exactly 0
-        row = paired_rho_difference(exact, c, estimate, ec, reap, n_resamples=200, seed=seed)
+        exact, c, estimate, ec, _, _ = _paired_case(seed, estimate_noise=0.5, reap_noise=0.5)
+        rng = np.random.default_rng(seed)
+        reap = estimate + rng.normal(0, 0.5, estimate.shape) * np.sqrt(ec)  # an equally good view
+        estimate = estimate + rng.normal(0, 0.5, estimate.shape) * np.sqrt(ec)  # of the same effect
+        row = paired_rho_difference(
+            exact, c, estimate, ec, reap, np.broadcast_to(ec, reap.shape), n_resamples=200, seed=seed
+        )
         diff = row.set_index("score").loc["estimate − REAP"]
         covered += diff["ci low"] <= 0 <= diff["ci high"]
-    assert covered == 20
+    assert covered >= 18  # 95% nominal over 20 seeds
+
+
+def test_reap_saliency_is_recomputed_on_every_resample():
+    """Planted: REAP saliency per document equals the estimate per document (the same score twice). If
+    each resample recomputes both, their ρ agree in every resample: the difference's interval is
+    exactly [0, 0]. Holding REAP at its all-document value instead would give a nonzero spread."""
+    exact, c, estimate, ec, _, _ = _paired_case(3, estimate_noise=0.5, reap_noise=0.5)
+    estimate = estimate + np.random.default_rng(3).normal(0, 3, estimate.shape) * np.sqrt(ec)
+    table = paired_rho_difference(
+        exact, c, estimate, ec, estimate, np.broadcast_to(ec, estimate.shape), n_resamples=300
+    ).set_index("score")
+    diff = table.loc["estimate − REAP"]
+    assert diff["ci low"] == pytest.approx(0.0, abs=1e-12) and diff["ci high"] == pytest.approx(
+        0.0, abs=1e-12
+    )
+    reap_row = table.loc["REAP saliency"]
+    assert reap_row["ci high"] - reap_row["ci low"] > 0.01  # REAP's own ρ does vary over resamples
 
 
 def test_the_paired_rho_difference_is_unavailable_on_few_documents():
-    exact, c, estimate, ec, reap = _paired_case(0, 0.1, 0.1, n_docs=12)
-    table = paired_rho_difference(exact, c, estimate, ec, reap, n_resamples=100)
+    exact, c, estimate, ec, reap, routed = _paired_case(0, 0.1, 0.1, n_docs=12)
+    table = paired_rho_difference(exact, c, estimate, ec, reap, routed, n_resamples=100)
     assert table[["ci low", "ci high"]].isna().all().all() and (table["interval unavailable"] != "").all()
+
+
+def _saliency_case(seed: int, related: bool, n_docs: int = 120, n_experts: int = 24):
+    """Effects per document (report half) and REAP sums per document (selection half): REAP saliency
+    tracks the true effect when ``related``; otherwise every expert has the same true saliency, so its
+    ranking is document noise (the interval is over documents, for these experts: a true saliency that
+    differs between experts by chance is a real, if accidental, relation for them)."""
+    from tl_moe.analysis.drivers import document_half
+
+    rng = np.random.default_rng(seed)
+    truth = rng.normal(0, 1, n_experts)
+    half = document_half(torch.arange(n_docs)).numpy()
+    counts = np.where(half == 1, rng.integers(20, 40, n_docs), 0).astype(float)
+    effect = truth[:, None] * counts + rng.normal(0, 3, (n_experts, n_docs)) * np.sqrt(counts)
+    routed = np.where(half == 0, rng.integers(5, 15, (n_experts, n_docs)), 0).astype(float)
+    level = truth if related else np.zeros(n_experts)
+    saliency = (2 + level)[:, None] * routed + rng.normal(0, 3, (n_experts, n_docs)) * np.sqrt(routed)
+    return effect, counts, saliency, routed
+
+
+def test_the_saliency_effect_spearman_has_a_document_interval_that_finds_a_planted_relation():
+    from tl_moe.analysis.drivers import saliency_effect_spearman
+
+    effect, counts, saliency, routed = _saliency_case(0, related=True)
+    interval = saliency_effect_spearman(effect, counts, saliency, routed, n_resamples=400)
+    rho = scipy.stats.spearmanr(saliency.sum(1) / routed.sum(1), effect.sum(1) / counts.sum()).statistic
+    assert interval.estimate == pytest.approx(rho) and interval.n == 120
+    assert interval.low > 0.2  # planted relation
+    covered = 0
+    for seed in range(10):  # planted none
+        effect, counts, saliency, routed = _saliency_case(seed, related=False)
+        interval = saliency_effect_spearman(effect, counts, saliency, routed, n_resamples=200, seed=seed)
+        covered += interval.low <= 0 <= interval.high
+    assert covered >= 9
+    few = saliency_effect_spearman(*_saliency_case(0, True, n_docs=20), n_resamples=100)
+    assert not few.available and np.isnan(few.low) and str(MIN_DOCUMENTS) in few.reason
+
+
+def test_driver_report_gives_the_saliency_spearman_its_interval():
+    effects, saliency = _synthetic_effects(n_docs=120)
+    rng = np.random.default_rng(0)
+    size = len(effects.counts)
+    doc_routed = torch.from_numpy(rng.integers(1, 5, (2, 4, size)).astype(float))
+    per_doc = ExpertSaliencyResult(
+        saliency.layers,
+        saliency.routed,
+        saliency.saliency,
+        saliency.position,
+        doc_routed,
+        doc_routed * torch.from_numpy(rng.normal(1, 0.3, (2, 4, size))),
+    )
+    half = document_half(torch.arange(size)) == 0
+    routed0 = (doc_routed * half).sum(-1)
+    sums0 = (per_doc.doc_saliency * half).sum(-1)
+    per_doc = dataclasses.replace(  # the half totals consistent with the per-document sums
+        per_doc,
+        routed=torch.stack([routed0, (doc_routed * ~half).sum(-1)]).long(),
+        saliency=torch.stack([sums0, (per_doc.doc_saliency * ~half).sum(-1)]),
+    )
+    _, comparison = driver_report(effects, per_doc, n_drivers=2, n_resamples=200)
+    interval = comparison.attrs["saliency_spearman_interval"]
+    assert interval["unavailable"] == "" and interval["documents"] == 120
+    assert interval["low"] <= comparison.attrs["saliency_spearman"] <= interval["high"]
 
 
 # ------------------------------------------------------------------------------ BY, untestable overlap
@@ -279,6 +369,10 @@ def test_the_reweighting_finding_lists_every_domain_with_its_holm_interval_and_n
                 "factor": 1.25,
                 "loss change (selection)": -0.01,
                 "chosen − control": float(sums.sum() / counts.sum()),
+                "loss change": 0.01,
+                "loss change ci low": 0.005 if len(counts) >= MIN_DOCUMENTS else np.nan,
+                "loss change ci high": 0.015 if len(counts) >= MIN_DOCUMENTS else np.nan,
+                "documents": len(counts),
             }
             for name, (sums, counts) in family.items()
         ]
@@ -306,7 +400,16 @@ def test_the_steering_finding_reports_switching_on_and_off():
     from tl_moe.pipeline.sections.reweighting import _steering_finding
 
     rows = [
-        {"experts of": g, "switch": s, "evaluated on": e, **_interval_row(loss_change=v, random_sets=0.01)}
+        {
+            "experts of": g,
+            "switch": s,
+            "evaluated on": e,
+            **_interval_row(loss_change=v, random_sets=0.01),
+            "detected − random": v - 0.01,
+            "detected − random ci low": v - 0.11,
+            "detected − random ci high": v + 0.09,
+            "documents": 40,
+        }
         for g, s, e, v in (
             ("math", "off", "math", 1.3),
             ("math", "on", "math", 0.8),
@@ -340,3 +443,23 @@ def test_the_position_finding_states_the_drivers_own_within_token_effect():
     own = effects.set_index("effect").loc["drivers: early − late, within token id", "estimate"]
     assert f"drivers {own:+.3f}" in position
     assert "7 of" in association and "4 by Benjamini–Yekutieli" in association
+
+
+def test_the_estimate_finding_prints_the_chance_overlap_with_two_decimals():
+    from tl_moe.pipeline.sections.drivers import DriversResult
+
+    agreement = pd.DataFrame(
+        [
+            {
+                "score": score,
+                "exact effect": "zero",
+                "layer": "all",
+                "top n": 8,
+                "top-n overlap": 4,
+                "chance overlap": 1.049,
+            }
+            for score in ("first-order estimate", "REAP saliency")
+        ]
+    )
+    result = DriversResult(pd.DataFrame(), pd.DataFrame(), 0.5, agreement=agreement)
+    assert "(chance 1.05; REAP saliency: 4)" in result._estimate_finding()

@@ -157,6 +157,15 @@ def test_the_drivers_analysis_runs_through_the_pipeline_and_reports(tiny_run_opt
     assert "remove | driver − control | 95% CI" in saved and saved["report documents"] >= 10
     assert any("Driver experts" in finding for finding in results.findings)
     assert (tmp_path / "figures" / "drivers_effect_vs_saliency.png").exists()
+    # REAP's ρ carries its document interval, or says why it has none (never a bare number).
+    (finding,) = [f for f in results.findings if "Driver experts" in f]
+    rho = finding.split("Spearman ρ = ")[1]
+    interval = drivers.saliency_interval
+    assert interval is not None and interval.estimate == pytest.approx(drivers.saliency_spearman)
+    if interval.available:
+        assert rho.startswith(f"{drivers.saliency_spearman:+.2f} [{interval.low:+.2f}, {interval.high:+.2f}]")
+    else:
+        assert rho.startswith(f"{drivers.saliency_spearman:+.2f} (no interval: {interval.reason})")
 
 
 def test_with_the_domains_analysis_drivers_are_compared_with_domain_experts(
@@ -177,3 +186,26 @@ def test_with_the_domains_analysis_drivers_are_compared_with_domain_experts(
     assert total["domain experts"] == int(scored["domain_expert"].sum())
     assert any("Drivers vs domain experts" in finding for finding in results.findings)
     assert (tmp_path / "figures" / "drivers_vs_domain_experts.png").exists()
+
+
+def test_per_document_saliency_adds_up_to_the_half_totals_and_merges_across_shards(planted, short_docs):
+    from tl_moe.analysis.drivers import document_half
+
+    whole = _pass(planted, short_docs)["saliency"]
+    half = document_half(torch.arange(whole.doc_routed.shape[-1]))
+    for h in (0, 1):
+        on = (half == h).double()
+        torch.testing.assert_close(whole.doc_routed @ on, whole.routed[h].double())
+        torch.testing.assert_close(whole.doc_saliency @ on, whole.saliency[h], rtol=1e-9, atol=1e-9)
+    cfg = planted.moe_cfg
+    parts = []
+    for position in range(2):
+        acc = ExpertSaliency(cfg.sparse_layers, cfg.num_experts)
+        collect(
+            planted, short_docs, {"s": acc}, batch_size=8, seq_len=16, progress=False, shard=(position, 2)
+        )
+        parts.append(acc)
+    merged = parts[0].merge(parts[1]).finalize()
+    size = whole.doc_routed.shape[-1]
+    torch.testing.assert_close(merged.doc_routed[..., :size], whole.doc_routed)
+    torch.testing.assert_close(merged.doc_saliency[..., :size], whole.doc_saliency, rtol=1e-9, atol=1e-9)

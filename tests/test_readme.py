@@ -63,10 +63,44 @@ def _hand_typed_results(text: str) -> list[str]:
     return [m.group(0) for m in _RESULT_WITH_INTERVAL.finditer(text)]
 
 
+# A plain measurement: a duration ("10.1 s", "23 min", "5 ms") or a measured ratio ("15.1×", "7.97×").
+_MEASUREMENT = re.compile(r"(?<![\w.])\d+(?:\.\d+)?\s?(?:s|ms|min)\b|(?<![\w.])\d+\.\d+\s?×")
+
+
+def _outside_generated(text: str) -> str:
+    """A Markdown text without its generated blocks, code blocks and inline code."""
+    text = re.sub(r"```.*?```", "", _GENERATED.sub("", text), flags=re.S)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+def _hand_typed_measurements(text: str) -> list[str]:
+    """Durations and measured ratios outside the generated blocks and code of a Markdown text."""
+    return [m.group(0) for m in _MEASUREMENT.finditer(_outside_generated(text))]
+
+
 def test_no_result_is_typed_by_hand_in_the_readme_or_the_docs():
     documents = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     typed = {str(d.relative_to(ROOT)): _hand_typed_results(d.read_text()) for d in documents}
     assert not {name: found for name, found in typed.items() if found}
+
+
+def test_no_measurement_is_typed_by_hand_in_the_docs():
+    """Timings and speed-ups depend on the machine and the code: they come from a results file through
+    a generated block, or the text names the benchmark that measures them instead."""
+    documents = sorted((ROOT / "docs").glob("*.md"))
+    typed = {str(d.relative_to(ROOT)): _hand_typed_measurements(d.read_text()) for d in documents}
+    assert not {name: found for name, found in typed.items() if found}
+
+
+def test_the_hand_typed_measurement_check_finds_one():
+    planted = (
+        "one forward took 10.1 s, the exact effects 15.1× that; a run of 23 min.\n"
+        "<!-- results:x:start -->\nit took 4.2 s (3.5×)\n<!-- results:x:end -->\n`--timeout 60 s`"
+    )
+    assert _hand_typed_measurements(planted) == ["10.1 s", "15.1×", "23 min"]
+    assert (
+        _hand_typed_measurements("16 experts, top-4, d_expert 256, × 300, layers 0 to 3, docs/sections") == []
+    )
 
 
 def test_the_hand_typed_result_check_finds_one():

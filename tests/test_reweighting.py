@@ -355,3 +355,75 @@ def test_steering_can_contrast_two_languages_of_one_domain(model, tagged_corpus)
     assert {corpus[row]["language"] for row in study.evaluation_docs} == {"x", "y"}
     with pytest.raises(InputError, match="needs domain 'zz'"):
         Reweighting().check(RunContext(options.replace(steer_contrast=("zz:x", "y")), dataset=corpus))
+
+
+def _gain_row(domain, change, low, high, versus, documents, unavailable=""):
+    return {
+        "domain": domain,
+        "expert set": "driver experts",
+        "factor": 1.25,
+        "loss change (selection)": -0.01,
+        "loss change": change,
+        "loss change ci low": low,
+        "loss change ci high": high,
+        "chosen − control": versus,
+        "Holm ci low": np.nan if unavailable else versus - 0.01,
+        "Holm ci high": np.nan if unavailable else versus + 0.01,
+        "Holm level": np.nan if unavailable else 0.975,
+        "p (Holm)": np.nan if unavailable else 0.4,
+        "improved (Holm)": False,
+        "worse (Holm)": False,
+        "Holm unavailable": unavailable,
+        "documents": documents,
+    }
+
+
+def test_the_reweighting_finding_shows_each_domains_absolute_change_and_says_when_it_is_an_increase():
+    """Planted rows: one domain whose chosen re-weighting raised held-out loss (interval above 0) while
+    not differing from its control, one that lowered it, one not separated from 0, one untested."""
+    import pandas as pd
+
+    from tl_moe.pipeline.sections.reweighting import _reweighting_finding
+
+    gains = pd.DataFrame(
+        [
+            _gain_row("biomedical", 0.0103, 0.0033, 0.0169, 0.0035, 40),
+            _gain_row("math", -0.02, -0.03, -0.01, -0.001, 35),
+            _gain_row("prose", 0.002, -0.001, 0.005, 0.0, 31),
+            _gain_row(
+                "c", 0.0043, np.nan, np.nan, 0.0043, 8, "8 documents; a document-level interval needs 30"
+            ),
+        ]
+    )
+    text = _reweighting_finding(gains)
+    assert "absolute change +0.0103 [+0.0033, +0.0169]: an increase (held-out loss worse" in text
+    assert "absolute change -0.0200 [-0.0300, -0.0100]: a decrease" in text
+    assert "absolute change +0.0020 [-0.0010, +0.0050]: not separated from 0 (estimate an increase)" in text
+    assert "absolute change +0.0043 (no interval: 8 documents; a document-level interval needs 30)" in text
+    assert "vs control +0.0035 [-0.0065, +0.0135]" in text  # the control difference stays beside it
+    assert text.index("biomedical") < text.index("absolute change +0.0103") < text.index("vs control +0.0035")
+    assert all(f"{d} (driver experts × 1.25): absolute change" in text for d in ("math", "prose", "c"))
+
+
+def test_the_steering_finding_prints_the_paired_difference_or_why_it_has_no_interval():
+    import pandas as pd
+
+    from tl_moe.analysis.steering import SteeringStudy
+    from tl_moe.pipeline.sections.reweighting import _steering_finding
+
+    def row(side, switch, documents, interval=True):
+        out = {"experts of": side, "switch": switch, "evaluated on": side, "documents": documents}
+        for prefix, value in (("loss change", 0.46), ("random sets", 0.19), ("detected − random", 0.27)):
+            out[prefix] = value
+            out[f"{prefix} ci low"] = value - 0.05 if interval else np.nan
+            out[f"{prefix} ci high"] = value + 0.05 if interval else np.nan
+        return out
+
+    switches = pd.DataFrame(
+        [row("a", "off", 40), row("a", "on", 40), row("b", "off", 12, False), row("b", "on", 12, False)]
+    )
+    study = SteeringStudy(("a", "b"), pd.DataFrame(), pd.DataFrame(), switches, frozenset(), frozenset())
+    text = _steering_finding(study)
+    assert text.count("paired difference (experts − matched random experts) +0.2700 [+0.2200, +0.3200]") == 2
+    assert text.count("+0.2700 (no interval: 12 documents; a document-level interval needs 30)") == 2
+    assert "switched off and on" in text

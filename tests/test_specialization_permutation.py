@@ -287,3 +287,30 @@ def test_the_section_scores_the_stored_routing_as_the_accumulators_and_draws_the
     functional = frame["measure"].str.startswith("functional")
     assert frame.loc[functional, "permutation_excess"].isna().all()
     assert frame.loc[~functional, "permutation_p_value"].between(0, 1).all()
+
+
+def test_the_headline_leads_with_the_weighted_permutation_excess_and_labels_the_spread():
+    """Planted: a specialized routing measure, and a functional measure with no control. The headline
+    quotes the routing measure's token-weighted permutation excess and its interval (the numbers of the
+    interval table), says why the functional one has none, and keeps mean ± sd only as a labelled spread."""
+    from tl_moe.pipeline.sections.specialization import FUNCTIONAL_NO_CONTROL, SpecializationSummary
+
+    routed, content, doc = planted_stream(0, specialized=True, n_docs=40)
+    baseline = document_permutation_baseline(routed, content, doc, 8, 8, n_permutations=19, seed=0)
+    counts = baseline.doc_counts.double().sum(0)  # [layer, expert, group]
+    routing, functional = "routing, 8 token clusters", "functional, 8 token clusters"
+    intervals = excess_intervals(baseline, n_resamples=200)
+    summary = SpecializationSummary(
+        {routing: specialization_scores(counts), functional: specialization_scores(counts)},
+        permutation={routing: baseline},
+        intervals={routing: intervals},
+    )
+    lead = summary.findings()[0]
+    last = intervals.iloc[-1]
+    head = f"{routing} {last['estimate']:+.4f} [{last['ci_low']:+.4f}, {last['ci_high']:+.4f}]"
+    assert head in lead
+    assert lead.index(head) < lead.index("a spread, not an interval")  # the weighted excess leads
+    spread = specialization_scores(counts).layer_summary().iloc[-1]
+    assert f"{spread['mean_excess']:.3f} ± {spread['std_excess']:.3f}" in lead.split("a spread")[1]
+    assert f"{functional}: no control ({FUNCTIONAL_NO_CONTROL})" in lead
+    assert "above the document-permutation baseline" in summary.findings()[1]

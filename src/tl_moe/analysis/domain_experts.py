@@ -16,8 +16,12 @@ and get NaN scores instead of noisy ones. Definitions are in ``docs/METHODS.md``
 Significance (:meth:`DomainExperts.permutation_test`): tokens of one document arrive together, so a
 small expert can score high by chance. The null shuffles the domain labels of DOCUMENTS (each
 document keeps its tokens and its routing), recomputes every expert's score, and gives each expert a
-permutation p-value; Benjamini–Hochberg over the scored experts gives q-values. With a test, only
-experts with ``score >= threshold`` AND ``q <= alpha`` are called domain experts.
+permutation p-value; Benjamini–Hochberg over the scored experts gives q-values. With a test, the
+test alone decides: the domain experts are the BH discoveries (``q <= alpha``), whatever their score;
+the score threshold (``score >= threshold``) is descriptive only. A randomized p-value cannot go below
+``1 / (1 + n_permutations)`` (its floor), and BH can only discover a lone expert when that floor is at
+most ``alpha / m`` for ``m`` tested experts: :func:`permutations_for_discovery` gives the count that
+reaches it, and :attr:`DomainExperts.floor_blocks_lone_discovery_` says when a test had fewer.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
 
-__all__ = ["DomainExperts", "domain_scores"]
+__all__ = ["DomainExperts", "domain_scores", "permutations_for_discovery"]
 
 
 def domain_scores(
@@ -43,12 +47,20 @@ def domain_scores(
     return (1.0 - entropy / math.log(counts.shape[-1])).clamp(0.0, 1.0)
 
 
+def permutations_for_discovery(n_tested: int, alpha: float) -> int:
+    """The fewest random permutations whose p-value floor ``1 / (1 + P)`` is at most ``alpha / n_tested``,
+    the Benjamini–Hochberg threshold of the most significant of ``n_tested`` tests: with fewer, no expert
+    can be discovered unless many others are too."""
+    return max(1, math.ceil(n_tested / alpha - 1 - 1e-9))
+
+
 class DomainExperts:
     """Score every expert for how strongly its routing favours one domain.
 
     Args:
-        threshold: experts with a domain-specialization score ``>= threshold`` (and enough tokens) are
-            called domain experts (``is_domain_expert_``). In ``[0, 1]``.
+        threshold: a descriptive cut: the number of experts with a domain-specialization score
+            ``>= threshold`` (and enough tokens) is reported, and before a test they are the candidates
+            in ``is_domain_expert_``; after :meth:`permutation_test` the test alone decides. In ``[0, 1]``.
         min_tokens: experts that received fewer routed tokens than this, summed over domains, are
             flagged and not scored.
 
@@ -62,9 +74,14 @@ class DomainExperts:
         n_tokens_: routed tokens per expert summed over domains, ``[L, E]``.
         insufficient_tokens_: True where ``n_tokens_ < min_tokens``, ``[L, E]``.
         is_domain_expert_: ``scores_ >= threshold`` among scored experts, ``[L, E]``; after
-            :meth:`permutation_test`, also ``q_values_ <= alpha``.
+            :meth:`permutation_test`, the BH discoveries ``q_values_ <= alpha`` among scored experts.
         p_values_, q_values_: after :meth:`permutation_test`: document-level permutation p-values and
             their Benjamini–Hochberg adjustment, ``[L, E]`` (NaN for flagged experts); None before.
+        n_permutations_, p_floor_, n_tested_: after :meth:`permutation_test`: the permutations drawn,
+            the smallest p-value they can give (``1 / (1 + n_permutations_)``; an exact test's is
+            ``1 / n!``) and the experts tested.
+        floor_blocks_lone_discovery_: after :meth:`permutation_test`: True when ``p_floor_`` exceeds
+            ``alpha / n_tested_``, so a single expert cannot be discovered on its own.
         domain_names_: the domain names, in the order of the last axis.
         layers_: the block index of each row of the ``layer`` axis.
     """
@@ -145,7 +162,8 @@ class DomainExperts:
         self.insufficient_tokens_: Bool[torch.Tensor, "layer expert"] = insufficient
         self.is_domain_expert_ = (scores >= self.threshold) & ~insufficient
         self.p_values_ = self.q_values_ = None
-        self.alpha_ = None
+        self.alpha_ = self.n_permutations_ = self.p_floor_ = self.n_tested_ = None
+        self.floor_blocks_lone_discovery_ = None
         self.domain_names_ = domain_names
         self.layers_ = layers
         self.n_layers_, self.n_experts_, self.n_domains_ = counts.shape
@@ -199,10 +217,20 @@ class DomainExperts:
         q_values, discovered = benjamini_hochberg(p_values.numpy(), alpha)
         self.p_values_, self.q_values_ = p_values, torch.from_numpy(q_values)
         self.alpha_ = alpha
-        self.is_domain_expert_ = (
-            (self.scores_ >= self.threshold) & ~self.insufficient_tokens_ & torch.from_numpy(discovered)
+        self.n_tested_ = int(torch.isfinite(p_values).sum())
+        exact = math.factorial(len(doc_domain)) <= n_permutations
+        self.n_permutations_ = math.factorial(len(doc_domain)) if exact else int(n_permutations)
+        self.p_floor_ = 1.0 / self.n_permutations_ if exact else 1.0 / (1.0 + n_permutations)
+        self.floor_blocks_lone_discovery_ = bool(
+            self.n_tested_ and self.p_floor_ > alpha / self.n_tested_ * (1 + 1e-9)
         )
+        self.is_domain_expert_ = ~self.insufficient_tokens_ & torch.from_numpy(discovered)
         return self
+
+    def n_above_threshold(self) -> int:
+        """Scored experts with ``score >= threshold`` (descriptive; the test, not this, decides)."""
+        self._check_fitted()
+        return int(((self.scores_ >= self.threshold) & ~self.insufficient_tokens_).sum())
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "scores_"):

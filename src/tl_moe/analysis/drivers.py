@@ -160,7 +160,8 @@ class DocumentEffectsResult:
 
 class ExpertSaliency(Accumulator):
     """Per expert of ``layers``: routed tokens, Σ weight × ‖output‖ (REAP), Σ position in document,
-    on each document half."""
+    on each document half; and routed tokens and Σ weight × ‖output‖ per document, so that REAP
+    saliency can be recomputed on resampled documents."""
 
     def __init__(self, layers: Sequence[int], n_experts: int) -> None:
         self.layers = tuple(int(layer) for layer in layers)
@@ -169,9 +170,12 @@ class ExpertSaliency(Accumulator):
         self.routed = torch.zeros(shape, dtype=torch.long)
         self.saliency = torch.zeros(shape, dtype=torch.float64)
         self.position = torch.zeros(shape, dtype=torch.float64)
+        per_document = (len(self.layers), self.n_experts, 0)
+        self.doc_routed = torch.zeros(per_document, dtype=torch.float64)
+        self.doc_saliency = torch.zeros(per_document, dtype=torch.float64)
 
     def config(self) -> dict[str, Any]:
-        return {"layers": list(self.layers), "n_experts": self.n_experts}
+        return {"layers": list(self.layers), "n_experts": self.n_experts, "per_document": True}
 
     def hook_names(self, model: Any) -> list[str]:
         kinds = ("topk_indices", "topk_weights", "expert_out")
@@ -179,49 +183,80 @@ class ExpertSaliency(Accumulator):
 
     def update(self, acts: Activations, meta: BatchMeta) -> None:
         real = meta.tokens(meta.doc_position) >= 0
-        half = document_half(meta.tokens(meta.doc_index)[real]).cpu()
+        docs = meta.tokens(meta.doc_index)[real].long().cpu()
+        half = document_half(docs).cpu()
         where = meta.tokens(meta.doc_position)[real].double().cpu()
+        size = max(self.doc_routed.shape[-1], int(docs.max()) + 1 if docs.numel() else 0)
+        self.doc_routed, self.doc_saliency = _grow(self.doc_routed, size), _grow(self.doc_saliency, size)
         for row, layer in enumerate(self.layers):
             indices = meta.tokens(acts[get_act_name("topk_indices", layer)])[real].long().cpu()
             weights = meta.tokens(acts[get_act_name("topk_weights", layer)])[real].double().cpu()
             norms = meta.tokens(acts[get_act_name("expert_out", layer)])[real].double().norm(dim=-1).cpu()
             k = indices.shape[-1]
             flat = half.repeat_interleave(k) * self.n_experts + indices.reshape(-1)
-            size = 2 * self.n_experts
-            routed = torch.bincount(flat, minlength=size).reshape(2, -1)
-            salient = torch.zeros(size, dtype=torch.float64).index_add(0, flat, (weights * norms).reshape(-1))
-            positions = torch.zeros(size, dtype=torch.float64).index_add(0, flat, where.repeat_interleave(k))
+            n_cells = 2 * self.n_experts
+            value = (weights * norms).reshape(-1)
+            routed = torch.bincount(flat, minlength=n_cells).reshape(2, -1)
+            salient = torch.zeros(n_cells, dtype=torch.float64).index_add(0, flat, value)
+            positions = torch.zeros(n_cells, dtype=torch.float64).index_add(
+                0, flat, where.repeat_interleave(k)
+            )
             self.routed = self.routed.index_add(1, torch.tensor([row]), routed.unsqueeze(1))
             self.saliency = self.saliency.index_add(1, torch.tensor([row]), salient.reshape(2, 1, -1))
             self.position = self.position.index_add(1, torch.tensor([row]), positions.reshape(2, 1, -1))
+            cell = (indices * size + docs[:, None]).reshape(-1)  # (expert, document) of each slot
+            n_doc_cells = self.n_experts * size
+            self.doc_routed[row] += torch.bincount(cell, minlength=n_doc_cells).double().reshape(-1, size)
+            self.doc_saliency[row] += (
+                torch.zeros(n_doc_cells, dtype=torch.float64).index_add(0, cell, value).reshape(-1, size)
+            )
 
     def merge(self, other: ExpertSaliency) -> ExpertSaliency:
         self._check_mergeable(other)
         self.routed = self.routed + other.routed
         self.saliency = self.saliency + other.saliency
         self.position = self.position + other.position
+        size = max(self.doc_routed.shape[-1], other.doc_routed.shape[-1])
+        self.doc_routed = _grow(self.doc_routed, size) + _grow(other.doc_routed, size)
+        self.doc_saliency = _grow(self.doc_saliency, size) + _grow(other.doc_saliency, size)
         return self
 
     def state_dict(self) -> dict[str, Any]:
-        return {"routed": self.routed, "saliency": self.saliency, "position": self.position}
+        return {
+            "routed": self.routed,
+            "saliency": self.saliency,
+            "position": self.position,
+            "doc_routed": self.doc_routed,
+            "doc_saliency": self.doc_saliency,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.routed, self.saliency, self.position = state["routed"], state["saliency"], state["position"]
+        self.doc_routed, self.doc_saliency = state["doc_routed"], state["doc_saliency"]
 
     def finalize(self) -> ExpertSaliencyResult:
         return ExpertSaliencyResult(
-            self.layers, self.routed.clone(), self.saliency.clone(), self.position.clone()
+            self.layers,
+            self.routed.clone(),
+            self.saliency.clone(),
+            self.position.clone(),
+            self.doc_routed.clone(),
+            self.doc_saliency.clone(),
         )
 
 
 @dataclass(frozen=True)
 class ExpertSaliencyResult:
-    """``[half, layer, expert]`` routed counts, Σ weight × ‖output‖ and Σ document position."""
+    """``[half, layer, expert]`` routed counts, Σ weight × ‖output‖ and Σ document position; and
+    ``[layer, expert, document]`` routed slots and Σ weight × ‖output‖ per document (indexed by the
+    document's corpus row; None when not recorded)."""
 
     layers: tuple[int, ...]
     routed: Int[torch.Tensor, "half layer expert"]
     saliency: Float[torch.Tensor, "half layer expert"]
     position: Float[torch.Tensor, "half layer expert"]
+    doc_routed: Float[torch.Tensor, "layer expert document"] | None = None
+    doc_saliency: Float[torch.Tensor, "layer expert document"] | None = None
 
     def mean_saliency(self, half: int) -> Float[torch.Tensor, "layer expert"]:
         return torch.where(
@@ -232,6 +267,15 @@ class ExpertSaliencyResult:
         return torch.where(
             self.routed[half] > 0, self.position[half] / self.routed[half].clamp(min=1), torch.nan
         )
+
+    def per_document(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(Σ weight × ‖output‖, routed slots)``, each ``[layer · expert, document]`` over the first
+        ``size`` document rows (zero-padded)."""
+        if self.doc_routed is None or self.doc_saliency is None:
+            raise ValueError("this saliency result has no per-document sums (an older checkpoint).")
+        sums, routed = self.doc_saliency[..., :size], self.doc_routed[..., :size]
+        sums, routed = _grow(sums, size), _grow(routed, size)
+        return sums.reshape(-1, size).double().numpy(), routed.reshape(-1, size).double().numpy()
 
 
 def max_drivers(n_layers: int, n_experts: int) -> int:
@@ -404,4 +448,81 @@ def driver_report(
     rho = spearmanr(experts["saliency (REAP)"], experts[f"{main_kind}: effect (report)"], nan_policy="omit")
     comparison = pd.DataFrame(comparisons)
     comparison.attrs["saliency_spearman"] = float(rho.statistic)
+    if saliency.doc_routed is not None:
+        size = max(len(counts), saliency.doc_routed.shape[-1])
+        sal_sums, sal_routed = saliency.per_document(size)
+        interval = saliency_effect_spearman(
+            np.pad(flat[0], ((0, 0), (0, size - len(counts)))),
+            np.pad(counts, (0, size - len(counts))),
+            sal_sums,
+            sal_routed,
+            n_resamples=n_resamples,
+            seed=seed + 2,
+        )
+        # Plain values (the frame's attrs travel with it into results.json).
+        comparison.attrs["saliency_spearman_interval"] = {
+            "low": float(interval.low) if interval.available else None,
+            "high": float(interval.high) if interval.available else None,
+            "documents": int(interval.n),
+            "unavailable": interval.reason or "",
+        }
     return experts, comparison
+
+
+def saliency_effect_spearman(
+    effect_sums: Float[np.ndarray, "expert document"],
+    effect_counts: Float[np.ndarray, " document"],
+    saliency_sums: Float[np.ndarray, "expert document"],
+    saliency_routed: Float[np.ndarray, "expert document"],
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+):
+    """Spearman ρ of REAP saliency on the selection half with the exact effect on the report half, over
+    experts, with a 95% percentile document-bootstrap interval.
+
+    Documents (columns, indexed by corpus row; the half of each from :func:`document_half`) are the
+    clusters: every document with a routed slot on the selection half or an edited token on the report
+    half. Each resample draws them with replacement and recomputes both scores on the drawn documents:
+    saliency ``Σ saliency_sums / Σ saliency_routed`` over selection-half documents (0 for an expert not
+    routed in the resample) and the effect ``Σ effect_sums / Σ effect_counts`` over report-half ones,
+    then ρ over the experts with both scores defined on the observed data. The estimate equals the ρ
+    of :func:`driver_report`.
+
+    Returns:
+        An :class:`~tl_moe.analysis.stats.Interval` (unavailable below
+        :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` documents, with the reason).
+    """
+    from tl_moe.analysis.effect_estimate import _rows_spearman
+    from tl_moe.analysis.stats import cluster_bootstrap
+
+    effect_sums, effect_counts = np.asarray(effect_sums, np.float64), np.asarray(effect_counts, np.float64)
+    saliency_sums = np.asarray(saliency_sums, np.float64)
+    saliency_routed = np.asarray(saliency_routed, np.float64)
+    half = document_half(torch.arange(len(effect_counts))).numpy()
+    selection = (half == 0) & (saliency_routed.sum(0) > 0)
+    report = (half == 1) & (effect_counts > 0)
+    docs = np.nonzero(selection | report)[0]
+    on_selection, on_report = selection[docs].astype(np.float64), report[docs].astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        observed_saliency = (saliency_sums[:, selection].sum(1)) / saliency_routed[:, selection].sum(1)
+    observed_effect = effect_sums[:, report].sum(1) / max(effect_counts[report].sum(), 1.0)
+    keep = np.isfinite(observed_saliency) & np.isfinite(observed_effect)
+    ss, sr = saliency_sums[keep][:, docs], saliency_routed[keep][:, docs]
+    es, ec = effect_sums[keep][:, docs], effect_counts[docs]
+
+    def statistic(weights: np.ndarray) -> np.ndarray:  # [batch, docs] -> [batch, 1]
+        w_sel, w_rep = weights * on_selection, weights * on_report
+        reap = (w_sel @ ss.T) / np.maximum(w_sel @ sr.T, 1e-300)
+        effect = (w_rep @ es.T) / np.maximum(w_rep @ ec, 1.0)[:, None]
+        return _rows_spearman(reap, effect)[:, None]
+
+    (interval,) = cluster_bootstrap(
+        statistic,
+        len(docs),
+        n_resamples=n_resamples,
+        seed=seed,
+        on_too_few="unavailable",
+        what="the saliency–effect Spearman ρ",
+    )
+    return interval

@@ -342,7 +342,8 @@ def paired_rho_difference(
     exact_counts: Float[np.ndarray, " document"],
     estimate_sums: Float[np.ndarray, "expert document"],
     estimate_counts: Float[np.ndarray, " document"],
-    saliency: Float[np.ndarray, " expert"],
+    saliency_sums: Float[np.ndarray, "expert document"],
+    saliency_routed: Float[np.ndarray, "expert document"],
     *,
     n_resamples: int = 1000,
     seed: int = 0,
@@ -350,12 +351,13 @@ def paired_rho_difference(
     """Spearman ρ of the first-order estimate and of REAP saliency with the exact effect, on the same
     experts, and their paired difference, with a 95% percentile document-bootstrap interval.
 
-    Each resample draws documents with replacement and recomputes, per expert, the exact effect
-    (``Σ exact_sums / Σ exact_counts``) and the estimate (``Σ estimate_sums / Σ estimate_counts``) on
-    the drawn documents, then both ρ over the same experts (those whose three values are finite on the
-    observed data). REAP saliency is a routing statistic kept at its all-document value (it is not
-    stored per document). Intervals are unavailable below :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS`
-    documents.
+    Each resample draws documents with replacement and recomputes, per expert, all three scores on the
+    drawn documents: the exact effect (``Σ exact_sums / Σ exact_counts``), the estimate
+    (``Σ estimate_sums / Σ estimate_counts``) and REAP saliency (``Σ saliency_sums / Σ saliency_routed``,
+    0 for an expert not routed in the resample), then both ρ over the same experts (those whose three
+    values are finite on the observed documents). The documents are those the edits saw, so REAP
+    saliency is taken over the same documents as the effects. Intervals are unavailable below
+    :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` documents.
 
     Returns:
         Three rows (``first-order estimate``, ``REAP saliency``, ``estimate − REAP``): ρ, interval,
@@ -368,20 +370,24 @@ def paired_rho_difference(
         np.asarray(exact_counts, np.float64),
         np.asarray(estimate_counts, np.float64),
     )
-    saliency = np.asarray(saliency, np.float64)
-    exact = exact_sums.sum(-1) / max(exact_counts.sum(), 1.0)
-    first = estimate_sums.sum(-1) / max(estimate_counts.sum(), 1.0)
-    keep = np.isfinite(exact) & np.isfinite(first) & np.isfinite(saliency)
+    saliency_sums = np.asarray(saliency_sums, np.float64)
+    saliency_routed = np.asarray(saliency_routed, np.float64)
     docs = np.nonzero((exact_counts > 0) | (estimate_counts > 0))[0]
+    exact = exact_sums[:, docs].sum(-1) / max(exact_counts.sum(), 1.0)
+    first = estimate_sums[:, docs].sum(-1) / max(estimate_counts.sum(), 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        saliency = saliency_sums[:, docs].sum(-1) / saliency_routed[:, docs].sum(-1)
+    keep = np.isfinite(exact) & np.isfinite(first) & np.isfinite(saliency)
     xs, xc = exact_sums[keep][:, docs], exact_counts[docs]
     es, ec = estimate_sums[keep][:, docs], estimate_counts[docs]
-    reap = saliency[keep]
+    ss, sr = saliency_sums[keep][:, docs], saliency_routed[keep][:, docs]
 
     def statistic(weights: np.ndarray) -> np.ndarray:  # [batch, docs] -> [batch, 3]
         exact_b = (weights @ xs.T) / np.maximum(weights @ xc, 1.0)[:, None]  # [batch, expert]
         first_b = (weights @ es.T) / np.maximum(weights @ ec, 1.0)[:, None]
+        reap_b = (weights @ ss.T) / np.maximum(weights @ sr.T, 1e-300)
         rho_first = _rows_spearman(first_b, exact_b)
-        rho_reap = _rows_spearman(np.broadcast_to(reap, exact_b.shape), exact_b)
+        rho_reap = _rows_spearman(reap_b, exact_b)
         return np.stack([rho_first, rho_reap, rho_first - rho_reap], axis=1)
 
     intervals = cluster_bootstrap(
@@ -467,21 +473,22 @@ def estimate_vs_reap(
     effects: Any, saliency: Any, estimate: FirstOrderEffectsResult, n_resamples: int = 1000, seed: int = 0
 ) -> pd.DataFrame:
     """:func:`paired_rho_difference` of the first-order estimate and REAP saliency against the exact
-    zeroing effect, over every expert of every sparse layer and every document the edits saw."""
+    zeroing effect, over every expert of every sparse layer and every document the edits saw (REAP
+    saliency recomputed on those documents in every resample)."""
     zero = list(effects.kinds).index("zero") if "zero" in effects.kinds else 0
     size = max(effects.counts.numel(), estimate.counts.numel())
 
     def padded(t: torch.Tensor) -> np.ndarray:
         return torch.nn.functional.pad(t, (0, size - t.shape[-1])).double().numpy()
 
-    routed = saliency.routed.sum(0)
-    reap = torch.where(routed > 0, saliency.saliency.sum(0) / routed.clamp(min=1), torch.nan)
+    saliency_sums, saliency_routed = saliency.per_document(size)
     return paired_rho_difference(
         padded(effects.sums[zero]).reshape(-1, size),
         padded(effects.counts),
         padded(estimate.sums).reshape(-1, size),
         padded(estimate.counts),
-        reap.reshape(-1).numpy(),
+        saliency_sums,
+        saliency_routed,
         n_resamples=n_resamples,
         seed=seed,
     )

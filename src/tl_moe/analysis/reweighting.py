@@ -374,9 +374,10 @@ def selection_domain_experts(
     max_experts: int = 8,
 ):
     """Domain experts of each domain from the selection windows alone: the domains analysis's rule
-    (:class:`~tl_moe.analysis.domain_experts.DomainExperts`: score ≥ ``threshold`` and
-    Benjamini–Hochberg q ≤ ``fdr`` under document-level relabelling), at most ``max_experts`` per
-    domain (highest score first).
+    (:class:`~tl_moe.analysis.domain_experts.DomainExperts`: Benjamini–Hochberg q ≤ ``fdr`` under
+    document-level relabelling, with at least ``n_permutations`` permutations and as many as
+    :func:`~tl_moe.analysis.domain_experts.permutations_for_discovery` asks; ``threshold`` is
+    descriptive only), at most ``max_experts`` per domain (highest score first).
 
     Args:
         routed: clean routing counts ``[layer, expert, window]`` of ``windows``.
@@ -385,7 +386,7 @@ def selection_domain_experts(
         ``(domain -> ExpertSet, the fitted DomainExperts)``; no domain experts (empty dict) when the
         permutation test cannot run (fewer than :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` documents).
     """
-    from tl_moe.analysis.domain_experts import DomainExperts
+    from tl_moe.analysis.domain_experts import DomainExperts, permutations_for_discovery
     from tl_moe.errors import InputError
 
     names = sorted(set(windows.group))
@@ -405,7 +406,9 @@ def selection_domain_experts(
             torch.from_numpy(doc_counts).permute(2, 0, 1),
             torch.from_numpy(doc_tokens),
             torch.from_numpy(np.rint(doc_code / windows_per_doc)).long(),
-            n_permutations=n_permutations,
+            n_permutations=max(
+                n_permutations, permutations_for_discovery(int((~experts.insufficient_tokens_).sum()), fdr)
+            ),
             alpha=fdr,
             seed=seed,
         )

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from tl_moe.analysis.domain_experts import DomainExperts
+from tl_moe.analysis.domain_experts import DomainExperts, permutations_for_discovery
 from tl_moe.analysis.logit_lens_accumulator import ExpertLogitLensResult
 from tl_moe.errors import InputError
 from tl_moe.pipeline.context import RunContext
@@ -49,43 +49,63 @@ class DomainExpertsResult(Result):
     def metrics(self) -> dict[str, Any]:
         frame = self.experts.to_frame()
         scored = ~self.experts.insufficient_tokens_
+        threshold = self.experts.threshold
         metrics = {
-            "domain experts (score > 0.5 and BH q <= fdr)": (
+            "domain experts (BH q <= fdr, document-level permutation test)": (
                 int(self.experts.is_domain_expert_.sum()) if self.experts.q_values_ is not None else None
             ),
-            "experts with score > 0.5 (no significance test)": int(
-                ((self.experts.scores_ >= self.experts.threshold) & scored).sum()
-            ),
+            f"experts with score >= {threshold} (descriptive, no test)": self.experts.n_above_threshold(),
             "experts scored": int(scored.sum()),
             "mean domain score": round(float(frame["score"].mean()), 4),
         }
         if self.experts.q_values_ is not None:
             metrics["false-discovery rate"] = self.experts.alpha_
+            metrics["permutations"] = self.experts.n_permutations_
+            metrics["p-value floor"] = self.experts.p_floor_
         for i, note in enumerate(self.notes):
             metrics[f"note {i + 1}"] = note
         return metrics
 
     def findings(self) -> list[str]:
         experts = self.experts
-        scored = ~experts.insufficient_tokens_
-        high = int(((experts.scores_ >= experts.threshold) & scored).sum())
-        text = f"**Domain experts**: {high} of {int(scored.sum())} scored experts have a domain score ≥ {experts.threshold}"
-        if experts.q_values_ is not None:
-            text += (
-                f"; {int(experts.is_domain_expert_.sum())} of them survive a document-level permutation test "
-                f"at false-discovery rate {experts.alpha_} (Benjamini–Hochberg)"
+        scored = int((~experts.insufficient_tokens_).sum())
+        if experts.q_values_ is None:
+            text = (
+                f"**Domain experts**: not tested (too few documents for the permutation test), so no expert "
+                f"is called a domain expert; {experts.n_above_threshold()} of {scored} scored experts have a "
+                f"domain score ≥ {experts.threshold} (descriptive only)"
             )
         else:
-            text += " (no significance test: too few documents)"
+            text = (
+                f"**Domain experts**: {int(experts.is_domain_expert_.sum())} of {scored} scored experts are "
+                f"discoveries of a document-level permutation test (domain labels shuffled over documents, "
+                f"{experts.n_permutations_} permutations) at false-discovery rate {experts.alpha_} "
+                f"(Benjamini–Hochberg over all {experts.n_tested_} tested; a discovery says the expert's "
+                "routing depends on the domain beyond document-level chance, however small its score); "
+                f"{self._floor_text()}; "
+                f"descriptive only, {experts.n_above_threshold()} have a domain score ≥ {experts.threshold}"
+            )
         if len(self.top):
             best = self.top.iloc[0]
+            tested = "q_value" in self.top.columns
             text += (
-                f"; the most specific is layer {int(best['layer'])} expert {int(best['expert'])} "
+                f"; the highest score is layer {int(best['layer'])} expert {int(best['expert'])} "
                 f"({best['favoured_domain']}, score {best['score']:.2f}, {best['lift']:.1f}× its mean rate"
-                + (f", q = {best['q_value']:.3g}" if "q_value" in self.top.columns else "")
+                + (f", p = {best['p_value']:.3g}, q = {best['q_value']:.3g}" if tested else "")
                 + ")"
             )
         return [text + "."]
+
+    def _floor_text(self) -> str:
+        """Whether the permutation count lets BH discover a lone expert (floor vs alpha / tested)."""
+        experts = self.experts
+        bound = experts.alpha_ / max(1, experts.n_tested_)
+        if experts.floor_blocks_lone_discovery_:
+            return (
+                f"the p-value floor {experts.p_floor_:.3g} exceeds alpha / tested = {bound:.3g}, so no expert "
+                "can be discovered on its own (only together with many others): raise --permutations"
+            )
+        return f"the p-value floor {experts.p_floor_:.3g} is at most alpha / tested = {bound:.3g}"
 
     def tables(self) -> list[TableItem]:
         return [TableItem("domain_experts_top", self.top, "The most domain-specific experts.")]
@@ -122,8 +142,10 @@ class Domains(Analysis):
         "score = 1 - H(π)/log(n_domains) (0: uniform over domains, 1: one domain only); lift = r[favoured] / "
         "mean_d r. p-value: the fraction of document-level relabellings (each document keeps its tokens "
         "and routing, domains shuffled across documents) whose score reaches the expert's; q: Benjamini–"
-        "Hochberg over the scored experts. Only experts with a score above 0.5 AND q <= --fdr are called "
-        "domain experts."
+        "Hochberg over the scored experts. The test alone decides: the domain experts are the experts with "
+        "q <= --fdr; the count with a score >= 0.5 is descriptive only. The test draws --permutations "
+        "permutations, raised when needed so that the p-value floor 1/(1 + permutations) is at most --fdr / "
+        "(experts tested), the BH threshold of the most significant expert."
     )
 
     def check(self, run: RunContext) -> None:
@@ -159,11 +181,14 @@ class Domains(Analysis):
             doc_counts, doc_tokens, doc_domain = per_document_routing(
                 inputs[Need(run.main, RoutingPerToken())], cfg, present
             )
+            n_tested = int((~experts.insufficient_tokens_).sum())
             experts.permutation_test(
                 doc_counts,
                 doc_tokens,
                 doc_domain,
-                n_permutations=run.options.permutations,
+                n_permutations=max(
+                    run.options.permutations, permutations_for_discovery(n_tested, run.options.fdr)
+                ),
                 alpha=run.options.fdr,
                 seed=run.options.seed,
             )

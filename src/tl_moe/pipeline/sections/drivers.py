@@ -14,7 +14,7 @@ import torch
 from tl_moe.analysis.driver_domain import DriverDomainComparison, compare_drivers_with_domain_experts
 from tl_moe.analysis.drivers import DocumentEffects, ExpertSaliency, driver_report, max_drivers
 from tl_moe.analysis.effect_estimate import FirstOrderEffects, estimate_report, estimate_vs_reap
-from tl_moe.analysis.stats import MIN_DOCUMENTS
+from tl_moe.analysis.stats import MIN_DOCUMENTS, Interval
 from tl_moe.collect.accumulator import Accumulator
 from tl_moe.models.config import MoEConfig
 from tl_moe.pipeline.context import RunContext
@@ -31,7 +31,7 @@ from tl_moe.pipeline.protocol import (
 )
 from tl_moe.pipeline.validation import check_driver_budget, check_n_drivers
 from tl_moe.report.figures import new_figure
-from tl_moe.report.numbers import format_interval, format_number
+from tl_moe.report.numbers import format_interval, format_number, is_defined
 
 __all__ = ["DriverEffects", "DriverEstimate", "DriverSaliency", "Drivers", "DriversResult"]
 
@@ -59,6 +59,10 @@ class DriverSaliency(AccumulatorSpec):
     def build(self, model: Any, run: RunContext) -> Accumulator:
         cfg = model.moe_cfg
         return ExpertSaliency(cfg.sparse_layers, cfg.num_experts)
+
+    def estimate_bytes(self, cfg: MoEConfig, run: RunContext) -> int:
+        """Its per-document routed counts and saliency sums (float64, every corpus row at most)."""
+        return 2 * len(cfg.sparse_layers) * cfg.num_experts * len(run.dataset) * 8
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,7 @@ class DriversResult(Result):
     domain_overlap: DriverDomainComparison | None = None
     paired: pd.DataFrame | None = None
     resumed: bool = True
+    saliency_interval: Interval | None = None
 
     def _agreement_row(self, score: str, kind: str = "zero", layer: str = "all") -> Any:
         frame = self.agreement
@@ -135,6 +140,14 @@ class DriversResult(Result):
         metrics["controls from another layer"] = int(self.comparison["controls from another layer"].iloc[0])
         metrics["edited forwards"] = EDITED_FORWARDS[self.resumed]
         metrics["Spearman(REAP saliency, removal effect)"] = round(self.saliency_spearman, 4)
+        if self.saliency_interval is not None:
+            key = "Spearman(REAP saliency, removal effect) | 95% CI"
+            metrics[key] = [_rounded(self.saliency_interval.low), _rounded(self.saliency_interval.high)]
+            metrics["Spearman(REAP saliency, removal effect) | documents"] = int(self.saliency_interval.n)
+            if not self.saliency_interval.available:
+                metrics["Spearman(REAP saliency, removal effect) | interval unavailable"] = (
+                    self.saliency_interval.reason
+                )
         if self.agreement is not None:
             for score in ("first-order estimate", "REAP saliency"):
                 row = self._agreement_row(score)
@@ -144,7 +157,7 @@ class DriversResult(Result):
                 metrics[f"{key} | experts"] = int(row["experts"])
                 top = f"top-{int(row['top n'])} overlap({score}, exact zeroing effect)"
                 metrics[top] = int(row["top-n overlap"])
-                metrics[f"{top} | chance"] = round(float(row["chance overlap"]), 3)
+                metrics[f"{top} | chance"] = round(float(row["chance overlap"]), 2)
         if self.paired is not None:
             for row in self.paired.to_dict("records"):
                 key = f"paired Spearman with exact zeroing effect | {row['score']}"
@@ -208,9 +221,9 @@ class DriversResult(Result):
             f"**Driver experts** (chosen on half the documents, measured on the other "
             f"{int(self.comparison['report documents'].iloc[0])}): removing one of the {n} strongest changes "
             f"next-token loss by {show('driver experts')} nats/token vs {show('matched controls')} for "
-            f"{matched} (difference {show('driver − control')}, {interval}); REAP saliency ranks experts "
-            f"with Spearman ρ = {format_number(self.saliency_spearman, '.2f', 'constant saliency or effect')} against "
-            "the exact removal effect."
+            f"{matched} (difference {show('driver − control')}, {interval}); REAP saliency (selection half) "
+            f"ranks experts with Spearman ρ = {self._saliency_rho()} against the exact removal effect "
+            "(report half)."
         ]
         if not self.resumed:
             findings.append(
@@ -223,12 +236,26 @@ class DriversResult(Result):
             findings.append(self._domain_finding())
         return findings
 
+    def _saliency_rho(self) -> str:
+        """REAP saliency's ρ with the removal effect, with its document-bootstrap interval or why none."""
+        interval = self.saliency_interval
+        if not is_defined(self.saliency_spearman):
+            return "unavailable (constant saliency or effect)"
+        if interval is None:
+            return f"{self.saliency_spearman:+.2f} (no interval: no per-document saliency was recorded)"
+        if not interval.available:
+            return f"{self.saliency_spearman:+.2f} (no interval: {interval.reason})"
+        return (
+            f"{self.saliency_spearman:+.2f} [{interval.low:+.2f}, {interval.high:+.2f}] (95% bootstrap over "
+            f"{interval.n} documents, both scores recomputed on each resample)"
+        )
+
     def _estimate_finding(self) -> str:
         first, reap = self._agreement_row("first-order estimate"), self._agreement_row("REAP saliency")
         text = (
             f"**First-order estimate** (one backward per batch) of the zeroing effect: its top "
             f"{int(first['top n'])} share {int(first['top-n overlap'])} experts with the exact top "
-            f"{int(first['top n'])} (chance {format_number(first['chance overlap'], '.1f', 'no expert')}; REAP saliency: "
+            f"{int(first['top n'])} (chance {format_number(first['chance overlap'], '.2f', 'no expert')}; REAP saliency: "
             f"{int(reap['top-n overlap'])})."
         )
         if self.paired is None:
@@ -254,7 +281,8 @@ class DriversResult(Result):
         return (
             f"{text} Spearman ρ with the exact zeroing effect on the same {int(rows['experts'].iloc[0])} experts: "
             f"estimate {rho('first-order estimate')}, REAP saliency {rho('REAP saliency')}, difference "
-            f"{rho('estimate − REAP')} (paired 95% bootstrap over {int(rows['documents'].iloc[0])} documents): "
+            f"{rho('estimate − REAP')} (paired 95% bootstrap over {int(rows['documents'].iloc[0])} documents, all "
+            "three scores recomputed on each resample): "
             f"{verdict}."
         )
 
@@ -496,7 +524,25 @@ class Drivers(Analysis):
             domain_overlap=overlap,
             paired=paired,
             resumed=effects.resumed,
+            saliency_interval=_saliency_interval(comparison),
         )
+
+
+def _saliency_interval(comparison: pd.DataFrame) -> Interval | None:
+    """The REAP saliency ρ's document-bootstrap interval kept by :func:`driver_report` (None if none)."""
+    kept = comparison.attrs.get("saliency_spearman_interval")
+    if kept is None:
+        return None
+    nan = float("nan")
+    low, high = (nan if kept[k] is None else kept[k] for k in ("low", "high"))
+    return Interval(
+        comparison.attrs["saliency_spearman"],
+        low,
+        high,
+        kept["documents"],
+        available=not kept["unavailable"],
+        reason=kept["unavailable"] or None,
+    )
 
 
 def _rounded(value: Any, digits: int = 4) -> float | None:

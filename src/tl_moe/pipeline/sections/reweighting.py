@@ -23,14 +23,35 @@ __all__ = ["Reweighting", "ReweightingResult", "held_out_windows"]
 
 
 def _row(frame: pd.Series, prefix: str) -> str:
-    """``estimate [low, high]``, the estimate with why no interval was computed, or ``unavailable``."""
-    why = (
-        frame.get(prefix + " interval unavailable")
-        or frame.get("interval unavailable")
-        or f"fewer than {MIN_DOCUMENTS} documents"
-    )
+    """``estimate [low, high]``, the estimate with why it has no interval (too few documents), or
+    ``unavailable``."""
     low, high = frame[prefix + " ci low"], frame[prefix + " ci high"]
+    why = frame.get(prefix + " interval unavailable") or _no_interval(frame).removeprefix("no interval: ")
     return format_interval(frame[prefix], low, high, "+.4f", "no held-out document", why)
+
+
+def _no_interval(frame: pd.Series) -> str:
+    """Why a row has no interval."""
+    n = int(frame.get("documents", 0))
+    if n < MIN_DOCUMENTS:
+        return f"no interval: {n} documents; a document-level interval needs {MIN_DOCUMENTS}"
+    return "no interval: no control was drawn"
+
+
+def _absolute_change(row: pd.Series) -> str:
+    """The chosen re-weighting's absolute held-out loss change with its 95% interval, and in words
+    whether it raised the loss (an increase: worse in absolute terms), lowered it, or neither."""
+    estimate, low, high = row["loss change"], row["loss change ci low"], row["loss change ci high"]
+    text = f"absolute change {_row(row, 'loss change')}"
+    if not np.isfinite(estimate):
+        return text
+    if np.isfinite(low) and np.isfinite(high):
+        if low > 0:
+            return text + ": an increase (held-out loss worse in absolute terms)"
+        if high < 0:
+            return text + ": a decrease (held-out loss better in absolute terms)"
+        return text + f": not separated from 0 (estimate an {'increase' if estimate > 0 else 'decrease'})"
+    return text + f", the estimate an {'increase' if estimate > 0 else 'decrease'}"
 
 
 def _interval_record(row: pd.Series, prefix: str, n: int) -> dict[str, Any]:
@@ -221,16 +242,21 @@ class ReweightingResult(Result):
 
 
 def _holm_row(row: pd.Series) -> str:
-    """A domain's chosen − control with its Holm interval, or why it has none."""
+    """A domain's chosen − control with its Holm interval (or why it has none), beside the chosen
+    re-weighting's absolute held-out loss change."""
+    absolute = _absolute_change(row)
     if row["Holm unavailable"]:
-        return f"{row['domain']} {row['chosen − control']:+.4f} (not tested: {row['Holm unavailable']})"
+        return (
+            f"{row['domain']} ({row['expert set']} × {row['factor']:g}): {absolute}; vs control "
+            f"{row['chosen − control']:+.4f} (not tested: {row['Holm unavailable']})"
+        )
     verdict = (
         "improved" if row["improved (Holm)"] else "worse" if row["worse (Holm)"] else "no difference shown"
     )
     return (
-        f"{row['domain']} ({row['expert set']} × {row['factor']:g}) {row['chosen − control']:+.4f} "
-        f"[{row['Holm ci low']:+.4f}, {row['Holm ci high']:+.4f}] at level {row['Holm level']:.4f}, "
-        f"Holm p = {row['p (Holm)']:.3g}: {verdict}"
+        f"{row['domain']} ({row['expert set']} × {row['factor']:g}): {absolute}; vs control "
+        f"{row['chosen − control']:+.4f} [{row['Holm ci low']:+.4f}, {row['Holm ci high']:+.4f}] at level "
+        f"{row['Holm level']:.4f}, Holm p = {row['p (Holm)']:.3g}: {verdict}"
     )
 
 
@@ -244,19 +270,22 @@ def _reweighting_finding(gains: pd.DataFrame) -> str:
         f"on {helps} of {len(gains)} domains some re-weighting of the grid lowered the selection-half loss; held "
         f"out, against routing-rate-matched random experts with the same factor, {better} of the {len(tested)} "
         f"tested domains improved and {worse} got worse (Holm-adjusted over the domains, family-wise 5%). "
-        "Every domain, chosen − control in nats/token with its Holm interval (paired document bootstrap): "
-        + "; ".join(_holm_row(row) for _, row in gains.iterrows())
-        + "."
+        "Every domain, in nats/token: the chosen re-weighting's absolute held-out loss change (95% document "
+        "bootstrap; > 0 is an increase, i.e. worse) and chosen − control with its Holm interval (paired "
+        "document bootstrap): " + "; ".join(_holm_row(row) for _, row in gains.iterrows()) + "."
     )
 
 
 def _steering_finding(steering: SteeringStudy) -> str:
-    """Switching each group's experts off and on, on its own held-out text, against random experts."""
+    """Switching each group's experts off and on, on its own held-out text: the loss change of the
+    detected experts, of matched random experts, and their paired difference with its interval (or why
+    it has none)."""
     table = steering.switches
     own = table[table["experts of"] == table["evaluated on"]]
     parts = [
         f"{r['experts of']}-experts {r['switch']} on {r['evaluated on']}: {_row(r, 'loss change')} vs "
-        f"{_row(r, 'random sets')} for matched random experts"
+        f"{_row(r, 'random sets')} for matched random experts, paired difference (experts − matched random "
+        f"experts) {_row(r, 'detected − random')}"
         for _, r in own.sort_values(["experts of", "switch"]).iterrows()
     ]
     a, b = steering.contrast
@@ -264,7 +293,7 @@ def _steering_finding(steering: SteeringStudy) -> str:
         f"**Steering** ({a} vs {b}, experts chosen by routing-rate difference on the selection half), switched "
         f"{' and '.join(sorted(set(own['switch'])))}: "
         + "; ".join(parts)
-        + " (nats/token, held out)."
+        + " (nats/token, held out, 95% document bootstrap)."
         + "".join(f" Note: {note}." for note in getattr(steering, "notes", ()))
     )
 
@@ -296,8 +325,8 @@ class Reweighting(Analysis):
     )
     intro = (
         "Documents are split by the drivers' hash into a selection half and a held-out half. For each domain D, "
-        "candidate expert sets are its domain experts (entropy score > 0.5 and BH q <= --fdr on the selection "
-        "half's routing), the driver experts (drivers analysis, chosen on the same selection half) and their "
+        "candidate expert sets are its domain experts (BH q <= --fdr of the domain-expert permutation test on the "
+        "selection half's routing), the driver experts (drivers analysis, chosen on the same selection half) and their "
         "union; every set × factor of --reweight-factors scales those experts' mixing weights on D's selection "
         "documents, and the pair with the lowest loss is chosen. It is reported on D's held-out documents beside "
         "--reweight-draws random sets (each expert replaced by one of the 3 experts of its layer with the closest "

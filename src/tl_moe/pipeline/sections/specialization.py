@@ -35,11 +35,20 @@ from tl_moe.pipeline.context import RunContext, untrained_name
 from tl_moe.pipeline.needs import ExpertLens, RoutedByDomain, RoutedByTokenGroup, RoutingPerToken
 from tl_moe.pipeline.protocol import Analysis, FigureItem, Inputs, Need, Result, TableItem
 from tl_moe.report.figures import new_figure
-from tl_moe.report.numbers import format_interval, format_mean_sd
+from tl_moe.report.numbers import format_interval, format_mean_sd, format_number
 
 __all__ = ["Specialization", "SpecializationSummary"]
 
 DIFFERENCE = "trained − untrained"
+#: Why functional specialization has no control: a token's group there is the expert's own logit-lens
+#: output on that token, which permuting content across documents cannot reassign without running the
+#: expert again on the other document's token, and the lens is accumulated over the corpus (no
+#: per-document counts to bootstrap) and only for the trained model.
+FUNCTIONAL_NO_CONTROL = (
+    "its groups are the expert's own logit-lens outputs, which a document permutation cannot reassign "
+    "without rerunning the expert on other content; the lens is summed over the corpus, so there are no "
+    "per-document counts to bootstrap, and the untrained model's lens is not computed"
+)
 
 
 @dataclass(frozen=True)
@@ -168,25 +177,54 @@ class SpecializationSummary(Result):
         return metrics
 
     def findings(self) -> list[str]:
-        parts = []
-        for name, result in self.measures.items():
-            last = result.layer_summary().iloc[-1]
-            why = f"no expert of layer {int(last['layer'])} was routed a token"
-            parts.append(f"{name} {format_mean_sd(last['mean_excess'], last['std_excess'], '.3f', why)}")
         layer = next(iter(self.measures.values())).layers[-1]
-        findings = [
-            f"**Specialization** in the last sparse layer ({layer}), bits above the sampling baseline "
-            f"(mean ± sd over experts): " + "; ".join(parts) + "."
-        ]
-        if self.permutation:
-            parts = [self._finding_part(name, baseline) for name, baseline in self.permutation.items()]
-            findings.append(
-                f"**Specialization above the document-permutation baseline** (layer {layer}, token-weighted "
-                f"over experts of >= {self.min_tokens} tokens, bits, 95% document-bootstrap intervals): "
-                + "; ".join(parts)
-                + "."
-            )
-        return findings
+        return [self._lead_finding(layer)] + ([self._permutation_finding(layer)] if self.permutation else [])
+
+    def _lead_finding(self, layer: int) -> str:
+        """The headline: per measure, the token-weighted excess over its strongest control with its
+        document-bootstrap interval (routing measures), or why it has none (functional), then the
+        unweighted mean ± sd over experts labelled as a spread."""
+        heads, spreads = [], []
+        for name, result in self.measures.items():
+            last = result.layer_summary(self.min_tokens).iloc[-1]
+            why = f"no expert of layer {int(last['layer'])} was routed a token"
+            spreads.append(f"{name} {format_mean_sd(last['mean_excess'], last['std_excess'], '.3f', why)}")
+            rows = self._interval_rows(name, "trained")
+            if name in self.permutation and rows is not None:
+                heads.append(f"{name} {_interval_text(rows.iloc[-1])}")
+            elif name in self.permutation:
+                heads.append(f"{name} {self._excess_text(name, 'trained', self.permutation[name])}")
+            else:
+                heads.append(
+                    f"{name}: no control ({self._no_control_reason(name)}); above the sampling baseline "
+                    f"only, token-weighted {format_number(last['token_weighted_mean_excess'], '+.4f', why)} (no interval)"
+                )
+        return (
+            f"**Specialization** in the last sparse layer ({layer}), token-weighted over experts of >= "
+            f"{self.min_tokens} tokens, bits above the document-permutation baseline with its 95% "
+            "document-bootstrap interval: "
+            + "; ".join(heads)
+            + ". Spread over experts (unweighted mean ± sd of each expert's excess over the multinomial "
+            "sampling baseline, all experts with tokens; a spread, not an interval): "
+            + "; ".join(spreads)
+            + "."
+        )
+
+    def _no_control_reason(self, name: str) -> str:
+        """Why a measure has no document-permutation baseline, no bootstrap interval and no untrained
+        difference."""
+        if name.startswith("functional"):
+            return FUNCTIONAL_NO_CONTROL
+        return "no routing per token with document ids"
+
+    def _permutation_finding(self, layer: int) -> str:
+        parts = [self._finding_part(name, baseline) for name, baseline in self.permutation.items()]
+        return (
+            f"**Specialization above the document-permutation baseline** (layer {layer}, token-weighted "
+            f"over experts of >= {self.min_tokens} tokens, bits, 95% document-bootstrap intervals): "
+            + "; ".join(parts)
+            + "."
+        )
 
     def _excess_text(self, name: str, model: str, baseline: DocumentPermutationBaseline) -> str:
         """``estimate [low, high], p = ..., N documents`` of one model's last-layer excess."""
@@ -396,7 +434,10 @@ class Specialization(Analysis):
         f"recomputed on them; the null mean over the first {BOOTSTRAP_PERMUTATIONS} permutations) and a "
         "permutation p-value (--permutations permutations; its floor, 1/(1 + permutations), means no "
         "permutation reached the score, and two models at the floor are not told apart by it: their "
-        "trained − untrained difference, with a paired document-bootstrap interval, is). Dashed curves: the untrained model of the same config (random init, the run's "
+        "trained − untrained difference, with a paired document-bootstrap interval, is). Functional "
+        "specialization has no control: "
+        + FUNCTIONAL_NO_CONTROL
+        + ". Dashed curves: the untrained model of the same config (random init, the run's "
         "seed), whose pass the probing section's untrained null runs (not with --skip-untrained-null)."
     )
 
