@@ -9,8 +9,10 @@ split whose score is reported, so it favours the many small, noisy units of an M
    default, class-balanced sample: 75/25 token split, neurons ranked on train, logistic regression);
    its F1 on the selection side's own held-out 25% is its *selection score*;
 3. per concept and k, the unit with the best selection score (among units with ``min_examples``
-   positives and negatives on both sides) is chosen, and its fitted probe is applied, unchanged, to
-   every token of the test documents routed to that unit;
+   positives and negatives on the SELECTION side) is chosen, and its fitted probe is applied,
+   unchanged, to every token of the test documents routed to that unit. Everything chosen — the
+   concepts kept, the units eligible, the unit chosen, its neurons — is decided on selection documents
+   only; the test documents only score;
 4. the reported numbers are that probe's class-balanced F1 (negatives weighted so that both classes
    weigh the same, whatever the class ratio routing leaves the unit; the paper's code reports F1 at
    that ratio instead) and balanced accuracy on the test documents.
@@ -102,11 +104,14 @@ class HeldOutArm:
     Attributes:
         name: the arm (e.g. ``"moe"``, ``"dense_on_routed_tokens"``).
         units: one row per (unit, concept, k): selection F1 (NaN unless the unit has ``min_examples``
-            positives and negatives on both sides), example counts on both sides.
+            positives and negatives on the selection side), example counts on both sides (the test
+            side's only recorded).
         chosen: one row per (concept, k): the chosen unit, its selection F1, and its test numbers.
         doc_counts: ``[k, concept, test document, 4]`` confusion counts (TP, FN, FP, TN) of the chosen
             probe on each test document (zeros where no unit was chosen).
         concepts: concept names of axis 1; ks: k values of axis 0; test_docs: document ids of axis 2.
+        selected: ``[k, concept]`` whether a unit was chosen for the concept on the selection side
+            (None: read from ``doc_counts``, for arms assembled from counts alone).
     """
 
     name: str
@@ -117,8 +122,17 @@ class HeldOutArm:
     ks: tuple[int, ...]
     test_docs: np.ndarray
 
+    selected: np.ndarray | None = None
+
     def has(self) -> np.ndarray:
-        """``[k, concept]``: whether a unit was chosen."""
+        """``[k, concept]``: whether a unit was chosen, on the selection documents.
+
+        ``selected`` when given (:func:`held_out_arm` always gives it: a chosen unit may see no test
+        token of a concept and still count as chosen); otherwise, for arms built from confusion
+        counts alone, every concept with counts.
+        """
+        if self.selected is not None:
+            return np.asarray(self.selected, dtype=bool)
         return self.doc_counts.sum(axis=(2, 3)) > 0
 
 
@@ -158,7 +172,8 @@ def held_out_arm(
         test_docs: sorted ids of the test documents (the bootstrap's clusters; shared by the arms
             that are compared, so their confusion counts line up).
         probe_params: :class:`KSparseProbe` settings (``ks``, ``random_state``, ...).
-        min_examples: positives and negatives a unit needs on EACH side to be probed / chosen.
+        min_examples: positives and negatives a unit needs on the SELECTION side to be probed / chosen
+            (the test side is never consulted to choose).
         labels: labels to probe instead of ``stored.labels`` (e.g. :func:`permuted_labels`).
         step: how each unit of work runs (:class:`~tl_moe.collect.steps.ResumableSteps` to resume an
             interrupted arm): the whole arm is step ``held_out-{name}``, and inside it each block of
@@ -171,9 +186,18 @@ def held_out_arm(
             name, stored, blocks, selection, test_docs, probe_params, min_examples, labels, step
         ),
     )
+    concepts, ks = tuple(stored.concept_names), _ks(probe_params)
     return HeldOutArm(
-        name, units, chosen, doc_counts, tuple(stored.concept_names), _ks(probe_params), np.asarray(test_docs)
+        name, units, chosen, doc_counts, concepts, ks, np.asarray(test_docs), _selected(chosen, concepts, ks)
     )
+
+
+def _selected(chosen: pd.DataFrame, concepts: tuple[str, ...], ks: tuple[int, ...]) -> np.ndarray:
+    """``[k, concept]``: whether ``chosen`` (made on the selection side) holds a unit for the pair."""
+    selected = np.zeros((len(ks), len(concepts)), dtype=bool)
+    for row in chosen.itertuples() if len(chosen) else ():
+        selected[ks.index(int(row.k)), concepts.index(row.concept)] = True
+    return selected
 
 
 def _ks(probe_params: dict) -> tuple[int, ...]:
@@ -208,10 +232,12 @@ def fit_selection_block(
         concept_names=[concepts[c] for c in columns],
     )
     k_index = [probe.ks_.index(k) for k in ks if k in probe.ks_]
+    # Eligibility is the selection side's alone (``status_``: min_examples positives and negatives
+    # among the unit's selection tokens). The test counts are recorded, never used to choose.
+    ok = probe.status_ == STATUS_OK
     test_mask = unit_mask & test
     n_pos = (test_mask.double() @ labels[:, columns].double()).round().long()
     n_neg = test_mask.sum(1, keepdim=True) - n_pos
-    ok = (probe.status_ == STATUS_OK) & (n_pos >= min_examples) & (n_neg >= min_examples)
     n_units, n_cols = ok.shape
     fitted = [
         (
@@ -383,7 +409,9 @@ def compare(
     The interval resamples test documents (the same documents on both sides); its method is
     :data:`~tl_moe.analysis.stats.PAIRED_METHOD`. In the estimate and in every resample a concept
     counts only when it is defined in BOTH arms (positives and negatives among the drawn documents), so
-    the two means always average the same concepts. Concepts of the other ``level`` (token vs
+    the two means always average the same concepts. Which concepts enter is decided on the selection
+    side: those both arms chose a unit for (``n_concepts_selected``); a chosen concept whose test
+    documents hold no positive or no negative of it cannot be scored and drops out of both arms. Concepts of the other ``level`` (token vs
     document) are left out. One record per k and metric: ``estimate``, ``ci_low``, ``ci_high``,
     ``bootstrap_bias``, ``n_concepts`` (defined in both arms), ``n_documents``, ``a_mean``, ``b_mean``
     (over those concepts) + interval metadata. Fewer than ``min_clusters`` test documents: the
@@ -432,7 +460,13 @@ def compare(
             ones = np.ones((1, len(a.test_docs)))
             _, mean_a, mean_b = paired(ones)
             defined = np.isfinite(score(counts_a.sum(1))) & np.isfinite(score(counts_b.sum(1)))
-            record = {"k": k, "metric": metric, **interval.to_dict(), "n_concepts": int(defined.sum())}
+            record = {
+                "k": k,
+                "metric": metric,
+                **interval.to_dict(),
+                "n_concepts": int(defined.sum()),
+                "n_concepts_selected": len(pairs),
+            }
             record["a_mean"] = _json_float(mean_a[0])
             record["b_mean"] = _json_float(mean_b[0])
             records.append(record)

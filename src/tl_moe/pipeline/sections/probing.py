@@ -23,7 +23,6 @@ from tl_moe.analysis.activations import StoredTokens
 from tl_moe.analysis.bounded_store import BoundedStoredTokens
 from tl_moe.analysis.concept_probing import (
     PAPER_PROTOCOL,
-    _usable,
     best_f1_by_k,
     experts_near_best,
     probe_dense,
@@ -96,6 +95,9 @@ def probing_steps(run: RunContext, analysis: str, models: list[str]) -> Step:
         "probe_layers": list(run.probed_layers()),
         "held_out_min_examples": options.held_out_min_examples,
         "selection_fraction": options.selection_fraction,
+        # 2: units, concepts and choices decided on the selection documents alone (saved steps of the
+        # earlier rule, which also required test-side counts, are not reused).
+        "held_out_rule": 2,
     }
     return run.steps(analysis, settings, models)
 
@@ -443,6 +445,28 @@ def paper_comparisons(
     return records
 
 
+def usable_on_selection(stored: StoredTokens, selection: torch.Tensor, min_positives: int) -> StoredTokens:
+    """``stored`` with the concept columns that have ``min_positives`` positive tokens on the SELECTION
+    documents (``selection``: ``[token]`` mask); the test documents are never counted to keep a concept."""
+    positives = stored.labels[selection].sum(0)
+    keep = [c for c in range(stored.labels.shape[1]) if int(positives[c]) >= min_positives]
+    if not keep:
+        raise InputError(
+            f"No concept has {min_positives} positive tokens on the selection documents; collect more tokens."
+        )
+    kept = StoredTokens(
+        token_index=stored.token_index,
+        input_ids=stored.input_ids,
+        domain=stored.domain,
+        labels=stored.labels[:, keep],
+        rows=stored.rows,
+        domain_names=stored.domain_names,
+        concept_names=tuple(stored.concept_names[c] for c in keep),
+        doc_index=stored.doc_index,
+    )
+    return kept
+
+
 def held_out_probing(
     run: RunContext,
     moe: StoredTokens,
@@ -470,7 +494,6 @@ def held_out_probing(
     params = probe_settings(run)
     minimum = options.held_out_min_examples
     notes: list[str] = []
-    moe = _usable(moe, minimum)
     if moe.doc_index is None:
         raise ValueError("the held-out protocol needs document ids in the stored tokens.")
 
@@ -484,14 +507,15 @@ def held_out_probing(
         return torch.from_numpy(side)
 
     selection = split(moe)
+    moe = usable_on_selection(moe, selection, minimum)
     test_docs = [moe.doc_index[~selection].numpy()]
     if dense is not None:
-        dense = _usable(dense, minimum)
         dense_selection = split(dense)
+        dense = usable_on_selection(dense, dense_selection, minimum)
         test_docs.append(dense.doc_index[~dense_selection].numpy())
     if untrained is not None:
-        untrained = _usable(untrained, minimum)
         untrained_selection = split(untrained)
+        untrained = usable_on_selection(untrained, untrained_selection, minimum)
         test_docs.append(untrained.doc_index[~untrained_selection].numpy())
     docs = np.unique(np.concatenate(test_docs))
 
