@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import pytest
 import torch
 
 from tl_moe.analysis.activations import StoredTokens
@@ -104,3 +107,43 @@ def test_the_concept_filter_counts_selection_documents_only():
     assert original.chosen[["concept", "k", "unit", "selection_f1"]].equals(
         changed.chosen[["concept", "k", "unit", "selection_f1"]]
     )
+
+
+def test_a_control_in_draws_is_compared_through_the_mean_of_its_draws_per_concept():
+    """Two draws of a control: the control's score per concept is the mean of the draws' scores, in
+    the estimate (checked by hand) and in every resample (a control equal to the first arm in both
+    draws gives exactly 0)."""
+    from tl_moe.analysis.held_out_probing import balanced_f1
+
+    stored, selection = one_sided_store()
+    a = _arm(stored, selection, "a")
+    rng = np.random.default_rng(3)
+    draws = []
+    for d in range(2):
+        counts = a.doc_counts.copy()
+        tp, fn = counts[..., 0].copy(), counts[..., 1].copy()
+        moved = rng.binomial(tp.astype(int), 0.2 * (d + 1))  # each draw misses some positives
+        counts[..., 0], counts[..., 1] = tp - moved, fn + moved
+        draws.append(
+            dataclasses.replace(a, name=f"control[{d}]", doc_counts=counts)  # same choices, other counts
+        )
+    (f1,) = [r for r in compare(a, draws, n_resamples=300) if r["metric"] == "f1"]
+    scored = [c for c in range(3) if a.has()[0, c]]
+    score_a = balanced_f1(a.doc_counts[0, scored].sum(1))
+    score_b = np.mean([balanced_f1(d.doc_counts[0, scored].sum(1)) for d in draws], axis=0)
+    assert f1["a_mean"] == pytest.approx(score_a.mean()) and f1["b_mean"] == pytest.approx(score_b.mean())
+    assert f1["estimate"] == pytest.approx((score_a - score_b).mean()) and f1["n_draws"] == 2
+    assert f1["ci_low"] > 0 and f1["bootstrap_p"] < 0.05
+    (same,) = [r for r in compare(a, [a, a], n_resamples=300) if r["metric"] == "f1"]
+    assert same["estimate"] == 0.0 and same["ci_low"] == 0.0 == same["ci_high"]
+
+
+def test_the_matched_count_control_draws_d_expert_neurons_per_layer_and_draw():
+    from tl_moe.analysis.held_out_probing import neuron_subset
+
+    first = neuron_subset(256, 128, layer=1, draw=0, seed=0)
+    assert len(first) == 128 and len(set(first.tolist())) == 128 and int(first.max()) < 256
+    assert torch.equal(first, neuron_subset(256, 128, layer=1, draw=0, seed=0))  # seeded
+    assert not torch.equal(first, neuron_subset(256, 128, layer=1, draw=1, seed=0))
+    assert not torch.equal(first, neuron_subset(256, 128, layer=2, draw=0, seed=0))
+    assert torch.equal(neuron_subset(64, 128, layer=0, draw=2, seed=0), torch.arange(64))  # fewer: all

@@ -44,8 +44,10 @@ __all__ = [
     "PAIRED_METHOD",
     "Interval",
     "benjamini_hochberg",
+    "bootstrap_p_value",
     "cluster_bootstrap",
     "document_split",
+    "holm",
     "paired_difference",
     "paired_item_means",
     "permutation_pvalues",
@@ -75,6 +77,9 @@ class Interval:
         reason: why the interval is unavailable (None when available).
         bias: the bootstrap's bias, mean of the resampled statistics minus ``estimate`` (NaN when no
             resamples were drawn).
+        p_value: two-sided percentile-bootstrap p-value of 0, ``min(1, 2 (1 + #{resamples on the far
+            side of 0}) / (1 + B))`` (NaN when no resamples were drawn); for multiplicity corrections
+            (:func:`holm`). Not part of :meth:`to_dict`: a caller that tests adds it.
     """
 
     estimate: float
@@ -86,6 +91,7 @@ class Interval:
     available: bool = True
     reason: str | None = None
     bias: float = math.nan
+    p_value: float = math.nan
 
     def covers(self, value: float) -> bool:
         """Whether ``value`` lies inside the interval (False when unavailable)."""
@@ -194,16 +200,51 @@ def cluster_bootstrap(
         low, high = float(lows[i]), float(highs[i])
         finite = distribution[i][np.isfinite(distribution[i])]
         bias = float(finite.mean() - estimate) if finite.size else math.nan
+        p_value = bootstrap_p_value(finite) if finite.size else math.nan
         if not math.isfinite(estimate):
             out.append(unavailable(f"{what} is undefined on the observed data"))
         elif np.ptp(distribution[i]) == 0:  # every resample gives the same value: a zero-width interval
             value = float(distribution[i][0])
-            out.append(Interval(float(estimate), value, value, n_clusters, confidence, method, bias=bias))
+            out.append(
+                Interval(
+                    float(estimate), value, value, n_clusters, confidence, method, bias=bias, p_value=p_value
+                )
+            )
         elif not (math.isfinite(low) and math.isfinite(high)):
             out.append(unavailable(f"the {method} interval of {what} is undefined (degenerate resamples)"))
         else:
-            out.append(Interval(float(estimate), low, high, n_clusters, confidence, method, bias=bias))
+            out.append(
+                Interval(
+                    float(estimate), low, high, n_clusters, confidence, method, bias=bias, p_value=p_value
+                )
+            )
     return out if multi else out[0]
+
+
+def bootstrap_p_value(resampled: np.ndarray) -> float:
+    """Two-sided percentile-bootstrap p-value of 0: ``min(1, 2 (1 + min(#{<= 0}, #{>= 0})) / (1 + B))``
+    over the ``B`` resampled statistics (the interval at level ``1 - p`` just reaches 0)."""
+    resampled = np.asarray(resampled, dtype=np.float64)
+    below, above = int((resampled <= 0).sum()), int((resampled >= 0).sum())
+    return min(1.0, 2 * (1 + min(below, above)) / (1 + len(resampled)))
+
+
+def holm(pvalues: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error control over the finite entries).
+
+    The i-th smallest of ``m`` p-values becomes ``max_{j <= i} min(1, (m - j + 1) p_(j))``; NaN
+    entries (untested) stay NaN and do not count in ``m``. Reject at family-wise level ``alpha`` where
+    the adjusted p-value is at most ``alpha``.
+    """
+    pvalues = np.asarray(pvalues, dtype=np.float64)
+    adjusted = np.full(pvalues.shape, np.nan)
+    tested = np.flatnonzero(np.isfinite(pvalues))
+    order = tested[np.argsort(pvalues[tested], kind="stable")]
+    m, running = len(order), 0.0
+    for j, i in enumerate(order):
+        running = max(running, min(1.0, (m - j) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 def paired_difference(

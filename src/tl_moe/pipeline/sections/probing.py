@@ -30,11 +30,13 @@ from tl_moe.analysis.concept_probing import (
     routed_counts,
 )
 from tl_moe.analysis.held_out_probing import (
+    ROUTED_COUNT_DRAWS,
     HeldOutArm,
     compare,
     dense_layer_blocks,
     dense_matched_blocks,
     dense_routed_blocks,
+    dense_routed_count_blocks,
     expert_blocks,
     held_out_arm,
     is_document_concept,
@@ -44,14 +46,21 @@ from tl_moe.analysis.held_out_probing import (
 from tl_moe.analysis.stats import cluster_bootstrap, document_split
 from tl_moe.collect.steps import Step, run_now
 from tl_moe.errors import InputError
+from tl_moe.models.hook_names import get_act_name
 from tl_moe.pipeline.context import RunContext, untrained_name
 from tl_moe.pipeline.needs import DenseNeurons, ExpertNeurons
 from tl_moe.pipeline.protocol import Analysis, FigureItem, Inputs, Need, Result, TableItem
 from tl_moe.report import TableSummary
 from tl_moe.report.figures import line_plot
 
+#: The matched-count routed-token control (d_expert random dense neurons per draw) and its permuted null.
+ROUTED_COUNT = "dense_on_routed_tokens_matched_count"
+ROUTED_COUNT_PERMUTED = "dense_on_routed_tokens_matched_count_permuted_labels"
+
 __all__ = [
     "COMPARISONS",
+    "ROUTED_COUNT",
+    "ROUTED_COUNT_PERMUTED",
     "Probing",
     "ProbingResult",
     "held_out_probing",
@@ -61,12 +70,16 @@ __all__ = [
 ]
 
 #: Held-out comparisons: name -> (arm, arm it is compared with); estimate = mean F1(first) - mean F1(second).
+#: An arm probed in seeded draws is stored as ``name[0]``, ``name[1]``, ... and compared as one control
+#: (per concept, the mean over its draws; :func:`~tl_moe.analysis.held_out_probing.compare`).
 COMPARISONS = {
     "moe_vs_dense": ("moe", "dense"),
     "moe_vs_dense_on_routed_tokens": ("moe", "dense_on_routed_tokens"),
+    "moe_vs_dense_on_routed_tokens_matched_count": ("moe", ROUTED_COUNT),
     "moe_vs_matched_subsets": ("moe", "dense_matched_subsets"),
     "moe_vs_untrained": ("moe", "untrained_moe"),
     "permuted_labels": ("moe_permuted_labels", "dense_permuted_labels"),
+    "permuted_labels_on_routed_tokens": ("moe_permuted_labels", ROUTED_COUNT_PERMUTED),
 }
 #: Prefix of the paper protocol's metrics (the numbers of the code before the held-out protocol).
 PAPER = "paper protocol | "
@@ -202,10 +215,17 @@ class ProbingResult(Result):
     def _held_out_findings(self) -> list[str]:
         names = {
             "moe_vs_dense": "vs the dense model",
-            "moe_vs_dense_on_routed_tokens": "vs dense neurons on each expert's routed tokens",
+            "moe_vs_dense_on_routed_tokens": "vs all dense neurons on each expert's routed tokens",
+            "moe_vs_dense_on_routed_tokens_matched_count": (
+                "vs d_expert random dense neurons on each expert's routed tokens (matched neuron count, "
+                "mean of the draws)"
+            ),
             "moe_vs_matched_subsets": "vs dense neurons on routing-matched token subsets",
             "moe_vs_untrained": "vs the untrained MoE",
             "permuted_labels": "and with labels permuted (the protocol's own bias, ≈ 0 expected)",
+            "permuted_labels_on_routed_tokens": (
+                "and the matched-count routed-token control with labels permuted (its own null, ≈ 0 expected)"
+            ),
         }
         parts, documents = [], None
         for name, label in names.items():
@@ -282,7 +302,7 @@ class ProbingResult(Result):
                     "probing_comparisons",
                     self.comparisons,
                     "Every comparison: mean F1 difference (first minus second arm) with its 95% interval.",
-                    max_rows=160,  # shown in full: 2 metrics x 5 held-out + 2 paper comparisons x every k
+                    max_rows=200,  # shown in full: 2 metrics x 7 held-out + 2 paper comparisons x every k
                 )
             )
         held = self.held_out_frame()
@@ -445,6 +465,13 @@ def paper_comparisons(
     return records
 
 
+def arm_draws(arms: dict[str, HeldOutArm], name: str) -> list[HeldOutArm]:
+    """The arm ``name``, or its seeded draws ``name[0]``, ``name[1]``, ... (empty: not computed)."""
+    if name in arms:
+        return [arms[name]]
+    return [arm for key, arm in arms.items() if key.startswith(name + "[")]
+
+
 def usable_on_selection(stored: StoredTokens, selection: torch.Tensor, min_positives: int) -> StoredTokens:
     """``stored`` with the concept columns that have ``min_positives`` positive tokens on the SELECTION
     documents (``selection``: ``[token]`` mask); the test documents are never counted to keep a concept."""
@@ -477,6 +504,7 @@ def held_out_probing(
     *,
     model: str | None = None,
     permuted: bool = True,
+    routed_null: bool = True,
 ) -> tuple[dict[str, HeldOutArm], list[dict], list[str]]:
     """The held-out protocol's arms and their comparisons (records), plus notes on what is missing.
 
@@ -488,6 +516,8 @@ def held_out_probing(
         model: the MoE's name in the run (default: the analyzed model; the sparsity family passes
             each of its members).
         permuted: also probe both models with permuted labels (the protocol's own bias).
+        routed_null: also probe the MoE and the matched-count routed-token control with permuted labels
+            (the same permutation in both: that control's own null).
     """
     options = run.options
     cfg = run.config(run.main if model is None else model)
@@ -523,6 +553,7 @@ def held_out_probing(
         return held_out_arm(name, stored, blocks, side, docs, params, minimum, labels=labels, step=step)
 
     arms = {"moe": arm("moe", moe, expert_blocks(moe, layers, cfg.num_experts), selection)}
+    moe_permuted = permuted_labels(moe, seed=options.seed + 1)
     if dense is not None:
         dense_cfg = run.config(run.dense)
         arms["dense"] = arm(
@@ -556,6 +587,34 @@ def held_out_probing(
                 dense_matched_blocks(moe, dense_as_moe, layers, cfg.num_experts, mapping, seed=options.seed),
                 selection,
             )
+
+            def routed_count_arms(name: str, labels=None) -> dict[str, HeldOutArm]:
+                """The matched-count routed-token control: one arm per draw of d_expert dense neurons."""
+                d_mlp = dense.rows[get_act_name("neuron", dense_cfg.dense_layers[0])].shape[-1]
+                draws = ROUTED_COUNT_DRAWS if d_mlp > cfg.d_expert else 1  # all neurons: one draw is all
+                return {
+                    f"{name}[{d}]": arm(
+                        f"{name}[{d}]",
+                        dense_as_moe,
+                        dense_routed_count_blocks(
+                            moe, dense_as_moe, layers, cfg.num_experts, mapping, cfg.d_expert, d, options.seed
+                        ),
+                        selection,
+                        labels=labels,
+                    )
+                    for d in range(draws)
+                }
+
+            arms.update(routed_count_arms(ROUTED_COUNT))
+            if routed_null:
+                arms["moe_permuted_labels"] = arm(
+                    "moe_permuted_labels",
+                    moe,
+                    expert_blocks(moe, layers, cfg.num_experts),
+                    selection,
+                    labels=moe_permuted,
+                )
+                arms.update(routed_count_arms(ROUTED_COUNT_PERMUTED, labels=moe_permuted))
         else:
             notes.append(
                 "the dense model's stored tokens differ from the MoE's (another tokenizer, or a probing "
@@ -563,13 +622,14 @@ def held_out_probing(
                 "tokens and matched-subset controls need the same tokens and were not computed."
             )
     if dense is not None and permuted:
-        arms["moe_permuted_labels"] = arm(
-            "moe_permuted_labels",
-            moe,
-            expert_blocks(moe, layers, cfg.num_experts),
-            selection,
-            labels=permuted_labels(moe, seed=options.seed + 1),
-        )
+        if "moe_permuted_labels" not in arms:
+            arms["moe_permuted_labels"] = arm(
+                "moe_permuted_labels",
+                moe,
+                expert_blocks(moe, layers, cfg.num_experts),
+                selection,
+                labels=moe_permuted,
+            )
         arms["dense_permuted_labels"] = arm(
             "dense_permuted_labels",
             dense,
@@ -586,11 +646,12 @@ def held_out_probing(
 
     records = []
     for name, (first, second) in COMPARISONS.items():
-        if first not in arms or second not in arms:
+        controls = arm_draws(arms, second)
+        if first not in arms or not controls:
             continue
         for record in compare(
             arms[first],
-            arms[second],
+            controls,
             n_resamples=options.bootstrap_resamples,
             seed=options.seed,
             min_clusters=options.min_documents,
@@ -754,7 +815,10 @@ def _comparison_frame(records: list[dict]) -> pd.DataFrame:
         "ci_low",
         "ci_high",
         "n_concepts",
+        "n_concepts_selected",
         "n_documents",
+        "n_documents_with_positives",
+        "n_draws",
         "a_mean",
         "b_mean",
         "first",
@@ -765,6 +829,7 @@ def _comparison_frame(records: list[dict]) -> pd.DataFrame:
         "interval_available",
         "interval_unavailable_reason",
         "bootstrap_bias",
+        "bootstrap_p",
     ]
     frame = pd.DataFrame.from_records(records)
     for column in columns:

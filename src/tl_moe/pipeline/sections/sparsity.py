@@ -42,7 +42,16 @@ __all__ = ["FAMILY_COMPARISONS", "Sparsity", "SparsityResult"]
 
 DENSE_TWIN = "dense twin"
 #: The held-out comparisons drawn per family member (names as in ``probing.comparisons``).
-FAMILY_COMPARISONS = ("moe_vs_dense", "moe_vs_dense_on_routed_tokens", "moe_vs_matched_subsets")
+FAMILY_COMPARISONS = (
+    "moe_vs_dense",
+    "moe_vs_dense_on_routed_tokens",
+    "moe_vs_dense_on_routed_tokens_matched_count",
+    "moe_vs_matched_subsets",
+)
+#: The headline's control: dense neurons on each expert's routed tokens, d_expert of them per draw.
+HEADLINE = "moe_vs_dense_on_routed_tokens_matched_count"
+#: Shown beside the headline: all dense neurons on the routed tokens (more candidates for the probe).
+UNMATCHED = "moe_vs_dense_on_routed_tokens"
 
 
 @dataclass(frozen=True)
