@@ -134,6 +134,13 @@ def test_an_moe_computing_the_dense_function_shows_no_expert_advantage_on_routed
     assert [name for name in probing.held_out if name.startswith(ROUTED_COUNT + "[")] == [
         ROUTED_COUNT + "[0]"
     ]
+    # Per concept group at k = 1: every group's routed-token control is 0 too; counts recorded.
+    groups = probing.groups[probing.groups["metric"] == "f1"]
+    routed_groups = groups[groups["comparison"] == "moe_vs_dense_on_routed_tokens"]
+    assert len(routed_groups) >= 2 and (routed_groups["k"] == 1).all()
+    assert (routed_groups["estimate"].abs() <= 0.02).all()
+    assert (routed_groups["n_documents_with_positives"] <= routed_groups["n_documents"]).all()
+    assert probing.records()["groups"][0]["group"] in set(groups["group"])
 
 
 def test_untrained_moe_vs_untrained_dense_differs_little_under_the_held_out_protocol(tmp_path):

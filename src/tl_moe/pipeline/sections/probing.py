@@ -45,6 +45,7 @@ from tl_moe.analysis.held_out_probing import (
 )
 from tl_moe.analysis.stats import cluster_bootstrap, document_split
 from tl_moe.collect.steps import Step, run_now
+from tl_moe.data.concepts import KNOWN_CONCEPTS
 from tl_moe.errors import InputError
 from tl_moe.models.hook_names import get_act_name
 from tl_moe.pipeline.context import RunContext, untrained_name
@@ -63,6 +64,8 @@ __all__ = [
     "ROUTED_COUNT_PERMUTED",
     "Probing",
     "ProbingResult",
+    "concept_group",
+    "group_comparisons",
     "held_out_probing",
     "paper_comparisons",
     "probe_settings",
@@ -155,6 +158,9 @@ class ProbingResult(Result):
         comparisons: one row per (protocol, comparison, k): ``estimate`` (mean F1 difference), ``ci_low``,
             ``ci_high``, ``n_concepts`` and more; see docs/REPORT.md.
         notes: why a control or interval is missing, if one is.
+        groups: held-out protocol at k = 1: every comparison per concept group (``group``, with the
+            group's ``n_concepts`` and ``n_documents_with_positives``; no interval below the minimum
+            of test documents with positives).
     """
 
     moe_units: pd.DataFrame
@@ -165,6 +171,7 @@ class ProbingResult(Result):
     held_out: dict[str, HeldOutArm] = field(default_factory=dict)
     comparisons: pd.DataFrame = field(default_factory=pd.DataFrame)
     notes: tuple[str, ...] = ()
+    groups: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def to_frame(self) -> pd.DataFrame:
         return self.curves
@@ -265,7 +272,11 @@ class ProbingResult(Result):
         if not len(self.comparisons):
             return {}
         frame = self.comparisons.astype(object).where(self.comparisons.notna(), None)
-        return {"comparisons": frame.to_dict("records")}
+        out = {"comparisons": frame.to_dict("records")}
+        if len(self.groups):
+            groups = self.groups.astype(object).where(self.groups.notna(), None)
+            out["groups"] = groups.to_dict("records")
+        return out
 
     def figures(self) -> list[FigureItem]:
         figure = line_plot(
@@ -303,6 +314,17 @@ class ProbingResult(Result):
                     self.comparisons,
                     "Every comparison: mean F1 difference (first minus second arm) with its 95% interval.",
                     max_rows=200,  # shown in full: 2 metrics x 7 held-out + 2 paper comparisons x every k
+                )
+            )
+        if len(self.groups):
+            tables.append(
+                TableItem(
+                    "probing_held_out_by_group",
+                    self.groups,
+                    "Held-out protocol at k = 1, per concept group: each comparison over the group's concepts, "
+                    "with the group's concepts and test documents holding its positives (fewer than the "
+                    "minimum: no interval).",
+                    max_rows=200,
                 )
             )
         held = self.held_out_frame()
@@ -462,6 +484,49 @@ def paper_comparisons(
                 b_mean=float(b[both].mean()),
             )
             records.append(record)
+    return records
+
+
+def concept_group(name: str) -> str:
+    """The concept library's group of a concept (``code``, ``text``, ``pos``, ...; ``other`` if unknown)."""
+    concept = KNOWN_CONCEPTS.get(name)
+    return concept.group if concept is not None else "other"
+
+
+def group_comparisons(
+    arms: dict[str, HeldOutArm], *, n_resamples: int, seed: int, min_clusters: int, k: int = 1
+) -> list[dict]:
+    """Every held-out comparison at ``k`` restricted to each concept group (the concept library's groups).
+
+    One record per (comparison, group, metric), as :func:`compare`'s plus ``group``; a group whose
+    concepts have positives in fewer than ``min_clusters`` test documents gets no interval (the reason
+    says so), its estimate only.
+    """
+    if "moe" not in arms:
+        return []
+    groups: dict[str, list[str]] = {}
+    for name in arms["moe"].concepts:
+        if not is_document_concept(name):
+            groups.setdefault(concept_group(name), []).append(name)
+    records = []
+    for name, (first, second) in COMPARISONS.items():
+        controls = arm_draws(arms, second)
+        if first not in arms or not controls or k not in arms[first].ks:
+            continue
+        for group, members in sorted(groups.items()):
+            for record in compare(
+                arms[first],
+                controls,
+                n_resamples=n_resamples,
+                seed=seed,
+                min_clusters=min_clusters,
+                concepts=set(members),
+                ks=(k,),
+                what=f"{name}, {group} concepts",
+            ):
+                records.append(
+                    {"protocol": "held_out", "comparison": name, "group": group, **record, "first": first}
+                )
     return records
 
 
@@ -770,6 +835,12 @@ class Probing(Analysis):
                 for name in COMPARISONS
                 for k in sorted(set(run.options.probe_ks))
             ]
+        groups = group_comparisons(
+            arms,
+            n_resamples=run.options.bootstrap_resamples,
+            seed=run.options.seed,
+            min_clusters=run.options.min_documents,
+        )
         records += paper_comparisons(
             moe, dense, n_resamples=run.options.bootstrap_resamples, seed=run.options.seed
         )
@@ -783,6 +854,7 @@ class Probing(Analysis):
             held_out=arms,
             comparisons=_comparison_frame(records),
             notes=tuple(notes),
+            groups=_group_frame(groups),
         )
 
 
@@ -803,6 +875,15 @@ def _store_notes(run: RunContext, inputs: Inputs, layers: tuple[int, ...]) -> li
                 f"{len(stored.token_index)} tokens stored (--probe-rows-per-class)."
             )
     return notes
+
+
+def _group_frame(records: list[dict]) -> pd.DataFrame:
+    """The per-group records as a table: the comparison columns with ``group`` after ``comparison``."""
+    if not records:
+        return pd.DataFrame()
+    frame = _comparison_frame(records)
+    frame.insert(2, "group", [r["group"] for r in records])
+    return frame
 
 
 def _comparison_frame(records: list[dict]) -> pd.DataFrame:
