@@ -59,7 +59,9 @@ MIN_DOCUMENTS = 30
 
 #: The interval of every paired difference. Percentile: once both arms average the same items in each
 #: resample (:func:`paired_item_means`) its estimate sits mid-interval and it covers a planted null at
-#: the nominal rate, where BCa and basic intervals cover less (tests/test_paired_concepts.py).
+#: the nominal rate (tests/test_paired_concepts.py); on heterogeneous rare concepts (a few documents
+#: carry most positives, 40 documents, 300 seeds) it covers 0.897 where BCa covers 0.867 and basic 0.770
+#: (tests/test_interval_method_coverage.py): the best-covering of the three, so the default.
 PAIRED_METHOD = "percentile"
 
 
