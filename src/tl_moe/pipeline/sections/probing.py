@@ -3,7 +3,8 @@
 - **held-out** (the headline): units chosen on selection documents, F1 reported on disjoint test
   documents (:mod:`tl_moe.analysis.held_out_probing`), every comparison a paired difference with a
   document-level bootstrap interval; controls in the same run: dense neurons on each expert's routed
-  tokens, routing-matched random subsets, an untrained MoE of the same config, permuted labels.
+  tokens (all of them, and d_expert random ones per draw), routing-matched random subsets, an untrained
+  MoE of the same config, permuted labels (MoE vs dense, and MoE vs the matched-count control).
 - **paper** (for comparison with published numbers, labelled as such): sampled, split and scored as
   the paper's reference code does (:data:`~tl_moe.analysis.concept_probing.PAPER_PROTOCOL`); best
   test F1 over units, averaged over concepts (arXiv 2604.02178); its maximum is taken on the split
@@ -751,9 +752,13 @@ class Probing(Analysis):
         "documents is reported. Every comparison is a paired difference of mean F1 over the token-level "
         "concepts both arms probed, with a 95% bootstrap interval over test documents: MoE vs dense "
         "layers; vs dense neurons on exactly each expert's routed tokens (separates neuron selectivity "
-        "from routing's pre-filtering of tokens); vs random dense subsets with the routed sizes per layer "
+        "from routing's pre-filtering of tokens), with all of them and with d_expert random ones per draw "
+        "(as many candidates as an expert offers; the mean of 3 seeded draws), the latter with its own "
+        "permuted-label null; vs random dense subsets with the routed sizes per layer "
         "and concept; vs an untrained MoE of the same config; and MoE vs dense with permuted labels "
-        "(must be ~0). **Paper protocol (for comparison with published numbers), as the paper's "
+        "(must be ~0). Every choice (concepts, units, neurons) is made on the selection documents; the "
+        "test documents only score, and the k = 1 differences are also given per concept group. "
+        "**Paper protocol (for comparison with published numbers), as the paper's "
         "reference code samples and scores:** per concept, each document's positives and as many of its "
         "negatives, drawn before routing; every such token a unit saw, 75/25 stratified; F1 on the test "
         "split at the class ratio routing left the unit; best test F1 over units, averaged over concepts "
