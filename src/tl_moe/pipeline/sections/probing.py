@@ -921,4 +921,10 @@ def _comparison_frame(records: list[dict]) -> pd.DataFrame:
     for column in columns:
         if column not in frame:
             frame[column] = None
+    for column in _COUNT_COLUMNS:  # counts stay integers where some records lack them (None, not NaN)
+        frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
+        frame[column] = frame[column].map(lambda v: None if v is None else int(v))
     return frame[columns]
+
+
+_COUNT_COLUMNS = ("n_concepts_selected", "n_documents_with_positives", "n_draws")
