@@ -160,20 +160,26 @@ class SparsityResult(Result):
         }
         members = sorted({r["model"] for r in headline}, key=self._ratio)
         m = headline[0]["tests_in_family"]
+        # The other controls beside the smallest and the largest k only (the headline at every k).
+        ends = {min(r["k"] for r in headline), max(r["k"] for r in headline)}
         parts = []
         for model in members:
             rows = [r for r in headline if r["model"] == model]
             cells = []
             for r in rows:
-                beside = [
-                    f"{label} {_short(others[name].get((model, r['k'])))}"
-                    for name, label in (
-                        (UNMATCHED, "all dense neurons"),
-                        ("moe_vs_matched_subsets", "matched subsets"),
-                        (NULL, "permuted-label null"),
-                    )
-                    if (model, r["k"]) in others[name]
-                ]
+                beside = (
+                    []
+                    if r["k"] not in ends
+                    else [
+                        f"{label} {_short(others[name].get((model, r['k'])))}"
+                        for name, label in (
+                            (UNMATCHED, "all dense neurons"),
+                            ("moe_vs_matched_subsets", "matched subsets"),
+                            (NULL, "permuted-label null"),
+                        )
+                        if (model, r["k"]) in others[name]
+                    ]
+                )
                 cells.append(
                     f"k = {r['k']}: {_short(r)}{_holm_text(r)}"
                     + (f" ({'; '.join(beside)})" if beside else "")
@@ -183,10 +189,9 @@ class SparsityResult(Result):
             "**Sparsity family, held-out protocol** (class-balanced F1, 95% document bootstrap, every probed "
             f"k; Holm's correction over the {m} member × k tests of the headline control). Headline, the "
             "strongest control: MoE expert minus the same number of dense neurons (d_expert, random, mean of "
-            "the draws) on exactly the tokens routed to the expert; beside it, all dense neurons on those "
-            "tokens, dense neurons on routing-matched random subsets, and the control's permuted-label null: "
-            + "; ".join(parts)
-            + "."
+            "the draws) on exactly the tokens routed to the expert; beside it at the smallest and largest k, "
+            "all dense neurons on those tokens, dense neurons on routing-matched random subsets, and the "
+            "control's permuted-label null: " + "; ".join(parts) + "."
         )
         changed = []
         subsets = {(r["model"], r["k"]): r for r in self.headline_tests("moe_vs_matched_subsets")}
