@@ -17,6 +17,7 @@ from tl_moe.analysis.activations import StoredTokens
 from tl_moe.analysis.held_out_probing import compare, dense_layer_blocks, held_out_arm, permuted_labels
 from tl_moe.analysis.stats import document_split
 from tl_moe.models.hook_names import get_act_name
+from tl_moe.pipeline.sections.probing import ROUTED_COUNT
 
 PARAMS = {"ks": (1, 4), "random_state": 0}
 
@@ -116,9 +117,30 @@ def test_an_moe_computing_the_dense_function_shows_no_expert_advantage_on_routed
         # ... while the paper's protocol still reports a gap in favour of the MoE.
         paper = probing.comparison("paper", "moe_vs_dense", k)
         assert paper["estimate"] > 0.05 and paper["ci_low"] > 0.0, paper
-    assert {"moe_vs_dense", "moe_vs_matched_subsets", "permuted_labels"} <= set(
-        probing.comparisons["comparison"]
-    )
+    assert {
+        "moe_vs_dense",
+        "moe_vs_matched_subsets",
+        "permuted_labels",
+        "moe_vs_dense_on_routed_tokens_matched_count",
+        "permuted_labels_on_routed_tokens",
+    } <= set(probing.comparisons["comparison"])
+    # The matched-count control: here d_expert = d_mlp = 64, so its one draw holds every dense neuron
+    # and it equals the unmatched routed-token control exactly.
+    for k in (1, 4):
+        count = probing.comparison("held_out", "moe_vs_dense_on_routed_tokens_matched_count", k)
+        routed = probing.comparison("held_out", "moe_vs_dense_on_routed_tokens", k)
+        assert count["n_draws"] == 1 and count["n_concepts"] >= 10, count
+        assert count["estimate"] == routed["estimate"] and count["ci_low"] == routed["ci_low"]
+    assert [name for name in probing.held_out if name.startswith(ROUTED_COUNT + "[")] == [
+        ROUTED_COUNT + "[0]"
+    ]
+    # Per concept group at k = 1: every group's routed-token control is 0 too; counts recorded.
+    groups = probing.groups[probing.groups["metric"] == "f1"]
+    routed_groups = groups[groups["comparison"] == "moe_vs_dense_on_routed_tokens"]
+    assert len(routed_groups) >= 2 and (routed_groups["k"] == 1).all()
+    assert (routed_groups["estimate"].abs() <= 0.02).all()
+    assert (routed_groups["n_documents_with_positives"] <= routed_groups["n_documents"]).all()
+    assert probing.records()["groups"][0]["group"] in set(groups["group"])
 
 
 def test_untrained_moe_vs_untrained_dense_differs_little_under_the_held_out_protocol(tmp_path):
@@ -152,6 +174,14 @@ def test_untrained_moe_vs_untrained_dense_differs_little_under_the_held_out_prot
     probing = run(options, analyses=["probing"], models=models, write_report=False)["probing"]
     held = probing.comparison("held_out", "moe_vs_dense", 1)
     paper = probing.comparison("paper", "moe_vs_dense", 1)
+    # d_expert 32 < d_mlp 64: the matched-count control is three draws of 32 dense neurons.
+    count = probing.comparison("held_out", "moe_vs_dense_on_routed_tokens_matched_count", 1)
+    assert count["n_draws"] == 3 and count["estimate"] is not None
+    assert len([name for name in probing.held_out if name.startswith(ROUTED_COUNT + "[")]) == 3
+    assert all(
+        arm.chosen["unit"].str.endswith(f"draw {d}").all()
+        for d, arm in enumerate(probing.held_out[f"{ROUTED_COUNT}[{i}]"] for i in range(3))
+    )
     print("untrained pair: held-out", held, "paper", paper)
     assert abs(held["estimate"]) < 0.08 and held["ci_low"] < 0.06, held
     assert held["estimate"] < 0.5 * paper["estimate"], (held, paper)

@@ -1,19 +1,25 @@
-"""The sparsity family's findings: the routed-token control is the headline, the size confound stated."""
+"""The sparsity family's findings: the matched-count routed-token control is the headline at every k,
+Holm-adjusted over members and ks, with the unmatched control, matched subsets and its null beside it."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
+import pytest
+
+HEADLINE = "moe_vs_dense_on_routed_tokens_matched_count"
 
 
-def _family_record(model: str, ratio: float, comparison: str, estimate: float, low: float, high: float):
+def _record(model, ratio, comparison, estimate, low, high, p, k=1):
     return {
         "protocol": "held_out",
         "comparison": comparison,
-        "k": 1,
+        "k": k,
         "metric": "f1",
         "estimate": estimate,
         "ci_low": low,
         "ci_high": high,
+        "bootstrap_p": p,
         "interval_available": True,
         "model": model,
         "active_ratio": ratio,
@@ -21,54 +27,93 @@ def _family_record(model: str, ratio: float, comparison: str, estimate: float, l
     }
 
 
-def test_the_sparsity_headline_is_the_routed_token_control_and_states_the_size_confound():
-    """Planted: on routing-matched subsets both members look better; on routed tokens one is worse
-    (a reversal) and one is not separated from 0 — the headline reports the controlled results."""
+def test_holm_adjusts_as_computed_by_hand():
+    from tl_moe.analysis.stats import holm
+
+    # Sorted 0.001, 0.02, 0.03, 0.4 -> 4 x 0.001, max(.., 3 x 0.02), max(.., 2 x 0.03), max(.., 1 x 0.4).
+    adjusted = holm(np.array([0.03, 0.001, np.nan, 0.4, 0.02]))
+    assert adjusted[1] == pytest.approx(0.004)
+    assert adjusted[4] == pytest.approx(0.06) and adjusted[0] == pytest.approx(0.06)
+    assert adjusted[3] == pytest.approx(0.4) and np.isnan(adjusted[2])
+    assert holm(np.array([0.01, 0.9])).tolist() == pytest.approx([0.02, 0.9])
+    assert holm(np.array([0.6, 0.7])).tolist() == [1.0, 1.0]
+
+
+def test_bootstrap_p_value_is_the_level_at_which_the_percentile_interval_reaches_zero():
+    from tl_moe.analysis.stats import bootstrap_p_value
+
+    resampled = np.r_[np.full(10, -1.0), np.full(989, 1.0)]
+    assert bootstrap_p_value(resampled) == pytest.approx(2 * 11 / 1000)
+    assert bootstrap_p_value(np.full(999, 1.0)) == pytest.approx(2 / 1000)
+    assert bootstrap_p_value(np.r_[np.full(500, -1.0), np.full(499, 1.0)]) == 1.0
+
+
+def _family():
+    """Planted: two members at k = 1 and 64. Unadjusted, three headline intervals exclude 0; Holm
+    over the 4 tests keeps one (p 0.001 -> 0.004); 0.02 and 0.03 -> 0.06: not separated."""
+    rows = [
+        _record("toy/moe-4x2", 0.5, HEADLINE, -0.030, -0.050, -0.012, 0.001),
+        _record("toy/moe-4x2", 0.5, HEADLINE, 0.020, 0.004, 0.036, 0.02, k=64),
+        _record("toy/moe-32x2", 0.0625, HEADLINE, 0.015, 0.002, 0.030, 0.03),
+        _record("toy/moe-32x2", 0.0625, HEADLINE, 0.004, -0.010, 0.020, 0.4, k=64),
+        _record("toy/moe-4x2", 0.5, "moe_vs_dense_on_routed_tokens", -0.045, -0.06, -0.02, 0.001),
+        _record("toy/moe-4x2", 0.5, "moe_vs_matched_subsets", 0.036, 0.022, 0.051, 0.001),
+        _record("toy/moe-4x2", 0.5, "permuted_labels_on_routed_tokens", 0.001, -0.004, 0.006, 0.7),
+        _record("toy/moe-32x2", 0.0625, "moe_vs_matched_subsets", 0.086, 0.062, 0.136, 0.001),
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_the_headline_is_the_matched_count_control_at_every_k_and_follows_holm():
     from tl_moe.pipeline.sections.sparsity import SparsityResult
 
-    held = pd.DataFrame(
-        [
-            _family_record("toy/moe-4x2", 0.5, "moe_vs_matched_subsets", 0.036, 0.022, 0.051),
-            _family_record("toy/moe-4x2", 0.5, "moe_vs_dense_on_routed_tokens", -0.027, -0.053, -0.016),
-            _family_record("toy/moe-32x2", 0.0625, "moe_vs_matched_subsets", 0.086, 0.062, 0.136),
-            _family_record("toy/moe-32x2", 0.0625, "moe_vs_dense_on_routed_tokens", 0.005, -0.008, 0.024),
-        ]
-    )
     table = pd.DataFrame({"k": [1, 1], "mean_best_f1": [0.8, 0.9], "active_ratio": [0.5, 0.0625]})
     result = SparsityResult(
         table=table,
-        ks=(1,),
-        held_out=held,
+        ks=(1, 64),
+        held_out=_family(),
         parameters={"toy/moe-4x2": 1_577_088, "toy/moe-32x2": 7_096_448},
     )
+    tests = {(r["model"], r["k"]): r for r in result.headline_tests()}
+    assert tests[("toy/moe-4x2", 1)]["p_holm"] == pytest.approx(0.004)
+    assert tests[("toy/moe-4x2", 64)]["p_holm"] == pytest.approx(0.06)
+    assert tests[("toy/moe-32x2", 1)]["verdict"] == "not separated from 0"  # unadjusted it excluded 0
+    assert tests[("toy/moe-4x2", 1)]["verdict"] == "below 0"
+    assert {r["tests_in_family"] for r in tests.values()} == {4}
     headline, paper, confound = result.findings()
-    assert "exactly the tokens routed" in headline and "held-out" in headline
-    # Members in order of active ratio, each routed-token result first, matched subsets beside it.
+    assert "same number of dense neurons (d_expert" in headline and "every probed k" in headline
+    # Members in order of active ratio; each k with its Holm result; the unmatched control, matched
+    # subsets and the null beside it.
     assert headline.index(
-        "moe-32x2 (0.0625): +0.005 [-0.008, +0.024] (matched subsets +0.086"
-    ) < headline.index("moe-4x2 (0.5): -0.027 [-0.053, -0.016] (matched subsets +0.036")
-    assert "moe-4x2 (0.5): above 0 on matched subsets, below 0 on routed tokens" in headline
-    assert "moe-32x2 (0.0625): above 0 on matched subsets, not separated from 0 on routed tokens" in headline
-    assert (
-        "better than dense neurons in 0 member(s), worse in 1, and are not separated from them in 1"
-        in headline
+        "moe-32x2 (0.0625): k = 1: +0.015 [+0.002, +0.030], Holm p = 0.06"
+    ) < headline.index(
+        "moe-4x2 (0.5): k = 1: -0.030 [-0.050, -0.012], Holm p = 0.004: below 0 (all dense neurons -0.045"
     )
+    assert "matched subsets +0.036 [+0.022, +0.051]; permuted-label null +0.001 [-0.004, +0.006])" in headline
+    assert "k = 64: +0.020 [+0.004, +0.036], Holm p = 0.06: not separated from 0" in headline
+    assert "better than dense neurons in 0 of the 4 member × k tests, worse in 1" in headline
+    assert "not separated from them in 3" in headline
+    # Matched subsets (Holm over its own 2 tests: above 0) vs the headline: the conclusion changes.
+    assert "moe-4x2 at k = 1: above 0 on matched subsets, below 0 on routed tokens" in headline
+    assert "moe-32x2 at k = 1: above 0 on matched subsets, not separated from 0 on routed tokens" in headline
     assert "paper's protocol" in paper
-    assert "moe-4x2 1.58 M" in confound and "moe-32x2 7.10 M" in confound
-    assert "cannot separate routing sparsity from model size" in confound
-    assert result.records()["parameters"]["toy/moe-32x2"] == 7_096_448
+    assert "moe-4x2 1.58 M" in confound and "cannot separate routing sparsity from model size" in confound
+    records = result.records()
+    assert records["parameters"]["toy/moe-32x2"] == 7_096_448
+    assert len(records["headline_tests"]) == 4
 
 
-def test_a_control_that_agrees_leaves_the_conclusion_unchanged():
+def test_a_planted_no_effect_family_reports_no_member_separated():
+    """Every headline p-value uniform-ish and above the Holm thresholds: nothing is called."""
     from tl_moe.pipeline.sections.sparsity import SparsityResult
 
     held = pd.DataFrame(
         [
-            _family_record("toy/moe-8x2", 0.25, "moe_vs_matched_subsets", 0.06, 0.05, 0.1),
-            _family_record("toy/moe-8x2", 0.25, "moe_vs_dense_on_routed_tokens", 0.04, 0.01, 0.07),
+            _record(f"toy/moe-{e}x2", 2 / e, HEADLINE, 0.001 * i, -0.01, 0.012, p, k=k)
+            for i, (e, k, p) in enumerate([(4, 1, 0.04), (4, 64, 0.3), (8, 1, 0.5), (8, 64, 0.9)])
         ]
     )
     table = pd.DataFrame({"k": [1], "mean_best_f1": [0.8], "active_ratio": [0.25]})
-    (headline, _) = SparsityResult(table=table, ks=(1,), held_out=held).findings()
+    (headline, _) = SparsityResult(table=table, ks=(1, 64), held_out=held).findings()
     assert "changes the conclusion" not in headline
-    assert "better than dense neurons in 1 member(s), worse in 0" in headline
+    assert "in 0 of the 4 member × k tests, worse in 0, and are not separated from them in 4" in headline

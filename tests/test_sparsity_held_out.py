@@ -84,12 +84,25 @@ def test_the_analyzed_model_reuses_the_probing_sections_numbers(family_result):
 
 def test_the_routed_token_control_is_zero_for_every_member_of_a_planted_family(family_result):
     held = family_result["sparsity"].held_out
-    routed = held[(held["comparison"] == "moe_vs_dense_on_routed_tokens") & (held["metric"] == "f1")]
-    assert len(routed) == 4
+    routed = held[
+        held["comparison"].isin(
+            ["moe_vs_dense_on_routed_tokens", "moe_vs_dense_on_routed_tokens_matched_count"]
+        )
+        & (held["metric"] == "f1")
+    ]
+    # Both routed-token controls (d_expert = d_mlp here: the matched count's one draw is every neuron).
+    assert len(routed) == 8
     for record in routed.to_dict("records"):
         assert abs(record["estimate"]) <= 0.01, record
         assert record["ci_low"] <= 0.0 <= record["ci_high"], record
         assert record["ci_high"] - record["ci_low"] <= 0.02, record
+    # Every member carries the headline control's own permuted-label null, and the headline tests.
+    null = held[(held["comparison"] == "permuted_labels_on_routed_tokens") & (held["metric"] == "f1")]
+    assert set(zip(null["model"], null["k"], strict=True)) == {
+        (m, k) for m in ("moe", "moe8") for k in (1, 4)
+    }
+    tests = family_result["sparsity"].headline_tests()
+    assert len(tests) == 4 and {t["verdict"] for t in tests} == {"not separated from 0"}
 
 
 def test_the_figures_keep_the_paper_curve_and_add_the_held_out_differences(family_result):

@@ -9,8 +9,10 @@ split whose score is reported, so it favours the many small, noisy units of an M
    default, class-balanced sample: 75/25 token split, neurons ranked on train, logistic regression);
    its F1 on the selection side's own held-out 25% is its *selection score*;
 3. per concept and k, the unit with the best selection score (among units with ``min_examples``
-   positives and negatives on both sides) is chosen, and its fitted probe is applied, unchanged, to
-   every token of the test documents routed to that unit;
+   positives and negatives on the SELECTION side) is chosen, and its fitted probe is applied,
+   unchanged, to every token of the test documents routed to that unit. Everything chosen — the
+   concepts kept, the units eligible, the unit chosen, its neurons — is decided on selection documents
+   only; the test documents only score;
 4. the reported numbers are that probe's class-balanced F1 (negatives weighted so that both classes
    weigh the same, whatever the class ratio routing leaves the unit; the paper's code reports F1 at
    that ratio instead) and balanced accuracy on the test documents.
@@ -20,14 +22,16 @@ paired difference of two such means (two models, or a model and a control on the
 gets a document-level bootstrap interval (:func:`compare`).
 
 A *probe arm* is one family of units on one model's stored tokens: the experts of an MoE, the layers
-of a dense model, the dense neurons on each expert's routed tokens, routing-matched random subsets.
+of a dense model, the dense neurons on each expert's routed tokens (all of them, or random subsets of
+``d_expert`` of them: the matched-count control), routing-matched random subsets.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,13 +53,16 @@ __all__ = [
     "UnitBlock",
     "compare",
     "dense_layer_blocks",
+    "ROUTED_COUNT_DRAWS",
     "dense_matched_blocks",
     "dense_routed_blocks",
+    "dense_routed_count_blocks",
     "expert_blocks",
     "fit_selection_block",
     "held_out_arm",
     "is_document_concept",
     "layer_map",
+    "neuron_subset",
     "permuted_labels",
 ]
 
@@ -102,11 +109,14 @@ class HeldOutArm:
     Attributes:
         name: the arm (e.g. ``"moe"``, ``"dense_on_routed_tokens"``).
         units: one row per (unit, concept, k): selection F1 (NaN unless the unit has ``min_examples``
-            positives and negatives on both sides), example counts on both sides.
+            positives and negatives on the selection side), example counts on both sides (the test
+            side's only recorded).
         chosen: one row per (concept, k): the chosen unit, its selection F1, and its test numbers.
         doc_counts: ``[k, concept, test document, 4]`` confusion counts (TP, FN, FP, TN) of the chosen
             probe on each test document (zeros where no unit was chosen).
         concepts: concept names of axis 1; ks: k values of axis 0; test_docs: document ids of axis 2.
+        selected: ``[k, concept]`` whether a unit was chosen for the concept on the selection side
+            (None: read from ``doc_counts``, for arms assembled from counts alone).
     """
 
     name: str
@@ -117,8 +127,17 @@ class HeldOutArm:
     ks: tuple[int, ...]
     test_docs: np.ndarray
 
+    selected: np.ndarray | None = None
+
     def has(self) -> np.ndarray:
-        """``[k, concept]``: whether a unit was chosen."""
+        """``[k, concept]``: whether a unit was chosen, on the selection documents.
+
+        ``selected`` when given (:func:`held_out_arm` always gives it: a chosen unit may see no test
+        token of a concept and still count as chosen); otherwise, for arms built from confusion
+        counts alone, every concept with counts.
+        """
+        if self.selected is not None:
+            return np.asarray(self.selected, dtype=bool)
         return self.doc_counts.sum(axis=(2, 3)) > 0
 
 
@@ -158,7 +177,8 @@ def held_out_arm(
         test_docs: sorted ids of the test documents (the bootstrap's clusters; shared by the arms
             that are compared, so their confusion counts line up).
         probe_params: :class:`KSparseProbe` settings (``ks``, ``random_state``, ...).
-        min_examples: positives and negatives a unit needs on EACH side to be probed / chosen.
+        min_examples: positives and negatives a unit needs on the SELECTION side to be probed / chosen
+            (the test side is never consulted to choose).
         labels: labels to probe instead of ``stored.labels`` (e.g. :func:`permuted_labels`).
         step: how each unit of work runs (:class:`~tl_moe.collect.steps.ResumableSteps` to resume an
             interrupted arm): the whole arm is step ``held_out-{name}``, and inside it each block of
@@ -171,9 +191,18 @@ def held_out_arm(
             name, stored, blocks, selection, test_docs, probe_params, min_examples, labels, step
         ),
     )
+    concepts, ks = tuple(stored.concept_names), _ks(probe_params)
     return HeldOutArm(
-        name, units, chosen, doc_counts, tuple(stored.concept_names), _ks(probe_params), np.asarray(test_docs)
+        name, units, chosen, doc_counts, concepts, ks, np.asarray(test_docs), _selected(chosen, concepts, ks)
     )
+
+
+def _selected(chosen: pd.DataFrame, concepts: tuple[str, ...], ks: tuple[int, ...]) -> np.ndarray:
+    """``[k, concept]``: whether ``chosen`` (made on the selection side) holds a unit for the pair."""
+    selected = np.zeros((len(ks), len(concepts)), dtype=bool)
+    for row in chosen.itertuples() if len(chosen) else ():
+        selected[ks.index(int(row.k)), concepts.index(row.concept)] = True
+    return selected
 
 
 def _ks(probe_params: dict) -> tuple[int, ...]:
@@ -208,10 +237,12 @@ def fit_selection_block(
         concept_names=[concepts[c] for c in columns],
     )
     k_index = [probe.ks_.index(k) for k in ks if k in probe.ks_]
+    # Eligibility is the selection side's alone (``status_``: min_examples positives and negatives
+    # among the unit's selection tokens). The test counts are recorded, never used to choose.
+    ok = probe.status_ == STATUS_OK
     test_mask = unit_mask & test
     n_pos = (test_mask.double() @ labels[:, columns].double()).round().long()
     n_neg = test_mask.sum(1, keepdim=True) - n_pos
-    ok = (probe.status_ == STATUS_OK) & (n_pos >= min_examples) & (n_neg >= min_examples)
     n_units, n_cols = ok.shape
     fitted = [
         (
@@ -368,55 +399,76 @@ def _held_out_tables(
 
 def compare(
     a: HeldOutArm,
-    b: HeldOutArm,
+    b: HeldOutArm | Sequence[HeldOutArm],
     *,
     level: str = "token",
     n_resamples: int = 2000,
     seed: int = 0,
     min_clusters: int = MIN_DOCUMENTS,
+    concepts: Collection[str] | None = None,
+    ks: Collection[int] | None = None,
+    what: str | None = None,
 ) -> list[dict]:
     """Paired difference ``mean score(a) - mean score(b)`` per k over the concepts both arms probed.
 
     Scores: class-balanced F1 (``metric="f1"``, the paper's measure; its chance level depends on how
     often a probe says "positive", between 0 and 2/3) and balanced accuracy (chance level 0.5 always).
 
+    ``b`` may be several arms, the seeded draws of one control (e.g. random neuron subsets): a
+    concept's control score is then the mean of its scores over the draws, recomputed in every
+    resample on the same resampled documents, and the concept counts only where every draw defines it.
+
     The interval resamples test documents (the same documents on both sides); its method is
     :data:`~tl_moe.analysis.stats.PAIRED_METHOD`. In the estimate and in every resample a concept
     counts only when it is defined in BOTH arms (positives and negatives among the drawn documents), so
-    the two means always average the same concepts. Concepts of the other ``level`` (token vs
-    document) are left out. One record per k and metric: ``estimate``, ``ci_low``, ``ci_high``,
-    ``bootstrap_bias``, ``n_concepts`` (defined in both arms), ``n_documents``, ``a_mean``, ``b_mean``
-    (over those concepts) + interval metadata. Fewer than ``min_clusters`` test documents: the
-    interval is unavailable, with the reason.
+    the two means always average the same concepts. Which concepts enter is decided on the selection
+    side: those both arms chose a unit for (``n_concepts_selected``); a chosen concept whose test
+    documents hold no positive or no negative of it cannot be scored and drops out of both arms.
+    Concepts of the other ``level`` (token vs document) are left out; ``concepts`` (names) restricts
+    the comparison further (e.g. to one concept group), ``ks`` to some k.
+
+    One record per k and metric: ``estimate``, ``ci_low``, ``ci_high``, ``bootstrap_bias``,
+    ``bootstrap_p`` (two-sided percentile-bootstrap p-value of 0), ``n_concepts`` (scored in both
+    arms), ``n_concepts_selected``, ``n_documents``, ``n_documents_with_positives`` (test documents that
+    hold a positive of a compared concept in either arm), ``a_mean``, ``b_mean`` (over those concepts)
+    + interval metadata. Fewer than ``min_clusters`` test documents, or fewer than ``min_clusters``
+    test documents with a positive: the interval is unavailable, with the reason.
     """
-    if a.ks != b.ks or not np.array_equal(a.test_docs, b.test_docs):
-        raise ValueError(f"arms {a.name} and {b.name} were not probed on the same ks and test documents.")
-    index_b = {name: i for i, name in enumerate(b.concepts)}
+    draws = [b] if isinstance(b, HeldOutArm) else list(b)
+    if not draws:
+        raise ValueError(f"no control arm to compare {a.name} with.")
+    for arm in draws:
+        if a.ks != arm.ks or not np.array_equal(a.test_docs, arm.test_docs):
+            raise ValueError(
+                f"arms {a.name} and {arm.name} were not probed on the same ks and test documents."
+            )
+    label = what or f"{a.name} - {draws[0].name.split('[')[0]}"
+    indices = [{name: i for i, name in enumerate(arm.concepts)} for arm in draws]
     keep = [
-        (i, index_b[name])
+        (i, [index[name] for index in indices])
         for i, name in enumerate(a.concepts)
-        if name in index_b and (is_document_concept(name) == (level == "document"))
+        if all(name in index for index in indices)
+        and is_document_concept(name) == (level == "document")
+        and (concepts is None or name in concepts)
     ]
     records = []
     for ki, k in enumerate(a.ks):
-        pairs = [(i, j) for i, j in keep if a.has()[ki, i] and b.has()[ki, j]]
+        if ks is not None and k not in ks:
+            continue
+        pairs = [
+            (i, js)
+            for i, js in keep
+            if a.has()[ki, i] and all(arm.has()[ki, j] for arm, j in zip(draws, js, strict=True))
+        ]
         if not pairs:
-            records.append(
-                {
-                    "k": k,
-                    "metric": "f1",
-                    "estimate": None,
-                    "ci_low": None,
-                    "ci_high": None,
-                    "n_concepts": 0,
-                    "n_documents": len(a.test_docs),
-                    "interval_available": False,
-                    "interval_unavailable_reason": "no concept was probed in both arms",
-                }
-            )
+            records.append(_no_concept_record(k, len(a.test_docs)))
             continue
         counts_a = a.doc_counts[ki, [i for i, _ in pairs]]  # [concept, doc, 4]
-        counts_b = b.doc_counts[ki, [j for _, j in pairs]]
+        counts_b = [arm.doc_counts[ki, [js[d] for _, js in pairs]] for d, arm in enumerate(draws)]
+        positives = (counts_a[..., TP] + counts_a[..., FN]).sum(0) + sum(
+            (c[..., TP] + c[..., FN]).sum(0) for c in counts_b
+        )
+        with_positives = int((positives > 0).sum())
         for metric, score in (("f1", balanced_f1), ("balanced_accuracy", balanced_accuracy)):
             paired = _paired_concept_means(counts_a, counts_b, score)
             interval = cluster_bootstrap(
@@ -427,16 +479,53 @@ def compare(
                 seed=seed,
                 min_clusters=min_clusters,
                 on_too_few="unavailable",
-                what=f"{a.name} - {b.name} at k={k}",
+                what=f"{label} at k={k}",
             )
+            if with_positives < min_clusters and interval.available:
+                interval = dataclasses.replace(
+                    interval,
+                    low=math.nan,
+                    high=math.nan,
+                    available=False,
+                    reason=(
+                        f"{with_positives} test document(s) hold a positive of the compared concepts; a "
+                        f"document-level interval needs at least {min_clusters}"
+                    ),
+                )
             ones = np.ones((1, len(a.test_docs)))
             _, mean_a, mean_b = paired(ones)
-            defined = np.isfinite(score(counts_a.sum(1))) & np.isfinite(score(counts_b.sum(1)))
-            record = {"k": k, "metric": metric, **interval.to_dict(), "n_concepts": int(defined.sum())}
+            defined = np.isfinite(score(counts_a.sum(1)))
+            for c in counts_b:
+                defined &= np.isfinite(score(c.sum(1)))
+            record = {
+                "k": k,
+                "metric": metric,
+                **interval.to_dict(),
+                "bootstrap_p": _json_float(interval.p_value) if interval.available else None,
+                "n_concepts": int(defined.sum()),
+                "n_concepts_selected": len(pairs),
+                "n_documents_with_positives": with_positives,
+                "n_draws": len(draws),
+            }
             record["a_mean"] = _json_float(mean_a[0])
             record["b_mean"] = _json_float(mean_b[0])
             records.append(record)
     return records
+
+
+def _no_concept_record(k: int, n_documents: int) -> dict:
+    return {
+        "k": k,
+        "metric": "f1",
+        "estimate": None,
+        "ci_low": None,
+        "ci_high": None,
+        "n_concepts": 0,
+        "n_concepts_selected": 0,
+        "n_documents": n_documents,
+        "interval_available": False,
+        "interval_unavailable_reason": "no concept was probed in both arms",
+    }
 
 
 def _concept_scores(
@@ -458,13 +547,21 @@ def _concept_scores(
 
 def _paired_concept_means(
     counts_a: Float[np.ndarray, "concept doc 4"],
-    counts_b: Float[np.ndarray, "concept doc 4"],
+    counts_b: Sequence[Float[np.ndarray, "concept doc 4"]],
     score: Callable[[np.ndarray], np.ndarray],
 ) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Document weights -> ``(mean difference, mean a, mean b)`` ``[batch]`` over the concepts defined in
-    BOTH arms on those documents (:func:`~tl_moe.analysis.stats.paired_item_means`)."""
-    scores_a, scores_b = _concept_scores(counts_a, score), _concept_scores(counts_b, score)
-    return lambda weights: paired_item_means(scores_a(weights), scores_b(weights))
+    BOTH arms on those documents (:func:`~tl_moe.analysis.stats.paired_item_means`). ``counts_b`` holds
+    one array per draw of the control: a concept's control score is its mean over the draws (NaN
+    where a draw leaves it undefined)."""
+    scores_a = _concept_scores(counts_a, score)
+    scores_b = [_concept_scores(c, score) for c in counts_b]
+
+    def means(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        control = sum(f(weights) for f in scores_b) / len(scores_b)
+        return paired_item_means(scores_a(weights), control)
+
+    return means
 
 
 def _json_float(value: float) -> float | None:
@@ -585,6 +682,55 @@ def dense_routed_blocks(
                 routed,
                 torch.zeros(num_experts, dtype=torch.long),
                 [f"L{layer}E{e}~dense L{mapping[layer]}" for e in range(num_experts)],
+                [layer] * num_experts,
+            )
+
+    factory.population_independent = True
+    return factory
+
+
+#: Seeded draws of the matched-count routed-token control (each a random subset of the dense neurons
+#: the size of an expert); a concept's control score is its mean over the draws.
+ROUTED_COUNT_DRAWS = 3
+
+
+def neuron_subset(d_mlp: int, n_neurons: int, layer: int, draw: int, seed: int) -> Int[torch.Tensor, " n"]:
+    """A seeded random subset of ``min(n_neurons, d_mlp)`` of a dense layer's ``d_mlp`` neurons (sorted),
+    one per (MoE layer, draw)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + 7919 * draw + layer)
+    return torch.randperm(d_mlp, generator=generator)[: min(n_neurons, d_mlp)].sort().values
+
+
+def dense_routed_count_blocks(
+    moe: StoredTokens,
+    dense: StoredTokens,
+    moe_layers: Sequence[int],
+    num_experts: int,
+    mapping: dict[int, int],
+    n_neurons: int,
+    draw: int,
+    seed: int = 0,
+) -> BlockFactory:
+    """Dense neurons on each expert's routed tokens, ``n_neurons`` of them (the expert's ``d_expert``).
+
+    :func:`dense_routed_blocks` lets a k-sparse probe pick among all ``d_mlp`` dense neurons while the
+    expert offers ``d_expert``: choosing among more candidates favours the dense arm. Here every expert
+    of MoE layer ``L`` sees the same random subset of ``n_neurons`` neurons of the dense layer at L's depth
+    (:func:`neuron_subset`, one per layer and ``draw``); the held-out protocol averages a few draws
+    (:data:`ROUTED_COUNT_DRAWS`) per concept inside one document bootstrap (:func:`compare`).
+    """
+    _check_aligned(moe, dense)
+
+    def factory(population: torch.Tensor) -> Iterator[UnitBlock]:
+        for layer in moe_layers:
+            acts = _dense_activations(dense, mapping[layer])
+            subset = neuron_subset(acts.shape[-1], n_neurons, layer, draw, seed)
+            routed = routed_masks(moe, layer, num_experts)
+            yield UnitBlock(
+                acts[:, :, subset].float(),
+                routed,
+                torch.zeros(num_experts, dtype=torch.long),
+                [f"L{layer}E{e}~dense L{mapping[layer]} draw {draw}" for e in range(num_experts)],
                 [layer] * num_experts,
             )
 

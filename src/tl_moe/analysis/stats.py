@@ -45,8 +45,10 @@ __all__ = [
     "PAIRED_METHOD",
     "Interval",
     "benjamini_hochberg",
+    "bootstrap_p_value",
     "cluster_bootstrap",
     "document_split",
+    "holm",
     "paired_difference",
     "paired_item_means",
     "permutation_pvalues",
@@ -66,7 +68,9 @@ def too_few_units(n: int, units: str = "experts", least: int = MIN_DOCUMENTS) ->
 
 #: The interval of every paired difference. Percentile: once both arms average the same items in each
 #: resample (:func:`paired_item_means`) its estimate sits mid-interval and it covers a planted null at
-#: the nominal rate, where BCa and basic intervals cover less (tests/test_paired_concepts.py).
+#: the nominal rate (tests/test_paired_concepts.py); on heterogeneous rare concepts (a few documents
+#: carry most positives, 40 documents, 300 seeds) it covers 0.897 where BCa covers 0.867 and basic 0.770
+#: (tests/test_interval_method_coverage.py): the best-covering of the three, so the default.
 PAIRED_METHOD = "percentile"
 
 
@@ -84,6 +88,9 @@ class Interval:
         reason: why the interval is unavailable (None when available).
         bias: the bootstrap's bias, mean of the resampled statistics minus ``estimate`` (NaN when no
             resamples were drawn).
+        p_value: two-sided percentile-bootstrap p-value of 0, ``min(1, 2 (1 + #{resamples on the far
+            side of 0}) / (1 + B))`` (NaN when no resamples were drawn); for multiplicity corrections
+            (:func:`holm`). Not part of :meth:`to_dict`: a caller that tests adds it.
     """
 
     estimate: float
@@ -95,6 +102,7 @@ class Interval:
     available: bool = True
     reason: str | None = None
     bias: float = math.nan
+    p_value: float = math.nan
 
     def covers(self, value: float) -> bool:
         """Whether ``value`` lies inside the interval (False when unavailable)."""
@@ -203,16 +211,51 @@ def cluster_bootstrap(
         low, high = float(lows[i]), float(highs[i])
         finite = distribution[i][np.isfinite(distribution[i])]
         bias = float(finite.mean() - estimate) if finite.size else math.nan
+        p_value = bootstrap_p_value(finite) if finite.size else math.nan
         if not math.isfinite(estimate):
             out.append(unavailable(f"{what} is undefined on the observed data"))
         elif np.ptp(distribution[i]) == 0:  # every resample gives the same value: a zero-width interval
             value = float(distribution[i][0])
-            out.append(Interval(float(estimate), value, value, n_clusters, confidence, method, bias=bias))
+            out.append(
+                Interval(
+                    float(estimate), value, value, n_clusters, confidence, method, bias=bias, p_value=p_value
+                )
+            )
         elif not (math.isfinite(low) and math.isfinite(high)):
             out.append(unavailable(f"the {method} interval of {what} is undefined (degenerate resamples)"))
         else:
-            out.append(Interval(float(estimate), low, high, n_clusters, confidence, method, bias=bias))
+            out.append(
+                Interval(
+                    float(estimate), low, high, n_clusters, confidence, method, bias=bias, p_value=p_value
+                )
+            )
     return out if multi else out[0]
+
+
+def bootstrap_p_value(resampled: np.ndarray) -> float:
+    """Two-sided percentile-bootstrap p-value of 0: ``min(1, 2 (1 + min(#{<= 0}, #{>= 0})) / (1 + B))``
+    over the ``B`` resampled statistics (the interval at level ``1 - p`` just reaches 0)."""
+    resampled = np.asarray(resampled, dtype=np.float64)
+    below, above = int((resampled <= 0).sum()), int((resampled >= 0).sum())
+    return min(1.0, 2 * (1 + min(below, above)) / (1 + len(resampled)))
+
+
+def holm(pvalues: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error control over the finite entries).
+
+    The i-th smallest of ``m`` p-values becomes ``max_{j <= i} min(1, (m - j + 1) p_(j))``; NaN
+    entries (untested) stay NaN and do not count in ``m``. Reject at family-wise level ``alpha`` where
+    the adjusted p-value is at most ``alpha``.
+    """
+    pvalues = np.asarray(pvalues, dtype=np.float64)
+    adjusted = np.full(pvalues.shape, np.nan)
+    tested = np.flatnonzero(np.isfinite(pvalues))
+    order = tested[np.argsort(pvalues[tested], kind="stable")]
+    m, running = len(order), 0.0
+    for j, i in enumerate(order):
+        running = max(running, min(1.0, (m - j) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 def paired_difference(

@@ -3,7 +3,8 @@
 - **held-out** (the headline): units chosen on selection documents, F1 reported on disjoint test
   documents (:mod:`tl_moe.analysis.held_out_probing`), every comparison a paired difference with a
   document-level bootstrap interval; controls in the same run: dense neurons on each expert's routed
-  tokens, routing-matched random subsets, an untrained MoE of the same config, permuted labels.
+  tokens (all of them, and d_expert random ones per draw), routing-matched random subsets, an untrained
+  MoE of the same config, permuted labels (MoE vs dense, and MoE vs the matched-count control).
 - **paper** (for comparison with published numbers, labelled as such): sampled, split and scored as
   the paper's reference code does (:data:`~tl_moe.analysis.concept_probing.PAPER_PROTOCOL`); best
   test F1 over units, averaged over concepts (arXiv 2604.02178); its maximum is taken on the split
@@ -23,7 +24,6 @@ from tl_moe.analysis.activations import StoredTokens
 from tl_moe.analysis.bounded_store import BoundedStoredTokens
 from tl_moe.analysis.concept_probing import (
     PAPER_PROTOCOL,
-    _usable,
     best_f1_by_k,
     experts_near_best,
     probe_dense,
@@ -31,11 +31,13 @@ from tl_moe.analysis.concept_probing import (
     routed_counts,
 )
 from tl_moe.analysis.held_out_probing import (
+    ROUTED_COUNT_DRAWS,
     HeldOutArm,
     compare,
     dense_layer_blocks,
     dense_matched_blocks,
     dense_routed_blocks,
+    dense_routed_count_blocks,
     expert_blocks,
     held_out_arm,
     is_document_concept,
@@ -44,7 +46,9 @@ from tl_moe.analysis.held_out_probing import (
 )
 from tl_moe.analysis.stats import cluster_bootstrap, document_split
 from tl_moe.collect.steps import Step, run_now
+from tl_moe.data.concepts import KNOWN_CONCEPTS
 from tl_moe.errors import InputError
+from tl_moe.models.hook_names import get_act_name
 from tl_moe.pipeline.context import RunContext, untrained_name
 from tl_moe.pipeline.needs import DenseNeurons, ExpertNeurons
 from tl_moe.pipeline.protocol import Analysis, FigureItem, Inputs, Need, OptionLimit, Result, TableItem
@@ -52,10 +56,18 @@ from tl_moe.report import TableSummary
 from tl_moe.report.figures import line_plot
 from tl_moe.report.numbers import format_number
 
+#: The matched-count routed-token control (d_expert random dense neurons per draw) and its permuted null.
+ROUTED_COUNT = "dense_on_routed_tokens_matched_count"
+ROUTED_COUNT_PERMUTED = "dense_on_routed_tokens_matched_count_permuted_labels"
+
 __all__ = [
     "COMPARISONS",
+    "ROUTED_COUNT",
+    "ROUTED_COUNT_PERMUTED",
     "Probing",
     "ProbingResult",
+    "concept_group",
+    "group_comparisons",
     "held_out_probing",
     "paper_comparisons",
     "probe_settings",
@@ -63,12 +75,16 @@ __all__ = [
 ]
 
 #: Held-out comparisons: name -> (arm, arm it is compared with); estimate = mean F1(first) - mean F1(second).
+#: An arm probed in seeded draws is stored as ``name[0]``, ``name[1]``, ... and compared as one control
+#: (per concept, the mean over its draws; :func:`~tl_moe.analysis.held_out_probing.compare`).
 COMPARISONS = {
     "moe_vs_dense": ("moe", "dense"),
     "moe_vs_dense_on_routed_tokens": ("moe", "dense_on_routed_tokens"),
+    "moe_vs_dense_on_routed_tokens_matched_count": ("moe", ROUTED_COUNT),
     "moe_vs_matched_subsets": ("moe", "dense_matched_subsets"),
     "moe_vs_untrained": ("moe", "untrained_moe"),
     "permuted_labels": ("moe_permuted_labels", "dense_permuted_labels"),
+    "permuted_labels_on_routed_tokens": ("moe_permuted_labels", ROUTED_COUNT_PERMUTED),
 }
 #: Prefix of the paper protocol's metrics (the numbers of the code before the held-out protocol).
 PAPER = "paper protocol | "
@@ -97,6 +113,9 @@ def probing_steps(run: RunContext, analysis: str, models: list[str]) -> Step:
         "probe_layers": list(run.probed_layers()),
         "held_out_min_examples": options.held_out_min_examples,
         "selection_fraction": options.selection_fraction,
+        # 2: units, concepts and choices decided on the selection documents alone (saved steps of the
+        # earlier rule, which also required test-side counts, are not reused).
+        "held_out_rule": 2,
     }
     return run.steps(analysis, settings, models)
 
@@ -141,6 +160,9 @@ class ProbingResult(Result):
         comparisons: one row per (protocol, comparison, k): ``estimate`` (mean F1 difference), ``ci_low``,
             ``ci_high``, ``n_concepts`` and more; see docs/REPORT.md.
         notes: why a control or interval is missing, if one is.
+        groups: held-out protocol at k = 1: every comparison per concept group (``group``, with the
+            group's ``n_concepts`` and ``n_documents_with_positives``; no interval below the minimum
+            of test documents with positives).
     """
 
     moe_units: pd.DataFrame
@@ -151,6 +173,7 @@ class ProbingResult(Result):
     held_out: dict[str, HeldOutArm] = field(default_factory=dict)
     comparisons: pd.DataFrame = field(default_factory=pd.DataFrame)
     notes: tuple[str, ...] = ()
+    groups: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def to_frame(self) -> pd.DataFrame:
         return self.curves
@@ -201,10 +224,17 @@ class ProbingResult(Result):
     def _held_out_findings(self) -> list[str]:
         names = {
             "moe_vs_dense": "vs the dense model",
-            "moe_vs_dense_on_routed_tokens": "vs dense neurons on each expert's routed tokens",
+            "moe_vs_dense_on_routed_tokens": "vs all dense neurons on each expert's routed tokens",
+            "moe_vs_dense_on_routed_tokens_matched_count": (
+                "vs d_expert random dense neurons on each expert's routed tokens (matched neuron count, "
+                "mean of the draws)"
+            ),
             "moe_vs_matched_subsets": "vs dense neurons on routing-matched token subsets",
             "moe_vs_untrained": "vs the untrained MoE",
             "permuted_labels": "and with labels permuted (the protocol's own bias, ≈ 0 expected)",
+            "permuted_labels_on_routed_tokens": (
+                "and the matched-count routed-token control with labels permuted (its own null, ≈ 0 expected)"
+            ),
         }
         parts, documents = [], None
         for name, label in names.items():
@@ -249,7 +279,11 @@ class ProbingResult(Result):
         if not len(self.comparisons):
             return {}
         frame = self.comparisons.astype(object).where(self.comparisons.notna(), None)
-        return {"comparisons": frame.to_dict("records")}
+        out = {"comparisons": frame.to_dict("records")}
+        if len(self.groups):
+            groups = self.groups.astype(object).where(self.groups.notna(), None)
+            out["groups"] = groups.to_dict("records")
+        return out
 
     def figures(self) -> list[FigureItem]:
         figure = line_plot(
@@ -286,7 +320,18 @@ class ProbingResult(Result):
                     "probing_comparisons",
                     self.comparisons,
                     "Every comparison: mean F1 difference (first minus second arm) with its 95% interval.",
-                    max_rows=160,  # shown in full: 2 metrics x 5 held-out + 2 paper comparisons x every k
+                    max_rows=200,  # shown in full: 2 metrics x 7 held-out + 2 paper comparisons x every k
+                )
+            )
+        if len(self.groups):
+            tables.append(
+                TableItem(
+                    "probing_held_out_by_group",
+                    self.groups,
+                    "Held-out protocol at k = 1, per concept group: each comparison over the group's concepts, "
+                    "with the group's concepts and test documents holding its positives (fewer than the "
+                    "minimum: no interval).",
+                    max_rows=200,
                 )
             )
         held = self.held_out_frame()
@@ -453,6 +498,78 @@ def paper_comparisons(
     return records
 
 
+def concept_group(name: str) -> str:
+    """The concept library's group of a concept (``code``, ``text``, ``pos``, ...; ``other`` if unknown)."""
+    concept = KNOWN_CONCEPTS.get(name)
+    return concept.group if concept is not None else "other"
+
+
+def group_comparisons(
+    arms: dict[str, HeldOutArm], *, n_resamples: int, seed: int, min_clusters: int, k: int = 1
+) -> list[dict]:
+    """Every held-out comparison at ``k`` restricted to each concept group (the concept library's groups).
+
+    One record per (comparison, group, metric), as :func:`compare`'s plus ``group``; a group whose
+    concepts have positives in fewer than ``min_clusters`` test documents gets no interval (the reason
+    says so), its estimate only.
+    """
+    if "moe" not in arms:
+        return []
+    groups: dict[str, list[str]] = {}
+    for name in arms["moe"].concepts:
+        if not is_document_concept(name):
+            groups.setdefault(concept_group(name), []).append(name)
+    records = []
+    for name, (first, second) in COMPARISONS.items():
+        controls = arm_draws(arms, second)
+        if first not in arms or not controls or k not in arms[first].ks:
+            continue
+        for group, members in sorted(groups.items()):
+            for record in compare(
+                arms[first],
+                controls,
+                n_resamples=n_resamples,
+                seed=seed,
+                min_clusters=min_clusters,
+                concepts=set(members),
+                ks=(k,),
+                what=f"{name}, {group} concepts",
+            ):
+                records.append(
+                    {"protocol": "held_out", "comparison": name, "group": group, **record, "first": first}
+                )
+    return records
+
+
+def arm_draws(arms: dict[str, HeldOutArm], name: str) -> list[HeldOutArm]:
+    """The arm ``name``, or its seeded draws ``name[0]``, ``name[1]``, ... (empty: not computed)."""
+    if name in arms:
+        return [arms[name]]
+    return [arm for key, arm in arms.items() if key.startswith(name + "[")]
+
+
+def usable_on_selection(stored: StoredTokens, selection: torch.Tensor, min_positives: int) -> StoredTokens:
+    """``stored`` with the concept columns that have ``min_positives`` positive tokens on the SELECTION
+    documents (``selection``: ``[token]`` mask); the test documents are never counted to keep a concept."""
+    positives = stored.labels[selection].sum(0)
+    keep = [c for c in range(stored.labels.shape[1]) if int(positives[c]) >= min_positives]
+    if not keep:
+        raise InputError(
+            f"No concept has {min_positives} positive tokens on the selection documents; collect more tokens."
+        )
+    kept = StoredTokens(
+        token_index=stored.token_index,
+        input_ids=stored.input_ids,
+        domain=stored.domain,
+        labels=stored.labels[:, keep],
+        rows=stored.rows,
+        domain_names=stored.domain_names,
+        concept_names=tuple(stored.concept_names[c] for c in keep),
+        doc_index=stored.doc_index,
+    )
+    return kept
+
+
 def held_out_probing(
     run: RunContext,
     moe: StoredTokens,
@@ -463,6 +580,7 @@ def held_out_probing(
     *,
     model: str | None = None,
     permuted: bool = True,
+    routed_null: bool = True,
 ) -> tuple[dict[str, HeldOutArm], list[dict], list[str]]:
     """The held-out protocol's arms and their comparisons (records), plus notes on what is missing.
 
@@ -474,13 +592,14 @@ def held_out_probing(
         model: the MoE's name in the run (default: the analyzed model; the sparsity family passes
             each of its members).
         permuted: also probe both models with permuted labels (the protocol's own bias).
+        routed_null: also probe the MoE and the matched-count routed-token control with permuted labels
+            (the same permutation in both: that control's own null).
     """
     options = run.options
     cfg = run.config(run.main if model is None else model)
     params = probe_settings(run)
     minimum = options.held_out_min_examples
     notes: list[str] = []
-    moe = _usable(moe, minimum)
     if moe.doc_index is None:
         raise ValueError("the held-out protocol needs document ids in the stored tokens.")
 
@@ -494,14 +613,15 @@ def held_out_probing(
         return torch.from_numpy(side)
 
     selection = split(moe)
+    moe = usable_on_selection(moe, selection, minimum)
     test_docs = [moe.doc_index[~selection].numpy()]
     if dense is not None:
-        dense = _usable(dense, minimum)
         dense_selection = split(dense)
+        dense = usable_on_selection(dense, dense_selection, minimum)
         test_docs.append(dense.doc_index[~dense_selection].numpy())
     if untrained is not None:
-        untrained = _usable(untrained, minimum)
         untrained_selection = split(untrained)
+        untrained = usable_on_selection(untrained, untrained_selection, minimum)
         test_docs.append(untrained.doc_index[~untrained_selection].numpy())
     docs = np.unique(np.concatenate(test_docs))
 
@@ -509,6 +629,7 @@ def held_out_probing(
         return held_out_arm(name, stored, blocks, side, docs, params, minimum, labels=labels, step=step)
 
     arms = {"moe": arm("moe", moe, expert_blocks(moe, layers, cfg.num_experts), selection)}
+    moe_permuted = permuted_labels(moe, seed=options.seed + 1)
     if dense is not None:
         dense_cfg = run.config(run.dense)
         arms["dense"] = arm(
@@ -542,6 +663,34 @@ def held_out_probing(
                 dense_matched_blocks(moe, dense_as_moe, layers, cfg.num_experts, mapping, seed=options.seed),
                 selection,
             )
+
+            def routed_count_arms(name: str, labels=None) -> dict[str, HeldOutArm]:
+                """The matched-count routed-token control: one arm per draw of d_expert dense neurons."""
+                d_mlp = dense.rows[get_act_name("neuron", dense_cfg.dense_layers[0])].shape[-1]
+                draws = ROUTED_COUNT_DRAWS if d_mlp > cfg.d_expert else 1  # all neurons: one draw is all
+                return {
+                    f"{name}[{d}]": arm(
+                        f"{name}[{d}]",
+                        dense_as_moe,
+                        dense_routed_count_blocks(
+                            moe, dense_as_moe, layers, cfg.num_experts, mapping, cfg.d_expert, d, options.seed
+                        ),
+                        selection,
+                        labels=labels,
+                    )
+                    for d in range(draws)
+                }
+
+            arms.update(routed_count_arms(ROUTED_COUNT))
+            if routed_null:
+                arms["moe_permuted_labels"] = arm(
+                    "moe_permuted_labels",
+                    moe,
+                    expert_blocks(moe, layers, cfg.num_experts),
+                    selection,
+                    labels=moe_permuted,
+                )
+                arms.update(routed_count_arms(ROUTED_COUNT_PERMUTED, labels=moe_permuted))
         else:
             notes.append(
                 "the dense model's stored tokens differ from the MoE's (another tokenizer, or a probing "
@@ -549,13 +698,14 @@ def held_out_probing(
                 "tokens and matched-subset controls need the same tokens and were not computed."
             )
     if dense is not None and permuted:
-        arms["moe_permuted_labels"] = arm(
-            "moe_permuted_labels",
-            moe,
-            expert_blocks(moe, layers, cfg.num_experts),
-            selection,
-            labels=permuted_labels(moe, seed=options.seed + 1),
-        )
+        if "moe_permuted_labels" not in arms:
+            arms["moe_permuted_labels"] = arm(
+                "moe_permuted_labels",
+                moe,
+                expert_blocks(moe, layers, cfg.num_experts),
+                selection,
+                labels=moe_permuted,
+            )
         arms["dense_permuted_labels"] = arm(
             "dense_permuted_labels",
             dense,
@@ -572,11 +722,12 @@ def held_out_probing(
 
     records = []
     for name, (first, second) in COMPARISONS.items():
-        if first not in arms or second not in arms:
+        controls = arm_draws(arms, second)
+        if first not in arms or not controls:
             continue
         for record in compare(
             arms[first],
-            arms[second],
+            controls,
             n_resamples=options.bootstrap_resamples,
             seed=options.seed,
             min_clusters=options.min_documents,
@@ -611,9 +762,13 @@ class Probing(Analysis):
         "documents is reported. Every comparison is a paired difference of mean F1 over the token-level "
         "concepts both arms probed, with a 95% bootstrap interval over test documents: MoE vs dense "
         "layers; vs dense neurons on exactly each expert's routed tokens (separates neuron selectivity "
-        "from routing's pre-filtering of tokens); vs random dense subsets with the routed sizes per layer "
+        "from routing's pre-filtering of tokens), with all of them and with d_expert random ones per draw "
+        "(as many candidates as an expert offers; the mean of 3 seeded draws), the latter with its own "
+        "permuted-label null; vs random dense subsets with the routed sizes per layer "
         "and concept; vs an untrained MoE of the same config; and MoE vs dense with permuted labels "
-        "(must be ~0). **Paper protocol (for comparison with published numbers), as the paper's "
+        "(must be ~0). Every choice (concepts, units, neurons) is made on the selection documents; the "
+        "test documents only score, and the k = 1 differences are also given per concept group. "
+        "**Paper protocol (for comparison with published numbers), as the paper's "
         "reference code samples and scores:** per concept, each document's positives and as many of its "
         "negatives, drawn before routing; every such token a unit saw, 75/25 stratified; F1 on the test "
         "split at the class ratio routing left the unit; best test F1 over units, averaged over concepts "
@@ -699,6 +854,12 @@ class Probing(Analysis):
                 for name in COMPARISONS
                 for k in sorted(set(run.options.probe_ks))
             ]
+        groups = group_comparisons(
+            arms,
+            n_resamples=run.options.bootstrap_resamples,
+            seed=run.options.seed,
+            min_clusters=run.options.min_documents,
+        )
         records += paper_comparisons(
             moe, dense, n_resamples=run.options.bootstrap_resamples, seed=run.options.seed
         )
@@ -712,6 +873,7 @@ class Probing(Analysis):
             held_out=arms,
             comparisons=_comparison_frame(records),
             notes=tuple(notes),
+            groups=_group_frame(groups),
         )
 
 
@@ -734,6 +896,15 @@ def _store_notes(run: RunContext, inputs: Inputs, layers: tuple[int, ...]) -> li
     return notes
 
 
+def _group_frame(records: list[dict]) -> pd.DataFrame:
+    """The per-group records as a table: the comparison columns with ``group`` after ``comparison``."""
+    if not records:
+        return pd.DataFrame()
+    frame = _comparison_frame(records)
+    frame.insert(2, "group", [r["group"] for r in records])
+    return frame
+
+
 def _comparison_frame(records: list[dict]) -> pd.DataFrame:
     columns = [
         "protocol",
@@ -744,7 +915,10 @@ def _comparison_frame(records: list[dict]) -> pd.DataFrame:
         "ci_low",
         "ci_high",
         "n_concepts",
+        "n_concepts_selected",
         "n_documents",
+        "n_documents_with_positives",
+        "n_draws",
         "a_mean",
         "b_mean",
         "first",
@@ -755,9 +929,16 @@ def _comparison_frame(records: list[dict]) -> pd.DataFrame:
         "interval_available",
         "interval_unavailable_reason",
         "bootstrap_bias",
+        "bootstrap_p",
     ]
     frame = pd.DataFrame.from_records(records)
     for column in columns:
         if column not in frame:
             frame[column] = None
+    for column in _COUNT_COLUMNS:  # counts stay integers where some records lack them (None, not NaN)
+        frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
+        frame[column] = frame[column].map(lambda v: None if v is None else int(v))
     return frame[columns]
+
+
+_COUNT_COLUMNS = ("n_concepts_selected", "n_documents_with_positives", "n_draws")

@@ -4,9 +4,11 @@
   (:func:`tl_moe.pipeline.sections.probing.held_out_probing`, the same functions and settings) with
   its matched controls — the dense twin's layers, dense neurons on each expert's routed tokens, and
   routing-matched random subsets (sizes per layer and concept) — each a paired difference with a
-  document-bootstrap interval. The headline per member is the strongest control, dense neurons on the
-  expert's routed tokens (same tokens, only the neurons differ), with the matched-subsets difference
-  beside it. The members differ in total parameters as well as sparsity (one seed each), which the
+  document-bootstrap interval. The headline is the strongest control, d_expert random dense neurons
+  on the expert's routed tokens (same tokens, as many candidate neurons; mean of seeded draws), per
+  member at every probed k, each with its bootstrap p-value Holm-adjusted over the member x k tests;
+  all dense neurons on those tokens, the matched-subsets difference and the control's permuted-label
+  null are shown beside it. The members differ in total parameters as well as sparsity (one seed each), which the
   findings state: the family cannot separate the two.
 - **paper** (labelled as such): the mean best test F1 per model, the maximum taken on the split it
   reports.
@@ -22,6 +24,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from tl_moe.analysis.concept_probing import PAPER_PROTOCOL, best_f1_by_k, probe_experts
+from tl_moe.analysis.stats import holm
 from tl_moe.errors import InputError
 from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.needs import DenseNeurons, ExpertNeurons
@@ -42,7 +45,21 @@ __all__ = ["FAMILY_COMPARISONS", "Sparsity", "SparsityResult"]
 
 DENSE_TWIN = "dense twin"
 #: The held-out comparisons drawn per family member (names as in ``probing.comparisons``).
-FAMILY_COMPARISONS = ("moe_vs_dense", "moe_vs_dense_on_routed_tokens", "moe_vs_matched_subsets")
+FAMILY_COMPARISONS = (
+    "moe_vs_dense",
+    "moe_vs_dense_on_routed_tokens",
+    "moe_vs_dense_on_routed_tokens_matched_count",
+    "moe_vs_matched_subsets",
+    "permuted_labels_on_routed_tokens",
+)
+#: The headline's control: dense neurons on each expert's routed tokens, d_expert of them per draw.
+HEADLINE = "moe_vs_dense_on_routed_tokens_matched_count"
+#: Shown beside the headline: all dense neurons on the routed tokens (more candidates for the probe).
+UNMATCHED = "moe_vs_dense_on_routed_tokens"
+#: The headline control's own null: MoE minus the matched-count control, both on permuted labels.
+NULL = "permuted_labels_on_routed_tokens"
+#: Family-wise error rate of the headline's Holm correction over members and ks.
+ALPHA = 0.05
 
 
 @dataclass(frozen=True)
@@ -101,54 +118,102 @@ class SparsityResult(Result):
             findings.append(_confound(self.parameters))
         return findings
 
-    def _held_out_findings(self) -> list[str]:
-        """The held-out headline per member: the routed-token control, with matched subsets beside it."""
-        at_k1 = {(r["model"], r["comparison"]): r for r in self._held_out_records() if r["k"] == 1}
-        members = sorted({model for model, _ in at_k1}, key=lambda m: self._ratio(m))
-        parts, changed = [], []
-        for model in members:
-            routed = at_k1.get((model, "moe_vs_dense_on_routed_tokens"))
-            matched = at_k1.get((model, "moe_vs_matched_subsets"))
-            if routed is None and matched is None:
-                continue
-            name = f"{model.removeprefix('toy/')} ({self._ratio(model):g})"
-            parts.append(
-                f"{name}: {_short(routed)} (matched subsets {_short(matched)})"
-                if routed is not None
-                else f"{name}: routed-token control missing (matched subsets {_short(matched)})"
+    def headline_tests(self, comparison: str = HEADLINE) -> list[dict]:
+        """One row per (member, k) of ``comparison`` (F1): the estimate, its 95% interval, the bootstrap
+        p-value of 0, and Holm's adjusted p-value over every (member, k) test of that comparison with an
+        interval, with the verdict it supports at family-wise 5% (:func:`_adjusted_verdict`)."""
+        rows = [r for r in self._held_out_records() if r["comparison"] == comparison]
+        rows.sort(key=lambda r: (self._ratio(r["model"]), r["k"]))
+        tested = [
+            r.get("bootstrap_p")
+            if r.get("interval_available") and r.get("bootstrap_p") is not None
+            else np.nan
+            for r in rows
+        ]
+        adjusted = holm(np.asarray(tested, dtype=float))
+        out = []
+        for record, p_holm in zip(rows, adjusted, strict=True):
+            row = {
+                key: record.get(key)
+                for key in ("model", "active_ratio", "k", "estimate", "ci_low", "ci_high", "bootstrap_p")
+            }
+            row.update(
+                comparison=comparison,
+                interval_available=bool(record.get("interval_available")),
+                interval_unavailable_reason=record.get("interval_unavailable_reason"),
+                p_holm=None if np.isnan(p_holm) else float(p_holm),
+                tests_in_family=int(np.isfinite(adjusted).sum()),
             )
-            if routed is not None and matched is not None and _verdict(routed) != _verdict(matched):
-                changed.append(
-                    f"{name}: {_verdict(matched)} on matched subsets, {_verdict(routed)} on routed tokens"
-                )
-        if not parts:
+            row["verdict"] = _adjusted_verdict(row)
+            out.append(row)
+        return out
+
+    def _held_out_findings(self) -> list[str]:
+        """The held-out headline per member and k: the matched-count routed-token control, Holm over the
+        (member, k) tests, with the unmatched control, matched subsets and the control's null beside it."""
+        headline = self.headline_tests(HEADLINE)
+        if not headline:
             return []
+        others = {
+            name: {(r["model"], r["k"]): r for r in self.headline_tests(name)}
+            for name in (UNMATCHED, "moe_vs_matched_subsets", NULL)
+        }
+        members = sorted({r["model"] for r in headline}, key=self._ratio)
+        m = headline[0]["tests_in_family"]
+        # The other controls beside the smallest and the largest k only (the headline at every k).
+        ends = {min(r["k"] for r in headline), max(r["k"] for r in headline)}
+        parts = []
+        for model in members:
+            rows = [r for r in headline if r["model"] == model]
+            cells = []
+            for r in rows:
+                beside = (
+                    []
+                    if r["k"] not in ends
+                    else [
+                        f"{label} {_short(others[name].get((model, r['k'])))}"
+                        for name, label in (
+                            (UNMATCHED, "all dense neurons"),
+                            ("moe_vs_matched_subsets", "matched subsets"),
+                            (NULL, "permuted-label null"),
+                        )
+                        if (model, r["k"]) in others[name]
+                    ]
+                )
+                cells.append(
+                    f"k = {r['k']}: {_short(r)}{_holm_text(r)}"
+                    + (f" ({'; '.join(beside)})" if beside else "")
+                )
+            parts.append(f"{model.removeprefix('toy/')} ({self._ratio(model):g}): " + ", ".join(cells))
         text = (
-            "**Sparsity family, held-out protocol** (k = 1, class-balanced F1, 95% document bootstrap). "
-            "Headline, the strongest control: MoE expert minus dense neurons on exactly the tokens routed to "
-            "the expert (same tokens, only the neurons differ), with MoE minus dense neurons on "
-            "routing-matched random subsets (which leaves routing's choice of tokens to the MoE) in parentheses: "
-            + "; ".join(parts)
-            + "."
+            "**Sparsity family, held-out protocol** (class-balanced F1, 95% document bootstrap, every probed "
+            f"k; Holm's correction over the {m} member × k tests of the headline control). Headline, the "
+            "strongest control: MoE expert minus the same number of dense neurons (d_expert, random, mean of "
+            "the draws) on exactly the tokens routed to the expert; beside it at the smallest and largest k, "
+            "all dense neurons on those tokens, dense neurons on routing-matched random subsets, and the "
+            "control's permuted-label null: " + "; ".join(parts) + "."
         )
+        changed = []
+        subsets = {(r["model"], r["k"]): r for r in self.headline_tests("moe_vs_matched_subsets")}
+        for r in headline:
+            other = subsets.get((r["model"], r["k"]))
+            if other is not None and _NONE not in (r["verdict"], other["verdict"]):
+                if other["verdict"] != r["verdict"]:
+                    changed.append(
+                        f"{r['model'].removeprefix('toy/')} at k = {r['k']}: {other['verdict']} on matched "
+                        f"subsets, {r['verdict']} on routed tokens"
+                    )
         if changed:
             text += (
-                " The routed-token control changes the conclusion for "
-                + "; ".join(changed)
-                + ": there, the matched-subsets advantage comes with routing's choice of tokens, and the "
-                "controlled result above is the finding."
+                " The routed-token control changes the conclusion (each Holm-adjusted within its comparison) "
+                "for " + "; ".join(changed) + ": there, the matched-subsets advantage comes with routing's "
+                "choice of tokens, and the controlled result is the finding."
             )
-        counts = {
-            v: sum(
-                _verdict(at_k1[(m, "moe_vs_dense_on_routed_tokens")]) == v
-                for m in members
-                if (m, "moe_vs_dense_on_routed_tokens") in at_k1
-            )
-            for v in _VERDICTS
-        }
+        counts = {v: sum(r["verdict"] == v for r in headline) for v in _VERDICTS}
         text += (
-            f" On the same tokens, expert neurons probe better than dense neurons in {counts[_ABOVE]} "
-            f"member(s), worse in {counts[_BELOW]}, and are not separated from them in {counts[_NEITHER]}"
+            f" After Holm's correction, on the same tokens and with as many candidate neurons, expert "
+            f"neurons probe better than dense neurons in {counts[_ABOVE]} of the {len(headline)} member × k "
+            f"tests, worse in {counts[_BELOW]}, and are not separated from them in {counts[_NEITHER]}"
             + (f" (no interval in {counts[_NONE]})" if counts[_NONE] else "")
             + "."
         )
@@ -161,6 +226,8 @@ class SparsityResult(Result):
     def records(self) -> dict[str, Any]:
         records = self._held_out_records("f1") + self._held_out_records("balanced_accuracy")
         out: dict[str, Any] = {"comparisons": records} if records else {}
+        if records:
+            out["headline_tests"] = self.headline_tests(HEADLINE)
         if self.parameters:
             out["parameters"] = dict(self.parameters)
         return out
@@ -262,6 +329,22 @@ class SparsityResult(Result):
         return tables
 
 
+def _holm_text(row: dict) -> str:
+    if row.get("p_holm") is None:
+        return ""
+    return f", Holm p = {row['p_holm']:.3g}: {row['verdict']}"
+
+
+def _adjusted_verdict(row: dict) -> str:
+    """Where a Holm-tested difference lies at family-wise 5%: above 0, below 0, not separated, or no
+    interval (no test)."""
+    if row.get("p_holm") is None or row.get("estimate") is None:
+        return _NONE
+    if row["p_holm"] > ALPHA:
+        return _NEITHER
+    return _ABOVE if row["estimate"] > 0 else _BELOW
+
+
 def _short(record: dict | None) -> str:
     if record is None or record.get("estimate") is None:
         reason = (record or {}).get("interval_unavailable_reason")
@@ -326,7 +409,8 @@ class Sparsity(Analysis):
         "family cannot separate routing sparsity from model size. **Held-out protocol (the headline):** "
         "for every member, the probing "
         "section's held-out protocol and its matched controls on the same documents: MoE expert minus "
-        "the dense twin's layers, minus dense neurons on exactly each expert's routed tokens, and minus "
+        "the dense twin's layers, minus dense neurons on exactly each expert's routed tokens (all of them, "
+        "and d_expert random ones: the headline, Holm-adjusted over members and k), and minus "
         "dense neurons on random token subsets with the routed sizes per layer and concept (the control "
         "for the number and sizes of units, which grow with the number of experts); paired differences "
         "of mean class-balanced F1 with 95% bootstrap intervals over test documents. **Paper protocol "
