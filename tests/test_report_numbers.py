@@ -144,6 +144,6 @@ def test_reweighting_rows_say_why_an_interval_or_estimate_is_missing():
     assert _row(row(0.1, 0.0, 0.2), "gain") == "+0.1000 [+0.0000, +0.2000]"
     assert (
         _row(row(0.1, math.nan, math.nan), "gain")
-        == f"+0.1000 (no interval: fewer than {MIN_DOCUMENTS} documents)"
+        == f"+0.1000 (no interval: 0 documents; a document-level interval needs {MIN_DOCUMENTS})"
     )
     assert _row(row(math.nan, math.nan, math.nan), "gain") == "unavailable (no held-out document)"
