@@ -74,11 +74,22 @@ def test_unconverged_problems_keep_their_last_iterate_and_warn():
     assert (coef.abs().sum(1) > 0).all()  # every problem took its first step
 
 
-def test_token_orders_are_the_seeded_permutations_and_survive_reuse():
-    generator = torch.Generator().manual_seed(7)
-    expected = torch.rand(3, 50, generator=generator).argsort(dim=1)
-    assert torch.equal(_token_orders(7, 3, 50), expected)
-    assert not torch.equal(_token_orders(8, 3, 50), expected)
+def fresh_orders(seed, n_concepts, n_tokens):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(n_concepts, n_tokens, generator=generator).argsort(dim=1)
+
+
+def test_token_orders_are_the_seeded_permutations_whatever_was_asked_before():
+    # Fewer concepts after more (served from the kept orders), more after fewer (drawn again),
+    # other seeds and token counts in between (more keys than are kept).
+    for seed, n_concepts, n_tokens in [(7, 5, 3001), (7, 2, 3001), (8, 2, 3001), (7, 9, 3001), (7, 3, 50)]:
+        assert torch.equal(
+            _token_orders(seed, n_concepts, n_tokens), fresh_orders(seed, n_concepts, n_tokens)
+        )
+    for seed in range(6):
+        _token_orders(seed, 1, 40)
+    assert torch.equal(_token_orders(7, 4, 3001), fresh_orders(7, 4, 3001))
+    assert not torch.equal(_token_orders(8, 4, 3001), fresh_orders(7, 4, 3001))
     g = torch.Generator().manual_seed(0)
     acts = torch.randn(2, 400, 6, generator=g)
     labels = torch.rand(400, 3, generator=g) < 0.3
@@ -86,7 +97,7 @@ def test_token_orders_are_the_seeded_permutations_and_survive_reuse():
     first = KSparseProbe(ks=(1, 2), min_examples=10, random_state=7).fit(acts, labels).f1_
     second = KSparseProbe(ks=(1, 2), min_examples=10, random_state=7).fit(acts, labels).f1_
     assert torch.equal(first, second)
-    assert torch.equal(_token_orders(7, 3, 400), _token_orders.__wrapped__(7, 3, 400))
+    assert torch.equal(_token_orders(7, 3, 400), fresh_orders(7, 3, 400))  # not modified by the fits
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])

@@ -61,17 +61,30 @@ def _all_finite(x: torch.Tensor) -> bool:
     return x.numel() == 0 or bool(torch.isfinite(x.amax()) & torch.isfinite(x.amin()))
 
 
-@functools.lru_cache(maxsize=2)
+# Token orders kept per (seed, token count), for the most concepts asked so far; a few entries.
+_ORDERS: dict[tuple[int, int], torch.Tensor] = {}
+_ORDERS_KEPT = 2
+
+
 def _token_orders(seed: int, n_concepts: int, n_tokens: int) -> Int[torch.Tensor, "concept n_tokens"]:
     """One random token order per concept: a permutation of ``range(n_tokens)`` per row, seeded.
 
-    Drawn on the CPU, so results do not depend on the device. The orders depend only on the seed and
-    the shape, and a run fits many probes of the same shape (each layer, block and population of its
-    units), so the last few are kept rather than drawn and sorted again. Callers must not modify them.
+    Row ``c`` is the argsort of row ``c`` of ``torch.rand(n_concepts, n_tokens)`` drawn from a CPU
+    generator seeded with ``seed``, so results do not depend on the device. The generator fills the
+    rows in order, so the orders of fewer concepts are the first rows of those of more: a run fits
+    many probes with the same seed and token count (each layer, block and concept population of
+    its units), and the orders are drawn and sorted once for the most concepts asked. Callers must
+    not modify the returned tensor.
     """
-    generator = torch.Generator().manual_seed(seed)
-    keys = torch.rand(n_concepts, n_tokens, generator=generator)
-    return keys.argsort(dim=1)
+    cached = _ORDERS.get((seed, n_tokens))
+    if cached is None or cached.shape[0] < n_concepts:
+        generator = torch.Generator().manual_seed(seed)
+        cached = torch.rand(n_concepts, n_tokens, generator=generator).argsort(dim=1)
+        _ORDERS.pop((seed, n_tokens), None)
+        while len(_ORDERS) >= _ORDERS_KEPT:
+            _ORDERS.pop(next(iter(_ORDERS)))
+        _ORDERS[(seed, n_tokens)] = cached
+    return cached[:n_concepts]
 
 
 class KSparseProbe:
