@@ -9,10 +9,16 @@ does it the usual way: for each expert and concept, rank neurons with numpy and 
 lbfgs solver (tol 1e-4, the usual setting) and once with newton-cholesky at tol 1e-8 (converged, the
 reference for |dF1|). Their time excludes building the splits; the batched time includes it.
 
+The batched probe is timed twice in the same run: as it fits now ("after") and with the solver and
+sampling it had before its speed-ups ("before", :mod:`probing_before`); the two must give the same F1
+(the largest difference is printed). Fits per second count one logistic regression per (unit,
+concept, k).
+
 Both sides run with the same number of CPU threads (``--threads``, default 1: on a shared machine
 multi-threaded small tensor operations mostly wait for each other).
 
-Run: ``python benchmarks/bench_probing.py [--tokens 20000] [--device cpu] [--repeats 3] [--threads 1]``.
+Run: ``python benchmarks/bench_probing.py [--tokens 20000] [--experts 16] [--device cpu] [--repeats 3]
+[--threads 1]``.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import time
 
 import numpy as np
 import torch
+from probing_before import before
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 from threadpoolctl import threadpool_limits
@@ -77,6 +84,7 @@ def sklearn_loop(activations, labels, train, test, status, **solver_options):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=20_000)
+    parser.add_argument("--experts", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of the batched probe (best kept)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and for numpy's BLAS")
@@ -86,27 +94,41 @@ def main() -> None:
         run(args)
 
 
-def run(args: argparse.Namespace) -> None:
-
-    activations, labels, unit_mask = toy_moe_layer(n_tokens=args.tokens)
-    device_acts = activations.to(args.device)
-    probe = KSparseProbe(ks=KS, device=args.device)
-    probe.fit(device_acts, labels, unit_mask)  # warm-up
-    if args.device.startswith("cuda"):
-        torch.cuda.synchronize()
-    batched_times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        probe.fit(device_acts, labels, unit_mask)
-        if args.device.startswith("cuda"):
+def time_fit(probe: KSparseProbe, activations, labels, unit_mask, device: str, repeats: int) -> float:
+    """Best wall time of ``repeats`` fits, after one warm-up fit."""
+    probe.fit(activations, labels, unit_mask)
+    times = []
+    for _ in range(repeats):
+        if device.startswith("cuda"):
             torch.cuda.synchronize()
-        batched_times.append(time.perf_counter() - start)
-    batched = min(batched_times)
+        start = time.perf_counter()
+        probe.fit(activations, labels, unit_mask)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def run(args: argparse.Namespace) -> None:
+    activations, labels, unit_mask = toy_moe_layer(n_experts=args.experts, n_tokens=args.tokens)
+    device_acts = activations.to(args.device)
+    old = KSparseProbe(ks=KS, device=args.device)
+    with before():
+        batched_before = time_fit(old, device_acts, labels, unit_mask, args.device, args.repeats)
+    probe = KSparseProbe(ks=KS, device=args.device)
+    batched = time_fit(probe, device_acts, labels, unit_mask, args.device, args.repeats)
 
     train, test = probe.train_test_masks(labels, unit_mask)
     ok = probe.status_ == STATUS_OK
     n_probes = int(ok.sum()) * len(KS)
-    rows = [(f"KSparseProbe, batched ({args.device})", batched, None)]
+    rows = [
+        (
+            f"KSparseProbe before ({args.device})",
+            batched_before,
+            (probe.f1_ - old.f1_).abs().numpy()[ok.numpy()],
+        ),
+        (f"KSparseProbe after ({args.device})", batched, None),
+    ]
     for name, options in SKLEARN_VARIANTS.items():
         start = time.perf_counter()
         reference = sklearn_loop(activations, labels, train, test, probe.status_, **options)
@@ -118,13 +140,14 @@ def run(args: argparse.Namespace) -> None:
         f"{labels.shape[1]} concepts, ks {KS}; {args.threads} CPU thread(s)"
     )
     print(
-        f"(expert, concept) pairs: {int(ok.sum())} ok, {int((~ok).sum())} not_enough_samples; {n_probes} probes; "
+        f"(expert, concept) pairs: {int(ok.sum())} ok, {int((~ok).sum())} not_enough_samples; {n_probes} fits; "
         f"tokens per class: median {int(probe.n_examples_[ok].median()) // 2}, max {int(probe.n_examples_.max()) // 2}"
     )
-    print(f"{'method':<40}{'seconds':>9}{'probes/s':>10}{'speedup':>9}{'max|dF1|':>10}{'mean|dF1|':>11}")
+    print(f"{'method':<40}{'seconds':>9}{'fits/s':>10}{'after is':>10}{'max|dF1|':>10}{'mean|dF1|':>11}")
     for name, seconds, delta in rows:
-        deltas = f"{delta.max():>10.4f}{delta.mean():>11.5f}" if delta is not None else f"{'-':>10}{'-':>11}"
-        print(f"{name:<40}{seconds:>9.2f}{n_probes / seconds:>10.0f}{seconds / batched:>8.1f}x{deltas}")
+        deltas = f"{delta.max():>10.2g}{delta.mean():>11.2g}" if delta is not None else f"{'-':>10}{'-':>11}"
+        print(f"{name:<40}{seconds:>9.2f}{n_probes / seconds:>10.0f}{seconds / batched:>9.1f}x{deltas}")
+    print("(|dF1| against the batched probe after; 'after is' = this row's time / the time after)")
     print(f"mean best F1 over experts per k: {probe.mean_best_f1().round(3).to_dict()}")
 
 

@@ -35,9 +35,11 @@ from tl_moe.collect.meta import BatchMeta
 from tl_moe.models.hook_names import get_act_name
 from tl_moe.models.introspect import config_of
 
-__all__ = ["ExpertLogitLensAccumulator", "ExpertLogitLensResult"]
+__all__ = ["ExpertLogitLensAccumulator", "ExpertLogitLensResult", "top_n_vocab"]
 
-# Largest number of logits materialised at once when ranking the whole vocabulary.
+# Largest number of logits materialised at once when ranking the whole vocabulary (64 MB in float32).
+# Smaller blocks are no faster: each block reads the whole unembedding, which dominates for a wide
+# d_model.
 _LOGITS_PER_CHUNK = 1 << 24
 # Most per-document output-sum elements kept (document x layer x expert x d_model); past it they are
 # dropped and the document bootstrap of the lens is unavailable.
@@ -232,11 +234,7 @@ class ExpertLogitLensAccumulator(Accumulator):
 
     def _top_n_bins(self, rows: Float[torch.Tensor, "rows d_model"]) -> Int[torch.Tensor, "rows top_n"]:
         """The bins of the ``top_n`` raw-lens tokens of each row, ranked in chunks of rows."""
-        chunk = max(1, _LOGITS_PER_CHUNK // self.readout.d_vocab)
-        top = torch.cat(
-            [self.readout.vocab_logits(part).topk(self.top_n, dim=-1).indices for part in rows.split(chunk)]
-            or [rows.new_zeros((0, self.top_n), dtype=torch.long)]
-        )
+        top = top_n_vocab(self.readout, rows, self.top_n)
         return top if self.token_groups is None else same_device(self.token_groups, top)[top]
 
     def update(self, acts: Activations, meta: BatchMeta) -> None:
@@ -361,6 +359,37 @@ class ExpertLogitLensAccumulator(Accumulator):
             doc_out_sum=None if self.doc_ids is None else self.doc_out,
             doc_n_routed=None if self.doc_ids is None else self.doc_n,
         )
+
+
+def top_n_vocab(
+    readout: LogitReadout,
+    rows: Float[torch.Tensor, "rows d_model"],
+    top_n: int,
+    logits_per_chunk: int | None = None,
+) -> Int[torch.Tensor, "rows top_n"]:
+    """Token ids of the ``top_n`` highest raw-lens logits of each row, in decreasing order.
+
+    The ``[rows, vocab]`` logits are never materialised at once: rows are ranked in chunks of at most
+    ``logits_per_chunk`` logits (default 2^24). Each row is ranked on its own, so the result does not
+    depend on the chunking.
+    """
+    logits_per_chunk = _LOGITS_PER_CHUNK if logits_per_chunk is None else logits_per_chunk
+    chunk = max(1, logits_per_chunk // readout.d_vocab)
+    parts = [_vocab_logits(readout, part).topk(top_n, dim=-1).indices for part in rows.split(chunk)]
+    return torch.cat(parts) if parts else rows.new_zeros((0, top_n), dtype=torch.long)
+
+
+def _vocab_logits(
+    readout: LogitReadout, x: Float[torch.Tensor, "rows d_model"]
+) -> Float[torch.Tensor, "rows vocab"]:
+    """:meth:`LogitReadout.vocab_logits` without a second pass over the logits for a scale of 1.
+
+    Multiplying by 1.0 leaves every value as it is, so the logits are the same; other scales are
+    applied in place.
+    """
+    x = readout._prepare(x, through_final_norm=True)
+    logits = x @ readout.unembed.to(device=x.device, dtype=x.dtype).T
+    return logits if readout.logit_scale == 1.0 else logits.mul_(readout.logit_scale)
 
 
 def _checked_groups(token_groups: torch.Tensor, vocab: int) -> Int[torch.Tensor, " vocab"]:

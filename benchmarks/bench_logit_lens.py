@@ -1,0 +1,122 @@
+"""Benchmark: the logit lens's top-n ranking of every routed slot over a 50k vocabulary.
+
+The expert logit lens ranks, for every routed (token, slot), the whole vocabulary by the raw-lens
+logits of the expert's output and keeps the ``top_n`` tokens. A random unembedding (50,304 tokens,
+small ``d_model``) and random expert outputs stand in for a model; both variants rank the same rows
+in chunks of up to 2^24 logits and must give the same tokens:
+
+- before: :meth:`LogitReadout.vocab_logits` per chunk (a second pass over the logits applies the
+  logit scale, even a scale of 1), then ``topk``;
+- after: :func:`tl_moe.analysis.logit_lens_accumulator.top_n_vocab` (one pass: the logits of a
+  scale-1 readout are used as the matmul leaves them; other scales are applied in place).
+
+Prints the time per 1,000 tokens (each with ``--slots`` routed slots) and the ratio.
+
+Run: ``python benchmarks/bench_logit_lens.py [--vocab 50304] [--d-model 64] [--tokens 2000]
+[--slots 8] [--top-n 3] [--device cpu] [--threads 1]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from tl_moe.analysis.logit_lens_accumulator import top_n_vocab
+from tl_moe.analysis.readout import LogitReadout
+
+LOGITS_PER_CHUNK = 1 << 24
+
+
+def top_n_before(readout: LogitReadout, rows: torch.Tensor, top_n: int) -> torch.Tensor:
+    """The ranking as the accumulator did it before :func:`top_n_vocab`."""
+    chunk = max(1, LOGITS_PER_CHUNK // readout.d_vocab)
+    return torch.cat([readout.vocab_logits(part).topk(top_n, dim=-1).indices for part in rows.split(chunk)])
+
+
+def random_readout(vocab: int, d_model: int, device: str, seed: int = 0) -> LogitReadout:
+    """A final RMSNorm + unembedding with random weights."""
+    g = torch.Generator().manual_seed(seed)
+    return LogitReadout(
+        unembed=torch.randn(vocab, d_model, generator=g).to(device),
+        unembed_bias=None,
+        gain=(torch.rand(d_model, generator=g) + 0.5).to(device),
+        norm_bias=None,
+        centered=False,
+        eps=1e-6,
+    )
+
+
+def _timed(fn, device: str, repeats: int) -> tuple[float, torch.Tensor]:
+    """Best wall time of ``repeats`` calls (after one warm-up) and the last result."""
+    result = fn()
+    best = float("inf")
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        result = fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def measure(
+    vocab: int = 50_304,
+    d_model: int = 64,
+    tokens: int = 2000,
+    slots: int = 8,
+    top_n: int = 3,
+    device: str = "cpu",
+    repeats: int = 2,
+) -> dict:
+    """Seconds per 1,000 tokens before and after, and whether both ranked the same tokens."""
+    readout = random_readout(vocab, d_model, device)
+    rows = torch.randn(tokens * slots, d_model, generator=torch.Generator().manual_seed(1)).to(device)
+    before, top_before = _timed(lambda: top_n_before(readout, rows, top_n), device, repeats)
+    after, top_after = _timed(lambda: top_n_vocab(readout, rows, top_n), device, repeats)
+    return {
+        "vocab": vocab,
+        "d_model": d_model,
+        "tokens": tokens,
+        "slots": slots,
+        "top_n": top_n,
+        "device": device,
+        "seconds_per_1000_tokens_before": before * 1000 / tokens,
+        "seconds_per_1000_tokens_after": after * 1000 / tokens,
+        "speedup": before / after,
+        "same_tokens": bool(torch.equal(top_before, top_after)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vocab", type=int, default=50_304)
+    parser.add_argument("--d-model", type=int, default=64)
+    parser.add_argument("--tokens", type=int, default=2000)
+    parser.add_argument("--slots", type=int, default=8, help="routed slots per token (top-k)")
+    parser.add_argument("--top-n", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", action="store_true", help="print the numbers as one JSON object")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    out = measure(args.vocab, args.d_model, args.tokens, args.slots, args.top_n, args.device, args.repeats)
+    if args.json:
+        print(json.dumps(out))
+        return
+    print(
+        f"logit lens top-{out['top_n']} of {out['slots']} slots x {out['vocab']} vocabulary, d_model "
+        f"{out['d_model']}, {out['tokens']} tokens on {out['device']} ({args.threads} thread(s))"
+    )
+    print(f"before (vocab_logits + topk): {out['seconds_per_1000_tokens_before']:.3f} s per 1,000 tokens")
+    print(f"after  (top_n_vocab):         {out['seconds_per_1000_tokens_after']:.3f} s per 1,000 tokens")
+    print(f"speedup {out['speedup']:.2f}x; same top tokens: {out['same_tokens']}")
+
+
+if __name__ == "__main__":
+    main()

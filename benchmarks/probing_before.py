@@ -1,0 +1,100 @@
+"""The probing fit as it was before its speed-ups, for before/after timings in one run.
+
+:func:`_newton` is the earlier Newton solver (every problem stays in the batch until all converge;
+design-vector products as ``[n, k] @ [k, 1]`` batches); :func:`before` patches it in, together with
+token orders drawn and sorted again for every fit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+
+import torch
+from jaxtyping import Float
+
+from tl_moe.analysis import probing, probing_math
+
+
+@contextlib.contextmanager
+def before() -> Iterator[None]:
+    """Within the block, KSparseProbe fits the way it did before the speed-ups."""
+    saved = probing_math._newton, probing._token_orders
+    probing_math._newton = _newton
+    probing._token_orders = _token_orders_drawn_each_time
+    try:
+        yield
+    finally:
+        probing_math._newton, probing._token_orders = saved
+
+
+def _token_orders_drawn_each_time(seed: int, n_concepts: int, n_tokens: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(n_concepts, n_tokens, generator=generator).argsort(dim=1)
+
+
+def _newton(
+    z: Float[torch.Tensor, "batch n params"],
+    target: Float[torch.Tensor, "batch n"],
+    s: Float[torch.Tensor, "batch n"],
+    l2: Float[torch.Tensor, "batch params"],
+    theta: Float[torch.Tensor, "batch params"],
+    max_iter: int,
+    tol: float,
+) -> Float[torch.Tensor, "batch params"]:
+    """Damped Newton iterations on the normalised objective from ``theta``; returns the optimum."""
+    batch, _, n_params = z.shape
+    logits = torch.bmm(z, theta[:, :, None])[..., 0]
+    objective = None  # computed only when a line search needs it
+    jitter = torch.diag(z.new_full((n_params,), probing_math._HESSIAN_JITTER))
+    converged = torch.zeros(batch, dtype=torch.bool, device=z.device)
+    factor, refresh, previous = None, True, None
+    for _ in range(max_iter):
+        prob = torch.sigmoid(logits)
+        grad = torch.bmm(z.transpose(1, 2), (s * (prob - target))[:, :, None])[..., 0] + l2 * theta
+        if refresh:
+            curvature = s * prob * (1 - prob)
+            hessian = torch.bmm(z.transpose(1, 2), z * curvature[:, :, None])
+            factor = probing_math._cholesky(hessian + torch.diag_embed(l2) + jitter)
+        step = torch.cholesky_solve(grad[:, :, None], factor)[..., 0].masked_fill(converged[:, None], 0.0)
+        decrement = (grad * step).sum(1)
+        logit_step = torch.bmm(z, step[:, :, None])[..., 0]
+        exempt = converged | (decrement <= probing_math._LINE_SEARCH_ABOVE)
+        alpha = torch.ones_like(decrement)
+        if not exempt.all():
+            # Backtracking (Armijo) line search; full Newton steps near the optimum, where rounding
+            # would make the test reject good steps.
+            if objective is None:
+                objective = probing_math._objective(logits, target, s, l2, theta)
+            for _ in range(probing_math._MAX_HALVINGS):
+                candidate = probing_math._objective(
+                    logits - alpha[:, None] * logit_step, target, s, l2, theta - alpha[:, None] * step
+                )
+                accepted = exempt | (candidate <= objective - probing_math._ARMIJO_SLOPE * alpha * decrement)
+                if accepted.all():
+                    break
+                alpha = torch.where(accepted, alpha, alpha / 2)
+            objective = candidate if accepted.all() else None  # else alpha moved past `candidate`
+        else:
+            objective = None
+        theta = theta - alpha[:, None] * step
+        logits = logits - alpha[:, None] * logit_step
+        # The step just taken from a point within tol is kept: it shrinks the remaining error further.
+        converged = converged | (decrement <= tol)
+        if converged.all():
+            break
+        # Near the optimum the Hessian barely moves: keep its factor while the steps keep shrinking fast.
+        slow = previous is not None and bool(
+            (decrement > probing_math._REUSE_RATIO * previous)[~converged].any()
+        )
+        refresh = slow or bool((decrement[~converged] > probing_math._REUSE_HESSIAN_BELOW).any())
+        previous = decrement
+    if not converged.all():
+        warnings.warn(
+            f"fit_logistic_batched: {int((~converged).sum())} of {batch} problems did not reach "
+            f"tol={tol:g} in {max_iter} Newton iterations; increase max_iter.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return theta
