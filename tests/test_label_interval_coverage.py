@@ -102,3 +102,17 @@ def test_mean_interval_covers_the_true_mean_with_its_estimate_mid_interval():
     assert np.mean(covered["BCa"]) >= np.mean(covered["percentile"]) + 0.02
     assert 0.4 <= np.median(position["BCa"]) <= 0.6
     assert np.median(position["percentile"]) >= 0.57
+
+
+def test_the_summary_row_and_its_finding_name_the_interval_methods():
+    from tl_moe.pipeline.sections.explain import _unit
+
+    scores = _planted_scores(_experts(), 0)
+    row = document_intervals(list(scores), scores, {"shuffled": scores}, "balanced_accuracy", n_resamples=99)
+    assert (row["mean interval method"], row["difference interval method"]) == ("BCa", "percentile")
+    row["interval over"] = "score documents"
+    assert _unit(row).endswith(
+        "58 score documents of the scoring items (BCa for the means, percentile for the differences)"
+    )
+    del row["mean interval method"]  # a results file written before the methods were recorded
+    assert _unit(row).endswith("58 score documents of the scoring items")

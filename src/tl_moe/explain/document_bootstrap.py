@@ -114,7 +114,8 @@ def document_intervals(
     Returns the columns of a summary row — ``mean``, ``ci low``, ``ci high``; per arm ``{arm} mean``,
     ``{arm} ci low/high``, ``own - {arm}``, ``{arm} diff ci low/high``; ``bootstrap bias`` of the own mean
     (mean of the resamples − estimate: a per-expert ratio of counts over clustered documents is skewed
-    low, which ``mean_method`` BCa corrects for); ``documents`` and ``interval``
+    low, which ``mean_method`` BCa corrects for); ``mean interval method`` and ``difference interval
+    method``; ``documents`` and ``interval``
     (``available``, or ``unavailable: reason`` below ``min_documents`` documents) — or None when a
     score does not say which documents its items came from."""
     kept = [k for k in keys if k in own and own[k].ok and own[k].truth]
@@ -153,6 +154,7 @@ def document_intervals(
         row.update({f"{name} mean": arm.estimate, f"{name} ci low": arm.low, f"{name} ci high": arm.high,
                     f"own - {name}": diff.estimate, f"{short} ci low": diff.low, f"{short} ci high": diff.high})  # fmt: skip
     row["bootstrap bias"] = intervals[0].bias  # mean of the resampled means − the estimate
+    row["mean interval method"], row["difference interval method"] = mean_method, PAIRED_METHOD
     row["documents"] = len(documents)
     row["interval"] = "available" if intervals[0].available else f"unavailable: {intervals[0].reason}"
     return row
