@@ -4,10 +4,17 @@ An expert's scoring items come from ``score``-split documents, and experts share
 document holds contexts of many experts), so neither experts nor items are independent draws. Here
 every document's items move together: per expert and arm (its own label, the shuffled-label control,
 the token-set baseline) the items' confusion counts are summed per document (``[expert, document]``);
-a resample weights the documents, each expert's metric is recomputed from its resampled counts, and
-the statistic is the mean over experts. An expert enters a resample's mean where its metric is
-defined there (both classes present); a paired difference averages the same experts in both arms
-(the arms score the same items, so they are defined together).
+a resample weights the documents, each expert's resampled counts of each class are scaled back to the
+class's size in the observed sample (the scorer draws a fixed number of positives and negatives per
+expert: the design fixes the class sizes, the documents only decide which items they are), its metric
+is recomputed from them, and the statistic is the mean over experts. An expert enters a resample's mean
+where its metric is defined there (both classes present); a paired difference averages the same
+experts in both arms (the arms score the same items, so they are defined together).
+
+Why the class sizes are held: left free, a resample that draws fewer positives than negatives lowers
+precision and F1 for no reason the design allows (balanced accuracy and recall are rates within a
+class and do not move), which widens their intervals and, precision being concave in the share of
+positives, pulls the resampled means below the estimate.
 
 The means (own label, each control arm) get BCa intervals (:data:`MEAN_METHOD`), the paired
 differences the project's :data:`~tl_moe.analysis.stats.PAIRED_METHOD`. Why: each expert's metric is
@@ -17,10 +24,10 @@ documents moves numerator and denominator together, and the ratio is concave in 
 mean over experts sits below the estimate (the ``bootstrap bias`` column; the estimator itself has a
 downward small-sample bias of the same origin). The percentile interval takes that shifted
 distribution as it is and leaves the estimate near its top end; BCa corrects for the median shift
-(the share of resamples below the estimate) and the skew (a jackknife over documents). On planted
-label scores that mimic this structure (tests/test_label_interval_coverage.py) the percentile interval
-of the mean balanced accuracy covers the true mean less often than nominal with its estimate at a
-median 0.6 of the interval, BCa covers at about the nominal rate with its estimate mid-interval.
+(the share of resamples below the estimate) and the skew (a jackknife over documents). Experts that
+drop out of a resample (a class absent) are not the cause: keeping each at its observed value there
+leaves the lean as it is. tests/test_label_interval_coverage.py measures both choices on planted label
+scores with this structure and a known true mean.
 
 Metrics from counts (as :func:`~tl_moe.explain.scorers.detection_metrics` computes them per expert):
 balanced accuracy, F1, precision (0 when nothing is said yes to), recall. AUC needs the graded
@@ -87,6 +94,19 @@ def metric_from_counts(
     return np.where((positives > 0) & (negatives > 0), value, np.nan)
 
 
+def _at_class_sizes(
+    weights: Float[np.ndarray, "batch document"], counts: Float[np.ndarray, "4 expert document"]
+) -> tuple[Float[np.ndarray, "batch expert"], ...]:
+    """Each expert's resampled true positives, false negatives, false positives, true negatives, the
+    positives scaled to its observed number of positives and the negatives to its negatives (NaN where a
+    resample holds none of a class)."""
+    tp, fn, fp, tn = (weights @ c.T for c in counts)
+    positives, negatives = counts[0].sum(-1) + counts[1].sum(-1), counts[2].sum(-1) + counts[3].sum(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        up, down = positives / (tp + fn), negatives / (fp + tn)
+    return tp * up, fn * up, fp * down, tn * down
+
+
 def _nanmean(values: np.ndarray) -> np.ndarray:
     import warnings
 
@@ -132,7 +152,9 @@ def document_intervals(
     present = {name: counts[name].sum((0, 2)) > 0 for name in arms}  # experts the arm scored
 
     def statistic(weights: np.ndarray) -> np.ndarray:  # [batch, D] -> [batch, 1 + 2 * arms]
-        values = {name: metric_from_counts(metric, *(weights @ c.T for c in counts[name])) for name in counts}
+        values = {
+            name: metric_from_counts(metric, *_at_class_sizes(weights, c)) for name, c in counts.items()
+        }
         out = [_nanmean(values["own"])]
         for name in arms:
             mine = np.where(present[name], values["own"], np.nan)
