@@ -4,10 +4,30 @@ An expert's scoring items come from ``score``-split documents, and experts share
 document holds contexts of many experts), so neither experts nor items are independent draws. Here
 every document's items move together: per expert and arm (its own label, the shuffled-label control,
 the token-set baseline) the items' confusion counts are summed per document (``[expert, document]``);
-a resample weights the documents, each expert's metric is recomputed from its resampled counts, and
-the statistic is the mean over experts. An expert enters a resample's mean where its metric is
-defined there (both classes present); a paired difference averages the same experts in both arms
-(the arms score the same items, so they are defined together).
+a resample weights the documents, each expert's resampled counts of each class are scaled back to the
+class's size in the observed sample (the scorer draws a fixed number of positives and negatives per
+expert: the design fixes the class sizes, the documents only decide which items they are), its metric
+is recomputed from them, and the statistic is the mean over experts. An expert enters a resample's mean
+where its metric is defined there (both classes present); a paired difference averages the same
+experts in both arms (the arms score the same items, so they are defined together).
+
+Why the class sizes are held: left free, a resample that draws fewer positives than negatives lowers
+precision and F1 for no reason the design allows (balanced accuracy and recall are rates within a
+class and do not move), which widens their intervals and, precision being concave in the share of
+positives, pulls the resampled means below the estimate.
+
+The means (own label, each control arm) get BCa intervals (:data:`MEAN_METHOD`), the paired
+differences the project's :data:`~tl_moe.analysis.stats.PAIRED_METHOD`. Why: each expert's metric is
+a ratio of counts whose items cluster in a few documents (an expert's positives come mostly from the
+documents where it is strongly routed, and the label is right more often there). Resampling those
+documents moves numerator and denominator together, and the ratio is concave in them, so the resampled
+mean over experts sits below the estimate (the ``bootstrap bias`` column; the estimator itself has a
+downward small-sample bias of the same origin). The percentile interval takes that shifted
+distribution as it is and leaves the estimate near its top end; BCa corrects for the median shift
+(the share of resamples below the estimate) and the skew (a jackknife over documents). Experts that
+drop out of a resample (a class absent) are not the cause: keeping each at its observed value there
+leaves the lean as it is. tests/test_label_interval_coverage.py measures both choices on planted label
+scores with this structure and a known true mean.
 
 Metrics from counts (as :func:`~tl_moe.explain.scorers.detection_metrics` computes them per expert):
 balanced accuracy, F1, precision (0 when nothing is said yes to), recall. AUC needs the graded
@@ -17,17 +37,23 @@ answers, not counts, and keeps its interval over experts.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 from jaxtyping import Float
 
-from tl_moe.analysis.stats import MIN_DOCUMENTS, cluster_bootstrap
+from tl_moe.analysis.stats import MIN_DOCUMENTS, PAIRED_METHOD, cluster_bootstrap
 from tl_moe.explain.scorers import Score
 
-__all__ = ["DOCUMENT_METRICS", "document_intervals", "metric_from_counts"]
+__all__ = ["DOCUMENT_METRICS", "MEAN_METHOD", "document_intervals", "metric_from_counts"]
 
 DOCUMENT_METRICS = ("balanced_accuracy", "f1", "precision", "recall")
 """The metrics whose summary intervals resample documents (the others: experts)."""
+
+MEAN_METHOD = "BCa"
+"""The interval of the means over experts (own label, each control arm): BCa, since the percentile
+interval of a mean of per-expert ratios over clustered documents leans low (see the module docstring);
+paired differences keep :data:`~tl_moe.analysis.stats.PAIRED_METHOD`."""
 
 Key = tuple[int, int]
 
@@ -68,6 +94,19 @@ def metric_from_counts(
     return np.where((positives > 0) & (negatives > 0), value, np.nan)
 
 
+def _at_class_sizes(
+    weights: Float[np.ndarray, "batch document"], counts: Float[np.ndarray, "4 expert document"]
+) -> tuple[Float[np.ndarray, "batch expert"], ...]:
+    """Each expert's resampled true positives, false negatives, false positives, true negatives, the
+    positives scaled to its observed number of positives and the negatives to its negatives (NaN where a
+    resample holds none of a class)."""
+    tp, fn, fp, tn = (weights @ c.T for c in counts)
+    positives, negatives = counts[0].sum(-1) + counts[1].sum(-1), counts[2].sum(-1) + counts[3].sum(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        up, down = positives / (tp + fn), negatives / (fp + tn)
+    return tp * up, fn * up, fp * down, tn * down
+
+
 def _nanmean(values: np.ndarray) -> np.ndarray:
     import warnings
 
@@ -85,15 +124,18 @@ def document_intervals(
     n_resamples: int = 2000,
     seed: int = 0,
     min_documents: int = MIN_DOCUMENTS,
+    mean_method: Literal["percentile", "BCa", "basic"] = MEAN_METHOD,
 ) -> dict[str, float | int | str] | None:
     """Mean over the experts ``keys`` of ``metric`` for their own labels, for each control arm
     (``arms``: name -> scores, e.g. ``shuffled``, ``baseline``), and own − arm, each with a 95%
-    percentile bootstrap interval over the documents of the experts' scoring items.
+    bootstrap interval over the documents of the experts' scoring items: ``mean_method`` for the
+    means, :data:`~tl_moe.analysis.stats.PAIRED_METHOD` for the differences (the same resamples).
 
     Returns the columns of a summary row — ``mean``, ``ci low``, ``ci high``; per arm ``{arm} mean``,
     ``{arm} ci low/high``, ``own - {arm}``, ``{arm} diff ci low/high``; ``bootstrap bias`` of the own mean
-    (mean of the resamples − estimate: a per-expert ratio of counts is skewed, so the percentile interval
-    may sit off-centre); ``documents`` and ``interval``
+    (mean of the resamples − estimate: a per-expert ratio of counts over clustered documents is skewed
+    low, which ``mean_method`` BCa corrects for); ``mean interval method`` and ``difference interval
+    method``; ``documents`` and ``interval``
     (``available``, or ``unavailable: reason`` below ``min_documents`` documents) — or None when a
     score does not say which documents its items came from."""
     kept = [k for k in keys if k in own and own[k].ok and own[k].truth]
@@ -110,7 +152,9 @@ def document_intervals(
     present = {name: counts[name].sum((0, 2)) > 0 for name in arms}  # experts the arm scored
 
     def statistic(weights: np.ndarray) -> np.ndarray:  # [batch, D] -> [batch, 1 + 2 * arms]
-        values = {name: metric_from_counts(metric, *(weights @ c.T for c in counts[name])) for name in counts}
+        values = {
+            name: metric_from_counts(metric, *_at_class_sizes(weights, c)) for name, c in counts.items()
+        }
         out = [_nanmean(values["own"])]
         for name in arms:
             mine = np.where(present[name], values["own"], np.nan)
@@ -118,10 +162,11 @@ def document_intervals(
             out += [_nanmean(other), _nanmean(mine - other)]
         return np.stack(out, axis=-1)
 
-    intervals = cluster_bootstrap(
-        statistic, len(documents), n_resamples=n_resamples, seed=seed, min_clusters=min_documents,
-        on_too_few="unavailable", what="the label scores",
-    )  # fmt: skip
+    options = dict(n_resamples=n_resamples, seed=seed, min_clusters=min_documents, on_too_few="unavailable",
+                   what="the label scores")  # fmt: skip
+    means = cluster_bootstrap(statistic, len(documents), method=mean_method, **options)
+    paired = cluster_bootstrap(statistic, len(documents), method=PAIRED_METHOD, **options)  # same resamples
+    intervals = [means[0]] + [(means if i % 2 else paired)[i] for i in range(1, len(means))]
     row: dict[str, float | int | str] = {
         "mean": intervals[0].estimate, "ci low": intervals[0].low, "ci high": intervals[0].high,
     }  # fmt: skip
@@ -131,6 +176,7 @@ def document_intervals(
         row.update({f"{name} mean": arm.estimate, f"{name} ci low": arm.low, f"{name} ci high": arm.high,
                     f"own - {name}": diff.estimate, f"{short} ci low": diff.low, f"{short} ci high": diff.high})  # fmt: skip
     row["bootstrap bias"] = intervals[0].bias  # mean of the resampled means − the estimate
+    row["mean interval method"], row["difference interval method"] = mean_method, PAIRED_METHOD
     row["documents"] = len(documents)
     row["interval"] = "available" if intervals[0].available else f"unavailable: {intervals[0].reason}"
     return row

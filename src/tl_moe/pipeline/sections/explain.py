@@ -321,7 +321,10 @@ def _unit(row: dict[str, Any]) -> str:
         return f"no interval over experts: {why}" if why else "95% bootstrap over experts"
     if str(row.get("interval", "")).startswith("unavailable"):
         return f"no interval: {str(row['interval']).removeprefix('unavailable: ')}"
-    return f"95% bootstrap over the {int(row['documents'])} score documents of the scoring items"
+    unit = f"95% bootstrap over the {int(row['documents'])} score documents of the scoring items"
+    if isinstance(row.get("mean interval method"), str):  # results written before the methods were recorded
+        unit += f" ({row['mean interval method']} for the means, {row['difference interval method']} for the differences)"
+    return unit
 
 
 def labels_finding(
