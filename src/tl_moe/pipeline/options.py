@@ -21,7 +21,6 @@ from typing import Any
 from tl_moe.analysis.stats import MIN_DOCUMENTS
 from tl_moe.defaults import MIN_EXAMPLES
 from tl_moe.errors import InputError
-from tl_moe.pipeline.protocol import OptionLimit
 
 __all__ = ["RunOptions", "add_option_arguments", "fit_defaults", "is_default", "options_from_arguments"]
 
@@ -382,6 +381,14 @@ class RunOptions:
             f.name: str(value) if isinstance(value := getattr(self, f.name), Path) else value
             for f in dataclasses.fields(self)
         }
+
+
+@dataclass(frozen=True)
+class OptionLimit:
+    """The largest value of an option that the run's models allow, and why (``"the 32 neurons of an expert"``)."""
+
+    most: int
+    because: str
 
 
 def fit_defaults(options: RunOptions, limits: Mapping[str, OptionLimit]) -> tuple[RunOptions, dict[str, Any]]:

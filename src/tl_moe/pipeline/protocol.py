@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 
 from tl_moe.collect.accumulator import Accumulator
 from tl_moe.models.config import MoEConfig
+from tl_moe.pipeline.options import OptionLimit
 from tl_moe.report.summary import TableSummary
 
 if TYPE_CHECKING:  # annotations only: the context module imports nothing from here at run time
@@ -65,14 +66,6 @@ class AccumulatorSpec(ABC, Hashable):
         """Upper estimate of the accumulator's memory at the end of a pass, from the model's
         config alone (the planner's input; 0 when negligible or unknown)."""
         return 0
-
-
-@dataclass(frozen=True)
-class OptionLimit:
-    """The largest value of an option that the run's models allow, and why (``"the 32 neurons of an expert"``)."""
-
-    most: int
-    because: str
 
 
 @dataclass(frozen=True)
