@@ -94,8 +94,14 @@ def test_the_headline_is_the_matched_count_control_at_every_k_and_follows_holm()
     assert "better than dense neurons in 0 of the 4 member × k tests, worse in 1" in headline
     assert "not separated from them in 3" in headline
     # Matched subsets (Holm over its own 2 tests: above 0) vs the headline: the conclusion changes.
-    assert "moe-4x2 at k = 1: above 0 on matched subsets, below 0 on routed tokens" in headline
-    assert "moe-32x2 at k = 1: above 0 on matched subsets, not separated from 0 on routed tokens" in headline
+    assert (
+        "above 0 on matched subsets, below 0 on routed tokens in 1 of 4 tests (moe-4x2 at k = 1)" in headline
+    )
+    assert (
+        "above 0 on matched subsets, not separated from 0 on routed tokens in 1 of 4 tests (moe-32x2 at k = 1)"
+        in headline
+    )
+    assert "class-balanced F1" in headline  # the planted family recorded F1 only
     assert "paper's protocol" in paper
     assert "moe-4x2 1.58 M" in confound and "cannot separate routing sparsity from model size" in confound
     records = result.records()
@@ -117,3 +123,22 @@ def test_a_planted_no_effect_family_reports_no_member_separated():
     (headline, _) = SparsityResult(table=table, ks=(1, 64), held_out=held).findings()
     assert "changes the conclusion" not in headline
     assert "in 0 of the 4 member × k tests, worse in 0, and are not separated from them in 4" in headline
+
+
+def test_the_headline_tests_balanced_accuracy_when_recorded_and_shows_the_f1_count_beside():
+    """Planted: in F1 the member is above 0 (a probe-rate effect), in balanced accuracy it is not; the
+    headline's verdicts follow balanced accuracy, and the F1 count is printed beside it."""
+    from tl_moe.pipeline.sections.sparsity import SparsityResult
+
+    f1 = _record("toy/moe-8x2", 0.25, HEADLINE, 0.030, 0.015, 0.045, 0.001)
+    ba = dict(_record("toy/moe-8x2", 0.25, HEADLINE, 0.002, -0.008, 0.012, 0.7), metric="balanced_accuracy")
+    table = pd.DataFrame({"k": [1], "mean_best_f1": [0.8], "active_ratio": [0.25]})
+    result = SparsityResult(table=table, ks=(1,), held_out=pd.DataFrame([f1, ba]))
+    (tests,) = result.headline_tests()
+    assert tests["metric"] == "balanced_accuracy" and tests["verdict"] == "not separated from 0"
+    assert result.headline_tests(metric="f1")[0]["verdict"] == "above 0"
+    (headline, _) = result.findings()
+    assert "class-balanced accuracy (chance 0.5 for any probe" in headline
+    assert "better than dense neurons in 0 of the 1 member × k tests" in headline
+    assert "In class-balanced F1 (the paper's metric" in headline
+    assert "better than dense neurons in 1 of the 1 member × k tests" in headline
