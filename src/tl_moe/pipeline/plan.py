@@ -151,6 +151,7 @@ def plan_run(
     """
     from tl_moe.models.introspect import moe_config
     from tl_moe.pipeline.runner import _chosen_analyses, _needs_by_model
+    from tl_moe.pipeline.validation import check_seq_len_positions
 
     options = options or RunOptions()
     options.check()
@@ -168,6 +169,7 @@ def plan_run(
         return moe_configs[name]
 
     describe(options.model)
+    check_seq_len_positions(options.seq_len, metas[options.model])  # as analyze checks its loaded model
     if options.dense_baseline:
         describe(options.dense_baseline)
     run_context = RunContext(options, configs=moe_configs)
