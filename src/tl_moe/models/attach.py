@@ -651,6 +651,11 @@ def load(
     label = f"model {os.fspath(model)!r}"
     if os.path.isdir(name):
         config = check_model_folder(name, label, needs_tokenizer="tokenizer" not in boot_kwargs)
+    elif os.path.exists(name):
+        raise InputError(
+            f"{label} is a file; accepted: a local folder saved with save_pretrained, a hub id (org/name), "
+            "or a toy name (toy/...)."
+        )
     else:
         check_hub_model(name, label)
         config = {}

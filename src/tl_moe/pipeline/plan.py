@@ -33,10 +33,13 @@ def meta_model(config: Any) -> torch.nn.Module:
         return AutoModelForCausalLM.from_config(config)
 
 
-def _hf_config(name: str) -> Any:
+def _hf_config(name: str, input_name: str = "--model") -> Any:
     """The Hugging Face config of a toy-zoo name, a local directory or a (cached) hub id, offline."""
     from transformers import AutoConfig
 
+    from tl_moe.pipeline.validation import check_model_path
+
+    check_model_path(name, input_name=input_name)  # a file, or a folder without config.json: as analyze says
     path = name
     if name.startswith("toy/"):
         from tl_moe.zoo.registry import checkpoint_path
@@ -164,7 +167,8 @@ def plan_run(
     def describe(name: str) -> MoEConfig:
         if name not in moe_configs:
             base = name.removeprefix(UNTRAINED)  # the untrained null has its model's config
-            metas[name] = meta_model(hf_configs.get(base) or _hf_config(base))
+            input_name = "--dense-baseline" if base == options.dense_baseline else "--model"
+            metas[name] = meta_model(hf_configs.get(base) or _hf_config(base, input_name))
             moe_configs[name] = moe_config(metas[name])
         return moe_configs[name]
 

@@ -476,12 +476,7 @@ def check_model_source(
         return "toy"
     path = Path(name).expanduser()
     if path.exists():
-        if not path.is_dir():
-            raise ModelSourceError(input_name, f"{input_name} {name!r} is a file; {_ACCEPTED_MODELS}.")
-        if not (path / "config.json").is_file():
-            raise ModelSourceError(
-                input_name, f"{input_name} {name!r} is a folder without config.json; {_ACCEPTED_MODELS}."
-            )
+        check_model_path(name, input_name=input_name)
         _check_model_type(path, input_name)
         _check_kind(name, _model_type_of(path), expect_moe, input_name, path)
         check_model_folder_source(path, input_name=input_name)
@@ -501,6 +496,21 @@ def check_model_source(
         )
     check_hub_reachable(name, input_name=input_name, offline=offline)
     return "hub"
+
+
+def check_model_path(name: str | os.PathLike, *, input_name: str = "--model") -> None:
+    """An existing local path named as a model must be a folder holding config.json (weights unchecked:
+    ``tl-moe plan`` reads the config alone); raises :class:`ModelSourceError`. Other names pass."""
+    path = Path(os.fspath(name)).expanduser()
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ModelSourceError(input_name, f"{input_name} {os.fspath(name)!r} is a file; {_ACCEPTED_MODELS}.")
+    if not (path / "config.json").is_file():
+        raise ModelSourceError(
+            input_name,
+            f"{input_name} {os.fspath(name)!r} is a folder without config.json; {_ACCEPTED_MODELS}.",
+        )
 
 
 def _check_model_type(path: Path, input_name: str) -> None:
