@@ -107,7 +107,7 @@ def _check_device_map(device_map: Any) -> None:
     """Refuse a ``--device-map`` accelerate cannot place with, in one line, before any model loads."""
     accepted = (
         f"accepted: {', '.join(repr(name) for name in DEVICE_MAP_STRATEGIES)}, a device name (cpu, cuda:0, "
-        "..., or a GPU index) or a dict of module name -> device"
+        "...), a GPU index, or a dict of module name -> device"
     )
     if device_map is None or isinstance(device_map, Mapping):
         return
