@@ -359,6 +359,32 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("--reweight-factors with a negative", ["analyze", "--reweight-factors", "-2"], "other than 1"),
         ("--reweight-factors with 0", ["analyze", "--reweight-factors", "0,2"], "other than 1"),
         ("--reweight-factors with a duplicate", ["analyze", "--reweight-factors", "2,0.5,2"], "repeats"),
+        (
+            "--device-map banana",
+            ["analyze", "toy/moe-4x2", "--device-map", "banana"],
+            "--device-map 'banana'",
+        ),
+        (
+            "`tl-moe explain --analyses` (explain runs one analysis)",
+            ["explain", "toy/moe-4x2", "--analyses", "specialization"],
+            "runs only the 'explain' analysis",
+        ),
+        (
+            "`tl-moe plan --seq-len` longer than the model's positions",
+            ["plan", "toy/moe-4x2", "--seq-len", "100000"],
+            "--seq-len 100000 is longer than the model's 256 positions",
+        ),
+        ("`tl-moe hooks` of a file", ["hooks", str(tmp / "a_file")], "is a file"),
+        (
+            "`tl-moe plan` of a folder without config.json",
+            ["plan", str(tmp / "readme_only")],
+            "is a folder without config.json; accepted:",
+        ),
+        (
+            "`tl-moe corpus stats` of a path that is no file or folder",
+            ["corpus", "stats", "--corpus", "/dev/null"],
+            "'/dev/null' is neither a regular file nor a folder",
+        ),
     ]
 
 
@@ -369,7 +395,13 @@ def _api_cases(tmp: Path) -> list[tuple[str, Callable[[], object], str]]:
     import tl_moe
     from tl_moe.data.corpus import load_corpus
     from tl_moe.models.hook_names import get_act_name
-    from tl_moe.models.interventions import Intervention, ablate_expert_neurons, batched_hooks, force_routing
+    from tl_moe.models.interventions import (
+        Intervention,
+        ablate_expert_neurons,
+        batched_hooks,
+        force_routing,
+        scale_expert_weights,
+    )
     from tl_moe.pipeline import analyze
     from tl_moe.zoo.family import TOY_FAMILY
 
@@ -440,11 +472,51 @@ def _api_cases(tmp: Path) -> list[tuple[str, Callable[[], object], str]]:
             "model.layers.2.mlp.gate.weight holds NaN",
         ),
         (
+            "`analyze('toy/moe-4x2', threads=0)` (the rule of `--threads`)",
+            lambda: analyze("toy/moe-4x2", threads=0),
+            "--threads 0",
+        ),
+        (
+            "`analyze('toy/moe-4x2', device_map='banana')`",
+            lambda: analyze("toy/moe-4x2", device_map="banana"),
+            "--device-map 'banana'",
+        ),
+        ("`tl_moe.load(a file)`", lambda: tl_moe.load(tmp / "a_file"), "is a file"),
+        (
+            "`scale_expert_weights(cfg, 0, [1], 1e38)`",
+            lambda: scale_expert_weights(cfg, 0, [1], 1e38),
+            "(MAX_FACTOR)",
+        ),
+        (
+            "a hook on `blocks.0.mlp.hook_router_probs` returning `x[..., :2]` (4 experts)",
+            lambda: _run_with_hook("blocks.0.mlp.hook_router_probs", lambda x, hook: x[..., :2]),
+            "returned a tensor of shape [1, 6, 2]; accepted: a tensor of the shape it received, [1, 6, 4]",
+        ),
+        (
+            "a hook on `blocks.0.mlp.hook_topk_indices` returning expert 7 (4 experts)",
+            lambda: _run_with_hook("blocks.0.mlp.hook_topk_indices", lambda x, hook: torch.full_like(x, 7)),
+            "from 7 to 7 for 4 experts",
+        ),
+        (
+            "a hook on `blocks.0.mlp.hook_topk_indices` routing both slots to expert 0",
+            lambda: _run_with_hook("blocks.0.mlp.hook_topk_indices", lambda x, hook: torch.zeros_like(x)),
+            "repeat an expert within a token",
+        ),
+        (
             "`tl_moe.load('some-org/some-moe')`, hub unreachable",
             lambda: tl_moe.load("some-org/some-moe"),
             "hub",
         ),
     ]
+
+
+def _run_with_hook(name: str, hook: Callable) -> object:
+    """toy/moe-4x2's forward on six tokens with ``hook`` at ``name``."""
+    import tl_moe
+
+    model = tl_moe.load("toy/moe-4x2")
+    with torch.no_grad():
+        return model.run_with_hooks(torch.arange(1, 7)[None], fwd_hooks=[(name, hook)])
 
 
 def _api_message(call: Callable[[], object]) -> tuple[str, str]:
@@ -554,3 +626,24 @@ def test_a_null_domain_is_unknown_and_a_string_domain_is_kept(tmp_path):
     ]
     path.write_text("".join(json.dumps({**row, "split": "train"}) + "\n" for row in rows))
     assert load_corpus(path)["train"]["domain"] == ["unknown", "unknown", "code"]
+
+
+def test_device_map_and_threads_take_what_accelerate_and_the_command_line_take():
+    """Accepted placements and thread counts pass; refused ones raise the one line the CLI prints, and
+    RunOptions refuses exactly the thread counts ``set_threads`` (the CLI's path) refuses."""
+    from tl_moe.pipeline import RunOptions
+    from tl_moe.runtime import ThreadsError, resolve_threads
+
+    for accepted in ("auto", "balanced", "balanced_low_0", "sequential", "cpu", "cuda:1", 0, {"": "cpu"}):
+        assert RunOptions(device_map=accepted).device_map == accepted
+    for refused in ("banana", "", -1, True, 1.5, ["cpu"]):
+        with pytest.raises(InputError, match=r"^--device-map .* is not a placement; accepted: 'auto'"):
+            RunOptions(device_map=refused)
+    for accepted in (None, 1, 3, "auto"):
+        assert RunOptions(threads=accepted).threads == accepted
+    for refused in (0, -2, True, 1.5, "x"):
+        with pytest.raises(ThreadsError) as from_options:
+            RunOptions(threads=refused)
+        with pytest.raises(ThreadsError) as from_runtime:
+            resolve_threads(refused)
+        assert str(from_options.value) == str(from_runtime.value)

@@ -200,6 +200,20 @@ def test_a_mismatch_is_one_line_naming_the_field_and_how_to_start_over(olmoe, tm
     assert isinstance(error, ValueError)
 
 
+def test_a_resume_with_another_seed_names_the_seed_not_the_corpus_digest(olmoe, tmp_path):
+    """The run shuffles its corpus split with --seed, so another seed changes the corpus digest too;
+    the refusal names the seed (the setting the user changed), then the digest it changed."""
+    dataset = corpus(40)
+    run(olmoe, dataset.shuffle(seed=0), tmp_path, max_tokens=200, settings={"seed": 0})
+    with pytest.raises(ckpt.CheckpointMismatchError) as refused:
+        run(olmoe, dataset.shuffle(seed=1), tmp_path, max_tokens=200, settings={"seed": 1})
+    error = refused.value
+    assert error.field == "seed" and (error.saved, error.current) == (0, 1)
+    assert "different seed (0 in the checkpoint, 1 now) and 1 more field (corpus.digest)" in str(error)
+    same = counts(run(olmoe, dataset.shuffle(seed=0), tmp_path, max_tokens=200, settings={"seed": 0}))
+    assert same  # the same seed resumes the checkpoint
+
+
 def test_a_changed_accumulator_names_its_setting(olmoe, tmp_path):
     dataset = corpus(20)
     collect(olmoe, dataset, {"marked": MarkedCounter()}, seq_len=16, checkpoint_dir=tmp_path, progress=False)

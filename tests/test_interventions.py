@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -62,7 +64,7 @@ def test_remove_experts_with_a_selection_bias_equals_an_infinite_negative_bias(t
 def test_zero_and_scale_equal_a_model_with_a_scaled_down_projection(arch, tiny_model_dir, tiny_bridge):
     bridge, layer, expert = tiny_bridge(arch), 1, 2
     toks = tokens(12)
-    for factor in (0.0, 2.5):
+    for factor in (0.0, 2.5, -1.0):  # a negative factor flips the experts' contribution, on purpose
         reference = hf_model(tiny_model_dir(arch))
         experts = hf_moe_modules(reference, layer).experts
         with torch.no_grad():
@@ -376,3 +378,91 @@ def test_a_row_that_removes_and_forces_or_activates_the_same_expert_is_refused()
             )
     with pytest.raises(InputError, match="at layer 1"):  # a negative layer names the same block
         batched_hooks(cfg, [[Intervention("remove", -1, (1,)), Intervention("force", 1, (1, 2))]])
+
+
+# --- edits made by user hooks at tl_moe's own hook points -------------------------------------
+
+_WRONG_SHAPES = [
+    ("olmoe", "hook_router_logits", lambda x: x[..., :2]),
+    ("olmoe", "hook_router_probs", lambda x: x[..., :2]),
+    ("olmoe", "hook_topk_weights", lambda x: x[..., :1]),
+    ("olmoe", "hook_topk_indices", lambda x: x[..., :1]),
+    ("olmoe", "hook_expert_out", lambda x: x[..., :3]),
+    ("olmoe", "hook_expert_post", lambda x: x.flatten(-2)),
+    ("qwen2_moe", "hook_shared_out", lambda x: x[:, :-1]),
+]
+
+
+@pytest.mark.parametrize(("arch", "point", "edit"), _WRONG_SHAPES)
+def test_a_hook_returning_another_shape_is_refused_naming_the_hook_and_both_shapes(
+    arch, point, edit, tiny_bridge
+):
+    from tl_moe.models.experts import HookEditError
+
+    bridge, name, seen = tiny_bridge(arch), f"blocks.1.mlp.{point}", {}
+    clean = run(bridge, [], tokens(3))
+    # planted no-effect: a hook returning nothing, or a same-shaped copy, leaves the forward as it was
+    got = run(bridge, [(name, lambda x, hook: seen.update(shape=list(x.shape)))], tokens(3))
+    assert torch.equal(got, clean)
+    assert torch.equal(run(bridge, [(name, lambda x, hook: x.clone())], tokens(3)), clean)
+    with pytest.raises(HookEditError) as refused:
+        run(bridge, [(name, lambda x, hook: edit(x))], tokens(3))
+    message = str(refused.value)
+    returned = list(edit(torch.zeros(seen["shape"])).shape)
+    assert "\n" not in message and isinstance(refused.value, ValueError)
+    assert f"a hook on {name} returned a tensor of shape {returned}" in message
+    assert f"accepted: a tensor of the shape it received, {seen['shape']}" in message
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda x: torch.full_like(x, 8), "returned expert indices from 8 to 8 for 8 experts"),
+        (lambda x: torch.full_like(x, -1), "returned expert indices from -1 to -1 for 8 experts"),
+        (lambda x: torch.stack([torch.full_like(x[..., 0], 9), x[..., 1]], -1), "to 9 for 8 experts"),
+        (lambda x: torch.zeros_like(x), "repeat an expert within a token (at token [0, 0]: [0, 0])"),
+        (lambda x: x.float(), "returned torch.float32 expert indices"),
+    ],
+)
+def test_edited_topk_indices_must_be_distinct_experts_of_the_layer(edit, message, tiny_bridge):
+    from tl_moe.models.routing import ExpertIndicesError
+
+    bridge = tiny_bridge("olmoe")
+    with pytest.raises(ExpertIndicesError, match=re.escape(message)) as refused:
+        run(bridge, [("blocks.1.mlp.hook_topk_indices", lambda x, hook: edit(x))], tokens(4))
+    assert "accepted: k=2 distinct integer expert indices in 0..7 per token" in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_valid_edit_of_the_topk_indices_is_accepted_and_re_routes(tiny_bridge):
+    """Planted cases: swapping the two slots changes nothing (the weights follow the indices); sending
+    every token to experts 0 and 1 equals force_routing to them."""
+    bridge, name = tiny_bridge("olmoe"), "blocks.1.mlp.hook_topk_indices"
+    clean = run(bridge, [], tokens(5))
+    swapped = run(bridge, [(name, lambda x, hook: x.flip(-1))], tokens(5))
+    torch.testing.assert_close(swapped, clean, atol=1e-5, rtol=0)
+    by_hand = run(bridge, [(name, lambda x, hook: torch.tensor([0, 1]).expand_as(x).clone())], tokens(5))
+    torch.testing.assert_close(
+        by_hand, run(bridge, force_routing(bridge, 1, [0, 1]), tokens(5)), atol=0, rtol=0
+    )
+    assert not torch.allclose(by_hand, clean)
+
+
+def test_scale_factors_are_bounded(tiny_bridge):
+    """1e38 passes a finiteness check but overflows the scaled outputs (NaN loss): refused in one line
+    beyond MAX_FACTOR, by every form of the edit; MAX_FACTOR itself gives a finite forward."""
+    from tl_moe.errors import InputError
+    from tl_moe.interventions import scale_expert_weights_per_row
+    from tl_moe.models.interventions import MAX_FACTOR, Intervention
+
+    bridge = tiny_bridge("olmoe")
+    for make in (
+        lambda: scale_expert_weights(bridge, 1, [0], 1e38),
+        lambda: scale_expert_weights(bridge, 1, [0], -1e38),
+        lambda: scale_expert_weights_per_row(bridge, 1, [[0], [1]], torch.tensor([2.0, 1e38])),
+        lambda: scale_expert_weights_per_row(bridge, 1, [[0], [1]], 1e38),
+        lambda: Intervention("scale", 1, (0,), 1e38),
+    ):
+        with pytest.raises(InputError, match=r"\|factor\| <= 1e\+06 \(MAX_FACTOR\)"):
+            make()
+    assert torch.isfinite(run(bridge, scale_expert_weights(bridge, 1, [0], MAX_FACTOR), tokens(6))).all()

@@ -131,3 +131,25 @@ def test_the_drivers_plan_counts_the_backward_of_the_first_order_estimate():
     kept_per_layer = tokens * cfg.d_model * 4 * 10 + tokens * cfg.d_expert * cfg.experts_per_token * 4 * 3
     assert backward_bytes(cfg, options, 4) >= cfg.n_layers * kept_per_layer  # by hand, float32
     assert estimate >= backward_bytes(cfg, options, 4) > 1 << 30
+
+
+def test_plan_refuses_a_window_longer_than_the_model_positions_as_analyze_does():
+    """toy/moe-4x2 has 256 positions: plan refuses --seq-len 257 and 100000 with the line analyze's
+    check gives, and plans 256 (planted: the boundary is accepted)."""
+    from transformers import AutoConfig
+
+    from tl_moe.pipeline.validation import SeqLenError, check_seq_len
+    from tl_moe.zoo.registry import checkpoint_path
+
+    config = AutoConfig.from_pretrained(checkpoint_path("toy/moe-4x2"))
+    assert config.max_position_embeddings == 256
+    for seq_len in (257, 100_000):
+        options = RunOptions(model="toy/moe-4x2", dense_baseline=None, analyses=("domains",), seq_len=seq_len)
+        with pytest.raises(SeqLenError) as planned:
+            plan_run(options)
+        with pytest.raises(SeqLenError) as analyzed:
+            check_seq_len(seq_len, config, memory_bytes=1 << 50)
+        assert str(planned.value) == str(analyzed.value)
+        assert f"--seq-len {seq_len} is longer than the model's 256 positions" in str(planned.value)
+    options = RunOptions(model="toy/moe-4x2", dense_baseline=None, analyses=("domains",), seq_len=256)
+    assert plan_run(options).models[0].name == "toy/moe-4x2"

@@ -67,7 +67,9 @@ def _cmd_hooks(args) -> None:
         print(hook_table_markdown())
         return
     import tl_moe
+    from tl_moe.pipeline.validation import check_model_source
 
+    check_model_source(args.model)  # what analyze says of a file, a missing path or an unreachable hub
     model = tl_moe.load(args.model, device=args.device)
     print(f"{model.moe_cfg}\n")
     for name, kind in tl_moe.hook_names(model).items():
@@ -126,6 +128,11 @@ def _cmd_explain(args) -> None:
     from tl_moe.pipeline import run
     from tl_moe.pipeline.options import options_from_arguments
 
+    if "analyses" in vars(args):
+        raise InputError(
+            f"tl-moe explain runs only the 'explain' analysis, so --analyses {args.analyses} is not accepted "
+            "here; to run it beside others: tl-moe analyze --analyses explain,NAME,..."
+        )
     results = run(options_from_arguments(args).replace(analyses=("explain",)))
     print(results["explain"].labeling.summary.round(3).to_string(index=False))
     print(f"Report: {results.report.resolve()}")
@@ -146,7 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_option_arguments(analyze, analysis_help=registry.help_text())
     analyze.set_defaults(func=_cmd_analyze)
     explain = commands.add_parser("explain", help="label every expert and score the labels against controls")
-    add_option_arguments(explain, analysis_help="ignored: this command runs the 'explain' analysis")
+    add_option_arguments(
+        explain,
+        analysis_help="not accepted: this command runs only the 'explain' analysis (use tl-moe analyze)",
+    )
     explain.set_defaults(func=_cmd_explain)
 
     plan = commands.add_parser(

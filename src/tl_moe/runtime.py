@@ -97,6 +97,15 @@ def _parse(value: object, source: str) -> int | None:
     return count
 
 
+def check_threads(threads: object) -> None:
+    """Refuse a ``--threads`` value :func:`resolve_threads` would refuse (one rule for the CLI and API).
+
+    Raises:
+        ThreadsError: ``threads`` is not a positive integer, ``"auto"`` or None.
+    """
+    _parse(threads, "--threads")
+
+
 def default_threads() -> int:
     """The thread budget when none is given: ``TL_MOE_THREADS``, ``OMP_NUM_THREADS``, else load-aware.
 

@@ -45,7 +45,7 @@ from tl_moe.collect.hashing import corpus_digest, weights_digest
 from tl_moe.errors import InputError
 
 _TOKENIZER_PROBE = "The quick brown fox, 42 {x_1} über."
-FINGERPRINT_VERSION = 2
+FINGERPRINT_VERSION = 3
 """Bump when the fingerprint's fields change, so that older checkpoints are refused, not misread."""
 
 START_OVER_HINT = "rerun with --fresh (collect(fresh=True)) to start over, or choose another --out"
@@ -168,11 +168,15 @@ def fingerprint(
     max_tokens: int | None,
     concept_labeler: Any,
     shard: tuple[int, int],
+    settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """JSON-serialisable description of everything that determines a pass's result.
 
     Keys are in the order a mismatch is reported: the run's own arguments first (what a
     user changes on the command line), then the inputs' content, then the accumulators.
+    ``settings`` are the caller's settings that shaped the inputs before the pass (e.g. ``seed``,
+    the seed the corpus was shuffled with): recorded first, so a resume with another seed is
+    refused naming the seed rather than the corpus digest the seed changed.
     """
     labeler = None
     if concept_labeler is not None:
@@ -182,6 +186,7 @@ def fingerprint(
         }
     return {
         "fingerprint_version": FINGERPRINT_VERSION,
+        **dict(settings or {}),
         "max_tokens": max_tokens,
         "seq_len": seq_len,
         "batch_size": batch_size,

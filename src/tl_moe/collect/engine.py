@@ -70,6 +70,7 @@ def collect(
     fresh: bool = False,
     keep_checkpoint: bool = True,
     intervention_memory: int = 1 << 30,
+    settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``model`` over ``dataset`` once and return each accumulator's finalized result.
 
@@ -112,6 +113,9 @@ def collect(
         intervention_memory: activation bytes one interventional forward may use (a rough
             budget): how many edited copies of a batch run per forward for
             :class:`~tl_moe.collect.interventional.InterventionalAccumulator` s.
+        settings: the caller's settings that shaped ``dataset`` (e.g. ``{"seed": 0}``, the seed it
+            was shuffled with), recorded in the checkpoint's fingerprint so that a resume with
+            other settings is refused naming the setting.
 
     Returns:
         name -> ``accumulator.finalize()``.
@@ -160,6 +164,7 @@ def collect(
             max_tokens=max_tokens,
             concept_labeler=concept_labeler,
             shard=(this_shard.position, this_shard.count),
+            settings=settings,
         )
     )
     path = (

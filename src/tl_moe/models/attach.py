@@ -36,6 +36,7 @@ from tl_moe.models.experts import (
     IMPLEMENTATION_NAME,
     ExpertHookPoints,
     bind_expert_hooks,
+    checked_edit,
     has_upstream_expert_hooks,
     register_experts_implementation,
     unbind_expert_hooks,
@@ -50,7 +51,7 @@ from tl_moe.models.introspect import (
     sparse_layer_modules,
     unwrap,
 )
-from tl_moe.models.routing import mixing_weights, routing_scores, select_experts
+from tl_moe.models.routing import check_expert_indices, mixing_weights, routing_scores, select_experts
 
 _MISSING = object()
 _TORCH_HOOK_DICTS = (
@@ -172,12 +173,12 @@ class _RouterHook:
         logits, weights, indices = output[0], output[1], output[2]
         token_shape = self.token_shape.token_shape
         shaped = unflatten_tokens(logits, token_shape)
-        router_logits = self.logits_hook(shaped)
+        router_logits = checked_edit(self.logits_hook, shaped, self.logits_hook(shaped))
         edited = router_logits is not shaped
         scores = None
         if self.probs_hook is not None:
             computed = routing_scores(router_logits, self.rule)
-            scores = self.probs_hook(computed)
+            scores = checked_edit(self.probs_hook, computed, self.probs_hook(computed))
             edited = edited or scores is not computed
         if edited:
             scores = scores if scores is not None else routing_scores(router_logits, self.rule)
@@ -185,7 +186,9 @@ class _RouterHook:
             proposed = select_experts(router_logits, scores, self.rule, self.k, bias)
         else:
             proposed = unflatten_tokens(indices, token_shape)
-        chosen = self.indices_hook(proposed)
+        chosen = checked_edit(self.indices_hook, proposed, self.indices_hook(proposed))
+        if chosen is not proposed:
+            check_expert_indices(chosen, router_logits.shape[-1], self.indices_hook.name)
         edited = edited or chosen is not proposed
         if edited:
             if scores is None:
@@ -193,7 +196,7 @@ class _RouterHook:
             proposed = mixing_weights(router_logits, scores, chosen, self.rule)
         else:
             proposed = unflatten_tokens(weights, token_shape)
-        mix = self.weights_hook(proposed)
+        mix = checked_edit(self.weights_hook, proposed, self.weights_hook(proposed))
         return (
             router_logits.reshape(logits.shape),
             mix.reshape(weights.shape).to(weights.dtype),
@@ -209,9 +212,8 @@ class _InputHook:
 
     def __call__(self, module, args):
         x = args[0]
-        return (self.hook(unflatten_tokens(x, self.token_shape.token_shape)).reshape(x.shape),) + tuple(
-            args[1:]
-        )
+        shaped = unflatten_tokens(x, self.token_shape.token_shape)
+        return (checked_edit(self.hook, shaped, self.hook(shaped)).reshape(x.shape),) + tuple(args[1:])
 
 
 class _OutputHook:
@@ -221,7 +223,8 @@ class _OutputHook:
         self.hook, self.token_shape = hook, token_shape
 
     def __call__(self, module, args, output):
-        return self.hook(unflatten_tokens(output, self.token_shape.token_shape)).reshape(output.shape)
+        shaped = unflatten_tokens(output, self.token_shape.token_shape)
+        return checked_edit(self.hook, shaped, self.hook(shaped)).reshape(output.shape)
 
 
 def _wire_sparse_layer(
@@ -651,6 +654,11 @@ def load(
     label = f"model {os.fspath(model)!r}"
     if os.path.isdir(name):
         config = check_model_folder(name, label, needs_tokenizer="tokenizer" not in boot_kwargs)
+    elif os.path.exists(name):
+        raise InputError(
+            f"{label} is a file; accepted: a local folder saved with save_pretrained, a hub id (org/name), "
+            "or a toy name (toy/...)."
+        )
     else:
         check_hub_model(name, label)
         config = {}

@@ -27,8 +27,33 @@ from torch import nn
 from transformer_lens.hook_points import HookPoint
 from transformers.integrations.moe import ExpertsInterface
 
+from tl_moe.errors import InputError
+
 IMPLEMENTATION_NAME = "tl_moe"
 _GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+class HookEditError(InputError):
+    """A user hook at a tl_moe hook point returned a tensor the MoE block cannot use."""
+
+
+def checked_edit(hook: HookPoint, received: torch.Tensor, returned: object) -> torch.Tensor:
+    """``returned`` (what the hooks at ``hook`` gave back for ``received``) if it is a tensor of
+    ``received``'s shape; else one line naming the hook point, the shape received and the one
+    expected. Free when nothing edited (the same tensor comes back); no device sync."""
+    if returned is received:
+        return returned
+    if isinstance(returned, torch.Tensor) and returned.shape == received.shape:
+        return returned
+    got = (
+        f"a tensor of shape {list(returned.shape)}"
+        if isinstance(returned, torch.Tensor)
+        else f"a {type(returned).__name__}"
+    )
+    raise HookEditError(
+        f"a hook on {hook.name} returned {got}; accepted: a tensor of the shape it received, "
+        f"{list(received.shape)} (edit the values, keep the shape)."
+    )
 
 
 @dataclass
@@ -230,7 +255,8 @@ class _SlotLayout:
         """Run ``hook`` on ``rows`` in slot layout if anything listens; return sorted rows."""
         if not _is_listening(hook):
             return rows
-        return self.to_sorted(hook(self.to_slots(rows)))
+        slots = self.to_slots(rows)
+        return self.to_sorted(checked_edit(hook, slots, hook(slots)))
 
 
 def hooked_experts_forward(

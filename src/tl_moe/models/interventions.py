@@ -99,11 +99,27 @@ def _expert_list(cfg: MoEConfig, experts, name: str = "experts") -> list[int]:
     return values
 
 
-def _check_factor(factor, name: str = "factor") -> float:
+MAX_FACTOR = 1e6
+"""Largest ``|factor|`` of a mixing-weight scale. A million already swamps the residual stream with the
+experts' outputs; far larger factors (1e38) overflow float32 activations and give a NaN loss rather
+than an edit. (In float16 overflow can start below this bound: its largest value is 65504.)"""
+
+
+def _check_factor(factor, name: str = "factor", bound: float | None = MAX_FACTOR) -> float:
+    """``factor`` as a float if it is a finite real of magnitude at most ``bound`` (None: no bound).
+
+    A negative factor is accepted on purpose: it flips the sign of the experts' contribution (the
+    ``--reweight-factors`` grid of the re-weighting analysis takes positive factors only).
+    """
     if isinstance(factor, bool) or not isinstance(factor, numbers.Real):
         raise TypeError(f"{name} must be a finite real number; got {type(factor).__name__} {factor!r}.")
     if not math.isfinite(float(factor)):
         raise ValueError(f"{name} must be a finite real number; got {factor!r}.")
+    if bound is not None and abs(float(factor)) > bound:
+        raise InputError(
+            f"{name} {factor!r} is too large a scale (the scaled outputs would overflow); accepted: a finite number "
+            f"with |{name}| <= {bound:g} (MAX_FACTOR)."
+        )
     return float(factor)
 
 
@@ -157,6 +173,11 @@ def _row_factors(factor, rows: int, name: str = "factor") -> Float[torch.Tensor,
             )
         if not bool(torch.isfinite(factor).all()):
             raise ValueError(f"{name} must be finite; got {factor.tolist()}.")
+        if bool((factor.abs() > MAX_FACTOR).any()):
+            raise InputError(
+                f"{name} {factor.tolist()!r:.80} holds too large a scale (the scaled outputs would overflow); "
+                f"accepted: finite numbers with |{name}| <= {MAX_FACTOR:g} (MAX_FACTOR)."
+            )
         return factor.float()
     if isinstance(factor, torch.Tensor):
         factor = factor.item()
@@ -488,7 +509,7 @@ def _ablation_value(value, n_neurons: int) -> float | torch.Tensor:
     """The value neurons are set to: one finite number, or a finite ``[n_neurons]`` tensor (one per neuron)."""
     accepted = f"accepted: a finite number, or a finite tensor of shape [{n_neurons}] (one value per neuron)"
     if not isinstance(value, torch.Tensor):
-        return _check_factor(value, "value")
+        return _check_factor(value, "value", bound=None)
     if value.ndim != 0 and tuple(value.shape) != (n_neurons,):
         raise InputError(
             f"ablate_expert_neurons value has shape {list(value.shape)} for {n_neurons} neurons; {accepted}."

@@ -11,7 +11,37 @@ from __future__ import annotations
 import torch
 from jaxtyping import Float, Int
 
+from tl_moe.errors import InputError
 from tl_moe.models.config import RoutingRule
+
+
+class ExpertIndicesError(InputError):
+    """Top-k expert indices (edited by a hook) that are not k distinct experts of the layer."""
+
+
+def check_expert_indices(indices: Int[torch.Tensor, "... k"], n_experts: int, name: str) -> None:
+    """Refuse, in one line naming the hook point ``name``, top-k indices that are not integers in
+    ``0..n_experts-1``, distinct within each token. One device sync (min, max and a duplicate flag
+    read together); call it on edited indices only."""
+    k = indices.shape[-1] if indices.ndim else 0
+    accepted = f"accepted: k={k} distinct integer expert indices in 0..{n_experts - 1} per token"
+    if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
+        raise ExpertIndicesError(f"a hook on {name} returned {indices.dtype} expert indices; {accepted}.")
+    if indices.numel() == 0:
+        return
+    ordered = indices.sort(dim=-1).values
+    repeated = (ordered[..., 1:] == ordered[..., :-1]).any()
+    low, high, repeats = torch.stack([indices.min().long(), indices.max().long(), repeated.long()]).tolist()
+    if low < 0 or high >= n_experts:
+        raise ExpertIndicesError(
+            f"a hook on {name} returned expert indices from {low} to {high} for {n_experts} experts; {accepted}."
+        )
+    if repeats:
+        token = (ordered[..., 1:] == ordered[..., :-1]).any(-1).nonzero()[0].tolist()
+        raise ExpertIndicesError(
+            f"a hook on {name} returned indices that repeat an expert within a token (at token "
+            f"{token}: {indices[tuple(token)].tolist()}); {accepted}."
+        )
 
 
 def routing_scores(

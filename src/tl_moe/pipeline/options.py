@@ -98,6 +98,41 @@ _LEAST_INTEGERS = {
 }
 
 
+#: The placement strategies accelerate accepts as ``device_map`` (beside a device name or a dict).
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def _check_device_map(device_map: Any) -> None:
+    """Refuse a ``--device-map`` accelerate cannot place with, in one line, before any model loads."""
+    accepted = (
+        f"accepted: {', '.join(repr(name) for name in DEVICE_MAP_STRATEGIES)}, a device name (cpu, cuda:0, "
+        "...), a GPU index, or a dict of module name -> device"
+    )
+    if device_map is None or isinstance(device_map, Mapping):
+        return
+    if _is_integer(device_map) and device_map >= 0:  # a GPU index, as accelerate takes it
+        return
+    if isinstance(device_map, str) and device_map.strip() in DEVICE_MAP_STRATEGIES:
+        return
+    if isinstance(device_map, str) and device_map.strip():
+        import torch
+
+        try:
+            torch.device(device_map.strip())
+            return
+        except (RuntimeError, TypeError, ValueError):
+            pass
+    raise InputError(f"--device-map {device_map!r} is not a placement; {accepted}.")
+
+
+def _check_threads(threads: Any) -> None:
+    """``--threads`` by the same rule as :func:`tl_moe.runtime.resolve_threads` (a positive integer, or
+    None / 'auto' for the default), so the command line and the API refuse the same values."""
+    from tl_moe.runtime import check_threads
+
+    check_threads(threads)
+
+
 def _is_integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -301,6 +336,8 @@ class RunOptions:
             raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}.")
         if self.device_map is not None and self.device is not None:
             raise InputError("give --device or --device-map, not both.")
+        _check_device_map(self.device_map)
+        _check_threads(self.threads)
         self._check_reweight_factors()
         if self.steer_contrast is not None and (
             len(self.steer_contrast) != 2 or len(set(self.steer_contrast)) != 2

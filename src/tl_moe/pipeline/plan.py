@@ -33,10 +33,13 @@ def meta_model(config: Any) -> torch.nn.Module:
         return AutoModelForCausalLM.from_config(config)
 
 
-def _hf_config(name: str) -> Any:
+def _hf_config(name: str, input_name: str = "--model") -> Any:
     """The Hugging Face config of a toy-zoo name, a local directory or a (cached) hub id, offline."""
     from transformers import AutoConfig
 
+    from tl_moe.pipeline.validation import check_model_path
+
+    check_model_path(name, input_name=input_name)  # a file, or a folder without config.json: as analyze says
     path = name
     if name.startswith("toy/"):
         from tl_moe.zoo.registry import checkpoint_path
@@ -151,6 +154,7 @@ def plan_run(
     """
     from tl_moe.models.introspect import moe_config
     from tl_moe.pipeline.runner import _chosen_analyses, _needs_by_model
+    from tl_moe.pipeline.validation import check_seq_len_positions
 
     options = options or RunOptions()
     options.check()
@@ -163,11 +167,13 @@ def plan_run(
     def describe(name: str) -> MoEConfig:
         if name not in moe_configs:
             base = name.removeprefix(UNTRAINED)  # the untrained null has its model's config
-            metas[name] = meta_model(hf_configs.get(base) or _hf_config(base))
+            input_name = "--dense-baseline" if base == options.dense_baseline else "--model"
+            metas[name] = meta_model(hf_configs.get(base) or _hf_config(base, input_name))
             moe_configs[name] = moe_config(metas[name])
         return moe_configs[name]
 
     describe(options.model)
+    check_seq_len_positions(options.seq_len, metas[options.model])  # as analyze checks its loaded model
     if options.dense_baseline:
         describe(options.dense_baseline)
     run_context = RunContext(options, configs=moe_configs)

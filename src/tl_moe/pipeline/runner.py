@@ -192,10 +192,17 @@ def _collect_model(
         checkpoint_every=options.checkpoint_every,
         progress=options.progress,
         fresh=options.fresh,
+        settings=_pass_settings(options),
     )
     if memory is not None:
         memory.update({name: state_nbytes(accumulator) for name, accumulator in accumulators.items()})
     return {spec: finished[_pass_name(spec)] for spec in specs}
+
+
+def _pass_settings(options: RunOptions) -> dict[str, Any]:
+    """The run's settings that shape a pass's input before it starts: the seed shuffles the corpus
+    split (:attr:`RunContext.dataset`), so a resume with another ``--seed`` is refused naming it."""
+    return {"seed": options.seed}
 
 
 def _pass_identity(
@@ -219,6 +226,7 @@ def _pass_identity(
         max_tokens=options.max_tokens,
         concept_labeler=labeler,
         shard=(shard.position, shard.count),
+        settings=_pass_settings(options),
     )
     return fingerprint_digest(fields)
 

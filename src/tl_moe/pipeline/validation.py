@@ -193,26 +193,14 @@ def _gigabytes(n: float) -> str:
     return f"{n / 1e9:.1f} GB" if n < 1e12 else f"{n / 1e12:.1f} TB"
 
 
-def check_seq_len(
-    seq_len: Any,
-    model_or_config: Any = None,
-    *,
-    batch_size: int = 1,
-    device: torch.device | str | None = None,
-    memory_bytes: int | None = None,
-    memory_fraction: float = 0.8,
-    input_name: str = "--seq-len",
+def check_seq_len_positions(
+    seq_len: Any, model_or_config: Any = None, *, input_name: str = "--seq-len"
 ) -> int:
-    """``seq_len`` if the model and the memory can take it; else a :class:`SeqLenError`.
+    """``seq_len`` if it is a window length the model's positions can hold; else a :class:`SeqLenError`.
 
-    Args:
-        seq_len: tokens per window, BOS included.
-        model_or_config: a loaded model, an HF config / model, a :class:`~tl_moe.MoEConfig` or a
-            dict with ``max_position_embeddings`` etc.; None checks the type and lower bound only.
-        batch_size: windows per forward (memory grows with it).
-        device: where the forward runs (default: CPU); its free memory bounds the estimate.
-        memory_bytes: free memory to assume instead of measuring it.
-        memory_fraction: share of the free memory one forward may take.
+    The part of :func:`check_seq_len` that needs only the config (``tl-moe plan`` uses it; memory is
+    the plan's own estimate there). ``model_or_config`` as in :func:`check_seq_len`; None checks the
+    type and lower bound only.
     """
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
         raise SeqLenError(
@@ -235,6 +223,33 @@ def check_seq_len(
             f"{input_name} {seq_len} is longer than the model's {positions} positions "
             f"(max_position_embeddings); accepted: 2..{positions}.",
         )
+    return seq_len
+
+
+def check_seq_len(
+    seq_len: Any,
+    model_or_config: Any = None,
+    *,
+    batch_size: int = 1,
+    device: torch.device | str | None = None,
+    memory_bytes: int | None = None,
+    memory_fraction: float = 0.8,
+    input_name: str = "--seq-len",
+) -> int:
+    """``seq_len`` if the model and the memory can take it; else a :class:`SeqLenError`.
+
+    Args:
+        seq_len: tokens per window, BOS included.
+        model_or_config: a loaded model, an HF config / model, a :class:`~tl_moe.MoEConfig` or a
+            dict with ``max_position_embeddings`` etc.; None checks the type and lower bound only.
+        batch_size: windows per forward (memory grows with it).
+        device: where the forward runs (default: CPU); its free memory bounds the estimate.
+        memory_bytes: free memory to assume instead of measuring it.
+        memory_fraction: share of the free memory one forward may take.
+    """
+    check_seq_len_positions(seq_len, model_or_config, input_name=input_name)
+    if model_or_config is None:
+        return seq_len
     free = memory_bytes if memory_bytes is not None else available_memory_bytes(device or "cpu")
     if free is not None:
         budget = memory_fraction * free
@@ -461,12 +476,7 @@ def check_model_source(
         return "toy"
     path = Path(name).expanduser()
     if path.exists():
-        if not path.is_dir():
-            raise ModelSourceError(input_name, f"{input_name} {name!r} is a file; {_ACCEPTED_MODELS}.")
-        if not (path / "config.json").is_file():
-            raise ModelSourceError(
-                input_name, f"{input_name} {name!r} is a folder without config.json; {_ACCEPTED_MODELS}."
-            )
+        check_model_path(name, input_name=input_name)
         _check_model_type(path, input_name)
         _check_kind(name, _model_type_of(path), expect_moe, input_name, path)
         check_model_folder_source(path, input_name=input_name)
@@ -486,6 +496,21 @@ def check_model_source(
         )
     check_hub_reachable(name, input_name=input_name, offline=offline)
     return "hub"
+
+
+def check_model_path(name: str | os.PathLike, *, input_name: str = "--model") -> None:
+    """An existing local path named as a model must be a folder holding config.json (weights unchecked:
+    ``tl-moe plan`` reads the config alone); raises :class:`ModelSourceError`. Other names pass."""
+    path = Path(os.fspath(name)).expanduser()
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ModelSourceError(input_name, f"{input_name} {os.fspath(name)!r} is a file; {_ACCEPTED_MODELS}.")
+    if not (path / "config.json").is_file():
+        raise ModelSourceError(
+            input_name,
+            f"{input_name} {os.fspath(name)!r} is a folder without config.json; {_ACCEPTED_MODELS}.",
+        )
 
 
 def _check_model_type(path: Path, input_name: str) -> None:

@@ -105,6 +105,11 @@ def corpus_files(path: Path) -> list[Path]:
                 f"{', '.join(ACCEPTED_SUFFIXES)}"
             )
         return [path]
+    if not path.is_dir():  # a device (/dev/null), a pipe or a socket: nothing to read documents from
+        raise InputError(
+            f"corpus {str(path)!r} is neither a regular file nor a folder; accepted: a file ending in "
+            f"{', '.join(ACCEPTED_SUFFIXES)}, a folder of such files, or a folder written by datasets' save_to_disk"
+        )
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in ACCEPTED_SUFFIXES)
     if not files:
         others = sorted(p.name for p in path.rglob("*") if p.is_file())[:3]
