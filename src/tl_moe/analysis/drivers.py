@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 
+from tl_moe.analysis.stats import RHO_METHOD
 from tl_moe.collect.accumulator import Accumulator, Activations
 from tl_moe.collect.interventional import InterventionalAccumulator, InterventionEffects
 from tl_moe.collect.meta import BatchMeta
@@ -465,6 +466,8 @@ def driver_report(
             "high": float(interval.high) if interval.available else None,
             "documents": int(interval.n),
             "unavailable": interval.reason or "",
+            "method": RHO_METHOD,
+            "bootstrap bias": float(interval.bias) if np.isfinite(interval.bias) else None,
         }
     return experts, comparison
 
@@ -477,9 +480,11 @@ def saliency_effect_spearman(
     *,
     n_resamples: int = 1000,
     seed: int = 0,
+    method: str = RHO_METHOD,
 ):
     """Spearman ρ of REAP saliency on the selection half with the exact effect on the report half, over
-    experts, with a 95% percentile document-bootstrap interval.
+    experts, with a 95% document-bootstrap interval (``method``, default
+    :data:`~tl_moe.analysis.stats.RHO_METHOD`: docs/METHODS.md says why).
 
     Documents (columns, indexed by corpus row; the half of each from :func:`document_half`) are the
     clusters: every document with a routed slot on the selection half or an edited token on the report
@@ -490,7 +495,7 @@ def saliency_effect_spearman(
     of :func:`driver_report`.
 
     Returns:
-        An :class:`~tl_moe.analysis.stats.Interval` (unavailable below
+        An :class:`~tl_moe.analysis.stats.Interval` with the bootstrap's bias (unavailable below
         :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` documents, with the reason).
     """
     from tl_moe.analysis.effect_estimate import _rows_spearman
@@ -524,5 +529,6 @@ def saliency_effect_spearman(
         seed=seed,
         on_too_few="unavailable",
         what="the saliency–effect Spearman ρ",
+        method=method,
     )
     return interval

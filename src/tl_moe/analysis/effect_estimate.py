@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 
+from tl_moe.analysis.stats import RHO_METHOD
 from tl_moe.collect.gradients import GradientAccumulator, SlotGradients
 from tl_moe.collect.meta import BatchMeta
 
@@ -347,9 +348,11 @@ def paired_rho_difference(
     *,
     n_resamples: int = 1000,
     seed: int = 0,
+    method: str = RHO_METHOD,
 ) -> pd.DataFrame:
     """Spearman ρ of the first-order estimate and of REAP saliency with the exact effect, on the same
-    experts, and their paired difference, with a 95% percentile document-bootstrap interval.
+    experts, and their paired difference, with a 95% document-bootstrap interval (``method``, default
+    :data:`~tl_moe.analysis.stats.RHO_METHOD`: docs/METHODS.md says why).
 
     Each resample draws documents with replacement and recomputes, per expert, all three scores on the
     drawn documents: the exact effect (``Σ exact_sums / Σ exact_counts``), the estimate
@@ -360,8 +363,9 @@ def paired_rho_difference(
     :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` documents.
 
     Returns:
-        Three rows (``first-order estimate``, ``REAP saliency``, ``estimate − REAP``): ρ, interval,
-        experts, documents, and why an interval is unavailable (empty when available).
+        Three rows (``first-order estimate``, ``REAP saliency``, ``estimate − REAP``): ρ, interval, the
+        interval's method, the bootstrap bias (mean resampled ρ minus ρ), experts, documents, and why
+        an interval is unavailable (empty when available).
     """
     from tl_moe.analysis.stats import cluster_bootstrap
 
@@ -397,6 +401,7 @@ def paired_rho_difference(
         seed=seed,
         on_too_few="unavailable",
         what="the paired Spearman ρ",
+        method=method,
     )
     return pd.DataFrame(
         [
@@ -405,6 +410,8 @@ def paired_rho_difference(
                 "spearman with exact zeroing effect": interval.estimate,
                 "ci low": interval.low,
                 "ci high": interval.high,
+                "interval method": method,
+                "bootstrap bias": interval.bias,
                 "experts": int(keep.sum()),
                 "documents": len(docs),
                 "interval unavailable": interval.reason or "",

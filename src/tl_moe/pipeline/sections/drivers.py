@@ -144,6 +144,12 @@ class DriversResult(Result):
             key = "Spearman(REAP saliency, removal effect) | 95% CI"
             metrics[key] = [_rounded(self.saliency_interval.low), _rounded(self.saliency_interval.high)]
             metrics["Spearman(REAP saliency, removal effect) | documents"] = int(self.saliency_interval.n)
+            metrics["Spearman(REAP saliency, removal effect) | interval method"] = (
+                self.saliency_interval.method
+            )
+            metrics["Spearman(REAP saliency, removal effect) | bootstrap bias"] = _rounded(
+                self.saliency_interval.bias
+            )
             if not self.saliency_interval.available:
                 metrics["Spearman(REAP saliency, removal effect) | interval unavailable"] = (
                     self.saliency_interval.reason
@@ -163,6 +169,8 @@ class DriversResult(Result):
                 key = f"paired Spearman with exact zeroing effect | {row['score']}"
                 metrics[key] = _rounded(row["spearman with exact zeroing effect"])
                 metrics[f"{key} | 95% CI"] = [_rounded(row["ci low"]), _rounded(row["ci high"])]
+                metrics[f"{key} | bootstrap bias"] = _rounded(row["bootstrap bias"])
+            metrics["paired Spearman | interval method"] = str(self.paired["interval method"].iloc[0])
             metrics["paired Spearman | experts"] = int(self.paired["experts"].iloc[0])
             metrics["paired Spearman | documents"] = int(self.paired["documents"].iloc[0])
         if self.domain_overlap is not None:
@@ -246,8 +254,8 @@ class DriversResult(Result):
         if not interval.available:
             return f"{self.saliency_spearman:+.2f} (no interval: {interval.reason})"
         return (
-            f"{self.saliency_spearman:+.2f} [{interval.low:+.2f}, {interval.high:+.2f}] (95% bootstrap over "
-            f"{interval.n} documents, both scores recomputed on each resample)"
+            f"{self.saliency_spearman:+.2f} [{interval.low:+.2f}, {interval.high:+.2f}] (95% {interval.method} "
+            f"bootstrap over {interval.n} documents, both scores recomputed on each resample)"
         )
 
     def _estimate_finding(self) -> str:
@@ -281,7 +289,8 @@ class DriversResult(Result):
         return (
             f"{text} Spearman ρ with the exact zeroing effect on the same {int(rows['experts'].iloc[0])} experts: "
             f"estimate {rho('first-order estimate')}, REAP saliency {rho('REAP saliency')}, difference "
-            f"{rho('estimate − REAP')} (paired 95% bootstrap over {int(rows['documents'].iloc[0])} documents, all "
+            f"{rho('estimate − REAP')} (paired 95% {rows['interval method'].iloc[0]} bootstrap over "
+            f"{int(rows['documents'].iloc[0])} documents, all "
             "three scores recomputed on each resample): "
             f"{verdict}."
         )
@@ -418,8 +427,8 @@ class DriversResult(Result):
                         "drivers_estimate_vs_reap",
                         self.paired,
                         "Spearman ρ of the first-order estimate and of REAP saliency with the exact zeroing effect "
-                        "on the same experts, and their paired difference (95% percentile bootstrap over documents: "
-                        "each resample recomputes the exact effects, the estimates and both ρ).",
+                        "on the same experts, and their paired difference (95% document bootstrap, the interval method "
+                        "in its column: each resample recomputes the exact effects, the estimates and both ρ).",
                     )
                 ]
             )
@@ -535,13 +544,16 @@ def _saliency_interval(comparison: pd.DataFrame) -> Interval | None:
         return None
     nan = float("nan")
     low, high = (nan if kept[k] is None else kept[k] for k in ("low", "high"))
+    bias = kept.get("bootstrap bias")
     return Interval(
         comparison.attrs["saliency_spearman"],
         low,
         high,
         kept["documents"],
+        method=kept.get("method", "percentile"),
         available=not kept["unavailable"],
         reason=kept["unavailable"] or None,
+        bias=nan if bias is None else bias,
     )
 
 
