@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import tl_moe
+from tiny_models import VOCAB
 from tl_moe.collect import Accumulator
 from tl_moe.errors import InputError
 from tl_moe.pipeline import (
@@ -265,3 +266,29 @@ def test_the_heatmap_caption_names_the_experts_too_small_to_score():
     result = DomainExpertsResult(experts=experts, top=pd.DataFrame(), shown_layers=(5,))
     caption = result.figures()[0].caption
     assert "fewer than 10 routed tokens" in caption and "1 (4 tokens)" in caption and "0 (" not in caption
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_the_dense_baseline_and_the_untrained_null_load_in_the_runs_dtype(tiny_model_dir, tmp_path, dtype):
+    """OLMo's rotary embedding returns float32 cos/sin: its half-precision bridge must still run."""
+    from transformers import AutoModelForCausalLM
+
+    from tl_moe.pipeline.context import RunContext, untrained_name
+
+    moe_dir, dense_dir = str(tiny_model_dir("olmoe")), str(tiny_model_dir("olmo"))
+    context = RunContext(_options(tmp_path, moe_dir, dense_baseline=dense_dir, dtype=dtype, device="cpu"))
+    toks = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(0))
+    reference = AutoModelForCausalLM.from_pretrained(
+        dense_dir, dtype=getattr(torch, dtype), attn_implementation="eager"
+    )
+    reference = reference.eval()
+    with torch.no_grad():
+        want = reference(toks).logits
+    for name in (dense_dir, untrained_name(moe_dir)):
+        model = context.model(name)
+        assert {p.dtype for p in model.parameters()} == {getattr(torch, dtype)}, name
+        with torch.no_grad():
+            logits = model(toks)
+        assert logits.dtype == getattr(torch, dtype)
+        if name == dense_dir:  # Hugging Face rotates in float32 and casts back: the same numbers
+            assert torch.equal(logits, want)

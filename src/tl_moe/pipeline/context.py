@@ -115,7 +115,7 @@ class RunContext:
             hf_model = build_model_from_config(hf_config, seed=self.options.seed)
         with tempfile.TemporaryDirectory(prefix="tl_moe_untrained_") as directory:
             save_model(hf_model, trained.tokenizer, directory)
-            return load(directory, device=self.options.device)
+            return load(directory, device=self.options.device, dtype=getattr(torch, self.options.dtype))
 
     def release(self, name: str) -> None:
         """Forget the loaded model ``name`` (its pass is done; frees its memory); its config is kept."""
