@@ -346,6 +346,7 @@ def _run(options, analyses, dataset, models, write_report, started) -> RunResult
             f"{run_context.main} is a dense model; the analyses need an MoE (pass the dense one as --dense-baseline)."
         )
     check_seq_len(options.seq_len, run_context.model(run_context.main), batch_size=options.batch_size)
+    run_context.check_tokenizer(run_context.main)  # a model handed in was not checked when loaded
     fitted = _fit_defaults(run_context, chosen)
     options = run_context.options
     for analysis in chosen:
