@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -292,3 +293,41 @@ def test_the_dense_baseline_and_the_untrained_null_load_in_the_runs_dtype(tiny_m
         assert logits.dtype == getattr(torch, dtype)
         if name == dense_dir:  # Hugging Face rotates in float32 and casts back: the same numbers
             assert torch.equal(logits, want)
+
+
+def test_probing_without_enough_concept_tokens_is_reported_unavailable_and_the_rest_completes(
+    tiny_model_dir, tmp_path
+):
+    """Two short word documents: no concept has 50 positive tokens, so probing (and sparsity, built on it)
+    say so in their sections while the domains analysis completes; the small corpus is warned about first."""
+    from tl_moe.pipeline.protocol import UnavailableResult
+
+    corpus = datasets.Dataset.from_dict({"text": ["w5 w6 w7 w8 w9", "w3 w4 w5"], "domain": ["a", "b"]})
+    options = _options(tmp_path, tiny_model_dir("olmoe"), analyses=("domains", "probing", "sparsity"))
+    with pytest.warns(
+        UserWarning, match="holds 8 tokens \\(2 documents\\), far fewer than --max-tokens 1000"
+    ):
+        results = run(options, dataset=corpus)
+    probing, sparsity = results["probing"], results["sparsity"]
+    assert isinstance(probing, UnavailableResult) and "No concept has 50 positive tokens" in probing.reason
+    assert (
+        isinstance(sparsity, UnavailableResult)
+        and "probing analysis, which is unavailable" in sparsity.reason
+    )
+    assert results["domains"].to_frame()["n_tokens"].sum() > 0
+    sections = json.loads((tmp_path / "results.json").read_text())["sections"]
+    assert sections["probing"]["metrics"] == {"unavailable": probing.reason}
+    assert (
+        "unavailable" in sections["sparsity"]["metrics"] and "n_tokens" not in sections["probing"]["metrics"]
+    )
+
+
+def test_a_corpus_that_fills_the_budget_is_not_warned_about(tiny_bridge):
+    from tl_moe.pipeline.validation import warn_small_corpus
+
+    corpus = datasets.Dataset.from_dict({"text": ["w5 w6 w7 w8"] * 30})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_small_corpus(corpus, tiny_bridge("olmoe").tokenizer, max_tokens=200, split="train")  # 120 >= 100
+    with pytest.warns(UserWarning, match="holds 120 tokens"):
+        warn_small_corpus(corpus, tiny_bridge("olmoe").tokenizer, max_tokens=242, split="train")  # 120 < 121

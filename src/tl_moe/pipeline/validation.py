@@ -836,6 +836,38 @@ def check_tokenizer(tokenizer: Any, model_name: str, *, input_name: str = "--mod
         )
 
 
+# A corpus with fewer tokens than this share of --max-tokens is "far smaller than the budget".
+SMALL_CORPUS_SHARE = 0.5
+
+
+def corpus_tokens_up_to(dataset: Any, tokenizer: Any, limit: int, *, batch: int = 64) -> int:
+    """Tokens of the corpus texts, counted until ``limit`` is reached (each text cut to ``16 · limit``
+    characters, so one huge text costs no more than the budget)."""
+    counted = 0
+    texts = dataset[TEXT_COLUMN]
+    for start in range(0, len(texts), batch):
+        chunk = [str(text)[: 16 * limit] for text in texts[start : start + batch]]
+        counted += sum(len(ids) for ids in tokenizer(chunk, add_special_tokens=False)["input_ids"])
+        if counted >= limit:
+            break
+    return counted
+
+
+def warn_small_corpus(dataset: Any, tokenizer: Any, max_tokens: int, split: str | None) -> None:
+    """Warn, before the pass, when the corpus holds far fewer tokens than ``--max-tokens``: every
+    analysis then sees only those, and the ones that need more report themselves unavailable."""
+    import warnings
+
+    threshold = int(SMALL_CORPUS_SHARE * max_tokens)
+    found = corpus_tokens_up_to(dataset, tokenizer, threshold)
+    if found < threshold:
+        warnings.warn(
+            f"the corpus split {split!r} holds {found} tokens ({len(dataset)} documents), far fewer than "
+            f"--max-tokens {max_tokens}; analyses that need more tokens will report themselves unavailable.",
+            stacklevel=2,
+        )
+
+
 def _advice(flag: str | None, what: str) -> str:
     if flag is None:
         return f"the corpus holds no more {what}: use a corpus with more documents"
