@@ -110,7 +110,10 @@ def _model_folders(tmp: Path) -> dict[str, Path]:
         "top_k_string": edit(copy("top_k_string"), num_experts_per_tok="2"),
         "one_position": edit(copy("one_position"), max_position_embeddings=1),
         "truncated_tokenizer": copy("truncated_tokenizer"),
+        "top_k_all": edit(copy("top_k_all"), num_experts_per_tok=4),  # toy/moe-4x2 has 4 experts a layer
+        "empty_vocabulary": copy("empty_vocabulary", with_tokenizer=False),
     }
+    _empty_vocabulary_tokenizer().save_pretrained(folders["empty_vocabulary"])
     tokenizer_file = folders["truncated_tokenizer"] / "tokenizer.json"
     tokenizer_file.write_text(tokenizer_file.read_text()[: tokenizer_file.stat().st_size // 2])
     config = folders["truncated_config"] / "config.json"
@@ -120,6 +123,18 @@ def _model_folders(tmp: Path) -> dict[str, Path]:
     weights = folders["truncated_weights"] / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     return folders
+
+
+def _empty_vocabulary_tokenizer():
+    """A byte-level BPE tokenizer whose vocabulary holds only its end-of-text token: text -> no tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(vocab={"<|endoftext|>": 0}, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>"
+    )
 
 
 def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
@@ -351,6 +366,24 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
                 "9",
             ],
             "accepted: 1 to 8",
+        ),
+        *[
+            (
+                f"--analyses {analysis} on a model whose tokens use all of its experts (top-4 of 4)",
+                ["analyze", str(models["top_k_all"]), "--dense-baseline", "none", "--analyses", analysis],
+                "num_experts_per_tok < num_experts",
+            )
+            for analysis in ("drivers", "associations", "reweighting")
+        ],
+        (
+            "a model folder whose tokenizer has no vocabulary (every text is zero tokens)",
+            ["analyze", str(models["empty_vocabulary"]), "--dense-baseline", "none", "--analyses", "domains"],
+            "tokenizer",
+        ),
+        (
+            "the same tokenizer with --analyses drivers",
+            ["analyze", str(models["empty_vocabulary"]), "--dense-baseline", "none", "--analyses", "drivers"],
+            "0 ordinary tokens",
         ),
         ("--seed -1", ["analyze", "--seed", "-1"], "--seed"),
         ("--fdr nan", ["analyze", "--fdr", "nan"], "--fdr"),

@@ -476,3 +476,82 @@ def test_per_document_sums_past_their_memory_bound_are_dropped_not_truncated(bri
         acc.update(*_random_acts(acc, model.moe_cfg, generator))
     result = acc.finalize()
     assert result.doc_ids is None and result.doc_out_sum is None and int(result.n_routed.sum()) > 0
+
+
+# Every tiny architecture, plus Qwen3-Next, whose final RMSNorm multiplies by ``1 + weight``.
+_READOUT_ARCHITECTURES = (*TINY_CONFIGS, "qwen3_next")
+
+
+def _tiny_hf(arch: str):
+    """A tiny random HF causal LM of ``arch`` with non-trivial norm gains and biases."""
+    from tl_moe.models.catalog import build_tiny
+
+    model = (
+        build_tiny(arch, vocab_size=VOCAB) if arch not in TINY_CONFIGS else build_model(TINY_CONFIGS[arch])
+    )
+    _randomize(model, seed=3)
+    return model.eval()
+
+
+@pytest.mark.parametrize("arch", _READOUT_ARCHITECTURES)
+def test_readout_of_the_final_residual_equals_the_models_logits(arch):
+    model = _tiny_hf(arch)
+    captured = {}
+    final_norm = model.model.norm
+    handle = final_norm.register_forward_hook(lambda module, args, out: captured.update(resid=args[0]))
+    with torch.no_grad():
+        logits = model(tokens(4)).logits
+    handle.remove()
+    resid = captured["resid"]
+    readout = LogitReadout.from_model(model)
+    scale = readout.inverse_rms(resid)[..., None]
+    rebuilt = readout.vocab_logits(resid) * scale + readout.constant_logits()
+    torch.testing.assert_close(rebuilt, logits, atol=1e-4, rtol=1e-4)
+
+
+class _OnePlusWeightLayerNorm(torch.nn.Module):
+    """A mean-subtracting norm with a ``1 + weight`` gain, a bias and an epsilon under a private name."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        generator = torch.Generator().manual_seed(5)
+        self.weight = torch.nn.Parameter(torch.randn(d_model, generator=generator))
+        self.bias = torch.nn.Parameter(torch.randn(d_model, generator=generator))
+        self._hidden_eps = 1e-3
+
+    def forward(self, x):
+        h = x - x.mean(-1, keepdim=True)
+        return (1 + self.weight) * h * torch.rsqrt(
+            h.pow(2).mean(-1, keepdim=True) + self._hidden_eps
+        ) + self.bias
+
+
+class _TanhNorm(torch.nn.Module):
+    weight: torch.Tensor
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(d_model))
+        self.eps = 1e-6
+
+    def forward(self, x):
+        return self.weight * torch.tanh(x)
+
+
+@pytest.mark.parametrize("d_model", [32, 33])
+def test_final_norm_is_read_by_calling_it(d_model):
+    from tl_moe.analysis.readout import _final_norm_parts
+
+    norm = _OnePlusWeightLayerNorm(d_model)
+    centered, gain, bias, eps = _final_norm_parts(norm, torch.zeros(5, d_model))
+    assert centered
+    torch.testing.assert_close(gain, 1 + norm.weight.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bias, norm.bias.detach())
+    assert eps == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_a_final_norm_of_another_form_is_refused():
+    from tl_moe.analysis.readout import _final_norm_parts
+
+    with pytest.raises(NotImplementedError, match="_TanhNorm is not of the form"):
+        _final_norm_parts(_TanhNorm(16), torch.zeros(5, 16))

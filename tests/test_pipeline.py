@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 import tl_moe
+from tiny_models import VOCAB
 from tl_moe.collect import Accumulator
 from tl_moe.errors import InputError
 from tl_moe.pipeline import (
@@ -265,3 +267,67 @@ def test_the_heatmap_caption_names_the_experts_too_small_to_score():
     result = DomainExpertsResult(experts=experts, top=pd.DataFrame(), shown_layers=(5,))
     caption = result.figures()[0].caption
     assert "fewer than 10 routed tokens" in caption and "1 (4 tokens)" in caption and "0 (" not in caption
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_the_dense_baseline_and_the_untrained_null_load_in_the_runs_dtype(tiny_model_dir, tmp_path, dtype):
+    """OLMo's rotary embedding returns float32 cos/sin: its half-precision bridge must still run."""
+    from transformers import AutoModelForCausalLM
+
+    from tl_moe.pipeline.context import RunContext, untrained_name
+
+    moe_dir, dense_dir = str(tiny_model_dir("olmoe")), str(tiny_model_dir("olmo"))
+    context = RunContext(_options(tmp_path, moe_dir, dense_baseline=dense_dir, dtype=dtype, device="cpu"))
+    toks = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(0))
+    reference = AutoModelForCausalLM.from_pretrained(
+        dense_dir, dtype=getattr(torch, dtype), attn_implementation="eager"
+    )
+    reference = reference.eval()
+    with torch.no_grad():
+        want = reference(toks).logits
+    for name in (dense_dir, untrained_name(moe_dir)):
+        model = context.model(name)
+        assert {p.dtype for p in model.parameters()} == {getattr(torch, dtype)}, name
+        with torch.no_grad():
+            logits = model(toks)
+        assert logits.dtype == getattr(torch, dtype)
+        if name == dense_dir:  # Hugging Face rotates in float32 and casts back: the same numbers
+            assert torch.equal(logits, want)
+
+
+def test_probing_without_enough_concept_tokens_is_reported_unavailable_and_the_rest_completes(
+    tiny_model_dir, tmp_path
+):
+    """Two short word documents: no concept has 50 positive tokens, so probing (and sparsity, built on it)
+    say so in their sections while the domains analysis completes; the small corpus is warned about first."""
+    from tl_moe.pipeline.protocol import UnavailableResult
+
+    corpus = datasets.Dataset.from_dict({"text": ["w5 w6 w7 w8 w9", "w3 w4 w5"], "domain": ["a", "b"]})
+    options = _options(tmp_path, tiny_model_dir("olmoe"), analyses=("domains", "probing", "sparsity"))
+    with pytest.warns(
+        UserWarning, match="holds 8 tokens \\(2 documents\\), far fewer than --max-tokens 1000"
+    ):
+        results = run(options, dataset=corpus)
+    probing, sparsity = results["probing"], results["sparsity"]
+    assert isinstance(probing, UnavailableResult) and "No concept has 50 positive tokens" in probing.reason
+    assert (
+        isinstance(sparsity, UnavailableResult)
+        and "probing analysis, which is unavailable" in sparsity.reason
+    )
+    assert results["domains"].to_frame()["n_tokens"].sum() > 0
+    sections = json.loads((tmp_path / "results.json").read_text())["sections"]
+    assert sections["probing"]["metrics"] == {"unavailable": probing.reason}
+    assert (
+        "unavailable" in sections["sparsity"]["metrics"] and "n_tokens" not in sections["probing"]["metrics"]
+    )
+
+
+def test_a_corpus_that_fills_the_budget_is_not_warned_about(tiny_bridge):
+    from tl_moe.pipeline.validation import warn_small_corpus
+
+    corpus = datasets.Dataset.from_dict({"text": ["w5 w6 w7 w8"] * 30})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_small_corpus(corpus, tiny_bridge("olmoe").tokenizer, max_tokens=200, split="train")  # 120 >= 100
+    with pytest.warns(UserWarning, match="holds 120 tokens"):
+        warn_small_corpus(corpus, tiny_bridge("olmoe").tokenizer, max_tokens=242, split="train")  # 120 < 121

@@ -7,8 +7,16 @@ keeps working in user code).
 
 from __future__ import annotations
 
-__all__ = ["InputError"]
+__all__ = ["AnalysisUnavailable", "InputError"]
 
 
 class InputError(ValueError):
     """A user-supplied input (model, corpus, option, file) is not acceptable; the message says why."""
+
+
+class AnalysisUnavailable(InputError):
+    """An analysis cannot give a result on what this run collected (e.g. a corpus too small for it).
+
+    Raised by an analysis's finalize step after the pass; the pipeline then reports that analysis as
+    unavailable, with this message as the reason, and completes the others.
+    """

@@ -27,7 +27,7 @@ from tl_moe.analysis.probing_math import balance_per_document
 from tl_moe.collect.steps import Step, run_now
 from tl_moe.data.concepts import KNOWN_CONCEPTS
 from tl_moe.defaults import MIN_EXAMPLES
-from tl_moe.errors import InputError
+from tl_moe.errors import AnalysisUnavailable
 from tl_moe.models.hook_names import get_act_name
 
 #: The paper protocol's sampling, in words (also part of the checkpoint key of its results).
@@ -106,7 +106,7 @@ def _usable(stored: StoredTokens, min_positives: int) -> StoredTokens:
     """Drop concept columns with fewer than ``min_positives`` positive tokens overall."""
     keep = [c for c in range(stored.labels.shape[1]) if int(stored.labels[:, c].sum()) >= min_positives]
     if not keep:
-        raise InputError(
+        raise AnalysisUnavailable(
             f"No concept has {min_positives} positive tokens in the stored sample; collect more tokens."
         )
     return StoredTokens(

@@ -14,6 +14,8 @@ lens and the direct logit attribution are built on it.
 
 from __future__ import annotations
 
+import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -22,9 +24,6 @@ from jaxtyping import Float, Int
 from tl_moe.models.introspect import hf_model_of, unwrap
 
 __all__ = ["LogitReadout"]
-
-# Final norm classes whose forward is ``weight * x * rsqrt(mean(x²) + eps)`` (weight not offset by 1).
-_RMS_NORM_SUFFIX = "RMSNorm"
 
 
 @dataclass(frozen=True)
@@ -178,23 +177,111 @@ def _check_token_ids(ids: torch.Tensor, d_vocab: int) -> None:
 def _final_norm_parts(
     norm: torch.nn.Module, unembed: torch.Tensor
 ) -> tuple[bool, torch.Tensor, torch.Tensor | None, float]:
-    """(centered, gain, bias, eps) of a final norm module, or a clear error for one we cannot express."""
-    name = type(norm).__name__
+    """(centered, gain, bias, eps) of a final norm module, read by calling it on known inputs.
+
+    The norm is assumed to compute ``gain ⊙ center(x) / sqrt(mean(center(x)²) + eps) + bias``; its
+    class name and parameter names are not trusted (Llama's RMSNorm multiplies by ``weight``,
+    Qwen3-Next's and Gemma's by ``1 + weight``). A float32 copy of the norm is called on probe
+    vectors: the zero vector gives the bias, a large zero-mean vector the gain, a constant vector
+    whether the mean is subtracted, a small one the epsilon. The recovered map is then checked on
+    random vectors, and a norm it does not reproduce is refused.
+    """
+    probe = _float32_copy(norm)
     d_model = unembed.shape[1]
-    weight = getattr(norm, "weight", None)
-    gain = weight.detach() if isinstance(weight, torch.Tensor) else torch.ones(d_model, dtype=unembed.dtype)
-    if name.endswith(_RMS_NORM_SUFFIX) and "Gemma" not in name:
-        eps = getattr(norm, "variance_epsilon", None)
-        eps = getattr(norm, "eps", None) if eps is None else eps
-        if eps is None:
-            raise NotImplementedError(f"Cannot read the epsilon of the final norm {name}.")
-        return False, gain, None, float(eps)
-    if isinstance(norm, torch.nn.LayerNorm):
-        bias = None if norm.bias is None else norm.bias.detach()
-        return True, gain, bias, float(norm.eps)
-    if name == "OlmoLayerNorm":  # parameter-free F.layer_norm with its default eps
-        return True, gain, None, 1e-5
-    raise NotImplementedError(
-        f"Final norm {name} is not supported for logit attribution: supported are RMSNorm "
-        "(weight · x / RMS(x)), torch.nn.LayerNorm and OLMo's parameter-free LayerNorm."
+    device = _module_device(norm, unembed.device)
+    with torch.no_grad():
+        bias = _call(probe, torch.zeros(d_model, device=device))
+        signs = _zero_mean_signs(d_model).to(device)
+        mean_square = float(signs.pow(2).mean())
+        # out = gain ⊙ S·signs / sqrt(S²·mean_square + eps)
+        per_sign = (_call(probe, _PROBE_SCALE * signs) - bias) / signs
+        centered = _is_centered(probe, per_sign, bias)
+        eps = _epsilon(norm, probe, per_sign * math.sqrt(mean_square), bias, signs)
+        gain = per_sign * math.sqrt(mean_square + eps / _PROBE_SCALE**2)
+        _check_reproduces(probe, norm, centered, gain, bias, eps)
+    has_bias = bool(bias.abs().max() > 0)
+    return centered, gain, (bias if has_bias else None), eps
+
+
+# The magnitude of the gain probe: large enough that the epsilon does not matter in float32.
+_PROBE_SCALE = 100.0
+# How closely the recovered map must reproduce the norm on random inputs (relative, float32).
+_PROBE_RTOL = 1e-4
+
+
+def _float32_copy(norm: torch.nn.Module) -> torch.nn.Module:
+    """A shallow copy of ``norm`` with float32 copies of its own parameters and buffers."""
+    if list(norm.children()):
+        raise NotImplementedError(
+            f"Final norm {type(norm).__name__} has submodules; logit attribution needs a single norm module."
+        )
+    probe = copy.copy(norm)
+    probe._parameters = {
+        name: None if p is None else torch.nn.Parameter(p.detach().float().clone(), requires_grad=False)
+        for name, p in norm._parameters.items()
+    }
+    probe._buffers = {
+        name: None if b is None else (b.detach().float().clone() if b.is_floating_point() else b)
+        for name, b in norm._buffers.items()
+    }
+    return probe
+
+
+def _module_device(norm: torch.nn.Module, fallback: torch.device) -> torch.device:
+    tensors = list(norm.parameters()) + list(norm.buffers())
+    return tensors[0].device if tensors else fallback
+
+
+def _call(probe: torch.nn.Module, x: torch.Tensor) -> Float[torch.Tensor, " d_model"]:
+    """The norm's output for one float32 input vector (its forward only, without hooks)."""
+    return probe.forward(x[None, None, :].float())[0, 0].float()
+
+
+def _zero_mean_signs(d_model: int) -> Float[torch.Tensor, " d_model"]:
+    """A vector of ±1 (and one -2 when ``d_model`` is odd) whose mean is exactly 0."""
+    signs = torch.ones(d_model)
+    signs[1::2] = -1.0
+    if d_model % 2:
+        signs[-3:] = torch.tensor([1.0, 1.0, -2.0])
+    return signs
+
+
+def _is_centered(probe: torch.nn.Module, gain: torch.Tensor, bias: torch.Tensor) -> bool:
+    """Whether the norm subtracts the mean: a constant input then leaves only the bias."""
+    out = _call(probe, torch.full_like(gain, _PROBE_SCALE))
+    return bool((out - bias).abs().max() <= 1e-3 * gain.abs().max().clamp_min(1e-12))
+
+
+def _epsilon(
+    norm: torch.nn.Module, probe: torch.nn.Module, gain: torch.Tensor, bias: torch.Tensor, signs: torch.Tensor
+) -> float:
+    """The norm's epsilon: its attribute if it has one, else measured on a small input."""
+    for attribute in ("variance_epsilon", "eps", "epsilon", "variance_eps"):
+        value = getattr(norm, attribute, None)
+        if isinstance(value, (int, float)):
+            return float(value)
+    small = 1e-2
+    widest = int(gain.abs().argmax())
+    ratio = (_call(probe, small * signs) - bias)[widest] / (gain[widest] * small * signs[widest])
+    mean_square = float(signs.pow(2).mean()) * small**2
+    return max(float(1.0 / ratio.double() ** 2) - mean_square, 0.0)
+
+
+def _check_reproduces(
+    probe: torch.nn.Module, norm: torch.nn.Module, centered: bool, gain, bias, eps: float
+) -> None:
+    """Refuse a norm that the recovered ``gain ⊙ normalize(x) + bias`` does not reproduce."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(4, gain.shape[0], generator=generator).to(gain.device) * torch.tensor(
+        [[0.1], [1.0], [10.0], [1000.0]], device=gain.device
     )
+    h = x - x.mean(-1, keepdim=True) if centered else x
+    expected = gain * h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps) + bias
+    actual = probe.forward(x[None].float())[0].float()
+    scale = expected.abs().max().clamp_min(1e-12)
+    if not bool(torch.isfinite(actual).all()) or (actual - expected).abs().max() > _PROBE_RTOL * scale:
+        raise NotImplementedError(
+            f"Final norm {type(norm).__name__} is not of the form gain ⊙ x / RMS(x) (+ bias), with or "
+            "without mean subtraction, so its logit attribution cannot be computed exactly; supported are "
+            "RMSNorms (weight or 1 + weight gain) and LayerNorms."
+        )

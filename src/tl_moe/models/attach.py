@@ -19,6 +19,7 @@ driven by three mechanisms, none of which rewrites a model's ``forward``:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 from collections.abc import Callable
@@ -536,6 +537,29 @@ _WRAPPER_NAMES = ("_original_component", "original_component")
 """Module names TransformerBridge inserts around the HF modules it wraps (not part of a checkpoint's names)."""
 
 
+def keep_rotary_in_model_dtype(bridge: nn.Module, dtype: torch.dtype) -> None:
+    """Cast the rotated queries and keys of a half-precision bridge back to the model's dtype.
+
+    Some rotary embeddings (OLMo's) return float32 ``cos``/``sin`` whatever the model's dtype, and
+    their attention rotates in float32 and casts the result back; TransformerBridge's attention
+    rotates with Llama's formula, which leaves float32 queries and keys that then fail against the
+    half-precision values. A forward hook on every ``hook_rot_q``/``hook_rot_k`` does the cast back,
+    as the Hugging Face attention does (the rotation itself stays in float32).
+    """
+    if dtype not in (torch.float16, torch.bfloat16):
+        return
+    for name, module in bridge.named_modules():
+        if name.split(".")[-1] in ("hook_rot_q", "hook_rot_k"):
+            module.register_forward_hook(functools.partial(_cast_float32_output, dtype=dtype))
+
+
+def _cast_float32_output(module, args, output, dtype: torch.dtype):
+    """Forward hook: a float32 output in ``dtype``; anything else unchanged."""
+    if isinstance(output, torch.Tensor) and output.dtype == torch.float32:
+        return output.to(dtype)
+    return None
+
+
 def check_finite_weights(model: nn.Module, label: str) -> None:
     """Refuse a model with a NaN or infinite parameter (a corrupt or diverged checkpoint), naming the tensor.
 
@@ -642,6 +666,7 @@ def load(
                 **boot_kwargs,
             )
         check_finite_weights(hf_model_of(bridge), f"model {source or type(hf).__name__!r}")
+        keep_rotary_in_model_dtype(bridge, dtype)
         return attach(bridge)
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(
@@ -670,4 +695,5 @@ def load(
         architecture = str(error).removeprefix("Unsupported architecture:").strip()[:80]
         raise InputError(unbootable_message(label, config.get("model_type", "?"), architecture)) from None
     check_finite_weights(hf_model_of(bridge), label)
+    keep_rotary_in_model_dtype(bridge, dtype)
     return attach(bridge)

@@ -98,8 +98,20 @@ class RunContext:
             else:
                 extra = {} if self.options.device_map is None else {"device_map": self.options.device_map}
                 dtype = getattr(torch, self.options.dtype)
-                self._models[name] = load(name, device=self.options.device, dtype=dtype, **extra)
+                model = load(name, device=self.options.device, dtype=dtype, **extra)
+                self.check_tokenizer(name, model)
+                self._models[name] = model
         return self._models[name]
+
+    def check_tokenizer(self, name: str, model: Any = None) -> None:
+        """Refuse the model ``name`` (default: loaded) whose tokenizer turns text into nothing (e.g. saved
+        without a vocabulary): every document of the corpus would be empty."""
+        from tl_moe.pipeline.validation import check_tokenizer
+
+        tokenizer = getattr(self.model(name) if model is None else model, "tokenizer", None)
+        if tokenizer is not None:
+            input_name = "--dense-baseline" if name == self.options.dense_baseline else "--model"
+            check_tokenizer(tokenizer, f"{input_name} {name}", input_name=input_name)
 
     def _untrained(self, base: str) -> Any:
         import tempfile
@@ -115,7 +127,7 @@ class RunContext:
             hf_model = build_model_from_config(hf_config, seed=self.options.seed)
         with tempfile.TemporaryDirectory(prefix="tl_moe_untrained_") as directory:
             save_model(hf_model, trained.tokenizer, directory)
-            return load(directory, device=self.options.device)
+            return load(directory, device=self.options.device, dtype=getattr(torch, self.options.dtype))
 
     def release(self, name: str) -> None:
         """Forget the loaded model ``name`` (its pass is done; frees its memory); its config is kept."""

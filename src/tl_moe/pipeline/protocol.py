@@ -96,9 +96,10 @@ class Inputs:
         return self._collected.get((need.model, need.spec), default)
 
     def optional_result(self, name: str) -> Result | None:
-        """The result of the analysis ``name`` if it ran earlier in this run (None otherwise): for
-        comparisons an analysis adds when another analysis happens to be chosen too."""
-        return self._results.get(name)
+        """The result of the analysis ``name`` if it ran earlier in this run (None otherwise, or when it
+        was unavailable): for comparisons an analysis adds when another analysis happens to be chosen too."""
+        result = self._results.get(name)
+        return None if isinstance(result, UnavailableResult) else result
 
     def result(self, name: str) -> Result:
         """The result of the analysis ``name`` (it must be in ``depends_on``)."""
@@ -174,6 +175,22 @@ class Result(ABC):
     def records(self) -> dict[str, Any]:
         """Extra JSON entries of the section in ``results.json`` (e.g. ``probing.comparisons``)."""
         return {}
+
+
+@dataclass(frozen=True)
+class UnavailableResult(Result):
+    """The outcome of an analysis that could not run on what the run collected; ``reason`` says why."""
+
+    reason: str
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame()
+
+    def metrics(self) -> dict[str, Any]:
+        return {"unavailable": self.reason}
+
+    def tables(self) -> Sequence[TableItem]:
+        return []
 
 
 class Analysis(ABC):

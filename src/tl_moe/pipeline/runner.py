@@ -21,13 +21,19 @@ import torch
 from tl_moe.collect import collect, remove_checkpoints
 from tl_moe.collect.accumulator import Accumulator, state_nbytes
 from tl_moe.data.concepts import TokenConceptLabeler, concepts_for_corpus
-from tl_moe.errors import InputError
+from tl_moe.errors import AnalysisUnavailable, InputError
 from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.needs import TokensByDomain
 from tl_moe.pipeline.options import RunOptions
-from tl_moe.pipeline.protocol import AccumulatorSpec, Analysis, Inputs, OptionLimit, Result
+from tl_moe.pipeline.protocol import AccumulatorSpec, Analysis, Inputs, OptionLimit, Result, UnavailableResult
 from tl_moe.pipeline.registry import resolve
-from tl_moe.pipeline.validation import check_model_source, check_output_dir, check_seq_len, resolve_device
+from tl_moe.pipeline.validation import (
+    check_model_source,
+    check_output_dir,
+    check_seq_len,
+    resolve_device,
+    warn_small_corpus,
+)
 from tl_moe.report import Report, package_versions
 
 __all__ = ["RunResults", "analyze", "run"]
@@ -354,6 +360,14 @@ def _run(options, analyses, dataset, models, write_report, started) -> RunResult
             f"{run_context.main} is a dense model; the analyses need an MoE (pass the dense one as --dense-baseline)."
         )
     check_seq_len(options.seq_len, run_context.model(run_context.main), batch_size=options.batch_size)
+    run_context.check_tokenizer(run_context.main)  # a model handed in was not checked when loaded
+    if _rank() == 0:
+        warn_small_corpus(
+            run_context.dataset,
+            run_context.model(run_context.main).tokenizer,
+            options.max_tokens,
+            options.split,
+        )
     fitted = _fit_defaults(run_context, chosen)
     options = run_context.options
     for analysis in chosen:
@@ -384,7 +398,7 @@ def _run(options, analyses, dataset, models, write_report, started) -> RunResult
     tic = time.perf_counter()
     results: dict[str, Result] = {}
     for analysis in chosen:
-        results[analysis.name] = analysis.finalize(run_context, Inputs(collected, results))
+        results[analysis.name] = _finalize(analysis, run_context, Inputs(collected, results), results)
     timings["finalize (s)"] = round(time.perf_counter() - tic, 1)
     tokens = collected[(run_context.main, TokensByDomain())]
     tokens_by_domain = dict(zip(run_context.domain_names, (int(n) for n in tokens.tolist()), strict=True))
@@ -396,7 +410,7 @@ def _run(options, analyses, dataset, models, write_report, started) -> RunResult
         report.add_findings(findings)
         for analysis in chosen:
             section = report.add_section(analysis.title, key=analysis.name, intro=analysis.intro)
-            analysis.render(results[analysis.name], section, run_context)
+            _render(analysis, results[analysis.name], section, run_context)
         timings["total (s)"] = round(time.perf_counter() - started, 1)
         report.add_metadata(
             {
@@ -418,6 +432,31 @@ def _run(options, analyses, dataset, models, write_report, started) -> RunResult
     else:
         timings["total (s)"] = round(time.perf_counter() - started, 1)
     return RunResults(options, results, report_path, timings, tokens_by_domain, findings, memory)
+
+
+def _finalize(
+    analysis: Analysis, run_context: RunContext, inputs: Inputs, results: dict[str, Result]
+) -> Result:
+    """The analysis's result, or an :class:`UnavailableResult` saying why it has none (it raised
+    :class:`~tl_moe.errors.AnalysisUnavailable`, or an analysis it depends on is unavailable)."""
+    for name in analysis.depends_on:
+        if isinstance(results.get(name), UnavailableResult):
+            return UnavailableResult(
+                f"it needs the {name} analysis, which is unavailable: {results[name].reason}"
+            )
+    try:
+        return analysis.finalize(run_context, inputs)
+    except AnalysisUnavailable as error:
+        return UnavailableResult(str(error))
+
+
+def _render(analysis: Analysis, result: Result, section: Any, run_context: RunContext) -> None:
+    """The analysis's own rendering, or one paragraph saying why it is unavailable."""
+    if isinstance(result, UnavailableResult):
+        section.add_text(f"**Unavailable in this run**: {result.reason}")
+        section.add_metrics(result.metrics())
+        return
+    analysis.render(result, section, run_context)
 
 
 def analyze(

@@ -830,6 +830,69 @@ def check_n_drivers(
         )
 
 
+def check_removable_experts(model_name: str, n_experts: int, experts_per_token: int) -> None:
+    """Refuse the drivers (and associations and re-weighting, built on them) on a model whose tokens
+    use every expert: removing one expert from a token's routing needs ``k < n_experts``."""
+    if experts_per_token >= n_experts:
+        raise InputError(
+            "--analyses",
+            f"drivers, associations and reweighting remove an expert from each token's routing, which needs "
+            f"fewer experts per token than experts; {model_name} routes each token to {experts_per_token} of "
+            f"its {n_experts} experts. Accepted: a model with num_experts_per_tok < num_experts, or --analyses "
+            "without drivers, associations and reweighting.",
+        )
+
+
+# A short English sentence every text tokenizer splits into ordinary tokens.
+TOKENIZER_PROBE_TEXT = "The cat sat on the mat."
+
+
+def check_tokenizer(tokenizer: Any, model_name: str, *, input_name: str = "--model") -> None:
+    """Refuse a tokenizer that turns a short English sentence into no tokens or into special tokens only
+    (e.g. one saved without a vocabulary): every text of the corpus would then be empty."""
+    ids = list(tokenizer(TOKENIZER_PROBE_TEXT, add_special_tokens=False)["input_ids"])
+    special = set(getattr(tokenizer, "all_special_ids", ())) - {getattr(tokenizer, "unk_token_id", None)}
+    if not ids or all(token in special for token in ids):
+        raise InputError(
+            input_name,
+            f"the tokenizer of {model_name} ({type(tokenizer).__name__}, vocabulary of {len(tokenizer)}) turns "
+            f"{TOKENIZER_PROBE_TEXT!r} into {len(ids)} ordinary tokens; accepted: a model folder whose "
+            "tokenizer files (tokenizer.json or the vocabulary files) hold the model's vocabulary.",
+        )
+
+
+# A corpus with fewer tokens than this share of --max-tokens is "far smaller than the budget".
+SMALL_CORPUS_SHARE = 0.5
+
+
+def corpus_tokens_up_to(dataset: Any, tokenizer: Any, limit: int, *, batch: int = 64) -> int:
+    """Tokens of the corpus texts, counted until ``limit`` is reached (each text cut to ``16 · limit``
+    characters, so one huge text costs no more than the budget)."""
+    counted = 0
+    texts = dataset[TEXT_COLUMN]
+    for start in range(0, len(texts), batch):
+        chunk = [str(text)[: 16 * limit] for text in texts[start : start + batch]]
+        counted += sum(len(ids) for ids in tokenizer(chunk, add_special_tokens=False)["input_ids"])
+        if counted >= limit:
+            break
+    return counted
+
+
+def warn_small_corpus(dataset: Any, tokenizer: Any, max_tokens: int, split: str | None) -> None:
+    """Warn, before the pass, when the corpus holds far fewer tokens than ``--max-tokens``: every
+    analysis then sees only those, and the ones that need more report themselves unavailable."""
+    import warnings
+
+    threshold = int(SMALL_CORPUS_SHARE * max_tokens)
+    found = corpus_tokens_up_to(dataset, tokenizer, threshold)
+    if found < threshold:
+        warnings.warn(
+            f"the corpus split {split!r} holds {found} tokens ({len(dataset)} documents), far fewer than "
+            f"--max-tokens {max_tokens}; analyses that need more tokens will report themselves unavailable.",
+            stacklevel=2,
+        )
+
+
 def _advice(flag: str | None, what: str) -> str:
     if flag is None:
         return f"the corpus holds no more {what}: use a corpus with more documents"

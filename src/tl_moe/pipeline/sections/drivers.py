@@ -29,7 +29,7 @@ from tl_moe.pipeline.protocol import (
     Result,
     TableItem,
 )
-from tl_moe.pipeline.validation import check_driver_budget, check_n_drivers
+from tl_moe.pipeline.validation import check_driver_budget, check_n_drivers, check_removable_experts
 from tl_moe.report.figures import new_figure
 from tl_moe.report.numbers import format_interval, format_number, is_defined
 
@@ -484,6 +484,7 @@ class Drivers(Analysis):
         documents)."""
         cfg = run.config(run.main)
         options = run.options
+        check_removable_experts(run.main, cfg.num_experts, cfg.experts_per_token)
         check_n_drivers(
             options.n_drivers, len(cfg.sparse_layers), cfg.num_experts
         )  # same rule as option_limits

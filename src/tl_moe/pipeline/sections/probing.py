@@ -47,7 +47,7 @@ from tl_moe.analysis.held_out_probing import (
 from tl_moe.analysis.stats import cluster_bootstrap, document_split
 from tl_moe.collect.steps import Step, run_now
 from tl_moe.data.concepts import KNOWN_CONCEPTS
-from tl_moe.errors import InputError
+from tl_moe.errors import AnalysisUnavailable, InputError
 from tl_moe.models.hook_names import get_act_name
 from tl_moe.pipeline.context import RunContext, untrained_name
 from tl_moe.pipeline.needs import DenseNeurons, ExpertNeurons
@@ -554,7 +554,7 @@ def usable_on_selection(stored: StoredTokens, selection: torch.Tensor, min_posit
     positives = stored.labels[selection].sum(0)
     keep = [c for c in range(stored.labels.shape[1]) if int(positives[c]) >= min_positives]
     if not keep:
-        raise InputError(
+        raise AnalysisUnavailable(
             f"No concept has {min_positives} positive tokens on the selection documents; collect more tokens."
         )
     kept = StoredTokens(
