@@ -18,9 +18,10 @@ from tl_moe.errors import InputError
 
 
 def _cmd_zoo_list(args) -> None:
-    from tl_moe.zoo.registry import list_models
+    from tl_moe.zoo.registry import MEAN_VAL_LOSS_NOTE, list_models
 
     print(list_models().to_string(index=False))
+    print(f"mean_val_loss: {MEAN_VAL_LOSS_NOTE}")
 
 
 def _cmd_zoo_train(args) -> None:
