@@ -94,6 +94,8 @@ def test_a_layer_full_of_drivers_reports_every_driver_with_a_control_from_anothe
     assert (comparison["controls from another layer"] == 4).all()
     diff = comparison.set_index(["edit", "group"]).loc[("remove", "driver − control")]
     assert diff["ci low"] > 0.3 and diff["ci low"] <= 0.5 <= diff["ci high"]  # planted +0.5
+    assert experts["remove: report ci low"].notna().all()
+    assert (experts["remove: report interval unavailable"] == "").all()
 
 
 def test_below_min_documents_the_interval_is_unavailable_never_a_number():
@@ -103,6 +105,9 @@ def test_below_min_documents_the_interval_is_unavailable_never_a_number():
     assert comparison[["ci low", "ci high"]].isna().all().all()
     assert (comparison["interval unavailable"].str.contains(str(MIN_DOCUMENTS))).all()
     assert experts["remove: report ci low"].isna().all()
+    assert (
+        experts["remove: report interval unavailable"] == comparison["interval unavailable"].iloc[0]
+    ).all()
     assert np.isfinite(comparison["mean effect (nats/token, report half)"]).all()
 
 

@@ -282,3 +282,39 @@ def test_metrics_from_counts_match_detection_metrics():
         row = document_intervals(list(own), own, {"baseline": base}, metric, n_resamples=99)
         expected = np.mean([detection_metrics(own[k].truth, own[k].predicted)[metric] for k in own])
         assert row["mean"] == pytest.approx(expected), metric
+
+
+@pytest.mark.parametrize("n_documents", [60, 29])
+def test_document_interval_rows_carry_the_document_reason_not_the_expert_one(n_documents):
+    """8 experts: the summary over experts has no interval ("8 experts, at least 30 needed"). Recomputed
+    over 60 shared documents every row has its intervals, so no reason is left; over 29 documents every
+    row (the ``all`` row included) gives the documents' reason, not the experts'."""
+    import pandas as pd
+
+    from tl_moe.explain.runner import summarize, with_document_intervals
+
+    own, base = planted_shared_documents(0, n_documents=n_documents, experts=8)
+    shuffled = {k: Score(*k, "concept", "shuffled", k, truth=s.truth, predicted=s.predicted[::-1],
+                         documents=s.documents) for k, s in own.items()}  # fmt: skip
+    frame = pd.DataFrame([{"layer": 0, "expert": e,
+                           "concept_balanced_accuracy": _balanced_accuracy(own[(0, e)]),
+                           "concept_shuffled_balanced_accuracy": _balanced_accuracy(shuffled[(0, e)]),
+                           "concept_baseline_balanced_accuracy": _balanced_accuracy(base[(0, e)])}
+                          for e in range(8)])  # fmt: skip
+    by_experts = summarize(frame, "concept")
+    reasons = ["interval unavailable", "shuffled interval unavailable", "baseline interval unavailable"]
+    assert (by_experts[reasons] == "8 experts, at least 30 needed").all().all()
+    scores = {k: {"concept": s} for k, s in own.items()}
+    arms = {"shuffled": {k: {"concept": s} for k, s in shuffled.items()},
+            "baseline": {k: {"concept": s} for k, s in base.items()}}  # fmt: skip
+    summary = with_document_intervals(
+        by_experts, frame, scores, arms, "concept", "balanced_accuracy", n_resamples=99
+    )
+    assert list(summary["layer"]) == [0, "all"] and (summary["interval over"] == "score documents").all()
+    if n_documents >= 30:
+        assert (summary[reasons] == "").all().all()
+        assert summary[["ci low", "diff ci low", "baseline diff ci low"]].notna().all().all()
+    else:
+        expected = "29 document(s) behind the label scores; a document-level interval needs at least 30"
+        assert (summary[reasons] == expected).all().all()
+        assert summary[["ci low", "diff ci low", "baseline diff ci low"]].isna().all().all()

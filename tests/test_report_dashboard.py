@@ -168,6 +168,9 @@ def test_card_effects_come_from_the_label_checks_and_the_drivers_tables():
     assert sort == {"label causal effect": 0.25, "drivers effect": 0.5}
     lines, sort = _effects((1, 3), None, drivers.set_index(["layer", "expert"]))
     assert [value for _, value in lines] == ["0.1000 (no interval)"] and sort == {"drivers effect": 0.1}
+    drivers["remove: report interval unavailable"] = ["", "12 document(s) behind the effect"]
+    lines, _ = _effects((1, 3), None, drivers.set_index(["layer", "expert"]))
+    assert [value for _, value in lines] == ["0.1000 (no interval: 12 document(s) behind the effect)"]
     assert _effects((0, 0), None, None) == ((), {})
 
 
@@ -176,3 +179,11 @@ def test_control_characters_of_tokens_are_drawn_not_written_raw(tmp_path):
     page = _report(tmp_path, [card]).read_text()
     assert "\x00" not in page and "\x1b" not in page
     assert "<code>␀</code><code>a␛b</code><code>⇥</code>" in page
+
+
+def test_index_shows_counts_as_integers_and_other_values_to_three_decimals():
+    from tl_moe.report.dashboard import _value_cell
+
+    assert _value_cell(1955) == '<td class="num" data-v="1955">1955</td>'
+    assert _value_cell(0.5) == '<td class="num" data-v="0.5">0.500</td>'
+    assert _value_cell(float("nan")) == '<td class="num" data-v="NaN">–</td>'

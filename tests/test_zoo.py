@@ -160,6 +160,20 @@ def test_zoo_list_command(capsys):
     for name in TOY_FAMILY:
         assert name in out
     assert len(list_models()) == len(TOY_FAMILY)
+    assert (
+        "mean_val_loss: validation loss (nats/token) averaged over the corpus domains with equal weight"
+        in out
+    )
+
+
+def test_mean_val_loss_is_the_unweighted_mean_of_the_domain_losses():
+    from tl_moe.zoo.registry import loss_table
+
+    domains = loss_table().drop(columns="unigram baseline")
+    listed = list_models().set_index("name")["mean_val_loss"]
+    assert len(domains) == 7
+    for name in domains.columns:
+        assert listed[name] == pytest.approx(round(sum(domains[name]) / 7, 3), abs=1e-9)
 
 
 def test_unknown_toy_model_is_a_clear_error():

@@ -18,9 +18,10 @@ from tl_moe.errors import InputError
 
 
 def _cmd_zoo_list(args) -> None:
-    from tl_moe.zoo.registry import list_models
+    from tl_moe.zoo.registry import MEAN_VAL_LOSS_NOTE, list_models
 
     print(list_models().to_string(index=False))
+    print(f"mean_val_loss: {MEAN_VAL_LOSS_NOTE}")
 
 
 def _cmd_zoo_train(args) -> None:
@@ -77,14 +78,22 @@ def _cmd_hooks(args) -> None:
 
 
 def _print_architectures() -> None:
-    """The MoE architectures tl_moe boots and hooks (model type, causal LM class), one a line."""
-    from tl_moe.models.catalog import registry_architectures
+    """The MoE architectures tl_moe loads and hooks (model type, causal LM class), one a line, then
+    those the bridge boots but tl_moe refuses, with why: each is attached to a tiny random model."""
+    from tl_moe.models.catalog import architecture_status, registry_architectures
 
+    statuses = [architecture_status(architecture) for architecture in registry_architectures()]
     print(
         "MoE architectures tl_moe loads and hooks (model_type  class); see README 'Supported architectures':"
     )
-    for architecture in registry_architectures():
-        print(f"{architecture.model_type:24s} {architecture.hf_class}")
+    for status in statuses:
+        if status.supported:
+            print(f"{status.model_type:24s} {status.hf_class}")
+    refused = [status for status in statuses if not status.supported]
+    if refused:
+        print("Refused (the TransformerLens bridge boots them, tl_moe cannot hook their experts):")
+        for status in refused:
+            print(f"{status.model_type:24s} {status.hf_class}: {status.detail}")
 
 
 def _cmd_corpus_stats(args) -> None:
@@ -192,7 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     hooks.add_argument("model", nargs="?", default=None)
     hooks.add_argument("--device", default=None)
     hooks.add_argument(
-        "--architectures", action="store_true", help="list the MoE architectures tl_moe boots and hooks"
+        "--architectures",
+        action="store_true",
+        help="list the MoE architectures tl_moe loads and hooks, and those it refuses (with why)",
     )
     hooks.set_defaults(func=_cmd_hooks)
 

@@ -387,10 +387,10 @@ def driver_report(
     selected_effect, report = {}, {}
     for k, kind in enumerate(effects.kinds):
         select = flat[k][:, selection_docs].sum(1) / max(counts[selection_docs].sum(), 1)
-        estimate, low, high, _ = _bootstrap_ratio(
+        estimate, low, high, reason = _bootstrap_ratio(
             flat[k][:, report_docs], counts[report_docs], n_resamples, seed
         )
-        selected_effect[kind], report[kind] = select, (estimate, low, high)
+        selected_effect[kind], report[kind] = select, (estimate, low, high, reason or "")
     routed_share = saliency.routed[0].double() / saliency.routed[0].sum(-1, keepdim=True).clamp(min=1)
     for li, layer in enumerate(effects.layers):
         for e in range(n_experts):
@@ -403,11 +403,12 @@ def driver_report(
                 "mean document position": float(saliency.mean_position(1)[li, e]),
             }
             for kind in effects.kinds:
-                estimate, low, high = report[kind]
+                estimate, low, high, reason = report[kind]
                 row[f"{kind}: effect (selection)"] = float(selected_effect[kind][i])
                 row[f"{kind}: effect (report)"] = float(estimate[i])
                 row[f"{kind}: report ci low"] = float(low[i])
                 row[f"{kind}: report ci high"] = float(high[i])
+                row[f"{kind}: report interval unavailable"] = reason
             rows.append(row)
     experts = pd.DataFrame(rows)
     main_kind = effects.kinds[0]

@@ -42,7 +42,7 @@ from typing import Literal
 import numpy as np
 from jaxtyping import Float
 
-from tl_moe.analysis.stats import MIN_DOCUMENTS, PAIRED_METHOD, cluster_bootstrap
+from tl_moe.analysis.stats import MIN_DOCUMENTS, PAIRED_METHOD, Interval, cluster_bootstrap
 from tl_moe.explain.scorers import Score
 
 __all__ = ["DOCUMENT_METRICS", "MEAN_METHOD", "document_intervals", "metric_from_counts"]
@@ -136,7 +136,8 @@ def document_intervals(
     (mean of the resamples − estimate: a per-expert ratio of counts over clustered documents is skewed
     low, which ``mean_method`` BCa corrects for); ``mean interval method`` and ``difference interval
     method``; ``documents`` and ``interval``
-    (``available``, or ``unavailable: reason`` below ``min_documents`` documents) — or None when a
+    (``available``, or ``unavailable: reason`` below ``min_documents`` documents); ``interval unavailable``
+    and per arm ``{arm} interval unavailable`` (the reason, '' where the interval was computed) — or None when a
     score does not say which documents its items came from."""
     kept = [k for k in keys if k in own and own[k].ok and own[k].truth]
     if not kept or any(len(own[k].documents) != len(own[k].truth) for k in kept):
@@ -179,4 +180,12 @@ def document_intervals(
     row["mean interval method"], row["difference interval method"] = mean_method, PAIRED_METHOD
     row["documents"] = len(documents)
     row["interval"] = "available" if intervals[0].available else f"unavailable: {intervals[0].reason}"
+    row["interval unavailable"] = _why_not(intervals[0])
+    for i, name in enumerate(arms):
+        row[f"{name} interval unavailable"] = _why_not(intervals[2 + 2 * i])
     return row
+
+
+def _why_not(interval: Interval) -> str:
+    """Why a document interval is missing ('' when it was computed): the summary's reason column."""
+    return "" if interval.available else str(interval.reason or "")

@@ -105,7 +105,8 @@ class ExpertCard:
         status: ``ok`` or why the expert was not labeled/scored.
         scores: ``(name, shown value)`` lines of the label's scores (e.g. balanced accuracy with its
             control and interval).
-        sort_values: numeric columns of the index (name -> value; NaN when undefined).
+        sort_values: numeric columns of the index (name -> value; NaN when undefined; an int for a
+            count, shown as an integer).
         contexts: top contexts.
         lens_tokens: top logit-lens tokens.
         histogram: counts per bin of the saliency sample, and the bins' ``(low, high)`` range.
@@ -120,7 +121,7 @@ class ExpertCard:
     kind: str | None = None
     status: str = "ok"
     scores: tuple[tuple[str, str], ...] = ()
-    sort_values: dict[str, float] = field(default_factory=dict)
+    sort_values: dict[str, float | int] = field(default_factory=dict)
     contexts: tuple[CardContext, ...] = ()
     lens_tokens: tuple[str, ...] = ()
     histogram: tuple[tuple[int, ...], tuple[float, float]] | None = None
@@ -273,9 +274,11 @@ def _sort_columns(cards: Sequence[ExpertCard]) -> list[str]:
 
 
 def _value_cell(value: float | None) -> str:
+    """A sortable index cell: a count (an int) as an integer, any other value to 3 decimals."""
     if value is None or not math.isfinite(value):
         return '<td class="num" data-v="NaN">–</td>'
-    return f'<td class="num" data-v="{value!r}">{value:.3f}</td>'
+    shown = f"{value:d}" if isinstance(value, int) else f"{value:.3f}"
+    return f'<td class="num" data-v="{value!r}">{shown}</td>'
 
 
 def index_html(block: DashboardBlock, link_prefix: str = "") -> str:

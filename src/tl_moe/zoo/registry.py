@@ -39,8 +39,15 @@ def metadata(name: str) -> dict:
     return json.loads((checkpoint_path(name) / "metadata.json").read_text())
 
 
+MEAN_VAL_LOSS_NOTE = (
+    "validation loss (nats/token) averaged over the corpus domains with equal weight (the unweighted "
+    "mean of the per-domain losses of `tl-moe zoo losses`, not a mean over tokens)"
+)
+
+
 def list_models() -> pd.DataFrame:
-    """One row per toy model: experts, top-k, parameters, and whether a checkpoint ships."""
+    """One row per toy model: experts, top-k, parameters, whether a checkpoint ships, and
+    ``mean_val_loss`` (:data:`MEAN_VAL_LOSS_NOTE`)."""
     rows = []
     for name, cfg in TOY_FAMILY.items():
         directory = checkpoint_dir(name)

@@ -18,6 +18,10 @@ __all__ = ["HISTOGRAM_BINS", "N_CARD_CONTEXTS", "dashboard_cards"]
 
 N_CARD_CONTEXTS = 3
 HISTOGRAM_BINS = 20
+HISTOGRAM_CAPTION = (
+    "Saliency (routing weight × ‖output‖) over a uniform sample of routed tokens "
+    "(the top contexts, the highest of all routed tokens, can lie above its range)"
+)
 MIN_DOMAIN_SHARE = 0.02  # domains below this share of the expert's tokens AND of all tokens are left off
 
 
@@ -29,8 +33,11 @@ def _number(value: Any) -> float:
     return number
 
 
-def _interval(low: float, high: float) -> str:
-    return f"[{low:.3f}, {high:.3f}]" if np.isfinite(low) and np.isfinite(high) else "(no interval)"
+def _interval(low: float, high: float, reason: Any = None) -> str:
+    """``[low, high]``, or ``(no interval: reason)`` (``(no interval)`` when no reason was recorded)."""
+    if np.isfinite(low) and np.isfinite(high):
+        return f"[{low:.3f}, {high:.3f}]"
+    return f"(no interval: {reason})" if isinstance(reason, str) and reason else "(no interval)"
 
 
 def _score_lines(row: pd.Series | None, scorer: str) -> tuple[tuple[str, str], ...]:
@@ -140,7 +147,9 @@ def _effects(key: tuple[int, int], causal: pd.DataFrame | None, drivers: pd.Data
         effect = _number(row.get("remove: effect (report)"))
         if np.isfinite(effect):
             interval = _interval(
-                _number(row.get("remove: report ci low")), _number(row.get("remove: report ci high"))
+                _number(row.get("remove: report ci low")),
+                _number(row.get("remove: report ci high")),
+                row.get("remove: report interval unavailable"),
             )
             lines.append(("drivers: removing it, Δloss per token (report half)", f"{effect:.4f} {interval}"))
             sort["drivers effect"] = effect
@@ -182,7 +191,7 @@ def dashboard_cards(
             ),
             "F1": _number(None if row is None else row.get(f"{scorer}_f1")),
             **effect_sort,
-            "routed tokens": float(sum(record.n_routed)),
+            "routed tokens": int(sum(record.n_routed)),
         }
         label = "" if row is None or not isinstance(row.get("label"), str) else row["label"]
         kind = None if row is None or not isinstance(row.get("kind"), str) else row["kind"]
@@ -198,7 +207,7 @@ def dashboard_cards(
                 contexts=contexts,
                 lens_tokens=_lens_tokens(record, lens),
                 histogram=_histogram(examples.saliency_sample(record.layer, record.expert).numpy()),
-                histogram_caption="Saliency (routing weight × ‖output‖) of a uniform sample of routed tokens",
+                histogram_caption=HISTOGRAM_CAPTION,
                 domains=_domains(examples, record.layer, record.expert),
                 effects=effects,
             )
