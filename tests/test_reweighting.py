@@ -398,7 +398,9 @@ def test_the_reweighting_finding_shows_each_domains_absolute_change_and_says_whe
     text = _reweighting_finding(gains)
     assert "absolute change +0.0103 [+0.0033, +0.0169]: an increase (held-out loss worse" in text
     assert "absolute change -0.0200 [-0.0300, -0.0100]: a decrease" in text
-    assert "absolute change +0.0020 [-0.0010, +0.0050]: not separated from 0 (the estimate an increase)" in text
+    assert (
+        "absolute change +0.0020 [-0.0010, +0.0050]: not separated from 0 (the estimate an increase)" in text
+    )
     assert "absolute change +0.0043 (no interval: 8 documents; a document-level interval needs 30)" in text
     assert "vs control +0.0035 [-0.0065, +0.0135]" in text  # the control difference stays beside it
     assert text.index("biomedical") < text.index("absolute change +0.0103") < text.index("vs control +0.0035")

@@ -50,7 +50,9 @@ def _absolute_change(row: pd.Series) -> str:
             return text + ": an increase (held-out loss worse in absolute terms)"
         if high < 0:
             return text + ": a decrease (held-out loss better in absolute terms)"
-        return text + f": not separated from 0 (the estimate {'an increase' if estimate > 0 else 'a decrease'})"
+        return (
+            text + f": not separated from 0 (the estimate {'an increase' if estimate > 0 else 'a decrease'})"
+        )
     return text + f", the estimate {'an increase' if estimate > 0 else 'a decrease'}"
 
 

@@ -217,7 +217,7 @@ class SparsityResult(Result):
             if f1:
                 text += (
                     " In class-balanced F1 (the paper's metric; its permuted-label null is not 0, see the "
-                    "probing finding), the same Holm tests: " + _count_text(f1, "").strip()
+                    "probing finding), the same Holm tests. " + _count_text(f1, "")
                 )
         return [text]
 
@@ -393,7 +393,7 @@ def _count_text(tests: list[dict], lead: str) -> str:
     """How many of the (member, k) ``tests`` put expert neurons above, below or level with dense ones."""
     counts = {v: sum(r["verdict"] == v for r in tests) for v in _VERDICTS}
     return (
-        f"{lead}, on the same tokens and with as many candidate neurons, expert neurons probe better than "
+        f"{lead + ', o' if lead else 'O'}n the same tokens and with as many candidate neurons, expert neurons probe better than "
         f"dense neurons in {counts[_ABOVE]} of the {len(tests)} member × k tests, worse in {counts[_BELOW]}, "
         f"and are not separated from them in {counts[_NEITHER]}"
         + (f" (no interval in {counts[_NONE]})" if counts[_NONE] else "")
