@@ -382,12 +382,18 @@ def test_the_finding_leads_with_the_weight_adjusted_difference_and_says_when_an_
     def shown(row):
         return f"{row['mean']:.3f} [{row['ci low']:.3f}, {row['ci high']:.3f}]"
 
-    assert f"labeled − control at equal mixing weight {shown(remove)} (interval above 0)" in text
+    assert (
+        f"labeled − control at equal mixing weight {shown(remove)} (interval above 0: for the label)" in text
+    )
     assert f"unadjusted {shown(rows.loc['remove_matched_minus_control'])};" in text
     assert (
         f"(within weight strata {shown(rows.loc['remove_matched_minus_control_weight_stratified'])};" in text
     )
-    assert f"{shown(boosted)} (interval covers 0: no evidence of a difference)" in text
+    side = "for" if boosted["mean"] > 0 else "against"
+    assert (
+        f"{shown(boosted)} (interval covers 0: no difference shown, the estimate on the side {side} the label)"
+        in text
+    )
     dla = rows.loc["dla_rank1_rate matched - control"]
     assert f"labeled − control {shown(dla)}" in text
     frame = pd.DataFrame({"layer": [0] * 4, "expert": range(4), "label": list("abcd"),

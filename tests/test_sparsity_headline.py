@@ -140,5 +140,26 @@ def test_the_headline_tests_balanced_accuracy_when_recorded_and_shows_the_f1_cou
     (headline, _) = result.findings()
     assert "class-balanced accuracy (chance 0.5 for any probe" in headline
     assert "better than dense neurons in 0 of the 1 member × k tests" in headline
-    assert "In class-balanced F1 (the paper's metric" in headline
+    assert (
+        "In class-balanced F1 (the held-out protocol's F1 on a balanced test set, not the paper's" in headline
+    )
+    assert "after the F1 results were seen: read both counts" in headline
     assert "better than dense neurons in 1 of the 1 member × k tests" in headline
+
+
+def test_separated_tests_at_the_bootstraps_floor_are_counted():
+    """Planted: two of the three separated tests have the smallest raw p-value of the family (no
+    resample crossed 0); the finding says so, with that floor."""
+    from tl_moe.pipeline.sections.sparsity import _floor_text
+
+    tests = [
+        {"verdict": "above 0", "bootstrap_p": 0.001},
+        {"verdict": "below 0", "bootstrap_p": 0.001},
+        {"verdict": "above 0", "bootstrap_p": 0.0012},
+        {"verdict": "not separated from 0", "bootstrap_p": 0.4},
+    ]
+    assert (
+        "2 of the 3 separated tests rest on the smallest raw p-value the bootstrap gives (0.001"
+        in _floor_text(tests)
+    )
+    assert _floor_text([{"verdict": "not separated from 0", "bootstrap_p": 0.3}]) == ""

@@ -425,10 +425,11 @@ def _reading(row: dict[str, Any]) -> str:
     if str(row["interval"]).startswith("unavailable") or not np.isfinite(row["ci low"]):
         return "no interval"
     if row["ci low"] > 0:
-        return "interval above 0"
+        return "interval above 0: for the label"
     if row["ci high"] < 0:
-        return "interval below 0"
-    return "interval covers 0: no evidence of a difference"
+        return "interval below 0: against the label"
+    side = "for" if row["mean"] > 0 else "against"
+    return f"interval covers 0: no difference shown, the estimate on the side {side} the label"
 
 
 def _causal_parts(summary: pd.DataFrame) -> list[str]:

@@ -273,7 +273,10 @@ class ProbingResult(Result):
                 "token subsets"
             )
         concepts = int(self.curves["concepts"].max())
-        return [text + f", over {concepts} concepts; single split, no interval."]
+        return [
+            text
+            + f", over {concepts} concepts; single split, no document-level interval (an interval over concepts is given for its MoE − dense difference only, for comparison)."
+        ]
 
     def records(self) -> dict[str, Any]:
         if not len(self.comparisons):

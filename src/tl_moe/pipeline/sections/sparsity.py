@@ -212,12 +212,16 @@ class SparsityResult(Result):
             "control's permuted-label null: " + "; ".join(parts) + "."
         )
         text += self._changed_text(headline, metric) + " " + _count_text(headline, "After Holm's correction")
+        text += _floor_text(headline)
         if metric != "f1":
             f1 = self.headline_tests(HEADLINE, "f1")
             if f1:
                 text += (
-                    " In class-balanced F1 (the paper's metric; its permuted-label null is not 0, see the "
-                    "probing finding), the same Holm tests. " + _count_text(f1, "")
+                    " In class-balanced F1 (the held-out protocol's F1 on a balanced test set, not the "
+                    "paper's F1 at the routed class ratio; its permuted-label null is not 0, see the probing "
+                    "finding), the same Holm tests: " + _count_text(f1, "").removesuffix(".") + " (the "
+                    "headline moved from F1 to balanced accuracy after the F1 results were seen: read both "
+                    "counts)."
                 )
         return [text]
 
@@ -387,6 +391,26 @@ def _short(record: dict | None) -> str:
 
 
 _ABOVE, _BELOW, _NEITHER, _NONE = "above 0", "below 0", "not separated from 0", "no interval"
+
+
+def _floor_text(tests: list[dict]) -> str:
+    """How many separated tests rest on a raw p-value at the bootstrap's floor (no resample crossed 0):
+    their Holm p-value is then the number of tests times that floor, and more resamples would be needed
+    to say more."""
+    raw = [r["bootstrap_p"] for r in tests if r.get("bootstrap_p") is not None]
+    separated = [r for r in tests if r["verdict"] in (_ABOVE, _BELOW)]
+    if not raw or not separated:
+        return ""
+    floor = min(raw)
+    at_floor = sum(
+        r.get("bootstrap_p") is not None and r["bootstrap_p"] <= floor * (1 + 1e-9) for r in separated
+    )
+    if not at_floor:
+        return ""
+    return (
+        f" {at_floor} of the {len(separated)} separated tests rest on the smallest raw p-value the bootstrap "
+        f"gives ({floor:.2g}: no resample crossed 0), so their Holm p-value is the number of tests times it."
+    )
 
 
 def _count_text(tests: list[dict], lead: str) -> str:
