@@ -147,3 +147,19 @@ def test_reweighting_rows_say_why_an_interval_or_estimate_is_missing():
         == f"+0.1000 (no interval: 0 documents; a document-level interval needs {MIN_DOCUMENTS})"
     )
     assert _row(row(math.nan, math.nan, math.nan), "gain") == "unavailable (no held-out document)"
+
+
+def test_layers_whose_f1_is_below_answering_yes_are_named():
+    """Planted: layer 1's mean F1 is below its always-yes F1, layer 0's is above; only layer 1 is named."""
+    from tl_moe.pipeline.sections.explain import _f1_below_chance
+
+    layers = [
+        {"layer": 0, "mean": 0.70, "chance": 0.66},
+        {"layer": 1, "mean": 0.60, "chance": 0.65},
+        {"layer": 2, "mean": math.nan, "chance": 0.65},
+    ]
+    assert (
+        _f1_below_chance(layers)
+        == " Mean F1 is below that of answering yes to every item in layer 1 0.600 vs 0.650."
+    )
+    assert _f1_below_chance(layers[:1]) == ""

@@ -189,7 +189,11 @@ class ExplainResult(Result):
         row = main[main["metric"] == metric].iloc[0]
         rows = {r["metric"]: r for r in main.to_dict("records")}
         layers = summary[(summary["layer"] != "all") & (summary["metric"] == metric)].to_dict("records")
-        findings = [labels_finding(row, rows, self.explainer, self.main_scorer, self.labeling.frame, layers)]
+        f1_layers = summary[(summary["layer"] != "all") & (summary["metric"] == "f1")].to_dict("records")
+        findings = [
+            labels_finding(row, rows, self.explainer, self.main_scorer, self.labeling.frame, layers)
+            + _f1_below_chance(f1_layers)
+        ]
         if self.causal is not None and len(self.causal.summary):
             findings.append(causal_finding(self.causal))
         return findings
@@ -361,13 +365,21 @@ def labels_finding(
             if np.isfinite(r.get("own - baseline", np.nan))
         ]
         if per_layer:
-            text += " — per layer: " + ", ".join(per_layer)
+            text += f" — per layer (each interval unadjusted for the {len(per_layer)} layers): " + ", ".join(
+                per_layer
+            )
     share = row.get("share beating shuffled (item interval)")
     if share is not None and np.isfinite(share):
         text += f"; {share:.0%} of experts beat their shuffled control on their own items (95% interval over items above 0)"
     others = [
         f"{_METRIC_NAMES[k]} {_show(r['mean'], r['ci low'], r['ci high'], _why(r))} "
-        f"(shuffled {format_number(r['shuffled mean'], '.3f', 'no pair scored')})"
+        f"(shuffled {format_number(r['shuffled mean'], '.3f', 'no pair scored')}"
+        + (
+            f"; own − baseline {_signed(r['own - baseline'], r['baseline diff ci low'], r['baseline diff ci high'], _why(r, 'baseline'))}"
+            if is_defined(r.get("own - baseline"))
+            else ""
+        )
+        + ")"
         + ("" if r.get("interval over") == row.get("interval over") else f" ({_unit(r)})")
         for k, r in rows.items()
         if k in ("f1", "precision", "recall", "auc") and np.isfinite(r["mean"])
@@ -379,7 +391,24 @@ def labels_finding(
     kinds = frame["kind"].value_counts() if "kind" in frame else pd.Series(dtype=int)
     if len(kinds):
         text += "; label kinds: " + ", ".join(f"{k} {n}" for k, n in kinds.items())
-    return text + f"; {_unit(row)}; {row['experts not scored']} experts not scored."
+    return text + (
+        f"; {_unit(row)}; {row['experts not scored']} experts not scored. Each expert's score items are its "
+        "most salient routed contexts plus contexts spread over its saliency quantiles, against as many "
+        "negatives: the scores describe the label on those items, not on every routed token."
+    )
+
+
+def _f1_below_chance(layers: Sequence[dict[str, Any]]) -> str:
+    """Layers whose mean F1 is below the F1 of answering yes to every item (its chance level on these
+    items), said beside the headline so that a good overall mean does not hide them."""
+    below = [
+        f"layer {r['layer']} {r['mean']:.3f} vs {r['chance']:.3f}"
+        for r in layers
+        if is_defined(r.get("mean")) and is_defined(r.get("chance")) and r["mean"] < r["chance"]
+    ]
+    if not below:
+        return ""
+    return " Mean F1 is below that of answering yes to every item in " + ", ".join(below) + "."
 
 
 def _causal_value(row: dict[str, Any]) -> str | None:
