@@ -212,7 +212,7 @@ class ExplainResult(Result):
               "the positions where each expert is routed: mean over experts of |Δloss| on label-described minus "
               "other routed positions, removing or boosting the expert, unadjusted and at equal mixing weight "
               "(_weight_adjusted: least-squares adjustment for the expert's mixing weight); the same for a "
-              "control expert of the layer matched on routing at the described tokens, and their difference "
+              "control expert of the layer chosen by its routing at the described tokens of the explain documents (not balanced on the causal windows: see the routing rates), and their difference "
               "(matched_minus_control); routing rates and mixing weights at described and other positions; "
               "95% bootstrap intervals over documents (unavailable, with the reason, below 30 documents, or "
               "when fewer hold a described routed position). DLA rank-1 rate: the paper's check, labeled − "
@@ -704,7 +704,8 @@ class Explain(Analysis):
         "checks ('causal' documents, --explain-causal-windows): on the positions where the expert is routed, "
         "|Δloss| under removing or boosting it on described minus other tokens at equal mixing weight (a "
         "least-squares adjustment; the unadjusted difference beside it), labeled minus a control expert "
-        "matched on routing at the described tokens, overall and per group of label kinds; 95% bootstrap "
+        "chosen by its routing at the described tokens of the explain documents (the routing rates on the "
+        "causal windows show how far the two are balanced there), overall and per group of label kinds; 95% bootstrap "
         "over documents (unavailable below 30)."
     )
 
