@@ -42,6 +42,19 @@ class StoredTokens:
     concept_names: tuple[str, ...] | None
     doc_index: Int[torch.Tensor, " token"] | None = None
 
+    def with_concepts(self, keep: Sequence[int]) -> StoredTokens:
+        """The same tokens with only the concepts at positions ``keep`` (labels and names)."""
+        return StoredTokens(
+            token_index=self.token_index,
+            input_ids=self.input_ids,
+            domain=self.domain,
+            labels=self.labels[:, keep],
+            rows=self.rows,
+            domain_names=self.domain_names,
+            concept_names=tuple(self.concept_names[c] for c in keep),
+            doc_index=self.doc_index,
+        )
+
     @classmethod
     def from_columns(
         cls,

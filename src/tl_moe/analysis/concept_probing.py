@@ -109,16 +109,7 @@ def _usable(stored: StoredTokens, min_positives: int) -> StoredTokens:
         raise AnalysisUnavailable(
             f"No concept has {min_positives} positive tokens in the stored sample; collect more tokens."
         )
-    return StoredTokens(
-        token_index=stored.token_index,
-        input_ids=stored.input_ids,
-        domain=stored.domain,
-        labels=stored.labels[:, keep],
-        rows=stored.rows,
-        domain_names=stored.domain_names,
-        concept_names=tuple(stored.concept_names[c] for c in keep),
-        doc_index=stored.doc_index,
-    )
+    return stored.with_concepts(keep)
 
 
 def expert_probing_hooks(cfg, layers: Sequence[int] | None = None) -> list[str]:

@@ -560,17 +560,7 @@ def usable_on_selection(stored: StoredTokens, selection: torch.Tensor, min_posit
         raise AnalysisUnavailable(
             f"No concept has {min_positives} positive tokens on the selection documents; collect more tokens."
         )
-    kept = StoredTokens(
-        token_index=stored.token_index,
-        input_ids=stored.input_ids,
-        domain=stored.domain,
-        labels=stored.labels[:, keep],
-        rows=stored.rows,
-        domain_names=stored.domain_names,
-        concept_names=tuple(stored.concept_names[c] for c in keep),
-        doc_index=stored.doc_index,
-    )
-    return kept
+    return stored.with_concepts(keep)
 
 
 def held_out_probing(
