@@ -68,7 +68,7 @@ def _cmd_hooks(args) -> None:
         print(hook_table_markdown())
         return
     import tl_moe
-    from tl_moe.pipeline.validation import check_model_source
+    from tl_moe.pipeline.checks import check_model_source
 
     check_model_source(args.model)  # what analyze says of a file, a missing path or an unreachable hub
     model = tl_moe.load(args.model, device=args.device)

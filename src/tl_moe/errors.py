@@ -11,7 +11,15 @@ __all__ = ["AnalysisUnavailable", "InputError"]
 
 
 class InputError(ValueError):
-    """A user-supplied input (model, corpus, option, file) is not acceptable; the message says why."""
+    """A user-supplied input (model, corpus, option, file) is not acceptable; the message says why.
+
+    Attributes:
+        input: the input it names (``"--seq-len"``, ``"device="``) when the raiser knows it, else None.
+    """
+
+    def __init__(self, message: str, *, input_name: str | None = None) -> None:
+        super().__init__(message)
+        self.input = input_name
 
 
 class AnalysisUnavailable(InputError):

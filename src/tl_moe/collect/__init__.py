@@ -8,7 +8,7 @@ Resumable runs: checkpoints are keyed by content (:func:`weights_digest`,
 :func:`corpus_digest`), checksummed (:func:`write_verified` / :func:`read_verified`) and
 refused in one line (:class:`CheckpointMismatchError`, :class:`CheckpointCorruptError`);
 ``collect(fresh=True)`` starts over, :func:`remove_checkpoints` cleans up. Input checks to
-run before a pass live in :mod:`tl_moe.pipeline.validation`. See docs/RUNS.md.
+run before a pass live in :mod:`tl_moe.pipeline.checks`. See docs/RUNS.md.
 """
 
 from tl_moe.collect.accumulator import Accumulator, Activations, HookedAccumulator

@@ -71,7 +71,7 @@ class RunContext:
         if self._dataset is not None:
             return self._dataset
         from tl_moe.data.corpus import load_corpus
-        from tl_moe.pipeline.validation import check_corpus_split
+        from tl_moe.pipeline.checks import check_corpus_split
 
         corpus = load_corpus(self.options.corpus, require_domain=True)
         return check_corpus_split(corpus, self.options.split).shuffle(seed=self.options.seed)
@@ -106,7 +106,7 @@ class RunContext:
     def check_tokenizer(self, name: str, model: Any = None) -> None:
         """Refuse the model ``name`` (default: loaded) whose tokenizer turns text into nothing (e.g. saved
         without a vocabulary): every document of the corpus would be empty."""
-        from tl_moe.pipeline.validation import check_tokenizer
+        from tl_moe.pipeline.checks import check_tokenizer
 
         tokenizer = getattr(self.model(name) if model is None else model, "tokenizer", None)
         if tokenizer is not None:
@@ -164,7 +164,7 @@ class RunContext:
     def check_token_groups(self) -> None:
         """Refuse a ``--n-token-groups`` above the analyzed model's vocabulary (the clusters partition
         the rows of its unembedding), in one line, without clustering."""
-        from tl_moe.pipeline.validation import check_n_token_groups
+        from tl_moe.pipeline.checks import check_n_token_groups
 
         check_n_token_groups(self.options.n_token_groups, self.config(self.main).d_vocab, self.main)
 

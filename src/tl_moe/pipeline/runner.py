@@ -22,18 +22,18 @@ from tl_moe.collect import collect, remove_checkpoints
 from tl_moe.collect.accumulator import Accumulator, state_nbytes
 from tl_moe.data.concepts import TokenConceptLabeler, concepts_for_corpus
 from tl_moe.errors import AnalysisUnavailable, InputError
-from tl_moe.pipeline.context import RunContext
-from tl_moe.pipeline.needs import TokensByDomain
-from tl_moe.pipeline.options import RunOptions
-from tl_moe.pipeline.protocol import AccumulatorSpec, Analysis, Inputs, OptionLimit, Result, UnavailableResult
-from tl_moe.pipeline.registry import resolve
-from tl_moe.pipeline.validation import (
+from tl_moe.pipeline.checks import (
     check_model_source,
     check_output_dir,
     check_seq_len,
     resolve_device,
     warn_small_corpus,
 )
+from tl_moe.pipeline.context import RunContext
+from tl_moe.pipeline.needs import TokensByDomain
+from tl_moe.pipeline.options import RunOptions
+from tl_moe.pipeline.protocol import AccumulatorSpec, Analysis, Inputs, OptionLimit, Result, UnavailableResult
+from tl_moe.pipeline.registry import resolve
 from tl_moe.report import Report, package_versions
 
 __all__ = ["RunResults", "analyze", "run"]

@@ -1,0 +1,162 @@
+"""The corpus and the tokenizer that reads it: a split with documents, its domains, its size."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tl_moe.collect.batching import DOMAIN_COLUMN, TEXT_COLUMN, domain_names
+from tl_moe.errors import InputError
+from tl_moe.pipeline.checks.errors import CorpusSplitError
+
+__all__ = [
+    "SMALL_CORPUS_SHARE",
+    "TOKENIZER_PROBE_TEXT",
+    "DomainCoverage",
+    "check_corpus_split",
+    "check_tokenizer",
+    "corpus_tokens_up_to",
+    "domain_coverage",
+    "warn_small_corpus",
+]
+
+
+def check_corpus_split(corpus: Any, split: str | None = None, *, input_name: str = "--split") -> Any:
+    """The split ``split`` of ``corpus`` (or ``corpus`` itself if it is one Dataset), checked to hold a document.
+
+    Raises:
+        CorpusSplitError: the split is missing, empty, has no ``text`` column, or only empty texts.
+    """
+    dataset = corpus
+    label = "the corpus"
+    is_dict = isinstance(getattr(corpus, "column_names", None), dict) or (
+        hasattr(corpus, "keys") and not hasattr(corpus, "column_names")
+    )
+    if split is not None and is_dict:
+        if split not in corpus:
+            shown = split.item() if isinstance(split, np.generic) else split  # np.int64(0) -> 0
+            raise CorpusSplitError(
+                f"{input_name} {shown!r} is not a split of the corpus; accepted: {', '.join(map(str, corpus))}.",
+                input_name=input_name,
+            )
+        dataset, label = corpus[split], f"{input_name} {split!r}"
+    if TEXT_COLUMN not in getattr(dataset, "column_names", ()):
+        raise CorpusSplitError(
+            f"{label} has no {TEXT_COLUMN!r} column (columns: {list(getattr(dataset, 'column_names', []))}); "
+            f"accepted: a corpus with a {TEXT_COLUMN!r} column.",
+            input_name=input_name,
+        )
+    if len(dataset) == 0 or not any(
+        text is not None and str(text).strip() for text in dataset.select_columns([TEXT_COLUMN])[TEXT_COLUMN]
+    ):
+        raise CorpusSplitError(
+            f"{label} has no documents ({len(dataset)} rows, none with text); accepted: a split with at least "
+            f"one non-empty document (add documents, or choose another split).",
+            input_name=input_name,
+        )
+    return dataset
+
+
+@dataclass(frozen=True)
+class DomainCoverage:
+    """How many domains a corpus has and whether domain analyses can compare them.
+
+    Attributes:
+        names: the domains, in code order (as :func:`~tl_moe.collect.domain_names`).
+        documents: non-empty documents per domain.
+        usable: True when at least two domains have a document each.
+        warning: one line saying why domain analyses have nothing to compare, or None.
+    """
+
+    names: tuple[str, ...]
+    documents: dict[str, int]
+    usable: bool
+    warning: str | None
+
+
+def domain_coverage(dataset: Any, *, label: str = "the corpus") -> DomainCoverage:
+    """Whether ``dataset`` has at least two domains with documents (a flag, never an error).
+
+    Domain analyses (domain experts, routing specialization by domain) compare domains; with one
+    domain they have no contrast. The caller decides: skip them with ``warning`` shown, or stop.
+    """
+    names = domain_names(dataset)
+    documents: Counter[str] = Counter()
+    columns = [c for c in (TEXT_COLUMN, DOMAIN_COLUMN) if c in dataset.column_names]
+    view = dataset.select_columns(columns)
+    feature = dataset.features.get(DOMAIN_COLUMN) if DOMAIN_COLUMN in columns else None
+    for row in view:
+        if row.get(TEXT_COLUMN) is None or not str(row[TEXT_COLUMN]).strip():
+            continue
+        if DOMAIN_COLUMN not in row:
+            documents[names[0]] += 1
+        elif hasattr(feature, "names"):
+            documents[names[int(row[DOMAIN_COLUMN])]] += 1
+        else:
+            documents[str(row[DOMAIN_COLUMN])] += 1
+    present = [name for name in names if documents[name] > 0]
+    usable = len(present) >= 2
+    warning = None
+    if not usable:
+        which = f"one domain ({present[0]!r})" if present else "no domain with documents"
+        hint = "" if DOMAIN_COLUMN in dataset.column_names else f" (no {DOMAIN_COLUMN!r} column)"
+        warning = (
+            f"{label} has {which}{hint}: domain analyses have nothing to compare and are skipped; "
+            f"give documents of at least two domains to run them."
+        )
+    return DomainCoverage(
+        names=names, documents={n: documents[n] for n in names}, usable=usable, warning=warning
+    )
+
+
+# A short English sentence every text tokenizer splits into ordinary tokens.
+TOKENIZER_PROBE_TEXT = "The cat sat on the mat."
+
+
+def check_tokenizer(tokenizer: Any, model_name: str, *, input_name: str = "--model") -> None:
+    """Refuse a tokenizer that turns a short English sentence into no tokens or into special tokens only
+    (e.g. one saved without a vocabulary): every text of the corpus would then be empty."""
+    ids = list(tokenizer(TOKENIZER_PROBE_TEXT, add_special_tokens=False)["input_ids"])
+    special = set(getattr(tokenizer, "all_special_ids", ())) - {getattr(tokenizer, "unk_token_id", None)}
+    if not ids or all(token in special for token in ids):
+        raise InputError(
+            f"the tokenizer of {model_name} ({type(tokenizer).__name__}, vocabulary of {len(tokenizer)}) turns "
+            f"{TOKENIZER_PROBE_TEXT!r} into {len(ids)} ordinary tokens; accepted: a model folder whose "
+            "tokenizer files (tokenizer.json or the vocabulary files) hold the model's vocabulary.",
+            input_name=input_name,
+        )
+
+
+# A corpus with fewer tokens than this share of --max-tokens is "far smaller than the budget".
+SMALL_CORPUS_SHARE = 0.5
+
+
+def corpus_tokens_up_to(dataset: Any, tokenizer: Any, limit: int, *, batch: int = 64) -> int:
+    """Tokens of the corpus texts, counted until ``limit`` is reached (each text cut to ``16 · limit``
+    characters, so one huge text costs no more than the budget)."""
+    counted = 0
+    texts = dataset[TEXT_COLUMN]
+    for start in range(0, len(texts), batch):
+        chunk = [str(text)[: 16 * limit] for text in texts[start : start + batch]]
+        counted += sum(len(ids) for ids in tokenizer(chunk, add_special_tokens=False)["input_ids"])
+        if counted >= limit:
+            break
+    return counted
+
+
+def warn_small_corpus(dataset: Any, tokenizer: Any, max_tokens: int, split: str | None) -> None:
+    """Warn, before the pass, when the corpus holds far fewer tokens than ``--max-tokens``: every
+    analysis then sees only those, and the ones that need more report themselves unavailable."""
+    import warnings
+
+    threshold = int(SMALL_CORPUS_SHARE * max_tokens)
+    found = corpus_tokens_up_to(dataset, tokenizer, threshold)
+    if found < threshold:
+        warnings.warn(
+            f"the corpus split {split!r} holds {found} tokens ({len(dataset)} documents), far fewer than "
+            f"--max-tokens {max_tokens}; analyses that need more tokens will report themselves unavailable.",
+            stacklevel=2,
+        )
