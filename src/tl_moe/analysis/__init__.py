@@ -1,47 +1,122 @@
-"""Analyses of hooked MoE models: each is accumulator(s) fed by the collection pass + pure functions.
+"""Analyses of hooked MoE models: accumulators fed by a collection pass (:func:`tl_moe.collect.collect`),
+and pure functions that turn what they gathered into results.
 
-- :mod:`~tl_moe.analysis.probing`: :class:`KSparseProbe`, k-sparse probing of neurons for concepts;
-  :mod:`~tl_moe.analysis.concept_probing` runs it on experts / dense layers of a stored pass.
-- :mod:`~tl_moe.analysis.logit_lens`, :mod:`~tl_moe.analysis.attribution`: what experts write into
-  the vocabulary; exact decomposition of the logits into components (DLA).
-- :mod:`~tl_moe.analysis.specialization`: Jensen–Shannon specialization with a sampling baseline.
-- :mod:`~tl_moe.analysis.domain_experts`: entropy-based domain experts.
-- :mod:`~tl_moe.analysis.clustering`: spherical k-means groups of the vocabulary.
+Every object a notebook needs is importable from here (``from tl_moe.analysis import KSparseProbe``):
+
+- probing: :class:`KSparseProbe` (k-sparse probes of neurons for concepts) on the rows a
+  :class:`TokenActivationStore` / :class:`BoundedTokenStore` keeps; :func:`probe_experts` /
+  :func:`probe_dense` (the paper's protocol); :func:`held_out_arm` and :func:`compare` (units chosen on
+  some documents, reported on others, with paired document-level intervals).
+- drivers: :class:`DocumentEffects` (exact per-document effects of expert edits),
+  :class:`ExpertSaliency`, :func:`driver_report`; :class:`FirstOrderEffects` (the gradient estimate);
+  :func:`compare_drivers_with_domain_experts`; :func:`position_effect`.
+- associations, re-weighting and steering: :class:`RoutingRecords` and
+  :func:`token_expert_associations`; :func:`reweighting_study`; :func:`steering_study`.
+- routing: :func:`specialization_scores` with its :func:`sampling_baseline` and
+  :func:`document_permutation_baseline`; :class:`DomainExperts`; :func:`routed_tokens_by_domain`.
+- the vocabulary: :func:`expert_logit_lens`, :class:`ExpertLogitLensAccumulator`,
+  :func:`top_token_share` (against the untrained model), :func:`decompose_logits` (direct logit
+  attribution), :class:`LogitReadout`, :class:`SphericalKMeans` / :func:`cluster_vocabulary`.
+- statistics shared by all: :class:`Interval`, :func:`cluster_bootstrap`, :func:`document_split`.
 """
 
 from tl_moe.analysis.activations import StoredTokens, TokenActivationStore
-from tl_moe.analysis.attribution import decompose_logits
+from tl_moe.analysis.attribution import LogitDecomposition, decompose_logits
+from tl_moe.analysis.bounded_store import BoundedTokenStore
 from tl_moe.analysis.clustering import SphericalKMeans, cluster_vocabulary
 from tl_moe.analysis.concept_probing import probe_dense, probe_experts
 from tl_moe.analysis.domain_experts import DomainExperts
-from tl_moe.analysis.logit_lens import expert_logit_lens, neuron_top_tokens, top_tokens_static
-from tl_moe.analysis.logit_lens_accumulator import ExpertLogitLensAccumulator
+from tl_moe.analysis.driver_domain import DriverDomainComparison, compare_drivers_with_domain_experts
+from tl_moe.analysis.drivers import DocumentEffects, ExpertSaliency, driver_report, match_controls
+from tl_moe.analysis.edit_windows import held_out_windows
+from tl_moe.analysis.effect_estimate import FirstOrderEffects, FirstOrderEffectsResult, estimate_vs_reap
+from tl_moe.analysis.held_out_probing import HeldOutArm, compare, held_out_arm
+from tl_moe.analysis.logit_lens import (
+    ExpertLens,
+    TopTokens,
+    expert_logit_lens,
+    neuron_top_tokens,
+    top_tokens_static,
+)
+from tl_moe.analysis.logit_lens_accumulator import ExpertLogitLensAccumulator, ExpertLogitLensResult
+from tl_moe.analysis.logit_lens_null import TopTokenShare, top_token_share
+from tl_moe.analysis.positions import PositionEffect, position_effect
 from tl_moe.analysis.probing import PROBE_STATUS, KSparseProbe, subsample_like_routing
 from tl_moe.analysis.probing_math import fit_logistic_batched
+from tl_moe.analysis.readout import LogitReadout
+from tl_moe.analysis.reweighting import ReweightingStudy, reweighting_study
 from tl_moe.analysis.routing_stats import routed_tokens_by_domain, routed_tokens_by_group, tokens_by_domain
-from tl_moe.analysis.specialization import js_divergence, sampling_baseline, specialization_scores
+from tl_moe.analysis.specialization import (
+    SpecializationResult,
+    js_divergence,
+    sampling_baseline,
+    specialization_scores,
+)
+from tl_moe.analysis.specialization_permutation import (
+    DocumentPermutationBaseline,
+    document_permutation_baseline,
+)
+from tl_moe.analysis.stats import Interval, cluster_bootstrap, document_split
+from tl_moe.analysis.steering import SteeringStudy, steering_study
+from tl_moe.analysis.token_association import AssociationTable, RoutingRecords, token_expert_associations
 
 __all__ = [
     "PROBE_STATUS",
+    "AssociationTable",
+    "BoundedTokenStore",
+    "DocumentEffects",
+    "DocumentPermutationBaseline",
     "DomainExperts",
+    "DriverDomainComparison",
+    "ExpertLens",
     "ExpertLogitLensAccumulator",
+    "ExpertLogitLensResult",
+    "ExpertSaliency",
+    "FirstOrderEffects",
+    "FirstOrderEffectsResult",
+    "HeldOutArm",
+    "Interval",
     "KSparseProbe",
+    "LogitDecomposition",
+    "LogitReadout",
+    "PositionEffect",
+    "ReweightingStudy",
+    "RoutingRecords",
+    "SpecializationResult",
     "SphericalKMeans",
+    "SteeringStudy",
     "StoredTokens",
     "TokenActivationStore",
+    "TopTokenShare",
+    "TopTokens",
+    "cluster_bootstrap",
     "cluster_vocabulary",
+    "compare",
+    "compare_drivers_with_domain_experts",
     "decompose_logits",
+    "document_permutation_baseline",
+    "document_split",
+    "driver_report",
+    "estimate_vs_reap",
     "expert_logit_lens",
     "fit_logistic_batched",
+    "held_out_arm",
+    "held_out_windows",
     "js_divergence",
+    "match_controls",
     "neuron_top_tokens",
+    "position_effect",
     "probe_dense",
     "probe_experts",
+    "reweighting_study",
     "routed_tokens_by_domain",
     "routed_tokens_by_group",
     "sampling_baseline",
     "specialization_scores",
+    "steering_study",
     "subsample_like_routing",
+    "token_expert_associations",
     "tokens_by_domain",
+    "top_token_share",
     "top_tokens_static",
 ]
