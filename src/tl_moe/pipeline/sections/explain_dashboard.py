@@ -129,7 +129,7 @@ def _indexed(frame: pd.DataFrame | None) -> pd.DataFrame | None:
 
 def _effects(key: tuple[int, int], causal: pd.DataFrame | None, drivers: pd.DataFrame | None) -> tuple:
     """Causal lines of a card: the label's causal check (described − other routed tokens, and minus a
-    matched control expert) and the drivers analysis' removal effect with its document interval."""
+    control expert of the layer chosen by routing at the described tokens) and the drivers analysis' removal effect with its document interval."""
     lines: list[tuple[str, str]] = []
     sort: dict[str, float] = {}
     if causal is not None and key in causal.index:
@@ -137,9 +137,9 @@ def _effects(key: tuple[int, int], causal: pd.DataFrame | None, drivers: pd.Data
         effect = _number(row.get("remove_effect"))
         if np.isfinite(effect):
             text = f"{effect:.4f} nats/token"
-            versus = _number(row.get("remove_matched_minus_control"))
+            versus = _number(row.get("remove_labeled_minus_control"))
             if np.isfinite(versus):
-                text += f"; labeled − matched control {versus:.4f}"
+                text += f"; labeled − control expert {versus:.4f}"
             lines.append(("label check: removing it, |Δloss| described − other routed tokens", text))
             sort["label causal effect"] = effect
     if drivers is not None and key in drivers.index:
