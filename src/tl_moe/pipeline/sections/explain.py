@@ -86,10 +86,12 @@ class ExplainResult(Result):
             f"{s}_shuffled_balanced_accuracy": "shuffled-label balanced accuracy",
             f"{s}_own_minus_shuffled_ci_low": "own - shuffled ci low",
             f"{s}_own_minus_shuffled_ci_high": "own - shuffled ci high",
+            f"{s}_own_minus_shuffled_interval": "own - shuffled interval",
             f"{s}_baseline_balanced_accuracy": "token-set baseline balanced accuracy",
             f"{s}_f1": "F1",
             f"{s}_f1_ci_low": "F1 ci low",
             f"{s}_f1_ci_high": "F1 ci high",
+            f"{s}_f1_interval": "F1 interval",
             f"{s}_shuffled_f1": "shuffled-label F1",
             f"{s}_chance_f1": "chance F1",
             f"{s}_precision": "precision",
@@ -631,7 +633,8 @@ def causal_finding(causal: CausalResult) -> str:
         else ""
     )
     parts = _causal_parts(summary)
-    parts.append(_balanced_part(causal))
+    balance = [i for i, p in enumerate(parts) if p.startswith("balance of the control")]
+    parts.insert(balance[0] + 1 if balance else len(parts), _balanced_part(causal))  # beside the balance
     if len(causal.by_kind):
         parts.append(_by_kind_part(causal.by_kind))
     experts = int(summary["experts"].max())
