@@ -304,7 +304,7 @@ def test_offline_labeler_labels_every_expert_of_the_toy_moe_through_the_pipeline
     assert len(cards) == 64 and "«" in cards.loc[cards["status"] == "ok", "top contexts"].iloc[0]
 
 
-def test_causal_checks_on_held_out_documents_report_matched_vs_control():
+def test_causal_checks_on_held_out_documents_report_labeled_vs_control():
     import tl_moe
     from tl_moe.collect import collect, domain_names
     from tl_moe.data.concepts import TokenConceptLabeler

@@ -23,7 +23,13 @@ concept's rule), on windows of ``causal``-split documents:
   uniform sample of explain positions that holds every layer's routing), and when these hold fewer
   than :data:`MIN_CONTROL_POSITIONS` described positions, on every stored explain-split context of
   the layer (a sample leaning towards each expert's routed tokens) — :func:`rule_chosen_control`;
-  the frame says which (``control_chosen_on``) and on how many positions. The routing rates of
+  the frame says which (``control_chosen_on``) and on how many positions. The control is *chosen*
+  by that rate, not balanced on it (a labeled expert is often routed on most described tokens, and no
+  expert of the layer need come close): the **balance diagnostic** gives both experts' rates where the
+  control was chosen and their standardized difference (:func:`standardized_difference`), and on the
+  causal windows labeled − control routing rate at the described positions and its standardized
+  difference; the summary is repeated over the experts whose control is within
+  :data:`BALANCE_CALIPER` on the explain documents (``CausalResult.balanced``). The routing rates of
   both experts at described and other positions of the causal windows are reported beside;
 - **at equal mixing weight** (the headline): where the label applies the labeled expert tends to get
   a larger mixing weight, and a larger weight alone enlarges both edits' effects. The weight-adjusted
@@ -37,7 +43,7 @@ window of a document moves together; :func:`~tl_moe.analysis.stats.cluster_boots
 share documents are not independent. Fewer than :data:`MIN_CAUSAL_DOCUMENTS` documents: the interval
 is unavailable, with the reason (as it is when fewer documents hold a described position where a
 labeled expert is routed). The summary is also given per group of label kinds (:data:`KIND_GROUPS`).
-An expert enters a resample's mean only where its ratio is defined in that resample (matched −
+An expert enters a resample's mean only where its ratio is defined in that resample (labeled −
 control: where both are). There is no p-value: the interval is the test.
 
 The paper's check is reported beside it, labelled as such: at described positions where the expert
@@ -70,13 +76,17 @@ from tl_moe.models.hook_names import get_act_name
 from tl_moe.models.interventions import Intervention
 
 __all__ = [
+    "BALANCE_CALIPER",
+    "BALANCE_QUANTITIES",
     "MIN_CAUSAL_DOCUMENTS",
     "BY_KIND_QUANTITIES",
     "KIND_GROUPS",
     "CausalResult",
     "CausalWindows",
+    "ControlChoice",
     "causal_checks",
     "causal_windows",
+    "concept_routing_rates",
     "described_positions",
     "kind_group",
     "label_effects",
@@ -84,6 +94,7 @@ __all__ = [
     "routing_chosen_control",
     "rule_chosen_control",
     "rule_routing_rates",
+    "standardized_difference",
 ]
 
 #: Fewest documents behind a causal-check interval (fewer: the interval is unavailable, with the reason).
@@ -559,7 +570,7 @@ def label_effects(
       a check of the linear adjustment that assumes no shape: described − other within
       :data:`WEIGHT_STRATA` quantile strata of the expert's mixing weight, averaged over the strata with
       the described positions as weights;
-    - ``dla_rank1_rate`` (and ``control_``, ``matched - control``): the rank-1 share at described routed
+    - ``dla_rank1_rate`` (and ``control_``, ``labeled - control``): the rank-1 share at described routed
       positions.
 
     Returns ``(per_item, summary)``: ``per_item[quantity]`` ``[item]`` on the observed documents, and a

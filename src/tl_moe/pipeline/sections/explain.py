@@ -180,6 +180,10 @@ class ExplainResult(Result):
             for row in self.causal.summary.to_dict("records"):
                 out[f"causal: {row['quantity']} [95% CI]"] = _causal_value(row)
             out["causal: windows / documents"] = f"{self.causal.n_windows} / {self.causal.n_documents}"
+            for row in self.causal.balanced.to_dict("records"):  # experts whose control is balanced
+                out[f"causal, balanced controls ({row['experts']} experts): {row['quantity']} [95% CI]"] = (
+                    _causal_value(row)
+                )
         return out
 
     def findings(self) -> list[str]:
