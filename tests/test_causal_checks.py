@@ -18,13 +18,18 @@ import pytest
 import torch
 
 from tl_moe.explain.causal import (
+    BALANCE_CALIPER,
     MIN_CAUSAL_DOCUMENTS,
+    CausalResult,
+    ControlChoice,
     RoutingPool,
     described_positions,
     label_effects,
     label_rule,
-    routing_matched_control,
+    routing_chosen_control,
+    rule_chosen_control,
     rule_routing_rates,
+    standardized_difference,
 )
 from tl_moe.explain.explainers import Explanation
 from tl_moe.explain.labels import ExplainItems, LabelRule
@@ -75,7 +80,7 @@ def test_per_expert_effects_equal_a_direct_computation():
         control = (
             delta[1, j][described[j] & routed[1, j]].mean() - delta[1, j][other[j] & routed[1, j]].mean()
         )
-        assert observed["remove_matched_minus_control"][j] == pytest.approx(expected - control)
+        assert observed["remove_labeled_minus_control"][j] == pytest.approx(expected - control)
         assert observed["routing_described"][j] == pytest.approx(routed[0, j][described[j]].mean())
         assert observed["control_routing_other"][j] == pytest.approx(routed[1, j][other[j]].mean())
         weight = mixing_weights(routed, 0)
@@ -96,7 +101,7 @@ def test_planted_label_without_causal_effect_is_not_found_at_the_nominal_rate():
     for seed in range(200):
         _, summary, (_, described, other, routed, delta) = run(seed)
         covered.append(summary.loc["remove_effect", "ci low"] <= 0 <= summary.loc["remove_effect", "ci high"])
-        row = summary.loc["remove_matched_minus_control"]
+        row = summary.loc["remove_labeled_minus_control"]
         covered_control.append(row["ci low"] <= 0 <= row["ci high"])
         naive.append(
             np.mean([delta[0, j][described[j]].mean() - delta[0, j][other[j]].mean() for j in range(4)])
@@ -110,7 +115,7 @@ def test_planted_label_without_causal_effect_is_not_found_at_the_nominal_rate():
 
 def test_planted_label_with_a_causal_effect_is_found():
     found = [run(seed, gain=1.6)[1].loc[q, "ci low"] > 0 for seed in range(20)
-             for q in ("remove_effect", "remove_matched_minus_control")]  # fmt: skip
+             for q in ("remove_effect", "remove_labeled_minus_control")]  # fmt: skip
     assert np.mean(found) >= 0.9
 
 
@@ -149,13 +154,13 @@ def _examples(rate_at_concept, frequency, domain_names=("a", "b")):
                            domain_names=domain_names, layer_row=lambda layer: 0)  # fmt: skip
 
 
-def test_control_expert_is_matched_on_routing_at_the_described_tokens_not_on_frequency():
+def test_control_expert_is_chosen_by_routing_at_the_described_tokens_not_on_frequency():
     # expert 0 is labeled; expert 1 has its overall frequency but is rarely routed on the concept;
     # expert 2 is routed on the concept about as often. In domain "b", expert 3 is the closest.
     examples = _examples([[0.6, 0.1, 0.55, 0.0], [0.6, 0.1, 0.5, 0.58]], [1000, 1000, 400, 300])
-    assert routing_matched_control(examples, 0, 0, 0) == 2  # over both domains: 0.6 vs 0.1, 0.525, 0.29
-    assert routing_matched_control(examples, 0, 0, 0, domain="a") == 2
-    assert routing_matched_control(examples, 0, 0, 0, domain="b") == 3
+    assert routing_chosen_control(examples, 0, 0, 0) == 2  # over both domains: 0.6 vs 0.1, 0.525, 0.29
+    assert routing_chosen_control(examples, 0, 0, 0, domain="a") == 2
+    assert routing_chosen_control(examples, 0, 0, 0, domain="b") == 3
 
 
 def test_the_finding_gives_no_interval_below_30_documents_and_names_the_unit():
@@ -254,7 +259,7 @@ def run_token_sets(seed: int, gain: float):
 
 def test_planted_token_set_label_whose_expert_matters_on_its_tokens_is_found():
     found = [run_token_sets(seed, 1.6)[0].loc[q, "ci low"] > 0 for seed in range(20)
-             for q in ("remove_effect", "remove_matched_minus_control")]  # fmt: skip
+             for q in ("remove_effect", "remove_labeled_minus_control")]  # fmt: skip
     assert np.mean(found) >= 0.9
 
 
@@ -330,7 +335,7 @@ def test_weight_adjusted_effect_equals_a_least_squares_fit_per_expert():
             design = np.stack([np.ones(at.sum()), weight[arm, j][at], described[j][at]], axis=1)
             coefficients = np.linalg.lstsq(design, delta[arm, j][at], rcond=None)[0]
             assert observed[f"{who}remove_effect_weight_adjusted"][j] == pytest.approx(coefficients[2])
-    assert observed["remove_matched_minus_control_weight_adjusted"] == pytest.approx(
+    assert observed["remove_labeled_minus_control_weight_adjusted"] == pytest.approx(
         observed["remove_effect_weight_adjusted"] - observed["control_remove_effect_weight_adjusted"]
     )
 
@@ -343,9 +348,9 @@ def test_effect_of_mixing_weight_alone_is_not_credited_to_the_label():
     adjusted, adjusted_own, unadjusted = [], [], []
     for seed in range(100):
         _, summary, _ = run_weight_only(seed)
-        for out, name in ((adjusted, "remove_matched_minus_control_weight_adjusted"),
+        for out, name in ((adjusted, "remove_labeled_minus_control_weight_adjusted"),
                           (adjusted_own, "remove_effect_weight_adjusted"),
-                          (unadjusted, "remove_matched_minus_control")):  # fmt: skip
+                          (unadjusted, "remove_labeled_minus_control")):  # fmt: skip
             out.append(summary.loc[name, "ci low"] <= 0 <= summary.loc[name, "ci high"])
         assert summary.loc["weight_described", "mean"] > summary.loc["weight_other", "mean"] + 0.1
     assert 0.88 <= np.mean(adjusted) <= 0.99
@@ -354,7 +359,7 @@ def test_effect_of_mixing_weight_alone_is_not_credited_to_the_label():
 
 
 def test_a_label_specific_effect_survives_the_weight_adjustment():
-    found = [run_weight_only(seed, gain=1.6)[1].loc["remove_matched_minus_control_weight_adjusted", "ci low"] > 0
+    found = [run_weight_only(seed, gain=1.6)[1].loc["remove_labeled_minus_control_weight_adjusted", "ci low"] > 0
              for seed in range(20)]  # fmt: skip
     assert np.mean(found) >= 0.9
 
@@ -373,8 +378,8 @@ def test_the_finding_leads_with_the_weight_adjusted_difference_and_says_when_an_
                                       rank_one=rank_one, mixing_weight=weight, n_resamples=999)  # fmt: skip
     rows = summary.set_index("quantity")
     remove, boosted = (
-        rows.loc["remove_matched_minus_control_weight_adjusted"],
-        rows.loc["boost_matched_minus_control_weight_adjusted"],
+        rows.loc["remove_labeled_minus_control_weight_adjusted"],
+        rows.loc["boost_labeled_minus_control_weight_adjusted"],
     )
     assert remove["ci low"] > 0 and boosted["ci low"] <= 0 <= boosted["ci high"]
     text = causal_finding(CausalResult(pd.DataFrame(), summary, 40, 40))
@@ -385,16 +390,16 @@ def test_the_finding_leads_with_the_weight_adjusted_difference_and_says_when_an_
     assert (
         f"labeled − control at equal mixing weight {shown(remove)} (interval above 0: for the label)" in text
     )
-    assert f"unadjusted {shown(rows.loc['remove_matched_minus_control'])};" in text
+    assert f"unadjusted {shown(rows.loc['remove_labeled_minus_control'])};" in text
     assert (
-        f"(within weight strata {shown(rows.loc['remove_matched_minus_control_weight_stratified'])};" in text
+        f"(within weight strata {shown(rows.loc['remove_labeled_minus_control_weight_stratified'])};" in text
     )
     side = "for" if boosted["mean"] > 0 else "against"
     assert (
         f"{shown(boosted)} (interval covers 0: no difference shown, the estimate on the side {side} the label)"
         in text
     )
-    dla = rows.loc["dla_rank1_rate matched - control"]
+    dla = rows.loc["dla_rank1_rate labeled - control"]
     assert f"labeled − control {shown(dla)}" in text
     frame = pd.DataFrame({"layer": [0] * 4, "expert": range(4), "label": list("abcd"),
                           "kind": ["concept", "tokens", "concept_or_tokens", "tokens"]})  # fmt: skip
@@ -403,7 +408,7 @@ def test_the_finding_leads_with_the_weight_adjusted_difference_and_says_when_an_
     table = causal_expert_table(CausalResult(frame, summary, 40, 40))
     assert list(table.columns[:4]) == ["layer", "expert", "label", "label kind"]
     assert table["effect - control, adjusted"].tolist() == pytest.approx(
-        observed["remove_matched_minus_control_weight_adjusted"].round(4).tolist()
+        observed["remove_labeled_minus_control_weight_adjusted"].round(4).tolist()
     )
 
 
@@ -441,6 +446,93 @@ def test_weight_stratified_effect_equals_a_direct_computation_and_covers_a_weigh
             assert observed[f"{who}remove_effect_weight_stratified"][j] == pytest.approx(expected)
     covered = []
     for seed in range(40):
-        row = run_weight_only(seed)[1].loc["remove_matched_minus_control_weight_stratified"]
+        row = run_weight_only(seed)[1].loc["remove_labeled_minus_control_weight_stratified"]
         covered.append(row["ci low"] <= 0 <= row["ci high"])
     assert np.mean(covered) >= 0.8
+
+
+def test_the_control_choice_reports_both_experts_routing_rates_where_it_was_chosen():
+    examples = _examples([[0.6, 0.1, 0.55, 0.0], [0.6, 0.1, 0.5, 0.58]], [1000, 1000, 400, 300])
+    examples.concept_names = ("c",)
+    choice = rule_chosen_control(examples, None, 0, 0, LabelRule("concept", ("c",)))
+    # over both domains: expert 0 routed on 120 of the 200 concept tokens, expert 2 (the closest) on 105
+    assert choice == ControlChoice(2, -1, "dissection counts", pytest.approx(0.6), pytest.approx(0.525))
+
+
+def test_standardized_difference_of_routing_rates_equals_the_formula_by_hand():
+    assert standardized_difference(0.536, 0.380) == pytest.approx(
+        (0.536 - 0.380) / np.sqrt((0.536 * 0.464 + 0.380 * 0.620) / 2)
+    )
+    assert standardized_difference(0.3, 0.3) == 0.0 and standardized_difference(1.0, 1.0) == 0.0
+    assert standardized_difference(np.array([0.2, 0.5]), np.array([0.5, 0.2])).tolist() == pytest.approx(
+        [-0.3 / np.sqrt((0.16 + 0.25) / 2), 0.3 / np.sqrt((0.16 + 0.25) / 2)]
+    )
+
+
+def _unbalanced(seed: int, control_rate: float):
+    """:func:`planted` with the control expert routed at ``control_rate`` on described positions (the
+    labeled one at ``ROUTED_DESCRIBED``)."""
+    documents, described, other, routed, delta = planted(seed)
+    rng = np.random.default_rng([seed, 1])
+    routed[1] = rng.random(routed[1].shape) < np.where(described[1], control_rate, ROUTED_OTHER)
+    return documents, described, other, routed, delta
+
+
+def test_balance_diagnostic_equals_a_direct_computation_and_tells_a_balanced_control_from_an_unbalanced_one():
+    """Both arms routed at 35% on described positions: the standardized difference is near 0 and its
+    interval covers 0; a control routed at 15% there: labeled − control ≈ +0.20, d ≈ 0.46, above 0.1."""
+    balanced = []
+    for seed in range(20):
+        documents, described, other, routed, delta = planted(seed)
+        observed, summary = label_effects(documents, described, other, routed, {"remove": delta},
+                                          n_resamples=499, seed=seed)  # fmt: skip
+        row = summary.set_index("quantity").loc["routing_described standardized difference"]
+        balanced.append(row["ci low"] <= 0 <= row["ci high"])
+    assert np.mean(balanced) >= 0.85
+    documents, described, other, routed, delta = _unbalanced(0, control_rate=0.15)
+    observed, summary = label_effects(documents, described, other, routed, {"remove": delta}, n_resamples=499)
+    for i in range(described.shape[0]):
+        mine, theirs = routed[0, i][described[i]].mean(), routed[1, i][described[i]].mean()
+        assert observed["routing_described labeled - control"][i] == pytest.approx(mine - theirs)
+        assert observed["routing_described standardized difference"][i] == pytest.approx(
+            (mine - theirs) / np.sqrt((mine * (1 - mine) + theirs * (1 - theirs)) / 2)
+        )
+    rows = summary.set_index("quantity")
+    assert rows.loc["routing_described labeled - control", "mean"] == pytest.approx(0.20, abs=0.03)
+    assert rows.loc["routing_described standardized difference", "ci low"] > BALANCE_CALIPER
+
+
+def test_the_finding_prints_the_balance_and_the_check_over_balanced_controls():
+    """The finding gives labeled − control routing rate and its standardized difference on the causal
+    windows, the rates where the controls were chosen, how many are within the caliper there, and the
+    headline over those experts; a planted label without a causal effect is not found over them."""
+    from tl_moe.pipeline.sections.explain import causal_finding
+
+    documents, described, other, routed, delta = planted(1)
+    weight = mixing_weights(routed, 1)
+    observed, summary = label_effects(documents, described, other, routed, {"remove": delta},
+                                      mixing_weight=weight, n_resamples=499)  # fmt: skip
+    keep = [0, 1, 2]  # chosen with |d| <= 0.1 on the explain documents
+    _, balanced = label_effects(documents, described[keep], other[keep], routed[:, keep],
+                                {"remove": delta[:, keep]}, mixing_weight=weight[:, keep], n_resamples=499)  # fmt: skip
+    frame = pd.DataFrame({"layer": 0, "expert": range(4), "status": "ok",
+                          "explain_routing_described": [0.5, 0.4, 0.3, 0.6],
+                          "control_explain_routing_described": [0.48, 0.42, 0.3, 0.3]})  # fmt: skip
+    frame["explain_routing_standardized_difference"] = standardized_difference(
+        frame["explain_routing_described"], frame["control_explain_routing_described"]
+    )
+    text = causal_finding(CausalResult(frame, summary, 40, 40, balanced=balanced))
+    rows, over = summary.set_index("quantity"), balanced.set_index("quantity")
+
+    def shown(row):
+        return f"{row['mean']:.3f} [{row['ci low']:.3f}, {row['ci high']:.3f}]"
+
+    assert f"labeled − control routing rate {shown(rows.loc['routing_described labeled - control'])}" in text
+    assert f"standardized difference {shown(rows.loc['routing_described standardized difference'])}" in text
+    assert (
+        "described tokens 0.450 vs 0.375" in text and "3 of 4 checked experts have a control within" in text
+    )
+    headline = over.loc["remove_labeled_minus_control_weight_adjusted"]
+    assert headline["ci low"] <= 0 <= headline["ci high"]  # no label-specific effect was planted
+    assert f"over those experts, removal, labeled − control at equal mixing weight {shown(headline)}" in text
+    assert "matched" not in text

@@ -304,7 +304,7 @@ def test_offline_labeler_labels_every_expert_of_the_toy_moe_through_the_pipeline
     assert len(cards) == 64 and "«" in cards.loc[cards["status"] == "ok", "top contexts"].iloc[0]
 
 
-def test_causal_checks_on_held_out_documents_report_matched_vs_control():
+def test_causal_checks_on_held_out_documents_report_labeled_vs_control():
     import tl_moe
     from tl_moe.collect import collect, domain_names
     from tl_moe.data.concepts import TokenConceptLabeler
@@ -346,7 +346,7 @@ def test_causal_checks_on_held_out_documents_report_matched_vs_control():
         assert row.kind == e.rule.kind
         if e.rule.kind != "tokens":
             continue
-        assert row.control_matched_on in ("random explain contexts", "all stored explain contexts")
+        assert row.control_chosen_on in ("random explain contexts", "all stored explain contexts")
         scored = windows_12.valid[:, 1:].clone()
         scored[:, 0] = False
         texts = [[model.tokenizer.decode([t]) for t in w[:-1].tolist()] for w in windows_12.ids]
@@ -375,11 +375,11 @@ def test_causal_checks_on_held_out_documents_report_matched_vs_control():
     real = windows.valid[:2, 1:]
     torch.testing.assert_close(changes[0][real], (loss[1] - loss[0]).abs()[real], atol=1e-4, rtol=1e-4)
     summary = result.summary.set_index("quantity")
-    assert {"remove_effect", "control_remove_effect", "remove_matched_minus_control", "boost_effect",
+    assert {"remove_effect", "control_remove_effect", "remove_labeled_minus_control", "boost_effect",
             "routing_described", "control_routing_described", "dla_rank1_rate"} <= set(summary.index)  # fmt: skip
     assert summary.loc["dla_rank1 chance (1/k)", "mean"] == 0.5
-    assert {"remove_matched_minus_control_weight_adjusted", "boost_matched_minus_control_weight_adjusted",
-            "dla_rank1_rate matched - control"} <= set(summary.index)  # fmt: skip
+    assert {"remove_labeled_minus_control_weight_adjusted", "boost_labeled_minus_control_weight_adjusted",
+            "dla_rank1_rate labeled - control"} <= set(summary.index)  # fmt: skip
     # Per group of label kinds: one summary per group present among the checked experts, below 30
     # documents without an interval.
     groups = set(ok["kind group"])
@@ -387,8 +387,8 @@ def test_causal_checks_on_held_out_documents_report_matched_vs_control():
     assert result.by_kind["interval"].str.startswith("unavailable").all()
     for group in groups:
         part = result.by_kind[result.by_kind["kind group"] == group].set_index("quantity")
-        mine = ok[ok["kind group"] == group]["remove_matched_minus_control_weight_adjusted"]
-        assert part.loc["remove_matched_minus_control_weight_adjusted", "mean"] == pytest.approx(mine.mean())
+        mine = ok[ok["kind group"] == group]["remove_labeled_minus_control_weight_adjusted"]
+        assert part.loc["remove_labeled_minus_control_weight_adjusted", "mean"] == pytest.approx(mine.mean())
     # 12 windows come from at most 12 documents: no interval, the reason given, never a number.
     assert result.n_documents <= 12 and summary["ci low"].isna().all()
     assert (

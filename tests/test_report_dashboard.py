@@ -154,7 +154,7 @@ def test_card_effects_come_from_the_label_checks_and_the_drivers_tables():
     from tl_moe.pipeline.sections.explain_dashboard import _effects
 
     causal = pd.DataFrame(
-        {"layer": [1], "expert": [2], "remove_effect": [0.25], "remove_matched_minus_control": [0.125]}
+        {"layer": [1], "expert": [2], "remove_effect": [0.25], "remove_labeled_minus_control": [0.125]}
     )
     drivers = pd.DataFrame({"layer": [1, 1], "expert": [2, 3], "remove: effect (report)": [0.5, 0.1],
                             "remove: report ci low": [0.25, float("nan")], "remove: report ci high": [0.75, float("nan")]})  # fmt: skip
@@ -162,7 +162,7 @@ def test_card_effects_come_from_the_label_checks_and_the_drivers_tables():
         (1, 2), causal.set_index(["layer", "expert"]), drivers.set_index(["layer", "expert"])
     )
     assert [value for _, value in lines] == [
-        "0.2500 nats/token; labeled − matched control 0.1250",
+        "0.2500 nats/token; labeled − control expert 0.1250",
         "0.5000 [0.250, 0.750]",
     ]
     assert sort == {"label causal effect": 0.25, "drivers effect": 0.5}

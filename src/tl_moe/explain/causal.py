@@ -22,8 +22,14 @@ concept's rule), on windows of ``causal``-split documents:
   other rule they are measured on the distinct positions of the explain-split random contexts (a
   uniform sample of explain positions that holds every layer's routing), and when these hold fewer
   than :data:`MIN_CONTROL_POSITIONS` described positions, on every stored explain-split context of
-  the layer (a sample leaning towards each expert's routed tokens) — :func:`rule_matched_control`;
-  the frame says which (``control_matched_on``) and on how many positions. The routing rates of
+  the layer (a sample leaning towards each expert's routed tokens) — :func:`rule_chosen_control`;
+  the frame says which (``control_chosen_on``) and on how many positions. The control is *chosen*
+  by that rate, not balanced on it (a labeled expert is often routed on most described tokens, and no
+  expert of the layer need come close): the **balance diagnostic** gives both experts' rates where the
+  control was chosen and their standardized difference (:func:`standardized_difference`), and on the
+  causal windows labeled − control routing rate at the described positions and its standardized
+  difference; the summary is repeated over the experts whose control is within
+  :data:`BALANCE_CALIPER` on the explain documents (``CausalResult.balanced``). The routing rates of
   both experts at described and other positions of the causal windows are reported beside;
 - **at equal mixing weight** (the headline): where the label applies the labeled expert tends to get
   a larger mixing weight, and a larger weight alone enlarges both edits' effects. The weight-adjusted
@@ -37,7 +43,7 @@ window of a document moves together; :func:`~tl_moe.analysis.stats.cluster_boots
 share documents are not independent. Fewer than :data:`MIN_CAUSAL_DOCUMENTS` documents: the interval
 is unavailable, with the reason (as it is when fewer documents hold a described position where a
 labeled expert is routed). The summary is also given per group of label kinds (:data:`KIND_GROUPS`).
-An expert enters a resample's mean only where its ratio is defined in that resample (matched −
+An expert enters a resample's mean only where its ratio is defined in that resample (labeled −
 control: where both are). There is no p-value: the interval is the test.
 
 The paper's check is reported beside it, labelled as such: at described positions where the expert
@@ -70,20 +76,25 @@ from tl_moe.models.hook_names import get_act_name
 from tl_moe.models.interventions import Intervention
 
 __all__ = [
+    "BALANCE_CALIPER",
+    "BALANCE_QUANTITIES",
     "MIN_CAUSAL_DOCUMENTS",
     "BY_KIND_QUANTITIES",
     "KIND_GROUPS",
     "CausalResult",
     "CausalWindows",
+    "ControlChoice",
     "causal_checks",
     "causal_windows",
+    "concept_routing_rates",
     "described_positions",
     "kind_group",
     "label_effects",
     "label_rule",
-    "routing_matched_control",
-    "rule_matched_control",
+    "routing_chosen_control",
+    "rule_chosen_control",
     "rule_routing_rates",
+    "standardized_difference",
 ]
 
 #: Fewest documents behind a causal-check interval (fewer: the interval is unavailable, with the reason).
@@ -94,22 +105,29 @@ INTERVENTIONS = ("remove", "boost")
 #: Strata of mixing weight (quantile bins of each expert's weight on its routed positions) of the
 #: stratified check of the weight adjustment.
 WEIGHT_STRATA = 5
-#: Fewest described positions in the explain-split random contexts behind a rule's control matching
+#: Fewest described positions in the explain-split random contexts behind a rule's control choice
 #: (fewer: every stored explain-split context of the layer is pooled too).
 MIN_CONTROL_POSITIONS = 20
+#: Largest |standardized difference| of routing rates at the described positions, on the explain
+#: documents, at which a control counts as balanced (the usual threshold of a balance diagnostic): the
+#: experts of the balanced-controls check.
+BALANCE_CALIPER = 0.1
 
 
 @dataclass(frozen=True)
 class CausalResult:
     """Per-expert causal effects (``frame``), their summary over experts (``summary``) and per group of
-    label kinds (``by_kind``: :data:`KIND_GROUPS`, the quantities of :data:`BY_KIND_QUANTITIES`), and the
-    windows' size: ``n_windows`` windows from ``n_documents`` documents."""
+    label kinds (``by_kind``: :data:`KIND_GROUPS`, the quantities of :data:`BY_KIND_QUANTITIES`), the same
+    quantities over the experts whose control is balanced on the explain documents (``balanced``:
+    |standardized difference| of routing at the described positions at most :data:`BALANCE_CALIPER`;
+    empty when none is), and the windows' size: ``n_windows`` windows from ``n_documents`` documents."""
 
     frame: pd.DataFrame
     summary: pd.DataFrame
     n_windows: int
     n_documents: int = 0
     by_kind: pd.DataFrame = field(default_factory=pd.DataFrame)
+    balanced: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 @dataclass(frozen=True)
@@ -240,12 +258,21 @@ def _baseline_dla(model: Any, ids: torch.Tensor, layers: Sequence[int], batch: i
     return {layer: tuple(torch.cat(parts) for parts in zip(*out[layer], strict=True)) for layer in layers}
 
 
-def routing_matched_control(
+def routing_chosen_control(
     examples: ExpertExamples, layer: int, expert: int, concept: int, domain: str | None = None
 ) -> int:
     """The expert of ``layer`` (not ``expert``) whose routing rate at the tokens a label describes — the
     ``concept``'s tokens, of ``domain`` only when given — is closest to ``expert``'s, on the ``explain``
     split (where the label was chosen, not where it is checked). Ties: closest overall routing frequency."""
+    rate = concept_routing_rates(examples, layer, concept, domain)
+    return _closest(rate, _explain_frequency(examples, examples.layer_row(layer)), expert)
+
+
+def concept_routing_rates(
+    examples: ExpertExamples, layer: int, concept: int, domain: str | None = None
+) -> Float[torch.Tensor, " expert"]:
+    """Each expert's routing rate at the ``concept``'s tokens (of ``domain`` only when given) on the
+    ``explain`` split, from the exact dissection counts."""
     explain, row = SPLITS.index("explain"), examples.layer_row(layer)
     routed = examples.routed_concept[explain, row, :, concept]  # [expert, domain]
     total = examples.concept_total[explain, concept]  # [domain]
@@ -254,8 +281,19 @@ def routing_matched_control(
         routed, total = routed[:, d], total[d]
     else:
         routed, total = routed.sum(-1), total.sum()
-    rate = routed.double() / max(float(total), 1.0)
-    return _closest(rate, _explain_frequency(examples, row), expert)
+    return routed.double() / max(float(total), 1.0)
+
+
+def standardized_difference(
+    a: Float[np.ndarray, "*shape"], b: Float[np.ndarray, "*shape"]
+) -> Float[np.ndarray, "*shape"]:
+    """The standardized difference of two proportions (routing rates), ``(a − b) / sqrt((a(1−a) +
+    b(1−b)) / 2)``: the balance diagnostic of a control (|d| ≤ :data:`BALANCE_CALIPER` is the usual
+    reading of balanced). 0 where both are equal; ±inf where they differ and both are 0 or 1."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    spread = np.sqrt((a * (1 - a) + b * (1 - b)) / 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(a == b, 0.0, (a - b) / spread)
 
 
 def _closest(rate: torch.Tensor, frequency: torch.Tensor, expert: int) -> int:
@@ -365,31 +403,52 @@ def rule_routing_rates(
     return routed[described].sum(0) / max(n, 1), n
 
 
-def rule_matched_control(
+@dataclass(frozen=True)
+class ControlChoice:
+    """The control expert of a label and the explain-side routing it was chosen by.
+
+    Attributes:
+        expert: the control expert (same layer).
+        positions: the described explain-side positions the rates were measured on (-1: exact counts).
+        chosen_on: what the rates were measured on (``dissection counts``, ``random explain contexts``,
+            ``all stored explain contexts``).
+        labeled_rate, control_rate: the labeled and the control expert's routing rates at the described
+            positions there (the balance the choice reached on the explain documents).
+    """
+
+    expert: int
+    positions: int
+    chosen_on: str
+    labeled_rate: float
+    control_rate: float
+
+
+def rule_chosen_control(
     examples: ExpertExamples, tokenizer: Any, layer: int, expert: int, rule: LabelRule,
     pools: dict | None = None,
-) -> tuple[int, int, str]:  # fmt: skip
+) -> ControlChoice:  # fmt: skip
     """The expert of ``layer`` (not ``expert``) whose routing rate at the positions ``rule`` describes
     is closest to ``expert``'s, on the ``explain`` split. A concept (∧ domain) rule: from the exact
-    dissection counts (:func:`routing_matched_control`). Any other rule: on the distinct positions of
+    dissection counts (:func:`routing_chosen_control`). Any other rule: on the distinct positions of
     the explain-split random contexts (a uniform sample of positions, every layer's routing); when they
     hold fewer than :data:`MIN_CONTROL_POSITIONS` described positions, every stored explain-split
     context of the layer (each expert's top and quantile contexts, which hold their layer's routing at
     every position) is pooled in too. Ties: closest overall routing frequency.
 
-    Returns (the control expert, the described explain-side positions it was matched on — -1 for the
-    counts — and what it was matched on). ``pools`` caches the pools across calls."""
+    Returns a :class:`ControlChoice`. ``pools`` caches the pools across calls."""
     row = examples.layer_row(layer)
     if rule.kind in ("concept", "concept_and_domain") and rule.concepts[0] in examples.concept_names:
         concept = examples.concept_names.index(rule.concepts[0])
-        return routing_matched_control(examples, layer, expert, concept, rule.domain), -1, "dissection counts"
+        rate = concept_routing_rates(examples, layer, concept, rule.domain)
+        control = routing_chosen_control(examples, layer, expert, concept, rule.domain)
+        return ControlChoice(control, -1, "dissection counts", float(rate[expert]), float(rate[control]))
     pools = {} if pools is None else pools
     explain = SPLITS.index("explain")
     random_rows = examples.random_payload[explain][: int(examples.random_kept[explain])]
     if ("random", row) not in pools:
         pools[("random", row)] = _routing_pool(examples, tokenizer, row, [(random_rows, row)])
     rate, n = rule_routing_rates(pools[("random", row)], rule, examples.concept_names, examples.n_experts)
-    matched_on = "random explain contexts"
+    chosen_on = "random explain contexts"
     if n < MIN_CONTROL_POSITIONS:
         if ("all", row) not in pools:
             stored = [(random_rows, row)]
@@ -397,8 +456,9 @@ def rule_matched_control(
                 stored += [(rows, None) for rows in examples._expert_events(explain, row, x)]
             pools[("all", row)] = _routing_pool(examples, tokenizer, row, stored)
         rate, n = rule_routing_rates(pools[("all", row)], rule, examples.concept_names, examples.n_experts)
-        matched_on = "all stored explain contexts"
-    return _closest(rate, _explain_frequency(examples, row), expert), n, matched_on
+        chosen_on = "all stored explain contexts"
+    control = _closest(rate, _explain_frequency(examples, row), expert)
+    return ControlChoice(control, n, chosen_on, float(rate[expert]), float(rate[control]))
 
 
 def _per_document(
@@ -495,20 +555,22 @@ def label_effects(
     Every quantity is a ratio of per-document sums (documents resampled together):
 
     - ``{name}_effect`` (arm 0) / ``{name}_control_effect`` (arm 1): ``mean |Δ|`` on described routed
-      positions minus on other routed positions; ``{name}_matched_minus_control``: their difference;
+      positions minus on other routed positions; ``{name}_labeled_minus_control``: their difference;
     - ``routing_described`` / ``routing_other`` (and ``control_``): the share of described / other
-      positions where the arm's expert is routed;
+      positions where the arm's expert is routed; the control's balance at the described positions:
+      ``routing_described labeled - control`` and ``routing_described standardized difference``
+      (:func:`standardized_difference` per item, then the mean);
     - ``weight_described`` / ``weight_other`` (and ``control_``): the mean mixing weight on described /
       other routed positions (a larger weight where the label applies would also enlarge the effect);
-    - ``{name}_effect_weight_adjusted`` (and ``control_``, ``{name}_matched_minus_control_weight_adjusted``,
+    - ``{name}_effect_weight_adjusted`` (and ``control_``, ``{name}_labeled_minus_control_weight_adjusted``,
       the headline): the same comparison at equal mixing weight — the coefficient of "described" in the
       least-squares fit ``|Δ| = a + b·weight + c·described`` over the arm's routed positions
       (:func:`_weight_adjusted`), refitted in every resample; needs ``mixing_weight``;
-    - ``{name}_effect_weight_stratified`` (and ``control_``, ``{name}_matched_minus_control_weight_stratified``):
+    - ``{name}_effect_weight_stratified`` (and ``control_``, ``{name}_labeled_minus_control_weight_stratified``):
       a check of the linear adjustment that assumes no shape: described − other within
       :data:`WEIGHT_STRATA` quantile strata of the expert's mixing weight, averaged over the strata with
       the described positions as weights;
-    - ``dla_rank1_rate`` (and ``control_``, ``matched - control``): the rank-1 share at described routed
+    - ``dla_rank1_rate`` (and ``control_``, ``labeled - control``): the rank-1 share at described routed
       positions.
 
     Returns ``(per_item, summary)``: ``per_item[quantity]`` ``[item]`` on the observed documents, and a
@@ -555,23 +617,28 @@ def label_effects(
         for name in deltas:
             for who in ("", "control_"):
                 out[f"{who}{name}_effect"] = r[f"{who}{name}_described"] - r[f"{who}{name}_other"]
-            out[f"{name}_matched_minus_control"] = out[f"{name}_effect"] - out[f"control_{name}_effect"]
+            out[f"{name}_labeled_minus_control"] = out[f"{name}_effect"] - out[f"control_{name}_effect"]
             if mixing_weight is not None:
                 for who in ("", "control_"):
                     out[f"{who}{name}_effect_weight_adjusted"] = _weight_adjusted(summed, f"{who}{name}")
-                out[f"{name}_matched_minus_control_weight_adjusted"] = (
+                out[f"{name}_labeled_minus_control_weight_adjusted"] = (
                     out[f"{name}_effect_weight_adjusted"] - out[f"control_{name}_effect_weight_adjusted"]
                 )
                 for who in ("", "control_"):
                     out[f"{who}{name}_effect_weight_stratified"] = _stratified(
                         weights, strata, f"{who}{name}"
                     )
-                out[f"{name}_matched_minus_control_weight_stratified"] = (
+                out[f"{name}_labeled_minus_control_weight_stratified"] = (
                     out[f"{name}_effect_weight_stratified"] - out[f"control_{name}_effect_weight_stratified"]
                 )
         for who in ("", "control_"):
             out[f"{who}routing_described"] = r[f"{who}routing_described"]
             out[f"{who}routing_other"] = r[f"{who}routing_other"]
+        # the control's balance at the described positions: labeled − control routing rate, standardized
+        out["routing_described labeled - control"] = r["routing_described"] - r["control_routing_described"]
+        out["routing_described standardized difference"] = standardized_difference(
+            r["routing_described"], r["control_routing_described"]
+        )
         if mixing_weight is not None:
             for who in ("", "control_"):
                 out[f"{who}weight_described"] = r[f"{who}weight_described"]
@@ -579,7 +646,7 @@ def label_effects(
         if rank_one is not None:
             out["dla_rank1_rate"] = r["dla_rank1_rate"]
             out["control_dla_rank1_rate"] = r["control_dla_rank1_rate"]
-            out["dla_rank1_rate matched - control"] = r["dla_rank1_rate"] - r["control_dla_rank1_rate"]
+            out["dla_rank1_rate labeled - control"] = r["dla_rank1_rate"] - r["control_dla_rank1_rate"]
         return out
 
     observed = {k: v[0] for k, v in per_item(np.ones((1, n_documents))).items()}
@@ -648,10 +715,10 @@ def causal_checks(
     labeled = [e for e in explanations if e.ok and rules[(e.layer, e.expert)] is not None]
     pools: dict = {}
     matching = [
-        rule_matched_control(examples, model.tokenizer, e.layer, e.expert, rules[(e.layer, e.expert)], pools)
+        rule_chosen_control(examples, model.tokenizer, e.layer, e.expert, rules[(e.layer, e.expert)], pools)
         for e in labeled
     ]
-    controls = [control for control, _, _ in matching]
+    controls = [choice.expert for choice in matching]
     tokens = [examples._decode(model.tokenizer, window.tolist()) for window in windows.ids]
     layers = sorted({e.layer for e in labeled})
     needed = sorted({(e.layer, x) for e, c in zip(labeled, controls, strict=True) for x in (e.expert, c)})
@@ -680,7 +747,8 @@ def causal_checks(
         return tensor[scored].numpy()
 
     rows, items = [], []
-    for e, (control_expert, n_matched, matched_on) in zip(labeled, matching, strict=True):
+    for e, choice in zip(labeled, matching, strict=True):
+        control_expert = choice.expert
         rule = rules[(e.layer, e.expert)]
         described = described_positions(rule, tokens, windows.labels, windows.domains, examples.concept_names)
         described = described[:, :-1] & scored
@@ -693,8 +761,13 @@ def causal_checks(
         ]
         row: dict[str, Any] = {
             "layer": e.layer, "expert": e.expert, "label": e.label, "kind": rule.kind,
-            "control_expert": control_expert, "control_matched_on": matched_on,
-            "control_matched_positions": n_matched if n_matched >= 0 else None,
+            "control_expert": control_expert, "control_chosen_on": choice.chosen_on,
+            "control_chosen_positions": choice.positions if choice.positions >= 0 else None,
+            "explain_routing_described": choice.labeled_rate,
+            "control_explain_routing_described": choice.control_rate,
+            "explain_routing_standardized_difference": float(
+                standardized_difference(choice.labeled_rate, choice.control_rate)
+            ),
             "n_described": int(described.sum()), "n_other": int(other.sum()),
             "n_described_routed": int((described & routed[0]).sum()),
             "n_other_routed": int((other & routed[0]).sum()),
@@ -735,8 +808,25 @@ def causal_checks(
                 part = _item_effects(documents, chosen, n_resamples=n_resamples, seed=seed)[1]
                 parts.append(part[part["quantity"].isin(BY_KIND_QUANTITIES)].assign(**{"kind group": group}))
         by_kind = pd.concat(parts, ignore_index=True)[["kind group", *summary.columns]]
+        balanced = _balanced_effects(documents, items, rows, n_resamples=n_resamples, seed=seed)
     n_documents = int(len(np.unique(windows.documents.numpy())))
-    return CausalResult(frame, summary, int(ids.shape[0]), n_documents, by_kind)
+    return CausalResult(frame, summary, int(ids.shape[0]), n_documents, by_kind, balanced)
+
+
+def _balanced_effects(
+    documents: np.ndarray, items: Sequence[dict], rows: Sequence[dict], *, n_resamples: int, seed: int
+) -> pd.DataFrame:
+    """:data:`BY_KIND_QUANTITIES` and the balance diagnostic over the checked experts whose control was
+    balanced where it was chosen (|explain-side standardized difference| ≤ :data:`BALANCE_CALIPER`);
+    empty when none was. The experts are chosen on the explain documents, the effects read on the
+    causal windows."""
+    chosen = [i for i in items
+              if abs(rows[i["row"]]["explain_routing_standardized_difference"]) <= BALANCE_CALIPER]  # fmt: skip
+    if not chosen:
+        return pd.DataFrame()
+    part = _item_effects(documents, chosen, n_resamples=n_resamples, seed=seed)[1]
+    wanted = (*BY_KIND_QUANTITIES, *BALANCE_QUANTITIES)
+    return part[part["quantity"].isin(wanted)].reset_index(drop=True)
 
 
 #: The groups of label kinds the causal checks are reported by: one concept, one token set, or a
@@ -744,11 +834,21 @@ def causal_checks(
 KIND_GROUPS = ("concept", "tokens", "composition")
 #: The quantities reported per kind group.
 BY_KIND_QUANTITIES = (
-    "remove_matched_minus_control_weight_adjusted",
-    "remove_matched_minus_control_weight_stratified",
-    "remove_matched_minus_control",
-    "boost_matched_minus_control_weight_adjusted",
-    "dla_rank1_rate matched - control",
+    "remove_labeled_minus_control_weight_adjusted",
+    "remove_labeled_minus_control_weight_stratified",
+    "remove_labeled_minus_control",
+    "boost_labeled_minus_control_weight_adjusted",
+    "dla_rank1_rate labeled - control",
+)
+
+
+#: The balance diagnostic of the controls on the causal windows (labeled vs control expert's routing
+#: rate at the described positions).
+BALANCE_QUANTITIES = (
+    "routing_described",
+    "control_routing_described",
+    "routing_described labeled - control",
+    "routing_described standardized difference",
 )
 
 

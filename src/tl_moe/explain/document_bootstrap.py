@@ -30,8 +30,15 @@ leaves the lean as it is. tests/test_label_interval_coverage.py measures both ch
 scores with this structure and a known true mean.
 
 Metrics from counts (as :func:`~tl_moe.explain.scorers.detection_metrics` computes them per expert):
-balanced accuracy, F1, precision (0 when nothing is said yes to), recall. AUC needs the graded
-answers, not counts, and keeps its interval over experts.
+balanced accuracy, F1, precision (0 when nothing is said yes to), recall. AUC from the graded answers:
+per expert, the positives' and negatives' counts at each graded level per document
+(:func:`_auc_levels`); a resample weights them by document and the AUC is the Mann–Whitney statistic
+of the weighted counts (ties count 1/2; equal to ``sklearn.metrics.roc_auc_score`` with the items'
+document weights as ``sample_weight``). A ratio of the two classes' totals, it needs no class scaling.
+
+:func:`share_beating` is the share of experts whose own label's balanced accuracy is above the
+shuffled-label control's on the same items, with its interval over the same documents: every expert's
+two scores are recomputed from the items of each resample's documents, then the share.
 """
 
 from __future__ import annotations
@@ -45,10 +52,24 @@ from jaxtyping import Float
 from tl_moe.analysis.stats import MIN_DOCUMENTS, PAIRED_METHOD, Interval, cluster_bootstrap
 from tl_moe.explain.scorers import Score
 
-__all__ = ["DOCUMENT_METRICS", "MEAN_METHOD", "document_intervals", "metric_from_counts"]
+__all__ = [
+    "DOCUMENT_METRICS",
+    "MEAN_METHOD",
+    "SHARE_METHOD",
+    "document_intervals",
+    "expert_interval",
+    "metric_from_counts",
+    "share_beating",
+    "weighted_auc",
+]
 
-DOCUMENT_METRICS = ("balanced_accuracy", "f1", "precision", "recall")
-"""The metrics whose summary intervals resample documents (the others: experts)."""
+DOCUMENT_METRICS = ("balanced_accuracy", "f1", "precision", "recall", "auc")
+"""The metrics whose summary intervals resample documents (every metric a score's items give; the
+intruder scorer's accuracy, whose rounds name no documents, keeps its interval over experts)."""
+
+SHARE_METHOD = "percentile"
+"""The interval of :func:`share_beating` (a share of experts: a step function of the resample, where
+BCa's jackknife acceleration is ill-defined)."""
 
 MEAN_METHOD = "BCa"
 """The interval of the means over experts (own label, each control arm): BCa, since the percentile
@@ -72,6 +93,55 @@ def _counts(
         for k, cell in enumerate((y & p, y & ~p, ~y & p, ~y & ~p)):
             np.add.at(out[k, e], d[cell], 1.0)
     return out
+
+
+def _auc_levels(
+    score: Score, column: Mapping[int, int], n_documents: int
+) -> tuple[Float[np.ndarray, "document level"], Float[np.ndarray, "document level"]]:
+    """An expert's positives and negatives per document (rows) and graded level (columns, ascending)."""
+    y, graded = np.asarray(score.truth, bool), np.asarray(score.graded, float)
+    levels, level = np.unique(graded, return_inverse=True)
+    d = np.asarray([column[x] for x in score.documents], int)
+    positives, negatives = np.zeros((n_documents, len(levels))), np.zeros((n_documents, len(levels)))
+    np.add.at(positives, (d[y], level[y]), 1.0)
+    np.add.at(negatives, (d[~y], level[~y]), 1.0)
+    return positives, negatives
+
+
+def weighted_auc(
+    weights: Float[np.ndarray, "batch document"],
+    positives: Float[np.ndarray, "document level"],
+    negatives: Float[np.ndarray, "document level"],
+) -> Float[np.ndarray, " batch"]:
+    """AUC (Mann–Whitney, ties 1/2) of items whose counts per document and ascending graded level are
+    ``positives`` / ``negatives``, each document counted ``weights`` times; NaN where a class is absent."""
+    p, n = weights @ positives, weights @ negatives  # [batch, level]
+    below = np.cumsum(n, -1) - n  # negatives strictly below each level
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (p * (below + n / 2)).sum(-1) / (p.sum(-1) * n.sum(-1))
+
+
+def _resampled_metric(
+    metric: str, scores: Sequence[Score | None], column: Mapping[int, int], n_documents: int
+):
+    """``weights [batch, document] -> [batch, expert]``: each expert's ``metric`` on the resampled
+    documents (NaN for an expert without a score, or without graded answers for AUC)."""
+    if metric != "auc":
+        counts = _counts(scores, column, n_documents)
+        return lambda weights: metric_from_counts(metric, *_at_class_sizes(weights, counts))
+    levels = [
+        _auc_levels(s, column, n_documents) if s is not None and len(s.graded) == len(s.truth) > 0 else None
+        for s in scores
+    ]
+
+    def auc(weights: np.ndarray) -> np.ndarray:
+        out = np.full((weights.shape[0], len(levels)), np.nan)
+        for e, parts in enumerate(levels):
+            if parts is not None:
+                out[:, e] = weighted_auc(weights, *parts)
+        return out
+
+    return auc
 
 
 def metric_from_counts(
@@ -144,18 +214,15 @@ def document_intervals(
         return None
     documents = sorted({d for k in kept for d in own[k].documents})
     column = {d: i for i, d in enumerate(documents)}
-    counts = {"own": _counts([own[k] for k in kept], column, len(documents))}
+    resampled = {"own": _resampled_metric(metric, [own[k] for k in kept], column, len(documents))}
+    present = {}  # experts the arm scored (defined on the observed documents)
     for name, scores in arms.items():
-        paired = [scores.get(k) for k in kept]
-        paired = [s if s is not None and s.ok and s.documents == own[k].documents else None
-                  for s, k in zip(paired, kept, strict=True)]  # fmt: skip
-        counts[name] = _counts(paired, column, len(documents))
-    present = {name: counts[name].sum((0, 2)) > 0 for name in arms}  # experts the arm scored
+        paired = _paired_scores(kept, own, scores)
+        resampled[name] = _resampled_metric(metric, paired, column, len(documents))
+        present[name] = np.isfinite(resampled[name](np.ones((1, len(documents))))[0])
 
     def statistic(weights: np.ndarray) -> np.ndarray:  # [batch, D] -> [batch, 1 + 2 * arms]
-        values = {
-            name: metric_from_counts(metric, *_at_class_sizes(weights, c)) for name, c in counts.items()
-        }
+        values = {name: f(weights) for name, f in resampled.items()}
         out = [_nanmean(values["own"])]
         for name in arms:
             mine = np.where(present[name], values["own"], np.nan)
@@ -189,3 +256,98 @@ def document_intervals(
 def _why_not(interval: Interval) -> str:
     """Why a document interval is missing ('' when it was computed): the summary's reason column."""
     return "" if interval.available else str(interval.reason or "")
+
+
+def _paired_scores(
+    kept: Sequence[Key], own: Mapping[Key, Score], scores: Mapping[Key, Score]
+) -> list[Score | None]:
+    """The arm's score of each expert of ``kept`` where it scored the same items as the own label."""
+    paired = [scores.get(k) for k in kept]
+    return [s if s is not None and s.ok and s.documents == own[k].documents else None
+            for s, k in zip(paired, kept, strict=True)]  # fmt: skip
+
+
+def share_beating(
+    keys: Sequence[Key],
+    own: Mapping[Key, Score],
+    shuffled: Mapping[Key, Score],
+    *,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    min_documents: int = MIN_DOCUMENTS,
+) -> dict[str, float | int | str] | None:
+    """The share of the experts ``keys`` whose own label's balanced accuracy is above the
+    shuffled-label control's on the same items (a tie does not count), with a 95%
+    :data:`SHARE_METHOD` bootstrap interval over the documents of the scoring items: each resample
+    recomputes every expert's two balanced accuracies from its items in the resampled documents
+    (classes held at their observed sizes, as :func:`document_intervals` does), then the share over the
+    experts defined in it.
+
+    Returns ``share beating shuffled``, ``share ci low``, ``share ci high``, ``share experts``,
+    ``share documents`` and ``share interval`` (``available`` or ``unavailable: reason``, below
+    ``min_documents`` documents) — or None when no expert has both scores with their documents."""
+    kept = [
+        k
+        for k in keys
+        if k in own and own[k].ok and own[k].truth and len(own[k].documents) == len(own[k].truth)
+    ]
+    paired = _paired_scores(kept, own, shuffled)
+    kept = [k for k, s in zip(kept, paired, strict=True) if s is not None]
+    if not kept:
+        return None
+    documents = sorted({d for k in kept for d in own[k].documents})
+    column = {d: i for i, d in enumerate(documents)}
+    mine = _resampled_metric("balanced_accuracy", [own[k] for k in kept], column, len(documents))
+    other = _resampled_metric("balanced_accuracy", [shuffled[k] for k in kept], column, len(documents))
+
+    def statistic(weights: np.ndarray) -> np.ndarray:  # [batch, D] -> [batch]
+        a, b = mine(weights), other(weights)
+        defined = np.isfinite(a) & np.isfinite(b)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(defined, a > b, False).sum(-1) / defined.sum(-1)
+
+    interval = cluster_bootstrap(
+        statistic, len(documents), n_resamples=n_resamples, seed=seed, min_clusters=min_documents,
+        on_too_few="unavailable", method=SHARE_METHOD, what="the share of experts beating their shuffled control",
+    )  # fmt: skip
+    return {
+        "share beating shuffled": interval.estimate, "share ci low": interval.low,
+        "share ci high": interval.high, "share experts": len(kept), "share documents": len(documents),
+        "share interval": "available" if interval.available else f"unavailable: {interval.reason}",
+    }  # fmt: skip
+
+
+def expert_interval(
+    own: Score,
+    other: Score | None = None,
+    metric: str = "balanced_accuracy",
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    min_documents: int = MIN_DOCUMENTS,
+) -> tuple[float, float, float, str]:
+    """One expert's ``metric`` of ``own`` (minus that of ``other`` on the same items, when given), with a
+    95% percentile bootstrap interval over the documents its items come from (classes held at their
+    observed sizes). Returns (estimate, low, high, why): below ``min_documents`` documents, or where the
+    resamples leave the metric undefined, low and high are NaN and ``why`` says why ('' otherwise); all
+    NaN when the two were not scored on the same items or a class is absent."""
+    y = np.asarray(own.truth, bool)
+    nan = float("nan")
+    if not len(y) or y.all() or not y.any() or len(own.documents) != len(y):
+        return nan, nan, nan, "no item of one class"
+    if other is not None and (own.truth != other.truth or own.documents != other.documents):
+        return nan, nan, nan, "not scored on the same items"
+    documents = sorted(set(own.documents))
+    column = {d: i for i, d in enumerate(documents)}
+    mine = _resampled_metric(metric, [own], column, len(documents))
+    theirs = _resampled_metric(metric, [other], column, len(documents)) if other is not None else None
+
+    def statistic(weights: np.ndarray) -> np.ndarray:  # [batch, D] -> [batch]
+        value = mine(weights)[:, 0]
+        return value - theirs(weights)[:, 0] if theirs is not None else value
+
+    interval = cluster_bootstrap(
+        statistic, len(documents), n_resamples=n_resamples, seed=seed, min_clusters=min_documents,
+        on_too_few="unavailable", method=PAIRED_METHOD, what="this expert's scoring items",
+    )  # fmt: skip
+    return interval.estimate, interval.low, interval.high, _why_not(interval)

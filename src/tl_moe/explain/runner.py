@@ -9,17 +9,21 @@ finished expert is appended to ``results_path`` (JSONL) as soon as it is done.
 
 With a ``baseline`` explainer (offline: :class:`~tl_moe.explain.explainers.TokenSetBaseline`), each
 labeled expert's baseline label is scored on the same items too. Per expert, own − shuffled balanced
-accuracy on the same items gets a 95% bootstrap interval over items (``{scorer}_beats_shuffled`` when
-it is above 0).
+accuracy on the same items gets a 95% bootstrap interval over the documents its items come from
+(:func:`~tl_moe.explain.document_bootstrap.expert_interval`; unavailable below ``min_documents``
+documents, the reason in ``{scorer}_own_minus_shuffled_interval``; ``{scorer}_beats_shuffled`` when it
+is above 0).
 
 :class:`LabelingResult` holds one row per expert and the per-layer summary, for each metric of
 :data:`SUMMARY_METRICS` (balanced accuracy first, as delphi reports them): mean score over experts,
 the same for the shuffled control and the baseline and for the paired differences own − shuffled and
 own − baseline, each with a 95% bootstrap interval over the score *documents* for balanced accuracy,
-F1, precision and recall (:mod:`tl_moe.explain.document_bootstrap`; unavailable below
-``min_documents``) and over experts for AUC (``interval over`` says which; none below ``MIN_DOCUMENTS``
-experts, the reason in ``interval unavailable``, :func:`~tl_moe.analysis.stats.too_few_units`), the
-chance level, and the share of experts whose own label beats the shuffled one.
+F1, precision, recall and AUC (:mod:`tl_moe.explain.document_bootstrap`; unavailable below
+``min_documents``; only the intruder scorer's accuracy, whose rounds name no documents, keeps an
+interval over experts — ``interval over`` says which), the chance level, and the share of experts whose
+own label's balanced accuracy is above the shuffled one's, with its interval over the same documents
+(:func:`~tl_moe.explain.document_bootstrap.share_beating`: every expert's scores recomputed in each
+resample).
 """
 
 from __future__ import annotations
@@ -38,7 +42,12 @@ from tqdm.auto import tqdm
 
 from tl_moe.analysis.stats import too_few_units
 from tl_moe.defaults import MIN_DOCUMENTS
-from tl_moe.explain.document_bootstrap import DOCUMENT_METRICS, document_intervals
+from tl_moe.explain.document_bootstrap import (
+    DOCUMENT_METRICS,
+    document_intervals,
+    expert_interval,
+    share_beating,
+)
 from tl_moe.explain.examples import ExpertRecord
 from tl_moe.explain.explainers import Explainer, Explanation
 from tl_moe.explain.scorers import Score, Scorer
@@ -48,7 +57,6 @@ __all__ = [
     "LabelingResult",
     "bootstrap_mean",
     "label_experts",
-    "paired_balanced_accuracy_difference",
     "shuffled_partners",
     "summarize",
 ]
@@ -178,29 +186,8 @@ def summarize(
                 float((paired[own] > paired[column]).mean()) if len(paired) else np.nan
             )
         row["chance"] = float(scored[chance].mean()) if chance in scored and len(scored) else np.nan
-        if metric == "balanced_accuracy" and f"{scorer}_beats_shuffled" in scored:
-            row["share beating shuffled (item interval)"] = float(scored[f"{scorer}_beats_shuffled"].mean())
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def paired_balanced_accuracy_difference(
-    own: Score, other: Score, *, n_resamples: int = 1000, seed: int = 0
-) -> tuple[float, float, float]:
-    """Balanced accuracy of ``own`` minus ``other`` on the same items, with a 95% percentile bootstrap
-    interval over items (resampled within each class, so both classes stay present); NaN when the two
-    were not scored on the same items."""
-    y = np.asarray(own.truth, bool)
-    if not len(y) or own.truth != other.truth or y.all() or not y.any():
-        return (float("nan"),) * 3
-    a, b = np.asarray(own.predicted, bool), np.asarray(other.predicted, bool)
-    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
-    rng = np.random.default_rng(seed)
-    p = rng.choice(pos, size=(n_resamples, len(pos)))
-    n = rng.choice(neg, size=(n_resamples, len(neg)))
-    diff = ((a[p].mean(1) - b[p].mean(1)) + (b[n].mean(1) - a[n].mean(1))) / 2
-    point = ((a[pos].mean() - b[pos].mean()) + (b[neg].mean() - a[neg].mean())) / 2
-    return float(point), float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))
 
 
 def label_experts(
@@ -281,7 +268,8 @@ def label_experts(
         for key, mine, control, base in pool.map(score, labeled):
             scores[key], shuffled[key], baselines[key] = mine, control, base
             bar.update()
-            rows[key] = _row(by_key[key], explanations[key], mine, control, partners.get(key), base)
+            rows[key] = _row(by_key[key], explanations[key], mine, control, partners.get(key), base,
+                             n_resamples=n_resamples, min_documents=min_documents)  # fmt: skip
             if out is not None:
                 out.write(json.dumps(rows[key], default=_json_default) + "\n")
                 out.flush()
@@ -305,6 +293,9 @@ def label_experts(
                     part, frame, scores, {"shuffled": shuffled, "baseline": baselines}, scorer.name, metric,
                     n_resamples=n_resamples, seed=shuffle_seed, min_documents=min_documents,
                 )  # fmt: skip
+            if metric == "balanced_accuracy":
+                part = with_share_beating(part, frame, scores, shuffled, scorer.name, n_resamples=n_resamples,
+                                          seed=shuffle_seed, min_documents=min_documents)  # fmt: skip
             summaries.append(part)
     summary = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame()
     failed = frame[(frame["status"] != "ok") | frame["label_error"].notna()]
@@ -344,6 +335,33 @@ def with_document_intervals(
     return summary
 
 
+def with_share_beating(
+    summary: pd.DataFrame,
+    frame: pd.DataFrame,
+    scores: dict[tuple[int, int], dict[str, Score]],
+    shuffled: dict[tuple[int, int], dict[str, Score]],
+    scorer: str,
+    **options: Any,
+) -> pd.DataFrame:
+    """``summary`` with, per layer and ``all``, the share of experts whose own label beats its shuffled
+    control and that share's interval over the score documents
+    (:func:`~tl_moe.explain.document_bootstrap.share_beating`)."""
+    if not len(summary):
+        return summary
+    summary = summary.copy()
+    own = {k: v[scorer] for k, v in scores.items() if scorer in v}
+    control = {k: v[scorer] for k, v in shuffled.items() if scorer in v}
+    for i, layer in enumerate(summary["layer"]):
+        part = frame if layer == "all" else frame[frame["layer"] == layer]
+        keys = [(int(a), int(b)) for a, b in zip(part["layer"], part["expert"], strict=True)]
+        row = share_beating(keys, own, control, **options)
+        for name, value in (row or {}).items():
+            if name not in summary:
+                summary[name] = np.nan if not isinstance(value, str) else None
+            summary.at[summary.index[i], name] = value
+    return summary
+
+
 def _safe(scorer: Scorer, record: ExpertRecord, explanation: Explanation) -> Score:
     try:
         return scorer(record, explanation)
@@ -359,7 +377,10 @@ def _row(
     control: dict[str, Score],
     partner: tuple[int, int] | None,
     base: dict[str, Score] | None = None,
+    **interval: Any,
 ) -> dict[str, Any]:
+    """One expert's row of the frame; ``interval``: ``n_resamples`` and ``min_documents`` of its F1's
+    and its own − shuffled intervals over documents (:func:`~tl_moe.explain.document_bootstrap.expert_interval`)."""
     row: dict[str, Any] = {
         "layer": record.layer,
         "expert": record.expert,
@@ -377,13 +398,18 @@ def _row(
         row["details"] = json.loads(json.dumps(explanation.details, default=_json_default))
     for name, score in mine.items():
         row.update(_metric_columns(name, score))
+        if score.ok and name != "intruder":  # F1's interval over the documents of the expert's items
+            f1 = expert_interval(score, metric="f1", **interval)
+            row[f"{name}_f1_ci_low"], row[f"{name}_f1_ci_high"] = f1[1:3]
+            row[f"{name}_f1_interval"] = f1[3] or "available"
     for name, score in control.items():
         row.update(_metric_columns(f"{name}_shuffled", score))
         row[f"{name}_shuffled_label_of"] = list(partner) if partner else None
         if name in mine and mine[name].ok and score.ok:
-            diff = paired_balanced_accuracy_difference(mine[name], score)
+            diff = expert_interval(mine[name], score, **interval)
             row[f"{name}_own_minus_shuffled_balanced_accuracy"] = diff[0]
-            row[f"{name}_own_minus_shuffled_ci_low"], row[f"{name}_own_minus_shuffled_ci_high"] = diff[1:]
+            row[f"{name}_own_minus_shuffled_ci_low"], row[f"{name}_own_minus_shuffled_ci_high"] = diff[1:3]
+            row[f"{name}_own_minus_shuffled_interval"] = diff[3] or "available"
             row[f"{name}_beats_shuffled"] = bool(diff[1] > 0) if np.isfinite(diff[1]) else None
     for name, score in (base or {}).items():
         row.update(_metric_columns(f"{name}_baseline", score))

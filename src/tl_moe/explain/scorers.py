@@ -64,6 +64,8 @@ class Score:
         truth, predicted: each scored item's truth and verdict, in the scorer's item order (the same
             for an expert's own label and its shuffled control, so the two can be compared item by item).
         documents: each scored item's document (dataset row): the unit of the summary's intervals.
+        graded: each scored item's graded answer (a token set's weight, a model's probability), in the
+            same order; empty when the answer is a verdict only (no AUC).
     """
 
     layer: int
@@ -76,6 +78,7 @@ class Score:
     truth: tuple[int, ...] = field(default=(), repr=False)
     predicted: tuple[int, ...] = field(default=(), repr=False)
     documents: tuple[int, ...] = field(default=(), repr=False)
+    graded: tuple[float, ...] = field(default=(), repr=False)
 
     @property
     def ok(self) -> bool:
@@ -103,13 +106,10 @@ def detection_metrics(
     if probabilities is not None and 0 < y.sum() < len(y):
         auc = _auc(y, np.asarray(probabilities, float))
     positive_rate = float(y.mean()) if len(y) else 0.0
-    low, high = _f1_interval(y, p)
     return {
         "precision": precision,
         "recall": recall,
         "f1": f1,
-        "f1_ci_low": low,
-        "f1_ci_high": high,
         "balanced_accuracy": (recall + tnr) / 2,
         "auc": auc,
         "chance_f1": 2 * positive_rate / (1 + positive_rate) if positive_rate else 0.0,
@@ -129,18 +129,6 @@ def _auc(y: np.ndarray, graded: np.ndarray) -> float:
     ranks = rankdata(graded)
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def _f1_interval(y: np.ndarray, p: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of F1 over the scored items (NaN for fewer than 2 items)."""
-    if len(y) < 2:
-        return float("nan"), float("nan")
-    index = np.random.default_rng(seed).integers(len(y), size=(n_resamples, len(y)))
-    yb, pb = y[index], p[index]
-    tp, fp, fn = (yb & pb).sum(1), (~yb & pb).sum(1), (yb & ~pb).sum(1)
-    denominator = 2 * tp + fp + fn
-    f1 = np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
-    return float(np.percentile(f1, 2.5)), float(np.percentile(f1, 97.5))
 
 
 def _items(record: ExpertRecord, seed: int) -> tuple[list[Context], list[int]]:
@@ -176,7 +164,8 @@ class ConceptScorer:
         metrics = detection_metrics(y, predicted, answers if rule.graded else None)
         return Score(record.layer, record.expert, self.name, explanation.label, key, metrics,
                      truth=tuple(y), predicted=tuple(predicted),
-                     documents=tuple(c.doc_index for c in items))  # fmt: skip
+                     documents=tuple(c.doc_index for c in items),
+                     graded=tuple(float(a) for a in answers) if rule.graded else ())  # fmt: skip
 
 
 _VERDICTS = re.compile(r"\[[^\[\]]*\]", re.S)
@@ -274,7 +263,8 @@ class _ChatScorer:
         metrics = detection_metrics(y, verdicts, probabilities)
         return Score(record.layer, record.expert, self.name, explanation.label, key, metrics,
                      truth=tuple(y), predicted=tuple(verdicts),
-                     documents=tuple(c.doc_index for c in items))  # fmt: skip
+                     documents=tuple(c.doc_index for c in items),
+                     graded=tuple(probabilities) if probabilities else ())  # fmt: skip
 
 
 class DetectionScorer(_ChatScorer):

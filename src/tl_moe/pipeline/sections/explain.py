@@ -30,7 +30,7 @@ from tl_moe.explain import (
     client_from_spec,
     label_experts,
 )
-from tl_moe.explain.causal import CausalResult, causal_checks
+from tl_moe.explain.causal import BALANCE_CALIPER, CausalResult, causal_checks
 from tl_moe.explain.labels import RICHER_LABEL_MARGIN
 from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.protocol import AccumulatorSpec, Analysis, FigureItem, Inputs, Need, Result, TableItem
@@ -86,10 +86,12 @@ class ExplainResult(Result):
             f"{s}_shuffled_balanced_accuracy": "shuffled-label balanced accuracy",
             f"{s}_own_minus_shuffled_ci_low": "own - shuffled ci low",
             f"{s}_own_minus_shuffled_ci_high": "own - shuffled ci high",
+            f"{s}_own_minus_shuffled_interval": "own - shuffled interval",
             f"{s}_baseline_balanced_accuracy": "token-set baseline balanced accuracy",
             f"{s}_f1": "F1",
             f"{s}_f1_ci_low": "F1 ci low",
             f"{s}_f1_ci_high": "F1 ci high",
+            f"{s}_f1_interval": "F1 interval",
             f"{s}_shuffled_f1": "shuffled-label F1",
             f"{s}_chance_f1": "chance F1",
             f"{s}_precision": "precision",
@@ -104,14 +106,18 @@ class ExplainResult(Result):
         if self.causal is not None and "remove_effect" in self.causal.frame:
             names = {
                 "remove_effect": "causal effect (remove; routed positions)",
-                "remove_matched_minus_control": "causal: labeled - control expert",
-                "remove_matched_minus_control_weight_adjusted": "causal: labeled - control, equal mixing weight",
+                "remove_labeled_minus_control": "causal: labeled - control expert",
+                "remove_labeled_minus_control_weight_adjusted": "causal: labeled - control, equal mixing weight",
                 "control_expert": "causal control expert",
-                "control_matched_on": "causal control matched on",
+                "control_chosen_on": "causal control chosen on",
                 "status": "causal status",
                 "routing_described": "routing rate, described",
                 "routing_other": "routing rate, other",
                 "control_routing_described": "control routing rate, described",
+                "routing_described standardized difference": "routing at described, standardized difference",
+                "explain_routing_described": "explain documents: routing rate, described",
+                "control_explain_routing_described": "explain documents: control routing rate, described",
+                "explain_routing_standardized_difference": "explain documents: standardized difference",
             }
             effects = self.causal.frame[["layer", "expert", *(n for n in names if n in self.causal.frame)]]
             table = table.merge(effects.rename(columns=names), on=["layer", "expert"], how="left")
@@ -174,6 +180,10 @@ class ExplainResult(Result):
             for row in self.causal.summary.to_dict("records"):
                 out[f"causal: {row['quantity']} [95% CI]"] = _causal_value(row)
             out["causal: windows / documents"] = f"{self.causal.n_windows} / {self.causal.n_documents}"
+            for row in self.causal.balanced.to_dict("records"):  # experts whose control is balanced
+                out[f"causal, balanced controls ({row['experts']} experts): {row['quantity']} [95% CI]"] = (
+                    _causal_value(row)
+                )
         return out
 
     def findings(self) -> list[str]:
@@ -202,18 +212,20 @@ class ExplainResult(Result):
         return [
             TableItem("explain_labels", self.label_table(), "Label and its kind; balanced accuracy on held-out "
                       "items, another expert's label (shuffled within the layer) on the same items with the "
-                      "interval of the difference over items, the token-set baseline's (the labeler's best token set); F1 with its interval, "
+                      "interval of the difference over the documents of the expert's items, the token-set baseline's (the labeler's best token set); F1 with its interval over the same documents (unavailable below 30), "
                       "chance F1 (answering 'yes' to every item), precision, recall, AUC where graded.", max_rows=200),
             TableItem("explain_summary", self.labeling.summary.round(4), "Per layer and metric: mean over experts "
                       "with a 95% bootstrap interval over the score documents ('interval over': documents for "
-                      "balanced accuracy, F1, precision, recall; experts for AUC; unavailable below 30 documents), "
+                      "balanced accuracy, F1, precision, recall, AUC — each expert's score recomputed in every resample; unavailable below 30 documents), "
                       "the shuffled-label control and the token-set baseline with the paired differences, chance."),
         ] + ([TableItem("explain_causal", self.causal.summary.round(4), "Causal checks on held-out documents, on "
               "the positions where each expert is routed: mean over experts of |Δloss| on label-described minus "
               "other routed positions, removing or boosting the expert, unadjusted and at equal mixing weight "
               "(_weight_adjusted: least-squares adjustment for the expert's mixing weight); the same for a "
-              "control expert of the layer chosen by its routing at the described tokens of the explain documents (not balanced on the causal windows: see the routing rates), and their difference "
-              "(matched_minus_control); routing rates and mixing weights at described and other positions; "
+              "control expert of the layer chosen by its routing at the described tokens of the explain documents, and their difference "
+              "(labeled_minus_control); routing rates and mixing weights at described and other positions; the "
+              "control's balance at the described positions of the causal windows (labeled − control routing rate "
+              "and its standardized difference, |d| ≤ 0.1 read as balanced); "
               "95% bootstrap intervals over documents (unavailable, with the reason, below 30 documents, or "
               "when fewer hold a described routed position). DLA rank-1 rate: the paper's check, labeled − "
               "control with its interval.")]
@@ -225,11 +237,19 @@ class ExplainResult(Result):
             return []
         tables = [TableItem("explain_causal_experts", causal_expert_table(self.causal), "Causal checks per "
                             "labeled expert: its label and kind, the described and other positions of the causal "
-                            "windows (and how many the expert is routed on), |Δloss| on described minus other routed "
+                            "windows (and how many the expert is routed on), the control's balance (routing rates at "
+                            "described positions on the explain documents, where it was chosen, and their "
+                            "standardized difference), |Δloss| on described minus other routed "
                             "positions when the expert is removed (effect) and for its control expert (control "
                             "effect), both also at equal mixing weight (adjusted), and their difference. Per-expert "
                             "values have no interval: the intervals are over documents, for the means over experts.",
                             max_rows=500)]  # fmt: skip
+        if len(self.causal.balanced):
+            tables.append(TableItem("explain_causal_balanced", self.causal.balanced.round(4), "Causal checks over "
+                                    "the experts whose control is balanced on the explain documents (|standardized "
+                                    "difference| of routing at the described tokens ≤ 0.1, chosen there, read on "
+                                    "the causal windows): mean over those experts with a 95% bootstrap interval over "
+                                    "documents, and their balance on the causal windows."))  # fmt: skip
         if len(self.causal.by_kind):
             tables.append(TableItem("explain_causal_by_kind", self.causal.by_kind.round(4), "Causal checks per "
                                     "group of label kinds (one concept, one token set, a composition): mean over the "
@@ -368,9 +388,7 @@ def labels_finding(
             text += f" — per layer (each interval unadjusted for the {len(per_layer)} layers): " + ", ".join(
                 per_layer
             )
-    share = row.get("share beating shuffled (item interval)")
-    if share is not None and np.isfinite(share):
-        text += f"; {share:.0%} of experts beat their shuffled control on their own items (95% interval over items above 0)"
+    text += _share_part(row)
     others = [
         f"{_METRIC_NAMES[k]} {_show(r['mean'], r['ci low'], r['ci high'], _why(r))} "
         f"(shuffled {format_number(r['shuffled mean'], '.3f', 'no pair scored')}"
@@ -395,6 +413,26 @@ def labels_finding(
         f"; {_unit(row)}; {row['experts not scored']} experts not scored. Each expert's score items are its "
         "most salient routed contexts plus contexts spread over its saliency quantiles, against as many "
         "negatives: the scores describe the label on those items, not on every routed token."
+    )
+
+
+def _share_part(row: dict[str, Any]) -> str:
+    """The clause of the share of experts whose own label beats the shuffled one (on the same items),
+    with its interval over the score documents (every expert's scores recomputed in each resample)."""
+    share = row.get("share beating shuffled")
+    if not is_defined(share):
+        return ""
+    reason = str(row.get("share interval", ""))
+    if reason.startswith("unavailable") or not is_defined(row.get("share ci low")):
+        shown = (
+            f"{share:.0%} (no interval: {reason.removeprefix('unavailable: ') or 'the bootstrap gave none'})"
+        )
+    else:
+        shown = f"{share:.0%} [{row['share ci low']:.0%}, {row['share ci high']:.0%}]"
+    return (
+        f"; share of experts whose own label's {_METRIC_NAMES['balanced_accuracy']} is above the shuffled "
+        f"one's on the same items: {shown} of {int(row['share experts'])} (95% bootstrap over the "
+        f"{int(row['share documents'])} score documents, each expert's scores recomputed in every resample)"
     )
 
 
@@ -436,9 +474,13 @@ _CAUSAL_EXPERT_COLUMNS = {
     "control_remove_effect": "control effect",
     "remove_effect_weight_adjusted": "effect, adjusted",
     "control_remove_effect_weight_adjusted": "control effect, adjusted",
-    "remove_matched_minus_control_weight_adjusted": "effect - control, adjusted",
-    "remove_matched_minus_control_weight_stratified": "effect - control, weight strata",
+    "remove_labeled_minus_control_weight_adjusted": "effect - control, adjusted",
+    "remove_labeled_minus_control_weight_stratified": "effect - control, weight strata",
     "control_expert": "control expert",
+    "explain_routing_described": "explain: routing at described",
+    "control_explain_routing_described": "explain: control routing at described",
+    "explain_routing_standardized_difference": "explain: standardized difference",
+    "routing_described standardized difference": "causal windows: standardized difference",
     "status": "status",
 }
 
@@ -475,21 +517,28 @@ def _causal_parts(summary: pd.DataFrame) -> list[str]:
 
     parts = []
     for edit, verb in (("remove", "removing"), ("boost", "boosting the weight of")):
-        adjusted = f"{edit}_matched_minus_control_weight_adjusted"
+        adjusted = f"{edit}_labeled_minus_control_weight_adjusted"
         if adjusted in summary.index:
-            stratified = f"{edit}_matched_minus_control_weight_stratified"
+            stratified = f"{edit}_labeled_minus_control_weight_stratified"
             check = f"within weight strata {value(stratified)}; " if stratified in summary.index else ""
             parts.append(
                 f"{verb} a labeled expert, labeled − control at equal mixing weight {difference(adjusted)} "
-                f"({check}unadjusted {value(f'{edit}_matched_minus_control')}; labeled expert {value(f'{edit}_effect_weight_adjusted')} "
+                f"({check}unadjusted {value(f'{edit}_labeled_minus_control')}; labeled expert {value(f'{edit}_effect_weight_adjusted')} "
                 f"at equal weight, {value(f'{edit}_effect')} unadjusted; control {value(f'control_{edit}_effect_weight_adjusted')} "
                 f"at equal weight, {value(f'control_{edit}_effect')} unadjusted)"
             )
-        elif f"{edit}_matched_minus_control" in summary.index:
+        elif f"{edit}_labeled_minus_control" in summary.index:
             parts.append(
                 f"{verb} a labeled expert: {value(f'{edit}_effect')}, control {value(f'control_{edit}_effect')}, "
-                f"labeled − control {difference(f'{edit}_matched_minus_control')}"
+                f"labeled − control {difference(f'{edit}_labeled_minus_control')}"
             )
+    if "routing_described standardized difference" in summary.index:
+        parts.append(
+            "balance of the control at the described positions (it is chosen by routing there on the explain "
+            f"documents; no expert of the layer need reach the labeled one's rate): labeled − control routing "
+            f"rate {value('routing_described labeled - control')}, standardized difference "
+            f"{value('routing_described standardized difference')} (|d| ≤ {BALANCE_CALIPER} reads as balanced)"
+        )
     if "routing_described" in summary.index:
         parts.append(
             f"routing rate at described vs other positions: labeled expert {value('routing_described')} vs "
@@ -512,7 +561,7 @@ def _causal_parts(summary: pd.DataFrame) -> list[str]:
         parts.append(
             f"the paper's DLA rank-1 rate: {value('dla_rank1_rate')} for the labeled expert vs "
             f"{value('control_dla_rank1_rate')} for the control{chance}, labeled − control "
-            f"{difference('dla_rank1_rate matched - control')}"
+            f"{difference('dla_rank1_rate labeled - control')}"
         )
     return parts
 
@@ -520,7 +569,7 @@ def _causal_parts(summary: pd.DataFrame) -> list[str]:
 def _by_kind_part(by_kind: pd.DataFrame) -> str:
     """The clause of the causal finding per group of label kinds (removal, labeled − control at equal
     mixing weight; no interval below the documents an interval needs)."""
-    rows = by_kind[by_kind["quantity"] == "remove_matched_minus_control_weight_adjusted"]
+    rows = by_kind[by_kind["quantity"] == "remove_labeled_minus_control_weight_adjusted"]
     shown = []
     for row in rows.to_dict("records"):
         if not np.isfinite(row["mean"]):
@@ -542,6 +591,40 @@ def _by_kind_part(by_kind: pd.DataFrame) -> str:
     )
 
 
+def _balanced_part(causal: CausalResult) -> str:
+    """The clause of the causal finding over the experts whose control is balanced on the explain
+    documents: how many, the headline over them and their balance on the causal windows."""
+    frame = causal.frame
+    if "explain_routing_standardized_difference" not in frame:
+        return ""
+    ok = frame[frame["status"] == "ok"]
+    d = ok["explain_routing_standardized_difference"].astype(float)
+    explain = (
+        f"on the explain documents, where the controls were chosen, labeled vs control routing rate at the "
+        f"described tokens {ok['explain_routing_described'].mean():.3f} vs "
+        f"{ok['control_explain_routing_described'].mean():.3f} (mean standardized difference {d.mean():.2f}); "
+        f"{int((d.abs() <= BALANCE_CALIPER).sum())} of {len(ok)} checked experts have a control within "
+        f"|d| ≤ {BALANCE_CALIPER} there"
+    )
+    if not len(causal.balanced):
+        return explain
+    rows = causal.balanced.set_index("quantity")
+
+    def shown(name: str, reading: bool = True) -> str:
+        row = rows.loc[name].to_dict()
+        if str(row["interval"]).startswith("unavailable") or not np.isfinite(row["ci low"]):
+            why = str(row["interval"]).removeprefix("unavailable: ")
+            return f"{row['mean']:.3f} (no interval: {why})"
+        said = f" ({_reading(row)})" if reading else ""
+        return f"{row['mean']:.3f} [{row['ci low']:.3f}, {row['ci high']:.3f}]{said}"
+
+    return (
+        f"{explain}; over those experts, removal, labeled − control at equal mixing weight "
+        f"{shown('remove_labeled_minus_control_weight_adjusted')}, with their standardized difference of "
+        f"routing at the described positions of the causal windows {shown('routing_described standardized difference', reading=False)}"
+    )
+
+
 def causal_finding(causal: CausalResult) -> str:
     """The findings line of the causal checks: the headline is removal's labeled − control difference at
     equal mixing weight, the unadjusted one beside it; boosting and the paper's DLA rank-1 check as their
@@ -554,6 +637,8 @@ def causal_finding(causal: CausalResult) -> str:
         else ""
     )
     parts = _causal_parts(summary)
+    balance = [i for i, p in enumerate(parts) if p.startswith("balance of the control")]
+    parts.insert(balance[0] + 1 if balance else len(parts), _balanced_part(causal))  # beside the balance
     if len(causal.by_kind):
         parts.append(_by_kind_part(causal.by_kind))
     experts = int(summary["experts"].max())
@@ -700,7 +785,8 @@ class Explain(Analysis):
         "the same scorer given another expert's label of the same layer (shuffled), and a token-set baseline "
         "(the labeler's own best token set alone, chosen on the explain documents by balanced accuracy). "
         "Intervals: bootstrap over the score documents (experts share them; balanced accuracy, F1, precision, "
-        "recall; AUC over experts; unavailable below 30 documents), and over scoring items per expert. Causal "
+        "recall, AUC and the share of experts beating their shuffled control, each expert's score recomputed in "
+        "every resample; unavailable below 30 documents), and per expert over the documents of its items. Causal "
         "checks ('causal' documents, --explain-causal-windows): on the positions where the expert is routed, "
         "|Δloss| under removing or boosting it on described minus other tokens at equal mixing weight (a "
         "least-squares adjustment; the unadjusted difference beside it), labeled minus a control expert "

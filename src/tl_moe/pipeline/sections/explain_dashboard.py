@@ -42,12 +42,17 @@ def _interval(low: float, high: float, reason: Any = None) -> str:
 
 def _score_lines(row: pd.Series | None, scorer: str) -> tuple[tuple[str, str], ...]:
     """The label's scores as shown on a card: balanced accuracy beside its shuffled control (with the
-    interval of the difference over items), the token-set baseline, F1 with its interval and chance."""
+    interval of the difference over the documents of the expert's items), the token-set baseline, F1 with
+    its interval over the same documents and chance; a missing interval says why."""
     if row is None:
         return ()
 
     def get(name: str) -> float:
         return _number(row.get(f"{scorer}_{name}"))
+
+    def reason(name: str) -> Any:  # why an interval over documents is missing ('available' when it is not)
+        why = row.get(f"{scorer}_{name}")
+        return None if why == "available" else why
 
     lines = []
     accuracy = get("balanced_accuracy")
@@ -58,7 +63,7 @@ def _score_lines(row: pd.Series | None, scorer: str) -> tuple[tuple[str, str], .
             diff = get("own_minus_shuffled_balanced_accuracy")
             text += (
                 f"; shuffled label {shuffled:.3f}, own − shuffled {diff:.3f} "
-                f"{_interval(get('own_minus_shuffled_ci_low'), get('own_minus_shuffled_ci_high'))}"
+                f"{_interval(get('own_minus_shuffled_ci_low'), get('own_minus_shuffled_ci_high'), reason('own_minus_shuffled_interval'))}"
             )
         lines.append(("balanced accuracy", text))
     baseline = get("baseline_balanced_accuracy")
@@ -69,7 +74,8 @@ def _score_lines(row: pd.Series | None, scorer: str) -> tuple[tuple[str, str], .
         lines.append(
             (
                 "F1",
-                f"{f1:.3f} {_interval(get('f1_ci_low'), get('f1_ci_high'))} (chance {get('chance_f1'):.3f})",
+                f"{f1:.3f} {_interval(get('f1_ci_low'), get('f1_ci_high'), reason('f1_interval'))} "
+                f"(chance {get('chance_f1'):.3f})",
             )
         )
     others = [(n, get(n)) for n in ("precision", "recall", "auc")]
@@ -129,7 +135,7 @@ def _indexed(frame: pd.DataFrame | None) -> pd.DataFrame | None:
 
 def _effects(key: tuple[int, int], causal: pd.DataFrame | None, drivers: pd.DataFrame | None) -> tuple:
     """Causal lines of a card: the label's causal check (described − other routed tokens, and minus a
-    matched control expert) and the drivers analysis' removal effect with its document interval."""
+    control expert of the layer chosen by routing at the described tokens) and the drivers analysis' removal effect with its document interval."""
     lines: list[tuple[str, str]] = []
     sort: dict[str, float] = {}
     if causal is not None and key in causal.index:
@@ -137,9 +143,9 @@ def _effects(key: tuple[int, int], causal: pd.DataFrame | None, drivers: pd.Data
         effect = _number(row.get("remove_effect"))
         if np.isfinite(effect):
             text = f"{effect:.4f} nats/token"
-            versus = _number(row.get("remove_matched_minus_control"))
+            versus = _number(row.get("remove_labeled_minus_control"))
             if np.isfinite(versus):
-                text += f"; labeled − matched control {versus:.4f}"
+                text += f"; labeled − control expert {versus:.4f}"
             lines.append(("label check: removing it, |Δloss| described − other routed tokens", text))
             sort["label causal effect"] = effect
     if drivers is not None and key in drivers.index:
