@@ -1,5 +1,6 @@
-"""Held-out differences per concept group: each group's concepts and test documents with positives,
-and no interval for a group whose positives sit in fewer than the minimum of test documents."""
+"""Held-out differences per concept group: each group's concepts and test documents with positives; a
+concept whose positives sit in fewer than the minimum of test documents is dropped by the per-concept
+gate, with the reason, and a group left without concepts has no estimate."""
 
 from __future__ import annotations
 
@@ -46,21 +47,27 @@ def test_each_group_is_compared_over_its_own_concepts_and_a_rare_group_gets_no_i
     ).mean()
     assert code["estimate"] == pytest.approx(expected)
     assert code["interval_available"] and code["ci_low"] > 0  # a planted gain of 0.9 vs 0.6 recall
-    # The text group: positives in 12 test documents (< 30): the estimate, no interval, the reason.
-    assert text["n_concepts"] == 1 and text["n_documents_with_positives"] == 12
-    assert text["estimate"] is not None and not text["interval_available"] and text["ci_low"] is None
-    assert "12 test document(s) hold a positive" in text["interval_unavailable_reason"]
+    # The text concept: positives in 12 test documents (< 30): dropped by the gate, the group has no
+    # estimate, and the record names the concept and why.
+    assert text["n_concepts"] == 0 and text["n_concepts_dropped"] == 1 and text["estimate"] is None
+    assert not text["interval_available"] and text["ci_low"] is None
+    assert text["dropped_concepts"] == (
+        f"text_capitalized_word: positives in 12 test documents in moe (at least {MIN_DOCUMENTS} needed)"
+    )
+    # The text group leads the records.
+    assert records[0]["group"] == "text"
 
 
-def test_the_readme_group_table_shows_counts_and_no_interval_for_a_rare_group():
+def test_the_readme_group_table_shows_kept_and_dropped_counts_and_no_estimate_for_a_gated_group():
     from tl_moe.pipeline.readme_results import _group_table
     from tl_moe.pipeline.sections.probing import group_comparisons
 
     arms = {"moe": _arm("moe", 0.9, 0), "dense": _arm("dense", 0.6, 1)}
     records = group_comparisons(arms, n_resamples=300, seed=0, min_clusters=MIN_DOCUMENTS)
-    lines = _group_table(records)
+    lines = _group_table(records, "f1")
     code = next(line for line in lines if line.startswith("| code |"))
     text = next(line for line in lines if line.startswith("| text |"))
     f1 = {r["group"]: r for r in records if r["metric"] == "f1"}
-    assert code.startswith(f"| code | 2 | {N_DOCS} | {f1['code']['estimate']:+.3f} [")
-    assert text == f"| text | 1 | 12 | {f1['text']['estimate']:+.3f} (no interval) |"
+    assert code.startswith(f"| code | 2 | 0 | {N_DOCS} | {f1['code']['estimate']:+.3f} [")
+    assert text == "| text | 0 | 1 | 0 | – |"
+    assert lines.index(text) < lines.index(code)  # text leads
