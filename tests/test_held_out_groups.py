@@ -71,3 +71,59 @@ def test_the_readme_group_table_shows_kept_and_dropped_counts_and_no_estimate_fo
     assert code.startswith(f"| code | 2 | 0 | {N_DOCS} | {f1['code']['estimate']:+.3f} [")
     assert text == "| text | 0 | 1 | 0 | – |"
     assert lines.index(text) < lines.index(code)  # text leads
+
+
+def _k1(comparison: str, metric: str, estimate: float, low: float, high: float) -> dict:
+    return {
+        "protocol": "held_out",
+        "comparison": comparison,
+        "k": 1,
+        "metric": metric,
+        "estimate": estimate,
+        "ci_low": low,
+        "ci_high": high,
+        "interval_available": True,
+        "n_concepts": 30,
+    }
+
+
+def test_the_reading_names_its_metric_leads_with_the_sparsity_headlines_and_tests_the_null_directly():
+    """Planted: in balanced accuracy the remainder over the matched-count control does not exceed its own
+    null (its interval covers 0); in F1 it would look positive. The reading leads with balanced accuracy,
+    names it, gives F1 beside, and reads the null-corrected difference, not two intervals."""
+    from tl_moe.pipeline.readme_results import LEAD_METRIC, _reading
+    from tl_moe.pipeline.sections.sparsity import HEADLINE_METRIC
+
+    records = [
+        _k1("moe_vs_dense", "balanced_accuracy", 0.08, 0.06, 0.10),
+        _k1("moe_vs_dense", "f1", 0.09, 0.07, 0.14),
+        _k1("moe_vs_dense_on_routed_tokens_matched_count", "balanced_accuracy", 0.01, 0.002, 0.02),
+        _k1("moe_vs_dense_on_routed_tokens_matched_count", "f1", 0.035, 0.019, 0.05),
+        _k1("matched_count_minus_its_null", "balanced_accuracy", 0.004, -0.008, 0.015),
+        _k1("matched_count_minus_its_null", "f1", 0.015, 0.001, 0.03),
+    ]
+    text = _reading(records)
+    assert LEAD_METRIC == HEADLINE_METRIC == "balanced_accuracy"
+    assert text.startswith(
+        "Reading (balanced accuracy, every gated token-level concept pooled; F1 in brackets)"
+    )
+    assert "+0.080 [+0.060, +0.100] (F1 +0.090 [+0.070, +0.140])" in text
+    assert "the remainder is +0.004 [-0.008, +0.015] (F1 +0.015 [+0.001, +0.030])" in text
+    assert "its interval covers 0, so on the same tokens the expert neurons are not shown to add" in text
+    # A remainder above its null in the lead metric says so.
+    records[4] = _k1("matched_count_minus_its_null", "balanced_accuracy", 0.02, 0.01, 0.03)
+    assert "its interval excludes 0" in _reading(records)
+
+
+def test_the_lean_is_given_per_comparison():
+    from tl_moe.pipeline.readme_results import _interval_lean
+
+    rows = [
+        dict(_k1("moe_vs_dense", "f1", 0.1, 0.0, 1.0), bootstrap_bias=0.0),
+        dict(_k1("moe_vs_untrained", "f1", 0.9, 0.0, 1.0), bootstrap_bias=0.0),
+        dict(_k1("moe_vs_dense_on_routed_tokens_matched_count", "f1", 0.5, 0.0, 1.0), bootstrap_bias=0.0),
+    ]
+    text = _interval_lean(rows)
+    assert "MoE − dense: a median 0.10 of the way" in text
+    assert "MoE − untrained: a median 0.90 of the way" in text
+    assert "MoE − matched-count routed-token control: a median 0.50 of the way" in text

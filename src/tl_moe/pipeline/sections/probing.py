@@ -257,7 +257,10 @@ class ProbingResult(Result):
             f"all token-level concepts that pass the gate, pooled ({', '.join(kept)})" if kept else "pooled"
         )
         findings.append(_held_out_finding(pooled, what))
-        return [f for f in findings if f]
+        findings = [f for f in findings if f]
+        return findings or [
+            "**Probing, held-out protocol**: not available in this run (see the probing notes)."
+        ]
 
     def _paper_findings(self) -> list[str]:
         at_k1 = self.curves[self.curves["k"] == 1].set_index("model")["mean_best_f1"]

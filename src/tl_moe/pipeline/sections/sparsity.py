@@ -178,7 +178,9 @@ class SparsityResult(Result):
         members = sorted({r["model"] for r in headline}, key=self._ratio)
         m = headline[0]["tests_in_family"]
         metric = headline[0]["metric"]
-        f1_tests = {(r["model"], r["k"]): r for r in self.headline_tests(HEADLINE, "f1")} if metric != "f1" else {}
+        f1_tests = (
+            {(r["model"], r["k"]): r for r in self.headline_tests(HEADLINE, "f1")} if metric != "f1" else {}
+        )
         # The other controls beside the smallest and the largest k only (the headline at every k).
         ends = {min(r["k"] for r in headline), max(r["k"] for r in headline)}
         parts = []
@@ -423,7 +425,11 @@ def _floor_text(tests: list[dict]) -> str:
         return ""
     floor, m = min(floors), separated[0]["tests_in_family"]
     holm_floor = min(1.0, m * floor)
-    what = "no swap reached the observed difference" if separated[0]["p_test"] == "swap" else "no resample crossed 0"
+    what = (
+        "no swap reached the observed difference"
+        if separated[0]["p_test"] == "swap"
+        else "no resample crossed 0"
+    )
     return (
         f" {at_floor} of the {len(separated)} separated tests rest on their test's smallest p-value ({floor:.2g}: "
         f"{what}); times the {m} tests that is {holm_floor:.2g}"
