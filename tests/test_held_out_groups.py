@@ -127,3 +127,17 @@ def test_the_lean_is_given_per_comparison():
     assert "MoE − dense: a median 0.10 of the way" in text
     assert "MoE − untrained: a median 0.90 of the way" in text
     assert "MoE − matched-count routed-token control: a median 0.50 of the way" in text
+
+
+def test_a_group_the_gate_empties_is_still_reported_with_the_reason():
+    from tl_moe.pipeline.sections.probing import _held_out_finding, group_comparisons
+
+    arms = {"moe": _arm("moe", 0.9, 0), "dense": _arm("dense", 0.6, 1)}
+    records = group_comparisons(arms, n_resamples=100, seed=0, min_clusters=MIN_DOCUMENTS)
+    text = _held_out_finding([r for r in records if r["group"] == "text"], "text concepts")
+    assert text.startswith("**Probing, held-out protocol, text concepts**")
+    assert "no estimate (no concept has positives and negatives in at least 30 test documents" in text
+    assert "0 concepts kept, 1 dropped by the gate" in text
+    assert "e.g. text_capitalized_word: positives in 12 test documents in moe" in text
+    code = _held_out_finding([r for r in records if r["group"] == "code"], "code concepts")
+    assert "2 concepts kept" in code and "vs the dense model +" in code and "(F1 +" in code

@@ -486,7 +486,7 @@ def compare(
             if all(_has(arm, ki, name) for first, controls in groups for arm in (first, *controls))
         ]
         if not selected:
-            records.append(_no_concept_record(k, len(a.test_docs), "no concept was probed in both arms"))
+            records += _no_concept_records(k, len(a.test_docs), "no concept was probed in both arms")
             continue
         kept, dropped = concept_gate(
             selected,
@@ -499,16 +499,14 @@ def compare(
         )
         if not kept:
             reason = f"no concept has positives and negatives in at least {min_clusters} test documents in every arm"
-            records.append(
-                _no_concept_record(k, len(a.test_docs), reason, len(selected), _dropped_text(dropped))
-            )
+            records += _no_concept_records(k, len(a.test_docs), reason, len(selected), _dropped_text(dropped))
             continue
         sides = [
             Side(_counts(first, ki, kept), tuple(_counts(arm, ki, kept) for arm in controls))
             for first, controls in groups
         ]
         with_positives = _documents_with_positives(sides[0])
-        for metric, score in (("f1", balanced_f1), ("balanced_accuracy", balanced_accuracy)):
+        for metric, score in _METRICS.items():
             statistic = _difference_statistic(sides, score, seed)
             interval = cluster_bootstrap(
                 lambda w, statistic=statistic: statistic(w)[0],
@@ -604,12 +602,23 @@ def _documents_with_positives(side: Side) -> int:
     return int((positives > 0).sum())
 
 
-def _no_concept_record(
+def _no_concept_records(
     k: int, n_documents: int, reason: str, n_selected: int = 0, dropped: str | None = None
+) -> list[dict]:
+    """One record per metric for a k with no concept to compare: no estimate, the reason."""
+    return [_no_concept_record(k, metric, n_documents, reason, n_selected, dropped) for metric in _METRICS]
+
+
+#: The scores every comparison reports, in order.
+_METRICS = {"f1": balanced_f1, "balanced_accuracy": balanced_accuracy}
+
+
+def _no_concept_record(
+    k: int, metric: str, n_documents: int, reason: str, n_selected: int, dropped: str | None
 ) -> dict:
     return {
         "k": k,
-        "metric": "f1",
+        "metric": metric,
         "estimate": None,
         "ci_low": None,
         "ci_high": None,
