@@ -51,6 +51,7 @@ FAMILY_COMPARISONS = (
     "moe_vs_dense_on_routed_tokens_matched_count",
     "moe_vs_matched_subsets",
     "permuted_labels_on_routed_tokens",
+    "matched_count_minus_its_null",
 )
 #: The headline's control: dense neurons on each expert's routed tokens, d_expert of them per draw.
 HEADLINE = "moe_vs_dense_on_routed_tokens_matched_count"
@@ -58,6 +59,8 @@ HEADLINE = "moe_vs_dense_on_routed_tokens_matched_count"
 UNMATCHED = "moe_vs_dense_on_routed_tokens"
 #: The headline control's own null: MoE minus the matched-count control, both on permuted labels.
 NULL = "permuted_labels_on_routed_tokens"
+#: The headline tested against that null directly: (MoE − control) − (the same with permuted labels).
+NULL_CORRECTED = "matched_count_minus_its_null"
 HEADLINE_METRIC = "balanced_accuracy"
 #: Family-wise error rate of the headline's Holm correction over members and ks.
 ALPHA = 0.05
@@ -173,7 +176,7 @@ class SparsityResult(Result):
             return []
         others = {
             name: {(r["model"], r["k"]): r for r in self.headline_tests(name)}
-            for name in (UNMATCHED, "moe_vs_matched_subsets", NULL)
+            for name in (UNMATCHED, "moe_vs_matched_subsets", NULL, NULL_CORRECTED)
         }
         members = sorted({r["model"] for r in headline}, key=self._ratio)
         m = headline[0]["tests_in_family"]
@@ -197,6 +200,7 @@ class SparsityResult(Result):
                             (UNMATCHED, "all dense neurons"),
                             ("moe_vs_matched_subsets", "matched subsets"),
                             (NULL, "permuted-label null"),
+                            (NULL_CORRECTED, "headline minus that null"),
                         )
                         if (model, r["k"]) in others[name]
                     ]
@@ -227,8 +231,10 @@ class SparsityResult(Result):
             "control in each metric; the concepts that pass the per-concept test-document gate). Headline, the "
             "strongest control: MoE expert minus the same number of dense neurons (d_expert, random, mean of "
             "the draws) on exactly the tokens routed to the expert; beside it at the smallest and largest k, "
-            "all dense neurons on those tokens, dense neurons on routing-matched random subsets, and the "
-            "control's permuted-label null: " + "; ".join(parts) + "."
+            "all dense neurons on those tokens, dense neurons on routing-matched random subsets, the "
+            "control's permuted-label null, and the headline minus that null (one paired document bootstrap): "
+            + "; ".join(parts)
+            + "."
         )
         text += self._changed_text(headline, metric) + " " + _count_text(headline, "After Holm's correction")
         text += _floor_text(headline)
