@@ -253,10 +253,11 @@ class ProbingResult(Result):
             if r["protocol"] == "held_out" and r["k"] == 1
         ]
         kept = sorted({r["group"] for r in groups if r.get("n_concepts")})
-        what = (
-            f"all token-level concepts that pass the gate, pooled ({', '.join(kept)})" if kept else "pooled"
-        )
-        findings.append(_held_out_finding(pooled, what))
+        if len(kept) != 1:  # one group kept: the pooled comparison is that group's
+            what = "all token-level concepts that pass the gate, pooled" + (
+                f" ({', '.join(kept)})" if kept else ""
+            )
+            findings.append(_held_out_finding(pooled, what))
         findings = [f for f in findings if f]
         return findings or [
             "**Probing, held-out protocol**: not available in this run (see the probing notes)."
@@ -440,11 +441,13 @@ def _held_out_finding(records: list[dict], what: str) -> str:
         return ""
     head = (
         f"**Probing, held-out protocol, {what}** (unit chosen on selection documents, expert minus control "
-        f"at k = 1 on {lead.get('n_documents')} test documents, {METRIC_NAMES[LEAD_METRIC]} first, class-"
+        f"at k = 1 on {_count(lead.get('n_documents'))} test documents, {METRIC_NAMES[LEAD_METRIC]} first, class-"
         "balanced F1 in brackets, 95% document bootstrap)"
     )
-    counts = f"{lead.get('n_concepts') or 0} concepts kept" + (
-        f", {lead['n_concepts_dropped']} dropped by the gate" if lead.get("n_concepts_dropped") else ""
+    counts = f"{_count(lead.get('n_concepts'))} concepts kept" + (
+        f", {_count(lead['n_concepts_dropped'])} dropped by the gate"
+        if lead.get("n_concepts_dropped")
+        else ""
     )
     if lead.get("estimate") is None:
         reason = lead.get("interval_unavailable_reason") or "not computed"
@@ -459,6 +462,11 @@ def _held_out_finding(records: list[dict], what: str) -> str:
             text += f" (F1 {_short_interval(f1)})"
         parts.append(text)
     return f"{head}, {counts}{_dropped_example(lead)}: " + "; ".join(parts) + "."
+
+
+def _count(value) -> int:
+    """A count read back from a table (a float where the column holds a missing value), as an integer."""
+    return int(value or 0)
 
 
 def _dropped_example(record: dict) -> str:

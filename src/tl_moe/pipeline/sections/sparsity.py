@@ -220,7 +220,7 @@ class SparsityResult(Result):
         )
         permutations = next((r["swap_permutations"] for r in headline if r.get("swap_permutations")), None)
         test = (
-            f"two-sided document swap tests ({permutations:,} random swaps of the two arms' counts per test "
+            f"two-sided document swap tests ({int(permutations):,} random swaps of the two arms' counts per test "
             "document)"
             if permutations
             else "percentile-bootstrap p-values"
