@@ -6,7 +6,8 @@
   routing-matched random subsets (sizes per layer and concept) — each a paired difference with a
   document-bootstrap interval. The headline is the strongest control, d_expert random dense neurons
   on the expert's routed tokens (same tokens, as many candidate neurons; mean of seeded draws), per
-  member at every probed k, each with its bootstrap p-value Holm-adjusted over the member x k tests;
+  member at every probed k, each with its document swap test's p-value (20,000 swaps at least)
+  Holm-adjusted over the member x k tests, in balanced accuracy with F1's verdicts beside it;
   all dense neurons on those tokens, the matched-subsets difference and the control's permuted-label
   null are shown beside it. The members differ in total parameters as well as sparsity (one seed each), which the
   findings state: the family cannot separate the two.
