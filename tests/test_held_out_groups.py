@@ -1,5 +1,6 @@
-"""Held-out differences per concept group: each group's concepts and test documents with positives,
-and no interval for a group whose positives sit in fewer than the minimum of test documents."""
+"""Held-out differences per concept group: each group's concepts and test documents with positives; a
+concept whose positives sit in fewer than the minimum of test documents is dropped by the per-concept
+gate, with the reason, and a group left without concepts has no estimate."""
 
 from __future__ import annotations
 
@@ -46,21 +47,97 @@ def test_each_group_is_compared_over_its_own_concepts_and_a_rare_group_gets_no_i
     ).mean()
     assert code["estimate"] == pytest.approx(expected)
     assert code["interval_available"] and code["ci_low"] > 0  # a planted gain of 0.9 vs 0.6 recall
-    # The text group: positives in 12 test documents (< 30): the estimate, no interval, the reason.
-    assert text["n_concepts"] == 1 and text["n_documents_with_positives"] == 12
-    assert text["estimate"] is not None and not text["interval_available"] and text["ci_low"] is None
-    assert "12 test document(s) hold a positive" in text["interval_unavailable_reason"]
+    # The text concept: positives in 12 test documents (< 30): dropped by the gate, the group has no
+    # estimate, and the record names the concept and why.
+    assert text["n_concepts"] == 0 and text["n_concepts_dropped"] == 1 and text["estimate"] is None
+    assert not text["interval_available"] and text["ci_low"] is None
+    assert text["dropped_concepts"] == (
+        f"text_capitalized_word: positives in 12 test documents in moe (at least {MIN_DOCUMENTS} needed)"
+    )
+    # The text group leads the records.
+    assert records[0]["group"] == "text"
 
 
-def test_the_readme_group_table_shows_counts_and_no_interval_for_a_rare_group():
+def test_the_readme_group_table_shows_kept_and_dropped_counts_and_no_estimate_for_a_gated_group():
     from tl_moe.pipeline.readme_results import _group_table
     from tl_moe.pipeline.sections.probing import group_comparisons
 
     arms = {"moe": _arm("moe", 0.9, 0), "dense": _arm("dense", 0.6, 1)}
     records = group_comparisons(arms, n_resamples=300, seed=0, min_clusters=MIN_DOCUMENTS)
-    lines = _group_table(records)
+    lines = _group_table(records, "f1")
     code = next(line for line in lines if line.startswith("| code |"))
     text = next(line for line in lines if line.startswith("| text |"))
     f1 = {r["group"]: r for r in records if r["metric"] == "f1"}
-    assert code.startswith(f"| code | 2 | {N_DOCS} | {f1['code']['estimate']:+.3f} [")
-    assert text == f"| text | 1 | 12 | {f1['text']['estimate']:+.3f} (no interval) |"
+    assert code.startswith(f"| code | 2 | 0 | {N_DOCS} | {f1['code']['estimate']:+.3f} [")
+    assert text == "| text | 0 | 1 | 0 | – |"
+    assert lines.index(text) < lines.index(code)  # text leads
+
+
+def _k1(comparison: str, metric: str, estimate: float, low: float, high: float) -> dict:
+    return {
+        "protocol": "held_out",
+        "comparison": comparison,
+        "k": 1,
+        "metric": metric,
+        "estimate": estimate,
+        "ci_low": low,
+        "ci_high": high,
+        "interval_available": True,
+        "n_concepts": 30,
+    }
+
+
+def test_the_reading_names_its_metric_leads_with_the_sparsity_headlines_and_tests_the_null_directly():
+    """Planted: in balanced accuracy the remainder over the matched-count control does not exceed its own
+    null (its interval covers 0); in F1 it would look positive. The reading leads with balanced accuracy,
+    names it, gives F1 beside, and reads the null-corrected difference, not two intervals."""
+    from tl_moe.pipeline.readme_results import LEAD_METRIC, _reading
+    from tl_moe.pipeline.sections.sparsity import HEADLINE_METRIC
+
+    records = [
+        _k1("moe_vs_dense", "balanced_accuracy", 0.08, 0.06, 0.10),
+        _k1("moe_vs_dense", "f1", 0.09, 0.07, 0.14),
+        _k1("moe_vs_dense_on_routed_tokens_matched_count", "balanced_accuracy", 0.01, 0.002, 0.02),
+        _k1("moe_vs_dense_on_routed_tokens_matched_count", "f1", 0.035, 0.019, 0.05),
+        _k1("matched_count_minus_its_null", "balanced_accuracy", 0.004, -0.008, 0.015),
+        _k1("matched_count_minus_its_null", "f1", 0.015, 0.001, 0.03),
+    ]
+    text = _reading(records)
+    assert LEAD_METRIC == HEADLINE_METRIC == "balanced_accuracy"
+    assert text.startswith(
+        "Reading (balanced accuracy, every gated token-level concept pooled; F1 in brackets)"
+    )
+    assert "+0.080 [+0.060, +0.100] (F1 +0.090 [+0.070, +0.140])" in text
+    assert "the remainder is +0.004 [-0.008, +0.015] (F1 +0.015 [+0.001, +0.030])" in text
+    assert "its interval covers 0, so on the same tokens the expert neurons are not shown to add" in text
+    # A remainder above its null in the lead metric says so.
+    records[4] = _k1("matched_count_minus_its_null", "balanced_accuracy", 0.02, 0.01, 0.03)
+    assert "its interval excludes 0" in _reading(records)
+
+
+def test_the_lean_is_given_per_comparison():
+    from tl_moe.pipeline.readme_results import _interval_lean
+
+    rows = [
+        dict(_k1("moe_vs_dense", "f1", 0.1, 0.0, 1.0), bootstrap_bias=0.0),
+        dict(_k1("moe_vs_untrained", "f1", 0.9, 0.0, 1.0), bootstrap_bias=0.0),
+        dict(_k1("moe_vs_dense_on_routed_tokens_matched_count", "f1", 0.5, 0.0, 1.0), bootstrap_bias=0.0),
+    ]
+    text = _interval_lean(rows)
+    assert "MoE − dense: a median 0.10 of the way" in text
+    assert "MoE − untrained: a median 0.90 of the way" in text
+    assert "MoE − matched-count routed-token control: a median 0.50 of the way" in text
+
+
+def test_a_group_the_gate_empties_is_still_reported_with_the_reason():
+    from tl_moe.pipeline.sections.probing import _held_out_finding, group_comparisons
+
+    arms = {"moe": _arm("moe", 0.9, 0), "dense": _arm("dense", 0.6, 1)}
+    records = group_comparisons(arms, n_resamples=100, seed=0, min_clusters=MIN_DOCUMENTS)
+    text = _held_out_finding([r for r in records if r["group"] == "text"], "text concepts")
+    assert text.startswith("**Probing, held-out protocol, text concepts**")
+    assert "no estimate (no concept has positives and negatives in at least 30 test documents" in text
+    assert "0 concepts kept, 1 dropped by the gate" in text
+    assert "e.g. text_capitalized_word: positives in 12 test documents in moe" in text
+    code = _held_out_finding([r for r in records if r["group"] == "code"], "code concepts")
+    assert "2 concepts kept" in code and "vs the dense model +" in code and "(F1 +" in code

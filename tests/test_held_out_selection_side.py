@@ -78,7 +78,10 @@ def test_the_comparison_counts_the_concepts_selected_in_both_arms():
     a, b = _arm(stored, selection, "a"), _arm(stored, selection, "b")
     (f1,) = [r for r in compare(a, b, n_resamples=200) if r["metric"] == "f1"]
     assert f1["n_concepts_selected"] == 2  # selection_rich and both; test_rich was never chosen
-    assert f1["n_concepts"] == 2  # both are defined on the observed test documents
+    # selection_rich has too few test positives for the per-concept gate (decided before resampling):
+    # dropped, with the reason; both is kept.
+    assert f1["n_concepts"] == 1 and f1["n_concepts_dropped"] == 1
+    assert f1["dropped_concepts"].startswith("selection_rich: positives in ")
     assert f1["estimate"] == 0.0
 
 
@@ -128,7 +131,8 @@ def test_a_control_in_draws_is_compared_through_the_mean_of_its_draws_per_concep
             dataclasses.replace(a, name=f"control[{d}]", doc_counts=counts)  # same choices, other counts
         )
     (f1,) = [r for r in compare(a, draws, n_resamples=300) if r["metric"] == "f1"]
-    scored = [c for c in range(3) if a.has()[0, c]]
+    scored = [a.concepts.index("both")]  # selection_rich is dropped by the per-concept gate
+    assert f1["dropped_concepts"].startswith("selection_rich: ")
     score_a = balanced_f1(a.doc_counts[0, scored].sum(1))
     score_b = np.mean([balanced_f1(d.doc_counts[0, scored].sum(1)) for d in draws], axis=0)
     assert f1["a_mean"] == pytest.approx(score_a.mean()) and f1["b_mean"] == pytest.approx(score_b.mean())

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tl_moe.analysis.held_out_probing import _paired_concept_means, balanced_f1
+from tl_moe.analysis.held_out_probing import Side, _difference_statistic, balanced_f1
 from tl_moe.analysis.stats import PAIRED_METHOD, cluster_bootstrap
 
 N_DOCS, SEEDS = 40, 300
@@ -50,7 +50,7 @@ def planted_counts(seed: int, n_docs: int = N_DOCS) -> tuple[np.ndarray, np.ndar
 
 
 def _difference(counts_a: np.ndarray, counts_b: np.ndarray):
-    paired = _paired_concept_means(counts_a, [counts_b], balanced_f1)
+    paired = _difference_statistic([Side(counts_a, (counts_b,))], balanced_f1, seed=0)
     return lambda w: paired(w)[0]
 
 

@@ -113,7 +113,9 @@ def test_an_moe_computing_the_dense_function_shows_no_expert_advantage_on_routed
         assert abs(routed["estimate"]) <= 0.01, routed
         assert routed["ci_low"] <= 0.0 <= routed["ci_high"], routed
         assert routed["ci_high"] - routed["ci_low"] <= 0.02, routed
-        assert routed["n_concepts"] >= 10
+        # The per-concept gate keeps the concepts with positives and negatives in 30 test documents.
+        assert routed["n_concepts"] >= 5
+        assert routed["n_concepts"] + routed["n_concepts_dropped"] == routed["n_concepts_selected"]
         # ... while the paper's protocol still reports a gap in favour of the MoE.
         paper = probing.comparison("paper", "moe_vs_dense", k)
         assert paper["estimate"] > 0.05 and paper["ci_low"] > 0.0, paper
@@ -129,7 +131,7 @@ def test_an_moe_computing_the_dense_function_shows_no_expert_advantage_on_routed
     for k in (1, 4):
         count = probing.comparison("held_out", "moe_vs_dense_on_routed_tokens_matched_count", k)
         routed = probing.comparison("held_out", "moe_vs_dense_on_routed_tokens", k)
-        assert count["n_draws"] == 1 and count["n_concepts"] >= 10, count
+        assert count["n_draws"] == 1 and count["n_concepts"] == routed["n_concepts"] >= 5, count
         assert count["estimate"] == routed["estimate"] and count["ci_low"] == routed["ci_low"]
     assert [name for name in probing.held_out if name.startswith(ROUTED_COUNT + "[")] == [
         ROUTED_COUNT + "[0]"
@@ -138,8 +140,9 @@ def test_an_moe_computing_the_dense_function_shows_no_expert_advantage_on_routed
     groups = probing.groups[probing.groups["metric"] == "f1"]
     routed_groups = groups[groups["comparison"] == "moe_vs_dense_on_routed_tokens"]
     assert len(routed_groups) >= 2 and (routed_groups["k"] == 1).all()
-    assert (routed_groups["estimate"].abs() <= 0.02).all()
-    assert (routed_groups["n_documents_with_positives"] <= routed_groups["n_documents"]).all()
+    scored = routed_groups[routed_groups["estimate"].notna()]  # a group the gate empties has no estimate
+    assert len(scored) >= 1 and (scored["estimate"].abs() <= 0.02).all()
+    assert (scored["n_documents_with_positives"] <= scored["n_documents"]).all()
     assert probing.records()["groups"][0]["group"] in set(groups["group"])
 
 

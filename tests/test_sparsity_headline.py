@@ -138,7 +138,12 @@ def test_the_headline_tests_balanced_accuracy_when_recorded_and_shows_the_f1_cou
     assert tests["metric"] == "balanced_accuracy" and tests["verdict"] == "not separated from 0"
     assert result.headline_tests(metric="f1")[0]["verdict"] == "above 0"
     (headline, _) = result.findings()
-    assert "class-balanced accuracy (chance 0.5 for any probe" in headline
+    assert "balanced accuracy first (chance 0.5 for any probe" in headline
+    # Both metrics' verdicts side by side in the test's cell.
+    assert (
+        "k = 1: +0.002 [-0.008, +0.012], Holm p = 0.7: not separated from 0 | F1 +0.030 [+0.015, +0.045], "
+        "Holm p = 0.001: above 0" in headline
+    )
     assert "better than dense neurons in 0 of the 1 member × k tests" in headline
     assert (
         "In class-balanced F1 (the held-out protocol's F1 on a balanced test set, not the paper's" in headline
@@ -148,18 +153,76 @@ def test_the_headline_tests_balanced_accuracy_when_recorded_and_shows_the_f1_cou
 
 
 def test_separated_tests_at_the_bootstraps_floor_are_counted():
-    """Planted: two of the three separated tests have the smallest raw p-value of the family (no
-    resample crossed 0); the finding says so, with that floor."""
+    """Planted, an older run without swap tests: two of the three separated tests have the smallest raw
+    bootstrap p-value of the family (no resample crossed 0); the finding says so, with that floor."""
     from tl_moe.pipeline.sections.sparsity import _floor_text
 
+    def row(verdict, p):
+        return {"verdict": verdict, "p": p, "p_test": "bootstrap", "tests_in_family": 28}
+
     tests = [
-        {"verdict": "above 0", "bootstrap_p": 0.001},
-        {"verdict": "below 0", "bootstrap_p": 0.001},
-        {"verdict": "above 0", "bootstrap_p": 0.0012},
-        {"verdict": "not separated from 0", "bootstrap_p": 0.4},
+        row("above 0", 0.001),
+        row("below 0", 0.001),
+        row("above 0", 0.0012),
+        row("not separated from 0", 0.4),
     ]
+    text = _floor_text(tests)
     assert (
-        "2 of the 3 separated tests rest on the smallest raw p-value the bootstrap gives (0.001"
-        in _floor_text(tests)
+        "2 of the 3 separated tests rest on their test's smallest p-value (0.001: no resample crossed 0)"
+        in text
     )
-    assert _floor_text([{"verdict": "not separated from 0", "bootstrap_p": 0.3}]) == ""
+    assert "times the 28 tests that is 0.028, so more swaps would be needed" in text
+    assert _floor_text([row("not separated from 0", 0.3)]) == ""
+
+
+def test_swap_tests_at_their_floor_say_how_far_below_the_holm_threshold_it_is():
+    from tl_moe.pipeline.sections.sparsity import _floor_text
+
+    floor = 1 / 20_001
+    tests = [
+        {
+            "verdict": "above 0",
+            "p": floor,
+            "p_test": "swap",
+            "swap_permutations": 20_000,
+            "tests_in_family": 28,
+        },
+        {
+            "verdict": "not separated from 0",
+            "p": 0.3,
+            "p_test": "swap",
+            "swap_permutations": 20_000,
+            "tests_in_family": 28,
+        },
+    ]
+    text = _floor_text(tests)
+    assert "1 of the 1 separated tests rest on their test's smallest p-value (5e-05: no swap reached" in text
+    assert "times the 28 tests that is 0.0014, far below 0.05" in text
+
+
+def test_the_headline_verdicts_follow_the_swap_test_not_the_bootstrap_p_value():
+    """Planted: the bootstrap p-value sits at its floor (0.001) but the swap test finds 0.2, and the other way
+    round: the verdicts follow the swap test, whose p-value the rows carry."""
+    from tl_moe.pipeline.sections.sparsity import SparsityResult
+
+    rows = [
+        dict(
+            _record("toy/moe-4x2", 0.5, HEADLINE, 0.02, 0.005, 0.03, 0.001),
+            swap_p=0.2,
+            swap_permutations=20_000,
+        ),
+        dict(
+            _record("toy/moe-8x2", 0.25, HEADLINE, 0.03, 0.01, 0.05, 0.3),
+            swap_p=1 / 20_001,
+            swap_permutations=20_000,
+        ),
+    ]
+    table = pd.DataFrame({"k": [1, 1], "mean_best_f1": [0.8, 0.9], "active_ratio": [0.5, 0.25]})
+    result = SparsityResult(table=table, ks=(1,), held_out=pd.DataFrame(rows))
+    tests = {t["model"]: t for t in result.headline_tests()}
+    assert tests["toy/moe-4x2"]["p_test"] == "swap" and tests["toy/moe-4x2"]["p"] == 0.2
+    assert tests["toy/moe-4x2"]["verdict"] == "not separated from 0"  # Holm: 0.2 x 1 (second smallest)
+    assert tests["toy/moe-8x2"]["p_holm"] == pytest.approx(2 / 20_001)
+    assert tests["toy/moe-8x2"]["verdict"] == "above 0"
+    (headline, _) = result.findings()
+    assert "two-sided document swap tests (20,000 random swaps" in headline

@@ -28,7 +28,6 @@ of a dense model, the dense neurons on each expert's routed tokens (all of them,
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -397,6 +396,24 @@ def _held_out_tables(
     return units, chosen, doc_counts
 
 
+#: Fewest document swaps behind a swap-test p-value (:func:`swap_test`): its floor, 1 / (1 + n), is
+#: then far below a Holm threshold over tens of tests (28 tests at 5%: 0.0018). ``--permutations`` may raise it.
+SWAP_PERMUTATIONS = 20_000
+
+
+@dataclass(frozen=True)
+class Side:
+    """One paired difference inside :func:`compare`: an arm's chosen-probe counts and its control's.
+
+    Attributes:
+        first: ``[concept, doc, 4]`` confusion counts of the first arm's chosen probes.
+        draws: one such array per seeded draw of the control (one for a control without draws).
+    """
+
+    first: Float[np.ndarray, "concept doc 4"]
+    draws: tuple[np.ndarray, ...]
+
+
 def compare(
     a: HeldOutArm,
     b: HeldOutArm | Sequence[HeldOutArm],
@@ -408,6 +425,8 @@ def compare(
     concepts: Collection[str] | None = None,
     ks: Collection[int] | None = None,
     what: str | None = None,
+    null: tuple[HeldOutArm, HeldOutArm | Sequence[HeldOutArm]] | None = None,
+    permutations: int = 0,
 ) -> list[dict]:
     """Paired difference ``mean score(a) - mean score(b)`` per k over the concepts both arms probed.
 
@@ -415,39 +434,45 @@ def compare(
     often a probe says "positive", between 0 and 2/3) and balanced accuracy (chance level 0.5 always).
 
     ``b`` may be several arms, the seeded draws of one control (e.g. random neuron subsets): a
-    concept's control score is then the mean of its scores over the draws, recomputed in every
-    resample on the same resampled documents, and the concept counts only where every draw defines it.
+    concept's control score is then the mean of its scores over the draws. The interval carries the
+    draws' variation (a two-stage bootstrap): every resample draws the test documents with replacement
+    and, inside it, the control's draws with replacement (:func:`_draw_weights`).
+
+    **Per-concept gate** (decided once, on the test documents' labels, before any resampling): a concept
+    enters only if, in every compared arm (and draw), the test documents holding a positive of it, and
+    those holding a negative, number at least ``min_clusters``. The others are listed in
+    ``dropped_concepts`` with the reason, and counted in ``n_concepts_dropped``. A gated concept is
+    defined in (almost) every resample, so the two arms average the same concepts.
 
     The interval resamples test documents (the same documents on both sides); its method is
     :data:`~tl_moe.analysis.stats.PAIRED_METHOD`. In the estimate and in every resample a concept
-    counts only when it is defined in BOTH arms (positives and negatives among the drawn documents), so
-    the two means always average the same concepts. Which concepts enter is decided on the selection
-    side: those both arms chose a unit for (``n_concepts_selected``); a chosen concept whose test
-    documents hold no positive or no negative of it cannot be scored and drops out of both arms.
-    Concepts of the other ``level`` (token vs document) are left out; ``concepts`` (names) restricts
-    the comparison further (e.g. to one concept group), ``ks`` to some k.
+    counts only when it is defined in BOTH arms. Which concepts may enter is decided on the selection
+    side: those both arms chose a unit for (``n_concepts_selected``); the gate then keeps those with
+    enough test documents. Concepts of the other ``level`` (token vs document) are left out;
+    ``concepts`` (names) restricts the comparison further (e.g. to one concept group), ``ks`` to some k.
+
+    ``null`` = ``(a', b')``: the estimate becomes ``(a - b) - (a' - b')``, a difference's excess over
+    its own null (e.g. over the same arms probed with permuted labels), over the concepts gated in all
+    four arms, with one document bootstrap of the whole statistic (``a_mean``/``b_mean`` are a's and b's).
+
+    ``permutations`` > 0 (and no ``null``): also a document-level swap test of ``a = b``
+    (:func:`swap_test`), two-sided, ``swap_p``.
 
     One record per k and metric: ``estimate``, ``ci_low``, ``ci_high``, ``bootstrap_bias``,
-    ``bootstrap_p`` (two-sided percentile-bootstrap p-value of 0), ``n_concepts`` (scored in both
-    arms), ``n_concepts_selected``, ``n_documents``, ``n_documents_with_positives`` (test documents that
-    hold a positive of a compared concept in either arm), ``a_mean``, ``b_mean`` (over those concepts)
-    + interval metadata. Fewer than ``min_clusters`` test documents, or fewer than ``min_clusters``
-    test documents with a positive: the interval is unavailable, with the reason.
+    ``bootstrap_p`` (two-sided percentile-bootstrap p-value of 0), ``swap_p``, ``n_concepts`` (scored
+    in both arms), ``n_concepts_selected``, ``n_concepts_dropped``, ``dropped_concepts``,
+    ``n_documents``, ``n_documents_with_positives`` (test documents that hold a positive of a kept
+    concept in either arm), ``a_mean``, ``b_mean`` + interval metadata.
     """
-    draws = [b] if isinstance(b, HeldOutArm) else list(b)
-    if not draws:
-        raise ValueError(f"no control arm to compare {a.name} with.")
-    for arm in draws:
-        if a.ks != arm.ks or not np.array_equal(a.test_docs, arm.test_docs):
-            raise ValueError(
-                f"arms {a.name} and {arm.name} were not probed on the same ks and test documents."
-            )
+    draws = _draws(a, b)
+    groups = [(a, draws)]
+    if null is not None:
+        groups.append((null[0], _draws(null[0], null[1])))
     label = what or f"{a.name} - {draws[0].name.split('[')[0]}"
-    indices = [{name: i for i, name in enumerate(arm.concepts)} for arm in draws]
-    keep = [
-        (i, [index[name] for index in indices])
-        for i, name in enumerate(a.concepts)
-        if all(name in index for index in indices)
+    names = [
+        name
+        for name in a.concepts
+        if all(name in arm.concepts for first, controls in groups for arm in (first, *controls))
         and is_document_concept(name) == (level == "document")
         and (concepts is None or name in concepts)
     ]
@@ -455,24 +480,36 @@ def compare(
     for ki, k in enumerate(a.ks):
         if ks is not None and k not in ks:
             continue
-        pairs = [
-            (i, js)
-            for i, js in keep
-            if a.has()[ki, i] and all(arm.has()[ki, j] for arm, j in zip(draws, js, strict=True))
+        selected = [
+            name
+            for name in names
+            if all(_has(arm, ki, name) for first, controls in groups for arm in (first, *controls))
         ]
-        if not pairs:
-            records.append(_no_concept_record(k, len(a.test_docs)))
+        if not selected:
+            records += _no_concept_records(k, len(a.test_docs), "no concept was probed in both arms")
             continue
-        counts_a = a.doc_counts[ki, [i for i, _ in pairs]]  # [concept, doc, 4]
-        counts_b = [arm.doc_counts[ki, [js[d] for _, js in pairs]] for d, arm in enumerate(draws)]
-        positives = (counts_a[..., TP] + counts_a[..., FN]).sum(0) + sum(
-            (c[..., TP] + c[..., FN]).sum(0) for c in counts_b
+        kept, dropped = concept_gate(
+            selected,
+            [
+                (arm.name, _counts(arm, ki, selected))
+                for first, controls in groups
+                for arm in (first, *controls)
+            ],
+            min_clusters,
         )
-        with_positives = int((positives > 0).sum())
-        for metric, score in (("f1", balanced_f1), ("balanced_accuracy", balanced_accuracy)):
-            paired = _paired_concept_means(counts_a, counts_b, score)
+        if not kept:
+            reason = f"no concept has positives and negatives in at least {min_clusters} test documents in every arm"
+            records += _no_concept_records(k, len(a.test_docs), reason, len(selected), _dropped_text(dropped))
+            continue
+        sides = [
+            Side(_counts(first, ki, kept), tuple(_counts(arm, ki, kept) for arm in controls))
+            for first, controls in groups
+        ]
+        with_positives = _documents_with_positives(sides[0])
+        for metric, score in _METRICS.items():
+            statistic = _difference_statistic(sides, score, seed)
             interval = cluster_bootstrap(
-                lambda w, paired=paired: paired(w)[0],
+                lambda w, statistic=statistic: statistic(w)[0],
                 len(a.test_docs),
                 n_resamples=n_resamples,
                 method=PAIRED_METHOD,
@@ -481,50 +518,117 @@ def compare(
                 on_too_few="unavailable",
                 what=f"{label} at k={k}",
             )
-            if with_positives < min_clusters and interval.available:
-                interval = dataclasses.replace(
-                    interval,
-                    low=math.nan,
-                    high=math.nan,
-                    available=False,
-                    reason=(
-                        f"{with_positives} test document(s) hold a positive of the compared concepts; a "
-                        f"document-level interval needs at least {min_clusters}"
-                    ),
-                )
-            ones = np.ones((1, len(a.test_docs)))
-            _, mean_a, mean_b = paired(ones)
-            defined = np.isfinite(score(counts_a.sum(1)))
-            for c in counts_b:
-                defined &= np.isfinite(score(c.sum(1)))
-            record = {
-                "k": k,
-                "metric": metric,
-                **interval.to_dict(),
-                "bootstrap_p": _json_float(interval.p_value) if interval.available else None,
-                "n_concepts": int(defined.sum()),
-                "n_concepts_selected": len(pairs),
-                "n_documents_with_positives": with_positives,
-                "n_draws": len(draws),
-            }
-            record["a_mean"] = _json_float(mean_a[0])
-            record["b_mean"] = _json_float(mean_b[0])
-            records.append(record)
+            _, mean_a, mean_b, n_defined = statistic(np.ones((1, len(a.test_docs))))
+            swap_p = (
+                swap_test(sides[0], score, permutations, seed)
+                if permutations > 0 and null is None
+                else math.nan
+            )
+            records.append(
+                {
+                    "k": k,
+                    "metric": metric,
+                    **interval.to_dict(),
+                    "bootstrap_p": _json_float(interval.p_value) if interval.available else None,
+                    "swap_p": _json_float(swap_p),
+                    "swap_permutations": permutations if math.isfinite(swap_p) else None,
+                    "n_concepts": int(n_defined[0]),
+                    "n_concepts_selected": len(selected),
+                    "n_concepts_dropped": len(dropped),
+                    "dropped_concepts": _dropped_text(dropped),
+                    "n_documents_with_positives": with_positives,
+                    "n_draws": len(draws),
+                    "a_mean": _json_float(mean_a[0]),
+                    "b_mean": _json_float(mean_b[0]),
+                }
+            )
     return records
 
 
-def _no_concept_record(k: int, n_documents: int) -> dict:
+def _draws(a: HeldOutArm, b: HeldOutArm | Sequence[HeldOutArm]) -> list[HeldOutArm]:
+    """``b`` as a list of draws, checked against ``a`` (same ks and test documents)."""
+    draws = [b] if isinstance(b, HeldOutArm) else list(b)
+    if not draws:
+        raise ValueError(f"no control arm to compare {a.name} with.")
+    for arm in draws:
+        if a.ks != arm.ks or not np.array_equal(a.test_docs, arm.test_docs):
+            raise ValueError(
+                f"arms {a.name} and {arm.name} were not probed on the same ks and test documents."
+            )
+    return draws
+
+
+def _has(arm: HeldOutArm, ki: int, name: str) -> bool:
+    return bool(arm.has()[ki, arm.concepts.index(name)])
+
+
+def _counts(arm: HeldOutArm, ki: int, names: Sequence[str]) -> Float[np.ndarray, "concept doc 4"]:
+    return arm.doc_counts[ki, [arm.concepts.index(name) for name in names]]
+
+
+def concept_gate(
+    names: Sequence[str], arms: Sequence[tuple[str, Float[np.ndarray, "concept doc 4"]]], min_documents: int
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """The per-concept gate of :func:`compare`, decided on the test documents' labels only.
+
+    A concept is kept when, in every arm, at least ``min_documents`` test documents hold a positive of it
+    and at least ``min_documents`` hold a negative (among the tokens its chosen probe scores). Returns the
+    kept names and ``(name, reason)`` for each dropped one (the first arm and count that fall short).
+    """
+    kept, dropped = [], []
+    for c, name in enumerate(names):
+        reason = None
+        for arm, counts in arms:
+            positives = int(((counts[c, :, TP] + counts[c, :, FN]) > 0).sum())
+            negatives = int(((counts[c, :, FP] + counts[c, :, TN]) > 0).sum())
+            if positives < min_documents or negatives < min_documents:
+                which, n = ("positives", positives) if positives < min_documents else ("negatives", negatives)
+                reason = f"{which} in {n} test documents in {arm} (at least {min_documents} needed)"
+                break
+        if reason is None:
+            kept.append(name)
+        else:
+            dropped.append((name, reason))
+    return kept, dropped
+
+
+def _dropped_text(dropped: Sequence[tuple[str, str]]) -> str | None:
+    return "; ".join(f"{name}: {reason}" for name, reason in dropped) or None
+
+
+def _documents_with_positives(side: Side) -> int:
+    """Test documents holding a positive of a kept concept in either arm of ``side``."""
+    positives = sum((c[..., TP] + c[..., FN]).sum(0) for c in (side.first, *side.draws))
+    return int((positives > 0).sum())
+
+
+def _no_concept_records(
+    k: int, n_documents: int, reason: str, n_selected: int = 0, dropped: str | None = None
+) -> list[dict]:
+    """One record per metric for a k with no concept to compare: no estimate, the reason."""
+    return [_no_concept_record(k, metric, n_documents, reason, n_selected, dropped) for metric in _METRICS]
+
+
+#: The scores every comparison reports, in order.
+_METRICS = {"f1": balanced_f1, "balanced_accuracy": balanced_accuracy}
+
+
+def _no_concept_record(
+    k: int, metric: str, n_documents: int, reason: str, n_selected: int, dropped: str | None
+) -> dict:
     return {
         "k": k,
-        "metric": "f1",
+        "metric": metric,
         "estimate": None,
         "ci_low": None,
         "ci_high": None,
         "n_concepts": 0,
-        "n_concepts_selected": 0,
+        "n_concepts_selected": n_selected,
+        "n_concepts_dropped": n_selected,
+        "dropped_concepts": dropped,
         "n_documents": n_documents,
         "interval_available": False,
-        "interval_unavailable_reason": "no concept was probed in both arms",
+        "interval_unavailable_reason": reason,
     }
 
 
@@ -538,30 +642,118 @@ def _concept_scores(
     def scores(weights: np.ndarray) -> np.ndarray:
         # Integer weights times integer counts: the matrix product is exact in float64.
         totals = (weights @ flat).reshape(len(weights), counts.shape[0], counts.shape[2])
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return score(totals)
+        return _score(totals, score)
 
     return scores
 
 
-def _paired_concept_means(
-    counts_a: Float[np.ndarray, "concept doc 4"],
-    counts_b: Sequence[Float[np.ndarray, "concept doc 4"]],
+def _score(totals: np.ndarray, score: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return score(totals)
+
+
+def _draw_weights(weights: np.ndarray, n_draws: int, rng: np.random.Generator) -> np.ndarray:
+    """``[batch, draw]`` weights of the control's draws for document weights ``[batch, doc]``: all ones on
+    the observed data (every document once), else the draws resampled with replacement (the second stage
+    of the two-stage bootstrap; one draw: always one)."""
+    if n_draws == 1 or (len(weights) == 1 and np.all(weights == 1)):
+        return np.ones((len(weights), n_draws))
+    picks = rng.integers(0, n_draws, size=(len(weights), n_draws))
+    return np.stack([(picks == j).sum(1) for j in range(n_draws)], axis=1).astype(np.float64)
+
+
+def _control_scores(
+    draws: Sequence[Callable[[np.ndarray], np.ndarray]], weights: np.ndarray, draw_weights: np.ndarray
+) -> np.ndarray:
+    """A concept's control score ``[batch, concept]``: the weighted mean of its draws' scores (NaN where a
+    draw that is drawn leaves it undefined)."""
+    total = 0.0
+    for j, scores in enumerate(draws):
+        w = draw_weights[:, j, None]
+        total = total + np.where(w > 0, w * scores(weights), 0.0)
+    return total / draw_weights.sum(1, keepdims=True)
+
+
+def _difference_statistic(
+    sides: Sequence[Side], score: Callable[[np.ndarray], np.ndarray], seed: int
+) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Document weights ``[batch, doc]`` -> ``(estimate, mean a, mean b, concepts)`` ``[batch]``.
+
+    ``estimate``: the mean over concepts of the first side's per-concept difference (first arm minus the
+    mean of its control's draws) minus each further side's (a null), over the concepts defined in every
+    arm of every side on those documents; ``mean a`` / ``mean b``: the first side's two means over them.
+    The draws of each control are resampled inside each document resample (:func:`_draw_weights`, one
+    seeded generator per statistic, so a rerun gives the same interval).
+    """
+    rng = np.random.default_rng([seed, 7])
+    firsts = [_concept_scores(side.first, score) for side in sides]
+    controls = [[_concept_scores(c, score) for c in side.draws] for side in sides]
+
+    def statistic(weights: np.ndarray):
+        differences, first_a, first_b = [], None, None
+        for f, draws in zip(firsts, controls, strict=True):
+            a = f(weights)
+            b = _control_scores(draws, weights, _draw_weights(weights, len(draws), rng))
+            differences.append(a - b)
+            if first_a is None:
+                first_a, first_b = a, b
+        combined = differences[0] - sum(differences[1:]) if len(differences) > 1 else differences[0]
+        defined = np.isfinite(combined) & np.isfinite(first_a) & np.isfinite(first_b)
+        n = defined.sum(-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = lambda x: np.where(defined, x, 0.0).sum(-1) / n  # noqa: E731
+            return mean(combined), mean(first_a), mean(first_b), n
+
+    return statistic
+
+
+def swap_test(
+    side: Side,
     score: Callable[[np.ndarray], np.ndarray],
-) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Document weights -> ``(mean difference, mean a, mean b)`` ``[batch]`` over the concepts defined in
-    BOTH arms on those documents (:func:`~tl_moe.analysis.stats.paired_item_means`). ``counts_b`` holds
-    one array per draw of the control: a concept's control score is its mean over the draws (NaN
-    where a draw leaves it undefined)."""
-    scores_a = _concept_scores(counts_a, score)
-    scores_b = [_concept_scores(c, score) for c in counts_b]
+    permutations: int = SWAP_PERMUTATIONS,
+    seed: int = 0,
+) -> float:
+    """Two-sided document-level swap test of "the two arms score the same" (approximate randomization).
 
-    def means(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        control = sum(f(weights) for f in scores_b) / len(scores_b)
-        return paired_item_means(scores_a(weights), control)
+    Under the null the first arm's and the control's confusion counts on a test document are
+    exchangeable, so each document's counts may swap sides: a random half of the documents swap (the
+    same documents for every concept and every draw of the control), the statistic — mean over concepts
+    of ``score(first) - mean over draws score(draw)`` on the swapped totals, concepts defined on both
+    sides — is recomputed ``permutations`` times, and ``p = (1 + #{|T*| >= |T|}) / (1 + permutations)``.
+    Its floor is ``1 / (1 + permutations)``; swapping every document negates the statistic, so the null
+    distribution is symmetric about 0.
+    """
+    n_docs = side.first.shape[1]
+    flat = lambda c: c.transpose(1, 0, 2).reshape(n_docs, -1)  # noqa: E731  [doc, concept * 4]
+    first = flat(side.first)
+    draws = [flat(c) for c in side.draws]
+    shape = side.first.shape[0], side.first.shape[2]
 
-    return means
+    def statistic(keep: np.ndarray) -> np.ndarray:
+        """``keep`` ``[batch, doc]`` (1: the document keeps its side) -> the statistic ``[batch]``."""
+        a_sides, b_sides = [], []
+        for draw in draws:
+            # Side a on swapped documents: the draw's counts where swapped, a's where kept.
+            moved = keep @ (first - draw)  # [batch, concept * 4]
+            a_total, b_total = draw.sum(0) + moved, first.sum(0) - moved
+            a_sides.append(_score(a_total.reshape(len(keep), *shape), score))
+            b_sides.append(_score(b_total.reshape(len(keep), *shape), score))
+        a_mean = sum(a_sides) / len(draws)
+        b_mean = sum(b_sides) / len(draws)
+        return paired_item_means(a_mean, b_mean)[0]
+
+    observed = float(statistic(np.ones((1, n_docs)))[0])
+    if not math.isfinite(observed):
+        return math.nan
+    rng = np.random.default_rng([seed, 11])
+    tolerance = 1e-12 * max(1.0, abs(observed))
+    extreme, batch = 0, max(1, min(permutations, 2_000_000 // max(1, first.shape[1])))
+    for start in range(0, permutations, batch):
+        keep = rng.integers(0, 2, size=(min(batch, permutations - start), n_docs)).astype(np.float64)
+        null = statistic(keep)
+        extreme += int((np.abs(null) >= abs(observed) - tolerance).sum())
+    return (1 + extreme) / (1 + permutations)
 
 
 def _json_float(value: float) -> float | None:

@@ -30,6 +30,9 @@ _COMPARISONS = {
     "moe_vs_dense_on_routed_tokens_matched_count": (
         "MoE expert − d_expert random dense neurons on the expert's routed tokens (matched count, mean of draws)"
     ),
+    "matched_count_minus_its_null": (
+        "(MoE expert − matched-count control) − the same with labels permuted (that difference over its own null)"
+    ),
     "moe_vs_dense_on_routed_tokens": "MoE expert − all dense neurons on the expert's routed tokens",
     "moe_vs_matched_subsets": "MoE expert − dense neurons on routing-matched token subsets",
     "moe_vs_untrained": "MoE expert − untrained MoE expert",
@@ -38,6 +41,9 @@ _COMPARISONS = {
         "MoE − the matched-count routed-token control, both with permuted labels (that control's null)"
     ),
 }
+#: The metric the held-out tables and the reading lead with (the probing section's ``LEAD_METRIC``), then F1.
+LEAD_METRIC = "balanced_accuracy"
+_METRICS = {"balanced_accuracy": "balanced accuracy", "f1": "class-balanced F1"}
 
 
 def _interval(record: dict[str, Any]) -> str:
@@ -49,20 +55,17 @@ def _interval(record: dict[str, Any]) -> str:
 
 
 def _held_out_table(records: list[dict[str, Any]], ks: list[int]) -> list[str]:
-    lines = [
-        "| held-out comparison (F1, class-balanced) | " + " | ".join(f"k = {k}" for k in ks) + " | concepts |"
-    ]
-    lines.append("|---|" + "---|" * len(ks) + "---|")
+    """The pooled held-out comparisons at ``ks``: balanced accuracy first, class-balanced F1 beside."""
+    metrics = [m for m in (LEAD_METRIC, "f1") if any(r.get("metric", "f1") == m for r in records)]
+    heads = [f"{_METRICS[m]}, k = {k}" for m in metrics for k in ks]
+    lines = ["| held-out comparison (all gated concepts pooled) | " + " | ".join(heads) + " | concepts |"]
+    lines.append("|---|" + "---|" * len(heads) + "---|")
     for name, label in _COMPARISONS.items():
-        row = [
-            r
-            for r in records
-            if r["protocol"] == "held_out" and r["comparison"] == name and r.get("metric", "f1") == "f1"
-        ]
+        row = [r for r in records if r["protocol"] == "held_out" and r["comparison"] == name]
         if not row:
             continue
-        by_k = {r["k"]: r for r in row}
-        cells = [_interval(by_k[k]) if k in by_k else "–" for k in ks]
+        by = {(r.get("metric", "f1"), r["k"]): r for r in row}
+        cells = [_interval(by[(m, k)]) if (m, k) in by else "–" for m in metrics for k in ks]
         concepts = max(int(r.get("n_concepts") or 0) for r in row)
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {concepts} |")
     return lines
@@ -72,6 +75,7 @@ def _held_out_table(records: list[dict[str, Any]], ks: list[int]) -> list[str]:
 _GROUP_COLUMNS = {
     "moe_vs_dense": "MoE − dense layer",
     "moe_vs_dense_on_routed_tokens_matched_count": "MoE − d_expert dense neurons on routed tokens",
+    "matched_count_minus_its_null": "that − its permuted-label null",
     "moe_vs_dense_on_routed_tokens": "MoE − all dense neurons on routed tokens",
     "moe_vs_untrained": "MoE − untrained MoE",
 }
@@ -85,36 +89,40 @@ def _group_cell(record: dict[str, Any] | None) -> str:
     return f"{record['estimate']:+.3f} [{record['ci_low']:+.3f}, {record['ci_high']:+.3f}]"
 
 
-def _group_table(groups: list[dict[str, Any]]) -> list[str]:
-    """k = 1 held-out differences per concept group, with each group's concepts and test documents."""
-    rows = [r for r in groups if r.get("metric", "f1") == "f1" and r["comparison"] in _GROUP_COLUMNS]
+def _group_table(groups: list[dict[str, Any]], metric: str = LEAD_METRIC) -> list[str]:
+    """k = 1 held-out differences per concept group in ``metric`` (groups in the records' order, the lead
+    group first), with the concepts each group keeps and drops at the per-concept gate."""
+    rows = [r for r in groups if r.get("metric", "f1") == metric and r["comparison"] in _GROUP_COLUMNS]
     if not rows:
         return []
     by = {(r["group"], r["comparison"]): r for r in rows}
     names = [c for c in _GROUP_COLUMNS if any(r["comparison"] == c for r in rows)]
     lines = [
-        "Per concept group at k = 1 (F1; concepts and test documents holding the group's positives are "
-        "those of MoE − dense layer; a group whose positives sit in fewer than 30 test documents has no "
-        "interval):",
+        f"Per concept group at k = 1 ({_METRICS[metric]}; a concept enters only if its positives and its "
+        "negatives each sit in at least 30 test documents in every arm, decided before resampling; kept, "
+        "dropped and the test documents holding the kept concepts' positives are those of MoE − dense layer; "
+        "each record of the results lists the dropped concepts with the reason):",
         "",
-        "| group | concepts | test documents | " + " | ".join(_GROUP_COLUMNS[c] for c in names) + " |",
-        "|---|---|---|" + "---|" * len(names),
+        "| group | concepts kept | concepts dropped | test documents | "
+        + " | ".join(_GROUP_COLUMNS[c] for c in names)
+        + " |",
+        "|---|---|---|---|" + "---|" * len(names),
     ]
-    for group in sorted({r["group"] for r in rows}):
+    for group in dict.fromkeys(r["group"] for r in rows):
         count = by.get((group, "moe_vs_dense")) or next(by[(group, c)] for c in names if (group, c) in by)
         cells = [_group_cell(by.get((group, c))) for c in names]
         lines.append(
-            f"| {group} | {count.get('n_concepts') or 0} | {count.get('n_documents_with_positives') or 0} | "
-            + " | ".join(cells)
-            + " |"
+            f"| {group} | {count.get('n_concepts') or 0} | {count.get('n_concepts_dropped') or 0} | "
+            f"{count.get('n_documents_with_positives') or 0} | " + " | ".join(cells) + " |"
         )
     return lines
 
 
 def _reading(records: list[dict[str, Any]]) -> str:
-    """One paragraph saying what the controls show, whichever way they come out."""
+    """One paragraph saying what the controls show, whichever way they come out, in :data:`LEAD_METRIC`
+    (named), with F1 beside each number."""
 
-    def at_k1(name: str, metric: str = "f1") -> dict[str, Any] | None:
+    def at_k1(name: str, metric: str = LEAD_METRIC) -> dict[str, Any] | None:
         rows = [
             r
             for r in records
@@ -125,56 +133,63 @@ def _reading(records: list[dict[str, Any]]) -> str:
         ]
         return rows[0] if rows and rows[0].get("estimate") is not None else None
 
-    matched = at_k1("moe_vs_dense_on_routed_tokens_matched_count")
-    dense, routed, null = (
-        at_k1("moe_vs_dense"),
-        matched or at_k1("moe_vs_dense_on_routed_tokens"),
-        at_k1("permuted_labels"),
-    )
+    metric = LEAD_METRIC if at_k1("moe_vs_dense") is not None else "f1"
+
+    def both(name: str) -> str:
+        lead, f1 = at_k1(name, metric), at_k1(name, "f1")
+        return _interval(lead) + (f" (F1 {_interval(f1)})" if f1 is not None and metric != "f1" else "")
+
+    matched_name = "moe_vs_dense_on_routed_tokens_matched_count"
+    matched = at_k1(matched_name, metric)
+    routed_name = matched_name if matched else "moe_vs_dense_on_routed_tokens"
+    dense, routed = at_k1("moe_vs_dense", metric), at_k1(routed_name, metric)
     if dense is None or routed is None:
         return "The routed-token control was not available in this run, so the source of the gap is not separated."
     which = "d_expert random dense neurons (as many as an expert offers)" if matched else "the dense neurons"
     kept = routed["estimate"] / dense["estimate"] if dense["estimate"] else float("nan")
+    text = (
+        f"Reading ({_METRICS[metric]}, every gated token-level concept pooled; F1 in brackets): at k = 1 the "
+        f"held-out expert advantage over the dense model {both('moe_vs_dense')} "
+    )
     if kept < 0.5:
-        text = (
-            f"Reading: at k = 1 the held-out expert advantage over the dense model ({_interval(dense)}) falls to "
-            f"{_interval(routed)} when {which} are probed on exactly each expert's routed tokens "
-            f"({kept:.0%} of it remains): most of the gap comes with routing's pre-filtering of tokens; what "
-            "remains is what the expert neurons add on the same tokens"
-        )
-        covers_zero = routed.get("interval_available") and routed["ci_low"] <= 0 <= routed["ci_high"]
         text += (
-            ", and its interval covers 0: on the same tokens the expert neurons are not shown to add anything."
-            if covers_zero
-            else "."
+            f"falls to {both(routed_name)} when {which} are probed on exactly each expert's routed tokens "
+            f"({kept:.0%} of it remains): most of the gap comes with routing's pre-filtering of tokens"
         )
     else:
-        text = (
-            f"Reading: at k = 1 the held-out expert advantage over the dense model ({_interval(dense)}) stays at "
-            f"{_interval(routed)} ({kept:.0%} of it) when {which} are probed on each expert's routed "
-            "tokens: most of the gap is not explained by routing's pre-filtering of tokens."
+        text += (
+            f"stays at {both(routed_name)} ({kept:.0%} of it) when {which} are probed on each expert's routed "
+            "tokens: most of the gap is not explained by routing's pre-filtering of tokens"
         )
-    routed_null = at_k1("permuted_labels_on_routed_tokens")
-    if matched is not None and routed_null is not None:
-        text += f" That control's own permuted-label null is {_interval(routed_null)}."
-    if null is not None:
-        if abs(null["estimate"]) >= 0.5 * abs(routed["estimate"]):
+    corrected = at_k1("matched_count_minus_its_null", metric)
+    if matched is not None and corrected is not None:
+        text += (
+            f". Tested directly against that control's own permuted-label null, the remainder is "
+            f"{both('matched_count_minus_its_null')} ((MoE − control) − the same with labels permuted, one "
+            "document bootstrap)"
+        )
+        if corrected.get("interval_available"):
+            covers = corrected["ci_low"] <= 0 <= corrected["ci_high"]
             text += (
-                f" The permuted-label null, {_interval(null)}, is of a similar size, so that remainder is not "
-                "clearly separated from the protocol's own bias."
+                ": its interval covers 0, so on the same tokens the expert neurons are not shown to add "
+                "anything beyond the protocol's own bias."
+                if covers
+                else ": its interval excludes 0, so on the same tokens the expert neurons add something beyond "
+                "the protocol's own bias."
             )
         else:
-            text += f" The permuted-label null is {_interval(null)}."
-        chance = at_k1("permuted_labels", "balanced_accuracy")
-        excludes_zero = null.get("interval_available") and not (null["ci_low"] <= 0 <= null["ci_high"])
-        if chance is not None and excludes_zero and chance.get("interval_available"):
-            if chance["ci_low"] <= 0 <= chance["ci_high"]:
-                text += (
-                    f" In balanced accuracy (chance 0.5 for any probe) the same null is {_interval(chance)}: "
-                    "the F1 null is F1's chance level, 2q / (1 + 2q) for a probe that says positive on a "
-                    "fraction q of a balanced test set, moving with how often the chosen probes say positive, "
-                    "not a leak of labels (docs/METHODS.md)."
-                )
+            text += "."
+    else:
+        text += "."
+    null = at_k1("permuted_labels", metric)
+    if null is not None:
+        text += f" MoE − dense with permuted labels (the protocol's own bias) is {both('permuted_labels')}."
+    if metric != "f1":
+        text += (
+            " Balanced accuracy leads because its chance level is 0.5 for any probe; F1's chance level, "
+            "2q / (1 + 2q) for a probe that says positive on a fraction q of a balanced test set, moves with "
+            "how often the chosen probes say positive (docs/METHODS.md)."
+        )
     return text
 
 
@@ -214,9 +229,10 @@ def results_markdown(results: dict[str, Any], source: str) -> str:
         if ks:
             lines += ["", *_held_out_table(records, ks), "", _reading(records)]
             groups = probing.get("records", {}).get("groups") or probing.get("groups") or []
-            table = _group_table(groups)
-            if table:
-                lines += ["", *table]
+            for metric in (LEAD_METRIC, "f1"):
+                table = _group_table(groups, metric)
+                if table:
+                    lines += ["", *table]
             lean = _interval_lean(held_out_intervals(sections, options.get("model")))
             if lean:
                 lines += ["", lean]
@@ -297,10 +313,25 @@ def _interval_lean(records: list[dict[str, Any]], k1: list[dict[str, Any]] | Non
     )
     if at_k1 is not None:
         text += f"; at k = 1 alone, at {_lean_text(at_k1)}"
+    per = []
+    for name, label in _LEAN_COMPARISONS.items():
+        lean = interval_lean([r for r in records if r.get("comparison") == name])
+        if lean is not None:
+            per.append(f"{label}: {_lean_text(lean)}")
+    if per:
+        text += "; per comparison (every k, metric, group and member), " + "; ".join(per)
     return (
         text + ". 0.5 is centred. The intervals are percentile bootstraps (the method that covered best on a "
         "planted case with rare concepts, docs/METHODS.md), reported as computed; each record carries its bias."
     )
+
+
+#: The comparisons whose intervals' lean is also given one by one.
+_LEAN_COMPARISONS = {
+    "moe_vs_dense": "MoE − dense",
+    "moe_vs_untrained": "MoE − untrained",
+    "moe_vs_dense_on_routed_tokens_matched_count": "MoE − matched-count routed-token control",
+}
 
 
 _NOT_A_SETTING = {"out", "progress", "fresh", "keep_checkpoints", "threads", "checkpoint_every"}

@@ -32,6 +32,7 @@ from tl_moe.analysis.concept_probing import (
 )
 from tl_moe.analysis.held_out_probing import (
     ROUTED_COUNT_DRAWS,
+    SWAP_PERMUTATIONS,
     HeldOutArm,
     compare,
     dense_layer_blocks,
@@ -62,6 +63,10 @@ ROUTED_COUNT_PERMUTED = "dense_on_routed_tokens_matched_count_permuted_labels"
 
 __all__ = [
     "COMPARISONS",
+    "LEAD_GROUP",
+    "LEAD_METRIC",
+    "NULL_CORRECTED",
+    "held_out_comparisons",
     "ROUTED_COUNT",
     "ROUTED_COUNT_PERMUTED",
     "Probing",
@@ -86,6 +91,17 @@ COMPARISONS = {
     "permuted_labels": ("moe_permuted_labels", "dense_permuted_labels"),
     "permuted_labels_on_routed_tokens": ("moe_permuted_labels", ROUTED_COUNT_PERMUTED),
 }
+#: Differences tested against their own null: name -> ((arm, control), (arm, control) with permuted labels);
+#: estimate = (mean score(arm) - mean score(control)) - (the same with labels permuted), one document
+#: bootstrap of the whole (:func:`~tl_moe.analysis.held_out_probing.compare` with ``null``).
+NULL_CORRECTED = {
+    "matched_count_minus_its_null": (("moe", ROUTED_COUNT), ("moe_permuted_labels", ROUTED_COUNT_PERMUTED)),
+}
+#: The metric every held-out headline leads with: balanced accuracy, chance 0.5 for any probe (F1's
+#: chance level moves with how often a probe says positive; docs/METHODS.md). F1 is shown beside it.
+LEAD_METRIC = "balanced_accuracy"
+#: The concept group the held-out findings lead with (every token-level group is reported on its own).
+LEAD_GROUP = "text"
 #: Prefix of the paper protocol's metrics (the numbers of the code before the held-out protocol).
 PAPER = "paper protocol | "
 
@@ -222,36 +238,29 @@ class ProbingResult(Result):
         return self._held_out_findings() + self._paper_findings()
 
     def _held_out_findings(self) -> list[str]:
-        names = {
-            "moe_vs_dense": "vs the dense model",
-            "moe_vs_dense_on_routed_tokens": "vs all dense neurons on each expert's routed tokens",
-            "moe_vs_dense_on_routed_tokens_matched_count": (
-                "vs d_expert random dense neurons on each expert's routed tokens (matched neuron count, "
-                "mean of the draws)"
-            ),
-            "moe_vs_matched_subsets": "vs dense neurons on routing-matched token subsets",
-            "moe_vs_untrained": "vs the untrained MoE",
-            "permuted_labels": "and with labels permuted (the protocol's own bias, ≈ 0 expected)",
-            "permuted_labels_on_routed_tokens": (
-                "and the matched-count routed-token control with labels permuted (its own null, ≈ 0 expected)"
-            ),
-        }
-        parts, documents = [], None
-        for name, label in names.items():
-            try:
-                record = self.comparison("held_out", name, 1)
-            except KeyError:
-                continue
-            if not record.get("available", True) or record.get("estimate") is None:
-                continue
-            documents = int(record["n_documents"]) if record.get("n_documents") is not None else documents
-            parts.append(f"{label} {_interval_text(record)}")
-        if not parts:
+        """One finding per concept group (:data:`LEAD_GROUP` first), then the pooled comparison, each led
+        by :data:`LEAD_METRIC` with F1 beside it."""
+        if not len(self.comparisons):
             return ["**Probing, held-out protocol**: not available in this run (see the probing notes)."]
-        where = f" on {documents} test documents" if documents else ""
-        return [
-            "**Probing, held-out protocol** (unit chosen on selection documents, class-balanced F1 of the "
-            f"expert minus the control{where}, k = 1, 95% document bootstrap): " + "; ".join(parts) + "."
+        findings = []
+        groups = self.groups.astype(object).where(self.groups.notna(), None).to_dict("records")
+        for group in dict.fromkeys(r["group"] for r in groups):
+            rows = [r for r in groups if r["group"] == group and r["k"] == 1]
+            findings.append(_held_out_finding(rows, f"{group} concepts"))
+        pooled = [
+            r
+            for r in self.comparisons.astype(object).where(self.comparisons.notna(), None).to_dict("records")
+            if r["protocol"] == "held_out" and r["k"] == 1
+        ]
+        kept = sorted({r["group"] for r in groups if r.get("n_concepts")})
+        if len(kept) != 1:  # one group kept: the pooled comparison is that group's
+            what = "all token-level concepts that pass the gate, pooled" + (
+                f" ({', '.join(kept)})" if kept else ""
+            )
+            findings.append(_held_out_finding(pooled, what))
+        findings = [f for f in findings if f]
+        return findings or [
+            "**Probing, held-out protocol**: not available in this run (see the probing notes)."
         ]
 
     def _paper_findings(self) -> list[str]:
@@ -402,6 +411,80 @@ _UNITS_SUMMARY = TableSummary(
 NO_UNIT = "no unit had enough examples of a concept"
 
 
+#: How the held-out findings name each comparison (MoE first, the control second).
+_FINDING_LABELS = {
+    "moe_vs_dense_on_routed_tokens_matched_count": (
+        "vs d_expert random dense neurons on each expert's routed tokens (matched neuron count, mean of the "
+        "draws, the strongest control)"
+    ),
+    "matched_count_minus_its_null": (
+        "that difference minus its own permuted-label null ((MoE − control) − the same with labels permuted)"
+    ),
+    "moe_vs_dense_on_routed_tokens": "vs all dense neurons on each expert's routed tokens",
+    "moe_vs_dense": "vs the dense model",
+    "moe_vs_matched_subsets": "vs dense neurons on routing-matched token subsets",
+    "moe_vs_untrained": "vs the untrained MoE",
+    "permuted_labels": "MoE − dense with labels permuted (the protocol's own bias, ≈ 0 expected)",
+    "permuted_labels_on_routed_tokens": "MoE − the matched-count control with labels permuted (≈ 0 expected)",
+}
+METRIC_NAMES = {"balanced_accuracy": "balanced accuracy", "f1": "class-balanced F1"}
+
+
+def _held_out_finding(records: list[dict], what: str) -> str:
+    """The k = 1 held-out finding over ``records`` (one concept group's, or the pooled ones): every
+    comparison in :data:`LEAD_METRIC` with F1 beside it, the concepts kept and dropped by the gate."""
+    by = {(r["comparison"], r.get("metric") or "f1"): r for r in records}
+    lead = by.get(("moe_vs_dense", LEAD_METRIC)) or next(
+        (r for r in records if (r.get("metric") or "f1") == LEAD_METRIC), None
+    )
+    if lead is None:
+        return ""
+    head = (
+        f"**Probing, held-out protocol, {what}** (unit chosen on selection documents, expert minus control "
+        f"at k = 1 on {_count(lead.get('n_documents'))} test documents, {METRIC_NAMES[LEAD_METRIC]} first, class-"
+        "balanced F1 in brackets, 95% document bootstrap)"
+    )
+    counts = f"{_count(lead.get('n_concepts'))} concepts kept" + (
+        f", {_count(lead['n_concepts_dropped'])} dropped by the gate"
+        if lead.get("n_concepts_dropped")
+        else ""
+    )
+    if lead.get("estimate") is None:
+        reason = lead.get("interval_unavailable_reason") or "not computed"
+        return f"{head}: no estimate ({reason}; {counts}){_dropped_example(lead)}."
+    parts = []
+    for name, label in _FINDING_LABELS.items():
+        first, f1 = by.get((name, LEAD_METRIC)), by.get((name, "f1"))
+        if first is None or first.get("estimate") is None:
+            continue
+        text = f"{label} {_short_interval(first)}"
+        if f1 is not None and f1.get("estimate") is not None:
+            text += f" (F1 {_short_interval(f1)})"
+        parts.append(text)
+    return f"{head}, {counts}{_dropped_example(lead)}: " + "; ".join(parts) + "."
+
+
+def _count(value) -> int:
+    """A count read back from a table (a float where the column holds a missing value), as an integer."""
+    return int(value or 0)
+
+
+def _dropped_example(record: dict) -> str:
+    """The first concept the gate dropped, with its reason (the record lists them all)."""
+    dropped = record.get("dropped_concepts")
+    if not dropped:
+        return ""
+    first = dropped.split("; ")[0]
+    return f" (e.g. {first})"
+
+
+def _short_interval(record: dict) -> str:
+    text = f"{record['estimate']:+.4f}"
+    if record.get("interval_available"):
+        return text + f" [{record['ci_low']:+.4f}, {record['ci_high']:+.4f}]"
+    return text + f" (no interval: {record.get('interval_unavailable_reason')})"
+
+
 def _interval_text(record: dict) -> str:
     if record.get("estimate") is None or (
         isinstance(record["estimate"], float) and np.isnan(record["estimate"])
@@ -512,9 +595,10 @@ def group_comparisons(
 ) -> list[dict]:
     """Every held-out comparison at ``k`` restricted to each concept group (the concept library's groups).
 
-    One record per (comparison, group, metric), as :func:`compare`'s plus ``group``; a group whose
-    concepts have positives in fewer than ``min_clusters`` test documents gets no interval (the reason
-    says so), its estimate only.
+    One record per (comparison, group, metric), as :func:`compare`'s plus ``group``, :data:`LEAD_GROUP`
+    first. Each concept passes :func:`compare`'s per-concept gate (positives and negatives in at least
+    ``min_clusters`` test documents in every arm) or is listed in ``dropped_concepts`` with the reason; a
+    group none of whose concepts passes has no estimate (the reason says so).
     """
     if "moe" not in arms:
         return []
@@ -522,25 +606,20 @@ def group_comparisons(
     for name in arms["moe"].concepts:
         if not is_document_concept(name):
             groups.setdefault(concept_group(name), []).append(name)
+    if k not in arms["moe"].ks:
+        return []
     records = []
-    for name, (first, second) in COMPARISONS.items():
-        controls = arm_draws(arms, second)
-        if first not in arms or not controls or k not in arms[first].ks:
-            continue
-        for group, members in sorted(groups.items()):
-            for record in compare(
-                arms[first],
-                controls,
-                n_resamples=n_resamples,
-                seed=seed,
-                min_clusters=min_clusters,
-                concepts=set(members),
-                ks=(k,),
-                what=f"{name}, {group} concepts",
-            ):
-                records.append(
-                    {"protocol": "held_out", "comparison": name, "group": group, **record, "first": first}
-                )
+    for group in sorted(groups, key=lambda g: (g != LEAD_GROUP, g)):
+        for record in held_out_comparisons(
+            arms,
+            n_resamples=n_resamples,
+            seed=seed,
+            min_clusters=min_clusters,
+            concepts=set(groups[group]),
+            ks=(k,),
+            what=f", {group} concepts",
+        ):
+            records.append({"protocol": "held_out", "group": group, **record})
     return records
 
 
@@ -713,6 +792,33 @@ def held_out_probing(
     elif not options.skip_untrained_null and model is None:
         notes.append("the untrained null was not computed.")
 
+    records = [
+        {"protocol": "held_out", **record, "interval_over": "test documents"}
+        for record in held_out_comparisons(
+            arms,
+            n_resamples=options.bootstrap_resamples,
+            seed=options.seed,
+            min_clusters=options.min_documents,
+            permutations=max(options.permutations, SWAP_PERMUTATIONS),
+        )
+    ]
+    return arms, records, notes
+
+
+def held_out_comparisons(
+    arms: dict[str, HeldOutArm],
+    *,
+    n_resamples: int,
+    seed: int,
+    min_clusters: int,
+    permutations: int = 0,
+    concepts: set[str] | None = None,
+    ks: tuple[int, ...] | None = None,
+    what: str = "",
+) -> list[dict]:
+    """Every comparison of :data:`COMPARISONS` and :data:`NULL_CORRECTED` whose arms were computed: the
+    records of :func:`~tl_moe.analysis.held_out_probing.compare` with ``comparison``, ``first``, ``second``.
+    ``permutations`` > 0 adds each plain comparison's document swap test (``swap_p``)."""
     records = []
     for name, (first, second) in COMPARISONS.items():
         controls = arm_draws(arms, second)
@@ -721,21 +827,32 @@ def held_out_probing(
         for record in compare(
             arms[first],
             controls,
-            n_resamples=options.bootstrap_resamples,
-            seed=options.seed,
-            min_clusters=options.min_documents,
+            n_resamples=n_resamples,
+            seed=seed,
+            min_clusters=min_clusters,
+            permutations=permutations,
+            concepts=concepts,
+            ks=ks,
+            what=f"{name}{what}",
         ):
-            records.append(
-                {
-                    "protocol": "held_out",
-                    "comparison": name,
-                    **record,
-                    "interval_over": "test documents",
-                    "first": first,
-                    "second": second,
-                }
-            )
-    return arms, records, notes
+            records.append({"comparison": name, **record, "first": first, "second": second})
+    for name, ((first, second), (null_first, null_second)) in NULL_CORRECTED.items():
+        controls, null_controls = arm_draws(arms, second), arm_draws(arms, null_second)
+        if first not in arms or null_first not in arms or not controls or not null_controls:
+            continue
+        for record in compare(
+            arms[first],
+            controls,
+            null=(arms[null_first], null_controls),
+            n_resamples=n_resamples,
+            seed=seed,
+            min_clusters=min_clusters,
+            concepts=concepts,
+            ks=ks,
+            what=f"{name}{what}",
+        ):
+            records.append({"comparison": name, **record, "first": first, "second": second})
+    return records
 
 
 class Probing(Analysis):
@@ -759,8 +876,13 @@ class Probing(Analysis):
         "(as many candidates as an expert offers; the mean of 3 seeded draws), the latter with its own "
         "permuted-label null; vs random dense subsets with the routed sizes per layer "
         "and concept; vs an untrained MoE of the same config; and MoE vs dense with permuted labels "
-        "(must be ~0). Every choice (concepts, units, neurons) is made on the selection documents; the "
-        "test documents only score, and the k = 1 differences are also given per concept group. "
+        "(must be ~0), and the matched-count difference minus its own permuted-label null in one paired "
+        "bootstrap. Every choice (concepts, units, neurons) is made on the selection documents; the "
+        "test documents only score. A concept enters a comparison only if its positives and its negatives "
+        "each sit in at least --min-documents test documents in every arm (decided before resampling; the "
+        "dropped ones are listed with the reason). The k = 1 differences are reported per concept group, "
+        "text first, in balanced accuracy with F1 beside it; the matched-count control's draws are "
+        "resampled inside each document resample (two-stage bootstrap). "
         "**Paper protocol (for comparison with published numbers), as the paper's "
         "reference code samples and scores:** per concept, each document's positives and as many of its "
         "negatives, drawn before routing; every such token a unit saw, 75/25 stratified; F1 on the test "
@@ -909,6 +1031,8 @@ def _comparison_frame(records: list[dict]) -> pd.DataFrame:
         "ci_high",
         "n_concepts",
         "n_concepts_selected",
+        "n_concepts_dropped",
+        "dropped_concepts",
         "n_documents",
         "n_documents_with_positives",
         "n_draws",
@@ -923,6 +1047,8 @@ def _comparison_frame(records: list[dict]) -> pd.DataFrame:
         "interval_unavailable_reason",
         "bootstrap_bias",
         "bootstrap_p",
+        "swap_p",
+        "swap_permutations",
     ]
     frame = pd.DataFrame.from_records(records)
     for column in columns:
@@ -934,4 +1060,10 @@ def _comparison_frame(records: list[dict]) -> pd.DataFrame:
     return frame[columns]
 
 
-_COUNT_COLUMNS = ("n_concepts_selected", "n_documents_with_positives", "n_draws")
+_COUNT_COLUMNS = (
+    "n_concepts_selected",
+    "n_concepts_dropped",
+    "n_documents_with_positives",
+    "n_draws",
+    "swap_permutations",
+)

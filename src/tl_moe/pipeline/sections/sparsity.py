@@ -6,7 +6,8 @@
   routing-matched random subsets (sizes per layer and concept) — each a paired difference with a
   document-bootstrap interval. The headline is the strongest control, d_expert random dense neurons
   on the expert's routed tokens (same tokens, as many candidate neurons; mean of seeded draws), per
-  member at every probed k, each with its bootstrap p-value Holm-adjusted over the member x k tests;
+  member at every probed k, each with its document swap test's p-value (20,000 swaps at least)
+  Holm-adjusted over the member x k tests, in balanced accuracy with F1's verdicts beside it;
   all dense neurons on those tokens, the matched-subsets difference and the control's permuted-label
   null are shown beside it. The members differ in total parameters as well as sparsity (one seed each), which the
   findings state: the family cannot separate the two.
@@ -51,6 +52,7 @@ FAMILY_COMPARISONS = (
     "moe_vs_dense_on_routed_tokens_matched_count",
     "moe_vs_matched_subsets",
     "permuted_labels_on_routed_tokens",
+    "matched_count_minus_its_null",
 )
 #: The headline's control: dense neurons on each expert's routed tokens, d_expert of them per draw.
 HEADLINE = "moe_vs_dense_on_routed_tokens_matched_count"
@@ -58,6 +60,8 @@ HEADLINE = "moe_vs_dense_on_routed_tokens_matched_count"
 UNMATCHED = "moe_vs_dense_on_routed_tokens"
 #: The headline control's own null: MoE minus the matched-count control, both on permuted labels.
 NULL = "permuted_labels_on_routed_tokens"
+#: The headline tested against that null directly: (MoE − control) − (the same with permuted labels).
+NULL_CORRECTED = "matched_count_minus_its_null"
 HEADLINE_METRIC = "balanced_accuracy"
 #: Family-wise error rate of the headline's Holm correction over members and ks.
 ALPHA = 0.05
@@ -128,26 +132,32 @@ class SparsityResult(Result):
 
     def headline_tests(self, comparison: str = HEADLINE, metric: str | None = None) -> list[dict]:
         """One row per (member, k) of ``comparison`` in ``metric`` (default :meth:`headline_metric`): the
-        estimate, its 95% interval, the bootstrap p-value of 0, and Holm's adjusted p-value over every
-        (member, k) test of that comparison with an interval, with the verdict it supports at family-wise
-        5% (:func:`_adjusted_verdict`)."""
+        estimate, its 95% interval, the p-value of 0 and Holm's adjusted p-value over every (member, k)
+        test of that comparison with an interval, with the verdict it supports at family-wise 5%
+        (:func:`_adjusted_verdict`). The p-value is the document swap test's (``swap_p``,
+        :func:`~tl_moe.analysis.held_out_probing.swap_test`); a record without one (an older run) falls
+        back to the percentile-bootstrap p-value, and ``p_test`` says which."""
         metric = metric or self.headline_metric()
         rows = [r for r in self._held_out_records(metric) if r["comparison"] == comparison]
         rows.sort(key=lambda r: (self._ratio(r["model"]), r["k"]))
-        tested = [
-            r.get("bootstrap_p")
-            if r.get("interval_available") and r.get("bootstrap_p") is not None
-            else np.nan
-            for r in rows
-        ]
+        tested, tests = [], []
+        for r in rows:
+            swap = r.get("swap_p")
+            p, test = (swap, "swap") if swap is not None else (r.get("bootstrap_p"), "bootstrap")
+            ok = r.get("interval_available") and p is not None
+            tested.append(p if ok else np.nan)
+            tests.append(test if ok else None)
         adjusted = holm(np.asarray(tested, dtype=float))
         out = []
-        for record, p_holm in zip(rows, adjusted, strict=True):
+        for record, p, test, p_holm in zip(rows, tested, tests, adjusted, strict=True):
             row = {
                 key: record.get(key)
                 for key in ("model", "active_ratio", "k", "estimate", "ci_low", "ci_high", "bootstrap_p")
             }
             row.update(
+                p=None if np.isnan(p) else float(p),
+                p_test=test,
+                swap_permutations=record.get("swap_permutations"),
                 comparison=comparison,
                 metric=metric,
                 interval_available=bool(record.get("interval_available")),
@@ -167,10 +177,14 @@ class SparsityResult(Result):
             return []
         others = {
             name: {(r["model"], r["k"]): r for r in self.headline_tests(name)}
-            for name in (UNMATCHED, "moe_vs_matched_subsets", NULL)
+            for name in (UNMATCHED, "moe_vs_matched_subsets", NULL, NULL_CORRECTED)
         }
         members = sorted({r["model"] for r in headline}, key=self._ratio)
         m = headline[0]["tests_in_family"]
+        metric = headline[0]["metric"]
+        f1_tests = (
+            {(r["model"], r["k"]): r for r in self.headline_tests(HEADLINE, "f1")} if metric != "f1" else {}
+        )
         # The other controls beside the smallest and the largest k only (the headline at every k).
         ends = {min(r["k"] for r in headline), max(r["k"] for r in headline)}
         parts = []
@@ -187,29 +201,41 @@ class SparsityResult(Result):
                             (UNMATCHED, "all dense neurons"),
                             ("moe_vs_matched_subsets", "matched subsets"),
                             (NULL, "permuted-label null"),
+                            (NULL_CORRECTED, "headline minus that null"),
                         )
                         if (model, r["k"]) in others[name]
                     ]
                 )
+                f1 = f1_tests.get((model, r["k"]))
                 cells.append(
                     f"k = {r['k']}: {_short(r)}{_holm_text(r)}"
+                    + (f" | F1 {_short(f1)}{_holm_text(f1)}" if f1 is not None else "")
                     + (f" ({'; '.join(beside)})" if beside else "")
                 )
             parts.append(f"{model.removeprefix('toy/')} ({self._ratio(model):g}): " + ", ".join(cells))
-        metric = headline[0]["metric"]
         described = (
-            "class-balanced accuracy (chance 0.5 for any probe, so the protocol's permuted-label null sits "
-            "near 0, unlike F1's)"
+            "balanced accuracy first (chance 0.5 for any probe, so the protocol's permuted-label null sits "
+            "near 0, unlike F1's), class-balanced F1 after the | of each test"
             if metric == "balanced_accuracy"
             else "class-balanced F1"
         )
+        permutations = next((r["swap_permutations"] for r in headline if r.get("swap_permutations")), None)
+        test = (
+            f"two-sided document swap tests ({int(permutations):,} random swaps of the two arms' counts per test "
+            "document)"
+            if permutations
+            else "percentile-bootstrap p-values"
+        )
         text = (
             f"**Sparsity family, held-out protocol** ({described}, 95% document bootstrap, every probed "
-            f"k; Holm's correction over the {m} member × k tests of the headline control). Headline, the "
+            f"k; p-values from {test}, Holm's correction over the {m} member × k tests of the headline "
+            "control in each metric; the concepts that pass the per-concept test-document gate). Headline, the "
             "strongest control: MoE expert minus the same number of dense neurons (d_expert, random, mean of "
             "the draws) on exactly the tokens routed to the expert; beside it at the smallest and largest k, "
-            "all dense neurons on those tokens, dense neurons on routing-matched random subsets, and the "
-            "control's permuted-label null: " + "; ".join(parts) + "."
+            "all dense neurons on those tokens, dense neurons on routing-matched random subsets, the "
+            "control's permuted-label null, and the headline minus that null (one paired document bootstrap): "
+            + "; ".join(parts)
+            + "."
         )
         text += self._changed_text(headline, metric) + " " + _count_text(headline, "After Holm's correction")
         text += _floor_text(headline)
@@ -221,7 +247,7 @@ class SparsityResult(Result):
                     "paper's F1 at the routed class ratio; its permuted-label null is not 0, see the probing "
                     "finding), the same Holm tests: " + _count_text(f1, "").removesuffix(".") + " (the "
                     "headline moved from F1 to balanced accuracy after the F1 results were seen: read both "
-                    "counts)."
+                    "counts; each test above gives both verdicts)."
                 )
         return [text]
 
@@ -394,23 +420,39 @@ _ABOVE, _BELOW, _NEITHER, _NONE = "above 0", "below 0", "not separated from 0", 
 
 
 def _floor_text(tests: list[dict]) -> str:
-    """How many separated tests rest on a raw p-value at the bootstrap's floor (no resample crossed 0):
-    their Holm p-value is then the number of tests times that floor, and more resamples would be needed
-    to say more."""
-    raw = [r["bootstrap_p"] for r in tests if r.get("bootstrap_p") is not None]
+    """How many separated tests rest on a raw p-value at its test's floor (no swap or resample reached
+    the observed value), the floor, and the Holm p-value it gives (the number of tests times it)."""
     separated = [r for r in tests if r["verdict"] in (_ABOVE, _BELOW)]
-    if not raw or not separated:
+    raw = [r["p"] for r in tests if r.get("p") is not None]
+    if not separated or not raw:
         return ""
-    floor = min(raw)
-    at_floor = sum(
-        r.get("bootstrap_p") is not None and r["bootstrap_p"] <= floor * (1 + 1e-9) for r in separated
-    )
+    floors = [_p_floor(r, min(raw)) for r in separated]
+    at_floor = sum(r["p"] <= f * (1 + 1e-9) for r, f in zip(separated, floors, strict=True))
     if not at_floor:
         return ""
-    return (
-        f" {at_floor} of the {len(separated)} separated tests rest on the smallest raw p-value the bootstrap "
-        f"gives ({floor:.2g}: no resample crossed 0), so their Holm p-value is the number of tests times it."
+    floor, m = min(floors), separated[0]["tests_in_family"]
+    holm_floor = min(1.0, m * floor)
+    what = (
+        "no swap reached the observed difference"
+        if separated[0]["p_test"] == "swap"
+        else "no resample crossed 0"
     )
+    return (
+        f" {at_floor} of the {len(separated)} separated tests rest on their test's smallest p-value ({floor:.2g}: "
+        f"{what}); times the {m} tests that is {holm_floor:.2g}"
+        + (
+            ", far below 0.05: those verdicts do not hang on the floor."
+            if holm_floor <= ALPHA / 10
+            else ", so more swaps would be needed to say more."
+        )
+    )
+
+
+def _p_floor(row: dict, smallest: float) -> float:
+    """The smallest p-value ``row``'s test can give: 1 / (1 + swaps) for a swap test; for the percentile
+    bootstrap of an older run (no resample count recorded), the ``smallest`` p-value among its tests."""
+    n = row.get("swap_permutations")
+    return 1.0 / (1 + n) if row.get("p_test") == "swap" and n else smallest
 
 
 def _count_text(tests: list[dict], lead: str) -> str:
