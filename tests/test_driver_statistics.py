@@ -552,3 +552,29 @@ def test_the_estimate_finding_words_a_between_layer_rho_from_the_per_layer_value
     assert "same 64 experts" in text and "bootstrap bias" in text
     metrics = DriversResult(pd.DataFrame(), pd.DataFrame(), 0.5, paired=paired)
     assert metrics.paired is paired
+
+
+def test_the_layer_verdict_names_layers_whose_own_interval_is_above_zero():
+    from tl_moe.pipeline.sections.drivers import WITHIN, DriversResult
+
+    def rows(layer, low, high):
+        return {
+            "score": "first-order estimate",
+            "layer": layer,
+            "spearman with exact zeroing effect": (low + high) / 2,
+            "ci low": low,
+            "ci high": high,
+            "interval unavailable": "",
+        }
+
+    paired = pd.DataFrame(
+        [rows("all", 0.05, 0.5), rows("0", 0.1, 0.8), rows("1", -0.5, 0.4), rows(WITHIN, -0.01, 0.4)]
+    )
+    verdict = DriversResult(pd.DataFrame(), pd.DataFrame(), 0.5, paired=paired)._layer_verdict(["0", "1"])
+    assert "1 of 2 layers have an interval above 0" in verdict and "rests largely on differences" in verdict
+    paired.loc[1, ["ci low"]] = -0.1
+    verdict = DriversResult(pd.DataFrame(), pd.DataFrame(), 0.5, paired=paired)._layer_verdict(["0", "1"])
+    assert "driven by differences between layers" in verdict
+    paired.loc[3, ["ci low"]] = 0.05
+    verdict = DriversResult(pd.DataFrame(), pd.DataFrame(), 0.5, paired=paired)._layer_verdict(["0", "1"])
+    assert "also ranks experts within layers" in verdict

@@ -357,11 +357,16 @@ class DriversResult(Result):
         if why or within_why:
             return "without intervals, the per-layer values are descriptive only"
         above = sum(interval(layer)[0] > 0 for layer in layers)
-        count = f"{above} of {len(layers)} layers have an interval above 0"
+        count = f"{above} of {len(layers)} layers have an interval above 0 (each unadjusted for the {len(layers)} layers)"
+        if pooled_low > 0 and within_low <= 0 and not above:
+            return (
+                "no layer's interval is above 0 and the mean within-layer ρ covers 0, so the pooled ρ is driven by "
+                "differences between layers, not by ranking the experts of a layer"
+            )
         if pooled_low > 0 and within_low <= 0:
             return (
-                f"{count} and the mean within-layer ρ covers 0, so the pooled ρ is driven by differences between "
-                "layers, not by ranking the experts of a layer"
+                f"the mean within-layer ρ covers 0 ({count}), so the pooled ρ rests largely on differences between "
+                "layers; within a layer the estimate's ranking is shown only in those layers"
             )
         if pooled_low > 0 and within_low > 0:
             return (
