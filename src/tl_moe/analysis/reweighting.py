@@ -114,7 +114,8 @@ class ReweightingStudy:
         grid: one row per (domain, candidate set, factor): the selection-half loss change.
         gains: one row per domain: the chosen set and factor, and on the domain's held-out documents
             the loss change of the chosen re-weighting, of the matched random control (mean of the
-            draws), and chosen − control, each with its 95% interval, ``n`` documents; beside them the
+            draws), and chosen − control, each with its 95% two-stage interval (documents, then the
+            draws: :func:`draw_resampled_intervals`), ``n`` documents; beside them the
             Holm-adjusted test over the domains (:func:`holm_adjusted`): ``chosen − control p``,
             ``p (Holm)``, the Holm interval (``Holm level``, ``Holm ci low`` / ``high``) and
             ``improved (Holm)`` / ``worse (Holm)``.
