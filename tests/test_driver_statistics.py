@@ -468,3 +468,113 @@ def test_the_estimate_finding_prints_the_chance_overlap_with_two_decimals():
     )
     result = DriversResult(pd.DataFrame(), pd.DataFrame(), 0.5, agreement=agreement)
     assert "(chance 1.05; REAP saliency: 4)" in result._estimate_finding()
+
+
+# ------------------------------------------------------------------------------ estimate ρ per layer
+
+
+def _layered_case(seed: int, within: bool, n_layers: int = 4, per_layer: int = 16, n_docs: int = 80):
+    """Exact effects of 4 layers × 16 experts: a layer level (0, 1, 2, 3) plus a within-layer spread.
+    The estimate sees the layer level always, and the within-layer spread only when ``within``
+    (otherwise every expert of a layer has the same true estimate, so its order inside a layer is
+    document noise: the planted "no effect" inside layers; the interval is over documents, for these
+    experts)."""
+    rng = np.random.default_rng(seed)
+    layer = np.repeat(np.arange(n_layers), per_layer)
+    spread = rng.normal(0, 1, layer.size)
+    truth = 2.0 * layer + spread
+    counts = rng.integers(10, 30, n_docs).astype(float)
+    exact = truth[:, None] * counts + rng.normal(0, 1, (layer.size, n_docs)) * np.sqrt(counts)
+    seen = 2.0 * layer + (spread if within else 0.0)  # not within: the order in a layer is document noise
+    estimate = seen[:, None] * counts + rng.normal(0, 1, (layer.size, n_docs)) * np.sqrt(counts)
+    routed = rng.integers(5, 15, (layer.size, n_docs)).astype(float)
+    reap = (truth + rng.normal(0, 0.3, layer.size))[:, None] * routed
+    return exact, counts, estimate, counts, reap, routed, layer
+
+
+def test_the_paired_rho_is_given_per_layer_and_a_between_layer_rho_is_told_apart():
+    *scores, layer = _layered_case(0, within=False)
+    table = paired_rho_difference(*scores, layers=layer, n_resamples=300)
+    first = table[table["score"] == "first-order estimate"].set_index("layer")
+    exact, counts, estimate, ec, _, _ = scores
+    for value in range(4):  # each layer's ρ is scipy's on its 16 experts
+        rows = layer == value
+        expected = scipy.stats.spearmanr(estimate[rows].sum(1) / ec.sum(), exact[rows].sum(1) / counts.sum())
+        assert first.loc[str(value), "spearman with exact zeroing effect"] == pytest.approx(
+            expected.statistic
+        )
+        assert first.loc[str(value), "experts"] == 16
+    within = first.loc["within layers (mean)"]
+    assert within["spearman with exact zeroing effect"] == pytest.approx(
+        first.loc[["0", "1", "2", "3"], "spearman with exact zeroing effect"].mean()
+    )
+    assert first.loc["all", "ci low"] > 0.5  # the layer levels alone make a high pooled ρ ...
+    assert within["ci low"] <= 0 <= within["ci high"]  # ... with nothing inside the layers
+    covered = 0
+    for seed in range(1, 16):
+        table = paired_rho_difference(*_layered_case(seed, within=False)[:-1], layers=layer, n_resamples=200)
+        row = table[(table["score"] == "first-order estimate") & (table["layer"] == "within layers (mean)")]
+        covered += bool((row["ci low"] <= 0).iloc[0] and (row["ci high"] >= 0).iloc[0])
+    assert covered >= 13  # 95% nominal over 15 seeds
+
+
+def test_a_within_layer_ranking_is_found_within_layers():
+    *scores, layer = _layered_case(1, within=True)
+    first = paired_rho_difference(*scores, layers=layer, n_resamples=300)
+    first = first[first["score"] == "first-order estimate"].set_index("layer")
+    assert first.loc["within layers (mean)", "ci low"] > 0.3
+    assert (first.loc[["0", "1", "2", "3"], "ci low"] > 0).all()
+
+
+def test_the_estimate_finding_words_a_between_layer_rho_from_the_per_layer_values():
+    from tl_moe.pipeline.sections.drivers import DriversResult
+
+    *scores, layer = _layered_case(0, within=False)
+    paired = paired_rho_difference(*scores, layers=layer, n_resamples=300)
+    agreement = pd.DataFrame(
+        [
+            {
+                "score": s,
+                "exact effect": "zero",
+                "layer": "all",
+                "top n": 8,
+                "top-n overlap": 4,
+                "chance overlap": 1.0,
+            }
+            for s in ("first-order estimate", "REAP saliency")
+        ]
+    )
+    text = DriversResult(
+        pd.DataFrame(), pd.DataFrame(), 0.5, agreement=agreement, paired=paired
+    )._estimate_finding()
+    assert "layer 0 " in text and "layer 3 " in text and "mean over layers" in text
+    assert "driven by differences between layers" in text
+    assert "same 64 experts" in text and "bootstrap bias" in text
+    metrics = DriversResult(pd.DataFrame(), pd.DataFrame(), 0.5, paired=paired)
+    assert metrics.paired is paired
+
+
+def test_the_layer_verdict_names_layers_whose_own_interval_is_above_zero():
+    from tl_moe.pipeline.sections.drivers import WITHIN, DriversResult
+
+    def rows(layer, low, high):
+        return {
+            "score": "first-order estimate",
+            "layer": layer,
+            "spearman with exact zeroing effect": (low + high) / 2,
+            "ci low": low,
+            "ci high": high,
+            "interval unavailable": "",
+        }
+
+    paired = pd.DataFrame(
+        [rows("all", 0.05, 0.5), rows("0", 0.1, 0.8), rows("1", -0.5, 0.4), rows(WITHIN, -0.01, 0.4)]
+    )
+    verdict = DriversResult(pd.DataFrame(), pd.DataFrame(), 0.5, paired=paired)._layer_verdict(["0", "1"])
+    assert "1 of 2 layers have an interval above 0" in verdict and "rests largely on differences" in verdict
+    paired.loc[1, ["ci low"]] = -0.1
+    verdict = DriversResult(pd.DataFrame(), pd.DataFrame(), 0.5, paired=paired)._layer_verdict(["0", "1"])
+    assert "driven by differences between layers" in verdict
+    paired.loc[3, ["ci low"]] = 0.05
+    verdict = DriversResult(pd.DataFrame(), pd.DataFrame(), 0.5, paired=paired)._layer_verdict(["0", "1"])
+    assert "also ranks experts within layers" in verdict

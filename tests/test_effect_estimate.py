@@ -295,7 +295,8 @@ def test_the_drivers_analysis_reports_the_estimate_beside_the_exact_effect(
     # 16 experts: too few for the bootstrap over experts (MIN_DOCUMENTS = 30); the paired document
     # bootstrap compares the estimate with REAP on the same experts
     assert "at least 30" in pooled.loc["first-order estimate", "interval"]
-    paired = drivers.paired.set_index("score")
+    paired = drivers.paired[drivers.paired["layer"] == "all"].set_index("score")
+    assert set(drivers.paired["layer"]) == {"all", "0", "1", "within layers (mean)"}
     column = "spearman with exact zeroing effect"
     assert paired.loc["first-order estimate", column] == pytest.approx(expected)
     assert paired.loc["estimate − REAP", column] == pytest.approx(

@@ -2,6 +2,9 @@
 
 Planted per-document expert outputs with an identity lens (d_model = vocabulary, logits = output):
 - the share and its bootstrap statistic equal a hand count of argmaxes under document weights;
+- the token is chosen on the selection documents of the document split and counted on the test ones:
+  with no lean at all (planted no effect), the held-out share stays at chance while the share counted
+  on the documents that chose the token is inflated;
 - two models whose experts lean to the same tokens (no effect of training): the trained − untrained
   interval covers 0 over seeds;
 - a trained model whose experts lean to token 0 against an untrained one without the lean: found;
@@ -16,7 +19,7 @@ import torch
 from tl_moe.analysis.logit_lens_accumulator import ExpertLogitLensResult
 from tl_moe.analysis.logit_lens_null import top1_share_statistic, top_token_share
 
-VOCAB, EXPERTS, DOCS = 5, 24, 40
+VOCAB, EXPERTS, DOCS = 5, 24, 90
 
 
 def identity(x: torch.Tensor) -> torch.Tensor:
@@ -91,7 +94,10 @@ def test_a_token_favoured_by_training_is_found():
         identity,
         n_resamples=300,
     )
-    assert share.token == 0 and share.trained.estimate >= 0.5
+    assert share.token == 0 and share.trained.estimate >= 0.5 and share.held_out
+    assert (
+        share.selection_documents + share.test_documents == DOCS and share.trained.n == share.test_documents
+    )
     assert share.difference.low > 0.2  # half the experts lean to token 0 in the trained model only
     assert share.untrained_own_top_share < share.trained.estimate
 
@@ -107,3 +113,31 @@ def test_models_fed_other_documents_have_no_paired_difference():
     )
     assert share.trained.available and share.untrained.available
     assert not share.difference.available and "same documents" in share.difference.reason
+
+
+def test_the_token_is_chosen_on_selection_documents_and_counted_on_test_documents_only():
+    """No expert leans to any token: each expert's top-1 is document noise, so a token chosen on the
+    selection documents is the top-1 of a chance share (1 / VOCAB) of experts on the test documents;
+    counted on the documents that chose it, its share is inflated by the choice."""
+    covered, inflated, held = 0, [], []
+    for seed in range(12):
+        lean = torch.zeros(EXPERTS, VOCAB, dtype=torch.float64)
+        share = top_token_share(
+            planted_lens(lean, seed), identity, n_resamples=300, seed=seed, split_seed=seed
+        )
+        covered += int(share.trained.covers(1 / VOCAB))
+        inflated.append(share.all_documents_share)
+        held.append(share.trained.estimate)
+    assert covered >= 10  # 95% nominal over 12 seeds
+    assert np.mean(inflated) > np.mean(held) + 0.05  # choosing on the reported documents inflates
+    assert abs(np.mean(held) - 1 / VOCAB) < 0.05
+
+
+def test_without_per_document_sums_nothing_is_held_out_and_no_share_is_a_number():
+    import dataclasses
+
+    lens = dataclasses.replace(planted_lens(leaning(0.6, 0), 0), doc_out_sum=None, doc_n_routed=None)
+    share = top_token_share(lens, identity, n_resamples=100)
+    assert not share.held_out and "per-document" in share.reason
+    assert np.isnan(share.trained.estimate) and not share.trained.available
+    assert share.all_documents_share >= 0.5  # descriptive, on the documents that chose the token

@@ -433,3 +433,62 @@ def test_selection_never_sees_report_documents():
     assert not hidden["discovered"] and hidden["report lift"] > 2  # strong, but only where selection is blind
     assert selected["discovered"] and not selected["confirmed"]
     assert selected["report ci low"] <= 1 <= selected["report ci high"]
+
+
+# ------------------------------------------------------------------- report-half lifts: gate and multiplicity
+def _force(experts, where, layer, expert):
+    experts[where, layer, 0] = expert
+    other = (expert + 1) % E  # keep the two routed experts distinct
+    experts[where, layer, 1] = np.where(experts[where, layer, 1] == expert, other, experts[where, layer, 1])
+
+
+def test_a_report_lift_behind_fewer_than_min_documents_has_no_interval_never_a_number():
+    from tl_moe.analysis.stats import MIN_DOCUMENTS
+
+    rng, lengths, tokens = _corpus(4)
+    doc = np.repeat(np.arange(len(lengths)), lengths)
+    rare = (doc % 4 == 0) & (rng.random(len(tokens)) < 0.3)  # token 50: in a quarter of the documents
+    tokens = np.where(rare, 50, tokens)
+    experts = _random_routing(rng, len(tokens))
+    _force(experts, tokens == 50, 0, 3)
+    out = token_expert_associations(_stream_records(lengths, tokens, experts).finalize(), E, n_resamples=200)
+    row = out.tested.set_index(["token id", "layer", "expert"]).loc[(50, LAYERS[0], 3)]
+    assert row["discovered"] and 0 < row["report documents with token"] < MIN_DOCUMENTS
+    assert np.isfinite(row["report lift"]) and row["report lift"] > 1  # the estimate is shown ...
+    assert np.isnan(row["report ci low"]) and np.isnan(row["report ci high"])  # ... never an interval
+    assert f"at least {MIN_DOCUMENTS}" in row["report interval unavailable"]
+    assert not row["confirmed"] and np.isnan(row["report p"])
+    assert out.summary["discoveries without a report interval"] >= 1
+
+
+def test_report_confirmation_is_bh_over_the_measured_discoveries_and_rejects_a_selection_only_effect():
+    """Planted: token 7 goes to expert 5 of block 1 on both halves (a real association); tokens 10-17
+    each go to their own expert of block 0 on the selection half only (no effect on the report half: the
+    planted "no effect" for the confirmation). Only token 7's association is confirmed."""
+    rng, lengths, tokens = _corpus(6)
+    doc = np.repeat(np.arange(len(lengths)), lengths)
+    selection = document_half(torch.as_tensor(doc)).numpy() == 0
+    experts = _random_routing(rng, len(tokens))
+    _force(experts, tokens == 7, 1, 5)
+    for token in range(10, 18):
+        _force(experts, (tokens == token) & selection, 0, token - 10)
+    out = token_expert_associations(_stream_records(lengths, tokens, experts).finalize(), E, n_resamples=400)
+    tested = out.tested.set_index(["token id", "layer", "expert"])
+    selection_only = [(t, LAYERS[0], t - 10) for t in range(10, 18)]
+    assert tested.loc[selection_only, "discovered"].all()  # found on the selection half ...
+    assert not tested.loc[selection_only, "confirmed"].any()  # ... and not confirmed held out
+    assert not tested.loc[selection_only, "confirmed (BY)"].any()
+    assert tested.loc[
+        (7, LAYERS[1], 5), "confirmed"
+    ]  # (BY: its p sits at the floor 2 / 401 of 400 resamples)
+    family = out.tested[out.tested["discovered"] & out.tested["report p"].notna()]
+    assert len(family) == out.summary["discoveries measured on the report half"] >= 5
+    np.testing.assert_allclose(
+        family["report q"], scipy.stats.false_discovery_control(family["report p"], method="bh")
+    )
+    assert (
+        out.summary["confirmed"]
+        == int(out.tested["confirmed"].sum())
+        <= out.summary["report interval above 1 (unadjusted)"]
+    )
+    assert (family["report q (BY)"] >= family["report q"] - 1e-12).all()

@@ -24,6 +24,7 @@ positions (the exact effect's denominator); per routed token: by the positions r
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -346,26 +347,34 @@ def paired_rho_difference(
     saliency_sums: Float[np.ndarray, "expert document"],
     saliency_routed: Float[np.ndarray, "expert document"],
     *,
+    layers: Sequence[Any] | None = None,
     n_resamples: int = 1000,
     seed: int = 0,
     method: str = RHO_METHOD,
 ) -> pd.DataFrame:
     """Spearman ρ of the first-order estimate and of REAP saliency with the exact effect, on the same
     experts, and their paired difference, with a 95% document-bootstrap interval (``method``, default
-    :data:`~tl_moe.analysis.stats.RHO_METHOD`: docs/METHODS.md says why).
+    :data:`~tl_moe.analysis.stats.RHO_METHOD`: docs/METHODS.md says why); pooled over every expert and,
+    when ``layers`` is given, within each layer and as the mean of the per-layer ρ.
 
     Each resample draws documents with replacement and recomputes, per expert, all three scores on the
     drawn documents: the exact effect (``Σ exact_sums / Σ exact_counts``), the estimate
     (``Σ estimate_sums / Σ estimate_counts``) and REAP saliency (``Σ saliency_sums / Σ saliency_routed``,
-    0 for an expert not routed in the resample), then both ρ over the same experts (those whose three
+    0 for an expert not routed in the resample), then every ρ over the same experts (those whose three
     values are finite on the observed documents). The documents are those the edits saw, so REAP
     saliency is taken over the same documents as the effects. Intervals are unavailable below
     :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` documents.
 
+    Args:
+        layers: the layer of each expert row (None: pooled rows only). A pooled ρ mixes how experts
+            rank within a layer with how layers differ; the per-layer rows and their mean
+            (``within layers (mean)``) separate the two.
+
     Returns:
-        Three rows (``first-order estimate``, ``REAP saliency``, ``estimate − REAP``): ρ, interval, the
-        interval's method, the bootstrap bias (mean resampled ρ minus ρ), experts, documents, and why
-        an interval is unavailable (empty when available).
+        Three rows per group (``first-order estimate``, ``REAP saliency``, ``estimate − REAP``), the
+        group in ``layer`` (``all``, each layer, ``within layers (mean)``): ρ, interval, the interval's
+        method, the bootstrap bias (mean resampled ρ minus ρ), experts, documents, and why an interval
+        is unavailable (empty when available).
     """
     from tl_moe.analysis.stats import cluster_bootstrap
 
@@ -385,14 +394,27 @@ def paired_rho_difference(
     xs, xc = exact_sums[keep][:, docs], exact_counts[docs]
     es, ec = estimate_sums[keep][:, docs], estimate_counts[docs]
     ss, sr = saliency_sums[keep][:, docs], saliency_routed[keep][:, docs]
+    groups: list[tuple[str, np.ndarray]] = [("all", np.arange(int(keep.sum())))]
+    if layers is not None:
+        kept_layers = np.asarray([str(layer) for layer in layers], dtype=object)[keep]
+        for layer in dict.fromkeys(kept_layers.tolist()):
+            groups.append((layer, np.nonzero(kept_layers == layer)[0]))
+    per_layer = len(groups) > 1
 
-    def statistic(weights: np.ndarray) -> np.ndarray:  # [batch, docs] -> [batch, 3]
+    def statistic(weights: np.ndarray) -> np.ndarray:  # [batch, docs] -> [batch, 3 * groups]
         exact_b = (weights @ xs.T) / np.maximum(weights @ xc, 1.0)[:, None]  # [batch, expert]
         first_b = (weights @ es.T) / np.maximum(weights @ ec, 1.0)[:, None]
         reap_b = (weights @ ss.T) / np.maximum(weights @ sr.T, 1e-300)
-        rho_first = _rows_spearman(first_b, exact_b)
-        rho_reap = _rows_spearman(reap_b, exact_b)
-        return np.stack([rho_first, rho_reap, rho_first - rho_reap], axis=1)
+        out = []
+        for _, picked in groups:
+            rho_first = _rows_spearman(first_b[:, picked], exact_b[:, picked])
+            rho_reap = _rows_spearman(reap_b[:, picked], exact_b[:, picked])
+            out.append(np.stack([rho_first, rho_reap, rho_first - rho_reap], axis=1))
+        if per_layer:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a layer constant in a resample
+                out.append(np.nanmean(np.stack(out[1:]), axis=0))
+        return np.concatenate(out, axis=1)
 
     intervals = cluster_bootstrap(
         statistic,
@@ -403,24 +425,48 @@ def paired_rho_difference(
         what="the paired Spearman ρ",
         method=method,
     )
-    return pd.DataFrame(
-        [
-            {
-                "score": name,
-                "spearman with exact zeroing effect": interval.estimate,
-                "ci low": interval.low,
-                "ci high": interval.high,
-                "interval method": method,
-                "bootstrap bias": interval.bias,
-                "experts": int(keep.sum()),
-                "documents": len(docs),
-                "interval unavailable": interval.reason or "",
-            }
-            for name, interval in zip(
-                ("first-order estimate", "REAP saliency", "estimate − REAP"), intervals, strict=True
+    labels = [(name, len(picked)) for name, picked in groups]
+    if per_layer:
+        labels.append(("within layers (mean)", int(keep.sum())))
+    names = ("first-order estimate", "REAP saliency", "estimate − REAP")
+    rows = []
+    for g, (label, n_experts) in enumerate(labels):
+        for name, interval in zip(names, intervals[3 * g : 3 * g + 3], strict=True):
+            rows.append(
+                {
+                    "score": name,
+                    "layer": label,
+                    "spearman with exact zeroing effect": interval.estimate,
+                    "ci low": interval.low,
+                    "ci high": interval.high,
+                    "interval method": method,
+                    "bootstrap bias": interval.bias,
+                    "experts": n_experts,
+                    "documents": len(docs),
+                    "interval unavailable": interval.reason or "",
+                }
             )
-        ]
-    )
+    return pd.DataFrame(rows)
+
+
+def reap_on_edited_documents(
+    effects: Any, estimate: FirstOrderEffectsResult, saliency: Any
+) -> Float[np.ndarray, "layer expert"]:
+    """REAP saliency of every expert over the documents the edited forwards (or the estimate's
+    backward) saw — the documents of the exact effects, as in :func:`estimate_vs_reap` — NaN for an
+    expert not routed there. Without per-document saliency sums (an older checkpoint): over every
+    streamed document."""
+    if saliency.doc_routed is None:
+        routed = saliency.routed.sum(0)
+        return torch.where(routed > 0, saliency.saliency.sum(0) / routed.clamp(min=1), torch.nan).numpy()
+    size = max(effects.counts.numel(), estimate.counts.numel(), saliency.doc_routed.shape[-1])
+    seen = np.zeros(size, dtype=bool)
+    seen[: effects.counts.numel()] |= effects.counts.numpy() > 0
+    seen[: estimate.counts.numel()] |= estimate.counts.numpy() > 0
+    sums, routed = saliency.per_document(size)  # [layer · expert, document]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        reap = sums[:, seen].sum(-1) / routed[:, seen].sum(-1)
+    return reap.reshape(len(saliency.layers), -1)
 
 
 def estimate_report(
@@ -435,7 +481,8 @@ def estimate_report(
 
     Args:
         effects: :class:`~tl_moe.analysis.drivers.DocumentEffectsResult` (exact per-document effects).
-        saliency: :class:`~tl_moe.analysis.drivers.ExpertSaliencyResult` (both halves are pooled).
+        saliency: :class:`~tl_moe.analysis.drivers.ExpertSaliencyResult`, taken over the documents of
+            the edited forwards (:func:`reap_on_edited_documents`), as in :func:`estimate_vs_reap`.
         estimate: the first-order estimate on the same batches (same ``max_tokens``).
 
     Returns:
@@ -451,8 +498,7 @@ def estimate_report(
     }
     first_order = estimate.per_corpus_token().numpy()
     per_routed = estimate.per_routed_token().numpy()
-    routed = saliency.routed.sum(0)
-    reap = torch.where(routed > 0, saliency.saliency.sum(0) / routed.clamp(min=1), torch.nan).numpy()
+    reap = reap_on_edited_documents(effects, estimate, saliency)
     rows = []
     for li, layer in enumerate(effects.layers):
         for e in range(first_order.shape[1]):
@@ -480,8 +526,9 @@ def estimate_vs_reap(
     effects: Any, saliency: Any, estimate: FirstOrderEffectsResult, n_resamples: int = 1000, seed: int = 0
 ) -> pd.DataFrame:
     """:func:`paired_rho_difference` of the first-order estimate and REAP saliency against the exact
-    zeroing effect, over every expert of every sparse layer and every document the edits saw (REAP
-    saliency recomputed on those documents in every resample)."""
+    zeroing effect, over every expert of every sparse layer (pooled, per layer and the mean of the
+    per-layer ρ) and every document the edits saw (REAP saliency recomputed on those documents in every
+    resample)."""
     zero = list(effects.kinds).index("zero") if "zero" in effects.kinds else 0
     size = max(effects.counts.numel(), estimate.counts.numel())
 
@@ -489,6 +536,7 @@ def estimate_vs_reap(
         return torch.nn.functional.pad(t, (0, size - t.shape[-1])).double().numpy()
 
     saliency_sums, saliency_routed = saliency.per_document(size)
+    n_experts = effects.sums.shape[2]
     return paired_rho_difference(
         padded(effects.sums[zero]).reshape(-1, size),
         padded(effects.counts),
@@ -496,6 +544,7 @@ def estimate_vs_reap(
         padded(estimate.counts),
         saliency_sums,
         saliency_routed,
+        layers=np.repeat(np.asarray(effects.layers), n_experts),
         n_resamples=n_resamples,
         seed=seed,
     )

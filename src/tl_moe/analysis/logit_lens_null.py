@@ -4,15 +4,19 @@ The report's logit-lens finding names the token that most experts' mean raw lens
 *top-1* of an expert: the token its mean output, read through the final norm's gain and the
 unembedding, promotes most). A count alone does not say whether training put that token there: an
 untrained model of the same config can rank the same token first through its random weights, and the
-token was chosen *because* it is the most common. So, per model:
+token is chosen *because* it is the most common. So:
 
-- the **share** of an expert set's experts whose top-1 is the token ``t`` (the trained model's most
-  common top-1), with a document-bootstrap interval: documents are resampled and each expert's mean
-  output, hence its top-1, is recomputed from per-document output sums;
+- documents are split by the project's document split (:func:`~tl_moe.analysis.stats.document_split`,
+  the held-out probing split); the token ``t`` is the trained model's most common top-1 on the
+  **selection** documents, and every share below is measured on the **test** documents only (choosing
+  and counting on the same documents would count the choice);
+- the **share** of the experts routed on the test documents whose top-1 there is ``t``, with a
+  document-bootstrap interval: test documents are resampled and each expert's mean output, hence its
+  top-1, is recomputed from per-document output sums;
 - the same share in the **untrained** model of the same config (the null), and trained − untrained
-  paired over the same resampled documents when both models were fed the same documents;
-- the untrained model's own most common top-1 share: what picking the most common token gives where
-  training did nothing.
+  paired over the same resampled test documents when both models were fed the same documents;
+- the untrained model's own most common top-1 (chosen on its selection documents) and its share on
+  its test documents: what picking the most common token gives where training did nothing.
 
 The mean raw lens is linear in the expert's outputs, so an expert's top-1 under document weights ``w``
 is ``argmax_v Σ_d w_d · lens(out_sum[d, e])[v]`` (dividing by its routed count does not move it).
@@ -28,7 +32,8 @@ import torch
 from jaxtyping import Float
 
 from tl_moe.analysis.logit_lens_accumulator import ExpertLogitLensResult
-from tl_moe.analysis.stats import Interval, cluster_bootstrap
+from tl_moe.analysis.stats import Interval, cluster_bootstrap, document_split
+from tl_moe.errors import InputError
 
 __all__ = ["TopTokenShare", "top1_share_statistic", "top_token_share"]
 
@@ -41,16 +46,23 @@ LensLogits = Callable[[Float[torch.Tensor, "... d_model"]], Float[torch.Tensor, 
 
 @dataclass(frozen=True)
 class TopTokenShare:
-    """The share of experts whose mean-lens top-1 is ``token``, trained against untrained.
+    """The share of experts whose mean-lens top-1 is ``token`` on the test documents, trained against
+    untrained.
 
     Attributes:
-        token: the token id (the trained model's most common top-1).
-        trained: share of the trained model's experts (with routed tokens) ranking ``token`` first.
+        token: the token id (the trained model's most common top-1 on the selection documents).
+        trained: share of the trained model's experts (routed on the test documents) ranking ``token``
+            first there.
         untrained: the same in the untrained model (None: its pass did not run).
-        difference: trained − untrained, paired over documents (None without the untrained model).
-        n_experts, n_experts_untrained: experts with routed tokens behind each share.
-        untrained_own_top_share: share of the untrained model's experts ranking ITS most common
-            top-1 first (chance level of "the most common token"), or None.
+        difference: trained − untrained, paired over test documents (None without the untrained model).
+        n_experts, n_experts_untrained: experts routed on the test documents behind each share.
+        untrained_own_top_share: share of the untrained model's experts ranking ITS most common top-1
+            (chosen on its selection documents) first on its test documents, or None.
+        selection_documents, test_documents: documents on each side of the split (0 when not split).
+        held_out: False when the token could not be chosen on other documents than those counted (no
+            per-document sums, or too few documents to split); ``reason`` says why.
+        all_documents_share: the share on every document, the token chosen on the same ones
+            (descriptive only: the choice inflates it).
     """
 
     token: int
@@ -60,20 +72,38 @@ class TopTokenShare:
     n_experts: int
     n_experts_untrained: int | None
     untrained_own_top_share: float | None
+    selection_documents: int = 0
+    test_documents: int = 0
+    held_out: bool = True
+    reason: str | None = None
+    all_documents_share: float = float("nan")
+
+
+def _lens_arrays(lens: ExpertLogitLensResult) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out [document, expert, d_model], routed [document, expert])`` in float64, every layer's
+    experts on one axis."""
+    if lens.doc_out_sum is None:
+        raise ValueError("the lens kept no per-document sums: its top-1 cannot be bootstrapped.")
+    out = lens.doc_out_sum.double().reshape(lens.doc_out_sum.shape[0], -1, lens.doc_out_sum.shape[-1])
+    n = lens.doc_n_routed.double().reshape(lens.doc_n_routed.shape[0], -1)
+    return out, n
 
 
 def top1_share_statistic(
-    lens: ExpertLogitLensResult, logits: LensLogits, token: int
+    lens: ExpertLogitLensResult, logits: LensLogits, token: int, documents: np.ndarray | None = None
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """``[batch, document]`` weights -> ``[batch]`` share of experts (routed on the observed corpus)
-    whose top-1 under those document weights is ``token``; experts without a routed token in a
-    resample are left out of that resample's share."""
-    if lens.doc_out_sum is None:
-        raise ValueError("the lens kept no per-document sums: its top-1 cannot be bootstrapped.")
-    routed = (lens.n_routed > 0).reshape(-1)
-    out = lens.doc_out_sum.double().reshape(lens.doc_out_sum.shape[0], -1, lens.doc_out_sum.shape[-1])
-    out = out[:, routed]  # [document, expert, d_model]
-    n = lens.doc_n_routed.double().reshape(lens.doc_n_routed.shape[0], -1)[:, routed]  # [document, expert]
+    """``[batch, document]`` weights -> ``[batch]`` share of experts whose top-1 under those document
+    weights is ``token``; experts without a routed token in a resample are left out of that resample's
+    share. ``documents``: indices of the documents (axis 0 of the per-document sums) the weights are
+    over (default: all)."""
+    out, n = _lens_arrays(lens)
+    if documents is not None:
+        out, n = (
+            out[torch.as_tensor(documents, dtype=torch.long)],
+            n[torch.as_tensor(documents, dtype=torch.long)],
+        )
+    routed = n.sum(0) > 0
+    out, n = out[:, routed], n[:, routed]  # [document, expert, d_model], [document, expert]
     n_docs, n_experts = out.shape[:2]
     vocab = logits(out[:1, :1]).shape[-1]
     chunk = max(1, _LOGITS_PER_CHUNK // max(1, n_experts * vocab))
@@ -92,12 +122,37 @@ def top1_share_statistic(
     return statistic
 
 
-def _most_common_top1(lens: ExpertLogitLensResult) -> tuple[int, float]:
-    """The most common top-1 token over experts with routed tokens, and its share."""
-    first = lens.top_token_ids[..., 0][lens.n_routed > 0]
+def _top1_on(lens: ExpertLogitLensResult, logits: LensLogits, documents: np.ndarray) -> torch.Tensor:
+    """The top-1 token of every expert routed on ``documents`` (indices of the per-document sums)."""
+    out, n = _lens_arrays(lens)
+    index = torch.as_tensor(documents, dtype=torch.long)
+    summed, routed = out[index].sum(0), n[index].sum(0) > 0  # [expert, d_model], [expert]
+    return logits(summed[routed]).argmax(-1)
+
+
+def _most_common(first: torch.Tensor) -> tuple[int, float]:
+    """The most common entry of ``first`` and its share (-1, NaN when empty)."""
+    if not len(first):
+        return -1, float("nan")
     values, counts = torch.unique(first, return_counts=True)
     best = int(counts.argmax())
-    return int(values[best]), float(counts[best]) / max(1, len(first))
+    return int(values[best]), float(counts[best]) / len(first)
+
+
+def _most_common_top1(lens: ExpertLogitLensResult) -> tuple[int, float]:
+    """The most common top-1 token over experts with routed tokens (every document), and its share."""
+    return _most_common(lens.top_token_ids[..., 0][lens.n_routed > 0])
+
+
+def _split(
+    lens: ExpertLogitLensResult, selection_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(selection, test)`` indices of the lens's documents under
+    :func:`~tl_moe.analysis.stats.document_split` (InputError when a side is empty)."""
+    side = document_split(
+        lens.doc_ids.numpy(), selection_fraction=selection_fraction, seed=seed, min_per_side=1
+    )
+    return np.flatnonzero(side), np.flatnonzero(~side)
 
 
 def top_token_share(
@@ -109,14 +164,47 @@ def top_token_share(
     n_resamples: int,
     confidence: float = 0.95,
     seed: int = 0,
+    selection_fraction: float = 0.5,
+    split_seed: int = 0,
 ) -> TopTokenShare:
-    """The trained model's most common top-1 token, its share of experts and the untrained null's
-    (see the module docstring). Intervals resample documents; fewer than
-    :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` documents, or no per-document sums: unavailable with
-    the reason."""
-    token, _ = _most_common_top1(trained)
+    """The trained model's most common top-1 token on the selection documents, its share of experts on
+    the test documents and the untrained null's (see the module docstring). Intervals resample test
+    documents; fewer than :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` of them: unavailable with the
+    reason. Without per-document sums, or with a side of the split empty, nothing is held out: the
+    shares are unavailable (NaN estimate, with the reason) and ``all_documents_share`` is descriptive."""
+    nan = float("nan")
+    all_token, all_share = _most_common_top1(trained)
 
-    def bootstrap(statistic, n_docs: int, what: str) -> Interval | list[Interval]:
+    def unavailable(reason: str, estimate: float = nan, n: int = 0) -> Interval:
+        return Interval(estimate, nan, nan, n, confidence, "none", False, reason)
+
+    def not_held_out(reason: str) -> TopTokenShare:
+        none = unavailable(reason)
+        untrained_parts = (none, none, None, None) if untrained is not None else (None, None, None, None)
+        return TopTokenShare(
+            all_token,
+            none,
+            untrained_parts[0],
+            untrained_parts[1],
+            int((trained.n_routed > 0).sum()),
+            *untrained_parts[2:],
+            held_out=False,
+            reason=reason,
+            all_documents_share=all_share,
+        )
+
+    if trained.doc_out_sum is None:
+        return not_held_out("per-document output sums were not kept (over the memory bound)")
+    try:
+        selection, test = _split(trained, selection_fraction, split_seed)
+    except InputError:
+        return not_held_out(
+            f"{len(trained.doc_ids)} documents cannot be split into a selection and a test side"
+        )
+    token, _ = _most_common(_top1_on(trained, trained_logits, selection))
+    what = "the share of experts ranking the token first on the test documents"
+
+    def bootstrap(statistic, n_docs: int) -> Interval | list[Interval]:
         return cluster_bootstrap(
             statistic,
             n_docs,
@@ -127,56 +215,37 @@ def top_token_share(
             what=what,
         )
 
-    def observed(lens: ExpertLogitLensResult) -> float:
-        first = lens.top_token_ids[..., 0][lens.n_routed > 0]
-        return float((first == token).double().mean()) if len(first) else float("nan")
+    def routed_on(lens: ExpertLogitLensResult, documents: np.ndarray) -> int:
+        return int((_lens_arrays(lens)[1][torch.as_tensor(documents, dtype=torch.long)].sum(0) > 0).sum())
 
-    def unavailable(estimate: float, reason: str, n: int = 0) -> Interval:
-        nan = float("nan")
-        return Interval(estimate, nan, nan, n, confidence, "none", False, reason)
-
-    def statistic_of(lens, logits):
-        if lens.doc_out_sum is None:
-            return None
-        return top1_share_statistic(lens, logits, token)
-
-    trained_stat = statistic_of(trained, trained_logits)
-    n_trained = int((trained.n_routed > 0).sum())
-    what = "the share of experts ranking the token first"
-    no_sums = "per-document output sums were not kept (over the memory bound)"
+    trained_stat = top1_share_statistic(trained, trained_logits, token, test)
+    sides = dict(selection_documents=len(selection), test_documents=len(test), all_documents_share=all_share)
+    n_trained = routed_on(trained, test)
     if untrained is None:
-        interval = (
-            bootstrap(trained_stat, len(trained.doc_ids), what)
-            if trained_stat is not None
-            else unavailable(observed(trained), no_sums)
+        return TopTokenShare(
+            token, bootstrap(trained_stat, len(test)), None, None, n_trained, None, None, **sides
         )
-        return TopTokenShare(token, interval, None, None, n_trained, None, None)
-    untrained_stat = statistic_of(untrained, untrained_logits)
-    n_untrained = int((untrained.n_routed > 0).sum())
-    own = _most_common_top1(untrained)[1]
-    paired = (
-        trained_stat is not None
-        and untrained_stat is not None
-        and torch.equal(trained.doc_ids, untrained.doc_ids)
+    if untrained.doc_out_sum is None:
+        reason = "the untrained model kept no per-document output sums (over the memory bound)"
+        a = bootstrap(trained_stat, len(test))
+        return TopTokenShare(
+            token, a, unavailable(reason), unavailable(reason), n_trained, None, None, **sides
+        )
+    u_selection, u_test = _split(untrained, selection_fraction, split_seed)
+    own_token, _ = _most_common(_top1_on(untrained, untrained_logits, u_selection))
+    own = float(
+        top1_share_statistic(untrained, untrained_logits, own_token, u_test)(np.ones((1, len(u_test))))[0]
     )
-    if paired:
+    untrained_stat = top1_share_statistic(untrained, untrained_logits, token, u_test)
+    n_untrained = routed_on(untrained, u_test)
+    if torch.equal(trained.doc_ids, untrained.doc_ids):
 
         def joint(weights: np.ndarray) -> np.ndarray:
             a, b = trained_stat(weights), untrained_stat(weights)
             return np.stack([a, b, a - b], axis=1)
 
-        a, b, d = bootstrap(joint, len(trained.doc_ids), what)
-        return TopTokenShare(token, a, b, d, n_trained, n_untrained, own)
-    a = (
-        bootstrap(trained_stat, len(trained.doc_ids), what)
-        if trained_stat is not None
-        else unavailable(observed(trained), no_sums)
-    )
-    b = (
-        bootstrap(untrained_stat, len(untrained.doc_ids), what)
-        if untrained_stat is not None
-        else unavailable(observed(untrained), no_sums)
-    )
-    reason = "the two models were not fed the same documents" if trained_stat and untrained_stat else no_sums
-    d = unavailable(a.estimate - b.estimate, reason)
-    return TopTokenShare(token, a, b, d, n_trained, n_untrained, own)
+        a, b, d = bootstrap(joint, len(test))
+        return TopTokenShare(token, a, b, d, n_trained, n_untrained, own, **sides)
+    a, b = bootstrap(trained_stat, len(test)), bootstrap(untrained_stat, len(u_test))
+    d = unavailable("the two models were not fed the same documents", a.estimate - b.estimate)
+    return TopTokenShare(token, a, b, d, n_trained, n_untrained, own, **sides)

@@ -17,9 +17,13 @@ Definitions (docs/METHODS.md, "Re-weighting and steering experts"):
   from the ``pool`` non-chosen experts of its layer whose routing rate on ``D``'s selection
   documents is closest, re-weighted with the same factor (their loss changes averaged over draws).
   The difference chosen − control is paired (same documents in every bootstrap resample).
+- **Two-stage bootstrap** (:func:`draw_resampled_intervals`): the control is a mean over a few random
+  draws, so its interval must carry the draw-to-draw variance as well as the documents'. Each resample
+  draws the held-out documents with replacement and, within it, the ``n_draws`` control draws with
+  replacement; the control (and chosen − control) is the mean over the resampled draws.
 - **Every domain is reported; none is singled out.** Over the domains whose difference has an
   interval (at least :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` held-out documents), the
-  two-sided bootstrap p-value of chosen − control (:func:`holm_adjusted`) is Holm-adjusted, and each
+  two-sided two-stage bootstrap p-value of chosen − control (:func:`holm_adjusted`) is Holm-adjusted, and each
   domain's interval is the percentile interval at Holm's step-down level: the domain with the ``j``-th
   smallest p (from 0) gets level ``1 − α/(m − j)`` while every earlier one was rejected, and the
   level of the first non-rejected domain from there on, so an interval excludes 0 exactly when Holm
@@ -39,11 +43,14 @@ import torch
 from jaxtyping import Float
 
 from tl_moe.analysis.edit_windows import EditLosses, Windows, by_document, edit_losses, ratio_intervals
+from tl_moe.analysis.stats import Interval, cluster_bootstrap, resample_weights
 from tl_moe.models.interventions import Intervention
 
 __all__ = [
     "DEFAULT_FACTORS",
     "ExpertSet",
+    "draw_resampled_intervals",
+    "draw_weights",
     "holm_adjusted",
     "ReweightingStudy",
     "matched_random_sets",
@@ -107,7 +114,8 @@ class ReweightingStudy:
         grid: one row per (domain, candidate set, factor): the selection-half loss change.
         gains: one row per domain: the chosen set and factor, and on the domain's held-out documents
             the loss change of the chosen re-weighting, of the matched random control (mean of the
-            draws), and chosen − control, each with its 95% interval, ``n`` documents; beside them the
+            draws), and chosen − control, each with its 95% two-stage interval (documents, then the
+            draws: :func:`draw_resampled_intervals`), ``n`` documents; beside them the
             Holm-adjusted test over the domains (:func:`holm_adjusted`): ``chosen − control p``,
             ``p (Holm)``, the Holm interval (``Holm level``, ``Holm ci low`` / ``high``) and
             ``improved (Holm)`` / ``worse (Holm)``.
@@ -124,15 +132,64 @@ class ReweightingStudy:
     evaluation_docs: frozenset[int]
 
 
-def _bootstrap_ratios(
-    sums: Float[np.ndarray, " document"], counts: Float[np.ndarray, " document"], n_resamples: int, seed: int
-) -> Float[np.ndarray, " resample"]:
-    """``Σ sums / Σ counts`` on ``n_resamples`` document resamples (drawn with replacement)."""
-    from tl_moe.analysis.stats import resample_weights
+def draw_weights(
+    rng: np.random.Generator, document_weights: Float[np.ndarray, "batch document"], n_draws: int
+) -> Float[np.ndarray, "batch draw"]:
+    """The second stage of the two-stage bootstrap: for each resample of documents, the ``n_draws``
+    random control draws resampled with replacement, as weights summing to 1 (draw ``k`` drawn ``c_k``
+    times weighs ``c_k / n_draws``). A row of all-ones document weights is the observed data (every
+    document once), where every draw weighs ``1 / n_draws``."""
+    document_weights = np.atleast_2d(document_weights)
+    if n_draws == 0:
+        return np.zeros((len(document_weights), 0))
+    weights = rng.multinomial(n_draws, np.full(n_draws, 1.0 / n_draws), size=len(document_weights))
+    weights = weights.astype(np.float64) / n_draws
+    weights[(document_weights == 1).all(-1)] = 1.0 / n_draws
+    return weights
 
+
+def draw_resampled_intervals(
+    sums: Float[np.ndarray, "row draw document"],
+    counts: Float[np.ndarray, " document"],
+    *,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    what: str = "the loss change",
+) -> list[Interval]:
+    """``mean_k Σ_doc sums[r, k] / Σ_doc counts`` for each row ``r``, with a 95% two-stage percentile
+    bootstrap: documents resampled with replacement and, within each resample, the draws ``k``
+    resampled with replacement (:func:`draw_weights`); every row sees the same resampled documents and
+    draws (paired). A row that does not depend on the draws (the chosen re-weighting, the clean loss)
+    repeats its per-document sums over the draw axis. Unavailable (NaN bounds, with the reason) below
+    :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` documents."""
+    sums = np.asarray(sums, dtype=np.float64)
+    counts = np.asarray(counts, dtype=np.float64)
+    rng = np.random.default_rng(seed + 7919)
+
+    def ratio(weights: np.ndarray) -> np.ndarray:  # [batch, docs] -> [batch, rows]
+        draws = draw_weights(rng, weights, sums.shape[1])
+        total = np.einsum("bk,rkd,bd->br", draws, sums, weights)
+        return total / np.maximum(weights @ counts, 1.0)[:, None]
+
+    intervals = cluster_bootstrap(
+        ratio, counts.shape[0], n_resamples=n_resamples, seed=seed, on_too_few="unavailable", what=what
+    )
+    return intervals if isinstance(intervals, list) else [intervals]
+
+
+def _bootstrap_ratios(
+    sums: Float[np.ndarray, "draw document"],
+    counts: Float[np.ndarray, " document"],
+    n_resamples: int,
+    seed: int,
+) -> Float[np.ndarray, " resample"]:
+    """``mean_k Σ sums[k] / Σ counts`` on ``n_resamples`` two-stage resamples: documents drawn with
+    replacement, and within each the draws ``k`` (:func:`draw_weights`)."""
+    sums = np.atleast_2d(sums)
     rng = np.random.default_rng(seed)
     weights = resample_weights(rng.integers(0, len(counts), (n_resamples, len(counts))), len(counts))
-    return (weights @ sums) / np.maximum(weights @ counts, 1.0)
+    draws = draw_weights(rng, np.zeros_like(weights), sums.shape[0])
+    return np.einsum("bk,kd,bd->b", draws, sums, weights) / np.maximum(weights @ counts, 1.0)
 
 
 def holm_adjusted(
@@ -145,8 +202,10 @@ def holm_adjusted(
     """Holm-adjusted tests and intervals of a per-document ratio, one per family member.
 
     Args:
-        differences: name -> ``(sums [document], counts [document])``: the member's statistic is
-            ``Σ sums / Σ counts`` (e.g. chosen − control loss change summed per held-out document).
+        differences: name -> ``(sums [document] or [draw, document], counts [document])``: the
+            member's statistic is ``mean_draw Σ sums / Σ counts`` (e.g. chosen − control loss change of
+            each control draw, summed per held-out document); its resamples are two-stage (documents,
+            then draws within them: :func:`draw_weights`).
         alpha: the family-wise error rate.
 
     Returns:
@@ -160,12 +219,12 @@ def holm_adjusted(
 
     rows, draws = [], {}
     for i, (name, (sums, counts)) in enumerate(differences.items()):
-        sums, counts = np.asarray(sums, np.float64), np.asarray(counts, np.float64)
-        estimate = float(sums.sum() / max(counts.sum(), 1.0)) if len(counts) else float("nan")
+        sums, counts = np.atleast_2d(np.asarray(sums, np.float64)), np.asarray(counts, np.float64)
+        estimate = float(sums.mean(0).sum() / max(counts.sum(), 1.0)) if len(counts) else float("nan")
         row = {"name": name, "estimate": estimate, "documents": len(counts), "unavailable": ""}
         if len(counts) < MIN_DOCUMENTS:
             row["unavailable"] = f"{len(counts)} documents; a document-level interval needs {MIN_DOCUMENTS}"
-        elif not np.isfinite(sums).all():
+        elif not sums.size or not np.isfinite(sums).all():
             row["unavailable"] = "no control was drawn"
         else:
             draws[name] = _bootstrap_ratios(sums, counts, n_resamples, seed + i)
@@ -308,10 +367,17 @@ def reweighting_study(
             continue
         name, s, f, selected = chosen[d_eval]
         j = domains.index(d_eval)
-        control = sums[len(main) :].mean(0) if own else np.full(n_docs, np.nan)
-        stacked = np.stack([sums[j], control, sums[j] - control, clean])
-        family[d_eval] = (sums[j] - control, counts)
-        mine, ctrl, diff, base = ratio_intervals(
+        draws = sums[len(main) :] if own else np.full((1, n_docs), np.nan)  # [draw, document]
+        stacked = np.stack(
+            [
+                np.broadcast_to(sums[j], draws.shape),
+                draws,
+                sums[j] - draws,
+                np.broadcast_to(clean, draws.shape),
+            ]
+        )
+        family[d_eval] = (sums[j] - draws, counts)
+        mine, ctrl, diff, base = draw_resampled_intervals(
             stacked, counts, n_resamples=n_resamples, seed=seed + 1, what=f"the loss change on {d_eval}"
         )
         gains_rows.append(

@@ -14,6 +14,10 @@ Definitions (docs/METHODS.md, "Re-weighting and steering experts"):
   beside ``n_draws`` routing-rate-matched random sets switched the same way (rate over ``A ∪ B``
   selection documents; :func:`~tl_moe.analysis.reweighting.matched_random_sets`), and the
   held-out ``Δrate`` of the detected sets vs the random ones (does the detection replicate?).
+- Every quantity that averages the random draws has a two-stage bootstrap interval: documents
+  resampled, and within each resample the draws resampled
+  (:func:`~tl_moe.analysis.reweighting.draw_resampled_intervals`), so the draw-to-draw variance of
+  the control is in the interval.
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tl_moe.analysis.edit_windows import Windows, by_document, edit_losses, ratio_intervals, routed_counts
-from tl_moe.analysis.reweighting import ExpertSet, matched_random_sets
+from tl_moe.analysis.edit_windows import Windows, by_document, edit_losses, routed_counts
+from tl_moe.analysis.reweighting import ExpertSet, draw_resampled_intervals, draw_weights, matched_random_sets
 from tl_moe.analysis.stats import cluster_bootstrap
 from tl_moe.models.interventions import Intervention
 
@@ -53,7 +57,8 @@ class SteeringStudy:
         replication: per side, the held-out Δrate (mean over the set's experts) of the detected and of
             the random sets, and their difference, with 95% document-bootstrap intervals.
         switches: per (side, switch, evaluated group): loss change of the detected set, of the random
-            sets (mean over draws), and detected − random, with intervals and ``documents``.
+            sets (mean over draws), and detected − random, with two-stage intervals (documents, then
+            draws) and ``documents``.
         notes: why a switch was not run (switching on needs a router without a selection bias).
     """
 
@@ -134,12 +139,18 @@ def steering_study(
     replication, detected_rows = [], []
     for side, sign in ((a, 1.0), (b, -1.0)):
         rows = np.stack([set_counts(sets[side])] + [set_counts(c) for c in controls[side] if c])
+        draw_rng = np.random.default_rng(seed + 7919)
 
-        def statistic(weights: np.ndarray, rows: np.ndarray = rows, sign: float = sign) -> np.ndarray:
+        def statistic(
+            weights: np.ndarray, rows: np.ndarray = rows, sign: float = sign, rng=draw_rng
+        ) -> np.ndarray:
             rate_a = (weights * in_a) @ rows.T / np.maximum((weights * in_a) @ tokens, 1)[:, None]
             rate_b = (weights * ~in_a) @ rows.T / np.maximum((weights * ~in_a) @ tokens, 1)[:, None]
             diff = sign * (rate_a - rate_b)  # [batch, sets]
-            control = diff[:, 1:].mean(-1) if diff.shape[1] > 1 else np.full(len(diff), np.nan)
+            if diff.shape[1] > 1:  # the random sets' mean over draws resampled within each resample
+                control = (draw_weights(rng, weights, diff.shape[1] - 1) * diff[:, 1:]).sum(-1)
+            else:
+                control = np.full(len(diff), np.nan)
             return np.stack([diff[:, 0], control, diff[:, 0] - control], axis=-1)
 
         found, random, gap = cluster_bootstrap(
@@ -205,9 +216,9 @@ def steering_study(
             for switch in switches:
                 mine = [i for i, (s, w, _) in enumerate(plan) if s == side and w == switch]
                 random = [i for i, (s, w, _) in enumerate(plan) if s == side and w == switch + " (random)"]
-                control = sums[random].mean(0) if random else np.full(len(counts), np.nan)
-                found, ctrl, diff = ratio_intervals(
-                    np.stack([sums[mine[0]], control, sums[mine[0]] - control]),
+                draws = sums[random] if random else np.full((1, len(counts)), np.nan)  # [draw, document]
+                found, ctrl, diff = draw_resampled_intervals(
+                    np.stack([np.broadcast_to(sums[mine[0]], draws.shape), draws, sums[mine[0]] - draws]),
                     counts,
                     n_resamples=n_resamples,
                     seed=seed + 1,

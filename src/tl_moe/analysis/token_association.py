@@ -15,7 +15,12 @@ tokens whose routed set contains ``e``, ``n_te`` occurrences of ``t`` routed to 
   infinitely many permutations; Benjamini–Hochberg over every tested (block, expert, token) triple.
 - **held out**: documents are split in halves by :func:`tl_moe.analysis.drivers.document_half`;
   tokens are supported, tested and selected on the selection half; the lift of every discovery is
-  then measured on the report half with a 95% document-bootstrap interval.
+  then measured on the report half, with a 95% document-bootstrap interval when at least
+  ``min_report_documents`` (:data:`~tl_moe.defaults.MIN_DOCUMENTS`) report documents hold its token
+  (else the interval is unavailable, with the reason). A discovery is **confirmed** when its
+  report-half lift exceeds 1 after a multiplicity correction over the measured discoveries: the
+  two-sided bootstrap p-value of ``lift = 1`` (:attr:`~tl_moe.analysis.stats.Interval.p_value`),
+  Benjamini–Hochberg at ``fdr``, with Benjamini–Yekutieli (any dependence) as the check.
 
 :class:`RoutingRecords` is the accumulator: one record per streamed token (token id, document,
 position in the document, routed experts of every sparse block), capped at ``max_tokens``.
@@ -36,6 +41,7 @@ from tl_moe.analysis.drivers import document_half
 from tl_moe.analysis.stats import Interval, benjamini_hochberg, cluster_bootstrap
 from tl_moe.collect.accumulator import Accumulator, Activations
 from tl_moe.collect.meta import BatchMeta
+from tl_moe.defaults import MIN_DOCUMENTS
 from tl_moe.models.hook_names import get_act_name
 
 __all__ = [
@@ -245,8 +251,10 @@ class AssociationTable:
     """The association tests of one run.
 
     Attributes:
-        table: one row per discovery (selection half, q ≤ fdr, lift > 1), with the report half's lift
-            and its 95% document-bootstrap interval.
+        table: one row per discovery (selection half, q ≤ fdr, lift > 1), with the report half's lift,
+            its 95% document-bootstrap interval (or ``report interval unavailable``: why), the
+            bootstrap p-value of lift = 1, its BH and BY q-values over the measured discoveries, and
+            ``confirmed`` / ``confirmed (BY)``.
         tested: every tested (layer, expert, token) triple with its selection-half statistics.
         summary: the headline numbers (counts, and mean report-half lift of discoveries vs the
             undiscovered tested triples, with intervals).
@@ -280,6 +288,7 @@ def token_expert_associations(
     *,
     min_count: int = 20,
     min_documents: int = 5,
+    min_report_documents: int = MIN_DOCUMENTS,
     fdr: float = 0.05,
     n_resamples: int = 2000,
     seed: int = 0,
@@ -293,9 +302,12 @@ def token_expert_associations(
         records: the routing of every streamed token.
         n_experts: experts per block.
         min_count, min_documents: a token id is tested when it occurs at least ``min_count`` times in at
-            least ``min_documents`` documents of the selection half; a discovery is measured on the
-            report half when its token occurs in at least ``min_documents`` report documents.
-        fdr: the Benjamini–Hochberg rate of the within-document test (:func:`within_document_pvalues`).
+            least ``min_documents`` documents of the selection half.
+        min_report_documents: a report-half lift gets a document-bootstrap interval (and is tested
+            for confirmation) when at least this many report documents hold its token; otherwise the
+            lift is an estimate only and ``report interval unavailable`` says why.
+        fdr: the Benjamini–Hochberg rate of the within-document test (:func:`within_document_pvalues`)
+            and of the confirmation of the report-half lifts.
         n_resamples, seed: the document bootstrap of the report-half lifts.
         token_names: the text of a token id (for the table).
         halves: ``[token]`` 0 (selection) / 1 (report) per record; default
@@ -335,7 +347,14 @@ def token_expert_associations(
     }
     if n_slots == 0:
         empty = pd.DataFrame()
-        summary.update({"discoveries": 0, "discoveries (Benjamini–Yekutieli)": 0, "confirmed": 0})
+        summary.update(
+            {
+                "discoveries": 0,
+                "discoveries (Benjamini–Yekutieli)": 0,
+                "confirmed": 0,
+                "confirmed (Benjamini–Yekutieli)": 0,
+            }
+        )
         return AssociationTable(empty, empty, summary)
 
     n_sel = int(sel.sum())
@@ -382,7 +401,7 @@ def token_expert_associations(
     tested["discovered"] = chosen
     tested["discovered (BY)"] = (by_qvalues.ravel() <= fdr) & (lift.ravel() > 1)
 
-    # report half: per-document counts of every measurable tested triple
+    # report half: per-document counts of every tested triple whose token occurs there
     rep = ~sel
     rep_doc_ids, rep_block = np.unique(doc[rep], return_inverse=True)
     n_rep = len(rep_doc_ids)
@@ -392,60 +411,120 @@ def token_expert_associations(
     size_rep = np.bincount(rep_block, minlength=n_rep).astype(float)
     docs_with = (t_rep > 0).sum(0)  # [slot] report documents holding the token
     row_slot, row_le = s_idx.ravel(), (l_idx * n_experts + e_idx).ravel()
-    measurable = docs_with[row_slot] >= min_documents
-    tested["report documents with token"] = docs_with[row_slot]
-    targets = np.nonzero(measurable)[0]  # tested-row indices (row = (slot * layers + layer) * E + expert)
-    for name in ("report count", "report lift", "report ci low", "report ci high"):
+    holding = docs_with[row_slot]
+    measurable = holding >= min_report_documents
+    tested["report documents with token"] = holding
+    for name in ("report count", "report lift", "report ci low", "report ci high", "report p"):
         tested[name] = np.nan
-    tested["confirmed"] = False
-    if len(targets) and n_rep >= 2:
-        column_of = np.full(len(tested), -1)
-        column_of[targets] = np.arange(len(targets))
-        keep = rep_slots >= 0
-        rows = (rep_slots[keep, None, None] * n_layers + np.arange(n_layers)[None, :, None]) * n_experts
-        columns = column_of[rows + rep_experts[keep]]  # [token, layer, k]
-        blocks = np.broadcast_to(rep_block[keep, None, None], columns.shape)
-        hit = columns >= 0
-        co = (
-            np.bincount(blocks[hit] * len(targets) + columns[hit], minlength=n_rep * len(targets))
-            .reshape(n_rep, len(targets))
-            .astype(np.float64)
-        )  # [doc, target] token t routed to e
-        token_cols, expert_cols = t_rep[:, row_slot[targets]], e_rep[:, row_le[targets]]
-        is_disc = chosen[targets]
+    tested["report interval unavailable"] = [
+        ""
+        if n >= min_report_documents
+        else f"{n} report documents hold the token; a document-level interval needs at least "
+        f"{min_report_documents}"
+        for n in holding
+    ]
+    present = np.nonzero(holding > 0)[0]  # rows (slot * layers + layer) * E + expert with a report lift
+    if len(present):
+        columns_of = np.full(len(tested), -1)
+        columns_of[present] = np.arange(len(present))
+        co = _report_cooccurrences(
+            rep_slots, rep_experts, rep_block, columns_of, n_rep, n_layers, n_experts, len(present)
+        )  # [doc, present row] token t routed to e
+        token_cols, expert_cols = t_rep[:, row_slot[present]], e_rep[:, row_le[present]]
 
-        def statistic(w: np.ndarray) -> np.ndarray:  # [batch, doc] -> [batch, targets + 3]
+        def lifts_of(w: np.ndarray) -> np.ndarray:  # [batch, doc] -> [batch, present rows]
             p_e_given_t = (w @ co) / np.maximum(w @ token_cols, 1e-12)  # absent token: lift 0
             p_e = (w @ expert_cols) / np.maximum(w @ size_rep, 1e-12)[:, None]
-            lifts = p_e_given_t / np.maximum(p_e, 1e-12)
-            disc = lifts[:, is_disc].mean(1) if is_disc.any() else np.full(len(w), np.nan)
-            other = lifts[:, ~is_disc].mean(1) if (~is_disc).any() else np.full(len(w), np.nan)
-            return np.concatenate([lifts, np.stack([disc, other, disc - other], 1)], axis=1)
+            return p_e_given_t / np.maximum(p_e, 1e-12)
 
-        intervals = cluster_bootstrap(
-            statistic, n_rep, n_resamples=n_resamples, seed=seed, on_too_few="unavailable", what="the lift"
-        )
-        per_target, means = intervals[: len(targets)], intervals[len(targets) :]
-        tested.loc[targets, "report count"] = token_cols.sum(0)
-        tested.loc[targets, "report lift"] = [i.estimate for i in per_target]
-        tested.loc[targets, "report ci low"] = [i.low for i in per_target]
-        tested.loc[targets, "report ci high"] = [i.high for i in per_target]
-        tested.loc[targets, "confirmed"] = [bool(i.available and i.low > 1) for i in per_target]
-        labels = ("discoveries", "other tested triples", "discoveries − others")
-        for label, interval in zip(labels, means, strict=True):
-            summary[f"mean report lift | {label}"] = _interval_record(interval)
-    tested.loc[~tested["discovered"], "confirmed"] = False
+        tested.loc[present, "report count"] = token_cols.sum(0)
+        tested.loc[present, "report lift"] = lifts_of(np.ones((1, n_rep)))[0]
+        inside = measurable[present]  # [present rows] the ones with an interval
+        targets = present[inside]
+        if len(targets):
+            is_disc = chosen[targets]
+
+            def statistic(w: np.ndarray) -> np.ndarray:  # [batch, doc] -> [batch, targets + 3]
+                lifts = lifts_of(w)[:, inside]
+                disc = lifts[:, is_disc].mean(1) if is_disc.any() else np.full(len(w), np.nan)
+                other = lifts[:, ~is_disc].mean(1) if (~is_disc).any() else np.full(len(w), np.nan)
+                # lift − 1: the intervals' p-values are those of "lift = 1"
+                return np.concatenate([lifts - 1.0, np.stack([disc, other, disc - other], 1)], axis=1)
+
+            intervals = cluster_bootstrap(
+                statistic,
+                n_rep,
+                n_resamples=n_resamples,
+                seed=seed,
+                on_too_few="unavailable",
+                what="the lift",
+            )
+            per_target, means = intervals[: len(targets)], intervals[len(targets) :]
+            tested.loc[targets, "report ci low"] = [1.0 + i.low for i in per_target]
+            tested.loc[targets, "report ci high"] = [1.0 + i.high for i in per_target]
+            tested.loc[targets, "report p"] = [i.p_value if i.available else np.nan for i in per_target]
+            reasons = [i.reason or "" for i in per_target]
+            tested.loc[targets, "report interval unavailable"] = reasons
+            labels = ("discoveries", "other tested triples", "discoveries − others")
+            for label, interval in zip(labels, means, strict=True):
+                summary[f"mean report lift | {label}"] = _interval_record(interval)
+    _confirm(tested, fdr)
     table = (
         tested[tested["discovered"]]
         .sort_values(["q", "lift"], ascending=[True, False])
         .reset_index(drop=True)
     )
-    summary["discoveries"] = int(tested["discovered"].sum())
+    discovered = tested["discovered"]
+    with_interval = discovered & tested["report ci low"].notna()
+    summary["discoveries"] = int(discovered.sum())
     summary["discoveries (Benjamini–Yekutieli)"] = int(tested["discovered (BY)"].sum())
-    summary["discoveries measured on the report half"] = int((tested["discovered"] & measurable).sum())
+    summary["discoveries measured on the report half"] = int(with_interval.sum())
+    summary["discoveries without a report interval"] = int((discovered & ~with_interval).sum())
+    summary["least report documents for an interval"] = int(min_report_documents)
+    summary["report interval above 1 (unadjusted)"] = int(
+        (with_interval & (tested["report ci low"] > 1)).sum()
+    )
     summary["confirmed"] = int(tested["confirmed"].sum())
+    summary["confirmed (Benjamini–Yekutieli)"] = int(tested["confirmed (BY)"].sum())
     summary["fdr"] = fdr
     return AssociationTable(table, tested, summary)
+
+
+def _report_cooccurrences(
+    rep_slots: np.ndarray,
+    rep_experts: np.ndarray,
+    rep_block: np.ndarray,
+    columns_of: np.ndarray,
+    n_rep: int,
+    n_layers: int,
+    n_experts: int,
+    n_columns: int,
+) -> Float[np.ndarray, "document column"]:
+    """``[report document, column]``: occurrences of the column's token routed to its expert, where
+    ``columns_of`` maps a tested row ``(slot * layers + layer) * experts + expert`` to its column
+    (-1: not counted)."""
+    keep = rep_slots >= 0
+    rows = (rep_slots[keep, None, None] * n_layers + np.arange(n_layers)[None, :, None]) * n_experts
+    columns = columns_of[rows + rep_experts[keep]]  # [token, layer, k]
+    blocks = np.broadcast_to(rep_block[keep, None, None], columns.shape)
+    hit = columns >= 0
+    counts = np.bincount(blocks[hit] * n_columns + columns[hit], minlength=n_rep * n_columns)
+    return counts.reshape(n_rep, n_columns).astype(np.float64)
+
+
+def _confirm(tested: pd.DataFrame, fdr: float) -> None:
+    """Confirmation of the discoveries on the report half, corrected for multiplicity: over the
+    discoveries with a report interval, Benjamini–Hochberg of the bootstrap p-values of ``lift = 1``
+    (``report q``; confirmed: ``report q ≤ fdr`` and report lift > 1), and Benjamini–Yekutieli as the
+    check under any dependence (``report q (BY)``, ``confirmed (BY)``)."""
+    family = tested["discovered"].to_numpy() & np.isfinite(tested["report p"].to_numpy(dtype=float))
+    p = np.where(family, tested["report p"].to_numpy(dtype=float), np.nan)
+    q_bh, _ = benjamini_hochberg(p, fdr)
+    q_by = benjamini_yekutieli(p)
+    above = tested["report lift"].to_numpy(dtype=float) > 1
+    tested["report q"], tested["report q (BY)"] = q_bh, q_by
+    tested["confirmed"] = family & (np.nan_to_num(q_bh, nan=1.0) <= fdr) & above
+    tested["confirmed (BY)"] = family & (np.nan_to_num(q_by, nan=1.0) <= fdr) & above
 
 
 def benjamini_yekutieli(pvalues: Float[np.ndarray, " test"]) -> Float[np.ndarray, " test"]:

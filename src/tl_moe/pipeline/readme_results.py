@@ -200,7 +200,8 @@ INTERVALS_NOTE = (
     "resamples concepts (its units are picked on the split it is scored on, so it has no document-level "
     "interval); the specialization excess over the document-permutation baseline, and its trained − "
     "untrained difference, resample documents (score and null mean recomputed on each resample, both "
-    "models on the same documents); the logit-lens share of experts resamples documents. Domain experts "
+    "models on the same documents); the logit-lens share of experts resamples the test documents of the "
+    "document split (its token is chosen on the selection documents). Domain experts "
     "carry document-permutation p-values, not intervals; a p-value at its floor, 1/(1 + permutations), "
     "only says that no permutation reached the score; a mean ± sd over experts is a spread, not an interval."
 )
@@ -392,7 +393,10 @@ def drivers_markdown(results: dict[str, Any], source: str) -> str:
         f"`{command_line(options)}` ({options['split']} split, seed {options['seed']}). Numbers are the "
         "toys' own. Each interval is a 95% bootstrap over what its line names (documents or experts), except "
         "re-weighting's: every domain is shown with its Holm-adjusted interval (the level is given; "
-        "family-wise 5% over the domains) and none is singled out. An interval behind fewer than 30 "
+        "family-wise 5% over the domains) and none is singled out. Where a control is the mean of random "
+        "draws (re-weighting, steering), the bootstrap is two-stage: documents, then the draws within each "
+        "resample. Report-half association lifts are confirmed after Benjamini–Hochberg over the measured "
+        "discoveries (Benjamini–Yekutieli beside it). An interval behind fewer than 30 "
         "documents is reported unavailable, never as a number.",
         "",
     ]

@@ -33,7 +33,8 @@ __all__ = ["Associations", "AssociationsResult", "TokenRouting", "segment_positi
 MIN_COUNT = 20
 """Occurrences (selection half) a token id needs to be tested."""
 MIN_DOCUMENTS = 5
-"""Documents a token id must occur in, on each half, to be tested / measured."""
+"""Documents a token id must occur in, on the selection half, to be tested (a report-half lift gets an
+interval from :data:`~tl_moe.defaults.MIN_DOCUMENTS` report documents holding its token on)."""
 EARLY = 3
 """Positions ``< EARLY`` of a segment are *early*."""
 
@@ -124,7 +125,10 @@ class AssociationsResult(Result):
                 "discoveries",
                 "discoveries (Benjamini–Yekutieli)",
                 "discoveries measured on the report half",
+                "discoveries without a report interval",
+                "report interval above 1 (unadjusted)",
                 "confirmed",
+                "confirmed (Benjamini–Yekutieli)",
             )
             if key in summary
         }
@@ -181,12 +185,7 @@ class AssociationsResult(Result):
             f"{show('controls: early − late, within token id')}, difference "
             f"{show('drivers − controls: early − late, within token id')}; 95% bootstrap over "
             f"{self.positions.n_documents} report-half documents.",
-            f"**Token–expert association**: {summary.get('discoveries', 0)} of {summary.get('tested triples', 0)} "
-            f"(block, expert, token) triples enriched within documents at FDR {summary.get('fdr', 0.05)} on the "
-            f"selection half by Benjamini–Hochberg, {summary.get('discoveries (Benjamini–Yekutieli)', 0)} by "
-            "Benjamini–Yekutieli (valid under the negative dependence of one token's experts); "
-            f"{summary.get('confirmed', 0)} of the BH discoveries keep a report-half lift whose 95% interval "
-            "lies above 1.",
+            _association_finding(summary),
         ]
 
     def figures(self) -> list[FigureItem]:
@@ -213,9 +212,9 @@ class AssociationsResult(Result):
             )
         ]
         table = self.associations.table
-        if len(table) and table["report lift"].notna().any():
+        if len(table) and table["report ci low"].notna().any():
             fig, ax = new_figure(5.2, 4.2)
-            measured = table[table["report lift"].notna()]
+            measured = table[table["report ci low"].notna()]  # lifts with an interval
             ax.errorbar(
                 measured["lift"],
                 measured["report lift"],
@@ -237,8 +236,8 @@ class AssociationsResult(Result):
                 FigureItem(
                     "associations_lift_held_out",
                     fig,
-                    "Each dot a (block, expert, token) discovered on the selection half; below the diagonal: "
-                    "selection's optimism.",
+                    "Each dot a (block, expert, token) discovered on the selection half whose token sits in at "
+                    f"least {MIN_INTERVAL_DOCUMENTS} report documents; below the diagonal: selection's optimism.",
                 )
             )
         return figures
@@ -259,6 +258,32 @@ class AssociationsResult(Result):
         ]
 
 
+def _association_finding(summary: dict[str, Any]) -> str:
+    """Discoveries on the selection half (BH, BY beside it) and how many the report half confirms after
+    a multiplicity correction over the measured discoveries (BH, BY as the check)."""
+    fdr = summary.get("fdr", 0.05)
+    discoveries = summary.get("discoveries", 0)
+    measured = summary.get("discoveries measured on the report half", 0)
+    least = summary.get("least report documents for an interval", MIN_INTERVAL_DOCUMENTS)
+    text = (
+        f"**Token–expert association**: {discoveries} of {summary.get('tested triples', 0)} (block, expert, "
+        f"token) triples enriched within documents at FDR {fdr} on the selection half by Benjamini–Hochberg, "
+        f"{summary.get('discoveries (Benjamini–Yekutieli)', 0)} by Benjamini–Yekutieli (valid under the "
+        f"negative dependence of one token's experts). On the report half, {measured} of the {discoveries} BH "
+        f"discoveries have a lift interval (their token in at least {least} report documents; the other "
+        f"{summary.get('discoveries without a report interval', discoveries - measured)} have an estimate "
+        "only, no interval)"
+    )
+    if not measured:
+        return text + ", so none is confirmed."
+    return (
+        text + f"; {summary.get('confirmed', 0)} of those {measured} keep a lift above 1 after "
+        f"Benjamini–Hochberg at {fdr} over the {measured} (bootstrap p-values of lift = 1), "
+        f"{summary.get('confirmed (Benjamini–Yekutieli)', 0)} after Benjamini–Yekutieli "
+        f"({summary.get('report interval above 1 (unadjusted)', 0)} have an unadjusted 95% interval above 1)."
+    )
+
+
 def _round(value: Any, digits: int = 5) -> float | None:
     return None if value is None or not np.isfinite(value) else round(float(value), digits)
 
@@ -276,7 +301,9 @@ class Associations(Analysis):
         "the documents, and every expert of every sparse block, the lift P(expert | token) / P(expert) and "
         "PMI, tested against permutations of token ids inside each document (exact; document-level confounds such as "
         "domain cannot make an association), with Benjamini–Hochberg; discoveries are measured again on the "
-        "other half with a document-bootstrap interval. The position effect: how often a token's routed set "
+        f"other half with a document-bootstrap interval where at least {MIN_INTERVAL_DOCUMENTS} report documents hold "
+        "the token, and confirmed by Benjamini–Hochberg over those intervals' p-values (Benjamini–Yekutieli as "
+        "the check). The position effect: how often a token's routed set "
         "holds a driver expert (from the drivers analysis) by its position in its sentence (pysbd for prose), "
         "statement (Python) or line (C), on report-half documents, against the drivers' frequency-matched "
         "controls and within token ids."
@@ -306,6 +333,7 @@ class Associations(Analysis):
             model.moe_cfg.num_experts,
             min_count=MIN_COUNT,
             min_documents=MIN_DOCUMENTS,
+            min_report_documents=MIN_INTERVAL_DOCUMENTS,
             fdr=options.fdr,
             n_resamples=options.bootstrap_resamples,
             seed=options.seed,

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -103,8 +104,9 @@ class DriversResult(Result):
     domain_overlap: driver experts vs the domains analysis' domain experts (when it ran too): overlap
         against hypergeometric chance and Spearman ρ of domain score vs removal effect, per layer.
     paired: Spearman ρ of the first-order estimate and of REAP saliency with the exact zeroing effect
-        on the same experts, and their difference, with a 95% document-bootstrap interval
-        (:func:`~tl_moe.analysis.effect_estimate.paired_rho_difference`).
+        on the same experts, and their difference, with a 95% document-bootstrap interval, pooled over
+        layers, per layer and as the mean of the per-layer ρ (column ``layer``;
+        :func:`~tl_moe.analysis.effect_estimate.paired_rho_difference`).
     resumed: whether the edited forwards resumed from the edited layer (False: the model's resumed
         forward did not reproduce its clean one, and every edited forward ran on the whole model).
     """
@@ -150,6 +152,9 @@ class DriversResult(Result):
             metrics["Spearman(REAP saliency, removal effect) | bootstrap bias"] = _rounded(
                 self.saliency_interval.bias
             )
+            metrics["Spearman(REAP saliency, removal effect) | position in interval"] = _rounded(
+                _position(self.saliency_spearman, self.saliency_interval.low, self.saliency_interval.high)
+            )
             if not self.saliency_interval.available:
                 metrics["Spearman(REAP saliency, removal effect) | interval unavailable"] = (
                     self.saliency_interval.reason
@@ -161,18 +166,37 @@ class DriversResult(Result):
                 metrics[key] = _rounded(row["spearman"])
                 metrics[f"{key} | 95% CI"] = [_rounded(row["ci low"]), _rounded(row["ci high"])]
                 metrics[f"{key} | experts"] = int(row["experts"])
+                metrics[f"{key} | computed on"] = (
+                    f"the {int(row['experts'])} experts with a defined {score} on the documents of the edited "
+                    "forwards; interval: bootstrap over experts"
+                )
                 top = f"top-{int(row['top n'])} overlap({score}, exact zeroing effect)"
                 metrics[top] = int(row["top-n overlap"])
                 metrics[f"{top} | chance"] = round(float(row["chance overlap"]), 2)
         if self.paired is not None:
             for row in self.paired.to_dict("records"):
-                key = f"paired Spearman with exact zeroing effect | {row['score']}"
+                layer = row.get("layer", "all")
+                group = (
+                    "" if layer == "all" else (f" | layer {layer}" if layer[0].isdigit() else f" | {layer}")
+                )
+                key = f"paired Spearman with exact zeroing effect | {row['score']}{group}"
                 metrics[key] = _rounded(row["spearman with exact zeroing effect"])
                 metrics[f"{key} | 95% CI"] = [_rounded(row["ci low"]), _rounded(row["ci high"])]
                 metrics[f"{key} | bootstrap bias"] = _rounded(row["bootstrap bias"])
-            metrics["paired Spearman | interval method"] = str(self.paired["interval method"].iloc[0])
-            metrics["paired Spearman | experts"] = int(self.paired["experts"].iloc[0])
-            metrics["paired Spearman | documents"] = int(self.paired["documents"].iloc[0])
+                metrics[f"{key} | position in interval"] = _rounded(
+                    _position(row["spearman with exact zeroing effect"], row["ci low"], row["ci high"])
+                )
+                if group:
+                    metrics[f"{key} | experts"] = int(row["experts"])
+            pooled = self._paired_rows("all")
+            metrics["paired Spearman | interval method"] = str(pooled["interval method"].iloc[0])
+            metrics["paired Spearman | experts"] = int(pooled["experts"].iloc[0])
+            metrics["paired Spearman | documents"] = int(pooled["documents"].iloc[0])
+            metrics["paired Spearman | computed on"] = (
+                f"the same {int(pooled['experts'].iloc[0])} experts (routed on the documents of the edited "
+                f"forwards) and {int(pooled['documents'].iloc[0])} documents for the estimate, REAP saliency "
+                "and the exact effect; interval: bootstrap over those documents"
+            )
         if self.domain_overlap is not None:
             total = self.domain_overlap.table.set_index("layer").loc["all"]
             metrics["drivers that are domain experts"] = int(total["both"])
@@ -255,7 +279,8 @@ class DriversResult(Result):
             return f"{self.saliency_spearman:+.2f} (no interval: {interval.reason})"
         return (
             f"{self.saliency_spearman:+.2f} [{interval.low:+.2f}, {interval.high:+.2f}] (95% {interval.method} "
-            f"bootstrap over {interval.n} documents, both scores recomputed on each resample)"
+            f"bootstrap over {interval.n} documents, both scores recomputed on each resample; "
+            f"{_lean(self.saliency_spearman, interval.low, interval.high, interval.bias)})"
         )
 
     def _estimate_finding(self) -> str:
@@ -268,14 +293,15 @@ class DriversResult(Result):
         )
         if self.paired is None:
             return text
-        rows = self.paired.set_index("score")
+        rows = self._paired_rows("all").set_index("score")
         reason = rows["interval unavailable"].iloc[0]
 
-        def rho(score: str) -> str:
-            row = rows.loc[score]
+        def rho(score: str, layer: str = "all") -> str:
+            row = self._paired_rows(layer).set_index("score").loc[score]
             value = row["spearman with exact zeroing effect"]
-            low, high = (math.nan, math.nan) if reason else (row["ci low"], row["ci high"])
-            return format_interval(value, low, high, "+.2f", reason or "constant scores")
+            why = row["interval unavailable"]
+            low, high = (math.nan, math.nan) if why else (row["ci low"], row["ci high"])
+            return format_interval(value, low, high, "+.2f", why or "constant scores")
 
         diff = rows.loc["estimate − REAP"]
         if reason:
@@ -286,14 +312,69 @@ class DriversResult(Result):
             verdict = "the estimate ranks experts better than REAP saliency"
         else:
             verdict = "the data cannot tell which of the two ranks experts better"
-        return (
-            f"{text} Spearman ρ with the exact zeroing effect on the same {int(rows['experts'].iloc[0])} experts: "
-            f"estimate {rho('first-order estimate')}, REAP saliency {rho('REAP saliency')}, difference "
-            f"{rho('estimate − REAP')} (paired 95% {rows['interval method'].iloc[0]} bootstrap over "
-            f"{int(rows['documents'].iloc[0])} documents, all "
-            "three scores recomputed on each resample): "
-            f"{verdict}."
+        reap = rows.loc["REAP saliency"]
+        text += (
+            f" Spearman ρ with the exact zeroing effect, all three scores on the same "
+            f"{int(rows['experts'].iloc[0])} experts (those routed on the {int(rows['documents'].iloc[0])} "
+            f"documents of the edited forwards) and those documents, pooled over layers: estimate "
+            f"{rho('first-order estimate')}, REAP saliency {rho('REAP saliency')} "
+            f"({_lean(reap['spearman with exact zeroing effect'], reap['ci low'], reap['ci high'], reap['bootstrap bias'])}), "
+            f"difference {rho('estimate − REAP')} (paired 95% {rows['interval method'].iloc[0]} bootstrap over the "
+            f"documents, all three scores recomputed on each resample): {verdict}."
         )
+        layers = [layer for layer in self.paired["layer"].unique() if layer not in ("all", WITHIN)]
+        if not layers:
+            return text
+        per_layer = ", ".join(f"layer {layer} {rho('first-order estimate', layer)}" for layer in layers)
+        reap_layers = ", ".join(f"layer {layer} {rho('REAP saliency', layer)}" for layer in layers)
+        experts = "/".join(str(int(n)) for n in self._paired_rows_per_layer(layers))
+        return (
+            f"{text} Within each layer ({experts} experts; same documents and bootstrap): estimate {per_layer}; "
+            f"mean over layers {rho('first-order estimate', WITHIN)}; REAP saliency {reap_layers}; mean "
+            f"{rho('REAP saliency', WITHIN)}; estimate − REAP, mean over layers {rho('estimate − REAP', WITHIN)}: "
+            f"{self._layer_verdict(layers)}."
+        )
+
+    def _paired_rows(self, layer: str) -> pd.DataFrame:
+        """The paired table's rows of one group (``all``, a layer, or the mean over layers)."""
+        frame = self.paired
+        if "layer" not in frame:
+            return frame if layer == "all" else frame.iloc[:0]
+        return frame[frame["layer"] == layer]
+
+    def _paired_rows_per_layer(self, layers: list[str]) -> list[int]:
+        return [int(self._paired_rows(layer)["experts"].iloc[0]) for layer in layers]
+
+    def _layer_verdict(self, layers: list[str]) -> str:
+        """What the per-layer ρ of the estimate say about its pooled ρ."""
+
+        def interval(layer: str) -> tuple[float, float, str]:
+            row = self._paired_rows(layer).set_index("score").loc["first-order estimate"]
+            return row["ci low"], row["ci high"], row["interval unavailable"]
+
+        pooled_low, pooled_high, why = interval("all")
+        within_low, within_high, within_why = interval(WITHIN)
+        if why or within_why:
+            return "without intervals, the per-layer values are descriptive only"
+        above = sum(interval(layer)[0] > 0 for layer in layers)
+        count = f"{above} of {len(layers)} layers have an interval above 0 (each unadjusted for the {len(layers)} layers)"
+        if pooled_low > 0 and within_low <= 0 and not above:
+            return (
+                "no layer's interval is above 0 and the mean within-layer ρ covers 0, so the pooled ρ is driven by "
+                "differences between layers, not by ranking the experts of a layer"
+            )
+        if pooled_low > 0 and within_low <= 0:
+            return (
+                f"the mean within-layer ρ covers 0 ({count}), so the pooled ρ rests largely on differences between "
+                "layers; within a layer the estimate's ranking is shown only in those layers"
+            )
+        if pooled_low > 0 and within_low > 0:
+            return (
+                f"{count}; the estimate also ranks experts within layers (the mean within-layer ρ is above 0)"
+            )
+        if within_low > 0:
+            return f"{count}; within layers the estimate ranks experts above chance (the mean within-layer ρ is above 0)"
+        return f"{count}; neither pooled nor within layers is the estimate's ρ shown to be above 0"
 
     def _domain_finding(self) -> str:
         total = self.domain_overlap.table.set_index("layer").loc["all"]
@@ -427,8 +508,10 @@ class DriversResult(Result):
                         "drivers_estimate_vs_reap",
                         self.paired,
                         "Spearman ρ of the first-order estimate and of REAP saliency with the exact zeroing effect "
-                        "on the same experts, and their paired difference (95% document bootstrap, the interval method "
-                        "in its column: each resample recomputes the exact effects, the estimates and both ρ).",
+                        "on the same experts and documents, and their paired difference, pooled over layers "
+                        "(layer 'all'), within each layer, and the mean of the per-layer ρ (95% document bootstrap, "
+                        "the interval method in its column: each resample recomputes the exact effects, the "
+                        "estimates, REAP saliency and every ρ).",
                     )
                 ]
             )
@@ -466,7 +549,8 @@ class Drivers(Analysis):
         f"Intervals: 95% percentile bootstrap over report-half documents, unavailable below {MIN_DOCUMENTS} documents. Beside the exact effects: the first-order "
         "(attribution-patching) estimate of every zeroing effect from one backward per batch, −w·∂L/∂w summed over "
         "the expert's slots, and REAP saliency, each scored by its rank correlation with the exact zeroing effect, "
-        "and the two compared on the same experts by a paired document bootstrap of the difference of ρ."
+        "and the two compared on the same experts by a paired document bootstrap of the difference of ρ, pooled over "
+        "layers and within each layer (a pooled ρ also counts differences between layers)."
     )
     default = False
 
@@ -556,6 +640,28 @@ def _saliency_interval(comparison: pd.DataFrame) -> Interval | None:
         reason=kept["unavailable"] or None,
         bias=nan if bias is None else bias,
     )
+
+
+WITHIN = "within layers (mean)"
+"""The paired table's group of the mean of the per-layer ρ."""
+
+
+def _position(estimate: float, low: float, high: float) -> float:
+    """Where ``estimate`` sits in ``[low, high]``: 0 at the lower end, 1 at the upper (NaN without one)."""
+    if not all(np.isfinite([estimate, low, high])) or high <= low:
+        return math.nan
+    return (estimate - low) / (high - low)
+
+
+def _lean(estimate: float, low: float, high: float, bias: float) -> str:
+    """The interval's lean, in words: bootstrap bias and the estimate's position in the interval."""
+    position = _position(estimate, low, high)
+    if not np.isfinite(position):
+        return "no interval to lean"
+    text = f"bootstrap bias {bias:+.2f}, the estimate at {position:.2f} of its interval from the lower end"
+    if position < 0.3 and bias > 0:
+        text += ": it leans up, as rarely routed experts make it (docs/METHODS.md)"
+    return text
 
 
 def _rounded(value: Any, digits: int = 4) -> float | None:

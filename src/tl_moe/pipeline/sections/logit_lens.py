@@ -50,7 +50,15 @@ class LogitLensResult(Result):
         rows.append(("trained − untrained", self.share.difference))
         return pd.DataFrame(
             [
-                {"model": model, "token_id": self.share.token, "token": self.token_text, **interval.to_dict()}
+                {
+                    "model": model,
+                    "token_id": self.share.token,
+                    "token": self.token_text,
+                    "held out": self.share.held_out,
+                    "selection documents": self.share.selection_documents,
+                    "test documents": self.share.test_documents,
+                    **interval.to_dict(),
+                }
                 for model, interval in rows
                 if interval is not None
             ]
@@ -60,8 +68,12 @@ class LogitLensResult(Result):
         if self.share is None:
             return {}
         metrics = {
-            f"share of experts ranking `{self._shown()}` first | trained": _share_text(self.share.trained)
+            f"share of experts ranking `{self._shown()}` first | trained": _share_text(self.share.trained),
+            "token chosen on | selection documents": self.share.selection_documents,
+            "share measured on | test documents": self.share.test_documents,
         }
+        if not self.share.held_out:
+            metrics["not held out"] = self.share.reason
         if self.share.untrained is not None:
             metrics[f"share of experts ranking `{self._shown()}` first | untrained"] = _share_text(
                 self.share.untrained
@@ -69,8 +81,9 @@ class LogitLensResult(Result):
             metrics[f"share of experts ranking `{self._shown()}` first | trained − untrained"] = _share_text(
                 self.share.difference, signed=True
             )
-            metrics["untrained | share of experts ranking its own most common top-1 first"] = round(
-                self.share.untrained_own_top_share, 4
+            own = self.share.untrained_own_top_share
+            metrics["untrained | share of experts ranking its own most common top-1 first"] = (
+                None if own is None or not math.isfinite(own) else round(own, 4)
             )
         return metrics
 
@@ -82,18 +95,28 @@ class LogitLensResult(Result):
         if first.empty or self.share is None:
             return []
         share = self.share
-        count = round(share.trained.estimate * share.n_experts)
+        if not share.held_out:
+            n_all = int((self.lens.n_routed > 0).sum())
+            return [
+                f"**Expert logit lens**: the most common top-1 of the experts' mean output over all documents is "
+                f"`{self._shown()}` (top-1 of {round(share.all_documents_share * n_all)} of {n_all} experts; "
+                "counted on the documents it was chosen on, so descriptive only): no held-out share "
+                f"({share.reason}), no claim that training put it there."
+            ]
+        count = _count(share.trained, share.n_experts)
         head = (
-            f"**Expert logit lens**: the token most experts' mean output promotes first is `{self._shown()}` "
-            f"(top-1 of {count} of {share.n_experts} experts, share {_share_text(share.trained)}"
+            f"**Expert logit lens**: the token most experts' mean output promotes first on the "
+            f"{share.selection_documents} selection documents is `{self._shown()}`; on the other "
+            f"{share.test_documents} (test) documents it is the top-1 of {count} of the {share.n_experts} experts "
+            f"routed there, share {_share_text(share.trained)}"
         )
         if share.untrained is None:
-            return [head + "; no untrained null in this run, so no claim that training put it there)."]
-        untrained = round(share.untrained.estimate * share.n_experts_untrained)
+            return [head + "; no untrained null in this run, so no claim that training put it there."]
         head += (
-            f"; untrained model of the same config: {untrained} of {share.n_experts_untrained}, "
-            f"{_share_text(share.untrained)}; trained − untrained {_share_text(share.difference, signed=True)}, "
-            "95% document bootstrap"
+            f"; untrained model of the same config: {_count(share.untrained, share.n_experts_untrained)} of "
+            f"{share.n_experts_untrained}, {_share_text(share.untrained)}; trained − untrained "
+            f"{_share_text(share.difference, signed=True)} (95% bootstrap over the test documents; the split is "
+            "the held-out probing one)"
         )
         difference = share.difference
         if difference.available and difference.low > 0:
@@ -104,11 +127,14 @@ class LogitLensResult(Result):
             verdict = f"the untrained model ranks `{self._shown()}` first as often: training is not shown to favour it"
         else:
             verdict = "the comparison with the untrained model has no interval"
+        own = share.untrained_own_top_share
         chance = (
-            f"; picking the most common token, the untrained model's own reaches a share of "
-            f"{share.untrained_own_top_share:.2f}"
+            ""
+            if own is None or not math.isfinite(own)
+            else "; picking the most common token on its own selection documents, the untrained model reaches a "
+            f"share of {own:.2f} on its test documents"
         )
-        return [head + chance + "): " + verdict + "."]
+        return [head + chance + ": " + verdict + "."]
 
     def tables(self) -> list[TableItem]:
         share = self.share_frame()
@@ -117,8 +143,9 @@ class LogitLensResult(Result):
                 TableItem(
                     "logit_lens_top1_share",
                     share,
-                    "Share of experts whose mean-lens top-1 is the trained model's most common top-1 token: "
-                    "trained, untrained, trained − untrained (95% document bootstrap).",
+                    "Share of experts whose mean-lens top-1 on the test documents is the trained model's most "
+                    "common top-1 token on the selection documents: trained, untrained, trained − untrained "
+                    "(95% bootstrap over the test documents).",
                 )
             ]
             if len(share)
@@ -137,6 +164,13 @@ class LogitLensResult(Result):
             ),
             *extra,
         ]
+
+
+def _count(interval: Interval, n_experts: int | None) -> str:
+    """Experts behind a share (``?`` when the share is undefined)."""
+    if n_experts is None or not math.isfinite(interval.estimate):
+        return "?"
+    return str(round(interval.estimate * n_experts))
 
 
 def _share_text(interval: Interval, signed: bool = False) -> str:
@@ -158,12 +192,13 @@ class LogitLens(Analysis):
     intro = (
         "Per expert, the tokens its output (before the routing weight, through the final norm's gain) "
         "promotes most on average over the tokens routed to it. The token most experts rank first is "
-        "compared with the untrained model of the same config (the probing section's untrained null; not "
-        "with --skip-untrained-null): the share of experts ranking it first in each model and their "
-        "difference, with 95% document-bootstrap intervals (documents resampled, each expert's mean "
+        "chosen on the selection side of the held-out probing document split and counted on the test side only, "
+        "against the untrained model of the same config (the probing section's untrained null; not "
+        "with --skip-untrained-null): the share of experts ranking it first in each model on the test documents "
+        "and their difference, with 95% bootstrap intervals over the test documents (each expert's mean "
         "output and its top-1 recomputed; paired over the same documents), beside the share the "
-        "untrained model's own most common top-1 reaches (what picking the most common token gives "
-        "without training)."
+        "untrained model's own most common top-1, chosen the same way, reaches (what picking the most common "
+        "token gives without training)."
     )
 
     def needs(self, run: RunContext) -> list[Need]:
@@ -190,6 +225,8 @@ class LogitLens(Analysis):
             None if untrained_logits is None else _cpu_lens(untrained_logits),
             n_resamples=run.options.bootstrap_resamples,
             seed=run.options.seed,
+            selection_fraction=run.options.selection_fraction,
+            split_seed=run.options.seed,
         )
         return LogitLensResult(
             lens=lens, top_tokens=top_tokens, share=share, token_text=model.tokenizer.decode([share.token])

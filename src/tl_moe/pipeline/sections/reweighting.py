@@ -167,8 +167,9 @@ class ReweightingResult(Result):
             "reweighting_gains",
             fig,
             "Per domain: the re-weighting chosen on the selection half, on the domain's held-out documents, "
-            "and the same factor on routing-rate-matched random experts (mean of the draws); 95% "
-            f"document-bootstrap intervals (missing where a domain has fewer than {MIN_DOCUMENTS} held-out documents).",
+            "and the same factor on routing-rate-matched random experts (mean of the draws); 95% two-stage "
+            "bootstrap intervals (documents, then the draws within each resample; missing where a domain has "
+            f"fewer than {MIN_DOCUMENTS} held-out documents).",
         )
 
     def _matrix_figure(self) -> FigureItem:
@@ -262,6 +263,14 @@ def _holm_row(row: pd.Series) -> str:
     )
 
 
+def _draws(gains: pd.DataFrame) -> str:
+    """The number of control draws per domain (a range when they differ)."""
+    if "control draws" not in gains:
+        return "random"
+    counts = sorted({int(n) for n in gains["control draws"]})
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+
+
 def _reweighting_finding(gains: pd.DataFrame) -> str:
     """Every domain's held-out chosen − control, Holm-adjusted over the domains; none singled out."""
     helps = int((gains["loss change (selection)"] < 0).sum())
@@ -274,7 +283,9 @@ def _reweighting_finding(gains: pd.DataFrame) -> str:
         f"tested domains improved and {worse} got worse (Holm-adjusted over the domains, family-wise 5%). "
         "Every domain, in nats/token: the chosen re-weighting's absolute held-out loss change (95% document "
         "bootstrap; > 0 is an increase, i.e. worse) and chosen − control with its Holm interval (paired "
-        "document bootstrap): " + "; ".join(_holm_row(row) for _, row in gains.iterrows()) + "."
+        f"two-stage bootstrap: documents, then the {_draws(gains)} control draws within each resample): "
+        + "; ".join(_holm_row(row) for _, row in gains.iterrows())
+        + "."
     )
 
 
@@ -295,8 +306,8 @@ def _steering_finding(steering: SteeringStudy) -> str:
         f"**Steering** ({a} vs {b}, experts chosen by routing-rate difference on the selection half), switched "
         f"{' and '.join(sorted(set(own['switch'])))}: "
         + "; ".join(parts)
-        + " (nats/token, held out, 95% document bootstrap)."
-        + "".join(f" Note: {note}." for note in getattr(steering, "notes", ()))
+        + " (nats/token, held out, 95% two-stage bootstrap: documents, then the random draws within each "
+        "resample)." + "".join(f" Note: {note}." for note in getattr(steering, "notes", ()))
     )
 
 
@@ -336,7 +347,8 @@ class Reweighting(Analysis):
         "matrix). Steering: the expert of each sparse layer with the largest routing-rate difference between two "
         "contrasting groups (selection half) is switched on (router logit raised above the token's largest) or "
         "off (removed) on held-out text of both groups, against matched random experts. Each domain gets "
-        "--reweight-tokens tokens per half. Intervals: 95% percentile bootstrap over held-out documents, paired "
+        "--reweight-tokens tokens per half. Intervals: 95% percentile bootstrap over held-out documents, paired, "
+        "two-stage where a control is involved (documents, then the random draws within each resample) "
         f"(unavailable below {MIN_DOCUMENTS} documents); every domain's chosen − control is reported with a Holm-adjusted "
         "interval over the domains, none singled out."
     )
