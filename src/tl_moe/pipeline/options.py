@@ -302,7 +302,7 @@ class RunOptions:
         parse=_float_list("--reweight-factors"),
     )
     reweight_draws: int = option(
-        5, "re-weighting / steering: random routing-rate-matched expert sets behind each control", parse=int
+        20, "re-weighting / steering: random routing-rate-matched expert sets behind each control", parse=int
     )
     steer_contrast: tuple[str, ...] | None = option(
         None,
