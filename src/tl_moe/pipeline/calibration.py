@@ -11,7 +11,8 @@
   and about as many tokens per unit as the run gives a unit, in fits per second.
 
 A pass is estimated as its tokens / the measured rate (the short pass's start-up included, so the
-rate errs slow), probing's finalize as its number of probe fits / the measured fit rate. Every number is
+rate errs slow), probing's finalize as its number of probe fits / the measured fit rate (every unit x
+concept x probe size is counted; the run skips pairs with too few examples, so this errs high). Every number is
 an estimate and the summary says so, with its basis.
 """
 
