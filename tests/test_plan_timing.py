@@ -12,9 +12,11 @@ from tl_moe.pipeline.calibration import (
     CALIBRATION_CONCEPTS,
     CALIBRATION_UNITS,
     ProbeWork,
+    concept_rates,
+    eligible_concepts,
     estimate_times,
     measure_fit_rate,
-    measure_pass_rate,
+    measure_pass,
     probe_fit_counts,
 )
 from tl_moe.pipeline.plan import plan_run
@@ -33,14 +35,16 @@ def test_pass_and_probing_seconds_are_the_work_over_the_measured_rates():
     plan = plan_run(options)
     names = [model.name for model in plan.models]
     assert names == ["toy/moe-8x2", "toy/dense", "untrained:toy/moe-8x2"]
-    work = [ProbeWork(width=64, units=10, rows=300), ProbeWork(width=512, units=3, rows=100)]
+    work = [
+        ProbeWork(width=64, units=10, rows=300, concepts=5),
+        ProbeWork(width=512, units=3, rows=100, concepts=4),
+    ]
     estimate = estimate_times(
         plan,
         forward_rates={"toy/moe-8x2": 1500.0, "toy/dense": 3000.0},
         fit_rates={64: 50.0, 512: 20.0},
         probe_work=work,
         rate_rows={64: 100, 512: 200},  # the 64-wide rate was measured on a third of the rows
-        concepts=5,
     )
     assert estimate.pass_seconds == {
         "toy/moe-8x2": 4.0,  # 6000 tokens / 1500 tokens/s
@@ -49,10 +53,10 @@ def test_pass_and_probing_seconds_are_the_work_over_the_measured_rates():
     }
     ks = len(options.probe_ks)
     by_hand = (
-        10 * 5 * ks * (300 / 100) / 50.0 + 3 * 5 * ks / 20.0
+        10 * 5 * ks * (300 / 100) / 50.0 + 3 * 4 * ks / 20.0
     )  # fewer rows than measured: no scaling down
     assert estimate.probing_seconds == pytest.approx(by_hand)
-    assert estimate.probe_fits == (10 + 3) * 5 * ks
+    assert estimate.probe_fits == (10 * 5 + 3 * 4) * ks
     assert estimate.total_seconds == pytest.approx(10.0 + by_hand)
     text = estimate.summary()
     assert "an estimate" in text and "1,500 tokens/s" in text and "50 fits/s at 64 neurons" in text
@@ -67,7 +71,7 @@ def test_no_probing_no_probing_estimate():
     assert estimate.probing_seconds is None and "probing" not in estimate.summary()
 
 
-def test_probe_work_of_an_moe_alone_is_its_experts_over_three_rounds():
+def test_probe_work_of_an_moe_alone_is_its_experts_over_two_rounds():
     options = RunOptions(
         model="toy/moe-8x2",
         dense_baseline=None,
@@ -79,9 +83,9 @@ def test_probe_work_of_an_moe_alone_is_its_experts_over_three_rounds():
     plan = plan_run(options)
     cfg = plan.models[0].config
     assert cfg.num_experts == 8 and cfg.experts_per_token == 2
-    # 2 probed layers x 8 experts, fitted by the paper protocol, the held-out and the permuted-label arms;
-    # each expert sees 8000 x 2 / 8 routed tokens.
-    assert probe_fit_counts(plan, concepts=10) == [ProbeWork(cfg.d_expert, 2 * 8 * 3, 2000)]
+    # 2 probed layers x 8 experts, fitted by the paper protocol and the held-out arm (no dense baseline:
+    # no permuted-label arm); each expert sees 8000 x 2 / 8 routed tokens.
+    assert probe_fit_counts(plan, concepts=10) == [ProbeWork(cfg.d_expert, 2 * 8 * 2, 2000, 10)]
     bounded = plan_run(options.replace(probe_rows_per_class=50))
     assert probe_fit_counts(bounded, concepts=5)[0].rows == 50 * 4 * 5  # N x classes x sides x concepts
 
@@ -104,8 +108,26 @@ def test_rates_are_the_measured_work_over_the_clocked_interval(monkeypatch):
 
     calls = []
     monkeypatch.setattr("tl_moe.pipeline.runner._collect_model", lambda *args: calls.append(args))
-    assert measure_pass_rate(Context(), "m", ["spec"], clock=_clock(3.0, 7.0)) == 1024 / 4.0
+    rate, collected = measure_pass(Context(), "m", ["spec"], clock=_clock(3.0, 7.0))
+    assert rate == 1024 / 4.0
     assert calls and calls[0][1:] == ("m", ["spec"], None)  # the pass ran, writing nothing
+
+
+def test_concepts_probed_are_those_with_enough_expected_positives_and_negatives():
+    import torch
+
+    labels = torch.zeros(1000, 4, dtype=torch.bool)
+    labels[:10, 0] = True  # rate 0.01
+    labels[:500, 1] = True  # 0.5
+    labels[:, 2] = True  # 1.0: no negatives
+    stored = type("Stored", (), {"labels": labels})()
+    rates = concept_rates({"spec": stored, "other": 3})
+    assert rates.tolist() == pytest.approx([0.01, 0.5, 1.0, 0.0])
+    # A unit seeing 2000 tokens expects 20, 1000, 2000 and 0 positives: with at least 10 of each class,
+    # concepts 0 and 1 are probed; with at least 30, concept 1 alone.
+    assert eligible_concepts(rates, rows=2000, min_examples=10) == 2
+    assert eligible_concepts(rates, rows=2000, min_examples=30) == 1
+    assert concept_rates({"spec": object()}) is None
 
 
 def test_refused_plan_loads_and_calibrates_nothing(monkeypatch, capsys):

@@ -12,18 +12,21 @@
 
 A pass is estimated as its tokens / the measured rate (the short pass's start-up included, so the
 rate errs slow), probing's finalize as its number of probe fits / the measured fit rate (every unit x
-concept x probe size is counted; the run skips pairs with too few examples, so this errs high). Every number is
+concept x probe size is counted, for the concepts whose rate in the short pass's labels gives a unit at
+least ``--min-examples`` positives and negatives; routing that concentrates a concept moves this). Every number is
 an estimate and the summary says so, with its basis.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from jaxtyping import Float
 
 from tl_moe.pipeline.plan import ModelPlan, RunPlan
 
@@ -33,7 +36,9 @@ __all__ = [
     "calibrate",
     "estimate_times",
     "measure_fit_rate",
-    "measure_pass_rate",
+    "measure_pass",
+    "concept_rates",
+    "eligible_concepts",
     "probe_fit_counts",
 ]
 
@@ -50,24 +55,41 @@ Clock = Callable[[], float]
 UNTRAINED = "untrained:"
 
 
-def measure_pass_rate(
+def measure_pass(
     context: Any,
     name: str,
     specs: list[Any],
     clock: Clock = time.perf_counter,
-) -> float:
+) -> tuple[float, dict[Any, Any]]:
     """Tokens per second of a short collection pass of model ``name`` filling ``specs``, as the run
     fills them (the corpus, the concept labels, the hooks and the accumulators), over the
-    ``context``'s ``max_tokens`` (the model is loaded before the clock starts)."""
+    ``context``'s ``max_tokens`` (the model is loaded before the clock starts); and what the pass
+    collected (spec -> value)."""
     from tl_moe.pipeline.runner import _collect_model
 
     model = context.model(name)
     device = next(model.parameters()).device
     start = clock()
-    _collect_model(context, name, specs, None)
+    collected = _collect_model(context, name, specs, None)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return context.options.max_tokens / max(clock() - start, 1e-9)
+    return context.options.max_tokens / max(clock() - start, 1e-9), collected
+
+
+def concept_rates(collected: dict[Any, Any]) -> Float[torch.Tensor, " concept"] | None:
+    """Each concept's positive rate over the tokens a calibration pass stored (None: none stored)."""
+    for value in collected.values():
+        labels = getattr(value, "labels", None)
+        if isinstance(labels, torch.Tensor) and labels.ndim == 2 and len(labels):
+            return labels.float().mean(0)
+    return None
+
+
+def eligible_concepts(rates: Float[torch.Tensor, " concept"], rows: int, min_examples: int) -> int:
+    """Concepts a unit seeing ``rows`` tokens is probed for: expected positives and negatives (at the
+    concepts' ``rates``) both at least ``min_examples``; the rest the run skips."""
+    positives = rates * rows
+    return int(((positives >= min_examples) & (rows - positives >= min_examples)).sum())
 
 
 def measure_fit_rate(
@@ -105,13 +127,14 @@ class ProbeWork:
     width: int
     units: int
     rows: int
+    concepts: int
 
 
 def probe_fit_counts(plan: RunPlan, concepts: int) -> list[ProbeWork]:
     """Units probing fits per width (per concept and probe size), from the run's shapes.
 
-    The MoE's experts (its probed layers x experts) are fitted by the paper protocol, the held-out
-    arm, the permuted-label arm and (with a dense baseline) the matched-count routed-token draws and
+    The MoE's experts (its probed layers x experts) are fitted by the paper protocol and the held-out
+    arm, and with a dense baseline by the permuted-label arm, the matched-count routed-token draws and
     their permuted null; the untrained null by its held-out arm; a dense baseline's layers by the paper
     protocol (whole layers and one draw per expert), its held-out and permuted arms, and its neurons on
     each expert's routed tokens (two arms). ``concepts`` bounds the stored rows with
@@ -129,16 +152,16 @@ def probe_fit_counts(plan: RunPlan, concepts: int) -> list[ProbeWork]:
     rows = min(routed, cap or routed)
     names = [model.name for model in plan.models]
     dense = next((m for m in plan.models if m.name == options.dense_baseline), None)
-    expert_rounds = 3 + (2 * ROUTED_COUNT_DRAWS if dense is not None else 0)
-    work = [ProbeWork(cfg.d_expert, experts * expert_rounds, rows)]
+    expert_rounds = 2 + (1 + 2 * ROUTED_COUNT_DRAWS if dense is not None else 0)
+    work = [ProbeWork(cfg.d_expert, experts * expert_rounds, rows, concepts)]
     if UNTRAINED + main.name in names:
-        work.append(ProbeWork(cfg.d_expert, experts, rows))
+        work.append(ProbeWork(cfg.d_expert, experts, rows, concepts))
     if dense is not None:
         dense_layers = len(dense.config.dense_layers)
         whole = min(options.max_tokens, cap or options.max_tokens)
         width = dense.config.d_mlp
-        work.append(ProbeWork(width, dense_layers * 3, whole))  # paper, held-out and permuted arms
-        work.append(ProbeWork(width, dense_layers * cfg.num_experts + 2 * experts, rows))
+        work.append(ProbeWork(width, dense_layers * 3, whole, concepts))  # paper, held-out, permuted arms
+        work.append(ProbeWork(width, dense_layers * cfg.num_experts + 2 * experts, rows, concepts))
     return work
 
 
@@ -196,13 +219,12 @@ def estimate_times(
     fit_rates: dict[int, float] | None = None,
     probe_work: list[ProbeWork] | None = None,
     rate_rows: dict[int, int] | None = None,
-    concepts: int = 0,
     device: str = "cpu",
     threads: int = 1,
 ) -> TimeEstimate:
-    """Seconds per pass (its tokens / its model's tokens per second) and for probing (each width's
-    units x ``concepts`` x probe sizes fits / its fits per second, scaled by the unit's tokens over the
-    tokens the rate was measured at, ``rate_rows``, when more)."""
+    """Seconds per pass (its tokens / its model's tokens per second) and for probing (each work's
+    units x concepts x probe sizes fits / its width's fits per second, scaled by the unit's tokens over
+    the tokens the rate was measured at, ``rate_rows``, when more)."""
     passes = {m.name: m.tokens / forward_rates[_rate_key(m)] for m in plan.models}
     rates = {m.name: forward_rates[_rate_key(m)] for m in plan.models}
     if not fit_rates or not probe_work:
@@ -210,7 +232,7 @@ def estimate_times(
     ks = len(plan.options.probe_ks)
     seconds, fits = 0.0, 0
     for work in probe_work:
-        n = work.units * concepts * ks
+        n = work.units * work.concepts * ks
         scale = max(1.0, work.rows / (rate_rows or {}).get(work.width, work.rows))
         seconds += n * scale / fit_rates[work.width]
         fits += n
@@ -243,20 +265,24 @@ def calibrate(plan: RunPlan, clock: Clock = time.perf_counter) -> TimeEstimate:
     context = RunContext(short)
     needs = _needs_by_model(context, _chosen_analyses(short, None))
     forward_rates: dict[str, float] = {}
+    rates = None
     device = "cpu"
     for name, specs in needs.items():
         key = name.removeprefix(UNTRAINED)
         if key in forward_rates:  # an untrained null runs at its model's rate
             continue
         device = str(next(context.model(key).parameters()).device)
-        forward_rates[key] = measure_pass_rate(context, key, needs.get(key, specs), clock=clock)
+        forward_rates[key], collected = measure_pass(context, key, needs.get(key, specs), clock=clock)
+        rates = concept_rates(collected) if rates is None else rates
         context.release(key)
     if "probing" not in plan.analyses:
         return estimate_times(plan, forward_rates, device=device, threads=threads)
-    concepts = _concepts_of(plan)
-    work = probe_fit_counts(plan, concepts)
+    work = probe_fit_counts(plan, _concepts_of(plan))
+    if rates is not None:  # the concepts each unit is probed for, at the rates the short pass labeled
+        minimum = options.min_examples
+        work = [dataclasses.replace(w, concepts=eligible_concepts(rates, w.rows, minimum)) for w in work]
     rows = {w.width: min(CALIBRATION_MAX_ROWS, max(x.rows for x in work if x.width == w.width)) for w in work}
     fit_rates = {
         width: measure_fit_rate(width, n, options.probe_ks, device, clock=clock) for width, n in rows.items()
     }
-    return estimate_times(plan, forward_rates, fit_rates, work, rows, concepts, device, threads)
+    return estimate_times(plan, forward_rates, fit_rates, work, rows, device, threads)
