@@ -12,13 +12,18 @@ Feeds synthetic batches (BatchMeta + probing hooks: 2 sparse layers of 16 expert
   keys are not full at 20,000 tokens, so the store grows until they fill (bounded, not yet flat).
 
     python benchmarks/bench_bounded_store.py [--scenario full|labeler|both] [--tokens 20000,500000]
+        [--out docs/results/bench_bounded_store.json]
+
+``--out`` writes a results file (``bench_results``) that the README's Performance section is generated from.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
+import bench_results
 import torch
 
 from tl_moe.analysis.bounded_store import BoundedTokenStore
@@ -101,12 +106,39 @@ def main() -> None:
     parser.add_argument("--experts", type=int, default=16)
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=None, help="write the results file here (JSON)")
     args = parser.parse_args()
+    load_at_start = bench_results.load_average()
+    rows = []
     for name in ("full", "labeler") if args.scenario == "both" else (args.scenario,):
-        run_scenario(name, args)
+        rows += run_scenario(name, args)
+    if args.out is not None:
+        columns = {
+            "scenario": "",
+            "tokens": ",",
+            "final MiB": ".3g",
+            "peak MiB": ".3g",
+            "unbounded MiB": ".3g",
+            "final growth": "+.1%",
+            "peak growth": "+.1%",
+        }
+        bench_results.write(
+            args.out,
+            title=(
+                f"the bounded probing store (`--probe-rows-per-class`) fed synthetic batches ({args.layers} layers "
+                f"× {args.experts} experts, top-{args.k}, d_expert {args.width}); store bytes (the kept tensors, "
+                "deterministic) after each stream length, growth relative to the shortest stream (target below "
+                "+20% once every key is full). Scenario full: 6 common concepts, N = 50; labeler: the labeler's "
+                "73 concepts (rates 0.05–50%), N = 256, whose rare keys are not yet full"
+            ),
+            threads=torch.get_num_threads(),
+            load_at_start=load_at_start,
+            rows_table=bench_results.table(columns, rows),
+        )
 
 
-def run_scenario(name: str, args: argparse.Namespace) -> None:
+def run_scenario(name: str, args: argparse.Namespace) -> list[dict]:
+    """Print the store's bytes after each stream length of scenario ``name``; one row per length."""
     concepts, rates, rows_per_class, skew = scenario(name)
     sizes = [int(part) for part in args.tokens.split(",")]
     hooks = [
@@ -153,6 +185,18 @@ def run_scenario(name: str, args: argparse.Namespace) -> None:
     )
     n_keys = len(routing) * args.experts * (len(concepts) + 1) * 4
     print(f"hard bound (every key's N rows distinct): {n_keys * rows_per_class:,} tokens\n")
+    return [
+        {
+            "scenario": name,
+            "tokens": n_tokens,
+            "final MiB": final / 2**20,
+            "peak MiB": peak / 2**20,
+            "unbounded MiB": n_tokens * unbounded_per_token / 2**20,
+            "final growth": final / first[0] - 1,
+            "peak growth": peak / first[1] - 1,
+        }
+        for n_tokens, (final, peak) in results.items()
+    ]
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
 (b) memory: peak resident memory of a collection over N and over 10N tokens, each in
     a fresh subprocess, measured above the process's footprint just before the pass.
 
-Usage: python benchmarks/bench_collect.py [--tokens N] [--threads T]
+Usage: python benchmarks/bench_collect.py [--tokens N] [--threads T] [--out docs/results/bench_collect.json]
+(``--out`` writes a results file, ``bench_results``, that the README's Performance section is generated from)
 """
 
 from __future__ import annotations
@@ -242,12 +243,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=None, help="write the results file here (JSON)")
     args = parser.parse_args()
     if args.memory_child is not None:
         memory_child(args.model_dir, args.memory_child, args.threads)
         return
 
     torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_results
+
+    load_at_start = bench_results.load_average()
     with tempfile.TemporaryDirectory() as directory:
         model_dir = build_model_dir(Path(directory))
         model = TransformerBridge.boot_transformers(model_dir, device="cpu")
@@ -275,6 +281,38 @@ def main() -> None:
     small, large = runs
     growth = (large["peak_mib"] - small["peak_mib"]) / small["peak_mib"]
     print(f"peak growth from N to 10N tokens: {100 * growth:+.1f}% (target < 20%)")
+    if args.out is not None:
+        rows = [
+            {
+                "run": name,
+                "wall tokens/s": speeds[name]["wall"],
+                "vs plain (wall)": speeds[name]["wall"] / plain["wall"],
+                "vs plain (CPU time)": speeds[name]["cpu"] / plain["cpu"],
+            }
+            for name in ("plain forward loop", "collect (stop_early)", "collect (full forward)")
+        ]
+        columns = {
+            "run": "",
+            "wall tokens/s": ",.0f",
+            "vs plain (wall)": ".2f×",
+            "vs plain (CPU time)": ".2f×",
+        }
+        bench_results.write(
+            args.out,
+            title=(
+                f"the collection pass on a llama-like model (d_model {D_MODEL}, {N_LAYERS} layers), a hook on "
+                f"every layer's MLP output feeding one accumulator, {speeds['n_tokens']['wall']:,} tokens, best "
+                f"of {args.repeats}, against a plain loop of forwards over the same batches"
+            ),
+            threads=args.threads,
+            load_at_start=load_at_start,
+            rows_table=bench_results.table(columns, rows),
+            notes=[
+                f"Peak memory of a collection over {large['tokens']:,} tokens vs {small['tokens']:,} tokens: "
+                f"{100 * growth:+.1f}% (target below +20%)."
+            ],
+            extra={"memory runs": runs, "peak growth": growth},
+        )
 
 
 if __name__ == "__main__":

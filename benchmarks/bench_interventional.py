@@ -13,7 +13,8 @@ and prints the ratio, the max abs difference of the per-token losses, and the pe
 memory added by each (sampled from ``/proc/self/statm``).
 
 Usage: ``python benchmarks/bench_interventional.py [--model toy|deep] [--tokens 8192]
-[--threads N] [--repeats 3] [--layers both|last|first]``. ``toy`` is ``toy/moe-16x2`` (d_model 128, vocab 8192, 4 layers:
+[--threads N] [--repeats 3] [--layers both|last|first] [--out docs/results/bench_interventional.json]``;
+``--out`` writes a results file (``bench_results``) that the README's Performance section is generated from. ``toy`` is ``toy/moe-16x2`` (d_model 128, vocab 8192, 4 layers:
 the unembedding dominates a forward); ``deep`` is a random OLMoE-shaped model where the layers
 dominate (16 layers, d_model 256, 16 experts top-4, d_expert 256, vocab 8192).
 """
@@ -27,6 +28,7 @@ import tempfile
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -136,7 +138,11 @@ def main() -> None:
     parser.add_argument(
         "--layers", choices=["both", "last", "first"], default="both", help="which sparse layer(s) to edit"
     )
+    parser.add_argument("--out", type=Path, default=None, help="write the results file here (JSON)")
     args = parser.parse_args()
+    import bench_results
+
+    load_at_start = bench_results.load_average()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
@@ -174,6 +180,7 @@ def main() -> None:
             ("zero", cfg.sparse_layers[0], "first"),
         ]
         cases = [case for case in cases if args.layers in ("both", case[2])]
+        rows = []
         for kind, layer, where in cases:
             edits = [Intervention(kind, layer, (e,)) for e in range(cfg.num_experts)]
 
@@ -199,6 +206,35 @@ def main() -> None:
             print(
                 f"{label:34s} {sep_s:10.3f} {int_s:10.3f} {sep_s / int_s:8.2f}x {diff:10.2e} "
                 f"{sep_mem / 2**20:10.0f} {int_mem / 2**20:10.0f}"
+            )
+            rows.append(
+                {
+                    "case": label,
+                    "separate forwards (s)": sep_s,
+                    "interventional (s)": int_s,
+                    "speed-up": sep_s / int_s,
+                    "max |diff| of losses": diff,
+                }
+            )
+        if args.out is not None:
+            columns = {
+                "case": "",
+                "separate forwards (s)": ".3f",
+                "interventional (s)": ".3f",
+                "speed-up": ".2f×",
+                "max |diff| of losses": ".1e",
+            }
+            bench_results.write(
+                args.out,
+                title=(
+                    f"the effect on per-token loss of removing (or zeroing) each of the {cfg.num_experts} experts "
+                    f"of a layer of `{'toy/moe-16x2' if args.model == 'toy' else 'a random 16-layer OLMoE shape'}`, "
+                    f"{tokens.numel():,} tokens: the interventional pass vs one `run_with_hooks` forward per "
+                    "expert, same numbers"
+                ),
+                threads=args.threads,
+                load_at_start=load_at_start,
+                rows_table=bench_results.table(columns, rows),
             )
 
 

@@ -13,7 +13,8 @@ in chunks of up to 2^24 logits and must give the same tokens:
 Prints the time per 1,000 tokens (each with ``--slots`` routed slots) and the ratio.
 
 Run: ``python benchmarks/bench_logit_lens.py [--vocab 50304] [--d-model 64] [--tokens 2000]
-[--slots 8] [--top-n 3] [--device cpu] [--threads 1]``.
+[--slots 8] [--top-n 3] [--device cpu] [--threads 1] [--out docs/results/bench_logit_lens.json]``;
+``--out`` writes a results file (``bench_results``) that the README's Performance section is generated from.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -103,8 +105,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print the numbers as one JSON object")
+    parser.add_argument("--out", type=Path, default=None, help="write the results file here (JSON)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    load_at_start = load_average()
     out = measure(args.vocab, args.d_model, args.tokens, args.slots, args.top_n, args.device, args.repeats)
     if args.json:
         print(json.dumps(out))
@@ -116,6 +120,44 @@ def main() -> None:
     print(f"before (vocab_logits + topk): {out['seconds_per_1000_tokens_before']:.3f} s per 1,000 tokens")
     print(f"after  (top_n_vocab):         {out['seconds_per_1000_tokens_after']:.3f} s per 1,000 tokens")
     print(f"speedup {out['speedup']:.2f}x; same top tokens: {out['same_tokens']}")
+    if args.out is not None:
+        write_results(args.out, out, args.threads, load_at_start)
+
+
+def load_average() -> float | None:
+    import bench_results
+
+    return bench_results.load_average()
+
+
+def write_results(path: Path, out: dict, threads: int, load_at_start: float | None) -> None:
+    """The results file: seconds per 1,000 tokens before and after, in one run."""
+    import bench_results
+
+    rows = [
+        {
+            "ranking": "before: vocab_logits per chunk, then topk",
+            "s per 1,000 tokens": out["seconds_per_1000_tokens_before"],
+        },
+        {
+            "ranking": "after: top_n_vocab (one pass over the logits)",
+            "s per 1,000 tokens": out["seconds_per_1000_tokens_after"],
+        },
+    ]
+    same = "the same tokens" if out["same_tokens"] else "**different tokens**"
+    bench_results.write(
+        path,
+        title=(
+            f"the logit lens's top-{out['top_n']} of {out['slots']} routed slots per token over a "
+            f"{out['vocab']:,}-token random unembedding (d_model {out['d_model']}), {out['tokens']:,} tokens, "
+            f"chunks of 2^24 logits, on {out['device']}"
+        ),
+        threads=threads,
+        load_at_start=load_at_start,
+        rows_table=bench_results.table({"ranking": "", "s per 1,000 tokens": ".3f"}, rows),
+        notes=[f"After is {out['speedup']:.2f}× faster than before, ranking {same}."],
+        extra={"measured": out},
+    )
 
 
 if __name__ == "__main__":

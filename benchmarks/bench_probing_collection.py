@@ -5,7 +5,9 @@ over the same batches, (2) ``collect`` keeping every layer's ``expert_post`` and
 (everything k-sparse probing needs) in a TokenActivationStore, (3) the same plus token-level
 concept labels. ``collect`` stops each forward after the last hook it needs (here: before the
 unembedding); the "full forward" row runs it to the logits like the plain loop. Prints tokens/s and ratios measured in this run (best of ``--repeats``).
-Usage: ``python benchmarks/bench_probing_collection.py [--tokens 20000] [--repeats 3]``.
+Usage: ``python benchmarks/bench_probing_collection.py [--tokens 20000] [--repeats 3] [--threads 1]
+[--out docs/results/bench_probing_collection.json]``; ``--out`` writes a results file (``bench_results``)
+that the README's Performance section is generated from.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
+from pathlib import Path
 
+import bench_results
 import torch
 
 warnings.filterwarnings("ignore")
@@ -23,7 +27,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--out", type=Path, default=None, help="write the results file here (JSON)")
     args = parser.parse_args()
+    load_at_start = bench_results.load_average()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     import tl_moe
     from tl_moe.analysis.activations import TokenActivationStore
@@ -85,6 +94,22 @@ def main() -> None:
     print(f"{'run':42s} {'tok/s':>9s} {'vs plain':>9s}")
     for name, speed in best.items():
         print(f"{name:42s} {speed:9.0f} {speed / best['plain forward loop']:8.2f}x")
+    if args.out is not None:
+        rows = [
+            {"run": name, "tokens/s": speed, "vs plain": speed / best["plain forward loop"]}
+            for name, speed in best.items()
+        ]
+        bench_results.write(
+            args.out,
+            title=(
+                f"collecting every layer's `expert_post` and `topk_indices` of `toy/moe-16x2` (all that k-sparse "
+                f"probing needs), {n_tokens:,} tokens, batch {batch_size} × {seq_len}, best of {args.repeats}, "
+                "against a plain forward loop over the same batches (target for the full forward: at least 0.8 of it)"
+            ),
+            threads=torch.get_num_threads(),
+            load_at_start=load_at_start,
+            rows_table=bench_results.table({"run": "", "tokens/s": ",.0f", "vs plain": ".2f×"}, rows),
+        )
 
 
 if __name__ == "__main__":

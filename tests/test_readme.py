@@ -92,6 +92,51 @@ def test_no_measurement_is_typed_by_hand_in_the_docs():
     assert not {name: found for name, found in typed.items() if found}
 
 
+def _section(markdown: str, heading: str) -> str:
+    """The text of a Markdown ``## heading`` section, up to the next ``## `` heading."""
+    start = markdown.index(f"\n## {heading}\n")
+    end = markdown.find("\n## ", start + 1)
+    return markdown[start : None if end < 0 else end]
+
+
+def test_no_measurement_is_typed_by_hand_in_the_readme_performance_section():
+    """The README's Performance numbers come from results files (the main run's timings and each
+    benchmark's ``--out`` file) through the generated performance block."""
+    section = _section((ROOT / "README.md").read_text(), "Performance")
+    assert "<!-- results:performance:start -->" in section
+    assert _hand_typed_measurements(section) == []
+
+
+def test_the_performance_block_quotes_the_runs_own_timings():
+    """A planted results file: the main job's ratio is its total over the sum of its passes, and a
+    benchmark table shows each row's values with its machine."""
+    from tl_moe.pipeline.options import RunOptions
+    from tl_moe.pipeline.readme_results import benchmark_markdown, main_job_cost_markdown
+
+    timings = {"pass a (s)": 10.0, "pass b (s)": 30.0, "finalize (s)": 50.0, "total (s)": 90.0}
+    results = {
+        "metadata": {"options": RunOptions().to_dict(), "timings": timings, "runtime": {"device": "cpu"}}
+    }
+    text = main_job_cost_markdown(results, "x.json")
+    assert "total 90.0 s = **2.25×** the sum of its collection passes (40.0 s: a 10.0 s, b 30.0 s)" in text
+    assert "Within the target" in text
+    timings["total (s)"] = 101.0
+    assert "**2.52×**" in main_job_cost_markdown(results, "x.json")
+    assert "**Above** the target" in main_job_cost_markdown(results, "x.json")
+    bench = {
+        "title": "a planted benchmark",
+        "command": "python benchmarks/bench_x.py",
+        "machine": {"cpus": 2, "threads": 1, "load average (1 min) at the start": 0.5},
+        "table": {
+            "columns": {"run": "", "s": ".3f", "ratio": ".2f×"},
+            "rows": [{"run": "one", "s": 1.23456, "ratio": 0.5}],
+        },
+        "notes": ["A note."],
+    }
+    text = benchmark_markdown(bench, "y.json")
+    assert "| one | 1.235 | 0.50× |" in text and "2 CPUs (shared), 1 thread(s)" in text and "A note." in text
+
+
 def test_the_hand_typed_measurement_check_finds_one():
     planted = (
         "one forward took 10.1 s, the exact effects 15.1× that; a run of 23 min.\n"

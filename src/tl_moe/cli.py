@@ -131,6 +131,10 @@ def _cmd_plan(args) -> None:
     print(plan.summary())
     check_fits(plan)
     print("It fits in the memory available.")
+    if not args.no_calibration:  # after every check: a refused run loads nothing
+        from tl_moe.pipeline.calibration import calibrate
+
+        print(calibrate(plan).summary())
 
 
 def _cmd_explain(args) -> None:
@@ -169,9 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
     explain.set_defaults(func=_cmd_explain)
 
     plan = commands.add_parser(
-        "plan", help="estimate a run's memory and compute from the models' configs alone (no weights)"
+        "plan",
+        help="estimate a run's memory from the models' configs, and its wall time from a short calibration "
+        "(a few forwards of each model and a probe fit, timed on this machine)",
     )
     add_option_arguments(plan, analysis_help=registry.help_text())
+    plan.add_argument(
+        "--no-calibration",
+        action="store_true",
+        help="configs alone: no weights loaded, no time estimate",
+    )
     plan.set_defaults(func=_cmd_plan)
 
     zoo = commands.add_parser("zoo", help="the toy model zoo").add_subparsers(

@@ -3,7 +3,8 @@
 ``tl-moe plan [MODEL] [analyze flags]`` instantiates each model of the run on PyTorch's ``meta``
 device (shapes, no memory), counts its parameters, and estimates the memory of its weights, of one
 batch's activations and of every accumulator the chosen analyses fill, and the compute of each pass.
-:func:`check_fits` refuses, in one line, a run whose estimate exceeds the memory available.
+:func:`check_fits` refuses, in one line, a run whose estimate exceeds the memory available. The wall-time
+estimate, which does load the models, is :mod:`tl_moe.pipeline.calibration`'s (after these checks).
 """
 
 from __future__ import annotations

@@ -556,6 +556,102 @@ def labeling_cost_markdown(results: dict[str, Any], source: str) -> str:
     return text
 
 
+#: The benchmark results files the README's Performance block quotes, in order (``benchmarks/bench_*.py
+#: --out``; each holds its table, command and machine, see ``benchmarks/bench_results.py``).
+PERFORMANCE_FILES = (
+    "docs/results/bench_hooks.json",
+    "docs/results/bench_hooks_olmoe_layer.json",
+    "docs/results/bench_probing_collection.json",
+    "docs/results/bench_collect.json",
+    "docs/results/bench_bounded_store.json",
+    "docs/results/bench_probing.json",
+    "docs/results/bench_logit_lens.json",
+    "docs/results/bench_interventional.json",
+)
+#: Target of the main job's cost: total wall time over the sum of its collection passes.
+TOTAL_OVER_PASSES_TARGET = 2.5
+
+
+def _formatted(value: Any, spec: str) -> str:
+    """``value`` with the format ``spec`` of a benchmark table (a trailing ``×`` is appended after)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    suffix = "×" if spec.endswith("×") else ""
+    return format(value, spec.removesuffix("×")) + suffix if spec.removesuffix("×") or suffix else str(value)
+
+
+def _machine_text(machine: dict[str, Any]) -> str:
+    """The machine a benchmark ran on, as recorded in its results file."""
+    start, end = (
+        machine.get("load average (1 min) at the start"),
+        machine.get("load average (1 min) at the end"),
+    )
+    return (
+        f"{machine.get('cpus')} CPUs (shared), {machine.get('threads')} thread(s), load average {start} at the start "
+        f"and {end} at the end, torch {machine.get('torch')}, {machine.get('device')}"
+    )
+
+
+def benchmark_markdown(results: dict[str, Any], source: str) -> str:
+    """One benchmark's paragraph and table, from its results file (``benchmarks/bench_results.py``)."""
+    table = results["table"]
+    columns = table["columns"]
+    lines = [
+        f"`{results['command']}` ([`{source}`]({source}); {_machine_text(results['machine'])}): "
+        f"{results['title']}.",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
+    for row in table["rows"]:
+        lines.append(
+            "| " + " | ".join(_formatted(row.get(name), spec) for name, spec in columns.items()) + " |"
+        )
+    if results.get("notes"):
+        lines += ["", " ".join(results["notes"])]
+    return "\n".join(lines)
+
+
+def main_job_cost_markdown(results: dict[str, Any], source: str) -> str:
+    """The main job's total wall time relative to the sum of its collection passes (``results.json``
+    metadata timings), with the machine the run recorded."""
+    meta = results["metadata"]
+    timings = meta["timings"]
+    passes = {
+        key[len("pass ") : -len(" (s)")]: value for key, value in timings.items() if key.startswith("pass ")
+    }
+    total, collection = timings["total (s)"], sum(passes.values())
+    ratio = total / collection
+    verdict = "Within" if ratio <= TOTAL_OVER_PASSES_TARGET else "**Above**"
+    machine = meta.get("machine")
+    runtime = meta.get("runtime", {})
+    where = (
+        _machine_text(machine)
+        if machine
+        else f"device {runtime.get('device', 'cpu')}, torch {meta.get('versions', {}).get('torch')}; the run did not "
+        "record its CPUs or load"
+    )
+    threads = meta["options"].get("threads")
+    return (
+        f"The main job, `{command_line(meta['options'])}` ([`{source}`]({source}); {where}; threads "
+        f"{threads if threads is not None else 'left to the default'}): total {total:.1f} s = **{ratio:.2f}×** the "
+        f"sum of its collection passes ({collection:.1f} s: "
+        + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in passes.items())
+        + f"); finalize {timings.get('finalize (s)', float('nan')):.1f} s. {verdict} the target of "
+        f"{TOTAL_OVER_PASSES_TARGET}× (total / passes, same run)."
+    )
+
+
+def performance_markdown(root: Path = Path(".")) -> str:
+    """The README's Performance block: the main job's cost, then every benchmark results file present."""
+    default = "docs/results/toy_default.json"
+    parts = [main_job_cost_markdown(json.loads((root / default).read_text()), default)]
+    for source in PERFORMANCE_FILES:
+        if (root / source).exists():
+            parts.append(benchmark_markdown(json.loads((root / source).read_text()), source))
+    return "\n\n".join(parts)
+
+
 @dataclass(frozen=True)
 class Block:
     """A generated block of the README or a doc: the committed results file it is made from, how it is
@@ -576,6 +672,14 @@ class Block:
         return self.render(json.loads((root / self.source).read_text()), self.source)
 
 
+@dataclass(frozen=True)
+class PerformanceBlock(Block):
+    """The README's Performance block: made from the main run's results and every benchmark file."""
+
+    def markdown(self, root: Path = Path(".")) -> str:
+        return performance_markdown(root)
+
+
 BLOCKS = (
     Block("default", "docs/results/toy_default.json", results_markdown),
     Block("drivers", "docs/results/toy_drivers.json", drivers_markdown),
@@ -583,6 +687,7 @@ BLOCKS = (
     Block("jsd_error", "docs/results/jsd_reference_error.json", jsd_error_markdown, "docs/METHODS.md"),
     Block("zoo", "docs/results/toy_zoo.json", zoo_markdown),
     Block("labeling_cost", "docs/results/bench_labeling.json", labeling_cost_markdown, "docs/EXPLAIN.md"),
+    PerformanceBlock("performance", "docs/results/toy_default.json", main_job_cost_markdown),
 )
 
 
