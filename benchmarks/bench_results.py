@@ -16,37 +16,14 @@ Every benchmark the README's Performance section quotes writes one JSON object:
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
+from tl_moe.pipeline.machine import load_average, machine  # noqa: F401  (the benchmarks' one machine record)
+
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "docs" / "results"
-
-
-def load_average() -> float | None:
-    """The 1-minute load average (None where the platform has none)."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
-
-
-def machine(threads: int | None, load_at_start: float | None) -> dict[str, Any]:
-    """The machine a measurement ran on: CPUs, threads used, load average at start and end."""
-    import torch
-
-    return {
-        "cpus": os.cpu_count(),
-        "threads": threads if threads is not None else torch.get_num_threads(),
-        "load average (1 min) at the start": load_at_start,
-        "load average (1 min) at the end": load_average(),
-        "torch": torch.__version__,
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "platform": platform.platform(),
-    }
 
 
 def command() -> str:

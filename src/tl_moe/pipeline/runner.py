@@ -30,6 +30,7 @@ from tl_moe.pipeline.checks import (
     warn_small_corpus,
 )
 from tl_moe.pipeline.context import RunContext
+from tl_moe.pipeline.machine import load_average, machine
 from tl_moe.pipeline.needs import TokensByDomain
 from tl_moe.pipeline.options import RunOptions
 from tl_moe.pipeline.protocol import AccumulatorSpec, Analysis, Inputs, OptionLimit, Result, UnavailableResult
@@ -259,15 +260,16 @@ def run(
         :class:`RunResults` with every analysis's typed result.
     """
     started = time.perf_counter()
+    load_at_start = load_average()
     options = options or RunOptions()
     options.check()
     created_group = _join_process_group_from_environment()
     if not created_group:
-        return _run(options, analyses, dataset, models, write_report, started)
+        return _run(options, analyses, dataset, models, write_report, started, load_at_start)
     import torch.distributed as dist
 
     try:
-        results = _run(options, analyses, dataset, models, write_report, started)
+        results = _run(options, analyses, dataset, models, write_report, started, load_at_start)
         dist.barrier()  # rank 0 has written the report when every rank leaves
         return results
     finally:
@@ -337,7 +339,7 @@ def run_layout(options: RunOptions, model: Any) -> dict[str, Any]:
     }
 
 
-def _run(options, analyses, dataset, models, write_report, started) -> RunResults:
+def _run(options, analyses, dataset, models, write_report, started, load_at_start) -> RunResults:
     chosen = _chosen_analyses(options, analyses)
     models = dict(models or {})
     # Inputs that need no weights are checked first, in one line each, before anything loads.
@@ -422,6 +424,7 @@ def _run(options, analyses, dataset, models, write_report, started) -> RunResult
                 "tokens_by_domain": tokens_by_domain,
                 "accumulator_bytes": memory,
                 "runtime": runtime,
+                "machine": machine(None, load_at_start),
                 "fitted_defaults": fitted,
             }
         )
