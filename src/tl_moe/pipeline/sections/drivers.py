@@ -106,7 +106,9 @@ class DriversResult(Result):
     agreement: Spearman ρ (95% bootstrap over experts) and top-n overlap of the estimate and of REAP
         saliency with each exact effect, per layer and over all layers.
     domain_overlap: driver experts vs the domains analysis' domain experts (when it ran too): overlap
-        against hypergeometric chance and Spearman ρ of domain score vs removal effect, per layer.
+        against hypergeometric chance and Spearman ρ of domain score vs removal effect, per layer and over
+        all layers, with a 95% bootstrap over report documents (removal effects recomputed per resample,
+        the domain score held fixed).
     paired: Spearman ρ of the first-order estimate and of REAP saliency with the exact zeroing effect
         on the same experts, and their difference, with a 95% document-bootstrap interval, pooled over
         layers, per layer and as the mean of the per-layer ρ (column ``layer``;
