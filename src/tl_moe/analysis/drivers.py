@@ -345,6 +345,12 @@ def _bootstrap_ratio(
     return estimate, low, high, intervals[0].reason
 
 
+def report_documents(counts: Int[torch.Tensor, " document"]) -> np.ndarray:
+    """Corpus rows of the report-half documents with at least one edited position."""
+    docs = np.nonzero(counts.numpy() > 0)[0]
+    return docs[document_half(torch.from_numpy(docs)).numpy() == 1]
+
+
 def driver_report(
     effects: DocumentEffectsResult,
     saliency: ExpertSaliencyResult,

@@ -12,7 +12,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tl_moe.analysis.driver_domain import DriverDomainComparison, compare_drivers_with_domain_experts
+from tl_moe.analysis.driver_domain import (
+    DriverDomainComparison,
+    ReportDocuments,
+    compare_drivers_with_domain_experts,
+)
 from tl_moe.analysis.drivers import DocumentEffects, ExpertSaliency, driver_report, max_drivers
 from tl_moe.analysis.effect_estimate import FirstOrderEffects, estimate_report, estimate_vs_reap
 from tl_moe.analysis.stats import MIN_DOCUMENTS, Interval
@@ -102,7 +106,9 @@ class DriversResult(Result):
     agreement: Spearman ρ (95% bootstrap over experts) and top-n overlap of the estimate and of REAP
         saliency with each exact effect, per layer and over all layers.
     domain_overlap: driver experts vs the domains analysis' domain experts (when it ran too): overlap
-        against hypergeometric chance and Spearman ρ of domain score vs removal effect, per layer.
+        against hypergeometric chance and Spearman ρ of domain score vs removal effect, per layer and over
+        all layers, with a 95% bootstrap over report documents (removal effects recomputed per resample,
+        the domain score held fixed).
     paired: Spearman ρ of the first-order estimate and of REAP saliency with the exact zeroing effect
         on the same experts, and their difference, with a 95% document-bootstrap interval, pooled over
         layers, per layer and as the mean of the per-layer ρ (column ``layer``;
@@ -211,6 +217,13 @@ class DriversResult(Result):
                 _rounded(total["spearman ci low"]),
                 _rounded(total["spearman ci high"]),
             ]
+            metrics["Spearman(domain score, removal effect) | all layers | report documents"] = int(
+                total["spearman documents"]
+            )
+            if total["spearman interval unavailable"]:
+                metrics["Spearman(domain score, removal effect) | all layers | no interval"] = total[
+                    "spearman interval unavailable"
+                ]
         return metrics
 
     def records(self) -> dict[str, Any]:
@@ -380,9 +393,13 @@ class DriversResult(Result):
         total = self.domain_overlap.table.set_index("layer").loc["all"]
         why = total.get("spearman unavailable") or "undefined"
         low, high = total["spearman ci low"], total["spearman ci high"]
-        shown = format_interval(total["spearman"], low, high, "+.2f", why, "the bootstrap gave none")
+        no_interval = total.get("spearman interval unavailable") or "the bootstrap gave none"
+        shown = format_interval(total["spearman"], low, high, "+.2f", why, no_interval)
         rho = f"domain score vs removal effect: Spearman ρ = {shown}" + (
-            " (95% bootstrap over experts)" if "[" in shown else ""
+            f" (95% bootstrap over {int(total['spearman documents'])} report documents, each expert's removal "
+            "effect recomputed per resample; the domain score held fixed as the domains analysis measured it)"
+            if "[" in shown
+            else ""
         )
         if total["overlap not testable"]:
             return (
@@ -524,7 +541,8 @@ class DriversResult(Result):
                         self.domain_overlap.table,
                         "Driver experts vs domain experts per layer: overlap against the overlap of independent "
                         "sets (hypergeometric p of an overlap at least as large), and Spearman ρ of domain score "
-                        "vs removal effect with a 95% bootstrap over experts.",
+                        "vs removal effect with a 95% bootstrap over report documents (removal effects "
+                        "recomputed per resample, domain score held fixed).",
                     )
                 ]
             )
@@ -604,7 +622,11 @@ class Drivers(Analysis):
         overlap = None
         if domains is not None:
             overlap = compare_drivers_with_domain_experts(
-                experts, domains.experts.to_frame(), effect="remove: effect (report)", seed=run.options.seed
+                experts,
+                domains.experts.to_frame(),
+                effect="remove: effect (report)",
+                documents=ReportDocuments.from_effects(effects, "remove"),
+                seed=run.options.seed,
             )
         paired = estimate_vs_reap(
             effects, saliency, estimate, n_resamples=run.options.bootstrap_resamples, seed=run.options.seed
