@@ -257,13 +257,18 @@ def _top(values: np.ndarray, n: int) -> set[int]:
     return set(np.argsort(-values, kind="stable")[:n].tolist())
 
 
+#: Why :func:`score_agreement` gives no interval (its ρ's document interval is the paired table's).
+NO_EXPERT_INTERVAL = (
+    "none here: resampling experts treats each expert's effect as exact; the paired table gives this ρ "
+    "with its bootstrap over documents"
+)
+
+
 def score_agreement(
     exact: Mapping[str, Float[np.ndarray, "layer expert"]],
     scores: Mapping[str, Float[np.ndarray, "layer expert"]],
     layers: Sequence[int],
     n_top: int = 8,
-    n_resamples: int = 1000,
-    seed: int = 0,
 ) -> pd.DataFrame:
     """How well each score ranks experts by each exact effect, per layer and over all layers.
 
@@ -274,14 +279,12 @@ def score_agreement(
         n_top: experts in the top set (over all layers; per layer capped at half the experts).
 
     Returns:
-        One row per (score, exact kind, layer or ``"all"``): Spearman ρ with a 95% percentile
-        bootstrap interval over experts (:func:`tl_moe.analysis.stats.cluster_bootstrap`, experts as
-        clusters; unavailable with fewer than 10 experts), the number of experts, and the overlap of
-        the ``n`` highest by score with the ``n`` highest by exact effect (count, Jaccard, and the
-        count expected by chance, ``n² / experts``).
+        One row per (score, exact kind, layer or ``"all"``): Spearman ρ (no interval here: a
+        bootstrap over experts would treat each expert's noisy effect as exact; the document
+        interval of the same ρ is :func:`paired_rho_difference`'s, and ``interval`` says so), the
+        number of experts, and the overlap of the ``n`` highest by score with the ``n`` highest by
+        exact effect (count, Jaccard, and the count expected by chance, ``n² / experts``).
     """
-    from tl_moe.analysis.stats import MIN_DOCUMENTS, cluster_bootstrap
-
     rows = []
     for score_name, score in scores.items():
         for kind, effect in exact.items():
@@ -294,14 +297,7 @@ def score_agreement(
                 keep = np.isfinite(x) & np.isfinite(y)
                 x, y = x[keep], y[keep]
                 n = len(x)
-                interval = cluster_bootstrap(
-                    lambda w, x=x, y=y: weighted_spearman(x, y, w),
-                    n,
-                    n_resamples=n_resamples,
-                    seed=seed,
-                    on_too_few="unavailable",
-                    what=f"Spearman ρ of {score_name} and the exact {kind} effect",
-                )
+                rho = weighted_spearman(x, y, np.ones((1, n)))[0] if n > 1 else float("nan")
                 top = min(n_top, n // 2) if label != "all" else min(n_top, n)
                 by_score, by_exact = _top(x, top), _top(y, top)
                 overlap = len(by_score & by_exact)
@@ -311,12 +307,8 @@ def score_agreement(
                         "exact effect": kind,
                         "layer": label,
                         "experts": n,
-                        "spearman": interval.estimate,
-                        "ci low": interval.low,
-                        "ci high": interval.high,
-                        "interval": ""
-                        if interval.available
-                        else f"{n} experts: the bootstrap over experts needs at least {MIN_DOCUMENTS}",
+                        "spearman": float(rho),
+                        "interval": NO_EXPERT_INTERVAL,
                         "top n": top,
                         "top-n overlap": overlap,
                         "top-n jaccard": overlap / (2 * top - overlap) if top else float("nan"),
@@ -514,8 +506,6 @@ def estimate_report(
         {"first-order estimate": first_order, "REAP saliency": reap},
         effects.layers,
         n_top=n_top,
-        n_resamples=n_resamples,
-        seed=seed,
     )
     agreement.attrs["exact positions"] = exact_positions
     agreement.attrs["estimate positions"] = estimate_positions

@@ -103,7 +103,7 @@ class DriversResult(Result):
         (report half), over all experts.
     estimates: one row per (layer, expert) over all documents: exact effects, first-order estimate,
         REAP saliency (:func:`~tl_moe.analysis.effect_estimate.estimate_report`).
-    agreement: Spearman ρ (95% bootstrap over experts) and top-n overlap of the estimate and of REAP
+    agreement: Spearman ρ (no interval: see ``paired``) and top-n overlap of the estimate and of REAP
         saliency with each exact effect, per layer and over all layers.
     domain_overlap: driver experts vs the domains analysis' domain experts (when it ran too): overlap
         against hypergeometric chance and Spearman ρ of domain score vs removal effect, per layer and over
@@ -170,11 +170,10 @@ class DriversResult(Result):
                 row = self._agreement_row(score)
                 key = f"Spearman({score}, exact zeroing effect) | all layers"
                 metrics[key] = _rounded(row["spearman"])
-                metrics[f"{key} | 95% CI"] = [_rounded(row["ci low"]), _rounded(row["ci high"])]
                 metrics[f"{key} | experts"] = int(row["experts"])
                 metrics[f"{key} | computed on"] = (
                     f"the {int(row['experts'])} experts with a defined {score} on the documents of the edited "
-                    "forwards; interval: bootstrap over experts"
+                    f"forwards; interval: {row['interval']}"
                 )
                 top = f"top-{int(row['top n'])} overlap({score}, exact zeroing effect)"
                 metrics[top] = int(row["top-n overlap"])
@@ -512,8 +511,8 @@ class DriversResult(Result):
                         "drivers_estimate_agreement",
                         self.agreement,
                         "How well the first-order estimate and REAP saliency rank experts by their exact effect: "
-                        "Spearman ρ (95% percentile bootstrap over experts) and overlap of the top n, against the "
-                        "overlap expected by chance.",
+                        "Spearman ρ (no interval here: the paired table drivers_estimate_vs_reap gives it over documents) "
+                        "and overlap of the top n, against the overlap expected by chance.",
                     )
                 ]
             )
