@@ -10,7 +10,7 @@ Every benchmark the README's Performance section quotes writes one JSON object:
   and ``rows`` (one dict per measured line, keyed by column);
 - ``notes``: sentences about the measurement, each built from the measured values.
 
-``tl_moe.pipeline.readme_results`` renders these files into the README; nothing there is typed by hand.
+``tools/readme_results.py`` renders these files into the README; nothing there is typed by hand.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1] / "tools"))  # the README generator, tools/readme_results.py
 
 from tiny_models import save_tiny_model  # noqa: E402
 

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_labeling_benchmark_smoke_run_writes_a_results_file_the_docs_block_renders(tmp_path):
-    from tl_moe.pipeline.readme_results import labeling_cost_markdown
+    from readme_results import labeling_cost_markdown
 
     spec = importlib.util.spec_from_file_location("bench_labeling", ROOT / "benchmarks" / "bench_labeling.py")
     bench = importlib.util.module_from_spec(spec)

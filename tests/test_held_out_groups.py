@@ -59,7 +59,7 @@ def test_each_group_is_compared_over_its_own_concepts_and_a_rare_group_gets_no_i
 
 
 def test_the_readme_group_table_shows_kept_and_dropped_counts_and_no_estimate_for_a_gated_group():
-    from tl_moe.pipeline.readme_results import _group_table
+    from readme_results import _group_table
     from tl_moe.pipeline.sections.probing import group_comparisons
 
     arms = {"moe": _arm("moe", 0.9, 0), "dense": _arm("dense", 0.6, 1)}
@@ -91,7 +91,7 @@ def test_the_reading_names_its_metric_leads_with_the_sparsity_headlines_and_test
     """Planted: in balanced accuracy the remainder over the matched-count control does not exceed its own
     null (its interval covers 0); in F1 it would look positive. The reading leads with balanced accuracy,
     names it, gives F1 beside, and reads the null-corrected difference, not two intervals."""
-    from tl_moe.pipeline.readme_results import LEAD_METRIC, _reading
+    from readme_results import LEAD_METRIC, _reading
     from tl_moe.pipeline.sections.sparsity import HEADLINE_METRIC
 
     records = [
@@ -116,7 +116,7 @@ def test_the_reading_names_its_metric_leads_with_the_sparsity_headlines_and_test
 
 
 def test_the_lean_is_given_per_comparison():
-    from tl_moe.pipeline.readme_results import _interval_lean
+    from readme_results import _interval_lean
 
     rows = [
         dict(_k1("moe_vs_dense", "f1", 0.1, 0.0, 1.0), bootstrap_bias=0.0),

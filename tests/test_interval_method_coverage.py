@@ -95,7 +95,7 @@ def test_the_default_paired_interval_is_the_best_covering_method_on_heterogeneou
 
 
 def test_the_lean_counts_every_held_out_interval_of_the_run_once_and_k1_apart():
-    from tl_moe.pipeline.readme_results import _interval_lean, held_out_intervals, interval_lean
+    from readme_results import _interval_lean, held_out_intervals, interval_lean
 
     def record(k, low, estimate, high, **extra):
         return {

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from readme_results import BLOCKS
 from tl_moe.models.hook_names import hook_table_markdown
-from tl_moe.pipeline.readme_results import BLOCKS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,8 +110,8 @@ def test_no_measurement_is_typed_by_hand_in_the_readme_performance_section():
 def test_the_performance_block_quotes_the_runs_own_timings():
     """A planted results file: the main job's ratio is its total over the sum of its passes, and a
     benchmark table shows each row's values with its machine."""
+    from readme_results import benchmark_markdown, main_job_cost_markdown
     from tl_moe.pipeline.options import RunOptions
-    from tl_moe.pipeline.readme_results import benchmark_markdown, main_job_cost_markdown
 
     timings = {"pass a (s)": 10.0, "pass b (s)": 30.0, "finalize (s)": 50.0, "total (s)": 90.0}
     results = {
@@ -155,8 +155,8 @@ def test_the_hand_typed_result_check_finds_one():
 
 
 def test_the_command_line_of_a_run_reproduces_its_options():
+    from readme_results import command_line
     from tl_moe.pipeline.options import RunOptions
-    from tl_moe.pipeline.readme_results import command_line
 
     options = RunOptions(
         model="toy/moe-8x2", analyses=("drivers",), max_tokens=6000, skip_untrained_null=True, out=Path("x")

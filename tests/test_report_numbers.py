@@ -124,7 +124,7 @@ def test_explain_intervals_over_experts_need_min_documents_experts():
 
 
 def test_readme_results_cells_say_why_a_number_or_interval_is_missing():
-    from tl_moe.pipeline.readme_results import _cell, _interval
+    from readme_results import _cell, _interval
 
     full = {"estimate": 0.05, "ci_low": 0.01, "ci_high": 0.09, "interval_available": True}
     assert _interval(full) == _cell(full) == "+0.050 [+0.010, +0.090]"

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
+from readme_results import zoo_markdown
 from test_zoo import TINY as ZOO_TINY
 from tl_moe.models.build import build_model
-from tl_moe.pipeline.readme_results import zoo_markdown
 from tl_moe.zoo import train as training
 from tl_moe.zoo.evaluate import ALL_DOMAINS, document_losses, domain_means, paired_loss_difference
 from tl_moe.zoo.held_out_texts import HELD_OUT_TEXTS, held_out_text_losses, loss_bound

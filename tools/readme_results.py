@@ -1,7 +1,7 @@
 """The README's results sections, generated from runs' ``results.json`` files (never typed by hand).
 
-    python -m tl_moe.pipeline.readme_results docs/results/toy_default.json   # prints the Markdown
-    python -m tl_moe.pipeline.readme_results --write README.md               # rewrites every block
+    python tools/readme_results.py docs/results/toy_default.json   # prints the Markdown
+    python tools/readme_results.py --write README.md               # rewrites every block
 
 Each block of :data:`BLOCKS` has its committed results file and its markers in the README:
 ``<!-- results:start -->`` / ``<!-- results:end -->`` for the default run, and
@@ -213,7 +213,7 @@ def results_markdown(results: dict[str, Any], source: str) -> str:
     options = meta["options"]
     sections = results["sections"]
     lines = [
-        f"Generated from [`{source}`]({source}) by `python -m tl_moe.pipeline.readme_results`: "
+        f"Generated from [`{source}`]({source}) by `python tools/readme_results.py`: "
         f"`{command_line(options)}` on `{options['model']}` vs `{options['dense_baseline']}`, "
         f"{options['max_tokens']:,} tokens of the `{options['split']}` split per model, seed {options['seed']}. "
         f"{INTERVALS_NOTE} Numbers are the toys' own.",
@@ -375,7 +375,7 @@ def findings_markdown(results: dict[str, Any], source: str) -> str:
     """A results block that quotes a run's findings (each with its control and interval) and its command."""
     options = results["metadata"]["options"]
     lines = [
-        f"Generated from [`{source}`]({source}) by `python -m tl_moe.pipeline.readme_results`; the run: "
+        f"Generated from [`{source}`]({source}) by `python tools/readme_results.py`; the run: "
         f"`{command_line(options)}` ({options['split']} split, seed {options['seed']}). Numbers are the "
         "toys' own; each interval is a 95% bootstrap over what its line names (documents or experts).",
         "",
@@ -389,7 +389,7 @@ def drivers_markdown(results: dict[str, Any], source: str) -> str:
     document intervals (re-weighting's Holm intervals, intervals over experts) and when one is missing."""
     options = results["metadata"]["options"]
     lines = [
-        f"Generated from [`{source}`]({source}) by `python -m tl_moe.pipeline.readme_results`; the run: "
+        f"Generated from [`{source}`]({source}) by `python tools/readme_results.py`; the run: "
         f"`{command_line(options)}` ({options['split']} split, seed {options['seed']}). Numbers are the "
         "toys' own. Each interval is a 95% bootstrap over what its line names (documents or experts), except "
         "re-weighting's: every domain is shown with its Holm-adjusted interval (the level is given; "
@@ -419,7 +419,7 @@ def zoo_markdown(results: dict[str, Any], source: str) -> str:
     domains = sorted(unigram)
     n_docs = sum(meta["documents_by_domain"].values())
     lines = [
-        f"Generated from [`{source}`]({source}) by `python -m tl_moe.pipeline.readme_results`; the evaluation: "
+        f"Generated from [`{source}`]({source}) by `python tools/readme_results.py`; the evaluation: "
         f"`{meta['command']}` (the saved float16 weights; {meta['split']} split of corpus `{meta['corpus']}`, "
         f"{n_docs:,} documents, none seen in training).",
         "",
