@@ -473,12 +473,11 @@ class KSparseProbe:
         ``split(unit, concept)`` gives the chunk's train and test tokens as padded index lists.
         """
         unit, concept = chunk[:, 0].to(device), chunk[:, 1].to(device)
-        positive = labels.T[concept]
         (train_idx, train_valid), (test_idx, test_valid) = split(unit, concept)
         source = activation_index[chunk[:, 0]].to(activations.device)
         rows = activations[source[:, None], train_idx.to(activations.device)].to(device)
-        y_train = positive.gather(1, train_idx) & train_valid
-        y_test = positive.gather(1, test_idx) & test_valid
+        y_train = labels[train_idx, concept[:, None]] & train_valid
+        y_test = labels[test_idx, concept[:, None]] & test_valid
         max_k = max(self.ks_)
         top = rank_neurons_by_mean_difference(rows, y_train, train_valid)[:, :max_k]
         x_train = rows.gather(2, top[:, None, :].expand(-1, rows.shape[1], -1)).to(self.dtype)

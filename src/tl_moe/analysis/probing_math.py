@@ -169,13 +169,15 @@ def fit_logistic_nested(
     target = y.to(dtype)
     s, sum_s = _sample_weights(target, weight.to(dtype=dtype, device=X.device), class_weight)
     mean = torch.einsum("bn,bnf->bf", s, x)
-    centered = x - mean[:, None, :]
+    # The standardised design matrix is built in place in one buffer; column 0: the intercept.
+    z = x.new_empty(x.shape[0], x.shape[1], x.shape[2] + 1)
+    z[..., 0] = 1.0
+    centered = torch.sub(x, mean[:, None, :], out=z[..., 1:])
     std = torch.einsum("bn,bnf->bf", s, centered.square()).sqrt()
     # Rounding leaves a constant column a standard deviation of a few ulps of its magnitude.
     constant = std <= 1e3 * torch.finfo(dtype).eps * (1 + mean.abs())
     safe_std = torch.where(constant, torch.ones_like(std), std)
-    z = (centered / safe_std[:, None, :]).masked_fill(constant[:, None, :], 0.0)
-    z = torch.cat([torch.ones_like(z[..., :1]), z], dim=2)  # column 0: intercept
+    centered.div_(safe_std[:, None, :]).masked_fill_(constant[:, None, :], 0.0)
     # 0.5 * ||coef||^2 / (C * S) with coef = theta / std  ->  per-parameter quadratic weight.
     l2 = torch.where(constant, torch.ones_like(std), 1.0 / (C * sum_s[:, None] * safe_std.square()))
     l2 = torch.cat([torch.zeros_like(l2[:, :1]), l2], dim=1)
