@@ -61,6 +61,24 @@ def _all_finite(x: torch.Tensor) -> bool:
     return x.numel() == 0 or bool(torch.isfinite(x.amax()) & torch.isfinite(x.amin()))
 
 
+def _token_rows(
+    activations: Float[torch.Tensor, "source n_tokens neurons"],
+    source: Int[torch.Tensor, " problem"],
+    index: Int[torch.Tensor, "problem n"],
+) -> Float[torch.Tensor, "problem n neurons"]:
+    """``activations[source[p], index[p, i]]`` for every problem p and entry i.
+
+    One ``index_select`` of whole rows of the flattened activations: on CPU about a third faster
+    than the equivalent advanced indexing, and the same values.
+    """
+    index = index.to(activations.device)
+    if not activations.is_contiguous():
+        return activations[source[:, None], index]
+    n_sources, n_tokens, n_neurons = activations.shape
+    flat = (source[:, None] * n_tokens + index).flatten()
+    return activations.view(-1, n_neurons).index_select(0, flat).view(*index.shape, n_neurons)
+
+
 # Token orders kept per (seed, token count), for the most concepts asked so far; a few entries.
 _ORDERS: dict[tuple[int, int], torch.Tensor] = {}
 _ORDERS_KEPT = 2
@@ -475,16 +493,16 @@ class KSparseProbe:
         unit, concept = chunk[:, 0].to(device), chunk[:, 1].to(device)
         (train_idx, train_valid), (test_idx, test_valid) = split(unit, concept)
         source = activation_index[chunk[:, 0]].to(activations.device)
-        rows = activations[source[:, None], train_idx.to(activations.device)].to(device)
+        rows = _token_rows(activations, source, train_idx).to(device)
         y_train = labels[train_idx, concept[:, None]] & train_valid
         y_test = labels[test_idx, concept[:, None]] & test_valid
         max_k = max(self.ks_)
         top = rank_neurons_by_mean_difference(rows, y_train, train_valid)[:, :max_k]
         x_train = rows.gather(2, top[:, None, :].expand(-1, rows.shape[1], -1)).to(self.dtype)
+        del rows  # the test rows below take its place in memory
+        test_rows = _token_rows(activations, source, test_idx)
         top_src = top.to(activations.device)
-        x_test = activations[
-            source[:, None, None], test_idx.to(activations.device)[:, :, None], top_src[:, None, :]
-        ]
+        x_test = test_rows.gather(2, top_src[:, None, :].expand(-1, test_rows.shape[1], -1))
         x_test = x_test.to(device=device, dtype=self.dtype)
         # A non-finite activation makes its neuron's separation NaN or inf, which sorts it to the top.
         if not all(_all_finite(x) for x in (x_train, x_test)):
