@@ -2,7 +2,9 @@
 
 :func:`_newton` is the earlier Newton solver (every problem stays in the batch until all converge;
 design-vector products as ``[n, k] @ [k, 1]`` batches); :func:`before` patches it in, together with
-token orders drawn and sorted again for every fit.
+token orders drawn and sorted again for every fit and the splits computed over every token.
+:func:`previous_split` patches in only the latter: train/test masks over every token of every
+problem (gathers, cumsums and scatters of ``[problem, n_tokens]``), then their index lists.
 """
 
 from __future__ import annotations
@@ -24,9 +26,39 @@ def before() -> Iterator[None]:
     probing_math._newton = _newton
     probing._token_orders = _token_orders_drawn_each_time
     try:
-        yield
+        with previous_split():
+            yield
     finally:
         probing_math._newton, probing._token_orders = saved
+
+
+@contextlib.contextmanager
+def previous_split() -> Iterator[None]:
+    """Within the block, KSparseProbe splits over every token (masks), as before the index-list split."""
+    saved = probing.KSparseProbe._split_indices
+    probing.KSparseProbe._split_indices = _split_indices_over_every_token
+    try:
+        yield
+    finally:
+        probing.KSparseProbe._split_indices = saved
+
+
+def _split_indices_over_every_token(
+    self, labels, unit_mask, token_mask, positions, n_per_class, status, unit, concept
+):
+    orders = probing._token_orders(self.random_state, labels.shape[1], labels.shape[0])[concept]
+    member = unit_mask[unit]
+    if token_mask is not None:
+        member = member & token_mask.T[concept]
+    positive = labels.T[concept]
+    if self.sampling == "balanced":
+        train, test = probing_math.balanced_split(
+            member, positive, orders, n_per_class[unit, concept], self.test_size
+        )
+    else:
+        member = member & (status[unit, concept] == probing.STATUS_OK)[:, None]
+        train, test = probing_math.stratified_split(member, positive, orders, self.test_size)
+    return probing_math.padded_indices(train), probing_math.padded_indices(test)
 
 
 def _token_orders_drawn_each_time(seed: int, n_concepts: int, n_tokens: int) -> torch.Tensor:

@@ -17,7 +17,14 @@ from tl_moe.analysis.probing import (
     KSparseProbe,
     subsample_like_routing,
 )
-from tl_moe.analysis.probing_math import balanced_split, fit_logistic_batched, padded_indices
+from tl_moe.analysis.probing_math import (
+    balanced_split,
+    fit_logistic_batched,
+    padded_indices,
+    split_in_sampling_order,
+    stratified_split,
+    stratified_test_sizes,
+)
 
 
 def sklearn_reference(X, y, weight=None, C=1.0, class_weight="balanced"):
@@ -123,6 +130,40 @@ def test_padded_indices_lists_true_positions():
     index, valid = padded_indices(mask)
     assert valid.tolist() == [[True, True, False], [False, False, False], [True, True, True]]
     assert index[valid].tolist() == [1, 3, 0, 1, 2]
+
+
+def test_split_on_candidates_matches_the_splits_over_every_token():
+    # The candidate-token split must pick exactly the tokens of the mask-based splits.
+    g = torch.Generator().manual_seed(5)
+    problems, n_tokens = 12, 400
+    member = torch.rand(problems, n_tokens, generator=g) < 0.3
+    positive = torch.rand(problems, n_tokens, generator=g) < torch.linspace(0.05, 0.5, problems)[:, None]
+    order = torch.rand(problems, n_tokens, generator=g).argsort(dim=1)
+    position = torch.empty_like(order).scatter_(1, order, torch.arange(n_tokens).expand(problems, -1))
+    candidates, valid = padded_indices(member)
+    cand_positive = positive.gather(1, candidates)
+    cand_position = position.gather(1, candidates)
+
+    def to_masks(flags):
+        masks = torch.zeros(problems, n_tokens, dtype=torch.bool)
+        rows = torch.arange(problems)[:, None].expand_as(candidates)
+        masks[rows[flags], candidates[flags]] = True
+        return masks
+
+    n_pos = (cand_positive & valid).sum(1)
+    n_neg = (~cand_positive & valid).sum(1)
+    take = torch.minimum(n_pos, n_neg)
+    tests = torch.ceil(take.double() * 0.25).long()
+    flags = split_in_sampling_order(cand_position, cand_positive, valid, (tests, tests), (take, take))
+    expected = balanced_split(member, positive, order, take, test_size=0.25)
+    assert all(torch.equal(to_masks(f), e) for f, e in zip(flags, expected, strict=True))
+    assert int(expected[0].sum()) > 0
+
+    n_test = stratified_test_sizes(n_pos, valid.sum(1), 0.25)
+    flags = split_in_sampling_order(cand_position, cand_positive, valid, n_test, (n_pos, n_neg))
+    expected = stratified_split(member, positive, order, test_size=0.25)
+    assert all(torch.equal(to_masks(f), e) for f, e in zip(flags, expected, strict=True))
+    assert int(expected[1].sum()) > 0
 
 
 def test_balanced_split_takes_first_tokens_in_order_per_class():

@@ -26,12 +26,12 @@ import torch
 from jaxtyping import Bool, Float, Int
 
 from tl_moe.analysis.probing_math import (
-    balanced_split,
     binary_f1,
     fit_logistic_nested,
     padded_indices,
     rank_neurons_by_mean_difference,
-    stratified_split,
+    split_in_sampling_order,
+    stratified_test_sizes,
     subsample_like_routing,
 )
 from tl_moe.defaults import MIN_EXAMPLES
@@ -61,6 +61,24 @@ def _all_finite(x: torch.Tensor) -> bool:
     return x.numel() == 0 or bool(torch.isfinite(x.amax()) & torch.isfinite(x.amin()))
 
 
+def _token_rows(
+    activations: Float[torch.Tensor, "source n_tokens neurons"],
+    source: Int[torch.Tensor, " problem"],
+    index: Int[torch.Tensor, "problem n"],
+) -> Float[torch.Tensor, "problem n neurons"]:
+    """``activations[source[p], index[p, i]]`` for every problem p and entry i.
+
+    One ``index_select`` of whole rows of the flattened activations: on CPU about a third faster
+    than the equivalent advanced indexing, and the same values.
+    """
+    index = index.to(activations.device)
+    if not activations.is_contiguous():
+        return activations[source[:, None], index]
+    n_sources, n_tokens, n_neurons = activations.shape
+    flat = (source[:, None] * n_tokens + index).flatten()
+    return activations.view(-1, n_neurons).index_select(0, flat).view(*index.shape, n_neurons)
+
+
 # Token orders kept per (seed, token count), for the most concepts asked so far; a few entries.
 _ORDERS: dict[tuple[int, int], torch.Tensor] = {}
 _ORDERS_KEPT = 2
@@ -84,6 +102,27 @@ def _token_orders(seed: int, n_concepts: int, n_tokens: int) -> Int[torch.Tensor
         while len(_ORDERS) >= _ORDERS_KEPT:
             _ORDERS.pop(next(iter(_ORDERS)))
         _ORDERS[(seed, n_tokens)] = cached
+    return cached[:n_concepts]
+
+
+# The inverse permutations of the token orders, kept like them.
+_POSITIONS: dict[tuple[int, int], torch.Tensor] = {}
+
+
+def _token_positions(seed: int, n_concepts: int, n_tokens: int) -> Int[torch.Tensor, "concept n_tokens"]:
+    """Each token's place in its concept's :func:`_token_orders` row (the inverse permutations).
+
+    Like the orders, a function of the seed and the token count (fewer concepts: the first rows).
+    """
+    cached = _POSITIONS.get((seed, n_tokens))
+    if cached is None or cached.shape[0] < n_concepts:
+        orders = _token_orders(seed, n_concepts, n_tokens)
+        ranks = torch.arange(n_tokens).expand(n_concepts, -1)
+        cached = torch.empty_like(orders).scatter_(1, orders, ranks)
+        _POSITIONS.pop((seed, n_tokens), None)
+        while len(_POSITIONS) >= _ORDERS_KEPT:
+            _POSITIONS.pop(next(iter(_POSITIONS)))
+        _POSITIONS[(seed, n_tokens)] = cached
     return cached[:n_concepts]
 
 
@@ -219,7 +258,7 @@ class KSparseProbe:
     def _sampling_plan(
         self, labels: torch.Tensor, unit_mask: torch.Tensor, token_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Counts per (unit, concept), the tokens per class to sample, status, sampling orders.
+        """Counts per (unit, concept), the tokens per class to sample, status, each token's sampling position.
 
         The tokens per class are ``min(n_pos, n_neg)`` (capped) for balanced sampling, and unused
         (every token is probed) otherwise.
@@ -234,8 +273,8 @@ class KSparseProbe:
             n_per_class = n_per_class.clamp(max=self.max_examples_per_class)
         n_per_class = n_per_class.masked_fill(~enough, 0)
         status = torch.where(enough, STATUS_OK, STATUS_NOT_ENOUGH_SAMPLES).to(torch.int8)
-        orders = _token_orders(self.random_state, labels.shape[1], labels.shape[0]).to(labels.device)
-        return n_pos, n_neg, n_per_class, status, orders
+        positions = _token_positions(self.random_state, labels.shape[1], labels.shape[0]).to(labels.device)
+        return n_pos, n_neg, n_per_class, status, positions
 
     def train_test_masks(
         self,
@@ -250,11 +289,13 @@ class KSparseProbe:
         """
         self._validate_config()
         self._validate_masks(labels, unit_mask, token_mask=token_mask)
-        _, _, n_per_class, status, orders = self._sampling_plan(labels, unit_mask, token_mask)
+        _, _, n_per_class, status, positions = self._sampling_plan(labels, unit_mask, token_mask)
         n_units, n_concepts = n_per_class.shape
         unit = torch.arange(n_units).repeat_interleave(n_concepts)
         concept = torch.arange(n_concepts).repeat(n_units)
-        train, test = self._split(labels, unit_mask, token_mask, orders, n_per_class, status, unit, concept)
+        train, test = self._split(
+            labels, unit_mask, token_mask, positions, n_per_class, status, unit, concept
+        )
         return train.view(n_units, n_concepts, -1), test.view(n_units, n_concepts, -1)
 
     def _split(
@@ -262,23 +303,62 @@ class KSparseProbe:
         labels: torch.Tensor,
         unit_mask: torch.Tensor,
         token_mask: torch.Tensor | None,
-        orders: torch.Tensor,
+        positions: torch.Tensor,
         n_per_class: torch.Tensor,
         status: torch.Tensor,
         unit: Int[torch.Tensor, " problem"],
         concept: Int[torch.Tensor, " problem"],
     ) -> tuple[Bool[torch.Tensor, "problem n_tokens"], Bool[torch.Tensor, "problem n_tokens"]]:
         """Train and test token masks of the (unit, concept) problems given by index."""
+        masks = []
+        for index, valid in self._split_indices(
+            labels, unit_mask, token_mask, positions, n_per_class, status, unit, concept
+        ):
+            mask = torch.zeros(len(unit), labels.shape[0], dtype=torch.bool, device=labels.device)
+            row = torch.arange(len(unit), device=labels.device)[:, None].expand_as(index)
+            mask[row[valid], index[valid]] = True
+            masks.append(mask)
+        return masks[0], masks[1]
+
+    def _split_indices(
+        self,
+        labels: torch.Tensor,
+        unit_mask: torch.Tensor,
+        token_mask: torch.Tensor | None,
+        positions: torch.Tensor,
+        n_per_class: torch.Tensor,
+        status: torch.Tensor,
+        unit: Int[torch.Tensor, " problem"],
+        concept: Int[torch.Tensor, " problem"],
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """Train and test tokens of the (unit, concept) problems given by index, as padded index lists.
+
+        ``((train_index, train_valid), (test_index, test_valid))`` in increasing token order, as
+        :func:`~tl_moe.analysis.probing_math.padded_indices` of the train and test masks. The split
+        is computed on each problem's own tokens (the unit's, inside the concept's token mask), not
+        on every token.
+        """
         member = unit_mask[unit]
         if token_mask is not None:
             member = member & token_mask.T[concept]
-        positive = labels.T[concept]
+        if self.sampling != "balanced":
+            member = member & (status[unit, concept] == STATUS_OK)[:, None]
+        candidates, valid = padded_indices(member)
+        positive = labels[candidates, concept[:, None]]
+        position = positions[concept[:, None], candidates]
         if self.sampling == "balanced":
-            return balanced_split(
-                member, positive, orders[concept], n_per_class[unit, concept], self.test_size
-            )
-        member = member & (status[unit, concept] == STATUS_OK)[:, None]
-        return stratified_split(member, positive, orders[concept], self.test_size)
+            take = n_per_class[unit, concept]
+            tests = torch.ceil(take.to(torch.float64) * self.test_size).long()
+            n_test, n_take = (tests, tests), (take, take)
+        else:
+            n_test = stratified_test_sizes((positive & valid).sum(1), valid.sum(1), self.test_size)
+            n_take = ((positive & valid).sum(1), (~positive & valid).sum(1))
+        flags = split_in_sampling_order(position, positive, valid, n_test, n_take)
+        lists = []
+        for flag in flags:
+            where, flag_valid = padded_indices(flag)
+            lists.append((candidates.gather(1, where), flag_valid))
+        return lists[0], lists[1]
 
     # ----------------------------------------------------------------------------------------------
     # fitting
@@ -348,7 +428,7 @@ class KSparseProbe:
         device = torch.device(self.device) if self.device is not None else activations.device
         labels, unit_mask = labels.to(device), unit_mask.to(device)
         token_mask = None if token_mask is None else token_mask.to(device)
-        n_pos, n_neg, n_per_class, status, orders = self._sampling_plan(labels, unit_mask, token_mask)
+        n_pos, n_neg, n_per_class, status, positions = self._sampling_plan(labels, unit_mask, token_mask)
         ok = status == STATUS_OK
         n_examples = (2 * n_per_class if self.sampling == "balanced" else n_pos + n_neg).masked_fill(~ok, 0)
         max_k, n_k = max(self.ks_), len(self.ks_)
@@ -360,7 +440,9 @@ class KSparseProbe:
         problems = ok.nonzero().cpu()
         sizes = n_examples.cpu()[problems[:, 0], problems[:, 1]]
         order = sizes.argsort(descending=True, stable=True)
-        split = functools.partial(self._split, labels, unit_mask, token_mask, orders, n_per_class, status)
+        split = functools.partial(
+            self._split_indices, labels, unit_mask, token_mask, positions, n_per_class, status
+        )
         for chunk in self._chunks(sizes[order], n_tokens, n_neurons + 2 * max_k + 2):
             self._fit_chunk(activations, labels, activation_index, split, problems[order[chunk]], device)
 
@@ -406,24 +488,21 @@ class KSparseProbe:
     ) -> None:
         """Sample, split, rank and fit every probe of one chunk of (unit, concept) problems.
 
-        ``split(unit, concept)`` gives the chunk's train and test token masks.
+        ``split(unit, concept)`` gives the chunk's train and test tokens as padded index lists.
         """
         unit, concept = chunk[:, 0].to(device), chunk[:, 1].to(device)
-        positive = labels.T[concept]
-        train, test = split(unit, concept)
-        train_idx, train_valid = padded_indices(train)
-        test_idx, test_valid = padded_indices(test)
+        (train_idx, train_valid), (test_idx, test_valid) = split(unit, concept)
         source = activation_index[chunk[:, 0]].to(activations.device)
-        rows = activations[source[:, None], train_idx.to(activations.device)].to(device)
-        y_train = positive.gather(1, train_idx) & train_valid
-        y_test = positive.gather(1, test_idx) & test_valid
+        rows = _token_rows(activations, source, train_idx).to(device)
+        y_train = labels[train_idx, concept[:, None]] & train_valid
+        y_test = labels[test_idx, concept[:, None]] & test_valid
         max_k = max(self.ks_)
         top = rank_neurons_by_mean_difference(rows, y_train, train_valid)[:, :max_k]
         x_train = rows.gather(2, top[:, None, :].expand(-1, rows.shape[1], -1)).to(self.dtype)
+        del rows  # the test rows below take its place in memory
+        test_rows = _token_rows(activations, source, test_idx)
         top_src = top.to(activations.device)
-        x_test = activations[
-            source[:, None, None], test_idx.to(activations.device)[:, :, None], top_src[:, None, :]
-        ]
+        x_test = test_rows.gather(2, top_src[:, None, :].expand(-1, test_rows.shape[1], -1))
         x_test = x_test.to(device=device, dtype=self.dtype)
         # A non-finite activation makes its neuron's separation NaN or inf, which sorts it to the top.
         if not all(_all_finite(x) for x in (x_train, x_test)):

@@ -8,6 +8,7 @@ so thousands of small probes are solved together in a few batched tensor operati
 - :func:`fit_logistic_nested` — the same on nested feature blocks ``X[..., :k]``, warm-started.
 - :func:`balanced_split` — seeded, class-balanced, stratified train/test token masks.
 - :func:`stratified_split` — seeded train/test masks of every token, stratified at its class ratio.
+- :func:`split_in_sampling_order` — either split computed on each problem's candidate tokens only.
 - :func:`balance_per_document` — per document, every positive and as many random negatives.
 - :func:`rank_neurons_by_mean_difference` — neurons ordered by ``|mean(pos) - mean(neg)|``.
 - :func:`binary_f1` — F1 of the positive class, per problem.
@@ -34,7 +35,9 @@ __all__ = [
     "fit_logistic_nested",
     "padded_indices",
     "rank_neurons_by_mean_difference",
+    "split_in_sampling_order",
     "stratified_split",
+    "stratified_test_sizes",
     "subsample_like_routing",
 ]
 
@@ -166,13 +169,15 @@ def fit_logistic_nested(
     target = y.to(dtype)
     s, sum_s = _sample_weights(target, weight.to(dtype=dtype, device=X.device), class_weight)
     mean = torch.einsum("bn,bnf->bf", s, x)
-    centered = x - mean[:, None, :]
+    # The standardised design matrix is built in place in one buffer; column 0: the intercept.
+    z = x.new_empty(x.shape[0], x.shape[1], x.shape[2] + 1)
+    z[..., 0] = 1.0
+    centered = torch.sub(x, mean[:, None, :], out=z[..., 1:])
     std = torch.einsum("bn,bnf->bf", s, centered.square()).sqrt()
     # Rounding leaves a constant column a standard deviation of a few ulps of its magnitude.
     constant = std <= 1e3 * torch.finfo(dtype).eps * (1 + mean.abs())
     safe_std = torch.where(constant, torch.ones_like(std), std)
-    z = (centered / safe_std[:, None, :]).masked_fill(constant[:, None, :], 0.0)
-    z = torch.cat([torch.ones_like(z[..., :1]), z], dim=2)  # column 0: intercept
+    centered.div_(safe_std[:, None, :]).masked_fill_(constant[:, None, :], 0.0)
     # 0.5 * ||coef||^2 / (C * S) with coef = theta / std  ->  per-parameter quadratic weight.
     l2 = torch.where(constant, torch.ones_like(std), 1.0 / (C * sum_s[:, None] * safe_std.square()))
     l2 = torch.cat([torch.zeros_like(l2[:, :1]), l2], dim=1)
@@ -258,12 +263,16 @@ def _newton(
     objective = None  # computed only when a line search needs it
     jitter = torch.diag(z.new_full((n_params,), _HESSIAN_JITTER))
     factor, refresh, previous = None, True, None
+    buffer = torch.empty_like(z)
     for _ in range(max_iter):
         prob = torch.sigmoid(logits)
         grad = _rows_times(w_s * (prob - w_target), w_z) + w_l2 * w_theta
         if refresh:
             curvature = w_s * prob * (1 - prob)
-            hessian = torch.bmm(w_z.transpose(1, 2), w_z * curvature[:, :, None])
+            # Into a buffer allocated once per call: a fresh [batch, n, params] temporary per refresh
+            # costs as much in page faults as the multiplication itself.
+            weighted = torch.mul(w_z, curvature[:, :, None], out=buffer[: w_z.shape[0]])
+            hessian = torch.bmm(w_z.transpose(1, 2), weighted)
             factor = _cholesky(hessian + torch.diag_embed(w_l2) + jitter)
         step = torch.cholesky_solve(grad[:, :, None], factor)[..., 0]
         decrement = (grad * step).sum(1)
@@ -395,18 +404,7 @@ def stratified_split(
         train: tokens in each problem's train split.
         test: tokens in each problem's test split.
     """
-    n_pos = (member & positive).sum(1)
-    n_all = member.sum(1)
-    n_test = torch.ceil(n_all.to(torch.float64) * test_size).long()
-    n_train = n_all - n_test
-    exact_pos = (n_pos * n_train).to(torch.float64) / n_all.clamp(min=1).to(torch.float64)
-    exact_neg = ((n_all - n_pos) * n_train).to(torch.float64) / n_all.clamp(min=1).to(torch.float64)
-    train_pos = exact_pos.floor()
-    train_neg = exact_neg.floor()
-    short = (n_train - train_pos.long() - train_neg.long()) > 0
-    to_pos = short & (exact_pos - train_pos > exact_neg - train_neg)
-    train_pos = train_pos.long() + to_pos.long()
-    test_by_class = (n_pos - train_pos, n_all - n_pos - (n_train - train_pos))
+    test_by_class = stratified_test_sizes((member & positive).sum(1), member.sum(1), test_size)
     ordered_member = member.gather(1, token_order)
     ordered_positive = positive.gather(1, token_order)
     ordered_test = torch.zeros_like(ordered_member)
@@ -417,6 +415,63 @@ def stratified_split(
         ordered_test |= in_class & (rank < n_class_test[:, None])
     test = torch.zeros_like(member).scatter_(1, token_order, ordered_test)
     return member & ~test, test
+
+
+def stratified_test_sizes(
+    n_pos: Int[torch.Tensor, " problem"], n_all: Int[torch.Tensor, " problem"], test_size: float
+) -> tuple[Int[torch.Tensor, " problem"], Int[torch.Tensor, " problem"]]:
+    """Test tokens per class, positive and negative, of :func:`stratified_split` (its docstring says how)."""
+    n_test = torch.ceil(n_all.to(torch.float64) * test_size).long()
+    n_train = n_all - n_test
+    exact_pos = (n_pos * n_train).to(torch.float64) / n_all.clamp(min=1).to(torch.float64)
+    exact_neg = ((n_all - n_pos) * n_train).to(torch.float64) / n_all.clamp(min=1).to(torch.float64)
+    train_pos = exact_pos.floor()
+    train_neg = exact_neg.floor()
+    short = (n_train - train_pos.long() - train_neg.long()) > 0
+    to_pos = short & (exact_pos - train_pos > exact_neg - train_neg)
+    train_pos = train_pos.long() + to_pos.long()
+    return n_pos - train_pos, n_all - n_pos - (n_train - train_pos)
+
+
+def split_in_sampling_order(
+    position: Int[torch.Tensor, "problem m"],
+    positive: Bool[torch.Tensor, "problem m"],
+    valid: Bool[torch.Tensor, "problem m"],
+    n_test: tuple[Int[torch.Tensor, " problem"], Int[torch.Tensor, " problem"]],
+    n_take: tuple[Int[torch.Tensor, " problem"], Int[torch.Tensor, " problem"]],
+) -> tuple[Bool[torch.Tensor, "problem m"], Bool[torch.Tensor, "problem m"]]:
+    """Train and test flags of a problem's candidate tokens, taken per class in sampling order.
+
+    The same selection as :func:`balanced_split` and :func:`stratified_split`, computed on each
+    problem's candidate tokens only (``m`` of them, e.g. the tokens routed to an expert) instead of
+    on every token: of each class (positive, then negative), the first ``n_test`` candidates in
+    sampling order go to test and the next ``n_take - n_test`` to train.
+
+    Args:
+        position: each candidate's place in the problem's sampling order (a token's index in its
+            ``token_order``); distinct among the valid candidates of a row.
+        positive: the concept label of each candidate.
+        valid: False on padding entries.
+        n_test: test tokens per problem of the positive and of the negative class.
+        n_take: tokens taken per problem of each class, test included.
+
+    Returns:
+        train, test: flags on the candidates, in their given order.
+    """
+    key = torch.where(valid, position, position.new_full((), torch.iinfo(position.dtype).max))
+    order = key.argsort(dim=1, stable=True)  # candidates in sampling order, padding last
+    ordered_positive = positive.gather(1, order)
+    ordered_valid = valid.gather(1, order)
+    ordered_train = torch.zeros_like(ordered_valid)
+    ordered_test = torch.zeros_like(ordered_valid)
+    classes = (ordered_valid & ordered_positive, ordered_valid & ~ordered_positive)
+    for in_class, tests, takes in zip(classes, n_test, n_take, strict=True):
+        rank = in_class.cumsum(1) - 1  # rank among this class's candidates, in sampling order
+        ordered_test |= in_class & (rank < tests[:, None])
+        ordered_train |= in_class & (rank >= tests[:, None]) & (rank < takes[:, None])
+    train = torch.zeros_like(valid).scatter_(1, order, ordered_train)
+    test = torch.zeros_like(valid).scatter_(1, order, ordered_test)
+    return train, test
 
 
 def balance_per_document(
