@@ -113,14 +113,15 @@ def _group_table(groups: list[dict[str, Any]], metric: str = LEAD_METRIC) -> lis
         cells = [_group_cell(by.get((group, c))) for c in names]
         lines.append(
             f"| {group} | {count.get('n_concepts') or 0} | {count.get('n_concepts_dropped') or 0} | "
-            f"{count.get('n_documents_with_positives') or 0} | " + " | ".join(cells) + " |"
+            f"{int(count.get('n_documents_with_positives') or 0)} | " + " | ".join(cells) + " |"
         )
     return lines
 
 
-def _reading(records: list[dict[str, Any]]) -> str:
+def _reading(records: list[dict[str, Any]], groups: list[dict[str, Any]] | None = None) -> str:
     """One paragraph saying what the controls show, whichever way they come out, in :data:`LEAD_METRIC`
-    (named), with F1 beside each number."""
+    (named), with F1 beside each number; with ``groups``, whether each concept group's own null-corrected
+    remainder agrees with the pooled one."""
 
     def at_k1(name: str, metric: str = LEAD_METRIC) -> dict[str, Any] | None:
         rows = [
@@ -179,6 +180,7 @@ def _reading(records: list[dict[str, Any]]) -> str:
             )
         else:
             text += "."
+        text += _groups_clause(groups or [], metric)
     else:
         text += "."
     null = at_k1("permuted_labels", metric)
@@ -191,6 +193,29 @@ def _reading(records: list[dict[str, Any]]) -> str:
             "how often the chosen probes say positive (docs/METHODS.md)."
         )
     return text
+
+
+def _groups_clause(groups: list[dict[str, Any]], metric: str) -> str:
+    """Each concept group's (MoE − matched-count control) − its null at k = 1, said as covering 0 or
+    not, so the pooled reading is not taken for every group's."""
+    parts = []
+    for r in groups:
+        if r.get("comparison") != "matched_count_minus_its_null" or r.get("metric", "f1") != metric:
+            continue
+        if r.get("estimate") is None or not r.get("interval_available"):
+            parts.append(f"{r['group']}: no interval")
+            continue
+        side = (
+            "covers 0" if r["ci_low"] <= 0 <= r["ci_high"] else ("above 0" if r["ci_low"] > 0 else "below 0")
+        )
+        parts.append(f"{r['group']} {_group_cell(r)} ({side})")
+    if not parts:
+        return ""
+    return (
+        " By concept group (tables below), the same null-corrected difference at k = 1 is "
+        + "; ".join(parts)
+        + " (each interval unadjusted for the groups)."
+    )
 
 
 #: What each interval of the main run's findings resamples (the results block's header says it).
@@ -228,8 +253,8 @@ def results_markdown(results: dict[str, Any], source: str) -> str:
         ks = sorted({r["k"] for r in records if r["protocol"] == "held_out"})
         ks = [k for k in ks if k in (1, max(ks))] if ks else []
         if ks:
-            lines += ["", *_held_out_table(records, ks), "", _reading(records)]
             groups = probing.get("records", {}).get("groups") or probing.get("groups") or []
+            lines += ["", *_held_out_table(records, ks), "", _reading(records, groups)]
             for metric in (LEAD_METRIC, "f1"):
                 table = _group_table(groups, metric)
                 if table:
