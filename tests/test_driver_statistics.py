@@ -578,3 +578,42 @@ def test_the_layer_verdict_names_layers_whose_own_interval_is_above_zero():
     paired.loc[3, ["ci low"]] = 0.05
     verdict = DriversResult(pd.DataFrame(), pd.DataFrame(), 0.5, paired=paired)._layer_verdict(["0", "1"])
     assert "also ranks experts within layers" in verdict
+
+
+def test_a_leaning_layer_interval_is_not_counted_above_zero_and_gets_its_basic_interval():
+    from tl_moe.pipeline.sections.drivers import WITHIN, DriversResult, _lean
+
+    def rows(layer, estimate, low, high, bias):
+        return {
+            "score": "first-order estimate",
+            "layer": layer,
+            "spearman with exact zeroing effect": estimate,
+            "ci low": low,
+            "ci high": high,
+            "bootstrap bias": bias,
+            "interval unavailable": "",
+        }
+
+    # layer 1 is planted like a rarely routed layer: interval barely above 0, bias-corrected estimate
+    # 0.19 − 0.268 = −0.078 below it, so only layer 0 is shown above 0
+    paired = pd.DataFrame(
+        [
+            rows("all", 0.4, 0.2, 0.6, 0.0),
+            rows("0", 0.45, 0.1, 0.8, 0.01),
+            rows("1", 0.19, 0.0035, 0.92, 0.268),
+            rows(WITHIN, 0.2, -0.01, 0.4, 0.0),
+        ]
+    )
+    verdict = DriversResult(pd.DataFrame(), pd.DataFrame(), 0.5, paired=paired)._layer_verdict(["0", "1"])
+    assert (
+        "1 of 2 layers have an interval above 0" in verdict
+        and "layer 1's interval is above 0 but leans" in verdict
+    )
+    paired.loc[1, ["ci low"]] = -0.1  # layer 0 no longer above 0: none counted
+    verdict = DriversResult(pd.DataFrame(), pd.DataFrame(), 0.5, paired=paired)._layer_verdict(["0", "1"])
+    assert "driven by differences between layers" in verdict
+    # the REAP case: 0.660 [0.615, 0.833] bias +0.053 -> corrected 0.607 below the interval
+    text = _lean(0.660, 0.615, 0.833, 0.053)
+    assert "leans" in text and "+0.61" in text
+    assert f"[{2 * 0.660 - 0.833:+.2f}, {2 * 0.660 - 0.615:+.2f}]" in text  # basic interval by hand
+    assert "basic interval" not in _lean(0.5, 0.3, 0.7, 0.01)  # corrected 0.49 inside: no lean

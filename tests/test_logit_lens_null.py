@@ -141,3 +141,53 @@ def test_without_per_document_sums_nothing_is_held_out_and_no_share_is_a_number(
     assert not share.held_out and "per-document" in share.reason
     assert np.isnan(share.trained.estimate) and not share.trained.available
     assert share.all_documents_share >= 0.5  # descriptive, on the documents that chose the token
+
+
+def test_both_models_ranking_one_token_first_equally_give_an_own_token_difference_covering_zero():
+    covered, old_found = 0, 0
+    for seed in range(12):
+        # the untrained model concentrates its experts on token 1 as strongly as training does on token 0:
+        # trained − untrained on token 0 alone credits training, the own-token difference must not
+        trained_lean = leaning(0.6, seed)
+        share = top_token_share(
+            planted_lens(trained_lean, seed),
+            identity,
+            planted_lens(trained_lean.roll(1, dims=1), 100 + seed),
+            identity,
+            n_resamples=300,
+            seed=seed,
+        )
+        assert share.token == 0 and share.untrained_own.available
+        assert share.untrained_own.estimate == share.untrained_own_top_share
+        pair = share.own_difference
+        assert pair.estimate == share.trained.estimate - share.untrained_own.estimate
+        covered += int(pair.covers(0.0))
+        old_found += int(share.difference.low > 0)
+    assert covered >= 10  # 95% nominal over 12 seeds
+    assert old_found == 12  # the trained model's token alone would say training put it there
+
+
+def test_an_own_token_difference_finds_a_concentration_only_training_made():
+    share = top_token_share(
+        planted_lens(leaning(0.6, 0), 0),
+        identity,
+        planted_lens(leaning(0.0, 0), 1),
+        identity,
+        n_resamples=300,
+    )
+    assert share.own_difference.low > 0.15  # ~0.6 trained share vs ~0.2 own-token share untrained
+    assert share.untrained_own.low <= share.untrained_own_top_share <= share.untrained_own.high
+
+
+def test_the_finding_rests_on_the_own_token_difference():
+    from types import SimpleNamespace
+
+    from tl_moe.pipeline.sections.logit_lens import LogitLensResult
+
+    lean = leaning(0.6, 0)
+    share = top_token_share(
+        planted_lens(lean, 0), identity, planted_lens(lean.roll(1, dims=1), 1), identity, n_resamples=200
+    )
+    result = SimpleNamespace(share=share, _shown=lambda: "tok")
+    text = LogitLensResult._own_token_verdict(result)
+    assert "trained share − that share" in text and "training is not shown to favour `tok`" in text

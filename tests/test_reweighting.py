@@ -429,3 +429,54 @@ def test_the_steering_finding_prints_the_paired_difference_or_why_it_has_no_inte
     assert text.count("paired difference (experts − matched random experts) +0.2700 [+0.2200, +0.3200]") == 2
     assert text.count("+0.2700 (no interval: 12 documents; a document-level interval needs 30)") == 2
     assert "switched off and on" in text
+
+
+def test_the_default_contrast_picks_the_two_largest_domains_that_can_reach_the_held_out_minimum():
+    import datasets
+
+    from tl_moe.analysis.drivers import document_half
+    from tl_moe.pipeline import RunOptions
+    from tl_moe.pipeline.context import RunContext
+    from tl_moe.pipeline.sections.reweighting import (
+        _contrast,
+        _steering_testability,
+        _untestable,
+        held_out_capacity,
+    )
+
+    # the default corpus's split: only biomedical can reach 30 held-out documents
+    sizes = {"legal": 7, "python": 9, "c": 12, "prose": 20, "chat": 35, "math": 54, "biomedical": 128}
+    domains = [d for d, n in sizes.items() for _ in range(n)]
+    capacity = held_out_capacity(domains)
+    halves = document_half(torch.arange(len(domains))).tolist()
+    for d, n in sizes.items():  # recount by hand
+        assert capacity[d] == (n, sum(h for h, g in zip(halves, domains, strict=True) if g == d))
+    assert [d for d, (_, h) in capacity.items() if h >= 30] == ["biomedical"]
+    options = RunOptions(model="tiny", progress=False)
+    corpus = datasets.Dataset.from_dict({"text": ["x"] * len(domains), "domain": domains})
+    assert _contrast(RunContext(options, dataset=corpus))[1:] == ("biomedical", "math")  # fallback: largest
+    text = _steering_testability({g: capacity[g] for g in ("biomedical", "math")})
+    assert "untestable" in text and f"math 54 documents in the split, {capacity['math'][1]} on" in text
+    text = _untestable(capacity, "re-weighting")
+    assert "6 of 7 groups" in text and "legal (7 documents in the split" in text and "biomedical" not in text
+    # planted by the split itself: "big" (60 documents, 20 held out) is the largest domain but cannot
+    # reach 30; "x" (55, 30 held out) and "y" (54, 31 held out) can, so the contrast skips "big"
+    halves = document_half(torch.arange(400)).tolist()
+    wanted = {"big": [40, 20], "x": [25, 30], "y": [23, 31]}
+    domains = []
+    for side in halves:
+        group = next((g for g, left in wanted.items() if left[side] > 0), "filler")
+        if group != "filler":
+            wanted[group][side] -= 1
+        domains.append(group)
+    capacity = held_out_capacity(domains)
+    assert (capacity["big"], capacity["x"], capacity["y"]) == ((60, 20), (55, 30), (54, 31))
+    keep = [i for i, g in enumerate(domains) if g != "filler"]
+    assert held_out_capacity([domains[i] for i in keep], keep) == {g: capacity[g] for g in ("big", "x", "y")}
+    corpus = datasets.Dataset.from_dict({"text": ["x"] * len(domains), "domain": domains})
+    assert _contrast(RunContext(options, dataset=corpus))[1:] == ("filler", "x")
+    corpus = corpus.select(keep)  # rows renumbered: the split moves, so recount from this corpus
+    capacity = held_out_capacity(list(corpus["domain"]))
+    able = sorted((g for g in capacity if capacity[g][1] >= 30), key=lambda g: (-capacity[g][0], g))
+    assert _contrast(RunContext(options, dataset=corpus))[1:] == tuple(able[:2])
+    assert _steering_testability({g: (55, 30) for g in ("x", "y")}) == ""

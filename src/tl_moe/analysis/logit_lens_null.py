@@ -16,7 +16,11 @@ token is chosen *because* it is the most common. So:
 - the same share in the **untrained** model of the same config (the null), and trained − untrained
   paired over the same resampled test documents when both models were fed the same documents;
 - the untrained model's own most common top-1 (chosen on its selection documents) and its share on
-  its test documents: what picking the most common token gives where training did nothing.
+  its test documents, with its document interval: what picking the most common token gives where
+  training did nothing; and trained share − that own-token share, paired over the same resampled
+  test documents when both models were fed the same documents. Both sides pick their token the same
+  way, so this difference, not trained − untrained on the trained model's token, says whether training
+  concentrates the experts' top-1 more than random weights do.
 
 The mean raw lens is linear in the expert's outputs, so an expert's top-1 under document weights ``w``
 is ``argmax_v Σ_d w_d · lens(out_sum[d, e])[v]`` (dividing by its routed count does not move it).
@@ -63,6 +67,10 @@ class TopTokenShare:
             per-document sums, or too few documents to split); ``reason`` says why.
         all_documents_share: the share on every document, the token chosen on the same ones
             (descriptive only: the choice inflates it).
+        untrained_own: ``untrained_own_top_share`` with its document interval, or None.
+        own_difference: trained share − ``untrained_own``, each model's token chosen on its own
+            selection documents; paired over test documents when both models saw the same documents
+            (unavailable otherwise), or None without the untrained model.
     """
 
     token: int
@@ -77,6 +85,8 @@ class TopTokenShare:
     held_out: bool = True
     reason: str | None = None
     all_documents_share: float = float("nan")
+    untrained_own: Interval | None = None
+    own_difference: Interval | None = None
 
 
 def _lens_arrays(lens: ExpertLogitLensResult) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,19 +243,21 @@ def top_token_share(
         )
     u_selection, u_test = _split(untrained, selection_fraction, split_seed)
     own_token, _ = _most_common(_top1_on(untrained, untrained_logits, u_selection))
-    own = float(
-        top1_share_statistic(untrained, untrained_logits, own_token, u_test)(np.ones((1, len(u_test))))[0]
-    )
+    own_stat = top1_share_statistic(untrained, untrained_logits, own_token, u_test)
     untrained_stat = top1_share_statistic(untrained, untrained_logits, token, u_test)
     n_untrained = routed_on(untrained, u_test)
     if torch.equal(trained.doc_ids, untrained.doc_ids):
 
         def joint(weights: np.ndarray) -> np.ndarray:
-            a, b = trained_stat(weights), untrained_stat(weights)
-            return np.stack([a, b, a - b], axis=1)
+            a, b, c = trained_stat(weights), untrained_stat(weights), own_stat(weights)
+            return np.stack([a, b, a - b, c, a - c], axis=1)
 
-        a, b, d = bootstrap(joint, len(test))
-        return TopTokenShare(token, a, b, d, n_trained, n_untrained, own, **sides)
+        a, b, d, c, e = bootstrap(joint, len(test))
+        own = dict(untrained_own=c, own_difference=e)
+        return TopTokenShare(token, a, b, d, n_trained, n_untrained, c.estimate, **sides, **own)
     a, b = bootstrap(trained_stat, len(test)), bootstrap(untrained_stat, len(u_test))
-    d = unavailable("the two models were not fed the same documents", a.estimate - b.estimate)
-    return TopTokenShare(token, a, b, d, n_trained, n_untrained, own, **sides)
+    c = bootstrap(own_stat, len(u_test))
+    why = "the two models were not fed the same documents"
+    d = unavailable(why, a.estimate - b.estimate)
+    own = dict(untrained_own=c, own_difference=unavailable(why, a.estimate - c.estimate))
+    return TopTokenShare(token, a, b, d, n_trained, n_untrained, c.estimate, **sides, **own)

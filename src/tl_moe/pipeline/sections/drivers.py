@@ -161,6 +161,15 @@ class DriversResult(Result):
             metrics["Spearman(REAP saliency, removal effect) | position in interval"] = _rounded(
                 _position(self.saliency_spearman, self.saliency_interval.low, self.saliency_interval.high)
             )
+            metrics.update(
+                _lean_metrics(
+                    "Spearman(REAP saliency, removal effect)",
+                    self.saliency_spearman,
+                    self.saliency_interval.low,
+                    self.saliency_interval.high,
+                    self.saliency_interval.bias,
+                )
+            )
             if not self.saliency_interval.available:
                 metrics["Spearman(REAP saliency, removal effect) | interval unavailable"] = (
                     self.saliency_interval.reason
@@ -188,6 +197,15 @@ class DriversResult(Result):
                 metrics[key] = _rounded(row["spearman with exact zeroing effect"])
                 metrics[f"{key} | 95% CI"] = [_rounded(row["ci low"]), _rounded(row["ci high"])]
                 metrics[f"{key} | bootstrap bias"] = _rounded(row["bootstrap bias"])
+                metrics.update(
+                    _lean_metrics(
+                        key,
+                        row["spearman with exact zeroing effect"],
+                        row["ci low"],
+                        row["ci high"],
+                        row["bootstrap bias"],
+                    )
+                )
                 metrics[f"{key} | position in interval"] = _rounded(
                     _position(row["spearman with exact zeroing effect"], row["ci low"], row["ci high"])
                 )
@@ -313,14 +331,23 @@ class DriversResult(Result):
             value = row["spearman with exact zeroing effect"]
             why = row["interval unavailable"]
             low, high = (math.nan, math.nan) if why else (row["ci low"], row["ci high"])
-            return format_interval(value, low, high, "+.2f", why or "constant scores")
+            shown = format_interval(value, low, high, "+.2f", why or "constant scores")
+            bias = row.get("bootstrap bias", 0.0)
+            if why or not _leans(value, low, high, bias):
+                return shown
+            basic_low, basic_high = _basic_interval(value, low, high)
+            return (
+                f"{shown} (leans: bias-corrected {value - bias:+.2f} outside it; basic "
+                f"[{basic_low:+.2f}, {basic_high:+.2f}])"
+            )
 
         diff = rows.loc["estimate − REAP"]
+        signed = _Signed(diff)
         if reason:
             verdict = f"no interval ({reason})"
-        elif diff["ci high"] < 0:
+        elif signed.below_zero():
             verdict = "REAP saliency, a data-only score, ranks experts better than the estimate"
-        elif diff["ci low"] > 0:
+        elif signed.above_zero():
             verdict = "the estimate ranks experts better than REAP saliency"
         else:
             verdict = "the data cannot tell which of the two ranks experts better"
@@ -360,16 +387,25 @@ class DriversResult(Result):
     def _layer_verdict(self, layers: list[str]) -> str:
         """What the per-layer ρ of the estimate say about its pooled ρ."""
 
-        def interval(layer: str) -> tuple[float, float, str]:
-            row = self._paired_rows(layer).set_index("score").loc["first-order estimate"]
-            return row["ci low"], row["ci high"], row["interval unavailable"]
+        def signed(layer: str) -> _Signed:
+            return _Signed(self._paired_rows(layer).set_index("score").loc["first-order estimate"])
 
-        pooled_low, pooled_high, why = interval("all")
-        within_low, within_high, within_why = interval(WITHIN)
-        if why or within_why:
+        pooled, within = signed("all"), signed(WITHIN)
+        if pooled.why or within.why:
             return "without intervals, the per-layer values are descriptive only"
-        above = sum(interval(layer)[0] > 0 for layer in layers)
-        count = f"{above} of {len(layers)} layers have an interval above 0 (each unadjusted for the {len(layers)} layers)"
+        above = sum(signed(layer).above_zero() for layer in layers)
+        leaning = [layer for layer in layers if signed(layer).low > 0 and not signed(layer).above_zero()]
+        count = (
+            f"{above} of {len(layers)} layers have an interval above 0 with the bias-corrected estimate above 0 "
+            f"inside it (each unadjusted for the {len(layers)} layers)"
+        )
+        if leaning:
+            count += (
+                f"; layer {', '.join(leaning)}'s interval is above 0 but leans (bias-corrected estimate outside "
+                "it or not above 0), so it is not counted"
+            )
+        pooled_low = 1.0 if pooled.above_zero() else -1.0
+        within_low = 1.0 if within.above_zero() else -1.0
         if pooled_low > 0 and within_low <= 0 and not above:
             return (
                 "no layer's interval is above 0 and the mean within-layer ρ covers 0, so the pooled ρ is driven by "
@@ -663,6 +699,22 @@ def _saliency_interval(comparison: pd.DataFrame) -> Interval | None:
     )
 
 
+class _Signed:
+    """One paired-table ρ with its percentile interval and bootstrap bias, read for its sign."""
+
+    def __init__(self, row: Any) -> None:
+        self.estimate = float(row["spearman with exact zeroing effect"])
+        self.low, self.high = float(row["ci low"]), float(row["ci high"])
+        self.bias = float(row.get("bootstrap bias", 0.0))
+        self.why = row["interval unavailable"]
+
+    def above_zero(self) -> bool:
+        return _above_zero(self.estimate, self.low, self.high, self.bias)
+
+    def below_zero(self) -> bool:
+        return _above_zero(-self.estimate, -self.high, -self.low, -self.bias)
+
+
 WITHIN = "within layers (mean)"
 """The paired table's group of the mean of the per-layer ρ."""
 
@@ -674,13 +726,52 @@ def _position(estimate: float, low: float, high: float) -> float:
     return (estimate - low) / (high - low)
 
 
+def _leans(estimate: float, low: float, high: float, bias: float) -> bool:
+    """Whether the bias-corrected estimate (estimate − bootstrap bias) falls outside the percentile interval."""
+    corrected = estimate - bias
+    return bool(np.isfinite([corrected, low, high]).all()) and not low <= corrected <= high
+
+
+def _basic_interval(estimate: float, low: float, high: float) -> tuple[float, float]:
+    """The basic bootstrap interval (2·estimate − high, 2·estimate − low) from a percentile interval."""
+    return 2 * estimate - high, 2 * estimate - low
+
+
+def _above_zero(estimate: float, low: float, high: float, bias: float) -> bool:
+    """Whether a ρ is shown above 0: its interval above 0 and its bias-corrected estimate above 0 inside it.
+
+    A percentile interval whose bias-corrected estimate falls outside it leans (docs/METHODS.md), and
+    its lower end alone does not show the ρ above 0.
+    """
+    corrected = estimate - bias
+    return bool(low > 0 and np.isfinite(corrected) and 0 < corrected and low <= corrected <= high)
+
+
+def _lean_metrics(key: str, estimate: float, low: float, high: float, bias: float) -> dict[str, Any]:
+    """The bias-corrected estimate and, where the percentile interval leans, the basic interval beside it."""
+    if not np.isfinite([estimate, low, high, bias]).all():
+        return {}
+    metrics: dict[str, Any] = {f"{key} | bias-corrected": _rounded(estimate - bias)}
+    if _leans(estimate, low, high, bias):
+        metrics[f"{key} | basic 95% CI (the percentile interval leans)"] = [
+            _rounded(end) for end in _basic_interval(estimate, low, high)
+        ]
+    return metrics
+
+
 def _lean(estimate: float, low: float, high: float, bias: float) -> str:
-    """The interval's lean, in words: bootstrap bias and the estimate's position in the interval."""
+    """The interval's lean, in words: bootstrap bias, the estimate's position, and the basic interval where it leans."""
     position = _position(estimate, low, high)
     if not np.isfinite(position):
         return "no interval to lean"
     text = f"bootstrap bias {bias:+.2f}, the estimate at {position:.2f} of its interval from the lower end"
-    if position < 0.3 and bias > 0:
+    if _leans(estimate, low, high, bias):
+        basic_low, basic_high = _basic_interval(estimate, low, high)
+        text += (
+            f": the percentile interval leans, the bias-corrected estimate {estimate - bias:+.2f} falls outside "
+            f"it; basic interval [{basic_low:+.2f}, {basic_high:+.2f}]"
+        )
+    elif position < 0.3 and bias > 0:
         text += ": it leans up, as rarely routed experts make it (docs/METHODS.md)"
     return text
 

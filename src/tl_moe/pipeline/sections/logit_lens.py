@@ -48,6 +48,8 @@ class LogitLensResult(Result):
             return pd.DataFrame()
         rows = [("trained", self.share.trained), ("untrained", self.share.untrained)]
         rows.append(("trained − untrained", self.share.difference))
+        rows.append(("untrained, its own most common top-1", self.share.untrained_own))
+        rows.append(("trained − untrained (each its own token)", self.share.own_difference))
         return pd.DataFrame(
             [
                 {
@@ -85,6 +87,13 @@ class LogitLensResult(Result):
             metrics["untrained | share of experts ranking its own most common top-1 first"] = (
                 None if own is None or not math.isfinite(own) else round(own, 4)
             )
+            if self.share.untrained_own is not None:
+                metrics["untrained | share of experts ranking its own most common top-1 first | interval"] = (
+                    _share_text(self.share.untrained_own)
+                )
+                metrics["trained share − untrained own-token share"] = _share_text(
+                    self.share.own_difference, signed=True
+                )
         return metrics
 
     def _shown(self) -> str:
@@ -118,23 +127,34 @@ class LogitLensResult(Result):
             f"{_share_text(share.difference, signed=True)} (95% bootstrap over the test documents; the split is "
             "the held-out probing one)"
         )
-        difference = share.difference
-        if difference.available and difference.low > 0:
-            verdict = f"training makes `{self._shown()}` the top-1 of more experts than random weights do"
-        elif difference.available and difference.high < 0:
-            verdict = f"random weights rank `{self._shown()}` first more often than training does"
-        elif difference.available:
-            verdict = f"the untrained model ranks `{self._shown()}` first as often: training is not shown to favour it"
-        else:
-            verdict = "the comparison with the untrained model has no interval"
-        own = share.untrained_own_top_share
-        chance = (
-            ""
-            if own is None or not math.isfinite(own)
-            else "; picking the most common token on its own selection documents, the untrained model reaches a "
-            f"share of {own:.2f} on its test documents"
+        return [head + "; " + self._own_token_verdict() + "."]
+
+    def _own_token_verdict(self) -> str:
+        """The conclusion, from trained share − the untrained model's share of its own most common top-1
+        (each model's token chosen on its own selection documents)."""
+        share = self.share
+        own, difference = share.untrained_own, share.own_difference
+        if own is None or difference is None:
+            return (
+                "the untrained model's own most common top-1 has no per-document sums, so training is not "
+                "shown to concentrate the experts' top-1"
+            )
+        text = (
+            "picking the most common token on its own selection documents, the untrained model reaches a share "
+            f"of {_share_text(own)} on its test documents; trained share − that share "
+            f"{_share_text(difference, signed=True)} (each model's token chosen the same way"
+            + (", paired over the test documents)" if difference.available else ")")
         )
-        return [head + chance + ": " + verdict + "."]
+        if not difference.available:
+            return f"{text}: no interval, so training is not shown to concentrate the experts' top-1"
+        if difference.low > 0:
+            return (
+                f"{text}: training concentrates the experts' top-1 on one token more than random weights do "
+                "(trained − untrained on the trained model's token alone would credit training with the choice)"
+            )
+        if difference.high < 0:
+            return f"{text}: random weights concentrate the experts' top-1 more than training does"
+        return f"{text}: the untrained model concentrates its top-1 as much, so training is not shown to favour `{self._shown()}`"
 
     def tables(self) -> list[TableItem]:
         share = self.share_frame()
@@ -198,7 +218,8 @@ class LogitLens(Analysis):
         "and their difference, with 95% bootstrap intervals over the test documents (each expert's mean "
         "output and its top-1 recomputed; paired over the same documents), beside the share the "
         "untrained model's own most common top-1, chosen the same way, reaches (what picking the most common "
-        "token gives without training)."
+        "token gives without training), with its interval and trained share − that share, paired: the "
+        "finding's conclusion rests on this difference, each model's token chosen the same way."
     )
 
     def needs(self, run: RunContext) -> list[Need]:

@@ -3,12 +3,15 @@ held-out half against routing-rate-matched random experts (docs/METHODS.md)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
+from tl_moe.analysis.drivers import document_half
 from tl_moe.analysis.edit_windows import Windows, held_out_windows, routed_counts
 from tl_moe.analysis.reweighting import ReweightingStudy, reweighting_study, selection_domain_experts
 from tl_moe.analysis.stats import MIN_DOCUMENTS
@@ -90,11 +93,15 @@ class ReweightingResult(Result):
     study: the re-weighting study (grid, gains, matrix, controls).
     steering: the SteerMoE-style switching study, or None (one group only).
     candidates: one row per (domain, candidate set): its experts and where they came from.
+    capacity: {domain: (documents in the split, documents on the held-out half)}, whatever the token budget.
+    steering_capacity: the same for the two steering groups.
     """
 
     study: ReweightingStudy
     steering: SteeringStudy | None
     candidates: pd.DataFrame
+    capacity: dict[str, tuple[int, int]] = field(default_factory=dict)
+    steering_capacity: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def to_frame(self) -> pd.DataFrame:
         return self.study.gains
@@ -107,6 +114,8 @@ class ReweightingResult(Result):
             for prefix in ("loss change", "control loss change", "chosen − control"):
                 metrics[f"{key} | {prefix}"] = _interval_record(row, prefix, row["documents"])
             metrics[f"{key} | chosen − control | Holm"] = _holm_record(row)
+        for domain, (total, held_out) in self.capacity.items():
+            metrics[f"{domain} | documents in the split, held-out half"] = [total, held_out]
         if self.steering is not None:
             for _, row in self.steering.switches.iterrows():
                 key = f"steer {row['experts of']}-experts {row['switch']} | on {row['evaluated on']}"
@@ -128,9 +137,9 @@ class ReweightingResult(Result):
         gains = self.study.gains
         if gains.empty:
             return ["**Re-weighting**: no domain had a candidate expert set."]
-        findings = [_reweighting_finding(gains)]
+        findings = [_reweighting_finding(gains) + _untestable(self.capacity, "re-weighting")]
         if self.steering is not None:
-            findings.append(_steering_finding(self.steering))
+            findings.append(_steering_finding(self.steering) + _steering_testability(self.steering_capacity))
         return findings
 
     def figures(self) -> list[FigureItem]:
@@ -311,16 +320,72 @@ def _steering_finding(steering: SteeringStudy) -> str:
     )
 
 
+def held_out_capacity(groups: Sequence[Any], rows: Sequence[int] | None = None) -> dict[str, tuple[int, int]]:
+    """``{group: (documents, documents on the held-out half)}`` of the corpus rows ``rows`` (all rows
+    when None; ``groups`` gives each of those rows' group): the most held-out documents any
+    ``--reweight-tokens`` can reach, by the drivers' document split."""
+    index = torch.arange(len(groups)) if rows is None else torch.as_tensor(list(rows), dtype=torch.long)
+    half = document_half(index).tolist()
+    out: dict[str, list[int]] = {}
+    for group, side in zip(groups, half, strict=True):
+        counts = out.setdefault(str(group), [0, 0])
+        counts[0] += 1
+        counts[1] += side
+    return {group: (total, held_out) for group, (total, held_out) in sorted(out.items())}
+
+
+def testable_groups(capacity: dict[str, tuple[int, int]]) -> list[str]:
+    """The groups whose held-out half can reach ``MIN_DOCUMENTS`` documents, most documents first."""
+    able = [g for g, (_, held_out) in capacity.items() if held_out >= MIN_DOCUMENTS]
+    return sorted(able, key=lambda g: (-capacity[g][0], g))
+
+
+def _untestable(capacity: dict[str, tuple[int, int]], what: str) -> str:
+    """A sentence naming the groups this corpus cannot make testable (empty when none)."""
+    short = [g for g, (_, held_out) in capacity.items() if held_out < MIN_DOCUMENTS]
+    if not short:
+        return ""
+    listed = "; ".join(
+        f"{g} ({capacity[g][0]} documents in the split, {capacity[g][1]} on the held-out half)" for g in short
+    )
+    return (
+        f" The corpus cannot make {what} testable for {len(short)} of {len(capacity)} groups, whatever "
+        f"--reweight-tokens is: a held-out interval needs {MIN_DOCUMENTS} documents, and it has {listed}."
+    )
+
+
+def _steering_testability(capacity: dict[str, tuple[int, int]]) -> str:
+    """Whether both steering groups can reach ``MIN_DOCUMENTS`` held-out documents, from the counts."""
+    short = [g for g, (_, held_out) in capacity.items() if held_out < MIN_DOCUMENTS]
+    if not short:
+        return ""
+    listed = "; ".join(
+        f"{g} {capacity[g][0]} documents in the split, {capacity[g][1]} on the held-out half" for g in short
+    )
+    return (
+        f" Steering is untestable on this corpus for this contrast ({listed}; {MIN_DOCUMENTS} held-out "
+        "documents needed, whatever --reweight-tokens is): the values above are descriptive only."
+    )
+
+
 def _contrast(run: RunContext) -> tuple[str | None, str, str]:
-    """``(domain or None, A, B)``: the steering contrast (languages of ``domain`` when not None)."""
+    """``(domain or None, A, B)``: the steering contrast (languages of ``domain`` when not None). By
+    default the two domains with the most documents among those whose held-out half can reach
+    ``MIN_DOCUMENTS`` documents; without two such, the two largest domains (the finding then says
+    steering is untestable on this corpus)."""
     given = run.options.steer_contrast
     if given is None:
-        counts = pd.Series(run.dataset["domain"]).astype(str).value_counts()
-        if len(counts) < 2:
+        domains = [str(d) for d in run.dataset["domain"]]
+        capacity = held_out_capacity(domains)
+        if len(capacity) < 2:
             raise InputError(
                 "steering needs two domains; give --steer-contrast DOMAIN:A,B for two languages."
             )
-        return None, str(counts.index[0]), str(counts.index[1])
+        testable = testable_groups(capacity)
+        if len(testable) >= 2:
+            return None, testable[0], testable[1]
+        largest = sorted(capacity, key=lambda g: (-capacity[g][0], g))
+        return None, largest[0], largest[1]
     first, second = given
     if ":" in first:
         domain, first = first.split(":", 1)
@@ -445,7 +510,10 @@ class Reweighting(Analysis):
             progress=options.progress,
         )
         steering = self._steering(run, model, selection, evaluation)
-        return ReweightingResult(study, steering, pd.DataFrame(rows))
+        capacity = held_out_capacity([str(d) for d in run.dataset["domain"]])
+        return ReweightingResult(
+            study, steering, pd.DataFrame(rows), capacity=capacity, steering_capacity=_steering_capacity(run)
+        )
 
     def _steering(
         self, run: RunContext, model: Any, selection: Windows, evaluation: Windows
@@ -475,3 +543,15 @@ class Reweighting(Analysis):
             batch_size=options.batch_size,
             progress=options.progress,
         )
+
+
+def _steering_capacity(run: RunContext) -> dict[str, tuple[int, int]]:
+    """Documents in the split and on the held-out half of the two steering groups."""
+    domain, a, b = _contrast(run)
+    if domain is None:
+        capacity = held_out_capacity([str(d) for d in run.dataset["domain"]])
+    else:
+        rows = [i for i, d in enumerate(run.dataset["domain"]) if str(d) == domain]
+        languages = [str(run.dataset["language"][i]) for i in rows]
+        capacity = held_out_capacity(languages, rows)
+    return {g: capacity.get(g, (0, 0)) for g in (a, b)}
