@@ -105,10 +105,16 @@ def test_the_reading_names_its_metric_leads_with_the_sparsity_headlines_and_test
     text = _reading(records)
     assert LEAD_METRIC == HEADLINE_METRIC == "balanced_accuracy"
     assert text.startswith(
-        "Reading (balanced accuracy, every gated token-level concept pooled; F1 in brackets)"
+        "Reading (balanced accuracy, gated token-level concepts pooled, the number of concepts behind each "
+        "number beside it; F1 in brackets)"
     )
-    assert "+0.080 [+0.060, +0.100] (F1 +0.090 [+0.070, +0.140])" in text
-    assert "the remainder is +0.004 [-0.008, +0.015] (F1 +0.015 [+0.001, +0.030])" in text
+    assert "+0.080 [+0.060, +0.100] over 30 concepts (F1 +0.090 [+0.070, +0.140] over 30 concepts)" in text
+    assert (
+        "the remainder is +0.004 [-0.008, +0.015] over 30 concepts (F1 +0.015 [+0.001, +0.030] over 30 "
+        "concepts)" in text
+    )
+    # Equal counts are not known to be the same concepts: no share of the gap is formed.
+    assert "Both average 30 concepts, but the records do not list which" in text and "%" not in text
     assert "its interval covers 0, so on the same tokens the expert neurons are not shown to add" in text
     # A remainder above its null in the lead metric says so.
     records[4] = _k1("matched_count_minus_its_null", "balanced_accuracy", 0.02, 0.01, 0.03)

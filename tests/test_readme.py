@@ -165,3 +165,41 @@ def test_the_command_line_of_a_run_reproduces_its_options():
         "tl-moe analyze toy/moe-8x2 --max-tokens 6000 --analyses drivers --skip-untrained-null"
     )
     assert command_line(RunOptions().to_dict()) == "tl-moe analyze"
+
+
+def _held_out(comparison, estimate, n, k=1, metric="balanced_accuracy"):
+    return {
+        "protocol": "held_out",
+        "comparison": comparison,
+        "k": k,
+        "metric": metric,
+        "estimate": estimate,
+        "ci_low": estimate - 0.01,
+        "ci_high": estimate + 0.01,
+        "interval_available": True,
+        "n_concepts": n,
+    }
+
+
+def test_each_held_out_cell_and_each_quoted_number_names_its_concepts_and_no_ratio_mixes_sets():
+    """Planted: MoE − dense over 18 concepts, the matched-count control over 15 at k = 1 (14 at k = 64),
+    its null-corrected remainder over 11. Each table cell carries its own count, the reading names the
+    count behind each number, and no "% remains" ratio is formed across the two different sets."""
+    from readme_results import _held_out_table, _reading
+
+    records = [
+        _held_out("moe_vs_dense", 0.146, 18),
+        _held_out("moe_vs_dense", 0.035, 18, k=64),
+        _held_out("moe_vs_dense_on_routed_tokens_matched_count", 0.028, 15),
+        _held_out("moe_vs_dense_on_routed_tokens_matched_count", -0.003, 14, k=64),
+        _held_out("matched_count_minus_its_null", 0.045, 11),
+    ]
+    table = "\n".join(_held_out_table(records, [1, 64]))
+    assert "+0.028 [+0.018, +0.038] (15) | -0.003 [-0.013, +0.007] (14)" in table
+    assert "| concepts |" not in table
+    reading = _reading(records)
+    assert "+0.146 [+0.136, +0.156] over 18 concepts" in reading
+    assert "+0.028 [+0.018, +0.038] over 15 concepts" in reading
+    assert "+0.045 [+0.035, +0.055] over 11 concepts" in reading
+    assert "different concept sets (18 and 15 concepts)" in reading
+    assert "%" not in reading

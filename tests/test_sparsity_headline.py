@@ -168,10 +168,10 @@ def test_separated_tests_at_the_bootstraps_floor_are_counted():
     ]
     text = _floor_text(tests)
     assert (
-        "2 of the 3 separated tests rest on their test's smallest p-value (0.001: no resample crossed 0)"
-        in text
+        "2 of the 3 separated tests rest on their test's smallest p-value (0.001: no resample of documents "
+        "and control draws crossed 0)" in text
     )
-    assert "times the 28 tests that is 0.028, so more swaps would be needed" in text
+    assert "times the 28 tests that is 0.028, below 0.05: a test at the floor can still be separated" in text
     assert _floor_text([row("not separated from 0", 0.3)]) == ""
 
 
@@ -226,3 +226,40 @@ def test_the_headline_verdicts_follow_the_swap_test_not_the_bootstrap_p_value():
     assert tests["toy/moe-8x2"]["verdict"] == "above 0"
     (headline, _) = result.findings()
     assert "two-sided document swap tests (20,000 random swaps" in headline
+
+
+def test_a_control_with_random_draws_is_tested_with_the_two_stage_bootstrap():
+    """Planted: the matched-count control has 3 random draws. Its swap test (draws held fixed) says 1/20,001
+    but the two-stage bootstrap, which resamples the draws, says 0.3: the Holm verdict follows the
+    bootstrap; a one-draw (deterministic) control keeps its swap test."""
+    from tl_moe.pipeline.sections.sparsity import SparsityResult, test_p_value
+
+    random_control = dict(
+        _record("toy/moe-8x2", 0.25, HEADLINE, 0.03, -0.01, 0.07, 0.3),
+        swap_p=1 / 20_001,
+        swap_permutations=20_000,
+        n_draws=3,
+        bootstrap_resamples=2000,
+    )
+    assert test_p_value(random_control) == (0.3, "bootstrap")
+    assert test_p_value({**random_control, "n_draws": 1}) == (1 / 20_001, "swap")
+    assert test_p_value({**random_control, "bootstrap_p": None}) == (1 / 20_001, "swap")
+    table = pd.DataFrame({"k": [1], "mean_best_f1": [0.9], "active_ratio": [0.25]})
+    result = SparsityResult(table=table, ks=(1,), held_out=pd.DataFrame([random_control]))
+    (test,) = result.headline_tests()
+    assert test["p_test"] == "bootstrap" and test["p"] == 0.3
+    assert test["verdict"] == "not separated from 0"
+    (headline, _) = result.findings()
+    assert "two-stage bootstrap (2,000 resamples, test documents and the control's 3 random" in headline
+    assert "within each metric only, not across the two metrics" in headline
+
+
+def test_the_bootstraps_floor_times_28_tests_stays_below_five_percent():
+    """2,000 resamples: floor 2 / 2,001; times the 28 tests of the family 0.028 < 0.05, said so."""
+    from tl_moe.pipeline.sections.sparsity import _floor_text
+
+    floor = 2 / 2001
+    row = {"verdict": "above 0", "p": floor, "p_test": "bootstrap", "bootstrap_resamples": 2000}
+    text = _floor_text([{**row, "tests_in_family": 28}])
+    assert "(0.001: no resample of documents and control draws crossed 0)" in text
+    assert "times the 28 tests that is 0.028, below 0.05" in text

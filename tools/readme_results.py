@@ -54,20 +54,36 @@ def _interval(record: dict[str, Any]) -> str:
     return format_interval(record.get("estimate"), low, high, "+.3f", why)
 
 
+def _concepts(record: dict[str, Any] | None) -> str:
+    """`` (n)``: the concepts a record's estimate averages over (empty when not recorded)."""
+    n = (record or {}).get("n_concepts")
+    return f" ({int(n)})" if n is not None and record.get("estimate") is not None else ""
+
+
+def _held_out_cell(record: dict[str, Any]) -> str:
+    """A held-out table cell: the interval and, in brackets, the concepts it averages over."""
+    return _interval(record) + _concepts(record)
+
+
 def _held_out_table(records: list[dict[str, Any]], ks: list[int]) -> list[str]:
-    """The pooled held-out comparisons at ``ks``: balanced accuracy first, class-balanced F1 beside."""
+    """The pooled held-out comparisons at ``ks``: balanced accuracy first, class-balanced F1 beside; each
+    cell names the concepts it averages over (the per-concept gate keeps different concepts in different
+    comparisons, ks and metrics, so rows and columns may average different concept sets)."""
     metrics = [m for m in (LEAD_METRIC, "f1") if any(r.get("metric", "f1") == m for r in records)]
     heads = [f"{_METRICS[m]}, k = {k}" for m in metrics for k in ks]
-    lines = ["| held-out comparison (all gated concepts pooled) | " + " | ".join(heads) + " | concepts |"]
-    lines.append("|---|" + "---|" * len(heads) + "---|")
+    lines = [
+        "| held-out comparison (gated concepts pooled; (n): concepts in that cell) | "
+        + " | ".join(heads)
+        + " |"
+    ]
+    lines.append("|---|" + "---|" * len(heads))
     for name, label in _COMPARISONS.items():
         row = [r for r in records if r["protocol"] == "held_out" and r["comparison"] == name]
         if not row:
             continue
         by = {(r.get("metric", "f1"), r["k"]): r for r in row}
-        cells = [_interval(by[(m, k)]) if (m, k) in by else "–" for m in metrics for k in ks]
-        concepts = max(int(r.get("n_concepts") or 0) for r in row)
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {concepts} |")
+        cells = [_held_out_cell(by[(m, k)]) if (m, k) in by else "–" for m in metrics for k in ks]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -85,8 +101,10 @@ def _group_cell(record: dict[str, Any] | None) -> str:
     if record is None or record.get("estimate") is None:
         return "–"
     if not record.get("interval_available"):
-        return f"{record['estimate']:+.3f} (no interval)"
-    return f"{record['estimate']:+.3f} [{record['ci_low']:+.3f}, {record['ci_high']:+.3f}]"
+        return f"{record['estimate']:+.3f} (no interval)" + _concepts(record)
+    return f"{record['estimate']:+.3f} [{record['ci_low']:+.3f}, {record['ci_high']:+.3f}]" + _concepts(
+        record
+    )
 
 
 def _group_table(groups: list[dict[str, Any]], metric: str = LEAD_METRIC) -> list[str]:
@@ -101,7 +119,7 @@ def _group_table(groups: list[dict[str, Any]], metric: str = LEAD_METRIC) -> lis
         f"Per concept group at k = 1 ({_METRICS[metric]}; a concept enters only if its positives and its "
         "negatives each sit in at least 30 test documents in every arm, decided before resampling; kept, "
         "dropped and the test documents holding the kept concepts' positives are those of MoE − dense layer; "
-        "each record of the results lists the dropped concepts with the reason):",
+        "(n) after a cell: the concepts that cell averages over; each record of the results lists the dropped concepts with the reason):",
         "",
         "| group | concepts kept | concepts dropped | test documents | "
         + " | ".join(_GROUP_COLUMNS[c] for c in names)
@@ -138,7 +156,7 @@ def _reading(records: list[dict[str, Any]], groups: list[dict[str, Any]] | None 
 
     def both(name: str) -> str:
         lead, f1 = at_k1(name, metric), at_k1(name, "f1")
-        return _interval(lead) + (f" (F1 {_interval(f1)})" if f1 is not None and metric != "f1" else "")
+        return _counted(lead) + (f" (F1 {_counted(f1)})" if f1 is not None and metric != "f1" else "")
 
     matched_name = "moe_vs_dense_on_routed_tokens_matched_count"
     matched = at_k1(matched_name, metric)
@@ -147,27 +165,18 @@ def _reading(records: list[dict[str, Any]], groups: list[dict[str, Any]] | None 
     if dense is None or routed is None:
         return "The routed-token control was not available in this run, so the source of the gap is not separated."
     which = "d_expert random dense neurons (as many as an expert offers)" if matched else "the dense neurons"
-    kept = routed["estimate"] / dense["estimate"] if dense["estimate"] else float("nan")
     text = (
-        f"Reading ({_METRICS[metric]}, every gated token-level concept pooled; F1 in brackets): at k = 1 the "
-        f"held-out expert advantage over the dense model {both('moe_vs_dense')} "
+        f"Reading ({_METRICS[metric]}, gated token-level concepts pooled, the number of concepts behind each "
+        f"number beside it; F1 in brackets): at k = 1 the held-out expert advantage over the dense model is "
+        f"{both('moe_vs_dense')}; when {which} are probed on exactly each expert's routed tokens it is "
+        f"{both(routed_name)}" + _different_sets(dense, routed)
     )
-    if kept < 0.5:
-        text += (
-            f"falls to {both(routed_name)} when {which} are probed on exactly each expert's routed tokens "
-            f"({kept:.0%} of it remains): most of the gap comes with routing's pre-filtering of tokens"
-        )
-    else:
-        text += (
-            f"stays at {both(routed_name)} ({kept:.0%} of it) when {which} are probed on each expert's routed "
-            "tokens: most of the gap is not explained by routing's pre-filtering of tokens"
-        )
     corrected = at_k1("matched_count_minus_its_null", metric)
     if matched is not None and corrected is not None:
         text += (
             f". Tested directly against that control's own permuted-label null, the remainder is "
             f"{both('matched_count_minus_its_null')} ((MoE − control) − the same with labels permuted, one "
-            "document bootstrap)"
+            "document bootstrap, over the concepts gated in all four arms, its own set)"
         )
         if corrected.get("interval_available"):
             covers = corrected["ci_low"] <= 0 <= corrected["ci_high"]
@@ -193,6 +202,30 @@ def _reading(records: list[dict[str, Any]], groups: list[dict[str, Any]] | None 
             "how often the chosen probes say positive (docs/METHODS.md)."
         )
     return text
+
+
+def _counted(record: dict[str, Any] | None) -> str:
+    """A quoted number in the reading: the interval and the concepts it averages over."""
+    if record is None:
+        return "unavailable"
+    n = record.get("n_concepts")
+    return _interval(record) + (f" over {int(n)} concepts" if n is not None else "")
+
+
+def _different_sets(first: dict[str, Any], second: dict[str, Any]) -> str:
+    """Why no "share that remains" is given: the per-concept gate decides each comparison's concepts on its
+    own arms, and the records do not list the concepts kept, so two rows cannot be put over one set."""
+    n1, n2 = first.get("n_concepts"), second.get("n_concepts")
+    if n1 is not None and n1 == n2:
+        return (
+            f". Both average {n1} concepts, but the records do not list which, and the per-concept gate keeps "
+            "each comparison's own, so no share of the one that remains in the other is given"
+        )
+    counts = f" ({n1} and {n2} concepts)" if n1 is not None and n2 is not None else ""
+    return (
+        f". The two average different concept sets{counts}: the per-concept gate keeps each comparison's "
+        "own, so no share of the one that remains in the other is given"
+    )
 
 
 def _groups_clause(groups: list[dict[str, Any]], metric: str) -> str:

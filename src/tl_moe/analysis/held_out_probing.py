@@ -459,7 +459,10 @@ def compare(
     (:func:`swap_test`), two-sided, ``swap_p``.
 
     One record per k and metric: ``estimate``, ``ci_low``, ``ci_high``, ``bootstrap_bias``,
-    ``bootstrap_p`` (two-sided percentile-bootstrap p-value of 0), ``swap_p``, ``n_concepts`` (scored
+    ``bootstrap_p`` (two-sided percentile-bootstrap p-value of 0 from the two-stage bootstrap, so it
+    carries the control draws' variation; floor ``2 / (1 + n_resamples)``), ``bootstrap_resamples``,
+    ``swap_p`` (the draws held fixed: it tests "a = these draws", not "a = the draws' population"),
+    ``n_draws``, ``n_concepts`` (scored
     in both arms), ``n_concepts_selected``, ``n_concepts_dropped``, ``dropped_concepts``,
     ``n_documents``, ``n_documents_with_positives`` (test documents that hold a positive of a kept
     concept in either arm), ``a_mean``, ``b_mean`` + interval metadata.
@@ -530,6 +533,7 @@ def compare(
                     "metric": metric,
                     **interval.to_dict(),
                     "bootstrap_p": _json_float(interval.p_value) if interval.available else None,
+                    "bootstrap_resamples": n_resamples if interval.available else None,
                     "swap_p": _json_float(swap_p),
                     "swap_permutations": permutations if math.isfinite(swap_p) else None,
                     "n_concepts": int(n_defined[0]),

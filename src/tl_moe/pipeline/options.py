@@ -229,7 +229,11 @@ class RunOptions:
     fdr: float = option(
         0.05, "false-discovery rate of the Benjamini–Hochberg tests (domain experts)", parse=float
     )
-    permutations: int = option(999, "document-level permutations behind every permutation p-value", parse=int)
+    permutations: int = option(
+        999,
+        "document-level permutations behind each permutation p-value, except the held-out swap tests, which use the larger of this and 20,000",
+        parse=int,
+    )
     min_expert_tokens: int = option(
         50, "experts with fewer routed tokens are listed, not averaged (specialization, domains)", parse=int
     )

@@ -1047,6 +1047,7 @@ def _comparison_frame(records: list[dict]) -> pd.DataFrame:
         "interval_unavailable_reason",
         "bootstrap_bias",
         "bootstrap_p",
+        "bootstrap_resamples",
         "swap_p",
         "swap_permutations",
     ]
@@ -1066,4 +1067,5 @@ _COUNT_COLUMNS = (
     "n_documents_with_positives",
     "n_draws",
     "swap_permutations",
+    "bootstrap_resamples",
 )

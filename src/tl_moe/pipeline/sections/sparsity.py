@@ -134,16 +134,15 @@ class SparsityResult(Result):
         """One row per (member, k) of ``comparison`` in ``metric`` (default :meth:`headline_metric`): the
         estimate, its 95% interval, the p-value of 0 and Holm's adjusted p-value over every (member, k)
         test of that comparison with an interval, with the verdict it supports at family-wise 5%
-        (:func:`_adjusted_verdict`). The p-value is the document swap test's (``swap_p``,
-        :func:`~tl_moe.analysis.held_out_probing.swap_test`); a record without one (an older run) falls
-        back to the percentile-bootstrap p-value, and ``p_test`` says which."""
+        (:func:`_adjusted_verdict`). The p-value is :func:`test_p_value`'s: the two-stage bootstrap's
+        where the control has several random draws, the document swap test's where it is deterministic;
+        ``p_test`` says which."""
         metric = metric or self.headline_metric()
         rows = [r for r in self._held_out_records(metric) if r["comparison"] == comparison]
         rows.sort(key=lambda r: (self._ratio(r["model"]), r["k"]))
         tested, tests = [], []
         for r in rows:
-            swap = r.get("swap_p")
-            p, test = (swap, "swap") if swap is not None else (r.get("bootstrap_p"), "bootstrap")
+            p, test = test_p_value(r)
             ok = r.get("interval_available") and p is not None
             tested.append(p if ok else np.nan)
             tests.append(test if ok else None)
@@ -158,6 +157,8 @@ class SparsityResult(Result):
                 p=None if np.isnan(p) else float(p),
                 p_test=test,
                 swap_permutations=record.get("swap_permutations"),
+                bootstrap_resamples=record.get("bootstrap_resamples"),
+                n_draws=record.get("n_draws"),
                 comparison=comparison,
                 metric=metric,
                 interval_available=bool(record.get("interval_available")),
@@ -219,17 +220,11 @@ class SparsityResult(Result):
             if metric == "balanced_accuracy"
             else "class-balanced F1"
         )
-        permutations = next((r["swap_permutations"] for r in headline if r.get("swap_permutations")), None)
-        test = (
-            f"two-sided document swap tests ({int(permutations):,} random swaps of the two arms' counts per test "
-            "document)"
-            if permutations
-            else "percentile-bootstrap p-values"
-        )
+        test = _test_text(headline)
         text = (
             f"**Sparsity family, held-out protocol** ({described}, 95% document bootstrap, every probed "
-            f"k; p-values from {test}, Holm's correction over the {m} member × k tests of the headline "
-            "control in each metric; the concepts that pass the per-concept test-document gate). Headline, the "
+            f"k; p-values from {test}; Holm's correction over the {m} member × k tests of the headline "
+            "control within each metric only, not across the two metrics; the concepts that pass the per-concept test-document gate). Headline, the "
             "strongest control: MoE expert minus the same number of dense neurons (d_expert, random, mean of "
             "the draws) on exactly the tokens routed to the expert; beside it at the smallest and largest k, "
             "all dense neurons on those tokens, dense neurons on routing-matched random subsets, the "
@@ -388,6 +383,43 @@ class SparsityResult(Result):
         return tables
 
 
+def test_p_value(record: dict) -> tuple[float | None, str]:
+    """The p-value of 0 that a held-out ``record`` is Holm-tested with, and its test's name.
+
+    A control with several random draws (``n_draws`` > 1, e.g. random neuron subsets) is tested against
+    the population the draws come from, so its p-value must carry the draws' variation: the two-stage
+    bootstrap's ``bootstrap_p`` (documents and draws resampled). The swap test holds the draws fixed (it
+    tests "the expert scores as these draws do") and is kept only for a deterministic control (one
+    draw), or a record with no bootstrap p-value."""
+    swap, boot = record.get("swap_p"), record.get("bootstrap_p")
+    if swap is not None and ((record.get("n_draws") or 1) <= 1 or boot is None):
+        return swap, "swap"
+    return boot, "bootstrap"
+
+
+def _test_text(tests: list[dict]) -> str:
+    """Which test gave the Holm p-values of ``tests`` and why (:func:`test_p_value`)."""
+    kinds = {r["p_test"] for r in tests if r.get("p_test")}
+    if kinds == {"swap"}:
+        n = next((r["swap_permutations"] for r in tests if r.get("swap_permutations")), None)
+        swaps = f"{int(n):,} random swaps" if n else "random swaps"
+        return (
+            f"two-sided document swap tests ({swaps} of the two arms' counts per test document; "
+            "the control is deterministic, one draw)"
+        )
+    draws = max((r.get("n_draws") or 1 for r in tests), default=1)
+    resamples = next((r["bootstrap_resamples"] for r in tests if r.get("bootstrap_resamples")), None)
+    return (
+        "the two-sided two-stage bootstrap"
+        + (f" ({int(resamples):,} resamples" if resamples else " (")
+        + f"{', ' if resamples else ''}test documents and the control's {draws} random neuron draws both "
+        "resampled, so the p-value carries the draws' variation and tests the expert against random dense "
+        "neurons, not against these particular draws as the document swap test would"
+        + (f"; floor {2 / (1 + resamples):.2g}" if resamples else "")
+        + ")"
+    )
+
+
 def _holm_text(row: dict) -> str:
     if row.get("p_holm") is None:
         return ""
@@ -435,24 +467,33 @@ def _floor_text(tests: list[dict]) -> str:
     what = (
         "no swap reached the observed difference"
         if separated[0]["p_test"] == "swap"
-        else "no resample crossed 0"
+        else "no resample of documents and control draws crossed 0"
     )
     return (
         f" {at_floor} of the {len(separated)} separated tests rest on their test's smallest p-value ({floor:.2g}: "
         f"{what}); times the {m} tests that is {holm_floor:.2g}"
-        + (
-            ", far below 0.05: those verdicts do not hang on the floor."
-            if holm_floor <= ALPHA / 10
-            else ", so more swaps would be needed to say more."
-        )
+        + _floor_verdict(holm_floor, "swaps" if separated[0]["p_test"] == "swap" else "resamples")
     )
 
 
+def _floor_verdict(holm_floor: float, draws: str) -> str:
+    """Whether a test at its floor can still be separated after Holm's correction (``holm_floor`` < 5%)."""
+    if holm_floor <= ALPHA / 10:
+        return ", far below 0.05: those verdicts do not hang on the floor."
+    if holm_floor < ALPHA:
+        return f", below 0.05: a test at the floor can still be separated, though more {draws} would say by how much."
+    return f", not below 0.05: more {draws} would be needed to separate a test at the floor."
+
+
 def _p_floor(row: dict, smallest: float) -> float:
-    """The smallest p-value ``row``'s test can give: 1 / (1 + swaps) for a swap test; for the percentile
-    bootstrap of an older run (no resample count recorded), the ``smallest`` p-value among its tests."""
-    n = row.get("swap_permutations")
-    return 1.0 / (1 + n) if row.get("p_test") == "swap" and n else smallest
+    """The smallest p-value ``row``'s test can give: 1 / (1 + swaps) for a swap test, 2 / (1 + resamples)
+    for the two-sided percentile bootstrap; for an older run (no count recorded), the ``smallest`` p-value
+    among its tests."""
+    if row.get("p_test") == "swap" and row.get("swap_permutations"):
+        return 1.0 / (1 + row["swap_permutations"])
+    if row.get("p_test") == "bootstrap" and row.get("bootstrap_resamples"):
+        return 2.0 / (1 + row["bootstrap_resamples"])
+    return smallest
 
 
 def _count_text(tests: list[dict], lead: str) -> str:
