@@ -416,6 +416,13 @@ def _test_text(tests: list[dict]) -> str:
         "resampled, so the p-value carries the draws' variation and tests the expert against random dense "
         "neurons, not against these particular draws as the document swap test would"
         + (f"; floor {2 / (1 + resamples):.2g}" if resamples else "")
+        + (
+            f"; with {draws} draws the second stage still understates the draws' variation, so on a planted "
+            "null with draws that vary this test rejects more often than its nominal level (docs/METHODS.md): "
+            "read a single separated test near the threshold as tentative"
+            if draws < 20
+            else ""
+        )
         + ")"
     )
 
