@@ -154,7 +154,7 @@ def plan_run(
         dtype: the dtype the weights will be loaded in (default: ``options.dtype``, i.e. ``--dtype``).
     """
     from tl_moe.models.introspect import moe_config
-    from tl_moe.pipeline.runner import _chosen_analyses, _needs_by_model
+    from tl_moe.pipeline.runner import _chosen_analyses, _needs_by_model, check_inputs_before_loading
     from tl_moe.pipeline.validation import check_seq_len_positions
 
     options = options or RunOptions()
@@ -162,6 +162,7 @@ def plan_run(
     dtype = getattr(torch, options.dtype) if dtype is None else dtype
     chosen = _chosen_analyses(options, None)
     hf_configs = dict(configs or {})
+    check_inputs_before_loading(options, hf_configs)  # as analyze checks them; models given as configs are not on disk
     metas: dict[str, torch.nn.Module] = {}
     moe_configs: dict[str, MoEConfig] = {}
 
@@ -173,11 +174,16 @@ def plan_run(
             moe_configs[name] = moe_config(metas[name])
         return moe_configs[name]
 
-    describe(options.model)
+    if not describe(options.model).is_moe:  # a model given by its config: analyze's refusal
+        raise InputError(
+            f"{options.model} is a dense model; the analyses need an MoE (pass the dense one as --dense-baseline)."
+        )
     check_seq_len_positions(options.seq_len, metas[options.model])  # as analyze checks its loaded model
     if options.dense_baseline:
         describe(options.dense_baseline)
     run_context = RunContext(options, configs=moe_configs)
+    for analysis in chosen:  # analyze's checks that need no weights
+        analysis.check_config(run_context)
     for analysis in chosen:  # needs of other models (e.g. the toy family) are described on demand
         for need in analysis.needs(run_context):
             describe(need.model)

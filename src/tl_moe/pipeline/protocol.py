@@ -215,6 +215,10 @@ class Analysis(ABC):
     def check(self, run: RunContext) -> None:  # noqa: B027 (optional hook)
         """Refuse bad options or models with an :class:`~tl_moe.errors.InputError` before any pass."""
 
+    def check_config(self, run: RunContext) -> None:  # noqa: B027 (optional hook)
+        """The part of :meth:`check` that needs only the models' configs (no weights, no corpus), so that
+        ``tl-moe plan`` refuses what ``tl-moe analyze`` would; :meth:`check` calls it too."""
+
     def option_limits(self, run: RunContext) -> dict[str, OptionLimit]:
         """The largest value of each size option this analysis can use on the run's models (e.g.
         ``probe_ks`` up to the neurons of an expert). Before any pass, an option the user left at its

@@ -339,18 +339,27 @@ def run_layout(options: RunOptions, model: Any) -> dict[str, Any]:
     }
 
 
-def _run(options, analyses, dataset, models, write_report, started, load_at_start) -> RunResults:
-    chosen = _chosen_analyses(options, analyses)
-    models = dict(models or {})
-    # Inputs that need no weights are checked first, in one line each, before anything loads.
+def check_inputs_before_loading(
+    options: RunOptions, models: dict[str, Any] | None = None, *, write_report: bool = True
+) -> None:
+    """The inputs that need no weights, each refused in one line before anything loads (``tl-moe analyze``
+    and ``tl-moe plan`` alike): the device, the model and dense baseline (not those handed in as
+    ``models``), and the output folder when a report is written."""
+    models = models or {}
     resolve_device(options.device)
     if options.model not in models:
         check_model_source(options.model, expect_moe=True)
     if options.dense_baseline is not None and options.dense_baseline not in models:
         check_model_source(options.dense_baseline, expect_moe=False, input_name="--dense-baseline")
-    out = Path(options.out)
     if write_report:
-        check_output_dir(out)
+        check_output_dir(Path(options.out))
+
+
+def _run(options, analyses, dataset, models, write_report, started, load_at_start) -> RunResults:
+    chosen = _chosen_analyses(options, analyses)
+    models = dict(models or {})
+    check_inputs_before_loading(options, models, write_report=write_report)
+    out = Path(options.out)
     concepts_for_corpus(options.corpus)  # '--corpus embedded:v2' needs the tagger of its concepts
     run_context = RunContext(options, dataset=dataset, models=models)
     if write_report:  # a notebook run without a report writes nothing, checkpoints included

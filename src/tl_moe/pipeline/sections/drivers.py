@@ -619,12 +619,9 @@ class Drivers(Analysis):
         """Before the pass: at most half the experts as drivers, and edited forwards that reach documents on
         both halves (:func:`~tl_moe.pipeline.validation.check_driver_budget`; a warning below 30 report
         documents)."""
-        cfg = run.config(run.main)
-        options = run.options
-        check_removable_experts(run.main, cfg.num_experts, cfg.experts_per_token)
-        check_n_drivers(
-            options.n_drivers, len(cfg.sparse_layers), cfg.num_experts
-        )  # same rule as option_limits
+        self.check_config(run)
+        cfg, options = run.config(run.main), run.options
+        check_n_drivers(options.n_drivers, len(cfg.sparse_layers), cfg.num_experts)  # same rule as option_limits
         check_driver_budget(
             run.dataset,
             run.model(run.main).tokenizer,
@@ -633,6 +630,11 @@ class Drivers(Analysis):
             max_tokens=options.max_tokens,
             driver_tokens=options.driver_tokens,
         )
+
+    def check_config(self, run: RunContext) -> None:
+        """Tokens must leave some expert unused (k < n experts), or no expert can be removed from routing."""
+        cfg = run.config(run.main)
+        check_removable_experts(run.main, cfg.num_experts, cfg.experts_per_token)
 
     def needs(self, run: RunContext) -> list[Need]:
         return [
