@@ -208,6 +208,14 @@ def plan_run(
     return RunPlan(options, tuple(a.name for a in chosen), plans)
 
 
+def _memory_advice(model: ModelPlan) -> str:
+    """What to lower for the pass that needs the most: the batch's shape when its activations are the
+    largest part, else the accumulators' sizes."""
+    if model.activation_bytes >= max(model.weight_bytes, sum(model.accumulator_bytes.values())):
+        return "lower --batch-size or --seq-len"
+    return "lower --max-tokens or --probe-rows-per-class, choose --probe-layers"
+
+
 def check_fits(plan: RunPlan, available: int | None = None) -> None:
     """Refuse, in one line, a run whose estimated peak memory exceeds ``available`` bytes."""
     available = available_memory(plan.options.device) if available is None else available
@@ -215,8 +223,8 @@ def check_fits(plan: RunPlan, available: int | None = None) -> None:
         largest = max(plan.models, key=lambda model: model.peak_bytes)
         raise InputError(
             f"this run needs about {plan.peak_bytes / _GIB:.1f} GiB ({largest.name}: weights "
-            f"{largest.weight_bytes / _GIB:.1f} GiB, accumulators "
-            f"{sum(largest.accumulator_bytes.values()) / _GIB:.1f} GiB) but {available / _GIB:.1f} GiB are "
-            "available; lower --max-tokens or --probe-rows-per-class, choose --probe-layers, or use a larger machine "
+            f"{largest.weight_bytes / _GIB:.1f} GiB, batch activations {largest.activation_bytes / _GIB:.1f} GiB, "
+            f"accumulators {sum(largest.accumulator_bytes.values()) / _GIB:.1f} GiB) but "
+            f"{available / _GIB:.1f} GiB are available; {_memory_advice(largest)}, or use a larger machine "
             "(`tl-moe plan` shows the breakdown)."
         )
