@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -756,23 +757,68 @@ def replace_block(readme: str, block: str, markers: tuple[str, str] = (START, EN
     return readme[:start] + "\n" + block + "\n" + readme[end:]
 
 
+ACCEPTED = "accepted: a tl-moe results.json (a run's 'results.json', or one of docs/results/), or --write README.md / a docs file"
+
+
+class ToolInputError(Exception):
+    """A file this tool cannot use, said in one line."""
+
+
+def load_results(path: Path) -> Any:
+    """The parsed JSON of ``path``, or a :class:`ToolInputError` naming the file and what is accepted."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ToolInputError(f"cannot read {str(path)!r} ({error.strerror or error}); {ACCEPTED}.") from None
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise ToolInputError(f"{str(path)!r} is not JSON; {ACCEPTED}.") from None
+
+
+def render_results(path: Path) -> str:
+    """The block of the results file at ``path``: its committed block's own, else a run's findings."""
+    results = load_results(path)
+    block = next((b for b in BLOCKS if Path(b.source) == path), None)
+    if block is None and not (isinstance(results, dict) and isinstance(results.get("metadata"), dict)):
+        raise ToolInputError(f"{str(path)!r} is not a tl-moe run's results.json (no 'metadata'); {ACCEPTED}.")
+    render = block.render if block is not None else findings_markdown
+    try:
+        return render(results, str(path))
+    except (KeyError, TypeError, AttributeError, IndexError) as error:
+        raise ToolInputError(
+            f"{str(path)!r} lacks what its block needs ({type(error).__name__}: {error}); {ACCEPTED}."
+        ) from None
+
+
+def write_blocks(path: Path) -> None:
+    """Rewrite every generated block whose markers ``path`` holds, from its committed results file."""
+    try:
+        readme = path.read_text()
+    except OSError as error:
+        raise ToolInputError(f"cannot read {str(path)!r} ({error.strerror or error}); {ACCEPTED}.") from None
+    for block in BLOCKS:
+        if block.markers[0] in readme and (Path(block.source)).exists():
+            readme = replace_block(readme, block.markdown(), block.markers)
+            print(f"wrote the {block.name} results block of {path} from {block.source}")
+    path.write_text(readme)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Print (or write into the README) the results sections.")
     parser.add_argument("results", type=Path, nargs="?", help="print the block of this results file")
     parser.add_argument("--write", type=Path, default=None, help="rewrite every block of this README")
     args = parser.parse_args(argv)
-    if args.write is None:
-        if args.results is None:
-            parser.error("give a results file to print, or --write README.md")
-        render = next((b.render for b in BLOCKS if Path(b.source) == args.results), findings_markdown)
-        print(render(json.loads(args.results.read_text()), str(args.results)))
-        return
-    readme = args.write.read_text()
-    for block in BLOCKS:
-        if block.markers[0] in readme and (Path(block.source)).exists():
-            readme = replace_block(readme, block.markdown(), block.markers)
-            print(f"wrote the {block.name} results block of {args.write} from {block.source}")
-    args.write.write_text(readme)
+    if args.write is None and args.results is None:
+        parser.error("give a results file to print, or --write README.md")
+    try:
+        if args.write is None:
+            print(render_results(args.results))
+        else:
+            write_blocks(args.write)
+    except ToolInputError as error:
+        print(f"readme_results: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
