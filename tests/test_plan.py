@@ -153,3 +153,30 @@ def test_plan_refuses_a_window_longer_than_the_model_positions_as_analyze_does()
         assert f"--seq-len {seq_len} is longer than the model's 256 positions" in str(planned.value)
     options = RunOptions(model="toy/moe-4x2", dense_baseline=None, analyses=("domains",), seq_len=256)
     assert plan_run(options).models[0].name == "toy/moe-4x2"
+
+
+def test_a_refusal_for_a_huge_batch_names_its_activations_and_the_batch_flags():
+    plan = plan_run(RunOptions(analyses=("domains",), dense_baseline=None, batch_size=100000))
+    (model,) = plan.models
+    accumulators = sum(model.accumulator_bytes.values())
+    assert model.activation_bytes > 100 * (model.weight_bytes + accumulators)  # the batch is nearly all of it
+    with pytest.raises(InputError) as error:
+        check_fits(plan, available=1 << 30)
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"batch activations {model.activation_bytes / (1 << 30):.1f} GiB" in message
+    assert "lower --batch-size or --seq-len" in message and "--max-tokens" not in message
+
+
+def test_a_refusal_for_large_accumulators_advises_the_token_and_row_flags():
+    options = RunOptions(
+        analyses=("probing",), dense_baseline=None, skip_untrained_null=True, batch_size=1, seq_len=16
+    )
+    plan = plan_run(options)
+    (model,) = plan.models
+    accumulators = sum(model.accumulator_bytes.values())
+    assert accumulators > 10 * max(model.activation_bytes, model.weight_bytes)  # planted: the stores dominate
+    with pytest.raises(InputError) as error:
+        check_fits(plan, available=1024)
+    assert "lower --max-tokens or --probe-rows-per-class" in str(error.value)
+    assert "--batch-size" not in str(error.value)

@@ -173,3 +173,109 @@ def test_no_calibration_prints_memory_alone(capsys):
     main(["plan", "toy/moe-4x2", "--analyses", "domains", "--dense-baseline", "none", "--no-calibration"])
     out = capsys.readouterr().out
     assert "Estimated peak memory" in out and "Estimated wall time" not in out
+
+
+def _top_k_all_folder(tmp_path):
+    """toy/moe-4x2 (4 experts a layer) with its tokens routed to all 4, and its tokenizer beside it."""
+    import json
+    import shutil
+
+    from tl_moe.zoo.registry import checkpoint_dir
+    from tl_moe.zoo.tokenizer import load_tokenizer
+
+    folder = tmp_path / "top_k_all"
+    shutil.copytree(checkpoint_dir("toy/moe-4x2"), folder)
+    load_tokenizer().save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "num_experts_per_tok": config["num_experts"]}))
+    return folder
+
+
+def _refusal(argv, capsys, *, loads: bool = False) -> str:
+    """The one error line ``tl-moe ARGV`` exits with (rc 2), nothing printed on stdout (``loads``: a run that
+    loads weights first, whose progress bars precede that line on stderr)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    if loads:
+        return lines[-1]
+    assert captured.out == ""  # refused before the memory plan is printed
+    assert len(lines) == 1, captured.err
+    return lines[0]
+
+
+# (the arguments analyze and plan share, plan's own, a piece of the refusal)
+PLAN_REFUSALS = {
+    "device banana": (["toy/moe-4x2", "--device", "banana"], [], "--device 'banana'"),
+    "device mps": (["toy/moe-4x2", "--device", "mps"], [], "--device 'mps'"),
+    "device cuda": (["toy/moe-4x2", "--device", "cuda"], [], "--device 'cuda'"),
+    "device cuda:0 without calibration": (
+        ["toy/moe-4x2", "--device", "cuda:0"],
+        ["--no-calibration"],
+        "'cuda:0'",
+    ),
+    "an MoE as dense baseline": (
+        ["toy/moe-4x2", "--dense-baseline", "toy/moe-16x2"],
+        [],
+        "accepted: a dense model",
+    ),
+    "a missing model folder": (["/no/such/dir"], [], "does not exist; accepted:"),
+    "a dense model": (["toy/dense"], ["--no-calibration"], "is a dense model (olmo); accepted: an MoE model"),
+    "a file as --out": (["toy/moe-4x2", "--out", "README.md"], [], "is a file, not a folder"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PLAN_REFUSALS))
+def test_plan_refuses_what_analyze_refuses_in_the_same_line_before_calibrating(
+    case, monkeypatch, capsys, tmp_path
+):
+    import torch
+
+    if case.startswith("device cuda") and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    if case == "device mps" and torch.backends.mps.is_available():
+        pytest.skip("MPS is available here")
+
+    def never(*args, **kwargs):
+        raise AssertionError("calibrated a refused run")
+
+    monkeypatch.setattr(calibration, "calibrate", never)
+    arguments, plan_only, piece = PLAN_REFUSALS[case]
+    if "--out" not in arguments:
+        arguments = [*arguments, "--out", str(tmp_path / "out")]
+    planned = _refusal(["plan", *arguments, *plan_only, "--threads", "1"], capsys)
+    analyzed = _refusal(["analyze", *arguments, "--threads", "1"], capsys)
+    assert piece in planned
+    assert planned == analyzed
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("analysis", ["drivers", "associations", "reweighting"])
+def test_plan_refuses_a_model_whose_tokens_use_every_expert_as_analyze_does(
+    analysis, monkeypatch, capsys, tmp_path
+):
+    def never(*args, **kwargs):
+        raise AssertionError("calibrated a refused run")
+
+    monkeypatch.setattr(calibration, "calibrate", never)
+    folder = _top_k_all_folder(tmp_path)
+    arguments = [
+        str(folder),
+        "--dense-baseline",
+        "none",
+        "--analyses",
+        analysis,
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    planned = _refusal(["plan", *arguments, "--no-calibration"], capsys)
+    assert "routes each token to 4 of its 4 experts" in planned
+    assert "num_experts_per_tok < num_experts" in planned
+    assert _refusal(["plan", *arguments], capsys) == planned  # with calibration too, calibrating nothing
+    if analysis == "associations":  # analyze loads the model and corpus before this check: once is enough
+        assert (
+            _refusal(["analyze", *arguments, "--threads", "1", "--max-tokens", "2000"], capsys, loads=True)
+            == planned
+        )

@@ -162,7 +162,9 @@ def plan_run(
     dtype = getattr(torch, options.dtype) if dtype is None else dtype
     chosen = _chosen_analyses(options, None)
     hf_configs = dict(configs or {})
-    check_inputs_before_loading(options, hf_configs)  # as analyze checks them; models given as configs are not on disk
+    check_inputs_before_loading(
+        options, hf_configs
+    )  # as analyze checks them; models given as configs are not on disk
     metas: dict[str, torch.nn.Module] = {}
     moe_configs: dict[str, MoEConfig] = {}
 

@@ -621,7 +621,9 @@ class Drivers(Analysis):
         documents)."""
         self.check_config(run)
         cfg, options = run.config(run.main), run.options
-        check_n_drivers(options.n_drivers, len(cfg.sparse_layers), cfg.num_experts)  # same rule as option_limits
+        check_n_drivers(
+            options.n_drivers, len(cfg.sparse_layers), cfg.num_experts
+        )  # same rule as option_limits
         check_driver_budget(
             run.dataset,
             run.model(run.main).tokenizer,
