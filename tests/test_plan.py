@@ -175,7 +175,7 @@ def test_a_refusal_for_large_accumulators_advises_the_token_and_row_flags():
     plan = plan_run(options)
     (model,) = plan.models
     accumulators = sum(model.accumulator_bytes.values())
-    assert accumulators > 10 * max(model.activation_bytes, model.weight_bytes)  # planted: the stores dominate
+    assert accumulators > 5 * max(model.activation_bytes, model.weight_bytes)  # planted: the stores dominate
     with pytest.raises(InputError) as error:
         check_fits(plan, available=1024)
     assert "lower --max-tokens or --probe-rows-per-class" in str(error.value)

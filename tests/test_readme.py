@@ -203,3 +203,37 @@ def test_each_held_out_cell_and_each_quoted_number_names_its_concepts_and_no_rat
     assert "+0.045 [+0.035, +0.055] over 11 concepts" in reading
     assert "different concept sets (18 and 15 concepts)" in reading
     assert "%" not in reading
+
+
+@pytest.mark.parametrize(
+    ("content", "piece"),
+    [
+        (None, "cannot read"),
+        ("not json {", "is not JSON"),
+        ('{"models": []}', "is not a tl-moe run's results.json (no 'metadata')"),
+        ("[1, 2]", "is not a tl-moe run's results.json (no 'metadata')"),
+    ],
+)
+def test_the_results_tool_refuses_a_file_it_cannot_use_in_one_line(content, piece, tmp_path, capsys):
+    from readme_results import main
+
+    path = tmp_path / "results.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(path)])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.strip().splitlines()
+    assert piece in line and repr(str(path)) in line and "accepted: a tl-moe results.json" in line
+
+
+def test_the_results_tool_refuses_a_missing_readme_to_write_in_one_line(tmp_path, capsys):
+    from readme_results import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--write", str(tmp_path / "README.md")])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "cannot read" in line and "README.md" in line

@@ -162,9 +162,8 @@ def plan_run(
     dtype = getattr(torch, options.dtype) if dtype is None else dtype
     chosen = _chosen_analyses(options, None)
     hf_configs = dict(configs or {})
-    check_inputs_before_loading(
-        options, hf_configs
-    )  # as analyze checks them; models given as configs are not on disk
+    # as analyze checks them; models given as configs need not be on disk
+    check_inputs_before_loading(options, hf_configs)
     metas: dict[str, torch.nn.Module] = {}
     moe_configs: dict[str, MoEConfig] = {}
 

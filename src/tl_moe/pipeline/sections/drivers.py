@@ -621,9 +621,8 @@ class Drivers(Analysis):
         documents)."""
         self.check_config(run)
         cfg, options = run.config(run.main), run.options
-        check_n_drivers(
-            options.n_drivers, len(cfg.sparse_layers), cfg.num_experts
-        )  # same rule as option_limits
+        # the same rule as option_limits; after the fitted defaults, so not in check_config
+        check_n_drivers(options.n_drivers, len(cfg.sparse_layers), cfg.num_experts)
         check_driver_budget(
             run.dataset,
             run.model(run.main).tokenizer,
