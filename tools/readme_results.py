@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tl_moe.analysis.specialization_permutation import BOOTSTRAP_PERMUTATIONS
 from tl_moe.report.numbers import format_interval, is_defined
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -258,8 +259,9 @@ INTERVALS_NOTE = (
     "differences resample test documents (both arms on the same documents); the paper-protocol comparison "
     "resamples concepts (its units are picked on the split it is scored on, so it has no document-level "
     "interval); the specialization excess over the document-permutation baseline, and its trained − "
-    "untrained difference, resample documents (score and null mean recomputed on each resample, both "
-    "models on the same documents); the logit-lens share of experts resamples the test documents of the "
+    "untrained difference, resample documents (score and null mean recomputed on each resample from the "
+    f"same first {BOOTSTRAP_PERMUTATIONS} document permutations, so the null mean's Monte Carlo error over permutations is not in "
+    "the interval; both models on the same documents); the logit-lens share of experts resamples the test documents of the "
     "document split (its token is chosen on the selection documents). Domain experts "
     "carry document-permutation p-values, not intervals; a p-value at its floor, 1/(1 + permutations), "
     "only says that no permutation reached the score; a mean ± sd over experts is a spread, not an interval."

@@ -311,7 +311,7 @@ class RunOptions:
     steer_contrast: tuple[str, ...] | None = option(
         None,
         "steering: two domains to contrast (A,B), or two languages of one domain (DOMAIN:A,B); "
-        "default: the two domains with the most documents among those whose held-out half can reach 30",
+        "default: the two domains with the most documents among those whose held-out half can reach 30 (fewer than two such: the two largest, reported as untestable)",
         parse=_name_list,
     )
     checkpoint_every: int = option(20, "batches between checkpoints", parse=int, cli=False)

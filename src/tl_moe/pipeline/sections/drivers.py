@@ -307,10 +307,19 @@ class DriversResult(Result):
             return f"{self.saliency_spearman:+.2f} (no interval: no per-document saliency was recorded)"
         if not interval.available:
             return f"{self.saliency_spearman:+.2f} (no interval: {interval.reason})"
+        rho, low, high, bias = self.saliency_spearman, interval.low, interval.high, interval.bias
+        if _leans(rho, low, high, bias):
+            basic_low, basic_high = _basic_interval(rho, low, high)
+            return (
+                f"{rho:+.2f} basic [{basic_low:+.2f}, {basic_high:+.2f}] (95% bootstrap over {interval.n} "
+                f"documents, both scores recomputed on each resample; the {interval.method} interval "
+                f"[{low:+.2f}, {high:+.2f}] leans: bootstrap bias {bias:+.2f}, bias-corrected {rho - bias:+.2f} "
+                "outside it, so the basic interval is quoted)"
+            )
         return (
-            f"{self.saliency_spearman:+.2f} [{interval.low:+.2f}, {interval.high:+.2f}] (95% {interval.method} "
+            f"{rho:+.2f} [{low:+.2f}, {high:+.2f}] (95% {interval.method} "
             f"bootstrap over {interval.n} documents, both scores recomputed on each resample; "
-            f"{_lean(self.saliency_spearman, interval.low, interval.high, interval.bias)})"
+            f"{_lean(rho, low, high, bias)})"
         )
 
     def _estimate_finding(self) -> str:
@@ -337,8 +346,8 @@ class DriversResult(Result):
                 return shown
             basic_low, basic_high = _basic_interval(value, low, high)
             return (
-                f"{shown} (leans: bias-corrected {value - bias:+.2f} outside it; basic "
-                f"[{basic_low:+.2f}, {basic_high:+.2f}])"
+                f"{value:+.2f} basic [{basic_low:+.2f}, {basic_high:+.2f}] (the percentile interval "
+                f"[{low:+.2f}, {high:+.2f}] leans: bias-corrected {value - bias:+.2f} outside it)"
             )
 
         diff = rows.loc["estimate − REAP"]
@@ -356,8 +365,18 @@ class DriversResult(Result):
             f" Spearman ρ with the exact zeroing effect, all three scores on the same "
             f"{int(rows['experts'].iloc[0])} experts (those routed on the {int(rows['documents'].iloc[0])} "
             f"documents of the edited forwards) and those documents, pooled over layers: estimate "
-            f"{rho('first-order estimate')}, REAP saliency {rho('REAP saliency')} "
-            f"({_lean(reap['spearman with exact zeroing effect'], reap['ci low'], reap['ci high'], reap['bootstrap bias'])}), "
+            f"{rho('first-order estimate')}, REAP saliency {rho('REAP saliency')}"
+            + (
+                ""
+                if _leans(
+                    reap["spearman with exact zeroing effect"],
+                    reap["ci low"],
+                    reap["ci high"],
+                    reap["bootstrap bias"],
+                )
+                else f" ({_lean(reap['spearman with exact zeroing effect'], reap['ci low'], reap['ci high'], reap['bootstrap bias'])})"
+            )
+            + ", "
             f"difference {rho('estimate − REAP')} (paired 95% {rows['interval method'].iloc[0]} bootstrap over the "
             f"documents, all three scores recomputed on each resample): {verdict}."
         )
@@ -408,8 +427,8 @@ class DriversResult(Result):
         within_low = 1.0 if within.above_zero() else -1.0
         if pooled_low > 0 and within_low <= 0 and not above:
             return (
-                "no layer's interval is above 0 and the mean within-layer ρ covers 0, so the pooled ρ is driven by "
-                "differences between layers, not by ranking the experts of a layer"
+                f"the mean within-layer ρ covers 0 and {count}, so the pooled ρ is driven by differences between "
+                "layers, not by ranking the experts of a layer"
             )
         if pooled_low > 0 and within_low <= 0:
             return (
