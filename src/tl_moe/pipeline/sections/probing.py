@@ -415,7 +415,8 @@ NO_UNIT = "no unit had enough examples of a concept"
 _FINDING_LABELS = {
     "moe_vs_dense_on_routed_tokens_matched_count": (
         "vs d_expert random dense neurons on each expert's routed tokens (matched neuron count, mean of the "
-        "draws, the strongest control)"
+        "draws; count-matched, the fair comparison of neuron selection; all dense neurons on the routed tokens, "
+        "listed after it, is the stricter control)"
     ),
     "matched_count_minus_its_null": (
         "that difference minus its own permuted-label null ((MoE − control) − the same with labels permuted)"

@@ -4,7 +4,7 @@
   (:func:`tl_moe.pipeline.sections.probing.held_out_probing`, the same functions and settings) with
   its matched controls — the dense twin's layers, dense neurons on each expert's routed tokens, and
   routing-matched random subsets (sizes per layer and concept) — each a paired difference with a
-  document-bootstrap interval. The headline is the strongest control, d_expert random dense neurons
+  document-bootstrap interval. The headline is the count-matched control, d_expert random dense neurons
   on the expert's routed tokens (same tokens, as many candidate neurons; mean of seeded draws), per
   member at every probed k, each with its document swap test's p-value (20,000 swaps at least)
   Holm-adjusted over the member x k tests, in balanced accuracy with F1's verdicts beside it;
@@ -225,8 +225,11 @@ class SparsityResult(Result):
             f"**Sparsity family, held-out protocol** ({described}, 95% document bootstrap, every probed "
             f"k; p-values from {test}; Holm's correction over the {m} member × k tests of the headline "
             "control within each metric only, not across the two metrics; the concepts that pass the per-concept test-document gate). Headline, the "
-            "strongest control: MoE expert minus the same number of dense neurons (d_expert, random, mean of "
-            "the draws) on exactly the tokens routed to the expert; beside it at the smallest and largest k, "
+            "count-matched control (the fair comparison of neuron selection, not the strictest): MoE expert minus "
+            "the same number of dense neurons (d_expert, random, mean of the draws) on exactly the tokens routed "
+            "to the expert, each cell with its number of gated concepts, which differs between members and k "
+            "(sparser members route fewer tokens per expert, so fewer concepts pass the gate: a trend over members "
+            "mixes sparsity with which concepts are compared); beside it at the smallest and largest k, "
             "all dense neurons on those tokens, dense neurons on routing-matched random subsets, the "
             "control's permuted-label null, and the headline minus that null (one paired document bootstrap): "
             + "; ".join(parts)
@@ -430,7 +433,13 @@ def _test_text(tests: list[dict]) -> str:
 def _holm_text(row: dict) -> str:
     if row.get("p_holm") is None:
         return ""
-    return f", Holm p = {row['p_holm']:.3g}: {row['verdict']}"
+    p = row["p_holm"]
+    edge = (
+        " (within resampling error of 0.05: read as borderline)"
+        if row.get("verdict") != _NEITHER and 0.04 <= p <= ALPHA
+        else ""
+    )
+    return f", Holm p = {p:.4g}: {row['verdict']}{edge}"
 
 
 def _adjusted_verdict(row: dict) -> str:
@@ -452,6 +461,8 @@ def _short(record: dict | None) -> str:
         text += f" [{record['ci_low']:+.3f}, {record['ci_high']:+.3f}]"
     else:
         text += f" (no interval: {record.get('interval_unavailable_reason') or 'not computed'})"
+    if record.get("n_concepts"):
+        text += f" (n = {int(record['n_concepts'])})"
     return text
 
 
