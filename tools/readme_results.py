@@ -186,8 +186,8 @@ def _reading(records: list[dict[str, Any]], groups: list[dict[str, Any]] | None 
                 ": its interval covers 0, so on the same tokens the expert neurons are not shown to add "
                 "anything beyond the protocol's own bias."
                 if covers
-                else ": its interval excludes 0, so on the same tokens the expert neurons add something beyond "
-                "the protocol's own bias."
+                else ": its interval excludes 0, so on the same tokens, over these pooled concepts, the expert "
+                "neurons add something beyond the protocol's own bias."
             )
         else:
             text += "."
@@ -233,7 +233,7 @@ def _different_sets(first: dict[str, Any], second: dict[str, Any]) -> str:
 def _groups_clause(groups: list[dict[str, Any]], metric: str) -> str:
     """Each concept group's (MoE − matched-count control) − its null at k = 1, said as covering 0 or
     not, so the pooled reading is not taken for every group's."""
-    parts = []
+    parts, sides = [], {}
     for r in groups:
         if r.get("comparison") != "matched_count_minus_its_null" or r.get("metric", "f1") != metric:
             continue
@@ -243,14 +243,23 @@ def _groups_clause(groups: list[dict[str, Any]], metric: str) -> str:
         side = (
             "covers 0" if r["ci_low"] <= 0 <= r["ci_high"] else ("above 0" if r["ci_low"] > 0 else "below 0")
         )
+        sides[r["group"]] = side
         parts.append(f"{r['group']} {_group_cell(r)} ({side})")
     if not parts:
         return ""
-    return (
+    text = (
         " By concept group (tables below), the same null-corrected difference at k = 1 is "
         + "; ".join(parts)
-        + " (each interval unadjusted for the groups)."
+        + " (each interval unadjusted for the groups)"
     )
+    shown = [group for group, side in sides.items() if side != "covers 0"]
+    not_shown = [group for group, side in sides.items() if side == "covers 0"]
+    if shown and not_shown:
+        text += (
+            f": the pooled result is carried by {', '.join(shown)}; for {', '.join(not_shown)} it is not shown, "
+            "so it does not speak for every kind of concept"
+        )
+    return text + "."
 
 
 #: What each interval of the main run's findings resamples (the results block's header says it).
