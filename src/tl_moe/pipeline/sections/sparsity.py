@@ -151,12 +151,21 @@ class SparsityResult(Result):
         for record, p, test, p_holm in zip(rows, tested, tests, adjusted, strict=True):
             row = {
                 key: record.get(key)
-                for key in ("model", "active_ratio", "k", "estimate", "ci_low", "ci_high", "bootstrap_p")
+                for key in (
+                    "model",
+                    "active_ratio",
+                    "k",
+                    "estimate",
+                    "ci_low",
+                    "ci_high",
+                    "bootstrap_p",
+                    "n_concepts",
+                )
             }
             row.update(
                 p=None if np.isnan(p) else float(p),
                 p_test=test,
-                swap_permutations=record.get("swap_permutations"),
+                swap_permutations=record.get("swap_permutations") if test == "swap" else None,
                 bootstrap_resamples=record.get("bootstrap_resamples"),
                 n_draws=record.get("n_draws"),
                 comparison=comparison,
