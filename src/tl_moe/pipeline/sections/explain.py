@@ -427,6 +427,18 @@ def _share_part(row: dict[str, Any]) -> str:
         shown = (
             f"{share:.0%} (no interval: {reason.removeprefix('unavailable: ') or 'the bootstrap gave none'})"
         )
+    elif share >= 1 or share <= 0:  # at a bound the two-sided bracket ends at the estimate by construction
+        end, side = ("share ci low", "lower") if share >= 1 else ("share ci high", "upper")
+        shown = (
+            f"{round(share * row['share experts'])} of {int(row['share experts'])} ({share:.0%}; one-sided 97.5% "
+            f"{side} bound {row[end]:.0%}, the bootstrap's {'2.5th' if side == 'lower' else '97.5th'} percentile"
+            f" — a share at {share:.0%} has no two-sided interval)"
+        )
+        return (
+            f"; experts whose own label's {_METRIC_NAMES['balanced_accuracy']} is above the shuffled one's on "
+            f"the same items: {shown} (bootstrap over the {int(row['share documents'])} score documents, each "
+            "expert's scores recomputed in every resample)"
+        )
     else:
         shown = f"{share:.0%} [{row['share ci low']:.0%}, {row['share ci high']:.0%}]"
     return (

@@ -284,7 +284,7 @@ class ProbingResult(Result):
         concepts = int(self.curves["concepts"].max())
         return [
             text
-            + f", over {concepts} concepts; single split, no document-level interval (an interval over concepts is given for its MoE − dense difference only, for comparison)."
+            + f", over {concepts} concepts; single split, estimates only (no interval: the units are picked on the split they are scored on, and concepts share documents)."
         ]
 
     def records(self) -> dict[str, Any]:
@@ -431,6 +431,13 @@ _FINDING_LABELS = {
 METRIC_NAMES = {"balanced_accuracy": "balanced accuracy", "f1": "class-balanced F1"}
 
 
+def _with_positives(record: dict) -> str:
+    """`` (positives in n of them)``: the test documents holding a positive of a kept concept, which bound
+    how many independent units carry the positive class."""
+    n = record.get("n_documents_with_positives")
+    return f" (a kept concept's positives in {_count(n)} of them)" if n is not None else ""
+
+
 def _held_out_finding(records: list[dict], what: str) -> str:
     """The k = 1 held-out finding over ``records`` (one concept group's, or the pooled ones): every
     comparison in :data:`LEAD_METRIC` with F1 beside it, the concepts kept and dropped by the gate."""
@@ -442,8 +449,10 @@ def _held_out_finding(records: list[dict], what: str) -> str:
         return ""
     head = (
         f"**Probing, held-out protocol, {what}** (unit chosen on selection documents, expert minus control "
-        f"at k = 1 on {_count(lead.get('n_documents'))} test documents, {METRIC_NAMES[LEAD_METRIC]} first, class-"
-        "balanced F1 in brackets, 95% document bootstrap)"
+        f"at k = 1 on {_count(lead.get('n_documents'))} test documents{_with_positives(lead)}, "
+        f"{METRIC_NAMES[LEAD_METRIC]} first, class-balanced F1 in brackets, nominal 95% percentile document "
+        "bootstrap, which under-covers when few documents hold the positives: docs/METHODS.md, held-out "
+        "protocol, interval method)"
     )
     counts = f"{_count(lead.get('n_concepts'))} concepts kept" + (
         f", {_count(lead['n_concepts_dropped'])} dropped by the gate"
