@@ -370,7 +370,7 @@ def labels_finding(
         f"**Automatic labels** ({explainer} explainer, {scorer} scorer, scored on held-out documents): mean "
         f"{m} over {row['experts scored']} experts {_show(row['mean'], row['ci low'], row['ci high'], _why(row))} "
         f"(chance {format_number(row['chance'], '.3f', 'no expert scored')}); {verdict} its shuffled control (another expert's label of the same "
-        f"layer, {_show(row['shuffled mean'], row['shuffled ci low'], row['shuffled ci high'], _why(row, 'shuffled'))}): own − shuffled "
+        f"layer, one seeded derangement, the intervals conditional on it; {_show(row['shuffled mean'], row['shuffled ci low'], row['shuffled ci high'], _why(row, 'shuffled'))}): own − shuffled "
         f"{_signed(*shuffled, _why(row, 'shuffled'))}"
     )
     if "baseline mean" in row and np.isfinite(row["baseline mean"]):
@@ -654,7 +654,12 @@ def causal_finding(causal: CausalResult) -> str:
     if len(causal.by_kind):
         parts.append(_by_kind_part(causal.by_kind))
     experts = int(summary["experts"].max())
-    interval = f"intervals unavailable: {reason}" if reason else "95% bootstrap over documents"
+    interval = (
+        f"intervals unavailable: {reason}"
+        if reason
+        else "95% bootstrap over documents, each interval unadjusted: removal at equal mixing weight is the "
+        "headline, every other interval is secondary and not corrected for the others shown"
+    )
     return (
         f"**Causal checks of the labels** (held-out documents: {causal.n_windows} windows of "
         f"{causal.n_documents} documents, {experts} experts; |Δloss| in nats/token on the positions where "

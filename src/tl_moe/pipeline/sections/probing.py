@@ -423,9 +423,15 @@ _FINDING_LABELS = {
     ),
     "moe_vs_dense_on_routed_tokens": "vs all dense neurons on each expert's routed tokens",
     "moe_vs_dense": "vs the dense model",
-    "moe_vs_matched_subsets": "vs dense neurons on routing-matched token subsets",
-    "moe_vs_untrained": "vs the untrained MoE",
-    "permuted_labels": "MoE − dense with labels permuted (the protocol's own bias, ≈ 0 expected)",
+    "moe_vs_matched_subsets": (
+        "vs dense neurons on routing-matched token subsets (one seeded draw of the subsets; the interval is "
+        "conditional on it)"
+    ),
+    "moe_vs_untrained": "vs the untrained MoE (one random initialization; the interval is conditional on it)",
+    "permuted_labels": (
+        "MoE − dense with labels permuted (the protocol's own bias, ≈ 0 expected; one permutation, the "
+        "interval conditional on it)"
+    ),
     "permuted_labels_on_routed_tokens": "MoE − the matched-count control with labels permuted (≈ 0 expected)",
 }
 METRIC_NAMES = {"balanced_accuracy": "balanced accuracy", "f1": "class-balanced F1"}
