@@ -642,7 +642,7 @@ def against_nominal(record: dict[str, Any]) -> str:
     if abs(gap) <= tolerance:
         return f"within two binomial standard errors (±{tolerance:.3f}) of the nominal {nominal:g}"
     side = "above" if gap > 0 else "below"
-    return f"{side} the nominal {nominal:g} by more than two binomial standard errors ({tolerance:.3f})"
+    return f"{side} the nominal {nominal:g} by more than two binomial standard errors (±{tolerance:.3f})"
 
 
 def rejects_more(first: dict[str, Any], second: dict[str, Any]) -> bool:
@@ -685,11 +685,11 @@ def planted_held_out_draws_markdown(results: dict[str, Any], source: str) -> str
     text = (
         f"{_planted_source(study, source)}: on a planted null whose control draws scatter around the "
         "expert's true rates (sd 0.05 per concept, true difference 0 from the draws' population; "
-        "`compare` in balanced accuracy, as many swaps as resamples), rejections at 5%: "
-        + "; ".join(
-            f"with {n} draws{' (the default `ROUTED_COUNT_DRAWS`)' if n == default else ''}: the fixed-draw "
-            f"swap test in {planted_rate(swap[n])}, {against_nominal(swap[n])}; the two-stage bootstrap "
-            f"in {planted_rate(boot[n])}, {against_nominal(boot[n])}"
+        "`compare` in balanced accuracy, as many swaps as resamples), the seeds rejected at 5% are, "
+        + "; and ".join(
+            f"with {n} draws{' (the default `ROUTED_COUNT_DRAWS`)' if n == default else ''}, for the "
+            f"fixed-draw swap test {planted_rate(swap[n])}, {against_nominal(swap[n])}, and for the "
+            f"two-stage bootstrap {planted_rate(boot[n])}, {against_nominal(boot[n])}"
             for n in draws
         )
         + "."
@@ -719,8 +719,8 @@ def planted_reweighting_markdown(results: dict[str, Any], source: str) -> str:
             rates[f"documents only, 5 draws, draw sd {sd}"],
         )
         cells.append(
-            f"at a draw sd of {sd} nats/token the two-stage interval covers 0 in {planted_rate(two)} "
-            f"({against_nominal(two)}), the documents-only one in {planted_rate(docs)} ({against_nominal(docs)})"
+            f"at a draw sd of {sd} nats/token the two-stage interval covers 0 in {planted_rate(two)}, "
+            f"{against_nominal(two)}, the documents-only one in {planted_rate(docs)}, {against_nominal(docs)}"
         )
     more = [
         f"{n} draws covers 0 in {planted_rate(rates[f'two-stage, {n} draws, draw sd 0.2'])}, "
@@ -735,7 +735,7 @@ def planted_reweighting_markdown(results: dict[str, Any], source: str) -> str:
         "chosen − control of 0; "
         + "; ".join(cells)
         + ". The two-stage interval at a draw sd of 0.2 with "
-        + " and with ".join(more)
+        + "; with ".join(more)
         + f". Holm over 4 such domains with no true gain ({holm['seeds']} seeds, {holm['replicates']} "
         "resamples; family-wise rate of rejecting any domain, nominal 0.05): " + "; ".join(family) + "."
     )
@@ -747,8 +747,9 @@ def planted_driver_holm_markdown(results: dict[str, Any], source: str) -> str:
     improved, rejected = study["rates"]["some domain improved"], study["rates"]["some domain rejected"]
     return (
         f"{_planted_source(study, source)}: 5 domains × 40 documents with no true gain; some domain is "
-        f"called improved in {planted_rate(improved, 'runs')} ({against_nominal(improved)}) and some domain is "
-        f"rejected either way in {planted_rate(rejected, 'runs')} ({against_nominal(rejected)})."
+        f"called improved in {planted_rate(improved, 'runs')}, {against_nominal(improved)} (one side of a "
+        f"two-sided 5% family), and some domain is rejected either way in {planted_rate(rejected, 'runs')}, "
+        f"{against_nominal(rejected)}."
     )
 
 
@@ -773,9 +774,10 @@ def planted_within_layer_markdown(results: dict[str, Any], source: str) -> str:
         study["rates"]["pooled interval above 0.5"],
     )
     return (
-        f"{_planted_source(study, source)}: the mean within-layer interval covers 0 in {planted_rate(within)} "
-        f"({against_nominal(within)}), while the pooled ρ's interval lies above 0.5 in "
-        f"{pooled['hits']} of {pooled['n']}."
+        f"{_planted_source(study, source)}: for an estimate that ranks the layers and nothing inside them "
+        f"(4 layers × 16 experts, 80 documents), the mean within-layer interval covers 0 in "
+        f"{planted_rate(within)}, {against_nominal(within)}, while the pooled ρ's interval lies above 0.5 "
+        f"in {pooled['hits']} of {pooled['n']} seeds."
     )
 
 
@@ -785,8 +787,8 @@ def planted_interval_methods_markdown(results: dict[str, Any], source: str) -> s
     rates, positions = study["rates"], study["median position of the estimate"]
     best = max(rates, key=lambda method: rates[method]["rate"])
     parts = "; ".join(
-        f"{method} covers it in {planted_rate(r)} ({against_nominal(r)}; the estimate at a median "
-        f"{positions[method]:.2f} of its interval)"
+        f"{method} covers it in {planted_rate(r)}, {against_nominal(r)}, the estimate at a median "
+        f"{positions[method]:.2f} of its interval"
         for method, r in rates.items()
     )
     return (
