@@ -127,10 +127,10 @@ def test_the_held_out_wording_follows_the_measured_rates_against_five_percent():
         "bootstrap 53 of 1000 seeds (0.053, binomial se 0.007), within two binomial standard errors" in text
     )
     assert "swap test rejects more often than the two-stage bootstrap" in text
-    assert "understates their own variance" in text
+    assert "understating their own variance" in text
     text = planted_held_out_draws_markdown(results(50), "p.json")
     assert "50 of 1000 seeds (0.050, binomial se 0.007), within two binomial standard errors" in text
-    assert "understates" not in text
+    assert "understating" not in text
 
 
 def test_a_coverage_far_below_nominal_is_said_to_be_below():

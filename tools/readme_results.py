@@ -701,8 +701,8 @@ def planted_held_out_draws_markdown(results: dict[str, Any], source: str) -> str
         )
     if boot[default]["rate"] - boot[default]["nominal"] > 2 * boot[default]["nominal_se"]:
         text += (
-            f" A resample of {default} draws understates their own variance, which is why the two-stage "
-            f"bootstrap rejects more often than 5% with {default} draws."
+            f" The two-stage bootstrap's excess over 5% with {default} draws is what a resample of so few "
+            "draws understating their own variance gives."
         )
     return text
 
