@@ -267,11 +267,19 @@ def probe_fit_counts(plan: RunPlan, concepts: int, tokens: int | None = None) ->
         work.append(ProbeWork(cfg.d_expert, layers * cfg.num_experts, rows, concepts, held_out=True))
     if dense is not None:
         dense_layers = len(dense.config.dense_layers)
-        work.append(ProbeWork(dense_width, dense_layers, whole, concepts))  # the paper protocol's whole layers
-        work.append(ProbeWork(dense_width, dense_layers * cfg.num_experts, rows, concepts))  # one draw per expert
-        work.append(ProbeWork(dense_width, dense_layers * 2, whole, concepts, held_out=True))  # held-out, permuted
+        work.append(
+            ProbeWork(dense_width, dense_layers, whole, concepts)
+        )  # the paper protocol's whole layers
+        work.append(
+            ProbeWork(dense_width, dense_layers * cfg.num_experts, rows, concepts)
+        )  # one draw per expert
+        work.append(
+            ProbeWork(dense_width, dense_layers * 2, whole, concepts, held_out=True)
+        )  # held-out, permuted
         experts = layers * cfg.num_experts
-        work.append(ProbeWork(dense_width, 2 * experts, rows, concepts, held_out=True))  # on routed tokens, matched
+        work.append(
+            ProbeWork(dense_width, 2 * experts, rows, concepts, held_out=True)
+        )  # on routed tokens, matched
     if "sparsity" in plan.analyses:
         for member in plan.models:
             if member.name in (main.name, options.dense_baseline) or member.name.startswith(UNTRAINED):
@@ -281,7 +289,9 @@ def probe_fit_counts(plan: RunPlan, concepts: int, tokens: int | None = None) ->
             member_rows = _routed_rows(member_cfg, tokens, cap)
             member_work = _moe_work(member_cfg, member_layers, member_rows, concepts, dense_width)
             if dense is not None:  # the family's held-out protocol needs the dense twin
-                member_work.append(ProbeWork(dense_width, len(dense.config.dense_layers), whole, concepts, True))
+                member_work.append(
+                    ProbeWork(dense_width, len(dense.config.dense_layers), whole, concepts, True)
+                )
                 experts = member_layers * member_cfg.num_experts
                 member_work.append(ProbeWork(dense_width, 2 * experts, member_rows, concepts, True))
             work += [
