@@ -238,6 +238,24 @@ def _moe_work(cfg: Any, layers: int, rows: int, concepts: int, dense_width: int 
     return [*work, ProbeWork(cfg.d_expert, experts * rounds, rows, concepts, held_out=True)]
 
 
+def _family_work(cfg: Any, tokens: int, cap: int | None, concepts: int, dense: Any) -> list[ProbeWork]:
+    """A sparsity-family member's units (all its sparse layers): its experts by the paper protocol and,
+    with the dense twin ``dense`` (a :class:`ModelPlan`, or None), the held-out arms of
+    :func:`_moe_work` plus the twin's layers and its neurons on the member's routed tokens (two arms)."""
+    layers = len(cfg.sparse_layers)
+    rows = _routed_rows(cfg, tokens, cap)
+    if dense is None:  # no dense twin: the family's held-out protocol is not run
+        work = [w for w in _moe_work(cfg, layers, rows, concepts, None) if not w.held_out]
+    else:
+        width = dense.config.d_mlp
+        work = _moe_work(cfg, layers, rows, concepts, width)
+        work.append(
+            ProbeWork(width, len(dense.config.dense_layers), min(tokens, cap or tokens), concepts, True)
+        )
+        work.append(ProbeWork(width, 2 * layers * cfg.num_experts, rows, concepts, True))
+    return [dataclasses.replace(w, analysis="sparsity") for w in work]
+
+
 def probe_fit_counts(plan: RunPlan, concepts: int, tokens: int | None = None) -> list[ProbeWork]:
     """Units probing (and the sparsity family, when chosen) fits per width and protocol (per concept
     and probe size), from the run's shapes, for a stream of ``tokens`` (default: ``--max-tokens``).
@@ -267,38 +285,21 @@ def probe_fit_counts(plan: RunPlan, concepts: int, tokens: int | None = None) ->
         work.append(ProbeWork(cfg.d_expert, layers * cfg.num_experts, rows, concepts, held_out=True))
     if dense is not None:
         dense_layers = len(dense.config.dense_layers)
-        work.append(
-            ProbeWork(dense_width, dense_layers, whole, concepts)
-        )  # the paper protocol's whole layers
-        work.append(
-            ProbeWork(dense_width, dense_layers * cfg.num_experts, rows, concepts)
-        )  # one draw per expert
-        work.append(
-            ProbeWork(dense_width, dense_layers * 2, whole, concepts, held_out=True)
-        )  # held-out, permuted
         experts = layers * cfg.num_experts
-        work.append(
-            ProbeWork(dense_width, 2 * experts, rows, concepts, held_out=True)
-        )  # on routed tokens, matched
+        work += [
+            ProbeWork(dense_width, dense_layers, whole, concepts),  # paper protocol: whole layers
+            ProbeWork(dense_width, dense_layers * cfg.num_experts, rows, concepts),  # and one draw per expert
+            ProbeWork(dense_width, dense_layers * 2, whole, concepts, True),  # held-out and permuted arms
+            ProbeWork(dense_width, 2 * experts, rows, concepts, True),  # on routed tokens, matched subsets
+        ]
     if "sparsity" in plan.analyses:
-        for member in plan.models:
-            if member.name in (main.name, options.dense_baseline) or member.name.startswith(UNTRAINED):
-                continue
-            member_cfg = member.config
-            member_layers = len(member_cfg.sparse_layers)
-            member_rows = _routed_rows(member_cfg, tokens, cap)
-            member_work = _moe_work(member_cfg, member_layers, member_rows, concepts, dense_width)
-            if dense is not None:  # the family's held-out protocol needs the dense twin
-                member_work.append(
-                    ProbeWork(dense_width, len(dense.config.dense_layers), whole, concepts, True)
-                )
-                experts = member_layers * member_cfg.num_experts
-                member_work.append(ProbeWork(dense_width, 2 * experts, member_rows, concepts, True))
-            work += [
-                dataclasses.replace(w, analysis="sparsity")
-                for w in member_work
-                if dense is not None or not w.held_out
-            ]
+        family = [
+            m
+            for m in plan.models[1:]
+            if m.name != options.dense_baseline and not m.name.startswith(UNTRAINED)
+        ]
+        for member in family:
+            work += _family_work(member.config, tokens, cap, concepts, dense)
     return work
 
 
