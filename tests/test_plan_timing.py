@@ -40,16 +40,17 @@ def test_pass_and_probing_seconds_are_the_work_over_the_measured_rates():
     plan = plan_run(options)
     names = [model.name for model in plan.models]
     assert names == ["toy/moe-8x2", "toy/dense", "untrained:toy/moe-8x2"]
+    big = calibration.CALIBRATION_MAX_ROWS
     work = [
-        ProbeWork(width=64, units=10, rows=300, concepts=5),
+        ProbeWork(width=64, units=10, rows=3 * big, concepts=5),
         ProbeWork(width=512, units=3, rows=100, concepts=4, held_out=True),
+        ProbeWork(width=512, units=9, rows=100, concepts=0),  # fits nothing: needs no rate
     ]
     estimate = estimate_times(
         plan,
         forward_rates={"toy/moe-8x2": 1500.0, "toy/dense": 3000.0, "untrained:toy/moe-8x2": 1200.0},
-        fit_rates={64: 50.0, 512: 20.0},
+        fit_rates={(64, big): 50.0, (512, 100): 20.0},  # the 64-wide rate measured on a third of the rows
         probe_work=work,
-        rate_rows={64: 100, 512: 200},  # the 64-wide rate was measured on a third of the rows
         bound_work=[dataclasses.replace(w, concepts=7) for w in work],
     )
     assert estimate.pass_seconds == {
@@ -58,18 +59,17 @@ def test_pass_and_probing_seconds_are_the_work_over_the_measured_rates():
         "untrained:toy/moe-8x2": 5.0,  # the untrained null at its own measured rate
     }
     ks = len(options.probe_ks)
-    by_hand = (
-        10 * 5 * ks * (300 / 100) / 50.0 + 3 * 4 * ks / 20.0
-    )  # fewer rows than measured: no scaling down
+    by_hand = 10 * 5 * ks * 3 / 50.0 + 3 * 4 * ks / 20.0
     assert estimate.probing_seconds == pytest.approx(by_hand)
     assert estimate.probe_fits == (10 * 5 + 3 * 4) * ks
     assert estimate.held_out_fits == {"probing": 3 * 4 * ks}
-    assert estimate.fits_at_most == {"probing": (10 + 3) * 7 * ks}
+    assert estimate.fits_at_most == {"probing": (10 + 3 + 9) * 7 * ks}
     assert estimate.total_seconds == pytest.approx(11.0 + by_hand)
     text = estimate.summary()
-    assert "an estimate" in text and "1,500 tokens/s" in text and "50 fits/s at 64 neurons" in text
+    assert "an estimate" in text and "1,500 tokens/s" in text
+    assert f"50 fits/s at 64 neurons x {big:,} tokens" in text
     assert f"{(10 * 5 + 3 * 4) * ks:,} probe fits expected, {3 * 4 * ks:,} of them held-out" in text
-    assert f"at most {13 * 7 * ks:,} if every unit saw every token" in text
+    assert f"at most {22 * 7 * ks:,} if every unit saw every token" in text
     # a corpus that ends before --max-tokens: each pass streams what it holds
     short = estimate_times(plan, {n: 1000.0 for n in names}, tokens=1500)
     assert short.pass_seconds == dict.fromkeys(names, 1.5)
@@ -145,7 +145,7 @@ def test_sparsity_family_work_is_each_other_member_in_both_protocols():
     estimate = estimate_times(
         family,
         dict.fromkeys((m.name for m in family.models), 1000.0),
-        {w.width: 100.0 for w in work},
+        {calibration.rate_key(w): 100.0 for w in work},
         work,
     )
     assert set(estimate.fit_seconds) == {"probing", "sparsity"}
@@ -161,7 +161,7 @@ def test_held_out_fits_are_zero_when_the_run_has_too_few_documents_to_split():
     from tl_moe.analysis.stats import document_split
     from tl_moe.errors import InputError
 
-    options = RunOptions(min_documents=30)
+    options = RunOptions(min_documents=30, min_examples=30, held_out_min_examples=15, selection_fraction=0.5)
     few = tuple(range(10))
     reason = held_out_gate(few, options)
     with pytest.raises(InputError) as refused:
@@ -171,18 +171,21 @@ def test_held_out_fits_are_zero_when_the_run_has_too_few_documents_to_split():
     rates = torch.tensor([0.5, 0.02, 0.0])
     work = [ProbeWork(64, 10, 2000, 3), ProbeWork(64, 30, 2000, 3, held_out=True)]
     # paper protocol: 2000 tokens a unit -> 1000, 40, 0 positives: concepts 0 and 1 have min_examples
-    # (10) of each class; held-out: the selection half's 1000 tokens -> 500, 20, 0 positives, needing
-    # held_out_min_examples of each class.
+    # (30) of each class; held-out: the selection half's 1000 tokens -> 500, 20, 0 positives, with
+    # held_out_min_examples (15) of each class for concepts 0 and 1.
+    selection = int(2000 * options.selection_fraction)
     paper = eligible_concepts(rates, 2000, options.min_examples)
-    held = eligible_concepts(rates, int(2000 * options.selection_fraction), options.held_out_min_examples)
+    held = eligible_concepts(rates, selection, options.held_out_min_examples)
+    assert (paper, held) == (2, 2)
+    assert eligible_concepts(rates, selection, 25) == 1  # 20 positives: below a minimum of 25
     split = eligible_work(work, rates, options, held_out_runs=True)
-    assert [w.concepts for w in split] == [paper, held]
+    assert [(w.rows, w.concepts) for w in split] == [(2000, paper), (selection, held)]
     gated = eligible_work(work, rates, options, held_out_runs=False)
     assert [w.concepts for w in gated] == [paper, 0]
     assert estimate_times(
         plan_run(RunOptions(model="toy/moe-4x2", analyses=("probing",), dense_baseline=None)),
         {"toy/moe-4x2": 1.0, "untrained:toy/moe-4x2": 1.0},
-        {64: 1.0},
+        {(64, 2000): 1.0},
         gated,
     ).held_out_fits == {"probing": 0}
 
@@ -192,6 +195,26 @@ def test_calibration_runs_at_most_half_the_runs_stream():
     assert calibration_tokens(options, 100_000) == 4 * 16 * 128  # CALIBRATION_BATCHES batches
     assert calibration_tokens(options, 6000) == 3000  # a small run: half of it
     assert calibration_tokens(options, 1200) == 1000  # never fewer than a run accepts
+
+
+def test_fit_rates_are_timed_at_the_runs_own_concept_rates():
+    """The timed concepts are evenly spaced quantiles of the concepts a unit is fitted for; the timed
+    fits count them (a unit x a concept x a probe size)."""
+    import torch
+
+    rates = torch.tensor([0.5, 0.001, 0.2, 0.05, 0.0, 0.1, 0.3, 0.02, 0.4, 0.6, 0.7, 0.15])
+    # 1000 tokens, at least 10 of each class: rates 0.01 to 0.99; 0.001 and 0.0 are not fitted
+    picked = calibration.fit_rate_concepts(rates, rows=1000, min_examples=10)
+    eligible = sorted(r for r in rates.tolist() if 10 <= r * 1000 <= 990)
+    assert len(eligible) == 10 and len(picked) == CALIBRATION_CONCEPTS
+    assert picked[0].item() == pytest.approx(eligible[0]) and picked[-1].item() == pytest.approx(eligible[-1])
+    assert set(picked.tolist()) <= set(torch.tensor(eligible).tolist())
+    assert calibration.fit_rate_concepts(torch.tensor([0.0, 1.0]), rows=1000, min_examples=10) is None
+    ks = (1, 2)
+    three = torch.tensor([0.1, 0.2, 0.3])
+    assert (
+        measure_fit_rate(16, 400, ks, clock=_clock(0.0, 4.0), rates=three) == CALIBRATION_UNITS * 3 * 2 / 4.0
+    )
 
 
 def test_rates_are_the_measured_work_over_the_clocked_interval(monkeypatch):

@@ -48,6 +48,8 @@ __all__ = [
     "concept_rates",
     "eligible_concepts",
     "eligible_work",
+    "fit_rate_concepts",
+    "rate_key",
     "estimate_times",
     "held_out_gate",
     "measure_fit_rate",
@@ -115,16 +117,19 @@ def measure_fit_rate(
     ks: tuple[int, ...],
     device: str | torch.device | None = None,
     clock: Clock = time.perf_counter,
+    rates: Float[torch.Tensor, " concept"] | None = None,
 ) -> float:
     """Probe fits per second (one fit: a unit x a concept x a probe size) of a ``KSparseProbe`` on
-    random activations ``[unit, rows, width]`` with concepts of rare to common positive rates
-    (:data:`CALIBRATION_RATES`), after one warm-up fit."""
+    random activations ``[unit, rows, width]`` with concepts planted at positive ``rates`` (the run's,
+    :func:`fit_rate_concepts`; default: rare to common, :data:`CALIBRATION_RATES`), after one warm-up
+    fit. A balanced fit's tokens are twice its rarer class's, so the rates set the fits' cost."""
     from tl_moe.analysis.probing import KSparseProbe
 
     generator = torch.Generator().manual_seed(0)
     activations = torch.randn(CALIBRATION_UNITS, rows, width, generator=generator)
-    rates = torch.linspace(*CALIBRATION_RATES, CALIBRATION_CONCEPTS)
-    labels = torch.rand(rows, CALIBRATION_CONCEPTS, generator=generator) < rates
+    if rates is None:
+        rates = torch.linspace(*CALIBRATION_RATES, CALIBRATION_CONCEPTS)
+    labels = torch.rand(rows, len(rates), generator=generator) < rates
     activations[:, :, 0] += 2.0 * labels[:, 0].float()  # one neuron carries a concept: fits converge as usual
     activations = activations.to(device or "cpu")
     unit_mask = torch.ones(CALIBRATION_UNITS, rows, dtype=torch.bool)
@@ -134,7 +139,21 @@ def measure_fit_rate(
     start = clock()
     probe.fit(activations, labels, unit_mask)
     seconds = clock() - start
-    return CALIBRATION_UNITS * CALIBRATION_CONCEPTS * len(ks) / max(seconds, 1e-9)
+    return CALIBRATION_UNITS * len(rates) * len(ks) / max(seconds, 1e-9)
+
+
+def fit_rate_concepts(
+    rates: Float[torch.Tensor, " concept"], rows: int, min_examples: int
+) -> Float[torch.Tensor, " picked"] | None:
+    """At most :data:`CALIBRATION_CONCEPTS` of the run's concept ``rates`` to time fits at: evenly spaced
+    quantiles of the rates a unit of ``rows`` tokens is fitted for (:func:`eligible_concepts`'s rule),
+    so the timed fits cost what the run's fits cost on average (None: no concept is eligible)."""
+    positives = rates * rows
+    eligible = rates[(positives >= min_examples) & (rows - positives >= min_examples)].sort().values
+    if not len(eligible):
+        return None
+    picks = torch.linspace(0, len(eligible) - 1, min(CALIBRATION_CONCEPTS, len(eligible))).round().long()
+    return eligible[picks]
 
 
 @dataclass(frozen=True)
@@ -306,21 +325,19 @@ def probe_fit_counts(plan: RunPlan, concepts: int, tokens: int | None = None) ->
 def eligible_work(
     work: list[ProbeWork], rates: Float[torch.Tensor, " concept"], options: Any, held_out_runs: bool
 ) -> list[ProbeWork]:
-    """``work`` with the concepts each unit is expected to be fitted for, as the run decides them: the
-    paper protocol's units need ``--min-examples`` positives and negatives among their tokens; the
-    held-out protocol's, ``--held-out-min-examples`` of each on the selection documents (their share
-    ``--selection-fraction`` of the unit's tokens); with ``held_out_runs`` False (too few documents to
-    split) the held-out protocol fits nothing."""
+    """``work`` with the tokens each fit uses and the concepts each unit is expected to be fitted for,
+    as the run decides them: the paper protocol's units need ``--min-examples`` positives and negatives
+    among their tokens; the held-out protocol's are fitted on their selection documents (the share
+    ``--selection-fraction`` of their tokens) and need ``--held-out-min-examples`` of each there; with
+    ``held_out_runs`` False (too few documents to split) the held-out protocol fits nothing."""
     fitted = []
     for w in work:
-        if w.held_out and not held_out_runs:
-            concepts = 0
-        elif w.held_out:
-            selection = int(w.rows * options.selection_fraction)
-            concepts = eligible_concepts(rates, selection, options.held_out_min_examples)
+        if w.held_out:
+            rows = int(w.rows * options.selection_fraction)
+            concepts = eligible_concepts(rates, rows, options.held_out_min_examples) if held_out_runs else 0
         else:
-            concepts = eligible_concepts(rates, w.rows, options.min_examples)
-        fitted.append(dataclasses.replace(w, concepts=min(concepts, w.concepts)))
+            rows, concepts = w.rows, eligible_concepts(rates, w.rows, options.min_examples)
+        fitted.append(dataclasses.replace(w, rows=rows, concepts=min(concepts, w.concepts)))
     return fitted
 
 
@@ -334,7 +351,7 @@ class TimeEstimate:
         fit_seconds / fits / fits_at_most / held_out_fits: per analysis that fits probes (probing, the
             sparsity family), its seconds, its expected probe fits, their upper bound (every unit sees
             every token of the run) and the held-out protocol's share of the expected fits.
-        fit_rates: measured probe fits per second by unit width.
+        fit_rates: measured probe fits per second by (unit width, tokens per unit).
         held_out_unavailable: why the held-out protocol makes no fit (too few documents), or None.
         tokens: tokens the run's stream reaches, when the corpus holds fewer than ``--max-tokens``.
     """
@@ -345,7 +362,7 @@ class TimeEstimate:
     fits: dict[str, int] = field(default_factory=dict)
     fits_at_most: dict[str, int] = field(default_factory=dict)
     held_out_fits: dict[str, int] = field(default_factory=dict)
-    fit_rates: dict[int, float] = field(default_factory=dict)
+    fit_rates: dict[tuple[int, int], float] = field(default_factory=dict)
     held_out_unavailable: str | None = None
     tokens: int | None = None
     device: str = "cpu"
@@ -378,7 +395,10 @@ class TimeEstimate:
                 f"  pass {name}: {_duration(seconds)} (measured {self.forward_rates[name]:,.0f} tokens/s in a "
                 "short pass)"
             )
-        rates = ", ".join(f"{rate:,.0f} fits/s at {width} neurons" for width, rate in self.fit_rates.items())
+        rates = ", ".join(
+            f"{rate:,.0f} fits/s at {width} neurons x {rows:,} tokens"
+            for (width, rows), rate in self.fit_rates.items()
+        )
         for analysis, seconds in self.fit_seconds.items():
             lines.append(
                 f"  {analysis} finalize, probe fits: {_duration(seconds)} ({self.fits[analysis]:,} probe fits "
@@ -409,9 +429,8 @@ def _duration(seconds: float) -> str:
 def estimate_times(
     plan: RunPlan,
     forward_rates: dict[str, float],
-    fit_rates: dict[int, float] | None = None,
+    fit_rates: dict[tuple[int, int], float] | None = None,
     probe_work: list[ProbeWork] | None = None,
-    rate_rows: dict[int, int] | None = None,
     device: str = "cpu",
     threads: int = 1,
     *,
@@ -420,9 +439,10 @@ def estimate_times(
     tokens: int | None = None,
 ) -> TimeEstimate:
     """Seconds per pass (its tokens — ``tokens`` when the corpus ends first — over its model's tokens
-    per second) and per analysis's probe fits (each work's units x concepts x probe sizes fits / its
-    width's fits per second, scaled by the unit's tokens over the tokens the rate was measured at,
-    ``rate_rows``, when more); ``bound_work``: the same work at its upper bound of concepts."""
+    per second) and per analysis's probe fits: each work's units x concepts x probe sizes fits over the
+    fits per second measured at its width and its rows (``fit_rates``: ``(width, rows) -> rate``, rows
+    capped at :data:`CALIBRATION_MAX_ROWS`; a work of more rows is scaled up in proportion);
+    ``bound_work``: the same work at its upper bound of concepts."""
     passes = {m.name: (tokens or m.tokens) / forward_rates[m.name] for m in plan.models}
     rates = {m.name: forward_rates[m.name] for m in plan.models}
     short = tokens if tokens is not None and tokens < plan.options.max_tokens else None
@@ -434,8 +454,10 @@ def estimate_times(
     held_out: dict[str, int] = {}
     for work in probe_work:
         n = work.units * work.concepts * ks
-        scale = max(1.0, work.rows / (rate_rows or {}).get(work.width, work.rows))
-        seconds[work.analysis] = seconds.get(work.analysis, 0.0) + n * scale / fit_rates[work.width]
+        key = rate_key(work)
+        scale = work.rows / key[1] if work.rows > key[1] else 1.0
+        cost = n * scale / fit_rates[key] if n else 0.0  # no fit: no rate was measured
+        seconds[work.analysis] = seconds.get(work.analysis, 0.0) + cost
         fits[work.analysis] = fits.get(work.analysis, 0) + n
         held_out[work.analysis] = held_out.get(work.analysis, 0) + n * work.held_out
     at_most: dict[str, int] = {}
@@ -454,6 +476,11 @@ def estimate_times(
         device,
         threads,
     )
+
+
+def rate_key(work: ProbeWork) -> tuple[int, int]:
+    """The (width, rows) a work's fit rate is measured at: its own, rows capped at :data:`CALIBRATION_MAX_ROWS`."""
+    return work.width, max(min(work.rows, CALIBRATION_MAX_ROWS), 1)
 
 
 def _concepts_of(options: Any) -> int:
@@ -503,6 +530,20 @@ def calibration_tokens(options: Any, run_tokens: int) -> int:
     return max(min(batches, run_tokens // 2), _LEAST_INTEGERS["max_tokens"])
 
 
+def _measure_fit_rates(
+    work: list[ProbeWork], rates: Any, options: Any, device: str, clock: Clock
+) -> dict[tuple[int, int], float]:
+    """Fits per second at each (width, rows) of the work that fits anything, with concepts planted at
+    the run's own rates (:func:`fit_rate_concepts`) when the short pass labeled any."""
+    fit_rates = {}
+    for width, rows in sorted({rate_key(w) for w in work if w.units * w.concepts}):
+        picked = None if rates is None else fit_rate_concepts(rates, rows, options.min_examples)
+        fit_rates[(width, rows)] = measure_fit_rate(
+            width, rows, options.probe_ks, device, clock=clock, rates=picked
+        )
+    return fit_rates
+
+
 def calibrate(plan: RunPlan, clock: Clock = time.perf_counter) -> TimeEstimate:
     """Relay analyze's pre-pass warnings, run a short collection pass of each model of ``plan``
     (:func:`calibration_tokens`, as the run collects, the untrained null included), time a probe fit
@@ -545,16 +586,12 @@ def calibrate(plan: RunPlan, clock: Clock = time.perf_counter) -> TimeEstimate:
     if rates is not None:  # the concepts each unit is probed for, at the rates the short pass labeled
         work = eligible_work(work, rates, options, held_out_runs=gate is None)
         bound = eligible_work(bound, rates, options, held_out_runs=gate is None)
-    rows = {w.width: min(CALIBRATION_MAX_ROWS, max(x.rows for x in work if x.width == w.width)) for w in work}
-    fit_rates = {
-        width: measure_fit_rate(width, n, options.probe_ks, device, clock=clock) for width, n in rows.items()
-    }
+    fit_rates = _measure_fit_rates(work, rates, options, device, clock)
     return estimate_times(
         plan,
         forward_rates,
         fit_rates,
         work,
-        rows,
         device,
         threads,
         bound_work=bound,
