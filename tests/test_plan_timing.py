@@ -70,6 +70,7 @@ def test_pass_and_probing_seconds_are_the_work_over_the_measured_rates():
     assert f"50 fits/s at 64 neurons x {big:,} tokens" in text
     assert f"{(10 * 5 + 3 * 4) * ks:,} probe fits expected, {3 * 4 * ks:,} of them held-out" in text
     assert f"at most {22 * 7 * ks:,} if every unit saw every token" in text
+    assert "not estimated: probing besides the probe fits (sampling, intervals)" in text
     # a corpus that ends before --max-tokens: each pass streams what it holds
     short = estimate_times(plan, {n: 1000.0 for n in names}, tokens=1500)
     assert short.pass_seconds == dict.fromkeys(names, 1.5)
@@ -83,6 +84,7 @@ def test_no_probing_no_probing_estimate():
     estimate = estimate_times(plan, {"toy/moe-8x2": 1000.0})
     assert estimate.pass_seconds == {"toy/moe-8x2": 3.0}
     assert estimate.probing_seconds is None and "probing" not in estimate.summary()
+    assert "not estimated: the finalize of domains" in estimate.summary()
 
 
 def test_probe_work_of_an_moe_alone_is_its_experts_in_each_protocol():

@@ -354,6 +354,7 @@ class TimeEstimate:
         fit_rates: measured probe fits per second by (unit width, tokens per unit).
         held_out_unavailable: why the held-out protocol makes no fit (too few documents), or None.
         tokens: tokens the run's stream reaches, when the corpus holds fewer than ``--max-tokens``.
+        analyses: the run's analyses (the summary names the finalize work it does not estimate).
     """
 
     pass_seconds: dict[str, float]
@@ -367,6 +368,16 @@ class TimeEstimate:
     tokens: int | None = None
     device: str = "cpu"
     threads: int = 1
+    analyses: tuple[str, ...] = ()
+
+    def _not_estimated(self) -> str:
+        """What the total leaves out: every finalize step but the probe fits."""
+        fitting = [a for a in self.analyses if a in self.fit_seconds]
+        others = [a for a in self.analyses if a not in self.fit_seconds]
+        parts = [f"{', '.join(fitting)} besides the probe fits (sampling, intervals)"] if fitting else []
+        if others:
+            parts.append(f"the finalize of {', '.join(others)}")
+        return "not estimated: " + "; ".join(parts) if parts else "finalize not estimated"
 
     @property
     def probing_seconds(self) -> float | None:
@@ -412,9 +423,8 @@ class TimeEstimate:
             )
         if self.held_out_unavailable is not None:
             lines.append(f"  held-out protocol unavailable, so it makes 0 fits: {self.held_out_unavailable}")
-        lines.append(
-            f"  total of these: {_duration(self.total_seconds)} (other finalize work is not estimated)"
-        )
+        lines.append(f"  total of these: {_duration(self.total_seconds)} ({self._not_estimated()})")
+
         return "\n".join(lines)
 
 
@@ -447,7 +457,9 @@ def estimate_times(
     rates = {m.name: forward_rates[m.name] for m in plan.models}
     short = tokens if tokens is not None and tokens < plan.options.max_tokens else None
     if not fit_rates or not probe_work:
-        return TimeEstimate(passes, rates, device=device, threads=threads, tokens=short)
+        return TimeEstimate(
+            passes, rates, device=device, threads=threads, tokens=short, analyses=plan.analyses
+        )
     ks = len(plan.options.probe_ks)
     seconds: dict[str, float] = {}
     fits: dict[str, int] = {}
@@ -475,6 +487,7 @@ def estimate_times(
         short,
         device,
         threads,
+        plan.analyses,
     )
 
 
