@@ -419,7 +419,9 @@ class TimeEstimate:
         if self.fit_seconds:
             lines.append(
                 "  expected fits: the concepts each unit's share of the tokens gives --min-examples positives and "
-                "negatives (--held-out-min-examples on the selection documents), at the short pass's concept rates"
+                "negatives (--held-out-min-examples on the selection documents), at the short pass's concept rates "
+                "and balanced routing; the paper protocol's per-document balancing and uneven routing usually "
+                "leave fewer"
             )
         if self.held_out_unavailable is not None:
             lines.append(f"  held-out protocol unavailable, so it makes 0 fits: {self.held_out_unavailable}")
