@@ -294,3 +294,12 @@ def test_a_control_with_random_draws_is_tested_with_the_draw_mean_t_test_and_say
     assert "over-reject" not in headline and "more often than its nominal level" not in headline
     row = {"verdict": "above 0", "p": 1e-6, "p_test": "draws_t", "tests_in_family": 28}
     assert _floor_text([row]) == ""
+
+
+def test_a_missing_draws_df_read_back_as_nan_is_not_a_t_test():
+    from tl_moe.pipeline.sections.sparsity import test_p_value
+
+    record = dict(
+        _record("toy/moe-8x2", 0.25, HEADLINE, 0.03, -0.01, 0.07, 0.3), n_draws=3, draws_df=float("nan")
+    )
+    assert test_p_value(record) == (0.3, "bootstrap")

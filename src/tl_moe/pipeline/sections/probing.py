@@ -1037,6 +1037,7 @@ def _comparison_frame(records: list[dict]) -> pd.DataFrame:
         "n_documents",
         "n_documents_with_positives",
         "n_draws",
+        "draws_df",
         "a_mean",
         "b_mean",
         "first",

@@ -168,7 +168,7 @@ class SparsityResult(Result):
                 swap_permutations=record.get("swap_permutations") if test == "swap" else None,
                 bootstrap_resamples=record.get("bootstrap_resamples"),
                 n_draws=record.get("n_draws"),
-                draws_df=record.get("draws_df"),
+                draws_df=float(record["draws_df"]) if _finite(record.get("draws_df")) else None,
                 comparison=comparison,
                 metric=metric,
                 interval_available=bool(record.get("interval_available")),
@@ -409,7 +409,12 @@ def test_p_value(record: dict) -> tuple[float | None, str]:
     swap, boot = record.get("swap_p"), record.get("bootstrap_p")
     if swap is not None and ((record.get("n_draws") or 1) <= 1 or boot is None):
         return swap, "swap"
-    return boot, "draws_t" if record.get("draws_df") is not None else "bootstrap"
+    return boot, "draws_t" if _finite(record.get("draws_df")) else "bootstrap"
+
+
+def _finite(value) -> bool:
+    """Whether a record's value is a number (not None, not the NaN a frame gives a missing one)."""
+    return value is not None and bool(np.isfinite(value))
 
 
 def _test_text(tests: list[dict]) -> str:
