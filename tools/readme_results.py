@@ -465,7 +465,9 @@ def drivers_markdown(results: dict[str, Any], source: str) -> str:
         "re-weighting's: every domain is shown with its Holm-adjusted interval (the level is given; "
         "family-wise 5% over the domains) and none is singled out. Where a control is the mean of random "
         "draws (re-weighting, steering), the bootstrap is two-stage: documents, then the draws within each "
-        "resample. Report-half association lifts are confirmed after Benjamini–Hochberg over the measured "
+        "resample; the held-out probing's matched-count control (random neuron draws) gets a t interval "
+        "instead, its variance the documents' bootstrap variance plus the variance between the draws over "
+        "their number (Satterthwaite's degrees of freedom). Report-half association lifts are confirmed after Benjamini–Hochberg over the measured "
         "discoveries (Benjamini–Yekutieli beside it). An interval behind fewer than 30 "
         "documents is reported unavailable, never as a number.",
         "",
