@@ -294,8 +294,9 @@ def draw_mean_t(
         between = draws.var(-1, ddof=1) / m
         total = documents + between
         df = total**2 / (documents**2 / max(n_clusters - 1, 1) + between**2 / (m - 1))
+        df = np.where(total > 0, df, max(n_clusters - 1, 1))  # no variance at all: a zero-width interval
         se = np.sqrt(total)
-        quantile = scipy.stats.t.ppf(0.5 + confidence / 2, df)
+        quantile = np.where(total > 0, scipy.stats.t.ppf(0.5 + confidence / 2, df), 0.0)
         p_value = np.where(
             se > 0, 2 * scipy.stats.t.sf(np.abs(estimate) / se, df), np.where(estimate == 0, 1.0, 0.0)
         )
