@@ -175,3 +175,15 @@ def test_a_null_pairs_its_draws_with_the_controls_by_index():
     assert record["estimate"] == pytest.approx(paired.mean())
     with pytest.raises(ValueError, match="same number of control draws"):
         compare(moe, draws, null=(moe_p, draws_p[:2]), n_resamples=50)
+
+
+def test_a_null_with_draws_behind_a_one_draw_control_still_gets_the_draws_variance():
+    rng = np.random.default_rng(10)
+    moe, (control,) = _arms(_planted(rng, 1, 1, 0.0)[0])
+    moe_p, draws_p = _arms(_planted(rng, 1, 3, 0.05)[0])
+    (record,) = [
+        r
+        for r in compare(moe, control, null=(moe_p, draws_p), n_resamples=200)
+        if r["metric"] == "balanced_accuracy"
+    ]
+    assert record["interval_method"] == "t (document bootstrap + between draws)" and record["draws_df"] > 0

@@ -524,8 +524,9 @@ def compare(
         with_positives = _documents_with_positives(sides[0])
         for metric, score in _METRICS.items():
             statistic = _difference_statistic(sides, score)
+            n_draws = max(len(side.draws) for side in sides)  # a null's draws count too
             interval, df = _interval(
-                statistic, len(draws), len(a.test_docs), n_resamples, seed, min_clusters, f"{label} at k={k}"
+                statistic, n_draws, len(a.test_docs), n_resamples, seed, min_clusters, f"{label} at k={k}"
             )
             _, mean_a, mean_b, n_defined, _ = statistic(np.ones((1, len(a.test_docs))))
             swap_p = (
