@@ -148,7 +148,7 @@ def explain_auc_null(seeds: int, replicates: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------
-# held-out probing: a control with random draws (compare's two-stage bootstrap vs the swap test)
+# held-out probing: a control with random draws (compare's draw-mean t test vs the swap test)
 # --------------------------------------------------------------------------------------------------
 HELD_OUT_DOCUMENTS, HELD_OUT_CONCEPTS = 40, ("noun", "verb", "digit")
 
@@ -177,7 +177,7 @@ def held_out_arm(name: str, counts: np.ndarray) -> HeldOutArm:
 def random_draw_null(seed: int, n_draws: int, replicates: int) -> tuple[float, float]:
     """One planted null "the expert scores as random dense neurons do": each control draw's probes hit
     at the expert's rates plus a draw-to-draw offset (sd 0.05 per concept), so the true difference from
-    the draws' population is 0. Returns ``compare``'s (swap p, two-stage bootstrap p) in balanced
+    the draws' population is 0. Returns ``compare``'s (swap p, draw-mean t test p) in balanced
     accuracy."""
     rng = np.random.default_rng(seed)
     hits = np.array([0.8, 0.6, 0.7])
@@ -193,13 +193,13 @@ def random_draw_null(seed: int, n_draws: int, replicates: int) -> tuple[float, f
 
 def held_out_control_draws(seeds: int, replicates: int) -> dict[str, Any]:
     """Rejections at 5% of the planted random-draw null by ``compare``'s swap test (draws held fixed)
-    and its two-stage bootstrap p-value (documents and draws resampled), with the default
+    and its draw-mean t test p-value (document and draw variance, Satterthwaite df), with the default
     ``ROUTED_COUNT_DRAWS`` draws and with 20."""
     rates = {}
     for n_draws in sorted({ROUTED_COUNT_DRAWS, 20}):
         p = np.array([random_draw_null(seed, n_draws, replicates) for seed in range(seeds)]) <= ALPHA
         rates[f"swap test, {n_draws} draws"] = rate(p[:, 0].sum(), seeds, ALPHA)
-        rates[f"two-stage bootstrap, {n_draws} draws"] = rate(p[:, 1].sum(), seeds, ALPHA)
+        rates[f"draw-mean t test, {n_draws} draws"] = rate(p[:, 1].sum(), seeds, ALPHA)
     return {
         "rates": rates,
         "settings": {
@@ -482,7 +482,7 @@ STUDIES = (
     ),
     Study(
         "held_out_control_draws",
-        "held-out comparison with random control draws: swap test vs two-stage bootstrap on a planted null",
+        "held-out comparison with random control draws: swap test vs draw-mean t test on a planted null",
         "tests/test_held_out_gate_and_tests.py",
         1000,
         199,

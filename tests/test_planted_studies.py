@@ -113,20 +113,20 @@ def test_the_held_out_wording_follows_the_measured_rates_against_five_percent():
     def results(boot3: int) -> dict:
         rates = {
             "swap test, 3 draws": _rate(246, 1000, 0.05),
-            "two-stage bootstrap, 3 draws": _rate(boot3, 1000, 0.05),
+            "draw-mean t test, 3 draws": _rate(boot3, 1000, 0.05),
             "swap test, 20 draws": _rate(92, 1000, 0.05),
-            "two-stage bootstrap, 20 draws": _rate(53, 1000, 0.05),
+            "draw-mean t test, 20 draws": _rate(53, 1000, 0.05),
         }
         study = {"seeds": 1000, "replicates": 199, "test": "tests/x.py", "rates": rates,
                  "settings": {"default draws": 3}}  # fmt: skip
         return {"studies": {"held_out_control_draws": study}}
 
     text = planted_held_out_draws_markdown(results(92), "p.json")
-    assert "two-stage bootstrap 92 of 1000 seeds (0.092, binomial se 0.009), above the nominal 0.05" in text
+    assert "draw-mean t test 92 of 1000 seeds (0.092, binomial se 0.009), above the nominal 0.05" in text
     assert (
         "bootstrap 53 of 1000 seeds (0.053, binomial se 0.007), within two binomial standard errors" in text
     )
-    assert "swap test rejects more often than the two-stage bootstrap" in text
+    assert "swap test rejects more often than the draw-mean t test" in text
     assert "understating their own variance" in text
     text = planted_held_out_draws_markdown(results(50), "p.json")
     assert "50 of 1000 seeds (0.050, binomial se 0.007), within two binomial standard errors" in text

@@ -466,7 +466,9 @@ def drivers_markdown(results: dict[str, Any], source: str) -> str:
         "re-weighting's: every domain is shown with its Holm-adjusted interval (the level is given; "
         "family-wise 5% over the domains) and none is singled out. Where a control is the mean of random "
         "draws (re-weighting, steering), the bootstrap is two-stage: documents, then the draws within each "
-        "resample. Report-half association lifts are confirmed after Benjamini–Hochberg over the measured "
+        "resample; the held-out probing's matched-count control (random neuron draws) gets a t interval "
+        "instead, its variance the documents' bootstrap variance plus the variance between the draws over "
+        "their number (Satterthwaite's degrees of freedom). Report-half association lifts are confirmed after Benjamini–Hochberg over the measured "
         "discoveries (Benjamini–Yekutieli beside it). An interval behind fewer than 30 "
         "documents is reported unavailable, never as a number.",
         "",
@@ -677,12 +679,12 @@ def planted_labels_markdown(results: dict[str, Any], source: str) -> str:
 
 def planted_held_out_draws_markdown(results: dict[str, Any], source: str) -> str:
     """The random-draw null of the held-out comparison: rejections at 5% of the fixed-draw swap test and
-    of the two-stage bootstrap, with the default number of draws and with 20, each judged against 5%."""
+    of the draw-mean t test, with the default number of draws and with 20, each judged against 5%."""
     study = results["studies"]["held_out_control_draws"]
     rates, default = study["rates"], study["settings"]["default draws"]
     draws = sorted({default, 20})
     swap = {n: rates[f"swap test, {n} draws"] for n in draws}
-    boot = {n: rates[f"two-stage bootstrap, {n} draws"] for n in draws}
+    boot = {n: rates[f"draw-mean t test, {n} draws"] for n in draws}
     text = (
         f"{_planted_source(study, source)}: on a planted null whose control draws scatter around the "
         "expert's true rates (sd 0.05 per concept, true difference 0 from the draws' population; "
@@ -690,20 +692,20 @@ def planted_held_out_draws_markdown(results: dict[str, Any], source: str) -> str
         + "; and ".join(
             f"with {n} draws{' (the default `ROUTED_COUNT_DRAWS`)' if n == default else ''}, for the "
             f"fixed-draw swap test {planted_rate(swap[n])}, {against_nominal(swap[n])}, and for the "
-            f"two-stage bootstrap {planted_rate(boot[n])}, {against_nominal(boot[n])}"
+            f"draw-mean t test {planted_rate(boot[n])}, {against_nominal(boot[n])}"
             for n in draws
         )
         + "."
     )
     if rejects_more(swap[default], boot[default]):
         text += (
-            f" With {default} draws the swap test rejects more often than the two-stage bootstrap by more "
+            f" With {default} draws the swap test rejects more often than the draw-mean t test by more "
             "than two standard errors of the difference: holding the draws fixed leaves their variance out."
         )
     if boot[default]["rate"] - boot[default]["nominal"] > 2 * boot[default]["nominal_se"]:
         text += (
-            f" The two-stage bootstrap's excess over 5% with {default} draws is what a resample of so few "
-            "draws understating their own variance gives."
+            f" The draw-mean t test's excess over 5% with {default} draws is what a Satterthwaite "
+            "approximation with so few draws' degrees of freedom leaves: slightly liberal."
         )
     return text
 

@@ -897,8 +897,8 @@ class Probing(Analysis):
         "test documents only score. A concept enters a comparison only if its positives and its negatives "
         "each sit in at least --min-documents test documents in every arm (decided before resampling; the "
         "dropped ones are listed with the reason). The k = 1 differences are reported per concept group, "
-        "text first, in balanced accuracy with F1 beside it; the matched-count control's draws are "
-        "resampled inside each document resample (two-stage bootstrap). "
+        "text first, in balanced accuracy with F1 beside it; the matched-count control's interval adds the "
+        "variance between its random draws to the documents' (t on Satterthwaite's degrees of freedom). "
         "**Paper protocol (for comparison with published numbers), as the paper's "
         "reference code samples and scores:** per concept, each document's positives and as many of its "
         "negatives, drawn before routing; every such token a unit saw, 75/25 stratified; F1 on the test "
@@ -1052,6 +1052,7 @@ def _comparison_frame(records: list[dict]) -> pd.DataFrame:
         "n_documents",
         "n_documents_with_positives",
         "n_draws",
+        "draws_df",
         "a_mean",
         "b_mean",
         "first",
