@@ -24,6 +24,8 @@ token is chosen *because* it is the most common. So:
 
 The mean raw lens is linear in the expert's outputs, so an expert's top-1 under document weights ``w``
 is ``argmax_v Σ_d w_d · lens(out_sum[d, e])[v]`` (dividing by its routed count does not move it).
+Every resample's top-1 is ranked by a float32 product verified exact (:class:`Top1`: near ties are
+recomputed in float64), and the untrained model's top-1 once for both of its tokens.
 """
 
 from __future__ import annotations
@@ -39,10 +41,13 @@ from tl_moe.analysis.logit_lens_accumulator import ExpertLogitLensResult
 from tl_moe.analysis.stats import Interval, cluster_bootstrap, document_split
 from tl_moe.errors import InputError
 
-__all__ = ["TopTokenShare", "top1_share_statistic", "top_token_share"]
+__all__ = ["Top1", "TopTokenShare", "top1_share_statistic", "top1_shares_statistic", "top_token_share"]
 
 # Largest (resample x expert x vocabulary) block of logits built at once.
 _LOGITS_PER_CHUNK = 1 << 24
+
+# Unit vectors pushed through the lens at once to read its matrix (bounds its float64 copy).
+_UNIT_VECTORS_PER_BLOCK = 256
 
 #: Maps ``[..., d_model]`` expert outputs to their ``[..., vocab]`` raw-lens logits (linear).
 LensLogits = Callable[[Float[torch.Tensor, "... d_model"]], Float[torch.Tensor, "... vocab"]]
@@ -162,9 +167,14 @@ class Top1:
 
     def __init__(self, logits: LensLogits, d_model: int) -> None:
         self.logits = logits
-        matrix = logits(torch.eye(d_model, dtype=torch.float64)).to(torch.float64)  # [d_model, vocab]
-        self.matrix = matrix.to(torch.float32)
-        self.tolerance = 2.0 * (d_model + 3) * 2.0**-24 * float(matrix.norm(dim=0).max())
+        # The matrix a block of unit vectors at a time: float64 only one block at once.
+        blocks, squares = [], 0.0
+        for unit in torch.eye(d_model, dtype=torch.float64).split(_UNIT_VECTORS_PER_BLOCK):
+            block = logits(unit).to(torch.float64)  # [block, vocab]
+            squares = squares + block.pow(2).sum(0)
+            blocks.append(block.to(torch.float32))
+        self.matrix = torch.cat(blocks)  # [d_model, vocab]
+        self.tolerance = 2.0 * (d_model + 3) * 2.0**-24 * float(squares.sqrt().max())
 
     def __call__(self, x: Float[torch.Tensor, "*lead d_model"]) -> torch.Tensor:
         """``[*lead]`` index of the largest float64 lens logit of every row of ``x``."""
