@@ -19,7 +19,7 @@ from tl_moe.analysis import logit_lens_null
 from tl_moe.analysis.logit_lens_accumulator import ExpertLogitLensResult
 from tl_moe.analysis.logit_lens_null import Top1, top1_share_statistic, top1_shares_statistic
 from tl_moe.analysis.readout import LogitReadout
-from tl_moe.analysis.specialization_permutation import _DocumentSort
+from tl_moe.analysis.specialization_permutation import _DocumentSort, _WholeCountProduct
 
 
 def readout(vocab: int, d_model: int, centered: bool, seed: int = 0) -> LogitReadout:
@@ -128,3 +128,15 @@ def test_the_within_document_sort_equals_a_full_sort_of_the_keys():
     keys = in_order[None].double() + torch.rand(4, 500, generator=generator, dtype=torch.float64)
     sort = _DocumentSort(torch.arange(500), torch.bincount(in_order), values)
     assert sort.identity and torch.equal(sort.sorted_values(keys), values[keys.argsort(dim=1)])
+
+
+def test_whole_count_products_run_in_float32_only_where_it_is_exact():
+    generator = torch.Generator().manual_seed(6)
+    counts = torch.randint(0, 3000, (40, 500), generator=generator).float()
+    product = _WholeCountProduct(counts)
+    weights = torch.from_numpy(np.random.default_rng(1).multinomial(40, np.ones(40) / 40, size=30)).double()
+    assert product.exact_in_float32(weights)
+    assert torch.equal(product(weights, True), weights @ counts.double())  # the same values
+    assert not product.exact_in_float32(weights + 0.5)  # fractional weights: float64
+    big = _WholeCountProduct(counts * 1000)  # 40 x 3,000,000 > 2^24: float64
+    assert not big.exact_in_float32(weights)

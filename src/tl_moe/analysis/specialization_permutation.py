@@ -351,6 +351,29 @@ def _layer_weighted_jsd(
     return (jsd * weights).sum(-1) / total.where(total > 0, float("nan"))
 
 
+class _WholeCountProduct:
+    """``w @ counts`` in float64 for whole-number document weights ``w`` and counts.
+
+    Every partial sum of such a product is a whole number no larger than ``max row sum of w × largest
+    count``; below 2^24 float32 holds each exactly, so the float32 product (half the work) is the
+    float64 one, value for value. Otherwise (or for fractional weights) the product runs in float64.
+    """
+
+    def __init__(self, counts: Float[torch.Tensor, "document cell"]) -> None:
+        self.counts = counts.double()
+        self.counts32 = counts.float()
+        self.largest = float(counts.max()) if counts.numel() else 0.0
+
+    def exact_in_float32(self, weights: Float[torch.Tensor, "batch document"]) -> bool:
+        whole = bool(torch.equal(weights, weights.round())) and bool((weights >= 0).all())
+        return whole and float(weights.sum(1).max()) * self.largest < 2.0**24
+
+    def __call__(self, weights: Float[torch.Tensor, "batch document"], float32: bool) -> torch.Tensor:
+        if float32:
+            return (weights.float() @ self.counts32).double()
+        return weights @ self.counts
+
+
 def excess_statistic(
     baseline: DocumentPermutationBaseline, min_n: float = 0
 ) -> Callable[[np.ndarray], np.ndarray]:
@@ -369,18 +392,18 @@ def excess_statistic(
     null = baseline.doc_null_counts.double()
     n_kept, n_docs = null.shape[:2]
     cell_shape = observed.shape[1:]
-    observed_flat = observed.reshape(n_docs, -1)
-    # Documents first, so one matrix product gives every kept permutation's counts (whole counts: the
-    # sums are exact in any order).
-    null_by_document = null.reshape(n_kept, n_docs, -1).transpose(0, 1).reshape(n_docs, -1).contiguous()
-    chunk = max(1, _BOOTSTRAP_CHUNK_ELEMENTS // (n_kept * observed_flat.shape[1]))
+    observed_flat = _WholeCountProduct(observed.reshape(n_docs, -1))
+    # Documents first, so one matrix product gives every kept permutation's counts.
+    null_flat = _WholeCountProduct(null.reshape(n_kept, n_docs, -1).transpose(0, 1).reshape(n_docs, -1))
+    chunk = max(1, _BOOTSTRAP_CHUNK_ELEMENTS // (n_kept * observed_flat.counts.shape[1]))
 
     def statistic(weights: np.ndarray) -> np.ndarray:
         w = torch.as_tensor(np.asarray(weights), dtype=torch.float64).reshape(-1, n_docs)
+        float32 = observed_flat.exact_in_float32(w) and null_flat.exact_in_float32(w)
         out = []
         for part in w.split(chunk):
-            counts = (part @ observed_flat).reshape(len(part), *cell_shape)
-            null_counts = (part @ null_by_document).reshape(len(part), n_kept, *cell_shape)
+            counts = observed_flat(part, float32).reshape(len(part), *cell_shape)
+            null_counts = null_flat(part, float32).reshape(len(part), n_kept, *cell_shape)
             out.append(_layer_weighted_jsd(counts, kept) - _layer_weighted_jsd(null_counts, kept).mean(1))
         return torch.cat(out).numpy()
 
