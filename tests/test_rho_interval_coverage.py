@@ -31,7 +31,7 @@ import torch
 
 from tl_moe.analysis.drivers import document_half, saliency_effect_spearman
 from tl_moe.analysis.effect_estimate import paired_rho_difference
-from tl_moe.analysis.stats import RHO_METHOD
+from tl_moe.analysis.stats import RHO_METHOD, RHO_MIN_EXPERT_DOCUMENTS
 
 N_EXPERTS, N_DOCS, SEEDS, RESAMPLES = 60, 90, 200, 300
 
@@ -65,9 +65,15 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(scipy.stats.spearmanr(x, y).statistic)
 
 
+def documents_routing(routed: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """How many of the documents ``columns`` route each expert (a hand count for the gate)."""
+    return np.count_nonzero(routed[:, columns], axis=1)
+
+
 @functools.cache
-def study(method: str, **case) -> dict[str, tuple[float, float]]:
-    """Coverage and median position of the estimate in its interval, per statistic, over the seeds."""
+def study(method: str, gate: int = RHO_MIN_EXPERT_DOCUMENTS, **case) -> dict[str, tuple[float, float]]:
+    """Coverage and median position of the estimate in its interval, per statistic, over the seeds; the
+    truth on the experts routed on at least ``gate`` documents behind each score (0: every routed one)."""
     hits: dict[str, list[tuple[bool, float]]] = {"split": [], "estimate": [], "REAP": [], "difference": []}
     for seed in range(SEEDS):
         effect_sums, estimate_sums, saliency_sums, routed, tokens, (effect, estimate, saliency) = planted(
@@ -75,11 +81,20 @@ def study(method: str, **case) -> dict[str, tuple[float, float]]:
         )
         half = document_half(torch.arange(N_DOCS)).numpy()
         selection = routed[:, half == 0].sum(1) > 0
+        selection &= documents_routing(routed, half == 0) >= gate
+        selection &= documents_routing(routed, half == 1) >= gate
         split = saliency_effect_spearman(
-            effect_sums, tokens, saliency_sums, routed, n_resamples=RESAMPLES, seed=seed, method=method
+            effect_sums,
+            tokens,
+            saliency_sums,
+            routed,
+            n_resamples=RESAMPLES,
+            seed=seed,
+            method=method,
+            min_expert_documents=gate,
         )
         truths = {"split": _spearman(saliency[selection], effect[selection])}
-        shown = routed.sum(1) > 0
+        shown = (routed.sum(1) > 0) & (documents_routing(routed, np.arange(N_DOCS)) >= gate)
         truths["estimate"] = _spearman(estimate[shown], effect[shown])
         truths["REAP"] = _spearman(saliency[shown], effect[shown])
         truths["difference"] = truths["estimate"] - truths["REAP"]
@@ -93,6 +108,7 @@ def study(method: str, **case) -> dict[str, tuple[float, float]]:
             n_resamples=RESAMPLES,
             seed=seed,
             method=method,
+            min_expert_documents=gate,
         )
         rows = [(split.estimate, split.low, split.high)] + [
             (r["spearman with exact zeroing effect"], r["ci low"], r["ci high"]) for _, r in paired.iterrows()
