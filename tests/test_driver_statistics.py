@@ -270,7 +270,10 @@ def test_the_paired_rho_leaves_out_experts_routed_on_too_few_documents_and_names
     routed[[2, 5], 4:] = 0  # routed on 4 documents only
     reap[[2, 5], 4:] = 0
     table = paired_rho_difference(exact, c, estimate, ec, reap, routed, n_resamples=50)
-    assert table.attrs["left out"] == [2, 5] and (table["experts left out (routed on too few documents)"] == 2).all()
+    assert (
+        table.attrs["left out"] == [2, 5]
+        and (table["experts left out (routed on too few documents)"] == 2).all()
+    )
     keep = np.ones(len(exact), dtype=bool)
     keep[[2, 5]] = False
     rho = scipy.stats.spearmanr(
@@ -278,7 +281,9 @@ def test_the_paired_rho_leaves_out_experts_routed_on_too_few_documents_and_names
     ).statistic  # scipy's on the gated experts
     row = table.set_index("score").loc["REAP saliency"]
     assert row["spearman with exact zeroing effect"] == pytest.approx(rho) and row["experts"] == keep.sum()
-    everyone = paired_rho_difference(exact, c, estimate, ec, reap, routed, n_resamples=50, min_expert_documents=1)
+    everyone = paired_rho_difference(
+        exact, c, estimate, ec, reap, routed, n_resamples=50, min_expert_documents=1
+    )
     assert everyone.attrs["left out"] == [] and everyone["experts"].iloc[0] == len(exact)
 
 
@@ -339,8 +344,12 @@ def test_the_split_rho_leaves_out_experts_routed_on_too_few_documents_of_a_half(
     selection = half == 0
     reap = saliency[:, selection].sum(1) / routed[:, selection].sum(1)
     rho = scipy.stats.spearmanr(reap[gate], effect[gate].sum(1) / counts.sum()).statistic
-    assert saliency_effect_spearman(effect, counts, saliency, routed, n_resamples=50).estimate == pytest.approx(rho)
-    everyone = saliency_effect_spearman(effect, counts, saliency, routed, n_resamples=50, min_expert_documents=0)
+    assert saliency_effect_spearman(
+        effect, counts, saliency, routed, n_resamples=50
+    ).estimate == pytest.approx(rho)
+    everyone = saliency_effect_spearman(
+        effect, counts, saliency, routed, n_resamples=50, min_expert_documents=0
+    )
     full = scipy.stats.spearmanr(reap, effect.sum(1) / counts.sum()).statistic
     assert everyone.estimate == pytest.approx(full) and full != pytest.approx(rho)
 
@@ -566,15 +575,21 @@ def test_pooled_minus_within_layers_has_its_own_paired_interval():
     column = "spearman with exact zeroing effect"
     gap = first.loc[POOLED_MINUS_WITHIN]
     assert gap[column] == pytest.approx(first.loc["all", column] - first.loc[WITHIN_LAYERS, column])
-    assert gap["ci low"] > 0  # planted: the estimate orders layers only, so the pooled ρ exceeds the within mean
+    assert (
+        gap["ci low"] > 0
+    )  # planted: the estimate orders layers only, so the pooled ρ exceeds the within mean
     covered = 0
     for seed in range(15):  # planted none: no layer levels and an estimate unrelated to the effect
         exact, counts, estimate, ec, reap, routed, layer = _layered_case(seed, within=False)
         flat = np.repeat(np.arange(4), 16)  # strip the layer levels from effect and estimate
         exact = exact - (2.0 * flat)[:, None] * counts
         estimate = estimate - (2.0 * flat)[:, None] * ec
-        table = paired_rho_difference(exact, counts, estimate, ec, reap, routed, layers=layer, n_resamples=200)
-        row = table[(table["score"] == "first-order estimate") & (table["layer"] == POOLED_MINUS_WITHIN)].iloc[0]
+        table = paired_rho_difference(
+            exact, counts, estimate, ec, reap, routed, layers=layer, n_resamples=200
+        )
+        row = table[
+            (table["score"] == "first-order estimate") & (table["layer"] == POOLED_MINUS_WITHIN)
+        ].iloc[0]
         covered += bool(row["ci low"] <= 0 <= row["ci high"])
     assert covered >= 13  # 95% nominal over 15 seeds
 
@@ -640,14 +655,18 @@ def _verdict_rows(values: dict[str, tuple[float, float]]) -> pd.DataFrame:
 
 
 def test_the_layer_verdict_words_the_pooled_rho_from_its_own_paired_difference():
-    from tl_moe.pipeline.sections.drivers import WITHIN
     from tl_moe.analysis.effect_estimate import POOLED_MINUS_WITHIN
+    from tl_moe.pipeline.sections.drivers import WITHIN
 
     rows = {"all": (0.05, 0.5), "0": (0.1, 0.8), "1": (-0.5, 0.4), WITHIN: (-0.01, 0.4)}
     verdict = _verdict_rows({**rows, POOLED_MINUS_WITHIN: (-0.1, 0.3)})._layer_verdict(["0", "1"])
     assert "1 of 2 layers have an interval above 0" in verdict and "mean within-layer ρ covers 0" in verdict
-    assert "cannot tell the pooled ρ from the within-layer mean" in verdict  # absence of evidence, no mechanism
-    assert "driven by" not in verdict and "comes from differences between layers" not in verdict.split("nor")[0]
+    assert (
+        "cannot tell the pooled ρ from the within-layer mean" in verdict
+    )  # absence of evidence, no mechanism
+    assert (
+        "driven by" not in verdict and "comes from differences between layers" not in verdict.split("nor")[0]
+    )
     verdict = _verdict_rows({**rows, POOLED_MINUS_WITHIN: (0.05, 0.3)})._layer_verdict(["0", "1"])
     assert "part of it comes from differences between layers" in verdict and "[+0.05, +0.30]" in verdict
     verdict = _verdict_rows({**rows, WITHIN: (0.05, 0.4), POOLED_MINUS_WITHIN: (-0.4, -0.1)})._layer_verdict(
@@ -657,8 +676,8 @@ def test_the_layer_verdict_words_the_pooled_rho_from_its_own_paired_difference()
 
 
 def test_a_layer_counts_above_zero_exactly_when_its_interval_does_whatever_its_bias():
-    from tl_moe.pipeline.sections.drivers import WITHIN
     from tl_moe.analysis.effect_estimate import POOLED_MINUS_WITHIN
+    from tl_moe.pipeline.sections.drivers import WITHIN
 
     rows = {"all": (0.2, 0.6), "0": (0.1, 0.8), "1": (0.0035, 0.92), WITHIN: (-0.01, 0.4)}
     verdict = _verdict_rows({**rows, POOLED_MINUS_WITHIN: (-0.2, 0.3)})._layer_verdict(["0", "1"])

@@ -242,11 +242,11 @@ class DriversResult(Result):
             metrics["Spearman(domain score, removal effect) | domain score"] = str(
                 total["spearman domain score"]
             )
-            metrics[_left_out_key("Spearman(domain score, removal effect)")] = (
-                self.domain_overlap.experts.loc[~self.domain_overlap.experts["in ρ"], ["layer", "expert"]]
-                .apply(lambda row: f"L{int(row['layer'])}E{int(row['expert'])}", axis=1)
-                .tolist()
-            )
+            out = self.domain_overlap.experts[~self.domain_overlap.experts["in ρ"]]
+            metrics[_left_out_key("Spearman(domain score, removal effect)")] = [
+                f"L{int(layer)}E{int(expert)}"
+                for layer, expert in zip(out["layer"], out["expert"], strict=True)
+            ]
             if total["spearman interval unavailable"]:
                 metrics["Spearman(domain score, removal effect) | all layers | no interval"] = total[
                     "spearman interval unavailable"
@@ -574,7 +574,8 @@ class DriversResult(Result):
                         self.paired,
                         "Spearman ρ of the first-order estimate and of REAP saliency with the exact zeroing effect "
                         "on the same experts and documents, and their paired difference, pooled over layers "
-                        "(layer 'all'), within each layer, and the mean of the per-layer ρ (95% document bootstrap, "
+                        "(layer 'all'), within each layer, the mean of the per-layer ρ and the pooled minus that "
+                        "mean (95% document bootstrap, "
                         "the interval method in its column: each resample recomputes the exact effects, the "
                         "estimates, REAP saliency and every ρ).",
                     )
@@ -588,9 +589,10 @@ class DriversResult(Result):
                         "drivers_vs_domain_experts",
                         self.domain_overlap.table,
                         "Driver experts vs domain experts per layer: overlap against the overlap of independent "
-                        "sets (hypergeometric p of an overlap at least as large), and Spearman ρ of domain score "
-                        "vs removal effect with a 95% bootstrap over report documents (removal effects "
-                        "recomputed per resample, domain score held fixed).",
+                        "sets (hypergeometric p of an overlap at least as large), and Spearman ρ of the domain "
+                        "score (selection half) vs the removal effect (report half) over the experts routed on "
+                        "enough documents of each half, with a 95% bootstrap over the documents of both halves "
+                        "(both recomputed per resample).",
                     )
                 ]
             )
