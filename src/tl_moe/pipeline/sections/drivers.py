@@ -440,7 +440,7 @@ class DriversResult(Result):
         shown = format_interval(total["spearman"], low, high, "+.2f", why, no_interval)
         left_out = int(total["spearman experts left out (routed on too few documents)"])
         rho = f"domain score (selection half) vs removal effect (report half): Spearman ρ = {shown}" + (
-            f" (95% {RHO_METHOD_NAME} bootstrap over {int(total['spearman documents'])} documents of both halves, "
+            f" (95% {RHO_METHOD} bootstrap over {int(total['spearman documents'])} documents of both halves, "
             "each expert's domain score and removal effect recomputed per resample; over the "
             f"{int(total['spearman experts'])} scored experts routed on at least {RHO_MIN_EXPERT_DOCUMENTS} "
             f"documents of each half, {left_out} left out)"
@@ -754,9 +754,6 @@ class _Signed:
 
 WITHIN = WITHIN_LAYERS
 """The paired table's group of the mean of the per-layer ρ."""
-
-RHO_METHOD_NAME = RHO_METHOD
-"""The one interval method of every drivers ρ (pre-chosen by the planted coverage study)."""
 
 
 def _position(estimate: float, low: float, high: float) -> float:
