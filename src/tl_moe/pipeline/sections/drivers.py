@@ -701,12 +701,13 @@ class Drivers(Analysis):
 
 def _domain_routing(run: RunContext, saliency: Any, effects: Any) -> DomainRouting | None:
     """Routed slots per selection-half document with each document's domain (None without per-document
-    saliency sums, an older checkpoint)."""
+    saliency sums, an older checkpoint, or with fewer than two domains on the selection half)."""
     from tl_moe.collect.batching import document_domain_codes
 
     if saliency.doc_routed is None:
         return None
-    return DomainRouting.from_saliency(saliency, effects, np.asarray(document_domain_codes(run.dataset)))
+    routing = DomainRouting.from_saliency(saliency, effects, np.asarray(document_domain_codes(run.dataset)))
+    return routing if routing.n_domains >= 2 else None
 
 
 def _saliency_gate(comparison: pd.DataFrame) -> tuple[int, list[str]] | None:
