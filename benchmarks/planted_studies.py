@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 
-from tl_moe.analysis.driver_domain import ReportDocuments, compare_drivers_with_domain_experts
+from tl_moe.analysis.driver_domain import DomainRouting, ReportDocuments, compare_drivers_with_domain_experts
 from tl_moe.analysis.edit_windows import ratio_intervals
 from tl_moe.analysis.effect_estimate import paired_rho_difference
 from tl_moe.analysis.held_out_probing import (
@@ -283,15 +283,23 @@ def reweighting_holm(seeds: int, replicates: int) -> dict[str, Any]:
 EFFECT = "remove: effect (report)"
 
 
-def driver_domain_case(seed: int, n_docs: int = 40, n_layers: int = 2, n_experts: int = 16):
-    """Drivers and domains frames and report documents where every expert's expected removal effect is
-    the same (0) whatever its domain score: rho's truth is 0."""
+def driver_domain_case(
+    seed: int, n_docs: int = 90, n_layers: int = 2, n_experts: int = 16, n_domains: int = 3
+) -> tuple[pd.DataFrame, pd.DataFrame, ReportDocuments, DomainRouting]:
+    """Drivers and domains frames, report documents and selection-half routing where each expert routes
+    each domain's documents at its own rate (a Dirichlet profile) and its removal effect is unrelated to
+    its domain score (expected effect 0 for every expert): rho's truth is 0. Documents alternate between
+    the selection half (even) and the report half (odd)."""
+    rng = np.random.default_rng(seed)
     layers = np.repeat(np.arange(1, n_layers + 1), n_experts)
     experts = np.tile(np.arange(n_experts), n_layers)
-    score = np.random.default_rng(seed).uniform(size=layers.size)
-    rng = np.random.default_rng(seed)
-    counts = rng.integers(20, 60, n_docs).astype(float)
-    sums = rng.normal(0, 1.0, (n_layers, n_experts, n_docs)) * np.sqrt(counts)
+    domain = np.arange(n_docs) % n_domains
+    tokens = rng.integers(20, 60, n_docs).astype(float)
+    profile = rng.dirichlet(np.full(n_domains, 0.7), (n_layers, n_experts))  # [layer, expert, domain]
+    routed = rng.poisson(0.3 * tokens * n_domains * profile[..., domain]).astype(float)
+    selection, report = np.arange(0, n_docs, 2), np.arange(1, n_docs, 2)
+    counts = tokens[report]
+    sums = rng.normal(0, 1.0, (n_layers, n_experts, len(report))) * np.sqrt(counts)
     drivers = pd.DataFrame(
         {
             "layer": layers,
@@ -304,23 +312,28 @@ def driver_domain_case(seed: int, n_docs: int = 40, n_layers: int = 2, n_experts
         {
             "layer": layers,
             "expert": experts,
-            "score": score,
+            "score": rng.uniform(size=layers.size),
             "favoured_domain": "python",
             "domain_expert": False,
             "insufficient_tokens": False,
         }
     )
-    return drivers, domains, ReportDocuments(tuple(range(1, n_layers + 1)), sums, counts)
+    layer_ids = tuple(range(1, n_layers + 1))
+    routing = DomainRouting(
+        layer_ids, routed[..., selection], domain[selection], n_domains, (routed[..., report] > 0).sum(-1)
+    )
+    return drivers, domains, ReportDocuments(layer_ids, sums, counts), routing
 
 
 def driver_domain_null(seeds: int, replicates: int) -> dict[str, Any]:
     """Coverage of rho = 0 by ``compare_drivers_with_domain_experts``' document interval of Spearman's
-    rho (domain score vs removal effect), per layer and over all layers."""
+    rho (domain score on the selection half vs removal effect on the report half, both resampled), per
+    layer and over all layers."""
     covered: dict[str, int] = {}
     for seed in range(seeds):
-        drivers, domains, documents = driver_domain_case(seed)
+        drivers, domains, documents, routing = driver_domain_case(seed)
         table = compare_drivers_with_domain_experts(
-            drivers, domains, documents=documents, n_resamples=replicates, seed=seed
+            drivers, domains, documents=documents, routing=routing, n_resamples=replicates, seed=seed
         ).table
         for layer, low, high in zip(
             table["layer"], table["spearman ci low"], table["spearman ci high"], strict=True
@@ -329,7 +342,10 @@ def driver_domain_null(seeds: int, replicates: int) -> dict[str, Any]:
             covered[label] = covered.get(label, 0) + bool(low <= 0 <= high)
     rates = {"every interval": rate(sum(covered.values()), seeds * len(covered), CONFIDENCE)}
     rates.update({label: rate(hits, seeds, CONFIDENCE) for label, hits in covered.items()})
-    return {"rates": rates, "settings": {"documents": 40, "layers": 2, "experts per layer": 16}}
+    return {
+        "rates": rates,
+        "settings": {"documents": 90, "domains": 3, "layers": 2, "experts per layer": 16},
+    }
 
 
 # --------------------------------------------------------------------------------------------------

@@ -759,12 +759,14 @@ def planted_driver_holm_markdown(results: dict[str, Any], source: str) -> str:
 def planted_driver_domain_markdown(results: dict[str, Any], source: str) -> str:
     """Spearman's rho of domain score vs removal effect on a planted unrelated effect: coverage of 0."""
     study = results["studies"]["driver_domain_null"]
-    rates = study["rates"]
+    rates, settings = study["rates"], study["settings"]
     parts = ", ".join(f"{label} {rates[label]['rate']:.3f}" for label in rates if label != "every interval")
     every = rates["every interval"]
     return (
         f"{_planted_source(study, source)}: on a planted effect unrelated to the domain score (every "
-        "expert's expected effect the same; 40 documents, 2 layers × 16 experts) the interval covers 0 in "
+        f"expert's expected effect the same; {settings['documents']} documents of {settings['domains']} domains, "
+        f"{settings['layers']} layers × {settings['experts per layer']} experts; the domain score on the "
+        "selection half, the effect on the report half, both resampled) the interval covers 0 in "
         f"{planted_rate(every, 'intervals')} ({parts}), {against_nominal(every)}."
     )
 
