@@ -56,7 +56,7 @@ class ReportDocuments:
 
     @classmethod
     def from_effects(cls, effects, kind: str) -> ReportDocuments:
-        """The report-half documents of :class:`~tl_moe.analysis.drivers.DocumentEffectsResult` for one
+        """The report-half documents of :class:`~tl_moe.collect.ExpertEffectsResult` for one
         edit ``kind`` — the documents behind the drivers frame's ``{kind}: effect (report)``."""
         from tl_moe.analysis.drivers import report_documents
 
