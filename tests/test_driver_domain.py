@@ -147,12 +147,13 @@ def test_without_per_document_effects_there_is_no_interval_and_it_says_so():
 def test_report_documents_are_the_drivers_report_half():
     import torch
 
-    from tl_moe.analysis.drivers import DocumentEffectsResult, ExpertSaliencyResult, driver_report
+    from tl_moe.analysis.drivers import ExpertSaliencyResult, driver_report
+    from tl_moe.collect.expert_effects import ExpertEffectsResult
 
     rng = np.random.default_rng(0)
     counts = rng.integers(5, 30, 90)
     sums = rng.normal(0, 1, (2, 2, 4, 90)) * counts
-    effects = DocumentEffectsResult(
+    effects = ExpertEffectsResult(
         ("remove", "zero"), (1, 3), torch.from_numpy(sums), torch.from_numpy(counts)
     )
     routed = torch.from_numpy(rng.integers(100, 200, (2, 2, 4)))

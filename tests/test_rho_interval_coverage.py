@@ -27,10 +27,10 @@ import functools
 import numpy as np
 import pytest
 import scipy.stats
-import torch
 
-from tl_moe.analysis.drivers import document_half, saliency_effect_spearman
+from tl_moe.analysis.drivers import HALVES_KEY, saliency_effect_spearman
 from tl_moe.analysis.effect_estimate import paired_rho_difference
+from tl_moe.analysis.splits import document_split
 from tl_moe.analysis.stats import RHO_METHOD
 
 N_EXPERTS, N_DOCS, SEEDS, RESAMPLES = 60, 90, 200, 300
@@ -73,7 +73,7 @@ def study(method: str, **case) -> dict[str, tuple[float, float]]:
         effect_sums, estimate_sums, saliency_sums, routed, tokens, (effect, estimate, saliency) = planted(
             seed, **case
         )
-        half = document_half(torch.arange(N_DOCS)).numpy()
+        half = document_split(np.arange(N_DOCS), key=HALVES_KEY)
         selection = routed[:, half == 0].sum(1) > 0
         split = saliency_effect_spearman(
             effect_sums, tokens, saliency_sums, routed, n_resamples=RESAMPLES, seed=seed, method=method
