@@ -130,7 +130,9 @@ def test_per_document_and_per_domain_effects_equal_brute_force(exact):
     assert result.domain_names == DOMAINS and result.resumed
     n_tokens = torch.zeros(2, dtype=torch.long).index_add(0, domain_of, counts)
     assert torch.equal(result.n_tokens, n_tokens)
-    torch.testing.assert_close(result.clean_loss, torch.zeros(2, dtype=torch.float64).index_add(0, domain_of, clean))
+    torch.testing.assert_close(
+        result.clean_loss, torch.zeros(2, dtype=torch.float64).index_add(0, domain_of, clean)
+    )
     for k, kind in enumerate(result.kinds):
         for li, layer in enumerate(result.layers):
             for expert in range(model.moe_cfg.num_experts):
@@ -153,7 +155,9 @@ def test_an_expert_that_is_never_routed_has_no_zeroing_effect(exact):
     _, result, _ = exact
     zero = result.kinds.index("zero")
     last = len(result.layers) - 1  # after the last sparse block only routed positions can change
-    torch.testing.assert_close(result.loss_change[zero, last], result.loss_change_routed[zero, last], atol=1e-9, rtol=0)
+    torch.testing.assert_close(
+        result.loss_change[zero, last], result.loss_change_routed[zero, last], atol=1e-9, rtol=0
+    )
     never = result.n_routed[last].sum(-1) == 0
     assert torch.equal(result.sums[zero, last][never], torch.zeros_like(result.sums[zero, last][never]))
 
@@ -165,7 +169,14 @@ def test_the_token_budget_keeps_the_first_batches_exactly(tiny_bridge):
     capped = ExpertEffects(kinds=("zero",), max_tokens=1)
     whole = ExpertEffects(kinds=("zero",))
     batches = Batches()
-    collect(model, corpus(), {"c": capped, "w": whole, "b": batches}, batch_size=BATCH, seq_len=SEQ_LEN, progress=False)
+    collect(
+        model,
+        corpus(),
+        {"c": capped, "w": whole, "b": batches},
+        batch_size=BATCH,
+        seq_len=SEQ_LEN,
+        progress=False,
+    )
     first = batches.metas[0]
     kept = capped.finalize()
     assert capped.seen == int(first.n_tokens)
