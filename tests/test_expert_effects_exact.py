@@ -12,7 +12,8 @@ import datasets
 import pytest
 import torch
 
-from tl_moe.collect import Accumulator, ExpertEffects, collect
+from test_resumed_forwards import Batches, per_token_loss
+from tl_moe.collect import ExpertEffects, collect
 from tl_moe.interventions import remove_experts
 
 SEQ_LEN, BATCH, N_DOCS = 12, 3, 10
@@ -29,31 +30,6 @@ def corpus() -> datasets.Dataset:
     return datasets.Dataset.from_dict({"text": texts, "domain": [DOMAINS[i % 3 == 0] for i in range(N_DOCS)]})
 
 
-class Batches(Accumulator):
-    """Keeps every batch's metadata (tests only: not mergeable)."""
-
-    def __init__(self):
-        self.metas = []
-
-    def hook_names(self, model):
-        return []
-
-    def update(self, acts, meta):
-        self.metas.append(meta)
-
-    def merge(self, other):
-        raise NotImplementedError
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state):
-        pass
-
-    def finalize(self):
-        return self.metas
-
-
 @contextmanager
 def zeroed_output(model, layer: int, expert: int):
     """The expert's down projection set to zero (its output is zero wherever it is routed)."""
@@ -68,15 +44,7 @@ def zeroed_output(model, layer: int, expert: int):
 
 def token_loss(model, meta, hooks=()) -> torch.Tensor:
     """Next-token loss of every position of the batch from one whole-model forward (0 at the last)."""
-    with torch.no_grad():
-        loss = model.run_with_hooks(
-            meta.input_ids,
-            attention_mask=meta.attention_mask.long(),
-            return_type="loss",
-            loss_per_token=True,
-            fwd_hooks=list(hooks),
-        )
-    return torch.nn.functional.pad(loss, (0, 1)).double()
+    return per_token_loss(model, meta, list(hooks)).double()
 
 
 def valid_positions(meta) -> torch.Tensor:
