@@ -397,9 +397,9 @@ def saliency_effect_spearman(
     experts, with a 95% document-bootstrap interval (``method``, default
     :data:`~tl_moe.analysis.stats.RHO_METHOD`: docs/METHODS.md says why).
 
-    Documents (columns, indexed by corpus row; the half of each from :func:`~tl_moe.analysis.splits.document_split` with :data:`HALVES_KEY`) are the
-    clusters: every document with a routed slot on the selection half or an edited token on the report
-    half. Each resample draws them with replacement and recomputes both scores on the drawn documents:
+    Documents (columns, indexed by corpus row; the half of each from
+    :func:`~tl_moe.analysis.splits.document_split` with :data:`HALVES_KEY`) are the clusters: every
+    document with a routed slot on the selection half or an edited token on the report half. Each resample draws them with replacement and recomputes both scores on the drawn documents:
     saliency ``Σ saliency_sums / Σ saliency_routed`` over selection-half documents (0 for an expert not
     routed in the resample) and the effect ``Σ effect_sums / Σ effect_counts`` over report-half ones,
     then ρ over the experts with both scores defined on the observed data. The estimate equals the ρ

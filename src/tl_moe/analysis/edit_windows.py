@@ -257,8 +257,9 @@ def held_out_windows(
     group_column: str = "domain",
     rows: Any = None,
 ) -> tuple[Windows, Windows]:
-    """``(selection, evaluation)`` windows: documents of halves 0 and 1 of :func:`~tl_moe.analysis.splits.document_split`
-    with the drivers' key), each group filled to ``tokens_per_group`` tokens."""
+    """``(selection, evaluation)`` windows: documents of halves 0 and 1 (the drivers' halves:
+    :func:`~tl_moe.analysis.splits.document_split` with ``HALVES_KEY``), each group filled to
+    ``tokens_per_group`` tokens."""
     rows = torch.arange(len(dataset)) if rows is None else torch.as_tensor(rows)
     half = document_split(rows, key=HALVES_KEY)
     return tuple(
