@@ -6,7 +6,7 @@ one process and on the same batches, three ``collect`` passes:
 
 - **estimate**: :class:`~tl_moe.analysis.effect_estimate.FirstOrderEffects` — one forward and one
   backward per batch (the clean forward of ``collect`` is skipped: nothing else hooks it);
-- **exact zero**: :class:`~tl_moe.analysis.drivers.DocumentEffects` with ``kinds=("zero",)`` — the
+- **exact zero**: :class:`~tl_moe.collect.ExpertEffects` with ``kinds=("zero",)`` — the
   clean forward plus the interventional pass (64 edits, suffix forwards, readout where changed);
 - **exact remove**: the same with ``kinds=("remove",)``;
 
@@ -54,9 +54,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     import tl_moe
-    from tl_moe.analysis.drivers import DocumentEffects
     from tl_moe.analysis.effect_estimate import FirstOrderEffects, score_agreement
-    from tl_moe.collect import collect
+    from tl_moe.collect import ExpertEffects, collect
     from tl_moe.data.corpus import load_corpus
 
     load_before = os.getloadavg()
@@ -67,8 +66,8 @@ def main() -> None:
     options = dict(batch_size=args.batch_size, seq_len=args.seq_len, max_tokens=args.tokens, progress=False)
     passes = {
         "estimate": lambda: FirstOrderEffects(layers, n),
-        "exact zero": lambda: DocumentEffects(layers, n, ("zero",), max_tokens=args.tokens),
-        "exact remove": lambda: DocumentEffects(layers, n, ("remove",), max_tokens=args.tokens),
+        "exact zero": lambda: ExpertEffects(layers, ("zero",), max_tokens=args.tokens),
+        "exact remove": lambda: ExpertEffects(layers, ("remove",), max_tokens=args.tokens),
     }
     warm = dict(options, max_tokens=args.seq_len)
     for make in passes.values():

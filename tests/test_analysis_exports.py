@@ -20,7 +20,7 @@ MAIN_OBJECTS = {
     "concept_probing": ["probe_experts", "probe_dense"],
     "domain_experts": ["DomainExperts"],
     "driver_domain": ["compare_drivers_with_domain_experts"],
-    "drivers": ["DocumentEffects", "ExpertSaliency", "driver_report"],
+    "drivers": ["ExpertSaliency", "driver_report"],
     "edit_windows": ["held_out_windows"],
     "effect_estimate": ["FirstOrderEffects"],
     "held_out_probing": ["held_out_arm", "HeldOutArm", "compare"],
@@ -35,7 +35,8 @@ MAIN_OBJECTS = {
     "routing_stats": ["routed_tokens_by_domain"],
     "specialization": ["specialization_scores", "sampling_baseline"],
     "specialization_permutation": ["document_permutation_baseline"],
-    "stats": ["Interval", "document_split"],
+    "splits": ["document_split"],
+    "stats": ["Interval"],
     "steering": ["steering_study"],
     "token_association": ["RoutingRecords", "token_expert_associations"],
 }

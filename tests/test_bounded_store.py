@@ -12,7 +12,7 @@ import torch
 
 from tl_moe.analysis.activations import TokenActivationStore
 from tl_moe.analysis.bounded_store import BoundedTokenStore
-from tl_moe.analysis.stats import document_split
+from tl_moe.analysis.splits import document_split
 from tl_moe.collect.accumulator import state_nbytes
 from tl_moe.collect.hashing import uniform_priority
 from tl_moe.collect.meta import BatchMeta
@@ -82,7 +82,7 @@ def fill(store, batches):
 
 def memberships(token, doc, domain, labels, experts_by_layer, seed=0):
     """Every (unit, concept, class, side, token) membership, one row each, sorted by (priority, token)."""
-    side = document_split(doc.numpy(), selection_fraction=0.5, seed=0, min_per_side=0)
+    side = document_split(doc.numpy(), (0.5, 0.5), seed=0) == 0
     rows = []
     for i, experts in enumerate(experts_by_layer):
         for t in range(len(token)):

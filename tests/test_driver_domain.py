@@ -14,7 +14,8 @@ import torch
 
 from tl_moe.analysis.domain_experts import domain_scores
 from tl_moe.analysis.driver_domain import DomainRouting, ReportDocuments, compare_drivers_with_domain_experts
-from tl_moe.analysis.drivers import document_half
+from tl_moe.analysis.drivers import HALVES_KEY
+from tl_moe.analysis.splits import document_split
 from tl_moe.analysis.stats import MIN_DOCUMENTS
 
 EFFECT = "remove: effect (report)"
@@ -77,7 +78,7 @@ def planted_halves(
     plants an effect unrelated to the domain score."""
     rng = np.random.default_rng(seed)
     drivers, domains = frames(n_layers, n_experts, seed)
-    half = document_half(torch.arange(n_docs)).numpy()
+    half = document_split(np.arange(n_docs), key=HALVES_KEY)
     domain = np.arange(n_docs) % n_domains
     tokens = rng.integers(20, 60, n_docs).astype(float)
     profile = rng.dirichlet(np.full(n_domains, 0.7), (n_layers, n_experts))  # [layer, expert, domain]
@@ -182,12 +183,13 @@ def test_without_per_document_routing_there_is_no_interval_and_it_says_so():
 def test_report_documents_are_the_drivers_report_half():
     import torch
 
-    from tl_moe.analysis.drivers import DocumentEffectsResult, ExpertSaliencyResult, driver_report
+    from tl_moe.analysis.drivers import ExpertSaliencyResult, driver_report
+    from tl_moe.collect.expert_effects import ExpertEffectsResult
 
     rng = np.random.default_rng(0)
     counts = rng.integers(5, 30, 90)
     sums = rng.normal(0, 1, (2, 2, 4, 90)) * counts
-    effects = DocumentEffectsResult(
+    effects = ExpertEffectsResult(
         ("remove", "zero"), (1, 3), torch.from_numpy(sums), torch.from_numpy(counts)
     )
     routed = torch.from_numpy(rng.integers(100, 200, (2, 2, 4)))

@@ -14,17 +14,18 @@ import torch
 
 from tl_moe.analysis.driver_domain import compare_drivers_with_domain_experts
 from tl_moe.analysis.drivers import (
-    DocumentEffectsResult,
+    HALVES_KEY,
     ExpertSaliencyResult,
-    document_half,
     driver_report,
     match_controls,
     max_drivers,
 )
 from tl_moe.analysis.effect_estimate import paired_rho_difference
 from tl_moe.analysis.reweighting import holm_adjusted
+from tl_moe.analysis.splits import document_split
 from tl_moe.analysis.stats import MIN_DOCUMENTS
 from tl_moe.analysis.token_association import benjamini_yekutieli
+from tl_moe.collect.expert_effects import ExpertEffectsResult
 from tl_moe.errors import InputError
 from tl_moe.pipeline.validation import BudgetError, check_n_drivers, driver_documents
 
@@ -75,7 +76,7 @@ def _synthetic_effects(
     mean[driver_layer] = 0.5
     noise = rng.normal(0, 0.2, (2, n_layers, n_experts, n_docs)) * np.sqrt(counts)
     sums = mean[None, :, :, None] * counts + noise
-    effects = DocumentEffectsResult(
+    effects = ExpertEffectsResult(
         ("remove", "zero"), tuple(range(n_layers)), torch.from_numpy(sums), torch.from_numpy(counts)
     )
     routed = torch.from_numpy(rng.integers(100, 200, (2, n_layers, n_experts)))
@@ -136,7 +137,7 @@ def test_driver_documents_counts_the_edited_documents_and_names_the_flag_that_he
         corpus, tokenizer, seq_len=64, batch_size=4, max_tokens=5000, driver_tokens=1000
     )
     assert budget.selection + budget.report == 36 and budget.flag == "--driver-tokens"
-    halves = document_half(torch.arange(36))
+    halves = document_split(torch.arange(36), key=HALVES_KEY)
     assert (budget.selection, budget.report) == (int((halves == 0).sum()), int((halves == 1).sum()))
     capped = driver_documents(
         corpus, tokenizer, seq_len=64, batch_size=4, max_tokens=1000, driver_tokens=5000
@@ -298,11 +299,10 @@ def _saliency_case(seed: int, related: bool, n_docs: int = 120, n_experts: int =
     tracks the true effect when ``related``; otherwise every expert has the same true saliency, so its
     ranking is document noise (the interval is over documents, for these experts: a true saliency that
     differs between experts by chance is a real, if accidental, relation for them)."""
-    from tl_moe.analysis.drivers import document_half
 
     rng = np.random.default_rng(seed)
     truth = rng.normal(0, 1, n_experts)
-    half = document_half(torch.arange(n_docs)).numpy()
+    half = document_split(np.arange(n_docs), key=HALVES_KEY)
     counts = np.where(half == 1, rng.integers(20, 40, n_docs), 0).astype(float)
     effect = truth[:, None] * counts + rng.normal(0, 3, (n_experts, n_docs)) * np.sqrt(counts)
     routed = rng.integers(5, 15, (n_experts, n_docs)).astype(float)  # recorded on every document
@@ -316,7 +316,7 @@ def test_the_saliency_effect_spearman_has_a_document_interval_that_finds_a_plant
 
     effect, counts, saliency, routed = _saliency_case(0, related=True)
     interval = saliency_effect_spearman(effect, counts, saliency, routed, n_resamples=400)
-    selection = document_half(torch.arange(120)).numpy() == 0  # saliency from the selection half only
+    selection = document_split(np.arange(120), key=HALVES_KEY) == 0  # saliency from the selection half only
     reap = saliency[:, selection].sum(1) / routed[:, selection].sum(1)
     rho = scipy.stats.spearmanr(reap, effect.sum(1) / counts.sum()).statistic
     assert interval.estimate == pytest.approx(rho) and interval.n == 120
@@ -335,7 +335,7 @@ def test_the_split_rho_leaves_out_experts_routed_on_too_few_documents_of_a_half(
     from tl_moe.analysis.drivers import saliency_effect_spearman, split_gate
 
     effect, counts, saliency, routed = _saliency_case(0, related=True)
-    half = document_half(torch.arange(120)).numpy()
+    half = document_split(np.arange(120), key=HALVES_KEY)
     routed[3, np.flatnonzero(half == 0)[4:]] = 0  # expert 3: 4 selection-half documents
     routed[7, np.flatnonzero(half == 1)[2:]] = 0  # expert 7: 2 report-half documents
     saliency[[3, 7]] *= routed[[3, 7]] > 0
@@ -367,7 +367,7 @@ def test_driver_report_gives_the_saliency_spearman_its_interval():
         doc_routed,
         doc_routed * torch.from_numpy(rng.normal(1, 0.3, (2, 4, size))),
     )
-    half = document_half(torch.arange(size)) == 0
+    half = document_split(torch.arange(size), key=HALVES_KEY) == 0
     routed0 = (doc_routed * half).sum(-1)
     sums0 = (per_doc.doc_saliency * half).sum(-1)
     per_doc = dataclasses.replace(  # the half totals consistent with the per-document sums

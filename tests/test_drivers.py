@@ -12,12 +12,12 @@ import torch
 
 import tl_moe
 from tl_moe.analysis.drivers import (
-    DocumentEffects,
+    HALVES_KEY,
     ExpertSaliency,
     _bootstrap_ratio,
-    document_half,
     driver_report,
 )
+from tl_moe.analysis.splits import document_split
 from tl_moe.collect import ExpertEffects, collect
 
 PLANTED_LAYER, PLANTED_EXPERT = 1, 3
@@ -51,7 +51,7 @@ def planted(tiny_model_dir):
 def _pass(model, corpus, **kwargs):
     cfg = model.moe_cfg
     accumulators = {
-        "docs": DocumentEffects(cfg.sparse_layers, cfg.num_experts, ("remove", "zero"), max_tokens=10_000),
+        "docs": ExpertEffects(cfg.sparse_layers, ("remove", "zero"), max_tokens=10_000),
         "saliency": ExpertSaliency(cfg.sparse_layers, cfg.num_experts),
         "reference": ExpertEffects(layers=list(cfg.sparse_layers), kinds=("remove", "zero")),
     }
@@ -99,7 +99,7 @@ def test_shards_merge_to_the_single_pass(planted, short_docs):
     cfg = planted.moe_cfg
     parts = []
     for position in range(2):
-        acc = DocumentEffects(cfg.sparse_layers, cfg.num_experts, ("remove", "zero"), max_tokens=10_000)
+        acc = ExpertEffects(cfg.sparse_layers, ("remove", "zero"), max_tokens=10_000)
         collect(
             planted, short_docs, {"d": acc}, batch_size=8, seq_len=16, progress=False, shard=(position, 2)
         )
@@ -110,10 +110,10 @@ def test_shards_merge_to_the_single_pass(planted, short_docs):
 
 def test_the_token_budget_stops_the_edited_forwards(planted, short_docs):
     cfg = planted.moe_cfg
-    capped = DocumentEffects(cfg.sparse_layers, cfg.num_experts, ("remove",), max_tokens=100)
+    capped = ExpertEffects(cfg.sparse_layers, ("remove",), max_tokens=100)
     collect(planted, short_docs, {"d": capped}, batch_size=8, seq_len=16, progress=False)
     assert 100 <= capped.seen < 100 + 8 * 16  # stops after the batch that crosses the budget
-    assert int(capped.counts.sum()) < int(_pass(planted, short_docs)["docs"].counts.sum())
+    assert int(capped.finalize().counts.sum()) < int(_pass(planted, short_docs)["docs"].counts.sum())
 
 
 def test_the_document_bootstrap_matches_scipy():
@@ -139,9 +139,12 @@ def test_the_document_bootstrap_matches_scipy():
 
 
 def test_document_halves_are_balanced_and_stable():
-    halves = document_half(torch.arange(10_000))
+    halves = document_split(torch.arange(10_000), key=HALVES_KEY)
     assert abs(float(halves.float().mean()) - 0.5) < 0.02
-    assert torch.equal(document_half(torch.tensor([7, 7, 123])), document_half(torch.tensor([7, 7, 123])))
+    assert torch.equal(
+        document_split(torch.tensor([7, 7, 123]), key=HALVES_KEY),
+        document_split(torch.tensor([7, 7, 123]), key=HALVES_KEY),
+    )
 
 
 def test_the_drivers_analysis_runs_through_the_pipeline_and_reports(tiny_run_options, short_docs, tmp_path):
@@ -208,10 +211,9 @@ def test_with_the_domains_analysis_drivers_are_compared_with_domain_experts(
 
 
 def test_per_document_saliency_adds_up_to_the_half_totals_and_merges_across_shards(planted, short_docs):
-    from tl_moe.analysis.drivers import document_half
 
     whole = _pass(planted, short_docs)["saliency"]
-    half = document_half(torch.arange(whole.doc_routed.shape[-1]))
+    half = document_split(torch.arange(whole.doc_routed.shape[-1]), key=HALVES_KEY)
     for h in (0, 1):
         on = (half == h).double()
         torch.testing.assert_close(whole.doc_routed @ on, whole.routed[h].double())

@@ -200,7 +200,7 @@ def test_shards_and_checkpoints_merge_to_the_single_pass(tiny_model_dir, short_d
         model, short_docs, {"e": _estimator(model)}, checkpoint_dir=tmp_path, checkpoint_every=1, **options
     )["e"]
     assert torch.equal(resumed.sums, whole.sums)
-    # the token budget stops the backward like DocumentEffects' edited forwards
+    # the token budget stops the backward like ExpertEffects' edited forwards
     capped = _estimator(model, max_tokens=100)
     collect(model, short_docs, {"e": capped}, **options)
     assert 100 <= capped.seen < 100 + 8 * 16 and int(capped.counts.sum()) < int(whole.counts.sum())

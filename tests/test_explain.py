@@ -306,12 +306,13 @@ def test_offline_labeler_labels_every_expert_of_the_toy_moe_through_the_pipeline
 
 def test_causal_checks_on_held_out_documents_report_labeled_vs_control():
     import tl_moe
+    from tl_moe.analysis.splits import document_split
     from tl_moe.collect import collect, domain_names
     from tl_moe.data.concepts import TokenConceptLabeler
     from tl_moe.data.corpus import load_corpus
     from tl_moe.explain import DissectionExplainer, ExpertExamplesAccumulator
     from tl_moe.explain.causal import _loss_changes, causal_checks, causal_windows
-    from tl_moe.explain.examples import SPLITS, document_split
+    from tl_moe.explain.examples import SPLIT_FRACTIONS, SPLIT_KEY, SPLITS
     from tl_moe.models.interventions import Intervention, remove_experts
 
     model = tl_moe.load("toy/moe-16x2", device="cpu")
@@ -326,7 +327,7 @@ def test_causal_checks_on_held_out_documents_report_labeled_vs_control():
     assert any(e.rule.kind not in ("concept", "concept_and_domain") for e in plain[:4])
     windows = causal_windows(dataset, model.tokenizer, examples, max_windows=4)
     assert windows.ids.shape == (4, 128) and windows.labels.shape[:2] == (4, 128)
-    split = document_split(torch.arange(len(dataset)))
+    split = document_split(torch.arange(len(dataset)), SPLIT_FRACTIONS, key=SPLIT_KEY)
     assert (split[windows.documents] == SPLITS.index("causal")).all()  # only held-out documents
     assert windows.valid[:, :16].all()  # every window holds at least 16 real tokens, padding after them
     result = causal_checks(

@@ -10,7 +10,7 @@ import torch
 
 from tl_moe.analysis.activations import StoredTokens
 from tl_moe.analysis.held_out_probing import compare, dense_layer_blocks, held_out_arm
-from tl_moe.analysis.stats import document_split
+from tl_moe.analysis.splits import document_split
 from tl_moe.models.hook_names import get_act_name
 
 PARAMS = {"ks": (1,), "random_state": 0}
@@ -28,7 +28,7 @@ def one_sided_store(seed: int = 0) -> tuple[StoredTokens, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     n = N_DOCS * PER_DOC
     doc = torch.arange(N_DOCS).repeat_interleave(PER_DOC)
-    selection = torch.from_numpy(document_split(doc.numpy(), seed=0))
+    selection = torch.from_numpy(document_split(doc.numpy(), seed=0) == 0)
     labels = torch.rand(n, 3, generator=g) < 0.3
     first_test = int(doc[~selection][0])
     first_selection = int(doc[selection][0])

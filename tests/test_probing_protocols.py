@@ -15,7 +15,7 @@ import torch
 
 from tl_moe.analysis.activations import StoredTokens
 from tl_moe.analysis.held_out_probing import compare, dense_layer_blocks, held_out_arm, permuted_labels
-from tl_moe.analysis.stats import document_split
+from tl_moe.analysis.splits import document_split
 from tl_moe.models.hook_names import get_act_name
 from tl_moe.pipeline.sections.probing import ROUTED_COUNT
 
@@ -42,7 +42,7 @@ def synthetic_store(n_docs=100, tokens_per_doc=40, seed=0) -> StoredTokens:
 
 
 def arm_of(stored, labels=None, name="dense"):
-    selection = torch.from_numpy(document_split(stored.doc_index.numpy(), seed=0))
+    selection = torch.from_numpy(document_split(stored.doc_index.numpy(), seed=0) == 0)
     docs = np.unique(stored.doc_index[~selection].numpy())
     return held_out_arm(name, stored, dense_layer_blocks(stored, (0, 1)), selection, docs, PARAMS, 50, labels)
 

@@ -19,8 +19,8 @@ from torch import nn
 import tl_moe
 import tl_moe.collect.interventional as interventional
 from tiny_models import VOCAB, tiny_tokenizer
-from tl_moe.analysis.drivers import DocumentEffects
 from tl_moe.collect import Accumulator, collect, run_interventions
+from tl_moe.collect.expert_effects import ExpertEffects
 from tl_moe.interventions import Intervention, remove_experts
 from tl_moe.models.build import save_model
 from tl_moe.models.catalog import build_tiny
@@ -93,7 +93,7 @@ class Batches(Accumulator):
 def drivers_path(bridge):
     """The drivers' per-document removal effects of every expert, and the batches they saw."""
     cfg = bridge.moe_cfg
-    effects = DocumentEffects(cfg.sparse_layers, cfg.num_experts, kinds=("remove",), max_tokens=10**6)
+    effects = ExpertEffects(cfg.sparse_layers, kinds=("remove",), max_tokens=10**6)
     done = collect(
         bridge,
         corpus(),
@@ -189,15 +189,14 @@ def test_the_planted_defect_is_wrong_when_resumed_and_whole_model_forwards_are_e
 
 
 def test_the_way_the_forwards_ran_survives_checkpoints_and_merges():
-    def accumulator(resumed: bool) -> DocumentEffects:
-        acc = DocumentEffects((0, 1), 4, kinds=("remove",))
+    def accumulator(resumed: bool) -> ExpertEffects:
+        acc = ExpertEffects((0, 1), kinds=("remove",))
         acc.resumed = resumed
         return acc
 
     restored = accumulator(True)
     restored.load_state_dict(accumulator(False).state_dict())
     assert not restored.resumed
-    assert restored.finalize().resumed is False
     assert not accumulator(True).merge(accumulator(False)).resumed
     assert not accumulator(False).merge(accumulator(True)).resumed
     assert accumulator(True).merge(accumulator(True)).resumed

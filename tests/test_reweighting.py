@@ -11,9 +11,10 @@ import torch
 
 import tl_moe
 from tl_moe.analysis import reweighting as reweighting_module
-from tl_moe.analysis.drivers import document_half
+from tl_moe.analysis.drivers import HALVES_KEY
 from tl_moe.analysis.edit_windows import Windows, by_document, edit_losses, ratio_intervals, routed_counts
 from tl_moe.analysis.reweighting import matched_random_sets, reweighting_study, scale_edit
+from tl_moe.analysis.splits import document_split
 from tl_moe.analysis.steering import steering_study, switch_edit
 from tl_moe.collect.interventional import run_interventions
 from tl_moe.errors import InputError
@@ -69,8 +70,8 @@ def test_a_factor_of_one_changes_nothing_exactly(model):
     assert torch.equal(effects.loss[0], effects.clean_loss) and not bool(effects.changed.any())
     study = reweighting_study(
         model,
-        windows.select(document_half(windows.doc) == 0),
-        windows.select(document_half(windows.doc) == 1),
+        windows.select(document_split(windows.doc, key=HALVES_KEY) == 0),
+        windows.select(document_split(windows.doc, key=HALVES_KEY) == 1),
         {"a": {"s": experts}, "b": {"s": experts}},
         factors=(1.0,),
         n_draws=2,
@@ -177,7 +178,7 @@ def test_selection_never_sees_evaluation_documents(model, tagged_corpus, monkeyp
     selection, evaluation = held_out_windows(
         tagged_corpus, model.tokenizer, seq_len=16, tokens_per_group=10_000
     )
-    half = document_half(torch.arange(len(tagged_corpus)))
+    half = document_split(torch.arange(len(tagged_corpus)), key=HALVES_KEY)
     assert set(selection.doc.tolist()) == set(torch.nonzero(half == 0).flatten().tolist())
     assert set(evaluation.doc.tolist()) == set(torch.nonzero(half == 1).flatten().tolist())
     for windows in (selection, evaluation):  # the windows of a row hold that row's tokens, in order
@@ -268,7 +269,7 @@ def planted(tiny_model_dir):
     b = sample(80, 32)
     ids = torch.stack([x for pair in zip(a, b, strict=True) for x in pair])
     windows = Windows(ids, torch.ones_like(ids, dtype=torch.bool), torch.arange(len(ids)), tuple("ab" * 80))
-    half = document_half(windows.doc)
+    half = document_split(windows.doc, key=HALVES_KEY)
     return bridge, windows.select(half == 0), windows.select(half == 1)
 
 
@@ -434,7 +435,6 @@ def test_the_steering_finding_prints_the_paired_difference_or_why_it_has_no_inte
 def test_the_default_contrast_picks_the_two_largest_domains_that_can_reach_the_held_out_minimum():
     import datasets
 
-    from tl_moe.analysis.drivers import document_half
     from tl_moe.pipeline import RunOptions
     from tl_moe.pipeline.context import RunContext
     from tl_moe.pipeline.sections.reweighting import (
@@ -448,7 +448,7 @@ def test_the_default_contrast_picks_the_two_largest_domains_that_can_reach_the_h
     sizes = {"legal": 7, "python": 9, "c": 12, "prose": 20, "chat": 35, "math": 54, "biomedical": 128}
     domains = [d for d, n in sizes.items() for _ in range(n)]
     capacity = held_out_capacity(domains)
-    halves = document_half(torch.arange(len(domains))).tolist()
+    halves = document_split(torch.arange(len(domains)), key=HALVES_KEY).tolist()
     for d, n in sizes.items():  # recount by hand
         assert capacity[d] == (n, sum(h for h, g in zip(halves, domains, strict=True) if g == d))
     assert [d for d, (_, h) in capacity.items() if h >= 30] == ["biomedical"]
@@ -461,7 +461,7 @@ def test_the_default_contrast_picks_the_two_largest_domains_that_can_reach_the_h
     assert "6 of 7 groups" in text and "legal (7 documents in the split" in text and "biomedical" not in text
     # planted by the split itself: "big" (60 documents, 20 held out) is the largest domain but cannot
     # reach 30; "x" (55, 30 held out) and "y" (54, 31 held out) can, so the contrast skips "big"
-    halves = document_half(torch.arange(400)).tolist()
+    halves = document_split(torch.arange(400), key=HALVES_KEY).tolist()
     wanted = {"big": [40, 20], "x": [25, 30], "y": [23, 31]}
     domains = []
     for side in halves:

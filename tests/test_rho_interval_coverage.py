@@ -43,10 +43,10 @@ import functools
 import numpy as np
 import pytest
 import scipy.stats
-import torch
 
-from tl_moe.analysis.drivers import document_half, saliency_effect_spearman
+from tl_moe.analysis.drivers import HALVES_KEY, saliency_effect_spearman
 from tl_moe.analysis.effect_estimate import paired_rho_difference
+from tl_moe.analysis.splits import document_split
 from tl_moe.analysis.stats import RHO_METHOD, RHO_MIN_EXPERT_DOCUMENTS
 
 N_EXPERTS, N_DOCS, SEEDS, RESAMPLES = 60, 90, 200, 300
@@ -95,7 +95,7 @@ def study(method: str, gate: int = RHO_MIN_EXPERT_DOCUMENTS, **case) -> dict[str
         effect_sums, estimate_sums, saliency_sums, routed, tokens, (effect, estimate, saliency) = planted(
             seed, **case
         )
-        half = document_half(torch.arange(N_DOCS)).numpy()
+        half = document_split(np.arange(N_DOCS), key=HALVES_KEY)
         selection = routed[:, half == 0].sum(1) > 0
         selection &= documents_routing(routed, half == 0) >= gate
         selection &= documents_routing(routed, half == 1) >= gate

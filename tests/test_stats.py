@@ -10,7 +10,6 @@ from tl_moe.analysis.stats import (
     MIN_DOCUMENTS,
     benjamini_hochberg,
     cluster_bootstrap,
-    document_split,
     paired_difference,
     permutation_pvalues,
     resample_weights,
@@ -120,14 +119,3 @@ def test_benjamini_hochberg_matches_scipy_and_a_hand_computed_case():
     with_nan, found = benjamini_hochberg(np.array([0.01, np.nan, 0.04]))
     assert np.isnan(with_nan[1]) and not found[1]
     np.testing.assert_allclose(with_nan[[0, 2]], [0.02, 0.04])
-
-
-def test_document_split_depends_only_on_the_id_and_the_seed():
-    ids = np.arange(200)
-    side = document_split(ids, seed=4)
-    assert 70 < side.sum() < 130
-    np.testing.assert_array_equal(document_split(ids[50:], seed=4), side[50:])
-    np.testing.assert_array_equal(document_split(np.repeat(ids, 3), seed=4), np.repeat(side, 3))
-    assert (document_split(ids, seed=5) != side).any()
-    with pytest.raises(InputError, match=f"at least {MIN_DOCUMENTS} on each side"):
-        document_split(np.arange(8))

@@ -10,8 +10,9 @@ import pytest
 import scipy.stats
 import torch
 
-from tl_moe.analysis.drivers import document_half
+from tl_moe.analysis.drivers import HALVES_KEY
 from tl_moe.analysis.positions import expert_set_hits, position_effect
+from tl_moe.analysis.splits import document_split
 from tl_moe.analysis.token_association import (
     RoutingRecords,
     cooccurrence_counts,
@@ -94,9 +95,9 @@ def test_lift_pmi_and_within_document_expectation_equal_a_pandas_hand_computatio
             for e in experts[i, li]:
                 rows.append((doc[i], tokens[i], layer, int(e)))
     routed = pd.DataFrame(rows, columns=["doc", "token", "layer", "expert"])
-    half = document_half(torch.as_tensor(routed["doc"].to_numpy())).numpy()
+    half = document_split(np.asarray(routed["doc"].to_numpy()), key=HALVES_KEY)
     sel = routed[half == 0]
-    sel_docs = document_half(torch.as_tensor(doc)).numpy() == 0
+    sel_docs = document_split(np.asarray(doc), key=HALVES_KEY) == 0
     N = int(sel_docs.sum())
     n_t = pd.Series(tokens[sel_docs]).value_counts()
     n_e = sel.groupby(["layer", "expert"]).size()
@@ -194,7 +195,7 @@ def test_a_planted_association_is_found_with_its_hand_lift_and_confirmed_held_ou
     ]
     doc = np.repeat(np.arange(len(lengths)), lengths)
     for half, column in ((0, "lift"), (1, "report lift")):
-        on = document_half(torch.as_tensor(doc)).numpy() == half
+        on = document_split(np.asarray(doc), key=HALVES_KEY) == half
         share = (experts[on, planted_layer] == planted_expert).any(-1).mean()
         assert row[column] == pytest.approx(1.0 / share)  # P(e | t) = 1 by construction
     assert row["discovered"] and row["q"] <= 0.05 and row["confirmed"]
@@ -421,7 +422,7 @@ def test_selection_never_sees_report_documents():
     selection-half documents is selected and then fails to replicate on the report half."""
     rng, lengths, tokens = _corpus(6)
     doc = np.repeat(np.arange(len(lengths)), lengths)
-    report = document_half(torch.as_tensor(doc)).numpy() == 1
+    report = document_split(np.asarray(doc), key=HALVES_KEY) == 1
     experts = _random_routing(rng, len(tokens))
     for token, expert, where in ((5, 6, report), (8, 7, ~report)):
         force = (tokens == token) & where
@@ -467,7 +468,7 @@ def test_report_confirmation_is_bh_over_the_measured_discoveries_and_rejects_a_s
     planted "no effect" for the confirmation). Only token 7's association is confirmed."""
     rng, lengths, tokens = _corpus(6)
     doc = np.repeat(np.arange(len(lengths)), lengths)
-    selection = document_half(torch.as_tensor(doc)).numpy() == 0
+    selection = document_split(np.asarray(doc), key=HALVES_KEY) == 0
     experts = _random_routing(rng, len(tokens))
     _force(experts, tokens == 7, 1, 5)
     for token in range(10, 18):

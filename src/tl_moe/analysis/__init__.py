@@ -7,7 +7,7 @@ Every object a notebook needs is importable from here (``from tl_moe.analysis im
   :class:`TokenActivationStore` / :class:`BoundedTokenStore` keeps; :func:`probe_experts` /
   :func:`probe_dense` (the paper's protocol); :func:`held_out_arm` and :func:`compare` (units chosen on
   some documents, reported on others, with paired document-level intervals).
-- drivers: :class:`DocumentEffects` (exact per-document effects of expert edits),
+- drivers: :class:`~tl_moe.collect.ExpertEffects` (exact per-document effects of expert edits),
   :class:`ExpertSaliency`, :func:`driver_report`; :class:`FirstOrderEffects` (the gradient estimate);
   :func:`compare_drivers_with_domain_experts`; :func:`position_effect`.
 - associations, re-weighting and steering: :class:`RoutingRecords` and
@@ -17,7 +17,8 @@ Every object a notebook needs is importable from here (``from tl_moe.analysis im
 - the vocabulary: :func:`expert_logit_lens`, :class:`ExpertLogitLensAccumulator`,
   :func:`top_token_share` (against the untrained model), :func:`decompose_logits` (direct logit
   attribution), :class:`LogitReadout`, :class:`SphericalKMeans` / :func:`cluster_vocabulary`.
-- statistics shared by all: :class:`Interval`, :func:`cluster_bootstrap`, :func:`document_split`.
+- shared by all: the document split :func:`document_split`; statistics :class:`Interval`,
+  :func:`cluster_bootstrap`.
 """
 
 from tl_moe.analysis.activations import StoredTokens, TokenActivationStore
@@ -27,7 +28,7 @@ from tl_moe.analysis.clustering import SphericalKMeans, cluster_vocabulary
 from tl_moe.analysis.concept_probing import probe_dense, probe_experts
 from tl_moe.analysis.domain_experts import DomainExperts
 from tl_moe.analysis.driver_domain import DriverDomainComparison, compare_drivers_with_domain_experts
-from tl_moe.analysis.drivers import DocumentEffects, ExpertSaliency, driver_report, match_controls
+from tl_moe.analysis.drivers import ExpertSaliency, driver_report, match_controls
 from tl_moe.analysis.edit_windows import held_out_windows
 from tl_moe.analysis.effect_estimate import FirstOrderEffects, FirstOrderEffectsResult, estimate_vs_reap
 from tl_moe.analysis.held_out_probing import HeldOutArm, compare, held_out_arm
@@ -56,7 +57,8 @@ from tl_moe.analysis.specialization_permutation import (
     DocumentPermutationBaseline,
     document_permutation_baseline,
 )
-from tl_moe.analysis.stats import Interval, cluster_bootstrap, document_split
+from tl_moe.analysis.splits import document_split
+from tl_moe.analysis.stats import Interval, cluster_bootstrap
 from tl_moe.analysis.steering import SteeringStudy, steering_study
 from tl_moe.analysis.token_association import AssociationTable, RoutingRecords, token_expert_associations
 
@@ -64,7 +66,6 @@ __all__ = [
     "PROBE_STATUS",
     "AssociationTable",
     "BoundedTokenStore",
-    "DocumentEffects",
     "DocumentPermutationBaseline",
     "DomainExperts",
     "DriverDomainComparison",

@@ -12,7 +12,7 @@
   :func:`~tl_moe.analysis.concept_probing.concept_populations`);
 - *class*: positive or negative for the concept;
 - *side*: the selection or test side of the held-out protocol's document split
-  (:func:`~tl_moe.analysis.stats.document_split`, a pure function of the document id), so both
+  (:func:`~tl_moe.analysis.splits.document_split`, a pure function of the document id), so both
   sides of the split keep ``N`` rows per class.
 
 Every key keeps the ``N`` members with the smallest seeded priority
@@ -35,12 +35,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 
 from tl_moe.analysis.activations import StoredTokens
-from tl_moe.analysis.stats import document_split
+from tl_moe.analysis.splits import document_split
 from tl_moe.collect.accumulator import Accumulator, Activations
 from tl_moe.collect.hashing import uniform_priority
 from tl_moe.collect.meta import BatchMeta
@@ -299,13 +298,8 @@ class BoundedTokenStore(Accumulator):
         """True on the held-out split's selection documents."""
         if self.selection_fraction is None or not doc_index.numel():
             return torch.zeros_like(doc_index, dtype=torch.bool)
-        side = document_split(
-            doc_index.numpy(),
-            selection_fraction=self.selection_fraction,
-            seed=self.split_seed,
-            min_per_side=0,
-        )
-        return torch.from_numpy(np.asarray(side, dtype=bool))
+        fractions = (self.selection_fraction, 1 - self.selection_fraction)
+        return torch.from_numpy(document_split(doc_index.numpy(), fractions, seed=self.split_seed) == 0)
 
     def _classes(self, part: Mapping[str, torch.Tensor]) -> Int[torch.Tensor, "token concept_any"]:
         """Per token and concept (catch-all last): 1 positive, 0 negative, -1 not in the population."""

@@ -65,7 +65,7 @@ class ReportDocuments:
 
     @classmethod
     def from_effects(cls, effects, kind: str) -> ReportDocuments:
-        """The report-half documents of :class:`~tl_moe.analysis.drivers.DocumentEffectsResult` for one
+        """The report-half documents of :class:`~tl_moe.collect.ExpertEffectsResult` for one
         edit ``kind`` — the documents behind the drivers frame's ``{kind}: effect (report)``."""
         from tl_moe.analysis.drivers import report_documents
 
@@ -104,15 +104,16 @@ class DomainRouting:
     @classmethod
     def from_saliency(cls, saliency, effects, domain_of_row: np.ndarray) -> DomainRouting:
         """From the drivers' :class:`~tl_moe.analysis.drivers.ExpertSaliencyResult` (routed slots per
-        corpus row) and :class:`~tl_moe.analysis.drivers.DocumentEffectsResult` (the report documents),
+        corpus row) and :class:`~tl_moe.collect.expert_effects.ExpertEffectsResult` (the report documents),
         with ``domain_of_row`` the domain code of every corpus row; domains without a selection-half
         document are dropped and the others renumbered."""
-        from tl_moe.analysis.drivers import document_half, report_documents
+        from tl_moe.analysis.drivers import HALVES_KEY, report_documents
+        from tl_moe.analysis.splits import document_split
 
         size = max(saliency.doc_routed.shape[-1], effects.counts.numel())
         _, routed = saliency.per_document(size)  # [layer · expert, document]
         routed = routed.reshape(len(saliency.layers), -1, size)
-        half = document_half(torch.arange(size)).numpy()
+        half = document_split(np.arange(size), key=HALVES_KEY)
         selection = np.flatnonzero((half == 0) & (routed[0].sum(0) > 0))
         codes = np.asarray(domain_of_row)[selection]
         present, domain = np.unique(codes, return_inverse=True)

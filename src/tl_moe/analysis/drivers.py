@@ -34,17 +34,16 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 
+from tl_moe.analysis.splits import document_split
 from tl_moe.analysis.stats import RHO_METHOD, RHO_MIN_EXPERT_DOCUMENTS
 from tl_moe.collect.accumulator import Accumulator, Activations
-from tl_moe.collect.interventional import InterventionalAccumulator, InterventionEffects
+from tl_moe.collect.expert_effects import ExpertEffectsResult
 from tl_moe.collect.meta import BatchMeta
 from tl_moe.models.hook_names import get_act_name
-from tl_moe.models.interventions import Intervention
 
 __all__ = [
-    "DocumentEffects",
     "ExpertSaliency",
-    "document_half",
+    "HALVES_KEY",
     "driver_report",
     "match_controls",
     "max_drivers",
@@ -54,10 +53,9 @@ __all__ = [
 
 EDIT_KINDS = ("remove", "zero")
 
-
-def document_half(doc_index: Int[torch.Tensor, "..."]) -> Int[torch.Tensor, "..."]:
-    """0 (selection half) or 1 (report half) for each corpus row, from a multiplicative hash."""
-    return ((doc_index.long() * 2654435761) % (1 << 32) >= (1 << 31)).long()
+HALVES_KEY = "knuth"
+"""The :func:`~tl_moe.analysis.splits.document_split` key of the selection (0) and report (1) halves that
+drivers, associations and re-weighting share (even fractions, no seed)."""
 
 
 def _grow(tensor: torch.Tensor, size: int) -> torch.Tensor:
@@ -65,100 +63,6 @@ def _grow(tensor: torch.Tensor, size: int) -> torch.Tensor:
         return tensor
     pad = torch.zeros(*tensor.shape[:-1], size - tensor.shape[-1], dtype=tensor.dtype, device=tensor.device)
     return torch.cat([tensor, pad], dim=-1)
-
-
-class DocumentEffects(InterventionalAccumulator):
-    """Per-document sums of the loss change of removing / zeroing each expert of ``layers``.
-
-    Args:
-        layers: sparse blocks whose experts are edited, one at a time.
-        n_experts: experts per block.
-        kinds: edits to run (``"remove"``, ``"zero"``).
-        max_tokens: run the edits on the first this many real tokens of the stream (later batches
-            only feed the clean statistics): interventional forwards cost one suffix forward each.
-    """
-
-    def __init__(
-        self, layers: Sequence[int], n_experts: int, kinds: Sequence[str] = EDIT_KINDS, max_tokens: int = 8000
-    ) -> None:
-        self.layers = tuple(int(layer) for layer in layers)
-        self.n_experts = int(n_experts)
-        self.kinds = tuple(kinds)
-        self.max_tokens = int(max_tokens)
-        self.seen = 0
-        self.resumed = True  # False once a batch's edited forwards ran on the whole model
-        n_edits = len(self.kinds) * len(self.layers) * self.n_experts
-        self.sums = torch.zeros(n_edits, 0, dtype=torch.float64)  # [edit, document]
-        self.counts = torch.zeros(0, dtype=torch.long)  # [document] positions with an edited loss
-
-    def config(self) -> dict[str, Any]:
-        return {
-            "layers": list(self.layers),
-            "n_experts": self.n_experts,
-            "kinds": list(self.kinds),
-            "max_tokens": self.max_tokens,
-        }
-
-    def interventions(self, model: Any) -> list[Intervention]:
-        return [
-            Intervention(kind, layer, (expert,))
-            for kind in self.kinds
-            for layer in self.layers
-            for expert in range(self.n_experts)
-        ]
-
-    def wants_effects(self, meta: BatchMeta) -> bool:
-        return self.seen < self.max_tokens
-
-    def update_effects(self, effects: InterventionEffects, meta: BatchMeta) -> None:
-        self.seen += int(meta.n_tokens)
-        self.resumed = self.resumed and effects.resumed
-        valid = effects.valid
-        docs = meta.doc_index[valid].long().cpu()
-        size = int(docs.max()) + 1 if docs.numel() else 0
-        self.sums, self.counts = _grow(self.sums, size), _grow(self.counts, size)
-        change = effects.loss_change[:, valid].double().cpu()  # [edit, positions]
-        self.sums = self.sums.index_add(1, docs, change)
-        self.counts = self.counts.index_add(0, docs, torch.ones_like(docs))
-
-    def merge(self, other: DocumentEffects) -> DocumentEffects:
-        self._check_mergeable(other)
-        size = max(self.counts.numel(), other.counts.numel())
-        self.sums = _grow(self.sums, size) + _grow(other.sums, size)
-        self.counts = _grow(self.counts, size) + _grow(other.counts, size)
-        self.seen += other.seen
-        self.resumed = self.resumed and other.resumed
-        return self
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"sums": self.sums, "counts": self.counts, "seen": self.seen, "resumed": self.resumed}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.sums, self.counts, self.seen = state["sums"], state["counts"], int(state["seen"])
-        self.resumed = bool(state.get("resumed", True))
-
-    def finalize(self) -> DocumentEffectsResult:
-        shape = (len(self.kinds), len(self.layers), self.n_experts, -1)
-        return DocumentEffectsResult(
-            kinds=self.kinds,
-            layers=self.layers,
-            sums=self.sums.reshape(shape).clone(),
-            counts=self.counts.clone(),
-            resumed=self.resumed,
-        )
-
-
-@dataclass(frozen=True)
-class DocumentEffectsResult:
-    """``sums[kind, layer, expert, document]`` of loss changes over ``counts[document]`` positions;
-    ``resumed``: whether every edited forward resumed from the edited layer (False: some ran on the
-    whole model, the fallback of :class:`~tl_moe.collect.interventional.InterventionRunner`)."""
-
-    kinds: tuple[str, ...]
-    layers: tuple[int, ...]
-    sums: Float[torch.Tensor, "kind layer expert document"]
-    counts: Int[torch.Tensor, " document"]
-    resumed: bool = True
 
 
 class ExpertSaliency(Accumulator):
@@ -187,7 +91,7 @@ class ExpertSaliency(Accumulator):
     def update(self, acts: Activations, meta: BatchMeta) -> None:
         real = meta.tokens(meta.doc_position) >= 0
         docs = meta.tokens(meta.doc_index)[real].long().cpu()
-        half = document_half(docs).cpu()
+        half = document_split(docs, key=HALVES_KEY).cpu()
         where = meta.tokens(meta.doc_position)[real].double().cpu()
         size = max(self.doc_routed.shape[-1], int(docs.max()) + 1 if docs.numel() else 0)
         self.doc_routed, self.doc_saliency = _grow(self.doc_routed, size), _grow(self.doc_saliency, size)
@@ -350,11 +254,11 @@ def _bootstrap_ratio(
 def report_documents(counts: Int[torch.Tensor, " document"]) -> np.ndarray:
     """Corpus rows of the report-half documents with at least one edited position."""
     docs = np.nonzero(counts.numpy() > 0)[0]
-    return docs[document_half(torch.from_numpy(docs)).numpy() == 1]
+    return docs[document_split(docs, key=HALVES_KEY) == 1]
 
 
 def driver_report(
-    effects: DocumentEffectsResult,
+    effects: ExpertEffectsResult,
     saliency: ExpertSaliencyResult,
     n_drivers: int = 8,
     n_resamples: int = 1000,
@@ -379,7 +283,7 @@ def driver_report(
 
     counts = effects.counts.numpy()
     docs = np.nonzero(counts > 0)[0]
-    half = document_half(torch.from_numpy(docs)).numpy()
+    half = document_split(docs, key=HALVES_KEY)
     report_docs, selection_docs = docs[half == 1], docs[half == 0]
     if min(len(report_docs), len(selection_docs)) < min_documents:
         from tl_moe.errors import InputError
@@ -496,7 +400,7 @@ def split_documents(
     """Boolean masks over corpus rows: the selection-half documents with a routed slot, and the
     report-half documents with an edited position — the documents of a score measured on the selection
     half against an exact effect measured on the report half."""
-    half = document_half(torch.arange(len(effect_counts))).numpy()
+    half = document_split(np.arange(len(effect_counts)), key=HALVES_KEY)
     return (half == 0) & (np.asarray(routed).sum(0) > 0), (half == 1) & (np.asarray(effect_counts) > 0)
 
 
@@ -531,9 +435,9 @@ def saliency_effect_spearman(
     experts, with a 95% document-bootstrap interval (``method``, default
     :data:`~tl_moe.analysis.stats.RHO_METHOD`: docs/METHODS.md says why).
 
-    Documents (columns, indexed by corpus row; the half of each from :func:`document_half`) are the
-    clusters: every document with a routed slot on the selection half or an edited token on the report
-    half. Each resample draws them with replacement and recomputes both scores on the drawn documents:
+    Documents (columns, indexed by corpus row; the half of each from
+    :func:`~tl_moe.analysis.splits.document_split` with :data:`HALVES_KEY`) are the clusters: every
+    document with a routed slot on the selection half or an edited token on the report half. Each resample draws them with replacement and recomputes both scores on the drawn documents:
     saliency ``Σ saliency_sums / Σ saliency_routed`` over selection-half documents (0 for an expert not
     routed in the resample) and the effect ``Σ effect_sums / Σ effect_counts`` over report-half ones,
     then ρ over the experts with both scores defined on the observed data and routed on at least

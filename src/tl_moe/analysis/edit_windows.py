@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 
-from tl_moe.analysis.drivers import document_half
+from tl_moe.analysis.drivers import HALVES_KEY
+from tl_moe.analysis.splits import document_split
 from tl_moe.analysis.stats import Interval, cluster_bootstrap
 from tl_moe.collect.interventional import Edit, InterventionRunner
 from tl_moe.models.hook_names import get_act_name
@@ -256,10 +257,11 @@ def held_out_windows(
     group_column: str = "domain",
     rows: Any = None,
 ) -> tuple[Windows, Windows]:
-    """``(selection, evaluation)`` windows: documents of :func:`document_half` 0 and 1 (the drivers
-    rule), each group filled to ``tokens_per_group`` tokens."""
+    """``(selection, evaluation)`` windows: documents of halves 0 and 1 (the drivers' halves:
+    :func:`~tl_moe.analysis.splits.document_split` with ``HALVES_KEY``), each group filled to
+    ``tokens_per_group`` tokens."""
     rows = torch.arange(len(dataset)) if rows is None else torch.as_tensor(rows)
-    half = document_half(rows)
+    half = document_split(rows, key=HALVES_KEY)
     return tuple(
         document_windows(
             dataset,

@@ -65,7 +65,7 @@ class FirstOrderEffects(GradientAccumulator):
         layers: sparse blocks whose experts are estimated.
         n_experts: experts per block.
         max_tokens: run the backward on the first this many real tokens of the stream (the batch
-            that crosses the budget included, as :class:`~tl_moe.analysis.drivers.DocumentEffects`
+            that crosses the budget included, as :class:`~tl_moe.collect.ExpertEffects`
             does, so both see the same batches); None: every batch.
 
     Example::
@@ -504,7 +504,7 @@ def estimate_report(
     """The first-order estimate beside the exact effects and REAP saliency, over all documents seen.
 
     Args:
-        effects: :class:`~tl_moe.analysis.drivers.DocumentEffectsResult` (exact per-document effects).
+        effects: :class:`~tl_moe.collect.ExpertEffectsResult` (exact per-document effects).
         saliency: :class:`~tl_moe.analysis.drivers.ExpertSaliencyResult`, taken over the documents of
             the edited forwards (:func:`reap_on_edited_documents`), as in :func:`estimate_vs_reap`.
         estimate: the first-order estimate on the same batches (same ``max_tokens``).

@@ -6,7 +6,7 @@ unembedding, promotes most). A count alone does not say whether training put tha
 untrained model of the same config can rank the same token first through its random weights, and the
 token is chosen *because* it is the most common. So:
 
-- documents are split by the project's document split (:func:`~tl_moe.analysis.stats.document_split`,
+- documents are split by the project's document split (:func:`~tl_moe.analysis.splits.document_split`,
   the held-out probing split); the token ``t`` is the trained model's most common top-1 on the
   **selection** documents, and every share below is measured on the **test** documents only (choosing
   and counting on the same documents would count the choice);
@@ -38,7 +38,8 @@ import torch
 from jaxtyping import Float
 
 from tl_moe.analysis.logit_lens_accumulator import ExpertLogitLensResult
-from tl_moe.analysis.stats import Interval, cluster_bootstrap, document_split
+from tl_moe.analysis.splits import document_split
+from tl_moe.analysis.stats import Interval, cluster_bootstrap
 from tl_moe.errors import InputError
 
 __all__ = ["Top1", "TopTokenShare", "top1_share_statistic", "top1_shares_statistic", "top_token_share"]
@@ -216,10 +217,9 @@ def _split(
     lens: ExpertLogitLensResult, selection_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(selection, test)`` indices of the lens's documents under
-    :func:`~tl_moe.analysis.stats.document_split` (InputError when a side is empty)."""
-    side = document_split(
-        lens.doc_ids.numpy(), selection_fraction=selection_fraction, seed=seed, min_per_side=1
-    )
+    :func:`~tl_moe.analysis.splits.document_split` (InputError when a side is empty)."""
+    fractions = (selection_fraction, 1 - selection_fraction)
+    side = document_split(lens.doc_ids.numpy(), fractions, seed=seed, min_per_side=1) == 0
     return np.flatnonzero(side), np.flatnonzero(~side)
 
 

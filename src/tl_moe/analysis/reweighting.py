@@ -9,7 +9,7 @@ Definitions (docs/METHODS.md, "Re-weighting and steering experts"):
 - Its **loss change** on a set of documents is ``Σ_d S[d] / Σ_d N[d]``: ``S[d]`` sums
   ``loss(edited) − loss(clean)`` over document ``d``'s next-token positions, ``N[d]`` counts them
   (nats/token; negative = the re-weighting helps).
-- **Selection** (documents with :func:`~tl_moe.analysis.drivers.document_half` 0): for each domain
+- **Selection** (documents with half 0 of the drivers' :func:`~tl_moe.analysis.splits.document_split`): for each domain
   ``D``, every candidate set (its domain experts, the driver experts, both) × every factor of the
   grid is run on ``D``'s selection documents; the pair with the lowest loss change is chosen.
 - **Report** (half 1, disjoint): the chosen pair's loss change on ``D``'s held-out documents, beside

@@ -22,7 +22,6 @@ estimate). Paired differences use :data:`PAIRED_METHOD`; docs/METHODS.md says wh
   permutations of a label vector (e.g. the domain of each document); exact when feasible.
 - :func:`benjamini_hochberg` — BH-adjusted p-values (``scipy.stats.false_discovery_control``) and
   the discoveries at a false-discovery rate.
-- :func:`document_split` — a seeded split of documents into a selection and a test side.
 
 Bad input never becomes a silent number: too few documents raises :class:`~tl_moe.errors.InputError`
 naming the minimum, or (``on_too_few="unavailable"``) returns an :class:`Interval` whose
@@ -57,7 +56,6 @@ __all__ = [
     "cluster_bootstrap",
     "draw_mean_interval",
     "draw_mean_t",
-    "document_split",
     "holm",
     "paired_difference",
     "paired_item_means",
@@ -513,35 +511,3 @@ def benjamini_hochberg(pvalues: np.ndarray, alpha: float = 0.05) -> tuple[np.nda
     if tested.any():
         adjusted[tested] = scipy.stats.false_discovery_control(pvalues[tested], method="bh")
     return adjusted, np.where(tested, adjusted <= alpha, False)
-
-
-def document_split(
-    doc_ids: np.ndarray, *, selection_fraction: float = 0.5, seed: int = 0, min_per_side: int = MIN_DOCUMENTS
-) -> np.ndarray:
-    """Whether each document id falls on the selection side (True) or the test side (False).
-
-    The side of a document depends only on its id and the seed (not on which other documents a
-    model reached), so two models streamed over one corpus split the same documents the same way.
-    Raises :class:`~tl_moe.errors.InputError` when either side would hold fewer than ``min_per_side``
-    documents.
-    """
-    doc_ids = np.asarray(doc_ids).astype(np.int64)
-    if not 0 < selection_fraction < 1:
-        raise InputError(f"selection_fraction must lie in (0, 1), got {selection_fraction}.")
-    unique = np.unique(doc_ids)
-    # A seeded pseudo-random key per id (splitmix64), so the side does not depend on the other ids.
-    with np.errstate(over="ignore"):
-        z = unique.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
-        z = z + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    side = (z >> np.uint64(11)).astype(np.float64) / float(2**53) < selection_fraction
-    n_selection, n_test = int(side.sum()), int((~side).sum())
-    if min(n_selection, n_test) < min_per_side:
-        raise InputError(
-            f"{len(unique)} documents split into {n_selection} selection / {n_test} test documents; "
-            f"held-out selection needs at least {min_per_side} on each side (about {2 * min_per_side + 4} "
-            "documents): raise --max-tokens or use a corpus with more documents."
-        )
-    return side[np.searchsorted(unique, doc_ids)]

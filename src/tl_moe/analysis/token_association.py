@@ -13,7 +13,8 @@ tokens whose routed set contains ``e``, ``n_te`` occurrences of ``t`` routed to 
   Python expert) out of the association. The null law of ``n_te`` is a sum over documents of
   hypergeometric counts, computed exactly (:func:`within_document_pvalues`), so p-values are those of
   infinitely many permutations; Benjamini–Hochberg over every tested (block, expert, token) triple.
-- **held out**: documents are split in halves by :func:`tl_moe.analysis.drivers.document_half`;
+- **held out**: documents are split in halves by :func:`tl_moe.analysis.splits.document_split` (the drivers'
+  halves, :data:`~tl_moe.analysis.drivers.HALVES_KEY`);
   tokens are supported, tested and selected on the selection half; the lift of every discovery is
   then measured on the report half, with a 95% document-bootstrap interval when at least
   ``min_report_documents`` (:data:`~tl_moe.defaults.MIN_DOCUMENTS`) report documents hold its token
@@ -37,7 +38,8 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 
-from tl_moe.analysis.drivers import document_half
+from tl_moe.analysis.drivers import HALVES_KEY
+from tl_moe.analysis.splits import document_split
 from tl_moe.analysis.stats import Interval, benjamini_hochberg, cluster_bootstrap
 from tl_moe.collect.accumulator import Accumulator, Activations
 from tl_moe.collect.meta import BatchMeta
@@ -311,12 +313,13 @@ def token_expert_associations(
         n_resamples, seed: the document bootstrap of the report-half lifts.
         token_names: the text of a token id (for the table).
         halves: ``[token]`` 0 (selection) / 1 (report) per record; default
-            :func:`~tl_moe.analysis.drivers.document_half` of the document.
+            :func:`~tl_moe.analysis.splits.document_split` half of the document
+            (:data:`~tl_moe.analysis.drivers.HALVES_KEY`).
     """
     doc = records.doc_index.numpy()
     token = records.token_id.numpy()
     experts = records.experts.numpy().astype(np.int64)
-    half = document_half(records.doc_index).numpy() if halves is None else np.asarray(halves)
+    half = document_split(doc, key=HALVES_KEY) if halves is None else np.asarray(halves)
     n_layers = experts.shape[1]
     sel = half == 0
     # supported token ids (selection half)

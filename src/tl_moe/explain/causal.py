@@ -66,10 +66,11 @@ from jaxtyping import Bool, Float, Int
 
 from tl_moe.analysis.logit_lens import expert_logit_lens
 from tl_moe.analysis.readout import LogitReadout
+from tl_moe.analysis.splits import document_split
 from tl_moe.analysis.stats import _too_few, cluster_bootstrap
 from tl_moe.collect.interventional import InterventionRunner
 from tl_moe.data.concepts import TokenConceptLabeler
-from tl_moe.explain.examples import _HEAD, SPLITS, ExpertExamples, document_split
+from tl_moe.explain.examples import _HEAD, SPLIT_KEY, SPLITS, ExpertExamples
 from tl_moe.explain.explainers import Explanation
 from tl_moe.explain.labels import SIMPLE_KINDS, ExplainItems, LabelRule, _unpack, described_by
 from tl_moe.models.hook_names import get_act_name
@@ -166,7 +167,7 @@ def causal_windows(
     padding never changes an earlier position)."""
     labeler = TokenConceptLabeler(examples.concept_names)
     rows = torch.arange(len(dataset))
-    split = document_split(rows, examples.split_fractions, examples.seed)
+    split = document_split(rows, examples.split_fractions, seed=examples.seed, key=SPLIT_KEY)
     bos = tokenizer.bos_token_id
     pad = next(t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, bos, 0) if t is not None)
     lead = int(bos is not None)

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 
+from tl_moe.analysis.splits import document_split
 from tl_moe.collect.accumulator import Accumulator, Activations, same_device
 from tl_moe.collect.hashing import uniform_priority
 from tl_moe.collect.meta import BatchMeta
@@ -48,24 +49,20 @@ __all__ = [
     "ExpertExamples",
     "ExpertExamplesAccumulator",
     "ExpertRecord",
-    "document_split",
 ]
 
 SPLITS = ("explain", "score", "causal")
 """The document splits, in the order of every ``split`` axis."""
 
+SPLIT_FRACTIONS = (0.5, 0.3, 0.2)
+"""The default share of documents in each split (:data:`SPLITS` order)."""
+
+SPLIT_KEY = "avalanche32"
+"""The :func:`~tl_moe.analysis.splits.document_split` key of the explanation splits."""
+
 _BITS = 62  # concept bits packed per int64 word (sign bit and one spare left alone)
 _HEAD = 6  # payload columns before the context: doc, doc position, domain, token id, marks, saliency
 _ROW_LAYOUT = 2  # expert rows: head, ids, concept words, routing, the expert's weight per position
-
-
-def document_split(
-    doc_index: Int[torch.Tensor, "..."], fractions: Sequence[float] = (0.5, 0.3, 0.2), seed: int = 0
-) -> Int[torch.Tensor, "..."]:
-    """The split (index into :data:`SPLITS`) of each document row: a pure function of (row, seed)."""
-    bounds = torch.tensor(np.cumsum(fractions)[:-1], dtype=torch.float64, device=doc_index.device)
-    priority = uniform_priority(doc_index.clamp(min=0), seed + 7919)
-    return torch.bucketize(priority, bounds, right=True)
 
 
 def _pack_bits(labels: torch.Tensor, n_words: int) -> Int[torch.Tensor, "... words"]:
@@ -233,7 +230,7 @@ class ExpertExamples:
     out_sum: Float[torch.Tensor, "layer expert d_model"] | None = None
     n_words: int = 1
     seed: int = 0
-    split_fractions: tuple[float, ...] = (0.5, 0.3, 0.2)
+    split_fractions: tuple[float, ...] = SPLIT_FRACTIONS
     _decoded: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -547,7 +544,7 @@ class ExpertExamplesAccumulator(Accumulator):
         n_random: int = 400,
         before: int = 24,
         after: int = 7,
-        split_fractions: Sequence[float] = (0.5, 0.3, 0.2),
+        split_fractions: Sequence[float] = SPLIT_FRACTIONS,
         seed: int = 0,
     ) -> None:
         cfg = getattr(model, "moe_cfg", None) or moe_config(model)
@@ -563,8 +560,14 @@ class ExpertExamplesAccumulator(Accumulator):
             raise ValueError(
                 f"contexts hold at most 63 tokens (marks are a bitmask); got {before + 1 + after}."
             )
-        if len(split_fractions) != len(SPLITS) or min(split_fractions) <= 0:
-            raise ValueError(f"split_fractions needs three positive fractions, got {split_fractions}.")
+        if (
+            len(split_fractions) != len(SPLITS)
+            or min(split_fractions) <= 0
+            or abs(sum(split_fractions) - 1) > 1e-9
+        ):
+            raise ValueError(
+                f"split_fractions needs three positive fractions summing to 1, got {split_fractions}."
+            )
         self.n_experts, self.k = cfg.num_experts, cfg.experts_per_token
         self.domain_names = tuple(domain_names)
         self.concept_names = tuple(concept_names or ())
@@ -622,7 +625,7 @@ class ExpertExamplesAccumulator(Accumulator):
         doc_position = meta.doc_position.to(device)
         token_index = meta.token_index.to(device)
         real = meta.attention_mask.to(device) & (doc_position >= 0)
-        split = document_split(doc, self.split_fractions, self.seed)
+        split = document_split(doc.clamp(min=0), self.split_fractions, seed=self.seed, key=SPLIT_KEY)
         domain = meta.domain.to(device)
         if meta.concept_labels is not None and C:
             labels = meta.concept_labels.to(device)

@@ -22,8 +22,8 @@ __all__ = [
 
 @dataclass(frozen=True)
 class DocumentBudget:
-    """Documents an analysis will see on each half of the :func:`~tl_moe.analysis.drivers.document_half`
-    split, counted from the corpus and the budgets before any pass.
+    """Documents an analysis will see on each half of the drivers' :func:`~tl_moe.analysis.splits.document_split`
+    halves, counted from the corpus and the budgets before any pass.
 
     Attributes:
         selection / report: documents on the selection (0) and report (1) half.
@@ -39,11 +39,12 @@ class DocumentBudget:
 
 
 def _document_halves(docs: Sequence[int]) -> tuple[int, int]:
-    from tl_moe.analysis.drivers import document_half
+    from tl_moe.analysis.drivers import HALVES_KEY
+    from tl_moe.analysis.splits import document_split
 
     if not docs:
         return 0, 0
-    half = document_half(torch.tensor(sorted(docs)))
+    half = document_split(torch.tensor(sorted(docs)), key=HALVES_KEY)
     return int((half == 0).sum()), int((half == 1).sum())
 
 

@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tl_moe.analysis.drivers import document_half
+from tl_moe.analysis.drivers import HALVES_KEY
 from tl_moe.analysis.positions import PositionEffect, position_effect
+from tl_moe.analysis.splits import document_split
 from tl_moe.analysis.stats import MIN_DOCUMENTS as MIN_INTERVAL_DOCUMENTS
 from tl_moe.analysis.token_association import (
     AssociationTable,
@@ -343,7 +344,7 @@ class Associations(Analysis):
         drivers, controls = _masks(
             inputs.result("drivers").experts, records.layers, model.moe_cfg.num_experts
         )
-        report = document_half(records.doc_index).numpy() == 1
+        report = document_split(records.doc_index.numpy(), key=HALVES_KEY) == 1
         effect = position_effect(
             records.experts.numpy()[report].astype(np.int64),
             positions[report],

@@ -18,7 +18,7 @@ from tl_moe.analysis.driver_domain import (
     ReportDocuments,
     compare_drivers_with_domain_experts,
 )
-from tl_moe.analysis.drivers import DocumentEffects, ExpertSaliency, driver_report, max_drivers
+from tl_moe.analysis.drivers import ExpertSaliency, driver_report, max_drivers
 from tl_moe.analysis.effect_estimate import (
     POOLED_MINUS_WITHIN,
     WITHIN_LAYERS,
@@ -28,6 +28,7 @@ from tl_moe.analysis.effect_estimate import (
 )
 from tl_moe.analysis.stats import MIN_DOCUMENTS, RHO_METHOD, RHO_MIN_EXPERT_DOCUMENTS, Interval
 from tl_moe.collect.accumulator import Accumulator
+from tl_moe.collect.expert_effects import ExpertEffects
 from tl_moe.models.config import MoEConfig
 from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.memory import backward_bytes
@@ -57,7 +58,7 @@ class DriverEffects(AccumulatorSpec):
 
     def build(self, model: Any, run: RunContext) -> Accumulator:
         cfg = model.moe_cfg
-        return DocumentEffects(cfg.sparse_layers, cfg.num_experts, self.kinds, self.max_tokens)
+        return ExpertEffects(cfg.sparse_layers, self.kinds, max_tokens=self.max_tokens)
 
     def estimate_bytes(self, cfg: MoEConfig, run: RunContext) -> int:
         documents = len(run.dataset)

@@ -759,12 +759,14 @@ def check_causal_budget(dataset: Any, windows: int, seed: int = 0) -> int:
 
     import torch
 
-    from tl_moe.explain.examples import SPLITS, document_split
+    from tl_moe.analysis.splits import document_split
+    from tl_moe.explain.examples import SPLIT_FRACTIONS, SPLIT_KEY, SPLITS
 
     if windows <= 0:
         return 0
     rows = torch.arange(len(dataset))
-    available = int((document_split(rows, seed=seed) == SPLITS.index("causal")).sum())
+    split = document_split(rows, SPLIT_FRACTIONS, seed=seed, key=SPLIT_KEY)
+    available = int((split == SPLITS.index("causal")).sum())
     reach = min(windows, available)
     if reach < MIN_DOCUMENTS:
         advice = (

@@ -45,7 +45,8 @@ from tl_moe.analysis.held_out_probing import (
     layer_map,
     permuted_labels,
 )
-from tl_moe.analysis.stats import cluster_bootstrap, document_split
+from tl_moe.analysis.splits import document_split
+from tl_moe.analysis.stats import cluster_bootstrap
 from tl_moe.collect.steps import Step, run_now
 from tl_moe.data.concepts import KNOWN_CONCEPTS
 from tl_moe.errors import AnalysisUnavailable, InputError
@@ -694,11 +695,11 @@ def held_out_probing(
     def split(stored: StoredTokens) -> torch.Tensor:
         side = document_split(
             stored.doc_index.numpy(),
-            selection_fraction=options.selection_fraction,
+            (options.selection_fraction, 1 - options.selection_fraction),
             seed=options.seed,
             min_per_side=options.min_documents,
         )
-        return torch.from_numpy(side)
+        return torch.from_numpy(side == 0)
 
     selection = split(moe)
     moe = usable_on_selection(moe, selection, minimum)

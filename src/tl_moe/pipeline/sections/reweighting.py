@@ -11,9 +11,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tl_moe.analysis.drivers import document_half
+from tl_moe.analysis.drivers import HALVES_KEY
 from tl_moe.analysis.edit_windows import Windows, held_out_windows, routed_counts
 from tl_moe.analysis.reweighting import ReweightingStudy, reweighting_study, selection_domain_experts
+from tl_moe.analysis.splits import document_split
 from tl_moe.analysis.stats import MIN_DOCUMENTS
 from tl_moe.analysis.steering import SteeringStudy, steering_study
 from tl_moe.errors import InputError
@@ -325,7 +326,7 @@ def held_out_capacity(groups: Sequence[Any], rows: Sequence[int] | None = None) 
     when None; ``groups`` gives each of those rows' group): the most held-out documents any
     ``--reweight-tokens`` can reach, by the drivers' document split."""
     index = torch.arange(len(groups)) if rows is None else torch.as_tensor(list(rows), dtype=torch.long)
-    half = document_half(index).tolist()
+    half = document_split(index, key=HALVES_KEY).tolist()
     out: dict[str, list[int]] = {}
     for group, side in zip(groups, half, strict=True):
         counts = out.setdefault(str(group), [0, 0])
@@ -340,14 +341,23 @@ def testable_groups(capacity: dict[str, tuple[int, int]]) -> list[str]:
     return sorted(able, key=lambda g: (-capacity[g][0], g))
 
 
+def _short_groups(capacity: dict[str, tuple[int, int]], counts: str) -> tuple[list[str], str]:
+    """``(groups, listing)``: the groups whose held-out half cannot reach ``MIN_DOCUMENTS`` documents, and
+    them joined by "; ", each followed by its document counts written into the ``counts`` pattern."""
+    short = [g for g, (_, held_out) in capacity.items() if held_out < MIN_DOCUMENTS]
+    listed = "; ".join(
+        f"{g} "
+        + counts.format(f"{capacity[g][0]} documents in the split, {capacity[g][1]} on the held-out half")
+        for g in short
+    )
+    return short, listed
+
+
 def _untestable(capacity: dict[str, tuple[int, int]], what: str) -> str:
     """A sentence naming the groups this corpus cannot make testable (empty when none)."""
-    short = [g for g, (_, held_out) in capacity.items() if held_out < MIN_DOCUMENTS]
+    short, listed = _short_groups(capacity, "({})")
     if not short:
         return ""
-    listed = "; ".join(
-        f"{g} ({capacity[g][0]} documents in the split, {capacity[g][1]} on the held-out half)" for g in short
-    )
     return (
         f" The corpus cannot make {what} testable for {len(short)} of {len(capacity)} groups, whatever "
         f"--reweight-tokens is: a held-out interval needs {MIN_DOCUMENTS} documents, and it has {listed}."
@@ -356,12 +366,9 @@ def _untestable(capacity: dict[str, tuple[int, int]], what: str) -> str:
 
 def _steering_testability(capacity: dict[str, tuple[int, int]]) -> str:
     """Whether both steering groups can reach ``MIN_DOCUMENTS`` held-out documents, from the counts."""
-    short = [g for g, (_, held_out) in capacity.items() if held_out < MIN_DOCUMENTS]
+    short, listed = _short_groups(capacity, "{}")
     if not short:
         return ""
-    listed = "; ".join(
-        f"{g} {capacity[g][0]} documents in the split, {capacity[g][1]} on the held-out half" for g in short
-    )
     return (
         f" Steering is untestable on this corpus for this contrast ({listed}; {MIN_DOCUMENTS} held-out "
         "documents needed, whatever --reweight-tokens is): the values above are descriptive only."
