@@ -145,10 +145,11 @@ def probe_fit_counts(plan: RunPlan, concepts: int) -> list[ProbeWork]:
     options = plan.options
     main = plan.models[0]
     cfg = main.config
-    layers = len(options.probe_layers or cfg.sparse_layers)
+    layers = len(options.config("probing").layers or cfg.sparse_layers)
     experts = layers * cfg.num_experts
     routed = options.max_tokens * cfg.experts_per_token // max(cfg.num_experts, 1)
-    cap = None if options.probe_rows_per_class is None else options.probe_rows_per_class * 4 * concepts
+    rows = options.config("probing").rows_per_class
+    cap = None if rows is None else rows * 4 * concepts
     rows = min(routed, cap or routed)
     names = [model.name for model in plan.models]
     dense = next((m for m in plan.models if m.name == options.dense_baseline), None)
@@ -229,7 +230,7 @@ def estimate_times(
     rates = {m.name: forward_rates[_rate_key(m)] for m in plan.models}
     if not fit_rates or not probe_work:
         return TimeEstimate(passes, rates, device=device, threads=threads)
-    ks = len(plan.options.probe_ks)
+    ks = len(plan.options.config("probing").ks)
     seconds, fits = 0.0, 0
     for work in probe_work:
         n = work.units * work.concepts * ks
@@ -279,10 +280,11 @@ def calibrate(plan: RunPlan, clock: Clock = time.perf_counter) -> TimeEstimate:
         return estimate_times(plan, forward_rates, device=device, threads=threads)
     work = probe_fit_counts(plan, _concepts_of(plan))
     if rates is not None:  # the concepts each unit is probed for, at the rates the short pass labeled
-        minimum = options.min_examples
+        minimum = options.config("probing").min_examples
         work = [dataclasses.replace(w, concepts=eligible_concepts(rates, w.rows, minimum)) for w in work]
     rows = {w.width: min(CALIBRATION_MAX_ROWS, max(x.rows for x in work if x.width == w.width)) for w in work}
     fit_rates = {
-        width: measure_fit_rate(width, n, options.probe_ks, device, clock=clock) for width, n in rows.items()
+        width: measure_fit_rate(width, n, options.config("probing").ks, device, clock=clock)
+        for width, n in rows.items()
     }
     return estimate_times(plan, forward_rates, fit_rates, work, rows, device, threads)
