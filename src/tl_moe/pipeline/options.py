@@ -373,8 +373,21 @@ def _route_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
             configs[analysis] = dataclasses.replace(config_from(config_class, base, analysis), **value)
         else:
             configs[analysis] = config_from(config_class, value, analysis)
-    kwargs["configs"] = configs
+    kwargs["configs"] = {
+        analysis: config_from(_config_class_of(analysis), value, analysis)
+        for analysis, value in configs.items()
+    }
     return kwargs
+
+
+def _config_class_of(analysis: str) -> type:
+    """The config class of ``analysis``, refusing in one line an analysis that takes no settings."""
+    config_class = catalog.config_class(analysis)
+    if config_class is None:
+        raise InputError(
+            f"the analysis {analysis!r} takes no settings; give settings of an analysis that has them."
+        )
+    return config_class
 
 
 _dataclass_init = RunOptions.__init__
