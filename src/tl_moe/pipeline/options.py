@@ -479,18 +479,22 @@ def _shown_default(default: Any) -> str:
 def add_option_arguments(parser: argparse.ArgumentParser, analysis_help: str = "") -> None:
     """Add one command-line argument per run-wide field and per field of each registered analysis's
     config (those under ``--ANALYSIS.FIELD``, with their legacy flag as an alias), with default and help."""
+    groups: dict[str, Any] = {}
     for analysis, spec in _cli_specs():
+        target = parser
+        if analysis is not None:  # each analysis's settings under its own heading of --help
+            if analysis not in groups:
+                groups[analysis] = parser.add_argument_group(f"settings of the {analysis} analysis")
+            target = groups[analysis]
         meta = spec.metadata
         help_text = meta["help"] + (f": {analysis_help}" if spec.name == "analyses" and analysis_help else "")
-        if analysis is not None and not meta.get("legacy"):
-            help_text = f"{analysis}: {help_text}"
         if spec.default is not None and not isinstance(spec.default, bool):
             help_text += f" (default: {_shown_default(spec.default)})"
         dest = _dest(analysis, spec)
         if meta.get("positional"):
-            parser.add_argument(spec.name, nargs="?", default=argparse.SUPPRESS, help=help_text)
+            target.add_argument(spec.name, nargs="?", default=argparse.SUPPRESS, help=help_text)
         elif isinstance(spec.default, bool):
-            parser.add_argument(
+            target.add_argument(
                 *_flags(analysis, spec),
                 dest=dest,
                 action="store_true",
@@ -499,7 +503,7 @@ def add_option_arguments(parser: argparse.ArgumentParser, analysis_help: str = "
             )
         else:
             metavar = (meta.get("legacy") or spec.name).upper()
-            parser.add_argument(
+            target.add_argument(
                 *_flags(analysis, spec), dest=dest, default=argparse.SUPPRESS, help=help_text, metavar=metavar
             )
 
