@@ -823,23 +823,23 @@ class Explain(Analysis):
         return [Need(run.main, ExpertExamplesSpec(seed=run.options.seed))]
 
     def finalize(self, run: RunContext, inputs: Inputs) -> ExplainResult:
-        options = run.options
+        options, config = run.options, run.options.config("explain")
         examples = inputs[Need(run.main, ExpertExamplesSpec(seed=options.seed))]
         model = run.model(run.main)
         records = examples.records(model.tokenizer, LogitReadout.from_model(model), seed=options.seed)
         out = Path(options.out) / "explain"
-        if run.options.config("explain").explainer == "offline":
+        if config.explainer == "offline":
             explainer: Any = DissectionExplainer(examples)
-            names = run.options.config("explain").scorers or ("concept",)
+            names = config.scorers or ("concept",)
             client = None
         else:
             client = CachedChatClient(
-                client_from_spec(run.options.config("explain").explainer, model=run.options.config("explain").model, timeout=run.options.config("explain").timeout,
-                                 max_retries=run.options.config("explain").retries),
+                client_from_spec(config.explainer, model=config.model, timeout=config.timeout,
+                                 max_retries=config.retries),
                 out / "cache.sqlite",
             )  # fmt: skip
             explainer = LMExplainer(client)
-            names = run.options.config("explain").scorers or ("detection",)
+            names = config.scorers or ("detection",)
         factories = {
             "concept": lambda: ConceptScorer(examples.concept_names),
             "detection": lambda: DetectionScorer(client, seed=options.seed),
@@ -851,22 +851,22 @@ class Explain(Analysis):
             records,
             explainer,
             scorers,
-            concurrency=run.options.config("explain").concurrency,
+            concurrency=config.concurrency,
             results_path=out / "results.jsonl",
             shuffle_seed=options.seed,
             progress=options.progress,
             # offline: the token-set baseline on the same items; with a language model it would double the requests
-            baseline=TokenSetBaseline() if run.options.config("explain").explainer == "offline" else None,
+            baseline=TokenSetBaseline() if config.explainer == "offline" else None,
             n_resamples=options.bootstrap_resamples,
             min_documents=options.min_documents,
         )
         main = "concept" if "concept" in names else names[0]
         causal = None
         labels = [e for e in labeling.explanations.values() if e.ok and (e.rule or e.concept) is not None]
-        if run.options.config("explain").causal_windows > 0 and labels:  # every label a rule can evaluate
+        if config.causal_windows > 0 and labels:  # every label a rule can evaluate
             causal = causal_checks(
                 model, run.dataset, examples, labels,
-                seq_len=options.seq_len, max_windows=run.options.config("explain").causal_windows,
+                seq_len=options.seq_len, max_windows=config.causal_windows,
                 n_resamples=options.bootstrap_resamples, seed=options.seed, progress=options.progress,
             )  # fmt: skip
         cards = expert_cards(records, labeling, examples, main)
