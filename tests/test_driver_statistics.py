@@ -264,6 +264,29 @@ def test_reap_saliency_is_recomputed_on_every_resample():
     assert reap_row["ci high"] - reap_row["ci low"] > 0.01  # REAP's own ρ does vary over resamples
 
 
+def test_the_paired_rho_leaves_out_experts_routed_on_too_few_documents_and_names_them():
+    exact, c, estimate, ec, reap, routed = _paired_case(0, estimate_noise=0.05, reap_noise=3.0)
+    routed, reap = routed.copy(), reap.copy()
+    routed[[2, 5], 4:] = 0  # routed on 4 documents only
+    reap[[2, 5], 4:] = 0
+    table = paired_rho_difference(exact, c, estimate, ec, reap, routed, n_resamples=50)
+    assert (
+        table.attrs["left out"] == [2, 5]
+        and (table["experts left out (routed on too few documents)"] == 2).all()
+    )
+    keep = np.ones(len(exact), dtype=bool)
+    keep[[2, 5]] = False
+    rho = scipy.stats.spearmanr(
+        reap[keep].sum(1) / routed[keep].sum(1), exact[keep].sum(1) / c.sum()
+    ).statistic  # scipy's on the gated experts
+    row = table.set_index("score").loc["REAP saliency"]
+    assert row["spearman with exact zeroing effect"] == pytest.approx(rho) and row["experts"] == keep.sum()
+    everyone = paired_rho_difference(
+        exact, c, estimate, ec, reap, routed, n_resamples=50, min_expert_documents=1
+    )
+    assert everyone.attrs["left out"] == [] and everyone["experts"].iloc[0] == len(exact)
+
+
 def test_the_paired_rho_difference_is_unavailable_on_few_documents():
     exact, c, estimate, ec, reap, routed = _paired_case(0, 0.1, 0.1, n_docs=12)
     table = paired_rho_difference(exact, c, estimate, ec, reap, routed, n_resamples=100)
@@ -282,7 +305,7 @@ def _saliency_case(seed: int, related: bool, n_docs: int = 120, n_experts: int =
     half = document_half(torch.arange(n_docs)).numpy()
     counts = np.where(half == 1, rng.integers(20, 40, n_docs), 0).astype(float)
     effect = truth[:, None] * counts + rng.normal(0, 3, (n_experts, n_docs)) * np.sqrt(counts)
-    routed = np.where(half == 0, rng.integers(5, 15, (n_experts, n_docs)), 0).astype(float)
+    routed = rng.integers(5, 15, (n_experts, n_docs)).astype(float)  # recorded on every document
     level = truth if related else np.zeros(n_experts)
     saliency = (2 + level)[:, None] * routed + rng.normal(0, 3, (n_experts, n_docs)) * np.sqrt(routed)
     return effect, counts, saliency, routed
@@ -293,7 +316,9 @@ def test_the_saliency_effect_spearman_has_a_document_interval_that_finds_a_plant
 
     effect, counts, saliency, routed = _saliency_case(0, related=True)
     interval = saliency_effect_spearman(effect, counts, saliency, routed, n_resamples=400)
-    rho = scipy.stats.spearmanr(saliency.sum(1) / routed.sum(1), effect.sum(1) / counts.sum()).statistic
+    selection = document_half(torch.arange(120)).numpy() == 0  # saliency from the selection half only
+    reap = saliency[:, selection].sum(1) / routed[:, selection].sum(1)
+    rho = scipy.stats.spearmanr(reap, effect.sum(1) / counts.sum()).statistic
     assert interval.estimate == pytest.approx(rho) and interval.n == 120
     assert interval.low > 0.2  # planted relation
     covered = 0
@@ -304,6 +329,29 @@ def test_the_saliency_effect_spearman_has_a_document_interval_that_finds_a_plant
     assert covered >= 9
     few = saliency_effect_spearman(*_saliency_case(0, True, n_docs=20), n_resamples=100)
     assert not few.available and np.isnan(few.low) and str(MIN_DOCUMENTS) in few.reason
+
+
+def test_the_split_rho_leaves_out_experts_routed_on_too_few_documents_of_a_half():
+    from tl_moe.analysis.drivers import saliency_effect_spearman, split_gate
+
+    effect, counts, saliency, routed = _saliency_case(0, related=True)
+    half = document_half(torch.arange(120)).numpy()
+    routed[3, np.flatnonzero(half == 0)[4:]] = 0  # expert 3: 4 selection-half documents
+    routed[7, np.flatnonzero(half == 1)[2:]] = 0  # expert 7: 2 report-half documents
+    saliency[[3, 7]] *= routed[[3, 7]] > 0
+    gate = split_gate(counts, routed, 5)
+    assert gate.sum() == 22 and not gate[3] and not gate[7]
+    selection = half == 0
+    reap = saliency[:, selection].sum(1) / routed[:, selection].sum(1)
+    rho = scipy.stats.spearmanr(reap[gate], effect[gate].sum(1) / counts.sum()).statistic
+    assert saliency_effect_spearman(
+        effect, counts, saliency, routed, n_resamples=50
+    ).estimate == pytest.approx(rho)
+    everyone = saliency_effect_spearman(
+        effect, counts, saliency, routed, n_resamples=50, min_expert_documents=0
+    )
+    full = scipy.stats.spearmanr(reap, effect.sum(1) / counts.sum()).statistic
+    assert everyone.estimate == pytest.approx(full) and full != pytest.approx(rho)
 
 
 def test_driver_report_gives_the_saliency_spearman_its_interval():
@@ -518,6 +566,34 @@ def test_the_paired_rho_is_given_per_layer_and_a_between_layer_rho_is_told_apart
     assert covered >= 13  # 95% nominal over 15 seeds
 
 
+def test_pooled_minus_within_layers_has_its_own_paired_interval():
+    from tl_moe.analysis.effect_estimate import POOLED_MINUS_WITHIN, WITHIN_LAYERS
+
+    *scores, layer = _layered_case(0, within=False)
+    first = paired_rho_difference(*scores, layers=layer, n_resamples=300)
+    first = first[first["score"] == "first-order estimate"].set_index("layer")
+    column = "spearman with exact zeroing effect"
+    gap = first.loc[POOLED_MINUS_WITHIN]
+    assert gap[column] == pytest.approx(first.loc["all", column] - first.loc[WITHIN_LAYERS, column])
+    assert (
+        gap["ci low"] > 0
+    )  # planted: the estimate orders layers only, so the pooled ρ exceeds the within mean
+    covered = 0
+    for seed in range(15):  # planted none: no layer levels and an estimate unrelated to the effect
+        exact, counts, estimate, ec, reap, routed, layer = _layered_case(seed, within=False)
+        flat = np.repeat(np.arange(4), 16)  # strip the layer levels from effect and estimate
+        exact = exact - (2.0 * flat)[:, None] * counts
+        estimate = estimate - (2.0 * flat)[:, None] * ec
+        table = paired_rho_difference(
+            exact, counts, estimate, ec, reap, routed, layers=layer, n_resamples=200
+        )
+        row = table[
+            (table["score"] == "first-order estimate") & (table["layer"] == POOLED_MINUS_WITHIN)
+        ].iloc[0]
+        covered += bool(row["ci low"] <= 0 <= row["ci high"])
+    assert covered >= 13  # 95% nominal over 15 seeds
+
+
 def test_a_within_layer_ranking_is_found_within_layers():
     *scores, layer = _layered_case(1, within=True)
     first = paired_rho_difference(*scores, layers=layer, n_resamples=300)
@@ -548,72 +624,64 @@ def test_the_estimate_finding_words_a_between_layer_rho_from_the_per_layer_value
         pd.DataFrame(), pd.DataFrame(), 0.5, agreement=agreement, paired=paired
     )._estimate_finding()
     assert "layer 0 " in text and "layer 3 " in text and "mean over layers" in text
-    assert "driven by differences between layers" in text
+    assert "pooled minus mean within-layer ρ" in text and "driven by" not in text
     assert "same 64 experts" in text and "bootstrap bias" in text
     metrics = DriversResult(pd.DataFrame(), pd.DataFrame(), 0.5, paired=paired)
     assert metrics.paired is paired
 
 
-def test_the_layer_verdict_names_layers_whose_own_interval_is_above_zero():
-    from tl_moe.pipeline.sections.drivers import WITHIN, DriversResult
+def _verdict_rows(values: dict[str, tuple[float, float]]) -> pd.DataFrame:
+    from tl_moe.pipeline.sections.drivers import DriversResult
 
-    def rows(layer, low, high):
-        return {
-            "score": "first-order estimate",
-            "layer": layer,
-            "spearman with exact zeroing effect": (low + high) / 2,
-            "ci low": low,
-            "ci high": high,
-            "interval unavailable": "",
-        }
-
-    paired = pd.DataFrame(
-        [rows("all", 0.05, 0.5), rows("0", 0.1, 0.8), rows("1", -0.5, 0.4), rows(WITHIN, -0.01, 0.4)]
+    return DriversResult(
+        pd.DataFrame(),
+        pd.DataFrame(),
+        0.5,
+        paired=pd.DataFrame(
+            [
+                {
+                    "score": "first-order estimate",
+                    "layer": layer,
+                    "spearman with exact zeroing effect": (low + high) / 2,
+                    "ci low": low,
+                    "ci high": high,
+                    "bootstrap bias": 0.3,  # a diagnostic: it never changes the verdict
+                    "interval unavailable": "",
+                }
+                for layer, (low, high) in values.items()
+            ]
+        ),
     )
-    verdict = DriversResult(pd.DataFrame(), pd.DataFrame(), 0.5, paired=paired)._layer_verdict(["0", "1"])
-    assert "1 of 2 layers have an interval above 0" in verdict and "rests largely on differences" in verdict
-    paired.loc[1, ["ci low"]] = -0.1
-    verdict = DriversResult(pd.DataFrame(), pd.DataFrame(), 0.5, paired=paired)._layer_verdict(["0", "1"])
-    assert "driven by differences between layers" in verdict
-    paired.loc[3, ["ci low"]] = 0.05
-    verdict = DriversResult(pd.DataFrame(), pd.DataFrame(), 0.5, paired=paired)._layer_verdict(["0", "1"])
-    assert "also ranks experts within layers" in verdict
 
 
-def test_a_leaning_layer_interval_is_not_counted_above_zero_and_gets_its_basic_interval():
-    from tl_moe.pipeline.sections.drivers import WITHIN, DriversResult, _lean
+def test_the_layer_verdict_words_the_pooled_rho_from_its_own_paired_difference():
+    from tl_moe.analysis.effect_estimate import POOLED_MINUS_WITHIN
+    from tl_moe.pipeline.sections.drivers import WITHIN
 
-    def rows(layer, estimate, low, high, bias):
-        return {
-            "score": "first-order estimate",
-            "layer": layer,
-            "spearman with exact zeroing effect": estimate,
-            "ci low": low,
-            "ci high": high,
-            "bootstrap bias": bias,
-            "interval unavailable": "",
-        }
-
-    # layer 1 is planted like a rarely routed layer: interval barely above 0, bias-corrected estimate
-    # 0.19 − 0.268 = −0.078 below it, so only layer 0 is shown above 0
-    paired = pd.DataFrame(
-        [
-            rows("all", 0.4, 0.2, 0.6, 0.0),
-            rows("0", 0.45, 0.1, 0.8, 0.01),
-            rows("1", 0.19, 0.0035, 0.92, 0.268),
-            rows(WITHIN, 0.2, -0.01, 0.4, 0.0),
-        ]
-    )
-    verdict = DriversResult(pd.DataFrame(), pd.DataFrame(), 0.5, paired=paired)._layer_verdict(["0", "1"])
+    rows = {"all": (0.05, 0.5), "0": (0.1, 0.8), "1": (-0.5, 0.4), WITHIN: (-0.01, 0.4)}
+    verdict = _verdict_rows({**rows, POOLED_MINUS_WITHIN: (-0.1, 0.3)})._layer_verdict(["0", "1"])
+    assert "1 of 2 layers have an interval above 0" in verdict and "mean within-layer ρ covers 0" in verdict
     assert (
-        "1 of 2 layers have an interval above 0" in verdict
-        and "layer 1's interval is above 0 but leans" in verdict
+        "cannot tell the pooled ρ from the within-layer mean" in verdict
+    )  # absence of evidence, no mechanism
+    assert (
+        "driven by" not in verdict and "comes from differences between layers" not in verdict.split("nor")[0]
     )
-    paired.loc[1, ["ci low"]] = -0.1  # layer 0 no longer above 0: none counted
-    verdict = DriversResult(pd.DataFrame(), pd.DataFrame(), 0.5, paired=paired)._layer_verdict(["0", "1"])
-    assert "driven by differences between layers" in verdict
-    # the REAP case: 0.660 [0.615, 0.833] bias +0.053 -> corrected 0.607 below the interval
-    text = _lean(0.660, 0.615, 0.833, 0.053)
-    assert "leans" in text and "+0.61" in text
-    assert f"[{2 * 0.660 - 0.833:+.2f}, {2 * 0.660 - 0.615:+.2f}]" in text  # basic interval by hand
-    assert "basic interval" not in _lean(0.5, 0.3, 0.7, 0.01)  # corrected 0.49 inside: no lean
+    verdict = _verdict_rows({**rows, POOLED_MINUS_WITHIN: (0.05, 0.3)})._layer_verdict(["0", "1"])
+    assert "part of it comes from differences between layers" in verdict and "[+0.05, +0.30]" in verdict
+    verdict = _verdict_rows({**rows, WITHIN: (0.05, 0.4), POOLED_MINUS_WITHIN: (-0.4, -0.1)})._layer_verdict(
+        ["0", "1"]
+    )
+    assert "mean within-layer ρ is above 0" in verdict and "lower than the within-layer mean" in verdict
+
+
+def test_a_layer_counts_above_zero_exactly_when_its_interval_does_whatever_its_bias():
+    from tl_moe.analysis.effect_estimate import POOLED_MINUS_WITHIN
+    from tl_moe.pipeline.sections.drivers import WITHIN
+
+    rows = {"all": (0.2, 0.6), "0": (0.1, 0.8), "1": (0.0035, 0.92), WITHIN: (-0.01, 0.4)}
+    verdict = _verdict_rows({**rows, POOLED_MINUS_WITHIN: (-0.2, 0.3)})._layer_verdict(["0", "1"])
+    assert "2 of 2 layers have an interval above 0" in verdict
+    rows["1"] = (-0.1, 0.92)
+    verdict = _verdict_rows({**rows, POOLED_MINUS_WITHIN: (-0.2, 0.3)})._layer_verdict(["0", "1"])
+    assert "1 of 2 layers" in verdict

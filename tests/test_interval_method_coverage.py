@@ -50,7 +50,7 @@ def planted_counts(seed: int, n_docs: int = N_DOCS) -> tuple[np.ndarray, np.ndar
 
 
 def _difference(counts_a: np.ndarray, counts_b: np.ndarray):
-    paired = _difference_statistic([Side(counts_a, (counts_b,))], balanced_f1, seed=0)
+    paired = _difference_statistic([Side(counts_a, (counts_b,))], balanced_f1)
     return lambda w: paired(w)[0]
 
 

@@ -3,6 +3,8 @@ planted clock), refused inputs load nothing, and a real small plan prints an est
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 import tl_moe.pipeline  # noqa: F401 (registers the analyses)
@@ -12,9 +14,12 @@ from tl_moe.pipeline.calibration import (
     CALIBRATION_CONCEPTS,
     CALIBRATION_UNITS,
     ProbeWork,
+    calibration_tokens,
     concept_rates,
     eligible_concepts,
+    eligible_work,
     estimate_times,
+    held_out_gate,
     measure_fit_rate,
     measure_pass,
     probe_fit_counts,
@@ -35,31 +40,41 @@ def test_pass_and_probing_seconds_are_the_work_over_the_measured_rates():
     plan = plan_run(options)
     names = [model.name for model in plan.models]
     assert names == ["toy/moe-8x2", "toy/dense", "untrained:toy/moe-8x2"]
+    big = calibration.CALIBRATION_MAX_ROWS
     work = [
-        ProbeWork(width=64, units=10, rows=300, concepts=5),
-        ProbeWork(width=512, units=3, rows=100, concepts=4),
+        ProbeWork(width=64, units=10, rows=3 * big, concepts=5),
+        ProbeWork(width=512, units=3, rows=100, concepts=4, held_out=True),
+        ProbeWork(width=512, units=9, rows=100, concepts=0),  # fits nothing: needs no rate
     ]
     estimate = estimate_times(
         plan,
-        forward_rates={"toy/moe-8x2": 1500.0, "toy/dense": 3000.0},
-        fit_rates={64: 50.0, 512: 20.0},
+        forward_rates={"toy/moe-8x2": 1500.0, "toy/dense": 3000.0, "untrained:toy/moe-8x2": 1200.0},
+        fit_rates={(64, big): 50.0, (512, 100): 20.0},  # the 64-wide rate measured on a third of the rows
         probe_work=work,
-        rate_rows={64: 100, 512: 200},  # the 64-wide rate was measured on a third of the rows
+        bound_work=[dataclasses.replace(w, concepts=7) for w in work],
     )
     assert estimate.pass_seconds == {
         "toy/moe-8x2": 4.0,  # 6000 tokens / 1500 tokens/s
         "toy/dense": 2.0,
-        "untrained:toy/moe-8x2": 4.0,  # the untrained null runs at its model's rate
+        "untrained:toy/moe-8x2": 5.0,  # the untrained null at its own measured rate
     }
     ks = len(options.probe_ks)
-    by_hand = (
-        10 * 5 * ks * (300 / 100) / 50.0 + 3 * 4 * ks / 20.0
-    )  # fewer rows than measured: no scaling down
+    by_hand = 10 * 5 * ks * 3 / 50.0 + 3 * 4 * ks / 20.0
     assert estimate.probing_seconds == pytest.approx(by_hand)
     assert estimate.probe_fits == (10 * 5 + 3 * 4) * ks
-    assert estimate.total_seconds == pytest.approx(10.0 + by_hand)
+    assert estimate.held_out_fits == {"probing": 3 * 4 * ks}
+    assert estimate.fits_at_most == {"probing": (10 + 3 + 9) * 7 * ks}
+    assert estimate.total_seconds == pytest.approx(11.0 + by_hand)
     text = estimate.summary()
-    assert "an estimate" in text and "1,500 tokens/s" in text and "50 fits/s at 64 neurons" in text
+    assert "an estimate" in text and "1,500 tokens/s" in text
+    assert f"50 fits/s at 64 neurons x {big:,} tokens" in text
+    assert f"{(10 * 5 + 3 * 4) * ks:,} probe fits expected, {3 * 4 * ks:,} of them held-out" in text
+    assert f"at most {22 * 7 * ks:,} if every unit saw every token" in text
+    assert "not estimated: probing besides the probe fits (sampling, intervals)" in text
+    # a corpus that ends before --max-tokens: each pass streams what it holds
+    short = estimate_times(plan, {n: 1000.0 for n in names}, tokens=1500)
+    assert short.pass_seconds == dict.fromkeys(names, 1.5)
+    assert "each pass streams 1,500" in short.summary()
 
 
 def test_no_probing_no_probing_estimate():
@@ -69,9 +84,10 @@ def test_no_probing_no_probing_estimate():
     estimate = estimate_times(plan, {"toy/moe-8x2": 1000.0})
     assert estimate.pass_seconds == {"toy/moe-8x2": 3.0}
     assert estimate.probing_seconds is None and "probing" not in estimate.summary()
+    assert "not estimated: the finalize of domains" in estimate.summary()
 
 
-def test_probe_work_of_an_moe_alone_is_its_experts_over_two_rounds():
+def test_probe_work_of_an_moe_alone_is_its_experts_in_each_protocol():
     options = RunOptions(
         model="toy/moe-8x2",
         dense_baseline=None,
@@ -85,9 +101,122 @@ def test_probe_work_of_an_moe_alone_is_its_experts_over_two_rounds():
     assert cfg.num_experts == 8 and cfg.experts_per_token == 2
     # 2 probed layers x 8 experts, fitted by the paper protocol and the held-out arm (no dense baseline:
     # no permuted-label arm); each expert sees 8000 x 2 / 8 routed tokens.
-    assert probe_fit_counts(plan, concepts=10) == [ProbeWork(cfg.d_expert, 2 * 8 * 2, 2000, 10)]
+    assert probe_fit_counts(plan, concepts=10) == [
+        ProbeWork(cfg.d_expert, 16, 2000, 10),
+        ProbeWork(cfg.d_expert, 16, 2000, 10, held_out=True),
+    ]
+    assert probe_fit_counts(plan, concepts=10, tokens=4000)[0].rows == 1000  # a corpus that ends first
     bounded = plan_run(options.replace(probe_rows_per_class=50))
     assert probe_fit_counts(bounded, concepts=5)[0].rows == 50 * 4 * 5  # N x classes x sides x concepts
+
+
+def test_sparsity_family_work_is_each_other_member_in_both_protocols():
+    """--sparsity-family adds every other toy MoE: its experts by the paper protocol and, against the
+    dense twin, the held-out arms (the expert arm, its permuted null, the matched-count draws and their
+    null at d_expert; the twin's layers and its neurons on the member's routed tokens at d_mlp)."""
+    from tl_moe.analysis.held_out_probing import ROUTED_COUNT_DRAWS
+
+    options = RunOptions(
+        model="toy/moe-8x2", dense_baseline="toy/dense", skip_untrained_null=True, max_tokens=8000
+    )
+    plain = plan_run(options.replace(analyses=("probing",)))
+    family = plan_run(options.replace(analyses=("probing",), sparsity_family=True))
+    assert "sparsity" in family.analyses and "sparsity" not in plain.analyses
+    probing_work = probe_fit_counts(plain, concepts=6)
+    work = probe_fit_counts(family, concepts=6)
+    assert [w for w in work if w.analysis == "probing"] == probing_work
+    members = {m.name: m.config for m in family.models if m.name not in ("toy/moe-8x2", "toy/dense")}
+    assert sorted(members) == ["toy/moe-16x2", "toy/moe-32x2", "toy/moe-4x2"]
+    d_mlp = next(m.config.d_mlp for m in family.models if m.name == "toy/dense")
+    expected = []
+    for cfg in members.values():
+        experts = len(cfg.sparse_layers) * cfg.num_experts
+        rows = 8000 * cfg.experts_per_token // cfg.num_experts
+        draws = ROUTED_COUNT_DRAWS if d_mlp > cfg.d_expert else 1
+        expected += [
+            (cfg.d_expert, experts, rows, False),
+            (cfg.d_expert, experts * (2 + 2 * draws), rows, True),
+            (d_mlp, 4, 8000, True),  # the twin's 4 layers
+            (d_mlp, 2 * experts, rows, True),
+        ]
+    got = [(w.width, w.units, w.rows, w.held_out) for w in work if w.analysis == "sparsity"]
+    assert sorted(got) == sorted(expected)
+    # without a dense twin the family's held-out protocol is not run: paper protocol alone
+    alone = plan_run(options.replace(analyses=("probing",), sparsity_family=True, dense_baseline=None))
+    assert all(not w.held_out for w in probe_fit_counts(alone, concepts=6) if w.analysis == "sparsity")
+    estimate = estimate_times(
+        family,
+        dict.fromkeys((m.name for m in family.models), 1000.0),
+        {calibration.rate_key(w): 100.0 for w in work},
+        work,
+    )
+    assert set(estimate.fit_seconds) == {"probing", "sparsity"}
+    assert "sparsity finalize, probe fits: about" in estimate.summary()
+
+
+def test_held_out_fits_are_zero_when_the_run_has_too_few_documents_to_split():
+    """The gate is the held-out protocol's own document split: too few documents, no held-out fit (and
+    the reason is analyze's); enough, the expected fits per protocol's minimum."""
+    import numpy as np
+    import torch
+
+    from tl_moe.analysis.stats import document_split
+    from tl_moe.errors import InputError
+
+    options = RunOptions(min_documents=30, min_examples=30, held_out_min_examples=15, selection_fraction=0.5)
+    few = tuple(range(10))
+    reason = held_out_gate(few, options)
+    with pytest.raises(InputError) as refused:
+        document_split(np.arange(10), selection_fraction=options.selection_fraction, seed=options.seed)
+    assert reason == str(refused.value)
+    assert held_out_gate(tuple(range(400)), options) is None
+    rates = torch.tensor([0.5, 0.02, 0.0])
+    work = [ProbeWork(64, 10, 2000, 3), ProbeWork(64, 30, 2000, 3, held_out=True)]
+    # paper protocol: 2000 tokens a unit -> 1000, 40, 0 positives: concepts 0 and 1 have min_examples
+    # (30) of each class; held-out: the selection half's 1000 tokens -> 500, 20, 0 positives, with
+    # held_out_min_examples (15) of each class for concepts 0 and 1.
+    selection = int(2000 * options.selection_fraction)
+    paper = eligible_concepts(rates, 2000, options.min_examples)
+    held = eligible_concepts(rates, selection, options.held_out_min_examples)
+    assert (paper, held) == (2, 2)
+    assert eligible_concepts(rates, selection, 25) == 1  # 20 positives: below a minimum of 25
+    split = eligible_work(work, rates, options, held_out_runs=True)
+    assert [(w.rows, w.concepts) for w in split] == [(2000, paper), (selection, held)]
+    gated = eligible_work(work, rates, options, held_out_runs=False)
+    assert [w.concepts for w in gated] == [paper, 0]
+    assert estimate_times(
+        plan_run(RunOptions(model="toy/moe-4x2", analyses=("probing",), dense_baseline=None)),
+        {"toy/moe-4x2": 1.0, "untrained:toy/moe-4x2": 1.0},
+        {(64, 2000): 1.0},
+        gated,
+    ).held_out_fits == {"probing": 0}
+
+
+def test_calibration_runs_at_most_half_the_runs_stream():
+    options = RunOptions(batch_size=16, seq_len=128)
+    assert calibration_tokens(options, 100_000) == 4 * 16 * 128  # CALIBRATION_BATCHES batches
+    assert calibration_tokens(options, 6000) == 3000  # a small run: half of it
+    assert calibration_tokens(options, 1200) == 1000  # never fewer than a run accepts
+
+
+def test_fit_rates_are_timed_at_the_runs_own_concept_rates():
+    """The timed concepts are evenly spaced quantiles of the concepts a unit is fitted for; the timed
+    fits count them (a unit x a concept x a probe size)."""
+    import torch
+
+    rates = torch.tensor([0.5, 0.001, 0.2, 0.05, 0.0, 0.1, 0.3, 0.02, 0.4, 0.6, 0.7, 0.15])
+    # 1000 tokens, at least 10 of each class: rates 0.01 to 0.99; 0.001 and 0.0 are not fitted
+    picked = calibration.fit_rate_concepts(rates, rows=1000, min_examples=10)
+    eligible = sorted(r for r in rates.tolist() if 10 <= r * 1000 <= 990)
+    assert len(eligible) == 10 and len(picked) == CALIBRATION_CONCEPTS
+    assert picked[0].item() == pytest.approx(eligible[0]) and picked[-1].item() == pytest.approx(eligible[-1])
+    assert set(picked.tolist()) <= set(torch.tensor(eligible).tolist())
+    assert calibration.fit_rate_concepts(torch.tensor([0.0, 1.0]), rows=1000, min_examples=10) is None
+    ks = (1, 2)
+    three = torch.tensor([0.1, 0.2, 0.3])
+    assert (
+        measure_fit_rate(16, 400, ks, clock=_clock(0.0, 4.0), rates=three) == CALIBRATION_UNITS * 3 * 2 / 4.0
+    )
 
 
 def test_rates_are_the_measured_work_over_the_clocked_interval(monkeypatch):
@@ -141,7 +270,10 @@ def test_refused_plan_loads_and_calibrates_nothing(monkeypatch, capsys):
     assert "--seq-len 100000" in capsys.readouterr().err
 
 
-def test_a_small_plan_measures_and_prints_a_time(capsys):
+def test_a_small_plan_measures_and_prints_a_time_without_progress_bars(capsys):
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()
     main(
         [
             "plan",
@@ -150,7 +282,6 @@ def test_a_small_plan_measures_and_prints_a_time(capsys):
             "probing",
             "--dense-baseline",
             "none",
-            "--skip-untrained-null",
             "--max-tokens",
             "2000",
             "--batch-size",
@@ -161,12 +292,133 @@ def test_a_small_plan_measures_and_prints_a_time(capsys):
             "1",
         ]
     )
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "It fits in the memory available." in out
     estimate = out[out.index("Estimated wall time") :]
     assert "an estimate, from throughputs measured on this machine" in estimate
     assert "pass toy/moe-4x2: about" in estimate and "tokens/s in a short pass" in estimate
-    assert "probing finalize: about" in estimate and "fits/s at" in estimate
+    assert "pass untrained:toy/moe-4x2: about" in estimate
+    assert "probing finalize, probe fits: about" in estimate and "fits/s at" in estimate
+    # 2000 tokens reach a handful of documents: the held-out protocol cannot split them, as analyze says
+    assert (
+        "0 of them held-out" in estimate and "held-out protocol unavailable, so it makes 0 fits" in estimate
+    )
+    # the models' loading bars (weights; the untrained null's shards) stay out of plan's output
+    assert "Loading weights" not in captured.err and "Writing model shards" not in captured.err
+    assert hf_logging.is_progress_bar_enabled()  # as they were after
+
+
+def test_calibration_times_each_pass_on_its_own_model_at_most_half_the_run(monkeypatch):
+    """The untrained null's pass is timed on the untrained model with its own accumulators, and each
+    short pass streams the capped calibration budget (counted in real tokens)."""
+    calls = []
+    real = calibration.measure_pass
+
+    def spy(context, name, specs, clock=None, tokens=None):
+        calls.append((name, tuple(specs), context.options.max_tokens, tokens))
+        return real(context, name, specs, tokens=tokens)
+
+    monkeypatch.setattr(calibration, "measure_pass", spy)
+    options = RunOptions(
+        model="toy/moe-4x2",
+        analyses=("probing",),
+        dense_baseline=None,
+        max_tokens=3000,
+        batch_size=16,
+        seq_len=64,
+        threads=1,
+    )
+    plan = plan_run(options)
+    estimate = calibration.calibrate(plan)
+    names = [name for name, *_ in calls]
+    assert names == ["toy/moe-4x2", "untrained:toy/moe-4x2"]  # the null measured, not copied
+    specs = dict((name, s) for name, s, *_ in calls)
+    assert specs["untrained:toy/moe-4x2"] == tuple(plan_needs(plan)["untrained:toy/moe-4x2"])
+    assert {budget for *_, budget, _ in calls} == {calibration_tokens(options, 3000)} == {1500}
+    assert all(0 < tokens <= 1500 for *_, tokens in calls)
+    assert set(estimate.forward_rates) == set(names)
+
+
+def plan_needs(plan):
+    from tl_moe.pipeline.context import RunContext
+    from tl_moe.pipeline.runner import _chosen_analyses, _needs_by_model
+
+    context = RunContext(plan.options)
+    return _needs_by_model(context, _chosen_analyses(plan.options, None))
+
+
+def test_a_tiny_corpus_is_warned_about_as_analyze_warns_and_planned_at_its_own_size(tmp_path):
+    """Two short documents: plan relays analyze's small-corpus warning (same text) and estimates each
+    pass over the tokens the corpus holds, not --max-tokens."""
+    import warnings
+
+    import datasets
+
+    from tl_moe.pipeline import run
+
+    corpus = datasets.Dataset.from_dict(
+        {"text": ["the cat sat on the mat", "a dog ran"], "domain": ["a", "b"], "split": ["validation"] * 2}
+    )
+    options = RunOptions(
+        model="toy/moe-4x2",
+        corpus=corpus,
+        analyses=("domains",),
+        dense_baseline=None,
+        skip_untrained_null=True,
+        max_tokens=2000,
+        threads=1,
+        progress=False,
+        out=str(tmp_path / "out"),
+    )
+    with warnings.catch_warnings(record=True) as planned:
+        warnings.simplefilter("always")
+        estimate = calibration.calibrate(plan_run(options))
+    with warnings.catch_warnings(record=True) as analyzed:
+        warnings.simplefilter("always")
+        run(options, write_report=False)
+    small = [str(w.message) for w in planned if "far fewer than --max-tokens 2000" in str(w.message)]
+    assert len(small) == 1 and small[0] in {str(w.message) for w in analyzed}
+    assert estimate.tokens is not None and estimate.tokens < 100  # the corpus's tokens, BOS included
+    rate = estimate.forward_rates["toy/moe-4x2"]
+    assert estimate.pass_seconds["toy/moe-4x2"] == pytest.approx(estimate.tokens / rate)
+
+
+def test_plan_relays_the_drivers_warning_of_fewer_than_30_report_documents():
+    """A drivers run whose edited forwards reach few documents: plan prints analyze's warning, the one
+    the drivers' own budget check gives for these inputs."""
+    import warnings
+
+    from tl_moe.pipeline.checks import check_driver_budget
+    from tl_moe.pipeline.context import RunContext
+    from tl_moe.pipeline.runner import _chosen_analyses
+
+    options = RunOptions(
+        model="toy/moe-4x2",
+        analyses=("drivers",),
+        dense_baseline=None,
+        max_tokens=3000,
+        driver_tokens=1000,
+        threads=1,
+    )
+    context = RunContext(options)
+    with warnings.catch_warnings(record=True) as direct:
+        warnings.simplefilter("always")
+        check_driver_budget(
+            context.dataset,
+            context.model(options.model).tokenizer,
+            seq_len=options.seq_len,
+            batch_size=options.batch_size,
+            max_tokens=options.max_tokens,
+            driver_tokens=options.driver_tokens,
+        )
+    expected = [str(w.message) for w in direct]
+    assert len(expected) == 1 and "intervals need 30" in expected[0]
+    with warnings.catch_warnings(record=True) as planned:
+        warnings.simplefilter("always")
+        with calibration.quiet_loading():
+            calibration.relay_run_warnings(RunContext(options), _chosen_analyses(options, None))
+    assert expected[0] in [str(w.message) for w in planned]
 
 
 def test_no_calibration_prints_memory_alone(capsys):

@@ -78,6 +78,56 @@ def _hand_typed_measurements(text: str) -> list[str]:
     return [m.group(0) for m in _MEASUREMENT.finditer(_outside_generated(text))]
 
 
+# A rate or coverage measured by a planted study: "in 92 of 100", "covers 0.91", "rate of 0.21", "in 2.7%
+# of runs", "in 0.885 of seeds", or a bare three-decimal rate "0.885" (one after "=" or "≈" is
+# arithmetic the reader can redo, not a measurement).
+_PLANTED_RATE = re.compile(
+    r"\bin\s+(?:at\s+least\s+|about\s+)?\d+\s+of\s+\d+\b"
+    r"|\b(?:cover(?:s|ed|ing)?|coverage|reject(?:s|ed|ing)?)(?:\s+(?:of|at|in|about|is|was))*\s+[-+−]?\d*\.\d+"
+    r"|\brates?\s+(?:of|is|was)\s+[-+−]?\d*\.\d+"
+    r"|\bin\s+\d+(?:\.\d+)?\s?%\s+of\b"
+    r"|\bin\s+0\.\d+\s+of\b"
+    r"|(?<![=≈]\s)(?<![\w.])0\.\d{3}(?!\d)"
+)
+
+
+def _hand_typed_rates(text: str) -> list[str]:
+    """Planted-study rates and coverages outside the generated blocks and code of a Markdown text."""
+    return [m.group(0) for m in _PLANTED_RATE.finditer(_outside_generated(text))]
+
+
+def test_no_planted_rate_is_typed_by_hand_in_the_readme_or_the_docs():
+    """Coverages and rejection rates of planted studies come from ``benchmarks/planted_studies.py``
+    through a generated block, or the text names the test or study that measures them instead."""
+    documents = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    typed = {str(d.relative_to(ROOT)): _hand_typed_rates(d.read_text()) for d in documents}
+    assert not {name: found for name, found in typed.items() if found}
+
+
+def test_the_hand_typed_rate_check_finds_one():
+    planted = (
+        "the interval covers 0.91 of the time; a Holm family-wise rate of 0.21; it covers 1/2 in 92 of 100\n"
+        "seeds and in at least 13 of 15; some domain rejected in 2.7% of runs; covers 0 in 0.885 of seeds;\n"
+        "5 draws 0.885, 20 draws 0.945.\n"
+        "<!-- results:x:start -->\ncovers 0.95 in 190 of 200 seeds\n<!-- results:x:end -->\n`rate 0.123`"
+    )
+    assert _hand_typed_rates(planted) == [
+        "covers 0.91",
+        "rate of 0.21",
+        "in 92 of 100",
+        "in at least 13 of 15",
+        "rejected in 2.7",
+        "in 0.885 of",
+        "0.885",
+        "0.945",
+    ]
+    ordinary = (
+        "16 experts, top-4 of 16, k = 1, at the nominal rate, two domains with rates 0.3 and 0.1, covers 0 in most seeds, a planted AUC of 0.5,\n"
+        "2 of 2 rows, rejects at 5%, 95% interval, the F1 is `2p / (1 + p)` = 0.473, floor 1/(1 + B) ≈ 0.001"
+    )
+    assert _hand_typed_rates(ordinary) == []
+
+
 def test_no_result_is_typed_by_hand_in_the_readme_or_the_docs():
     documents = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     typed = {str(d.relative_to(ROOT)): _hand_typed_results(d.read_text()) for d in documents}

@@ -228,8 +228,9 @@ def test_the_headline_verdicts_follow_the_swap_test_not_the_bootstrap_p_value():
     assert "two-sided document swap tests (20,000 random swaps" in headline
 
 
-def test_a_control_with_random_draws_is_tested_with_the_two_stage_bootstrap():
-    """Planted: the matched-count control has 3 random draws. Its swap test (draws held fixed) says 1/20,001
+def test_an_older_run_with_random_draws_is_tested_with_its_two_stage_bootstrap():
+    """Planted: a run recorded before the draw-mean t test (no ``draws_df``); the matched-count control has
+    3 random draws. Its swap test (draws held fixed) says 1/20,001
     but the two-stage bootstrap, which resamples the draws, says 0.3: the Holm verdict follows the
     bootstrap; a one-draw (deterministic) control keeps its swap test."""
     from tl_moe.pipeline.sections.sparsity import SparsityResult, test_p_value
@@ -263,3 +264,42 @@ def test_the_bootstraps_floor_times_28_tests_stays_below_five_percent():
     text = _floor_text([{**row, "tests_in_family": 28}])
     assert "(0.001: no resample of documents and control draws crossed 0)" in text
     assert "times the 28 tests that is 0.028, below 0.05" in text
+
+
+def test_a_control_with_random_draws_is_tested_with_the_draw_mean_t_test_and_says_so():
+    """Planted: a current run's matched-count record (3 draws, ``draws_df`` recorded). Its swap test (draws
+    held fixed) says 1/20,001, the draw-mean t test 0.3: the Holm verdict follows the t test, the finding
+    names it and no longer says the test over-rejects; a t p-value below 2 / (1 + resamples) is not read as
+    sitting at a bootstrap floor."""
+    from tl_moe.pipeline.sections.sparsity import SparsityResult, _floor_text, test_p_value
+
+    record = dict(
+        _record("toy/moe-8x2", 0.25, HEADLINE, 0.03, -0.01, 0.07, 0.3),
+        swap_p=1 / 20_001,
+        swap_permutations=20_000,
+        n_draws=3,
+        draws_df=2.4,
+        bootstrap_resamples=2000,
+    )
+    assert test_p_value(record) == (0.3, "draws_t")
+    assert test_p_value({**record, "n_draws": 1, "draws_df": None}) == (1 / 20_001, "swap")
+    table = pd.DataFrame({"k": [1], "mean_best_f1": [0.9], "active_ratio": [0.25]})
+    result = SparsityResult(table=table, ks=(1,), held_out=pd.DataFrame([record]))
+    (test,) = result.headline_tests()
+    assert test["p_test"] == "draws_t" and test["p"] == 0.3 and test["draws_df"] == 2.4
+    assert test["verdict"] == "not separated from 0"
+    (headline, _) = result.findings()
+    assert "two-sided t tests of the draw mean" in headline
+    assert "3 random neuron draws over 3, on Satterthwaite's degrees of freedom" in headline
+    assert "over-reject" not in headline and "more often than its nominal level" not in headline
+    row = {"verdict": "above 0", "p": 1e-6, "p_test": "draws_t", "tests_in_family": 28}
+    assert _floor_text([row]) == ""
+
+
+def test_a_missing_draws_df_read_back_as_nan_is_not_a_t_test():
+    from tl_moe.pipeline.sections.sparsity import test_p_value
+
+    record = dict(
+        _record("toy/moe-8x2", 0.25, HEADLINE, 0.03, -0.01, 0.07, 0.3), n_draws=3, draws_df=float("nan")
+    )
+    assert test_p_value(record) == (0.3, "bootstrap")

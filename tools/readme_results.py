@@ -316,9 +316,10 @@ def results_markdown(results: dict[str, Any], source: str) -> str:
                 "",
                 "For comparison with the published numbers, the paper's protocol as its reference code "
                 "samples and scores (per-document balanced sample, F1 at each unit's routed class ratio, best "
-                f"unit picked on the split it is scored on) gives MoE − dense {_interval(paper[0])} at k = 1 on "
-                "the same run (interval over concepts): the held-out protocol and its controls above are what "
-                "to quote.",
+                f"unit picked on the split it is scored on) gives MoE − dense {paper[0]['estimate']:+.3f} at k = 1 on "
+                "the same run (an estimate with no interval: its units are picked on the split they are scored "
+                "on, and its concepts share documents, so neither concepts nor documents resample it honestly): "
+                "the held-out protocol and its controls above are what to quote.",
             ]
     return "\n".join(lines)
 
@@ -468,7 +469,9 @@ def drivers_markdown(results: dict[str, Any], source: str) -> str:
         "re-weighting's: every domain is shown with its Holm-adjusted interval (the level is given; "
         "family-wise 5% over the domains) and none is singled out. Where a control is the mean of random "
         "draws (re-weighting, steering), the bootstrap is two-stage: documents, then the draws within each "
-        "resample. Report-half association lifts are confirmed after Benjamini–Hochberg over the measured "
+        "resample; the held-out probing's matched-count control (random neuron draws) gets a t interval "
+        "instead, its variance the documents' bootstrap variance plus the variance between the draws over "
+        "their number (Satterthwaite's degrees of freedom). Report-half association lifts are confirmed after Benjamini–Hochberg over the measured "
         "discoveries (Benjamini–Yekutieli beside it). An interval behind fewer than 30 "
         "documents is reported unavailable, never as a number.",
         "",
@@ -629,6 +632,179 @@ def labeling_cost_markdown(results: dict[str, Any], source: str) -> str:
     return text
 
 
+PLANTED = "docs/results/planted_studies.json"
+
+
+def planted_rate(record: dict[str, Any], unit: str = "seeds") -> str:
+    """A measured rate of a planted study: ``177 of 200 seeds (0.885, binomial se 0.023)``."""
+    return f"{record['hits']} of {record['n']} {unit} ({record['rate']:.3f}, binomial se {record['se']:.3f})"
+
+
+def against_nominal(record: dict[str, Any]) -> str:
+    """Where a planted rate sits against its nominal level, judged by two binomial standard errors of a
+    rate at the nominal level over the same number of seeds."""
+    nominal, tolerance = record["nominal"], 2 * record["nominal_se"]
+    gap = record["rate"] - nominal
+    if abs(gap) <= tolerance:
+        return f"within two binomial standard errors (±{tolerance:.3f}) of the nominal {nominal:g}"
+    side = "above" if gap > 0 else "below"
+    return f"{side} the nominal {nominal:g} by more than two binomial standard errors (±{tolerance:.3f})"
+
+
+def rejects_more(first: dict[str, Any], second: dict[str, Any]) -> bool:
+    """Whether rate ``first`` exceeds ``second`` by more than two standard errors of their difference."""
+    return first["rate"] - second["rate"] > 2 * math.hypot(first["se"], second["se"])
+
+
+def _planted_source(study: dict[str, Any], source: str) -> str:
+    """Where a planted study's numbers come from: the results file, the script, its seeds, replicates
+    and the test that asserts its range."""
+    return (
+        f"Generated from `{source}` (`benchmarks/planted_studies.py`; seeds 0–{study['seeds'] - 1}, "
+        f"{study['replicates']} resamples each; the range is asserted by `{study['test']}`)"
+    )
+
+
+def planted_labels_markdown(results: dict[str, Any], source: str) -> str:
+    """The label scores' document intervals on planted nulls: the share beating shuffled, the mean AUC."""
+    share, auc = results["studies"]["explain_share_null"], results["studies"]["explain_auc_null"]
+    covers_half, covers_auc = share["rates"]["covers 1/2"], auc["rates"]["covers 0.5"]
+    conservative = covers_half["rate"] - covers_half["nominal"] > 2 * covers_half["nominal_se"]
+    return (
+        f"{_planted_source(share, source)}: on a planted null where each expert's own and shuffled labels "
+        f"are exchangeable (40 experts, 40 documents with a shared per-document effect), the share's "
+        f"percentile interval covers the expected share 1/2 in {planted_rate(covers_half)}, "
+        f"{against_nominal(covers_half)}" + (" (conservative)" if conservative else "") + "; on labels that "
+        f"carry no information the BCa document interval of the mean AUC covers the planted AUC of 0.5 in "
+        f"{planted_rate(covers_auc)}, {against_nominal(covers_auc)}."
+    )
+
+
+def planted_held_out_draws_markdown(results: dict[str, Any], source: str) -> str:
+    """The random-draw null of the held-out comparison: rejections at 5% of the fixed-draw swap test and
+    of the draw-mean t test, with the default number of draws and with 20, each judged against 5%."""
+    study = results["studies"]["held_out_control_draws"]
+    rates, default = study["rates"], study["settings"]["default draws"]
+    draws = sorted({default, 20})
+    swap = {n: rates[f"swap test, {n} draws"] for n in draws}
+    boot = {n: rates[f"draw-mean t test, {n} draws"] for n in draws}
+    text = (
+        f"{_planted_source(study, source)}: on a planted null whose control draws scatter around the "
+        "expert's true rates (sd 0.05 per concept, true difference 0 from the draws' population; "
+        "`compare` in balanced accuracy, as many swaps as resamples), the seeds rejected at 5% are, "
+        + "; and ".join(
+            f"with {n} draws{' (the default `ROUTED_COUNT_DRAWS`)' if n == default else ''}, for the "
+            f"fixed-draw swap test {planted_rate(swap[n])}, {against_nominal(swap[n])}, and for the "
+            f"draw-mean t test {planted_rate(boot[n])}, {against_nominal(boot[n])}"
+            for n in draws
+        )
+        + "."
+    )
+    if rejects_more(swap[default], boot[default]):
+        text += (
+            f" With {default} draws the swap test rejects more often than the draw-mean t test by more "
+            "than two standard errors of the difference: holding the draws fixed leaves their variance out."
+        )
+    if boot[default]["rate"] - boot[default]["nominal"] > 2 * boot[default]["nominal_se"]:
+        text += (
+            f" The draw-mean t test's excess over 5% with {default} draws is what a Satterthwaite "
+            "approximation with so few draws' degrees of freedom leaves: slightly liberal."
+        )
+    return text
+
+
+def planted_reweighting_markdown(results: dict[str, Any], source: str) -> str:
+    """The re-weighting control's draws: coverage of the two-stage and documents-only intervals, and the
+    Holm family-wise rate over domains, each judged against its nominal level."""
+    cover, holm = results["studies"]["reweighting_control_draws"], results["studies"]["reweighting_holm"]
+    rates = cover["rates"]
+    cells = []
+    for sd in ("0.2", "0.05", "0"):
+        two, docs = (
+            rates[f"two-stage, 5 draws, draw sd {sd}"],
+            rates[f"documents only, 5 draws, draw sd {sd}"],
+        )
+        cells.append(
+            f"at a draw sd of {sd} nats/token the two-stage interval covers 0 in {planted_rate(two)}, "
+            f"{against_nominal(two)}, the documents-only one in {planted_rate(docs)}, {against_nominal(docs)}"
+        )
+    more = [
+        f"{n} draws covers 0 in {planted_rate(rates[f'two-stage, {n} draws, draw sd 0.2'])}, "
+        f"{against_nominal(rates[f'two-stage, {n} draws, draw sd 0.2'])}"
+        for n in (10, 20)
+    ]
+    family = [
+        f"{label}: {planted_rate(r, 'runs')}, {against_nominal(r)}" for label, r in holm["rates"].items()
+    ]
+    return (
+        f"{_planted_source(cover, source)}: 40 documents, 5 draws whose own effects vary around a true "
+        "chosen − control of 0; "
+        + "; ".join(cells)
+        + ". The two-stage interval at a draw sd of 0.2 with "
+        + "; with ".join(more)
+        + f". Holm over 4 such domains with no true gain ({holm['seeds']} seeds, {holm['replicates']} "
+        "resamples; family-wise rate of rejecting any domain, nominal 0.05): " + "; ".join(family) + "."
+    )
+
+
+def planted_driver_holm_markdown(results: dict[str, Any], source: str) -> str:
+    """The drivers' Holm over domains on a planted null: family-wise rates against 5%."""
+    study = results["studies"]["driver_holm_null"]
+    improved, rejected = study["rates"]["some domain improved"], study["rates"]["some domain rejected"]
+    return (
+        f"{_planted_source(study, source)}: 5 domains × 40 documents with no true gain; some domain is "
+        f"called improved in {planted_rate(improved, 'runs')}, {against_nominal(improved)} (one side of a "
+        f"two-sided 5% family), and some domain is rejected either way in {planted_rate(rejected, 'runs')}, "
+        f"{against_nominal(rejected)}."
+    )
+
+
+def planted_driver_domain_markdown(results: dict[str, Any], source: str) -> str:
+    """Spearman's rho of domain score vs removal effect on a planted unrelated effect: coverage of 0."""
+    study = results["studies"]["driver_domain_null"]
+    rates, settings = study["rates"], study["settings"]
+    parts = ", ".join(f"{label} {rates[label]['rate']:.3f}" for label in rates if label != "every interval")
+    every = rates["every interval"]
+    return (
+        f"{_planted_source(study, source)}: on a planted effect unrelated to the domain score (every "
+        f"expert's expected effect the same; {settings['documents']} documents of {settings['domains']} domains, "
+        f"{settings['layers']} layers × {settings['experts per layer']} experts; the domain score on the "
+        "selection half, the effect on the report half, both resampled) the interval covers 0 in "
+        f"{planted_rate(every, 'intervals')} ({parts}), {against_nominal(every)}."
+    )
+
+
+def planted_within_layer_markdown(results: dict[str, Any], source: str) -> str:
+    """The mean within-layer rho of an estimate that ranks layers only: coverage of 0."""
+    study = results["studies"]["within_layer_rho_null"]
+    within, pooled = (
+        study["rates"]["within layers (mean) covers 0"],
+        study["rates"]["pooled interval above 0.5"],
+    )
+    return (
+        f"{_planted_source(study, source)}: for an estimate that ranks the layers and nothing inside them "
+        f"(4 layers × 16 experts, 80 documents), the mean within-layer interval covers 0 in "
+        f"{planted_rate(within)}, {against_nominal(within)}, while the pooled ρ's interval lies above 0.5 "
+        f"in {pooled['hits']} of {pooled['n']} seeds."
+    )
+
+
+def planted_interval_methods_markdown(results: dict[str, Any], source: str) -> str:
+    """Percentile, BCa and basic coverage of the paired held-out difference with rare concepts."""
+    study = results["studies"]["interval_method_coverage"]
+    rates, positions = study["rates"], study["median position of the estimate"]
+    best = max(rates, key=lambda method: rates[method]["rate"])
+    parts = "; ".join(
+        f"{method} covers it in {planted_rate(r)}, {against_nominal(r)}, the estimate at a median "
+        f"{positions[method]:.2f} of its interval"
+        for method, r in rates.items()
+    )
+    return (
+        f"{_planted_source(study, source)}: true difference {study['truth']:+.3f} from 200,000 documents; "
+        f"{parts}. The best-covering method here is {best}."
+    )
+
+
 #: The benchmark results files the README's Performance block quotes, in order (``benchmarks/bench_*.py
 #: --out``; each holds its table, command and machine, see ``benchmarks/bench_results.py``).
 PERFORMANCE_FILES = (
@@ -761,6 +937,14 @@ BLOCKS = (
     Block("zoo", "docs/results/toy_zoo.json", zoo_markdown),
     Block("labeling_cost", "docs/results/bench_labeling.json", labeling_cost_markdown, "docs/EXPLAIN.md"),
     PerformanceBlock("performance", "docs/results/toy_default.json", main_job_cost_markdown),
+    Block("planted_labels", PLANTED, planted_labels_markdown, "docs/EXPLAIN.md"),
+    Block("planted_labels_methods", PLANTED, planted_labels_markdown, "docs/METHODS.md"),
+    Block("planted_held_out_draws", PLANTED, planted_held_out_draws_markdown, "docs/METHODS.md"),
+    Block("planted_interval_methods", PLANTED, planted_interval_methods_markdown, "docs/METHODS.md"),
+    Block("planted_driver_domain", PLANTED, planted_driver_domain_markdown, "docs/METHODS.md"),
+    Block("planted_within_layer", PLANTED, planted_within_layer_markdown, "docs/METHODS.md"),
+    Block("planted_reweighting", PLANTED, planted_reweighting_markdown, "docs/METHODS.md"),
+    Block("planted_driver_holm", PLANTED, planted_driver_holm_markdown, "docs/METHODS.md"),
 )
 
 
@@ -791,14 +975,17 @@ def load_results(path: Path) -> Any:
 
 
 def render_results(path: Path) -> str:
-    """The block of the results file at ``path``: its committed block's own, else a run's findings."""
+    """The block of the results file at ``path``: its committed block's own (every block of the planted
+    studies' file, one after another), else a run's findings."""
     results = load_results(path)
     block = next((b for b in BLOCKS if Path(b.source) == path), None)
     if block is None and not (isinstance(results, dict) and isinstance(results.get("metadata"), dict)):
         raise ToolInputError(f"{str(path)!r} is not a tl-moe run's results.json (no 'metadata'); {ACCEPTED}.")
-    render = block.render if block is not None else findings_markdown
+    renders = [block.render if block is not None else findings_markdown]
+    if Path(PLANTED) == path:
+        renders = [b.render for b in BLOCKS if b.source == PLANTED]
     try:
-        return render(results, str(path))
+        return "\n\n".join(render(results, str(path)) for render in renders)
     except (KeyError, TypeError, AttributeError, IndexError) as error:
         raise ToolInputError(
             f"{str(path)!r} lacks what its block needs ({type(error).__name__}: {error}); {ACCEPTED}."

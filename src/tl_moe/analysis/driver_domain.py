@@ -8,15 +8,18 @@ reports, per layer and over all layers:
 - the overlap of the two sets (driver experts; significant domain experts), the overlap expected if the
   sets were drawn independently among the scored experts, and the hypergeometric p-value of an overlap at
   least as large (``scipy.stats.hypergeom``);
-- Spearman's ρ between domain score and causal effect over the scored experts, with a 95% bootstrap
-  interval over *report documents* (:func:`~tl_moe.analysis.stats.cluster_bootstrap`, method
-  :data:`~tl_moe.analysis.stats.RHO_METHOD`): each resample draws the report documents with replacement
-  and recomputes every expert's effect from them (:class:`ReportDocuments`), then ρ. The documents are
-  the independent units; the experts are not (their effects share the documents' noise), so resampling
-  experts as if each effect were exact would be too narrow. The domain score is held fixed as the domains
-  analysis measured it on its own tokens (it keeps no per-document records), so the interval carries the
-  effects' sampling noise only. Unavailable, with the reason, below
-  :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` documents or without per-document effects.
+- Spearman's ρ between the domain score measured on the *selection-half* documents
+  (:class:`DomainRouting`) and the causal effect measured on the *report-half* documents
+  (:class:`ReportDocuments`), so that the two scores come from disjoint documents, with a 95% bootstrap
+  interval over the documents of both halves (:func:`~tl_moe.analysis.stats.cluster_bootstrap`, method
+  :data:`~tl_moe.analysis.stats.RHO_METHOD`): each resample draws the documents with replacement and
+  recomputes every expert's domain score from the drawn selection-half documents' routing counts and
+  every expert's effect from the drawn report-half documents, then ρ. The documents are the independent
+  units; the experts are not (their scores share the documents' noise), so resampling experts as if each
+  score were exact would be too narrow. The ρ is over the scored experts routed on at least
+  :data:`~tl_moe.analysis.stats.RHO_MIN_EXPERT_DOCUMENTS` documents of each half (the document gate,
+  decided on counts before resampling). Unavailable, with the reason, below
+  :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` documents or without per-document routing and effects.
 
 Experts too small to get a domain score are left out of both (they are listed by the domains analysis).
 """
@@ -29,14 +32,20 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import scipy.stats
+import torch
 from jaxtyping import Float
 
-from tl_moe.analysis.stats import RHO_METHOD, cluster_bootstrap
+from tl_moe.analysis.stats import RHO_METHOD, RHO_MIN_EXPERT_DOCUMENTS, cluster_bootstrap
 
-__all__ = ["DriverDomainComparison", "ReportDocuments", "compare_drivers_with_domain_experts"]
+__all__ = [
+    "DomainRouting",
+    "DriverDomainComparison",
+    "ReportDocuments",
+    "compare_drivers_with_domain_experts",
+]
 
-NO_DOCUMENTS = "no per-document effects given"
-"""Why the ρ has no interval when the caller gives only the per-expert effects."""
+NO_DOCUMENTS = "no per-document routing and effects given"
+"""Why the ρ has no interval when the caller gives only the per-expert scores and effects."""
 
 
 @dataclass(frozen=True)
@@ -72,23 +81,92 @@ class ReportDocuments:
 
 
 @dataclass(frozen=True)
+class DomainRouting:
+    """Routed slots of every expert per selection-half document, with each document's domain: the units
+    the domain score is recomputed from in each resample.
+
+    Attributes:
+        layers: the block index of each row of ``routed``.
+        routed: ``[layer, expert, document]`` routed slots, selection-half documents only.
+        domain: ``[document]`` the domain index of each of those documents.
+        n_domains: the domains compared (the score's ``log D``); a domain without a selection-half
+            document must be left out by the caller.
+        report_routing: ``[layer, expert]`` how many report-half documents (those of
+            :class:`ReportDocuments`) route each expert, for the document gate.
+    """
+
+    layers: tuple[int, ...]
+    routed: Float[np.ndarray, "layer expert document"]
+    domain: np.ndarray
+    n_domains: int
+    report_routing: np.ndarray
+
+    @classmethod
+    def from_saliency(cls, saliency, effects, domain_of_row: np.ndarray) -> DomainRouting:
+        """From the drivers' :class:`~tl_moe.analysis.drivers.ExpertSaliencyResult` (routed slots per
+        corpus row) and :class:`~tl_moe.analysis.drivers.DocumentEffectsResult` (the report documents),
+        with ``domain_of_row`` the domain code of every corpus row; domains without a selection-half
+        document are dropped and the others renumbered."""
+        from tl_moe.analysis.drivers import document_half, report_documents
+
+        size = max(saliency.doc_routed.shape[-1], effects.counts.numel())
+        _, routed = saliency.per_document(size)  # [layer · expert, document]
+        routed = routed.reshape(len(saliency.layers), -1, size)
+        half = document_half(torch.arange(size)).numpy()
+        selection = np.flatnonzero((half == 0) & (routed[0].sum(0) > 0))
+        codes = np.asarray(domain_of_row)[selection]
+        present, domain = np.unique(codes, return_inverse=True)
+        report = report_documents(effects.counts)
+        return cls(
+            tuple(int(layer) for layer in saliency.layers),
+            routed[..., selection],
+            domain,
+            len(present),
+            (routed[..., report] > 0).sum(-1),
+        )
+
+    def scores(self, weights: Float[np.ndarray, "batch document"]) -> Float[np.ndarray, "batch layer expert"]:
+        """Each expert's domain score ``1 − H(π)/log D`` (:func:`~tl_moe.analysis.domain_experts.domain_scores`)
+        on documents drawn ``weights`` times each; 0 for an expert not routed on the drawn documents (a
+        domain without a drawn document counts as a rate of 0)."""
+        from tl_moe.analysis.domain_experts import domain_scores
+
+        routed = np.asarray(self.routed, np.float64)
+        n_layers, n_experts, n_docs = routed.shape
+        onehot = np.eye(self.n_domains)[self.domain]  # [document, domain]
+        tokens = routed[0].sum(0)  # slots per document: k × its tokens (k cancels in the shares)
+        flat = routed.reshape(-1, n_docs)
+        counts = np.stack([(weights * onehot[:, d]) @ flat.T for d in range(self.n_domains)], -1)
+        domain_tokens = np.maximum((weights * tokens) @ onehot, 1e-300)  # [batch, domain]
+        counts = torch.from_numpy(counts.reshape(len(weights), n_layers, n_experts, self.n_domains))
+        score = domain_scores(counts, torch.from_numpy(domain_tokens)[:, None, :]).numpy()
+        return np.where(counts.sum(-1).numpy() > 0, score, 0.0)
+
+
+@dataclass(frozen=True)
 class DriverDomainComparison:
     """Attributes:
     table: one row per layer and one ``"all"`` row: ``experts`` (scored), ``drivers``,
         ``domain experts``, ``both``, ``expected both`` (independent sets), ``overlap p``
         (hypergeometric, overlap ≥ observed; NaN with ``overlap not testable`` saying why when either set
         is empty or covers every scored expert), ``spearman``, ``spearman ci low`` / ``high`` (95%
-        report-document bootstrap, the domain score held fixed), ``spearman unavailable`` (why ρ is
-        undefined, empty when it is defined), ``spearman interval unavailable`` (why the interval is, empty
-        when it is available) and ``spearman documents`` (report documents resampled).
-    experts: one row per scored expert: layer, expert, domain score, favoured domain, effect, and the
-        two flags — the points of the scatter figure.
+        bootstrap over the documents of both halves, both scores recomputed per resample),
+        ``spearman unavailable`` (why ρ is undefined, empty when it is defined), ``spearman interval
+        unavailable`` (why the interval is, empty when it is available), ``spearman experts`` (the
+        experts in ρ), ``spearman experts left out (routed on too few documents)`` (the document
+        gate), ``spearman domain score`` (the score column ρ uses) and ``spearman documents``
+        (documents resampled, both halves; 0 without an interval).
+    experts: one row per scored expert: layer, expert, domain score (every document), the domain score
+        on the selection half (with per-document routing), favoured domain, effect, the two flags and
+        ``in ρ`` (passes the document gate) — the points of the scatter figure.
     effect: the name of the effect column compared (e.g. ``"remove: effect (report)"``).
+    score: the name of the domain-score column ρ uses.
     """
 
     table: pd.DataFrame
     experts: pd.DataFrame
     effect: str
+    score: str = "domain score"
 
     def figure(self):
         """Domain score vs causal effect, one panel per layer; drivers and domain experts marked."""
@@ -111,14 +189,14 @@ class DriverDomainComparison:
             for (driver, domain), group in rows.groupby(["driver", "domain expert"]):
                 label, color, marker = styles[(bool(driver), bool(domain))]
                 ax.scatter(
-                    group["domain score"], group[self.effect], s=16, color=color, marker=marker, label=label
+                    group[self.score], group[self.effect], s=16, color=color, marker=marker, label=label
                 )
             ax.axhline(0, color="grey", lw=0.8)
             rho = stats.loc[layer, "spearman"]
             ax.set_title(
                 f"layer {layer}: ρ = {rho:+.2f}" if math.isfinite(rho) else f"layer {layer}", fontsize=9
             )
-            ax.set_xlabel("domain score", fontsize=8)
+            ax.set_xlabel(self.score, fontsize=8)
         axes[0].set_ylabel("loss change when removed (nats/token)", fontsize=8)
         handles, labels = [], []
         for ax in axes:
@@ -143,33 +221,32 @@ def _spearman_intervals(
     scored: pd.DataFrame,
     groups: list[tuple[object, np.ndarray]],
     documents: ReportDocuments,
+    routing: DomainRouting,
     n_resamples: int,
     seed: int,
 ):
-    """ρ(domain score, effect) of each group of ``scored`` rows with its 95% report-document bootstrap
-    interval: every resample recomputes each expert's effect from the drawn documents, the domain score
-    held fixed. One :class:`~tl_moe.analysis.stats.Interval` per group."""
+    """ρ(domain score on the selection half, effect on the report half) of each group of ``scored`` rows
+    with its 95% bootstrap interval over the documents of both halves: every resample recomputes each
+    expert's domain score from the drawn selection-half documents and its effect from the drawn
+    report-half documents. One :class:`~tl_moe.analysis.stats.Interval` per group."""
     from tl_moe.analysis.effect_estimate import _rows_spearman
 
     row_of = {layer: i for i, layer in enumerate(documents.layers)}
-    missing = sorted(set(scored["layer"]) - set(row_of))
-    if missing:
-        raise ValueError(f"report documents lack layer(s) {missing}; give the drivers analysis' effects.")
+    missing = sorted(set(scored["layer"]) - set(row_of) - set(routing.layers))
+    if missing or documents.layers != routing.layers:
+        raise ValueError("report documents and routing disagree on layers; give the drivers analysis' own.")
     li = scored["layer"].map(row_of).to_numpy(int)
     ei = scored["expert"].to_numpy(int)
-    score = scored["domain score"].to_numpy(float)
+    n_selection = routing.routed.shape[-1]
 
     def statistic(weights: np.ndarray) -> np.ndarray:  # [batch, docs] -> [batch, groups]
-        effect = documents.effect(weights)[:, li, ei]  # [batch, scored expert]
-        out = []
-        for _, picked in groups:
-            x = np.broadcast_to(score[picked], (len(weights), len(picked)))
-            out.append(_rows_spearman(x, effect[:, picked]))
-        return np.stack(out, axis=1)
+        score = routing.scores(weights[:, :n_selection])[:, li, ei]  # [batch, scored expert]
+        effect = documents.effect(weights[:, n_selection:])[:, li, ei]
+        return np.stack([_rows_spearman(score[:, picked], effect[:, picked]) for _, picked in groups], axis=1)
 
     return cluster_bootstrap(
         statistic,
-        len(documents.counts),
+        n_selection + len(documents.counts),
         n_resamples=n_resamples,
         seed=seed,
         on_too_few="unavailable",
@@ -178,13 +255,26 @@ def _spearman_intervals(
     )
 
 
+def _gated(
+    scored: pd.DataFrame, routing: DomainRouting, documents: ReportDocuments, minimum: int
+) -> np.ndarray:
+    """Which scored experts are routed on at least ``minimum`` documents of each half (the document gate)."""
+    row_of = {layer: i for i, layer in enumerate(routing.layers)}
+    li = scored["layer"].map(row_of).to_numpy(int)
+    ei = scored["expert"].to_numpy(int)
+    selection = (np.asarray(routing.routed) > 0).sum(-1)[li, ei]
+    return (selection >= minimum) & (np.asarray(routing.report_routing)[li, ei] >= minimum)
+
+
 def compare_drivers_with_domain_experts(
     drivers: pd.DataFrame,
     domains: pd.DataFrame,
     effect: str = "remove: effect (report)",
     documents: ReportDocuments | None = None,
+    routing: DomainRouting | None = None,
     n_resamples: int = 1000,
     seed: int = 0,
+    min_expert_documents: int = RHO_MIN_EXPERT_DOCUMENTS,
 ) -> DriverDomainComparison:
     """Overlap and rank correlation of driver experts and domain experts.
 
@@ -193,9 +283,14 @@ def compare_drivers_with_domain_experts(
         domains: :meth:`DomainExperts.to_frame` (``layer``, ``expert``, ``score``, ``domain_expert``,
             ``insufficient_tokens``, ``favoured_domain``), on the same block-index layers.
         effect: the causal-effect column of ``drivers`` to correlate with the domain score.
-        documents: the same effect per report document (:meth:`ReportDocuments.from_effects`): ρ and its
-            interval are computed from them (the estimate equals ρ of the ``effect`` column, which is
-            their ratio). None: ρ from the ``effect`` column, no interval (the reason says so).
+        documents: the same effect per report document (:meth:`ReportDocuments.from_effects`).
+        routing: routed slots per selection-half document with their domains
+            (:meth:`DomainRouting.from_saliency`). With ``documents``: ρ is the domain score on the
+            selection half against the effect on the report half (the ``effect`` column, their ratio),
+            over the scored experts that pass the document gate (``min_expert_documents`` documents of
+            each half), with an interval that resamples both halves' documents. Without either: ρ of the
+            domains analysis' score (``domains``' ``score``, measured on every document) against the
+            ``effect`` column, descriptive, with no interval (the reason says so).
     """
     missing = {"layer", "expert", "driver", effect} - set(drivers.columns)
     if missing:
@@ -223,9 +318,25 @@ def compare_drivers_with_domain_experts(
         for layer in sorted(scored["layer"].unique())
     ]
     groups.append(("all", np.arange(len(scored))))
-    intervals = None
-    if documents is not None:
-        intervals = _spearman_intervals(scored, groups, documents, n_resamples, seed)
+    intervals, gated = None, np.ones(len(scored), dtype=bool)
+    if documents is not None and routing is not None:
+        gated = _gated(scored, routing, documents, min_expert_documents)
+        row_of = {layer: i for i, layer in enumerate(routing.layers)}
+        ones = np.ones((1, routing.routed.shape[-1]))
+        own = routing.scores(ones)[0][
+            scored["layer"].map(row_of).to_numpy(int), scored["expert"].to_numpy(int)
+        ]
+        scored["domain score (selection half)"] = own
+        intervals = _spearman_intervals(
+            scored,
+            [(layer, picked[gated[picked]]) for layer, picked in groups],
+            documents,
+            routing,
+            n_resamples,
+            seed,
+        )
+    compared = "domain score (selection half)" if intervals is not None else "domain score"
+    scored["in ρ"] = gated
     rows = []
     for g, (layer, picked) in enumerate(groups):
         rows_of = scored.iloc[picked]
@@ -235,7 +346,8 @@ def compare_drivers_with_domain_experts(
         # P(overlap >= both) when n_drivers experts are drawn at random among n, n_domain of them domain experts
         untestable = _why_untestable(n, n_drivers, n_domain)
         p = float(scipy.stats.hypergeom(n, n_domain, n_drivers).sf(both - 1)) if not untestable else math.nan
-        x, y = rows_of["domain score"].to_numpy(float), rows_of[effect].to_numpy(float)
+        in_rho = rows_of[rows_of["in ρ"]]
+        x, y = in_rho[compared].to_numpy(float), in_rho[effect].to_numpy(float)
         why = _why_no_spearman(x, y)
         if why:
             rho, low, high, no_interval = math.nan, math.nan, math.nan, why
@@ -265,10 +377,13 @@ def compare_drivers_with_domain_experts(
                 "spearman ci high": high,
                 "spearman unavailable": why,
                 "spearman interval unavailable": no_interval,
-                "spearman documents": 0 if documents is None else len(documents.counts),
+                "spearman experts": len(in_rho),
+                "spearman experts left out (routed on too few documents)": n - len(in_rho),
+                "spearman domain score": compared,
+                "spearman documents": 0 if intervals is None else intervals[g].n,
             }
         )
-    return DriverDomainComparison(pd.DataFrame(rows), scored, effect)
+    return DriverDomainComparison(pd.DataFrame(rows), scored, effect, compared)
 
 
 def _why_untestable(n: int, n_drivers: int, n_domain: int) -> str:

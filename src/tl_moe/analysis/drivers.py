@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 
-from tl_moe.analysis.stats import RHO_METHOD
+from tl_moe.analysis.stats import RHO_METHOD, RHO_MIN_EXPERT_DOCUMENTS
 from tl_moe.collect.accumulator import Accumulator, Activations
 from tl_moe.collect.interventional import InterventionalAccumulator, InterventionEffects
 from tl_moe.collect.meta import BatchMeta
@@ -48,6 +48,8 @@ __all__ = [
     "driver_report",
     "match_controls",
     "max_drivers",
+    "saliency_effect_spearman",
+    "split_gate",
 ]
 
 EDIT_KINDS = ("remove", "zero")
@@ -467,8 +469,17 @@ def driver_report(
             n_resamples=n_resamples,
             seed=seed + 2,
         )
+        padded_counts = np.pad(counts, (0, size - len(counts)))
+        defined = sal_routed[:, split_documents(padded_counts, sal_routed)[0]].sum(1) > 0  # has a saliency
+        left_out = defined & ~split_gate(padded_counts, sal_routed)
+        comparison.attrs["saliency_spearman"] = float(interval.estimate)  # on the gated experts
         # Plain values (the frame's attrs travel with it into results.json).
         comparison.attrs["saliency_spearman_interval"] = {
+            "experts": int((defined & ~left_out).sum()),
+            "left out": [
+                f"L{effects.layers[i // n_experts]}E{i % n_experts}" for i in np.flatnonzero(left_out)
+            ],
+            "min expert documents": RHO_MIN_EXPERT_DOCUMENTS,
             "low": float(interval.low) if interval.available else None,
             "high": float(interval.high) if interval.available else None,
             "documents": int(interval.n),
@@ -477,6 +488,32 @@ def driver_report(
             "bootstrap bias": float(interval.bias) if np.isfinite(interval.bias) else None,
         }
     return experts, comparison
+
+
+def split_documents(
+    effect_counts: Float[np.ndarray, " document"], routed: Float[np.ndarray, "expert document"]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks over corpus rows: the selection-half documents with a routed slot, and the
+    report-half documents with an edited position — the documents of a score measured on the selection
+    half against an exact effect measured on the report half."""
+    half = document_half(torch.arange(len(effect_counts))).numpy()
+    return (half == 0) & (np.asarray(routed).sum(0) > 0), (half == 1) & (np.asarray(effect_counts) > 0)
+
+
+def split_gate(
+    effect_counts: Float[np.ndarray, " document"],
+    routed: Float[np.ndarray, "expert document"],
+    minimum: int = RHO_MIN_EXPERT_DOCUMENTS,
+) -> np.ndarray:
+    """Which experts are routed on at least ``minimum`` selection-half documents (where their score is
+    measured) and on at least ``minimum`` report-half documents with edited positions (where their effect
+    is): the document gate of a selection-vs-report ρ, decided on routing counts before resampling."""
+    from tl_moe.analysis.effect_estimate import routed_on_enough_documents
+
+    selection, report = split_documents(effect_counts, routed)
+    return routed_on_enough_documents(routed, selection, minimum) & routed_on_enough_documents(
+        routed, report, minimum
+    )
 
 
 def saliency_effect_spearman(
@@ -488,6 +525,7 @@ def saliency_effect_spearman(
     n_resamples: int = 1000,
     seed: int = 0,
     method: str = RHO_METHOD,
+    min_expert_documents: int = RHO_MIN_EXPERT_DOCUMENTS,
 ):
     """Spearman ρ of REAP saliency on the selection half with the exact effect on the report half, over
     experts, with a 95% document-bootstrap interval (``method``, default
@@ -498,8 +536,9 @@ def saliency_effect_spearman(
     half. Each resample draws them with replacement and recomputes both scores on the drawn documents:
     saliency ``Σ saliency_sums / Σ saliency_routed`` over selection-half documents (0 for an expert not
     routed in the resample) and the effect ``Σ effect_sums / Σ effect_counts`` over report-half ones,
-    then ρ over the experts with both scores defined on the observed data. The estimate equals the ρ
-    of :func:`driver_report`.
+    then ρ over the experts with both scores defined on the observed data and routed on at least
+    ``min_expert_documents`` documents of each half (:func:`split_gate`, decided before resampling).
+    The estimate is the ρ :func:`driver_report` reports.
 
     Returns:
         An :class:`~tl_moe.analysis.stats.Interval` with the bootstrap's bias (unavailable below
@@ -511,15 +550,14 @@ def saliency_effect_spearman(
     effect_sums, effect_counts = np.asarray(effect_sums, np.float64), np.asarray(effect_counts, np.float64)
     saliency_sums = np.asarray(saliency_sums, np.float64)
     saliency_routed = np.asarray(saliency_routed, np.float64)
-    half = document_half(torch.arange(len(effect_counts))).numpy()
-    selection = (half == 0) & (saliency_routed.sum(0) > 0)
-    report = (half == 1) & (effect_counts > 0)
+    selection, report = split_documents(effect_counts, saliency_routed)
     docs = np.nonzero(selection | report)[0]
     on_selection, on_report = selection[docs].astype(np.float64), report[docs].astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         observed_saliency = (saliency_sums[:, selection].sum(1)) / saliency_routed[:, selection].sum(1)
     observed_effect = effect_sums[:, report].sum(1) / max(effect_counts[report].sum(), 1.0)
     keep = np.isfinite(observed_saliency) & np.isfinite(observed_effect)
+    keep &= split_gate(effect_counts, saliency_routed, min_expert_documents)
     ss, sr = saliency_sums[keep][:, docs], saliency_routed[keep][:, docs]
     es, ec = effect_sums[keep][:, docs], effect_counts[docs]
 

@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 
-from tl_moe.analysis.stats import RHO_METHOD
+from tl_moe.analysis.stats import RHO_METHOD, RHO_MIN_EXPERT_DOCUMENTS
 from tl_moe.collect.gradients import GradientAccumulator, SlotGradients
 from tl_moe.collect.meta import BatchMeta
 
@@ -43,6 +43,7 @@ __all__ = [
     "FirstOrderEffectsResult",
     "estimate_vs_reap",
     "paired_rho_difference",
+    "routed_on_enough_documents",
     "score_agreement",
     "weighted_spearman",
 ]
@@ -331,6 +332,22 @@ def _rows_spearman(
         return np.where(var > 0, (ra * rb).sum(-1) / np.sqrt(var), np.nan)
 
 
+def routed_on_enough_documents(
+    routed: Float[np.ndarray, "expert document"], documents: np.ndarray, minimum: int
+) -> np.ndarray:
+    """Which experts (rows of ``routed``, routed slots per document) are routed on at least ``minimum`` of
+    ``documents`` (column indices or a boolean mask): the document gate of every drivers ρ
+    (:data:`~tl_moe.analysis.stats.RHO_MIN_EXPERT_DOCUMENTS`), decided on counts before resampling."""
+    return (np.asarray(routed)[:, documents] > 0).sum(-1) >= minimum
+
+
+POOLED_MINUS_WITHIN = "pooled − within layers (mean)"
+"""The paired table's group of the pooled ρ minus the mean of the per-layer ρ, on the same resamples."""
+
+WITHIN_LAYERS = "within layers (mean)"
+"""The paired table's group of the mean of the per-layer ρ."""
+
+
 def paired_rho_difference(
     exact_sums: Float[np.ndarray, "expert document"],
     exact_counts: Float[np.ndarray, " document"],
@@ -343,6 +360,7 @@ def paired_rho_difference(
     n_resamples: int = 1000,
     seed: int = 0,
     method: str = RHO_METHOD,
+    min_expert_documents: int = RHO_MIN_EXPERT_DOCUMENTS,
 ) -> pd.DataFrame:
     """Spearman ρ of the first-order estimate and of REAP saliency with the exact effect, on the same
     experts, and their paired difference, with a 95% document-bootstrap interval (``method``, default
@@ -352,21 +370,27 @@ def paired_rho_difference(
     Each resample draws documents with replacement and recomputes, per expert, all three scores on the
     drawn documents: the exact effect (``Σ exact_sums / Σ exact_counts``), the estimate
     (``Σ estimate_sums / Σ estimate_counts``) and REAP saliency (``Σ saliency_sums / Σ saliency_routed``,
-    0 for an expert not routed in the resample), then every ρ over the same experts (those whose three
-    values are finite on the observed documents). The documents are those the edits saw, so REAP
-    saliency is taken over the same documents as the effects. Intervals are unavailable below
-    :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` documents.
+    0 for an expert not routed in the resample), then every ρ over the same experts: those whose three
+    values are finite on the observed documents and that are routed on at least
+    ``min_expert_documents`` of them (the document gate, decided on counts before resampling:
+    docs/METHODS.md). The documents are those the edits saw, so REAP saliency is taken over the same
+    documents as the effects. Intervals are unavailable below :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS`
+    documents.
 
     Args:
         layers: the layer of each expert row (None: pooled rows only). A pooled ρ mixes how experts
-            rank within a layer with how layers differ; the per-layer rows and their mean
-            (``within layers (mean)``) separate the two.
+            rank within a layer with how layers differ; the per-layer rows, their mean
+            (``within layers (mean)``) and the pooled ρ minus that mean (``pooled − within layers
+            (mean)``, on the same resamples) separate the two.
+        min_expert_documents: the document gate (default
+            :data:`~tl_moe.analysis.stats.RHO_MIN_EXPERT_DOCUMENTS`).
 
     Returns:
         Three rows per group (``first-order estimate``, ``REAP saliency``, ``estimate − REAP``), the
-        group in ``layer`` (``all``, each layer, ``within layers (mean)``): ρ, interval, the interval's
-        method, the bootstrap bias (mean resampled ρ minus ρ), experts, documents, and why an interval
-        is unavailable (empty when available).
+        group in ``layer`` (``all``, each layer, ``within layers (mean)``, ``pooled − within layers
+        (mean)``): ρ, interval, the interval's method, the bootstrap bias (mean resampled ρ minus ρ),
+        experts, documents, the experts the gate left out, and why an interval is unavailable (empty
+        when available). ``attrs["left out"]``: the row indices of the experts the gate left out.
     """
     from tl_moe.analysis.stats import cluster_bootstrap
 
@@ -382,7 +406,9 @@ def paired_rho_difference(
     first = estimate_sums[:, docs].sum(-1) / max(estimate_counts.sum(), 1.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         saliency = saliency_sums[:, docs].sum(-1) / saliency_routed[:, docs].sum(-1)
-    keep = np.isfinite(exact) & np.isfinite(first) & np.isfinite(saliency)
+    defined = np.isfinite(exact) & np.isfinite(first) & np.isfinite(saliency)
+    gated = routed_on_enough_documents(saliency_routed, docs, min_expert_documents)
+    keep = defined & gated
     xs, xc = exact_sums[keep][:, docs], exact_counts[docs]
     es, ec = estimate_sums[keep][:, docs], estimate_counts[docs]
     ss, sr = saliency_sums[keep][:, docs], saliency_routed[keep][:, docs]
@@ -406,6 +432,7 @@ def paired_rho_difference(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # a layer constant in a resample
                 out.append(np.nanmean(np.stack(out[1:]), axis=0))
+            out.append(out[0] - out[-1])  # pooled − within layers (mean), on the same resamples
         return np.concatenate(out, axis=1)
 
     intervals = cluster_bootstrap(
@@ -419,7 +446,8 @@ def paired_rho_difference(
     )
     labels = [(name, len(picked)) for name, picked in groups]
     if per_layer:
-        labels.append(("within layers (mean)", int(keep.sum())))
+        labels.append((WITHIN_LAYERS, int(keep.sum())))
+        labels.append((POOLED_MINUS_WITHIN, int(keep.sum())))
     names = ("first-order estimate", "REAP saliency", "estimate − REAP")
     rows = []
     for g, (label, n_experts) in enumerate(labels):
@@ -435,10 +463,14 @@ def paired_rho_difference(
                     "bootstrap bias": interval.bias,
                     "experts": n_experts,
                     "documents": len(docs),
+                    "experts left out (routed on too few documents)": int((defined & ~gated).sum()),
                     "interval unavailable": interval.reason or "",
                 }
             )
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    table.attrs["left out"] = np.flatnonzero(defined & ~gated).tolist()
+    table.attrs["min expert documents"] = int(min_expert_documents)
+    return table
 
 
 def reap_on_edited_documents(
@@ -516,9 +548,10 @@ def estimate_vs_reap(
     effects: Any, saliency: Any, estimate: FirstOrderEffectsResult, n_resamples: int = 1000, seed: int = 0
 ) -> pd.DataFrame:
     """:func:`paired_rho_difference` of the first-order estimate and REAP saliency against the exact
-    zeroing effect, over every expert of every sparse layer (pooled, per layer and the mean of the
-    per-layer ρ) and every document the edits saw (REAP saliency recomputed on those documents in every
-    resample)."""
+    zeroing effect, over every expert of every sparse layer routed on enough of the documents the edits
+    saw (pooled, per layer, the mean of the per-layer ρ and the pooled minus that mean), on those
+    documents (REAP saliency recomputed on them in every resample). ``attrs["left out"]`` names the
+    experts the document gate left out (``L{layer}E{expert}``)."""
     zero = list(effects.kinds).index("zero") if "zero" in effects.kinds else 0
     size = max(effects.counts.numel(), estimate.counts.numel())
 
@@ -527,7 +560,7 @@ def estimate_vs_reap(
 
     saliency_sums, saliency_routed = saliency.per_document(size)
     n_experts = effects.sums.shape[2]
-    return paired_rho_difference(
+    table = paired_rho_difference(
         padded(effects.sums[zero]).reshape(-1, size),
         padded(effects.counts),
         padded(estimate.sums).reshape(-1, size),
@@ -538,3 +571,7 @@ def estimate_vs_reap(
         n_resamples=n_resamples,
         seed=seed,
     )
+    table.attrs["left out"] = [
+        f"L{effects.layers[i // n_experts]}E{i % n_experts}" for i in table.attrs["left out"]
+    ]
+    return table

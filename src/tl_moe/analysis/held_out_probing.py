@@ -41,7 +41,14 @@ from jaxtyping import Bool, Float, Int
 from tl_moe.analysis.activations import StoredTokens
 from tl_moe.analysis.concept_probing import concept_populations, expert_activation_block
 from tl_moe.analysis.probing import STATUS_OK, KSparseProbe
-from tl_moe.analysis.stats import MIN_DOCUMENTS, PAIRED_METHOD, cluster_bootstrap, paired_item_means
+from tl_moe.analysis.stats import (
+    MIN_DOCUMENTS,
+    PAIRED_METHOD,
+    Interval,
+    cluster_bootstrap,
+    draw_mean_interval,
+    paired_item_means,
+)
 from tl_moe.collect.steps import Step, run_now
 from tl_moe.data.concepts import KNOWN_CONCEPTS
 from tl_moe.defaults import MIN_EXAMPLES
@@ -434,9 +441,14 @@ def compare(
     often a probe says "positive", between 0 and 2/3) and balanced accuracy (chance level 0.5 always).
 
     ``b`` may be several arms, the seeded draws of one control (e.g. random neuron subsets): a
-    concept's control score is then the mean of its scores over the draws. The interval carries the
-    draws' variation (a two-stage bootstrap): every resample draws the test documents with replacement
-    and, inside it, the control's draws with replacement (:func:`_draw_weights`).
+    concept's control score is then the mean of its scores over the draws. The interval then carries
+    the draws' variation: the draws are a sample from the control's population (random neuron subsets),
+    so the estimate's variance is the documents' (one-stage document bootstrap of the draw mean, every
+    draw kept once) plus the variance between the per-draw estimates over their number, and the interval
+    and p-value come from a t distribution with Satterthwaite's degrees of freedom (``draws_df``;
+    :func:`~tl_moe.analysis.stats.draw_mean_interval`). With one draw the interval is the document
+    bootstrap alone, as for any deterministic control. A ``null`` pairs its draws with the control's
+    by index (the same neuron subsets).
 
     **Per-concept gate** (decided once, on the test documents' labels, before any resampling): a concept
     enters only if, in every compared arm (and draw), the test documents holding a positive of it, and
@@ -445,7 +457,7 @@ def compare(
     defined in (almost) every resample, so the two arms average the same concepts.
 
     The interval resamples test documents (the same documents on both sides); its method is
-    :data:`~tl_moe.analysis.stats.PAIRED_METHOD`. In the estimate and in every resample a concept
+    :data:`~tl_moe.analysis.stats.PAIRED_METHOD` (with several draws, the t interval above). In the estimate and in every resample a concept
     counts only when it is defined in BOTH arms. Which concepts may enter is decided on the selection
     side: those both arms chose a unit for (``n_concepts_selected``); the gate then keeps those with
     enough test documents. Concepts of the other ``level`` (token vs document) are left out;
@@ -459,10 +471,11 @@ def compare(
     (:func:`swap_test`), two-sided, ``swap_p``.
 
     One record per k and metric: ``estimate``, ``ci_low``, ``ci_high``, ``bootstrap_bias``,
-    ``bootstrap_p`` (two-sided percentile-bootstrap p-value of 0 from the two-stage bootstrap, so it
-    carries the control draws' variation; floor ``2 / (1 + n_resamples)``), ``bootstrap_resamples``,
-    ``swap_p`` (the draws held fixed: it tests "a = these draws", not "a = the draws' population"),
-    ``n_draws``, ``n_concepts`` (scored
+    ``bootstrap_p`` (two-sided p-value of 0 of the interval's test: the percentile bootstrap's, floor
+    ``2 / (1 + n_resamples)``, for a control without draws; with several draws the t test's, which
+    carries the draws' variation and has no floor), ``bootstrap_resamples``, ``swap_p`` (the draws held
+    fixed: it tests "a = these draws", not "a = the draws' population"), ``n_draws``, ``draws_df`` (the
+    t test's degrees of freedom; None for one draw), ``n_concepts`` (scored
     in both arms), ``n_concepts_selected``, ``n_concepts_dropped``, ``dropped_concepts``,
     ``n_documents``, ``n_documents_with_positives`` (test documents that hold a positive of a kept
     concept in either arm), ``a_mean``, ``b_mean`` + interval metadata.
@@ -510,18 +523,12 @@ def compare(
         ]
         with_positives = _documents_with_positives(sides[0])
         for metric, score in _METRICS.items():
-            statistic = _difference_statistic(sides, score, seed)
-            interval = cluster_bootstrap(
-                lambda w, statistic=statistic: statistic(w)[0],
-                len(a.test_docs),
-                n_resamples=n_resamples,
-                method=PAIRED_METHOD,
-                seed=seed,
-                min_clusters=min_clusters,
-                on_too_few="unavailable",
-                what=f"{label} at k={k}",
+            statistic = _difference_statistic(sides, score)
+            n_draws = max(len(side.draws) for side in sides)  # a null's draws count too
+            interval, df = _interval(
+                statistic, n_draws, len(a.test_docs), n_resamples, seed, min_clusters, f"{label} at k={k}"
             )
-            _, mean_a, mean_b, n_defined = statistic(np.ones((1, len(a.test_docs))))
+            _, mean_a, mean_b, n_defined, _ = statistic(np.ones((1, len(a.test_docs))))
             swap_p = (
                 swap_test(sides[0], score, permutations, seed)
                 if permutations > 0 and null is None
@@ -542,11 +549,32 @@ def compare(
                     "dropped_concepts": _dropped_text(dropped),
                     "n_documents_with_positives": with_positives,
                     "n_draws": len(draws),
+                    "draws_df": _json_float(df),
                     "a_mean": _json_float(mean_a[0]),
                     "b_mean": _json_float(mean_b[0]),
                 }
             )
     return records
+
+
+def _interval(
+    statistic: Callable, n_draws: int, n_docs: int, n_resamples: int, seed: int, min_clusters: int, what: str
+) -> tuple[Interval, float]:
+    """The interval and p-value of :func:`compare`'s statistic: the document bootstrap
+    (:data:`~tl_moe.analysis.stats.PAIRED_METHOD`) for a control without draws; for a control that
+    averages several draws, the t interval that adds the variance between the draws
+    (:func:`~tl_moe.analysis.stats.draw_mean_interval`), with its degrees of freedom."""
+    options = dict(
+        n_resamples=n_resamples, seed=seed, min_clusters=min_clusters, on_too_few="unavailable", what=what
+    )
+    if n_draws == 1:
+        return cluster_bootstrap(lambda w: statistic(w)[0], n_docs, method=PAIRED_METHOD, **options), math.nan
+
+    def mean_and_draws(weights: np.ndarray) -> np.ndarray:  # [batch, 1 + draw]
+        estimate, *_, per_draw = statistic(weights)
+        return np.column_stack([estimate, per_draw])
+
+    return draw_mean_interval(mean_and_draws, n_docs, n_draws, **options)
 
 
 def _draws(a: HeldOutArm, b: HeldOutArm | Sequence[HeldOutArm]) -> list[HeldOutArm]:
@@ -657,57 +685,59 @@ def _score(totals: np.ndarray, score: Callable[[np.ndarray], np.ndarray]) -> np.
         return score(totals)
 
 
-def _draw_weights(weights: np.ndarray, n_draws: int, rng: np.random.Generator) -> np.ndarray:
-    """``[batch, draw]`` weights of the control's draws for document weights ``[batch, doc]``: all ones on
-    the observed data (every document once), else the draws resampled with replacement (the second stage
-    of the two-stage bootstrap; one draw: always one)."""
-    if n_draws == 1 or (len(weights) == 1 and np.all(weights == 1)):
-        return np.ones((len(weights), n_draws))
-    picks = rng.integers(0, n_draws, size=(len(weights), n_draws))
-    return np.stack([(picks == j).sum(1) for j in range(n_draws)], axis=1).astype(np.float64)
+def _side_differences(
+    side: Side, score: Callable[[np.ndarray], np.ndarray]
+) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Document weights ``[batch, doc]`` -> ``(a, b, per_draw)``: the first arm's concept scores and the
+    control's (mean over its draws) ``[batch, concept]``, and the first arm minus each draw
+    ``[batch, concept, draw]`` (NaN where a draw leaves the concept undefined)."""
+    first = _concept_scores(side.first, score)
+    draws = [_concept_scores(c, score) for c in side.draws]
 
+    def differences(weights: np.ndarray):
+        a = first(weights)
+        each = np.stack([d(weights) for d in draws], axis=-1)  # [batch, concept, draw]
+        return a, each.mean(-1), a[..., None] - each
 
-def _control_scores(
-    draws: Sequence[Callable[[np.ndarray], np.ndarray]], weights: np.ndarray, draw_weights: np.ndarray
-) -> np.ndarray:
-    """A concept's control score ``[batch, concept]``: the weighted mean of its draws' scores (NaN where a
-    draw that is drawn leaves it undefined)."""
-    total = 0.0
-    for j, scores in enumerate(draws):
-        w = draw_weights[:, j, None]
-        total = total + np.where(w > 0, w * scores(weights), 0.0)
-    return total / draw_weights.sum(1, keepdims=True)
+    return differences
 
 
 def _difference_statistic(
-    sides: Sequence[Side], score: Callable[[np.ndarray], np.ndarray], seed: int
-) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    """Document weights ``[batch, doc]`` -> ``(estimate, mean a, mean b, concepts)`` ``[batch]``.
+    sides: Sequence[Side], score: Callable[[np.ndarray], np.ndarray]
+) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Document weights ``[batch, doc]`` -> ``(estimate, mean a, mean b, concepts, per draw)``.
 
-    ``estimate``: the mean over concepts of the first side's per-concept difference (first arm minus the
-    mean of its control's draws) minus each further side's (a null), over the concepts defined in every
-    arm of every side on those documents; ``mean a`` / ``mean b``: the first side's two means over them.
-    The draws of each control are resampled inside each document resample (:func:`_draw_weights`, one
-    seeded generator per statistic, so a rerun gives the same interval).
+    ``estimate`` ``[batch]``: the mean over concepts of the first side's per-concept difference (first
+    arm minus the mean of its control's draws) minus each further side's (a null), over the concepts
+    defined in every arm and draw of every side on those documents; ``mean a`` / ``mean b``: the first
+    side's two means over them; ``per draw`` ``[batch, draw]``: the same statistic with draw ``j`` alone
+    as each side's control (draws paired by index across sides; a side with one draw uses it for every
+    ``j``), over the same concepts, so ``estimate`` is its mean over draws. Every draw counts once: the
+    draws' own variation enters the interval through :func:`~tl_moe.analysis.stats.draw_mean_interval`.
     """
-    rng = np.random.default_rng([seed, 7])
-    firsts = [_concept_scores(side.first, score) for side in sides]
-    controls = [[_concept_scores(c, score) for c in side.draws] for side in sides]
+    n_draws = max(len(side.draws) for side in sides)
+    if any(len(side.draws) not in (1, n_draws) for side in sides):
+        raise ValueError(
+            "a difference and its null need the same number of control draws (or one): got "
+            + ", ".join(str(len(side.draws)) for side in sides)
+        )
+    parts = [_side_differences(side, score) for side in sides]
 
     def statistic(weights: np.ndarray):
-        differences, first_a, first_b = [], None, None
-        for f, draws in zip(firsts, controls, strict=True):
-            a = f(weights)
-            b = _control_scores(draws, weights, _draw_weights(weights, len(draws), rng))
-            differences.append(a - b)
-            if first_a is None:
-                first_a, first_b = a, b
-        combined = differences[0] - sum(differences[1:]) if len(differences) > 1 else differences[0]
-        defined = np.isfinite(combined) & np.isfinite(first_a) & np.isfinite(first_b)
+        per_draw, first_a, first_b = None, None, None
+        for i, differences in enumerate(parts):
+            a, b, each = differences(weights)
+            each = np.broadcast_to(each, (*each.shape[:-1], n_draws))
+            if i == 0:
+                per_draw, first_a, first_b = each, a, b
+            else:
+                per_draw = per_draw - each
+        defined = np.isfinite(per_draw).all(-1) & np.isfinite(first_a) & np.isfinite(first_b)
         n = defined.sum(-1)
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = lambda x: np.where(defined, x, 0.0).sum(-1) / n  # noqa: E731
-            return mean(combined), mean(first_a), mean(first_b), n
+            draws = np.where(defined[..., None], per_draw, 0.0).sum(-2) / n[..., None]
+            return draws.mean(-1), mean(first_a), mean(first_b), n, draws
 
     return statistic
 

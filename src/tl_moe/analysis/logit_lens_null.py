@@ -24,11 +24,13 @@ token is chosen *because* it is the most common. So:
 
 The mean raw lens is linear in the expert's outputs, so an expert's top-1 under document weights ``w``
 is ``argmax_v Σ_d w_d · lens(out_sum[d, e])[v]`` (dividing by its routed count does not move it).
+Every resample's top-1 is ranked by a float32 product verified exact (:class:`Top1`: near ties are
+recomputed in float64), and the untrained model's top-1 once for both of its tokens.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,10 +41,13 @@ from tl_moe.analysis.logit_lens_accumulator import ExpertLogitLensResult
 from tl_moe.analysis.stats import Interval, cluster_bootstrap, document_split
 from tl_moe.errors import InputError
 
-__all__ = ["TopTokenShare", "top1_share_statistic", "top_token_share"]
+__all__ = ["Top1", "TopTokenShare", "top1_share_statistic", "top1_shares_statistic", "top_token_share"]
 
 # Largest (resample x expert x vocabulary) block of logits built at once.
 _LOGITS_PER_CHUNK = 1 << 24
+
+# Unit vectors pushed through the lens at once to read its matrix (bounds its float64 copy).
+_UNIT_VECTORS_PER_BLOCK = 256
 
 #: Maps ``[..., d_model]`` expert outputs to their ``[..., vocab]`` raw-lens logits (linear).
 LensLogits = Callable[[Float[torch.Tensor, "... d_model"]], Float[torch.Tensor, "... vocab"]]
@@ -106,6 +111,19 @@ def top1_share_statistic(
     weights is ``token``; experts without a routed token in a resample are left out of that resample's
     share. ``documents``: indices of the documents (axis 0 of the per-document sums) the weights are
     over (default: all)."""
+    shares = top1_shares_statistic(lens, logits, (token,), documents)
+    return lambda weights: shares(weights)[:, 0]
+
+
+def top1_shares_statistic(
+    lens: ExpertLogitLensResult,
+    logits: LensLogits,
+    tokens: Sequence[int],
+    documents: np.ndarray | None = None,
+) -> Callable[[np.ndarray], np.ndarray]:
+    """As :func:`top1_share_statistic` for several tokens at once: ``[batch, document]`` weights ->
+    ``[batch, len(tokens)]`` shares. Each expert's top-1 is computed once per resample and compared
+    with every token, so asking for two tokens costs what one does."""
     out, n = _lens_arrays(lens)
     if documents is not None:
         out, n = (
@@ -117,19 +135,59 @@ def top1_share_statistic(
     n_docs, n_experts = out.shape[:2]
     vocab = logits(out[:1, :1]).shape[-1]
     chunk = max(1, _LOGITS_PER_CHUNK // max(1, n_experts * vocab))
+    wanted = torch.as_tensor(list(tokens), dtype=torch.long)
+    top1 = Top1(logits, out.shape[-1])
 
     def statistic(weights: np.ndarray) -> np.ndarray:
         w = torch.as_tensor(np.asarray(weights), dtype=torch.float64).reshape(-1, n_docs)
         shares = []
         for part in w.split(chunk):
             summed = torch.einsum("bd,dex->bex", part, out)  # the lens is linear: lens of the sum
-            top = logits(summed).argmax(-1)  # [batch, expert]
+            top = top1(summed)  # [batch, expert]
             present = (part @ n) > 0
-            hits = ((top == token) & present).sum(-1).double()
-            shares.append(hits / present.sum(-1).clamp_min(1).double())
+            hits = ((top[:, None, :] == wanted[None, :, None]) & present[:, None, :]).sum(-1).double()
+            shares.append(hits / present.sum(-1).clamp_min(1).double()[:, None])
         return torch.cat(shares).numpy()
 
     return statistic
+
+
+class Top1:
+    """The top-1 token of the lens logits of float64 rows, as ``logits(x).argmax(-1)`` gives it, found
+    by a float32 screen that is verified exact.
+
+    The lens is linear, so its matrix ``A`` (``[d_model, vocab]``) is ``logits`` of the unit vectors.
+    A float32 product ``x A`` is within ``eps(x) = 2 (d_model + 3) 2^-24 |x| max_v |A_v|`` of the exact
+    logits (float32 rounding of ``x`` and ``A`` and of a length-``d_model`` dot product, with a factor 2
+    to spare; the float64 logits are as close at a far smaller scale). A row whose float32 best logit
+    leads its second by more than ``2 eps`` has that token as its float64 argmax; the other rows (near
+    ties) are recomputed through ``logits`` in float64 and ranked as before. The result is the float64
+    argmax, at the cost of a float32 product.
+    """
+
+    def __init__(self, logits: LensLogits, d_model: int) -> None:
+        self.logits = logits
+        # The matrix a block of unit vectors at a time: float64 only one block at once.
+        blocks, squares = [], 0.0
+        for unit in torch.eye(d_model, dtype=torch.float64).split(_UNIT_VECTORS_PER_BLOCK):
+            block = logits(unit).to(torch.float64)  # [block, vocab]
+            squares = squares + block.pow(2).sum(0)
+            blocks.append(block.to(torch.float32))
+        self.matrix = torch.cat(blocks)  # [d_model, vocab]
+        self.tolerance = 2.0 * (d_model + 3) * 2.0**-24 * float(squares.sqrt().max())
+
+    def __call__(self, x: Float[torch.Tensor, "*lead d_model"]) -> torch.Tensor:
+        """``[*lead]`` index of the largest float64 lens logit of every row of ``x``."""
+        lead = x.shape[:-1]
+        rows = x.reshape(-1, x.shape[-1])
+        two = (rows.to(torch.float32) @ self.matrix).topk(min(2, self.matrix.shape[-1]), dim=-1)
+        top = two.indices[:, 0].clone()
+        eps = self.tolerance * rows.norm(dim=-1)
+        if two.values.shape[-1] > 1:
+            close = (two.values[:, 0] - two.values[:, 1]).double() <= 2.0 * eps
+            if bool(close.any()):
+                top[close] = self.logits(rows[close]).argmax(-1)
+        return top.reshape(lead)
 
 
 def _top1_on(lens: ExpertLogitLensResult, logits: LensLogits, documents: np.ndarray) -> torch.Tensor:
@@ -243,13 +301,22 @@ def top_token_share(
         )
     u_selection, u_test = _split(untrained, selection_fraction, split_seed)
     own_token, _ = _most_common(_top1_on(untrained, untrained_logits, u_selection))
-    own_stat = top1_share_statistic(untrained, untrained_logits, own_token, u_test)
-    untrained_stat = top1_share_statistic(untrained, untrained_logits, token, u_test)
+    # The untrained model's top-1 is computed once per resample for both of its tokens.
+    untrained_stats = top1_shares_statistic(untrained, untrained_logits, (token, own_token), u_test)
+
+    def untrained_stat(weights: np.ndarray) -> np.ndarray:
+        return untrained_stats(weights)[:, 0]
+
+    def own_stat(weights: np.ndarray) -> np.ndarray:
+        return untrained_stats(weights)[:, 1]
+
     n_untrained = routed_on(untrained, u_test)
     if torch.equal(trained.doc_ids, untrained.doc_ids):
 
         def joint(weights: np.ndarray) -> np.ndarray:
-            a, b, c = trained_stat(weights), untrained_stat(weights), own_stat(weights)
+            a = trained_stat(weights)
+            both = untrained_stats(weights)
+            b, c = both[:, 0], both[:, 1]
             return np.stack([a, b, a - b, c, a - c], axis=1)
 
         a, b, d, c, e = bootstrap(joint, len(test))

@@ -14,6 +14,10 @@ Built on :mod:`scipy.stats` (``bootstrap``, ``permutation_test``, ``false_discov
 
 Every :class:`Interval` carries the bootstrap's ``bias`` (mean of the resampled statistics minus the
 estimate). Paired differences use :data:`PAIRED_METHOD`; docs/METHODS.md says why.
+- :func:`draw_mean_interval` — the interval of a difference whose control is the mean of a few random
+  draws (e.g. random neuron subsets): the documents' bootstrap variance of the draw mean plus the
+  variance between the draws over their number, with a t distribution on Satterthwaite's degrees of
+  freedom (:func:`draw_mean_t`).
 - :func:`permutation_pvalues` — one-sided permutation p-values of many statistics at once, from
   permutations of a label vector (e.g. the domain of each document); exact when feasible.
 - :func:`benjamini_hochberg` — BH-adjusted p-values (``scipy.stats.false_discovery_control``) and
@@ -36,18 +40,23 @@ from typing import Literal
 
 import numpy as np
 import scipy.stats
+from jaxtyping import Float
 
 from tl_moe.defaults import MIN_DOCUMENTS
 from tl_moe.errors import InputError
 
 __all__ = [
     "MIN_DOCUMENTS",
+    "DRAW_MEAN_METHOD",
     "PAIRED_METHOD",
     "RHO_METHOD",
+    "RHO_MIN_EXPERT_DOCUMENTS",
     "Interval",
     "benjamini_hochberg",
     "bootstrap_p_value",
     "cluster_bootstrap",
+    "draw_mean_interval",
+    "draw_mean_t",
     "document_split",
     "holm",
     "paired_difference",
@@ -80,6 +89,15 @@ PAIRED_METHOD = "percentile"
 #: null ρ = 0 at the nominal rate with its estimate mid-interval, where basic and BCa cover less, and
 #: it is the best-covering of the three when a few rarely routed experts make the resampled ρ lean.
 RHO_METHOD = "percentile"
+
+#: The fewest documents that must route an expert for it to enter a Spearman ρ of the drivers (REAP
+#: saliency, the first-order estimate or the domain score against an exact effect): at least this many
+#: of the documents behind each of its scores. Decided before any resampling, on routing counts only,
+#: and the experts it leaves out are listed with the reason. An expert routed on one to three documents
+#: has a score that is a mean over a handful of tokens, and resamples that miss its documents move it to
+#: the bottom of both rankings: the resampled ρ leans and no interval method covers at the nominal rate.
+#: The planted coverage study (tests/test_rho_interval_coverage.py, numbers in its docstring) chose it.
+RHO_MIN_EXPERT_DOCUMENTS = 5
 
 
 @dataclass(frozen=True)
@@ -238,6 +256,134 @@ def cluster_bootstrap(
                 )
             )
     return out if multi else out[0]
+
+
+#: The interval of a difference whose control averages several random draws (:func:`draw_mean_interval`).
+DRAW_MEAN_METHOD = "t (document bootstrap + between draws)"
+
+
+def draw_mean_t(
+    estimate: Float[np.ndarray, "..."],
+    resampled: Float[np.ndarray, "... resample"],
+    draws: Float[np.ndarray, "... draw"],
+    n_clusters: int,
+    confidence: float = 0.95,
+) -> dict[str, np.ndarray]:
+    """The t interval and p-value of 0 of a draw mean, vectorized over leading axes.
+
+    Args:
+        estimate: the statistic on the observed data, the mean over the control's ``m`` draws of the
+            per-draw statistic (``draws.mean(-1)``).
+        resampled: the same statistic on document resamples with every draw kept once (the one-stage
+            document bootstrap).
+        draws: the per-draw statistic on the observed data (each draw alone as the control).
+        n_clusters: documents resampled (the documents' term gets ``n_clusters - 1`` degrees of freedom).
+
+    The statistic's variance has two parts: the documents' (``V``, the variance of ``resampled``) and
+    the choice of the draws (the draws are a sample of ``m`` from their population, whose mean is the
+    control's target; ``B / m`` with ``B`` the draws' sample variance, ``m - 1`` degrees of freedom).
+    ``T = V + B / m``; the interval is ``estimate ± t_q(ν) √T`` and the p-value ``2 P(t_ν > |estimate| /
+    √T)``, with Satterthwaite's ``ν = T² / (V² / (n - 1) + (B / m)² / (m - 1))``. ``V`` already holds each
+    draw's own document noise over ``m``, which ``B`` counts again: on few draws whose variation is mostly
+    document noise the interval is slightly conservative; where the draws differ in substance it is near
+    nominal (docs/METHODS.md gives the planted rates).
+
+    Returns:
+        arrays ``low``, ``high``, ``p_value``, ``df``, ``documents_variance`` (V), ``draws_variance``
+        (B / m), ``bias`` (mean of ``resampled`` minus ``estimate``).
+    """
+    estimate = np.asarray(estimate, dtype=np.float64)
+    resampled = np.asarray(resampled, dtype=np.float64)
+    draws = np.asarray(draws, dtype=np.float64)
+    m = draws.shape[-1]
+    if m < 2:
+        raise ValueError("a draw-mean interval needs at least 2 draws; one draw is the plain bootstrap.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        documents = np.nanvar(resampled, axis=-1, ddof=1)
+        between = draws.var(-1, ddof=1) / m
+        total = documents + between
+        df = total**2 / (documents**2 / max(n_clusters - 1, 1) + between**2 / (m - 1))
+        df = np.where(total > 0, df, max(n_clusters - 1, 1))  # no variance at all: a zero-width interval
+        se = np.sqrt(total)
+        quantile = np.where(total > 0, scipy.stats.t.ppf(0.5 + confidence / 2, df), 0.0)
+        p_value = np.where(
+            se > 0, 2 * scipy.stats.t.sf(np.abs(estimate) / se, df), np.where(estimate == 0, 1.0, 0.0)
+        )
+        bias = np.nanmean(resampled, axis=-1) - estimate
+    return {
+        "low": estimate - quantile * se,
+        "high": estimate + quantile * se,
+        "p_value": p_value,
+        "df": df,
+        "documents_variance": documents,
+        "draws_variance": between,
+        "bias": bias,
+    }
+
+
+def draw_mean_interval(
+    statistic: Callable[[np.ndarray], np.ndarray],
+    n_clusters: int,
+    n_draws: int,
+    *,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    min_clusters: int = MIN_DOCUMENTS,
+    on_too_few: Literal["error", "unavailable"] = "error",
+    what: str = "the statistic",
+) -> tuple[Interval, float]:
+    """Interval and p-value of 0 (:func:`draw_mean_t`) of a statistic whose control is the mean of
+    ``n_draws`` random draws.
+
+    Args:
+        statistic: maps cluster weights ``[batch, n_clusters]`` to ``[batch, 1 + n_draws]``: the draw
+            mean, then the statistic with each draw alone as the control (every draw weighted once).
+        n_clusters, n_resamples, confidence, seed, min_clusters, on_too_few, what: as in
+            :func:`cluster_bootstrap` (the documents are resampled as there, every draw kept once).
+
+    Returns:
+        the :class:`Interval` (``method`` :data:`DRAW_MEAN_METHOD`, ``p_value`` the t test's) and the
+        degrees of freedom (NaN when unavailable).
+    """
+    observed = np.asarray(statistic(np.ones((1, n_clusters))), dtype=np.float64)[0]
+    estimate = float(observed[0])
+    if n_clusters < min_clusters:
+        return _too_few(n_clusters, min_clusters, what, on_too_few, estimate, confidence), math.nan
+    rng = np.random.default_rng(seed)
+    batch = max(1, min(n_resamples, int(2e7 // max(1, n_clusters * (1 + n_draws)))))
+    resampled = np.concatenate(
+        [
+            np.asarray(
+                statistic(resample_weights(rng.integers(0, n_clusters, (size, n_clusters)), n_clusters))
+            )[:, 0]
+            for size in np.diff(np.r_[0:n_resamples:batch, n_resamples])
+        ]
+    )
+
+    def unavailable(reason: str) -> tuple[Interval, float]:
+        return Interval(estimate, math.nan, math.nan, n_clusters, confidence, "none", False, reason), math.nan
+
+    if not math.isfinite(estimate) or not np.isfinite(observed[1:]).all():
+        return unavailable(f"{what} is undefined on the observed data")
+    if not np.isfinite(resampled).any():
+        return unavailable(f"{what} is undefined on every resample")
+    t = draw_mean_t(estimate, resampled, observed[1:], n_clusters, confidence)
+    low, high = float(t["low"]), float(t["high"])
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return unavailable(f"the t interval of {what} is undefined")
+    interval = Interval(
+        estimate,
+        low,
+        high,
+        n_clusters,
+        confidence,
+        DRAW_MEAN_METHOD,
+        bias=float(t["bias"]),
+        p_value=float(t["p_value"]),
+    )
+    return interval, float(t["df"])
 
 
 def bootstrap_p_value(resampled: np.ndarray) -> float:

@@ -134,6 +134,14 @@ def domain_names(dataset: Any) -> tuple[str, ...]:
     return tuple(sorted({str(value) for value in dataset.unique(DOMAIN_COLUMN)}))
 
 
+def document_domain_codes(dataset: Any) -> list[int]:
+    """The domain code of every row of ``dataset`` (index into :func:`domain_names`), as the batches carry it."""
+    encode = _domain_coder(dataset)
+    if DOMAIN_COLUMN not in dataset.column_names:
+        return [0] * len(dataset)
+    return [encode(value)[0] for value in dataset[DOMAIN_COLUMN]]
+
+
 def _domain_coder(dataset: Any) -> Callable[[Any], tuple[int, str | None]]:
     """Maps a raw ``domain`` value to (domain code, domain name); name None without the column."""
     names = domain_names(dataset)

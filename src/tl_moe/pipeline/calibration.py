@@ -1,45 +1,63 @@
 """Wall-time estimates of a planned run, from throughputs measured on this machine.
 
 ``tl-moe plan`` first checks the run's inputs and memory (:mod:`tl_moe.pipeline.plan`); then, unless
-``--no-calibration`` is given, it measures:
+``--no-calibration`` is given, it loads the analyzed model (progress bars off) and:
 
-- each pass's model: a short collection pass (a few batches of the run's corpus at its
-  ``--batch-size`` x ``--seq-len``, ``--dtype`` and ``--device``, with the run's hooks, concept labels
-  and accumulators), in tokens per second;
-- probing: a short :class:`~tl_moe.analysis.probing.KSparseProbe` fit on random activations of the
-  run's unit width (an expert's neurons; a dense layer's, with a dense baseline), the run's probe sizes
-  and about as many tokens per unit as the run gives a unit, in fits per second.
+- warns what ``tl-moe analyze`` warns before its first pass, from the same code (a small corpus, the
+  fitted defaults, each analysis's checks — e.g. a split with fewer than 30 documents);
+- times a short collection pass of each pass's model, the untrained null included (at most
+  :data:`CALIBRATION_BATCHES` batches and half the run's own stream, at its ``--batch-size`` x
+  ``--seq-len``, ``--dtype`` and ``--device``, with the run's hooks, concept labels and accumulators),
+  in tokens per second;
+- when probing or the sparsity family runs: times a short
+  :class:`~tl_moe.analysis.probing.KSparseProbe` fit on random activations of each unit width the run
+  probes, its probe sizes and about as many tokens per unit as the run gives a unit, in fits per second.
 
-A pass is estimated as its tokens / the measured rate (the short pass's start-up included, so the
-rate errs slow), probing's finalize as its number of probe fits / the measured fit rate (every unit x
-concept x probe size is counted, for the concepts whose rate in the short pass's labels gives a unit at
-least ``--min-examples`` positives and negatives; routing that concentrates a concept moves this). Every number is
-an estimate and the summary says so, with its basis.
+A pass is estimated as the tokens its stream reaches / the measured rate (the short pass's start-up
+included, so the rate errs slow). Probe fits are estimated as their expected number / the measured
+fit rate: every unit x concept x probe size for the concepts whose rate in the short pass's labels gives
+a unit's share of the tokens ``--min-examples`` positives and negatives (the held-out protocol:
+``--held-out-min-examples`` on its selection documents, and none at all when the run's documents are
+too few to split, decided by the same split the protocol uses). Routing that concentrates a concept
+moves the expected number; the summary also gives its upper bound (every unit seeing every token).
+Every number is an estimate and the summary says so, with its basis.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from jaxtyping import Float
 
-from tl_moe.pipeline.plan import ModelPlan, RunPlan
+from tl_moe.pipeline.context import UNTRAINED
+from tl_moe.pipeline.plan import RunPlan
 
 __all__ = [
     "CALIBRATION_BATCHES",
+    "ProbeWork",
+    "RunDocuments",
     "TimeEstimate",
     "calibrate",
-    "estimate_times",
-    "measure_fit_rate",
-    "measure_pass",
+    "calibration_tokens",
     "concept_rates",
     "eligible_concepts",
+    "eligible_work",
+    "fit_rate_concepts",
+    "rate_key",
+    "estimate_times",
+    "held_out_gate",
+    "measure_fit_rate",
+    "measure_pass",
     "probe_fit_counts",
+    "quiet_loading",
+    "relay_run_warnings",
+    "run_documents",
 ]
 
 #: Batches of each model's timed calibration pass.
@@ -52,7 +70,6 @@ CALIBRATION_RATES = (0.01, 0.3)
 CALIBRATION_MAX_ROWS = 16384
 
 Clock = Callable[[], float]
-UNTRAINED = "untrained:"
 
 
 def measure_pass(
@@ -60,11 +77,12 @@ def measure_pass(
     name: str,
     specs: list[Any],
     clock: Clock = time.perf_counter,
+    tokens: int | None = None,
 ) -> tuple[float, dict[Any, Any]]:
     """Tokens per second of a short collection pass of model ``name`` filling ``specs``, as the run
     fills them (the corpus, the concept labels, the hooks and the accumulators), over the
-    ``context``'s ``max_tokens`` (the model is loaded before the clock starts); and what the pass
-    collected (spec -> value)."""
+    ``context``'s ``max_tokens`` or the ``tokens`` the pass streams (the model is loaded before the
+    clock starts); and what the pass collected (spec -> value)."""
     from tl_moe.pipeline.runner import _collect_model
 
     model = context.model(name)
@@ -73,7 +91,8 @@ def measure_pass(
     collected = _collect_model(context, name, specs, None)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return context.options.max_tokens / max(clock() - start, 1e-9), collected
+    seconds = max(clock() - start, 1e-9)
+    return (context.options.max_tokens if tokens is None else tokens) / seconds, collected
 
 
 def concept_rates(collected: dict[Any, Any]) -> Float[torch.Tensor, " concept"] | None:
@@ -98,16 +117,19 @@ def measure_fit_rate(
     ks: tuple[int, ...],
     device: str | torch.device | None = None,
     clock: Clock = time.perf_counter,
+    rates: Float[torch.Tensor, " concept"] | None = None,
 ) -> float:
     """Probe fits per second (one fit: a unit x a concept x a probe size) of a ``KSparseProbe`` on
-    random activations ``[unit, rows, width]`` with concepts of rare to common positive rates
-    (:data:`CALIBRATION_RATES`), after one warm-up fit."""
+    random activations ``[unit, rows, width]`` with concepts planted at positive ``rates`` (the run's,
+    :func:`fit_rate_concepts`; default: rare to common, :data:`CALIBRATION_RATES`), after one warm-up
+    fit. A balanced fit's tokens are twice its rarer class's, so the rates set the fits' cost."""
     from tl_moe.analysis.probing import KSparseProbe
 
     generator = torch.Generator().manual_seed(0)
     activations = torch.randn(CALIBRATION_UNITS, rows, width, generator=generator)
-    rates = torch.linspace(*CALIBRATION_RATES, CALIBRATION_CONCEPTS)
-    labels = torch.rand(rows, CALIBRATION_CONCEPTS, generator=generator) < rates
+    if rates is None:
+        rates = torch.linspace(*CALIBRATION_RATES, CALIBRATION_CONCEPTS)
+    labels = torch.rand(rows, len(rates), generator=generator) < rates
     activations[:, :, 0] += 2.0 * labels[:, 0].float()  # one neuron carries a concept: fits converge as usual
     activations = activations.to(device or "cpu")
     unit_mask = torch.ones(CALIBRATION_UNITS, rows, dtype=torch.bool)
@@ -117,66 +139,259 @@ def measure_fit_rate(
     start = clock()
     probe.fit(activations, labels, unit_mask)
     seconds = clock() - start
-    return CALIBRATION_UNITS * CALIBRATION_CONCEPTS * len(ks) / max(seconds, 1e-9)
+    return CALIBRATION_UNITS * len(rates) * len(ks) / max(seconds, 1e-9)
+
+
+def fit_rate_concepts(
+    rates: Float[torch.Tensor, " concept"], rows: int, min_examples: int
+) -> Float[torch.Tensor, " picked"] | None:
+    """At most :data:`CALIBRATION_CONCEPTS` of the run's concept ``rates`` to time fits at: evenly spaced
+    quantiles of the rates a unit of ``rows`` tokens is fitted for (:func:`eligible_concepts`'s rule),
+    so the timed fits cost what the run's fits cost on average (None: no concept is eligible)."""
+    positives = rates * rows
+    eligible = rates[(positives >= min_examples) & (rows - positives >= min_examples)].sort().values
+    if not len(eligible):
+        return None
+    picks = torch.linspace(0, len(eligible) - 1, min(CALIBRATION_CONCEPTS, len(eligible))).round().long()
+    return eligible[picks]
 
 
 @dataclass(frozen=True)
 class ProbeWork:
-    """Probe units of one width that probing's finalize fits, and the tokens each unit sees."""
+    """Probe units of one width that probing's finalize fits, and the tokens each unit sees.
+
+    Attributes:
+        width: neurons of each unit.
+        units: units fitted (for each concept and probe size).
+        rows: tokens a unit sees (its fits run on them; the held-out protocol fits its selection share).
+        concepts: concepts each unit is fitted for.
+        held_out: fitted by the held-out protocol (its eligibility counts the selection documents alone);
+            else by the paper protocol.
+        analysis: the analysis whose finalize fits them (``probing``, or ``sparsity`` for the family).
+    """
 
     width: int
     units: int
     rows: int
     concepts: int
+    held_out: bool = False
+    analysis: str = "probing"
 
 
-def probe_fit_counts(plan: RunPlan, concepts: int) -> list[ProbeWork]:
-    """Units probing fits per width (per concept and probe size), from the run's shapes.
+@dataclass(frozen=True)
+class RunDocuments:
+    """What a run's token stream reaches, from the corpus and the tokenizer alone (no model).
+
+    Attributes:
+        tokens: tokens the stream emits (BOS included), at most ``--max-tokens`` and at most the corpus's.
+        doc_ids: the ids of the documents it reaches.
+    """
+
+    tokens: int
+    doc_ids: tuple[int, ...]
+
+
+def run_documents(dataset: Any, tokenizer: Any, options: Any) -> RunDocuments:
+    """The tokens and documents of the run's collection stream (its batches, as the pass plans them)."""
+    from tl_moe.collect.batching import plan_batches
+
+    has_bos = int(tokenizer.bos_token_id is not None)
+    tokens, docs = 0, set()
+    for batch in plan_batches(
+        dataset,
+        tokenizer,
+        batch_size=options.batch_size,
+        seq_len=options.seq_len,
+        max_tokens=options.max_tokens,
+    ):
+        for window in batch.windows:
+            tokens += window.token_end - window.token_start + has_bos
+            docs.add(int(window.document.doc_index))
+    return RunDocuments(tokens, tuple(sorted(docs)))
+
+
+def held_out_gate(doc_ids: tuple[int, ...], options: Any) -> str | None:
+    """Why the held-out protocol will be unavailable on these documents (None: it runs): the same
+    document split, and the same refusal, as the probing analysis's held-out protocol."""
+    import numpy as np
+
+    from tl_moe.analysis.stats import document_split
+    from tl_moe.errors import InputError
+
+    try:
+        document_split(
+            np.asarray(doc_ids, dtype=np.int64),
+            selection_fraction=options.selection_fraction,
+            seed=options.seed,
+            min_per_side=options.min_documents,
+        )
+    except InputError as error:
+        return str(error)
+    return None
+
+
+def _store_cap(options: Any, concepts: int) -> int | None:
+    """Most tokens the probing store keeps per unit (``--probe-rows-per-class`` x 2 classes x 2 sides x
+    concepts; None: every token)."""
+    rows = options.config("probing").rows_per_class
+    return None if rows is None else rows * 4 * concepts
+
+
+def _routed_rows(cfg: Any, tokens: int, cap: int | None) -> int:
+    """Tokens an expert of ``cfg`` sees when routing is balanced, bounded by the probing store."""
+    routed = tokens * cfg.experts_per_token // max(cfg.num_experts, 1)
+    return min(routed, cap or routed)
+
+
+def _moe_work(cfg: Any, layers: int, rows: int, concepts: int, dense_width: int | None) -> list[ProbeWork]:
+    """An MoE's expert units: the paper protocol's, and the held-out arm's, with a dense
+    baseline of ``dense_width`` neurons also the permuted-label arm and the matched-count routed-token
+    draws (d_expert dense neurons on each expert's tokens) with their permuted null."""
+    from tl_moe.analysis.held_out_probing import ROUTED_COUNT_DRAWS
+
+    experts = layers * cfg.num_experts
+    work = [ProbeWork(cfg.d_expert, experts, rows, concepts)]
+    rounds = 1
+    if dense_width is not None:
+        draws = ROUTED_COUNT_DRAWS if dense_width > cfg.d_expert else 1  # all neurons: one draw is all
+        rounds += 1 + 2 * draws
+    return [*work, ProbeWork(cfg.d_expert, experts * rounds, rows, concepts, held_out=True)]
+
+
+def _family_work(cfg: Any, tokens: int, cap: int | None, concepts: int, dense: Any) -> list[ProbeWork]:
+    """A sparsity-family member's units (all its sparse layers): its experts by the paper protocol and,
+    with the dense twin ``dense`` (a :class:`ModelPlan`, or None), the held-out arms of
+    :func:`_moe_work` plus the twin's layers and its neurons on the member's routed tokens (two arms)."""
+    layers = len(cfg.sparse_layers)
+    rows = _routed_rows(cfg, tokens, cap)
+    if dense is None:  # no dense twin: the family's held-out protocol is not run
+        work = [w for w in _moe_work(cfg, layers, rows, concepts, None) if not w.held_out]
+    else:
+        width = dense.config.d_mlp
+        work = _moe_work(cfg, layers, rows, concepts, width)
+        work.append(
+            ProbeWork(width, len(dense.config.dense_layers), min(tokens, cap or tokens), concepts, True)
+        )
+        work.append(ProbeWork(width, 2 * layers * cfg.num_experts, rows, concepts, True))
+    return [dataclasses.replace(w, analysis="sparsity") for w in work]
+
+
+def probe_fit_counts(plan: RunPlan, concepts: int, tokens: int | None = None) -> list[ProbeWork]:
+    """Units probing (and the sparsity family, when chosen) fits per width and protocol (per concept
+    and probe size), from the run's shapes, for a stream of ``tokens`` (default: ``--max-tokens``).
 
     The MoE's experts (its probed layers x experts) are fitted by the paper protocol and the held-out
     arm, and with a dense baseline by the permuted-label arm, the matched-count routed-token draws and
     their permuted null; the untrained null by its held-out arm; a dense baseline's layers by the paper
     protocol (whole layers and one draw per expert), its held-out and permuted arms, and its neurons on
-    each expert's routed tokens (two arms). ``concepts`` bounds the stored rows with
+    each expert's routed tokens (two held-out arms). Each other member of the sparsity family: its
+    experts by the paper protocol, and with a dense baseline its held-out arms, the dense twin's layers
+    and its neurons on the member's routed tokens (two arms). ``concepts`` bounds the stored rows with
     ``--probe-rows-per-class``.
     """
-    from tl_moe.analysis.held_out_probing import ROUTED_COUNT_DRAWS
-
     options = plan.options
+    tokens = options.max_tokens if tokens is None else tokens
     main = plan.models[0]
     cfg = main.config
-    layers = len(options.config("probing").layers or cfg.sparse_layers)
-    experts = layers * cfg.num_experts
-    routed = options.max_tokens * cfg.experts_per_token // max(cfg.num_experts, 1)
-    rows = options.config("probing").rows_per_class
-    cap = None if rows is None else rows * 4 * concepts
-    rows = min(routed, cap or routed)
+    cap = _store_cap(options, concepts)
     names = [model.name for model in plan.models]
     dense = next((m for m in plan.models if m.name == options.dense_baseline), None)
-    expert_rounds = 2 + (1 + 2 * ROUTED_COUNT_DRAWS if dense is not None else 0)
-    work = [ProbeWork(cfg.d_expert, experts * expert_rounds, rows, concepts)]
+    dense_width = None if dense is None else dense.config.d_mlp
+    whole = min(tokens, cap or tokens)
+    layers = len(options.config("probing").layers or cfg.sparse_layers)
+    rows = _routed_rows(cfg, tokens, cap)
+    work = _moe_work(cfg, layers, rows, concepts, dense_width)
     if UNTRAINED + main.name in names:
-        work.append(ProbeWork(cfg.d_expert, experts, rows, concepts))
+        work.append(ProbeWork(cfg.d_expert, layers * cfg.num_experts, rows, concepts, held_out=True))
     if dense is not None:
         dense_layers = len(dense.config.dense_layers)
-        whole = min(options.max_tokens, cap or options.max_tokens)
-        width = dense.config.d_mlp
-        work.append(ProbeWork(width, dense_layers * 3, whole, concepts))  # paper, held-out, permuted arms
-        work.append(ProbeWork(width, dense_layers * cfg.num_experts + 2 * experts, rows, concepts))
+        experts = layers * cfg.num_experts
+        work += [
+            ProbeWork(dense_width, dense_layers, whole, concepts),  # paper protocol: whole layers
+            ProbeWork(dense_width, dense_layers * cfg.num_experts, rows, concepts),  # and one draw per expert
+            ProbeWork(dense_width, dense_layers * 2, whole, concepts, True),  # held-out and permuted arms
+            ProbeWork(dense_width, 2 * experts, rows, concepts, True),  # on routed tokens, matched subsets
+        ]
+    if "sparsity" in plan.analyses:
+        family = [
+            m
+            for m in plan.models[1:]
+            if m.name != options.dense_baseline and not m.name.startswith(UNTRAINED)
+        ]
+        for member in family:
+            work += _family_work(member.config, tokens, cap, concepts, dense)
     return work
+
+
+def eligible_work(
+    work: list[ProbeWork], rates: Float[torch.Tensor, " concept"], options: Any, held_out_runs: bool
+) -> list[ProbeWork]:
+    """``work`` with the tokens each fit uses and the concepts each unit is expected to be fitted for,
+    as the run decides them: the paper protocol's units need ``--min-examples`` positives and negatives
+    among their tokens; the held-out protocol's are fitted on their selection documents (the share
+    ``--selection-fraction`` of their tokens) and need ``--held-out-min-examples`` of each there; with
+    ``held_out_runs`` False (too few documents to split) the held-out protocol fits nothing."""
+    fitted = []
+    for w in work:
+        if w.held_out:
+            rows = int(w.rows * options.selection_fraction)
+            concepts = (
+                eligible_concepts(rates, rows, options.config("probing").held_out_min_examples)
+                if held_out_runs
+                else 0
+            )
+        else:
+            rows, concepts = w.rows, eligible_concepts(rates, w.rows, options.config("probing").min_examples)
+        fitted.append(dataclasses.replace(w, rows=rows, concepts=min(concepts, w.concepts)))
+    return fitted
 
 
 @dataclass(frozen=True)
 class TimeEstimate:
-    """Estimated seconds of each pass and of probing's finalize, with the measured rates they rest on."""
+    """Estimated seconds of each pass and of the probe fits of each analysis's finalize, with the
+    measured rates they rest on.
+
+    Attributes:
+        pass_seconds / forward_rates: per pass, its seconds and its model's measured tokens per second.
+        fit_seconds / fits / fits_at_most / held_out_fits: per analysis that fits probes (probing, the
+            sparsity family), its seconds, its expected probe fits, their upper bound (every unit sees
+            every token of the run) and the held-out protocol's share of the expected fits.
+        fit_rates: measured probe fits per second by (unit width, tokens per unit).
+        held_out_unavailable: why the held-out protocol makes no fit (too few documents), or None.
+        tokens: tokens the run's stream reaches, when the corpus holds fewer than ``--max-tokens``.
+        analyses: the run's analyses (the summary names the finalize work it does not estimate).
+    """
 
     pass_seconds: dict[str, float]
     forward_rates: dict[str, float]
-    probing_seconds: float | None = None
-    probe_fits: int = 0
-    fit_rates: dict[int, float] = field(default_factory=dict)
+    fit_seconds: dict[str, float] = field(default_factory=dict)
+    fits: dict[str, int] = field(default_factory=dict)
+    fits_at_most: dict[str, int] = field(default_factory=dict)
+    held_out_fits: dict[str, int] = field(default_factory=dict)
+    fit_rates: dict[tuple[int, int], float] = field(default_factory=dict)
+    held_out_unavailable: str | None = None
+    tokens: int | None = None
     device: str = "cpu"
     threads: int = 1
+    analyses: tuple[str, ...] = ()
+
+    def _not_estimated(self) -> str:
+        """What the total leaves out: every finalize step but the probe fits."""
+        fitting = [a for a in self.analyses if a in self.fit_seconds]
+        others = [a for a in self.analyses if a not in self.fit_seconds]
+        parts = [f"{', '.join(fitting)} besides the probe fits (sampling, intervals)"] if fitting else []
+        if others:
+            parts.append(f"the finalize of {', '.join(others)}")
+        return "not estimated: " + "; ".join(parts) if parts else "finalize not estimated"
+
+    @property
+    def probing_seconds(self) -> float | None:
+        """Seconds of every probe fit (None: the run fits none)."""
+        return sum(self.fit_seconds.values()) if self.fit_seconds else None
+
+    @property
+    def probe_fits(self) -> int:
+        return sum(self.fits.values())
 
     @property
     def total_seconds(self) -> float:
@@ -187,22 +402,36 @@ class TimeEstimate:
             f"Estimated wall time (an estimate, from throughputs measured on this machine: {self.device}, "
             f"{self.threads} CPU thread(s)):"
         ]
+        if self.tokens is not None:
+            lines.append(
+                f"  the corpus holds fewer tokens than --max-tokens: each pass streams {self.tokens:,}"
+            )
         for name, seconds in self.pass_seconds.items():
             lines.append(
                 f"  pass {name}: {_duration(seconds)} (measured {self.forward_rates[name]:,.0f} tokens/s in a "
                 "short pass)"
             )
-        if self.probing_seconds is not None:
-            rates = ", ".join(
-                f"{rate:,.0f} fits/s at {width} neurons" for width, rate in self.fit_rates.items()
-            )
-            lines.append(
-                f"  probing finalize: {_duration(self.probing_seconds)} ({self.probe_fits:,} probe fits; measured "
-                f"{rates})"
-            )
-        lines.append(
-            f"  total of these: {_duration(self.total_seconds)} (other analyses' finalize is not estimated)"
+        rates = ", ".join(
+            f"{rate:,.0f} fits/s at {width} neurons x {rows:,} tokens"
+            for (width, rows), rate in self.fit_rates.items()
         )
+        for analysis, seconds in self.fit_seconds.items():
+            lines.append(
+                f"  {analysis} finalize, probe fits: {_duration(seconds)} ({self.fits[analysis]:,} probe fits "
+                f"expected, {self.held_out_fits[analysis]:,} of them held-out; at most "
+                f"{self.fits_at_most[analysis]:,} if every unit saw every token; measured {rates})"
+            )
+        if self.fit_seconds:
+            lines.append(
+                "  expected fits: the concepts each unit's share of the tokens gives --min-examples positives and "
+                "negatives (--held-out-min-examples on the selection documents), at the short pass's concept rates "
+                "and balanced routing; the paper protocol's per-document balancing and uneven routing usually "
+                "leave fewer"
+            )
+        if self.held_out_unavailable is not None:
+            lines.append(f"  held-out protocol unavailable, so it makes 0 fits: {self.held_out_unavailable}")
+        lines.append(f"  total of these: {_duration(self.total_seconds)} ({self._not_estimated()})")
+
         return "\n".join(lines)
 
 
@@ -217,74 +446,177 @@ def _duration(seconds: float) -> str:
 def estimate_times(
     plan: RunPlan,
     forward_rates: dict[str, float],
-    fit_rates: dict[int, float] | None = None,
+    fit_rates: dict[tuple[int, int], float] | None = None,
     probe_work: list[ProbeWork] | None = None,
-    rate_rows: dict[int, int] | None = None,
     device: str = "cpu",
     threads: int = 1,
+    *,
+    bound_work: list[ProbeWork] | None = None,
+    held_out_unavailable: str | None = None,
+    tokens: int | None = None,
 ) -> TimeEstimate:
-    """Seconds per pass (its tokens / its model's tokens per second) and for probing (each work's
-    units x concepts x probe sizes fits / its width's fits per second, scaled by the unit's tokens over
-    the tokens the rate was measured at, ``rate_rows``, when more)."""
-    passes = {m.name: m.tokens / forward_rates[_rate_key(m)] for m in plan.models}
-    rates = {m.name: forward_rates[_rate_key(m)] for m in plan.models}
+    """Seconds per pass (its tokens — ``tokens`` when the corpus ends first — over its model's tokens
+    per second) and per analysis's probe fits: each work's units x concepts x probe sizes fits over the
+    fits per second measured at its width and its rows (``fit_rates``: ``(width, rows) -> rate``, rows
+    capped at :data:`CALIBRATION_MAX_ROWS`; a work of more rows is scaled up in proportion);
+    ``bound_work``: the same work at its upper bound of concepts."""
+    passes = {m.name: (tokens or m.tokens) / forward_rates[m.name] for m in plan.models}
+    rates = {m.name: forward_rates[m.name] for m in plan.models}
+    short = tokens if tokens is not None and tokens < plan.options.max_tokens else None
     if not fit_rates or not probe_work:
-        return TimeEstimate(passes, rates, device=device, threads=threads)
+        return TimeEstimate(
+            passes, rates, device=device, threads=threads, tokens=short, analyses=plan.analyses
+        )
     ks = len(plan.options.config("probing").ks)
-    seconds, fits = 0.0, 0
+    seconds: dict[str, float] = {}
+    fits: dict[str, int] = {}
+    held_out: dict[str, int] = {}
     for work in probe_work:
         n = work.units * work.concepts * ks
-        scale = max(1.0, work.rows / (rate_rows or {}).get(work.width, work.rows))
-        seconds += n * scale / fit_rates[work.width]
-        fits += n
-    return TimeEstimate(passes, rates, seconds, fits, dict(fit_rates), device, threads)
+        key = rate_key(work)
+        scale = work.rows / key[1] if work.rows > key[1] else 1.0
+        cost = n * scale / fit_rates[key] if n else 0.0  # no fit: no rate was measured
+        seconds[work.analysis] = seconds.get(work.analysis, 0.0) + cost
+        fits[work.analysis] = fits.get(work.analysis, 0) + n
+        held_out[work.analysis] = held_out.get(work.analysis, 0) + n * work.held_out
+    at_most: dict[str, int] = {}
+    for work in bound_work or probe_work:
+        at_most[work.analysis] = at_most.get(work.analysis, 0) + work.units * work.concepts * ks
+    return TimeEstimate(
+        passes,
+        rates,
+        seconds,
+        fits,
+        at_most,
+        held_out,
+        dict(fit_rates),
+        held_out_unavailable,
+        short,
+        device,
+        threads,
+        plan.analyses,
+    )
 
 
-def _rate_key(model: ModelPlan) -> str:
-    """The model whose measured rate a pass uses: an untrained null runs at its model's rate."""
-    return model.name.removeprefix(UNTRAINED)
+def rate_key(work: ProbeWork) -> tuple[int, int]:
+    """The (width, rows) a work's fit rate is measured at: its own, rows capped at :data:`CALIBRATION_MAX_ROWS`."""
+    return work.width, max(min(work.rows, CALIBRATION_MAX_ROWS), 1)
 
 
-def _concepts_of(plan: RunPlan) -> int:
+def _concepts_of(options: Any) -> int:
     from tl_moe.data.concepts import TokenConceptLabeler, concepts_for_corpus
 
-    return len(TokenConceptLabeler(concepts_for_corpus(plan.options.corpus)).concept_names)
+    return len(TokenConceptLabeler(concepts_for_corpus(options.corpus)).concept_names)
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Transformers' progress bars (weight loading, shard writing) off inside, as they were after."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def relay_run_warnings(context: Any, chosen: list[Any]) -> Any:
+    """Warn what ``tl-moe analyze`` warns before its first pass, with the same code: a corpus far smaller
+    than ``--max-tokens``, the size defaults fitted to the models, and each analysis's own checks (e.g. a
+    split with fewer than ``MIN_DOCUMENTS`` documents, whose intervals will be unavailable). Refusals
+    are raised as analyze raises them. Returns the run's options as analyze fits them."""
+    from tl_moe.pipeline.checks import warn_small_corpus
+    from tl_moe.pipeline.runner import _fit_defaults
+
+    options = context.options
+    warn_small_corpus(
+        context.dataset, context.model(context.main).tokenizer, options.max_tokens, options.split
+    )
+    _fit_defaults(context, chosen)
+    for analysis in chosen:
+        analysis.check(context)
+    return context.options
+
+
+def calibration_tokens(options: Any, run_tokens: int) -> int:
+    """Tokens of each calibration pass: ``CALIBRATION_BATCHES`` batches, at most half the run's own
+    stream (so the plan costs less than the passes it plans), and at least the fewest a run accepts."""
+    from tl_moe.pipeline.options import _LEAST_INTEGERS
+
+    batches = CALIBRATION_BATCHES * options.batch_size * options.seq_len
+    return max(min(batches, run_tokens // 2), _LEAST_INTEGERS["max_tokens"])
+
+
+def _measure_fit_rates(
+    work: list[ProbeWork], rates: Any, options: Any, device: str, clock: Clock
+) -> dict[tuple[int, int], float]:
+    """Fits per second at each (width, rows) of the work that fits anything, with concepts planted at
+    the run's own rates (:func:`fit_rate_concepts`) when the short pass labeled any."""
+    fit_rates = {}
+    for width, rows in sorted({rate_key(w) for w in work if w.units * w.concepts}):
+        picked = (
+            None if rates is None else fit_rate_concepts(rates, rows, options.config("probing").min_examples)
+        )
+        fit_rates[(width, rows)] = measure_fit_rate(
+            width, rows, options.config("probing").ks, device, clock=clock, rates=picked
+        )
+    return fit_rates
 
 
 def calibrate(plan: RunPlan, clock: Clock = time.perf_counter) -> TimeEstimate:
-    """Run a short collection pass of each model of ``plan`` (``CALIBRATION_BATCHES`` batches, or the
-    fewest tokens a run accepts, as the run collects), time a probe fit when the run probes, and estimate the run's wall time from those rates."""
+    """Relay analyze's pre-pass warnings, run a short collection pass of each model of ``plan``
+    (:func:`calibration_tokens`, as the run collects, the untrained null included), time a probe fit
+    per unit width when the run fits probes, and estimate the run's wall time from those rates."""
     from tl_moe.pipeline.context import RunContext
-    from tl_moe.pipeline.options import _LEAST_INTEGERS
     from tl_moe.pipeline.runner import _chosen_analyses, _needs_by_model
     from tl_moe.runtime import set_threads
 
-    options = plan.options
-    threads = set_threads(options.threads)
-    tokens = max(CALIBRATION_BATCHES * options.batch_size * options.seq_len, _LEAST_INTEGERS["max_tokens"])
-    short = options.replace(max_tokens=min(tokens, options.max_tokens), progress=False)
-    context = RunContext(short)
-    needs = _needs_by_model(context, _chosen_analyses(short, None))
-    forward_rates: dict[str, float] = {}
-    rates = None
-    device = "cpu"
-    for name, specs in needs.items():
-        key = name.removeprefix(UNTRAINED)
-        if key in forward_rates:  # an untrained null runs at its model's rate
-            continue
-        device = str(next(context.model(key).parameters()).device)
-        forward_rates[key], collected = measure_pass(context, key, needs.get(key, specs), clock=clock)
-        rates = concept_rates(collected) if rates is None else rates
-        context.release(key)
-    if "probing" not in plan.analyses:
-        return estimate_times(plan, forward_rates, device=device, threads=threads)
-    work = probe_fit_counts(plan, _concepts_of(plan))
+    threads = set_threads(plan.options.threads)
+    with quiet_loading():
+        context = RunContext(plan.options.replace(progress=False))
+        options = relay_run_warnings(context, _chosen_analyses(context.options, None))
+        tokenizer = context.model(context.main).tokenizer
+        stream = run_documents(context.dataset, tokenizer, options)
+        short = options.replace(max_tokens=calibration_tokens(options, stream.tokens))
+        short_tokens = run_documents(context.dataset, tokenizer, short).tokens
+        short_context = RunContext(
+            short, dataset=context.dataset, models={context.main: context.model(context.main)}
+        )
+        needs = _needs_by_model(short_context, _chosen_analyses(short, None))
+        forward_rates: dict[str, float] = {}
+        rates = None
+        device = "cpu"
+        for name, specs in needs.items():
+            device = str(next(short_context.model(name).parameters()).device)
+            forward_rates[name], collected = measure_pass(
+                short_context, name, specs, clock=clock, tokens=short_tokens
+            )
+            rates = concept_rates(collected) if rates is None else rates
+            if name not in (short_context.main, short_context.dense):  # as the run releases them
+                short_context.release(name)
+    plan = dataclasses.replace(plan, options=options)
+    if not {"probing", "sparsity"} & set(plan.analyses):
+        return estimate_times(plan, forward_rates, device=device, threads=threads, tokens=stream.tokens)
+    concepts = _concepts_of(options)
+    work = probe_fit_counts(plan, concepts, stream.tokens)
+    whole = min(stream.tokens, _store_cap(options, concepts) or stream.tokens)
+    bound = [dataclasses.replace(w, rows=whole) for w in work]  # every unit sees every token
+    gate = held_out_gate(stream.doc_ids, options)
     if rates is not None:  # the concepts each unit is probed for, at the rates the short pass labeled
-        minimum = options.config("probing").min_examples
-        work = [dataclasses.replace(w, concepts=eligible_concepts(rates, w.rows, minimum)) for w in work]
-    rows = {w.width: min(CALIBRATION_MAX_ROWS, max(x.rows for x in work if x.width == w.width)) for w in work}
-    fit_rates = {
-        width: measure_fit_rate(width, n, options.config("probing").ks, device, clock=clock)
-        for width, n in rows.items()
-    }
-    return estimate_times(plan, forward_rates, fit_rates, work, rows, device, threads)
+        work = eligible_work(work, rates, options, held_out_runs=gate is None)
+        bound = eligible_work(bound, rates, options, held_out_runs=gate is None)
+    fit_rates = _measure_fit_rates(work, rates, options, device, clock)
+    return estimate_times(
+        plan,
+        forward_rates,
+        fit_rates,
+        work,
+        device,
+        threads,
+        bound_work=bound,
+        held_out_unavailable=gate,
+        tokens=stream.tokens,
+    )

@@ -14,13 +14,20 @@ import torch
 
 from tl_moe.analysis.configs import DriversConfig
 from tl_moe.analysis.driver_domain import (
+    DomainRouting,
     DriverDomainComparison,
     ReportDocuments,
     compare_drivers_with_domain_experts,
 )
 from tl_moe.analysis.drivers import DocumentEffects, ExpertSaliency, driver_report, max_drivers
-from tl_moe.analysis.effect_estimate import FirstOrderEffects, estimate_report, estimate_vs_reap
-from tl_moe.analysis.stats import MIN_DOCUMENTS, Interval
+from tl_moe.analysis.effect_estimate import (
+    POOLED_MINUS_WITHIN,
+    WITHIN_LAYERS,
+    FirstOrderEffects,
+    estimate_report,
+    estimate_vs_reap,
+)
+from tl_moe.analysis.stats import MIN_DOCUMENTS, RHO_METHOD, RHO_MIN_EXPERT_DOCUMENTS, Interval
 from tl_moe.collect.accumulator import Accumulator
 from tl_moe.models.config import MoEConfig
 from tl_moe.pipeline.context import RunContext
@@ -107,15 +114,19 @@ class DriversResult(Result):
     agreement: Spearman ρ (no interval: see ``paired``) and top-n overlap of the estimate and of REAP
         saliency with each exact effect, per layer and over all layers.
     domain_overlap: driver experts vs the domains analysis' domain experts (when it ran too): overlap
-        against hypergeometric chance and Spearman ρ of domain score vs removal effect, per layer and over
-        all layers, with a 95% bootstrap over report documents (removal effects recomputed per resample,
-        the domain score held fixed).
+        against hypergeometric chance and Spearman ρ of the domain score (selection half) vs the removal
+        effect (report half), per layer and over all layers, with a 95% bootstrap over the documents of
+        both halves (both recomputed per resample).
     paired: Spearman ρ of the first-order estimate and of REAP saliency with the exact zeroing effect
         on the same experts, and their difference, with a 95% document-bootstrap interval, pooled over
-        layers, per layer and as the mean of the per-layer ρ (column ``layer``;
+        layers, per layer, as the mean of the per-layer ρ and as the pooled minus that mean (column ``layer``;
         :func:`~tl_moe.analysis.effect_estimate.paired_rho_difference`).
     resumed: whether the edited forwards resumed from the edited layer (False: the model's resumed
         forward did not reproduce its clean one, and every edited forward ran on the whole model).
+    saliency_interval: the document-bootstrap interval of ``saliency_spearman``.
+    saliency_gate: the experts in ``saliency_spearman`` and the names of those the document gate left
+        out (routed on fewer than :data:`~tl_moe.analysis.stats.RHO_MIN_EXPERT_DOCUMENTS` documents of a
+        half).
     """
 
     experts: pd.DataFrame
@@ -127,6 +138,7 @@ class DriversResult(Result):
     paired: pd.DataFrame | None = None
     resumed: bool = True
     saliency_interval: Interval | None = None
+    saliency_gate: tuple[int, list[str]] | None = None
 
     def _agreement_row(self, score: str, kind: str = "zero", layer: str = "all") -> Any:
         frame = self.agreement
@@ -162,15 +174,10 @@ class DriversResult(Result):
             metrics["Spearman(REAP saliency, removal effect) | position in interval"] = _rounded(
                 _position(self.saliency_spearman, self.saliency_interval.low, self.saliency_interval.high)
             )
-            metrics.update(
-                _lean_metrics(
-                    "Spearman(REAP saliency, removal effect)",
-                    self.saliency_spearman,
-                    self.saliency_interval.low,
-                    self.saliency_interval.high,
-                    self.saliency_interval.bias,
-                )
-            )
+            if self.saliency_gate is not None:
+                experts, left_out = self.saliency_gate
+                metrics["Spearman(REAP saliency, removal effect) | experts"] = experts
+                metrics[_left_out_key("Spearman(REAP saliency, removal effect)")] = left_out
             if not self.saliency_interval.available:
                 metrics["Spearman(REAP saliency, removal effect) | interval unavailable"] = (
                     self.saliency_interval.reason
@@ -198,15 +205,6 @@ class DriversResult(Result):
                 metrics[key] = _rounded(row["spearman with exact zeroing effect"])
                 metrics[f"{key} | 95% CI"] = [_rounded(row["ci low"]), _rounded(row["ci high"])]
                 metrics[f"{key} | bootstrap bias"] = _rounded(row["bootstrap bias"])
-                metrics.update(
-                    _lean_metrics(
-                        key,
-                        row["spearman with exact zeroing effect"],
-                        row["ci low"],
-                        row["ci high"],
-                        row["bootstrap bias"],
-                    )
-                )
                 metrics[f"{key} | position in interval"] = _rounded(
                     _position(row["spearman with exact zeroing effect"], row["ci low"], row["ci high"])
                 )
@@ -216,6 +214,7 @@ class DriversResult(Result):
             metrics["paired Spearman | interval method"] = str(pooled["interval method"].iloc[0])
             metrics["paired Spearman | experts"] = int(pooled["experts"].iloc[0])
             metrics["paired Spearman | documents"] = int(pooled["documents"].iloc[0])
+            metrics[_left_out_key("paired Spearman")] = list(self.paired.attrs.get("left out", []))
             metrics["paired Spearman | computed on"] = (
                 f"the same {int(pooled['experts'].iloc[0])} experts (routed on the documents of the edited "
                 f"forwards) and {int(pooled['documents'].iloc[0])} documents for the estimate, REAP saliency "
@@ -235,9 +234,20 @@ class DriversResult(Result):
                 _rounded(total["spearman ci low"]),
                 _rounded(total["spearman ci high"]),
             ]
-            metrics["Spearman(domain score, removal effect) | all layers | report documents"] = int(
+            metrics["Spearman(domain score, removal effect) | all layers | documents"] = int(
                 total["spearman documents"]
             )
+            metrics["Spearman(domain score, removal effect) | all layers | experts"] = int(
+                total["spearman experts"]
+            )
+            metrics["Spearman(domain score, removal effect) | domain score"] = str(
+                total["spearman domain score"]
+            )
+            out = self.domain_overlap.experts[~self.domain_overlap.experts["in ρ"]]
+            metrics[_left_out_key("Spearman(domain score, removal effect)")] = [
+                f"L{int(layer)}E{int(expert)}"
+                for layer, expert in zip(out["layer"], out["expert"], strict=True)
+            ]
             if total["spearman interval unavailable"]:
                 metrics["Spearman(domain score, removal effect) | all layers | no interval"] = total[
                     "spearman interval unavailable"
@@ -309,18 +319,10 @@ class DriversResult(Result):
         if not interval.available:
             return f"{self.saliency_spearman:+.2f} (no interval: {interval.reason})"
         rho, low, high, bias = self.saliency_spearman, interval.low, interval.high, interval.bias
-        if _leans(rho, low, high, bias):
-            basic_low, basic_high = _basic_interval(rho, low, high)
-            return (
-                f"{rho:+.2f} basic [{basic_low:+.2f}, {basic_high:+.2f}] (95% bootstrap over {interval.n} "
-                f"documents, both scores recomputed on each resample; the {interval.method} interval "
-                f"[{low:+.2f}, {high:+.2f}] leans: bootstrap bias {bias:+.2f}, bias-corrected {rho - bias:+.2f} "
-                "outside it, so the basic interval is quoted)"
-            )
         return (
-            f"{rho:+.2f} [{low:+.2f}, {high:+.2f}] (95% {interval.method} "
-            f"bootstrap over {interval.n} documents, both scores recomputed on each resample; "
-            f"{_lean(rho, low, high, bias)})"
+            f"{rho:+.2f} [{low:+.2f}, {high:+.2f}] (95% {interval.method} bootstrap over {interval.n} "
+            f"documents, both scores recomputed on each resample; {_gate_text(self.saliency_gate)}; "
+            f"{_diagnostic(rho, low, high, bias)})"
         )
 
     def _estimate_finding(self) -> str:
@@ -341,15 +343,7 @@ class DriversResult(Result):
             value = row["spearman with exact zeroing effect"]
             why = row["interval unavailable"]
             low, high = (math.nan, math.nan) if why else (row["ci low"], row["ci high"])
-            shown = format_interval(value, low, high, "+.2f", why or "constant scores")
-            bias = row.get("bootstrap bias", 0.0)
-            if why or not _leans(value, low, high, bias):
-                return shown
-            basic_low, basic_high = _basic_interval(value, low, high)
-            return (
-                f"{value:+.2f} basic [{basic_low:+.2f}, {basic_high:+.2f}] (the percentile interval "
-                f"[{low:+.2f}, {high:+.2f}] leans: bias-corrected {value - bias:+.2f} outside it)"
-            )
+            return format_interval(value, low, high, "+.2f", why or "constant scores")
 
         diff = rows.loc["estimate − REAP"]
         signed = _Signed(diff)
@@ -362,26 +356,28 @@ class DriversResult(Result):
         else:
             verdict = "the data cannot tell which of the two ranks experts better"
         reap = rows.loc["REAP saliency"]
+        left_out = list(self.paired.attrs.get("left out", []))
         text += (
             f" Spearman ρ with the exact zeroing effect, all three scores on the same "
-            f"{int(rows['experts'].iloc[0])} experts (those routed on the {int(rows['documents'].iloc[0])} "
-            f"documents of the edited forwards) and those documents, pooled over layers: estimate "
-            f"{rho('first-order estimate')}, REAP saliency {rho('REAP saliency')}"
-            + (
-                ""
-                if _leans(
-                    reap["spearman with exact zeroing effect"],
-                    reap["ci low"],
-                    reap["ci high"],
-                    reap["bootstrap bias"],
-                )
-                else f" ({_lean(reap['spearman with exact zeroing effect'], reap['ci low'], reap['ci high'], reap['bootstrap bias'])})"
+            f"{int(rows['experts'].iloc[0])} experts (those routed on at least {RHO_MIN_EXPERT_DOCUMENTS} of the "
+            f"{int(rows['documents'].iloc[0])} documents of the edited forwards; {_left_out_text(left_out)}) and "
+            f"those documents, pooled over layers: estimate {rho('first-order estimate')}, REAP saliency "
+            f"{rho('REAP saliency')} ("
+            + _diagnostic(
+                reap["spearman with exact zeroing effect"],
+                reap["ci low"],
+                reap["ci high"],
+                reap["bootstrap bias"],
             )
-            + ", "
+            + "), "
             f"difference {rho('estimate − REAP')} (paired 95% {rows['interval method'].iloc[0]} bootstrap over the "
             f"documents, all three scores recomputed on each resample): {verdict}."
         )
-        layers = [layer for layer in self.paired["layer"].unique() if layer not in ("all", WITHIN)]
+        layers = [
+            layer
+            for layer in self.paired["layer"].unique()
+            if layer not in ("all", WITHIN, POOLED_MINUS_WITHIN)
+        ]
         if not layers:
             return text
         per_layer = ", ".join(f"layer {layer} {rho('first-order estimate', layer)}" for layer in layers)
@@ -405,7 +401,8 @@ class DriversResult(Result):
         return [int(self._paired_rows(layer)["experts"].iloc[0]) for layer in layers]
 
     def _layer_verdict(self, layers: list[str]) -> str:
-        """What the per-layer ρ of the estimate say about its pooled ρ."""
+        """What the per-layer ρ of the estimate and the pooled − within-layer difference say about its
+        pooled ρ (worded from intervals only: a ρ is above 0 when its interval is)."""
 
         def signed(layer: str) -> _Signed:
             return _Signed(self._paired_rows(layer).set_index("score").loc["first-order estimate"])
@@ -414,35 +411,27 @@ class DriversResult(Result):
         if pooled.why or within.why:
             return "without intervals, the per-layer values are descriptive only"
         above = sum(signed(layer).above_zero() for layer in layers)
-        leaning = [layer for layer in layers if signed(layer).low > 0 and not signed(layer).above_zero()]
         count = (
-            f"{above} of {len(layers)} layers have an interval above 0 with the bias-corrected estimate above 0 "
-            f"inside it (each unadjusted for the {len(layers)} layers)"
+            f"{above} of {len(layers)} layers have an interval above 0 (each unadjusted for the "
+            f"{len(layers)} layers); the mean within-layer ρ "
+            + ("is above 0" if within.above_zero() else "is below 0" if within.below_zero() else "covers 0")
         )
-        if leaning:
-            count += (
-                f"; layer {', '.join(leaning)}'s interval is above 0 but leans (bias-corrected estimate outside "
-                "it or not above 0), so it is not counted"
-            )
-        pooled_low = 1.0 if pooled.above_zero() else -1.0
-        within_low = 1.0 if within.above_zero() else -1.0
-        if pooled_low > 0 and within_low <= 0 and not above:
+        if self._paired_rows(POOLED_MINUS_WITHIN).empty:
+            return count
+        gap = signed(POOLED_MINUS_WITHIN)
+        shown = format_interval(gap.estimate, gap.low, gap.high, "+.2f", gap.why or "constant scores")
+        text = f"{count}; pooled minus mean within-layer ρ {shown} (same resamples)"
+        if gap.above_zero():
             return (
-                f"the mean within-layer ρ covers 0 and {count}, so the pooled ρ is driven by differences between "
-                "layers, not by ranking the experts of a layer"
+                f"{text}: the pooled ρ is higher than the within-layer mean, so part of it comes from "
+                "differences between layers"
             )
-        if pooled_low > 0 and within_low <= 0:
-            return (
-                f"the mean within-layer ρ covers 0 ({count}), so the pooled ρ rests largely on differences between "
-                "layers; within a layer the estimate's ranking is shown only in those layers"
-            )
-        if pooled_low > 0 and within_low > 0:
-            return (
-                f"{count}; the estimate also ranks experts within layers (the mean within-layer ρ is above 0)"
-            )
-        if within_low > 0:
-            return f"{count}; within layers the estimate ranks experts above chance (the mean within-layer ρ is above 0)"
-        return f"{count}; neither pooled nor within layers is the estimate's ρ shown to be above 0"
+        if gap.below_zero():
+            return f"{text}: the pooled ρ is lower than the within-layer mean"
+        return (
+            f"{text}: the data cannot tell the pooled ρ from the within-layer mean, nor say how much of it "
+            "comes from differences between layers"
+        )
 
     def _domain_finding(self) -> str:
         total = self.domain_overlap.table.set_index("layer").loc["all"]
@@ -450,10 +439,15 @@ class DriversResult(Result):
         low, high = total["spearman ci low"], total["spearman ci high"]
         no_interval = total.get("spearman interval unavailable") or "the bootstrap gave none"
         shown = format_interval(total["spearman"], low, high, "+.2f", why, no_interval)
-        rho = f"domain score vs removal effect: Spearman ρ = {shown}" + (
-            f" (95% bootstrap over {int(total['spearman documents'])} report documents, each expert's removal "
-            "effect recomputed per resample; the domain score held fixed as the domains analysis measured it)"
+        left_out = int(total["spearman experts left out (routed on too few documents)"])
+        rho = f"domain score (selection half) vs removal effect (report half): Spearman ρ = {shown}" + (
+            f" (95% {RHO_METHOD} bootstrap over {int(total['spearman documents'])} documents of both halves, "
+            "each expert's domain score and removal effect recomputed per resample; over the "
+            f"{int(total['spearman experts'])} scored experts routed on at least {RHO_MIN_EXPERT_DOCUMENTS} "
+            f"documents of each half, {left_out} left out)"
             if "[" in shown
+            else " (descriptive: the domains analysis' score on every document, no per-document routing)"
+            if total["spearman domain score"] == "domain score"
             else ""
         )
         if total["overlap not testable"]:
@@ -581,7 +575,8 @@ class DriversResult(Result):
                         self.paired,
                         "Spearman ρ of the first-order estimate and of REAP saliency with the exact zeroing effect "
                         "on the same experts and documents, and their paired difference, pooled over layers "
-                        "(layer 'all'), within each layer, and the mean of the per-layer ρ (95% document bootstrap, "
+                        "(layer 'all'), within each layer, the mean of the per-layer ρ and the pooled minus that "
+                        "mean (95% document bootstrap, "
                         "the interval method in its column: each resample recomputes the exact effects, the "
                         "estimates, REAP saliency and every ρ).",
                     )
@@ -595,9 +590,10 @@ class DriversResult(Result):
                         "drivers_vs_domain_experts",
                         self.domain_overlap.table,
                         "Driver experts vs domain experts per layer: overlap against the overlap of independent "
-                        "sets (hypergeometric p of an overlap at least as large), and Spearman ρ of domain score "
-                        "vs removal effect with a 95% bootstrap over report documents (removal effects "
-                        "recomputed per resample, domain score held fixed).",
+                        "sets (hypergeometric p of an overlap at least as large), and Spearman ρ of the domain "
+                        "score (selection half) vs the removal effect (report half) over the experts routed on "
+                        "enough documents of each half, with a 95% bootstrap over the documents of both halves "
+                        "(both recomputed per resample).",
                     )
                 ]
             )
@@ -685,6 +681,7 @@ class Drivers(Analysis):
                 domains.experts.to_frame(),
                 effect="remove: effect (report)",
                 documents=ReportDocuments.from_effects(effects, "remove"),
+                routing=_domain_routing(run, saliency, effects),
                 seed=run.options.seed,
             )
         paired = estimate_vs_reap(
@@ -700,7 +697,27 @@ class Drivers(Analysis):
             paired=paired,
             resumed=effects.resumed,
             saliency_interval=_saliency_interval(comparison),
+            saliency_gate=_saliency_gate(comparison),
         )
+
+
+def _domain_routing(run: RunContext, saliency: Any, effects: Any) -> DomainRouting | None:
+    """Routed slots per selection-half document with each document's domain (None without per-document
+    saliency sums, an older checkpoint, or with fewer than two domains on the selection half)."""
+    from tl_moe.collect.batching import document_domain_codes
+
+    if saliency.doc_routed is None:
+        return None
+    routing = DomainRouting.from_saliency(saliency, effects, np.asarray(document_domain_codes(run.dataset)))
+    return routing if routing.n_domains >= 2 else None
+
+
+def _saliency_gate(comparison: pd.DataFrame) -> tuple[int, list[str]] | None:
+    """The experts in the REAP saliency ρ and those the document gate left out, kept by :func:`driver_report`."""
+    kept = comparison.attrs.get("saliency_spearman_interval")
+    if kept is None or "experts" not in kept:
+        return None
+    return int(kept["experts"]), list(kept["left out"])
 
 
 def _saliency_interval(comparison: pd.DataFrame) -> Interval | None:
@@ -724,22 +741,21 @@ def _saliency_interval(comparison: pd.DataFrame) -> Interval | None:
 
 
 class _Signed:
-    """One paired-table ρ with its percentile interval and bootstrap bias, read for its sign."""
+    """One paired-table ρ with its interval, read for its sign: above (below) 0 when its interval is."""
 
     def __init__(self, row: Any) -> None:
         self.estimate = float(row["spearman with exact zeroing effect"])
         self.low, self.high = float(row["ci low"]), float(row["ci high"])
-        self.bias = float(row.get("bootstrap bias", 0.0))
         self.why = row["interval unavailable"]
 
     def above_zero(self) -> bool:
-        return _above_zero(self.estimate, self.low, self.high, self.bias)
+        return bool(not self.why and self.low > 0)
 
     def below_zero(self) -> bool:
-        return _above_zero(-self.estimate, -self.high, -self.low, -self.bias)
+        return bool(not self.why and self.high < 0)
 
 
-WITHIN = "within layers (mean)"
+WITHIN = WITHIN_LAYERS
 """The paired table's group of the mean of the per-layer ρ."""
 
 
@@ -750,54 +766,35 @@ def _position(estimate: float, low: float, high: float) -> float:
     return (estimate - low) / (high - low)
 
 
-def _leans(estimate: float, low: float, high: float, bias: float) -> bool:
-    """Whether the bias-corrected estimate (estimate − bootstrap bias) falls outside the percentile interval."""
-    corrected = estimate - bias
-    return bool(np.isfinite([corrected, low, high]).all()) and not low <= corrected <= high
-
-
-def _basic_interval(estimate: float, low: float, high: float) -> tuple[float, float]:
-    """The basic bootstrap interval (2·estimate − high, 2·estimate − low) from a percentile interval."""
-    return 2 * estimate - high, 2 * estimate - low
-
-
-def _above_zero(estimate: float, low: float, high: float, bias: float) -> bool:
-    """Whether a ρ is shown above 0: its interval above 0 and its bias-corrected estimate above 0 inside it.
-
-    A percentile interval whose bias-corrected estimate falls outside it leans (docs/METHODS.md), and
-    its lower end alone does not show the ρ above 0.
-    """
-    corrected = estimate - bias
-    return bool(low > 0 and np.isfinite(corrected) and 0 < corrected and low <= corrected <= high)
-
-
-def _lean_metrics(key: str, estimate: float, low: float, high: float, bias: float) -> dict[str, Any]:
-    """The bias-corrected estimate and, where the percentile interval leans, the basic interval beside it."""
-    if not np.isfinite([estimate, low, high, bias]).all():
-        return {}
-    metrics: dict[str, Any] = {f"{key} | bias-corrected": _rounded(estimate - bias)}
-    if _leans(estimate, low, high, bias):
-        metrics[f"{key} | basic 95% CI (the percentile interval leans)"] = [
-            _rounded(end) for end in _basic_interval(estimate, low, high)
-        ]
-    return metrics
-
-
-def _lean(estimate: float, low: float, high: float, bias: float) -> str:
-    """The interval's lean, in words: bootstrap bias, the estimate's position, and the basic interval where it leans."""
+def _diagnostic(estimate: float, low: float, high: float, bias: float) -> str:
+    """The interval's bootstrap bias and the estimate's position in it, a diagnostic (the interval is
+    the pre-chosen method's whatever they are)."""
     position = _position(estimate, low, high)
     if not np.isfinite(position):
-        return "no interval to lean"
-    text = f"bootstrap bias {bias:+.2f}, the estimate at {position:.2f} of its interval from the lower end"
-    if _leans(estimate, low, high, bias):
-        basic_low, basic_high = _basic_interval(estimate, low, high)
-        text += (
-            f": the percentile interval leans, the bias-corrected estimate {estimate - bias:+.2f} falls outside "
-            f"it; basic interval [{basic_low:+.2f}, {basic_high:+.2f}]"
-        )
-    elif position < 0.3 and bias > 0:
-        text += ": it leans up, as rarely routed experts make it (docs/METHODS.md)"
-    return text
+        return "no interval"
+    return f"bootstrap bias {bias:+.2f}, the estimate at {position:.2f} of its interval from the lower end"
+
+
+def _left_out_key(key: str) -> str:
+    return f"{key} | experts left out (routed on fewer than {RHO_MIN_EXPERT_DOCUMENTS} documents)"
+
+
+def _left_out_text(left_out: list[str]) -> str:
+    """The experts the document gate left out, in words."""
+    if not left_out:
+        return "none left out"
+    return f"{len(left_out)} left out, routed on fewer: {', '.join(left_out)}"
+
+
+def _gate_text(gate: tuple[int, list[str]] | None) -> str:
+    """The split ρ's experts and the document gate, in words."""
+    if gate is None:
+        return "every expert with a saliency"
+    experts, left_out = gate
+    return (
+        f"over the {experts} experts routed on at least {RHO_MIN_EXPERT_DOCUMENTS} documents of each half, "
+        + _left_out_text(left_out)
+    )
 
 
 def _rounded(value: Any, digits: int = 4) -> float | None:

@@ -371,7 +371,7 @@ def labels_finding(
         f"**Automatic labels** ({explainer} explainer, {scorer} scorer, scored on held-out documents): mean "
         f"{m} over {row['experts scored']} experts {_show(row['mean'], row['ci low'], row['ci high'], _why(row))} "
         f"(chance {format_number(row['chance'], '.3f', 'no expert scored')}); {verdict} its shuffled control (another expert's label of the same "
-        f"layer, {_show(row['shuffled mean'], row['shuffled ci low'], row['shuffled ci high'], _why(row, 'shuffled'))}): own − shuffled "
+        f"layer, one seeded derangement, the intervals conditional on it; {_show(row['shuffled mean'], row['shuffled ci low'], row['shuffled ci high'], _why(row, 'shuffled'))}): own − shuffled "
         f"{_signed(*shuffled, _why(row, 'shuffled'))}"
     )
     if "baseline mean" in row and np.isfinite(row["baseline mean"]):
@@ -427,6 +427,18 @@ def _share_part(row: dict[str, Any]) -> str:
     if reason.startswith("unavailable") or not is_defined(row.get("share ci low")):
         shown = (
             f"{share:.0%} (no interval: {reason.removeprefix('unavailable: ') or 'the bootstrap gave none'})"
+        )
+    elif share >= 1 or share <= 0:  # at a bound the two-sided bracket ends at the estimate by construction
+        end, side = ("share ci low", "lower") if share >= 1 else ("share ci high", "upper")
+        shown = (
+            f"{round(share * row['share experts'])} of {int(row['share experts'])} ({share:.0%}; one-sided 97.5% "
+            f"{side} bound {row[end]:.0%}, the bootstrap's {'2.5th' if side == 'lower' else '97.5th'} percentile"
+            f" — a share at {share:.0%} has no two-sided interval)"
+        )
+        return (
+            f"; experts whose own label's {_METRIC_NAMES['balanced_accuracy']} is above the shuffled one's on "
+            f"the same items: {shown} (bootstrap over the {int(row['share documents'])} score documents, each "
+            "expert's scores recomputed in every resample)"
         )
     else:
         shown = f"{share:.0%} [{row['share ci low']:.0%}, {row['share ci high']:.0%}]"
@@ -643,7 +655,12 @@ def causal_finding(causal: CausalResult) -> str:
     if len(causal.by_kind):
         parts.append(_by_kind_part(causal.by_kind))
     experts = int(summary["experts"].max())
-    interval = f"intervals unavailable: {reason}" if reason else "95% bootstrap over documents"
+    interval = (
+        f"intervals unavailable: {reason}"
+        if reason
+        else "95% bootstrap over documents, each interval unadjusted: removal at equal mixing weight is the "
+        "headline, every other interval is secondary and not corrected for the others shown"
+    )
     return (
         f"**Causal checks of the labels** (held-out documents: {causal.n_windows} windows of "
         f"{causal.n_documents} documents, {experts} experts; |Δloss| in nats/token on the positions where "

@@ -285,7 +285,7 @@ class ProbingResult(Result):
         concepts = int(self.curves["concepts"].max())
         return [
             text
-            + f", over {concepts} concepts; single split, no document-level interval (an interval over concepts is given for its MoE − dense difference only, for comparison)."
+            + f", over {concepts} concepts; single split, estimates only (no interval: the units are picked on the split they are scored on, and concepts share documents)."
         ]
 
     def records(self) -> dict[str, Any]:
@@ -424,12 +424,25 @@ _FINDING_LABELS = {
     ),
     "moe_vs_dense_on_routed_tokens": "vs all dense neurons on each expert's routed tokens",
     "moe_vs_dense": "vs the dense model",
-    "moe_vs_matched_subsets": "vs dense neurons on routing-matched token subsets",
-    "moe_vs_untrained": "vs the untrained MoE",
-    "permuted_labels": "MoE − dense with labels permuted (the protocol's own bias, ≈ 0 expected)",
+    "moe_vs_matched_subsets": (
+        "vs dense neurons on routing-matched token subsets (one seeded draw of the subsets; the interval is "
+        "conditional on it)"
+    ),
+    "moe_vs_untrained": "vs the untrained MoE (one random initialization; the interval is conditional on it)",
+    "permuted_labels": (
+        "MoE − dense with labels permuted (the protocol's own bias, ≈ 0 expected; one permutation, the "
+        "interval conditional on it)"
+    ),
     "permuted_labels_on_routed_tokens": "MoE − the matched-count control with labels permuted (≈ 0 expected)",
 }
 METRIC_NAMES = {"balanced_accuracy": "balanced accuracy", "f1": "class-balanced F1"}
+
+
+def _with_positives(record: dict) -> str:
+    """`` (positives in n of them)``: the test documents holding a positive of a kept concept, which bound
+    how many independent units carry the positive class."""
+    n = record.get("n_documents_with_positives")
+    return f" (a kept concept's positives in {_count(n)} of them)" if n is not None else ""
 
 
 def _held_out_finding(records: list[dict], what: str) -> str:
@@ -443,8 +456,10 @@ def _held_out_finding(records: list[dict], what: str) -> str:
         return ""
     head = (
         f"**Probing, held-out protocol, {what}** (unit chosen on selection documents, expert minus control "
-        f"at k = 1 on {_count(lead.get('n_documents'))} test documents, {METRIC_NAMES[LEAD_METRIC]} first, class-"
-        "balanced F1 in brackets, 95% document bootstrap)"
+        f"at k = 1 on {_count(lead.get('n_documents'))} test documents{_with_positives(lead)}, "
+        f"{METRIC_NAMES[LEAD_METRIC]} first, class-balanced F1 in brackets, nominal 95% percentile document "
+        "bootstrap, which under-covers when few documents hold the positives: docs/METHODS.md, held-out "
+        "protocol, interval method)"
     )
     counts = f"{_count(lead.get('n_concepts'))} concepts kept" + (
         f", {_count(lead['n_concepts_dropped'])} dropped by the gate"
@@ -884,8 +899,8 @@ class Probing(Analysis):
         "test documents only score. A concept enters a comparison only if its positives and its negatives "
         "each sit in at least --min-documents test documents in every arm (decided before resampling; the "
         "dropped ones are listed with the reason). The k = 1 differences are reported per concept group, "
-        "text first, in balanced accuracy with F1 beside it; the matched-count control's draws are "
-        "resampled inside each document resample (two-stage bootstrap). "
+        "text first, in balanced accuracy with F1 beside it; the matched-count control's interval adds the "
+        "variance between its random draws to the documents' (t on Satterthwaite's degrees of freedom). "
         "**Paper protocol (for comparison with published numbers), as the paper's "
         "reference code samples and scores:** per concept, each document's positives and as many of its "
         "negatives, drawn before routing; every such token a unit saw, 75/25 stratified; F1 on the test "
@@ -1039,6 +1054,7 @@ def _comparison_frame(records: list[dict]) -> pd.DataFrame:
         "n_documents",
         "n_documents_with_positives",
         "n_draws",
+        "draws_df",
         "a_mean",
         "b_mean",
         "first",

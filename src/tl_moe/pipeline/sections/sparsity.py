@@ -134,7 +134,7 @@ class SparsityResult(Result):
         """One row per (member, k) of ``comparison`` in ``metric`` (default :meth:`headline_metric`): the
         estimate, its 95% interval, the p-value of 0 and Holm's adjusted p-value over every (member, k)
         test of that comparison with an interval, with the verdict it supports at family-wise 5%
-        (:func:`_adjusted_verdict`). The p-value is :func:`test_p_value`'s: the two-stage bootstrap's
+        (:func:`_adjusted_verdict`). The p-value is :func:`test_p_value`'s: the draw-mean t test's
         where the control has several random draws, the document swap test's where it is deterministic;
         ``p_test`` says which."""
         metric = metric or self.headline_metric()
@@ -168,6 +168,7 @@ class SparsityResult(Result):
                 swap_permutations=record.get("swap_permutations") if test == "swap" else None,
                 bootstrap_resamples=record.get("bootstrap_resamples"),
                 n_draws=record.get("n_draws"),
+                draws_df=float(record["draws_df"]) if _finite(record.get("draws_df")) else None,
                 comparison=comparison,
                 metric=metric,
                 interval_available=bool(record.get("interval_available")),
@@ -399,14 +400,21 @@ def test_p_value(record: dict) -> tuple[float | None, str]:
     """The p-value of 0 that a held-out ``record`` is Holm-tested with, and its test's name.
 
     A control with several random draws (``n_draws`` > 1, e.g. random neuron subsets) is tested against
-    the population the draws come from, so its p-value must carry the draws' variation: the two-stage
-    bootstrap's ``bootstrap_p`` (documents and draws resampled). The swap test holds the draws fixed (it
-    tests "the expert scores as these draws do") and is kept only for a deterministic control (one
-    draw), or a record with no bootstrap p-value."""
+    the population the draws come from, so its p-value must carry the draws' variation: ``bootstrap_p``,
+    the draw-mean t test's (``"draws_t"``: the documents' bootstrap variance plus the variance between
+    the draws, Satterthwaite's degrees of freedom ``draws_df``; a run before that test recorded the
+    two-stage bootstrap's, ``"bootstrap"``). The swap test holds the draws fixed (it tests "the expert
+    scores as these draws do") and is kept only for a deterministic control (one draw), or a record with
+    no other p-value."""
     swap, boot = record.get("swap_p"), record.get("bootstrap_p")
     if swap is not None and ((record.get("n_draws") or 1) <= 1 or boot is None):
         return swap, "swap"
-    return boot, "bootstrap"
+    return boot, "draws_t" if _finite(record.get("draws_df")) else "bootstrap"
+
+
+def _finite(value) -> bool:
+    """Whether a record's value is a number (not None, not the NaN a frame gives a missing one)."""
+    return value is not None and bool(np.isfinite(value))
 
 
 def _test_text(tests: list[dict]) -> str:
@@ -420,6 +428,15 @@ def _test_text(tests: list[dict]) -> str:
             "the control is deterministic, one draw)"
         )
     draws = max((r.get("n_draws") or 1 for r in tests), default=1)
+    if kinds == {"draws_t"}:
+        return (
+            f"two-sided t tests of the draw mean (the variance of the difference is the test documents' "
+            f"bootstrap variance plus the variance between the control's {draws} random neuron draws over "
+            f"{draws}, on Satterthwaite's degrees of freedom, so the p-value carries the draws' variation and "
+            "tests the expert against random dense neurons, not against these particular draws as the document "
+            "swap test would; on a planted null with draws that vary it rejects at about its nominal rate, "
+            "docs/METHODS.md)"
+        )
     resamples = next((r["bootstrap_resamples"] for r in tests if r.get("bootstrap_resamples")), None)
     return (
         "the two-sided two-stage bootstrap"
@@ -429,9 +446,9 @@ def _test_text(tests: list[dict]) -> str:
         "neurons, not against these particular draws as the document swap test would"
         + (f"; floor {2 / (1 + resamples):.2g}" if resamples else "")
         + (
-            f"; with {draws} draws the second stage still understates the draws' variation, so on a planted "
-            "null with draws that vary this test rejects more often than its nominal level (docs/METHODS.md): "
-            "read a single separated test near the threshold as tentative"
+            f"; a run recorded before the draw-mean t test: with {draws} draws the second stage understates "
+            "the draws' variation, so on a planted null with draws that vary this test rejects more often than "
+            "its nominal level (docs/METHODS.md): read a single separated test near the threshold as tentative"
             if draws < 20
             else ""
         )
@@ -486,10 +503,10 @@ def _floor_text(tests: list[dict]) -> str:
     if not separated or not raw:
         return ""
     floors = [_p_floor(r, min(raw)) for r in separated]
-    at_floor = sum(r["p"] <= f * (1 + 1e-9) for r, f in zip(separated, floors, strict=True))
+    at_floor = sum(0 < f and r["p"] <= f * (1 + 1e-9) for r, f in zip(separated, floors, strict=True))
     if not at_floor:
         return ""
-    floor, m = min(floors), separated[0]["tests_in_family"]
+    floor, m = min(f for f in floors if f > 0), separated[0]["tests_in_family"]
     holm_floor = min(1.0, m * floor)
     what = (
         "no swap reached the observed difference"
@@ -514,12 +531,14 @@ def _floor_verdict(holm_floor: float, draws: str) -> str:
 
 def _p_floor(row: dict, smallest: float) -> float:
     """The smallest p-value ``row``'s test can give: 1 / (1 + swaps) for a swap test, 2 / (1 + resamples)
-    for the two-sided percentile bootstrap; for an older run (no count recorded), the ``smallest`` p-value
+    for the two-sided percentile bootstrap, none (0) for the draw-mean t test; for an older run (no count recorded), the ``smallest`` p-value
     among its tests."""
     if row.get("p_test") == "swap" and row.get("swap_permutations"):
         return 1.0 / (1 + row["swap_permutations"])
     if row.get("p_test") == "bootstrap" and row.get("bootstrap_resamples"):
         return 2.0 / (1 + row["bootstrap_resamples"])
+    if row.get("p_test") == "draws_t":
+        return 0.0  # a t test's p-value has no floor
     return smallest
 
 

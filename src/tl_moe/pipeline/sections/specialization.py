@@ -244,7 +244,7 @@ class SpecializationSummary(Result):
         text += f"; untrained model {self._excess_text(name, 'untrained', untrained)}"
         difference = self._interval_rows(name, DIFFERENCE)
         if difference is not None:
-            text += f"; {DIFFERENCE} {_interval_text(difference.iloc[-1])} (paired over documents)"
+            text += f"; {DIFFERENCE} {_interval_text(difference.iloc[-1])} (paired over documents; one random initialization of the untrained model, the interval conditional on it)"
         trained_floor = bool(baseline.layer_summary(self.min_tokens).iloc[-1]["p_at_floor"])
         untrained_floor = bool(untrained.layer_summary(self.min_tokens).iloc[-1]["p_at_floor"])
         if trained_floor and untrained_floor:

@@ -1,0 +1,141 @@
+"""The planted studies the docs quote: ``benchmarks/planted_studies.py`` writes its rates from the
+library's functions, and the docs' blocks word each rate against its nominal level from the file."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tl_moe.analysis.reweighting import draw_resampled_intervals
+from tl_moe.explain.document_bootstrap import share_beating
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = ROOT / "docs" / "results" / "planted_studies.json"
+RATE_FIELDS = {"rate", "hits", "n", "se", "nominal", "nominal_se"}
+
+
+def _load_script():
+    """``benchmarks/planted_studies.py`` as a module (registered first: its dataclass needs it)."""
+    path = ROOT / "benchmarks" / "planted_studies.py"
+    spec = importlib.util.spec_from_file_location("planted_studies", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def studies():
+    return _load_script()
+
+
+def _check_rate(record: dict, seeds: int | None = None) -> None:
+    assert set(record) == RATE_FIELDS
+    assert record["rate"] == pytest.approx(record["hits"] / record["n"])
+    assert record["se"] == pytest.approx(math.sqrt(record["rate"] * (1 - record["rate"]) / record["n"]))
+    assert record["nominal_se"] == pytest.approx(
+        math.sqrt(record["nominal"] * (1 - record["nominal"]) / record["n"])
+    )
+    assert record["nominal"] in (0.95, 0.05, 0.025)
+    if seeds is not None:
+        assert record["n"] % seeds == 0  # every seed counted once per interval it gives
+
+
+def test_every_study_runs_at_a_tiny_size_and_records_its_rates(studies):
+    for study in studies.STUDIES:
+        record = studies.run_study(study, seeds=2, replicates=60)
+        assert record["seeds"] == 2 and record["replicates"] == 60 and record["test"].startswith("tests/")
+        assert (ROOT / record["test"]).exists()
+        assert record["rates"]
+        for rate in record["rates"].values():
+            _check_rate(rate, seeds=2)
+
+
+def test_the_reweighting_rates_are_the_library_intervals_counted(studies):
+    """Recomputed here from ``draw_resampled_intervals`` on the study's planted cases."""
+    record = studies.reweighting_control_draws(3, 80)
+    hits = 0
+    for seed in range(3):
+        chosen, draws, counts = studies.reweighting_case(seed, 0.2, 5)
+        rows = np.stack([np.broadcast_to(chosen, draws.shape), draws, chosen - draws])
+        hits += draw_resampled_intervals(rows, counts, n_resamples=80, seed=seed)[2].covers(0.0)
+    assert record["rates"]["two-stage, 5 draws, draw sd 0.2"]["hits"] == hits
+
+
+def test_the_committed_file_holds_every_study_at_its_default_size_with_its_machine():
+    results = json.loads(COMMITTED.read_text())
+    module = _load_script()
+    assert results["metadata"]["command"].startswith("python benchmarks/planted_studies.py")
+    assert {"cpus", "threads", "torch"} <= set(results["metadata"]["machine"])
+    assert set(results["studies"]) == {study.name for study in module.STUDIES}
+    for study in module.STUDIES:
+        record = results["studies"][study.name]
+        assert (record["seeds"], record["replicates"], record["test"]) == (
+            study.seeds,
+            study.replicates,
+            study.test,
+        )
+        for rate in record["rates"].values():
+            _check_rate(rate, seeds=study.seeds)
+
+
+def test_the_committed_share_coverage_is_the_scripts_own(studies):
+    """One study recomputed in full (the cheapest): the committed count equals a fresh run's, and both
+    equal ``share_beating`` counted here on the study's planted scores for the first seeds."""
+    committed = json.loads(COMMITTED.read_text())["studies"]["explain_share_null"]
+    fresh = studies.explain_share_null(committed["seeds"], committed["replicates"])
+    assert fresh["rates"] == committed["rates"]
+    keys = [(0, e) for e in range(40)]
+    own, shuffled = studies.label_scores(0, gain=0.5)
+    row = share_beating(keys, own, shuffled, n_resamples=committed["replicates"], seed=0)
+    assert studies.explain_share_null(1, committed["replicates"])["rates"]["covers 1/2"]["hits"] == int(
+        row["share ci low"] <= 0.5 <= row["share ci high"]
+    )
+
+
+def _rate(hits: int, n: int, nominal: float) -> dict:
+    r = hits / n
+    return {"rate": r, "hits": hits, "n": n, "se": math.sqrt(r * (1 - r) / n), "nominal": nominal,
+            "nominal_se": math.sqrt(nominal * (1 - nominal) / n)}  # fmt: skip
+
+
+def test_the_held_out_wording_follows_the_measured_rates_against_five_percent():
+    """Planted results: 3-draw bootstrap 92 of 1,000 (two binomial se of 5% over 1,000 is 0.014, so it
+    is above), 20 draws 53 of 1,000 (within); then a 3-draw bootstrap at 50 of 1,000 (within)."""
+    from readme_results import planted_held_out_draws_markdown
+
+    def results(boot3: int) -> dict:
+        rates = {
+            "swap test, 3 draws": _rate(246, 1000, 0.05),
+            "draw-mean t test, 3 draws": _rate(boot3, 1000, 0.05),
+            "swap test, 20 draws": _rate(92, 1000, 0.05),
+            "draw-mean t test, 20 draws": _rate(53, 1000, 0.05),
+        }
+        study = {"seeds": 1000, "replicates": 199, "test": "tests/x.py", "rates": rates,
+                 "settings": {"default draws": 3}}  # fmt: skip
+        return {"studies": {"held_out_control_draws": study}}
+
+    text = planted_held_out_draws_markdown(results(92), "p.json")
+    assert "draw-mean t test 92 of 1000 seeds (0.092, binomial se 0.009), above the nominal 0.05" in text
+    assert (
+        "bootstrap 53 of 1000 seeds (0.053, binomial se 0.007), within two binomial standard errors" in text
+    )
+    assert "swap test rejects more often than the draw-mean t test" in text
+    assert "understating their own variance" in text
+    text = planted_held_out_draws_markdown(results(50), "p.json")
+    assert "50 of 1000 seeds (0.050, binomial se 0.007), within two binomial standard errors" in text
+    assert "understating" not in text
+
+
+def test_a_coverage_far_below_nominal_is_said_to_be_below():
+    from readme_results import against_nominal
+
+    assert against_nominal(_rate(177, 200, 0.95)).startswith("below the nominal 0.95")
+    assert against_nominal(_rate(186, 200, 0.95)).startswith("within two binomial standard errors")
+    assert against_nominal(_rate(199, 200, 0.95)).startswith("above the nominal 0.95")
