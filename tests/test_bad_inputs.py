@@ -388,6 +388,12 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("--seed -1", ["analyze", "--seed", "-1"], "--seed"),
         ("--fdr nan", ["analyze", "--fdr", "nan"], "--fdr"),
         ("--probe-ks with 0", ["analyze", "--probe-ks", "0,4"], "--probe-ks"),
+        ("--probing.ks with 0 (the namespaced spelling)", ["analyze", "--probing.ks", "0,4"], "--probe-ks"),
+        (
+            "--drivers.tokens not a number",
+            ["analyze", "--drivers.tokens", "many"],
+            "--driver-tokens takes an integer",
+        ),
         ("--reweight-factors with 1", ["analyze", "--reweight-factors", "0.5,1"], "other than 1"),
         ("--reweight-factors with a negative", ["analyze", "--reweight-factors", "-2"], "other than 1"),
         ("--reweight-factors with 0", ["analyze", "--reweight-factors", "0,2"], "other than 1"),
@@ -472,6 +478,16 @@ def _api_cases(tmp: Path) -> list[tuple[str, Callable[[], object], str]]:
             "nan",
         ),
         ("`analyze('toy/moe-4x2', colour='red')`", lambda: analyze("toy/moe-4x2", colour="red"), "'colour'"),
+        (
+            "`analyze('toy/moe-4x2', probing=dict(kss=(1, 8)))`",
+            lambda: analyze("toy/moe-4x2", probing=dict(kss=(1, 8))),
+            "probing has no setting 'kss'; accepted: ks,",
+        ),
+        (
+            "`analyze('toy/moe-4x2', drivers=dict(count=0))`",
+            lambda: analyze("toy/moe-4x2", drivers=dict(count=0)),
+            "--n-drivers must be a positive integer",
+        ),
         ("`load_corpus(12345)`", lambda: load_corpus(12345), "int"),
         (
             "`tl_moe.pipeline.analyze('toy/moe-4x2', split=0)`",

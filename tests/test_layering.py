@@ -118,3 +118,73 @@ def test_report_imports_no_analysis_and_the_cli_goes_through_the_pipeline():
 def test_the_walk_sees_function_local_imports():
     assert "tl_moe.pipeline.runner" in GRAPH["tl_moe.cli"] or "tl_moe.pipeline" in GRAPH["tl_moe.cli"]
     assert any("tl_moe.models" in t for t in GRAPH["tl_moe.pipeline.context"])  # imported inside a method
+
+
+# A RunOptions field is analysis-specific when the code of exactly one analysis reads it and no run-wide
+# code does: it then belongs in that analysis's config (tl_moe/analysis/configs/, or a plugin's
+# config_class). Run-wide code: every pipeline module outside pipeline/sections/, and the CLI. The code of
+# an analysis: its section module pipeline/sections/NAME.py and the helper modules named NAME_*.py.
+SECTIONS = PACKAGE / "pipeline" / "sections"
+RUN_WIDE = [
+    path
+    for path in (PACKAGE / "pipeline").rglob("*.py")
+    if SECTIONS not in path.parents and path.name != "options.py"
+] + [PACKAGE / "cli.py"]
+
+
+def _attributes_read(path: Path) -> set[str]:
+    return {node.attr for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Attribute)}
+
+
+def _section_owner(path: Path, names: tuple[str, ...]) -> str:
+    return next((name for name in names if path.stem == name or path.stem.startswith(name + "_")), path.stem)
+
+
+def test_run_options_hold_no_analysis_specific_field():
+    from tl_moe.pipeline import analysis_names
+    from tl_moe.pipeline.options import run_wide_fields
+
+    names = analysis_names()
+    run_wide_reads = set().union(*(_attributes_read(path) for path in RUN_WIDE))
+    readers: dict[str, set[str]] = {}
+    for path in SECTIONS.glob("*.py"):
+        for attribute in _attributes_read(path):
+            readers.setdefault(attribute, set()).add(_section_owner(path, names))
+    specific = [
+        f"{spec.name} (read only by {readers.get(spec.name)})"
+        for spec in run_wide_fields()
+        if spec.name not in run_wide_reads and len(readers.get(spec.name, ())) == 1
+    ]
+    assert not specific, (
+        "analysis-specific RunOptions fields (move them to the analysis's config): " + ", ".join(specific)
+    )
+
+
+def test_the_rule_sees_a_planted_analysis_specific_field(tmp_path):
+    """Planted: a field only drivers.py reads counts as analysis-specific; one the runner reads does not."""
+    drivers = tmp_path / "drivers.py"
+    drivers.write_text("def f(run):\n    return run.options.planted_only_here + run.options.max_tokens\n")
+    assert {"planted_only_here", "max_tokens"} <= _attributes_read(drivers)
+    assert _section_owner(tmp_path / "explain_dashboard.py", ("probing", "explain")) == "explain"
+    run_wide_reads = set().union(*(_attributes_read(path) for path in RUN_WIDE))
+    assert "max_tokens" in run_wide_reads and "planted_only_here" not in run_wide_reads
+
+
+def test_sections_read_their_settings_from_the_configs_not_by_legacy_names():
+    """``run.options.probe_ks`` still works for users (a compatibility alias); the package's own code
+    reads ``run.options.config("probing").ks``, so each setting has one owner."""
+    from tl_moe.pipeline.options import legacy_names, run_wide_fields
+
+    legacy = set(legacy_names())
+    assert legacy and not legacy & {spec.name for spec in run_wide_fields()}
+    wrong = []
+    for path in [*SECTIONS.glob("*.py"), *RUN_WIDE]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in legacy
+                and isinstance(node.value, ast.Attribute | ast.Name)
+                and (node.value.attr if isinstance(node.value, ast.Attribute) else node.value.id) == "options"
+            ):
+                wrong.append(f"{path.name}:{node.lineno} options.{node.attr}")
+    assert not wrong, "\n".join(wrong)

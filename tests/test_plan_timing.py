@@ -160,14 +160,19 @@ def test_held_out_fits_are_zero_when_the_run_has_too_few_documents_to_split():
     import numpy as np
     import torch
 
-    from tl_moe.analysis.stats import document_split
+    from tl_moe.analysis.splits import document_split
     from tl_moe.errors import InputError
 
     options = RunOptions(min_documents=30, min_examples=30, held_out_min_examples=15, selection_fraction=0.5)
     few = tuple(range(10))
     reason = held_out_gate(few, options)
     with pytest.raises(InputError) as refused:
-        document_split(np.arange(10), selection_fraction=options.selection_fraction, seed=options.seed)
+        document_split(
+            np.arange(10),
+            (options.selection_fraction, 1 - options.selection_fraction),
+            seed=options.seed,
+            min_per_side=options.min_documents,
+        )
     assert reason == str(refused.value)
     assert held_out_gate(tuple(range(400)), options) is None
     rates = torch.tensor([0.5, 0.02, 0.0])

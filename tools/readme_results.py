@@ -13,7 +13,6 @@ results files generate.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import sys
@@ -420,14 +419,18 @@ def _unused(name: str, options: dict[str, Any]) -> bool:
 
 
 def command_line(options: dict[str, Any]) -> str:
-    """The ``tl-moe analyze`` command that reproduces a run's ``options`` (its ``--out`` left out)."""
-    from tl_moe.pipeline.options import RunOptions
+    """The ``tl-moe analyze`` command that reproduces a run's ``options`` (its ``--out`` left out); an
+    analysis's setting is given by its flat flag (``--probe-ks``), in the order of ``options``."""
+    from tl_moe.pipeline.options import option_specs, run_wide_fields
 
+    specs = {spec.name: spec for spec in run_wide_fields()}
+    specs |= {key: spec for key, (_, spec) in option_specs().items()}
     words = ["tl-moe", "analyze"]
-    for spec in dataclasses.fields(RunOptions):
-        if spec.name in _NOT_A_SETTING or spec.name not in options or _unused(spec.name, options):
+    for name, value in options.items():
+        spec = specs.get(name)
+        if spec is None or name in _NOT_A_SETTING or _unused(name, options):
             continue
-        value, default = options[spec.name], spec.default
+        default = spec.default
         if isinstance(default, tuple) and isinstance(value, list):
             value = tuple(value)
         if value == default or (isinstance(default, Path) and value == str(default)):
@@ -435,10 +438,10 @@ def command_line(options: dict[str, Any]) -> str:
         if spec.metadata.get("positional"):
             words.insert(2, str(value))
         elif isinstance(default, bool):
-            words.append("--" + spec.name.replace("_", "-"))
+            words.append("--" + name.replace("_", "-"))
         else:
             shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-            words += ["--" + spec.name.replace("_", "-"), "none" if value is None else shown]
+            words += ["--" + name.replace("_", "-"), "none" if value is None else shown]
     return " ".join(words)
 
 

@@ -4,7 +4,7 @@ The paper's protocol reports, per concept, the best test F1 over units: the maxi
 split whose score is reported, so it favours the many small, noisy units of an MoE. Here:
 
 1. documents are split (seeded, by document id) into a *selection* and a *test* side
-   (:func:`tl_moe.analysis.stats.document_split`);
+   (:func:`tl_moe.analysis.splits.document_split`);
 2. every unit's probe is fitted on the selection documents only (:class:`KSparseProbe` with its
    default, class-balanced sample: 75/25 token split, neurons ranked on train, logistic regression);
    its F1 on the selection side's own held-out 25% is its *selection score*;

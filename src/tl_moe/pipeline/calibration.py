@@ -215,13 +215,13 @@ def held_out_gate(doc_ids: tuple[int, ...], options: Any) -> str | None:
     document split, and the same refusal, as the probing analysis's held-out protocol."""
     import numpy as np
 
-    from tl_moe.analysis.stats import document_split
+    from tl_moe.analysis.splits import document_split
     from tl_moe.errors import InputError
 
     try:
         document_split(
             np.asarray(doc_ids, dtype=np.int64),
-            selection_fraction=options.selection_fraction,
+            (options.selection_fraction, 1 - options.selection_fraction),
             seed=options.seed,
             min_per_side=options.min_documents,
         )
@@ -233,7 +233,8 @@ def held_out_gate(doc_ids: tuple[int, ...], options: Any) -> str | None:
 def _store_cap(options: Any, concepts: int) -> int | None:
     """Most tokens the probing store keeps per unit (``--probe-rows-per-class`` x 2 classes x 2 sides x
     concepts; None: every token)."""
-    return None if options.probe_rows_per_class is None else options.probe_rows_per_class * 4 * concepts
+    rows = options.config("probing").rows_per_class
+    return None if rows is None else rows * 4 * concepts
 
 
 def _routed_rows(cfg: Any, tokens: int, cap: int | None) -> int:
@@ -297,7 +298,7 @@ def probe_fit_counts(plan: RunPlan, concepts: int, tokens: int | None = None) ->
     dense = next((m for m in plan.models if m.name == options.dense_baseline), None)
     dense_width = None if dense is None else dense.config.d_mlp
     whole = min(tokens, cap or tokens)
-    layers = len(options.probe_layers or cfg.sparse_layers)
+    layers = len(options.config("probing").layers or cfg.sparse_layers)
     rows = _routed_rows(cfg, tokens, cap)
     work = _moe_work(cfg, layers, rows, concepts, dense_width)
     if UNTRAINED + main.name in names:
@@ -334,9 +335,13 @@ def eligible_work(
     for w in work:
         if w.held_out:
             rows = int(w.rows * options.selection_fraction)
-            concepts = eligible_concepts(rates, rows, options.held_out_min_examples) if held_out_runs else 0
+            concepts = (
+                eligible_concepts(rates, rows, options.config("probing").held_out_min_examples)
+                if held_out_runs
+                else 0
+            )
         else:
-            rows, concepts = w.rows, eligible_concepts(rates, w.rows, options.min_examples)
+            rows, concepts = w.rows, eligible_concepts(rates, w.rows, options.config("probing").min_examples)
         fitted.append(dataclasses.replace(w, rows=rows, concepts=min(concepts, w.concepts)))
     return fitted
 
@@ -462,7 +467,7 @@ def estimate_times(
         return TimeEstimate(
             passes, rates, device=device, threads=threads, tokens=short, analyses=plan.analyses
         )
-    ks = len(plan.options.probe_ks)
+    ks = len(plan.options.config("probing").ks)
     seconds: dict[str, float] = {}
     fits: dict[str, int] = {}
     held_out: dict[str, int] = {}
@@ -552,9 +557,11 @@ def _measure_fit_rates(
     the run's own rates (:func:`fit_rate_concepts`) when the short pass labeled any."""
     fit_rates = {}
     for width, rows in sorted({rate_key(w) for w in work if w.units * w.concepts}):
-        picked = None if rates is None else fit_rate_concepts(rates, rows, options.min_examples)
+        picked = (
+            None if rates is None else fit_rate_concepts(rates, rows, options.config("probing").min_examples)
+        )
         fit_rates[(width, rows)] = measure_fit_rate(
-            width, rows, options.probe_ks, device, clock=clock, rates=picked
+            width, rows, options.config("probing").ks, device, clock=clock, rates=picked
         )
     return fit_rates
 

@@ -16,6 +16,7 @@ from jaxtyping import Int
 
 from tl_moe.errors import InputError
 from tl_moe.models.config import MoEConfig
+from tl_moe.pipeline import catalog
 from tl_moe.pipeline.options import RunOptions
 
 if TYPE_CHECKING:
@@ -47,6 +48,8 @@ class RunContext:
         models: already loaded models by name (e.g. a model a notebook holds); others are loaded
             with :func:`tl_moe.load` when first needed.
         configs: model configs by name, for planning a run without loading any weights.
+        analyses: names of the analyses this run includes (the runner gives them); default: those
+            ``options.analyses`` resolves to, dependencies included.
     """
 
     def __init__(
@@ -55,8 +58,13 @@ class RunContext:
         dataset: Any = None,
         models: dict[str, Any] | None = None,
         configs: dict[str, MoEConfig] | None = None,
+        analyses: Sequence[str] | None = None,
     ):
         self.options = options
+        #: The analyses of this run (an analysis reads whether one it ``uses`` is among them).
+        self.analyses: tuple[str, ...] = (
+            tuple(analyses) if analyses is not None else catalog.ordered_names(options.analyses)
+        )
         self._dataset = dataset
         self._models: dict[str, Any] = dict(models or {})
         self._configs: dict[str, MoEConfig] = dict(configs or {})
@@ -187,12 +195,13 @@ class RunContext:
     def probed_layers(self) -> tuple[int, ...]:
         """The sparse layers whose experts are probed: ``--probe-layers``, or all of them."""
         cfg = self.config(self.main)
-        if self.options.probe_layers is None:
+        chosen = self.options.config("probing").layers
+        if chosen is None:
             return tuple(cfg.sparse_layers)
-        wrong = [layer for layer in self.options.probe_layers if layer not in cfg.sparse_layers]
+        wrong = [layer for layer in chosen if layer not in cfg.sparse_layers]
         if wrong:
             raise InputError(
                 f"--probe-layers {wrong} are not sparse layers of {self.main}; "
                 f"its sparse layers: {list(cfg.sparse_layers)}."
             )
-        return tuple(sorted(set(self.options.probe_layers)))
+        return tuple(sorted(set(chosen)))

@@ -87,11 +87,11 @@ def _bounded(hooks: list[str], run: RunContext, routing: list[str] = (), num_exp
     """The probing store of ``run``: bounded per (unit, concept, class, side) unless
     ``--probe-rows-per-class none`` asks for every token."""
     options = run.options
-    if options.probe_rows_per_class is None:
+    if options.config("probing").rows_per_class is None:
         return TokenActivationStore(hooks, max_tokens=options.max_tokens)
     return BoundedTokenStore(
         hooks,
-        rows_per_class=options.probe_rows_per_class,
+        rows_per_class=options.config("probing").rows_per_class,
         routing=routing,
         num_experts=num_experts,
         seed=options.seed,
@@ -112,9 +112,9 @@ def stored_tokens_estimate(run: RunContext, units_per_layer: int, experts_per_to
     N x units / k distinct positives (a token counts for k units), the negatives and the catch-all
     share theirs through the common priority — independent of ``max_tokens`` once it is larger."""
     options = run.options
-    if options.probe_rows_per_class is None:
+    if options.config("probing").rows_per_class is None:
         return options.max_tokens
-    per_slice = options.probe_rows_per_class * -(-units_per_layer // experts_per_token)
+    per_slice = options.config("probing").rows_per_class * -(-units_per_layer // experts_per_token)
     return min(options.max_tokens, 2 * per_slice * (_n_concepts() + 1))
 
 
@@ -139,7 +139,7 @@ class ExpertNeurons(AccumulatorSpec):
         k = cfg.experts_per_token
         # float16 neurons + int64 indices per slot, ids and labels
         per_token = layers * k * (cfg.d_expert * 2 + 8) + 64
-        if run.options.probe_rows_per_class is None:
+        if run.options.config("probing").rows_per_class is None:
             return run.options.max_tokens * per_token
         # the bounded store adds an int32 unit per slot and a side flag per token, two tables per key
         per_token += layers * k * 4 + 1
@@ -167,7 +167,7 @@ class DenseNeurons(AccumulatorSpec):
 
     def estimate_bytes(self, cfg: MoEConfig, run: RunContext) -> int:
         per_token = len(cfg.dense_layers) * (cfg.d_mlp or 0) * 2 + 64
-        if run.options.probe_rows_per_class is None:
+        if run.options.config("probing").rows_per_class is None:
             return run.options.max_tokens * per_token
         key_tables = (_n_concepts() + 1) * 4 * 16
         return stored_tokens_estimate(run, 1, 1) * (per_token + 5) + key_tables

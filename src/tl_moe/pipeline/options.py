@@ -1,99 +1,77 @@
-"""The settings of an analysis run: one dataclass, the single source of every default.
+"""The settings of an analysis run: the run-wide options, and one config per analysis.
 
-The ``tl-moe analyze`` command line is built from the fields of :class:`RunOptions` (their help
-text, flag names and parsers live in the field metadata), and the Python API takes the same
-object, so a default is written exactly once::
+:class:`RunOptions` holds what concerns the whole run (models, corpus, budget, devices, seed,
+checkpoints, the analyses to run) and the run's statistical standards; each analysis owns its settings
+in its own frozen config dataclass (``tl_moe/analysis/configs/``, or a plugin's ``config_class``),
+reached as ``options.config("probing")``. Every default is written once, in the dataclass that owns
+it; the ``tl-moe analyze`` command line and the README's options table are generated from the fields'
+metadata (:func:`tl_moe.settings.option`)::
 
-    options = RunOptions(max_tokens=20_000, analyses=("domains", "specialization"))
-    results = tl_moe.pipeline.run(options)
+    options = RunOptions(max_tokens=20_000, probing=dict(ks=(1, 8)))
+    options.config("probing").ks                   # (1, 8)
+    RunOptions(probe_ks=(1, 8)) == options.replace(max_tokens=60_000)   # the flat names still work
+
+The flat names a setting had before it moved to its analysis (``probe_ks``, ``driver_tokens``,
+``reweight_draws``, ...: each config field's ``legacy``) stay accepted as keywords and flags, are read
+as attributes (``options.probe_ks``), and are the keys of ``results.json``'s ``metadata.options``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tl_moe.analysis.stats import MIN_DOCUMENTS
-from tl_moe.defaults import MIN_EXAMPLES
 from tl_moe.errors import InputError
+from tl_moe.pipeline import catalog
+from tl_moe.settings import (
+    ModelDefault,
+    check_keys,
+    config_from,
+    is_integer,
+    is_real,
+    name_list,
+    option,
+)
 
-__all__ = ["RunOptions", "add_option_arguments", "fit_defaults", "is_default", "options_from_arguments"]
+__all__ = [
+    "RunOptions",
+    "add_option_arguments",
+    "fit_defaults",
+    "is_default",
+    "option",
+    "option_specs",
+    "options_from_arguments",
+]
 
 
 DTYPES = ("float32", "bfloat16", "float16")
-#: Default of ``--probe-rows-per-class`` (see docs/METHODS.md, "Bounded probing store").
-PROBE_ROWS_PER_CLASS = 65_536
-#: Default of ``--explain-causal-windows``: one window per document, enough to reach every document of
-#: the embedded corpus's ``causal`` split (56 of the validation split), so that the causal checks'
-#: document bootstrap has at least 30 documents (docs/EXPLAIN.md, "Causal checks").
-EXPLAIN_CAUSAL_WINDOWS = 64
 
-
-def _int_list(flag: str) -> Callable[[str], tuple[int, ...]]:
-    def parse(text: str) -> tuple[int, ...]:
-        try:
-            values = tuple(int(part) for part in text.split(",") if part.strip())
-        except ValueError:
-            raise InputError(f"{flag} takes comma-separated integers (e.g. 1,3), got {text!r}.") from None
-        if not values:
-            raise InputError(f"{flag} needs at least one integer, got {text!r}.")
-        return values
-
-    return parse
-
-
-def _float_list(flag: str) -> Callable[[str], tuple[float, ...]]:
-    def parse(text: str) -> tuple[float, ...]:
-        try:
-            values = tuple(float(part) for part in text.split(",") if part.strip())
-        except ValueError:
-            raise InputError(f"{flag} takes comma-separated numbers (e.g. 0.5,2), got {text!r}.") from None
-        if not values:
-            raise InputError(f"{flag} needs at least one number, got {text!r}.")
-        return values
-
-    return parse
-
-
-def _name_list(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
+_name_list = name_list
+_is_integer = is_integer
+_is_real = is_real
 
 
 def _optional_model(text: str) -> str | None:
     return None if text.lower() == "none" else text
 
 
-def _optional_int(text: str) -> int | None:
-    return None if text.lower() == "none" else int(text)
-
-
 #: Largest ``--seed``: every seed (and the seed + 1, + 2 of derived streams) fits numpy's and torch's seeds.
 SEED_MAX = 2**31 - 1
 
-#: Integer options and their least accepted value.
+#: Integer run-wide options and their least accepted value.
 _LEAST_INTEGERS = {
     "max_tokens": 1000,  # fewer: no meaningful statistics
     "batch_size": 1,
     "seq_len": 2,  # BOS and one token
     "n_token_groups": 1,
-    "min_examples": 1,
-    "held_out_min_examples": 1,
     "bootstrap_resamples": 1,
     "min_documents": 2,
     "permutations": 1,
-    "min_expert_tokens": 1,
-    "driver_tokens": 1,
-    "n_drivers": 1,
-    "explain_concurrency": 1,
-    "explain_retries": 0,
-    "explain_causal_windows": 0,
-    "reweight_tokens": 1,
-    "reweight_draws": 1,
     "checkpoint_every": 1,
 }
 
@@ -133,47 +111,32 @@ def _check_threads(threads: Any) -> None:
     check_threads(threads)
 
 
-def _is_integer(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
-
-
-class ModelDefault:
-    """Marks an option value the user left at its default (see :func:`is_default`): a run fits such a
-    value to a model too small for it (fewer probe sizes, fewer drivers) and says so; a value given
-    explicitly, even an equal one, is never changed (a model too small for it is refused)."""
-
-
-class _DefaultInt(int, ModelDefault):
-    pass
-
-
-class _DefaultInts(tuple, ModelDefault):
-    pass
-
-
 def is_default(options: RunOptions, name: str) -> bool:
-    """Whether the option ``name`` holds its default because the user did not give it."""
+    """Whether the setting ``name`` (a flat name, e.g. ``probe_ks``) holds its default because the user
+    did not give it."""
     return isinstance(getattr(options, name), ModelDefault)
-
-
-#: Default of ``--probe-ks``: fitted to the neurons of a model's experts when left unset.
-PROBE_KS = _DefaultInts((1, 2, 4, 8, 16, 32, 64))
-#: Default of ``--n-drivers``: fitted to half a model's experts when left unset.
-N_DRIVERS = _DefaultInt(8)
-
-
-def option(default: Any, help: str, *, parse: Callable[[str], Any] | None = None, cli: bool = True, **extra):
-    """A :class:`RunOptions` field: its default, its ``--help`` text, and how the CLI parses it."""
-    return field(default=default, metadata={"help": help, "parse": parse, "cli": cli, **extra})
 
 
 @dataclass(frozen=True)
 class RunOptions:
-    """Everything that configures a run of the analyses (the flags of ``tl-moe analyze``)."""
+    """What configures a run as a whole (the run-wide flags of ``tl-moe analyze``), and each analysis's
+    own config (:meth:`config`).
+
+    A field here is run-wide: it concerns the models, the corpus, the pass, the machine or the report,
+    or it is one of the run's **statistical standards** (``selection_fraction``, ``bootstrap_resamples``,
+    ``min_documents``, ``permutations``, ``fdr``, and ``seed``), which every analysis applies alike. Those
+    standards are one flat group here rather than a nested config per analysis on purpose: one run has one
+    document split, one bootstrap count, one permutation count and one false-discovery rate, so that the
+    intervals and tests its report sets side by side are comparable; a copy per analysis would let one
+    report mix them, and a nested object would add a level to every read for no choice it adds.
+    ``n_token_groups`` is run-wide too: the vocabulary clustering is an input of accumulators that
+    several analyses share (domains, logit lens, specialization). A setting read by one analysis only is
+    that analysis's (tests/test_layering.py holds this class to it).
+
+    Keywords besides the fields: an analysis's name with its config or a dict of its fields
+    (``probing=dict(ks=(1, 8))``), or a setting's flat legacy name (``probe_ks=(1, 8)``); anything else
+    is refused in one line.
+    """
 
     model: str = option(
         "toy/moe-16x2", "MoE to analyze: toy-zoo name, hub id or local directory", positional=True
@@ -199,68 +162,38 @@ class RunOptions:
     analyses: tuple[str, ...] | None = option(
         None, "comma-separated analyses to run (default: every default analysis)", parse=_name_list
     )
+    sparsity_family: bool = option(
+        False, "also probe every toy MoE and plot F1 vs active ratio (adds the 'sparsity' analysis)"
+    )
     seed: int = option(0, "seed of every random choice (clustering, probe splits, baselines)", parse=int)
-    n_token_groups: int = option(50, "spherical k-means clusters of the unembedding", parse=int)
-    probe_ks: tuple[int, ...] = option(
-        PROBE_KS,
-        "neurons per probe (comma-separated); left unset, sizes above an expert's neurons are dropped",
-        parse=_int_list("--probe-ks"),
-    )
-    min_examples: int = option(
-        MIN_EXAMPLES, "paper protocol: least positives / negatives a unit needs to be probed", parse=int
-    )
-    held_out_min_examples: int = option(
-        MIN_EXAMPLES,
-        "held-out protocol: least positives / negatives a unit needs on each side of the document split",
+    n_token_groups: int = option(
+        50,
+        "spherical k-means clusters of the unembedding (shared by domains, logit lens, specialization)",
         parse=int,
     )
     selection_fraction: float = option(
-        0.5, "held-out protocol: fraction of documents that select the unit (the rest report it)", parse=float
+        0.5,
+        "held-out protocol: fraction of documents that select the unit (the rest report it); the one "
+        "document split of the run (probing, logit lens)",
+        parse=float,
     )
     bootstrap_resamples: int = option(
         2000, "document-level bootstrap resamples behind every interval", parse=int
     )
     min_documents: int = option(
         MIN_DOCUMENTS,
-        "held-out probing: fewest documents on each side of the split and behind each interval "
+        "fewest documents on each side of the split and behind each interval "
         "(fewer: the interval is reported unavailable, with the reason)",
         parse=int,
     )
     fdr: float = option(
-        0.05, "false-discovery rate of the Benjamini–Hochberg tests (domain experts)", parse=float
+        0.05,
+        "false-discovery rate of the Benjamini–Hochberg tests (domain experts, associations)",
+        parse=float,
     )
     permutations: int = option(
         999,
         "document-level permutations behind each permutation p-value, except the held-out swap tests, which use the larger of this and 20,000",
-        parse=int,
-    )
-    min_expert_tokens: int = option(
-        50, "experts with fewer routed tokens are listed, not averaged (specialization, domains)", parse=int
-    )
-    skip_untrained_null: bool = option(
-        False, "leave out the untrained-model null of probing (saves one collection pass)"
-    )
-    probe_layers: tuple[int, ...] | None = option(
-        None,
-        "comma-separated sparse layers to probe (default: all; bounds memory)",
-        parse=_int_list("--probe-layers"),
-    )
-    probe_rows_per_class: int | None = option(
-        PROBE_ROWS_PER_CLASS,
-        "probing store: tokens kept per (unit, concept, class, document side), so its memory does not grow "
-        "with --max-tokens; 'none' keeps every token",
-        parse=_optional_int,
-    )
-    sparsity_family: bool = option(
-        False, "also probe every toy MoE and plot F1 vs active ratio (adds the 'sparsity' analysis)"
-    )
-    driver_tokens: int = option(
-        20_000, "tokens on which the drivers analysis runs its edited forwards", parse=int
-    )
-    n_drivers: int = option(
-        N_DRIVERS,
-        "driver experts reported (largest removal effects on the selection half); left unset, at most "
-        "half the experts",
         parse=int,
     )
     fresh: bool = option(False, "ignore (and overwrite) checkpoints of an earlier run in --out")
@@ -270,55 +203,42 @@ class RunOptions:
         "CPU threads for torch and BLAS (default: TL_MOE_THREADS, OMP_NUM_THREADS, else the idle cores)",
         parse=int,
     )
-    explainer: str = option(
-        "offline", "labeler of the 'explain' analysis: offline (concept dissection), openai:URL or local:PATH"
-    )
-    explain_model: str | None = option(
-        None, "model name at an openai: endpoint (default: TL_MOE_OPENAI_MODEL, else the server's first)"
-    )
-    explain_scorers: tuple[str, ...] | None = option(
-        None,
-        "comma-separated scorers of the labels: concept, detection, fuzzing, intruder "
-        "(default: concept offline, detection with a language model)",
-        parse=_name_list,
-    )
-    explain_concurrency: int = option(
-        8, "requests in flight at once when labeling with a language model", parse=int
-    )
-    explain_timeout: float = option(60.0, "seconds per language-model request attempt", parse=float)
-    explain_retries: int = option(
-        4, "retries of a rate-limited or failed request (capped exponential backoff)", parse=int
-    )
-    explain_causal_windows: int = option(
-        EXPLAIN_CAUSAL_WINDOWS,
-        "windows (one per document) of held-out documents for the causal checks of the labels "
-        "(0: no causal checks)",
-        parse=int,
-    )
-    reweight_tokens: int = option(
-        6000,
-        "re-weighting / steering: tokens of each domain on each document half (selection, held out)",
-        parse=int,
-    )
-    reweight_factors: tuple[float, ...] = option(
-        (0.5, 0.8, 1.25, 1.5, 2.0),
-        "re-weighting: mixing-weight factors tried on the selection half (comma-separated)",
-        parse=_float_list("--reweight-factors"),
-    )
-    reweight_draws: int = option(
-        20, "re-weighting / steering: random routing-rate-matched expert sets behind each control", parse=int
-    )
-    steer_contrast: tuple[str, ...] | None = option(
-        None,
-        "steering: two domains to contrast (A,B), or two languages of one domain (DOMAIN:A,B); "
-        "default: the two domains with the most documents among those whose held-out half can reach 30 (fewer than two such: the two largest, reported as untestable)",
-        parse=_name_list,
-    )
     checkpoint_every: int = option(20, "batches between checkpoints", parse=int, cli=False)
     progress: bool = option(True, "show progress bars", cli=False)
+    #: Each analysis's config given for this run, by analysis name (the others take their defaults).
+    configs: Mapping[str, Any] = field(default_factory=dict, metadata={"cli": False, "configs": True})
+
+    def config(self, analysis: str) -> Any:
+        """The config of the analysis ``analysis`` in this run: the one given, else its defaults."""
+        config_class = catalog.config_class(analysis)
+        if config_class is None:
+            raise LookupError(f"the analysis {analysis!r} has no settings (its config_class is None).")
+        given = self.configs.get(analysis)
+        return given if given is not None else config_class()
+
+    def __eq__(self, other: object) -> bool:
+        """Equal settings: the same run-wide values and the same config of every analysis (a config
+        given at its defaults equals one left out)."""
+        if not isinstance(other, RunOptions):
+            return NotImplemented
+        names = set(self.configs) | set(other.configs)
+        return all(getattr(self, s.name) == getattr(other, s.name) for s in run_wide_fields()) and all(
+            self.config(name) == other.config(name) for name in names
+        )
+
+    __hash__ = None  # type: ignore[assignment]  (the configs mapping is not hashable)
+
+    def __getattr__(self, name: str) -> Any:
+        """A setting by its flat legacy name (``options.probe_ks`` is ``options.config("probing").ks``)."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        owner = legacy_names().get(name)
+        if owner is None:
+            raise AttributeError(f"{type(self).__name__} has no option {name!r}.")
+        return getattr(self.config(owner[0]), owner[1])
 
     def replace(self, **changes: Any) -> RunOptions:
-        """A copy with ``changes`` applied."""
+        """A copy with ``changes`` applied (fields, flat legacy names, or ``NAME=dict(...)`` per analysis)."""
         return dataclasses.replace(self, **changes)
 
     def __post_init__(self) -> None:
@@ -330,34 +250,21 @@ class RunOptions:
         """Refuse settings no run can use, each with one line naming the option (before any pass).
 
         Runs when the options are made (and again by :func:`~tl_moe.pipeline.run`), so the command
-        line, :func:`~tl_moe.pipeline.run` and :func:`~tl_moe.pipeline.analyze` share every rule.
+        line, :func:`~tl_moe.pipeline.run` and :func:`~tl_moe.pipeline.analyze` share every rule; each
+        analysis's config checks its own fields the same way.
         """
         self._check_names()
         self._check_integers()
         self._check_fractions()
-        self._check_probe_ks()
         if self.dtype not in DTYPES:
             raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}.")
         if self.device_map is not None and self.device is not None:
             raise InputError("give --device or --device-map, not both.")
         _check_device_map(self.device_map)
         _check_threads(self.threads)
-        self._check_reweight_factors()
-        if self.steer_contrast is not None and (
-            len(self.steer_contrast) != 2 or len(set(self.steer_contrast)) != 2
-        ):
-            raise InputError(
-                f"--steer-contrast takes two different names (A,B or DOMAIN:A,B), got {self.steer_contrast!r}."
-            )
-        rows = self.probe_rows_per_class
-        needed = max(self.min_examples, self.held_out_min_examples)
-        if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < needed):
-            raise InputError(
-                f"--probe-rows-per-class must be 'none' or an integer of at least --min-examples and "
-                f"--held-out-min-examples ({needed}), got {rows!r}."
-            )
-        if self.probe_layers is not None and not self.probe_layers:
-            raise InputError("--probe-layers needs at least one layer.")
+        for config in self.configs.values():
+            if hasattr(config, "check"):
+                config.check()
 
     def _check_names(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -394,34 +301,104 @@ class RunOptions:
             value = getattr(self, name)
             if not _is_real(value) or not 0 < value < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be a number in (0, 1), got {value!r}.")
-        if not _is_real(self.explain_timeout) or not 0 < self.explain_timeout < math.inf:
-            raise InputError(
-                f"--explain-timeout must be a positive number of seconds, got {self.explain_timeout!r}."
-            )
-
-    def _check_probe_ks(self) -> None:
-        ks = self.probe_ks
-        if not isinstance(ks, (tuple, list)) or not ks or not all(_is_integer(k) and k >= 1 for k in ks):
-            raise InputError(f"--probe-ks must be one or more positive integers (e.g. 1,2,4), got {ks!r}.")
-
-    def _check_reweight_factors(self) -> None:
-        factors = self.reweight_factors
-        accepted = "accepted: positive numbers other than 1 (1 leaves the weights unchanged), each once"
-        if not isinstance(factors, (tuple, list)) or not factors:
-            raise InputError(f"--reweight-factors needs at least one factor, got {factors!r}; {accepted}.")
-        bad = [f for f in factors if not _is_real(f) or not 0 < f < math.inf or f == 1]
-        if bad:
-            raise InputError(f"--reweight-factors {bad} are not usable factors; {accepted}.")
-        repeated = sorted({f for f in factors if list(factors).count(f) > 1})
-        if repeated:
-            raise InputError(f"--reweight-factors repeats {repeated}; {accepted}.")
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings as JSON-able values (for the report's metadata)."""
-        return {
-            f.name: str(value) if isinstance(value := getattr(self, f.name), Path) else value
-            for f in dataclasses.fields(self)
+        """The settings as JSON-able values (for the report's metadata): the run-wide fields, then every
+        registered analysis's settings under their flat legacy names (``probe_ks``, ...), or
+        ``NAME.FIELD`` for a field without one (a plugin's)."""
+        values = {
+            spec.name: str(value) if isinstance(value := getattr(self, spec.name), Path) else value
+            for spec in run_wide_fields()
         }
+        for key, (analysis, spec) in option_specs().items():
+            values[key] = getattr(self.config(analysis), spec.name)
+        return values
+
+
+def run_wide_fields() -> list[dataclasses.Field]:
+    """The run-wide fields of :class:`RunOptions` (every field but the per-analysis ``configs``)."""
+    return [spec for spec in dataclasses.fields(RunOptions) if not spec.metadata.get("configs")]
+
+
+def option_specs() -> dict[str, tuple[str, dataclasses.Field]]:
+    """Every registered analysis's settings: flat key (its legacy name, else ``NAME.FIELD``) ->
+    (analysis name, config field), in registry order."""
+    specs: dict[str, tuple[str, dataclasses.Field]] = {}
+    for analysis in catalog.analysis_names():
+        config_class = catalog.config_class(analysis)
+        for spec in dataclasses.fields(config_class) if config_class is not None else ():
+            specs[spec.metadata.get("legacy") or f"{analysis}.{spec.name}"] = (analysis, spec)
+    return specs
+
+
+def legacy_names() -> dict[str, tuple[str, str]]:
+    """Flat legacy name (``probe_ks``) -> (analysis, field) (``("probing", "ks")``)."""
+    return {
+        spec.metadata["legacy"]: (analysis, spec.name)
+        for analysis, spec in option_specs().values()
+        if spec.metadata.get("legacy")
+    }
+
+
+def _route_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The keywords of :class:`RunOptions` as its fields: per-analysis keywords (``probing=dict(...)``)
+    and flat legacy names (``probe_ks=...``) merged into ``configs`` (legacy names last, over the
+    dicts); anything else refused in one line naming it and what is accepted."""
+    run_wide = {spec.name for spec in dataclasses.fields(RunOptions)}
+    configs = dict(kwargs.pop("configs", None) or {})
+    legacy = legacy_names()
+    by_analysis: dict[str, Any] = {}
+    flat: dict[str, dict[str, Any]] = {}
+    for key in [key for key in kwargs if key not in run_wide]:
+        value = kwargs.pop(key)
+        if key in legacy:
+            analysis, name = legacy[key]
+            flat.setdefault(analysis, {})[name] = value
+        elif key in catalog.TABLE and catalog.config_class(key) is not None:
+            by_analysis[key] = value
+        else:
+            with_config = [
+                name for name in catalog.analysis_names() if catalog.config_class(name) is not None
+            ]
+            raise InputError(
+                f"there is no option {key!r}; accepted: the run-wide options ({', '.join(sorted(run_wide - {'configs'}))}), "
+                f"an analysis with a dict of its settings ({', '.join(with_config)}, e.g. probing=dict(ks=(1, 8))), "
+                "or a setting's flat name as in `tl-moe analyze --help` (e.g. probe_ks)."
+            )
+    for analysis, value in (*by_analysis.items(), *flat.items()):
+        config_class = catalog.config_class(analysis)
+        base = configs.get(analysis)
+        if isinstance(value, Mapping) and base is not None:
+            check_keys(config_class, value, analysis)
+            configs[analysis] = dataclasses.replace(config_from(config_class, base, analysis), **value)
+        else:
+            configs[analysis] = config_from(config_class, value, analysis)
+    kwargs["configs"] = {
+        analysis: config_from(_config_class_of(analysis), value, analysis)
+        for analysis, value in configs.items()
+    }
+    return kwargs
+
+
+def _config_class_of(analysis: str) -> type:
+    """The config class of ``analysis``, refusing in one line an analysis that takes no settings."""
+    config_class = catalog.config_class(analysis)
+    if config_class is None:
+        raise InputError(
+            f"the analysis {analysis!r} takes no settings; give settings of an analysis that has them."
+        )
+    return config_class
+
+
+_dataclass_init = RunOptions.__init__
+
+
+def _init(self: RunOptions, *args: Any, **kwargs: Any) -> None:
+    _dataclass_init(self, *args, **_route_settings(kwargs))
+
+
+_init.__doc__ = _dataclass_init.__doc__
+RunOptions.__init__ = _init  # type: ignore[method-assign]
 
 
 @dataclass(frozen=True)
@@ -473,63 +450,107 @@ def fitted_defaults_note(changes: Mapping[str, Any]) -> str:
     return "defaults fitted to the model: " + "; ".join(parts) + "; give the option to choose otherwise."
 
 
+def _flags(analysis: str | None, spec: dataclasses.Field) -> list[str]:
+    """The flags of a setting: a run-wide field's ``--name``; an analysis's ``--analysis.field`` and,
+    as an alias, its legacy flag (``--probing.ks``, ``--probe-ks``)."""
+    if analysis is None:
+        return ["--" + spec.name.replace("_", "-")]
+    namespaced = f"--{analysis.replace('_', '-')}.{spec.name.replace('_', '-')}"
+    legacy = spec.metadata.get("legacy")
+    return [namespaced] + (["--" + legacy.replace("_", "-")] if legacy else [])
+
+
+def _dest(analysis: str | None, spec: dataclasses.Field) -> str:
+    return spec.name if analysis is None else f"{analysis}.{spec.name}"
+
+
+def _cli_specs() -> list[tuple[str | None, dataclasses.Field]]:
+    """Every command-line setting: (None, run-wide field), then (analysis, config field)."""
+    run_wide = [(None, spec) for spec in run_wide_fields() if spec.metadata.get("cli", True)]
+    return run_wide + [
+        (analysis, spec) for analysis, spec in option_specs().values() if spec.metadata.get("cli", True)
+    ]
+
+
+def _shown_default(default: Any) -> str:
+    return ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
+
+
 def add_option_arguments(parser: argparse.ArgumentParser, analysis_help: str = "") -> None:
-    """Add one command-line argument per :class:`RunOptions` field, with its default and help."""
-    for spec in dataclasses.fields(RunOptions):
+    """Add one command-line argument per run-wide field and per field of each registered analysis's
+    config (those under ``--ANALYSIS.FIELD``, with their legacy flag as an alias), with default and help."""
+    groups: dict[str, Any] = {}
+    for analysis, spec in _cli_specs():
+        target = parser
+        if analysis is not None:  # each analysis's settings under its own heading of --help
+            if analysis not in groups:
+                groups[analysis] = parser.add_argument_group(f"settings of the {analysis} analysis")
+            target = groups[analysis]
         meta = spec.metadata
-        if not meta.get("cli", True):
-            continue
-        flag = "--" + spec.name.replace("_", "-")
         help_text = meta["help"] + (f": {analysis_help}" if spec.name == "analyses" and analysis_help else "")
         if spec.default is not None and not isinstance(spec.default, bool):
-            shown = ",".join(map(str, spec.default)) if isinstance(spec.default, tuple) else spec.default
-            help_text += f" (default: {shown})"
+            help_text += f" (default: {_shown_default(spec.default)})"
+        dest = _dest(analysis, spec)
         if meta.get("positional"):
-            parser.add_argument(spec.name, nargs="?", default=argparse.SUPPRESS, help=help_text)
+            target.add_argument(spec.name, nargs="?", default=argparse.SUPPRESS, help=help_text)
         elif isinstance(spec.default, bool):
-            parser.add_argument(
-                flag, dest=spec.name, action="store_true", default=argparse.SUPPRESS, help=help_text
+            target.add_argument(
+                *_flags(analysis, spec),
+                dest=dest,
+                action="store_true",
+                default=argparse.SUPPRESS,
+                help=help_text,
             )
         else:
-            parser.add_argument(
-                flag, dest=spec.name, default=argparse.SUPPRESS, help=help_text, metavar=spec.name.upper()
+            metavar = (meta.get("legacy") or spec.name).upper()
+            target.add_argument(
+                *_flags(analysis, spec), dest=dest, default=argparse.SUPPRESS, help=help_text, metavar=metavar
             )
+
+
+def _parsed(spec: dataclasses.Field, raw: Any, flag: str) -> Any:
+    parse = spec.metadata.get("parse")
+    if parse is None or not isinstance(raw, str):
+        return raw
+    try:
+        return parse(raw)
+    except InputError:
+        raise
+    except ValueError:
+        kind = {"int": "an integer", "Path": "a path"}.get(parse.__name__, f"a {parse.__name__} value")
+        raise InputError(f"{flag} takes {kind}, got {raw!r}.") from None
 
 
 def options_from_arguments(arguments: argparse.Namespace) -> RunOptions:
     """The :class:`RunOptions` of parsed command-line arguments (unset flags keep their defaults)."""
-    values = {}
-    for spec in dataclasses.fields(RunOptions):
-        if spec.name not in vars(arguments):
+    given = vars(arguments)
+    values: dict[str, Any] = {}
+    for analysis, spec in _cli_specs():
+        dest = _dest(analysis, spec)
+        if dest not in given:
             continue
-        raw = getattr(arguments, spec.name)
-        parse = spec.metadata.get("parse")
-        if parse is not None and isinstance(raw, str):
-            try:
-                raw = parse(raw)
-            except InputError:
-                raise
-            except ValueError:
-                flag = "--" + spec.name.replace("_", "-")
-                kind = {"int": "an integer", "Path": "a path"}.get(
-                    parse.__name__, f"a {parse.__name__} value"
-                )
-                raise InputError(f"{flag} takes {kind}, got {raw!r}.") from None
-        values[spec.name] = raw
+        value = _parsed(spec, given[dest], _flags(analysis, spec)[-1])
+        if analysis is None:
+            values[spec.name] = value
+        else:
+            values.setdefault(analysis, {})[spec.name] = value
     return RunOptions(**values)
 
 
 def options_table_markdown() -> str:
-    """The README's table of ``tl-moe analyze`` options, generated from :class:`RunOptions`."""
+    """The README's table of ``tl-moe analyze`` options, generated from :class:`RunOptions` and the
+    registered analyses' configs (an analysis's setting: its flag, then its namespaced spelling)."""
     rows = ["| flag | default | what it sets |", "|---|---|---|"]
-    for spec in dataclasses.fields(RunOptions):
-        if not spec.metadata.get("cli", True):
-            continue
-        flag = spec.name if spec.metadata.get("positional") else "--" + spec.name.replace("_", "-")
+    for analysis, spec in _cli_specs():
+        flags = _flags(analysis, spec)
+        if spec.metadata.get("positional"):
+            shown_flags = f"`{spec.name}`"
+        else:
+            shown_flags = ", ".join(f"`{flag}`" for flag in reversed(flags))
         default = spec.default
         if isinstance(default, bool) or default is None:
             shown = "off" if default is False else "–"
         else:
-            shown = f"`{','.join(map(str, default)) if isinstance(default, tuple) else default}`"
-        rows.append(f"| `{flag}` | {shown} | {spec.metadata['help']} |")
+            shown = f"`{_shown_default(default)}`"
+        rows.append(f"| {shown_flags} | {shown} | {spec.metadata['help']} |")
     return "\n".join(rows)

@@ -182,7 +182,7 @@ def plan_run(
     check_seq_len_positions(options.seq_len, metas[options.model])  # as analyze checks its loaded model
     if options.dense_baseline:
         describe(options.dense_baseline)
-    run_context = RunContext(options, configs=moe_configs)
+    run_context = RunContext(options, configs=moe_configs, analyses=[a.name for a in chosen])
     for analysis in chosen:  # analyze's checks that need no weights
         analysis.check_config(run_context)
     for analysis in chosen:  # needs of other models (e.g. the toy family) are described on demand

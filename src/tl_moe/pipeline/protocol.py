@@ -201,8 +201,15 @@ class Analysis(ABC):
         title: the report section's heading.
         summary: one line for ``tl-moe analyze --help``.
         intro: the report section's opening paragraph (what was computed, exactly).
-        depends_on: analyses whose results :meth:`finalize` reads (they run first).
+        depends_on: analyses whose results :meth:`finalize` reads (they run first; naming this
+            analysis brings them). Their configs may be read too (``run.options.config(name)``).
+        uses: analyses whose work this one shares when they are in the run, without bringing them
+            (e.g. specialization draws the untrained model's curve from the pass probing's untrained
+            null runs); read with ``name in run.analyses`` and ``run.options.config(name)``.
         default: included when ``--analyses`` is not given.
+        config_class: the frozen dataclass of this analysis's own settings (None: it has none). Its
+            fields become the flags ``--NAME.FIELD`` and the keyword ``analyze(model, NAME=dict(...))``;
+            :meth:`finalize` reads them as ``run.options.config(self.name)``.
     """
 
     name: ClassVar[str]
@@ -210,7 +217,9 @@ class Analysis(ABC):
     summary: ClassVar[str]
     intro: ClassVar[str] = ""
     depends_on: ClassVar[tuple[str, ...]] = ()
+    uses: ClassVar[tuple[str, ...]] = ()
     default: ClassVar[bool] = True
+    config_class: ClassVar[type | None] = None
 
     def check(self, run: RunContext) -> None:  # noqa: B027 (optional hook)
         """Refuse bad options or models with an :class:`~tl_moe.errors.InputError` before any pass."""
@@ -221,7 +230,7 @@ class Analysis(ABC):
 
     def option_limits(self, run: RunContext) -> dict[str, OptionLimit]:
         """The largest value of each size option this analysis can use on the run's models (e.g.
-        ``probe_ks`` up to the neurons of an expert). Before any pass, an option the user left at its
+        ``probe_ks``, the legacy name of ``probing.ks``, up to the neurons of an expert). Before any pass, an option the user left at its
         default is fitted within the limit (:func:`~tl_moe.pipeline.options.fit_defaults`); a value
         given explicitly is refused by :meth:`check` instead."""
         return {}

@@ -13,12 +13,13 @@ built-in analyses register when :mod:`tl_moe.pipeline` is imported; register you
 
 from __future__ import annotations
 
-from tl_moe.errors import InputError
+import dataclasses
+
+from tl_moe.pipeline.catalog import TABLE as _REGISTRY
+from tl_moe.pipeline.catalog import analysis_names, default_analyses, get_analysis, ordered_names
 from tl_moe.pipeline.protocol import Analysis
 
 __all__ = ["analysis_names", "default_analyses", "get_analysis", "register", "resolve"]
-
-_REGISTRY: dict[str, type[Analysis]] = {}
 
 
 def register(analysis: type[Analysis]) -> type[Analysis]:
@@ -34,6 +35,7 @@ def register(analysis: type[Analysis]) -> type[Analysis]:
             raise TypeError(f"{analysis.__name__} must set the class attribute {attribute!r} (a str).")
     if not analysis.name.isidentifier():
         raise ValueError(f"analysis names are identifiers (letters, digits, _), got {analysis.name!r}.")
+    _check_config_class(analysis)
     taken = _REGISTRY.get(analysis.name)
     if taken is not None and taken.__qualname__ != analysis.__qualname__:
         raise ValueError(f"an analysis named {analysis.name!r} is already registered ({taken.__qualname__}).")
@@ -41,26 +43,20 @@ def register(analysis: type[Analysis]) -> type[Analysis]:
     return analysis
 
 
+def _check_config_class(analysis: type[Analysis]) -> None:
+    """An analysis's ``config_class`` is None or a frozen dataclass; its name is no run-wide option."""
+    from tl_moe.pipeline.options import RunOptions
+
+    config = analysis.config_class
+    if config is not None and not (dataclasses.is_dataclass(config) and config.__dataclass_params__.frozen):
+        raise TypeError(f"{analysis.__name__}.config_class must be a frozen dataclass, got {config!r}.")
+    if analysis.name in {spec.name for spec in dataclasses.fields(RunOptions)}:
+        raise ValueError(f"an analysis cannot be named {analysis.name!r}: that is a run-wide option.")
+
+
 def unregister(name: str) -> None:
     """Remove the analysis ``name`` from the registry (tests, notebooks)."""
     _REGISTRY.pop(name, None)
-
-
-def analysis_names() -> tuple[str, ...]:
-    """Every registered analysis, in registration order."""
-    return tuple(_REGISTRY)
-
-
-def default_analyses() -> tuple[str, ...]:
-    """The analyses a run includes when none are named."""
-    return tuple(name for name, analysis in _REGISTRY.items() if analysis.default)
-
-
-def get_analysis(name: str) -> type[Analysis]:
-    """The analysis class registered as ``name``."""
-    if name not in _REGISTRY:
-        raise InputError(f"Unknown analysis {name!r}; choose from {', '.join(_REGISTRY)}.")
-    return _REGISTRY[name]
 
 
 def resolve(names: tuple[str, ...] | None) -> list[Analysis]:
@@ -68,26 +64,7 @@ def resolve(names: tuple[str, ...] | None) -> list[Analysis]:
 
     A dependency that was not named is added (e.g. ``sparsity`` brings ``probing``).
     """
-    requested = default_analyses() if names is None else tuple(names)
-    if not requested:
-        raise InputError(f"--analyses names no analysis; choose from {', '.join(_REGISTRY)}.")
-    for name in requested:
-        get_analysis(name)  # unknown names are refused before anything runs
-    requested = sorted(set(requested), key=list(_REGISTRY).index)  # report order = registry order
-    ordered: list[str] = []
-
-    def visit(name: str, path: tuple[str, ...]) -> None:
-        if name in path:
-            raise ValueError(f"analyses depend on each other in a cycle: {' -> '.join((*path, name))}.")
-        if name in ordered:
-            return
-        for dependency in get_analysis(name).depends_on:
-            visit(dependency, (*path, name))
-        ordered.append(name)
-
-    for name in requested:
-        visit(name, ())
-    return [get_analysis(name)() for name in ordered]
+    return [get_analysis(name)() for name in ordered_names(None if names is None else tuple(names))]
 
 
 def help_text() -> str:

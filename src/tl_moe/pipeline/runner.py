@@ -6,12 +6,11 @@ already loaded. Both validate every input before the first pass starts.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from tl_moe.collect import collect, remove_checkpoints
 from tl_moe.collect.accumulator import Accumulator, state_nbytes
 from tl_moe.data.concepts import TokenConceptLabeler, concepts_for_corpus
 from tl_moe.errors import AnalysisUnavailable, InputError
+from tl_moe.pipeline import catalog
 from tl_moe.pipeline.checks import (
     check_model_source,
     check_output_dir,
@@ -32,7 +32,7 @@ from tl_moe.pipeline.checks import (
 from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.machine import load_average, machine
 from tl_moe.pipeline.needs import TokensByDomain
-from tl_moe.pipeline.options import RunOptions
+from tl_moe.pipeline.options import RunOptions, legacy_names, run_wide_fields
 from tl_moe.pipeline.protocol import AccumulatorSpec, Analysis, Inputs, OptionLimit, Result, UnavailableResult
 from tl_moe.pipeline.registry import resolve
 from tl_moe.report import Report, package_versions
@@ -361,7 +361,7 @@ def _run(options, analyses, dataset, models, write_report, started, load_at_star
     check_inputs_before_loading(options, models, write_report=write_report)
     out = Path(options.out)
     concepts_for_corpus(options.corpus)  # '--corpus embedded:v2' needs the tagger of its concepts
-    run_context = RunContext(options, dataset=dataset, models=models)
+    run_context = RunContext(options, dataset=dataset, models=models, analyses=[a.name for a in chosen])
     if write_report:  # a notebook run without a report writes nothing, checkpoints included
         run_context.checkpoint_dir = out / "checkpoints"
     if not run_context.domain_names:  # loads and checks the corpus before any model
@@ -471,6 +471,23 @@ def _render(analysis: Analysis, result: Result, section: Any, run_context: RunCo
     analysis.render(result, section, run_context)
 
 
+def _check_setting_names(settings: Mapping[str, Any]) -> None:
+    """Refuse, in one line before any model loads, a keyword of :func:`analyze` that is no setting."""
+    accepted = (
+        {spec.name for spec in run_wide_fields()}
+        | set(legacy_names())
+        | {name for name in catalog.analysis_names() if catalog.config_class(name) is not None}
+    )
+    unknown = sorted(set(settings) - accepted)
+    if unknown:
+        raise InputError(
+            f"analyze() has no setting {', '.join(map(repr, unknown))}; accepted: the run-wide RunOptions "
+            "fields (max_tokens, seq_len, seed, ...), an analysis with a dict of its settings "
+            "(probing=dict(ks=(1, 8)), a plugin's name=dict(...)), or a setting's flat name, as in "
+            "`tl-moe analyze --help`."
+        )
+
+
 def analyze(
     model: Any,
     *,
@@ -484,7 +501,9 @@ def analyze(
 
     ``tl_moe.pipeline.analyze(model, analyses=["domains"], max_tokens=20_000)`` runs one pass and
     returns ``results["domains"]``; give ``out=`` to also write the report there. ``settings`` are
-    :class:`RunOptions` fields (``max_tokens``, ``seq_len``, ``seed``, ...); ``analyses`` takes a list of
+    :class:`RunOptions` fields (``max_tokens``, ``seq_len``, ``seed``, ...), an analysis's settings as a
+    dict of its config's fields (``probing=dict(ks=(1, 8))``, a plugin's ``my_plugin=dict(...)``) or a
+    setting's flat name (``probe_ks=(1, 8)``); ``analyses`` takes a list of
     names, one name, or comma-separated names (``"domains,drivers"``). Every setting is checked, in
     one line each, before any model loads.
     """
@@ -510,12 +529,7 @@ def analyze(
             "analyze() needs a model, got None; accepted: a model name (toy/..., a hub id, a local folder), "
             "a path, a TransformerBridge or a transformers PreTrainedModel."
         )
-    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(RunOptions)})
-    if unknown:
-        raise InputError(
-            f"analyze() has no setting {', '.join(map(repr, unknown))}; accepted: the RunOptions fields "
-            "(max_tokens, seq_len, seed, ... as in `tl-moe analyze --help`)."
-        )
+    _check_setting_names(settings)
     _analysis_list(analyses)  # refused here, before any model loads
     main = named(model, "model")
     dense = named(dense_baseline, "dense baseline")

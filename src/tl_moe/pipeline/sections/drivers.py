@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tl_moe.analysis.configs import DriversConfig
 from tl_moe.analysis.driver_domain import (
     DomainRouting,
     DriverDomainComparison,
@@ -604,6 +605,7 @@ class Drivers(Analysis):
     """Exact per-expert causal effects (remove / zero) through the interventional pass."""
 
     name = "drivers"
+    config_class = DriversConfig
     title = "Driver experts"
     summary = "exact loss change when each expert is removed or zeroed; drivers vs matched controls, held out"
     intro = (
@@ -638,14 +640,14 @@ class Drivers(Analysis):
         self.check_config(run)
         cfg, options = run.config(run.main), run.options
         # the same rule as option_limits; after the fitted defaults, so not in check_config
-        check_n_drivers(options.n_drivers, len(cfg.sparse_layers), cfg.num_experts)
+        check_n_drivers(run.options.config("drivers").count, len(cfg.sparse_layers), cfg.num_experts)
         check_driver_budget(
             run.dataset,
             run.model(run.main).tokenizer,
             seq_len=options.seq_len,
             batch_size=options.batch_size,
             max_tokens=options.max_tokens,
-            driver_tokens=options.driver_tokens,
+            driver_tokens=run.options.config("drivers").tokens,
         )
 
     def check_config(self, run: RunContext) -> None:
@@ -655,22 +657,22 @@ class Drivers(Analysis):
 
     def needs(self, run: RunContext) -> list[Need]:
         return [
-            Need(run.main, DriverEffects(max_tokens=run.options.driver_tokens)),
+            Need(run.main, DriverEffects(max_tokens=run.options.config("drivers").tokens)),
             Need(run.main, DriverSaliency()),
-            Need(run.main, DriverEstimate(max_tokens=run.options.driver_tokens)),
+            Need(run.main, DriverEstimate(max_tokens=run.options.config("drivers").tokens)),
         ]
 
     def finalize(self, run: RunContext, inputs: Inputs) -> DriversResult:
         """Drivers on the selection half, reported on the other; the first-order estimate beside the
         exact effects; and, when the domains analysis ran too, drivers against domain experts."""
-        effects = inputs[Need(run.main, DriverEffects(max_tokens=run.options.driver_tokens))]
+        effects = inputs[Need(run.main, DriverEffects(max_tokens=run.options.config("drivers").tokens))]
         saliency = inputs[Need(run.main, DriverSaliency())]
         experts, comparison = driver_report(
-            effects, saliency, n_drivers=run.options.n_drivers, seed=run.options.seed
+            effects, saliency, n_drivers=run.options.config("drivers").count, seed=run.options.seed
         )
-        estimate = inputs[Need(run.main, DriverEstimate(max_tokens=run.options.driver_tokens))]
+        estimate = inputs[Need(run.main, DriverEstimate(max_tokens=run.options.config("drivers").tokens))]
         estimates, agreement = estimate_report(
-            effects, saliency, estimate, n_top=run.options.n_drivers, seed=run.options.seed
+            effects, saliency, estimate, n_top=run.options.config("drivers").count, seed=run.options.seed
         )
         domains = inputs.optional_result("domains")
         overlap = None

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from tl_moe.analysis.configs import ExplainConfig
 from tl_moe.analysis.readout import LogitReadout
 from tl_moe.analysis.stats import MIN_DOCUMENTS
 from tl_moe.collect.accumulator import Accumulator
@@ -788,6 +789,7 @@ class Explain(Analysis):
     score each label on held-out documents beside chance and the shuffled-label control."""
 
     name = "explain"
+    config_class = ExplainConfig
     title = "Automatic expert labels"
     summary = "label every expert and score the label (balanced accuracy vs a shuffled-label control and a token-set baseline)"
     default = False
@@ -815,49 +817,48 @@ class Explain(Analysis):
     )
 
     def check(self, run: RunContext) -> None:
-        spec = run.options.explainer
+        config = run.options.config("explain")
+        spec = config.explainer
         if spec != "offline" and not spec.startswith(("openai:", "local:")):
             raise InputError(f"--explainer must be offline, openai:URL or local:PATH, got {spec!r}.")
-        unknown = [s for s in (run.options.explain_scorers or ()) if s not in SCORERS]
+        unknown = [s for s in (config.scorers or ()) if s not in SCORERS]
         if unknown:
             raise InputError(f"--explain-scorers {unknown} unknown; choose from {', '.join(SCORERS)}.")
-        if spec == "offline" and set(run.options.explain_scorers or ()) - {"concept"}:
+        if spec == "offline" and set(config.scorers or ()) - {"concept"}:
             raise InputError("the offline explainer's labels are scored by the concept scorer only "
                              "(the detection, fuzzing and intruder scorers need a language model).")  # fmt: skip
-        if run.options.explain_causal_windows < 0:
+        if config.causal_windows < 0:
             raise InputError(f"--explain-causal-windows must be 0 (no causal checks) or positive, got "
-                             f"{run.options.explain_causal_windows}.")  # fmt: skip
-        if run.options.explain_concurrency < 1:
-            raise InputError(
-                f"--explain-concurrency must be positive, got {run.options.explain_concurrency}."
-            )
+                             f"{config.causal_windows}.")  # fmt: skip
+        if config.concurrency < 1:
+            raise InputError(f"--explain-concurrency must be positive, got {config.concurrency}.")
         if spec.startswith("openai:"):
             check_endpoint_answers(spec)
         if spec.startswith("local:"):
             check_local_explainer(spec)
-        check_causal_budget(run.dataset, run.options.explain_causal_windows, seed=run.options.seed)
+        check_causal_budget(run.dataset, config.causal_windows, seed=run.options.seed)
 
     def needs(self, run: RunContext) -> list[Need]:
         return [Need(run.main, ExpertExamplesSpec(seed=run.options.seed))]
 
     def finalize(self, run: RunContext, inputs: Inputs) -> ExplainResult:
-        options = run.options
+        options, config = run.options, run.options.config("explain")
         examples = inputs[Need(run.main, ExpertExamplesSpec(seed=options.seed))]
         model = run.model(run.main)
         records = examples.records(model.tokenizer, LogitReadout.from_model(model), seed=options.seed)
         out = Path(options.out) / "explain"
-        if options.explainer == "offline":
+        if config.explainer == "offline":
             explainer: Any = DissectionExplainer(examples)
-            names = options.explain_scorers or ("concept",)
+            names = config.scorers or ("concept",)
             client = None
         else:
             client = CachedChatClient(
-                client_from_spec(options.explainer, model=options.explain_model, timeout=options.explain_timeout,
-                                 max_retries=options.explain_retries),
+                client_from_spec(config.explainer, model=config.model, timeout=config.timeout,
+                                 max_retries=config.retries),
                 out / "cache.sqlite",
             )  # fmt: skip
             explainer = LMExplainer(client)
-            names = options.explain_scorers or ("detection",)
+            names = config.scorers or ("detection",)
         factories = {
             "concept": lambda: ConceptScorer(examples.concept_names),
             "detection": lambda: DetectionScorer(client, seed=options.seed),
@@ -869,22 +870,22 @@ class Explain(Analysis):
             records,
             explainer,
             scorers,
-            concurrency=options.explain_concurrency,
+            concurrency=config.concurrency,
             results_path=out / "results.jsonl",
             shuffle_seed=options.seed,
             progress=options.progress,
             # offline: the token-set baseline on the same items; with a language model it would double the requests
-            baseline=TokenSetBaseline() if options.explainer == "offline" else None,
+            baseline=TokenSetBaseline() if config.explainer == "offline" else None,
             n_resamples=options.bootstrap_resamples,
             min_documents=options.min_documents,
         )
         main = "concept" if "concept" in names else names[0]
         causal = None
         labels = [e for e in labeling.explanations.values() if e.ok and (e.rule or e.concept) is not None]
-        if options.explain_causal_windows > 0 and labels:  # every label a rule can evaluate
+        if config.causal_windows > 0 and labels:  # every label a rule can evaluate
             causal = causal_checks(
                 model, run.dataset, examples, labels,
-                seq_len=options.seq_len, max_windows=options.explain_causal_windows,
+                seq_len=options.seq_len, max_windows=config.causal_windows,
                 n_resamples=options.bootstrap_resamples, seed=options.seed, progress=options.progress,
             )  # fmt: skip
         cards = expert_cards(records, labeling, examples, main)

@@ -207,6 +207,7 @@ class LogitLens(Analysis):
     """Per expert, the tokens its output (through the final norm's gain) promotes most on average."""
 
     name = "logit_lens"
+    uses = ("probing",)
     title = "Expert logit lens"
     summary = "the tokens each expert's output promotes most, over the corpus"
     intro = (

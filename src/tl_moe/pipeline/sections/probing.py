@@ -30,6 +30,7 @@ from tl_moe.analysis.concept_probing import (
     probe_experts,
     routed_counts,
 )
+from tl_moe.analysis.configs import ProbingConfig
 from tl_moe.analysis.held_out_probing import (
     ROUTED_COUNT_DRAWS,
     SWAP_PERMUTATIONS,
@@ -113,8 +114,8 @@ MATCHED_CURVE = "dense, routing-matched subsets: best of layers x draws"
 
 def probe_settings(run: RunContext) -> dict[str, Any]:
     """Keyword arguments of :class:`~tl_moe.analysis.probing.KSparseProbe` for this run."""
-    options = run.options
-    return {"ks": options.probe_ks, "min_examples": options.min_examples, "random_state": options.seed}
+    probing = run.options.config("probing")
+    return {"ks": probing.ks, "min_examples": probing.min_examples, "random_state": run.options.seed}
 
 
 def probing_steps(run: RunContext, analysis: str, models: list[str]) -> Step:
@@ -128,7 +129,7 @@ def probing_steps(run: RunContext, analysis: str, models: list[str]) -> Step:
         "probe": probe_settings(run),
         "paper_protocol": PAPER_PROTOCOL,
         "probe_layers": list(run.probed_layers()),
-        "held_out_min_examples": options.held_out_min_examples,
+        "held_out_min_examples": run.options.config("probing").held_out_min_examples,
         "selection_fraction": options.selection_fraction,
         # 2: units, concepts and choices decided on the selection documents alone (saved steps of the
         # earlier rule, which also required test-side counts, are not reused).
@@ -687,7 +688,7 @@ def held_out_probing(
     options = run.options
     cfg = run.config(run.main if model is None else model)
     params = probe_settings(run)
-    minimum = options.held_out_min_examples
+    minimum = run.options.config("probing").held_out_min_examples
     notes: list[str] = []
     if moe.doc_index is None:
         raise ValueError("the held-out protocol needs document ids in the stored tokens.")
@@ -806,7 +807,7 @@ def held_out_probing(
         arms["untrained_moe"] = arm(
             "untrained_moe", untrained, expert_blocks(untrained, layers, cfg.num_experts), untrained_selection
         )
-    elif not options.skip_untrained_null and model is None:
+    elif not run.options.config("probing").skip_untrained_null and model is None:
         notes.append("the untrained null was not computed.")
 
     records = [
@@ -876,6 +877,7 @@ class Probing(Analysis):
     """k-sparse probes on each expert's neurons (its routed tokens) vs the dense twin's FFN neurons."""
 
     name = "probing"
+    config_class = ProbingConfig
     title = "k-sparse probing of expert neurons"
     summary = "k-sparse probes of experts vs dense neurons: held-out selection with controls, and the paper's protocol"
     intro = (
@@ -916,13 +918,13 @@ class Probing(Analysis):
         from tl_moe.pipeline.validation import check_probe_ks
 
         run.probed_layers()  # refuses --probe-layers that are not sparse layers
-        check_probe_ks(run.options.probe_ks, self.option_limits(run)["probe_ks"].most)
+        check_probe_ks(run.options.config("probing").ks, self.option_limits(run)["probe_ks"].most)
 
     def needs(self, run: RunContext) -> list[Need]:
         needs = [Need(run.main, ExpertNeurons(run.probed_layers()))]
         if run.dense is not None:
             needs.append(Need(run.dense, DenseNeurons()))
-        if not run.options.skip_untrained_null:
+        if not run.options.config("probing").skip_untrained_null:
             needs.append(Need(untrained_name(run.main), ExpertNeurons(run.probed_layers())))
         return needs
 
@@ -930,12 +932,12 @@ class Probing(Analysis):
         cfg = run.config(run.main)
         layers = run.probed_layers()
         settings = probe_settings(run)
-        min_examples = run.options.min_examples
+        min_examples = run.options.config("probing").min_examples
         stored = inputs[Need(run.main, ExpertNeurons(layers))]
         models = [run.main]
         if run.dense is not None:
             models.append(run.dense)
-        if not run.options.skip_untrained_null:
+        if not run.options.config("probing").skip_untrained_null:
             models.append(untrained_name(run.main))
         step = probing_steps(run, self.name, models)
         moe = probe_experts(
@@ -961,7 +963,7 @@ class Probing(Analysis):
                 step=step,
             )
         untrained = None
-        if not run.options.skip_untrained_null:
+        if not run.options.config("probing").skip_untrained_null:
             untrained = inputs[Need(untrained_name(run.main), ExpertNeurons(layers))]
         try:
             arms, records, notes = held_out_probing(
@@ -984,7 +986,7 @@ class Probing(Analysis):
                     "interval_unavailable_reason": str(error),
                 }
                 for name in COMPARISONS
-                for k in sorted(set(run.options.probe_ks))
+                for k in sorted(set(run.options.config("probing").ks))
             ]
         groups = group_comparisons(
             arms,
@@ -1001,7 +1003,7 @@ class Probing(Analysis):
             dense_units=dense,
             curves=probing_curves(moe, dense),
             near_best=experts_near_best(moe, k=1),
-            ks=tuple(run.options.probe_ks),
+            ks=tuple(run.options.config("probing").ks),
             held_out=arms,
             comparisons=_comparison_frame(records),
             notes=tuple(notes),
@@ -1014,7 +1016,7 @@ def _store_notes(run: RunContext, inputs: Inputs, layers: tuple[int, ...]) -> li
     needs = [(run.main, ExpertNeurons(layers))]
     if run.dense is not None:
         needs.append((run.dense, DenseNeurons()))
-    if not run.options.skip_untrained_null:
+    if not run.options.config("probing").skip_untrained_null:
         needs.append((untrained_name(run.main), ExpertNeurons(layers)))
     notes = []
     for model, spec in needs:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tl_moe.analysis.configs import ReweightingConfig
 from tl_moe.analysis.drivers import HALVES_KEY
 from tl_moe.analysis.edit_windows import Windows, held_out_windows, routed_counts
 from tl_moe.analysis.reweighting import ReweightingStudy, reweighting_study, selection_domain_experts
@@ -380,7 +381,7 @@ def _contrast(run: RunContext) -> tuple[str | None, str, str]:
     default the two domains with the most documents among those whose held-out half can reach
     ``MIN_DOCUMENTS`` documents; without two such, the two largest domains (the finding then says
     steering is untestable on this corpus)."""
-    given = run.options.steer_contrast
+    given = run.options.config("reweighting").steer_contrast
     if given is None:
         domains = [str(d) for d in run.dataset["domain"]]
         capacity = held_out_capacity(domains)
@@ -404,6 +405,7 @@ class Reweighting(Analysis):
     """Re-weighting domain / driver experts and SteerMoE-style switching, evaluated on held-out documents."""
 
     name = "reweighting"
+    config_class = ReweightingConfig
     title = "Re-weighting and steering experts"
     summary = (
         "scale domain/driver experts' weights, switch contrast experts on/off; held out vs random experts"
@@ -451,7 +453,7 @@ class Reweighting(Analysis):
             run.dataset,
             run.model(run.main).tokenizer,
             seq_len=run.options.seq_len,
-            reweight_tokens=run.options.reweight_tokens,
+            reweight_tokens=run.options.config("reweighting").tokens,
             domains=run.domain_names,
         )
 
@@ -464,7 +466,10 @@ class Reweighting(Analysis):
         cfg = model.moe_cfg
         layers = tuple(cfg.sparse_layers)
         selection, evaluation = held_out_windows(
-            run.dataset, model.tokenizer, seq_len=options.seq_len, tokens_per_group=options.reweight_tokens
+            run.dataset,
+            model.tokenizer,
+            seq_len=options.seq_len,
+            tokens_per_group=run.options.config("reweighting").tokens,
         )
         routed = routed_counts(model, selection, layers, batch_size=options.batch_size)
         domains_result = inputs.result("domains")
@@ -477,7 +482,7 @@ class Reweighting(Analysis):
             fdr=options.fdr,
             n_permutations=options.permutations,
             seed=options.seed,
-            max_experts=options.n_drivers,
+            max_experts=run.options.config("drivers").count,
         )
         experts = inputs.result("drivers").experts
         drivers = tuple(
@@ -507,8 +512,8 @@ class Reweighting(Analysis):
             selection,
             evaluation,
             candidates,
-            factors=options.reweight_factors,
-            n_draws=options.reweight_draws,
+            factors=run.options.config("reweighting").factors,
+            n_draws=run.options.config("reweighting").draws,
             n_resamples=options.bootstrap_resamples,
             seed=options.seed,
             batch_size=options.batch_size,
@@ -533,7 +538,7 @@ class Reweighting(Analysis):
                 run.dataset,
                 model.tokenizer,
                 seq_len=options.seq_len,
-                tokens_per_group=options.reweight_tokens,
+                tokens_per_group=run.options.config("reweighting").tokens,
                 group_column="language",
                 rows=rows,
             )
@@ -544,7 +549,7 @@ class Reweighting(Analysis):
             selection,
             evaluation,
             (a, b),
-            n_draws=options.reweight_draws,
+            n_draws=run.options.config("reweighting").draws,
             n_resamples=options.bootstrap_resamples,
             seed=options.seed,
             batch_size=options.batch_size,

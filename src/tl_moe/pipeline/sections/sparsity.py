@@ -638,7 +638,7 @@ class Sparsity(Analysis):
     def check(self, run: RunContext) -> None:
         from tl_moe.pipeline.validation import check_probe_ks
 
-        check_probe_ks(run.options.probe_ks, self.option_limits(run)["probe_ks"].most)
+        check_probe_ks(run.options.config("probing").ks, self.option_limits(run)["probe_ks"].most)
 
     def needs(self, run: RunContext) -> list[Need]:
         needs = [Need(name, ExpertNeurons()) for name in self.family(run)]
@@ -660,7 +660,7 @@ class Sparsity(Analysis):
                     cfg.sparse_layers,
                     cfg.num_experts,
                     probe_settings(run),
-                    min_positives=run.options.min_examples,
+                    min_positives=run.options.config("probing").min_examples,
                     progress=run.options.progress,
                     # each layer saved as it finishes, keyed by the probe options and this model's pass
                     step=run.steps(
@@ -689,7 +689,7 @@ class Sparsity(Analysis):
         held_out, notes = self._held_out(run, inputs, probing, stored_by_name, frames)
         return SparsityResult(
             table=table,
-            ks=tuple(sorted({1, max(run.options.probe_ks)})),
+            ks=tuple(sorted({1, max(run.options.config("probing").ks)})),
             held_out=held_out,
             notes=tuple(notes),
             parameters=_parameters([*frames, *([run.dense] if run.dense else [])]),
@@ -734,7 +734,7 @@ class Sparsity(Analysis):
                             "interval_unavailable_reason": str(error),
                         }
                         for comparison in FAMILY_COMPARISONS
-                        for k in sorted(set(run.options.probe_ks))
+                        for k in sorted(set(run.options.config("probing").ks))
                     ]
                 records = [r for r in records if r["comparison"] in FAMILY_COMPARISONS]
             frame = _comparison_frame(records) if records else pd.DataFrame()

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tl_moe.analysis.configs import SpecializationConfig
 from tl_moe.analysis.specialization import SpecializationResult, specialization_scores
 from tl_moe.analysis.specialization_permutation import (
     BOOTSTRAP_PERMUTATIONS,
@@ -406,16 +407,17 @@ def _p_text(row: pd.Series, baseline: DocumentPermutationBaseline) -> str:
 
 
 def untrained_pass_runs(run: RunContext) -> bool:
-    """Whether the untrained null's pass runs in this run anyway (the probing section asks for it)."""
-    if run.options.skip_untrained_null:
-        return False
-    return run.options.analyses is None or "probing" in run.options.analyses
+    """Whether the untrained null's pass runs in this run anyway: probing is in the run (declared by
+    ``uses``) and asks for it (not ``--skip-untrained-null``)."""
+    return "probing" in run.analyses and not run.options.config("probing").skip_untrained_null
 
 
 class Specialization(Analysis):
     """JSD of each expert's token distribution (input clusters, domains, logit-lens output) vs its layer's."""
 
     name = "specialization"
+    config_class = SpecializationConfig
+    uses = ("probing",)
     title = "Routing and functional specialization"
     summary = "routing and functional specialization (JSD above a sampling baseline)"
     intro = (
@@ -485,7 +487,7 @@ class Specialization(Analysis):
             name: excess_intervals(
                 baseline,
                 untrained_permutation.get(name),
-                min_n=run.options.min_expert_tokens,
+                min_n=run.options.config("specialization").min_expert_tokens,
                 n_resamples=run.options.bootstrap_resamples,
                 seed=seed,
             )
@@ -493,7 +495,7 @@ class Specialization(Analysis):
         }
         return SpecializationSummary(
             measures,
-            min_tokens=run.options.min_expert_tokens,
+            min_tokens=run.options.config("specialization").min_expert_tokens,
             permutation=permutation,
             untrained=untrained,
             untrained_permutation=untrained_permutation,
