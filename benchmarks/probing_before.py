@@ -2,7 +2,8 @@
 
 :func:`_newton` is the earlier Newton solver (every problem stays in the batch until all converge;
 design-vector products as ``[n, k] @ [k, 1]`` batches); :func:`before` patches it in, together with
-token orders drawn and sorted again for every fit and the splits computed over every token.
+token orders drawn and sorted again for every fit, the splits computed over every token and the
+chunks cut by fill alone (:func:`before_finalize`).
 :func:`previous_split` patches in only the latter: train/test masks over every token of every
 problem (gathers, cumsums and scatters of ``[problem, n_tokens]``), then their index lists.
 :func:`before_finalize` patches in the fitting as it was before the probing analysis's finalize was
@@ -28,7 +29,7 @@ def before() -> Iterator[None]:
     probing_math._newton = _newton
     probing._token_orders = _token_orders_drawn_each_time
     try:
-        with previous_split():
+        with previous_split(), before_finalize():
             yield
     finally:
         probing_math._newton, probing._token_orders = saved
