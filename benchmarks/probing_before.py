@@ -2,9 +2,12 @@
 
 :func:`_newton` is the earlier Newton solver (every problem stays in the batch until all converge;
 design-vector products as ``[n, k] @ [k, 1]`` batches); :func:`before` patches it in, together with
-token orders drawn and sorted again for every fit and the splits computed over every token.
+token orders drawn and sorted again for every fit, the splits computed over every token and the
+chunks cut by fill alone (:func:`before_finalize`).
 :func:`previous_split` patches in only the latter: train/test masks over every token of every
 problem (gathers, cumsums and scatters of ``[problem, n_tokens]``), then their index lists.
+:func:`before_finalize` patches in the fitting as it was before the probing analysis's finalize was
+sped up: chunks of problems cut wherever a problem has less than 85% of the largest one's examples.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ def before() -> Iterator[None]:
     probing_math._newton = _newton
     probing._token_orders = _token_orders_drawn_each_time
     try:
-        with previous_split():
+        with previous_split(), before_finalize():
             yield
     finally:
         probing_math._newton, probing._token_orders = saved
@@ -41,6 +44,31 @@ def previous_split() -> Iterator[None]:
         yield
     finally:
         probing.KSparseProbe._split_indices = saved
+
+
+@contextlib.contextmanager
+def before_finalize() -> Iterator[None]:
+    """Within the block, KSparseProbe fits the way it did before the probing finalize's speed-ups."""
+    saved = probing.KSparseProbe._chunks
+    probing.KSparseProbe._chunks = _chunks_by_fill
+    try:
+        yield
+    finally:
+        probing.KSparseProbe._chunks = saved
+
+
+def _chunks_by_fill(self, sizes, n_tokens: int, row_width: int) -> list[slice]:
+    chunks, start = [], 0
+    while start < len(sizes):
+        largest = int(sizes[start])
+        per_problem = max(6 * n_tokens, largest * row_width)
+        stop = min(len(sizes), start + max(1, self.max_batch_elements // per_problem))
+        small = (sizes[start:stop] < 0.85 * largest).nonzero()
+        if len(small):
+            stop = start + max(1, int(small[0]))
+        chunks.append(slice(start, stop))
+        start = stop
+    return chunks
 
 
 def _split_indices_over_every_token(

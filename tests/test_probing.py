@@ -364,3 +364,16 @@ def test_activation_index_lets_units_share_activations_without_copies():
     assert torch.equal(shared.f1_.nan_to_num(), copied.f1_.nan_to_num())
     assert torch.equal(shared.top_neurons_, copied.top_neurons_)
     assert not math.isnan(shared.f1_[0, 0, 0])
+
+
+def test_chunks_group_small_problems_by_absolute_padding_and_large_ones_by_fill():
+    # Sizes sorted by decreasing examples, as fit passes them. 6 * n_tokens keeps the memory bound loose.
+    probe = KSparseProbe(max_batch_elements=1 << 30)
+    sizes = torch.tensor([4000, 3500, 3300, 2000, 1900, 300, 200, 120, 60])
+    chunks = probe._chunks(sizes, n_tokens=10, row_width=10)
+    groups = [sizes[c].tolist() for c in chunks]
+    # 3300 < 0.85 * 4000 and 700 examples short: a new chunk; 1900 within 256 of 2000; 300..60 within 256 of 300.
+    assert groups == [[4000, 3500], [3300], [2000, 1900], [300, 200, 120, 60]]
+    # The memory bound still caps a chunk: two problems of 300 examples x 10 wide per chunk.
+    capped = KSparseProbe(max_batch_elements=2 * 300 * 10)._chunks(sizes[5:], n_tokens=10, row_width=10)
+    assert [sizes[5:][c].tolist() for c in capped] == [[300, 200], [120, 60]]

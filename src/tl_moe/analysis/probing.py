@@ -52,8 +52,12 @@ PROBE_STATUS: dict[int, str] = {STATUS_OK: "ok", STATUS_NOT_ENOUGH_SAMPLES: "not
 #: How :class:`KSparseProbe` picks a unit's tokens: a class-balanced sample, or every token.
 SAMPLINGS = ("balanced", "all")
 
-# Problems sharing a chunk have at least this fraction of the largest one's examples (bounds padding).
+# Problems sharing a chunk have at least this fraction of the largest one's examples, or at most
+# _PAD_EXAMPLES fewer (bounds padding). Each chunk costs a fixed few milliseconds of small tensor
+# operations per Newton step, about what a problem's _PAD_EXAMPLES padding rows cost to fit, so small
+# problems are grouped by an absolute padding bound rather than a relative one.
 _MIN_FILL = 0.85
+_PAD_EXAMPLES = 256
 
 
 def _all_finite(x: torch.Tensor) -> bool:
@@ -453,15 +457,16 @@ class KSparseProbe:
     def _chunks(self, sizes: Int[torch.Tensor, "problem"], n_tokens: int, row_width: int) -> list[slice]:  # noqa: F821 (jaxtyping shape)
         """Consecutive slices of problems sorted by decreasing size (tokens probed), within the memory bound.
 
-        A chunk also ends where problems get smaller than ``_MIN_FILL`` of its largest one, so that
-        padding every problem to the largest wastes little work.
+        A chunk also ends where problems get smaller than ``_MIN_FILL`` of its largest one and more than
+        ``_PAD_EXAMPLES`` smaller, so that padding every problem to the largest wastes little work.
         """
         chunks, start = [], 0
         while start < len(sizes):
             largest = int(sizes[start])
             per_problem = max(6 * n_tokens, largest * row_width)
             stop = min(len(sizes), start + max(1, self.max_batch_elements // per_problem))
-            small = (sizes[start:stop] < _MIN_FILL * largest).nonzero()
+            padding = largest - sizes[start:stop]
+            small = ((sizes[start:stop] < _MIN_FILL * largest) & (padding > _PAD_EXAMPLES)).nonzero()
             if len(small):
                 stop = start + max(1, int(small[0]))
             chunks.append(slice(start, stop))
