@@ -18,6 +18,13 @@ MAIN_OBJECTS = {
     "bounded_store": ["BoundedTokenStore"],
     "clustering": ["SphericalKMeans", "cluster_vocabulary"],
     "concept_probing": ["probe_experts", "probe_dense"],
+    "configs": [
+        "ProbingConfig",
+        "SpecializationConfig",
+        "DriversConfig",
+        "ReweightingConfig",
+        "ExplainConfig",
+    ],
     "domain_experts": ["DomainExperts"],
     "driver_domain": ["compare_drivers_with_domain_experts"],
     "drivers": ["ExpertSaliency", "driver_report"],

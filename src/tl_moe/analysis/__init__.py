@@ -17,6 +17,9 @@ Every object a notebook needs is importable from here (``from tl_moe.analysis im
 - the vocabulary: :func:`expert_logit_lens`, :class:`ExpertLogitLensAccumulator`,
   :func:`top_token_share` (against the untrained model), :func:`decompose_logits` (direct logit
   attribution), :class:`LogitReadout`, :class:`SphericalKMeans` / :func:`cluster_vocabulary`.
+- the settings of each analysis as the pipeline runs it: :class:`ProbingConfig`,
+  :class:`SpecializationConfig`, :class:`DriversConfig`, :class:`ReweightingConfig`,
+  :class:`ExplainConfig` (frozen dataclasses, every default written once there).
 - shared by all: the document split :func:`document_split`; statistics :class:`Interval`,
   :func:`cluster_bootstrap`.
 """
@@ -26,6 +29,13 @@ from tl_moe.analysis.attribution import LogitDecomposition, decompose_logits
 from tl_moe.analysis.bounded_store import BoundedTokenStore
 from tl_moe.analysis.clustering import SphericalKMeans, cluster_vocabulary
 from tl_moe.analysis.concept_probing import probe_dense, probe_experts
+from tl_moe.analysis.configs import (
+    DriversConfig,
+    ExplainConfig,
+    ProbingConfig,
+    ReweightingConfig,
+    SpecializationConfig,
+)
 from tl_moe.analysis.domain_experts import DomainExperts
 from tl_moe.analysis.driver_domain import DriverDomainComparison, compare_drivers_with_domain_experts
 from tl_moe.analysis.drivers import ExpertSaliency, driver_report, match_controls
@@ -63,6 +73,11 @@ from tl_moe.analysis.steering import SteeringStudy, steering_study
 from tl_moe.analysis.token_association import AssociationTable, RoutingRecords, token_expert_associations
 
 __all__ = [
+    "DriversConfig",
+    "ExplainConfig",
+    "ProbingConfig",
+    "ReweightingConfig",
+    "SpecializationConfig",
     "PROBE_STATUS",
     "AssociationTable",
     "BoundedTokenStore",
