@@ -268,3 +268,22 @@ def test_a_planted_no_effect_family_rejects_at_no_more_than_the_nominal_rate():
     se = np.sqrt(0.05 * 0.95 / seeds)
     assert any_family / seeds <= 0.05 + 2 * se
     assert any_split / seeds > 0.05 + 2 * se
+
+
+def test_a_family_without_any_interval_has_no_verdict_and_says_why_once():
+    reason = "73 documents split into 29 selection / 44 test documents"
+    records = [
+        {
+            **_record(c, "f1", 0.0, 0.5, k=k),
+            "estimate": None,
+            "interval_available": False,
+            "interval_unavailable_reason": reason,
+        }
+        for c in (HEADLINE, STRICT)
+        for k in (1, 64)
+    ]
+    (finding, _) = _result(records).findings()
+    assert finding.startswith(
+        "**Sparsity family, held-out protocol**: none of the 4 tests of the verdict family"
+    )
+    assert "there is no verdict" in finding and finding.count(reason) == 1

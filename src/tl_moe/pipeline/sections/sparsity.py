@@ -198,6 +198,8 @@ class SparsityResult(Result):
         if not headline:
             return []
         family = self.verdict_tests()
+        if not any(r.get("p_holm") is not None for r in family):
+            return [_untested_text(family)]
         metric = headline[0]["metric"]
         second = next((m for m in self.verdict_metrics() if m != metric), None)
         tested = {(r["comparison"], r["metric"], r["model"], r["k"]): r for r in family}
@@ -561,9 +563,10 @@ def _reading_text(family: list[dict]) -> str:
     t_interval = any(r.get("p_test") == "draws_t" for r in family)
     return (
         "Each verdict (above 0, below 0, not separated) follows the Holm-adjusted p-value of the named test; "
-        "the interval printed beside it is unadjusted and is the document bootstrap's"
+        "the interval printed beside it is unadjusted, the document bootstrap's"
         + (" (the count-matched control's: the draw-mean t interval)" if t_interval else "")
-        + ", not that test's, so near 5% the two can fall on different sides of 0: the unadjusted interval "
+        + ", and need not come from that test, so near 5% the two can fall on different sides of 0: the "
+        "unadjusted interval "
         f'and the unadjusted p-value disagree in {disagree} of the {judged} tests (marked "{_DISAGREE}"), '
         "and there the Holm verdict stands."
     )
@@ -951,3 +954,13 @@ class Sparsity(Analysis):
 def _tests_word(n: int) -> str:
     """``n`` with "test" or "tests"."""
     return f"{n} test" if n == 1 else f"{n} tests"
+
+
+def _untested_text(family: list[dict]) -> str:
+    """The finding when no test of the verdict family has an interval: no verdict, each reason once."""
+    reasons = sorted({r.get("interval_unavailable_reason") or "no interval" for r in family})
+    return (
+        f"**Sparsity family, held-out protocol**: none of the {len(family)} tests of the verdict family (both "
+        "routed-token controls, every member, k and metric) has an interval, so there is no verdict: "
+        + " ".join(reason if reason.endswith(".") else reason + "." for reason in reasons)
+    )
