@@ -287,3 +287,24 @@ def test_a_family_without_any_interval_has_no_verdict_and_says_why_once():
         "**Sparsity family, held-out protocol**: none of the 4 tests of the verdict family"
     )
     assert "there is no verdict" in finding and finding.count(reason) == 1
+
+
+def test_draw_counts_read_back_as_floats_are_printed_as_counts():
+    """A member without an interval leaves ``n_draws`` missing, so the frame reads it back as 3.0: the finding
+    still says "3 random neuron draws"."""
+    unavailable = {
+        "protocol": "held_out",
+        "comparison": HEADLINE,
+        "metric": "balanced_accuracy",
+        "k": 1,
+        "model": "toy/moe-32x2",
+        "active_ratio": 0.0625,
+        "experts": 32,
+        "estimate": None,
+        "interval_available": False,
+        "interval_unavailable_reason": "too few documents",
+    }
+    finding = _result([*_one_member({}), unavailable]).findings()[0]
+    assert "the control's 3 random neuron draws over 3, on Satterthwaite's" in finding
+    assert "Holm over 8 tests (of the 1 member × 2 ks × 2 metrics × 2 controls = 8 cells" not in finding
+    assert "Holm over 8 tests: 1 member × 2 ks × 2 metrics × 2 controls" in finding

@@ -614,7 +614,7 @@ def _kind_text(kind: str, tests: list[dict]) -> str:
             SWAP_DRAWS: "the control's random draws are held fixed: the test is conditional on them",
         }[kind]
         return f"two-sided document swap tests ({swaps} of the two arms' counts per test document; {held})"
-    draws = max((r.get("n_draws") or 1 for r in tests), default=1)
+    draws = int(max((r.get("n_draws") or 1 for r in tests), default=1))
     if kind == "draws_t":
         return (
             f"two-sided t tests of the draw mean (the variance of the difference is the test documents' "
