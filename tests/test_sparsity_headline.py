@@ -1,5 +1,6 @@
-"""The sparsity family's findings: the matched-count routed-token control is the headline at every k,
-Holm-adjusted over members and ks, with the unmatched control, matched subsets and its null beside it."""
+"""The sparsity family's findings: the matched-count routed-token control is the headline at every k and
+all dense neurons on the routed tokens beside it, both Holm-adjusted as one family (members × ks × metrics
+× controls), with matched subsets and the headline's null beside them."""
 
 from __future__ import annotations
 
@@ -49,8 +50,9 @@ def test_bootstrap_p_value_is_the_level_at_which_the_percentile_interval_reaches
 
 
 def _family():
-    """Planted: two members at k = 1 and 64. Unadjusted, three headline intervals exclude 0; Holm
-    over the 4 tests keeps one (p 0.001 -> 0.004); 0.02 and 0.03 -> 0.06: not separated."""
+    """Planted: two members at k = 1 and 64. Unadjusted, three headline intervals exclude 0; Holm over
+    the 5 tests of the verdict family (4 headline tests and the one of all dense neurons) keeps one headline
+    test (p 0.001 -> 0.005) and the all-dense one (0.001 -> 0.005); 0.02 and 0.03 -> 0.06: not separated."""
     rows = [
         _record("toy/moe-4x2", 0.5, HEADLINE, -0.030, -0.050, -0.012, 0.001),
         _record("toy/moe-4x2", 0.5, HEADLINE, 0.020, 0.004, 0.036, 0.02, k=64),
@@ -75,11 +77,11 @@ def test_the_headline_is_the_matched_count_control_at_every_k_and_follows_holm()
         parameters={"toy/moe-4x2": 1_577_088, "toy/moe-32x2": 7_096_448},
     )
     tests = {(r["model"], r["k"]): r for r in result.headline_tests()}
-    assert tests[("toy/moe-4x2", 1)]["p_holm"] == pytest.approx(0.004)
+    assert tests[("toy/moe-4x2", 1)]["p_holm"] == pytest.approx(0.005)
     assert tests[("toy/moe-4x2", 64)]["p_holm"] == pytest.approx(0.06)
     assert tests[("toy/moe-32x2", 1)]["verdict"] == "not separated from 0"  # unadjusted it excluded 0
     assert tests[("toy/moe-4x2", 1)]["verdict"] == "below 0"
-    assert {r["tests_in_family"] for r in tests.values()} == {4}
+    assert {r["tests_in_family"] for r in tests.values()} == {5}
     headline, paper, confound = result.findings()
     assert "same number of dense neurons (d_expert" in headline and "every probed k" in headline
     # Members in order of active ratio; each k with its Holm result; the unmatched control, matched
@@ -87,12 +89,17 @@ def test_the_headline_is_the_matched_count_control_at_every_k_and_follows_holm()
     assert headline.index(
         "moe-32x2 (0.0625): k = 1: +0.015 [+0.002, +0.030], Holm p = 0.06"
     ) < headline.index(
-        "moe-4x2 (0.5): k = 1: -0.030 [-0.050, -0.012], Holm p = 0.004: below 0 (all dense neurons -0.045"
+        "moe-4x2 (0.5): k = 1: -0.030 [-0.050, -0.012], Holm p = 0.005: below 0; all dense neurons -0.045 "
+        "[-0.060, -0.020], Holm p = 0.005: below 0 (matched subsets"
     )
     assert "matched subsets +0.036 [+0.022, +0.051]; permuted-label null +0.001 [-0.004, +0.006])" in headline
     assert "k = 64: +0.020 [+0.004, +0.036], Holm p = 0.06: not separated from 0" in headline
-    assert "better than dense neurons in 0 of the 4 member × k tests, worse in 1" in headline
-    assert "not separated from them in 3" in headline
+    assert (
+        "vs the count-matched control, expert neurons probe better in 0 of the 4 member × k tests, worse in 1, "
+        "not separated in 3; vs all dense neurons on the routed tokens, expert neurons probe better in 0 of the "
+        "1 member × k tests, worse in 1, not separated in 0." in headline
+    )
+    assert "Holm over 5 tests (of the 2 members × 2 ks × 1 metric × 2 controls = 8 cells" in headline
     # Matched subsets (Holm over its own 2 tests: above 0) vs the headline: the conclusion changes.
     assert (
         "above 0 on matched subsets, below 0 on routed tokens in 1 of 4 tests (moe-4x2 at k = 1)" in headline
@@ -106,7 +113,7 @@ def test_the_headline_is_the_matched_count_control_at_every_k_and_follows_holm()
     assert "moe-4x2 1.58 M" in confound and "cannot separate routing sparsity from model size" in confound
     records = result.records()
     assert records["parameters"]["toy/moe-32x2"] == 7_096_448
-    assert len(records["headline_tests"]) == 4
+    assert len(records["headline_tests"]) == 5
 
 
 def test_a_planted_no_effect_family_reports_no_member_separated():
@@ -122,12 +129,12 @@ def test_a_planted_no_effect_family_reports_no_member_separated():
     table = pd.DataFrame({"k": [1], "mean_best_f1": [0.8], "active_ratio": [0.25]})
     (headline, _) = SparsityResult(table=table, ks=(1, 64), held_out=held).findings()
     assert "changes the conclusion" not in headline
-    assert "in 0 of the 4 member × k tests, worse in 0, and are not separated from them in 4" in headline
+    assert "better in 0 of the 4 member × k tests, worse in 0, not separated in 4." in headline
 
 
 def test_the_headline_tests_balanced_accuracy_when_recorded_and_shows_the_f1_count_beside():
     """Planted: in F1 the member is above 0 (a probe-rate effect), in balanced accuracy it is not; the
-    headline's verdicts follow balanced accuracy, and the F1 count is printed beside it."""
+    headline leads with balanced accuracy, F1 beside it, both in one Holm family of 2 tests."""
     from tl_moe.pipeline.sections.sparsity import SparsityResult
 
     f1 = _record("toy/moe-8x2", 0.25, HEADLINE, 0.030, 0.015, 0.045, 0.001)
@@ -142,14 +149,17 @@ def test_the_headline_tests_balanced_accuracy_when_recorded_and_shows_the_f1_cou
     # Both metrics' verdicts side by side in the test's cell.
     assert (
         "k = 1: +0.002 [-0.008, +0.012], Holm p = 0.7: not separated from 0 | F1 +0.030 [+0.015, +0.045], "
-        "Holm p = 0.001: above 0" in headline
+        "Holm p = 0.002: above 0" in headline
     )
-    assert "better than dense neurons in 0 of the 1 member × k tests" in headline
     assert (
-        "In class-balanced F1 (the held-out protocol's F1 on a balanced test set, not the paper's" in headline
+        "in balanced accuracy: vs the count-matched control, expert neurons probe better in 0 of the 1 member "
+        "× k tests" in headline
     )
-    assert "after the F1 results were seen: read both counts" in headline
-    assert "better than dense neurons in 1 of the 1 member × k tests" in headline
+    assert (
+        "in class-balanced F1 (the held-out protocol's F1 on a balanced test set, not the paper's" in headline
+    )
+    assert "after the F1 results were seen, so F1 stays in the family" in headline
+    assert "the count-matched control, expert neurons probe better in 1 of the 1 member × k tests" in headline
 
 
 def test_separated_tests_at_the_bootstraps_floor_are_counted():
@@ -244,7 +254,10 @@ def test_an_older_run_with_random_draws_is_tested_with_its_two_stage_bootstrap()
     )
     assert test_p_value(random_control) == (0.3, "bootstrap")
     assert test_p_value({**random_control, "n_draws": 1}) == (1 / 20_001, "swap")
-    assert test_p_value({**random_control, "bootstrap_p": None}) == (1 / 20_001, "swap")
+    assert test_p_value({**random_control, "bootstrap_p": None}) == (
+        1 / 20_001,
+        "swap (random draws held fixed)",
+    )
     table = pd.DataFrame({"k": [1], "mean_best_f1": [0.9], "active_ratio": [0.25]})
     result = SparsityResult(table=table, ks=(1,), held_out=pd.DataFrame([random_control]))
     (test,) = result.headline_tests()
@@ -252,7 +265,7 @@ def test_an_older_run_with_random_draws_is_tested_with_its_two_stage_bootstrap()
     assert test["verdict"] == "not separated from 0"
     (headline, _) = result.findings()
     assert "two-stage bootstrap (2,000 resamples, test documents and the control's 3 random" in headline
-    assert "within each metric only, not across the two metrics" in headline
+    assert "Holm over 1 test: 1 member × 1 k × 1 metric × 1 control" in headline
 
 
 def test_the_bootstraps_floor_times_28_tests_stays_below_five_percent():

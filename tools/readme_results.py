@@ -272,7 +272,14 @@ INTERVALS_NOTE = (
     "the interval; both models on the same documents); the logit-lens share of experts resamples the test documents of the "
     "document split (its token is chosen on the selection documents). Domain experts "
     "carry document-permutation p-values, not intervals; a p-value at its floor, 1/(1 + permutations), "
-    "only says that no permutation reached the score; a mean ± sd over experts is a spread, not an interval."
+    "only says that no permutation reached the score; a mean ± sd over experts is a spread, not an interval. "
+    "The sparsity family's verdicts (above 0, below 0, not separated) follow each named test's p-value "
+    "Holm-adjusted once over every test the verdict sentence reads (members × ks × both metrics × both "
+    "routed-token controls), not the unadjusted interval printed beside it: the count-matched control's "
+    "interval is a t interval over its random neuron draws, the other controls' are percentile bootstraps "
+    "beside a document swap test (conditional on the draw where the control is one random draw, as the "
+    "routing-matched token subsets are), and a test whose interval and p-value fall on different sides of "
+    "0 is marked and counted."
 )
 
 

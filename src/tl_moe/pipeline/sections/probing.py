@@ -64,7 +64,12 @@ ROUTED_COUNT = "dense_on_routed_tokens_matched_count"
 ROUTED_COUNT_PERMUTED = "dense_on_routed_tokens_matched_count_permuted_labels"
 
 __all__ = [
+    "ARM_DRAWS",
     "COMPARISONS",
+    "DETERMINISTIC",
+    "ONE_RANDOM_DRAW",
+    "RANDOM_DRAWS",
+    "comparison_draws",
     "LEAD_GROUP",
     "LEAD_METRIC",
     "NULL_CORRECTED",
@@ -99,6 +104,51 @@ COMPARISONS = {
 NULL_CORRECTED = {
     "matched_count_minus_its_null": (("moe", ROUTED_COUNT), ("moe_permuted_labels", ROUTED_COUNT_PERMUTED)),
 }
+#: How a held-out arm is drawn. DETERMINISTIC: the same units and tokens for every seed (the MoE's experts,
+#: the dense layers, all dense neurons on each expert's routed tokens). ONE_RANDOM_DRAW: one seeded random
+#: draw that every test of it holds fixed, so the test is conditional on that draw (the routing-matched
+#: token subsets, the untrained initialization, a permutation of the labels). RANDOM_DRAWS: the mean of
+#: several seeded draws (``d_expert`` random dense neurons); it has one draw only when that draw is every
+#: neuron of the dense layer (``d_expert`` >= ``d_mlp``), which is then deterministic.
+DETERMINISTIC, ONE_RANDOM_DRAW, RANDOM_DRAWS = "deterministic", "one random draw", "random draws"
+ARM_DRAWS = {
+    "moe": DETERMINISTIC,
+    "dense": DETERMINISTIC,
+    "dense_on_routed_tokens": DETERMINISTIC,
+    ROUTED_COUNT: RANDOM_DRAWS,
+    "dense_matched_subsets": ONE_RANDOM_DRAW,
+    "untrained_moe": ONE_RANDOM_DRAW,
+    "moe_permuted_labels": ONE_RANDOM_DRAW,
+    "dense_permuted_labels": ONE_RANDOM_DRAW,
+    ROUTED_COUNT_PERMUTED: RANDOM_DRAWS,
+}
+
+
+def comparison_draws(comparison: str, n_draws: int | None = None) -> str:
+    """How a held-out comparison's arms are drawn (:data:`ARM_DRAWS`): ONE_RANDOM_DRAW if any arm is one
+    random draw held fixed (a RANDOM_DRAWS arm with several draws is not: its draws' variation is tested),
+    else RANDOM_DRAWS if an arm averages several draws (``n_draws`` > 1), else DETERMINISTIC.
+
+    Raises:
+        KeyError: ``comparison`` is not one of :data:`COMPARISONS` or :data:`NULL_CORRECTED`.
+    """
+    if comparison in COMPARISONS:
+        arms = COMPARISONS[comparison]
+    elif comparison in NULL_CORRECTED:
+        arms = tuple(arm for pair in NULL_CORRECTED[comparison] for arm in pair)
+    else:
+        raise KeyError(
+            f"unknown held-out comparison {comparison!r}; known: {sorted({*COMPARISONS, *NULL_CORRECTED})}"
+        )
+    kinds = {ARM_DRAWS[arm] for arm in arms}
+    several = (n_draws or 1) > 1
+    if ONE_RANDOM_DRAW in kinds:
+        return ONE_RANDOM_DRAW
+    if RANDOM_DRAWS in kinds and several:
+        return RANDOM_DRAWS
+    return DETERMINISTIC  # a RANDOM_DRAWS arm with one draw holds every neuron
+
+
 #: The metric every held-out headline leads with: balanced accuracy, chance 0.5 for any probe (F1's
 #: chance level moves with how often a probe says positive; docs/METHODS.md). F1 is shown beside it.
 LEAD_METRIC = "balanced_accuracy"

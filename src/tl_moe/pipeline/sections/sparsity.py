@@ -5,12 +5,14 @@
   its matched controls — the dense twin's layers, dense neurons on each expert's routed tokens, and
   routing-matched random subsets (sizes per layer and concept) — each a paired difference with a
   document-bootstrap interval. The headline is the count-matched control, d_expert random dense neurons
-  on the expert's routed tokens (same tokens, as many candidate neurons; mean of seeded draws), per
-  member at every probed k, each with its document swap test's p-value (20,000 swaps at least)
-  Holm-adjusted over the member x k tests, in balanced accuracy with F1's verdicts beside it;
-  all dense neurons on those tokens, the matched-subsets difference and the control's permuted-label
-  null are shown beside it. The members differ in total parameters as well as sparsity (one seed each), which the
-  findings state: the family cannot separate the two.
+  on the expert's routed tokens (same tokens, as many candidate neurons; mean of seeded draws; the
+  draw-mean t test), and beside it at every k the stricter control, all dense neurons on those tokens
+  (deterministic; the document swap test). The verdict counts both controls in both metrics (balanced
+  accuracy, and F1, the metric the headline was first published in), Holm-adjusted as ONE family over
+  members x ks x metrics x controls. Matched subsets (one random draw of token subsets, its swap test
+  conditional on that draw) and the control's permuted-label null are shown beside them. The members
+  differ in total parameters as well as sparsity (one seed each), which the findings state: the family
+  cannot separate the two.
 - **paper** (labelled as such): the mean best test F1 per model, the maximum taken on the split it
   reports.
 """
@@ -31,10 +33,13 @@ from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.needs import DenseNeurons, ExpertNeurons
 from tl_moe.pipeline.protocol import Analysis, FigureItem, Inputs, Need, OptionLimit, Result, TableItem
 from tl_moe.pipeline.sections.probing import (
+    DETERMINISTIC,
+    METRIC_NAMES,
     PAPER,
     ProbingResult,
     _comparison_frame,
     _interval_text,
+    comparison_draws,
     held_out_probing,
     probe_settings,
     probing_steps,
@@ -63,7 +68,21 @@ NULL = "permuted_labels_on_routed_tokens"
 #: The headline tested against that null directly: (MoE − control) − (the same with permuted labels).
 NULL_CORRECTED = "matched_count_minus_its_null"
 HEADLINE_METRIC = "balanced_accuracy"
-#: Family-wise error rate of the headline's Holm correction over members and ks.
+#: The controls whose tests the verdict sentence counts, in its order: the count-matched headline and the
+#: stricter control, all dense neurons on the routed tokens.
+VERDICT_CONTROLS = (HEADLINE, UNMATCHED)
+#: The metrics the verdict sentence reads: balanced accuracy (the headline) and F1 (the metric the headline
+#: was first published in; it moved to balanced accuracy after the F1 results were seen).
+VERDICT_METRICS = (HEADLINE_METRIC, "f1")
+#: How the verdict sentence names each control.
+CONTROL_NAMES = {
+    HEADLINE: "the count-matched control",
+    UNMATCHED: "all dense neurons on the routed tokens",
+    "moe_vs_matched_subsets": "dense neurons on routing-matched token subsets",
+}
+#: How a cell names its second metric.
+METRIC_LABELS = {"balanced_accuracy": "balanced accuracy", "f1": "F1"}
+#: Family-wise error rate of the Holm correction over the verdict family (members × ks × metrics × controls).
 ALPHA = 0.05
 
 
@@ -130,138 +149,128 @@ class SparsityResult(Result):
         balanced accuracy."""
         return HEADLINE_METRIC if self._held_out_records(HEADLINE_METRIC) else "f1"
 
+    def verdict_metrics(self) -> list[str]:
+        """The metrics of :data:`VERDICT_METRICS` this run recorded (balanced accuracy first)."""
+        return [metric for metric in VERDICT_METRICS if self._held_out_records(metric)]
+
+    def verdict_tests(self) -> list[dict]:
+        """Every test the verdict sentence reads, Holm-adjusted as ONE family: each (member, k) of both
+        routed-token controls (:data:`VERDICT_CONTROLS`: the count-matched one and all dense neurons) in
+        both metrics (:data:`VERDICT_METRICS`: the headline moved from F1 to balanced accuracy after the F1
+        results were seen, so both are read and both are in the family). Rows as :meth:`headline_tests`,
+        ordered by metric, control, active ratio and k."""
+        rows = [
+            record
+            for metric in self.verdict_metrics()
+            for comparison in VERDICT_CONTROLS
+            for record in self._comparison_records(comparison, metric)
+        ]
+        return _holm_tests(rows)
+
     def headline_tests(self, comparison: str = HEADLINE, metric: str | None = None) -> list[dict]:
         """One row per (member, k) of ``comparison`` in ``metric`` (default :meth:`headline_metric`): the
-        estimate, its 95% interval, the p-value of 0 and Holm's adjusted p-value over every (member, k)
-        test of that comparison with an interval, with the verdict it supports at family-wise 5%
-        (:func:`_adjusted_verdict`). The p-value is :func:`test_p_value`'s: the draw-mean t test's
-        where the control has several random draws, the document swap test's where it is deterministic;
-        ``p_test`` says which."""
+        estimate, its 95% interval, the p-value of 0 (:func:`test_p_value`: the draw-mean t test's where the
+        control has several random draws, the document swap test's otherwise; ``p_test`` says which and
+        whether the swap test held a random draw fixed) and Holm's adjusted p-value with the verdict it
+        supports at family-wise 5% (:func:`_adjusted_verdict`), and ``interval_disagrees`` (whether the
+        unadjusted interval and the unadjusted p-value disagree on 0 at 5%).
+
+        A comparison of the verdict family (:data:`VERDICT_CONTROLS` in a :meth:`verdict_metrics` metric)
+        is adjusted over that whole family (:meth:`verdict_tests`, ``tests_in_family`` tests); any other
+        comparison (matched subsets, the nulls) over its own (member, k) tests in ``metric``."""
         metric = metric or self.headline_metric()
+        if comparison in VERDICT_CONTROLS and metric in self.verdict_metrics():
+            return [
+                r for r in self.verdict_tests() if r["comparison"] == comparison and r["metric"] == metric
+            ]
+        return _holm_tests(self._comparison_records(comparison, metric))
+
+    def _comparison_records(self, comparison: str, metric: str) -> list[dict]:
+        """The held-out records of ``comparison`` in ``metric``, by active ratio and k."""
         rows = [r for r in self._held_out_records(metric) if r["comparison"] == comparison]
-        rows.sort(key=lambda r: (self._ratio(r["model"]), r["k"]))
-        tested, tests = [], []
-        for r in rows:
-            p, test = test_p_value(r)
-            ok = r.get("interval_available") and p is not None
-            tested.append(p if ok else np.nan)
-            tests.append(test if ok else None)
-        adjusted = holm(np.asarray(tested, dtype=float))
-        out = []
-        for record, p, test, p_holm in zip(rows, tested, tests, adjusted, strict=True):
-            row = {
-                key: record.get(key)
-                for key in (
-                    "model",
-                    "active_ratio",
-                    "k",
-                    "estimate",
-                    "ci_low",
-                    "ci_high",
-                    "bootstrap_p",
-                    "n_concepts",
-                )
-            }
-            row.update(
-                p=None if np.isnan(p) else float(p),
-                p_test=test,
-                swap_permutations=record.get("swap_permutations") if test == "swap" else None,
-                bootstrap_resamples=record.get("bootstrap_resamples"),
-                n_draws=record.get("n_draws"),
-                draws_df=float(record["draws_df"]) if _finite(record.get("draws_df")) else None,
-                comparison=comparison,
-                metric=metric,
-                interval_available=bool(record.get("interval_available")),
-                interval_unavailable_reason=record.get("interval_unavailable_reason"),
-                p_holm=None if np.isnan(p_holm) else float(p_holm),
-                tests_in_family=int(np.isfinite(adjusted).sum()),
-            )
-            row["verdict"] = _adjusted_verdict(row)
-            out.append(row)
-        return out
+        return sorted(rows, key=lambda r: (self._ratio(r["model"]), r["k"]))
 
     def _held_out_findings(self) -> list[str]:
-        """The held-out headline per member and k: the matched-count routed-token control, Holm over the
-        (member, k) tests, with the unmatched control, matched subsets and the control's null beside it."""
+        """The held-out finding: per member and k both routed-token controls in both metrics, Holm over all
+        of them as one family, with matched subsets and the headline control's null beside them; then the
+        verdict sentence that counts each control's verdicts in each metric."""
         headline = self.headline_tests(HEADLINE)
         if not headline:
             return []
+        family = self.verdict_tests()
+        if not any(r.get("p_holm") is not None for r in family):
+            return [_untested_text(family)]
+        metric = headline[0]["metric"]
+        second = next((m for m in self.verdict_metrics() if m != metric), None)
+        tested = {(r["comparison"], r["metric"], r["model"], r["k"]): r for r in family}
         others = {
-            name: {(r["model"], r["k"]): r for r in self.headline_tests(name)}
-            for name in (UNMATCHED, "moe_vs_matched_subsets", NULL, NULL_CORRECTED)
+            name: {(r["model"], r["k"]): r for r in self.headline_tests(name, metric)}
+            for name in ("moe_vs_matched_subsets", NULL, NULL_CORRECTED)
         }
         members = sorted({r["model"] for r in headline}, key=self._ratio)
-        m = headline[0]["tests_in_family"]
-        metric = headline[0]["metric"]
-        f1_tests = (
-            {(r["model"], r["k"]): r for r in self.headline_tests(HEADLINE, "f1")} if metric != "f1" else {}
-        )
-        # The other controls beside the smallest and the largest k only (the headline at every k).
+        # Matched subsets and the nulls beside the smallest and the largest k only (the controls at every k).
         ends = {min(r["k"] for r in headline), max(r["k"] for r in headline)}
         parts = []
         for model in members:
-            rows = [r for r in headline if r["model"] == model]
             cells = []
-            for r in rows:
-                beside = (
-                    []
-                    if r["k"] not in ends
-                    else [
-                        f"{label} {_short(others[name].get((model, r['k'])))}"
-                        for name, label in (
-                            (UNMATCHED, "all dense neurons"),
-                            ("moe_vs_matched_subsets", "matched subsets"),
-                            (NULL, "permuted-label null"),
-                            (NULL_CORRECTED, "headline minus that null"),
-                        )
-                        if (model, r["k"]) in others[name]
-                    ]
-                )
-                f1 = f1_tests.get((model, r["k"]))
-                cells.append(
-                    f"k = {r['k']}: {_short(r)}{_holm_text(r)}"
-                    + (f" | F1 {_short(f1)}{_holm_text(f1)}" if f1 is not None else "")
-                    + (f" ({'; '.join(beside)})" if beside else "")
-                )
+            for r in (r for r in headline if r["model"] == model):
+                key = (model, r["k"])
+
+                def both(comparison: str, key=key) -> str:
+                    first = tested.get((comparison, metric, *key)) or (
+                        others.get(comparison, {}).get(key) if comparison != HEADLINE else None
+                    )
+                    if first is None:
+                        return "unavailable"
+                    other = tested.get((comparison, second, *key)) if second else None
+                    return _cell(first) + (f" | {METRIC_LABELS[second]} {_cell(other)}" if other else "")
+
+                text = f"k = {r['k']}: {both(HEADLINE)}"
+                if (UNMATCHED, metric, *key) in tested:
+                    text += f"; all dense neurons {both(UNMATCHED)}"
+                beside = [
+                    f"{label} {_short(others[name].get(key))}"
+                    for name, label in (
+                        ("moe_vs_matched_subsets", "matched subsets"),
+                        (NULL, "permuted-label null"),
+                        (NULL_CORRECTED, "headline minus that null"),
+                    )
+                    if r["k"] in ends and key in others[name]
+                ]
+                cells.append(text + (f" ({'; '.join(beside)})" if beside else ""))
             parts.append(f"{model.removeprefix('toy/')} ({self._ratio(model):g}): " + ", ".join(cells))
         described = (
             "balanced accuracy first (chance 0.5 for any probe, so the protocol's permuted-label null sits "
             "near 0, unlike F1's), class-balanced F1 after the | of each test"
-            if metric == "balanced_accuracy"
-            else "class-balanced F1"
+            if metric == "balanced_accuracy" and second
+            else METRIC_NAMES[metric]
         )
-        test = _test_text(headline)
         text = (
-            f"**Sparsity family, held-out protocol** ({described}, 95% document bootstrap, every probed "
-            f"k; p-values from {test}; Holm's correction over the {m} member × k tests of the headline "
-            "control within each metric only, not across the two metrics; the concepts that pass the per-concept test-document gate). Headline, the "
-            "count-matched control (the fair comparison of neuron selection, not the strictest): MoE expert minus "
-            "the same number of dense neurons (d_expert, random, mean of the draws) on exactly the tokens routed "
-            "to the expert, each cell with its number of gated concepts, which differs between members and k "
-            "(sparser members route fewer tokens per expert, so fewer concepts pass the gate: a trend over members "
-            "mixes sparsity with which concepts are compared); beside it at the smallest and largest k, "
-            "all dense neurons on those tokens, dense neurons on routing-matched random subsets, the "
-            "control's permuted-label null, and the headline minus that null (one paired document bootstrap): "
-            + "; ".join(parts)
-            + "."
+            f"**Sparsity family, held-out protocol** ({described}; 95% intervals over test documents, every "
+            "probed k; the concepts that pass the per-concept test-document gate). "
+            + _family_text(family)
+            + f" p-values from {_test_text(family)}. "
+            + _reading_text(family)
+            + " Per member and k, first the count-matched control (the fair comparison of neuron selection): "
+            "MoE expert minus the same number of dense neurons (d_expert, random, mean of the draws) on exactly "
+            "the tokens routed to the expert; then all dense neurons on those tokens (the stricter control: "
+            "the probe picks among every dense neuron); each cell with its number of gated concepts, which "
+            "differs between members and k (sparser members route fewer tokens per expert, so fewer concepts "
+            "pass the gate: a trend over members mixes sparsity with which concepts are compared); beside them "
+            "at the smallest and largest k, outside the family: dense neurons on routing-matched random subsets "
+            "(one random draw of the token subsets; its test holds that draw fixed, so it is conditional on "
+            "the draw), the count-matched control's permuted-label null, and the headline minus that null "
+            "(one paired document bootstrap): " + "; ".join(parts) + "."
         )
-        text += self._changed_text(headline, metric) + " " + _count_text(headline, "After Holm's correction")
-        text += _floor_text(headline)
-        if metric != "f1":
-            f1 = self.headline_tests(HEADLINE, "f1")
-            if f1:
-                text += (
-                    " In class-balanced F1 (the held-out protocol's F1 on a balanced test set, not the "
-                    "paper's F1 at the routed class ratio; its permuted-label null is not 0, see the probing "
-                    "finding), the same Holm tests: " + _count_text(f1, "").removesuffix(".") + " (the "
-                    "headline moved from F1 to balanced accuracy after the F1 results were seen: read both "
-                    "counts; each test above gives both verdicts)."
-                )
+        text += self._changed_text(headline, metric)
+        text += " " + _verdict_sentence(family, self.verdict_metrics())
+        text += _floor_text(family)
         return [text]
 
     def _changed_text(self, headline: list[dict], metric: str) -> str:
-        """Where the matched-subsets comparison and the headline control disagree (each Holm-adjusted
-        within its comparison), grouped by the pair of verdicts: one clause per pair, members with their ks."""
+        """Where the matched-subsets comparison (Holm over its own tests) and the headline control (Holm
+        over the verdict family) disagree, grouped by the pair of verdicts: one clause per pair, members
+        with their ks."""
         subsets = {(r["model"], r["k"]): r for r in self.headline_tests("moe_vs_matched_subsets", metric)}
         groups: dict[tuple[str, str], dict[str, list[int]]] = {}
         for r in headline:
@@ -279,8 +288,11 @@ class SparsityResult(Result):
             + ")"
             for (on_subsets, on_routed), members in groups.items()
         ]
+        n = next((r["tests_in_family"] for r in subsets.values()), 0)
         return (
-            " The routed-token control changes the conclusion (each Holm-adjusted within its comparison): "
+            f" The routed-token control changes the conclusion ({METRIC_NAMES[metric]}; matched subsets "
+            f"Holm-adjusted over its own {n} member × k tests, each conditional on its one draw of token "
+            "subsets; the count-matched control over the family above): "
             + "; ".join(clauses)
             + ": there, the matched-subsets advantage comes with routing's choice of tokens, and the "
             "controlled result is the finding."
@@ -294,7 +306,7 @@ class SparsityResult(Result):
         records = self._held_out_records("f1") + self._held_out_records("balanced_accuracy")
         out: dict[str, Any] = {"comparisons": records} if records else {}
         if records:
-            out["headline_tests"] = self.headline_tests(HEADLINE)
+            out["headline_tests"] = self.verdict_tests()
         if self.parameters:
             out["parameters"] = dict(self.parameters)
         return out
@@ -403,13 +415,32 @@ def test_p_value(record: dict) -> tuple[float | None, str]:
     the population the draws come from, so its p-value must carry the draws' variation: ``bootstrap_p``,
     the draw-mean t test's (``"draws_t"``: the documents' bootstrap variance plus the variance between
     the draws, Satterthwaite's degrees of freedom ``draws_df``; a run before that test recorded the
-    two-stage bootstrap's, ``"bootstrap"``). The swap test holds the draws fixed (it tests "the expert
-    scores as these draws do") and is kept only for a deterministic control (one draw), or a record with
-    no other p-value."""
+    two-stage bootstrap's, ``"bootstrap"``). Otherwise (one draw, or a record with no other p-value) the
+    document swap test's, named by how the comparison's control is drawn (a declared property of the
+    comparison, :func:`~tl_moe.pipeline.sections.probing.comparison_draws`, not read from ``n_draws``):
+    ``"swap"`` for a deterministic control (all dense neurons on the routed tokens),
+    :data:`SWAP_ONE_DRAW` where a random control's one draw is held fixed (the routing-matched token
+    subsets, a label permutation: the test is conditional on that draw), :data:`SWAP_DRAWS` where
+    several random draws are held fixed."""
     swap, boot = record.get("swap_p"), record.get("bootstrap_p")
-    if swap is not None and ((record.get("n_draws") or 1) <= 1 or boot is None):
-        return swap, "swap"
+    several = (record.get("n_draws") or 1) > 1
+    if swap is not None and (not several or boot is None):
+        kind = comparison_draws(record["comparison"], record.get("n_draws"))
+        if kind == DETERMINISTIC:
+            return swap, SWAP
+        return swap, SWAP_DRAWS if several else SWAP_ONE_DRAW
     return boot, "draws_t" if _finite(record.get("draws_df")) else "bootstrap"
+
+
+#: ``p_test`` of a document swap test: of a deterministic control, and of a random control whose one draw
+#: (or several draws) the swaps hold fixed, conditional on that draw.
+SWAP = "swap"
+SWAP_ONE_DRAW = "swap (one random draw held fixed)"
+SWAP_DRAWS = "swap (random draws held fixed)"
+
+
+def _is_swap(test: str | None) -> bool:
+    return bool(test) and test.startswith(SWAP)
 
 
 def _finite(value) -> bool:
@@ -417,18 +448,174 @@ def _finite(value) -> bool:
     return value is not None and bool(np.isfinite(value))
 
 
+def _holm_tests(records: list[dict]) -> list[dict]:
+    """One row per held-out record, Holm-adjusted together over those with an interval and a p-value:
+    the estimate, its interval, ``p`` and ``p_test`` (:func:`test_p_value`), ``p_holm``, ``verdict``,
+    ``interval_disagrees``, ``tests_in_family`` and ``family`` (its dimensions, :func:`_family_dims`)."""
+    tested, tests = [], []
+    for r in records:
+        p, test = test_p_value(r)
+        ok = bool(r.get("interval_available")) and _finite(p)
+        tested.append(float(p) if ok else np.nan)
+        tests.append(test if ok else None)
+    adjusted = holm(np.asarray(tested, dtype=float)) if records else np.array([])
+    dims = _family_dims([r for r, p in zip(records, tested, strict=True) if np.isfinite(p)])
+    out = []
+    for record, p, test, p_holm in zip(records, tested, tests, adjusted, strict=True):
+        row = {
+            key: record.get(key)
+            for key in (
+                "model",
+                "active_ratio",
+                "k",
+                "estimate",
+                "ci_low",
+                "ci_high",
+                "bootstrap_p",
+                "n_concepts",
+            )
+        }
+        row.update(
+            p=None if np.isnan(p) else float(p),
+            p_test=test,
+            swap_permutations=record.get("swap_permutations") if _is_swap(test) else None,
+            bootstrap_resamples=record.get("bootstrap_resamples"),
+            n_draws=record.get("n_draws"),
+            draws_df=float(record["draws_df"]) if _finite(record.get("draws_df")) else None,
+            comparison=record.get("comparison"),
+            metric=record.get("metric"),
+            interval_available=bool(record.get("interval_available")),
+            interval_unavailable_reason=record.get("interval_unavailable_reason"),
+            p_holm=None if np.isnan(p_holm) else float(p_holm),
+            tests_in_family=int(np.isfinite(adjusted).sum()),
+            family=dims,
+        )
+        row["verdict"] = _adjusted_verdict(row)
+        row["interval_disagrees"] = _interval_disagrees(row)
+        out.append(row)
+    return out
+
+
+def _interval_disagrees(row: dict) -> bool | None:
+    """Whether the printed (unadjusted) interval and the unadjusted p-value of the named test disagree on
+    0 at 5% (one excludes 0, the other does not); None without an interval or a p-value."""
+    if row.get("p") is None or not row.get("interval_available") or not _finite(row.get("ci_low")):
+        return None
+    excludes = row["ci_low"] > 0 or row["ci_high"] < 0
+    return bool(excludes != (row["p"] <= ALPHA))
+
+
+#: The dimensions of the verdict family, as (record key, singular, plural).
+_DIMENSIONS = (
+    ("model", "member", "members"),
+    ("k", "k", "ks"),
+    ("metric", "metric", "metrics"),
+    ("comparison", "control", "controls"),
+)
+
+
+def _family_counts(rows: list[dict]) -> list[int]:
+    """How many members, ks, metrics and controls ``rows`` hold (distinct values of each)."""
+    return [len({r.get(key) for r in rows}) for key, _, _ in _DIMENSIONS]
+
+
+def _family_dims(rows: list[dict]) -> str:
+    """A Holm family's dimensions, e.g. "4 members × 7 ks × 2 metrics × 2 controls"."""
+    return " × ".join(
+        f"{n} {one if n == 1 else many}"
+        for n, (_, one, many) in zip(_family_counts(rows), _DIMENSIONS, strict=True)
+    )
+
+
+def _family_text(family: list[dict]) -> str:
+    """What the verdicts' Holm family is: its size and dimensions, and why it holds both controls and
+    both metrics."""
+    tested = [r for r in family if r.get("p_holm") is not None]
+    n, dims = len(tested), _family_dims(tested)
+    cells = int(np.prod(_family_counts(tested))) if tested else 0
+    size = (
+        f"Holm over {_tests_word(n)}: {dims} (members × ks × metrics × controls)"
+        if n == cells
+        else f"Holm over {_tests_word(n)} (of the {dims} = {cells} cells (members × ks × metrics × "
+        "controls), those with an interval and a p-value)"
+    )
+    controls = sorted({r["comparison"] for r in tested}, key=VERDICT_CONTROLS.index)
+    which = (
+        "both routed-token controls (the count-matched one and all dense neurons on the routed tokens)"
+        if len(controls) > 1
+        else f"one control ({', '.join(CONTROL_NAMES[c] for c in controls)}, the only one recorded)"
+    )
+    metrics = {r["metric"] for r in tested}
+    why = (
+        "both metrics (balanced accuracy became the headline metric after the F1 results were seen, so F1 "
+        "stays in the family)"
+        if len(metrics) > 1
+        else f"one metric ({', '.join(METRIC_NAMES.get(m, m) for m in sorted(metrics))}, the only one recorded)"
+    )
+    return f"Verdicts: {size}, every test the verdict sentence below reads: {which} and {why}, at family-wise 5%."
+
+
+def _reading_text(family: list[dict]) -> str:
+    """How to read a cell: the verdict is the Holm-adjusted p of the named test, the interval is not the
+    test; how many cells' unadjusted interval and p-value disagree on 0 (they are marked)."""
+    disagree = sum(bool(r.get("interval_disagrees")) for r in family)
+    judged = sum(r.get("interval_disagrees") is not None for r in family)
+    t_interval = any(r.get("p_test") == "draws_t" for r in family)
+    return (
+        "Each verdict (above 0, below 0, not separated) follows the Holm-adjusted p-value of the named test; "
+        "the interval printed beside it is unadjusted, the document bootstrap's"
+        + (" (the count-matched control's: the draw-mean t interval)" if t_interval else "")
+        + ", and need not come from that test, so near 5% the two can fall on different sides of 0: the "
+        "unadjusted interval "
+        f'and the unadjusted p-value disagree in {disagree} of the {judged} tests (marked "{_DISAGREE}"), '
+        "and there the Holm verdict stands."
+    )
+
+
+_DISAGREE = "interval and test disagree"
+
+
+def _cell(row: dict | None) -> str:
+    """A tested cell: estimate, interval, gated concepts, Holm p and verdict, and the disagreement mark."""
+    if row is None:
+        return "unavailable"
+    p = row.get("p")
+    mark = (
+        f" ({_DISAGREE}: unadjusted p = {p:.3g}, the interval {'excludes' if p > ALPHA else 'covers'} 0)"
+        if row.get("interval_disagrees")
+        else ""
+    )
+    return _short(row) + _holm_text(row) + mark
+
+
 def _test_text(tests: list[dict]) -> str:
-    """Which test gave the Holm p-values of ``tests`` and why (:func:`test_p_value`)."""
-    kinds = {r["p_test"] for r in tests if r.get("p_test")}
-    if kinds == {"swap"}:
+    """Which test gave the Holm p-values of ``tests``, per control, and why (:func:`test_p_value`)."""
+    by_kind: dict[str, list[dict]] = {}
+    for r in tests:
+        if r.get("p_test"):
+            by_kind.setdefault(r["p_test"], []).append(r)
+    clauses = []
+    for kind, rows in by_kind.items():
+        names = sorted(
+            {CONTROL_NAMES.get(r["comparison"], r["comparison"]) for r in rows if r.get("comparison")}
+        )
+        clauses.append(_kind_text(kind, rows) + (f" for {' and '.join(names)}" if names else ""))
+    return "; ".join(clauses)
+
+
+def _kind_text(kind: str, tests: list[dict]) -> str:
+    """One test's description (``p_test`` = ``kind``) from its ``tests``' records."""
+    if _is_swap(kind):
         n = next((r["swap_permutations"] for r in tests if r.get("swap_permutations")), None)
         swaps = f"{int(n):,} random swaps" if n else "random swaps"
-        return (
-            f"two-sided document swap tests ({swaps} of the two arms' counts per test document; "
-            "the control is deterministic, one draw)"
-        )
-    draws = max((r.get("n_draws") or 1 for r in tests), default=1)
-    if kinds == {"draws_t"}:
+        held = {
+            SWAP: "the control is deterministic",
+            SWAP_ONE_DRAW: "the control is one random draw, held fixed: the test is conditional on that draw",
+            SWAP_DRAWS: "the control's random draws are held fixed: the test is conditional on them",
+        }[kind]
+        return f"two-sided document swap tests ({swaps} of the two arms' counts per test document; {held})"
+    draws = int(max((r.get("n_draws") or 1 for r in tests), default=1))
+    if kind == "draws_t":
         return (
             f"two-sided t tests of the draw mean (the variance of the difference is the test documents' "
             f"bootstrap variance plus the variance between the control's {draws} random neuron draws over "
@@ -497,27 +684,33 @@ _ABOVE, _BELOW, _NEITHER, _NONE = "above 0", "below 0", "not separated from 0", 
 
 def _floor_text(tests: list[dict]) -> str:
     """How many separated tests rest on a raw p-value at its test's floor (no swap or resample reached
-    the observed value), the floor, and the Holm p-value it gives (the number of tests times it)."""
+    the observed value), the floor, and the Holm p-value it gives (the number of tests times it), one
+    sentence per kind of test with a floor (the draw-mean t test has none)."""
     separated = [r for r in tests if r["verdict"] in (_ABOVE, _BELOW)]
     raw = [r["p"] for r in tests if r.get("p") is not None]
     if not separated or not raw:
         return ""
-    floors = [_p_floor(r, min(raw)) for r in separated]
-    at_floor = sum(0 < f and r["p"] <= f * (1 + 1e-9) for r, f in zip(separated, floors, strict=True))
-    if not at_floor:
-        return ""
-    floor, m = min(f for f in floors if f > 0), separated[0]["tests_in_family"]
-    holm_floor = min(1.0, m * floor)
-    what = (
-        "no swap reached the observed difference"
-        if separated[0]["p_test"] == "swap"
-        else "no resample of documents and control draws crossed 0"
-    )
-    return (
-        f" {at_floor} of the {len(separated)} separated tests rest on their test's smallest p-value ({floor:.2g}: "
-        f"{what}); times the {m} tests that is {holm_floor:.2g}"
-        + _floor_verdict(holm_floor, "swaps" if separated[0]["p_test"] == "swap" else "resamples")
-    )
+    m = separated[0]["tests_in_family"]
+    by_kind: dict[bool, list[float]] = {}
+    for r in separated:
+        floor = _p_floor(r, min(raw))
+        if 0 < floor and r["p"] <= floor * (1 + 1e-9):
+            by_kind.setdefault(_is_swap(r.get("p_test")), []).append(floor)
+    text = ""
+    for swap, floors in by_kind.items():
+        floor = min(floors)
+        holm_floor = min(1.0, m * floor)
+        what = (
+            "no swap reached the observed difference"
+            if swap
+            else "no resample of documents and control draws crossed 0"
+        )
+        text += (
+            f" {len(floors)} of the {len(separated)} separated tests rest on their test's smallest p-value "
+            f"({floor:.2g}: {what}); times the {m} tests that is {holm_floor:.2g}"
+            + _floor_verdict(holm_floor, "swaps" if swap else "resamples")
+        )
+    return text
 
 
 def _floor_verdict(holm_floor: float, draws: str) -> str:
@@ -533,7 +726,7 @@ def _p_floor(row: dict, smallest: float) -> float:
     """The smallest p-value ``row``'s test can give: 1 / (1 + swaps) for a swap test, 2 / (1 + resamples)
     for the two-sided percentile bootstrap, none (0) for the draw-mean t test; for an older run (no count recorded), the ``smallest`` p-value
     among its tests."""
-    if row.get("p_test") == "swap" and row.get("swap_permutations"):
+    if _is_swap(row.get("p_test")) and row.get("swap_permutations"):
         return 1.0 / (1 + row["swap_permutations"])
     if row.get("p_test") == "bootstrap" and row.get("bootstrap_resamples"):
         return 2.0 / (1 + row["bootstrap_resamples"])
@@ -542,30 +735,41 @@ def _p_floor(row: dict, smallest: float) -> float:
     return smallest
 
 
-def _count_text(tests: list[dict], lead: str) -> str:
-    """How many of the (member, k) ``tests`` put expert neurons above, below or level with dense ones."""
+def _count_text(tests: list[dict]) -> str:
+    """How many of ``tests`` (one control in one metric) put expert neurons above, below or level with the
+    control: "better in a of the n member × k tests, worse in b, not separated in c"."""
     counts = {v: sum(r["verdict"] == v for r in tests) for v in _VERDICTS}
     return (
-        f"{lead + ', o' if lead else 'O'}n the same tokens and with as many candidate neurons, expert neurons probe better than "
-        f"dense neurons in {counts[_ABOVE]} of the {len(tests)} member × k tests, worse in {counts[_BELOW]}, "
-        f"and are not separated from them in {counts[_NEITHER]}"
+        f"better in {counts[_ABOVE]} of the {len(tests)} member × k tests, worse in {counts[_BELOW]}, "
+        f"not separated in {counts[_NEITHER]}"
         + (f" (no interval in {counts[_NONE]})" if counts[_NONE] else "")
-        + "."
+    )
+
+
+def _verdict_sentence(family: list[dict], metrics: list[str]) -> str:
+    """The verdict: per metric, each control's counts after Holm over the whole family."""
+    n = family[0]["tests_in_family"] if family else 0
+    clauses = []
+    for metric in metrics:
+        per_control = [
+            f"vs {CONTROL_NAMES[control]}, expert neurons probe "
+            + _count_text([r for r in family if r["metric"] == metric and r["comparison"] == control])
+            for control in VERDICT_CONTROLS
+            if any(r["metric"] == metric and r["comparison"] == control for r in family)
+        ]
+        lead = (
+            "in class-balanced F1 (the held-out protocol's F1 on a balanced test set, not the paper's F1 at "
+            "the routed class ratio; its permuted-label null is not 0, see the probing finding)"
+            if metric == "f1"
+            else f"in {METRIC_NAMES[metric]}"
+        )
+        clauses.append(f"{lead}: " + "; ".join(per_control))
+    return (
+        f"After Holm's correction over the {_tests_word(n)}, on the same tokens: " + "; ".join(clauses) + "."
     )
 
 
 _VERDICTS = (_ABOVE, _BELOW, _NEITHER, _NONE)
-
-
-def _verdict(record: dict) -> str:
-    """Where a difference's interval lies: above 0, below 0, across 0, or unavailable."""
-    if record.get("estimate") is None or not record.get("interval_available"):
-        return _NONE
-    if record["ci_low"] > 0:
-        return _ABOVE
-    if record["ci_high"] < 0:
-        return _BELOW
-    return _NEITHER
 
 
 def _confound(parameters: dict[str, int]) -> str:
@@ -606,7 +810,7 @@ class Sparsity(Analysis):
         "for every member, the probing "
         "section's held-out protocol and its matched controls on the same documents: MoE expert minus "
         "the dense twin's layers, minus dense neurons on exactly each expert's routed tokens (all of them, "
-        "and d_expert random ones: the headline, Holm-adjusted over members and k), and minus "
+        "and d_expert random ones: the headline; both Holm-adjusted as one family over members, k, both metrics and both controls), and minus "
         "dense neurons on random token subsets with the routed sizes per layer and concept (the control "
         "for the number and sizes of units, which grow with the number of experts); paired differences "
         "of mean class-balanced F1 with 95% bootstrap intervals over test documents. **Paper protocol "
@@ -745,3 +949,18 @@ class Sparsity(Analysis):
                 )
         held_out = pd.concat(frames_out, ignore_index=True) if frames_out else pd.DataFrame()
         return held_out, notes
+
+
+def _tests_word(n: int) -> str:
+    """``n`` with "test" or "tests"."""
+    return f"{n} test" if n == 1 else f"{n} tests"
+
+
+def _untested_text(family: list[dict]) -> str:
+    """The finding when no test of the verdict family has an interval: no verdict, each reason once."""
+    reasons = sorted({r.get("interval_unavailable_reason") or "no interval" for r in family})
+    return (
+        f"**Sparsity family, held-out protocol**: none of the {len(family)} tests of the verdict family (both "
+        "routed-token controls, every member, k and metric) has an interval, so there is no verdict: "
+        + " ".join(reason if reason.endswith(".") else reason + "." for reason in reasons)
+    )
