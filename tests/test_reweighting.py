@@ -321,7 +321,9 @@ def test_the_analysis_runs_through_the_pipeline_and_refuses_bad_options(
         "driver experts",
         "domain + driver experts",
     }
-    assert set(headline) == {"estimate", "ci_low", "ci_high", "n"} and headline["n"] >= 10
+    assert set(headline) == {"estimate", "ci_low", "ci_high", "n", "interval_method", "draws_df"}
+    assert headline["n"] >= 10
+    assert "draws_df" not in saved["metrics"]["a | loss change"]  # the chosen edit does not use the draws
     assert len(saved["matrix"]) == 4 and saved["steering"]
     for name in ("reweighting_gains", "reweighting_matrix", "steering_switches"):
         assert (tmp_path / "figures" / f"{name}.png").exists()
