@@ -15,7 +15,7 @@ Definitions (docs/METHODS.md, "Re-weighting and steering experts"):
   selection documents; :func:`~tl_moe.analysis.reweighting.matched_random_sets`), and the
   held-out ``Δrate`` of the detected sets vs the random ones (does the detection replicate?).
 - Every quantity that averages the random draws (the random sets' loss change and Δrate, detected −
-  random) has the draw-mean t interval (:func:`~tl_moe.analysis.reweighting.draw_mean_intervals`,
+  random) has the draw-mean t interval (:func:`~tl_moe.analysis.reweighting.per_draw_intervals`,
   :func:`~tl_moe.analysis.stats.draw_mean_t`): the documents' bootstrap variance of the draw mean plus
   the variance between the draws over their number, on Satterthwaite's degrees of freedom, so the
   draw-to-draw variance of the control is in the interval. The detected set's own numbers keep their
