@@ -369,7 +369,8 @@ def holm_adjusted(
             member's statistic is ``mean_draw Σ sums / Σ counts`` (e.g. chosen − control loss change of
             each control draw, summed per held-out document). Its test is the draw-mean t test with two
             draws or more, the percentile document bootstrap with one (:meth:`DrawMeanResamples.test`;
-            member ``i`` resamples with seed ``seed + i``).
+            every member's documents resampled with ``seed``, so a member at level 0.95 gets the interval
+            :func:`draw_mean_intervals` gives with the same seed).
         alpha: the family-wise error rate.
 
     Returns:
@@ -381,7 +382,7 @@ def holm_adjusted(
         (``unavailable`` says why) and do not count in the family.
     """
     rows, tests = [], {}
-    for i, (name, (sums, counts)) in enumerate(differences.items()):
+    for name, (sums, counts) in differences.items():
         sums, counts = np.atleast_2d(np.asarray(sums, np.float64)), np.asarray(counts, np.float64)
         estimate = float(sums.mean(0).sum() / max(counts.sum(), 1.0)) if len(counts) else float("nan")
         row = {"name": name, "estimate": estimate, "documents": len(counts), "unavailable": "", "p": np.nan}
@@ -391,7 +392,7 @@ def holm_adjusted(
             row["unavailable"] = "no control was drawn"
         else:
             tests[name] = resample_draw_mean(
-                ratio_per_draw(sums, counts), len(counts), n_resamples=n_resamples, seed=seed + i
+                ratio_per_draw(sums, counts), len(counts), n_resamples=n_resamples, seed=seed
             )
             row["p"] = float(tests[name].test()["p_value"])
             row["method"] = tests[name].method
@@ -568,7 +569,7 @@ def reweighting_study(
         )
     return ReweightingStudy(
         grid=pd.DataFrame(grid_rows),
-        gains=_with_holm(pd.DataFrame(gains_rows), family, n_resamples, seed + 2),
+        gains=_with_holm(pd.DataFrame(gains_rows), family, n_resamples, seed + 1),
         matrix=pd.DataFrame(matrix_rows),
         controls=controls,
         selection_docs=frozenset(selection.doc.tolist()),
