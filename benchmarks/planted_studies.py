@@ -47,7 +47,7 @@ from tl_moe.analysis.held_out_probing import (
     balanced_f1,
     compare,
 )
-from tl_moe.analysis.reweighting import draw_resampled_intervals, holm_adjusted
+from tl_moe.analysis.reweighting import draw_mean_intervals, holm_adjusted
 from tl_moe.analysis.stats import cluster_bootstrap
 from tl_moe.explain.document_bootstrap import document_intervals, share_beating
 from tl_moe.explain.scorers import Score, detection_metrics
@@ -213,8 +213,12 @@ def held_out_control_draws(seeds: int, replicates: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------
-# re-weighting: the control's draws in the two-stage bootstrap and in Holm over domains
+# re-weighting: the control's draws in the draw-mean t interval and in Holm over domains
 # --------------------------------------------------------------------------------------------------
+#: (draw sd in nats/token, number of draws) of the re-weighting control studies.
+REWEIGHTING_CELLS = ((0.2, 5), (0.05, 5), (0.0, 5), (0.2, 20), (0.05, 20), (0.0, 20))
+
+
 def reweighting_case(
     seed: int, draw_sd: float, n_draws: int, n_docs: int = 40
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -229,29 +233,28 @@ def reweighting_case(
     return chosen, draws, counts
 
 
-def two_stage_covers(
+def draw_mean_covers(
     chosen: np.ndarray, draws: np.ndarray, counts: np.ndarray, seed: int, replicates: int
 ) -> bool:
-    """Whether ``draw_resampled_intervals``' chosen − control interval covers the true 0."""
-    rows = np.stack([np.broadcast_to(chosen, draws.shape), draws, chosen - draws])
-    return draw_resampled_intervals(rows, counts, n_resamples=replicates, seed=seed)[2].covers(0.0)
+    """Whether ``draw_mean_intervals``' chosen − control interval (the draw-mean t) covers the true 0."""
+    ((interval, _),) = draw_mean_intervals((chosen - draws)[None], counts, n_resamples=replicates, seed=seed)
+    return interval.covers(0.0)
 
 
 def reweighting_control_draws(seeds: int, replicates: int) -> dict[str, Any]:
-    """Coverage of the true chosen − control = 0 by the two-stage interval and by a documents-only
-    interval (the draws held fixed, ``ratio_intervals``), at draw sds 0.2, 0.05 and 0 with 5 draws, and
-    the two-stage interval with 10 and 20 draws at sd 0.2."""
-    cells = [(0.2, 5), (0.05, 5), (0.0, 5), (0.2, 10), (0.2, 20)]
+    """Coverage of the true chosen − control = 0 by the draw-mean t interval at draw sds 0.2, 0.05 and 0
+    with 5 and 20 draws, and by a documents-only interval (the draws held fixed, ``ratio_intervals``)
+    with 5 draws."""
     rates = {}
-    for sd, n_draws in cells:
-        two_stage = documents_only = 0
+    for sd, n_draws in REWEIGHTING_CELLS:
+        draw_mean = documents_only = 0
         for seed in range(seeds):
             chosen, draws, counts = reweighting_case(seed, sd, n_draws)
-            two_stage += two_stage_covers(chosen, draws, counts, seed, replicates)
+            draw_mean += draw_mean_covers(chosen, draws, counts, seed, replicates)
             if n_draws == 5:
                 (fixed,) = ratio_intervals(chosen - draws.mean(0), counts, n_resamples=replicates, seed=seed)
                 documents_only += fixed.covers(0.0)
-        rates[f"two-stage, {n_draws} draws, draw sd {sd:g}"] = rate(two_stage, seeds, CONFIDENCE)
+        rates[f"draw-mean t, {n_draws} draws, draw sd {sd:g}"] = rate(draw_mean, seeds, CONFIDENCE)
         if n_draws == 5:
             rates[f"documents only, {n_draws} draws, draw sd {sd:g}"] = rate(
                 documents_only, seeds, CONFIDENCE
@@ -260,11 +263,10 @@ def reweighting_control_draws(seeds: int, replicates: int) -> dict[str, Any]:
 
 
 def reweighting_holm(seeds: int, replicates: int) -> dict[str, Any]:
-    """``holm_adjusted``'s family-wise rate over 4 domains with no true gain: any domain rejected at
-    family-wise 5%, with 5 or 20 control draws (draw sd 0.05) and with 5 draws without draw variance."""
-    cells = [(0.05, 5), (0.05, 20), (0.0, 5)]
+    """``holm_adjusted``'s family-wise rate over 4 domains with no true gain (draw-mean t tests): any
+    domain rejected at family-wise 5%, with 5 or 20 control draws at draw sds 0.2, 0.05 and 0."""
     rates = {}
-    for sd, n_draws in cells:
+    for sd, n_draws in REWEIGHTING_CELLS:
         rejected = 0
         for seed in range(seeds):
             rng = np.random.default_rng([seed, n_draws, int(sd * 1000)])
@@ -450,7 +452,7 @@ def rare_concept_counts(seed: int, n_docs: int = METHOD_DOCUMENTS) -> tuple[np.n
 
 def paired_f1_difference(counts_a: np.ndarray, counts_b: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     """The held-out comparison's paired statistic (mean class-balanced F1 of a − b) of document weights."""
-    paired = _difference_statistic([Side(counts_a, (counts_b,))], balanced_f1, seed=0)
+    paired = _difference_statistic([Side(counts_a, (counts_b,))], balanced_f1)
     return lambda w: paired(w)[0]
 
 
@@ -506,17 +508,17 @@ STUDIES = (
     ),
     Study(
         "reweighting_control_draws",
-        "re-weighting chosen − control: two-stage vs documents-only interval on a planted null",
+        "re-weighting chosen − control: draw-mean t vs documents-only interval on a planted null",
         "tests/test_control_draws.py",
-        200,
+        1000,
         400,
         reweighting_control_draws,
     ),
     Study(
         "reweighting_holm",
-        "re-weighting Holm over 4 domains with no true gain: family-wise rate",
+        "re-weighting Holm over 4 domains with no true gain (draw-mean t tests): family-wise rate",
         "tests/test_control_draws.py",
-        400,
+        1000,
         400,
         reweighting_holm,
     ),

@@ -9,10 +9,9 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from tl_moe.analysis.reweighting import draw_resampled_intervals
+from tl_moe.analysis.reweighting import draw_mean_intervals
 from tl_moe.explain.document_bootstrap import share_beating
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,14 +57,43 @@ def test_every_study_runs_at_a_tiny_size_and_records_its_rates(studies):
 
 
 def test_the_reweighting_rates_are_the_library_intervals_counted(studies):
-    """Recomputed here from ``draw_resampled_intervals`` on the study's planted cases."""
+    """Recomputed here from ``draw_mean_intervals`` on the study's planted cases."""
     record = studies.reweighting_control_draws(3, 80)
-    hits = 0
-    for seed in range(3):
-        chosen, draws, counts = studies.reweighting_case(seed, 0.2, 5)
-        rows = np.stack([np.broadcast_to(chosen, draws.shape), draws, chosen - draws])
-        hits += draw_resampled_intervals(rows, counts, n_resamples=80, seed=seed)[2].covers(0.0)
-    assert record["rates"]["two-stage, 5 draws, draw sd 0.2"]["hits"] == hits
+    for n_draws in (5, 20):
+        hits = 0
+        for seed in range(3):
+            chosen, draws, counts = studies.reweighting_case(seed, 0.2, n_draws)
+            ((interval, _),) = draw_mean_intervals((chosen - draws)[None], counts, n_resamples=80, seed=seed)
+            assert interval.method == "t (document bootstrap + between draws)"
+            hits += interval.covers(0.0)
+        assert record["rates"][f"draw-mean t, {n_draws} draws, draw sd 0.2"]["hits"] == hits
+    assert not any("two-stage" in key for key in record["rates"])
+
+
+def test_the_reweighting_wording_names_the_draw_mean_t_and_judges_each_rate():
+    from readme_results import planted_reweighting_markdown
+
+    rates = {}
+    for n in (5, 20):
+        for sd in ("0.2", "0.05", "0"):
+            rates[f"draw-mean t, {n} draws, draw sd {sd}"] = _rate(950 if n == 20 else 900, 1000, 0.95)
+            if n == 5:
+                rates[f"documents only, {n} draws, draw sd {sd}"] = _rate(165, 1000, 0.95)
+    family = {"5 draws, draw sd 0.05": _rate(76, 1000, 0.05), "20 draws, draw sd 0.05": _rate(51, 1000, 0.05)}
+    studies = {
+        "reweighting_control_draws": {"seeds": 1000, "replicates": 400, "test": "tests/x.py", "rates": rates},
+        "reweighting_holm": {"seeds": 1000, "replicates": 400, "test": "tests/x.py", "rates": family},
+    }
+    text = planted_reweighting_markdown({"studies": studies}, "p.json")
+    assert (
+        "the draw-mean t interval covers 0 with 5 draws, at a draw sd of 0.2 nats/token in 900 of 1000"
+        in text
+    )
+    assert "below the nominal 0.95" in text and "two-stage" not in text
+    assert "with 20 draws, at a draw sd of 0.2 nats/token in 950 of 1000 seeds (0.950" in text
+    assert "(the documents-only interval, draws held fixed, in 165 of 1000 seeds" in text
+    assert "5 draws, draw sd 0.05: 76 of 1000 runs (0.076, binomial se 0.008), above the nominal 0.05" in text
+    assert "20 draws, draw sd 0.05: 51 of 1000 runs (0.051, binomial se 0.007), within two" in text
 
 
 def test_the_committed_file_holds_every_study_at_its_default_size_with_its_machine():
@@ -106,8 +134,8 @@ def _rate(hits: int, n: int, nominal: float) -> dict:
 
 
 def test_the_held_out_wording_follows_the_measured_rates_against_five_percent():
-    """Planted results: 3-draw bootstrap 92 of 1,000 (two binomial se of 5% over 1,000 is 0.014, so it
-    is above), 20 draws 53 of 1,000 (within); then a 3-draw bootstrap at 50 of 1,000 (within)."""
+    """Planted results: 3-draw t test 92 of 1,000 (two binomial se of 5% over 1,000 is 0.014, so it
+    is above), 20 draws 53 of 1,000 (within); then a 3-draw t test at 50 of 1,000 (within)."""
     from readme_results import planted_held_out_draws_markdown
 
     def results(boot3: int) -> dict:
@@ -123,14 +151,12 @@ def test_the_held_out_wording_follows_the_measured_rates_against_five_percent():
 
     text = planted_held_out_draws_markdown(results(92), "p.json")
     assert "draw-mean t test 92 of 1000 seeds (0.092, binomial se 0.009), above the nominal 0.05" in text
-    assert (
-        "bootstrap 53 of 1000 seeds (0.053, binomial se 0.007), within two binomial standard errors" in text
-    )
+    assert "t test 53 of 1000 seeds (0.053, binomial se 0.007), within two binomial standard errors" in text
     assert "swap test rejects more often than the draw-mean t test" in text
-    assert "understating their own variance" in text
+    assert "slightly liberal" in text
     text = planted_held_out_draws_markdown(results(50), "p.json")
     assert "50 of 1000 seeds (0.050, binomial se 0.007), within two binomial standard errors" in text
-    assert "understating" not in text
+    assert "slightly liberal" not in text
 
 
 def test_a_coverage_far_below_nominal_is_said_to_be_below():

@@ -322,7 +322,9 @@ def test_the_analysis_runs_through_the_pipeline_and_refuses_bad_options(
         "driver experts",
         "domain + driver experts",
     }
-    assert set(headline) == {"estimate", "ci_low", "ci_high", "n"} and headline["n"] >= 10
+    assert set(headline) == {"estimate", "ci_low", "ci_high", "n", "interval_method", "draws_df"}
+    assert headline["n"] >= 10
+    assert "draws_df" not in saved["metrics"]["a | loss change"]  # the chosen edit does not use the draws
     assert len(saved["matrix"]) == 4 and saved["steering"]
     for name in ("reweighting_gains", "reweighting_matrix", "steering_switches"):
         assert (tmp_path / "figures" / f"{name}.png").exists()
@@ -480,3 +482,42 @@ def test_the_default_contrast_picks_the_two_largest_domains_that_can_reach_the_h
     able = sorted((g for g in capacity if capacity[g][1] >= 30), key=lambda g: (-capacity[g][0], g))
     assert _contrast(RunContext(options, dataset=corpus))[1:] == tuple(able[:2])
     assert _steering_testability({g: (55, 30) for g in ("x", "y")}) == ""
+
+
+def test_the_findings_name_the_draw_mean_t_interval_or_the_held_fixed_single_draw():
+    import pandas as pd
+
+    from tl_moe.analysis.stats import DRAW_MEAN_METHOD
+    from tl_moe.analysis.steering import SteeringStudy
+    from tl_moe.pipeline.sections.reweighting import _reweighting_finding, _steering_finding
+
+    def gains(method, draws):
+        row = _gain_row("math", -0.02, -0.03, -0.01, -0.001, 35)
+        return pd.DataFrame([{**row, "chosen − control interval method": method, "control draws": draws}])
+
+    text = _reweighting_finding(gains(DRAW_MEAN_METHOD, 20))
+    assert "t interval over the 20 control draws" in text and "Satterthwaite" in text
+    assert "two-stage" not in text and "held fixed" not in text
+    text = _reweighting_finding(gains("percentile", 1))
+    assert "one control draw held fixed" in text and "t interval" not in text
+    switches = pd.DataFrame(
+        [
+            {
+                "experts of": "a",
+                "switch": "off",
+                "evaluated on": "a",
+                "documents": 40,
+                "random draws": 5,
+                "detected − random interval method": DRAW_MEAN_METHOD,
+                **{p: 0.1 for p in ("loss change", "random sets", "detected − random")},
+                **{
+                    f"{p} ci {s}": 0.1
+                    for p in ("loss change", "random sets", "detected − random")
+                    for s in ("low", "high")
+                },
+            }
+        ]
+    )
+    study = SteeringStudy(("a", "b"), pd.DataFrame(), pd.DataFrame(), switches, frozenset(), frozenset())
+    text = _steering_finding(study)
+    assert "95% t interval over the 5 control draws" in text and "two-stage" not in text

@@ -475,10 +475,10 @@ def drivers_markdown(results: dict[str, Any], source: str) -> str:
         "toys' own. Each interval is a 95% bootstrap over what its line names (documents or experts), except "
         "re-weighting's: every domain is shown with its Holm-adjusted interval (the level is given; "
         "family-wise 5% over the domains) and none is singled out. Where a control is the mean of random "
-        "draws (re-weighting, steering), the bootstrap is two-stage: documents, then the draws within each "
-        "resample; the held-out probing's matched-count control (random neuron draws) gets a t interval "
-        "instead, its variance the documents' bootstrap variance plus the variance between the draws over "
-        "their number (Satterthwaite's degrees of freedom). Report-half association lifts are confirmed after Benjamini–Hochberg over the measured "
+        "draws (re-weighting's and steering's random experts, the held-out probing's matched-count random "
+        "neurons), the interval is a t interval, its variance the documents' bootstrap variance of the draw "
+        "mean plus the variance between the draws over their number (Satterthwaite's degrees of freedom); "
+        "Holm's intervals use the t quantile at Holm's level. Report-half association lifts are confirmed after Benjamini–Hochberg over the measured "
         "discoveries (Benjamini–Yekutieli beside it). An interval behind fewer than 30 "
         "documents is reported unavailable, never as a number.",
         "",
@@ -721,36 +721,36 @@ def planted_held_out_draws_markdown(results: dict[str, Any], source: str) -> str
 
 
 def planted_reweighting_markdown(results: dict[str, Any], source: str) -> str:
-    """The re-weighting control's draws: coverage of the two-stage and documents-only intervals, and the
-    Holm family-wise rate over domains, each judged against its nominal level."""
+    """The re-weighting control's draws: coverage of the draw-mean t interval (and, with 5 draws, of the
+    documents-only interval that holds the draws fixed), and the Holm family-wise rate over domains,
+    each judged against its nominal level."""
     cover, holm = results["studies"]["reweighting_control_draws"], results["studies"]["reweighting_holm"]
     rates = cover["rates"]
     cells = []
-    for sd in ("0.2", "0.05", "0"):
-        two, docs = (
-            rates[f"two-stage, 5 draws, draw sd {sd}"],
-            rates[f"documents only, 5 draws, draw sd {sd}"],
-        )
-        cells.append(
-            f"at a draw sd of {sd} nats/token the two-stage interval covers 0 in {planted_rate(two)}, "
-            f"{against_nominal(two)}, the documents-only one in {planted_rate(docs)}, {against_nominal(docs)}"
-        )
-    more = [
-        f"{n} draws covers 0 in {planted_rate(rates[f'two-stage, {n} draws, draw sd 0.2'])}, "
-        f"{against_nominal(rates[f'two-stage, {n} draws, draw sd 0.2'])}"
-        for n in (10, 20)
-    ]
+    for n in (5, 20):
+        parts = []
+        for sd in ("0.2", "0.05", "0"):
+            t = rates[f"draw-mean t, {n} draws, draw sd {sd}"]
+            part = f"at a draw sd of {sd} nats/token in {planted_rate(t)}, {against_nominal(t)}"
+            documents = rates.get(f"documents only, {n} draws, draw sd {sd}")
+            if documents is not None:
+                part += (
+                    f" (the documents-only interval, draws held fixed, in {planted_rate(documents)}, "
+                    f"{against_nominal(documents)})"
+                )
+            parts.append(part)
+        cells.append(f"with {n} draws, " + "; ".join(parts))
     family = [
         f"{label}: {planted_rate(r, 'runs')}, {against_nominal(r)}" for label, r in holm["rates"].items()
     ]
     return (
-        f"{_planted_source(cover, source)}: 40 documents, 5 draws whose own effects vary around a true "
-        "chosen − control of 0; "
+        f"{_planted_source(cover, source)}: 40 documents, control draws whose own effects vary around a "
+        "true chosen − control of 0; the draw-mean t interval covers 0 "
         + "; ".join(cells)
-        + ". The two-stage interval at a draw sd of 0.2 with "
-        + "; with ".join(more)
         + f". Holm over 4 such domains with no true gain ({holm['seeds']} seeds, {holm['replicates']} "
-        "resamples; family-wise rate of rejecting any domain, nominal 0.05): " + "; ".join(family) + "."
+        "resamples, draw-mean t tests; family-wise rate of rejecting any domain, nominal 0.05): "
+        + "; ".join(family)
+        + "."
     )
 
 

@@ -17,24 +17,27 @@ Definitions (docs/METHODS.md, "Re-weighting and steering experts"):
   from the ``pool`` non-chosen experts of its layer whose routing rate on ``D``'s selection
   documents is closest, re-weighted with the same factor (their loss changes averaged over draws).
   The difference chosen − control is paired (same documents in every bootstrap resample).
-- **Two-stage bootstrap** (:func:`draw_resampled_intervals`): the control is a mean over a few random
-  draws, so its interval must carry the draw-to-draw variance as well as the documents'. Each resample
-  draws the held-out documents with replacement and, within it, the ``n_draws`` control draws with
-  replacement; the control (and chosen − control) is the mean over the resampled draws.
+- **Draw-mean t interval** (:func:`draw_mean_intervals`): the control is a mean over a few random
+  draws, so its interval must carry the draw-to-draw variance as well as the documents'. Every quantity
+  that averages the draws (the control's loss change, chosen − control) gets
+  ``estimate ± t(ν) √(V + B/m)`` (:func:`~tl_moe.analysis.stats.draw_mean_t`): ``V`` the
+  document-bootstrap variance of the ratio of sums with every draw kept once, ``B`` the sample variance
+  of the ``m`` per-draw ratios, ``ν`` Satterthwaite's degrees of freedom. The chosen re-weighting's own
+  loss change does not depend on the draws and keeps its percentile document bootstrap.
 - **Every domain is reported; none is singled out.** Over the domains whose difference has an
   interval (at least :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` held-out documents), the
-  two-sided two-stage bootstrap p-value of chosen − control (:func:`holm_adjusted`) is Holm-adjusted, and each
-  domain's interval is the percentile interval at Holm's step-down level: the domain with the ``j``-th
-  smallest p (from 0) gets level ``1 − α/(m − j)`` while every earlier one was rejected, and the
-  level of the first non-rejected domain from there on, so an interval excludes 0 exactly when Holm
-  rejects (family-wise error ``α`` over the ``m`` domains). A domain is *improved* when it is rejected
-  with a negative difference.
+  two-sided draw-mean t p-value of chosen − control (:func:`holm_adjusted`) is Holm-adjusted, and each
+  domain's interval is the t interval at Holm's step-down level (:func:`holm_steps`): the domain with
+  the ``j``-th smallest p (from 0) gets level ``1 − α/(m − j)`` while every earlier one was rejected,
+  and the level of the first non-rejected domain from there on, so an interval excludes 0 exactly when
+  Holm rejects (family-wise error ``α`` over the ``m`` domains). A domain is *improved* when it is
+  rejected with a negative difference.
 - The **matrix** ``M[D, D']``: ``D``'s chosen re-weighting applied to ``D'``'s held-out documents.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,17 +46,21 @@ import torch
 from jaxtyping import Float
 
 from tl_moe.analysis.edit_windows import EditLosses, Windows, by_document, edit_losses, ratio_intervals
-from tl_moe.analysis.stats import Interval, cluster_bootstrap, resample_weights
+from tl_moe.analysis.stats import DRAW_MEAN_METHOD, MIN_DOCUMENTS, Interval, draw_mean_t, resample_weights
 from tl_moe.models.interventions import Intervention
 
 __all__ = [
     "DEFAULT_FACTORS",
     "ExpertSet",
-    "draw_resampled_intervals",
-    "draw_weights",
+    "DrawMeanResamples",
+    "draw_mean_intervals",
     "holm_adjusted",
+    "holm_steps",
+    "per_draw_intervals",
     "ReweightingStudy",
     "matched_random_sets",
+    "ratio_per_draw",
+    "resample_draw_mean",
     "reweighting_study",
     "scale_edit",
 ]
@@ -114,8 +121,9 @@ class ReweightingStudy:
         grid: one row per (domain, candidate set, factor): the selection-half loss change.
         gains: one row per domain: the chosen set and factor, and on the domain's held-out documents
             the loss change of the chosen re-weighting, of the matched random control (mean of the
-            draws), and chosen − control, each with its 95% two-stage interval (documents, then the
-            draws: :func:`draw_resampled_intervals`), ``n`` documents; beside them the
+            draws), and chosen − control, each with its 95% interval (the chosen one's a percentile
+            document bootstrap, the two that average the draws a draw-mean t interval with its ``df``:
+            :func:`draw_mean_intervals`), ``n`` documents; beside them the
             Holm-adjusted test over the domains (:func:`holm_adjusted`): ``chosen − control p``,
             ``p (Holm)``, the Holm interval (``Holm level``, ``Holm ci low`` / ``high``) and
             ``improved (Holm)`` / ``worse (Holm)``.
@@ -132,64 +140,219 @@ class ReweightingStudy:
     evaluation_docs: frozenset[int]
 
 
-def draw_weights(
-    rng: np.random.Generator, document_weights: Float[np.ndarray, "batch document"], n_draws: int
-) -> Float[np.ndarray, "batch draw"]:
-    """The second stage of the two-stage bootstrap: for each resample of documents, the ``n_draws``
-    random control draws resampled with replacement, as weights summing to 1 (draw ``k`` drawn ``c_k``
-    times weighs ``c_k / n_draws``). A row of all-ones document weights is the observed data (every
-    document once), where every draw weighs ``1 / n_draws``."""
-    document_weights = np.atleast_2d(document_weights)
-    if n_draws == 0:
-        return np.zeros((len(document_weights), 0))
-    weights = rng.multinomial(n_draws, np.full(n_draws, 1.0 / n_draws), size=len(document_weights))
-    weights = weights.astype(np.float64) / n_draws
-    weights[(document_weights == 1).all(-1)] = 1.0 / n_draws
-    return weights
+def ratio_per_draw(
+    sums: Float[np.ndarray, "... draw document"], counts: Float[np.ndarray, "... document"]
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The per-draw loss change ``Σ_doc w sums[..., k] / Σ_doc w counts`` as a function of document
+    weights ``w [batch, document]`` -> ``[..., batch, draw]`` (the ratio of sums over the weighted
+    documents, each draw alone as the control); its mean over draws is the draw mean's ratio."""
+    sums = np.asarray(sums, dtype=np.float64)
+    counts = np.asarray(counts, dtype=np.float64)
+
+    def per_draw(weights: np.ndarray) -> np.ndarray:
+        numerator = np.swapaxes(sums @ weights.T, -1, -2)  # [..., batch, draw]
+        denominator = np.maximum(counts @ weights.T, 1.0)  # [..., batch]
+        return numerator / denominator[..., None]
+
+    return per_draw
 
 
-def draw_resampled_intervals(
+@dataclass(frozen=True)
+class DrawMeanResamples:
+    """A statistic whose control is the mean of ``m`` random draws, on the observed documents and on
+    document resamples (every draw kept once), vectorized over leading axes (rows, domains, seeds).
+
+    Attributes:
+        estimate: ``[...]`` the draw mean of the per-draw statistic on the observed documents.
+        draws: ``[..., draw]`` the per-draw statistic on the observed documents.
+        resampled: ``[..., resample]`` the draw mean on each document resample (the one-stage document
+            bootstrap; its variance is ``V`` of :func:`~tl_moe.analysis.stats.draw_mean_t`).
+        n_documents: the documents resampled.
+    """
+
+    estimate: Float[np.ndarray, "..."]
+    draws: Float[np.ndarray, "... draw"]
+    resampled: Float[np.ndarray, "... resample"]
+    n_documents: int
+
+    @property
+    def n_draws(self) -> int:
+        return self.draws.shape[-1]
+
+    @property
+    def method(self) -> str:
+        """:data:`~tl_moe.analysis.stats.DRAW_MEAN_METHOD` with two draws or more; one draw: the
+        percentile document bootstrap (the draw held fixed)."""
+        return DRAW_MEAN_METHOD if self.n_draws >= 2 else "percentile"
+
+    def test(self, confidence: float | np.ndarray = 0.95) -> dict[str, np.ndarray]:
+        """``low``, ``high`` (the interval at ``confidence``, a scalar or one per leading entry),
+        ``p_value`` (two-sided, of 0), ``df`` (NaN for one draw) and ``bias``, each ``[...]``.
+
+        Two draws or more: :func:`~tl_moe.analysis.stats.draw_mean_t` (``estimate ± t(ν) √(V + B/m)``).
+        One draw: the percentile interval of ``resampled`` and the percentile-bootstrap p-value
+        ``min(1, 2 (1 + #{resamples on the far side of 0}) / (1 + B))``."""
+        if self.n_draws >= 2:
+            return draw_mean_t(self.estimate, self.resampled, self.draws, self.n_documents, confidence)
+        tail = (1 - np.asarray(confidence, dtype=np.float64)) / 2
+        low, high = _quantiles(self.resampled, tail), _quantiles(self.resampled, 1 - tail)
+        below, above = (self.resampled <= 0).sum(-1), (self.resampled >= 0).sum(-1)
+        size = self.resampled.shape[-1]
+        return {
+            "low": low,
+            "high": high,
+            "p_value": np.minimum(1.0, 2 * (1 + np.minimum(below, above)) / (1 + size)),
+            "df": np.full(np.shape(self.estimate), np.nan),
+            "bias": self.resampled.mean(-1) - self.estimate,
+        }
+
+
+def _quantiles(values: Float[np.ndarray, "... sample"], q: float | np.ndarray) -> np.ndarray:
+    """``np.quantile``'s linear quantile ``q`` (a scalar or one per leading entry) of each row of
+    ``values``."""
+    ordered = np.sort(values, axis=-1)
+    position = np.broadcast_to(np.asarray(q, dtype=np.float64), ordered.shape[:-1]) * (ordered.shape[-1] - 1)
+    below = np.floor(position).astype(np.int64)
+    above = np.minimum(below + 1, ordered.shape[-1] - 1)
+    low = np.take_along_axis(ordered, below[..., None], -1)[..., 0]
+    high = np.take_along_axis(ordered, above[..., None], -1)[..., 0]
+    return low + (position - below) * (high - low)
+
+
+def resample_draw_mean(
+    per_draw: Callable[[np.ndarray], np.ndarray],
+    n_documents: int,
+    *,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> DrawMeanResamples:
+    """:class:`DrawMeanResamples` of a per-draw statistic.
+
+    Args:
+        per_draw: maps document weights ``[batch, document]`` (how often each document is drawn; all
+            ones for the observed data) to the statistic with each draw alone as the control
+            ``[..., batch, draw]`` (e.g. :func:`ratio_per_draw`).
+        n_documents: documents; the resamples are ``np.random.default_rng(seed).integers(0,
+            n_documents, (size, n_documents))`` in batches of at most ``n_resamples`` rows.
+    """
+    observed = np.asarray(per_draw(np.ones((1, n_documents))), dtype=np.float64)[..., 0, :]
+    rng = np.random.default_rng(seed)
+    batch = max(1, min(n_resamples, int(2e7 // max(1, n_documents * observed.size))))
+    chunks = []
+    for size in np.diff(np.r_[0:n_resamples:batch, n_resamples]):
+        weights = resample_weights(rng.integers(0, n_documents, (int(size), n_documents)), n_documents)
+        chunks.append(np.asarray(per_draw(weights), dtype=np.float64).mean(-1))
+    return DrawMeanResamples(observed.mean(-1), observed, np.concatenate(chunks, -1), n_documents)
+
+
+def per_draw_intervals(
+    per_draw: Callable[[np.ndarray], np.ndarray],
+    n_documents: int,
+    n_draws: int,
+    *,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    what: str = "the statistic",
+) -> list[tuple[Interval, float]]:
+    """Each row's draw mean of a per-draw statistic with its 95% interval and degrees of freedom: the
+    draw-mean t interval (:meth:`DrawMeanResamples.test`) with two draws or more, the percentile
+    document bootstrap (NaN degrees of freedom) with one. Every row sees the same resampled documents.
+
+    Args:
+        per_draw: document weights ``[batch, document]`` -> ``[row, batch, draw]`` (as in
+            :func:`resample_draw_mean`); it must give finite values.
+        n_draws: the control's draws (0: every interval unavailable, "no control was drawn").
+
+    Unavailable (NaN bounds, with the reason) below :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS`
+    documents or without a drawn control.
+    """
+    nan = float("nan")
+    if n_documents < MIN_DOCUMENTS or not n_draws:
+        observed = np.asarray(per_draw(np.ones((1, n_documents))))[:, 0]
+        with np.errstate(invalid="ignore"):
+            estimates = observed.mean(-1) if n_draws else np.full(len(observed), nan)
+        reason = (
+            f"{n_documents} document(s) behind {what}; a document-level interval needs at least {MIN_DOCUMENTS}"
+            if n_documents < MIN_DOCUMENTS
+            else "no control was drawn"
+        )
+        return [
+            (Interval(float(e), nan, nan, n_documents, 0.95, "none", False, reason), nan) for e in estimates
+        ]
+    resamples = resample_draw_mean(per_draw, n_documents, n_resamples=n_resamples, seed=seed)
+    t = resamples.test(0.95)
+    return [
+        (
+            Interval(
+                float(resamples.estimate[r]),
+                float(t["low"][r]),
+                float(t["high"][r]),
+                n_documents,
+                0.95,
+                resamples.method,
+                bias=float(t["bias"][r]),
+                p_value=float(t["p_value"][r]),
+            ),
+            float(t["df"][r]),
+        )
+        for r in range(len(resamples.estimate))
+    ]
+
+
+def draw_mean_intervals(
     sums: Float[np.ndarray, "row draw document"],
     counts: Float[np.ndarray, " document"],
     *,
     n_resamples: int = 2000,
     seed: int = 0,
     what: str = "the loss change",
-) -> list[Interval]:
-    """``mean_k Σ_doc sums[r, k] / Σ_doc counts`` for each row ``r``, with a 95% two-stage percentile
-    bootstrap: documents resampled with replacement and, within each resample, the draws ``k``
-    resampled with replacement (:func:`draw_weights`); every row sees the same resampled documents and
-    draws (paired). A row that does not depend on the draws (the chosen re-weighting, the clean loss)
-    repeats its per-document sums over the draw axis. Unavailable (NaN bounds, with the reason) below
-    :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` documents."""
+) -> list[tuple[Interval, float]]:
+    """``mean_k Σ_doc sums[r, k] / Σ_doc counts`` for each row ``r`` whose value depends on the
+    control's draws ``k`` (the control's loss change, chosen − control), with its 95% interval and
+    degrees of freedom (:func:`per_draw_intervals` of :func:`ratio_per_draw`): the draw-mean t interval
+    (:func:`~tl_moe.analysis.stats.draw_mean_t`, ``V`` the document-bootstrap variance of the ratio of
+    sums) with two draws or more, the percentile document bootstrap with one. A control that was not
+    drawn (no draw, or NaN sums) gives unavailable intervals."""
     sums = np.asarray(sums, dtype=np.float64)
     counts = np.asarray(counts, dtype=np.float64)
-    rng = np.random.default_rng(seed + 7919)
-
-    def ratio(weights: np.ndarray) -> np.ndarray:  # [batch, docs] -> [batch, rows]
-        draws = draw_weights(rng, weights, sums.shape[1])
-        total = np.einsum("bk,rkd,bd->br", draws, sums, weights)
-        return total / np.maximum(weights @ counts, 1.0)[:, None]
-
-    intervals = cluster_bootstrap(
-        ratio, counts.shape[0], n_resamples=n_resamples, seed=seed, on_too_few="unavailable", what=what
+    drawn = sums.shape[1] if np.isfinite(sums).all() else 0
+    return per_draw_intervals(
+        ratio_per_draw(sums, counts), len(counts), drawn, n_resamples=n_resamples, seed=seed, what=what
     )
-    return intervals if isinstance(intervals, list) else [intervals]
 
 
-def _bootstrap_ratios(
-    sums: Float[np.ndarray, "draw document"],
-    counts: Float[np.ndarray, " document"],
-    n_resamples: int,
-    seed: int,
-) -> Float[np.ndarray, " resample"]:
-    """``mean_k Σ sums[k] / Σ counts`` on ``n_resamples`` two-stage resamples: documents drawn with
-    replacement, and within each the draws ``k`` (:func:`draw_weights`)."""
-    sums = np.atleast_2d(sums)
-    rng = np.random.default_rng(seed)
-    weights = resample_weights(rng.integers(0, len(counts), (n_resamples, len(counts))), len(counts))
-    draws = draw_weights(rng, np.zeros_like(weights), sums.shape[0])
-    return np.einsum("bk,kd,bd->b", draws, sums, weights) / np.maximum(weights @ counts, 1.0)
+def holm_steps(pvalues: Float[np.ndarray, "... member"], alpha: float = 0.05) -> dict[str, np.ndarray]:
+    """Holm's step-down over the last axis (a family), vectorized over leading axes; NaN p-values are
+    not tested and do not count in the family.
+
+    Returns ``[..., member]`` arrays: ``p (Holm)`` (the ``j``-th smallest of ``m`` p-values becomes
+    ``max_{i <= j} min(1, (m − i) p_(i))``, ``j`` from 0), ``alpha`` (the error level of the member's
+    interval: ``α / (m − j)`` while every smaller p was rejected, then that of the first non-rejected
+    member) and ``rejected``; NaN / False where untested.
+    """
+    p = np.asarray(pvalues, dtype=np.float64)
+    order = np.argsort(p, axis=-1, kind="stable")  # NaN last
+    ordered = np.take_along_axis(p, order, -1)
+    m = np.isfinite(p).sum(-1, keepdims=True)
+    step = np.arange(p.shape[-1])
+    left = (m - step).astype(np.float64)
+    tested = step < m
+    with np.errstate(invalid="ignore", divide="ignore"):
+        adjusted = np.maximum.accumulate(np.where(tested, np.minimum(1.0, left * ordered), 0.0), -1)
+        fails = ~(ordered <= alpha / left) | ~tested
+        stop = np.where(fails.any(-1), fails.argmax(-1), p.shape[-1])[..., None]
+        level = np.where(step < stop, alpha / left, alpha / (m - stop))
+    sorted_out = {
+        "p (Holm)": np.where(tested, adjusted, np.nan),
+        "alpha": np.where(tested, level, np.nan),
+        "rejected": tested & (step < stop),
+    }
+    out = {}
+    for key, values in sorted_out.items():
+        scattered = np.empty_like(values)
+        np.put_along_axis(scattered, order, values, -1)
+        out[key] = scattered
+    return out
 
 
 def holm_adjusted(
@@ -204,50 +367,48 @@ def holm_adjusted(
     Args:
         differences: name -> ``(sums [document] or [draw, document], counts [document])``: the
             member's statistic is ``mean_draw Σ sums / Σ counts`` (e.g. chosen − control loss change of
-            each control draw, summed per held-out document); its resamples are two-stage (documents,
-            then draws within them: :func:`draw_weights`).
+            each control draw, summed per held-out document). Its test is the draw-mean t test with two
+            draws or more, the percentile document bootstrap with one (:meth:`DrawMeanResamples.test`;
+            every member's documents resampled with ``seed``, so a member at level 0.95 gets the interval
+            :func:`draw_mean_intervals` gives with the same seed).
         alpha: the family-wise error rate.
 
     Returns:
-        One row per member: ``estimate``, two-sided percentile-bootstrap ``p`` (``(1 + #) / (1 + B)``
-        of the resamples on the far side of 0, doubled), ``p (Holm)``, the interval ``level`` of
-        Holm's step-down and its ``ci low`` / ``ci high``, ``rejected`` and the ``documents``. Members
-        with fewer than :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` documents or an undefined
-        statistic are not tested (``unavailable`` says why) and do not count in the family.
+        One row per member: ``estimate``, the two-sided ``p``, ``p (Holm)``, the interval ``level`` of
+        Holm's step-down (:func:`holm_steps`) and the member's interval at that level (``ci low`` /
+        ``ci high``: a t interval with the t quantile at that level, so it excludes 0 exactly when Holm
+        rejects), ``rejected``, ``method``, ``df`` and the ``documents``. Members with fewer than
+        :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` documents or an undefined statistic are not tested
+        (``unavailable`` says why) and do not count in the family.
     """
-    from tl_moe.analysis.stats import MIN_DOCUMENTS
-
-    rows, draws = [], {}
-    for i, (name, (sums, counts)) in enumerate(differences.items()):
+    rows, tests = [], {}
+    for name, (sums, counts) in differences.items():
         sums, counts = np.atleast_2d(np.asarray(sums, np.float64)), np.asarray(counts, np.float64)
         estimate = float(sums.mean(0).sum() / max(counts.sum(), 1.0)) if len(counts) else float("nan")
-        row = {"name": name, "estimate": estimate, "documents": len(counts), "unavailable": ""}
+        row = {"name": name, "estimate": estimate, "documents": len(counts), "unavailable": "", "p": np.nan}
         if len(counts) < MIN_DOCUMENTS:
             row["unavailable"] = f"{len(counts)} documents; a document-level interval needs {MIN_DOCUMENTS}"
         elif not sums.size or not np.isfinite(sums).all():
             row["unavailable"] = "no control was drawn"
         else:
-            draws[name] = _bootstrap_ratios(sums, counts, n_resamples, seed + i)
-            below, above = (draws[name] <= 0).sum(), (draws[name] >= 0).sum()
-            row["p"] = min(1.0, 2 * (1 + min(below, above)) / (1 + n_resamples))
+            tests[name] = resample_draw_mean(
+                ratio_per_draw(sums, counts), len(counts), n_resamples=n_resamples, seed=seed
+            )
+            row["p"] = float(tests[name].test()["p_value"])
+            row["method"] = tests[name].method
         rows.append(row)
     frame = pd.DataFrame(rows)
-    for column in ("p", "p (Holm)", "level", "ci low", "ci high"):
-        frame[column] = frame[column] if column in frame else np.nan
-    frame["rejected"] = False
-    tested = frame.index[frame["unavailable"] == ""]
-    order = sorted(tested, key=lambda i: frame.at[i, "p"])
-    m, running, stopped = len(order), 0.0, False
-    for j, i in enumerate(order):
-        running = max(running, min(1.0, (m - j) * frame.at[i, "p"]))
-        frame.at[i, "p (Holm)"] = running
-        if not stopped:
-            level_alpha = alpha / (m - j)
-            stopped = frame.at[i, "p"] > level_alpha
-        frame.at[i, "level"] = 1 - level_alpha
-        frame.at[i, "rejected"] = not stopped
-        low, high = np.quantile(draws[frame.at[i, "name"]], [level_alpha / 2, 1 - level_alpha / 2])
-        frame.at[i, "ci low"], frame.at[i, "ci high"] = float(low), float(high)
+    steps = holm_steps(frame["p"].to_numpy(dtype=float), alpha)
+    frame["p (Holm)"] = steps["p (Holm)"]
+    frame["level"] = 1 - steps["alpha"]
+    frame["rejected"] = steps["rejected"]
+    for column in ("ci low", "ci high", "df"):
+        frame[column] = np.nan
+    frame["method"] = frame["method"] if "method" in frame else None
+    for i in frame.index[frame["unavailable"] == ""]:
+        t = tests[frame.at[i, "name"]].test(float(frame.at[i, "level"]))
+        frame.at[i, "ci low"], frame.at[i, "ci high"] = float(t["low"]), float(t["high"])
+        frame.at[i, "df"] = float(t["df"])
     return frame
 
 
@@ -258,12 +419,18 @@ def _rates(routed: torch.Tensor, windows: Windows, layers: Sequence[int]) -> dic
     return {layer: total[i] for i, layer in enumerate(layers)}
 
 
-def _interval_columns(prefix: str, interval) -> dict[str, float]:
-    return {
+def _interval_columns(prefix: str, interval: Interval, df: float | None = None) -> dict[str, float | str]:
+    """``prefix``, its ``ci low`` / ``ci high`` and ``interval method``; with ``df``, the degrees of
+    freedom of a draw-mean t interval (NaN for another method)."""
+    columns = {
         prefix: interval.estimate,
         f"{prefix} ci low": interval.low,
         f"{prefix} ci high": interval.high,
+        f"{prefix} interval method": interval.method,
     }
+    if df is not None:
+        columns[f"{prefix} df"] = df
+    return columns
 
 
 def _describe(experts: ExpertSet) -> str:
@@ -368,17 +535,20 @@ def reweighting_study(
         name, s, f, selected = chosen[d_eval]
         j = domains.index(d_eval)
         draws = sums[len(main) :] if own else np.full((1, n_docs), np.nan)  # [draw, document]
-        stacked = np.stack(
-            [
-                np.broadcast_to(sums[j], draws.shape),
-                draws,
-                sums[j] - draws,
-                np.broadcast_to(clean, draws.shape),
-            ]
-        )
         family[d_eval] = (sums[j] - draws, counts)
-        mine, ctrl, diff, base = draw_resampled_intervals(
-            stacked, counts, n_resamples=n_resamples, seed=seed + 1, what=f"the loss change on {d_eval}"
+        mine, base = ratio_intervals(
+            np.stack([sums[j], clean]),
+            counts,
+            n_resamples=n_resamples,
+            seed=seed + 1,
+            what=f"the loss change on {d_eval}",
+        )
+        (ctrl, ctrl_df), (diff, diff_df) = draw_mean_intervals(
+            np.stack([draws, sums[j] - draws]),
+            counts,
+            n_resamples=n_resamples,
+            seed=seed + 1,
+            what=f"the loss change on {d_eval}",
         )
         gains_rows.append(
             {
@@ -389,8 +559,8 @@ def reweighting_study(
                 "factor": f,
                 "loss change (selection)": selected,
                 **_interval_columns("loss change", mine),
-                **_interval_columns("control loss change", ctrl),
-                **_interval_columns("chosen − control", diff),
+                **_interval_columns("control loss change", ctrl, ctrl_df),
+                **_interval_columns("chosen − control", diff, diff_df),
                 "helps on selection": selected < 0,
                 "clean loss": base.estimate,
                 "control draws": len(own),
@@ -399,7 +569,7 @@ def reweighting_study(
         )
     return ReweightingStudy(
         grid=pd.DataFrame(grid_rows),
-        gains=_with_holm(pd.DataFrame(gains_rows), family, n_resamples, seed + 2),
+        gains=_with_holm(pd.DataFrame(gains_rows), family, n_resamples, seed + 1),
         matrix=pd.DataFrame(matrix_rows),
         controls=controls,
         selection_docs=frozenset(selection.doc.tolist()),
@@ -419,6 +589,7 @@ def _with_holm(gains: pd.DataFrame, family: Mapping, n_resamples: int, seed: int
     gains["Holm level"] = holm["level"].to_numpy(dtype=float)
     gains["Holm ci low"] = holm["ci low"].to_numpy(dtype=float)
     gains["Holm ci high"] = holm["ci high"].to_numpy(dtype=float)
+    gains["Holm df"] = holm["df"].to_numpy(dtype=float)
     rejected = holm["rejected"].to_numpy(dtype=bool)
     estimate = holm["estimate"].to_numpy(dtype=float)
     gains["improved (Holm)"] = rejected & (estimate < 0)

@@ -14,10 +14,12 @@ Definitions (docs/METHODS.md, "Re-weighting and steering experts"):
   beside ``n_draws`` routing-rate-matched random sets switched the same way (rate over ``A ∪ B``
   selection documents; :func:`~tl_moe.analysis.reweighting.matched_random_sets`), and the
   held-out ``Δrate`` of the detected sets vs the random ones (does the detection replicate?).
-- Every quantity that averages the random draws has a two-stage bootstrap interval: documents
-  resampled, and within each resample the draws resampled
-  (:func:`~tl_moe.analysis.reweighting.draw_resampled_intervals`), so the draw-to-draw variance of
-  the control is in the interval.
+- Every quantity that averages the random draws (the random sets' loss change and Δrate, detected −
+  random) has the draw-mean t interval (:func:`~tl_moe.analysis.reweighting.per_draw_intervals`,
+  :func:`~tl_moe.analysis.stats.draw_mean_t`): the documents' bootstrap variance of the draw mean plus
+  the variance between the draws over their number, on Satterthwaite's degrees of freedom, so the
+  draw-to-draw variance of the control is in the interval. The detected set's own numbers keep their
+  percentile document bootstrap.
 """
 
 from __future__ import annotations
@@ -28,9 +30,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tl_moe.analysis.edit_windows import Windows, by_document, edit_losses, routed_counts
-from tl_moe.analysis.reweighting import ExpertSet, draw_resampled_intervals, draw_weights, matched_random_sets
-from tl_moe.analysis.stats import cluster_bootstrap
+from tl_moe.analysis.edit_windows import Windows, by_document, edit_losses, ratio_intervals, routed_counts
+from tl_moe.analysis.reweighting import (
+    ExpertSet,
+    draw_mean_intervals,
+    matched_random_sets,
+    per_draw_intervals,
+)
+from tl_moe.analysis.stats import Interval, cluster_bootstrap
 from tl_moe.models.interventions import Intervention
 
 __all__ = ["SWITCHES", "SteeringStudy", "steering_study", "switch_edit"]
@@ -55,10 +62,11 @@ class SteeringStudy:
         contrast: ``(A, B)``.
         detected: one row per detected expert: side, layer, expert, selection and held-out Δrate.
         replication: per side, the held-out Δrate (mean over the set's experts) of the detected and of
-            the random sets, and their difference, with 95% document-bootstrap intervals.
-        switches: per (side, switch, evaluated group): loss change of the detected set, of the random
-            sets (mean over draws), and detected − random, with two-stage intervals (documents, then
-            draws) and ``documents``.
+            the random sets, and their difference, with 95% intervals (the detected set's a document
+            bootstrap, the two that average the draws a draw-mean t interval).
+        switches: per (side, switch, evaluated group): loss change of the detected set (95% document
+            bootstrap), of the random sets (mean over draws), and detected − random (95% draw-mean t
+            intervals with their ``df``), ``random draws`` and ``documents``.
         notes: why a switch was not run (switching on needs a router without a selection bias).
     """
 
@@ -77,8 +85,18 @@ def _rates(routed: torch.Tensor, windows: Windows, group: str) -> np.ndarray:
     return routed[:, :, keep].sum(-1).double().numpy() / tokens  # [layer, expert]
 
 
-def _columns(prefix: str, interval) -> dict[str, float]:
-    return {prefix: interval.estimate, f"{prefix} ci low": interval.low, f"{prefix} ci high": interval.high}
+def _columns(prefix: str, interval: Interval, df: float | None = None) -> dict[str, float | str]:
+    """``prefix``, its ``ci low`` / ``ci high`` and ``interval method``; with ``df``, the degrees of
+    freedom of a draw-mean t interval (NaN for another method)."""
+    columns = {
+        prefix: interval.estimate,
+        f"{prefix} ci low": interval.low,
+        f"{prefix} ci high": interval.high,
+        f"{prefix} interval method": interval.method,
+    }
+    if df is not None:
+        columns[f"{prefix} df"] = df
+    return columns
 
 
 def steering_study(
@@ -139,35 +157,38 @@ def steering_study(
     replication, detected_rows = [], []
     for side, sign in ((a, 1.0), (b, -1.0)):
         rows = np.stack([set_counts(sets[side])] + [set_counts(c) for c in controls[side] if c])
-        draw_rng = np.random.default_rng(seed + 7919)
 
-        def statistic(
-            weights: np.ndarray, rows: np.ndarray = rows, sign: float = sign, rng=draw_rng
-        ) -> np.ndarray:
+        def rate_difference(weights: np.ndarray, rows: np.ndarray = rows, sign: float = sign) -> np.ndarray:
+            """Document weights ``[batch, document]`` -> the held-out Δrate of every set ``[batch, set]``."""
             rate_a = (weights * in_a) @ rows.T / np.maximum((weights * in_a) @ tokens, 1)[:, None]
             rate_b = (weights * ~in_a) @ rows.T / np.maximum((weights * ~in_a) @ tokens, 1)[:, None]
-            diff = sign * (rate_a - rate_b)  # [batch, sets]
-            if diff.shape[1] > 1:  # the random sets' mean over draws resampled within each resample
-                control = (draw_weights(rng, weights, diff.shape[1] - 1) * diff[:, 1:]).sum(-1)
-            else:
-                control = np.full(len(diff), np.nan)
-            return np.stack([diff[:, 0], control, diff[:, 0] - control], axis=-1)
+            return sign * (rate_a - rate_b)
 
-        found, random, gap = cluster_bootstrap(
-            statistic,
+        def per_draw(weights: np.ndarray, rate_difference=rate_difference) -> np.ndarray:
+            """``[2, batch, draw]``: each random set's Δrate, and detected minus it."""
+            diff = rate_difference(weights)
+            return np.stack([diff[:, 1:], diff[:, :1] - diff[:, 1:]])
+
+        what = "the held-out routing-rate difference"
+        found = cluster_bootstrap(
+            lambda w, rate_difference=rate_difference: rate_difference(w)[:, 0],
             len(doc_rows),
             n_resamples=n_resamples,
             seed=seed,
             on_too_few="unavailable",
-            what="the held-out routing-rate difference",
+            what=what,
+        )
+        (random, random_df), (gap, gap_df) = per_draw_intervals(
+            per_draw, len(doc_rows), len(rows) - 1, n_resamples=n_resamples, seed=seed, what=what
         )
         replication.append(
             {
                 "experts of": side,
                 "experts": " ".join(f"L{la}E{e}" for la, e in sets[side]),
                 **_columns("held-out rate difference", found),
-                **_columns("random sets", random),
-                **_columns("detected − random", gap),
+                **_columns("random sets", random, random_df),
+                **_columns("detected − random", gap, gap_df),
+                "random draws": len(rows) - 1,
                 "documents": len(doc_rows),
             }
         )
@@ -217,12 +238,16 @@ def steering_study(
                 mine = [i for i, (s, w, _) in enumerate(plan) if s == side and w == switch]
                 random = [i for i, (s, w, _) in enumerate(plan) if s == side and w == switch + " (random)"]
                 draws = sums[random] if random else np.full((1, len(counts)), np.nan)  # [draw, document]
-                found, ctrl, diff = draw_resampled_intervals(
-                    np.stack([np.broadcast_to(sums[mine[0]], draws.shape), draws, sums[mine[0]] - draws]),
+                what = f"the loss change on {group}"
+                (found,) = ratio_intervals(
+                    sums[mine[0]], counts, n_resamples=n_resamples, seed=seed + 1, what=what
+                )
+                (ctrl, ctrl_df), (diff, diff_df) = draw_mean_intervals(
+                    np.stack([draws, sums[mine[0]] - draws]),
                     counts,
                     n_resamples=n_resamples,
                     seed=seed + 1,
-                    what=f"the loss change on {group}",
+                    what=what,
                 )
                 switch_rows.append(
                     {
@@ -230,8 +255,9 @@ def steering_study(
                         "switch": switch,
                         "evaluated on": group,
                         **_columns("loss change", found),
-                        **_columns("random sets", ctrl),
-                        **_columns("detected − random", diff),
+                        **_columns("random sets", ctrl, ctrl_df),
+                        **_columns("detected − random", diff, diff_df),
+                        "random draws": len(random),
                         "documents": len(counts),
                     }
                 )

@@ -65,12 +65,17 @@ def _interval_record(row: pd.Series, prefix: str, n: int) -> dict[str, Any]:
     def clean(value: float) -> float | None:
         return None if not np.isfinite(value) else round(float(value), 6)
 
-    return {
+    record = {
         "estimate": clean(row[prefix]),
         "ci_low": clean(row[f"{prefix} ci low"]),
         "ci_high": clean(row[f"{prefix} ci high"]),
         "n": int(n),
     }
+    if f"{prefix} interval method" in row:
+        record["interval_method"] = row[f"{prefix} interval method"]
+    if f"{prefix} df" in row:
+        record["draws_df"] = clean(row[f"{prefix} df"])
+    return record
 
 
 def _holm_record(row: pd.Series) -> dict[str, Any]:
@@ -83,6 +88,7 @@ def _holm_record(row: pd.Series) -> dict[str, Any]:
         "level": clean(row["Holm level"]),
         "ci_low": clean(row["Holm ci low"]),
         "ci_high": clean(row["Holm ci high"]),
+        "draws_df": clean(row["Holm df"]) if "Holm df" in row else None,
         "improved": bool(row["improved (Holm)"]),
         "worse": bool(row["worse (Holm)"]),
         "unavailable": row["Holm unavailable"] or None,
@@ -178,9 +184,10 @@ class ReweightingResult(Result):
             "reweighting_gains",
             fig,
             "Per domain: the re-weighting chosen on the selection half, on the domain's held-out documents, "
-            "and the same factor on routing-rate-matched random experts (mean of the draws); 95% two-stage "
-            "bootstrap intervals (documents, then the draws within each resample; missing where a domain has "
-            f"fewer than {MIN_DOCUMENTS} held-out documents).",
+            "and the same factor on routing-rate-matched random experts (mean of the draws); 95% intervals: "
+            "the chosen re-weighting's a percentile document bootstrap, the control's a draw-mean t interval "
+            "(the documents' bootstrap variance of the draw mean plus the variance between the draws over their "
+            f"number); missing where a domain has fewer than {MIN_DOCUMENTS} held-out documents.",
         )
 
     def _matrix_figure(self) -> FigureItem:
@@ -274,12 +281,31 @@ def _holm_row(row: pd.Series) -> str:
     )
 
 
-def _draws(gains: pd.DataFrame) -> str:
-    """The number of control draws per domain (a range when they differ)."""
-    if "control draws" not in gains:
+def _draws(table: pd.DataFrame, column: str = "control draws") -> str:
+    """The number of control draws per row of ``table`` (a range when they differ)."""
+    if column not in table:
         return "random"
-    counts = sorted({int(n) for n in gains["control draws"]})
+    counts = sorted({int(n) for n in table[column]})
     return str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+
+
+def _control_interval(table: pd.DataFrame, column: str, draws_column: str) -> str:
+    """How the intervals that average the control's draws were computed, from the ``interval method``
+    column (``column``) of ``table``: the draw-mean t interval, or with one draw the percentile document
+    bootstrap that holds the draw fixed."""
+    methods = {m for m in table.get(column, pd.Series(dtype=object)) if m != "none"}
+    n = _draws(table, draws_column)
+    t_words = (
+        f"t interval over the {n} control draws: the documents' bootstrap variance of the draw mean plus the "
+        "variance between the draws over their number, Satterthwaite's degrees of freedom"
+    )
+    if methods == {"percentile"}:
+        return (
+            "percentile document bootstrap with the one control draw held fixed (its draw variance not in it)"
+        )
+    if "percentile" in methods:
+        return t_words + "; percentile document bootstrap where a control has one draw (held fixed)"
+    return t_words
 
 
 def _reweighting_finding(gains: pd.DataFrame) -> str:
@@ -293,8 +319,8 @@ def _reweighting_finding(gains: pd.DataFrame) -> str:
         f"out, against routing-rate-matched random experts with the same factor, {better} of the {len(tested)} "
         f"tested domains improved and {worse} got worse (Holm-adjusted over the domains, family-wise 5%). "
         "Every domain, in nats/token: the chosen re-weighting's absolute held-out loss change (95% document "
-        "bootstrap; > 0 is an increase, i.e. worse) and chosen − control with its Holm interval (paired "
-        f"two-stage bootstrap: documents, then the {_draws(gains)} control draws within each resample): "
+        "bootstrap; > 0 is an increase, i.e. worse) and chosen − control with its Holm interval (paired, "
+        f"{_control_interval(gains, 'chosen − control interval method', 'control draws')}, at Holm's level): "
         + "; ".join(_holm_row(row) for _, row in gains.iterrows())
         + "."
     )
@@ -317,8 +343,11 @@ def _steering_finding(steering: SteeringStudy) -> str:
         f"**Steering** ({a} vs {b}, experts chosen by routing-rate difference on the selection half), switched "
         f"{' and '.join(sorted(set(own['switch'])))}: "
         + "; ".join(parts)
-        + " (nats/token, held out, 95% two-stage bootstrap: documents, then the random draws within each "
-        "resample)." + "".join(f" Note: {note}." for note in getattr(steering, "notes", ()))
+        + " (nats/token, held out; the experts' loss change: 95% percentile document bootstrap; the matched "
+        "random experts' (mean of the draws) and the paired difference: 95% "
+        + _control_interval(own, "detected − random interval method", "random draws")
+        + ")."
+        + "".join(f" Note: {note}." for note in getattr(steering, "notes", ()))
     )
 
 
@@ -421,10 +450,11 @@ class Reweighting(Analysis):
         "matrix). Steering: the expert of each sparse layer with the largest routing-rate difference between two "
         "contrasting groups (selection half) is switched on (router logit raised above the token's largest) or "
         "off (removed) on held-out text of both groups, against matched random experts. Each domain gets "
-        "--reweight-tokens tokens per half. Intervals: 95% percentile bootstrap over held-out documents, paired, "
-        "two-stage where a control is involved (documents, then the random draws within each resample) "
-        f"(unavailable below {MIN_DOCUMENTS} documents); every domain's chosen − control is reported with a Holm-adjusted "
-        "interval over the domains, none singled out."
+        "--reweight-tokens tokens per half. Intervals: 95% percentile bootstrap over held-out documents, paired; "
+        "where a number averages the control's random draws, a t interval whose variance is the documents' "
+        "bootstrap variance of the draw mean plus the variance between the draws over their number "
+        f"(Satterthwaite's degrees of freedom) (unavailable below {MIN_DOCUMENTS} documents); every domain's "
+        "chosen − control is reported with a Holm-adjusted t interval over the domains, none singled out."
     )
     depends_on = ("domains", "drivers")
     default = False
