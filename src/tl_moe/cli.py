@@ -313,7 +313,8 @@ def _unknown_setting(flag: str) -> str | None:
             "(an analysis of your own: tl-moe --plugin MODULE analyze ...)."
         )
     config_class = catalog.config_class(analysis)
-    fields = [spec.name for spec in dataclasses.fields(config_class)] if config_class is not None else []
+    specs = dataclasses.fields(config_class) if config_class is not None else ()
+    fields = [spec.name for spec in specs if spec.metadata.get("cli", True)]  # those that are flags
     accepted = ", ".join(f"--{match.group(1)}.{name.replace('_', '-')}" for name in fields) or "none"
     return f"{flag} is not a setting of the {analysis} analysis; accepted: {accepted}."
 
