@@ -389,6 +389,12 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("--fdr nan", ["analyze", "--fdr", "nan"], "--fdr"),
         ("--probe-ks with 0", ["analyze", "--probe-ks", "0,4"], "--probe-ks"),
         ("--probing.ks with 0 (the namespaced spelling)", ["analyze", "--probing.ks", "0,4"], "--probe-ks"),
+        ("--probing.k (an unknown key)", ["analyze", "--probing.k", "1"], "accepted: --probing.ks"),
+        (
+            "--plugin naming no module",
+            ["--plugin", "no_such_plugin_module", "analyze"],
+            "no_such_plugin_module",
+        ),
         (
             "--drivers.tokens not a number",
             ["analyze", "--drivers.tokens", "many"],

@@ -1,6 +1,7 @@
 """``tl-moe``: the command line. The main job is ``tl-moe analyze``.
 
-Commands:
+Commands (each may follow ``--plugin MODULE``, repeatable, which imports a module that registers
+analyses of its own before the flags are built; ``TL_MOE_PLUGINS=mod1,mod2`` does the same):
     tl-moe analyze [MODEL] [--dense-baseline MODEL] [--corpus SPEC] [--out DIR] ...
     tl-moe plan [MODEL] [the flags of analyze]
     tl-moe explain [MODEL] [--explainer offline|openai:URL|local:PATH] ...
@@ -12,7 +13,12 @@ Commands:
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
+import os
+import re
 import sys
+from pathlib import Path
 
 from tl_moe.errors import InputError
 
@@ -113,9 +119,14 @@ def _cmd_analyze(args) -> None:
     results = run(options)
     if results.report is None:  # a torchrun rank other than 0: rank 0 reports
         return
-    print("\nWhat this run found:")
-    for finding in results.findings:
-        print(f"- {finding.replace('**', '')}")
+    if results.findings:
+        print("\nWhat this run found:")
+        for finding in results.findings:
+            print(f"- {finding.replace('**', '')}")
+    else:
+        print(
+            "\nWhat this run found: no findings (the analyses that ran state none; see the report's tables)."
+        )
     print("\nAccumulator memory after each pass (final / peak MiB):")
     for model_name, sizes in results.accumulator_bytes.items():
         for name, size in sizes.items():
@@ -151,13 +162,68 @@ def _cmd_explain(args) -> None:
     print(f"Report: {results.report.resolve()}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from pathlib import Path
+#: The environment variable naming plugin modules to import before the flags are built (comma list).
+PLUGINS_VARIABLE = "TL_MOE_PLUGINS"
 
-    parser = argparse.ArgumentParser(
-        prog="tl-moe", description="Expert-level interpretability of MoE models."
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that takes only whole flag names (``--above-share.t`` is not
+    ``--above-share.threshold``): a setting is never set by a guess."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
+def _plugin_names(argv: list[str]) -> tuple[list[str], list[str]]:
+    """The plugin modules named by ``TL_MOE_PLUGINS`` and each ``--plugin MODULE`` of ``argv`` (in
+    that order), and ``argv`` without those flags."""
+    scanner = _Parser(add_help=False)
+    scanner.add_argument("--plugin", action="append", default=[])
+    given, rest = scanner.parse_known_args(argv)
+    from_environment = [
+        name.strip() for name in os.environ.get(PLUGINS_VARIABLE, "").split(",") if name.strip()
+    ]
+    return from_environment + given.plugin, rest
+
+
+def import_plugin(name: str) -> None:
+    """Import the plugin ``name`` (a module name, found from the current folder as ``python -m``
+    does, or a path to a ``.py`` file), so that the analyses it registers exist; one line if it fails."""
+    try:
+        if name.endswith(".py"):
+            path = Path(name)
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            if spec is None or spec.loader is None or not path.is_file():
+                raise FileNotFoundError(f"no such file {str(path)!r}")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[path.stem] = module
+            spec.loader.exec_module(module)
+        else:
+            if os.getcwd() not in sys.path:
+                sys.path.append(os.getcwd())
+            importlib.import_module(name)
+    except Exception as error:  # any failure of the user's module is named, in one line
+        sys.modules.pop(Path(name).stem if name.endswith(".py") else name, None)
+        detail = " ".join(str(error).split())
+        raise InputError(
+            f"the plugin {name!r} (from --plugin or {PLUGINS_VARIABLE}) could not be imported: "
+            f"{type(error).__name__}: {detail}; give a module name importable from the current folder "
+            "or PYTHONPATH, or a path to a .py file."
+        ) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tl-moe", description="Expert-level interpretability of MoE models.")
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        metavar="MODULE",
+        help="import MODULE (a module name or a .py file) before anything else, so that the analyses "
+        f"it registers and their --NAME.FIELD flags exist; repeatable; {PLUGINS_VARIABLE}=mod1,mod2 "
+        "does the same",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     from tl_moe.pipeline import registry
     from tl_moe.pipeline.options import add_option_arguments
@@ -227,10 +293,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_SETTING_FLAG = re.compile(r"--([A-Za-z][\w-]*)\.([\w-]*)")
+
+
+def _unknown_setting(flag: str) -> str | None:
+    """Why ``flag`` (an unrecognized ``--NAME.key``) is refused, naming what NAME accepts; None when
+    ``flag`` has not that shape."""
+    import dataclasses
+
+    from tl_moe.pipeline import catalog
+
+    match = _SETTING_FLAG.fullmatch(flag.split("=", 1)[0])
+    if match is None:
+        return None
+    analysis = match.group(1).replace("-", "_")
+    if analysis not in catalog.TABLE:
+        return (
+            f"{flag}: there is no analysis {analysis!r}; choose from {', '.join(catalog.TABLE)} "
+            "(an analysis of your own: tl-moe --plugin MODULE analyze ...)."
+        )
+    config_class = catalog.config_class(analysis)
+    specs = dataclasses.fields(config_class) if config_class is not None else ()
+    fields = [spec.name for spec in specs if spec.metadata.get("cli", True)]  # those that are flags
+    accepted = ", ".join(f"--{match.group(1)}.{name.replace('_', '-')}" for name in fields) or "none"
+    return f"{flag} is not a setting of the {analysis} analysis; accepted: {accepted}."
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``tl-moe`` command."""
+    plugins, argv = _plugin_names(sys.argv[1:] if argv is None else list(argv))
+    try:
+        for plugin in plugins:
+            import_plugin(plugin)
+    except InputError as error:
+        _Parser(prog="tl-moe").exit(2, f"tl-moe: error: {error}\n")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        reason = next((r for r in map(_unknown_setting, unknown) if r is not None), None)
+        if reason is None:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        parser.exit(2, f"tl-moe: error: {reason}\n")
     try:
         args.func(args)
     except InputError as error:

@@ -30,7 +30,10 @@ def default_analyses() -> tuple[str, ...]:
 def get_analysis(name: str) -> Any:
     """The analysis class registered as ``name``."""
     if name not in TABLE:
-        raise InputError(f"Unknown analysis {name!r}; choose from {', '.join(TABLE)}.")
+        raise InputError(
+            f"Unknown analysis {name!r}; choose from {', '.join(TABLE)} (an analysis of your own exists once "
+            "its module is imported: tl-moe --plugin MODULE analyze ..., or TL_MOE_PLUGINS=MODULE)."
+        )
     return TABLE[name]
 
 

@@ -10,7 +10,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,8 +41,9 @@ __all__ = ["RunResults", "analyze", "run"]
 
 
 @dataclass(frozen=True)
-class RunResults:
-    """What a run produced.
+class RunResults(Mapping[str, Result]):
+    """What a run produced; read-only mapping of analysis name -> its result (``results["domains"]``,
+    ``"domains" in results``, ``list(results)``, ``results.items()``), in report order.
 
     Attributes:
         options: the settings it ran with.
@@ -67,6 +68,16 @@ class RunResults:
         if name not in self.results:
             raise KeyError(f"No result of analysis {name!r}; this run has {list(self.results)}.")
         return self.results[name]
+
+    def __iter__(self) -> Iterator[str]:
+        """The names of the analyses that ran, in report order."""
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.results
 
 
 def _analysis_list(analyses: Any) -> tuple[str, ...] | list[Analysis] | None:
