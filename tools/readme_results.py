@@ -185,8 +185,9 @@ def _reading(records: list[dict[str, Any]], groups: list[dict[str, Any]] | None 
                 ": its interval covers 0, so on the same tokens the expert neurons are not shown to add "
                 "anything beyond the protocol's own bias."
                 if covers
-                else ": its interval excludes 0, so on the same tokens, over these pooled concepts, the expert "
-                "neurons add something beyond the protocol's own bias."
+                else ": its unadjusted interval excludes 0 over these pooled concepts (its own, smaller set); it "
+                "is not in the sparsity verdict's Holm family, so it is no verdict: the family's tests of the same "
+                "model and k against both routed-token controls are in the sparsity finding."
             )
         else:
             text += "."
@@ -264,9 +265,10 @@ def _groups_clause(groups: list[dict[str, Any]], metric: str) -> str:
 #: What each interval of the main run's findings resamples (the results block's header says it).
 INTERVALS_NOTE = (
     "Intervals are 95% percentile bootstraps, and they resample different units: the held-out probing "
-    "differences resample test documents (both arms on the same documents); the paper-protocol comparison "
-    "resamples concepts (its units are picked on the split it is scored on, so it has no document-level "
-    "interval); the specialization excess over the document-permutation baseline, and its trained − "
+    "differences resample test documents (both arms on the same documents), except the matched-count control's, "
+    "a t interval over its random neuron draws and the documents (docs/METHODS.md); the paper-protocol "
+    "comparison is an estimate with no interval (its units are picked on the split it is scored on, and its "
+    "concepts share documents); the specialization excess over the document-permutation baseline, and its trained − "
     "untrained difference, resample documents (score and null mean recomputed on each resample from the "
     f"same first {BOOTSTRAP_PERMUTATIONS} document permutations, so the null mean's Monte Carlo error over permutations is not in "
     "the interval; both models on the same documents); the logit-lens share of experts resamples the test documents of the "
@@ -381,13 +383,17 @@ def _lean_text(lean: dict[str, float]) -> str:
 def _interval_lean(records: list[dict[str, Any]], k1: list[dict[str, Any]] | None = None) -> str:
     """Where the held-out estimates sit inside their intervals (0.5: centred): over every held-out interval
     of the run (probing, per group, sparsity members) and separately at k = 1."""
+    records = [r for r in records if not str(r.get("interval_method") or "").startswith("t")]
+    if k1 is not None:
+        k1 = [r for r in k1 if not str(r.get("interval_method") or "").startswith("t")]
     every = interval_lean(records)
     if every is None:
         return ""
     at_k1 = interval_lean([r for r in records if r.get("k") == 1] if k1 is None else k1)
     text = (
-        f"How the held-out intervals sit (all {every['n']} held-out intervals of the run: every comparison, k "
-        f"and metric, the per-group table and every sparsity member): the estimate lies at {_lean_text(every)}"
+        f"How the held-out percentile intervals sit (all {every['n']} of the run: every comparison, k and "
+        "metric, the per-group table and every sparsity member, leaving out the matched-count control's t "
+        f"intervals, symmetric by construction): the estimate lies at {_lean_text(every)}"
     )
     if at_k1 is not None:
         text += f"; at k = 1 alone, at {_lean_text(at_k1)}"
