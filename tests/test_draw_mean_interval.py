@@ -187,3 +187,27 @@ def test_a_null_with_draws_behind_a_one_draw_control_still_gets_the_draws_varian
         if r["metric"] == "balanced_accuracy"
     ]
     assert record["interval_method"] == "t (document bootstrap + between draws)" and record["draws_df"] > 0
+
+
+def test_the_documents_part_counts_only_the_informative_documents():
+    """With 40 documents of which 12 carry the statistic (the others hold no positive), the documents'
+    variance gets 11 degrees of freedom, not 39: Satterthwaite's df recomputed by hand from the same
+    resamples, and the interval widens accordingly."""
+    from tl_moe.analysis.stats import draw_mean_interval
+
+    rng = np.random.default_rng(3)
+    values = np.zeros((40, 3))
+    values[:12] = rng.normal([0.1, 0.2, 0.15], 0.3, (12, 3))  # per document, per draw
+
+    def statistic(weights: np.ndarray) -> np.ndarray:
+        per_draw = weights @ values / weights.sum(-1, keepdims=True)
+        return np.column_stack([per_draw.mean(-1), per_draw])
+
+    every, df_every = draw_mean_interval(statistic, 40, 3, n_resamples=400, seed=1)
+    few, df_few = draw_mean_interval(statistic, 40, 3, n_resamples=400, seed=1, informative_clusters=12)
+    weights = resample_weights(np.random.default_rng(1).integers(0, 40, (400, 40)), 40)
+    v, b = statistic(weights)[:, 0].var(ddof=1), statistic(np.ones((1, 40)))[0, 1:].var(ddof=1) / 3
+    assert df_few == pytest.approx((v + b) ** 2 / (v**2 / 11 + b**2 / 2))
+    assert df_every == pytest.approx((v + b) ** 2 / (v**2 / 39 + b**2 / 2))
+    assert few.high - few.low > every.high - every.low
+    assert few.estimate == every.estimate

@@ -526,7 +526,14 @@ def compare(
             statistic = _difference_statistic(sides, score)
             n_draws = max(len(side.draws) for side in sides)  # a null's draws count too
             interval, df = _interval(
-                statistic, n_draws, len(a.test_docs), n_resamples, seed, min_clusters, f"{label} at k={k}"
+                statistic,
+                n_draws,
+                len(a.test_docs),
+                n_resamples,
+                seed,
+                min_clusters,
+                f"{label} at k={k}",
+                informative_docs=with_positives,
             )
             _, mean_a, mean_b, n_defined, _ = statistic(np.ones((1, len(a.test_docs))))
             swap_p = (
@@ -558,12 +565,20 @@ def compare(
 
 
 def _interval(
-    statistic: Callable, n_draws: int, n_docs: int, n_resamples: int, seed: int, min_clusters: int, what: str
+    statistic: Callable,
+    n_draws: int,
+    n_docs: int,
+    n_resamples: int,
+    seed: int,
+    min_clusters: int,
+    what: str,
+    informative_docs: int | None = None,
 ) -> tuple[Interval, float]:
     """The interval and p-value of :func:`compare`'s statistic: the document bootstrap
     (:data:`~tl_moe.analysis.stats.PAIRED_METHOD`) for a control without draws; for a control that
     averages several draws, the t interval that adds the variance between the draws
-    (:func:`~tl_moe.analysis.stats.draw_mean_interval`), with its degrees of freedom."""
+    (:func:`~tl_moe.analysis.stats.draw_mean_interval`), with its degrees of freedom, the documents' part
+    counted over ``informative_docs`` (the test documents holding a positive of a kept concept)."""
     options = dict(
         n_resamples=n_resamples, seed=seed, min_clusters=min_clusters, on_too_few="unavailable", what=what
     )
@@ -574,7 +589,9 @@ def _interval(
         estimate, *_, per_draw = statistic(weights)
         return np.column_stack([estimate, per_draw])
 
-    return draw_mean_interval(mean_and_draws, n_docs, n_draws, **options)
+    return draw_mean_interval(
+        mean_and_draws, n_docs, n_draws, informative_clusters=informative_docs, **options
+    )
 
 
 def _draws(a: HeldOutArm, b: HeldOutArm | Sequence[HeldOutArm]) -> list[HeldOutArm]:

@@ -331,6 +331,7 @@ def draw_mean_interval(
     min_clusters: int = MIN_DOCUMENTS,
     on_too_few: Literal["error", "unavailable"] = "error",
     what: str = "the statistic",
+    informative_clusters: int | None = None,
 ) -> tuple[Interval, float]:
     """Interval and p-value of 0 (:func:`draw_mean_t`) of a statistic whose control is the mean of
     ``n_draws`` random draws.
@@ -340,6 +341,10 @@ def draw_mean_interval(
             mean, then the statistic with each draw alone as the control (every draw weighted once).
         n_clusters, n_resamples, confidence, seed, min_clusters, on_too_few, what: as in
             :func:`cluster_bootstrap` (the documents are resampled as there, every draw kept once).
+        informative_clusters: the documents that carry the statistic's information (e.g. those holding
+            a positive of a probed concept), at most ``n_clusters``; the documents' variance gets
+            ``informative_clusters - 1`` degrees of freedom (default ``n_clusters``), so documents that
+            cannot move the statistic do not inflate them.
 
     Returns:
         the :class:`Interval` (``method`` :data:`DRAW_MEAN_METHOD`, ``p_value`` the t test's) and the
@@ -367,7 +372,10 @@ def draw_mean_interval(
         return unavailable(f"{what} is undefined on the observed data")
     if not np.isfinite(resampled).any():
         return unavailable(f"{what} is undefined on every resample")
-    t = draw_mean_t(estimate, resampled, observed[1:], n_clusters, confidence)
+    informative = (
+        n_clusters if informative_clusters is None else max(2, min(informative_clusters, n_clusters))
+    )
+    t = draw_mean_t(estimate, resampled, observed[1:], informative, confidence)
     low, high = float(t["low"]), float(t["high"])
     if not (math.isfinite(low) and math.isfinite(high)):
         return unavailable(f"the t interval of {what} is undefined")

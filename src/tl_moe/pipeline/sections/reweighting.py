@@ -310,12 +310,20 @@ def _control_interval(table: pd.DataFrame, column: str, draws_column: str) -> st
 
 def _reweighting_finding(gains: pd.DataFrame) -> str:
     """Every domain's held-out chosen − control, Holm-adjusted over the domains; none singled out."""
-    helps = int((gains["loss change (selection)"] < 0).sum())
-    tested = gains[gains["Holm unavailable"] == ""]
+    helped = gains["loss change (selection)"] < 0
+    tested_mask = gains["Holm unavailable"] == ""
+    tested = gains[tested_mask]
     better, worse = int(tested["improved (Holm)"].sum()), int(tested["worse (Holm)"].sum())
+
+    def named(mask: pd.Series) -> str:
+        return ", ".join(map(str, gains.loc[mask, "domain"])) or "none"
+
     return (
         f"**Re-weighting experts** (set and factor chosen on half the documents, measured on the other half): "
-        f"on {helps} of {len(gains)} domains some re-weighting of the grid lowered the selection-half loss; held "
+        f"on {int(helped.sum())} of {len(gains)} domains some re-weighting of the grid lowered the selection-half "
+        f"loss ({named(helped)}; of them tested held out: {named(helped & tested_mask)}); the tested domains "
+        f"whose best re-weighting did not lower the selection-half loss, so had no gain to confirm: "
+        f"{named(~helped & tested_mask)}; held "
         f"out, against routing-rate-matched random experts with the same factor, {better} of the {len(tested)} "
         f"tested domains improved and {worse} got worse (Holm-adjusted over the domains, family-wise 5%). "
         "Every domain, in nats/token: the chosen re-weighting's absolute held-out loss change (95% document "

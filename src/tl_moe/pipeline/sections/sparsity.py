@@ -263,14 +263,15 @@ class SparsityResult(Result):
             "(one paired document bootstrap): " + "; ".join(parts) + "."
         )
         text += self._changed_text(headline, metric)
+        text += self._changed_text(self.headline_tests(UNMATCHED, metric), metric, stricter=True)
         text += " " + _verdict_sentence(family, self.verdict_metrics())
         text += _floor_text(family)
         return [text]
 
-    def _changed_text(self, headline: list[dict], metric: str) -> str:
-        """Where the matched-subsets comparison (Holm over its own tests) and the headline control (Holm
-        over the verdict family) disagree, grouped by the pair of verdicts: one clause per pair, members
-        with their ks."""
+    def _changed_text(self, headline: list[dict], metric: str, stricter: bool = False) -> str:
+        """Where the matched-subsets comparison (Holm over its own tests) and a routed-token control (Holm
+        over the verdict family; the count-matched one, or ``stricter``: all dense neurons on the routed
+        tokens) disagree, grouped by the pair of verdicts: one clause per pair, members with their ks."""
         subsets = {(r["model"], r["k"]): r for r in self.headline_tests("moe_vs_matched_subsets", metric)}
         groups: dict[tuple[str, str], dict[str, list[int]]] = {}
         for r in headline:
@@ -289,6 +290,11 @@ class SparsityResult(Result):
             for (on_subsets, on_routed), members in groups.items()
         ]
         n = next((r["tests_in_family"] for r in subsets.values()), 0)
+        if stricter:
+            return (
+                f" The stricter control, all dense neurons on the routed tokens (Holm over the family above), "
+                f"against matched subsets ({METRIC_NAMES[metric]}): " + "; ".join(clauses) + "."
+            )
         return (
             f" The routed-token control changes the conclusion ({METRIC_NAMES[metric]}; matched subsets "
             f"Holm-adjusted over its own {n} member × k tests, each conditional on its one draw of token "
@@ -675,7 +681,7 @@ def _short(record: dict | None) -> str:
     else:
         text += f" (no interval: {record.get('interval_unavailable_reason') or 'not computed'})"
     if record.get("n_concepts"):
-        text += f" (n = {int(record['n_concepts'])})"
+        text += f" ({int(record['n_concepts'])} concepts)"
     return text
 
 
