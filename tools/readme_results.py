@@ -55,6 +55,14 @@ def _interval(record: dict[str, Any]) -> str:
     return format_interval(record.get("estimate"), low, high, "+.3f", why)
 
 
+def _method_words(record: dict[str, Any]) -> str:
+    """How a record's interval was computed, in words: a t interval over the documents and the control's
+    random draws, or a document bootstrap."""
+    if str(record.get("interval_method") or "").startswith("t"):
+        return "t interval over the documents and the control's random draws"
+    return "document bootstrap"
+
+
 def _concepts(record: dict[str, Any] | None) -> str:
     """`` (n)``: the concepts a record's estimate averages over (empty when not recorded)."""
     n = (record or {}).get("n_concepts")
@@ -177,7 +185,7 @@ def _reading(records: list[dict[str, Any]], groups: list[dict[str, Any]] | None 
         text += (
             f". Tested directly against that control's own permuted-label null, the remainder is "
             f"{both('matched_count_minus_its_null')} ((MoE − control) − the same with labels permuted, one "
-            "document bootstrap, over the concepts gated in all four arms, its own set)"
+            f"{_method_words(corrected)}, over the concepts gated in all four arms, its own set)"
         )
         if corrected.get("interval_available"):
             covers = corrected["ci_low"] <= 0 <= corrected["ci_high"]
