@@ -118,7 +118,7 @@ def test_the_reading_names_its_metric_leads_with_the_sparsity_headlines_and_test
     assert "its interval covers 0, so on the same tokens the expert neurons are not shown to add" in text
     # A remainder above its null in the lead metric says so.
     records[4] = _k1("matched_count_minus_its_null", "balanced_accuracy", 0.02, 0.01, 0.03)
-    assert "its interval excludes 0" in _reading(records)
+    assert "its unadjusted interval excludes 0" in _reading(records)
 
 
 def test_the_lean_is_given_per_comparison():
