@@ -419,7 +419,7 @@ def _rates(routed: torch.Tensor, windows: Windows, layers: Sequence[int]) -> dic
     return {layer: total[i] for i, layer in enumerate(layers)}
 
 
-def _interval_columns(prefix: str, interval: Interval, df: float | None = None) -> dict[str, float | str]:
+def interval_columns(prefix: str, interval: Interval, df: float | None = None) -> dict[str, float | str]:
     """``prefix``, its ``ci low`` / ``ci high`` and ``interval method``; with ``df``, the degrees of
     freedom of a draw-mean t interval (NaN for another method)."""
     columns = {
@@ -526,7 +526,7 @@ def reweighting_study(
                 {
                     "re-weighted domain": d,
                     "evaluated on": d_eval,
-                    **_interval_columns("loss change", interval),
+                    **interval_columns("loss change", interval),
                     "documents": n_docs,
                 }
             )
@@ -558,9 +558,9 @@ def reweighting_study(
                 "n experts": len(s),
                 "factor": f,
                 "loss change (selection)": selected,
-                **_interval_columns("loss change", mine),
-                **_interval_columns("control loss change", ctrl, ctrl_df),
-                **_interval_columns("chosen − control", diff, diff_df),
+                **interval_columns("loss change", mine),
+                **interval_columns("control loss change", ctrl, ctrl_df),
+                **interval_columns("chosen − control", diff, diff_df),
                 "helps on selection": selected < 0,
                 "clean loss": base.estimate,
                 "control draws": len(own),

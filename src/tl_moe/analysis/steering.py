@@ -34,10 +34,11 @@ from tl_moe.analysis.edit_windows import Windows, by_document, edit_losses, rati
 from tl_moe.analysis.reweighting import (
     ExpertSet,
     draw_mean_intervals,
+    interval_columns,
     matched_random_sets,
     per_draw_intervals,
 )
-from tl_moe.analysis.stats import Interval, cluster_bootstrap
+from tl_moe.analysis.stats import cluster_bootstrap
 from tl_moe.models.interventions import Intervention
 
 __all__ = ["SWITCHES", "SteeringStudy", "steering_study", "switch_edit"]
@@ -83,20 +84,6 @@ def _rates(routed: torch.Tensor, windows: Windows, group: str) -> np.ndarray:
     keep = torch.tensor([g == group for g in windows.group], dtype=torch.bool)
     tokens = max(int(windows.attention_mask[keep].sum()), 1)
     return routed[:, :, keep].sum(-1).double().numpy() / tokens  # [layer, expert]
-
-
-def _columns(prefix: str, interval: Interval, df: float | None = None) -> dict[str, float | str]:
-    """``prefix``, its ``ci low`` / ``ci high`` and ``interval method``; with ``df``, the degrees of
-    freedom of a draw-mean t interval (NaN for another method)."""
-    columns = {
-        prefix: interval.estimate,
-        f"{prefix} ci low": interval.low,
-        f"{prefix} ci high": interval.high,
-        f"{prefix} interval method": interval.method,
-    }
-    if df is not None:
-        columns[f"{prefix} df"] = df
-    return columns
 
 
 def steering_study(
@@ -185,9 +172,9 @@ def steering_study(
             {
                 "experts of": side,
                 "experts": " ".join(f"L{la}E{e}" for la, e in sets[side]),
-                **_columns("held-out rate difference", found),
-                **_columns("random sets", random, random_df),
-                **_columns("detected − random", gap, gap_df),
+                **interval_columns("held-out rate difference", found),
+                **interval_columns("random sets", random, random_df),
+                **interval_columns("detected − random", gap, gap_df),
                 "random draws": len(rows) - 1,
                 "documents": len(doc_rows),
             }
@@ -254,9 +241,9 @@ def steering_study(
                         "experts of": side,
                         "switch": switch,
                         "evaluated on": group,
-                        **_columns("loss change", found),
-                        **_columns("random sets", ctrl, ctrl_df),
-                        **_columns("detected − random", diff, diff_df),
+                        **interval_columns("loss change", found),
+                        **interval_columns("random sets", ctrl, ctrl_df),
+                        **interval_columns("detected − random", diff, diff_df),
                         "random draws": len(random),
                         "documents": len(counts),
                     }
