@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tl_moe.analysis.stats import MIN_DOCUMENTS
+from tl_moe.analysis.configs.statistics import Statistics
 from tl_moe.errors import InputError
 from tl_moe.pipeline import catalog
 from tl_moe.settings import (
@@ -48,6 +48,9 @@ __all__ = [
     "options_from_arguments",
 ]
 
+
+#: The defaults of the run's statistical standards (written once, in :class:`Statistics`).
+_STATISTICS = Statistics()
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -165,34 +168,36 @@ class RunOptions:
     sparsity_family: bool = option(
         False, "also probe every toy MoE and plot F1 vs active ratio (adds the 'sparsity' analysis)"
     )
-    seed: int = option(0, "seed of every random choice (clustering, probe splits, baselines)", parse=int)
+    seed: int = option(
+        _STATISTICS.seed, "seed of every random choice (clustering, probe splits, baselines)", parse=int
+    )
     n_token_groups: int = option(
         50,
         "spherical k-means clusters of the unembedding (shared by domains, logit lens, specialization)",
         parse=int,
     )
     selection_fraction: float = option(
-        0.5,
+        _STATISTICS.selection_fraction,
         "held-out protocol: fraction of documents that select the unit (the rest report it); the one "
         "document split of the run (probing, logit lens)",
         parse=float,
     )
     bootstrap_resamples: int = option(
-        2000, "document-level bootstrap resamples behind every interval", parse=int
+        _STATISTICS.bootstrap_resamples, "document-level bootstrap resamples behind every interval", parse=int
     )
     min_documents: int = option(
-        MIN_DOCUMENTS,
+        _STATISTICS.min_documents,
         "fewest documents on each side of the split and behind each interval "
         "(fewer: the interval is reported unavailable, with the reason)",
         parse=int,
     )
     fdr: float = option(
-        0.05,
+        _STATISTICS.fdr,
         "false-discovery rate of the Benjamini–Hochberg tests (domain experts, associations)",
         parse=float,
     )
     permutations: int = option(
-        999,
+        _STATISTICS.permutations,
         "document-level permutations behind each permutation p-value, except the held-out swap tests, which use the larger of this and 20,000",
         parse=int,
     )
@@ -215,6 +220,11 @@ class RunOptions:
             raise LookupError(f"the analysis {analysis!r} has no settings (its config_class is None).")
         given = self.configs.get(analysis)
         return given if given is not None else config_class()
+
+    @property
+    def statistics(self) -> Statistics:
+        """The run's statistical standards as the analyses take them."""
+        return Statistics(**{spec.name: getattr(self, spec.name) for spec in dataclasses.fields(Statistics)})
 
     def __eq__(self, other: object) -> bool:
         """Equal settings: the same run-wide values and the same config of every analysis (a config

@@ -6,8 +6,8 @@ same field, as do ``analyze(model, probing=dict(ks=(1, 8)))`` and ``analyze(mode
 Each config's ``check()`` refuses values no run can use, in one line, before any pass.
 
 Settings several analyses share (the document split's fraction, bootstrap resamples, permutations, the
-false-discovery rate, the fewest documents behind an interval, the seed) are not here: they are the
-run's statistical standards, one value per run (:class:`~tl_moe.pipeline.options.RunOptions`).
+false-discovery rate, the fewest documents behind an interval, the seed) are the run's
+statistical standards, one value per run: :class:`Statistics` (``RunOptions.statistics`` in a run).
 """
 
 from tl_moe.analysis.configs.drivers import DriversConfig
@@ -15,5 +15,13 @@ from tl_moe.analysis.configs.explain import ExplainConfig
 from tl_moe.analysis.configs.probing import ProbingConfig
 from tl_moe.analysis.configs.reweighting import ReweightingConfig
 from tl_moe.analysis.configs.specialization import SpecializationConfig
+from tl_moe.analysis.configs.statistics import Statistics
 
-__all__ = ["DriversConfig", "ExplainConfig", "ProbingConfig", "ReweightingConfig", "SpecializationConfig"]
+__all__ = [
+    "DriversConfig",
+    "ExplainConfig",
+    "ProbingConfig",
+    "ReweightingConfig",
+    "SpecializationConfig",
+    "Statistics",
+]
