@@ -35,6 +35,7 @@ from tl_moe.analysis.configs import (
     ProbingConfig,
     ReweightingConfig,
     SpecializationConfig,
+    Statistics,
 )
 from tl_moe.analysis.domain_experts import DomainExperts
 from tl_moe.analysis.driver_domain import DriverDomainComparison, compare_drivers_with_domain_experts
@@ -78,6 +79,7 @@ __all__ = [
     "ProbingConfig",
     "ReweightingConfig",
     "SpecializationConfig",
+    "Statistics",
     "PROBE_STATUS",
     "AssociationTable",
     "BoundedTokenStore",
