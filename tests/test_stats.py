@@ -119,3 +119,49 @@ def test_benjamini_hochberg_matches_scipy_and_a_hand_computed_case():
     with_nan, found = benjamini_hochberg(np.array([0.01, np.nan, 0.04]))
     assert np.isnan(with_nan[1]) and not found[1]
     np.testing.assert_allclose(with_nan[[0, 2]], [0.02, 0.04])
+
+
+def test_stratified_bootstrap_keeps_each_stratum_size():
+    """Planted: a statistic equal to how many stratum-0 documents a resample drew. Stratified, every
+    resample draws exactly the stratum's size (a zero-width interval at it); pooled, the count varies."""
+    strata = np.repeat([0, 1], [12, 28])
+
+    def drawn_from_first(weights):
+        return weights[:, strata == 0].sum(1)
+
+    stratified = cluster_bootstrap(drawn_from_first, 40, n_resamples=300, seed=1, strata=strata)
+    pooled = cluster_bootstrap(drawn_from_first, 40, n_resamples=300, seed=1)
+    assert stratified.low == stratified.high == 12
+    assert pooled.high - pooled.low > 5
+
+
+def test_stratified_bootstrap_equals_scipys_two_sample_bootstrap():
+    """The difference of two halves' document means, stratified by half, is scipy's independent
+    two-sample bootstrap of the same data with the same generator."""
+    rng = np.random.default_rng(0)
+    first, second = rng.normal(0, 1, 31), rng.normal(0.5, 2, 37)
+    values = np.concatenate([first, second])
+    strata = np.repeat([0, 1], [31, 37])
+
+    def difference(weights):
+        w0, w1 = weights * (strata == 0), weights * (strata == 1)
+        return (w1 @ values) / w1.sum(1) - (w0 @ values) / w0.sum(1)
+
+    ours = cluster_bootstrap(difference, 68, n_resamples=999, seed=4, strata=strata)
+    reference = scipy.stats.bootstrap(
+        (first, second),
+        lambda a, b, axis=-1: b.mean(axis) - a.mean(axis),
+        n_resamples=999,
+        method="percentile",
+        rng=np.random.default_rng(4),
+    ).confidence_interval
+    assert ours.low == pytest.approx(reference.low, abs=1e-12)
+    assert ours.high == pytest.approx(reference.high, abs=1e-12)
+
+
+def test_stratified_bootstrap_with_a_one_document_stratum_is_unavailable():
+    strata = np.repeat([0, 1], [1, 39])
+    interval = cluster_bootstrap(
+        lambda w: w.sum(1), 40, n_resamples=50, strata=strata, on_too_few="unavailable"
+    )
+    assert not interval.available and "stratum" in interval.reason

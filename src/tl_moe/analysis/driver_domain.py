@@ -12,7 +12,8 @@ reports, per layer and over all layers:
   (:class:`DomainRouting`) and the causal effect measured on the *report-half* documents
   (:class:`ReportDocuments`), so that the two scores come from disjoint documents, with a 95% bootstrap
   interval over the documents of both halves (:func:`~tl_moe.analysis.stats.cluster_bootstrap`, method
-  :data:`~tl_moe.analysis.stats.RHO_METHOD`): each resample draws the documents with replacement and
+  :data:`~tl_moe.analysis.stats.RHO_METHOD`): each resample draws the documents with replacement within
+  their half (stratified: each half keeps its number of documents, as the design fixes it) and
   recomputes every expert's domain score from the drawn selection-half documents' routing counts and
   every expert's effect from the drawn report-half documents, then ρ. The documents are the independent
   units; the experts are not (their scores share the documents' noise), so resampling experts as if each
@@ -227,7 +228,8 @@ def _spearman_intervals(
     seed: int,
 ):
     """ρ(domain score on the selection half, effect on the report half) of each group of ``scored`` rows
-    with its 95% bootstrap interval over the documents of both halves: every resample recomputes each
+    with its 95% bootstrap interval over the documents of both halves, stratified by half (each resample
+    draws each half's documents within that half, as many as it has): every resample recomputes each
     expert's domain score from the drawn selection-half documents and its effect from the drawn
     report-half documents. One :class:`~tl_moe.analysis.stats.Interval` per group."""
     from tl_moe.analysis.effect_estimate import _rows_spearman
@@ -245,6 +247,7 @@ def _spearman_intervals(
         effect = documents.effect(weights[:, n_selection:])[:, li, ei]
         return np.stack([_rows_spearman(score[:, picked], effect[:, picked]) for _, picked in groups], axis=1)
 
+    halves = np.repeat([0, 1], [n_selection, len(documents.counts)])  # drawn within each half
     return cluster_bootstrap(
         statistic,
         n_selection + len(documents.counts),
@@ -253,6 +256,7 @@ def _spearman_intervals(
         on_too_few="unavailable",
         what="the domain score–effect Spearman ρ",
         method=RHO_METHOD,
+        strata=halves,
     )
 
 

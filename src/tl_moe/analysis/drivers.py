@@ -479,5 +479,6 @@ def saliency_effect_spearman(
         on_too_few="unavailable",
         what="the saliency–effect Spearman ρ",
         method=method,
+        strata=report[docs].astype(int),  # drawn within each half: the halves keep their sizes
     )
     return interval

@@ -39,7 +39,7 @@ from typing import Literal
 
 import numpy as np
 import scipy.stats
-from jaxtyping import Float
+from jaxtyping import Float, Int
 
 from tl_moe.defaults import MIN_DOCUMENTS
 from tl_moe.errors import InputError
@@ -160,6 +160,18 @@ def resample_weights(indices: np.ndarray, n_clusters: int) -> np.ndarray:
     return counts.reshape(*lead, n_clusters).astype(np.float64)
 
 
+def _stratum_members(strata: np.ndarray | None, n_clusters: int) -> list[np.ndarray]:
+    """The cluster ids of each stratum (one stratum of every cluster when ``strata`` is None)."""
+    if strata is None:
+        return [np.arange(n_clusters)]
+    strata = np.asarray(strata)
+    if strata.shape != (n_clusters,):
+        raise ValueError(
+            f"strata has shape {strata.shape}; one stratum per cluster ({n_clusters}) is needed."
+        )
+    return [np.flatnonzero(strata == value) for value in np.unique(strata)]
+
+
 def _too_few(n: int, min_clusters: int, what: str, on_too_few: str, estimate: float, confidence: float):
     reason = f"{n} document(s) behind {what}; a document-level interval needs at least {min_clusters}"
     if on_too_few == "error":
@@ -178,6 +190,7 @@ def cluster_bootstrap(
     min_clusters: int = MIN_DOCUMENTS,
     on_too_few: Literal["error", "unavailable"] = "error",
     what: str = "the statistic",
+    strata: Int[np.ndarray, " cluster"] | None = None,
 ) -> Interval | list[Interval]:
     """Bootstrap interval of a statistic over clusters (documents), via ``scipy.stats.bootstrap``.
 
@@ -190,6 +203,10 @@ def cluster_bootstrap(
         n_resamples, confidence, method, seed: as in ``scipy.stats.bootstrap``.
         min_clusters: fewer clusters than this -> error or unavailable interval (``on_too_few``).
         what: names the statistic in the too-few message.
+        strata: the stratum of each cluster (e.g. the half of the document split it sits on; None: one
+            stratum). Each resample draws every stratum's clusters with replacement within that stratum,
+            as many as it has, so the design's fixed sizes (documents per half) are kept; every stratum
+            needs two clusters or the interval is unavailable.
 
     Returns:
         one :class:`Interval`, or a list of ``m`` when the statistic returns ``[batch, m]``.
@@ -202,10 +219,19 @@ def cluster_bootstrap(
         out = [_too_few(n_clusters, min_clusters, what, on_too_few, float(e), confidence) for e in estimates]
         return out if multi else out[0]
 
-    def resampled(indices: np.ndarray, axis: int = -1) -> np.ndarray:
-        indices = np.moveaxis(indices, axis, -1)
-        single = indices.ndim == 1  # BCa evaluates the observed sample on its own
-        weights = resample_weights(indices[None] if single else indices, n_clusters)
+    members = _stratum_members(strata, n_clusters)
+    if min(len(m) for m in members) < 2:
+        reason = f"a stratum of {what} holds fewer than 2 documents; a stratified interval needs 2 in each"
+        out = [
+            Interval(float(e), math.nan, math.nan, n_clusters, confidence, method, False, reason)
+            for e in estimates
+        ]
+        return out if multi else out[0]
+
+    def resampled(*indices: np.ndarray, axis: int = -1) -> np.ndarray:
+        parts = [np.moveaxis(part, axis, -1) for part in indices]  # one per stratum: drawn cluster ids
+        single = parts[0].ndim == 1  # BCa evaluates the observed sample on its own
+        weights = sum(resample_weights(part[None] if single else part, n_clusters) for part in parts)
         values = np.asarray(statistic(weights))
         if single:
             return values[0]
@@ -214,7 +240,7 @@ def cluster_bootstrap(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # degenerate (constant) distributions: scipy warns, we report
         result = scipy.stats.bootstrap(
-            (np.arange(n_clusters),),
+            tuple(members),
             resampled,
             vectorized=True,
             n_resamples=n_resamples,
