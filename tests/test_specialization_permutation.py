@@ -314,3 +314,27 @@ def test_the_headline_leads_with_the_weighted_permutation_excess_and_labels_the_
     assert f"{spread['mean_excess']:.3f} ± {spread['std_excess']:.3f}" in lead.split("a spread")[1]
     assert f"{functional}: no control ({FUNCTIONAL_NO_CONTROL})" in lead
     assert "above the document-permutation baseline" in summary.findings()[1]
+
+
+def test_the_null_means_monte_carlo_error_and_the_intervals_diagnostics_are_recomputed_by_hand():
+    """null_mean_se is the sd over the kept permutations of each layer's null score / √kept, the null
+    scores recomputed from the per-document null counts with scipy's JSD; bootstrap_bias and
+    interval_position come from the same interval."""
+    routed, content, doc = planted_stream(3, n_docs=40)
+    baseline = document_permutation_baseline(routed, content, doc, 8, 8, n_permutations=20, seed=0)
+    kept = baseline.kept(50).numpy()
+    null = baseline.doc_null_counts.double().numpy().sum(1)  # [permutation, layer, expert, group]
+
+    def layer_mean(counts, layer):
+        pooled = counts.sum(0)
+        jsd = [jsd_bits(row / row.sum(), pooled / pooled.sum()) if row.sum() else 0.0 for row in counts]
+        w = np.where(kept[layer], counts.sum(1), 0.0)
+        return float(np.dot(jsd, w) / w.sum())
+
+    scores = np.array([[layer_mean(null[k, layer], layer) for layer in range(2)] for k in range(len(null))])
+    expected = scores.std(0, ddof=1) / np.sqrt(len(null))
+    frame = excess_intervals(baseline, min_n=50, n_resamples=200, seed=1)
+    np.testing.assert_allclose(frame["null_mean_se"], expected, rtol=1e-9)
+    position = (frame["estimate"] - frame["ci_low"]) / (frame["ci_high"] - frame["ci_low"])
+    np.testing.assert_allclose(frame["interval_position"], position)
+    assert frame["bootstrap_bias"].notna().all() and (frame["method"] == "percentile").all()

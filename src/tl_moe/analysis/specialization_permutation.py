@@ -57,6 +57,7 @@ __all__ = [
     "document_permutation_baseline",
     "excess_intervals",
     "excess_statistic",
+    "null_mean_error",
 ]
 
 # Upper bound on the (permutation x token x layer x slot) index elements built at once.
@@ -410,6 +411,18 @@ def excess_statistic(
     return statistic
 
 
+def null_mean_error(baseline: DocumentPermutationBaseline, min_n: float = 0) -> Float[np.ndarray, " layer"]:
+    """Monte Carlo standard error of the null mean that :func:`excess_statistic` subtracts: the standard
+    deviation over the kept permutations of each layer's token-weighted mean null JSD (observed documents)
+    over √(kept permutations). It is the part of the excess's error that comes from using only
+    :data:`BOOTSTRAP_PERMUTATIONS` permutations, which the document bootstrap does not resample."""
+    if baseline.doc_null_counts is None or len(baseline.doc_null_counts) < 2:
+        return np.full(len(baseline.layers), np.nan)
+    null = baseline.doc_null_counts.double().sum(1)  # [permutation, layer, expert, group]
+    scores = _layer_weighted_jsd(null[None], baseline.kept(min_n))[0].numpy()  # [permutation, layer]
+    return scores.std(0, ddof=1) / math.sqrt(len(scores))
+
+
 def _same_documents(a: DocumentPermutationBaseline, b: DocumentPermutationBaseline) -> bool:
     return a.doc_ids is not None and b.doc_ids is not None and torch.equal(a.doc_ids, b.doc_ids)
 
@@ -433,8 +446,16 @@ def excess_intervals(
     Returns:
         One row per (model, layer), ``model`` in ``"trained"``, ``"untrained"``,
         ``"trained − untrained"``: ``estimate``, ``ci_low``, ``ci_high``, ``interval_available``,
-        ``reason`` (why unavailable), ``n_documents``, ``confidence``.
+        ``reason`` (why unavailable), ``n_documents``, ``confidence``, ``method`` (the interval's),
+        ``bootstrap_bias`` (mean resampled excess − estimate), ``interval_position`` (where the estimate
+        sits, 0 at ``ci_low`` to 1 at ``ci_high``: a leaning interval is far from 0.5) and
+        ``null_mean_se`` (:func:`null_mean_error`: the Monte Carlo error of the null mean, which the
+        interval does not include; in quadrature for the difference).
     """
+    null_se = {"trained": null_mean_error(baseline, min_n)}
+    if untrained is not None:
+        null_se["untrained"] = null_mean_error(untrained, min_n)
+        null_se["trained − untrained"] = np.hypot(null_se["trained"], null_se["untrained"])
 
     def rows(model: str, layers, intervals: list[Interval]) -> list[dict]:
         return [
@@ -448,8 +469,12 @@ def excess_intervals(
                 "reason": interval.reason,
                 "n_documents": interval.n,
                 "confidence": interval.confidence,
+                "method": interval.method,
+                "bootstrap_bias": interval.bias,
+                "interval_position": _position(interval),
+                "null_mean_se": float(null_se[model][i]),
             }
-            for layer, interval in zip(layers, intervals, strict=True)
+            for i, (layer, interval) in enumerate(zip(layers, intervals, strict=True))
         ]
 
     def unavailable(model: str, source: DocumentPermutationBaseline, reason: str) -> list[dict]:
@@ -512,3 +537,11 @@ def excess_intervals(
     )
     out += unavailable("trained − untrained", baseline, why)
     return pd.DataFrame(out)
+
+
+def _position(interval: Interval) -> float:
+    """Where the estimate sits in its interval: 0 at the low end, 1 at the high end (NaN without one)."""
+    width = interval.high - interval.low
+    if not interval.available or not width > 0:
+        return math.nan
+    return (interval.estimate - interval.low) / width
