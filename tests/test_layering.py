@@ -16,6 +16,7 @@ FORBIDDEN = {
     "data": set(LAYERS) - {"data"},
     "collect": {"analysis", "explain", "zoo", "report", "pipeline", "cli"},
     "analysis": {"explain", "zoo", "report", "pipeline", "cli"},
+    "explain": {"zoo", "report", "pipeline", "cli"},
     "zoo": {"explain", "report", "pipeline", "cli"},
     "report": {"models", "data", "collect", "analysis", "explain", "zoo", "pipeline", "cli"},
     "pipeline": {"cli"},
@@ -125,11 +126,16 @@ def test_the_walk_sees_function_local_imports():
 # config_class). Run-wide code: every pipeline module outside pipeline/sections/, and the CLI. The code of
 # an analysis: its section module pipeline/sections/NAME.py and the helper modules named NAME_*.py.
 SECTIONS = PACKAGE / "pipeline" / "sections"
+# Each section's Result (its report view) is the analysis's code too, named like its section.
+RESULTS = PACKAGE / "pipeline" / "results"
 RUN_WIDE = [
     path
     for path in (PACKAGE / "pipeline").rglob("*.py")
-    if SECTIONS not in path.parents and path.name != "options.py"
+    if SECTIONS not in path.parents and RESULTS not in path.parents and path.name != "options.py"
 ] + [PACKAGE / "cli.py"]
+ANALYSIS_CODE = [*SECTIONS.glob("*.py"), *RESULTS.glob("*.py")]
+#: A section is the adapter between the pipeline and an analysis of tl_moe.analysis / tl_moe.explain.
+MAX_SECTION_LINES = 150
 
 
 def _attributes_read(path: Path) -> set[str]:
@@ -147,7 +153,7 @@ def test_run_options_hold_no_analysis_specific_field():
     names = analysis_names()
     run_wide_reads = set().union(*(_attributes_read(path) for path in RUN_WIDE))
     readers: dict[str, set[str]] = {}
-    for path in SECTIONS.glob("*.py"):
+    for path in ANALYSIS_CODE:
         for attribute in _attributes_read(path):
             readers.setdefault(attribute, set()).add(_section_owner(path, names))
     specific = [
@@ -178,7 +184,7 @@ def test_sections_read_their_settings_from_the_configs_not_by_legacy_names():
     legacy = set(legacy_names())
     assert legacy and not legacy & {spec.name for spec in run_wide_fields()}
     wrong = []
-    for path in [*SECTIONS.glob("*.py"), *RUN_WIDE]:
+    for path in [*ANALYSIS_CODE, *RUN_WIDE]:
         for node in ast.walk(ast.parse(path.read_text())):
             if (
                 isinstance(node, ast.Attribute)
@@ -188,3 +194,25 @@ def test_sections_read_their_settings_from_the_configs_not_by_legacy_names():
             ):
                 wrong.append(f"{path.name}:{node.lineno} options.{node.attr}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_method_layers_never_import_the_pipeline():
+    """An analysis runs in a notebook without tl_moe.pipeline: nothing under analysis/, explain/,
+    collect/, models/ or data/ imports it (function-local imports included)."""
+    wrong = sorted(
+        f"{module} imports {target}"
+        for module, targets in GRAPH.items()
+        if _layer(module) in ("analysis", "explain", "collect", "models", "data")
+        for target in targets
+        if _layer(target) == "pipeline"
+    )
+    assert not wrong, "\n".join(wrong)
+
+
+def test_every_section_is_an_adapter_of_at_most_150_lines():
+    long = {
+        path.name: n
+        for path in SECTIONS.glob("*.py")
+        if (n := len(path.read_text().splitlines())) > MAX_SECTION_LINES
+    }
+    assert not long, f"sections over {MAX_SECTION_LINES} lines (move the method to tl_moe.analysis): {long}"
