@@ -58,29 +58,24 @@ def flag_of(spec: dataclasses.Field) -> str:
 
 def int_list(flag: str) -> Callable[[str], tuple[int, ...]]:
     """Parser of comma-separated integers for ``flag`` (refuses text that is not, in one line)."""
-
-    def parse(text: str) -> tuple[int, ...]:
-        try:
-            values = tuple(int(part) for part in text.split(",") if part.strip())
-        except ValueError:
-            raise InputError(f"{flag} takes comma-separated integers (e.g. 1,3), got {text!r}.") from None
-        if not values:
-            raise InputError(f"{flag} needs at least one integer, got {text!r}.")
-        return values
-
-    return parse
+    return _number_list(flag, int, "integers (e.g. 1,3)", "integer")
 
 
 def float_list(flag: str) -> Callable[[str], tuple[float, ...]]:
     """Parser of comma-separated numbers for ``flag``."""
+    return _number_list(flag, float, "numbers (e.g. 0.5,2)", "number")
 
-    def parse(text: str) -> tuple[float, ...]:
+
+def _number_list(flag: str, kind: Callable[[str], Any], accepted: str, one: str) -> Callable[[str], tuple]:
+    """Parser of comma-separated values of ``kind`` for ``flag``; bad or empty text is refused in one line."""
+
+    def parse(text: str) -> tuple:
         try:
-            values = tuple(float(part) for part in text.split(",") if part.strip())
+            values = tuple(kind(part) for part in text.split(",") if part.strip())
         except ValueError:
-            raise InputError(f"{flag} takes comma-separated numbers (e.g. 0.5,2), got {text!r}.") from None
+            raise InputError(f"{flag} takes comma-separated {accepted}, got {text!r}.") from None
         if not values:
-            raise InputError(f"{flag} needs at least one number, got {text!r}.")
+            raise InputError(f"{flag} needs at least one {one}, got {text!r}.")
         return values
 
     return parse
