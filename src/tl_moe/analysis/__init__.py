@@ -12,11 +12,14 @@ Every object a notebook needs is importable from here (``from tl_moe.analysis im
   :func:`compare_drivers_with_domain_experts`; :func:`position_effect`.
 - associations, re-weighting and steering: :class:`RoutingRecords` and
   :func:`token_expert_associations`; :func:`reweighting_study`; :func:`steering_study`.
-- routing: :func:`specialization_scores` with its :func:`sampling_baseline` and
-  :func:`document_permutation_baseline`; :class:`DomainExperts`; :func:`routed_tokens_by_domain`.
+- routing: :class:`SpecializationStudy` (routing and functional specialization above both baselines,
+  with intervals) on :class:`SpecializationCounts`; :func:`specialization_scores` with its
+  :func:`sampling_baseline` and :func:`document_permutation_baseline`; :class:`DomainExperts`;
+  :func:`routed_tokens_by_domain`.
 - the vocabulary: :func:`expert_logit_lens`, :class:`ExpertLogitLensAccumulator`,
-  :func:`top_token_share` (against the untrained model), :func:`decompose_logits` (direct logit
-  attribution), :class:`LogitReadout`, :class:`SphericalKMeans` / :func:`cluster_vocabulary`.
+  :class:`LogitLensStudy` and :func:`top_token_share` (against the untrained model),
+  :func:`decompose_logits` (direct logit attribution), :class:`LogitReadout`, :class:`SphericalKMeans` /
+  :func:`cluster_vocabulary`.
 - the settings of each analysis as the pipeline runs it: :class:`ProbingConfig`,
   :class:`SpecializationConfig`, :class:`DriversConfig`, :class:`ReweightingConfig`,
   :class:`ExplainConfig` (frozen dataclasses, every default written once there).
@@ -52,6 +55,7 @@ from tl_moe.analysis.logit_lens import (
 )
 from tl_moe.analysis.logit_lens_accumulator import ExpertLogitLensAccumulator, ExpertLogitLensResult
 from tl_moe.analysis.logit_lens_null import TopTokenShare, top_token_share
+from tl_moe.analysis.logit_lens_study import LogitLensOutcome, LogitLensStudy
 from tl_moe.analysis.positions import PositionEffect, position_effect
 from tl_moe.analysis.probing import PROBE_STATUS, KSparseProbe, subsample_like_routing
 from tl_moe.analysis.probing_math import fit_logistic_batched
@@ -67,6 +71,12 @@ from tl_moe.analysis.specialization import (
 from tl_moe.analysis.specialization_permutation import (
     DocumentPermutationBaseline,
     document_permutation_baseline,
+)
+from tl_moe.analysis.specialization_study import (
+    DocumentRouting,
+    SpecializationCounts,
+    SpecializationOutcome,
+    SpecializationStudy,
 )
 from tl_moe.analysis.splits import document_split
 from tl_moe.analysis.stats import Interval, cluster_bootstrap
@@ -84,6 +94,7 @@ __all__ = [
     "AssociationTable",
     "BoundedTokenStore",
     "DocumentPermutationBaseline",
+    "DocumentRouting",
     "DomainExperts",
     "DriverDomainComparison",
     "ExpertLens",
@@ -96,11 +107,16 @@ __all__ = [
     "Interval",
     "KSparseProbe",
     "LogitDecomposition",
+    "LogitLensOutcome",
+    "LogitLensStudy",
     "LogitReadout",
     "PositionEffect",
     "ReweightingStudy",
     "RoutingRecords",
+    "SpecializationCounts",
+    "SpecializationOutcome",
     "SpecializationResult",
+    "SpecializationStudy",
     "SphericalKMeans",
     "SteeringStudy",
     "StoredTokens",

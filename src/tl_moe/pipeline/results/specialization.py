@@ -1,0 +1,240 @@
+"""The specialization section's :class:`~tl_moe.pipeline.protocol.Result`: a
+:class:`~tl_moe.analysis.specialization_study.SpecializationOutcome` as the report shows it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tl_moe.analysis.specialization_permutation import DocumentPermutationBaseline
+from tl_moe.analysis.specialization_study import DIFFERENCE, SpecializationOutcome
+from tl_moe.pipeline.protocol import FigureItem, Result, TableItem
+from tl_moe.report.figures import new_figure
+from tl_moe.report.numbers import format_interval, format_mean_sd, format_number
+
+__all__ = ["SpecializationSummary"]
+
+
+@dataclass(frozen=True)
+class SpecializationSummary(SpecializationOutcome, Result):
+    """A :class:`~tl_moe.analysis.specialization_study.SpecializationOutcome` (the same fields) with the
+    report's view."""
+
+    @classmethod
+    def of(cls, outcome: SpecializationOutcome) -> SpecializationSummary:
+        """The report's view of what :class:`~tl_moe.analysis.specialization_study.SpecializationStudy`
+        found."""
+        return cls(**{spec.name: getattr(outcome, spec.name) for spec in fields(outcome)})
+
+    def metrics(self) -> dict[str, Any]:
+        metrics = {}
+        for name, result in self.measures.items():
+            summary = result.layer_summary(self.min_tokens).iloc[-1]
+            metrics[
+                f"{name} | token-weighted mean excess (experts >= {self.min_tokens} tokens), last layer"
+            ] = round(float(summary["token_weighted_mean_excess"]), 4)
+            metrics[f"{name} | mean excess, last layer"] = round(float(summary["mean_excess"]), 4)
+            metrics[f"{name} | experts below {self.min_tokens} tokens, last layer"] = int(
+                summary["n_small_experts"]
+            )
+        for prefix, model, permutation in (
+            ("", "trained", self.permutation),
+            ("untrained | ", "untrained", self.untrained_permutation),
+        ):
+            for name, baseline in permutation.items():
+                metrics[
+                    f"{prefix}{name} | excess over the document-permutation baseline, token-weighted "
+                    f"(experts >= {self.min_tokens} tokens), last layer"
+                ] = self._excess_text(name, model, baseline)
+        for name in self.intervals:
+            difference = self.interval_rows(name, DIFFERENCE)
+            if difference is not None:
+                metrics[
+                    f"{name} | {DIFFERENCE} excess over the document-permutation baseline, last layer"
+                ] = _interval_text(difference.iloc[-1])
+        for name, result in self.untrained.items():
+            summary = result.layer_summary(self.min_tokens).iloc[-1]
+            metrics[
+                f"untrained | {name} | token-weighted mean excess (experts >= {self.min_tokens} tokens), "
+                "last layer"
+            ] = round(float(summary["token_weighted_mean_excess"]), 4)
+        for i, note in enumerate(self.notes):
+            metrics[f"note {i + 1}"] = note
+        return metrics
+
+    def findings(self) -> list[str]:
+        layer = next(iter(self.measures.values())).layers[-1]
+        return [self._lead_finding(layer)] + ([self._permutation_finding(layer)] if self.permutation else [])
+
+    def _lead_finding(self, layer: int) -> str:
+        """The headline: per measure, the token-weighted excess over its strongest control with its
+        document-bootstrap interval (routing measures), or why it has none (functional), then the
+        unweighted mean ± sd over experts labelled as a spread."""
+        heads, spreads = [], []
+        for name, result in self.measures.items():
+            last = result.layer_summary(self.min_tokens).iloc[-1]
+            why = f"no expert of layer {int(last['layer'])} was routed a token"
+            spreads.append(f"{name} {format_mean_sd(last['mean_excess'], last['std_excess'], '.3f', why)}")
+            rows = self.interval_rows(name, "trained")
+            if name in self.permutation and rows is not None:
+                heads.append(f"{name} {_interval_text(rows.iloc[-1])}")
+            elif name in self.permutation:
+                heads.append(f"{name} {self._excess_text(name, 'trained', self.permutation[name])}")
+            else:
+                heads.append(
+                    f"{name}: no control ({self.no_control_reason(name)}); above the sampling baseline "
+                    f"only, token-weighted {format_number(last['token_weighted_mean_excess'], '+.4f', why)} (no interval)"
+                )
+        return (
+            f"**Specialization** in the last sparse layer ({layer}), token-weighted over experts of >= "
+            f"{self.min_tokens} tokens, bits above the document-permutation baseline with its 95% "
+            "document-bootstrap interval: "
+            + "; ".join(heads)
+            + ". Spread over experts (unweighted mean ± sd of each expert's excess over the multinomial "
+            "sampling baseline, all experts with tokens; a spread, not an interval): "
+            + "; ".join(spreads)
+            + "."
+        )
+
+    def _permutation_finding(self, layer: int) -> str:
+        parts = [self._finding_part(name, baseline) for name, baseline in self.permutation.items()]
+        return (
+            f"**Specialization above the document-permutation baseline** (layer {layer}, token-weighted "
+            f"over experts of >= {self.min_tokens} tokens, bits, 95% document-bootstrap intervals): "
+            + "; ".join(parts)
+            + "."
+        )
+
+    def _excess_text(self, name: str, model: str, baseline: DocumentPermutationBaseline) -> str:
+        """``estimate [low, high], p = ..., N documents`` of one model's last-layer excess."""
+        last = baseline.layer_summary(self.min_tokens).iloc[-1]
+        rows = self.interval_rows(name, model)
+        interval = _interval_text(rows.iloc[-1]) if rows is not None else "no interval"
+        return f"{interval}, {_p_text(last, baseline)}, {baseline.n_documents} documents"
+
+    def _finding_part(self, name: str, baseline: DocumentPermutationBaseline) -> str:
+        """One routing measure's finding: trained, untrained, their paired difference, and what the
+        p-values can and cannot say."""
+        text = f"{name}: trained {self._excess_text(name, 'trained', baseline)}"
+        untrained = self.untrained_permutation.get(name)
+        if untrained is None:
+            return text
+        text += f"; untrained model {self._excess_text(name, 'untrained', untrained)}"
+        difference = self.interval_rows(name, DIFFERENCE)
+        if difference is not None:
+            text += f"; {DIFFERENCE} {_interval_text(difference.iloc[-1])} (paired over documents; one random initialization of the untrained model, the interval conditional on it)"
+        trained_floor = bool(baseline.layer_summary(self.min_tokens).iloc[-1]["p_at_floor"])
+        untrained_floor = bool(untrained.layer_summary(self.min_tokens).iloc[-1]["p_at_floor"])
+        if trained_floor and untrained_floor:
+            text += (
+                " — both p-values sit at their floor (no permutation reached either score): they do not "
+                f"tell the two models apart; the {DIFFERENCE} difference does"
+            )
+        return text
+
+    def figures(self) -> list[FigureItem]:
+        fig, ax = new_figure(6.4, 4.2)
+        for i, (name, result) in enumerate(self.measures.items()):
+            result.plot(ax=ax, label=name, color=f"C{i}")
+            if name in self.untrained:
+                self.untrained[name].plot(ax=ax, label=f"{name} (untrained)", color=f"C{i}", linestyle="--")
+        ax.set_ylabel("JSD - sampling baseline (bits)")
+        ax.set_title("Specialization per layer (mean ± sd over experts)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        caption = "Specialization above the multinomial sampling baseline, per layer."
+        if self.untrained:
+            caption += " Dashed: the untrained model of the same config (routing measures)."
+        items = [FigureItem("specialization_per_layer", fig, caption)]
+        if self.permutation:
+            items.append(
+                FigureItem(
+                    "specialization_permutation_per_layer",
+                    self._permutation_figure(),
+                    "Specialization above the document-permutation baseline, token-weighted over experts "
+                    f"of at least {self.min_tokens} tokens, with its 95% document-bootstrap interval; dashed: "
+                    "the untrained model.",
+                )
+            )
+        return items
+
+    def _permutation_figure(self):
+        fig, ax = new_figure(6.4, 4.2)
+        names = list(self.measures)
+        for model, style, suffix in (("trained", "-", ""), ("untrained", "--", " (untrained)")):
+            for name in self.intervals:
+                summary = self.interval_rows(name, model)
+                if summary is None:
+                    continue
+                i = names.index(name)
+                x = np.asarray(summary["layer"], dtype=float) + (0.05 if suffix else 0.0)
+                y = summary["estimate"].to_numpy(dtype=float)
+                low, high = summary["ci_low"].to_numpy(dtype=float), summary["ci_high"].to_numpy(dtype=float)
+                ax.errorbar(
+                    x,
+                    y,
+                    yerr=[np.nan_to_num(y - low), np.nan_to_num(high - y)],
+                    marker="o",
+                    capsize=3,
+                    linestyle=style,
+                    color=f"C{i}",
+                    label=name + suffix,
+                )
+        ax.axhline(0.0, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_xticks(list(next(iter(self.measures.values())).layers))
+        ax.set_xlabel("layer")
+        ax.set_ylabel("JSD - document-permutation baseline (bits)")
+        ax.set_title("Specialization above the document-permutation baseline")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        return fig
+
+    def tables(self) -> list[TableItem]:
+        tables = [
+            TableItem("specialization_per_layer", self.to_frame(), "Per layer and measure."),
+            TableItem(
+                "specialization_small_experts",
+                self.small_experts(),
+                f"Experts with fewer than {self.min_tokens} tokens: listed, left out of the token-weighted means.",
+            ),
+        ]
+        untrained = self.untrained_frame()
+        if len(untrained):
+            tables.append(
+                TableItem(
+                    "specialization_untrained_per_layer",
+                    untrained,
+                    "The untrained model of the same config: per layer and routing measure.",
+                )
+            )
+        difference = self.difference_frame()
+        if len(difference):
+            tables.append(
+                TableItem(
+                    "specialization_trained_minus_untrained",
+                    difference,
+                    "Trained − untrained excess over the document-permutation baseline per layer and routing "
+                    "measure, with its paired 95% document-bootstrap interval.",
+                )
+            )
+        return tables
+
+
+def _interval_text(row: pd.Series) -> str:
+    """``+0.0660 [+0.0600, +0.0720]``, or the estimate with why its interval is unavailable."""
+    if not row["interval_available"]:
+        return format_interval(row["estimate"], math.nan, math.nan, "+.4f", row["reason"])
+    return format_interval(row["estimate"], row["ci_low"], row["ci_high"], "+.4f", row["reason"])
+
+
+def _p_text(row: pd.Series, baseline: DocumentPermutationBaseline) -> str:
+    """The permutation p-value; at its floor, said as such (``p <= 1/(1 + permutations)``)."""
+    if not np.isfinite(row["p_value"]):
+        return "p unavailable"
+    if row["p_at_floor"]:
+        return f"p = {baseline.p_floor:.3g}, at its floor 1/{baseline.n_permutations + 1}"
+    return f"p = {row['p_value']:.3g} ({baseline.n_permutations} permutations)"
