@@ -126,6 +126,9 @@ _PERMUTATION_COLUMNS = (
     "permutation_ci_high",
     "permutation_interval_available",
     "permutation_interval_unavailable_reason",
+    "permutation_bootstrap_bias",
+    "permutation_interval_position",
+    "permutation_null_mean_se",
     "permutation_p_value",
     "permutation_p_at_floor",
     "permutation_n_permutations",
@@ -140,7 +143,8 @@ def with_permutation(
     intervals: pd.DataFrame | None,
 ) -> pd.DataFrame:
     """``frame`` (per layer) with the permutation excess (the bootstrap statistic's estimate), its
-    document-bootstrap interval, p-value and floor flag per layer (NaN where there is no permutation
+    document-bootstrap interval with its diagnostics (bootstrap bias, the estimate's position in the
+    interval, the Monte Carlo error of the 20-permutation null mean), p-value and floor flag per layer (NaN where there is no permutation
     baseline)."""
     if baseline is None:
         return frame.assign(**{c: np.nan for c in _PERMUTATION_COLUMNS})
@@ -153,6 +157,9 @@ def with_permutation(
             "permutation_ci_high": np.nan,
             "permutation_interval_available": False,
             "permutation_interval_unavailable_reason": "not computed",
+            "permutation_bootstrap_bias": np.nan,
+            "permutation_interval_position": np.nan,
+            "permutation_null_mean_se": np.nan,
             "permutation_p_value": summary["p_value"],
             "permutation_p_at_floor": summary["p_at_floor"],
             "permutation_n_permutations": summary["n_permutations"],
@@ -166,6 +173,8 @@ def with_permutation(
         summary["permutation_ci_high"] = by_layer["ci_high"].to_numpy()
         summary["permutation_interval_available"] = by_layer["interval_available"].to_numpy()
         summary["permutation_interval_unavailable_reason"] = by_layer["reason"].to_numpy()
+        for column in ("bootstrap_bias", "interval_position", "null_mean_se"):
+            summary[f"permutation_{column}"] = by_layer[column].to_numpy()
     return frame.merge(summary, on="layer", how="left")
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tl_moe.analysis.specialization_permutation import DocumentPermutationBaseline
+from tl_moe.analysis.specialization_permutation import BOOTSTRAP_PERMUTATIONS, DocumentPermutationBaseline
 from tl_moe.analysis.specialization_study import DIFFERENCE, SpecializationOutcome
 from tl_moe.pipeline.protocol import FigureItem, Result, TableItem
 from tl_moe.report.figures import new_figure
@@ -107,7 +107,35 @@ class SpecializationSummary(SpecializationOutcome, Result):
             f"over experts of >= {self.min_tokens} tokens, bits, 95% document-bootstrap intervals): "
             + "; ".join(parts)
             + "."
+            + self._diagnostics_text()
         )
+
+    def _diagnostics_text(self) -> str:
+        """What the percentile intervals above leave out: where each estimate sits in its interval, the
+        bootstrap bias, and the Monte Carlo error of the null mean (last layer, every model and measure)."""
+        rows = [
+            frame.iloc[-1]
+            for name in self.permutation
+            for model in ("trained", "untrained", DIFFERENCE)
+            if (frame := self.interval_rows(name, model)) is not None and "bootstrap_bias" in frame
+        ]
+        rows = [row for row in rows if bool(row["interval_available"])]
+        if not rows:
+            return ""
+        position = [float(row["interval_position"]) for row in rows]
+        bias = [float(row["bootstrap_bias"]) for row in rows]
+        null_se = [float(row["null_mean_se"]) for row in rows if np.isfinite(row["null_mean_se"])]
+        text = (
+            f" Diagnostics of these {len(rows)} percentile intervals: each estimate sits at "
+            f"{min(position):.2f}–{max(position):.2f} of its interval's width (0.5: centred), the bootstrap "
+            f"bias (mean resampled − estimate) is {min(bias):+.4f} to {max(bias):+.4f} bits"
+        )
+        if null_se:
+            text += (
+                f"; the null mean from {BOOTSTRAP_PERMUTATIONS} permutations adds a Monte Carlo standard error of "
+                f"up to {max(null_se):.4f} bits, which the intervals do not include"
+            )
+        return text + "."
 
     def _excess_text(self, name: str, model: str, baseline: DocumentPermutationBaseline) -> str:
         """``estimate [low, high], p = ..., N documents`` of one model's last-layer excess."""
