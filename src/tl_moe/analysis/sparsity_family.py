@@ -17,6 +17,7 @@ Example (``held_out``: one row per member, comparison, metric and k, the columns
 comparison records plus ``model`` and ``active_ratio``)::
 
     from tl_moe.analysis import SparsityVerdicts
+    from tl_moe.analysis.sparsity_family import UNMATCHED
 
     verdicts = SparsityVerdicts(deterministic=lambda comparison, n_draws: comparison == UNMATCHED)
     for row in verdicts.family(held_out):
