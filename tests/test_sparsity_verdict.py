@@ -144,8 +144,8 @@ def test_a_one_draw_random_control_is_labelled_held_fixed_and_a_deterministic_on
     token subsets, the untrained MoE and a label permutation are one random draw held fixed; all dense
     neurons on the routed tokens is deterministic; the count-matched control with one draw holds every
     neuron (deterministic), with several draws and no t test its draws are held fixed."""
-    from tl_moe.pipeline.sections.probing import ARM_DRAWS, COMPARISONS, NULL_CORRECTED, comparison_draws
     from tl_moe.pipeline.results.sparsity import test_p_value
+    from tl_moe.pipeline.sections.probing import ARM_DRAWS, COMPARISONS, NULL_CORRECTED, comparison_draws
 
     def p_test(comparison, n_draws=1, **extra):
         record = {"comparison": comparison, "swap_p": 0.01, "bootstrap_p": None, "n_draws": n_draws, **extra}
@@ -211,9 +211,7 @@ def test_no_interval_means_no_disagreement_flag():
 
     assert interval_disagrees({"p": 0.01, "interval_available": False}) is None
     assert interval_disagrees({"p": None, "interval_available": True, "ci_low": 0.1, "ci_high": 0.2}) is None
-    assert (
-        interval_disagrees({"p": 0.01, "interval_available": True, "ci_low": 0.1, "ci_high": 0.2}) is False
-    )
+    assert interval_disagrees({"p": 0.01, "interval_available": True, "ci_low": 0.1, "ci_high": 0.2}) is False
 
 
 def test_a_planted_no_effect_family_rejects_at_no_more_than_the_nominal_rate():
