@@ -41,6 +41,7 @@ MAIN_OBJECTS = {
     "readout": ["LogitReadout"],
     "reweighting": ["reweighting_study"],
     "routing_stats": ["routed_tokens_by_domain"],
+    "sparsity_family": ["SparsityVerdicts", "paper_table", "FamilyMember"],
     "specialization": ["specialization_scores", "sampling_baseline"],
     "specialization_permutation": ["document_permutation_baseline"],
     "specialization_study": ["SpecializationStudy", "SpecializationCounts"],

@@ -92,7 +92,7 @@ def test_the_reading_names_its_metric_leads_with_the_sparsity_headlines_and_test
     null (its interval covers 0); in F1 it would look positive. The reading leads with balanced accuracy,
     names it, gives F1 beside, and reads the null-corrected difference, not two intervals."""
     from readme_results import LEAD_METRIC, _reading
-    from tl_moe.pipeline.sections.sparsity import HEADLINE_METRIC
+    from tl_moe.analysis.sparsity_family import HEADLINE_METRIC
 
     records = [
         _k1("moe_vs_dense", "balanced_accuracy", 0.08, 0.06, 0.10),

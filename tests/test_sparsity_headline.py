@@ -67,7 +67,7 @@ def _family():
 
 
 def test_the_headline_is_the_matched_count_control_at_every_k_and_follows_holm():
-    from tl_moe.pipeline.sections.sparsity import SparsityResult
+    from tl_moe.pipeline.results.sparsity import SparsityResult
 
     table = pd.DataFrame({"k": [1, 1], "mean_best_f1": [0.8, 0.9], "active_ratio": [0.5, 0.0625]})
     result = SparsityResult(
@@ -118,7 +118,7 @@ def test_the_headline_is_the_matched_count_control_at_every_k_and_follows_holm()
 
 def test_a_planted_no_effect_family_reports_no_member_separated():
     """Every headline p-value uniform-ish and above the Holm thresholds: nothing is called."""
-    from tl_moe.pipeline.sections.sparsity import SparsityResult
+    from tl_moe.pipeline.results.sparsity import SparsityResult
 
     held = pd.DataFrame(
         [
@@ -135,7 +135,7 @@ def test_a_planted_no_effect_family_reports_no_member_separated():
 def test_the_headline_tests_balanced_accuracy_when_recorded_and_shows_the_f1_count_beside():
     """Planted: in F1 the member is above 0 (a probe-rate effect), in balanced accuracy it is not; the
     headline leads with balanced accuracy, F1 beside it, both in one Holm family of 2 tests."""
-    from tl_moe.pipeline.sections.sparsity import SparsityResult
+    from tl_moe.pipeline.results.sparsity import SparsityResult
 
     f1 = _record("toy/moe-8x2", 0.25, HEADLINE, 0.030, 0.015, 0.045, 0.001)
     ba = dict(_record("toy/moe-8x2", 0.25, HEADLINE, 0.002, -0.008, 0.012, 0.7), metric="balanced_accuracy")
@@ -165,7 +165,7 @@ def test_the_headline_tests_balanced_accuracy_when_recorded_and_shows_the_f1_cou
 def test_separated_tests_at_the_bootstraps_floor_are_counted():
     """Planted, an older run without swap tests: two of the three separated tests have the smallest raw
     bootstrap p-value of the family (no resample crossed 0); the finding says so, with that floor."""
-    from tl_moe.pipeline.sections.sparsity import _floor_text
+    from tl_moe.pipeline.results.sparsity_cells import floor_text
 
     def row(verdict, p):
         return {"verdict": verdict, "p": p, "p_test": "bootstrap", "tests_in_family": 28}
@@ -176,17 +176,17 @@ def test_separated_tests_at_the_bootstraps_floor_are_counted():
         row("above 0", 0.0012),
         row("not separated from 0", 0.4),
     ]
-    text = _floor_text(tests)
+    text = floor_text(tests)
     assert (
         "2 of the 3 separated tests rest on their test's smallest p-value (0.001: no resample of documents "
         "and control draws crossed 0)" in text
     )
     assert "times the 28 tests that is 0.028, below 0.05: a test at the floor can still be separated" in text
-    assert _floor_text([row("not separated from 0", 0.3)]) == ""
+    assert floor_text([row("not separated from 0", 0.3)]) == ""
 
 
 def test_swap_tests_at_their_floor_say_how_far_below_the_holm_threshold_it_is():
-    from tl_moe.pipeline.sections.sparsity import _floor_text
+    from tl_moe.pipeline.results.sparsity_cells import floor_text
 
     floor = 1 / 20_001
     tests = [
@@ -205,7 +205,7 @@ def test_swap_tests_at_their_floor_say_how_far_below_the_holm_threshold_it_is():
             "tests_in_family": 28,
         },
     ]
-    text = _floor_text(tests)
+    text = floor_text(tests)
     assert "1 of the 1 separated tests rest on their test's smallest p-value (5e-05: no swap reached" in text
     assert "times the 28 tests that is 0.0014, far below 0.05" in text
 
@@ -213,7 +213,7 @@ def test_swap_tests_at_their_floor_say_how_far_below_the_holm_threshold_it_is():
 def test_the_headline_verdicts_follow_the_swap_test_not_the_bootstrap_p_value():
     """Planted: the bootstrap p-value sits at its floor (0.001) but the swap test finds 0.2, and the other way
     round: the verdicts follow the swap test, whose p-value the rows carry."""
-    from tl_moe.pipeline.sections.sparsity import SparsityResult
+    from tl_moe.pipeline.results.sparsity import SparsityResult
 
     rows = [
         dict(
@@ -243,7 +243,7 @@ def test_an_older_run_with_random_draws_is_tested_with_its_two_stage_bootstrap()
     3 random draws. Its swap test (draws held fixed) says 1/20,001
     but the two-stage bootstrap, which resamples the draws, says 0.3: the Holm verdict follows the
     bootstrap; a one-draw (deterministic) control keeps its swap test."""
-    from tl_moe.pipeline.sections.sparsity import SparsityResult, test_p_value
+    from tl_moe.pipeline.results.sparsity import SparsityResult, test_p_value
 
     random_control = dict(
         _record("toy/moe-8x2", 0.25, HEADLINE, 0.03, -0.01, 0.07, 0.3),
@@ -270,11 +270,11 @@ def test_an_older_run_with_random_draws_is_tested_with_its_two_stage_bootstrap()
 
 def test_the_bootstraps_floor_times_28_tests_stays_below_five_percent():
     """2,000 resamples: floor 2 / 2,001; times the 28 tests of the family 0.028 < 0.05, said so."""
-    from tl_moe.pipeline.sections.sparsity import _floor_text
+    from tl_moe.pipeline.results.sparsity_cells import floor_text
 
     floor = 2 / 2001
     row = {"verdict": "above 0", "p": floor, "p_test": "bootstrap", "bootstrap_resamples": 2000}
-    text = _floor_text([{**row, "tests_in_family": 28}])
+    text = floor_text([{**row, "tests_in_family": 28}])
     assert "(0.001: no resample of documents and control draws crossed 0)" in text
     assert "times the 28 tests that is 0.028, below 0.05" in text
 
@@ -284,7 +284,8 @@ def test_a_control_with_random_draws_is_tested_with_the_draw_mean_t_test_and_say
     held fixed) says 1/20,001, the draw-mean t test 0.3: the Holm verdict follows the t test, the finding
     names it and no longer says the test over-rejects; a t p-value below 2 / (1 + resamples) is not read as
     sitting at a bootstrap floor."""
-    from tl_moe.pipeline.sections.sparsity import SparsityResult, _floor_text, test_p_value
+    from tl_moe.pipeline.results.sparsity import SparsityResult, test_p_value
+    from tl_moe.pipeline.results.sparsity_cells import floor_text
 
     record = dict(
         _record("toy/moe-8x2", 0.25, HEADLINE, 0.03, -0.01, 0.07, 0.3),
@@ -306,11 +307,11 @@ def test_a_control_with_random_draws_is_tested_with_the_draw_mean_t_test_and_say
     assert "3 random neuron draws over 3, on Satterthwaite's degrees of freedom" in headline
     assert "over-reject" not in headline and "more often than its nominal level" not in headline
     row = {"verdict": "above 0", "p": 1e-6, "p_test": "draws_t", "tests_in_family": 28}
-    assert _floor_text([row]) == ""
+    assert floor_text([row]) == ""
 
 
 def test_a_missing_draws_df_read_back_as_nan_is_not_a_t_test():
-    from tl_moe.pipeline.sections.sparsity import test_p_value
+    from tl_moe.pipeline.results.sparsity import test_p_value
 
     record = dict(
         _record("toy/moe-8x2", 0.25, HEADLINE, 0.03, -0.01, 0.07, 0.3), n_draws=3, draws_df=float("nan")

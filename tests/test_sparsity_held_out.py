@@ -60,7 +60,7 @@ def test_every_member_gets_held_out_records_with_its_active_ratio(family_result)
     held = family_result["sparsity"].held_out
     assert set(held["model"]) == {"moe", "moe8"}
     assert dict(zip(held["model"], held["active_ratio"], strict=False)) == {"moe": 0.5, "moe8": 0.25}
-    from tl_moe.pipeline.sections.sparsity import FAMILY_COMPARISONS
+    from tl_moe.analysis.sparsity_family import FAMILY_COMPARISONS
 
     for model in ("moe", "moe8"):
         rows = held[(held["model"] == model) & (held["metric"] == "f1")]

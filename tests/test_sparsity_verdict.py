@@ -47,7 +47,7 @@ def _record(comparison, metric, estimate, p, *, model="toy/moe-8x2", ratio=0.25,
 
 
 def _result(records, ks=(1, 64)):
-    from tl_moe.pipeline.sections.sparsity import SparsityResult
+    from tl_moe.pipeline.results.sparsity import SparsityResult
 
     table = pd.DataFrame({"k": [1], "mean_best_f1": [0.8], "active_ratio": [0.25]})
     return SparsityResult(table=table, ks=ks, held_out=pd.DataFrame(records))
@@ -144,8 +144,8 @@ def test_a_one_draw_random_control_is_labelled_held_fixed_and_a_deterministic_on
     token subsets, the untrained MoE and a label permutation are one random draw held fixed; all dense
     neurons on the routed tokens is deterministic; the count-matched control with one draw holds every
     neuron (deterministic), with several draws and no t test its draws are held fixed."""
+    from tl_moe.pipeline.results.sparsity import test_p_value
     from tl_moe.pipeline.sections.probing import ARM_DRAWS, COMPARISONS, NULL_CORRECTED, comparison_draws
-    from tl_moe.pipeline.sections.sparsity import test_p_value
 
     def p_test(comparison, n_draws=1, **extra):
         record = {"comparison": comparison, "swap_p": 0.01, "bootstrap_p": None, "n_draws": n_draws, **extra}
@@ -207,13 +207,11 @@ def test_an_interval_and_a_p_value_that_disagree_are_flagged_and_counted():
 
 
 def test_no_interval_means_no_disagreement_flag():
-    from tl_moe.pipeline.sections.sparsity import _interval_disagrees
+    from tl_moe.analysis.sparsity_family import interval_disagrees
 
-    assert _interval_disagrees({"p": 0.01, "interval_available": False}) is None
-    assert _interval_disagrees({"p": None, "interval_available": True, "ci_low": 0.1, "ci_high": 0.2}) is None
-    assert (
-        _interval_disagrees({"p": 0.01, "interval_available": True, "ci_low": 0.1, "ci_high": 0.2}) is False
-    )
+    assert interval_disagrees({"p": 0.01, "interval_available": False}) is None
+    assert interval_disagrees({"p": None, "interval_available": True, "ci_low": 0.1, "ci_high": 0.2}) is None
+    assert interval_disagrees({"p": 0.01, "interval_available": True, "ci_low": 0.1, "ci_high": 0.2}) is False
 
 
 def test_a_planted_no_effect_family_rejects_at_no_more_than_the_nominal_rate():
@@ -222,7 +220,7 @@ def test_a_planted_no_effect_family_rejects_at_no_more_than_the_nominal_rate():
     rejects any test in at most 5% + 2 binomial standard errors of the seeds; the old per-(metric, control)
     families of 28 would reject somewhere far more often (about 1 − 0.95^4 ≈ 0.19)."""
     from tl_moe.analysis.stats import holm
-    from tl_moe.pipeline.sections.sparsity import _holm_tests
+    from tl_moe.pipeline.results.sparsity import VERDICTS
 
     members = [(f"toy/moe-{e}x2", 2 / e) for e in (4, 8, 16, 32)]
     ks = (1, 2, 4, 8, 16, 32, 64)
@@ -252,7 +250,7 @@ def test_a_planted_no_effect_family_rejects_at_no_more_than_the_nominal_rate():
             )
             for i, (c, m, model, ratio, k) in enumerate(cells)
         ]
-        tests = _holm_tests(records)  # what verdict_tests adjusts; checked to be the same on seed 0
+        tests = VERDICTS.adjust(records)  # what verdict_tests adjusts; checked to be the same on seed 0
         if seed == 0:
             family = _result(records).verdict_tests()
 

@@ -12,6 +12,8 @@ Every object a notebook needs is importable from here (``from tl_moe.analysis im
   :func:`compare_drivers_with_domain_experts`; :func:`position_effect`.
 - associations, re-weighting and steering: :class:`RoutingRecords` and
   :func:`token_expert_associations`; :func:`reweighting_study`; :func:`steering_study`.
+- the sparsity family: :func:`paper_table` (the paper protocol per :class:`FamilyMember`) and
+  :class:`SparsityVerdicts` (the held-out verdicts, Holm-adjusted as one family).
 - routing: :class:`SpecializationStudy` (routing and functional specialization above both baselines,
   with intervals) on :class:`SpecializationCounts`; :func:`specialization_scores` with its
   :func:`sampling_baseline` and :func:`document_permutation_baseline`; :class:`DomainExperts`;
@@ -62,6 +64,7 @@ from tl_moe.analysis.probing_math import fit_logistic_batched
 from tl_moe.analysis.readout import LogitReadout
 from tl_moe.analysis.reweighting import ReweightingStudy, reweighting_study
 from tl_moe.analysis.routing_stats import routed_tokens_by_domain, routed_tokens_by_group, tokens_by_domain
+from tl_moe.analysis.sparsity_family import FamilyMember, SparsityVerdicts, paper_table
 from tl_moe.analysis.specialization import (
     SpecializationResult,
     js_divergence,
@@ -97,6 +100,7 @@ __all__ = [
     "DocumentRouting",
     "DomainExperts",
     "DriverDomainComparison",
+    "FamilyMember",
     "ExpertLens",
     "ExpertLogitLensAccumulator",
     "ExpertLogitLensResult",
@@ -115,6 +119,7 @@ __all__ = [
     "RoutingRecords",
     "SpecializationCounts",
     "SpecializationOutcome",
+    "SparsityVerdicts",
     "SpecializationResult",
     "SpecializationStudy",
     "SphericalKMeans",
@@ -139,6 +144,7 @@ __all__ = [
     "js_divergence",
     "match_controls",
     "neuron_top_tokens",
+    "paper_table",
     "position_effect",
     "probe_dense",
     "probe_experts",
