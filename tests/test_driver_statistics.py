@@ -450,7 +450,7 @@ def _interval_row(**values):
 def test_the_steering_finding_reports_switching_on_and_off():
     from types import SimpleNamespace
 
-    from tl_moe.pipeline.sections.reweighting import _steering_finding
+    from tl_moe.pipeline.results.reweighting_findings import steering_finding
 
     rows = [
         {
@@ -472,7 +472,7 @@ def test_the_steering_finding_reports_switching_on_and_off():
         )
     ]
     steering = SimpleNamespace(switches=pd.DataFrame(rows), contrast=("math", "prose"))
-    finding = _steering_finding(steering)
+    finding = steering_finding(steering)
     for text in ("math-experts off on math: +1.3000", "math-experts on on math: +0.8000", "prose-experts on"):
         assert text in finding
     assert "on prose: +0.2000" not in finding  # only each group's own text

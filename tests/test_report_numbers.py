@@ -136,17 +136,17 @@ def test_readme_results_cells_say_why_a_number_or_interval_is_missing():
 
 
 def test_reweighting_rows_say_why_an_interval_or_estimate_is_missing():
-    from tl_moe.pipeline.sections.reweighting import _row
+    from tl_moe.pipeline.results.reweighting_findings import estimate_text
 
     def row(estimate, low, high):
         return pd.Series({"gain": estimate, "gain ci low": low, "gain ci high": high})
 
-    assert _row(row(0.1, 0.0, 0.2), "gain") == "+0.1000 [+0.0000, +0.2000]"
+    assert estimate_text(row(0.1, 0.0, 0.2), "gain") == "+0.1000 [+0.0000, +0.2000]"
     assert (
-        _row(row(0.1, math.nan, math.nan), "gain")
+        estimate_text(row(0.1, math.nan, math.nan), "gain")
         == f"+0.1000 (no interval: 0 documents; a document-level interval needs {MIN_DOCUMENTS})"
     )
-    assert _row(row(math.nan, math.nan, math.nan), "gain") == "unavailable (no held-out document)"
+    assert estimate_text(row(math.nan, math.nan, math.nan), "gain") == "unavailable (no held-out document)"
 
 
 def test_layers_whose_f1_is_below_answering_yes_are_named():

@@ -351,7 +351,8 @@ def test_steering_can_contrast_two_languages_of_one_domain(model, tagged_corpus)
     )
     run = RunContext(options, dataset=corpus, models={"tiny": model})
     Reweighting().check(run)
-    study = Reweighting()._steering(run, model, None, None)
+    method = Reweighting().method(run)
+    study = method.steering(model, corpus, None, None, seq_len=16, batch_size=16)
     assert study.contrast == ("x", "y")
     rows_of_a = {row for row in range(80) if corpus[row]["domain"] == "a"}
     assert study.selection_docs | study.evaluation_docs <= rows_of_a
@@ -386,7 +387,7 @@ def test_the_reweighting_finding_shows_each_domains_absolute_change_and_says_whe
     not differing from its control, one that lowered it, one not separated from 0, one untested."""
     import pandas as pd
 
-    from tl_moe.pipeline.sections.reweighting import _reweighting_finding
+    from tl_moe.pipeline.results.reweighting_findings import reweighting_finding
 
     gains = pd.DataFrame(
         [
@@ -398,7 +399,7 @@ def test_the_reweighting_finding_shows_each_domains_absolute_change_and_says_whe
             ),
         ]
     )
-    text = _reweighting_finding(gains)
+    text = reweighting_finding(gains)
     assert "absolute change +0.0103 [+0.0033, +0.0169]: an increase (held-out loss worse" in text
     assert "absolute change -0.0200 [-0.0300, -0.0100]: a decrease" in text
     assert (
@@ -414,7 +415,7 @@ def test_the_steering_finding_prints_the_paired_difference_or_why_it_has_no_inte
     import pandas as pd
 
     from tl_moe.analysis.steering import SteeringStudy
-    from tl_moe.pipeline.sections.reweighting import _steering_finding
+    from tl_moe.pipeline.results.reweighting_findings import steering_finding
 
     def row(side, switch, documents, interval=True):
         out = {"experts of": side, "switch": switch, "evaluated on": side, "documents": documents}
@@ -428,7 +429,7 @@ def test_the_steering_finding_prints_the_paired_difference_or_why_it_has_no_inte
         [row("a", "off", 40), row("a", "on", 40), row("b", "off", 12, False), row("b", "on", 12, False)]
     )
     study = SteeringStudy(("a", "b"), pd.DataFrame(), pd.DataFrame(), switches, frozenset(), frozenset())
-    text = _steering_finding(study)
+    text = steering_finding(study)
     assert text.count("paired difference (experts − matched random experts) +0.2700 [+0.2200, +0.3200]") == 2
     assert text.count("+0.2700 (no interval: 12 documents; a document-level interval needs 30)") == 2
     assert "switched off and on" in text
@@ -437,14 +438,8 @@ def test_the_steering_finding_prints_the_paired_difference_or_why_it_has_no_inte
 def test_the_default_contrast_picks_the_two_largest_domains_that_can_reach_the_held_out_minimum():
     import datasets
 
-    from tl_moe.pipeline import RunOptions
-    from tl_moe.pipeline.context import RunContext
-    from tl_moe.pipeline.sections.reweighting import (
-        _contrast,
-        _steering_testability,
-        _untestable,
-        held_out_capacity,
-    )
+    from tl_moe.analysis.expert_reweighting import ExpertReweighting, held_out_capacity, steering_contrast
+    from tl_moe.pipeline.results.reweighting_findings import steering_testability, untestable
 
     # the default corpus's split: only biomedical can reach 30 held-out documents
     sizes = {"legal": 7, "python": 9, "c": 12, "prose": 20, "chat": 35, "math": 54, "biomedical": 128}
@@ -454,12 +449,11 @@ def test_the_default_contrast_picks_the_two_largest_domains_that_can_reach_the_h
     for d, n in sizes.items():  # recount by hand
         assert capacity[d] == (n, sum(h for h, g in zip(halves, domains, strict=True) if g == d))
     assert [d for d, (_, h) in capacity.items() if h >= 30] == ["biomedical"]
-    options = RunOptions(model="tiny", progress=False)
     corpus = datasets.Dataset.from_dict({"text": ["x"] * len(domains), "domain": domains})
-    assert _contrast(RunContext(options, dataset=corpus))[1:] == ("biomedical", "math")  # fallback: largest
-    text = _steering_testability({g: capacity[g] for g in ("biomedical", "math")})
+    assert ExpertReweighting().contrast(corpus)[1:] == ("biomedical", "math")  # fallback: largest
+    text = steering_testability({g: capacity[g] for g in ("biomedical", "math")})
     assert "untestable" in text and f"math 54 documents in the split, {capacity['math'][1]} on" in text
-    text = _untestable(capacity, "re-weighting")
+    text = untestable(capacity, "re-weighting")
     assert "6 of 7 groups" in text and "legal (7 documents in the split" in text and "biomedical" not in text
     # planted by the split itself: "big" (60 documents, 20 held out) is the largest domain but cannot
     # reach 30; "x" (55, 30 held out) and "y" (54, 31 held out) can, so the contrast skips "big"
@@ -476,12 +470,12 @@ def test_the_default_contrast_picks_the_two_largest_domains_that_can_reach_the_h
     keep = [i for i, g in enumerate(domains) if g != "filler"]
     assert held_out_capacity([domains[i] for i in keep], keep) == {g: capacity[g] for g in ("big", "x", "y")}
     corpus = datasets.Dataset.from_dict({"text": ["x"] * len(domains), "domain": domains})
-    assert _contrast(RunContext(options, dataset=corpus))[1:] == ("filler", "x")
+    assert steering_contrast(None, corpus["domain"])[1:] == ("filler", "x")
     corpus = corpus.select(keep)  # rows renumbered: the split moves, so recount from this corpus
     capacity = held_out_capacity(list(corpus["domain"]))
     able = sorted((g for g in capacity if capacity[g][1] >= 30), key=lambda g: (-capacity[g][0], g))
-    assert _contrast(RunContext(options, dataset=corpus))[1:] == tuple(able[:2])
-    assert _steering_testability({g: (55, 30) for g in ("x", "y")}) == ""
+    assert steering_contrast(None, corpus["domain"])[1:] == tuple(able[:2])
+    assert steering_testability({g: (55, 30) for g in ("x", "y")}) == ""
 
 
 def test_the_findings_name_the_draw_mean_t_interval_or_the_held_fixed_single_draw():
@@ -489,16 +483,16 @@ def test_the_findings_name_the_draw_mean_t_interval_or_the_held_fixed_single_dra
 
     from tl_moe.analysis.stats import DRAW_MEAN_METHOD
     from tl_moe.analysis.steering import SteeringStudy
-    from tl_moe.pipeline.sections.reweighting import _reweighting_finding, _steering_finding
+    from tl_moe.pipeline.results.reweighting_findings import reweighting_finding, steering_finding
 
     def gains(method, draws):
         row = _gain_row("math", -0.02, -0.03, -0.01, -0.001, 35)
         return pd.DataFrame([{**row, "chosen − control interval method": method, "control draws": draws}])
 
-    text = _reweighting_finding(gains(DRAW_MEAN_METHOD, 20))
+    text = reweighting_finding(gains(DRAW_MEAN_METHOD, 20))
     assert "t interval over the 20 control draws" in text and "Satterthwaite" in text
     assert "two-stage" not in text and "held fixed" not in text
-    text = _reweighting_finding(gains("percentile", 1))
+    text = reweighting_finding(gains("percentile", 1))
     assert "one control draw held fixed" in text and "t interval" not in text
     switches = pd.DataFrame(
         [
@@ -519,5 +513,5 @@ def test_the_findings_name_the_draw_mean_t_interval_or_the_held_fixed_single_dra
         ]
     )
     study = SteeringStudy(("a", "b"), pd.DataFrame(), pd.DataFrame(), switches, frozenset(), frozenset())
-    text = _steering_finding(study)
+    text = steering_finding(study)
     assert "95% t interval over the 5 control draws" in text and "two-stage" not in text

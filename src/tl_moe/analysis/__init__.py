@@ -11,12 +11,15 @@ Every object a notebook needs is importable from here (``from tl_moe.analysis im
   :class:`ExpertSaliency`, :func:`driver_report`; :class:`FirstOrderEffects` (the gradient estimate);
   :func:`compare_drivers_with_domain_experts`; :func:`position_effect`.
 - associations, re-weighting and steering: :class:`RoutingRecords` and
-  :func:`token_expert_associations`; :func:`reweighting_study`; :func:`steering_study`.
+  :func:`token_expert_associations`; :class:`ExpertReweighting` (both studies on a model and corpus,
+  with :func:`steering_contrast` and :func:`held_out_capacity`); :func:`reweighting_study`;
+  :func:`steering_study`.
 - the sparsity family: :func:`paper_table` (the paper protocol per :class:`FamilyMember`) and
   :class:`SparsityVerdicts` (the held-out verdicts, Holm-adjusted as one family).
 - routing: :class:`SpecializationStudy` (routing and functional specialization above both baselines,
   with intervals) on :class:`SpecializationCounts`; :func:`specialization_scores` with its
-  :func:`sampling_baseline` and :func:`document_permutation_baseline`; :class:`DomainExperts`;
+  :func:`sampling_baseline` and :func:`document_permutation_baseline`; :class:`DomainExperts` and
+  :class:`DomainExpertStudy` (scores with their document-level permutation test);
   :func:`routed_tokens_by_domain`.
 - the vocabulary: :func:`expert_logit_lens`, :class:`ExpertLogitLensAccumulator`,
   :class:`LogitLensStudy` and :func:`top_token_share` (against the untrained model),
@@ -42,11 +45,19 @@ from tl_moe.analysis.configs import (
     SpecializationConfig,
     Statistics,
 )
+from tl_moe.analysis.domain_expert_study import DomainExpertsOutcome, DomainExpertStudy
 from tl_moe.analysis.domain_experts import DomainExperts
 from tl_moe.analysis.driver_domain import DriverDomainComparison, compare_drivers_with_domain_experts
 from tl_moe.analysis.drivers import ExpertSaliency, driver_report, match_controls
 from tl_moe.analysis.edit_windows import held_out_windows
 from tl_moe.analysis.effect_estimate import FirstOrderEffects, FirstOrderEffectsResult, estimate_vs_reap
+from tl_moe.analysis.expert_reweighting import (
+    ExpertReweighting,
+    ReweightingOutcome,
+    SteeringContrast,
+    held_out_capacity,
+    steering_contrast,
+)
 from tl_moe.analysis.held_out_probing import HeldOutArm, compare, held_out_arm
 from tl_moe.analysis.logit_lens import (
     ExpertLens,
@@ -159,4 +170,11 @@ __all__ = [
     "tokens_by_domain",
     "top_token_share",
     "top_tokens_static",
+    "DomainExpertStudy",
+    "DomainExpertsOutcome",
+    "ExpertReweighting",
+    "ReweightingOutcome",
+    "SteeringContrast",
+    "held_out_capacity",
+    "steering_contrast",
 ]

@@ -83,6 +83,8 @@ class RunPlan:
     options: RunOptions
     analyses: tuple[str, ...]
     models: list[ModelPlan] = field(default_factory=list)
+    #: analysis name -> why it runs forwards of its own after the passes (not in the estimates above).
+    own_forwards: dict[str, str] = field(default_factory=dict)
 
     @property
     def peak_bytes(self) -> int:
@@ -118,6 +120,8 @@ class RunPlan:
             for spec, size in model.accumulator_bytes.items():
                 lines.append(f"  {model.name}: {spec}: {size / _GIB:.3g} GiB")
         lines.append(f"Estimated peak memory: {self.peak_bytes / _GIB:.3g} GiB")
+        for name, reason in self.own_forwards.items():
+            lines.append(f"{name} runs forwards of its own after the passes (not estimated above): {reason}.")
         return "\n".join(lines)
 
 
@@ -206,7 +210,8 @@ def plan_run(
                 tokens=options.max_tokens,
             )
         )
-    return RunPlan(options, tuple(a.name for a in chosen), plans)
+    own = {a.name: a.own_forwards for a in chosen if a.own_forwards}
+    return RunPlan(options, tuple(a.name for a in chosen), plans, own)
 
 
 def _memory_advice(model: ModelPlan) -> str:

@@ -5,10 +5,13 @@ An analysis is a small class with three steps, which the pipeline calls in order
 1. :meth:`Analysis.needs` — the accumulators it wants filled, each a :class:`Need` naming the model
    it runs on and a hashable *spec* that builds the accumulator. The pipeline takes the union of all
    analyses' needs, so two analyses asking for the same spec on the same model share one accumulator,
-   and every model gets exactly ONE collection pass.
+   and every model gets exactly ONE collection pass. Edited forwards of the same batches
+   (interventional and gradient accumulators) are needs too, run inside that pass.
 2. :meth:`Analysis.finalize` — turns the finished accumulators (and the results of the analyses it
-   ``depends_on``) into a typed, frozen :class:`Result`. Pure: no model forward happens here except
-   what the analysis itself documents.
+   ``depends_on``) into a typed, frozen :class:`Result`. No model forward happens here, except in an
+   analysis that declares ``own_forwards``: the reason its forwards cannot be needs of the one pass
+   (e.g. re-weighting runs edits chosen from earlier results, on windows of its own). ``tl-moe plan``
+   lists those analyses with their reason, and the report's section says it.
 3. :meth:`Analysis.render` — writes its report section from the result (figures, tables, metrics).
 
 Register an analysis with :func:`tl_moe.pipeline.register` and it is selectable with
@@ -44,6 +47,7 @@ __all__ = [
     "OptionLimit",
     "Result",
     "TableItem",
+    "section_intro",
 ]
 
 
@@ -210,6 +214,9 @@ class Analysis(ABC):
         config_class: the frozen dataclass of this analysis's own settings (None: it has none). Its
             fields become the flags ``--NAME.FIELD`` and the keyword ``analyze(model, NAME=dict(...))``;
             :meth:`finalize` reads them as ``run.options.config(self.name)``.
+        own_forwards: None when every forward this analysis reads is a need of the collection pass;
+            otherwise why :meth:`finalize` runs model forwards of its own, outside that pass (shown by
+            ``tl-moe plan`` and in the report). An analysis with no needs must say it.
     """
 
     name: ClassVar[str]
@@ -220,6 +227,7 @@ class Analysis(ABC):
     uses: ClassVar[tuple[str, ...]] = ()
     default: ClassVar[bool] = True
     config_class: ClassVar[type | None] = None
+    own_forwards: ClassVar[str | None] = None
 
     def check(self, run: RunContext) -> None:  # noqa: B027 (optional hook)
         """Refuse bad options or models with an :class:`~tl_moe.errors.InputError` before any pass."""
@@ -256,3 +264,11 @@ class Analysis(ABC):
             section.add_metrics(metrics)
         for key, value in result.records().items():
             section.add_record(key, value)
+
+
+def section_intro(analysis: Analysis) -> str:
+    """The report section's opening paragraph: the analysis's intro, and when it runs forwards of its
+    own, that it does and why."""
+    if not analysis.own_forwards:
+        return analysis.intro
+    return f"{analysis.intro} Forwards of its own, outside the collection pass: {analysis.own_forwards}."

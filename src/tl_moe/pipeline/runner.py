@@ -33,7 +33,15 @@ from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.machine import load_average, machine
 from tl_moe.pipeline.needs import TokensByDomain
 from tl_moe.pipeline.options import RunOptions, legacy_names, run_wide_fields
-from tl_moe.pipeline.protocol import AccumulatorSpec, Analysis, Inputs, OptionLimit, Result, UnavailableResult
+from tl_moe.pipeline.protocol import (
+    AccumulatorSpec,
+    Analysis,
+    Inputs,
+    OptionLimit,
+    Result,
+    UnavailableResult,
+    section_intro,
+)
 from tl_moe.pipeline.registry import resolve
 from tl_moe.report import Report, package_versions
 
@@ -431,7 +439,7 @@ def _run(options, analyses, dataset, models, write_report, started, load_at_star
         report = Report(f"tl_moe analysis of {options.model}", out)
         report.add_findings(findings)
         for analysis in chosen:
-            section = report.add_section(analysis.title, key=analysis.name, intro=analysis.intro)
+            section = report.add_section(analysis.title, key=analysis.name, intro=section_intro(analysis))
             _render(analysis, results[analysis.name], section, run_context)
         timings["total (s)"] = round(time.perf_counter() - started, 1)
         report.add_metadata(

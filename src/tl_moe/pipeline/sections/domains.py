@@ -1,134 +1,23 @@
-"""Domain experts: the entropy of each expert's size-normalized routing share over corpus domains."""
+"""Domain experts: the entropy of each expert's size-normalized routing share over corpus domains.
+
+The adapter of :class:`~tl_moe.analysis.domain_expert_study.DomainExpertStudy`: it asks the pass for
+routing by domain, tokens by domain, the expert lens and per-token routing, and wraps the outcome in
+:class:`~tl_moe.pipeline.results.domains.DomainExpertsResult`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
-import pandas as pd
-import torch
-
-from tl_moe.analysis.domain_experts import DomainExperts, permutations_for_discovery
-from tl_moe.analysis.logit_lens_accumulator import ExpertLogitLensResult
+from tl_moe.analysis.domain_expert_study import DomainExpertStudy, per_document_routing, promoted_tokens
 from tl_moe.errors import InputError
 from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.needs import ExpertLens, RoutedByDomain, RoutingPerToken, TokensByDomain
-from tl_moe.pipeline.protocol import Analysis, FigureItem, Inputs, Need, Result, TableItem
+from tl_moe.pipeline.protocol import Analysis, Inputs, Need
+from tl_moe.pipeline.results.domains import DomainExpertsResult
 
-__all__ = ["DomainExpertsResult", "Domains", "promoted_tokens"]
+__all__ = ["DomainExpertsResult", "Domains", "per_document_routing", "promoted_tokens"]
 
-
-def promoted_tokens(lens: ExpertLogitLensResult, tokenizer: Any, n: int = 8) -> pd.DataFrame:
-    """One row per (layer, expert): its ``n`` top mean-lens tokens, joined for display."""
-    long = lens.top_tokens(tokenizer)
-    long = long[(long["rank"] < n) & long["token"].notna()]
-    joined = long.groupby(["layer", "expert"])["token"].agg(
-        lambda tokens: " · ".join(repr(t)[1:-1] for t in tokens)
-    )
-    return joined.rename("top promoted tokens").reset_index()
-
-
-@dataclass(frozen=True)
-class DomainExpertsResult(Result):
-    """The fitted domain-expert scores and the most domain-specific experts.
-
-    Attributes:
-        experts: the fitted :class:`~tl_moe.analysis.domain_experts.DomainExperts` (block-index layers).
-        top: the 15 highest-scoring experts, with their top promoted tokens.
-        shown_layers: the layers whose share heatmaps the report shows (first and last sparse layer).
-    """
-
-    experts: DomainExperts
-    top: pd.DataFrame
-    shown_layers: tuple[int, ...]
-    notes: tuple[str, ...] = ()
-
-    def to_frame(self) -> pd.DataFrame:
-        return self.experts.to_frame()
-
-    def metrics(self) -> dict[str, Any]:
-        frame = self.experts.to_frame()
-        scored = ~self.experts.insufficient_tokens_
-        threshold = self.experts.threshold
-        metrics = {
-            "domain experts (BH q <= fdr, document-level permutation test)": (
-                int(self.experts.is_domain_expert_.sum()) if self.experts.q_values_ is not None else None
-            ),
-            f"experts with score >= {threshold} (descriptive, no test)": self.experts.n_above_threshold(),
-            "experts scored": int(scored.sum()),
-            "mean domain score": round(float(frame["score"].mean()), 4),
-        }
-        if self.experts.q_values_ is not None:
-            metrics["false-discovery rate"] = self.experts.alpha_
-            metrics["permutations"] = self.experts.n_permutations_
-            metrics["p-value floor"] = self.experts.p_floor_
-        for i, note in enumerate(self.notes):
-            metrics[f"note {i + 1}"] = note
-        return metrics
-
-    def findings(self) -> list[str]:
-        experts = self.experts
-        scored = int((~experts.insufficient_tokens_).sum())
-        if experts.q_values_ is None:
-            text = (
-                f"**Domain experts**: not tested (too few documents for the permutation test), so no expert "
-                f"is called a domain expert; {experts.n_above_threshold()} of {scored} scored experts have a "
-                f"domain score ≥ {experts.threshold} (descriptive only)"
-            )
-        else:
-            text = (
-                f"**Domain experts**: {int(experts.is_domain_expert_.sum())} of {scored} scored experts are "
-                f"discoveries of a document-level permutation test (domain labels shuffled over documents, "
-                f"{experts.n_permutations_} permutations) at false-discovery rate {experts.alpha_} "
-                f"(Benjamini–Hochberg over all {experts.n_tested_} tested; a discovery says the expert's "
-                "routing depends on the domain beyond document-level chance, however small its score); "
-                f"{self._floor_text()}; "
-                f"descriptive only, {experts.n_above_threshold()} have a domain score ≥ {experts.threshold}"
-            )
-        if len(self.top):
-            best = self.top.iloc[0]
-            tested = "q_value" in self.top.columns
-            text += (
-                f"; the highest score is layer {int(best['layer'])} expert {int(best['expert'])} "
-                f"({best['favoured_domain']}, score {best['score']:.2f}, {best['lift']:.1f}× its mean rate"
-                + (f", p = {best['p_value']:.3g}, q = {best['q_value']:.3g}" if tested else "")
-                + ")"
-            )
-        return [text + "."]
-
-    def _floor_text(self) -> str:
-        """Whether the permutation count lets BH discover a lone expert (floor vs alpha / tested)."""
-        experts = self.experts
-        bound = experts.alpha_ / max(1, experts.n_tested_)
-        if experts.floor_blocks_lone_discovery_:
-            return (
-                f"the p-value floor {experts.p_floor_:.3g} exceeds alpha / tested = {bound:.3g}, so no expert "
-                "can be discovered on its own (only together with many others): raise --permutations"
-            )
-        return f"the p-value floor {experts.p_floor_:.3g} is at most alpha / tested = {bound:.3g}"
-
-    def tables(self) -> list[TableItem]:
-        return [TableItem("domain_experts_top", self.top, "The most domain-specific experts.")]
-
-    def figures(self) -> list[FigureItem]:
-        return [
-            FigureItem(
-                f"domain_share_layer{layer}",
-                self.experts.heatmap(layer).figure,
-                f"Routing share per domain × expert, layer {layer}.{self._blank_columns(layer)}",
-            )
-            for layer in self.shown_layers
-        ]
-
-    def _blank_columns(self, layer: int) -> str:
-        """The caption's note on blank heatmap columns: experts too small to score."""
-        row = self.experts.layers_.index(layer)
-        small = torch.nonzero(self.experts.insufficient_tokens_[row]).flatten().tolist()
-        if not small:
-            return ""
-        tokens = self.experts.n_tokens_[row]
-        listed = ", ".join(f"{e} ({int(tokens[e])} tokens)" for e in small)
-        return f" Blank columns: experts with fewer than {self.experts.min_tokens} routed tokens, not scored: {listed}."
+#: The most domain-specific experts the report lists.
+TOP_EXPERTS = 15
 
 
 class Domains(Analysis):
@@ -164,68 +53,27 @@ class Domains(Analysis):
     def finalize(self, run: RunContext, inputs: Inputs) -> DomainExpertsResult:
         cfg = run.config(run.main)
         tokens = inputs[Need(run.main, TokensByDomain())]
-        present = tokens > 0  # domains the token budget reached
-        if int(present.sum()) < 2:
+        present = int((tokens > 0).sum())  # domains the token budget reached
+        if present < 2:
             raise InputError(
-                f"--max-tokens {run.options.max_tokens} reached only {int(present.sum())} domain(s); "
+                f"--max-tokens {run.options.max_tokens} reached only {present} domain(s); "
                 "domain experts need at least two: raise --max-tokens."
             )
-        experts = DomainExperts(threshold=0.5, min_tokens=50).fit(
-            inputs[Need(run.main, RoutedByDomain())][..., present],
-            tokens[present],
-            [name for name, keep in zip(run.domain_names, present.tolist(), strict=True) if keep],
+        outcome = DomainExpertStudy(statistics=run.options.statistics)(
+            inputs[Need(run.main, RoutedByDomain())],
+            tokens,
+            run.domain_names,
+            inputs[Need(run.main, RoutingPerToken())],
             layers=cfg.sparse_layers,
+            num_experts=cfg.num_experts,
         )
-        notes = []
-        try:
-            doc_counts, doc_tokens, doc_domain = per_document_routing(
-                inputs[Need(run.main, RoutingPerToken())], cfg, present
-            )
-            n_tested = int((~experts.insufficient_tokens_).sum())
-            experts.permutation_test(
-                doc_counts,
-                doc_tokens,
-                doc_domain,
-                n_permutations=max(
-                    run.options.permutations, permutations_for_discovery(n_tested, run.options.fdr)
-                ),
-                alpha=run.options.fdr,
-                seed=run.options.seed,
-            )
-        except InputError as error:
-            notes.append(f"no significance test, so no expert is called a domain expert: {error}")
-            experts.is_domain_expert_ = experts.is_domain_expert_ & False
-        top = experts.top(15).copy()
         lens = inputs[Need(run.main, ExpertLens())]
-        top = top.merge(
+        top = outcome.experts.top(TOP_EXPERTS).merge(
             promoted_tokens(lens, run.model(run.main).tokenizer), on=["layer", "expert"], how="left"
         )
         return DomainExpertsResult(
-            experts=experts,
+            experts=outcome.experts,
             top=top,
             shown_layers=tuple(sorted({cfg.sparse_layers[0], cfg.sparse_layers[-1]})),
-            notes=tuple(notes),
+            notes=outcome.notes,
         )
-
-
-def per_document_routing(stored, cfg, present: torch.Tensor):
-    """``(doc_counts [doc, layer, expert], doc_tokens [doc], doc_domain [doc])`` from stored routing.
-
-    Documents of domains outside ``present`` are dropped; domain indices count present domains only.
-    """
-    from tl_moe.models.hook_names import get_act_name
-
-    docs, doc_of_token = torch.unique(stored.doc_index, return_inverse=True)
-    n_docs, n_experts = len(docs), cfg.num_experts
-    counts = torch.zeros(n_docs, len(cfg.sparse_layers), n_experts, dtype=torch.float64)
-    for i, layer in enumerate(cfg.sparse_layers):
-        indices = stored.rows[get_act_name("topk_indices", layer)].long()
-        flat = doc_of_token[:, None] * n_experts + indices
-        counts[:, i] = (
-            torch.bincount(flat.flatten(), minlength=n_docs * n_experts).reshape(n_docs, n_experts).double()
-        )
-    tokens = torch.bincount(doc_of_token, minlength=n_docs).double()
-    domain = torch.zeros(n_docs, dtype=torch.long).scatter_(0, doc_of_token, stored.domain.long())
-    new_code = torch.cumsum(present.long(), 0) - 1
-    keep = present[domain]
-    return counts[keep], tokens[keep], new_code[domain[keep]]

@@ -1,0 +1,118 @@
+"""The domains section's :class:`~tl_moe.pipeline.protocol.Result`: the fitted, tested domain experts as
+the report shows them (metrics, the finding, the top table, the share heatmaps)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+
+from tl_moe.analysis.domain_experts import DomainExperts
+from tl_moe.pipeline.protocol import FigureItem, Result, TableItem
+
+__all__ = ["DomainExpertsResult"]
+
+
+@dataclass(frozen=True)
+class DomainExpertsResult(Result):
+    """The fitted domain-expert scores and the most domain-specific experts.
+
+    Attributes:
+        experts: the fitted :class:`~tl_moe.analysis.domain_experts.DomainExperts` (block-index layers).
+        top: the 15 highest-scoring experts, with their top promoted tokens.
+        shown_layers: the layers whose share heatmaps the report shows (first and last sparse layer).
+    """
+
+    experts: DomainExperts
+    top: pd.DataFrame
+    shown_layers: tuple[int, ...]
+    notes: tuple[str, ...] = ()
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.experts.to_frame()
+
+    def metrics(self) -> dict[str, Any]:
+        frame = self.experts.to_frame()
+        scored = ~self.experts.insufficient_tokens_
+        threshold = self.experts.threshold
+        metrics = {
+            "domain experts (BH q <= fdr, document-level permutation test)": (
+                int(self.experts.is_domain_expert_.sum()) if self.experts.q_values_ is not None else None
+            ),
+            f"experts with score >= {threshold} (descriptive, no test)": self.experts.n_above_threshold(),
+            "experts scored": int(scored.sum()),
+            "mean domain score": round(float(frame["score"].mean()), 4),
+        }
+        if self.experts.q_values_ is not None:
+            metrics["false-discovery rate"] = self.experts.alpha_
+            metrics["permutations"] = self.experts.n_permutations_
+            metrics["p-value floor"] = self.experts.p_floor_
+        for i, note in enumerate(self.notes):
+            metrics[f"note {i + 1}"] = note
+        return metrics
+
+    def findings(self) -> list[str]:
+        experts = self.experts
+        scored = int((~experts.insufficient_tokens_).sum())
+        if experts.q_values_ is None:
+            text = (
+                f"**Domain experts**: not tested (too few documents for the permutation test), so no expert "
+                f"is called a domain expert; {experts.n_above_threshold()} of {scored} scored experts have a "
+                f"domain score ≥ {experts.threshold} (descriptive only)"
+            )
+        else:
+            text = (
+                f"**Domain experts**: {int(experts.is_domain_expert_.sum())} of {scored} scored experts are "
+                f"discoveries of a document-level permutation test (domain labels shuffled over documents, "
+                f"{experts.n_permutations_} permutations) at false-discovery rate {experts.alpha_} "
+                f"(Benjamini–Hochberg over all {experts.n_tested_} tested; a discovery says the expert's "
+                "routing depends on the domain beyond document-level chance, however small its score); "
+                f"{self._floor_text()}; "
+                f"descriptive only, {experts.n_above_threshold()} have a domain score ≥ {experts.threshold}"
+            )
+        if len(self.top):
+            best = self.top.iloc[0]
+            tested = "q_value" in self.top.columns
+            text += (
+                f"; the highest score is layer {int(best['layer'])} expert {int(best['expert'])} "
+                f"({best['favoured_domain']}, score {best['score']:.2f}, {best['lift']:.1f}× its mean rate"
+                + (f", p = {best['p_value']:.3g}, q = {best['q_value']:.3g}" if tested else "")
+                + ")"
+            )
+        return [text + "."]
+
+    def _floor_text(self) -> str:
+        """Whether the permutation count lets BH discover a lone expert (floor vs alpha / tested)."""
+        experts = self.experts
+        bound = experts.alpha_ / max(1, experts.n_tested_)
+        if experts.floor_blocks_lone_discovery_:
+            return (
+                f"the p-value floor {experts.p_floor_:.3g} exceeds alpha / tested = {bound:.3g}, so no expert "
+                "can be discovered on its own (only together with many others): raise --permutations"
+            )
+        return f"the p-value floor {experts.p_floor_:.3g} is at most alpha / tested = {bound:.3g}"
+
+    def tables(self) -> list[TableItem]:
+        return [TableItem("domain_experts_top", self.top, "The most domain-specific experts.")]
+
+    def figures(self) -> list[FigureItem]:
+        return [
+            FigureItem(
+                f"domain_share_layer{layer}",
+                self.experts.heatmap(layer).figure,
+                f"Routing share per domain × expert, layer {layer}.{self._blank_columns(layer)}",
+            )
+            for layer in self.shown_layers
+        ]
+
+    def _blank_columns(self, layer: int) -> str:
+        """The caption's note on blank heatmap columns: experts too small to score."""
+        row = self.experts.layers_.index(layer)
+        small = torch.nonzero(self.experts.insufficient_tokens_[row]).flatten().tolist()
+        if not small:
+            return ""
+        tokens = self.experts.n_tokens_[row]
+        listed = ", ".join(f"{e} ({int(tokens[e])} tokens)" for e in small)
+        return f" Blank columns: experts with fewer than {self.experts.min_tokens} routed tokens, not scored: {listed}."
