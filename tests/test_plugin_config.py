@@ -171,3 +171,10 @@ def test_specialization_uses_probings_untrained_pass_only_when_probing_runs():
     assert models(("specialization",)) == {"toy/moe-16x2"}
     assert models(("probing", "specialization")) == {"toy/moe-16x2", "untrained:toy/moe-16x2"}
     assert models(("probing", "specialization"), skip_untrained_null=True) == {"toy/moe-16x2"}
+
+
+def test_the_command_lines_none_spelling_of_the_dense_baseline_works_from_python():
+    """``--dense-baseline none`` on the command line; ``dense_baseline="none"`` from Python means the same."""
+    assert RunOptions(dense_baseline="none").dense_baseline is None
+    assert RunOptions(dense_baseline="None").dense_baseline is None
+    assert RunOptions(dense_baseline="toy/dense").dense_baseline == "toy/dense"

@@ -254,6 +254,8 @@ class RunOptions:
     def __post_init__(self) -> None:
         if isinstance(self.analyses, str):  # "probing" or "probing,drivers": names, as on the command line
             object.__setattr__(self, "analyses", _name_list(self.analyses))
+        if isinstance(self.dense_baseline, str) and self.dense_baseline.strip().lower() == "none":
+            object.__setattr__(self, "dense_baseline", None)  # the command line's spelling, from Python too
         self.check()
 
     def check(self) -> None:
