@@ -58,6 +58,8 @@ def test_the_study_finds_the_planted_driver_and_its_no_effect_control():
     assert control["ci low"] <= 0 <= control["ci high"]  # planted none
     assert rows.loc[("remove", "driver − control"), "ci low"] > 0.3
     assert outcome.estimates is None and outcome.paired is None and outcome.domain_overlap is None
+    with pytest.raises(InputError, match="effects cover layers"):
+        DriverStudy((0, 1), 4, DriversConfig(count=1))(effects, saliency)
 
 
 def test_the_count_left_at_its_default_is_fitted_and_an_explicit_one_too_large_is_refused():

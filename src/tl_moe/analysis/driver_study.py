@@ -166,6 +166,7 @@ class DriverStudy:
             document_domains: the domain code of every corpus row, so that the domain score is
                 recomputed per resample (None: the domain experts' own score, descriptive).
         """
+        self._check_layers(effects, saliency, estimate)
         count = self.n_drivers
         seed = self.statistics.seed
         experts, comparison = driver_report(effects, saliency, n_drivers=count, seed=seed)
@@ -197,6 +198,16 @@ class DriverStudy:
             saliency_interval=_saliency_interval(comparison),
             saliency_gate=_saliency_gate(comparison),
         )
+
+    def _check_layers(self, effects: Any, saliency: Any, estimate: Any) -> None:
+        """Refuse, in one line, results gathered on other layers than the study's."""
+        layers = tuple(int(layer) for layer in self.layers)
+        for name, result in (("effects", effects), ("saliency", saliency), ("estimate", estimate)):
+            if result is not None and tuple(int(layer) for layer in result.layers) != layers:
+                raise InputError(
+                    f"DriverStudy's {name} cover layers {tuple(result.layers)}; accepted: results gathered on "
+                    f"the study's layers {layers} (use study.accumulators())."
+                )
 
 
 def _domain_routing(
