@@ -16,9 +16,9 @@ from tl_moe.pipeline.results.drivers_findings import DriverFindings
 from tl_moe.pipeline.results.drivers_text import (
     EDITED_FORWARDS,
     WITHIN,
-    _left_out_key,
-    _position,
-    _rounded,
+    interval_position,
+    left_out_key,
+    rounded,
 )
 
 __all__ = ["EDITED_FORWARDS", "WITHIN", "DriversResult"]
@@ -41,7 +41,7 @@ class DriversResult(DriverFindings, DriverFigures, DriverOutcome, Result):
         for row in self.comparison.itertuples(index=False):
             key = f"{row.edit} | {row.group}"
             metrics[key] = round(row[2], 5)
-            metrics[f"{key} | 95% CI"] = [_rounded(row[3], 5), _rounded(row[4], 5)]
+            metrics[f"{key} | 95% CI"] = [rounded(row[3], 5), rounded(row[4], 5)]
         metrics["report documents"] = int(self.comparison["report documents"].iloc[0])
         reason = self.comparison["interval unavailable"].iloc[0]
         if reason:
@@ -51,21 +51,23 @@ class DriversResult(DriverFindings, DriverFigures, DriverOutcome, Result):
         metrics["Spearman(REAP saliency, removal effect)"] = round(self.saliency_spearman, 4)
         if self.saliency_interval is not None:
             key = "Spearman(REAP saliency, removal effect) | 95% CI"
-            metrics[key] = [_rounded(self.saliency_interval.low), _rounded(self.saliency_interval.high)]
+            metrics[key] = [rounded(self.saliency_interval.low), rounded(self.saliency_interval.high)]
             metrics["Spearman(REAP saliency, removal effect) | documents"] = int(self.saliency_interval.n)
             metrics["Spearman(REAP saliency, removal effect) | interval method"] = (
                 self.saliency_interval.method
             )
-            metrics["Spearman(REAP saliency, removal effect) | bootstrap bias"] = _rounded(
+            metrics["Spearman(REAP saliency, removal effect) | bootstrap bias"] = rounded(
                 self.saliency_interval.bias
             )
-            metrics["Spearman(REAP saliency, removal effect) | position in interval"] = _rounded(
-                _position(self.saliency_spearman, self.saliency_interval.low, self.saliency_interval.high)
+            metrics["Spearman(REAP saliency, removal effect) | position in interval"] = rounded(
+                interval_position(
+                    self.saliency_spearman, self.saliency_interval.low, self.saliency_interval.high
+                )
             )
             if self.saliency_gate is not None:
                 experts, left_out = self.saliency_gate
                 metrics["Spearman(REAP saliency, removal effect) | experts"] = experts
-                metrics[_left_out_key("Spearman(REAP saliency, removal effect)")] = left_out
+                metrics[left_out_key("Spearman(REAP saliency, removal effect)")] = left_out
             if not self.saliency_interval.available:
                 metrics["Spearman(REAP saliency, removal effect) | interval unavailable"] = (
                     self.saliency_interval.reason
@@ -74,7 +76,7 @@ class DriversResult(DriverFindings, DriverFigures, DriverOutcome, Result):
             for score in ("first-order estimate", "REAP saliency"):
                 row = self._agreement_row(score)
                 key = f"Spearman({score}, exact zeroing effect) | all layers"
-                metrics[key] = _rounded(row["spearman"])
+                metrics[key] = rounded(row["spearman"])
                 metrics[f"{key} | experts"] = int(row["experts"])
                 metrics[f"{key} | computed on"] = (
                     f"the {int(row['experts'])} experts with a defined {score} on the documents of the edited "
@@ -90,11 +92,13 @@ class DriversResult(DriverFindings, DriverFigures, DriverOutcome, Result):
                     "" if layer == "all" else (f" | layer {layer}" if layer[0].isdigit() else f" | {layer}")
                 )
                 key = f"paired Spearman with exact zeroing effect | {row['score']}{group}"
-                metrics[key] = _rounded(row["spearman with exact zeroing effect"])
-                metrics[f"{key} | 95% CI"] = [_rounded(row["ci low"]), _rounded(row["ci high"])]
-                metrics[f"{key} | bootstrap bias"] = _rounded(row["bootstrap bias"])
-                metrics[f"{key} | position in interval"] = _rounded(
-                    _position(row["spearman with exact zeroing effect"], row["ci low"], row["ci high"])
+                metrics[key] = rounded(row["spearman with exact zeroing effect"])
+                metrics[f"{key} | 95% CI"] = [rounded(row["ci low"]), rounded(row["ci high"])]
+                metrics[f"{key} | bootstrap bias"] = rounded(row["bootstrap bias"])
+                metrics[f"{key} | position in interval"] = rounded(
+                    interval_position(
+                        row["spearman with exact zeroing effect"], row["ci low"], row["ci high"]
+                    )
                 )
                 if group:
                     metrics[f"{key} | experts"] = int(row["experts"])
@@ -102,7 +106,7 @@ class DriversResult(DriverFindings, DriverFigures, DriverOutcome, Result):
             metrics["paired Spearman | interval method"] = str(pooled["interval method"].iloc[0])
             metrics["paired Spearman | experts"] = int(pooled["experts"].iloc[0])
             metrics["paired Spearman | documents"] = int(pooled["documents"].iloc[0])
-            metrics[_left_out_key("paired Spearman")] = list(self.paired.attrs.get("left out", []))
+            metrics[left_out_key("paired Spearman")] = list(self.paired.attrs.get("left out", []))
             metrics["paired Spearman | computed on"] = (
                 f"the same {int(pooled['experts'].iloc[0])} experts (routed on the documents of the edited "
                 f"forwards) and {int(pooled['documents'].iloc[0])} documents for the estimate, REAP saliency "
@@ -114,13 +118,13 @@ class DriversResult(DriverFindings, DriverFigures, DriverOutcome, Result):
             metrics["drivers that are domain experts | expected by chance"] = round(
                 float(total["expected both"]), 3
             )
-            metrics["drivers that are domain experts | hypergeometric p"] = _rounded(total["overlap p"])
+            metrics["drivers that are domain experts | hypergeometric p"] = rounded(total["overlap p"])
             if total["overlap not testable"]:
                 metrics["drivers that are domain experts | not testable"] = total["overlap not testable"]
-            metrics["Spearman(domain score, removal effect) | all layers"] = _rounded(total["spearman"])
+            metrics["Spearman(domain score, removal effect) | all layers"] = rounded(total["spearman"])
             metrics["Spearman(domain score, removal effect) | all layers | 95% CI"] = [
-                _rounded(total["spearman ci low"]),
-                _rounded(total["spearman ci high"]),
+                rounded(total["spearman ci low"]),
+                rounded(total["spearman ci high"]),
             ]
             metrics["Spearman(domain score, removal effect) | all layers | documents"] = int(
                 total["spearman documents"]
@@ -132,7 +136,7 @@ class DriversResult(DriverFindings, DriverFigures, DriverOutcome, Result):
                 total["spearman domain score"]
             )
             out = self.domain_overlap.experts[~self.domain_overlap.experts["in ρ"]]
-            metrics[_left_out_key("Spearman(domain score, removal effect)")] = [
+            metrics[left_out_key("Spearman(domain score, removal effect)")] = [
                 f"L{int(layer)}E{int(expert)}"
                 for layer, expert in zip(out["layer"], out["expert"], strict=True)
             ]

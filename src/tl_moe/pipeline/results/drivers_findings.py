@@ -11,10 +11,10 @@ from tl_moe.analysis.effect_estimate import POOLED_MINUS_WITHIN
 from tl_moe.analysis.stats import RHO_METHOD, RHO_MIN_EXPERT_DOCUMENTS
 from tl_moe.pipeline.results.drivers_text import (
     WITHIN,
-    _diagnostic,
-    _gate_text,
-    _left_out_text,
-    _Signed,
+    Signed,
+    diagnostic,
+    gate_text,
+    left_out_text,
 )
 from tl_moe.report.numbers import format_interval, format_number, is_defined
 
@@ -79,8 +79,8 @@ class DriverFindings:
         rho, low, high, bias = self.saliency_spearman, interval.low, interval.high, interval.bias
         return (
             f"{rho:+.2f} [{low:+.2f}, {high:+.2f}] (95% {interval.method} bootstrap over {interval.n} "
-            f"documents, both scores recomputed on each resample; {_gate_text(self.saliency_gate)}; "
-            f"{_diagnostic(rho, low, high, bias)})"
+            f"documents, both scores recomputed on each resample; {gate_text(self.saliency_gate)}; "
+            f"{diagnostic(rho, low, high, bias)})"
         )
 
     def _estimate_finding(self) -> str:
@@ -104,7 +104,7 @@ class DriverFindings:
             return format_interval(value, low, high, "+.2f", why or "constant scores")
 
         diff = rows.loc["estimate − REAP"]
-        signed = _Signed(diff)
+        signed = Signed(diff)
         if reason:
             verdict = f"no interval ({reason})"
         elif signed.below_zero():
@@ -118,10 +118,10 @@ class DriverFindings:
         text += (
             f" Spearman ρ with the exact zeroing effect, all three scores on the same "
             f"{int(rows['experts'].iloc[0])} experts (those routed on at least {RHO_MIN_EXPERT_DOCUMENTS} of the "
-            f"{int(rows['documents'].iloc[0])} documents of the edited forwards; {_left_out_text(left_out)}) and "
+            f"{int(rows['documents'].iloc[0])} documents of the edited forwards; {left_out_text(left_out)}) and "
             f"those documents, pooled over layers: estimate {rho('first-order estimate')}, REAP saliency "
             f"{rho('REAP saliency')} ("
-            + _diagnostic(
+            + diagnostic(
                 reap["spearman with exact zeroing effect"],
                 reap["ci low"],
                 reap["ci high"],
@@ -162,8 +162,8 @@ class DriverFindings:
         """What the per-layer ρ of the estimate and the pooled − within-layer difference say about its
         pooled ρ (worded from intervals only: a ρ is above 0 when its interval is)."""
 
-        def signed(layer: str) -> _Signed:
-            return _Signed(self._paired_rows(layer).set_index("score").loc["first-order estimate"])
+        def signed(layer: str) -> Signed:
+            return Signed(self._paired_rows(layer).set_index("score").loc["first-order estimate"])
 
         pooled, within = signed("all"), signed(WITHIN)
         if pooled.why or within.why:

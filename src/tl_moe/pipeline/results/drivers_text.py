@@ -11,7 +11,17 @@ import numpy as np
 from tl_moe.analysis.effect_estimate import WITHIN_LAYERS
 from tl_moe.analysis.stats import RHO_MIN_EXPERT_DOCUMENTS
 
-__all__ = ["EDITED_FORWARDS", "WITHIN"]
+__all__ = [
+    "EDITED_FORWARDS",
+    "WITHIN",
+    "Signed",
+    "diagnostic",
+    "gate_text",
+    "interval_position",
+    "left_out_key",
+    "left_out_text",
+    "rounded",
+]
 
 EDITED_FORWARDS = {
     True: "resumed from the edited layer",
@@ -20,7 +30,7 @@ EDITED_FORWARDS = {
 """How the exact effects' edited forwards ran, by ``DriversResult.resumed``."""
 
 
-class _Signed:
+class Signed:
     """One paired-table ρ with its interval, read for its sign: above (below) 0 when its interval is."""
 
     def __init__(self, row: Any) -> None:
@@ -39,44 +49,44 @@ WITHIN = WITHIN_LAYERS
 """The paired table's group of the mean of the per-layer ρ."""
 
 
-def _position(estimate: float, low: float, high: float) -> float:
+def interval_position(estimate: float, low: float, high: float) -> float:
     """Where ``estimate`` sits in ``[low, high]``: 0 at the lower end, 1 at the upper (NaN without one)."""
     if not all(np.isfinite([estimate, low, high])) or high <= low:
         return math.nan
     return (estimate - low) / (high - low)
 
 
-def _diagnostic(estimate: float, low: float, high: float, bias: float) -> str:
+def diagnostic(estimate: float, low: float, high: float, bias: float) -> str:
     """The interval's bootstrap bias and the estimate's position in it, a diagnostic (the interval is
     the pre-chosen method's whatever they are)."""
-    position = _position(estimate, low, high)
+    position = interval_position(estimate, low, high)
     if not np.isfinite(position):
         return "no interval"
     return f"bootstrap bias {bias:+.2f}, the estimate at {position:.2f} of its interval from the lower end"
 
 
-def _left_out_key(key: str) -> str:
+def left_out_key(key: str) -> str:
     return f"{key} | experts left out (routed on fewer than {RHO_MIN_EXPERT_DOCUMENTS} documents)"
 
 
-def _left_out_text(left_out: list[str]) -> str:
+def left_out_text(left_out: list[str]) -> str:
     """The experts the document gate left out, in words."""
     if not left_out:
         return "none left out"
     return f"{len(left_out)} left out, routed on fewer: {', '.join(left_out)}"
 
 
-def _gate_text(gate: tuple[int, list[str]] | None) -> str:
+def gate_text(gate: tuple[int, list[str]] | None) -> str:
     """The split ρ's experts and the document gate, in words."""
     if gate is None:
         return "every expert with a saliency"
     experts, left_out = gate
     return (
         f"over the {experts} experts routed on at least {RHO_MIN_EXPERT_DOCUMENTS} documents of each half, "
-        + _left_out_text(left_out)
+        + left_out_text(left_out)
     )
 
 
-def _rounded(value: Any, digits: int = 4) -> float | None:
+def rounded(value: Any, digits: int = 4) -> float | None:
     value = float(value)
     return round(value, digits) if value == value else None
