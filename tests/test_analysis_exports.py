@@ -14,6 +14,7 @@ from tl_moe.collect.accumulator import Accumulator
 # be added here, with what it offers.
 MAIN_OBJECTS = {
     "activations": ["TokenActivationStore", "StoredTokens"],
+    "association_study": ["AssociationStudy", "AssociationOutcome", "segment_positions_of"],
     "attribution": ["decompose_logits", "LogitDecomposition"],
     "bounded_store": ["BoundedTokenStore"],
     "clustering": ["SphericalKMeans", "cluster_vocabulary"],
@@ -25,10 +26,12 @@ MAIN_OBJECTS = {
         "ReweightingConfig",
         "ExplainConfig",
         "Statistics",
+        "AssociationsConfig",
     ],
     "domain_expert_study": ["DomainExpertStudy"],
     "domain_experts": ["DomainExperts"],
     "driver_domain": ["compare_drivers_with_domain_experts"],
+    "driver_study": ["DriverStudy", "DriverOutcome"],
     "drivers": ["ExpertSaliency", "driver_report"],
     "edit_windows": ["held_out_windows"],
     "effect_estimate": ["FirstOrderEffects"],

@@ -7,10 +7,13 @@ Every object a notebook needs is importable from here (``from tl_moe.analysis im
   :class:`TokenActivationStore` / :class:`BoundedTokenStore` keeps; :func:`probe_experts` /
   :func:`probe_dense` (the paper's protocol); :func:`held_out_arm` and :func:`compare` (units chosen on
   some documents, reported on others, with paired document-level intervals).
-- drivers: :class:`~tl_moe.collect.ExpertEffects` (exact per-document effects of expert edits),
+- drivers: :class:`DriverStudy` (configured by :class:`DriversConfig` and :class:`Statistics`: drivers
+  chosen on the selection half, reported against matched controls, the first-order estimate vs REAP,
+  drivers vs domain experts) on :class:`~tl_moe.collect.ExpertEffects` (exact per-document effects of expert edits),
   :class:`ExpertSaliency`, :func:`driver_report`; :class:`FirstOrderEffects` (the gradient estimate);
   :func:`compare_drivers_with_domain_experts`; :func:`position_effect`.
-- associations, re-weighting and steering: :class:`RoutingRecords` and
+- associations, re-weighting and steering: :class:`AssociationStudy` (token–expert associations and
+  the drivers' position effect) on :class:`RoutingRecords`, with :func:`segment_positions_of`;
   :func:`token_expert_associations`; :class:`ExpertReweighting` (both studies on a model and corpus,
   with :func:`steering_contrast` and :func:`held_out_capacity`); :func:`reweighting_study`;
   :func:`steering_study`.
@@ -26,18 +29,20 @@ Every object a notebook needs is importable from here (``from tl_moe.analysis im
   :func:`decompose_logits` (direct logit attribution), :class:`LogitReadout`, :class:`SphericalKMeans` /
   :func:`cluster_vocabulary`.
 - the settings of each analysis as the pipeline runs it: :class:`ProbingConfig`,
-  :class:`SpecializationConfig`, :class:`DriversConfig`, :class:`ReweightingConfig`,
+  :class:`SpecializationConfig`, :class:`DriversConfig`, :class:`AssociationsConfig`, :class:`ReweightingConfig`,
   :class:`ExplainConfig` (frozen dataclasses, every default written once there).
 - shared by all: the document split :func:`document_split`; statistics :class:`Interval`,
   :func:`cluster_bootstrap`.
 """
 
 from tl_moe.analysis.activations import StoredTokens, TokenActivationStore
+from tl_moe.analysis.association_study import AssociationOutcome, AssociationStudy, segment_positions_of
 from tl_moe.analysis.attribution import LogitDecomposition, decompose_logits
 from tl_moe.analysis.bounded_store import BoundedTokenStore
 from tl_moe.analysis.clustering import SphericalKMeans, cluster_vocabulary
 from tl_moe.analysis.concept_probing import probe_dense, probe_experts
 from tl_moe.analysis.configs import (
+    AssociationsConfig,
     DriversConfig,
     ExplainConfig,
     ProbingConfig,
@@ -48,6 +53,7 @@ from tl_moe.analysis.configs import (
 from tl_moe.analysis.domain_expert_study import DomainExpertsOutcome, DomainExpertStudy
 from tl_moe.analysis.domain_experts import DomainExperts
 from tl_moe.analysis.driver_domain import DriverDomainComparison, compare_drivers_with_domain_experts
+from tl_moe.analysis.driver_study import DriverOutcome, DriverStudy
 from tl_moe.analysis.drivers import ExpertSaliency, driver_report, match_controls
 from tl_moe.analysis.edit_windows import held_out_windows
 from tl_moe.analysis.effect_estimate import FirstOrderEffects, FirstOrderEffectsResult, estimate_vs_reap
@@ -98,6 +104,7 @@ from tl_moe.analysis.steering import SteeringStudy, steering_study
 from tl_moe.analysis.token_association import AssociationTable, RoutingRecords, token_expert_associations
 
 __all__ = [
+    "AssociationsConfig",
     "DriversConfig",
     "ExplainConfig",
     "ProbingConfig",
@@ -105,6 +112,8 @@ __all__ = [
     "SpecializationConfig",
     "Statistics",
     "PROBE_STATUS",
+    "AssociationOutcome",
+    "AssociationStudy",
     "AssociationTable",
     "BoundedTokenStore",
     "DocumentPermutationBaseline",
@@ -112,6 +121,8 @@ __all__ = [
     "DomainExperts",
     "DriverDomainComparison",
     "FamilyMember",
+    "DriverOutcome",
+    "DriverStudy",
     "ExpertLens",
     "ExpertLogitLensAccumulator",
     "ExpertLogitLensResult",
@@ -160,6 +171,7 @@ __all__ = [
     "probe_dense",
     "probe_experts",
     "reweighting_study",
+    "segment_positions_of",
     "routed_tokens_by_domain",
     "routed_tokens_by_group",
     "sampling_baseline",

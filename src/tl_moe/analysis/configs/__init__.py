@@ -10,6 +10,7 @@ false-discovery rate, the fewest documents behind an interval, the seed) are the
 statistical standards, one value per run: :class:`Statistics` (``RunOptions.statistics`` in a run).
 """
 
+from tl_moe.analysis.configs.associations import AssociationsConfig
 from tl_moe.analysis.configs.drivers import DriversConfig
 from tl_moe.analysis.configs.explain import ExplainConfig
 from tl_moe.analysis.configs.probing import ProbingConfig
@@ -18,6 +19,7 @@ from tl_moe.analysis.configs.specialization import SpecializationConfig
 from tl_moe.analysis.configs.statistics import Statistics
 
 __all__ = [
+    "AssociationsConfig",
     "DriversConfig",
     "ExplainConfig",
     "ProbingConfig",

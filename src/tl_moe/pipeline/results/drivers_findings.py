@@ -1,0 +1,222 @@
+"""The drivers report's findings in words, each worded from intervals only."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from tl_moe.analysis.effect_estimate import POOLED_MINUS_WITHIN
+from tl_moe.analysis.stats import RHO_METHOD, RHO_MIN_EXPERT_DOCUMENTS
+from tl_moe.pipeline.results.drivers_text import (
+    WITHIN,
+    Signed,
+    diagnostic,
+    gate_text,
+    left_out_text,
+)
+from tl_moe.report.numbers import format_interval, format_number, is_defined
+
+__all__ = ["DriverFindings"]
+
+
+class DriverFindings:
+    """The findings of :class:`~tl_moe.pipeline.results.drivers.DriversResult` (a mixin over its fields)."""
+
+    def _agreement_row(self, score: str, kind: str = "zero", layer: str = "all") -> Any:
+        frame = self.agreement
+        pick = (frame["score"] == score) & (frame["exact effect"] == kind) & (frame["layer"] == layer)
+        return frame[pick].iloc[0]
+
+    def findings(self) -> list[str]:
+        rows = self.comparison.set_index(["edit", "group"])
+        edit = self.comparison["edit"].iloc[0]
+        reason = self.comparison["interval unavailable"].iloc[0]
+
+        def show(group: str) -> str:
+            row = rows.loc[(edit, group)]
+            low, high = (math.nan, math.nan) if reason else (row["ci low"], row["ci high"])
+            return format_interval(row.iloc[0], low, high, "+.4f", reason or "no report document")
+
+        n = int(self.comparison["experts"].iloc[0])
+        moved = int(self.comparison["controls from another layer"].iloc[0])
+        matched = (
+            "routing-frequency-matched controls of the same layer"
+            if not moved
+            else f"routing-frequency-matched controls ({moved} of {n} from another layer: the driver's layer "
+            "had no non-driver expert left)"
+        )
+        interval = f"interval unavailable: {reason}" if reason else "95% document bootstrap"
+        findings = [
+            f"**Driver experts** (chosen on half the documents, measured on the other "
+            f"{int(self.comparison['report documents'].iloc[0])}): removing one of the {n} strongest changes "
+            f"next-token loss by {show('driver experts')} nats/token vs {show('matched controls')} for "
+            f"{matched} (difference {show('driver − control')}, {interval}); REAP saliency (selection half) "
+            f"ranks experts with Spearman ρ = {self._saliency_rho()} against the exact removal effect "
+            "(report half)."
+        ]
+        if not self.resumed:
+            findings.append(
+                "The exact effects' edited forwards ran on the whole model: a forward resumed from the edited "
+                "layer did not reproduce this model's clean forward (the same numbers, more compute)."
+            )
+        if self.agreement is not None:
+            findings.append(self._estimate_finding())
+        if self.domain_overlap is not None:
+            findings.append(self._domain_finding())
+        return findings
+
+    def _saliency_rho(self) -> str:
+        """REAP saliency's ρ with the removal effect, with its document-bootstrap interval or why none."""
+        interval = self.saliency_interval
+        if not is_defined(self.saliency_spearman):
+            return "unavailable (constant saliency or effect)"
+        if interval is None:
+            return f"{self.saliency_spearman:+.2f} (no interval: no per-document saliency was recorded)"
+        if not interval.available:
+            return f"{self.saliency_spearman:+.2f} (no interval: {interval.reason})"
+        rho, low, high, bias = self.saliency_spearman, interval.low, interval.high, interval.bias
+        return (
+            f"{rho:+.2f} [{low:+.2f}, {high:+.2f}] (95% {interval.method} bootstrap over {interval.n} "
+            f"documents, both scores recomputed on each resample; {gate_text(self.saliency_gate)}; "
+            f"{diagnostic(rho, low, high, bias)})"
+        )
+
+    def _estimate_finding(self) -> str:
+        first, reap = self._agreement_row("first-order estimate"), self._agreement_row("REAP saliency")
+        text = (
+            f"**First-order estimate** (one backward per batch) of the zeroing effect: its top "
+            f"{int(first['top n'])} share {int(first['top-n overlap'])} experts with the exact top "
+            f"{int(first['top n'])} (chance {format_number(first['chance overlap'], '.2f', 'no expert')}; REAP saliency: "
+            f"{int(reap['top-n overlap'])})."
+        )
+        if self.paired is None:
+            return text
+        rows = self._paired_rows("all").set_index("score")
+        reason = rows["interval unavailable"].iloc[0]
+
+        def rho(score: str, layer: str = "all") -> str:
+            row = self._paired_rows(layer).set_index("score").loc[score]
+            value = row["spearman with exact zeroing effect"]
+            why = row["interval unavailable"]
+            low, high = (math.nan, math.nan) if why else (row["ci low"], row["ci high"])
+            return format_interval(value, low, high, "+.2f", why or "constant scores")
+
+        diff = rows.loc["estimate − REAP"]
+        signed = Signed(diff)
+        if reason:
+            verdict = f"no interval ({reason})"
+        elif signed.below_zero():
+            verdict = "REAP saliency, a data-only score, ranks experts better than the estimate"
+        elif signed.above_zero():
+            verdict = "the estimate ranks experts better than REAP saliency"
+        else:
+            verdict = "the data cannot tell which of the two ranks experts better"
+        reap = rows.loc["REAP saliency"]
+        left_out = list(self.paired.attrs.get("left out", []))
+        text += (
+            f" Spearman ρ with the exact zeroing effect, all three scores on the same "
+            f"{int(rows['experts'].iloc[0])} experts (those routed on at least {RHO_MIN_EXPERT_DOCUMENTS} of the "
+            f"{int(rows['documents'].iloc[0])} documents of the edited forwards; {left_out_text(left_out)}) and "
+            f"those documents, pooled over layers: estimate {rho('first-order estimate')}, REAP saliency "
+            f"{rho('REAP saliency')} ("
+            + diagnostic(
+                reap["spearman with exact zeroing effect"],
+                reap["ci low"],
+                reap["ci high"],
+                reap["bootstrap bias"],
+            )
+            + "), "
+            f"difference {rho('estimate − REAP')} (paired 95% {rows['interval method'].iloc[0]} bootstrap over the "
+            f"documents, all three scores recomputed on each resample): {verdict}."
+        )
+        layers = [
+            layer
+            for layer in self.paired["layer"].unique()
+            if layer not in ("all", WITHIN, POOLED_MINUS_WITHIN)
+        ]
+        if not layers:
+            return text
+        per_layer = ", ".join(f"layer {layer} {rho('first-order estimate', layer)}" for layer in layers)
+        reap_layers = ", ".join(f"layer {layer} {rho('REAP saliency', layer)}" for layer in layers)
+        experts = "/".join(str(int(n)) for n in self._paired_rows_per_layer(layers))
+        return (
+            f"{text} Within each layer ({experts} experts; same documents and bootstrap): estimate {per_layer}; "
+            f"mean over layers {rho('first-order estimate', WITHIN)}; REAP saliency {reap_layers}; mean "
+            f"{rho('REAP saliency', WITHIN)}; estimate − REAP, mean over layers {rho('estimate − REAP', WITHIN)}: "
+            f"{self._layer_verdict(layers)}."
+        )
+
+    def _paired_rows(self, layer: str) -> pd.DataFrame:
+        """The paired table's rows of one group (``all``, a layer, or the mean over layers)."""
+        frame = self.paired
+        if "layer" not in frame:
+            return frame if layer == "all" else frame.iloc[:0]
+        return frame[frame["layer"] == layer]
+
+    def _paired_rows_per_layer(self, layers: list[str]) -> list[int]:
+        return [int(self._paired_rows(layer)["experts"].iloc[0]) for layer in layers]
+
+    def _layer_verdict(self, layers: list[str]) -> str:
+        """What the per-layer ρ of the estimate and the pooled − within-layer difference say about its
+        pooled ρ (worded from intervals only: a ρ is above 0 when its interval is)."""
+
+        def signed(layer: str) -> Signed:
+            return Signed(self._paired_rows(layer).set_index("score").loc["first-order estimate"])
+
+        pooled, within = signed("all"), signed(WITHIN)
+        if pooled.why or within.why:
+            return "without intervals, the per-layer values are descriptive only"
+        above = sum(signed(layer).above_zero() for layer in layers)
+        count = (
+            f"{above} of {len(layers)} layers have an interval above 0 (each unadjusted for the "
+            f"{len(layers)} layers); the mean within-layer ρ "
+            + ("is above 0" if within.above_zero() else "is below 0" if within.below_zero() else "covers 0")
+        )
+        if self._paired_rows(POOLED_MINUS_WITHIN).empty:
+            return count
+        gap = signed(POOLED_MINUS_WITHIN)
+        shown = format_interval(gap.estimate, gap.low, gap.high, "+.2f", gap.why or "constant scores")
+        text = f"{count}; pooled minus mean within-layer ρ {shown} (same resamples)"
+        if gap.above_zero():
+            return (
+                f"{text}: the pooled ρ is higher than the within-layer mean, so part of it comes from "
+                "differences between layers"
+            )
+        if gap.below_zero():
+            return f"{text}: the pooled ρ is lower than the within-layer mean"
+        return (
+            f"{text}: the data cannot tell the pooled ρ from the within-layer mean, nor say how much of it "
+            "comes from differences between layers"
+        )
+
+    def _domain_finding(self) -> str:
+        total = self.domain_overlap.table.set_index("layer").loc["all"]
+        why = total.get("spearman unavailable") or "undefined"
+        low, high = total["spearman ci low"], total["spearman ci high"]
+        no_interval = total.get("spearman interval unavailable") or "the bootstrap gave none"
+        shown = format_interval(total["spearman"], low, high, "+.2f", why, no_interval)
+        left_out = int(total["spearman experts left out (routed on too few documents)"])
+        rho = f"domain score (selection half) vs removal effect (report half): Spearman ρ = {shown}" + (
+            f" (95% {RHO_METHOD} bootstrap over {int(total['spearman documents'])} documents of both halves, "
+            "each expert's domain score and removal effect recomputed per resample; over the "
+            f"{int(total['spearman experts'])} scored experts routed on at least {RHO_MIN_EXPERT_DOCUMENTS} "
+            f"documents of each half, {left_out} left out)"
+            if "[" in shown
+            else " (descriptive: the domains analysis' score on every document, no per-document routing)"
+            if total["spearman domain score"] == "domain score"
+            else ""
+        )
+        if total["overlap not testable"]:
+            return (
+                f"**Drivers vs domain experts**: the overlap is not testable ({total['overlap not testable']} "
+                f"among {int(total['experts'])} scored experts; an empty set overlaps exactly as chance says); "
+                f"{rho}."
+            )
+        return (
+            f"**Drivers vs domain experts**: {int(total['both'])} of the {int(total['drivers'])} driver experts "
+            f"are domain experts (expected by chance {format_number(total['expected both'], '.1f', 'no scored expert')} of "
+            f"{int(total['experts'])} scored experts with {int(total['domain experts'])} domain experts; "
+            f"hypergeometric p = {format_number(total['overlap p'], '.3g', 'not testable')}); {rho}."
+        )
