@@ -105,8 +105,8 @@ class DriverStudy:
         num_experts: experts per sparse layer.
         config: how many tokens the edited forwards see and how many drivers are reported
             (``config.count`` left at its default is fitted to half the experts).
-        statistics: the seed and the paired table's bootstrap resamples. The drivers' comparison, the
-            saliency ρ and the domain comparison use their functions' own 1000 resamples.
+        statistics: the seed and the bootstrap resamples behind every interval (the drivers'
+            comparison, the saliency ρ, the paired estimate-vs-REAP table, the domain comparison).
 
     Usage::
 
@@ -169,13 +169,14 @@ class DriverStudy:
         self._check_layers(effects, saliency, estimate)
         count = self.n_drivers
         seed = self.statistics.seed
-        experts, comparison = driver_report(effects, saliency, n_drivers=count, seed=seed)
+        resamples = self.statistics.bootstrap_resamples
+        experts, comparison = driver_report(
+            effects, saliency, n_drivers=count, n_resamples=resamples, seed=seed
+        )
         estimates = agreement = paired = None
         if estimate is not None:
             estimates, agreement = estimate_report(effects, saliency, estimate, n_top=count, seed=seed)
-            paired = estimate_vs_reap(
-                effects, saliency, estimate, n_resamples=self.statistics.bootstrap_resamples, seed=seed
-            )
+            paired = estimate_vs_reap(effects, saliency, estimate, n_resamples=resamples, seed=seed)
         overlap = None
         if domain_experts is not None:
             overlap = compare_drivers_with_domain_experts(
@@ -184,6 +185,7 @@ class DriverStudy:
                 effect=f"{EDIT_KINDS[0]}: effect (report)",
                 documents=ReportDocuments.from_effects(effects, EDIT_KINDS[0]),
                 routing=_domain_routing(saliency, effects, document_domains),
+                n_resamples=resamples,
                 seed=seed,
             )
         return DriverOutcome(
