@@ -47,6 +47,8 @@ def measure(max_tokens: int, causal_windows: int, warmup_tokens: int) -> dict[st
     """Seconds of the pass, of the labeling (explain finalize less its causal checks) and of the
     causal checks, from one run; the parts of the labeling too."""
     import tl_moe
+    import tl_moe.explain.labeler as labeler
+    import tl_moe.pipeline.results.explain as explain_result
     import tl_moe.pipeline.runner as runner
     import tl_moe.pipeline.sections.explain as explain_section
     from tl_moe.explain.examples import ExpertExamples
@@ -64,10 +66,10 @@ def measure(max_tokens: int, causal_windows: int, warmup_tokens: int) -> dict[st
     patched = {
         (runner, "_collect_model"): "pass",
         (explain_section.Explain, "finalize"): "explain finalize",
-        (explain_section, "causal_checks"): "causal checks",
-        (explain_section, "label_experts"): "labels and scores",
-        (explain_section, "expert_cards"): "cards table",
-        (explain_section, "dashboard_cards"): "dashboard cards",
+        (labeler, "causal_checks"): "causal checks",
+        (labeler, "label_experts"): "labels and scores",
+        (explain_result, "expert_cards"): "cards table",
+        (explain_result, "dashboard_cards"): "dashboard cards",
         (ExpertExamples, "records"): "records",
     }
     originals = {key: getattr(*key) for key in patched}

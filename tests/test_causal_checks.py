@@ -165,7 +165,7 @@ def test_control_expert_is_chosen_by_routing_at_the_described_tokens_not_on_freq
 
 def test_the_finding_gives_no_interval_below_30_documents_and_names_the_unit():
     from tl_moe.explain.causal import CausalResult
-    from tl_moe.pipeline.sections.explain import causal_finding
+    from tl_moe.pipeline.results.explain_causal import causal_finding
 
     for n_documents, available in ((20, False), (40, True)):
         _, summary, _ = run(0, n_documents=n_documents)
@@ -284,7 +284,7 @@ def test_causal_budget_warns_before_the_pass_and_names_what_helps():
 
     import pytest
 
-    from tl_moe.pipeline.sections.explain import check_causal_budget
+    from tl_moe.explain.checks import check_causal_budget
 
     small, large = [{"text": "x"}] * 40, [{"text": "x"}] * 400
     with pytest.warns(UserWarning, match="corpus"):
@@ -369,7 +369,7 @@ def test_the_finding_leads_with_the_weight_adjusted_difference_and_says_when_an_
     finding gives each labeled − control difference with its interval and what the interval says, the
     unadjusted difference beside the adjusted one, and the DLA rank-1 difference with its interval."""
     from tl_moe.explain.causal import CausalResult
-    from tl_moe.pipeline.sections.explain import causal_expert_table, causal_finding
+    from tl_moe.pipeline.results.explain_causal import causal_expert_table, causal_finding
 
     documents, described, other, routed, delta, weight = planted_weight_only(3, gain=1.8)
     _, _, _, _, boost, _ = planted_weight_only(4)
@@ -506,7 +506,7 @@ def test_the_finding_prints_the_balance_and_the_check_over_balanced_controls():
     """The finding gives labeled − control routing rate and its standardized difference on the causal
     windows, the rates where the controls were chosen, how many are within the caliper there, and the
     headline over those experts; a planted label without a causal effect is not found over them."""
-    from tl_moe.pipeline.sections.explain import causal_finding
+    from tl_moe.pipeline.results.explain_causal import causal_finding
 
     documents, described, other, routed, delta = planted(1)
     weight = mixing_weights(routed, 1)

@@ -116,7 +116,7 @@ def test_each_experts_intervals_are_over_its_documents_and_match_the_direct_metr
 def test_a_share_at_its_bound_is_given_as_a_count_and_a_one_sided_bound():
     """At 100% the percentile bracket's upper end is the estimate by construction: the finding gives the
     count and the one-sided lower bound instead of a two-sided interval; an inner share keeps its bracket."""
-    from tl_moe.pipeline.sections.explain import _share_part
+    from tl_moe.pipeline.results.explain_findings import _share_part
 
     row = {"share beating shuffled": 1.0, "share ci low": 0.86, "share ci high": 1.0, "share experts": 51,
            "share documents": 58, "share interval": "[0.86, 1.00]"}  # fmt: skip

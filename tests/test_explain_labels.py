@@ -6,6 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -324,3 +325,41 @@ def test_document_interval_rows_carry_the_document_reason_not_the_expert_one(n_d
         expected = "29 document(s) behind the label scores; a document-level interval needs at least 30"
         assert (summary[reasons] == expected).all().all()
         assert summary[["ci low", "diff ci low", "baseline diff ci low"]].isna().all().all()
+
+
+def test_the_notebook_labeler_finds_planted_experts_of_those_asked_and_matches_label_experts():
+    """ExpertLabeler (ExplainConfig + Statistics, no pipeline) on a planted routing: the token-set and
+    concept experts get their planted labels and score >= 0.95 held out; experts whose routing depends on
+    no token stay near chance; the outcome equals label_experts called by hand on the same records."""
+    from tl_moe.analysis.configs import ExplainConfig, Statistics
+    from tl_moe.errors import InputError
+    from tl_moe.explain import ExpertLabeler
+
+    examples, tokenizer = _routed_examples(planted=True, n_layers=1, max_tokens=8_000)
+    statistics = Statistics(seed=3, bootstrap_resamples=200)
+    labeler = ExpertLabeler(ExplainConfig(causal_windows=0), statistics, progress=False)
+    asked = [(0, TOKEN_EXPERT), (0, CONCEPT_EXPERT), (0, 0), (0, 1), (0, 2), (0, 4)]
+    outcome = labeler(examples, tokenizer, experts=asked)
+    assert [r.key for r in outcome.records] == asked and outcome.causal is None
+    assert (outcome.explainer, outcome.main_scorer) == ("offline", "concept")
+    tokens, concept = (
+        outcome.labeling.explanations[(0, TOKEN_EXPERT)],
+        outcome.labeling.explanations[(0, CONCEPT_EXPERT)],
+    )
+    assert tokens.rule.kind == "tokens" and set(tokens.rule.tokens) == set(PLANTED_TEXTS)
+    assert concept.rule.kind == "concept" and concept.concept == CONCEPT
+    frame = outcome.labeling.frame.set_index(["layer", "expert"])["concept_balanced_accuracy"]
+    assert frame[(0, TOKEN_EXPERT)] >= 0.95 and frame[(0, CONCEPT_EXPERT)] >= 0.95
+    assert all(frame[(0, e)] <= 0.75 for e in (0, 1, 2, 4))  # planted no effect: chance is 0.5
+    # the same records through the lower-level functions, the seed and resamples passed by hand
+    records = [examples.record(layer, e, tokenizer, seed=3) for layer, e in asked]
+    by_hand = label_experts(records, DissectionExplainer(examples), [ConceptScorer(examples.concept_names)],
+                            shuffle_seed=3, progress=False, baseline=TokenSetBaseline(), n_resamples=200)  # fmt: skip
+    pd.testing.assert_frame_equal(outcome.labeling.frame, by_hand.frame)
+    pd.testing.assert_frame_equal(outcome.labeling.summary, by_hand.summary)
+    with pytest.raises(InputError, match="experts"):
+        labeler(examples, tokenizer, experts=[(0, N_EXPERTS)])
+    with pytest.raises(InputError, match="need model= and dataset="):
+        ExpertLabeler(ExplainConfig(causal_windows=4), statistics)(examples, tokenizer)
+    with pytest.raises(InputError, match="concept scorer only"):
+        ExpertLabeler(ExplainConfig(scorers=("detection",)))

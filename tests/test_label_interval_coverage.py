@@ -131,7 +131,7 @@ def test_precision_interval_holds_the_class_sizes_and_covers_the_true_mean():
 
 
 def test_the_summary_row_and_its_finding_name_the_interval_methods():
-    from tl_moe.pipeline.sections.explain import _unit
+    from tl_moe.pipeline.results.explain_findings import _unit
 
     scores = _planted_scores(_experts(), 0)
     row = document_intervals(list(scores), scores, {"shuffled": scores}, "balanced_accuracy", n_resamples=99)

@@ -151,7 +151,7 @@ def test_dashboard_renders_in_headless_chromium(tmp_path):
 def test_card_effects_come_from_the_label_checks_and_the_drivers_tables():
     import pandas as pd
 
-    from tl_moe.pipeline.sections.explain_dashboard import _effects
+    from tl_moe.pipeline.results.explain_dashboard import _effects
 
     causal = pd.DataFrame(
         {"layer": [1], "expert": [2], "remove_effect": [0.25], "remove_labeled_minus_control": [0.125]}

@@ -92,7 +92,7 @@ def labeling_frame(n_per_layer: int, layers=(0, 1)) -> pd.DataFrame:
 
 def test_explain_intervals_over_experts_need_min_documents_experts():
     from tl_moe.explain.runner import bootstrap_mean, summarize
-    from tl_moe.pipeline.sections.explain import labels_finding
+    from tl_moe.pipeline.results.explain_findings import labels_finding
 
     assert too_few_units(MIN_DOCUMENTS - 1) == f"{MIN_DOCUMENTS - 1} experts, at least {MIN_DOCUMENTS} needed"
     assert too_few_units(MIN_DOCUMENTS) is None
@@ -151,7 +151,7 @@ def test_reweighting_rows_say_why_an_interval_or_estimate_is_missing():
 
 def test_layers_whose_f1_is_below_answering_yes_are_named():
     """Planted: layer 1's mean F1 is below its always-yes F1, layer 0's is above; only layer 1 is named."""
-    from tl_moe.pipeline.sections.explain import _f1_below_chance
+    from tl_moe.pipeline.results.explain_findings import _f1_below_chance
 
     layers = [
         {"layer": 0, "mean": 0.70, "chance": 0.66},

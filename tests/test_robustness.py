@@ -18,8 +18,8 @@ from tl_moe.explain.runner import label_experts
 from tl_moe.models.folder import check_model_folder, expert_counts_in_weights
 from tl_moe.network import unreachable_reason
 from tl_moe.pipeline import RunOptions
+from tl_moe.pipeline.results.explain import ExplainResult
 from tl_moe.pipeline.runner import run_layout
-from tl_moe.pipeline.sections.explain import ExplainResult
 from tl_moe.zoo.tokenizer import load_tokenizer
 
 

@@ -10,6 +10,10 @@ and a concurrent, cached, resumable runner.
                       # AUC; the shuffled-label control and the token-set baseline on the same items
     result.summary    # per layer and metric: mean [CI] vs shuffled control [CI] vs baseline [CI] vs chance
 
+Or as a run does it, configured by ``ExplainConfig`` and ``Statistics`` (records, explainer, scorers,
+controls and causal checks in one call; :mod:`tl_moe.explain.labeler`):
+``ExpertLabeler(ExplainConfig(causal_windows=0), Statistics())(examples, model.tokenizer)``.
+
 With a language model: ``client = CachedChatClient(OpenAIChatClient(url, model), "cache.sqlite")``,
 ``LMExplainer(client)`` and ``DetectionScorer(client)`` / ``FuzzingScorer`` / ``IntruderScorer``.
 """
@@ -30,6 +34,7 @@ from tl_moe.explain.explainers import (
     TokenSetBaseline,
     parse_label,
 )
+from tl_moe.explain.labeler import ExpertLabeler, LabelOutcome
 from tl_moe.explain.labels import LabelRule, choose_label
 from tl_moe.explain.runner import LabelingResult, bootstrap_mean, label_experts, shuffled_partners, summarize
 from tl_moe.explain.scorers import (
@@ -53,12 +58,14 @@ __all__ = [
     "DissectionExplainer",
     "ExpertExamples",
     "ExpertExamplesAccumulator",
+    "ExpertLabeler",
     "ExpertRecord",
     "Explainer",
     "Explanation",
     "FuzzingScorer",
     "IntruderScorer",
     "LMExplainer",
+    "LabelOutcome",
     "LabelRule",
     "TokenSetBaseline",
     "LabelingResult",

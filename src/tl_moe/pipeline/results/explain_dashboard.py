@@ -14,13 +14,21 @@ from tl_moe.explain.examples import ExpertExamples, ExpertRecord
 from tl_moe.explain.runner import LabelingResult
 from tl_moe.report.dashboard import CardContext, ExpertCard
 
-__all__ = ["HISTOGRAM_BINS", "N_CARD_CONTEXTS", "dashboard_cards"]
+__all__ = ["DASHBOARD_CAPTION", "HISTOGRAM_BINS", "N_CARD_CONTEXTS", "dashboard_cards"]
 
 N_CARD_CONTEXTS = 3
 HISTOGRAM_BINS = 20
 HISTOGRAM_CAPTION = (
     "Saliency (routing weight × ‖output‖) over a uniform sample of routed tokens "
     "(the top contexts, the highest of all routed tokens, can lie above its range)"
+)
+DASHBOARD_CAPTION = (
+    "Expert dashboard. Index: click a numeric header to sort (balanced accuracy and F1 of the label on "
+    "held-out items, own − shuffled-label balanced accuracy, causal effects where measured). Cards: the "
+    "top contexts by saliency with each token's routing weight to the expert as its background (relative "
+    "to the context's highest), tokens routed to the expert underlined, the context's target outlined; "
+    "logit-lens tokens; a histogram of saliency over a uniform sample of routed tokens; routing share "
+    "per domain (bar) beside the domain's share of all tokens (mark)."
 )
 MIN_DOMAIN_SHARE = 0.02  # domains below this share of the expert's tokens AND of all tokens are left off
 
