@@ -32,3 +32,12 @@ def test_the_plan_and_the_report_name_the_analyses_with_forwards_of_their_own():
     assert intro.startswith(Reweighting.intro) and intro.endswith(
         f"collection pass: {Reweighting.own_forwards}."
     )
+
+
+def test_explain_declares_the_causal_checks_forwards():
+    """Explain has needs (its examples) and also runs the causal checks' edited forwards after the pass."""
+    from tl_moe.pipeline.sections.explain import Explain
+
+    assert "causal" in Explain.own_forwards
+    plan = plan_run(RunOptions(model="toy/moe-8x2", dense_baseline=None, analyses=("explain",)))
+    assert plan.own_forwards == {"explain": Explain.own_forwards}

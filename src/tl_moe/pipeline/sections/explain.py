@@ -46,6 +46,11 @@ class Explain(Analysis):
     title = "Automatic expert labels"
     summary = "label every expert and score the label (balanced accuracy vs a shuffled-label control and a token-set baseline)"
     default = False
+    own_forwards = (
+        "the causal checks (--explain.causal-windows > 0) remove each labelled expert and its matched "
+        "control on windows where the label says the expert should matter; those windows exist only once "
+        "the labels do, after the pass, so their edited forwards run here"
+    )
     intro = (
         "Each expert's contexts come from the collection pass: top contexts by routing weight × ‖expert output‖ "
         "and contexts spread over its saliency quantiles, routed tokens marked. Documents are split by a hash "
