@@ -47,3 +47,16 @@ def test_the_add_an_analysis_example_in_the_architecture_doc_runs(tmp_path, monk
         assert "First-choice experts" in (tmp_path / "tl_moe_report" / "index.html").read_text()
     finally:
         unregister("first_choice")
+
+
+def test_the_demo_without_the_pipeline_never_imports_it():
+    """Demo 04's imports and models load in a fresh interpreter without tl_moe.pipeline (the analyses it
+    calls never import it either: tests/test_layering.py walks their function-local imports too)."""
+    import subprocess
+    import sys
+
+    demo = DEMO_DIR / "04_analyses_without_the_pipeline.py"
+    cells = demo.read_text().split("# %%")
+    imports = next(cell for cell in cells if "import tl_moe" in cell)
+    code = imports + "\nimport sys\nassert not [m for m in sys.modules if m.startswith('tl_moe.pipeline')]\n"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
