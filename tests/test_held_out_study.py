@@ -116,6 +116,22 @@ def test_the_paper_protocol_runs_on_the_same_tokens_and_reports_the_planted_expe
     assert [r["comparison"] for r in found.records] == ["moe_vs_dense", "moe_vs_matched_subsets"]
 
 
+def test_a_study_built_from_the_models_configs_names_the_hooks_its_stores_keep():
+    from tl_moe.models.config import MoEConfig
+
+    moe = MoEConfig(
+        "toy", n_layers=1, d_model=8, d_vocab=97, num_experts=EXPERTS, d_expert=D_EXPERT, sparse_layers=(0,)
+    )
+    dense = MoEConfig("toy", n_layers=1, d_model=8, d_vocab=97, d_mlp=D_MLP)
+    built = HeldOutProbing.of(moe, dense, config=STUDY.config, statistics=STUDY.statistics, by_group=False)
+    assert built == STUDY
+    assert set(built.expert_store().hooks) == {
+        get_act_name("expert_post", 0),
+        get_act_name("topk_indices", 0),
+    }
+    assert set(built.dense_store().hooks) == {get_act_name("neuron", 0)}
+
+
 def test_the_study_needs_no_pipeline_module():
     code = (
         "import sys, tl_moe.analysis.held_out_study, tl_moe.analysis.paper_study;"

@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 from jaxtyping import Bool
 
-from tl_moe.analysis.activations import StoredTokens
+from tl_moe.analysis.activations import StoredTokens, TokenActivationStore
 from tl_moe.analysis.configs.probing import ProbingConfig
 from tl_moe.analysis.configs.statistics import Statistics
 from tl_moe.analysis.held_out_comparisons import (
@@ -61,6 +61,7 @@ from tl_moe.analysis.held_out_probing import (
 from tl_moe.analysis.splits import document_split
 from tl_moe.collect.steps import Step, run_now
 from tl_moe.errors import AnalysisUnavailable, InputError
+from tl_moe.models.config import MoEConfig
 from tl_moe.models.hook_names import get_act_name
 
 __all__ = ["HeldOutOutcome", "HeldOutProbing", "probe_parameters", "usable_on_selection"]
@@ -177,6 +178,42 @@ class HeldOutProbing:
     permuted: bool = True
     routed_null: bool = True
     by_group: bool = True
+
+    @classmethod
+    def of(
+        cls,
+        moe_cfg: MoEConfig,
+        dense_cfg: MoEConfig | None = None,
+        *,
+        layers: Sequence[int] | None = None,
+        **settings,
+    ) -> HeldOutProbing:
+        """The study of an MoE (``model.moe_cfg``) and, optionally, its dense baseline's config;
+        ``layers``: the sparse layers to probe (default: all); ``settings``: the other fields."""
+        return cls(
+            tuple(moe_cfg.sparse_layers if layers is None else layers),
+            moe_cfg.num_experts,
+            moe_cfg.d_expert,
+            moe_cfg.n_layers,
+            dense_layers=() if dense_cfg is None else tuple(dense_cfg.dense_layers),
+            dense_n_layers=None if dense_cfg is None else dense_cfg.n_layers,
+            **settings,
+        )
+
+    def expert_store(self, max_tokens: int | None = None) -> TokenActivationStore:
+        """A fresh store of what the MoE (or the untrained MoE) pass must keep: each probed layer's
+        ``expert_post`` and ``topk_indices`` (collect it with a concept labeler)."""
+        kinds = ("expert_post", "topk_indices")
+        hooks = [get_act_name(kind, layer) for layer in self.layers for kind in kinds]
+        return TokenActivationStore(hooks, max_tokens=max_tokens)
+
+    def dense_store(self, max_tokens: int | None = None) -> TokenActivationStore:
+        """A fresh store of what the dense model's pass must keep: the FFN neurons of its dense layers."""
+        if not self.dense_layers:
+            raise InputError("HeldOutProbing.dense_store needs dense_layers (the dense model's FFN layers).")
+        return TokenActivationStore(
+            [get_act_name("neuron", layer) for layer in self.dense_layers], max_tokens
+        )
 
     def replace(self, **changes: Any) -> HeldOutProbing:
         """A copy with ``changes`` (e.g. ``permuted=False``)."""

@@ -42,15 +42,11 @@ def probing_steps(run: RunContext, analysis: str, models: list[str]) -> Step:
 def held_out_study(run: RunContext, layers: tuple[int, ...], model: str | None = None) -> HeldOutProbing:
     """:class:`HeldOutProbing` of ``model`` (default: the analyzed one; another expects no untrained null)
     and the run's dense baseline under the run's probing config and statistics."""
-    cfg, config = run.config(run.main if model is None else model), run.options.config("probing")
-    dense = None if run.dense is None else run.config(run.dense)
-    return HeldOutProbing(
-        layers,
-        cfg.num_experts,
-        cfg.d_expert,
-        cfg.n_layers,
-        dense_layers=() if dense is None else tuple(dense.dense_layers),
-        dense_n_layers=None if dense is None else dense.n_layers,
+    config = run.options.config("probing")
+    return HeldOutProbing.of(
+        run.config(run.main if model is None else model),
+        None if run.dense is None else run.config(run.dense),
+        layers=layers,
         config=config if model is None else dataclasses.replace(config, skip_untrained_null=True),
         statistics=run.options.statistics,
     )
