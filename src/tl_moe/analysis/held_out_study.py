@@ -12,13 +12,14 @@ expert's routed tokens, all of them and ``d_expert`` random ones per seeded draw
 control, with its own permuted-label null); random dense token subsets with the routed sizes; the
 untrained MoE; both models with permuted labels. It knows nothing of the pipeline.
 
-Example (stored tokens of a model the user holds, e.g. ``tl_moe.load("toy/moe-8x2")``, gathered by a
-:class:`~tl_moe.analysis.TokenActivationStore` on ``expert_probing_hooks(cfg)`` with concept labels)::
+Example (a model the user holds and its dense baseline; one collection pass each)::
 
-    study = HeldOutProbing(cfg.sparse_layers, cfg.num_experts, cfg.d_expert, cfg.n_layers,
-                           config=ProbingConfig(ks=(1, 4)), statistics=Statistics(seed=0))
-    found = study(moe_stored, dense_stored, untrained_stored)  # dense / untrained may be None
-    found.comparisons  # one row per (comparison, k, metric): estimate and its 95% interval
+    study = HeldOutProbing.of(moe.moe_cfg, dense.moe_cfg, config=ProbingConfig(ks=(1, 4)))
+    labels = TokenConceptLabeler()
+    moe_stored = collect(moe, corpus, {"s": study.expert_store()}, max_tokens=60_000, concept_labeler=labels)["s"]
+    dense_stored = collect(dense, corpus, {"s": study.dense_store()}, max_tokens=60_000, concept_labeler=labels)["s"]
+    found = study(moe_stored, dense_stored)  # untrained=...: an untrained MoE's stored tokens add that null
+    found.comparisons  # one row per (comparison, k, metric): estimate and its 95% document interval
 """
 
 from __future__ import annotations
