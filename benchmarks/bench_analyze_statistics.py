@@ -3,7 +3,7 @@
 Runs the default analyses on toy/moe-16x2 vs toy/dense twice, in one process, on the same tokens:
 
 1. **paper protocol only** — the run as it was before the held-out protocol: the held-out arms are
-   switched off (``held_out_probing`` replaced by a no-op), and so are the untrained null's pass and
+   switched off (``HeldOutProbing`` replaced by a no-op), and so are the untrained null's pass and
    the specialization's document-permutation baseline;
 2. **full** — the default: both protocols, every control (dense on routed tokens, matched subsets,
    permuted labels, the untrained null with its extra collection pass), document-level bootstraps.
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from tl_moe.analysis.held_out_study import HeldOutOutcome, HeldOutProbing
 from tl_moe.errors import InputError
 from tl_moe.pipeline import RunOptions, run
-from tl_moe.pipeline.sections import probing as probing_section
 from tl_moe.pipeline.sections import specialization as specialization_section
 
 
@@ -45,18 +45,18 @@ def main() -> None:
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_stats_"))
     base = RunOptions(max_tokens=args.max_tokens, progress=False)
 
-    original = probing_section.held_out_probing
+    original = HeldOutProbing.__call__
     original_permutation = specialization_section.document_permutation_baseline
 
     def switched_off(*args, **kwargs):
         raise InputError("the document-permutation baseline is switched off")
 
-    probing_section.held_out_probing = lambda *a, **k: ({}, [], ["held-out protocol switched off"])
+    HeldOutProbing.__call__ = lambda *a, **k: HeldOutOutcome({}, (), ("held-out protocol switched off",))
     specialization_section.document_permutation_baseline = switched_off
     try:
         old_s, old_cpu, _ = timed(base.replace(out=out / "paper_only", skip_untrained_null=True))
     finally:
-        probing_section.held_out_probing = original
+        HeldOutProbing.__call__ = original
         specialization_section.document_permutation_baseline = original_permutation
     full_s, full_cpu, full = timed(base.replace(out=out / "full"))
     print(f"max_tokens={args.max_tokens}")

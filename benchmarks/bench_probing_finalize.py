@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from probing_before import before_finalize
 
+from tl_moe.analysis import held_out_study
 from tl_moe.analysis.concept_probing import probe_dense, probe_experts, routed_counts
 from tl_moe.pipeline import runner
 from tl_moe.pipeline.options import RunOptions
@@ -78,14 +79,14 @@ def probing_fits(run, inputs) -> tuple[dict, dict]:
         seed=run.options.seed,
     )
     seconds["paper protocol"] = time.perf_counter() - start
-    saved = section.held_out_comparisons
-    section.held_out_comparisons = lambda *args, **kwargs: []  # bootstraps: no fits, not timed here
+    saved = held_out_study.held_out_comparisons
+    held_out_study.held_out_comparisons = lambda *args, **kwargs: []  # bootstraps: no fits, not timed here
     try:
         start = time.perf_counter()
         arms, _, _ = section.held_out_probing(run, stored, dense_stored, untrained, layers)
         seconds["held-out arms"] = time.perf_counter() - start
     finally:
-        section.held_out_comparisons = saved
+        held_out_study.held_out_comparisons = saved
     outputs.update({f"held-out {name}": arm for name, arm in arms.items()})
     seconds["total"] = sum(seconds.values())
     return seconds, outputs

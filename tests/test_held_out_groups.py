@@ -31,7 +31,7 @@ def _arm(name: str, hit: float, seed: int) -> HeldOutArm:
 
 
 def test_each_group_is_compared_over_its_own_concepts_and_a_rare_group_gets_no_interval():
-    from tl_moe.pipeline.sections.probing import concept_group, group_comparisons
+    from tl_moe.analysis.held_out_comparisons import concept_group, group_comparisons
 
     assert concept_group("code_keyword") == "code" and concept_group("pos_NOUN") == "pos"
     assert concept_group("not_a_library_concept") == "other"
@@ -60,7 +60,7 @@ def test_each_group_is_compared_over_its_own_concepts_and_a_rare_group_gets_no_i
 
 def test_the_readme_group_table_shows_kept_and_dropped_counts_and_no_estimate_for_a_gated_group():
     from readme_results import _group_table
-    from tl_moe.pipeline.sections.probing import group_comparisons
+    from tl_moe.analysis.held_out_comparisons import group_comparisons
 
     arms = {"moe": _arm("moe", 0.9, 0), "dense": _arm("dense", 0.6, 1)}
     records = group_comparisons(arms, n_resamples=300, seed=0, min_clusters=MIN_DOCUMENTS)
@@ -136,7 +136,8 @@ def test_the_lean_is_given_per_comparison():
 
 
 def test_a_group_the_gate_empties_is_still_reported_with_the_reason():
-    from tl_moe.pipeline.sections.probing import _held_out_finding, group_comparisons
+    from tl_moe.analysis.held_out_comparisons import group_comparisons
+    from tl_moe.pipeline.results.probing_findings import _held_out_finding
 
     arms = {"moe": _arm("moe", 0.9, 0), "dense": _arm("dense", 0.6, 1)}
     records = group_comparisons(arms, n_resamples=100, seed=0, min_clusters=MIN_DOCUMENTS)

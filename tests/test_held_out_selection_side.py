@@ -86,7 +86,7 @@ def test_the_comparison_counts_the_concepts_selected_in_both_arms():
 
 
 def test_the_concept_filter_counts_selection_documents_only():
-    from tl_moe.pipeline.sections.probing import usable_on_selection
+    from tl_moe.analysis.held_out_study import usable_on_selection
 
     stored, selection = one_sided_store()
     kept = usable_on_selection(stored, selection, MINIMUM)

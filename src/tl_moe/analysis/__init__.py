@@ -3,14 +3,16 @@ and pure functions that turn what they gathered into results.
 
 Every object a notebook needs is importable from here (``from tl_moe.analysis import KSparseProbe``):
 
-- probing: :class:`KSparseProbe` (k-sparse probes of neurons for concepts) on the rows a
-  :class:`TokenActivationStore` / :class:`BoundedTokenStore` keeps; :func:`probe_experts` /
-  :func:`probe_dense` (the paper's protocol); :func:`held_out_arm` and :func:`compare` (units chosen on
-  some documents, reported on others, with paired document-level intervals).
+- probing: :class:`HeldOutProbing` (the held-out protocol with its controls: units chosen on some
+  documents, reported on others, every control a paired document-level interval) and
+  :class:`PaperProtocol` (the paper's), on the rows a :class:`TokenActivationStore` /
+  :class:`BoundedTokenStore` keeps; their parts :class:`KSparseProbe` (k-sparse probes of neurons for
+  concepts), :func:`probe_experts` / :func:`probe_dense`, :func:`held_out_arm`, :func:`compare` and
+  :func:`held_out_comparisons`.
 - drivers: :class:`DriverStudy` (configured by :class:`DriversConfig` and :class:`Statistics`: drivers
   chosen on the selection half, reported against matched controls, the first-order estimate vs REAP,
-  drivers vs domain experts) on :class:`~tl_moe.collect.ExpertEffects` (exact per-document effects of expert edits),
-  :class:`ExpertSaliency`, :func:`driver_report`; :class:`FirstOrderEffects` (the gradient estimate);
+  drivers vs domain experts) on :class:`~tl_moe.collect.ExpertEffects` (exact per-document effects of
+  expert edits), :class:`ExpertSaliency`, :func:`driver_report`; :class:`FirstOrderEffects` (the gradient estimate);
   :func:`compare_drivers_with_domain_experts`; :func:`position_effect`.
 - associations, re-weighting and steering: :class:`AssociationStudy` (token–expert associations and
   the drivers' position effect) on :class:`RoutingRecords`, with :func:`segment_positions_of`;
@@ -64,7 +66,9 @@ from tl_moe.analysis.expert_reweighting import (
     held_out_capacity,
     steering_contrast,
 )
+from tl_moe.analysis.held_out_comparisons import comparison_frame, held_out_comparisons
 from tl_moe.analysis.held_out_probing import HeldOutArm, compare, held_out_arm
+from tl_moe.analysis.held_out_study import HeldOutOutcome, HeldOutProbing
 from tl_moe.analysis.logit_lens import (
     ExpertLens,
     TopTokens,
@@ -75,6 +79,7 @@ from tl_moe.analysis.logit_lens import (
 from tl_moe.analysis.logit_lens_accumulator import ExpertLogitLensAccumulator, ExpertLogitLensResult
 from tl_moe.analysis.logit_lens_null import TopTokenShare, top_token_share
 from tl_moe.analysis.logit_lens_study import LogitLensOutcome, LogitLensStudy
+from tl_moe.analysis.paper_study import PaperOutcome, PaperProtocol
 from tl_moe.analysis.positions import PositionEffect, position_effect
 from tl_moe.analysis.probing import PROBE_STATUS, KSparseProbe, subsample_like_routing
 from tl_moe.analysis.probing_math import fit_logistic_batched
@@ -130,12 +135,16 @@ __all__ = [
     "FirstOrderEffects",
     "FirstOrderEffectsResult",
     "HeldOutArm",
+    "HeldOutOutcome",
+    "HeldOutProbing",
     "Interval",
     "KSparseProbe",
     "LogitDecomposition",
     "LogitLensOutcome",
     "LogitLensStudy",
     "LogitReadout",
+    "PaperOutcome",
+    "PaperProtocol",
     "PositionEffect",
     "ReweightingStudy",
     "RoutingRecords",
@@ -153,6 +162,7 @@ __all__ = [
     "cluster_bootstrap",
     "cluster_vocabulary",
     "compare",
+    "comparison_frame",
     "compare_drivers_with_domain_experts",
     "decompose_logits",
     "document_permutation_baseline",
@@ -162,6 +172,7 @@ __all__ = [
     "expert_logit_lens",
     "fit_logistic_batched",
     "held_out_arm",
+    "held_out_comparisons",
     "held_out_windows",
     "js_divergence",
     "match_controls",

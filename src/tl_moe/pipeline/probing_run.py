@@ -1,0 +1,73 @@
+"""How a run probes its models: the probe settings, the resumable steps of probing, and the held-out
+study of a run's MoE (the analyzed one, or a member of the sparsity family) against its dense baseline.
+Shared by the probing and sparsity sections; the method itself is
+:class:`~tl_moe.analysis.held_out_study.HeldOutProbing`."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from tl_moe.analysis.activations import StoredTokens
+from tl_moe.analysis.concept_probing import PAPER_PROTOCOL
+from tl_moe.analysis.held_out_probing import HeldOutArm
+from tl_moe.analysis.held_out_study import HeldOutProbing, probe_parameters
+from tl_moe.collect.steps import Step, run_now
+from tl_moe.pipeline.context import RunContext
+
+__all__ = ["held_out_probing", "held_out_study", "probe_settings", "probing_steps"]
+
+
+def probe_settings(run: RunContext) -> dict[str, Any]:
+    """Keyword arguments of :class:`~tl_moe.analysis.probing.KSparseProbe` for this run."""
+    return probe_parameters(run.options.config("probing"), run.options.seed)
+
+
+def probing_steps(run: RunContext, analysis: str, models: list[str]) -> Step:
+    """The resumable steps of probing ``models``: each finished layer / arm saved in ``OUT/checkpoints``,
+    keyed by the probing options and the pass identities of ``models`` (docs/RUNS.md)."""
+    settings = {
+        "probe": probe_settings(run),
+        "paper_protocol": PAPER_PROTOCOL,
+        "probe_layers": list(run.probed_layers()),
+        "held_out_min_examples": run.options.config("probing").held_out_min_examples,
+        "selection_fraction": run.options.selection_fraction,
+        # 2: units, concepts and choices decided on the selection documents alone (saved steps of the
+        # earlier rule, which also required test-side counts, are not reused).
+        "held_out_rule": 2,
+    }
+    return run.steps(analysis, settings, models)
+
+
+def held_out_study(run: RunContext, layers: tuple[int, ...], model: str | None = None) -> HeldOutProbing:
+    """:class:`HeldOutProbing` of ``model`` (default: the analyzed one; another expects no untrained null)
+    and the run's dense baseline under the run's probing config and statistics."""
+    config = run.options.config("probing")
+    return HeldOutProbing.of(
+        run.config(run.main if model is None else model),
+        None if run.dense is None else run.config(run.dense),
+        layers=layers,
+        config=config if model is None else dataclasses.replace(config, skip_untrained_null=True),
+        statistics=run.options.statistics,
+    )
+
+
+def held_out_probing(
+    run: RunContext,
+    moe: StoredTokens,
+    dense: StoredTokens | None,
+    untrained: StoredTokens | None,
+    layers: tuple[int, ...],
+    step: Step = run_now,
+    *,
+    model: str | None = None,
+    permuted: bool = True,
+    routed_null: bool = True,
+) -> tuple[dict[str, HeldOutArm], list[dict], list[str]]:
+    """The held-out protocol's arms, comparison records and notes for ``model`` of ``run``
+    (:class:`HeldOutProbing` with ``permuted`` / ``routed_null``, no per-group comparisons)."""
+    study = held_out_study(run, layers, model).replace(
+        permuted=permuted, routed_null=routed_null, by_group=False
+    )
+    found = study(moe, dense, untrained, step=step)
+    return found.arms, list(found.records), list(found.notes)
