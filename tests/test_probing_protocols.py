@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -118,7 +119,9 @@ def test_an_moe_computing_the_dense_function_shows_no_expert_advantage_on_routed
         assert routed["n_concepts"] + routed["n_concepts_dropped"] == routed["n_concepts_selected"]
         # ... while the paper's protocol still reports a gap in favour of the MoE.
         paper = probing.comparison("paper", "moe_vs_dense", k)
-        assert paper["estimate"] > 0.05 and paper["ci_low"] > 0.0, paper
+        # (an estimate only: units chosen on the reported split have no document-level interval)
+        assert paper["estimate"] > 0.05 and pd.isna(paper["ci_low"]) and not paper["interval_available"], paper
+        assert paper["n_concepts_moe_higher"] > paper["n_concepts"] / 2, paper
     assert {
         "moe_vs_dense",
         "moe_vs_matched_subsets",

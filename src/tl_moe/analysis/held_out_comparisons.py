@@ -222,6 +222,7 @@ def comparison_frame(records: list[dict]) -> pd.DataFrame:
         "ci_low",
         "ci_high",
         "n_concepts",
+        "n_concepts_moe_higher",
         "n_concepts_selected",
         "n_concepts_dropped",
         "dropped_concepts",
@@ -255,6 +256,7 @@ def comparison_frame(records: list[dict]) -> pd.DataFrame:
 
 
 _COUNT_COLUMNS = (
+    "n_concepts_moe_higher",
     "n_concepts_selected",
     "n_concepts_dropped",
     "n_documents_with_positives",

@@ -35,7 +35,6 @@ from tl_moe.analysis.configs.probing import ProbingConfig
 from tl_moe.analysis.configs.statistics import Statistics
 from tl_moe.analysis.held_out_probing import is_document_concept
 from tl_moe.analysis.held_out_study import probe_parameters
-from tl_moe.analysis.stats import cluster_bootstrap
 from tl_moe.collect.steps import Step, run_now
 from tl_moe.errors import InputError
 
@@ -135,9 +134,7 @@ class PaperProtocol:
                 seed=seed,
                 step=step,
             )
-        records = paper_comparisons(
-            moe_units, dense_units, n_resamples=self.statistics.bootstrap_resamples, seed=seed
-        )
+        records = paper_comparisons(moe_units, dense_units)
         return PaperOutcome(
             moe_units=moe_units,
             dense_units=dense_units,
@@ -170,14 +167,21 @@ def probing_curves(moe: pd.DataFrame, dense: pd.DataFrame | None) -> pd.DataFram
     return pd.concat(rows, ignore_index=True).rename(columns={"mean": "mean_best_f1", "count": "concepts"})
 
 
-def paper_comparisons(
-    moe: pd.DataFrame, dense: pd.DataFrame | None, *, n_resamples: int, seed: int
-) -> list[dict]:
-    """Paper protocol: mean over concepts of best-F1 differences, with a bootstrap over CONCEPTS.
+#: Why the paper protocol's differences carry no interval.
+NO_PAPER_INTERVAL = (
+    "none: the paper protocol chooses units on the split it reports and splits tokens, not documents, so no "
+    "document-level interval exists for it (the held-out protocol's records carry those)"
+)
 
-    Its units are chosen on the split it reports and its test split is of tokens, not documents, so
-    no document-level interval exists for it; the concept bootstrap says only how much the mean would
-    move with other concepts. Document-level concepts are left out, as in the held-out records.
+
+def paper_comparisons(moe: pd.DataFrame, dense: pd.DataFrame | None) -> list[dict]:
+    """Paper protocol: the mean over concepts of best-F1 differences, an estimate with no interval.
+
+    Its units are chosen on the split it reports and its test split is of tokens, not documents, so no
+    document-level interval exists for it, and a bootstrap over concepts would describe other concepts,
+    not the uncertainty of these numbers: the record carries the estimate, how many concepts it averages
+    and in how many the MoE's best unit is higher (``ci_low`` / ``ci_high`` are None, with the reason).
+    Document-level concepts are left out, as in the held-out records.
     """
     if dense is None:
         return []
@@ -203,30 +207,25 @@ def paper_comparisons(
                 continue
             both = a.index.intersection(b.index)
             diff = (a[both] - b[both]).to_numpy()
-            interval = cluster_bootstrap(
-                lambda w, d=diff: (w @ d) / w.sum(1),
-                len(diff),
-                n_resamples=n_resamples,
-                seed=seed,
-                on_too_few="unavailable",
-                what=f"the paper-protocol {name} at k={k} (concepts)",
+            records.append(
+                {
+                    "protocol": "paper",
+                    "comparison": name,
+                    "k": int(k),
+                    "metric": "f1",
+                    "estimate": float(diff.mean()) if len(diff) else None,
+                    "ci_low": None,
+                    "ci_high": None,
+                    "interval_available": False,
+                    "interval_unavailable_reason": NO_PAPER_INTERVAL,
+                    "first": "moe",
+                    "second": "dense" if name == "moe_vs_dense" else "dense_routing_matched_draws",
+                    "n_concepts": len(diff),
+                    "n_concepts_moe_higher": int((diff > 0).sum()),
+                    "n_documents": None,
+                    "interval_over": None,
+                    "a_mean": float(a[both].mean()),
+                    "b_mean": float(b[both].mean()),
+                }
             )
-            record = {
-                "protocol": "paper",
-                "comparison": name,
-                "k": int(k),
-                "metric": "f1",
-                **interval.to_dict(),
-            }
-            record.pop("n_documents")
-            record.update(
-                first="moe",
-                second="dense" if name == "moe_vs_dense" else "dense_routing_matched_draws",
-                n_concepts=len(diff),
-                n_documents=None,
-                interval_over="concepts",
-                a_mean=float(a[both].mean()),
-                b_mean=float(b[both].mean()),
-            )
-            records.append(record)
     return records

@@ -50,7 +50,7 @@ INTRO = (
     "negatives, drawn before routing; every such token a unit saw, 75/25 stratified; F1 on the test "
     "split at the class ratio routing left the unit; best test F1 over units, averaged over concepts "
     "— the maximum is taken on the reported split, which favours the many small units of an MoE, "
-    "and F1 at different class ratios is not on one scale; its intervals resample concepts only."
+    "and F1 at different class ratios is not on one scale; its differences are estimates with no interval."
 )
 #: Prefix of the paper protocol's metrics (the numbers of the code before the held-out protocol).
 PAPER = "paper protocol | "
