@@ -221,7 +221,7 @@ def cluster_vocabulary(
     Returns:
         The group (``0 .. n_clusters − 1``) of every vocabulary token, on ``W_U``'s device.
     """
-    W_U = torch.as_tensor(W_U)
+    W_U = torch.as_tensor(W_U).detach()  # a model's parameter: the clustering needs no gradient
     if W_U.ndim != 2:
         raise ValueError(f"W_U must be 2-D [d_model, d_vocab]; got shape {tuple(W_U.shape)}.")
     # Half-precision unembeddings are clustered in float32; float64 stays float64.
