@@ -103,8 +103,11 @@ def _probe(
 
 
 def _usable(stored: StoredTokens, min_positives: int) -> StoredTokens:
-    """Drop concept columns with fewer than ``min_positives`` positive tokens overall."""
-    keep = [c for c in range(stored.labels.shape[1]) if int(stored.labels[:, c].sum()) >= min_positives]
+    """Drop concept columns with fewer than ``min_positives`` positive, or negative, tokens overall (a
+    concept positive on every token, e.g. on a one-domain slice, has nothing to tell apart)."""
+    positives = stored.labels.sum(0)
+    negatives = stored.labels.shape[0] - positives
+    keep = [c for c in range(stored.labels.shape[1]) if int(min(positives[c], negatives[c])) >= min_positives]
     if not keep:
         raise AnalysisUnavailable(
             f"No concept has {min_positives} positive tokens in the stored sample; collect more tokens."

@@ -34,6 +34,14 @@ import pandas as pd
 import torch
 from jaxtyping import Bool
 
+from tl_moe.analysis._probing_inputs import (
+    check_dense_rows,
+    check_expert_rows,
+    check_labelled,
+    check_probe_sizes,
+    check_same_tokens,
+    check_sparse_layers,
+)
 from tl_moe.analysis.activations import StoredTokens, TokenActivationStore
 from tl_moe.analysis.configs.probing import ProbingConfig
 from tl_moe.analysis.configs.statistics import Statistics
@@ -76,15 +84,28 @@ def probe_parameters(config: ProbingConfig, seed: int) -> dict[str, Any]:
 def usable_on_selection(
     stored: StoredTokens, selection: Bool[torch.Tensor, " token"], min_positives: int
 ) -> StoredTokens:
-    """``stored`` with the concept columns that have ``min_positives`` positive tokens on the SELECTION
-    documents (``selection``: ``[token]`` mask); the test documents are never counted to keep a concept."""
+    """``stored`` with the concept columns that have ``min_positives`` positive tokens, and as many
+    negative ones, on the SELECTION documents (``selection``: ``[token]`` mask); the test documents are
+    never counted to keep a concept. A concept positive on every token has nothing to tell apart."""
     positives = stored.labels[selection].sum(0)
-    keep = [c for c in range(stored.labels.shape[1]) if int(positives[c]) >= min_positives]
+    negatives = int(selection.sum()) - positives
+    keep = [c for c in range(stored.labels.shape[1]) if int(min(positives[c], negatives[c])) >= min_positives]
     if not keep:
         raise AnalysisUnavailable(
             f"No concept has {min_positives} positive tokens on the selection documents; collect more tokens."
         )
     return stored.with_concepts(keep)
+
+
+def few_negatives_on_selection(
+    stored: StoredTokens, selection: Bool[torch.Tensor, " token"], min_negatives: int
+) -> list[str]:
+    """The concepts of ``stored`` with fewer than ``min_negatives`` negative tokens on the selection
+    documents (``usable_on_selection`` leaves them out)."""
+    negatives = (~stored.labels[selection]).sum(0)
+    return [
+        name for name, n in zip(stored.concept_names, negatives.tolist(), strict=True) if n < min_negatives
+    ]
 
 
 @dataclass(frozen=True)
@@ -190,7 +211,12 @@ class HeldOutProbing:
         **settings,
     ) -> HeldOutProbing:
         """The study of an MoE (``model.moe_cfg``) and, optionally, its dense baseline's config;
-        ``layers``: the sparse layers to probe (default: all); ``settings``: the other fields."""
+        ``layers``: the sparse layers to probe (default: all); ``settings``: the other fields.
+
+        Raises:
+            InputError: the MoE has no sparse layers, or ``layers`` names a block that is not sparse.
+        """
+        check_sparse_layers(moe_cfg, tuple(moe_cfg.sparse_layers if layers is None else layers))
         return cls(
             tuple(moe_cfg.sparse_layers if layers is None else layers),
             moe_cfg.num_experts,
@@ -237,16 +263,11 @@ class HeldOutProbing:
                 default computes each at once, :class:`~tl_moe.collect.steps.ResumableSteps` saves them).
 
         Raises:
-            InputError: too few documents for the split, or no concept with enough positives on the
-                selection side (:meth:`HeldOutOutcome.unavailable` records that instead of numbers).
+            InputError: stored tokens that do not fit the study (:meth:`check`); too few documents for
+                the split, or no concept with enough positives on the selection side
+                (:meth:`HeldOutOutcome.unavailable` records those two instead of numbers).
         """
-        if moe.doc_index is None:
-            raise ValueError("the held-out protocol needs document ids in the stored tokens.")
-        if dense is not None and (not self.dense_layers or self.dense_n_layers is None):
-            raise InputError(
-                "HeldOutProbing got dense stored tokens without dense_layers and dense_n_layers; "
-                "pass the dense model's FFN layers and its number of blocks."
-            )
+        self.check(moe, dense, untrained)
         arms, notes = _Arms(self, step).probe(moe, dense, untrained)
         stats = self.statistics
         records = tuple(
@@ -270,6 +291,32 @@ class HeldOutProbing:
                 )
             )
         return HeldOutOutcome(arms, records, tuple(notes), groups)
+
+    def check(
+        self, moe: StoredTokens, dense: StoredTokens | None = None, untrained: StoredTokens | None = None
+    ) -> None:
+        """Raise a one-line InputError, before any probe, when the stored tokens do not fit the study:
+        labels or document ids missing, a probed layer's rows missing, ``num_experts`` / ``d_expert``
+        contradicting the stored expert rows, a probe size above ``d_expert``, dense tokens without the
+        dense model's facts or FFN rows, or untrained tokens that are not the MoE's very tokens."""
+        layers = tuple(self.layers)
+        check_labelled(moe, "MoE")
+        check_expert_rows(moe, "MoE", layers, self.num_experts, self.d_expert)
+        check_probe_sizes(self.config.ks, self.d_expert, f"an expert (d_expert={self.d_expert})")
+        if dense is not None:
+            if not self.dense_layers or self.dense_n_layers is None:
+                raise InputError(
+                    "HeldOutProbing got dense stored tokens without dense_layers and dense_n_layers; "
+                    "pass the dense model's FFN layers and its number of blocks."
+                )
+            check_labelled(dense, "dense")
+            check_dense_rows(dense, "dense", self.dense_layers)
+            width = min(dense.rows[get_act_name("neuron", layer)].shape[-1] for layer in self.dense_layers)
+            check_probe_sizes(self.config.ks, width, "a dense layer")
+        if untrained is not None:
+            check_labelled(untrained, "untrained MoE")
+            check_same_tokens(moe, untrained, "untrained MoE")
+            check_expert_rows(untrained, "untrained MoE", layers, self.num_experts, self.d_expert)
 
 
 class _Arms:
@@ -303,6 +350,13 @@ class _Arms:
         study, seed = self.study, self.study.statistics.seed
         layers, experts = tuple(study.layers), study.num_experts
         selection = self.split(moe)
+        notes: list[str] = []
+        too_common = few_negatives_on_selection(moe, selection, self.minimum)
+        if too_common:
+            notes.append(
+                f"concepts left out: {', '.join(too_common)} (fewer than {self.minimum} negative tokens on "
+                "the selection documents: nothing to tell apart)."
+            )
         moe = usable_on_selection(moe, selection, self.minimum)
         test_docs = [moe.doc_index[~selection].numpy()]
         if dense is not None:
@@ -314,7 +368,6 @@ class _Arms:
             untrained = usable_on_selection(untrained, untrained_selection, self.minimum)
             test_docs.append(untrained.doc_index[~untrained_selection].numpy())
         self.docs = np.unique(np.concatenate(test_docs))
-        notes: list[str] = []
         arms = {"moe": self.arm("moe", moe, expert_blocks(moe, layers, experts), selection)}
         moe_permuted = permuted_labels(moe, seed=seed + 1)
         if dense is not None:

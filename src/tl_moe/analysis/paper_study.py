@@ -23,6 +23,12 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from tl_moe.analysis._probing_inputs import (
+    check_dense_rows,
+    check_expert_rows,
+    check_labelled,
+    check_probe_sizes,
+)
 from tl_moe.analysis.activations import StoredTokens
 from tl_moe.analysis.concept_probing import (
     best_f1_by_k,
@@ -37,6 +43,7 @@ from tl_moe.analysis.held_out_probing import is_document_concept
 from tl_moe.analysis.held_out_study import probe_parameters
 from tl_moe.collect.steps import Step, run_now
 from tl_moe.errors import InputError
+from tl_moe.models.hook_names import get_act_name
 
 __all__ = [
     "DENSE_CURVE",
@@ -114,10 +121,7 @@ class PaperProtocol:
             step: how each layer's probes run (``step(key, compute)``; the default computes at once).
             progress: show a progress bar over the MoE's layers.
         """
-        if dense is not None and not self.dense_layers:
-            raise InputError(
-                "PaperProtocol got dense stored tokens without dense_layers; pass the dense model's FFN layers."
-            )
+        self.check(moe, dense)
         layers, seed = tuple(self.layers), self.statistics.seed
         params, minimum = probe_parameters(self.config, seed), self.config.min_examples
         moe_units = probe_experts(
@@ -142,6 +146,25 @@ class PaperProtocol:
             near_best=experts_near_best(moe_units, k=1),
             records=tuple(records),
         )
+
+    def check(self, moe: StoredTokens, dense: StoredTokens | None = None) -> None:
+        """Raise a one-line InputError, before any probe, when the stored tokens do not fit: labels or a
+        probed layer's rows missing, ``num_experts`` contradicting the stored expert indices, a probe size
+        above the stored neurons per expert, dense tokens without ``dense_layers`` or their FFN rows."""
+        layers = tuple(self.layers)
+        if not layers:
+            raise InputError("PaperProtocol got no layers; pass the MoE's sparse layers to probe.")
+        check_labelled(moe, "MoE", documents=False)
+        check_expert_rows(moe, "MoE", layers, self.num_experts)
+        width = min(moe.rows[get_act_name("expert_post", layer)].shape[-1] for layer in layers)
+        check_probe_sizes(self.config.ks, width, "an expert")
+        if dense is not None:
+            if not self.dense_layers:
+                raise InputError(
+                    "PaperProtocol got dense stored tokens without dense_layers; pass the dense model's FFN layers."
+                )
+            check_labelled(dense, "dense", documents=False)
+            check_dense_rows(dense, "dense", self.dense_layers)
 
 
 def probing_curves(moe: pd.DataFrame, dense: pd.DataFrame | None) -> pd.DataFrame:
