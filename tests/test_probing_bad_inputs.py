@@ -20,6 +20,7 @@ from tl_moe.analysis import (
     Statistics,
     cluster_vocabulary,
 )
+from tl_moe.analysis.bounded_store import BoundedStoredTokens
 from tl_moe.collect import collect
 from tl_moe.data import TokenConceptLabeler
 from tl_moe.data.corpus import load_corpus
@@ -223,6 +224,27 @@ def test_held_out_probing_untrained_tokens_on_other_documents(stored):
     with pytest.raises(InputError, match="untrained") as error:
         study(_tokens_of(moe, first), untrained=_tokens_of(moe, ~first))
     one_line(error)
+
+
+def test_held_out_probing_untrained_tokens_of_a_capped_store_are_accepted_with_a_note(stored):
+    """Bounded probing stores that dropped rows keep each model's own sample of the same stream (routing
+    differs): the untrained null is then probed on its own kept tokens, and the outcome says so."""
+    study, moe, _ = stored
+    keep = torch.ones(len(moe.token_index), dtype=torch.bool)
+    keep[::3] = False  # another sample of the same documents
+    fields = {f.name: getattr(moe, f.name) for f in dataclasses.fields(moe)}
+    capped = BoundedStoredTokens(**fields, rows_per_class=1, n_seen=torch.full((1, 1, 2, 2), 5))
+    kept = _tokens_of(moe, keep)
+    other = BoundedStoredTokens(
+        **{f.name: getattr(kept, f.name) for f in dataclasses.fields(kept)},
+        rows_per_class=1,
+        n_seen=torch.full((1, 1, 2, 2), 5),
+    )
+    found = study(capped, untrained=other)
+    assert "untrained_moe" in found.arms
+    assert any("untrained MoE's probing store kept other tokens" in note for note in found.notes), found.notes
+    with pytest.raises(InputError, match="untrained"):
+        study(moe, untrained=kept)  # the same sample without the bounded store's counts: refused
 
 
 def test_held_out_probing_untrained_tokens_of_the_same_tokens_are_accepted(stored):

@@ -41,6 +41,7 @@ from tl_moe.analysis._probing_inputs import (
     check_probe_sizes,
     check_same_tokens,
     check_sparse_layers,
+    same_tokens,
 )
 from tl_moe.analysis.activations import StoredTokens, TokenActivationStore
 from tl_moe.analysis.configs.probing import ProbingConfig
@@ -405,6 +406,11 @@ class _Arms:
             arms["untrained_moe"] = self.arm(
                 "untrained_moe", untrained, expert_blocks(untrained, layers, experts), untrained_selection
             )
+            if not same_tokens(moe, untrained):
+                notes.append(
+                    "the untrained MoE's probing store kept other tokens than the MoE's (--probe-rows-per-class "
+                    "reached): the comparison is paired by test document, each model on its own kept tokens."
+                )
         elif not study.config.skip_untrained_null:
             notes.append("the untrained null was not computed.")
         return arms, notes
