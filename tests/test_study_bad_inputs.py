@@ -380,9 +380,9 @@ def test_expert_labeler_with_no_experts_is_an_input_error(toy, examples):
 
 
 def test_association_position_effect_says_why_it_has_no_interval(gathered):
-    """positions.effects prints each early − late estimate with NaN bounds and ``interval available``
-    False but no reason column: the Interval's reason (too few documents) is dropped when the frame is
-    built (tl_moe/analysis/positions.py); positions.curve drops availability and reason both."""
+    """positions.effects gives every early − late estimate without an interval its reason (planted: a
+    min_documents above the documents the pass saw), and honours Statistics.min_documents (5: intervals
+    with an empty reason)."""
     from tl_moe.analysis import segment_positions_of
 
     experts = DriverStudy((3,), 8, DriversConfig(tokens=TOKENS, count=2), FEW)(
@@ -391,8 +391,11 @@ def test_association_position_effect_says_why_it_has_no_interval(gathered):
     corpus = load_corpus()["validation"].shuffle(seed=0)
     tokenizer = tl_moe.load("toy/moe-8x2", device="cpu").tokenizer
     positions, _ = segment_positions_of(gathered["rec"], corpus, tokenizer, gathered["names"])
-    effects = AssociationStudy(8, statistics=FEW)(gathered["rec"], experts, positions).positions.effects
-    missing = effects[effects["ci low"].isna()]
-    assert len(missing)
-    assert "interval unavailable" in effects.columns
-    assert missing["interval unavailable"].notna().all()
+    many = dataclasses.replace(FEW, min_documents=100_000)  # more than the pass saw: no interval
+    missing = AssociationStudy(8, statistics=many)(gathered["rec"], experts, positions).positions.effects
+    assert missing["ci low"].isna().all() and not missing["interval available"].any()
+    assert missing["interval unavailable"].str.contains("document").all(), missing["interval unavailable"]
+    found = AssociationStudy(8, statistics=FEW)(gathered["rec"], experts, positions).positions.effects
+    available = found[found["interval available"].astype(bool)]
+    assert len(available) and available["ci low"].notna().all()
+    assert (available["interval unavailable"] == "").all()
