@@ -49,6 +49,8 @@ TOKENS = 6000
 GROUPS = 8
 # Few documents reach these budgets: a study told to accept 5 documents per interval must give one.
 FEW = Statistics(seed=0, bootstrap_resamples=200, min_documents=5, permutations=99)
+# More documents than any of these passes sees: every interval is unavailable, with its reason.
+MANY = dataclasses.replace(FEW, min_documents=100_000)
 
 
 @pytest.fixture(scope="module")
@@ -127,12 +129,15 @@ def test_statistics_rejects_nonsense_values_when_built(changes):
 
 
 def test_driver_study_honours_min_documents(gathered):
-    """Statistics.min_documents is "fewest documents on each side of the split and behind each
-    interval", but DriverStudy reports "a document-level interval needs at least 30" with 5 asked."""
+    """Statistics.min_documents (5 here) is the fewest report documents behind an interval: the
+    drivers' comparison gets its intervals on the few documents the small pass reaches."""
     study = DriverStudy((3,), 8, DriversConfig(tokens=TOKENS, count=2), FEW)
     comparison = study(**_driver_inputs(gathered)).comparison
     assert (comparison["report documents"] >= FEW.min_documents).all()
     assert comparison["ci low"].notna().all(), comparison["interval unavailable"].tolist()
+    strict = DriverStudy((3,), 8, DriversConfig(tokens=TOKENS, count=2), MANY)
+    refused = strict(**_driver_inputs(gathered)).comparison  # the same documents, too few for MANY
+    assert refused["ci low"].isna().all() and refused["interval unavailable"].str.contains("document").all()
 
 
 def test_driver_study_refuses_a_selection_fraction(gathered):
@@ -150,6 +155,11 @@ def test_driver_study_refuses_a_selection_fraction(gathered):
 
 
 def test_specialization_study_honours_min_documents(gathered):
+    """The routing measures' excess intervals need Statistics.min_documents documents: 5 gives them,
+    more than the pass saw gives none (with the reason)."""
+    strict = _specialization(gathered, statistics=MANY)(_counts(gathered)).to_frame()
+    strict = strict[strict["measure"].str.startswith("routing")]
+    assert not strict["permutation_interval_available"].astype(bool).any()
     frame = _specialization(gathered)(_counts(gathered)).to_frame()
     routing = frame[frame["measure"].str.startswith("routing")]
     assert routing["permutation_interval_available"].astype(bool).all(), routing[
@@ -163,11 +173,16 @@ def test_logit_lens_study_honours_min_documents(toy, gathered):
         gathered["lens"], LogitReadout.from_model(model).vocab_logits, model.tokenizer
     )
     assert share.share.trained.available, share.share.trained.reason
+    strict = LogitLensStudy(MANY)(
+        gathered["lens"], LogitReadout.from_model(model).vocab_logits, model.tokenizer
+    )
+    assert not strict.share.trained.available and "document" in strict.share.trained.reason
 
 
 @pytest.mark.parametrize("swap", ["none", "swapped"])
 def test_driver_study_wrong_results_is_an_input_error(gathered, swap):
-    """Today AttributeError: 'NoneType' / 'ExpertSaliencyResult' object has no attribute 'counts'."""
+    """Results of the wrong kind (None, or saliency passed as effects) are refused by name, not an
+    AttributeError deep inside."""
     study = DriverStudy((3,), 8, DriversConfig(tokens=TOKENS, count=2), FEW)
     effects = None if swap == "none" else gathered["saliency"]
     saliency = gathered["saliency"] if swap == "none" else gathered["effects"]
@@ -176,14 +191,14 @@ def test_driver_study_wrong_results_is_an_input_error(gathered, swap):
 
 
 def test_driver_study_num_experts_contradicting_the_effects(gathered):
-    """num_experts=4 on effects of 8 experts per layer is accepted silently."""
+    """num_experts=4 on effects of 8 experts per layer is refused."""
     with pytest.raises(InputError):
         DriverStudy((3,), 4, DriversConfig(tokens=TOKENS, count=2), FEW)(**_driver_inputs(gathered))
 
 
 def test_association_study_bad_inputs(gathered):
-    """positions of the wrong length (IndexError), num_experts of another model (ValueError: cannot
-    reshape), a drivers frame without its columns (KeyError: 'driver')."""
+    """Positions of the wrong length, num_experts of another model and a drivers frame without its
+    columns are refused by name."""
     experts = DriverStudy((3,), 8, DriversConfig(tokens=TOKENS, count=2), FEW)(
         **_driver_inputs(gathered)
     ).experts
@@ -204,22 +219,21 @@ def test_association_study_bad_inputs(gathered):
     "changes", [{"num_experts": 4}, {"n_token_groups": 5}, {"n_domains": 2}, {"layers": (0, 1)}], ids=str
 )
 def test_specialization_study_facts_contradicting_the_counts(gathered, changes):
-    """Today RuntimeError: shape '[1, 4, 4, 8]' is invalid for input of size 160 (and the like)."""
+    """Facts that contradict the counts' shape are refused by name, not a reshape RuntimeError."""
     with pytest.raises(InputError):
         _specialization(gathered, **changes)(_counts(gathered))
 
 
 def test_specialization_study_untrained_counts_of_another_shape(gathered):
-    """An untrained null with 4 experts per layer beside a trained model of 8: accepted silently."""
+    """An untrained null with 4 experts per layer beside a trained model of 8 is refused."""
     untrained = SpecializationCounts(gathered["by_group"][:, :4], gathered["by_domain"][:, :4], None)
     with pytest.raises(InputError):
         _specialization(gathered)(_counts(gathered), untrained=untrained)
 
 
 def test_specialization_frame_gives_the_functional_measure_its_reason(gathered):
-    """to_frame() (the docstring's "excess over both baselines, with its interval") prints the
-    functional measure's mean excess with no interval and an empty reason column; the reason exists
-    (SpecializationOutcome.no_control_reason) but is not in the frame."""
+    """to_frame() gives the functional measure (no document-permutation baseline, so no interval)
+    the reason it has no interval (SpecializationOutcome.no_control_reason)."""
     frame = _specialization(gathered)(
         _counts(gathered), lens_counts=gathered["lens"].dense_counts()
     ).to_frame()
@@ -234,8 +248,8 @@ def _tokens(gathered):
 
 @pytest.mark.parametrize("case", ["short names", "num_experts", "no doc ids", "short tokens"])
 def test_domain_expert_study_bad_inputs(gathered, case):
-    """Today: ValueError zip() argument 2 is longer than argument 1; RuntimeError shape '[20, 4]' is
-    invalid; TypeError _unique2() must be Tensor, not NoneType."""
+    """Names, experts, tokens that contradict the counts, and stored tokens without document ids, are
+    refused by name before any scoring."""
     names, tokens, stored, experts = gathered["names"], _tokens(gathered), gathered["topk"], 8
     if case == "short names":
         names = names[:3]
@@ -253,13 +267,13 @@ def test_domain_expert_study_bad_inputs(gathered, case):
 
 @pytest.mark.parametrize("changes", [{"threshold": 5.0}, {"min_tokens": -3}], ids=str)
 def test_domain_experts_rule_rejects_nonsense(changes):
-    """The docstring says threshold is in [0, 1]; both are accepted."""
+    """threshold is a normalized entropy in [0, 1]; min_tokens is a count: both checked when built."""
     with pytest.raises(InputError):
         DomainExperts(**changes)
 
 
 def test_logit_lens_study_untrained_without_its_logits(toy, gathered):
-    """Today TypeError: 'NoneType' object is not callable."""
+    """The untrained lens needs its own readout: refused without it."""
     model, _ = toy
     study = LogitLensStudy(FEW)
     with pytest.raises(InputError):
@@ -313,14 +327,14 @@ def _reweight(toy, config=None, **changes):
     ids=str,
 )
 def test_expert_reweighting_bad_arguments(toy, changes):
-    """max_domain_experts=-1 is accepted; seq_len=0: RuntimeError: Can not infer total number of classes
-    from empty tensor; expert 99: ValueError (not InputError) from the intervention."""
+    """A negative domain-expert count, an empty window and an expert the model lacks are refused
+    before any forward pass."""
     with pytest.raises(InputError):
         _reweight(toy, **changes)
 
 
 def test_expert_reweighting_steering_contrast_of_unknown_domains(toy):
-    """steer_contrast names no corpus domain: steering is None with no reason anywhere in the outcome."""
+    """A steering contrast naming no corpus domain is refused, naming the domains it accepts."""
     config = ReweightingConfig(tokens=600, draws=2, steer_contrast=("nonexistent", "other"))
     with pytest.raises(InputError):
         _reweight(toy, config)
@@ -351,7 +365,7 @@ def test_sparsity_verdicts_holm_on_a_planted_family():
 
 
 def test_sparsity_verdicts_without_active_ratio_is_an_input_error():
-    """Today KeyError: 'active_ratio'."""
+    """A held-out frame without its active_ratio column is refused by name."""
     frame = pd.DataFrame([dict(model="m", comparison=HEADLINE, metric="f1", k=1, estimate=0.1)])
     with pytest.raises(InputError):
         SparsityVerdicts(deterministic=lambda c, n: False).family(frame)
@@ -370,7 +384,7 @@ def examples(toy):
 
 
 def test_expert_labeler_with_no_experts_is_an_input_error(toy, examples):
-    """Today KeyError: 'status'."""
+    """An empty expert list is refused, not a KeyError on an empty table."""
     from tl_moe.explain import ExpertLabeler
 
     model, _ = toy
@@ -391,8 +405,7 @@ def test_association_position_effect_says_why_it_has_no_interval(gathered):
     corpus = load_corpus()["validation"].shuffle(seed=0)
     tokenizer = tl_moe.load("toy/moe-8x2", device="cpu").tokenizer
     positions, _ = segment_positions_of(gathered["rec"], corpus, tokenizer, gathered["names"])
-    many = dataclasses.replace(FEW, min_documents=100_000)  # more than the pass saw: no interval
-    missing = AssociationStudy(8, statistics=many)(gathered["rec"], experts, positions).positions.effects
+    missing = AssociationStudy(8, statistics=MANY)(gathered["rec"], experts, positions).positions.effects
     assert missing["ci low"].isna().all() and not missing["interval available"].any()
     assert missing["interval unavailable"].str.contains("document").all(), missing["interval unavailable"]
     found = AssociationStudy(8, statistics=FEW)(gathered["rec"], experts, positions).positions.effects
