@@ -120,7 +120,9 @@ def test_an_moe_computing_the_dense_function_shows_no_expert_advantage_on_routed
         # ... while the paper's protocol still reports a gap in favour of the MoE.
         paper = probing.comparison("paper", "moe_vs_dense", k)
         # (an estimate only: units chosen on the reported split have no document-level interval)
-        assert paper["estimate"] > 0.05 and pd.isna(paper["ci_low"]) and not paper["interval_available"], paper
+        assert paper["estimate"] > 0.05 and pd.isna(paper["ci_low"]) and not paper["interval_available"], (
+            paper
+        )
         assert paper["n_concepts_moe_higher"] > paper["n_concepts"] / 2, paper
     assert {
         "moe_vs_dense",

@@ -31,7 +31,6 @@ from tl_moe.analysis.configs.statistics import Statistics
 from tl_moe.analysis.drivers import HALVES_KEY
 from tl_moe.analysis.positions import PositionEffect, position_effect
 from tl_moe.analysis.splits import document_split
-from tl_moe.analysis.stats import MIN_DOCUMENTS
 from tl_moe.analysis.token_association import (
     AssociationTable,
     RoutingRecords,
@@ -39,6 +38,8 @@ from tl_moe.analysis.token_association import (
     token_expert_associations,
 )
 from tl_moe.data.segments import segment_starts, segmentation_for_domain, token_segment_positions
+from tl_moe.errors import InputError
+from tl_moe.settings import is_integer
 
 __all__ = ["AssociationOutcome", "AssociationStudy", "expert_masks", "segment_positions_of"]
 
@@ -66,8 +67,10 @@ class AssociationStudy:
     Args:
         num_experts: experts per sparse block.
         config: which token ids are tested and which segment positions are early.
-        statistics: the seed, the false-discovery rate and the bootstrap resamples. A report-half lift
-            gets an interval from :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` report documents on.
+        statistics: the seed, the false-discovery rate, the bootstrap resamples and ``min_documents``: a
+            report-half lift, and the position effect, get an interval from that many documents on. NOT
+            read: ``selection_fraction`` — the selection and report halves are the fixed 50/50 hash halves
+            the drivers use (:data:`~tl_moe.analysis.splits.HALVES_KEY`).
 
     Usage::
 
@@ -79,6 +82,38 @@ class AssociationStudy:
     num_experts: int
     config: AssociationsConfig = field(default_factory=AssociationsConfig)
     statistics: Statistics = field(default_factory=Statistics)
+
+    def __post_init__(self) -> None:
+        if not is_integer(self.num_experts) or self.num_experts < 2:
+            raise InputError(
+                f"AssociationStudy num_experts must be an integer of at least 2, got {self.num_experts!r}."
+            )
+
+    def _check_inputs(
+        self, records: RoutingRecordsResult, drivers: pd.DataFrame, positions: np.ndarray
+    ) -> None:
+        """Refuse, in one line, positions, experts or a drivers frame that do not fit the records."""
+        if len(np.asarray(positions)) != len(records):
+            raise InputError(
+                f"AssociationStudy positions hold {len(np.asarray(positions))} values; accepted: one per record "
+                f"({len(records)}, segment_positions_of(records, ...))."
+            )
+        most = int(records.experts.max()) if records.experts.numel() else -1
+        if most >= self.num_experts:
+            raise InputError(
+                f"AssociationStudy num_experts {self.num_experts} is below the records' expert id {most}; "
+                "accepted: the experts per sparse block of the model that made the records."
+            )
+        missing = [c for c in ("layer", "expert", "driver", "control for") if c not in drivers.columns]
+        if missing:
+            raise InputError(
+                f"AssociationStudy drivers frame lacks the columns {missing}; accepted: DriverOutcome.experts."
+            )
+        unknown = sorted(set(drivers["layer"]) - set(records.layers))
+        if unknown:
+            raise InputError(
+                f"AssociationStudy drivers name layers {unknown}; accepted: the records' layers {records.layers}."
+            )
 
     def accumulator(self, layers: Sequence[int], max_tokens: int) -> RoutingRecords:
         """A fresh accumulator of the routed experts of the first ``max_tokens`` streamed tokens."""
@@ -105,13 +140,14 @@ class AssociationStudy:
             segmentation: the segmentation per domain, kept in the outcome (default: empty).
             token_names: the text of a token id, for the table.
         """
+        self._check_inputs(records, drivers, positions)
         stats = self.statistics
         associations = token_expert_associations(
             records,
             self.num_experts,
             min_count=self.config.min_count,
             min_documents=self.config.min_token_documents,
-            min_report_documents=MIN_DOCUMENTS,
+            min_report_documents=stats.min_documents,
             fdr=stats.fdr,
             n_resamples=stats.bootstrap_resamples,
             seed=stats.seed,
@@ -130,6 +166,7 @@ class AssociationStudy:
             early=self.config.early,
             n_resamples=stats.bootstrap_resamples,
             seed=stats.seed,
+            min_documents=stats.min_documents,
         )
         return AssociationOutcome(
             associations, effect, pd.DataFrame() if segmentation is None else segmentation

@@ -107,6 +107,7 @@ class DomainExpertStudy:
         num_experts: int,
     ) -> DomainExpertsOutcome:
         """Score the experts on the domains with tokens (at least two) and test them on ``stored``."""
+        _check_inputs(routed, tokens, domain_names, stored, tuple(layers), num_experts)
         present = tokens > 0
         if int(present.sum()) < 2:
             raise InputError(f"only {int(present.sum())} domain(s) have tokens; domain experts need two.")
@@ -131,3 +132,36 @@ class DomainExpertStudy:
                 experts, (f"no significance test, so no expert is called a domain expert: {error}",)
             )
         return DomainExpertsOutcome(experts)
+
+
+def _check_inputs(
+    routed: torch.Tensor,
+    tokens: torch.Tensor,
+    domain_names: Sequence[str],
+    stored: StoredTokens,
+    layers: tuple[int, ...],
+    num_experts: int,
+) -> None:
+    """Refuse, in one line, inputs that contradict each other, before any scoring."""
+    expected = (len(layers), num_experts, len(domain_names))
+    if tuple(routed.shape) != expected:
+        raise InputError(
+            f"DomainExpertStudy's routed counts have shape {tuple(routed.shape)}; accepted: [layers, "
+            f"num_experts, domains] = {expected} (layers {layers}, {len(domain_names)} domain names)."
+        )
+    if tuple(tokens.shape) != (len(domain_names),):
+        raise InputError(
+            f"DomainExpertStudy's tokens hold {tuple(tokens.shape)}; accepted: one count per domain name "
+            f"({len(domain_names)})."
+        )
+    if stored.doc_index is None:
+        raise InputError(
+            "DomainExpertStudy's stored tokens have no document ids; accepted: tokens collected with their "
+            "documents (TokenActivationStore of the topk_indices hooks)."
+        )
+    missing = [layer for layer in layers if get_act_name("topk_indices", layer) not in stored.rows]
+    if missing:
+        raise InputError(
+            f"DomainExpertStudy's stored tokens lack the topk_indices of layers {missing}; accepted: a store "
+            f"of the topk_indices hooks of every layer in {layers}."
+        )

@@ -34,6 +34,9 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
 
+from tl_moe.errors import InputError
+from tl_moe.settings import is_integer, is_real
+
 __all__ = ["DomainExperts", "domain_scores", "permutations_for_discovery"]
 
 
@@ -89,14 +92,16 @@ class DomainExperts:
     def __init__(self, threshold: float = 0.5, min_tokens: int = 50):
         self.threshold = threshold
         self.min_tokens = min_tokens
+        self._validate_parameters()
 
     def _validate_parameters(self) -> None:
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(
-                f"threshold must lie in [0, 1] (a normalized entropy score); got {self.threshold}."
+        """Refuse, in one line, a threshold outside [0, 1] or a negative min_tokens (when built and fitted)."""
+        if not is_real(self.threshold) or not 0.0 <= self.threshold <= 1.0:
+            raise InputError(
+                f"DomainExperts threshold must lie in [0, 1] (a normalized entropy score); got {self.threshold!r}."
             )
-        if self.min_tokens < 0:
-            raise ValueError(f"min_tokens must be >= 0; got {self.min_tokens}.")
+        if not is_integer(self.min_tokens) or self.min_tokens < 0:
+            raise InputError(f"DomainExperts min_tokens must be an integer >= 0; got {self.min_tokens!r}.")
 
     def fit(
         self,
@@ -189,7 +194,6 @@ class DomainExperts:
             alpha: the false-discovery rate of the Benjamini–Hochberg procedure.
         """
         from tl_moe.analysis.stats import MIN_DOCUMENTS, benjamini_hochberg, permutation_pvalues
-        from tl_moe.errors import InputError
 
         self._check_fitted()
         doc_counts = torch.as_tensor(doc_counts).double().reshape(len(doc_tokens), -1)

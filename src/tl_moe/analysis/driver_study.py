@@ -33,14 +33,22 @@ from tl_moe.analysis.driver_domain import (
     ReportDocuments,
     compare_drivers_with_domain_experts,
 )
-from tl_moe.analysis.drivers import ExpertSaliency, driver_report, max_drivers
-from tl_moe.analysis.effect_estimate import FirstOrderEffects, estimate_report, estimate_vs_reap
+from tl_moe.analysis.drivers import ExpertSaliency, ExpertSaliencyResult, driver_report, max_drivers
+from tl_moe.analysis.effect_estimate import (
+    FirstOrderEffects,
+    FirstOrderEffectsResult,
+    estimate_report,
+    estimate_vs_reap,
+)
 from tl_moe.analysis.stats import Interval
-from tl_moe.collect.expert_effects import ExpertEffects
+from tl_moe.collect.expert_effects import ExpertEffects, ExpertEffectsResult
 from tl_moe.errors import InputError
-from tl_moe.settings import ModelDefault
+from tl_moe.settings import ModelDefault, is_integer
 
 __all__ = ["DriverOutcome", "DriverStudy"]
+
+HALF = 0.5
+"""The drivers' selection share: the fixed hash halves (:data:`~tl_moe.analysis.splits.HALVES_KEY`)."""
 
 EDIT_KINDS = ("remove", "zero")
 """The edits whose exact effects the study measures; the first chooses the drivers."""
@@ -105,8 +113,13 @@ class DriverStudy:
         num_experts: experts per sparse layer.
         config: how many tokens the edited forwards see and how many drivers are reported
             (``config.count`` left at its default is fitted to half the experts).
-        statistics: the seed and the bootstrap resamples behind every interval (the drivers'
-            comparison, the saliency ρ, the paired estimate-vs-REAP table, the domain comparison).
+        statistics: the run's statistical settings. Read: ``seed`` and ``bootstrap_resamples`` (every
+            interval: the drivers' comparison, the saliency ρ, the paired estimate-vs-REAP table, the
+            domain comparison) and ``min_documents`` (fewest report documents behind the comparison's and
+            the saliency ρ's intervals). NOT read: ``selection_fraction`` and the seed of the split —
+            drivers are chosen and reported on the fixed 50/50 hash halves of the documents
+            (:data:`~tl_moe.analysis.splits.HALVES_KEY`) that the token associations and the expert
+            re-weighting share, so a ``selection_fraction`` other than 0.5 is refused.
 
     Usage::
 
@@ -120,6 +133,43 @@ class DriverStudy:
     num_experts: int
     config: DriversConfig = field(default_factory=DriversConfig)
     statistics: Statistics = field(default_factory=Statistics)
+
+    def __post_init__(self) -> None:
+        layers = tuple(self.layers)
+        if not layers or not all(is_integer(layer) and layer >= 0 for layer in layers):
+            raise InputError(
+                f"DriverStudy layers must be one or more sparse-layer block indices, got {self.layers!r}."
+            )
+        if not is_integer(self.num_experts) or self.num_experts < 2:
+            raise InputError(
+                f"DriverStudy num_experts must be an integer of at least 2 (experts per sparse layer), "
+                f"got {self.num_experts!r}."
+            )
+        if self.statistics.selection_fraction != HALF:
+            raise InputError(
+                f"DriverStudy takes no selection_fraction ({self.statistics.selection_fraction!r} given): the "
+                "drivers use the fixed 50/50 document halves they share with the associations and the "
+                "re-weighting; accepted: 0.5 (the default)."
+            )
+
+    @classmethod
+    def of(
+        cls,
+        moe_cfg: Any,
+        layers: Sequence[int] | None = None,
+        config: DriversConfig | None = None,
+        statistics: Statistics | None = None,
+    ) -> DriverStudy:
+        """The study of a model's config (``model.moe_cfg``): its sparse layers (or ``layers``, each of
+        which must be sparse) and experts per layer."""
+        sparse = tuple(moe_cfg.sparse_layers)
+        chosen = sparse if layers is None else tuple(layers)
+        dense = [layer for layer in chosen if layer not in sparse]
+        if dense:
+            raise InputError(
+                f"DriverStudy layers {dense} are not sparse layers of this model; accepted: {sparse}."
+            )
+        return cls(chosen, moe_cfg.num_experts, config or DriversConfig(), statistics or Statistics())
 
     @property
     def n_drivers(self) -> int:
@@ -166,12 +216,18 @@ class DriverStudy:
             document_domains: the domain code of every corpus row, so that the domain score is
                 recomputed per resample (None: the domain experts' own score, descriptive).
         """
+        self._check_results(effects, saliency, estimate)
         self._check_layers(effects, saliency, estimate)
         count = self.n_drivers
         seed = self.statistics.seed
         resamples = self.statistics.bootstrap_resamples
         experts, comparison = driver_report(
-            effects, saliency, n_drivers=count, n_resamples=resamples, seed=seed
+            effects,
+            saliency,
+            n_drivers=count,
+            n_resamples=resamples,
+            seed=seed,
+            min_interval_documents=self.statistics.min_documents,
         )
         estimates = agreement = paired = None
         if estimate is not None:
@@ -200,6 +256,27 @@ class DriverStudy:
             saliency_interval=_saliency_interval(comparison),
             saliency_gate=_saliency_gate(comparison),
         )
+
+    def _check_results(self, effects: Any, saliency: Any, estimate: Any) -> None:
+        """Refuse, in one line, results of the wrong kind or of another number of experts per layer."""
+        expected = (
+            ("effects", effects, ExpertEffectsResult, "sums", 2),
+            ("saliency", saliency, ExpertSaliencyResult, "routed", 2),
+            ("estimate", estimate, FirstOrderEffectsResult, "sums", 1),
+        )
+        for name, result, kind, tensor, axis in expected:
+            if result is None and name == "estimate":
+                continue
+            if not isinstance(result, kind):
+                raise InputError(
+                    f"DriverStudy's {name} is a {type(result).__name__}; accepted: a {kind.__name__} "
+                    f"(study.accumulators()[{name!r}] after collect)."
+                )
+            if tensor is not None and getattr(result, tensor).shape[axis] != self.num_experts:
+                raise InputError(
+                    f"DriverStudy's {name} hold {getattr(result, tensor).shape[axis]} experts per layer; "
+                    f"accepted: the study's num_experts {self.num_experts}."
+                )
 
     def _check_layers(self, effects: Any, saliency: Any, estimate: Any) -> None:
         """Refuse, in one line, results gathered on other layers than the study's."""

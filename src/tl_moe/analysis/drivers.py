@@ -35,7 +35,7 @@ import torch
 from jaxtyping import Float, Int
 
 from tl_moe.analysis.splits import document_split
-from tl_moe.analysis.stats import RHO_METHOD, RHO_MIN_EXPERT_DOCUMENTS
+from tl_moe.analysis.stats import MIN_DOCUMENTS, RHO_METHOD, RHO_MIN_EXPERT_DOCUMENTS
 from tl_moe.collect.accumulator import Accumulator, Activations
 from tl_moe.collect.expert_effects import ExpertEffectsResult
 from tl_moe.collect.meta import BatchMeta
@@ -225,11 +225,11 @@ def match_controls(
 
 
 def _bootstrap_ratio(
-    sums: np.ndarray, counts: np.ndarray, n_resamples: int, seed: int
+    sums: np.ndarray, counts: np.ndarray, n_resamples: int, seed: int, min_documents: int = MIN_DOCUMENTS
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str | None]:
     """Ratio estimate Σ sums / Σ counts per row of ``sums [rows, docs]``, its 95% percentile
     document-bootstrap interval (:func:`tl_moe.analysis.stats.cluster_bootstrap`, documents as
-    clusters; NaN bounds below :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` documents) and the reason
+    clusters; NaN bounds below ``min_documents`` documents) and the reason
     the interval is unavailable (None when available)."""
     from tl_moe.analysis.stats import cluster_bootstrap
 
@@ -243,6 +243,7 @@ def _bootstrap_ratio(
         seed=seed,
         on_too_few="unavailable",
         what="the effect",
+        min_clusters=min_documents,
     )
     intervals = intervals if isinstance(intervals, list) else [intervals]
     estimate, low, high = (
@@ -264,6 +265,7 @@ def driver_report(
     n_resamples: int = 1000,
     seed: int = 0,
     min_documents: int = 2,
+    min_interval_documents: int = MIN_DOCUMENTS,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Driver experts selected on the selection half, reported on the report half.
 
@@ -272,8 +274,8 @@ def driver_report(
         and for each edit kind its effect on each half with the report half's 95% interval.
         ``comparison``: per edit kind, the mean effect on the report half of the drivers, of their
         frequency-matched controls, and the paired difference, each with a 95% document-bootstrap
-        interval (NaN with ``interval unavailable`` saying why below
-        :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` report documents), the number of report
+        interval (NaN with ``interval unavailable`` saying why below ``min_interval_documents``
+        report documents, :attr:`~tl_moe.analysis.configs.Statistics.min_documents`), the number of report
         documents and of controls matched in another layer.
 
     Raises:
@@ -300,7 +302,7 @@ def driver_report(
     for k, kind in enumerate(effects.kinds):
         select = flat[k][:, selection_docs].sum(1) / max(counts[selection_docs].sum(), 1)
         estimate, low, high, reason = _bootstrap_ratio(
-            flat[k][:, report_docs], counts[report_docs], n_resamples, seed
+            flat[k][:, report_docs], counts[report_docs], n_resamples, seed, min_interval_documents
         )
         selected_effect[kind], report[kind] = select, (estimate, low, high, reason or "")
     routed_share = saliency.routed[0].double() / saliency.routed[0].sum(-1, keepdim=True).clamp(min=1)
@@ -344,7 +346,9 @@ def driver_report(
             ]
         )
         paired = np.concatenate([group, (group[0] - group[1])[None]])
-        estimate, low, high, reason = _bootstrap_ratio(paired, counts[report_docs], n_resamples, seed + 1)
+        estimate, low, high, reason = _bootstrap_ratio(
+            paired, counts[report_docs], n_resamples, seed + 1, min_interval_documents
+        )
         for name, j in (("driver experts", 0), ("matched controls", 1), ("driver − control", 2)):
             comparisons.append(
                 {
@@ -372,6 +376,7 @@ def driver_report(
             sal_routed,
             n_resamples=n_resamples,
             seed=seed + 2,
+            min_documents=min_interval_documents,
         )
         padded_counts = np.pad(counts, (0, size - len(counts)))
         defined = sal_routed[:, split_documents(padded_counts, sal_routed)[0]].sum(1) > 0  # has a saliency
@@ -430,6 +435,7 @@ def saliency_effect_spearman(
     seed: int = 0,
     method: str = RHO_METHOD,
     min_expert_documents: int = RHO_MIN_EXPERT_DOCUMENTS,
+    min_documents: int = MIN_DOCUMENTS,
 ):
     """Spearman ρ of REAP saliency on the selection half with the exact effect on the report half, over
     experts, with a 95% document-bootstrap interval (``method``, default
@@ -446,7 +452,7 @@ def saliency_effect_spearman(
 
     Returns:
         An :class:`~tl_moe.analysis.stats.Interval` with the bootstrap's bias (unavailable below
-        :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` documents, with the reason).
+        ``min_documents`` documents, with the reason).
     """
     from tl_moe.analysis.effect_estimate import _rows_spearman
     from tl_moe.analysis.stats import cluster_bootstrap
@@ -479,6 +485,7 @@ def saliency_effect_spearman(
         on_too_few="unavailable",
         what="the saliency–effect Spearman ρ",
         method=method,
+        min_clusters=min_documents,
         strata=report[docs].astype(int),  # drawn within each half: the halves keep their sizes
     )
     return interval

@@ -49,6 +49,7 @@ from tl_moe.analysis.splits import document_split
 from tl_moe.analysis.stats import MIN_DOCUMENTS
 from tl_moe.analysis.steering import SteeringStudy, steering_study
 from tl_moe.errors import InputError
+from tl_moe.settings import is_integer
 
 __all__ = [
     "Capacity",
@@ -186,6 +187,9 @@ class ExpertReweighting:
         rule = domain_rule or DomainExperts()
         stats = self.statistics
         layers = tuple(model.moe_cfg.sparse_layers)
+        _check_arguments(seq_len, batch_size, max_domain_experts)
+        _check_experts(driver_experts, layers, model.moe_cfg.num_experts)
+        self.check_contrast(dataset)
         selection, evaluation = held_out_windows(
             dataset, model.tokenizer, seq_len=seq_len, tokens_per_group=self.config.tokens
         )
@@ -221,6 +225,25 @@ class ExpertReweighting:
         )
         capacity = held_out_capacity([str(d) for d in dataset["domain"]])
         return ReweightingOutcome(study, steering, frame, capacity, self.steering_capacity(dataset))
+
+    def check_contrast(self, dataset: Any) -> None:
+        """Refuse, in one line, a configured steering contrast naming a group ``dataset`` does not hold."""
+        if self.config.steer_contrast is None:
+            return
+        domain, a, b = self.contrast(dataset)
+        domains = sorted({str(d) for d in dataset["domain"]})
+        if domain is not None and domain not in domains:
+            raise InputError(f"--steer-contrast names the domain {domain!r}; accepted: one of {domains}.")
+        if domain is None:
+            groups, what = domains, "domains"
+        else:
+            groups = sorted({str(dataset["language"][i]) for i in _rows_of(dataset, domain)})
+            what = f"languages of {domain}"
+        unknown = [g for g in (a, b) if g not in groups]
+        if unknown:
+            raise InputError(
+                f"--steer-contrast names {unknown}, not in the corpus; accepted: two {what} {groups}."
+            )
 
     def contrast(self, dataset: Any) -> SteeringContrast:
         """The steering contrast on ``dataset`` (:func:`steering_contrast` of the config's)."""
@@ -278,3 +301,31 @@ class ExpertReweighting:
 def _rows_of(dataset: Any, domain: str) -> list[int]:
     """The corpus rows of ``domain``."""
     return [i for i, d in enumerate(dataset["domain"]) if str(d) == domain]
+
+
+def _check_arguments(seq_len: Any, batch_size: Any, max_domain_experts: Any) -> None:
+    """Refuse, in one line, a window length, batch size or domain-expert count no study can use."""
+    least = {
+        "seq_len": (seq_len, 2),
+        "batch_size": (batch_size, 1),
+        "max_domain_experts": (max_domain_experts, 0),
+    }
+    for name, (value, smallest) in least.items():
+        if not is_integer(value) or value < smallest:
+            raise InputError(
+                f"ExpertReweighting {name} must be an integer of at least {smallest}, got {value!r}."
+            )
+
+
+def _check_experts(experts: ExpertSet, layers: tuple[int, ...], num_experts: int) -> None:
+    """Refuse, in one line, driver experts that are not (sparse layer, expert index) pairs of the model."""
+    bad = [
+        pair
+        for pair in experts
+        if len(tuple(pair)) != 2 or tuple(pair)[0] not in layers or not 0 <= tuple(pair)[1] < num_experts
+    ]
+    if bad:
+        raise InputError(
+            f"ExpertReweighting driver_experts {bad} are not experts of this model; accepted: (layer, expert) "
+            f"pairs with layer in {layers} and expert in 0..{num_experts - 1}."
+        )

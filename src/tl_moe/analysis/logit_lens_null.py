@@ -39,7 +39,7 @@ from jaxtyping import Float
 
 from tl_moe.analysis.logit_lens_accumulator import ExpertLogitLensResult
 from tl_moe.analysis.splits import document_split
-from tl_moe.analysis.stats import Interval, cluster_bootstrap
+from tl_moe.analysis.stats import MIN_DOCUMENTS, Interval, cluster_bootstrap
 from tl_moe.errors import InputError
 
 __all__ = ["Top1", "TopTokenShare", "top1_share_statistic", "top1_shares_statistic", "top_token_share"]
@@ -234,10 +234,11 @@ def top_token_share(
     seed: int = 0,
     selection_fraction: float = 0.5,
     split_seed: int = 0,
+    min_documents: int = MIN_DOCUMENTS,
 ) -> TopTokenShare:
     """The trained model's most common top-1 token on the selection documents, its share of experts on
     the test documents and the untrained null's (see the module docstring). Intervals resample test
-    documents; fewer than :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` of them: unavailable with the
+    documents; fewer than ``min_documents`` of them: unavailable with the
     reason. Without per-document sums, or with a side of the split empty, nothing is held out: the
     shares are unavailable (NaN estimate, with the reason) and ``all_documents_share`` is descriptive."""
     nan = float("nan")
@@ -281,6 +282,7 @@ def top_token_share(
             seed=seed,
             on_too_few="unavailable",
             what=what,
+            min_clusters=min_documents,
         )
 
     def routed_on(lens: ExpertLogitLensResult, documents: np.ndarray) -> int:

@@ -26,6 +26,7 @@ import pandas as pd
 from tl_moe.analysis.configs import Statistics
 from tl_moe.analysis.logit_lens_accumulator import ExpertLogitLensResult
 from tl_moe.analysis.logit_lens_null import LensLogits, TopTokenShare, top_token_share
+from tl_moe.errors import InputError
 
 __all__ = ["LogitLensOutcome", "LogitLensStudy"]
 
@@ -58,8 +59,8 @@ class LogitLensStudy:
     """The corpus logit lens of every expert and its controlled top-1 share (see the module docstring).
 
     Args:
-        statistics: the seed and the selection fraction of the document split, and the bootstrap
-            resamples behind each interval.
+        statistics: the seed and the selection fraction of the document split, the bootstrap
+            resamples behind each interval and the fewest test documents an interval needs.
     """
 
     statistics: Statistics = field(default_factory=Statistics)
@@ -83,6 +84,11 @@ class LogitLensStudy:
             untrained: the untrained model's lens, fed the same documents (the null).
             untrained_logits: its raw lens.
         """
+        if untrained is not None and untrained_logits is None:
+            raise InputError(
+                "LogitLensStudy was given the untrained lens without untrained_logits; accepted: both "
+                "(the untrained model's readout, e.g. LogitReadout.from_model(untrained).vocab_logits) or neither."
+            )
         top_tokens = lens.top_tokens(tokenizer)
         if not (lens.n_routed > 0).any():
             return LogitLensOutcome(lens=lens, top_tokens=top_tokens)
@@ -96,6 +102,7 @@ class LogitLensStudy:
             seed=stats.seed,
             selection_fraction=stats.selection_fraction,
             split_seed=stats.seed,
+            min_documents=stats.min_documents,
         )
         return LogitLensOutcome(
             lens=lens, top_tokens=top_tokens, share=share, token_text=tokenizer.decode([share.token])

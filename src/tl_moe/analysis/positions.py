@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from jaxtyping import Bool, Float, Int
 
-from tl_moe.analysis.stats import Interval, cluster_bootstrap
+from tl_moe.analysis.stats import MIN_DOCUMENTS, Interval, cluster_bootstrap
 
 __all__ = ["DEFAULT_BINS", "PositionEffect", "expert_set_hits", "position_effect"]
 
@@ -99,6 +99,7 @@ def position_effect(
     bins: Sequence[int] = DEFAULT_BINS,
     n_resamples: int = 2000,
     seed: int = 0,
+    min_documents: int = MIN_DOCUMENTS,
 ) -> PositionEffect:
     """The position curve and the early − late effects of the driver experts against their controls.
 
@@ -180,6 +181,7 @@ def position_effect(
         seed=seed,
         on_too_few="unavailable",
         what="the position effect",
+        min_clusters=min_documents,
     )
     curve_iv, effect_iv = intervals[: 3 * n_bins], intervals[3 * n_bins :]
     if n_strata == 0:  # no token id seen both early and late: the within-token effects do not exist
@@ -214,6 +216,7 @@ def position_effect(
                 "late tokens": int(n_split[0]),
                 "token ids (strata)": n_strata if "within" in name else None,
                 "interval available": iv.available,
+                "interval unavailable": "" if iv.available else (iv.reason or "not computed"),
             }
         )
     return PositionEffect(pd.DataFrame(rows), pd.DataFrame(effect_rows), early, n_docs)

@@ -34,6 +34,7 @@ import pandas as pd
 
 from tl_moe.analysis.concept_probing import best_f1_by_k
 from tl_moe.analysis.stats import holm
+from tl_moe.errors import InputError
 
 __all__ = [
     "ALPHA",
@@ -241,10 +242,20 @@ class SparsityVerdicts:
         return self.adjust(comparison_records(held_out, comparison, metric))
 
 
+#: The columns every held-out frame the verdicts read must have.
+HELD_OUT_COLUMNS = ("model", "active_ratio", "comparison", "metric", "k")
+
+
 def held_out_records(held_out: pd.DataFrame, metric: str = "f1") -> list[dict]:
     """The rows of ``held_out`` in ``metric`` as records (missing values None), by active ratio and k."""
     if not len(held_out):
         return []
+    missing = [column for column in HELD_OUT_COLUMNS if column not in held_out.columns]
+    if missing:
+        raise InputError(
+            f"the held-out frame lacks the columns {missing}; accepted: the held-out comparisons of every "
+            f"member with {list(HELD_OUT_COLUMNS)} (one row per member, comparison, metric and k)."
+        )
     frame = held_out[held_out["metric"] == metric].sort_values(["active_ratio", "k"])
     return frame.astype(object).where(frame.notna(), None).to_dict("records")
 

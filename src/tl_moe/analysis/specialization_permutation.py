@@ -47,7 +47,7 @@ import torch
 from jaxtyping import Float, Int
 
 from tl_moe.analysis.specialization import js_divergence
-from tl_moe.analysis.stats import Interval, cluster_bootstrap
+from tl_moe.analysis.stats import MIN_DOCUMENTS, Interval, cluster_bootstrap
 from tl_moe.errors import InputError
 
 __all__ = [
@@ -435,8 +435,10 @@ def excess_intervals(
     n_resamples: int,
     confidence: float = 0.95,
     seed: int = 0,
+    min_documents: int = MIN_DOCUMENTS,
 ) -> pd.DataFrame:
-    """Document-bootstrap intervals of the layer excess, and of trained − untrained (paired).
+    """Document-bootstrap intervals of the layer excess, and of trained − untrained (paired); each
+    unavailable, with the reason, below ``min_documents`` documents.
 
     Every resample draws documents with replacement and recomputes score and null mean on them
     (:func:`excess_statistic`). With an ``untrained`` baseline fed the same documents, both models see the
@@ -495,6 +497,7 @@ def excess_intervals(
             seed=seed,
             on_too_few="unavailable",
             what=what,
+            min_clusters=min_documents,
         )
 
     def statistic_or_reason(source: DocumentPermutationBaseline):

@@ -48,6 +48,7 @@ from tl_moe.analysis.specialization_permutation import (
 )
 from tl_moe.errors import InputError
 from tl_moe.models.hook_names import get_act_name
+from tl_moe.settings import is_integer
 
 __all__ = [
     "DIFFERENCE",
@@ -141,13 +142,18 @@ def with_permutation(
     baseline: DocumentPermutationBaseline | None,
     min_tokens: int,
     intervals: pd.DataFrame | None,
+    no_control: str | None = None,
 ) -> pd.DataFrame:
     """``frame`` (per layer) with the permutation excess (the bootstrap statistic's estimate), its
     document-bootstrap interval with its diagnostics (bootstrap bias, the estimate's position in the
     interval, the Monte Carlo error of the 20-permutation null mean), p-value and floor flag per layer (NaN where there is no permutation
-    baseline)."""
+    baseline, with ``no_control`` as the reason the interval is unavailable)."""
     if baseline is None:
-        return frame.assign(**{c: np.nan for c in _PERMUTATION_COLUMNS})
+        empty = frame.assign(**{c: np.nan for c in _PERMUTATION_COLUMNS})
+        if no_control is not None:
+            empty["permutation_interval_available"] = False
+            empty["permutation_interval_unavailable_reason"] = no_control
+        return empty
     summary = baseline.layer_summary(min_tokens)
     summary = pd.DataFrame(
         {
@@ -216,13 +222,19 @@ class SpecializationOutcome:
         """Per (measure, layer): mean and standard deviation over experts of JSD − baseline (bits), the
         token-weighted mean over experts of at least ``min_tokens`` tokens, and (routing measures) the
         token-weighted excess over the document-permutation baseline with its 95% document-bootstrap
-        interval, its p-value and whether the p-value is at its floor."""
+        interval, its p-value and whether the p-value is at its floor; a measure without a baseline
+        (functional, or routing without document ids) says why in
+        ``permutation_interval_unavailable_reason`` (:meth:`no_control_reason`)."""
         rows = []
         for name, result in self.measures.items():
             frame = result.layer_summary(self.min_tokens).assign(measure=name)
             rows.append(
                 with_permutation(
-                    frame, self.permutation.get(name), self.min_tokens, self.interval_rows(name, "trained")
+                    frame,
+                    self.permutation.get(name),
+                    self.min_tokens,
+                    self.interval_rows(name, "trained"),
+                    self.no_control_reason(name),
                 )
             )
         return pd.concat(rows, ignore_index=True)
@@ -248,6 +260,7 @@ class SpecializationOutcome:
                     self.untrained_permutation.get(name),
                     self.min_tokens,
                     self.interval_rows(name, "untrained"),
+                    self.no_control_reason(name),
                 )
             )
         return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
@@ -296,6 +309,40 @@ class SpecializationStudy:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(int(layer) for layer in self.layers))
+        facts = {"num_experts": 2, "n_token_groups": 1, "n_domains": 1}
+        for name, least in facts.items():
+            value = getattr(self, name)
+            if not is_integer(value) or value < least:
+                raise InputError(
+                    f"SpecializationStudy {name} must be an integer of at least {least}, got {value!r}."
+                )
+        if not self.layers:
+            raise InputError("SpecializationStudy layers must name one or more sparse layers, got none.")
+
+    def _check_counts(self, counts: SpecializationCounts, which: str) -> None:
+        """Refuse, in one line, counts whose shape contradicts the study's facts."""
+        n_layers = len(self.layers)
+        shapes = {
+            "by_token_group": ((n_layers, self.num_experts, self.n_token_groups), "n_token_groups"),
+            "by_domain": ((n_layers, self.num_experts, self.n_domains), "n_domains"),
+        }
+        for name, (expected, groups) in shapes.items():
+            found = tuple(getattr(counts, name).shape)
+            if found != expected:
+                raise InputError(
+                    f"SpecializationStudy's {which} {name} counts have shape {found}; accepted: "
+                    f"[layers, num_experts, {groups}] = {expected} (layers {self.layers})."
+                )
+        routing = counts.routing
+        if routing is not None and (
+            routing.expert_indices.shape[1] != n_layers
+            or (routing.expert_indices.numel() and int(routing.expert_indices.max()) >= self.num_experts)
+        ):
+            raise InputError(
+                f"SpecializationStudy's {which} routing covers {routing.expert_indices.shape[1]} layers with "
+                f"expert ids up to {int(routing.expert_indices.max())}; accepted: {n_layers} layers of "
+                f"experts 0..{self.num_experts - 1}."
+            )
 
     @property
     def clusters(self) -> str:
@@ -327,6 +374,15 @@ class SpecializationStudy:
                 ``None``: no functional measure.
             untrained: the same counts of the untrained model of the same config, fed the same documents.
         """
+        self._check_counts(trained, "trained")
+        if untrained is not None:
+            self._check_counts(untrained, "untrained")
+        expected = (len(self.layers), self.num_experts, self.n_token_groups)
+        if lens_counts is not None and tuple(lens_counts.shape) != expected:
+            raise InputError(
+                f"SpecializationStudy's lens_counts have shape {tuple(lens_counts.shape)}; accepted: "
+                f"[layers, num_experts, n_token_groups] = {expected}."
+            )
         measures = self._routing_scores(trained)
         if lens_counts is not None:
             # Each routed token adds up to top_n entries to its expert's lens counts: the baseline's
@@ -346,6 +402,7 @@ class SpecializationStudy:
                 min_n=self.config.min_expert_tokens,
                 n_resamples=self.statistics.bootstrap_resamples,
                 seed=self.statistics.seed,
+                min_documents=self.statistics.min_documents,
             )
             for name, baseline in permutation.items()
         }

@@ -189,7 +189,14 @@ class ExpertLabeler:
         if self.config.causal_windows > 0 and (model is None or dataset is None):
             raise InputError(f"the causal checks (causal_windows={self.config.causal_windows}) need model= and "
                              "dataset=; pass them, or ExplainConfig(causal_windows=0) for none.")  # fmt: skip
+        if experts is not None and not len(experts):
+            raise InputError(
+                "ExpertLabeler experts is empty; accepted: (layer, expert) pairs, or None for all."
+            )
         records = self.records(examples, tokenizer, readout, experts)
+        if not records:
+            raise InputError("ExpertLabeler found no expert to label in the examples; accepted: examples "
+                             "with routed tokens of at least one of the experts asked.")  # fmt: skip
         explainer, scorers = self.explainer_and_scorers(examples)
         labeling = self.label(records, explainer, scorers)
         causal = self.causal(model, dataset, examples, labeling, seq_len)

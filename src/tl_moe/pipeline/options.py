@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tl_moe.analysis.configs.statistics import Statistics
+from tl_moe.analysis.configs.statistics import SEED_MAX, Statistics
 from tl_moe.errors import InputError
 from tl_moe.pipeline import catalog
 from tl_moe.settings import (
@@ -39,6 +39,7 @@ from tl_moe.settings import (
 )
 
 __all__ = [
+    "SEED_MAX",
     "RunOptions",
     "add_option_arguments",
     "fit_defaults",
@@ -63,18 +64,12 @@ def _optional_model(text: str) -> str | None:
     return None if text.lower() == "none" else text
 
 
-#: Largest ``--seed``: every seed (and the seed + 1, + 2 of derived streams) fits numpy's and torch's seeds.
-SEED_MAX = 2**31 - 1
-
 #: Integer run-wide options and their least accepted value.
 _LEAST_INTEGERS = {
     "max_tokens": 1000,  # fewer: no meaningful statistics
     "batch_size": 1,
     "seq_len": 2,  # BOS and one token
     "n_token_groups": 1,
-    "bootstrap_resamples": 1,
-    "min_documents": 2,
-    "permutations": 1,
     "checkpoint_every": 1,
 }
 
@@ -267,7 +262,6 @@ class RunOptions:
         """
         self._check_names()
         self._check_integers()
-        self._check_fractions()
         if self.dtype not in DTYPES:
             raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}.")
         if self.device_map is not None and self.device is not None:
@@ -305,14 +299,7 @@ class RunOptions:
             if not _is_integer(value) or value < least:
                 what = "a positive integer" if least == 1 else f"an integer of at least {least}"
                 raise InputError(f"--{name.replace('_', '-')} must be {what}, got {value!r}.")
-        if not _is_integer(self.seed) or not 0 <= self.seed <= SEED_MAX:
-            raise InputError(f"--seed must be an integer from 0 to {SEED_MAX}, got {self.seed!r}.")
-
-    def _check_fractions(self) -> None:
-        for name in ("fdr", "selection_fraction"):
-            value = getattr(self, name)
-            if not _is_real(value) or not 0 < value < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be a number in (0, 1), got {value!r}.")
+        self.statistics.check()  # the statistical standards' rules, written once in Statistics
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as JSON-able values (for the report's metadata): the run-wide fields, then every

@@ -4,13 +4,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from tl_moe.analysis.configs import DriversConfig
-from tl_moe.analysis.driver_study import DriverStudy
+from tl_moe.analysis.driver_study import HALF, DriverStudy
 from tl_moe.analysis.drivers import ExpertSaliency, max_drivers
 from tl_moe.analysis.effect_estimate import FirstOrderEffects
 from tl_moe.analysis.stats import MIN_DOCUMENTS
@@ -133,9 +134,9 @@ class Drivers(Analysis):
         """:class:`~tl_moe.analysis.driver_study.DriverStudy` on the pass's effects, saliency and estimate,
         with the domains analysis' domain experts when it ran too."""
         cfg, tokens = run.config(run.main), run.options.config("drivers").tokens
-        study = DriverStudy(
-            cfg.sparse_layers, cfg.num_experts, run.options.config("drivers"), run.options.statistics
-        )
+        # --selection-fraction moves the probes' split, never the drivers' fixed 50/50 halves
+        halves = dataclasses.replace(run.options.statistics, selection_fraction=HALF)
+        study = DriverStudy(cfg.sparse_layers, cfg.num_experts, run.options.config("drivers"), halves)
         domains = inputs.optional_result("domains")
         outcome = study(
             inputs[Need(run.main, DriverEffects(max_tokens=tokens))],
