@@ -129,7 +129,9 @@ def test_stratified_bootstrap_keeps_each_stratum_size():
     def drawn_from_first(weights):
         return weights[:, strata == 0].sum(1)
 
-    stratified = cluster_bootstrap(drawn_from_first, 40, n_resamples=300, seed=1, strata=strata)
+    stratified = cluster_bootstrap(
+        drawn_from_first, 40, n_resamples=300, seed=1, strata=strata, min_clusters=10
+    )
     pooled = cluster_bootstrap(drawn_from_first, 40, n_resamples=300, seed=1)
     assert stratified.low == stratified.high == 12
     assert pooled.high - pooled.low > 5
@@ -159,9 +161,13 @@ def test_stratified_bootstrap_equals_scipys_two_sample_bootstrap():
     assert ours.high == pytest.approx(reference.high, abs=1e-12)
 
 
-def test_stratified_bootstrap_with_a_one_document_stratum_is_unavailable():
-    strata = np.repeat([0, 1], [1, 39])
+def test_stratified_bootstrap_needs_the_fewest_documents_in_each_stratum():
+    """Each half carries one side of a split-halves statistic: 40 + 6 documents pass a pooled gate of 30
+    but not the per-stratum one; the reason names both sizes."""
+    strata = np.repeat([0, 1], [40, 6])
     interval = cluster_bootstrap(
-        lambda w: w.sum(1), 40, n_resamples=50, strata=strata, on_too_few="unavailable"
+        lambda w: w.sum(1), 46, n_resamples=50, strata=strata, on_too_few="unavailable"
     )
-    assert not interval.available and "stratum" in interval.reason
+    assert not interval.available and "40, 6" in interval.reason and "at least 30" in interval.reason
+    fine = cluster_bootstrap(lambda w: w.sum(1), 60, n_resamples=50, strata=np.repeat([0, 1], [30, 30]))
+    assert fine.available

@@ -36,7 +36,7 @@ import scipy.stats
 import torch
 from jaxtyping import Float
 
-from tl_moe.analysis.stats import RHO_METHOD, RHO_MIN_EXPERT_DOCUMENTS, cluster_bootstrap
+from tl_moe.analysis.stats import MIN_DOCUMENTS, RHO_METHOD, RHO_MIN_EXPERT_DOCUMENTS, cluster_bootstrap
 
 __all__ = [
     "DomainRouting",
@@ -226,6 +226,7 @@ def _spearman_intervals(
     routing: DomainRouting,
     n_resamples: int,
     seed: int,
+    min_documents: int = MIN_DOCUMENTS,
 ):
     """ρ(domain score on the selection half, effect on the report half) of each group of ``scored`` rows
     with its 95% bootstrap interval over the documents of both halves, stratified by half (each resample
@@ -257,6 +258,7 @@ def _spearman_intervals(
         what="the domain score–effect Spearman ρ",
         method=RHO_METHOD,
         strata=halves,
+        min_clusters=min_documents,
     )
 
 
@@ -280,6 +282,7 @@ def compare_drivers_with_domain_experts(
     n_resamples: int = 1000,
     seed: int = 0,
     min_expert_documents: int = RHO_MIN_EXPERT_DOCUMENTS,
+    min_documents: int = MIN_DOCUMENTS,
 ) -> DriverDomainComparison:
     """Overlap and rank correlation of driver experts and domain experts.
 
@@ -339,6 +342,7 @@ def compare_drivers_with_domain_experts(
             routing,
             n_resamples,
             seed,
+            min_documents,
         )
     compared = "domain score (selection half)" if intervals is not None else "domain score"
     scored["in ρ"] = gated

@@ -115,8 +115,8 @@ class DriverStudy:
             (``config.count`` left at its default is fitted to half the experts).
         statistics: the run's statistical settings. Read: ``seed`` and ``bootstrap_resamples`` (every
             interval: the drivers' comparison, the saliency ρ, the paired estimate-vs-REAP table, the
-            domain comparison) and ``min_documents`` (fewest report documents behind the comparison's and
-            the saliency ρ's intervals). NOT read: ``selection_fraction`` and the seed of the split —
+            domain comparison) and ``min_documents`` (fewest documents behind every one of those
+            intervals; for a split-halves ρ, in each half). NOT read: ``selection_fraction`` and the seed of the split —
             drivers are chosen and reported on the fixed 50/50 hash halves of the documents
             (:data:`~tl_moe.analysis.splits.HALVES_KEY`) that the token associations and the expert
             re-weighting share, so a ``selection_fraction`` other than 0.5 is refused.
@@ -220,7 +220,7 @@ class DriverStudy:
         self._check_layers(effects, saliency, estimate)
         count = self.n_drivers
         seed = self.statistics.seed
-        resamples = self.statistics.bootstrap_resamples
+        resamples, fewest = self.statistics.bootstrap_resamples, self.statistics.min_documents
         experts, comparison = driver_report(
             effects,
             saliency,
@@ -232,7 +232,9 @@ class DriverStudy:
         estimates = agreement = paired = None
         if estimate is not None:
             estimates, agreement = estimate_report(effects, saliency, estimate, n_top=count, seed=seed)
-            paired = estimate_vs_reap(effects, saliency, estimate, n_resamples=resamples, seed=seed)
+            paired = estimate_vs_reap(
+                effects, saliency, estimate, n_resamples=resamples, seed=seed, min_documents=fewest
+            )
         overlap = None
         if domain_experts is not None:
             overlap = compare_drivers_with_domain_experts(
@@ -243,6 +245,7 @@ class DriverStudy:
                 routing=_domain_routing(saliency, effects, document_domains),
                 n_resamples=resamples,
                 seed=seed,
+                min_documents=fewest,
             )
         return DriverOutcome(
             experts,

@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 
-from tl_moe.analysis.stats import RHO_METHOD, RHO_MIN_EXPERT_DOCUMENTS
+from tl_moe.analysis.stats import MIN_DOCUMENTS, RHO_METHOD, RHO_MIN_EXPERT_DOCUMENTS
 from tl_moe.collect.gradients import GradientAccumulator, SlotGradients
 from tl_moe.collect.meta import BatchMeta
 
@@ -361,6 +361,7 @@ def paired_rho_difference(
     seed: int = 0,
     method: str = RHO_METHOD,
     min_expert_documents: int = RHO_MIN_EXPERT_DOCUMENTS,
+    min_documents: int = MIN_DOCUMENTS,
 ) -> pd.DataFrame:
     """Spearman ρ of the first-order estimate and of REAP saliency with the exact effect, on the same
     experts, and their paired difference, with a 95% document-bootstrap interval (``method``, default
@@ -443,6 +444,7 @@ def paired_rho_difference(
         on_too_few="unavailable",
         what="the paired Spearman ρ",
         method=method,
+        min_clusters=min_documents,
     )
     labels = [(name, len(picked)) for name, picked in groups]
     if per_layer:
@@ -545,7 +547,12 @@ def estimate_report(
 
 
 def estimate_vs_reap(
-    effects: Any, saliency: Any, estimate: FirstOrderEffectsResult, n_resamples: int = 1000, seed: int = 0
+    effects: Any,
+    saliency: Any,
+    estimate: FirstOrderEffectsResult,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    min_documents: int = MIN_DOCUMENTS,
 ) -> pd.DataFrame:
     """:func:`paired_rho_difference` of the first-order estimate and REAP saliency against the exact
     zeroing effect, over every expert of every sparse layer routed on enough of the documents the edits
@@ -570,6 +577,7 @@ def estimate_vs_reap(
         layers=np.repeat(np.asarray(effects.layers), n_experts),
         n_resamples=n_resamples,
         seed=seed,
+        min_documents=min_documents,
     )
     table.attrs["left out"] = [
         f"L{effects.layers[i // n_experts]}E{i % n_experts}" for i in table.attrs["left out"]

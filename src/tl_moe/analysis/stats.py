@@ -206,7 +206,8 @@ def cluster_bootstrap(
         strata: the stratum of each cluster (e.g. the half of the document split it sits on; None: one
             stratum). Each resample draws every stratum's clusters with replacement within that stratum,
             as many as it has, so the design's fixed sizes (documents per half) are kept; every stratum
-            needs two clusters or the interval is unavailable.
+            needs ``min_clusters`` clusters (each half carries one side of the statistic) or the interval
+            is unavailable, with the strata's sizes in the reason.
 
     Returns:
         one :class:`Interval`, or a list of ``m`` when the statistic returns ``[batch, m]``.
@@ -220,8 +221,13 @@ def cluster_bootstrap(
         return out if multi else out[0]
 
     members = _stratum_members(strata, n_clusters)
-    if min(len(m) for m in members) < 2:
-        reason = f"a stratum of {what} holds fewer than 2 documents; a stratified interval needs 2 in each"
+    fewest = 2 if strata is None else max(2, min_clusters)
+    if min(len(m) for m in members) < fewest:
+        sizes = ", ".join(str(len(m)) for m in members)
+        reason = (
+            f"the strata of {what} hold {sizes} document(s); a stratified interval needs at least "
+            f"{fewest} in each"
+        )
         out = [
             Interval(float(e), math.nan, math.nan, n_clusters, confidence, method, False, reason)
             for e in estimates
