@@ -192,7 +192,7 @@ def probing_curves(moe: pd.DataFrame, dense: pd.DataFrame | None) -> pd.DataFram
 
 #: Why the paper protocol's differences carry no interval.
 NO_PAPER_INTERVAL = (
-    "none: the paper protocol chooses units on the split it reports and splits tokens, not documents, so no "
+    "the paper protocol chooses units on the split it reports and splits tokens, not documents, so no "
     "document-level interval exists for it (the held-out protocol's records carry those)"
 )
 

@@ -195,7 +195,7 @@ class ProbingResult(Result):
                 TableItem(
                     "probing_comparisons",
                     self.comparisons,
-                    "Every comparison: mean F1 difference (first minus second arm) with its 95% interval.",
+                    "Every comparison: mean difference (first minus second arm; F1 and balanced accuracy rows) with its 95% interval where one exists; the paper protocol's rows are estimates only (interval_unavailable_reason says why).",
                     max_rows=200,  # shown in full: 2 metrics x 7 held-out + 2 paper comparisons x every k
                 )
             )

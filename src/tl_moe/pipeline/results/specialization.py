@@ -81,7 +81,11 @@ class SpecializationSummary(SpecializationOutcome, Result):
             spreads.append(f"{name} {format_mean_sd(last['mean_excess'], last['std_excess'], '.3f', why)}")
             rows = self.interval_rows(name, "trained")
             if name in self.permutation and rows is not None:
-                heads.append(f"{name} {_interval_text(rows.iloc[-1])}")
+                head = f"{name} {_interval_text(rows.iloc[-1])}"
+                difference = self.interval_rows(name, DIFFERENCE)
+                if difference is not None:  # the strongest control: the untrained model of the same config
+                    head += f" (trained − untrained model {_interval_text(difference.iloc[-1])})"
+                heads.append(head)
             elif name in self.permutation:
                 heads.append(f"{name} {self._excess_text(name, 'trained', self.permutation[name])}")
             else:
@@ -113,22 +117,29 @@ class SpecializationSummary(SpecializationOutcome, Result):
     def _diagnostics_text(self) -> str:
         """What the percentile intervals above leave out: where each estimate sits in its interval, the
         bootstrap bias, and the Monte Carlo error of the null mean (last layer, every model and measure)."""
-        rows = [
-            frame.iloc[-1]
+        found = [
+            (frame.iloc[-1], f"{name}, {model}")
             for name in self.permutation
             for model in ("trained", "untrained", DIFFERENCE)
             if (frame := self.interval_rows(name, model)) is not None and "bootstrap_bias" in frame
         ]
-        rows = [row for row in rows if bool(row["interval_available"])]
-        if not rows:
+        found = [(row, label) for row, label in found if bool(row["interval_available"])]
+        if not found:
             return ""
+        rows, labels = [row for row, _ in found], [label for _, label in found]
         position = [float(row["interval_position"]) for row in rows]
         bias = [float(row["bootstrap_bias"]) for row in rows]
         null_se = [float(row["null_mean_se"]) for row in rows if np.isfinite(row["null_mean_se"])]
+        worst, label = max(
+            zip(rows, labels, strict=True), key=lambda pair: abs(float(pair[0]["interval_position"]) - 0.5)
+        )
+        estimate, low, high = (float(worst[c]) for c in ("estimate", "ci_low", "ci_high"))
         text = (
             f" Diagnostics of these {len(rows)} percentile intervals: each estimate sits at "
             f"{min(position):.2f}–{max(position):.2f} of its interval's width (0.5: centred), the bootstrap "
-            f"bias (mean resampled − estimate) is {min(bias):+.4f} to {max(bias):+.4f} bits"
+            f"bias (mean resampled − estimate) is {min(bias):+.4f} to {max(bias):+.4f} bits; the most leaning, "
+            f"{label} at {float(worst['interval_position']):.2f}, has the basic interval (which reflects the lean "
+            f"about the estimate) {format_interval(estimate, 2 * estimate - high, 2 * estimate - low, '+.4f', 'undefined')}"
         )
         if null_se:
             text += (
