@@ -191,6 +191,25 @@ class DriverFindings:
             "comes from differences between layers"
         )
 
+    def _domain_per_layer(self) -> str:
+        """The domain-score ρ within each layer (a pooled ρ also ranks the layers against each other)."""
+        table = self.domain_overlap.table
+        layers = table[table["layer"].astype(str) != "all"]
+        if not len(layers):
+            return ""
+        parts = []
+        for _, row in layers.iterrows():
+            why = row.get("spearman unavailable") or "undefined"
+            no_interval = row.get("spearman interval unavailable") or "the bootstrap gave none"
+            shown = format_interval(
+                row["spearman"], row["spearman ci low"], row["spearman ci high"], "+.2f", why, no_interval
+            )
+            parts.append(f"layer {row['layer']} {shown}")
+        return (
+            "; within each layer (a pooled ρ also ranks the layers against each other; same method, unadjusted): "
+            + ", ".join(parts)
+        )
+
     def _domain_finding(self) -> str:
         total = self.domain_overlap.table.set_index("layer").loc["all"]
         why = total.get("spearman unavailable") or "undefined"
@@ -200,7 +219,7 @@ class DriverFindings:
         left_out = int(total["spearman experts left out (routed on too few documents)"])
         rho = f"domain score (selection half) vs removal effect (report half): Spearman ρ = {shown}" + (
             f" (95% {RHO_METHOD} bootstrap over {int(total['spearman documents'])} documents of both halves, "
-            "each expert's domain score and removal effect recomputed per resample; over the "
+            "drawn within each half, each expert's domain score and removal effect recomputed per resample; over the "
             f"{int(total['spearman experts'])} scored experts routed on at least {RHO_MIN_EXPERT_DOCUMENTS} "
             f"documents of each half, {left_out} left out)"
             if "[" in shown
@@ -208,6 +227,7 @@ class DriverFindings:
             if total["spearman domain score"] == "domain score"
             else ""
         )
+        rho += self._domain_per_layer()
         if total["overlap not testable"]:
             return (
                 f"**Drivers vs domain experts**: the overlap is not testable ({total['overlap not testable']} "
