@@ -191,25 +191,6 @@ class DriverFindings:
             "comes from differences between layers"
         )
 
-    def _domain_per_layer(self) -> str:
-        """The domain-score ρ within each layer (a pooled ρ also ranks the layers against each other)."""
-        table = self.domain_overlap.table
-        layers = table[table["layer"].astype(str) != "all"]
-        if not len(layers):
-            return ""
-        parts = []
-        for _, row in layers.iterrows():
-            why = row.get("spearman unavailable") or "undefined"
-            no_interval = row.get("spearman interval unavailable") or "the bootstrap gave none"
-            shown = format_interval(
-                row["spearman"], row["spearman ci low"], row["spearman ci high"], "+.2f", why, no_interval
-            )
-            parts.append(f"layer {row['layer']} {shown}")
-        return (
-            "; within each layer (a pooled ρ also ranks the layers against each other; same method, unadjusted): "
-            + ", ".join(parts)
-        )
-
     def _domain_finding(self) -> str:
         total = self.domain_overlap.table.set_index("layer").loc["all"]
         why = total.get("spearman unavailable") or "undefined"
@@ -227,7 +208,7 @@ class DriverFindings:
             if total["spearman domain score"] == "domain score"
             else ""
         )
-        rho += self._domain_per_layer()
+        rho += _domain_per_layer(self.domain_overlap.table)
         if total["overlap not testable"]:
             return (
                 f"**Drivers vs domain experts**: the overlap is not testable ({total['overlap not testable']} "
@@ -240,3 +221,22 @@ class DriverFindings:
             f"{int(total['experts'])} scored experts with {int(total['domain experts'])} domain experts; "
             f"hypergeometric p = {format_number(total['overlap p'], '.3g', 'not testable')}); {rho}."
         )
+
+
+def _domain_per_layer(table) -> str:
+    """The domain-score ρ within each layer (a pooled ρ also ranks the layers against each other)."""
+    layers = table[table["layer"].astype(str) != "all"]
+    if not len(layers):
+        return ""
+    parts = []
+    for _, row in layers.iterrows():
+        why = row.get("spearman unavailable") or "undefined"
+        no_interval = row.get("spearman interval unavailable") or "the bootstrap gave none"
+        shown = format_interval(
+            row["spearman"], row["spearman ci low"], row["spearman ci high"], "+.2f", why, no_interval
+        )
+        parts.append(f"layer {row['layer']} {shown}")
+    return (
+        "; within each layer (a pooled ρ also ranks the layers against each other; same method, unadjusted): "
+        + ", ".join(parts)
+    )
