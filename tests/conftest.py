@@ -67,3 +67,15 @@ def tiny_run_options(tiny_model_dir, tmp_path):
         return RunOptions(**{**settings, **changes})
 
     return make
+
+
+@pytest.fixture(scope="session")
+def hybrid(tmp_path_factory):
+    """A tiny DeepSeek-V3-like model: block 0 dense, block 1 sparse (sigmoid routing, a shared expert)."""
+    import tl_moe
+    from test_analysis_matrix import _tiny_model_dir
+
+    path = _tiny_model_dir("deepseek_v3-sigmoid-shared", tmp_path_factory.mktemp("hybrid"))
+    model = tl_moe.load(path, device="cpu")
+    assert model.moe_cfg.sparse_layers == (1,)
+    return model

@@ -135,17 +135,6 @@ def test_paper_protocol_num_experts_contradicting_the_stored_tokens(stored):
 # --- layers that are not sparse ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def hybrid(tmp_path_factory):
-    """A tiny DeepSeek-V3-like model: block 0 dense, block 1 sparse."""
-    from test_analysis_matrix import _tiny_model_dir
-
-    path = _tiny_model_dir("deepseek_v3-sigmoid-shared", tmp_path_factory.mktemp("hybrid"))
-    model = tl_moe.load(path, device="cpu")
-    assert model.moe_cfg.sparse_layers == (1,)
-    return model
-
-
 def test_held_out_probing_of_a_dense_layer_is_an_input_error(hybrid):
     with pytest.raises(InputError, match="sparse") as error:
         HeldOutProbing.of(hybrid.moe_cfg, layers=(0,))

@@ -285,16 +285,6 @@ def test_logit_lens_study_untrained_without_its_logits(toy, gathered):
         )
 
 
-@pytest.fixture(scope="module")
-def hybrid(tmp_path_factory):
-    from test_analysis_matrix import _tiny_model_dir
-
-    path = _tiny_model_dir("deepseek_v3-sigmoid-shared", tmp_path_factory.mktemp("hybrid"))
-    model = tl_moe.load(path, device="cpu")
-    assert model.moe_cfg.sparse_layers == (1,)
-    return model
-
-
 def test_driver_study_of_a_dense_layer_is_an_input_error(hybrid):
     """Layer 0 of the hybrid is dense. DriverStudy's plain facts (layer indices, experts per layer) cannot
     tell a dense block from a sparse one, so the check lives where the model's config is known:
