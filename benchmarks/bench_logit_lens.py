@@ -2,13 +2,13 @@
 
 The expert logit lens ranks, for every routed (token, slot), the whole vocabulary by the raw-lens
 logits of the expert's output and keeps the ``top_n`` tokens. A random unembedding (50,304 tokens,
-small ``d_model``) and random expert outputs stand in for a model; both variants rank the same rows
-in chunks of up to 2^24 logits and must give the same tokens:
+small ``d_model``) and random expert outputs stand in for a model; both variants must give the same tokens:
 
-- before: :meth:`LogitReadout.vocab_logits` per chunk (a second pass over the logits applies the
-  logit scale, even a scale of 1), then ``topk``;
-- after: :func:`tl_moe.analysis.logit_lens_accumulator.top_n_vocab` (one pass: the logits of a
-  scale-1 readout are used as the matmul leaves them; other scales are applied in place).
+- before: the logits of chunks of up to 2^24 (the accumulator's raw-lens logits,
+  ``logit_lens_accumulator._vocab_logits``), each ranked by ``topk`` over the whole vocabulary;
+- after: :func:`tl_moe.analysis.logit_lens_accumulator.top_n_vocab` (chunks of up to 2^22 logits, each
+  ranked by :func:`tl_moe.analysis.vocab_top.vocab_topk`: block maxima screen the vocabulary and only the
+  best blocks are ranked, verified exact, ties ranked by ``topk`` itself).
 
 Prints the time per 1,000 tokens (each with ``--slots`` routed slots) and the ratio.
 
@@ -26,16 +26,16 @@ from pathlib import Path
 
 import torch
 
-from tl_moe.analysis.logit_lens_accumulator import top_n_vocab
+from tl_moe.analysis.logit_lens_accumulator import _vocab_logits, top_n_vocab
 from tl_moe.analysis.readout import LogitReadout
 
 LOGITS_PER_CHUNK = 1 << 24
 
 
 def top_n_before(readout: LogitReadout, rows: torch.Tensor, top_n: int) -> torch.Tensor:
-    """The ranking as the accumulator did it before :func:`top_n_vocab`."""
+    """The ranking as the accumulator did it before the screen: ``topk`` of every chunk's logits."""
     chunk = max(1, LOGITS_PER_CHUNK // readout.d_vocab)
-    return torch.cat([readout.vocab_logits(part).topk(top_n, dim=-1).indices for part in rows.split(chunk)])
+    return torch.cat([_vocab_logits(readout, part).topk(top_n, dim=-1).indices for part in rows.split(chunk)])
 
 
 def random_readout(vocab: int, d_model: int, device: str, seed: int = 0) -> LogitReadout:
@@ -117,8 +117,8 @@ def main() -> None:
         f"logit lens top-{out['top_n']} of {out['slots']} slots x {out['vocab']} vocabulary, d_model "
         f"{out['d_model']}, {out['tokens']} tokens on {out['device']} ({args.threads} thread(s))"
     )
-    print(f"before (vocab_logits + topk): {out['seconds_per_1000_tokens_before']:.3f} s per 1,000 tokens")
-    print(f"after  (top_n_vocab):         {out['seconds_per_1000_tokens_after']:.3f} s per 1,000 tokens")
+    print(f"before (2^24 chunks + topk):  {out['seconds_per_1000_tokens_before']:.3f} s per 1,000 tokens")
+    print(f"after  (top_n_vocab, screen): {out['seconds_per_1000_tokens_after']:.3f} s per 1,000 tokens")
     print(f"speedup {out['speedup']:.2f}x; same top tokens: {out['same_tokens']}")
     if args.out is not None:
         write_results(args.out, out, args.threads, load_at_start)
@@ -136,11 +136,11 @@ def write_results(path: Path, out: dict, threads: int, load_at_start: float | No
 
     rows = [
         {
-            "ranking": "before: vocab_logits per chunk, then topk",
+            "ranking": "before: topk of every chunk of 2^24 logits",
             "s per 1,000 tokens": out["seconds_per_1000_tokens_before"],
         },
         {
-            "ranking": "after: top_n_vocab (one pass over the logits)",
+            "ranking": "after: top_n_vocab (2^22-logit chunks, block-maxima screen, exact)",
             "s per 1,000 tokens": out["seconds_per_1000_tokens_after"],
         },
     ]
@@ -150,7 +150,7 @@ def write_results(path: Path, out: dict, threads: int, load_at_start: float | No
         title=(
             f"the logit lens's top-{out['top_n']} of {out['slots']} routed slots per token over a "
             f"{out['vocab']:,}-token random unembedding (d_model {out['d_model']}), {out['tokens']:,} tokens, "
-            f"chunks of 2^24 logits, on {out['device']}"
+            f"on {out['device']}"
         ),
         threads=threads,
         load_at_start=load_at_start,

@@ -40,6 +40,7 @@ from jaxtyping import Float
 from tl_moe.analysis.logit_lens_accumulator import ExpertLogitLensResult
 from tl_moe.analysis.splits import document_split
 from tl_moe.analysis.stats import MIN_DOCUMENTS, Interval, cluster_bootstrap
+from tl_moe.analysis.vocab_top import vocab_topk
 from tl_moe.errors import InputError
 
 __all__ = ["Top1", "TopTokenShare", "top1_share_statistic", "top1_shares_statistic", "top_token_share"]
@@ -181,11 +182,11 @@ class Top1:
         """``[*lead]`` index of the largest float64 lens logit of every row of ``x``."""
         lead = x.shape[:-1]
         rows = x.reshape(-1, x.shape[-1])
-        two = (rows.to(torch.float32) @ self.matrix).topk(min(2, self.matrix.shape[-1]), dim=-1)
-        top = two.indices[:, 0].clone()
+        values, indices = vocab_topk(rows.to(torch.float32) @ self.matrix, min(2, self.matrix.shape[-1]))
+        top = indices[:, 0].clone()
         eps = self.tolerance * rows.norm(dim=-1)
-        if two.values.shape[-1] > 1:
-            close = (two.values[:, 0] - two.values[:, 1]).double() <= 2.0 * eps
+        if values.shape[-1] > 1:
+            close = (values[:, 0] - values[:, 1]).double() <= 2.0 * eps
             if bool(close.any()):
                 top[close] = self.logits(rows[close]).argmax(-1)
         return top.reshape(lead)

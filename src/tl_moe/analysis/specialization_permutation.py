@@ -343,13 +343,21 @@ def _layer_weighted_jsd(
     q = pooled / pooled.sum(-1, keepdim=True).clamp_min(1e-300)
     m = (p + q).mul_(0.5)
     # In place where a temporary can be reused: the same operations on the same values as
-    # ``(xlogy(p, p) - xlogy(p, m)).sum(-1)`` and ``(xlogy(q, q) - xlogy(q, m)).sum(-1)``.
-    kl_p = torch.xlogy(p, p).sub_(torch.xlogy(p, m)).sum(-1)
-    kl_q = torch.xlogy(q, m).neg_().add_(torch.xlogy(q, q)).sum(-1)
+    # ``(xlogy(p, p) - xlogy(p, m)).sum(-1)`` and ``(xlogy(q, q) - xlogy(q, m)).sum(-1)``, with
+    # ``log m`` taken once for both (:func:`_xlogy_of_log`).
+    log_m = torch.xlogy(torch.ones((), dtype=m.dtype), m)
+    kl_p = torch.xlogy(p, p).sub_(_xlogy_of_log(p, log_m)).sum(-1)
+    kl_q = _xlogy_of_log(q, log_m).neg_().add_(torch.xlogy(q, q)).sum(-1)
     jsd = (0.5 * (kl_p + kl_q) / math.log(2.0)).clamp_min(0.0)
     weights = torch.where(kept, n, 0.0)
     total = weights.sum(-1)
     return (jsd * weights).sum(-1) / total.where(total > 0, float("nan"))
+
+
+def _xlogy_of_log(x: torch.Tensor, log_y: torch.Tensor) -> torch.Tensor:
+    """``torch.xlogy(x, y)`` given ``log_y = torch.xlogy(1, y)`` (the same logarithm): ``x · log y``,
+    and 0 where ``x`` is 0, value for value, for a ``y`` without NaN (counts' distributions have none)."""
+    return torch.mul(x, log_y).masked_fill_(x == 0, 0.0)
 
 
 class _WholeCountProduct:
