@@ -7,7 +7,7 @@ small ``d_model``) and random expert outputs stand in for a model; both variants
 - before: the logits of chunks of up to 2^24 (the accumulator's raw-lens logits,
   ``logit_lens_accumulator._vocab_logits``), each ranked by ``topk`` over the whole vocabulary;
 - after: :func:`tl_moe.analysis.logit_lens_accumulator.top_n_vocab` (chunks of up to 2^22 logits, each
-  ranked by :func:`tl_moe.analysis.vocab_top.vocab_topk`: block maxima screen the vocabulary and only the
+  ranked by :func:`tl_moe.analysis._vocab_top.vocab_topk`: block maxima screen the vocabulary and only the
   best blocks are ranked, verified exact, ties ranked by ``topk`` itself).
 
 Prints the time per 1,000 tokens (each with ``--slots`` routed slots) and the ratio.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tl_moe.analysis.vocab_top import BLOCK, vocab_topk
+from tl_moe.analysis._vocab_top import BLOCK, vocab_topk
 
 
 def _same_as_topk(logits: torch.Tensor, n: int) -> None:

@@ -28,9 +28,9 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 
+from tl_moe.analysis._vocab_top import vocab_topk
 from tl_moe.analysis.logit_lens import expert_logit_lens
 from tl_moe.analysis.readout import LogitReadout
-from tl_moe.analysis.vocab_top import vocab_topk
 from tl_moe.collect.accumulator import Accumulator, Activations, same_device
 from tl_moe.collect.meta import BatchMeta
 from tl_moe.models.hook_names import get_act_name
@@ -39,7 +39,7 @@ from tl_moe.models.introspect import config_of
 __all__ = ["ExpertLogitLensAccumulator", "ExpertLogitLensResult", "top_n_vocab"]
 
 # Largest number of logits materialised at once when ranking the whole vocabulary (16 MB in float32):
-# small enough that the screen of :func:`~tl_moe.analysis.vocab_top.vocab_topk` reads them from cache
+# small enough that the screen of :func:`~tl_moe.analysis._vocab_top.vocab_topk` reads them from cache
 # (1,024 rows of a 4,096-token vocabulary rank 15% faster than 4,096), large enough that re-reading the
 # unembedding for every chunk costs little (83 rows of a 50,304-token vocabulary rank as fast as 333).
 _LOGITS_PER_CHUNK = 1 << 22
@@ -372,7 +372,7 @@ def top_n_vocab(
     """Token ids of the ``top_n`` highest raw-lens logits of each row, in decreasing order.
 
     The ``[rows, vocab]`` logits are never materialised at once: rows are ranked in chunks of at most
-    ``logits_per_chunk`` logits (default 2^22), each by :func:`~tl_moe.analysis.vocab_top.vocab_topk` (the
+    ``logits_per_chunk`` logits (default 2^22), each by :func:`~tl_moe.analysis._vocab_top.vocab_topk` (the
     tokens ``topk`` gives, without ranking every logit). Each row is ranked on its own, so the result
     does not depend on the chunking.
     """

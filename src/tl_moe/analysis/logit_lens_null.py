@@ -37,10 +37,10 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
+from tl_moe.analysis._vocab_top import vocab_topk
 from tl_moe.analysis.logit_lens_accumulator import ExpertLogitLensResult
 from tl_moe.analysis.splits import document_split
 from tl_moe.analysis.stats import MIN_DOCUMENTS, Interval, cluster_bootstrap
-from tl_moe.analysis.vocab_top import vocab_topk
 from tl_moe.errors import InputError
 
 __all__ = ["Top1", "TopTokenShare", "top1_share_statistic", "top1_shares_statistic", "top_token_share"]
