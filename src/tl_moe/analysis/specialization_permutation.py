@@ -294,6 +294,7 @@ def document_permutation_baseline(
         return counts.reshape(batch, n_docs, n_layers, num_experts, n_groups).float()
 
     within_documents = _DocumentSort(order, doc_sizes, groups)
+    doc_key = doc_of_token.double()  # the whole part of every token's sort key
     n_kept = min(BOOTSTRAP_PERMUTATIONS, n_permutations, _DOCUMENT_COUNT_ELEMENTS // (n_docs * cells))
     n_kept = n_kept if n_kept >= 2 else 0
     doc_null_counts = []
@@ -307,12 +308,12 @@ def document_permutation_baseline(
         size = min(chunk, n_permutations - start)
         perms = torch.stack([torch.randperm(n_docs, generator=generator) for _ in range(size)])
         # Every document's tokens in a random order, documents in order: sort by document + U(0, 1).
-        keys = doc_of_token[None].double() + torch.rand(
-            size, n_tokens, generator=generator, dtype=torch.float64
-        )
+        keys = torch.rand(size, n_tokens, generator=generator, dtype=torch.float64).add_(doc_key)
         shuffled = within_documents.sorted_values(keys)  # [perm, token]: groups in that order
-        source = perms[:, doc_of_token]  # [perm, token]: the document each token takes its group from
-        position = starts[source] + rank[None] % doc_sizes[source]
+        # Where each token takes its group: in the document π(d) of its own document d (looked up per
+        # document, then spread over its tokens), at its rank modulo that document's length.
+        doc_of = doc_of_token.expand(size, -1)
+        position = starts[perms].gather(1, doc_of).add_(rank[None] % doc_sizes[perms].gather(1, doc_of))
         permuted = shuffled.gather(1, position)
         if start < n_kept:
             doc_null_counts.append(document_counts_of(permuted[: n_kept - start]))
