@@ -1,26 +1,32 @@
 """Wall-time estimates of a planned run, from throughputs measured on this machine.
 
 ``tl-moe plan`` first checks the run's inputs and memory (:mod:`tl_moe.pipeline.plan`); then, unless
-``--no-calibration`` is given, it loads the analyzed model (progress bars off) and:
+``--no-calibration`` (``--no-calibrate``) is given, it loads the analyzed model (progress bars off) and:
 
 - warns what ``tl-moe analyze`` warns before its first pass, from the same code (a small corpus, the
   fitted defaults, each analysis's checks — e.g. a split with fewer than 30 documents);
-- times a short collection pass of each pass's model, the untrained null included (at most
+- runs a short collection pass of each pass's model, the untrained null included (at most
   :data:`CALIBRATION_BATCHES` batches and half the run's own stream, at its ``--batch-size`` x
-  ``--seq-len``, ``--dtype`` and ``--device``, with the run's hooks, concept labels and accumulators),
-  in tokens per second;
+  ``--seq-len``, ``--dtype`` and ``--device``, with the run's hooks, concept labels and accumulators,
+  writing nothing), clocked after each batch (:class:`BatchClock`): its tokens per second over the
+  batches after the first (the warm-up), and the rest of the short pass (start-up, the first batch's
+  extra, the accumulators' finalize) as its start-up seconds (:class:`PassRate`);
 - when probing or the sparsity family runs: times a short
-  :class:`~tl_moe.analysis.probing.KSparseProbe` fit on random activations of each unit width the run
-  probes, its probe sizes and about as many tokens per unit as the run gives a unit, in fits per second.
+  :class:`~tl_moe.analysis.probing.KSparseProbe` fit, with the probing analysis's own parameters, on
+  random activations of each unit width the run probes, its probe sizes and about as many tokens per
+  unit as the run gives a unit, in fits per second (after a warm-up fit).
 
-A pass is estimated as the tokens its stream reaches / the measured rate (the short pass's start-up
-included, so the rate errs slow). Probe fits are estimated as their expected number / the measured
-fit rate: every unit x concept x probe size for the concepts whose rate in the short pass's labels gives
-a unit's share of the tokens ``--min-examples`` positives and negatives (the held-out protocol:
-``--held-out-min-examples`` on its selection documents, and none at all when the run's documents are
-too few to split, decided by the same split the protocol uses). Routing that concentrates a concept
-moves the expected number; the summary also gives its upper bound (every unit seeing every token).
-Every number is an estimate and the summary says so, with its basis.
+A pass is estimated as its start-up seconds + the tokens its stream reaches / its measured rate.
+Probe fits are estimated as their expected number / the measured fit rate: the units of
+:func:`~tl_moe.analysis.probe_work.probing_work` x probe sizes x the concepts whose rate in the short
+pass's labels gives a unit's share of the tokens ``--min-examples`` positives and negatives (the
+held-out protocol: ``--held-out-min-examples`` on its selection documents, and none at all when the
+run's documents are too few to split, decided by the same split the protocol uses). Routing that
+concentrates a concept moves the expected number; the summary also gives its upper bound (every unit
+seeing every token). The rest of each analysis's finalize is named as not estimated. Every number is an
+estimate and the summary says so, with its basis (the calibration's tokens, device, dtype and
+threads); :meth:`TimeEstimate.to_dict` is the same as JSON (``tl-moe plan --json PATH``). The rates
+can be injected (:func:`calibrate`'s ``forward_rates`` and ``fit_rate``, :func:`estimate_times`).
 """
 
 from __future__ import annotations
@@ -36,6 +42,13 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 
+from tl_moe.analysis.probe_work import (
+    ProbeWork,
+    eligible_concepts,
+    family_work,
+    probing_work,
+    store_cap,
+)
 from tl_moe.collect.accumulator import Accumulator
 from tl_moe.pipeline.context import UNTRAINED
 from tl_moe.pipeline.plan import RunPlan
@@ -182,13 +195,6 @@ def concept_rates(collected: dict[Any, Any]) -> Float[torch.Tensor, " concept"] 
     return None
 
 
-def eligible_concepts(rates: Float[torch.Tensor, " concept"], rows: int, min_examples: int) -> int:
-    """Concepts a unit seeing ``rows`` tokens is probed for: expected positives and negatives (at the
-    concepts' ``rates``) both at least ``min_examples``; the rest the run skips."""
-    positives = rates * rows
-    return int(((positives >= min_examples) & (rows - positives >= min_examples)).sum())
-
-
 def measure_fit_rate(
     width: int,
     rows: int,
@@ -234,28 +240,6 @@ def fit_rate_concepts(
         return None
     picks = torch.linspace(0, len(eligible) - 1, min(CALIBRATION_CONCEPTS, len(eligible))).round().long()
     return eligible[picks]
-
-
-@dataclass(frozen=True)
-class ProbeWork:
-    """Probe units of one width that probing's finalize fits, and the tokens each unit sees.
-
-    Attributes:
-        width: neurons of each unit.
-        units: units fitted (for each concept and probe size).
-        rows: tokens a unit sees (its fits run on them; the held-out protocol fits its selection share).
-        concepts: concepts each unit is fitted for.
-        held_out: fitted by the held-out protocol (its eligibility counts the selection documents alone);
-            else by the paper protocol.
-        analysis: the analysis whose finalize fits them (``probing``, or ``sparsity`` for the family).
-    """
-
-    width: int
-    units: int
-    rows: int
-    concepts: int
-    held_out: bool = False
-    analysis: str = "probing"
 
 
 @dataclass(frozen=True)
@@ -311,95 +295,38 @@ def held_out_gate(doc_ids: tuple[int, ...], options: Any) -> str | None:
 
 
 def _store_cap(options: Any, concepts: int) -> int | None:
-    """Most tokens the probing store keeps per unit (``--probe-rows-per-class`` x 2 classes x 2 sides x
-    concepts; None: every token)."""
-    rows = options.config("probing").rows_per_class
-    return None if rows is None else rows * 4 * concepts
-
-
-def _routed_rows(cfg: Any, tokens: int, cap: int | None) -> int:
-    """Tokens an expert of ``cfg`` sees when routing is balanced, bounded by the probing store."""
-    routed = tokens * cfg.experts_per_token // max(cfg.num_experts, 1)
-    return min(routed, cap or routed)
-
-
-def _moe_work(cfg: Any, layers: int, rows: int, concepts: int, dense_width: int | None) -> list[ProbeWork]:
-    """An MoE's expert units: the paper protocol's, and the held-out arm's, with a dense
-    baseline of ``dense_width`` neurons also the permuted-label arm and the matched-count routed-token
-    draws (d_expert dense neurons on each expert's tokens) with their permuted null."""
-    from tl_moe.analysis.held_out_probing import ROUTED_COUNT_DRAWS
-
-    experts = layers * cfg.num_experts
-    work = [ProbeWork(cfg.d_expert, experts, rows, concepts)]
-    rounds = 1
-    if dense_width is not None:
-        draws = ROUTED_COUNT_DRAWS if dense_width > cfg.d_expert else 1  # all neurons: one draw is all
-        rounds += 1 + 2 * draws
-    return [*work, ProbeWork(cfg.d_expert, experts * rounds, rows, concepts, held_out=True)]
-
-
-def _family_work(cfg: Any, tokens: int, cap: int | None, concepts: int, dense: Any) -> list[ProbeWork]:
-    """A sparsity-family member's units (all its sparse layers): its experts by the paper protocol and,
-    with the dense twin ``dense`` (a :class:`ModelPlan`, or None), the held-out arms of
-    :func:`_moe_work` plus the twin's layers and its neurons on the member's routed tokens (two arms)."""
-    layers = len(cfg.sparse_layers)
-    rows = _routed_rows(cfg, tokens, cap)
-    if dense is None:  # no dense twin: the family's held-out protocol is not run
-        work = [w for w in _moe_work(cfg, layers, rows, concepts, None) if not w.held_out]
-    else:
-        width = dense.config.d_mlp
-        work = _moe_work(cfg, layers, rows, concepts, width)
-        work.append(
-            ProbeWork(width, len(dense.config.dense_layers), min(tokens, cap or tokens), concepts, True)
-        )
-        work.append(ProbeWork(width, 2 * layers * cfg.num_experts, rows, concepts, True))
-    return [dataclasses.replace(w, analysis="sparsity") for w in work]
+    """Most tokens the probing store keeps per unit under ``--probe-rows-per-class`` (None: every token)."""
+    return store_cap(options.config("probing").rows_per_class, concepts)
 
 
 def probe_fit_counts(plan: RunPlan, concepts: int, tokens: int | None = None) -> list[ProbeWork]:
     """Units probing (and the sparsity family, when chosen) fits per width and protocol (per concept
-    and probe size), from the run's shapes, for a stream of ``tokens`` (default: ``--max-tokens``).
-
-    The MoE's experts (its probed layers x experts) are fitted by the paper protocol and the held-out
-    arm, and with a dense baseline by the permuted-label arm, the matched-count routed-token draws and
-    their permuted null; the untrained null by its held-out arm; a dense baseline's layers by the paper
-    protocol (whole layers and one draw per expert), its held-out and permuted arms, and its neurons on
-    each expert's routed tokens (two held-out arms). Each other member of the sparsity family: its
-    experts by the paper protocol, and with a dense baseline its held-out arms, the dense twin's layers
-    and its neurons on the member's routed tokens (two arms). ``concepts`` bounds the stored rows with
-    ``--probe-rows-per-class``.
-    """
+    and probe size), from the run's shapes, for a stream of ``tokens`` (default: ``--max-tokens``):
+    :func:`~tl_moe.analysis.probe_work.probing_work` of the analyzed MoE (the untrained null when the
+    run passes it, the dense baseline when given) and
+    :func:`~tl_moe.analysis.probe_work.family_work` of each other member of the sparsity family.
+    ``concepts`` bounds the stored rows with ``--probe-rows-per-class``."""
     options = plan.options
     tokens = options.max_tokens if tokens is None else tokens
     main = plan.models[0]
-    cfg = main.config
-    cap = _store_cap(options, concepts)
     names = [model.name for model in plan.models]
-    dense = next((m for m in plan.models if m.name == options.dense_baseline), None)
-    dense_width = None if dense is None else dense.config.d_mlp
-    whole = min(tokens, cap or tokens)
-    layers = len(options.config("probing").layers or cfg.sparse_layers)
-    rows = _routed_rows(cfg, tokens, cap)
-    work = _moe_work(cfg, layers, rows, concepts, dense_width)
-    if UNTRAINED + main.name in names:
-        work.append(ProbeWork(cfg.d_expert, layers * cfg.num_experts, rows, concepts, held_out=True))
-    if dense is not None:
-        dense_layers = len(dense.config.dense_layers)
-        experts = layers * cfg.num_experts
-        work += [
-            ProbeWork(dense_width, dense_layers, whole, concepts),  # paper protocol: whole layers
-            ProbeWork(dense_width, dense_layers * cfg.num_experts, rows, concepts),  # and one draw per expert
-            ProbeWork(dense_width, dense_layers * 2, whole, concepts, True),  # held-out and permuted arms
-            ProbeWork(dense_width, 2 * experts, rows, concepts, True),  # on routed tokens, matched subsets
-        ]
+    dense = next((m.config for m in plan.models if m.name == options.dense_baseline), None)
+    config = options.config("probing")
+    layers = len(config.layers or main.config.sparse_layers)
+    work = probing_work(
+        main.config,
+        layers,
+        tokens,
+        concepts,
+        config.rows_per_class,
+        dense_cfg=dense,
+        untrained=UNTRAINED + main.name in names,
+    )
     if "sparsity" in plan.analyses:
-        family = [
-            m
-            for m in plan.models[1:]
-            if m.name != options.dense_baseline and not m.name.startswith(UNTRAINED)
-        ]
-        for member in family:
-            work += _family_work(member.config, tokens, cap, concepts, dense)
+        cap = _store_cap(options, concepts)
+        for member in plan.models[1:]:
+            if member.name != options.dense_baseline and not member.name.startswith(UNTRAINED):
+                work += family_work(member.config, tokens, cap, concepts, dense)
     return work
 
 
@@ -607,7 +534,7 @@ def probing_seconds(
     fits: dict[str, int] = {}
     held_out: dict[str, int] = {}
     for w in work:
-        n = w.units * w.concepts * n_ks
+        n = w.fits(n_ks)
         key = rate_key(w)
         scale = w.rows / key[1] if w.rows > key[1] else 1.0
         cost = n * scale / fit_rates[key] if n else 0.0  # no fit: no rate was measured
@@ -656,7 +583,7 @@ def estimate_times(
     seconds, fits, held_out = probing_seconds(probe_work, fit_rates, ks)
     at_most: dict[str, int] = {}
     for work in bound_work or probe_work:
-        at_most[work.analysis] = at_most.get(work.analysis, 0) + work.units * work.concepts * ks
+        at_most[work.analysis] = at_most.get(work.analysis, 0) + work.fits(ks)
     return TimeEstimate(
         passes,
         per_second,
@@ -731,7 +658,7 @@ def _measure_fit_rates(
 
     params = probe_parameters(options.config("probing"), options.seed)
     fit_rates = {}
-    for width, rows in sorted({rate_key(w) for w in work if w.units * w.concepts}):
+    for width, rows in sorted({rate_key(w) for w in work if w.fits(1)}):
         picked = (
             None if rates is None else fit_rate_concepts(rates, rows, options.config("probing").min_examples)
         )
