@@ -14,6 +14,8 @@ Built on :mod:`scipy.stats` (``bootstrap``, ``permutation_test``, ``false_discov
 
 Every :class:`Interval` carries the bootstrap's ``bias`` (mean of the resampled statistics minus the
 estimate). Paired differences use :data:`PAIRED_METHOD`; docs/METHODS.md says why.
+- :func:`interval_position` and :func:`basic_interval` — the diagnostics a report prints beside a
+  percentile interval: where the estimate sits in it, and the basic interval from the same resamples.
 - :func:`draw_mean_interval` — the interval of a difference whose control is the mean of a few random
   draws (e.g. random neuron subsets): the documents' bootstrap variance of the draw mean plus the
   variance between the draws over their number, with a t distribution on Satterthwaite's degrees of
@@ -52,11 +54,13 @@ __all__ = [
     "RHO_MIN_EXPERT_DOCUMENTS",
     "Interval",
     "benjamini_hochberg",
+    "basic_interval",
     "bootstrap_p_value",
     "cluster_bootstrap",
     "draw_mean_interval",
     "draw_mean_t",
     "holm",
+    "interval_position",
     "paired_difference",
     "paired_item_means",
     "permutation_pvalues",
@@ -144,6 +148,23 @@ class Interval:
             "interval_unavailable_reason": self.reason,
             "bootstrap_bias": _json_float(self.bias),
         }
+
+
+def interval_position(estimate: float, low: float, high: float) -> float:
+    """Where ``estimate`` sits in ``[low, high]``: 0 at the lower end, 1 at the upper, 0.5 centred (NaN
+    without an interval of positive width). A diagnostic of a leaning interval, never a switch of method."""
+    if not all(math.isfinite(float(v)) for v in (estimate, low, high)) or not high > low:
+        return math.nan
+    return (estimate - low) / (high - low)
+
+
+def basic_interval(estimate: float, low: float, high: float) -> tuple[float, float]:
+    """The basic bootstrap interval ``(2 θ̂ − high, 2 θ̂ − low)`` from the same resamples as the percentile
+    interval ``[low, high]`` of the estimate ``θ̂`` (its bounds are the percentile bounds reflected about
+    the estimate, so it moves against a lean of the resampled distribution); NaN without an interval."""
+    if not all(math.isfinite(float(v)) for v in (estimate, low, high)):
+        return math.nan, math.nan
+    return 2 * estimate - high, 2 * estimate - low
 
 
 def _json_float(value: float) -> float | None:
