@@ -22,6 +22,8 @@ estimate). Paired differences use :data:`PAIRED_METHOD`; docs/METHODS.md says wh
   freedom (:func:`draw_mean_t`).
 - :func:`permutation_pvalues` — one-sided permutation p-values of many statistics at once, from
   permutations of a label vector (e.g. the domain of each document); exact when feasible.
+- :func:`permutation_max_null` — from the same permutations, the null of the largest of the statistics
+  (the control of a maximum chosen on the same data), and :func:`max_statistic_pvalue` against it.
 - :func:`benjamini_hochberg` — BH-adjusted p-values (``scipy.stats.false_discovery_control``) and
   the discoveries at a false-discovery rate.
 
@@ -41,7 +43,7 @@ from typing import Literal
 
 import numpy as np
 import scipy.stats
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 
 from tl_moe.defaults import MIN_DOCUMENTS
 from tl_moe.errors import InputError
@@ -61,8 +63,10 @@ __all__ = [
     "draw_mean_t",
     "holm",
     "interval_position",
+    "max_statistic_pvalue",
     "paired_difference",
     "paired_item_means",
+    "permutation_max_null",
     "permutation_pvalues",
     "resample_weights",
     "too_few_units",
@@ -535,6 +539,48 @@ def permutation_pvalues(
         (never 0); exact: the fraction of all permutations with ``null >= observed`` (the identity
         included). Ties within a relative 1e-12 count as ``>=``, as in scipy.
     """
+    observed, pvalues, _ = _permutation_counts(statistic, labels, n_resamples, alternative, seed, None)
+    return observed, pvalues
+
+
+def permutation_max_null(
+    statistic: Callable[[np.ndarray], np.ndarray],
+    labels: np.ndarray,
+    among: Bool[np.ndarray, " m"],
+    *,
+    n_resamples: int = 999,
+    seed: int = 0,
+) -> tuple[Float[np.ndarray, " m"], Float[np.ndarray, " m"], Float[np.ndarray, " permutation"]]:
+    """:func:`permutation_pvalues` ("greater") and, from the same permutations, the largest statistic
+    among the ``among`` ones in each permutation: the null of a maximum chosen on the same data (a
+    selected maximum is compared with it, not with one statistic's null).
+
+    Returns:
+        ``(observed [m], pvalues [m], null_max [permutations])`` (the identity among the permutations
+        of an exact test).
+    """
+    among = np.asarray(among, dtype=bool)
+    return _permutation_counts(statistic, labels, n_resamples, "greater", seed, among)
+
+
+def max_statistic_pvalue(observed_max: float, null_max: np.ndarray, exact: bool) -> float:
+    """The permutation p-value of a maximum against the maxima of the permutations (``null_max``):
+    ``(1 + #{null_max >= observed_max}) / (1 + P)`` for ``P`` random permutations, the fraction of them
+    for an exact test (ties within a relative 1e-12 count as ``>=``)."""
+    tolerance = 1e-12 * max(1.0, abs(observed_max))
+    count = int((np.asarray(null_max) - observed_max >= -tolerance).sum())
+    return count / len(null_max) if exact else (count + 1) / (len(null_max) + 1)
+
+
+def _permutation_counts(
+    statistic: Callable[[np.ndarray], np.ndarray],
+    labels: np.ndarray,
+    n_resamples: int,
+    alternative: str,
+    seed: int,
+    among: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The permutations behind :func:`permutation_pvalues` and :func:`permutation_max_null`."""
     labels = np.asarray(labels)
     n = labels.shape[0]
     observed = np.asarray(statistic(labels[None]), dtype=np.float64)[0]
@@ -549,13 +595,20 @@ def permutation_pvalues(
     count = np.zeros(observed.shape, dtype=np.int64)
     sign = 1.0 if alternative == "greater" else -1.0
     tolerance = 1e-12 * np.maximum(1.0, np.abs(observed))
+    maxima = []
     for start in range(0, len(orders), 256):
         null = np.asarray(statistic(labels[orders[start : start + 256]]), dtype=np.float64)
         null = null.reshape(null.shape[0], -1)
         count += (sign * (null - observed) >= -tolerance).sum(0)
+        if among is not None:
+            picked = np.where(among[None], null, -np.inf)
+            maxima.append(np.where(np.isnan(picked), -np.inf, picked).max(1))
     pvalues = count / len(orders) if exact else (count + 1) / (n_resamples + 1)
     pvalues = np.where(np.isfinite(observed), pvalues, np.nan)
-    return (observed[0], pvalues[0]) if scalar else (observed, pvalues)
+    null_max = np.concatenate(maxima) if among is not None else None
+    if scalar:
+        return observed[0], pvalues[0], null_max
+    return observed, pvalues, null_max
 
 
 def benjamini_hochberg(pvalues: np.ndarray, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
