@@ -297,7 +297,6 @@ def test_the_highest_score_is_judged_against_the_highest_of_each_permutation():
 
 
 def test_the_finding_gives_the_highest_score_its_control_or_calls_it_descriptive():
-    import pandas as pd
 
     from tl_moe.pipeline.sections.domains import DomainExpertsResult
 

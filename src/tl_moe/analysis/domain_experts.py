@@ -246,9 +246,7 @@ class DomainExperts:
         self.p_floor_ = 1.0 / self.n_permutations_ if exact else 1.0 / (1.0 + n_permutations)
         self.max_null_ = null_max
         observed_max = float(np.nanmax(self.scores_.numpy())) if scored.any() else math.nan
-        self.max_p_value_ = (
-            max_statistic_pvalue(observed_max, null_max, exact) if scored.any() else math.nan
-        )
+        self.max_p_value_ = max_statistic_pvalue(observed_max, null_max, exact) if scored.any() else math.nan
         self.floor_blocks_lone_discovery_ = bool(
             self.n_tested_ and self.p_floor_ > alpha / self.n_tested_ * (1 + 1e-9)
         )

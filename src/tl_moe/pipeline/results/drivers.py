@@ -96,7 +96,10 @@ class DriversResult(DriverFindings, DriverFigures, DriverOutcome, Result):
                 metrics[f"{key} | 95% CI"] = [rounded(row["ci low"]), rounded(row["ci high"])]
                 metrics[f"{key} | bootstrap bias"] = rounded(row["bootstrap bias"])
                 metrics[f"{key} | position in interval"] = rounded(row["interval position"])
-                metrics[f"{key} | basic 95% CI"] = [rounded(row["basic ci low"]), rounded(row["basic ci high"])]
+                metrics[f"{key} | basic 95% CI"] = [
+                    rounded(row["basic ci low"]),
+                    rounded(row["basic ci high"]),
+                ]
                 if group:
                     metrics[f"{key} | experts"] = int(row["experts"])
             pooled = self._paired_rows("all")
