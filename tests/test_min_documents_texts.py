@@ -112,3 +112,16 @@ def test_the_testable_groups_are_those_reaching_the_runs_min_documents():
         expected = [g for g in ("a", "b", "c") if held[g] >= least]  # most documents first
         assert expert_reweighting.testable_groups(capacity, least) == expected
     assert expert_reweighting.testable_groups(capacity) == [g for g in ("a", "b", "c") if held[g] >= 30]
+
+
+def test_the_readme_drivers_header_names_the_runs_min_documents():
+    import json
+    from pathlib import Path
+
+    import readme_results
+
+    results = json.loads((Path(__file__).parents[1] / "docs/results/toy_drivers.json").read_text())
+    assert "fewer than 30 documents" in readme_results.drivers_markdown(results, "x.json")
+    results["metadata"]["options"]["min_documents"] = 45
+    text = readme_results.drivers_markdown(results, "x.json")
+    assert "fewer than 45 documents" in text and "fewer than 30 documents" not in text
