@@ -445,7 +445,11 @@ def _run(options, analyses, dataset, models, write_report, started, load_at_star
         report = Report(f"tl_moe analysis of {options.model}", out)
         report.add_findings(findings)
         for analysis in chosen:
-            section = report.add_section(analysis.title, key=analysis.name, intro=section_intro(analysis))
+            section = report.add_section(
+                analysis.title,
+                key=analysis.name,
+                intro=section_intro(analysis, options.statistics.min_documents),
+            )
             _render(analysis, results[analysis.name], section, run_context)
         timings["total (s)"] = round(time.perf_counter() - started, 1)
         report.add_metadata(
