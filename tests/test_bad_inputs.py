@@ -419,6 +419,11 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
             ["plan", "toy/moe-4x2", "--seq-len", "100000"],
             "--seq-len 100000 is longer than the model's 256 positions",
         ),
+        (
+            "`tl-moe plan --json` in a folder that does not exist",
+            ["plan", "toy/moe-4x2", "--json", str(tmp / "no_such_folder" / "plan.json")],
+            "is in a folder that does not exist; accepted: a file path in an existing folder",
+        ),
         ("`tl-moe hooks` of a file", ["hooks", str(tmp / "a_file")], "is a file"),
         (
             "`tl-moe plan` of a folder without config.json",

@@ -251,3 +251,78 @@ def test_the_finding_states_the_test_the_floor_and_the_threshold_as_descriptive(
     assert f"{experts.n_above_threshold()} have a domain score ≥ 0.5" in text and "descriptive" in text
     metrics = DomainExpertsResult(experts, pd.DataFrame(), (0,)).metrics()
     assert metrics["experts with score >= 0.5 (descriptive, no test)"] == experts.n_above_threshold()
+
+
+# ------------------------------------------------------------------------------ the highest score's control
+
+
+def test_the_null_of_the_highest_score_equals_a_hand_loop_over_every_permutation():
+    """7 documents (5040 orderings ≤ 9999 permutations: exact), min_documents lowered to 2: the null of
+    the highest score is, per ordering of the documents' domains, the largest score among the scored
+    experts, recomputed by hand with scipy's entropy."""
+    counts, tokens, _ = _documents(1, 0.0, n_docs=7)
+    domain = torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    per_domain = torch.stack([counts[domain == d].sum(0) for d in range(3)], dim=-1)
+    domain_tokens = torch.stack([tokens[domain == d].sum() for d in range(3)])
+    experts = DomainExperts(threshold=0.0, min_tokens=50).fit(per_domain, domain_tokens)
+    experts.permutation_test(counts, tokens, domain, n_permutations=9999, alpha=0.05, min_documents=2)
+    scored = ~experts.insufficient_tokens_.numpy()
+    maxima = []
+    for order in itertools.permutations(range(7)):
+        labels = domain.numpy()[list(order)]
+        rates = np.stack(
+            [counts.numpy()[labels == d].sum(0) / tokens.numpy()[labels == d].sum() for d in range(3)], -1
+        )
+        scores = 1 - entropy(rates, axis=-1) / math.log(3)  # scipy normalizes the rates to shares
+        maxima.append(scores[scored].max())
+    np.testing.assert_allclose(np.sort(experts.max_null_), np.sort(maxima), atol=1e-10)
+    observed = np.nanmax(experts.scores_.numpy())
+    assert experts.max_p_value_ == pytest.approx(np.mean(np.asarray(maxima) >= observed - 1e-12))
+
+
+def test_the_highest_score_is_judged_against_the_highest_of_each_permutation():
+    """Planted none (domains independent of routing): over 10 seeds the max-statistic p of the highest
+    score is below 0.05 at most twice, though that score is far above a single expert's chance level;
+    planted domain preference: the highest score's max-statistic p is at the floor."""
+    small = 0
+    for seed in range(10):
+        experts = _fit_and_test(*_documents(seed, domain_effect=0.0), seed=seed)
+        small += experts.max_p_value_ < 0.05
+        assert np.median(experts.max_null_) > np.nanmedian(
+            experts.scores_.numpy()
+        )  # a maximum's null is higher
+    assert small <= 2, small
+    planted = _fit_and_test(*_documents(0, domain_effect=3.0))
+    assert planted.max_p_value_ == pytest.approx(1 / 500)
+
+
+def test_the_finding_gives_the_highest_score_its_control_or_calls_it_descriptive():
+
+    from tl_moe.pipeline.sections.domains import DomainExpertsResult
+
+    experts = _fit_and_test(*_documents(0, domain_effect=0.0))
+    result = DomainExpertsResult(experts, experts.top(15), (0,))
+    text = result.findings()[0]
+    median, upper = np.quantile(experts.max_null_, [0.5, 0.95])
+    assert f"median {median:.2f}, 95th percentile {upper:.2f}" in text
+    assert f"max-statistic p = {experts.max_p_value_:.3g}" in text and "499 permutations" in text
+    assert result.metrics()["highest domain score | max-statistic p"] == experts.max_p_value_
+    untested = DomainExperts(threshold=0.0, min_tokens=50).fit(
+        experts.rates_ * 1000, torch.full((3,), 1000.0, dtype=torch.float64)
+    )
+    text = DomainExpertsResult(untested, untested.top(15), (0,)).findings()[0]
+    assert "a descriptive maximum over the 16 scores on the same documents" in text and "no control" in text
+    assert "highest domain score" not in DomainExpertsResult(untested, untested.top(15), (0,)).metrics()
+
+
+def test_the_study_passes_its_min_documents_to_the_permutation_test():
+    counts, tokens, domain = _documents(0, 0.0, n_docs=12)
+    per_domain = torch.stack([counts[domain == d].sum(0) for d in range(3)], dim=-1)
+    domain_tokens = torch.stack([tokens[domain == d].sum() for d in range(3)])
+    experts = DomainExperts(threshold=0.0, min_tokens=50).fit(per_domain, domain_tokens)
+    from tl_moe.errors import InputError
+
+    with pytest.raises(InputError, match="at least 20"):
+        experts.permutation_test(counts, tokens, domain, n_permutations=99, min_documents=20)
+    experts.permutation_test(counts, tokens, domain, n_permutations=99, min_documents=10)
+    assert experts.p_values_ is not None

@@ -4,7 +4,7 @@ analysis with no needs declares ``own_forwards``, and ``tl-moe plan`` and the re
 from tl_moe.pipeline import BUILT_IN, RunOptions
 from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.plan import plan_run
-from tl_moe.pipeline.protocol import section_intro
+from tl_moe.pipeline.protocol import MIN_DOCUMENTS_MARK, section_intro
 from tl_moe.pipeline.sections.domains import Domains
 from tl_moe.pipeline.sections.reweighting import Reweighting
 
@@ -29,7 +29,7 @@ def test_the_plan_and_the_report_name_the_analyses_with_forwards_of_their_own():
     assert "domains runs forwards" not in summary and Domains.own_forwards is None
     assert section_intro(Domains()) == Domains.intro
     intro = section_intro(Reweighting())
-    assert intro.startswith(Reweighting.intro) and intro.endswith(
+    assert intro.startswith(Reweighting.intro.replace(MIN_DOCUMENTS_MARK, "30")) and intro.endswith(
         f"collection pass: {Reweighting.own_forwards}."
     )
 

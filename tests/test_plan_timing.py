@@ -66,7 +66,11 @@ def test_pass_and_probing_seconds_are_the_work_over_the_measured_rates():
     assert estimate.fits_at_most == {"probing": (10 + 3 + 9) * 7 * ks}
     assert estimate.total_seconds == pytest.approx(11.0 + by_hand)
     text = estimate.summary()
-    assert "an estimate" in text and "1,500 tokens/s" in text
+    assert "an estimate, from rates given, not measured, on cpu" in text
+    assert text.splitlines()[1].split() == ["pass", "tokens", "tokens/s", "start-up", "s", "estimated", "s"]
+    rows = {line.split()[0]: line.split()[1:] for line in text.splitlines()[2:5]}
+    assert rows["toy/moe-8x2"] == ["6,000", "1,500", "0", "4"]  # tokens, tokens/s, start-up s, estimated s
+    assert rows["untrained:toy/moe-8x2"] == ["6,000", "1,200", "0", "5"]
     assert f"50 fits/s at 64 neurons x {big:,} tokens" in text
     assert f"{(10 * 5 + 3 * 4) * ks:,} probe fits expected, {3 * 4 * ks:,} of them held-out" in text
     assert f"at most {22 * 7 * ks:,} if every unit saw every token" in text
@@ -199,7 +203,7 @@ def test_held_out_fits_are_zero_when_the_run_has_too_few_documents_to_split():
 
 def test_calibration_runs_at_most_half_the_runs_stream():
     options = RunOptions(batch_size=16, seq_len=128)
-    assert calibration_tokens(options, 100_000) == 4 * 16 * 128  # CALIBRATION_BATCHES batches
+    assert calibration_tokens(options, 100_000) == 3 * 16 * 128  # a warm-up batch and two timed ones
     assert calibration_tokens(options, 6000) == 3000  # a small run: half of it
     assert calibration_tokens(options, 1200) == 1000  # never fewer than a run accepts
 
@@ -241,10 +245,25 @@ def test_rates_are_the_measured_work_over_the_clocked_interval(monkeypatch):
             return torch.nn.Linear(1, 1)
 
     calls = []
-    monkeypatch.setattr("tl_moe.pipeline.runner._collect_model", lambda *args: calls.append(args))
-    rate, collected = measure_pass(Context(), "m", ["spec"], clock=_clock(3.0, 7.0))
-    assert rate == 1024 / 4.0
+
+    def three_batches(*args, observers):
+        """A pass of three batches (400, 300 and 300 real tokens), each stamped by the calibration clock."""
+        calls.append(args)
+        (clock,) = observers.values()
+        for n in (400, 300, 300):
+            clock.update({}, type("Meta", (), {"n_tokens": n})())
+        return {}
+
+    monkeypatch.setattr("tl_moe.pipeline.runner._collect_model", three_batches)
+    # start 3.0; batches end at 5.0 (the warm-up, start-up included), 6.0, 7.0; the pass ends at 7.5
+    rate, collected = measure_pass(Context(), "m", ["spec"], clock=_clock(3.0, 5.0, 6.0, 7.0, 7.5))
+    assert rate.tokens_per_second == 600 / 2.0  # the two batches after the warm-up
+    assert rate.overhead_seconds == pytest.approx(4.5 - 1000 / 300)  # the pass's rest: start-up, finalize
+    assert rate.seconds(3000) == pytest.approx(rate.overhead_seconds + 10.0)
     assert calls and calls[0][1:] == ("m", ["spec"], None)  # the pass ran, writing nothing
+    # one batch: no warm-up to leave out, the whole pass's rate
+    assert calibration.pass_rate(0.0, 4.0, [3.0], [1000]) == calibration.PassRate(250.0, 0.0)
+    assert calibration.pass_rate(0.0, 2.0, [], []).tokens_per_second == 0.5  # nothing clocked: 1 token
 
 
 def test_concepts_probed_are_those_with_enough_expected_positives_and_negatives():
@@ -275,7 +294,10 @@ def test_refused_plan_loads_and_calibrates_nothing(monkeypatch, capsys):
     assert "--seq-len 100000" in capsys.readouterr().err
 
 
-def test_a_small_plan_measures_and_prints_a_time_without_progress_bars(capsys):
+def test_a_small_plan_measures_and_prints_a_time_without_progress_bars(capsys, tmp_path):
+    import json
+    import math
+
     from transformers.utils import logging as hf_logging
 
     assert hf_logging.is_progress_bar_enabled()
@@ -295,15 +317,37 @@ def test_a_small_plan_measures_and_prints_a_time_without_progress_bars(capsys):
             "64",
             "--threads",
             "1",
+            "--out",
+            str(tmp_path / "out"),
+            "--json",
+            str(tmp_path / "plan.json"),
         ]
     )
     captured = capsys.readouterr()
     out = captured.out
     assert "It fits in the memory available." in out
     estimate = out[out.index("Estimated wall time") :]
-    assert "an estimate, from throughputs measured on this machine" in estimate
-    assert "pass toy/moe-4x2: about" in estimate and "tokens/s in a short pass" in estimate
-    assert "pass untrained:toy/moe-4x2: about" in estimate
+    record = json.loads((tmp_path / "plan.json").read_text())["time"]
+    calibrated = record["basis"]["calibration_tokens"]
+    assert 0 < calibrated <= 1000  # half the run's 2,000 tokens
+    assert (
+        f"an estimate, from a calibration of {calibrated:,} tokens per pass, timed after a warm-up batch, "
+        "on cpu (float32, 1 CPU thread(s))" in estimate
+    )
+    assert [p["pass"] for p in record["passes"]] == ["toy/moe-4x2", "untrained:toy/moe-4x2"]
+    for row in record["passes"]:
+        assert 0 < row["estimated_seconds"] < math.inf and 0 < row["tokens_per_second"] < math.inf
+        assert row["overhead_seconds"] >= 0 and row["tokens"] == 2000
+        assert row["estimated_seconds"] == pytest.approx(
+            row["overhead_seconds"] + row["tokens"] / row["tokens_per_second"]
+        )
+        assert row["pass"] in estimate and f"{row['tokens_per_second']:,.0f}" in estimate
+    probing = record["probe_fits"]["probing"]
+    assert 0 < probing["estimated_seconds"] < math.inf and probing["fits"] > 0
+    assert record["total_seconds"] == pytest.approx(
+        sum(p["estimated_seconds"] for p in record["passes"]) + probing["estimated_seconds"]
+    )
+    assert not (tmp_path / "out").exists()  # no pass of the run itself: nothing written
     assert "probing finalize, probe fits: about" in estimate and "fits/s at" in estimate
     # 2000 tokens reach a handful of documents: the held-out protocol cannot split them, as analyze says
     assert (
@@ -424,6 +468,86 @@ def test_plan_relays_the_drivers_warning_of_fewer_than_30_report_documents():
         with calibration.quiet_loading():
             calibration.relay_run_warnings(RunContext(options), _chosen_analyses(options, None))
     assert expected[0] in [str(w.message) for w in planned]
+
+
+def _injected(max_tokens: int, **changes):
+    """toy/moe-4x2's probing run estimated at injected rates: 2,000 tokens/s and 100 fits/s."""
+    options = RunOptions(
+        model="toy/moe-4x2",
+        analyses=("probing",),
+        dense_baseline=None,
+        skip_untrained_null=True,
+        max_tokens=max_tokens,
+        threads=1,
+        **changes,
+    )
+    plan = plan_run(options)
+    return plan, calibration.calibrate(plan, forward_rates={"toy/moe-4x2": 2000.0}, fit_rate=100.0)
+
+
+def test_probe_fits_at_injected_rates_are_the_units_concepts_and_ks_counted_by_hand():
+    """toy/moe-4x2 alone (no dense baseline, no untrained null), 30,000 tokens (enough documents for the
+    held-out split): its 4 layers x 4 experts are fitted by the paper protocol and by the held-out
+    expert arm (no permuted arm without a dense baseline), every concept (no rates measured) at every
+    probe size; each fit costs 1/100 s at the injected rate."""
+    from tl_moe.data.concepts import TokenConceptLabeler, concepts_for_corpus
+
+    plan, estimate = _injected(30_000)
+    options = plan.options
+    concepts = len(TokenConceptLabeler(concepts_for_corpus(options.corpus)).concept_names)
+    n_ks = len(options.config("probing").ks)
+    layers, experts = 4, 4
+    assert (plan.models[0].config.n_layers, plan.models[0].config.num_experts) == (layers, experts)
+    by_hand = 2 * layers * experts * concepts * n_ks  # two protocols
+    assert estimate.held_out_unavailable is None
+    assert estimate.fits == {"probing": by_hand} and estimate.held_out_fits == {"probing": by_hand // 2}
+    assert estimate.fit_seconds["probing"] == pytest.approx(by_hand / 100.0)
+    assert estimate.calibration_tokens is None and "rates given, not measured" in estimate.summary()
+    # a planted "no held-out" case: 3,000 tokens reach too few documents to split, so half the fits go
+    _, few = _injected(3_000)
+    assert few.held_out_unavailable is not None and few.fits == {"probing": by_hand // 2}
+
+
+def test_doubling_max_tokens_doubles_each_pass_estimate_at_fixed_rates():
+    """At an injected throughput the pass estimate is tokens / rate: twice the tokens, twice the time;
+    a pass's measured start-up is paid once."""
+    small_plan, small = _injected(6_000)
+    large_plan, large = _injected(12_000)
+    assert small.pass_seconds["toy/moe-4x2"] == pytest.approx(6_000 / 2000.0, rel=0.01)
+    assert large.pass_seconds["toy/moe-4x2"] == pytest.approx(2 * small.pass_seconds["toy/moe-4x2"], rel=0.01)
+    with_start_up = {"toy/moe-4x2": calibration.PassRate(2000.0, 1.5)}
+    once = estimate_times(small_plan, with_start_up).pass_seconds["toy/moe-4x2"]
+    twice = estimate_times(large_plan, with_start_up).pass_seconds["toy/moe-4x2"]
+    assert (once, twice) == (pytest.approx(1.5 + 3.0), pytest.approx(1.5 + 6.0))
+
+
+def test_plan_refuses_a_json_path_it_cannot_write_in_one_line_before_calibrating(
+    monkeypatch, capsys, tmp_path
+):
+    def never(*args, **kwargs):
+        raise AssertionError("calibrated a refused run")
+
+    monkeypatch.setattr(calibration, "calibrate", never)
+    base = ["plan", "toy/moe-4x2", "--analyses", "domains", "--dense-baseline", "none", "--threads", "1"]
+    missing = _refusal([*base, "--json", str(tmp_path / "no" / "plan.json")], capsys)
+    assert "--json" in missing and "in a folder that does not exist; accepted: a file path" in missing
+    folder = _refusal([*base, "--json", str(tmp_path)], capsys)
+    assert "is a folder; accepted: a file path in an existing folder." in folder
+
+
+def test_no_calibrate_writes_the_memory_plan_alone(capsys, tmp_path):
+    import json
+
+    path = tmp_path / "plan.json"
+    main(
+        ["plan", "toy/moe-4x2", "--analyses", "domains", "--dense-baseline", "none", "--no-calibrate"]
+        + ["--json", str(path)]
+    )
+    record = json.loads(path.read_text())
+    assert record["time"] is None and "Estimated wall time" not in capsys.readouterr().out
+    (planned,) = record["memory"]["passes"]
+    assert planned["model"] == "toy/moe-4x2" and planned["parameters"] > 0
+    assert record["memory"]["peak bytes"] > 0
 
 
 def test_no_calibration_prints_memory_alone(capsys):

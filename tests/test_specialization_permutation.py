@@ -259,6 +259,9 @@ def test_the_section_scores_the_stored_routing_as_the_accumulators_and_draws_the
     )
     results = run(options, write_report=False)
     assert "pass untrained:toy/moe-16x2 (s)" in results.timings
+    each = [results.timings[f"finalize {name} (s)"] for name in ("probing", "specialization")]
+    assert all(seconds >= 0 for seconds in each)  # each analysis's finalize, within the whole one
+    assert sum(each) <= results.timings["finalize (s)"] + 0.15  # each rounded to 0.1 s
     spec = results["specialization"]
     assert set(spec.permutation) == set(spec.untrained) == {"routing, 50 token clusters", "routing, domains"}
     for name, baseline in spec.permutation.items():

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tl_moe.analysis.specialization_permutation import BOOTSTRAP_PERMUTATIONS
+from tl_moe.defaults import MIN_DOCUMENTS
 from tl_moe.report.numbers import format_interval, is_defined
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -116,9 +117,12 @@ def _group_cell(record: dict[str, Any] | None) -> str:
     )
 
 
-def _group_table(groups: list[dict[str, Any]], metric: str = LEAD_METRIC) -> list[str]:
+def _group_table(
+    groups: list[dict[str, Any]], metric: str = LEAD_METRIC, least: int = MIN_DOCUMENTS
+) -> list[str]:
     """k = 1 held-out differences per concept group in ``metric`` (groups in the records' order, the lead
-    group first), with the concepts each group keeps and drops at the per-concept gate."""
+    group first), with the concepts each group keeps and drops at the per-concept gate (``least`` test
+    documents: the run's --min-documents)."""
     rows = [r for r in groups if r.get("metric", "f1") == metric and r["comparison"] in _GROUP_COLUMNS]
     if not rows:
         return []
@@ -126,7 +130,7 @@ def _group_table(groups: list[dict[str, Any]], metric: str = LEAD_METRIC) -> lis
     names = [c for c in _GROUP_COLUMNS if any(r["comparison"] == c for r in rows)]
     lines = [
         f"Per concept group at k = 1 ({_METRICS[metric]}; a concept enters only if its positives and its "
-        "negatives each sit in at least 30 test documents in every arm, decided before resampling; kept, "
+        f"negatives each sit in at least {least} test documents in every arm, decided before resampling; kept, "
         "dropped and the test documents holding the kept concepts' positives are those of MoE − dense layer; "
         "(n) after a cell: the concepts that cell averages over; each record of the results lists the dropped concepts with the reason):",
         "",
@@ -317,7 +321,7 @@ def results_markdown(results: dict[str, Any], source: str) -> str:
             groups = probing.get("records", {}).get("groups") or probing.get("groups") or []
             lines += ["", *_held_out_table(records, ks), "", _reading(records, groups)]
             for metric in (LEAD_METRIC, "f1"):
-                table = _group_table(groups, metric)
+                table = _group_table(groups, metric, _least_documents(options))
                 if table:
                     lines += ["", *table]
             lean = _interval_lean(held_out_intervals(sections, options.get("model")))
@@ -439,6 +443,12 @@ def _unused(name: str, options: dict[str, Any]) -> bool:
     return any(name.startswith(prefixes) and owner not in ran for owner, prefixes in _READ_ONLY_BY.items())
 
 
+def _least_documents(options: dict[str, Any]) -> int:
+    """The run's fewest documents behind an interval (its --min-documents; the default when a results
+    file does not record it)."""
+    return int(options.get("min_documents", MIN_DOCUMENTS))
+
+
 def command_line(options: dict[str, Any]) -> str:
     """The ``tl-moe analyze`` command that reproduces a run's ``options`` (its ``--out`` left out); an
     analysis's setting is given by its flat flag (``--probe-ks``), in the order of ``options``."""
@@ -493,7 +503,7 @@ def drivers_markdown(results: dict[str, Any], source: str) -> str:
         "neurons), the interval is a t interval, its variance the documents' bootstrap variance of the draw "
         "mean plus the variance between the draws over their number (Satterthwaite's degrees of freedom); "
         "Holm's intervals use the t quantile at Holm's level. Report-half association lifts are confirmed after Benjamini–Hochberg over the measured "
-        "discoveries (Benjamini–Yekutieli beside it). An interval behind fewer than 30 "
+        f"discoveries (Benjamini–Yekutieli beside it). An interval behind fewer than {_least_documents(options)} "
         "documents is reported unavailable, never as a number.",
         "",
     ]

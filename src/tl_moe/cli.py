@@ -138,14 +138,34 @@ def _cmd_plan(args) -> None:
     from tl_moe.pipeline.options import options_from_arguments
     from tl_moe.pipeline.plan import check_fits, plan_run
 
+    json_path = None if args.json is None else _writable_json(args.json)
     plan = plan_run(options_from_arguments(args))
     print(plan.summary())
     check_fits(plan)
     print("It fits in the memory available.")
+    estimate = None
     if not args.no_calibration:  # after every check: a refused run loads nothing
         from tl_moe.pipeline.calibration import calibrate
 
-        print(calibrate(plan).summary())
+        estimate = calibrate(plan)
+        print(estimate.summary())
+    if json_path is not None:
+        import json
+
+        record = {"memory": plan.to_dict(), "time": None if estimate is None else estimate.to_dict()}
+        json_path.write_text(json.dumps(record, indent=2))
+        print(f"Plan written to {json_path.resolve()}")
+
+
+def _writable_json(name: str) -> Path:
+    """``--json``'s path, refused in one line when it is a folder or its folder does not exist."""
+    path = Path(name)
+    if path.is_dir() or not path.parent.is_dir():
+        raise InputError(
+            f"--json {name!r} is {'a folder' if path.is_dir() else 'in a folder that does not exist'}; "
+            "accepted: a file path in an existing folder."
+        )
+    return path
 
 
 def _cmd_explain(args) -> None:
@@ -246,8 +266,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_option_arguments(plan, analysis_help=registry.help_text())
     plan.add_argument(
         "--no-calibration",
+        "--no-calibrate",
+        dest="no_calibration",
         action="store_true",
         help="configs alone: no weights loaded, no time estimate",
+    )
+    plan.add_argument(
+        "--json",
+        metavar="PATH",
+        help="also write the plan (memory per pass; time per pass, probe fits and total, with the "
+        "calibration they rest on) to PATH as JSON",
     )
     plan.set_defaults(func=_cmd_plan)
 

@@ -125,6 +125,7 @@ class DomainExpertStudy:
                 n_permutations=max(stats.permutations, permutations_for_discovery(n_tested, stats.fdr)),
                 alpha=stats.fdr,
                 seed=stats.seed,
+                min_documents=stats.min_documents,
             )
         except InputError as error:
             experts.is_domain_expert_ = experts.is_domain_expert_ & False

@@ -85,6 +85,9 @@ class DomainExperts:
             ``1 / n!``) and the experts tested.
         floor_blocks_lone_discovery_: after :meth:`permutation_test`: True when ``p_floor_`` exceeds
             ``alpha / n_tested_``, so a single expert cannot be discovered on its own.
+        max_null_, max_p_value_: after :meth:`permutation_test`: the highest score among the scored
+            experts in each permutation (the null of a maximum chosen on the same documents), and the
+            permutation p-value of the observed highest score against it; None before.
         domain_names_: the domain names, in the order of the last axis.
         layers_: the block index of each row of the ``layer`` axis.
     """
@@ -168,6 +171,7 @@ class DomainExperts:
         self.is_domain_expert_ = (scores >= self.threshold) & ~insufficient
         self.p_values_ = self.q_values_ = None
         self.alpha_ = self.n_permutations_ = self.p_floor_ = self.n_tested_ = None
+        self.max_null_ = self.max_p_value_ = None
         self.floor_blocks_lone_discovery_ = None
         self.domain_names_ = domain_names
         self.layers_ = layers
@@ -183,6 +187,7 @@ class DomainExperts:
         n_permutations: int = 999,
         alpha: float = 0.05,
         seed: int = 0,
+        min_documents: int | None = None,
     ) -> DomainExperts:
         """Document-level permutation p-values of every scored expert's score, then BH at ``alpha``.
 
@@ -192,16 +197,29 @@ class DomainExperts:
             doc_domain: domain index of each document (into the fitted domain axis).
             n_permutations: random relabellings of the documents' domains.
             alpha: the false-discovery rate of the Benjamini–Hochberg procedure.
+            min_documents: fewest documents the test runs on (None:
+                :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS`; a study passes its ``Statistics``').
+
+        The same permutations give the null of the highest score among the scored experts
+        (``max_null_``): the highest score is chosen on the documents it is measured on, so it is compared
+        with the highest score of each permutation (``max_p_value_``), not with its own expert's null.
         """
-        from tl_moe.analysis.stats import MIN_DOCUMENTS, benjamini_hochberg, permutation_pvalues
+        from tl_moe.analysis.stats import (
+            MIN_DOCUMENTS,
+            benjamini_hochberg,
+            max_statistic_pvalue,
+            permutation_max_null,
+        )
+
+        min_documents = MIN_DOCUMENTS if min_documents is None else int(min_documents)
 
         self._check_fitted()
         doc_counts = torch.as_tensor(doc_counts).double().reshape(len(doc_tokens), -1)
         doc_tokens = torch.as_tensor(doc_tokens).double()
         doc_domain = torch.as_tensor(doc_domain).long()
-        if len(doc_tokens) < MIN_DOCUMENTS:
+        if len(doc_tokens) < min_documents:
             raise InputError(
-                f"{len(doc_tokens)} documents: the domain permutation test needs at least {MIN_DOCUMENTS}; "
+                f"{len(doc_tokens)} documents: the domain permutation test needs at least {min_documents}; "
                 "raise --max-tokens."
             )
         n_domains = self.n_domains_
@@ -213,8 +231,9 @@ class DomainExperts:
             tokens = torch.einsum("bdk,d->bk", onehot, doc_tokens).clamp_min(1.0)
             return domain_scores(counts, tokens).numpy()
 
-        _, p_values = permutation_pvalues(
-            statistic, doc_domain.numpy(), n_resamples=n_permutations, seed=seed
+        scored = ~self.insufficient_tokens_.flatten().numpy()
+        _, p_values, null_max = permutation_max_null(
+            statistic, doc_domain.numpy(), scored, n_resamples=n_permutations, seed=seed
         )
         p_values = torch.from_numpy(p_values).reshape(self.n_layers_, self.n_experts_)
         p_values = p_values.masked_fill(self.insufficient_tokens_, float("nan"))
@@ -225,6 +244,9 @@ class DomainExperts:
         exact = math.factorial(len(doc_domain)) <= n_permutations
         self.n_permutations_ = math.factorial(len(doc_domain)) if exact else int(n_permutations)
         self.p_floor_ = 1.0 / self.n_permutations_ if exact else 1.0 / (1.0 + n_permutations)
+        self.max_null_ = null_max
+        observed_max = float(np.nanmax(self.scores_.numpy())) if scored.any() else math.nan
+        self.max_p_value_ = max_statistic_pvalue(observed_max, null_max, exact) if scored.any() else math.nan
         self.floor_blocks_lone_discovery_ = bool(
             self.n_tested_ and self.p_floor_ > alpha / self.n_tested_ * (1 + 1e-9)
         )

@@ -28,7 +28,7 @@ from jaxtyping import Bool, Float, Int
 
 from tl_moe.analysis.drivers import HALVES_KEY
 from tl_moe.analysis.splits import document_split
-from tl_moe.analysis.stats import Interval, cluster_bootstrap
+from tl_moe.analysis.stats import MIN_DOCUMENTS, Interval, cluster_bootstrap
 from tl_moe.collect.interventional import Edit, InterventionRunner
 from tl_moe.models.hook_names import get_act_name
 
@@ -231,11 +231,12 @@ def ratio_intervals(
     n_resamples: int = 2000,
     seed: int = 0,
     what: str = "the loss change",
+    min_documents: int = MIN_DOCUMENTS,
 ) -> list[Interval]:
     """``Σ_doc sums[r] / Σ_doc counts`` for each row ``r`` of ``sums [rows, documents]``, each with a
     95% percentile document-bootstrap interval (all rows resampled with the same documents, so
-    differences of rows are paired). Unavailable (NaN bounds) with fewer than
-    :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` documents."""
+    differences of rows are paired). Unavailable (NaN bounds) with fewer than ``min_documents``
+    documents."""
     sums = np.atleast_2d(np.asarray(sums, dtype=np.float64))
     counts = np.asarray(counts, dtype=np.float64)
 
@@ -243,7 +244,13 @@ def ratio_intervals(
         return (weights @ sums.T) / np.maximum(weights @ counts, 1.0)[:, None]
 
     intervals = cluster_bootstrap(
-        ratio, counts.shape[0], n_resamples=n_resamples, seed=seed, on_too_few="unavailable", what=what
+        ratio,
+        counts.shape[0],
+        n_resamples=n_resamples,
+        seed=seed,
+        on_too_few="unavailable",
+        what=what,
+        min_clusters=min_documents,
     )
     return intervals if isinstance(intervals, list) else [intervals]
 

@@ -390,10 +390,13 @@ def paired_rho_difference(
         Three rows per group (``first-order estimate``, ``REAP saliency``, ``estimate − REAP``), the
         group in ``layer`` (``all``, each layer, ``within layers (mean)``, ``pooled − within layers
         (mean)``): ρ, interval, the interval's method, the bootstrap bias (mean resampled ρ minus ρ),
+        where ρ sits in its interval (``interval position``, 0 at ``ci low`` to 1 at ``ci high``) and the
+        basic interval from the same resamples (``basic ci low``/``basic ci high``, 2ρ minus the bounds:
+        diagnostics of a leaning interval, reported beside the pre-chosen method's, never used to switch it),
         experts, documents, the experts the gate left out, and why an interval is unavailable (empty
         when available). ``attrs["left out"]``: the row indices of the experts the gate left out.
     """
-    from tl_moe.analysis.stats import cluster_bootstrap
+    from tl_moe.analysis.stats import basic_interval, cluster_bootstrap, interval_position
 
     exact_sums, estimate_sums = np.asarray(exact_sums, np.float64), np.asarray(estimate_sums, np.float64)
     exact_counts, estimate_counts = (
@@ -454,6 +457,7 @@ def paired_rho_difference(
     rows = []
     for g, (label, n_experts) in enumerate(labels):
         for name, interval in zip(names, intervals[3 * g : 3 * g + 3], strict=True):
+            basic = basic_interval(interval.estimate, interval.low, interval.high)
             rows.append(
                 {
                     "score": name,
@@ -463,6 +467,9 @@ def paired_rho_difference(
                     "ci high": interval.high,
                     "interval method": method,
                     "bootstrap bias": interval.bias,
+                    "interval position": interval_position(interval.estimate, interval.low, interval.high),
+                    "basic ci low": basic[0],
+                    "basic ci high": basic[1],
                     "experts": n_experts,
                     "documents": len(docs),
                     "experts left out (routed on too few documents)": int((defined & ~gated).sum()),

@@ -80,9 +80,9 @@ def held_out_capacity(groups: Sequence[Any], rows: Sequence[int] | None = None) 
     return {group: (total, held_out) for group, (total, held_out) in sorted(out.items())}
 
 
-def testable_groups(capacity: Capacity) -> list[str]:
-    """The groups whose held-out half can reach ``MIN_DOCUMENTS`` documents, most documents first."""
-    able = [g for g, (_, held_out) in capacity.items() if held_out >= MIN_DOCUMENTS]
+def testable_groups(capacity: Capacity, min_documents: int = MIN_DOCUMENTS) -> list[str]:
+    """The groups whose held-out half can reach ``min_documents`` documents, most documents first."""
+    able = [g for g, (_, held_out) in capacity.items() if held_out >= min_documents]
     return sorted(able, key=lambda g: (-capacity[g][0], g))
 
 
@@ -94,10 +94,12 @@ class SteeringContrast(NamedTuple):
     b: str
 
 
-def steering_contrast(given: Sequence[str] | None, domains: Sequence[Any]) -> SteeringContrast:
+def steering_contrast(
+    given: Sequence[str] | None, domains: Sequence[Any], min_documents: int = MIN_DOCUMENTS
+) -> SteeringContrast:
     """The steering contrast: ``given`` (``(A, B)`` domains, or ``("DOMAIN:A", "B")`` languages) when
     not None; else, from each corpus row's domain ``domains``, the two domains with the most documents
-    among those whose held-out half can reach ``MIN_DOCUMENTS`` documents, and without two such the two
+    among those whose held-out half can reach ``min_documents`` documents, and without two such the two
     largest domains (steering is then untestable on this corpus)."""
     if given is not None:
         first, second = given
@@ -108,7 +110,7 @@ def steering_contrast(given: Sequence[str] | None, domains: Sequence[Any]) -> St
     capacity = held_out_capacity([str(d) for d in domains])
     if len(capacity) < 2:
         raise InputError("steering needs two domains; give --steer-contrast DOMAIN:A,B for two languages.")
-    testable = testable_groups(capacity)
+    testable = testable_groups(capacity, min_documents)
     if len(testable) >= 2:
         return SteeringContrast(None, testable[0], testable[1])
     largest = sorted(capacity, key=lambda g: (-capacity[g][0], g))
@@ -143,6 +145,7 @@ class ReweightingOutcome:
         candidates: one row per (domain, candidate set): its experts.
         capacity: each domain's documents in the split and on the held-out half, whatever the budget.
         steering_capacity: the same for the two steering groups.
+        min_documents: the fewest held-out documents behind an interval in this run.
     """
 
     study: ReweightingStudy
@@ -150,6 +153,7 @@ class ReweightingOutcome:
     candidates: pd.DataFrame
     capacity: Capacity = field(default_factory=dict)
     steering_capacity: Capacity = field(default_factory=dict)
+    min_documents: int = MIN_DOCUMENTS
 
 
 class ExpertReweighting:
@@ -204,6 +208,7 @@ class ExpertReweighting:
             n_permutations=stats.permutations,
             seed=stats.seed,
             max_experts=max_domain_experts,
+            min_documents=stats.min_documents,
         )
         candidates, frame = candidate_sets(domain_sets, tuple(sorted(driver_experts)), selection.group)
         study = reweighting_study(
@@ -219,12 +224,15 @@ class ExpertReweighting:
             routed_selection=routed,
             layers=layers,
             progress=progress,
+            min_documents=stats.min_documents,
         )
         steering = self.steering(
             model, dataset, selection, evaluation, seq_len=seq_len, batch_size=batch_size, progress=progress
         )
         capacity = held_out_capacity([str(d) for d in dataset["domain"]])
-        return ReweightingOutcome(study, steering, frame, capacity, self.steering_capacity(dataset))
+        return ReweightingOutcome(
+            study, steering, frame, capacity, self.steering_capacity(dataset), stats.min_documents
+        )
 
     def check_contrast(self, dataset: Any) -> None:
         """Refuse, in one line, a configured steering contrast naming a group ``dataset`` does not hold."""
@@ -247,7 +255,7 @@ class ExpertReweighting:
 
     def contrast(self, dataset: Any) -> SteeringContrast:
         """The steering contrast on ``dataset`` (:func:`steering_contrast` of the config's)."""
-        return steering_contrast(self.config.steer_contrast, dataset["domain"])
+        return steering_contrast(self.config.steer_contrast, dataset["domain"], self.statistics.min_documents)
 
     def steering(
         self,
@@ -285,6 +293,7 @@ class ExpertReweighting:
             seed=self.statistics.seed,
             batch_size=batch_size,
             progress=progress,
+            min_documents=self.statistics.min_documents,
         )
 
     def steering_capacity(self, dataset: Any) -> Capacity:

@@ -253,6 +253,7 @@ def per_draw_intervals(
     n_resamples: int = 2000,
     seed: int = 0,
     what: str = "the statistic",
+    min_documents: int = MIN_DOCUMENTS,
 ) -> list[tuple[Interval, float]]:
     """Each row's draw mean of a per-draw statistic with its 95% interval and degrees of freedom: the
     draw-mean t interval (:meth:`DrawMeanResamples.test`) with two draws or more, the percentile
@@ -263,17 +264,17 @@ def per_draw_intervals(
             :func:`resample_draw_mean`); it must give finite values.
         n_draws: the control's draws (0: every interval unavailable, "no control was drawn").
 
-    Unavailable (NaN bounds, with the reason) below :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS`
-    documents or without a drawn control.
+    Unavailable (NaN bounds, with the reason) below ``min_documents`` documents or without a drawn
+    control.
     """
     nan = float("nan")
-    if n_documents < MIN_DOCUMENTS or not n_draws:
+    if n_documents < min_documents or not n_draws:
         observed = np.asarray(per_draw(np.ones((1, n_documents))))[:, 0]
         with np.errstate(invalid="ignore"):
             estimates = observed.mean(-1) if n_draws else np.full(len(observed), nan)
         reason = (
-            f"{n_documents} document(s) behind {what}; a document-level interval needs at least {MIN_DOCUMENTS}"
-            if n_documents < MIN_DOCUMENTS
+            f"{n_documents} document(s) behind {what}; a document-level interval needs at least {min_documents}"
+            if n_documents < min_documents
             else "no control was drawn"
         )
         return [
@@ -306,6 +307,7 @@ def draw_mean_intervals(
     n_resamples: int = 2000,
     seed: int = 0,
     what: str = "the loss change",
+    min_documents: int = MIN_DOCUMENTS,
 ) -> list[tuple[Interval, float]]:
     """``mean_k Σ_doc sums[r, k] / Σ_doc counts`` for each row ``r`` whose value depends on the
     control's draws ``k`` (the control's loss change, chosen − control), with its 95% interval and
@@ -317,7 +319,13 @@ def draw_mean_intervals(
     counts = np.asarray(counts, dtype=np.float64)
     drawn = sums.shape[1] if np.isfinite(sums).all() else 0
     return per_draw_intervals(
-        ratio_per_draw(sums, counts), len(counts), drawn, n_resamples=n_resamples, seed=seed, what=what
+        ratio_per_draw(sums, counts),
+        len(counts),
+        drawn,
+        n_resamples=n_resamples,
+        seed=seed,
+        what=what,
+        min_documents=min_documents,
     )
 
 
@@ -361,6 +369,7 @@ def holm_adjusted(
     alpha: float = 0.05,
     n_resamples: int = 2000,
     seed: int = 0,
+    min_documents: int = MIN_DOCUMENTS,
 ) -> pd.DataFrame:
     """Holm-adjusted tests and intervals of a per-document ratio, one per family member.
 
@@ -378,7 +387,7 @@ def holm_adjusted(
         Holm's step-down (:func:`holm_steps`) and the member's interval at that level (``ci low`` /
         ``ci high``: a t interval with the t quantile at that level, so it excludes 0 exactly when Holm
         rejects), ``rejected``, ``method``, ``df`` and the ``documents``. Members with fewer than
-        :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` documents or an undefined statistic are not tested
+        ``min_documents`` documents or an undefined statistic are not tested
         (``unavailable`` says why) and do not count in the family.
     """
     rows, tests = [], {}
@@ -386,8 +395,8 @@ def holm_adjusted(
         sums, counts = np.atleast_2d(np.asarray(sums, np.float64)), np.asarray(counts, np.float64)
         estimate = float(sums.mean(0).sum() / max(counts.sum(), 1.0)) if len(counts) else float("nan")
         row = {"name": name, "estimate": estimate, "documents": len(counts), "unavailable": "", "p": np.nan}
-        if len(counts) < MIN_DOCUMENTS:
-            row["unavailable"] = f"{len(counts)} documents; a document-level interval needs {MIN_DOCUMENTS}"
+        if len(counts) < min_documents:
+            row["unavailable"] = f"{len(counts)} documents; a document-level interval needs {min_documents}"
         elif not sums.size or not np.isfinite(sums).all():
             row["unavailable"] = "no control was drawn"
         else:
@@ -452,6 +461,7 @@ def reweighting_study(
     routed_selection: torch.Tensor | None = None,
     layers: Sequence[int] | None = None,
     progress: bool = False,
+    min_documents: int = MIN_DOCUMENTS,
 ) -> ReweightingStudy:
     """Choose a re-weighting per domain on ``selection`` and report it on ``evaluation``.
 
@@ -463,6 +473,7 @@ def reweighting_study(
         n_draws, pool: the random control (:func:`matched_random_sets`).
         routed_selection: clean routing counts ``[layer, expert, window]`` of ``selection`` (computed
             when None) for the frequency matching.
+        min_documents: fewest held-out documents behind an interval (fewer: unavailable, not tested).
     """
     from tl_moe.analysis.edit_windows import routed_counts
 
@@ -520,7 +531,9 @@ def reweighting_study(
         counts, _ = by_document(losses.count, ev.doc)
         clean, _ = by_document(losses.clean, ev.doc)
         n_docs = len(counts)
-        intervals = ratio_intervals(sums[: len(main)], counts, n_resamples=n_resamples, seed=seed)
+        intervals = ratio_intervals(
+            sums[: len(main)], counts, n_resamples=n_resamples, seed=seed, min_documents=min_documents
+        )
         for d, interval in zip(domains, intervals, strict=True):
             matrix_rows.append(
                 {
@@ -542,6 +555,7 @@ def reweighting_study(
             n_resamples=n_resamples,
             seed=seed + 1,
             what=f"the loss change on {d_eval}",
+            min_documents=min_documents,
         )
         (ctrl, ctrl_df), (diff, diff_df) = draw_mean_intervals(
             np.stack([draws, sums[j] - draws]),
@@ -549,6 +563,7 @@ def reweighting_study(
             n_resamples=n_resamples,
             seed=seed + 1,
             what=f"the loss change on {d_eval}",
+            min_documents=min_documents,
         )
         gains_rows.append(
             {
@@ -569,7 +584,7 @@ def reweighting_study(
         )
     return ReweightingStudy(
         grid=pd.DataFrame(grid_rows),
-        gains=_with_holm(pd.DataFrame(gains_rows), family, n_resamples, seed + 1),
+        gains=_with_holm(pd.DataFrame(gains_rows), family, n_resamples, seed + 1, min_documents),
         matrix=pd.DataFrame(matrix_rows),
         controls=controls,
         selection_docs=frozenset(selection.doc.tolist()),
@@ -577,11 +592,15 @@ def reweighting_study(
     )
 
 
-def _with_holm(gains: pd.DataFrame, family: Mapping, n_resamples: int, seed: int) -> pd.DataFrame:
+def _with_holm(
+    gains: pd.DataFrame, family: Mapping, n_resamples: int, seed: int, min_documents: int = MIN_DOCUMENTS
+) -> pd.DataFrame:
     """``gains`` with the Holm-adjusted test of chosen − control over its domains (:func:`holm_adjusted`)."""
     if gains.empty:
         return gains
-    holm = holm_adjusted(family, n_resamples=n_resamples, seed=seed).set_index("name")
+    holm = holm_adjusted(family, n_resamples=n_resamples, seed=seed, min_documents=min_documents).set_index(
+        "name"
+    )
     holm = holm.loc[gains["domain"]]
     gains = gains.copy()
     gains["chosen − control p"] = holm["p"].to_numpy(dtype=float)
@@ -609,6 +628,7 @@ def selection_domain_experts(
     n_permutations: int = 999,
     seed: int = 0,
     max_experts: int = 8,
+    min_documents: int = MIN_DOCUMENTS,
 ):
     """Domain experts of each domain from the selection windows alone: the domains analysis's rule
     (:class:`~tl_moe.analysis.domain_experts.DomainExperts`: Benjamini–Hochberg q ≤ ``fdr`` under
@@ -621,7 +641,7 @@ def selection_domain_experts(
 
     Returns:
         ``(domain -> ExpertSet, the fitted DomainExperts)``; no domain experts (empty dict) when the
-        permutation test cannot run (fewer than :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` documents).
+        permutation test cannot run (fewer than ``min_documents`` documents).
     """
     from tl_moe.analysis.domain_experts import DomainExperts, permutations_for_discovery
     from tl_moe.errors import InputError
@@ -648,6 +668,7 @@ def selection_domain_experts(
             ),
             alpha=fdr,
             seed=seed,
+            min_documents=min_documents,
         )
     except InputError:
         return {}, experts

@@ -47,7 +47,7 @@ import torch
 from jaxtyping import Float, Int
 
 from tl_moe.analysis.specialization import js_divergence
-from tl_moe.analysis.stats import MIN_DOCUMENTS, Interval, cluster_bootstrap
+from tl_moe.analysis.stats import MIN_DOCUMENTS, Interval, cluster_bootstrap, interval_position
 from tl_moe.errors import InputError
 
 __all__ = [
@@ -558,7 +558,6 @@ def excess_intervals(
 
 def _position(interval: Interval) -> float:
     """Where the estimate sits in its interval: 0 at the low end, 1 at the high end (NaN without one)."""
-    width = interval.high - interval.low
-    if not interval.available or not width > 0:
+    if not interval.available:
         return math.nan
-    return (interval.estimate - interval.low) / width
+    return interval_position(interval.estimate, interval.low, interval.high)

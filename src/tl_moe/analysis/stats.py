@@ -14,12 +14,16 @@ Built on :mod:`scipy.stats` (``bootstrap``, ``permutation_test``, ``false_discov
 
 Every :class:`Interval` carries the bootstrap's ``bias`` (mean of the resampled statistics minus the
 estimate). Paired differences use :data:`PAIRED_METHOD`; docs/METHODS.md says why.
+- :func:`interval_position` and :func:`basic_interval` — the diagnostics a report prints beside a
+  percentile interval: where the estimate sits in it, and the basic interval from the same resamples.
 - :func:`draw_mean_interval` — the interval of a difference whose control is the mean of a few random
   draws (e.g. random neuron subsets): the documents' bootstrap variance of the draw mean plus the
   variance between the draws over their number, with a t distribution on Satterthwaite's degrees of
   freedom (:func:`draw_mean_t`).
 - :func:`permutation_pvalues` — one-sided permutation p-values of many statistics at once, from
   permutations of a label vector (e.g. the domain of each document); exact when feasible.
+- :func:`permutation_max_null` — from the same permutations, the null of the largest of the statistics
+  (the control of a maximum chosen on the same data), and :func:`max_statistic_pvalue` against it.
 - :func:`benjamini_hochberg` — BH-adjusted p-values (``scipy.stats.false_discovery_control``) and
   the discoveries at a false-discovery rate.
 
@@ -39,7 +43,7 @@ from typing import Literal
 
 import numpy as np
 import scipy.stats
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 
 from tl_moe.defaults import MIN_DOCUMENTS
 from tl_moe.errors import InputError
@@ -52,13 +56,17 @@ __all__ = [
     "RHO_MIN_EXPERT_DOCUMENTS",
     "Interval",
     "benjamini_hochberg",
+    "basic_interval",
     "bootstrap_p_value",
     "cluster_bootstrap",
     "draw_mean_interval",
     "draw_mean_t",
     "holm",
+    "interval_position",
+    "max_statistic_pvalue",
     "paired_difference",
     "paired_item_means",
+    "permutation_max_null",
     "permutation_pvalues",
     "resample_weights",
     "too_few_units",
@@ -144,6 +152,23 @@ class Interval:
             "interval_unavailable_reason": self.reason,
             "bootstrap_bias": _json_float(self.bias),
         }
+
+
+def interval_position(estimate: float, low: float, high: float) -> float:
+    """Where ``estimate`` sits in ``[low, high]``: 0 at the lower end, 1 at the upper, 0.5 centred (NaN
+    without an interval of positive width). A diagnostic of a leaning interval, never a switch of method."""
+    if not all(math.isfinite(float(v)) for v in (estimate, low, high)) or not high > low:
+        return math.nan
+    return (estimate - low) / (high - low)
+
+
+def basic_interval(estimate: float, low: float, high: float) -> tuple[float, float]:
+    """The basic bootstrap interval ``(2 θ̂ − high, 2 θ̂ − low)`` from the same resamples as the percentile
+    interval ``[low, high]`` of the estimate ``θ̂`` (its bounds are the percentile bounds reflected about
+    the estimate, so it moves against a lean of the resampled distribution); NaN without an interval."""
+    if not all(math.isfinite(float(v)) for v in (estimate, low, high)):
+        return math.nan, math.nan
+    return 2 * estimate - high, 2 * estimate - low
 
 
 def _json_float(value: float) -> float | None:
@@ -514,6 +539,48 @@ def permutation_pvalues(
         (never 0); exact: the fraction of all permutations with ``null >= observed`` (the identity
         included). Ties within a relative 1e-12 count as ``>=``, as in scipy.
     """
+    observed, pvalues, _ = _permutation_counts(statistic, labels, n_resamples, alternative, seed, None)
+    return observed, pvalues
+
+
+def permutation_max_null(
+    statistic: Callable[[np.ndarray], np.ndarray],
+    labels: np.ndarray,
+    among: Bool[np.ndarray, " m"],
+    *,
+    n_resamples: int = 999,
+    seed: int = 0,
+) -> tuple[Float[np.ndarray, " m"], Float[np.ndarray, " m"], Float[np.ndarray, " permutation"]]:
+    """:func:`permutation_pvalues` ("greater") and, from the same permutations, the largest statistic
+    among the ``among`` ones in each permutation: the null of a maximum chosen on the same data (a
+    selected maximum is compared with it, not with one statistic's null).
+
+    Returns:
+        ``(observed [m], pvalues [m], null_max [permutations])`` (the identity among the permutations
+        of an exact test).
+    """
+    among = np.asarray(among, dtype=bool)
+    return _permutation_counts(statistic, labels, n_resamples, "greater", seed, among)
+
+
+def max_statistic_pvalue(observed_max: float, null_max: np.ndarray, exact: bool) -> float:
+    """The permutation p-value of a maximum against the maxima of the permutations (``null_max``):
+    ``(1 + #{null_max >= observed_max}) / (1 + P)`` for ``P`` random permutations, the fraction of them
+    for an exact test (ties within a relative 1e-12 count as ``>=``)."""
+    tolerance = 1e-12 * max(1.0, abs(observed_max))
+    count = int((np.asarray(null_max) - observed_max >= -tolerance).sum())
+    return count / len(null_max) if exact else (count + 1) / (len(null_max) + 1)
+
+
+def _permutation_counts(
+    statistic: Callable[[np.ndarray], np.ndarray],
+    labels: np.ndarray,
+    n_resamples: int,
+    alternative: str,
+    seed: int,
+    among: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The permutations behind :func:`permutation_pvalues` and :func:`permutation_max_null`."""
     labels = np.asarray(labels)
     n = labels.shape[0]
     observed = np.asarray(statistic(labels[None]), dtype=np.float64)[0]
@@ -528,13 +595,20 @@ def permutation_pvalues(
     count = np.zeros(observed.shape, dtype=np.int64)
     sign = 1.0 if alternative == "greater" else -1.0
     tolerance = 1e-12 * np.maximum(1.0, np.abs(observed))
+    maxima = []
     for start in range(0, len(orders), 256):
         null = np.asarray(statistic(labels[orders[start : start + 256]]), dtype=np.float64)
         null = null.reshape(null.shape[0], -1)
         count += (sign * (null - observed) >= -tolerance).sum(0)
+        if among is not None:
+            picked = np.where(among[None], null, -np.inf)
+            maxima.append(np.where(np.isnan(picked), -np.inf, picked).max(1))
     pvalues = count / len(orders) if exact else (count + 1) / (n_resamples + 1)
     pvalues = np.where(np.isfinite(observed), pvalues, np.nan)
-    return (observed[0], pvalues[0]) if scalar else (observed, pvalues)
+    null_max = np.concatenate(maxima) if among is not None else None
+    if scalar:
+        return observed[0], pvalues[0], null_max
+    return observed, pvalues, null_max
 
 
 def benjamini_hochberg(pvalues: np.ndarray, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:

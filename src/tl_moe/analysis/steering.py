@@ -38,7 +38,7 @@ from tl_moe.analysis.reweighting import (
     matched_random_sets,
     per_draw_intervals,
 )
-from tl_moe.analysis.stats import cluster_bootstrap
+from tl_moe.analysis.stats import MIN_DOCUMENTS, cluster_bootstrap
 from tl_moe.models.interventions import Intervention
 
 __all__ = ["SWITCHES", "SteeringStudy", "steering_study", "switch_edit"]
@@ -99,6 +99,7 @@ def steering_study(
     seed: int = 0,
     batch_size: int = 16,
     progress: bool = False,
+    min_documents: int = MIN_DOCUMENTS,
 ) -> SteeringStudy:
     """Detect A- and B-experts on ``selection``, switch them on / off on ``evaluation``.
 
@@ -107,6 +108,7 @@ def steering_study(
             group (windows of other groups are ignored).
         contrast: the two group names ``(A, B)``.
         per_layer: experts per sparse layer in each detected set (at most k, for switching on).
+        min_documents: fewest held-out documents behind an interval (fewer: unavailable).
     """
     a, b = contrast
     overlap = set(selection.doc.tolist()) & set(evaluation.doc.tolist())
@@ -164,9 +166,16 @@ def steering_study(
             seed=seed,
             on_too_few="unavailable",
             what=what,
+            min_clusters=min_documents,
         )
         (random, random_df), (gap, gap_df) = per_draw_intervals(
-            per_draw, len(doc_rows), len(rows) - 1, n_resamples=n_resamples, seed=seed, what=what
+            per_draw,
+            len(doc_rows),
+            len(rows) - 1,
+            n_resamples=n_resamples,
+            seed=seed,
+            what=what,
+            min_documents=min_documents,
         )
         replication.append(
             {
@@ -227,7 +236,12 @@ def steering_study(
                 draws = sums[random] if random else np.full((1, len(counts)), np.nan)  # [draw, document]
                 what = f"the loss change on {group}"
                 (found,) = ratio_intervals(
-                    sums[mine[0]], counts, n_resamples=n_resamples, seed=seed + 1, what=what
+                    sums[mine[0]],
+                    counts,
+                    n_resamples=n_resamples,
+                    seed=seed + 1,
+                    what=what,
+                    min_documents=min_documents,
                 )
                 (ctrl, ctrl_df), (diff, diff_df) = draw_mean_intervals(
                     np.stack([draws, sums[mine[0]] - draws]),
@@ -235,6 +249,7 @@ def steering_study(
                     n_resamples=n_resamples,
                     seed=seed + 1,
                     what=what,
+                    min_documents=min_documents,
                 )
                 switch_rows.append(
                     {

@@ -1,26 +1,32 @@
 """Wall-time estimates of a planned run, from throughputs measured on this machine.
 
 ``tl-moe plan`` first checks the run's inputs and memory (:mod:`tl_moe.pipeline.plan`); then, unless
-``--no-calibration`` is given, it loads the analyzed model (progress bars off) and:
+``--no-calibration`` (``--no-calibrate``) is given, it loads the analyzed model (progress bars off) and:
 
 - warns what ``tl-moe analyze`` warns before its first pass, from the same code (a small corpus, the
   fitted defaults, each analysis's checks — e.g. a split with fewer than 30 documents);
-- times a short collection pass of each pass's model, the untrained null included (at most
+- runs a short collection pass of each pass's model, the untrained null included (at most
   :data:`CALIBRATION_BATCHES` batches and half the run's own stream, at its ``--batch-size`` x
-  ``--seq-len``, ``--dtype`` and ``--device``, with the run's hooks, concept labels and accumulators),
-  in tokens per second;
+  ``--seq-len``, ``--dtype`` and ``--device``, with the run's hooks, concept labels and accumulators,
+  writing nothing), clocked after each batch (:class:`BatchClock`): its tokens per second over the
+  batches after the first (the warm-up), and the rest of the short pass (start-up, the first batch's
+  extra, the accumulators' finalize) as its start-up seconds (:class:`PassRate`);
 - when probing or the sparsity family runs: times a short
-  :class:`~tl_moe.analysis.probing.KSparseProbe` fit on random activations of each unit width the run
-  probes, its probe sizes and about as many tokens per unit as the run gives a unit, in fits per second.
+  :class:`~tl_moe.analysis.probing.KSparseProbe` fit, with the probing analysis's own parameters, on
+  random activations of each unit width the run probes, its probe sizes and about as many tokens per
+  unit as the run gives a unit, in fits per second (after a warm-up fit).
 
-A pass is estimated as the tokens its stream reaches / the measured rate (the short pass's start-up
-included, so the rate errs slow). Probe fits are estimated as their expected number / the measured
-fit rate: every unit x concept x probe size for the concepts whose rate in the short pass's labels gives
-a unit's share of the tokens ``--min-examples`` positives and negatives (the held-out protocol:
-``--held-out-min-examples`` on its selection documents, and none at all when the run's documents are
-too few to split, decided by the same split the protocol uses). Routing that concentrates a concept
-moves the expected number; the summary also gives its upper bound (every unit seeing every token).
-Every number is an estimate and the summary says so, with its basis.
+A pass is estimated as its start-up seconds + the tokens its stream reaches / its measured rate.
+Probe fits are estimated as their expected number / the measured fit rate: the units of
+:func:`~tl_moe.analysis.probe_work.probing_work` x probe sizes x the concepts whose rate in the short
+pass's labels gives a unit's share of the tokens ``--min-examples`` positives and negatives (the
+held-out protocol: ``--held-out-min-examples`` on its selection documents, and none at all when the
+run's documents are too few to split, decided by the same split the protocol uses). Routing that
+concentrates a concept moves the expected number; the summary also gives its upper bound (every unit
+seeing every token). The rest of each analysis's finalize is named as not estimated. Every number is an
+estimate and the summary says so, with its basis (the calibration's tokens, device, dtype and
+threads); :meth:`TimeEstimate.to_dict` is the same as JSON (``tl-moe plan --json PATH``). The rates
+can be injected (:func:`calibrate`'s ``forward_rates`` and ``fit_rate``, :func:`estimate_times`).
 """
 
 from __future__ import annotations
@@ -32,14 +38,25 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import pandas as pd
 import torch
 from jaxtyping import Float
 
+from tl_moe.analysis.probe_work import (
+    ProbeWork,
+    eligible_concepts,
+    family_work,
+    probing_work,
+    store_cap,
+)
+from tl_moe.collect.accumulator import Accumulator
 from tl_moe.pipeline.context import UNTRAINED
 from tl_moe.pipeline.plan import RunPlan
 
 __all__ = [
     "CALIBRATION_BATCHES",
+    "BatchClock",
+    "PassRate",
     "ProbeWork",
     "RunDocuments",
     "TimeEstimate",
@@ -54,14 +71,16 @@ __all__ = [
     "held_out_gate",
     "measure_fit_rate",
     "measure_pass",
+    "pass_rate",
+    "probing_seconds",
     "probe_fit_counts",
     "quiet_loading",
     "relay_run_warnings",
     "run_documents",
 ]
 
-#: Batches of each model's timed calibration pass.
-CALIBRATION_BATCHES = 4
+#: Batches of each model's calibration pass: a warm-up batch, then the timed ones.
+CALIBRATION_BATCHES = 3
 #: Units and concepts of the timed probe fit (each unit x concept x probe size is one fit).
 CALIBRATION_UNITS, CALIBRATION_CONCEPTS = 4, 8
 #: Positive rates of the timed fit's planted concepts (rare to common, as a corpus's concepts are).
@@ -72,27 +91,99 @@ CALIBRATION_MAX_ROWS = 16384
 Clock = Callable[[], float]
 
 
+class BatchClock(Accumulator):
+    """Reads a clock after each batch of a pass (fed after the pass's own accumulators, so a stamp
+    marks the end of its batch's forward and updates) and counts the batch's real tokens.
+
+    Attributes:
+        stamps: the clock's reading after each batch, in order.
+        tokens: each batch's real tokens (BOS included, padding excluded).
+    """
+
+    def __init__(self, clock: Clock = time.perf_counter, device: torch.device | None = None) -> None:
+        self.clock, self.device = clock, device
+        self.stamps: list[float] = []
+        self.tokens: list[int] = []
+
+    def hook_names(self, model: Any) -> list[str]:
+        return []
+
+    def update(self, acts: Any, meta: Any) -> None:
+        if self.device is not None and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the batch's kernels finished before the stamp
+        self.stamps.append(self.clock())
+        self.tokens.append(meta.n_tokens)
+
+    def merge(self, other: BatchClock) -> BatchClock:
+        self._check_mergeable(other)
+        self.stamps += other.stamps
+        self.tokens += other.tokens
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"stamps": list(self.stamps), "tokens": list(self.tokens)}
+
+    def load_state_dict(self, state: Any) -> None:
+        self.stamps, self.tokens = list(state["stamps"]), list(state["tokens"])
+
+    def finalize(self) -> tuple[list[float], list[int]]:
+        return list(self.stamps), list(self.tokens)
+
+
+@dataclass(frozen=True)
+class PassRate:
+    """A pass's measured cost: its tokens per second after a warm-up batch, and what it costs beyond
+    its tokens (start-up: building its accumulators, planning its batches, the first batch's extra;
+    and its accumulators' finalize).
+
+    Attributes:
+        tokens_per_second: real tokens per second of the batches after the first.
+        overhead_seconds: the short pass's seconds less its tokens at that rate (at least 0).
+    """
+
+    tokens_per_second: float
+    overhead_seconds: float = 0.0
+
+    def seconds(self, tokens: int) -> float:
+        """Estimated seconds of a pass of ``tokens`` real tokens."""
+        return self.overhead_seconds + tokens / self.tokens_per_second
+
+
+def pass_rate(start: float, end: float, stamps: list[float], tokens: list[int]) -> PassRate:
+    """The :class:`PassRate` of a pass that began at ``start`` and ended at ``end`` (clock readings),
+    whose batches of ``tokens`` real tokens ended at ``stamps``: the first batch is its warm-up, the
+    rate is the later batches' tokens over their seconds; with one batch, the whole pass's rate."""
+    total = max(end - start, 1e-9)
+    if len(stamps) < 2:
+        return PassRate(max(sum(tokens), 1) / total)
+    rate = sum(tokens[1:]) / max(stamps[-1] - stamps[0], 1e-9)
+    return PassRate(rate, max(total - sum(tokens) / rate, 0.0))
+
+
 def measure_pass(
     context: Any,
     name: str,
     specs: list[Any],
     clock: Clock = time.perf_counter,
     tokens: int | None = None,
-) -> tuple[float, dict[Any, Any]]:
-    """Tokens per second of a short collection pass of model ``name`` filling ``specs``, as the run
-    fills them (the corpus, the concept labels, the hooks and the accumulators), over the
-    ``context``'s ``max_tokens`` or the ``tokens`` the pass streams (the model is loaded before the
-    clock starts); and what the pass collected (spec -> value)."""
+) -> tuple[PassRate, dict[Any, Any]]:
+    """The :class:`PassRate` of a short collection pass of model ``name`` filling ``specs``, as the
+    run fills them (the corpus, the concept labels, the hooks and the accumulators), over the
+    ``context``'s ``max_tokens`` (the model is loaded before the clock starts), timed after its first
+    batch; and what the pass collected (spec -> value). ``tokens``: the pass's real tokens, used
+    when no batch was clocked."""
     from tl_moe.pipeline.runner import _collect_model
 
     model = context.model(name)
     device = next(model.parameters()).device
+    batches = BatchClock(clock, device)
     start = clock()
-    collected = _collect_model(context, name, specs, None)
+    collected = _collect_model(context, name, specs, None, observers={"calibration clock": batches})
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = max(clock() - start, 1e-9)
-    return (context.options.max_tokens if tokens is None else tokens) / seconds, collected
+    end = clock()
+    counted = batches.tokens or [context.options.max_tokens if tokens is None else tokens]
+    return pass_rate(start, end, batches.stamps, counted), collected
 
 
 def concept_rates(collected: dict[Any, Any]) -> Float[torch.Tensor, " concept"] | None:
@@ -104,13 +195,6 @@ def concept_rates(collected: dict[Any, Any]) -> Float[torch.Tensor, " concept"] 
     return None
 
 
-def eligible_concepts(rates: Float[torch.Tensor, " concept"], rows: int, min_examples: int) -> int:
-    """Concepts a unit seeing ``rows`` tokens is probed for: expected positives and negatives (at the
-    concepts' ``rates``) both at least ``min_examples``; the rest the run skips."""
-    positives = rates * rows
-    return int(((positives >= min_examples) & (rows - positives >= min_examples)).sum())
-
-
 def measure_fit_rate(
     width: int,
     rows: int,
@@ -118,9 +202,11 @@ def measure_fit_rate(
     device: str | torch.device | None = None,
     clock: Clock = time.perf_counter,
     rates: Float[torch.Tensor, " concept"] | None = None,
+    params: dict[str, Any] | None = None,
 ) -> float:
-    """Probe fits per second (one fit: a unit x a concept x a probe size) of a ``KSparseProbe`` on
-    random activations ``[unit, rows, width]`` with concepts planted at positive ``rates`` (the run's,
+    """Probe fits per second (one fit: a unit x a concept x a probe size) of a ``KSparseProbe`` — the
+    probing analysis's own fit, with its keyword ``params`` (:func:`~tl_moe.analysis.held_out_study.probe_parameters`)
+    — on random activations ``[unit, rows, width]`` with concepts planted at positive ``rates`` (the run's,
     :func:`fit_rate_concepts`; default: rare to common, :data:`CALIBRATION_RATES`), after one warm-up
     fit. A balanced fit's tokens are twice its rarer class's, so the rates set the fits' cost."""
     from tl_moe.analysis.probing import KSparseProbe
@@ -134,7 +220,7 @@ def measure_fit_rate(
     activations = activations.to(device or "cpu")
     unit_mask = torch.ones(CALIBRATION_UNITS, rows, dtype=torch.bool)
     ks = tuple(k for k in ks if k <= width) or (1,)
-    probe = KSparseProbe(ks=ks, device=str(activations.device))
+    probe = KSparseProbe(**{**(params or {}), "ks": ks, "device": str(activations.device)})
     probe.fit(activations, labels, unit_mask)
     start = clock()
     probe.fit(activations, labels, unit_mask)
@@ -154,28 +240,6 @@ def fit_rate_concepts(
         return None
     picks = torch.linspace(0, len(eligible) - 1, min(CALIBRATION_CONCEPTS, len(eligible))).round().long()
     return eligible[picks]
-
-
-@dataclass(frozen=True)
-class ProbeWork:
-    """Probe units of one width that probing's finalize fits, and the tokens each unit sees.
-
-    Attributes:
-        width: neurons of each unit.
-        units: units fitted (for each concept and probe size).
-        rows: tokens a unit sees (its fits run on them; the held-out protocol fits its selection share).
-        concepts: concepts each unit is fitted for.
-        held_out: fitted by the held-out protocol (its eligibility counts the selection documents alone);
-            else by the paper protocol.
-        analysis: the analysis whose finalize fits them (``probing``, or ``sparsity`` for the family).
-    """
-
-    width: int
-    units: int
-    rows: int
-    concepts: int
-    held_out: bool = False
-    analysis: str = "probing"
 
 
 @dataclass(frozen=True)
@@ -231,117 +295,61 @@ def held_out_gate(doc_ids: tuple[int, ...], options: Any) -> str | None:
 
 
 def _store_cap(options: Any, concepts: int) -> int | None:
-    """Most tokens the probing store keeps per unit (``--probe-rows-per-class`` x 2 classes x 2 sides x
-    concepts; None: every token)."""
-    rows = options.config("probing").rows_per_class
-    return None if rows is None else rows * 4 * concepts
-
-
-def _routed_rows(cfg: Any, tokens: int, cap: int | None) -> int:
-    """Tokens an expert of ``cfg`` sees when routing is balanced, bounded by the probing store."""
-    routed = tokens * cfg.experts_per_token // max(cfg.num_experts, 1)
-    return min(routed, cap or routed)
-
-
-def _moe_work(cfg: Any, layers: int, rows: int, concepts: int, dense_width: int | None) -> list[ProbeWork]:
-    """An MoE's expert units: the paper protocol's, and the held-out arm's, with a dense
-    baseline of ``dense_width`` neurons also the permuted-label arm and the matched-count routed-token
-    draws (d_expert dense neurons on each expert's tokens) with their permuted null."""
-    from tl_moe.analysis.held_out_probing import ROUTED_COUNT_DRAWS
-
-    experts = layers * cfg.num_experts
-    work = [ProbeWork(cfg.d_expert, experts, rows, concepts)]
-    rounds = 1
-    if dense_width is not None:
-        draws = ROUTED_COUNT_DRAWS if dense_width > cfg.d_expert else 1  # all neurons: one draw is all
-        rounds += 1 + 2 * draws
-    return [*work, ProbeWork(cfg.d_expert, experts * rounds, rows, concepts, held_out=True)]
-
-
-def _family_work(cfg: Any, tokens: int, cap: int | None, concepts: int, dense: Any) -> list[ProbeWork]:
-    """A sparsity-family member's units (all its sparse layers): its experts by the paper protocol and,
-    with the dense twin ``dense`` (a :class:`ModelPlan`, or None), the held-out arms of
-    :func:`_moe_work` plus the twin's layers and its neurons on the member's routed tokens (two arms)."""
-    layers = len(cfg.sparse_layers)
-    rows = _routed_rows(cfg, tokens, cap)
-    if dense is None:  # no dense twin: the family's held-out protocol is not run
-        work = [w for w in _moe_work(cfg, layers, rows, concepts, None) if not w.held_out]
-    else:
-        width = dense.config.d_mlp
-        work = _moe_work(cfg, layers, rows, concepts, width)
-        work.append(
-            ProbeWork(width, len(dense.config.dense_layers), min(tokens, cap or tokens), concepts, True)
-        )
-        work.append(ProbeWork(width, 2 * layers * cfg.num_experts, rows, concepts, True))
-    return [dataclasses.replace(w, analysis="sparsity") for w in work]
+    """Most tokens the probing store keeps per unit under ``--probe-rows-per-class`` (None: every token)."""
+    return store_cap(options.config("probing").rows_per_class, concepts)
 
 
 def probe_fit_counts(plan: RunPlan, concepts: int, tokens: int | None = None) -> list[ProbeWork]:
     """Units probing (and the sparsity family, when chosen) fits per width and protocol (per concept
-    and probe size), from the run's shapes, for a stream of ``tokens`` (default: ``--max-tokens``).
-
-    The MoE's experts (its probed layers x experts) are fitted by the paper protocol and the held-out
-    arm, and with a dense baseline by the permuted-label arm, the matched-count routed-token draws and
-    their permuted null; the untrained null by its held-out arm; a dense baseline's layers by the paper
-    protocol (whole layers and one draw per expert), its held-out and permuted arms, and its neurons on
-    each expert's routed tokens (two held-out arms). Each other member of the sparsity family: its
-    experts by the paper protocol, and with a dense baseline its held-out arms, the dense twin's layers
-    and its neurons on the member's routed tokens (two arms). ``concepts`` bounds the stored rows with
-    ``--probe-rows-per-class``.
-    """
+    and probe size), from the run's shapes, for a stream of ``tokens`` (default: ``--max-tokens``):
+    :func:`~tl_moe.analysis.probe_work.probing_work` of the analyzed MoE (the untrained null when the
+    run passes it, the dense baseline when given) and
+    :func:`~tl_moe.analysis.probe_work.family_work` of each other member of the sparsity family.
+    ``concepts`` bounds the stored rows with ``--probe-rows-per-class``."""
     options = plan.options
     tokens = options.max_tokens if tokens is None else tokens
     main = plan.models[0]
-    cfg = main.config
-    cap = _store_cap(options, concepts)
     names = [model.name for model in plan.models]
-    dense = next((m for m in plan.models if m.name == options.dense_baseline), None)
-    dense_width = None if dense is None else dense.config.d_mlp
-    whole = min(tokens, cap or tokens)
-    layers = len(options.config("probing").layers or cfg.sparse_layers)
-    rows = _routed_rows(cfg, tokens, cap)
-    work = _moe_work(cfg, layers, rows, concepts, dense_width)
-    if UNTRAINED + main.name in names:
-        work.append(ProbeWork(cfg.d_expert, layers * cfg.num_experts, rows, concepts, held_out=True))
-    if dense is not None:
-        dense_layers = len(dense.config.dense_layers)
-        experts = layers * cfg.num_experts
-        work += [
-            ProbeWork(dense_width, dense_layers, whole, concepts),  # paper protocol: whole layers
-            ProbeWork(dense_width, dense_layers * cfg.num_experts, rows, concepts),  # and one draw per expert
-            ProbeWork(dense_width, dense_layers * 2, whole, concepts, True),  # held-out and permuted arms
-            ProbeWork(dense_width, 2 * experts, rows, concepts, True),  # on routed tokens, matched subsets
-        ]
+    dense = next((m.config for m in plan.models if m.name == options.dense_baseline), None)
+    config = options.config("probing")
+    layers = len(config.layers or main.config.sparse_layers)
+    work = probing_work(
+        main.config,
+        layers,
+        tokens,
+        concepts,
+        config.rows_per_class,
+        dense_cfg=dense,
+        untrained=UNTRAINED + main.name in names,
+    )
     if "sparsity" in plan.analyses:
-        family = [
-            m
-            for m in plan.models[1:]
-            if m.name != options.dense_baseline and not m.name.startswith(UNTRAINED)
-        ]
-        for member in family:
-            work += _family_work(member.config, tokens, cap, concepts, dense)
+        cap = _store_cap(options, concepts)
+        for member in plan.models[1:]:
+            if member.name != options.dense_baseline and not member.name.startswith(UNTRAINED):
+                work += family_work(member.config, tokens, cap, concepts, dense)
     return work
 
 
 def eligible_work(
-    work: list[ProbeWork], rates: Float[torch.Tensor, " concept"], options: Any, held_out_runs: bool
+    work: list[ProbeWork],
+    rates: Float[torch.Tensor, " concept"] | None,
+    options: Any,
+    held_out_runs: bool,
 ) -> list[ProbeWork]:
     """``work`` with the tokens each fit uses and the concepts each unit is expected to be fitted for,
     as the run decides them: the paper protocol's units need ``--min-examples`` positives and negatives
     among their tokens; the held-out protocol's are fitted on their selection documents (the share
     ``--selection-fraction`` of their tokens) and need ``--held-out-min-examples`` of each there; with
-    ``held_out_runs`` False (too few documents to split) the held-out protocol fits nothing."""
+    ``held_out_runs`` False (too few documents to split) the held-out protocol fits nothing. Without
+    concept ``rates`` (none measured) every concept is counted."""
+    config = options.config("probing")
     fitted = []
     for w in work:
-        if w.held_out:
-            rows = int(w.rows * options.selection_fraction)
-            concepts = (
-                eligible_concepts(rates, rows, options.config("probing").held_out_min_examples)
-                if held_out_runs
-                else 0
-            )
-        else:
-            rows, concepts = w.rows, eligible_concepts(rates, w.rows, options.config("probing").min_examples)
+        rows = int(w.rows * options.selection_fraction) if w.held_out else w.rows
+        least = config.held_out_min_examples if w.held_out else config.min_examples
+        concepts = w.concepts if rates is None else eligible_concepts(rates, rows, least)
+        if w.held_out and not held_out_runs:
+            concepts = 0
         fitted.append(dataclasses.replace(w, rows=rows, concepts=min(concepts, w.concepts)))
     return fitted
 
@@ -352,13 +360,17 @@ class TimeEstimate:
     measured rates they rest on.
 
     Attributes:
-        pass_seconds / forward_rates: per pass, its seconds and its model's measured tokens per second.
+        pass_seconds / forward_rates / overhead_seconds: per pass, its estimated seconds, its model's
+            measured tokens per second (after a warm-up batch) and its measured start-up and finalize.
         fit_seconds / fits / fits_at_most / held_out_fits: per analysis that fits probes (probing, the
             sparsity family), its seconds, its expected probe fits, their upper bound (every unit sees
             every token of the run) and the held-out protocol's share of the expected fits.
         fit_rates: measured probe fits per second by (unit width, tokens per unit).
         held_out_unavailable: why the held-out protocol makes no fit (too few documents), or None.
         tokens: tokens the run's stream reaches, when the corpus holds fewer than ``--max-tokens``.
+        pass_tokens: real tokens each pass streams.
+        calibration_tokens: real tokens of each calibration pass (None: rates given, not measured).
+        device / dtype / threads: where the rates were measured.
         analyses: the run's analyses (the summary names the finalize work it does not estimate).
     """
 
@@ -374,8 +386,12 @@ class TimeEstimate:
     device: str = "cpu"
     threads: int = 1
     analyses: tuple[str, ...] = ()
+    pass_tokens: dict[str, int] = field(default_factory=dict)
+    overhead_seconds: dict[str, float] = field(default_factory=dict)
+    calibration_tokens: int | None = None
+    dtype: str = "float32"
 
-    def _not_estimated(self) -> str:
+    def not_estimated(self) -> str:
         """What the total leaves out: every finalize step but the probe fits."""
         fitting = [a for a in self.analyses if a in self.fit_seconds]
         others = [a for a in self.analyses if a not in self.fit_seconds]
@@ -397,20 +413,46 @@ class TimeEstimate:
     def total_seconds(self) -> float:
         return sum(self.pass_seconds.values()) + (self.probing_seconds or 0.0)
 
+    def basis(self) -> str:
+        """What the estimate rests on: the calibration's tokens, device, dtype and threads."""
+        measured = (
+            "rates given, not measured"
+            if self.calibration_tokens is None
+            else f"a calibration of {self.calibration_tokens:,} tokens per pass, timed after a warm-up batch"
+        )
+        return f"{measured}, on {self.device} ({self.dtype}, {self.threads} CPU thread(s))"
+
+    def pass_frame(self) -> pd.DataFrame:
+        """One row per pass: its tokens, measured tokens/s, start-up and finalize s, estimated s."""
+        return pd.DataFrame(
+            [
+                {
+                    "pass": name,
+                    "tokens": self.pass_tokens.get(name),
+                    "tokens/s": self.forward_rates[name],
+                    "start-up s": self.overhead_seconds.get(name, 0.0),
+                    "estimated s": seconds,
+                }
+                for name, seconds in self.pass_seconds.items()
+            ]
+        )
+
     def summary(self) -> str:
-        lines = [
-            f"Estimated wall time (an estimate, from throughputs measured on this machine: {self.device}, "
-            f"{self.threads} CPU thread(s)):"
-        ]
+        lines = [f"Estimated wall time (an estimate, from {self.basis()}):"]
         if self.tokens is not None:
             lines.append(
                 f"  the corpus holds fewer tokens than --max-tokens: each pass streams {self.tokens:,}"
             )
-        for name, seconds in self.pass_seconds.items():
-            lines.append(
-                f"  pass {name}: {_duration(seconds)} (measured {self.forward_rates[name]:,.0f} tokens/s in a "
-                "short pass)"
-            )
+        table = self.pass_frame().to_string(
+            index=False,
+            formatters={
+                "tokens": lambda n: f"{n:,}",
+                "tokens/s": lambda r: f"{r:,.0f}",
+                "start-up s": lambda x: f"{x:.3g}",
+                "estimated s": lambda x: f"{x:.3g}",
+            },
+        )
+        lines += ["  " + line for line in table.splitlines()]
         rates = ", ".join(
             f"{rate:,.0f} fits/s at {width} neurons x {rows:,} tokens"
             for (width, rows), rate in self.fit_rates.items()
@@ -430,9 +472,44 @@ class TimeEstimate:
             )
         if self.held_out_unavailable is not None:
             lines.append(f"  held-out protocol unavailable, so it makes 0 fits: {self.held_out_unavailable}")
-        lines.append(f"  total of these: {_duration(self.total_seconds)} ({self._not_estimated()})")
-
+        lines.append(f"  total of these: {_duration(self.total_seconds)} ({self.not_estimated()})")
         return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The estimate as JSON-ready values (seconds unrounded), with its basis."""
+        return {
+            "basis": {
+                "calibration_tokens": self.calibration_tokens,
+                "device": self.device,
+                "dtype": self.dtype,
+                "threads": self.threads,
+                "fit_rates": [
+                    {"width": width, "rows": rows, "fits_per_second": rate}
+                    for (width, rows), rate in self.fit_rates.items()
+                ],
+            },
+            "passes": self.pass_frame()
+            .rename(
+                columns={
+                    "tokens/s": "tokens_per_second",
+                    "start-up s": "overhead_seconds",
+                    "estimated s": "estimated_seconds",
+                }
+            )
+            .to_dict(orient="records"),
+            "probe_fits": {
+                analysis: {
+                    "fits": self.fits[analysis],
+                    "held_out_fits": self.held_out_fits[analysis],
+                    "fits_at_most": self.fits_at_most[analysis],
+                    "estimated_seconds": seconds,
+                }
+                for analysis, seconds in self.fit_seconds.items()
+            },
+            "held_out_unavailable": self.held_out_unavailable,
+            "total_seconds": self.total_seconds,
+            "not_estimated": self.not_estimated(),
+        }
 
 
 def _duration(seconds: float) -> str:
@@ -443,9 +520,33 @@ def _duration(seconds: float) -> str:
     return f"about {seconds / 3600:.3g} h"
 
 
+def _as_rate(rate: float | PassRate) -> PassRate:
+    return rate if isinstance(rate, PassRate) else PassRate(float(rate))
+
+
+def probing_seconds(
+    work: list[ProbeWork], fit_rates: dict[tuple[int, int], float], n_ks: int
+) -> tuple[dict[str, float], dict[str, int], dict[str, int]]:
+    """Per analysis: seconds, fits and held-out fits of ``work`` (each unit x concept x probe size is a
+    fit) at ``fit_rates`` (``(width, rows) -> fits/s``, rows capped at :data:`CALIBRATION_MAX_ROWS`;
+    a work of more rows is scaled up in proportion)."""
+    seconds: dict[str, float] = {}
+    fits: dict[str, int] = {}
+    held_out: dict[str, int] = {}
+    for w in work:
+        n = w.fits(n_ks)
+        key = rate_key(w)
+        scale = w.rows / key[1] if w.rows > key[1] else 1.0
+        cost = n * scale / fit_rates[key] if n else 0.0  # no fit: no rate was measured
+        seconds[w.analysis] = seconds.get(w.analysis, 0.0) + cost
+        fits[w.analysis] = fits.get(w.analysis, 0) + n
+        held_out[w.analysis] = held_out.get(w.analysis, 0) + n * w.held_out
+    return seconds, fits, held_out
+
+
 def estimate_times(
     plan: RunPlan,
-    forward_rates: dict[str, float],
+    forward_rates: dict[str, float | PassRate],
     fit_rates: dict[tuple[int, int], float] | None = None,
     probe_work: list[ProbeWork] | None = None,
     device: str = "cpu",
@@ -454,47 +555,45 @@ def estimate_times(
     bound_work: list[ProbeWork] | None = None,
     held_out_unavailable: str | None = None,
     tokens: int | None = None,
+    calibration_tokens: int | None = None,
 ) -> TimeEstimate:
-    """Seconds per pass (its tokens — ``tokens`` when the corpus ends first — over its model's tokens
-    per second) and per analysis's probe fits: each work's units x concepts x probe sizes fits over the
-    fits per second measured at its width and its rows (``fit_rates``: ``(width, rows) -> rate``, rows
-    capped at :data:`CALIBRATION_MAX_ROWS`; a work of more rows is scaled up in proportion);
-    ``bound_work``: the same work at its upper bound of concepts."""
-    passes = {m.name: (tokens or m.tokens) / forward_rates[m.name] for m in plan.models}
-    rates = {m.name: forward_rates[m.name] for m in plan.models}
+    """Seconds per pass (its measured start-up and finalize, plus its tokens — ``tokens`` when the corpus
+    ends first — over its model's tokens per second; ``forward_rates``: name -> tokens/s or a
+    :class:`PassRate`) and per analysis's probe fits (:func:`probing_seconds`); ``bound_work``: the
+    same work at its upper bound of concepts. Every input rate may be injected, so the estimate is
+    a function of the plan and the rates alone."""
+    rates = {m.name: _as_rate(forward_rates[m.name]) for m in plan.models}
+    streamed = {m.name: tokens or m.tokens for m in plan.models}
     short = tokens if tokens is not None and tokens < plan.options.max_tokens else None
+    basis = dict(
+        device=device,
+        threads=threads,
+        tokens=short,
+        analyses=plan.analyses,
+        pass_tokens=streamed,
+        overhead_seconds={n: r.overhead_seconds for n, r in rates.items()},
+        calibration_tokens=calibration_tokens,
+        dtype=str(plan.options.dtype),
+    )
+    passes = {n: r.seconds(streamed[n]) for n, r in rates.items()}
+    per_second = {n: r.tokens_per_second for n, r in rates.items()}
     if not fit_rates or not probe_work:
-        return TimeEstimate(
-            passes, rates, device=device, threads=threads, tokens=short, analyses=plan.analyses
-        )
+        return TimeEstimate(passes, per_second, **basis)
     ks = len(plan.options.config("probing").ks)
-    seconds: dict[str, float] = {}
-    fits: dict[str, int] = {}
-    held_out: dict[str, int] = {}
-    for work in probe_work:
-        n = work.units * work.concepts * ks
-        key = rate_key(work)
-        scale = work.rows / key[1] if work.rows > key[1] else 1.0
-        cost = n * scale / fit_rates[key] if n else 0.0  # no fit: no rate was measured
-        seconds[work.analysis] = seconds.get(work.analysis, 0.0) + cost
-        fits[work.analysis] = fits.get(work.analysis, 0) + n
-        held_out[work.analysis] = held_out.get(work.analysis, 0) + n * work.held_out
+    seconds, fits, held_out = probing_seconds(probe_work, fit_rates, ks)
     at_most: dict[str, int] = {}
     for work in bound_work or probe_work:
-        at_most[work.analysis] = at_most.get(work.analysis, 0) + work.units * work.concepts * ks
+        at_most[work.analysis] = at_most.get(work.analysis, 0) + work.fits(ks)
     return TimeEstimate(
         passes,
-        rates,
+        per_second,
         seconds,
         fits,
         at_most,
         held_out,
         dict(fit_rates),
         held_out_unavailable,
-        short,
-        device,
-        threads,
-        plan.analyses,
+        **basis,
     )
 
 
@@ -555,23 +654,36 @@ def _measure_fit_rates(
 ) -> dict[tuple[int, int], float]:
     """Fits per second at each (width, rows) of the work that fits anything, with concepts planted at
     the run's own rates (:func:`fit_rate_concepts`) when the short pass labeled any."""
+    from tl_moe.analysis.held_out_study import probe_parameters
+
+    params = probe_parameters(options.config("probing"), options.seed)
     fit_rates = {}
-    for width, rows in sorted({rate_key(w) for w in work if w.units * w.concepts}):
+    for width, rows in sorted({rate_key(w) for w in work if w.fits(1)}):
         picked = (
             None if rates is None else fit_rate_concepts(rates, rows, options.config("probing").min_examples)
         )
         fit_rates[(width, rows)] = measure_fit_rate(
-            width, rows, options.config("probing").ks, device, clock=clock, rates=picked
+            width, rows, options.config("probing").ks, device, clock=clock, rates=picked, params=params
         )
     return fit_rates
 
 
-def calibrate(plan: RunPlan, clock: Clock = time.perf_counter) -> TimeEstimate:
+def calibrate(
+    plan: RunPlan,
+    clock: Clock = time.perf_counter,
+    *,
+    forward_rates: dict[str, float | PassRate] | None = None,
+    fit_rate: float | None = None,
+) -> TimeEstimate:
     """Relay analyze's pre-pass warnings, run a short collection pass of each model of ``plan``
-    (:func:`calibration_tokens`, as the run collects, the untrained null included), time a probe fit
-    per unit width when the run fits probes, and estimate the run's wall time from those rates."""
+    (:func:`calibration_tokens`, as the run collects, the untrained null included), time probe fits
+    per unit width and rows when the run fits probes, and estimate the run's wall time from those rates.
+
+    ``forward_rates`` (pass name -> tokens/s or :class:`PassRate`) and ``fit_rate`` (fits/s at every
+    width) replace the measured rates, so the estimate is deterministic: given forward rates, no
+    short pass runs and every concept counts as probed (no concept rates are measured)."""
     from tl_moe.pipeline.context import RunContext
-    from tl_moe.pipeline.runner import _chosen_analyses, _needs_by_model
+    from tl_moe.pipeline.runner import _chosen_analyses
     from tl_moe.runtime import set_threads
 
     threads = set_threads(plan.options.threads)
@@ -582,33 +694,25 @@ def calibrate(plan: RunPlan, clock: Clock = time.perf_counter) -> TimeEstimate:
         stream = run_documents(context.dataset, tokenizer, options)
         short = options.replace(max_tokens=calibration_tokens(options, stream.tokens))
         short_tokens = run_documents(context.dataset, tokenizer, short).tokens
-        short_context = RunContext(
-            short, dataset=context.dataset, models={context.main: context.model(context.main)}
-        )
-        needs = _needs_by_model(short_context, _chosen_analyses(short, None))
-        forward_rates: dict[str, float] = {}
+        device = str(next(context.model(context.main).parameters()).device)
         rates = None
-        device = "cpu"
-        for name, specs in needs.items():
-            device = str(next(short_context.model(name).parameters()).device)
-            forward_rates[name], collected = measure_pass(
-                short_context, name, specs, clock=clock, tokens=short_tokens
-            )
-            rates = concept_rates(collected) if rates is None else rates
-            if name not in (short_context.main, short_context.dense):  # as the run releases them
-                short_context.release(name)
+        if forward_rates is None:
+            forward_rates, rates = _measure_passes(context, short, short_tokens, clock)
     plan = dataclasses.replace(plan, options=options)
+    basis = dict(tokens=stream.tokens, calibration_tokens=None if rates is None else short_tokens)
     if not {"probing", "sparsity"} & set(plan.analyses):
-        return estimate_times(plan, forward_rates, device=device, threads=threads, tokens=stream.tokens)
+        return estimate_times(plan, forward_rates, device=device, threads=threads, **basis)
     concepts = _concepts_of(options)
     work = probe_fit_counts(plan, concepts, stream.tokens)
     whole = min(stream.tokens, _store_cap(options, concepts) or stream.tokens)
     bound = [dataclasses.replace(w, rows=whole) for w in work]  # every unit sees every token
     gate = held_out_gate(stream.doc_ids, options)
-    if rates is not None:  # the concepts each unit is probed for, at the rates the short pass labeled
-        work = eligible_work(work, rates, options, held_out_runs=gate is None)
-        bound = eligible_work(bound, rates, options, held_out_runs=gate is None)
-    fit_rates = _measure_fit_rates(work, rates, options, device, clock)
+    work = eligible_work(work, rates, options, held_out_runs=gate is None)
+    bound = eligible_work(bound, rates, options, held_out_runs=gate is None)
+    if fit_rate is None:
+        fit_rates = _measure_fit_rates(work, rates, options, device, clock)
+    else:
+        fit_rates = {rate_key(w): fit_rate for w in work}
     return estimate_times(
         plan,
         forward_rates,
@@ -618,5 +722,29 @@ def calibrate(plan: RunPlan, clock: Clock = time.perf_counter) -> TimeEstimate:
         threads,
         bound_work=bound,
         held_out_unavailable=gate,
-        tokens=stream.tokens,
+        **basis,
     )
+
+
+def _measure_passes(
+    context: Any, short: Any, short_tokens: int, clock: Clock
+) -> tuple[dict[str, PassRate], Float[torch.Tensor, " concept"] | None]:
+    """A short pass of each model the run passes (options ``short``), as the run collects and releases
+    them: each pass's :class:`PassRate`, and the concept rates the first labeled pass stored."""
+    from tl_moe.pipeline.context import RunContext
+    from tl_moe.pipeline.runner import _chosen_analyses, _needs_by_model
+
+    short_context = RunContext(
+        short, dataset=context.dataset, models={context.main: context.model(context.main)}
+    )
+    needs = _needs_by_model(short_context, _chosen_analyses(short, None))
+    forward_rates: dict[str, PassRate] = {}
+    rates = None
+    for name, specs in needs.items():
+        forward_rates[name], collected = measure_pass(
+            short_context, name, specs, clock=clock, tokens=short_tokens
+        )
+        rates = concept_rates(collected) if rates is None else rates
+        if name not in (short_context.main, short_context.dense):  # as the run releases them
+            short_context.release(name)
+    return forward_rates, rates

@@ -113,6 +113,18 @@ class RunPlan:
             )
         return pd.DataFrame(rows)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as JSON-ready values: one record per pass (its accumulators' bytes by spec), the peak."""
+        passes = self.to_frame().to_dict(orient="records")
+        for record, model in zip(passes, self.models, strict=True):
+            record["accumulator bytes"] = dict(model.accumulator_bytes)
+        return {
+            "analyses": list(self.analyses),
+            "passes": passes,
+            "peak bytes": self.peak_bytes,
+            "own forwards": dict(self.own_forwards),
+        }
+
     def summary(self) -> str:
         lines = [f"Plan for {', '.join(self.analyses)} on {self.options.model}:"]
         lines.append(self.to_frame().to_string(index=False, float_format=lambda x: f"{x:.3g}"))

@@ -30,6 +30,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from tl_moe.collect.accumulator import Accumulator
+from tl_moe.defaults import MIN_DOCUMENTS
 from tl_moe.models.config import MoEConfig
 from tl_moe.pipeline.options import OptionLimit
 from tl_moe.report.summary import TableSummary
@@ -47,6 +48,7 @@ __all__ = [
     "OptionLimit",
     "Result",
     "TableItem",
+    "MIN_DOCUMENTS_MARK",
     "section_intro",
 ]
 
@@ -266,9 +268,16 @@ class Analysis(ABC):
             section.add_record(key, value)
 
 
-def section_intro(analysis: Analysis) -> str:
-    """The report section's opening paragraph: the analysis's intro, and when it runs forwards of its
-    own, that it does and why."""
+MIN_DOCUMENTS_MARK = "{min_documents}"
+"""Written in an analysis's ``intro`` where the run's fewest documents behind an interval
+(``--min-documents``, :attr:`~tl_moe.analysis.configs.Statistics.min_documents`) belongs:
+:func:`section_intro` puts the run's value there."""
+
+
+def section_intro(analysis: Analysis, min_documents: int = MIN_DOCUMENTS) -> str:
+    """The report section's opening paragraph: the analysis's intro, with the run's ``min_documents``
+    in place of :data:`MIN_DOCUMENTS_MARK`, and when it runs forwards of its own, that it does and why."""
+    intro = analysis.intro.replace(MIN_DOCUMENTS_MARK, str(int(min_documents)))
     if not analysis.own_forwards:
-        return analysis.intro
-    return f"{analysis.intro} Forwards of its own, outside the collection pass: {analysis.own_forwards}."
+        return intro
+    return f"{intro} Forwards of its own, outside the collection pass: {analysis.own_forwards}."

@@ -57,7 +57,8 @@ class RunResults(Mapping[str, Result]):
         options: the settings it ran with.
         results: analysis name -> its :class:`~tl_moe.pipeline.protocol.Result`, in report order.
         report: path of the written ``index.html`` (None when no report was written).
-        timings: seconds per phase (one entry per model pass, ``finalize``, ``total``).
+        timings: seconds per phase (one entry per model pass, ``finalize NAME`` per analysis, ``finalize``,
+            ``total``).
         tokens_by_domain: real tokens of each domain streamed through the analyzed model.
         findings: the one-line findings of every analysis.
         accumulator_bytes: model -> accumulator (its spec's repr) -> ``{"final", "peak"}`` bytes of
@@ -193,16 +194,19 @@ def _collect_model(
     specs: list[AccumulatorSpec],
     out: Path | None,
     memory: dict[str, dict[str, int]] | None = None,
+    observers: dict[str, Accumulator] | None = None,
 ) -> dict[AccumulatorSpec, Any]:
     """One collection pass of ``model_name`` filling every spec's accumulator; spec -> finalized value.
 
     ``memory``, when given, receives each accumulator's state bytes after the pass (by pass name).
+    ``observers``: accumulators fed after the specs' in each batch (e.g. a clock per batch), not returned.
     """
     options = run_context.options
     model = run_context.model(model_name)
     accumulators: dict[str, Accumulator] = {
         _pass_name(spec): spec.build(model, run_context) for spec in specs
     }
+    accumulators.update(observers or {})
     labeler = TokenConceptLabeler(concepts_for_corpus(options.corpus))
     if out is not None:
         run_context.pass_identities[model_name] = _pass_identity(model, run_context, accumulators, labeler)
@@ -428,7 +432,9 @@ def _run(options, analyses, dataset, models, write_report, started, load_at_star
     tic = time.perf_counter()
     results: dict[str, Result] = {}
     for analysis in chosen:
+        started_analysis = time.perf_counter()
         results[analysis.name] = _finalize(analysis, run_context, Inputs(collected, results), results)
+        timings[f"finalize {analysis.name} (s)"] = round(time.perf_counter() - started_analysis, 1)
     timings["finalize (s)"] = round(time.perf_counter() - tic, 1)
     tokens = collected[(run_context.main, TokensByDomain())]
     tokens_by_domain = dict(zip(run_context.domain_names, (int(n) for n in tokens.tolist()), strict=True))
@@ -439,7 +445,11 @@ def _run(options, analyses, dataset, models, write_report, started, load_at_star
         report = Report(f"tl_moe analysis of {options.model}", out)
         report.add_findings(findings)
         for analysis in chosen:
-            section = report.add_section(analysis.title, key=analysis.name, intro=section_intro(analysis))
+            section = report.add_section(
+                analysis.title,
+                key=analysis.name,
+                intro=section_intro(analysis, options.statistics.min_documents),
+            )
             _render(analysis, results[analysis.name], section, run_context)
         timings["total (s)"] = round(time.perf_counter() - started, 1)
         report.add_metadata(

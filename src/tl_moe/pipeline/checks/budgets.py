@@ -95,15 +95,18 @@ def check_driver_budget(
     max_tokens: int,
     driver_tokens: int,
     min_documents: int = 2,
+    interval_documents: int | None = None,
 ) -> DocumentBudget:
     """Refuse a budget whose edited forwards leave fewer than ``min_documents`` documents on a half
     (the drivers, and the associations and re-weighting built on them, then have nothing to select or
-    report on); warn when the report half has fewer than ``MIN_DOCUMENTS`` (intervals unavailable).
-    Both messages name the flag that raises the count (:func:`driver_documents`)."""
+    report on); warn when the report half has fewer than ``interval_documents`` (the run's
+    ``--min-documents``; None: :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS`), the intervals then being
+    unavailable. Both messages name the flag that raises the count (:func:`driver_documents`)."""
     import warnings
 
     from tl_moe.analysis.stats import MIN_DOCUMENTS
 
+    interval_documents = MIN_DOCUMENTS if interval_documents is None else int(interval_documents)
     budget = driver_documents(
         dataset,
         tokenizer,
@@ -122,9 +125,9 @@ def check_driver_budget(
             f"{_advice(budget.flag, 'documents')}.",
             input_name=budget.flag or "--corpus",
         )
-    if budget.report < MIN_DOCUMENTS:
+    if budget.report < interval_documents:
         warnings.warn(
-            f"{found}; the drivers' intervals need {MIN_DOCUMENTS} and will be reported unavailable: "
+            f"{found}; the drivers' intervals need {interval_documents} and will be reported unavailable: "
             f"{_advice(budget.flag, 'documents')}.",
             stacklevel=2,
         )
@@ -149,19 +152,27 @@ def reweight_documents(
 
 
 def check_reweight_budget(
-    dataset: Any, tokenizer: Any, *, seq_len: int, reweight_tokens: int, domains: Sequence[str]
+    dataset: Any,
+    tokenizer: Any,
+    *,
+    seq_len: int,
+    reweight_tokens: int,
+    domains: Sequence[str],
+    interval_documents: int | None = None,
 ) -> dict[str, tuple[int, int]]:
     """Refuse a ``--reweight-tokens`` that leaves a domain without a selection or held-out document;
-    warn when a domain has fewer than ``MIN_DOCUMENTS`` held-out documents (its interval is then
+    warn when a domain has fewer than ``interval_documents`` held-out documents (the run's
+    ``--min-documents``; None: :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS`; its interval is then
     unavailable), naming ``--reweight-tokens`` when more tokens would reach more documents and the
     corpus when the domain has no more."""
     import warnings
 
     from tl_moe.analysis.stats import MIN_DOCUMENTS
 
+    least = MIN_DOCUMENTS if interval_documents is None else int(interval_documents)
     counts = reweight_documents(dataset, tokenizer, seq_len=seq_len, tokens_per_group=reweight_tokens)
     empty = [d for d in domains if min(counts.get(str(d), (0, 0))) == 0]
-    short = [d for d in domains if counts.get(str(d), (0, 0))[1] < MIN_DOCUMENTS and d not in empty]
+    short = [d for d in domains if counts.get(str(d), (0, 0))[1] < least and d not in empty]
 
     def advice(names: Sequence[str]) -> str:
         more = reweight_documents(dataset, tokenizer, seq_len=seq_len, tokens_per_group=10 * reweight_tokens)
@@ -180,7 +191,7 @@ def check_reweight_budget(
     if short:
         held_out = {d: counts[str(d)][1] for d in short}
         warnings.warn(
-            f"--reweight-tokens {reweight_tokens} reaches fewer than {MIN_DOCUMENTS} held-out documents for "
+            f"--reweight-tokens {reweight_tokens} reaches fewer than {least} held-out documents for "
             f"{held_out}; their intervals will be reported unavailable ({advice(short)}).",
             stacklevel=2,
         )

@@ -87,10 +87,11 @@ class AssociationsResult(AssociationOutcome, Result):
 
     def findings(self) -> list[str]:
         summary = self.associations.summary
+        least = _least_documents(summary)
 
         def show(name: str) -> str:
             row = self._effect(name)
-            why = row.get("interval unavailable") or f"fewer than {MIN_INTERVAL_DOCUMENTS} documents"
+            why = row.get("interval unavailable") or f"fewer than {least} documents"
             return format_interval(row["estimate"], row["ci low"], row["ci high"], "+.3f", "no document", why)
 
         early = self.positions.early
@@ -155,7 +156,7 @@ class AssociationsResult(AssociationOutcome, Result):
                     "associations_lift_held_out",
                     fig,
                     "Each dot a (block, expert, token) discovered on the selection half whose token sits in at "
-                    f"least {MIN_INTERVAL_DOCUMENTS} report documents; below the diagonal: selection's optimism.",
+                    f"least {_least_documents(self.associations.summary)} report documents; below the diagonal: selection's optimism.",
                 )
             )
         return figures
@@ -176,13 +177,19 @@ class AssociationsResult(AssociationOutcome, Result):
         ]
 
 
+def _least_documents(summary: dict[str, Any]) -> int:
+    """The fewest report documents behind an interval in this run (its ``--min-documents``; the default
+    for a summary that does not record it)."""
+    return int(summary.get("least report documents for an interval", MIN_INTERVAL_DOCUMENTS))
+
+
 def _association_finding(summary: dict[str, Any]) -> str:
     """Discoveries on the selection half (BH, BY beside it) and how many the report half confirms after
     a multiplicity correction over the measured discoveries (BH, BY as the check)."""
     fdr = summary.get("fdr", 0.05)
     discoveries = summary.get("discoveries", 0)
     measured = summary.get("discoveries measured on the report half", 0)
-    least = summary.get("least report documents for an interval", MIN_INTERVAL_DOCUMENTS)
+    least = _least_documents(summary)
     text = (
         f"**Token–expert association**: {discoveries} of {summary.get('tested triples', 0)} (block, expert, "
         f"token) triples enriched within documents at FDR {fdr} on the selection half by Benjamini–Hochberg, "

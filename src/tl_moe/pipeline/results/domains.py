@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -49,6 +50,16 @@ class DomainExpertsResult(Result):
             metrics["false-discovery rate"] = self.experts.alpha_
             metrics["permutations"] = self.experts.n_permutations_
             metrics["p-value floor"] = self.experts.p_floor_
+        if self.experts.max_null_ is not None and len(self.experts.max_null_):
+            median, upper = np.quantile(self.experts.max_null_, [0.5, 0.95])
+            key = "highest domain score"
+            metrics[key] = round(float(np.nanmax(self.experts.scores_.numpy())), 4)
+            metrics[f"{key} | control"] = (
+                "the highest score among the same scored experts in each document-label permutation"
+            )
+            metrics[f"{key} | control median"] = round(float(median), 4)
+            metrics[f"{key} | control 95th percentile"] = round(float(upper), 4)
+            metrics[f"{key} | max-statistic p"] = self.experts.max_p_value_
         for i, note in enumerate(self.notes):
             metrics[f"note {i + 1}"] = note
         return metrics
@@ -73,15 +84,30 @@ class DomainExpertsResult(Result):
                 f"descriptive only, {experts.n_above_threshold()} have a domain score ≥ {experts.threshold}"
             )
         if len(self.top):
-            best = self.top.iloc[0]
-            tested = "q_value" in self.top.columns
-            text += (
-                f"; the highest score is layer {int(best['layer'])} expert {int(best['expert'])} "
-                f"({best['favoured_domain']}, score {best['score']:.2f}, {best['lift']:.1f}× its mean rate"
-                + (f", p = {best['p_value']:.3g}, q = {best['q_value']:.3g}" if tested else "")
-                + ")"
-            )
+            text += self._maximum_text(scored)
         return [text + "."]
+
+    def _maximum_text(self, scored: int) -> str:
+        """The highest score, a maximum chosen on the documents it is measured on: against the highest
+        score of each permutation of the test (its control), or labelled descriptive without a test."""
+        experts, best = self.experts, self.top.iloc[0]
+        who = (
+            f"layer {int(best['layer'])} expert {int(best['expert'])} ({best['favoured_domain']}, score "
+            f"{best['score']:.2f}, {best['lift']:.1f}× its mean rate"
+        )
+        if experts.max_null_ is None or "q_value" not in self.top.columns:
+            return (
+                f"; the highest score is {who}): a descriptive maximum over the {scored} scores on the same "
+                "documents it was selected on, with no interval and, untested, no control"
+            )
+        median, upper = np.quantile(experts.max_null_, [0.5, 0.95])
+        return (
+            f"; the highest score is {who}; its own p = {best['p_value']:.3g}, q = {best['q_value']:.3g}), the "
+            f"largest of {scored} scores on the documents it is measured on, so its control is the largest of "
+            f"the {scored} with the domain labels shuffled over documents (the same {experts.n_permutations_} "
+            f"permutations): median {median:.2f}, 95th percentile {upper:.2f}, max-statistic p = "
+            f"{experts.max_p_value_:.3g} (a maximum selected on the data has no interval)"
+        )
 
     def _floor_text(self) -> str:
         """Whether the permutation count lets BH discover a lone expert (floor vs alpha / tested)."""

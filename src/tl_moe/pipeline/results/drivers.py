@@ -95,11 +95,11 @@ class DriversResult(DriverFindings, DriverFigures, DriverOutcome, Result):
                 metrics[key] = rounded(row["spearman with exact zeroing effect"])
                 metrics[f"{key} | 95% CI"] = [rounded(row["ci low"]), rounded(row["ci high"])]
                 metrics[f"{key} | bootstrap bias"] = rounded(row["bootstrap bias"])
-                metrics[f"{key} | position in interval"] = rounded(
-                    interval_position(
-                        row["spearman with exact zeroing effect"], row["ci low"], row["ci high"]
-                    )
-                )
+                metrics[f"{key} | position in interval"] = rounded(row["interval position"])
+                metrics[f"{key} | basic 95% CI"] = [
+                    rounded(row["basic ci low"]),
+                    rounded(row["basic ci high"]),
+                ]
                 if group:
                     metrics[f"{key} | experts"] = int(row["experts"])
             pooled = self._paired_rows("all")

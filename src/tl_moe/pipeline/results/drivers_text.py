@@ -3,13 +3,12 @@ diagnostic, the document gate in words."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
 from tl_moe.analysis.effect_estimate import WITHIN_LAYERS
-from tl_moe.analysis.stats import RHO_MIN_EXPERT_DOCUMENTS
+from tl_moe.analysis.stats import RHO_MIN_EXPERT_DOCUMENTS, interval_position
 
 __all__ = [
     "EDITED_FORWARDS",
@@ -47,13 +46,6 @@ class Signed:
 
 WITHIN = WITHIN_LAYERS
 """The paired table's group of the mean of the per-layer ρ."""
-
-
-def interval_position(estimate: float, low: float, high: float) -> float:
-    """Where ``estimate`` sits in ``[low, high]``: 0 at the lower end, 1 at the upper (NaN without one)."""
-    if not all(np.isfinite([estimate, low, high])) or high <= low:
-        return math.nan
-    return (estimate - low) / (high - low)
 
 
 def diagnostic(estimate: float, low: float, high: float, bias: float) -> str:

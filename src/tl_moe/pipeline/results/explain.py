@@ -179,11 +179,11 @@ class ExplainResult(Result):
         return [
             TableItem("explain_labels", self.label_table(), "Label and its kind; balanced accuracy on held-out "
                       "items, another expert's label (shuffled within the layer) on the same items with the "
-                      "interval of the difference over the documents of the expert's items, the token-set baseline's (the labeler's best token set); F1 with its interval over the same documents (unavailable below 30), "
+                      "interval of the difference over the documents of the expert's items, the token-set baseline's (the labeler's best token set); F1 with its interval over the same documents (unavailable below --min-documents), "
                       "chance F1 (answering 'yes' to every item), precision, recall, AUC where graded.", max_rows=200),
             TableItem("explain_summary", self.labeling.summary.round(4), "Per layer and metric: mean over experts "
                       "with a 95% bootstrap interval over the score documents ('interval over': documents for "
-                      "balanced accuracy, F1, precision, recall, AUC — each expert's score recomputed in every resample; unavailable below 30 documents), "
+                      "balanced accuracy, F1, precision, recall, AUC — each expert's score recomputed in every resample; unavailable below --min-documents documents), "
                       "the shuffled-label control and the token-set baseline with the paired differences, chance."),
         ] + ([TableItem("explain_causal", self.causal.summary.round(4), "Causal checks on held-out documents, on "
               "the positions where each expert is routed: mean over experts of |Δloss| on label-described minus "

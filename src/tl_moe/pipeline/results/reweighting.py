@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 
 from tl_moe.analysis.expert_reweighting import ReweightingOutcome
-from tl_moe.analysis.stats import MIN_DOCUMENTS
 from tl_moe.pipeline.protocol import FigureItem, Result, TableItem
 from tl_moe.pipeline.results.reweighting_findings import (
     holm_record,
@@ -28,7 +27,7 @@ __all__ = ["ReweightingResult"]
 @dataclass(frozen=True)
 class ReweightingResult(ReweightingOutcome, Result):
     """The report's view of a :class:`~tl_moe.analysis.expert_reweighting.ReweightingOutcome` (the same
-    fields: study, steering, candidates, capacity, steering_capacity)."""
+    fields: study, steering, candidates, capacity, steering_capacity, min_documents)."""
 
     @classmethod
     def from_outcome(cls, outcome: ReweightingOutcome) -> ReweightingResult:
@@ -69,9 +68,12 @@ class ReweightingResult(ReweightingOutcome, Result):
         gains = self.study.gains
         if gains.empty:
             return ["**Re-weighting**: no domain had a candidate expert set."]
-        findings = [reweighting_finding(gains) + untestable(self.capacity, "re-weighting")]
+        least = self.min_documents
+        findings = [reweighting_finding(gains, least) + untestable(self.capacity, "re-weighting", least)]
         if self.steering is not None:
-            findings.append(steering_finding(self.steering) + steering_testability(self.steering_capacity))
+            findings.append(
+                steering_finding(self.steering, least) + steering_testability(self.steering_capacity, least)
+            )
         return findings
 
     def figures(self) -> list[FigureItem]:
@@ -111,7 +113,7 @@ class ReweightingResult(ReweightingOutcome, Result):
             "and the same factor on routing-rate-matched random experts (mean of the draws); 95% intervals: "
             "the chosen re-weighting's a percentile document bootstrap, the control's a draw-mean t interval "
             "(the documents' bootstrap variance of the draw mean plus the variance between the draws over their "
-            f"number); missing where a domain has fewer than {MIN_DOCUMENTS} held-out documents.",
+            f"number); missing where a domain has fewer than {self.min_documents} held-out documents.",
         )
 
     def _matrix_figure(self) -> FigureItem:

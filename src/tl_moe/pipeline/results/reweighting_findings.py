@@ -23,27 +23,29 @@ __all__ = [
 ]
 
 
-def estimate_text(frame: pd.Series, prefix: str) -> str:
-    """``estimate [low, high]``, the estimate with why it has no interval (too few documents), or
-    ``unavailable``."""
+def estimate_text(frame: pd.Series, prefix: str, least: int = MIN_DOCUMENTS) -> str:
+    """``estimate [low, high]``, the estimate with why it has no interval (too few documents: fewer than
+    ``least``, the run's --min-documents), or ``unavailable``."""
     low, high = frame[prefix + " ci low"], frame[prefix + " ci high"]
-    why = frame.get(prefix + " interval unavailable") or _no_interval(frame).removeprefix("no interval: ")
+    why = frame.get(prefix + " interval unavailable") or _no_interval(frame, least).removeprefix(
+        "no interval: "
+    )
     return format_interval(frame[prefix], low, high, "+.4f", "no held-out document", why)
 
 
-def _no_interval(frame: pd.Series) -> str:
-    """Why a row has no interval."""
+def _no_interval(frame: pd.Series, least: int = MIN_DOCUMENTS) -> str:
+    """Why a row has no interval (``least``: the fewest documents behind one)."""
     n = int(frame.get("documents", 0))
-    if n < MIN_DOCUMENTS:
-        return f"no interval: {n} documents; a document-level interval needs {MIN_DOCUMENTS}"
+    if n < least:
+        return f"no interval: {n} documents; a document-level interval needs {least}"
     return "no interval: no control was drawn"
 
 
-def _absolute_change(row: pd.Series) -> str:
+def _absolute_change(row: pd.Series, least: int = MIN_DOCUMENTS) -> str:
     """The chosen re-weighting's absolute held-out loss change with its 95% interval, and in words
     whether it raised the loss (an increase: worse in absolute terms), lowered it, or neither."""
     estimate, low, high = row["loss change"], row["loss change ci low"], row["loss change ci high"]
-    text = f"absolute change {estimate_text(row, 'loss change')}"
+    text = f"absolute change {estimate_text(row, 'loss change', least)}"
     if not np.isfinite(estimate):
         return text
     if np.isfinite(low) and np.isfinite(high):
@@ -91,10 +93,10 @@ def holm_record(row: pd.Series) -> dict[str, Any]:
     }
 
 
-def _holm_row(row: pd.Series) -> str:
+def _holm_row(row: pd.Series, least: int = MIN_DOCUMENTS) -> str:
     """A domain's chosen − control with its Holm interval (or why it has none), beside the chosen
     re-weighting's absolute held-out loss change."""
-    absolute = _absolute_change(row)
+    absolute = _absolute_change(row, least)
     if row["Holm unavailable"]:
         return (
             f"{row['domain']} ({row['expert set']} × {row['factor']:g}): {absolute}; vs control "
@@ -137,8 +139,9 @@ def _control_interval(table: pd.DataFrame, column: str, draws_column: str) -> st
     return t_words
 
 
-def reweighting_finding(gains: pd.DataFrame) -> str:
-    """Every domain's held-out chosen − control, Holm-adjusted over the domains; none singled out."""
+def reweighting_finding(gains: pd.DataFrame, least: int = MIN_DOCUMENTS) -> str:
+    """Every domain's held-out chosen − control, Holm-adjusted over the domains; none singled out
+    (``least``: the run's fewest documents behind an interval)."""
     helped = gains["loss change (selection)"] < 0
     tested_mask = gains["Holm unavailable"] == ""
     tested = gains[tested_mask]
@@ -158,21 +161,21 @@ def reweighting_finding(gains: pd.DataFrame) -> str:
         "Every domain, in nats/token: the chosen re-weighting's absolute held-out loss change (95% document "
         "bootstrap; > 0 is an increase, i.e. worse) and chosen − control with its Holm interval (paired, "
         f"{_control_interval(gains, 'chosen − control interval method', 'control draws')}, at Holm's level): "
-        + "; ".join(_holm_row(row) for _, row in gains.iterrows())
+        + "; ".join(_holm_row(row, least) for _, row in gains.iterrows())
         + "."
     )
 
 
-def steering_finding(steering: SteeringStudy) -> str:
+def steering_finding(steering: SteeringStudy, least: int = MIN_DOCUMENTS) -> str:
     """Switching each group's experts off and on, on its own held-out text: the loss change of the
     detected experts, of matched random experts, and their paired difference with its interval (or why
     it has none)."""
     table = steering.switches
     own = table[table["experts of"] == table["evaluated on"]]
     parts = [
-        f"{r['experts of']}-experts {r['switch']} on {r['evaluated on']}: {estimate_text(r, 'loss change')} vs "
-        f"{estimate_text(r, 'random sets')} for matched random experts, paired difference (experts − matched random "
-        f"experts) {estimate_text(r, 'detected − random')}"
+        f"{r['experts of']}-experts {r['switch']} on {r['evaluated on']}: {estimate_text(r, 'loss change', least)} "
+        f"vs {estimate_text(r, 'random sets', least)} for matched random experts, paired difference (experts − "
+        f"matched random experts) {estimate_text(r, 'detected − random', least)}"
         for _, r in own.sort_values(["experts of", "switch"]).iterrows()
     ]
     a, b = steering.contrast
@@ -188,10 +191,10 @@ def steering_finding(steering: SteeringStudy) -> str:
     )
 
 
-def _short_groups(capacity: dict[str, tuple[int, int]], counts: str) -> tuple[list[str], str]:
-    """``(groups, listing)``: the groups whose held-out half cannot reach ``MIN_DOCUMENTS`` documents, and
+def _short_groups(capacity: dict[str, tuple[int, int]], counts: str, least: int) -> tuple[list[str], str]:
+    """``(groups, listing)``: the groups whose held-out half cannot reach ``least`` documents, and
     them joined by "; ", each followed by its document counts written into the ``counts`` pattern."""
-    short = [g for g, (_, held_out) in capacity.items() if held_out < MIN_DOCUMENTS]
+    short = [g for g, (_, held_out) in capacity.items() if held_out < least]
     listed = "; ".join(
         f"{g} "
         + counts.format(f"{capacity[g][0]} documents in the split, {capacity[g][1]} on the held-out half")
@@ -200,23 +203,24 @@ def _short_groups(capacity: dict[str, tuple[int, int]], counts: str) -> tuple[li
     return short, listed
 
 
-def untestable(capacity: dict[str, tuple[int, int]], what: str) -> str:
-    """A sentence naming the groups this corpus cannot make testable (empty when none)."""
-    short, listed = _short_groups(capacity, "({})")
+def untestable(capacity: dict[str, tuple[int, int]], what: str, least: int = MIN_DOCUMENTS) -> str:
+    """A sentence naming the groups this corpus cannot make testable with ``least`` held-out documents
+    per interval (empty when none)."""
+    short, listed = _short_groups(capacity, "({})", least)
     if not short:
         return ""
     return (
         f" The corpus cannot make {what} testable for {len(short)} of {len(capacity)} groups, whatever "
-        f"--reweight-tokens is: a held-out interval needs {MIN_DOCUMENTS} documents, and it has {listed}."
+        f"--reweight-tokens is: a held-out interval needs {least} documents, and it has {listed}."
     )
 
 
-def steering_testability(capacity: dict[str, tuple[int, int]]) -> str:
-    """Whether both steering groups can reach ``MIN_DOCUMENTS`` held-out documents, from the counts."""
-    short, listed = _short_groups(capacity, "{}")
+def steering_testability(capacity: dict[str, tuple[int, int]], least: int = MIN_DOCUMENTS) -> str:
+    """Whether both steering groups can reach ``least`` held-out documents, from the counts."""
+    short, listed = _short_groups(capacity, "{}", least)
     if not short:
         return ""
     return (
-        f" Steering is untestable on this corpus for this contrast ({listed}; {MIN_DOCUMENTS} held-out "
+        f" Steering is untestable on this corpus for this contrast ({listed}; {least} held-out "
         "documents needed, whatever --reweight-tokens is): the values above are descriptive only."
     )

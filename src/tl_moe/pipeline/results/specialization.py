@@ -12,6 +12,7 @@ import pandas as pd
 
 from tl_moe.analysis.specialization_permutation import BOOTSTRAP_PERMUTATIONS, DocumentPermutationBaseline
 from tl_moe.analysis.specialization_study import DIFFERENCE, SpecializationOutcome
+from tl_moe.analysis.stats import basic_interval
 from tl_moe.pipeline.protocol import FigureItem, Result, TableItem
 from tl_moe.report.figures import new_figure
 from tl_moe.report.numbers import format_interval, format_mean_sd, format_number
@@ -139,7 +140,7 @@ class SpecializationSummary(SpecializationOutcome, Result):
             f"{min(position):.2f}–{max(position):.2f} of its interval's width (0.5: centred), the bootstrap "
             f"bias (mean resampled − estimate) is {min(bias):+.4f} to {max(bias):+.4f} bits; the most leaning, "
             f"{label} at {float(worst['interval_position']):.2f}, has the basic interval (which reflects the lean "
-            f"about the estimate) {format_interval(estimate, 2 * estimate - high, 2 * estimate - low, '+.4f', 'undefined')}"
+            f"about the estimate) {format_interval(estimate, *basic_interval(estimate, low, high), '+.4f', 'undefined')}"
         )
         if null_se:
             text += (

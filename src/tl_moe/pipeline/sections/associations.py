@@ -11,13 +11,12 @@ from typing import Any
 from tl_moe.analysis.association_study import AssociationStudy
 from tl_moe.analysis.association_study import segment_positions_of as segment_positions_of
 from tl_moe.analysis.configs import AssociationsConfig
-from tl_moe.analysis.stats import MIN_DOCUMENTS as MIN_INTERVAL_DOCUMENTS
 from tl_moe.analysis.token_association import RoutingRecords
 from tl_moe.collect.accumulator import Accumulator
 from tl_moe.errors import InputError
 from tl_moe.models.config import MoEConfig
 from tl_moe.pipeline.context import RunContext
-from tl_moe.pipeline.protocol import AccumulatorSpec, Analysis, Inputs, Need
+from tl_moe.pipeline.protocol import MIN_DOCUMENTS_MARK, AccumulatorSpec, Analysis, Inputs, Need
 from tl_moe.pipeline.results.associations import AssociationsResult as AssociationsResult
 
 __all__ = ["Associations", "TokenRouting"]
@@ -50,7 +49,7 @@ class Associations(Analysis):
         "the documents, and every expert of every sparse block, the lift P(expert | token) / P(expert) and "
         "PMI, tested against permutations of token ids inside each document (exact; document-level confounds such as "
         "domain cannot make an association), with Benjamini–Hochberg; discoveries are measured again on the "
-        f"other half with a document-bootstrap interval where at least {MIN_INTERVAL_DOCUMENTS} report documents hold "
+        f"other half with a document-bootstrap interval where at least {MIN_DOCUMENTS_MARK} report documents hold "
         "the token, and confirmed by Benjamini–Hochberg over those intervals' p-values (Benjamini–Yekutieli as "
         "the check). The position effect: how often a token's routed set "
         "holds a driver expert (from the drivers analysis) by its position in its sentence (pysbd for prose), "

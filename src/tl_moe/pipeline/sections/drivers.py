@@ -14,14 +14,13 @@ from tl_moe.analysis.configs import DriversConfig
 from tl_moe.analysis.driver_study import HALF, DriverStudy
 from tl_moe.analysis.drivers import ExpertSaliency, max_drivers
 from tl_moe.analysis.effect_estimate import FirstOrderEffects
-from tl_moe.analysis.stats import MIN_DOCUMENTS
 from tl_moe.collect.accumulator import Accumulator
 from tl_moe.collect.batching import document_domain_codes
 from tl_moe.collect.expert_effects import ExpertEffects
 from tl_moe.models.config import MoEConfig
 from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.memory import backward_bytes
-from tl_moe.pipeline.protocol import AccumulatorSpec, Analysis, Inputs, Need, OptionLimit
+from tl_moe.pipeline.protocol import MIN_DOCUMENTS_MARK, AccumulatorSpec, Analysis, Inputs, Need, OptionLimit
 
 # importable from here as before; their home is pipeline/results/drivers.py
 from tl_moe.pipeline.results.drivers import EDITED_FORWARDS as EDITED_FORWARDS
@@ -90,7 +89,7 @@ class Drivers(Analysis):
         "hash; driver experts are the largest removal effects on the selection half and are reported on the "
         "other half against, for each driver, the expert of the same layer with the closest routing frequency "
         "(of another layer when the driver's layer has no non-driver expert left; the tables say which). "
-        f"Intervals: 95% percentile bootstrap over report-half documents, unavailable below {MIN_DOCUMENTS} documents. Beside the exact effects: the first-order "
+        f"Intervals: 95% percentile bootstrap over report-half documents, unavailable below {MIN_DOCUMENTS_MARK} documents. Beside the exact effects: the first-order "
         "(attribution-patching) estimate of every zeroing effect from one backward per batch, −w·∂L/∂w summed over "
         "the expert's slots, and REAP saliency, each scored by its rank correlation with the exact zeroing effect, "
         "and the two compared on the same experts by a paired document bootstrap of the difference of ρ, pooled over "
@@ -105,8 +104,8 @@ class Drivers(Analysis):
 
     def check(self, run: RunContext) -> None:
         """Before the pass: at most half the experts as drivers, and edited forwards that reach documents on
-        both halves (:func:`~tl_moe.pipeline.validation.check_driver_budget`; a warning below 30 report
-        documents)."""
+        both halves (:func:`~tl_moe.pipeline.validation.check_driver_budget`; a warning below --min-documents
+        report documents)."""
         self.check_config(run)
         cfg, options, config = run.config(run.main), run.options, run.options.config("drivers")
         # the same rule as option_limits; after the fitted defaults, so not in check_config
@@ -115,6 +114,7 @@ class Drivers(Analysis):
         check_driver_budget(
             run.dataset, tokenizer, seq_len=options.seq_len, batch_size=options.batch_size,
             max_tokens=options.max_tokens, driver_tokens=config.tokens,
+            interval_documents=options.statistics.min_documents,
         )  # fmt: skip
 
     def check_config(self, run: RunContext) -> None:

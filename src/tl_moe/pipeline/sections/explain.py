@@ -15,7 +15,7 @@ from tl_moe.explain.checks import check_causal_budget, check_explain_config, che
 from tl_moe.explain.labeler import ExpertLabeler
 from tl_moe.explain.labels import RICHER_LABEL_MARGIN
 from tl_moe.pipeline.context import RunContext
-from tl_moe.pipeline.protocol import AccumulatorSpec, Analysis, Inputs, Need, Result
+from tl_moe.pipeline.protocol import MIN_DOCUMENTS_MARK, AccumulatorSpec, Analysis, Inputs, Need, Result
 from tl_moe.pipeline.results.explain import ExplainResult, explain_result
 from tl_moe.pipeline.results.explain_dashboard import DASHBOARD_CAPTION
 
@@ -65,7 +65,7 @@ class Explain(Analysis):
         "(the labeler's own best token set alone, chosen on the explain documents by balanced accuracy). "
         "Intervals: bootstrap over the score documents (experts share them; balanced accuracy, F1, precision, "
         "recall, AUC and the share of experts beating their shuffled control, each expert's score recomputed in "
-        "every resample; unavailable below 30 documents), and per expert over the documents of its items. Causal "
+        f"every resample; unavailable below {MIN_DOCUMENTS_MARK} documents), and per expert over the documents of its items. Causal "
         "checks ('causal' documents, --explain-causal-windows): on the positions where the expert is routed, "
         "|Δloss| under removing or boosting it on described minus other tokens at equal mixing weight (a "
         "least-squares adjustment; the unadjusted difference beside it), labeled minus a control expert "

@@ -11,10 +11,9 @@ from __future__ import annotations
 from tl_moe.analysis.configs import ReweightingConfig
 from tl_moe.analysis.edit_windows import held_out_windows
 from tl_moe.analysis.expert_reweighting import ExpertReweighting
-from tl_moe.analysis.stats import MIN_DOCUMENTS
 from tl_moe.errors import InputError
 from tl_moe.pipeline.context import RunContext
-from tl_moe.pipeline.protocol import Analysis, Inputs, Need
+from tl_moe.pipeline.protocol import MIN_DOCUMENTS_MARK, Analysis, Inputs, Need
 from tl_moe.pipeline.results.reweighting import ReweightingResult
 
 __all__ = ["Reweighting", "ReweightingResult", "held_out_windows"]
@@ -43,7 +42,7 @@ class Reweighting(Analysis):
         "--reweight-tokens tokens per half. Intervals: 95% percentile bootstrap over held-out documents, paired; "
         "where a number averages the control's random draws, a t interval whose variance is the documents' "
         "bootstrap variance of the draw mean plus the variance between the draws over their number "
-        f"(Satterthwaite's degrees of freedom) (unavailable below {MIN_DOCUMENTS} documents); every domain's "
+        f"(Satterthwaite's degrees of freedom) (unavailable below {MIN_DOCUMENTS_MARK} documents); every domain's "
         "chosen − control is reported with a Holm-adjusted t interval over the domains, none singled out."
     )
     depends_on = ("domains", "drivers")
@@ -80,6 +79,7 @@ class Reweighting(Analysis):
             seq_len=run.options.seq_len,
             reweight_tokens=run.options.config(self.name).tokens,
             domains=run.domain_names,
+            interval_documents=run.options.statistics.min_documents,
         )
 
     def needs(self, run: RunContext) -> list[Need]:
