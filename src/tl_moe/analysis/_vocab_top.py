@@ -1,7 +1,7 @@
 """The ``n`` largest logits of every row over a whole vocabulary, as ``torch.topk`` gives them, faster.
 
 ``logits.topk(n, dim=-1)`` on a CPU copies every ``(value, index)`` pair of a row before it selects,
-which costs about as much as the vocabulary product for a narrow ``d_model``. :func:`vocab_topk` screens
+which costs a third or more of the vocabulary product itself for a narrow ``d_model``. :func:`vocab_topk` screens
 instead: each row is cut into blocks of :data:`BLOCK` logits, the block maxima (one vectorised reduction)
 name the ``n`` blocks that can hold the row's top ``n``, and only those blocks' logits (and the tail past
 the last whole block) are ranked.
@@ -10,7 +10,9 @@ Exact, not approximate. Let ``c_1 > ... > c_n`` be the top ``n`` of the candidat
 candidate and ``b`` the largest maximum of a block left out. Every logit left out is ``<= b``, so when the
 candidate values are strictly decreasing and ``c_n > max(c_{n+1}, b)``, the candidates' top ``n`` is the
 row's, every value distinct: the one answer ``topk`` can give. A row that misses this (tied logits, a NaN)
-is ranked by ``topk`` on its whole row, so ties are broken exactly as ``topk`` breaks them.
+is ranked by ``topk`` on its whole row, so ties are broken exactly as ``topk`` breaks them (a CPU ``topk``
+ranks every row on its own, whatever the other rows). On other devices ``topk`` itself runs: it is fast
+there, and its order of tied logits may depend on the shape of the call.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ def vocab_topk(
     """``logits.topk(n, dim=-1)`` (values and indices, largest first), equal to it value for value."""
     rows, vocab = logits.shape
     n_blocks = vocab // BLOCK
-    if rows == 0 or n_blocks < 2 * (n + 1) or logits.dtype not in _SCREENED:
+    screened = logits.dtype in _SCREENED and logits.device.type == "cpu"
+    if rows == 0 or n < 1 or n_blocks < 2 * (n + 1) or not screened:
         return _topk(logits, n)
     logits = logits.contiguous()
     block_max = logits[:, : n_blocks * BLOCK].view(rows, n_blocks, BLOCK).amax(-1)  # [rows, block]
