@@ -45,6 +45,7 @@ MAIN_OBJECTS = {
     "logit_lens_study": ["LogitLensStudy"],
     "paper_study": ["PaperProtocol", "PaperOutcome"],
     "positions": ["position_effect"],
+    "probe_work": ["ProbeWork", "probing_work"],
     "probing": ["KSparseProbe"],
     "probing_math": ["fit_logistic_batched"],
     "readout": ["LogitReadout"],

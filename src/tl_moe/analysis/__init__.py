@@ -81,6 +81,7 @@ from tl_moe.analysis.logit_lens_null import TopTokenShare, top_token_share
 from tl_moe.analysis.logit_lens_study import LogitLensOutcome, LogitLensStudy
 from tl_moe.analysis.paper_study import PaperOutcome, PaperProtocol
 from tl_moe.analysis.positions import PositionEffect, position_effect
+from tl_moe.analysis.probe_work import ProbeWork, probing_work
 from tl_moe.analysis.probing import PROBE_STATUS, KSparseProbe, subsample_like_routing
 from tl_moe.analysis.probing_math import fit_logistic_batched
 from tl_moe.analysis.readout import LogitReadout
@@ -145,6 +146,7 @@ __all__ = [
     "LogitReadout",
     "PaperOutcome",
     "PaperProtocol",
+    "ProbeWork",
     "PositionEffect",
     "ReweightingStudy",
     "RoutingRecords",
@@ -179,6 +181,7 @@ __all__ = [
     "neuron_top_tokens",
     "paper_table",
     "position_effect",
+    "probing_work",
     "probe_dense",
     "probe_experts",
     "reweighting_study",
