@@ -778,7 +778,8 @@ def excess_interval_coverage(seeds: int, replicates: int) -> dict[str, Any]:
     """Coverage of each layer's true excess (:func:`excess_truth`) by the pipeline's interval
     (``excess_intervals``) and by the basic and BCa intervals of the same statistic and resamples
     (``cluster_bootstrap`` of ``excess_statistic``, same seed), the median position of the estimate in
-    each interval, the estimates' mean and sd over seeds and the mean bootstrap bias; the truth is
+    each interval, how many misses have the truth below the interval (an interval that overstates the
+    excess), the estimates' mean and sd over seeds and the mean bootstrap bias; the truth is
     checked on one stream of ``EXCESS_LARGE_DOCUMENTS`` documents."""
     min_n = SpecializationConfig().min_expert_tokens
     truths = [excess_truth(strength) for strength in EXCESS_STRENGTHS]
@@ -786,6 +787,7 @@ def excess_interval_coverage(seeds: int, replicates: int) -> dict[str, Any]:
     large = planted_excess(10**6, EXCESS_LARGE_DOCUMENTS, EXCESS_LARGE_PERMUTATIONS).layer_summary(min_n)
     large_excess = large["permutation_excess"].to_numpy()
     covered = {(m, label): 0 for m in INTERVAL_METHODS for label in labels}
+    below = dict.fromkeys(covered, 0)  # misses with the truth below the interval (it overstates)
     position = {key: [] for key in covered}
     estimates, bias, pipeline_method = [], [], set()
     for seed in range(seeds):
@@ -805,6 +807,7 @@ def excess_interval_coverage(seeds: int, replicates: int) -> dict[str, Any]:
                 rows = [(i.estimate, i.low, i.high) for i in intervals]
             for label, truth, (value, low, high) in zip(labels, truths, rows, strict=True):
                 covered[method, label] += bool(low <= truth <= high)
+                below[method, label] += bool(truth < low)
                 position[method, label].append((value - low) / (high - low))
     estimates, bias = np.array(estimates), np.array(bias)
     return {
@@ -812,6 +815,7 @@ def excess_interval_coverage(seeds: int, replicates: int) -> dict[str, Any]:
         "median position of the estimate": {
             f"{m}, {label}": float(np.median(p)) for (m, label), p in position.items()
         },
+        "misses with the truth below the interval": {f"{m}, {label}": n for (m, label), n in below.items()},
         "truth": dict(zip(labels, truths, strict=True)),
         "large simulation": dict(zip(labels, map(float, large_excess), strict=True)),
         "mean estimate": dict(zip(labels, map(float, estimates.mean(0)), strict=True)),
@@ -913,7 +917,7 @@ STUDIES = (
         "excess_interval_coverage",
         "specialization excess away from zero: the pipeline's percentile interval vs basic and BCa",
         "tests/test_specialization_permutation.py",
-        150,
+        300,
         500,
         excess_interval_coverage,
     ),

@@ -176,15 +176,17 @@ def test_the_pooled_share_of_a_kinds_intervals_has_its_standard_error_over_seeds
 
 def _excess_results(percentile_hits: int) -> dict:
     labels = ("planted strength 0.1", "planted strength 0.5")
-    rates, positions = {}, {}
+    rates, positions, below = {}, {}, {}
     for method, hits in (("percentile", percentile_hits), ("basic", 190), ("BCa", 185)):
         for label in labels:
             rates[f"{method}, {label}"] = _rate(hits, 200, 0.95)
             positions[f"{method}, {label}"] = 0.4 if method == "percentile" else 0.6
+            below[f"{method}, {label}"] = 200 - hits - 1
     per_label = {label: 0.01 for label in labels}
     study = {
         "seeds": 200, "replicates": 500, "test": "tests/x.py", "rates": rates,
         "median position of the estimate": positions, "truth": per_label, "large simulation": per_label,
+        "misses with the truth below the interval": below,
         "mean estimate": per_label, "sd of the estimate": per_label, "mean bootstrap bias": per_label,
         "pipeline method": ["percentile"],
         "settings": {"documents": 60, "groups = experts": 8, "tokens per document": [60, 199],
@@ -199,6 +201,7 @@ def test_the_excess_wording_says_plainly_when_the_pipelines_method_under_covers(
 
     text = planted_excess_markdown(_excess_results(160), "p.json")
     assert "percentile (the pipeline's, `excess_intervals`): at strength 0.1 160 of 200 seeds (0.800" in text
+    assert "of its interval, the truth below the interval in 39 of its 40 misses" in text
     assert (
         "The pipeline's percentile interval covers below the nominal rate by more than two binomial" in text
     )

@@ -959,14 +959,20 @@ def planted_excess_markdown(results: dict[str, Any], source: str) -> str:
         f"sd {study['sd of the estimate'][label]:.4f}, mean bootstrap bias {study['mean bootstrap bias'][label]:+.4f})"
         for label in labels
     )
+
+    def cell(method: str, label: str) -> str:
+        key = f"{method}, {label}"
+        misses = rates[key]["n"] - rates[key]["hits"]
+        return (
+            f"at strength {label.removeprefix('planted strength ')} {planted_rate(rates[key])}, "
+            f"{against_nominal(rates[key])}, the estimate at a median "
+            f"{study['median position of the estimate'][key]:.2f} of its interval, the truth below the "
+            f"interval in {study['misses with the truth below the interval'][key]} of its {misses} misses"
+        )
+
     parts = []
     for method in methods:
-        cells = "; ".join(
-            f"at strength {label.removeprefix('planted strength ')} {planted_rate(rates[f'{method}, {label}'])}, "
-            f"{against_nominal(rates[f'{method}, {label}'])}, the estimate at a median "
-            f"{study['median position of the estimate'][f'{method}, {label}']:.2f} of its interval"
-            for label in labels
-        )
+        cells = "; ".join(cell(method, label) for label in labels)
         name = f"{method} (the pipeline's, `excess_intervals`)" if method == pipeline else method
         parts.append(f"{name}: {cells}")
     text = (
