@@ -824,9 +824,10 @@ def planted_driver_domain_markdown(results: dict[str, Any], source: str) -> str:
     kinds = list(settings["kinds"])
     text = (
         f"{_planted_source(study, source)}: {settings['documents']} documents of {settings['domains']} "
-        f"domains, {settings['layers']} layers × {settings['experts per layer']} experts; each expert has "
-        "a profile over the domains and takes that share of each domain's top-2 slots, so its population "
-        "domain score is computed by hand from its shares; the domain score on the selection half, the "
+        f"domains, {settings['layers']} layers × {settings['experts per layer']} experts; each domain's "
+        "top-2 slots are shared over a layer's experts in proportion to their profiles (Dirichlet over the "
+        "domains), so each expert's population domain score is computed by hand from its shares; the "
+        "domain score on the selection half, the "
         "effect on the report half, each half resampled within itself. The truth of each interval is "
         "Spearman's ρ of the experts' population domain scores and expected effects over the experts in "
         "that ρ. The binomial se of each interval's rate is over independent seeds; the pooled share of a "
