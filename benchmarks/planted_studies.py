@@ -9,9 +9,10 @@ of the same functions assert ranges on fewer seeds; the docs quote this script's
 the generated blocks of ``tools/readme_results.py`` (``--write docs/METHODS.md``, ``--write
 docs/EXPLAIN.md``).
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/planted_studies.py [--scale 1.0] [--out
-docs/results/planted_studies.json]`` (a few minutes on one thread; ``--scale`` multiplies every
-study's seeds).
+Run: ``OMP_NUM_THREADS=1 python benchmarks/planted_studies.py [--scale 1.0] [--only NAME ...] [--out
+docs/results/planted_studies.json]`` (about a quarter of an hour on one loaded core; ``--scale``
+multiplies every study's seeds). Every study's record holds its seeds (0 .. seeds − 1), its replicates
+and the command that reruns it alone; the run's command and machine are in the metadata.
 """
 
 from __future__ import annotations
@@ -29,10 +30,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.spatial.distance
+import scipy.stats
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 
+from tl_moe.analysis.configs.specialization import SpecializationConfig
 from tl_moe.analysis.driver_domain import DomainRouting, ReportDocuments, compare_drivers_with_domain_experts
+from tl_moe.analysis.drivers import HALVES_KEY, saliency_effect_spearman
 from tl_moe.analysis.edit_windows import ratio_intervals
 from tl_moe.analysis.effect_estimate import paired_rho_difference
 from tl_moe.analysis.held_out_probing import (
@@ -48,7 +53,14 @@ from tl_moe.analysis.held_out_probing import (
     compare,
 )
 from tl_moe.analysis.reweighting import draw_mean_intervals, holm_adjusted
-from tl_moe.analysis.stats import cluster_bootstrap
+from tl_moe.analysis.specialization_permutation import (
+    BOOTSTRAP_PERMUTATIONS,
+    document_permutation_baseline,
+    excess_intervals,
+    excess_statistic,
+)
+from tl_moe.analysis.splits import document_split
+from tl_moe.analysis.stats import RHO_METHOD, RHO_MIN_EXPERT_DOCUMENTS, cluster_bootstrap
 from tl_moe.explain.document_bootstrap import document_intervals, share_beating
 from tl_moe.explain.scorers import Score, detection_metrics
 from tl_moe.pipeline.machine import load_average, machine
@@ -280,28 +292,60 @@ def reweighting_holm(seeds: int, replicates: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------
-# drivers vs domain experts: the document interval of Spearman's rho
+# drivers vs domain experts: the document interval of Spearman's rho, at a planted null and away from it
 # --------------------------------------------------------------------------------------------------
 EFFECT = "remove: effect (report)"
+#: The planted kinds of the domain-score study: how each expert's expected removal effect (per token)
+#: follows its population domain score (``link`` × score + ``spread`` × a normal draw per expert; both
+#: 0: every expert's expected effect is the same, rho's truth 0) and the tokens per document (a range).
+DRIVER_DOMAIN_KINDS = {
+    "null": {"link": 0.0, "spread": 0.0, "tokens": (20, 60)},
+    "non-null": {"link": 0.3, "spread": 0.06, "tokens": (20, 60)},
+    "non-null, 10× the tokens": {"link": 0.3, "spread": 0.06, "tokens": (200, 600)},
+}
+
+
+def population_domain_scores(
+    share: Float[np.ndarray, "layer expert domain"],
+) -> Float[np.ndarray, "layer expert"]:
+    """``1 − H(π)/log D`` of each expert's expected routing rate per domain token (``π``: the rates
+    normalized over the domains), computed by hand: the domain score on infinitely many documents."""
+    shares = share / share.sum(-1, keepdims=True)
+    return 1.0 + (shares * np.log(shares)).sum(-1) / np.log(share.shape[-1])
 
 
 def driver_domain_case(
-    seed: int, n_docs: int = 90, n_layers: int = 2, n_experts: int = 16, n_domains: int = 3
-) -> tuple[pd.DataFrame, pd.DataFrame, ReportDocuments, DomainRouting]:
-    """Drivers and domains frames, report documents and selection-half routing where each expert routes
-    each domain's documents at its own rate (a Dirichlet profile) and its removal effect is unrelated to
-    its domain score (expected effect 0 for every expert): rho's truth is 0. Documents alternate between
-    the selection half (even) and the report half (odd)."""
+    seed: int,
+    link: float = 0.0,
+    spread: float = 0.0,
+    tokens: tuple[int, int] = (20, 60),
+    n_docs: int = 90,
+    n_layers: int = 2,
+    n_experts: int = 16,
+    n_domains: int = 3,
+) -> tuple[pd.DataFrame, pd.DataFrame, ReportDocuments, DomainRouting, Float[np.ndarray, "layer expert"]]:
+    """Drivers and domains frames, report documents and selection-half routing: each expert has a
+    profile over the domains (Dirichlet 0.7), a document routes ``2 × tokens`` slots (top-2) to the
+    experts in proportion to their profiles' share of its domain (Poisson counts), so an expert's routing
+    rate per domain token is that share. Each expert's expected removal effect per token is ``link ×``
+    its population domain score ``+ spread ×`` a normal draw; per report document its effect sum is
+    that times the document's tokens plus noise (sd 1 per token). Documents alternate between the
+    selection half (even) and the report half (odd). Returns the four inputs of
+    ``compare_drivers_with_domain_experts`` and ``[2, layer, expert]``: every expert's population domain
+    score (:func:`population_domain_scores`) and expected effect per token."""
     rng = np.random.default_rng(seed)
     layers = np.repeat(np.arange(1, n_layers + 1), n_experts)
     experts = np.tile(np.arange(n_experts), n_layers)
     domain = np.arange(n_docs) % n_domains
-    tokens = rng.integers(20, 60, n_docs).astype(float)
+    counts_all = rng.integers(*tokens, n_docs).astype(float)
     profile = rng.dirichlet(np.full(n_domains, 0.7), (n_layers, n_experts))  # [layer, expert, domain]
-    routed = rng.poisson(0.3 * tokens * n_domains * profile[..., domain]).astype(float)
+    share = profile / profile.sum(1, keepdims=True)  # each domain's slots shared over a layer's experts
+    routed = rng.poisson(2 * counts_all * share[..., domain]).astype(float)  # [layer, expert, document]
+    expected = link * population_domain_scores(share) + spread * rng.normal(size=(n_layers, n_experts))
     selection, report = np.arange(0, n_docs, 2), np.arange(1, n_docs, 2)
-    counts = tokens[report]
-    sums = rng.normal(0, 1.0, (n_layers, n_experts, len(report))) * np.sqrt(counts)
+    counts = counts_all[report]
+    noise = rng.normal(0, 1.0, (n_layers, n_experts, len(report))) * np.sqrt(counts)
+    sums = expected[..., None] * counts + noise
     drivers = pd.DataFrame(
         {
             "layer": layers,
@@ -324,29 +368,86 @@ def driver_domain_case(
     routing = DomainRouting(
         layer_ids, routed[..., selection], domain[selection], n_domains, (routed[..., report] > 0).sum(-1)
     )
-    return drivers, domains, ReportDocuments(layer_ids, sums, counts), routing
+    population = np.stack([population_domain_scores(share), expected])
+    return drivers, domains, ReportDocuments(layer_ids, sums, counts), routing, population
 
 
-def driver_domain_null(seeds: int, replicates: int) -> dict[str, Any]:
-    """Coverage of rho = 0 by ``compare_drivers_with_domain_experts``' document interval of Spearman's
-    rho (domain score on the selection half vs removal effect on the report half, both resampled), per
-    layer and over all layers."""
-    covered: dict[str, int] = {}
-    for seed in range(seeds):
-        drivers, domains, documents, routing = driver_domain_case(seed)
-        table = compare_drivers_with_domain_experts(
-            drivers, domains, documents=documents, routing=routing, n_resamples=replicates, seed=seed
-        ).table
-        for layer, low, high in zip(
-            table["layer"], table["spearman ci low"], table["spearman ci high"], strict=True
-        ):
-            label = "over all layers" if layer == "all" else f"layer {layer}"
-            covered[label] = covered.get(label, 0) + bool(low <= 0 <= high)
-    rates = {"every interval": rate(sum(covered.values()), seeds * len(covered), CONFIDENCE)}
-    rates.update({label: rate(hits, seeds, CONFIDENCE) for label, hits in covered.items()})
+def domain_rho_truth(comparison, scores_and_effects: np.ndarray, layer: object) -> float:
+    """The population rho of one row of the comparison's table: Spearman's rho of the experts' population
+    domain scores and expected effects, over the experts in its rho (the document gate, decided on
+    counts); 0 when every expected effect is the same (no relation)."""
+    experts = comparison.experts
+    picked = experts["in ρ"].to_numpy(bool).copy()
+    if layer != "all":
+        picked &= experts["layer"].to_numpy() == layer
+    rows, columns = experts["layer"].to_numpy(int)[picked] - 1, experts["expert"].to_numpy(int)[picked]
+    score, effect = scores_and_effects[0][rows, columns], scores_and_effects[1][rows, columns]
+    return 0.0 if np.ptp(effect) == 0 else float(scipy.stats.spearmanr(score, effect).statistic)
+
+
+def seed_clustered_rate(covered: Float[np.ndarray, "seed interval"], nominal: float) -> dict[str, Any]:
+    """The share of all intervals covered, with a standard error over seeds: each seed's share of its
+    intervals covered is one independent value (a seed's intervals share its documents), se = their
+    sd / √seeds."""
+    per_seed = covered.mean(1)
+    return {
+        "rate": float(per_seed.mean()),
+        "hits": int(covered.sum()),
+        "n": int(covered.size),
+        "seeds": len(per_seed),
+        "se over seeds": float(per_seed.std(ddof=1) / math.sqrt(len(per_seed)))
+        if len(per_seed) > 1
+        else math.nan,
+        "nominal": nominal,
+    }
+
+
+def driver_domain_rho(seeds: int, replicates: int) -> dict[str, Any]:
+    """Coverage of rho's truth by ``compare_drivers_with_domain_experts``' document interval of Spearman's
+    rho (domain score on the selection half vs removal effect on the report half, each half resampled
+    within itself), per layer and over all layers, for each kind of :data:`DRIVER_DOMAIN_KINDS`: rates
+    per interval (independent seeds: binomial se), the median position of the estimate, the mean truth
+    and estimate, and per kind the share of all its intervals covered with a se over seeds."""
+    rates, positions, truths, estimates, pooled = {}, {}, {}, {}, {}
+    for kind, planted in DRIVER_DOMAIN_KINDS.items():
+        hits: dict[str, list[tuple[bool, float, float, float]]] = {}
+        for seed in range(seeds):
+            drivers, domains, documents, routing, truth = driver_domain_case(seed, **planted)
+            comparison = compare_drivers_with_domain_experts(
+                drivers, domains, documents=documents, routing=routing, n_resamples=replicates, seed=seed
+            )
+            for _, row in comparison.table.iterrows():
+                label = "over all layers" if row["layer"] == "all" else f"layer {row['layer']}"
+                true = domain_rho_truth(comparison, truth, row["layer"])
+                low, high, rho = row["spearman ci low"], row["spearman ci high"], row["spearman"]
+                hits.setdefault(label, []).append(
+                    (bool(low <= true <= high), (rho - low) / (high - low), true, rho)
+                )
+        for label, rows in hits.items():
+            values = np.array(rows, dtype=float)
+            key = f"{kind}, {label}"
+            rates[key] = rate(int(values[:, 0].sum()), seeds, CONFIDENCE)
+            positions[key] = float(np.median(values[:, 1]))
+            truths[key], estimates[key] = float(values[:, 2].mean()), float(values[:, 3].mean())
+        covered = np.array([[row[0] for row in rows] for rows in hits.values()], dtype=float).T
+        pooled[kind] = seed_clustered_rate(covered, CONFIDENCE)
     return {
         "rates": rates,
-        "settings": {"documents": 90, "domains": 3, "layers": 2, "experts per layer": 16},
+        "every interval of a kind": pooled,
+        "median position of the estimate": positions,
+        "mean truth": truths,
+        "mean estimate": estimates,
+        "settings": {
+            "documents": 90,
+            "domains": 3,
+            "layers": 2,
+            "experts per layer": 16,
+            "kinds": {
+                kind: {**planted, "tokens": list(planted["tokens"])}
+                for kind, planted in DRIVER_DOMAIN_KINDS.items()
+            },
+            "se of every interval of a kind": "over seeds (each seed's share of its 3 intervals covered)",
+        },
     }
 
 
@@ -481,6 +582,264 @@ def interval_method_coverage(seeds: int, replicates: int) -> dict[str, Any]:
     }
 
 
+# --------------------------------------------------------------------------------------------------
+# drivers' Spearman rho (REAP, first-order estimate): which interval method, and the document gate
+# --------------------------------------------------------------------------------------------------
+RHO_EXPERTS, RHO_DOCUMENTS = 60, 90
+#: The planted cases shaped like the drivers run: the spread of the experts' routing rates
+#: (log-normal), the shape of their per-document topic affinity (gamma), the share of rarest experts
+#: whose saliency is unrelated to their effect, and how saliency follows the effect (``link``).
+RHO_CASES = {
+    "planted null": {"spread": 1.0, "topic": 1.0, "rare": 0.0, "link": 0.0},
+    "rarely routed experts": {"spread": 2.2, "topic": 0.2, "rare": 0.2, "link": 0.5},
+}
+RHO_STATISTICS = ("REAP, split halves", "estimate, paired", "REAP, paired", "estimate − REAP, paired")
+INTERVAL_METHODS = ("percentile", "basic", "BCa")
+#: (document gate, cases) cells of the study: the default gate on both cases, a gate of 10 on the rare
+#: experts, no gate (every routed expert) on both.
+RHO_CELLS = (
+    (RHO_MIN_EXPERT_DOCUMENTS, tuple(RHO_CASES)),
+    (10, ("rarely routed experts",)),
+    (0, tuple(RHO_CASES)),
+)
+
+
+def rho_case(seed: int, spread: float, topic: float, rare: float, link: float) -> tuple:
+    """Per-document sums ``[expert, document]`` (exact effect, first-order estimate, REAP saliency,
+    routed slots), the tokens per document, and the expected effect, estimate and saliency per expert.
+
+    60 experts, 90 documents of 40–500 tokens. Each expert has a routing rate (log-normal, sd
+    ``spread``) and a per-document topic affinity (gamma, shape ``topic``), so the rarest experts are
+    routed on a handful of tokens in a few documents. Per document: saliency sums (gamma per routed
+    token, mean the expert's saliency per routed token), exact-effect and estimate sums (gamma per routed
+    token). The expected effect per corpus token follows the routing rate; the expected saliency per
+    routed token follows the effect (``link``) with noise, except for the rarest ``rare`` share, whose
+    saliency is unrelated to their tiny effect."""
+    rng = np.random.default_rng(seed)
+    rate_ = np.exp(spread * rng.normal(size=RHO_EXPERTS))
+    rate_ /= rate_.sum()
+    effect = rate_ * np.exp(0.3 * rng.normal(size=RHO_EXPERTS))  # per corpus token
+    saliency = np.exp(link * np.log(effect) + 0.6 * rng.normal(size=RHO_EXPERTS))  # per routed token
+    rarest = np.argsort(rate_)[: int(rare * RHO_EXPERTS)]
+    saliency[rarest] = rng.permutation(saliency)[: len(rarest)]
+    estimate = np.exp(1.5 * rng.normal(size=RHO_EXPERTS))  # a weak score, per routed token
+    tokens = rng.integers(40, 500, RHO_DOCUMENTS).astype(float)
+    affinity = rng.gamma(topic, 1 / topic, (RHO_EXPERTS, RHO_DOCUMENTS))
+    routed = rng.poisson(tokens * rate_[:, None] * 2 * affinity).astype(float)
+
+    def sums(mean: np.ndarray, shape: float) -> np.ndarray:  # gamma sum over the routed tokens
+        return np.where(routed > 0, rng.gamma(np.maximum(routed * shape, 1e-9), mean[:, None] / shape), 0.0)
+
+    per_routed = effect / rate_
+    effect_sums = sums(per_routed, 0.25) / 2
+    estimate_sums = sums(estimate * per_routed, 0.25) / 2
+    saliency_sums = sums(saliency, 2.0)
+    return effect_sums, estimate_sums, saliency_sums, routed, tokens, (effect, estimate * effect, saliency)
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    return float(scipy.stats.spearmanr(x, y).statistic)
+
+
+def rho_truths(case: tuple, gate: int) -> dict[str, float]:
+    """The true rho of each statistic: Spearman's rho of the expected scores over the experts the
+    statistic keeps (routed on at least ``gate`` of the documents behind each of its scores, counted
+    here by hand; 0: every routed expert)."""
+    _, _, _, routed, _, (effect, estimate, saliency) = case
+    half = document_split(np.arange(RHO_DOCUMENTS), key=HALVES_KEY)
+    split = routed[:, half == 0].sum(1) > 0
+    split &= np.count_nonzero(routed[:, half == 0], axis=1) >= gate
+    split &= np.count_nonzero(routed[:, half == 1], axis=1) >= gate
+    shown = (routed.sum(1) > 0) & (np.count_nonzero(routed, axis=1) >= gate)
+    truths = {
+        "REAP, split halves": _spearman(saliency[split], effect[split]),
+        "estimate, paired": _spearman(estimate[shown], effect[shown]),
+        "REAP, paired": _spearman(saliency[shown], effect[shown]),
+    }
+    truths["estimate − REAP, paired"] = truths["estimate, paired"] - truths["REAP, paired"]
+    return truths
+
+
+def rho_intervals(case: tuple, seed: int, replicates: int, method: str, gate: int) -> dict[str, tuple]:
+    """``(estimate, low, high)`` of each statistic: REAP's split-halves rho (``saliency_effect_spearman``,
+    each half resampled within itself) and the paired rho of the estimate, of REAP and their difference
+    (``paired_rho_difference``, every layer pooled)."""
+    effect_sums, estimate_sums, saliency_sums, routed, tokens, _ = case
+    common = {"n_resamples": replicates, "seed": seed, "method": method, "min_expert_documents": gate}
+    split = saliency_effect_spearman(effect_sums, tokens, saliency_sums, routed, **common)
+    paired = paired_rho_difference(
+        effect_sums, tokens, estimate_sums, tokens, saliency_sums, routed, **common
+    )
+    rows = [(split.estimate, split.low, split.high)] + [
+        (r["spearman with exact zeroing effect"], r["ci low"], r["ci high"]) for _, r in paired.iterrows()
+    ]
+    return dict(zip(RHO_STATISTICS, rows, strict=True))
+
+
+def rho_interval_methods(seeds: int, replicates: int) -> dict[str, Any]:
+    """Coverage of the true rho, and the median position of the estimate in its interval, of the
+    percentile, basic and BCa document intervals of the drivers' four rho statistics, in each cell of
+    :data:`RHO_CELLS` (document gate × planted case)."""
+    rates, positions = {}, {}
+    for gate, cases in RHO_CELLS:
+        for case_name in cases:
+            planted = [rho_case(seed, **RHO_CASES[case_name]) for seed in range(seeds)]
+            truths = [rho_truths(case, gate) for case in planted]
+            for method in INTERVAL_METHODS:
+                hits = {statistic: [] for statistic in RHO_STATISTICS}
+                for seed, (case, truth) in enumerate(zip(planted, truths, strict=True)):
+                    for statistic, (value, low, high) in rho_intervals(
+                        case, seed, replicates, method, gate
+                    ).items():
+                        hits[statistic].append(
+                            (low <= truth[statistic] <= high, (value - low) / (high - low))
+                        )
+                for statistic, rows in hits.items():
+                    key = f"{case_name}, gate {gate}, {method}, {statistic}"
+                    rates[key] = rate(sum(c for c, _ in rows), seeds, CONFIDENCE)
+                    positions[key] = float(np.median([p for _, p in rows]))
+    return {
+        "rates": rates,
+        "median position of the estimate": positions,
+        "settings": {
+            "experts": RHO_EXPERTS,
+            "documents": RHO_DOCUMENTS,
+            "cases": RHO_CASES,
+            "cells": [{"gate": gate, "cases": list(cases)} for gate, cases in RHO_CELLS],
+            "chosen method": RHO_METHOD,
+            "default gate": RHO_MIN_EXPERT_DOCUMENTS,
+            "statistics": list(RHO_STATISTICS),
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# specialization: the excess's document-bootstrap interval away from zero
+# --------------------------------------------------------------------------------------------------
+#: Per layer of the planted stream, the share of tokens routed to the expert of their own group (the
+#: others by their document's routing preference): the planted specialization of that layer.
+EXCESS_STRENGTHS = (0.1, 0.25, 0.5)
+#: Groups (= experts) of the planted stream, its documents, the documents of the large simulation
+#: that checks the truth computed by hand, and the Dirichlet concentration of every document's content
+#: and routing preference (the clumping the permutation null keeps).
+EXCESS_GROUPS, EXCESS_DOCUMENTS, EXCESS_LARGE_DOCUMENTS, EXCESS_CLUMPING = 8, 60, 10_000, 0.3
+#: Permutations of the large simulation (its null mean is about 0 at that size).
+EXCESS_LARGE_PERMUTATIONS = 4
+
+
+def categorical(rng: np.random.Generator, probabilities: Float[np.ndarray, "n k"]) -> Int[np.ndarray, " n"]:
+    """One draw per row of ``probabilities`` (each row a distribution over ``k`` outcomes)."""
+    drawn = (rng.random(len(probabilities))[:, None] > probabilities.cumsum(1)).sum(1)
+    return np.minimum(drawn, probabilities.shape[1] - 1)
+
+
+def specialization_stream(
+    seed: int, n_docs: int = EXCESS_DOCUMENTS
+) -> tuple[Int[torch.Tensor, "token layer 1"], Int[torch.Tensor, " token"], Int[torch.Tensor, " token"]]:
+    """Routing ``[token, layer, slot]`` (one slot), group and document of every token of ``n_docs``
+    documents of 60–199 tokens: each document's content is clumped (Dirichlet over the groups) and so
+    is its routing preference (Dirichlet over the experts, one per layer); in layer ``l`` a token goes to
+    the expert of its own group with probability ``EXCESS_STRENGTHS[l]``, else to an expert drawn from
+    its document's preference."""
+    rng = np.random.default_rng(seed)
+    n = EXCESS_GROUPS
+    doc = np.repeat(np.arange(n_docs), rng.integers(60, 200, n_docs))
+    content = categorical(rng, rng.dirichlet(np.full(n, EXCESS_CLUMPING), n_docs)[doc])
+    routed = np.empty((len(doc), len(EXCESS_STRENGTHS), 1), dtype=np.int64)
+    for layer, strength in enumerate(EXCESS_STRENGTHS):
+        preferred = categorical(rng, rng.dirichlet(np.full(n, EXCESS_CLUMPING), n_docs)[doc])
+        routed[:, layer, 0] = np.where(rng.random(len(doc)) < strength, content, preferred)
+    return torch.from_numpy(routed), torch.from_numpy(content), torch.from_numpy(doc)
+
+
+def excess_truth(strength: float, n_groups: int = EXCESS_GROUPS) -> float:
+    """The layer's true excess, by hand: on infinitely many documents the permutation null's JSD is 0
+    and every expert's JSD is that of its population distribution over groups. Contents and preferences
+    are symmetric Dirichlet draws independent of each other, so a token's group is uniform and expert
+    ``e`` takes group ``g`` with P(e, g) = (strength · [e = g] + (1 − strength) / n) / n: every expert
+    routes 1/n of the tokens, with groups distributed ``strength · δ_e + (1 − strength) · uniform``
+    against a uniform pool. The token-weighted mean over experts is that one JSD (bits, scipy's)."""
+    uniform = np.full(n_groups, 1.0 / n_groups)
+    own = (1 - strength) * uniform
+    own[0] += strength
+    return float(scipy.spatial.distance.jensenshannon(own, uniform, base=2) ** 2)
+
+
+def planted_excess(seed: int, n_docs: int = EXCESS_DOCUMENTS, n_permutations: int = BOOTSTRAP_PERMUTATIONS):
+    """The document-permutation baseline of the planted stream (by default with the
+    ``BOOTSTRAP_PERMUTATIONS`` permutations the excess and its interval use)."""
+    routed, content, doc = specialization_stream(seed, n_docs)
+    return document_permutation_baseline(
+        routed, content, doc, EXCESS_GROUPS, EXCESS_GROUPS, n_permutations=n_permutations, seed=seed
+    )
+
+
+def excess_interval_coverage(seeds: int, replicates: int) -> dict[str, Any]:
+    """Coverage of each layer's true excess (:func:`excess_truth`) by the pipeline's interval
+    (``excess_intervals``) and by the basic and BCa intervals of the same statistic and resamples
+    (``cluster_bootstrap`` of ``excess_statistic``, same seed), the median position of the estimate in
+    each interval, how many misses have the truth below the interval (an interval that overstates the
+    excess), the estimates' mean and sd over seeds and the mean bootstrap bias; the truth is
+    checked on one stream of ``EXCESS_LARGE_DOCUMENTS`` documents."""
+    min_n = SpecializationConfig().min_expert_tokens
+    truths = [excess_truth(strength) for strength in EXCESS_STRENGTHS]
+    labels = [f"planted strength {strength:g}" for strength in EXCESS_STRENGTHS]
+    large = planted_excess(10**6, EXCESS_LARGE_DOCUMENTS, EXCESS_LARGE_PERMUTATIONS).layer_summary(min_n)
+    large_excess = large["permutation_excess"].to_numpy()
+    covered = {(m, label): 0 for m in INTERVAL_METHODS for label in labels}
+    below = dict.fromkeys(covered, 0)  # misses with the truth below the interval (it overstates)
+    position = {key: [] for key in covered}
+    estimates, bias, pipeline_method = [], [], set()
+    for seed in range(seeds):
+        baseline = planted_excess(seed)
+        pipeline = excess_intervals(baseline, min_n=min_n, n_resamples=replicates, seed=seed)
+        pipeline_method |= set(pipeline["method"])
+        statistic = excess_statistic(baseline, min_n)
+        estimates.append(pipeline["estimate"].to_numpy())
+        bias.append(pipeline["bootstrap_bias"].to_numpy())
+        for method in INTERVAL_METHODS:
+            if method == pipeline["method"].iloc[0]:  # the pipeline's own interval
+                rows = list(zip(pipeline["estimate"], pipeline["ci_low"], pipeline["ci_high"], strict=True))
+            else:
+                intervals = cluster_bootstrap(
+                    statistic, baseline.n_documents, n_resamples=replicates, method=method, seed=seed
+                )
+                rows = [(i.estimate, i.low, i.high) for i in intervals]
+            for label, truth, (value, low, high) in zip(labels, truths, rows, strict=True):
+                covered[method, label] += bool(low <= truth <= high)
+                below[method, label] += bool(truth < low)
+                position[method, label].append((value - low) / (high - low))
+    estimates, bias = np.array(estimates), np.array(bias)
+    return {
+        "rates": {f"{m}, {label}": rate(hits, seeds, CONFIDENCE) for (m, label), hits in covered.items()},
+        "median position of the estimate": {
+            f"{m}, {label}": float(np.median(p)) for (m, label), p in position.items()
+        },
+        "misses with the truth below the interval": {f"{m}, {label}": n for (m, label), n in below.items()},
+        "truth": dict(zip(labels, truths, strict=True)),
+        "large simulation": dict(zip(labels, map(float, large_excess), strict=True)),
+        "mean estimate": dict(zip(labels, map(float, estimates.mean(0)), strict=True)),
+        "sd of the estimate": dict(
+            zip(labels, map(float, estimates.std(0, ddof=min(1, seeds - 1))), strict=True)
+        ),
+        "mean bootstrap bias": dict(zip(labels, map(float, bias.mean(0)), strict=True)),
+        "pipeline method": sorted(pipeline_method),
+        "settings": {
+            "documents": EXCESS_DOCUMENTS,
+            "groups = experts": EXCESS_GROUPS,
+            "tokens per document": [60, 199],
+            "clumping (Dirichlet concentration)": EXCESS_CLUMPING,
+            "permutations behind the null mean": BOOTSTRAP_PERMUTATIONS,
+            "min expert tokens": min_n,
+            "large simulation": {
+                "documents": EXCESS_LARGE_DOCUMENTS,
+                "permutations": EXCESS_LARGE_PERMUTATIONS,
+                "seed": 10**6,
+            },
+        },
+    }
+
+
 STUDIES = (
     Study(
         "explain_share_null",
@@ -523,12 +882,12 @@ STUDIES = (
         reweighting_holm,
     ),
     Study(
-        "driver_domain_null",
-        "Spearman rho of domain score vs removal effect: document interval on an unrelated effect",
+        "driver_domain_rho",
+        "Spearman rho of domain score vs removal effect: document interval at a planted null and away from it",
         "tests/test_driver_domain.py",
         200,
         200,
-        driver_domain_null,
+        driver_domain_rho,
     ),
     Study(
         "driver_holm_null",
@@ -545,6 +904,22 @@ STUDIES = (
         100,
         200,
         within_layer_rho_null,
+    ),
+    Study(
+        "rho_interval_methods",
+        "drivers' REAP and first-order-estimate rho: percentile, basic and BCa coverage, with and without the document gate",
+        "tests/test_rho_interval_coverage.py",
+        200,
+        300,
+        rho_interval_methods,
+    ),
+    Study(
+        "excess_interval_coverage",
+        "specialization excess away from zero: the pipeline's percentile interval vs basic and BCa",
+        "tests/test_specialization_permutation.py",
+        300,
+        500,
+        excess_interval_coverage,
     ),
     Study(
         "interval_method_coverage",
@@ -588,6 +963,9 @@ def run_all(
         if names and study.name not in names:
             continue
         studies[study.name] = run_study(study, max(1, round(study.seeds * scale)))
+        rerun = ["--only", study.name, "--out", f"{study.name}.json"]
+        rerun += ["--scale", f"{scale:g}"] if scale != 1.0 else []
+        studies[study.name]["command"] = command(rerun)
         print(f"{study.name}: {studies[study.name]['seconds']} s", flush=True)
     return {
         "metadata": {"command": command(argv), "machine": machine(torch.get_num_threads(), load_at_start)},

@@ -3,14 +3,14 @@ library's functions, and the docs' blocks word each rate against its nominal lev
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from planted_script import planted_studies
 from tl_moe.analysis.reweighting import draw_mean_intervals
 from tl_moe.explain.document_bootstrap import share_beating
 
@@ -19,19 +19,9 @@ COMMITTED = ROOT / "docs" / "results" / "planted_studies.json"
 RATE_FIELDS = {"rate", "hits", "n", "se", "nominal", "nominal_se"}
 
 
-def _load_script():
-    """``benchmarks/planted_studies.py`` as a module (registered first: its dataclass needs it)."""
-    path = ROOT / "benchmarks" / "planted_studies.py"
-    spec = importlib.util.spec_from_file_location("planted_studies", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def studies():
-    return _load_script()
+    return planted_studies()
 
 
 def _check_rate(record: dict, seeds: int | None = None) -> None:
@@ -98,7 +88,7 @@ def test_the_reweighting_wording_names_the_draw_mean_t_and_judges_each_rate():
 
 def test_the_committed_file_holds_every_study_at_its_default_size_with_its_machine():
     results = json.loads(COMMITTED.read_text())
-    module = _load_script()
+    module = planted_studies()
     assert results["metadata"]["command"].startswith("python benchmarks/planted_studies.py")
     assert {"cpus", "threads", "torch"} <= set(results["metadata"]["machine"])
     assert set(results["studies"]) == {study.name for study in module.STUDIES}
@@ -165,3 +155,57 @@ def test_a_coverage_far_below_nominal_is_said_to_be_below():
     assert against_nominal(_rate(177, 200, 0.95)).startswith("below the nominal 0.95")
     assert against_nominal(_rate(186, 200, 0.95)).startswith("within two binomial standard errors")
     assert against_nominal(_rate(199, 200, 0.95)).startswith("above the nominal 0.95")
+
+
+def test_the_pooled_share_of_a_kinds_intervals_has_its_standard_error_over_seeds(studies):
+    """Three intervals per seed share the seed's documents: the se is the sd over seeds of each seed's
+    share covered, over √seeds (here by hand), not a binomial se over every interval."""
+    covered = np.array([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 1]], dtype=float)
+    record = studies.seed_clustered_rate(covered, 0.95)
+    shares = [1, 1 / 3, 2 / 3, 1]
+    mean = sum(shares) / 4
+    by_hand = math.sqrt(sum((x - mean) ** 2 for x in shares) / 3) / 2
+    assert record["rate"] == pytest.approx(9 / 12) and (record["hits"], record["n"], record["seeds"]) == (
+        9,
+        12,
+        4,
+    )
+    assert record["se over seeds"] == pytest.approx(by_hand)
+    assert record["se over seeds"] > math.sqrt(0.75 * 0.25 / 12)  # the binomial se would understate it
+
+
+def _excess_results(percentile_hits: int) -> dict:
+    labels = ("planted strength 0.1", "planted strength 0.5")
+    rates, positions, below = {}, {}, {}
+    for method, hits in (("percentile", percentile_hits), ("basic", 190), ("BCa", 185)):
+        for label in labels:
+            rates[f"{method}, {label}"] = _rate(hits, 200, 0.95)
+            positions[f"{method}, {label}"] = 0.4 if method == "percentile" else 0.6
+            below[f"{method}, {label}"] = 200 - hits - 1
+    per_label = {label: 0.01 for label in labels}
+    study = {
+        "seeds": 200, "replicates": 500, "test": "tests/x.py", "rates": rates,
+        "median position of the estimate": positions, "truth": per_label, "large simulation": per_label,
+        "misses with the truth below the interval": below,
+        "mean estimate": per_label, "sd of the estimate": per_label, "mean bootstrap bias": per_label,
+        "pipeline method": ["percentile"],
+        "settings": {"documents": 60, "groups = experts": 8, "tokens per document": [60, 199],
+                     "clumping (Dirichlet concentration)": 0.3, "permutations behind the null mean": 20,
+                     "large simulation": {"documents": 10000, "permutations": 4}},
+    }  # fmt: skip
+    return {"studies": {"excess_interval_coverage": study}}
+
+
+def test_the_excess_wording_says_plainly_when_the_pipelines_method_under_covers():
+    from readme_results import planted_excess_markdown
+
+    text = planted_excess_markdown(_excess_results(160), "p.json")
+    assert "percentile (the pipeline's, `excess_intervals`): at strength 0.1 160 of 200 seeds (0.800" in text
+    assert "of its interval, the truth below the interval in 39 of its 40 misses" in text
+    assert (
+        "The pipeline's percentile interval covers below the nominal rate by more than two binomial" in text
+    )
+    assert "at strength 0.1, 0.5; the best-covering method per strength: 0.1 basic, 0.5 basic." in text
+    text = planted_excess_markdown(_excess_results(189), "p.json")
+    assert "covers below the nominal rate" not in text
+    assert "covers within two binomial standard errors of the nominal rate or above at every strength" in text

@@ -790,19 +790,88 @@ def planted_driver_holm_markdown(results: dict[str, Any], source: str) -> str:
     )
 
 
-def planted_driver_domain_markdown(results: dict[str, Any], source: str) -> str:
-    """Spearman's rho of domain score vs removal effect on a planted unrelated effect: coverage of 0."""
-    study = results["studies"]["driver_domain_null"]
-    rates, settings = study["rates"], study["settings"]
-    parts = ", ".join(f"{label} {rates[label]['rate']:.3f}" for label in rates if label != "every interval")
-    every = rates["every interval"]
+def _seed_clustered(record: dict[str, Any]) -> str:
+    """A share of several intervals per seed covered, with its standard error over seeds."""
     return (
-        f"{_planted_source(study, source)}: on a planted effect unrelated to the domain score (every "
-        f"expert's expected effect the same; {settings['documents']} documents of {settings['domains']} domains, "
-        f"{settings['layers']} layers × {settings['experts per layer']} experts; the domain score on the "
-        "selection half, the effect on the report half, both resampled) the interval covers 0 in "
-        f"{planted_rate(every, 'intervals')} ({parts}), {against_nominal(every)}."
+        f"{record['hits']} of {record['n']} intervals ({record['rate']:.3f}, se over seeds "
+        f"{record['se over seeds']:.3f})"
     )
+
+
+def _domain_kind_text(kind: str, study: dict[str, Any]) -> str:
+    """One planted kind of the domain-score study: each interval's coverage of its truth, the pooled
+    share with its se over seeds, and (away from 0) the mean truth, estimate and estimate's position."""
+    rates = {
+        label[len(kind) + 2 :]: r for label, r in study["rates"].items() if label.rsplit(", ", 1)[0] == kind
+    }
+    planted = study["settings"]["kinds"][kind]
+    low, high = planted["tokens"]
+    what = (
+        "every expert's expected effect the same, ρ's truth 0"
+        if planted["link"] == 0 and planted["spread"] == 0
+        else f"expected effect per token {planted['link']:g} × the population domain score + a normal draw "
+        f"per expert of sd {planted['spread']:g}"
+    )
+    parts = []
+    for label, r in rates.items():
+        key = f"{kind}, {label}"
+        part = f"{label} {planted_rate(r)}, {against_nominal(r)}, the estimate at a median "
+        part += f"{study['median position of the estimate'][key]:.2f} of its interval"
+        if planted["link"] or planted["spread"]:
+            part += f" (mean truth {study['mean truth'][key]:+.3f}, mean estimate {study['mean estimate'][key]:+.3f})"
+        parts.append(part)
+    return (
+        f"**{kind}** ({what}; {low}–{high - 1} tokens per document): " + "; ".join(parts) + "; all "
+        f"its intervals together {_seed_clustered(study['every interval of a kind'][kind])}"
+    )
+
+
+def planted_driver_domain_markdown(results: dict[str, Any], source: str) -> str:
+    """Spearman's rho of domain score vs removal effect at a planted null and away from it: coverage of
+    the truth per interval (binomial se over independent seeds) and per kind (se over seeds)."""
+    study = results["studies"]["driver_domain_rho"]
+    settings = study["settings"]
+    kinds = list(settings["kinds"])
+    text = (
+        f"{_planted_source(study, source)}: {settings['documents']} documents of {settings['domains']} "
+        f"domains, {settings['layers']} layers × {settings['experts per layer']} experts; each domain's "
+        "top-2 slots are shared over a layer's experts in proportion to their profiles (Dirichlet over the "
+        "domains), so each expert's population domain score is computed by hand from its shares; the "
+        "domain score on the selection half, the "
+        "effect on the report half, each half resampled within itself. The truth of each interval is "
+        "Spearman's ρ of the experts' population domain scores and expected effects over the experts in "
+        "that ρ. The binomial se of each interval's rate is over independent seeds; the pooled share of a "
+        "kind has a se over seeds (each seed's share of its three intervals, which share its documents, "
+        "is one value). " + ". ".join(_domain_kind_text(kind, study) for kind in kinds) + "."
+    )
+    below = [
+        kind
+        for kind in kinds
+        if any(
+            r["nominal"] - r["rate"] > 2 * r["nominal_se"]
+            for label, r in study["rates"].items()
+            if label.rsplit(", ", 1)[0] == kind
+        )
+    ]
+    attenuated = [
+        kind
+        for kind in below
+        if all(
+            study["mean estimate"][label] < study["mean truth"][label]
+            for label in study["rates"]
+            if label.rsplit(", ", 1)[0] == kind
+        )
+        and kind != "null"
+    ]
+    if attenuated:
+        text += (
+            " Where a non-null ρ's interval covers below the nominal rate ("
+            + ", ".join(attenuated)
+            + "), every mean estimate lies below its mean truth: the noise of the measured domain scores and "
+            "effects attenuates ρ, and the resampled ρ, noisier still, lies lower (the estimate sits above "
+            "mid-interval), so the interval understates a positive ρ; an interval above 0 remains evidence of one."
+        )
+    return text
 
 
 def planted_within_layer_markdown(results: dict[str, Any], source: str) -> str:
@@ -834,6 +903,122 @@ def planted_interval_methods_markdown(results: dict[str, Any], source: str) -> s
         f"{_planted_source(study, source)}: true difference {study['truth']:+.3f} from 200,000 documents; "
         f"{parts}. The best-covering method here is {best}."
     )
+
+
+def _rho_cell(study: dict[str, Any], key: str) -> str:
+    """A table cell of the drivers' rho study: coverage (the estimate's median position)."""
+    return f"{study['rates'][key]['rate']:.3f} ({study['median position of the estimate'][key]:.2f})"
+
+
+def planted_rho_methods_markdown(results: dict[str, Any], source: str) -> str:
+    """The drivers' rho (REAP split halves, paired estimate / REAP / difference): coverage and the
+    estimate's median position of percentile, basic and BCa, per document gate and planted case, as a
+    table, then which method covers best at the default gate."""
+    study = results["studies"]["rho_interval_methods"]
+    settings = study["settings"]
+    statistics, chosen, gate = settings["statistics"], settings["chosen method"], settings["default gate"]
+    methods = ("percentile", "basic", "BCa")
+    lines = [
+        f"{_planted_source(study, source)}: {settings['experts']} experts, {settings['documents']} documents; "
+        "coverage of the true ρ (Spearman's ρ of the expected scores over the experts each statistic keeps) "
+        "and, in brackets, the estimate's median position in its interval (0 its low end, 1 its high end). "
+        f"A gate of 0 keeps every routed expert. Binomial se of a rate at the nominal 0.95 over "
+        f"{study['seeds']} seeds: {math.sqrt(0.95 * 0.05 / study['seeds']):.3f}.",
+        "",
+        "| case | gate | method | " + " | ".join(statistics) + " |",
+        "|" + "---|" * (3 + len(statistics)),
+    ]
+    for cell in settings["cells"]:
+        for case in cell["cases"]:
+            for method in methods:
+                keys = [f"{case}, gate {cell['gate']}, {method}, {statistic}" for statistic in statistics]
+                lines.append(
+                    f"| {case} | {cell['gate']} | {method} | "
+                    + " | ".join(_rho_cell(study, k) for k in keys)
+                    + " |"
+                )
+    default_cases = next(cell["cases"] for cell in settings["cells"] if cell["gate"] == gate)
+    worse = []
+    for case in default_cases:
+        for statistic in statistics:
+            rates = {m: study["rates"][f"{case}, gate {gate}, {m}, {statistic}"]["rate"] for m in methods}
+            if rates[chosen] < max(rates.values()):
+                others = ", ".join(f"{m} {rates[m]:.3f}" for m in methods if m != chosen)
+                worse.append(f"{case}, {statistic}: {chosen} {rates[chosen]:.3f}, {others}")
+    cells = len(default_cases) * len(statistics)
+    summary = (
+        f"At the default gate ({gate}) the chosen method ({chosen}) covers at least as often as the others in "
+        f"{cells - len(worse)} of the {cells} (case, statistic) cells"
+    )
+    lines += ["", summary + ("; not in " + "; ".join(worse) if worse else "") + "."]
+    return "\n".join(lines)
+
+
+def planted_excess_markdown(results: dict[str, Any], source: str) -> str:
+    """The specialization excess away from zero: coverage of the true excess by the pipeline's interval
+    and by the other methods, with the estimate's position, the estimator's bias and the verdict."""
+    study = results["studies"]["excess_interval_coverage"]
+    settings, rates = study["settings"], study["rates"]
+    labels = list(study["truth"])
+    (pipeline,) = study["pipeline method"]
+    methods = [pipeline] + [m for m in ("percentile", "basic", "BCa") if m != pipeline]
+    low, high = settings["tokens per document"]
+    large = settings["large simulation"]
+    truths = ", ".join(
+        f"{label.removeprefix('planted strength ')}: {study['truth'][label]:.4f} bits (large stream "
+        f"{study['large simulation'][label]:.4f}; seeds' mean estimate {study['mean estimate'][label]:.4f}, "
+        f"sd {study['sd of the estimate'][label]:.4f}, mean bootstrap bias {study['mean bootstrap bias'][label]:+.4f})"
+        for label in labels
+    )
+
+    def cell(method: str, label: str) -> str:
+        key = f"{method}, {label}"
+        misses = rates[key]["n"] - rates[key]["hits"]
+        return (
+            f"at strength {label.removeprefix('planted strength ')} {planted_rate(rates[key])}, "
+            f"{against_nominal(rates[key])}, the estimate at a median "
+            f"{study['median position of the estimate'][key]:.2f} of its interval, the truth below the "
+            f"interval in {study['misses with the truth below the interval'][key]} of its {misses} misses"
+        )
+
+    parts = []
+    for method in methods:
+        cells = "; ".join(cell(method, label) for label in labels)
+        name = f"{method} (the pipeline's, `excess_intervals`)" if method == pipeline else method
+        parts.append(f"{name}: {cells}")
+    text = (
+        f"{_planted_source(study, source)}: a planted stream of {settings['documents']} documents of "
+        f"{low}–{high} tokens, {settings['groups = experts']} token groups and as many experts (one slot), "
+        f"each document's content and routing preference clumped (Dirichlet {settings['clumping (Dirichlet concentration)']:g}); "
+        "in each layer a share (the planted strength) of the tokens goes to the expert of its own group, the "
+        "rest by the document's preference. The true excess, by hand, is the JSD of `strength · δ + (1 − "
+        "strength) · uniform` against uniform (the permutation null is 0 on infinitely many documents), "
+        f"checked on one stream of {large['documents']:,} documents ({large['permutations']} permutations): "
+        f"{truths}. Coverage of the truth by the {settings['permutations behind the null mean']}-permutation "
+        "excess's document-bootstrap intervals (the same resamples for each method): "
+        + ". ".join(parts)
+        + "."
+    )
+    under = [
+        label.removeprefix("planted strength ")
+        for label in labels
+        if rates[f"{pipeline}, {label}"]["nominal"] - rates[f"{pipeline}, {label}"]["rate"]
+        > 2 * rates[f"{pipeline}, {label}"]["nominal_se"]
+    ]
+    if under:
+        best = {
+            label: max(methods, key=lambda m, label=label: rates[f"{m}, {label}"]["rate"]) for label in labels
+        }
+        text += (
+            f" The pipeline's {pipeline} interval covers below the nominal rate by more than two binomial standard "
+            f"errors at strength {', '.join(under)}; the best-covering method per strength: "
+            + ", ".join(f"{label.removeprefix('planted strength ')} {m}" for label, m in best.items())
+            + ". The method stays the one chosen before the data; the findings give every interval's bootstrap "
+            "bias and position beside it."
+        )
+    else:
+        text += f" The pipeline's {pipeline} interval covers within two binomial standard errors of the nominal rate or above at every strength."
+    return text
 
 
 #: The benchmark results files the README's Performance block quotes, in order (``benchmarks/bench_*.py
@@ -973,6 +1158,8 @@ BLOCKS = (
     Block("planted_held_out_draws", PLANTED, planted_held_out_draws_markdown, "docs/METHODS.md"),
     Block("planted_interval_methods", PLANTED, planted_interval_methods_markdown, "docs/METHODS.md"),
     Block("planted_driver_domain", PLANTED, planted_driver_domain_markdown, "docs/METHODS.md"),
+    Block("planted_rho_methods", PLANTED, planted_rho_methods_markdown, "docs/METHODS.md"),
+    Block("planted_excess", PLANTED, planted_excess_markdown, "docs/METHODS.md"),
     Block("planted_within_layer", PLANTED, planted_within_layer_markdown, "docs/METHODS.md"),
     Block("planted_reweighting", PLANTED, planted_reweighting_markdown, "docs/METHODS.md"),
     Block("planted_driver_holm", PLANTED, planted_driver_holm_markdown, "docs/METHODS.md"),

@@ -91,9 +91,10 @@ PAIRED_METHOD = "percentile"
 
 #: The interval of every Spearman ρ between an expert score and an exact effect, and of paired ρ
 #: differences, over documents (drivers). Chosen by a planted coverage study
-#: (tests/test_rho_interval_coverage.py; docs/METHODS.md, "Driver experts"): percentile covers a planted
-#: null ρ = 0 at the nominal rate with its estimate mid-interval, where basic and BCa cover less, and
-#: it is the best-covering of the three when a few rarely routed experts make the resampled ρ lean.
+#: (benchmarks/planted_studies.py, study ``rho_interval_methods``; docs/METHODS.md, "Driver experts",
+#: quotes it): percentile covers a planted null ρ = 0 at the nominal rate with its estimate
+#: mid-interval, where basic and BCa cover less, and it is the best-covering of the three on the paired
+#: ρ when a few rarely routed experts make the resampled ρ lean.
 RHO_METHOD = "percentile"
 
 #: The fewest documents that must route an expert for it to enter a Spearman ρ of the drivers (REAP
@@ -102,7 +103,7 @@ RHO_METHOD = "percentile"
 #: and the experts it leaves out are listed with the reason. An expert routed on one to three documents
 #: has a score that is a mean over a handful of tokens, and resamples that miss its documents move it to
 #: the bottom of both rankings: the resampled ρ leans and no interval method covers at the nominal rate.
-#: The planted coverage study (tests/test_rho_interval_coverage.py, numbers in its docstring) chose it.
+#: The planted coverage study (benchmarks/planted_studies.py, study ``rho_interval_methods``) chose it.
 RHO_MIN_EXPERT_DOCUMENTS = 5
 
 
