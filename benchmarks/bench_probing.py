@@ -9,11 +9,13 @@ does it the usual way: for each expert and concept, rank neurons with numpy and 
 lbfgs solver (tol 1e-4, the usual setting) and once with newton-cholesky at tol 1e-8 (converged, the
 reference for |dF1|). Their time excludes building the splits; the batched time includes it.
 
-The batched probe is timed four times in the same run: as it fits now ("after"), with the solver and
+The batched probe is timed five times in the same run: as it fits now ("after"), with the solver and
 sampling it had before its speed-ups ("before", :mod:`probing_before`), and with only its train/test
 split computed as before, over every token of every problem ("splits over all tokens"), and with only
 its chunks of problems cut as before, wherever a problem has under 85% of the largest one's examples
-("chunks cut by fill alone"); they must give the same F1 (the largest difference is printed). Fits per
+("chunks cut by fill alone"), and with only its split done as before the flat split, on each chunk's
+candidates padded to the longest and ordered by a per-row argsort ("split on padded candidates");
+they must give the same F1 (the largest difference is printed). Fits per
 second count one logistic regression per (unit, concept, k).
 
 Both sides run with the same number of CPU threads (``--threads``, default 1: on a shared machine
@@ -33,7 +35,7 @@ from pathlib import Path
 import bench_results
 import numpy as np
 import torch
-from probing_before import before, before_finalize, previous_split
+from probing_before import before, before_finalize, padded_candidate_split, previous_split
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 from threadpoolctl import threadpool_limits
@@ -128,6 +130,9 @@ def run(args: argparse.Namespace) -> None:
     by_fill = KSparseProbe(ks=KS, device=args.device)
     with before_finalize():
         batched_by_fill = time_fit(by_fill, device_acts, labels, unit_mask, args.device, args.repeats)
+    padded = KSparseProbe(ks=KS, device=args.device)
+    with padded_candidate_split():
+        batched_padded = time_fit(padded, device_acts, labels, unit_mask, args.device, args.repeats)
     probe = KSparseProbe(ks=KS, device=args.device)
     batched = time_fit(probe, device_acts, labels, unit_mask, args.device, args.repeats)
 
@@ -149,6 +154,11 @@ def run(args: argparse.Namespace) -> None:
             f"KSparseProbe, chunks cut by fill alone ({args.device})",
             batched_by_fill,
             (probe.f1_ - by_fill.f1_).abs().numpy()[ok.numpy()],
+        ),
+        (
+            f"KSparseProbe, split on padded candidates ({args.device})",
+            batched_padded,
+            (probe.f1_ - padded.f1_).abs().numpy()[ok.numpy()],
         ),
         (f"KSparseProbe after ({args.device})", batched, None),
     ]

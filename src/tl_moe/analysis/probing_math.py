@@ -311,13 +311,13 @@ def _newton(
             done[index[converged]] = True
             if all_converged:
                 break
-            keep = ~converged
-            index, w_z, w_target, w_s, w_l2, w_theta = (
-                t[keep] for t in (index, w_z, w_target, w_s, w_l2, w_theta)
+            keep = (~converged).nonzero().flatten()  # listed once, not by each boolean index below
+            index, w_z, w_target, w_s, w_l2, w_theta, logits, decrement, factor = (
+                t.index_select(0, keep)
+                for t in (index, w_z, w_target, w_s, w_l2, w_theta, logits, decrement, factor)
             )
-            logits, decrement, factor = logits[keep], decrement[keep], factor[keep]
-            objective = None if objective is None else objective[keep]
-            previous = None if previous is None else previous[keep]
+            objective = None if objective is None else objective.index_select(0, keep)
+            previous = None if previous is None else previous.index_select(0, keep)
         # Near the optimum the Hessian barely moves: keep its factor while the steps keep shrinking fast.
         large = (decrement > _REUSE_HESSIAN_BELOW).any()
         if previous is None:
