@@ -176,10 +176,10 @@ def run(args: argparse.Namespace) -> None:
         f"(expert, concept) pairs: {int(ok.sum())} ok, {int((~ok).sum())} not_enough_samples; {n_probes} fits; "
         f"tokens per class: median {int(probe.n_examples_[ok].median()) // 2}, max {int(probe.n_examples_.max()) // 2}"
     )
-    print(f"{'method':<40}{'seconds':>9}{'fits/s':>10}{'after is':>10}{'max|dF1|':>10}{'mean|dF1|':>11}")
+    print(f"{'method':<50}{'seconds':>9}{'fits/s':>10}{'after is':>10}{'max|dF1|':>10}{'mean|dF1|':>11}")
     for name, seconds, delta in rows:
         deltas = f"{delta.max():>10.2g}{delta.mean():>11.2g}" if delta is not None else f"{'-':>10}{'-':>11}"
-        print(f"{name:<40}{seconds:>9.2f}{n_probes / seconds:>10.0f}{seconds / batched:>9.1f}x{deltas}")
+        print(f"{name:<50}{seconds:>9.2f}{n_probes / seconds:>10.0f}{seconds / batched:>9.1f}x{deltas}")
     print("(|dF1| against the batched probe after; 'after is' = this row's time / the time after)")
     print(f"mean best F1 over experts per k: {probe.mean_best_f1().round(3).to_dict()}")
     if args.out is not None:
