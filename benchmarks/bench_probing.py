@@ -9,11 +9,13 @@ does it the usual way: for each expert and concept, rank neurons with numpy and 
 lbfgs solver (tol 1e-4, the usual setting) and once with newton-cholesky at tol 1e-8 (converged, the
 reference for |dF1|). Their time excludes building the splits; the batched time includes it.
 
-The batched probe is timed four times in the same run: as it fits now ("after"), with the solver and
+The batched probe is timed five times in the same run: as it fits now ("after"), with the solver and
 sampling it had before its speed-ups ("before", :mod:`probing_before`), and with only its train/test
 split computed as before, over every token of every problem ("splits over all tokens"), and with only
 its chunks of problems cut as before, wherever a problem has under 85% of the largest one's examples
-("chunks cut by fill alone"); they must give the same F1 (the largest difference is printed). Fits per
+("chunks cut by fill alone"), and with only its split done as before the flat split, on each chunk's
+candidates padded to the longest and ordered by a per-row argsort ("split on padded candidates");
+they must give the same F1 (the largest difference is printed). Fits per
 second count one logistic regression per (unit, concept, k).
 
 Both sides run with the same number of CPU threads (``--threads``, default 1: on a shared machine
@@ -33,7 +35,7 @@ from pathlib import Path
 import bench_results
 import numpy as np
 import torch
-from probing_before import before, before_finalize, previous_split
+from probing_before import before, before_finalize, padded_candidate_split, previous_split
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 from threadpoolctl import threadpool_limits
@@ -128,6 +130,9 @@ def run(args: argparse.Namespace) -> None:
     by_fill = KSparseProbe(ks=KS, device=args.device)
     with before_finalize():
         batched_by_fill = time_fit(by_fill, device_acts, labels, unit_mask, args.device, args.repeats)
+    padded = KSparseProbe(ks=KS, device=args.device)
+    with padded_candidate_split():
+        batched_padded = time_fit(padded, device_acts, labels, unit_mask, args.device, args.repeats)
     probe = KSparseProbe(ks=KS, device=args.device)
     batched = time_fit(probe, device_acts, labels, unit_mask, args.device, args.repeats)
 
@@ -150,6 +155,11 @@ def run(args: argparse.Namespace) -> None:
             batched_by_fill,
             (probe.f1_ - by_fill.f1_).abs().numpy()[ok.numpy()],
         ),
+        (
+            f"KSparseProbe, split on padded candidates ({args.device})",
+            batched_padded,
+            (probe.f1_ - padded.f1_).abs().numpy()[ok.numpy()],
+        ),
         (f"KSparseProbe after ({args.device})", batched, None),
     ]
     for name, options in SKLEARN_VARIANTS.items():
@@ -166,10 +176,10 @@ def run(args: argparse.Namespace) -> None:
         f"(expert, concept) pairs: {int(ok.sum())} ok, {int((~ok).sum())} not_enough_samples; {n_probes} fits; "
         f"tokens per class: median {int(probe.n_examples_[ok].median()) // 2}, max {int(probe.n_examples_.max()) // 2}"
     )
-    print(f"{'method':<40}{'seconds':>9}{'fits/s':>10}{'after is':>10}{'max|dF1|':>10}{'mean|dF1|':>11}")
+    print(f"{'method':<50}{'seconds':>9}{'fits/s':>10}{'after is':>10}{'max|dF1|':>10}{'mean|dF1|':>11}")
     for name, seconds, delta in rows:
         deltas = f"{delta.max():>10.2g}{delta.mean():>11.2g}" if delta is not None else f"{'-':>10}{'-':>11}"
-        print(f"{name:<40}{seconds:>9.2f}{n_probes / seconds:>10.0f}{seconds / batched:>9.1f}x{deltas}")
+        print(f"{name:<50}{seconds:>9.2f}{n_probes / seconds:>10.0f}{seconds / batched:>9.1f}x{deltas}")
     print("(|dF1| against the batched probe after; 'after is' = this row's time / the time after)")
     print(f"mean best F1 over experts per k: {probe.mean_best_f1().round(3).to_dict()}")
     if args.out is not None:

@@ -8,6 +8,8 @@ chunks cut by fill alone (:func:`before_finalize`).
 problem (gathers, cumsums and scatters of ``[problem, n_tokens]``), then their index lists.
 :func:`before_finalize` patches in the fitting as it was before the probing analysis's finalize was
 sped up: chunks of problems cut wherever a problem has less than 85% of the largest one's examples.
+:func:`padded_candidate_split` patches in the split as it was before the flat one: each chunk's
+candidates listed from a ``[problem, n_tokens]`` mask, padded, and ordered by a per-row argsort.
 """
 
 from __future__ import annotations
@@ -57,6 +59,43 @@ def before_finalize() -> Iterator[None]:
         probing.KSparseProbe._chunks = saved
 
 
+@contextlib.contextmanager
+def padded_candidate_split() -> Iterator[None]:
+    """Within the block, KSparseProbe splits each chunk's padded candidates (before the flat split)."""
+    saved = probing.KSparseProbe._split_indices
+    probing.KSparseProbe._split_indices = _split_indices_on_padded_candidates
+    try:
+        yield
+    finally:
+        probing.KSparseProbe._split_indices = saved
+
+
+def _split_indices_on_padded_candidates(
+    self, labels, unit_mask, token_mask, positions, n_per_class, status, unit, concept, unit_tokens=None
+):
+    member = unit_mask[unit]
+    if token_mask is not None:
+        member = member & token_mask.T[concept]
+    if self.sampling != "balanced":
+        member = member & (status[unit, concept] == probing.STATUS_OK)[:, None]
+    candidates, valid = probing_math.padded_indices(member)
+    positive = labels[candidates, concept[:, None]]
+    position = positions[concept[:, None], candidates]
+    if self.sampling == "balanced":
+        take = n_per_class[unit, concept]
+        tests = torch.ceil(take.to(torch.float64) * self.test_size).long()
+        n_test, n_take = (tests, tests), (take, take)
+    else:
+        n_test = probing_math.stratified_test_sizes((positive & valid).sum(1), valid.sum(1), self.test_size)
+        n_take = ((positive & valid).sum(1), (~positive & valid).sum(1))
+    flags = probing_math.split_in_sampling_order(position, positive, valid, n_test, n_take)
+    lists = []
+    for flag in flags:
+        where, flag_valid = probing_math.padded_indices(flag)
+        lists.append((candidates.gather(1, where), flag_valid))
+    return lists[0], lists[1]
+
+
 def _chunks_by_fill(self, sizes, n_tokens: int, row_width: int) -> list[slice]:
     chunks, start = [], 0
     while start < len(sizes):
@@ -72,7 +111,7 @@ def _chunks_by_fill(self, sizes, n_tokens: int, row_width: int) -> list[slice]:
 
 
 def _split_indices_over_every_token(
-    self, labels, unit_mask, token_mask, positions, n_per_class, status, unit, concept
+    self, labels, unit_mask, token_mask, positions, n_per_class, status, unit, concept, unit_tokens=None
 ):
     orders = probing._token_orders(self.random_state, labels.shape[1], labels.shape[0])[concept]
     member = unit_mask[unit]

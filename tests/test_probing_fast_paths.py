@@ -16,7 +16,12 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from tl_moe.analysis.probing import KSparseProbe, _token_orders
-from tl_moe.analysis.probing_math import fit_logistic_batched, fit_logistic_nested
+from tl_moe.analysis.probing_math import (
+    balanced_split,
+    fit_logistic_batched,
+    fit_logistic_nested,
+    stratified_split,
+)
 
 
 def mixed_problems(seed=0, n=300, features=8):
@@ -111,3 +116,29 @@ def test_non_finite_activations_on_seen_tokens_are_rejected(bad):
     unseen = torch.ones(2, 400, dtype=torch.bool)
     unseen[1, 5] = False  # the bad value sits on a token unit 1 never saw: it is never read
     KSparseProbe(ks=(1, 2), min_examples=10).fit(acts, labels, unseen)
+
+
+@pytest.mark.parametrize("sampling", ["balanced", "all"])
+def test_flat_split_of_each_unit_matches_the_splits_over_every_token(sampling):
+    """The probe's split (each problem's candidates from its unit's token list, one flat sort) gives
+    the masks of the reference splits computed over every token, token mask and empty units included."""
+    g = torch.Generator().manual_seed(3)
+    n_tokens, n_concepts = 2000, 5
+    labels = torch.rand(n_tokens, n_concepts, generator=g) < torch.linspace(0.02, 0.45, n_concepts)
+    unit_mask = torch.rand(6, n_tokens, generator=g) < torch.tensor([0.0, 0.05, 0.2, 0.5, 0.9, 1.0])[:, None]
+    token_mask = torch.rand(n_tokens, n_concepts, generator=g) < 0.8
+    probe = KSparseProbe(sampling=sampling, min_examples=8, random_state=5)
+    train, test = probe.train_test_masks(labels, unit_mask, token_mask)
+    orders = fresh_orders(5, n_concepts, n_tokens)
+    for u in range(unit_mask.shape[0]):
+        member = unit_mask[u][None] & token_mask.T
+        positive = labels.T
+        n_pos, n_neg = (member & positive).sum(1), (member & ~positive).sum(1)
+        enough = (n_pos >= 8) & (n_neg >= 8)
+        if sampling == "balanced":
+            take = torch.minimum(n_pos, n_neg).masked_fill(~enough, 0)
+            ref_train, ref_test = balanced_split(member, positive, orders, take, test_size=0.25)
+        else:
+            ref_train, ref_test = stratified_split(member & enough[:, None], positive, orders, test_size=0.25)
+        assert torch.equal(train[u], ref_train) and torch.equal(test[u], ref_test)
+    assert train.any() and test.any() and not (train | test)[0].any()

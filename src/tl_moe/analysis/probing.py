@@ -28,9 +28,7 @@ from jaxtyping import Bool, Float, Int
 from tl_moe.analysis.probing_math import (
     binary_f1,
     fit_logistic_nested,
-    padded_indices,
     rank_neurons_by_mean_difference,
-    split_in_sampling_order,
     stratified_test_sizes,
     subsample_like_routing,
 )
@@ -128,6 +126,53 @@ def _token_positions(seed: int, n_concepts: int, n_tokens: int) -> Int[torch.Ten
             _POSITIONS.pop(next(iter(_POSITIONS)))
         _POSITIONS[(seed, n_tokens)] = cached
     return cached[:n_concepts]
+
+
+def _unit_tokens(
+    unit_mask: Bool[torch.Tensor, "unit n_tokens"],
+) -> tuple[Int[torch.Tensor, " routed"], Int[torch.Tensor, " unit"], Int[torch.Tensor, " unit"]]:
+    """Each unit's tokens in increasing order, end to end, with the start and count of each unit's run."""
+    count = unit_mask.sum(1)
+    return unit_mask.nonzero(as_tuple=True)[1], count.cumsum(0) - count, count
+
+
+def _problem_tokens(
+    tokens: Int[torch.Tensor, " routed"],
+    start: Int[torch.Tensor, " problem"],
+    count: Int[torch.Tensor, " problem"],
+) -> tuple[Int[torch.Tensor, " entry"], Int[torch.Tensor, " entry"]]:
+    """The runs ``tokens[start[p] : start[p] + count[p]]`` end to end, and the problem of each entry."""
+    problem = torch.repeat_interleave(torch.arange(len(count), device=tokens.device), count)
+    run_start = count.cumsum(0) - count
+    offset = torch.arange(len(problem), device=tokens.device) - run_start[problem]
+    return problem, tokens[start[problem] + offset]
+
+
+def _padded_lists(
+    problem: Int[torch.Tensor, " entry"],
+    tokens: Int[torch.Tensor, " entry"],
+    n_problems: int,
+    all_problem: Int[torch.Tensor, " candidate"],
+    all_tokens: Int[torch.Tensor, " candidate"],
+) -> tuple[Int[torch.Tensor, "problem n_max"], Bool[torch.Tensor, "problem n_max"]]:
+    """Flat (problem, token) entries, grouped by problem in increasing token order, as padded rows.
+
+    As :func:`~tl_moe.analysis.probing_math.padded_indices` of the entries' masks, gathered from
+    the candidates: padding repeats a row's first entry, or, in a row without entries, its first
+    candidate (token 0 without candidates).
+    """
+    counts = torch.bincount(problem, minlength=n_problems)
+    n_max = int(counts.max()) if n_problems else 0
+    position = torch.arange(len(problem), device=problem.device) - (counts.cumsum(0) - counts)[problem]
+    index = torch.zeros(n_problems, n_max, dtype=torch.long, device=problem.device)
+    index[problem, position] = tokens
+    valid = torch.arange(n_max, device=problem.device)[None, :] < counts[:, None]
+    candidates = torch.bincount(all_problem, minlength=n_problems)
+    first = all_tokens[(candidates.cumsum(0) - candidates).clamp(max=max(len(all_tokens) - 1, 0))]
+    first = torch.where(candidates > 0, first, 0) if len(all_tokens) else torch.zeros_like(candidates)
+    if n_max:
+        first = torch.where(counts > 0, index[:, 0], first)
+    return torch.where(valid, index, first[:, None]), valid
 
 
 class KSparseProbe:
@@ -334,35 +379,54 @@ class KSparseProbe:
         status: torch.Tensor,
         unit: Int[torch.Tensor, " problem"],
         concept: Int[torch.Tensor, " problem"],
+        unit_tokens: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """Train and test tokens of the (unit, concept) problems given by index, as padded index lists.
 
         ``((train_index, train_valid), (test_index, test_valid))`` in increasing token order, as
         :func:`~tl_moe.analysis.probing_math.padded_indices` of the train and test masks. The split
-        is computed on each problem's own tokens (the unit's, inside the concept's token mask), not
-        on every token.
+        is computed on each problem's own tokens (the unit's, inside the concept's token mask), laid
+        end to end in one flat list, not on every token: one sort orders every problem's candidates
+        by class and sampling position, and ranks within each class follow from the class's start.
+        ``unit_tokens`` (:func:`_unit_tokens` of ``unit_mask``) saves listing the units' tokens again.
         """
-        member = unit_mask[unit]
-        if token_mask is not None:
-            member = member & token_mask.T[concept]
+        tokens, start, count = _unit_tokens(unit_mask) if unit_tokens is None else unit_tokens
+        n_problems, n_tokens = len(unit), labels.shape[0]
+        problem, tokens = _problem_tokens(tokens, start[unit], count[unit])
+        keep = None if token_mask is None else token_mask[tokens, concept[problem]]
         if self.sampling != "balanced":
-            member = member & (status[unit, concept] == STATUS_OK)[:, None]
-        candidates, valid = padded_indices(member)
-        positive = labels[candidates, concept[:, None]]
-        position = positions[concept[:, None], candidates]
+            ok = (status[unit, concept] == STATUS_OK)[problem]
+            keep = ok if keep is None else keep & ok
+        if keep is not None:
+            problem, tokens = problem[keep], tokens[keep]
+        positive = labels[tokens, concept[problem]]
         if self.sampling == "balanced":
             take = n_per_class[unit, concept]
             tests = torch.ceil(take.to(torch.float64) * self.test_size).long()
             n_test, n_take = (tests, tests), (take, take)
         else:
-            n_test = stratified_test_sizes((positive & valid).sum(1), valid.sum(1), self.test_size)
-            n_take = ((positive & valid).sum(1), (~positive & valid).sum(1))
-        flags = split_in_sampling_order(position, positive, valid, n_test, n_take)
-        lists = []
-        for flag in flags:
-            where, flag_valid = padded_indices(flag)
-            lists.append((candidates.gather(1, where), flag_valid))
-        return lists[0], lists[1]
+            n_pos = torch.bincount(problem[positive], minlength=n_problems)
+            n_all = torch.bincount(problem, minlength=n_problems)
+            n_test = stratified_test_sizes(n_pos, n_all, self.test_size)
+            n_take = (n_pos, n_all - n_pos)
+        # Groups (problem, class), class 0 positive: each group's candidates in sampling order.
+        group = 2 * problem + (~positive).long()
+        key = group * n_tokens + positions[concept[problem], tokens]
+        if 2 * n_problems * n_tokens < 2**31:  # the keys are distinct: any sort gives this order
+            key = key.int()
+        order = key.sort().indices
+        sorted_group = group[order]
+        group_size = torch.bincount(group, minlength=2 * n_problems)
+        rank = (
+            torch.arange(len(order), device=order.device) - (group_size.cumsum(0) - group_size)[sorted_group]
+        )
+        group_test = torch.stack(n_test, dim=1).flatten()[sorted_group]
+        group_take = torch.stack(n_take, dim=1).flatten()[sorted_group]
+        flags = []
+        for chosen in (rank >= group_test) & (rank < group_take), rank < group_test:
+            flag = torch.zeros_like(chosen).scatter_(0, order, chosen)
+            flags.append(_padded_lists(problem[flag], tokens[flag], n_problems, problem, tokens))
+        return flags[0], flags[1]
 
     # ----------------------------------------------------------------------------------------------
     # fitting
@@ -445,7 +509,14 @@ class KSparseProbe:
         sizes = n_examples.cpu()[problems[:, 0], problems[:, 1]]
         order = sizes.argsort(descending=True, stable=True)
         split = functools.partial(
-            self._split_indices, labels, unit_mask, token_mask, positions, n_per_class, status
+            self._split_indices,
+            labels,
+            unit_mask,
+            token_mask,
+            positions,
+            n_per_class,
+            status,
+            unit_tokens=_unit_tokens(unit_mask),
         )
         for chunk in self._chunks(sizes[order], n_tokens, n_neurons + 2 * max_k + 2):
             self._fit_chunk(activations, labels, activation_index, split, problems[order[chunk]], device)

@@ -177,7 +177,9 @@ def fit_logistic_nested(
     # Rounding leaves a constant column a standard deviation of a few ulps of its magnitude.
     constant = std <= 1e3 * torch.finfo(dtype).eps * (1 + mean.abs())
     safe_std = torch.where(constant, torch.ones_like(std), std)
-    centered.div_(safe_std[:, None, :]).masked_fill_(constant[:, None, :], 0.0)
+    centered.div_(safe_std[:, None, :])
+    if bool(constant.any()):
+        centered.masked_fill_(constant[:, None, :], 0.0)
     # 0.5 * ||coef||^2 / (C * S) with coef = theta / std  ->  per-parameter quadratic weight.
     l2 = torch.where(constant, torch.ones_like(std), 1.0 / (C * sum_s[:, None] * safe_std.square()))
     l2 = torch.cat([torch.zeros_like(l2[:, :1]), l2], dim=1)
@@ -261,7 +263,7 @@ def _newton(
     w_z, w_target, w_s, w_l2, w_theta = z, target, s, l2, theta
     logits = _rows_times(w_theta, w_z.transpose(1, 2))
     objective = None  # computed only when a line search needs it
-    jitter = torch.diag(z.new_full((n_params,), _HESSIAN_JITTER))
+    jitter = z.new_full((n_params,), _HESSIAN_JITTER)
     factor, refresh, previous = None, True, None
     buffer = torch.empty_like(z)
     for _ in range(max_iter):
@@ -273,13 +275,20 @@ def _newton(
             # costs as much in page faults as the multiplication itself.
             weighted = torch.mul(w_z, curvature[:, :, None], out=buffer[: w_z.shape[0]])
             hessian = torch.bmm(w_z.transpose(1, 2), weighted)
-            factor = _cholesky(hessian + torch.diag_embed(w_l2) + jitter)
+            # (H + diag(l2)) + jitter on the diagonal, in place; the off-diagonal entries stay H's.
+            hessian.diagonal(dim1=1, dim2=2).add_(w_l2).add_(jitter)
+            factor = _cholesky(hessian)
         step = torch.cholesky_solve(grad[:, :, None], factor)[..., 0]
         decrement = (grad * step).sum(1)
         logit_step = _rows_times(step, w_z.transpose(1, 2))
         alpha = torch.ones_like(decrement)
         exempt = decrement <= _LINE_SEARCH_ABOVE
-        if not bool(exempt.all()):
+        # The step just taken from a point within tol is kept: it shrinks the remaining error further.
+        converged = decrement <= tol
+        all_exempt, any_converged, all_converged = torch.stack(
+            [exempt.all(), converged.any(), converged.all()]
+        ).tolist()  # one read of the three decisions
+        if not all_exempt:
             # Backtracking (Armijo) line search; full Newton steps near the optimum, where rounding
             # would make the test reject good steps.
             if objective is None:
@@ -297,23 +306,24 @@ def _newton(
             objective = None
         w_theta = w_theta - alpha[:, None] * step
         logits = logits - alpha[:, None] * logit_step
-        # The step just taken from a point within tol is kept: it shrinks the remaining error further.
-        converged = decrement <= tol
-        if bool(converged.any()):
+        if any_converged:
             theta[index[converged]] = w_theta[converged]
             done[index[converged]] = True
-            if bool(converged.all()):
+            if all_converged:
                 break
-            keep = ~converged
-            index, w_z, w_target, w_s, w_l2, w_theta = (
-                t[keep] for t in (index, w_z, w_target, w_s, w_l2, w_theta)
+            keep = (~converged).nonzero().flatten()  # listed once, not by each boolean index below
+            index, w_z, w_target, w_s, w_l2, w_theta, logits, decrement, factor = (
+                t.index_select(0, keep)
+                for t in (index, w_z, w_target, w_s, w_l2, w_theta, logits, decrement, factor)
             )
-            logits, decrement, factor = logits[keep], decrement[keep], factor[keep]
-            objective = None if objective is None else objective[keep]
-            previous = None if previous is None else previous[keep]
+            objective = None if objective is None else objective.index_select(0, keep)
+            previous = None if previous is None else previous.index_select(0, keep)
         # Near the optimum the Hessian barely moves: keep its factor while the steps keep shrinking fast.
-        slow = previous is not None and bool((decrement > _REUSE_RATIO * previous).any())
-        refresh = slow or bool((decrement > _REUSE_HESSIAN_BELOW).any())
+        large = (decrement > _REUSE_HESSIAN_BELOW).any()
+        if previous is None:
+            refresh = bool(large)
+        else:
+            refresh = torch.stack([(decrement > _REUSE_RATIO * previous).any(), large]).any().item()
         previous = decrement
     if not bool(done.all()):
         theta[index] = w_theta
