@@ -141,12 +141,14 @@ def expert_activation_block(
     n_tokens, k, width = post.shape
     block = torch.zeros(len(experts), n_tokens, width)
     routed = torch.zeros(len(experts), n_tokens, dtype=torch.bool)
-    tokens = torch.arange(n_tokens)
+    # Rows of the flattened [expert * token] views: one row copy per routed (token, slot), no 2-D indexing.
+    flat, flat_routed = block.view(-1, width), routed.view(-1)
     for slot in range(k):
         local = indices[:, slot].long() - experts.start
-        inside = (local >= 0) & (local < len(experts))
-        block[local[inside], tokens[inside]] = post[inside, slot].float()
-        routed[local[inside], tokens[inside]] = True
+        tokens = ((local >= 0) & (local < len(experts))).nonzero().flatten()
+        rows = local[tokens] * n_tokens + tokens
+        flat.index_copy_(0, rows, post[:, slot].index_select(0, tokens).float())
+        flat_routed[rows] = True
     return block, routed
 
 

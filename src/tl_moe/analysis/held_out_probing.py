@@ -335,24 +335,7 @@ def _held_out_tables(
                 if (column, i) not in best or column_scores[u] > best[(column, i)][0]:
                     best[(column, i)] = (float(column_scores[u]), block.names[u])
                     updates.setdefault((u, j), []).append(i)
-        source = (
-            torch.arange(len(block.names))
-            if block.activation_index is None
-            else torch.as_tensor(block.activation_index).long()
-        )
-        for (u, j), k_positions in updates.items():
-            column = columns[j]
-            top, coef, intercept = fitted[(column, block.names[u])]
-            tokens = (block.unit_mask[u] & population & test).nonzero().flatten()
-            docs = doc_code[tokens].numpy()
-            x = block.activations[source[u]][tokens[:, None], top[None, :]].double()
-            predicted = (x @ coef.T + intercept[None] > 0).numpy()  # [n, K]
-            truth = labels[tokens, column].numpy()[:, None]
-            category = np.where(truth, np.where(predicted, TP, FN), np.where(predicted, FP, TN))
-            for i in k_positions:
-                doc_counts[i, column] = np.bincount(docs * 4 + category[:, i], minlength=n_docs * 4).reshape(
-                    n_docs, 4
-                )
+        _score_choices(block, population & test, updates, fitted, columns, labels, doc_code, doc_counts)
 
     # The blocks are built even where a step is saved: a factory may draw random subsets in sequence.
     if getattr(blocks, "population_independent", False):
@@ -401,6 +384,49 @@ def _held_out_tables(
     if len(chosen):
         chosen = chosen.sort_values(["concept", "k"]).reset_index(drop=True)
     return units, chosen, doc_counts
+
+
+def _score_choices(
+    block: UnitBlock,
+    on_test: Bool[torch.Tensor, " token"],
+    updates: dict[tuple[int, int], list[int]],
+    fitted: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    columns: list[int],
+    labels: Bool[torch.Tensor, "token concept"],
+    doc_code: Int[torch.Tensor, " token"],
+    doc_counts: np.ndarray,
+) -> None:
+    """Score a block's new choices on the test documents, into ``doc_counts`` ``[k, concept, doc, 4]``.
+
+    ``updates`` maps (unit, column position) to the k positions the unit is now chosen for; ``fitted``
+    (column, unit name) to its probe's top neurons, coefficients ``[K, max k]`` and intercepts ``[K]``;
+    ``on_test``: the population's tokens on the test documents. Each unit's test tokens and activation
+    rows are gathered once for all the concepts it is chosen for.
+    """
+    n_docs = doc_counts.shape[2]
+    source = (
+        torch.arange(len(block.names))
+        if block.activation_index is None
+        else torch.as_tensor(block.activation_index).long()
+    )
+    by_unit: dict[int, list[tuple[int, list[int]]]] = {}
+    for (u, j), k_positions in updates.items():
+        by_unit.setdefault(u, []).append((j, k_positions))
+    for u, choices in by_unit.items():
+        tokens = (block.unit_mask[u] & on_test).nonzero().flatten()
+        docs = doc_code[tokens].numpy()
+        rows = block.activations[source[u]].index_select(0, tokens)  # [n, neurons]
+        for j, k_positions in choices:
+            column = columns[j]
+            top, coef, intercept = fitted[(column, block.names[u])]
+            x = rows.index_select(1, top).double()
+            predicted = (x @ coef.T + intercept[None] > 0).numpy()  # [n, K]
+            truth = labels[tokens, column].numpy()[:, None]
+            category = np.where(truth, np.where(predicted, TP, FN), np.where(predicted, FP, TN))
+            for i in k_positions:
+                doc_counts[i, column] = np.bincount(docs * 4 + category[:, i], minlength=n_docs * 4).reshape(
+                    n_docs, 4
+                )
 
 
 #: Fewest document swaps behind a swap-test p-value (:func:`swap_test`): its floor, 1 / (1 + n), is
