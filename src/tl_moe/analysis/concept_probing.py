@@ -15,12 +15,13 @@ routing left it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
 
+from tl_moe.analysis._step_values import pack_frame, unpack_frame
 from tl_moe.analysis.activations import StoredTokens
 from tl_moe.analysis.probing import KSparseProbe, subsample_like_routing
 from tl_moe.analysis.probing_math import balance_per_document
@@ -205,7 +206,8 @@ def probe_experts(
     frames = []
     for layer in tqdm(sparse_layers, desc="probe experts (layers)", disable=not progress):
         frames.append(
-            step(
+            _table_step(
+                step,
                 f"{step_prefix}-L{layer}",
                 lambda layer=layer: probe_expert_layer(stored, layer, num_experts, params, max_block_bytes),
             )
@@ -246,7 +248,7 @@ def probe_dense(
         frame["layer"], frame["draw"] = frame["unit"].map(layer_of).astype(int), -1
         return frame
 
-    frame = step(f"{step_prefix}-layers", whole_layers)
+    frame = _table_step(step, f"{step_prefix}-layers", whole_layers)
     if routed_counts is None:
         return frame
 
@@ -261,7 +263,12 @@ def probe_dense(
         fair["draw"] = fair["unit"].map(lambda unit: unit_of[unit][1]).astype(int)
         return fair
 
-    return pd.concat([frame, step(f"{step_prefix}-draws", draws)], ignore_index=True)
+    return pd.concat([frame, _table_step(step, f"{step_prefix}-draws", draws)], ignore_index=True)
+
+
+def _table_step(step: Step, key: str, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+    """``step(key, compute)`` for a table, saved packed (:func:`~tl_moe.analysis._step_values.pack_frame`)."""
+    return unpack_frame(*step(key, lambda: pack_frame(compute())))
 
 
 def best_f1_by_k(frame: pd.DataFrame) -> pd.DataFrame:
