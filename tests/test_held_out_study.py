@@ -138,3 +138,22 @@ def test_the_study_needs_no_pipeline_module():
         "assert not [m for m in sys.modules if m.startswith('tl_moe.pipeline')]"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_comparison_counts_stay_integers_beside_records_that_lack_them():
+    import json
+
+    import pandas as pd
+
+    from tl_moe.analysis.held_out_comparisons import comparison_frame
+
+    frame = comparison_frame(
+        [
+            {"protocol": "held_out", "comparison": "moe_vs_dense", "k": 1, "n_draws": 3, "estimate": 0.1},
+            {"protocol": "paper", "comparison": "moe_vs_dense", "k": 1, "n_concepts_moe_higher": 47},
+        ]
+    )
+    plain = frame.astype(object).where(frame.notna(), None).to_dict("records")  # as results.json writes it
+    assert [r["n_concepts_moe_higher"] for r in plain] == [None, 47]
+    assert [r["n_draws"] for r in plain] == [3, None]
+    assert '"n_concepts_moe_higher": 47,' in json.dumps(plain[1]) and pd.isna(frame["estimate"].iloc[1])

@@ -18,6 +18,8 @@ import torch
 
 import tl_moe
 from tl_moe.analysis import concept_probing, held_out_probing
+from tl_moe.analysis._step_values import pack_frame, unpack_frame
+from tl_moe.analysis.probing import KSparseProbe
 from tl_moe.collect.checkpoint import CheckpointCorruptError, CheckpointMismatchError
 from tl_moe.collect.steps import ResumableSteps, decode, encode
 from tl_moe.pipeline import RunOptions, run
@@ -255,3 +257,30 @@ def test_step_values_come_back_equal_dtypes_included():
     assert back[3] == 0.25
     with pytest.raises(TypeError, match="cannot hold"):
         encode(object())
+
+
+def test_packed_tables_come_back_equal_and_save_each_name_once():
+    probe = KSparseProbe(ks=(1, 2), min_examples=5).fit(
+        torch.randn(3, 200, 8),
+        torch.rand(200, 2, generator=torch.Generator().manual_seed(0)) > 0.5,
+        unit_names=["L0E0", "L0E1", "L0E2"],
+        concept_names=["x", "y"],
+    )
+    named = probe.to_frame().assign(layer=0)
+    numbered = KSparseProbe(ks=(1,), min_examples=5).fit(
+        torch.randn(2, 100, 4), torch.arange(100)[:, None] % 2 == 0
+    )
+    for frame in (
+        named,
+        numbered.to_frame(),
+        named.iloc[:0],
+        named.set_index(named.index * 3),
+        pd.DataFrame(),
+    ):
+        packed, values = pack_frame(frame)
+        back = unpack_frame(*decode(encode((packed, values))))
+        pd.testing.assert_frame_equal(back, frame, check_exact=True)
+    payload = encode(pack_frame(named))
+    names = [v for column in payload[1]["items"] for v in column[1][0]]
+    assert sorted(names) == sorted(["L0E0", "L0E1", "L0E2", "x", "y", "ok"]), names  # once each, not per row
+    assert all("objects" not in column for column in payload[0]["data"]), "no column saved string by string"

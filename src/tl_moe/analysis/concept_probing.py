@@ -15,12 +15,14 @@ routing left it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
 
+from tl_moe.analysis._step_values import pack_frame, unpack_frame
 from tl_moe.analysis.activations import StoredTokens
 from tl_moe.analysis.probing import KSparseProbe, subsample_like_routing
 from tl_moe.analysis.probing_math import balance_per_document
@@ -69,6 +71,29 @@ def concept_populations(stored: StoredTokens) -> list[tuple[list[int], Bool[torc
     return populations
 
 
+#: Each concept population's columns, token mask and per-document balanced sample ``[token, column]``.
+PaperSamples = list[tuple[list[int], Bool[torch.Tensor, " token"], Bool[torch.Tensor, "token column"]]]
+
+
+def paper_samples(stored: StoredTokens, seed: int) -> PaperSamples:
+    """The paper protocol's tokens of one model: per concept population, each document's positives and
+    as many of its negatives (:func:`~tl_moe.analysis.probing_math.balance_per_document`), drawn once
+    for all of the model's units (they do not depend on the unit)."""
+    if stored.doc_index is None:
+        raise ValueError(
+            "the paper protocol balances each concept per document: the stored tokens need document ids."
+        )
+    return [
+        # seed + 1: the negatives' draw is a random stream apart from the token split's (seed).
+        (
+            columns,
+            population,
+            balance_per_document(stored.labels[:, columns], stored.doc_index, population, seed=seed + 1),
+        )
+        for columns, population in concept_populations(stored)
+    ]
+
+
 def _probe(
     activations: Float[torch.Tensor, "source token neurons"],
     unit_mask: Bool[torch.Tensor, "unit token"],
@@ -76,18 +101,15 @@ def _probe(
     unit_names: Sequence[str],
     probe_params: dict,
     activation_index: Int[torch.Tensor, " unit"] | None = None,
+    samples: PaperSamples | None = None,
 ) -> pd.DataFrame:
-    """Paper protocol: each population's concepts probed on their per-document balanced samples."""
-    if stored.doc_index is None:
-        raise ValueError(
-            "the paper protocol balances each concept per document: the stored tokens need document ids."
-        )
-    seed = probe_params.get("random_state", 0)
+    """Paper protocol: each population's concepts probed on their per-document balanced samples
+    (``samples``: :func:`paper_samples` of ``stored``, drawn here when not given)."""
+    if samples is None:
+        samples = paper_samples(stored, probe_params.get("random_state", 0))
     frames = []
-    for columns, population in concept_populations(stored):
+    for columns, population, sample in samples:
         labels = stored.labels[:, columns]
-        # seed + 1: the negatives' draw is a random stream apart from the token split's (seed).
-        sample = balance_per_document(labels, stored.doc_index, population, seed=seed + 1)
         probe = KSparseProbe(**{**probe_params, "sampling": "all"})
         probe.fit(
             activations,
@@ -141,12 +163,14 @@ def expert_activation_block(
     n_tokens, k, width = post.shape
     block = torch.zeros(len(experts), n_tokens, width)
     routed = torch.zeros(len(experts), n_tokens, dtype=torch.bool)
-    tokens = torch.arange(n_tokens)
+    # Rows of the flattened [expert * token] views: one row copy per routed (token, slot), no 2-D indexing.
+    flat, flat_routed = block.view(-1, width), routed.view(-1)
     for slot in range(k):
         local = indices[:, slot].long() - experts.start
-        inside = (local >= 0) & (local < len(experts))
-        block[local[inside], tokens[inside]] = post[inside, slot].float()
-        routed[local[inside], tokens[inside]] = True
+        tokens = ((local >= 0) & (local < len(experts))).nonzero().flatten()
+        rows = local[tokens] * n_tokens + tokens
+        flat.index_copy_(0, rows, post[:, slot].index_select(0, tokens).float())
+        flat_routed[rows] = True
     return block, routed
 
 
@@ -156,11 +180,15 @@ def probe_expert_layer(
     num_experts: int,
     probe_params: dict,
     max_block_bytes: int = 256 << 20,
+    samples: PaperSamples | None = None,
 ) -> pd.DataFrame:
     """Probe every expert of one sparse ``layer`` (``stored`` already restricted by :func:`_usable`).
 
-    One row per (expert, concept, k); the unit of work :func:`probe_experts` checkpoints.
+    One row per (expert, concept, k); the unit of work :func:`probe_experts` checkpoints. ``samples``:
+    :func:`paper_samples` of ``stored`` (drawn here when not given).
     """
+    if samples is None:
+        samples = paper_samples(stored, probe_params.get("random_state", 0))
     post = stored.rows[get_act_name("expert_post", layer)]
     indices = stored.rows[get_act_name("topk_indices", layer)]
     per_expert_bytes = post.shape[0] * post.shape[-1] * 4
@@ -170,7 +198,7 @@ def probe_expert_layer(
         experts = range(start, min(num_experts, start + chunk))
         block, routed = expert_activation_block(post, indices, experts)
         names = {f"L{layer}E{e}": e for e in experts}
-        frame = _probe(block, routed, stored, list(names), probe_params)
+        frame = _probe(block, routed, stored, list(names), probe_params, samples=samples)
         frame["layer"], frame["expert"] = layer, frame["unit"].map(names).astype(int)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
@@ -200,12 +228,16 @@ def probe_experts(
 
     stored = _usable(stored, min_positives)
     params = probe_params or {}
+    samples = functools.cache(lambda: paper_samples(stored, params.get("random_state", 0)))
     frames = []
     for layer in tqdm(sparse_layers, desc="probe experts (layers)", disable=not progress):
         frames.append(
-            step(
+            _table_step(
+                step,
                 f"{step_prefix}-L{layer}",
-                lambda layer=layer: probe_expert_layer(stored, layer, num_experts, params, max_block_bytes),
+                lambda layer=layer: probe_expert_layer(
+                    stored, layer, num_experts, params, max_block_bytes, samples=samples()
+                ),
             )
         )
     return pd.concat(frames, ignore_index=True)
@@ -233,6 +265,7 @@ def probe_dense(
     stored = _usable(stored, min_positives)
     params = probe_params or {}
     layer_of = {f"L{layer}": layer for layer in layers}
+    samples = functools.cache(lambda: paper_samples(stored, params.get("random_state", 0)))
 
     def activations() -> torch.Tensor:
         return torch.stack([stored.rows[get_act_name("neuron", layer)].float() for layer in layers])
@@ -240,11 +273,11 @@ def probe_dense(
     def whole_layers() -> pd.DataFrame:
         acts = activations()
         everyone = torch.ones(len(layers), acts.shape[1], dtype=torch.bool)
-        frame = _probe(acts, everyone, stored, list(layer_of), params)
+        frame = _probe(acts, everyone, stored, list(layer_of), params, samples=samples())
         frame["layer"], frame["draw"] = frame["unit"].map(layer_of).astype(int), -1
         return frame
 
-    frame = step(f"{step_prefix}-layers", whole_layers)
+    frame = _table_step(step, f"{step_prefix}-layers", whole_layers)
     if routed_counts is None:
         return frame
 
@@ -254,12 +287,19 @@ def probe_dense(
         counts = routed_counts.clamp(max=acts.shape[1])
         subsets, source = subsample_like_routing(everyone, counts, n_draws=counts.numel(), seed=seed)
         unit_of = {f"L{layer}D{draw}": (layer, draw) for layer in layers for draw in range(counts.numel())}
-        fair = _probe(acts, subsets, stored, list(unit_of), params, activation_index=source)
+        fair = _probe(
+            acts, subsets, stored, list(unit_of), params, activation_index=source, samples=samples()
+        )
         fair["layer"] = fair["unit"].map(lambda unit: unit_of[unit][0]).astype(int)
         fair["draw"] = fair["unit"].map(lambda unit: unit_of[unit][1]).astype(int)
         return fair
 
-    return pd.concat([frame, step(f"{step_prefix}-draws", draws)], ignore_index=True)
+    return pd.concat([frame, _table_step(step, f"{step_prefix}-draws", draws)], ignore_index=True)
+
+
+def _table_step(step: Step, key: str, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+    """``step(key, compute)`` for a table, saved packed (:func:`~tl_moe.analysis._step_values.pack_frame`)."""
+    return unpack_frame(*step(key, lambda: pack_frame(compute())))
 
 
 def best_f1_by_k(frame: pd.DataFrame) -> pd.DataFrame:

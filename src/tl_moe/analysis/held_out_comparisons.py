@@ -119,40 +119,33 @@ def held_out_comparisons(
     """Every comparison of :data:`COMPARISONS` and :data:`NULL_CORRECTED` whose arms were computed: the
     records of :func:`~tl_moe.analysis.held_out_probing.compare` with ``comparison``, ``first``, ``second``.
     ``permutations`` > 0 adds each plain comparison's document swap test (``swap_p``)."""
+    options = dict(n_resamples=n_resamples, seed=seed, min_clusters=min_clusters, concepts=concepts, ks=ks)
     records = []
     for name, (first, second) in COMPARISONS.items():
         controls = arm_draws(arms, second)
         if first not in arms or not controls:
             continue
-        for record in compare(
-            arms[first],
-            controls,
-            n_resamples=n_resamples,
-            seed=seed,
-            min_clusters=min_clusters,
-            permutations=permutations,
-            concepts=concepts,
-            ks=ks,
-            what=f"{name}{what}",
-        ):
-            records.append({"comparison": name, **record, "first": first, "second": second})
+        records += _named_records(
+            name, first, second, arms[first], controls, what, permutations=permutations, **options
+        )
     for name, ((first, second), (null_first, null_second)) in NULL_CORRECTED.items():
         controls, null_controls = arm_draws(arms, second), arm_draws(arms, null_second)
         if first not in arms or null_first not in arms or not controls or not null_controls:
             continue
-        for record in compare(
-            arms[first],
-            controls,
-            null=(arms[null_first], null_controls),
-            n_resamples=n_resamples,
-            seed=seed,
-            min_clusters=min_clusters,
-            concepts=concepts,
-            ks=ks,
-            what=f"{name}{what}",
-        ):
-            records.append({"comparison": name, **record, "first": first, "second": second})
+        null = (arms[null_first], null_controls)
+        records += _named_records(name, first, second, arms[first], controls, what, null=null, **options)
     return records
+
+
+def _named_records(
+    name: str, first: str, second: str, a: HeldOutArm, controls: list[HeldOutArm], what: str, **options
+) -> list[dict]:
+    """:func:`~tl_moe.analysis.held_out_probing.compare`'s records of ``a`` against ``controls`` (keyword
+    ``options`` passed on), each with ``comparison`` = ``name`` and the two arms' names."""
+    return [
+        {"comparison": name, **record, "first": first, "second": second}
+        for record in compare(a, controls, what=f"{name}{what}", **options)
+    ]
 
 
 def arm_draws(arms: dict[str, HeldOutArm], name: str) -> list[HeldOutArm]:
@@ -250,9 +243,15 @@ def comparison_frame(records: list[dict]) -> pd.DataFrame:
         if column not in frame:
             frame[column] = None
     for column in _COUNT_COLUMNS:  # counts stay integers where some records lack them (None, not NaN)
-        frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
-        frame[column] = frame[column].map(lambda v: None if v is None else int(v))
+        frame[column] = _integers(frame[column])
     return frame[columns]
+
+
+def _integers(column: pd.Series) -> pd.Series:
+    """``column`` as Python ints, None where missing (an object column: pandas would turn ints beside
+    missing values back into floats)."""
+    values = [None if pd.isna(v) else int(v) for v in column]
+    return pd.Series(values, index=column.index, dtype=object)
 
 
 _COUNT_COLUMNS = (

@@ -38,6 +38,7 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
 
+from tl_moe.analysis._step_values import pack_frame, unpack_frame
 from tl_moe.analysis.activations import StoredTokens
 from tl_moe.analysis.concept_probing import concept_populations, expert_activation_block
 from tl_moe.analysis.probing import STATUS_OK, KSparseProbe
@@ -191,16 +192,25 @@ def held_out_arm(
             units (at most one layer's) of each concept population is step
             ``held_out-{name}-p{population}-b{block}``.
     """
-    units, chosen, doc_counts = step(
+    packed, values, chosen, doc_counts = step(
         f"held_out-{name}",
-        lambda: _held_out_tables(
-            name, stored, blocks, selection, test_docs, probe_params, min_examples, labels, step
+        lambda: _packed(
+            *_held_out_tables(
+                name, stored, blocks, selection, test_docs, probe_params, min_examples, labels, step
+            )
         ),
     )
+    units = unpack_frame(packed, values)
     concepts, ks = tuple(stored.concept_names), _ks(probe_params)
     return HeldOutArm(
         name, units, chosen, doc_counts, concepts, ks, np.asarray(test_docs), _selected(chosen, concepts, ks)
     )
+
+
+def _packed(frame: pd.DataFrame, *rest):
+    """A step's value with its table ``frame`` packed (:func:`~tl_moe.analysis._step_values.pack_frame`):
+    ``(coded frame, coded columns' values, *rest)``."""
+    return (*pack_frame(frame), *rest)
 
 
 def _selected(chosen: pd.DataFrame, concepts: tuple[str, ...], ks: tuple[int, ...]) -> np.ndarray:
@@ -224,11 +234,13 @@ def fit_selection_block(
     concepts: tuple[str, ...],
     params: dict,
     min_examples: int,
-) -> tuple[pd.DataFrame, list[tuple[int, str, torch.Tensor, torch.Tensor, torch.Tensor]]]:
+) -> tuple[pd.DataFrame, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Pass 1 of :func:`held_out_arm` for one block: fit its units on the selection documents.
 
-    Returns the units' rows (selection F1, example counts on both sides) and, for every unit and
-    concept column it may be chosen for, ``(column, unit name, top neurons, coef, intercept)``.
+    Returns the units' rows (selection F1, example counts on both sides) and the fitted probes of
+    the units that may be chosen, as ``(pairs, top, coef, intercept)``: ``pairs`` ``[m, 2]`` the (unit,
+    column position) of each, ``top`` ``[m, max k]`` its neurons, ``coef`` ``[m, K, max k]`` and
+    ``intercept`` ``[m, K]`` its probes at the fitted ks (a few tensors: cheap to checkpoint).
     """
     ks = _ks(params)
     test = ~selection
@@ -250,16 +262,14 @@ def fit_selection_block(
     n_pos = (test_mask.double() @ labels[:, columns].double()).round().long()
     n_neg = test_mask.sum(1, keepdim=True) - n_pos
     n_units, n_cols = ok.shape
-    fitted = [
-        (
-            columns[j],
-            block.names[u],
-            probe.top_neurons_[u, j],
-            probe.coef_[u, j][k_index],
-            probe.intercept_[u, j][k_index],
-        )
-        for u, j in ok.nonzero().tolist()
-    ]
+    pairs = ok.nonzero()
+    units, cols = pairs[:, 0], pairs[:, 1]
+    fitted = (
+        pairs,
+        probe.top_neurons_[units, cols],
+        probe.coef_[units, cols][:, k_index],
+        probe.intercept_[units, cols][:, k_index],
+    )
     grid = {
         "unit": np.repeat(np.array(block.names, dtype=object), n_cols * len(ks)),
         "layer": np.repeat(np.array(block.layers), n_cols * len(ks)),
@@ -315,14 +325,15 @@ def _held_out_tables(
     def probe_block(block: UnitBlock, b: int, p: int, columns: list[int], population: torch.Tensor) -> None:
         """Fit the block's units for one population on the selection side (a resumable step); score
         its new choices on the test side."""
-        frame, entries = step(
+        packed, values, fitted = step(
             f"held_out-{name}-p{p}-b{b}",
-            lambda: fit_selection_block(
-                block, labels, columns, population, selection, concepts, params, min_examples
+            lambda: _packed(
+                *fit_selection_block(
+                    block, labels, columns, population, selection, concepts, params, min_examples
+                )
             ),
         )
-        frames[(p, b)] = frame
-        fitted = {(column, unit): (top, coef, intercept) for column, unit, top, coef, intercept in entries}
+        frame = frames[(p, b)] = unpack_frame(packed, values)
         n_cols = len(columns)
         scores = frame["selection_f1"].to_numpy(float).reshape(len(block.names), n_cols, len(ks))
         updates: dict[tuple[int, int], list[int]] = {}
@@ -335,24 +346,7 @@ def _held_out_tables(
                 if (column, i) not in best or column_scores[u] > best[(column, i)][0]:
                     best[(column, i)] = (float(column_scores[u]), block.names[u])
                     updates.setdefault((u, j), []).append(i)
-        source = (
-            torch.arange(len(block.names))
-            if block.activation_index is None
-            else torch.as_tensor(block.activation_index).long()
-        )
-        for (u, j), k_positions in updates.items():
-            column = columns[j]
-            top, coef, intercept = fitted[(column, block.names[u])]
-            tokens = (block.unit_mask[u] & population & test).nonzero().flatten()
-            docs = doc_code[tokens].numpy()
-            x = block.activations[source[u]][tokens[:, None], top[None, :]].double()
-            predicted = (x @ coef.T + intercept[None] > 0).numpy()  # [n, K]
-            truth = labels[tokens, column].numpy()[:, None]
-            category = np.where(truth, np.where(predicted, TP, FN), np.where(predicted, FP, TN))
-            for i in k_positions:
-                doc_counts[i, column] = np.bincount(docs * 4 + category[:, i], minlength=n_docs * 4).reshape(
-                    n_docs, 4
-                )
+        _score_choices(block, population & test, updates, fitted, columns, labels, doc_code, doc_counts)
 
     # The blocks are built even where a step is saved: a factory may draw random subsets in sequence.
     if getattr(blocks, "population_independent", False):
@@ -401,6 +395,52 @@ def _held_out_tables(
     if len(chosen):
         chosen = chosen.sort_values(["concept", "k"]).reset_index(drop=True)
     return units, chosen, doc_counts
+
+
+def _score_choices(
+    block: UnitBlock,
+    on_test: Bool[torch.Tensor, " token"],
+    updates: dict[tuple[int, int], list[int]],
+    fitted: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    columns: list[int],
+    labels: Bool[torch.Tensor, "token concept"],
+    doc_code: Int[torch.Tensor, " token"],
+    doc_counts: np.ndarray,
+) -> None:
+    """Score a block's new choices on the test documents, into ``doc_counts`` ``[k, concept, doc, 4]``.
+
+    ``updates`` maps (unit, column position) to the k positions the unit is now chosen for; ``fitted``:
+    the block's probes as :func:`fit_selection_block` returns them;
+    ``on_test``: the population's tokens on the test documents. Each unit's test tokens and activation
+    rows are gathered once for all the concepts it is chosen for.
+    """
+    n_docs = doc_counts.shape[2]
+    source = (
+        torch.arange(len(block.names))
+        if block.activation_index is None
+        else torch.as_tensor(block.activation_index).long()
+    )
+    pairs, tops, coefs, intercepts = fitted
+    where = {pair: i for i, pair in enumerate(map(tuple, pairs.tolist()))}
+    by_unit: dict[int, list[tuple[int, list[int]]]] = {}
+    for (u, j), k_positions in updates.items():
+        by_unit.setdefault(u, []).append((j, k_positions))
+    for u, choices in by_unit.items():
+        tokens = (block.unit_mask[u] & on_test).nonzero().flatten()
+        docs = doc_code[tokens].numpy()
+        rows = block.activations[source[u]].index_select(0, tokens)  # [n, neurons]
+        for j, k_positions in choices:
+            column = columns[j]
+            i = where[(u, j)]
+            top, coef, intercept = tops[i], coefs[i], intercepts[i]
+            x = rows.index_select(1, top).double()
+            predicted = (x @ coef.T + intercept[None] > 0).numpy()  # [n, K]
+            truth = labels[tokens, column].numpy()[:, None]
+            category = np.where(truth, np.where(predicted, TP, FN), np.where(predicted, FP, TN))
+            for position in k_positions:
+                doc_counts[position, column] = np.bincount(
+                    docs * 4 + category[:, position], minlength=n_docs * 4
+                ).reshape(n_docs, 4)
 
 
 #: Fewest document swaps behind a swap-test p-value (:func:`swap_test`): its floor, 1 / (1 + n), is

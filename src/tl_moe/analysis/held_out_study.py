@@ -344,6 +344,17 @@ class _Arms:
             name, stored, blocks, side, self.docs, self.params, self.minimum, labels=labels, step=self.step
         )
 
+    def moe_permuted_arm(
+        self,
+        moe: StoredTokens,
+        selection: Bool[torch.Tensor, " token"],
+        moe_permuted: Bool[torch.Tensor, "token concept"],
+    ) -> HeldOutArm:
+        """The MoE's experts probed with permuted labels (the null of the MoE arm and of the routed controls)."""
+        layers = tuple(self.study.layers)
+        blocks = expert_blocks(moe, layers, self.study.num_experts)
+        return self.arm("moe_permuted_labels", moe, blocks, selection, labels=moe_permuted)
+
     def probe(
         self, moe: StoredTokens, dense: StoredTokens | None, untrained: StoredTokens | None
     ) -> tuple[dict[str, HeldOutArm], list[str]]:
@@ -388,13 +399,7 @@ class _Arms:
                 )
         if dense is not None and study.permuted:
             if "moe_permuted_labels" not in arms:
-                arms["moe_permuted_labels"] = self.arm(
-                    "moe_permuted_labels",
-                    moe,
-                    expert_blocks(moe, layers, experts),
-                    selection,
-                    labels=moe_permuted,
-                )
+                arms["moe_permuted_labels"] = self.moe_permuted_arm(moe, selection, moe_permuted)
             arms["dense_permuted_labels"] = self.arm(
                 "dense_permuted_labels",
                 dense,
@@ -472,12 +477,6 @@ class _Arms:
 
         arms.update(routed_count_arms(ROUTED_COUNT))
         if study.routed_null:
-            arms["moe_permuted_labels"] = self.arm(
-                "moe_permuted_labels",
-                moe,
-                expert_blocks(moe, layers, experts),
-                selection,
-                labels=moe_permuted,
-            )
+            arms["moe_permuted_labels"] = self.moe_permuted_arm(moe, selection, moe_permuted)
             arms.update(routed_count_arms(ROUTED_COUNT_PERMUTED, labels=moe_permuted))
         return arms

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from tl_moe.analysis._step_values import PACKED_STEP_VALUES
 from tl_moe.analysis.activations import StoredTokens
 from tl_moe.analysis.concept_probing import PAPER_PROTOCOL
 from tl_moe.analysis.held_out_probing import HeldOutArm
@@ -35,6 +36,8 @@ def probing_steps(run: RunContext, analysis: str, models: list[str]) -> Step:
         # 2: units, concepts and choices decided on the selection documents alone (saved steps of the
         # earlier rule, which also required test-side counts, are not reused).
         "held_out_rule": 2,
+        # tables saved packed, the held-out probes as stacked tensors (saved steps of the earlier form are not reused)
+        "step_values": PACKED_STEP_VALUES,
     }
     return run.steps(analysis, settings, models)
 
