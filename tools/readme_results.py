@@ -1102,9 +1102,22 @@ def main_job_cost_markdown(results: dict[str, Any], source: str) -> str:
         f"{threads if threads is not None else 'left to the default'}): total {total:.1f} s = **{ratio:.2f}×** the "
         f"sum of its collection passes ({collection:.1f} s: "
         + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in passes.items())
-        + f"); finalize {timings.get('finalize (s)', float('nan')):.1f} s. {verdict} the target of "
-        f"{TOTAL_OVER_PASSES_TARGET}× (total / passes, same run)."
+        + f"); finalize {timings.get('finalize (s)', float('nan')):.1f} s{_finalize_parts(timings)}. {verdict} the "
+        f"target of {TOTAL_OVER_PASSES_TARGET}× (total / passes, same run)."
     )
+
+
+def _finalize_parts(timings: dict[str, float]) -> str:
+    """Each analysis's finalize seconds, largest first, where the run recorded them (else nothing)."""
+    parts = {
+        key[len("finalize ") : -len(" (s)")]: value
+        for key, value in timings.items()
+        if key.startswith("finalize ") and key != "finalize (s)"
+    }
+    if not parts:
+        return ""
+    ranked = sorted(parts.items(), key=lambda item: -item[1])
+    return " (" + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in ranked) + ")"
 
 
 def performance_markdown(root: Path = Path(".")) -> str:
