@@ -326,3 +326,16 @@ def test_the_study_passes_its_min_documents_to_the_permutation_test():
         experts.permutation_test(counts, tokens, domain, n_permutations=99, min_documents=20)
     experts.permutation_test(counts, tokens, domain, n_permutations=99, min_documents=10)
     assert experts.p_values_ is not None
+
+
+def test_a_max_statistic_p_at_its_floor_is_called_so():
+    """Planted domain preference: the max-statistic p is 1/500 with 499 permutations, and the finding says it
+    is the floor; planted none: a p above the floor is not called so."""
+    from tl_moe.pipeline.sections.domains import DomainExpertsResult
+
+    planted = _fit_and_test(*_documents(0, domain_effect=3.0))
+    text = DomainExpertsResult(planted, planted.top(15), (0,)).findings()[0]
+    assert "max-statistic p = 0.002, at its floor 1/500" in text
+    null = _fit_and_test(*_documents(0, domain_effect=0.0))
+    assert null.max_p_value_ > 1 / 500
+    assert "at its floor 1/500 (a maximum" not in DomainExpertsResult(null, null.top(15), (0,)).findings()[0]

@@ -36,8 +36,13 @@ _COMPARISONS = {
         "(MoE expert − matched-count control) − the same with labels permuted (that difference over its own null)"
     ),
     "moe_vs_dense_on_routed_tokens": "MoE expert − all dense neurons on the expert's routed tokens",
-    "moe_vs_matched_subsets": "MoE expert − dense neurons on routing-matched token subsets",
-    "moe_vs_untrained": "MoE expert − untrained MoE expert",
+    "moe_vs_matched_subsets": (
+        "MoE expert − dense neurons on routing-matched token subsets (one random draw of the subsets: the "
+        "interval is conditional on it)"
+    ),
+    "moe_vs_untrained": (
+        "MoE expert − untrained MoE expert (one random initialisation: the interval is conditional on it)"
+    ),
     "permuted_labels": "MoE − dense, both probed with permuted labels (the protocol's own bias)",
     "permuted_labels_on_routed_tokens": (
         "MoE − the matched-count routed-token control, both with permuted labels (that control's null)"

@@ -106,8 +106,14 @@ class DomainExpertsResult(Result):
             f"largest of {scored} scores on the documents it is measured on, so its control is the largest of "
             f"the {scored} with the domain labels shuffled over documents (the same {experts.n_permutations_} "
             f"permutations): median {median:.2f}, 95th percentile {upper:.2f}, max-statistic p = "
-            f"{experts.max_p_value_:.3g} (a maximum selected on the data has no interval)"
+            f"{experts.max_p_value_:.3g}{self._at_floor(experts.max_p_value_)} (a maximum selected on the data "
+            "has no interval)"
         )
+
+    def _at_floor(self, p_value: float) -> str:
+        """Says so where a permutation p-value is at its floor 1/(1 + permutations)."""
+        floor = 1.0 / (1 + self.experts.n_permutations_)
+        return f", at its floor 1/{1 + self.experts.n_permutations_}" if np.isclose(p_value, floor) else ""
 
     def _floor_text(self) -> str:
         """Whether the permutation count lets BH discover a lone expert (floor vs alpha / tested)."""
