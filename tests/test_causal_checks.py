@@ -536,3 +536,78 @@ def test_the_finding_prints_the_balance_and_the_check_over_balanced_controls():
     assert headline["ci low"] <= 0 <= headline["ci high"]  # no label-specific effect was planted
     assert f"over those experts, removal, labeled − control at equal mixing weight {shown(headline)}" in text
     assert "matched" not in text
+
+
+def _items(documents, described, other, routed, delta, weight):
+    """The planted experts as :func:`causal_checks` gathers them (boost: half the removal's |Δloss|)."""
+    return [
+        {"row": j, "described": described[j], "other": other[j], "routed": routed[:, j],
+         "rank_one": routed[:, j], "weight": weight[:, j],
+         "deltas": {"remove": delta[:, j], "boost": 0.5 * delta[:, j]}}
+        for j in range(described.shape[0])
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(("least", "available"), [(None, False), (25, False), (15, True)])
+def test_the_runs_min_documents_decides_whether_the_causal_interval_is_available(least, available):
+    """20 documents: no interval at the default (30) or at --min-documents 25, the reason naming the
+    value; an interval at 15 — in label_effects and in the helpers causal_checks calls with the run's
+    value (all checked experts, and those whose control is balanced)."""
+    from tl_moe.explain.causal import _balanced_effects, _item_effects
+
+    documents, described, other, routed, delta = planted(0, n_documents=20)
+    weight = mixing_weights(routed, 0)
+    extra = {} if least is None else {"min_documents": least}
+    _, direct = label_effects(documents, described, other, routed, {"remove": delta}, mixing_weight=weight,
+                              n_resamples=199, **extra)  # fmt: skip
+    items = _items(documents, described, other, routed, delta, weight)
+    _, checked = _item_effects(documents, items, n_resamples=199, seed=0, **extra)
+    rows = [{"explain_routing_standardized_difference": 0.0}] * len(items)
+    balanced = _balanced_effects(documents, items, rows, n_resamples=199, seed=0, **extra)
+    for summary in (direct, checked, balanced):
+        row = summary.set_index("quantity").loc["remove_labeled_minus_control" if summary is not direct
+                                                 else "remove_effect"]  # fmt: skip
+        assert row["documents"] == 20
+        if available:
+            assert row["interval"] == "available" and row["ci low"] < row["mean"] < row["ci high"]
+        else:
+            assert row["interval"].startswith("unavailable: 20 document(s)") and np.isnan(row["ci low"])
+            assert f"at least {least or 30}" in row["interval"]
+
+
+def test_the_labeler_passes_the_runs_min_documents_to_the_causal_checks(monkeypatch):
+    import tl_moe.explain.labeler as labeler
+    from tl_moe.analysis.configs import ExplainConfig, Statistics
+    from tl_moe.explain import ExpertLabeler
+
+    seen = {}
+    monkeypatch.setattr(labeler, "causal_checks", lambda *args, **kwargs: seen.update(kwargs))
+    labeling = SimpleNamespace(explanations={(0, 0): SimpleNamespace(ok=True, rule="a rule", concept=None)})
+    for statistics, least in ((Statistics(min_documents=15), 15), (Statistics(), 30)):
+        ExpertLabeler(ExplainConfig(causal_windows=4), statistics, progress=False).causal(
+            None, None, None, labeling, seq_len=16
+        )
+        assert seen["min_documents"] == least
+
+
+def test_the_causal_captions_name_the_runs_min_documents():
+    from tl_moe.pipeline.results.explain import ExplainResult
+
+    documents, described, other, routed, delta = planted(0, n_documents=20)
+    weight = mixing_weights(routed, 0)
+    observed, summary = label_effects(documents, described, other, routed, {"remove": delta},
+                                      mixing_weight=weight, n_resamples=99, min_documents=15)  # fmt: skip
+    frame = pd.DataFrame({"layer": [0] * 4, "expert": range(4), "label": list("abcd"),
+                          "kind": ["concept", "tokens", "concept_or_tokens", "tokens"], "status": "ok",
+                          "control_expert": [1, 0, 3, 2]})  # fmt: skip
+    for name, values in observed.items():
+        frame[name] = values
+    by_kind = summary.assign(**{"kind group": "tokens"})
+    labeling = SimpleNamespace(frame=frame[["layer", "expert", "status"]], summary=pd.DataFrame())
+    for least in (15, 30):
+        causal = CausalResult(frame, summary, 20, 20, by_kind, summary, min_documents=least)
+        result = ExplainResult(labeling=labeling, explainer="offline", main_scorer="concept", causal=causal)
+        captions = {t.name: t.caption for t in result.tables()}
+        for name in ("explain_causal", "explain_causal_by_kind", "explain_causal_balanced"):
+            assert f"below {least} documents" in captions[name]
+            assert f"below {45 - least} documents" not in captions[name]

@@ -331,8 +331,9 @@ def test_causal_checks_on_held_out_documents_report_labeled_vs_control():
     assert (split[windows.documents] == SPLITS.index("causal")).all()  # only held-out documents
     assert windows.valid[:, :16].all()  # every window holds at least 16 real tokens, padding after them
     result = causal_checks(
-        model, dataset, examples, plain[:4], max_windows=12, n_resamples=200, progress=False
+        model, dataset, examples, plain[:4], max_windows=12, n_resamples=200, min_documents=20, progress=False
     )
+    assert result.min_documents == 20  # the run's --min-documents, not the default 30
     frame = result.frame
     assert (
         len(frame) == len(plain[:4])
@@ -381,11 +382,13 @@ def test_causal_checks_on_held_out_documents_report_labeled_vs_control():
     assert summary.loc["dla_rank1 chance (1/k)", "mean"] == 0.5
     assert {"remove_labeled_minus_control_weight_adjusted", "boost_labeled_minus_control_weight_adjusted",
             "dla_rank1_rate labeled - control"} <= set(summary.index)  # fmt: skip
-    # Per group of label kinds: one summary per group present among the checked experts, below 30
-    # documents without an interval.
+    # Per group of label kinds: one summary per group present among the checked experts, below
+    # min_documents (20 here) documents without an interval.
     groups = set(ok["kind group"])
     assert set(result.by_kind["kind group"]) == groups
     assert result.by_kind["interval"].str.startswith("unavailable").all()
+    assert result.by_kind["interval"].str.contains("at least 20").all()
+    assert not len(result.balanced) or result.balanced["interval"].str.contains("at least 20").all()
     for group in groups:
         part = result.by_kind[result.by_kind["kind group"] == group].set_index("quantity")
         mine = ok[ok["kind group"] == group]["remove_labeled_minus_control_weight_adjusted"]
@@ -394,7 +397,7 @@ def test_causal_checks_on_held_out_documents_report_labeled_vs_control():
     assert result.n_documents <= 12 and summary["ci low"].isna().all()
     assert (
         summary.loc["remove_effect", "interval"].startswith("unavailable")
-        and "at least 30" in (summary.loc["remove_effect", "interval"])
+        and "at least 20" in (summary.loc["remove_effect", "interval"])
     )
 
 

@@ -40,8 +40,9 @@ concept's rule), on windows of ``causal``-split documents:
 
 The summary is a mean over labeled experts, and its interval a bootstrap over *documents* (every
 window of a document moves together; :func:`~tl_moe.analysis.stats.cluster_bootstrap`): experts that
-share documents are not independent. Fewer than :data:`MIN_CAUSAL_DOCUMENTS` documents: the interval
-is unavailable, with the reason (as it is when fewer documents hold a described position where a
+share documents are not independent. Fewer than the run's ``min_documents`` documents
+(:attr:`~tl_moe.analysis.configs.Statistics.min_documents`, ``--min-documents``): the interval is
+unavailable, with the reason (as it is when fewer documents hold a described position where a
 labeled expert is routed). The summary is also given per group of label kinds (:data:`KIND_GROUPS`).
 An expert enters a resample's mean only where its ratio is defined in that resample (labeled −
 control: where both are). There is no p-value: the interval is the test.
@@ -70,6 +71,7 @@ from tl_moe.analysis.splits import document_split
 from tl_moe.analysis.stats import _too_few, cluster_bootstrap
 from tl_moe.collect.interventional import InterventionRunner
 from tl_moe.data.concepts import TokenConceptLabeler
+from tl_moe.defaults import MIN_DOCUMENTS
 from tl_moe.explain.examples import _HEAD, SPLIT_KEY, SPLITS, ExpertExamples
 from tl_moe.explain.explainers import Explanation
 from tl_moe.explain.labels import SIMPLE_KINDS, ExplainItems, LabelRule, _unpack, described_by
@@ -98,8 +100,9 @@ __all__ = [
     "standardized_difference",
 ]
 
-#: Fewest documents behind a causal-check interval (fewer: the interval is unavailable, with the reason).
-MIN_CAUSAL_DOCUMENTS = 30
+#: Default fewest documents behind a causal-check interval (fewer: the interval is unavailable, with the
+#: reason): the run's ``--min-documents`` default, not a value of its own.
+MIN_CAUSAL_DOCUMENTS = MIN_DOCUMENTS
 #: Fewest real tokens a window of a short document needs to be used.
 MIN_WINDOW_TOKENS = 16
 INTERVENTIONS = ("remove", "boost")
@@ -121,7 +124,8 @@ class CausalResult:
     label kinds (``by_kind``: :data:`KIND_GROUPS`, the quantities of :data:`BY_KIND_QUANTITIES`), the same
     quantities over the experts whose control is balanced on the explain documents (``balanced``:
     |standardized difference| of routing at the described positions at most :data:`BALANCE_CALIPER`;
-    empty when none is), and the windows' size: ``n_windows`` windows from ``n_documents`` documents."""
+    empty when none is), the windows' size: ``n_windows`` windows from ``n_documents`` documents, and
+    ``min_documents``, the fewest documents behind each of their intervals."""
 
     frame: pd.DataFrame
     summary: pd.DataFrame
@@ -129,6 +133,7 @@ class CausalResult:
     n_documents: int = 0
     by_kind: pd.DataFrame = field(default_factory=pd.DataFrame)
     balanced: pd.DataFrame = field(default_factory=pd.DataFrame)
+    min_documents: int = MIN_DOCUMENTS
 
 
 @dataclass(frozen=True)
@@ -542,7 +547,7 @@ def label_effects(
     mixing_weight: Float[np.ndarray, "arm item n"] | None = None,
     n_resamples: int = 2000,
     seed: int = 0,
-    min_documents: int = MIN_CAUSAL_DOCUMENTS,
+    min_documents: int = MIN_DOCUMENTS,
 ) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
     """Per-item effects and their means over items with document-bootstrap intervals.
 
@@ -700,13 +705,15 @@ def causal_checks(
     min_described: int = 5,
     n_resamples: int = 2000,
     seed: int = 0,
+    min_documents: int = MIN_DOCUMENTS,
     progress: bool = True,
 ) -> CausalResult:
     """The causal checks of every label in ``explanations`` that a rule can evaluate (see the module
     docstring).
 
     An expert is checked when it is routed on at least ``min_described`` described positions and as
-    many other positions of the windows; the others are listed with the reason."""
+    many other positions of the windows; the others are listed with the reason. Every interval needs
+    ``min_documents`` documents (the run's ``--min-documents``); fewer: unavailable, with the reason."""
     from tqdm.auto import tqdm
 
     windows = causal_windows(dataset, model.tokenizer, examples, seq_len=seq_len, max_windows=max_windows)
@@ -792,9 +799,10 @@ def causal_checks(
     frame = pd.DataFrame(rows)
     if len(frame):
         frame["kind group"] = [kind_group(kind) for kind in frame["kind"]]
-    summary, by_kind = pd.DataFrame(), pd.DataFrame()
+    summary, by_kind, balanced = pd.DataFrame(), pd.DataFrame(), pd.DataFrame()
+    bootstrap = dict(n_resamples=n_resamples, seed=seed, min_documents=min_documents)
     if items:
-        observed, summary = _item_effects(documents, items, n_resamples=n_resamples, seed=seed)
+        observed, summary = _item_effects(documents, items, **bootstrap)
         at = [i["row"] for i in items]
         for name, values in observed.items():
             frame.loc[at, name] = values
@@ -806,26 +814,34 @@ def causal_checks(
         for group in KIND_GROUPS:
             chosen = [i for i, g in zip(items, groups, strict=True) if g == group]
             if chosen:
-                part = _item_effects(documents, chosen, n_resamples=n_resamples, seed=seed)[1]
+                part = _item_effects(documents, chosen, **bootstrap)[1]
                 parts.append(part[part["quantity"].isin(BY_KIND_QUANTITIES)].assign(**{"kind group": group}))
         by_kind = pd.concat(parts, ignore_index=True)[["kind group", *summary.columns]]
-        balanced = _balanced_effects(documents, items, rows, n_resamples=n_resamples, seed=seed)
+        balanced = _balanced_effects(documents, items, rows, **bootstrap)
     n_documents = int(len(np.unique(windows.documents.numpy())))
-    return CausalResult(frame, summary, int(ids.shape[0]), n_documents, by_kind, balanced)
+    return CausalResult(frame, summary, int(ids.shape[0]), n_documents, by_kind, balanced, int(min_documents))
 
 
 def _balanced_effects(
-    documents: np.ndarray, items: Sequence[dict], rows: Sequence[dict], *, n_resamples: int, seed: int
+    documents: np.ndarray,
+    items: Sequence[dict],
+    rows: Sequence[dict],
+    *,
+    n_resamples: int,
+    seed: int,
+    min_documents: int = MIN_DOCUMENTS,
 ) -> pd.DataFrame:
     """:data:`BY_KIND_QUANTITIES` and the balance diagnostic over the checked experts whose control was
     balanced where it was chosen (|explain-side standardized difference| ≤ :data:`BALANCE_CALIPER`);
     empty when none was. The experts are chosen on the explain documents, the effects read on the
-    causal windows."""
+    causal windows; each interval over at least ``min_documents`` documents."""
     chosen = [i for i in items
               if abs(rows[i["row"]]["explain_routing_standardized_difference"]) <= BALANCE_CALIPER]  # fmt: skip
     if not chosen:
         return pd.DataFrame()
-    part = _item_effects(documents, chosen, n_resamples=n_resamples, seed=seed)[1]
+    part = _item_effects(documents, chosen, n_resamples=n_resamples, seed=seed, min_documents=min_documents)[
+        1
+    ]
     wanted = (*BY_KIND_QUANTITIES, *BALANCE_QUANTITIES)
     return part[part["quantity"].isin(wanted)].reset_index(drop=True)
 
@@ -859,9 +875,15 @@ def kind_group(kind: str) -> str:
 
 
 def _item_effects(
-    documents: np.ndarray, items: Sequence[dict], *, n_resamples: int, seed: int
+    documents: np.ndarray,
+    items: Sequence[dict],
+    *,
+    n_resamples: int,
+    seed: int,
+    min_documents: int = MIN_DOCUMENTS,
 ) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
-    """:func:`label_effects` of the checked experts ``items`` (as :func:`causal_checks` gathers them)."""
+    """:func:`label_effects` of the checked experts ``items`` (as :func:`causal_checks` gathers them), each
+    interval over at least ``min_documents`` documents."""
     return label_effects(
         documents,
         np.stack([i["described"] for i in items]),
@@ -872,4 +894,5 @@ def _item_effects(
         mixing_weight=np.stack([i["weight"] for i in items], axis=1),
         n_resamples=n_resamples,
         seed=seed,
+        min_documents=min_documents,
     )

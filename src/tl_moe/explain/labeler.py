@@ -170,7 +170,8 @@ class ExpertLabeler:
             return None
         return causal_checks(
             model, dataset, examples, labels, seq_len=seq_len, max_windows=self.config.causal_windows,
-            n_resamples=self.statistics.bootstrap_resamples, seed=self.statistics.seed, progress=self.progress,
+            n_resamples=self.statistics.bootstrap_resamples, seed=self.statistics.seed,
+            min_documents=self.statistics.min_documents, progress=self.progress,
         )  # fmt: skip
 
     def __call__(

@@ -12,7 +12,7 @@ __all__ = ["EXPLAIN_CAUSAL_WINDOWS", "ExplainConfig"]
 
 #: Default of ``--explain.causal-windows``: one window per document, enough to reach every document of
 #: the embedded corpus's ``causal`` split (56 of the validation split), so that the causal checks'
-#: document bootstrap has at least 30 documents (docs/EXPLAIN.md, "Causal checks").
+#: document bootstrap has at least ``--min-documents`` (default 30) documents (docs/EXPLAIN.md, "Causal checks").
 EXPLAIN_CAUSAL_WINDOWS = 64
 
 

@@ -193,8 +193,8 @@ class ExplainResult(Result):
               "(labeled_minus_control); routing rates and mixing weights at described and other positions; the "
               "control's balance at the described positions of the causal windows (labeled − control routing rate "
               "and its standardized difference, |d| ≤ 0.1 read as balanced); "
-              "95% bootstrap intervals over documents (unavailable, with the reason, below 30 documents, or "
-              "when fewer hold a described routed position). DLA rank-1 rate: the paper's check, labeled − "
+              f"95% bootstrap intervals over documents (unavailable, with the reason, below {self.causal.min_documents} "
+              "documents, or when fewer hold a described routed position). DLA rank-1 rate: the paper's check, labeled − "
               "control with its interval.")]
              if self.causal is not None else []) + self._causal_tables()  # fmt: skip
 
@@ -216,12 +216,13 @@ class ExplainResult(Result):
                                     "the experts whose control is balanced on the explain documents (|standardized "
                                     "difference| of routing at the described tokens ≤ 0.1, chosen there, read on "
                                     "the causal windows): mean over those experts with a 95% bootstrap interval over "
-                                    "documents, and their balance on the causal windows."))  # fmt: skip
+                                    f"documents (unavailable, with the reason, below {self.causal.min_documents} "
+                                    "documents), and their balance on the causal windows."))  # fmt: skip
         if len(self.causal.by_kind):
             tables.append(TableItem("explain_causal_by_kind", self.causal.by_kind.round(4), "Causal checks per "
                                     "group of label kinds (one concept, one token set, a composition): mean over the "
                                     "group's experts with a 95% bootstrap interval over documents (unavailable, with "
-                                    "the reason, below 30 documents)."))  # fmt: skip
+                                    f"the reason, below {self.causal.min_documents} documents)."))  # fmt: skip
         return tables
 
     def figures(self) -> list[FigureItem]:

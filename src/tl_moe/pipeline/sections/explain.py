@@ -71,7 +71,7 @@ class Explain(Analysis):
         "least-squares adjustment; the unadjusted difference beside it), labeled minus a control expert "
         "chosen by its routing at the described tokens of the explain documents (the routing rates on the "
         "causal windows show how far the two are balanced there), overall and per group of label kinds; 95% bootstrap "
-        "over documents (unavailable below 30)."
+        f"over documents (unavailable below {MIN_DOCUMENTS_MARK})."
     )
 
     def check(self, run: RunContext) -> None:
