@@ -327,10 +327,11 @@ def test_the_drivers_block_gives_the_saliency_rhos_planted_coverage_and_the_dire
     )
     assert "193 of 200 seeds" in line and "132 of 200 seeds" in line
     assert (
-        "of its 68 misses 60 have the truth above the interval, 8 below, so the interval understates ρ"
+        "(60 of its 68 misses with the truth above the interval, 8 below, so the interval understates ρ"
         in line
     )
-    assert "understates" not in line.split("rare:")[0]  # 3 above vs 4 below in the null: it overstates there
+    # the null covers at its nominal rate: its misses are counted, no direction is claimed
+    assert "3 of its 7 misses" in line and "states" not in line.split("rare:")[0]
     assert "basic interval of the same resamples: [+0.67, +0.82]" in line
     flipped = {"planted null": {"above": 3, "below": 3}, "rare": {"above": 8, "below": 60}}
     line = drivers_markdown(results, "x", _planted_rho(flipped))

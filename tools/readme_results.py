@@ -560,18 +560,18 @@ def _planted_if_any(root: Path) -> dict[str, Any] | None:
 
 
 def _miss_direction(study: dict[str, Any], key: str) -> str:
-    """Which side of the interval the truth lies on when it misses, from the study's miss counts (empty
-    where the study's results do not record them)."""
+    """How many misses have the truth above / below the interval, from the study's miss counts, and where
+    the interval covers below its nominal rate, which way it errs (empty where the study's results do not
+    record the counts)."""
     misses = study.get("misses, truth above / below the interval", {}).get(key)
     if not misses or not misses["above"] + misses["below"]:
         return ""
     above, below = misses["above"], misses["below"]
-    text = f"; of its {above + below} misses {above} have the truth above the interval, {below} below"
-    if above > below:
-        return text + ", so the interval understates ρ there"
-    if below > above:
-        return text + ", so the interval overstates ρ there"
-    return text
+    text = f" ({above} of its {above + below} misses with the truth above the interval, {below} below"
+    r = study["rates"][key]
+    if r["nominal"] - r["rate"] > 2 * r["nominal_se"] and above != below:
+        text += f", so the interval {'understates' if above > below else 'overstates'} ρ there"
+    return text + ")"
 
 
 def _saliency_caveat(results: dict[str, Any], planted: dict[str, Any] | None) -> str:
