@@ -679,8 +679,9 @@ def rho_intervals(case: tuple, seed: int, replicates: int, method: str, gate: in
 def rho_interval_methods(seeds: int, replicates: int) -> dict[str, Any]:
     """Coverage of the true rho, and the median position of the estimate in its interval, of the
     percentile, basic and BCa document intervals of the drivers' four rho statistics, in each cell of
-    :data:`RHO_CELLS` (document gate × planted case)."""
-    rates, positions = {}, {}
+    :data:`RHO_CELLS` (document gate × planted case), and how many misses have the truth above the
+    interval (it understates ρ) and below it."""
+    rates, positions, misses = {}, {}, {}
     for gate, cases in RHO_CELLS:
         for case_name in cases:
             planted = [rho_case(seed, **RHO_CASES[case_name]) for seed in range(seeds)]
@@ -691,16 +692,18 @@ def rho_interval_methods(seeds: int, replicates: int) -> dict[str, Any]:
                     for statistic, (value, low, high) in rho_intervals(
                         case, seed, replicates, method, gate
                     ).items():
-                        hits[statistic].append(
-                            (low <= truth[statistic] <= high, (value - low) / (high - low))
-                        )
+                        t = truth[statistic]
+                        hits[statistic].append((low <= t <= high, (value - low) / (high - low), t > high))
                 for statistic, rows in hits.items():
                     key = f"{case_name}, gate {gate}, {method}, {statistic}"
-                    rates[key] = rate(sum(c for c, _ in rows), seeds, CONFIDENCE)
-                    positions[key] = float(np.median([p for _, p in rows]))
+                    rates[key] = rate(sum(c for c, _, _ in rows), seeds, CONFIDENCE)
+                    positions[key] = float(np.median([p for _, p, _ in rows]))
+                    above = sum(a for _, _, a in rows)
+                    misses[key] = {"above": above, "below": seeds - rates[key]["hits"] - above}
     return {
         "rates": rates,
         "median position of the estimate": positions,
+        "misses, truth above / below the interval": misses,
         "settings": {
             "experts": RHO_EXPERTS,
             "documents": RHO_DOCUMENTS,

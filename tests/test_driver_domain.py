@@ -273,3 +273,33 @@ def test_a_planted_non_null_rho_is_covered_when_its_scores_are_measured_precisel
         covered[kind], gap[kind] = np.mean(hits), np.mean(gaps)
     assert covered["non-null, 10× the tokens"] >= 0.85, covered
     assert gap["non-null"] < 0 and abs(gap["non-null, 10× the tokens"]) < abs(gap["non-null"]), gap
+
+
+def test_each_rho_row_carries_its_bias_position_basic_interval_and_the_documents_length():
+    from types import SimpleNamespace
+
+    from tl_moe.pipeline.sections.drivers import DriversResult
+
+    drivers, domains, documents, routing = planted_halves(seed=3, slope=0.5)
+    comparison = compare_drivers_with_domain_experts(
+        drivers, domains, documents=documents, routing=routing, n_resamples=300
+    )
+    table = comparison.table
+    for _, row in table.iterrows():  # pooled and per layer
+        rho, low, high = row["spearman"], row["spearman ci low"], row["spearman ci high"]
+        assert row["spearman basic ci low"] == pytest.approx(2 * rho - high, abs=1e-12)
+        assert row["spearman basic ci high"] == pytest.approx(2 * rho - low, abs=1e-12)
+        assert row["spearman position in interval"] == pytest.approx((rho - low) / (high - low), abs=1e-12)
+        # the mean resampled rho (rho + bias) lies between the 2.5% and 97.5% resampled quantiles
+        assert low <= rho + row["spearman bootstrap bias"] <= high
+    by_hand = documents.counts.sum() / len(documents.counts)
+    np.testing.assert_allclose(table["report tokens per document (mean)"], by_hand, rtol=1e-12)
+    text = DriversResult._domain_finding(SimpleNamespace(domain_overlap=comparison))
+    total = table.set_index("layer").loc["all"]
+    basic = f"[{total['spearman basic ci low']:+.2f}, {total['spearman basic ci high']:+.2f}]"
+    assert f"basic interval (same resamples) {basic}" in text and "bootstrap bias" in text
+    assert f"a mean {by_hand:.0f} scored tokens per report document" in text
+    assert text.count("(basic [") == 2  # each of the two layers
+    plain = compare_drivers_with_domain_experts(*frames()).table
+    assert plain["spearman basic ci low"].isna().all() and plain["spearman bootstrap bias"].isna().all()
+    assert plain["report tokens per document (mean)"].isna().all()

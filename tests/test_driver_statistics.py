@@ -626,6 +626,8 @@ def test_the_estimate_finding_words_a_between_layer_rho_from_the_per_layer_value
     assert "layer 0 " in text and "layer 3 " in text and "mean over layers" in text
     assert "pooled minus mean within-layer ρ" in text and "driven by" not in text
     assert "same 64 experts" in text and "bootstrap bias" in text
+    beside_mean = text.split("mean over layers", 1)[1].split("REAP saliency", 1)[0]
+    assert "basic interval (same resamples)" in beside_mean and "of its interval" in beside_mean
     metrics = DriversResult(pd.DataFrame(), pd.DataFrame(), 0.5, paired=paired)
     assert metrics.paired is paired
 
@@ -685,3 +687,53 @@ def test_a_layer_counts_above_zero_exactly_when_its_interval_does_whatever_its_b
     rows["1"] = (-0.1, 0.92)
     verdict = _verdict_rows({**rows, POOLED_MINUS_WITHIN: (-0.2, 0.3)})._layer_verdict(["0", "1"])
     assert "1 of 2 layers" in verdict
+
+
+def _rows_with_estimates(values: dict[str, tuple[float, float, float]]) -> pd.DataFrame:
+    """Paired rows of the estimate, each ``(rho, percentile low, percentile high)``."""
+    from tl_moe.pipeline.sections.drivers import DriversResult
+
+    rows = [
+        {
+            "score": "first-order estimate",
+            "layer": layer,
+            "spearman with exact zeroing effect": rho,
+            "ci low": low,
+            "ci high": high,
+            "bootstrap bias": 0.03,
+            "interval unavailable": "",
+        }
+        for layer, (rho, low, high) in values.items()
+    ]
+    return DriversResult(pd.DataFrame(), pd.DataFrame(), 0.5, paired=pd.DataFrame(rows))
+
+
+def test_a_mean_within_layer_rho_whose_basic_interval_covers_zero_is_not_established():
+    from tl_moe.analysis.effect_estimate import POOLED_MINUS_WITHIN
+    from tl_moe.pipeline.results.drivers_text import Signed
+    from tl_moe.pipeline.sections.drivers import WITHIN
+
+    rows = {"all": (0.23, 0.04, 0.44), "0": (0.45, 0.2, 0.7), "1": (0.17, -0.4, 0.5)}
+    gap = {POOLED_MINUS_WITHIN: (0.08, -0.07, 0.17)}
+    # percentile [0.0126, 0.3772] excludes 0; reflected about 0.1551 the basic one is [-0.067, 0.298]
+    leaning = _rows_with_estimates({**rows, WITHIN: (0.1551, 0.0126, 0.3772), **gap})
+    verdict = leaning._layer_verdict(["0", "1"])
+    assert "mean within-layer ρ is not established" in verdict and "is above 0" not in verdict
+    within = Signed(leaning._paired_rows(WITHIN).iloc[0])
+    assert within.disputed() and not within.above_zero() and not within.below_zero()
+    assert "[-0.07, +0.30]" in within.diagnostics() and "bootstrap bias +0.03" in within.diagnostics()
+    # both exclude 0: percentile [0.10, 0.40] about 0.25 reflects onto itself
+    agreeing = _rows_with_estimates({**rows, WITHIN: (0.25, 0.10, 0.40), **gap})
+    assert "mean within-layer ρ is above 0" in agreeing._layer_verdict(["0", "1"])
+    # a layer whose percentile interval covers 0 and whose basic one does not: counted as disputed
+    disputed = _rows_with_estimates({**rows, "1": (0.3, -0.05, 0.4), WITHIN: (0.25, 0.10, 0.40), **gap})
+    verdict = disputed._layer_verdict(["0", "1"])
+    assert "1 of 2 layers have an interval above 0" in verdict
+    assert "in 1 the two intervals disagree about excluding 0" in verdict
+    # the same rule for the pooled − within difference
+    leaning_gap = _rows_with_estimates(
+        {**rows, WITHIN: (0.25, 0.10, 0.40), POOLED_MINUS_WITHIN: (0.05, 0.01, 0.2)}
+    )
+    verdict = leaning_gap._layer_verdict(["0", "1"])
+    assert "whether the pooled ρ differs from the within-layer mean is not established" in verdict
+    assert "part of it comes from differences between layers" not in verdict

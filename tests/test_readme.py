@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -287,3 +288,56 @@ def test_the_results_tool_refuses_a_missing_readme_to_write_in_one_line(tmp_path
     assert exit_info.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "cannot read" in line and "README.md" in line
+
+
+def _planted_rho(misses: dict[str, dict[str, int]] | None) -> dict:
+    """A planted-studies file with the rho study's REAP split-halves cells at the default gate."""
+    from readme_results import SALIENCY_STATISTIC
+
+    def cell(hits: int) -> dict:
+        return {"rate": hits / 200, "hits": hits, "n": 200, "se": 0.03, "nominal": 0.95, "nominal_se": 0.015}
+
+    keys = {case: f"{case}, gate 5, percentile, {SALIENCY_STATISTIC}" for case in ("planted null", "rare")}
+    study = {
+        "rates": {keys["planted null"]: cell(193), keys["rare"]: cell(132)},
+        "settings": {
+            "chosen method": "percentile",
+            "default gate": 5,
+            "cells": [{"gate": 5, "cases": list(keys)}],
+        },
+    }
+    if misses is not None:
+        study["misses, truth above / below the interval"] = {keys[case]: m for case, m in misses.items()}
+    return {"studies": {"rho_interval_methods": study}}
+
+
+def test_the_drivers_block_gives_the_saliency_rhos_planted_coverage_and_the_direction_of_its_misses():
+    from readme_results import SALIENCY_FINDING, drivers_markdown
+
+    results = json.loads((ROOT / "docs/results/toy_drivers.json").read_text())
+    results["sections"]["drivers"]["metrics"]["Spearman(REAP saliency, removal effect) | basic 95% CI"] = [
+        0.67,
+        0.82,
+    ]
+    misses = {"planted null": {"above": 3, "below": 4}, "rare": {"above": 60, "below": 8}}
+    line = next(
+        line
+        for line in drivers_markdown(results, "x", _planted_rho(misses)).splitlines()
+        if SALIENCY_FINDING in line
+    )
+    assert "193 of 200 seeds" in line and "132 of 200 seeds" in line
+    assert (
+        "(60 of its 68 misses with the truth above the interval, 8 below, so the interval understates ρ"
+        in line
+    )
+    # the null covers at its nominal rate: its misses are counted, no direction is claimed
+    assert "3 of its 7 misses" in line and "states" not in line.split("rare:")[0]
+    assert "basic interval of the same resamples: [+0.67, +0.82]" in line
+    flipped = {"planted null": {"above": 3, "below": 3}, "rare": {"above": 8, "below": 60}}
+    line = drivers_markdown(results, "x", _planted_rho(flipped))
+    assert "so the interval overstates ρ there" in line and "understates" not in line
+    # a study file without the miss counts (and a run without the basic interval): no direction is claimed
+    del results["sections"]["drivers"]["metrics"]["Spearman(REAP saliency, removal effect) | basic 95% CI"]
+    line = drivers_markdown(results, "x", _planted_rho(None))
+    assert "132 of 200 seeds" in line and "misses" not in line and "basic interval of the same" not in line
+    assert "planted study of this interval" not in drivers_markdown(results, "x", {})

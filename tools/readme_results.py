@@ -494,9 +494,11 @@ def findings_markdown(results: dict[str, Any], source: str) -> str:
     return "\n".join(lines)
 
 
-def drivers_markdown(results: dict[str, Any], source: str) -> str:
+def drivers_markdown(results: dict[str, Any], source: str, planted: dict[str, Any] | None = None) -> str:
     """The drivers block: the run's findings, under a header that says which intervals are not plain 95%
-    document intervals (re-weighting's Holm intervals, intervals over experts) and when one is missing."""
+    document intervals (re-weighting's Holm intervals, intervals over experts) and when one is missing;
+    REAP saliency's split-halves ρ followed by its planted study's coverage (``planted``, by default the
+    committed planted studies where present) and the run's basic interval."""
     options = results["metadata"]["options"]
     lines = [
         f"Generated from [`{source}`]({source}) by `python tools/readme_results.py`; the run: "
@@ -512,8 +514,97 @@ def drivers_markdown(results: dict[str, Any], source: str) -> str:
         "documents is reported unavailable, never as a number.",
         "",
     ]
-    lines += [f"- {finding}" for finding in results.get("findings", [])]
+    planted = planted if planted is not None else _planted_if_any(Path("."))
+    after = {
+        SALIENCY_FINDING: _saliency_caveat(results, planted),
+        DOMAIN_FINDING: _domain_regimes(results, planted),
+    }
+    lines += [
+        f"- {finding}" + "".join(text for start, text in after.items() if finding.startswith(start))
+        for finding in results.get("findings", [])
+    ]
     return "\n".join(lines)
+
+
+SALIENCY_FINDING = "**Driver experts**"
+"""How the drivers finding that quotes REAP saliency's split-halves ρ begins."""
+SALIENCY_STATISTIC = "REAP, split halves"
+"""That ρ's name in the planted study ``rho_interval_methods``."""
+SALIENCY_METRIC = "Spearman(REAP saliency, removal effect)"
+DOMAIN_FINDING = "**Drivers vs domain experts**"
+"""How the drivers finding that quotes the domain-score ρ begins."""
+
+
+def _domain_regimes(results: dict[str, Any], planted: dict[str, Any] | None) -> str:
+    """The run's mean tokens per report document beside the document lengths of the planted study of the
+    domain-score ρ (the run's mean left out where its results lack it)."""
+    study = (planted or {}).get("studies", {}).get("driver_domain_rho")
+    if study is None:
+        return ""
+    regimes: dict[tuple[int, int], list[str]] = {}
+    for kind, planted_kind in study["settings"]["kinds"].items():
+        regimes.setdefault(tuple(planted_kind["tokens"]), []).append(kind)
+    shown = " vs ".join(f"{low}–{high - 1} ({', '.join(kinds)})" for (low, high), kinds in regimes.items())
+    metrics = results.get("sections", {}).get("drivers", {}).get("metrics", {})
+    tokens = metrics.get("Spearman(domain score, removal effect) | report tokens per document (mean)")
+    run = (
+        f"This run's report documents have a mean {tokens:.0f} scored tokens; the"
+        if is_defined(tokens)
+        else "The"
+    )
+    return (
+        f" {run} planted study of this ρ (`driver_domain_rho`, docs/METHODS.md) measured its coverage at "
+        f"{shown} tokens per document."
+    )
+
+
+def _planted_if_any(root: Path) -> dict[str, Any] | None:
+    """The planted studies' results under ``root``, or None where the file is absent."""
+    path = root / PLANTED
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _miss_direction(study: dict[str, Any], key: str) -> str:
+    """How many misses have the truth above / below the interval, from the study's miss counts, and where
+    the interval covers below its nominal rate, which way it errs (empty where the study's results do not
+    record the counts)."""
+    misses = study.get("misses, truth above / below the interval", {}).get(key)
+    if not misses or not misses["above"] + misses["below"]:
+        return ""
+    above, below = misses["above"], misses["below"]
+    text = f" ({above} of its {above + below} misses with the truth above the interval, {below} below"
+    r = study["rates"][key]
+    if r["nominal"] - r["rate"] > 2 * r["nominal_se"] and above != below:
+        text += f", so the interval {'understates' if above > below else 'overstates'} ρ there"
+    return text + ")"
+
+
+def _saliency_caveat(results: dict[str, Any], planted: dict[str, Any] | None) -> str:
+    """REAP saliency's split-halves ρ against the planted study of its interval: the chosen method's
+    coverage at the default gate in each planted case, the direction of the misses, and the run's basic
+    interval of the same resamples (each part left out where its results file lacks it)."""
+    metrics = results.get("sections", {}).get("drivers", {}).get("metrics", {})
+    study = (planted or {}).get("studies", {}).get("rho_interval_methods")
+    if study is None or f"{SALIENCY_METRIC} | 95% CI" not in metrics:
+        return ""
+    settings = study["settings"]
+    method, gate = (
+        metrics.get(f"{SALIENCY_METRIC} | interval method", settings["chosen method"]),
+        settings["default gate"],
+    )
+    cases = next(cell["cases"] for cell in settings["cells"] if cell["gate"] == gate)
+    parts = []
+    for case in cases:
+        key = f"{case}, gate {gate}, {method}, {SALIENCY_STATISTIC}"
+        parts.append(f"{case}: {planted_rate(study['rates'][key])}{_miss_direction(study, key)}")
+    text = (
+        f" The planted study of this interval (`{PLANTED}`, `rho_interval_methods`, {method}, document gate "
+        f"{gate}) covers the true ρ in each planted case — " + "; ".join(parts) + "."
+    )
+    basic = metrics.get(f"{SALIENCY_METRIC} | basic 95% CI")
+    if basic and all(is_defined(bound) for bound in basic):
+        text += f" This run's basic interval of the same resamples: [{basic[0]:+.2f}, {basic[1]:+.2f}]."
+    return text
 
 
 def _cell(record: dict[str, Any]) -> str:
@@ -1163,9 +1254,18 @@ class PerformanceBlock(Block):
         return performance_markdown(root)
 
 
+@dataclass(frozen=True)
+class DriversBlock(Block):
+    """The README's drivers block: the drivers run's findings with the planted studies beside them."""
+
+    def markdown(self, root: Path = Path(".")) -> str:
+        results = json.loads((root / self.source).read_text())
+        return drivers_markdown(results, self.source, _planted_if_any(root) or {})
+
+
 BLOCKS = (
     Block("default", "docs/results/toy_default.json", results_markdown),
-    Block("drivers", "docs/results/toy_drivers.json", drivers_markdown),
+    DriversBlock("drivers", "docs/results/toy_drivers.json", drivers_markdown),
     Block("explain", "docs/results/toy_explain.json", findings_markdown),
     Block("jsd_error", "docs/results/jsd_reference_error.json", jsd_error_markdown, "docs/METHODS.md"),
     Block("zoo", "docs/results/toy_zoo.json", zoo_markdown),

@@ -36,7 +36,14 @@ import scipy.stats
 import torch
 from jaxtyping import Float
 
-from tl_moe.analysis.stats import MIN_DOCUMENTS, RHO_METHOD, RHO_MIN_EXPERT_DOCUMENTS, cluster_bootstrap
+from tl_moe.analysis.stats import (
+    MIN_DOCUMENTS,
+    RHO_METHOD,
+    RHO_MIN_EXPERT_DOCUMENTS,
+    basic_interval,
+    cluster_bootstrap,
+    interval_position,
+)
 
 __all__ = [
     "DomainRouting",
@@ -152,12 +159,16 @@ class DriverDomainComparison:
         ``domain experts``, ``both``, ``expected both`` (independent sets), ``overlap p``
         (hypergeometric, overlap ≥ observed; NaN with ``overlap not testable`` saying why when either set
         is empty or covers every scored expert), ``spearman``, ``spearman ci low`` / ``high`` (95%
-        bootstrap over the documents of both halves, both scores recomputed per resample),
+        bootstrap over the documents of both halves, both scores recomputed per resample), ``spearman
+        bootstrap bias`` (mean resampled ρ − ρ), ``spearman position in interval`` (0 its low end, 1 its
+        high end), ``spearman basic ci low`` / ``high`` (the basic interval of the same resamples: the
+        percentile bounds reflected about ρ; diagnostics, the reported interval stays the percentile one),
         ``spearman unavailable`` (why ρ is undefined, empty when it is defined), ``spearman interval
         unavailable`` (why the interval is, empty when it is available), ``spearman experts`` (the
         experts in ρ), ``spearman experts left out (routed on too few documents)`` (the document
         gate), ``spearman domain score`` (the score column ρ uses) and ``spearman documents``
-        (documents resampled, both halves; 0 without an interval).
+        (documents resampled, both halves; 0 without an interval) and ``report tokens per document
+        (mean)`` (the scored positions per report-half document, NaN without per-document effects).
     experts: one row per scored expert: layer, expert, domain score (every document), the domain score
         on the selection half (with per-document routing), favoured domain, effect, the two flags and
         ``in ρ`` (passes the document gate) — the points of the scatter figure.
@@ -345,6 +356,7 @@ def compare_drivers_with_domain_experts(
             min_documents,
         )
     compared = "domain score (selection half)" if intervals is not None else "domain score"
+    tokens = math.nan if documents is None else float(np.mean(documents.counts))
     scored["in ρ"] = gated
     rows = []
     for g, (layer, picked) in enumerate(groups):
@@ -358,6 +370,7 @@ def compare_drivers_with_domain_experts(
         in_rho = rows_of[rows_of["in ρ"]]
         x, y = in_rho[compared].to_numpy(float), in_rho[effect].to_numpy(float)
         why = _why_no_spearman(x, y)
+        bias = math.nan
         if why:
             rho, low, high, no_interval = math.nan, math.nan, math.nan, why
         elif intervals is None:
@@ -369,8 +382,9 @@ def compare_drivers_with_domain_experts(
             )
         else:
             interval = intervals[g]
-            rho, low, high = interval.estimate, interval.low, interval.high
+            rho, low, high, bias = interval.estimate, interval.low, interval.high, interval.bias
             no_interval = "" if interval.available else interval.reason
+        basic_low, basic_high = basic_interval(rho, low, high)
         rows.append(
             {
                 "layer": layer,
@@ -384,12 +398,17 @@ def compare_drivers_with_domain_experts(
                 "spearman": rho,
                 "spearman ci low": low,
                 "spearman ci high": high,
+                "spearman bootstrap bias": bias,
+                "spearman position in interval": interval_position(rho, low, high),
+                "spearman basic ci low": basic_low,
+                "spearman basic ci high": basic_high,
                 "spearman unavailable": why,
                 "spearman interval unavailable": no_interval,
                 "spearman experts": len(in_rho),
                 "spearman experts left out (routed on too few documents)": n - len(in_rho),
                 "spearman domain score": compared,
                 "spearman documents": 0 if intervals is None else intervals[g].n,
+                "report tokens per document (mean)": tokens,
             }
         )
     return DriverDomainComparison(pd.DataFrame(rows), scored, effect, compared)

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from tl_moe.analysis.driver_study import DriverOutcome
+from tl_moe.analysis.stats import basic_interval
 from tl_moe.pipeline.protocol import Result
 from tl_moe.pipeline.results.drivers_figures import DriverFigures
 from tl_moe.pipeline.results.drivers_findings import DriverFindings
@@ -64,6 +65,12 @@ class DriversResult(DriverFindings, DriverFigures, DriverOutcome, Result):
                     self.saliency_spearman, self.saliency_interval.low, self.saliency_interval.high
                 )
             )
+            metrics["Spearman(REAP saliency, removal effect) | basic 95% CI"] = [
+                rounded(bound)
+                for bound in basic_interval(
+                    self.saliency_spearman, self.saliency_interval.low, self.saliency_interval.high
+                )
+            ]
             if self.saliency_gate is not None:
                 experts, left_out = self.saliency_gate
                 metrics["Spearman(REAP saliency, removal effect) | experts"] = experts
@@ -126,6 +133,16 @@ class DriversResult(DriverFindings, DriverFigures, DriverOutcome, Result):
                 rounded(total["spearman ci low"]),
                 rounded(total["spearman ci high"]),
             ]
+            key = "Spearman(domain score, removal effect) | all layers"
+            metrics[f"{key} | bootstrap bias"] = rounded(total["spearman bootstrap bias"])
+            metrics[f"{key} | position in interval"] = rounded(total["spearman position in interval"])
+            metrics[f"{key} | basic 95% CI"] = [
+                rounded(total["spearman basic ci low"]),
+                rounded(total["spearman basic ci high"]),
+            ]
+            metrics["Spearman(domain score, removal effect) | report tokens per document (mean)"] = rounded(
+                total["report tokens per document (mean)"], 1
+            )
             metrics["Spearman(domain score, removal effect) | all layers | documents"] = int(
                 total["spearman documents"]
             )

@@ -107,6 +107,11 @@ class DriverFindings:
         signed = Signed(diff)
         if reason:
             verdict = f"no interval ({reason})"
+        elif signed.disputed():
+            verdict = (
+                "which of the two ranks experts better is not established (the percentile and basic "
+                f"intervals disagree about excluding 0; {signed.diagnostics()})"
+            )
         elif signed.below_zero():
             verdict = "REAP saliency, a data-only score, ranks experts better than the estimate"
         elif signed.above_zero():
@@ -143,7 +148,8 @@ class DriverFindings:
         experts = "/".join(str(int(n)) for n in self._paired_rows_per_layer(layers))
         return (
             f"{text} Within each layer ({experts} experts; same documents and bootstrap): estimate {per_layer}; "
-            f"mean over layers {rho('first-order estimate', WITHIN)}; REAP saliency {reap_layers}; mean "
+            f"mean over layers {rho('first-order estimate', WITHIN)} ({self._within_diagnostics()}); REAP "
+            f"saliency {reap_layers}; mean "
             f"{rho('REAP saliency', WITHIN)}; estimate − REAP, mean over layers {rho('estimate − REAP', WITHIN)}: "
             f"{self._layer_verdict(layers)}.{self._layer_diagnostics(layers)}"
         )
@@ -178,6 +184,10 @@ class DriverFindings:
             f"basic interval (the percentile bounds reflected about ρ, same resamples) {basic}."
         )
 
+    def _within_diagnostics(self) -> str:
+        """The mean within-layer ρ of the estimate: its bootstrap bias, position and basic interval."""
+        return Signed(self._paired_rows(WITHIN).set_index("score").loc["first-order estimate"]).diagnostics()
+
     def _paired_rows(self, layer: str) -> pd.DataFrame:
         """The paired table's rows of one group (``all``, a layer, or the mean over layers)."""
         frame = self.paired
@@ -190,7 +200,8 @@ class DriverFindings:
 
     def _layer_verdict(self, layers: list[str]) -> str:
         """What the per-layer ρ of the estimate and the pooled − within-layer difference say about its
-        pooled ρ (worded from intervals only: a ρ is above 0 when its interval is)."""
+        pooled ρ (worded from intervals only: a ρ is above 0 when its percentile interval is and the basic
+        interval of the same resamples agrees; not established when the two disagree about 0)."""
 
         def signed(layer: str) -> Signed:
             return Signed(self._paired_rows(layer).set_index("score").loc["first-order estimate"])
@@ -199,16 +210,23 @@ class DriverFindings:
         if pooled.why or within.why:
             return "without intervals, the per-layer values are descriptive only"
         above = sum(signed(layer).above_zero() for layer in layers)
+        disputed = sum(signed(layer).disputed() for layer in layers)
         count = (
-            f"{above} of {len(layers)} layers have an interval above 0 (each unadjusted for the "
-            f"{len(layers)} layers); the mean within-layer ρ "
-            + ("is above 0" if within.above_zero() else "is below 0" if within.below_zero() else "covers 0")
+            f"{above} of {len(layers)} layers have an interval above 0 (percentile and basic agreeing; each "
+            f"unadjusted for the {len(layers)} layers"
+            + (f"; in {disputed} the two intervals disagree about excluding 0" if disputed else "")
+            + f"); the mean within-layer ρ {within.sign_text()}"
         )
         if self._paired_rows(POOLED_MINUS_WITHIN).empty:
             return count
         gap = signed(POOLED_MINUS_WITHIN)
         shown = format_interval(gap.estimate, gap.low, gap.high, "+.2f", gap.why or "constant scores")
         text = f"{count}; pooled minus mean within-layer ρ {shown} (same resamples)"
+        if gap.disputed():
+            return (
+                f"{text}: whether the pooled ρ differs from the within-layer mean is not established (the "
+                f"percentile and basic intervals disagree about excluding 0; {gap.diagnostics()})"
+            )
         if gap.above_zero():
             return (
                 f"{text}: the pooled ρ is higher than the within-layer mean, so part of it comes from "
@@ -227,12 +245,14 @@ class DriverFindings:
         low, high = total["spearman ci low"], total["spearman ci high"]
         no_interval = total.get("spearman interval unavailable") or "the bootstrap gave none"
         shown = format_interval(total["spearman"], low, high, "+.2f", why, no_interval)
+        if "[" in shown:
+            shown += f" ({_domain_diagnostics(total)})"
         left_out = int(total["spearman experts left out (routed on too few documents)"])
         rho = f"domain score (selection half) vs removal effect (report half): Spearman ρ = {shown}" + (
             f" (95% {RHO_METHOD} bootstrap over {int(total['spearman documents'])} documents of both halves, "
             "drawn within each half, each expert's domain score and removal effect recomputed per resample; over the "
             f"{int(total['spearman experts'])} scored experts routed on at least {RHO_MIN_EXPERT_DOCUMENTS} "
-            f"documents of each half, {left_out} left out)"
+            f"documents of each half, {left_out} left out; {_tokens_text(total)})"
             if "[" in shown
             else " (descriptive: the domains analysis' score on every document, no per-document routing)"
             if total["spearman domain score"] == "domain score"
@@ -265,8 +285,32 @@ def _domain_per_layer(table) -> str:
         shown = format_interval(
             row["spearman"], row["spearman ci low"], row["spearman ci high"], "+.2f", why, no_interval
         )
+        if "[" in shown and is_defined(row.get("spearman basic ci low", math.nan)):
+            shown += f" (basic [{row['spearman basic ci low']:+.2f}, {row['spearman basic ci high']:+.2f}])"
         parts.append(f"layer {row['layer']} {shown}")
     return (
         "; within each layer (a pooled ρ also ranks the layers against each other; same method, unadjusted): "
         + ", ".join(parts)
     )
+
+
+def _domain_diagnostics(row) -> str:
+    """The domain-score ρ's bootstrap bias, position in its interval and basic interval, in words."""
+    text = diagnostic(
+        row["spearman"],
+        row["spearman ci low"],
+        row["spearman ci high"],
+        row.get("spearman bootstrap bias", math.nan),
+    )
+    low, high = row["spearman basic ci low"], row["spearman basic ci high"]
+    if not (is_defined(low) and is_defined(high)):
+        return text
+    return f"{text}; basic interval (same resamples) [{low:+.2f}, {high:+.2f}]"
+
+
+def _tokens_text(row) -> str:
+    """The report half's mean scored tokens per document (the planted study's coverage depends on it)."""
+    tokens = row.get("report tokens per document (mean)", math.nan)
+    if not is_defined(tokens):
+        return "tokens per report document not recorded"
+    return f"a mean {tokens:.0f} scored tokens per report document"

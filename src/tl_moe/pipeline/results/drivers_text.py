@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from tl_moe.analysis.effect_estimate import WITHIN_LAYERS
-from tl_moe.analysis.stats import RHO_MIN_EXPERT_DOCUMENTS, interval_position
+from tl_moe.analysis.stats import RHO_MIN_EXPERT_DOCUMENTS, basic_interval, interval_position
 
 __all__ = [
     "EDITED_FORWARDS",
@@ -30,18 +30,50 @@ EDITED_FORWARDS = {
 
 
 class Signed:
-    """One paired-table ρ with its interval, read for its sign: above (below) 0 when its interval is."""
+    """One paired-table ρ with its interval, read for its sign: above (below) 0 when its percentile
+    interval is and the basic interval of the same resamples (its bounds reflected about ρ) agrees; when the two
+    disagree about excluding 0 the sign is not established (``disputed``)."""
 
     def __init__(self, row: Any) -> None:
         self.estimate = float(row["spearman with exact zeroing effect"])
         self.low, self.high = float(row["ci low"]), float(row["ci high"])
         self.why = row["interval unavailable"]
+        self.bias = float(row.get("bootstrap bias", np.nan))
+        self.basic = basic_interval(self.estimate, self.low, self.high)
+
+    def _sides(self) -> tuple[int, int | None]:
+        """The side of 0 each interval lies on (+1 above, −1 below, 0 covering it; None without one)."""
+        basic = _side(*self.basic) if all(np.isfinite(self.basic)) else None
+        return _side(self.low, self.high), basic
+
+    def disputed(self) -> bool:
+        """Whether the percentile and basic intervals disagree about excluding 0 (or about its side)."""
+        percentile, basic = self._sides()
+        return bool(not self.why and basic is not None and basic != percentile)
 
     def above_zero(self) -> bool:
-        return bool(not self.why and self.low > 0)
+        return bool(not self.why and self._sides()[0] == 1 and not self.disputed())
 
     def below_zero(self) -> bool:
-        return bool(not self.why and self.high < 0)
+        return bool(not self.why and self._sides()[0] == -1 and not self.disputed())
+
+    def diagnostics(self) -> str:
+        """Its bootstrap bias, its position in the percentile interval and the basic interval, in words."""
+        text = diagnostic(self.estimate, self.low, self.high, self.bias)
+        if self.why or not all(np.isfinite(self.basic)):
+            return text
+        return f"{text}; basic interval (same resamples) [{self.basic[0]:+.2f}, {self.basic[1]:+.2f}]"
+
+    def sign_text(self) -> str:
+        """``is above 0``, ``is below 0``, ``covers 0`` or ``not established`` (the two intervals
+        disagree about 0)."""
+        if self.disputed():
+            return "is not established (its percentile and basic intervals disagree about excluding 0)"
+        return "is above 0" if self.above_zero() else "is below 0" if self.below_zero() else "covers 0"
+
+
+def _side(low: float, high: float) -> int:
+    return 1 if low > 0 else -1 if high < 0 else 0
 
 
 WITHIN = WITHIN_LAYERS
