@@ -72,8 +72,8 @@ def test_the_per_layer_diagnostics_equal_a_hand_recomputation_from_the_bootstrap
             rho = row[column]
             assert row["ci low"] == pytest.approx(q_low, abs=1e-10)
             assert row["ci high"] == pytest.approx(q_high, abs=1e-10)
-            assert row["basic ci low"] == pytest.approx(2 * rho - q_high, abs=1e-10)
-            assert row["basic ci high"] == pytest.approx(2 * rho - q_low, abs=1e-10)
+            assert row["basic ci low"] == pytest.approx(np.clip(2 * rho - q_high, -1, 1), abs=1e-10)
+            assert row["basic ci high"] == pytest.approx(np.clip(2 * rho - q_low, -1, 1), abs=1e-10)
             assert row["bootstrap bias"] == pytest.approx(distribution.mean() - rho, abs=1e-10)
             assert row["interval position"] == pytest.approx((rho - q_low) / (q_high - q_low), abs=1e-10)
     # planted: the estimate tracks the effect closely, so its ρ sits near 1 and every interval leans up
@@ -104,3 +104,16 @@ def test_the_finding_names_the_most_leaning_per_layer_interval_with_its_basic_in
     assert label in text and basic in text
     low, high = rows["interval position"].min(), rows["interval position"].max()
     assert f"{low:.2f}–{high:.2f}" in text
+
+
+def test_a_basic_interval_of_a_correlation_stays_within_its_range():
+    """The reflected bounds of ρ = 1.00 with percentile [−0.60, +1.00] are [+1.00, +2.60] unclipped; a
+    correlation's basic interval is clipped to [−1, 1] (a difference of two to [−2, 2]); inside the range
+    nothing changes."""
+    from tl_moe.analysis.stats import RHO_DIFFERENCE_RANGE, RHO_RANGE, basic_interval
+
+    assert basic_interval(1.0, -0.6, 1.0) == pytest.approx((1.0, 2.6))
+    assert basic_interval(1.0, -0.6, 1.0, RHO_RANGE) == (1.0, 1.0)
+    assert basic_interval(-0.9, -0.95, -0.2, RHO_RANGE) == pytest.approx((-1.0, -0.85))
+    assert basic_interval(1.5, 0.2, 1.9, RHO_DIFFERENCE_RANGE) == pytest.approx((1.1, 2.0))
+    assert basic_interval(0.3, 0.1, 0.4, RHO_RANGE) == pytest.approx((0.2, 0.5))

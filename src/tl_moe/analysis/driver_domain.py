@@ -40,6 +40,7 @@ from tl_moe.analysis.stats import (
     MIN_DOCUMENTS,
     RHO_METHOD,
     RHO_MIN_EXPERT_DOCUMENTS,
+    RHO_RANGE,
     basic_interval,
     cluster_bootstrap,
     interval_position,
@@ -384,7 +385,7 @@ def compare_drivers_with_domain_experts(
             interval = intervals[g]
             rho, low, high, bias = interval.estimate, interval.low, interval.high, interval.bias
             no_interval = "" if interval.available else interval.reason
-        basic_low, basic_high = basic_interval(rho, low, high)
+        basic_low, basic_high = basic_interval(rho, low, high, RHO_RANGE)
         rows.append(
             {
                 "layer": layer,

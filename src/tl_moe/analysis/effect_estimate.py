@@ -396,7 +396,13 @@ def paired_rho_difference(
         experts, documents, the experts the gate left out, and why an interval is unavailable (empty
         when available). ``attrs["left out"]``: the row indices of the experts the gate left out.
     """
-    from tl_moe.analysis.stats import basic_interval, cluster_bootstrap, interval_position
+    from tl_moe.analysis.stats import (
+        RHO_DIFFERENCE_RANGE,
+        RHO_RANGE,
+        basic_interval,
+        cluster_bootstrap,
+        interval_position,
+    )
 
     exact_sums, estimate_sums = np.asarray(exact_sums, np.float64), np.asarray(estimate_sums, np.float64)
     exact_counts, estimate_counts = (
@@ -457,7 +463,13 @@ def paired_rho_difference(
     rows = []
     for g, (label, n_experts) in enumerate(labels):
         for name, interval in zip(names, intervals[3 * g : 3 * g + 3], strict=True):
-            basic = basic_interval(interval.estimate, interval.low, interval.high)
+            is_difference = name == "estimate − REAP" or label == POOLED_MINUS_WITHIN
+            basic = basic_interval(
+                interval.estimate,
+                interval.low,
+                interval.high,
+                RHO_DIFFERENCE_RANGE if is_difference else RHO_RANGE,
+            )
             rows.append(
                 {
                     "score": name,

@@ -163,13 +163,26 @@ def interval_position(estimate: float, low: float, high: float) -> float:
     return (estimate - low) / (high - low)
 
 
-def basic_interval(estimate: float, low: float, high: float) -> tuple[float, float]:
+def basic_interval(
+    estimate: float, low: float, high: float, bounds: tuple[float, float] | None = None
+) -> tuple[float, float]:
     """The basic bootstrap interval ``(2 θ̂ − high, 2 θ̂ − low)`` from the same resamples as the percentile
     interval ``[low, high]`` of the estimate ``θ̂`` (its bounds are the percentile bounds reflected about
-    the estimate, so it moves against a lean of the resampled distribution); NaN without an interval."""
+    the estimate, so it moves against a lean of the resampled distribution); NaN without an interval.
+
+    ``bounds``: the statistic's range (e.g. ``(-1, 1)`` for a correlation); the reflected bounds can leave
+    it and are clipped into it."""
     if not all(math.isfinite(float(v)) for v in (estimate, low, high)):
         return math.nan, math.nan
-    return 2 * estimate - high, 2 * estimate - low
+    basic_low, basic_high = 2 * estimate - high, 2 * estimate - low
+    if bounds is not None:
+        basic_low, basic_high = (min(max(v, bounds[0]), bounds[1]) for v in (basic_low, basic_high))
+    return basic_low, basic_high
+
+
+#: The range of a Spearman or Pearson correlation, and of a difference of two.
+RHO_RANGE = (-1.0, 1.0)
+RHO_DIFFERENCE_RANGE = (-2.0, 2.0)
 
 
 def _json_float(value: float) -> float | None:

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from tl_moe.analysis.driver_study import DriverOutcome
-from tl_moe.analysis.stats import basic_interval
+from tl_moe.analysis.stats import RHO_RANGE, basic_interval
 from tl_moe.pipeline.protocol import Result
 from tl_moe.pipeline.results.drivers_figures import DriverFigures
 from tl_moe.pipeline.results.drivers_findings import DriverFindings
@@ -68,7 +68,7 @@ class DriversResult(DriverFindings, DriverFigures, DriverOutcome, Result):
             metrics["Spearman(REAP saliency, removal effect) | basic 95% CI"] = [
                 rounded(bound)
                 for bound in basic_interval(
-                    self.saliency_spearman, self.saliency_interval.low, self.saliency_interval.high
+                    self.saliency_spearman, self.saliency_interval.low, self.saliency_interval.high, RHO_RANGE
                 )
             ]
             if self.saliency_gate is not None:

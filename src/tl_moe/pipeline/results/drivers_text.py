@@ -39,7 +39,10 @@ class Signed:
         self.low, self.high = float(row["ci low"]), float(row["ci high"])
         self.why = row["interval unavailable"]
         self.bias = float(row.get("bootstrap bias", np.nan))
-        self.basic = basic_interval(self.estimate, self.low, self.high)
+        if "basic ci low" in row.index and "basic ci high" in row.index:  # clipped to the statistic's range
+            self.basic = (float(row["basic ci low"]), float(row["basic ci high"]))
+        else:
+            self.basic = basic_interval(self.estimate, self.low, self.high)
 
     def _sides(self) -> tuple[int, int | None]:
         """The side of 0 each interval lies on (+1 above, −1 below, 0 covering it; None without one)."""
