@@ -339,3 +339,25 @@ def test_a_max_statistic_p_at_its_floor_is_called_so():
     null = _fit_and_test(*_documents(0, domain_effect=0.0))
     assert null.max_p_value_ > 1 / 500
     assert "at its floor 1/500 (a maximum" not in DomainExpertsResult(null, null.top(15), (0,)).findings()[0]
+
+
+def test_an_exact_test_whose_floor_blocks_discovery_asks_for_documents_not_permutations():
+    """4 documents: the test enumerates all 24 orderings (p floor 1/24 < alpha, > alpha / tested), so more
+    permutations cannot help and the finding says documents are the remedy; 3 documents: floor 1/6 > alpha,
+    no expert can be discovered at all."""
+    import pandas as pd
+
+    from tl_moe.pipeline.sections.domains import DomainExpertsResult
+
+    counts, tokens, domain = _documents(0, domain_effect=3.0, n_docs=40)
+    for n_docs, orderings, reach in ((4, 24, "on its own"), (3, 6, "at all")):
+        keep = torch.cat([torch.nonzero(domain == d)[:1, 0] for d in range(3)] + [torch.tensor([3])])[:n_docs]
+        c, t, d = counts[keep], tokens[keep], domain[keep]
+        per_domain = torch.stack([c[d == k].sum(0) for k in range(3)], dim=-1)
+        domain_tokens = torch.stack([t[d == k].sum() for k in range(3)])
+        experts = DomainExperts(min_tokens=1).fit(per_domain, domain_tokens)
+        experts.permutation_test(c, t, d, n_permutations=999, alpha=0.05, min_documents=2)
+        assert experts.n_permutations_ == orderings
+        text = DomainExpertsResult(experts, pd.DataFrame(), (0,)).findings()[0]
+        assert f"enumerates all {orderings} orderings" in text and "raise --permutations" not in text
+        assert f"no expert can be discovered {reach}" in text

@@ -111,19 +111,28 @@ class DomainExpertsResult(Result):
         )
 
     def _at_floor(self, p_value: float) -> str:
-        """Says so where a permutation p-value is at its floor 1/(1 + permutations)."""
-        floor = 1.0 / (1 + self.experts.n_permutations_)
-        return f", at its floor 1/{1 + self.experts.n_permutations_}" if np.isclose(p_value, floor) else ""
+        """Says so where a permutation p-value is at its floor (1/(1 + permutations); an exact test's 1/orderings)."""
+        floor = self.experts.p_floor_
+        return f", at its floor 1/{round(1 / floor)}" if np.isclose(p_value, floor) else ""
 
     def _floor_text(self) -> str:
         """Whether the permutation count lets BH discover a lone expert (floor vs alpha / tested)."""
         experts = self.experts
         bound = experts.alpha_ / max(1, experts.n_tested_)
         if experts.floor_blocks_lone_discovery_:
-            return (
-                f"the p-value floor {experts.p_floor_:.3g} exceeds alpha / tested = {bound:.3g}, so no expert "
-                "can be discovered on its own (only together with many others): raise --permutations"
+            exact = np.isclose(experts.p_floor_, 1.0 / experts.n_permutations_)
+            remedy = (
+                f"the test already enumerates all {experts.n_permutations_} orderings of the documents, so more "
+                "documents (a larger --max-tokens or corpus) are the remedy"
+                if exact
+                else "raise --permutations"
             )
+            reach = (
+                "so no expert can be discovered at all"
+                if experts.p_floor_ > experts.alpha_
+                else "so no expert can be discovered on its own (only together with many others)"
+            )
+            return f"the p-value floor {experts.p_floor_:.3g} exceeds alpha / tested = {bound:.3g}, {reach}: {remedy}"
         return f"the p-value floor {experts.p_floor_:.3g} is at most alpha / tested = {bound:.3g}"
 
     def tables(self) -> list[TableItem]:
