@@ -533,6 +533,12 @@ def test_plan_refuses_a_json_path_it_cannot_write_in_one_line_before_calibrating
     assert "--json" in missing and "in a folder that does not exist; accepted: a file path" in missing
     folder = _refusal([*base, "--json", str(tmp_path)], capsys)
     assert "is a folder; accepted: a file path in an existing folder." in folder
+    new_folder = _refusal([*base, "--json", f"{tmp_path / 'newdir'}/"], capsys)
+    assert "is a folder; accepted" in new_folder and not (tmp_path / "newdir").exists()
+    assert "is empty; accepted" in _refusal([*base, "--json", ""], capsys)
+    out = tmp_path / "report"
+    same = _refusal([*base, "--out", str(out), "--json", str(out)], capsys)
+    assert "is the run's --out folder; accepted" in same and not out.exists()
 
 
 def test_no_calibrate_writes_the_memory_plan_alone(capsys, tmp_path):

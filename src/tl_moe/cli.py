@@ -138,7 +138,7 @@ def _cmd_plan(args) -> None:
     from tl_moe.pipeline.options import options_from_arguments
     from tl_moe.pipeline.plan import check_fits, plan_run
 
-    json_path = None if args.json is None else _writable_json(args.json)
+    json_path = None if args.json is None else _writable_json(args.json, getattr(args, "out", None))
     plan = plan_run(options_from_arguments(args))
     print(plan.summary())
     check_fits(plan)
@@ -157,14 +157,21 @@ def _cmd_plan(args) -> None:
         print(f"Plan written to {json_path.resolve()}")
 
 
-def _writable_json(name: str) -> Path:
-    """``--json``'s path, refused in one line when it is a folder or its folder does not exist."""
+def _writable_json(name: str, out: Path | None) -> Path:
+    """``--json``'s path, refused in one line when it is empty, names a folder (an existing one or with a
+    trailing separator), lies in a folder that does not exist, or is the run's ``--out`` folder."""
     path = Path(name)
-    if path.is_dir() or not path.parent.is_dir():
-        raise InputError(
-            f"--json {name!r} is {'a folder' if path.is_dir() else 'in a folder that does not exist'}; "
-            "accepted: a file path in an existing folder."
-        )
+    problem = None
+    if not name.strip():
+        problem = "empty"
+    elif path.is_dir() or name.endswith(("/", "\\")):
+        problem = "a folder"
+    elif not path.parent.is_dir():
+        problem = "in a folder that does not exist"
+    elif out is not None and path.resolve() == Path(out).resolve():
+        problem = "the run's --out folder"
+    if problem is not None:
+        raise InputError(f"--json {name!r} is {problem}; accepted: a file path in an existing folder.")
     return path
 
 
