@@ -980,8 +980,11 @@ def planted_excess_markdown(results: dict[str, Any], source: str) -> str:
     true excess by the pipeline's interval and by the other methods, with the estimate's position, the
     estimator's bias, the side of the misses and the verdict."""
     study = results["studies"]["excess_interval_coverage"]
+    source_line = _planted_source(study, source).replace(
+        f"seeds 0–{study['seeds'] - 1}", "each regime's seeds below"
+    )
     paragraphs = [
-        f"{_planted_source(study, source)}. Each regime is a planted stream of documents of 60–199 tokens, "
+        f"{source_line}. Each regime is a planted stream of documents of 60–199 tokens, "
         "each document's content and routing preference clumped (Dirichlet "
         f"{next(iter(study['regimes'].values()))['settings']['clumping (Dirichlet concentration)']:g}); in "
         "each layer a share (the planted strength) of the tokens' first slot goes to the expert of its own "
@@ -1014,11 +1017,16 @@ def _excess_regime_markdown(name: str, study: dict[str, Any]) -> str:
     def cell(method: str, label: str) -> str:
         key = f"{method}, {label}"
         missed, below = misses(key)
+        middle = study["median position of the estimate"][key]
+        where = (
+            f"the estimate at a median {middle:.2f} of its interval"
+            if math.isfinite(middle)
+            else "the estimate's median position undefined (a degenerate interval in some seeds)"
+        )
         return (
             f"at strength {label.removeprefix('planted strength ')} {planted_rate(rates[key])}, "
-            f"{against_nominal(rates[key])}, the estimate at a median "
-            f"{study['median position of the estimate'][key]:.2f} of its interval, the truth below the "
-            f"interval in {below} of its {missed} misses"
+            f"{against_nominal(rates[key])}, {where}, the truth below the interval in {below} of its "
+            f"{missed} misses"
         )
 
     parts = []
@@ -1053,7 +1061,9 @@ def _excess_regime_markdown(name: str, study: dict[str, Any]) -> str:
             f"binomial standard errors at strength "
             + ", ".join(label.removeprefix("planted strength ") for label in under)
             + f"; in {below} of those {missed} misses the truth lies below the interval (an interval that "
-            "overstates the excess), in the others above it. The best-covering method per strength: "
+            "overstates the excess)"
+            + (f", in the other {missed - below} above it" if missed > below else "")
+            + ". The best-covering method per strength: "
             + ", ".join(f"{label.removeprefix('planted strength ')} {m}" for label, m in best.items())
             + ". The method stays the one chosen before the data; the findings give every interval's bootstrap "
             "bias and position beside it."
