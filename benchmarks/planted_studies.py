@@ -10,7 +10,7 @@ the generated blocks of ``tools/readme_results.py`` (``--write docs/METHODS.md``
 docs/EXPLAIN.md``).
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/planted_studies.py [--scale 1.0] [--only NAME ...] [--out
-docs/results/planted_studies.json]`` (about a quarter of an hour on one loaded core; ``--scale``
+docs/results/planted_studies.json]`` (about 25 minutes on one loaded core, half of it the excess study's run-shaped regime; ``--scale``
 multiplies every study's seeds). Every study's record holds its seeds (0 .. seeds − 1), its replicates
 and the command that reruns it alone; the run's command and machine are in the metadata.
 """
@@ -18,6 +18,7 @@ and the command that reruns it alone; the run's command and machine are in the m
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import shlex
@@ -129,17 +130,55 @@ def label_scores(
     return own, shuffled
 
 
+#: Simulated (own, shuffled) pairs behind the share's truth, and the seed of that simulation.
+SHARE_TRUTH_PAIRS, SHARE_TRUTH_SEED = 1_000_000, 10**6
+
+
+@functools.cache
+def share_truth(
+    pairs: int = SHARE_TRUTH_PAIRS, *, documents: int = 40, items: int = 20, gain: float = 0.5
+) -> dict[str, float]:
+    """The expected share of experts whose own balanced accuracy beats the shuffled one's, on
+    :func:`label_scores`' planted null (own and shuffled exchangeable): ``(1 − P(tie)) / 2``, a tie
+    not beating. With ``items`` positives and negatives the balanced accuracy is ``(TP + TN) / (2 ·
+    items)``, on a grid of ``1 / (2 · items)``, so a tie has a probability well above 0; it is estimated
+    from ``pairs`` (own, shuffled) pairs drawn as :func:`label_scores` draws them (a fresh set of
+    document effects per pair), the share with its binomial se."""
+    rng = np.random.default_rng(SHARE_TRUTH_SEED)
+    truth = (np.arange(2 * items) < items)[None]
+    beats = ties = 0
+    for start in range(0, pairs, 200_000):
+        n = min(200_000, pairs - start)
+        effect = rng.normal(0, 0.8, (n, documents))
+        shared = np.take_along_axis(effect, rng.integers(0, documents, (n, 2 * items)), 1) + gain * truth
+        correct = [((shared + rng.normal(0, 1, shared.shape) > gain / 2) == truth).sum(1) for _ in range(2)]
+        beats += int((correct[0] > correct[1]).sum())
+        ties += int((correct[0] == correct[1]).sum())
+    share = beats / pairs
+    return {
+        "expected share": share,
+        "se": math.sqrt(share * (1 - share) / pairs),
+        "P(tie)": ties / pairs,
+        "pairs": pairs,
+        "seed": SHARE_TRUTH_SEED,
+    }
+
+
 def explain_share_null(seeds: int, replicates: int) -> dict[str, Any]:
-    """``share_beating``'s percentile interval covering the expected share 1/2 when each expert's own
-    and shuffled labels are exchangeable (40 experts, 40 documents)."""
+    """``share_beating``'s percentile interval covering the expected share (:func:`share_truth`: below
+    1/2 by half the chance of a tie) when each expert's own and shuffled labels are exchangeable (40
+    experts, 40 documents)."""
+    truth = share_truth()
+    expected = truth["expected share"]
     keys = [(0, e) for e in range(40)]
     covered = 0
     for seed in range(seeds):
         own, shuffled = label_scores(seed, gain=0.5)
         row = share_beating(keys, own, shuffled, n_resamples=replicates, seed=seed)
-        covered += bool(row["share ci low"] <= 0.5 <= row["share ci high"])
+        covered += bool(row["share ci low"] <= expected <= row["share ci high"])
     return {
-        "rates": {"covers 1/2": rate(covered, seeds, CONFIDENCE)},
+        "rates": {"covers the expected share": rate(covered, seeds, CONFIDENCE)},
+        "truth": truth,
         "settings": {"experts": 40, "documents": 40, "items per class": 20, "document effect sd": 0.8},
     }
 
@@ -455,9 +494,11 @@ def driver_domain_rho(seeds: int, replicates: int) -> dict[str, Any]:
 # drivers: Holm over domains with no true gain; the mean within-layer rho of a between-layer ranking
 # --------------------------------------------------------------------------------------------------
 def driver_holm_null(seeds: int, replicates: int) -> dict[str, Any]:
-    """``holm_adjusted`` over 5 domains × 40 documents with no true gain: how often some domain is
-    called improved (rejected with a negative difference) and how often some domain is rejected either
-    way, at family-wise 5%."""
+    """``holm_adjusted`` over 5 domains × 40 documents with no true gain, on its one-draw path (each
+    domain's per-document sums given as one 1-D array: the documents-only percentile bootstrap, not the
+    drivers' default 20-draw path, whose draw-mean t tests ``reweighting_holm`` measures): how often some
+    domain is called improved (rejected with a negative difference) and how often some domain is
+    rejected either way, at family-wise 5%."""
     rng = np.random.default_rng(0)
     improved = rejected = 0
     for seed in range(seeds):
@@ -473,7 +514,7 @@ def driver_holm_null(seeds: int, replicates: int) -> dict[str, Any]:
             "some domain improved": rate(improved, seeds, ALPHA / 2),  # one side of a two-sided test
             "some domain rejected": rate(rejected, seeds, ALPHA),
         },
-        "settings": {"domains": 5, "documents per domain": 40},
+        "settings": {"domains": 5, "documents per domain": 40, "control draws": 1},
     }
 
 
@@ -495,8 +536,9 @@ def layered_case(seed: int, n_layers: int = 4, per_layer: int = 16, n_docs: int 
 
 def within_layer_rho_null(seeds: int, replicates: int) -> dict[str, Any]:
     """Coverage of 0 by ``paired_rho_difference``'s interval of the mean within-layer rho of the
-    estimate, when the estimate ranks layers and nothing inside them (and how often the pooled rho's
-    interval is above 0.5 there)."""
+    estimate, when the estimate ranks layers and nothing inside them, and how often the pooled rho's
+    interval lies above 0.5 there (a power: the pooled rho's truth is well above 0.5, so this share has
+    no nominal level; its record carries the coverage's 0.95 only as the field every rate has)."""
     covered = pooled = 0
     for seed in range(seeds):
         scores, layer = layered_case(seed)
@@ -719,15 +761,40 @@ def rho_interval_methods(seeds: int, replicates: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 # specialization: the excess's document-bootstrap interval away from zero
 # --------------------------------------------------------------------------------------------------
-#: Per layer of the planted stream, the share of tokens routed to the expert of their own group (the
-#: others by their document's routing preference): the planted specialization of that layer.
+#: Per layer of the planted stream, the share of tokens whose first slot goes to the expert of their own
+#: group (the others by their document's routing preference): the planted specialization of that layer.
 EXCESS_STRENGTHS = (0.1, 0.25, 0.5)
-#: Groups (= experts) of the planted stream, its documents, the documents of the large simulation
-#: that checks the truth computed by hand, and the Dirichlet concentration of every document's content
-#: and routing preference (the clumping the permutation null keeps).
-EXCESS_GROUPS, EXCESS_DOCUMENTS, EXCESS_LARGE_DOCUMENTS, EXCESS_CLUMPING = 8, 60, 10_000, 0.3
+#: Documents of the large simulation that checks the truth computed by hand, and the Dirichlet
+#: concentration of every document's content and routing preference (the clumping the permutation null
+#: keeps).
+EXCESS_LARGE_DOCUMENTS, EXCESS_CLUMPING = 10_000, 0.3
 #: Permutations of the large simulation (its null mean is about 0 at that size).
 EXCESS_LARGE_PERMUTATIONS = 4
+
+
+@dataclass(frozen=True)
+class ExcessShape:
+    """The shape of a planted specialization stream: documents, token groups, experts, routed slots per
+    token (1 or 2), the planted strength of each layer, and the share of the study's seeds it runs (the
+    run-shaped stream costs about 20 times the small one per seed)."""
+
+    documents: int
+    groups: int
+    experts: int
+    slots: int
+    strengths: tuple[float, ...] = EXCESS_STRENGTHS
+    seed_share: float = 1.0
+
+
+#: The regimes of the excess study: the run's shape (docs/results/toy_default.json: 223 documents, 50
+#: token clusters, 16 experts, top-2; strength 0.5 gives a true excess of 0.065 bits, the toy's last
+#: layer measures 0.066) and a small stream (60 documents, 8 groups = experts, one slot).
+EXCESS_REGIMES = {
+    "run shape": ExcessShape(223, 50, 16, 2, (0.25, 0.5, 0.75), seed_share=1 / 3),
+    "small": ExcessShape(60, 8, 8, 1),
+}
+#: The small regime, the default of the stream's helpers.
+EXCESS_SMALL = EXCESS_REGIMES["small"]
 
 
 def categorical(rng: np.random.Generator, probabilities: Float[np.ndarray, "n k"]) -> Int[np.ndarray, " n"]:
@@ -737,64 +804,99 @@ def categorical(rng: np.random.Generator, probabilities: Float[np.ndarray, "n k"
 
 
 def specialization_stream(
-    seed: int, n_docs: int = EXCESS_DOCUMENTS
-) -> tuple[Int[torch.Tensor, "token layer 1"], Int[torch.Tensor, " token"], Int[torch.Tensor, " token"]]:
-    """Routing ``[token, layer, slot]`` (one slot), group and document of every token of ``n_docs``
-    documents of 60–199 tokens: each document's content is clumped (Dirichlet over the groups) and so
-    is its routing preference (Dirichlet over the experts, one per layer); in layer ``l`` a token goes to
-    the expert of its own group with probability ``EXCESS_STRENGTHS[l]``, else to an expert drawn from
-    its document's preference."""
+    seed: int, n_docs: int | None = None, shape: ExcessShape = EXCESS_SMALL
+) -> tuple[Int[torch.Tensor, "token layer slot"], Int[torch.Tensor, " token"], Int[torch.Tensor, " token"]]:
+    """Routing ``[token, layer, slot]``, group and document of every token of ``n_docs`` (default the
+    shape's) documents of 60–199 tokens: each document's content is clumped (Dirichlet over the groups)
+    and so is its routing preference (Dirichlet over the experts, one per layer); in layer ``l`` a
+    token's first slot goes to the expert of its own group (group ``g`` → expert ``g mod experts``)
+    with probability ``shape.strengths[l]``, else to an expert drawn from its document's preference. A
+    second slot (``shape.slots == 2``) is the first one shifted by ``1 + offset`` (mod experts), the
+    offset drawn from a second clumped preference of the document over the ``experts − 1`` offsets."""
     rng = np.random.default_rng(seed)
-    n = EXCESS_GROUPS
+    n_docs = shape.documents if n_docs is None else n_docs
+    n_experts = shape.experts
     doc = np.repeat(np.arange(n_docs), rng.integers(60, 200, n_docs))
-    content = categorical(rng, rng.dirichlet(np.full(n, EXCESS_CLUMPING), n_docs)[doc])
-    routed = np.empty((len(doc), len(EXCESS_STRENGTHS), 1), dtype=np.int64)
-    for layer, strength in enumerate(EXCESS_STRENGTHS):
-        preferred = categorical(rng, rng.dirichlet(np.full(n, EXCESS_CLUMPING), n_docs)[doc])
-        routed[:, layer, 0] = np.where(rng.random(len(doc)) < strength, content, preferred)
+    content = categorical(rng, rng.dirichlet(np.full(shape.groups, EXCESS_CLUMPING), n_docs)[doc])
+    routed = np.empty((len(doc), len(shape.strengths), shape.slots), dtype=np.int64)
+    for layer, strength in enumerate(shape.strengths):
+        preferred = categorical(rng, rng.dirichlet(np.full(n_experts, EXCESS_CLUMPING), n_docs)[doc])
+        routed[:, layer, 0] = np.where(rng.random(len(doc)) < strength, content % n_experts, preferred)
+        if shape.slots == 2:
+            offset = categorical(rng, rng.dirichlet(np.full(n_experts - 1, EXCESS_CLUMPING), n_docs)[doc])
+            routed[:, layer, 1] = (routed[:, layer, 0] + 1 + offset) % n_experts
     return torch.from_numpy(routed), torch.from_numpy(content), torch.from_numpy(doc)
 
 
-def excess_truth(strength: float, n_groups: int = EXCESS_GROUPS) -> float:
+def excess_truth(strength: float, shape: ExcessShape = EXCESS_SMALL) -> float:
     """The layer's true excess, by hand: on infinitely many documents the permutation null's JSD is 0
     and every expert's JSD is that of its population distribution over groups. Contents and preferences
-    are symmetric Dirichlet draws independent of each other, so a token's group is uniform and expert
-    ``e`` takes group ``g`` with P(e, g) = (strength · [e = g] + (1 − strength) / n) / n: every expert
-    routes 1/n of the tokens, with groups distributed ``strength · δ_e + (1 − strength) · uniform``
-    against a uniform pool. The token-weighted mean over experts is that one JSD (bits, scipy's)."""
-    uniform = np.full(n_groups, 1.0 / n_groups)
-    own = (1 - strength) * uniform
-    own[0] += strength
-    return float(scipy.spatial.distance.jensenshannon(own, uniform, base=2) ** 2)
+    are symmetric Dirichlet draws independent of each other, so a token's group is uniform and its first
+    slot takes expert ``e`` with P(e | g) = a(e, g) = strength · [e = g mod experts] + (1 − strength) /
+    experts; a second slot is the first shifted by an offset uniform on average over the others, so it
+    takes ``e`` with (1 − a(e, g)) / (experts − 1). Expert ``e``'s routed tokens have groups
+    distributed as its row of those rates, against the pool (uniform); the token-weighted mean over
+    experts of their JSDs (bits, scipy's) is the truth. One slot and groups = experts: the JSD of
+    ``strength · δ + (1 − strength) · uniform`` against uniform."""
+    groups = np.arange(shape.groups)
+    rates = np.full((shape.experts, shape.groups), (1 - strength) / shape.experts)
+    rates[groups % shape.experts, groups] += strength
+    if shape.slots == 2:
+        rates = rates + (1 - rates) / (shape.experts - 1)
+    tokens = rates.sum(1)
+    pool = rates.sum(0) / rates.sum()
+    jsd = [
+        scipy.spatial.distance.jensenshannon(row / n, pool, base=2) ** 2
+        for row, n in zip(rates, tokens, strict=True)
+    ]
+    return float(np.dot(tokens, jsd) / tokens.sum())
 
 
-def planted_excess(seed: int, n_docs: int = EXCESS_DOCUMENTS, n_permutations: int = BOOTSTRAP_PERMUTATIONS):
+def planted_excess(
+    seed: int,
+    n_docs: int | None = None,
+    n_permutations: int = BOOTSTRAP_PERMUTATIONS,
+    shape: ExcessShape = EXCESS_SMALL,
+):
     """The document-permutation baseline of the planted stream (by default with the
     ``BOOTSTRAP_PERMUTATIONS`` permutations the excess and its interval use)."""
-    routed, content, doc = specialization_stream(seed, n_docs)
+    routed, content, doc = specialization_stream(seed, n_docs, shape)
     return document_permutation_baseline(
-        routed, content, doc, EXCESS_GROUPS, EXCESS_GROUPS, n_permutations=n_permutations, seed=seed
+        routed, content, doc, shape.experts, shape.groups, n_permutations=n_permutations, seed=seed
     )
 
 
 def excess_interval_coverage(seeds: int, replicates: int) -> dict[str, Any]:
-    """Coverage of each layer's true excess (:func:`excess_truth`) by the pipeline's interval
-    (``excess_intervals``) and by the basic and BCa intervals of the same statistic and resamples
-    (``cluster_bootstrap`` of ``excess_statistic``, same seed), the median position of the estimate in
-    each interval, how many misses have the truth below the interval (an interval that overstates the
-    excess), the estimates' mean and sd over seeds and the mean bootstrap bias; the truth is
-    checked on one stream of ``EXCESS_LARGE_DOCUMENTS`` documents."""
+    """Per regime of :data:`EXCESS_REGIMES` (the run's shape, the small stream), coverage of each layer's
+    true excess (:func:`excess_truth`) by the pipeline's interval (``excess_intervals``) and by the
+    basic and BCa intervals of the same statistic and resamples (``cluster_bootstrap`` of
+    ``excess_statistic``, same seed), the median position of the estimate in each interval, how many
+    misses have the truth below the interval (an interval that overstates the excess), the estimates'
+    mean and sd over seeds and the mean bootstrap bias; the truth is checked on one stream of
+    ``EXCESS_LARGE_DOCUMENTS`` documents."""
+    return {
+        "regimes": {
+            name: excess_regime(shape, max(2, round(seeds * shape.seed_share)), replicates)
+            for name, shape in EXCESS_REGIMES.items()
+        }
+    }
+
+
+def excess_regime(shape: ExcessShape, seeds: int, replicates: int) -> dict[str, Any]:
+    """One regime of :func:`excess_interval_coverage`."""
     min_n = SpecializationConfig().min_expert_tokens
-    truths = [excess_truth(strength) for strength in EXCESS_STRENGTHS]
-    labels = [f"planted strength {strength:g}" for strength in EXCESS_STRENGTHS]
-    large = planted_excess(10**6, EXCESS_LARGE_DOCUMENTS, EXCESS_LARGE_PERMUTATIONS).layer_summary(min_n)
+    truths = [excess_truth(strength, shape) for strength in shape.strengths]
+    labels = [f"planted strength {strength:g}" for strength in shape.strengths]
+    large = planted_excess(10**6, EXCESS_LARGE_DOCUMENTS, EXCESS_LARGE_PERMUTATIONS, shape).layer_summary(
+        min_n
+    )
     large_excess = large["permutation_excess"].to_numpy()
     covered = {(m, label): 0 for m in INTERVAL_METHODS for label in labels}
     below = dict.fromkeys(covered, 0)  # misses with the truth below the interval (it overstates)
     position = {key: [] for key in covered}
     estimates, bias, pipeline_method = [], [], set()
     for seed in range(seeds):
-        baseline = planted_excess(seed)
+        baseline = planted_excess(seed, shape=shape)
         pipeline = excess_intervals(baseline, min_n=min_n, n_resamples=replicates, seed=seed)
         pipeline_method |= set(pipeline["method"])
         statistic = excess_statistic(baseline, min_n)
@@ -814,6 +916,7 @@ def excess_interval_coverage(seeds: int, replicates: int) -> dict[str, Any]:
                 position[method, label].append((value - low) / (high - low))
     estimates, bias = np.array(estimates), np.array(bias)
     return {
+        "seeds": seeds,
         "rates": {f"{m}, {label}": rate(hits, seeds, CONFIDENCE) for (m, label), hits in covered.items()},
         "median position of the estimate": {
             f"{m}, {label}": float(np.median(p)) for (m, label), p in position.items()
@@ -828,8 +931,10 @@ def excess_interval_coverage(seeds: int, replicates: int) -> dict[str, Any]:
         "mean bootstrap bias": dict(zip(labels, map(float, bias.mean(0)), strict=True)),
         "pipeline method": sorted(pipeline_method),
         "settings": {
-            "documents": EXCESS_DOCUMENTS,
-            "groups = experts": EXCESS_GROUPS,
+            "documents": shape.documents,
+            "groups": shape.groups,
+            "experts": shape.experts,
+            "slots": shape.slots,
             "tokens per document": [60, 199],
             "clumping (Dirichlet concentration)": EXCESS_CLUMPING,
             "permutations behind the null mean": BOOTSTRAP_PERMUTATIONS,
@@ -848,7 +953,7 @@ STUDIES = (
         "explain_share_null",
         "share of experts beating their shuffled control: percentile interval on exchangeable labels",
         "tests/test_explain_document_units.py",
-        100,
+        300,
         500,
         explain_share_null,
     ),
@@ -856,7 +961,7 @@ STUDIES = (
         "explain_auc_null",
         "mean AUC: BCa document interval on a planted AUC of 0.5",
         "tests/test_explain_document_units.py",
-        100,
+        300,
         500,
         explain_auc_null,
     ),
@@ -894,7 +999,7 @@ STUDIES = (
     ),
     Study(
         "driver_holm_null",
-        "drivers' re-weighting Holm over 5 domains with no true gain: family-wise rates",
+        "drivers' re-weighting Holm over 5 domains with no true gain, one-draw path (documents-only bootstrap): family-wise rates",
         "tests/test_driver_statistics.py",
         400,
         400,
@@ -904,7 +1009,7 @@ STUDIES = (
         "within_layer_rho_null",
         "first-order estimate that ranks layers only: the mean within-layer rho's interval",
         "tests/test_driver_statistics.py",
-        100,
+        300,
         200,
         within_layer_rho_null,
     ),

@@ -41,9 +41,10 @@ def test_every_study_runs_at_a_tiny_size_and_records_its_rates(studies):
         record = studies.run_study(study, seeds=2, replicates=60)
         assert record["seeds"] == 2 and record["replicates"] == 60 and record["test"].startswith("tests/")
         assert (ROOT / record["test"]).exists()
-        assert record["rates"]
-        for rate in record["rates"].values():
-            _check_rate(rate, seeds=2)
+        for regime in record.get("regimes", {"": record}).values():
+            assert regime["rates"]
+            for rate in regime["rates"].values():
+                _check_rate(rate, seeds=regime.get("seeds", 2))
 
 
 def test_the_reweighting_rates_are_the_library_intervals_counted(studies):
@@ -99,8 +100,9 @@ def test_the_committed_file_holds_every_study_at_its_default_size_with_its_machi
             study.replicates,
             study.test,
         )
-        for rate in record["rates"].values():
-            _check_rate(rate, seeds=study.seeds)
+        for regime in record.get("regimes", {"": record}).values():
+            for rate in regime["rates"].values():
+                _check_rate(rate, seeds=regime.get("seeds", study.seeds))
 
 
 def test_the_committed_share_coverage_is_the_scripts_own(studies):
@@ -109,12 +111,31 @@ def test_the_committed_share_coverage_is_the_scripts_own(studies):
     committed = json.loads(COMMITTED.read_text())["studies"]["explain_share_null"]
     fresh = studies.explain_share_null(committed["seeds"], committed["replicates"])
     assert fresh["rates"] == committed["rates"]
+    assert fresh["truth"] == committed["truth"]
+    expected = committed["truth"]["expected share"]
     keys = [(0, e) for e in range(40)]
     own, shuffled = studies.label_scores(0, gain=0.5)
     row = share_beating(keys, own, shuffled, n_resamples=committed["replicates"], seed=0)
-    assert studies.explain_share_null(1, committed["replicates"])["rates"]["covers 1/2"]["hits"] == int(
-        row["share ci low"] <= 0.5 <= row["share ci high"]
-    )
+    one = studies.explain_share_null(1, committed["replicates"])["rates"]["covers the expected share"]
+    assert one["hits"] == int(row["share ci low"] <= expected <= row["share ci high"])
+
+
+def test_the_shares_truth_counts_a_tie_as_not_beating(studies):
+    """The expected share on the planted null is (1 − P(tie)) / 2 by exchangeability, and recounted here
+    on the study's own planted scores (the first 100 seeds' 4,000 experts) it agrees within sampling
+    error (seeds share their document effects, so the se is widened fourfold)."""
+    truth = studies.share_truth()
+    assert truth["expected share"] == pytest.approx((1 - truth["P(tie)"]) / 2, abs=4 * truth["se"])
+    assert truth["P(tie)"] > 0.05  # balanced accuracy on a 1/40 grid: ties are common
+    beats = ties = 0
+    for seed in range(100):
+        own, shuffled = studies.label_scores(seed, gain=0.5)
+        for key in own:
+            a, b = own[key].metrics["balanced_accuracy"], shuffled[key].metrics["balanced_accuracy"]
+            beats, ties = beats + (a > b), ties + (a == b)
+    se = math.sqrt(0.25 / 4000)
+    assert beats / 4000 == pytest.approx(truth["expected share"], abs=4 * 4 * se)
+    assert ties / 4000 == pytest.approx(truth["P(tie)"], abs=4 * 4 * se)
 
 
 def _rate(hits: int, n: int, nominal: float) -> dict:
@@ -183,16 +204,17 @@ def _excess_results(percentile_hits: int) -> dict:
             positions[f"{method}, {label}"] = 0.4 if method == "percentile" else 0.6
             below[f"{method}, {label}"] = 200 - hits - 1
     per_label = {label: 0.01 for label in labels}
-    study = {
-        "seeds": 200, "replicates": 500, "test": "tests/x.py", "rates": rates,
+    regime = {
+        "seeds": 200, "rates": rates,
         "median position of the estimate": positions, "truth": per_label, "large simulation": per_label,
         "misses with the truth below the interval": below,
         "mean estimate": per_label, "sd of the estimate": per_label, "mean bootstrap bias": per_label,
         "pipeline method": ["percentile"],
-        "settings": {"documents": 60, "groups = experts": 8, "tokens per document": [60, 199],
+        "settings": {"documents": 60, "groups": 8, "experts": 8, "slots": 1, "tokens per document": [60, 199],
                      "clumping (Dirichlet concentration)": 0.3, "permutations behind the null mean": 20,
                      "large simulation": {"documents": 10000, "permutations": 4}},
     }  # fmt: skip
+    study = {"seeds": 200, "replicates": 500, "test": "tests/x.py", "regimes": {"small": regime}}
     return {"studies": {"excess_interval_coverage": study}}
 
 
@@ -203,9 +225,40 @@ def test_the_excess_wording_says_plainly_when_the_pipelines_method_under_covers(
     assert "percentile (the pipeline's, `excess_intervals`): at strength 0.1 160 of 200 seeds (0.800" in text
     assert "of its interval, the truth below the interval in 39 of its 40 misses" in text
     assert (
-        "The pipeline's percentile interval covers below the nominal rate by more than two binomial" in text
+        "In this regime the pipeline's percentile interval covers below the nominal rate by more than two binomial"
+        in text
     )
-    assert "at strength 0.1, 0.5; the best-covering method per strength: 0.1 basic, 0.5 basic." in text
+    assert "at strength 0.1, 0.5; in 78 of those 80 misses the truth lies below the interval" in text
+    assert "The best-covering method per strength: 0.1 basic, 0.5 basic." in text
     text = planted_excess_markdown(_excess_results(189), "p.json")
     assert "covers below the nominal rate" not in text
     assert "covers within two binomial standard errors of the nominal rate or above at every strength" in text
+
+
+def test_the_driver_holm_wording_names_its_path_and_says_plainly_when_it_over_rejects():
+    from readme_results import planted_driver_holm_markdown
+
+    def text(rejected: int) -> str:
+        rates = {
+            "some domain improved": _rate(14, 400, 0.025),
+            "some domain rejected": _rate(rejected, 400, 0.05),
+        }
+        study = {"seeds": 400, "replicates": 400, "test": "tests/x.py", "rates": rates}
+        return planted_driver_holm_markdown({"studies": {"driver_holm_null": study}}, "p.json")
+
+    over = text(30)  # 0.075: 0.025 above 0.05, more than two se (0.022) of a rate at 0.05 over 400 runs
+    assert "`holm_adjusted`'s one-draw path" in over
+    assert "On this path Holm rejects a true null more often than its nominal 0.05: 0.075 ± 0.013" in over
+    assert "more often than its nominal" not in text(24)  # 0.060: within two se
+
+
+def test_the_within_layer_wording_calls_the_pooled_share_a_power():
+    from readme_results import planted_within_layer_markdown
+
+    rates = {
+        "within layers (mean) covers 0": _rate(285, 300, 0.95),
+        "pooled interval above 0.5": _rate(290, 300, 0.95),
+    }
+    study = {"seeds": 300, "replicates": 200, "test": "tests/x.py", "rates": rates}
+    text = planted_within_layer_markdown({"studies": {"within_layer_rho_null": study}}, "p.json")
+    assert "lies above 0.5 in 290 of 300 seeds (a power, not a coverage" in text

@@ -367,6 +367,33 @@ def test_the_planted_excess_studys_truth_by_hand_is_the_excess_of_a_large_stream
     np.testing.assert_allclose(large, truths, atol=0.0015)
 
 
+def test_the_run_shaped_excess_truth_by_hand_is_the_excess_of_a_large_stream():
+    """The study's run-shaped regime (50 groups, 16 experts, top-2): the truth by hand, recomputed here
+    by enumerating the second slot's shift over every first expert and offset, and the permutation
+    excess of a 3,000-document stream."""
+    from planted_script import planted_studies
+
+    studies = planted_studies()
+    shape = studies.EXCESS_REGIMES["run shape"]
+    groups, experts = shape.groups, shape.experts
+    for s in shape.strengths:
+        first = np.full((experts, groups), (1 - s) / experts)
+        for g in range(groups):
+            first[g % experts, g] += s
+        second = np.zeros_like(first)
+        for f in range(experts):
+            for offset in range(experts - 1):
+                second[(f + 1 + offset) % experts] += first[f] / (experts - 1)
+        rates = first + second
+        pool = rates.sum(0) / rates.sum()
+        jsd = [scipy.spatial.distance.jensenshannon(row / row.sum(), pool, base=2) ** 2 for row in rates]
+        by_hand = float(np.dot(rates.sum(1), jsd) / rates.sum())
+        assert studies.excess_truth(s, shape) == pytest.approx(by_hand, rel=1e-12)
+    large = studies.planted_excess(7, n_docs=3000, n_permutations=4, shape=shape).layer_summary(50)
+    truths = [studies.excess_truth(strength, shape) for strength in shape.strengths]
+    np.testing.assert_allclose(large["permutation_excess"], truths, atol=0.002)
+
+
 def test_the_pipelines_interval_of_a_planted_excess_away_from_zero_covers_it_in_most_seeds():
     """The pipeline's percentile interval (``excess_intervals``) on the study's planted stream, 20 seeds:
     it covers each layer's true excess in most seeds, with its estimate below mid-interval (the

@@ -778,6 +778,17 @@ def against_nominal(record: dict[str, Any]) -> str:
     return f"{side} the nominal {nominal:g} by more than two binomial standard errors (±{tolerance:.3f})"
 
 
+def over_rejection(record: dict[str, Any], what: str) -> str:
+    """A plain sentence when a null's rejection rate is above its nominal level by more than two
+    binomial standard errors (empty otherwise)."""
+    if record["rate"] - record["nominal"] <= 2 * record["nominal_se"]:
+        return ""
+    return (
+        f" {what} rejects a true null more often than its nominal {record['nominal']:g}: "
+        f"{record['rate']:.3f} ± {record['se']:.3f} (binomial se)."
+    )
+
+
 def rejects_more(first: dict[str, Any], second: dict[str, Any]) -> bool:
     """Whether rate ``first`` exceeds ``second`` by more than two standard errors of their difference."""
     return first["rate"] - second["rate"] > 2 * math.hypot(first["se"], second["se"])
@@ -795,13 +806,18 @@ def _planted_source(study: dict[str, Any], source: str) -> str:
 def planted_labels_markdown(results: dict[str, Any], source: str) -> str:
     """The label scores' document intervals on planted nulls: the share beating shuffled, the mean AUC."""
     share, auc = results["studies"]["explain_share_null"], results["studies"]["explain_auc_null"]
-    covers_half, covers_auc = share["rates"]["covers 1/2"], auc["rates"]["covers 0.5"]
-    conservative = covers_half["rate"] - covers_half["nominal"] > 2 * covers_half["nominal_se"]
+    covers_share, covers_auc = share["rates"]["covers the expected share"], auc["rates"]["covers 0.5"]
+    truth = share["truth"]
+    conservative = covers_share["rate"] - covers_share["nominal"] > 2 * covers_share["nominal_se"]
     return (
         f"{_planted_source(share, source)}: on a planted null where each expert's own and shuffled labels "
         f"are exchangeable (40 experts, 40 documents with a shared per-document effect), the share's "
-        f"percentile interval covers the expected share 1/2 in {planted_rate(covers_half)}, "
-        f"{against_nominal(covers_half)}" + (" (conservative)" if conservative else "") + "; on labels that "
+        f"percentile interval covers the expected share in {planted_rate(covers_share)}, "
+        f"{against_nominal(covers_share)}" + (" (conservative)" if conservative else "") + ". The expected "
+        f"share is not 1/2: a tie does not beat, and with 20 items per class the balanced accuracy moves in "
+        f"steps of 1/40, so own and shuffled tie with probability {truth['P(tie)']:.3f} and the expected "
+        f"share is (1 − P(tie))/2 = {truth['expected share']:.4f} (se {truth['se']:.4f}; "
+        f"{truth['pairs']:,} simulated pairs drawn as the study draws them). On labels that "
         f"carry no information the BCa document interval of the mean AUC covers the planted AUC of 0.5 in "
         f"{planted_rate(covers_auc)}, {against_nominal(covers_auc)}."
     )
@@ -871,6 +887,7 @@ def planted_reweighting_markdown(results: dict[str, Any], source: str) -> str:
         "resamples, draw-mean t tests; family-wise rate of rejecting any domain, nominal 0.05): "
         + "; ".join(family)
         + "."
+        + "".join(over_rejection(r, f"Holm over domains with {label}") for label, r in holm["rates"].items())
     )
 
 
@@ -879,10 +896,13 @@ def planted_driver_holm_markdown(results: dict[str, Any], source: str) -> str:
     study = results["studies"]["driver_holm_null"]
     improved, rejected = study["rates"]["some domain improved"], study["rates"]["some domain rejected"]
     return (
-        f"{_planted_source(study, source)}: 5 domains × 40 documents with no true gain; some domain is "
+        f"{_planted_source(study, source)}: 5 domains × 40 documents with no true gain, on "
+        "`holm_adjusted`'s one-draw path (each domain's per-document sums as one 1-D array: the "
+        "documents-only percentile bootstrap; the drivers' default control draws take the draw-mean t "
+        "path, measured by the re-weighting study); some domain is "
         f"called improved in {planted_rate(improved, 'runs')}, {against_nominal(improved)} (one side of a "
         f"two-sided 5% family), and some domain is rejected either way in {planted_rate(rejected, 'runs')}, "
-        f"{against_nominal(rejected)}."
+        f"{against_nominal(rejected)}." + over_rejection(rejected, "On this path Holm")
     )
 
 
@@ -981,7 +1001,8 @@ def planted_within_layer_markdown(results: dict[str, Any], source: str) -> str:
         f"{_planted_source(study, source)}: for an estimate that ranks the layers and nothing inside them "
         f"(4 layers × 16 experts, 80 documents), the mean within-layer interval covers 0 in "
         f"{planted_rate(within)}, {against_nominal(within)}, while the pooled ρ's interval lies above 0.5 "
-        f"in {pooled['hits']} of {pooled['n']} seeds."
+        f"in {pooled['hits']} of {pooled['n']} seeds (a power, not a coverage: the pooled ρ's truth is far "
+        "above 0.5, so this share has no nominal level)."
     )
 
 
@@ -1051,14 +1072,33 @@ def planted_rho_methods_markdown(results: dict[str, Any], source: str) -> str:
 
 
 def planted_excess_markdown(results: dict[str, Any], source: str) -> str:
-    """The specialization excess away from zero: coverage of the true excess by the pipeline's interval
-    and by the other methods, with the estimate's position, the estimator's bias and the verdict."""
+    """The specialization excess away from zero, per regime (the run's shape first): coverage of the
+    true excess by the pipeline's interval and by the other methods, with the estimate's position, the
+    estimator's bias, the side of the misses and the verdict."""
     study = results["studies"]["excess_interval_coverage"]
+    source_line = _planted_source(study, source).replace(
+        f"seeds 0–{study['seeds'] - 1}", "each regime's seeds below"
+    )
+    paragraphs = [
+        f"{source_line}. Each regime is a planted stream of documents of 60–199 tokens, "
+        "each document's content and routing preference clumped (Dirichlet "
+        f"{next(iter(study['regimes'].values()))['settings']['clumping (Dirichlet concentration)']:g}); in "
+        "each layer a share (the planted strength) of the tokens' first slot goes to the expert of its own "
+        "group (group g → expert g mod experts), the rest by the document's preference; a second slot is "
+        "the first shifted by an offset drawn from a second clumped preference. The true excess is computed "
+        "by hand from those routing rates (the permutation null is 0 on infinitely many documents) and "
+        "checked on one large stream."
+    ]
+    paragraphs += [_excess_regime_markdown(name, regime) for name, regime in study["regimes"].items()]
+    return "\n\n".join(paragraphs)
+
+
+def _excess_regime_markdown(name: str, study: dict[str, Any]) -> str:
+    """One regime of the excess study: its shape, truths, each method's coverage and the verdict."""
     settings, rates = study["settings"], study["rates"]
     labels = list(study["truth"])
     (pipeline,) = study["pipeline method"]
     methods = [pipeline] + [m for m in ("percentile", "basic", "BCa") if m != pipeline]
-    low, high = settings["tokens per document"]
     large = settings["large simulation"]
     truths = ", ".join(
         f"{label.removeprefix('planted strength ')}: {study['truth'][label]:.4f} bits (large stream "
@@ -1067,28 +1107,33 @@ def planted_excess_markdown(results: dict[str, Any], source: str) -> str:
         for label in labels
     )
 
+    def misses(key: str) -> tuple[int, int]:
+        return rates[key]["n"] - rates[key]["hits"], study["misses with the truth below the interval"][key]
+
     def cell(method: str, label: str) -> str:
         key = f"{method}, {label}"
-        misses = rates[key]["n"] - rates[key]["hits"]
+        missed, below = misses(key)
+        middle = study["median position of the estimate"][key]
+        where = (
+            f"the estimate at a median {middle:.2f} of its interval"
+            if math.isfinite(middle)
+            else "the estimate's median position undefined (a degenerate interval in some seeds)"
+        )
         return (
             f"at strength {label.removeprefix('planted strength ')} {planted_rate(rates[key])}, "
-            f"{against_nominal(rates[key])}, the estimate at a median "
-            f"{study['median position of the estimate'][key]:.2f} of its interval, the truth below the "
-            f"interval in {study['misses with the truth below the interval'][key]} of its {misses} misses"
+            f"{against_nominal(rates[key])}, {where}, the truth below the interval in {below} of its "
+            f"{missed} misses"
         )
 
     parts = []
     for method in methods:
         cells = "; ".join(cell(method, label) for label in labels)
-        name = f"{method} (the pipeline's, `excess_intervals`)" if method == pipeline else method
-        parts.append(f"{name}: {cells}")
+        title = f"{method} (the pipeline's, `excess_intervals`)" if method == pipeline else method
+        parts.append(f"{title}: {cells}")
+    slots = "one slot" if settings["slots"] == 1 else f"top-{settings['slots']}"
     text = (
-        f"{_planted_source(study, source)}: a planted stream of {settings['documents']} documents of "
-        f"{low}–{high} tokens, {settings['groups = experts']} token groups and as many experts (one slot), "
-        f"each document's content and routing preference clumped (Dirichlet {settings['clumping (Dirichlet concentration)']:g}); "
-        "in each layer a share (the planted strength) of the tokens goes to the expert of its own group, the "
-        "rest by the document's preference. The true excess, by hand, is the JSD of `strength · δ + (1 − "
-        "strength) · uniform` against uniform (the permutation null is 0 on infinitely many documents), "
+        f"**{name.capitalize()}** (seeds 0–{study['seeds'] - 1}): {settings['documents']} documents, "
+        f"{settings['groups']} token groups, {settings['experts']} experts, {slots}; true excess, by hand, "
         f"checked on one stream of {large['documents']:,} documents ({large['permutations']} permutations): "
         f"{truths}. Coverage of the truth by the {settings['permutations behind the null mean']}-permutation "
         "excess's document-bootstrap intervals (the same resamples for each method): "
@@ -1096,24 +1141,34 @@ def planted_excess_markdown(results: dict[str, Any], source: str) -> str:
         + "."
     )
     under = [
-        label.removeprefix("planted strength ")
+        label
         for label in labels
         if rates[f"{pipeline}, {label}"]["nominal"] - rates[f"{pipeline}, {label}"]["rate"]
         > 2 * rates[f"{pipeline}, {label}"]["nominal_se"]
     ]
     if under:
+        below = sum(misses(f"{pipeline}, {label}")[1] for label in under)
+        missed = sum(misses(f"{pipeline}, {label}")[0] for label in under)
         best = {
             label: max(methods, key=lambda m, label=label: rates[f"{m}, {label}"]["rate"]) for label in labels
         }
         text += (
-            f" The pipeline's {pipeline} interval covers below the nominal rate by more than two binomial standard "
-            f"errors at strength {', '.join(under)}; the best-covering method per strength: "
+            f" In this regime the pipeline's {pipeline} interval covers below the nominal rate by more than two "
+            f"binomial standard errors at strength "
+            + ", ".join(label.removeprefix("planted strength ") for label in under)
+            + f"; in {below} of those {missed} misses the truth lies below the interval (an interval that "
+            "overstates the excess)"
+            + (f", in the other {missed - below} above it" if missed > below else "")
+            + ". The best-covering method per strength: "
             + ", ".join(f"{label.removeprefix('planted strength ')} {m}" for label, m in best.items())
             + ". The method stays the one chosen before the data; the findings give every interval's bootstrap "
             "bias and position beside it."
         )
     else:
-        text += f" The pipeline's {pipeline} interval covers within two binomial standard errors of the nominal rate or above at every strength."
+        text += (
+            f" In this regime the pipeline's {pipeline} interval covers within two binomial standard errors of "
+            "the nominal rate or above at every strength."
+        )
     return text
 
 
