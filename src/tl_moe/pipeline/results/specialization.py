@@ -116,8 +116,9 @@ class SpecializationSummary(SpecializationOutcome, Result):
         )
 
     def _diagnostics_text(self) -> str:
-        """What the percentile intervals above leave out: where each estimate sits in its interval, the
-        bootstrap bias, and the Monte Carlo error of the null mean (last layer, every model and measure)."""
+        """What the intervals above leave out: where each estimate sits in its interval, the bootstrap
+        bias, the other of the basic / percentile pair for the most leaning one, and the Monte Carlo error of
+        the null mean (last layer, every model and measure)."""
         found = [
             (frame.iloc[-1], f"{name}, {model}")
             for name in self.permutation
@@ -135,12 +136,16 @@ class SpecializationSummary(SpecializationOutcome, Result):
             zip(rows, labels, strict=True), key=lambda pair: abs(float(pair[0]["interval_position"]) - 0.5)
         )
         estimate, low, high = (float(worst[c]) for c in ("estimate", "ci_low", "ci_high"))
+        method = str(worst.get("method", "percentile"))
+        # Reflecting bounds about the estimate turns a percentile interval into the basic one and back.
+        other = "percentile" if method == "basic" else "basic"
+        reflected = format_interval(estimate, *basic_interval(estimate, low, high), "+.4f", "undefined")
         text = (
-            f" Diagnostics of these {len(rows)} percentile intervals: each estimate sits at "
+            f" Diagnostics of these {len(rows)} {method} intervals: each estimate sits at "
             f"{min(position):.2f}–{max(position):.2f} of its interval's width (0.5: centred), the bootstrap "
             f"bias (mean resampled − estimate) is {min(bias):+.4f} to {max(bias):+.4f} bits; the most leaning, "
-            f"{label} at {float(worst['interval_position']):.2f}, has the basic interval (which reflects the lean "
-            f"about the estimate) {format_interval(estimate, *basic_interval(estimate, low, high), '+.4f', 'undefined')}"
+            f"{label} at {float(worst['interval_position']):.2f}, has the {other} interval (the same resamples' "
+            f"bounds reflected about the estimate) {reflected}"
         )
         if null_se:
             text += (
