@@ -117,3 +117,19 @@ def test_a_basic_interval_of_a_correlation_stays_within_its_range():
     assert basic_interval(-0.9, -0.95, -0.2, RHO_RANGE) == pytest.approx((-1.0, -0.85))
     assert basic_interval(1.5, 0.2, 1.9, RHO_DIFFERENCE_RANGE) == pytest.approx((1.1, 2.0))
     assert basic_interval(0.3, 0.1, 0.4, RHO_RANGE) == pytest.approx((0.2, 0.5))
+
+
+def test_row_spearman_equals_scipys_and_is_quietly_undefined_without_experts():
+    """Each row's ρ equals scipy's spearmanr (ties included); a batch of rows with no experts gives NaN
+    without numpy's empty-slice warning (it leaked to the console on tiny models)."""
+    import warnings
+
+    from tl_moe.analysis.effect_estimate import _rows_spearman
+
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 4, (5, 9)).astype(float), rng.normal(size=(5, 9))
+    expected = [scipy.stats.spearmanr(x, y)[0] for x, y in zip(a, b, strict=True)]
+    np.testing.assert_allclose(_rows_spearman(a, b), expected, rtol=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isnan(_rows_spearman(np.zeros((3, 0)), np.zeros((3, 0)))).all()

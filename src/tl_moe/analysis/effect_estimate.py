@@ -325,6 +325,8 @@ def _rows_spearman(
     """Spearman ρ of ``a[i]`` and ``b[i]`` for each row ``i`` (mid-ranks for ties)."""
     from scipy.stats import rankdata
 
+    if np.shape(a)[-1] == 0:  # no experts in a row: undefined, without numpy's empty-mean warning
+        return np.full(np.shape(a)[:-1], np.nan)
     ra, rb = rankdata(a, axis=-1), rankdata(b, axis=-1)
     ra, rb = ra - ra.mean(-1, keepdims=True), rb - rb.mean(-1, keepdims=True)
     var = (ra**2).sum(-1) * (rb**2).sum(-1)
