@@ -50,8 +50,10 @@ from tl_moe.analysis.held_out_probing import (
     HeldOutArm,
     Side,
     _difference_statistic,
+    balanced_accuracy,
     balanced_f1,
     compare,
+    concept_gate,
 )
 from tl_moe.analysis.reweighting import draw_mean_intervals, holm_adjusted
 from tl_moe.analysis.specialization_permutation import (
@@ -61,7 +63,13 @@ from tl_moe.analysis.specialization_permutation import (
     excess_statistic,
 )
 from tl_moe.analysis.splits import document_split
-from tl_moe.analysis.stats import RHO_METHOD, RHO_MIN_EXPERT_DOCUMENTS, cluster_bootstrap
+from tl_moe.analysis.stats import (
+    MIN_DOCUMENTS,
+    PAIRED_METHOD,
+    RHO_METHOD,
+    RHO_MIN_EXPERT_DOCUMENTS,
+    cluster_bootstrap,
+)
 from tl_moe.explain.document_bootstrap import document_intervals, share_beating
 from tl_moe.explain.scorers import Score, detection_metrics
 from tl_moe.pipeline.machine import load_average, machine
@@ -625,6 +633,264 @@ def interval_method_coverage(seeds: int, replicates: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------
+# held-out probing: the same three methods in the regime the gate leaves (the toy run's shape)
+# --------------------------------------------------------------------------------------------------
+#: Per concept of the gated study: (hit rate of arm a, of arm b, false-alarm rate of both, share of the
+#: documents holding positives). A share of 1: Poisson(15) positives in every document; below 1:
+#: positives in that share of the documents only, 1 + Poisson(20 · Pareto(1.5)) of them (a few documents
+#: carry most), so the gate's count of documents with positives sits near its 30 (expected 32, 36, 40).
+GATED_CONCEPTS = (
+    (0.90, 0.85, 0.10, 1.0),
+    (0.75, 0.75, 0.15, 1.0),
+    (0.85, 0.80, 0.10, 1.0),
+    (0.70, 0.72, 0.20, 1.0),
+    (0.80, 0.60, 0.20, 0.26),
+    (0.90, 0.75, 0.10, 0.29),
+    (0.65, 0.70, 0.25, 0.32),
+)
+#: Test documents of the planted run: the toy default run's (docs/results/toy_default.json, "on 124 test
+#: documents").
+GATED_DOCUMENTS = 124
+#: The sd of the per-document difficulty shared by the arms (on the logit of the hit rate: common concepts,
+#: concepts near the gate), and of the per-document shift of the false-alarm rate (also shared).
+GATED_DIFFICULTY, GATED_ALARM_SHIFT = (0.5, 1.0), 0.5
+#: The truth's large sample: chunks of documents drawn by :func:`gated_counts` with seeds 10**6 + i.
+GATED_TRUTH_CHUNKS, GATED_TRUTH_CHUNK = 10, 100_000
+#: The cells of the study: a planted difference (arm b's hit rates as listed) and a planted null (arm b
+#: scored with arm a's rates, so the true difference is 0 in both metrics by construction).
+GATED_CELLS = {"planted difference": False, "planted null": True}
+GATED_NAMES = tuple(
+    f"planted_{'common' if share == 1 else 'near_gate'}_{c}" for c, (*_, share) in enumerate(GATED_CONCEPTS)
+)
+
+
+def _logistic(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-x))
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def gated_counts(
+    seed: int, n_docs: int = GATED_DOCUMENTS, null: bool = False
+) -> tuple[Float[np.ndarray, "concept doc 4"], Float[np.ndarray, "concept doc 4"]]:
+    """``[concept, doc, 4]`` confusion counts (TP, FN, FP, TN) of two arms scoring the same tokens of
+    ``n_docs`` test documents: per concept of :data:`GATED_CONCEPTS`, positives as listed there and
+    Poisson(50) negatives per document; a document's difficulty (normal on the logit of the hit rate)
+    and false-alarm shift (normal on the logit of the false-alarm rate) are shared by the arms. ``null``:
+    arm b scored with arm a's rates."""
+    rng = np.random.default_rng(seed)
+    counts_a = np.zeros((len(GATED_CONCEPTS), n_docs, 4))
+    counts_b = np.zeros_like(counts_a)
+    for c, (hit_a, hit_b, false_alarm, share) in enumerate(GATED_CONCEPTS):
+        common = share == 1
+        if common:
+            positives = rng.poisson(15.0, n_docs)
+        else:
+            sizes = 1 + rng.poisson(20 * rng.pareto(1.5, n_docs))
+            positives = np.where(rng.random(n_docs) < share, sizes, 0)
+        negatives = rng.poisson(50, n_docs)
+        difficulty = rng.normal(0, GATED_DIFFICULTY[0 if common else 1], n_docs)
+        alarm = _logistic(_logit(false_alarm) + rng.normal(0, GATED_ALARM_SHIFT, n_docs))
+        for counts, hit in ((counts_a, hit_a), (counts_b, hit_a if null else hit_b)):
+            tp = rng.binomial(positives, _logistic(_logit(hit) + difficulty))
+            fp = rng.binomial(negatives, alarm)
+            counts[c, :, TP], counts[c, :, FN] = tp, positives - tp
+            counts[c, :, FP], counts[c, :, TN] = fp, negatives - fp
+    return counts_a, counts_b
+
+
+#: The metrics of the gated study, as ``compare`` names them, with their scores.
+GATED_METRICS = {"balanced_accuracy": balanced_accuracy, "f1": balanced_f1}
+
+
+@functools.cache
+def gated_truth(
+    null: bool, chunks: int = GATED_TRUTH_CHUNKS, chunk: int = GATED_TRUTH_CHUNK
+) -> dict[str, Any]:
+    """Each concept's true paired difference (arm a − arm b) per metric: the score of each arm's
+    confusion counts summed over ``chunks`` × ``chunk`` documents of :func:`gated_counts` (seeds
+    10**6 + i), the population value of a score of summed counts; with its se from the spread of the
+    chunks' own differences. The truth of a seed is the mean over the concepts its gate keeps."""
+    totals = np.zeros((2, chunks, len(GATED_CONCEPTS), 4))
+    for i in range(chunks):
+        for side, counts in enumerate(gated_counts(10**6 + i, chunk, null)):
+            totals[side, i] = counts.sum(1)
+    out = {}
+    for metric, score in GATED_METRICS.items():
+        pooled = score(totals[0].sum(0)) - score(totals[1].sum(0))
+        each = score(totals[0]) - score(totals[1])  # [chunk, concept]
+        out[metric] = {"per concept": pooled, "se": each.std(0, ddof=1) / math.sqrt(chunks)}
+    return out
+
+
+def gated_truth_by_hand(null: bool) -> dict[str, np.ndarray]:
+    """Each concept's true paired difference per metric by quadrature: the difficulty is independent of
+    the counts, so a probe's pooled hit rate is ``E[logistic(logit(hit) + d)]`` and its false-alarm rate
+    ``E[logistic(logit(fa) + e)]`` (Gauss–Hermite over the normal shifts); balanced accuracy is
+    ``(TPR + 1 − FPR) / 2`` and class-balanced F1 ``2 TPR / (1 + TPR + FPR)``."""
+    nodes, weights = np.polynomial.hermite_e.hermegauss(80)
+    weights = weights / weights.sum()
+
+    def mean_rate(p: float, sd: float) -> float:
+        return float(weights @ _logistic(_logit(p) + sd * nodes))
+
+    out = {metric: [] for metric in GATED_METRICS}
+    for hit_a, hit_b, false_alarm, share in GATED_CONCEPTS:
+        sd = GATED_DIFFICULTY[0 if share == 1 else 1]
+        fpr = mean_rate(false_alarm, GATED_ALARM_SHIFT)
+        tpr = [mean_rate(hit, sd) for hit in (hit_a, hit_a if null else hit_b)]
+        out["balanced_accuracy"].append((tpr[0] - tpr[1]) / 2)
+        f1 = [2 * t / (1 + t + fpr) for t in tpr]
+        out["f1"].append(f1[0] - f1[1])
+    return {metric: np.array(values) for metric, values in out.items()}
+
+
+def gated_arm(name: str, counts: Float[np.ndarray, "concept doc 4"]) -> HeldOutArm:
+    """An arm of ``compare`` holding the chosen probes' test-document counts at k = 1."""
+    return HeldOutArm(
+        name, pd.DataFrame(), pd.DataFrame(), counts[None], GATED_NAMES, (1,), np.arange(counts.shape[1])
+    )
+
+
+def gated_seed(
+    counts: tuple[np.ndarray, np.ndarray], seed: int, replicates: int
+) -> tuple[list[str], dict[tuple[str, str], tuple[float, float, float]]]:
+    """One seed of the gated study on its two arms' ``counts`` (:func:`gated_counts`): the concepts the
+    pipeline's gate keeps (``concept_gate``, as ``compare`` applies it) and ``(estimate, low, high)`` per
+    (method, metric): the pipeline's own interval from ``compare`` for ``PAIRED_METHOD``,
+    ``cluster_bootstrap`` of the same paired statistic (``_difference_statistic`` over the kept concepts,
+    the same seed, so the same resamples) for the other methods."""
+    counts_a, counts_b = counts
+    kept, _ = concept_gate(GATED_NAMES, [("a", counts_a), ("b", counts_b)], MIN_DOCUMENTS)
+    if not kept:
+        return kept, {}
+    records = compare(gated_arm("a", counts_a), gated_arm("b", counts_b), n_resamples=replicates, seed=seed)
+    index = [GATED_NAMES.index(name) for name in kept]
+    side = Side(counts_a[index], (counts_b[index],))
+    rows = {}
+    for record in records:
+        if record["n_concepts"] != len(kept) or record["interval_method"] != PAIRED_METHOD:
+            raise RuntimeError(
+                f"compare kept {record['n_concepts']} concepts with a {record['interval_method']} interval; "
+                f"the gate kept {len(kept)}, PAIRED_METHOD is {PAIRED_METHOD}"
+            )
+        metric = record["metric"]
+        rows[PAIRED_METHOD, metric] = (record["estimate"], record["ci_low"], record["ci_high"])
+        paired = _difference_statistic([side], GATED_METRICS[metric])
+        for method in INTERVAL_METHODS:
+            if method != PAIRED_METHOD:
+                interval = cluster_bootstrap(
+                    lambda w, paired=paired: paired(w)[0],
+                    GATED_DOCUMENTS,
+                    n_resamples=replicates,
+                    method=method,
+                    seed=seed,
+                )
+                rows[method, metric] = (interval.estimate, interval.low, interval.high)
+    return kept, rows
+
+
+def gated_cell(null: bool, seeds: int, replicates: int) -> dict[str, Any]:
+    """One cell of the gated study (a planted difference, or the planted null): per (method, metric) each
+    seed's (covered, position of the estimate, truth above the interval), and what the gate kept."""
+    truth = gated_truth(null)
+    hits = {(m, metric): [] for m in INTERVAL_METHODS for metric in GATED_METRICS}
+    kept_counts, with_positives = [], []
+    kept_by_concept = dict.fromkeys(GATED_NAMES, 0)
+    for seed in range(seeds):
+        counts = gated_counts(seed, null=null)
+        kept, rows = gated_seed(counts, seed, replicates)
+        kept_counts.append(len(kept))
+        for name in kept:
+            kept_by_concept[name] += 1
+        with_positives.append(((counts[0][..., TP] + counts[0][..., FN]) > 0).sum(1))
+        index = [GATED_NAMES.index(name) for name in kept]
+        for (method, metric), (value, low, high) in rows.items():
+            t = 0.0 if null else float(truth[metric]["per concept"][index].mean())
+            hits[method, metric].append((low <= t <= high, (value - low) / (high - low), t > high))
+    return {"hits": hits, "gate": gate_summary(kept_counts, kept_by_concept, np.array(with_positives))}
+
+
+def _spread(values: np.ndarray) -> dict[str, float]:
+    return {"min": int(np.min(values)), "median": float(np.median(values)), "max": int(np.max(values))}
+
+
+def gate_summary(
+    kept_counts: list[int], kept_by_concept: dict[str, int], with_positives: Int[np.ndarray, "seed concept"]
+) -> dict[str, Any]:
+    """What the gate kept over the seeds of a cell: the concepts kept per seed, the seeds keeping each
+    concept, and each concept's test documents holding a positive (arm a)."""
+    return {
+        "seeds with a concept kept": int(sum(n > 0 for n in kept_counts)),
+        "concepts kept per seed": _spread(np.array(kept_counts)),
+        "seeds keeping each concept": kept_by_concept,
+        "documents with positives per concept": {
+            name: _spread(with_positives[:, c]) for c, name in enumerate(GATED_NAMES)
+        },
+    }
+
+
+def gated_truth_record(null: bool) -> dict[str, dict[str, Any]]:
+    """Per metric: the large sample's mean difference with every concept kept and its se, the same by
+    quadrature, and each concept's large-sample difference."""
+    truth, by_hand = gated_truth(null), gated_truth_by_hand(null)
+    return {
+        metric: {
+            "every concept kept": float(truth[metric]["per concept"].mean()),
+            "se": float(math.sqrt((truth[metric]["se"] ** 2).sum()) / len(GATED_CONCEPTS)),
+            "by hand": float(by_hand[metric].mean()),
+            "per concept": dict(zip(GATED_NAMES, map(float, truth[metric]["per concept"]), strict=True)),
+        }
+        for metric in GATED_METRICS
+    }
+
+
+def gated_interval_method_coverage(seeds: int, replicates: int) -> dict[str, Any]:
+    """Coverage of the true paired held-out difference, in balanced accuracy and class-balanced F1, by the
+    percentile, basic and BCa document intervals at the toy run's shape (124 test documents) with the
+    pipeline's per-concept gate applied, on a planted difference and a planted null; the estimate's
+    median position in each interval, the side of the misses, and what the gate kept. On the planted
+    difference a seed's truth is the mean, over the concepts its gate keeps, of each concept's
+    large-sample difference (:func:`gated_truth`); on the planted null it is 0 by construction (the
+    large sample's value is recorded as a check)."""
+    rates, positions, misses, truths, gate = {}, {}, {}, {}, {}
+    for cell, null in GATED_CELLS.items():
+        measured = gated_cell(null, seeds, replicates)
+        for (method, metric), rows in measured["hits"].items():
+            key = f"{cell}, {method}, {metric}"
+            rates[key] = rate(sum(c for c, _, _ in rows), len(rows), CONFIDENCE)
+            positions[key] = float(np.median([p for _, p, _ in rows]))
+            above = sum(a for _, _, a in rows)
+            misses[key] = {"above": above, "below": len(rows) - rates[key]["hits"] - above}
+        truths[cell], gate[cell] = gated_truth_record(null), measured["gate"]
+    columns = ("hit rate a", "hit rate b", "false-alarm rate", "share of documents with positives")
+    return {
+        "rates": rates,
+        "median position of the estimate": positions,
+        "misses, truth above / below the interval": misses,
+        "truth": truths,
+        "gate": gate,
+        "pipeline method": PAIRED_METHOD,
+        "settings": {
+            "documents": GATED_DOCUMENTS,
+            "min documents (the gate)": MIN_DOCUMENTS,
+            "concepts": {
+                name: dict(zip(columns, row, strict=True))
+                for name, row in zip(GATED_NAMES, GATED_CONCEPTS, strict=True)
+            },
+            "difficulty sd (common, near the gate)": list(GATED_DIFFICULTY),
+            "false-alarm shift sd": GATED_ALARM_SHIFT,
+            "truth documents": GATED_TRUTH_CHUNKS * GATED_TRUTH_CHUNK,
+            "truth seeds": [10**6, 10**6 + GATED_TRUTH_CHUNKS - 1],
+            "cells": list(GATED_CELLS),
+            "metrics": list(GATED_METRICS),
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------------------
 # drivers' Spearman rho (REAP, first-order estimate): which interval method, and the document gate
 # --------------------------------------------------------------------------------------------------
 RHO_EXPERTS, RHO_DOCUMENTS = 60, 90
@@ -1036,6 +1302,14 @@ STUDIES = (
         300,
         999,
         interval_method_coverage,
+    ),
+    Study(
+        "gated_interval_method_coverage",
+        "paired held-out difference at the run's shape with the per-concept gate: percentile, basic and BCa coverage in balanced accuracy and F1",
+        "tests/test_gated_interval_coverage.py",
+        1000,
+        999,
+        gated_interval_method_coverage,
     ),
 )
 

@@ -304,8 +304,9 @@ INTERVALS_NOTE = (
 )
 
 
-def results_markdown(results: dict[str, Any], source: str) -> str:
-    """The results section for ``results`` (a parsed ``results.json``) written at ``source``."""
+def results_markdown(results: dict[str, Any], source: str, planted: dict[str, Any] | None = None) -> str:
+    """The results section for ``results`` (a parsed ``results.json``) written at ``source``; ``planted``
+    (the planted studies' results, when given) supplies the measured coverage of the held-out intervals."""
     meta = results["metadata"]
     options = meta["options"]
     sections = results["sections"]
@@ -331,7 +332,7 @@ def results_markdown(results: dict[str, Any], source: str) -> str:
                 table = _group_table(groups, metric, _least_documents(options))
                 if table:
                     lines += ["", *table]
-            lean = _interval_lean(held_out_intervals(sections, options.get("model")))
+            lean = _interval_lean(held_out_intervals(sections, options.get("model")), planted=planted)
             if lean:
                 lines += ["", lean]
         paper = [
@@ -399,10 +400,17 @@ def _lean_text(lean: dict[str, float]) -> str:
     return text
 
 
-def _interval_lean(records: list[dict[str, Any]], k1: list[dict[str, Any]] | None = None) -> str:
+def _interval_lean(
+    records: list[dict[str, Any]],
+    k1: list[dict[str, Any]] | None = None,
+    planted: dict[str, Any] | None = None,
+) -> str:
     """Where the held-out estimates sit inside their intervals (0.5: centred): over every held-out interval
-    of the run (probing, per group, sparsity members) and separately at k = 1."""
+    of the run (probing, per group, sparsity members) and separately at k = 1; then the interval method
+    and, from ``planted`` when given, its coverage on the planted case of the gated regime."""
+    documents = {r.get("n_documents") for r in records if r.get("n_documents") is not None}
     records = [r for r in records if not str(r.get("interval_method") or "").startswith("t")]
+    methods = {r.get("interval_method") for r in records if r.get("interval_method")}
     if k1 is not None:
         k1 = [r for r in k1 if not str(r.get("interval_method") or "").startswith("t")]
     every = interval_lean(records)
@@ -423,9 +431,38 @@ def _interval_lean(records: list[dict[str, Any]], k1: list[dict[str, Any]] | Non
             per.append(f"{label}: {_lean_text(lean)}")
     if per:
         text += "; per comparison (every k, metric, group and member), " + "; ".join(per)
+    study = (planted or {}).get("studies", {}).get("gated_interval_method_coverage")
+    method = study["pipeline method"] if study else "percentile"
+    coverage = _gated_coverage(study, documents) if study and methods <= {method} else ""
     return (
-        text + ". 0.5 is centred. The intervals are percentile bootstraps (the method that covered best on a "
-        "planted case with rare concepts, docs/METHODS.md), reported as computed; each record carries its bias."
+        text
+        + f". 0.5 is centred. The intervals are {method} bootstraps{coverage}, reported as computed; each "
+        "record carries its bias."
+    )
+
+
+def _gated_coverage(study: dict[str, Any], documents: set[int]) -> str:
+    """`` (on a planted case of this run's shape ...)``: the pipeline's interval's coverage in each cell and
+    metric of the gated held-out study, each judged against its nominal level."""
+    settings, method = study["settings"], study["pipeline method"]
+    shape = (
+        "this run's shape"
+        if documents == {settings["documents"]}
+        else f"{settings['documents']} test documents (this run: {', '.join(map(str, sorted(documents)))})"
+    )
+    keys = [(cell, m) for cell in settings["cells"] for m in GATED_METRIC_NAMES]
+    rates = {key: study["rates"][f"{key[0]}, {method}, {key[1]}"] for key in keys}
+    judged = {against_nominal(r) for r in rates.values()}
+    cells = "; ".join(
+        f"a {cell} in {GATED_METRIC_NAMES[m]} {planted_rate(rates[cell, m])}"
+        + ("" if len(judged) == 1 else f", {against_nominal(rates[cell, m])}")
+        for cell, m in keys
+    )
+    return (
+        f" (on a planted case of {shape} with the per-concept gate applied, `gated_interval_method_coverage` in "
+        f"docs/METHODS.md, the {method} interval covered {cells}"
+        + (f"; each {judged.pop()}" if len(judged) == 1 else "")
+        + ")"
     )
 
 
@@ -1024,6 +1061,103 @@ def planted_interval_methods_markdown(results: dict[str, Any], source: str) -> s
     )
 
 
+#: The gated held-out study's metrics, in the order the README reads them, with their names.
+GATED_METRIC_NAMES = {"balanced_accuracy": "balanced accuracy", "f1": "class-balanced F1"}
+
+
+def _gated_cell(study: dict[str, Any], key: str) -> str:
+    """A table cell of the gated held-out study: coverage ± binomial se (the estimate's median position;
+    misses with the truth above / below the interval)."""
+    r, misses = study["rates"][key], study["misses, truth above / below the interval"][key]
+    position = study["median position of the estimate"][key]
+    return f"{r['rate']:.3f} ± {r['se']:.3f} ({position:.2f}; {misses['above']} / {misses['below']})"
+
+
+def _gated_verdict(study: dict[str, Any], cell: str, metric: str) -> str:
+    """One (cell, metric) of the gated study in words: the pipeline's method against the nominal level,
+    and whether another method covers more often by more than two standard errors of the difference."""
+    pipeline = study["pipeline method"]
+    rates = {m: study["rates"][f"{cell}, {m}, {metric}"] for m in ("percentile", "basic", "BCa")}
+    own = rates[pipeline]
+    text = f"{cell}, {GATED_METRIC_NAMES[metric]}: {pipeline} {planted_rate(own)}, {against_nominal(own)}"
+    better = [m for m, r in rates.items() if m != pipeline and rejects_more(r, own)]
+    worse = [m for m, r in rates.items() if m != pipeline and rejects_more(own, r)]
+    if better:
+        text += (
+            f"; {' and '.join(better)} cover more often (by more than two standard errors of the difference)"
+        )
+    if worse:
+        text += (
+            f"; {' and '.join(worse)} cover less often (by more than two standard errors of the difference)"
+        )
+    return text
+
+
+def planted_gated_interval_methods_markdown(results: dict[str, Any], source: str) -> str:
+    """The paired held-out difference at the run's shape with the pipeline's per-concept gate: the planted
+    case, what the gate kept, the truths, a table of coverage per cell, method and metric, and per cell
+    and metric the pipeline's method against the nominal level and the others."""
+    study = results["studies"]["gated_interval_method_coverage"]
+    settings, pipeline = study["settings"], study["pipeline method"]
+    concepts = settings["concepts"]
+    near = {n: c for n, c in concepts.items() if c["share of documents with positives"] < 1}
+    gate = study["gate"]["planted difference"]
+    kept = ", ".join(
+        f"{c['share of documents with positives']:g}: kept in {gate['seeds keeping each concept'][n]} of "
+        f"{study['seeds']} seeds, its positives in {gate['documents with positives per concept'][n]['min']}–"
+        f"{gate['documents with positives per concept'][n]['max']} documents over the seeds (median "
+        f"{gate['documents with positives per concept'][n]['median']:g})"
+        for n, c in near.items()
+    )
+    difference, null = study["truth"]["planted difference"], study["truth"]["planted null"]
+    truths = "; ".join(
+        f"{GATED_METRIC_NAMES[m]} {difference[m]['every concept kept']:+.4f} (se {difference[m]['se']:.4f}; "
+        f"by quadrature {difference[m]['by hand']:+.4f})"
+        for m in GATED_METRIC_NAMES
+    )
+    null_check = ", ".join(
+        f"{GATED_METRIC_NAMES[m]} {null[m]['every concept kept']:+.5f} (se {null[m]['se']:.5f})"
+        for m in GATED_METRIC_NAMES
+    )
+    truth_documents, (first, last) = settings["truth documents"], settings["truth seeds"]
+    chunks = last - first + 1
+    lines = [
+        f"{_planted_source(study, source)}: {settings['documents']} test documents (the toy default run's), "
+        f"two arms scoring the same tokens, {len(concepts)} concepts: {len(concepts) - len(near)} with "
+        f"Poisson(15) positives in every document and {len(near)} near the gate, positives in a share of the "
+        "documents only, 1 + Poisson(20 · Pareto(1.5)) of them (a few documents carry most); Poisson(50) "
+        "negatives per document; per concept and document a difficulty (normal on the logit of the hit rate, "
+        f"sd {settings['difficulty sd (common, near the gate)'][0]:g} for the common concepts and "
+        f"{settings['difficulty sd (common, near the gate)'][1]:g} near the gate) and a false-alarm shift "
+        f"(sd {settings['false-alarm shift sd']:g}), both shared by the arms. The gate is the pipeline's: "
+        f"`compare` runs on the planted counts (at least {settings['min documents (the gate)']} test documents "
+        f"with positives and {settings['min documents (the gate)']} with negatives in each arm, "
+        f"`concept_gate`) and gives the {pipeline} interval, and the other methods bootstrap the same statistic "
+        "(`_difference_statistic` over the kept concepts, the same seed and resamples). Near the gate, by share "
+        f"of documents (planted difference): {kept}. Truth: each concept's difference of the scores of its "
+        f"counts summed over {truth_documents:,} documents of the same generator ({chunks} chunks of "
+        f"{truth_documents // chunks:,}, seeds {first}–{last}; se from the spread of the chunks' own "
+        "differences), a seed's truth the mean over the concepts its gate keeps; with every "
+        f"concept kept: {truths}. The planted null scores arm b with arm a's rates, so its truth is 0 by "
+        f"construction (the large sample: {null_check}).",
+        "",
+        "Coverage ± binomial se (the estimate's median position in its interval, 0 its low end, 1 its high "
+        "end; misses with the truth above / below the interval). Binomial se of a rate at the nominal 0.95 "
+        f"over {study['seeds']} seeds: {math.sqrt(0.95 * 0.05 / study['seeds']):.3f}.",
+        "",
+        "| cell | method | " + " | ".join(GATED_METRIC_NAMES.values()) + " |",
+        "|---|---|" + "---|" * len(GATED_METRIC_NAMES),
+    ]
+    for cell in settings["cells"]:
+        for method in ("percentile", "basic", "BCa"):
+            label = f"{method} (the pipeline's)" if method == pipeline else method
+            cells = " | ".join(_gated_cell(study, f"{cell}, {method}, {m}") for m in GATED_METRIC_NAMES)
+            lines.append(f"| {cell} | {label} | {cells} |")
+    verdicts = [_gated_verdict(study, cell, m) for cell in settings["cells"] for m in GATED_METRIC_NAMES]
+    lines += ["", "; ".join(verdicts) + "."]
+    return "\n".join(lines)
+
+
 def _rho_cell(study: dict[str, Any], key: str) -> str:
     """A table cell of the drivers' rho study: coverage (the estimate's median position)."""
     return f"{study['rates'][key]['rate']:.3f} ({study['median position of the estimate'][key]:.2f})"
@@ -1319,8 +1453,18 @@ class DriversBlock(Block):
         return drivers_markdown(results, self.source, _planted_if_any(root) or {})
 
 
+@dataclass(frozen=True)
+class DefaultBlock(Block):
+    """The README's main results block: the default run's findings, with the planted coverage of its
+    held-out intervals."""
+
+    def markdown(self, root: Path = Path(".")) -> str:
+        results = json.loads((root / self.source).read_text())
+        return results_markdown(results, self.source, _planted_if_any(root))
+
+
 BLOCKS = (
-    Block("default", "docs/results/toy_default.json", results_markdown),
+    DefaultBlock("default", "docs/results/toy_default.json", results_markdown),
     DriversBlock("drivers", "docs/results/toy_drivers.json", drivers_markdown),
     Block("explain", "docs/results/toy_explain.json", findings_markdown),
     Block("jsd_error", "docs/results/jsd_reference_error.json", jsd_error_markdown, "docs/METHODS.md"),
@@ -1331,6 +1475,9 @@ BLOCKS = (
     Block("planted_labels_methods", PLANTED, planted_labels_markdown, "docs/METHODS.md"),
     Block("planted_held_out_draws", PLANTED, planted_held_out_draws_markdown, "docs/METHODS.md"),
     Block("planted_interval_methods", PLANTED, planted_interval_methods_markdown, "docs/METHODS.md"),
+    Block(
+        "planted_gated_interval_methods", PLANTED, planted_gated_interval_methods_markdown, "docs/METHODS.md"
+    ),
     Block("planted_driver_domain", PLANTED, planted_driver_domain_markdown, "docs/METHODS.md"),
     Block("planted_rho_methods", PLANTED, planted_rho_methods_markdown, "docs/METHODS.md"),
     Block("planted_excess", PLANTED, planted_excess_markdown, "docs/METHODS.md"),

@@ -117,9 +117,10 @@ def _held_out_finding(records: list[dict], what: str) -> str:
         f"**Probing, held-out protocol, {what}** (unit chosen on selection documents, expert minus control "
         f"at k = 1 on {_count(lead.get('n_documents'))} test documents{_with_positives(lead)}, "
         f"{METRIC_NAMES[LEAD_METRIC]} first, class-balanced F1 in brackets, nominal 95% document intervals: "
-        "percentile bootstraps, which under-cover when few documents hold the positives, except the "
-        "count-matched control's and its null-corrected difference's, t intervals over the control's random "
-        "draws and the documents; docs/METHODS.md, held-out protocol)"
+        "percentile bootstraps, except the count-matched control's and its null-corrected difference's, t "
+        "intervals over the control's random draws and the documents; docs/METHODS.md, held-out protocol, "
+        "gives their planted coverage with the per-concept gate, the regime of these numbers, and without it, "
+        "where concepts whose positives sit in few documents make them under-cover)"
     )
     counts = f"{_count(lead.get('n_concepts'))} concepts kept" + (
         f", {_count(lead['n_concepts_dropped'])} dropped by the gate"
