@@ -203,7 +203,10 @@ def test_the_methods_block_and_the_readme_follow_the_measured_rates():
 
     text = planted_gated_interval_methods_markdown(_planted(900, 950), "p.json")
     assert "| planted difference | percentile (the pipeline's) | 0.900 ± 0.009 (0.50; 100 / 0) |" in text
-    assert "kept in 687 of 1000 seeds, its positives in 20–47 documents over the seeds (median 32)" in text
+    assert (
+        "in a share 0.26: kept in 687 of 1000 seeds, its positives in 20–47 documents over the seeds (median 32)"
+        in text
+    )
     assert "percentile 900 of 1000 seeds (0.900, binomial se 0.009), below the nominal 0.95" in text
     assert "basic and BCa cover more often" in text
     study = _planted(900, 950)["studies"]["gated_interval_method_coverage"]
@@ -213,5 +216,7 @@ def test_the_methods_block_and_the_readme_follow_the_measured_rates():
     text = planted_gated_interval_methods_markdown(_planted(948, 900), "p.json")
     assert "percentile 948 of 1000 seeds (0.948, binomial se 0.007), within two binomial" in text
     assert "basic cover less often" in text and "cover more often" not in text
+    text = planted_gated_interval_methods_markdown(_planted(948, 945), "p.json")
+    assert "no other method differs from it by more than two standard errors of the difference" in text
     readme = _gated_coverage(_planted(948, 900)["studies"]["gated_interval_method_coverage"], {124})
     assert readme.endswith("; each within two binomial standard errors (±0.014) of the nominal 0.95)")

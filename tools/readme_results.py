@@ -1090,6 +1090,8 @@ def _gated_verdict(study: dict[str, Any], cell: str, metric: str) -> str:
         text += (
             f"; {' and '.join(worse)} cover less often (by more than two standard errors of the difference)"
         )
+    if not better and not worse:
+        text += "; no other method differs from it by more than two standard errors of the difference"
     return text
 
 
@@ -1102,8 +1104,8 @@ def planted_gated_interval_methods_markdown(results: dict[str, Any], source: str
     concepts = settings["concepts"]
     near = {n: c for n, c in concepts.items() if c["share of documents with positives"] < 1}
     gate = study["gate"]["planted difference"]
-    kept = ", ".join(
-        f"{c['share of documents with positives']:g}: kept in {gate['seeds keeping each concept'][n]} of "
+    kept = "; ".join(
+        f"in a share {c['share of documents with positives']:g}: kept in {gate['seeds keeping each concept'][n]} of "
         f"{study['seeds']} seeds, its positives in {gate['documents with positives per concept'][n]['min']}–"
         f"{gate['documents with positives per concept'][n]['max']} documents over the seeds (median "
         f"{gate['documents with positives per concept'][n]['median']:g})"
@@ -1133,8 +1135,8 @@ def planted_gated_interval_methods_markdown(results: dict[str, Any], source: str
         f"`compare` runs on the planted counts (at least {settings['min documents (the gate)']} test documents "
         f"with positives and {settings['min documents (the gate)']} with negatives in each arm, "
         f"`concept_gate`) and gives the {pipeline} interval, and the other methods bootstrap the same statistic "
-        "(`_difference_statistic` over the kept concepts, the same seed and resamples). Near the gate, by share "
-        f"of documents (planted difference): {kept}. Truth: each concept's difference of the scores of its "
+        "(`_difference_statistic` over the kept concepts, the same seed and resamples). The concepts near the "
+        f"gate, on the planted difference, by the share of documents holding their positives: {kept}. Truth: each concept's difference of the scores of its "
         f"counts summed over {truth_documents:,} documents of the same generator ({chunks} chunks of "
         f"{truth_documents // chunks:,}, seeds {first}–{last}; se from the spread of the chunks' own "
         "differences), a seed's truth the mean over the concepts its gate keeps; with every "
