@@ -463,3 +463,43 @@ def test_without_the_report_halfs_routing_the_partial_rho_is_unavailable_and_the
     assert (table["partial spearman unavailable"] == NO_FREQUENCY).all()
     text = DriversResult._domain_finding(SimpleNamespace(domain_overlap=comparison))
     assert "the association is not established beyond routing frequency" in text
+
+
+@pytest.mark.parametrize(
+    ("partial", "basic", "verdict"),
+    [
+        ((-0.30, -0.45, -0.15), (-0.45, -0.15), "the association holds beyond routing frequency"),
+        ((-0.10, -0.29, -0.03), (-0.17, +0.09), "percentile and basic intervals disagree about excluding 0"),
+        (
+            (-0.05, -0.20, +0.10),
+            (-0.20, +0.10),
+            "the association is not established beyond routing frequency",
+        ),
+        ((+0.30, +0.15, +0.45), (+0.15, +0.45), "(the sign reverses"),
+    ],
+)
+def test_the_frequency_verdict_follows_the_partial_rhos_intervals(partial, basic, verdict):
+    from tl_moe.pipeline.results.drivers_findings import _frequency_control
+
+    row = {}
+    for prefix, (estimate, low, high), (basic_low, basic_high) in (
+        ("spearman", (-0.46, -0.53, -0.39), (-0.52, -0.39)),
+        ("partial spearman", partial, basic),
+        ("score–frequency spearman", (-0.5, -0.6, -0.4), (-0.6, -0.4)),
+        ("effect–frequency spearman", (0.7, 0.6, 0.8), (0.6, 0.8)),
+    ):
+        row.update(
+            {
+                prefix: estimate,
+                f"{prefix} ci low": low,
+                f"{prefix} ci high": high,
+                f"{prefix} bootstrap bias": 0.0,
+                f"{prefix} basic ci low": basic_low,
+                f"{prefix} basic ci high": basic_high,
+                f"{prefix} unavailable": "",
+                f"{prefix} interval unavailable": "",
+            }
+        )
+    text = _frequency_control(pd.Series(row))
+    assert verdict in text
+    assert f"partial ρ = {partial[0]:+.2f} [{partial[1]:+.2f}, {partial[2]:+.2f}]" in text

@@ -37,7 +37,7 @@ Experts too small to get a domain score are left out of both (they are listed by
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -74,9 +74,15 @@ halves (selection and report), the documents the domain score and the effect are
 NO_FREQUENCY = "no per-document routing of both halves given"
 """Why the partial ρ is undefined without the routed slots of the selection- and report-half documents."""
 
-#: The ρ of each table row, by the prefix of its columns: the domain score with the effect, the same given
-#: routing frequency (partial), and each of the two with routing frequency (the confound's size).
-RHO_COLUMNS = ("spearman", "partial spearman", "score–frequency spearman", "effect–frequency spearman")
+#: The ρ of each table row, by the prefix of its columns, with its name in an unavailable interval's
+#: reason: the domain score with the effect, the same given routing frequency (partial), and each of the
+#: two with routing frequency (the confound's size).
+RHO_COLUMNS = {
+    "spearman": "the domain score–effect Spearman ρ",
+    "partial spearman": "the partial ρ given routing frequency",
+    "score–frequency spearman": "the domain score–routing frequency Spearman ρ",
+    "effect–frequency spearman": "the effect–routing frequency Spearman ρ",
+}
 
 
 @dataclass(frozen=True)
@@ -359,7 +365,7 @@ def _spearman_intervals(
         n_resamples=n_resamples,
         seed=seed,
         on_too_few="unavailable",
-        what="the domain score–effect Spearman ρ",
+        what=RHO_COLUMNS["spearman"],
         method=RHO_METHOD,
         strata=halves,
         min_clusters=min_documents,
@@ -550,9 +556,12 @@ def _group_columns(
         "effect–frequency spearman": _why_no_frequency_rho(y, frequency),
     }
     columns: dict[str, object] = {}
-    for i, prefix in enumerate(RHO_COLUMNS):
+    for i, (prefix, name) in enumerate(RHO_COLUMNS.items()):
         if intervals is not None and i < len(intervals):
-            columns.update(_rho_columns(prefix, math.nan, intervals[i], why[prefix], ""))
+            own = intervals[i]
+            if own.reason and "degenerate" in own.reason:  # the bootstrap names the ρ it ran for
+                own = replace(own, reason=own.reason.replace(RHO_COLUMNS["spearman"], name))
+            columns.update(_rho_columns(prefix, math.nan, own, why[prefix], ""))
         elif prefix == "spearman":
             rho = math.nan if why[prefix] else float(scipy.stats.spearmanr(x, y).statistic)
             columns.update(_rho_columns(prefix, rho, None, why[prefix], NO_DOCUMENTS))
