@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.spatial.distance
+import scipy.special
 import scipy.stats
 import torch
 from jaxtyping import Float, Int
@@ -345,10 +346,40 @@ EFFECT = "remove: effect (report)"
 #: The planted kinds of the domain-score study: how each expert's expected removal effect (per token)
 #: follows its population domain score (``link`` × score + ``spread`` × a normal draw per expert; both
 #: 0: every expert's expected effect is the same, rho's truth 0) and the tokens per document (a range).
+#: The confounded kinds give the experts unequal routing: routing weights ``exp(weight sd × a normal
+#: draw)``, a domain profile the flatter the more often the expert is routed (Dirichlet concentration
+#: ``0.7 × (weight / the layer's geometric-mean weight) ** flattening``), and an expected effect that
+#: adds ``frequency link ×`` the expert's population routing frequency × the layer's experts (1 at the
+#: mean frequency): domain score and effect both follow routing frequency; with ``link`` 0 there is no
+#: direct link (the partial rho's truth 0, the raw rho's not).
 DRIVER_DOMAIN_KINDS = {
     "null": {"link": 0.0, "spread": 0.0, "tokens": (20, 60)},
     "non-null": {"link": 0.3, "spread": 0.06, "tokens": (20, 60)},
     "non-null, 10× the tokens": {"link": 0.3, "spread": 0.06, "tokens": (200, 600)},
+    "confounded by routing frequency, no direct link": {
+        "link": 0.0,
+        "spread": 0.0,
+        "tokens": (20, 60),
+        "weight sd": 0.8,
+        "flattening": 2.0,
+        "frequency link": 0.1,
+    },
+    "confounded by routing frequency, with a direct link": {
+        "link": 0.15,
+        "spread": 0.03,
+        "tokens": (20, 60),
+        "weight sd": 0.8,
+        "flattening": 2.0,
+        "frequency link": 0.1,
+    },
+    "confounded by routing frequency, with a direct link, 10× the tokens": {
+        "link": 0.15,
+        "spread": 0.03,
+        "tokens": (200, 600),
+        "weight sd": 0.8,
+        "flattening": 2.0,
+        "frequency link": 0.1,
+    },
 }
 
 
@@ -358,7 +389,31 @@ def population_domain_scores(
     """``1 − H(π)/log D`` of each expert's expected routing rate per domain token (``π``: the rates
     normalized over the domains), computed by hand: the domain score on infinitely many documents."""
     shares = share / share.sum(-1, keepdims=True)
-    return 1.0 + (shares * np.log(shares)).sum(-1) / np.log(share.shape[-1])
+    return 1.0 + scipy.special.xlogy(shares, shares).sum(-1) / np.log(share.shape[-1])
+
+
+def routing_shares(
+    rng: np.random.Generator,
+    n_layers: int,
+    n_experts: int,
+    n_domains: int,
+    weight_sd: float,
+    flattening: float,
+) -> Float[np.ndarray, "layer expert domain"]:
+    """Each expert's share of each domain's routed slots in its layer. Equal routing (``weight_sd`` 0):
+    a Dirichlet(0.7) profile per expert, shared over the layer's experts in proportion. Unequal: routing
+    weights ``exp(weight_sd × z)`` and a Dirichlet profile of concentration ``0.7 × (weight / the layer's
+    geometric-mean weight) ** flattening`` (flatter for an expert routed more often), shared in proportion
+    to weight × profile."""
+    if weight_sd == 0:
+        profile = rng.dirichlet(np.full(n_domains, 0.7), (n_layers, n_experts))  # [layer, expert, domain]
+        return profile / profile.sum(1, keepdims=True)
+    z = rng.normal(size=(n_layers, n_experts))
+    log_weight = weight_sd * (z - z.mean(1, keepdims=True))
+    concentration = 0.7 * np.exp(flattening * log_weight)
+    draws = rng.gamma(np.repeat(concentration[..., None], n_domains, -1))
+    profile = np.exp(log_weight)[..., None] * draws / draws.sum(-1, keepdims=True)
+    return profile / profile.sum(1, keepdims=True)
 
 
 def driver_domain_case(
@@ -370,25 +425,32 @@ def driver_domain_case(
     n_layers: int = 2,
     n_experts: int = 16,
     n_domains: int = 3,
-) -> tuple[pd.DataFrame, pd.DataFrame, ReportDocuments, DomainRouting, Float[np.ndarray, "layer expert"]]:
-    """Drivers and domains frames, report documents and selection-half routing: each expert has a
-    profile over the domains (Dirichlet 0.7), a document routes ``2 × tokens`` slots (top-2) to the
-    experts in proportion to their profiles' share of its domain (Poisson counts), so an expert's routing
-    rate per domain token is that share. Each expert's expected removal effect per token is ``link ×``
-    its population domain score ``+ spread ×`` a normal draw; per report document its effect sum is
-    that times the document's tokens plus noise (sd 1 per token). Documents alternate between the
-    selection half (even) and the report half (odd). Returns the four inputs of
-    ``compare_drivers_with_domain_experts`` and ``[2, layer, expert]``: every expert's population domain
-    score (:func:`population_domain_scores`) and expected effect per token."""
+    **confound: float,
+) -> tuple[pd.DataFrame, pd.DataFrame, ReportDocuments, DomainRouting, Float[np.ndarray, "3 layer expert"]]:
+    """Drivers and domains frames, report documents and both halves' routing: each expert has a share of
+    each domain's slots (:func:`routing_shares`; ``confound``: ``weight sd``, ``flattening`` and
+    ``frequency link`` of :data:`DRIVER_DOMAIN_KINDS`, all 0 by default), a document routes
+    ``2 × tokens`` slots (top-2) to the experts by those shares (Poisson counts), so an expert's routing
+    rate per domain token is its share. Each expert's expected removal effect per token is ``link ×`` its
+    population domain score ``+ spread ×`` a normal draw ``+ frequency link ×`` its population routing
+    frequency × the layer's experts; per report document its effect sum is that times the document's
+    tokens plus noise (sd 1 per token). Documents alternate between the selection half (even) and the
+    report half (odd). Returns the four inputs of ``compare_drivers_with_domain_experts`` and
+    ``[3, layer, expert]``: every expert's population domain score (:func:`population_domain_scores`),
+    expected effect per token and population routing frequency (its mean share over the domains, whose
+    documents are equally many and equally long in expectation)."""
+    weight_sd, flattening = confound.get("weight sd", 0.0), confound.get("flattening", 0.0)
+    frequency_link = confound.get("frequency link", 0.0)
     rng = np.random.default_rng(seed)
     layers = np.repeat(np.arange(1, n_layers + 1), n_experts)
     experts = np.tile(np.arange(n_experts), n_layers)
     domain = np.arange(n_docs) % n_domains
     counts_all = rng.integers(*tokens, n_docs).astype(float)
-    profile = rng.dirichlet(np.full(n_domains, 0.7), (n_layers, n_experts))  # [layer, expert, domain]
-    share = profile / profile.sum(1, keepdims=True)  # each domain's slots shared over a layer's experts
+    share = routing_shares(rng, n_layers, n_experts, n_domains, weight_sd, flattening)
     routed = rng.poisson(2 * counts_all * share[..., domain]).astype(float)  # [layer, expert, document]
+    frequency = share.mean(-1)
     expected = link * population_domain_scores(share) + spread * rng.normal(size=(n_layers, n_experts))
+    expected = expected + frequency_link * frequency * n_experts
     selection, report = np.arange(0, n_docs, 2), np.arange(1, n_docs, 2)
     counts = counts_all[report]
     noise = rng.normal(0, 1.0, (n_layers, n_experts, len(report))) * np.sqrt(counts)
@@ -413,9 +475,14 @@ def driver_domain_case(
     )
     layer_ids = tuple(range(1, n_layers + 1))
     routing = DomainRouting(
-        layer_ids, routed[..., selection], domain[selection], n_domains, (routed[..., report] > 0).sum(-1)
+        layer_ids,
+        routed[..., selection],
+        domain[selection],
+        n_domains,
+        (routed[..., report] > 0).sum(-1),
+        routed[..., report],
     )
-    population = np.stack([population_domain_scores(share), expected])
+    population = np.stack([population_domain_scores(share), expected, frequency])
     return drivers, domains, ReportDocuments(layer_ids, sums, counts), routing, population
 
 
@@ -430,6 +497,26 @@ def domain_rho_truth(comparison, scores_and_effects: np.ndarray, layer: object) 
     rows, columns = experts["layer"].to_numpy(int)[picked] - 1, experts["expert"].to_numpy(int)[picked]
     score, effect = scores_and_effects[0][rows, columns], scores_and_effects[1][rows, columns]
     return 0.0 if np.ptp(effect) == 0 else float(scipy.stats.spearmanr(score, effect).statistic)
+
+
+def domain_partial_truth(comparison, population: np.ndarray, layer: object) -> float:
+    """The population partial rho of one row of the comparison's table, computed by hand: the experts'
+    population domain scores, expected effects and population routing frequencies over the experts in its
+    rho (the document gate) are ranked, the score's and the effect's ranks regressed on a line in the
+    frequency's ranks (least squares), and the Pearson correlation of the two residuals taken; 0 when
+    either residual vanishes (every expected effect the same, or the effect a monotone function of the
+    routing frequency: no link beyond it)."""
+    experts = comparison.experts
+    picked = experts["in ρ"].to_numpy(bool).copy()
+    if layer != "all":
+        picked &= experts["layer"].to_numpy() == layer
+    rows, columns = experts["layer"].to_numpy(int)[picked] - 1, experts["expert"].to_numpy(int)[picked]
+    score, effect, frequency = (scipy.stats.rankdata(values[rows, columns]) for values in population)
+    line = np.stack([np.ones_like(frequency), frequency], 1)
+    residuals = [values - line @ np.linalg.lstsq(line, values, rcond=None)[0] for values in (score, effect)]
+    if min(np.linalg.norm(r) for r in residuals) < 1e-9 * len(frequency):
+        return 0.0
+    return float(np.corrcoef(*residuals)[0, 1])
 
 
 def seed_clustered_rate(covered: Float[np.ndarray, "seed interval"], nominal: float) -> dict[str, Any]:
@@ -449,15 +536,65 @@ def seed_clustered_rate(covered: Float[np.ndarray, "seed interval"], nominal: fl
     }
 
 
+def power(hits: int, n: int) -> dict[str, Any]:
+    """``hits`` of ``n`` as a rate with its binomial standard error (no nominal level: a power)."""
+    r = hits / n
+    return {"rate": r, "hits": int(hits), "n": int(n), "se": math.sqrt(r * (1 - r) / n)}
+
+
+def _coverage_record(hits: dict[str, list[tuple[float, ...]]], kind: str, seeds: int) -> dict[str, Any]:
+    """One kind's coverage of one statistic per interval label: ``hits[label]`` holds per seed (covered,
+    position of the estimate in its interval, truth, estimate, truth above the interval)."""
+    record: dict[str, dict[str, Any]] = {
+        "rates": {},
+        "misses, truth above / below the interval": {},
+        "median position of the estimate": {},
+        "mean truth": {},
+        "mean estimate": {},
+    }
+    for label, rows in hits.items():
+        values = np.array(rows, dtype=float)
+        key, covered = f"{kind}, {label}", int(values[:, 0].sum())
+        above = int(values[:, 4].sum())
+        record["rates"][key] = rate(covered, seeds, CONFIDENCE)
+        record["misses, truth above / below the interval"][key] = {
+            "above": above,
+            "below": seeds - covered - above,
+        }
+        record["median position of the estimate"][key] = float(np.nanmedian(values[:, 1]))
+        record["mean truth"][key], record["mean estimate"][key] = (
+            float(values[:, 2].mean()),
+            float(np.nanmean(values[:, 3])),
+        )
+    covered = np.array([[row[0] for row in rows] for rows in hits.values()], dtype=float).T
+    record["every interval of a kind"] = {kind: seed_clustered_rate(covered, CONFIDENCE)}
+    return record
+
+
+def _interval_hit(row: pd.Series, prefix: str, truth: float) -> tuple[float, ...]:
+    """(covered, position of the estimate, truth, estimate, truth above the interval) of one ρ of a row."""
+    low, high, estimate = row[f"{prefix} ci low"], row[f"{prefix} ci high"], row[prefix]
+    position = (estimate - low) / (high - low) if high > low else math.nan
+    return (float(low <= truth <= high), position, truth, estimate, float(truth > high))
+
+
+def _merge(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The kinds' coverage records as one, each field a dict over every kind's keys."""
+    return {field: {k: v for record in records for k, v in record[field].items()} for field in records[0]}
+
+
 def driver_domain_rho(seeds: int, replicates: int) -> dict[str, Any]:
     """Coverage of rho's truth by ``compare_drivers_with_domain_experts``' document interval of Spearman's
     rho (domain score on the selection half vs removal effect on the report half, each half resampled
     within itself), per layer and over all layers, for each kind of :data:`DRIVER_DOMAIN_KINDS`: rates
-    per interval (independent seeds: binomial se), the median position of the estimate, the mean truth
-    and estimate, and per kind the share of all its intervals covered with a se over seeds."""
-    rates, positions, truths, estimates, pooled = {}, {}, {}, {}, {}
+    per interval (independent seeds: binomial se), the misses' direction, the median position of the
+    estimate, the mean truth and estimate, and per kind the share of all its intervals covered with a se
+    over seeds; the same for the partial rho given routing frequency against its truth
+    (:func:`domain_partial_truth`), and how often rho's interval excludes 0."""
+    raw, partial, excludes = [], [], {}
     for kind, planted in DRIVER_DOMAIN_KINDS.items():
-        hits: dict[str, list[tuple[bool, float, float, float]]] = {}
+        hits: dict[str, list[tuple[float, ...]]] = {}
+        partial_hits: dict[str, list[tuple[float, ...]]] = {}
         for seed in range(seeds):
             drivers, domains, documents, routing, truth = driver_domain_case(seed, **planted)
             comparison = compare_drivers_with_domain_experts(
@@ -466,24 +603,17 @@ def driver_domain_rho(seeds: int, replicates: int) -> dict[str, Any]:
             for _, row in comparison.table.iterrows():
                 label = "over all layers" if row["layer"] == "all" else f"layer {row['layer']}"
                 true = domain_rho_truth(comparison, truth, row["layer"])
-                low, high, rho = row["spearman ci low"], row["spearman ci high"], row["spearman"]
-                hits.setdefault(label, []).append(
-                    (bool(low <= true <= high), (rho - low) / (high - low), true, rho)
-                )
-        for label, rows in hits.items():
-            values = np.array(rows, dtype=float)
-            key = f"{kind}, {label}"
-            rates[key] = rate(int(values[:, 0].sum()), seeds, CONFIDENCE)
-            positions[key] = float(np.median(values[:, 1]))
-            truths[key], estimates[key] = float(values[:, 2].mean()), float(values[:, 3].mean())
-        covered = np.array([[row[0] for row in rows] for rows in hits.values()], dtype=float).T
-        pooled[kind] = seed_clustered_rate(covered, CONFIDENCE)
+                hits.setdefault(label, []).append(_interval_hit(row, "spearman", true))
+                true = domain_partial_truth(comparison, truth, row["layer"])
+                partial_hits.setdefault(label, []).append(_interval_hit(row, "partial spearman", true))
+                low, high = row["spearman ci low"], row["spearman ci high"]
+                excludes.setdefault(f"{kind}, {label}", []).append(bool(low > 0 or high < 0))
+        raw.append(_coverage_record(hits, kind, seeds))
+        partial.append(_coverage_record(partial_hits, kind, seeds))
     return {
-        "rates": rates,
-        "every interval of a kind": pooled,
-        "median position of the estimate": positions,
-        "mean truth": truths,
-        "mean estimate": estimates,
+        **_merge(raw),
+        "partial given routing frequency": _merge(partial),
+        "rho's interval excludes 0": {key: power(sum(v), len(v)) for key, v in excludes.items()},
         "settings": {
             "documents": 90,
             "domains": 3,
@@ -494,6 +624,8 @@ def driver_domain_rho(seeds: int, replicates: int) -> dict[str, Any]:
                 for kind, planted in DRIVER_DOMAIN_KINDS.items()
             },
             "se of every interval of a kind": "over seeds (each seed's share of its 3 intervals covered)",
+            "routing frequency": "each expert's share of its layer's routed slots on the documents of both halves",
+            "partial rho": "Pearson partial correlation of the ranks (score and effect given routing frequency)",
         },
     }
 

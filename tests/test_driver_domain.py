@@ -92,7 +92,12 @@ def planted_halves(
     layers = tuple(range(1, n_layers + 1))
     documents = ReportDocuments(layers, sums, counts)
     routing = DomainRouting(
-        layers, routed[..., selection], domain[selection], n_domains, (routed[..., report] > 0).sum(-1)
+        layers,
+        routed[..., selection],
+        domain[selection],
+        n_domains,
+        (routed[..., report] > 0).sum(-1),
+        routed[..., report],
     )
     drivers[EFFECT] = (sums.sum(-1) / counts.sum()).reshape(-1)  # the drivers frame's ratio
     return drivers, domains, documents, routing
@@ -303,3 +308,198 @@ def test_each_rho_row_carries_its_bias_position_basic_interval_and_the_documents
     plain = compare_drivers_with_domain_experts(*frames()).table
     assert plain["spearman basic ci low"].isna().all() and plain["spearman bootstrap bias"].isna().all()
     assert plain["report tokens per document (mean)"].isna().all()
+
+
+def rank_residual_partial(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> float:
+    """By hand: the ranks of x and y regressed on a line in the ranks of z (numpy least squares), then
+    the Pearson correlation of the two residuals."""
+    line = np.stack([np.ones(len(z)), scipy.stats.rankdata(z)], 1)
+    residuals = []
+    for values in (x, y):
+        ranks = scipy.stats.rankdata(values)
+        residuals.append(ranks - line @ np.linalg.lstsq(line, ranks, rcond=None)[0])
+    return float(np.corrcoef(*residuals)[0, 1])
+
+
+def study_kind(kind: str, seed: int, **changes):
+    from planted_script import planted_studies
+
+    studies = planted_studies()
+    return studies, studies.driver_domain_case(seed, **{**studies.DRIVER_DOMAIN_KINDS[kind], **changes})
+
+
+CONFOUND = "confounded by routing frequency, no direct link"
+DIRECT = "confounded by routing frequency, with a direct link"
+
+
+def test_routing_frequency_and_partial_rho_match_a_hand_computation():
+    _, (drivers, domains, documents, routing, _) = study_kind(DIRECT, seed=5)
+    result = compare_drivers_with_domain_experts(
+        drivers, domains, documents=documents, routing=routing, n_resamples=200
+    )
+    slots = routing.routed.sum(-1) + routing.report_routed.sum(-1)  # [layer, expert], both halves
+    frequency = slots / slots.sum(-1, keepdims=True)
+    np.testing.assert_allclose(result.experts["routing frequency"], frequency.reshape(-1), rtol=1e-12)
+    table, experts = result.table.set_index("layer"), result.experts
+    for layer in (1, 2, "all"):
+        rows = experts[experts["in ρ"] & ((experts["layer"] == layer) | (layer == "all"))]
+        x, y = rows["domain score (selection half)"].to_numpy(), rows[EFFECT].to_numpy()
+        z = rows["routing frequency"].to_numpy()
+        assert table.loc[layer, "partial spearman"] == pytest.approx(
+            rank_residual_partial(x, y, z), abs=1e-10
+        )
+        score_rho, effect_rho = scipy.stats.spearmanr(x, z).statistic, scipy.stats.spearmanr(y, z).statistic
+        assert table.loc[layer, "score–frequency spearman"] == pytest.approx(score_rho, abs=1e-12)
+        assert table.loc[layer, "effect–frequency spearman"] == pytest.approx(effect_rho, abs=1e-12)
+        for prefix in ("partial spearman", "score–frequency spearman", "effect–frequency spearman"):
+            row = table.loc[layer]
+            estimate, low, high = row[prefix], row[f"{prefix} ci low"], row[f"{prefix} ci high"]
+            assert low <= estimate + row[f"{prefix} bootstrap bias"] <= high
+            assert row[f"{prefix} basic ci low"] == pytest.approx(
+                np.clip(2 * estimate - high, -1, 1), abs=1e-12
+            )
+            assert row[f"{prefix} interval unavailable"] == ""
+
+
+def test_the_studys_partial_truth_is_the_pairwise_formula_and_zero_for_a_confound_only():
+    """The study's truth (rank residuals by least squares) against the textbook partial-correlation
+    formula of the three Spearman ρ; with no direct link the effect is monotone in routing frequency and
+    the truth is 0 while the raw ρ's truth is far from it."""
+    studies, (drivers, domains, documents, routing, population) = study_kind(DIRECT, seed=2)
+    comparison = compare_drivers_with_domain_experts(
+        drivers, domains, documents=documents, routing=routing, n_resamples=20
+    )
+    score, effect, frequency = (values.reshape(-1) for values in population)
+    r = {
+        pair: scipy.stats.spearmanr(a, b).statistic
+        for pair, (a, b) in {
+            "se": (score, effect),
+            "sf": (score, frequency),
+            "ef": (effect, frequency),
+        }.items()
+    }
+    formula = (r["se"] - r["sf"] * r["ef"]) / np.sqrt((1 - r["sf"] ** 2) * (1 - r["ef"] ** 2))
+    assert comparison.experts["in ρ"].all()
+    assert studies.domain_partial_truth(comparison, population, "all") == pytest.approx(formula, abs=1e-10)
+    studies, (drivers, domains, documents, routing, population) = study_kind(CONFOUND, seed=2)
+    comparison = compare_drivers_with_domain_experts(
+        drivers, domains, documents=documents, routing=routing, n_resamples=20
+    )
+    assert studies.domain_partial_truth(comparison, population, "all") == 0.0
+    assert studies.domain_rho_truth(comparison, population, "all") < -0.5
+
+
+def test_a_confound_only_gives_a_raw_rho_away_from_zero_and_a_partial_rho_covering_zero():
+    """Domain score and effect both follow routing frequency, no direct link: the raw ρ's interval
+    excludes 0 while the partial ρ's covers 0 in most seeds (the study measures the rates over more)."""
+    excluded, covered, partials = [], [], []
+    for seed in range(25):
+        _, (drivers, domains, documents, routing, _) = study_kind(CONFOUND, seed)
+        table = compare_drivers_with_domain_experts(
+            drivers, domains, documents=documents, routing=routing, n_resamples=200, seed=seed
+        ).table
+        excluded.extend(table["spearman ci high"] < 0)
+        covered.extend((table["partial spearman ci low"] <= 0) & (0 <= table["partial spearman ci high"]))
+        partials.extend(table["partial spearman"])
+    assert np.mean(excluded) >= 0.9, np.mean(excluded)
+    assert np.mean(covered) >= 0.85, np.mean(covered)
+    assert abs(np.mean(partials)) < 0.15, np.mean(partials)
+
+
+def test_a_direct_link_under_the_confound_is_found_by_the_partial_rho():
+    """With a direct link on top of the confound (and 10× the tokens, so the scores are measured
+    precisely), the partial ρ lies near its hand-computed truth, which is far from the raw ρ."""
+    gaps, raw, partial = [], [], []
+    for seed in range(15):
+        studies, (drivers, domains, documents, routing, population) = study_kind(
+            DIRECT, seed, tokens=(200, 600)
+        )
+        comparison = compare_drivers_with_domain_experts(
+            drivers, domains, documents=documents, routing=routing, n_resamples=100, seed=seed
+        )
+        total = comparison.table.set_index("layer").loc["all"]
+        gaps.append(total["partial spearman"] - studies.domain_partial_truth(comparison, population, "all"))
+        raw.append(total["spearman"])
+        partial.append(total["partial spearman"])
+    assert abs(np.mean(gaps)) < 0.05 and np.std(gaps) < 0.15, gaps
+    assert np.mean(partial) > 0.3 and abs(np.mean(raw)) < 0.15, (np.mean(partial), np.mean(raw))
+
+
+def test_the_finding_states_the_partial_rho_and_follows_it():
+    from types import SimpleNamespace
+
+    from tl_moe.pipeline.sections.drivers import DriversResult
+
+    texts = {}
+    for kind, seed in ((CONFOUND, 1), (DIRECT, 1)):
+        _, (drivers, domains, documents, routing, _) = study_kind(kind, seed, tokens=(200, 600))
+        comparison = compare_drivers_with_domain_experts(
+            drivers, domains, documents=documents, routing=routing, n_resamples=200, seed=seed
+        )
+        total = comparison.table.set_index("layer").loc["all"]
+        texts[kind] = DriversResult._domain_finding(SimpleNamespace(domain_overlap=comparison))
+        assert f"partial ρ = {total['partial spearman']:+.2f} [" in texts[kind]
+        assert f"with the removal effect {total['effect–frequency spearman']:+.2f} [" in texts[kind]
+        covers = total["partial spearman ci low"] <= 0 <= total["partial spearman ci high"]
+        assert covers == (kind == CONFOUND)
+    assert "the association is not established beyond routing frequency" in texts[CONFOUND]
+    assert "beyond routing frequency the association is positive" in texts[DIRECT]
+    assert "not established" not in texts[DIRECT]
+
+
+def test_without_the_report_halfs_routing_the_partial_rho_is_unavailable_and_the_finding_says_so():
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from tl_moe.analysis.driver_domain import NO_FREQUENCY
+    from tl_moe.pipeline.sections.drivers import DriversResult
+
+    drivers, domains, documents, routing = planted_halves(seed=3, slope=0.5)
+    comparison = compare_drivers_with_domain_experts(
+        drivers, domains, documents=documents, routing=replace(routing, report_routed=None), n_resamples=50
+    )
+    table = comparison.table
+    assert table["spearman ci low"].notna().all() and table["partial spearman"].isna().all()
+    assert (table["partial spearman unavailable"] == NO_FREQUENCY).all()
+    text = DriversResult._domain_finding(SimpleNamespace(domain_overlap=comparison))
+    assert "the association is not established beyond routing frequency" in text
+
+
+@pytest.mark.parametrize(
+    ("partial", "basic", "verdict"),
+    [
+        ((-0.30, -0.45, -0.15), (-0.45, -0.15), "the association holds beyond routing frequency"),
+        ((-0.10, -0.29, -0.03), (-0.17, +0.09), "percentile and basic intervals disagree about excluding 0"),
+        (
+            (-0.05, -0.20, +0.10),
+            (-0.20, +0.10),
+            "the association is not established beyond routing frequency",
+        ),
+        ((+0.30, +0.15, +0.45), (+0.15, +0.45), "(the sign reverses"),
+    ],
+)
+def test_the_frequency_verdict_follows_the_partial_rhos_intervals(partial, basic, verdict):
+    from tl_moe.pipeline.results.drivers_findings import _frequency_control
+
+    row = {}
+    for prefix, (estimate, low, high), (basic_low, basic_high) in (
+        ("spearman", (-0.46, -0.53, -0.39), (-0.52, -0.39)),
+        ("partial spearman", partial, basic),
+        ("score–frequency spearman", (-0.5, -0.6, -0.4), (-0.6, -0.4)),
+        ("effect–frequency spearman", (0.7, 0.6, 0.8), (0.6, 0.8)),
+    ):
+        row.update(
+            {
+                prefix: estimate,
+                f"{prefix} ci low": low,
+                f"{prefix} ci high": high,
+                f"{prefix} bootstrap bias": 0.0,
+                f"{prefix} basic ci low": basic_low,
+                f"{prefix} basic ci high": basic_high,
+                f"{prefix} unavailable": "",
+                f"{prefix} interval unavailable": "",
+            }
+        )
+    text = _frequency_control(pd.Series(row))
+    assert verdict in text
+    assert f"partial ρ = {partial[0]:+.2f} [{partial[1]:+.2f}, {partial[2]:+.2f}]" in text

@@ -575,25 +575,42 @@ DOMAIN_FINDING = "**Drivers vs domain experts**"
 
 
 def _domain_regimes(results: dict[str, Any], planted: dict[str, Any] | None) -> str:
-    """The run's mean tokens per report document beside the document lengths of the planted study of the
-    domain-score ρ (the run's mean left out where its results lack it)."""
+    """The document lengths of the planted study of the domain-score ρ (the finding itself names the run's
+    mean tokens per report document) and, where the study has it, its confounded case's raw and partial
+    intervals."""
     study = (planted or {}).get("studies", {}).get("driver_domain_rho")
     if study is None:
         return ""
     regimes: dict[tuple[int, int], list[str]] = {}
     for kind, planted_kind in study["settings"]["kinds"].items():
         regimes.setdefault(tuple(planted_kind["tokens"]), []).append(kind)
-    shown = " vs ".join(f"{low}–{high - 1} ({', '.join(kinds)})" for (low, high), kinds in regimes.items())
-    metrics = results.get("sections", {}).get("drivers", {}).get("metrics", {})
-    tokens = metrics.get("Spearman(domain score, removal effect) | report tokens per document (mean)")
-    run = (
-        f"This run's report documents have a mean {tokens:.0f} scored tokens; the"
-        if is_defined(tokens)
-        else "The"
-    )
+    shown = " vs ".join(f"{low}–{high - 1} ({'; '.join(kinds)})" for (low, high), kinds in regimes.items())
     return (
-        f" {run} planted study of this ρ (`driver_domain_rho`, docs/METHODS.md) measured its coverage at "
-        f"{shown} tokens per document."
+        f" The planted study of this ρ (`driver_domain_rho`, docs/METHODS.md) measured its coverage at "
+        f"{shown} tokens per document.{_confound_summary(study)}"
+    )
+
+
+def _confound_summary(study: dict[str, Any]) -> str:
+    """The planted confound without a direct link, pooled over layers: how often the raw ρ's interval
+    excludes 0 and the partial ρ's covers its truth 0 (empty for results without it)."""
+    kind = next(
+        (
+            kind
+            for kind, planted in study["settings"]["kinds"].items()
+            if planted.get("weight sd") and not planted["link"] and not planted["spread"]
+        ),
+        None,
+    )
+    if kind is None or "partial given routing frequency" not in study:
+        return ""
+    key = f"{kind}, over all layers"
+    excludes, partial = study["rho's interval excludes 0"][key], study["partial given routing frequency"]
+    return (
+        " Where domain score and effect both follow routing frequency with no direct link (planted), the "
+        f"pooled raw ρ's interval excludes 0 in {planted_rate(excludes)} and the partial ρ's covers its "
+        f"truth 0 in {planted_rate(partial['rates'][key])}, {against_nominal(partial['rates'][key])}"
+        f"{_miss_direction(partial, key)}."
     )
 
 
@@ -953,31 +970,129 @@ def _seed_clustered(record: dict[str, Any]) -> str:
     )
 
 
+def _domain_kind_what(planted: dict[str, Any]) -> str:
+    """What one planted kind of the domain-score study plants, in words."""
+    direct = f"{planted['link']:g} × the population domain score + a normal draw per expert of sd {planted['spread']:g}"
+    if not planted.get("weight sd"):
+        if planted["link"] == 0 and planted["spread"] == 0:
+            return "every expert's expected effect the same, ρ's truth 0"
+        return f"expected effect per token {direct}"
+    return (
+        f"routing weights exp({planted['weight sd']:g} × a normal draw), each expert's domain profile the "
+        f"flatter the more often it is routed (Dirichlet concentration 0.7 × (weight / the layer's geometric "
+        f"mean) ^ {planted['flattening']:g}), expected effect per token {planted['frequency link']:g} × the "
+        "routing frequency × the layer's experts"
+        + (
+            ", no direct link (the partial ρ's truth 0)"
+            if planted["link"] == 0 and planted["spread"] == 0
+            else f" + {direct}"
+        )
+    )
+
+
+def _coverage_parts(record: dict[str, Any], kind: str, labels: list[str], with_truth: bool) -> list[str]:
+    """Each interval of one kind against its truth: the rate, against the nominal, the misses' direction,
+    the estimate's median position and (``with_truth``) the mean truth and estimate."""
+    parts = []
+    for label in labels:
+        key = f"{kind}, {label}"
+        r = record["rates"][key]
+        part = (
+            f"{label} {planted_rate(r)}, {against_nominal(r)}{_miss_direction(record, key)}, the estimate at "
+        )
+        part += f"a median {record['median position of the estimate'][key]:.2f} of its interval"
+        if with_truth:
+            part += f" (mean truth {record['mean truth'][key]:+.3f}, mean estimate {record['mean estimate'][key]:+.3f})"
+        parts.append(part)
+    return parts
+
+
 def _domain_kind_text(kind: str, study: dict[str, Any]) -> str:
     """One planted kind of the domain-score study: each interval's coverage of its truth, the pooled
-    share with its se over seeds, and (away from 0) the mean truth, estimate and estimate's position."""
-    rates = {
-        label[len(kind) + 2 :]: r for label, r in study["rates"].items() if label.rsplit(", ", 1)[0] == kind
-    }
+    share with its se over seeds, and (away from 0) the mean truth, estimate and estimate's position; the
+    same for the partial ρ given routing frequency, and for a confounded kind how often ρ's interval
+    excludes 0 (each where the study's results have it)."""
+    labels = [label[len(kind) + 2 :] for label in study["rates"] if label.rsplit(", ", 1)[0] == kind]
     planted = study["settings"]["kinds"][kind]
     low, high = planted["tokens"]
-    what = (
-        "every expert's expected effect the same, ρ's truth 0"
-        if planted["link"] == 0 and planted["spread"] == 0
-        else f"expected effect per token {planted['link']:g} × the population domain score + a normal draw "
-        f"per expert of sd {planted['spread']:g}"
+    varied = bool(planted["link"] or planted["spread"] or planted.get("frequency link"))
+    text = (
+        f"**{kind}** ({_domain_kind_what(planted)}; {low}–{high - 1} tokens per document): ρ "
+        + "; ".join(_coverage_parts(study, kind, labels, varied))
+        + f"; all its intervals together {_seed_clustered(study['every interval of a kind'][kind])}"
     )
-    parts = []
-    for label, r in rates.items():
-        key = f"{kind}, {label}"
-        part = f"{label} {planted_rate(r)}, {against_nominal(r)}, the estimate at a median "
-        part += f"{study['median position of the estimate'][key]:.2f} of its interval"
-        if planted["link"] or planted["spread"]:
-            part += f" (mean truth {study['mean truth'][key]:+.3f}, mean estimate {study['mean estimate'][key]:+.3f})"
-        parts.append(part)
+    partial = study.get("partial given routing frequency")
+    if partial is None:
+        return text
+    text += (
+        "; partial ρ given routing frequency "
+        + "; ".join(_coverage_parts(partial, kind, labels, varied))
+        + f"; all its intervals together {_seed_clustered(partial['every interval of a kind'][kind])}"
+        + _partial_lean(study, kind, labels, planted)
+    )
+    if planted.get("weight sd"):
+        excludes = study["rho's interval excludes 0"]
+        text += "; ρ's interval excludes 0 in " + ", ".join(
+            f"{label} {planted_rate(excludes[f'{kind}, {label}'])}" for label in labels
+        )
+    return text
+
+
+def _sign(value: float) -> int:
+    return (value > 0) - (value < 0)
+
+
+def _partial_lean(study: dict[str, Any], kind: str, labels: list[str], planted: dict[str, Any]) -> str:
+    """For a confound with no direct link (the partial ρ's truth 0): the side every mean partial estimate
+    lies on, against the raw ρ's, where they all lie on one (empty otherwise)."""
+    if not planted.get("weight sd") or planted["link"] or planted["spread"]:
+        return ""
+    keys = [f"{kind}, {label}" for label in labels]
+    sides = {_sign(study["partial given routing frequency"]["mean estimate"][key]) for key in keys}
+    raw = {_sign(study["mean estimate"][key]) for key in keys}
+    if len(sides) != 1 or 0 in sides:
+        return ""
+    side = sides.pop()
+    text = f" (every mean partial estimate lies {'below' if side < 0 else 'above'} its truth 0"
+    if raw == {side}:
+        return (
+            f"{text}, on the raw ρ's side: a rank-linear control of a measured routing frequency removes "
+            "most, not all, of the confound)"
+        )
+    return f"{text})"
+
+
+def _attenuated(record: dict[str, Any], kinds: list[str]) -> list[str]:
+    """The kinds, other than the planted null, with an interval below the nominal rate and every mean
+    estimate nearer 0 than its mean truth, on the same side (attenuation)."""
+    found = []
+    for kind in kinds:
+        labels = [label for label in record["rates"] if label.rsplit(", ", 1)[0] == kind]
+        below = any(
+            record["rates"][k]["nominal"] - record["rates"][k]["rate"] > 2 * record["rates"][k]["nominal_se"]
+            for k in labels
+        )
+        nearer = all(
+            0 < record["mean estimate"][k] / record["mean truth"][k] < 1 if record["mean truth"][k] else False
+            for k in labels
+        )
+        if below and nearer and kind != "null":
+            found.append(kind)
+    return found
+
+
+def _partial_truth_text(study: dict[str, Any]) -> str:
+    """How the partial ρ's truth is computed (empty for results without the partial ρ)."""
+    if "partial given routing frequency" not in study:
+        return ""
     return (
-        f"**{kind}** ({what}; {low}–{high - 1} tokens per document): " + "; ".join(parts) + "; all "
-        f"its intervals together {_seed_clustered(study['every interval of a kind'][kind])}"
+        " Each expert's routing frequency is its share of its layer's routed slots on both halves' "
+        "documents (population: its mean share over the domains); the partial ρ given it is the Pearson "
+        "partial correlation of the ranks. The truth of each partial ρ is computed by hand from the "
+        "population values over the same experts: the domain scores' and expected effects' ranks regressed "
+        "on a line in the routing frequencies' ranks (least squares), the Pearson correlation of the two "
+        "residuals; 0 where the expected effect is constant or a monotone function of routing frequency "
+        "(no link beyond it)."
     )
 
 
@@ -997,34 +1112,26 @@ def planted_driver_domain_markdown(results: dict[str, Any], source: str) -> str:
         "Spearman's ρ of the experts' population domain scores and expected effects over the experts in "
         "that ρ. The binomial se of each interval's rate is over independent seeds; the pooled share of a "
         "kind has a se over seeds (each seed's share of its three intervals, which share its documents, "
-        "is one value). " + ". ".join(_domain_kind_text(kind, study) for kind in kinds) + "."
+        f"is one value).{_partial_truth_text(study)} "
+        + ". ".join(_domain_kind_text(kind, study) for kind in kinds)
+        + "."
     )
-    below = [
-        kind
-        for kind in kinds
-        if any(
-            r["nominal"] - r["rate"] > 2 * r["nominal_se"]
-            for label, r in study["rates"].items()
-            if label.rsplit(", ", 1)[0] == kind
-        )
-    ]
-    attenuated = [
-        kind
-        for kind in below
-        if all(
-            study["mean estimate"][label] < study["mean truth"][label]
-            for label in study["rates"]
-            if label.rsplit(", ", 1)[0] == kind
-        )
-        and kind != "null"
-    ]
+    attenuated = _attenuated(study, kinds)
     if attenuated:
         text += (
             " Where a non-null ρ's interval covers below the nominal rate ("
-            + ", ".join(attenuated)
-            + "), every mean estimate lies below its mean truth: the noise of the measured domain scores and "
-            "effects attenuates ρ, and the resampled ρ, noisier still, lies lower (the estimate sits above "
-            "mid-interval), so the interval understates a positive ρ; an interval above 0 remains evidence of one."
+            + "; ".join(attenuated)
+            + "), every "
+            "mean estimate lies nearer 0 than its mean truth: the noise of the measured domain scores and "
+            "effects attenuates ρ, and the resampled ρ, noisier still, lies nearer 0 again, so the interval "
+            "understates the size of ρ; an interval that excludes 0 remains evidence of a ρ of its sign."
+        )
+    partial = study.get("partial given routing frequency")
+    if partial is not None and _attenuated(partial, kinds):
+        text += (
+            " The partial ρ's intervals are attenuated the same way ("
+            + "; ".join(_attenuated(partial, kinds))
+            + ")."
         )
     return text
 

@@ -20,7 +20,16 @@ reports, per layer and over all layers:
   score were exact would be too narrow. The ρ is over the scored experts routed on at least
   :data:`~tl_moe.analysis.stats.RHO_MIN_EXPERT_DOCUMENTS` documents of each half (the document gate,
   decided on counts before resampling). Unavailable, with the reason, below
-  :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` documents or without per-document routing and effects.
+  :data:`~tl_moe.analysis.stats.MIN_DOCUMENTS` documents or without per-document routing and effects;
+- its routing-frequency control: an expert routed often can have both a larger removal effect and a
+  flatter, less domain-specific routing, so ρ could restate how often experts are routed. Each expert's
+  routing frequency (:data:`FREQUENCY`) is its share of its layer's routed slots on the documents of both
+  halves (those the two scores use); the partial ρ of domain score and effect given routing frequency is
+  the Pearson partial correlation of the three quantities' ranks (mid-ranks; the same as the Pearson
+  correlation of the residuals of the score's and the effect's ranks after a least-squares line on the
+  frequency's ranks), over the same experts. Each resample recomputes the three per-expert quantities
+  from the drawn documents, and the partial ρ, the score's ρ with frequency and the effect's ρ with
+  frequency get the same interval as ρ (the confound's size beside the controlled result).
 
 Experts too small to get a domain score are left out of both (they are listed by the domains analysis).
 """
@@ -28,7 +37,7 @@ Experts too small to get a domain score are left out of both (they are listed by
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -49,12 +58,31 @@ from tl_moe.analysis.stats import (
 __all__ = [
     "DomainRouting",
     "DriverDomainComparison",
+    "FREQUENCY",
+    "RHO_COLUMNS",
     "ReportDocuments",
     "compare_drivers_with_domain_experts",
 ]
 
 NO_DOCUMENTS = "no per-document routing and effects given"
 """Why the ρ has no interval when the caller gives only the per-expert scores and effects."""
+
+FREQUENCY = "routing frequency"
+"""The control of the partial ρ: each expert's share of its layer's routed slots on the documents of both
+halves (selection and report), the documents the domain score and the effect are measured on."""
+
+NO_FREQUENCY = "no per-document routing of both halves given"
+"""Why the partial ρ is undefined without the routed slots of the selection- and report-half documents."""
+
+#: The ρ of each table row, by the prefix of its columns, with its name in an unavailable interval's
+#: reason: the domain score with the effect, the same given routing frequency (partial), and each of the
+#: two with routing frequency (the confound's size).
+RHO_COLUMNS = {
+    "spearman": "the domain score–effect Spearman ρ",
+    "partial spearman": "the partial ρ given routing frequency",
+    "score–frequency spearman": "the domain score–routing frequency Spearman ρ",
+    "effect–frequency spearman": "the effect–routing frequency Spearman ρ",
+}
 
 
 @dataclass(frozen=True)
@@ -102,6 +130,8 @@ class DomainRouting:
             document must be left out by the caller.
         report_routing: ``[layer, expert]`` how many report-half documents (those of
             :class:`ReportDocuments`) route each expert, for the document gate.
+        report_routed: ``[layer, expert, document]`` routed slots on those report-half documents (in
+            their order), for the routing frequency (None: the partial ρ is undefined, :data:`NO_FREQUENCY`).
     """
 
     layers: tuple[int, ...]
@@ -109,6 +139,7 @@ class DomainRouting:
     domain: np.ndarray
     n_domains: int
     report_routing: np.ndarray
+    report_routed: Float[np.ndarray, "layer expert document"] | None = None
 
     @classmethod
     def from_saliency(cls, saliency, effects, domain_of_row: np.ndarray) -> DomainRouting:
@@ -133,6 +164,7 @@ class DomainRouting:
             domain,
             len(present),
             (routed[..., report] > 0).sum(-1),
+            routed[..., report],
         )
 
     def scores(self, weights: Float[np.ndarray, "batch document"]) -> Float[np.ndarray, "batch layer expert"]:
@@ -152,6 +184,19 @@ class DomainRouting:
         score = domain_scores(counts, torch.from_numpy(domain_tokens)[:, None, :]).numpy()
         return np.where(counts.sum(-1).numpy() > 0, score, 0.0)
 
+    def frequency(
+        self, weights: Float[np.ndarray, "batch document"]
+    ) -> Float[np.ndarray, "batch layer expert"]:
+        """Each expert's routing frequency (:data:`FREQUENCY`): its share of its layer's routed slots on
+        documents drawn ``weights`` times each, the selection-half documents first, then the report-half
+        ones (the columns of ``report_routed``)."""
+        n_selection = self.routed.shape[-1]
+        slots = np.einsum("bd,led->ble", weights[:, :n_selection], np.asarray(self.routed, np.float64))
+        slots += np.einsum(
+            "bd,led->ble", weights[:, n_selection:], np.asarray(self.report_routed, np.float64)
+        )
+        return slots / np.maximum(slots.sum(-1, keepdims=True), 1e-300)
+
 
 @dataclass(frozen=True)
 class DriverDomainComparison:
@@ -169,10 +214,16 @@ class DriverDomainComparison:
         experts in ρ), ``spearman experts left out (routed on too few documents)`` (the document
         gate), ``spearman domain score`` (the score column ρ uses) and ``spearman documents``
         (documents resampled, both halves; 0 without an interval) and ``report tokens per document
-        (mean)`` (the scored positions per report-half document, NaN without per-document effects).
+        (mean)`` (the scored positions per report-half document, NaN without per-document effects). The
+        same columns (estimate, ``ci low`` / ``high``, ``bootstrap bias``, ``position in interval``,
+        ``basic ci low`` / ``high``, ``unavailable``, ``interval unavailable``) with the prefixes
+        ``partial spearman`` (ρ given routing frequency), ``score–frequency spearman`` and
+        ``effect–frequency spearman`` (each score's ρ with routing frequency) on the same experts and
+        resamples (:data:`RHO_COLUMNS`; undefined, :data:`NO_FREQUENCY`, without both halves' routing).
     experts: one row per scored expert: layer, expert, domain score (every document), the domain score
         on the selection half (with per-document routing), favoured domain, effect, the two flags and
-        ``in ρ`` (passes the document gate) — the points of the scatter figure.
+        ``in ρ`` (passes the document gate) — the points of the scatter figure — and, with both halves'
+        routing, its ``routing frequency`` (:data:`FREQUENCY`).
     effect: the name of the effect column compared (e.g. ``"remove: effect (report)"``).
     score: the name of the domain-score column ρ uses.
     """
@@ -231,6 +282,42 @@ def _why_no_spearman(x: np.ndarray, y: np.ndarray) -> str:
     return ""
 
 
+def _rows_partial_spearman(
+    a: Float[np.ndarray, "batch n"], b: Float[np.ndarray, "batch n"], c: Float[np.ndarray, "batch n"]
+) -> Float[np.ndarray, " batch"]:
+    """The partial Spearman ρ of ``a[i]`` and ``b[i]`` given ``c[i]`` for each row ``i``: the Pearson partial
+    correlation of their mid-ranks, ``(ρ_ab − ρ_ac ρ_bc) / √((1 − ρ_ac²)(1 − ρ_bc²))`` (the correlation of
+    the residuals of ``a``'s and ``b``'s ranks after a least-squares line on ``c``'s ranks); NaN where a
+    ρ is undefined or ``a``'s or ``b``'s ranks follow ``c``'s exactly (a residual of 0)."""
+    from tl_moe.analysis.effect_estimate import _rows_spearman
+
+    r_ab, r_ac, r_bc = _rows_spearman(a, b), _rows_spearman(a, c), _rows_spearman(b, c)
+    denominator = (1 - r_ac**2) * (1 - r_bc**2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        partial = (r_ab - r_ac * r_bc) / np.sqrt(denominator)
+    return np.where(denominator > 1e-12, np.clip(partial, -1.0, 1.0), np.nan)
+
+
+def _group_rhos(
+    score: Float[np.ndarray, "batch n"],
+    effect: Float[np.ndarray, "batch n"],
+    frequency: Float[np.ndarray, "batch n"] | None,
+) -> list[Float[np.ndarray, " batch"]]:
+    """The ρ of :data:`RHO_COLUMNS` of one group of experts: ρ(score, effect) alone without a routing
+    frequency, else also the partial ρ given frequency and the score's and effect's ρ with frequency."""
+    from tl_moe.analysis.effect_estimate import _rows_spearman
+
+    rho = _rows_spearman(score, effect)
+    if frequency is None:
+        return [rho]
+    return [
+        rho,
+        _rows_partial_spearman(score, effect, frequency),
+        _rows_spearman(score, frequency),
+        _rows_spearman(effect, frequency),
+    ]
+
+
 def _spearman_intervals(
     scored: pd.DataFrame,
     groups: list[tuple[object, np.ndarray]],
@@ -243,35 +330,93 @@ def _spearman_intervals(
     """ρ(domain score on the selection half, effect on the report half) of each group of ``scored`` rows
     with its 95% bootstrap interval over the documents of both halves, stratified by half (each resample
     draws each half's documents within that half, as many as it has): every resample recomputes each
-    expert's domain score from the drawn selection-half documents and its effect from the drawn
-    report-half documents. One :class:`~tl_moe.analysis.stats.Interval` per group."""
-    from tl_moe.analysis.effect_estimate import _rows_spearman
-
+    expert's domain score from the drawn selection-half documents, its effect from the drawn report-half
+    documents and (with ``routing.report_routed``) its routing frequency from both, then each ρ of
+    :data:`RHO_COLUMNS`. One list of :class:`~tl_moe.analysis.stats.Interval` per group, in that order (ρ
+    alone without the report-half routing)."""
     row_of = {layer: i for i, layer in enumerate(documents.layers)}
     missing = sorted(set(scored["layer"]) - set(row_of) - set(routing.layers))
     if missing or documents.layers != routing.layers:
         raise ValueError("report documents and routing disagree on layers; give the drivers analysis' own.")
+    with_frequency = routing.report_routed is not None
+    if with_frequency and np.shape(routing.report_routed)[-1] != len(documents.counts):
+        raise ValueError(
+            "routing's report-half documents and the report documents differ in number; give the drivers "
+            "analysis' own (DomainRouting.from_saliency with the same effects)."
+        )
     li = scored["layer"].map(row_of).to_numpy(int)
     ei = scored["expert"].to_numpy(int)
     n_selection = routing.routed.shape[-1]
 
-    def statistic(weights: np.ndarray) -> np.ndarray:  # [batch, docs] -> [batch, groups]
+    def statistic(weights: np.ndarray) -> np.ndarray:  # [batch, docs] -> [batch, groups × statistics]
         score = routing.scores(weights[:, :n_selection])[:, li, ei]  # [batch, scored expert]
         effect = documents.effect(weights[:, n_selection:])[:, li, ei]
-        return np.stack([_rows_spearman(score[:, picked], effect[:, picked]) for _, picked in groups], axis=1)
+        frequency = routing.frequency(weights)[:, li, ei] if with_frequency else None
+        columns = []
+        for _, picked in groups:
+            part = None if frequency is None else frequency[:, picked]
+            columns += _group_rhos(score[:, picked], effect[:, picked], part)
+        return np.stack(columns, axis=1)
 
     halves = np.repeat([0, 1], [n_selection, len(documents.counts)])  # drawn within each half
-    return cluster_bootstrap(
+    intervals = cluster_bootstrap(
         statistic,
         n_selection + len(documents.counts),
         n_resamples=n_resamples,
         seed=seed,
         on_too_few="unavailable",
-        what="the domain score–effect Spearman ρ",
+        what=RHO_COLUMNS["spearman"],
         method=RHO_METHOD,
         strata=halves,
         min_clusters=min_documents,
     )
+    k = len(RHO_COLUMNS) if with_frequency else 1
+    return [intervals[g * k : (g + 1) * k] for g in range(len(groups))]
+
+
+def _why_no_frequency_rho(values: np.ndarray, frequency: np.ndarray | None) -> str:
+    """Why a score's ρ with routing frequency is undefined over these experts (empty when it is defined)."""
+    if frequency is None:
+        return NO_FREQUENCY
+    if len(frequency) >= 3 and np.ptp(frequency) == 0:
+        return "a constant routing frequency"
+    return _why_no_spearman(values, frequency)
+
+
+def _why_no_partial(x: np.ndarray, y: np.ndarray, frequency: np.ndarray | None) -> str:
+    """Why the partial ρ given routing frequency is undefined over these experts (empty when it is defined)."""
+    if frequency is None:
+        return NO_FREQUENCY
+    why = _why_no_spearman(x, y) or _why_no_frequency_rho(x, frequency)
+    if why:
+        return why
+    if np.isnan(_rows_partial_spearman(x[None], y[None], frequency[None])[0]):
+        return "the domain score's or the effect's ranks follow routing frequency's exactly"
+    return ""
+
+
+def _rho_columns(prefix: str, estimate: float, interval, why: str, no_interval: str) -> dict[str, object]:
+    """One ρ's columns of the table, named ``prefix``: the estimate, its percentile interval, bootstrap
+    bias, position in the interval, basic interval (same resamples, clipped to [−1, 1]), why it is
+    undefined and why it has no interval. ``interval`` None: no interval, for ``no_interval``."""
+    low = high = bias = math.nan
+    if why:
+        estimate, no_interval = math.nan, why
+    elif interval is not None:
+        estimate, low, high, bias = interval.estimate, interval.low, interval.high, interval.bias
+        no_interval = "" if interval.available else interval.reason
+    basic_low, basic_high = basic_interval(estimate, low, high, RHO_RANGE)
+    return {
+        prefix: estimate,
+        f"{prefix} ci low": low,
+        f"{prefix} ci high": high,
+        f"{prefix} bootstrap bias": bias,
+        f"{prefix} position in interval": interval_position(estimate, low, high),
+        f"{prefix} basic ci low": basic_low,
+        f"{prefix} basic ci high": basic_high,
+        f"{prefix} unavailable": why,
+        f"{prefix} interval unavailable": no_interval,
+    }
 
 
 def _gated(
@@ -341,12 +486,7 @@ def compare_drivers_with_domain_experts(
     intervals, gated = None, np.ones(len(scored), dtype=bool)
     if documents is not None and routing is not None:
         gated = _gated(scored, routing, documents, min_expert_documents)
-        row_of = {layer: i for i, layer in enumerate(routing.layers)}
-        ones = np.ones((1, routing.routed.shape[-1]))
-        own = routing.scores(ones)[0][
-            scored["layer"].map(row_of).to_numpy(int), scored["expert"].to_numpy(int)
-        ]
-        scored["domain score (selection half)"] = own
+        _add_selection_half_columns(scored, routing, len(documents.counts))
         intervals = _spearman_intervals(
             scored,
             [(layer, picked[gated[picked]]) for layer, picked in groups],
@@ -369,23 +509,6 @@ def compare_drivers_with_domain_experts(
         untestable = _why_untestable(n, n_drivers, n_domain)
         p = float(scipy.stats.hypergeom(n, n_domain, n_drivers).sf(both - 1)) if not untestable else math.nan
         in_rho = rows_of[rows_of["in ρ"]]
-        x, y = in_rho[compared].to_numpy(float), in_rho[effect].to_numpy(float)
-        why = _why_no_spearman(x, y)
-        bias = math.nan
-        if why:
-            rho, low, high, no_interval = math.nan, math.nan, math.nan, why
-        elif intervals is None:
-            rho, low, high, no_interval = (
-                float(scipy.stats.spearmanr(x, y).statistic),
-                math.nan,
-                math.nan,
-                NO_DOCUMENTS,
-            )
-        else:
-            interval = intervals[g]
-            rho, low, high, bias = interval.estimate, interval.low, interval.high, interval.bias
-            no_interval = "" if interval.available else interval.reason
-        basic_low, basic_high = basic_interval(rho, low, high, RHO_RANGE)
         rows.append(
             {
                 "layer": layer,
@@ -396,23 +519,55 @@ def compare_drivers_with_domain_experts(
                 "expected both": n_drivers * n_domain / n if n else math.nan,
                 "overlap p": p,
                 "overlap not testable": untestable,
-                "spearman": rho,
-                "spearman ci low": low,
-                "spearman ci high": high,
-                "spearman bootstrap bias": bias,
-                "spearman position in interval": interval_position(rho, low, high),
-                "spearman basic ci low": basic_low,
-                "spearman basic ci high": basic_high,
-                "spearman unavailable": why,
-                "spearman interval unavailable": no_interval,
+                **_group_columns(in_rho, compared, effect, None if intervals is None else intervals[g]),
                 "spearman experts": len(in_rho),
                 "spearman experts left out (routed on too few documents)": n - len(in_rho),
                 "spearman domain score": compared,
-                "spearman documents": 0 if intervals is None else intervals[g].n,
+                "spearman documents": 0 if intervals is None else intervals[g][0].n,
                 "report tokens per document (mean)": tokens,
             }
         )
     return DriverDomainComparison(pd.DataFrame(rows), scored, effect, compared)
+
+
+def _add_selection_half_columns(scored: pd.DataFrame, routing: DomainRouting, n_report: int) -> None:
+    """Each scored expert's domain score on the selection half and (with the report half's routing) its
+    routing frequency on both halves, as columns of ``scored`` (every document weighted once)."""
+    row_of = {layer: i for i, layer in enumerate(routing.layers)}
+    li, ei = scored["layer"].map(row_of).to_numpy(int), scored["expert"].to_numpy(int)
+    ones = np.ones((1, routing.routed.shape[-1]))
+    scored["domain score (selection half)"] = routing.scores(ones)[0][li, ei]
+    if routing.report_routed is not None:
+        both = np.ones((1, routing.routed.shape[-1] + n_report))
+        scored[FREQUENCY] = routing.frequency(both)[0][li, ei]
+
+
+def _group_columns(
+    in_rho: pd.DataFrame, compared: str, effect: str, intervals: list | None
+) -> dict[str, object]:
+    """The columns of every ρ of :data:`RHO_COLUMNS` over one group's experts in ρ: from the bootstrap's
+    ``intervals`` (one per ρ; ρ alone without routing frequency), or, without intervals, ρ descriptive."""
+    x, y = in_rho[compared].to_numpy(float), in_rho[effect].to_numpy(float)
+    frequency = in_rho[FREQUENCY].to_numpy(float) if FREQUENCY in in_rho and intervals else None
+    why = {
+        "spearman": _why_no_spearman(x, y),
+        "partial spearman": _why_no_partial(x, y, frequency),
+        "score–frequency spearman": _why_no_frequency_rho(x, frequency),
+        "effect–frequency spearman": _why_no_frequency_rho(y, frequency),
+    }
+    columns: dict[str, object] = {}
+    for i, (prefix, name) in enumerate(RHO_COLUMNS.items()):
+        if intervals is not None and i < len(intervals):
+            own = intervals[i]
+            if own.reason and "degenerate" in own.reason:  # the bootstrap names the ρ it ran for
+                own = replace(own, reason=own.reason.replace(RHO_COLUMNS["spearman"], name))
+            columns.update(_rho_columns(prefix, math.nan, own, why[prefix], ""))
+        elif prefix == "spearman":
+            rho = math.nan if why[prefix] else float(scipy.stats.spearmanr(x, y).statistic)
+            columns.update(_rho_columns(prefix, rho, None, why[prefix], NO_DOCUMENTS))
+        else:
+            columns.update(_rho_columns(prefix, math.nan, None, why[prefix] or NO_FREQUENCY, NO_FREQUENCY))
+    return columns
 
 
 def _why_untestable(n: int, n_drivers: int, n_domain: int) -> str:

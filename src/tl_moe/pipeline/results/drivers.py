@@ -161,6 +161,7 @@ class DriversResult(DriverFindings, DriverFigures, DriverOutcome, Result):
                 metrics["Spearman(domain score, removal effect) | all layers | no interval"] = total[
                     "spearman interval unavailable"
                 ]
+            metrics.update(_frequency_metrics(total))
         return metrics
 
     def records(self) -> dict[str, Any]:
@@ -179,3 +180,32 @@ class DriversResult(DriverFindings, DriverFigures, DriverOutcome, Result):
                 "paired with REAP": [] if self.paired is None else plain(self.paired),
             }
         }
+
+
+FREQUENCY_METRICS = {
+    "partial spearman": "Spearman(domain score, removal effect) given routing frequency (partial)",
+    "score–frequency spearman": "Spearman(domain score, routing frequency)",
+    "effect–frequency spearman": "Spearman(removal effect, routing frequency)",
+}
+"""The metric name of each routing-frequency ρ of the drivers vs domain experts table, by its column prefix."""
+
+
+def _frequency_metrics(total: pd.Series) -> dict[str, Any]:
+    """The pooled routing-frequency control of the domain-score ρ as metrics: each ρ with its interval,
+    basic interval, bootstrap bias and position (none for results without the control)."""
+    metrics: dict[str, Any] = {}
+    for prefix, name in FREQUENCY_METRICS.items():
+        if prefix not in total:
+            continue
+        key = f"{name} | all layers"
+        metrics[key] = rounded(total[prefix])
+        metrics[f"{key} | 95% CI"] = [rounded(total[f"{prefix} ci low"]), rounded(total[f"{prefix} ci high"])]
+        metrics[f"{key} | basic 95% CI"] = [
+            rounded(total[f"{prefix} basic ci low"]),
+            rounded(total[f"{prefix} basic ci high"]),
+        ]
+        metrics[f"{key} | bootstrap bias"] = rounded(total[f"{prefix} bootstrap bias"])
+        metrics[f"{key} | position in interval"] = rounded(total[f"{prefix} position in interval"])
+        if total[f"{prefix} interval unavailable"]:
+            metrics[f"{key} | no interval"] = total[f"{prefix} interval unavailable"]
+    return metrics

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from tl_moe.analysis.effect_estimate import POOLED_MINUS_WITHIN
@@ -258,7 +259,7 @@ class DriverFindings:
             if total["spearman domain score"] == "domain score"
             else ""
         )
-        rho += _domain_per_layer(self.domain_overlap.table)
+        rho += _frequency_control(total) + _domain_per_layer(self.domain_overlap.table)
         if total["overlap not testable"]:
             return (
                 f"**Drivers vs domain experts**: the overlap is not testable ({total['overlap not testable']} "
@@ -273,6 +274,86 @@ class DriverFindings:
         )
 
 
+FREQUENCY_TEXT = "each expert's share of its layer's routed slots on the documents of both halves"
+"""The routing frequency the partial ρ controls for, in words (:data:`~tl_moe.analysis.driver_domain.FREQUENCY`)."""
+
+
+def _signed(row, prefix: str) -> Signed:
+    """One ρ of the domain table's row (columns named ``prefix``), read for its sign like the paired table's."""
+    why = row.get(f"{prefix} unavailable") or row.get(f"{prefix} interval unavailable") or ""
+    return Signed(
+        pd.Series(
+            {
+                "spearman with exact zeroing effect": row[prefix],
+                "ci low": row[f"{prefix} ci low"],
+                "ci high": row[f"{prefix} ci high"],
+                "interval unavailable": why,
+                "bootstrap bias": row[f"{prefix} bootstrap bias"],
+                "basic ci low": row[f"{prefix} basic ci low"],
+                "basic ci high": row[f"{prefix} basic ci high"],
+            }
+        )
+    )
+
+
+def _shown(row, prefix: str) -> str:
+    """One ρ of the domain table's row with its interval, or why it has none (for a routing-frequency ρ
+    that lacks it for the domain-score ρ's reason, "as for ρ")."""
+    why = row.get(f"{prefix} unavailable") or "undefined"
+    no_interval = row.get(f"{prefix} interval unavailable") or "the bootstrap gave none"
+    if prefix != "spearman" and no_interval == row.get("spearman interval unavailable"):
+        no_interval = "as for ρ"
+    low, high = row[f"{prefix} ci low"], row[f"{prefix} ci high"]
+    return format_interval(row[prefix], low, high, "+.2f", why, no_interval)
+
+
+def _frequency_control(row) -> str:
+    """The routing-frequency control of the domain-score ρ: the partial ρ given routing frequency with its
+    interval and diagnostics, each score's ρ with routing frequency (the confound's size), and what the
+    partial ρ says, worded from its intervals only (above or below 0 when its percentile interval is and
+    the basic interval of the same resamples agrees; not established otherwise). Empty for results
+    without the control."""
+    if "partial spearman" not in row:
+        return ""
+    partial = _signed(row, "partial spearman")
+    shown = _shown(row, "partial spearman")
+    if "[" in shown:
+        shown += f" ({partial.diagnostics()})"
+    text = (
+        f"; given routing frequency ({FREQUENCY_TEXT}): partial ρ = {shown} (Pearson partial correlation of "
+        f"the ranks, same experts, resamples and method); routing frequency's ρ with the domain score "
+        f"{_shown(row, 'score–frequency spearman')}, with the removal effect "
+        f"{_shown(row, 'effect–frequency spearman')}"
+    )
+    return f"{text}: {_frequency_verdict(partial, _signed(row, 'spearman'))}"
+
+
+def _frequency_verdict(partial: Signed, raw: Signed) -> str:
+    """What the partial ρ given routing frequency says about the domain score–effect association."""
+    if partial.why or not np.isfinite(partial.low):
+        return "without an interval for the partial ρ, the association is not established beyond routing frequency"
+    if partial.disputed():
+        return (
+            "the association is not established beyond routing frequency (the partial ρ's percentile and "
+            "basic intervals disagree about excluding 0)"
+        )
+    if partial.below_zero():
+        return (
+            "the association holds beyond routing frequency: given it, the more domain-specific experts "
+            "have the smaller removal effects"
+        )
+    if partial.above_zero():
+        reversed_sign = " (the sign reverses: the raw ρ's negative sign comes from routing frequency)"
+        return (
+            "beyond routing frequency the association is positive: given it, the more domain-specific "
+            "experts have the larger removal effects" + (reversed_sign if raw.below_zero() else "")
+        )
+    return (
+        "the association is not established beyond routing frequency (the partial ρ's interval covers 0), "
+        "so the raw ρ may only restate how often the experts are routed"
+    )
+
+
 def _domain_per_layer(table) -> str:
     """The domain-score ρ within each layer (a pooled ρ also ranks the layers against each other)."""
     layers = table[table["layer"].astype(str) != "all"]
@@ -285,12 +366,16 @@ def _domain_per_layer(table) -> str:
         shown = format_interval(
             row["spearman"], row["spearman ci low"], row["spearman ci high"], "+.2f", why, no_interval
         )
+        notes = []
         if "[" in shown and is_defined(row.get("spearman basic ci low", math.nan)):
-            shown += f" (basic [{row['spearman basic ci low']:+.2f}, {row['spearman basic ci high']:+.2f}])"
-        parts.append(f"layer {row['layer']} {shown}")
+            notes.append(f"basic [{row['spearman basic ci low']:+.2f}, {row['spearman basic ci high']:+.2f}]")
+        if "partial spearman" in row:
+            notes.append(f"partial {_shown(row, 'partial spearman')}")
+        parts.append(f"layer {row['layer']} {shown}" + (f" ({'; '.join(notes)})" if notes else ""))
+    partial = " and partial ρ given routing frequency" if "partial spearman" in table else ""
     return (
-        "; within each layer (a pooled ρ also ranks the layers against each other; same method, unadjusted): "
-        + ", ".join(parts)
+        f"; within each layer (a pooled ρ also ranks the layers against each other; same method, unadjusted), "
+        f"ρ{partial}: " + ", ".join(parts)
     )
 
 
