@@ -40,13 +40,16 @@ from typing import Any
 
 import pandas as pd
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 
 from tl_moe.analysis.probe_work import (
     ProbeWork,
+    ProbingFits,
+    count_probing_fits,
     eligible_concepts,
     family_work,
     probing_work,
+    repeat_tokens,
     store_cap,
 )
 from tl_moe.collect.accumulator import Accumulator
@@ -63,6 +66,8 @@ __all__ = [
     "calibrate",
     "calibration_tokens",
     "concept_rates",
+    "counted_probing_fits",
+    "tally_work",
     "eligible_concepts",
     "eligible_work",
     "fit_rate_concepts",
@@ -71,6 +76,7 @@ __all__ = [
     "held_out_gate",
     "measure_fit_rate",
     "measure_pass",
+    "planted_labels",
     "pass_rate",
     "probing_seconds",
     "probe_fit_counts",
@@ -79,8 +85,8 @@ __all__ = [
     "run_documents",
 ]
 
-#: Batches of each model's calibration pass: a warm-up batch, then the timed ones.
-CALIBRATION_BATCHES = 3
+#: Batches of each model's calibration pass: a warm-up batch, then the timed ones (their median rate).
+CALIBRATION_BATCHES = 4
 #: Units and concepts of the timed probe fit (each unit x concept x probe size is one fit).
 CALIBRATION_UNITS, CALIBRATION_CONCEPTS = 4, 8
 #: Positive rates of the timed fit's planted concepts (rare to common, as a corpus's concepts are).
@@ -151,12 +157,17 @@ class PassRate:
 
 def pass_rate(start: float, end: float, stamps: list[float], tokens: list[int]) -> PassRate:
     """The :class:`PassRate` of a pass that began at ``start`` and ended at ``end`` (clock readings),
-    whose batches of ``tokens`` real tokens ended at ``stamps``: the first batch is its warm-up, the
-    rate is the later batches' tokens over their seconds; with one batch, the whole pass's rate."""
+    whose batches of ``tokens`` real tokens ended at ``stamps``: the first batch is its warm-up
+    (discarded), the rate is the median of the later batches' own rates (tokens over the seconds since
+    the previous stamp), so one slow batch after it (a cold start that outlasts the first batch) does
+    not set the rate; with one batch, the whole pass's rate."""
+    import statistics
+
     total = max(end - start, 1e-9)
     if len(stamps) < 2:
         return PassRate(max(sum(tokens), 1) / total)
-    rate = sum(tokens[1:]) / max(stamps[-1] - stamps[0], 1e-9)
+    rates = [n / max(b - a, 1e-9) for a, b, n in zip(stamps, stamps[1:], tokens[1:], strict=False)]
+    rate = statistics.median(rates)
     return PassRate(rate, max(total - sum(tokens) / rate, 0.0))
 
 
@@ -204,28 +215,48 @@ def measure_fit_rate(
     rates: Float[torch.Tensor, " concept"] | None = None,
     params: dict[str, Any] | None = None,
 ) -> float:
-    """Probe fits per second (one fit: a unit x a concept x a probe size) of a ``KSparseProbe`` — the
-    probing analysis's own fit, with its keyword ``params`` (:func:`~tl_moe.analysis.held_out_study.probe_parameters`)
-    — on random activations ``[unit, rows, width]`` with concepts planted at positive ``rates`` (the run's,
-    :func:`fit_rate_concepts`; default: rare to common, :data:`CALIBRATION_RATES`), after one warm-up
-    fit. A balanced fit's tokens are twice its rarer class's, so the rates set the fits' cost."""
-    from tl_moe.analysis.probing import KSparseProbe
+    """Probe fits per second (one fit: a unit x a concept x a probe size, fitted) of a ``KSparseProbe`` —
+    the probing analysis's own fit, with its keyword ``params``
+    (:func:`~tl_moe.analysis.held_out_study.probe_parameters`) — on random activations ``[unit, rows,
+    width]`` with concepts planted at positive ``rates`` (default: rare to common,
+    :data:`CALIBRATION_RATES`), after one warm-up fit. Only the fits the probe makes count (its
+    ``status_`` "ok" x its ``ks_``). So that every timed problem is one that fits, each concept gets
+    exactly its rate's share of positive tokens, held within [min_examples, rows - min_examples], and
+    ``rows`` is raised to twice ``min_examples`` when below it (the smallest problem the probe fits: the
+    rate of a cell too small to fit at all is that of the smallest fittable problem)."""
+    from tl_moe.analysis.probing import STATUS_OK, KSparseProbe
 
-    generator = torch.Generator().manual_seed(0)
-    activations = torch.randn(CALIBRATION_UNITS, rows, width, generator=generator)
+    params = params or {}
+    least = int(params.get("min_examples", KSparseProbe().min_examples))
+    rows = max(rows, 2 * least)
     if rates is None:
         rates = torch.linspace(*CALIBRATION_RATES, CALIBRATION_CONCEPTS)
-    labels = torch.rand(rows, len(rates), generator=generator) < rates
+    generator = torch.Generator().manual_seed(0)
+    activations = torch.randn(CALIBRATION_UNITS, rows, width, generator=generator)
+    labels = planted_labels(rates, rows, least, generator)
     activations[:, :, 0] += 2.0 * labels[:, 0].float()  # one neuron carries a concept: fits converge as usual
     activations = activations.to(device or "cpu")
     unit_mask = torch.ones(CALIBRATION_UNITS, rows, dtype=torch.bool)
     ks = tuple(k for k in ks if k <= width) or (1,)
-    probe = KSparseProbe(**{**(params or {}), "ks": ks, "device": str(activations.device)})
+    probe = KSparseProbe(**{**params, "ks": ks, "device": str(activations.device)})
     probe.fit(activations, labels, unit_mask)
     start = clock()
     probe.fit(activations, labels, unit_mask)
     seconds = clock() - start
-    return CALIBRATION_UNITS * len(rates) * len(ks) / max(seconds, 1e-9)
+    fits = int((probe.status_ == STATUS_OK).sum()) * len(probe.ks_)
+    if not fits:  # planted to fit: never reached unless the probe's rule changes
+        raise RuntimeError(f"the timed probe fit made no fit at {width} neurons x {rows} tokens")
+    return fits / max(seconds, 1e-9)
+
+
+def planted_labels(
+    rates: Float[torch.Tensor, " concept"], rows: int, least: int, generator: torch.Generator
+) -> Bool[torch.Tensor, "rows concept"]:
+    """``[rows, concept]`` labels with exactly ``round(rate x rows)`` positives per concept (held within
+    ``[least, rows - least]``, so each concept has ``least`` of each class) at random tokens."""
+    positives = (rates.double() * rows).round().long().clamp(min=least, max=rows - least)
+    order = torch.rand(len(rates), rows, generator=generator).argsort(dim=1)
+    return (order < positives[:, None]).T.contiguous()
 
 
 def fit_rate_concepts(
@@ -652,18 +683,22 @@ def calibration_tokens(options: Any, run_tokens: int) -> int:
 def _measure_fit_rates(
     work: list[ProbeWork], rates: Any, options: Any, device: str, clock: Clock
 ) -> dict[tuple[int, int], float]:
-    """Fits per second at each (width, rows) of the work that fits anything, with concepts planted at
-    the run's own rates (:func:`fit_rate_concepts`) when the short pass labeled any."""
+    """Fits per second at each (width, rows) of the work that fits anything: for counted work (rows:
+    the tokens a fit probes) on concepts half positive, so each problem probes its rows; else with
+    concepts planted at the run's own rates (:func:`fit_rate_concepts`) when the short pass labeled any."""
     from tl_moe.analysis.held_out_study import probe_parameters
 
-    params = probe_parameters(options.config("probing"), options.seed)
+    config = options.config("probing")
+    params = probe_parameters(config, options.seed)
+    probed = {rate_key(w) for w in work if w.fits(1) and w.rows_probed}
     fit_rates = {}
     for width, rows in sorted({rate_key(w) for w in work if w.fits(1)}):
-        picked = (
-            None if rates is None else fit_rate_concepts(rates, rows, options.config("probing").min_examples)
-        )
+        if (width, rows) in probed:
+            picked = torch.full((CALIBRATION_CONCEPTS,), 0.5)
+        else:
+            picked = None if rates is None else fit_rate_concepts(rates, rows, config.min_examples)
         fit_rates[(width, rows)] = measure_fit_rate(
-            width, rows, options.config("probing").ks, device, clock=clock, rates=picked, params=params
+            width, rows, config.ks, device, clock=clock, rates=picked, params=params
         )
     return fit_rates
 
@@ -695,11 +730,11 @@ def calibrate(
         short = options.replace(max_tokens=calibration_tokens(options, stream.tokens))
         short_tokens = run_documents(context.dataset, tokenizer, short).tokens
         device = str(next(context.model(context.main).parameters()).device)
-        rates = None
-        if forward_rates is None:
-            forward_rates, rates = _measure_passes(context, short, short_tokens, clock)
+        rates, collected, measured = None, None, forward_rates is None
+        if measured:
+            forward_rates, rates, collected = _measure_passes(context, short, short_tokens, clock)
     plan = dataclasses.replace(plan, options=options)
-    basis = dict(tokens=stream.tokens, calibration_tokens=None if rates is None else short_tokens)
+    basis = dict(tokens=stream.tokens, calibration_tokens=short_tokens if measured else None)
     if not {"probing", "sparsity"} & set(plan.analyses):
         return estimate_times(plan, forward_rates, device=device, threads=threads, **basis)
     concepts = _concepts_of(options)
@@ -709,6 +744,11 @@ def calibrate(
     gate = held_out_gate(stream.doc_ids, options)
     work = eligible_work(work, rates, options, held_out_runs=gate is None)
     bound = eligible_work(bound, rates, options, held_out_runs=gate is None)
+    if collected is not None and "probing" in plan.analyses:
+        with quiet_loading():
+            counted = counted_probing_fits(context, collected, stream.tokens / short_tokens, gate)
+        work = [w for w in work if w.analysis != "probing"] + tally_work(counted)
+        gate = gate or counted.held_out_unavailable
     if fit_rate is None:
         fit_rates = _measure_fit_rates(work, rates, options, device, clock)
     else:
@@ -726,11 +766,64 @@ def calibrate(
     )
 
 
+def counted_probing_fits(
+    context: Any, collected: dict[str, dict[Any, Any]], scale: float, gate: str | None
+) -> ProbingFits:
+    """The probing analysis's fits in the run, counted by its own code (:func:`count_probing_fits`) on
+    the calibration pass's stored tokens repeated to the run's length (``scale``: the run's stream
+    over the calibration's, :func:`repeat_tokens`); none held-out when the run's own documents are too
+    few to split (``gate``: why)."""
+    from tl_moe.pipeline.probing_run import probing_protocols
+    from tl_moe.pipeline.registry import get_analysis
+
+    section = get_analysis("probing")()
+    stored = section.stored(
+        context, {need: collected[need.model][need.spec] for need in section.needs(context)}
+    )
+    moe, dense, untrained = (
+        None if tokens is None else repeat_tokens(tokens, round(len(tokens.token_index) * scale))
+        for tokens in stored
+    )
+    paper, study = probing_protocols(context)
+    if gate is not None:
+        study = _Unavailable(gate)
+    return count_probing_fits(paper, study, moe, dense, untrained)
+
+
+@dataclass(frozen=True)
+class _Unavailable:
+    """A held-out study that refuses with ``reason`` (the run's documents are too few to split)."""
+
+    reason: str
+
+    def arms(self, *args: Any, **kwargs: Any) -> Any:
+        from tl_moe.errors import InputError
+
+        raise InputError(self.reason)
+
+
+def tally_work(counted: ProbingFits) -> list[ProbeWork]:
+    """The probing analysis's counted fits as :class:`ProbeWork` per unit width and protocol: its
+    problems (a unit x a concept) with the probe sizes fitted, ``rows`` the mean tokens a problem probes."""
+    grouped: dict[tuple[int, bool, int], list[int]] = {}
+    for held_out, tally in ((False, counted.paper), (True, counted.held_out)):
+        for width, problems, tokens, ks in tally.calls:
+            totals = grouped.setdefault((width, held_out, ks), [0, 0])
+            totals[0] += problems
+            totals[1] += tokens
+    return [
+        ProbeWork(width, problems, max(round(tokens / problems), 1), 1, held_out, ks=ks, rows_probed=True)
+        for (width, held_out, ks), (problems, tokens) in sorted(grouped.items())
+        if problems
+    ]
+
+
 def _measure_passes(
     context: Any, short: Any, short_tokens: int, clock: Clock
-) -> tuple[dict[str, PassRate], Float[torch.Tensor, " concept"] | None]:
+) -> tuple[dict[str, PassRate], Float[torch.Tensor, " concept"] | None, dict[str, dict[Any, Any]]]:
     """A short pass of each model the run passes (options ``short``), as the run collects and releases
-    them: each pass's :class:`PassRate`, and the concept rates the first labeled pass stored."""
+    them: each pass's :class:`PassRate`, the concept rates the first labeled pass stored, and what each
+    pass collected (model -> spec -> value)."""
     from tl_moe.pipeline.context import RunContext
     from tl_moe.pipeline.runner import _chosen_analyses, _needs_by_model
 
@@ -740,11 +833,13 @@ def _measure_passes(
     needs = _needs_by_model(short_context, _chosen_analyses(short, None))
     forward_rates: dict[str, PassRate] = {}
     rates = None
+    collected_by_model: dict[str, dict[Any, Any]] = {}
     for name, specs in needs.items():
         forward_rates[name], collected = measure_pass(
             short_context, name, specs, clock=clock, tokens=short_tokens
         )
+        collected_by_model[name] = collected
         rates = concept_rates(collected) if rates is None else rates
         if name not in (short_context.main, short_context.dense):  # as the run releases them
             short_context.release(name)
-    return forward_rates, rates
+    return forward_rates, rates, collected_by_model
