@@ -183,3 +183,104 @@ def test_the_fit_rate_counts_the_fits_made_and_times_a_problem_that_fits(solver_
 def test_planted_labels_give_each_concept_its_share_within_the_least_of_each_class():
     labels = calibration.planted_labels(torch.tensor([0.5, 0.001, 0.999]), 200, 10, torch.Generator())
     assert labels.sum(0).tolist() == [100, 10, 190]
+
+
+def test_a_model_is_warmed_up_before_its_clock_and_a_slow_batch_after_the_first_does_not_set_its_rate(
+    monkeypatch,
+):
+    """The first model's cold start: one discarded forward at the run's batch shape before the clock
+    starts; then the median of the per-batch rates after the warm-up batch, so one slow later batch
+    (300 tokens in 4 s, the others 300 in 1 s) does not set the rate (the tokens over all the later
+    batches' seconds would give 150 tokens/s)."""
+    from test_plan_timing import ForwardCounter
+
+    model = ForwardCounter()
+
+    class Context:
+        options = RunOptions(max_tokens=2000, batch_size=3, seq_len=32)
+
+        def model(self, name):
+            return model
+
+    forwards_at_start: list[int] = []
+    readings = iter([0.0, 5.0, 9.0, 10.0, 11.0, 11.5])
+
+    def clock() -> float:
+        forwards_at_start.append(len(model.forwards))
+        return next(readings)
+
+    def four_batches(*args, observers):
+        (batches,) = observers.values()
+        for n in (400, 300, 300, 300):
+            batches.update({}, type("Meta", (), {"n_tokens": n})())
+        return {}
+
+    monkeypatch.setattr("tl_moe.pipeline.runner._collect_model", four_batches)
+    rate, _ = calibration.measure_pass(Context(), "m", ["spec"], clock=clock)
+    assert model.forwards == [(3, 32)] and forwards_at_start[0] == 1  # warmed up before the clock
+    assert rate.tokens_per_second == 300.0  # median of 75, 300, 300 tokens/s
+    assert rate.overhead_seconds == pytest.approx(11.5 - 1300 / 300.0)
+    # a pass of one batch has no batch to leave out: the whole pass, after the warm-up forward
+    assert calibration.pass_rate(0.0, 4.0, [3.0], [1000]).tokens_per_second == 250.0
+
+
+def test_too_few_documents_for_a_per_document_gate_is_one_line_naming_the_flag_and_the_fix():
+    from tl_moe.pipeline.checks import few_documents_warning
+
+    line = few_documents_warning(23, 30, ("domains", "logit_lens", "probing"), 8000)
+    assert (
+        "\n" not in line and line.startswith("--min-documents 30: ") and "reaches only 23 documents" in line
+    )
+    assert "domains (needs 30)" in line and "probing (needs 30 on each half)" in line
+    assert "logit_lens" not in line  # no per-document gate
+    assert "raise --max-tokens" in line and "lower --min-documents" in line
+    # 40 documents: enough for a gate on all of them, not for one on each half of a split
+    assert "domains" not in few_documents_warning(40, 30, ("domains", "drivers"), 8000)
+    assert few_documents_warning(60, 30, ("domains", "drivers"), 8000) is None
+    assert few_documents_warning(1, 30, ("logit_lens",), 8000) is None
+
+
+def test_plan_and_analyze_warn_before_the_passes_that_domains_go_untested(monkeypatch, tmp_path):
+    """Ten documents and --min-documents 12: plan warns, and analyze warns the same line before its
+    first pass (the pass is stopped here as soon as it starts)."""
+    import warnings
+
+    import datasets
+
+    from tl_moe.pipeline import run, runner
+    from tl_moe.pipeline.plan import plan_run
+
+    texts = _short_documents(10)
+    corpus = datasets.Dataset.from_dict(
+        {"text": texts, "domain": ["a", "b"] * 5, "split": ["validation"] * 10}
+    )
+    options = RunOptions(
+        model="toy/moe-4x2",
+        corpus=corpus,
+        analyses=("domains",),
+        dense_baseline=None,
+        skip_untrained_null=True,
+        max_tokens=1000,
+        threads=1,
+        min_documents=12,
+        progress=False,
+        out=str(tmp_path / "out"),
+    )
+    expected = "--min-documents 12: the run's stream (--max-tokens 1000) reaches only 10 documents"
+    with warnings.catch_warnings(record=True) as planned:
+        warnings.simplefilter("always")
+        calibration.calibrate(plan_run(options), forward_rates={"toy/moe-4x2": 1000.0})
+
+    class PassStarted(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise PassStarted
+
+    monkeypatch.setattr(runner, "_collect_model", stop)
+    with warnings.catch_warnings(record=True) as analyzed, pytest.raises(PassStarted):
+        warnings.simplefilter("always")
+        run(options, write_report=False)
+    planned = [str(w.message) for w in planned if expected in str(w.message)]
+    assert len(planned) == 1 and "domains (needs 12)" in planned[0]
+    assert planned[0] in {str(w.message) for w in analyzed}

@@ -76,6 +76,7 @@ __all__ = [
     "held_out_gate",
     "measure_fit_rate",
     "measure_pass",
+    "warm_up",
     "planted_labels",
     "pass_rate",
     "probing_seconds",
@@ -180,13 +181,14 @@ def measure_pass(
 ) -> tuple[PassRate, dict[Any, Any]]:
     """The :class:`PassRate` of a short collection pass of model ``name`` filling ``specs``, as the
     run fills them (the corpus, the concept labels, the hooks and the accumulators), over the
-    ``context``'s ``max_tokens`` (the model is loaded before the clock starts), timed after its first
-    batch; and what the pass collected (spec -> value). ``tokens``: the pass's real tokens, used
+    ``context``'s ``max_tokens`` (the model is loaded, and warmed up by one discarded forward, before the
+    clock starts), timed after its first batch; and what the pass collected (spec -> value). ``tokens``: the pass's real tokens, used
     when no batch was clocked."""
     from tl_moe.pipeline.runner import _collect_model
 
     model = context.model(name)
     device = next(model.parameters()).device
+    warm_up(model, context.options, device)
     batches = BatchClock(clock, device)
     start = clock()
     collected = _collect_model(context, name, specs, None, observers={"calibration clock": batches})
@@ -195,6 +197,17 @@ def measure_pass(
     end = clock()
     counted = batches.tokens or [context.options.max_tokens if tokens is None else tokens]
     return pass_rate(start, end, batches.stamps, counted), collected
+
+
+def warm_up(model: Any, options: Any, device: torch.device) -> None:
+    """One discarded forward of ``model`` on a batch of the run's shape (``--batch-size`` x
+    ``--seq-len``, token 0) before its pass is timed, so that a model's cold start (first kernels,
+    allocations) is in no timed batch even when the short pass has a single batch."""
+    ids = torch.zeros(options.batch_size, options.seq_len, dtype=torch.long, device=device)
+    with torch.no_grad():
+        model(ids, attention_mask=torch.ones_like(ids), return_type=None)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def concept_rates(collected: dict[Any, Any]) -> Float[torch.Tensor, " concept"] | None:
@@ -655,19 +668,21 @@ def quiet_loading() -> Iterator[None]:
 
 def relay_run_warnings(context: Any, chosen: list[Any]) -> Any:
     """Warn what ``tl-moe analyze`` warns before its first pass, with the same code: a corpus far smaller
-    than ``--max-tokens``, the size defaults fitted to the models, and each analysis's own checks (e.g. a
-    split with fewer than ``MIN_DOCUMENTS`` documents, whose intervals will be unavailable). Refusals
+    than ``--max-tokens``, the size defaults fitted to the models, each analysis's own checks (e.g. a
+    split with fewer than ``MIN_DOCUMENTS`` documents, whose intervals will be unavailable) and a stream
+    of fewer documents than the per-document gates of the chosen analyses need (``--min-documents``). Refusals
     are raised as analyze raises them. Returns the run's options as analyze fits them."""
     from tl_moe.pipeline.checks import warn_small_corpus
+    from tl_moe.pipeline.checks.corpus import warn_few_documents
     from tl_moe.pipeline.runner import _fit_defaults
 
     options = context.options
-    warn_small_corpus(
-        context.dataset, context.model(context.main).tokenizer, options.max_tokens, options.split
-    )
+    tokenizer = context.model(context.main).tokenizer
+    warn_small_corpus(context.dataset, tokenizer, options.max_tokens, options.split)
     _fit_defaults(context, chosen)
     for analysis in chosen:
         analysis.check(context)
+    warn_few_documents(context.dataset, tokenizer, context.options, [a.name for a in chosen])
     return context.options
 
 
