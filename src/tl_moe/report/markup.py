@@ -16,12 +16,35 @@ from __future__ import annotations
 import html
 import re
 import textwrap
+import unicodedata
 
-__all__ = ["inline_to_html", "markdown_to_html"]
+__all__ = ["inline_to_html", "markdown_to_html", "visible_token"]
 
 _CODE_SPAN = re.compile(r"(`[^`\n]+`)")
 _BOLD = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*")
 _BULLET = re.compile(r"^\s*[-*]\s+(.*)$")
+
+
+_TOKEN_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def visible_token(text: str) -> str:
+    r"""A vocabulary token as a table or a sentence shows it: backslash, newline, tab and carriage return
+    as ``\\``, ``\n``, ``\t``, ``\r``, and every other control, format or separator character (NUL, a
+    zero-width joiner, a line separator...) as its ``\xNN`` / ``\uNNNN`` / ``\UNNNNNNNN`` code, as
+    Python's ``repr`` writes it; printable characters and the plain space unchanged."""
+    shown = []
+    for char in text:
+        code = ord(char)
+        if char in _TOKEN_ESCAPES:
+            shown.append(_TOKEN_ESCAPES[char])
+        elif unicodedata.category(char)[0] in "CZ" and char != " ":
+            shown.append(
+                f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+            )
+        else:
+            shown.append(char)
+    return "".join(shown)
 
 
 def escape(text: str) -> str:

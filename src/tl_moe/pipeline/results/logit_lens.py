@@ -13,6 +13,7 @@ from tl_moe.analysis.logit_lens_study import LogitLensOutcome
 from tl_moe.analysis.stats import Interval
 from tl_moe.pipeline.protocol import Result, TableItem
 from tl_moe.report import TableSummary
+from tl_moe.report.markup import visible_token
 
 __all__ = ["LogitLensResult"]
 
@@ -42,7 +43,7 @@ class LogitLensResult(LogitLensOutcome, Result):
                 {
                     "model": model,
                     "token_id": self.share.token,
-                    "token": self.token_text,
+                    "token": None if self.token_text is None else visible_token(self.token_text),
                     "held out": self.share.held_out,
                     "selection documents": self.share.selection_documents,
                     "test documents": self.share.test_documents,
@@ -84,7 +85,15 @@ class LogitLensResult(LogitLensOutcome, Result):
         return metrics
 
     def _shown(self) -> str:
-        return (self.token_text or "").replace("\n", "⏎").replace(" ", "·")
+        """The token as the findings and metric names show it: escaped (:func:`visible_token`), spaces as ·."""
+        return visible_token(self.token_text or "").replace(" ", "·")
+
+    def shown_top_tokens(self) -> pd.DataFrame:
+        """:attr:`top_tokens` as the report's table shows it: each token escaped (:func:`visible_token`);
+        ``token_id`` keeps the exact token."""
+        shown = self.top_tokens.copy()
+        shown["token"] = shown["token"].map(lambda text: None if text is None else visible_token(text))
+        return shown
 
     def findings(self) -> list[str]:
         first = self.top_tokens[(self.top_tokens["rank"] == 0) & self.top_tokens["token"].notna()]
@@ -167,7 +176,10 @@ class LogitLensResult(LogitLensOutcome, Result):
         )
         return [
             TableItem(
-                "logit_lens_top_tokens", self.top_tokens, "Top promoted tokens per expert.", summary=summary
+                "logit_lens_top_tokens",
+                self.shown_top_tokens(),
+                "Top promoted tokens per expert (control characters escaped, as \\n, \\t, \\x00).",
+                summary=summary,
             ),
             *extra,
         ]
