@@ -235,8 +235,8 @@ def test_too_few_documents_for_a_per_document_gate_is_one_line_naming_the_flag_a
     assert "logit_lens" not in line  # no per-document gate
     assert "raise --max-tokens" in line and "lower --min-documents" in line
     # 40 documents: enough for a gate on all of them, not for one on each half of a split
-    assert "domains" not in few_documents_warning(40, 30, ("domains", "drivers"), 8000)
-    assert few_documents_warning(60, 30, ("domains", "drivers"), 8000) is None
+    assert "domains" not in few_documents_warning(40, 30, ("domains", "associations"), 8000)
+    assert few_documents_warning(60, 30, ("domains", "associations"), 8000) is None
     assert few_documents_warning(1, 30, ("logit_lens",), 8000) is None
 
 

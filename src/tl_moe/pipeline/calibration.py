@@ -4,29 +4,40 @@
 ``--no-calibration`` (``--no-calibrate``) is given, it loads the analyzed model (progress bars off) and:
 
 - warns what ``tl-moe analyze`` warns before its first pass, from the same code (a small corpus, the
-  fitted defaults, each analysis's checks — e.g. a split with fewer than 30 documents);
+  fitted defaults, each analysis's checks — e.g. a split with fewer than 30 documents — and a stream of
+  fewer documents than a chosen analysis's per-document gate needs at ``--min-documents``);
 - runs a short collection pass of each pass's model, the untrained null included (at most
   :data:`CALIBRATION_BATCHES` batches and half the run's own stream, at its ``--batch-size`` x
   ``--seq-len``, ``--dtype`` and ``--device``, with the run's hooks, concept labels and accumulators,
-  writing nothing), clocked after each batch (:class:`BatchClock`): its tokens per second over the
-  batches after the first (the warm-up), and the rest of the short pass (start-up, the first batch's
-  extra, the accumulators' finalize) as its start-up seconds (:class:`PassRate`);
+  writing nothing), after one discarded forward of that model at the run's batch shape (its cold start),
+  clocked after each batch (:class:`BatchClock`): its tokens per second, the median of the batches after
+  the first (the warm-up), and the rest of the short pass (start-up, the first batch's extra, the
+  accumulators' finalize) as its start-up seconds (:class:`PassRate`);
+- when probing runs: counts the probe fits the probing analysis will make by running its two protocols'
+  own code on the short pass's stored tokens, repeated to the run's length (new documents, the same
+  labels and routing), with no fit made (:func:`counted_probing_fits`,
+  :func:`~tl_moe.analysis.probe_work.count_probing_fits`): every decision — concepts kept, per-document
+  balancing, uneven routing, the document split, ks above a unit's width — is the analysis's;
 - when probing or the sparsity family runs: times a short
   :class:`~tl_moe.analysis.probing.KSparseProbe` fit, with the probing analysis's own parameters, on
-  random activations of each unit width the run probes, its probe sizes and about as many tokens per
-  unit as the run gives a unit, in fits per second (after a warm-up fit).
+  random activations of each unit width the run probes and as many tokens per fit as the counted fits
+  probe on average, in fits per second (after a warm-up fit). Only fits the probe makes are counted,
+  and every timed problem is planted to fit (:func:`measure_fit_rate`).
 
 A pass is estimated as its start-up seconds + the tokens its stream reaches / its measured rate.
-Probe fits are estimated as their expected number / the measured fit rate: the units of
+Probe fits are estimated as their expected number / the measured fit rate. Probing's expected number is
+the count above; it follows the short pass's sample, so it moves with how the rest of the stream
+differs from it. The sparsity family's other members, and a plan whose rates are injected (no short
+pass), use a count from the shapes alone: the units of
 :func:`~tl_moe.analysis.probe_work.probing_work` x probe sizes x the concepts whose rate in the short
-pass's labels gives a unit's share of the tokens ``--min-examples`` positives and negatives (the
-held-out protocol: ``--held-out-min-examples`` on its selection documents, and none at all when the
-run's documents are too few to split, decided by the same split the protocol uses). Routing that
-concentrates a concept moves the expected number; the summary also gives its upper bound (every unit
-seeing every token). The rest of each analysis's finalize is named as not estimated. Every number is an
-estimate and the summary says so, with its basis (the calibration's tokens, device, dtype and
-threads); :meth:`TimeEstimate.to_dict` is the same as JSON (``tl-moe plan --json PATH``). The rates
-can be injected (:func:`calibrate`'s ``forward_rates`` and ``fit_rate``, :func:`estimate_times`).
+pass's labels gives a unit's share of the tokens under balanced routing ``--min-examples`` positives and
+negatives (the held-out protocol: ``--held-out-min-examples`` on its selection documents). Either way the
+held-out protocol makes none when the run's documents are too few to split (decided by the same split
+the protocol uses), and the summary also gives the upper bound (every unit seeing every token). The rest
+of each analysis's finalize is named as not estimated. Every number is an estimate and the summary says
+so, with its basis (the calibration's tokens, device, dtype and threads); :meth:`TimeEstimate.to_dict`
+is the same as JSON (``tl-moe plan --json PATH``). The rates can be injected (:func:`calibrate`'s
+``forward_rates`` and ``fit_rate``, :func:`estimate_times`).
 """
 
 from __future__ import annotations
@@ -415,6 +426,8 @@ class TimeEstimate:
         pass_tokens: real tokens each pass streams.
         calibration_tokens: real tokens of each calibration pass (None: rates given, not measured).
         device / dtype / threads: where the rates were measured.
+        counted: probing's expected fits were counted by its own protocols on the calibration's stored
+            tokens (else from the run's shapes alone, at balanced routing).
         analyses: the run's analyses (the summary names the finalize work it does not estimate).
     """
 
@@ -434,6 +447,7 @@ class TimeEstimate:
     overhead_seconds: dict[str, float] = field(default_factory=dict)
     calibration_tokens: int | None = None
     dtype: str = "float32"
+    counted: bool = False
 
     def not_estimated(self) -> str:
         """What the total leaves out: every finalize step but the probe fits."""
@@ -456,6 +470,18 @@ class TimeEstimate:
     @property
     def total_seconds(self) -> float:
         return sum(self.pass_seconds.values()) + (self.probing_seconds or 0.0)
+
+    def count_basis(self) -> str:
+        """How the expected probe fits were counted."""
+        if self.counted:
+            counted = (
+                "probing's, counted by its own protocols on the calibration's stored tokens repeated to the "
+                "run's length (no fit made), so they follow that sample"
+            )
+            if "sparsity" in self.fit_seconds:
+                counted += "; the sparsity family's other members', " + _SHAPE_COUNT
+            return counted
+        return _SHAPE_COUNT
 
     def basis(self) -> str:
         """What the estimate rests on: the calibration's tokens, device, dtype and threads."""
@@ -508,12 +534,7 @@ class TimeEstimate:
                 f"{self.fits_at_most[analysis]:,} if every unit saw every token; measured {rates})"
             )
         if self.fit_seconds:
-            lines.append(
-                "  expected fits: the concepts each unit's share of the tokens gives --min-examples positives and "
-                "negatives (--held-out-min-examples on the selection documents), at the short pass's concept rates "
-                "and balanced routing; the paper protocol's per-document balancing and uneven routing usually "
-                "leave fewer"
-            )
+            lines.append("  expected fits: " + self.count_basis())
         if self.held_out_unavailable is not None:
             lines.append(f"  held-out protocol unavailable, so it makes 0 fits: {self.held_out_unavailable}")
         lines.append(f"  total of these: {_duration(self.total_seconds)} ({self.not_estimated()})")
@@ -550,10 +571,19 @@ class TimeEstimate:
                 }
                 for analysis, seconds in self.fit_seconds.items()
             },
+            "fits_counted_by": self.count_basis() if self.fit_seconds else None,
             "held_out_unavailable": self.held_out_unavailable,
             "total_seconds": self.total_seconds,
             "not_estimated": self.not_estimated(),
         }
+
+
+#: How fits are counted from the run's shapes alone (no stored tokens).
+_SHAPE_COUNT = (
+    "the concepts each unit's share of the tokens gives --min-examples positives and negatives "
+    "(--held-out-min-examples on the selection documents), at the short pass's concept rates and balanced "
+    "routing; the paper protocol's per-document balancing and uneven routing usually leave fewer"
+)
 
 
 def _duration(seconds: float) -> str:
@@ -600,11 +630,13 @@ def estimate_times(
     held_out_unavailable: str | None = None,
     tokens: int | None = None,
     calibration_tokens: int | None = None,
+    counted: bool = False,
 ) -> TimeEstimate:
     """Seconds per pass (its measured start-up and finalize, plus its tokens — ``tokens`` when the corpus
     ends first — over its model's tokens per second; ``forward_rates``: name -> tokens/s or a
     :class:`PassRate`) and per analysis's probe fits (:func:`probing_seconds`); ``bound_work``: the
-    same work at its upper bound of concepts. Every input rate may be injected, so the estimate is
+    same work at its upper bound of concepts; ``counted``: probing's work was counted by its own
+    protocols (:func:`counted_probing_fits`). Every input rate may be injected, so the estimate is
     a function of the plan and the rates alone."""
     rates = {m.name: _as_rate(forward_rates[m.name]) for m in plan.models}
     streamed = {m.name: tokens or m.tokens for m in plan.models}
@@ -618,6 +650,7 @@ def estimate_times(
         overhead_seconds={n: r.overhead_seconds for n, r in rates.items()},
         calibration_tokens=calibration_tokens,
         dtype=str(plan.options.dtype),
+        counted=counted,
     )
     passes = {n: r.seconds(streamed[n]) for n, r in rates.items()}
     per_second = {n: r.tokens_per_second for n, r in rates.items()}
@@ -764,6 +797,7 @@ def calibrate(
             counted = counted_probing_fits(context, collected, stream.tokens / short_tokens, gate)
         work = [w for w in work if w.analysis != "probing"] + tally_work(counted)
         gate = gate or counted.held_out_unavailable
+        basis["counted"] = True
     if fit_rate is None:
         fit_rates = _measure_fit_rates(work, rates, options, device, clock)
     else:
