@@ -479,7 +479,7 @@ class TimeEstimate:
                 "run's length (no fit made), so they follow that sample"
             )
             if "sparsity" in self.fit_seconds:
-                counted += "; the sparsity family's other members', " + _SHAPE_COUNT
+                counted += "; the sparsity family's other members' from their shapes: " + _SHAPE_COUNT
             return counted
         return _SHAPE_COUNT
 
@@ -795,7 +795,7 @@ def calibrate(
     if collected is not None and "probing" in plan.analyses:
         with quiet_loading():
             counted = counted_probing_fits(context, collected, stream.tokens / short_tokens, gate)
-        work = [w for w in work if w.analysis != "probing"] + tally_work(counted)
+        work = tally_work(counted) + [w for w in work if w.analysis != "probing"]
         gate = gate or counted.held_out_unavailable
         basis["counted"] = True
     if fit_rate is None:
