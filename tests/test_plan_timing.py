@@ -344,7 +344,7 @@ def test_a_small_plan_measures_and_prints_a_time_without_progress_bars(capsys, t
     calibrated = record["basis"]["calibration_tokens"]
     assert 0 < calibrated <= 1000  # half the run's 2,000 tokens
     assert (
-        f"an estimate, from a calibration of {calibrated:,} tokens per pass, timed after a warm-up batch, "
+        f"an estimate, from a calibration of {calibrated:,} tokens per pass, the median batch after a warm-up forward and batch, "
         "on cpu (float32, 1 CPU thread(s))" in estimate
     )
     assert [p["pass"] for p in record["passes"]] == ["toy/moe-4x2", "untrained:toy/moe-4x2"]

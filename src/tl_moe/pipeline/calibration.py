@@ -488,7 +488,7 @@ class TimeEstimate:
         measured = (
             "rates given, not measured"
             if self.calibration_tokens is None
-            else f"a calibration of {self.calibration_tokens:,} tokens per pass, timed after a warm-up batch"
+            else f"a calibration of {self.calibration_tokens:,} tokens per pass, the median batch after a warm-up forward and batch"
         )
         return f"{measured}, on {self.device} ({self.dtype}, {self.threads} CPU thread(s))"
 
