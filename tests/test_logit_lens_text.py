@@ -40,6 +40,9 @@ def test_the_table_shows_escaped_tokens_and_the_data_keeps_them_as_decoded():
     result = _result("\n")
     (table,) = result.tables()
     assert table.frame["token"].tolist() == SHOWN
+    missing = LogitLensResult(None, result.top_tokens.assign(token=[None, *RAW[1:]]), None, None)
+    shown = missing.shown_top_tokens()["token"].tolist()
+    assert pd.isna(shown[0]) and shown[1:] == SHOWN[1:]  # no token: none shown
     assert table.frame["token_id"].tolist() == list(range(len(RAW)))
     assert result.to_frame()["token"].tolist() == RAW  # the data, unchanged
     assert "\n" not in "".join(table.frame["token"])

@@ -89,10 +89,12 @@ class LogitLensResult(LogitLensOutcome, Result):
         return visible_token(self.token_text or "").replace(" ", "·")
 
     def shown_top_tokens(self) -> pd.DataFrame:
-        """:attr:`top_tokens` as the report's table shows it: each token escaped (:func:`visible_token`);
-        ``token_id`` keeps the exact token."""
+        """:attr:`top_tokens` as the report's table shows it: each token escaped (:func:`visible_token`;
+        a missing one stays missing); ``token_id`` keeps the exact token."""
         shown = self.top_tokens.copy()
-        shown["token"] = shown["token"].map(lambda text: None if text is None else visible_token(text))
+        shown["token"] = shown["token"].map(
+            lambda text: visible_token(text) if isinstance(text, str) else text
+        )
         return shown
 
     def findings(self) -> list[str]:
