@@ -1,9 +1,11 @@
-"""The logit-lens report shows vocabulary tokens with control characters escaped (``\\n``, ``\\t``,
-``\\x00``), in its table, its metric names and its findings; the data it keeps (``top_tokens``, the
-Python view) holds the tokens as decoded."""
+"""The logit-lens report shows vocabulary tokens with a visible escape: its findings and metric names as
+Python's ``repr`` writes them (``\\n``, ``\\t``, ``\\x00``), its table's page cells as every table's (newline
+⏎, tab ⇥, other control characters as ``\\x00``); the data it keeps (``top_tokens``, the table's CSV and
+parquet) holds the tokens as decoded."""
 
 from __future__ import annotations
 
+import unicodedata
 from types import SimpleNamespace
 
 import pandas as pd
@@ -36,16 +38,19 @@ def _result(token_text: str) -> LogitLensResult:
     return LogitLensResult(lens=None, top_tokens=frame, share=None, token_text=token_text)
 
 
-def test_the_table_shows_escaped_tokens_and_the_data_keeps_them_as_decoded():
+def test_the_page_shows_the_table_escaped_and_the_data_keeps_the_tokens_as_decoded():
+    import re
+
+    from tl_moe.report.html import _data_table
+
     result = _result("\n")
     (table,) = result.tables()
-    assert table.frame["token"].tolist() == SHOWN
-    missing = LogitLensResult(None, result.top_tokens.assign(token=[None, *RAW[1:]]), None, None)
-    shown = missing.shown_top_tokens()["token"].tolist()
-    assert pd.isna(shown[0]) and shown[1:] == SHOWN[1:]  # no token: none shown
-    assert table.frame["token_id"].tolist() == list(range(len(RAW)))
-    assert result.to_frame()["token"].tolist() == RAW  # the data, unchanged
-    assert "\n" not in "".join(table.frame["token"])
+    assert table.frame["token"].tolist() == RAW == result.to_frame()["token"].tolist()  # the data, unchanged
+    page = _data_table(table.frame, False, "logit lens")
+    cells = re.findall(r"<td>(.*?)</td>", page, flags=re.S)
+    tokens = [cell for cell in cells if cell not in {"0", "1"} and not cell.isdigit()]
+    assert tokens == ["⏎", "a⇥b", "\\x00", "·the", "back\\slash", "\\u200d", "␍⏎", "é"]
+    assert not any(unicodedata.category(char)[0] == "C" for char in page.replace("\n", ""))  # no control char
 
 
 def test_findings_name_the_token_escaped_on_one_line():

@@ -10,7 +10,6 @@ import pandas as pd
 from tl_moe.explain.examples import ExpertExamples, ExpertRecord
 from tl_moe.explain.explainers import over_represented_tokens
 from tl_moe.explain.runner import LabelingResult
-from tl_moe.report.markup import visible_token
 
 __all__ = ["expert_cards"]
 
@@ -47,7 +46,7 @@ def expert_cards(
             else row[f"{scorer}_balanced_accuracy"],
             "F1": None if row is None or f"{scorer}_f1" not in row else row[f"{scorer}_f1"],
             "top contexts": " ‖ ".join(c.text(left="«", right="»") for c in record.explanation[:n_contexts]),
-            "logit-lens tokens": " · ".join(map(visible_token, record.lens_tokens)),
+            "logit-lens tokens": " · ".join(record.lens_tokens),
             "over-represented routed tokens": " · ".join(over_represented_tokens(record)),
             "routing share per domain": domains,
             "status": record.status,

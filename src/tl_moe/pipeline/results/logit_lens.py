@@ -43,7 +43,7 @@ class LogitLensResult(LogitLensOutcome, Result):
                 {
                     "model": model,
                     "token_id": self.share.token,
-                    "token": None if self.token_text is None else visible_token(self.token_text),
+                    "token": self.token_text,
                     "held out": self.share.held_out,
                     "selection documents": self.share.selection_documents,
                     "test documents": self.share.test_documents,
@@ -87,15 +87,6 @@ class LogitLensResult(LogitLensOutcome, Result):
     def _shown(self) -> str:
         """The token as the findings and metric names show it: escaped (:func:`visible_token`), spaces as ·."""
         return visible_token(self.token_text or "").replace(" ", "·")
-
-    def shown_top_tokens(self) -> pd.DataFrame:
-        """:attr:`top_tokens` as the report's table shows it: each token escaped (:func:`visible_token`;
-        a missing one stays missing); ``token_id`` keeps the exact token."""
-        shown = self.top_tokens.copy()
-        shown["token"] = shown["token"].map(
-            lambda text: visible_token(text) if isinstance(text, str) else text
-        )
-        return shown
 
     def findings(self) -> list[str]:
         first = self.top_tokens[(self.top_tokens["rank"] == 0) & self.top_tokens["token"].notna()]
@@ -178,10 +169,7 @@ class LogitLensResult(LogitLensOutcome, Result):
         )
         return [
             TableItem(
-                "logit_lens_top_tokens",
-                self.shown_top_tokens(),
-                "Top promoted tokens per expert (control characters escaped, as \\n, \\t, \\x00).",
-                summary=summary,
+                "logit_lens_top_tokens", self.top_tokens, "Top promoted tokens per expert.", summary=summary
             ),
             *extra,
         ]
