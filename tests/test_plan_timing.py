@@ -203,7 +203,7 @@ def test_held_out_fits_are_zero_when_the_run_has_too_few_documents_to_split():
 
 def test_calibration_runs_at_most_half_the_runs_stream():
     options = RunOptions(batch_size=16, seq_len=128)
-    assert calibration_tokens(options, 100_000) == 3 * 16 * 128  # a warm-up batch and two timed ones
+    assert calibration_tokens(options, 100_000) == 4 * 16 * 128  # a warm-up batch and three timed ones
     assert calibration_tokens(options, 6000) == 3000  # a small run: half of it
     assert calibration_tokens(options, 1200) == 1000  # never fewer than a run accepts
 
@@ -240,9 +240,7 @@ def test_rates_are_the_measured_work_over_the_clocked_interval(monkeypatch):
         options = RunOptions(max_tokens=1024)
 
         def model(self, name):
-            import torch
-
-            return torch.nn.Linear(1, 1)
+            return ForwardCounter()
 
     calls = []
 
@@ -264,6 +262,21 @@ def test_rates_are_the_measured_work_over_the_clocked_interval(monkeypatch):
     # one batch: no warm-up to leave out, the whole pass's rate
     assert calibration.pass_rate(0.0, 4.0, [3.0], [1000]) == calibration.PassRate(250.0, 0.0)
     assert calibration.pass_rate(0.0, 2.0, [], []).tokens_per_second == 0.5  # nothing clocked: 1 token
+
+
+class ForwardCounter:
+    """A model that counts its forwards (and has one parameter, on the CPU)."""
+
+    def __init__(self):
+        import torch
+
+        self.weight, self.forwards = torch.nn.Parameter(torch.zeros(1)), []
+
+    def parameters(self):
+        return iter([self.weight])
+
+    def __call__(self, ids, **kwargs):
+        self.forwards.append(tuple(ids.shape))
 
 
 def test_concepts_probed_are_those_with_enough_expected_positives_and_negatives():
@@ -331,7 +344,7 @@ def test_a_small_plan_measures_and_prints_a_time_without_progress_bars(capsys, t
     calibrated = record["basis"]["calibration_tokens"]
     assert 0 < calibrated <= 1000  # half the run's 2,000 tokens
     assert (
-        f"an estimate, from a calibration of {calibrated:,} tokens per pass, timed after a warm-up batch, "
+        f"an estimate, from a calibration of {calibrated:,} tokens per pass, the median batch after a warm-up forward and batch, "
         "on cpu (float32, 1 CPU thread(s))" in estimate
     )
     assert [p["pass"] for p in record["passes"]] == ["toy/moe-4x2", "untrained:toy/moe-4x2"]

@@ -268,8 +268,7 @@ class HeldOutProbing:
                 the split, or no concept with enough positives on the selection side
                 (:meth:`HeldOutOutcome.unavailable` records those two instead of numbers).
         """
-        self.check(moe, dense, untrained)
-        arms, notes = _Arms(self, step).probe(moe, dense, untrained)
+        arms, notes = self.arms(moe, dense, untrained, step=step)
         stats = self.statistics
         records = tuple(
             {"protocol": "held_out", **record, "interval_over": "test documents"}
@@ -292,6 +291,19 @@ class HeldOutProbing:
                 )
             )
         return HeldOutOutcome(arms, records, tuple(notes), groups)
+
+    def arms(
+        self,
+        moe: StoredTokens,
+        dense: StoredTokens | None = None,
+        untrained: StoredTokens | None = None,
+        *,
+        step: Step = run_now,
+    ) -> tuple[dict[str, HeldOutArm], list[str]]:
+        """Every arm the given tokens allow (after :meth:`check`; no comparison), and notes on the
+        controls left out. Raises as :meth:`__call__` does."""
+        self.check(moe, dense, untrained)
+        return _Arms(self, step).probe(moe, dense, untrained)
 
     def check(
         self, moe: StoredTokens, dense: StoredTokens | None = None, untrained: StoredTokens | None = None

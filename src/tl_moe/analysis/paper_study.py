@@ -121,6 +121,26 @@ class PaperProtocol:
             step: how each layer's probes run (``step(key, compute)``; the default computes at once).
             progress: show a progress bar over the MoE's layers.
         """
+        moe_units, dense_units = self.probe_units(moe, dense, step=step, progress=progress)
+        records = paper_comparisons(moe_units, dense_units)
+        return PaperOutcome(
+            moe_units=moe_units,
+            dense_units=dense_units,
+            curves=probing_curves(moe_units, dense_units),
+            near_best=experts_near_best(moe_units, k=1),
+            records=tuple(records),
+        )
+
+    def probe_units(
+        self,
+        moe: StoredTokens,
+        dense: StoredTokens | None = None,
+        *,
+        step: Step = run_now,
+        progress: bool = False,
+    ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        """Every probe of the protocol (after :meth:`check`): the experts' rows and the dense layers' and
+        routing-matched draws' rows (None without dense tokens), as :class:`PaperOutcome` holds them."""
         self.check(moe, dense)
         layers, seed = tuple(self.layers), self.statistics.seed
         params, minimum = probe_parameters(self.config, seed), self.config.min_examples
@@ -138,14 +158,7 @@ class PaperProtocol:
                 seed=seed,
                 step=step,
             )
-        records = paper_comparisons(moe_units, dense_units)
-        return PaperOutcome(
-            moe_units=moe_units,
-            dense_units=dense_units,
-            curves=probing_curves(moe_units, dense_units),
-            near_best=experts_near_best(moe_units, k=1),
-            records=tuple(records),
-        )
+        return moe_units, dense_units
 
     def check(self, moe: StoredTokens, dense: StoredTokens | None = None) -> None:
         """Raise a one-line InputError, before any probe, when the stored tokens do not fit: labels or a

@@ -13,8 +13,15 @@ probing analysis fits (:mod:`tl_moe.analysis.paper_study`, :mod:`tl_moe.analysis
   each expert's routed tokens (``dense_on_routed_tokens`` and ``dense_matched_subsets``).
 
 :func:`probing_work` lists them; :func:`eligible_concepts` says how many concepts a unit of a given
-number of tokens is fitted for at given concept rates. ``tl-moe plan`` multiplies the two by the
-probe sizes and divides by a measured fit rate.
+number of tokens is fitted for at given concept rates (balanced routing): an upper bound when no
+stored tokens are at hand.
+
+:func:`count_probing_fits` counts the fits exactly instead: it runs both protocols' own code on stored
+tokens inside :func:`~tl_moe.analysis.probing.tally_fits`, so every decision (concepts kept, concept
+populations, per-document balancing, routing, the document split, ks above a unit's width) is the
+analysis's, and no probe is fitted. :func:`repeat_tokens` stretches a short sample of stored tokens to
+a run's length (its documents repeated as new ones), which is how ``tl-moe plan`` counts a run's fits
+from its calibration pass.
 """
 
 from __future__ import annotations
@@ -25,8 +32,15 @@ from typing import Any
 import torch
 from jaxtyping import Float
 
+from tl_moe.analysis.activations import StoredTokens
+from tl_moe.analysis.probing import FitTally, tally_fits
+from tl_moe.errors import InputError
+
 __all__ = [
     "ProbeWork",
+    "ProbingFits",
+    "count_probing_fits",
+    "repeat_tokens",
     "eligible_concepts",
     "family_work",
     "moe_work",
@@ -48,6 +62,9 @@ class ProbeWork:
         held_out: fitted by the held-out protocol (its eligibility counts the selection documents alone);
             else by the paper protocol.
         analysis: the analysis whose finalize fits them (``probing``, or ``sparsity`` for the family).
+        ks: probe sizes fitted per unit and concept (None: every probe size of the run).
+        rows_probed: ``rows`` are the tokens each fit probes (counted by :func:`count_probing_fits`),
+            not the tokens a unit sees.
     """
 
     width: int
@@ -56,10 +73,13 @@ class ProbeWork:
     concepts: int
     held_out: bool = False
     analysis: str = "probing"
+    ks: int | None = None
+    rows_probed: bool = False
 
     def fits(self, n_ks: int) -> int:
-        """Probe fits of this work at ``n_ks`` probe sizes: units x concepts x probe sizes."""
-        return self.units * self.concepts * n_ks
+        """Probe fits of this work at ``n_ks`` probe sizes (its own ``ks`` when set): units x concepts x
+        probe sizes."""
+        return self.units * self.concepts * (n_ks if self.ks is None else self.ks)
 
 
 def eligible_concepts(rates: Float[torch.Tensor, " concept"], rows: int, min_examples: int) -> int:
@@ -147,3 +167,79 @@ def probing_work(
             ProbeWork(dense_width, 2 * experts, rows, concepts, True),  # on routed tokens, matched subsets
         ]
     return work
+
+
+@dataclass(frozen=True)
+class ProbingFits:
+    """The probe fits both probing protocols make on given stored tokens (:func:`count_probing_fits`).
+
+    Attributes:
+        paper: the paper protocol's fits (experts, dense layers and routing-matched draws).
+        held_out: the held-out protocol's fits, every arm (empty when it is unavailable).
+        held_out_unavailable: why the held-out protocol fits nothing (too few documents or examples),
+            or None.
+    """
+
+    paper: FitTally
+    held_out: FitTally
+    held_out_unavailable: str | None = None
+
+    @property
+    def fits(self) -> int:
+        return self.paper.fits + self.held_out.fits
+
+
+def count_probing_fits(
+    paper: Any,
+    held_out: Any,
+    moe: StoredTokens,
+    dense: StoredTokens | None = None,
+    untrained: StoredTokens | None = None,
+) -> ProbingFits:
+    """The fits of ``paper`` (a :class:`~tl_moe.analysis.paper_study.PaperProtocol`) and ``held_out``
+    (a :class:`~tl_moe.analysis.held_out_study.HeldOutProbing`) on these stored tokens, counted by
+    running their own probing code with no fit made (:func:`~tl_moe.analysis.probing.tally_fits`). The
+    held-out protocol's refusal (too few documents or examples) is recorded as the run records it."""
+    with tally_fits() as paper_tally:
+        paper.probe_units(moe, dense)
+    reason = None
+    with tally_fits() as held_out_tally:
+        try:
+            held_out.arms(moe, dense, untrained)
+        except InputError as error:  # as the probing analysis: the protocol is unavailable
+            reason = str(error)
+    if reason is not None:
+        held_out_tally = FitTally()
+    return ProbingFits(paper_tally, held_out_tally, reason)
+
+
+def repeat_tokens(stored: StoredTokens, n_tokens: int) -> StoredTokens:
+    """``stored`` repeated to ``n_tokens`` tokens (cut within its last copy): each copy's documents and
+    tokens are new ones (ids offset past the previous copy's), labels, domains, token ids and integer
+    rows (routing) copied, float rows (activations) all zero and not held in memory (a broadcast view).
+    For counting decisions that depend on counts, not on activation values."""
+    n = len(stored.token_index)
+    if n == 0 or n_tokens == n:
+        return stored
+    index = torch.arange(n_tokens) % n
+    copy = torch.arange(n_tokens) // n
+
+    def offset(ids: torch.Tensor) -> torch.Tensor:
+        return ids[index] + copy * (int(ids.max()) + 1)
+
+    rows = {
+        key: torch.zeros((), dtype=value.dtype).expand(n_tokens, *value.shape[1:])
+        if value.dtype.is_floating_point
+        else value[index]
+        for key, value in stored.rows.items()
+    }
+    return StoredTokens(
+        token_index=offset(stored.token_index),
+        input_ids=stored.input_ids[index],
+        domain=stored.domain[index],
+        labels=None if stored.labels is None else stored.labels[index],
+        rows=rows,
+        domain_names=stored.domain_names,
+        concept_names=stored.concept_names,
+        doc_index=None if stored.doc_index is None else offset(stored.doc_index),
+    )

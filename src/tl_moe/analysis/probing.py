@@ -18,7 +18,10 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Literal
 
 import pandas as pd
@@ -39,8 +42,10 @@ __all__ = [
     "SAMPLINGS",
     "STATUS_NOT_ENOUGH_SAMPLES",
     "STATUS_OK",
+    "FitTally",
     "KSparseProbe",
     "subsample_like_routing",
+    "tally_fits",
 ]
 
 STATUS_OK = 0
@@ -56,6 +61,41 @@ SAMPLINGS = ("balanced", "all")
 # problems are grouped by an absolute padding bound rather than a relative one.
 _MIN_FILL = 0.85
 _PAD_EXAMPLES = 256
+
+
+@dataclass
+class FitTally:
+    """The probe fits :meth:`KSparseProbe.fit` decided to make inside :func:`tally_fits` (none made).
+
+    Attributes:
+        calls: one ``(neurons per unit, problems fitted, tokens probed by them, ks fitted)`` per
+            ``fit`` call; a problem is a (unit, concept) with status ``"ok"``, and each is fitted once
+            per k.
+    """
+
+    calls: list[tuple[int, int, int, int]] = field(default_factory=list)
+
+    @property
+    def fits(self) -> int:
+        """Probe fits: problems x ks, over every call."""
+        return sum(problems * ks for _, problems, _, ks in self.calls)
+
+
+_TALLY: ContextVar[FitTally | None] = ContextVar("probe_fit_tally", default=None)
+
+
+@contextmanager
+def tally_fits() -> Iterator[FitTally]:
+    """Inside, :meth:`KSparseProbe.fit` decides every (unit, concept) as it always does (``status_``,
+    ``ks_``, the class counts) but fits nothing: F1, coefficients and intercepts stay NaN / zero, and
+    the yielded :class:`FitTally` records the fits each call would have made. Code that fits probes
+    (a protocol's arms, say) run inside it tells how many fits it makes, by its own decisions."""
+    tally = FitTally()
+    token = _TALLY.set(tally)
+    try:
+        yield tally
+    finally:
+        _TALLY.reset(token)
 
 
 def _all_finite(x: torch.Tensor) -> bool:
@@ -312,6 +352,15 @@ class KSparseProbe:
         The tokens per class are ``min(n_pos, n_neg)`` (capped) for balanced sampling, and unused
         (every token is probed) otherwise.
         """
+        n_pos, n_neg, n_per_class, status = self._class_counts(labels, unit_mask, token_mask)
+        positions = _token_positions(self.random_state, labels.shape[1], labels.shape[0]).to(labels.device)
+        return n_pos, n_neg, n_per_class, status, positions
+
+    def _class_counts(
+        self, labels: torch.Tensor, unit_mask: torch.Tensor, token_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Positive and negative tokens per (unit, concept), the tokens per class to sample, and status:
+        ``"ok"`` where both classes reach ``min_examples``."""
         units = unit_mask.to(torch.float64)
         usable = torch.ones_like(labels) if token_mask is None else token_mask
         n_pos = (units @ (labels & usable).to(torch.float64)).round().long()
@@ -322,8 +371,7 @@ class KSparseProbe:
             n_per_class = n_per_class.clamp(max=self.max_examples_per_class)
         n_per_class = n_per_class.masked_fill(~enough, 0)
         status = torch.where(enough, STATUS_OK, STATUS_NOT_ENOUGH_SAMPLES).to(torch.int8)
-        positions = _token_positions(self.random_state, labels.shape[1], labels.shape[0]).to(labels.device)
-        return n_pos, n_neg, n_per_class, status, positions
+        return n_pos, n_neg, n_per_class, status
 
     def train_test_masks(
         self,
@@ -496,7 +544,11 @@ class KSparseProbe:
         device = torch.device(self.device) if self.device is not None else activations.device
         labels, unit_mask = labels.to(device), unit_mask.to(device)
         token_mask = None if token_mask is None else token_mask.to(device)
-        n_pos, n_neg, n_per_class, status, positions = self._sampling_plan(labels, unit_mask, token_mask)
+        tally = _TALLY.get()
+        if tally is None:
+            n_pos, n_neg, n_per_class, status, positions = self._sampling_plan(labels, unit_mask, token_mask)
+        else:  # deciding only: no token is sampled
+            n_pos, n_neg, n_per_class, status = self._class_counts(labels, unit_mask, token_mask)
         ok = status == STATUS_OK
         n_examples = (2 * n_per_class if self.sampling == "balanced" else n_pos + n_neg).masked_fill(~ok, 0)
         max_k, n_k = max(self.ks_), len(self.ks_)
@@ -504,6 +556,11 @@ class KSparseProbe:
         self.top_neurons_ = torch.full((n_units, n_concepts, max_k), -1, dtype=torch.long)
         self.coef_ = torch.zeros(n_units, n_concepts, n_k, max_k, dtype=torch.float64)
         self.intercept_ = torch.full((n_units, n_concepts, n_k), math.nan, dtype=torch.float64)
+        self.status_ = status.cpu()
+        self.n_pos_, self.n_neg_, self.n_examples_ = n_pos.cpu(), n_neg.cpu(), n_examples.cpu()
+        if tally is not None:
+            tally.calls.append((n_neurons, int(ok.sum()), int(n_examples.sum()), n_k))
+            return self
 
         problems = ok.nonzero().cpu()
         sizes = n_examples.cpu()[problems[:, 0], problems[:, 1]]
@@ -520,9 +577,6 @@ class KSparseProbe:
         )
         for chunk in self._chunks(sizes[order], n_tokens, n_neurons + 2 * max_k + 2):
             self._fit_chunk(activations, labels, activation_index, split, problems[order[chunk]], device)
-
-        self.status_ = status.cpu()
-        self.n_pos_, self.n_neg_, self.n_examples_ = n_pos.cpu(), n_neg.cpu(), n_examples.cpu()
         return self
 
     def _chunks(self, sizes: Int[torch.Tensor, "problem"], n_tokens: int, row_width: int) -> list[slice]:  # noqa: F821 (jaxtyping shape)

@@ -4,29 +4,40 @@
 ``--no-calibration`` (``--no-calibrate``) is given, it loads the analyzed model (progress bars off) and:
 
 - warns what ``tl-moe analyze`` warns before its first pass, from the same code (a small corpus, the
-  fitted defaults, each analysis's checks — e.g. a split with fewer than 30 documents);
+  fitted defaults, each analysis's checks — e.g. a split with fewer than 30 documents — and a stream of
+  fewer documents than a chosen analysis's per-document gate needs at ``--min-documents``);
 - runs a short collection pass of each pass's model, the untrained null included (at most
   :data:`CALIBRATION_BATCHES` batches and half the run's own stream, at its ``--batch-size`` x
   ``--seq-len``, ``--dtype`` and ``--device``, with the run's hooks, concept labels and accumulators,
-  writing nothing), clocked after each batch (:class:`BatchClock`): its tokens per second over the
-  batches after the first (the warm-up), and the rest of the short pass (start-up, the first batch's
-  extra, the accumulators' finalize) as its start-up seconds (:class:`PassRate`);
+  writing nothing), after one discarded forward of that model at the run's batch shape (its cold start),
+  clocked after each batch (:class:`BatchClock`): its tokens per second, the median of the batches after
+  the first (the warm-up), and the rest of the short pass (start-up, the first batch's extra, the
+  accumulators' finalize) as its start-up seconds (:class:`PassRate`);
+- when probing runs: counts the probe fits the probing analysis will make by running its two protocols'
+  own code on the short pass's stored tokens, repeated to the run's length (new documents, the same
+  labels and routing), with no fit made (:func:`counted_probing_fits`,
+  :func:`~tl_moe.analysis.probe_work.count_probing_fits`): every decision — concepts kept, per-document
+  balancing, uneven routing, the document split, ks above a unit's width — is the analysis's;
 - when probing or the sparsity family runs: times a short
   :class:`~tl_moe.analysis.probing.KSparseProbe` fit, with the probing analysis's own parameters, on
-  random activations of each unit width the run probes, its probe sizes and about as many tokens per
-  unit as the run gives a unit, in fits per second (after a warm-up fit).
+  random activations of each unit width the run probes and as many tokens per fit as the counted fits
+  probe on average, in fits per second (after a warm-up fit). Only fits the probe makes are counted,
+  and every timed problem is planted to fit (:func:`measure_fit_rate`).
 
 A pass is estimated as its start-up seconds + the tokens its stream reaches / its measured rate.
-Probe fits are estimated as their expected number / the measured fit rate: the units of
+Probe fits are estimated as their expected number / the measured fit rate. Probing's expected number is
+the count above; it follows the short pass's sample, so it moves with how the rest of the stream
+differs from it. The sparsity family's other members, and a plan whose rates are injected (no short
+pass), use a count from the shapes alone: the units of
 :func:`~tl_moe.analysis.probe_work.probing_work` x probe sizes x the concepts whose rate in the short
-pass's labels gives a unit's share of the tokens ``--min-examples`` positives and negatives (the
-held-out protocol: ``--held-out-min-examples`` on its selection documents, and none at all when the
-run's documents are too few to split, decided by the same split the protocol uses). Routing that
-concentrates a concept moves the expected number; the summary also gives its upper bound (every unit
-seeing every token). The rest of each analysis's finalize is named as not estimated. Every number is an
-estimate and the summary says so, with its basis (the calibration's tokens, device, dtype and
-threads); :meth:`TimeEstimate.to_dict` is the same as JSON (``tl-moe plan --json PATH``). The rates
-can be injected (:func:`calibrate`'s ``forward_rates`` and ``fit_rate``, :func:`estimate_times`).
+pass's labels gives a unit's share of the tokens under balanced routing ``--min-examples`` positives and
+negatives (the held-out protocol: ``--held-out-min-examples`` on its selection documents). Either way the
+held-out protocol makes none when the run's documents are too few to split (decided by the same split
+the protocol uses), and the summary also gives the upper bound (every unit seeing every token). The rest
+of each analysis's finalize is named as not estimated. Every number is an estimate and the summary says
+so, with its basis (the calibration's tokens, device, dtype and threads); :meth:`TimeEstimate.to_dict`
+is the same as JSON (``tl-moe plan --json PATH``). The rates can be injected (:func:`calibrate`'s
+``forward_rates`` and ``fit_rate``, :func:`estimate_times`).
 """
 
 from __future__ import annotations
@@ -40,13 +51,16 @@ from typing import Any
 
 import pandas as pd
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 
 from tl_moe.analysis.probe_work import (
     ProbeWork,
+    ProbingFits,
+    count_probing_fits,
     eligible_concepts,
     family_work,
     probing_work,
+    repeat_tokens,
     store_cap,
 )
 from tl_moe.collect.accumulator import Accumulator
@@ -63,6 +77,8 @@ __all__ = [
     "calibrate",
     "calibration_tokens",
     "concept_rates",
+    "counted_probing_fits",
+    "tally_work",
     "eligible_concepts",
     "eligible_work",
     "fit_rate_concepts",
@@ -71,6 +87,8 @@ __all__ = [
     "held_out_gate",
     "measure_fit_rate",
     "measure_pass",
+    "warm_up",
+    "planted_labels",
     "pass_rate",
     "probing_seconds",
     "probe_fit_counts",
@@ -79,8 +97,8 @@ __all__ = [
     "run_documents",
 ]
 
-#: Batches of each model's calibration pass: a warm-up batch, then the timed ones.
-CALIBRATION_BATCHES = 3
+#: Batches of each model's calibration pass: a warm-up batch, then the timed ones (their median rate).
+CALIBRATION_BATCHES = 4
 #: Units and concepts of the timed probe fit (each unit x concept x probe size is one fit).
 CALIBRATION_UNITS, CALIBRATION_CONCEPTS = 4, 8
 #: Positive rates of the timed fit's planted concepts (rare to common, as a corpus's concepts are).
@@ -151,12 +169,17 @@ class PassRate:
 
 def pass_rate(start: float, end: float, stamps: list[float], tokens: list[int]) -> PassRate:
     """The :class:`PassRate` of a pass that began at ``start`` and ended at ``end`` (clock readings),
-    whose batches of ``tokens`` real tokens ended at ``stamps``: the first batch is its warm-up, the
-    rate is the later batches' tokens over their seconds; with one batch, the whole pass's rate."""
+    whose batches of ``tokens`` real tokens ended at ``stamps``: the first batch is its warm-up
+    (discarded), the rate is the median of the later batches' own rates (tokens over the seconds since
+    the previous stamp), so one slow batch after it (a cold start that outlasts the first batch) does
+    not set the rate; with one batch, the whole pass's rate."""
+    import statistics
+
     total = max(end - start, 1e-9)
     if len(stamps) < 2:
         return PassRate(max(sum(tokens), 1) / total)
-    rate = sum(tokens[1:]) / max(stamps[-1] - stamps[0], 1e-9)
+    rates = [n / max(b - a, 1e-9) for a, b, n in zip(stamps, stamps[1:], tokens[1:], strict=False)]
+    rate = statistics.median(rates)
     return PassRate(rate, max(total - sum(tokens) / rate, 0.0))
 
 
@@ -169,13 +192,14 @@ def measure_pass(
 ) -> tuple[PassRate, dict[Any, Any]]:
     """The :class:`PassRate` of a short collection pass of model ``name`` filling ``specs``, as the
     run fills them (the corpus, the concept labels, the hooks and the accumulators), over the
-    ``context``'s ``max_tokens`` (the model is loaded before the clock starts), timed after its first
-    batch; and what the pass collected (spec -> value). ``tokens``: the pass's real tokens, used
+    ``context``'s ``max_tokens`` (the model is loaded, and warmed up by one discarded forward, before the
+    clock starts), timed after its first batch; and what the pass collected (spec -> value). ``tokens``: the pass's real tokens, used
     when no batch was clocked."""
     from tl_moe.pipeline.runner import _collect_model
 
     model = context.model(name)
     device = next(model.parameters()).device
+    warm_up(model, context.options, device)
     batches = BatchClock(clock, device)
     start = clock()
     collected = _collect_model(context, name, specs, None, observers={"calibration clock": batches})
@@ -184,6 +208,17 @@ def measure_pass(
     end = clock()
     counted = batches.tokens or [context.options.max_tokens if tokens is None else tokens]
     return pass_rate(start, end, batches.stamps, counted), collected
+
+
+def warm_up(model: Any, options: Any, device: torch.device) -> None:
+    """One discarded forward of ``model`` on a batch of the run's shape (``--batch-size`` x
+    ``--seq-len``, token 0) before its pass is timed, so that a model's cold start (first kernels,
+    allocations) is in no timed batch even when the short pass has a single batch."""
+    ids = torch.zeros(options.batch_size, options.seq_len, dtype=torch.long, device=device)
+    with torch.no_grad():
+        model(ids, attention_mask=torch.ones_like(ids), return_type=None)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def concept_rates(collected: dict[Any, Any]) -> Float[torch.Tensor, " concept"] | None:
@@ -204,28 +239,48 @@ def measure_fit_rate(
     rates: Float[torch.Tensor, " concept"] | None = None,
     params: dict[str, Any] | None = None,
 ) -> float:
-    """Probe fits per second (one fit: a unit x a concept x a probe size) of a ``KSparseProbe`` — the
-    probing analysis's own fit, with its keyword ``params`` (:func:`~tl_moe.analysis.held_out_study.probe_parameters`)
-    — on random activations ``[unit, rows, width]`` with concepts planted at positive ``rates`` (the run's,
-    :func:`fit_rate_concepts`; default: rare to common, :data:`CALIBRATION_RATES`), after one warm-up
-    fit. A balanced fit's tokens are twice its rarer class's, so the rates set the fits' cost."""
-    from tl_moe.analysis.probing import KSparseProbe
+    """Probe fits per second (one fit: a unit x a concept x a probe size, fitted) of a ``KSparseProbe`` —
+    the probing analysis's own fit, with its keyword ``params``
+    (:func:`~tl_moe.analysis.held_out_study.probe_parameters`) — on random activations ``[unit, rows,
+    width]`` with concepts planted at positive ``rates`` (default: rare to common,
+    :data:`CALIBRATION_RATES`), after one warm-up fit. Only the fits the probe makes count (its
+    ``status_`` "ok" x its ``ks_``). So that every timed problem is one that fits, each concept gets
+    exactly its rate's share of positive tokens, held within [min_examples, rows - min_examples], and
+    ``rows`` is raised to twice ``min_examples`` when below it (the smallest problem the probe fits: the
+    rate of a cell too small to fit at all is that of the smallest fittable problem)."""
+    from tl_moe.analysis.probing import STATUS_OK, KSparseProbe
 
-    generator = torch.Generator().manual_seed(0)
-    activations = torch.randn(CALIBRATION_UNITS, rows, width, generator=generator)
+    params = params or {}
+    least = int(params.get("min_examples", KSparseProbe().min_examples))
+    rows = max(rows, 2 * least)
     if rates is None:
         rates = torch.linspace(*CALIBRATION_RATES, CALIBRATION_CONCEPTS)
-    labels = torch.rand(rows, len(rates), generator=generator) < rates
+    generator = torch.Generator().manual_seed(0)
+    activations = torch.randn(CALIBRATION_UNITS, rows, width, generator=generator)
+    labels = planted_labels(rates, rows, least, generator)
     activations[:, :, 0] += 2.0 * labels[:, 0].float()  # one neuron carries a concept: fits converge as usual
     activations = activations.to(device or "cpu")
     unit_mask = torch.ones(CALIBRATION_UNITS, rows, dtype=torch.bool)
     ks = tuple(k for k in ks if k <= width) or (1,)
-    probe = KSparseProbe(**{**(params or {}), "ks": ks, "device": str(activations.device)})
+    probe = KSparseProbe(**{**params, "ks": ks, "device": str(activations.device)})
     probe.fit(activations, labels, unit_mask)
     start = clock()
     probe.fit(activations, labels, unit_mask)
     seconds = clock() - start
-    return CALIBRATION_UNITS * len(rates) * len(ks) / max(seconds, 1e-9)
+    fits = int((probe.status_ == STATUS_OK).sum()) * len(probe.ks_)
+    if not fits:  # planted to fit: never reached unless the probe's rule changes
+        raise RuntimeError(f"the timed probe fit made no fit at {width} neurons x {rows} tokens")
+    return fits / max(seconds, 1e-9)
+
+
+def planted_labels(
+    rates: Float[torch.Tensor, " concept"], rows: int, least: int, generator: torch.Generator
+) -> Bool[torch.Tensor, "rows concept"]:
+    """``[rows, concept]`` labels with exactly ``round(rate x rows)`` positives per concept (held within
+    ``[least, rows - least]``, so each concept has ``least`` of each class) at random tokens."""
+    positives = (rates.double() * rows).round().long().clamp(min=least, max=rows - least)
+    order = torch.rand(len(rates), rows, generator=generator).argsort(dim=1)
+    return (order < positives[:, None]).T.contiguous()
 
 
 def fit_rate_concepts(
@@ -371,6 +426,8 @@ class TimeEstimate:
         pass_tokens: real tokens each pass streams.
         calibration_tokens: real tokens of each calibration pass (None: rates given, not measured).
         device / dtype / threads: where the rates were measured.
+        counted: probing's expected fits were counted by its own protocols on the calibration's stored
+            tokens (else from the run's shapes alone, at balanced routing).
         analyses: the run's analyses (the summary names the finalize work it does not estimate).
     """
 
@@ -390,6 +447,7 @@ class TimeEstimate:
     overhead_seconds: dict[str, float] = field(default_factory=dict)
     calibration_tokens: int | None = None
     dtype: str = "float32"
+    counted: bool = False
 
     def not_estimated(self) -> str:
         """What the total leaves out: every finalize step but the probe fits."""
@@ -413,12 +471,24 @@ class TimeEstimate:
     def total_seconds(self) -> float:
         return sum(self.pass_seconds.values()) + (self.probing_seconds or 0.0)
 
+    def count_basis(self) -> str:
+        """How the expected probe fits were counted."""
+        if self.counted:
+            counted = (
+                "probing's, counted by its own protocols on the calibration's stored tokens repeated to the "
+                "run's length (no fit made), so they follow that sample"
+            )
+            if "sparsity" in self.fit_seconds:
+                counted += "; the sparsity family's other members' from their shapes: " + _SHAPE_COUNT
+            return counted
+        return _SHAPE_COUNT
+
     def basis(self) -> str:
         """What the estimate rests on: the calibration's tokens, device, dtype and threads."""
         measured = (
             "rates given, not measured"
             if self.calibration_tokens is None
-            else f"a calibration of {self.calibration_tokens:,} tokens per pass, timed after a warm-up batch"
+            else f"a calibration of {self.calibration_tokens:,} tokens per pass, the median batch after a warm-up forward and batch"
         )
         return f"{measured}, on {self.device} ({self.dtype}, {self.threads} CPU thread(s))"
 
@@ -464,12 +534,7 @@ class TimeEstimate:
                 f"{self.fits_at_most[analysis]:,} if every unit saw every token; measured {rates})"
             )
         if self.fit_seconds:
-            lines.append(
-                "  expected fits: the concepts each unit's share of the tokens gives --min-examples positives and "
-                "negatives (--held-out-min-examples on the selection documents), at the short pass's concept rates "
-                "and balanced routing; the paper protocol's per-document balancing and uneven routing usually "
-                "leave fewer"
-            )
+            lines.append("  expected fits: " + self.count_basis())
         if self.held_out_unavailable is not None:
             lines.append(f"  held-out protocol unavailable, so it makes 0 fits: {self.held_out_unavailable}")
         lines.append(f"  total of these: {_duration(self.total_seconds)} ({self.not_estimated()})")
@@ -506,10 +571,19 @@ class TimeEstimate:
                 }
                 for analysis, seconds in self.fit_seconds.items()
             },
+            "fits_counted_by": self.count_basis() if self.fit_seconds else None,
             "held_out_unavailable": self.held_out_unavailable,
             "total_seconds": self.total_seconds,
             "not_estimated": self.not_estimated(),
         }
+
+
+#: How fits are counted from the run's shapes alone (no stored tokens).
+_SHAPE_COUNT = (
+    "the concepts each unit's share of the tokens gives --min-examples positives and negatives "
+    "(--held-out-min-examples on the selection documents), at the short pass's concept rates and balanced "
+    "routing; the paper protocol's per-document balancing and uneven routing usually leave fewer"
+)
 
 
 def _duration(seconds: float) -> str:
@@ -556,11 +630,13 @@ def estimate_times(
     held_out_unavailable: str | None = None,
     tokens: int | None = None,
     calibration_tokens: int | None = None,
+    counted: bool = False,
 ) -> TimeEstimate:
     """Seconds per pass (its measured start-up and finalize, plus its tokens — ``tokens`` when the corpus
     ends first — over its model's tokens per second; ``forward_rates``: name -> tokens/s or a
     :class:`PassRate`) and per analysis's probe fits (:func:`probing_seconds`); ``bound_work``: the
-    same work at its upper bound of concepts. Every input rate may be injected, so the estimate is
+    same work at its upper bound of concepts; ``counted``: probing's work was counted by its own
+    protocols (:func:`counted_probing_fits`). Every input rate may be injected, so the estimate is
     a function of the plan and the rates alone."""
     rates = {m.name: _as_rate(forward_rates[m.name]) for m in plan.models}
     streamed = {m.name: tokens or m.tokens for m in plan.models}
@@ -574,6 +650,7 @@ def estimate_times(
         overhead_seconds={n: r.overhead_seconds for n, r in rates.items()},
         calibration_tokens=calibration_tokens,
         dtype=str(plan.options.dtype),
+        counted=counted,
     )
     passes = {n: r.seconds(streamed[n]) for n, r in rates.items()}
     per_second = {n: r.tokens_per_second for n, r in rates.items()}
@@ -624,19 +701,21 @@ def quiet_loading() -> Iterator[None]:
 
 def relay_run_warnings(context: Any, chosen: list[Any]) -> Any:
     """Warn what ``tl-moe analyze`` warns before its first pass, with the same code: a corpus far smaller
-    than ``--max-tokens``, the size defaults fitted to the models, and each analysis's own checks (e.g. a
-    split with fewer than ``MIN_DOCUMENTS`` documents, whose intervals will be unavailable). Refusals
+    than ``--max-tokens``, the size defaults fitted to the models, each analysis's own checks (e.g. a
+    split with fewer than ``MIN_DOCUMENTS`` documents, whose intervals will be unavailable) and a stream
+    of fewer documents than the per-document gates of the chosen analyses need (``--min-documents``). Refusals
     are raised as analyze raises them. Returns the run's options as analyze fits them."""
     from tl_moe.pipeline.checks import warn_small_corpus
+    from tl_moe.pipeline.checks.corpus import warn_few_documents
     from tl_moe.pipeline.runner import _fit_defaults
 
     options = context.options
-    warn_small_corpus(
-        context.dataset, context.model(context.main).tokenizer, options.max_tokens, options.split
-    )
+    tokenizer = context.model(context.main).tokenizer
+    warn_small_corpus(context.dataset, tokenizer, options.max_tokens, options.split)
     _fit_defaults(context, chosen)
     for analysis in chosen:
         analysis.check(context)
+    warn_few_documents(context.dataset, tokenizer, context.options, [a.name for a in chosen])
     return context.options
 
 
@@ -652,18 +731,22 @@ def calibration_tokens(options: Any, run_tokens: int) -> int:
 def _measure_fit_rates(
     work: list[ProbeWork], rates: Any, options: Any, device: str, clock: Clock
 ) -> dict[tuple[int, int], float]:
-    """Fits per second at each (width, rows) of the work that fits anything, with concepts planted at
-    the run's own rates (:func:`fit_rate_concepts`) when the short pass labeled any."""
+    """Fits per second at each (width, rows) of the work that fits anything: for counted work (rows:
+    the tokens a fit probes) on concepts half positive, so each problem probes its rows; else with
+    concepts planted at the run's own rates (:func:`fit_rate_concepts`) when the short pass labeled any."""
     from tl_moe.analysis.held_out_study import probe_parameters
 
-    params = probe_parameters(options.config("probing"), options.seed)
+    config = options.config("probing")
+    params = probe_parameters(config, options.seed)
+    probed = {rate_key(w) for w in work if w.fits(1) and w.rows_probed}
     fit_rates = {}
     for width, rows in sorted({rate_key(w) for w in work if w.fits(1)}):
-        picked = (
-            None if rates is None else fit_rate_concepts(rates, rows, options.config("probing").min_examples)
-        )
+        if (width, rows) in probed:
+            picked = torch.full((CALIBRATION_CONCEPTS,), 0.5)
+        else:
+            picked = None if rates is None else fit_rate_concepts(rates, rows, config.min_examples)
         fit_rates[(width, rows)] = measure_fit_rate(
-            width, rows, options.config("probing").ks, device, clock=clock, rates=picked, params=params
+            width, rows, config.ks, device, clock=clock, rates=picked, params=params
         )
     return fit_rates
 
@@ -695,11 +778,11 @@ def calibrate(
         short = options.replace(max_tokens=calibration_tokens(options, stream.tokens))
         short_tokens = run_documents(context.dataset, tokenizer, short).tokens
         device = str(next(context.model(context.main).parameters()).device)
-        rates = None
-        if forward_rates is None:
-            forward_rates, rates = _measure_passes(context, short, short_tokens, clock)
+        rates, collected, measured = None, None, forward_rates is None
+        if measured:
+            forward_rates, rates, collected = _measure_passes(context, short, short_tokens, clock)
     plan = dataclasses.replace(plan, options=options)
-    basis = dict(tokens=stream.tokens, calibration_tokens=None if rates is None else short_tokens)
+    basis = dict(tokens=stream.tokens, calibration_tokens=short_tokens if measured else None)
     if not {"probing", "sparsity"} & set(plan.analyses):
         return estimate_times(plan, forward_rates, device=device, threads=threads, **basis)
     concepts = _concepts_of(options)
@@ -709,6 +792,12 @@ def calibrate(
     gate = held_out_gate(stream.doc_ids, options)
     work = eligible_work(work, rates, options, held_out_runs=gate is None)
     bound = eligible_work(bound, rates, options, held_out_runs=gate is None)
+    if collected is not None and "probing" in plan.analyses:
+        with quiet_loading():
+            counted = counted_probing_fits(context, collected, stream.tokens / short_tokens, gate)
+        work = tally_work(counted) + [w for w in work if w.analysis != "probing"]
+        gate = gate or counted.held_out_unavailable
+        basis["counted"] = True
     if fit_rate is None:
         fit_rates = _measure_fit_rates(work, rates, options, device, clock)
     else:
@@ -726,11 +815,64 @@ def calibrate(
     )
 
 
+def counted_probing_fits(
+    context: Any, collected: dict[str, dict[Any, Any]], scale: float, gate: str | None
+) -> ProbingFits:
+    """The probing analysis's fits in the run, counted by its own code (:func:`count_probing_fits`) on
+    the calibration pass's stored tokens repeated to the run's length (``scale``: the run's stream
+    over the calibration's, :func:`repeat_tokens`); none held-out when the run's own documents are too
+    few to split (``gate``: why)."""
+    from tl_moe.pipeline.probing_run import probing_protocols
+    from tl_moe.pipeline.registry import get_analysis
+
+    section = get_analysis("probing")()
+    stored = section.stored(
+        context, {need: collected[need.model][need.spec] for need in section.needs(context)}
+    )
+    moe, dense, untrained = (
+        None if tokens is None else repeat_tokens(tokens, round(len(tokens.token_index) * scale))
+        for tokens in stored
+    )
+    paper, study = probing_protocols(context)
+    if gate is not None:
+        study = _Unavailable(gate)
+    return count_probing_fits(paper, study, moe, dense, untrained)
+
+
+@dataclass(frozen=True)
+class _Unavailable:
+    """A held-out study that refuses with ``reason`` (the run's documents are too few to split)."""
+
+    reason: str
+
+    def arms(self, *args: Any, **kwargs: Any) -> Any:
+        from tl_moe.errors import InputError
+
+        raise InputError(self.reason)
+
+
+def tally_work(counted: ProbingFits) -> list[ProbeWork]:
+    """The probing analysis's counted fits as :class:`ProbeWork` per unit width and protocol: its
+    problems (a unit x a concept) with the probe sizes fitted, ``rows`` the mean tokens a problem probes."""
+    grouped: dict[tuple[int, bool, int], list[int]] = {}
+    for held_out, tally in ((False, counted.paper), (True, counted.held_out)):
+        for width, problems, tokens, ks in tally.calls:
+            totals = grouped.setdefault((width, held_out, ks), [0, 0])
+            totals[0] += problems
+            totals[1] += tokens
+    return [
+        ProbeWork(width, problems, max(round(tokens / problems), 1), 1, held_out, ks=ks, rows_probed=True)
+        for (width, held_out, ks), (problems, tokens) in sorted(grouped.items())
+        if problems
+    ]
+
+
 def _measure_passes(
     context: Any, short: Any, short_tokens: int, clock: Clock
-) -> tuple[dict[str, PassRate], Float[torch.Tensor, " concept"] | None]:
+) -> tuple[dict[str, PassRate], Float[torch.Tensor, " concept"] | None, dict[str, dict[Any, Any]]]:
     """A short pass of each model the run passes (options ``short``), as the run collects and releases
-    them: each pass's :class:`PassRate`, and the concept rates the first labeled pass stored."""
+    them: each pass's :class:`PassRate`, the concept rates the first labeled pass stored, and what each
+    pass collected (model -> spec -> value)."""
     from tl_moe.pipeline.context import RunContext
     from tl_moe.pipeline.runner import _chosen_analyses, _needs_by_model
 
@@ -740,11 +882,13 @@ def _measure_passes(
     needs = _needs_by_model(short_context, _chosen_analyses(short, None))
     forward_rates: dict[str, PassRate] = {}
     rates = None
+    collected_by_model: dict[str, dict[Any, Any]] = {}
     for name, specs in needs.items():
         forward_rates[name], collected = measure_pass(
             short_context, name, specs, clock=clock, tokens=short_tokens
         )
+        collected_by_model[name] = collected
         rates = concept_rates(collected) if rates is None else rates
         if name not in (short_context.main, short_context.dense):  # as the run releases them
             short_context.release(name)
-    return forward_rates, rates
+    return forward_rates, rates, collected_by_model

@@ -13,10 +13,11 @@ from tl_moe.analysis.activations import StoredTokens
 from tl_moe.analysis.concept_probing import PAPER_PROTOCOL
 from tl_moe.analysis.held_out_probing import HeldOutArm
 from tl_moe.analysis.held_out_study import HeldOutProbing, probe_parameters
+from tl_moe.analysis.paper_study import PaperProtocol
 from tl_moe.collect.steps import Step, run_now
 from tl_moe.pipeline.context import RunContext
 
-__all__ = ["held_out_probing", "held_out_study", "probe_settings", "probing_steps"]
+__all__ = ["held_out_probing", "held_out_study", "probe_settings", "probing_protocols", "probing_steps"]
 
 
 def probe_settings(run: RunContext) -> dict[str, Any]:
@@ -53,6 +54,15 @@ def held_out_study(run: RunContext, layers: tuple[int, ...], model: str | None =
         config=config if model is None else dataclasses.replace(config, skip_untrained_null=True),
         statistics=run.options.statistics,
     )
+
+
+def probing_protocols(run: RunContext) -> tuple[PaperProtocol, HeldOutProbing]:
+    """The probing analysis's two protocols for ``run``'s analyzed MoE and dense baseline: the paper's
+    and the held-out one (the analysis runs them; ``tl-moe plan`` counts their fits)."""
+    config, layers = run.options.config("probing"), run.probed_layers()
+    study = held_out_study(run, layers)
+    paper = PaperProtocol(layers, study.num_experts, study.dense_layers, config, run.options.statistics)
+    return paper, study
 
 
 def held_out_probing(

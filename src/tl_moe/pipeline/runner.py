@@ -27,6 +27,7 @@ from tl_moe.pipeline.checks import (
     check_output_dir,
     check_seq_len,
     resolve_device,
+    warn_few_documents,
     warn_small_corpus,
 )
 from tl_moe.pipeline.context import RunContext
@@ -406,6 +407,13 @@ def _run(options, analyses, dataset, models, write_report, started, load_at_star
     options = run_context.options
     for analysis in chosen:
         analysis.check(run_context)
+    if _rank() == 0:
+        warn_few_documents(
+            run_context.dataset,
+            run_context.model(run_context.main).tokenizer,
+            options,
+            [a.name for a in chosen],
+        )
     needs = _needs_by_model(run_context, chosen)
     if any(spec.uses_token_groups for specs in needs.values() for spec in specs):
         run_context.check_token_groups()

@@ -26,7 +26,7 @@ from tl_moe.report.dashboard import (
     layer_page_path,
 )
 from tl_moe.report.files import column_label
-from tl_moe.report.markup import escape, inline_to_html, markdown_to_html
+from tl_moe.report.markup import escape, escape_controls, inline_to_html, markdown_to_html
 
 __all__ = ["CSS", "format_value", "render_layer_page", "render_page"]
 
@@ -72,9 +72,12 @@ _VISIBLE = {"\n": "⏎", "\t": "⇥", "\r": "␍"}
 
 
 def visible_whitespace(text: str) -> str:
-    """``text`` with newlines, tabs and leading/trailing spaces drawn (``⏎ ⇥ ·``); ``∅`` if empty."""
+    """``text`` with newlines, tabs and leading/trailing spaces drawn (``⏎ ⇥ ·``) and every other
+    unprintable character written as its code (:func:`~tl_moe.report.markup.escape_controls`, e.g. a
+    NUL as the four characters backslash, x, 0, 0); ``∅`` if empty."""
     if text == "":
         return "∅"
+    text = escape_controls(text)
     for raw, shown in _VISIBLE.items():
         text = text.replace(raw, shown)
     stripped = text.strip(" ")

@@ -16,12 +16,42 @@ from __future__ import annotations
 import html
 import re
 import textwrap
+import unicodedata
 
-__all__ = ["inline_to_html", "markdown_to_html"]
+__all__ = ["escape_controls", "inline_to_html", "markdown_to_html", "visible_token"]
 
 _CODE_SPAN = re.compile(r"(`[^`\n]+`)")
 _BOLD = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*")
 _BULLET = re.compile(r"^\s*[-*]\s+(.*)$")
+
+
+_TOKEN_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _code(char: str) -> str:
+    r"""``char`` as Python's ``repr`` writes an unprintable character: ``\xNN``, ``\uNNNN`` or ``\UNNNNNNNN``."""
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _unprintable(char: str) -> bool:
+    """A control, format, unassigned or private character, or a separator other than the plain space."""
+    return unicodedata.category(char)[0] in "CZ" and char != " "
+
+
+def visible_token(text: str) -> str:
+    r"""A vocabulary token as a sentence shows it: backslash, newline, tab and carriage return as
+    ``\\``, ``\n``, ``\t``, ``\r``, and every other control, format or separator character (NUL, a
+    zero-width joiner, a line separator...) as its ``\xNN`` / ``\uNNNN`` / ``\UNNNNNNNN`` code, as
+    Python's ``repr`` writes it; printable characters and the plain space unchanged."""
+    return "".join(_TOKEN_ESCAPES.get(char) or (_code(char) if _unprintable(char) else char) for char in text)
+
+
+def escape_controls(text: str) -> str:
+    r"""``text`` with every unprintable character but newline, tab and carriage return (NUL, a
+    zero-width joiner, a line separator...) written as its ``\xNN`` / ``\uNNNN`` code, as a table
+    cell shows it (:func:`~tl_moe.report.html.visible_whitespace` draws those three)."""
+    return "".join(_code(char) if _unprintable(char) and char not in "\n\t\r" else char for char in text)
 
 
 def escape(text: str) -> str:

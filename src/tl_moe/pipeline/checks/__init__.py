@@ -54,6 +54,8 @@ from tl_moe.pipeline.checks.corpus import (
     check_tokenizer,
     corpus_tokens_up_to,
     domain_coverage,
+    few_documents_warning,
+    warn_few_documents,
     warn_small_corpus,
 )
 from tl_moe.pipeline.checks.device import resolve_device
@@ -118,5 +120,7 @@ __all__ = [
     "max_positions",
     "resolve_device",
     "reweight_documents",
+    "few_documents_warning",
+    "warn_few_documents",
     "warn_small_corpus",
 ]

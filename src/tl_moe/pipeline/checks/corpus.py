@@ -13,6 +13,7 @@ from tl_moe.errors import InputError
 from tl_moe.pipeline.checks.errors import CorpusSplitError
 
 __all__ = [
+    "DOCUMENT_GATES",
     "SMALL_CORPUS_SHARE",
     "TOKENIZER_PROBE_TEXT",
     "DomainCoverage",
@@ -20,6 +21,9 @@ __all__ = [
     "check_tokenizer",
     "corpus_tokens_up_to",
     "domain_coverage",
+    "few_documents_warning",
+    "stream_documents",
+    "warn_few_documents",
     "warn_small_corpus",
 ]
 
@@ -160,3 +164,63 @@ def warn_small_corpus(dataset: Any, tokenizer: Any, max_tokens: int, split: str 
             f"--max-tokens {max_tokens}; analyses that need more tokens will report themselves unavailable.",
             stacklevel=2,
         )
+
+
+#: The analyses whose tests or intervals have a per-document gate at ``--min-documents`` on the run's
+#: stream: 1, documents in all (the domain permutation test, the specialization excess interval); 2,
+#: documents on each half of a document split (the held-out probing protocol, the associations' report
+#: half), so about twice as many in all. The drivers and re-weighting gate the documents of their own
+#: edited forwards and warn about those in their checks.
+DOCUMENT_GATES: dict[str, int] = {
+    "domains": 1,
+    "specialization": 1,
+    "probing": 2,
+    "sparsity": 2,
+    "associations": 2,
+}
+
+
+def stream_documents(dataset: Any, tokenizer: Any, seq_len: int, max_tokens: int, enough: int) -> int:
+    """Documents the run's token stream reaches within ``max_tokens`` (its windows, in order), counted
+    up to ``enough`` (the count stops there: no more of the corpus is read)."""
+    from tl_moe.collect.batching import iter_windows
+
+    documents: set[int] = set()
+    for window in iter_windows(dataset, tokenizer, seq_len=seq_len, max_tokens=max_tokens):
+        documents.add(int(window.document.doc_index))
+        if len(documents) >= enough:
+            break
+    return len(documents)
+
+
+def few_documents_warning(documents: int, min_documents: int, analyses: Any, max_tokens: int) -> str | None:
+    """One line when the run's ``documents`` are too few for the per-document gate of some of
+    ``analyses`` (:data:`DOCUMENT_GATES`, at ``min_documents``): which go untested and what would fix
+    it; None when every gate is met."""
+    short = [a for a in analyses if a in DOCUMENT_GATES and documents < DOCUMENT_GATES[a] * min_documents]
+    if not short:
+        return None
+    needs = ", ".join(
+        f"{a} (needs {min_documents}{' on each half' if DOCUMENT_GATES[a] == 2 else ''})" for a in short
+    )
+    return (
+        f"--min-documents {min_documents}: the run's stream (--max-tokens {max_tokens}) reaches only {documents} "
+        f"documents, so these tests and intervals will be unavailable: {needs}; raise --max-tokens, use a corpus "
+        f"with more documents, or lower --min-documents."
+    )
+
+
+def warn_few_documents(dataset: Any, tokenizer: Any, options: Any, analyses: Any) -> str | None:
+    """Warn, before the passes, when the run's stream reaches too few documents for the per-document
+    gate of a chosen analysis (:func:`few_documents_warning`); returns the warning (None: no warning)."""
+    import warnings
+
+    gates = [DOCUMENT_GATES[a] for a in analyses if a in DOCUMENT_GATES]
+    if not gates:
+        return None
+    enough = max(gates) * options.min_documents
+    documents = stream_documents(dataset, tokenizer, options.seq_len, options.max_tokens, enough)
+    message = few_documents_warning(documents, options.min_documents, analyses, options.max_tokens)
+    if message is not None:
+        warnings.warn(message, stacklevel=2)
+    return message

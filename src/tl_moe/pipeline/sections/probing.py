@@ -6,14 +6,22 @@ each step saved in ``OUT/checkpoints``, and wraps their outcomes in
 
 from __future__ import annotations
 
+from typing import Any
+
 from tl_moe.analysis.bounded_store import BoundedStoredTokens
 from tl_moe.analysis.configs import ProbingConfig
 from tl_moe.analysis.held_out_study import HeldOutOutcome
-from tl_moe.analysis.paper_study import PaperProtocol
+from tl_moe.analysis.paper_study import PaperProtocol  # noqa: F401 (importable from here as before)
 from tl_moe.errors import InputError
 from tl_moe.pipeline.context import RunContext, untrained_name
 from tl_moe.pipeline.needs import DenseNeurons, ExpertNeurons
-from tl_moe.pipeline.probing_run import held_out_probing, held_out_study, probe_settings, probing_steps
+from tl_moe.pipeline.probing_run import (
+    held_out_probing,
+    held_out_study,
+    probe_settings,
+    probing_protocols,
+    probing_steps,
+)
 from tl_moe.pipeline.protocol import Analysis, Inputs, Need, OptionLimit
 from tl_moe.pipeline.results.probing import INTRO, PAPER, ProbingResult
 
@@ -69,15 +77,20 @@ class Probing(Analysis):
             needs.append(Need(untrained_name(run.main), ExpertNeurons(run.probed_layers())))
         return needs
 
-    def finalize(self, run: RunContext, inputs: Inputs) -> ProbingResult:
-        """Both protocols on the stored tokens (the held-out one's failure recorded, never a silent number)."""
-        config, layers, needs = run.options.config("probing"), run.probed_layers(), self.needs(run)
-        moe = inputs[needs[0]]
+    def stored(self, run: RunContext, inputs: Any) -> tuple[Any, Any, Any]:
+        """The stored tokens of the MoE, the dense baseline and the untrained MoE (None: not run) in
+        ``inputs`` (a need -> value mapping, as :meth:`needs` lists them)."""
+        config, needs = run.options.config("probing"), self.needs(run)
         dense = inputs[needs[1]] if run.dense is not None else None
         untrained = inputs[needs[-1]] if not config.skip_untrained_null else None
+        return inputs[needs[0]], dense, untrained
+
+    def finalize(self, run: RunContext, inputs: Inputs) -> ProbingResult:
+        """Both protocols on the stored tokens (the held-out one's failure recorded, never a silent number)."""
+        config, needs = run.options.config("probing"), self.needs(run)
+        moe, dense, untrained = self.stored(run, inputs)
         step = probing_steps(run, self.name, [need.model for need in needs])
-        study = held_out_study(run, layers)
-        paper = PaperProtocol(layers, study.num_experts, study.dense_layers, config, run.options.statistics)
+        paper, study = probing_protocols(run)
         paper_outcome = paper(moe, dense, step=step, progress=run.options.progress)
         try:
             held_out = study(moe, dense, untrained, step=step)
