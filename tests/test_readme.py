@@ -341,3 +341,53 @@ def test_the_drivers_block_gives_the_saliency_rhos_planted_coverage_and_the_dire
     line = drivers_markdown(results, "x", _planted_rho(None))
     assert "132 of 200 seeds" in line and "misses" not in line and "basic interval of the same" not in line
     assert "planted study of this interval" not in drivers_markdown(results, "x", {})
+
+
+def test_the_drivers_block_gives_the_paired_rhos_planted_coverage_and_no_direction_for_a_coin_flip():
+    from readme_results import ESTIMATE_FINDING, PAIRED_STATISTICS, SALIENCY_STATISTIC, drivers_markdown
+
+    results = json.loads((ROOT / "docs/results/toy_drivers.json").read_text())
+    statistics = (SALIENCY_STATISTIC, *PAIRED_STATISTICS)
+    cases = ("planted null", "rare")
+    key = {(c, s): f"{c}, gate 5, percentile, {s}" for c in cases for s in statistics}
+    hits = {"planted null": 190, "rare": 170}  # rare: 0.85, below nominal by more than 2 se
+    # estimate: 12 vs 18 misses (a fair coin could do that); REAP: 27 vs 3; difference: 2 vs 28
+    split = {"estimate, paired": (12, 18), "REAP, paired": (27, 3), "estimate − REAP, paired": (2, 28)}
+    study = {
+        "rates": {
+            key[c, s]: {
+                "rate": hits[c] / 200,
+                "hits": hits[c],
+                "n": 200,
+                "se": 0.02,
+                "nominal": 0.95,
+                "nominal_se": 0.0154,
+            }
+            for c in cases
+            for s in statistics
+        },
+        "misses, truth above / below the interval": {
+            key["rare", s]: {"above": a, "below": b} for s, (a, b) in split.items()
+        },
+        "settings": {
+            "chosen method": "percentile",
+            "default gate": 5,
+            "cells": [{"gate": 5, "cases": list(cases)}],
+        },
+    }
+    line = next(
+        line
+        for line in drivers_markdown(results, "x", {"studies": {"rho_interval_methods": study}}).splitlines()
+        if ESTIMATE_FINDING in line
+    )
+    tail = line.split("planted study of these pooled paired intervals")[1]
+    estimate, reap, difference = tail.split(" — ")[1:]
+    assert "170 of 200 seeds" in estimate and "12 of its 30 misses" in estimate and "states" not in estimate
+    assert "27 of its 30 misses" in reap and "so the interval understates ρ there" in reap
+    assert (
+        "2 of its 30 misses" in difference and "so the interval overstates the difference there" in difference
+    )
+    del study["rates"][key["rare", "REAP, paired"]]
+    assert "paired intervals" not in drivers_markdown(
+        results, "x", {"studies": {"rho_interval_methods": study}}
+    )

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import scipy.stats
+
 from tl_moe.analysis.specialization_permutation import BOOTSTRAP_PERMUTATIONS
 from tl_moe.defaults import MIN_DOCUMENTS
 from tl_moe.report.numbers import format_interval, is_defined
@@ -556,6 +558,7 @@ def drivers_markdown(results: dict[str, Any], source: str, planted: dict[str, An
     planted = planted if planted is not None else _planted_if_any(Path("."))
     after = {
         SALIENCY_FINDING: _saliency_caveat(results, planted),
+        ESTIMATE_FINDING: _paired_caveat(results, planted),
         DOMAIN_FINDING: _domain_regimes(results, planted),
     }
     lines += [
@@ -570,6 +573,10 @@ SALIENCY_FINDING = "**Driver experts**"
 SALIENCY_STATISTIC = "REAP, split halves"
 """That ρ's name in the planted study ``rho_interval_methods``."""
 SALIENCY_METRIC = "Spearman(REAP saliency, removal effect)"
+ESTIMATE_FINDING = "**First-order estimate**"
+"""How the drivers finding that quotes the estimate's and REAP's paired ρ begins."""
+PAIRED_STATISTICS = ("estimate, paired", "REAP, paired", "estimate − REAP, paired")
+"""The paired ρ's (and their difference) of that finding, by their names in ``rho_interval_methods``."""
 DOMAIN_FINDING = "**Drivers vs domain experts**"
 """How the drivers finding that quotes the domain-score ρ begins."""
 
@@ -620,18 +627,20 @@ def _planted_if_any(root: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _miss_direction(study: dict[str, Any], key: str) -> str:
+def _miss_direction(study: dict[str, Any], key: str, value: str = "ρ") -> str:
     """How many misses have the truth above / below the interval, from the study's miss counts, and where
-    the interval covers below its nominal rate, which way it errs (empty where the study's results do not
-    record the counts)."""
+    the interval covers below its nominal rate and the misses fall on one side more often than a fair coin
+    would put them (two-sided binomial test at 5%), which way it errs (empty where the study's results do
+    not record the counts)."""
     misses = study.get("misses, truth above / below the interval", {}).get(key)
     if not misses or not misses["above"] + misses["below"]:
         return ""
     above, below = misses["above"], misses["below"]
     text = f" ({above} of its {above + below} misses with the truth above the interval, {below} below"
     r = study["rates"][key]
-    if r["nominal"] - r["rate"] > 2 * r["nominal_se"] and above != below:
-        text += f", so the interval {'understates' if above > below else 'overstates'} ρ there"
+    one_sided = scipy.stats.binomtest(above, above + below, 0.5).pvalue < 0.05
+    if r["nominal"] - r["rate"] > 2 * r["nominal_se"] and one_sided:
+        text += f", so the interval {'understates' if above > below else 'overstates'} {value} there"
     return text + ")"
 
 
@@ -661,6 +670,35 @@ def _saliency_caveat(results: dict[str, Any], planted: dict[str, Any] | None) ->
     if basic and all(is_defined(bound) for bound in basic):
         text += f" This run's basic interval of the same resamples: [{basic[0]:+.2f}, {basic[1]:+.2f}]."
     return text
+
+
+def _paired_caveat(results: dict[str, Any], planted: dict[str, Any] | None) -> str:
+    """The paired ρ's of the estimate and REAP (pooled) and their difference against the planted study of
+    their intervals: the chosen method's coverage at the default gate in each planted case, with the
+    misses' direction (empty where the results or the study lack them)."""
+    metrics = results.get("sections", {}).get("drivers", {}).get("metrics", {})
+    study = (planted or {}).get("studies", {}).get("rho_interval_methods")
+    if study is None or f"{SALIENCY_METRIC} | 95% CI" not in metrics:
+        return ""
+    settings = study["settings"]
+    method = metrics.get(f"{SALIENCY_METRIC} | interval method", settings["chosen method"])
+    gate = settings["default gate"]
+    cases = next(cell["cases"] for cell in settings["cells"] if cell["gate"] == gate)
+    parts = []
+    for statistic in PAIRED_STATISTICS:
+        keys = [(case, f"{case}, gate {gate}, {method}, {statistic}") for case in cases]
+        value = "the difference" if "−" in statistic else "ρ"
+        if not all(key in study["rates"] for _, key in keys):
+            return ""
+        shown = "; ".join(
+            f"{case} {planted_rate(study['rates'][key])}{_miss_direction(study, key, value)}"
+            for case, key in keys
+        )
+        parts.append(f"{statistic.removesuffix(', paired')}: {shown}")
+    return (
+        f" The planted study of these pooled paired intervals (`{PLANTED}`, `rho_interval_methods`, {method}, "
+        f"document gate {gate}) covers the true value — " + " — ".join(parts) + "."
+    )
 
 
 def _cell(record: dict[str, Any]) -> str:
