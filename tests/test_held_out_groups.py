@@ -205,7 +205,7 @@ def test_the_group_clause_names_the_documents_a_carrying_group_rests_on():
     assert "text MoE − control -0.040 [-0.060, -0.020], minus its null -0.030 [-0.050, -0.010] (2) (below 0, 85 informative test documents)" in text  # fmt: skip
     assert "latex MoE − control" in text and "(above 0, 34 informative test documents)" in text
     text = _groups_clause([group("text", -0.03, 85, 2), group("latex", 0.02, 34, 9)], "balanced_accuracy")
-    assert "the pooled result is carried by latex, whose 9 concepts rest on 34 informative test documents; for text it is not shown" in text  # fmt: skip
+    assert "the pooled, unadjusted result is carried by latex, whose 9 concepts rest on 34 informative test documents; for text it is not shown" in text  # fmt: skip
 
 
 def test_the_lean_is_given_per_comparison():

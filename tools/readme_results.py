@@ -400,7 +400,7 @@ def _groups_clause(groups: list[dict[str, Any]], metric: str) -> str:
             for g in shown
         )
         text += (
-            f": the pooled result is carried by {rests}; for {', '.join(not_shown)} it is not shown, "
+            f": the pooled, unadjusted result is carried by {rests}; for {', '.join(not_shown)} it is not shown, "
             "so it does not speak for every kind of concept"
         )
     return text + "."
