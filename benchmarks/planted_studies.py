@@ -981,6 +981,179 @@ def gated_truth_record(null: bool) -> dict[str, dict[str, Any]]:
     }
 
 
+# --------------------------------------------------------------------------------------------------
+# held-out probing: the gated study at the run's own structure (one shared subset, arm-specific noise)
+# --------------------------------------------------------------------------------------------------
+#: Per concept of the run-shaped cells: (hit rate of arm a, of arm b, false-alarm rate of both). The
+#: first :data:`RUN_COMMON` have Poisson(15) positives in every test document (the toy run's 7 kept text
+#: concepts, positives in all 124 test documents); the other 11 (its 11 kept latex concepts) have their
+#: positives only in one subset of :data:`RUN_SUBSET` documents shared by all of them.
+RUN_CONCEPTS = (
+    (0.90, 0.85, 0.10),
+    (0.75, 0.75, 0.15),
+    (0.85, 0.80, 0.10),
+    (0.70, 0.72, 0.20),
+    (0.80, 0.78, 0.12),
+    (0.88, 0.84, 0.08),
+    (0.72, 0.70, 0.18),
+    (0.80, 0.60, 0.20),
+    (0.90, 0.75, 0.10),
+    (0.65, 0.70, 0.25),
+    (0.85, 0.80, 0.15),
+    (0.75, 0.70, 0.20),
+    (0.92, 0.85, 0.08),
+    (0.70, 0.65, 0.22),
+    (0.82, 0.80, 0.12),
+    (0.78, 0.70, 0.18),
+    (0.88, 0.82, 0.10),
+    (0.68, 0.66, 0.24),
+)
+RUN_COMMON = 7
+#: The documents of the shared subset: the test documents holding a positive of the toy default run's kept
+#: latex concepts (docs/results/toy_default.json, probing groups, latex, ``n_documents_with_positives``).
+RUN_SUBSET = 34
+#: The chance that a subset concept has positives in a given subset document (so each holds positives in
+#: about 32 of the 34, and the gate, at 30, drops one now and then).
+RUN_PRESENCE = 0.95
+#: The sd of the per-document noise each arm draws on its own (on the logit of the hit and the false-alarm
+#: rates), per cell: none (the arms share every document's difficulty), 0.5 and 1.
+RUN_ARM_NOISE = (0.0, 0.5, 1.0)
+RUN_NAMES = tuple(f"run_{'common' if c < RUN_COMMON else 'subset'}_{c}" for c in range(len(RUN_CONCEPTS)))
+
+
+def run_cell_name(arm_sd: float, null: bool) -> str:
+    """The name of a run-shaped cell: the planted difference or null and the arm-specific noise's sd."""
+    return f"{'planted null' if null else 'planted difference'}, shared subset, arm noise sd {arm_sd:g}"
+
+
+def run_shaped_counts(
+    seed: int, arm_sd: float, null: bool = False, n_docs: int = GATED_DOCUMENTS, subset: int = RUN_SUBSET
+) -> tuple[Float[np.ndarray, "concept doc 4"], Float[np.ndarray, "concept doc 4"]]:
+    """``[concept, doc, 4]`` confusion counts (TP, FN, FP, TN) of two arms scoring the same tokens of
+    ``n_docs`` test documents, per concept of :data:`RUN_CONCEPTS`: the common ones with Poisson(15)
+    positives in every document, the others with 1 + Poisson(20 · Pareto(1.5)) positives in each document
+    of ONE random subset of ``subset`` documents shared by all of them (each present there with chance
+    :data:`RUN_PRESENCE`); Poisson(50) negatives per document. Per concept and document a difficulty
+    (logit sd 0.5 common, 1 in the subset) and a false-alarm shift (sd 0.5) shared by the arms, plus
+    noise each arm draws on its own (normal, sd ``arm_sd``, on both logits). ``null``: arm b scored with
+    arm a's rates."""
+    rng = np.random.default_rng(seed)
+    shared = np.zeros(n_docs, bool)
+    shared[rng.choice(n_docs, subset, replace=False)] = True
+    counts_a = np.zeros((len(RUN_CONCEPTS), n_docs, 4))
+    counts_b = np.zeros_like(counts_a)
+    for c, (hit_a, hit_b, false_alarm) in enumerate(RUN_CONCEPTS):
+        common = c < RUN_COMMON
+        if common:
+            positives = rng.poisson(15.0, n_docs)
+        else:
+            sizes = 1 + rng.poisson(20 * rng.pareto(1.5, n_docs))
+            positives = np.where(shared & (rng.random(n_docs) < RUN_PRESENCE), sizes, 0)
+        negatives = rng.poisson(50, n_docs)
+        difficulty = rng.normal(0, GATED_DIFFICULTY[0 if common else 1], n_docs)
+        alarm = rng.normal(0, GATED_ALARM_SHIFT, n_docs)
+        for counts, hit in ((counts_a, hit_a), (counts_b, hit_a if null else hit_b)):
+            own_hit, own_alarm = rng.normal(0, arm_sd, (2, n_docs)) if arm_sd > 0 else (0.0, 0.0)
+            tp = rng.binomial(positives, _logistic(_logit(hit) + difficulty + own_hit))
+            fp = rng.binomial(negatives, _logistic(_logit(false_alarm) + alarm + own_alarm))
+            counts[c, :, TP], counts[c, :, FN] = tp, positives - tp
+            counts[c, :, FP], counts[c, :, TN] = fp, negatives - fp
+    return counts_a, counts_b
+
+
+def run_shaped_truth(arm_sd: float, null: bool) -> dict[str, np.ndarray]:
+    """Each run-shaped concept's true paired difference per metric by Gauss–Hermite quadrature: the
+    difficulty and the noise are independent of the counts, so a probe's pooled hit rate is
+    ``E[logistic(logit(hit) + d)]`` with ``d`` normal of the shared and the arm's sd combined (likewise the
+    false-alarm rate); balanced accuracy ``(TPR + 1 − FPR) / 2``, class-balanced F1 ``2 TPR / (1 + TPR +
+    FPR)``. ``tests/test_gated_interval_coverage.py`` checks it against counts summed over many documents."""
+    nodes, weights = np.polynomial.hermite_e.hermegauss(80)
+    weights = weights / weights.sum()
+
+    def mean_rate(p: float, sd: float) -> float:
+        return float(weights @ _logistic(_logit(p) + sd * nodes))
+
+    out = {metric: [] for metric in GATED_METRICS}
+    for c, (hit_a, hit_b, false_alarm) in enumerate(RUN_CONCEPTS):
+        sd = math.hypot(GATED_DIFFICULTY[0 if c < RUN_COMMON else 1], arm_sd)
+        fpr = mean_rate(false_alarm, math.hypot(GATED_ALARM_SHIFT, arm_sd))
+        tpr = [mean_rate(hit, sd) for hit in (hit_a, hit_a if null else hit_b)]
+        out["balanced_accuracy"].append((tpr[0] - tpr[1]) / 2)
+        out["f1"].append(2 * tpr[0] / (1 + tpr[0] + fpr) - 2 * tpr[1] / (1 + tpr[1] + fpr))
+    return {metric: np.array(values) for metric, values in out.items()}
+
+
+def run_shaped_seed(
+    counts: tuple[np.ndarray, np.ndarray], seed: int, replicates: int
+) -> tuple[list[str], dict[str, tuple[float, float, float]]]:
+    """One seed of a run-shaped cell: the concepts ``compare``'s gate keeps and, per metric, the pipeline's
+    ``(estimate, low, high)`` from ``compare`` on the two arms' counts."""
+    arms = [
+        HeldOutArm(name, pd.DataFrame(), pd.DataFrame(), c[None], RUN_NAMES, (1,), np.arange(c.shape[1]))
+        for name, c in zip("ab", counts, strict=True)
+    ]
+    kept, _ = concept_gate(RUN_NAMES, [("a", counts[0]), ("b", counts[1])], MIN_DOCUMENTS)
+    if not kept:
+        return kept, {}
+    records = compare(*arms, n_resamples=replicates, seed=seed)
+    return kept, {r["metric"]: (r["estimate"], r["ci_low"], r["ci_high"]) for r in records}
+
+
+def run_shaped_cell(arm_sd: float, null: bool, seeds: int, replicates: int) -> dict[str, Any]:
+    """One run-shaped cell over ``seeds`` seeds: per metric the pipeline's coverage of each seed's truth
+    (the mean over its kept concepts of :func:`run_shaped_truth`), the estimate's median position in its
+    interval and the misses' sides; the subset concepts kept per seed."""
+    truth = run_shaped_truth(arm_sd, null)
+    rows = {metric: [] for metric in GATED_METRICS}
+    subset_kept = []
+    for seed in range(seeds):
+        kept, intervals = run_shaped_seed(run_shaped_counts(seed, arm_sd, null), seed, replicates)
+        subset_kept.append(sum("subset" in name for name in kept))
+        index = [RUN_NAMES.index(name) for name in kept]
+        for metric, (value, low, high) in intervals.items():
+            t = float(truth[metric][index].mean())
+            rows[metric].append((low <= t <= high, (value - low) / (high - low), t > high))
+    out = {"subset concepts kept per seed": _spread(np.array(subset_kept))}
+    for metric, hits in rows.items():
+        covered, above = sum(c for c, _, _ in hits), sum(a for _, _, a in hits)
+        out[metric] = {
+            "rate": rate(covered, len(hits), CONFIDENCE),
+            "median position of the estimate": float(np.median([p for _, p, _ in hits])),
+            "misses, truth above / below the interval": {
+                "above": above,
+                "below": len(hits) - covered - above,
+            },
+            "truth, every concept kept": float(truth[metric].mean()),
+        }
+    return out
+
+
+def run_shaped_cells(seeds: int, replicates: int) -> dict[str, Any]:
+    """The run-shaped cells (:func:`run_shaped_cell`) for every arm-noise sd of :data:`RUN_ARM_NOISE`, on a
+    planted difference and a planted null, with their settings."""
+    cells = {
+        run_cell_name(sd, null): run_shaped_cell(sd, null, seeds, replicates)
+        for sd in RUN_ARM_NOISE
+        for null in (False, True)
+    }
+    return {
+        "cells": cells,
+        "settings": {
+            "documents": GATED_DOCUMENTS,
+            "common concepts": RUN_COMMON,
+            "subset concepts": len(RUN_CONCEPTS) - RUN_COMMON,
+            "shared subset documents": RUN_SUBSET,
+            "presence in a subset document": RUN_PRESENCE,
+            "arm noise sd": list(RUN_ARM_NOISE),
+            "concepts": {
+                name: dict(zip(("hit rate a", "hit rate b", "false-alarm rate"), row, strict=True))
+                for name, row in zip(RUN_NAMES, RUN_CONCEPTS, strict=True)
+            },
+            "truth": "by quadrature (run_shaped_truth)",
+        },
+    }
+
+
 def gated_interval_method_coverage(seeds: int, replicates: int) -> dict[str, Any]:
     """Coverage of the true paired held-out difference, in balanced accuracy and class-balanced F1, by the
     percentile, basic and BCa document intervals at the toy run's shape (124 test documents) with the
@@ -988,7 +1161,9 @@ def gated_interval_method_coverage(seeds: int, replicates: int) -> dict[str, Any
     median position in each interval, the side of the misses, and what the gate kept. On the planted
     difference a seed's truth is the mean, over the concepts its gate keeps, of each concept's
     large-sample difference (:func:`gated_truth`); on the planted null it is 0 by construction (the
-    large sample's value is recorded as a check)."""
+    large sample's value is recorded as a check). Then the run-shaped cells (:func:`run_shaped_cells`):
+    the near-gate concepts in one shared subset of documents, per-document noise of each arm's own, the
+    pipeline's interval only, with their own time."""
     rates, positions, misses, truths, gate = {}, {}, {}, {}, {}
     for cell, null in GATED_CELLS.items():
         measured = gated_cell(null, seeds, replicates)
@@ -999,6 +1174,9 @@ def gated_interval_method_coverage(seeds: int, replicates: int) -> dict[str, Any
             above = sum(a for _, _, a in rows)
             misses[key] = {"above": above, "below": len(rows) - rates[key]["hits"] - above}
         truths[cell], gate[cell] = gated_truth_record(null), measured["gate"]
+    start = time.perf_counter()
+    run_shaped = run_shaped_cells(seeds, replicates)
+    run_shaped["seconds"] = round(time.perf_counter() - start, 1)
     columns = ("hit rate a", "hit rate b", "false-alarm rate", "share of documents with positives")
     return {
         "rates": rates,
@@ -1006,6 +1184,7 @@ def gated_interval_method_coverage(seeds: int, replicates: int) -> dict[str, Any
         "misses, truth above / below the interval": misses,
         "truth": truths,
         "gate": gate,
+        "run-shaped cells": run_shaped,
         "pipeline method": PAIRED_METHOD,
         "settings": {
             "documents": GATED_DOCUMENTS,
@@ -1439,7 +1618,7 @@ STUDIES = (
     ),
     Study(
         "gated_interval_method_coverage",
-        "paired held-out difference at the run's shape with the per-concept gate: percentile, basic and BCa coverage in balanced accuracy and F1",
+        "paired held-out difference at the run's shape with the per-concept gate: percentile, basic and BCa coverage in balanced accuracy and F1; the pipeline's interval with the near-gate concepts in one shared subset and arm-specific noise",
         "tests/test_gated_interval_coverage.py",
         1000,
         999,

@@ -243,6 +243,26 @@ def test_the_null_corrected_estimate_is_the_difference_of_the_two_differences_by
     assert record["swap_p"] is None  # no swap test of a null-corrected difference
 
 
+def test_the_null_corrected_record_carries_both_parts_over_the_same_concepts():
+    """Its ``uncorrected_*`` is MoE − control and its ``null_*`` the same with permuted labels, each over
+    the concepts gated in all four arms with its own interval: the first is ``compare`` of the two arms
+    alone (same seed, same resamples), the second ``compare`` of the permuted pair, and the corrected
+    estimate is their difference (by hand)."""
+    moe, control, moe_p, control_p = _null_arms(1, 0.04)
+    record = _record(
+        compare(moe, control, null=(moe_p, control_p), n_resamples=300, seed=2), "balanced_accuracy"
+    )
+    plain = _record(compare(moe, control, n_resamples=300, seed=2), "balanced_accuracy")
+    null = _record(compare(moe_p, control_p, n_resamples=300, seed=2), "balanced_accuracy")
+    assert plain["n_concepts"] == null["n_concepts"] == record["n_concepts"] == 3
+    for key, other in (("uncorrected", plain), ("null", null)):
+        for end in ("estimate", "ci_low", "ci_high"):
+            assert record[f"{key}_{end}"] == pytest.approx(other[end], abs=1e-12)
+    assert record["uncorrected_estimate"] - record["null_estimate"] == pytest.approx(record["estimate"])
+    assert record["null_estimate"] == pytest.approx(0.04, abs=0.05)  # the shared bias of 0.08 halves
+    assert "uncorrected_estimate" not in plain
+
+
 def test_a_difference_equal_to_its_null_covers_zero_and_a_real_gain_does_not():
     covered = []
     for seed in range(40):

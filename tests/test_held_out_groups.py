@@ -87,38 +87,125 @@ def _k1(comparison: str, metric: str, estimate: float, low: float, high: float) 
     }
 
 
-def test_the_reading_names_its_metric_leads_with_the_sparsity_headlines_and_tests_the_null_directly():
-    """Planted: in balanced accuracy the remainder over the matched-count control does not exceed its own
-    null (its interval covers 0); in F1 it would look positive. The reading leads with balanced accuracy,
-    names it, gives F1 beside, and reads the null-corrected difference, not two intervals."""
+def _holm(
+    comparison: str, metric: str, estimate: float, p_holm: float, verdict: str, model: str = "toy/m"
+) -> dict:
+    return {
+        **_k1(comparison, metric, estimate, estimate - 0.01, estimate + 0.01),
+        "model": model,
+        "p_holm": p_holm,
+        "verdict": verdict,
+        "tests_in_family": 112,
+        "family": "4 members × 7 ks × 2 metrics × 2 controls",
+    }
+
+
+def _reading_records() -> list[dict]:
+    """k = 1 records of a planted run: a gap over the dense model, a small count-matched difference, and
+    its permuted-label check whose null is near 0 in balanced accuracy and positive in F1."""
+    corrected = _k1("matched_count_minus_its_null", "balanced_accuracy", 0.045, 0.031, 0.060)
+    corrected.update(
+        n_concepts=11, uncorrected_estimate=0.034, uncorrected_ci_low=0.020, uncorrected_ci_high=0.048,
+        null_estimate=-0.012, null_ci_low=-0.025, null_ci_high=0.002,
+    )  # fmt: skip
+    corrected_f1 = _k1("matched_count_minus_its_null", "f1", 0.029, 0.003, 0.056)
+    corrected_f1.update(
+        n_concepts=11, uncorrected_estimate=0.044, uncorrected_ci_low=0.03, uncorrected_ci_high=0.058,
+        null_estimate=0.015, null_ci_low=0.004, null_ci_high=0.026,
+    )  # fmt: skip
+    return [
+        _k1("moe_vs_dense", "balanced_accuracy", 0.08, 0.06, 0.10),
+        _k1("moe_vs_dense", "f1", 0.09, 0.07, 0.14),
+        _k1("moe_vs_dense_on_routed_tokens_matched_count", "balanced_accuracy", 0.028, 0.012, 0.044),
+        _k1("moe_vs_dense_on_routed_tokens_matched_count", "f1", 0.035, 0.019, 0.05),
+        corrected,
+        corrected_f1,
+    ]
+
+
+def test_the_reading_leads_with_the_holm_verdict_and_reads_the_null_as_a_check_in_balanced_accuracy():
+    """Planted: the count-matched difference's unadjusted interval excludes 0, but its Holm-adjusted test
+    (the sparsity family's, same model and k) does not separate it. The reading names its metric, gives
+    the Holm verdicts of both routed-token controls before any unadjusted interval, then the gap over the
+    dense model, then the permuted-label check on its own set: MoE − control beside its null and their
+    difference, the subtraction said to be a check in balanced accuracy and a correction in F1."""
     from readme_results import LEAD_METRIC, _reading
     from tl_moe.analysis.sparsity_family import HEADLINE_METRIC
 
-    records = [
-        _k1("moe_vs_dense", "balanced_accuracy", 0.08, 0.06, 0.10),
-        _k1("moe_vs_dense", "f1", 0.09, 0.07, 0.14),
-        _k1("moe_vs_dense_on_routed_tokens_matched_count", "balanced_accuracy", 0.01, 0.002, 0.02),
-        _k1("moe_vs_dense_on_routed_tokens_matched_count", "f1", 0.035, 0.019, 0.05),
-        _k1("matched_count_minus_its_null", "balanced_accuracy", 0.004, -0.008, 0.015),
-        _k1("matched_count_minus_its_null", "f1", 0.015, 0.001, 0.03),
-    ]
-    text = _reading(records)
+    holm = [
+        _holm("moe_vs_dense_on_routed_tokens_matched_count", "balanced_accuracy", 0.028, 0.4507, "not separated from 0"),
+        _holm("moe_vs_dense_on_routed_tokens_matched_count", "f1", 0.035, 0.0555, "not separated from 0"),
+        _holm("moe_vs_dense_on_routed_tokens", "balanced_accuracy", 0.016, 0.2323, "not separated from 0"),
+        _holm("moe_vs_dense_on_routed_tokens", "balanced_accuracy", 0.5, 0.001, "above 0", model="toy/other"),
+    ]  # fmt: skip
+    text = _reading(_reading_records(), holm_tests=holm, model="toy/m")
     assert LEAD_METRIC == HEADLINE_METRIC == "balanced_accuracy"
     assert text.startswith(
         "Reading (balanced accuracy, gated token-level concepts pooled, the number of concepts behind each "
-        "number beside it; F1 in brackets)"
+        "number beside it; F1 in brackets): at k = 1, against dense neurons probed on exactly each expert's "
+        "routed tokens, the sparsity family's Holm-adjusted tests of this model (toy/m; Holm over its 112 tests"
     )
-    assert "+0.080 [+0.060, +0.100] over 30 concepts (F1 +0.090 [+0.070, +0.140] over 30 concepts)" in text
+    verdict = (
+        "vs d_expert random dense neurons (count-matched) +0.028 [+0.018, +0.038] over 30 concepts, Holm p = "
+        "0.4507: not separated from 0 (F1 +0.035 [+0.025, +0.045] over 30 concepts, Holm p = 0.0555: not "
+        "separated from 0); vs all dense neurons +0.016 [+0.006, +0.026] over 30 concepts, Holm p = 0.2323: "
+        "not separated from 0."
+    )
+    assert verdict in text and "above 0" not in text.split("Without that control")[0]  # another model's
+    # The verdict comes before every unadjusted interval of the run's own records.
+    assert text.index(verdict) < text.index("+0.080 [+0.060, +0.100]") < text.index("+0.045 [+0.031, +0.060]")
+    assert "so the controlled verdict above is the result" in text
     assert (
-        "the remainder is +0.004 [-0.008, +0.015] over 30 concepts (F1 +0.015 [+0.001, +0.030] over 30 "
-        "concepts)" in text
+        "over the 11 concepts gated in all four arms (its own, smaller set; a document bootstrap each, "
+        "unadjusted, outside the Holm family): MoE − control +0.034 [+0.020, +0.048], the same with labels "
+        "permuted -0.012 [-0.025, +0.002], the first minus the second +0.045 [+0.031, +0.060]"
+    ) in text
+    assert (
+        "the null's expectation is 0 (chance is 0.5 for any probe), so the subtraction is a check, not a correction"
+        in text
     )
-    # Equal counts are not known to be the same concepts: no share of the gap is formed.
-    assert "Both average 30 concepts, but the records do not list which" in text and "%" not in text
-    assert "its interval covers 0, so on the same tokens the expert neurons are not shown to add" in text
-    # A remainder above its null in the lead metric says so.
-    records[4] = _k1("matched_count_minus_its_null", "balanced_accuracy", 0.02, 0.01, 0.03)
-    assert "its unadjusted interval excludes 0" in _reading(records)
+    assert "here the null's interval covers 0" in text
+    assert "(F1, whose null is not 0, so the subtraction corrects: MoE − control +0.044 [+0.030, +0.058], its null +0.015 [+0.004, +0.026], corrected +0.029 [+0.003, +0.056])" in text  # fmt: skip
+    assert "%" not in text
+
+
+def test_without_holm_tests_the_reading_says_every_interval_is_unadjusted_and_reads_old_records():
+    """A run with no sparsity family has no Holm verdict to lead with: the reading says so. A results file
+    written before the parts were recorded still gives MoE − control and its null from the arm means."""
+    from readme_results import _reading
+
+    records = _reading_records()
+    for r in records[4:]:
+        for key in ("uncorrected", "null"):
+            for end in ("estimate", "ci_low", "ci_high"):
+                del r[f"{key}_{end}"]
+    records[4].update(a_mean=0.8447, b_mean=0.8110)
+    text = _reading(records)
+    assert (
+        "no Holm-adjusted test of these differences: no sparsity family; every interval here is unadjusted"
+        in text
+    )
+    assert "Holm p" not in text
+    assert "MoE − control +0.034 (no interval in this results file)" in text
+    assert "the same with labels permuted -0.011 (no interval in this results file)" in text
+
+
+def test_the_group_clause_names_the_documents_a_carrying_group_rests_on():
+    """Planted: latex's MoE − control excludes 0 on 34 informative documents, text's covers 0; the reading
+    says the pooled result is carried by latex and on how many documents it rests."""
+    from readme_results import _groups_clause
+
+    def group(name: str, low: float, docs: int, n: int) -> dict:
+        r = _k1("matched_count_minus_its_null", "balanced_accuracy", low + 0.02, low, low + 0.04)
+        r.update(group=name, n_concepts=n, n_documents_with_positives=docs, uncorrected_estimate=low + 0.01,
+                 uncorrected_ci_low=low - 0.01, uncorrected_ci_high=low + 0.03, null_estimate=-0.01)  # fmt: skip
+        return r
+
+    text = _groups_clause([group("text", -0.05, 85, 2), group("latex", 0.02, 34, 9)], "balanced_accuracy")
+    assert "text MoE − control -0.040 [-0.060, -0.020], minus its null -0.030 [-0.050, -0.010] (2) (below 0, 85 informative test documents)" in text  # fmt: skip
+    assert "latex MoE − control" in text and "(above 0, 34 informative test documents)" in text
+    text = _groups_clause([group("text", -0.03, 85, 2), group("latex", 0.02, 34, 9)], "balanced_accuracy")
+    assert "the pooled, unadjusted result is carried by latex, whose 9 concepts rest on 34 informative test documents; for text it is not shown" in text  # fmt: skip
 
 
 def test_the_lean_is_given_per_comparison():

@@ -156,10 +156,18 @@ def _group_table(
     return lines
 
 
-def _reading(records: list[dict[str, Any]], groups: list[dict[str, Any]] | None = None) -> str:
+def _reading(
+    records: list[dict[str, Any]],
+    groups: list[dict[str, Any]] | None = None,
+    holm_tests: list[dict[str, Any]] | None = None,
+    model: str | None = None,
+) -> str:
     """One paragraph saying what the controls show, whichever way they come out, in :data:`LEAD_METRIC`
-    (named), with F1 beside each number; with ``groups``, whether each concept group's own null-corrected
-    remainder agrees with the pooled one."""
+    (named), with F1 beside each number. It leads with the controlled verdict: the sparsity family's
+    Holm-adjusted tests of ``model`` at k = 1 against both routed-token controls (``holm_tests``, the
+    sparsity section's ``headline_tests``), then the uncontrolled gap, then the permuted-label check on
+    its own concept set (MoE − control and its null beside the null-corrected value); with ``groups``,
+    whether each concept group's own difference agrees with the pooled one, and on how many documents."""
 
     def at_k1(name: str, metric: str = LEAD_METRIC) -> dict[str, Any] | None:
         rows = [
@@ -185,34 +193,37 @@ def _reading(records: list[dict[str, Any]], groups: list[dict[str, Any]] | None 
     if dense is None or routed is None:
         return "The routed-token control was not available in this run, so the source of the gap is not separated."
     which = "d_expert random dense neurons (as many as an expert offers)" if matched else "the dense neurons"
-    text = (
+    head = (
         f"Reading ({_METRICS[metric]}, gated token-level concepts pooled, the number of concepts behind each "
-        f"number beside it; F1 in brackets): at k = 1 the held-out expert advantage over the dense model is "
-        f"{both('moe_vs_dense')}; when {which} are probed on exactly each expert's routed tokens it is "
-        f"{both(routed_name)}" + _different_sets(dense, routed)
+        "number beside it; F1 in brackets): "
     )
+    verdict = _holm_lead(holm_tests or [], model, metric)
+    uncontrolled = (
+        f"the held-out expert advantage over the dense model is {both('moe_vs_dense')}; when {which} are "
+        f"probed on exactly each expert's routed tokens it is {both(routed_name)}"
+        + _different_sets(dense, routed)
+    )
+    if verdict:
+        text = (
+            head
+            + verdict
+            + " Without that control, at k = 1 "
+            + uncontrolled
+            + "; the gap over the dense model does not hold routing's choice of tokens fixed, so the "
+            "controlled verdict above is the result."
+        )
+    else:
+        text = (
+            head
+            + "at k = 1 "
+            + uncontrolled
+            + " (this run has no Holm-adjusted test of these differences: no sparsity family; every interval "
+            "here is unadjusted)."
+        )
     corrected = at_k1("matched_count_minus_its_null", metric)
     if matched is not None and corrected is not None:
-        text += (
-            f". Tested directly against that control's own permuted-label null, the remainder is "
-            f"{both('matched_count_minus_its_null')} ((MoE − control) − the same with labels permuted, one "
-            f"{_method_words(corrected)}, over the concepts gated in all four arms, its own set)"
-        )
-        if corrected.get("interval_available"):
-            covers = corrected["ci_low"] <= 0 <= corrected["ci_high"]
-            text += (
-                ": its interval covers 0, so on the same tokens the expert neurons are not shown to add "
-                "anything beyond the protocol's own bias."
-                if covers
-                else ": its unadjusted interval excludes 0 over these pooled concepts (its own, smaller set); it "
-                "is not in the sparsity verdict's Holm family, so it is no verdict: the family's tests of the same "
-                "model and k against both routed-token controls are in the sparsity finding."
-            )
-        else:
-            text += "."
+        text += " " + _null_check(corrected, at_k1("matched_count_minus_its_null", "f1"), metric)
         text += _groups_clause(groups or [], metric)
-    else:
-        text += "."
     null = at_k1("permuted_labels", metric)
     if null is not None:
         text += f" MoE − dense with permuted labels (the protocol's own bias) is {both('permuted_labels')}."
@@ -223,6 +234,98 @@ def _reading(records: list[dict[str, Any]], groups: list[dict[str, Any]] | None 
             "how often the chosen probes say positive (docs/METHODS.md)."
         )
     return text
+
+
+#: The routed-token controls of the sparsity family's Holm verdicts, in the order the reading gives them.
+_HOLM_CONTROLS = {
+    "moe_vs_dense_on_routed_tokens_matched_count": "d_expert random dense neurons (count-matched)",
+    "moe_vs_dense_on_routed_tokens": "all dense neurons",
+}
+
+
+def _holm_lead(tests: list[dict[str, Any]], model: str | None, metric: str) -> str:
+    """The reading's lead: ``model``'s Holm-adjusted tests at k = 1 against both routed-token controls in
+    ``metric`` (F1 beside), each with its unadjusted interval and verdict; empty when the run has none."""
+
+    def test(comparison: str, which: str) -> dict[str, Any] | None:
+        rows = [
+            t
+            for t in tests
+            if t.get("model") == model and t.get("k") == 1 and t.get("comparison") == comparison
+            and t.get("metric") == which and t.get("p_holm") is not None
+        ]  # fmt: skip
+        return rows[0] if rows else None
+
+    def said(t: dict[str, Any]) -> str:
+        return f"{_counted(t)}, Holm p = {t['p_holm']:.4g}: {t['verdict']}"
+
+    parts = []
+    for comparison, label in _HOLM_CONTROLS.items():
+        lead, f1 = test(comparison, metric), test(comparison, "f1")
+        if lead is None:
+            continue
+        parts.append(
+            f"vs {label} {said(lead)}" + (f" (F1 {said(f1)})" if f1 is not None and metric != "f1" else "")
+        )
+    if not parts:
+        return ""
+    family = next(t for t in tests if t.get("model") == model and t.get("p_holm") is not None)
+    return (
+        f"at k = 1, against dense neurons probed on exactly each expert's routed tokens, the sparsity "
+        f"family's Holm-adjusted tests of this model ({model}; Holm over its "
+        f"{family.get('tests_in_family')} tests, {family.get('family')}) find: "
+        + "; ".join(parts)
+        + ". The verdict follows the Holm-adjusted p-value; the intervals beside it are unadjusted."
+    )
+
+
+def _part(record: dict[str, Any], key: str) -> str:
+    """A part of a null-corrected record (``uncorrected`` or ``null``): its interval, or its point value
+    (from ``a_mean``/``b_mean``) when the results file predates the parts."""
+    value = record.get(f"{key}_estimate")
+    if value is not None:
+        low, high = record.get(f"{key}_ci_low"), record.get(f"{key}_ci_high")
+        return format_interval(value, low, high, "+.3f", "no interval")
+    a, b = record.get("a_mean"), record.get("b_mean")
+    if a is None or b is None:
+        return "not recorded"
+    uncorrected = a - b
+    value = uncorrected if key == "uncorrected" else uncorrected - record["estimate"]
+    return f"{value:+.3f} (no interval in this results file)"
+
+
+def _null_check(corrected: dict[str, Any], f1: dict[str, Any] | None, metric: str) -> str:
+    """The permuted-label check on its own concept set (those gated in all four arms): MoE − the
+    count-matched control and the same with permuted labels, beside the difference of the two. In
+    balanced accuracy the null's expectation is 0, so the subtraction is a check that adds the null's
+    noise, not a correction; in F1 the null is not 0 and the subtraction corrects it."""
+    n = corrected.get("n_concepts")
+    over = f" over the {int(n)} concepts gated in all four arms" if n is not None else ""
+    text = (
+        f"On that control's permuted-label check{over} (its own, smaller set; a "
+        f"{_method_words(corrected)} each, unadjusted, outside the Holm family): MoE − control "
+        f"{_part(corrected, 'uncorrected')}, the same with labels permuted {_part(corrected, 'null')}, "
+        f"the first minus the second {_interval(corrected)}"
+    )
+    if metric == "balanced_accuracy":
+        text += (
+            ". In balanced accuracy the null's expectation is 0 (chance is 0.5 for any probe), so the "
+            "subtraction is a check, not a correction: MoE − control on this set is the comparison, and the "
+            "difference minus the null adds the null's own noise"
+        )
+        low, high = corrected.get("null_ci_low"), corrected.get("null_ci_high")
+        if low is not None and high is not None:
+            text += (
+                " (here the null's interval covers 0: no bias of the protocol shows)"
+                if low <= 0 <= high
+                else " (here the null's interval excludes 0: the protocol shows a bias the subtraction removes)"
+            )
+    if f1 is not None and metric != "f1":
+        text += (
+            f" (F1, whose null is not 0, so the subtraction corrects: MoE − control {_part(f1, 'uncorrected')}, "
+            f"its null {_part(f1, 'null')}, corrected {_interval(f1)})"
+        )
+    return text + "."
 
 
 def _counted(record: dict[str, Any] | None) -> str:
@@ -250,32 +353,56 @@ def _different_sets(first: dict[str, Any], second: dict[str, Any]) -> str:
 
 
 def _groups_clause(groups: list[dict[str, Any]], metric: str) -> str:
-    """Each concept group's (MoE − matched-count control) − its null at k = 1, said as covering 0 or
-    not, so the pooled reading is not taken for every group's."""
-    parts, sides = [], {}
+    """Each concept group's permuted-label check at k = 1 (its MoE − matched-count control and, beside it,
+    that minus its null, when the record carries the parts), said as covering 0 or not, with the test
+    documents its kept concepts' positives sit in, so the pooled reading is not taken for every group's.
+    In balanced accuracy the side is read on MoE − control (its null's expectation is 0) where recorded."""
+    parts, sides, documents = [], {}, {}
     for r in groups:
         if r.get("comparison") != "matched_count_minus_its_null" or r.get("metric", "f1") != metric:
             continue
         if r.get("estimate") is None or not r.get("interval_available"):
             parts.append(f"{r['group']}: no interval")
             continue
-        side = (
-            "covers 0" if r["ci_low"] <= 0 <= r["ci_high"] else ("above 0" if r["ci_low"] > 0 else "below 0")
+        plain = metric == "balanced_accuracy" and r.get("uncorrected_ci_low") is not None
+        low, high = (
+            (r["uncorrected_ci_low"], r["uncorrected_ci_high"]) if plain else (r["ci_low"], r["ci_high"])
         )
+        side = "covers 0" if low <= 0 <= high else ("above 0" if low > 0 else "below 0")
         sides[r["group"]] = side
-        parts.append(f"{r['group']} {_group_cell(r)} ({side})")
+        informative = r.get("n_documents_with_positives")
+        documents[r["group"]] = (r.get("n_concepts"), informative)
+        where = f", {int(informative)} informative test documents" if informative is not None else ""
+        value = (
+            f"MoE − control {_part(r, 'uncorrected')}, minus its null {_group_cell(r)}"
+            if r.get("uncorrected_estimate") is not None
+            else _group_cell(r)
+        )
+        parts.append(f"{r['group']} {value} ({side}{where})")
     if not parts:
         return ""
+    said = (
+        "MoE − control and that minus its null"
+        if any("MoE − control" in p for p in parts)
+        else ("the same null-corrected difference")
+    )
     text = (
-        " By concept group (tables below), the same null-corrected difference at k = 1 is "
+        f" By concept group (tables below), {said} at k = 1: "
         + "; ".join(parts)
-        + " (each interval unadjusted for the groups)"
+        + " (each interval unadjusted for the groups; informative: the test documents holding a positive of "
+        "a kept concept)"
     )
     shown = [group for group, side in sides.items() if side != "covers 0"]
     not_shown = [group for group, side in sides.items() if side == "covers 0"]
     if shown and not_shown:
+        rests = ", ".join(
+            f"{g}, whose {documents[g][0]} concepts rest on {int(documents[g][1])} informative test documents"
+            if documents[g][1] is not None and documents[g][0] is not None
+            else g
+            for g in shown
+        )
         text += (
-            f": the pooled result is carried by {', '.join(shown)}; for {', '.join(not_shown)} it is not shown, "
+            f": the pooled, unadjusted result is carried by {rests}; for {', '.join(not_shown)} it is not shown, "
             "so it does not speak for every kind of concept"
         )
     return text + "."
@@ -329,7 +456,9 @@ def results_markdown(results: dict[str, Any], source: str, planted: dict[str, An
         ks = [k for k in ks if k in (1, max(ks))] if ks else []
         if ks:
             groups = probing.get("records", {}).get("groups") or probing.get("groups") or []
-            lines += ["", *_held_out_table(records, ks), "", _reading(records, groups)]
+            holm = sections.get("sparsity", {}).get("headline_tests") or []
+            reading = _reading(records, groups, holm, options.get("model"))
+            lines += ["", *_held_out_table(records, ks), "", reading]
             for metric in (LEAD_METRIC, "f1"):
                 table = _group_table(groups, metric, _least_documents(options))
                 if table:
@@ -444,8 +573,11 @@ def _interval_lean(
 
 
 def _gated_coverage(study: dict[str, Any], documents: set[int]) -> str:
-    """`` (on a planted case of this run's shape ...)``: the pipeline's interval's coverage in each cell and
-    metric of the gated held-out study, each judged against its nominal level."""
+    """`` (on a planted case of this run's shape ...)``: the pipeline's interval's coverage in the cells
+    of the gated held-out study that match the run (its run-shaped cells with noise of each arm's own;
+    the older independent-subset cells when the record has none), judged against the nominal level."""
+    if study.get("run-shaped cells"):
+        return _run_shaped_coverage(study, documents)
     settings, method = study["settings"], study["pipeline method"]
     shape = (
         "this run's shape"
@@ -465,6 +597,37 @@ def _gated_coverage(study: dict[str, Any], documents: set[int]) -> str:
         f"docs/METHODS.md, the {method} interval covered {cells}"
         + (f"; each {judged.pop()}" if len(judged) == 1 else "")
         + ")"
+    )
+
+
+def _run_shaped_coverage(study: dict[str, Any], documents: set[int]) -> str:
+    """The README's words on the run-shaped cells that match the run: the case, each rate, and whether the
+    intervals are somewhat narrow there."""
+    run, method = study["run-shaped cells"], study["pipeline method"]
+    s = run["settings"]
+    shape = (
+        "this run's shape"
+        if documents == {s["documents"]}
+        else f"{s['documents']} test documents (this run: {', '.join(map(str, sorted(documents)))})"
+    )
+    matching = _run_shaped_matching(run)
+    rates = [run["cells"][c][m]["rate"] for c in matching for m in GATED_METRIC_NAMES]
+    noise = " and ".join(f"{sd:g}" for sd in s["arm noise sd"] if sd > 0)
+    hits = [r["hits"] for r in rates]
+    worst = min(
+        ((c, m) for c in matching for m in GATED_METRIC_NAMES),
+        key=lambda cm: run["cells"][cm[0]][cm[1]]["rate"]["rate"],
+    )
+    lowest = f"lowest: {worst[0].split(',')[0]}, {GATED_METRIC_NAMES[worst[1]]}, arm noise sd {worst[0].rsplit(' ', 1)[-1]}"
+    return (
+        f" (on a planted case of {shape} with the per-concept gate applied: {s['common concepts']} concepts "
+        f"with positives in every test document and {s['subset concepts']} whose positives share one subset of "
+        f"{s['shared subset documents']} documents, as the run's latex concepts do, and per-document noise of "
+        f"each arm's own, logit sd {noise}, whose size the run does not measure; `gated_interval_method_coverage` "
+        f"in docs/METHODS.md: the {method} interval covered the truth in {min(hits)}–{max(hits)} of "
+        f"{rates[0]['n']} seeds in each of the {len(rates)} cells and metrics (planted difference and null, "
+        f"balanced accuracy and class-balanced F1, each sd; binomial se about {max(r['se'] for r in rates):.3f}; "
+        f"{lowest}): {_narrow(rates)})"
     )
 
 
@@ -1240,6 +1403,92 @@ def _gated_verdict(study: dict[str, Any], cell: str, metric: str) -> str:
     return text
 
 
+def _run_shaped_matching(run: dict[str, Any]) -> list[str]:
+    """The run-shaped cells that match the run: its near-gate concepts in one shared subset and noise each
+    arm draws on its own (the run's arms are different probes; the run does not measure the noise's size,
+    so every non-zero sd studied is quoted)."""
+    return [cell for cell in run["cells"] if not cell.endswith("arm noise sd 0")]
+
+
+def _run_shaped_words(run: dict[str, Any]) -> str:
+    """The run-shaped case in words, from its settings."""
+    s = run["settings"]
+    noise = ", ".join(f"{sd:g}" for sd in s["arm noise sd"])
+    return (
+        f"{s['documents']} test documents; {s['common concepts']} concepts with Poisson(15) positives in "
+        f"every document (the run's kept text concepts) and {s['subset concepts']} whose positives sit in ONE "
+        f"random subset of {s['shared subset documents']} documents shared by all of them (each present in a "
+        f"subset document with chance {s['presence in a subset document']:g}; the run's kept latex concepts "
+        f"hold their positives in {s['shared subset documents']} test documents, docs/results/toy_default.json), "
+        "Pareto-skewed counts, difficulty and false-alarm shift shared by the arms as above, plus noise each "
+        f"arm draws on its own per concept and document (normal on both logits, sd {noise}: the run's arms are "
+        "different probes, and its records do not measure the size of that noise)"
+    )
+
+
+def _run_shaped_cell(cell: dict[str, Any], metric: str) -> str:
+    """A table cell of a run-shaped cell: coverage ± binomial se (position; misses above / below)."""
+    m = cell[metric]
+    misses = m["misses, truth above / below the interval"]
+    return (
+        f"{m['rate']['rate']:.3f} ± {m['rate']['se']:.3f} ({m['median position of the estimate']:.2f}; "
+        f"{misses['above']} / {misses['below']})"
+    )
+
+
+def _narrow(rates: list[dict[str, Any]]) -> str:
+    """What the quoted run-matching rates say: somewhat narrow when any covers below the nominal level by
+    more than two binomial standard errors (the lowest rate named), else within it."""
+    low = [r for r in rates if r["nominal"] - r["rate"] > 2 * r["nominal_se"]]
+    if low:
+        worst = min(low, key=lambda r: r["rate"])
+        return (
+            f"the intervals are somewhat narrow there: below the nominal {worst['nominal']:g} by more than two "
+            f"binomial standard errors (±{2 * worst['nominal_se']:.3f}) in {len(low)} of {len(rates)}, down "
+            f"to {worst['rate']:.3f}"
+        )
+    return (
+        f"each {against_nominal(rates[0])}"
+        if len({against_nominal(r) for r in rates}) == 1
+        else ("none below the nominal level by more than two binomial standard errors")
+    )
+
+
+def run_shaped_markdown(study: dict[str, Any]) -> list[str]:
+    """The run-shaped cells of the gated study: the case, a table of the pipeline's coverage per cell and
+    metric, and what the cells that match the run say."""
+    run = study.get("run-shaped cells")
+    if not run:
+        return []
+    lines = [
+        "",
+        f"*At the run's own structure* (the study's run-shaped cells, {run.get('seconds', '?')} s of its "
+        f"{study.get('seconds', '?')} s): {_run_shaped_words(run)}. The pipeline's {study['pipeline method']} "
+        "interval from `compare` only; a seed's truth is the mean, over the concepts its gate keeps, of each "
+        "concept's difference by Gauss–Hermite quadrature (0 on the planted null).",
+        "",
+        "| cell | subset concepts kept per seed | " + " | ".join(GATED_METRIC_NAMES.values()) + " |",
+        "|---|---|" + "---|" * len(GATED_METRIC_NAMES),
+    ]
+    for name, cell in run["cells"].items():
+        kept = cell["subset concepts kept per seed"]
+        cells = " | ".join(_run_shaped_cell(cell, m) for m in GATED_METRIC_NAMES)
+        lines.append(f"| {name} | {kept['min']}–{kept['max']} (median {kept['median']:g}) | {cells} |")
+    matching = _run_shaped_matching(run)
+    rates = [run["cells"][c][m]["rate"] for c in matching for m in GATED_METRIC_NAMES]
+    said = "; ".join(
+        f"{c}, {GATED_METRIC_NAMES[m]}: {planted_rate(run['cells'][c][m]['rate'])}"
+        for c in matching
+        for m in GATED_METRIC_NAMES
+    )
+    lines += [
+        "",
+        f"The cells that match the run (one shared subset and noise of each arm's own): {said}; "
+        f"{_narrow(rates)}.",
+    ]
+    return lines
+
+
 def planted_gated_interval_methods_markdown(results: dict[str, Any], source: str) -> str:
     """The paired held-out difference at the run's shape with the pipeline's per-concept gate: the planted
     case, what the gate kept, the truths, a table of coverage per cell, method and metric, and per cell
@@ -1301,7 +1550,7 @@ def planted_gated_interval_methods_markdown(results: dict[str, Any], source: str
             cells = " | ".join(_gated_cell(study, f"{cell}, {method}, {m}") for m in GATED_METRIC_NAMES)
             lines.append(f"| {cell} | {label} | {cells} |")
     verdicts = [_gated_verdict(study, cell, m) for cell in settings["cells"] for m in GATED_METRIC_NAMES]
-    lines += ["", "; ".join(verdicts) + "."]
+    lines += ["", "; ".join(verdicts) + ".", *run_shaped_markdown(study)]
     return "\n".join(lines)
 
 

@@ -237,6 +237,12 @@ def comparison_frame(records: list[dict]) -> pd.DataFrame:
         "bootstrap_resamples",
         "swap_p",
         "swap_permutations",
+        "uncorrected_estimate",
+        "uncorrected_ci_low",
+        "uncorrected_ci_high",
+        "null_estimate",
+        "null_ci_low",
+        "null_ci_high",
     ]
     frame = pd.DataFrame.from_records(records)
     for column in columns:

@@ -505,7 +505,10 @@ def compare(
 
     ``null`` = ``(a', b')``: the estimate becomes ``(a - b) - (a' - b')``, a difference's excess over
     its own null (e.g. over the same arms probed with permuted labels), over the concepts gated in all
-    four arms, with one document bootstrap of the whole statistic (``a_mean``/``b_mean`` are a's and b's).
+    four arms, with one document bootstrap of the whole statistic (``a_mean``/``b_mean`` are a's and b's);
+    its record also carries both parts over the same concepts, each with its own interval of the same
+    kind: ``uncorrected_estimate`` / ``uncorrected_ci_low`` / ``uncorrected_ci_high`` (``a - b``) and
+    ``null_estimate`` / ``null_ci_low`` / ``null_ci_high`` (``a' - b'``).
 
     ``permutations`` > 0 (and no ``null``): also a document-level swap test of ``a = b``
     (:func:`swap_test`), two-sided, ``swap_p``.
@@ -576,6 +579,13 @@ def compare(
                 informative_docs=with_positives,
             )
             _, mean_a, mean_b, n_defined, _ = statistic(np.ones((1, len(a.test_docs))))
+            parts = (
+                _null_parts(
+                    sides, score, len(a.test_docs), n_resamples, seed, min_clusters, f"{label} at k={k}"
+                )
+                if null is not None
+                else {}
+            )
             swap_p = (
                 swap_test(sides[0], score, permutations, seed)
                 if permutations > 0 and null is None
@@ -599,9 +609,44 @@ def compare(
                     "draws_df": _json_float(df),
                     "a_mean": _json_float(mean_a[0]),
                     "b_mean": _json_float(mean_b[0]),
+                    **parts,
                 }
             )
     return records
+
+
+def _null_parts(
+    sides: Sequence[Side],
+    score: Callable[[np.ndarray], np.ndarray],
+    n_docs: int,
+    n_resamples: int,
+    seed: int,
+    min_clusters: int,
+    what: str,
+) -> dict[str, float | None]:
+    """The two parts of a null-corrected difference, each over the same kept concepts with the same kind
+    of interval: ``uncorrected_*`` (the first arm minus its control, no null subtracted) and ``null_*``
+    (the same arms with permuted labels), so a reader sees how much of the corrected value each part
+    carries (a score whose null's expectation is 0, balanced accuracy, gains only noise from the
+    subtraction)."""
+    out: dict[str, float | None] = {}
+    for key, part in (("uncorrected", sides[:1]), ("null", sides[1:])):
+        statistic = _difference_statistic(part, score)
+        interval, _ = _interval(
+            statistic,
+            max(len(side.draws) for side in part),
+            n_docs,
+            n_resamples,
+            seed,
+            min_clusters,
+            f"{what}, {key}",
+            informative_docs=_documents_with_positives(part[0]),
+        )
+        available = interval.available
+        out[f"{key}_estimate"] = _json_float(interval.estimate)
+        out[f"{key}_ci_low"] = _json_float(interval.low) if available else None
+        out[f"{key}_ci_high"] = _json_float(interval.high) if available else None
+    return out
 
 
 def _interval(
