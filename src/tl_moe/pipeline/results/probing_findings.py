@@ -79,7 +79,9 @@ _FINDING_LABELS = {
         "listed after it, is the stricter control)"
     ),
     "matched_count_minus_its_null": (
-        "that difference minus its own permuted-label null ((MoE − control) − the same with labels permuted)"
+        "that difference minus its own permuted-label null ((MoE − control) − the same with labels permuted, "
+        "over the concepts all four arms keep; in balanced accuracy the null's expectation is 0, so there the "
+        "subtraction is a check of the protocol, not a correction)"
     ),
     "moe_vs_dense_on_routed_tokens": "vs all dense neurons on each expert's routed tokens",
     "moe_vs_dense": "vs the dense model",
