@@ -13,7 +13,13 @@ from tl_moe.analysis.paper_study import PaperProtocol
 from tl_moe.errors import InputError
 from tl_moe.pipeline.context import RunContext, untrained_name
 from tl_moe.pipeline.needs import DenseNeurons, ExpertNeurons
-from tl_moe.pipeline.probing_run import held_out_probing, held_out_study, probe_settings, probing_steps
+from tl_moe.pipeline.probing_run import (
+    dense_probing_steps,
+    held_out_probing,
+    held_out_study,
+    probe_settings,
+    probing_steps,
+)
 from tl_moe.pipeline.protocol import Analysis, Inputs, Need, OptionLimit
 from tl_moe.pipeline.results.probing import INTRO, PAPER, ProbingResult
 
@@ -80,7 +86,8 @@ class Probing(Analysis):
         paper = PaperProtocol(layers, study.num_experts, study.dense_layers, config, run.options.statistics)
         paper_outcome = paper(moe, dense, step=step, progress=run.options.progress)
         try:
-            held_out = study(moe, dense, untrained, step=step)
+            dense_step = None if dense is None else dense_probing_steps(run)
+            held_out = study(moe, dense, untrained, step=step, dense_step=dense_step)
         except InputError as error:  # too few documents / examples
             held_out = HeldOutOutcome.unavailable(error, config.ks)
         return ProbingResult.of(paper_outcome, held_out, config.ks, _store_notes(inputs, needs))
