@@ -117,7 +117,8 @@ def test_probe_work_of_an_moe_alone_is_its_experts_in_each_protocol():
 def test_sparsity_family_work_is_each_other_member_in_both_protocols():
     """--sparsity-family adds every other toy MoE: its experts by the paper protocol and, against the
     dense twin, the held-out arms (the expert arm, its permuted null, the matched-count draws and their
-    null at d_expert; the twin's layers and its neurons on the member's routed tokens at d_mlp)."""
+    null at d_expert; the twin's neurons on the member's routed tokens at d_mlp; the twin's own layers
+    are shared with the probing analysis, not refitted)."""
     from tl_moe.analysis.held_out_probing import ROUTED_COUNT_DRAWS
 
     options = RunOptions(
@@ -140,7 +141,7 @@ def test_sparsity_family_work_is_each_other_member_in_both_protocols():
         expected += [
             (cfg.d_expert, experts, rows, False),
             (cfg.d_expert, experts * (2 + 2 * draws), rows, True),
-            (d_mlp, 4, 8000, True),  # the twin's 4 layers
+            # the twin's own layers are not refitted: the probing analysis's held-out dense arm is shared
             (d_mlp, 2 * experts, rows, True),
         ]
     got = [(w.width, w.units, w.rows, w.held_out) for w in work if w.analysis == "sparsity"]

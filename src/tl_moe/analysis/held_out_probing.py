@@ -174,6 +174,7 @@ def held_out_arm(
     min_examples: int = MIN_EXAMPLES,
     labels: Bool[torch.Tensor, "token concept"] | None = None,
     step: Step = run_now,
+    fit_step: Step | None = None,
 ) -> HeldOutArm:
     """Fit every unit's probes on the selection documents, choose per concept and k, score on test.
 
@@ -191,12 +192,23 @@ def held_out_arm(
             interrupted arm): the whole arm is step ``held_out-{name}``, and inside it each block of
             units (at most one layer's) of each concept population is step
             ``held_out-{name}-p{population}-b{block}``.
+        fit_step: how each block's fits run, when not ``step``: the fits of a block do not depend on
+            ``test_docs`` (only its scoring does), so arms of several studies on the same stored tokens
+            (the dense twin's layers, compared with every MoE of a family) can share them.
     """
     packed, values, chosen, doc_counts = step(
         f"held_out-{name}",
         lambda: _packed(
             *_held_out_tables(
-                name, stored, blocks, selection, test_docs, probe_params, min_examples, labels, step
+                name,
+                stored,
+                blocks,
+                selection,
+                test_docs,
+                probe_params,
+                min_examples,
+                labels,
+                step if fit_step is None else fit_step,
             )
         ),
     )
@@ -302,9 +314,10 @@ def _held_out_tables(
     probe_params: dict,
     min_examples: int,
     labels: Bool[torch.Tensor, "token concept"] | None,
-    step: Step,
+    fit_step: Step,
 ) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
-    """:func:`held_out_arm`'s work: the arm's ``units``, ``chosen`` and ``doc_counts``."""
+    """:func:`held_out_arm`'s work: the arm's ``units``, ``chosen`` and ``doc_counts`` (each block's fits
+    a ``fit_step``)."""
     labels = stored.labels if labels is None else labels
     ks = tuple(sorted(set(probe_params.get("ks", (1,)))))
     params = {**probe_params, "min_examples": min_examples}
@@ -325,7 +338,7 @@ def _held_out_tables(
     def probe_block(block: UnitBlock, b: int, p: int, columns: list[int], population: torch.Tensor) -> None:
         """Fit the block's units for one population on the selection side (a resumable step); score
         its new choices on the test side."""
-        packed, values, fitted = step(
+        packed, values, fitted = fit_step(
             f"held_out-{name}-p{p}-b{b}",
             lambda: _packed(
                 *fit_selection_block(

@@ -254,6 +254,7 @@ class HeldOutProbing:
         untrained: StoredTokens | None = None,
         *,
         step: Step = run_now,
+        dense_step: Step | None = None,
     ) -> HeldOutOutcome:
         """Probe every arm whose tokens are given and compare the MoE with each control.
 
@@ -262,13 +263,17 @@ class HeldOutProbing:
                 (None: that arm and its comparisons are left out); each needs document ids.
             step: how each arm, and each block of units inside it, runs (``step(key, compute)``; the
                 default computes each at once, :class:`~tl_moe.collect.steps.ResumableSteps` saves them).
+            dense_step: how the fits of the arms of the dense model's own layers (``dense``,
+                ``dense_permuted_labels``) run, when not ``step``: they depend on the dense tokens and the
+                probe settings alone, so studies of several MoEs against one dense model (the sparsity
+                family) can share them (keyed by the dense model's pass only).
 
         Raises:
             InputError: stored tokens that do not fit the study (:meth:`check`); too few documents for
                 the split, or no concept with enough positives on the selection side
                 (:meth:`HeldOutOutcome.unavailable` records those two instead of numbers).
         """
-        arms, notes = self.arms(moe, dense, untrained, step=step)
+        arms, notes = self.arms(moe, dense, untrained, step=step, dense_step=dense_step)
         stats = self.statistics
         records = tuple(
             {"protocol": "held_out", **record, "interval_over": "test documents"}
@@ -299,11 +304,12 @@ class HeldOutProbing:
         untrained: StoredTokens | None = None,
         *,
         step: Step = run_now,
+        dense_step: Step | None = None,
     ) -> tuple[dict[str, HeldOutArm], list[str]]:
         """Every arm the given tokens allow (after :meth:`check`; no comparison), and notes on the
-        controls left out. Raises as :meth:`__call__` does."""
+        controls left out; ``step`` and ``dense_step`` as in :meth:`__call__`. Raises as it does."""
         self.check(moe, dense, untrained)
-        return _Arms(self, step).probe(moe, dense, untrained)
+        return _Arms(self, step, dense_step).probe(moe, dense, untrained)
 
     def check(
         self, moe: StoredTokens, dense: StoredTokens | None = None, untrained: StoredTokens | None = None
@@ -335,8 +341,8 @@ class HeldOutProbing:
 class _Arms:
     """The arms of one :class:`HeldOutProbing` call: one document split per model, one set of test documents."""
 
-    def __init__(self, study: HeldOutProbing, step: Step):
-        self.study, self.step = study, step
+    def __init__(self, study: HeldOutProbing, step: Step, dense_step: Step | None = None):
+        self.study, self.step, self.dense_step = study, step, dense_step
         self.params = probe_parameters(study.config, study.statistics.seed)
         self.minimum = study.config.held_out_min_examples
 
@@ -351,9 +357,18 @@ class _Arms:
         )
         return torch.from_numpy(side == 0)
 
-    def arm(self, name, stored, blocks, side, labels=None) -> HeldOutArm:
+    def arm(self, name, stored, blocks, side, labels=None, fit_step=None) -> HeldOutArm:
         return held_out_arm(
-            name, stored, blocks, side, self.docs, self.params, self.minimum, labels=labels, step=self.step
+            name,
+            stored,
+            blocks,
+            side,
+            self.docs,
+            self.params,
+            self.minimum,
+            labels=labels,
+            step=self.step,
+            fit_step=fit_step,
         )
 
     def moe_permuted_arm(
@@ -396,7 +411,11 @@ class _Arms:
         moe_permuted = permuted_labels(moe, seed=seed + 1)
         if dense is not None:
             arms["dense"] = self.arm(
-                "dense", dense, dense_layer_blocks(dense, study.dense_layers), dense_selection
+                "dense",
+                dense,
+                dense_layer_blocks(dense, study.dense_layers),
+                dense_selection,
+                fit_step=self.dense_step,
             )
             aligned = moe.token_index.shape == dense.token_index.shape and torch.equal(
                 moe.input_ids, dense.input_ids
@@ -418,6 +437,7 @@ class _Arms:
                 dense_layer_blocks(dense, study.dense_layers),
                 dense_selection,
                 labels=permuted_labels(dense, seed=seed + 2),
+                fit_step=self.dense_step,
             )
         if untrained is not None:
             arms["untrained_moe"] = self.arm(

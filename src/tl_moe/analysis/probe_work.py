@@ -123,7 +123,8 @@ def moe_work(cfg: Any, layers: int, rows: int, concepts: int, dense_width: int |
 def family_work(cfg: Any, tokens: int, cap: int | None, concepts: int, dense_cfg: Any) -> list[ProbeWork]:
     """A sparsity-family member's units (all its sparse layers): its experts by the paper protocol and,
     with the dense twin ``dense_cfg`` (or None), the held-out arms of :func:`moe_work` plus the twin's
-    layers and its neurons on the member's routed tokens (two arms)."""
+    neurons on the member's routed tokens (two arms). The twin's own layers are not counted: their
+    held-out fits depend on the dense pass alone and are shared with the probing analysis."""
     layers = len(cfg.sparse_layers)
     rows = routed_rows(cfg, tokens, cap)
     if dense_cfg is None:  # no dense twin: the family's held-out protocol is not run
@@ -131,7 +132,6 @@ def family_work(cfg: Any, tokens: int, cap: int | None, concepts: int, dense_cfg
     else:
         width = dense_cfg.d_mlp
         work = moe_work(cfg, layers, rows, concepts, width)
-        work.append(ProbeWork(width, len(dense_cfg.dense_layers), min(tokens, cap or tokens), concepts, True))
         work.append(ProbeWork(width, 2 * layers * cfg.num_experts, rows, concepts, True))
     return [replace(w, analysis="sparsity") for w in work]
 

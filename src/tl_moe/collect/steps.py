@@ -43,7 +43,7 @@ from tl_moe.collect.checkpoint import (
     write_verified,
 )
 
-__all__ = ["STEPS_VERSION", "ResumableSteps", "Step", "decode", "encode", "run_now"]
+__all__ = ["STEPS_VERSION", "RememberedSteps", "ResumableSteps", "Step", "decode", "encode", "run_now"]
 
 T = TypeVar("T")
 
@@ -59,6 +59,23 @@ _TAG = "__tl_moe__"
 def run_now(key: str, compute: Callable[[], T]) -> T:
     """The step runner that saves nothing: computes every step (notebook runs, no ``--out``)."""
     return compute()
+
+
+class RememberedSteps:
+    """``steps(key, compute)``: ``inner(key, compute)`` the first time a key is asked, its value after.
+
+    For steps that several computations of one process ask alike (whether or not ``inner`` saves them):
+    the value is kept in memory, so callers must not modify it.
+    """
+
+    def __init__(self, inner: Step = run_now):
+        self.inner = inner
+        self.values: dict[str, Any] = {}
+
+    def __call__(self, key: str, compute: Callable[[], T]) -> T:
+        if key not in self.values:
+            self.values[key] = self.inner(key, compute)
+        return self.values[key]
 
 
 # ------------------------------------------------------------------ values <-> weights_only payloads

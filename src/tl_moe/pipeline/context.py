@@ -20,7 +20,7 @@ from tl_moe.pipeline import catalog
 from tl_moe.pipeline.options import RunOptions
 
 if TYPE_CHECKING:
-    from tl_moe.collect.steps import ResumableSteps
+    from tl_moe.collect.steps import ResumableSteps, Step
 
 __all__ = ["UNTRAINED", "RunContext", "untrained_name", "unembedding"]
 
@@ -72,6 +72,8 @@ class RunContext:
         self.checkpoint_dir: Path | None = None
         #: Model name -> identity of its collection pass (digest of the pass's content fingerprint).
         self.pass_identities: dict[str, str] = {}
+        #: :meth:`shared_steps` runners by what keys them.
+        self._shared_steps: dict[str, Any] = {}
 
     @cached_property
     def dataset(self) -> Any:
@@ -191,6 +193,21 @@ class RunContext:
             directory = self.checkpoint_dir / analysis
         fields = {"analysis": analysis, "settings": dict(settings), "passes": identities}
         return ResumableSteps(directory, fields, fresh=self.options.fresh)
+
+    def shared_steps(self, analysis: str, settings: Mapping[str, Any], models: Sequence[str]) -> Step:
+        """:meth:`steps`, one runner per fingerprint for the whole run, that also keeps every value in
+        memory (:class:`~tl_moe.collect.steps.RememberedSteps`): for steps several analyses compute alike
+        (the dense twin's held-out arms, the same for the analyzed MoE and every family member), computed
+        once whether or not the run saves checkpoints."""
+        import json
+
+        from tl_moe.collect.steps import RememberedSteps
+
+        identities = {model: self.pass_identities.get(model) for model in models}
+        key = json.dumps([analysis, dict(settings), identities], sort_keys=True, default=str)
+        if key not in self._shared_steps:  # built once: with --fresh, building discards saved steps
+            self._shared_steps[key] = RememberedSteps(self.steps(analysis, settings, models))
+        return self._shared_steps[key]
 
     def probed_layers(self) -> tuple[int, ...]:
         """The sparse layers whose experts are probed: ``--probe-layers``, or all of them."""

@@ -17,7 +17,14 @@ from tl_moe.analysis.paper_study import PaperProtocol
 from tl_moe.collect.steps import Step, run_now
 from tl_moe.pipeline.context import RunContext
 
-__all__ = ["held_out_probing", "held_out_study", "probe_settings", "probing_protocols", "probing_steps"]
+__all__ = [
+    "dense_probing_steps",
+    "held_out_probing",
+    "held_out_study",
+    "probe_settings",
+    "probing_protocols",
+    "probing_steps",
+]
 
 
 def probe_settings(run: RunContext) -> dict[str, Any]:
@@ -28,7 +35,19 @@ def probe_settings(run: RunContext) -> dict[str, Any]:
 def probing_steps(run: RunContext, analysis: str, models: list[str]) -> Step:
     """The resumable steps of probing ``models``: each finished layer / arm saved in ``OUT/checkpoints``,
     keyed by the probing options and the pass identities of ``models`` (docs/RUNS.md)."""
-    settings = {
+    return run.steps(analysis, _step_settings(run), models)
+
+
+def dense_probing_steps(run: RunContext) -> Step:
+    """The steps of the fits of the held-out arms on the dense baseline's own layers: keyed by the probing
+    options and the dense pass alone, and shared by every analysis of the run (the probing analysis and
+    each family member of the sparsity analysis fit them alike), so they are fitted once per run."""
+    return run.shared_steps("probing", _step_settings(run), [run.dense])
+
+
+def _step_settings(run: RunContext) -> dict[str, Any]:
+    """What probing's steps depend on besides the passes: the probing options and the document split."""
+    return {
         "probe": probe_settings(run),
         "paper_protocol": PAPER_PROTOCOL,
         "probe_layers": list(run.probed_layers()),
@@ -40,7 +59,6 @@ def probing_steps(run: RunContext, analysis: str, models: list[str]) -> Step:
         # tables saved packed, the held-out probes as stacked tensors (saved steps of the earlier form are not reused)
         "step_values": PACKED_STEP_VALUES,
     }
-    return run.steps(analysis, settings, models)
 
 
 def held_out_study(run: RunContext, layers: tuple[int, ...], model: str | None = None) -> HeldOutProbing:
@@ -82,5 +100,7 @@ def held_out_probing(
     study = held_out_study(run, layers, model).replace(
         permuted=permuted, routed_null=routed_null, by_group=False
     )
-    found = study(moe, dense, untrained, step=step)
+    found = study(
+        moe, dense, untrained, step=step, dense_step=None if dense is None else dense_probing_steps(run)
+    )
     return found.arms, list(found.records), list(found.notes)

@@ -16,6 +16,7 @@ from tl_moe.errors import InputError
 from tl_moe.pipeline.context import RunContext, untrained_name
 from tl_moe.pipeline.needs import DenseNeurons, ExpertNeurons
 from tl_moe.pipeline.probing_run import (
+    dense_probing_steps,
     held_out_probing,
     held_out_study,
     probe_settings,
@@ -93,7 +94,8 @@ class Probing(Analysis):
         paper, study = probing_protocols(run)
         paper_outcome = paper(moe, dense, step=step, progress=run.options.progress)
         try:
-            held_out = study(moe, dense, untrained, step=step)
+            dense_step = None if dense is None else dense_probing_steps(run)
+            held_out = study(moe, dense, untrained, step=step, dense_step=dense_step)
         except InputError as error:  # too few documents / examples
             held_out = HeldOutOutcome.unavailable(error, config.ks)
         return ProbingResult.of(paper_outcome, held_out, config.ks, _store_notes(inputs, needs))
