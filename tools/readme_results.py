@@ -600,7 +600,10 @@ def _label_coverage_sentence(study: dict[str, Any], metrics: dict[str, Any]) -> 
                 study["rates"][_label_key(study, method, metric)],
             )
         ]
-        note = f"; {', '.join(better)} covers more often there by over two standard errors" if better else ""
+        verb = "covers" if len(better) == 1 else "cover"
+        note = (
+            f"; {' and '.join(better)} {verb} more often there by over two standard errors" if better else ""
+        )
         parts.append(f"{name}: " + ", ".join(cells) + run_position + note)
     r = study["rates"][_label_key(study, method, "balanced_accuracy")]
     return (
@@ -995,6 +998,7 @@ def planted_label_means_markdown(results: dict[str, Any], source: str) -> str:
             f"{shape['items per document, median']:.0f}, {shape['share of items in the 6 largest documents']:.2f} of "
             f"the items in the 6 largest, recall {shape['mean recall']:.2f}, specificity {shape['mean specificity']:.2f}) — "
             + " — ".join(parts)
+            + "."
         )
     positions = {
         name: run[f"position of the estimate, percentile / basic / BCa, {name}"]

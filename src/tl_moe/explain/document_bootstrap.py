@@ -26,8 +26,11 @@ downward small-sample bias of the same origin). The percentile interval takes th
 distribution as it is and leaves the estimate near its top end; BCa corrects for the median shift
 (the share of resamples below the estimate) and the skew (a jackknife over documents). Experts that
 drop out of a resample (a class absent) are not the cause: keeping each at its observed value there
-leaves the lean as it is. tests/test_label_interval_coverage.py measures both choices on planted label
-scores with this structure and a known true mean.
+leaves the lean as it is. The planted study ``label_mean_interval_coverage`` of
+benchmarks/planted_studies.py measures percentile, basic and BCa on planted label scores with this
+structure and a known true mean, at the shape of the toy explain run too (where every method covers
+below 95%: the estimator itself sits below the truth); tests/test_label_interval_coverage.py asserts
+its ranges on fewer corpora.
 
 Metrics from counts (as :func:`~tl_moe.explain.scorers.detection_metrics` computes them per expert):
 balanced accuracy, F1, precision (0 when nothing is said yes to), recall. AUC from the graded answers:
