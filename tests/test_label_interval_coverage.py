@@ -14,6 +14,7 @@ on fewer corpora.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from planted_script import planted_studies
@@ -139,3 +140,39 @@ def test_the_summary_row_and_its_finding_name_the_interval_methods(studies):
     )
     del row["mean interval method"]  # a results file written before the methods were recorded
     assert _unit(row).endswith("58 score documents of the scoring items")
+
+
+def _arm(scores: dict, seed: int, yes_on_positive: float, yes_on_negative: float) -> dict:
+    """Another label's verdicts on the same items: yes with these rates on positives and negatives."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for key, s in scores.items():
+        y = np.asarray(s.truth, bool)
+        yes = rng.random(len(y)) < np.where(y, yes_on_positive, yes_on_negative)
+        out[key] = Score(*key, "concept", "other", key, truth=s.truth, predicted=tuple(yes.astype(int)),
+                         documents=s.documents)  # fmt: skip
+    return out
+
+
+def test_the_finding_gives_own_minus_chance_and_says_why_a_shuffled_control_sits_below_chance(studies):
+    """A shuffled label that says yes to negatives more than to positives (planted: 0.30 vs 0.15, balanced
+    accuracy 0.425) sits below chance: the finding gives own − chance with the own mean's interval moved by
+    0.5, beside own − shuffled, and says why the control is below chance; a shuffled label at chance
+    (yes at the same rate on both classes) gets no such clause."""
+    from tl_moe.pipeline.results.explain_findings import labels_finding
+
+    scores = studies.planted_label_scores(studies.label_experts(studies.LABEL_CELLS["earlier model"]), 3)
+    keys = list(scores)
+    for rates, below in (((0.15, 0.30), True), ((0.2, 0.2), False)):
+        row = document_intervals(keys, scores, {"shuffled": _arm(scores, 1, *rates)}, "balanced_accuracy",
+                                 n_resamples=199, seed=3)  # fmt: skip
+        assert (row["shuffled ci high"] < 0.5) == below
+        row.update({"metric": "balanced_accuracy", "experts scored": 50, "experts not scored": 0, "chance": 0.5,
+                    "interval over": "score documents", "layer": "all"})  # fmt: skip
+        text = labels_finding(row, {}, "offline", "concept", pd.DataFrame())
+        own = (
+            f"own − chance {row['mean'] - 0.5:+.3f} [{row['ci low'] - 0.5:+.3f}, {row['ci high'] - 0.5:+.3f}]"
+        )
+        assert own in text and "own − shuffled" in text
+        assert ("below chance 0.500: half of each expert's negatives" in text) == below
+        assert f"the estimate at {row['position in interval']:.2f} of its interval" in text
