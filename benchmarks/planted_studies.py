@@ -10,7 +10,7 @@ the generated blocks of ``tools/readme_results.py`` (``--write docs/METHODS.md``
 docs/EXPLAIN.md``).
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/planted_studies.py [--scale 1.0] [--only NAME ...] [--out
-docs/results/planted_studies.json]`` (about 25 minutes on one loaded core, half of it the excess study's run-shaped regime; ``--scale``
+docs/results/planted_studies.json]`` (about 30 minutes on one loaded core, near half of it the excess study's run-shaped regime; ``--scale``
 multiplies every study's seeds). Every study's record holds its seeds (0 .. seeds − 1), its replicates
 and the command that reruns it alone; the run's command and machine are in the metadata.
 """
