@@ -10,7 +10,7 @@ the generated blocks of ``tools/readme_results.py`` (``--write docs/METHODS.md``
 docs/EXPLAIN.md``).
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/planted_studies.py [--scale 1.0] [--only NAME ...] [--out
-docs/results/planted_studies.json]`` (about 25 minutes on one loaded core, half of it the excess study's run-shaped regime; ``--scale``
+docs/results/planted_studies.json]`` (about 30 minutes on one loaded core, near half of it the excess study's run-shaped regime; ``--scale``
 multiplies every study's seeds). Every study's record holds its seeds (0 .. seeds − 1), its replicates
 and the command that reruns it alone; the run's command and machine are in the metadata.
 """
@@ -71,7 +71,7 @@ from tl_moe.analysis.stats import (
     RHO_MIN_EXPERT_DOCUMENTS,
     cluster_bootstrap,
 )
-from tl_moe.explain.document_bootstrap import document_intervals, share_beating
+from tl_moe.explain.document_bootstrap import MEAN_METHOD, document_intervals, share_beating
 from tl_moe.explain.scorers import Score, detection_metrics
 from tl_moe.pipeline.machine import load_average, machine
 
@@ -204,6 +204,249 @@ def explain_auc_null(seeds: int, replicates: int) -> dict[str, Any]:
     return {
         "rates": {"covers 0.5": rate(covered, seeds, CONFIDENCE)},
         "settings": {"experts": 40, "documents": 40, "items per class": 20, "document effect sd": 0.8},
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# explain: the mean label scores' document intervals on planted scores with a known true mean
+# --------------------------------------------------------------------------------------------------
+LABEL_DOMAINS, LABEL_DOCUMENTS, LABEL_EXPERTS, LABEL_NEGATIVES = 7, 58, 50, 20
+#: The share of an expert's positives from its home-domain documents.
+LABEL_HOME_SHARE = 0.85
+LABEL_STATISTICS = ("balanced_accuracy", "f1", "recall")
+#: The planted cells. ``size sd``: sd of a document's log size (every item, positive or negative, is
+#: drawn in proportion to its document's size; 0: documents equally large); ``recall shift``: added to
+#: every expert's logit of a right answer on a positive; ``routing sd`` (γ): how strongly an expert's
+#: positives gather in the documents where it is routed more; ``slope scale``: how much more often the
+#: label is right there; ``size slope``: how much less often it is right on a positive in a larger
+#: document. "earlier model" is the model the coverage was first measured on; "run shaped" skews the
+#: documents' sizes and lowers recall until the items per document, the mean recall and specificity, the
+#: percentile interval's lean and the bootstrap bias come near the toy explain run's
+#: (:data:`LABEL_RUN_SHAPE`); "run shaped, recall lower in large documents" adds the run's other trait
+#: (its largest score documents hold its lowest recall).
+LABEL_CELLS = {
+    "earlier model": {"size sd": 0.0, "recall shift": 0.0, "routing sd": 0.8, "slope scale": 1.0, "size slope": 0.0},
+    "run shaped": {"size sd": 1.2, "recall shift": -1.0, "routing sd": 0.8, "slope scale": 1.0, "size slope": 0.0},
+    "run shaped, recall lower in large documents": {
+        "size sd": 1.2, "recall shift": -0.6, "routing sd": 0.8, "slope scale": 1.0, "size slope": 0.6,
+    },
+}  # fmt: skip
+#: The toy explain run's score items (its 51 labelled experts' concept scores, docs/results/toy_explain.json's
+#: run), measured once: what the "run shaped" cell aims at. The run's own estimate position and bootstrap
+#: bias are in its results file.
+LABEL_RUN_SHAPE = {
+    "score documents": 58,
+    "items per document, max": 190,
+    "items per document, median": 17,
+    "share of items in the 6 largest documents": 0.44,
+    "mean recall": 0.66,
+    "mean specificity": 0.86,
+    "position of the estimate, percentile / basic / BCa, balanced accuracy": [0.66, 0.34, 0.37],
+    "position of the estimate, percentile / basic / BCa, F1": [0.77, 0.23, 0.33],
+    "position of the estimate, percentile / basic / BCa, recall": [0.68, 0.32, 0.36],
+    "bootstrap bias, balanced accuracy / F1 / recall": [-0.0065, -0.0183, -0.0120],
+}
+
+
+def label_experts(cell: dict[str, float]) -> dict[str, Any]:
+    """The planted experts of a cell (fixed seed): home domain, positives (20; 6 for the first 6 experts),
+    the logits of a right answer on a positive (moved by the cell's ``recall shift``) and of a yes on a
+    negative away from home, their home bonuses, the slope of both in the document's routing intensity
+    ``u`` (times the cell's ``slope scale``), and the cell's ``routing sd`` (γ)."""
+    rng = np.random.default_rng(12345)
+    recall_shift, scale = cell["recall shift"], cell["slope scale"]
+    return {
+        "gamma": cell["routing sd"],
+        "size sd": cell["size sd"],
+        "size slope": cell["size slope"],
+        "home": rng.integers(0, LABEL_DOMAINS, LABEL_EXPERTS),
+        "positives": np.where(np.arange(LABEL_EXPERTS) < 6, 6, 20),
+        "recall": rng.normal(0.8, 1.0, LABEL_EXPERTS) + recall_shift,
+        "recall_home": rng.uniform(0.5, 2.0, LABEL_EXPERTS),
+        "false": rng.normal(-2.0, 0.8, LABEL_EXPERTS),
+        "false_home": rng.uniform(0.0, 1.5, LABEL_EXPERTS),
+        "slope": scale * rng.uniform(0.3, 1.2, LABEL_EXPERTS),
+    }
+
+
+def label_rates(
+    x: dict[str, Any], domain: np.ndarray, u: np.ndarray, z: np.ndarray | float = 0.0
+) -> tuple[np.ndarray, ...]:
+    """Per expert (rows) and document (columns): positive intensity (before document size), P(yes |
+    positive), P(yes | negative). An expert's positives come mostly from its home domain and from documents
+    where it is routed more (``exp(γ u)``), and its label is right more often there; on a positive it is
+    right less often in larger documents (``z``: the document's standardized log size, times the cell's
+    ``size slope``)."""
+    home = x["home"][:, None] == domain
+    share = np.where(
+        home, LABEL_HOME_SHARE * LABEL_DOMAINS, (1 - LABEL_HOME_SHARE) * LABEL_DOMAINS / (LABEL_DOMAINS - 1)
+    )
+    intensity = share * np.exp(x["gamma"] * u - x["gamma"] ** 2 / 2)
+    hit = scipy.special.expit(
+        x["recall"][:, None]
+        + x["recall_home"][:, None] * home
+        + x["slope"][:, None] * u
+        - x["size slope"] * z
+    )
+    false = scipy.special.expit(
+        x["false"][:, None] + x["false_home"][:, None] * home - x["slope"][:, None] * u
+    )
+    return intensity, hit, false
+
+
+def label_true_counts(x: dict[str, Any]) -> tuple[np.ndarray, ...]:
+    """Each expert's expected true positives, false negatives, false positives, true negatives over the
+    document population: every item drawn in proportion to its document's size (log-normal, sd ``size
+    sd``), positives also to the routing intensity; Gauss–Hermite quadrature over ``u`` and the
+    standardized log size ``z`` (size-weighted: ``z`` shifted by the size sd), domains equally likely."""
+    nodes, weights = np.polynomial.hermite_e.hermegauss(40)
+    weights = weights / weights.sum()
+    u, z = np.meshgrid(nodes, nodes + x["size sd"], indexing="ij")  # size-weighted z: N(size sd, 1)
+    u, z, w = u.ravel(), z.ravel(), np.outer(weights, weights).ravel()
+    hits = mass = false = 0.0
+    for domain in range(LABEL_DOMAINS):
+        intensity, hit, no = label_rates(x, domain, np.broadcast_to(u, (LABEL_EXPERTS, len(u))), z)
+        hits, mass = hits + (intensity * hit) @ w, mass + intensity @ w
+        false = false + no @ w / LABEL_DOMAINS
+    recall = hits / mass
+    p, n = x["positives"], LABEL_NEGATIVES
+    return p * recall, p * (1 - recall), n * false, n * (1 - false)
+
+
+def label_truth(x: dict[str, np.ndarray]) -> dict[str, float]:
+    """The true mean over experts of each of :data:`LABEL_STATISTICS` (the limit of the estimate over ever
+    more documents, each expert's class sizes fixed)."""
+    tp, fn, fp, tn = label_true_counts(x)
+    per_expert = {
+        "balanced_accuracy": (tp / (tp + fn) + tn / (tn + fp)) / 2,
+        "f1": 2 * tp / (2 * tp + fp + fn),
+        "recall": tp / (tp + fn),
+    }
+    return {name: float(per_expert[name].mean()) for name in LABEL_STATISTICS}
+
+
+def planted_label_scores(x: dict[str, Any], seed: int) -> dict[tuple[int, int], Score]:
+    """One planted corpus: ``LABEL_DOCUMENTS`` documents (a domain, a routing intensity ``u`` and a
+    log-normal size of sd ``size sd`` each); per expert its positives drawn in proportion to size ×
+    intensity and :data:`LABEL_NEGATIVES` negatives in proportion to size, each item's verdict drawn
+    from its document's rates."""
+    rng = np.random.default_rng(seed)
+    domain, u = rng.integers(0, LABEL_DOMAINS, LABEL_DOCUMENTS), rng.normal(0, 1, LABEL_DOCUMENTS)
+    z = rng.normal(0, 1, LABEL_DOCUMENTS)
+    size = np.exp(x["size sd"] * z)
+    intensity, hit, false = label_rates(x, domain[None, :], u[None, :], z[None, :])
+    scores = {}
+    for e in range(LABEL_EXPERTS):
+        positive = intensity[e] * size
+        docs = np.concatenate(
+            [
+                rng.choice(LABEL_DOCUMENTS, x["positives"][e], p=positive / positive.sum()),
+                rng.choice(LABEL_DOCUMENTS, LABEL_NEGATIVES, p=size / size.sum()),
+            ]
+        )
+        truth = np.arange(len(docs)) < x["positives"][e]
+        yes = rng.random(len(docs)) < np.where(truth, hit[e, docs], false[e, docs])
+        scores[(0, e)] = Score(
+            0, e, "concept", "own", (0, e), truth=tuple(truth.astype(int)),
+            predicted=tuple(yes.astype(int)), documents=tuple(docs.tolist()),
+        )  # fmt: skip
+    return scores
+
+
+def label_shape(scores: dict[tuple[int, int], Score]) -> dict[str, float]:
+    """A corpus's shape beside the run's: items per document (max, median over documents holding one),
+    the share of items in the 6 largest documents, the mean recall and specificity."""
+    documents = np.concatenate([np.asarray(s.documents) for s in scores.values()])
+    per_document = np.sort(np.bincount(documents, minlength=LABEL_DOCUMENTS))[::-1]
+    held = per_document[per_document > 0]
+    recall, specificity = [], []
+    for s in scores.values():
+        y, p = np.asarray(s.truth, bool), np.asarray(s.predicted, bool)
+        recall.append(p[y].mean())
+        specificity.append((~p[~y]).mean())
+    return {
+        "items per document, max": float(held[0]),
+        "items per document, median": float(np.median(held)),
+        "share of items in the 6 largest documents": float(per_document[:6].sum() / per_document.sum()),
+        "mean recall": float(np.mean(recall)),
+        "mean specificity": float(np.mean(specificity)),
+    }
+
+
+def label_cell(cell: dict[str, float], seeds: int, replicates: int) -> dict[str, Any]:
+    """One cell of :func:`label_mean_interval_coverage`: per (method, statistic) each seed's (covered,
+    position of the estimate, truth, estimate, truth above the interval, bootstrap bias), the truth and the
+    corpora's median shape."""
+    x = label_experts(cell)
+    truth = label_truth(x)
+    keys = [(0, e) for e in range(LABEL_EXPERTS)]
+    hits = {(m, s): [] for m in INTERVAL_METHODS for s in LABEL_STATISTICS}
+    shapes = []
+    for seed in range(seeds):
+        scores = planted_label_scores(x, seed)
+        shapes.append(label_shape(scores))
+        for method in INTERVAL_METHODS:
+            for statistic in LABEL_STATISTICS:
+                row = document_intervals(
+                    keys, scores, {}, statistic, n_resamples=replicates, seed=seed, mean_method=method
+                )
+                low, high, value, t = row["ci low"], row["ci high"], row["mean"], truth[statistic]
+                hits[method, statistic].append(
+                    (
+                        low <= t <= high,
+                        (value - low) / (high - low),
+                        t,
+                        value,
+                        t > high,
+                        row["bootstrap bias"],
+                    )
+                )
+    shape = {key: float(np.median([s[key] for s in shapes])) for key in shapes[0]}
+    return {"hits": hits, "truth": truth, "shape": shape}
+
+
+def label_mean_interval_coverage(seeds: int, replicates: int) -> dict[str, Any]:
+    """Coverage of the true mean balanced accuracy, F1 and recall over experts by ``document_intervals``'
+    percentile, basic and BCa intervals (the pipeline's :data:`MEAN_METHOD` is BCa), in each cell of
+    :data:`LABEL_CELLS`: the rate with its binomial se, the misses' direction (truth above / below the
+    interval), the estimate's median position in its interval (0 its lower end), the mean truth, estimate
+    and bootstrap bias; the corpora's median shape beside the run's (:data:`LABEL_RUN_SHAPE`)."""
+    rates, positions, misses, means, shapes, truths = {}, {}, {}, {}, {}, {}
+    for cell_name, cell in LABEL_CELLS.items():
+        measured = label_cell(cell, seeds, replicates)
+        shapes[cell_name], truths[cell_name] = measured["shape"], measured["truth"]
+        for (method, statistic), rows in measured["hits"].items():
+            values = np.array(rows, dtype=float)
+            key = f"{cell_name}, {method}, {statistic}"
+            covered, above = int(values[:, 0].sum()), int(values[:, 4].sum())
+            rates[key] = rate(covered, seeds, CONFIDENCE)
+            positions[key] = float(np.nanmedian(values[:, 1]))
+            misses[key] = {"above": above, "below": seeds - covered - above}
+            means[key] = {
+                "truth": float(values[:, 2].mean()),
+                "estimate": float(values[:, 3].mean()),
+                "bootstrap bias": float(values[:, 5].mean()),
+            }
+    return {
+        "rates": rates,
+        "median position of the estimate": positions,
+        "misses, truth above / below the interval": misses,
+        "means": means,
+        "truth": truths,
+        "shape": shapes,
+        "pipeline method": MEAN_METHOD,
+        "settings": {
+            "experts": LABEL_EXPERTS,
+            "documents": LABEL_DOCUMENTS,
+            "domains": LABEL_DOMAINS,
+            "positives": "20 (6 for 6 experts)",
+            "negatives": LABEL_NEGATIVES,
+            "home share": LABEL_HOME_SHARE,
+            "cells": LABEL_CELLS,
+            "statistics": list(LABEL_STATISTICS),
+            "methods": list(INTERVAL_METHODS),
+            "run shape": LABEL_RUN_SHAPE,
+        },
     }
 
 
@@ -1528,6 +1771,14 @@ def excess_regime(shape: ExcessShape, seeds: int, replicates: int) -> dict[str, 
 
 
 STUDIES = (
+    Study(
+        "label_mean_interval_coverage",
+        "mean label scores (balanced accuracy, F1, recall): percentile, basic and BCa document intervals on planted scores with a known true mean, at the earlier model's shape and the run's",
+        "tests/test_label_interval_coverage.py",
+        200,
+        999,
+        label_mean_interval_coverage,
+    ),
     Study(
         "explain_share_null",
         "share of experts beating their shuffled control: percentile interval on exchangeable labels",

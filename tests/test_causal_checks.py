@@ -364,12 +364,13 @@ def test_a_label_specific_effect_survives_the_weight_adjustment():
     assert np.mean(found) >= 0.9
 
 
-def test_the_finding_leads_with_the_weight_adjusted_difference_and_says_when_an_interval_covers_0():
-    """Removal has a label-specific effect (its interval is above 0); boosting has none (covers 0): the
-    finding gives each labeled − control difference with its interval and what the interval says, the
-    unadjusted difference beside the adjusted one, and the DLA rank-1 difference with its interval."""
+def test_the_finding_gives_the_unadjusted_and_the_weight_adjusted_difference_side_by_side():
+    """Removal has a label-specific effect (its interval is above 0 at equal weight too); boosting has
+    none (covers 0): the finding gives each labeled − control difference unadjusted and at equal mixing
+    weight, each with its interval and what it says, the adjusted one read as an excess beyond the mixing
+    weight (never as for or against the label), the adjustment's limits, and the DLA rank-1 difference."""
     from tl_moe.explain.causal import CausalResult
-    from tl_moe.pipeline.results.explain_causal import causal_expert_table, causal_finding
+    from tl_moe.pipeline.results.explain_causal import ADJUSTMENT_LIMITS, causal_expert_table, causal_finding
 
     documents, described, other, routed, delta, weight = planted_weight_only(3, gain=1.8)
     _, _, _, _, boost, _ = planted_weight_only(4)
@@ -387,18 +388,22 @@ def test_the_finding_leads_with_the_weight_adjusted_difference_and_says_when_an_
     def shown(row):
         return f"{row['mean']:.3f} [{row['ci low']:.3f}, {row['ci high']:.3f}]"
 
+    raw = rows.loc["remove_labeled_minus_control"]
+    assert raw["ci low"] > 0
     assert (
-        f"labeled − control at equal mixing weight {shown(remove)} (interval above 0: for the label)" in text
-    )
-    assert f"unadjusted {shown(rows.loc['remove_labeled_minus_control'])};" in text
-    assert (
-        f"(within weight strata {shown(rows.loc['remove_labeled_minus_control_weight_stratified'])};" in text
-    )
-    side = "for" if boosted["mean"] > 0 else "against"
-    assert (
-        f"{shown(boosted)} (interval covers 0: no difference shown, the estimate on the side {side} the label)"
+        f"removing a labeled expert, labeled − control unadjusted {shown(raw)} (interval above 0: for the label)"
         in text
     )
+    assert (
+        f"at equal mixing weight {shown(remove)} (interval above 0: an excess beyond the mixing weight)"
+        in text
+    )
+    assert (
+        f"within weight strata {shown(rows.loc['remove_labeled_minus_control_weight_stratified'])})" in text
+    )
+    assert f"{shown(boosted)} (interval covers 0: no excess beyond the mixing weight shown)" in text
+    assert "accounted for" not in text.split("boosting")[0]  # removal's excess outlives the adjustment
+    assert ADJUSTMENT_LIMITS in text and "two headlines of equal rank" in text
     dla = rows.loc["dla_rank1_rate labeled - control"]
     assert f"labeled − control {shown(dla)}" in text
     frame = pd.DataFrame({"layer": [0] * 4, "expert": range(4), "label": list("abcd"),
@@ -534,8 +539,39 @@ def test_the_finding_prints_the_balance_and_the_check_over_balanced_controls():
     )
     headline = over.loc["remove_labeled_minus_control_weight_adjusted"]
     assert headline["ci low"] <= 0 <= headline["ci high"]  # no label-specific effect was planted
-    assert f"over those experts, removal, labeled − control at equal mixing weight {shown(headline)}" in text
+    unadjusted = over.loc["remove_labeled_minus_control"]
+    assert (
+        f"over those experts, removal, labeled − control unadjusted {shown(unadjusted)}"
+        f" ({'interval above 0: for the label' if unadjusted['ci low'] > 0 else ''}"
+    )[:-1] in text
+    assert f"and at equal mixing weight {shown(headline)}" in text
     assert "matched" not in text
+
+
+def test_an_excess_carried_by_the_mixing_weight_alone_is_said_to_be_accounted_for_by_it():
+    """Planted: the labeled expert's removal effect follows its mixing weight only, and the router gives
+    it a larger weight on described tokens (no effect beyond the weight). The unadjusted labeled − control
+    difference is above 0, the one at equal weight covers 0, and the finding says the described-token
+    excess is accounted for by the larger weight, without calling the label unsupported."""
+    from tl_moe.explain.causal import CausalResult
+    from tl_moe.pipeline.results.explain_causal import causal_finding
+
+    documents, described, other, routed, delta, weight = planted_weight_only(5, gain=1.0)
+    _, summary = label_effects(documents, described, other, routed, {"remove": delta}, mixing_weight=weight,
+                               n_resamples=999, seed=5)  # fmt: skip
+    rows = summary.set_index("quantity")
+    raw, adjusted = (
+        rows.loc["remove_labeled_minus_control"],
+        rows.loc["remove_labeled_minus_control_weight_adjusted"],
+    )
+    assert raw["ci low"] > 0 and adjusted["ci low"] <= 0 <= adjusted["ci high"]
+    text = causal_finding(CausalResult(pd.DataFrame(), summary, 40, 40))
+    assert (
+        f"the described-token excess ({raw['mean']:+.3f}) is accounted for by the router's larger mixing weight there"
+        in text
+    )
+    assert "no excess beyond the mixing weight shown" in text
+    assert "against the label" not in text and "neither alone makes the label causally supported" in text
 
 
 def _items(documents, described, other, routed, delta, weight):

@@ -698,6 +698,92 @@ def findings_markdown(results: dict[str, Any], source: str) -> str:
     return "\n".join(lines)
 
 
+LABELS_FINDING = "**Automatic labels**"
+"""How the explain finding that quotes the mean label scores begins."""
+LABEL_STUDY, LABEL_CELL = "label_mean_interval_coverage", "run shaped"
+"""The planted study of the mean label scores' intervals, and its cell shaped like the toy explain run."""
+LABEL_METRICS = {"balanced_accuracy": "balanced accuracy", "f1": "F1", "recall": "recall"}
+
+
+def explain_markdown(results: dict[str, Any], source: str, planted: dict[str, Any] | None = None) -> str:
+    """The explain block: the run's findings, the labels' headline with the coverage its interval method
+    reached on the planted case of the run's shape (``planted``, by default the committed planted studies
+    where present) beside its interval and, after the finding, each mean's coverage by method there."""
+    planted = planted if planted is not None else _planted_if_any(Path("."))
+    study = (planted or {}).get("studies", {}).get(LABEL_STUDY)
+    text = findings_markdown(results, source)
+    if study is None:
+        return text
+    metrics = results.get("sections", {}).get("explain", {}).get("metrics", {})
+    lines = [
+        _with_label_coverage(line, study, metrics) if line.startswith(f"- {LABELS_FINDING}") else line
+        for line in text.split("\n")
+    ]
+    return "\n".join(lines)
+
+
+def _label_key(study: dict[str, Any], method: str, metric: str) -> str:
+    return f"{LABEL_CELL}, {method}, {metric}"
+
+
+def _with_label_coverage(line: str, study: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """The labels' finding with the planted coverage of its headline interval after that interval, and a
+    sentence of every mean's coverage by method on the planted case of the run's shape after the line."""
+    method = study["pipeline method"]
+    headline = study["rates"][_label_key(study, method, "balanced_accuracy")]
+    beside = (
+        f" (nominal 95%; on a planted case of this run's shape the {method} interval covered the true mean "
+        f"in {planted_rate(headline)}, {against_nominal(headline)}"
+    )
+    at = line.find(" (chance ")
+    line = line[:at] + beside + "; " + line[at + len(" (") :] if at >= 0 else line
+    return line + _label_coverage_sentence(study, metrics)
+
+
+def _label_coverage_sentence(study: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """Each mean's coverage by percentile, basic and BCa on the planted case of the run's shape, the misses'
+    side, the estimate's median position there beside this run's, and where another method covers more."""
+    method, shape, run = study["pipeline method"], study["shape"][LABEL_CELL], study["settings"]["run shape"]
+    parts = []
+    for metric, name in LABEL_METRICS.items():
+        cells = []
+        for m in ("percentile", "basic", "BCa"):
+            key = _label_key(study, m, metric)
+            r, misses = study["rates"][key], study["misses, truth above / below the interval"][key]
+            cells.append(
+                f"{m} {r['rate']:.3f} (se {r['se']:.3f}; misses {misses['above']} with the truth above, "
+                f"{misses['below']} below; the estimate at a median {study['median position of the estimate'][key]:.2f})"
+            )
+        here = metrics.get(f"all layers: mean {name} | position in interval")
+        run_position = f", this run's {method} estimate at {here:.2f}" if is_defined(here) else ""
+        better = [
+            m
+            for m in ("percentile", "basic", "BCa")
+            if m != method
+            and rejects_more(
+                study["rates"][_label_key(study, m, metric)],
+                study["rates"][_label_key(study, method, metric)],
+            )
+        ]
+        verb = "covers" if len(better) == 1 else "cover"
+        note = (
+            f"; {' and '.join(better)} {verb} more often there by over two standard errors" if better else ""
+        )
+        parts.append(f"{name}: " + ", ".join(cells) + run_position + note)
+    r = study["rates"][_label_key(study, method, "balanced_accuracy")]
+    return (
+        f" Coverage of these nominal 95% intervals of the means on the planted case of this run's shape "
+        f'(`{PLANTED}`, `{LABEL_STUDY}`, cell "{LABEL_CELL}", {r["n"]} seeds, {study["replicates"]} resamples; '
+        f"its corpora: {shape['items per document, max']:.0f} items in the largest of {study['settings']['documents']} "
+        f"score documents, a median {shape['items per document, median']:.0f}, recall {shape['mean recall']:.2f}, "
+        f"specificity {shape['mean specificity']:.2f}, vs this run's {run['items per document, max']}, "
+        f"{run['items per document, median']}, {run['mean recall']:.2f}, {run['mean specificity']:.2f}) — "
+        + "; ".join(parts)
+        + ". That is the coverage of a case shaped like the run, not the run's own (docs/METHODS.md says how "
+        "close the planted case comes)."
+    )
+
+
 def drivers_markdown(results: dict[str, Any], source: str, planted: dict[str, Any] | None = None) -> str:
     """The drivers block: the run's findings, under a header that says which intervals are not plain 95%
     document intervals (re-weighting's Holm intervals, intervals over experts) and when one is missing;
@@ -1077,6 +1163,74 @@ def planted_labels_markdown(results: dict[str, Any], source: str) -> str:
         f"{truth['pairs']:,} simulated pairs drawn as the study draws them). On labels that "
         f"carry no information the BCa document interval of the mean AUC covers the planted AUC of 0.5 in "
         f"{planted_rate(covers_auc)}, {against_nominal(covers_auc)}."
+    )
+
+
+def planted_label_means_markdown(results: dict[str, Any], source: str) -> str:
+    """The mean label scores' document intervals on planted scores with a known true mean: per cell, statistic
+    and method the coverage against 95%, the misses' side, the estimate's median position, the estimate's
+    and the resamples' mean offsets; how close the run-shaped cell comes to the run."""
+    study = results["studies"][LABEL_STUDY]
+    settings, run = study["settings"], study["settings"]["run shape"]
+    cells = []
+    for cell, planted in settings["cells"].items():
+        shape = study["shape"][cell]
+        parts = []
+        for metric, name in LABEL_METRICS.items():
+            key = f"{cell}, {study['pipeline method']}, {metric}"
+            means = study["means"][key]
+            rows = []
+            for method in settings["methods"]:
+                k = f"{cell}, {method}, {metric}"
+                r, misses = study["rates"][k], study["misses, truth above / below the interval"][k]
+                rows.append(
+                    f"{method} {planted_rate(r)}, {against_nominal(r)} (misses: {misses['above']} truth above, "
+                    f"{misses['below']} below; estimate at a median {study['median position of the estimate'][k]:.2f})"
+                )
+            parts.append(
+                f"{name} (truth {study['truth'][cell][metric]:.3f}; mean estimate − truth "
+                f"{means['estimate'] - means['truth']:+.4f}, bootstrap bias {means['bootstrap bias']:+.4f}): "
+                + "; ".join(rows)
+            )
+        cells.append(
+            f"**{cell}** (log document size sd {planted['size sd']:g}, recall logit shift {planted['recall shift']:+g}, "
+            f"routing sd {planted['routing sd']:g}, slope × {planted['slope scale']:g}, size slope {planted['size slope']:g}; "
+            f"median corpus: largest document {shape['items per document, max']:.0f} items, median "
+            f"{shape['items per document, median']:.0f}, {shape['share of items in the 6 largest documents']:.2f} of "
+            f"the items in the 6 largest, recall {shape['mean recall']:.2f}, specificity {shape['mean specificity']:.2f}) — "
+            + " — ".join(parts)
+            + "."
+        )
+    positions = {
+        name: run[f"position of the estimate, percentile / basic / BCa, {name}"]
+        for name in LABEL_METRICS.values()
+    }
+    biases = dict(
+        zip(LABEL_METRICS.values(), run["bootstrap bias, balanced accuracy / F1 / recall"], strict=True)
+    )
+    shaped = []
+    for metric, name in LABEL_METRICS.items():
+        planted_positions = [
+            study["median position of the estimate"][f"{LABEL_CELL}, {m}, {metric}"]
+            for m in settings["methods"]
+        ]
+        shaped.append(
+            f"{name}: estimate position percentile / basic / BCa {' / '.join(f'{p:.2f}' for p in planted_positions)} "
+            f"planted vs {' / '.join(f'{p:.2f}' for p in positions[name])} in the run, bootstrap bias "
+            f"{study['means'][f'{LABEL_CELL}, BCa, {metric}']['bootstrap bias']:+.4f} vs {biases[name]:+.4f}"
+        )
+    return (
+        f"{_planted_source(study, source)}: {settings['experts']} experts, {settings['documents']} score documents "
+        f"of {settings['domains']} domains, {settings['positives']} positives and {settings['negatives']} negatives "
+        f"per expert; each statistic's truth is the document population's (quadrature), the limit of the "
+        f"estimate over ever more documents. The pipeline's method for the means is {study['pipeline method']}. "
+        + " ".join(cells)
+        + f' How close the "{LABEL_CELL}" cell comes to the toy explain run (run: {run["score documents"]} '
+        f"score documents, the largest holding {run['items per document, max']} items, a median "
+        f"{run['items per document, median']}, {run['share of items in the 6 largest documents']:.2f} of the "
+        f"items in the 6 largest, recall {run['mean recall']:.2f}, specificity {run['mean specificity']:.2f}): "
+        + "; ".join(shaped)
+        + "."
     )
 
 
@@ -1850,6 +2004,16 @@ class DriversBlock(Block):
 
 
 @dataclass(frozen=True)
+class ExplainBlock(Block):
+    """The README's explain block: the explain run's findings with the planted coverage of the labels'
+    intervals beside the headline."""
+
+    def markdown(self, root: Path = Path(".")) -> str:
+        results = json.loads((root / self.source).read_text())
+        return explain_markdown(results, self.source, _planted_if_any(root) or {})
+
+
+@dataclass(frozen=True)
 class DefaultBlock(Block):
     """The README's main results block: the default run's findings, with the planted coverage of its
     held-out intervals."""
@@ -1862,13 +2026,14 @@ class DefaultBlock(Block):
 BLOCKS = (
     DefaultBlock("default", "docs/results/toy_default.json", results_markdown),
     DriversBlock("drivers", "docs/results/toy_drivers.json", drivers_markdown),
-    Block("explain", "docs/results/toy_explain.json", findings_markdown),
+    ExplainBlock("explain", "docs/results/toy_explain.json", explain_markdown),
     Block("jsd_error", "docs/results/jsd_reference_error.json", jsd_error_markdown, "docs/METHODS.md"),
     Block("zoo", "docs/results/toy_zoo.json", zoo_markdown),
     Block("labeling_cost", "docs/results/bench_labeling.json", labeling_cost_markdown, "docs/EXPLAIN.md"),
     PerformanceBlock("performance", "docs/results/toy_default.json", main_job_cost_markdown),
     Block("planted_labels", PLANTED, planted_labels_markdown, "docs/EXPLAIN.md"),
     Block("planted_labels_methods", PLANTED, planted_labels_markdown, "docs/METHODS.md"),
+    Block("planted_label_means", PLANTED, planted_label_means_markdown, "docs/METHODS.md"),
     Block("planted_held_out_draws", PLANTED, planted_held_out_draws_markdown, "docs/METHODS.md"),
     Block("planted_interval_methods", PLANTED, planted_interval_methods_markdown, "docs/METHODS.md"),
     Block(

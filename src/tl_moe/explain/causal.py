@@ -31,12 +31,16 @@ concept's rule), on windows of ``causal``-split documents:
   difference; the summary is repeated over the experts whose control is within
   :data:`BALANCE_CALIPER` on the explain documents (``CausalResult.balanced``). The routing rates of
   both experts at described and other positions of the causal windows are reported beside;
-- **at equal mixing weight** (the headline): where the label applies the labeled expert tends to get
-  a larger mixing weight, and a larger weight alone enlarges both edits' effects. The weight-adjusted
-  effect is the coefficient of "described" in the least-squares fit ``|Δloss| = a + b·weight +
-  c·described`` over the expert's routed positions (refitted in every resample), for the labeled and
-  the control expert; labeled − control of it is the headline, the unadjusted difference beside it,
-  and a check that assumes no linear shape: described − other within quantile strata of the weight.
+- **unadjusted and at equal mixing weight** (two headlines of equal rank): where the label applies the
+  labeled expert tends to get a larger mixing weight, and a larger weight alone enlarges both edits'
+  effects. That larger weight is part of what the label asserts (the router treats described tokens as
+  the expert's: a mediator, not a confounder), so the unadjusted labeled − control difference is the
+  label's whole effect, and the weight-adjusted one asks whether the expert matters more there beyond
+  its weight. The weight-adjusted effect is the coefficient of "described" in the least-squares fit
+  ``|Δloss| = a + b·weight + c·described`` over the expert's routed positions (refitted in every
+  resample; one common slope ``b`` for described and other positions), for the labeled and the control
+  expert; beside it a check that assumes no linear shape: described − other within quantile strata of
+  the weight.
 
 The summary is a mean over labeled experts, and its interval a bootstrap over *documents* (every
 window of a document moves together; :func:`~tl_moe.analysis.stats.cluster_bootstrap`): experts that

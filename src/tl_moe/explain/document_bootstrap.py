@@ -26,8 +26,11 @@ downward small-sample bias of the same origin). The percentile interval takes th
 distribution as it is and leaves the estimate near its top end; BCa corrects for the median shift
 (the share of resamples below the estimate) and the skew (a jackknife over documents). Experts that
 drop out of a resample (a class absent) are not the cause: keeping each at its observed value there
-leaves the lean as it is. tests/test_label_interval_coverage.py measures both choices on planted label
-scores with this structure and a known true mean.
+leaves the lean as it is. The planted study ``label_mean_interval_coverage`` of
+benchmarks/planted_studies.py measures percentile, basic and BCa on planted label scores with this
+structure and a known true mean, at the shape of the toy explain run too (where every method covers
+below 95%: the estimator itself sits below the truth); tests/test_label_interval_coverage.py asserts
+its ranges on fewer corpora.
 
 Metrics from counts (as :func:`~tl_moe.explain.scorers.detection_metrics` computes them per expert):
 balanced accuracy, F1, precision (0 when nothing is said yes to), recall. AUC from the graded answers:
@@ -56,8 +59,10 @@ __all__ = [
     "DOCUMENT_METRICS",
     "MEAN_METHOD",
     "SHARE_METHOD",
+    "CHANCE",
     "document_intervals",
     "expert_interval",
+    "interval_position",
     "metric_from_counts",
     "share_beating",
     "weighted_auc",
@@ -70,6 +75,10 @@ intruder scorer's accuracy, whose rounds name no documents, keeps its interval o
 SHARE_METHOD = "percentile"
 """The interval of :func:`share_beating` (a share of experts: a step function of the resample, where
 BCa's jackknife acceleration is ill-defined)."""
+
+CHANCE = {"balanced_accuracy": 0.5, "auc": 0.5}
+"""The metrics whose chance level is one number for every expert (a verdict independent of the truth),
+and that number: their summary rows give own − chance beside own − shuffled."""
 
 MEAN_METHOD = "BCa"
 """The interval of the means over experts (own label, each control arm): BCa, since the percentile
@@ -244,6 +253,11 @@ def document_intervals(
         row.update({f"{name} mean": arm.estimate, f"{name} ci low": arm.low, f"{name} ci high": arm.high,
                     f"own - {name}": diff.estimate, f"{short} ci low": diff.low, f"{short} ci high": diff.high})  # fmt: skip
     row["bootstrap bias"] = intervals[0].bias  # mean of the resampled means − the estimate
+    row["position in interval"] = interval_position(intervals[0])
+    if metric in CHANCE:  # own − chance: the own mean's interval moved by the constant
+        chance = CHANCE[metric]
+        row.update({"own - chance": intervals[0].estimate - chance, "chance diff ci low": intervals[0].low - chance,
+                    "chance diff ci high": intervals[0].high - chance})  # fmt: skip
     row["mean interval method"], row["difference interval method"] = mean_method, PAIRED_METHOD
     row["documents"] = len(documents)
     row["interval"] = "available" if intervals[0].available else f"unavailable: {intervals[0].reason}"
@@ -251,6 +265,17 @@ def document_intervals(
     for i, name in enumerate(arms):
         row[f"{name} interval unavailable"] = _why_not(intervals[2 + 2 * i])
     return row
+
+
+def interval_position(interval: Interval) -> float:
+    """Where the estimate sits in its interval: (estimate − low) / (high − low), 0 at the lower end, 1 at
+    the upper (NaN without an interval)."""
+    width = interval.high - interval.low
+    return (
+        float((interval.estimate - interval.low) / width)
+        if np.isfinite(width) and width > 0
+        else float("nan")
+    )
 
 
 def _why_not(interval: Interval) -> str:

@@ -136,6 +136,14 @@ class ExplainResult(Result):
                         row[f"own - {name}"], row[f"{short} ci low"], row[f"{short} ci high"], why
                     )
             out[f"{key}: chance {m}"] = None if np.isnan(row["chance"]) else round(float(row["chance"]), 4)
+            if is_defined(row.get("own - chance")):
+                out[f"{key}: own - chance {m} [95% CI]"] = _interval(
+                    row["own - chance"], row["chance diff ci low"], row["chance diff ci high"],
+                    row.get("interval unavailable", ""),
+                )  # fmt: skip
+            for name in ("bootstrap bias", "position in interval"):  # the mean's interval's diagnostics
+                if is_defined(row.get(name)):
+                    out[f"{key}: mean {m} | {name}"] = round(float(row[name]), 4)
             if row["metric"] == "balanced_accuracy" or row["metric"] == "accuracy":
                 out[f"{key}: experts scored / not scored"] = (
                     f"{row['experts scored']} / {row['experts not scored']}"

@@ -1,5 +1,6 @@
 """The causal checks of the labels as the explain section shows them: the findings line (removal's
-labeled − control difference at equal mixing weight first) and the per-expert table."""
+labeled − control difference unadjusted and at equal mixing weight, two headlines of equal rank) and
+the per-expert table."""
 
 from __future__ import annotations
 
@@ -55,16 +56,48 @@ def causal_expert_table(causal: CausalResult) -> pd.DataFrame:
     return causal.frame[list(present)].rename(columns=present).round(4)
 
 
-def _reading(row: dict[str, Any]) -> str:
-    """What an interval says about 0: above, below, covers (no evidence either way), or no interval."""
+def _reading(row: dict[str, Any], adjusted: bool = False) -> str:
+    """What an interval says about 0: above, below, covers (no evidence either way), or no interval. An
+    ``adjusted`` difference (at equal mixing weight) is read as what it is, the part of the effect beyond
+    the router's weight, never as evidence for or against the label as a whole."""
     if str(row["interval"]).startswith("unavailable") or not np.isfinite(row["ci low"]):
         return "no interval"
+    if adjusted:
+        if row["ci low"] > 0:
+            return "interval above 0: an excess beyond the mixing weight"
+        if row["ci high"] < 0:
+            return "interval below 0: less than the mixing weight predicts"
+        return "interval covers 0: no excess beyond the mixing weight shown"
     if row["ci low"] > 0:
         return "interval above 0: for the label"
     if row["ci high"] < 0:
         return "interval below 0: against the label"
     side = "for" if row["mean"] > 0 else "against"
     return f"interval covers 0: no difference shown, the estimate on the side {side} the label"
+
+
+def _accounted_for(summary: pd.DataFrame, edit: str) -> str:
+    """``, the described-token excess (+x) accounted for by the router's larger mixing weight there``
+    where the unadjusted difference is above 0 and the one at equal weight covers 0 or lies below it, the
+    labeled expert's weights beside (empty otherwise)."""
+    raw, adjusted = (
+        summary.loc[f"{edit}_labeled_minus_control"],
+        summary.loc[f"{edit}_labeled_minus_control_weight_adjusted"],
+    )
+    if not (
+        np.isfinite(raw["ci low"])
+        and raw["ci low"] > 0
+        and np.isfinite(adjusted["ci low"])
+        and adjusted["ci low"] <= 0
+    ):
+        return ""
+    weights = ""
+    if "weight_described" in summary.index:
+        weights = (
+            f" (the labeled expert's mean mixing weight {summary.loc['weight_described', 'mean']:.3f} at described vs "
+            f"{summary.loc['weight_other', 'mean']:.3f} at other routed positions)"
+        )
+    return f": the described-token excess ({raw['mean']:+.3f}) is accounted for by the router's larger mixing weight there{weights}"
 
 
 def _causal_parts(summary: pd.DataFrame) -> list[str]:
@@ -76,26 +109,29 @@ def _causal_parts(summary: pd.DataFrame) -> list[str]:
             return f"{row['mean']:.3f} (no interval)"
         return causal_value(row) or "undefined"
 
-    def difference(name: str) -> str:
-        return f"{value(name)} ({_reading(summary.loc[name].to_dict())})"
+    def difference(name: str, adjusted: bool = False) -> str:
+        return f"{value(name)} ({_reading(summary.loc[name].to_dict(), adjusted)})"
 
     parts = []
     for edit, verb in (("remove", "removing"), ("boost", "boosting the weight of")):
         adjusted = f"{edit}_labeled_minus_control_weight_adjusted"
         if adjusted in summary.index:
             stratified = f"{edit}_labeled_minus_control_weight_stratified"
-            check = f"within weight strata {value(stratified)}; " if stratified in summary.index else ""
+            check = f"; within weight strata {value(stratified)}" if stratified in summary.index else ""
             parts.append(
-                f"{verb} a labeled expert, labeled − control at equal mixing weight {difference(adjusted)} "
-                f"({check}unadjusted {value(f'{edit}_labeled_minus_control')}; labeled expert {value(f'{edit}_effect_weight_adjusted')} "
-                f"at equal weight, {value(f'{edit}_effect')} unadjusted; control {value(f'control_{edit}_effect_weight_adjusted')} "
-                f"at equal weight, {value(f'control_{edit}_effect')} unadjusted)"
+                f"{verb} a labeled expert, labeled − control unadjusted {difference(f'{edit}_labeled_minus_control')} "
+                f"(labeled expert {value(f'{edit}_effect')}, control {value(f'control_{edit}_effect')}) and at "
+                f"equal mixing weight {difference(adjusted, adjusted=True)} (labeled expert "
+                f"{value(f'{edit}_effect_weight_adjusted')}, control {value(f'control_{edit}_effect_weight_adjusted')}"
+                f"{check}){_accounted_for(summary, edit)}"
             )
         elif f"{edit}_labeled_minus_control" in summary.index:
             parts.append(
                 f"{verb} a labeled expert: {value(f'{edit}_effect')}, control {value(f'control_{edit}_effect')}, "
                 f"labeled − control {difference(f'{edit}_labeled_minus_control')}"
             )
+    if "remove_labeled_minus_control_weight_adjusted" in summary.index:
+        parts.append(ADJUSTMENT_LIMITS)
     if "routing_described standardized difference" in summary.index:
         parts.append(
             "balance of the control at the described positions (it is chosen by routing there on the explain "
@@ -130,29 +166,51 @@ def _causal_parts(summary: pd.DataFrame) -> list[str]:
     return parts
 
 
+ADJUSTMENT_LIMITS = (
+    "how to read the two: a router that gives the labeled expert a larger mixing weight on the tokens its "
+    "label describes is part of what the label asserts (a mediator, not a confounder), so the unadjusted "
+    "difference is the label's whole effect and the one at equal weight asks only whether the expert "
+    "matters more there beyond its weight; neither alone makes the label causally supported or unsupported; "
+    "the adjustment fits one common linear slope of |Δloss| on the mixing weight per expert (described and "
+    "other positions share it; the within-strata check drops the linear shape), and the control is chosen, "
+    "not balanced, on routing at the described positions (its balance below)"
+)
+"""The causal finding's statement of what the weight adjustment can and cannot say."""
+
+
 def _by_kind_part(by_kind: pd.DataFrame) -> str:
-    """The clause of the causal finding per group of label kinds (removal, labeled − control at equal
-    mixing weight; no interval below the documents an interval needs)."""
-    rows = by_kind[by_kind["quantity"] == "remove_labeled_minus_control_weight_adjusted"]
+    """The clause of the causal finding per group of label kinds (removal, labeled − control unadjusted
+    and at equal mixing weight; no interval below the documents an interval needs)."""
     shown = []
-    for row in rows.to_dict("records"):
-        if not np.isfinite(row["mean"]):
+    for group in dict.fromkeys(by_kind["kind group"]):
+        rows = by_kind[by_kind["kind group"] == group].set_index("quantity")
+        if "remove_labeled_minus_control_weight_adjusted" not in rows.index:
             continue
-        if str(row["interval"]).startswith("unavailable") or not np.isfinite(row["ci low"]):
-            number = f"{row['mean']:.3f} (no interval: {row['interval'].removeprefix('unavailable: ')})"
-        else:
-            number = f"{row['mean']:.3f} [{row['ci low']:.3f}, {row['ci high']:.3f}]"
+        numbers = [
+            f"{words} {_kind_number(rows.loc[name].to_dict())}"
+            for name, words in (
+                ("remove_labeled_minus_control", "unadjusted"),
+                ("remove_labeled_minus_control_weight_adjusted", "at equal weight"),
+            )
+            if name in rows.index and np.isfinite(rows.loc[name, "mean"])
+        ]
+        if not numbers:
+            continue
+        row = rows.loc["remove_labeled_minus_control_weight_adjusted"].to_dict()
         documents = row.get("documents with described routed positions")
         where = (
             f", {int(documents)} documents with described routed positions" if documents is not None else ""
         )
         experts = f"{row['experts']} expert" + ("s" if row["experts"] != 1 else "")
-        shown.append(f"{row['kind group']} {number}, {experts}{where}")
-    return (
-        "by label kind, removal, labeled − control at equal mixing weight: " + "; ".join(shown)
-        if shown
-        else ""
-    )
+        shown.append(f"{group} {', '.join(numbers)}, {experts}{where}")
+    return "by label kind, removal, labeled − control: " + "; ".join(shown) if shown else ""
+
+
+def _kind_number(row: dict[str, Any]) -> str:
+    """A per-kind difference with its interval, or why it has none."""
+    if str(row["interval"]).startswith("unavailable") or not np.isfinite(row["ci low"]):
+        return f"{row['mean']:.3f} (no interval: {str(row['interval']).removeprefix('unavailable: ')})"
+    return f"{row['mean']:.3f} [{row['ci low']:.3f}, {row['ci high']:.3f}]"
 
 
 def _balanced_part(causal: CausalResult) -> str:
@@ -174,25 +232,31 @@ def _balanced_part(causal: CausalResult) -> str:
         return explain
     rows = causal.balanced.set_index("quantity")
 
-    def shown(name: str, reading: bool = True) -> str:
+    def shown(name: str, reading: bool = True, adjusted: bool = False) -> str:
         row = rows.loc[name].to_dict()
         if str(row["interval"]).startswith("unavailable") or not np.isfinite(row["ci low"]):
             why = str(row["interval"]).removeprefix("unavailable: ")
             return f"{row['mean']:.3f} (no interval: {why})"
-        said = f" ({_reading(row)})" if reading else ""
+        said = f" ({_reading(row, adjusted)})" if reading else ""
         return f"{row['mean']:.3f} [{row['ci low']:.3f}, {row['ci high']:.3f}]{said}"
 
+    unadjusted = (
+        f"unadjusted {shown('remove_labeled_minus_control')} and "
+        if "remove_labeled_minus_control" in rows.index
+        else ""
+    )
     return (
-        f"{explain}; over those experts, removal, labeled − control at equal mixing weight "
-        f"{shown('remove_labeled_minus_control_weight_adjusted')}, with their standardized difference of "
+        f"{explain}; over those experts, removal, labeled − control {unadjusted}at equal mixing weight "
+        f"{shown('remove_labeled_minus_control_weight_adjusted', adjusted=True)}, with their standardized difference of "
         f"routing at the described positions of the causal windows {shown('routing_described standardized difference', reading=False)}"
     )
 
 
 def causal_finding(causal: CausalResult) -> str:
-    """The findings line of the causal checks: the headline is removal's labeled − control difference at
-    equal mixing weight, the unadjusted one beside it; boosting and the paper's DLA rank-1 check as their
-    own labeled − control differences; each with its document interval and what it says about 0."""
+    """The findings line of the causal checks: the headlines are removal's labeled − control difference
+    unadjusted and at equal mixing weight, side by side (with what the adjustment can say); boosting and
+    the paper's DLA rank-1 check as their own labeled − control differences; each with its document
+    interval and what it says about 0."""
     summary = causal.summary.set_index("quantity")
     unavailable = summary["interval"].astype(str).str.startswith("unavailable")
     reason = (
@@ -209,8 +273,9 @@ def causal_finding(causal: CausalResult) -> str:
     interval = (
         f"intervals unavailable: {reason}"
         if reason
-        else "95% bootstrap over documents, each interval unadjusted: removal at equal mixing weight is the "
-        "headline, every other interval is secondary and not corrected for the others shown"
+        else "95% bootstrap over documents, each interval unadjusted for multiplicity: removal's labeled − "
+        "control difference, unadjusted and at equal mixing weight, are the two headlines of equal rank, "
+        "every other interval is secondary and not corrected for the others shown"
     )
     return (
         f"**Causal checks of the labels** (held-out documents: {causal.n_windows} windows of "

@@ -71,9 +71,9 @@ def labels_finding(
     text = (
         f"**Automatic labels** ({explainer} explainer, {scorer} scorer, scored on held-out documents): mean "
         f"{m} over {row['experts scored']} experts {_show(row['mean'], row['ci low'], row['ci high'], _why(row))} "
-        f"(chance {format_number(row['chance'], '.3f', 'no expert scored')}); {verdict} its shuffled control (another expert's label of the same "
-        f"layer, one seeded derangement, the intervals conditional on it; {_show(row['shuffled mean'], row['shuffled ci low'], row['shuffled ci high'], _why(row, 'shuffled'))}): own − shuffled "
-        f"{_signed(*shuffled, _why(row, 'shuffled'))}"
+        f"(chance {format_number(row['chance'], '.3f', 'no expert scored')}{_against_chance(row)}{_lean(row)}); {verdict} its shuffled control (another expert's label of the same "
+        f"layer, one seeded derangement, the intervals conditional on it; {_show(row['shuffled mean'], row['shuffled ci low'], row['shuffled ci high'], _why(row, 'shuffled'))}"
+        f"{_shuffled_below_chance(row)}): own − shuffled {_signed(*shuffled, _why(row, 'shuffled'))}"
     )
     if "baseline mean" in row and np.isfinite(row["baseline mean"]):
         text += (
@@ -93,7 +93,7 @@ def labels_finding(
     text += _share_part(row)
     others = [
         f"{METRIC_NAMES[k]} {_show(r['mean'], r['ci low'], r['ci high'], _why(r))} "
-        f"(shuffled {format_number(r['shuffled mean'], '.3f', 'no pair scored')}"
+        f"({_lean(r).removeprefix('; ') + '; ' if _lean(r) else ''}shuffled {format_number(r['shuffled mean'], '.3f', 'no pair scored')}"
         + (
             f"; own − baseline {_signed(r['own - baseline'], r['baseline diff ci low'], r['baseline diff ci high'], _why(r, 'baseline'))}"
             if is_defined(r.get("own - baseline"))
@@ -115,6 +115,36 @@ def labels_finding(
         f"; {_unit(row)}; {row['experts not scored']} experts not scored. Each expert's score items are its "
         "most salient routed contexts plus contexts spread over its saliency quantiles, against as many "
         "negatives: the scores describe the label on those items, not on every routed token."
+    )
+
+
+def _against_chance(row: dict[str, Any]) -> str:
+    """``; own − chance +d [low, high]`` (the mean's interval moved by the chance level), or ``""``."""
+    if not is_defined(row.get("own - chance")):
+        return ""
+    low, high = row.get("chance diff ci low"), row.get("chance diff ci high")
+    return f"; own − chance {_signed(row['own - chance'], low if is_defined(low) else np.nan, high if is_defined(high) else np.nan, _why(row))}"
+
+
+def _lean(row: dict[str, Any]) -> str:
+    """``; bootstrap bias −b, the estimate at p of its interval`` (mean of the resamples − estimate, and
+    (estimate − low) / (high − low)): the diagnostics of the mean's interval, or ``""`` without them."""
+    bias, position = row.get("bootstrap bias"), row.get("position in interval")
+    if not (is_defined(bias) and is_defined(position)):
+        return ""
+    return f"; bootstrap bias {bias:+.4f}, the estimate at {position:.2f} of its interval from the lower end"
+
+
+def _shuffled_below_chance(row: dict[str, Any]) -> str:
+    """Why the shuffled control sits below chance, said where its interval lies wholly below it."""
+    chance, high = row.get("chance"), row.get("shuffled ci high")
+    if not (is_defined(chance) and is_defined(high)) or high >= chance:
+        return ""
+    return (
+        f", below chance {chance:.3f}: half of each expert's negatives are other experts' top contexts of the "
+        "same layer (at times the deranged label's own expert's), the kind of context a label of that layer "
+        "says yes to, while the expert's own positives are not what the other label describes; own − chance "
+        "is the comparison free of that"
     )
 
 
