@@ -391,3 +391,14 @@ def test_the_drivers_block_gives_the_paired_rhos_planted_coverage_and_no_directi
     assert "paired intervals" not in drivers_markdown(
         results, "x", {"studies": {"rho_interval_methods": study}}
     )
+
+
+def test_the_confound_summary_names_the_residual_partial_rho_only_when_it_is_not_zero():
+    from readme_results import _residual_confound
+
+    key = "confounded, over all layers"
+    assert "averaged -0.05" in _residual_confound({"mean estimate": {key: -0.0458}}, key)
+    assert "below 0" in _residual_confound({"mean estimate": {key: -0.0458}}, key)
+    assert "above 0" in _residual_confound({"mean estimate": {key: 0.03}}, key)
+    assert _residual_confound({"mean estimate": {key: 0.004}}, key) == ""
+    assert _residual_confound({}, key) == ""

@@ -866,7 +866,20 @@ def _confound_summary(study: dict[str, Any]) -> str:
         " Where domain score and effect both follow routing frequency with no direct link (planted), the "
         f"pooled raw ρ's interval excludes 0 in {planted_rate(excludes)} and the partial ρ's covers its "
         f"truth 0 in {planted_rate(partial['rates'][key])}, {against_nominal(partial['rates'][key])}"
-        f"{_miss_direction(partial, key)}."
+        f"{_miss_direction(partial, key)}{_residual_confound(partial, key)}."
+    )
+
+
+def _residual_confound(partial: dict[str, Any], key: str) -> str:
+    """The planted confound's mean partial ρ where its truth is 0, when it is not 0 to two decimals: what a
+    rank control of a measured frequency leaves of the confound (empty where the study lacks it)."""
+    mean = partial.get("mean estimate", {}).get(key)
+    if mean is None or round(mean, 2) == 0:
+        return ""
+    return (
+        f"; there the partial ρ averaged {mean:+.2f} over the seeds, not 0: the control removes most of the "
+        f"confound, not all of it, so a partial ρ of about that size {'below' if mean < 0 else 'above'} 0 can "
+        "be what is left of it"
     )
 
 
