@@ -236,6 +236,7 @@ def test_too_few_documents_is_refused_naming_the_minimum():
 
 
 def test_the_untrained_curve_comes_with_the_probing_sections_untrained_pass_only():
+    from tl_moe.analysis import SpecializationConfig
     from tl_moe.pipeline import RunOptions
     from tl_moe.pipeline.context import RunContext
     from tl_moe.pipeline.sections.specialization import Specialization
@@ -243,7 +244,11 @@ def test_the_untrained_curve_comes_with_the_probing_sections_untrained_pass_only
     def models(**options):
         return {need.model for need in Specialization().needs(RunContext(RunOptions(**options)))}
 
-    assert models() == {"toy/moe-16x2", "untrained:toy/moe-16x2"}  # the default run has probing
+    inits = {f"untrained:init{k}:toy/moe-16x2" for k in range(1, SpecializationConfig().untrained_inits)}
+    # the default run has probing; the further initializations are routing-only passes
+    assert models() == {"toy/moe-16x2", "untrained:toy/moe-16x2"} | inits
+    one = {"specialization": SpecializationConfig(untrained_inits=1)}
+    assert models(configs=one) == {"toy/moe-16x2", "untrained:toy/moe-16x2"}
     assert models(skip_untrained_null=True) == {"toy/moe-16x2"}
     assert models(analyses=("specialization", "domains")) == {"toy/moe-16x2"}  # no pass of its own
 
