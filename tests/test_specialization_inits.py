@@ -121,3 +121,51 @@ def test_the_study_takes_trained_minus_untrained_against_the_mean_of_the_initial
 def test_fewer_than_one_initialization_is_refused_naming_the_flag():
     with pytest.raises(InputError, match="untrained-inits"):
         SpecializationConfig(untrained_inits=0)
+
+
+def test_the_findings_print_both_intervals_and_say_what_the_difference_is_against():
+    from tl_moe.pipeline.results.specialization import SpecializationSummary
+
+    trained, untrained = planted(specialized=True), planted(specialized=False)
+    more = [planted(specialized=False, seed=seed).routing for seed in (1, 2)]
+    several = SpecializationSummary.of(STUDY(trained, untrained=untrained, more_untrained=more)).findings()[1]
+    row = STUDY(trained, untrained=untrained).interval_rows(CLUSTERS, "trained").iloc[-1]
+    basic = f"basic [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]"
+    # the percentile bounds of the same resamples: the basic ones reflected about the estimate
+    low, high = 2 * row["estimate"] - row["ci_high"], 2 * row["estimate"] - row["ci_low"]
+    assert f"{basic}, percentile [{low:+.4f}, {high:+.4f}]" in several
+    assert "against the mean of 3 random initializations of the untrained model" in several
+    assert "untrained model (first initialization)" in several and "upward" not in several
+    one = SpecializationSummary.of(STUDY(trained, untrained=untrained)).findings()[1]
+    assert (
+        "one random initialization of the untrained model: the interval is conditional on it and leaves out the variance between initializations"
+        in one
+    )
+
+
+def test_the_logit_lens_untrained_share_says_it_is_one_initialization():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from tl_moe.pipeline.results.logit_lens import LogitLensResult
+
+    share = Interval(0.0, 0.0, 0.0, 40)
+    view = SimpleNamespace(
+        top_tokens=pd.DataFrame({"rank": [0], "token": ["a"]}),
+        share=SimpleNamespace(
+            held_out=True,
+            trained=Interval(0.5, 0.4, 0.6, 40),
+            untrained=share,
+            difference=Interval(0.5, 0.4, 0.6, 40),
+            n_experts=64,
+            n_experts_untrained=64,
+            selection_documents=40,
+            test_documents=40,
+        ),
+        _shown=lambda: "a",
+        _own_token_verdict=lambda: "verdict",
+    )
+    (finding,) = LogitLensResult.findings(view)
+    assert "(one random initialization: its share and the interval are conditional on it" in finding
+    assert "0 of 64, 0.00 [0.00, 0.00]" in finding

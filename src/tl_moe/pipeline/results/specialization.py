@@ -317,7 +317,7 @@ def _difference_text(row: pd.Series, detail: bool = False) -> str:
     the draw-mean t interval, or one initialization with the paired interval conditional on it."""
     if not _over_inits(row):
         return (
-            f"{_interval_text(row)} (paired over documents; one random initialization of the untrained "
+            f"{_both_text(row)} (paired over documents; one random initialization of the untrained "
             "model: the interval is conditional on it and leaves out the variance between initializations)"
         )
     inits = int(row["n_untrained_inits"])
