@@ -169,3 +169,11 @@ def test_the_logit_lens_untrained_share_says_it_is_one_initialization():
     (finding,) = LogitLensResult.findings(view)
     assert "(one random initialization: its share and the interval are conditional on it" in finding
     assert "0 of 64, 0.00 [0.00, 0.00]" in finding
+
+
+def test_an_unavailable_paired_interval_leaves_the_draw_mean_one_unavailable_with_its_reason():
+    row = {**paired_row(0.05, math.nan), "interval_available": False, "reason": "12 documents, 30 needed"}
+    (out,) = draw_mean_rows([row], [Interval(0.02, math.nan, math.nan, 12)], np.full((2, 1), 0.03))
+    assert not out["interval_available"] and out["reason"] == "12 documents, 30 needed"
+    assert math.isnan(out["ci_low"]) and math.isnan(out["df"])
+    assert out["estimate"] == pytest.approx(0.07 - np.mean([0.02, 0.03, 0.03]))

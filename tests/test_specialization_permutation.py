@@ -319,7 +319,12 @@ def test_the_headline_leads_with_the_weighted_permutation_excess_and_labels_the_
     )
     lead = summary.findings()[0]
     last = intervals.iloc[-1]
-    head = f"{routing} {last['estimate']:+.4f} [{last['ci_low']:+.4f}, {last['ci_high']:+.4f}]"
+    # both intervals of the same resamples: basic (the pipeline's), and percentile = basic reflected
+    low, high = 2 * last["estimate"] - last["ci_high"], 2 * last["estimate"] - last["ci_low"]
+    head = (
+        f"{routing} {last['estimate']:+.4f}, basic [{last['ci_low']:+.4f}, {last['ci_high']:+.4f}], "
+        f"percentile [{low:+.4f}, {high:+.4f}]"
+    )
     assert head in lead
     assert lead.index(head) < lead.index("a spread, not an interval")  # the weighted excess leads
     spread = specialization_scores(counts).layer_summary().iloc[-1]

@@ -628,7 +628,24 @@ def draw_mean_rows(
         estimate = float(per_draw.mean())
         variance = row["bootstrap_se"] ** 2
         if not (row["interval_available"] and np.isfinite(per_draw).all() and math.isfinite(variance)):
-            out.append({**row, **extra, "estimate": estimate, "ci_low": math.nan, "ci_high": math.nan})
+            reason = row["reason"] or "an initialization's excess or the documents' variance is undefined"
+            nan = math.nan
+            out.append(
+                {
+                    **row,
+                    **extra,
+                    "estimate": estimate,
+                    "ci_low": nan,
+                    "ci_high": nan,
+                    "interval_available": False,
+                    "reason": reason,
+                    "method": DRAW_MEAN_METHOD,
+                    "interval_position": nan,
+                    "documents_variance": nan,
+                    "draws_variance": nan,
+                    "df": nan,
+                }
+            )
             continue
         t = draw_mean_t_from_variance(estimate, variance, per_draw, row["n_documents"], row["confidence"])
         low, high = float(t["low"]), float(t["high"])
