@@ -331,3 +331,28 @@ def test_a_corpus_that_fills_the_budget_is_not_warned_about(tiny_bridge):
         warn_small_corpus(corpus, tiny_bridge("olmoe").tokenizer, max_tokens=200, split="train")  # 120 >= 100
     with pytest.warns(UserWarning, match="holds 120 tokens"):
         warn_small_corpus(corpus, tiny_bridge("olmoe").tokenizer, max_tokens=242, split="train")  # 120 < 121
+
+
+def test_each_further_untrained_initialization_is_the_same_config_with_the_runs_seed_plus_its_number(
+    tiny_model_dir, tmp_path
+):
+    """``untrained:initK:NAME`` is NAME's config randomly initialised with the run's seed + K (its own
+    draw), ``untrained:NAME`` with the run's seed; the names parse back to their model and number."""
+    from transformers import AutoConfig
+
+    from tl_moe.models.build import build_model_from_config
+    from tl_moe.pipeline.context import RunContext, untrained_base, untrained_name
+
+    moe_dir = str(tiny_model_dir("olmoe"))
+    context = RunContext(_options(tmp_path, moe_dir, device="cpu", dtype="float32", seed=3))
+    assert untrained_name(moe_dir, 2) == f"untrained:init2:{moe_dir}"
+    assert untrained_base(untrained_name(moe_dir, 2)) == (moe_dir, 2)
+    assert untrained_base(untrained_name(moe_dir)) == (moe_dir, 0)
+    config = AutoConfig.from_pretrained(moe_dir)
+    embeddings = []
+    for init in (0, 2):
+        want = build_model_from_config(config, seed=3 + init).get_input_embeddings().weight.detach()
+        got = context.model(untrained_name(moe_dir, init)).original_model.get_input_embeddings().weight
+        torch.testing.assert_close(got.detach(), want)
+        embeddings.append(want)
+    assert not torch.equal(*embeddings)

@@ -161,6 +161,7 @@ def test_bad_analysis_settings_are_refused_in_one_line(settings, message):
 def test_specialization_uses_probings_untrained_pass_only_when_probing_runs():
     """A declared relation (``uses``), not a guess from ``options.analyses``: analyze(model,
     analyses=["specialization"]) leaves options.analyses None and must not add an untrained pass."""
+    from tl_moe.analysis import SpecializationConfig
     from tl_moe.pipeline.sections.specialization import Specialization
 
     def models(analyses, **options):
@@ -169,7 +170,8 @@ def test_specialization_uses_probings_untrained_pass_only_when_probing_runs():
 
     assert Specialization.uses == ("probing",)
     assert models(("specialization",)) == {"toy/moe-16x2"}
-    assert models(("probing", "specialization")) == {"toy/moe-16x2", "untrained:toy/moe-16x2"}
+    inits = {f"untrained:init{k}:toy/moe-16x2" for k in range(1, SpecializationConfig().untrained_inits)}
+    assert models(("probing", "specialization")) == {"toy/moe-16x2", "untrained:toy/moe-16x2"} | inits
     assert models(("probing", "specialization"), skip_untrained_null=True) == {"toy/moe-16x2"}
 
 

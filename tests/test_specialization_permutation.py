@@ -236,6 +236,7 @@ def test_too_few_documents_is_refused_naming_the_minimum():
 
 
 def test_the_untrained_curve_comes_with_the_probing_sections_untrained_pass_only():
+    from tl_moe.analysis import SpecializationConfig
     from tl_moe.pipeline import RunOptions
     from tl_moe.pipeline.context import RunContext
     from tl_moe.pipeline.sections.specialization import Specialization
@@ -243,7 +244,11 @@ def test_the_untrained_curve_comes_with_the_probing_sections_untrained_pass_only
     def models(**options):
         return {need.model for need in Specialization().needs(RunContext(RunOptions(**options)))}
 
-    assert models() == {"toy/moe-16x2", "untrained:toy/moe-16x2"}  # the default run has probing
+    inits = {f"untrained:init{k}:toy/moe-16x2" for k in range(1, SpecializationConfig().untrained_inits)}
+    # the default run has probing; the further initializations are routing-only passes
+    assert models() == {"toy/moe-16x2", "untrained:toy/moe-16x2"} | inits
+    one = {"specialization": SpecializationConfig(untrained_inits=1)}
+    assert models(configs=one) == {"toy/moe-16x2", "untrained:toy/moe-16x2"}
     assert models(skip_untrained_null=True) == {"toy/moe-16x2"}
     assert models(analyses=("specialization", "domains")) == {"toy/moe-16x2"}  # no pass of its own
 
@@ -314,7 +319,12 @@ def test_the_headline_leads_with_the_weighted_permutation_excess_and_labels_the_
     )
     lead = summary.findings()[0]
     last = intervals.iloc[-1]
-    head = f"{routing} {last['estimate']:+.4f} [{last['ci_low']:+.4f}, {last['ci_high']:+.4f}]"
+    # both intervals of the same resamples: basic (the pipeline's), and percentile = basic reflected
+    low, high = 2 * last["estimate"] - last["ci_high"], 2 * last["estimate"] - last["ci_low"]
+    head = (
+        f"{routing} {last['estimate']:+.4f}, basic [{last['ci_low']:+.4f}, {last['ci_high']:+.4f}], "
+        f"percentile [{low:+.4f}, {high:+.4f}]"
+    )
     assert head in lead
     assert lead.index(head) < lead.index("a spread, not an interval")  # the weighted excess leads
     spread = specialization_scores(counts).layer_summary().iloc[-1]

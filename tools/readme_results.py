@@ -43,7 +43,8 @@ _COMPARISONS = {
         "interval is conditional on it)"
     ),
     "moe_vs_untrained": (
-        "MoE expert − untrained MoE expert (one random initialisation: the interval is conditional on it)"
+        "MoE expert − untrained MoE expert (one random initialization of the untrained model: the interval "
+        "is conditional on it and leaves out the variance between initializations)"
     ),
     "permuted_labels": "MoE − dense, both probed with permuted labels (the protocol's own bias)",
     "permuted_labels_on_routed_tokens": (
@@ -415,9 +416,11 @@ INTERVALS_NOTE = (
     "a t interval over its random neuron draws and the documents (docs/METHODS.md); the paper-protocol "
     "comparison is an estimate with no interval (its units are picked on the split it is scored on, and its "
     "concepts share documents); the specialization excess over the document-permutation baseline, and its trained − "
-    "untrained difference, resample documents with basic intervals (the percentile bounds reflected about the "
-    "estimate: on a planted stream of the run's shape the percentile interval of the upward-biased excess "
-    "missed a true excess of the toy's size in most seeds, docs/METHODS.md) (score and null mean recomputed on each resample from the "
+    "untrained difference, resample documents; the excess prints both the basic and the percentile interval of the "
+    "same resamples (the planted stream behind the choice of basic, docs/METHODS.md, does not reproduce the run's "
+    "bootstrap bias, so neither is preferred), and trained − untrained is taken against the mean of several random "
+    "initializations of the untrained model with a t interval adding the variance between them to the "
+    "documents' bootstrap variance (score and null mean recomputed on each resample from the "
     f"same first {BOOTSTRAP_PERMUTATIONS} document permutations, so the null mean's Monte Carlo error over permutations is not in "
     "the interval; both models on the same documents); the logit-lens share of experts resamples the test documents of the "
     "document split (its token is chosen on the selection documents). Domain experts "

@@ -47,7 +47,14 @@ import torch
 from jaxtyping import Float, Int
 
 from tl_moe.analysis.specialization import js_divergence
-from tl_moe.analysis.stats import MIN_DOCUMENTS, Interval, cluster_bootstrap, interval_position
+from tl_moe.analysis.stats import (
+    DRAW_MEAN_METHOD,
+    MIN_DOCUMENTS,
+    Interval,
+    cluster_bootstrap,
+    draw_mean_t_from_variance,
+    interval_position,
+)
 from tl_moe.errors import InputError
 
 __all__ = [
@@ -55,6 +62,8 @@ __all__ = [
     "MIN_PERMUTATION_DOCUMENTS",
     "DocumentPermutationBaseline",
     "document_permutation_baseline",
+    "draw_mean_rows",
+    "excess_estimate",
     "excess_intervals",
     "excess_statistic",
     "null_mean_error",
@@ -425,6 +434,12 @@ def excess_statistic(
     return statistic
 
 
+def excess_estimate(baseline: DocumentPermutationBaseline, min_n: float = 0) -> Float[np.ndarray, " layer"]:
+    """The layer excess on the observed documents (:func:`excess_statistic` with every document once):
+    a point estimate, no resamples (what an extra initialization of the untrained model contributes)."""
+    return excess_statistic(baseline, min_n)(np.ones((1, baseline.n_documents)))[0]
+
+
 def null_mean_error(baseline: DocumentPermutationBaseline, min_n: float = 0) -> Float[np.ndarray, " layer"]:
     """Monte Carlo standard error of the null mean that :func:`excess_statistic` subtracts: the standard
     deviation over the kept permutations of each layer's token-weighted mean null JSD (observed documents)
@@ -441,11 +456,12 @@ def _same_documents(a: DocumentPermutationBaseline, b: DocumentPermutationBaseli
     return a.doc_ids is not None and b.doc_ids is not None and torch.equal(a.doc_ids, b.doc_ids)
 
 
-#: The bootstrap interval of the excess: basic (percentile bounds reflected about the estimate). The
-#: excess is biased upward and so is its resampled distribution; benchmarks/planted_studies.py
-#: (``excess_interval_coverage``, planted routing at the toy run's shape: 223 documents, 50 groups, 16
-#: experts, top-2) measured the percentile interval covering a true excess the size of the toy's in about a
-#: quarter of seeds, the basic interval near the nominal rate at every planted strength.
+#: The bootstrap interval of the excess: basic (percentile bounds reflected about the estimate).
+#: benchmarks/planted_studies.py (``excess_interval_coverage``, planted routing with the toy run's
+#: documents, groups, experts and top-2, but shorter documents) measured the percentile interval covering a
+#: true excess the size of the toy's in about a quarter of seeds, the basic interval near the nominal rate;
+#: that stream's bootstrap bias is positive where the run's is near 0 or negative, so the choice is not
+#: shown for the run, and the findings print the percentile interval of the same resamples beside it.
 EXCESS_INTERVAL_METHOD = "basic"
 
 
@@ -459,10 +475,17 @@ def excess_intervals(
     seed: int = 0,
     min_documents: int = MIN_DOCUMENTS,
     method: str = EXCESS_INTERVAL_METHOD,
+    untrained_draws: Float[np.ndarray, "init layer"] | None = None,
 ) -> pd.DataFrame:
     """Document-bootstrap intervals of the layer excess, and of trained − untrained (paired); each
     unavailable, with the reason, below ``min_documents`` documents. ``method``: the bootstrap interval
     (:data:`EXCESS_INTERVAL_METHOD`, basic, by default; ``"percentile"`` or ``"BCa"`` as in scipy).
+
+    ``untrained_draws``: the excess (:func:`excess_estimate`, per layer) of further random
+    initializations of the untrained model, fed the same documents. With at least one, trained −
+    untrained is against the mean over every initialization (``untrained``'s and these) and its interval
+    is the draw-mean t interval (:func:`draw_mean_rows`); without, it is conditional on ``untrained``'s
+    one initialization.
 
     Every resample draws documents with replacement and recomputes score and null mean on them
     (:func:`excess_statistic`). With an ``untrained`` baseline fed the same documents, both models see the
@@ -473,7 +496,8 @@ def excess_intervals(
         One row per (model, layer), ``model`` in ``"trained"``, ``"untrained"``,
         ``"trained − untrained"``: ``estimate``, ``ci_low``, ``ci_high``, ``interval_available``,
         ``reason`` (why unavailable), ``n_documents``, ``confidence``, ``method`` (the interval's),
-        ``bootstrap_bias`` (mean resampled excess − estimate), ``interval_position`` (where the estimate
+        ``bootstrap_bias`` (mean resampled excess − estimate), ``bootstrap_se`` (the resampled excess's
+        standard deviation), ``interval_position`` (where the estimate
         sits, 0 at ``ci_low`` to 1 at ``ci_high``: a leaning interval is far from 0.5) and
         ``null_mean_se`` (:func:`null_mean_error`: the Monte Carlo error of the null mean, which the
         interval does not include; in quadrature for the difference).
@@ -497,6 +521,7 @@ def excess_intervals(
                 "confidence": interval.confidence,
                 "method": interval.method,
                 "bootstrap_bias": interval.bias,
+                "bootstrap_se": interval.se,
                 "interval_position": _position(interval),
                 "null_mean_se": float(null_se[model][i]),
             }
@@ -552,8 +577,10 @@ def excess_intervals(
         intervals = bootstrap(joint, baseline.n_documents, "the excess")
         out += rows("trained", baseline.layers, intervals[:n_layers])
         out += rows("untrained", untrained.layers, intervals[n_layers : 2 * n_layers])
-        out += rows("trained − untrained", baseline.layers, intervals[2 * n_layers :])
-        return pd.DataFrame(out)
+        difference = rows("trained − untrained", baseline.layers, intervals[2 * n_layers :])
+        if untrained_draws is not None and len(untrained_draws):
+            difference = draw_mean_rows(difference, intervals[n_layers : 2 * n_layers], untrained_draws)
+        return pd.DataFrame(out + difference)
     if trained is not None:
         out += rows("trained", baseline.layers, bootstrap(trained, baseline.n_documents, "the excess"))
     if other is not None:
@@ -565,6 +592,78 @@ def excess_intervals(
     )
     out += unavailable("trained − untrained", baseline, why)
     return pd.DataFrame(out)
+
+
+def draw_mean_rows(
+    difference: list[dict],
+    first: list[Interval],
+    untrained_draws: Float[np.ndarray, "init layer"],
+) -> list[dict]:
+    """The trained − untrained rows of :func:`excess_intervals` against the mean over initializations.
+
+    ``difference``: the paired bootstrap rows of trained − the first initialization (one per layer);
+    ``first``: that initialization's excess intervals; ``untrained_draws``: the other initializations'
+    excess (point estimates). Per layer, the ``m`` draws are trained − each initialization's excess, the
+    estimate their mean, and the interval :func:`~tl_moe.analysis.stats.draw_mean_t_from_variance` with
+    ``V`` the document-bootstrap variance of trained − the first initialization (the one paired bootstrap
+    the run draws; the mean over ``m`` initializations varies less over documents, so this ``V`` errs
+    wide) plus the variance between initializations over ``m``. Each row keeps the one-initialization
+    interval (``first_init_*``) and adds ``n_untrained_inits``, ``untrained_inits_mean`` /
+    ``untrained_inits_sd`` (over initializations), ``documents_variance``, ``draws_variance`` and ``df``.
+    """
+    draws = np.asarray(untrained_draws, dtype=np.float64)
+    out = []
+    for i, row in enumerate(difference):
+        untrained = np.r_[first[i].estimate, draws[:, i]]
+        trained = row["estimate"] + first[i].estimate  # the paired row's estimate is trained − first
+        per_draw = trained - untrained
+        extra = {
+            "first_init_estimate": row["estimate"],
+            "first_init_ci_low": row["ci_low"],
+            "first_init_ci_high": row["ci_high"],
+            "n_untrained_inits": len(untrained),
+            "untrained_inits_mean": float(untrained.mean()),
+            "untrained_inits_sd": float(untrained.std(ddof=1)),
+        }
+        estimate = float(per_draw.mean())
+        variance = row["bootstrap_se"] ** 2
+        if not (row["interval_available"] and np.isfinite(per_draw).all() and math.isfinite(variance)):
+            reason = row["reason"] or "an initialization's excess or the documents' variance is undefined"
+            nan = math.nan
+            out.append(
+                {
+                    **row,
+                    **extra,
+                    "estimate": estimate,
+                    "ci_low": nan,
+                    "ci_high": nan,
+                    "interval_available": False,
+                    "reason": reason,
+                    "method": DRAW_MEAN_METHOD,
+                    "interval_position": nan,
+                    "documents_variance": nan,
+                    "draws_variance": nan,
+                    "df": nan,
+                }
+            )
+            continue
+        t = draw_mean_t_from_variance(estimate, variance, per_draw, row["n_documents"], row["confidence"])
+        low, high = float(t["low"]), float(t["high"])
+        out.append(
+            {
+                **row,
+                **extra,
+                "estimate": estimate,
+                "ci_low": low,
+                "ci_high": high,
+                "method": DRAW_MEAN_METHOD,
+                "interval_position": interval_position(estimate, low, high) if high > low else math.nan,
+                "documents_variance": float(t["documents_variance"]),
+                "draws_variance": float(t["draws_variance"]),
+                "df": float(t["df"]),
+            }
+        )
+    return out
 
 
 def _position(interval: Interval) -> float:

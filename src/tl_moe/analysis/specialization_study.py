@@ -30,6 +30,7 @@ Usage, on the counts a collection pass gave (:func:`~tl_moe.analysis.routing_sta
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -42,8 +43,10 @@ from tl_moe.analysis.activations import StoredTokens
 from tl_moe.analysis.configs import SpecializationConfig, Statistics
 from tl_moe.analysis.specialization import SpecializationResult, specialization_scores
 from tl_moe.analysis.specialization_permutation import (
+    BOOTSTRAP_PERMUTATIONS,
     DocumentPermutationBaseline,
     document_permutation_baseline,
+    excess_estimate,
     excess_intervals,
 )
 from tl_moe.errors import InputError
@@ -364,6 +367,7 @@ class SpecializationStudy:
         trained: SpecializationCounts,
         lens_counts: Int[torch.Tensor, "layer expert group"] | None = None,
         untrained: SpecializationCounts | None = None,
+        more_untrained: Sequence[DocumentRouting] = (),
     ) -> SpecializationOutcome:
         """Score every expert of the trained model (and of the untrained null, when given).
 
@@ -373,6 +377,10 @@ class SpecializationStudy:
                 vocabulary cluster (:meth:`~tl_moe.analysis.logit_lens_accumulator.ExpertLogitLensResult.dense_counts`);
                 ``None``: no functional measure.
             untrained: the same counts of the untrained model of the same config, fed the same documents.
+            more_untrained: the routing of further random initializations of that untrained model on
+                the same documents; trained − untrained is then against the mean over every
+                initialization, with the draw-mean t interval
+                (:func:`~tl_moe.analysis.specialization_permutation.draw_mean_rows`).
         """
         self._check_counts(trained, "trained")
         if untrained is not None:
@@ -391,10 +399,11 @@ class SpecializationStudy:
             measures[self.functional] = self._scores(lens_counts, "functional", lens_tokens)
         notes: list[str] = []
         permutation = self._permutations(trained.routing, notes)
-        untrained_scores, untrained_permutation = {}, {}
+        untrained_scores, untrained_permutation, untrained_draws = {}, {}, {}
         if untrained is not None:
             untrained_scores = self._routing_scores(untrained)
             untrained_permutation = self._permutations(untrained.routing, notes)
+            untrained_draws = self._init_excess(more_untrained, notes)
         intervals = {
             name: excess_intervals(
                 baseline,
@@ -403,6 +412,7 @@ class SpecializationStudy:
                 n_resamples=self.statistics.bootstrap_resamples,
                 seed=self.statistics.seed,
                 min_documents=self.statistics.min_documents,
+                untrained_draws=untrained_draws.get(name),
             )
             for name, baseline in permutation.items()
         }
@@ -431,6 +441,30 @@ class SpecializationStudy:
         return {
             self.clusters: self._scores(counts.by_token_group, "routing"),
             self.domains: self._scores(counts.by_domain, "routing"),
+        }
+
+    def _init_excess(
+        self, routings: Sequence[DocumentRouting], notes: list[str]
+    ) -> dict[str, Float[np.ndarray, "init layer"]]:
+        """Per routing measure, the excess over the document-permutation baseline (point estimates,
+        :func:`~tl_moe.analysis.specialization_permutation.excess_estimate`) of each further
+        initialization of the untrained model; each from
+        :data:`~tl_moe.analysis.specialization_permutation.BOOTSTRAP_PERMUTATIONS` permutations of its own
+        (as many as the excess's null mean averages; no p-value is drawn for them). A measure missing for
+        any initialization is left out."""
+        if not routings:
+            return {}
+        permutations = min(BOOTSTRAP_PERMUTATIONS, self.statistics.permutations)
+        cheap = dataclasses.replace(self.statistics, permutations=permutations)
+        study = SpecializationStudy(
+            self.layers, self.num_experts, self.n_token_groups, self.n_domains, self.config, cheap
+        )
+        per_init = [study._permutations(routing, notes) for routing in routings]
+        min_n = self.config.min_expert_tokens
+        return {
+            name: np.stack([excess_estimate(baselines[name], min_n) for baselines in per_init])
+            for name in per_init[0]
+            if all(name in baselines for baselines in per_init)
         }
 
     def _permutations(

@@ -61,6 +61,7 @@ __all__ = [
     "cluster_bootstrap",
     "draw_mean_interval",
     "draw_mean_t",
+    "draw_mean_t_from_variance",
     "holm",
     "interval_position",
     "max_statistic_pvalue",
@@ -127,6 +128,9 @@ class Interval:
         p_value: two-sided percentile-bootstrap p-value of 0, ``min(1, 2 (1 + #{resamples on the far
             side of 0}) / (1 + B))`` (NaN when no resamples were drawn); for multiplicity corrections
             (:func:`holm`). Not part of :meth:`to_dict`: a caller that tests adds it.
+        se: the standard deviation of the resampled statistics (the bootstrap standard error; NaN when
+            no resamples were drawn), e.g. the documents' term of :func:`draw_mean_t_from_variance`. Not
+            part of :meth:`to_dict`.
     """
 
     estimate: float
@@ -139,6 +143,7 @@ class Interval:
     reason: str | None = None
     bias: float = math.nan
     p_value: float = math.nan
+    se: float = math.nan
 
     def covers(self, value: float) -> bool:
         """Whether ``value`` lies inside the interval (False when unavailable)."""
@@ -310,13 +315,22 @@ def cluster_bootstrap(
         finite = distribution[i][np.isfinite(distribution[i])]
         bias = float(finite.mean() - estimate) if finite.size else math.nan
         p_value = bootstrap_p_value(finite) if finite.size else math.nan
+        se = float(finite.std(ddof=1)) if finite.size > 1 else math.nan
         if not math.isfinite(estimate):
             out.append(unavailable(f"{what} is undefined on the observed data"))
         elif np.ptp(distribution[i]) == 0:  # every resample gives the same value: a zero-width interval
             value = float(distribution[i][0])
             out.append(
                 Interval(
-                    float(estimate), value, value, n_clusters, confidence, method, bias=bias, p_value=p_value
+                    float(estimate),
+                    value,
+                    value,
+                    n_clusters,
+                    confidence,
+                    method,
+                    bias=bias,
+                    p_value=p_value,
+                    se=se,
                 )
             )
         elif not (math.isfinite(low) and math.isfinite(high)):
@@ -324,7 +338,15 @@ def cluster_bootstrap(
         else:
             out.append(
                 Interval(
-                    float(estimate), low, high, n_clusters, confidence, method, bias=bias, p_value=p_value
+                    float(estimate),
+                    low,
+                    high,
+                    n_clusters,
+                    confidence,
+                    method,
+                    bias=bias,
+                    p_value=p_value,
+                    se=se,
                 )
             )
     return out if multi else out[0]
@@ -364,15 +386,35 @@ def draw_mean_t(
         arrays ``low``, ``high``, ``p_value``, ``df``, ``documents_variance`` (V), ``draws_variance``
         (B / m), ``bias`` (mean of ``resampled`` minus ``estimate``).
     """
-    estimate = np.asarray(estimate, dtype=np.float64)
     resampled = np.asarray(resampled, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        documents = np.nanvar(resampled, axis=-1, ddof=1)
+        bias = np.nanmean(resampled, axis=-1) - np.asarray(estimate, dtype=np.float64)
+    out = draw_mean_t_from_variance(estimate, documents, draws, n_clusters, confidence)
+    out["bias"] = bias
+    return out
+
+
+def draw_mean_t_from_variance(
+    estimate: Float[np.ndarray, "..."],
+    documents_variance: Float[np.ndarray, "..."],
+    draws: Float[np.ndarray, "... draw"],
+    n_clusters: int,
+    confidence: float = 0.95,
+) -> dict[str, np.ndarray]:
+    """:func:`draw_mean_t` with the documents' variance ``V`` given rather than read from resamples
+    (e.g. the bootstrap variance of one draw's statistic, when the other draws have point estimates
+    only: the caller says which variance it passes). Returns ``low``, ``high``, ``p_value``, ``df``,
+    ``documents_variance``, ``draws_variance`` (``B / m``); raises ``ValueError`` below 2 draws."""
+    estimate = np.asarray(estimate, dtype=np.float64)
     draws = np.asarray(draws, dtype=np.float64)
     m = draws.shape[-1]
     if m < 2:
         raise ValueError("a draw-mean interval needs at least 2 draws; one draw is the plain bootstrap.")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        documents = np.nanvar(resampled, axis=-1, ddof=1)
+        documents = np.asarray(documents_variance, dtype=np.float64)
         between = draws.var(-1, ddof=1) / m
         total = documents + between
         df = total**2 / (documents**2 / max(n_clusters - 1, 1) + between**2 / (m - 1))
@@ -382,7 +424,6 @@ def draw_mean_t(
         p_value = np.where(
             se > 0, 2 * scipy.stats.t.sf(np.abs(estimate) / se, df), np.where(estimate == 0, 1.0, 0.0)
         )
-        bias = np.nanmean(resampled, axis=-1) - estimate
     return {
         "low": estimate - quantile * se,
         "high": estimate + quantile * se,
@@ -390,7 +431,6 @@ def draw_mean_t(
         "df": df,
         "documents_variance": documents,
         "draws_variance": between,
-        "bias": bias,
     }
 
 

@@ -6,6 +6,7 @@ from the analyzed model's unembedding, only if some analysis asks for it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -22,15 +23,23 @@ from tl_moe.pipeline.options import RunOptions
 if TYPE_CHECKING:
     from tl_moe.collect.steps import ResumableSteps, Step
 
-__all__ = ["UNTRAINED", "RunContext", "untrained_name", "unembedding"]
+__all__ = ["UNTRAINED", "RunContext", "untrained_base", "untrained_name", "unembedding"]
 
 #: Prefix of a model name that means "the same architecture and config, random init (seeded)".
 UNTRAINED = "untrained:"
 
 
-def untrained_name(name: str) -> str:
-    """The run's name of the untrained null of model ``name`` (see :meth:`RunContext.model`)."""
-    return UNTRAINED + name
+def untrained_name(name: str, init: int = 0) -> str:
+    """The run's name of the untrained null of model ``name`` (see :meth:`RunContext.model`); ``init``
+    > 0: its further random initialization ``init`` (``untrained:initK:NAME``, seed: the run's + K)."""
+    return UNTRAINED + (f"init{init}:" if init else "") + name
+
+
+def untrained_base(name: str) -> tuple[str, int]:
+    """The model an untrained null's ``name`` copies and its initialization (0: the run's seed)."""
+    rest = name.removeprefix(UNTRAINED)
+    match = re.fullmatch(r"init([1-9][0-9]*):(.+)", rest, flags=re.DOTALL)
+    return (match[2], int(match[1])) if match else (rest, 0)
 
 
 def unembedding(model: Any) -> torch.Tensor:
@@ -98,13 +107,14 @@ class RunContext:
 
         ``"untrained:NAME"`` is the untrained null of NAME: the same config, randomly initialised with
         the run's seed (:func:`tl_moe.models.build_model`), with NAME's tokenizer, booted through the
-        same loading path as every other model.
+        same loading path as every other model; ``"untrained:initK:NAME"`` the same with the run's seed
+        + K (:func:`untrained_name`).
         """
         if name not in self._models:
             from tl_moe.models import load
 
             if name.startswith(UNTRAINED):
-                self._models[name] = self._untrained(name[len(UNTRAINED) :])
+                self._models[name] = self._untrained(*untrained_base(name))
             else:
                 extra = {} if self.options.device_map is None else {"device_map": self.options.device_map}
                 dtype = getattr(torch, self.options.dtype)
@@ -123,18 +133,19 @@ class RunContext:
             input_name = "--dense-baseline" if name == self.options.dense_baseline else "--model"
             check_tokenizer(tokenizer, f"{input_name} {name}", input_name=input_name)
 
-    def _untrained(self, base: str) -> Any:
+    def _untrained(self, base: str, init: int = 0) -> Any:
         import tempfile
 
         from tl_moe.models import build_model, load, save_model
         from tl_moe.models.build import build_model_from_config
 
         trained = self.model(base)
+        seed = self.options.seed + init
         hf_config = getattr(getattr(trained, "original_model", None), "config", None)
         if hf_config is None:
-            hf_model = build_model(trained.moe_cfg, seed=self.options.seed)
+            hf_model = build_model(trained.moe_cfg, seed=seed)
         else:  # the trained model's own config: keeps what MoEConfig does not describe (e.g. MLA sizes)
-            hf_model = build_model_from_config(hf_config, seed=self.options.seed)
+            hf_model = build_model_from_config(hf_config, seed=seed)
         with tempfile.TemporaryDirectory(prefix="tl_moe_untrained_") as directory:
             save_model(hf_model, trained.tokenizer, directory)
             return load(directory, device=self.options.device, dtype=getattr(torch, self.options.dtype))

@@ -17,7 +17,7 @@ import torch
 
 from tl_moe.errors import InputError
 from tl_moe.models.config import MoEConfig
-from tl_moe.pipeline.context import UNTRAINED, RunContext
+from tl_moe.pipeline.context import UNTRAINED, RunContext, untrained_base
 from tl_moe.pipeline.memory import activation_bytes, available_memory
 from tl_moe.pipeline.options import RunOptions
 
@@ -185,7 +185,7 @@ def plan_run(
 
     def describe(name: str) -> MoEConfig:
         if name not in moe_configs:
-            base = name.removeprefix(UNTRAINED)  # the untrained null has its model's config
+            base = untrained_base(name)[0] if name.startswith(UNTRAINED) else name  # its model's config
             input_name = "--dense-baseline" if base == options.dense_baseline else "--model"
             metas[name] = meta_model(hf_configs.get(base) or _hf_config(base, input_name))
             moe_configs[name] = moe_config(metas[name])

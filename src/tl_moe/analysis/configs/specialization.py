@@ -11,7 +11,8 @@ __all__ = ["SpecializationConfig"]
 
 @dataclass(frozen=True)
 class SpecializationConfig:
-    """Which experts enter the layer means of the specialization scores."""
+    """Which experts enter the layer means of the specialization scores; how many random
+    initializations of the untrained model its trained − untrained difference averages."""
 
     min_expert_tokens: int = option(
         50,
@@ -19,9 +20,18 @@ class SpecializationConfig:
         parse=int,
         legacy="min_expert_tokens",
     )
+    untrained_inits: int = option(
+        5,
+        "specialization: random initializations of the untrained model (seeds: the run's, then the run's "
+        "+ 1, + 2, ...) whose mean the trained − untrained excess is taken against, with a draw-mean t "
+        "interval (documents + between initializations); 1: the run's seed alone, the interval conditional "
+        "on it. Each one past the first adds a routing-only pass of its own untrained copy (with the "
+        "probing section's untrained null)",
+        parse=int,
+    )
 
     def __post_init__(self) -> None:
         self.check()
 
     def check(self) -> None:
-        check_least_integers(self, {"min_expert_tokens": 1})
+        check_least_integers(self, {"min_expert_tokens": 1, "untrained_inits": 1})

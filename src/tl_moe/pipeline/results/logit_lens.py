@@ -111,7 +111,9 @@ class LogitLensResult(LogitLensOutcome, Result):
         if share.untrained is None:
             return [head + "; no untrained null in this run, so no claim that training put it there."]
         head += (
-            f"; untrained model of the same config: {_count(share.untrained, share.n_experts_untrained)} of "
+            "; untrained model of the same config (one random initialization: its share and the interval "
+            "are conditional on it and leave out the variance between initializations): "
+            f"{_count(share.untrained, share.n_experts_untrained)} of "
             f"{share.n_experts_untrained}, {_share_text(share.untrained)}; trained − untrained "
             f"{_share_text(share.difference, signed=True)} (95% bootstrap over the test documents; the split is "
             "the held-out probing one)"

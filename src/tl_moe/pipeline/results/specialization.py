@@ -12,7 +12,7 @@ import pandas as pd
 
 from tl_moe.analysis.specialization_permutation import BOOTSTRAP_PERMUTATIONS, DocumentPermutationBaseline
 from tl_moe.analysis.specialization_study import DIFFERENCE, SpecializationOutcome
-from tl_moe.analysis.stats import basic_interval
+from tl_moe.analysis.stats import DRAW_MEAN_METHOD, basic_interval
 from tl_moe.pipeline.protocol import FigureItem, Result, TableItem
 from tl_moe.report.figures import new_figure
 from tl_moe.report.numbers import format_interval, format_mean_sd, format_number
@@ -57,6 +57,13 @@ class SpecializationSummary(SpecializationOutcome, Result):
                 metrics[
                     f"{name} | {DIFFERENCE} excess over the document-permutation baseline, last layer"
                 ] = _interval_text(difference.iloc[-1])
+                if _over_inits(last := difference.iloc[-1]):
+                    metrics[
+                        f"{name} | untrained initializations | n, mean and sd of their excess, last layer"
+                    ] = (
+                        f"{int(last['n_untrained_inits'])}, {last['untrained_inits_mean']:+.4f}, "
+                        f"sd {last['untrained_inits_sd']:.4f}"
+                    )
         for name, result in self.untrained.items():
             summary = result.layer_summary(self.min_tokens).iloc[-1]
             metrics[
@@ -82,10 +89,10 @@ class SpecializationSummary(SpecializationOutcome, Result):
             spreads.append(f"{name} {format_mean_sd(last['mean_excess'], last['std_excess'], '.3f', why)}")
             rows = self.interval_rows(name, "trained")
             if name in self.permutation and rows is not None:
-                head = f"{name} {_interval_text(rows.iloc[-1])}"
+                head = f"{name} {_both_text(rows.iloc[-1])}"
                 difference = self.interval_rows(name, DIFFERENCE)
                 if difference is not None:  # the strongest control: the untrained model of the same config
-                    head += f" (trained − untrained model {_interval_text(difference.iloc[-1])})"
+                    head += f" (trained − untrained model {_difference_text(difference.iloc[-1])})"
                 heads.append(head)
             elif name in self.permutation:
                 heads.append(f"{name} {self._excess_text(name, 'trained', self.permutation[name])}")
@@ -97,7 +104,7 @@ class SpecializationSummary(SpecializationOutcome, Result):
         return (
             f"**Specialization** in the last sparse layer ({layer}), token-weighted over experts of >= "
             f"{self.min_tokens} tokens, bits above the document-permutation baseline with its 95% "
-            "document-bootstrap interval: "
+            "document-bootstrap intervals, basic and percentile of the same resamples: "
             + "; ".join(heads)
             + ". Spread over experts (unweighted mean ± sd of each expert's excess over the multinomial "
             "sampling baseline, all experts with tokens; a spread, not an interval): "
@@ -118,14 +125,18 @@ class SpecializationSummary(SpecializationOutcome, Result):
     def _diagnostics_text(self) -> str:
         """What the intervals above leave out: where each estimate sits in its interval, the bootstrap
         bias, the other of the basic / percentile pair for the most leaning one, and the Monte Carlo error of
-        the null mean (last layer, every model and measure)."""
+        the null mean (last layer, every model and measure; not the draw-mean t intervals)."""
         found = [
             (frame.iloc[-1], f"{name}, {model}")
             for name in self.permutation
             for model in ("trained", "untrained", DIFFERENCE)
             if (frame := self.interval_rows(name, model)) is not None and "bootstrap_bias" in frame
         ]
-        found = [(row, label) for row, label in found if bool(row["interval_available"])]
+        found = [
+            (row, label)
+            for row, label in found
+            if bool(row["interval_available"]) and row.get("method") != DRAW_MEAN_METHOD
+        ]
         if not found:
             return ""
         rows, labels = [row for row, _ in found], [label for _, label in found]
@@ -158,7 +169,7 @@ class SpecializationSummary(SpecializationOutcome, Result):
         """``estimate [low, high], p = ..., N documents`` of one model's last-layer excess."""
         last = baseline.layer_summary(self.min_tokens).iloc[-1]
         rows = self.interval_rows(name, model)
-        interval = _interval_text(rows.iloc[-1]) if rows is not None else "no interval"
+        interval = _both_text(rows.iloc[-1]) if rows is not None else "no interval"
         return f"{interval}, {_p_text(last, baseline)}, {baseline.n_documents} documents"
 
     def _finding_part(self, name: str, baseline: DocumentPermutationBaseline) -> str:
@@ -168,10 +179,12 @@ class SpecializationSummary(SpecializationOutcome, Result):
         untrained = self.untrained_permutation.get(name)
         if untrained is None:
             return text
-        text += f"; untrained model {self._excess_text(name, 'untrained', untrained)}"
         difference = self.interval_rows(name, DIFFERENCE)
+        several = difference is not None and _over_inits(difference.iloc[-1])
+        label = "untrained model (first initialization)" if several else "untrained model"
+        text += f"; {label} {self._excess_text(name, 'untrained', untrained)}"
         if difference is not None:
-            text += f"; {DIFFERENCE} {_interval_text(difference.iloc[-1])} (paired over documents; one random initialization of the untrained model, the interval conditional on it)"
+            text += f"; {DIFFERENCE} {_difference_text(difference.iloc[-1], detail=True)}"
         trained_floor = bool(baseline.layer_summary(self.min_tokens).iloc[-1]["p_at_floor"])
         untrained_floor = bool(untrained.layer_summary(self.min_tokens).iloc[-1]["p_at_floor"])
         if trained_floor and untrained_floor:
@@ -263,7 +276,9 @@ class SpecializationSummary(SpecializationOutcome, Result):
                     "specialization_trained_minus_untrained",
                     difference,
                     "Trained − untrained excess over the document-permutation baseline per layer and routing "
-                    "measure, with its paired 95% document-bootstrap interval.",
+                    "measure: against the mean over the untrained model's random initializations with the "
+                    "draw-mean t interval (method column), or, with one initialization, its paired 95% "
+                    "document-bootstrap interval, conditional on that initialization.",
                 )
             )
         return tables
@@ -274,6 +289,51 @@ def _interval_text(row: pd.Series) -> str:
     if not row["interval_available"]:
         return format_interval(row["estimate"], math.nan, math.nan, "+.4f", row["reason"])
     return format_interval(row["estimate"], row["ci_low"], row["ci_high"], "+.4f", row["reason"])
+
+
+def _both_text(row: pd.Series) -> str:
+    """A bootstrap excess with both intervals of its resamples (the percentile bounds reflected about
+    the estimate give the basic ones and back): ``+0.0660, basic [..], percentile [..]``."""
+    method = str(row.get("method", "percentile"))
+    if not row["interval_available"] or method not in ("basic", "percentile"):
+        return _interval_text(row)
+    estimate, low, high = (float(row[c]) for c in ("estimate", "ci_low", "ci_high"))
+    other_low, other_high = basic_interval(estimate, low, high)
+    other = "percentile" if method == "basic" else "basic"
+    bounds = {method: (low, high), other: (other_low, other_high)}
+    return f"{estimate:+.4f}, " + ", ".join(
+        f"{m} [{bounds[m][0]:+.4f}, {bounds[m][1]:+.4f}]" for m in ("basic", "percentile")
+    )
+
+
+def _over_inits(row: pd.Series) -> bool:
+    """Whether a trained − untrained row is against the mean over several initializations."""
+    inits = row.get("n_untrained_inits", math.nan)
+    return bool(np.isfinite(inits) and inits >= 2)
+
+
+def _difference_text(row: pd.Series, detail: bool = False) -> str:
+    """Trained − untrained with what its interval holds: against the mean over the initializations with
+    the draw-mean t interval, or one initialization with the paired interval conditional on it."""
+    if not _over_inits(row):
+        return (
+            f"{_both_text(row)} (paired over documents; one random initialization of the untrained "
+            "model: the interval is conditional on it and leaves out the variance between initializations)"
+        )
+    inits = int(row["n_untrained_inits"])
+    text = f"{_interval_text(row)} (against the mean of {inits} random initializations of the untrained model"
+    if not detail:
+        return text + ")"
+    first = format_interval(
+        row["first_init_estimate"], row["first_init_ci_low"], row["first_init_ci_high"], "+.4f", "unavailable"
+    )
+    return (
+        f"{text}, whose excess is {row['untrained_inits_mean']:+.4f} with sd {row['untrained_inits_sd']:.4f} "
+        "across them; t interval with variance the document-bootstrap variance of trained − the first "
+        "initialization plus the variance between initializations over their number, "
+        f"{format_number(row['df'], '.0f', 'undefined')} degrees of freedom; the first initialization "
+        f"alone {first}, conditional on it)"
+    )
 
 
 def _p_text(row: pd.Series, baseline: DocumentPermutationBaseline) -> str:

@@ -1,7 +1,8 @@
 """Routing and functional specialization: the adapter that feeds
 :class:`~tl_moe.analysis.specialization_study.SpecializationStudy` from a run (the routed counts, the
 expert lens and the routing per token of the analyzed model, and of its untrained null when the probing
-section's untrained pass runs anyway, not with ``--skip-untrained-null``) and wraps its outcome in
+section's untrained pass runs anyway, not with ``--skip-untrained-null``; then also the routing per token
+of ``--specialization.untrained-inits`` − 1 further initializations of it) and wraps its outcome in
 :class:`~tl_moe.pipeline.results.specialization.SpecializationSummary`.
 """
 
@@ -52,7 +53,12 @@ class Specialization(Analysis):
         "specialization has no control: "
         + FUNCTIONAL_NO_CONTROL
         + ". Dashed curves: the untrained model of the same config (random init, the run's "
-        "seed), whose pass the probing section's untrained null runs (not with --skip-untrained-null)."
+        "seed), whose pass the probing section's untrained null runs (not with --skip-untrained-null). "
+        "The trained − untrained excess is taken against the mean over --specialization.untrained-inits "
+        "random initializations (seeds: the run's, + 1, + 2, ...; each past the first adds a routing-only "
+        "pass), with a t interval whose variance is the document-bootstrap variance of trained − the "
+        "first initialization plus the variance between initializations over their number (Satterthwaite "
+        "degrees of freedom); with one initialization it is the paired bootstrap interval, conditional on it."
     )
 
     def needs(self, run: RunContext) -> list[Need]:
@@ -63,7 +69,13 @@ class Specialization(Analysis):
             needs += [
                 Need(untrained, spec) for spec in (RoutedByTokenGroup(), RoutedByDomain(), RoutingPerToken())
             ]
+            needs += [Need(name, RoutingPerToken()) for name in self._more_inits(run)]
         return needs
+
+    def _more_inits(self, run: RunContext) -> list[str]:
+        """The names of the untrained model's further initializations (none past the first by default)."""
+        inits = run.options.config("specialization").untrained_inits
+        return [untrained_name(run.main, init) for init in range(1, inits)]
 
     def finalize(self, run: RunContext, inputs: Inputs) -> SpecializationSummary:
         """:class:`~tl_moe.analysis.specialization_study.SpecializationStudy` on the trained model's counts
@@ -77,16 +89,26 @@ class Specialization(Analysis):
             run.options.config("specialization"),
             run.options.statistics,
         )
-        untrained = self._counts(run, inputs, untrained_name(run.main)) if untrained_pass_runs(run) else None
+        untrained, more = None, []
+        if untrained_pass_runs(run):
+            untrained = self._counts(run, inputs, untrained_name(run.main))
+            more = [self._routing(run, inputs, name) for name in self._more_inits(run)]
         lens_counts = inputs[Need(run.main, ExpertLens())].dense_counts()
-        outcome = study(self._counts(run, inputs, run.main), lens_counts, untrained)
+        outcome = study(
+            self._counts(run, inputs, run.main), lens_counts, untrained, [r for r in more if r is not None]
+        )
         return SpecializationSummary.of(outcome)
 
     def _counts(self, run: RunContext, inputs: Inputs, model: str) -> SpecializationCounts:
         """What model ``model``'s pass gave: routed counts by token cluster and domain, routing per token."""
-        routing = DocumentRouting.from_stored(
-            inputs.get(Need(model, RoutingPerToken())), run.config(run.main).sparse_layers, run.token_groups
-        )
         return SpecializationCounts(
-            inputs[Need(model, RoutedByTokenGroup())], inputs[Need(model, RoutedByDomain())], routing
+            inputs[Need(model, RoutedByTokenGroup())],
+            inputs[Need(model, RoutedByDomain())],
+            self._routing(run, inputs, model),
+        )
+
+    def _routing(self, run: RunContext, inputs: Inputs, model: str) -> DocumentRouting | None:
+        """Model ``model``'s routing per token with its documents (None: not stored)."""
+        return DocumentRouting.from_stored(
+            inputs.get(Need(model, RoutingPerToken())), run.config(run.main).sparse_layers, run.token_groups
         )
