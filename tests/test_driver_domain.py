@@ -241,6 +241,44 @@ def test_constant_scores_give_no_correlation_rather_than_a_number():
     assert table["spearman"].map(math.isnan).all()
 
 
+def test_an_undefined_rho_names_the_constant_quantity():
+    """Each ρ that a constant quantity leaves undefined names that quantity (and only it)."""
+    from types import SimpleNamespace
+
+    from tl_moe.analysis.driver_domain import FREQUENCY, RHO_COLUMNS, _group_columns
+
+    interval = SimpleNamespace(estimate=0.1, low=-0.1, high=0.3, bias=0.0, available=True, reason="")
+    intervals = [interval] * len(RHO_COLUMNS)
+
+    varied = np.array([0.1, 0.5, 0.3, 0.9, 0.7])
+    flat = np.full(5, 0.2)
+    cases = {
+        "domain score": (flat, varied, varied[::-1]),
+        "removal effect": (varied, flat, varied[::-1]),
+        "routing frequency": (varied, varied[::-1], flat),
+    }
+    for constant, (score, effect, frequency) in cases.items():
+        in_rho = pd.DataFrame({"score": score, "effect": effect, FREQUENCY: frequency})
+        columns = _group_columns(in_rho, "score", "effect", intervals)
+        why = {prefix: columns[f"{prefix} unavailable"] for prefix in RHO_COLUMNS}
+        named = {
+            "spearman": ("domain score", "removal effect"),
+            "partial spearman": ("domain score", "removal effect", "routing frequency"),
+            "score–frequency spearman": ("domain score", "routing frequency"),
+            "effect–frequency spearman": ("removal effect", "routing frequency"),
+        }
+        for prefix, quantities in named.items():
+            assert why[prefix] == (f"a constant {constant}" if constant in quantities else ""), (
+                constant,
+                why,
+            )
+    in_rho = pd.DataFrame({"score": flat, "effect": varied, FREQUENCY: flat})
+    columns = _group_columns(in_rho, "score", "effect", intervals)
+    assert (
+        columns["partial spearman unavailable"] == "a constant domain score and a constant routing frequency"
+    )
+
+
 def test_the_planted_studys_population_domain_score_is_the_score_on_a_huge_corpus():
     """``benchmarks/planted_studies.py``'s domain-score case (study ``driver_domain_rho``): the
     population score computed by hand from the experts' routing shares is what ``DomainRouting`` measures
@@ -443,7 +481,7 @@ def test_the_finding_states_the_partial_rho_and_follows_it():
         covers = total["partial spearman ci low"] <= 0 <= total["partial spearman ci high"]
         assert covers == (kind == CONFOUND)
     assert "the association is not established beyond routing frequency" in texts[CONFOUND]
-    assert "beyond routing frequency the association is positive" in texts[DIRECT]
+    assert MORE_LARGER in texts[DIRECT] and "reverses" not in texts[DIRECT]
     assert "not established" not in texts[DIRECT]
 
 
@@ -465,25 +503,87 @@ def test_without_the_report_halfs_routing_the_partial_rho_is_unavailable_and_the
     assert "the association is not established beyond routing frequency" in text
 
 
+NEGATIVE_RAW = ((-0.46, -0.53, -0.39), (-0.52, -0.39))
+POSITIVE_RAW = ((+0.60, +0.30, +0.80), (+0.40, +0.90))
+NULL_RAW = ((+0.05, -0.30, +0.40), (-0.30, +0.40))
+MORE_SMALLER = "given it, the more domain-specific experts have the smaller removal effects"
+MORE_LARGER = "given it, the more domain-specific experts have the larger removal effects"
+
+
 @pytest.mark.parametrize(
-    ("partial", "basic", "verdict"),
+    ("raw", "partial", "basic", "verdicts", "absent"),
     [
-        ((-0.30, -0.45, -0.15), (-0.45, -0.15), "the association holds beyond routing frequency"),
-        ((-0.10, -0.29, -0.03), (-0.17, +0.09), "percentile and basic intervals disagree about excluding 0"),
         (
+            NEGATIVE_RAW,
+            (-0.30, -0.45, -0.15),
+            (-0.45, -0.15),
+            ["the association holds beyond routing frequency: " + MORE_SMALLER],
+            ["reverses"],
+        ),
+        (
+            NEGATIVE_RAW,
+            (-0.10, -0.29, -0.03),
+            (-0.17, +0.09),
+            ["percentile and basic intervals disagree about excluding 0"],
+            ["holds", "reverses"],
+        ),
+        (
+            NEGATIVE_RAW,
             (-0.05, -0.20, +0.10),
             (-0.20, +0.10),
-            "the association is not established beyond routing frequency",
+            ["the association is not established beyond routing frequency", "may only restate"],
+            ["holds", "reverses"],
         ),
-        ((+0.30, +0.15, +0.45), (+0.15, +0.45), "(the sign reverses"),
+        (
+            NEGATIVE_RAW,
+            (+0.30, +0.15, +0.45),
+            (+0.15, +0.45),
+            ["the sign reverses given routing frequency: the raw ρ is negative, but " + MORE_LARGER],
+            ["holds"],
+        ),
+        (
+            POSITIVE_RAW,
+            (-0.40, -0.60, -0.20),
+            (-0.60, -0.20),
+            ["the sign reverses given routing frequency: the raw ρ is positive, but " + MORE_SMALLER],
+            ["holds"],
+        ),
+        (
+            POSITIVE_RAW,
+            (+0.60, +0.30, +0.80),
+            (+0.40, +0.90),
+            ["the association holds beyond routing frequency: " + MORE_LARGER],
+            ["reverses"],
+        ),
+        (
+            NULL_RAW,
+            (-0.40, -0.60, -0.20),
+            (-0.60, -0.20),
+            [
+                "beyond routing frequency the association is negative: " + MORE_SMALLER,
+                "raw ρ's sign is not established",
+            ],
+            ["holds", "reverses"],
+        ),
+        (
+            NULL_RAW,
+            (+0.05, -0.30, +0.40),
+            (-0.30, +0.40),
+            ["neither the association nor its part beyond routing frequency is established"],
+            ["restate", "holds", "reverses"],
+        ),
     ],
 )
-def test_the_frequency_verdict_follows_the_partial_rhos_intervals(partial, basic, verdict):
+def test_the_frequency_verdict_follows_the_partial_and_raw_rhos_intervals(
+    raw, partial, basic, verdicts, absent
+):
+    """The verdict compares the partial ρ's established sign with the raw ρ's: the same sign holds, a
+    different one reverses (either way round), and with neither established neither is claimed."""
     from tl_moe.pipeline.results.drivers_findings import _frequency_control
 
     row = {}
     for prefix, (estimate, low, high), (basic_low, basic_high) in (
-        ("spearman", (-0.46, -0.53, -0.39), (-0.52, -0.39)),
+        ("spearman", *raw),
         ("partial spearman", partial, basic),
         ("score–frequency spearman", (-0.5, -0.6, -0.4), (-0.6, -0.4)),
         ("effect–frequency spearman", (0.7, 0.6, 0.8), (0.6, 0.8)),
@@ -501,5 +601,8 @@ def test_the_frequency_verdict_follows_the_partial_rhos_intervals(partial, basic
             }
         )
     text = _frequency_control(pd.Series(row))
-    assert verdict in text
+    for verdict in verdicts:
+        assert verdict in text
+    for word in absent:
+        assert word not in text
     assert f"partial ρ = {partial[0]:+.2f} [{partial[1]:+.2f}, {partial[2]:+.2f}]" in text

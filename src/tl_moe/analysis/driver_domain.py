@@ -273,13 +273,20 @@ class DriverDomainComparison:
         return fig
 
 
+def _why_undefined(named: dict[str, np.ndarray]) -> str:
+    """Why a rank correlation of these per-expert quantities (by name) is undefined over the experts
+    (empty when it is defined): too few experts, or which of them are constant."""
+    n = len(next(iter(named.values())))
+    if n < 3:
+        return f"{n} scored experts, at least 3 needed"
+    constant = [name for name, values in named.items() if np.ptp(values) == 0]
+    return f"a constant {' and a constant '.join(constant)}" if constant else ""
+
+
 def _why_no_spearman(x: np.ndarray, y: np.ndarray) -> str:
-    """Why Spearman's ρ is undefined over these experts (empty when it is defined)."""
-    if len(x) < 3:
-        return f"{len(x)} scored experts, at least 3 needed"
-    if np.ptp(x) == 0 or np.ptp(y) == 0:
-        return "a constant domain score or effect"
-    return ""
+    """Why Spearman's ρ of the domain score ``x`` and the removal effect ``y`` is undefined over these
+    experts (empty when it is defined)."""
+    return _why_undefined({"domain score": x, "removal effect": y})
 
 
 def _rows_partial_spearman(
@@ -374,20 +381,19 @@ def _spearman_intervals(
     return [intervals[g * k : (g + 1) * k] for g in range(len(groups))]
 
 
-def _why_no_frequency_rho(values: np.ndarray, frequency: np.ndarray | None) -> str:
-    """Why a score's ρ with routing frequency is undefined over these experts (empty when it is defined)."""
+def _why_no_frequency_rho(values: np.ndarray, frequency: np.ndarray | None, name: str) -> str:
+    """Why a score's (named ``name``) ρ with routing frequency is undefined over these experts (empty
+    when it is defined)."""
     if frequency is None:
         return NO_FREQUENCY
-    if len(frequency) >= 3 and np.ptp(frequency) == 0:
-        return "a constant routing frequency"
-    return _why_no_spearman(values, frequency)
+    return _why_undefined({"routing frequency": frequency, name: values})
 
 
 def _why_no_partial(x: np.ndarray, y: np.ndarray, frequency: np.ndarray | None) -> str:
     """Why the partial ρ given routing frequency is undefined over these experts (empty when it is defined)."""
     if frequency is None:
         return NO_FREQUENCY
-    why = _why_no_spearman(x, y) or _why_no_frequency_rho(x, frequency)
+    why = _why_undefined({"domain score": x, "removal effect": y, "routing frequency": frequency})
     if why:
         return why
     if np.isnan(_rows_partial_spearman(x[None], y[None], frequency[None])[0]):
@@ -552,8 +558,8 @@ def _group_columns(
     why = {
         "spearman": _why_no_spearman(x, y),
         "partial spearman": _why_no_partial(x, y, frequency),
-        "score–frequency spearman": _why_no_frequency_rho(x, frequency),
-        "effect–frequency spearman": _why_no_frequency_rho(y, frequency),
+        "score–frequency spearman": _why_no_frequency_rho(x, frequency, "domain score"),
+        "effect–frequency spearman": _why_no_frequency_rho(y, frequency, "removal effect"),
     }
     columns: dict[str, object] = {}
     for i, (prefix, name) in enumerate(RHO_COLUMNS.items()):

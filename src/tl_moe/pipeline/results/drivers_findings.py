@@ -328,8 +328,19 @@ def _frequency_control(row) -> str:
     return f"{text}: {_frequency_verdict(partial, _signed(row, 'spearman'))}"
 
 
+def _established_sign(rho: Signed) -> int:
+    """+1 (−1) when the ρ is above (below) 0, percentile and basic intervals agreeing; 0 otherwise."""
+    return 1 if rho.above_zero() else -1 if rho.below_zero() else 0
+
+
+_SIGN_WORD = {1: "positive", -1: "negative"}
+_EFFECT_WORD = {1: "larger", -1: "smaller"}
+
+
 def _frequency_verdict(partial: Signed, raw: Signed) -> str:
-    """What the partial ρ given routing frequency says about the domain score–effect association."""
+    """What the partial ρ given routing frequency says about the domain score–effect association, beside
+    the raw ρ: it holds when both have the same established sign, reverses when their established signs
+    differ; the partial's sign alone when the raw ρ's is not established; neither when both are not."""
     if partial.why or not np.isfinite(partial.low):
         return "without an interval for the partial ρ, the association is not established beyond routing frequency"
     if partial.disputed():
@@ -337,20 +348,28 @@ def _frequency_verdict(partial: Signed, raw: Signed) -> str:
             "the association is not established beyond routing frequency (the partial ρ's percentile and "
             "basic intervals disagree about excluding 0)"
         )
-    if partial.below_zero():
+    given, alone = _established_sign(partial), _established_sign(raw)
+    if not given:
+        if not alone:
+            return (
+                "neither the association nor its part beyond routing frequency is established (the raw ρ's "
+                "sign is not established and the partial ρ's interval covers 0)"
+            )
         return (
-            "the association holds beyond routing frequency: given it, the more domain-specific experts "
-            "have the smaller removal effects"
+            "the association is not established beyond routing frequency (the partial ρ's interval covers 0), "
+            "so the raw ρ may only restate how often the experts are routed"
         )
-    if partial.above_zero():
-        reversed_sign = " (the sign reverses: the raw ρ's negative sign comes from routing frequency)"
+    meaning = f"given it, the more domain-specific experts have the {_EFFECT_WORD[given]} removal effects"
+    if given == alone:
+        return f"the association holds beyond routing frequency: {meaning}"
+    if alone:
         return (
-            "beyond routing frequency the association is positive: given it, the more domain-specific "
-            "experts have the larger removal effects" + (reversed_sign if raw.below_zero() else "")
+            f"the sign reverses given routing frequency: the raw ρ is {_SIGN_WORD[alone]}, but {meaning} "
+            f"(the raw ρ's {_SIGN_WORD[alone]} sign comes from routing frequency)"
         )
     return (
-        "the association is not established beyond routing frequency (the partial ρ's interval covers 0), "
-        "so the raw ρ may only restate how often the experts are routed"
+        f"beyond routing frequency the association is {_SIGN_WORD[given]}: {meaning} (the raw ρ's sign "
+        "is not established)"
     )
 
 
