@@ -26,7 +26,15 @@ from tl_moe.report.dashboard import (
     layer_page_path,
 )
 from tl_moe.report.files import column_label
-from tl_moe.report.markup import escape, escape_controls, inline_to_html, markdown_to_html
+from tl_moe.report.markup import (
+    CELL_MARKS,
+    SPACE_MARK,
+    char_code,
+    escape,
+    escape_controls,
+    inline_to_html,
+    markdown_to_html,
+)
 
 __all__ = ["CSS", "format_value", "render_layer_page", "render_page"]
 
@@ -67,25 +75,36 @@ aside.findings h2 { border: 0; margin: .2rem 0; padding: 0; font-size: 1.1rem; }
 aside.findings li { margin: .25rem 0; }
 """.strip()
 
-# Whitespace that a table cell would otherwise swallow (tokens such as "\n" or " the").
-_VISIBLE = {"\n": "⏎", "\t": "⇥", "\r": "␍"}
+EMPTY_CELL = "∅"
+"""How a table cell shows empty text."""
+
+MISSING_CELL = "–"
+"""How a table cell shows a missing value."""
 
 
 def visible_whitespace(text: str) -> str:
-    """``text`` with newlines, tabs and leading/trailing spaces drawn (``⏎ ⇥ ·``) and every other
-    unprintable character written as its code (:func:`~tl_moe.report.markup.escape_controls`, e.g. a
-    NUL as the four characters backslash, x, 0, 0); ``∅`` if empty."""
+    r"""``text`` as a table cell shows it, every distinct text distinctly: a backslash as ``\\``, newlines,
+    tabs and carriage returns drawn (``⏎ ⇥ ␍``), leading and trailing spaces as ``·``, every other
+    unprintable character as its code (:func:`~tl_moe.report.markup.escape_controls`, e.g. a NUL as the
+    four characters backslash, x, 0, 0); a literal mark where it could be read as one drawn (``⏎ ⇥ ␍``
+    anywhere, ``·`` among the leading or trailing spaces, a whole cell of ``∅`` or ``–``) as its code;
+    :data:`EMPTY_CELL` if empty."""
     if text == "":
-        return "∅"
-    text = escape_controls(text)
-    for raw, shown in _VISIBLE.items():
-        text = text.replace(raw, shown)
-    stripped = text.strip(" ")
-    if stripped != text:
-        lead = len(text) - len(text.lstrip(" "))
-        trail = len(text) - len(text.rstrip(" "))
-        text = "·" * lead + stripped + "·" * trail if stripped else "·" * len(text)
-    return text
+        return EMPTY_CELL
+    if text in (EMPTY_CELL, MISSING_CELL):
+        return char_code(text)
+    edge = " " + SPACE_MARK
+    lead = len(text) - len(text.lstrip(edge))
+    trail = len(text) - len(text.rstrip(edge)) if lead < len(text) else 0
+    middle = escape_controls(text[lead : len(text) - trail])
+    for raw, shown in CELL_MARKS.items():
+        middle = middle.replace(raw, shown)
+    return _edge(text[:lead]) + middle + _edge(text[len(text) - trail :])
+
+
+def _edge(spaces: str) -> str:
+    """A run of leading or trailing spaces and literal ``·`` drawn: each space as ``·``, each ``·`` as its code."""
+    return "".join(SPACE_MARK if char == " " else char_code(char) for char in spaces)
 
 
 def format_value(value: Any) -> str:
@@ -95,7 +114,7 @@ def format_value(value: Any) -> str:
     if isinstance(value, str):
         return visible_whitespace(value)
     if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
-        return "–"
+        return MISSING_CELL
     if isinstance(value, Integral):
         return str(int(value))
     if isinstance(value, Real):

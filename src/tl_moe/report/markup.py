@@ -18,7 +18,14 @@ import re
 import textwrap
 import unicodedata
 
-__all__ = ["escape_controls", "inline_to_html", "markdown_to_html", "visible_token"]
+__all__ = [
+    "char_code",
+    "code_token",
+    "escape_controls",
+    "inline_to_html",
+    "markdown_to_html",
+    "visible_token",
+]
 
 _CODE_SPAN = re.compile(r"(`[^`\n]+`)")
 _BOLD = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*")
@@ -28,7 +35,7 @@ _BULLET = re.compile(r"^\s*[-*]\s+(.*)$")
 _TOKEN_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
-def _code(char: str) -> str:
+def char_code(char: str) -> str:
     r"""``char`` as Python's ``repr`` writes an unprintable character: ``\xNN``, ``\uNNNN`` or ``\UNNNNNNNN``."""
     code = ord(char)
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
@@ -44,14 +51,41 @@ def visible_token(text: str) -> str:
     ``\\``, ``\n``, ``\t``, ``\r``, and every other control, format or separator character (NUL, a
     zero-width joiner, a line separator...) as its ``\xNN`` / ``\uNNNN`` / ``\UNNNNNNNN`` code, as
     Python's ``repr`` writes it; printable characters and the plain space unchanged."""
-    return "".join(_TOKEN_ESCAPES.get(char) or (_code(char) if _unprintable(char) else char) for char in text)
+    return "".join(
+        _TOKEN_ESCAPES.get(char) or (char_code(char) if _unprintable(char) else char) for char in text
+    )
+
+
+SPACE_MARK = "·"
+"""How a token's space is drawn where it would otherwise vanish or end a word (a literal ``·`` is then
+written as its code, ``\xb7``)."""
+
+CELL_MARKS = {"\n": "⏎", "\t": "⇥", "\r": "␍"}
+"""How a table cell draws a newline, a tab and a carriage return (a literal mark is then written as its code)."""
+
+
+def code_token(text: str) -> str:
+    r"""A vocabulary token as a finding's code span or a metric name shows it: :func:`visible_token`,
+    each space as ``·``, and a literal ``·`` and a backtick as their codes ``\xb7`` and ``\x60`` (so
+    no two tokens look alike and a backtick never ends the code span)."""
+    shown = {" ": SPACE_MARK, SPACE_MARK: char_code(SPACE_MARK), "`": char_code("`")}
+    return "".join(shown.get(char) or visible_token(char) for char in text)
 
 
 def escape_controls(text: str) -> str:
-    r"""``text`` with every unprintable character but newline, tab and carriage return (NUL, a
-    zero-width joiner, a line separator...) written as its ``\xNN`` / ``\uNNNN`` code, as a table
-    cell shows it (:func:`~tl_moe.report.html.visible_whitespace` draws those three)."""
-    return "".join(_code(char) if _unprintable(char) and char not in "\n\t\r" else char for char in text)
+    r"""``text`` with a backslash written as ``\\``, every unprintable character but newline, tab and
+    carriage return (NUL, a zero-width joiner, a line separator...) as its ``\xNN`` / ``\uNNNN`` code,
+    and a literal :data:`CELL_MARKS` mark as its code, as a table cell shows it
+    (:func:`~tl_moe.report.html.visible_whitespace` then draws those three with the marks)."""
+    marks = set(CELL_MARKS.values())
+    return "".join(
+        "\\\\"
+        if char == "\\"
+        else char_code(char)
+        if char in marks or (_unprintable(char) and char not in CELL_MARKS)
+        else char
+        for char in text
+    )
 
 
 def escape(text: str) -> str:

@@ -13,7 +13,7 @@ from tl_moe.analysis.logit_lens_study import LogitLensOutcome
 from tl_moe.analysis.stats import Interval
 from tl_moe.pipeline.protocol import Result, TableItem
 from tl_moe.report import TableSummary
-from tl_moe.report.markup import visible_token
+from tl_moe.report.markup import code_token
 
 __all__ = ["LogitLensResult"]
 
@@ -85,8 +85,8 @@ class LogitLensResult(LogitLensOutcome, Result):
         return metrics
 
     def _shown(self) -> str:
-        """The token as the findings and metric names show it: escaped (:func:`visible_token`), spaces as ·."""
-        return visible_token(self.token_text or "").replace(" ", "·")
+        """The token as the findings and metric names show it (:func:`~tl_moe.report.markup.code_token`)."""
+        return code_token(self.token_text or "")
 
     def findings(self) -> list[str]:
         first = self.top_tokens[(self.top_tokens["rank"] == 0) & self.top_tokens["token"].notna()]
