@@ -284,3 +284,37 @@ def test_plan_and_analyze_warn_before_the_passes_that_domains_go_untested(monkey
     planned = [str(w.message) for w in planned if expected in str(w.message)]
     assert len(planned) == 1 and "domains (needs 12)" in planned[0]
     assert planned[0] in {str(w.message) for w in analyzed}
+
+
+def _bounded(stored: StoredTokens, keep: int) -> StoredTokens:
+    """The first ``keep`` tokens of ``stored`` as a bounded probing store that dropped rows."""
+    import dataclasses
+
+    from tl_moe.analysis.bounded_store import BoundedStoredTokens
+
+    fields = {
+        f.name: getattr(stored, f.name)[:keep] if isinstance(getattr(stored, f.name), torch.Tensor) else None
+        for f in dataclasses.fields(stored)
+    }
+    fields |= {
+        "rows": {key: value[:keep] for key, value in stored.rows.items()},
+        "domain_names": stored.domain_names,
+        "concept_names": stored.concept_names,
+    }
+    n_seen = torch.full((EXPERTS, 5, 2, 2), 3)
+    n_seen[0, 0, 0, 0] = 50  # one key streamed more than it kept
+    return BoundedStoredTokens(**fields, rows_per_class=10, n_seen=n_seen)
+
+
+def test_repeated_bounded_stores_of_different_lengths_still_count_the_held_out_protocol():
+    """Two bounded stores that each dropped rows keep different tokens of one stream (the run exempts
+    them from the same-tokens check); repeated to a longer run they stay exempt, so the held-out
+    protocol is counted, not refused with the run's internal consistency error."""
+    moe, dense, untrained = planted()
+    n = len(moe.token_index)
+    moe, untrained = _bounded(moe, n), _bounded(untrained, n - 10)
+    scaled = [repeat_tokens(s, round(len(s.token_index) * 2.5)) for s in (moe, dense, untrained)]
+    assert [len(s.token_index) for s in scaled] == [round(2.5 * n), round(2.5 * n), round(2.5 * (n - 10))]
+    assert type(scaled[0]) is type(moe) and scaled[0].n_capped == moe.n_capped
+    counted = count_probing_fits(PAPER, STUDY, *scaled)
+    assert counted.held_out_unavailable is None and counted.held_out.fits > 0
