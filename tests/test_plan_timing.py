@@ -4,6 +4,7 @@ planted clock), refused inputs load nothing, and a real small plan prints an est
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -550,6 +551,10 @@ def test_plan_refuses_a_json_path_it_cannot_write_in_one_line_before_calibrating
     new_folder = _refusal([*base, "--json", f"{tmp_path / 'newdir'}/"], capsys)
     assert "is a folder; accepted" in new_folder and not (tmp_path / "newdir").exists()
     assert "is empty; accepted" in _refusal([*base, "--json", ""], capsys)
+    if not Path("/proc/self").is_dir():  # a folder no one can create files in (Linux's /proc)
+        return
+    unwritable = _refusal([*base, "--no-calibrate", "--json", "/proc/plan.json"], capsys)
+    assert "in a folder that cannot be written; accepted" in unwritable and "\n" not in unwritable.strip()
     out = tmp_path / "report"
     same = _refusal([*base, "--out", str(out), "--json", str(out)], capsys)
     assert "is the run's --out folder; accepted" in same and not out.exists()

@@ -159,7 +159,8 @@ def _cmd_plan(args) -> None:
 
 def _writable_json(name: str, out: Path | None) -> Path:
     """``--json``'s path, refused in one line when it is empty, names a folder (an existing one or with a
-    trailing separator), lies in a folder that does not exist, or is the run's ``--out`` folder."""
+    trailing separator), lies in a folder that does not exist or cannot be written (a file cannot be
+    created and removed in it), or is the run's ``--out`` folder."""
     path = Path(name)
     problem = None
     if not name.strip():
@@ -168,11 +169,24 @@ def _writable_json(name: str, out: Path | None) -> Path:
         problem = "a folder"
     elif not path.parent.is_dir():
         problem = "in a folder that does not exist"
+    elif not _can_write_in(path.parent):
+        problem = "in a folder that cannot be written"
     elif out is not None and path.resolve() == Path(out).resolve():
         problem = "the run's --out folder"
     if problem is not None:
         raise InputError(f"--json {name!r} is {problem}; accepted: a file path in an existing folder.")
     return path
+
+
+def _can_write_in(folder: Path) -> bool:
+    """Whether a file can be created (and removed) in ``folder``: tried, not guessed from permissions."""
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
 
 
 def _cmd_explain(args) -> None:
