@@ -685,3 +685,24 @@ def test_plan_refuses_a_model_whose_tokens_use_every_expert_as_analyze_does(
             _refusal(["analyze", *arguments, "--threads", "1", "--max-tokens", "2000"], capsys, loads=True)
             == planned
         )
+
+
+def test_plan_refuses_probe_sizes_analyze_refuses_before_the_memory_table(monkeypatch, capsys):
+    """--probing.ks above an expert's neurons: plan (even --no-calibrate) refuses in analyze's words
+    before it prints a memory table; the default sizes are fitted to the experts, never refused."""
+    from transformers import AutoConfig
+
+    from tl_moe.errors import InputError
+    from tl_moe.models.introspect import moe_config
+    from tl_moe.pipeline.plan import meta_model
+    from tl_moe.pipeline.validation import check_probe_ks
+    from tl_moe.zoo.registry import checkpoint_path
+
+    neurons = moe_config(meta_model(AutoConfig.from_pretrained(checkpoint_path("toy/moe-4x2")))).d_expert
+    base = ["plan", "toy/moe-4x2", "--analyses", "probing", "--threads", "1", "--no-calibrate"]
+    line = _refusal([*base, "--probing.ks", f"1,{neurons + 1}"], capsys)
+    with pytest.raises(InputError) as analyze_says:
+        check_probe_ks((1, neurons + 1), neurons)
+    assert line == f"tl-moe: error: {analyze_says.value}"
+    main(base)
+    assert "It fits in the memory available." in capsys.readouterr().out
