@@ -706,3 +706,25 @@ def test_plan_refuses_probe_sizes_analyze_refuses_before_the_memory_table(monkey
     assert line == f"tl-moe: error: {analyze_says.value}"
     main(base)
     assert "It fits in the memory available." in capsys.readouterr().out
+
+
+def test_the_command_line_prints_the_package_warnings_as_one_line():
+    """A warning the package raises (here the small-corpus one, from its module) prints as one
+    ``tl-moe: warning:`` line, with no path, category or echoed source line; another package's keeps
+    Python's format."""
+    import subprocess
+    import sys
+
+    script = (
+        "import warnings, tl_moe.cli as cli\n"
+        "from tl_moe.pipeline.checks import corpus\n"
+        "def stats(args):\n"
+        "    warnings.warn_explicit('the corpus is small', UserWarning, corpus.__file__, 160)\n"
+        "    warnings.warn_explicit('theirs', UserWarning, '/elsewhere/other.py', 3)\n"
+        "cli._cmd_corpus_stats = stats\n"
+        "cli.main(['corpus', 'stats'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    lines = done.stderr.strip().splitlines()
+    assert lines[0] == "tl-moe: warning: the corpus is small"
+    assert lines[1] == "/elsewhere/other.py:3: UserWarning: theirs"
