@@ -266,7 +266,7 @@ def test_plan_and_analyze_warn_before_the_passes_that_domains_go_untested(monkey
         progress=False,
         out=str(tmp_path / "out"),
     )
-    expected = "--min-documents 12: the run's stream (--max-tokens 1000) reaches only 10 documents"
+    expected = "--min-documents 12: the corpus holds only 10 documents (read whole within --max-tokens 1000)"
     with warnings.catch_warnings(record=True) as planned:
         warnings.simplefilter("always")
         calibration.calibrate(plan_run(options), forward_rates={"toy/moe-4x2": 1000.0})
@@ -283,6 +283,7 @@ def test_plan_and_analyze_warn_before_the_passes_that_domains_go_untested(monkey
         run(options, write_report=False)
     planned = [str(w.message) for w in planned if expected in str(w.message)]
     assert len(planned) == 1 and "domains (needs 12)" in planned[0]
+    assert "raise --max-tokens" not in planned[0]  # the whole corpus was read: more tokens reach no more
     assert planned[0] in {str(w.message) for w in analyzed}
 
 
@@ -318,3 +319,53 @@ def test_repeated_bounded_stores_of_different_lengths_still_count_the_held_out_p
     assert type(scaled[0]) is type(moe) and scaled[0].n_capped == moe.n_capped
     counted = count_probing_fits(PAPER, STUDY, *scaled)
     assert counted.held_out_unavailable is None and counted.held_out.fits > 0
+
+
+@pytest.mark.parametrize(
+    ("n_docs", "least", "fraction"), [(30, 5, 0.1), (30, 5, 0.9), (12, 5, 0.5), (40, 5, 0.5)]
+)
+def test_the_few_documents_warning_counts_each_side_of_the_held_out_split(n_docs, least, fraction):
+    """The probing gate counts the documents on each side of the held-out split at --selection-fraction
+    (30 documents at 0.1 give about 3 selection documents: fewer than 5, though 30 >= 2 x 5): it warns
+    exactly when the held-out protocol will refuse the split, and names the real sides."""
+    import datasets
+    import numpy as np
+
+    from tl_moe.analysis.splits import document_split
+    from tl_moe.pipeline.checks import warn_few_documents
+    from tl_moe.zoo.tokenizer import load_tokenizer
+
+    texts = _short_documents(n_docs)
+    corpus = datasets.Dataset.from_dict({"text": texts, "domain": ["a"] * n_docs})
+    options = RunOptions(max_tokens=100_000, min_documents=least, selection_fraction=fraction)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        line = warn_few_documents(corpus, load_tokenizer(), options, ["probing"])
+    sides = np.bincount(
+        document_split(np.arange(n_docs), (fraction, 1 - fraction), seed=options.seed), minlength=2
+    )
+    refused = calibration.held_out_gate(tuple(range(n_docs)), options)
+    assert (line is not None) == (refused is not None) == (int(sides.min()) < least)
+    if line is not None:
+        assert f"it splits {sides[0]} / {sides[1]}" in line and [str(w.message) for w in caught] == [line]
+        assert "raise --max-tokens" not in line and "--selection-fraction" in line  # the corpus is read whole
+        assert f"{sides[0]} selection / {sides[1]} test" in refused
+        assert f"about {int(np.ceil(least / min(fraction, 1 - fraction))) + 4} documents" in refused
+
+
+def test_the_few_documents_warning_advises_more_tokens_only_when_the_stream_stops_short():
+    import datasets
+
+    from tl_moe.pipeline.checks import warn_few_documents
+    from tl_moe.zoo.tokenizer import load_tokenizer
+
+    corpus = datasets.Dataset.from_dict({"text": _short_documents(100), "domain": ["a"] * 100})
+    capped = RunOptions(max_tokens=1000, min_documents=60, seq_len=32)  # a few dozen tokens a document
+    with pytest.warns(UserWarning):
+        line = warn_few_documents(corpus, load_tokenizer(), capped, ["domains"])
+    assert "the run's stream (--max-tokens 1000) reaches only" in line and "raise --max-tokens" in line
+    assert (
+        warn_few_documents(corpus, load_tokenizer(), capped.replace(max_tokens=100_000), ["domains"]) is None
+    )
