@@ -76,6 +76,10 @@ def test_pass_and_probing_seconds_are_the_work_over_the_measured_rates():
     assert f"{(10 * 5 + 3 * 4) * ks:,} probe fits expected, {3 * 4 * ks:,} of them held-out" in text
     assert f"at most {22 * 7 * ks:,} if every unit saw every token" in text
     assert "not estimated: probing besides the probe fits (sampling, intervals)" in text
+    # what the fits' estimate is known to miss, beside it and in the JSON
+    caveats = [line for line in text.splitlines() if line.startswith("  caveat: ")]
+    assert len(caveats) == 2 and "rare concepts" in caveats[0] and "about 2-2.5x" in caveats[1]
+    assert estimate.to_dict()["fit_caveats"] == [line.removeprefix("  caveat: ") for line in caveats]
     # a corpus that ends before --max-tokens: each pass streams what it holds
     short = estimate_times(plan, {n: 1000.0 for n in names}, tokens=1500)
     assert short.pass_seconds == dict.fromkeys(names, 1.5)
@@ -90,6 +94,7 @@ def test_no_probing_no_probing_estimate():
     assert estimate.pass_seconds == {"toy/moe-8x2": 3.0}
     assert estimate.probing_seconds is None and "probing" not in estimate.summary()
     assert "not estimated: the finalize of domains" in estimate.summary()
+    assert "caveat" not in estimate.summary() and estimate.to_dict()["fit_caveats"] == []
 
 
 def test_probe_work_of_an_moe_alone_is_its_experts_in_each_protocol():
