@@ -322,11 +322,11 @@ def test_repeated_bounded_stores_of_different_lengths_still_count_the_held_out_p
 
 
 @pytest.mark.parametrize(
-    ("n_docs", "least", "fraction"), [(30, 5, 0.1), (30, 5, 0.9), (12, 5, 0.5), (40, 5, 0.5)]
+    ("n_docs", "least", "fraction"), [(30, 5, 0.1), (30, 5, 0.9), (10, 5, 0.5), (12, 5, 0.5), (40, 5, 0.5)]
 )
 def test_the_few_documents_warning_counts_each_side_of_the_held_out_split(n_docs, least, fraction):
     """The probing gate counts the documents on each side of the held-out split at --selection-fraction
-    (30 documents at 0.1 give about 3 selection documents: fewer than 5, though 30 >= 2 x 5): it warns
+    (30 documents at 0.1 give about 3 selection documents, 10 at 0.5 give 4 / 6: fewer than 5 on a side, though at least 2 x 5 in all): it warns
     exactly when the held-out protocol will refuse the split, and names the real sides."""
     import datasets
     import numpy as np
@@ -349,8 +349,11 @@ def test_the_few_documents_warning_counts_each_side_of_the_held_out_split(n_docs
     refused = calibration.held_out_gate(tuple(range(n_docs)), options)
     assert (line is not None) == (refused is not None) == (int(sides.min()) < least)
     if line is not None:
-        assert f"it splits {sides[0]} / {sides[1]}" in line and [str(w.message) for w in caught] == [line]
-        assert "raise --max-tokens" not in line and "--selection-fraction" in line  # the corpus is read whole
+        assert f"split: {sides[0]} selection / {sides[1]} test)" in line and [
+            str(w.message) for w in caught
+        ] == [line]
+        assert "raise --max-tokens" not in line  # the corpus is read whole
+        assert ("--selection-fraction toward 0.5" in line) == (fraction != 0.5)
         assert f"{sides[0]} selection / {sides[1]} test" in refused
         assert f"about {int(np.ceil(least / min(fraction, 1 - fraction))) + 4} documents" in refused
 

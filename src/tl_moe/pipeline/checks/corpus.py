@@ -280,12 +280,14 @@ def few_documents_warning(
     *,
     sides: dict[str, tuple[int, int]] | None = None,
     read_whole: bool = False,
+    selection_fraction: float = 0.5,
 ) -> str | None:
     """One line when the run's ``documents`` are too few for the per-document gate of some of
     ``analyses`` (:data:`DOCUMENT_GATES`, at ``min_documents``): which go untested and what would fix
     it; None when every gate is met. ``sides``: the documents on each side of an analysis's split
     (:func:`gate_split`), its gate's real count (without it, half the documents are assumed on each);
-    ``read_whole``: the corpus ran out before ``max_tokens`` (raising it reaches no more documents)."""
+    ``read_whole``: the corpus ran out before ``max_tokens`` (raising it reaches no more documents);
+    ``selection_fraction``: the held-out split's (a lopsided one is named among the fixes)."""
     sides = sides or {}
 
     def short_of(analysis: str) -> bool:
@@ -300,7 +302,10 @@ def few_documents_warning(
     def need(analysis: str) -> str:
         if analysis in sides:
             first, second = sides[analysis]
-            return f"{analysis} (needs {min_documents} on each side of its document split; it splits {first} / {second})"
+            split = (
+                f"{first} selection / {second} test" if analysis in SELECTION_SPLIT else f"{first} / {second}"
+            )
+            return f"{analysis} (needs {min_documents} on each side of its document split: {split})"
         return f"{analysis} (needs {min_documents}{' on each half' if DOCUMENT_GATES[analysis] == 2 else ''})"
 
     reach = (
@@ -311,7 +316,7 @@ def few_documents_warning(
     fixes = ["use a corpus with more documents", "or lower --min-documents"]
     if not read_whole:
         fixes.insert(0, "raise --max-tokens")
-    if any(a in SELECTION_SPLIT and a in sides for a in short):
+    if selection_fraction != 0.5 and any(a in SELECTION_SPLIT and a in sides for a in short):
         fixes.insert(-1, "move --selection-fraction toward 0.5")
     return (
         f"--min-documents {min_documents}: {reach}, so these tests and intervals will be unavailable: "
@@ -335,6 +340,7 @@ def warn_few_documents(dataset: Any, tokenizer: Any, options: Any, analyses: Any
         options.max_tokens,
         sides=stream.sides,
         read_whole=stream.read_whole,
+        selection_fraction=options.selection_fraction,
     )
     if message is not None:
         warnings.warn(message, stacklevel=2)
