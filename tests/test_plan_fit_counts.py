@@ -266,7 +266,7 @@ def test_plan_and_analyze_warn_before_the_passes_that_domains_go_untested(monkey
         progress=False,
         out=str(tmp_path / "out"),
     )
-    expected = "--min-documents 12: the run's stream (--max-tokens 1000) reaches only 10 documents"
+    expected = "--min-documents 12: the corpus holds only 10 documents (read whole within --max-tokens 1000)"
     with warnings.catch_warnings(record=True) as planned:
         warnings.simplefilter("always")
         calibration.calibrate(plan_run(options), forward_rates={"toy/moe-4x2": 1000.0})
@@ -283,4 +283,92 @@ def test_plan_and_analyze_warn_before_the_passes_that_domains_go_untested(monkey
         run(options, write_report=False)
     planned = [str(w.message) for w in planned if expected in str(w.message)]
     assert len(planned) == 1 and "domains (needs 12)" in planned[0]
+    assert "raise --max-tokens" not in planned[0]  # the whole corpus was read: more tokens reach no more
     assert planned[0] in {str(w.message) for w in analyzed}
+
+
+def _bounded(stored: StoredTokens, keep: int) -> StoredTokens:
+    """The first ``keep`` tokens of ``stored`` as a bounded probing store that dropped rows."""
+    import dataclasses
+
+    from tl_moe.analysis.bounded_store import BoundedStoredTokens
+
+    fields = {
+        f.name: getattr(stored, f.name)[:keep] if isinstance(getattr(stored, f.name), torch.Tensor) else None
+        for f in dataclasses.fields(stored)
+    }
+    fields |= {
+        "rows": {key: value[:keep] for key, value in stored.rows.items()},
+        "domain_names": stored.domain_names,
+        "concept_names": stored.concept_names,
+    }
+    n_seen = torch.full((EXPERTS, 5, 2, 2), 3)
+    n_seen[0, 0, 0, 0] = 50  # one key streamed more than it kept
+    return BoundedStoredTokens(**fields, rows_per_class=10, n_seen=n_seen)
+
+
+def test_repeated_bounded_stores_of_different_lengths_still_count_the_held_out_protocol():
+    """Two bounded stores that each dropped rows keep different tokens of one stream (the run exempts
+    them from the same-tokens check); repeated to a longer run they stay exempt, so the held-out
+    protocol is counted, not refused with the run's internal consistency error."""
+    moe, dense, untrained = planted()
+    n = len(moe.token_index)
+    moe, untrained = _bounded(moe, n), _bounded(untrained, n - 10)
+    scaled = [repeat_tokens(s, round(len(s.token_index) * 2.5)) for s in (moe, dense, untrained)]
+    assert [len(s.token_index) for s in scaled] == [round(2.5 * n), round(2.5 * n), round(2.5 * (n - 10))]
+    assert type(scaled[0]) is type(moe) and scaled[0].n_capped == moe.n_capped
+    counted = count_probing_fits(PAPER, STUDY, *scaled)
+    assert counted.held_out_unavailable is None and counted.held_out.fits > 0
+
+
+@pytest.mark.parametrize(
+    ("n_docs", "least", "fraction"), [(30, 5, 0.1), (30, 5, 0.9), (10, 5, 0.5), (12, 5, 0.5), (40, 5, 0.5)]
+)
+def test_the_few_documents_warning_counts_each_side_of_the_held_out_split(n_docs, least, fraction):
+    """The probing gate counts the documents on each side of the held-out split at --selection-fraction
+    (30 documents at 0.1 give about 3 selection documents, 10 at 0.5 give 4 / 6: fewer than 5 on a side, though at least 2 x 5 in all): it warns
+    exactly when the held-out protocol will refuse the split, and names the real sides."""
+    import datasets
+    import numpy as np
+
+    from tl_moe.analysis.splits import document_split
+    from tl_moe.pipeline.checks import warn_few_documents
+    from tl_moe.zoo.tokenizer import load_tokenizer
+
+    texts = _short_documents(n_docs)
+    corpus = datasets.Dataset.from_dict({"text": texts, "domain": ["a"] * n_docs})
+    options = RunOptions(max_tokens=100_000, min_documents=least, selection_fraction=fraction)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        line = warn_few_documents(corpus, load_tokenizer(), options, ["probing"])
+    sides = np.bincount(
+        document_split(np.arange(n_docs), (fraction, 1 - fraction), seed=options.seed), minlength=2
+    )
+    refused = calibration.held_out_gate(tuple(range(n_docs)), options)
+    assert (line is not None) == (refused is not None) == (int(sides.min()) < least)
+    if line is not None:
+        assert f"split: {sides[0]} selection / {sides[1]} test)" in line and [
+            str(w.message) for w in caught
+        ] == [line]
+        assert "raise --max-tokens" not in line  # the corpus is read whole
+        assert ("--selection-fraction toward 0.5" in line) == (fraction != 0.5)
+        assert f"{sides[0]} selection / {sides[1]} test" in refused
+        assert f"about {int(np.ceil(least / min(fraction, 1 - fraction))) + 4} documents" in refused
+
+
+def test_the_few_documents_warning_advises_more_tokens_only_when_the_stream_stops_short():
+    import datasets
+
+    from tl_moe.pipeline.checks import warn_few_documents
+    from tl_moe.zoo.tokenizer import load_tokenizer
+
+    corpus = datasets.Dataset.from_dict({"text": _short_documents(100), "domain": ["a"] * 100})
+    capped = RunOptions(max_tokens=1000, min_documents=60, seq_len=32)  # a few dozen tokens a document
+    with pytest.warns(UserWarning):
+        line = warn_few_documents(corpus, load_tokenizer(), capped, ["domains"])
+    assert "the run's stream (--max-tokens 1000) reaches only" in line and "raise --max-tokens" in line
+    assert (
+        warn_few_documents(corpus, load_tokenizer(), capped.replace(max_tokens=100_000), ["domains"]) is None
+    )

@@ -4,6 +4,7 @@ planted clock), refused inputs load nothing, and a real small plan prints an est
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -75,6 +76,10 @@ def test_pass_and_probing_seconds_are_the_work_over_the_measured_rates():
     assert f"{(10 * 5 + 3 * 4) * ks:,} probe fits expected, {3 * 4 * ks:,} of them held-out" in text
     assert f"at most {22 * 7 * ks:,} if every unit saw every token" in text
     assert "not estimated: probing besides the probe fits (sampling, intervals)" in text
+    # what the fits' estimate is known to miss, beside it and in the JSON
+    caveats = [line for line in text.splitlines() if line.startswith("  caveat: ")]
+    assert len(caveats) == 2 and "rare concepts" in caveats[0] and "about 2-2.5x" in caveats[1]
+    assert estimate.to_dict()["fit_caveats"] == [line.removeprefix("  caveat: ") for line in caveats]
     # a corpus that ends before --max-tokens: each pass streams what it holds
     short = estimate_times(plan, {n: 1000.0 for n in names}, tokens=1500)
     assert short.pass_seconds == dict.fromkeys(names, 1.5)
@@ -89,6 +94,7 @@ def test_no_probing_no_probing_estimate():
     assert estimate.pass_seconds == {"toy/moe-8x2": 3.0}
     assert estimate.probing_seconds is None and "probing" not in estimate.summary()
     assert "not estimated: the finalize of domains" in estimate.summary()
+    assert "caveat" not in estimate.summary() and estimate.to_dict()["fit_caveats"] == []
 
 
 def test_probe_work_of_an_moe_alone_is_its_experts_in_each_protocol():
@@ -550,6 +556,10 @@ def test_plan_refuses_a_json_path_it_cannot_write_in_one_line_before_calibrating
     new_folder = _refusal([*base, "--json", f"{tmp_path / 'newdir'}/"], capsys)
     assert "is a folder; accepted" in new_folder and not (tmp_path / "newdir").exists()
     assert "is empty; accepted" in _refusal([*base, "--json", ""], capsys)
+    if not Path("/proc/self").is_dir():  # a folder no one can create files in (Linux's /proc)
+        return
+    unwritable = _refusal([*base, "--no-calibrate", "--json", "/proc/plan.json"], capsys)
+    assert "in a folder that cannot be written; accepted" in unwritable and "\n" not in unwritable.strip()
     out = tmp_path / "report"
     same = _refusal([*base, "--out", str(out), "--json", str(out)], capsys)
     assert "is the run's --out folder; accepted" in same and not out.exists()
@@ -680,3 +690,46 @@ def test_plan_refuses_a_model_whose_tokens_use_every_expert_as_analyze_does(
             _refusal(["analyze", *arguments, "--threads", "1", "--max-tokens", "2000"], capsys, loads=True)
             == planned
         )
+
+
+def test_plan_refuses_probe_sizes_analyze_refuses_before_the_memory_table(monkeypatch, capsys):
+    """--probing.ks above an expert's neurons: plan (even --no-calibrate) refuses in analyze's words
+    before it prints a memory table; the default sizes are fitted to the experts, never refused."""
+    from transformers import AutoConfig
+
+    from tl_moe.errors import InputError
+    from tl_moe.models.introspect import moe_config
+    from tl_moe.pipeline.plan import meta_model
+    from tl_moe.pipeline.validation import check_probe_ks
+    from tl_moe.zoo.registry import checkpoint_path
+
+    neurons = moe_config(meta_model(AutoConfig.from_pretrained(checkpoint_path("toy/moe-4x2")))).d_expert
+    base = ["plan", "toy/moe-4x2", "--analyses", "probing", "--threads", "1", "--no-calibrate"]
+    line = _refusal([*base, "--probing.ks", f"1,{neurons + 1}"], capsys)
+    with pytest.raises(InputError) as analyze_says:
+        check_probe_ks((1, neurons + 1), neurons)
+    assert line == f"tl-moe: error: {analyze_says.value}"
+    main(base)
+    assert "It fits in the memory available." in capsys.readouterr().out
+
+
+def test_the_command_line_prints_the_package_warnings_as_one_line():
+    """A warning the package raises (here the small-corpus one, from its module) prints as one
+    ``tl-moe: warning:`` line, with no path, category or echoed source line; another package's keeps
+    Python's format."""
+    import subprocess
+    import sys
+
+    script = (
+        "import warnings, tl_moe.cli as cli\n"
+        "from tl_moe.pipeline.checks import corpus\n"
+        "def stats(args):\n"
+        "    warnings.warn_explicit('the corpus is small', UserWarning, corpus.__file__, 160)\n"
+        "    warnings.warn_explicit('theirs', UserWarning, '/elsewhere/other.py', 3)\n"
+        "cli._cmd_corpus_stats = stats\n"
+        "cli.main(['corpus', 'stats'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    lines = done.stderr.strip().splitlines()
+    assert lines[0] == "tl-moe: warning: the corpus is small"
+    assert lines[1] == "/elsewhere/other.py:3: UserWarning: theirs"

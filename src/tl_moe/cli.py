@@ -18,6 +18,8 @@ import importlib.util
 import os
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tl_moe.errors import InputError
@@ -159,7 +161,8 @@ def _cmd_plan(args) -> None:
 
 def _writable_json(name: str, out: Path | None) -> Path:
     """``--json``'s path, refused in one line when it is empty, names a folder (an existing one or with a
-    trailing separator), lies in a folder that does not exist, or is the run's ``--out`` folder."""
+    trailing separator), lies in a folder that does not exist or cannot be written (a file cannot be
+    created and removed in it), or is the run's ``--out`` folder."""
     path = Path(name)
     problem = None
     if not name.strip():
@@ -168,11 +171,24 @@ def _writable_json(name: str, out: Path | None) -> Path:
         problem = "a folder"
     elif not path.parent.is_dir():
         problem = "in a folder that does not exist"
+    elif not _can_write_in(path.parent):
+        problem = "in a folder that cannot be written"
     elif out is not None and path.resolve() == Path(out).resolve():
         problem = "the run's --out folder"
     if problem is not None:
         raise InputError(f"--json {name!r} is {problem}; accepted: a file path in an existing folder.")
     return path
+
+
+def _can_write_in(folder: Path) -> bool:
+    """Whether a file can be created (and removed) in ``folder``: tried, not guessed from permissions."""
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
 
 
 def _cmd_explain(args) -> None:
@@ -354,6 +370,28 @@ def _unknown_setting(flag: str) -> str | None:
     return f"{flag} is not a setting of the {analysis} analysis; accepted: {accepted}."
 
 
+@contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Inside, the package's own warnings print as one line, ``tl-moe: warning: MESSAGE`` (as errors print
+    ``tl-moe: error: ...``), not as Python's ``path:line: UserWarning:`` and the source line; warnings of
+    other packages keep Python's format."""
+    import warnings
+
+    package = Path(__file__).resolve().parent
+    python_format = warnings.formatwarning
+
+    def format_warning(message, category, filename, lineno, line=None) -> str:
+        if issubclass(category, UserWarning) and package in Path(filename).resolve().parents:
+            return f"tl-moe: warning: {message}\n"
+        return python_format(message, category, filename, lineno, line)
+
+    warnings.formatwarning = format_warning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = python_format
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``tl-moe`` command."""
     plugins, argv = _plugin_names(sys.argv[1:] if argv is None else list(argv))
@@ -370,7 +408,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         parser.exit(2, f"tl-moe: error: {reason}\n")
     try:
-        args.func(args)
+        with one_line_warnings():
+            args.func(args)
     except InputError as error:
         # Known bad input: the message names the input and what is accepted; no traceback.
         # Anything else is a bug and keeps its traceback.

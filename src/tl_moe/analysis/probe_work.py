@@ -217,7 +217,9 @@ def repeat_tokens(stored: StoredTokens, n_tokens: int) -> StoredTokens:
     """``stored`` repeated to ``n_tokens`` tokens (cut within its last copy): each copy's documents and
     tokens are new ones (ids offset past the previous copy's), labels, domains, token ids and integer
     rows (routing) copied, float rows (activations) all zero and not held in memory (a broadcast view).
-    For counting decisions that depend on counts, not on activation values."""
+    A bounded probing store stays one (same class and counts), so a store that dropped rows is still
+    exempt from the same-tokens check the run exempts it from. For counting decisions that depend on
+    counts, not on activation values."""
     n = len(stored.token_index)
     if n == 0 or n_tokens == n:
         return stored
@@ -233,13 +235,12 @@ def repeat_tokens(stored: StoredTokens, n_tokens: int) -> StoredTokens:
         else value[index]
         for key, value in stored.rows.items()
     }
-    return StoredTokens(
+    return replace(
+        stored,
         token_index=offset(stored.token_index),
         input_ids=stored.input_ids[index],
         domain=stored.domain[index],
         labels=None if stored.labels is None else stored.labels[index],
         rows=rows,
-        domain_names=stored.domain_names,
-        concept_names=stored.concept_names,
         doc_index=None if stored.doc_index is None else offset(stored.doc_index),
     )

@@ -21,6 +21,7 @@ reproduced exactly:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -88,8 +89,10 @@ def _check(fractions: Sequence[float], key: str) -> np.ndarray:
     return np.cumsum(values)[:-1]
 
 
-def _check_sizes(sides: np.ndarray, n_sides: int, min_per_side: int) -> None:
-    """InputError when a side holds fewer than ``min_per_side`` distinct documents."""
+def _check_sizes(sides: np.ndarray, fractions: Sequence[float], min_per_side: int) -> None:
+    """InputError when a side holds fewer than ``min_per_side`` distinct documents (the documents it
+    would take: the smallest side's expected share reaching ``min_per_side``, and a few more)."""
+    n_sides = len(fractions)
     counts = np.bincount(sides, minlength=n_sides)
     if int(counts.min()) >= min_per_side:
         return
@@ -97,7 +100,8 @@ def _check_sizes(sides: np.ndarray, n_sides: int, min_per_side: int) -> None:
     if n_sides == 2:
         raise InputError(
             f"{total} documents split into {counts[0]} selection / {counts[1]} test documents; "
-            f"held-out selection needs at least {min_per_side} on each side (about {2 * min_per_side + 4} "
+            f"held-out selection needs at least {min_per_side} on each side (about "
+            f"{math.ceil(min_per_side / min(fractions)) + 4} "
             "documents): raise --max-tokens or use a corpus with more documents."
         )
     raise InputError(
@@ -138,5 +142,5 @@ def document_split(
     if min_per_side > 0:
         unique = np.unique(np.asarray(torch.as_tensor(doc_ids).cpu()), return_index=True)[1]
         flat = sides.reshape(-1).cpu().numpy() if isinstance(sides, torch.Tensor) else sides.reshape(-1)
-        _check_sizes(flat[unique], len(bounds) + 1, min_per_side)
+        _check_sizes(flat[unique], fractions, min_per_side)
     return sides

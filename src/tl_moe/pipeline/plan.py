@@ -170,7 +170,12 @@ def plan_run(
         dtype: the dtype the weights will be loaded in (default: ``options.dtype``, i.e. ``--dtype``).
     """
     from tl_moe.models.introspect import moe_config
-    from tl_moe.pipeline.runner import _chosen_analyses, _needs_by_model, check_inputs_before_loading
+    from tl_moe.pipeline.runner import (
+        _chosen_analyses,
+        _needs_by_model,
+        check_inputs_before_loading,
+        fitted_options,
+    )
     from tl_moe.pipeline.validation import check_seq_len_positions
 
     options = options or RunOptions()
@@ -199,6 +204,7 @@ def plan_run(
     if options.dense_baseline:
         describe(options.dense_baseline)
     run_context = RunContext(options, configs=moe_configs, analyses=[a.name for a in chosen])
+    run_context.options = fitted_options(run_context, chosen)[0]  # as analyze fits them before its checks
     for analysis in chosen:  # analyze's checks that need no weights
         analysis.check_config(run_context)
     for analysis in chosen:  # needs of other models (e.g. the toy family) are described on demand

@@ -148,20 +148,28 @@ def _needs_by_model(run_context: RunContext, analyses: list[Analysis]) -> dict[s
     return by_model
 
 
-def _fit_defaults(run_context: RunContext, analyses: list[Analysis]) -> dict[str, Any]:
-    """Fit the size options the user left at their defaults to the models (the tightest limit of the
-    chosen analyses, :meth:`Analysis.option_limits`), warn once in one line, and return what changed
-    (recorded in ``results.json``'s metadata; the fitted values are the run's options)."""
-    import warnings
-
-    from tl_moe.pipeline.options import fit_defaults, fitted_defaults_note
+def fitted_options(run_context: RunContext, analyses: list[Analysis]) -> tuple[RunOptions, dict[str, Any]]:
+    """The run's options with the size options the user left at their defaults fitted to the models (the
+    tightest limit of the chosen analyses, :meth:`Analysis.option_limits`), and what changed; no warning."""
+    from tl_moe.pipeline.options import fit_defaults
 
     limits: dict[str, OptionLimit] = {}
     for analysis in analyses:
         for name, limit in analysis.option_limits(run_context).items():
             if name not in limits or limit.most < limits[name].most:
                 limits[name] = limit
-    run_context.options, changes = fit_defaults(run_context.options, limits)
+    return fit_defaults(run_context.options, limits)
+
+
+def _fit_defaults(run_context: RunContext, analyses: list[Analysis]) -> dict[str, Any]:
+    """Fit the size options the user left at their defaults to the models (the tightest limit of the
+    chosen analyses, :meth:`Analysis.option_limits`), warn once in one line, and return what changed
+    (recorded in ``results.json``'s metadata; the fitted values are the run's options)."""
+    import warnings
+
+    from tl_moe.pipeline.options import fitted_defaults_note
+
+    run_context.options, changes = fitted_options(run_context, analyses)
     if changes and _rank() == 0:
         warnings.warn(fitted_defaults_note(changes), stacklevel=3)
     return changes

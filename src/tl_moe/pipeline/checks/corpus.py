@@ -22,7 +22,9 @@ __all__ = [
     "corpus_tokens_up_to",
     "domain_coverage",
     "few_documents_warning",
+    "gate_split",
     "stream_documents",
+    "stream_gates",
     "warn_few_documents",
     "warn_small_corpus",
 ]
@@ -168,9 +170,9 @@ def warn_small_corpus(dataset: Any, tokenizer: Any, max_tokens: int, split: str 
 
 #: The analyses whose tests or intervals have a per-document gate at ``--min-documents`` on the run's
 #: stream: 1, documents in all (the domain permutation test, the specialization excess interval); 2,
-#: documents on each half of a document split (the held-out probing protocol, the associations' report
-#: half), so about twice as many in all. The drivers and re-weighting gate the documents of their own
-#: edited forwards and warn about those in their checks.
+#: documents on each side of a document split (:func:`gate_split`: the held-out probing protocol's at
+#: ``--selection-fraction``, the associations' halves). The drivers and re-weighting gate the documents of
+#: their own edited forwards and warn about those in their checks.
 DOCUMENT_GATES: dict[str, int] = {
     "domains": 1,
     "specialization": 1,
@@ -178,6 +180,54 @@ DOCUMENT_GATES: dict[str, int] = {
     "sparsity": 2,
     "associations": 2,
 }
+
+#: The analyses whose split is the held-out protocol's (sides at ``--selection-fraction``, seeded by ``--seed``).
+SELECTION_SPLIT = ("probing", "sparsity")
+
+
+@dataclass(frozen=True)
+class GateSplit:
+    """The document split an analysis's per-document gate counts on: ``document_split``'s arguments
+    (``key`` None: its default key)."""
+
+    fractions: tuple[float, float]
+    seed: int = 0
+    key: str | None = None
+
+    def side(self, doc: int) -> int:
+        """The side (0 or 1) of document ``doc``."""
+        from tl_moe.analysis.splits import document_split
+
+        key = {} if self.key is None else {"key": self.key}
+        return int(document_split(np.asarray([doc]), self.fractions, seed=self.seed, **key)[0])
+
+
+def gate_split(analysis: str, options: Any) -> GateSplit | None:
+    """The split ``analysis`` gates each side of (None: its gate counts every document): the held-out
+    protocol's selection / test split for probing and the sparsity family, the halves of the associations."""
+    if analysis in SELECTION_SPLIT:
+        fraction = options.selection_fraction
+        return GateSplit((fraction, 1 - fraction), options.seed)
+    if DOCUMENT_GATES.get(analysis) == 2:
+        from tl_moe.analysis.drivers import HALVES_KEY
+
+        return GateSplit((0.5, 0.5), key=HALVES_KEY)
+    return None
+
+
+@dataclass(frozen=True)
+class StreamDocuments:
+    """The documents the run's stream reaches, counted until every gate is met.
+
+    Attributes:
+        documents: distinct documents counted.
+        sides: per analysis gated on a split, its documents on each side.
+        read_whole: the stream ran out of corpus before ``--max-tokens`` (more tokens reach no more documents).
+    """
+
+    documents: int
+    sides: dict[str, tuple[int, int]]
+    read_whole: bool
 
 
 def stream_documents(dataset: Any, tokenizer: Any, seq_len: int, max_tokens: int, enough: int) -> int:
@@ -193,34 +243,105 @@ def stream_documents(dataset: Any, tokenizer: Any, seq_len: int, max_tokens: int
     return len(documents)
 
 
-def few_documents_warning(documents: int, min_documents: int, analyses: Any, max_tokens: int) -> str | None:
+def stream_gates(dataset: Any, tokenizer: Any, options: Any, analyses: Any) -> StreamDocuments:
+    """The run's stream (its windows within ``--max-tokens``, in order) counted for the per-document
+    gates of ``analyses``: documents in all and on each side of each gated split, until every gate at
+    ``--min-documents`` is met (no more of the corpus is read), and whether the corpus ran out first."""
+    from tl_moe.collect.batching import iter_windows
+
+    least = options.min_documents
+    splits = {a: s for a in analyses if (s := gate_split(a, options)) is not None}
+    sides = {a: [0, 0] for a in splits}
+    documents: set[int] = set()
+    bos = int(tokenizer.bos_token_id is not None)
+    emitted, capped = 0, False
+    for window in iter_windows(dataset, tokenizer, seq_len=options.seq_len):  # uncapped: see where it ends
+        if options.max_tokens - emitted - bos < 1:
+            capped = True
+            break
+        emitted += min(window.token_end - window.token_start, options.max_tokens - emitted - bos) + bos
+        doc = int(window.document.doc_index)
+        if doc in documents:
+            continue
+        documents.add(doc)
+        for analysis, split in splits.items():
+            sides[analysis][split.side(doc)] += 1
+        if len(documents) >= least and all(min(counts) >= least for counts in sides.values()):
+            capped = True  # every gate met: the rest of the stream is not read
+            break
+    return StreamDocuments(len(documents), {a: (c[0], c[1]) for a, c in sides.items()}, not capped)
+
+
+def few_documents_warning(
+    documents: int,
+    min_documents: int,
+    analyses: Any,
+    max_tokens: int,
+    *,
+    sides: dict[str, tuple[int, int]] | None = None,
+    read_whole: bool = False,
+    selection_fraction: float = 0.5,
+) -> str | None:
     """One line when the run's ``documents`` are too few for the per-document gate of some of
     ``analyses`` (:data:`DOCUMENT_GATES`, at ``min_documents``): which go untested and what would fix
-    it; None when every gate is met."""
-    short = [a for a in analyses if a in DOCUMENT_GATES and documents < DOCUMENT_GATES[a] * min_documents]
+    it; None when every gate is met. ``sides``: the documents on each side of an analysis's split
+    (:func:`gate_split`), its gate's real count (without it, half the documents are assumed on each);
+    ``read_whole``: the corpus ran out before ``max_tokens`` (raising it reaches no more documents);
+    ``selection_fraction``: the held-out split's (a lopsided one is named among the fixes)."""
+    sides = sides or {}
+
+    def short_of(analysis: str) -> bool:
+        if analysis in sides:
+            return min(sides[analysis]) < min_documents
+        return documents < DOCUMENT_GATES[analysis] * min_documents
+
+    short = [a for a in analyses if a in DOCUMENT_GATES and short_of(a)]
     if not short:
         return None
-    needs = ", ".join(
-        f"{a} (needs {min_documents}{' on each half' if DOCUMENT_GATES[a] == 2 else ''})" for a in short
+
+    def need(analysis: str) -> str:
+        if analysis in sides:
+            first, second = sides[analysis]
+            split = (
+                f"{first} selection / {second} test" if analysis in SELECTION_SPLIT else f"{first} / {second}"
+            )
+            return f"{analysis} (needs {min_documents} on each side of its document split: {split})"
+        return f"{analysis} (needs {min_documents}{' on each half' if DOCUMENT_GATES[analysis] == 2 else ''})"
+
+    reach = (
+        f"the corpus holds only {documents} documents (read whole within --max-tokens {max_tokens})"
+        if read_whole
+        else f"the run's stream (--max-tokens {max_tokens}) reaches only {documents} documents"
     )
+    fixes = ["use a corpus with more documents", "or lower --min-documents"]
+    if not read_whole:
+        fixes.insert(0, "raise --max-tokens")
+    if selection_fraction != 0.5 and any(a in SELECTION_SPLIT and a in sides for a in short):
+        fixes.insert(-1, "move --selection-fraction toward 0.5")
     return (
-        f"--min-documents {min_documents}: the run's stream (--max-tokens {max_tokens}) reaches only {documents} "
-        f"documents, so these tests and intervals will be unavailable: {needs}; raise --max-tokens, use a corpus "
-        f"with more documents, or lower --min-documents."
+        f"--min-documents {min_documents}: {reach}, so these tests and intervals will be unavailable: "
+        f"{', '.join(need(a) for a in short)}; {', '.join(fixes)}."
     )
 
 
 def warn_few_documents(dataset: Any, tokenizer: Any, options: Any, analyses: Any) -> str | None:
     """Warn, before the passes, when the run's stream reaches too few documents for the per-document
-    gate of a chosen analysis (:func:`few_documents_warning`); returns the warning (None: no warning)."""
+    gate of a chosen analysis, counted on each side of the split it gates (:func:`stream_gates`,
+    :func:`few_documents_warning`); returns the warning (None: no warning)."""
     import warnings
 
-    gates = [DOCUMENT_GATES[a] for a in analyses if a in DOCUMENT_GATES]
-    if not gates:
+    if not any(a in DOCUMENT_GATES for a in analyses):
         return None
-    enough = max(gates) * options.min_documents
-    documents = stream_documents(dataset, tokenizer, options.seq_len, options.max_tokens, enough)
-    message = few_documents_warning(documents, options.min_documents, analyses, options.max_tokens)
+    stream = stream_gates(dataset, tokenizer, options, analyses)
+    message = few_documents_warning(
+        stream.documents,
+        options.min_documents,
+        analyses,
+        options.max_tokens,
+        sides=stream.sides,
+        read_whole=stream.read_whole,
+        selection_fraction=options.selection_fraction,
+    )
     if message is not None:
         warnings.warn(message, stacklevel=2)
     return message

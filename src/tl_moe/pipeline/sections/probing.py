@@ -64,6 +64,10 @@ class Probing(Analysis):
         return {"probe_ks": OptionLimit(neurons, f"{run.main}'s experts have {neurons} neurons")}
 
     def check(self, run: RunContext) -> None:
+        self.check_config(run)
+
+    def check_config(self, run: RunContext) -> None:
+        """Sparse --probe-layers, and probe sizes at most an expert's neurons (on the fitted defaults)."""
         from tl_moe.pipeline.validation import check_probe_ks
 
         run.probed_layers()  # refuses --probe-layers that are not sparse layers
