@@ -62,3 +62,24 @@ def test_a_quoted_default_is_the_cli_default(where: str, option: str, quoted: st
     assert _same(quoted, defaults[option]), (
         f"{where}: {option} (default {quoted}) but the CLI's is {defaults[option]!r}"
     )
+
+
+@pytest.mark.parametrize(
+    "analysis,field,value",
+    [("specialization", "untrained_inits", 0), ("explain", "concurrency", 0), ("drivers", "tokens", 0)],
+)
+def test_a_refused_setting_names_a_flag_the_command_line_accepts(
+    analysis: str, field: str, value: int
+) -> None:
+    """The one-line refusal of a bad analysis setting names a flag that exists (the namespaced flag where
+    the field has no older flat one), so a user can act on it."""
+    from tl_moe.errors import InputError
+    from tl_moe.pipeline.options import _config_class_of
+
+    flags = {
+        flag for a, spec in _cli_specs() if a == analysis and spec.name == field for flag in _flags(a, spec)
+    }
+    with pytest.raises(InputError) as refused:
+        _config_class_of(analysis)(**{field: value})
+    named = str(refused.value).split()[0]
+    assert named in flags, f"{named} is not one of {sorted(flags)}"

@@ -51,9 +51,13 @@ def option(
     return field(default=default, metadata=metadata)
 
 
-def flag_of(spec: dataclasses.Field) -> str:
-    """The flag a field's messages name: its legacy flag when it has one (``--probe-ks``), else its own."""
-    return "--" + (spec.metadata.get("legacy") or spec.name).replace("_", "-")
+def flag_of(spec: dataclasses.Field, analysis: str | None = None) -> str:
+    """The flag a field's messages name: its legacy flag when it has one (``--probe-ks``), else its own,
+    under its analysis's namespace when ``analysis`` names it (``--specialization.untrained-inits``)."""
+    legacy = spec.metadata.get("legacy")
+    if legacy or analysis is None:
+        return "--" + (legacy or spec.name).replace("_", "-")
+    return f"--{analysis.replace('_', '-')}.{spec.name.replace('_', '-')}"
 
 
 def int_list(flag: str) -> Callable[[str], tuple[int, ...]]:
@@ -99,15 +103,15 @@ def is_real(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
 
 
-def check_least_integers(config: Any, least: Mapping[str, int]) -> None:
-    """Refuse, in one line naming the flag, a field of ``config`` that is not an integer of at least
-    ``least[field]``."""
+def check_least_integers(config: Any, least: Mapping[str, int], analysis: str | None = None) -> None:
+    """Refuse, in one line naming the flag (of ``analysis``'s namespace, :func:`flag_of`), a field of
+    ``config`` that is not an integer of at least ``least[field]``."""
     specs = {spec.name: spec for spec in dataclasses.fields(config)}
     for name, most_little in least.items():
         value = getattr(config, name)
         if not is_integer(value) or value < most_little:
             what = "a positive integer" if most_little == 1 else f"an integer of at least {most_little}"
-            raise InputError(f"{flag_of(specs[name])} must be {what}, got {value!r}.")
+            raise InputError(f"{flag_of(specs[name], analysis)} must be {what}, got {value!r}.")
 
 
 class ModelDefault:

@@ -34,4 +34,4 @@ class DriversConfig:
         self.check()
 
     def check(self) -> None:
-        check_least_integers(self, {"tokens": 1, "count": 1})
+        check_least_integers(self, {"tokens": 1, "count": 1}, "drivers")

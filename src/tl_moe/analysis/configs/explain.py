@@ -64,6 +64,6 @@ class ExplainConfig:
         self.check()
 
     def check(self) -> None:
-        check_least_integers(self, {"concurrency": 1, "retries": 0, "causal_windows": 0})
+        check_least_integers(self, {"concurrency": 1, "retries": 0, "causal_windows": 0}, "explain")
         if not is_real(self.timeout) or not 0 < self.timeout < math.inf:
             raise InputError(f"--explain-timeout must be a positive number of seconds, got {self.timeout!r}.")

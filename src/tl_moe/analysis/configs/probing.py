@@ -62,7 +62,7 @@ class ProbingConfig:
 
     def check(self) -> None:
         """Refuse settings no probe can use, each in one line naming the flag."""
-        check_least_integers(self, {"min_examples": 1, "held_out_min_examples": 1})
+        check_least_integers(self, {"min_examples": 1, "held_out_min_examples": 1}, "probing")
         ks = self.ks
         if not isinstance(ks, (tuple, list)) or not ks or not all(is_integer(k) and k >= 1 for k in ks):
             raise InputError(f"--probe-ks must be one or more positive integers (e.g. 1,2,4), got {ks!r}.")

@@ -46,7 +46,7 @@ class ReweightingConfig:
         self.check()
 
     def check(self) -> None:
-        check_least_integers(self, {"tokens": 1, "draws": 1})
+        check_least_integers(self, {"tokens": 1, "draws": 1}, "reweighting")
         self._check_factors()
         if self.steer_contrast is not None and (
             len(self.steer_contrast) != 2 or len(set(self.steer_contrast)) != 2

@@ -25,8 +25,9 @@ class SpecializationConfig:
         "specialization: random initializations of the untrained model (seeds: the run's, then the run's "
         "+ 1, + 2, ...) whose mean the trained − untrained excess is taken against, with a draw-mean t "
         "interval (documents + between initializations); 1: the run's seed alone, the interval conditional "
-        "on it. Each one past the first adds a routing-only pass of its own untrained copy (with the "
-        "probing section's untrained null)",
+        "on it. Each one past the first adds a routing-only pass of its own untrained copy. Used only when the "
+        "untrained null's pass runs: probing in --analyses, without --skip-untrained-null (otherwise no "
+        "trained − untrained comparison is made and this setting has no effect)",
         parse=int,
     )
 
@@ -34,4 +35,4 @@ class SpecializationConfig:
         self.check()
 
     def check(self) -> None:
-        check_least_integers(self, {"min_expert_tokens": 1, "untrained_inits": 1})
+        check_least_integers(self, {"min_expert_tokens": 1, "untrained_inits": 1}, "specialization")
