@@ -476,9 +476,15 @@ def test_the_finding_states_the_partial_rho_and_follows_it():
         )
         total = comparison.table.set_index("layer").loc["all"]
         texts[kind] = DriversResult._domain_finding(SimpleNamespace(domain_overlap=comparison))
-        assert f"partial ρ = {total['partial spearman']:+.2f} [" in texts[kind]
+        within = total["within-layer partial spearman"]
+        assert f"mean within-layer partial ρ = {within:+.2f} [" in texts[kind]
+        assert f"pooled partial ρ {total['partial spearman']:+.2f} [" in texts[kind]
         assert f"with the removal effect {total['effect–frequency spearman']:+.2f} [" in texts[kind]
-        covers = total["partial spearman ci low"] <= 0 <= total["partial spearman ci high"]
+        covers = (
+            total["within-layer partial spearman ci low"]
+            <= 0
+            <= total["within-layer partial spearman ci high"]
+        )
         assert covers == (kind == CONFOUND)
     assert "the association is not established beyond routing frequency" in texts[CONFOUND]
     assert MORE_LARGER in texts[DIRECT] and "reverses" not in texts[DIRECT]
