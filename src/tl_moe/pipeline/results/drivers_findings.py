@@ -329,8 +329,8 @@ def _frequency_control(row, table: pd.DataFrame | None = None) -> str:
         text = (
             f"; given routing frequency ({FREQUENCY_TEXT}; a share within the expert's own layer, so it "
             f"cannot absorb differences between layers): mean within-layer partial ρ = {shown} (each "
-            f"layer's Pearson partial correlation of the ranks, averaged over the {len(layers)} layers; same "
-            f"experts, resamples and method); pooled partial ρ {_shown(row, 'partial spearman')} (it also "
+            f"layer's Pearson partial correlation of the ranks, averaged over {_layers_averaged(layers)}; same experts, resamples and "
+            f"method); pooled partial ρ {_shown(row, 'partial spearman')} (it also "
             "ranks the layers against each other)"
         )
     else:
@@ -348,6 +348,14 @@ def _frequency_control(row, table: pd.DataFrame | None = None) -> str:
         if headline == WITHIN_PARTIAL
     ]
     return f"{text}: {_frequency_verdict(partial, _signed(row, 'spearman'), per_layer)}"
+
+
+def _layers_averaged(layers: pd.DataFrame) -> str:
+    """The layers the mean within-layer partial ρ averages (those whose own partial ρ is defined), in words."""
+    defined = layers[layers["partial spearman unavailable"].fillna("") == ""]["layer"].astype(str).tolist()
+    if len(defined) == len(layers):
+        return f"the {len(layers)} layers"
+    return f"the {len(defined)} of {len(layers)} layers with a defined partial ρ ({', '.join(defined)})"
 
 
 def _established_sign(rho: Signed) -> int:
