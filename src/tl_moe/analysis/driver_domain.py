@@ -29,7 +29,10 @@ reports, per layer and over all layers:
   correlation of the residuals of the score's and the effect's ranks after a least-squares line on the
   frequency's ranks), over the same experts. Each resample recomputes the three per-expert quantities
   from the drawn documents, and the partial ρ, the score's ρ with frequency and the effect's ρ with
-  frequency get the same interval as ρ (the confound's size beside the controlled result).
+  frequency get the same interval as ρ (the confound's size beside the controlled result). Routing
+  frequency is a share within the expert's own layer, so a partial ρ pooled over layers still ranks the
+  layers against each other; the layer-controlled partial (:data:`WITHIN_PARTIAL`, the ``all`` row's
+  headline) is the mean over the layers of each layer's partial ρ, from the same resamples.
 
 Experts too small to get a domain score are left out of both (they are listed by the domains analysis).
 """
@@ -230,8 +233,10 @@ class DriverDomainComparison:
         same columns (estimate, ``ci low`` / ``high``, ``bootstrap bias``, ``position in interval``,
         ``basic ci low`` / ``high``, ``unavailable``, ``interval unavailable``) with the prefixes
         ``partial spearman`` (ρ given routing frequency), ``score–frequency spearman`` and
-        ``effect–frequency spearman`` (each score's ρ with routing frequency) on the same experts and
-        resamples (:data:`RHO_COLUMNS`; undefined, :data:`NO_FREQUENCY`, without both halves' routing).
+        ``effect–frequency spearman`` (each score's ρ with routing frequency) and ``within-layer partial
+        spearman`` (:data:`WITHIN_PARTIAL`: a layer's own partial ρ; in the ``all`` row the mean of the
+        layers' partial ρs, those defined on the observed documents) on the same experts and resamples
+        (:data:`RHO_COLUMNS`; undefined, :data:`NO_FREQUENCY`, without both halves' routing).
     experts: one row per scored expert: layer, expert, domain score (every document), the domain score
         on the selection half (with per-document routing), favoured domain, effect, the two flags and
         ``in ρ`` (passes the document gate) — the points of the scatter figure — and, with both halves'
