@@ -704,39 +704,56 @@ def _rho_row(values: dict[str, tuple]) -> dict[str, object]:
     return row
 
 
+NEGATIVE_PARTIAL = (-0.30, -0.45, -0.15, -0.45, -0.15)
+
+
 @pytest.mark.parametrize(
-    ("layer_two", "verdict", "absent"),
+    ("within", "layer_two", "verdict", "absent"),
     [
         (
+            NEGATIVE_PARTIAL,
             (+0.69, +0.12, +0.77, +0.61, +1.00),
             "not established beyond routing frequency (the mean within-layer partial ρ is below 0, but "
             "layer 2's partial ρ is above 0)",
             "holds",
         ),
-        ((+0.30, -0.20, +0.60, -0.10, +0.70), "the association holds beyond routing frequency", "layer 2's"),
+        (
+            NEGATIVE_PARTIAL,
+            (+0.30, -0.20, +0.60, -0.10, +0.70),
+            "the association holds beyond routing frequency",
+            "layer 2's",
+        ),
+        (
+            (+0.12, -0.05, +0.25, -0.01, +0.29),
+            (+0.69, +0.12, +0.77, +0.61, +1.00),
+            "not established beyond routing frequency (the mean within-layer partial ρ's interval covers 0; "
+            "of the layers' own partial ρs, layer 1's is below 0, layer 2's is above 0), so the raw ρ may "
+            "only restate how often the experts are routed or how the layers differ",
+            "holds",
+        ),
     ],
 )
-def test_the_verdict_needs_every_layers_partial_to_agree(layer_two, verdict, absent):
+def test_the_verdict_needs_every_layers_partial_to_agree(within, layer_two, verdict, absent):
     """The verdict comes from the mean within-layer partial ρ and only when no layer's own partial ρ is
-    established (percentile and basic intervals both excluding 0) with the opposite sign."""
+    established (percentile and basic intervals both excluding 0) with the opposite sign; where the mean
+    covers 0, the layers' established partials are named."""
     from tl_moe.pipeline.results.drivers_findings import _frequency_control
 
-    negative = (-0.30, -0.45, -0.15, -0.45, -0.15)
     common = {
-        "spearman": negative,
+        "spearman": NEGATIVE_PARTIAL,
         "score–frequency spearman": (-0.5, -0.6, -0.4, -0.6, -0.4),
         "effect–frequency spearman": (0.7, 0.6, 0.8, 0.6, 0.8),
     }
     layers = [
-        {"layer": 1, **_rho_row({**common, "partial spearman": negative})},
+        {"layer": 1, **_rho_row({**common, "partial spearman": NEGATIVE_PARTIAL})},
         {"layer": 2, **_rho_row({**common, "partial spearman": layer_two})},
     ]
     total = {
         "layer": "all",
-        **_rho_row({**common, "partial spearman": negative, "within-layer partial spearman": negative}),
+        **_rho_row({**common, "partial spearman": NEGATIVE_PARTIAL, "within-layer partial spearman": within}),
     }
     table = pd.DataFrame([*layers, total])
     text = _frequency_control(pd.Series(total), table)
     assert verdict in text and absent not in text
-    assert "mean within-layer partial ρ = -0.30 [-0.45, -0.15]" in text
+    assert f"mean within-layer partial ρ = {within[0]:+.2f} [{within[1]:+.2f}, {within[2]:+.2f}]" in text
     assert "averaged over the 2 layers" in text

@@ -367,6 +367,16 @@ _SIGN_WORD = {1: "positive", -1: "negative"}
 _SIDE_WORD = {1: "above", -1: "below"}
 
 
+def _layers_established(layers) -> str:
+    """The layers whose own partial ρ is established, with its side of 0, in words (empty when none is)."""
+    found = [
+        f"layer {layer}'s is {_SIDE_WORD[_established_sign(own)]} 0"
+        for layer, own in layers
+        if not own.why and _established_sign(own)
+    ]
+    return f"; of the layers' own partial ρs, {', '.join(found)}" if found else ""
+
+
 def _layer_against(partial: Signed, layers) -> str:
     """The layers whose own partial ρ is established with the sign opposite to the layer-controlled
     partial's established sign, in words (empty when none is, or that sign is not established)."""
@@ -399,23 +409,26 @@ def _frequency_verdict(partial: Signed, raw: Signed, layers: list[tuple[object, 
     against = _layer_against(partial, layers)
     if against:
         return f"the association is not established beyond routing frequency ({against})"
+    name = "the mean within-layer partial ρ" if layers else "the partial ρ"
     if partial.why or not np.isfinite(partial.low):
-        return "without an interval for the partial ρ, the association is not established beyond routing frequency"
+        return f"without an interval for {name}, the association is not established beyond routing frequency"
     if partial.disputed():
         return (
-            "the association is not established beyond routing frequency (the partial ρ's percentile and "
+            f"the association is not established beyond routing frequency ({name}'s percentile and "
             "basic intervals disagree about excluding 0)"
         )
     given, alone = _established_sign(partial), _established_sign(raw)
     if not given:
+        covers = f"{name}'s interval covers 0{_layers_established(layers)}"
         if not alone:
             return (
                 "neither the association nor its part beyond routing frequency is established (the raw ρ's "
-                "sign is not established and the partial ρ's interval covers 0)"
+                f"sign is not established and {covers})"
             )
+        restated = "how often the experts are routed" + (" or how the layers differ" if layers else "")
         return (
-            "the association is not established beyond routing frequency (the partial ρ's interval covers 0), "
-            "so the raw ρ may only restate how often the experts are routed"
+            f"the association is not established beyond routing frequency ({covers}), "
+            f"so the raw ρ may only restate {restated}"
         )
     meaning = f"given it, the more domain-specific experts have the {_EFFECT_WORD[given]} removal effects"
     if given == alone:
