@@ -38,7 +38,12 @@ import torch
 from jaxtyping import Float, Int
 
 from tl_moe.analysis.configs.specialization import SpecializationConfig
-from tl_moe.analysis.driver_domain import DomainRouting, ReportDocuments, compare_drivers_with_domain_experts
+from tl_moe.analysis.driver_domain import (
+    WITHIN_PARTIAL,
+    DomainRouting,
+    ReportDocuments,
+    compare_drivers_with_domain_experts,
+)
 from tl_moe.analysis.drivers import HALVES_KEY, saliency_effect_spearman
 from tl_moe.analysis.edit_windows import ratio_intervals
 from tl_moe.analysis.effect_estimate import paired_rho_difference
@@ -594,7 +599,12 @@ EFFECT = "remove: effect (report)"
 #: ``0.7 × (weight / the layer's geometric-mean weight) ** flattening``), and an expected effect that
 #: adds ``frequency link ×`` the expert's population routing frequency × the layer's experts (1 at the
 #: mean frequency): domain score and effect both follow routing frequency; with ``link`` 0 there is no
-#: direct link (the partial rho's truth 0, the raw rho's not).
+#: direct link (the partial rho's truth 0, the raw rho's not). The kind with differences between layers
+#: has ``layers`` layers whose experts' expected effects add ``layer effect step × (layers − 1 − i)`` in
+#: the ``i``-th layer and whose Dirichlet concentrations are multiplied by ``exp(layer concentration
+#: step × i)`` (the first layer the most domain-specific and the most removal-sensitive, as in a run): a
+#: pooled rho, raw or partial, ranks the layers; within each layer there is no direct link (the mean
+#: within-layer partial rho's truth 0).
 DRIVER_DOMAIN_KINDS = {
     "null": {"link": 0.0, "spread": 0.0, "tokens": (20, 60)},
     "non-null": {"link": 0.3, "spread": 0.06, "tokens": (20, 60)},
@@ -623,6 +633,17 @@ DRIVER_DOMAIN_KINDS = {
         "flattening": 2.0,
         "frequency link": 0.1,
     },
+    "4 layers differing in mean effect and specificity, confounded by routing frequency, no direct link, 10× the tokens": {
+        "link": 0.0,
+        "spread": 0.0,
+        "tokens": (200, 600),
+        "weight sd": 0.8,
+        "flattening": 2.0,
+        "frequency link": 0.1,
+        "layers": 4,
+        "layer effect step": 0.05,
+        "layer concentration step": 1.0,
+    },
 }
 
 
@@ -642,18 +663,19 @@ def routing_shares(
     n_domains: int,
     weight_sd: float,
     flattening: float,
+    layer_step: float = 0.0,
 ) -> Float[np.ndarray, "layer expert domain"]:
     """Each expert's share of each domain's routed slots in its layer. Equal routing (``weight_sd`` 0):
     a Dirichlet(0.7) profile per expert, shared over the layer's experts in proportion. Unequal: routing
     weights ``exp(weight_sd × z)`` and a Dirichlet profile of concentration ``0.7 × (weight / the layer's
     geometric-mean weight) ** flattening`` (flatter for an expert routed more often), shared in proportion
-    to weight × profile."""
+    to weight × profile; the ``i``-th layer's concentrations are multiplied by ``exp(layer_step × i)``."""
     if weight_sd == 0:
         profile = rng.dirichlet(np.full(n_domains, 0.7), (n_layers, n_experts))  # [layer, expert, domain]
         return profile / profile.sum(1, keepdims=True)
     z = rng.normal(size=(n_layers, n_experts))
     log_weight = weight_sd * (z - z.mean(1, keepdims=True))
-    concentration = 0.7 * np.exp(flattening * log_weight)
+    concentration = 0.7 * np.exp(flattening * log_weight + layer_step * np.arange(n_layers)[:, None])
     draws = rng.gamma(np.repeat(concentration[..., None], n_domains, -1))
     profile = np.exp(log_weight)[..., None] * draws / draws.sum(-1, keepdims=True)
     return profile / profile.sum(1, keepdims=True)
@@ -671,29 +693,40 @@ def driver_domain_case(
     **confound: float,
 ) -> tuple[pd.DataFrame, pd.DataFrame, ReportDocuments, DomainRouting, Float[np.ndarray, "3 layer expert"]]:
     """Drivers and domains frames, report documents and both halves' routing: each expert has a share of
-    each domain's slots (:func:`routing_shares`; ``confound``: ``weight sd``, ``flattening`` and
-    ``frequency link`` of :data:`DRIVER_DOMAIN_KINDS`, all 0 by default), a document routes
+    each domain's slots (:func:`routing_shares`; ``confound``: ``weight sd``, ``flattening``, ``frequency
+    link``, ``layers``, ``layer effect step`` and ``layer concentration step`` of
+    :data:`DRIVER_DOMAIN_KINDS`, 0 or the arguments by default), a document routes
     ``2 × tokens`` slots (top-2) to the experts by those shares (Poisson counts), so an expert's routing
     rate per domain token is its share. Each expert's expected removal effect per token is ``link ×`` its
     population domain score ``+ spread ×`` a normal draw ``+ frequency link ×`` its population routing
-    frequency × the layer's experts; per report document its effect sum is that times the document's
-    tokens plus noise (sd 1 per token). Documents alternate between the selection half (even) and the
+    frequency × the layer's experts ``+`` its layer's effect step; per report document its effect sum is
+    that times the document's tokens plus noise (sd 1 per token). Documents alternate between the selection half (even) and the
     report half (odd). Returns the four inputs of ``compare_drivers_with_domain_experts`` and
     ``[3, layer, expert]``: every expert's population domain score (:func:`population_domain_scores`),
     expected effect per token and population routing frequency (its mean share over the domains, whose
     documents are equally many and equally long in expectation)."""
     weight_sd, flattening = confound.get("weight sd", 0.0), confound.get("flattening", 0.0)
     frequency_link = confound.get("frequency link", 0.0)
+    n_layers = int(confound.get("layers", n_layers))
+    layer_effect = confound.get("layer effect step", 0.0) * (n_layers - 1 - np.arange(n_layers))[:, None]
     rng = np.random.default_rng(seed)
     layers = np.repeat(np.arange(1, n_layers + 1), n_experts)
     experts = np.tile(np.arange(n_experts), n_layers)
     domain = np.arange(n_docs) % n_domains
     counts_all = rng.integers(*tokens, n_docs).astype(float)
-    share = routing_shares(rng, n_layers, n_experts, n_domains, weight_sd, flattening)
+    share = routing_shares(
+        rng,
+        n_layers,
+        n_experts,
+        n_domains,
+        weight_sd,
+        flattening,
+        confound.get("layer concentration step", 0.0),
+    )
     routed = rng.poisson(2 * counts_all * share[..., domain]).astype(float)  # [layer, expert, document]
     frequency = share.mean(-1)
     expected = link * population_domain_scores(share) + spread * rng.normal(size=(n_layers, n_experts))
-    expected = expected + frequency_link * frequency * n_experts
+    expected = expected + frequency_link * frequency * n_experts + layer_effect
     selection, report = np.arange(0, n_docs, 2), np.arange(1, n_docs, 2)
     counts = counts_all[report]
     noise = rng.normal(0, 1.0, (n_layers, n_experts, len(report))) * np.sqrt(counts)
@@ -760,6 +793,14 @@ def domain_partial_truth(comparison, population: np.ndarray, layer: object) -> f
     if min(np.linalg.norm(r) for r in residuals) < 1e-9 * len(frequency):
         return 0.0
     return float(np.corrcoef(*residuals)[0, 1])
+
+
+def domain_within_partial_truth(comparison, population: np.ndarray) -> float:
+    """The population mean within-layer partial rho: the mean of :func:`domain_partial_truth` over the
+    layers whose partial rho the comparison averages (those with a defined partial rho)."""
+    table = comparison.table
+    layers = table[(table["layer"] != "all") & (table["partial spearman unavailable"] == "")]["layer"]
+    return float(np.mean([domain_partial_truth(comparison, population, layer) for layer in layers]))
 
 
 def seed_clustered_rate(covered: Float[np.ndarray, "seed interval"], nominal: float) -> dict[str, Any]:
@@ -834,10 +875,11 @@ def driver_domain_rho(seeds: int, replicates: int) -> dict[str, Any]:
     estimate, the mean truth and estimate, and per kind the share of all its intervals covered with a se
     over seeds; the same for the partial rho given routing frequency against its truth
     (:func:`domain_partial_truth`), and how often rho's interval excludes 0."""
-    raw, partial, excludes = [], [], {}
+    raw, partial, within, excludes, partial_excludes = [], [], [], {}, {}
     for kind, planted in DRIVER_DOMAIN_KINDS.items():
         hits: dict[str, list[tuple[float, ...]]] = {}
         partial_hits: dict[str, list[tuple[float, ...]]] = {}
+        within_hits: dict[str, list[tuple[float, ...]]] = {}
         for seed in range(seeds):
             drivers, domains, documents, routing, truth = driver_domain_case(seed, **planted)
             comparison = compare_drivers_with_domain_experts(
@@ -851,12 +893,26 @@ def driver_domain_rho(seeds: int, replicates: int) -> dict[str, Any]:
                 partial_hits.setdefault(label, []).append(_interval_hit(row, "partial spearman", true))
                 low, high = row["spearman ci low"], row["spearman ci high"]
                 excludes.setdefault(f"{kind}, {label}", []).append(bool(low > 0 or high < 0))
+                if row["layer"] == "all":
+                    true = domain_within_partial_truth(comparison, truth)
+                    within_hits.setdefault(label, []).append(_interval_hit(row, WITHIN_PARTIAL, true))
+                    for prefix, name in (
+                        ("partial spearman", "pooled"),
+                        (WITHIN_PARTIAL, "mean within-layer"),
+                    ):
+                        low, high = row[f"{prefix} ci low"], row[f"{prefix} ci high"]
+                        partial_excludes.setdefault(f"{kind}, {name}", []).append(bool(low > 0 or high < 0))
         raw.append(_coverage_record(hits, kind, seeds))
         partial.append(_coverage_record(partial_hits, kind, seeds))
+        within.append(_coverage_record(within_hits, kind, seeds))
     return {
         **_merge(raw),
         "partial given routing frequency": _merge(partial),
+        "mean within-layer partial given routing frequency": _merge(within),
         "rho's interval excludes 0": {key: power(sum(v), len(v)) for key, v in excludes.items()},
+        "partial rho's interval excludes 0, over all layers": {
+            key: power(sum(v), len(v)) for key, v in partial_excludes.items()
+        },
         "settings": {
             "documents": 90,
             "domains": 3,
@@ -866,9 +922,11 @@ def driver_domain_rho(seeds: int, replicates: int) -> dict[str, Any]:
                 kind: {**planted, "tokens": list(planted["tokens"])}
                 for kind, planted in DRIVER_DOMAIN_KINDS.items()
             },
-            "se of every interval of a kind": "over seeds (each seed's share of its 3 intervals covered)",
+            "se of every interval of a kind": "over seeds (each seed's share of its intervals covered: one per layer and one over all layers)",
             "routing frequency": "each expert's share of its layer's routed slots on the documents of both halves",
             "partial rho": "Pearson partial correlation of the ranks (score and effect given routing frequency)",
+            "mean within-layer partial rho": "the mean over the layers of each layer's partial rho (the "
+            "layer-controlled headline; its truth the mean of the layers' population partial rhos)",
         },
     }
 

@@ -476,9 +476,15 @@ def test_the_finding_states_the_partial_rho_and_follows_it():
         )
         total = comparison.table.set_index("layer").loc["all"]
         texts[kind] = DriversResult._domain_finding(SimpleNamespace(domain_overlap=comparison))
-        assert f"partial ρ = {total['partial spearman']:+.2f} [" in texts[kind]
+        within = total["within-layer partial spearman"]
+        assert f"mean within-layer partial ρ = {within:+.2f} [" in texts[kind]
+        assert f"pooled partial ρ {total['partial spearman']:+.2f} [" in texts[kind]
         assert f"with the removal effect {total['effect–frequency spearman']:+.2f} [" in texts[kind]
-        covers = total["partial spearman ci low"] <= 0 <= total["partial spearman ci high"]
+        covers = (
+            total["within-layer partial spearman ci low"]
+            <= 0
+            <= total["within-layer partial spearman ci high"]
+        )
         assert covers == (kind == CONFOUND)
     assert "the association is not established beyond routing frequency" in texts[CONFOUND]
     assert MORE_LARGER in texts[DIRECT] and "reverses" not in texts[DIRECT]
@@ -606,3 +612,148 @@ def test_the_frequency_verdict_follows_the_partial_and_raw_rhos_intervals(
     for word in absent:
         assert word not in text
     assert f"partial ρ = {partial[0]:+.2f} [{partial[1]:+.2f}, {partial[2]:+.2f}]" in text
+
+
+LAYERED = (
+    "4 layers differing in mean effect and specificity, confounded by routing frequency, no direct link, "
+    "10× the tokens"
+)
+
+
+def _layered_comparisons(seeds: range, **changes):
+    """The planted layered kind (layers differing in mean effect and domain specificity; within each
+    layer the effect follows routing frequency only unless ``changes`` add a link), compared per seed."""
+    from types import SimpleNamespace
+
+    from tl_moe.pipeline.sections.drivers import DriversResult
+
+    for seed in seeds:
+        _, (drivers, domains, documents, routing, _) = study_kind(LAYERED, seed, **changes)
+        comparison = compare_drivers_with_domain_experts(
+            drivers, domains, documents=documents, routing=routing, n_resamples=100, seed=seed
+        )
+        text = DriversResult._domain_finding(SimpleNamespace(domain_overlap=comparison))
+        yield comparison.table.set_index("layer"), text
+
+
+def test_the_all_rows_layer_controlled_partial_is_the_mean_of_the_layers_partials():
+    """The ``all`` row's mean within-layer partial ρ is the plain mean of the layer rows' own partial ρs
+    (each checked against a hand computation elsewhere); a layer row's is its own partial ρ."""
+    for table, _ in _layered_comparisons(range(2)):
+        layers = table.drop(index="all")
+        defined = layers[layers["partial spearman unavailable"] == ""]
+        assert table.loc["all", "within-layer partial spearman"] == pytest.approx(
+            defined["partial spearman"].mean(), abs=1e-12
+        )
+        pd.testing.assert_series_equal(
+            layers["within-layer partial spearman"], layers["partial spearman"], check_names=False
+        )
+
+
+def test_layers_differing_in_mean_effect_without_a_within_layer_link_give_no_claim():
+    """Layer means differ (the first layer the most specific and most removal-sensitive), no link within
+    any layer beyond routing frequency: the pooled partial ρ ranks the layers and lies far from 0, the
+    layer-controlled one lies near 0 and covers it in most seeds, and no finding says the association
+    holds or reverses beyond routing frequency."""
+    pooled, within, covered, texts = [], [], [], []
+    for table, text in _layered_comparisons(range(12)):
+        total = table.loc["all"]
+        pooled.append(total["partial spearman"])
+        within.append(total["within-layer partial spearman"])
+        covered.append(
+            total["within-layer partial spearman ci low"]
+            <= 0
+            <= total["within-layer partial spearman ci high"]
+        )
+        texts.append(text)
+    assert np.mean(pooled) > 0.4, pooled
+    assert abs(np.mean(within)) < 0.1, within
+    assert np.mean(covered) >= 0.75, covered
+    for text in texts:
+        assert "the association holds beyond routing frequency" not in text
+        assert "reverses" not in text
+        assert "pooled partial ρ" in text and "(it also ranks the layers against each other)" in text
+
+
+def test_a_direct_within_layer_link_under_layer_differences_holds():
+    """The same layered case with a direct link within each layer (effect rising with the domain score):
+    the layer-controlled partial ρ is above 0 and the finding says the association holds."""
+    held = 0
+    for table, text in _layered_comparisons(range(4), link=0.4, spread=0.02):
+        assert table.loc["all", "within-layer partial spearman ci low"] > 0
+        held += ("the association holds beyond routing frequency: " + MORE_LARGER) in text
+    assert held >= 3
+
+
+def _rho_row(values: dict[str, tuple]) -> dict[str, object]:
+    """A domain-table row with each ρ (prefix → (estimate, low, high, basic low, basic high))."""
+    row: dict[str, object] = {}
+    for prefix, (estimate, low, high, basic_low, basic_high) in values.items():
+        row.update(
+            {
+                prefix: estimate,
+                f"{prefix} ci low": low,
+                f"{prefix} ci high": high,
+                f"{prefix} bootstrap bias": 0.0,
+                f"{prefix} basic ci low": basic_low,
+                f"{prefix} basic ci high": basic_high,
+                f"{prefix} unavailable": "",
+                f"{prefix} interval unavailable": "",
+            }
+        )
+    return row
+
+
+NEGATIVE_PARTIAL = (-0.30, -0.45, -0.15, -0.45, -0.15)
+
+
+@pytest.mark.parametrize(
+    ("within", "layer_two", "verdict", "absent"),
+    [
+        (
+            NEGATIVE_PARTIAL,
+            (+0.69, +0.12, +0.77, +0.61, +1.00),
+            "not established beyond routing frequency (the mean within-layer partial ρ is below 0, but "
+            "layer 2's partial ρ is above 0)",
+            "holds",
+        ),
+        (
+            NEGATIVE_PARTIAL,
+            (+0.30, -0.20, +0.60, -0.10, +0.70),
+            "the association holds beyond routing frequency",
+            "layer 2's",
+        ),
+        (
+            (+0.12, -0.05, +0.25, -0.01, +0.29),
+            (+0.69, +0.12, +0.77, +0.61, +1.00),
+            "not established beyond routing frequency (the mean within-layer partial ρ's interval covers 0; "
+            "of the layers' own partial ρs, layer 1's is below 0, layer 2's is above 0), so the raw ρ may "
+            "only restate how often the experts are routed or how the layers differ",
+            "holds",
+        ),
+    ],
+)
+def test_the_verdict_needs_every_layers_partial_to_agree(within, layer_two, verdict, absent):
+    """The verdict comes from the mean within-layer partial ρ and only when no layer's own partial ρ is
+    established (percentile and basic intervals both excluding 0) with the opposite sign; where the mean
+    covers 0, the layers' established partials are named."""
+    from tl_moe.pipeline.results.drivers_findings import _frequency_control
+
+    common = {
+        "spearman": NEGATIVE_PARTIAL,
+        "score–frequency spearman": (-0.5, -0.6, -0.4, -0.6, -0.4),
+        "effect–frequency spearman": (0.7, 0.6, 0.8, 0.6, 0.8),
+    }
+    layers = [
+        {"layer": 1, **_rho_row({**common, "partial spearman": NEGATIVE_PARTIAL})},
+        {"layer": 2, **_rho_row({**common, "partial spearman": layer_two})},
+    ]
+    total = {
+        "layer": "all",
+        **_rho_row({**common, "partial spearman": NEGATIVE_PARTIAL, "within-layer partial spearman": within}),
+    }
+    table = pd.DataFrame([*layers, total])
+    text = _frequency_control(pd.Series(total), table)
+    assert verdict in text and absent not in text
+    assert f"mean within-layer partial ρ = {within[0]:+.2f} [{within[1]:+.2f}, {within[2]:+.2f}]" in text
+    assert "averaged over the 2 layers" in text

@@ -852,24 +852,46 @@ def _domain_regimes(results: dict[str, Any], planted: dict[str, Any] | None) -> 
 
 def _confound_summary(study: dict[str, Any]) -> str:
     """The planted confound without a direct link, pooled over layers: how often the raw ρ's interval
-    excludes 0 and the partial ρ's covers its truth 0 (empty for results without it)."""
+    excludes 0 and the headline partial ρ's (the mean within-layer one where the study has it) covers its
+    truth 0; and the kind whose layers differ, where the study has it (empty for results without them)."""
+    kinds = study["settings"]["kinds"]
     kind = next(
         (
             kind
-            for kind, planted in study["settings"]["kinds"].items()
-            if planted.get("weight sd") and not planted["link"] and not planted["spread"]
+            for kind, planted in kinds.items()
+            if planted.get("weight sd")
+            and not planted["link"]
+            and not planted["spread"]
+            and not planted.get("layer effect step")
         ),
         None,
     )
     if kind is None or "partial given routing frequency" not in study:
         return ""
     key = f"{kind}, over all layers"
-    excludes, partial = study["rho's interval excludes 0"][key], study["partial given routing frequency"]
-    return (
+    name = "mean within-layer partial ρ"
+    partial = study.get("mean within-layer partial given routing frequency")
+    if partial is None:
+        name, partial = "partial ρ", study["partial given routing frequency"]
+    excludes = study["rho's interval excludes 0"][key]
+    text = (
         " Where domain score and effect both follow routing frequency with no direct link (planted), the "
-        f"pooled raw ρ's interval excludes 0 in {planted_rate(excludes)} and the partial ρ's covers its "
+        f"pooled raw ρ's interval excludes 0 in {planted_rate(excludes)} and the {name}'s covers its "
         f"truth 0 in {planted_rate(partial['rates'][key])}, {against_nominal(partial['rates'][key])}"
         f"{_miss_direction(partial, key)}{_residual_confound(partial, key)}."
+    )
+    layered = next((kind for kind, planted in kinds.items() if planted.get("layer effect step")), None)
+    if layered is None or name == "partial ρ":
+        return text
+    key = f"{layered}, over all layers"
+    low, high = kinds[layered]["tokens"]
+    both = study["partial rho's interval excludes 0, over all layers"]
+    return text + (
+        f" Where in addition {kinds[layered]['layers']} layers differ in mean effect and domain specificity "
+        f"({low}–{high - 1} tokens per document, planted), the pooled partial ρ's interval excludes 0 in "
+        f"{planted_rate(both[f'{layered}, pooled'])} (it ranks the layers), while the mean within-layer "
+        f"partial ρ's covers its truth 0 in {planted_rate(partial['rates'][key])}, "
+        f"{against_nominal(partial['rates'][key])}{_miss_direction(partial, key)}."
     )
 
 
@@ -1348,7 +1370,7 @@ def _domain_kind_what(planted: dict[str, Any]) -> str:
         if planted["link"] == 0 and planted["spread"] == 0:
             return "every expert's expected effect the same, ρ's truth 0"
         return f"expected effect per token {direct}"
-    return (
+    return _layers_what(planted) + (
         f"routing weights exp({planted['weight sd']:g} × a normal draw), each expert's domain profile the "
         f"flatter the more often it is routed (Dirichlet concentration 0.7 × (weight / the layer's geometric "
         f"mean) ^ {planted['flattening']:g}), expected effect per token {planted['frequency link']:g} × the "
@@ -1358,6 +1380,20 @@ def _domain_kind_what(planted: dict[str, Any]) -> str:
             if planted["link"] == 0 and planted["spread"] == 0
             else f" + {direct}"
         )
+    )
+
+
+def _layers_what(planted: dict[str, Any]) -> str:
+    """A planted kind's differences between layers, in words (empty for exchangeable layers)."""
+    if not planted.get("layer effect step"):
+        return ""
+    n = planted["layers"]
+    return (
+        f"{n} layers, the i-th (from 0) adding {planted['layer effect step']:g} × ({n - 1} − i) to every "
+        "expert's expected effect and multiplying its Dirichlet concentrations by "
+        f"exp({planted['layer concentration step']:g} × i) (the first layer the most domain-specific and the "
+        "most removal-sensitive, so a pooled ρ ranks the layers; within each layer no direct link, the mean "
+        "within-layer partial ρ's truth 0); "
     )
 
 
@@ -1401,6 +1437,17 @@ def _domain_kind_text(kind: str, study: dict[str, Any]) -> str:
         + f"; all its intervals together {_seed_clustered(partial['every interval of a kind'][kind])}"
         + _partial_lean(study, kind, labels, planted)
     )
+    within = study.get("mean within-layer partial given routing frequency")
+    if within is not None:
+        text += "; mean within-layer partial ρ (the headline control) " + "; ".join(
+            _coverage_parts(within, kind, ["over all layers"], varied)
+        )
+        excludes = study["partial rho's interval excludes 0, over all layers"]
+        text += (
+            f"; over all layers the pooled partial ρ's interval excludes 0 in "
+            f"{planted_rate(excludes[f'{kind}, pooled'])}, the mean within-layer one's in "
+            f"{planted_rate(excludes[f'{kind}, mean within-layer'])}"
+        )
     if planted.get("weight sd"):
         excludes = study["rho's interval excludes 0"]
         text += "; ρ's interval excludes 0 in " + ", ".join(
@@ -1475,15 +1522,16 @@ def planted_driver_domain_markdown(results: dict[str, Any], source: str) -> str:
     kinds = list(settings["kinds"])
     text = (
         f"{_planted_source(study, source)}: {settings['documents']} documents of {settings['domains']} "
-        f"domains, {settings['layers']} layers × {settings['experts per layer']} experts; each domain's "
+        f"domains, {settings['layers']} layers (unless a kind says otherwise) × {settings['experts per layer']} "
+        "experts; each domain's "
         "top-2 slots are shared over a layer's experts in proportion to their profiles (Dirichlet over the "
         "domains), so each expert's population domain score is computed by hand from its shares; the "
         "domain score on the selection half, the "
         "effect on the report half, each half resampled within itself. The truth of each interval is "
         "Spearman's ρ of the experts' population domain scores and expected effects over the experts in "
         "that ρ. The binomial se of each interval's rate is over independent seeds; the pooled share of a "
-        "kind has a se over seeds (each seed's share of its three intervals, which share its documents, "
-        f"is one value).{_partial_truth_text(study)} "
+        "kind has a se over seeds (each seed's share of its intervals, one per layer and one over all "
+        f"layers, which share its documents, is one value).{_partial_truth_text(study)} "
         + ". ".join(_domain_kind_text(kind, study) for kind in kinds)
         + "."
     )

@@ -29,7 +29,10 @@ reports, per layer and over all layers:
   correlation of the residuals of the score's and the effect's ranks after a least-squares line on the
   frequency's ranks), over the same experts. Each resample recomputes the three per-expert quantities
   from the drawn documents, and the partial ρ, the score's ρ with frequency and the effect's ρ with
-  frequency get the same interval as ρ (the confound's size beside the controlled result).
+  frequency get the same interval as ρ (the confound's size beside the controlled result). Routing
+  frequency is a share within the expert's own layer, so a partial ρ pooled over layers still ranks the
+  layers against each other; the layer-controlled partial (:data:`WITHIN_PARTIAL`, the ``all`` row's
+  headline) is the mean over the layers of each layer's partial ρ, from the same resamples.
 
 Experts too small to get a domain score are left out of both (they are listed by the domains analysis).
 """
@@ -61,6 +64,7 @@ __all__ = [
     "FREQUENCY",
     "RHO_COLUMNS",
     "ReportDocuments",
+    "WITHIN_PARTIAL",
     "compare_drivers_with_domain_experts",
 ]
 
@@ -82,7 +86,18 @@ RHO_COLUMNS = {
     "partial spearman": "the partial ρ given routing frequency",
     "score–frequency spearman": "the domain score–routing frequency Spearman ρ",
     "effect–frequency spearman": "the effect–routing frequency Spearman ρ",
+    "within-layer partial spearman": "the mean within-layer partial ρ given routing frequency",
 }
+
+WITHIN_PARTIAL = "within-layer partial spearman"
+"""The layer-controlled partial ρ (the ``all`` row's headline control): the mean over the layers of each
+layer's partial ρ given routing frequency. Routing frequency is a share of the expert's own layer (mean
+1 / experts in every layer), so it cannot absorb differences between layers; a pooled partial ρ still
+ranks the layers against each other, while each layer's partial compares experts of one layer only. A
+layer's row holds its own partial ρ."""
+
+NO_LAYER_PARTIAL = "no layer's partial ρ given routing frequency is defined"
+"""Why the mean within-layer partial ρ is undefined."""
 
 
 @dataclass(frozen=True)
@@ -218,8 +233,10 @@ class DriverDomainComparison:
         same columns (estimate, ``ci low`` / ``high``, ``bootstrap bias``, ``position in interval``,
         ``basic ci low`` / ``high``, ``unavailable``, ``interval unavailable``) with the prefixes
         ``partial spearman`` (ρ given routing frequency), ``score–frequency spearman`` and
-        ``effect–frequency spearman`` (each score's ρ with routing frequency) on the same experts and
-        resamples (:data:`RHO_COLUMNS`; undefined, :data:`NO_FREQUENCY`, without both halves' routing).
+        ``effect–frequency spearman`` (each score's ρ with routing frequency) and ``within-layer partial
+        spearman`` (:data:`WITHIN_PARTIAL`: a layer's own partial ρ; in the ``all`` row the mean of the
+        layers' partial ρs, those defined on the observed documents) on the same experts and resamples
+        (:data:`RHO_COLUMNS`; undefined, :data:`NO_FREQUENCY`, without both halves' routing).
     experts: one row per scored expert: layer, expert, domain score (every document), the domain score
         on the selection half (with per-document routing), favoured domain, effect, the two flags and
         ``in ρ`` (passes the document gate) — the points of the scatter figure — and, with both halves'
@@ -359,11 +376,15 @@ def _spearman_intervals(
         score = routing.scores(weights[:, :n_selection])[:, li, ei]  # [batch, scored expert]
         effect = documents.effect(weights[:, n_selection:])[:, li, ei]
         frequency = routing.frequency(weights)[:, li, ei] if with_frequency else None
-        columns = []
+        per_group = []
         for _, picked in groups:
             part = None if frequency is None else frequency[:, picked]
-            columns += _group_rhos(score[:, picked], effect[:, picked], part)
-        return np.stack(columns, axis=1)
+            per_group.append(_group_rhos(score[:, picked], effect[:, picked], part))
+        if frequency is not None:
+            _add_within_layer_partial(per_group, [label for label, _ in groups], layers_in_mean)
+        return np.stack([rho for rhos in per_group for rho in rhos], axis=1)
+
+    layers_in_mean = _layers_with_a_partial(scored, groups, documents, routing) if with_frequency else []
 
     halves = np.repeat([0, 1], [n_selection, len(documents.counts)])  # drawn within each half
     intervals = cluster_bootstrap(
@@ -379,6 +400,38 @@ def _spearman_intervals(
     )
     k = len(RHO_COLUMNS) if with_frequency else 1
     return [intervals[g * k : (g + 1) * k] for g in range(len(groups))]
+
+
+def _layers_with_a_partial(
+    scored: pd.DataFrame, groups: list[tuple[object, np.ndarray]], documents, routing
+) -> list[int]:
+    """The groups (indices; layers only) whose partial ρ given routing frequency is defined on the observed
+    documents: those the mean within-layer partial averages (decided before resampling)."""
+    row_of = {layer: i for i, layer in enumerate(documents.layers)}
+    li, ei = scored["layer"].map(row_of).to_numpy(int), scored["expert"].to_numpy(int)
+    n_selection = routing.routed.shape[-1]
+    score = routing.scores(np.ones((1, n_selection)))[0, li, ei]
+    effect = documents.effect(np.ones((1, len(documents.counts))))[0, li, ei]
+    frequency = routing.frequency(np.ones((1, n_selection + len(documents.counts))))[0, li, ei]
+    return [
+        g
+        for g, (label, picked) in enumerate(groups)
+        if label != "all" and not _why_no_partial(score[picked], effect[picked], frequency[picked])
+    ]
+
+
+def _add_within_layer_partial(
+    per_group: list[list[np.ndarray]], labels: list[object], layers_in_mean: list[int]
+) -> None:
+    """Append to each group's ρ the layer-controlled partial ρ (:data:`WITHIN_PARTIAL`): a layer's own
+    partial ρ (the second of its ρ), and for the ``all`` group the mean of the partials of the layers in
+    ``layers_in_mean`` (NaN when there are none)."""
+    if layers_in_mean:
+        mean = np.mean([per_group[g][1] for g in layers_in_mean], axis=0)
+    else:
+        mean = np.full_like(per_group[0][0], np.nan)
+    for rhos, label in zip(per_group, labels, strict=True):
+        rhos.append(mean if label == "all" else rhos[1])
 
 
 def _why_no_frequency_rho(values: np.ndarray, frequency: np.ndarray | None, name: str) -> str:
@@ -561,6 +614,7 @@ def _group_columns(
         "score–frequency spearman": _why_no_frequency_rho(x, frequency, "domain score"),
         "effect–frequency spearman": _why_no_frequency_rho(y, frequency, "removal effect"),
     }
+    why[WITHIN_PARTIAL] = _why_no_within_partial(in_rho, why["partial spearman"], frequency, intervals)
     columns: dict[str, object] = {}
     for i, (prefix, name) in enumerate(RHO_COLUMNS.items()):
         if intervals is not None and i < len(intervals):
@@ -574,6 +628,20 @@ def _group_columns(
         else:
             columns.update(_rho_columns(prefix, math.nan, None, why[prefix] or NO_FREQUENCY, NO_FREQUENCY))
     return columns
+
+
+def _why_no_within_partial(in_rho: pd.DataFrame, why_partial: str, frequency, intervals) -> str:
+    """Why the layer-controlled partial ρ of one group is undefined (empty when it is defined): a layer's
+    is its own partial ρ's reason; the ``all`` group's (experts of several layers) is undefined when no
+    layer's partial ρ is (its estimate then NaN)."""
+    if frequency is None:
+        return NO_FREQUENCY
+    if "layer" not in in_rho or in_rho["layer"].nunique() <= 1:
+        return why_partial
+    own = intervals[list(RHO_COLUMNS).index(WITHIN_PARTIAL)] if intervals is not None else None
+    if own is None or not math.isfinite(own.estimate):
+        return NO_LAYER_PARTIAL
+    return ""
 
 
 def _why_untestable(n: int, n_drivers: int, n_domain: int) -> str:

@@ -183,7 +183,8 @@ class DriversResult(DriverFindings, DriverFigures, DriverOutcome, Result):
 
 
 FREQUENCY_METRICS = {
-    "partial spearman": "Spearman(domain score, removal effect) given routing frequency (partial)",
+    "partial spearman": "Spearman(domain score, removal effect) given routing frequency (partial, pooled over layers)",
+    "within-layer partial spearman": "Spearman(domain score, removal effect) given routing frequency (partial), mean over layers",
     "score–frequency spearman": "Spearman(domain score, routing frequency)",
     "effect–frequency spearman": "Spearman(removal effect, routing frequency)",
 }

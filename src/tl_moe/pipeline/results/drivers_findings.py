@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tl_moe.analysis.driver_domain import WITHIN_PARTIAL
 from tl_moe.analysis.effect_estimate import POOLED_MINUS_WITHIN
 from tl_moe.analysis.stats import RHO_METHOD, RHO_MIN_EXPERT_DOCUMENTS
 from tl_moe.pipeline.results.drivers_text import (
@@ -259,7 +260,9 @@ class DriverFindings:
             if total["spearman domain score"] == "domain score"
             else ""
         )
-        rho += _frequency_control(total) + _domain_per_layer(self.domain_overlap.table)
+        rho += _frequency_control(total, self.domain_overlap.table) + _domain_per_layer(
+            self.domain_overlap.table
+        )
         if total["overlap not testable"]:
             return (
                 f"**Drivers vs domain experts**: the overlap is not testable ({total['overlap not testable']} "
@@ -307,25 +310,52 @@ def _shown(row, prefix: str) -> str:
     return format_interval(row[prefix], low, high, "+.2f", why, no_interval)
 
 
-def _frequency_control(row) -> str:
-    """The routing-frequency control of the domain-score ρ: the partial ρ given routing frequency with its
-    interval and diagnostics, each score's ρ with routing frequency (the confound's size), and what the
-    partial ρ says, worded from its intervals only (above or below 0 when its percentile interval is and
-    the basic interval of the same resamples agrees; not established otherwise). Empty for results
-    without the control."""
+def _frequency_control(row, table: pd.DataFrame | None = None) -> str:
+    """The routing-frequency control of the domain-score ρ: the layer-controlled partial ρ (the mean of the
+    within-layer partial ρs given routing frequency) with its interval and diagnostics, the pooled partial ρ
+    (which also ranks the layers), each score's ρ with routing frequency (the confound's size), and what
+    the layer-controlled partial says, worded from its intervals and the per-layer partials' only (above
+    or below 0 when a percentile interval is and the basic interval of the same resamples agrees; not
+    established otherwise). Empty for results without the control."""
     if "partial spearman" not in row:
         return ""
-    partial = _signed(row, "partial spearman")
-    shown = _shown(row, "partial spearman")
+    headline = WITHIN_PARTIAL if WITHIN_PARTIAL in row else "partial spearman"
+    partial = _signed(row, headline)
+    shown = _shown(row, headline)
     if "[" in shown:
         shown += f" ({partial.diagnostics()})"
-    text = (
-        f"; given routing frequency ({FREQUENCY_TEXT}): partial ρ = {shown} (Pearson partial correlation of "
-        f"the ranks, same experts, resamples and method); routing frequency's ρ with the domain score "
-        f"{_shown(row, 'score–frequency spearman')}, with the removal effect "
-        f"{_shown(row, 'effect–frequency spearman')}"
+    layers = pd.DataFrame() if table is None else table[table["layer"].astype(str) != "all"]
+    if headline == WITHIN_PARTIAL:
+        text = (
+            f"; given routing frequency ({FREQUENCY_TEXT}; a share within the expert's own layer, so it "
+            f"cannot absorb differences between layers): mean within-layer partial ρ = {shown} (each "
+            f"layer's Pearson partial correlation of the ranks, averaged over {_layers_averaged(layers)}; same experts, resamples and "
+            f"method); pooled partial ρ {_shown(row, 'partial spearman')} (it also "
+            "ranks the layers against each other)"
+        )
+    else:
+        text = (
+            f"; given routing frequency ({FREQUENCY_TEXT}): partial ρ = {shown} (Pearson partial correlation "
+            "of the ranks, same experts, resamples and method)"
+        )
+    text += (
+        f"; routing frequency's ρ with the domain score {_shown(row, 'score–frequency spearman')}, with the "
+        f"removal effect {_shown(row, 'effect–frequency spearman')}"
     )
-    return f"{text}: {_frequency_verdict(partial, _signed(row, 'spearman'))}"
+    per_layer = [
+        (row_of["layer"], _signed(row_of, "partial spearman"))
+        for _, row_of in layers.iterrows()
+        if headline == WITHIN_PARTIAL
+    ]
+    return f"{text}: {_frequency_verdict(partial, _signed(row, 'spearman'), per_layer)}"
+
+
+def _layers_averaged(layers: pd.DataFrame) -> str:
+    """The layers the mean within-layer partial ρ averages (those whose own partial ρ is defined), in words."""
+    defined = layers[layers["partial spearman unavailable"].fillna("") == ""]["layer"].astype(str).tolist()
+    if len(defined) == len(layers):
+        return f"the {len(layers)} layers"
+    return f"the {len(defined)} of {len(layers)} layers with a defined partial ρ ({', '.join(defined)})"
 
 
 def _established_sign(rho: Signed) -> int:
@@ -334,30 +364,71 @@ def _established_sign(rho: Signed) -> int:
 
 
 _SIGN_WORD = {1: "positive", -1: "negative"}
+_SIDE_WORD = {1: "above", -1: "below"}
+
+
+def _layers_established(layers) -> str:
+    """The layers whose own partial ρ is established, with its side of 0, in words (empty when none is)."""
+    found = [
+        f"layer {layer}'s is {_SIDE_WORD[_established_sign(own)]} 0"
+        for layer, own in layers
+        if not own.why and _established_sign(own)
+    ]
+    return f"; of the layers' own partial ρs, {', '.join(found)}" if found else ""
+
+
+def _layer_against(partial: Signed, layers) -> str:
+    """The layers whose own partial ρ is established with the sign opposite to the layer-controlled
+    partial's established sign, in words (empty when none is, or that sign is not established)."""
+    given = 0 if partial.why or partial.disputed() else _established_sign(partial)
+    if not given:
+        return ""
+    against = [str(layer) for layer, own in layers if not own.why and _established_sign(own) == -given]
+    if not against:
+        return ""
+    which = "layer " + ", ".join(against) if len(against) == 1 else "layers " + ", ".join(against)
+    verb = "is" if len(against) == 1 else "are"
+    return (
+        f"the mean within-layer partial ρ is {_SIDE_WORD[given]} 0, but {which}' partial ρ {verb} "
+        f"{_SIDE_WORD[-given]} 0"
+        if len(against) > 1
+        else f"the mean within-layer partial ρ is {_SIDE_WORD[given]} 0, but {which}'s partial ρ {verb} "
+        f"{_SIDE_WORD[-given]} 0"
+    )
+
+
 _EFFECT_WORD = {1: "larger", -1: "smaller"}
 
 
-def _frequency_verdict(partial: Signed, raw: Signed) -> str:
-    """What the partial ρ given routing frequency says about the domain score–effect association, beside
-    the raw ρ: it holds when both have the same established sign, reverses when their established signs
-    differ; the partial's sign alone when the raw ρ's is not established; neither when both are not."""
+def _frequency_verdict(partial: Signed, raw: Signed, layers: list[tuple[object, Signed]] = ()) -> str:
+    """What the (layer-controlled) partial ρ given routing frequency says about the domain score–effect
+    association, beside the raw ρ: it holds when both have the same established sign, reverses when their
+    established signs differ; the partial's sign alone when the raw ρ's is not established; neither when
+    both are not. Not established, with the layer named, when a layer's own partial ρ (``layers``) is
+    established with the opposite sign."""
+    against = _layer_against(partial, layers)
+    if against:
+        return f"the association is not established beyond routing frequency ({against})"
+    name = "the mean within-layer partial ρ" if layers else "the partial ρ"
     if partial.why or not np.isfinite(partial.low):
-        return "without an interval for the partial ρ, the association is not established beyond routing frequency"
+        return f"without an interval for {name}, the association is not established beyond routing frequency"
     if partial.disputed():
         return (
-            "the association is not established beyond routing frequency (the partial ρ's percentile and "
+            f"the association is not established beyond routing frequency ({name}'s percentile and "
             "basic intervals disagree about excluding 0)"
         )
     given, alone = _established_sign(partial), _established_sign(raw)
     if not given:
+        covers = f"{name}'s interval covers 0{_layers_established(layers)}"
         if not alone:
             return (
                 "neither the association nor its part beyond routing frequency is established (the raw ρ's "
-                "sign is not established and the partial ρ's interval covers 0)"
+                f"sign is not established and {covers})"
             )
+        restated = "how often the experts are routed" + (" or how the layers differ" if layers else "")
         return (
-            "the association is not established beyond routing frequency (the partial ρ's interval covers 0), "
-            "so the raw ρ may only restate how often the experts are routed"
+            f"the association is not established beyond routing frequency ({covers}), "
+            f"so the raw ρ may only restate {restated}"
         )
     meaning = f"given it, the more domain-specific experts have the {_EFFECT_WORD[given]} removal effects"
     if given == alone:
