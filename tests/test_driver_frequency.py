@@ -2,6 +2,7 @@
 on planted cases whose answer is known."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.stats
 
@@ -75,3 +76,44 @@ def test_the_frequency_share_is_within_each_layer():
     again = saliency_frequency_spearman(effect, counts, saliency, scaled, N_EXPERTS, n_resamples=50)
     key = "routed share (selection)"
     assert again[key].estimate == pytest.approx(base[key].estimate)
+
+
+def _result_with(case_seed: int, beyond: bool):
+    from tl_moe.analysis.drivers import _frequency_control
+    from tl_moe.pipeline.sections.drivers import DriversResult
+
+    comparison = pd.DataFrame()
+    comparison.attrs["saliency_frequency"] = _frequency_control(
+        *_case(case_seed, reap_beyond_frequency=beyond), N_EXPERTS, n_resamples=300, seed=case_seed
+    )
+    return DriversResult(pd.DataFrame(), comparison, 0.5)
+
+
+def test_the_finding_names_frequency_beside_reap_and_follows_the_difference():
+    beyond = _result_with(1, beyond=True)
+    text = beyond._frequency_control()
+    kept = beyond.comparison.attrs["saliency_frequency"]["routed share (selection)"]
+    assert "routing frequency alone (the selection half's routed share" in text
+    assert f"ρ = {kept['estimate']:+.2f} [{kept['low']:+.2f}, {kept['high']:+.2f}]" in text
+    assert text.endswith("REAP ranks experts beyond how often they are routed")
+    assert beyond._frequency_signed().above_zero()
+    same = _result_with(0, beyond=False)._frequency_control()
+    assert "REAP ranks experts beyond" not in same
+    assert same.endswith("routing frequency alone ranks experts better than REAP")
+    metrics = beyond._frequency_metrics()
+    key = "Spearman(REAP saliency) − Spearman(routed share), removal effect"
+    assert metrics[key] == pytest.approx(
+        beyond.comparison.attrs["saliency_frequency"]["REAP − frequency"]["estimate"], abs=1e-4
+    )
+    assert metrics[f"{key} | experts"] == N_LAYERS * N_EXPERTS
+    older = type(beyond)(pd.DataFrame(), pd.DataFrame(), 0.5)  # a result without the control
+    assert older._frequency_control() == "" and older._frequency_metrics() == {}
+
+
+def test_top_overlaps_count_the_shared_top_experts_on_one_set_with_its_chance():
+    from tl_moe.analysis.effect_estimate import top_overlaps
+
+    exact = np.array([5.0, 4.0, 3.0, 2.0, 1.0, 0.0])
+    scores = {"a": np.array([0.0, 9.0, 8.0, 1.0, 2.0, 3.0]), "b": exact[::-1].copy()}
+    found = top_overlaps(scores, exact, 3)  # exact top 3: {0, 1, 2}; a's: {1, 2, 5}; b's: {3, 4, 5}
+    assert found == {"top n": 3, "experts": 6, "chance": pytest.approx(1.5), "a": 2, "b": 0}

@@ -137,6 +137,14 @@ class DriversResult(DriverFindings, DriverFigures, DriverOutcome, Result):
             metrics["paired Spearman | experts"] = int(pooled["experts"].iloc[0])
             metrics["paired Spearman | documents"] = int(pooled["documents"].iloc[0])
             metrics[left_out_key("paired Spearman")] = list(self.paired.attrs.get("left out", []))
+            overlap = self.paired.attrs.get("top overlap")
+            if overlap:
+                top = int(overlap["top n"])
+                for score in ("first-order estimate", "REAP saliency"):
+                    metrics[f"paired experts | top-{top} overlap({score}, exact zeroing effect)"] = int(
+                        overlap[score]
+                    )
+                metrics[f"paired experts | top-{top} overlap | chance"] = rounded(overlap["chance"], 2)
             metrics["paired Spearman | computed on"] = (
                 f"the same {int(pooled['experts'].iloc[0])} experts (routed on the documents of the edited "
                 f"forwards) and {int(pooled['documents'].iloc[0])} documents for the estimate, REAP saliency "

@@ -145,14 +145,26 @@ class DriverFindings:
             f"{shown(self._frequency_row('REAP − frequency'))} (paired; {signed.diagnostics()}): {verdict}"
         )
 
-    def _estimate_finding(self) -> str:
+    def _overlap_text(self) -> str:
+        """The top-n overlaps of the estimate and of REAP with the exact effect, on the paired ρ's experts
+        where the result has them (else on each score's own defined experts, as older results do)."""
+        kept = None if self.paired is None else self.paired.attrs.get("top overlap")
+        if kept:
+            top = int(kept["top n"])
+            return (
+                f"on the {int(kept['experts'])} experts of the paired ρ below, its top {top} share "
+                f"{int(kept['first-order estimate'])} experts with the exact top {top} (REAP saliency's top "
+                f"{top}: {int(kept['REAP saliency'])}; chance {format_number(kept['chance'], '.2f', 'no expert')})"
+            )
         first, reap = self._agreement_row("first-order estimate"), self._agreement_row("REAP saliency")
-        text = (
-            f"**First-order estimate** (one backward per batch) of the zeroing effect: its top "
-            f"{int(first['top n'])} share {int(first['top-n overlap'])} experts with the exact top "
-            f"{int(first['top n'])} (chance {format_number(first['chance overlap'], '.2f', 'no expert')}; REAP saliency: "
-            f"{int(reap['top-n overlap'])})."
+        return (
+            f"its top {int(first['top n'])} share {int(first['top-n overlap'])} experts with the exact top "
+            f"{int(first['top n'])} (chance {format_number(first['chance overlap'], '.2f', 'no expert')}; REAP "
+            f"saliency: {int(reap['top-n overlap'])})"
         )
+
+    def _estimate_finding(self) -> str:
+        text = f"**First-order estimate** (one backward per batch) of the zeroing effect: {self._overlap_text()}."
         if self.paired is None:
             return text
         rows = self._paired_rows("all").set_index("score")
