@@ -44,6 +44,7 @@ from tl_moe.analysis.driver_domain import (
     ReportDocuments,
     compare_drivers_with_domain_experts,
 )
+from tl_moe.analysis.driver_frequency import saliency_frequency_spearman
 from tl_moe.analysis.drivers import HALVES_KEY, saliency_effect_spearman
 from tl_moe.analysis.edit_windows import ratio_intervals
 from tl_moe.analysis.effect_estimate import paired_rho_difference
@@ -1536,7 +1537,8 @@ def rho_case(seed: int, spread: float, topic: float, rare: float, link: float) -
     token, mean the expert's saliency per routed token), exact-effect and estimate sums (gamma per routed
     token). The expected effect per corpus token follows the routing rate; the expected saliency per
     routed token follows the effect (``link``) with noise, except for the rarest ``rare`` share, whose
-    saliency is unrelated to their tiny effect."""
+    saliency is unrelated to their tiny effect. The expected scores end with the routing rate (the
+    expected routed share's ranking)."""
     rng = np.random.default_rng(seed)
     rate_ = np.exp(spread * rng.normal(size=RHO_EXPERTS))
     rate_ /= rate_.sum()
@@ -1556,7 +1558,8 @@ def rho_case(seed: int, spread: float, topic: float, rare: float, link: float) -
     effect_sums = sums(per_routed, 0.25) / 2
     estimate_sums = sums(estimate * per_routed, 0.25) / 2
     saliency_sums = sums(saliency, 2.0)
-    return effect_sums, estimate_sums, saliency_sums, routed, tokens, (effect, estimate * effect, saliency)
+    truth = (effect, estimate * effect, saliency, rate_)
+    return effect_sums, estimate_sums, saliency_sums, routed, tokens, truth
 
 
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:
@@ -1567,7 +1570,7 @@ def rho_truths(case: tuple, gate: int) -> dict[str, float]:
     """The true rho of each statistic: Spearman's rho of the expected scores over the experts the
     statistic keeps (routed on at least ``gate`` of the documents behind each of its scores, counted
     here by hand; 0: every routed expert)."""
-    _, _, _, routed, _, (effect, estimate, saliency) = case
+    _, _, _, routed, _, (effect, estimate, saliency, _) = case
     half = document_split(np.arange(RHO_DOCUMENTS), key=HALVES_KEY)
     split = routed[:, half == 0].sum(1) > 0
     split &= np.count_nonzero(routed[:, half == 0], axis=1) >= gate
@@ -1598,6 +1601,64 @@ def rho_intervals(case: tuple, seed: int, replicates: int, method: str, gate: in
     return dict(zip(RHO_STATISTICS, rows, strict=True))
 
 
+#: The statistics of REAP against its free control (one layer of :data:`RHO_EXPERTS` experts): the
+#: selection half's routed share's split-halves ρ and REAP's minus it, paired.
+FREQUENCY_STATISTICS = ("routed share, split halves", "REAP − frequency, split halves")
+
+
+def frequency_truths(case: tuple, gate: int) -> dict[str, float]:
+    """The true ρ of :data:`FREQUENCY_STATISTICS` over the split-halves experts: the expected routed
+    share ranks as the routing rate."""
+    _, _, _, routed, _, (effect, _, saliency, rate_) = case
+    half = document_split(np.arange(RHO_DOCUMENTS), key=HALVES_KEY)
+    split = routed[:, half == 0].sum(1) > 0
+    split &= np.count_nonzero(routed[:, half == 0], axis=1) >= gate
+    split &= np.count_nonzero(routed[:, half == 1], axis=1) >= gate
+    share = _spearman(rate_[split], effect[split])
+    return {
+        FREQUENCY_STATISTICS[0]: share,
+        FREQUENCY_STATISTICS[1]: _spearman(saliency[split], effect[split]) - share,
+    }
+
+
+def frequency_intervals(case: tuple, seed: int, replicates: int, method: str, gate: int) -> dict[str, tuple]:
+    """``(estimate, low, high)`` of :data:`FREQUENCY_STATISTICS` (``saliency_frequency_spearman``)."""
+    effect_sums, _, saliency_sums, routed, tokens, _ = case
+    found = saliency_frequency_spearman(
+        effect_sums,
+        tokens,
+        saliency_sums,
+        routed,
+        RHO_EXPERTS,
+        n_resamples=replicates,
+        seed=seed,
+        method=method,
+        min_expert_documents=gate,
+    )
+    rows = [found[name] for name in ("routed share (selection)", "REAP − frequency")]
+    return {name: (i.estimate, i.low, i.high) for name, i in zip(FREQUENCY_STATISTICS, rows, strict=True)}
+
+
+def frequency_coverage(seeds: int, replicates: int) -> dict[str, Any]:
+    """Coverage of the true ρ by the chosen method's interval of :data:`FREQUENCY_STATISTICS` at the
+    default gate in each planted case, with the misses' direction (truth above / below the interval)."""
+    rates, misses = {}, {}
+    gate, method = RHO_MIN_EXPERT_DOCUMENTS, RHO_METHOD
+    for case_name in RHO_CASES:
+        rows: dict[str, list[tuple[bool, bool]]] = {name: [] for name in FREQUENCY_STATISTICS}
+        for seed in range(seeds):
+            case = rho_case(seed, **RHO_CASES[case_name])
+            truth = frequency_truths(case, gate)
+            for name, (_, low, high) in frequency_intervals(case, seed, replicates, method, gate).items():
+                rows[name].append((low <= truth[name] <= high, truth[name] > high))
+        for name, found in rows.items():
+            key = f"{case_name}, gate {gate}, {method}, {name}"
+            rates[key] = rate(sum(c for c, _ in found), seeds, CONFIDENCE)
+            above = sum(a for _, a in found)
+            misses[key] = {"above": above, "below": seeds - rates[key]["hits"] - above}
+    return {"rates": rates, "misses, truth above / below the interval": misses}
+
+
 def rho_interval_methods(seeds: int, replicates: int) -> dict[str, Any]:
     """Coverage of the true rho, and the median position of the estimate in its interval, of the
     percentile, basic and BCa document intervals of the drivers' four rho statistics, in each cell of
@@ -1626,6 +1687,7 @@ def rho_interval_methods(seeds: int, replicates: int) -> dict[str, Any]:
         "rates": rates,
         "median position of the estimate": positions,
         "misses, truth above / below the interval": misses,
+        "REAP vs routing frequency": frequency_coverage(seeds, replicates),
         "settings": {
             "experts": RHO_EXPERTS,
             "documents": RHO_DOCUMENTS,

@@ -340,7 +340,7 @@ def test_the_drivers_block_gives_the_saliency_rhos_planted_coverage_and_the_dire
     del results["sections"]["drivers"]["metrics"]["Spearman(REAP saliency, removal effect) | basic 95% CI"]
     line = drivers_markdown(results, "x", _planted_rho(None))
     assert "132 of 200 seeds" in line and "misses" not in line and "basic interval of the same" not in line
-    assert "planted study of this interval" not in drivers_markdown(results, "x", {})
+    assert "planted study of REAP's ρ interval" not in drivers_markdown(results, "x", {})
 
 
 def test_the_drivers_block_gives_the_paired_rhos_planted_coverage_and_no_direction_for_a_coin_flip():

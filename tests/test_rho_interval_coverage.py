@@ -49,7 +49,7 @@ def test_the_truth_keeps_the_experts_the_split_gate_keeps():
     """The split-halves truth is over the experts routed on at least 5 documents of each half, counted
     here from the routing; the interval's estimate is scipy's ρ over the same experts."""
     planted = STUDIES.rho_case(3, **STUDIES.RHO_CASES["rarely routed experts"])
-    effect_sums, _, saliency_sums, routed, tokens, (effect, _, saliency) = planted
+    effect_sums, _, saliency_sums, routed, tokens, (effect, _, saliency, rate_) = planted
     half = document_split(np.arange(routed.shape[1]), key=HALVES_KEY)
     kept = [
         e
@@ -60,6 +60,10 @@ def test_the_truth_keeps_the_experts_the_split_gate_keeps():
     assert 0 < len(kept) < routed.shape[0]  # the gate leaves some rare experts out
     truth = STUDIES.rho_truths(planted, 5)["REAP, split halves"]
     assert truth == pytest.approx(scipy.stats.spearmanr(saliency[kept], effect[kept]).statistic)
+    share = scipy.stats.spearmanr(rate_[kept], effect[kept]).statistic  # the routed share ranks as the rate
+    frequency = STUDIES.frequency_truths(planted, 5)
+    assert frequency["routed share, split halves"] == pytest.approx(share)
+    assert frequency["REAP − frequency, split halves"] == pytest.approx(truth - share)
     selection, report = half == 0, half == 1
     observed_saliency = saliency_sums[kept][:, selection].sum(1) / routed[kept][:, selection].sum(1)
     observed_effect = effect_sums[kept][:, report].sum(1) / tokens[report].sum()

@@ -950,12 +950,14 @@ def _saliency_caveat(results: dict[str, Any], planted: dict[str, Any] | None) ->
         key = f"{case}, gate {gate}, {method}, {SALIENCY_STATISTIC}"
         parts.append(f"{case}: {planted_rate(study['rates'][key])}{_miss_direction(study, key)}")
     text = (
-        f" The planted study of this interval (`{PLANTED}`, `rho_interval_methods`, {method}, document gate "
+        f" The planted study of REAP's ρ interval (`{PLANTED}`, `rho_interval_methods`, {method}, document gate "
         f"{gate}) covers the true ρ in each planted case — " + "; ".join(parts) + "."
     )
     basic = metrics.get(f"{SALIENCY_METRIC} | basic 95% CI")
     if basic and all(is_defined(bound) for bound in basic):
-        text += f" This run's basic interval of the same resamples: [{basic[0]:+.2f}, {basic[1]:+.2f}]."
+        text += (
+            f" This run's basic interval of REAP's ρ (same resamples): [{basic[0]:+.2f}, {basic[1]:+.2f}]."
+        )
     return text
 
 

@@ -233,7 +233,13 @@ class DriverStudy:
         if estimate is not None:
             estimates, agreement = estimate_report(effects, saliency, estimate, n_top=count, seed=seed)
             paired = estimate_vs_reap(
-                effects, saliency, estimate, n_resamples=resamples, seed=seed, min_documents=fewest
+                effects,
+                saliency,
+                estimate,
+                n_resamples=resamples,
+                seed=seed,
+                min_documents=fewest,
+                n_top=count,
             )
         overlap = None
         if domain_experts is not None:

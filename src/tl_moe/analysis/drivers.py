@@ -396,7 +396,37 @@ def driver_report(
             "method": RHO_METHOD,
             "bootstrap bias": float(interval.bias) if np.isfinite(interval.bias) else None,
         }
+        comparison.attrs["saliency_frequency"] = _frequency_control(
+            np.pad(flat[0], ((0, 0), (0, size - len(counts)))),
+            padded_counts,
+            sal_sums,
+            sal_routed,
+            n_experts,
+            n_resamples=n_resamples,
+            seed=seed + 2,  # the saliency ρ's seed: the same resamples
+            min_documents=min_interval_documents,
+        )
     return experts, comparison
+
+
+def _frequency_control(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """REAP's ρ, the selection-half routed share's ρ and their paired difference
+    (:func:`~tl_moe.analysis.driver_frequency.saliency_frequency_spearman`) as plain values."""
+    from tl_moe.analysis.driver_frequency import saliency_frequency_spearman
+
+    found = saliency_frequency_spearman(*args, **kwargs)
+    plain: dict[str, Any] = {"experts": found.pop("experts")}
+    for name, interval in found.items():
+        plain[name] = {
+            "estimate": float(interval.estimate),
+            "low": float(interval.low) if interval.available else None,
+            "high": float(interval.high) if interval.available else None,
+            "documents": int(interval.n),
+            "unavailable": interval.reason or "",
+            "method": interval.method,
+            "bootstrap bias": float(interval.bias) if np.isfinite(interval.bias) else None,
+        }
+    return plain
 
 
 def split_documents(

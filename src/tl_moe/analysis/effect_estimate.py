@@ -364,6 +364,7 @@ def paired_rho_difference(
     method: str = RHO_METHOD,
     min_expert_documents: int = RHO_MIN_EXPERT_DOCUMENTS,
     min_documents: int = MIN_DOCUMENTS,
+    n_top: int | None = None,
 ) -> pd.DataFrame:
     """Spearman ρ of the first-order estimate and of REAP saliency with the exact effect, on the same
     experts, and their paired difference, with a 95% document-bootstrap interval (``method``, default
@@ -493,7 +494,25 @@ def paired_rho_difference(
     table = pd.DataFrame(rows)
     table.attrs["left out"] = np.flatnonzero(defined & ~gated).tolist()
     table.attrs["min expert documents"] = int(min_expert_documents)
+    if n_top is not None:
+        scores = {"first-order estimate": first[keep], "REAP saliency": saliency[keep]}
+        table.attrs["top overlap"] = top_overlaps(scores, exact[keep], n_top)
     return table
+
+
+def top_overlaps(
+    scores: dict[str, Float[np.ndarray, " expert"]], exact: Float[np.ndarray, " expert"], n_top: int
+) -> dict[str, Any]:
+    """How many of the ``n`` highest experts by each score are among the ``n`` highest by the exact
+    effect, all on the same experts (``n = min(n_top, experts)``), with the count expected by chance
+    (``n² / experts``)."""
+    n = len(exact)
+    top = min(n_top, n)
+    by_exact = _top(np.asarray(exact, np.float64), top)
+    found: dict[str, Any] = {"top n": top, "experts": n, "chance": top * top / n if n else float("nan")}
+    for name, score in scores.items():
+        found[name] = len(_top(np.asarray(score, np.float64), top) & by_exact)
+    return found
 
 
 def reap_on_edited_documents(
@@ -574,12 +593,14 @@ def estimate_vs_reap(
     n_resamples: int = 1000,
     seed: int = 0,
     min_documents: int = MIN_DOCUMENTS,
+    n_top: int | None = None,
 ) -> pd.DataFrame:
     """:func:`paired_rho_difference` of the first-order estimate and REAP saliency against the exact
     zeroing effect, over every expert of every sparse layer routed on enough of the documents the edits
     saw (pooled, per layer, the mean of the per-layer ρ and the pooled minus that mean), on those
     documents (REAP saliency recomputed on them in every resample). ``attrs["left out"]`` names the
-    experts the document gate left out (``L{layer}E{expert}``)."""
+    experts the document gate left out (``L{layer}E{expert}``); with ``n_top``, ``attrs["top overlap"]``
+    the top-``n_top`` overlaps of both scores on those same experts (:func:`top_overlaps`)."""
     zero = list(effects.kinds).index("zero") if "zero" in effects.kinds else 0
     size = max(effects.counts.numel(), estimate.counts.numel())
 
@@ -599,6 +620,7 @@ def estimate_vs_reap(
         n_resamples=n_resamples,
         seed=seed,
         min_documents=min_documents,
+        n_top=n_top,
     )
     table.attrs["left out"] = [
         f"L{effects.layers[i // n_experts]}E{i % n_experts}" for i in table.attrs["left out"]

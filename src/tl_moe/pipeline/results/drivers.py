@@ -34,6 +34,28 @@ class DriversResult(DriverFindings, DriverFigures, DriverOutcome, Result):
         """The report's view of what :class:`~tl_moe.analysis.driver_study.DriverStudy` found."""
         return cls(**{spec.name: getattr(outcome, spec.name) for spec in fields(outcome)})
 
+    def _frequency_metrics(self) -> dict[str, Any]:
+        """The selection-half routed share's ρ with the removal effect and REAP − frequency, paired."""
+        metrics: dict[str, Any] = {}
+        for score, key in (
+            ("routed share (selection)", "Spearman(routed share (selection), removal effect)"),
+            ("REAP − frequency", "Spearman(REAP saliency) − Spearman(routed share), removal effect"),
+        ):
+            row = self._frequency_row(score)
+            if row is None:
+                return {}
+            metrics[key] = rounded(row["spearman with exact zeroing effect"])
+            metrics[f"{key} | 95% CI"] = [rounded(row["ci low"]), rounded(row["ci high"])]
+            metrics[f"{key} | bootstrap bias"] = rounded(row["bootstrap bias"])
+            metrics[f"{key} | position in interval"] = rounded(
+                interval_position(row.iloc[0], row["ci low"], row["ci high"])
+            )
+            metrics[f"{key} | basic 95% CI"] = [rounded(row["basic ci low"]), rounded(row["basic ci high"])]
+            metrics[f"{key} | experts"] = int(self.comparison.attrs["saliency_frequency"]["experts"])
+            if row["interval unavailable"]:
+                metrics[f"{key} | interval unavailable"] = row["interval unavailable"]
+        return metrics
+
     def to_frame(self) -> pd.DataFrame:
         return self.experts
 
@@ -79,6 +101,7 @@ class DriversResult(DriverFindings, DriverFigures, DriverOutcome, Result):
                 metrics["Spearman(REAP saliency, removal effect) | interval unavailable"] = (
                     self.saliency_interval.reason
                 )
+        metrics.update(self._frequency_metrics())
         if self.agreement is not None:
             for score in ("first-order estimate", "REAP saliency"):
                 row = self._agreement_row(score)
@@ -114,6 +137,14 @@ class DriversResult(DriverFindings, DriverFigures, DriverOutcome, Result):
             metrics["paired Spearman | experts"] = int(pooled["experts"].iloc[0])
             metrics["paired Spearman | documents"] = int(pooled["documents"].iloc[0])
             metrics[left_out_key("paired Spearman")] = list(self.paired.attrs.get("left out", []))
+            overlap = self.paired.attrs.get("top overlap")
+            if overlap:
+                top = int(overlap["top n"])
+                for score in ("first-order estimate", "REAP saliency"):
+                    metrics[f"paired experts | top-{top} overlap({score}, exact zeroing effect)"] = int(
+                        overlap[score]
+                    )
+                metrics[f"paired experts | top-{top} overlap | chance"] = rounded(overlap["chance"], 2)
             metrics["paired Spearman | computed on"] = (
                 f"the same {int(pooled['experts'].iloc[0])} experts (routed on the documents of the edited "
                 f"forwards) and {int(pooled['documents'].iloc[0])} documents for the estimate, REAP saliency "

@@ -10,7 +10,13 @@ import pandas as pd
 
 from tl_moe.analysis.driver_domain import WITHIN_PARTIAL
 from tl_moe.analysis.effect_estimate import POOLED_MINUS_WITHIN
-from tl_moe.analysis.stats import RHO_METHOD, RHO_MIN_EXPERT_DOCUMENTS
+from tl_moe.analysis.stats import (
+    RHO_DIFFERENCE_RANGE,
+    RHO_METHOD,
+    RHO_MIN_EXPERT_DOCUMENTS,
+    RHO_RANGE,
+    basic_interval,
+)
 from tl_moe.pipeline.results.drivers_text import (
     WITHIN,
     Signed,
@@ -56,7 +62,7 @@ class DriverFindings:
             f"next-token loss by {show('driver experts')} nats/token vs {show('matched controls')} for "
             f"{matched} (difference {show('driver − control')}, {interval}); REAP saliency (selection half) "
             f"ranks experts with Spearman ρ = {self._saliency_rho()} against the exact removal effect "
-            "(report half)."
+            f"(report half){self._frequency_control()}."
         ]
         if not self.resumed:
             findings.append(
@@ -85,14 +91,81 @@ class DriverFindings:
             f"{diagnostic(rho, low, high, bias)})"
         )
 
-    def _estimate_finding(self) -> str:
-        first, reap = self._agreement_row("first-order estimate"), self._agreement_row("REAP saliency")
-        text = (
-            f"**First-order estimate** (one backward per batch) of the zeroing effect: its top "
-            f"{int(first['top n'])} share {int(first['top-n overlap'])} experts with the exact top "
-            f"{int(first['top n'])} (chance {format_number(first['chance overlap'], '.2f', 'no expert')}; REAP saliency: "
-            f"{int(reap['top-n overlap'])})."
+    def _frequency_row(self, score: str) -> pd.Series | None:
+        """One ρ of the REAP-vs-frequency control (``FREQUENCY_SCORES``) as a paired-table row (None
+        without the control: no per-document saliency, or an older result)."""
+        found = self.comparison.attrs.get("saliency_frequency")
+        if not found:
+            return None
+        kept = found[score]
+        low, high = (np.nan if kept[b] is None else kept[b] for b in ("low", "high"))
+        bounds = RHO_DIFFERENCE_RANGE if score == "REAP − frequency" else RHO_RANGE
+        return pd.Series(
+            {
+                "spearman with exact zeroing effect": kept["estimate"],
+                "ci low": low,
+                "ci high": high,
+                "interval unavailable": kept["unavailable"],
+                "bootstrap bias": np.nan if kept["bootstrap bias"] is None else kept["bootstrap bias"],
+                "basic ci low": basic_interval(kept["estimate"], low, high, bounds)[0],
+                "basic ci high": basic_interval(kept["estimate"], low, high, bounds)[1],
+            }
         )
+
+    def _frequency_signed(self) -> Signed | None:
+        """ρ(REAP) − ρ(routed share), read for its sign (None without the control)."""
+        row = self._frequency_row("REAP − frequency")
+        return None if row is None else Signed(row)
+
+    def _frequency_control(self) -> str:
+        """Routing frequency's ρ beside REAP's and their paired difference, with the verdict it allows."""
+        share, signed = self._frequency_row("routed share (selection)"), self._frequency_signed()
+        if share is None or signed is None:
+            return ""
+
+        def shown(row: pd.Series) -> str:
+            why = row["interval unavailable"]
+            low, high = (math.nan, math.nan) if why else (row["ci low"], row["ci high"])
+            return format_interval(row.iloc[0], low, high, "+.2f", why or "constant scores")
+
+        if signed.why:
+            verdict = f"no interval ({signed.why})"
+        elif signed.above_zero():
+            verdict = "REAP ranks experts beyond how often they are routed"
+        elif signed.below_zero():
+            verdict = "routing frequency alone ranks experts better than REAP"
+        else:
+            verdict = "REAP adds no established ranking beyond how often an expert is routed" + (
+                " (the percentile and basic intervals disagree about excluding 0)"
+                if signed.disputed()
+                else ""
+            )
+        return (
+            f"; routing frequency alone (the selection half's routed share, the same experts and document "
+            f"resamples): ρ = {shown(share)} ({Signed(share).diagnostics()}); REAP − frequency: "
+            f"{shown(self._frequency_row('REAP − frequency'))} (paired; {signed.diagnostics()}): {verdict}"
+        )
+
+    def _overlap_text(self) -> str:
+        """The top-n overlaps of the estimate and of REAP with the exact effect, on the paired ρ's experts
+        where the result has them (else on each score's own defined experts, as older results do)."""
+        kept = None if self.paired is None else self.paired.attrs.get("top overlap")
+        if kept:
+            top = int(kept["top n"])
+            return (
+                f"on the {int(kept['experts'])} experts of the paired ρ below, its top {top} share "
+                f"{int(kept['first-order estimate'])} experts with the exact top {top} (REAP saliency's top "
+                f"{top}: {int(kept['REAP saliency'])}; chance {format_number(kept['chance'], '.2f', 'no expert')})"
+            )
+        first, reap = self._agreement_row("first-order estimate"), self._agreement_row("REAP saliency")
+        return (
+            f"its top {int(first['top n'])} share {int(first['top-n overlap'])} experts with the exact top "
+            f"{int(first['top n'])} (chance {format_number(first['chance overlap'], '.2f', 'no expert')}; REAP "
+            f"saliency: {int(reap['top-n overlap'])})"
+        )
+
+    def _estimate_finding(self) -> str:
+        text = f"**First-order estimate** (one backward per batch) of the zeroing effect: {self._overlap_text()}."
         if self.paired is None:
             return text
         rows = self._paired_rows("all").set_index("score")
@@ -116,6 +189,11 @@ class DriverFindings:
             )
         elif signed.below_zero():
             verdict = "REAP saliency, a data-only score, ranks experts better than the estimate"
+            if self._frequency_signed() is not None and not self._frequency_signed().above_zero():
+                verdict += (
+                    " (a comparison of these two scores only: REAP itself is not separated from routing "
+                    "frequency, first finding)"
+                )
         elif signed.above_zero():
             verdict = "the estimate ranks experts better than REAP saliency"
         else:
