@@ -323,8 +323,8 @@ def _null_check(corrected: dict[str, Any], f1: dict[str, Any] | None, metric: st
             )
     if f1 is not None and metric != "f1":
         text += (
-            f" (F1, whose null is not 0, so the subtraction corrects: MoE − control {_part(f1, 'uncorrected')}, "
-            f"its null {_part(f1, 'null')}, corrected {_interval(f1)})"
+            f" (F1, whose null is not 0, so the subtraction corrects, with this one permutation of the labels: "
+            f"MoE − control {_part(f1, 'uncorrected')}, its null {_part(f1, 'null')}, corrected {_interval(f1)})"
         )
     return text + "."
 
