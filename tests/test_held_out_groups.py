@@ -165,7 +165,7 @@ def test_the_reading_leads_with_the_holm_verdict_and_reads_the_null_as_a_check_i
         in text
     )
     assert "here the null's interval covers 0" in text
-    assert "(F1, whose null is not 0, so the subtraction corrects: MoE − control +0.044 [+0.030, +0.058], its null +0.015 [+0.004, +0.026], corrected +0.029 [+0.003, +0.056])" in text  # fmt: skip
+    assert "(F1, whose null is not 0, so the subtraction corrects, with this one permutation of the labels: MoE − control +0.044 [+0.030, +0.058], its null +0.015 [+0.004, +0.026], corrected +0.029 [+0.003, +0.056])" in text  # fmt: skip
     assert "%" not in text
 
 

@@ -136,7 +136,8 @@ def test_the_summary_row_and_its_finding_name_the_interval_methods(studies):
     assert (row["mean interval method"], row["difference interval method"]) == ("BCa", "percentile")
     row["interval over"] = "score documents"
     assert _unit(row).endswith(
-        "58 score documents of the scoring items (BCa for the means, percentile for the differences)"
+        "58 score documents of the scoring items (BCa for the means and for own − chance, the mean's interval "
+        "moved by the chance constant; percentile for the paired differences between arms)"
     )
     del row["mean interval method"]  # a results file written before the methods were recorded
     assert _unit(row).endswith("58 score documents of the scoring items")

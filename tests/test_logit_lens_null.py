@@ -191,3 +191,25 @@ def test_the_finding_rests_on_the_own_token_difference():
     result = SimpleNamespace(share=share, _shown=lambda: "tok")
     text = LogitLensResult._own_token_verdict(result)
     assert "trained share − that share" in text and "training is not shown to favour `tok`" in text
+
+
+def test_a_concentration_only_training_made_is_credited_against_the_one_initialization_only():
+    """Planted: the trained lens leans on token 0, the untrained one on nothing; the verdict credits
+    training, worded for the one random initialization measured, not random weights in general."""
+    from types import SimpleNamespace
+
+    from tl_moe.pipeline.sections.logit_lens import LogitLensResult
+
+    share = top_token_share(
+        planted_lens(leaning(0.6, 0), 0),
+        identity,
+        planted_lens(leaning(0.0, 0), 1),
+        identity,
+        n_resamples=200,
+    )
+    text = LogitLensResult._own_token_verdict(SimpleNamespace(share=share, _shown=lambda: "tok"))
+    assert (
+        "training concentrates the experts' top-1 on one token more than this one random initialization"
+        in text
+    )
+    assert "random weights do" not in text

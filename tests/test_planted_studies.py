@@ -265,35 +265,47 @@ def test_the_within_layer_wording_calls_the_pooled_share_a_power():
 
 
 def _label_study(rates: dict[str, tuple[int, int]]) -> dict:
-    """A ``label_mean_interval_coverage`` record whose run-shaped cell has these (hits, misses above)."""
+    """A ``label_mean_interval_coverage`` record whose two run-shaped cells have these (hits, misses above)
+    (190, 5 where not given), the estimate 0.02 below the truth and a bootstrap bias of -0.005."""
+    cells = ("run shaped", "run shaped, recall lower in large documents")
+    shape = {
+        "items per document, max": 222.0,
+        "items per document, median": 17.0,
+        "mean recall": 0.69,
+        "mean specificity": 0.83,
+    }
     study = {"seeds": 200, "replicates": 999, "test": "tests/x.py", "pipeline method": "BCa", "rates": {},
-             "misses, truth above / below the interval": {}, "median position of the estimate": {},
-             "shape": {"run shaped": {"items per document, max": 222.0, "items per document, median": 17.0,
-                                      "mean recall": 0.69, "mean specificity": 0.83}},
-             "settings": {"documents": 58, "run shape": {"items per document, max": 190, "items per document, median": 17,
-                                                         "mean recall": 0.66, "mean specificity": 0.86}}}  # fmt: skip
-    for metric in ("balanced_accuracy", "f1", "recall"):
-        for method in ("percentile", "basic", "BCa"):
-            key = f"run shaped, {method}, {metric}"
-            hits, above = rates.get(key, (190, 5))
-            study["rates"][key] = _rate(hits, 200, 0.95)
-            study["misses, truth above / below the interval"][key] = {
-                "above": above,
-                "below": 200 - hits - above,
-            }
-            study["median position of the estimate"][key] = 0.45
+             "misses, truth above / below the interval": {}, "median position of the estimate": {}, "means": {},
+             "shape": {cell: shape for cell in cells}, "settings": {"documents": 58}}  # fmt: skip
+    for cell in cells:
+        for metric in ("balanced_accuracy", "f1", "recall"):
+            for method in ("percentile", "basic", "BCa"):
+                key = f"{cell}, {method}, {metric}"
+                hits, above = rates.get(key, (190, 5))
+                study["rates"][key] = _rate(hits, 200, 0.95)
+                study["misses, truth above / below the interval"][key] = {
+                    "above": above,
+                    "below": 200 - hits - above,
+                }
+                study["median position of the estimate"][key] = 0.45
+                study["means"][key] = {"truth": 0.75, "estimate": 0.73, "bootstrap bias": -0.005}
     return study
 
 
 def test_the_explain_headline_quotes_the_planted_coverage_beside_its_interval():
-    """The generator puts the run-shaped cell's coverage of the pipeline's method right after the
-    headline's interval, and after the finding every mean's coverage by method, the run's estimate
-    position beside the planted one, and which method covers more often by over two standard errors."""
+    """The generator puts both run-shaped cells' coverage of the pipeline's method right after the
+    headline's interval, and after the finding every mean's coverage by method in each cell, the mean
+    estimate − truth beside the bootstrap's bias, the run's estimate position, recall and specificity (from
+    its results), and which method covers more often by over two standard errors — per cell where the
+    cells differ."""
     from readme_results import explain_markdown
 
     study = _label_study({"run shaped, BCa, balanced_accuracy": (172, 25), "run shaped, BCa, f1": (170, 28),
                           "run shaped, basic, f1": (185, 11), "run shaped, basic, balanced_accuracy": (174, 19),
-                          "run shaped, percentile, balanced_accuracy": (150, 50), "run shaped, percentile, f1": (117, 83)})  # fmt: skip
+                          "run shaped, percentile, balanced_accuracy": (150, 50), "run shaped, percentile, f1": (117, 83),
+                          "run shaped, recall lower in large documents, BCa, balanced_accuracy": (180, 8),
+                          "run shaped, recall lower in large documents, BCa, f1": (185, 8),
+                          "run shaped, recall lower in large documents, basic, f1": (180, 4)})  # fmt: skip
     results = {
         "metadata": {"options": {"split": "validation", "seed": 0, "analyses": ["explain"]}},
         "findings": [
@@ -301,22 +313,40 @@ def test_the_explain_headline_quotes_the_planted_coverage_beside_its_interval():
             "(chance 0.500; own − chance +0.261 [+0.244, +0.290] (interval above 0)); more.",
             "**Causal checks of the labels**: untouched.",
         ],
-        "sections": {"explain": {"metrics": {"all layers: mean F1 | position in interval": 0.33}}},
+        "sections": {
+            "explain": {
+                "metrics": {
+                    "all layers: mean F1 | position in interval": 0.33,
+                    "all layers: mean balanced accuracy [95% CI]": "0.761 [0.744, 0.790]",
+                    "all layers: mean recall [95% CI]": "0.658 [0.632, 0.705]",
+                }
+            }
+        },
     }
     text = explain_markdown(results, "r.json", {"studies": {"label_mean_interval_coverage": study}})
     assert (
-        "0.761 [0.744, 0.790] (nominal 95%; on a planted case of this run's shape the BCa interval covered the "
-        "true mean in 172 of 200 seeds (0.860, binomial se 0.025), below the nominal 0.95 by more than two "
-        "binomial standard errors (±0.031); chance 0.500; own − chance +0.261" in text
+        "0.761 [0.744, 0.790] (nominal 95%; on the planted cases of this run's shape the BCa interval covered the "
+        'true mean in cell "run shaped" 172 of 200 seeds (0.860, binomial se 0.025), below the nominal 0.95 by '
+        'more than two binomial standard errors (±0.031); in cell "run shaped, recall lower in large documents" '
+        "180 of 200 seeds (0.900, binomial se 0.021), below the nominal 0.95 by more than two binomial standard "
+        "errors (±0.031); chance 0.500; own − chance +0.261" in text
     )
     assert (
         "F1: percentile 0.585 (se 0.035; misses 83 with the truth above, 0 below; the estimate at a median 0.45)"
         in text
     )
+    assert "the mean estimate − truth -0.020 (the bootstrap's bias estimate -0.0050)" in text
+    assert "this run's BCa estimate at 0.33" in text
+    # 2 × 0.761 − 0.658 = 0.864: the run's specificity from its balanced accuracy and recall
+    assert "this run's mean recall 0.66 and mean specificity 0.86" in text
+    assert "set by hand from the run" in text
     assert (
-        "this run's BCa estimate at 0.33; basic covers more often there by over two standard errors" in text
+        "F1: what covers more often than BCa by over two standard errors differs between the cells: "
+        'cell "run shaped" basic, cell "run shaped, recall lower in large documents" none' in text
     )
-    balanced = text.split("balanced accuracy: ")[1].split("; F1")[0]
-    assert "covers more often" not in balanced  # basic 174 vs BCa 172: within two se of their difference
+    # basic 174 vs BCa 172 and percentile 190 vs BCa 180: within two se of their difference in both cells
+    assert (
+        "balanced accuracy: no method covers more often than BCa by over two standard errors in any" in text
+    )
     assert "- **Causal checks of the labels**: untouched." in text
     assert explain_markdown(results, "r.json", {"studies": {}}).count("nominal 95%") == 0

@@ -323,8 +323,8 @@ def _null_check(corrected: dict[str, Any], f1: dict[str, Any] | None, metric: st
             )
     if f1 is not None and metric != "f1":
         text += (
-            f" (F1, whose null is not 0, so the subtraction corrects: MoE − control {_part(f1, 'uncorrected')}, "
-            f"its null {_part(f1, 'null')}, corrected {_interval(f1)})"
+            f" (F1, whose null is not 0, so the subtraction corrects, with this one permutation of the labels: "
+            f"MoE − control {_part(f1, 'uncorrected')}, its null {_part(f1, 'null')}, corrected {_interval(f1)})"
         )
     return text + "."
 
@@ -704,13 +704,16 @@ def findings_markdown(results: dict[str, Any], source: str) -> str:
 LABELS_FINDING = "**Automatic labels**"
 """How the explain finding that quotes the mean label scores begins."""
 LABEL_STUDY, LABEL_CELL = "label_mean_interval_coverage", "run shaped"
-"""The planted study of the mean label scores' intervals, and its cell shaped like the toy explain run."""
+"""The planted study of the mean label scores' intervals, and its first cell shaped like the toy explain run."""
+LABEL_RUN_CELLS = (LABEL_CELL, "run shaped, recall lower in large documents")
+"""The study's cells shaped like the toy explain run: every one is quoted, none singled out."""
 LABEL_METRICS = {"balanced_accuracy": "balanced accuracy", "f1": "F1", "recall": "recall"}
+LABEL_METHODS = ("percentile", "basic", "BCa")
 
 
 def explain_markdown(results: dict[str, Any], source: str, planted: dict[str, Any] | None = None) -> str:
     """The explain block: the run's findings, the labels' headline with the coverage its interval method
-    reached on the planted case of the run's shape (``planted``, by default the committed planted studies
+    reached on the planted cases of the run's shape (``planted``, by default the committed planted studies
     where present) beside its interval and, after the finding, each mean's coverage by method there."""
     planted = planted if planted is not None else _planted_if_any(Path("."))
     study = (planted or {}).get("studies", {}).get(LABEL_STUDY)
@@ -725,65 +728,144 @@ def explain_markdown(results: dict[str, Any], source: str, planted: dict[str, An
     return "\n".join(lines)
 
 
-def _label_key(study: dict[str, Any], method: str, metric: str) -> str:
-    return f"{LABEL_CELL}, {method}, {metric}"
+def _label_key(study: dict[str, Any], method: str, metric: str, cell: str = LABEL_CELL) -> str:
+    return f"{cell}, {method}, {metric}"
+
+
+def _run_cells(study: dict[str, Any]) -> list[str]:
+    """The run-shaped cells this study record holds (an older record has only the first)."""
+    method = study["pipeline method"]
+    return [c for c in LABEL_RUN_CELLS if _label_key(study, method, "balanced_accuracy", c) in study["rates"]]
 
 
 def _with_label_coverage(line: str, study: dict[str, Any], metrics: dict[str, Any]) -> str:
-    """The labels' finding with the planted coverage of its headline interval after that interval, and a
-    sentence of every mean's coverage by method on the planted case of the run's shape after the line."""
+    """The labels' finding with the planted coverage of its headline interval in every run-shaped cell
+    after that interval, and a sentence of every mean's coverage by method there after the line."""
     method = study["pipeline method"]
-    headline = study["rates"][_label_key(study, method, "balanced_accuracy")]
+    cells = []
+    for cell in _run_cells(study):
+        headline = study["rates"][_label_key(study, method, "balanced_accuracy", cell)]
+        cells.append(f'in cell "{cell}" {planted_rate(headline)}, {against_nominal(headline)}')
     beside = (
-        f" (nominal 95%; on a planted case of this run's shape the {method} interval covered the true mean "
-        f"in {planted_rate(headline)}, {against_nominal(headline)}"
+        f" (nominal 95%; on the planted cases of this run's shape the {method} interval covered the true mean "
+        + "; ".join(cells)
     )
     at = line.find(" (chance ")
     line = line[:at] + beside + "; " + line[at + len(" (") :] if at >= 0 else line
     return line + _label_coverage_sentence(study, metrics)
 
 
-def _label_coverage_sentence(study: dict[str, Any], metrics: dict[str, Any]) -> str:
-    """Each mean's coverage by percentile, basic and BCa on the planted case of the run's shape, the misses'
-    side, the estimate's median position there beside this run's, and where another method covers more."""
-    method, shape, run = study["pipeline method"], study["shape"][LABEL_CELL], study["settings"]["run shape"]
+def _metric_value(metrics: dict[str, Any], key: str) -> float | None:
+    """The estimate of a ``"0.761 [0.744, 0.790]"`` metric (or a plain number), None where absent."""
+    value = metrics.get(key)
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return float(str(value).split()[0])
+    except (ValueError, IndexError):
+        return None
+
+
+def _run_rates(metrics: dict[str, Any]) -> str:
+    """This run's mean recall and mean specificity from its results (specificity as twice the mean balanced
+    accuracy less the mean recall, both over the same experts), or ``""`` where they are absent."""
+    recall = _metric_value(metrics, "all layers: mean recall [95% CI]")
+    balanced = _metric_value(metrics, "all layers: mean balanced accuracy [95% CI]")
+    if recall is None or balanced is None:
+        return ""
+    return (
+        f"; this run's mean recall {recall:.2f} and mean specificity {2 * balanced - recall:.2f} "
+        "(twice its mean balanced accuracy less its mean recall), from its results"
+    )
+
+
+def _better_methods(study: dict[str, Any], metric: str, cell: str) -> list[str]:
+    """The methods that cover more often than the pipeline's by over two standard errors of the difference."""
+    method = study["pipeline method"]
+    mine = study["rates"][_label_key(study, method, metric, cell)]
+    return [
+        m
+        for m in LABEL_METHODS
+        if m != method and rejects_more(study["rates"][_label_key(study, m, metric, cell)], mine)
+    ]
+
+
+def _better_note(study: dict[str, Any], metric: str, cells: list[str]) -> str:
+    """Which methods cover more often than the pipeline's, said once where every cell agrees and cell by
+    cell where they differ."""
+    method = study["pipeline method"]
+    better = {cell: _better_methods(study, metric, cell) for cell in cells}
+    named = {cell: " and ".join(ms) if ms else "none" for cell, ms in better.items()}
+    if len(set(named.values())) == 1:
+        which = next(iter(named.values()))
+        if which == "none":
+            return (
+                f"no method covers more often than {method} by over two standard errors in any of these cells"
+            )
+        verb = "covers" if len(next(iter(better.values()))) == 1 else "cover"
+        return (
+            f"{which} {verb} more often than {method} by over two standard errors in every one of these cells"
+        )
+    per_cell = ", ".join(f'cell "{cell}" {which}' for cell, which in named.items())
+    return f"what covers more often than {method} by over two standard errors differs between the cells: {per_cell}"
+
+
+def _cell_coverage(study: dict[str, Any], metrics: dict[str, Any], cell: str) -> str:
+    """One run-shaped cell: each mean's coverage by method, the misses' side, the estimate's median position,
+    the mean estimate − truth (the estimator's own bias) beside the bootstrap's bias estimate, and this
+    run's estimate position."""
+    method = study["pipeline method"]
+    means = study.get("means", {})
     parts = []
     for metric, name in LABEL_METRICS.items():
-        cells = []
-        for m in ("percentile", "basic", "BCa"):
-            key = _label_key(study, m, metric)
+        rates = []
+        for m in LABEL_METHODS:
+            key = _label_key(study, m, metric, cell)
             r, misses = study["rates"][key], study["misses, truth above / below the interval"][key]
-            cells.append(
+            rates.append(
                 f"{m} {r['rate']:.3f} (se {r['se']:.3f}; misses {misses['above']} with the truth above, "
                 f"{misses['below']} below; the estimate at a median {study['median position of the estimate'][key]:.2f})"
             )
+        mean = means.get(_label_key(study, method, metric, cell))
+        bias = (
+            f", the mean estimate − truth {mean['estimate'] - mean['truth']:+.3f} (the bootstrap's bias "
+            f"estimate {mean['bootstrap bias']:+.4f})"
+            if mean
+            else ""
+        )
         here = metrics.get(f"all layers: mean {name} | position in interval")
         run_position = f", this run's {method} estimate at {here:.2f}" if is_defined(here) else ""
-        better = [
-            m
-            for m in ("percentile", "basic", "BCa")
-            if m != method
-            and rejects_more(
-                study["rates"][_label_key(study, m, metric)],
-                study["rates"][_label_key(study, method, metric)],
-            )
-        ]
-        verb = "covers" if len(better) == 1 else "cover"
-        note = (
-            f"; {' and '.join(better)} {verb} more often there by over two standard errors" if better else ""
-        )
-        parts.append(f"{name}: " + ", ".join(cells) + run_position + note)
+        parts.append(f"{name}: " + ", ".join(rates) + bias + run_position)
+    return f'cell "{cell}": ' + "; ".join(parts)
+
+
+def _label_coverage_sentence(study: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """Each mean's coverage by percentile, basic and BCa on every planted case of the run's shape, the
+    misses' side, the estimate's median position and bias there beside this run's position, and where
+    another method covers more often (said per cell where the cells differ)."""
+    method, cells = study["pipeline method"], _run_cells(study)
+    shapes = [study["shape"][cell] for cell in cells]
     r = study["rates"][_label_key(study, method, "balanced_accuracy")]
+
+    def joined(key: str, digits: int) -> str:
+        return " / ".join(f"{shape[key]:.{digits}f}" for shape in shapes)
+
+    notes = "; ".join(
+        f"{name}: {_better_note(study, metric, cells)}" for metric, name in LABEL_METRICS.items()
+    )
     return (
-        f" Coverage of these nominal 95% intervals of the means on the planted case of this run's shape "
-        f'(`{PLANTED}`, `{LABEL_STUDY}`, cell "{LABEL_CELL}", {r["n"]} seeds, {study["replicates"]} resamples; '
-        f"its corpora: {shape['items per document, max']:.0f} items in the largest of {study['settings']['documents']} "
-        f"score documents, a median {shape['items per document, median']:.0f}, recall {shape['mean recall']:.2f}, "
-        f"specificity {shape['mean specificity']:.2f}, vs this run's {run['items per document, max']}, "
-        f"{run['items per document, median']}, {run['mean recall']:.2f}, {run['mean specificity']:.2f}) — "
-        + "; ".join(parts)
-        + ". That is the coverage of a case shaped like the run, not the run's own (docs/METHODS.md says how "
-        "close the planted case comes)."
+        f" Coverage of these nominal 95% intervals of the means on the planted cases of this run's shape "
+        f"(`{PLANTED}`, `{LABEL_STUDY}`, cells " + ", ".join(f'"{c}"' for c in cells) + f", {r['n']} seeds, "
+        f"{study['replicates']} resamples each; their corpora: {joined('items per document, max', 0)} items "
+        f"in the largest of {study['settings']['documents']} score documents, a median "
+        f"{joined('items per document, median', 0)}, recall {joined('mean recall', 2)}, specificity "
+        f"{joined('mean specificity', 2)}; the planted shape was set by hand from the "
+        "run (`LABEL_RUN_SHAPE` in `benchmarks/planted_studies.py`)"
+        + _run_rates(metrics)
+        + ") — "
+        + "; ".join(_cell_coverage(study, metrics, cell) for cell in cells)
+        + f". {notes}. That is the coverage of cases shaped like the run, not the run's own (docs/METHODS.md "
+        "says how close the planted cases come)."
     )
 
 

@@ -20,7 +20,7 @@ token is chosen *because* it is the most common. So:
   training did nothing; and trained share − that own-token share, paired over the same resampled
   test documents when both models were fed the same documents. Both sides pick their token the same
   way, so this difference, not trained − untrained on the trained model's token, says whether training
-  concentrates the experts' top-1 more than random weights do.
+  concentrates the experts' top-1 more than the one random initialization does.
 
 The mean raw lens is linear in the expert's outputs, so an expert's top-1 under document weights ``w``
 is ``argmax_v Σ_d w_d · lens(out_sum[d, e])[v]`` (dividing by its routed count does not move it).

@@ -49,7 +49,10 @@ def _unit(row: dict[str, Any]) -> str:
         return f"no interval: {str(row['interval']).removeprefix('unavailable: ')}"
     unit = f"95% bootstrap over the {int(row['documents'])} score documents of the scoring items"
     if isinstance(row.get("mean interval method"), str):  # results written before the methods were recorded
-        unit += f" ({row['mean interval method']} for the means, {row['difference interval method']} for the differences)"
+        unit += (
+            f" ({row['mean interval method']} for the means and for own − chance, the mean's interval moved by "
+            f"the chance constant; {row['difference interval method']} for the paired differences between arms)"
+        )
     return unit
 
 

@@ -140,11 +140,12 @@ class LogitLensResult(LogitLensOutcome, Result):
             return f"{text}: no interval, so training is not shown to concentrate the experts' top-1"
         if difference.low > 0:
             return (
-                f"{text}: training concentrates the experts' top-1 on one token more than random weights do "
+                f"{text}: training concentrates the experts' top-1 on one token more than this one random "
+                "initialization does "
                 "(trained − untrained on the trained model's token alone would credit training with the choice)"
             )
         if difference.high < 0:
-            return f"{text}: random weights concentrate the experts' top-1 more than training does"
+            return f"{text}: this one random initialization concentrates the experts' top-1 more than training does"
         return f"{text}: the untrained model concentrates its top-1 as much, so training is not shown to favour `{self._shown()}`"
 
     def tables(self) -> list[TableItem]:

@@ -152,8 +152,9 @@ class SpecializationSummary(SpecializationOutcome, Result):
         other = "percentile" if method == "basic" else "basic"
         reflected = format_interval(estimate, *basic_interval(estimate, low, high), "+.4f", "undefined")
         text = (
-            f" Diagnostics of these {len(rows)} {method} intervals: each estimate sits at "
-            f"{min(position):.2f}–{max(position):.2f} of its interval's width (0.5: centred), the bootstrap "
+            f" Diagnostics of these {len(rows)} intervals (basic and percentile, the same resamples): each estimate sits at "
+            f"{min(position):.2f}–{max(position):.2f} of its {method} interval's width (of its {other} interval's: "
+            f"one minus that; 0.5: centred), the bootstrap "
             f"bias (mean resampled − estimate) is {min(bias):+.4f} to {max(bias):+.4f} bits; the most leaning, "
             f"{label} at {float(worst['interval_position']):.2f}, has the {other} interval (the same resamples' "
             f"bounds reflected about the estimate) {reflected}"
