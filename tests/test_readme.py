@@ -332,7 +332,7 @@ def test_the_drivers_block_gives_the_saliency_rhos_planted_coverage_and_the_dire
     )
     # the null covers at its nominal rate: its misses are counted, no direction is claimed
     assert "3 of its 7 misses" in line and "states" not in line.split("rare:")[0]
-    assert "basic interval of the same resamples: [+0.67, +0.82]" in line
+    assert "basic interval of REAP's ρ (same resamples): [+0.67, +0.82]" in line
     flipped = {"planted null": {"above": 3, "below": 3}, "rare": {"above": 8, "below": 60}}
     line = drivers_markdown(results, "x", _planted_rho(flipped))
     assert "so the interval overstates ρ there" in line and "understates" not in line
