@@ -727,7 +727,8 @@ NEGATIVE_PARTIAL = (-0.30, -0.45, -0.15, -0.45, -0.15)
             (+0.12, -0.05, +0.25, -0.01, +0.29),
             (+0.69, +0.12, +0.77, +0.61, +1.00),
             "not established beyond routing frequency (the mean within-layer partial ρ's interval covers 0; "
-            "of the layers' own partial ρs, layer 1's is below 0, layer 2's is above 0), so the raw ρ may "
+            "of the layers' own partial ρs (each unadjusted for the 2 layers), layer 1's is below 0, layer 2's is above 0), so "
+            "the raw ρ may "
             "only restate how often the experts are routed or how the layers differ",
             "holds",
         ),

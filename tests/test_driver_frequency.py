@@ -95,11 +95,12 @@ def test_the_finding_names_frequency_beside_reap_and_follows_the_difference():
     kept = beyond.comparison.attrs["saliency_frequency"]["routed share (selection)"]
     assert "routing frequency alone (the selection half's routed share" in text
     assert f"ρ = {kept['estimate']:+.2f} [{kept['low']:+.2f}, {kept['high']:+.2f}]" in text
-    assert text.endswith("REAP ranks experts beyond how often they are routed")
+    assert "REAP ranks experts better than routing frequency alone (two marginal ρs compared" in text
+    assert text.endswith("REAP's ρ given frequency is not computed)")
     assert beyond._frequency_signed().above_zero()
     same = _result_with(0, beyond=False)._frequency_control()
-    assert "REAP ranks experts beyond" not in same
-    assert same.endswith("routing frequency alone ranks experts better than REAP")
+    assert "REAP ranks experts better" not in same
+    assert "routing frequency alone ranks experts better than REAP (two marginal ρs" in same
     metrics = beyond._frequency_metrics()
     key = "Spearman(REAP saliency) − Spearman(routed share), removal effect"
     assert metrics[key] == pytest.approx(

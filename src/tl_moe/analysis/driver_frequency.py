@@ -7,8 +7,9 @@ exact effect on the report half, on the same experts, and their paired differenc
 ρ(REAP) − ρ(frequency), each with a document-bootstrap interval whose resamples recompute all three
 (the same documents, strata and seed as :func:`~tl_moe.analysis.drivers.saliency_effect_spearman`, so
 the REAP column is that function's interval). A difference whose interval lies above 0 says REAP ranks
-experts beyond how often they are routed; one covering 0 says it adds no established ranking beyond
-frequency.
+experts better than routing frequency alone; one covering 0 says it is not shown to. The two are
+marginal correlations: equal ρs do not say REAP carries nothing beyond frequency (that would be REAP's
+partial ρ given frequency, not computed here).
 """
 
 from __future__ import annotations

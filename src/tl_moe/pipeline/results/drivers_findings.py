@@ -131,11 +131,11 @@ class DriverFindings:
         if signed.why:
             verdict = f"no interval ({signed.why})"
         elif signed.above_zero():
-            verdict = "REAP ranks experts beyond how often they are routed"
+            verdict = "REAP ranks experts better than routing frequency alone"
         elif signed.below_zero():
             verdict = "routing frequency alone ranks experts better than REAP"
         else:
-            verdict = "REAP adds no established ranking beyond how often an expert is routed" + (
+            verdict = "REAP is not shown to rank experts better than routing frequency alone" + (
                 " (the percentile and basic intervals disagree about excluding 0)"
                 if signed.disputed()
                 else ""
@@ -143,7 +143,9 @@ class DriverFindings:
         return (
             f"; routing frequency alone (the selection half's routed share, the same experts and document "
             f"resamples): ρ = {shown(share)} ({Signed(share).diagnostics()}); REAP − frequency: "
-            f"{shown(self._frequency_row('REAP − frequency'))} (paired; {signed.diagnostics()}): {verdict}"
+            f"{shown(self._frequency_row('REAP − frequency'))} (paired; {signed.diagnostics()}): {verdict} "
+            "(two marginal ρs compared, pooled over layers, where REAP can also rank the layers against "
+            "each other and a share within a layer cannot; REAP's ρ given frequency is not computed)"
         )
 
     def _overlap_text(self) -> str:
@@ -452,7 +454,11 @@ def _layers_established(layers) -> str:
         for layer, own in layers
         if not own.why and _established_sign(own)
     ]
-    return f"; of the layers' own partial ρs, {', '.join(found)}" if found else ""
+    if not found:
+        return ""
+    return (
+        f"; of the layers' own partial ρs (each unadjusted for the {len(layers)} layers), {', '.join(found)}"
+    )
 
 
 def _layer_against(partial: Signed, layers) -> str:
