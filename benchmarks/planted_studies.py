@@ -91,15 +91,16 @@ CONFIDENCE, ALPHA = 0.95, 0.05
 # --------------------------------------------------------------------------------------------------
 def rate(hits: int, n: int, nominal: float) -> dict[str, Any]:
     """``hits`` of ``n`` as a rate with its binomial standard error, and the standard error a rate
-    would have at the ``nominal`` level over the same ``n`` (the yardstick of "at the nominal rate")."""
-    r = hits / n
+    would have at the ``nominal`` level over the same ``n`` (the yardstick of "at the nominal rate");
+    NaN rates when ``n`` is 0 (no interval to count)."""
+    r = hits / n if n else math.nan
     return {
         "rate": r,
         "hits": int(hits),
         "n": int(n),
-        "se": math.sqrt(r * (1 - r) / n),
+        "se": math.sqrt(r * (1 - r) / n) if n else math.nan,
         "nominal": nominal,
-        "nominal_se": math.sqrt(nominal * (1 - nominal) / n),
+        "nominal_se": math.sqrt(nominal * (1 - nominal) / n) if n else math.nan,
     }
 
 
@@ -807,12 +808,15 @@ def domain_within_partial_truth(comparison, population: np.ndarray) -> float:
 def seed_clustered_rate(covered: Float[np.ndarray, "seed interval"], nominal: float) -> dict[str, Any]:
     """The share of all intervals covered, with a standard error over seeds: each seed's share of its
     intervals covered is one independent value (a seed's intervals share its documents), se = their
-    sd / √seeds."""
-    per_seed = covered.mean(1)
+    sd / √seeds. An unavailable interval (NaN in ``covered``) is left out and counted as ``no interval``."""
+    available = ~np.isnan(covered)
+    kept = available.any(1)  # a seed whose every interval is unavailable has no share
+    per_seed = np.nansum(covered[kept], 1) / available[kept].sum(1)
     return {
         "rate": float(per_seed.mean()),
-        "hits": int(covered.sum()),
-        "n": int(covered.size),
+        "hits": int(np.nansum(covered)),
+        "n": int(available.sum()),
+        "no interval": int((~available).sum()),
         "seeds": len(per_seed),
         "se over seeds": float(per_seed.std(ddof=1) / math.sqrt(len(per_seed)))
         if len(per_seed) > 1
@@ -827,9 +831,15 @@ def power(hits: int, n: int) -> dict[str, Any]:
     return {"rate": r, "hits": int(hits), "n": int(n), "se": math.sqrt(r * (1 - r) / n)}
 
 
+def miss_counts(covered: int, above: int, available: int, seeds: int) -> dict[str, int]:
+    """The misses of ``available`` intervals by the truth's side, and the seeds without an interval."""
+    return {"above": above, "below": available - covered - above, "no interval": seeds - available}
+
+
 def _coverage_record(hits: dict[str, list[tuple[float, ...]]], kind: str, seeds: int) -> dict[str, Any]:
     """One kind's coverage of one statistic per interval label: ``hits[label]`` holds per seed (covered,
-    position of the estimate in its interval, truth, estimate, truth above the interval)."""
+    position of the estimate in its interval, truth, estimate, truth above the interval); a seed whose
+    interval is unavailable (NaN: a resample's statistic undefined) is left out of the rate and counted."""
     record: dict[str, dict[str, Any]] = {
         "rates": {},
         "misses, truth above / below the interval": {},
@@ -839,13 +849,13 @@ def _coverage_record(hits: dict[str, list[tuple[float, ...]]], kind: str, seeds:
     }
     for label, rows in hits.items():
         values = np.array(rows, dtype=float)
-        key, covered = f"{kind}, {label}", int(values[:, 0].sum())
-        above = int(values[:, 4].sum())
-        record["rates"][key] = rate(covered, seeds, CONFIDENCE)
-        record["misses, truth above / below the interval"][key] = {
-            "above": above,
-            "below": seeds - covered - above,
-        }
+        key, covered = f"{kind}, {label}", int(np.nansum(values[:, 0]))
+        available = int((~np.isnan(values[:, 0])).sum())
+        above = int(np.nansum(values[:, 4]))
+        record["rates"][key] = rate(covered, available, CONFIDENCE)
+        record["misses, truth above / below the interval"][key] = miss_counts(
+            covered, above, available, seeds
+        )
         record["median position of the estimate"][key] = float(np.nanmedian(values[:, 1]))
         record["mean truth"][key], record["mean estimate"][key] = (
             float(values[:, 2].mean()),
@@ -857,8 +867,11 @@ def _coverage_record(hits: dict[str, list[tuple[float, ...]]], kind: str, seeds:
 
 
 def _interval_hit(row: pd.Series, prefix: str, truth: float) -> tuple[float, ...]:
-    """(covered, position of the estimate, truth, estimate, truth above the interval) of one ρ of a row."""
+    """(covered, position of the estimate, truth, estimate, truth above the interval) of one ρ of a row;
+    NaN for covered and above when the interval is unavailable."""
     low, high, estimate = row[f"{prefix} ci low"], row[f"{prefix} ci high"], row[prefix]
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return (math.nan, math.nan, truth, estimate, math.nan)
     position = (estimate - low) / (high - low) if high > low else math.nan
     return (float(low <= truth <= high), position, truth, estimate, float(truth > high))
 
@@ -1639,23 +1652,36 @@ def frequency_intervals(case: tuple, seed: int, replicates: int, method: str, ga
     return {name: (i.estimate, i.low, i.high) for name, i in zip(FREQUENCY_STATISTICS, rows, strict=True)}
 
 
+def _hit_and_side(low: float, high: float, truth: float) -> tuple[float, float]:
+    """(covered, truth above the interval) as 0/1, both NaN when the interval is unavailable."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return math.nan, math.nan
+    return float(low <= truth <= high), float(truth > high)
+
+
+def _tally(rows: list[tuple[float, float]], seeds: int) -> tuple[dict[str, Any], dict[str, int]]:
+    """The coverage rate over the seeds with an interval, and the misses by side with the seeds without."""
+    values = np.array(rows, dtype=float).reshape(-1, 2)
+    available = int((~np.isnan(values[:, 0])).sum())
+    covered, above = int(np.nansum(values[:, 0])), int(np.nansum(values[:, 1]))
+    return rate(covered, available, CONFIDENCE), miss_counts(covered, above, available, seeds)
+
+
 def frequency_coverage(seeds: int, replicates: int) -> dict[str, Any]:
     """Coverage of the true ρ by the chosen method's interval of :data:`FREQUENCY_STATISTICS` at the
     default gate in each planted case, with the misses' direction (truth above / below the interval)."""
     rates, misses = {}, {}
     gate, method = RHO_MIN_EXPERT_DOCUMENTS, RHO_METHOD
     for case_name in RHO_CASES:
-        rows: dict[str, list[tuple[bool, bool]]] = {name: [] for name in FREQUENCY_STATISTICS}
+        rows: dict[str, list[tuple[float, float]]] = {name: [] for name in FREQUENCY_STATISTICS}
         for seed in range(seeds):
             case = rho_case(seed, **RHO_CASES[case_name])
             truth = frequency_truths(case, gate)
             for name, (_, low, high) in frequency_intervals(case, seed, replicates, method, gate).items():
-                rows[name].append((low <= truth[name] <= high, truth[name] > high))
+                rows[name].append(_hit_and_side(low, high, truth[name]))
         for name, found in rows.items():
             key = f"{case_name}, gate {gate}, {method}, {name}"
-            rates[key] = rate(sum(c for c, _ in found), seeds, CONFIDENCE)
-            above = sum(a for _, a in found)
-            misses[key] = {"above": above, "below": seeds - rates[key]["hits"] - above}
+            rates[key], misses[key] = _tally(found, seeds)
     return {"rates": rates, "misses, truth above / below the interval": misses}
 
 
@@ -1675,14 +1701,12 @@ def rho_interval_methods(seeds: int, replicates: int) -> dict[str, Any]:
                     for statistic, (value, low, high) in rho_intervals(
                         case, seed, replicates, method, gate
                     ).items():
-                        t = truth[statistic]
-                        hits[statistic].append((low <= t <= high, (value - low) / (high - low), t > high))
+                        position = (value - low) / (high - low) if high > low else math.nan
+                        hits[statistic].append((*_hit_and_side(low, high, truth[statistic]), position))
                 for statistic, rows in hits.items():
                     key = f"{case_name}, gate {gate}, {method}, {statistic}"
-                    rates[key] = rate(sum(c for c, _, _ in rows), seeds, CONFIDENCE)
-                    positions[key] = float(np.median([p for _, p, _ in rows]))
-                    above = sum(a for _, _, a in rows)
-                    misses[key] = {"above": above, "below": seeds - rates[key]["hits"] - above}
+                    rates[key], misses[key] = _tally([(c, a) for c, a, _ in rows], seeds)
+                    positions[key] = float(np.nanmedian([p for _, _, p in rows]))
     return {
         "rates": rates,
         "median position of the estimate": positions,

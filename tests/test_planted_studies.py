@@ -350,3 +350,36 @@ def test_the_explain_headline_quotes_the_planted_coverage_beside_its_interval():
     )
     assert "- **Causal checks of the labels**: untouched." in text
     assert explain_markdown(results, "r.json", {"studies": {}}).count("nominal 95%") == 0
+
+
+def test_an_unavailable_interval_is_counted_apart_not_as_a_miss(studies):
+    """A seed whose interval has NaN bounds (a resample's statistic undefined) is left out of the rate
+    and counted as ``no interval``; it is neither a miss above nor below the truth."""
+    rows = [
+        studies._hit_and_side(-0.1, 0.2, 0.0),  # covers
+        studies._hit_and_side(0.1, 0.3, 0.0),  # truth below the interval
+        studies._hit_and_side(-0.4, -0.2, 0.0),  # truth above the interval
+        studies._hit_and_side(math.nan, math.nan, 0.0),  # unavailable
+    ]
+    found, misses = studies._tally(rows, 4)
+    assert (found["hits"], found["n"]) == (1, 3) and found["rate"] == pytest.approx(1 / 3)
+    assert misses == {"above": 1, "below": 1, "no interval": 1}
+    covered = np.array([[1.0, math.nan], [0.0, 1.0]])
+    pooled = studies.seed_clustered_rate(covered, 0.95)
+    assert (pooled["hits"], pooled["n"], pooled["no interval"]) == (2, 3, 1)
+    assert pooled["rate"] == pytest.approx((1.0 + 0.5) / 2)  # each seed's share of its available ones
+
+
+def test_the_miss_wording_names_the_seeds_without_an_interval():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from readme_results import _miss_direction
+
+    study = {
+        "rates": {"k": _rate(121, 132, 0.95)},
+        "misses, truth above / below the interval": {"k": {"above": 11, "below": 0, "no interval": 68}},
+    }
+    text = _miss_direction(study, "k")
+    assert "11 of its 11 misses with the truth above the interval, 0 below" in text
+    assert "68 seeds without an interval" in text and "overstates" not in text

@@ -1002,15 +1002,23 @@ def _miss_direction(study: dict[str, Any], key: str, value: str = "ρ") -> str:
     would put them (two-sided binomial test at 5%), which way it errs (empty where the study's results do
     not record the counts)."""
     misses = study.get("misses, truth above / below the interval", {}).get(key)
-    if not misses or not misses["above"] + misses["below"]:
+    if not misses:
         return ""
+    missing = misses.get("no interval", 0)
+    unavailable = (
+        f"; {missing} seeds without an interval (a resample's statistic undefined), left out of the rate"
+        if missing
+        else ""
+    )
+    if not misses["above"] + misses["below"]:
+        return f" ({unavailable.removeprefix('; ')})" if missing else ""
     above, below = misses["above"], misses["below"]
     text = f" ({above} of its {above + below} misses with the truth above the interval, {below} below"
     r = study["rates"][key]
     one_sided = scipy.stats.binomtest(above, above + below, 0.5).pvalue < 0.05
     if r["nominal"] - r["rate"] > 2 * r["nominal_se"] and one_sided:
         text += f", so the interval {'understates' if above > below else 'overstates'} {value} there"
-    return text + ")"
+    return text + unavailable + ")"
 
 
 def _saliency_caveat(results: dict[str, Any], planted: dict[str, Any] | None) -> str:
@@ -1030,17 +1038,60 @@ def _saliency_caveat(results: dict[str, Any], planted: dict[str, Any] | None) ->
     parts = []
     for case in cases:
         key = f"{case}, gate {gate}, {method}, {SALIENCY_STATISTIC}"
-        parts.append(f"{case}: {planted_rate(study['rates'][key])}{_miss_direction(study, key)}")
+        parts.append(f"{case}: {_judged_rate(study['rates'][key])}{_miss_direction(study, key)}")
     text = (
         f" The planted study of REAP's ρ interval (`{PLANTED}`, `rho_interval_methods`, {method}, document gate "
-        f"{gate}) covers the true ρ in each planted case — " + "; ".join(parts) + "."
+        f"{gate}) — how often it covered the true ρ in each planted case: " + "; ".join(parts) + "."
     )
+    text += _frequency_caveat(study, cases, gate, method)
     basic = metrics.get(f"{SALIENCY_METRIC} | basic 95% CI")
     if basic and all(is_defined(bound) for bound in basic):
         text += (
             f" This run's basic interval of REAP's ρ (same resamples): [{basic[0]:+.2f}, {basic[1]:+.2f}]."
         )
     return text
+
+
+def _judged_rate(record: dict[str, Any]) -> str:
+    """A planted coverage rate with, where it is off its nominal level by more than two binomial
+    standard errors, which side it is on."""
+    nominal, tolerance = record["nominal"], 2 * record["nominal_se"]
+    if not is_defined(record["rate"]) or abs(record["rate"] - nominal) <= tolerance:
+        return planted_rate(record)
+    side = "below" if record["rate"] < nominal else "above"
+    return f"{planted_rate(record)}, {side} the nominal {nominal:g} by more than two binomial standard errors"
+
+
+#: The routing-frequency control's statistics in ``rho_interval_methods`` (its "REAP vs routing frequency"
+#: part), with the word for each in the README.
+FREQUENCY_STUDY = {
+    "routed share, split halves": "the routed share's ρ",
+    "REAP − frequency, split halves": "REAP − frequency",
+}
+
+
+def _frequency_caveat(study: dict[str, Any], cases: list[str], gate: int, method: str) -> str:
+    """The routing-frequency control's planted coverage (the routed share's ρ and REAP − frequency) in
+    each planted case, with the misses' direction (empty where the study lacks it)."""
+    frequency = study.get("REAP vs routing frequency")
+    if not frequency:
+        return ""
+    parts = []
+    for statistic, word in FREQUENCY_STUDY.items():
+        keys = [(case, f"{case}, gate {gate}, {method}, {statistic}") for case in cases]
+        if not all(key in frequency["rates"] for _, key in keys):
+            return ""
+        value = "the difference" if "−" in statistic else "ρ"
+        shown = "; ".join(
+            f"{case} {_judged_rate(frequency['rates'][key])}{_miss_direction(frequency, key, value)}"
+            for case, key in keys
+        )
+        parts.append(f"{word}: {shown}")
+    return (
+        " The same study of the routing-frequency control (its truth: Spearman ρ of the expected routing rate, "
+        "or of the expected REAP score, with the expected effect, on the same experts; the estimate ranks "
+        "scores measured on a finite corpus) — how often each covered its truth: " + " — ".join(parts) + "."
+    )
 
 
 def _paired_caveat(results: dict[str, Any], planted: dict[str, Any] | None) -> str:
@@ -1062,13 +1113,13 @@ def _paired_caveat(results: dict[str, Any], planted: dict[str, Any] | None) -> s
         if not all(key in study["rates"] for _, key in keys):
             return ""
         shown = "; ".join(
-            f"{case} {planted_rate(study['rates'][key])}{_miss_direction(study, key, value)}"
+            f"{case} {_judged_rate(study['rates'][key])}{_miss_direction(study, key, value)}"
             for case, key in keys
         )
         parts.append(f"{statistic.removesuffix(', paired')}: {shown}")
     return (
         f" The planted study of these pooled paired intervals (`{PLANTED}`, `rho_interval_methods`, {method}, "
-        f"document gate {gate}) covers the true value — " + " — ".join(parts) + "."
+        f"document gate {gate}) — how often each covered the true value: " + " — ".join(parts) + "."
     )
 
 
