@@ -928,7 +928,7 @@ def _domain_regimes(results: dict[str, Any], planted: dict[str, Any] | None) -> 
     shown = " vs ".join(f"{low}–{high - 1} ({'; '.join(kinds)})" for (low, high), kinds in regimes.items())
     return (
         f" The planted study of this ρ (`driver_domain_rho`, docs/METHODS.md) measured its coverage at "
-        f"{shown} tokens per document.{_confound_summary(study)}"
+        f"{shown} tokens per document.{_confound_summary(study)}{_planted_shape(study)}"
     )
 
 
@@ -974,6 +974,19 @@ def _confound_summary(study: dict[str, Any]) -> str:
         f"{planted_rate(both[f'{layered}, pooled'])} (it ranks the layers), while the mean within-layer "
         f"partial ρ's covers its truth 0 in {planted_rate(partial['rates'][key])}, "
         f"{against_nominal(partial['rates'][key])}{_miss_direction(partial, key)}."
+    )
+
+
+def _planted_shape(study: dict[str, Any]) -> str:
+    """The planted cases' shape (domains, experts per layer, documents), to set beside the run's (empty
+    where the study lacks it)."""
+    settings = study["settings"]
+    if not all(k in settings for k in ("domains", "experts per layer", "documents")):
+        return ""
+    return (
+        f" These planted cases have {settings['domains']} domains, {settings['experts per layer']} experts "
+        f"per layer and {settings['documents']} documents, not this run's shape (above): their rates say how "
+        "the method behaves on a known answer, not this run's own coverage."
     )
 
 
