@@ -151,12 +151,14 @@ def _documents(seed: int, domain_effect: float, n_docs: int = 120, n_layers: int
     logits = 2.0 * torch.randn(n_docs, n_layers, n_experts, generator=g)
     logits[:, :, 0] += domain_effect * (domain == 0).double()[:, None]
     probs = torch.softmax(logits, dim=-1)
-    counts = torch.stack(
-        [
-            torch.distributions.Multinomial(int(t), probs=p.reshape(-1, n_experts)).sample()
-            for t, p in zip(tokens, probs, strict=True)
-        ]
-    )
+    with torch.random.fork_rng():  # Multinomial samples from the global generator: seed it here
+        torch.manual_seed(seed + 1)
+        counts = torch.stack(
+            [
+                torch.distributions.Multinomial(int(t), probs=p.reshape(-1, n_experts)).sample()
+                for t, p in zip(tokens, probs, strict=True)
+            ]
+        )
     return counts.reshape(n_docs, n_layers, n_experts), tokens, domain
 
 
@@ -248,7 +250,8 @@ def test_the_finding_states_the_test_the_floor_and_the_threshold_as_descriptive(
     text = DomainExpertsResult(experts, pd.DataFrame(), (0,)).findings()[0]
     assert "0 of 16 scored experts are discoveries" in text and "19 permutations" in text
     assert "no expert can be discovered on its own" in text and "raise --permutations" in text
-    assert f"{experts.n_above_threshold()} have a domain score ≥ 0.5" in text and "descriptive" in text
+    verb = "has" if experts.n_above_threshold() == 1 else "have"
+    assert f"{experts.n_above_threshold()} {verb} a domain score ≥ 0.5" in text and "descriptive" in text
     metrics = DomainExpertsResult(experts, pd.DataFrame(), (0,)).metrics()
     assert metrics["experts with score >= 0.5 (descriptive, no test)"] == experts.n_above_threshold()
 

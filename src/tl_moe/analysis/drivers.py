@@ -396,6 +396,23 @@ def driver_report(
             "method": RHO_METHOD,
             "bootstrap bias": float(interval.bias) if np.isfinite(interval.bias) else None,
         }
+        ungated = saliency_effect_spearman(  # the same resamples, every expert with both scores defined
+            np.pad(flat[0], ((0, 0), (0, size - len(counts)))),
+            padded_counts,
+            sal_sums,
+            sal_routed,
+            n_resamples=n_resamples,
+            seed=seed + 2,
+            min_documents=min_interval_documents,
+            min_expert_documents=0,
+        )
+        comparison.attrs["saliency_spearman_ungated"] = {
+            "estimate": float(ungated.estimate),
+            "experts": int(defined.sum()),
+            "low": float(ungated.low) if ungated.available else None,
+            "high": float(ungated.high) if ungated.available else None,
+            "unavailable": ungated.reason or "",
+        }
         comparison.attrs["saliency_frequency"] = _frequency_control(
             np.pad(flat[0], ((0, 0), (0, size - len(counts)))),
             padded_counts,

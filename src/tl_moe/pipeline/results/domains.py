@@ -81,7 +81,8 @@ class DomainExpertsResult(Result):
                 f"(Benjamini–Hochberg over all {experts.n_tested_} tested; a discovery says the expert's "
                 "routing depends on the domain beyond document-level chance, however small its score); "
                 f"{self._floor_text()}; "
-                f"descriptive only, {experts.n_above_threshold()} have a domain score ≥ {experts.threshold}"
+                f"descriptive only, {experts.n_above_threshold()} "
+                f"{'has' if experts.n_above_threshold() == 1 else 'have'} a domain score ≥ {experts.threshold}"
             )
         if len(self.top):
             text += self._maximum_text(scored)

@@ -101,6 +101,14 @@ class DriversResult(DriverFindings, DriverFigures, DriverOutcome, Result):
                 metrics["Spearman(REAP saliency, removal effect) | interval unavailable"] = (
                     self.saliency_interval.reason
                 )
+        ungated = self.comparison.attrs.get("saliency_spearman_ungated")
+        if ungated:
+            key = "Spearman(REAP saliency, removal effect), no document gate"
+            metrics[key] = rounded(ungated["estimate"])
+            metrics[f"{key} | 95% CI"] = [
+                None if b is None else rounded(b) for b in (ungated["low"], ungated["high"])
+            ]
+            metrics[f"{key} | experts"] = ungated["experts"]
         metrics.update(self._frequency_metrics())
         if self.agreement is not None:
             for score in ("first-order estimate", "REAP saliency"):

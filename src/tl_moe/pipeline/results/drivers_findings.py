@@ -57,8 +57,8 @@ class DriverFindings:
         )
         interval = f"interval unavailable: {reason}" if reason else "95% document bootstrap"
         findings = [
-            f"**Driver experts** (chosen on half the documents, measured on the other "
-            f"{int(self.comparison['report documents'].iloc[0])}): removing one of the {n} strongest changes "
+            f"**Driver experts** (chosen on the selection half of the documents, measured on the report "
+            f"half's {int(self.comparison['report documents'].iloc[0])} edited documents): removing one of the {n} strongest changes "
             f"next-token loss by {show('driver experts')} nats/token vs {show('matched controls')} for "
             f"{matched} (difference {show('driver − control')}, {interval}); REAP saliency (selection half) "
             f"ranks experts with Spearman ρ = {self._saliency_rho()} against the exact removal effect "
@@ -88,7 +88,25 @@ class DriverFindings:
         return (
             f"{rho:+.2f} [{low:+.2f}, {high:+.2f}] (95% {interval.method} bootstrap over {interval.n} "
             f"documents, both scores recomputed on each resample; {gate_text(self.saliency_gate)}; "
-            f"{diagnostic(rho, low, high, bias)})"
+            f"{diagnostic(rho, low, high, bias)}{self._ungated_text()})"
+        )
+
+    def _ungated_text(self) -> str:
+        """REAP's ρ without the document gate (every expert with both scores), the same resamples: the
+        gate was set after seeing the toy run's intervals, so both are shown (empty for older results)."""
+        kept = self.comparison.attrs.get("saliency_spearman_ungated")
+        if not kept or not is_defined(kept["estimate"]):
+            return ""
+        shown = format_interval(
+            kept["estimate"],
+            math.nan if kept["low"] is None else kept["low"],
+            math.nan if kept["high"] is None else kept["high"],
+            "+.2f",
+            kept["unavailable"] or "constant scores",
+        )
+        return (
+            f"; without the document gate (all {kept['experts']} experts with both scores; the gate was "
+            f"chosen after seeing this toy's intervals, docs/METHODS.md): ρ = {shown}"
         )
 
     def _frequency_row(self, score: str) -> pd.Series | None:
@@ -294,7 +312,7 @@ class DriverFindings:
         above = sum(signed(layer).above_zero() for layer in layers)
         disputed = sum(signed(layer).disputed() for layer in layers)
         count = (
-            f"{above} of {len(layers)} layers have an interval above 0 (percentile and basic agreeing; each "
+            f"the estimate's own ρ: {above} of {len(layers)} layers have an interval above 0 (percentile and basic agreeing; each "
             f"unadjusted for the {len(layers)} layers"
             + (f"; in {disputed} the two intervals disagree about excluding 0" if disputed else "")
             + f"); the mean within-layer ρ {within.sign_text()}"
@@ -544,7 +562,14 @@ def _domain_per_layer(table) -> str:
         if "[" in shown and is_defined(row.get("spearman basic ci low", math.nan)):
             notes.append(f"basic [{row['spearman basic ci low']:+.2f}, {row['spearman basic ci high']:+.2f}]")
         if "partial spearman" in row:
-            notes.append(f"partial {_shown(row, 'partial spearman')}")
+            partial = _shown(row, "partial spearman")
+            if "[" in partial and is_defined(row.get("partial spearman basic ci low", math.nan)):
+                partial += (
+                    f", basic [{row['partial spearman basic ci low']:+.2f}, "
+                    f"{row['partial spearman basic ci high']:+.2f}], the estimate at "
+                    f"{row['partial spearman position in interval']:.2f} of its interval"
+                )
+            notes.append(f"partial {partial}")
         parts.append(f"layer {row['layer']} {shown}" + (f" ({'; '.join(notes)})" if notes else ""))
     partial = " and partial ρ given routing frequency" if "partial spearman" in table else ""
     return (
