@@ -1670,19 +1670,22 @@ def _tally(rows: list[tuple[float, float]], seeds: int) -> tuple[dict[str, Any],
 def frequency_coverage(seeds: int, replicates: int) -> dict[str, Any]:
     """Coverage of the true ρ by the chosen method's interval of :data:`FREQUENCY_STATISTICS` at the
     default gate in each planted case, with the misses' direction (truth above / below the interval)."""
-    rates, misses = {}, {}
+    rates, misses, mean_truth = {}, {}, {}
     gate, method = RHO_MIN_EXPERT_DOCUMENTS, RHO_METHOD
     for case_name in RHO_CASES:
         rows: dict[str, list[tuple[float, float]]] = {name: [] for name in FREQUENCY_STATISTICS}
+        truths: dict[str, list[float]] = {name: [] for name in FREQUENCY_STATISTICS}
         for seed in range(seeds):
             case = rho_case(seed, **RHO_CASES[case_name])
             truth = frequency_truths(case, gate)
             for name, (_, low, high) in frequency_intervals(case, seed, replicates, method, gate).items():
                 rows[name].append(_hit_and_side(low, high, truth[name]))
+                truths[name].append(truth[name])
         for name, found in rows.items():
             key = f"{case_name}, gate {gate}, {method}, {name}"
             rates[key], misses[key] = _tally(found, seeds)
-    return {"rates": rates, "misses, truth above / below the interval": misses}
+            mean_truth[key] = float(np.mean(truths[name]))
+    return {"rates": rates, "misses, truth above / below the interval": misses, "mean truth": mean_truth}
 
 
 def rho_interval_methods(seeds: int, replicates: int) -> dict[str, Any]:
@@ -1690,7 +1693,7 @@ def rho_interval_methods(seeds: int, replicates: int) -> dict[str, Any]:
     percentile, basic and BCa document intervals of the drivers' four rho statistics, in each cell of
     :data:`RHO_CELLS` (document gate × planted case), and how many misses have the truth above the
     interval (it understates ρ) and below it."""
-    rates, positions, misses = {}, {}, {}
+    rates, positions, misses, mean_truth = {}, {}, {}, {}
     for gate, cases in RHO_CELLS:
         for case_name in cases:
             planted = [rho_case(seed, **RHO_CASES[case_name]) for seed in range(seeds)]
@@ -1707,10 +1710,12 @@ def rho_interval_methods(seeds: int, replicates: int) -> dict[str, Any]:
                     key = f"{case_name}, gate {gate}, {method}, {statistic}"
                     rates[key], misses[key] = _tally([(c, a) for c, a, _ in rows], seeds)
                     positions[key] = float(np.nanmedian([p for _, _, p in rows]))
+                    mean_truth[key] = float(np.mean([truth[statistic] for truth in truths]))
     return {
         "rates": rates,
         "median position of the estimate": positions,
         "misses, truth above / below the interval": misses,
+        "mean truth": mean_truth,
         "REAP vs routing frequency": frequency_coverage(seeds, replicates),
         "settings": {
             "experts": RHO_EXPERTS,

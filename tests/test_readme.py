@@ -333,14 +333,46 @@ def test_the_drivers_block_gives_the_saliency_rhos_planted_coverage_and_the_dire
     # the null covers at its nominal rate: its misses are counted, no direction is claimed
     assert "3 of its 7 misses" in line and "states" not in line.split("rare:")[0]
     assert "basic interval of REAP's ρ (same resamples): [+0.67, +0.82]" in line
+    # an interval that understates the expected-score ρ is not called a 95% interval for it
+    assert "not a 95% interval for it" in line
     flipped = {"planted null": {"above": 3, "below": 3}, "rare": {"above": 8, "below": 60}}
     line = drivers_markdown(results, "x", _planted_rho(flipped))
     assert "so the interval overstates ρ there" in line and "understates" not in line
+    assert "not a 95% interval for it" not in line
     # a study file without the miss counts (and a run without the basic interval): no direction is claimed
     del results["sections"]["drivers"]["metrics"]["Spearman(REAP saliency, removal effect) | basic 95% CI"]
     line = drivers_markdown(results, "x", _planted_rho(None))
     assert "132 of 200 seeds" in line and "misses" not in line and "basic interval of the same" not in line
     assert "planted study of REAP's ρ interval" not in drivers_markdown(results, "x", {})
+
+
+def test_the_domain_confound_wording_gives_availability_and_the_linked_cases_power():
+    from readme_results import _availability, _linked_summary
+
+    record = {
+        "rates": {
+            "k": {"hits": 121, "n": 132, "rate": 121 / 132, "se": 0.02, "nominal": 0.95, "nominal_se": 0.02}
+        },
+        "misses, truth above / below the interval": {"k": {"above": 11, "below": 0, "no interval": 68}},
+    }
+    assert "an interval in 132 of 200 seeds" in _availability(record, "k", 200)
+    assert "covers in 121 of 200 (0.605)" in _availability(record, "k", 200)
+    record["misses, truth above / below the interval"]["k"]["no interval"] = 0
+    assert _availability(record, "k", 200) == ""
+    kind = "linked"
+    study = {"settings": {"kinds": {kind: {"weight sd": 0.8, "link": 0.15, "tokens": [20, 60]}}}}
+    rate = {"hits": 154, "n": 200, "rate": 0.77, "se": 0.03, "nominal": 0.95, "nominal_se": 0.0154}
+    partial = {
+        "rates": {f"{kind}, over all layers": rate},
+        "mean truth": {f"{kind}, over all layers": 0.472},
+        "misses, truth above / below the interval": {f"{kind}, over all layers": {"above": 46, "below": 0}},
+    }
+    power = {f"{kind}, mean within-layer": {"hits": 187, "n": 200, "rate": 0.935, "se": 0.017}}
+    text = _linked_summary(study, partial, power)
+    assert "at 20–59 tokens per document (true value +0.47 on average over the seeds)" in text
+    assert "excludes 0 in 187 of 200 seeds" in text and "covers its truth in 154 of 200 seeds" in text
+    assert "below the nominal 0.95" in text and "understates ρ there" in text
+    assert _linked_summary(study, partial, {}) == ""
 
 
 def test_the_drivers_block_gives_the_paired_rhos_planted_coverage_and_no_direction_for_a_coin_flip():

@@ -968,12 +968,54 @@ def _confound_summary(study: dict[str, Any]) -> str:
     key = f"{layered}, over all layers"
     low, high = kinds[layered]["tokens"]
     both = study["partial rho's interval excludes 0, over all layers"]
-    return text + (
-        f" Where in addition {kinds[layered]['layers']} layers differ in mean effect and domain specificity "
-        f"({low}–{high - 1} tokens per document, planted), the pooled partial ρ's interval excludes 0 in "
-        f"{planted_rate(both[f'{layered}, pooled'])} (it ranks the layers), while the mean within-layer "
-        f"partial ρ's covers its truth 0 in {planted_rate(partial['rates'][key])}, "
-        f"{against_nominal(partial['rates'][key])}{_miss_direction(partial, key)}."
+    return (
+        text
+        + (
+            f" Where in addition {kinds[layered]['layers']} layers differ in mean effect and domain specificity "
+            f"({low}–{high - 1} tokens per document, planted), the pooled partial ρ's interval excludes 0 in "
+            f"{planted_rate(both[f'{layered}, pooled'])} (it ranks the layers), while the mean within-layer "
+            f"partial ρ's covers its truth 0 in {planted_rate(partial['rates'][key])}, "
+            f"{against_nominal(partial['rates'][key])}{_miss_direction(partial, key)}"
+            f"{_availability(partial, key, study['seeds'])}."
+        )
+        + _linked_summary(study, partial, both)
+    )
+
+
+def _availability(record: dict[str, Any], key: str, seeds: int) -> str:
+    """How often the interval exists and its coverage counting a seed without one as a miss (empty when
+    every seed has one)."""
+    missing = record["misses, truth above / below the interval"][key].get("no interval", 0)
+    if not missing:
+        return ""
+    found = record["rates"][key]
+    return (
+        f"; it has an interval in {found['n']} of {seeds} seeds, and counting a seed without one as a miss it "
+        f"covers in {found['hits']} of {seeds} ({found['hits'] / seeds:.3f})"
+    )
+
+
+def _linked_summary(study: dict[str, Any], partial: dict[str, Any], excludes: dict[str, Any]) -> str:
+    """The planted confounds *with* a direct link: the mean within-layer partial ρ's coverage of its truth
+    and how often its interval excludes 0 (its power), per token range (empty where the study lacks them)."""
+    kinds = study["settings"]["kinds"]
+    linked = [k for k, planted in kinds.items() if planted.get("weight sd") and planted["link"]]
+    parts = []
+    for kind in linked:
+        key, power_key = f"{kind}, over all layers", f"{kind}, mean within-layer"
+        if key not in partial["rates"] or power_key not in excludes:
+            return ""
+        low, high = kinds[kind]["tokens"]
+        parts.append(
+            f"at {low}–{high - 1} tokens per document{_mean_truth(partial, key)}, its interval excludes 0 in "
+            f"{planted_rate(excludes[power_key])} and covers its truth in {_judged_rate(partial['rates'][key])}"
+            f"{_miss_direction(partial, key)}"
+        )
+    if not parts:
+        return ""
+    return (
+        " Where domain score and effect follow routing frequency and also have a direct link (planted), the mean "
+        "within-layer partial ρ: " + "; ".join(parts) + "."
     )
 
 
@@ -1048,14 +1090,23 @@ def _saliency_caveat(results: dict[str, Any], planted: dict[str, Any] | None) ->
         settings["default gate"],
     )
     cases = next(cell["cases"] for cell in settings["cells"] if cell["gate"] == gate)
-    parts = []
+    parts, understated = [], False
     for case in cases:
         key = f"{case}, gate {gate}, {method}, {SALIENCY_STATISTIC}"
-        parts.append(f"{case}: {_judged_rate(study['rates'][key])}{_miss_direction(study, key)}")
+        direction = _miss_direction(study, key)
+        understated |= "understates" in direction
+        parts.append(f"{case}{_mean_truth(study, key)}: {_judged_rate(study['rates'][key])}{direction}")
     text = (
         f" The planted study of REAP's ρ interval (`{PLANTED}`, `rho_interval_methods`, {method}, document gate "
         f"{gate}) — how often it covered the true ρ in each planted case: " + "; ".join(parts) + "."
     )
+    if understated:
+        text += (
+            " The true ρ there is that of the experts' expected scores; the interval is one for the ρ of scores "
+            "measured on a corpus of this size, whose noise pulls ρ toward 0, so where the true ρ is far from "
+            "0 it lies below it more often than 5% of the time: read this run's interval as a lower range for "
+            "the expected-score ρ, not a 95% interval for it."
+        )
     text += _frequency_caveat(study, cases, gate, method)
     basic = metrics.get(f"{SALIENCY_METRIC} | basic 95% CI")
     if basic and all(is_defined(bound) for bound in basic):
@@ -1063,6 +1114,12 @@ def _saliency_caveat(results: dict[str, Any], planted: dict[str, Any] | None) ->
             f" This run's basic interval of REAP's ρ (same resamples): [{basic[0]:+.2f}, {basic[1]:+.2f}]."
         )
     return text
+
+
+def _mean_truth(study: dict[str, Any], key: str) -> str:
+    """`` (true value +0.58 on average over the seeds)`` where the study records it (empty otherwise)."""
+    truth = study.get("mean truth", {}).get(key)
+    return "" if truth is None else f" (true value {truth:+.2f} on average over the seeds)"
 
 
 def _judged_rate(record: dict[str, Any]) -> str:
@@ -1096,7 +1153,8 @@ def _frequency_caveat(study: dict[str, Any], cases: list[str], gate: int, method
             return ""
         value = "the difference" if "−" in statistic else "ρ"
         shown = "; ".join(
-            f"{case} {_judged_rate(frequency['rates'][key])}{_miss_direction(frequency, key, value)}"
+            f"{case}{_mean_truth(frequency, key)} {_judged_rate(frequency['rates'][key])}"
+            f"{_miss_direction(frequency, key, value)}"
             for case, key in keys
         )
         parts.append(f"{word}: {shown}")
@@ -1126,7 +1184,8 @@ def _paired_caveat(results: dict[str, Any], planted: dict[str, Any] | None) -> s
         if not all(key in study["rates"] for _, key in keys):
             return ""
         shown = "; ".join(
-            f"{case} {_judged_rate(study['rates'][key])}{_miss_direction(study, key, value)}"
+            f"{case}{_mean_truth(study, key)} {_judged_rate(study['rates'][key])}"
+            f"{_miss_direction(study, key, value)}"
             for case, key in keys
         )
         parts.append(f"{statistic.removesuffix(', paired')}: {shown}")
