@@ -497,7 +497,7 @@ def _api_cases(tmp: Path) -> list[tuple[str, Callable[[], object], str]]:
         (
             "`analyze('toy/moe-4x2', drivers=dict(count=0))`",
             lambda: analyze("toy/moe-4x2", drivers=dict(count=0)),
-            "--n-drivers must be a positive integer",
+            "--drivers.count (--n-drivers) must be a positive integer",
         ),
         ("`load_corpus(12345)`", lambda: load_corpus(12345), "int"),
         (

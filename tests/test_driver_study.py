@@ -67,7 +67,7 @@ def test_the_count_left_at_its_default_is_fitted_and_an_explicit_one_too_large_i
     assert DriverStudy((0, 1), 16).n_drivers == 8
     with pytest.raises(InputError, match="accepted: 1 to 2"):
         _ = DriverStudy((0,), 4, DriversConfig(count=3)).n_drivers
-    with pytest.raises(InputError, match="--n-drivers must be a positive integer"):
+    with pytest.raises(InputError, match=r"--drivers.count \(--n-drivers\) must be a positive integer"):
         DriverStudy((0,), 4, DriversConfig(count=0))
 
 

@@ -147,7 +147,7 @@ def test_built_in_settings_take_the_namespaced_and_the_legacy_spelling():
         (dict(probing=dict(kss=(1,))), "probing has no setting 'kss'; accepted: ks, min_examples"),
         (dict(probing=dict(ks=(0,))), "--probe-ks must be one or more positive integers"),
         (dict(probe_kss=(1,)), "there is no option 'probe_kss'"),
-        (dict(drivers=dict(count=0)), "--n-drivers must be a positive integer, got 0."),
+        (dict(drivers=dict(count=0)), "--drivers.count (--n-drivers) must be a positive integer, got 0."),
         (dict(reweighting=dict(factors=(1.0,))), "--reweight-factors [1.0] are not usable factors"),
         (dict(probing=[1, 8]), "probing settings must be a ProbingConfig or a dict of its fields"),
     ],

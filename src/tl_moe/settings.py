@@ -52,12 +52,14 @@ def option(
 
 
 def flag_of(spec: dataclasses.Field, analysis: str | None = None) -> str:
-    """The flag a field's messages name: its legacy flag when it has one (``--probe-ks``), else its own,
-    under its analysis's namespace when ``analysis`` names it (``--specialization.untrained-inits``)."""
+    """The flag a field's messages name: under its analysis's namespace when ``analysis`` names it
+    (``--specialization.untrained-inits``), with its legacy alias beside it when it has one
+    (``--drivers.tokens (--driver-tokens)``: the user may have typed either); else its own or legacy flag."""
     legacy = spec.metadata.get("legacy")
-    if legacy or analysis is None:
+    if analysis is None:
         return "--" + (legacy or spec.name).replace("_", "-")
-    return f"--{analysis.replace('_', '-')}.{spec.name.replace('_', '-')}"
+    namespaced = f"--{analysis.replace('_', '-')}.{spec.name.replace('_', '-')}"
+    return f"{namespaced} (--{legacy.replace('_', '-')})" if legacy else namespaced
 
 
 def int_list(flag: str) -> Callable[[str], tuple[int, ...]]:

@@ -42,10 +42,14 @@ class DriverFindings:
         edit = self.comparison["edit"].iloc[0]
         reason = self.comparison["interval unavailable"].iloc[0]
 
+        values = rows.iloc[:, :3].to_numpy(dtype=float)
+        largest = np.nanmax(np.abs(values)) if np.isfinite(values).any() else 0.0
+        spec = "+.4f" if largest >= 1e-3 or largest == 0 else "+.2e"  # tiny effects: not all -0.0000
+
         def show(group: str) -> str:
             row = rows.loc[(edit, group)]
             low, high = (math.nan, math.nan) if reason else (row["ci low"], row["ci high"])
-            return format_interval(row.iloc[0], low, high, "+.4f", reason or "no report document")
+            return format_interval(row.iloc[0], low, high, spec, reason or "no report document")
 
         n = int(self.comparison["experts"].iloc[0])
         moved = int(self.comparison["controls from another layer"].iloc[0])
@@ -257,15 +261,17 @@ class DriverFindings:
     def _layer_diagnostics(self, layers: list[str]) -> str:
         """Where each per-layer ρ of the estimate and of REAP saliency sits in its interval, the bootstrap
         bias, and the basic interval of the most leaning one (reported; the pre-chosen method stays)."""
-        found = [
+        rows = [
             (row, f"{score}, layer {layer}")
             for layer in layers
             for score in ("first-order estimate", "REAP saliency")
             for row in [self._paired_rows(layer).set_index("score").loc[score]]
-            if "interval position" in row and is_defined(row["interval position"])
+            if "interval position" in row
         ]
+        found = [(row, label) for row, label in rows if is_defined(row["interval position"])]
         if not found:
             return ""
+        skipped = len(rows) - len(found)
         position = [float(row["interval position"]) for row, _ in found]
         bias = [float(row["bootstrap bias"]) for row, _ in found]
         worst, label = max(found, key=lambda pair: abs(float(pair[0]["interval position"]) - 0.5))
@@ -277,7 +283,9 @@ class DriverFindings:
             "undefined",
         )
         return (
-            f" Diagnostics of these {len(found)} per-layer {RHO_METHOD} intervals (the method chosen before the "
+            f" Diagnostics of these {len(found)} per-layer {RHO_METHOD} intervals"
+            + (f" ({skipped} more without an interval of positive width left out)" if skipped else "")
+            + " (the method chosen before the "
             f"data; reported, not used to switch it): each ρ sits at {min(position):.2f}–{max(position):.2f} of "
             f"its interval's width (0.5: centred), the bootstrap bias (mean resampled ρ − ρ) is {min(bias):+.2f} "
             f"to {max(bias):+.2f}; the most leaning, {label} at {float(worst['interval position']):.2f}, has the "
@@ -370,7 +378,7 @@ class DriverFindings:
         return (
             f"**Drivers vs domain experts**: {int(total['both'])} of the {int(total['drivers'])} driver experts "
             f"are domain experts (expected by chance {format_number(total['expected both'], '.1f', 'no scored expert')} of "
-            f"{int(total['experts'])} scored experts with {int(total['domain experts'])} domain experts; "
+            f"{int(total['experts'])} scored experts with {int(total['domain experts'])} domain expert{'' if int(total['domain experts']) == 1 else 's'}; "
             f"hypergeometric p = {format_number(total['overlap p'], '.3g', 'not testable')}); {rho}."
         )
 
@@ -453,6 +461,8 @@ def _layers_averaged(layers: pd.DataFrame) -> str:
     defined = layers[layers["partial spearman unavailable"].fillna("") == ""]["layer"].astype(str).tolist()
     if len(defined) == len(layers):
         return f"the {len(layers)} layers"
+    if not defined:
+        return f"none of the {len(layers)} layers: no layer has a defined partial ρ"
     return f"the {len(defined)} of {len(layers)} layers with a defined partial ρ ({', '.join(defined)})"
 
 

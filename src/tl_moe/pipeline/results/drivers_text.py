@@ -88,6 +88,8 @@ def diagnostic(estimate: float, low: float, high: float, bias: float) -> str:
     the pre-chosen method's whatever they are)."""
     position = interval_position(estimate, low, high)
     if not np.isfinite(position):
+        if all(np.isfinite([estimate, low, high])) and low == high:
+            return "an interval of zero width: every resample gave the same value, so no position or bias"
         return "no interval"
     return f"bootstrap bias {bias:+.2f}, the estimate at {position:.2f} of its interval from the lower end"
 
