@@ -417,7 +417,9 @@ def test_the_drivers_block_gives_the_paired_rhos_planted_coverage_and_no_directi
     assert "170 of 200 seeds" in estimate and "12 of its 30 misses" in estimate and "states" not in estimate
     assert "27 of its 30 misses" in reap and "so the interval understates ρ there" in reap
     assert (
-        "2 of its 30 misses" in difference and "so the interval overstates the difference there" in difference
+        "2 of its 30 misses" in difference
+        and "so the interval lies above the true difference there (it leans toward the first-named score)"
+        in difference
     )
     del study["rates"][key["rare", "REAP, paired"]]
     assert "paired intervals" not in drivers_markdown(

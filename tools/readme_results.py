@@ -1072,7 +1072,14 @@ def _miss_direction(study: dict[str, Any], key: str, value: str = "ρ") -> str:
     r = study["rates"][key]
     one_sided = scipy.stats.binomtest(above, above + below, 0.5).pvalue < 0.05
     if r["nominal"] - r["rate"] > 2 * r["nominal_se"] and one_sided:
-        text += f", so the interval {'understates' if above > below else 'overstates'} {value} there"
+        if value == "the difference":  # signed: say which way it leans, not "over/understates"
+            side, toward = ("below", "second") if above > below else ("above", "first")
+            text += (
+                f", so the interval lies {side} the true difference there (it leans toward the "
+                f"{toward}-named score)"
+            )
+        else:
+            text += f", so the interval {'understates' if above > below else 'overstates'} {value} there"
     return text + unavailable + ")"
 
 
@@ -1158,11 +1165,31 @@ def _frequency_caveat(study: dict[str, Any], cases: list[str], gate: int, method
             for case, key in keys
         )
         parts.append(f"{word}: {shown}")
+    below_nominal = any(
+        _below_nominal(frequency["rates"][f"{case}, gate {gate}, {method}, {statistic}"])
+        for statistic in FREQUENCY_STUDY
+        for case in cases
+    )
+    caution = (
+        " So neither the routed share's interval nor that of REAP − frequency is shown to be a 95% interval "
+        "for its expected-score value: this run's interval of the difference does not bound it, and only its "
+        "side of 0 is read (docs/METHODS.md, REAP against routing frequency)."
+        if below_nominal
+        else ""
+    )
     return (
         " The same study of the routing-frequency control (its truth: Spearman ρ of the expected routing rate, "
         "or of the expected REAP score, with the expected effect, on the same experts; the estimate ranks "
-        "scores measured on a finite corpus) — how often each covered its truth: " + " — ".join(parts) + "."
+        "scores measured on a finite corpus) — how often each covered its truth: "
+        + " — ".join(parts)
+        + "."
+        + caution
     )
+
+
+def _below_nominal(record: dict[str, Any]) -> bool:
+    """A planted coverage rate below its nominal level by more than two binomial standard errors."""
+    return record["rate"] < record["nominal"] - 2 * record["nominal_se"]
 
 
 def _paired_caveat(results: dict[str, Any], planted: dict[str, Any] | None) -> str:
