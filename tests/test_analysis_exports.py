@@ -31,6 +31,7 @@ MAIN_OBJECTS = {
     "domain_expert_study": ["DomainExpertStudy"],
     "domain_experts": ["DomainExperts"],
     "driver_domain": ["compare_drivers_with_domain_experts"],
+    "driver_frequency": ["saliency_frequency_spearman"],
     "driver_study": ["DriverStudy", "DriverOutcome"],
     "drivers": ["ExpertSaliency", "driver_report"],
     "edit_windows": ["held_out_windows"],

@@ -13,7 +13,8 @@ Every object a notebook needs is importable from here (``from tl_moe.analysis im
   chosen on the selection half, reported against matched controls, the first-order estimate vs REAP,
   drivers vs domain experts) on :class:`~tl_moe.collect.ExpertEffects` (exact per-document effects of
   expert edits), :class:`ExpertSaliency`, :func:`driver_report`; :class:`FirstOrderEffects` (the gradient estimate);
-  :func:`compare_drivers_with_domain_experts`; :func:`position_effect`.
+  :func:`compare_drivers_with_domain_experts`; :func:`saliency_frequency_spearman` (REAP against routing
+  frequency); :func:`position_effect`.
 - associations, re-weighting and steering: :class:`AssociationStudy` (token–expert associations and
   the drivers' position effect) on :class:`RoutingRecords`, with :func:`segment_positions_of`;
   :func:`token_expert_associations`; :class:`ExpertReweighting` (both studies on a model and corpus,
@@ -55,6 +56,7 @@ from tl_moe.analysis.configs import (
 from tl_moe.analysis.domain_expert_study import DomainExpertsOutcome, DomainExpertStudy
 from tl_moe.analysis.domain_experts import DomainExperts
 from tl_moe.analysis.driver_domain import DriverDomainComparison, compare_drivers_with_domain_experts
+from tl_moe.analysis.driver_frequency import saliency_frequency_spearman
 from tl_moe.analysis.driver_study import DriverOutcome, DriverStudy
 from tl_moe.analysis.drivers import ExpertSaliency, driver_report, match_controls
 from tl_moe.analysis.edit_windows import held_out_windows
@@ -203,4 +205,5 @@ __all__ = [
     "SteeringContrast",
     "held_out_capacity",
     "steering_contrast",
+    "saliency_frequency_spearman",
 ]
