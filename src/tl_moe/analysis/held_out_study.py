@@ -43,6 +43,7 @@ from tl_moe.analysis._probing_inputs import (
     check_sparse_layers,
     same_tokens,
 )
+from tl_moe.analysis._sampling_plans import reuse_sampling_plans
 from tl_moe.analysis.activations import StoredTokens, TokenActivationStore
 from tl_moe.analysis.configs.probing import ProbingConfig
 from tl_moe.analysis.configs.statistics import Statistics
@@ -309,7 +310,8 @@ class HeldOutProbing:
         """Every arm the given tokens allow (after :meth:`check`; no comparison), and notes on the
         controls left out; ``step`` and ``dense_step`` as in :meth:`__call__`. Raises as it does."""
         self.check(moe, dense, untrained)
-        return _Arms(self, step, dense_step).probe(moe, dense, untrained)
+        with reuse_sampling_plans():  # the arms on the same tokens and labels share their sampling plans
+            return _Arms(self, step, dense_step).probe(moe, dense, untrained)
 
     def check(
         self, moe: StoredTokens, dense: StoredTokens | None = None, untrained: StoredTokens | None = None

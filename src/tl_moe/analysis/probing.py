@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
 
+from tl_moe.analysis._sampling_plans import SamplingPlan, sampling_plans
 from tl_moe.analysis.probing_math import (
     binary_f1,
     fit_logistic_nested,
@@ -545,8 +546,21 @@ class KSparseProbe:
         labels, unit_mask = labels.to(device), unit_mask.to(device)
         token_mask = None if token_mask is None else token_mask.to(device)
         tally = _TALLY.get()
+        # The plan (class counts, each chunk's split) depends on the labels and masks alone: arms that
+        # probe other neurons on the same tokens and labels reuse it (the same tensors, the same fits).
+        plans = sampling_plans()
+        plan = (
+            SamplingPlan()
+            if plans is None
+            else plans.plan(self._plan_settings(device), (labels, unit_mask, token_mask))
+        )
         if tally is None:
-            n_pos, n_neg, n_per_class, status, positions = self._sampling_plan(labels, unit_mask, token_mask)
+            n_pos, n_neg, n_per_class, status = plan.keep(
+                "counts", lambda: self._class_counts(labels, unit_mask, token_mask)
+            )
+            positions = _token_positions(self.random_state, labels.shape[1], labels.shape[0]).to(
+                labels.device
+            )
         else:  # deciding only: no token is sampled
             n_pos, n_neg, n_per_class, status = self._class_counts(labels, unit_mask, token_mask)
         ok = status == STATUS_OK
@@ -573,11 +587,28 @@ class KSparseProbe:
             positions,
             n_per_class,
             status,
-            unit_tokens=_unit_tokens(unit_mask),
+            unit_tokens=plan.keep("unit_tokens", lambda: _unit_tokens(unit_mask)),
         )
         for chunk in self._chunks(sizes[order], n_tokens, n_neurons + 2 * max_k + 2):
-            self._fit_chunk(activations, labels, activation_index, split, problems[order[chunk]], device)
+            chunk_problems = problems[order[chunk]]
+
+            def planned(unit, concept, chunk_problems=chunk_problems):
+                return plan.split(chunk_problems, lambda: split(unit, concept))
+
+            self._fit_chunk(activations, labels, activation_index, planned, chunk_problems, device)
         return self
+
+    def _plan_settings(self, device: torch.device) -> tuple:
+        """What a sampling plan depends on besides the labels and masks (a chunk's split is keyed by its
+        problems, so the chunking need not be the same)."""
+        return (
+            self.sampling,
+            self.test_size,
+            self.min_examples,
+            self.max_examples_per_class,
+            self.random_state,
+            str(device),
+        )
 
     def _chunks(self, sizes: Int[torch.Tensor, "problem"], n_tokens: int, row_width: int) -> list[slice]:  # noqa: F821 (jaxtyping shape)
         """Consecutive slices of problems sorted by decreasing size (tokens probed), within the memory bound.
