@@ -418,7 +418,7 @@ def test_the_drivers_block_gives_the_paired_rhos_planted_coverage_and_no_directi
     assert "27 of its 30 misses" in reap and "so the interval understates ρ there" in reap
     assert (
         "2 of its 30 misses" in difference
-        and "so the interval lies above the true difference there (it leans toward the first-named score)"
+        and "so the interval lies above the true difference there (it leans toward the estimate)"
         in difference
     )
     del study["rates"][key["rare", "REAP, paired"]]

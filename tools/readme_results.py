@@ -1051,7 +1051,19 @@ def _planted_if_any(root: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _miss_direction(study: dict[str, Any], key: str, value: str = "ρ") -> str:
+#: How the README names each score of a planted difference's statistic (``estimate − REAP`` → the estimate).
+SCORE_WORDS = {"estimate": "the estimate", "frequency": "routing frequency"}
+
+
+def _difference_scores(statistic: str) -> tuple[str, str]:
+    """The two scores of a difference statistic, in order, as the README names them."""
+    first, second = (part.strip() for part in statistic.split(",")[0].split("−"))
+    return SCORE_WORDS.get(first, first), SCORE_WORDS.get(second, second)
+
+
+def _miss_direction(
+    study: dict[str, Any], key: str, value: str = "ρ", scores: tuple[str, str] | None = None
+) -> str:
     """How many misses have the truth above / below the interval, from the study's miss counts, and where
     the interval covers below its nominal rate and the misses fall on one side more often than a fair coin
     would put them (two-sided binomial test at 5%), which way it errs (empty where the study's results do
@@ -1073,11 +1085,9 @@ def _miss_direction(study: dict[str, Any], key: str, value: str = "ρ") -> str:
     one_sided = scipy.stats.binomtest(above, above + below, 0.5).pvalue < 0.05
     if r["nominal"] - r["rate"] > 2 * r["nominal_se"] and one_sided:
         if value == "the difference":  # signed: say which way it leans, not "over/understates"
-            side, toward = ("below", "second") if above > below else ("above", "first")
-            text += (
-                f", so the interval lies {side} the true difference there (it leans toward the "
-                f"{toward}-named score)"
-            )
+            first, second = scores or ("the first-named score", "the second-named score")
+            side, toward = ("below", second) if above > below else ("above", first)
+            text += f", so the interval lies {side} the true difference there (it leans toward {toward})"
         else:
             text += f", so the interval {'understates' if above > below else 'overstates'} {value} there"
     return text + unavailable + ")"
@@ -1161,7 +1171,7 @@ def _frequency_caveat(study: dict[str, Any], cases: list[str], gate: int, method
         value = "the difference" if "−" in statistic else "ρ"
         shown = "; ".join(
             f"{case}{_mean_truth(frequency, key)} {_judged_rate(frequency['rates'][key])}"
-            f"{_miss_direction(frequency, key, value)}"
+            f"{_miss_direction(frequency, key, value, _difference_scores(statistic) if '−' in statistic else None)}"
             for case, key in keys
         )
         parts.append(f"{word}: {shown}")
@@ -1171,9 +1181,9 @@ def _frequency_caveat(study: dict[str, Any], cases: list[str], gate: int, method
         for case in cases
     )
     caution = (
-        " So neither the routed share's interval nor that of REAP − frequency is shown to be a 95% interval "
-        "for its expected-score value: this run's interval of the difference does not bound it, and only its "
-        "side of 0 is read (docs/METHODS.md, REAP against routing frequency)."
+        " So, on these planted cases, the routed share's interval and that of REAP − frequency are not 95% "
+        "intervals for their expected-score values: this run's interval of the difference does not bound it, "
+        "and only its side of 0 is read (docs/METHODS.md, REAP against routing frequency)."
         if below_nominal
         else ""
     )
@@ -1212,7 +1222,7 @@ def _paired_caveat(results: dict[str, Any], planted: dict[str, Any] | None) -> s
             return ""
         shown = "; ".join(
             f"{case}{_mean_truth(study, key)} {_judged_rate(study['rates'][key])}"
-            f"{_miss_direction(study, key, value)}"
+            f"{_miss_direction(study, key, value, _difference_scores(statistic) if '−' in statistic else None)}"
             for case, key in keys
         )
         parts.append(f"{statistic.removesuffix(', paired')}: {shown}")
