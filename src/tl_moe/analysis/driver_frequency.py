@@ -56,13 +56,13 @@ def saliency_frequency_spearman(
         n_experts: experts per layer (to sum a layer's routed slots for the routed share).
 
     Both scores on the selection half, the effect on the report half
-    (:func:`~tl_moe.analysis.drivers.split_documents`), the experts of
+    (:func:`~tl_moe.analysis._document_halves.split_documents`), the experts of
     :func:`~tl_moe.analysis.drivers.saliency_effect_spearman` (defined scores, :func:`split_gate`).
 
     Returns:
         One :class:`~tl_moe.analysis.stats.Interval` per name of :data:`FREQUENCY_SCORES`.
     """
-    from tl_moe.analysis.drivers import split_documents, split_gate
+    from tl_moe.analysis._document_halves import split_documents, split_gate
     from tl_moe.analysis.effect_estimate import _rows_spearman
     from tl_moe.analysis.stats import cluster_bootstrap
 
