@@ -175,6 +175,7 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("an unknown analysis", ["analyze", "--analyses", "probing,vibes"], "vibes"),
         ("--dtype float8", ["analyze", "--dtype", "float8"], "--dtype"),
         ("--threads 0", ["analyze", "--threads", "0"], "thread"),
+        ("--workers 0", ["analyze", "--workers", "0"], "--workers"),
         ("an unknown embedded corpus version", ["analyze", "--corpus", "embedded:v9"], "embedded"),
         (
             "--probe-rows-per-class below --min-examples",

@@ -6,14 +6,19 @@
 - :data:`MIN_DOCUMENTS` — units (documents, experts, ...) a bootstrap interval is computed from:
   :func:`~tl_moe.analysis.stats.cluster_bootstrap`, :func:`~tl_moe.analysis.stats.too_few_units` and
   ``--min-documents`` read it.
+- :data:`MAX_DEFAULT_WORKERS` — the most worker processes a run forks by default (``--workers``).
 """
 
 from __future__ import annotations
 
-__all__ = ["MIN_DOCUMENTS", "MIN_EXAMPLES"]
+__all__ = ["MAX_DEFAULT_WORKERS", "MIN_DOCUMENTS", "MIN_EXAMPLES"]
 
 #: Least positive and negative tokens a (unit, concept) needs to be probed.
 MIN_EXAMPLES = 50
 
 #: Fewest units (documents, or experts for an interval over experts) a bootstrap interval is computed from.
 MIN_DOCUMENTS = 30
+
+#: The most worker processes a run forks for an analysis's independent pieces unless ``--workers`` says
+#: otherwise (each holds its own fitting buffers; the default is the thread budget up to this).
+MAX_DEFAULT_WORKERS = 4

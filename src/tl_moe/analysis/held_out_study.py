@@ -25,7 +25,7 @@ Example (a model the user holds and its dense baseline; one collection pass each
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +74,7 @@ from tl_moe.collect.steps import Step, run_now
 from tl_moe.errors import AnalysisUnavailable, InputError
 from tl_moe.models.config import MoEConfig
 from tl_moe.models.hook_names import get_act_name
+from tl_moe.workers import WorkerPool
 
 __all__ = ["HeldOutOutcome", "HeldOutProbing", "probe_parameters", "usable_on_selection"]
 
@@ -256,6 +257,7 @@ class HeldOutProbing:
         *,
         step: Step = run_now,
         dense_step: Step | None = None,
+        pool: WorkerPool | None = None,
     ) -> HeldOutOutcome:
         """Probe every arm whose tokens are given and compare the MoE with each control.
 
@@ -268,13 +270,16 @@ class HeldOutProbing:
                 ``dense_permuted_labels``) run, when not ``step``: they depend on the dense tokens and the
                 probe settings alone, so studies of several MoEs against one dense model (the sparsity
                 family) can share them (keyed by the dense model's pass only).
+            pool: a :class:`~tl_moe.workers.WorkerPool` that probes the arms in worker processes (the
+                arms that share a sampling plan go together); the values are the ones computed here
+                without it. Default: every arm in this process, one after another.
 
         Raises:
             InputError: stored tokens that do not fit the study (:meth:`check`); too few documents for
                 the split, or no concept with enough positives on the selection side
                 (:meth:`HeldOutOutcome.unavailable` records those two instead of numbers).
         """
-        arms, notes = self.arms(moe, dense, untrained, step=step, dense_step=dense_step)
+        arms, notes = self.arms(moe, dense, untrained, step=step, dense_step=dense_step, pool=pool)
         stats = self.statistics
         records = tuple(
             {"protocol": "held_out", **record, "interval_over": "test documents"}
@@ -306,12 +311,13 @@ class HeldOutProbing:
         *,
         step: Step = run_now,
         dense_step: Step | None = None,
+        pool: WorkerPool | None = None,
     ) -> tuple[dict[str, HeldOutArm], list[str]]:
         """Every arm the given tokens allow (after :meth:`check`; no comparison), and notes on the
-        controls left out; ``step`` and ``dense_step`` as in :meth:`__call__`. Raises as it does."""
+        controls left out; ``step``, ``dense_step`` and ``pool`` as in :meth:`__call__`. Raises as it does."""
         self.check(moe, dense, untrained)
         with reuse_sampling_plans():  # the arms on the same tokens and labels share their sampling plans
-            return _Arms(self, step, dense_step).probe(moe, dense, untrained)
+            return _Arms(self, step, dense_step).probe(moe, dense, untrained, pool)
 
     def check(
         self, moe: StoredTokens, dense: StoredTokens | None = None, untrained: StoredTokens | None = None
@@ -385,9 +391,18 @@ class _Arms:
         return self.arm("moe_permuted_labels", moe, blocks, selection, labels=moe_permuted)
 
     def probe(
-        self, moe: StoredTokens, dense: StoredTokens | None, untrained: StoredTokens | None
+        self,
+        moe: StoredTokens,
+        dense: StoredTokens | None,
+        untrained: StoredTokens | None,
+        pool: WorkerPool | None = None,
     ) -> tuple[dict[str, HeldOutArm], list[str]]:
-        """Every arm the given tokens allow, and notes on the controls left out."""
+        """Every arm the given tokens allow, and notes on the controls left out.
+
+        The arms are computed in groups (:class:`_ArmGroups`): the arms of a group share sampling
+        plans, so a group runs in one process; with a ``pool`` the groups run in its workers, the
+        longest first, and the arms come back in the order they are listed here either way.
+        """
         study, seed = self.study, self.study.statistics.seed
         layers, experts = tuple(study.layers), study.num_experts
         selection = self.split(moe)
@@ -409,21 +424,31 @@ class _Arms:
             untrained = usable_on_selection(untrained, untrained_selection, self.minimum)
             test_docs.append(untrained.doc_index[~untrained_selection].numpy())
         self.docs = np.unique(np.concatenate(test_docs))
-        arms = {"moe": self.arm("moe", moe, expert_blocks(moe, layers, experts), selection)}
+        groups = _ArmGroups()
+        groups.add(
+            ["moe"],
+            lambda: {"moe": self.arm("moe", moe, expert_blocks(moe, layers, experts), selection)},
+            priority=2,
+        )
         moe_permuted = permuted_labels(moe, seed=seed + 1)
         if dense is not None:
-            arms["dense"] = self.arm(
-                "dense",
-                dense,
-                dense_layer_blocks(dense, study.dense_layers),
-                dense_selection,
-                fit_step=self.dense_step,
+            groups.add(
+                ["dense"],
+                lambda: {
+                    "dense": self.arm(
+                        "dense",
+                        dense,
+                        dense_layer_blocks(dense, study.dense_layers),
+                        dense_selection,
+                        fit_step=self.dense_step,
+                    )
+                },
             )
             aligned = moe.token_index.shape == dense.token_index.shape and torch.equal(
                 moe.input_ids, dense.input_ids
             )
             if aligned:
-                arms.update(self.routed_arms(moe, dense, selection, moe_permuted))
+                self.routed_arms(groups, moe, dense, selection, moe_permuted)
             else:
                 notes.append(
                     "the dense model's stored tokens differ from the MoE's (another tokenizer, or a probing "
@@ -431,19 +456,38 @@ class _Arms:
                     "tokens and matched-subset controls need the same tokens and were not computed."
                 )
         if dense is not None and study.permuted:
-            if "moe_permuted_labels" not in arms:
-                arms["moe_permuted_labels"] = self.moe_permuted_arm(moe, selection, moe_permuted)
-            arms["dense_permuted_labels"] = self.arm(
-                "dense_permuted_labels",
-                dense,
-                dense_layer_blocks(dense, study.dense_layers),
-                dense_selection,
-                labels=permuted_labels(dense, seed=seed + 2),
-                fit_step=self.dense_step,
+            if "moe_permuted_labels" not in groups.names:
+                groups.add(
+                    ["moe_permuted_labels"],
+                    lambda: {"moe_permuted_labels": self.moe_permuted_arm(moe, selection, moe_permuted)},
+                    priority=2,
+                )
+            groups.add(
+                ["dense_permuted_labels"],
+                lambda: {
+                    "dense_permuted_labels": self.arm(
+                        "dense_permuted_labels",
+                        dense,
+                        dense_layer_blocks(dense, study.dense_layers),
+                        dense_selection,
+                        labels=permuted_labels(dense, seed=seed + 2),
+                        fit_step=self.dense_step,
+                    )
+                },
+                priority=1,
             )
         if untrained is not None:
-            arms["untrained_moe"] = self.arm(
-                "untrained_moe", untrained, expert_blocks(untrained, layers, experts), untrained_selection
+            groups.add(
+                ["untrained_moe"],
+                lambda: {
+                    "untrained_moe": self.arm(
+                        "untrained_moe",
+                        untrained,
+                        expert_blocks(untrained, layers, experts),
+                        untrained_selection,
+                    )
+                },
+                priority=2,
             )
             if not same_tokens(moe, untrained):
                 notes.append(
@@ -452,17 +496,19 @@ class _Arms:
                 )
         elif not study.config.skip_untrained_null:
             notes.append("the untrained null was not computed.")
-        return arms, notes
+        return groups.run(pool), notes
 
     def routed_arms(
         self,
+        groups: _ArmGroups,
         moe: StoredTokens,
         dense: StoredTokens,
         selection: Bool[torch.Tensor, " token"],
         moe_permuted: Bool[torch.Tensor, "token concept"],
-    ) -> dict[str, HeldOutArm]:
-        """The controls on the MoE's own tokens: dense neurons on each expert's routed tokens (all, and
-        ``d_expert`` per draw), routing-matched subsets, and the matched-count control's null."""
+    ) -> None:
+        """Add to ``groups`` the controls on the MoE's own tokens: dense neurons on each expert's routed
+        tokens (all, and ``d_expert`` per draw), routing-matched subsets, and the matched-count
+        control's null."""
         study, seed = self.study, self.study.statistics.seed
         layers, experts = tuple(study.layers), study.num_experts
         mapping = layer_map(layers, study.dense_layers, study.n_layers, study.dense_n_layers)
@@ -477,20 +523,6 @@ class _Arms:
             moe.concept_names,
             moe.doc_index,
         )
-        arms = {
-            "dense_on_routed_tokens": self.arm(
-                "dense_on_routed_tokens",
-                dense_as_moe,
-                dense_routed_blocks(moe, dense_as_moe, layers, experts, mapping),
-                selection,
-            ),
-            "dense_matched_subsets": self.arm(
-                "dense_matched_subsets",
-                dense_as_moe,
-                dense_matched_blocks(moe, dense_as_moe, layers, experts, mapping, seed=seed),
-                selection,
-            ),
-        }
         d_mlp = dense.rows[get_act_name("neuron", study.dense_layers[0])].shape[-1]
         draws = ROUTED_COUNT_DRAWS if d_mlp > study.d_expert else 1  # all neurons: one draw is all
 
@@ -509,8 +541,75 @@ class _Arms:
                 for d in range(draws)
             }
 
-        arms.update(routed_count_arms(ROUTED_COUNT))
+        def routed() -> dict[str, HeldOutArm]:
+            """All the dense neurons on the routed tokens, then d_expert of them per draw (one plan)."""
+            return {
+                "dense_on_routed_tokens": self.arm(
+                    "dense_on_routed_tokens",
+                    dense_as_moe,
+                    dense_routed_blocks(moe, dense_as_moe, layers, experts, mapping),
+                    selection,
+                ),
+                **routed_count_arms(ROUTED_COUNT),
+            }
+
+        groups.add(
+            [
+                "dense_on_routed_tokens",
+                "dense_matched_subsets",
+                *(f"{ROUTED_COUNT}[{d}]" for d in range(draws)),
+            ],
+            routed,
+            priority=1 + draws,
+        )
+        groups.add(
+            ["dense_matched_subsets"],
+            lambda: {
+                "dense_matched_subsets": self.arm(
+                    "dense_matched_subsets",
+                    dense_as_moe,
+                    dense_matched_blocks(moe, dense_as_moe, layers, experts, mapping, seed=seed),
+                    selection,
+                )
+            },
+        )
         if study.routed_null:
-            arms["moe_permuted_labels"] = self.moe_permuted_arm(moe, selection, moe_permuted)
-            arms.update(routed_count_arms(ROUTED_COUNT_PERMUTED, labels=moe_permuted))
-        return arms
+            groups.add(
+                ["moe_permuted_labels", *(f"{ROUTED_COUNT_PERMUTED}[{d}]" for d in range(draws))],
+                lambda: {
+                    "moe_permuted_labels": self.moe_permuted_arm(moe, selection, moe_permuted),
+                    **routed_count_arms(ROUTED_COUNT_PERMUTED, labels=moe_permuted),
+                },
+                priority=2 + 2 * draws,
+            )
+
+
+class _ArmGroups:
+    """The arms of one study as groups of arms computed together (see :meth:`_Arms.probe`).
+
+    ``names`` lists every arm in the order the outcome gives them (a group may list, for that order,
+    an arm another group computes); ``priority`` orders the groups for a pool, the largest first
+    (about the group's work in units of one MoE-sized arm; ties keep the order of adding).
+    """
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.groups: list[tuple[int, int, Callable[[], dict[str, HeldOutArm]]]] = []
+
+    def add(
+        self, names: Sequence[str], compute: Callable[[], dict[str, HeldOutArm]], priority: int = 1
+    ) -> None:
+        self.names.extend(name for name in names if name not in self.names)
+        self.groups.append((-priority, len(self.groups), compute))
+
+    def run(self, pool: WorkerPool | None) -> dict[str, HeldOutArm]:
+        """Every group's arms, in a pool's workers (largest group first) or here in the order added."""
+        arms: dict[str, HeldOutArm] = {}
+        if pool is None:
+            for _, _, compute in self.groups:
+                arms.update(compute())
+        else:
+            handles = [pool.submit(compute, "held-out arms") for *_, compute in sorted(self.groups)]
+            for handle in handles:
+                arms.update(handle.result())
+        return {name: arms[name] for name in self.names if name in arms}

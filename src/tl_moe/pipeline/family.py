@@ -12,6 +12,7 @@ from tl_moe.errors import InputError
 from tl_moe.models.config import MoEConfig
 from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.needs import DenseNeurons, ExpertNeurons
+from tl_moe.pipeline.probing_run import worker_pool
 from tl_moe.pipeline.protocol import Inputs, Need
 from tl_moe.pipeline.sections.probing import (
     ProbingResult,
@@ -20,6 +21,7 @@ from tl_moe.pipeline.sections.probing import (
     probe_settings,
     probing_steps,
 )
+from tl_moe.workers import WorkerPool
 from tl_moe.zoo.family import TOY_FAMILY
 
 __all__ = ["family_names", "held_out_table", "member_config", "members", "parameters"]
@@ -67,6 +69,15 @@ def held_out_table(
     what is missing: the analyzed model's from probing, the others' computed here against the dense twin."""
     if run.dense is None:
         return pd.DataFrame(), ["no dense twin (--dense-baseline none): no held-out comparison."]
+    with worker_pool(run) as pool:
+        frames, notes = _member_frames(run, inputs, analysis, family, pool)
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), notes
+
+
+def _member_frames(
+    run: RunContext, inputs: Inputs, analysis: str, family: list[FamilyMember], pool: WorkerPool
+) -> tuple[list[pd.DataFrame], list[str]]:
+    """:func:`held_out_table`'s frame of each member that has records, and its notes."""
     frames, notes = [], []
     for member in family:
         if member.name == run.main:
@@ -76,7 +87,7 @@ def held_out_table(
                 if r["protocol"] == "held_out" and r["comparison"] in FAMILY_COMPARISONS
             ]
         else:
-            records, note = _member_records(run, inputs, analysis, member.name)
+            records, note = _member_records(run, inputs, analysis, member.name, pool)
             notes += [note] if note else []
         frame = _comparison_frame(records) if records else pd.DataFrame()
         if len(frame):
@@ -84,11 +95,11 @@ def held_out_table(
             frames.append(
                 frame.assign(model=member.name, active_ratio=member.active_ratio, experts=member.experts)
             )
-    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), notes
+    return frames, notes
 
 
 def _member_records(
-    run: RunContext, inputs: Inputs, analysis: str, name: str
+    run: RunContext, inputs: Inputs, analysis: str, name: str, pool: WorkerPool | None = None
 ) -> tuple[list[dict], str | None]:
     """A member's held-out records of :data:`FAMILY_COMPARISONS` (each arm and block saved as it finishes,
     keyed by this member's and the twin's passes), or, where it has too few documents or examples, records
@@ -105,6 +116,7 @@ def _member_records(
             step=probing_steps(run, analysis, [name, run.dense]),
             model=name,
             permuted=False,
+            pool=pool,
         )
     except InputError as error:
         records = [

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tl_moe.analysis.configs.statistics import SEED_MAX, Statistics
+from tl_moe.defaults import MAX_DEFAULT_WORKERS
 from tl_moe.errors import InputError
 from tl_moe.pipeline import catalog
 from tl_moe.settings import (
@@ -203,6 +204,13 @@ class RunOptions:
         "CPU threads for torch and BLAS (default: TL_MOE_THREADS, OMP_NUM_THREADS, else the idle cores)",
         parse=int,
     )
+    workers: int | None = option(
+        None,
+        "worker processes for an analysis's independent pieces (the held-out probing arms, the paper "
+        "protocol); each gets threads / workers threads; 1 computes them in the main process "
+        f"(default: the thread budget, at most {MAX_DEFAULT_WORKERS})",
+        parse=int,
+    )
     checkpoint_every: int = option(20, "batches between checkpoints", parse=int, cli=False)
     progress: bool = option(True, "show progress bars", cli=False)
     #: Each analysis's config given for this run, by analysis name (the others take their defaults).
@@ -268,6 +276,8 @@ class RunOptions:
             raise InputError("give --device or --device-map, not both.")
         _check_device_map(self.device_map)
         _check_threads(self.threads)
+        if self.workers is not None and (not _is_integer(self.workers) or self.workers < 1):
+            raise InputError(f"--workers must be a positive integer (or left out), got {self.workers!r}.")
         for config in self.configs.values():
             if hasattr(config, "check"):
                 config.check()

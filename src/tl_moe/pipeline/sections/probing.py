@@ -22,6 +22,7 @@ from tl_moe.pipeline.probing_run import (
     probe_settings,
     probing_protocols,
     probing_steps,
+    worker_pool,
 )
 from tl_moe.pipeline.protocol import Analysis, Inputs, Need, OptionLimit
 from tl_moe.pipeline.results.probing import INTRO, PAPER, ProbingResult
@@ -96,12 +97,18 @@ class Probing(Analysis):
         moe, dense, untrained = self.stored(run, inputs)
         step = probing_steps(run, self.name, [need.model for need in needs])
         paper, study = probing_protocols(run)
-        paper_outcome = paper(moe, dense, step=step, progress=run.options.progress)
-        try:
-            dense_step = None if dense is None else dense_probing_steps(run)
-            held_out = study(moe, dense, untrained, step=step, dense_step=dense_step)
-        except InputError as error:  # too few documents / examples
-            held_out = HeldOutOutcome.unavailable(error, config.ks)
+        # The paper protocol and the held-out arms are independent pieces: the pool's workers compute
+        # them at once (values as computed one after another in this process; --workers 1 does that).
+        with worker_pool(run) as pool:
+            paper_task = pool.submit(
+                lambda: paper(moe, dense, step=step, progress=run.options.progress), "the paper protocol"
+            )
+            try:
+                dense_step = None if dense is None else dense_probing_steps(run)
+                held_out = study(moe, dense, untrained, step=step, dense_step=dense_step, pool=pool)
+            except InputError as error:  # too few documents / examples
+                held_out = HeldOutOutcome.unavailable(error, config.ks)
+            paper_outcome = paper_task.result()
         return ProbingResult.of(paper_outcome, held_out, config.ks, _store_notes(inputs, needs))
 
 

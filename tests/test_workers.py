@@ -1,0 +1,103 @@
+"""WorkerPool: tasks in forked children give the values computed in this process, in order; errors come
+back with the child's traceback; a nested pool and workers=1 compute in place; and the held-out study's
+arms and records are the same with a pool of two workers as without one."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from tl_moe.workers import TaskFailed, WorkerPool, can_fork, run_tasks
+
+forks = pytest.mark.skipif(not can_fork(), reason="worker processes are forked on Linux only")
+
+
+def _square(i: int) -> int:
+    return i * i
+
+
+@forks
+def test_two_workers_return_each_tasks_value_in_submission_order_from_child_processes():
+    tasks = [lambda i=i: (_square(i), os.getpid()) for i in range(7)]
+    values = run_tasks(tasks, workers=2)
+    assert [v for v, _ in values] == [i * i for i in range(7)]
+    assert all(pid != os.getpid() for _, pid in values)  # computed in children, not here
+
+
+def test_one_worker_computes_in_this_process_in_submission_order():
+    order: list[int] = []
+    with WorkerPool(1) as pool:
+        handles = [pool.submit(lambda i=i: order.append(i) or i) for i in range(4)]
+        assert order == []  # nothing runs before a result is asked
+        assert handles[2].result() == 2 and order == [0, 1, 2]  # the earlier tasks first
+        assert [h.result() for h in handles] == [0, 1, 2, 3] and order == [0, 1, 2, 3]
+
+
+@forks
+def test_a_childs_tensor_value_and_its_thread_share_come_back():
+    value = torch.arange(12, dtype=torch.float64).reshape(3, 4)
+    [(copy, threads)] = run_tasks([lambda: (value * 2, torch.get_num_threads())], workers=2, threads=4)
+    assert torch.equal(copy, value * 2)
+    assert threads == 2  # 4 threads shared by 2 workers
+
+
+@forks
+def test_a_tasks_error_is_raised_again_with_its_type_and_the_childs_traceback():
+    def fails():
+        raise KeyError("no such concept: planted_42")
+
+    with WorkerPool(2) as pool:
+        ok, bad = pool.submit(lambda: 1), pool.submit(fails, "the failing task")
+        assert ok.result() == 1
+        with pytest.raises(KeyError, match="planted_42") as raised:
+            bad.result()
+    assert isinstance(raised.value.__cause__, TaskFailed)
+    assert "in fails" in str(raised.value.__cause__)  # the child's traceback, down to the raising line
+
+
+@forks
+def test_an_unpicklable_value_and_a_dead_worker_name_the_task():
+    with WorkerPool(2) as pool:
+        unpicklable = pool.submit(lambda: lambda: None, "task returning a lambda")
+        dead = pool.submit(lambda: os._exit(3), "task that exits")
+        with pytest.raises(TaskFailed, match=r"task returning a lambda failed in a worker process:\n.*cannot be sent back"):
+            unpicklable.result()
+        with pytest.raises(
+            TaskFailed, match=r"task that exits's worker process ended without a result \(exit code 3\)"
+        ):
+            dead.result()
+
+
+@forks
+def test_a_pool_inside_a_worker_computes_in_place():
+    def nested() -> tuple[int, int]:
+        with WorkerPool(2) as inner:
+            return inner.workers, inner.submit(os.getpid).result()
+
+    [(workers, pid)] = run_tasks([nested], workers=2)
+    assert workers == 1 and pid != os.getpid()
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5, True, "2"])
+def test_bad_worker_counts_are_refused_in_one_line(workers):
+    with pytest.raises(ValueError, match="workers must be a positive integer"):
+        WorkerPool(workers)
+
+
+@forks
+def test_the_held_out_study_gives_the_same_arms_and_records_with_two_workers():
+    from test_held_out_study import STUDY, planted
+
+    stored = planted(carried=True, concepts=2)
+    alone = STUDY(*stored)
+    with WorkerPool(2) as pool:
+        pooled = STUDY(*stored, pool=pool)
+    assert list(pooled.arms) == list(alone.arms)  # the outcome lists the arms in one order
+    for name, arm in alone.arms.items():
+        other = pooled.arms[name]
+        assert arm.chosen.equals(other.chosen) and arm.units.equals(other.units), name
+        assert np.array_equal(arm.doc_counts, other.doc_counts), name
+    assert pooled.comparisons.equals(alone.comparisons)
