@@ -63,7 +63,9 @@ def test_an_unpicklable_value_and_a_dead_worker_name_the_task():
     with WorkerPool(2) as pool:
         unpicklable = pool.submit(lambda: lambda: None, "task returning a lambda")
         dead = pool.submit(lambda: os._exit(3), "task that exits")
-        with pytest.raises(TaskFailed, match=r"task returning a lambda failed in a worker process:\n.*cannot be sent back"):
+        with pytest.raises(
+            TaskFailed, match=r"task returning a lambda failed in a worker process:\n.*cannot be sent back"
+        ):
             unpicklable.result()
         with pytest.raises(
             TaskFailed, match=r"task that exits's worker process ended without a result \(exit code 3\)"
