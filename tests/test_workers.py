@@ -94,12 +94,14 @@ def test_the_held_out_study_gives_the_same_arms_and_records_with_two_workers():
     from test_held_out_study import STUDY, planted
 
     stored = planted(carried=True, concepts=2)
-    alone = STUDY(*stored)
+    study = STUDY.replace(by_group=True)
+    alone = study(*stored)
     with WorkerPool(2) as pool:
-        pooled = STUDY(*stored, pool=pool)
+        pooled = study(*stored, pool=pool)
     assert list(pooled.arms) == list(alone.arms)  # the outcome lists the arms in one order
     for name, arm in alone.arms.items():
         other = pooled.arms[name]
         assert arm.chosen.equals(other.chosen) and arm.units.equals(other.units), name
         assert np.array_equal(arm.doc_counts, other.doc_counts), name
-    assert pooled.comparisons.equals(alone.comparisons)
+    assert len(alone.comparisons) and pooled.comparisons.equals(alone.comparisons)
+    assert len(alone.group_table) and pooled.group_table.equals(alone.group_table)

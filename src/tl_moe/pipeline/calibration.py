@@ -589,6 +589,9 @@ FIT_ESTIMATE_CAVEATS = (
     "the time can be low by about 2-2.5x: the fits are timed on random activations in one call per width, "
     "not as the protocols call them (in chunks, with masks); in CPU time, toy/moe-8x2 --max-tokens 3000 "
     "--min-documents 3 --analyses probing, one thread: about 8,700 fits/s timed, 3,700 fits/s in the run",
+    "the time is the fits' in one process at the run's threads: with --workers above 1 (the default where "
+    "the thread budget allows) the held-out arms and the paper protocol run in several processes at once, "
+    "so the wall time can be up to that many times shorter",
 )
 
 #: How fits are counted from the run's shapes alone (no stored tokens).

@@ -22,6 +22,7 @@ from tl_moe.pipeline.options import RunOptions
 
 if TYPE_CHECKING:
     from tl_moe.collect.steps import ResumableSteps, Step
+    from tl_moe.workers import WorkerPool
 
 __all__ = ["UNTRAINED", "RunContext", "untrained_base", "untrained_name", "unembedding"]
 
@@ -204,6 +205,17 @@ class RunContext:
             directory = self.checkpoint_dir / analysis
         fields = {"analysis": analysis, "settings": dict(settings), "passes": identities}
         return ResumableSteps(directory, fields, fresh=self.options.fresh)
+
+    def worker_pool(self) -> WorkerPool:
+        """A pool for the run's independent pieces of work: ``--workers`` processes (default: torch's
+        thread budget, at most :data:`~tl_moe.defaults.MAX_DEFAULT_WORKERS`), sharing that budget."""
+        from tl_moe.defaults import MAX_DEFAULT_WORKERS
+        from tl_moe.workers import WorkerPool
+
+        workers = self.options.workers
+        if workers is None:
+            workers = min(torch.get_num_threads(), MAX_DEFAULT_WORKERS)
+        return WorkerPool(workers)
 
     def shared_steps(self, analysis: str, settings: Mapping[str, Any], models: Sequence[str]) -> Step:
         """:meth:`steps`, one runner per fingerprint for the whole run, that also keeps every value in

@@ -12,7 +12,6 @@ from tl_moe.errors import InputError
 from tl_moe.models.config import MoEConfig
 from tl_moe.pipeline.context import RunContext
 from tl_moe.pipeline.needs import DenseNeurons, ExpertNeurons
-from tl_moe.pipeline.probing_run import worker_pool
 from tl_moe.pipeline.protocol import Inputs, Need
 from tl_moe.pipeline.sections.probing import (
     ProbingResult,
@@ -69,7 +68,7 @@ def held_out_table(
     what is missing: the analyzed model's from probing, the others' computed here against the dense twin."""
     if run.dense is None:
         return pd.DataFrame(), ["no dense twin (--dense-baseline none): no held-out comparison."]
-    with worker_pool(run) as pool:
+    with run.worker_pool() as pool:
         frames, notes = _member_frames(run, inputs, analysis, family, pool)
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), notes
 

@@ -15,7 +15,6 @@ from tl_moe.analysis.held_out_probing import HeldOutArm
 from tl_moe.analysis.held_out_study import HeldOutProbing, probe_parameters
 from tl_moe.analysis.paper_study import PaperProtocol
 from tl_moe.collect.steps import Step, run_now
-from tl_moe.defaults import MAX_DEFAULT_WORKERS
 from tl_moe.pipeline.context import RunContext
 from tl_moe.workers import WorkerPool
 
@@ -26,24 +25,12 @@ __all__ = [
     "probe_settings",
     "probing_protocols",
     "probing_steps",
-    "worker_pool",
 ]
 
 
 def probe_settings(run: RunContext) -> dict[str, Any]:
     """Keyword arguments of :class:`~tl_moe.analysis.probing.KSparseProbe` for this run."""
     return probe_parameters(run.options.config("probing"), run.options.seed)
-
-
-def worker_pool(run: RunContext) -> WorkerPool:
-    """The pool the run's independent probing pieces go to: ``--workers`` processes (default: torch's
-    thread budget, at most :data:`~tl_moe.defaults.MAX_DEFAULT_WORKERS`), sharing the thread budget."""
-    import torch
-
-    workers = run.options.workers
-    if workers is None:
-        workers = min(torch.get_num_threads(), MAX_DEFAULT_WORKERS)
-    return WorkerPool(workers)
 
 
 def probing_steps(run: RunContext, analysis: str, models: list[str]) -> Step:

@@ -22,7 +22,6 @@ from tl_moe.pipeline.probing_run import (
     probe_settings,
     probing_protocols,
     probing_steps,
-    worker_pool,
 )
 from tl_moe.pipeline.protocol import Analysis, Inputs, Need, OptionLimit
 from tl_moe.pipeline.results.probing import INTRO, PAPER, ProbingResult
@@ -99,7 +98,7 @@ class Probing(Analysis):
         paper, study = probing_protocols(run)
         # The paper protocol and the held-out arms are independent pieces: the pool's workers compute
         # them at once (values as computed one after another in this process; --workers 1 does that).
-        with worker_pool(run) as pool:
+        with run.worker_pool() as pool:
             paper_task = pool.submit(
                 lambda: paper(moe, dense, step=step, progress=run.options.progress), "the paper protocol"
             )
