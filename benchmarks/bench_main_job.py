@@ -4,7 +4,9 @@ wrote the same results.
 
 Each variant is a fresh `tl-moe analyze --fresh --out OUT/VARIANT` in its own process (the README's main
 job, `--workers 1` added for the one-process variant); the variants alternate ``--repeats`` times and
-each row is the repeat with the lowest total. Timings are the runs' own (`results.json` metadata). The
+each row is the repeat with the lowest total. Both variants get the same ``--threads`` (default: every
+CPU, as `tl-moe analyze` takes on an idle machine), and each waits, up to 2 minutes, for the 1-minute load
+average to fall below 1 first. Timings are the runs' own (`results.json` metadata). The
 two variants' results files are compared value by value (metadata left out) and their tables cell by
 cell: the worker processes must not change a number.
 
@@ -17,8 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +32,29 @@ import pandas as pd
 VARIANTS = {"one process (--workers 1)": ["--workers", "1"], "default workers": []}
 
 
-def run_job(out: Path, extra: list[str]) -> dict[str, Any]:
-    """One main-job run into ``out``; its results file."""
-    command = [sys.executable, "-m", "tl_moe.cli", "analyze", "--fresh", "--out", str(out), *extra]
+def settle(limit: float = 1.0, wait_at_most: float = 120.0) -> None:
+    """Wait (at most ``wait_at_most`` s) for the 1-minute load average to fall below ``limit``, so that a
+    run does not start on the cores the previous one just left busy."""
+    started = time.monotonic()
+    while os.getloadavg()[0] >= limit and time.monotonic() - started < wait_at_most:
+        time.sleep(5)
+
+
+def run_job(out: Path, extra: list[str], threads: int) -> dict[str, Any]:
+    """One main-job run into ``out`` with ``threads`` threads; its results file."""
+    settle()
+    command = [
+        sys.executable,
+        "-m",
+        "tl_moe.cli",
+        "analyze",
+        "--fresh",
+        "--out",
+        str(out),
+        "--threads",
+        str(threads),
+        *extra,
+    ]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return json.loads((out / "results.json").read_text())
 
@@ -78,13 +102,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="results file to write")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_main_job"), help="the runs' folders")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count(),
+        help="threads of both variants (default: every CPU; the default of tl-moe analyze leaves out busy ones)",
+    )
     args = parser.parse_args()
     load_at_start = bench_results.load_average()
     best: dict[str, dict[str, Any]] = {}
     for repeat in range(args.repeats):
         for name, extra in VARIANTS.items():
             folder = args.work / f"{'one' if extra else 'default'}_{repeat}"
-            results = run_job(folder, extra)
+            results = run_job(folder, extra, args.threads)
             timings = results["metadata"]["timings"]
             passes = sum(value for key, value in timings.items() if key.startswith("pass "))
             row = {
@@ -131,8 +161,8 @@ def main() -> None:
             args.out,
             title=(
                 "the main job `tl-moe analyze` on the embedded default (toy/moe-16x2 against toy/dense), "
-                f"in one process and with the default worker processes, best of {args.repeats} alternating "
-                "run(s) each; timings from each run's results.json"
+                f"in one process and with the default worker processes, {args.threads} threads each, best of "
+                f"{args.repeats} alternating run(s) each; timings from each run's results.json"
             ),
             threads=threads,
             load_at_start=load_at_start,

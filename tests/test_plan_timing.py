@@ -78,7 +78,8 @@ def test_pass_and_probing_seconds_are_the_work_over_the_measured_rates():
     assert "not estimated: probing besides the probe fits (sampling, intervals)" in text
     # what the fits' estimate is known to miss, beside it and in the JSON
     caveats = [line for line in text.splitlines() if line.startswith("  caveat: ")]
-    assert len(caveats) == 2 and "rare concepts" in caveats[0] and "about 2-2.5x" in caveats[1]
+    assert len(caveats) == 3 and "rare concepts" in caveats[0] and "about 2-2.5x" in caveats[1]
+    assert "--workers" in caveats[2]  # the estimate is one process's; workers can shorten the wall time
     assert estimate.to_dict()["fit_caveats"] == [line.removeprefix("  caveat: ") for line in caveats]
     # a corpus that ends before --max-tokens: each pass streams what it holds
     short = estimate_times(plan, {n: 1000.0 for n in names}, tokens=1500)

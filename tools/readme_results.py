@@ -2243,7 +2243,9 @@ def main_job_cost_markdown(results: dict[str, Any], source: str) -> str:
     threads = meta["options"].get("threads")
     return (
         f"The committed default results, `{command_line(meta['options'])}` ([`{source}`]({source}); {where}; threads "
-        f"{threads if threads is not None else 'left to the default'}): total {total:.1f} s = **{ratio:.2f}×** the "
+        f"{threads if threads is not None else 'left to the default'}"
+        f"{'' if 'workers' in meta['options'] else '; one process: the run predates --workers'}): "
+        f"total {total:.1f} s = **{ratio:.2f}×** the "
         f"sum of its collection passes ({collection:.1f} s: "
         + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in passes.items())
         + f"); finalize {timings.get('finalize (s)', float('nan')):.1f} s{_finalize_parts(timings)}. {verdict} the "
