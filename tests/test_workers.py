@@ -105,3 +105,43 @@ def test_the_held_out_study_gives_the_same_arms_and_records_with_two_workers():
         assert np.array_equal(arm.doc_counts, other.doc_counts), name
     assert len(alone.comparisons) and pooled.comparisons.equals(alone.comparisons)
     assert len(alone.group_table) and pooled.group_table.equals(alone.group_table)
+
+
+@forks
+def test_ctrl_c_stops_the_parent_once_and_leaves_no_child_running(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "interrupted.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, signal, threading, time
+            from tl_moe.workers import WorkerPool
+
+            def slow():
+                time.sleep(60)
+
+            pool = WorkerPool(2)
+            handle = pool.submit(slow, "slow task")
+            child = handle.process.pid
+            threading.Timer(1.0, lambda: os.killpg(os.getpgid(0), signal.SIGINT)).start()
+            try:
+                with pool:
+                    handle.result()
+            except KeyboardInterrupt:
+                print("interrupted")
+            try:
+                os.kill(child, 0)
+                print("child alive")
+            except ProcessLookupError:
+                print("child gone")
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=30, start_new_session=True
+    )
+    assert done.stdout.split() == ["interrupted", "child", "gone"], (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr  # the child ignored Ctrl-C: no traceback of its own

@@ -30,6 +30,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
+import signal
 import sys
 import traceback
 import warnings
@@ -193,6 +194,9 @@ def _child(compute: Callable[[], Any], sender: Any, threads: int) -> None:
     pickled as bytes (plain pickle: no shared-memory handles that would outlive this process), exit."""
     global _IN_WORKER
     _IN_WORKER = True
+    # Ctrl-C reaches the whole process group: the parent stops the children (close()), so a child
+    # ignores it rather than printing a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch
 
     torch.set_num_threads(threads)
