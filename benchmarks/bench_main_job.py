@@ -119,7 +119,7 @@ def main() -> None:
             passes = sum(value for key, value in timings.items() if key.startswith("pass "))
             row = {
                 "run": name,
-                "workers": results["metadata"]["options"].get("workers"),
+                "workers": results["metadata"].get("workers"),  # the count the run used
                 "passes s": passes,
                 "finalize s": timings["finalize (s)"],
                 "total s": timings["total (s)"],
@@ -140,8 +140,6 @@ def main() -> None:
         | {"vs one process": one["total s"] / row["total s"]}
         for row in best.values()
     ]
-    for row in rows:
-        row["workers"] = "1" if row["run"].startswith("one") else "default"
     threads = default["results"]["metadata"].get("machine", {}).get("threads")
     notes = [
         f"The default workers' run took {default['total s']:.1f} s against {one['total s']:.1f} s in one process "
@@ -161,15 +159,16 @@ def main() -> None:
             args.out,
             title=(
                 "the main job `tl-moe analyze` on the embedded default (toy/moe-16x2 against toy/dense), "
-                f"in one process and with the default worker processes, {args.threads} threads each, best of "
-                f"{args.repeats} alternating run(s) each; timings from each run's results.json"
+                f"in one process and with the default worker processes (the count each run used: `workers`), "
+                f"both runs with `--threads {args.threads}`, best of {args.repeats} alternating run(s) each; "
+                "timings from each run's results.json"
             ),
             threads=threads,
             load_at_start=load_at_start,
             rows_table=bench_results.table(
                 {
                     "run": "",
-                    "workers": "",
+                    "workers": "d",
                     "passes s": ".1f",
                     "finalize s": ".1f",
                     "total s": ".1f",

@@ -6,8 +6,8 @@ submitted callable in its own child process forked when a slot frees (at most ``
 so a callable needs no pickling: it sees the parent's memory (stored activations included) as it
 was at the fork, copy-on-write. Only its return value travels back, pickled through a pipe.
 
-Every child uses ``threads // workers`` torch threads (at least 1), so the pool never holds more
-threads than the run's budget. The values are the ones the callable returns in the parent: each
+Every child uses ``threads // workers`` torch threads, at least 1: with no more workers than threads
+the pool holds no more threads than the run's budget (more workers than threads hold one each). The values are the ones the callable returns in the parent: each
 piece must depend only on its inputs (seeded draws, no shared state it mutates), which is how the
 held-out arms and the paper protocol are written. A task's exception is raised again in the parent
 when its result is asked, with the child's traceback attached.

@@ -110,6 +110,12 @@ def check_corpus(dataset: Any) -> None:
         raise TypeError(
             f"expected a datasets.Dataset with a {TEXT_COLUMN!r} column, got {type(dataset).__name__}."
         )
+    if isinstance(dataset.column_names, dict):  # a DatasetDict: splits, each a Dataset
+        splits = list(dataset.column_names)
+        raise ValueError(
+            f"the dataset is a dict of splits ({', '.join(splits)}), not one split; pass one, "
+            f"e.g. corpus[{'validation' if 'validation' in splits else splits[0]!r}]."
+        )
     if TEXT_COLUMN not in dataset.column_names:
         raise ValueError(
             f"the dataset has no {TEXT_COLUMN!r} column; its columns are {dataset.column_names}. "

@@ -206,16 +206,23 @@ class RunContext:
         fields = {"analysis": analysis, "settings": dict(settings), "passes": identities}
         return ResumableSteps(directory, fields, fresh=self.options.fresh)
 
-    def worker_pool(self) -> WorkerPool:
-        """A pool for the run's independent pieces of work: ``--workers`` processes (default: torch's
-        thread budget, at most :data:`~tl_moe.defaults.MAX_DEFAULT_WORKERS`), sharing that budget."""
+    def workers(self) -> int:
+        """The worker processes the run's independent pieces of work go to: ``--workers``, else torch's
+        thread budget up to :data:`~tl_moe.defaults.MAX_DEFAULT_WORKERS` (so 1 where the load-aware
+        budget is one thread); 1 where processes cannot be forked (:func:`~tl_moe.workers.can_fork`)."""
         from tl_moe.defaults import MAX_DEFAULT_WORKERS
-        from tl_moe.workers import WorkerPool
+        from tl_moe.workers import can_fork
 
         workers = self.options.workers
         if workers is None:
             workers = min(torch.get_num_threads(), MAX_DEFAULT_WORKERS)
-        return WorkerPool(workers)
+        return workers if can_fork() else 1
+
+    def worker_pool(self) -> WorkerPool:
+        """A :class:`~tl_moe.workers.WorkerPool` of :meth:`workers` processes sharing torch's threads."""
+        from tl_moe.workers import WorkerPool
+
+        return WorkerPool(self.workers())
 
     def shared_steps(self, analysis: str, settings: Mapping[str, Any], models: Sequence[str]) -> Step:
         """:meth:`steps`, one runner per fingerprint for the whole run, that also keeps every value in

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,9 +207,9 @@ class RunOptions:
     )
     workers: int | None = option(
         None,
-        "worker processes for an analysis's independent pieces (the held-out probing arms, the paper "
-        "protocol); each gets threads / workers threads; 1 computes them in the main process "
-        f"(default: the thread budget, at most {MAX_DEFAULT_WORKERS})",
+        "worker processes for probing's independent pieces (the held-out arms, the paper protocol; the "
+        "sparsity family's arms); each gets threads / workers threads, at least 1; 1 computes them in the "
+        f"main process (default: the thread budget, at most {MAX_DEFAULT_WORKERS}: 1 on a busy machine)",
         parse=int,
     )
     checkpoint_every: int = option(20, "batches between checkpoints", parse=int, cli=False)
@@ -276,8 +277,12 @@ class RunOptions:
             raise InputError("give --device or --device-map, not both.")
         _check_device_map(self.device_map)
         _check_threads(self.threads)
-        if self.workers is not None and (not _is_integer(self.workers) or self.workers < 1):
-            raise InputError(f"--workers must be a positive integer (or left out), got {self.workers!r}.")
+        cpus = os.cpu_count() or 1
+        if self.workers is not None and (not _is_integer(self.workers) or not 1 <= self.workers <= cpus):
+            raise InputError(
+                f"--workers {self.workers!r} is not a worker count here; accepted: an integer from 1 to "
+                f"{cpus} (the CPUs), or left out."
+            )
         for config in self.configs.values():
             if hasattr(config, "check"):
                 config.check()

@@ -478,6 +478,7 @@ def _run(options, analyses, dataset, models, write_report, started, load_at_star
                 "tokens_by_domain": tokens_by_domain,
                 "accumulator_bytes": memory,
                 "runtime": runtime,
+                "workers": run_context.workers(),
                 "machine": machine(None, load_at_start),
                 "fitted_defaults": fitted,
             }
