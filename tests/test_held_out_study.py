@@ -157,3 +157,25 @@ def test_comparison_counts_stay_integers_beside_records_that_lack_them():
     assert [r["n_concepts_moe_higher"] for r in plain] == [None, 47]
     assert [r["n_draws"] for r in plain] == [3, None]
     assert '"n_concepts_moe_higher": 47,' in json.dumps(plain[1]) and pd.isna(frame["estimate"].iloc[1])
+
+
+def test_a_collapsed_router_is_probed_and_an_index_past_num_experts_is_refused():
+    import dataclasses
+
+    import pytest
+
+    from tl_moe.errors import InputError
+
+    moe, dense, untrained = planted(carried=False)
+    key = get_act_name("topk_indices", 0)
+    collapsed = dataclasses.replace(moe, rows={**moe.rows, key: torch.zeros_like(moe.rows[key])})
+    found = STUDY(collapsed, dense)  # every token to expert 0 of 4 (a small model's router can do that)
+    units = found.arms["moe"].units
+    assert set(units.dropna(subset=["selection_f1"])["unit"]) == {"L0E0"}  # the expert that saw tokens
+    assert set(found.arms["moe"].chosen["unit"]) == {"L0E0"}
+    wrong = dataclasses.replace(STUDY, num_experts=EXPERTS - 1)
+    with pytest.raises(
+        InputError,
+        match=f"num_experts={EXPERTS - 1} contradicts the MoE stored .* run from 0 to {EXPERTS - 1}",
+    ):
+        wrong(moe, dense)

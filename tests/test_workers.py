@@ -59,18 +59,88 @@ def test_a_tasks_error_is_raised_again_with_its_type_and_the_childs_traceback():
 
 
 @forks
-def test_an_unpicklable_value_and_a_dead_worker_name_the_task():
+def test_an_unpicklable_value_a_killed_and_an_exited_worker_name_the_task():
     with WorkerPool(2) as pool:
         unpicklable = pool.submit(lambda: lambda: None, "task returning a lambda")
-        dead = pool.submit(lambda: os._exit(3), "task that exits")
+        killed = pool.submit(lambda: os.kill(os.getpid(), 9), "task killed")
+        exited = pool.submit(lambda: os._exit(3), "task that exits")
         with pytest.raises(
             TaskFailed, match=r"task returning a lambda failed in a worker process:\n.*cannot be sent back"
         ):
             unpicklable.result()
         with pytest.raises(
-            TaskFailed, match=r"task that exits's worker process ended without a result \(exit code 3\)"
+            TaskFailed, match=r"the worker of task killed was killed by signal 9 .*out of memory"
         ):
-            dead.result()
+            killed.result()
+        with pytest.raises(
+            TaskFailed, match=r"the worker of task that exits ended without a result \(exit code 3\)\.$"
+        ):
+            exited.result()
+
+
+def test_a_closed_pool_refuses_new_tasks_and_its_unfinished_tasks_raise():
+    for workers in (1, 2):
+        with WorkerPool(workers) as pool:
+            handle = pool.submit(lambda: 1, "the unasked task")
+        with pytest.raises(RuntimeError, match="closed before the unasked task finished"):
+            handle.result()
+        with pytest.raises(RuntimeError, match="is closed; late task was not submitted"):
+            pool.submit(lambda: 2, "late task")
+
+
+@forks
+def test_the_parents_pool_used_inside_a_task_computes_there():
+    with WorkerPool(2) as pool:
+        inner = pool.submit(lambda: pool.submit(os.getpid).result())
+        assert inner.result() != os.getpid()  # computed in the worker, in place
+
+
+@forks
+def test_workers_end_when_their_parent_is_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import time
+            import torch
+            from tl_moe.workers import WorkerPool
+
+            def big():
+                time.sleep(1.0)
+                return torch.zeros(1_000_000)  # 8 MB: more than a pipe holds
+
+            pool = WorkerPool(2)
+            handles = [pool.submit(big, f"task {i}") for i in range(2)]
+            print(" ".join(str(h.process.pid) for h in handles), flush=True)
+            time.sleep(60)
+            """
+        )
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    children = [int(pid) for pid in parent.stdout.readline().split()]
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    alive = children
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [pid for pid in children if _running(pid)]
+    assert not alive, f"workers {alive} outlived their killed parent"
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not gone, not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 @forks

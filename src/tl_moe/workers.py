@@ -96,6 +96,7 @@ class WorkerPool:
         self.threads_per_worker = max(1, threads // self.workers)
         self._queued: deque[_Task] = deque()
         self._running: list[_Task] = []
+        self._closed = False
 
     def __enter__(self) -> WorkerPool:
         return self
@@ -105,24 +106,35 @@ class WorkerPool:
 
     def submit(self, compute: Callable[[], T], name: str = "task") -> _Task[T]:
         """Queue ``compute`` (no arguments); ``.result()`` on the returned handle gives its value."""
+        if self._closed:
+            raise RuntimeError(f"this WorkerPool is closed; {name} was not submitted.")
         task = _Task(self, compute, name)
         self._queued.append(task)
         self._start_ready()
         return task
 
     def close(self) -> None:
-        """Stop the children still running (their results are dropped) and forget queued tasks."""
+        """Stop the children still running and drop the queued tasks: asking their results raises."""
+        self._closed = True
         for task in self._running:
             if task.process.is_alive():
                 task.process.terminate()
             task.process.join()
             task.receiver.close()
+        for task in [*self._running, *self._queued]:
+            task.done, task.compute = True, None
+            task.error = RuntimeError(f"the WorkerPool was closed before {task.name} finished.")
         self._running.clear()
         self._queued.clear()
 
+    def _forks(self) -> bool:
+        """Whether tasks go to children: more than one worker, and this is not itself a worker (a
+        pool handed into a task computes there, in place)."""
+        return self.workers > 1 and not _IN_WORKER
+
     # -------------------------------------------------------------------------------- scheduling
     def _start_ready(self) -> None:
-        if self.workers == 1:
+        if not self._forks():
             return  # run lazily, in order, in this process
         while self._queued and len(self._running) < self.workers:
             self._fork(self._queued.popleft())
@@ -132,8 +144,11 @@ class WorkerPool:
         receiver, sender = context.Pipe(duplex=False)
         with warnings.catch_warnings():  # Python >= 3.12 warns on fork in a threaded process
             warnings.simplefilter("ignore", DeprecationWarning)
+            siblings = [other.receiver for other in self._running]  # the child must not hold their pipes
             process = context.Process(
-                target=_child, args=(task.compute, sender, self.threads_per_worker), daemon=True
+                target=_child,
+                args=(task.compute, sender, self.threads_per_worker, siblings, os.getpid()),
+                daemon=True,
             )
             process.start()
         sender.close()
@@ -142,7 +157,7 @@ class WorkerPool:
 
     def _advance(self, wanted: _Task) -> None:
         """Make progress towards ``wanted``: run it here (no fork), or collect the next child to end."""
-        if self.workers == 1:
+        if not self._forks():
             for task in list(self._queued):  # every earlier task first: the order of submission
                 self._queued.popleft()
                 _run_here(task)
@@ -168,12 +183,16 @@ class WorkerPool:
         if status == "ok":
             task.value = payload
             return
-        failure = TaskFailed(
-            f"{task.name} failed in a worker process:\n{text}"
-            if text
-            else f"{task.name}'s worker process ended without a result (exit code {task.process.exitcode}); "
-            "out of memory? Run with one worker (--workers 1) to compute it in the main process."
-        )
+        code = task.process.exitcode
+        if text:
+            failure = TaskFailed(f"{task.name} failed in a worker process:\n{text}")
+        elif code is not None and code < 0:
+            failure = TaskFailed(
+                f"the worker of {task.name} was killed by signal {-code} before it sent a result (out of "
+                "memory? Run with one worker, --workers 1, to compute it in the main process)."
+            )
+        else:
+            failure = TaskFailed(f"the worker of {task.name} ended without a result (exit code {code}).")
         if payload is None:
             task.error = failure
         else:
@@ -189,7 +208,7 @@ def _run_here(task: _Task) -> None:
     task.done, task.compute = True, None
 
 
-def _child(compute: Callable[[], Any], sender: Any, threads: int) -> None:
+def _child(compute: Callable[[], Any], sender: Any, threads: int, siblings: list, parent: int) -> None:
     """A worker's whole life: limit its threads, compute, send ``(status, value or error, traceback)``
     pickled as bytes (plain pickle: no shared-memory handles that would outlive this process), exit."""
     global _IN_WORKER
@@ -197,6 +216,9 @@ def _child(compute: Callable[[], Any], sender: Any, threads: int) -> None:
     # Ctrl-C reaches the whole process group: the parent stops the children (close()), so a child
     # ignores it rather than printing a traceback of its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with(parent)
+    for receiver in siblings:
+        receiver.close()
     import torch
 
     torch.set_num_threads(threads)
@@ -220,6 +242,20 @@ def _child(compute: Callable[[], Any], sender: Any, threads: int) -> None:
     for stream in (sys.stdout, sys.stderr):  # what the task printed (progress bars) before os._exit
         stream.flush()
     os._exit(0)  # no atexit handlers or finalizers of the parent's objects in the child
+
+
+def _die_with(parent: int) -> None:
+    """End this child when its parent dies (SIGKILL, the out-of-memory killer), rather than wait forever
+    on a pipe nobody reads: Linux's parent-death signal, and a check that the parent is still there."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before the signal was set up
+        os._exit(1)
 
 
 def run_tasks(tasks: Sequence[Callable[[], T]], workers: int = 1, threads: int | None = None) -> list[T]:

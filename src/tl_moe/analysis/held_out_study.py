@@ -553,12 +553,9 @@ class _Arms:
                 **routed_count_arms(ROUTED_COUNT),
             }
 
+        groups.reserve(["dense_on_routed_tokens", "dense_matched_subsets"])  # the outcome's order
         groups.add(
-            [
-                "dense_on_routed_tokens",
-                "dense_matched_subsets",
-                *(f"{ROUTED_COUNT}[{d}]" for d in range(draws)),
-            ],
+            ["dense_on_routed_tokens", *(f"{ROUTED_COUNT}[{d}]" for d in range(draws))],
             routed,
             priority=1 + draws,
         )
@@ -587,29 +584,34 @@ class _Arms:
 class _ArmGroups:
     """The arms of one study as groups of arms computed together (see :meth:`_Arms.probe`).
 
-    ``names`` lists every arm in the order the outcome gives them (a group may list, for that order,
-    an arm another group computes); ``priority`` orders the groups for a pool, the largest first
+    ``names`` lists every arm in the order the outcome gives them (:meth:`reserve` places an arm before
+    the group that computes it is added); ``priority`` orders the groups for a pool, the largest first
     (about the group's work in units of one MoE-sized arm; ties keep the order of adding).
     """
 
     def __init__(self) -> None:
         self.names: list[str] = []
-        self.groups: list[tuple[int, int, Callable[[], dict[str, HeldOutArm]]]] = []
+        self.groups: list[tuple[int, int, Callable[[], dict[str, HeldOutArm]], str]] = []
+
+    def reserve(self, names: Sequence[str]) -> None:
+        """List ``names`` in the outcome's order now, whichever group computes them later."""
+        self.names.extend(name for name in names if name not in self.names)
 
     def add(
         self, names: Sequence[str], compute: Callable[[], dict[str, HeldOutArm]], priority: int = 1
     ) -> None:
+        label = f"the held-out arm{'s' if len(names) > 1 else ''} {', '.join(names)}"
         self.names.extend(name for name in names if name not in self.names)
-        self.groups.append((-priority, len(self.groups), compute))
+        self.groups.append((-priority, len(self.groups), compute, label))
 
     def run(self, pool: WorkerPool | None) -> dict[str, HeldOutArm]:
         """Every group's arms, in a pool's workers (largest group first) or here in the order added."""
         arms: dict[str, HeldOutArm] = {}
         if pool is None:
-            for _, _, compute in self.groups:
+            for _, _, compute, _ in self.groups:
                 arms.update(compute())
         else:
-            handles = [pool.submit(compute, "held-out arms") for *_, compute in sorted(self.groups)]
+            handles = [pool.submit(compute, label) for *_, compute, label in sorted(self.groups)]
             for handle in handles:
                 arms.update(handle.result())
         return {name: arms[name] for name in self.names if name in arms}
