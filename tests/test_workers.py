@@ -215,3 +215,28 @@ def test_ctrl_c_stops_the_parent_once_and_leaves_no_child_running(tmp_path):
     )
     assert done.stdout.split() == ["interrupted", "child", "gone"], (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr  # the child ignored Ctrl-C: no traceback of its own
+
+
+@forks
+def test_a_task_submitted_from_a_thread_that_ends_still_finishes():
+    import threading
+    import time
+
+    handles = []
+    with WorkerPool(2) as pool:
+        thread = threading.Thread(target=lambda: handles.append(pool.submit(lambda: time.sleep(1.0) or 7)))
+        thread.start()
+        thread.join()  # the submitting thread ends while its task runs
+        assert handles[0].result() == 7
+
+
+@forks
+def test_a_task_waiting_for_another_task_of_its_pool_raises_at_once():
+    import time
+
+    with WorkerPool(2) as pool:
+        first = pool.submit(lambda: time.sleep(0.5) or 1, "first task")
+        waits = pool.submit(lambda: first.result(), "waiting task")
+        with pytest.raises(RuntimeError, match="first task is not this process's to compute"):
+            waits.result()
+        assert first.result() == 1

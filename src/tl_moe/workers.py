@@ -12,6 +12,9 @@ piece must depend only on its inputs (seeded draws, no shared state it mutates),
 held-out arms and the paper protocol are written. A task's exception is raised again in the parent
 when its result is asked, with the child's traceback attached.
 
+A task must not wait for another task of its own pool (it raises: the other runs elsewhere); a pool
+handed into a task computes what that task submits in place.
+
 Where fork is not available (not Linux), in a child of a pool, after CUDA has started, or with
 ``workers=1``, tasks run one after another in this process on ``result()``: same values, no
 speed-up.
@@ -32,6 +35,7 @@ import os
 import pickle
 import signal
 import sys
+import threading
 import traceback
 import warnings
 from collections import deque
@@ -145,9 +149,11 @@ class WorkerPool:
         with warnings.catch_warnings():  # Python >= 3.12 warns on fork in a threaded process
             warnings.simplefilter("ignore", DeprecationWarning)
             siblings = [other.receiver for other in self._running]  # the child must not hold their pipes
+            # The parent-death signal follows the forking *thread*: only the main thread's children use it.
+            main = threading.current_thread() is threading.main_thread()
             process = context.Process(
                 target=_child,
-                args=(task.compute, sender, self.threads_per_worker, siblings, os.getpid()),
+                args=(task.compute, sender, self.threads_per_worker, siblings, os.getpid(), main),
                 daemon=True,
             )
             process.start()
@@ -158,6 +164,11 @@ class WorkerPool:
     def _advance(self, wanted: _Task) -> None:
         """Make progress towards ``wanted``: run it here (no fork), or collect the next child to end."""
         if not self._forks():
+            if wanted not in self._queued:  # a worker's copy of the pool: the task runs elsewhere
+                raise RuntimeError(
+                    f"{wanted.name} is not this process's to compute: a task cannot wait for another task "
+                    "of the pool that runs it."
+                )
             for task in list(self._queued):  # every earlier task first: the order of submission
                 self._queued.popleft()
                 _run_here(task)
@@ -208,7 +219,9 @@ def _run_here(task: _Task) -> None:
     task.done, task.compute = True, None
 
 
-def _child(compute: Callable[[], Any], sender: Any, threads: int, siblings: list, parent: int) -> None:
+def _child(
+    compute: Callable[[], Any], sender: Any, threads: int, siblings: list, parent: int, death_signal: bool
+) -> None:
     """A worker's whole life: limit its threads, compute, send ``(status, value or error, traceback)``
     pickled as bytes (plain pickle: no shared-memory handles that would outlive this process), exit."""
     global _IN_WORKER
@@ -216,7 +229,7 @@ def _child(compute: Callable[[], Any], sender: Any, threads: int, siblings: list
     # Ctrl-C reaches the whole process group: the parent stops the children (close()), so a child
     # ignores it rather than printing a traceback of its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with(parent)
+    _die_with(parent, death_signal)
     for receiver in siblings:
         receiver.close()
     import torch
@@ -244,16 +257,18 @@ def _child(compute: Callable[[], Any], sender: Any, threads: int, siblings: list
     os._exit(0)  # no atexit handlers or finalizers of the parent's objects in the child
 
 
-def _die_with(parent: int) -> None:
+def _die_with(parent: int, death_signal: bool) -> None:
     """End this child when its parent dies (SIGKILL, the out-of-memory killer), rather than wait forever
-    on a pipe nobody reads: Linux's parent-death signal, and a check that the parent is still there."""
-    try:
-        import ctypes
+    on a pipe nobody reads: Linux's parent-death signal (only for a child of the main thread, since the
+    signal comes when the forking thread ends), and a check that the parent is still there."""
+    if death_signal:
+        try:
+            import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
     if os.getppid() != parent:  # the parent died before the signal was set up
         os._exit(1)
 

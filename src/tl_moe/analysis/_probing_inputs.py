@@ -55,9 +55,9 @@ def check_expert_rows(
     stored: StoredTokens, name: str, layers: Sequence[int], num_experts: int, d_expert: int | None = None
 ) -> None:
     """``stored`` (called ``name``) must hold each layer's ``expert_post`` ``[token, slot, d_expert]`` and
-    ``topk_indices`` ``[token, slot]``, with expert indices below ``num_experts`` and, since the router
-    spreads tokens over every expert, reaching the upper half of them (a larger ``num_experts`` would
-    probe experts that were never there); ``d_expert`` (if given) must be the stored neurons per expert."""
+    ``topk_indices`` ``[token, slot]``, with expert indices in ``0 .. num_experts - 1`` (experts no token
+    reached are allowed: they have nothing to probe); ``d_expert`` (if given) must be the stored neurons
+    per expert."""
     for layer in layers:
         post_key, index_key = get_act_name("expert_post", layer), get_act_name("topk_indices", layer)
         missing = [key for key in (post_key, index_key) if key not in stored.rows]
@@ -88,8 +88,8 @@ def _check_expert_indices(indices: torch.Tensor, name: str, key: str, num_expert
     if indices.min() < 0 or int(indices.max()) >= num_experts:
         raise InputError(
             f"num_experts={num_experts} contradicts the {name} stored {key}, whose expert indices run "
-            f"from {int(indices.min())} to {int(indices.max())}; pass the model's num_experts "
-            f"(more than {int(indices.max())})."
+            f"from {int(indices.min())} to {int(indices.max())} (expert indices start at 0); pass the model's "
+            "num_experts and its own stored tokens."
         )
 
 

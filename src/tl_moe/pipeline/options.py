@@ -277,11 +277,11 @@ class RunOptions:
             raise InputError("give --device or --device-map, not both.")
         _check_device_map(self.device_map)
         _check_threads(self.threads)
-        cpus = os.cpu_count() or 1
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         if self.workers is not None and (not _is_integer(self.workers) or not 1 <= self.workers <= cpus):
             raise InputError(
                 f"--workers {self.workers!r} is not a worker count here; accepted: an integer from 1 to "
-                f"{cpus} (the CPUs), or left out."
+                f"{cpus} (the CPUs this process may use), or left out."
             )
         for config in self.configs.values():
             if hasattr(config, "check"):
