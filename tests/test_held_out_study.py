@@ -159,23 +159,32 @@ def test_comparison_counts_stay_integers_beside_records_that_lack_them():
     assert '"n_concepts_moe_higher": 47,' in json.dumps(plain[1]) and pd.isna(frame["estimate"].iloc[1])
 
 
-def test_a_collapsed_router_is_probed_and_an_index_past_num_experts_is_refused():
+def test_a_collapsed_layer_is_probed_and_indices_that_contradict_num_experts_are_refused():
     import dataclasses
 
     import pytest
 
     from tl_moe.errors import InputError
 
-    moe, dense, untrained = planted(carried=False)
-    key = get_act_name("topk_indices", 0)
-    collapsed = dataclasses.replace(moe, rows={**moe.rows, key: torch.zeros_like(moe.rows[key])})
-    found = STUDY(collapsed, dense)  # every token to expert 0 of 4 (a small model's router can do that)
-    units = found.arms["moe"].units
-    assert set(units.dropna(subset=["selection_f1"])["unit"]) == {"L0E0"}  # the expert that saw tokens
-    assert set(found.arms["moe"].chosen["unit"]) == {"L0E0"}
-    wrong = dataclasses.replace(STUDY, num_experts=EXPERTS - 1)
+    moe, _, _ = planted(carried=False)
+    post, index = get_act_name("expert_post", 0), get_act_name("topk_indices", 0)
+    # Layer 1: the same neurons, but its router sends every token to expert 0 of 4 (a small model's
+    # router can collapse so); layer 0 routes over all four.
+    rows = {
+        **moe.rows,
+        get_act_name("expert_post", 1): moe.rows[post],
+        get_act_name("topk_indices", 1): torch.zeros_like(moe.rows[index]),
+    }
+    two_layers = dataclasses.replace(moe, rows=rows)
+    study = dataclasses.replace(STUDY, layers=(0, 1), n_layers=2)
+    found = study(two_layers)
+    probed = set(found.arms["moe"].units.dropna(subset=["selection_f1"])["unit"])
+    assert probed == {f"L0E{e}" for e in range(EXPERTS)} | {"L1E0"}  # layer 1: the expert that saw tokens
     with pytest.raises(
-        InputError,
-        match=f"num_experts={EXPERTS - 1} contradicts the MoE stored .* run from 0 to {EXPERTS - 1}",
+        InputError, match=f"num_experts={EXPERTS - 1} contradicts .* run from 0 to {EXPERTS - 1}"
     ):
-        wrong(moe, dense)
+        dataclasses.replace(study, num_experts=EXPERTS - 1)(two_layers)  # an index past num_experts
+    with pytest.raises(
+        InputError, match=f"num_experts={2 * EXPERTS} contradicts .* a model with {EXPERTS} experts"
+    ):
+        dataclasses.replace(study, num_experts=2 * EXPERTS)(two_layers)  # no layer reaches the upper half

@@ -55,6 +55,7 @@ def options(out: Path, **changes) -> RunOptions:
         out=out,
         max_tokens=10_000,
         batch_size=8,
+        workers=1,  # the spies below count the fits of this process (worker runs resume alike: test_workers)
         probe_ks=(1,),
         min_examples=20,
         held_out_min_examples=20,

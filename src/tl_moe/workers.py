@@ -131,14 +131,15 @@ class WorkerPool:
         self._running.clear()
         self._queued.clear()
 
-    def _forks(self) -> bool:
+    @property
+    def forks(self) -> bool:
         """Whether tasks go to children: more than one worker, and this is not itself a worker (a
         pool handed into a task computes there, in place)."""
         return self.workers > 1 and not _IN_WORKER
 
     # -------------------------------------------------------------------------------- scheduling
     def _start_ready(self) -> None:
-        if not self._forks():
+        if not self.forks:
             return  # run lazily, in order, in this process
         while self._queued and len(self._running) < self.workers:
             self._fork(self._queued.popleft())
@@ -163,7 +164,7 @@ class WorkerPool:
 
     def _advance(self, wanted: _Task) -> None:
         """Make progress towards ``wanted``: run it here (no fork), or collect the next child to end."""
-        if not self._forks():
+        if not self.forks:
             if wanted not in self._queued:  # a worker's copy of the pool: the task runs elsewhere
                 raise RuntimeError(
                     f"{wanted.name} is not this process's to compute: a task cannot wait for another task "

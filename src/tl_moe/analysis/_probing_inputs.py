@@ -55,9 +55,11 @@ def check_expert_rows(
     stored: StoredTokens, name: str, layers: Sequence[int], num_experts: int, d_expert: int | None = None
 ) -> None:
     """``stored`` (called ``name``) must hold each layer's ``expert_post`` ``[token, slot, d_expert]`` and
-    ``topk_indices`` ``[token, slot]``, with expert indices in ``0 .. num_experts - 1`` (experts no token
-    reached are allowed: they have nothing to probe); ``d_expert`` (if given) must be the stored neurons
-    per expert."""
+    ``topk_indices`` ``[token, slot]``, with expert indices in ``0 .. num_experts - 1`` that, over all the
+    layers, reach the upper half of them (a larger ``num_experts`` would invent experts that were never
+    there; one layer's router may still leave its upper experts unused, as a collapsed router of a small
+    model does); ``d_expert`` (if given) must be the stored neurons per expert."""
+    highest = None  # the largest expert index over the layers, and the key it was seen in
     for layer in layers:
         post_key, index_key = get_act_name("expert_post", layer), get_act_name("topk_indices", layer)
         missing = [key for key in (post_key, index_key) if key not in stored.rows]
@@ -78,6 +80,14 @@ def check_expert_rows(
                 "neurons per expert; pass the model's d_expert."
             )
         _check_expert_indices(indices, name, index_key, num_experts)
+        if indices.numel() and (highest is None or int(indices.max()) > highest[0]):
+            highest = int(indices.max()), index_key
+    if highest is not None and 2 * (highest[0] + 1) <= num_experts:
+        raise InputError(
+            f"num_experts={num_experts} contradicts the {name} stored expert indices, which run up to "
+            f"{highest[0]} in every layer ({highest[1]} at most; a model with {highest[0] + 1} experts); pass the "
+            "model's num_experts."
+        )
 
 
 def _check_expert_indices(indices: torch.Tensor, name: str, key: str, num_experts: int) -> None:
@@ -88,8 +98,8 @@ def _check_expert_indices(indices: torch.Tensor, name: str, key: str, num_expert
     if indices.min() < 0 or int(indices.max()) >= num_experts:
         raise InputError(
             f"num_experts={num_experts} contradicts the {name} stored {key}, whose expert indices run "
-            f"from {int(indices.min())} to {int(indices.max())} (expert indices start at 0); pass the model's "
-            "num_experts and its own stored tokens."
+            f"from {int(indices.min())} to {int(indices.max())} (a model with {int(indices.max()) + 1} experts at "
+            "least); pass the model's num_experts and its own stored tokens."
         )
 
 

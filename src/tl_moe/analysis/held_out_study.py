@@ -611,7 +611,9 @@ class _ArmGroups:
             for _, _, compute, _ in self.groups:
                 arms.update(compute())
         else:
-            handles = [pool.submit(compute, label) for *_, compute, label in sorted(self.groups)]
+            # Forked: the largest groups first. In place: the order added, after the pool's earlier tasks.
+            ordered = sorted(self.groups) if pool.forks else self.groups
+            handles = [pool.submit(compute, label) for *_, compute, label in ordered]
             for handle in handles:
                 arms.update(handle.result())
         return {name: arms[name] for name in self.names if name in arms}
