@@ -1,15 +1,17 @@
 """Independent pieces of an analysis's work in forked worker processes: :class:`WorkerPool`.
 
 A run's finalize is CPU work in small torch operations whose Python overhead holds the GIL, so a
-second thread gains little; a second *process* gains nearly a core. :class:`WorkerPool` runs each
+second thread gains little, while a second *process* can use another core
+(``benchmarks/bench_main_job.py`` measures what that gains on the main job). :class:`WorkerPool` runs each
 submitted callable in its own child process forked when a slot frees (at most ``workers`` at once),
 so a callable needs no pickling: it sees the parent's memory (stored activations included) as it
 was at the fork, copy-on-write. Only its return value travels back, pickled through a pipe.
 
 Every child uses ``threads // workers`` torch threads, at least 1: with no more workers than threads
-the pool holds no more threads than the run's budget (more workers than threads hold one each). The values are the ones the callable returns in the parent: each
-piece must depend only on its inputs (seeded draws, no shared state it mutates), which is how the
-held-out arms and the paper protocol are written. A task's exception is raised again in the parent
+the pool holds no more threads than the run's budget (more workers than threads hold one each). The
+values are the ones the callable returns in the parent: each piece must depend only on its inputs
+(seeded draws, no shared state it mutates), which is how the held-out arms and the paper protocol
+are written. A task's exception is raised again in the parent
 when its result is asked, with the child's traceback attached.
 
 A task must not wait for another task of its own pool (it raises: the other runs elsewhere); a pool
@@ -42,7 +44,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-__all__ = ["WorkerPool", "can_fork", "run_tasks"]
+__all__ = ["TaskFailed", "WorkerPool", "can_fork", "run_tasks"]
 
 T = TypeVar("T")
 
