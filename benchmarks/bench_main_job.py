@@ -105,12 +105,13 @@ def main() -> None:
     parser.add_argument(
         "--threads",
         type=int,
-        default=os.cpu_count(),
-        help="threads of both variants (default: every CPU; the default of tl-moe analyze leaves out busy ones)",
+        default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        help="threads of both variants (default: every usable CPU; tl-moe analyze's default leaves out busy ones)",
     )
     args = parser.parse_args()
     load_at_start = bench_results.load_average()
     best: dict[str, dict[str, Any]] = {}
+    every: list[dict[str, Any]] = []  # every repeat's timings, kept beside the best ones
     for repeat in range(args.repeats):
         for name, extra in VARIANTS.items():
             folder = args.work / f"{'one' if extra else 'default'}_{repeat}"
@@ -129,6 +130,9 @@ def main() -> None:
             }
             print(
                 f"{name}: total {row['total s']:.1f} s, passes {passes:.1f} s, {row['total / passes']:.2f}x"
+            )
+            every.append(
+                {"repeat": repeat, **{k: v for k, v in row.items() if k not in ("folder", "results")}}
             )
             if name not in best or row["total s"] < best[name]["total s"]:
                 best[name] = row
@@ -178,7 +182,7 @@ def main() -> None:
                 rows,
             ),
             notes=notes,
-            extra={"identical": not changed and not changed_tables},
+            extra={"identical": not changed and not changed_tables, "repeats": every},
         )
 
 

@@ -170,10 +170,10 @@ def test_the_performance_block_quotes_the_runs_own_timings():
     }
     text = main_job_cost_markdown(results, "x.json")
     assert "total 90.0 s = **2.25×** the sum of its collection passes (40.0 s: a 10.0 s, b 30.0 s)" in text
-    assert "Within the target" in text
+    assert "Meets the target (total ≤ 2.5× its passes" in text
     timings["total (s)"] = 101.0
     assert "**2.52×**" in main_job_cost_markdown(results, "x.json")
-    assert "**Above** the target" in main_job_cost_markdown(results, "x.json")
+    assert "Misses the target (total ≤ 2.5× its passes" in main_job_cost_markdown(results, "x.json")
     bench = {
         "title": "a planted benchmark",
         "command": "python benchmarks/bench_x.py",

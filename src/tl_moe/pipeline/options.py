@@ -209,7 +209,8 @@ class RunOptions:
         None,
         "worker processes for probing's independent pieces (the held-out arms, the paper protocol; the "
         "sparsity family's arms); each gets threads / workers threads, at least 1; 1 computes them in the "
-        f"main process (default: the thread budget, at most {MAX_DEFAULT_WORKERS}: 1 on a busy machine)",
+        f"main process (default: the thread budget, at most {MAX_DEFAULT_WORKERS}: 1 on a busy machine; 1 "
+        "where processes cannot be forked)",
         parse=int,
     )
     checkpoint_every: int = option(20, "batches between checkpoints", parse=int, cli=False)
