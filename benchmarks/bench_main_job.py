@@ -1,17 +1,31 @@
-"""Benchmark: the main job, `tl-moe analyze` on the embedded default, with one worker and with the default
-workers, back to back on the same machine; total over its collection passes for each, and whether the two
-wrote the same results.
+"""Benchmark: the main job, `tl-moe analyze` on the embedded default, in one process, with the default worker
+processes, and in one thread; total over its collection passes, how much finalize work there is, and
+whether the variants wrote the same results.
 
-Each variant is a fresh `tl-moe analyze --fresh --out OUT/VARIANT` in its own process (the README's main
-job, `--workers 1` added for the one-process variant); the variants alternate ``--repeats`` times and
-each row is the repeat with the lowest total. Both variants get the same ``--threads`` (default: every
-CPU, as `tl-moe analyze` takes on an idle machine), and each waits, up to 2 minutes, for the 1-minute load
-average to fall below 1 first. Timings are the runs' own (`results.json` metadata). The
-two variants' results files are compared value by value (metadata left out) and their tables cell by
-cell: the worker processes must not change a number.
+Each run is a fresh `tl-moe analyze --fresh --out OUT/VARIANT_REPEAT` in its own process (the README's main
+job plus the variant's flags). The three variants run ``--repeats`` times, their order rotated by one
+each repeat; every run's timings are kept, and each row gives the median over the repeats with the range
+of total / passes. The first two variants get the same ``--threads`` (default: every usable CPU, as
+`tl-moe analyze` takes on an idle machine); the third runs with ``--threads 1 --workers 1``: its finalize
+time is the finalize *work*, the CPU time it needs with no thread or process idling or contending. Each
+run first waits, up to 2 minutes, for the 1-minute load average to fall below 1. Timings are the runs'
+own (`results.json` metadata).
+
+From those it derives, in each repeat, the bound that decides whether the target (total ≤ 2.5× the passes,
+same run) is in reach on this machine: with the repeat's worker run's passes P and the rest of its total
+outside passes and finalize O, the target leaves finalize at most ``2.5 P − P − O``; no schedule on C CPUs
+finishes the W seconds of work of the repeat's one-thread run in less than W / C (the work does not
+shrink when it is split), so the target needs the work cut to at most ``C × (2.5 P − P − O)``. A worker
+run is paired with the one-thread run of its own repeat because the machine's speed drifts between
+repeats.
+
+The results files are compared value by value (metadata left out) and the tables cell by cell: the
+default workers' run against the one-process run of the same repeat must be identical; the one-thread
+runs are compared too, and their differences counted (float sums whose order follows the thread count).
 
 Run: ``python benchmarks/bench_main_job.py [--out docs/results/bench_main_job.json] [--work /tmp/bench_main_job]
-[--repeats 1]`` (about 4 minutes per repeat on 2 cores).
+[--repeats 3] [--reuse]`` (about 12 minutes per repeat on 2 cores; ``--reuse`` summarises the runs already in
+``--work`` instead of running them).
 """
 
 from __future__ import annotations
@@ -20,6 +34,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -29,7 +44,20 @@ from typing import Any
 import bench_results
 import pandas as pd
 
-VARIANTS = {"one process (--workers 1)": ["--workers", "1"], "default workers": []}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from readme_results import TOTAL_OVER_PASSES_TARGET  # noqa: E402  (the target is written once, there)
+
+ONE_PROCESS, WORKERS, ONE_THREAD = (
+    "one process (--workers 1)",
+    "default workers",
+    "one thread, one process (--threads 1 --workers 1)",
+)
+#: Each variant's extra flags and its folder prefix; ``--threads`` is added by :func:`run_job`.
+VARIANTS = {
+    ONE_PROCESS: (["--workers", "1"], "one"),
+    WORKERS: ([], "default"),
+    ONE_THREAD: (["--workers", "1"], "single"),
+}
 
 
 def settle(limit: float = 1.0, wait_at_most: float = 120.0) -> None:
@@ -97,92 +125,167 @@ def different_tables(first: Path, second: Path) -> tuple[int, list[str]]:
     return len(names), changed
 
 
+def run_row(name: str, repeat: int, results: dict[str, Any]) -> dict[str, Any]:
+    """One run's timings: passes, finalize, the rest of its total, total / passes."""
+    timings = results["metadata"]["timings"]
+    passes = sum(value for key, value in timings.items() if key.startswith("pass "))
+    total, finalize = timings["total (s)"], timings["finalize (s)"]
+    return {
+        "run": name,
+        "repeat": repeat,
+        "workers": results["metadata"].get("workers"),  # the count the run used
+        "threads": results["metadata"].get("machine", {}).get("threads"),
+        "passes s": passes,
+        "finalize s": finalize,
+        "other s": total - passes - finalize,
+        "total s": total,
+        "total / passes": total / passes,
+    }
+
+
+def median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One variant's row: the median of each timing over its runs, and the range of total / passes."""
+    ratios = [run["total / passes"] for run in runs]
+    return {
+        "run": runs[0]["run"],
+        "workers": runs[0]["workers"],
+        "threads": runs[0]["threads"],
+        **{
+            key: statistics.median(run[key] for run in runs)
+            for key in ("passes s", "finalize s", "other s", "total s")
+        },
+        "total / passes": statistics.median(ratios),
+        "total / passes, range": f"{min(ratios):.2f}–{max(ratios):.2f}×",
+    }
+
+
+def target_bound(workers: dict[str, Any], work: dict[str, Any], cpus: int) -> dict[str, float]:
+    """One repeat's bound: what the target leaves finalize in its worker run (``workers``: that run's
+    passes and the rest of its total), and whether its one-thread run's finalize, the work (``work``),
+    fits in it on ``cpus`` CPUs; ``work cut needed`` > 0 is the least share of the work to remove."""
+    budget = (TOTAL_OVER_PASSES_TARGET - 1) * workers["passes s"] - workers["other s"]
+    return {
+        "repeat": workers["repeat"],
+        "finalize budget s": budget,
+        "finalize work s": work["finalize s"],
+        "shortest finalize s": work["finalize s"] / cpus,
+        "work cut needed": 1 - max(budget, 0.0) * cpus / work["finalize s"],
+    }
+
+
+def bounds(runs: dict[str, list[dict[str, Any]]], cpus: int) -> dict[str, Any]:
+    """The target's bound in each repeat (a worker run against the one-thread run of the same repeat, so
+    that both ran in the same stretch of the machine's speed) and the least and most work cut needed."""
+    per_repeat = [
+        target_bound(workers, work, cpus)
+        for workers, work in zip(runs[WORKERS], runs[ONE_THREAD], strict=True)
+    ]
+    cuts = [bound["work cut needed"] for bound in per_repeat]
+    return {
+        "target total / passes": TOTAL_OVER_PASSES_TARGET,
+        "cpus": cpus,
+        "per repeat": per_repeat,
+        "least work cut needed": min(cuts),
+        "most work cut needed": max(cuts),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="results file to write")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_main_job"), help="the runs' folders")
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="summarise the runs already in --work (as this script names them) instead of running them again",
+    )
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     parser.add_argument(
         "--threads",
         type=int,
-        default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        help="threads of both variants (default: every usable CPU; tl-moe analyze's default leaves out busy ones)",
+        default=usable,
+        help="threads of the first two variants (default: every usable CPU; tl-moe analyze's default leaves out busy ones)",
     )
     args = parser.parse_args()
     load_at_start = bench_results.load_average()
-    best: dict[str, dict[str, Any]] = {}
-    every: list[dict[str, Any]] = []  # every repeat's timings, kept beside the best ones
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in VARIANTS}
+    folders: dict[tuple[str, int], Path] = {}
+    names = list(VARIANTS)
     for repeat in range(args.repeats):
-        for name, extra in VARIANTS.items():
-            folder = args.work / f"{'one' if extra else 'default'}_{repeat}"
-            results = run_job(folder, extra, args.threads)
-            timings = results["metadata"]["timings"]
-            passes = sum(value for key, value in timings.items() if key.startswith("pass "))
-            row = {
-                "run": name,
-                "workers": results["metadata"].get("workers"),  # the count the run used
-                "passes s": passes,
-                "finalize s": timings["finalize (s)"],
-                "total s": timings["total (s)"],
-                "total / passes": timings["total (s)"] / passes,
-                "folder": folder,
-                "results": results,
-            }
+        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+            extra, prefix = VARIANTS[name]
+            folder = folders[name, repeat] = args.work / f"{prefix}_{repeat}"
+            threads = 1 if name == ONE_THREAD else args.threads
+            results = (
+                json.loads((folder / "results.json").read_text())
+                if args.reuse
+                else run_job(folder, extra, threads)
+            )
+            row = run_row(name, repeat, results)
+            runs[name].append(row)
             print(
-                f"{name}: total {row['total s']:.1f} s, passes {passes:.1f} s, {row['total / passes']:.2f}x"
+                f"{name} #{repeat}: total {row['total s']:.1f} s, passes {row['passes s']:.1f} s, {row['total / passes']:.2f}x"
             )
-            every.append(
-                {"repeat": repeat, **{k: v for k, v in row.items() if k not in ("folder", "results")}}
+
+    def compared(first: str, second: str) -> dict[str, Any]:
+        """Value and table differences between two variants' runs, repeat by repeat."""
+        values, tables = [], []
+        for repeat in range(args.repeats):
+            one, other = folders[first, repeat], folders[second, repeat]
+            values.append(
+                len(differences(*(json.loads((f / "results.json").read_text()) for f in (one, other))))
             )
-            if name not in best or row["total s"] < best[name]["total s"]:
-                best[name] = row
-    one, default = best[next(iter(VARIANTS))], best["default workers"]
-    changed = differences(one["results"], default["results"])
-    n_tables, changed_tables = different_tables(one["folder"], default["folder"])
-    rows = [
-        {key: value for key, value in row.items() if key not in ("folder", "results")}
-        | {"vs one process": one["total s"] / row["total s"]}
-        for row in best.values()
-    ]
-    threads = default["results"]["metadata"].get("machine", {}).get("threads")
+            n_tables, changed = different_tables(one, other)
+            tables.append(len(changed))
+        return {"differing values": values, "differing tables": tables, "tables": n_tables}
+
+    workers_vs_one = compared(ONE_PROCESS, WORKERS)
+    threads_vs_one = compared(ONE_PROCESS, ONE_THREAD)
+    identical = not any(workers_vs_one["differing values"]) and not any(workers_vs_one["differing tables"])
+    rows = {name: median_row(variant_runs) for name, variant_runs in runs.items()}
+    bound = bounds(runs, usable)
     notes = [
-        f"The default workers' run took {default['total s']:.1f} s against {one['total s']:.1f} s in one process "
-        f"({one['total s'] / default['total s']:.2f}× faster); its total is {default['total / passes']:.2f}× its "
-        f"collection passes.",
-        (
-            f"The two runs' results files hold the same values ({len(changed)} differing; metadata left out) and "
-            f"their {n_tables} tables are equal cell for cell."
-            if not changed and not changed_tables
-            else f"The two runs differ in {len(changed)} results values (first: {', '.join(changed[:3])}) and in "
-            f"{len(changed_tables)} of {n_tables} tables ({', '.join(changed_tables)})."
-        ),
+        f"Medians of {args.repeats} runs each. With the default workers the main job's total is "
+        f"{rows[WORKERS]['total / passes']:.2f}× its collection passes (range {rows[WORKERS]['total / passes, range']}).",
+        f"Repeat by repeat, meeting the target on {usable} CPUs needs the finalize work (the one-thread run's "
+        f"finalize) cut by {100 * bound['least work cut needed']:.0f}% to {100 * bound['most work cut needed']:.0f}% "
+        "(negative: the work fits, and what is missing is in its scheduling).",
     ]
     print(" ".join(notes))
     if args.out is not None:
         bench_results.write(
             args.out,
             title=(
-                "the main job `tl-moe analyze` on the embedded default (toy/moe-16x2 against toy/dense), "
-                f"in one process and with the default worker processes (the count each run used: `workers`), "
-                f"both runs with `--threads {args.threads}`, best of {args.repeats} alternating run(s) each; "
-                "timings from each run's results.json"
+                "the main job `tl-moe analyze` on the embedded default (toy/moe-16x2 against toy/dense) in one "
+                f"process and with the default worker processes (both with `--threads {args.threads}`), and in one "
+                f"thread (`--threads 1 --workers 1`); medians of {args.repeats} runs each, the variants' order "
+                "rotated each repeat; timings from each run's results.json"
+                + (" (summarised again from the runs' folders with --reuse)" if args.reuse else "")
             ),
-            threads=threads,
+            threads=args.threads,
             load_at_start=load_at_start,
             rows_table=bench_results.table(
                 {
                     "run": "",
                     "workers": "d",
+                    "threads": "d",
                     "passes s": ".1f",
                     "finalize s": ".1f",
                     "total s": ".1f",
                     "total / passes": ".2f×",
-                    "vs one process": ".2f×",
+                    "total / passes, range": "",
                 },
-                rows,
+                list(rows.values()),
             ),
             notes=notes,
-            extra={"identical": not changed and not changed_tables, "repeats": every},
+            extra={
+                "identical": identical,
+                "workers vs one process": workers_vs_one,
+                "one thread vs one process": threads_vs_one,
+                "bound": bound,
+                "runs": [run for variant_runs in runs.values() for run in variant_runs],
+            },
         )
 
 
