@@ -208,6 +208,22 @@ def main() -> None:
         help="threads of the first two variants (default: every usable CPU; tl-moe analyze's default leaves out busy ones)",
     )
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1; got {args.repeats}.")
+    if args.threads < 1:
+        parser.error(f"--threads must be at least 1; got {args.threads}.")
+    if args.reuse:
+        missing = [
+            str(args.work / f"{prefix}_{repeat}" / "results.json")
+            for _, prefix in VARIANTS.values()
+            for repeat in range(args.repeats)
+            if not (args.work / f"{prefix}_{repeat}" / "results.json").exists()
+        ]
+        if missing:
+            parser.error(
+                f"--reuse: {len(missing)} run(s) of --repeats {args.repeats} are not in --work {args.work} "
+                f"(first: {missing[0]}); run without --reuse first."
+            )
     load_at_start = bench_results.load_average()
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in VARIANTS}
     folders: dict[tuple[str, int], Path] = {}
