@@ -126,7 +126,8 @@ def different_tables(first: Path, second: Path) -> tuple[int, list[str]]:
 
 
 def run_row(name: str, repeat: int, results: dict[str, Any]) -> dict[str, Any]:
-    """One run's timings: passes, finalize, the rest of its total, total / passes."""
+    """One run's timings: passes, finalize (and each analysis's share of it), the rest of its total,
+    total / passes."""
     timings = results["metadata"]["timings"]
     passes = sum(value for key, value in timings.items() if key.startswith("pass "))
     total, finalize = timings["total (s)"], timings["finalize (s)"]
@@ -140,6 +141,11 @@ def run_row(name: str, repeat: int, results: dict[str, Any]) -> dict[str, Any]:
         "other s": total - passes - finalize,
         "total s": total,
         "total / passes": total / passes,
+        "finalize by analysis s": {
+            key[len("finalize ") : -len(" (s)")]: value
+            for key, value in timings.items()
+            if key.startswith("finalize ") and key != "finalize (s)"
+        },
     }
 
 

@@ -16,6 +16,7 @@ from readme_results import main_job_benchmark_markdown  # noqa: E402
 def _results(passes: tuple[float, float], finalize: float, total: float, workers: int, threads: int):
     """A results file of one planted run: two passes, finalize and total as given."""
     timings = {"pass a (s)": passes[0], "pass b (s)": passes[1], "finalize (s)": finalize, "total (s)": total}
+    timings |= {"finalize probing (s)": 0.75 * finalize, "finalize logit_lens (s)": 0.25 * finalize}
     return {"metadata": {"timings": timings, "workers": workers, "machine": {"threads": threads}}}
 
 
@@ -74,6 +75,7 @@ def test_the_bound_when_the_work_cannot_fit_the_target_on_two_cpus():
         "In every repeat the target needs the finalize work cut, by 33% to 34%: not better scheduling" in text
     )
     assert "In each of the 3 repeats the two runs' results files" in text
+    assert "Of that work, in the one-thread runs (median shares): probing 75%, logit_lens 25%." in text
 
 
 def test_the_bound_when_the_work_fits_and_a_run_that_meets_the_target():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -2338,6 +2339,21 @@ def main_job_benchmark_markdown(results: dict[str, Any], source: str) -> str:
             f"the target leaves the worker run's finalize on {cpus} CPUs: {pairs}. The work fits in some repeats "
             "and not in others: the bound does not decide whether better scheduling could meet the target."
         )
+    shares = {
+        name: statistics.median(
+            run["finalize by analysis s"][name] / run["finalize s"]
+            for run in runs
+            if run["run"] == single["run"]
+        )
+        for name in next(run for run in runs if run["run"] == single["run"])["finalize by analysis s"]
+    }
+    shares_text = ", ".join(
+        f"{name} {100 * share:.0f}%"
+        for name, share in sorted(shares.items(), key=lambda item: -item[1])
+        if share >= 0.005
+    )
+    if shares_text:
+        why += f" Of that work, in the one-thread runs (median shares): {shares_text}."
     differing, differing_tables = max(threads["differing values"]), max(threads["differing tables"])
     return (
         benchmark_markdown({**results, "notes": []}, source)
