@@ -158,6 +158,8 @@ def test_an_analysis_registered_from_outside_runs_in_the_same_pass_and_is_report
     assert int(counts.sum()) == sum(results.tokens_by_domain.values())
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["sections"]["first_slot"]["metrics"]["first-choice tokens"] == int(counts.sum())
+    cpu = saved["metadata"]["cpu_seconds"]
+    assert set(cpu) == {"passes", "finalize"} and cpu["passes"] > 0 and cpu["finalize"] >= 0
     assert "First-choice experts" in (tmp_path / "index.html").read_text()
     assert (tmp_path / "tables" / "first_slot_counts.csv").exists()
 

@@ -4,7 +4,9 @@ arms and records are the same with a pool of two workers as without one."""
 
 from __future__ import annotations
 
+import functools
 import os
+import time
 
 import numpy as np
 import pytest
@@ -240,3 +242,26 @@ def test_a_task_waiting_for_another_task_of_its_pool_raises_at_once():
         with pytest.raises(RuntimeError, match="first task is not this process's to compute"):
             waits.result()
         assert first.result() == 1
+
+
+def _burn(seconds: float) -> float:
+    """Busy CPU work for about ``seconds`` of this process's CPU time; the CPU time it measured."""
+    start = time.process_time()
+    total = 0
+    while time.process_time() - start < seconds:
+        total += sum(range(1000))
+    return time.process_time() - start
+
+
+@forks
+def test_cpu_seconds_counts_a_workers_cpu_time_once_its_task_is_collected():
+    from tl_moe.pipeline.machine import cpu_seconds
+
+    before = cpu_seconds()
+    with WorkerPool(2) as pool:
+        burnt = [pool.submit(functools.partial(_burn, 0.3)) for _ in range(2)]
+        child_cpu = sum(task.result() for task in burnt)
+    counted = cpu_seconds() - before
+    assert child_cpu >= 0.6
+    # the children's own CPU time is in the reading (the parent waited on its tasks, it did not burn)
+    assert counted >= child_cpu

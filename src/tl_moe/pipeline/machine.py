@@ -21,6 +21,14 @@ def load_average() -> float | None:
         return None
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system), in seconds, of this process's threads and of its child processes that
+    have ended and been waited for (a run's worker processes are, once their task is collected): the
+    difference of two readings is a phase's CPU time, workers included."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 def machine(threads: int | None, load_at_start: float | None) -> dict[str, Any]:
     """CPUs (``os.cpu_count()``), torch threads used, the load average at the start and now, torch's
     version, the device and the platform."""

@@ -31,7 +31,7 @@ from tl_moe.pipeline.checks import (
     warn_small_corpus,
 )
 from tl_moe.pipeline.context import RunContext
-from tl_moe.pipeline.machine import load_average, machine
+from tl_moe.pipeline.machine import cpu_seconds, load_average, machine
 from tl_moe.pipeline.needs import TokensByDomain
 from tl_moe.pipeline.options import RunOptions, legacy_names, run_wide_fields
 from tl_moe.pipeline.protocol import (
@@ -430,6 +430,7 @@ def _run(options, analyses, dataset, models, write_report, started, load_at_star
     timings: dict[str, float] = {}
     collected: dict[tuple[str, AccumulatorSpec], Any] = {}
     memory: dict[str, dict[str, dict[str, int]]] = {}
+    cpu = {"passes": -cpu_seconds()}
     for model_name, specs in needs.items():
         tic = time.perf_counter()
         checkpoints = out if write_report else None  # a notebook run without a report writes nothing
@@ -441,17 +442,19 @@ def _run(options, analyses, dataset, models, write_report, started, load_at_star
         if model_name not in (run_context.main, run_context.dense):
             run_context.release(model_name)
 
+    cpu["passes"] += cpu_seconds()
     runtime = run_layout(options, run_context.model(run_context.main))  # every rank takes part
     if _rank() != 0:  # every rank holds the reduced accumulators; rank 0 alone finalizes and writes
         return RunResults(options, {}, None, timings)
 
-    tic = time.perf_counter()
+    tic, cpu["finalize"] = time.perf_counter(), -cpu_seconds()
     results: dict[str, Result] = {}
     for analysis in chosen:
         started_analysis = time.perf_counter()
         results[analysis.name] = _finalize(analysis, run_context, Inputs(collected, results), results)
         timings[f"finalize {analysis.name} (s)"] = round(time.perf_counter() - started_analysis, 1)
     timings["finalize (s)"] = round(time.perf_counter() - tic, 1)
+    cpu["finalize"] += cpu_seconds()
     tokens = collected[(run_context.main, TokensByDomain())]
     tokens_by_domain = dict(zip(run_context.domain_names, (int(n) for n in tokens.tolist()), strict=True))
 
@@ -474,6 +477,8 @@ def _run(options, analyses, dataset, models, write_report, started, load_at_star
                 "analyses": [analysis.name for analysis in chosen],
                 "moe_config": run_context.config(run_context.main).to_dict(),
                 "timings": timings,
+                # CPU time of the passes and of finalize, worker processes included (`cpu_seconds`).
+                "cpu_seconds": {phase: round(value, 1) for phase, value in cpu.items()},
                 "versions": package_versions(),
                 "tokens_by_domain": tokens_by_domain,
                 "accumulator_bytes": memory,
