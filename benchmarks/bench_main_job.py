@@ -11,13 +11,20 @@ time is the finalize *work*, the CPU time it needs with no thread or process idl
 run first waits, up to 2 minutes, for the 1-minute load average to fall below 1. Timings are the runs'
 own (`results.json` metadata).
 
-From those it derives, in each repeat, the bound that decides whether the target (total ≤ 2.5× the passes,
-same run) is in reach on this machine: with the repeat's worker run's passes P and the rest of its total
-outside passes and finalize O, the target leaves finalize at most ``2.5 P − P − O``; no schedule on C CPUs
-finishes the W seconds of work of the repeat's one-thread run in less than W / C (the work does not
-shrink when it is split), so the target needs the work cut to at most ``C × (2.5 P − P − O)``. A worker
-run is paired with the one-thread run of its own repeat because the machine's speed drifts between
-repeats.
+From those it derives what the target (total ≤ 2.5× the passes, same run) would need on this machine.
+The finalize *work* is the CPU time of a one-thread run's finalize (``metadata.cpu_seconds``: no thread
+spins while it waits, no process contends); the least of those runs is taken, since noise only adds to
+it. With a worker run's passes P and the rest of its total outside passes and finalize O (its own wall
+times: the target is relative to the run's own passes), two bounds on C CPUs, assuming the work does not
+shrink when it is split (no superlinear cache effects):
+
+- finalize after the passes, as the pipeline runs it: finalize may take at most ``2.5 P − P − O``, in
+  which C CPUs give at most ``C × (2.5 P − P − O)`` CPU seconds;
+- every phase overlapped perfectly (a schedule the pipeline does not have, and finalize's inputs exist
+  only after their passes): the run's ``C × (2.5 P − O)`` CPU seconds minus the passes' own work (the
+  least one-thread run's passes CPU time).
+
+The work cut each needs is ``1 − capacity / work``, given for every worker run (negative: the work fits).
 
 The results files are compared value by value (metadata left out) and the tables cell by cell: the
 default workers' run against the one-process run of the same repeat must be identical; the one-thread
@@ -114,33 +121,57 @@ def differences(a: Any, b: Any, path: str = "") -> list[str]:
     return [] if a == b else [path]
 
 
-def different_tables(first: Path, second: Path) -> tuple[int, list[str]]:
-    """How many report tables were compared, and the names of those whose cells differ."""
+def different_tables(first: Path, second: Path) -> tuple[int, list[dict[str, Any]]]:
+    """How many report tables were compared, and for each table whose cells differ: its name, its rows,
+    and per differing column the cells that differ and, for numbers, the largest absolute and relative
+    difference (so a report can say what kind of difference it is)."""
     names = sorted(path.name for path in (first / "tables").glob("*.parquet"))
-    changed = [
-        name
-        for name in names
-        if not pd.read_parquet(first / "tables" / name).equals(pd.read_parquet(second / "tables" / name))
-    ]
+    changed = []
+    for name in names:
+        a, b = (pd.read_parquet(folder / "tables" / name) for folder in (first, second))
+        if a.equals(b):
+            continue
+        detail: dict[str, Any] = {"table": name, "rows": len(a), "columns": {}}
+        if a.shape != b.shape or list(a.columns) != list(b.columns):
+            detail["shape"] = [list(a.shape), list(b.shape)]
+        else:
+            for column in a.columns:
+                x, y = a[column], b[column]
+                differ = ~((x == y) | (x.isna() & y.isna()))
+                if not differ.any():
+                    continue
+                entry: dict[str, Any] = {"cells": int(differ.sum())}
+                if pd.api.types.is_numeric_dtype(x) and pd.api.types.is_numeric_dtype(y):
+                    gap = (x - y).abs()[differ]
+                    entry["largest absolute"] = float(gap.max())
+                    entry["largest relative"] = float((gap / y.abs()[differ].clip(lower=1e-300)).max())
+                detail["columns"][str(column)] = entry
+        changed.append(detail)
     return len(names), changed
 
 
 def run_row(name: str, repeat: int, results: dict[str, Any]) -> dict[str, Any]:
-    """One run's timings: passes, finalize (and each analysis's share of it), the rest of its total,
-    total / passes."""
-    timings = results["metadata"]["timings"]
+    """One run's record: its wall times (passes, finalize and each analysis's part of it, the rest of its
+    total, total / passes), its CPU times, its options and its machine's CPUs and load."""
+    metadata = results["metadata"]
+    timings, cpu, machine = metadata["timings"], metadata.get("cpu_seconds", {}), metadata.get("machine", {})
     passes = sum(value for key, value in timings.items() if key.startswith("pass "))
     total, finalize = timings["total (s)"], timings["finalize (s)"]
     return {
         "run": name,
         "repeat": repeat,
-        "workers": results["metadata"].get("workers"),  # the count the run used
-        "threads": results["metadata"].get("machine", {}).get("threads"),
+        "workers": metadata.get("workers"),  # the count the run used
+        "threads": machine.get("threads"),
+        "cpus": machine.get("cpus"),
         "passes s": passes,
         "finalize s": finalize,
         "other s": total - passes - finalize,
         "total s": total,
         "total / passes": total / passes,
+        "passes cpu s": cpu.get("passes"),
+        "finalize cpu s": cpu.get("finalize"),
+        "load at start": machine.get("load average (1 min) at the start"),
+        "load at end": machine.get("load average (1 min) at the end"),
         "finalize by analysis s": {
             key[len("finalize ") : -len(" (s)")]: value
             for key, value in timings.items()
@@ -150,7 +181,8 @@ def run_row(name: str, repeat: int, results: dict[str, Any]) -> dict[str, Any]:
 
 
 def median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One variant's row: the median of each timing over its runs, and the range of total / passes."""
+    """One variant's row: the median of each timing over its runs, each column on its own (a row is not
+    one run), and the range of total / passes."""
     ratios = [run["total / passes"] for run in runs]
     return {
         "run": runs[0]["run"],
@@ -165,34 +197,37 @@ def median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def target_bound(workers: dict[str, Any], work: dict[str, Any], cpus: int) -> dict[str, float]:
-    """One repeat's bound: what the target leaves finalize in its worker run (``workers``: that run's
-    passes and the rest of its total), and whether its one-thread run's finalize, the work (``work``),
-    fits in it on ``cpus`` CPUs; ``work cut needed`` > 0 is the least share of the work to remove."""
-    budget = (TOTAL_OVER_PASSES_TARGET - 1) * workers["passes s"] - workers["other s"]
-    return {
-        "repeat": workers["repeat"],
-        "finalize budget s": budget,
-        "finalize work s": work["finalize s"],
-        "shortest finalize s": work["finalize s"] / cpus,
-        "work cut needed": 1 - max(budget, 0.0) * cpus / work["finalize s"],
-    }
-
-
 def bounds(runs: dict[str, list[dict[str, Any]]], cpus: int) -> dict[str, Any]:
-    """The target's bound in each repeat (a worker run against the one-thread run of the same repeat, so
-    that both ran in the same stretch of the machine's speed) and the least and most work cut needed."""
-    per_repeat = [
-        target_bound(workers, work, cpus)
-        for workers, work in zip(runs[WORKERS], runs[ONE_THREAD], strict=True)
-    ]
-    cuts = [bound["work cut needed"] for bound in per_repeat]
+    """What the target would need of the finalize work on ``cpus`` CPUs, against every worker run (see the
+    module docstring): the least one-thread finalize CPU time as the work, and per worker run the CPU
+    seconds the target leaves it with finalize after the passes and with every phase overlapped."""
+    work = min(run["finalize cpu s"] for run in runs[ONE_THREAD])
+    pass_work = min(run["passes cpu s"] for run in runs[ONE_THREAD])
+    per_run = []
+    for run in runs[WORKERS]:
+        after = cpus * ((TOTAL_OVER_PASSES_TARGET - 1) * run["passes s"] - run["other s"])
+        overlapped = cpus * (TOTAL_OVER_PASSES_TARGET * run["passes s"] - run["other s"]) - pass_work
+        per_run.append(
+            {
+                "repeat": run["repeat"],
+                "cpu s after the passes": after,
+                "cpu s overlapped": overlapped,
+                "cut after the passes": 1 - max(after, 0.0) / work,
+                "cut overlapped": 1 - max(overlapped, 0.0) / work,
+            }
+        )
     return {
         "target total / passes": TOTAL_OVER_PASSES_TARGET,
         "cpus": cpus,
-        "per repeat": per_repeat,
-        "least work cut needed": min(cuts),
-        "most work cut needed": max(cuts),
+        "finalize work cpu s": work,
+        "finalize work cpu s, every run": [run["finalize cpu s"] for run in runs[ONE_THREAD]],
+        "passes work cpu s": pass_work,
+        "per worker run": per_run,
+        **{
+            f"{end} {kind}": pick(row[kind] for row in per_run)
+            for kind in ("cut after the passes", "cut overlapped")
+            for end, pick in (("least", min), ("most", max))
+        },
     }
 
 
@@ -245,6 +280,12 @@ def main() -> None:
                 else run_job(folder, extra, threads)
             )
             row = run_row(name, repeat, results)
+            expected = {"threads": threads, **({"workers": 1} if extra else {})}
+            if any(row[key] != value for key, value in expected.items()):
+                sys.exit(
+                    f"bench_main_job.py: {folder} ran with --threads {row['threads']} and --workers "
+                    f"{row['workers']}, not as the variant {name!r} with --threads {threads}."
+                )
             runs[name].append(row)
             print(
                 f"{name} #{repeat}: total {row['total s']:.1f} s, passes {row['passes s']:.1f} s, {row['total / passes']:.2f}x"
@@ -252,7 +293,7 @@ def main() -> None:
 
     def compared(first: str, second: str) -> dict[str, Any]:
         """Value and table differences between two variants' runs, repeat by repeat."""
-        values, tables = [], []
+        values, tables, details = [], [], []
         for repeat in range(args.repeats):
             one, other = folders[first, repeat], folders[second, repeat]
             values.append(
@@ -260,19 +301,34 @@ def main() -> None:
             )
             n_tables, changed = different_tables(one, other)
             tables.append(len(changed))
-        return {"differing values": values, "differing tables": tables, "tables": n_tables}
+            details.append(changed)
+        return {
+            "differing values": values,
+            "differing tables": tables,
+            "tables": n_tables,
+            "details": details,
+        }
 
     workers_vs_one = compared(ONE_PROCESS, WORKERS)
     threads_vs_one = compared(ONE_PROCESS, ONE_THREAD)
     identical = not any(workers_vs_one["differing values"]) and not any(workers_vs_one["differing tables"])
     rows = {name: median_row(variant_runs) for name, variant_runs in runs.items()}
-    bound = bounds(runs, usable)
+    cpus = {run["cpus"] for variant_runs in runs.values() for run in variant_runs}
+    if (
+        len(cpus) != 1
+        or None in cpus
+        or any(run["finalize cpu s"] is None for variant_runs in runs.values() for run in variant_runs)
+    ):
+        sys.exit(f"bench_main_job.py: the runs do not all record one CPU count and their CPU times ({cpus}).")
+    bound = bounds(runs, cpus.pop())
     notes = [
         f"Medians of {args.repeats} runs each. With the default workers the main job's total is "
         f"{rows[WORKERS]['total / passes']:.2f}× its collection passes (range {rows[WORKERS]['total / passes, range']}).",
-        f"Repeat by repeat, meeting the target on {usable} CPUs needs the finalize work (the one-thread run's "
-        f"finalize) cut by {100 * bound['least work cut needed']:.0f}% to {100 * bound['most work cut needed']:.0f}% "
-        "(negative: the work fits, and what is missing is in its scheduling).",
+        f"On {bound['cpus']} CPUs, against the worker runs, the target needs the finalize work "
+        f"({bound['finalize work cpu s']:.1f} CPU s, the least of the one-thread runs) cut by "
+        f"{100 * bound['least cut after the passes']:.0f}% to {100 * bound['most cut after the passes']:.0f}% with "
+        f"finalize after the passes, {100 * bound['least cut overlapped']:.0f}% to "
+        f"{100 * bound['most cut overlapped']:.0f}% with every phase overlapped perfectly (negative: the work fits).",
     ]
     print(" ".join(notes))
     if args.out is not None:
