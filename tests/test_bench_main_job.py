@@ -1,9 +1,11 @@
-"""The main-job benchmark's summary: planted runs whose medians, target budget and needed work cut are known."""
+"""The main-job benchmark's summary: planted runs whose medians, work, budgets and needed cuts are known."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+
+import pandas as pd
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -13,30 +15,54 @@ import bench_main_job as bench  # noqa: E402
 from readme_results import main_job_benchmark_markdown  # noqa: E402
 
 
-def _results(passes: tuple[float, float], finalize: float, total: float, workers: int, threads: int):
-    """A results file of one planted run: two passes, finalize and total as given."""
+def _results(passes, finalize, total, workers, threads, cpu):
+    """A planted run's results file: two passes, finalize (3/4 probing), total, CPU times, 2 CPUs."""
     timings = {"pass a (s)": passes[0], "pass b (s)": passes[1], "finalize (s)": finalize, "total (s)": total}
     timings |= {"finalize probing (s)": 0.75 * finalize, "finalize logit_lens (s)": 0.25 * finalize}
-    return {"metadata": {"timings": timings, "workers": workers, "machine": {"threads": threads}}}
+    machine = {
+        "threads": threads,
+        "cpus": 2,
+        "load average (1 min) at the start": 0.5,
+        "load average (1 min) at the end": 1.5,
+    }
+    return {
+        "metadata": {
+            "timings": timings,
+            "workers": workers,
+            "machine": machine,
+            "cpu_seconds": {"passes": cpu[0], "finalize": cpu[1]},
+        }
+    }
 
 
-def _planted(single_finalize: float, worker_totals=(95.0, 97.0, 93.0)) -> dict:
-    """Three repeats of each variant: worker runs with 30 s of passes and 5 s outside passes and finalize."""
+def _planted(work: float, worker_totals=(95.0, 97.0, 93.0), others=(5.0, 5.0, 5.0)) -> dict:
+    """Three repeats of each variant. Worker runs: 30 s of passes, 5 s outside passes and finalize.
+    One-thread runs: finalize CPU times ``work``, +10, +20 (the least is the work); passes' CPU 36, 40, 44."""
     runs = {
         bench.ONE_PROCESS: [
-            bench.run_row(bench.ONE_PROCESS, r, _results((10, 20), 80.0, 115.0 + r, 1, 2)) for r in range(3)
+            bench.run_row(bench.ONE_PROCESS, r, _results((10, 20), 80.0, 115.0 + r, 1, 2, (50, 150)))
+            for r in range(3)
         ],
         bench.WORKERS: [
-            bench.run_row(bench.WORKERS, r, _results((10, 20), total - 35.0, total, 2, 2))
-            for r, total in enumerate(worker_totals)
+            bench.run_row(bench.WORKERS, r, _results((10, 20), total - 30.0 - other, total, 2, 2, (50, 150)))
+            for r, (total, other) in enumerate(zip(worker_totals, others, strict=True))
         ],
-        bench.ONE_THREAD: [  # 36 s of passes, 5 s outside passes and finalize
-            bench.run_row(bench.ONE_THREAD, r, _results((12, 24), finalize, 41.0 + finalize, 1, 1))
-            for r, finalize in enumerate((single_finalize - 1, single_finalize, single_finalize + 1))
+        bench.ONE_THREAD: [
+            bench.run_row(
+                bench.ONE_THREAD,
+                r,
+                _results((12, 24), 100.0 + r, 141.0 + r, 1, 1, (36 + 4 * r, work + 10 * r)),
+            )
+            for r in range(3)
         ],
     }
     rows = {name: bench.median_row(variant_runs) for name, variant_runs in runs.items()}
-    same = {"differing values": [0, 0, 0], "differing tables": [0, 0, 0], "tables": 14}
+    same = {
+        "differing values": [0, 0, 0],
+        "differing tables": [0, 0, 0],
+        "tables": 14,
+        "details": [[], [], []],
+    }
     return {
         "title": "planted",
         "command": "python benchmarks/bench_main_job.py",
@@ -50,7 +76,7 @@ def _planted(single_finalize: float, worker_totals=(95.0, 97.0, 93.0)) -> dict:
     }
 
 
-def test_medians_and_the_range_of_a_variants_runs():
+def test_each_column_is_its_own_median_and_the_range_of_total_over_passes():
     planted = _planted(120.0)
     workers = next(row for row in planted["table"]["rows"] if row["run"] == bench.WORKERS)
     assert workers["total s"] == 95.0 and workers["passes s"] == 30.0 and workers["other s"] == 5.0
@@ -58,40 +84,76 @@ def test_medians_and_the_range_of_a_variants_runs():
     assert workers["total / passes, range"] == f"{93 / 30:.2f}–{97 / 30:.2f}×"
 
 
-def test_the_bound_when_the_work_cannot_fit_the_target_on_two_cpus():
+def test_the_bounds_when_the_work_cannot_fit_even_overlapped():
     planted = _planted(120.0)
-    first, second, third = planted["bound"]["per repeat"]
-    # repeat 0: the worker run's total 95 s leaves finalize 2.5 x 30 - 30 - 5 = 40 s; its one-thread run's
-    # 119 s of work take at least 59.5 s on 2 CPUs: a third of it (1 - 80 / 119) must go
-    assert first["finalize budget s"] == 40.0 and first["shortest finalize s"] == 59.5
-    assert abs(first["work cut needed"] - (1 - 80 / 119)) < 1e-12
-    assert abs(third["work cut needed"] - (1 - 80 / 121)) < 1e-12
-    assert planted["bound"]["least work cut needed"] == first["work cut needed"]
-    assert planted["bound"]["most work cut needed"] == third["work cut needed"]
+    bound = planted["bound"]
+    # work: the least one-thread finalize CPU time, 120; the passes' work: the least passes CPU time, 36
+    assert bound["finalize work cpu s"] == 120.0 and bound["passes work cpu s"] == 36.0
+    first = bound["per worker run"][0]  # total 95: P = 30, O = 5
+    assert first["cpu s after the passes"] == 2 * (2.5 * 30 - 30 - 5) == 80.0
+    assert first["cpu s overlapped"] == 2 * (2.5 * 30 - 5) - 36 == 104.0
+    assert abs(first["cut after the passes"] - (1 - 80 / 120)) < 1e-12
+    assert abs(first["cut overlapped"] - (1 - 104 / 120)) < 1e-12
     text = main_job_benchmark_markdown(planted, "x.json")
     assert "misses the target" in text and "a median 3.17× (range 3.10–3.23×)" in text
-    assert "119.0 s of work, at least 59.5 s on 2 CPUs, against a budget of 40.0 s" in text
-    assert (
-        "In every repeat the target needs the finalize work cut, by 33% to 34%: not better scheduling" in text
-    )
+    assert "120.0 CPU s (the runs: 120.0, 130.0, 140.0)" in text
+    assert "cutting by 33% to 33%: in every worker run the target is out of reach on this machine" in text
+    assert "a cut of 13% to 13%: even a perfect overlap would not reach the target in any worker run" in text
+    assert "probing 75%, logit_lens 25%" in text
     assert "In each of the 3 repeats the two runs' results files" in text
-    assert "Of that work, in the one-thread runs (median shares): probing 75%, logit_lens 25%." in text
+    assert "identical to them too" in text
 
 
-def test_the_bound_when_the_work_fits_and_a_run_that_meets_the_target():
+def test_the_bounds_when_the_work_fits_and_a_run_that_meets_the_target():
     planted = _planted(70.0, worker_totals=(74.0, 76.0, 75.0))
-    assert planted["bound"]["most work cut needed"] < 0
+    assert planted["bound"]["most cut after the passes"] < 0 and planted["bound"]["most cut overlapped"] < 0
     text = main_job_benchmark_markdown(planted, "x.json")
-    assert (
-        "What is missing is in how the work is scheduled" in text
-        and "needs the finalize work cut" not in text
-    )
+    assert "in every worker run the work would fit: what is missing is in how it is scheduled" in text
+    assert "a perfect overlap would reach it in every worker run" in text
     assert "meets the target" in text and "a median 2.50×" in text
 
 
-def test_the_bound_when_the_work_fits_in_some_repeats_only():
-    planted = _planted(80.0)  # budgets of 40 s: 79 s of work fits on 2 CPUs, 80 s just does, 81 s does not
-    cuts = [bound["work cut needed"] for bound in planted["bound"]["per repeat"]]
-    assert cuts[0] < 0 and cuts[1] == 0 and cuts[2] > 0
+def test_the_bound_when_the_work_fits_in_some_worker_runs_only():
+    # budgets after the passes: 2 x (1.5 P - O); P = 30 throughout, O = 5, 3, 7 -> 80, 84, 76 CPU s
+    planted = _planted(80.0, others=(5.0, 3.0, 7.0))
+    cuts = [run["cut after the passes"] for run in planted["bound"]["per worker run"]]
+    assert cuts[0] == 0 and cuts[1] < 0 and cuts[2] > 0
+    assert "the work would fit in some worker runs and not in others" in main_job_benchmark_markdown(
+        planted, "x.json"
+    )
+
+
+def test_differing_tables_are_described_by_column_cells_and_size(tmp_path):
+    for name, values in (("a", [1.0, 2.0, 3.0]), ("b", [1.0, 2.0 + 2e-7, 3.0])):
+        (tmp_path / name / "tables").mkdir(parents=True)
+        frame = pd.DataFrame(
+            {"x": values, "token": ["u", "v", "w" if name == "a" else "z"], "same": [1, 2, 3]}
+        )
+        frame.to_parquet(tmp_path / name / "tables" / "t.parquet")
+    n_tables, changed = bench.different_tables(tmp_path / "a", tmp_path / "b")
+    assert n_tables == 1 and [table["table"] for table in changed] == ["t.parquet"]
+    columns = changed[0]["columns"]
+    assert set(columns) == {"x", "token"} and columns["x"]["cells"] == 1 and columns["token"]["cells"] == 1
+    assert (
+        abs(columns["x"]["largest relative"] - 2e-7 / (2.0 + 2e-7)) < 1e-12
+        and "largest relative" not in columns["token"]
+    )
+    planted = _planted(120.0)
+    planted["one thread vs one process"] = {
+        "differing values": [0],
+        "differing tables": [1],
+        "tables": 1,
+        "details": [changed],
+    }
     text = main_job_benchmark_markdown(planted, "x.json")
-    assert "The work fits in some repeats and not in others" in text
+    assert (
+        "`t` (x in up to 1 of 3 rows, by at most 1.0e-07 relative; token in up to 1 of 3 rows (not numbers))"
+        in text
+    )
+
+
+def test_results_files_that_differ_are_found_and_nan_equals_nan():
+    a = {"metadata": {"x": 1}, "s": {"v": [1.0, float("nan")], "w": "same"}}
+    b = {"metadata": {"x": 2}, "s": {"v": [1.0, float("nan")], "w": "other"}}
+    assert bench.differences(a, b) == ["/s/w"]
+    assert bench.differences(a, a) == []

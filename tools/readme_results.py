@@ -2277,30 +2277,71 @@ def _finalize_parts(timings: dict[str, float]) -> str:
 MAIN_JOB_BENCHMARK = "docs/results/bench_main_job.json"
 
 
+def _table_differences_text(details: list[list[dict[str, Any]]]) -> str:
+    """What differs between two variants' tables over the repeats: each table, its differing columns with
+    their cells and, for numbers, the largest relative difference (from the benchmark's records)."""
+    tables: dict[str, dict[str, dict[str, float]]] = {}
+    for repeat in details:
+        for table in repeat:
+            columns = tables.setdefault(table["table"].removesuffix(".parquet"), {})
+            if "shape" in table:
+                columns["(shape)"] = {}
+            for name, entry in table["columns"].items():
+                seen = columns.setdefault(name, {"cells": 0, "rows": table["rows"]})
+                seen["cells"] = max(seen["cells"], entry["cells"])
+                if "largest relative" in entry:
+                    seen["relative"] = max(seen.get("relative", 0.0), entry["largest relative"])
+    parts = []
+    for table, columns in tables.items():
+        described = [
+            (
+                f"{name} in up to {entry['cells']} of {entry['rows']} rows"
+                + (
+                    f", by at most {entry['relative']:.1e} relative"
+                    if "relative" in entry
+                    else " (not numbers)"
+                )
+            )
+            if entry
+            else "its shape"
+            for name, entry in columns.items()
+        ]
+        parts.append(f"`{table}` ({'; '.join(described)})")
+    return ", ".join(parts)
+
+
 def main_job_benchmark_markdown(results: dict[str, Any], source: str) -> str:
-    """The main-job benchmark's table (:func:`benchmark_markdown` without its notes), what the workers
-    changed against the spread of the runs, whether the variants wrote the same results, the worker runs'
-    verdict against the target, and the bound from the one-thread runs' finalize work."""
-    rows = {row["run"]: row for row in results["table"]["rows"]}
+    """The main-job benchmark's table (:func:`benchmark_markdown` without its notes), what the workers and
+    a second thread changed against the spread of the runs, whether the variants wrote the same results,
+    the worker runs' verdict against the target, and what the target would need of the finalize work."""
+    rows = results["table"]["rows"]
     one, default, single = (
-        next(row for name, row in rows.items() if name.startswith(prefix))
+        next(row for row in rows if row["run"].startswith(prefix))
         for prefix in ("one process", "default workers", "one thread")
     )
     runs = results["runs"]
 
-    def spread(row: dict[str, Any], key: str) -> str:
-        values = [run[key] for run in runs if run["run"] == row["run"]]
-        return f"{min(values):.1f}–{max(values):.1f} s"
+    def of(row: dict[str, Any]) -> list[dict[str, Any]]:
+        return sorted((run for run in runs if run["run"] == row["run"]), key=lambda run: run["repeat"])
 
-    def totals(row: dict[str, Any]) -> tuple[float, float]:
-        values = [run["total s"] for run in runs if run["run"] == row["run"]]
-        return min(values), max(values)
+    def spread(row: dict[str, Any], key: str, unit: str = " s") -> str:
+        values = [run[key] for run in of(row)]
+        return f"{min(values):.1f}–{max(values):.1f}{unit}"
 
-    n_runs = len([run for run in runs if run["run"] == default["run"]])
+    n_runs = len(of(default))
+    loads_start = [run["load at start"] for run in runs if run.get("load at start") is not None]
+    loads_end = [run["load at end"] for run in runs if run.get("load at end") is not None]
     ratio = default["total / passes"]
     verdict = "meets" if ratio <= TOTAL_OVER_PASSES_TARGET else "misses"
-    (one_low, one_high), (low, high) = totals(one), totals(default)
-    overlap = "overlap" if low <= one_high and one_low <= high else "do not overlap"
+    one_totals, totals = [run["total s"] for run in of(one)], [run["total s"] for run in of(default)]
+    apart = max(totals) < min(one_totals) or max(one_totals) < min(totals)
+    chance = 2 / math.comb(len(totals) + len(one_totals), len(totals))
+    overlap = (
+        f"do not overlap (with {len(totals)} and {len(one_totals)} runs, ranges this far apart arise by chance "
+        f"alone {chance:.0%} of the time)"
+        if apart
+        else "overlap"
+    )
     compared = results["workers vs one process"]
     same = (
         f"In each of the {n_runs} repeats the two runs' results files (metadata left out) and all "
@@ -2309,81 +2350,96 @@ def main_job_benchmark_markdown(results: dict[str, Any], source: str) -> str:
         else "The worker and one-process runs' results differ (see the results file)."
     )
     threads = results["one thread vs one process"]
-    bound = results["bound"]
-    cpus, repeats = bound["cpus"], bound["per repeat"]
-    least, most = bound["least work cut needed"], bound["most work cut needed"]
-    pairs = "; ".join(
-        f"{r['finalize work s']:.1f} s of work, at least {r['shortest finalize s']:.1f} s on {cpus} CPUs, against "
-        f"a budget of {r['finalize budget s']:.1f} s"
-        for r in repeats
-    )
-    if least > 0:
-        why = (
-            f"Why the target is out of reach on {cpus} CPUs: the one-thread run's finalize is the CPU work finalize "
-            "needs with no thread idling or contending, and no schedule on "
-            f"{cpus} CPUs finishes it in less than that time over {cpus} (splitting work does not shrink it); the "
-            f"target leaves the worker run's finalize at most {TOTAL_OVER_PASSES_TARGET}× its passes less the "
-            "passes and the rest of the run outside passes and finalize. Paired within each repeat (the machine's "
-            f"speed drifts between repeats): {pairs}. In every repeat the target needs the finalize work cut, by "
-            f"{100 * least:.0f}% to {100 * most:.0f}%: not better scheduling."
-        )
-    elif most <= 0:
-        why = (
-            f"Paired within each repeat, the one-thread run's finalize (the CPU work finalize needs) split perfectly "
-            f"over {cpus} CPUs would fit what the target leaves the worker run's finalize: {pairs}. What is missing "
-            "is in how the work is scheduled."
-        )
+    if not any(threads["differing values"]) and not any(threads["differing tables"]):
+        thread_text = "The one-thread runs' results were identical to them too. "
     else:
-        why = (
-            f"Paired within each repeat, the one-thread run's finalize (the CPU work finalize needs) against what "
-            f"the target leaves the worker run's finalize on {cpus} CPUs: {pairs}. The work fits in some repeats "
-            "and not in others: the bound does not decide whether better scheduling could meet the target."
+        thread_text = (
+            "The one-thread runs' results differ from the one-process runs': "
+            + (
+                f"up to {max(threads['differing values'])} results values; "
+                if any(threads["differing values"])
+                else ""
+            )
+            + _table_differences_text(threads.get("details", []))
+            + ". "
         )
+    per_repeat_thread = [b["finalize s"] / a["finalize s"] for a, b in zip(of(one), of(single), strict=True)]
+    bound = results["bound"]
+    cpus, target = bound["cpus"], bound["target total / passes"]
+    per_run = bound["per worker run"]
+    after = "; ".join(f"{run['cpu s after the passes']:.1f}" for run in per_run)
+    overlapped = "; ".join(f"{run['cpu s overlapped']:.1f}" for run in per_run)
+
+    def cut_range(kind: str) -> str:
+        return f"{100 * bound['least ' + kind]:.0f}% to {100 * bound['most ' + kind]:.0f}%"
+
+    if bound["least cut after the passes"] > 0:
+        after_verdict = (
+            "in every worker run the target is out of reach on this machine, with finalize after the passes, "
+            "unless the finalize work is cut"
+        )
+    elif bound["most cut after the passes"] <= 0:
+        after_verdict = "in every worker run the work would fit: what is missing is in how it is scheduled"
+    else:
+        after_verdict = "the work would fit in some worker runs and not in others"
+    if bound["least cut overlapped"] > 0:
+        overlap_verdict = "even a perfect overlap would not reach the target in any worker run"
+    elif bound["most cut overlapped"] <= 0:
+        overlap_verdict = "a perfect overlap would reach it in every worker run"
+    else:
+        overlap_verdict = "a perfect overlap would reach it in some worker runs and not in others"
     shares = {
-        name: statistics.median(
-            run["finalize by analysis s"][name] / run["finalize s"]
-            for run in runs
-            if run["run"] == single["run"]
-        )
-        for name in next(run for run in runs if run["run"] == single["run"])["finalize by analysis s"]
+        name: statistics.median(run["finalize by analysis s"][name] / run["finalize s"] for run in of(single))
+        for name in of(single)[0]["finalize by analysis s"]
     }
     shares_text = ", ".join(
         f"{name} {100 * share:.0f}%"
         for name, share in sorted(shares.items(), key=lambda item: -item[1])
         if share >= 0.005
     )
-    if shares_text:
-        why += f" Of that work, in the one-thread runs (median shares): {shares_text}."
-    differing, differing_tables = max(threads["differing values"]), max(threads["differing tables"])
+    work_runs = ", ".join(f"{value:.1f}" for value in bound["finalize work cpu s, every run"])
+    why = (
+        f"What the target would need on this machine ({cpus} CPUs). The finalize *work* is the CPU time of a "
+        "one-thread run's finalize (no thread spins while it waits, no process contends), taken at its least "
+        f"over the runs since noise only adds to it: {bound['finalize work cpu s']:.1f} CPU s (the runs: "
+        f"{work_runs}). Assuming the work does not shrink when split (no superlinear cache effects), and "
+        "taking each worker run's own passes P and the rest of its total outside passes and finalize O (the "
+        f"target is relative to the run's own passes): with finalize after the passes, as the pipeline runs "
+        f"it, the target leaves {cpus} × ({target} P − P − O) CPU seconds, {after} in the worker runs, so the "
+        f"work would need cutting by {cut_range('cut after the passes')}: {after_verdict}. With every phase "
+        "overlapped perfectly, a schedule the pipeline does not have (finalize's inputs exist only after their "
+        f"passes), it leaves {cpus} × ({target} P − O) CPU seconds less the passes' own work "
+        f"({bound['passes work cpu s']:.1f} CPU s, the least one-thread run's passes): {overlapped}, a cut of "
+        f"{cut_range('cut overlapped')}: {overlap_verdict} (negative: the work fits)."
+        + (
+            f" Of the finalize work, in the one-thread runs (median shares): {shares_text}."
+            if shares_text
+            else ""
+        )
+    )
     return (
         benchmark_markdown({**results, "notes": []}, source)
-        + f"\n\nMedians of {n_runs} runs of each variant (every run is in the results file). The "
-        f"`default workers` row used {default['workers']} workers because its runs were given "
+        + f"\n\nEach row gives every column's own median over the {n_runs} runs of that variant (a row is not "
+        "one run; every run is in the results file)"
+        + (
+            f"; the runs' own 1-minute load averages were {min(loads_start)}–{max(loads_start)} at their starts "
+            f"and {min(loads_end)}–{max(loads_end)} at their ends"
+            if loads_start and loads_end
+            else ""
+        )
+        + f". The `default workers` row used {default['workers']} workers because its runs were given "
         f"`--threads {one['threads']}`; a plain `tl-moe analyze` on a busy machine gets a one-thread budget and "
         "then no worker. What the workers change is finalize: "
         f"{one['finalize s']:.1f} s in one process ({spread(one, 'finalize s')}), {default['finalize s']:.1f} s "
         f"with workers ({spread(default, 'finalize s')}), {one['finalize s'] / default['finalize s']:.2f}× as fast; "
         f"in one process with one thread instead of {one['threads']}, finalize took {single['finalize s']:.1f} s "
-        f"({spread(single, 'finalize s')}), {single['finalize s'] / one['finalize s']:.2f}× the "
-        f"{one['threads']}-thread runs' time. "
-        f"The collection passes, which no worker runs, took {spread(one, 'passes s')} and "
-        f"{spread(default, 'passes s')}; the totals' ranges, {one_low:.1f}–{one_high:.1f} s in one process and "
-        f"{low:.1f}–{high:.1f} s with workers, {overlap}. {same} "
-        + (
-            "The one-thread runs' results were identical to them too. "
-            if differing == 0 and differing_tables == 0
-            else "The one-thread runs' results differ from the one-process runs' in "
-            + " and ".join(
-                part
-                for part, count in (
-                    (f"up to {differing} results values", differing),
-                    (f"up to {differing_tables} of the {threads['tables']} tables", differing_tables),
-                )
-                if count
-            )
-            + " (float sums whose order follows the thread count). "
-        )
-        + f"With workers the main job {verdict} the target (total ≤ {TOTAL_OVER_PASSES_TARGET}× its passes, same "
+        f"({spread(single, 'finalize s')}), {min(per_repeat_thread):.2f}–{max(per_repeat_thread):.2f}× the "
+        f"{one['threads']}-thread run's time of the same repeat. "
+        f"The collection passes, which no worker runs, took {spread(one, 'passes s')} in one process and "
+        f"{spread(default, 'passes s')} with workers; the totals' ranges, {min(one_totals):.1f}–{max(one_totals):.1f} "
+        f"s in one process and {min(totals):.1f}–{max(totals):.1f} s with workers, {overlap}. {same} "
+        + thread_text
+        + f"With workers the main job {verdict} the target (total ≤ {target}× its passes, same "
         f"run): a median {ratio:.2f}× (range {default['total / passes, range']}).\n\n{why}"
     )
 
