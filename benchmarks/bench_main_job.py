@@ -4,35 +4,41 @@ whether the variants wrote the same results.
 
 Each run is a fresh `tl-moe analyze --fresh --out OUT/VARIANT_REPEAT` in its own process (the README's main
 job plus the variant's flags). The three variants run ``--repeats`` times, their order rotated by one
-each repeat; every run's timings are kept, and each row gives the median over the repeats with the range
-of total / passes. The first two variants get the same ``--threads`` (default: every usable CPU, as
-`tl-moe analyze` takes on an idle machine); the third runs with ``--threads 1 --workers 1``: its finalize
-time is the finalize *work*, the CPU time it needs with no thread or process idling or contending. Each
-run first waits, up to 2 minutes, for the 1-minute load average to fall below 1. Timings are the runs'
-own (`results.json` metadata).
+each repeat; every run's timings are kept, and each row gives every column's own median over the repeats
+with the range of total / passes. The first two variants get the same ``--threads`` (default: every
+usable CPU, as `tl-moe analyze` takes on an idle machine); the third runs with ``--threads 1 --workers 1``.
+Each run first waits, up to 2 minutes, for the 1-minute load average to fall below 1. Timings and CPU
+times are the runs' own (`results.json` metadata ``timings`` and ``cpu_seconds``).
+
+*Contention.* A variant's passes are the same work in every repeat (no worker runs them), so a run whose
+passes took more than ``CONTENDED`` more CPU time than the least of its variant's runs shared the
+machine with something else; such runs are marked ``contended`` and kept.
 
 From those it derives what the target (total ≤ 2.5× the passes, same run) would need on this machine.
-The finalize *work* is the CPU time of a one-thread run's finalize (``metadata.cpu_seconds``: no thread
-spins while it waits, no process contends); the least of those runs is taken, since noise only adds to
-it. With a worker run's passes P and the rest of its total outside passes and finalize O (its own wall
-times: the target is relative to the run's own passes), two bounds on C CPUs, assuming the work does not
-shrink when it is split (no superlinear cache effects):
+The finalize *work* is the CPU time of a one-thread run's finalize (no thread of the run spins while it
+waits, no process of the run contends), the least of those runs (outside contention inflates CPU time
+on a shared machine; the runs' spread is reported). It is set against the *least contended* worker run
+(the least passes CPU time), so that neither side of the comparison comes from a slowed run: with its
+passes P and the rest of its total outside passes and finalize O (its own wall times: the target is
+relative to the run's own passes), two bounds on C CPUs, assuming the work does not shrink when it is
+split (no superlinear cache effects):
 
 - finalize after the passes, as the pipeline runs it: finalize may take at most ``2.5 P − P − O``, in
   which C CPUs give at most ``C × (2.5 P − P − O)`` CPU seconds;
-- every phase overlapped perfectly (a schedule the pipeline does not have, and finalize's inputs exist
-  only after their passes): the run's ``C × (2.5 P − O)`` CPU seconds minus the passes' own work (the
-  least one-thread run's passes CPU time).
+- the passes and finalize overlapped perfectly, O kept serial (a schedule the pipeline does not have:
+  finalize's inputs exist only after their passes): ``C × (2.5 P − O)`` CPU seconds minus the passes' own
+  work (the least one-thread run's passes CPU time).
 
-The work cut each needs is ``1 − capacity / work``, given for every worker run (negative: the work fits).
+The work cut each needs is ``1 − capacity / work`` (negative: the work fits); it is also given against
+every worker run.
 
 The results files are compared value by value (metadata left out) and the tables cell by cell: the
 default workers' run against the one-process run of the same repeat must be identical; the one-thread
-runs are compared too, and their differences counted (float sums whose order follows the thread count).
+runs are compared too, and each differing table is described (columns, cells, largest differences).
 
 Run: ``python benchmarks/bench_main_job.py [--out docs/results/bench_main_job.json] [--work /tmp/bench_main_job]
-[--repeats 3] [--reuse]`` (about 12 minutes per repeat on 2 cores; ``--reuse`` summarises the runs already in
-``--work`` instead of running them).
+[--repeats 3] [--reuse]`` (each repeat runs the main job three times; ``--reuse`` summarises the runs
+already in ``--work`` instead of running them).
 """
 
 from __future__ import annotations
@@ -65,6 +71,21 @@ VARIANTS = {
     WORKERS: ([], "default"),
     ONE_THREAD: (["--workers", "1"], "single"),
 }
+
+
+#: The options that make a run the README's main job; every run must have the same.
+JOB_OPTIONS = (
+    "model",
+    "dense_baseline",
+    "corpus",
+    "split",
+    "max_tokens",
+    "analyses",
+    "sparsity_family",
+    "seed",
+)
+#: A run whose passes took this much more CPU time than the least of its variant's runs is marked contended.
+CONTENDED = 0.15
 
 
 def settle(limit: float = 1.0, wait_at_most: float = 120.0) -> None:
@@ -170,6 +191,7 @@ def run_row(name: str, repeat: int, results: dict[str, Any]) -> dict[str, Any]:
         "total / passes": total / passes,
         "passes cpu s": cpu.get("passes"),
         "finalize cpu s": cpu.get("finalize"),
+        "job": {key: metadata.get("options", {}).get(key) for key in JOB_OPTIONS},
         "load at start": machine.get("load average (1 min) at the start"),
         "load at end": machine.get("load average (1 min) at the end"),
         "finalize by analysis s": {
@@ -197,31 +219,45 @@ def median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def mark_contention(runs: dict[str, list[dict[str, Any]]]) -> None:
+    """Give each run its passes' CPU time over the least of its variant's (``passes cpu over least``) and
+    whether that is more than :data:`CONTENDED` above (``contended``)."""
+    for variant_runs in runs.values():
+        least = min(run["passes cpu s"] for run in variant_runs)
+        for run in variant_runs:
+            run["passes cpu over least"] = run["passes cpu s"] / least - 1
+            run["contended"] = run["passes cpu over least"] > CONTENDED
+
+
+def _capacities(run: dict[str, Any], cpus: int, pass_work: float, work: float) -> dict[str, Any]:
+    """The CPU seconds the target leaves a worker run's finalize, both ways, and the cuts they need."""
+    after = cpus * ((TOTAL_OVER_PASSES_TARGET - 1) * run["passes s"] - run["other s"])
+    overlapped = cpus * (TOTAL_OVER_PASSES_TARGET * run["passes s"] - run["other s"]) - pass_work
+    return {
+        "repeat": run["repeat"],
+        "passes cpu over least": run["passes cpu over least"],
+        "cpu s after the passes": after,
+        "cpu s overlapped": overlapped,
+        "cut after the passes": 1 - max(after, 0.0) / work,
+        "cut overlapped": 1 - max(overlapped, 0.0) / work,
+    }
+
+
 def bounds(runs: dict[str, list[dict[str, Any]]], cpus: int) -> dict[str, Any]:
-    """What the target would need of the finalize work on ``cpus`` CPUs, against every worker run (see the
-    module docstring): the least one-thread finalize CPU time as the work, and per worker run the CPU
-    seconds the target leaves it with finalize after the passes and with every phase overlapped."""
+    """What the target would need of the finalize work on ``cpus`` CPUs (see the module docstring): the
+    least one-thread finalize CPU time as the work, against the least contended worker run, and against
+    every worker run. Runs must have been through :func:`mark_contention`."""
     work = min(run["finalize cpu s"] for run in runs[ONE_THREAD])
     pass_work = min(run["passes cpu s"] for run in runs[ONE_THREAD])
-    per_run = []
-    for run in runs[WORKERS]:
-        after = cpus * ((TOTAL_OVER_PASSES_TARGET - 1) * run["passes s"] - run["other s"])
-        overlapped = cpus * (TOTAL_OVER_PASSES_TARGET * run["passes s"] - run["other s"]) - pass_work
-        per_run.append(
-            {
-                "repeat": run["repeat"],
-                "cpu s after the passes": after,
-                "cpu s overlapped": overlapped,
-                "cut after the passes": 1 - max(after, 0.0) / work,
-                "cut overlapped": 1 - max(overlapped, 0.0) / work,
-            }
-        )
+    per_run = [_capacities(run, cpus, pass_work, work) for run in runs[WORKERS]]
+    quiet = min(runs[WORKERS], key=lambda run: run["passes cpu s"])
     return {
         "target total / passes": TOTAL_OVER_PASSES_TARGET,
         "cpus": cpus,
         "finalize work cpu s": work,
         "finalize work cpu s, every run": [run["finalize cpu s"] for run in runs[ONE_THREAD]],
         "passes work cpu s": pass_work,
+        "least contended worker run": _capacities(quiet, cpus, pass_work, work),
         "per worker run": per_run,
         **{
             f"{end} {kind}": pick(row[kind] for row in per_run)
@@ -281,7 +317,9 @@ def main() -> None:
             )
             row = run_row(name, repeat, results)
             expected = {"threads": threads, **({"workers": 1} if extra else {})}
-            if any(row[key] != value for key, value in expected.items()):
+            if any(row[key] != value for key, value in expected.items()) or (
+                not extra and threads > 1 and (row["workers"] or 1) < 2
+            ):
                 sys.exit(
                     f"bench_main_job.py: {folder} ran with --threads {row['threads']} and --workers "
                     f"{row['workers']}, not as the variant {name!r} with --threads {threads}."
@@ -312,6 +350,10 @@ def main() -> None:
     workers_vs_one = compared(ONE_PROCESS, WORKERS)
     threads_vs_one = compared(ONE_PROCESS, ONE_THREAD)
     identical = not any(workers_vs_one["differing values"]) and not any(workers_vs_one["differing tables"])
+    jobs = {json.dumps(run["job"], sort_keys=True) for variant_runs in runs.values() for run in variant_runs}
+    if len(jobs) != 1:
+        sys.exit(f"bench_main_job.py: the runs are not all the same job ({len(jobs)} different option sets).")
+    mark_contention(runs)
     rows = {name: median_row(variant_runs) for name, variant_runs in runs.items()}
     cpus = {run["cpus"] for variant_runs in runs.values() for run in variant_runs}
     if (
@@ -324,11 +366,11 @@ def main() -> None:
     notes = [
         f"Medians of {args.repeats} runs each. With the default workers the main job's total is "
         f"{rows[WORKERS]['total / passes']:.2f}× its collection passes (range {rows[WORKERS]['total / passes, range']}).",
-        f"On {bound['cpus']} CPUs, against the worker runs, the target needs the finalize work "
+        f"On {bound['cpus']} CPUs, against the least contended worker run, the target needs the finalize work "
         f"({bound['finalize work cpu s']:.1f} CPU s, the least of the one-thread runs) cut by "
-        f"{100 * bound['least cut after the passes']:.0f}% to {100 * bound['most cut after the passes']:.0f}% with "
-        f"finalize after the passes, {100 * bound['least cut overlapped']:.0f}% to "
-        f"{100 * bound['most cut overlapped']:.0f}% with every phase overlapped perfectly (negative: the work fits).",
+        f"{100 * bound['least contended worker run']['cut after the passes']:.0f}% with finalize after the passes "
+        f"and by {100 * bound['least contended worker run']['cut overlapped']:.0f}% with the passes and finalize "
+        "overlapped perfectly (negative: the work fits).",
     ]
     print(" ".join(notes))
     if args.out is not None:
@@ -362,9 +404,23 @@ def main() -> None:
                 "workers vs one process": workers_vs_one,
                 "one thread vs one process": threads_vs_one,
                 "bound": bound,
+                "contended above": CONTENDED,
                 "runs": [run for variant_runs in runs.values() for run in variant_runs],
             },
         )
+        # The machine record's load averages are the runs' own: the first run's start, the last run's end
+        # (with --reuse the summariser's would say nothing about them).
+        executed = sorted(
+            (run for variant_runs in runs.values() for run in variant_runs),
+            key=lambda run: (run["repeat"], (names.index(run["run"]) - run["repeat"]) % len(names)),
+        )
+        report = json.loads(args.out.read_text())
+        report["machine"] |= {
+            "threads": f"1 and {args.threads}",
+            "load average (1 min) at the start": executed[0]["load at start"],
+            "load average (1 min) at the end": executed[-1]["load at end"],
+        }
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -2366,28 +2366,21 @@ def main_job_benchmark_markdown(results: dict[str, Any], source: str) -> str:
     per_repeat_thread = [b["finalize s"] / a["finalize s"] for a, b in zip(of(one), of(single), strict=True)]
     bound = results["bound"]
     cpus, target = bound["cpus"], bound["target total / passes"]
-    per_run = bound["per worker run"]
-    after = "; ".join(f"{run['cpu s after the passes']:.1f}" for run in per_run)
-    overlapped = "; ".join(f"{run['cpu s overlapped']:.1f}" for run in per_run)
+    quiet = bound["least contended worker run"]
+    threshold = f"{100 * results['contended above']:.0f}%"
 
-    def cut_range(kind: str) -> str:
-        return f"{100 * bound['least ' + kind]:.0f}% to {100 * bound['most ' + kind]:.0f}%"
+    def cut(value: float) -> str:
+        return f"{100 * value:.0f}%"
 
-    if bound["least cut after the passes"] > 0:
-        after_verdict = (
-            "in every worker run the target is out of reach on this machine, with finalize after the passes, "
-            "unless the finalize work is cut"
-        )
-    elif bound["most cut after the passes"] <= 0:
-        after_verdict = "in every worker run the work would fit: what is missing is in how it is scheduled"
+    if quiet["cut after the passes"] > 0:
+        after_verdict = "the target is out of reach on this machine, with finalize after the passes, unless the finalize work is cut"
     else:
-        after_verdict = "the work would fit in some worker runs and not in others"
-    if bound["least cut overlapped"] > 0:
-        overlap_verdict = "even a perfect overlap would not reach the target in any worker run"
-    elif bound["most cut overlapped"] <= 0:
-        overlap_verdict = "a perfect overlap would reach it in every worker run"
-    else:
-        overlap_verdict = "a perfect overlap would reach it in some worker runs and not in others"
+        after_verdict = "the work would fit: what is missing is in how it is scheduled"
+    overlap_verdict = (
+        "even a perfect overlap would not reach the target"
+        if quiet["cut overlapped"] > 0
+        else "a perfect overlap would reach it"
+    )
     shares = {
         name: statistics.median(run["finalize by analysis s"][name] / run["finalize s"] for run in of(single))
         for name in of(single)[0]["finalize by analysis s"]
@@ -2400,22 +2393,37 @@ def main_job_benchmark_markdown(results: dict[str, Any], source: str) -> str:
     work_runs = ", ".join(f"{value:.1f}" for value in bound["finalize work cpu s, every run"])
     why = (
         f"What the target would need on this machine ({cpus} CPUs). The finalize *work* is the CPU time of a "
-        "one-thread run's finalize (no thread spins while it waits, no process contends), taken at its least "
-        f"over the runs since noise only adds to it: {bound['finalize work cpu s']:.1f} CPU s (the runs: "
-        f"{work_runs}). Assuming the work does not shrink when split (no superlinear cache effects), and "
-        "taking each worker run's own passes P and the rest of its total outside passes and finalize O (the "
-        f"target is relative to the run's own passes): with finalize after the passes, as the pipeline runs "
-        f"it, the target leaves {cpus} × ({target} P − P − O) CPU seconds, {after} in the worker runs, so the "
-        f"work would need cutting by {cut_range('cut after the passes')}: {after_verdict}. With every phase "
-        "overlapped perfectly, a schedule the pipeline does not have (finalize's inputs exist only after their "
-        f"passes), it leaves {cpus} × ({target} P − O) CPU seconds less the passes' own work "
-        f"({bound['passes work cpu s']:.1f} CPU s, the least one-thread run's passes): {overlapped}, a cut of "
-        f"{cut_range('cut overlapped')}: {overlap_verdict} (negative: the work fits)."
+        "one-thread run's finalize (no thread of the run spins while it waits, no process of the run contends), "
+        f"the least of the runs since outside contention inflates CPU time: {bound['finalize work cpu s']:.1f} CPU s "
+        f"(the runs: {work_runs}). It is set against the least contended worker run (repeat {quiet['repeat']}, the "
+        "least passes CPU time), so that neither side comes from a slowed run. Assuming the work does not shrink "
+        "when split (no superlinear cache effects), with that run's passes P and the rest of its total outside "
+        "passes and finalize O (the target is relative to the run's own passes): with finalize after the passes, "
+        f"as the pipeline runs it, the target leaves {cpus} × ({target} P − P − O) = "
+        f"{quiet['cpu s after the passes']:.1f} CPU seconds, a cut of {cut(quiet['cut after the passes'])}: "
+        f"{after_verdict}. With the passes and finalize overlapped perfectly and O kept serial, a schedule the "
+        f"pipeline does not have (finalize's inputs exist only after their passes), it leaves {cpus} × ({target} P − O) "
+        f"CPU seconds less the passes' own work ({bound['passes work cpu s']:.1f} CPU s, the least one-thread run's "
+        f"passes) = {quiet['cpu s overlapped']:.1f}, a cut of {cut(quiet['cut overlapped'])}: {overlap_verdict}. "
+        "Against every worker run, contended ones included (their slowed passes enlarge what the target leaves "
+        f"them): after the passes {cut(bound['least cut after the passes'])} to {cut(bound['most cut after the passes'])}, "
+        f"overlapped {cut(bound['least cut overlapped'])} to {cut(bound['most cut overlapped'])} (negative: the work fits)."
         + (
             f" Of the finalize work, in the one-thread runs (median shares): {shares_text}."
             if shares_text
             else ""
         )
+    )
+    contended = [run for run in runs if run.get("contended")]
+    contended_text = (
+        f"Runs whose passes took more than {threshold} more CPU time than the least of their variant's (the same work: "
+        "something else shared the machine), kept in the medians and ranges: "
+        + ", ".join(
+            f"{run['run']} #{run['repeat']} (+{100 * run['passes cpu over least']:.0f}%)" for run in contended
+        )
+        + ". "
+        if contended
+        else f"No run's passes took more than {threshold} more CPU time than the least of its variant's. "
     )
     return (
         benchmark_markdown({**results, "notes": []}, source)
@@ -2439,6 +2447,7 @@ def main_job_benchmark_markdown(results: dict[str, Any], source: str) -> str:
         f"{spread(default, 'passes s')} with workers; the totals' ranges, {min(one_totals):.1f}–{max(one_totals):.1f} "
         f"s in one process and {min(totals):.1f}–{max(totals):.1f} s with workers, {overlap}. {same} "
         + thread_text
+        + contended_text
         + f"With workers the main job {verdict} the target (total ≤ {target}× its passes, same "
         f"run): a median {ratio:.2f}× (range {default['total / passes, range']}).\n\n{why}"
     )
