@@ -128,7 +128,7 @@ def test_workers_end_when_their_parent_is_killed(tmp_path):
     children = [int(pid) for pid in parent.stdout.readline().split()]
     parent.send_signal(signal.SIGKILL)
     parent.wait(timeout=10)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # generous on a busy machine: it waits only while one is alive
     alive = children
     while alive and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -189,16 +189,24 @@ def test_ctrl_c_stops_the_parent_once_and_leaves_no_child_running(tmp_path):
     script.write_text(
         textwrap.dedent(
             """
-            import os, signal, threading, time
+            import os, signal, sys, threading, time
             from tl_moe.workers import WorkerPool
 
+            READY = sys.argv[1]
+
             def slow():
-                time.sleep(60)
+                open(READY, "w").close()  # the task runs: the child has set up its signals
+                time.sleep(3600)
+
+            def interrupt():
+                while not os.path.exists(READY):
+                    time.sleep(0.05)
+                os.killpg(os.getpgid(0), signal.SIGINT)
 
             pool = WorkerPool(2)
             handle = pool.submit(slow, "slow task")
             child = handle.process.pid
-            threading.Timer(1.0, lambda: os.killpg(os.getpgid(0), signal.SIGINT)).start()
+            threading.Thread(target=interrupt, daemon=True).start()
             try:
                 with pool:
                     handle.result()
@@ -212,8 +220,14 @@ def test_ctrl_c_stops_the_parent_once_and_leaves_no_child_running(tmp_path):
             """
         )
     )
+    # The child sleeps an hour: a parent that waited for it instead of stopping it would hit the timeout,
+    # which is long only so that a slow import on a busy machine does not.
     done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=30, start_new_session=True
+        [sys.executable, str(script), str(tmp_path / "ready")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        start_new_session=True,
     )
     assert done.stdout.split() == ["interrupted", "child", "gone"], (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr  # the child ignored Ctrl-C: no traceback of its own
