@@ -193,6 +193,9 @@ def test_ctrl_c_stops_the_parent_once_and_leaves_no_child_running(tmp_path):
             from tl_moe.workers import WorkerPool
 
             READY = sys.argv[1]
+            # A shell that starts the test suite in the background (no job control) leaves SIGINT ignored,
+            # and Python keeps an ignored SIGINT: restore Ctrl-C, the case under test.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
             def slow():
                 open(READY, "w").close()  # the task runs: the child has set up its signals
@@ -206,9 +209,9 @@ def test_ctrl_c_stops_the_parent_once_and_leaves_no_child_running(tmp_path):
             pool = WorkerPool(2)
             handle = pool.submit(slow, "slow task")
             child = handle.process.pid
-            threading.Thread(target=interrupt, daemon=True).start()
             try:
                 with pool:
+                    threading.Thread(target=interrupt, daemon=True).start()  # inside: it may fire at once
                     handle.result()
             except KeyboardInterrupt:
                 print("interrupted")
